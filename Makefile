@@ -1,0 +1,47 @@
+# p2pagent: the two commands of the quickstart are `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test lint typecheck unit integration cluster proto bench clean
+
+# Creates or reuses .venv and installs the project with the tested versions (torch pinned to
+# the CPU build through constraints.txt; an unpinned torch would pull a multi-GB CUDA build).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bin/demo
+
+test: $(STAMP) lint typecheck
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check p2pagent tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+integration: $(STAMP)
+	$(PY) -m pytest -q tests/integration
+
+cluster: $(STAMP)
+	$(PY) -m pytest -q tests/cluster
+
+proto: $(STAMP)
+	$(PY) -m p2pagent._proto.generate
+
+bench: $(STAMP)
+	$(PY) -m bench.all --small
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo

@@ -1,0 +1,484 @@
+from p2pagent._proto import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Consistency(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LOCAL: _ClassVar[Consistency]
+    PEERS: _ClassVar[Consistency]
+    MAJORITY: _ClassVar[Consistency]
+
+class ValueType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VALUE_TYPE_UNSPECIFIED: _ClassVar[ValueType]
+    LWW: _ClassVar[ValueType]
+    MV: _ClassVar[ValueType]
+    COUNTER: _ClassVar[ValueType]
+    SET: _ClassVar[ValueType]
+LOCAL: Consistency
+PEERS: Consistency
+MAJORITY: Consistency
+VALUE_TYPE_UNSPECIFIED: ValueType
+LWW: ValueType
+MV: ValueType
+COUNTER: ValueType
+SET: ValueType
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("name", "identity", "address", "version", "device", "uptime_s", "members_alive", "members_total", "incarnation", "queue_length", "running", "completed", "stolen_in", "stolen_out", "state_keys", "models", "placement", "backlog_s", "state_digest")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_ALIVE_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    STOLEN_IN_FIELD_NUMBER: _ClassVar[int]
+    STOLEN_OUT_FIELD_NUMBER: _ClassVar[int]
+    STATE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_S_FIELD_NUMBER: _ClassVar[int]
+    STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    identity: str
+    address: str
+    version: str
+    device: str
+    uptime_s: float
+    members_alive: int
+    members_total: int
+    incarnation: int
+    queue_length: int
+    running: int
+    completed: int
+    stolen_in: int
+    stolen_out: int
+    state_keys: int
+    models: _containers.RepeatedScalarFieldContainer[str]
+    placement: str
+    backlog_s: float
+    state_digest: str
+    def __init__(self, name: _Optional[str] = ..., identity: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., uptime_s: _Optional[float] = ..., members_alive: _Optional[int] = ..., members_total: _Optional[int] = ..., incarnation: _Optional[int] = ..., queue_length: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., stolen_in: _Optional[int] = ..., stolen_out: _Optional[int] = ..., state_keys: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., placement: _Optional[str] = ..., backlog_s: _Optional[float] = ..., state_digest: _Optional[str] = ...) -> None: ...
+
+class MembersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MembersResponse(_message.Message):
+    __slots__ = ("members",)
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[_common_pb2.Member]
+    def __init__(self, members: _Optional[_Iterable[_Union[_common_pb2.Member, _Mapping]]] = ...) -> None: ...
+
+class InferRequest(_message.Message):
+    __slots__ = ("model", "inputs", "model_version", "priority")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]
+    model_version: str
+    priority: int
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., model_version: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
+
+class InferResponse(_message.Message):
+    __slots__ = ("outputs", "executor", "compute_s")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]
+    executor: str
+    compute_s: float
+    def __init__(self, outputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., executor: _Optional[str] = ..., compute_s: _Optional[float] = ...) -> None: ...
+
+class SubmitRequest(_message.Message):
+    __slots__ = ("model", "inputs", "priority", "deadline_s", "model_version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]
+    priority: int
+    deadline_s: float
+    model_version: str
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., priority: _Optional[int] = ..., deadline_s: _Optional[float] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class SubmitResponse(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class WaitRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class TaskEvent(_message.Message):
+    __slots__ = ("task_id", "kind", "node", "at_unix", "outputs", "error_code", "error_message")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[TaskEvent.Kind]
+        QUEUED: _ClassVar[TaskEvent.Kind]
+        RUNNING: _ClassVar[TaskEvent.Kind]
+        DONE: _ClassVar[TaskEvent.Kind]
+        FAILED: _ClassVar[TaskEvent.Kind]
+    KIND_UNSPECIFIED: TaskEvent.Kind
+    QUEUED: TaskEvent.Kind
+    RUNNING: TaskEvent.Kind
+    DONE: TaskEvent.Kind
+    FAILED: TaskEvent.Kind
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    kind: TaskEvent.Kind
+    node: str
+    at_unix: float
+    outputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]
+    error_code: str
+    error_message: str
+    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[TaskEvent.Kind, str]] = ..., node: _Optional[str] = ..., at_unix: _Optional[float] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class ListTasksRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class TaskInfo(_message.Message):
+    __slots__ = ("task_id", "model", "state", "node", "submitted_unix", "finished_unix")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    model: str
+    state: str
+    node: str
+    submitted_unix: float
+    finished_unix: float
+    def __init__(self, task_id: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[str] = ..., node: _Optional[str] = ..., submitted_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ...) -> None: ...
+
+class ListTasksResponse(_message.Message):
+    __slots__ = ("tasks", "queue_length", "running", "completed", "stolen_in", "stolen_out")
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    STOLEN_IN_FIELD_NUMBER: _ClassVar[int]
+    STOLEN_OUT_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
+    queue_length: int
+    running: int
+    completed: int
+    stolen_in: int
+    stolen_out: int
+    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., queue_length: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., stolen_in: _Optional[int] = ..., stolen_out: _Optional[int] = ...) -> None: ...
+
+class WriteOptions(_message.Message):
+    __slots__ = ("durable", "consistency", "acks")
+    DURABLE_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    durable: bool
+    consistency: Consistency
+    acks: int
+    def __init__(self, durable: _Optional[bool] = ..., consistency: _Optional[_Union[Consistency, str]] = ..., acks: _Optional[int] = ...) -> None: ...
+
+class PutRequest(_message.Message):
+    __slots__ = ("namespace", "key", "value", "type", "options", "context")
+    class ContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    key: str
+    value: bytes
+    type: ValueType
+    options: WriteOptions
+    context: _containers.ScalarMap[str, int]
+    def __init__(self, namespace: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[bytes] = ..., type: _Optional[_Union[ValueType, str]] = ..., options: _Optional[_Union[WriteOptions, _Mapping]] = ..., context: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class WriteResponse(_message.Message):
+    __slots__ = ("version", "acked_by")
+    class VersionEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACKED_BY_FIELD_NUMBER: _ClassVar[int]
+    version: _containers.ScalarMap[str, int]
+    acked_by: int
+    def __init__(self, version: _Optional[_Mapping[str, int]] = ..., acked_by: _Optional[int] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("namespace", "key")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    key: str
+    def __init__(self, namespace: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
+class GetResponse(_message.Message):
+    __slots__ = ("found", "type", "values", "counter", "elements", "version")
+    class VersionEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    COUNTER_FIELD_NUMBER: _ClassVar[int]
+    ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    type: ValueType
+    values: _containers.RepeatedScalarFieldContainer[bytes]
+    counter: int
+    elements: _containers.RepeatedScalarFieldContainer[bytes]
+    version: _containers.ScalarMap[str, int]
+    def __init__(self, found: _Optional[bool] = ..., type: _Optional[_Union[ValueType, str]] = ..., values: _Optional[_Iterable[bytes]] = ..., counter: _Optional[int] = ..., elements: _Optional[_Iterable[bytes]] = ..., version: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("namespace", "key", "options")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    key: str
+    options: WriteOptions
+    def __init__(self, namespace: _Optional[str] = ..., key: _Optional[str] = ..., options: _Optional[_Union[WriteOptions, _Mapping]] = ...) -> None: ...
+
+class IncrementRequest(_message.Message):
+    __slots__ = ("namespace", "key", "delta", "options")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    key: str
+    delta: int
+    options: WriteOptions
+    def __init__(self, namespace: _Optional[str] = ..., key: _Optional[str] = ..., delta: _Optional[int] = ..., options: _Optional[_Union[WriteOptions, _Mapping]] = ...) -> None: ...
+
+class SetRequest(_message.Message):
+    __slots__ = ("namespace", "key", "elements", "options")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    key: str
+    elements: _containers.RepeatedScalarFieldContainer[bytes]
+    options: WriteOptions
+    def __init__(self, namespace: _Optional[str] = ..., key: _Optional[str] = ..., elements: _Optional[_Iterable[bytes]] = ..., options: _Optional[_Union[WriteOptions, _Mapping]] = ...) -> None: ...
+
+class ScanRequest(_message.Message):
+    __slots__ = ("namespace", "prefix", "limit", "page_token")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    prefix: str
+    limit: int
+    page_token: str
+    def __init__(self, namespace: _Optional[str] = ..., prefix: _Optional[str] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ScanEntry(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: GetResponse
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[GetResponse, _Mapping]] = ...) -> None: ...
+
+class ScanResponse(_message.Message):
+    __slots__ = ("entries", "next_page_token")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[ScanEntry]
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[ScanEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("namespace", "prefix", "from_seq")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    prefix: str
+    from_seq: int
+    def __init__(self, namespace: _Optional[str] = ..., prefix: _Optional[str] = ..., from_seq: _Optional[int] = ...) -> None: ...
+
+class Change(_message.Message):
+    __slots__ = ("seq", "namespace", "key", "deleted", "value")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    namespace: str
+    key: str
+    deleted: bool
+    value: GetResponse
+    def __init__(self, seq: _Optional[int] = ..., namespace: _Optional[str] = ..., key: _Optional[str] = ..., deleted: _Optional[bool] = ..., value: _Optional[_Union[GetResponse, _Mapping]] = ...) -> None: ...
+
+class ModelMetadata(_message.Message):
+    __slots__ = ("inputs", "outputs", "architecture", "arch_config")
+    class Port(_message.Message):
+        __slots__ = ("name", "dtype", "shape")
+        NAME_FIELD_NUMBER: _ClassVar[int]
+        DTYPE_FIELD_NUMBER: _ClassVar[int]
+        SHAPE_FIELD_NUMBER: _ClassVar[int]
+        name: str
+        dtype: _common_pb2.DType
+        shape: _containers.RepeatedScalarFieldContainer[int]
+        def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_common_pb2.DType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    ARCH_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    inputs: _containers.RepeatedCompositeFieldContainer[ModelMetadata.Port]
+    outputs: _containers.RepeatedCompositeFieldContainer[ModelMetadata.Port]
+    architecture: str
+    arch_config: str
+    def __init__(self, inputs: _Optional[_Iterable[_Union[ModelMetadata.Port, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[ModelMetadata.Port, _Mapping]]] = ..., architecture: _Optional[str] = ..., arch_config: _Optional[str] = ...) -> None: ...
+
+class PublishModelRequest(_message.Message):
+    __slots__ = ("header", "data")
+    class Header(_message.Message):
+        __slots__ = ("name", "format", "metadata", "size", "chunk_size", "replicas")
+        NAME_FIELD_NUMBER: _ClassVar[int]
+        FORMAT_FIELD_NUMBER: _ClassVar[int]
+        METADATA_FIELD_NUMBER: _ClassVar[int]
+        SIZE_FIELD_NUMBER: _ClassVar[int]
+        CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+        REPLICAS_FIELD_NUMBER: _ClassVar[int]
+        name: str
+        format: str
+        metadata: ModelMetadata
+        size: int
+        chunk_size: int
+        replicas: str
+        def __init__(self, name: _Optional[str] = ..., format: _Optional[str] = ..., metadata: _Optional[_Union[ModelMetadata, _Mapping]] = ..., size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., replicas: _Optional[str] = ...) -> None: ...
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: PublishModelRequest.Header
+    data: bytes
+    def __init__(self, header: _Optional[_Union[PublishModelRequest.Header, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ModelVersion(_message.Message):
+    __slots__ = ("name", "manifest_id", "format", "size", "sha256", "chunk_size", "chunks", "created_unix", "holders", "replicas", "metadata")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    HOLDERS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    manifest_id: str
+    format: str
+    size: int
+    sha256: str
+    chunk_size: int
+    chunks: int
+    created_unix: float
+    holders: _containers.RepeatedScalarFieldContainer[str]
+    replicas: str
+    metadata: ModelMetadata
+    def __init__(self, name: _Optional[str] = ..., manifest_id: _Optional[str] = ..., format: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunks: _Optional[int] = ..., created_unix: _Optional[float] = ..., holders: _Optional[_Iterable[str]] = ..., replicas: _Optional[str] = ..., metadata: _Optional[_Union[ModelMetadata, _Mapping]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[ModelVersion]
+    def __init__(self, versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ...) -> None: ...
+
+class PullModelRequest(_message.Message):
+    __slots__ = ("name", "manifest_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    manifest_id: str
+    def __init__(self, name: _Optional[str] = ..., manifest_id: _Optional[str] = ...) -> None: ...
+
+class DeleteModelRequest(_message.Message):
+    __slots__ = ("name", "manifest_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    manifest_id: str
+    def __init__(self, name: _Optional[str] = ..., manifest_id: _Optional[str] = ...) -> None: ...
+
+class DeleteModelResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class RevokeRequest(_message.Message):
+    __slots__ = ("identity", "reason")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    reason: str
+    def __init__(self, identity: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RevokeResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
