@@ -1,0 +1,82 @@
+"""The project's own small exception tree.
+
+Split by whose fault it is (h11 style): a caller broke a rule (`InvalidArgument`,
+`NotFound`, ...), a peer broke the protocol (`RemoteProtocolError`), or this node cannot do it
+now (`ResourceExhausted`, `Unavailable`). The API boundary maps each to one gRPC status code
+(`p2pagent.transport.errors`), so every error reaches the user as a status with a message
+they can act on.
+"""
+
+from __future__ import annotations
+
+
+class P2PAgentError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    #: Name of the grpc.StatusCode this error maps to at the API boundary.
+    code = "INTERNAL"
+
+
+class ConfigError(P2PAgentError):
+    """The configuration is unusable; the message names the setting and what to do."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class InvalidArgument(P2PAgentError):
+    """The caller sent something malformed or inconsistent."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(P2PAgentError):
+    code = "NOT_FOUND"
+
+
+class AlreadyExists(P2PAgentError):
+    code = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(P2PAgentError):
+    """The request is well formed but the system is not in a state to run it."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(P2PAgentError):
+    """A bounded queue, rate limit or memory budget is full; retry later."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceeded(P2PAgentError):
+    code = "DEADLINE_EXCEEDED"
+
+
+class Unavailable(P2PAgentError):
+    """A peer or resource cannot be reached now; retrying may succeed."""
+
+    code = "UNAVAILABLE"
+
+
+class PermissionDenied(P2PAgentError):
+    code = "PERMISSION_DENIED"
+
+
+class Internal(P2PAgentError):
+    """A bug or an unexpected failure inside this node (for example a model that raised)."""
+
+    code = "INTERNAL"
+
+
+class RemoteProtocolError(P2PAgentError):
+    """A peer sent a payload we cannot read: malformed, wrong version or over a limit.
+
+    Such payloads are counted and dropped; they never crash the node or touch its state.
+    """
+
+    code = "INVALID_ARGUMENT"
+
+
+class UnsupportedVersion(RemoteProtocolError):
+    code = "FAILED_PRECONDITION"
