@@ -10,6 +10,7 @@ this package so the stubs import each other as ``p2pagent._proto.X_pb2``.
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +20,13 @@ PROTO_DIR = ROOT / "proto"
 OUT_DIR = Path(__file__).resolve().parent
 PROTOS = ("common", "peer", "agent")
 _IMPORT = re.compile(r"^from p2pagent\.v1 import (\w+) as", re.MULTILINE)
+
+
+def _plugin(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        raise SystemExit(f"{name} not found: install the dev extras (make venv)")
+    return found
 
 
 def render() -> dict[str, str]:
@@ -32,6 +40,9 @@ def render() -> dict[str, str]:
             f"--python_out={tmp}",
             f"--pyi_out={tmp}",
             f"--grpc_python_out={tmp}",
+            # Typed gRPC stubs (.pyi) from mypy-protobuf, so mypy --strict sees servicers.
+            f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+            f"--mypy_grpc_out={tmp}",
         ] + [str(PROTO_DIR / "p2pagent" / "v1" / f"{name}.proto") for name in PROTOS]
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed; see its message above")

@@ -1,0 +1,1 @@
+"""The public ``Agent`` service and the node-to-node ``Peer`` service handlers."""

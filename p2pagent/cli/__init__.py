@@ -1,0 +1,1 @@
+"""Command-line entry points: ``p2pagentd`` (the daemon) and ``p2pagentctl`` (the client)."""

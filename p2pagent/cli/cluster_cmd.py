@@ -1,0 +1,72 @@
+"""``p2pagentctl status`` and ``p2pagentctl members``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from p2pagent._proto import agent_pb2
+from p2pagent.cli import client
+from p2pagent.cli.output import emit_json, key_values, table
+from p2pagent.transport.errors import map_rpc_errors
+
+STATE_ORDER = {"alive": 0, "suspect": 1, "left": 2, "dead": 3}
+
+
+def register(sub: Any) -> None:
+    status = sub.add_parser("status", help="the node's identity, health, device and load")
+    client.add_connection_flags(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_status)
+
+    members = sub.add_parser("members", help="the membership list as the node sees it")
+    client.add_connection_flags(members)
+    members.add_argument("--json", action="store_true")
+    members.set_defaults(handler=_members)
+
+
+def status_doc(resp: agent_pb2.StatusResponse) -> dict[str, Any]:
+    return MessageToDict(
+        resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+async def _status(args: argparse.Namespace) -> int:
+    async with client.channel(args) as ch:
+        with map_rpc_errors():
+            resp = await client.agent(ch).Status(agent_pb2.StatusRequest(), timeout=args.timeout)
+    doc = status_doc(resp)
+    if args.json:
+        emit_json(doc)
+    else:
+        print(key_values(doc))
+    return 0
+
+
+def member_docs(resp: agent_pb2.MembersResponse) -> list[dict[str, Any]]:
+    docs = [
+        {
+            "name": m.name,
+            "address": m.address,
+            "state": m.state,
+            "incarnation": m.incarnation,
+            "tags": dict(m.tags),
+        }
+        for m in resp.members
+    ]
+    docs.sort(key=lambda d: (STATE_ORDER.get(str(d["state"]), 9), str(d["name"])))
+    return docs
+
+
+async def _members(args: argparse.Namespace) -> int:
+    async with client.channel(args) as ch:
+        with map_rpc_errors():
+            resp = await client.agent(ch).Members(agent_pb2.MembersRequest(), timeout=args.timeout)
+    docs = member_docs(resp)
+    if args.json:
+        emit_json(docs)
+    else:
+        print(table(docs, ["name", "address", "state", "incarnation", "tags"]))
+    return 0

@@ -1,0 +1,151 @@
+"""Composition root: builds one node from a Config and runs it until told to stop.
+
+Start order: identity (TLS material) -> data directory (locked) -> server (bound, so port
+problems surface before anything else starts) -> capabilities -> serve -> join the mesh.
+Stop order is the reverse, with health NOT_SERVING first so load balancers drain us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import time
+from pathlib import Path
+from typing import IO
+
+from p2pagent import __version__
+from p2pagent._proto import agent_pb2, agent_pb2_grpc, peer_pb2, peer_pb2_grpc
+from p2pagent.api.agent import AgentService
+from p2pagent.api.peer import PeerService
+from p2pagent.config import Config, parse_address
+from p2pagent.errors import ConfigError
+from p2pagent.identity import material as tls
+from p2pagent.identity.spiffe import Role
+from p2pagent.transport.channels import ChannelPool
+from p2pagent.transport.guard import Guard
+from p2pagent.transport.metrics import RpcMetrics
+from p2pagent.transport.server import Server
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.name = config.name
+        self.started_at = time.time()
+        self._material = tls.load(config.tls_paths())
+        if self._material.identity.role is not Role.NODE:
+            raise ConfigError(
+                f"certificate {config.tls_paths().cert} is a {self._material.identity.role.value}"
+                " certificate; a daemon needs one issued with --role node"
+            )
+        if self._material.identity.name != config.name:
+            raise ConfigError(
+                f"certificate {config.tls_paths().cert} is for {self._material.identity.name!r}"
+                f" but this node is named {config.name!r}"
+            )
+        self.identity = self._material.identity
+        self.cluster = self._material.cluster
+        self.data_dir = config.data_dir()
+        self._lock: IO[str] | None = None
+        self.metrics = RpcMetrics()
+        self.guard = Guard(self.cluster, self.metrics)
+        self.server = Server(self.guard, config.max_message_bytes)
+        self.channels = ChannelPool(lambda: self._material, config.max_message_bytes)
+        self.address = ""
+        self._stopped = asyncio.Event()
+
+    # ---- identity ----------------------------------------------------------------------------
+
+    def material(self) -> tls.TLSMaterial:
+        return self._material
+
+    def reload_certificates(self) -> None:
+        """Re-reads the certificate files (SIGHUP). New handshakes use the new material."""
+        fresh = tls.load(self.config.tls_paths())
+        if fresh.identity != self.identity:
+            raise ConfigError(
+                f"reloaded certificate names {fresh.identity}, not {self.identity}; refusing"
+            )
+        self._material = fresh
+        log.info("certificates reloaded; valid until %s", fresh.not_after.isoformat())
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def _lock_data_dir(self) -> None:
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            lock = (self.data_dir / "LOCK").open("w")
+        except OSError as e:
+            raise ConfigError(f"cannot use data directory {self.data_dir}: {e.strerror}") from None
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            raise ConfigError(
+                f"data directory {self.data_dir} is in use by another p2pagentd"
+            ) from None
+        lock.write(str(os.getpid()))
+        lock.flush()
+        self._lock = lock
+
+    async def start(self) -> None:
+        self._lock_data_dir()
+        agent_pb2_grpc.add_AgentServicer_to_server(
+            AgentService(self),  # type: ignore[abstract]  # TODO: remove once all RPCs exist
+            self.server.grpc,
+        )
+        peer_pb2_grpc.add_PeerServicer_to_server(
+            PeerService(self),  # type: ignore[abstract]  # TODO: remove once all RPCs exist
+            self.server.grpc,
+        )
+        self.server.add_service(agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name)
+        self.server.add_service(peer_pb2.DESCRIPTOR.services_by_name["Peer"].full_name)
+        port = self.server.bind(self.config.listen, self.material)
+        host, listen_port = parse_address(self.config.advertised(), "advertise address")
+        if listen_port == 0 and not self.config.advertise:
+            listen_port = port
+        self.address = f"[{host}]:{listen_port}" if ":" in host else f"{host}:{listen_port}"
+        if self.config.metrics:
+            mhost, mport = parse_address(self.config.metrics, "metrics address")
+            try:
+                self.metrics.serve(mhost, mport)
+            except OSError as e:
+                raise ConfigError(f"cannot serve metrics on {self.config.metrics}: {e}") from None
+        await self.server.start()
+        log.info("%s serving on %s as %s", self.name, self.address, self.identity)
+
+    async def stop(self) -> None:
+        """Graceful stop: health NOT_SERVING, in-flight calls get the grace period, then exit."""
+        log.info("stopping (grace %.1fs)", self.config.grace_period)
+        await self.server.stop(self.config.grace_period)
+        await self.channels.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # ---- views used by the API --------------------------------------------------------------
+
+    def status(self) -> agent_pb2.StatusResponse:
+        return agent_pb2.StatusResponse(
+            name=self.name,
+            identity=self.identity.uri,
+            address=self.address,
+            version=__version__,
+            device="cpu",
+            uptime_s=time.time() - self.started_at,
+            members_alive=1,
+            members_total=1,
+            placement=self.config.placement,
+        )
+
+
+def data_path(node: Node, *parts: str) -> Path:
+    return node.data_dir.joinpath(*parts)

@@ -1,0 +1,61 @@
+"""Mapping between our error tree and gRPC status codes, in both directions.
+
+Servicers raise `p2pagent.errors` exceptions; the interceptor turns them into statuses with
+`status_of`. Clients wrap calls in `map_rpc_errors` so a failed RPC surfaces as one of ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+
+from p2pagent import errors
+
+_BY_CODE: dict[grpc.StatusCode, type[errors.P2PAgentError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: errors.PermissionDenied,
+    grpc.StatusCode.INTERNAL: errors.Internal,
+}
+
+
+def status_of(exc: errors.P2PAgentError) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INTERNAL)
+
+
+def error_from_rpc(e: grpc.aio.AioRpcError) -> errors.P2PAgentError:
+    """Our exception for a failed RPC, with the server's message (or a hint when it has none)."""
+    code = e.code()
+    detail = e.details() or ""
+    if code is grpc.StatusCode.UNAVAILABLE:
+        detail = _explain_unavailable(detail)
+    cls = _BY_CODE.get(code, errors.Internal)
+    err = cls(detail or code.name)
+    err.code = code.name
+    return err
+
+
+def _explain_unavailable(detail: str) -> str:
+    low = detail.lower()
+    if "handshake" in low or "ssl" in low or "certificate" in low or "tls" in low:
+        return f"TLS handshake failed (certificate refused or from another CA?): {detail}"
+    if "connection refused" in low or "failed to connect" in low:
+        return f"cannot connect: {detail}"
+    return detail
+
+
+@contextmanager
+def map_rpc_errors() -> Iterator[None]:
+    """Turns `grpc.aio.AioRpcError` raised inside the block into our error tree."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as e:
+        raise error_from_rpc(e) from e

@@ -1,0 +1,189 @@
+"""The server interceptor every RPC passes through: identity, role, revocation, rate limit,
+metrics and error mapping, in one place.
+
+grpc.aio interceptors do not see the TLS peer, so instead of deciding in
+``intercept_service`` we wrap the method handler: the wrapper reads the caller's SPIFFE
+identity from ``context.auth_context()`` before running the real behaviour. The handshake
+itself already refused callers without a certificate from our CA.
+
+Who may call what:
+
+- ``/p2pagent.v1.Peer/*``: node identities only (a client gets PERMISSION_DENIED);
+- everything else (``Agent``, health, reflection): node or client identities of our cluster;
+- a revoked identity: nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from p2pagent import errors
+from p2pagent.identity.spiffe import Identity, Role, parse
+from p2pagent.transport.errors import status_of
+from p2pagent.transport.metrics import RpcMetrics
+
+log = logging.getLogger(__name__)
+
+PEER_PREFIX = "/p2pagent.v1.Peer/"
+
+#: Returns a reason when the identity is revoked, else None.
+RevocationCheck = Callable[[str], str | None]
+#: Returns False when the identity has exceeded its request rate.
+RateCheck = Callable[[Identity], bool]
+
+
+def caller_identity(context: grpc.aio.ServicerContext[Any, Any]) -> Identity:
+    """The SPIFFE identity of the caller, from the verified client certificate."""
+    auth = context.auth_context()
+    values = auth.get("peer_spiffe_id") or auth.get("x509_subject_alternative_name") or []
+    for raw in values:
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        if text.startswith("spiffe://"):
+            try:
+                return parse(text)
+            except errors.InvalidArgument:
+                break
+    raise errors.PermissionDenied("the client certificate carries no valid spiffe:// identity")
+
+
+class Guard(grpc.aio.ServerInterceptor):
+    def __init__(
+        self,
+        cluster: str,
+        metrics: RpcMetrics | None = None,
+        revoked: RevocationCheck | None = None,
+        allow_rate: RateCheck | None = None,
+    ) -> None:
+        self._cluster = cluster
+        self._metrics = metrics
+        self._revoked = revoked
+        self._allow_rate = allow_rate
+
+    def authorize(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Identity:
+        ident = caller_identity(context)
+        if ident.cluster != self._cluster:
+            raise errors.PermissionDenied(
+                f"{ident} belongs to cluster {ident.cluster!r}, not {self._cluster!r}"
+            )
+        if self._revoked is not None:
+            reason = self._revoked(ident.uri)
+            if reason is not None:
+                raise errors.PermissionDenied(f"{ident} has been revoked: {reason}")
+        if method.startswith(PEER_PREFIX) and ident.role is not Role.NODE:
+            raise errors.PermissionDenied(
+                f"{ident} is a {ident.role.value} identity; the Peer service admits nodes only"
+            )
+        if self._allow_rate is not None and not self._allow_rate(ident):
+            raise errors.ResourceExhausted(f"rate limit exceeded for {ident}; slow down and retry")
+        return ident
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        return _wrap(handler, handler_call_details.method, self)
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, guard: Guard
+) -> grpc.RpcMethodHandler[Any, Any]:
+    metrics = guard._metrics
+
+    def finish(start: float, code: str) -> None:
+        if metrics is not None:
+            metrics.observe(method, code, time.perf_counter() - start)
+
+    async def fail(context: Any, exc: BaseException, start: float) -> None:
+        if isinstance(exc, errors.P2PAgentError):
+            status, message = status_of(exc), str(exc)
+        else:
+            log.exception("unexpected error in %s", method)
+            status, message = (
+                grpc.StatusCode.INTERNAL,
+                f"internal error: {type(exc).__name__}: {exc}",
+            )
+        finish(start, status.name)
+        await context.abort(status, message)
+
+    def unary_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def run(request: Any, context: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                guard.authorize(method, context)
+                response = await behavior(request, context)
+            except grpc.aio.AbortError:
+                finish(start, _code_name(context))
+                raise
+            except asyncio.CancelledError:
+                finish(start, "CANCELLED")
+                raise
+            except Exception as e:
+                await fail(context, e, start)
+                raise AssertionError("unreachable") from e
+            finish(start, _code_name(context))
+            return response
+
+        return run
+
+    def stream_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isasyncgenfunction(behavior):
+
+            async def gen(request: Any, context: Any) -> AsyncIterator[Any]:
+                start = time.perf_counter()
+                try:
+                    guard.authorize(method, context)
+                    async for item in behavior(request, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    finish(start, _code_name(context))
+                    raise
+                except asyncio.CancelledError:
+                    finish(start, "CANCELLED")
+                    raise
+                except Exception as e:
+                    await fail(context, e, start)
+                finish(start, _code_name(context))
+
+            return gen
+        # A coroutine that writes with context.write (e.g. the health service's Watch).
+        return unary_response(behavior)
+
+    kind_args = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary), **kind_args)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            unary_response(handler.stream_unary), **kind_args
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            stream_response(handler.unary_stream), **kind_args
+        )
+    assert handler.stream_stream is not None
+    return grpc.stream_stream_rpc_method_handler(
+        stream_response(handler.stream_stream), **kind_args
+    )
+
+
+def _code_name(context: Any) -> str:
+    try:
+        code = context.code()
+    except Exception:  # older grpc: no code() on aio contexts
+        code = None
+    return code.name if isinstance(code, grpc.StatusCode) else "OK"

@@ -1,0 +1,91 @@
+"""The node's gRPC server: mutual TLS, the guard interceptor, health and reflection."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from p2pagent.config import parse_address
+from p2pagent.errors import ConfigError
+from p2pagent.identity.material import TLSMaterial
+from p2pagent.transport.credentials import server_credentials
+from p2pagent.transport.guard import Guard
+
+KEEPALIVE_SERVER_OPTIONS: list[tuple[str, int]] = [
+    # Accept the client keepalive of transport.channels (20 s, also without calls).
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+]
+
+
+def _check_bindable(listen: str) -> None:
+    """Tries the address with a plain socket first, for a clear error instead of gRPC's log."""
+    host, port = parse_address(listen, "listen address")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ConfigError(f"cannot listen on {listen}: {e.strerror}") from None
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(infos[0][4])
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {listen}: {e.strerror}") from None
+
+
+class Server:
+    """Owns the grpc.aio server and its health servicer."""
+
+    def __init__(self, guard: Guard, max_message_bytes: int) -> None:
+        options: list[tuple[str, int]] = [
+            *KEEPALIVE_SERVER_OPTIONS,
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.grpc = grpc.aio.server(interceptors=[guard], options=options)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        self._services: list[str] = [health.SERVICE_NAME]
+        self.port = 0
+
+    def add_service(self, full_name: str) -> None:
+        """Records a service name for reflection and health (call after adding its servicer)."""
+        self._services.append(full_name)
+
+    def bind(self, listen: str, material: Callable[[], TLSMaterial]) -> int:
+        _check_bindable(listen)
+        try:
+            port = self.grpc.add_secure_port(listen, server_credentials(material))
+        except RuntimeError as e:
+            raise ConfigError(f"cannot listen on {listen}: address in use or not available") from e
+        if port == 0:
+            raise ConfigError(f"cannot listen on {listen}: address in use or not available")
+        self.port = port
+        return port
+
+    async def start(self) -> None:
+        reflection.enable_server_reflection([*self._services, reflection.SERVICE_NAME], self.grpc)
+        await self.grpc.start()
+        await self.set_serving(True)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self._services]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        await self.set_serving(False)
+        await self.grpc.stop(grace)

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from p2pagent.config import load, parse_address
+from p2pagent.errors import ConfigError
+
+
+def _write(tmp_path: Path, text: str) -> str:
+    p = tmp_path / "node.toml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
+    f = _write(
+        tmp_path,
+        'name = "file"\nlisten = "127.0.0.1:1000"\nmetrics = "127.0.0.1:9000"\n'
+        'seeds = ["127.0.0.1:1", "127.0.0.1:2"]\n[tags]\nzone = "a"\n',
+    )
+    env = {
+        "P2PAGENT_NAME": "env",
+        "P2PAGENT_LISTEN": "127.0.0.1:2000",
+        "P2PAGENT_TAGS": "zone=b,rack=7",
+        "P2PAGENT_TARGET": "ignored: belongs to p2pagentctl",
+    }
+    cfg = load(f, env, {"name": "flag"})
+    assert cfg.name == "flag"  # flag beats env and file
+    assert cfg.listen == "127.0.0.1:2000"  # env beats file
+    assert cfg.metrics == "127.0.0.1:9000"  # file beats default
+    assert cfg.seeds == ["127.0.0.1:1", "127.0.0.1:2"]
+    assert cfg.tags == {"zone": "b", "rack": "7"}
+
+
+def test_defaults_without_any_source() -> None:
+    cfg = load(None, {}, {"name": "solo"})
+    assert cfg.listen == "127.0.0.1:7400"
+    assert cfg.advertised() == "127.0.0.1:7400"
+    assert cfg.placement == "work_stealing"
+
+
+def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
+    f = _write(tmp_path, 'name = "x"\nprobe_intervall = 3\n')
+    with pytest.raises(ConfigError, match="unknown key 'probe_intervall'"):
+        load(f, {}, {})
+
+
+def test_wrong_type_is_named(tmp_path: Path) -> None:
+    f = _write(tmp_path, 'name = "x"\ngrace_period = "soon"\n')
+    with pytest.raises(ConfigError, match="'grace_period'.*must be float"):
+        load(f, {}, {})
+    with pytest.raises(ConfigError, match="must be int"):
+        load(None, {"P2PAGENT_MAX_MESSAGE_BYTES": "lots"}, {"name": "x"})
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(_write(tmp_path, "name = = 1"), {}, {})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(str(tmp_path / "missing.toml"), {}, {})
+
+
+@pytest.mark.parametrize("bad", ["localhost", "1.2.3.4:", ":80", "host:99999", "a b:1", "[::1:80"])
+def test_malformed_addresses(bad: str) -> None:
+    with pytest.raises(ConfigError, match="malformed"):
+        parse_address(bad)
+    with pytest.raises(ConfigError, match="listen address"):
+        load(None, {}, {"name": "x", "listen": bad})
+
+
+def test_ipv6_and_wildcard_listen() -> None:
+    assert parse_address("[::1]:7400") == ("::1", 7400)
+    with pytest.raises(ConfigError, match="--advertise"):
+        load(None, {}, {"name": "x", "listen": "0.0.0.0:7400"})
+    cfg = load(None, {}, {"name": "x", "listen": "0.0.0.0:7400", "advertise": "10.0.0.1:7400"})
+    assert cfg.advertised() == "10.0.0.1:7400"
+
+
+def test_bad_node_name_and_placement() -> None:
+    with pytest.raises(ConfigError, match="node name"):
+        load(None, {}, {"name": "../etc"})
+    with pytest.raises(ConfigError, match="placement"):
+        load(None, {}, {"name": "x", "placement": "random"})
+
+
+def test_missing_certificates_message() -> None:
+    cfg = load(None, {}, {"name": "x"})
+    with pytest.raises(ConfigError, match="--certs"):
+        cfg.tls_paths()
+    assert cfg.__class__(name="n1", certs="/c").tls_paths().cert == Path("/c/n1.crt")
