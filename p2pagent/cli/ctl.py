@@ -14,11 +14,18 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from p2pagent import __version__
-from p2pagent.cli import certs_cmd, cluster_cmd
+from p2pagent.cli import (
+    certs_cmd,
+    cluster_cmd,
+    infer_cmd,
+    models_cmd,
+    state_cmd,
+    tasks_cmd,
+)
 from p2pagent.errors import ConfigError, InvalidArgument, P2PAgentError, Unavailable
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
-MODULES = (certs_cmd, cluster_cmd)
+MODULES = (certs_cmd, cluster_cmd, state_cmd, infer_cmd, models_cmd, tasks_cmd)
 
 
 def parser() -> argparse.ArgumentParser:

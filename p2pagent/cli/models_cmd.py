@@ -1,0 +1,188 @@
+"""``p2pagentctl models push|ls|pull|rm``: the replicated model registry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import ParseDict
+
+from p2pagent._proto import agent_pb2
+from p2pagent.cli import client
+from p2pagent.cli.output import emit_json, key_values, table
+from p2pagent.errors import InvalidArgument
+from p2pagent.transport.errors import map_rpc_errors
+
+FORMATS = ("torchscript", "export", "safetensors")
+UPLOAD_PIECE = 1 << 20
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("models", help="publish, list, pull and delete models")
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        c: argparse.ArgumentParser = msub.add_parser(name, help=help)
+        client.add_connection_flags(c)
+        c.add_argument("--json", action="store_true")
+        return c
+
+    push = cmd("push", "publish a model file")
+    push.add_argument("file", type=Path)
+    push.add_argument("--name", required=True)
+    push.add_argument("--format", choices=FORMATS, help="default: from the file name")
+    push.add_argument("--metadata", type=Path, help="JSON: inputs/outputs (and architecture)")
+    push.add_argument("--replicas", default="1", help="K or 'all' (default 1)")
+    push.add_argument("--chunk-size", type=int, default=0, help="bytes (default: node's)")
+    push.add_argument("--no-progress", action="store_true")
+    push.set_defaults(handler=_push)
+
+    ls = cmd("ls", "list model versions")
+    ls.add_argument("name", nargs="?", default="")
+    ls.set_defaults(handler=_ls)
+
+    pull = cmd("pull", "make the target node hold a model")
+    pull.add_argument("name")
+    pull.add_argument("--version", default="", help="manifest id (default: latest)")
+    pull.set_defaults(handler=_pull)
+
+    rm = cmd("rm", "delete a model (every version unless --version)")
+    rm.add_argument("name")
+    rm.add_argument("--version", default="")
+    rm.set_defaults(handler=_rm)
+
+
+def guess_format(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".safetensors"):
+        return "safetensors"
+    if name.endswith(".pt2"):
+        return "export"
+    if name.endswith((".pt", ".pth", ".torchscript", ".ts")):
+        return "torchscript"
+    raise InvalidArgument(
+        f"cannot tell the format of {path.name}: pass --format {'|'.join(FORMATS)}"
+    )
+
+
+def version_doc(v: agent_pb2.ModelVersion) -> dict[str, Any]:
+    return {
+        "name": v.name,
+        "version": v.manifest_id[:12],
+        "manifest_id": v.manifest_id,
+        "format": v.format,
+        "size": v.size,
+        "chunks": v.chunks,
+        "replicas": v.replicas or "1",
+        "holders": sorted(v.holders),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.created_unix)),
+    }
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.sent, self.enabled = total, 0, enabled and sys.stderr.isatty()
+        self.start = time.monotonic()
+
+    def add(self, n: int) -> None:
+        self.sent += n
+        if not self.enabled:
+            return
+        frac = self.sent / self.total if self.total else 1.0
+        rate = self.sent / max(time.monotonic() - self.start, 1e-6) / 1e6
+        bar = "#" * int(frac * 30)
+        sys.stderr.write(f"\r[{bar:<30}] {frac * 100:5.1f}% {rate:7.1f} MB/s")
+        if self.sent >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+async def _upload(
+    args: argparse.Namespace, header: agent_pb2.PublishModelRequest.Header, progress: _Progress
+) -> AsyncIterator[agent_pb2.PublishModelRequest]:
+    yield agent_pb2.PublishModelRequest(header=header)
+    with args.file.open("rb") as f:
+        while piece := f.read(UPLOAD_PIECE):
+            progress.add(len(piece))
+            yield agent_pb2.PublishModelRequest(data=piece)
+
+
+async def _push(args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        raise InvalidArgument(f"model file {args.file} does not exist")
+    fmt = args.format or guess_format(args.file)
+    metadata = agent_pb2.ModelMetadata()
+    if args.metadata:
+        try:
+            ParseDict(json.loads(args.metadata.read_text()), metadata)
+        except (OSError, ValueError) as e:
+            raise InvalidArgument(f"metadata file {args.metadata}: {e}") from None
+    size = args.file.stat().st_size
+    header = agent_pb2.PublishModelRequest.Header(
+        name=args.name,
+        format=fmt,
+        metadata=metadata,
+        size=size,
+        chunk_size=args.chunk_size,
+        replicas=args.replicas,
+    )
+    progress = _Progress(size, not args.no_progress and not args.json)
+    async with client.channel(args) as ch:
+        with map_rpc_errors():
+            resp = await client.agent(ch).PublishModel(
+                _upload(args, header, progress), timeout=max(args.timeout, 600)
+            )
+    doc = version_doc(resp)
+    if args.json:
+        emit_json(doc)
+    else:
+        print(f"published {resp.name} version {resp.manifest_id[:12]} ({size} bytes)")
+    return 0
+
+
+async def _ls(args: argparse.Namespace) -> int:
+    async with client.channel(args) as ch:
+        with map_rpc_errors():
+            resp = await client.agent(ch).ListModels(
+                agent_pb2.ListModelsRequest(name=args.name), timeout=args.timeout
+            )
+    rows = [version_doc(v) for v in resp.versions]
+    if args.json:
+        emit_json(rows)
+    else:
+        print(table(rows, ["name", "version", "format", "size", "replicas", "holders", "created"]))
+    return 0
+
+
+async def _pull(args: argparse.Namespace) -> int:
+    async with client.channel(args) as ch:
+        with map_rpc_errors():
+            resp = await client.agent(ch).PullModel(
+                agent_pb2.PullModelRequest(name=args.name, manifest_id=args.version),
+                timeout=max(args.timeout, 600),
+            )
+    doc = version_doc(resp)
+    if args.json:
+        emit_json(doc)
+    else:
+        print(key_values(doc))
+    return 0
+
+
+async def _rm(args: argparse.Namespace) -> int:
+    async with client.channel(args) as ch:
+        with map_rpc_errors():
+            resp = await client.agent(ch).DeleteModel(
+                agent_pb2.DeleteModelRequest(name=args.name, manifest_id=args.version),
+                timeout=args.timeout,
+            )
+    if args.json:
+        emit_json({"deleted": resp.deleted})
+    else:
+        print(f"deleted {resp.deleted} version(s) of {args.name}")
+    return 0

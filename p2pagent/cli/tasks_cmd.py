@@ -1,0 +1,131 @@
+"""``p2pagentctl tasks submit|wait|ls``: the task lifecycle."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from p2pagent._proto import agent_pb2
+from p2pagent.cli import client
+from p2pagent.cli.output import emit_json, key_values, table
+from p2pagent.cli.tensors import describe, read_inputs
+from p2pagent.transport.errors import map_rpc_errors
+
+KIND = {v: k.lower() for k, v in agent_pb2.TaskEvent.Kind.items()}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("tasks", help="submit tasks, wait for results, list them")
+    tsub = p.add_subparsers(dest="tasks_command", metavar="ACTION", required=True)
+
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        c: argparse.ArgumentParser = tsub.add_parser(name, help=help)
+        client.add_connection_flags(c)
+        c.add_argument("--json", action="store_true")
+        return c
+
+    submit = cmd("submit", "submit a task; prints its id")
+    submit.add_argument("--model", required=True)
+    submit.add_argument("--input", required=True, metavar="FILE", help=".npy or JSON input")
+    submit.add_argument("--input-name", default="input")
+    submit.add_argument("--priority", type=int, default=0)
+    submit.add_argument("--deadline", type=float, default=0.0, help="seconds from now")
+    submit.add_argument("--count", type=int, default=1, help="submit N copies")
+    submit.add_argument("--wait", action="store_true", help="then wait for every result")
+    submit.set_defaults(handler=_submit)
+
+    wait = cmd("wait", "stream a task's events until its result")
+    wait.add_argument("task_id")
+    wait.set_defaults(handler=_wait)
+
+    ls = cmd("ls", "tasks this node originated, and its queue counters")
+    ls.add_argument("--limit", type=int, default=20)
+    ls.set_defaults(handler=_ls)
+
+
+def event_doc(e: agent_pb2.TaskEvent) -> dict[str, Any]:
+    doc: dict[str, Any] = {"task_id": e.task_id, "event": KIND.get(e.kind, "?"), "node": e.node}
+    if e.kind == agent_pb2.TaskEvent.DONE:
+        doc["outputs"] = [describe(t) for t in e.outputs]
+    if e.kind == agent_pb2.TaskEvent.FAILED:
+        doc["error"] = f"{e.error_code}: {e.error_message}"
+    return doc
+
+
+async def _wait_one(stub: Any, task_id: str, args: argparse.Namespace) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+    with map_rpc_errors():
+        async for e in stub.Wait(agent_pb2.WaitRequest(task_id=task_id)):
+            last = event_doc(e)
+            if args.json:
+                continue
+            where = f" on {e.node}" if e.node else ""
+            print(f"{task_id[:12]} {last['event']}{where}", flush=True)
+            if "error" in last:
+                print(f"  {last['error']}")
+    return last
+
+
+async def _submit(args: argparse.Namespace) -> int:
+    inputs = read_inputs(args.input, args.input_name)
+    req = agent_pb2.SubmitRequest(
+        model=args.model, inputs=inputs, priority=args.priority, deadline_s=args.deadline
+    )
+    ids: list[str] = []
+    async with client.channel(args) as ch:
+        stub = client.agent(ch)
+        with map_rpc_errors():
+            for _ in range(args.count):
+                ids.append((await stub.Submit(req, timeout=args.timeout)).task_id)
+        if not args.json:
+            for tid in ids:
+                print(tid)
+        results = []
+        if args.wait:
+            for tid in ids:
+                results.append(await _wait_one(stub, tid, args))
+    if args.json:
+        emit_json({"task_ids": ids, "results": results} if args.wait else {"task_ids": ids})
+    failed = [r for r in results if r.get("event") == "failed"]
+    return 1 if failed else 0
+
+
+async def _wait(args: argparse.Namespace) -> int:
+    async with client.channel(args) as ch:
+        last = await _wait_one(client.agent(ch), args.task_id, args)
+    if args.json:
+        emit_json(last)
+    return 0 if last.get("event") == "done" else 1
+
+
+async def _ls(args: argparse.Namespace) -> int:
+    async with client.channel(args) as ch:
+        with map_rpc_errors():
+            resp = await client.agent(ch).ListTasks(
+                agent_pb2.ListTasksRequest(limit=args.limit), timeout=args.timeout
+            )
+    counters = {
+        "queue_length": resp.queue_length,
+        "running": resp.running,
+        "completed": resp.completed,
+        "stolen_in": resp.stolen_in,
+        "stolen_out": resp.stolen_out,
+    }
+    rows = [
+        {
+            "task_id": t.task_id,
+            "model": t.model,
+            "state": t.state,
+            "node": t.node,
+            "age_s": round(time.time() - t.submitted_unix, 1),
+        }
+        for t in resp.tasks
+    ]
+    if args.json:
+        emit_json({"counters": counters, "tasks": rows})
+    else:
+        print(key_values(counters))
+        print()
+        print(table(rows, ["task_id", "model", "state", "node", "age_s"]))
+    return 0
