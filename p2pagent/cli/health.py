@@ -1,0 +1,57 @@
+"""``python -m p2pagent.cli.health``: exit 0 when the local node answers SERVING.
+
+For container HEALTHCHECKs and Kubernetes exec probes, which cannot present a client
+certificate themselves. Reads the same settings as the daemon (``P2PAGENT_*``, flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from p2pagent.config import load
+from p2pagent.errors import P2PAgentError
+from p2pagent.identity import material as tls
+from p2pagent.transport.channels import channel_options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="p2pagent-health")
+    p.add_argument("--config", metavar="FILE")
+    p.add_argument("--name")
+    p.add_argument("--certs")
+    p.add_argument("--target", help="default: the advertised address")
+    p.add_argument("--service", default="", help="health service name (default: overall)")
+    p.add_argument("--timeout", type=float, default=3.0)
+    args = p.parse_args(argv)
+    try:
+        flags = {k: v for k, v in (("name", args.name), ("certs", args.certs)) if v}
+        cfg = load(args.config, os.environ, flags)
+        material = tls.load(cfg.tls_paths())
+        target = args.target or cfg.advertised()
+    except P2PAgentError as e:
+        print(f"unhealthy: {e}", file=sys.stderr)
+        return 2
+    creds = grpc.ssl_channel_credentials(material.ca_pem, material.key_pem, material.cert_pem)
+    with grpc.secure_channel(
+        target, creds, options=channel_options(material.cluster, 4 << 20)
+    ) as ch:
+        try:
+            resp = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as e:
+            print(f"unhealthy: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    print(status)
+    return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Settings of the task capability: queue, load model, work stealing and leases.
+
+One dataclass, nested in the node Config as ``[tasks]``. Every knob is documented where it is
+declared; the formulas that use them live in small named functions next to their users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from p2pagent.errors import ConfigError
+
+
+@dataclass
+class TasksConfig:
+    """Knobs of the task queue, load model, steal policy and origin lease table."""
+
+    # ---- queue ---------------------------------------------------------------------------
+    #: Most tasks one node holds queued (not yet running); more is ResourceExhausted.
+    max_queued: int = 10_000
+
+    # ---- cost of moving a task (Dask's rule) ---------------------------------------------
+    #: Assumed node-to-node bandwidth for shipping task inputs, bytes per second (1 Gbit/s).
+    bandwidth_bytes_per_s: float = 125_000_000.0
+    #: Fixed cost of one hand-over (round trips, serialisation), seconds.
+    transfer_latency_s: float = 0.001
+    #: A task is worth moving only if compute >= ratio * transfer: with 10, moving it adds at
+    #: most 10 % to its run time, so a steal cannot make things much worse even when the
+    #: estimate of the victim's backlog is stale.
+    steal_cost_ratio: float = 10.0
+    #: Whether a node hands over tasks it did not originate (assigned to it). Off by default:
+    #: the origin must then learn of the move from the victim, which needs one more message
+    #: and opens a window in which two executors may run the task (delivery stays exactly
+    #: once, but compute is wasted). With it off, every steal is a local, atomic step at the
+    #: origin.
+    steal_foreign: bool = False
+
+    # ---- load model ----------------------------------------------------------------------
+    #: EWMA weight of the newest service-time sample.
+    ewma_alpha: float = 0.2
+    #: Peer load reports older than this are ignored (the peer may be gone or wedged).
+    report_max_age_s: float = 10.0
+
+    # ---- stealing (thief side) -----------------------------------------------------------
+    #: Steal when the work queued here (not running) would take less than this, seconds.
+    steal_low_water_s: float = 0.05
+    #: Ask for enough tasks to cover this much time at our speed.
+    steal_batch_s: float = 0.2
+    #: Upper bound on tasks asked for in one steal.
+    steal_max_tasks: int = 64
+    #: Peers whose estimated backlog is below this are never robbed: they finish soon anyway.
+    min_victim_backlog_s: float = 0.05
+    #: A model we lack is worth pulling for a steal when its tasks run at least this many
+    #: times longer than the pull.
+    pull_payoff_ratio: float = 4.0
+    #: Back-off after an empty or failed steal: base * 2**(failures-1), capped, with jitter.
+    steal_backoff_base_s: float = 0.01
+    steal_backoff_max_s: float = 1.0
+    #: A steal with no answer after this long counts as failed.
+    steal_timeout_s: float = 2.0
+
+    # ---- leases (origin side) ------------------------------------------------------------
+    #: A remote holder must be heard from (heartbeat, load report or membership alive)
+    #: within this long, or its tasks are re-queued.
+    lease_s: float = 10.0
+    #: After a hand-over, the new holder's load reports must list the task once this much
+    #: time has passed; a task missing then was lost in transit and is re-queued.
+    handoff_grace_s: float = 3.0
+    #: Attempts before the origin gives up on a task (executors died or refused each time).
+    max_attempts: int = 8
+    #: Error codes from an executor that mean "try elsewhere", not "the task is bad".
+    retryable_codes: list[str] = field(
+        default_factory=lambda: ["UNAVAILABLE", "RESOURCE_EXHAUSTED", "ABORTED"]
+    )
+    #: Delivered task ids are remembered this long to discard late duplicate results.
+    done_retention_s: float = 600.0
+
+    def validate(self) -> TasksConfig:
+        positive = {
+            "max_queued": self.max_queued,
+            "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s,
+            "steal_cost_ratio": self.steal_cost_ratio,
+            "steal_batch_s": self.steal_batch_s,
+            "steal_max_tasks": self.steal_max_tasks,
+            "steal_backoff_base_s": self.steal_backoff_base_s,
+            "steal_timeout_s": self.steal_timeout_s,
+            "lease_s": self.lease_s,
+            "max_attempts": self.max_attempts,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"tasks.{name} must be > 0, got {value}")
+        if not 0 < self.ewma_alpha <= 1:
+            raise ConfigError(f"tasks.ewma_alpha must be in (0, 1], got {self.ewma_alpha}")
+        if self.steal_backoff_max_s < self.steal_backoff_base_s:
+            raise ConfigError("tasks.steal_backoff_max_s must be >= tasks.steal_backoff_base_s")
+        return self

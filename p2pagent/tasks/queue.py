@@ -1,0 +1,243 @@
+"""The local task queue of one node: priority, then first-in first-out.
+
+A task here is either ``queued`` (waiting) or ``running`` (handed to the inference engine).
+Work stealing takes from the *cold* end — lowest priority, newest — because those are the
+tasks this node would run last, so moving them costs its own clients the least and gains the
+thief the most. Running tasks are never handed over (their compute is already under way), and
+a task that arrived here by a steal is never handed over again: a task moves at most once,
+which is what stops the thrashing Dask users see when the same task bounces between workers.
+
+Pure: no clock, no I/O. The driver calls ``expire(now)`` at ``next_deadline()``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from enum import Enum
+
+from p2pagent.errors import AlreadyExists, NotFound, ResourceExhausted
+from p2pagent.tasks.config import TasksConfig
+from p2pagent.tasks.spec import Task
+
+
+class EntryState(Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+
+
+@dataclass
+class _Entry:
+    task: Task
+    seq: int
+    state: EntryState
+    #: Arrived by a steal: never handed over again.
+    stolen: bool
+    enqueued_at: float
+
+    @property
+    def key(self) -> tuple[int, int]:
+        # Sort order of the waiting line: higher priority first, then older first.
+        return (-self.task.priority, self.seq)
+
+
+@dataclass(frozen=True)
+class Expired:
+    """A task whose deadline passed here; the driver fails it with DeadlineExceeded."""
+
+    task: Task
+    #: It was already running: the driver should cancel it in the engine if it can.
+    was_running: bool
+    error_code: str = "DEADLINE_EXCEEDED"
+
+    @property
+    def error_message(self) -> str:
+        where = "while running" if self.was_running else "while queued"
+        return (
+            f"task {self.task.task_id} passed its deadline {where}; "
+            "give it a later deadline or submit it when the cluster is less busy"
+        )
+
+
+def transfer_cost_s(input_bytes: int, cfg: TasksConfig) -> float:
+    """Estimated seconds to ship a task's inputs to another node."""
+    return input_bytes / cfg.bandwidth_bytes_per_s + cfg.transfer_latency_s
+
+
+def worth_moving(task: Task, thief_speed: float, cfg: TasksConfig) -> bool:
+    """Dask's rule: move a task only when its compute dwarfs the cost of moving it.
+
+    Compute is measured on the thief (``est_cost_s / thief_speed``); with the default ratio of
+    10 a steal adds at most 10 % to the task's own run time.
+    """
+    compute_s = task.est_cost_s / max(thief_speed, 1e-9)
+    return compute_s >= cfg.steal_cost_ratio * transfer_cost_s(task.input_bytes, cfg)
+
+
+def steal_share(n_queued: int, thief_speed: float, own_speed: float) -> int:
+    """Most tasks one steal may take: the thief's fair share of the queue, at most half.
+
+    Half (rounded up, so a lone waiting task can still move to an idle node while this one is
+    busy) keeps the victim from being emptied by one thief while others are idle; a slower
+    thief gets proportionally less.
+    """
+    if n_queued <= 0:
+        return 0
+    fraction = min(0.5, thief_speed / max(thief_speed + own_speed, 1e-9))
+    return max(1, math.ceil(n_queued * fraction))
+
+
+class TaskQueue:
+    """Queued and running tasks on one node."""
+
+    def __init__(self, node: str, cfg: TasksConfig | None = None, speed: float = 1.0) -> None:
+        self.node = node
+        self.cfg = cfg or TasksConfig()
+        #: This node's relative speed, for sharing work with a thief fairly.
+        self.speed = speed
+        self._entries: dict[str, _Entry] = {}
+        # Waiting line of queued entries sorted by key; running ones are not in it.
+        self._line: list[_Entry] = []
+        self._seq = 0
+
+    # ---- views ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._entries
+
+    @property
+    def n_queued(self) -> int:
+        return len(self._line)
+
+    @property
+    def n_running(self) -> int:
+        return len(self._entries) - len(self._line)
+
+    def queued(self) -> Iterator[Task]:
+        """Queued tasks in the order they would run."""
+        return (e.task for e in self._line)
+
+    def running(self) -> Iterator[Task]:
+        return (e.task for e in self._entries.values() if e.state is EntryState.RUNNING)
+
+    def state(self, task_id: str) -> EntryState | None:
+        entry = self._entries.get(task_id)
+        return entry.state if entry else None
+
+    def is_stolen(self, task_id: str) -> bool:
+        entry = self._entries.get(task_id)
+        return entry is not None and entry.stolen
+
+    def queued_cost_s(self) -> float:
+        """Sum of the compute estimates of the waiting tasks (speed-1.0 seconds)."""
+        return sum(e.task.est_cost_s for e in self._line)
+
+    def next_deadline(self) -> float | None:
+        """Earliest deadline of any task here, for the driver's timer; None if none."""
+        deadlines = [e.task.deadline for e in self._entries.values() if e.task.deadline > 0]
+        return min(deadlines) if deadlines else None
+
+    # ---- inputs --------------------------------------------------------------------------
+
+    def push(self, task: Task, now: float, stolen: bool = False) -> None:
+        """Adds a task to the waiting line.
+
+        ``stolen`` marks a task that came here by a steal, so it is never handed over again.
+        Raises ResourceExhausted when full and AlreadyExists for a task id already here.
+        """
+        if task.task_id in self._entries:
+            raise AlreadyExists(f"task {task.task_id} is already queued on {self.node}")
+        if len(self._line) >= self.cfg.max_queued:
+            raise ResourceExhausted(
+                f"task queue of {self.node} is full ({self.cfg.max_queued} tasks); "
+                "retry later, submit to another node, or raise tasks.max_queued"
+            )
+        self._seq += 1
+        entry = _Entry(task, self._seq, EntryState.QUEUED, stolen, now)
+        self._entries[task.task_id] = entry
+        bisect.insort(self._line, entry, key=lambda e: e.key)
+
+    def pop_for_execution(self, models: Collection[str] | None = None) -> Task | None:
+        """The hottest queued task, now marked running; None when nothing is waiting.
+
+        ``models`` restricts the choice to models loaded in the engine (None = any).
+        """
+        for i, entry in enumerate(self._line):
+            if models is None or entry.task.model in models:
+                del self._line[i]
+                entry.state = EntryState.RUNNING
+                return entry.task
+        return None
+
+    def finish(self, task_id: str) -> Task:
+        """Removes a running task once the engine is done with it (either way)."""
+        entry = self._entries.get(task_id)
+        if entry is None or entry.state is not EntryState.RUNNING:
+            raise NotFound(f"task {task_id} is not running on {self.node}")
+        del self._entries[task_id]
+        return entry.task
+
+    def remove(self, task_id: str) -> Task | None:
+        """Drops a task wherever it is (cancelled, or superseded by a newer attempt)."""
+        entry = self._entries.pop(task_id, None)
+        if entry is None:
+            return None
+        if entry.state is EntryState.QUEUED:
+            self._unline(entry)
+        return entry.task
+
+    def take_for_steal(
+        self,
+        max_n: int,
+        models: Collection[str],
+        thief_speed: float,
+        now: float,
+    ) -> list[Task]:
+        """Removes and returns up to ``max_n`` tasks for a thief, from the cold end.
+
+        Only queued tasks that never moved before, whose model the thief serves (``models``
+        empty = any) and that are worth moving (``worth_moving``); at most the thief's share
+        (``steal_share``) of the queue. Tasks this node did not originate are kept unless
+        ``steal_foreign`` is on (see TasksConfig). Expired tasks are left for ``expire``.
+        """
+        limit = min(max_n, steal_share(len(self._line), thief_speed, self.speed))
+        wanted = set(models)
+        taken: list[_Entry] = []
+        for entry in reversed(self._line):
+            if len(taken) >= limit:
+                break
+            task = entry.task
+            if entry.stolen or task.expired(now):
+                continue
+            if task.origin != self.node and not self.cfg.steal_foreign:
+                continue
+            if wanted and task.model not in wanted:
+                continue
+            if not worth_moving(task, thief_speed, self.cfg):
+                continue
+            taken.append(entry)
+        for entry in taken:
+            del self._entries[entry.task.task_id]
+            self._unline(entry)
+        return [e.task for e in taken]
+
+    def expire(self, now: float) -> list[Expired]:
+        """Removes and returns every task, queued or running, whose deadline has passed."""
+        gone = [e for e in self._entries.values() if e.task.expired(now)]
+        for entry in gone:
+            del self._entries[entry.task.task_id]
+            if entry.state is EntryState.QUEUED:
+                self._unline(entry)
+        return [Expired(e.task, e.state is EntryState.RUNNING) for e in gone]
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def _unline(self, entry: _Entry) -> None:
+        i = bisect.bisect_left(self._line, entry.key, key=lambda e: e.key)
+        assert self._line[i] is entry, "waiting line out of order"
+        del self._line[i]
