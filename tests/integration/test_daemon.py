@@ -15,13 +15,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2, peer_pb2_grpc
-from p2pagent.transport.channels import channel_options
 from p2pagent.testing.daemon import Daemon, free_port
+from p2pagent.transport.channels import channel_options
 
 
 def _creds(d: Path, name: str) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(
-        (d / "ca.crt").read_bytes(), (d / f"{name}.key").read_bytes(), (d / f"{name}.crt").read_bytes()
+        (d / "ca.crt").read_bytes(),
+        (d / f"{name}.key").read_bytes(),
+        (d / f"{name}.crt").read_bytes(),
     )
 
 

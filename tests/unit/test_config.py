@@ -49,7 +49,7 @@ def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
 
 def test_wrong_type_is_named(tmp_path: Path) -> None:
     f = _write(tmp_path, 'name = "x"\ngrace_period = "soon"\n')
-    with pytest.raises(ConfigError, match="'grace_period'.*must be float"):
+    with pytest.raises(ConfigError, match=r"'grace_period'.*must be float"):
         load(f, {}, {})
     with pytest.raises(ConfigError, match="must be int"):
         load(None, {"P2PAGENT_MAX_MESSAGE_BYTES": "lots"}, {"name": "x"})

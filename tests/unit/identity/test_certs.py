@@ -70,7 +70,12 @@ def test_bad_names_are_refused(tmp_path: Path, name: str) -> None:
 
 def test_spiffe_parse_rejects_other_uris() -> None:
     assert spiffe.parse("spiffe://c/node/n1").role is Role.NODE
-    for bad in ["http://c/node/n1", "spiffe://c/admin/n1", "spiffe://c/node", "spiffe://c/node/a/b"]:
+    for bad in [
+        "http://c/node/n1",
+        "spiffe://c/admin/n1",
+        "spiffe://c/node",
+        "spiffe://c/node/a/b",
+    ]:
         with pytest.raises(InvalidArgument):
             spiffe.parse(bad)
 
