@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -22,10 +23,11 @@ from p2pagent.api.peer import PeerService
 from p2pagent.config import Config, parse_address
 from p2pagent.errors import ConfigError
 from p2pagent.identity import material as tls
-from p2pagent.identity.spiffe import Role
+from p2pagent.identity.spiffe import Identity, Role
 from p2pagent.transport.channels import ChannelPool
 from p2pagent.transport.guard import Guard
 from p2pagent.transport.metrics import RpcMetrics
+from p2pagent.transport.ratelimit import PerIdentityLimiter
 from p2pagent.transport.server import Server
 
 log = logging.getLogger(__name__)
@@ -52,11 +54,24 @@ class Node:
         self.data_dir = config.data_dir()
         self._lock: IO[str] | None = None
         self.metrics = RpcMetrics()
-        self.guard = Guard(self.cluster, self.metrics)
+        self.revoked: dict[str, str] = {}  # identity URI -> reason; fed by replicated state
+        self.guard = Guard(
+            self.cluster, self.metrics, revoked=self.revoked.get, allow_rate=self._allow_rate()
+        )
         self.server = Server(self.guard, config.max_message_bytes)
         self.channels = ChannelPool(lambda: self._material, config.max_message_bytes)
         self.address = ""
         self._stopped = asyncio.Event()
+
+    def _allow_rate(self) -> Callable[[Identity], bool] | None:
+        if self.config.rate_limit <= 0:
+            return None
+        limiter = PerIdentityLimiter(self.config.rate_limit, burst=self.config.rate_limit * 2)
+
+        def allow(ident: Identity) -> bool:
+            return ident.role is Role.NODE or limiter.allow(ident.uri, time.monotonic())
+
+        return allow
 
     # ---- identity ----------------------------------------------------------------------------
 

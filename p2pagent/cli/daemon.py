@@ -49,6 +49,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", action="append", metavar="K=V", help="member tag (repeatable)")
     p.add_argument("--log-level", help="debug, info, warning or error")
     p.add_argument("--log-format", choices=("text", "json"), help="log line format")
+    p.add_argument(
+        "--rate-limit", type=float, metavar="RPS", help="public API requests/s per client"
+    )
     p.add_argument("--grace-period", type=float, metavar="S", help="shutdown grace seconds")
     return p
 
