@@ -22,16 +22,16 @@ def _docs(path: Path) -> list[dict[str, Any]]:
 
 
 def _all_k8s() -> list[dict[str, Any]]:
-    kust = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    kust = yaml.safe_load((DEPLOY / "k8s" / "base" / "kustomization.yaml").read_text())
     out = []
     for res in kust["resources"]:
-        out += _docs(DEPLOY / "k8s" / res)
+        out += _docs(DEPLOY / "k8s" / "base" / res)
     return out
 
 
 def test_kustomization_lists_every_manifest_and_each_is_well_formed() -> None:
-    kust = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
-    on_disk = {p.name for p in (DEPLOY / "k8s").glob("*.yaml")} - {"kustomization.yaml"}
+    kust = yaml.safe_load((DEPLOY / "k8s" / "base" / "kustomization.yaml").read_text())
+    on_disk = {p.name for p in (DEPLOY / "k8s" / "base").glob("*.yaml")} - {"kustomization.yaml"}
     assert set(kust["resources"]) == on_disk
     for doc in _all_k8s():
         assert {"apiVersion", "kind", "metadata"} <= set(doc), doc
