@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from p2pagent.errors import ConfigError, InvalidArgument
 from p2pagent.identity.material import TLSPaths
 from p2pagent.identity.spiffe import check_name
+from p2pagent.inference.config import InferenceConfig
 
 ENV_PREFIX = "P2PAGENT_"
 DEFAULT_PORT = 7400
@@ -86,6 +87,10 @@ class Config:
     grace_period: float = 5.0
     #: Requests per second allowed per caller identity on the public API (0 = unlimited).
     rate_limit: float = 0.0
+    #: Model files served from local disk: NAME=PATH[@METADATA.json] (see api.local_models).
+    serve: list[str] = field(default_factory=list)
+    #: Batching, queue bounds, threads and model cache (``[inference]``).
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     # ---- derived views -------------------------------------------------------------------
 
@@ -135,6 +140,7 @@ class Config:
         if self.max_message_bytes < 1024 * 1024:
             raise ConfigError("max_message_bytes must be at least 1048576 (1 MiB)")
         self.advertised()
+        self.inference.validate()
         return self
 
 

@@ -19,11 +19,15 @@ from typing import IO
 from p2pagent import __version__
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, peer_pb2, peer_pb2_grpc
 from p2pagent.api.agent import AgentService
+from p2pagent.api.local_models import parse_serve
 from p2pagent.api.peer import PeerService
 from p2pagent.config import Config, parse_address
 from p2pagent.errors import ConfigError
 from p2pagent.identity import material as tls
 from p2pagent.identity.spiffe import Identity, Role
+from p2pagent.inference.cache import ModelCache
+from p2pagent.inference.device import select_device
+from p2pagent.inference.engine import InferenceEngine
 from p2pagent.transport.channels import ChannelPool
 from p2pagent.transport.guard import Guard
 from p2pagent.transport.metrics import RpcMetrics
@@ -62,6 +66,12 @@ class Node:
         self.channels = ChannelPool(lambda: self._material, config.max_message_bytes)
         self.address = ""
         self._stopped = asyncio.Event()
+        self.device = select_device(config.device)
+        self.local_models = [parse_serve(entry) for entry in config.serve]
+        self.models_cache = ModelCache(self.device.device, config.inference.cache_budget_bytes)
+        self.engine = InferenceEngine(self.models_cache, config.inference, self.device)
+        for m in self.local_models:
+            self.models_cache.register(m.name, m.path, m.spec)
 
     def _allow_rate(self) -> Callable[[Identity], bool] | None:
         if self.config.rate_limit <= 0:
@@ -137,6 +147,8 @@ class Node:
         """Graceful stop: health NOT_SERVING, in-flight calls get the grace period, then exit."""
         log.info("stopping (grace %.1fs)", self.config.grace_period)
         await self.server.stop(self.config.grace_period)
+        await self.engine.close()
+        self.models_cache.close()
         await self.channels.close()
         if self._lock is not None:
             self._lock.close()
@@ -154,11 +166,14 @@ class Node:
             identity=self.identity.uri,
             address=self.address,
             version=__version__,
-            device="cpu",
+            device=self.device.description,
             uptime_s=time.time() - self.started_at,
             members_alive=1,
             members_total=1,
             placement=self.config.placement,
+            queue_length=self.engine.queued,
+            backlog_s=self.engine.estimated_backlog_s(),
+            models=self.models_cache.names(),
         )
 
 

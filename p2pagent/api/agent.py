@@ -5,11 +5,14 @@ Handlers raise `p2pagent.errors`; the guard interceptor maps them to gRPC status
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
+from p2pagent.errors import InvalidArgument
+from p2pagent.inference import tensors
 
 if TYPE_CHECKING:
     from p2pagent.node import Node
@@ -25,6 +28,21 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         self, request: agent_pb2.StatusRequest, context: Ctx
     ) -> agent_pb2.StatusResponse:
         return self._node.status()
+
+    async def Infer(self, request: agent_pb2.InferRequest, context: Ctx) -> agent_pb2.InferResponse:
+        node = self._node
+        if not request.model:
+            raise InvalidArgument("InferRequest.model is empty: name the model to run")
+        inputs = tensors.many_from_proto(request.inputs, node.config.inference.max_tensor_elements)
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        start = time.perf_counter()
+        outputs = await node.engine.infer(request.model, inputs, deadline)
+        return agent_pb2.InferResponse(
+            outputs=tensors.many_to_proto(outputs),
+            executor=node.name,
+            compute_s=time.perf_counter() - start,
+        )
 
     async def Members(
         self, request: agent_pb2.MembersRequest, context: Ctx

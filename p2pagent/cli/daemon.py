@@ -46,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
     p.add_argument("--device", help="inference device: auto, cpu or cuda:N")
     p.add_argument("--placement", help="work_stealing, least_loaded, round_robin or local")
+    p.add_argument(
+        "--serve", action="append", metavar="NAME=PATH", help="serve a local model (repeatable)"
+    )
     p.add_argument("--tag", action="append", metavar="K=V", help="member tag (repeatable)")
     p.add_argument("--log-level", help="debug, info, warning or error")
     p.add_argument("--log-format", choices=("text", "json"), help="log line format")

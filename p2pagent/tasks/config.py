@@ -57,7 +57,7 @@ class TasksConfig:
     steal_backoff_base_s: float = 0.01
     steal_backoff_max_s: float = 1.0
     #: A steal with no answer after this long counts as failed.
-    steal_timeout_s: float = 2.0
+    steal_timeout_s: float = 1.0
 
     # ---- leases (origin side) ------------------------------------------------------------
     #: A remote holder must be heard from (heartbeat, load report or membership alive)

@@ -82,7 +82,7 @@ class LoadReport:
     speed: float
     #: Models this node can serve now (loaded or stored locally).
     models: frozenset[str] = frozenset()
-    #: Queued work by model, for thieves to judge what they could take.
+    #: Queued work by model that this node would hand over, for thieves to judge.
     queued: tuple[ModelBacklog, ...] = ()
     #: Ids of tasks from other origins held here (queued or running): each origin renews its
     #: leases from this and detects hand-overs lost in transit.
@@ -99,12 +99,18 @@ def make_report(
     capacity: int,
     speed: float,
     models: Iterable[str],
+    stealable: Iterable[Task] | None = None,
 ) -> LoadReport:
-    """Summarises a node's queue as a LoadReport."""
+    """Summarises a node's queue as a LoadReport.
+
+    ``stealable``: the queued tasks this node would hand to a thief (``TaskQueue.stealable``);
+    only they are advertised per model, so thieves do not come for work they cannot get.
+    Defaults to all of ``queued``.
+    """
     queued = list(queued)
     running = list(running)
     by_model: dict[str, tuple[int, float]] = {}
-    for t in queued:
+    for t in queued if stealable is None else stealable:
         n, c = by_model.get(t.model, (0, 0.0))
         by_model[t.model] = (n + 1, c + t.est_cost_s)
     # A running task is, on average, half done: count half its estimate.

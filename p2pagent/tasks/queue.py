@@ -101,6 +101,7 @@ class TaskQueue:
         # Waiting line of queued entries sorted by key; running ones are not in it.
         self._line: list[_Entry] = []
         self._seq = 0
+        self._front_seq = 0
 
     # ---- views ---------------------------------------------------------------------------
 
@@ -121,6 +122,10 @@ class TaskQueue:
     def queued(self) -> Iterator[Task]:
         """Queued tasks in the order they would run."""
         return (e.task for e in self._line)
+
+    def stealable(self, now: float) -> Iterator[Task]:
+        """Queued tasks a thief could be given (model and cost rules aside), for reports."""
+        return (e.task for e in self._line if self._may_hand_over(e, now))
 
     def running(self) -> Iterator[Task]:
         return (e.task for e in self._entries.values() if e.state is EntryState.RUNNING)
@@ -144,11 +149,13 @@ class TaskQueue:
 
     # ---- inputs --------------------------------------------------------------------------
 
-    def push(self, task: Task, now: float, stolen: bool = False) -> None:
+    def push(self, task: Task, now: float, stolen: bool = False, front: bool = False) -> None:
         """Adds a task to the waiting line.
 
         ``stolen`` marks a task that came here by a steal, so it is never handed over again.
-        Raises ResourceExhausted when full and AlreadyExists for a task id already here.
+        ``front`` puts it ahead of its priority peers: for a task the origin re-queues, which
+        has waited longest already. Raises ResourceExhausted when full and AlreadyExists for a
+        task id already here.
         """
         if task.task_id in self._entries:
             raise AlreadyExists(f"task {task.task_id} is already queued on {self.node}")
@@ -157,8 +164,13 @@ class TaskQueue:
                 f"task queue of {self.node} is full ({self.cfg.max_queued} tasks); "
                 "retry later, submit to another node, or raise tasks.max_queued"
             )
-        self._seq += 1
-        entry = _Entry(task, self._seq, EntryState.QUEUED, stolen, now)
+        if front:
+            self._front_seq -= 1
+            seq = self._front_seq
+        else:
+            self._seq += 1
+            seq = self._seq
+        entry = _Entry(task, seq, EntryState.QUEUED, stolen, now)
         self._entries[task.task_id] = entry
         bisect.insort(self._line, entry, key=lambda e: e.key)
 
@@ -212,9 +224,7 @@ class TaskQueue:
             if len(taken) >= limit:
                 break
             task = entry.task
-            if entry.stolen or task.expired(now):
-                continue
-            if task.origin != self.node and not self.cfg.steal_foreign:
+            if not self._may_hand_over(entry, now):
                 continue
             if wanted and task.model not in wanted:
                 continue
@@ -236,6 +246,11 @@ class TaskQueue:
         return [Expired(e.task, e.state is EntryState.RUNNING) for e in gone]
 
     # ---- internals -----------------------------------------------------------------------
+
+    def _may_hand_over(self, entry: _Entry, now: float) -> bool:
+        if entry.stolen or entry.task.expired(now):
+            return False
+        return entry.task.origin == self.node or self.cfg.steal_foreign
 
     def _unline(self, entry: _Entry) -> None:
         i = bisect.bisect_left(self._line, entry.key, key=lambda e: e.key)

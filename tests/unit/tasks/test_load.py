@@ -45,3 +45,10 @@ def test_board_keeps_newest_and_drops_stale() -> None:
     assert board.fresh(5) == [old] and board.fresh(5.1) == []
     board.forget("b")
     assert board.get("b") is None
+
+
+def test_report_advertises_only_stealable_work() -> None:
+    queued = [Task("a1", "a", "m", 1.0), Task("b1", "b", "m", 1.0)]
+    r = make_report("a", 1, queued, [], 1, 1.0, ["m"], stealable=queued[:1])
+    assert r.queue_len == 2 and r.backlog_s == 2.0
+    assert [(m.model, m.count) for m in r.queued] == [("m", 1)]

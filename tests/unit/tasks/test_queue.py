@@ -150,3 +150,21 @@ def test_finish_and_remove() -> None:
     assert q.finish("t0").task_id == "t0"
     assert q.remove("t1") is not None and q.remove("t1") is None
     assert len(q) == 0 and q.queued_cost_s() == 0
+
+
+def test_front_puts_a_requeued_task_ahead_of_its_priority() -> None:
+    q = TaskQueue("a")
+    q.push(task(0), 0)
+    q.push(task(1), 0)
+    q.push(task(2, prio=1), 0)
+    q.push(task(3), 0, front=True)
+    q.push(task(4), 0, front=True)
+    assert ids(q.queued()) == ["t2", "t4", "t3", "t0", "t1"]
+
+
+def test_stealable_view_matches_what_a_thief_can_get() -> None:
+    q = TaskQueue("a")
+    q.push(task(0), 0)
+    q.push(task(1, origin="z"), 0)
+    q.push(task(2), 0, stolen=True)
+    assert ids(q.stealable(0)) == ["t0"]

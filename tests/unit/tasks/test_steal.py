@@ -136,3 +136,14 @@ def test_formulas() -> None:
 def test_thief_speed_is_sent(speed: float) -> None:
     a = policy(speed=speed).decide(0, 0, {"m"}, [peer("a", 1000)])
     assert a is not None and a.thief_speed == speed
+
+
+def test_member_dead_ends_the_wait_without_penalty() -> None:
+    p = policy()
+    assert p.decide(0, 0, {"m"}, [peer("a", 100), peer("b", 100)]) is not None
+    victim = p.in_flight
+    assert victim is not None
+    p.on_member_dead("zz")
+    assert p.in_flight == victim
+    p.on_member_dead(victim)
+    assert p.in_flight is None and p.failures == 0

@@ -1,0 +1,153 @@
+"""Task placement and work stealing in the deterministic simulator: makespan against the ideal.
+
+Prints four tables; every number is a ratio against a baseline computed in the same run
+(the ideal makespan = total work / sum of node speeds, or the local-only run):
+
+(a) 4 nodes, 400 tasks of 20 ms, all submitted to one node: makespan / ideal per policy.
+    Targets for work stealing: <= 1.15x ideal, >= 3x faster than local-only, <= 0.6 steal
+    requests per task, zero duplicates.
+(b) heavy-tailed sizes (Pareto, lognormal) and one node 2x slower: makespan / ideal, and
+    against the lower bound max(ideal, largest task on the fastest node).
+(c) the source document's case: 4 nodes, 8 unit tasks, 0.1 s communication cost:
+    per-node completion time and makespan for round robin, least loaded and stealing.
+(d) an executor crashes mid-run: lost, duplicates, and how long after it is declared dead its
+    tasks run again elsewhere.
+
+Usage: python -m bench.tasks_sim [--small] [--seeds N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+from typing import Any
+
+from p2pagent.sim.tasks import Scenario, SimResult, link_with_latency, simulate
+
+POLICIES = ("local", "round_robin", "least_loaded", "work_stealing")
+
+
+def runs(seeds: int, **kw: Any) -> list[SimResult]:
+    return [simulate(Scenario(seed=s, **kw)) for s in range(1, seeds + 1)]
+
+
+def mean(xs: list[float]) -> float:
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+def table_a(n_tasks: int, seeds: int, out: dict[str, Any]) -> bool:
+    print(f"\n(a) 4 nodes, {n_tasks} x 20 ms tasks, all submitted to n0 ({seeds} seeds)")
+    print(
+        f"{'policy':<15}{'makespan s':>12}{'x ideal':>9}{'x local':>9}{'steals/task':>13}"
+        f"{'dups':>6}{'lost':>6}"
+    )
+    res = {p: runs(seeds, tasks=n_tasks, placement=p) for p in POLICIES}
+    local = mean([r.makespan_s for r in res["local"]])
+    ok = True
+    for p, rs in res.items():
+        ms = mean([r.makespan_s for r in rs])
+        ratio = mean([r.ratio for r in rs])
+        spt = mean([r.steals_per_task for r in rs])
+        dups = sum(r.duplicates_delivered for r in rs)
+        lost = sum(r.lost for r in rs)
+        print(f"{p:<15}{ms:>12.3f}{ratio:>9.2f}{local / ms:>9.2f}{spt:>13.2f}{dups:>6}{lost:>6}")
+        out[f"a/{p}"] = {
+            "makespan_s": ms,
+            "x_ideal": ratio,
+            "speedup_vs_local": local / ms,
+            "steals_per_task": spt,
+            "duplicates": dups,
+            "lost": lost,
+        }
+        if p == "work_stealing":
+            ok = ratio <= 1.15 and local / ms >= 3 and spt <= 0.6 and dups == 0 and lost == 0
+    print(
+        f"targets for work_stealing (<=1.15x ideal, >=3x local, <=0.6 steals/task, 0 dups): "
+        f"{'MET' if ok else 'MISSED'}"
+    )
+    return ok
+
+
+def table_b(n_tasks: int, seeds: int, out: dict[str, Any]) -> None:
+    print(
+        f"\n(b) heavy-tailed sizes, 4 nodes with n3 2x slower, {n_tasks} tasks, mean 20 ms "
+        f"({seeds} seeds); the scheduler only knows the mean"
+    )
+    print(f"{'sizes':<11}{'policy':<15}{'x ideal':>9}{'x bound':>9}{'x local':>9}")
+    for sizes in ("pareto", "lognormal"):
+        res = {
+            p: runs(seeds, tasks=n_tasks, placement=p, sizes=sizes, speeds=[1.0, 1.0, 1.0, 0.5])
+            for p in POLICIES
+        }
+        local = mean([r.makespan_s for r in res["local"]])
+        for p, rs in res.items():
+            ratio = mean([r.ratio for r in rs])
+            bound = mean([r.makespan_s / r.lower_bound_s for r in rs])
+            speedup = local / mean([r.makespan_s for r in rs])
+            print(f"{sizes:<11}{p:<15}{ratio:>9.2f}{bound:>9.2f}{speedup:>9.2f}")
+            out[f"b/{sizes}/{p}"] = {"x_ideal": ratio, "x_bound": bound, "speedup": speedup}
+
+
+def table_c(out: dict[str, Any]) -> None:
+    print("\n(c) source document case: 4 nodes, 8 unit tasks (1 s), 0.1 s communication cost")
+    print(f"{'policy':<15}{'n0':>7}{'n1':>7}{'n2':>7}{'n3':>7}{'makespan':>10}{'x ideal':>9}")
+    for p in ("round_robin", "least_loaded", "work_stealing"):
+        r = simulate(Scenario(tasks=8, cost_s=1.0, placement=p, link=link_with_latency(0.1)))
+        per = [r.node_finish_s[f"n{i}"] for i in range(4)]
+        cells = "".join(f"{x:>7.2f}" for x in per)
+        print(f"{p:<15}{cells}{r.makespan_s:>10.2f}{r.ratio:>9.2f}")
+        out[f"c/{p}"] = {"node_finish_s": per, "makespan_s": r.makespan_s, "x_ideal": r.ratio}
+
+
+def table_d(n_tasks: int, seeds: int, out: dict[str, Any]) -> bool:
+    print(f"\n(d) n2 crashes at 0.5 s, declared dead 1 s later; {n_tasks} x 20 ms ({seeds} seeds)")
+    print(
+        f"{'policy':<15}{'lost':>6}{'dups':>6}{'wasted runs':>13}{'rerun after s':>15}"
+        f"{'x no-crash':>12}"
+    )
+    ok = True
+    for p in ("round_robin", "least_loaded", "work_stealing"):
+        crashed = runs(seeds, tasks=n_tasks, placement=p, crash=(2, 0.5))
+        clean = runs(seeds, tasks=n_tasks, placement=p)
+        lost = sum(r.lost for r in crashed)
+        dups = sum(r.duplicates_delivered for r in crashed)
+        wasted = sum(r.duplicate_runs for r in crashed)
+        rerun = max((r.recovery_s or 0.0) for r in crashed)
+        slow = mean([r.makespan_s for r in crashed]) / mean([r.makespan_s for r in clean])
+        print(f"{p:<15}{lost:>6}{dups:>6}{wasted:>13}{rerun:>15.3f}{slow:>12.2f}")
+        out[f"d/{p}"] = {
+            "lost": lost,
+            "duplicates": dups,
+            "wasted_runs": wasted,
+            "rerun_after_dead_s": rerun,
+            "x_no_crash": slow,
+        }
+        ok = ok and lost == 0 and dups == 0
+    print(f"lost = 0 and duplicates = 0: {'MET' if ok else 'MISSED'}")
+    return ok
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--small", action="store_true", help="CI size: fewer tasks and seeds")
+    ap.add_argument("--seeds", type=int, default=0)
+    ap.add_argument("--json", default="", help="also write the numbers to this file")
+    args = ap.parse_args(argv)
+    n_tasks = 100 if args.small else 400
+    seeds = args.seeds or (1 if args.small else 5)
+    out: dict[str, Any] = {"tasks": n_tasks, "seeds": seeds}
+    ok = table_a(n_tasks, seeds, out)
+    table_b(n_tasks, seeds, out)
+    table_c(out)
+    ok = table_d(n_tasks, seeds, out) and ok
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2, default=lambda o: dataclasses.asdict(o))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,302 @@
+"""The dynamic batching policy: which queued requests form the next batch, and when.
+
+Pure: no clock, no threads, no I/O. The engine calls ``submit`` and ``cancel`` as requests
+come and go, ``poll(now)`` whenever something changed or the returned ``wake_at`` is reached,
+and ``on_batch_done`` when the device finishes a batch. Rules, in the order ``poll`` applies
+them:
+
+1. Deadlines. A queued request whose deadline is at or before ``now`` is dropped and
+   returned in ``expired``: no compute is spent on an answer nobody waits for.
+2. Idle device => dispatch now. With nothing in flight, whatever is queued goes at once (up
+   to ``max_batch_size`` rows). A lone request pays zero added delay; under load, requests
+   pile up while the device is busy and the next batch forms from them (Triton's dynamic
+   batcher, with the delay spent only where it buys something).
+3. Busy device, free pipeline slot (``pipeline_depth`` > 1) => stage the next batch early
+   only when it is full or its oldest request has waited ``max_queue_delay_s``; it then
+   runs the moment the device frees up, with its copy to the device already done.
+4. Only requests of the same model and the same *group* share a batch. The engine's group
+   key is the dtypes and non-batch dimensions of the inputs: tensors that cannot be
+   concatenated never meet. Within a model the group with the oldest request goes first.
+5. Fairness across models by device time: each model is charged the (estimated, then
+   measured) seconds its batches use, and the model with the least charge goes next. A model
+   that becomes active starts at the smallest charge among active ones, so it neither
+   starves the others with banked credit nor waits behind their history. A slow model thus
+   gets its share of device time, not all of it.
+6. Bounded queue: ``submit`` past ``max_queued`` requests raises ResourceExhausted.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass, field
+
+from p2pagent.errors import InvalidArgument, ResourceExhausted
+from p2pagent.inference.config import InferenceConfig
+from p2pagent.inference.stats import ModelCounters, ModelStats
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One admitted request, waiting for a batch."""
+
+    request_id: int
+    model: str
+    group: Hashable
+    rows: int
+    enqueued_at: float
+    deadline: float | None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Requests to run together in one forward pass, concatenated in this order."""
+
+    batch_id: int
+    model: str
+    requests: tuple[Pending, ...]
+    rows: int
+    formed_at: float
+
+    @property
+    def request_ids(self) -> tuple[int, ...]:
+        return tuple(r.request_id for r in self.requests)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What ``poll`` decided: batches to run now, requests to fail, when to poll again."""
+
+    batches: tuple[Batch, ...] = ()
+    expired: tuple[Pending, ...] = ()
+    #: Poll again at this time even if nothing else happens (None: only on events).
+    wake_at: float | None = None
+
+
+@dataclass
+class _ModelQueue:
+    # Group key -> requests in arrival order. Cancelled or expired ones are skipped lazily.
+    groups: dict[Hashable, deque[Pending]] = field(default_factory=dict)
+    queued: int = 0
+    queued_rows: int = 0
+    #: Device seconds charged to this model (fairness), see rule 5.
+    used_s: float = 0.0
+    counters: ModelCounters = field(default_factory=ModelCounters)
+
+
+class BatchPolicy:
+    def __init__(self, config: InferenceConfig) -> None:
+        self._cfg = config
+        self._depth = max(1, config.pipeline_depth)
+        self._live: dict[int, Pending] = {}
+        self._models: dict[str, _ModelQueue] = {}
+        self._deadlines: list[tuple[float, int]] = []  # heap; stale entries skipped
+        # batch id -> (batch, seconds charged at dispatch)
+        self._in_flight: dict[int, tuple[Batch, float]] = {}
+        self._next_request = 1
+        self._next_batch = 1
+
+    # ---- inputs --------------------------------------------------------------------------
+
+    def submit(
+        self,
+        model: str,
+        rows: int,
+        now: float,
+        *,
+        group: Hashable = (),
+        deadline: float | None = None,
+        batchable: bool = True,
+    ) -> int:
+        """Admits a request and returns its id; ResourceExhausted when the queue is full.
+
+        ``batchable=False`` puts the request in a batch of its own (a model whose ports have
+        no dynamic batch dimension).
+        """
+        if rows < 1:
+            raise InvalidArgument(f"a request needs at least one row, got {rows}")
+        q = self._models.setdefault(model, _ModelQueue())
+        if len(self._live) >= self._cfg.max_queued:
+            q.counters.rejected += 1
+            raise ResourceExhausted(
+                f"the inference queue is full ({len(self._live)} requests waiting); "
+                "retry later, send to another node, or raise inference.max_queued"
+            )
+        rid = self._next_request
+        self._next_request += 1
+        key: Hashable = group if batchable else ("__alone__", rid)
+        pending = Pending(rid, model, key, rows, now, deadline)
+        if q.queued == 0:
+            active = [m.used_s for m in self._models.values() if m.queued > 0]
+            if active:
+                q.used_s = max(q.used_s, min(active))
+        q.groups.setdefault(key, deque()).append(pending)
+        q.queued += 1
+        q.queued_rows += rows
+        q.counters.admitted += 1
+        self._live[rid] = pending
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, rid))
+        return rid
+
+    def cancel(self, request_id: int) -> bool:
+        """Withdraws a queued request (its caller went away); False if not queued."""
+        pending = self._drop(request_id)
+        if pending is None:
+            return False
+        self._models[pending.model].counters.cancelled += 1
+        return True
+
+    def poll(self, now: float) -> Decision:
+        expired = self._expire(now)
+        batches: list[Batch] = []
+        while len(self._in_flight) < self._depth:
+            batch = self._form(now)
+            if batch is None:
+                break
+            batches.append(batch)
+        return Decision(tuple(batches), tuple(expired), self._wake_at())
+
+    def on_batch_done(self, batch_id: int, service_s: float, ok: bool = True) -> None:
+        """The device finished a batch after ``service_s`` seconds of compute."""
+        entry = self._in_flight.pop(batch_id, None)
+        if entry is None:
+            return
+        batch, charged = entry
+        q = self._models[batch.model]
+        q.used_s += service_s - charged
+        if ok:
+            q.counters.observe(batch.rows, service_s, self._cfg.ewma_alpha)
+        else:
+            q.counters.failed_batches += 1
+
+    # ---- queries -------------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return len(self._live)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def stats(self) -> dict[str, ModelStats]:
+        return {m: ModelStats.of(m, q.queued, q.counters) for m, q in self._models.items()}
+
+    def estimated_backlog_s(self) -> float:
+        """Seconds of device time the queued and in-flight rows need, by the estimates."""
+        total = 0.0
+        for q in self._models.values():
+            total += q.queued_rows * (q.counters.s_per_row or 0.0)
+        for batch, _ in self._in_flight.values():
+            total += batch.rows * (self._models[batch.model].counters.s_per_row or 0.0)
+        return total
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def _drop(self, request_id: int) -> Pending | None:
+        pending = self._live.pop(request_id, None)
+        if pending is not None:
+            q = self._models[pending.model]
+            q.queued -= 1
+            q.queued_rows -= pending.rows
+        return pending
+
+    def _expire(self, now: float) -> list[Pending]:
+        out: list[Pending] = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, rid = heapq.heappop(self._deadlines)
+            pending = self._drop(rid)
+            if pending is not None:
+                self._models[pending.model].counters.expired += 1
+                out.append(pending)
+        return out
+
+    def _heads(self, q: _ModelQueue) -> Iterator[tuple[Hashable, Pending]]:
+        """(group, oldest live request) for each group; drops emptied groups."""
+        for key in list(q.groups):
+            line = q.groups[key]
+            while line and line[0].request_id not in self._live:
+                line.popleft()
+            if line:
+                yield key, line[0]
+            else:
+                del q.groups[key]
+
+    def _oldest_group(self, q: _ModelQueue) -> tuple[Hashable, Pending] | None:
+        best: tuple[Hashable, Pending] | None = None
+        for key, head in self._heads(q):
+            if best is None or head.request_id < best[1].request_id:
+                best = (key, head)
+        return best
+
+    def _form(self, now: float) -> Batch | None:
+        staging = bool(self._in_flight)
+        order: list[tuple[float, int, str, Hashable]] = []
+        for name, q in self._models.items():
+            if q.queued == 0:
+                continue
+            found = self._oldest_group(q)
+            if found is not None:
+                key, head = found
+                order.append((q.used_s, head.request_id, name, key))
+        for _, _, name, key in sorted(order, key=lambda o: (o[0], o[1])):
+            q = self._models[name]
+            if staging and not self._ready(q.groups[key], now):
+                continue
+            return self._take(name, q, key, now)
+        return None
+
+    def _ready(self, line: deque[Pending], now: float) -> bool:
+        """Rule 3: worth staging behind a running batch (full, or waited long enough)."""
+        if now - line[0].enqueued_at >= self._cfg.max_queue_delay_s:
+            return True
+        rows = 0
+        for p in line:
+            if p.request_id in self._live:
+                rows += p.rows
+                if rows >= self._cfg.max_batch_size:
+                    return True
+        return False
+
+    def _take(self, name: str, q: _ModelQueue, key: Hashable, now: float) -> Batch:
+        line = q.groups[key]
+        taken: list[Pending] = []
+        rows = 0
+        while line:
+            p = line[0]
+            if p.request_id not in self._live:
+                line.popleft()
+                continue
+            if taken and rows + p.rows > self._cfg.max_batch_size:
+                break
+            line.popleft()
+            self._drop(p.request_id)
+            taken.append(p)
+            rows += p.rows
+        if not line:
+            del q.groups[key]
+        batch = Batch(self._next_batch, name, tuple(taken), rows, now)
+        self._next_batch += 1
+        charge = rows * (q.counters.s_per_row or 0.0)
+        q.used_s += charge
+        q.counters.batches += 1
+        q.counters.items += len(taken)
+        q.counters.rows += rows
+        self._in_flight[batch.batch_id] = (batch, charge)
+        return batch
+
+    def _wake_at(self) -> float | None:
+        while self._deadlines and self._deadlines[0][1] not in self._live:
+            heapq.heappop(self._deadlines)
+        wake = self._deadlines[0][0] if self._deadlines else None
+        if 0 < len(self._in_flight) < self._depth:
+            for q in self._models.values():
+                if q.queued == 0:
+                    continue
+                found = self._oldest_group(q)
+                if found is not None:
+                    t = found[1].enqueued_at + self._cfg.max_queue_delay_s
+                    wake = t if wake is None else min(wake, t)
+        return wake

@@ -1,0 +1,73 @@
+"""Settings of the inference capability: batching, queue bounds, threads and model cache.
+
+One dataclass, nested in the node Config as ``[inference]``. Every knob is documented where
+it is declared. ``0`` in the "auto" fields is resolved by the engine once the device is known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from p2pagent.errors import ConfigError
+
+
+@dataclass
+class InferenceConfig:
+    """Knobs of the batching policy, the engine and the model cache."""
+
+    # ---- batching ------------------------------------------------------------------------
+    #: Most rows (batch-dimension entries) in one forward pass. A single request with more
+    #: rows than this still runs, alone.
+    max_batch_size: int = 32
+    #: Longest a partial batch waits to fill while a pipeline slot is free but the device is
+    #: busy (Triton's ``max_queue_delay``). An idle device never waits: what is queued goes
+    #: at once, so a lone request pays no added latency.
+    max_queue_delay_s: float = 0.002
+    #: Batches handed to the device at once: 1 = one running; 2 = one running and one being
+    #: staged (concatenated, pinned and copied) behind it. 0 = auto: 2 on CUDA, where the
+    #: host-to-device copy can overlap compute, else 1.
+    pipeline_depth: int = 0
+    #: Requests queued (not yet running) across all models; more is ResourceExhausted.
+    max_queued: int = 1024
+    #: EWMA weight of the newest service-time-per-row sample.
+    ewma_alpha: float = 0.2
+
+    # ---- tensors -------------------------------------------------------------------------
+    #: Largest element count of one tensor accepted from the wire (before allocating).
+    max_tensor_elements: int = 1 << 26
+
+    # ---- threads -------------------------------------------------------------------------
+    #: torch intra-op threads for the whole process. 0 = auto: on CPU, all cores but one
+    #: (the event loop needs one to keep feeding the device); on CUDA, 1 is plenty.
+    intra_op_threads: int = 0
+
+    # ---- model cache ---------------------------------------------------------------------
+    #: Bytes of parameters and buffers kept resident; least recently used models are
+    #: unloaded past it.
+    cache_budget_bytes: int = 4 * 1024**3
+
+    def validate(self) -> InferenceConfig:
+        positive = {
+            "max_batch_size": self.max_batch_size,
+            "max_queued": self.max_queued,
+            "max_tensor_elements": self.max_tensor_elements,
+            "cache_budget_bytes": self.cache_budget_bytes,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"inference.{name} must be at least 1, got {value}")
+        if self.max_queue_delay_s < 0:
+            raise ConfigError(
+                f"inference.max_queue_delay_s must be >= 0, got {self.max_queue_delay_s}"
+            )
+        if self.pipeline_depth < 0 or self.pipeline_depth > 4:
+            raise ConfigError(
+                f"inference.pipeline_depth must be 0 (auto) to 4, got {self.pipeline_depth}"
+            )
+        if self.intra_op_threads < 0:
+            raise ConfigError(
+                f"inference.intra_op_threads must be >= 0 (0 = auto), got {self.intra_op_threads}"
+            )
+        if not 0 < self.ewma_alpha <= 1:
+            raise ConfigError(f"inference.ewma_alpha must be in (0, 1], got {self.ewma_alpha}")
+        return self

@@ -1,0 +1,99 @@
+"""Builds the demo models: ``python -m p2pagent.inference.demo_model --out DIR``.
+
+Deterministic (seeded, no downloads). The ``demo`` model is an MLP 256 -> 1024 -> 1024 -> 10:
+small enough for CI, yet at batch 1 a forward pass is dominated by reading its 5 MB of
+weights and by per-call overhead, so batching pays off clearly even on a CPU. It is written
+in every format the engine loads, with its metadata and a sample input:
+
+- demo.torchscript.pt, demo.pt2, demo.safetensors + demo.arch.json
+- demo.metadata.json (a ModelSpec), sample_input.npy and sample_input.json (batch of 1)
+- noop.safetensors + noop.arch.json + noop.metadata.json, noop.torchscript.pt: the identity
+  model, for measuring everything but the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from p2pagent.inference import architectures, safetensors_io
+from p2pagent.inference.spec import ModelSpec
+
+DEMO_IN = 256
+DEMO_CONFIG = {"in": DEMO_IN, "hidden": [1024, 1024], "out": 10}
+NOOP_CONFIG = {"features": 256}
+SEED = 20240601
+
+
+def build_demo() -> tuple[torch.nn.Module, ModelSpec]:
+    torch.manual_seed(SEED)
+    arch = architectures.get("mlp")
+    return arch.build(DEMO_CONFIG).eval(), arch.spec(DEMO_CONFIG)
+
+
+def sample_input(rows: int = 1, seed: int = SEED) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, DEMO_IN, generator=g)
+
+
+def write_all(out: Path) -> dict[str, Path]:
+    """Writes every file; returns them by role."""
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    module, spec = build_demo()
+    x = sample_input(2)
+
+    files["torchscript"] = out / "demo.torchscript.pt"
+    torch.jit.save(torch.jit.script(module), str(files["torchscript"]))
+
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.export.export(module, (x,), dynamic_shapes=({0: batch},))
+    files["torch_export"] = out / "demo.pt2"
+    torch.export.save(program, str(files["torch_export"]))
+
+    files["safetensors"] = out / "demo.safetensors"
+    safetensors_io.save(module.state_dict(), files["safetensors"], {"architecture": "mlp"})
+    files["arch"] = out / "demo.arch.json"
+    files["arch"].write_text(json.dumps({"architecture": "mlp", "config": DEMO_CONFIG}) + "\n")
+    files["metadata"] = out / "demo.metadata.json"
+    files["metadata"].write_text(spec.to_json() + "\n")
+
+    one = sample_input(1)
+    files["sample_npy"] = out / "sample_input.npy"
+    np.save(files["sample_npy"], one.numpy(), allow_pickle=False)
+    files["sample_json"] = out / "sample_input.json"
+    files["sample_json"].write_text(json.dumps({"input": one.tolist()}) + "\n")
+    files["expected_json"] = out / "sample_output.json"
+    with torch.inference_mode():
+        files["expected_json"].write_text(json.dumps({"output": module(one).tolist()}) + "\n")
+
+    noop_arch = architectures.get("noop")
+    noop, noop_spec = noop_arch.build(NOOP_CONFIG), noop_arch.spec(NOOP_CONFIG)
+    files["noop_safetensors"] = out / "noop.safetensors"
+    safetensors_io.save({}, files["noop_safetensors"], {"architecture": "noop"})
+    files["noop_torchscript"] = out / "noop.torchscript.pt"
+    torch.jit.save(torch.jit.script(noop), str(files["noop_torchscript"]))
+    files["noop_arch"] = out / "noop.arch.json"
+    files["noop_arch"].write_text(
+        json.dumps({"architecture": "noop", "config": NOOP_CONFIG}) + "\n"
+    )
+    files["noop_metadata"] = out / "noop.metadata.json"
+    files["noop_metadata"].write_text(noop_spec.to_json() + "\n")
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--out", required=True, help="directory to write the model files into")
+    args = p.parse_args(argv)
+    for role, path in write_all(Path(args.out)).items():
+        print(f"{role:18} {path} ({path.stat().st_size} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

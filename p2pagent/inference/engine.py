@@ -1,0 +1,237 @@
+"""The inference engine: asyncio glue around the batching policy and the device workers.
+
+One engine per node and device. ``infer`` validates a request against the model's metadata,
+admits it to the pure ``BatchPolicy`` and waits; the engine feeds the policy the current
+time whenever something changes (a request arrives, a batch finishes, a timer the policy
+asked for fires) and hands the batches it forms to the workers:
+
+- CPU: one worker thread stages and computes each batch (``pipeline_depth`` 1).
+- CUDA: a staging thread concatenates into pinned memory and starts the copy to the device
+  while the compute thread runs the previous batch (``pipeline_depth`` 2). Forward passes
+  only ever run on the one compute thread.
+
+A model that raises fails only the requests of that batch (Internal, with its message); the
+engine goes on. Deadlines are absolute times on the engine's clock (``time.monotonic`` by
+default): the gRPC layer passes ``clock() + context.time_remaining()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from p2pagent.errors import DeadlineExceeded, Internal, P2PAgentError, Unavailable
+from p2pagent.inference import device as devices
+from p2pagent.inference.batching import Batch, BatchPolicy
+from p2pagent.inference.cache import ModelCache
+from p2pagent.inference.config import InferenceConfig
+from p2pagent.inference.device import DeviceInfo
+from p2pagent.inference.formats import LoadedModel
+from p2pagent.inference.runner import BatchRunner, split
+from p2pagent.inference.stats import ModelStats
+
+Inputs = Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
+Outputs = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _Request:
+    model: LoadedModel
+    inputs: list[torch.Tensor]
+    future: asyncio.Future[Outputs]
+
+
+def resolve_config(config: InferenceConfig, device: DeviceInfo) -> InferenceConfig:
+    """Fills the "auto" (0) fields for this device."""
+    depth = config.pipeline_depth or (2 if device.is_cuda else 1)
+    threads = devices.intra_op_threads(config.intra_op_threads, device)
+    return dataclasses.replace(config, pipeline_depth=depth, intra_op_threads=threads)
+
+
+class InferenceEngine:
+    def __init__(
+        self,
+        cache: ModelCache,
+        config: InferenceConfig,
+        device: DeviceInfo,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        set_threads: bool = True,
+    ) -> None:
+        self.config = resolve_config(config.validate(), device)
+        self.device = device
+        self.cache = cache
+        self._clock = clock
+        if set_threads:
+            devices.configure_threads(self.config.intra_op_threads)
+        self._policy = BatchPolicy(self.config)
+        self._runner = BatchRunner(device.device)
+        self._compute = ThreadPoolExecutor(1, thread_name_prefix="infer-compute")
+        self._stage = (
+            ThreadPoolExecutor(1, thread_name_prefix="infer-stage") if device.is_cuda else None
+        )
+        self._waiting: dict[int, _Request] = {}
+        self._running: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._pump_scheduled = False
+        self._closed = False
+
+    # ---- public API ----------------------------------------------------------------------
+
+    async def infer(
+        self, model_name: str, inputs: Inputs, deadline: float | None = None
+    ) -> Outputs:
+        """Runs one request, batched with others; returns outputs by port name.
+
+        Raises NotFound (unknown model), InvalidArgument (inputs do not match the model's
+        metadata), ResourceExhausted (queue full), DeadlineExceeded, Internal (the model
+        failed on this request's batch) and Unavailable (engine closed).
+        """
+        if self._closed:
+            raise Unavailable("the inference engine is shut down")
+        if deadline is not None and deadline <= self._clock():
+            raise DeadlineExceeded(f"request for model {model_name!r} arrived past its deadline")
+        model = await self.cache.get(model_name)
+        ordered = model.spec.bind_inputs(model_name, inputs)
+        batchable = model.spec.batchable
+        # Requests share a batch only with the same loaded model and concatenable inputs.
+        group = (id(model), *((t.dtype, tuple(t.shape[1:]), t.device) for t in ordered))
+        rid = self._policy.submit(
+            model_name,
+            int(ordered[0].shape[0]) if batchable else 1,
+            self._clock(),
+            group=group,
+            deadline=deadline,
+            batchable=batchable,
+        )
+        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = _Request(model, ordered, future)
+        self._schedule_pump()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if self._policy.cancel(rid):
+                self._waiting.pop(rid, None)
+            raise
+
+    def stats(self) -> dict[str, ModelStats]:
+        return self._policy.stats()
+
+    @property
+    def queued(self) -> int:
+        return self._policy.queued
+
+    def estimated_backlog_s(self) -> float:
+        """Device seconds of queued and running work, from measured per-row service times."""
+        return self._policy.estimated_backlog_s()
+
+    @property
+    def oom_splits(self) -> int:
+        return self._runner.oom_splits
+
+    async def close(self) -> None:
+        """Fails queued requests with Unavailable, lets running batches finish, stops."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for rid, req in list(self._waiting.items()):
+            if self._policy.cancel(rid):
+                self._waiting.pop(rid)
+                if not req.future.done():
+                    req.future.set_exception(Unavailable("the inference engine is shutting down"))
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        self._compute.shutdown(wait=False)
+        if self._stage is not None:
+            self._stage.shutdown(wait=False)
+
+    # ---- driving the policy --------------------------------------------------------------
+
+    def _schedule_pump(self) -> None:
+        # Deferred with call_soon, not run inline: callers woken by a finished batch all
+        # resubmit in this loop iteration, and the pump after them sees every one of them.
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        now = self._clock()
+        decision = self._policy.poll(now)
+        for pending in decision.expired:
+            req = self._waiting.pop(pending.request_id, None)
+            if req is not None and not req.future.done():
+                req.future.set_exception(
+                    DeadlineExceeded(
+                        f"request for model {pending.model!r} passed its deadline after "
+                        f"{now - pending.enqueued_at:.3f}s in the queue; the node is busy: "
+                        "give it a later deadline or send it elsewhere"
+                    )
+                )
+        for batch in decision.batches:
+            task = loop.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if decision.wake_at is not None:
+            delay = max(0.0, decision.wake_at - now)
+            self._timer = loop.call_at(loop.time() + delay, self._schedule_pump)
+
+    async def _run(self, batch: Batch) -> None:
+        loop = asyncio.get_running_loop()
+        reqs = [self._waiting.pop(rid) for rid in batch.request_ids]
+        model = reqs[0].model
+        parts = [r.inputs for r in reqs]
+        started = time.perf_counter()
+        try:
+            if self._stage is None:
+                outs, seconds = await loop.run_in_executor(
+                    self._compute, self._runner.run, model, parts
+                )
+            else:
+                staged = await loop.run_in_executor(self._stage, self._runner.stage, model, parts)
+                outputs, seconds = await loop.run_in_executor(
+                    self._compute, self._runner.compute, model, staged
+                )
+                outs = split(model, outputs, parts)
+        except Exception as e:
+            self._policy.on_batch_done(batch.batch_id, time.perf_counter() - started, ok=False)
+            self._pump()
+            error = e if isinstance(e, P2PAgentError) else _model_error(model, batch, e)
+            for r in reqs:
+                if not r.future.done():
+                    # One exception object per caller: raising a shared one would splice
+                    # the callers' tracebacks together.
+                    r.future.set_exception(type(error)(str(error)))
+        else:
+            self._policy.on_batch_done(batch.batch_id, seconds, ok=True)
+            # Requests already waiting go to the device before this batch's callers are
+            # woken: the device works while the event loop delivers results.
+            self._pump()
+            names = [p.name for p in model.spec.outputs]
+            for r, out in zip(reqs, outs):
+                if not r.future.done():
+                    r.future.set_result(dict(zip(names, out)))
+        finally:
+            # After the results: their callers' resubmissions join the next batch.
+            self._schedule_pump()
+
+
+def _model_error(model: LoadedModel, batch: Batch, e: Exception) -> Internal:
+    return Internal(
+        f"model {model.name!r} failed on a batch of {batch.rows} row(s) "
+        f"({len(batch.requests)} request(s)): {type(e).__name__}: {e}"
+    )

@@ -1,0 +1,145 @@
+"""Model file formats: detection, validation and loading onto a device.
+
+Three formats:
+
+- ``torchscript``: ``torch.jit.save`` archives (a zip with ``code/`` and ``constants.pkl``).
+- ``torch_export``: ``torch.export.save`` programs, ``.pt2`` (a zip with ``archive_format``).
+- ``safetensors``: raw weights plus an architecture from our registry, named in the spec.
+
+Trust. TorchScript and torch.export archives embed pickled data and code, so loading one runs
+what its author wrote. We load them only from files whose sha256 the models layer has already
+checked against the model's manifest (published by an authenticated cluster identity) —
+that check, not this module, is what makes it acceptable. ``torch.load`` is never called here
+except with ``weights_only=True``, and safetensors goes through our own JSON-and-bytes parser.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from p2pagent.errors import InvalidArgument
+from p2pagent.inference import architectures, safetensors_io
+from p2pagent.inference.spec import ModelSpec
+
+
+class ModelFormat(Enum):
+    TORCHSCRIPT = "torchscript"
+    TORCH_EXPORT = "torch_export"
+    SAFETENSORS = "safetensors"
+
+    @staticmethod
+    def parse(value: str) -> ModelFormat:
+        try:
+            return ModelFormat(value)
+        except ValueError:
+            raise InvalidArgument(
+                f"unknown model format {value!r}; expected one of "
+                f"{', '.join(f.value for f in ModelFormat)}"
+            ) from None
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A model resident on a device, ready for forward passes in the worker thread."""
+
+    name: str
+    spec: ModelSpec
+    format: ModelFormat
+    #: Called with the inputs in port order; returns a tensor, a sequence or a name->tensor map.
+    fn: Callable[..., Any]
+    device: torch.device
+    #: Bytes of parameters and buffers (what the cache budget counts).
+    nbytes: int
+
+
+def detect_format(path: Path) -> ModelFormat:
+    """Tells the format from the file's content, not its name; refuses anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise InvalidArgument(f"cannot read model file {path}: {e}") from None
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise InvalidArgument(f"model file {path} is a damaged zip archive: {e}") from None
+        if any(n.endswith("/archive_format") for n in names):
+            return ModelFormat.TORCH_EXPORT
+        if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
+            return ModelFormat.TORCHSCRIPT
+        raise InvalidArgument(
+            f"model file {path} is a zip archive but neither a torchscript archive "
+            "nor a torch.export program"
+        )
+    if len(head) >= 9 and head[8:9] == b"{":
+        return ModelFormat.SAFETENSORS
+    raise InvalidArgument(
+        f"model file {path} is not a model: expected a torchscript archive, a torch.export "
+        ".pt2 program or a safetensors file"
+    )
+
+
+def load_model(
+    name: str,
+    path: Path,
+    spec: ModelSpec,
+    device: torch.device,
+    fmt: ModelFormat | None = None,
+) -> LoadedModel:
+    """Loads and validates a model file; blocking, so call it off the event loop."""
+    path = Path(path)
+    detected = detect_format(path)
+    if fmt is not None and fmt is not detected:
+        raise InvalidArgument(
+            f"model file {path} is not a valid {fmt.value} file (it looks like {detected.value})"
+        )
+    module: nn.Module
+    if detected is ModelFormat.TORCHSCRIPT:
+        try:
+            module = torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
+        except Exception as e:
+            raise InvalidArgument(
+                f"model file {path} is not a valid torchscript archive: {e}"
+            ) from None
+    elif detected is ModelFormat.TORCH_EXPORT:
+        try:
+            module = torch.export.load(str(path)).module()
+        except Exception as e:
+            raise InvalidArgument(
+                f"model file {path} is not a valid torch.export program: {e}"
+            ) from None
+        # Exported programs are already in inference form (and refuse .eval()).
+        module = module.to(device)
+    else:
+        if not spec.architecture:
+            raise InvalidArgument(
+                f"model {name!r}: safetensors weights need an architecture in the metadata "
+                f"(one of {', '.join(sorted(architectures.REGISTRY))})"
+            )
+        weights, _ = safetensors_io.load(path)
+        module = architectures.build_with_weights(spec.architecture, spec.arch_config, weights)
+        module = module.to(device).eval()
+    return LoadedModel(name, spec, detected, module, device, module_nbytes(module))
+
+
+def module_nbytes(module: nn.Module) -> int:
+    """Bytes held by parameters and buffers (shared tensors counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for t in (*module.parameters(), *module.buffers()):
+        key = t.data_ptr()
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total

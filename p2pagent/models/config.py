@@ -1,0 +1,96 @@
+"""Settings of the model-sharing capability: chunking, store, transfer, replication.
+
+One dataclass, nested in the node Config as ``[models]``. Every knob is documented where it is
+declared; the pure cores (transfer planner, token bucket, replication policy) read only the
+fields they need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from p2pagent.errors import ConfigError
+
+#: Smallest and largest chunk accepted, bytes. The floor keeps per-chunk overhead (a hash in the
+#: manifest, a file, a stream message) small next to the data; the ceiling keeps one chunk well
+#: inside the default 64 MiB gRPC message limit and bounds the memory one in-flight chunk pins.
+MIN_CHUNK_SIZE = 4 * 1024
+MAX_CHUNK_SIZE = 16 * 1024 * 1024
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+
+
+@dataclass
+class ModelsConfig:
+    """Knobs of the chunk store, the pull planner, upload rate and replication."""
+
+    # ---- chunking and store ----------------------------------------------------------------
+    #: Chunk size for uploads that do not choose one, bytes.
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    #: Re-hash a chunk read from disk before serving it. Costs about 1 ms per MiB and catches
+    #: bit rot before a peer does (which would blacklist us for its whole pull).
+    verify_on_read: bool = True
+    #: fsync files and directories on write. Off only for throwaway test stores: without it a
+    #: power cut can leave a renamed chunk with missing data.
+    fsync: bool = True
+
+    # ---- pulling (transfer planner) ----------------------------------------------------------
+    #: Chunks outstanding per holder. Enough to keep a link busy across one round trip
+    #: (depth * chunk_size >= bandwidth * RTT), small enough that one slow holder cannot
+    #: hoard the work.
+    pipeline_depth: int = 8
+    #: Chunks per FetchChunks call: fewer calls than one per chunk, while a lost call only
+    #: re-queues a few.
+    batch_chunks: int = 4
+    #: Chunks outstanding across all holders of one pull; bounds the memory a pull pins.
+    max_inflight_chunks: int = 64
+    #: A holder with outstanding chunks that delivers nothing for this long counts as failed.
+    #: Progress-based, not a deadline on the whole file: multi-GB pulls never time out while
+    #: data flows.
+    stall_timeout_s: float = 30.0
+    #: Back-off before retrying a failed holder: base * 2**(failures-1), capped.
+    holder_backoff_s: float = 1.0
+    holder_backoff_max_s: float = 30.0
+    #: Consecutive failures after which a holder is given up for the rest of a pull.
+    max_holder_failures: int = 5
+    #: Endgame: once every missing chunk is in flight, also ask idle holders for them, up to
+    #: this many copies in flight per chunk, so one slow holder does not set the finish time.
+    #: 1 disables it.
+    endgame_copies: int = 2
+
+    # ---- serving -------------------------------------------------------------------------------
+    #: Upload bandwidth cap for serving chunks to peers, bytes per second; 0 = unlimited.
+    upload_rate_bytes_per_s: float = 0.0
+    #: Burst allowed above the cap, bytes (at least one chunk, or a chunk could never go out
+    #: without debt).
+    upload_burst_bytes: int = 8 * 1024 * 1024
+
+    # ---- replication ---------------------------------------------------------------------------
+    #: Newest versions of each model kept replicated; older ones may be dropped once the
+    #: newest is fully replicated.
+    keep_versions: int = 1
+
+    def validate(self) -> ModelsConfig:
+        if not MIN_CHUNK_SIZE <= self.chunk_size <= MAX_CHUNK_SIZE:
+            raise ConfigError(
+                f"models.chunk_size must be {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE} bytes, "
+                f"got {self.chunk_size}"
+            )
+        positive: dict[str, float] = {
+            "pipeline_depth": self.pipeline_depth,
+            "batch_chunks": self.batch_chunks,
+            "max_inflight_chunks": self.max_inflight_chunks,
+            "stall_timeout_s": self.stall_timeout_s,
+            "holder_backoff_s": self.holder_backoff_s,
+            "max_holder_failures": self.max_holder_failures,
+            "endgame_copies": self.endgame_copies,
+            "upload_burst_bytes": self.upload_burst_bytes,
+            "keep_versions": self.keep_versions,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"models.{name} must be > 0, got {value}")
+        if self.upload_rate_bytes_per_s < 0:
+            raise ConfigError("models.upload_rate_bytes_per_s must be >= 0 (0 = unlimited)")
+        if self.holder_backoff_max_s < self.holder_backoff_s:
+            raise ConfigError("models.holder_backoff_max_s must be >= models.holder_backoff_s")
+        return self

@@ -1,0 +1,425 @@
+"""Multi-source pull planner (pure): which chunk to ask of which holder, and what to do when
+chunks arrive, turn out corrupt, or a holder goes away.
+
+The driver's loop around a ``PullPlan``::
+
+    plan = PullPlan(manifest, store.present(mid), rng, config)
+    plan.add_holder(node, chunks)             # complete holders: chunks=None; partial: a set
+    loop:
+        for req in plan.next_requests(now):   # send FetchChunks(mid, req.indices) to req.node
+        on each Chunk:      plan.on_chunk(node, index, ok=store.write_chunk(...), now)
+        stream ended short: plan.on_missing(node, undelivered, now)
+        call failed:        plan.on_holder_failed(node, now)
+        wake up at plan.next_deadline() at the latest; stop when plan.is_complete
+        (or plan.is_stalled: no usable holder has what is missing; wait for holdings news)
+
+How load is spread (BitTorrent's lessons, Kraken's and Dragonfly's goals):
+
+- Rarest first: missing chunks are taken in order of how few usable holders have them, ties
+  broken by a per-pull random key. Pullers of one publisher thus start on different chunks,
+  advertise them (partial holdings, see ``bitmap``) and serve each other, instead of all
+  queueing on the publisher.
+- Per-holder pipeline: at most ``pipeline_depth`` chunks outstanding per holder, asked for in
+  FetchChunks calls of ``batch_chunks``; a new call goes out once a whole batch of slots is
+  free (or the holder is idle). A global cap bounds the memory one pull pins.
+- Progress-based timeouts: a holder counts as failed only when it delivers nothing for
+  ``stall_timeout_s`` while owing chunks, never because a big file takes long.
+- Failure handling: a holder that fails (connection loss, stall, error) gets its outstanding
+  chunks back in the pending pool and is retried after an exponential back-off; after
+  ``max_holder_failures`` in a row it is given up for this pull. A holder that sends a chunk
+  failing verification is banned for this pull at once: corrupt data is never an accident
+  worth retrying.
+- Endgame: once every missing chunk is in flight, idle holders are also asked for them (up to
+  ``endgame_copies`` in flight per chunk), so one slow holder does not set the finish time.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from p2pagent.errors import InvalidArgument
+from p2pagent.models.config import ModelsConfig
+from p2pagent.models.manifest import Manifest
+
+
+class ChunkResult(Enum):
+    """What an arriving chunk meant for the pull."""
+
+    #: New and verified: now held.
+    ACCEPTED = "accepted"
+    #: Verified but already held (an endgame copy or a late arrival); dropped.
+    DUPLICATE = "duplicate"
+    #: Failed verification (or an index the manifest does not have); the sender is banned.
+    CORRUPT = "corrupt"
+
+
+class HolderState(Enum):
+    ACTIVE = "active"
+    #: Failed recently; not asked again before its back-off ends.
+    BACKOFF = "backoff"
+    #: Not asked again during this pull (sent corrupt data, or failed too often).
+    BANNED = "banned"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One FetchChunks call to make: ask ``node`` for ``indices``, in this order."""
+
+    node: str
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Progress:
+    total_chunks: int
+    have_chunks: int
+    inflight_chunks: int
+    total_bytes: int
+    have_bytes: int
+    #: Chunks that failed verification, duplicates dropped, holder failures (incl. stalls).
+    corrupt: int
+    duplicates: int
+    holder_failures: int
+    #: New chunks accepted from each holder during this pull.
+    received_from: Mapping[str, int]
+
+
+@dataclass
+class _Holder:
+    chunks: set[int]
+    #: index -> time the request for it was sent.
+    inflight: dict[int, float] = field(default_factory=dict)
+    failures: int = 0
+    #: End of the current back-off; 0 when none.
+    retry_at: float = 0.0
+    #: Why this holder is not asked any more during this pull; None while usable.
+    banned: str | None = None
+    #: Last time this holder delivered something (or was handed work while idle).
+    last_progress: float = 0.0
+    received: int = 0
+
+
+class PullPlan:
+    """Plans the pull of one model version from any number of (partial) holders."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        have: Iterable[int],
+        rng: random.Random,
+        config: ModelsConfig | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self._cfg = config or ModelsConfig()
+        self._rng = rng
+        self._n = manifest.chunk_count
+        self._have: set[int] = self._checked(have, "held chunk")
+        self._have_bytes = sum(manifest.chunk_length(i) for i in self._have)
+        self._inflight: dict[int, set[str]] = {}
+        self._holders: dict[str, _Holder] = {}
+        self._avail = [0] * self._n
+        # Random tie-break among equally rare chunks: the reason pullers diverge.
+        self._key = [rng.random() for _ in range(self._n)]
+        self._order: list[int] | None = None
+        self._order_have = 0
+        self._corrupt = 0
+        self._duplicates = 0
+        self._failures = 0
+
+    def _checked(self, indices: Iterable[int], what: str) -> set[int]:
+        out = set(indices)
+        bad = [i for i in out if not 0 <= i < self._n]
+        if bad:
+            raise InvalidArgument(
+                f"{what} index {min(bad)} out of range: the model has {self._n} chunks"
+            )
+        return out
+
+    # ---- holders ---------------------------------------------------------------------------
+
+    def add_holder(self, node: str, chunks: Iterable[int] | None = None) -> None:
+        """Adds a holder or replaces what it holds (``None``: every chunk).
+
+        Call again whenever a partial holder advertises more. A banned holder stays banned.
+        """
+        held = set(range(self._n)) if chunks is None else self._checked(chunks, "advertised")
+        h = self._holders.get(node)
+        if h is None:
+            h = self._holders[node] = _Holder(chunks=set())
+        if h.banned is None:
+            for i in held - h.chunks:
+                self._avail[i] += 1
+            for i in h.chunks - held:
+                self._avail[i] -= 1
+            if held != h.chunks:
+                self._order = None
+        h.chunks = held
+
+    def remove_holder(self, node: str) -> None:
+        """The node left the cluster (or dropped the version): forget it."""
+        h = self._holders.pop(node, None)
+        if h is None:
+            return
+        self._release(node, h, h.inflight)
+        if h.banned is None:
+            for i in h.chunks:
+                self._avail[i] -= 1
+            self._order = None
+
+    def holder_state(self, node: str, now: float) -> HolderState | None:
+        h = self._holders.get(node)
+        if h is None:
+            return None
+        if h.banned is not None:
+            return HolderState.BANNED
+        return HolderState.BACKOFF if h.retry_at > now else HolderState.ACTIVE
+
+    @property
+    def banned(self) -> dict[str, str]:
+        """Holders not used any more in this pull, with the reason."""
+        return {n: h.banned for n, h in self._holders.items() if h.banned is not None}
+
+    # ---- events ----------------------------------------------------------------------------
+
+    def on_chunk(self, node: str, index: int, ok: bool, now: float) -> ChunkResult:
+        """A chunk arrived from ``node``; ``ok`` says whether it verified against the manifest."""
+        h = self._holders.get(node)
+        if h is not None:
+            self._release(node, h, [index])
+        if not ok or not 0 <= index < self._n:
+            self._corrupt += 1
+            if h is not None:
+                self._ban(node, h, "sent a chunk that failed verification")
+            return ChunkResult.CORRUPT
+        if h is not None:
+            h.last_progress = now
+            h.failures = 0
+            h.retry_at = 0.0
+        if index in self._have:
+            self._duplicates += 1
+            return ChunkResult.DUPLICATE
+        self._have.add(index)
+        self._have_bytes += self.manifest.chunk_length(index)
+        if h is not None:
+            h.received += 1
+        return ChunkResult.ACCEPTED
+
+    def on_missing(self, node: str, indices: Iterable[int], now: float) -> None:
+        """``node`` answered but lacked ``indices`` (stream ended early, NotFound, deleted)."""
+        h = self._holders.get(node)
+        if h is None:
+            return
+        gone = self._checked(indices, "missing chunk")
+        self._release(node, h, gone)
+        h.last_progress = now
+        if h.banned is None:
+            for i in gone & h.chunks:
+                self._avail[i] -= 1
+            self._order = None
+        h.chunks -= gone
+
+    def on_holder_failed(self, node: str, now: float) -> None:
+        """The call to ``node`` failed (connection lost, error): re-queue what it owed."""
+        h = self._holders.get(node)
+        if h is not None and h.banned is None:
+            self._fail(node, h, now)
+
+    def verify(self, index: int, data: bytes) -> bool:
+        return self.manifest.verify_chunk(index, data)
+
+    # ---- planning --------------------------------------------------------------------------
+
+    def next_requests(self, now: float) -> list[Request]:
+        """FetchChunks calls to make now (also expires stalled holders)."""
+        self._expire(now)
+        if self.is_complete:
+            return []
+        cfg = self._cfg
+        budget = cfg.max_inflight_chunks - sum(len(h.inflight) for h in self._holders.values())
+        usable: list[tuple[float, str, _Holder]] = []
+        for node in sorted(self._holders):
+            h = self._holders[node]
+            if h.retry_at and h.retry_at <= now:
+                h.retry_at = 0.0
+            if h.banned is None and not h.retry_at and len(h.inflight) < cfg.pipeline_depth:
+                usable.append((len(h.inflight) + self._rng.random(), node, h))
+        usable.sort()  # least busy first, ties at random
+        assigned: dict[str, list[int]] = {}
+        candidates = [i for i in self._rarest_first() if i not in self._inflight]
+        taken: set[int] = set()
+        progressed = True
+        # Rounds of one batch per holder, so the rarest chunks are shared out across holders
+        # rather than all handed to whichever comes first.
+        while progressed and budget > 0 and len(taken) < len(candidates):
+            progressed = False
+            for _, node, h in usable:
+                mine = assigned.setdefault(node, [])
+                free = cfg.pipeline_depth - len(h.inflight) - len(mine)
+                if free < min(cfg.batch_chunks, cfg.pipeline_depth) and (h.inflight or mine):
+                    continue  # wait for a whole batch of slots: fewer, fuller calls
+                want = min(cfg.batch_chunks, free, budget)
+                picks = self._pick(h, candidates, taken, want)
+                if picks:
+                    mine.extend(picks)
+                    taken.update(picks)
+                    budget -= len(picks)
+                    progressed = True
+                if budget <= 0:
+                    break
+        if len(taken) == len(candidates) and cfg.endgame_copies > 1:
+            budget = self._endgame(usable, assigned, budget)
+        requests = []
+        for node, indices in assigned.items():
+            if not indices:
+                continue
+            h = self._holders[node]
+            if not h.inflight:
+                h.last_progress = now  # the stall clock starts when an idle holder gets work
+            for i in indices:
+                h.inflight[i] = now
+                self._inflight.setdefault(i, set()).add(node)
+            requests.append(Request(node, tuple(indices)))
+        return requests
+
+    def _pick(self, h: _Holder, candidates: list[int], taken: set[int], want: int) -> list[int]:
+        picks: list[int] = []
+        if want <= 0:
+            return picks
+        for i in candidates:
+            if i not in taken and i in h.chunks:
+                picks.append(i)
+                if len(picks) == want:
+                    break
+        return picks
+
+    def _endgame(
+        self, usable: list[tuple[float, str, _Holder]], assigned: dict[str, list[int]], budget: int
+    ) -> int:
+        """Duplicates in-flight chunks to idle holders; returns the budget left."""
+        copies = {i: len(nodes) for i, nodes in self._inflight.items() if i not in self._have}
+        for nodes in assigned.values():
+            for i in nodes:
+                copies[i] = copies.get(i, 0) + 1
+        for _, node, h in usable:
+            mine = assigned.setdefault(node, [])
+            free = self._cfg.pipeline_depth - len(h.inflight) - len(mine)
+            # Fewest copies first, then the ones asked for longest ago.
+            for i in sorted(copies, key=lambda i: (copies[i], self._key[i])):
+                if free <= 0 or budget <= 0:
+                    break
+                if (
+                    copies[i] < self._cfg.endgame_copies
+                    and i in h.chunks
+                    and i not in h.inflight
+                    and i not in mine
+                ):
+                    mine.append(i)
+                    copies[i] += 1
+                    free -= 1
+                    budget -= 1
+        return budget
+
+    def _rarest_first(self) -> list[int]:
+        """Missing chunks, rarest first; rebuilt when availability changes (not per call)."""
+        stale = len(self._have) - self._order_have
+        if self._order is None or stale > len(self._order) // 2:
+            self._order = sorted(
+                (i for i in range(self._n) if i not in self._have),
+                key=lambda i: (self._avail[i], self._key[i]),
+            )
+            self._order_have = len(self._have)
+        return [i for i in self._order if i not in self._have]
+
+    # ---- timers ----------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When ``next_requests`` should run next at the latest (a stall or back-off ends)."""
+        times = []
+        for h in self._holders.values():
+            if h.banned is not None:
+                continue
+            if h.inflight:
+                times.append(h.last_progress + self._cfg.stall_timeout_s)
+            if h.retry_at:
+                times.append(h.retry_at)
+        return min(times, default=None)
+
+    def _expire(self, now: float) -> None:
+        for node, h in list(self._holders.items()):
+            stalled = now - h.last_progress >= self._cfg.stall_timeout_s
+            if h.banned is None and h.inflight and stalled:
+                self._fail(node, h, now)
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _release(self, node: str, h: _Holder, indices: Iterable[int]) -> None:
+        """Takes ``indices`` off ``node``'s outstanding list; they become pending again."""
+        for i in list(indices):
+            if h.inflight.pop(i, None) is None:
+                continue
+            nodes = self._inflight.get(i)
+            if nodes is not None:
+                nodes.discard(node)
+                if not nodes:
+                    del self._inflight[i]
+
+    def _fail(self, node: str, h: _Holder, now: float) -> None:
+        self._release(node, h, h.inflight)
+        self._failures += 1
+        h.failures += 1
+        if h.failures >= self._cfg.max_holder_failures:
+            self._ban(node, h, f"failed {h.failures} times in a row")
+        else:
+            h.retry_at = now + backoff_delay(h.failures, self._cfg)
+
+    def _ban(self, node: str, h: _Holder, reason: str) -> None:
+        self._release(node, h, h.inflight)
+        if h.banned is None:
+            for i in h.chunks:
+                self._avail[i] -= 1
+            self._order = None
+            h.banned = reason
+
+    # ---- state -----------------------------------------------------------------------------
+
+    @property
+    def is_complete(self) -> bool:
+        return len(self._have) == self._n
+
+    @property
+    def is_stalled(self) -> bool:
+        """Nothing in flight and no usable holder (even one backing off) has a missing chunk.
+
+        The driver should then wait for news (new holders, new holdings) or give up.
+        """
+        if self.is_complete or self._inflight:
+            return False
+        return not any(h.banned is None and (h.chunks - self._have) for h in self._holders.values())
+
+    @property
+    def have(self) -> frozenset[int]:
+        """Chunks held now: what this node advertises as its partial holdings."""
+        return frozenset(self._have)
+
+    def progress(self) -> Progress:
+        return Progress(
+            total_chunks=self._n,
+            have_chunks=len(self._have),
+            inflight_chunks=len(self._inflight),
+            total_bytes=self.manifest.size,
+            have_bytes=self._have_bytes,
+            corrupt=self._corrupt,
+            duplicates=self._duplicates,
+            holder_failures=self._failures,
+            received_from={n: h.received for n, h in self._holders.items() if h.received},
+        )
+
+
+def backoff_delay(failures: int, config: ModelsConfig) -> float:
+    """Seconds before retrying a holder after its ``failures``-th failure in a row."""
+    return float(
+        min(config.holder_backoff_max_s, config.holder_backoff_s * 2 ** max(0, failures - 1))
+    )

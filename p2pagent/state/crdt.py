@@ -1,0 +1,275 @@
+"""The causal dot map: every replicated value, all CRDT types, as one delta-state CRDT.
+
+State is ``namespace -> key -> KeyState`` plus one :class:`DotContext` for the whole map.
+A key's state is a set of live *dots*, each carrying an immutable payload:
+
+==========  =============================  ============================================
+Kind        payload of one dot             read
+==========  =============================  ============================================
+LWW         ``(hlc_timestamp, value)``     the dot with the largest (hlc, origin, counter)
+MV          ``value``                      every live dot's value: the siblings
+COUNTER     ``(p, n)``: one origin's total  sum of ``p - n`` over live dots
+SET         ``element``                    the distinct elements of live dots
+==========  =============================  ============================================
+
+Merge law (Almeida et al., "Delta State Replicated Data Types"): a dot survives a join when
+both sides hold it, or one side holds it and the other has not *seen* it (its context lacks
+it). A dot one side has seen but no longer holds was removed there, and stays removed. So the
+join is commutative, associative and idempotent, and removal (overwrite, delete, set remove)
+needs no tombstone: the context remembers it, compactly, as part of a version-vector prefix.
+
+A *delta* is a small DotMap of the same shape: the dots an operation added, and a context of
+exactly the dots it speaks for (the ones it added plus the ones it removed). Any subset of a
+replica's facts is a valid delta as long as every dot of its context that is live at the
+sender is in its entries; anti-entropy relies on this to cut a large state into slices.
+
+Keys written concurrently with different kinds keep both kinds' dots (so the merge stays a
+join); reads show the kind with the highest :class:`Kind` value, the next write replaces the
+rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from enum import IntEnum
+from typing import Any
+
+from p2pagent.state.clocks import Dot, DotContext, Range, ranges_contain, ranges_size
+
+
+class Kind(IntEnum):
+    """The CRDT behind a key; numbers match ``p2pagent.v1.ValueType``."""
+
+    LWW = 1
+    MV = 2
+    COUNTER = 3
+    SET = 4
+
+
+class KeyState:
+    """The live dots of one key: ``dots`` of kind ``kind``, and rarely ``others`` of other kinds.
+
+    Mutated in place by the owning :class:`DotMap` only.
+    """
+
+    __slots__ = ("dots", "kind", "others")
+
+    def __init__(self, kind: Kind) -> None:
+        self.kind = kind
+        self.dots: dict[Dot, Any] = {}
+        self.others: dict[Kind, dict[Dot, Any]] | None = None
+
+    def visible_kind(self) -> Kind:
+        if self.others is None:
+            return self.kind
+        return max(self.kind, *self.others)
+
+    def dots_of(self, kind: Kind) -> dict[Dot, Any]:
+        if kind == self.kind:
+            return self.dots
+        if self.others is None:
+            return {}
+        return self.others.get(kind, {})
+
+    def groups(self) -> Iterator[tuple[Kind, dict[Dot, Any]]]:
+        yield self.kind, self.dots
+        if self.others is not None:
+            yield from self.others.items()
+
+    def all_dots(self) -> Iterator[Dot]:
+        for _, dots in self.groups():
+            yield from dots
+
+    def has(self, dot: Dot) -> bool:
+        if dot in self.dots:
+            return True
+        return self.others is not None and any(dot in d for d in self.others.values())
+
+    def add(self, kind: Kind, dot: Dot, payload: Any) -> None:
+        if kind == self.kind or (not self.dots and self.others is None):
+            self.kind = kind
+            self.dots[dot] = payload
+            return
+        if self.others is None:
+            self.others = {}
+        self.others.setdefault(kind, {})[dot] = payload
+
+    def remove(self, dot: Dot) -> bool:
+        if dot in self.dots:
+            del self.dots[dot]
+            self._normalize()
+            return True
+        if self.others is not None:
+            for d in self.others.values():
+                if dot in d:
+                    del d[dot]
+                    self._normalize()
+                    return True
+        return False
+
+    def is_empty(self) -> bool:
+        return not self.dots and self.others is None
+
+    def size(self) -> int:
+        return sum(len(d) for _, d in self.groups())
+
+    def _normalize(self) -> None:
+        """Drops empty kind groups; the primary group is non-empty whenever any group is."""
+        if self.others is None:
+            return
+        self.others = {k: d for k, d in self.others.items() if d} or None
+        if not self.dots and self.others is not None:
+            kind = max(self.others)
+            self.kind, self.dots = kind, self.others.pop(kind)
+            if not self.others:
+                self.others = None
+
+    def copy(self) -> KeyState:
+        c = KeyState(self.kind)
+        c.dots = dict(self.dots)
+        if self.others is not None:
+            c.others = {k: dict(d) for k, d in self.others.items()}
+        return c
+
+    def canonical(self) -> tuple[Any, ...]:
+        return tuple(
+            sorted((int(k), dot, _sortable(p)) for k, d in self.groups() for dot, p in d.items())
+        )
+
+
+def _sortable(payload: Any) -> Any:
+    return payload if isinstance(payload, tuple) else (payload,)
+
+
+class DotMap:
+    """``namespace -> key -> KeyState`` plus the causal context of the whole map.
+
+    ``index`` maps each live dot back to its key, so that a delta whose context removes dots
+    (a delete seen through anti-entropy) finds them without scanning every key.
+    """
+
+    __slots__ = ("context", "entries", "index", "reshaped")
+
+    def __init__(self) -> None:
+        self.entries: dict[str, dict[str, KeyState]] = {}
+        self.context = DotContext()
+        self.index: dict[str, dict[int, tuple[str, str]]] = {}
+        #: Namespaces where a key appeared or disappeared (the owner clears it; scans use it).
+        self.reshaped: set[str] = set()
+
+    # -- reading --
+
+    def key(self, ns: str, key: str) -> KeyState | None:
+        keys = self.entries.get(ns)
+        return None if keys is None else keys.get(key)
+
+    def items(self) -> Iterator[tuple[str, str, KeyState]]:
+        for ns, keys in self.entries.items():
+            for key, ks in keys.items():
+                yield ns, key, ks
+
+    def key_count(self) -> int:
+        return sum(len(keys) for keys in self.entries.values())
+
+    def dot_count(self) -> int:
+        return sum(len(c) for c in self.index.values())
+
+    def locate(self, dot: Dot) -> tuple[str, str] | None:
+        counters = self.index.get(dot[0])
+        return None if counters is None else counters.get(dot[1])
+
+    def live_in(self, origin: str, ranges: list[Range]) -> list[tuple[int, str, str]]:
+        """Live dots of ``origin`` whose counters fall in ``ranges``: (counter, ns, key)."""
+        counters = self.index.get(origin)
+        if not counters:
+            return []
+        out: list[tuple[int, str, str]] = []
+        if ranges_size(ranges) <= len(counters):
+            for lo, hi in ranges:
+                for c in range(lo, hi + 1):
+                    where = counters.get(c)
+                    if where is not None:
+                        out.append((c, *where))
+        else:
+            for c, where in counters.items():
+                if ranges_contain(ranges, c):
+                    out.append((c, *where))
+        return out
+
+    def canonical(self) -> tuple[Any, ...]:
+        """A comparable form of the whole state (tests use it to check the merge laws)."""
+        keys = tuple(sorted((ns, key, ks.canonical()) for ns, key, ks in self.items()))
+        ctx = tuple(sorted((o, tuple(r)) for o, r in self.context.to_ranges().items()))
+        return keys, ctx
+
+    # -- changing --
+
+    def add_dot(self, ns: str, key: str, kind: Kind, dot: Dot, payload: Any) -> None:
+        """Adds a live dot (the caller has checked that the context has not seen it)."""
+        keys = self.entries.get(ns)
+        if keys is None:
+            keys = self.entries[ns] = {}
+        ks = keys.get(key)
+        if ks is None:
+            ks = keys[key] = KeyState(kind)
+            self.reshaped.add(ns)
+        ks.add(kind, dot, payload)
+        counters = self.index.get(dot[0])
+        if counters is None:
+            counters = self.index[dot[0]] = {}
+        counters[dot[1]] = (ns, key)
+
+    def remove_dot(self, ns: str, key: str, dot: Dot) -> None:
+        keys = self.entries[ns]
+        ks = keys[key]
+        ks.remove(dot)
+        if ks.is_empty():
+            del keys[key]
+            self.reshaped.add(ns)
+            if not keys:
+                del self.entries[ns]
+        counters = self.index[dot[0]]
+        del counters[dot[1]]
+        if not counters:
+            del self.index[dot[0]]
+
+    def merge(self, delta: DotMap) -> set[tuple[str, str]]:
+        """Joins ``delta`` into this map in place; returns the keys whose live dots changed."""
+        changed: set[tuple[str, str]] = set()
+        ctx = self.context
+        # 1. Dots the delta holds that we have never seen become live here.
+        for ns, key, ks in delta.items():
+            for kind, dots in ks.groups():
+                for dot, payload in dots.items():
+                    if not ctx.contains(dot[0], dot[1]):
+                        self.add_dot(ns, key, kind, dot, payload)
+                        changed.add((ns, key))
+        # 2. Dots the delta has seen but does not hold were removed there: remove them here.
+        dctx = delta.context
+        for origin in dctx.origins():
+            if origin not in self.index:
+                continue
+            for c, ns, key in self.live_in(origin, dctx.ranges(origin)):
+                dks = delta.key(ns, key)
+                if dks is None or not dks.has((origin, c)):
+                    self.remove_dot(ns, key, (origin, c))
+                    changed.add((ns, key))
+        # 3. Everything the delta has seen is now seen here too.
+        ctx.merge(dctx)
+        return changed
+
+    def copy(self) -> DotMap:
+        c = DotMap()
+        c.entries = {
+            ns: {k: ks.copy() for k, ks in keys.items()} for ns, keys in self.entries.items()
+        }
+        c.context = self.context.copy()
+        c.index = {o: dict(cs) for o, cs in self.index.items()}
+        return c
+
+
+def join(a: DotMap, b: DotMap) -> DotMap:
+    """The functional join ``a ⊔ b`` (neither argument changes)."""
+    out = a.copy()
+    out.merge(b)
+    return out
