@@ -125,6 +125,12 @@ class PullPlan:
         self._key = [rng.random() for _ in range(self._n)]
         self._order: list[int] | None = None
         self._order_have = 0
+        # Chunks before this position in _order are all held: scans start here.
+        self._order_start = 0
+        # Per holder, the position in _order before which nothing is pickable from it (held,
+        # in flight, or not among its chunks). Reset when a chunk becomes pending again or
+        # the order is rebuilt. Keeps partial holders from rescanning the order every call.
+        self._cursors: dict[str, int] = {}
         self._corrupt = 0
         self._duplicates = 0
         self._failures = 0
@@ -187,9 +193,17 @@ class PullPlan:
     def on_chunk(self, node: str, index: int, ok: bool, now: float) -> ChunkResult:
         """A chunk arrived from ``node``; ``ok`` says whether it verified against the manifest."""
         h = self._holders.get(node)
+        valid = ok and 0 <= index < self._n
+        if valid and index not in self._have:
+            # Held before released: the chunk never looks pending in between.
+            self._have.add(index)
+            self._have_bytes += self.manifest.chunk_length(index)
+            result = ChunkResult.ACCEPTED
+        else:
+            result = ChunkResult.DUPLICATE if valid else ChunkResult.CORRUPT
         if h is not None:
             self._release(node, h, [index])
-        if not ok or not 0 <= index < self._n:
+        if result is ChunkResult.CORRUPT:
             self._corrupt += 1
             if h is not None:
                 self._ban(node, h, "sent a chunk that failed verification")
@@ -198,14 +212,11 @@ class PullPlan:
             h.last_progress = now
             h.failures = 0
             h.retry_at = 0.0
-        if index in self._have:
+        if result is ChunkResult.DUPLICATE:
             self._duplicates += 1
-            return ChunkResult.DUPLICATE
-        self._have.add(index)
-        self._have_bytes += self.manifest.chunk_length(index)
-        if h is not None:
+        elif h is not None:
             h.received += 1
-        return ChunkResult.ACCEPTED
+        return result
 
     def on_missing(self, node: str, indices: Iterable[int], now: float) -> None:
         """``node`` answered but lacked ``indices`` (stream ended early, NotFound, deleted)."""
@@ -248,12 +259,14 @@ class PullPlan:
                 usable.append((len(h.inflight) + self._rng.random(), node, h))
         usable.sort()  # least busy first, ties at random
         assigned: dict[str, list[int]] = {}
-        candidates = [i for i in self._rarest_first() if i not in self._inflight]
+        batches: list[tuple[str, list[int]]] = []
+        order = self._rarest_first()
+        pending = self._n - len(self._have) - sum(1 for i in self._inflight if i not in self._have)
         taken: set[int] = set()
         progressed = True
         # Rounds of one batch per holder, so the rarest chunks are shared out across holders
         # rather than all handed to whichever comes first.
-        while progressed and budget > 0 and len(taken) < len(candidates):
+        while progressed and budget > 0 and len(taken) < pending:
             progressed = False
             for _, node, h in usable:
                 mine = assigned.setdefault(node, [])
@@ -261,20 +274,19 @@ class PullPlan:
                 if free < min(cfg.batch_chunks, cfg.pipeline_depth) and (h.inflight or mine):
                     continue  # wait for a whole batch of slots: fewer, fuller calls
                 want = min(cfg.batch_chunks, free, budget)
-                picks = self._pick(h, candidates, taken, want)
+                picks = self._pick(node, h, order, taken, want)
                 if picks:
+                    batches.append((node, picks))
                     mine.extend(picks)
                     taken.update(picks)
                     budget -= len(picks)
                     progressed = True
                 if budget <= 0:
                     break
-        if len(taken) == len(candidates) and cfg.endgame_copies > 1:
-            budget = self._endgame(usable, assigned, budget)
+        if len(taken) == pending and cfg.endgame_copies > 1:
+            self._endgame(usable, assigned, batches, budget)
         requests = []
-        for node, indices in assigned.items():
-            if not indices:
-                continue
+        for node, indices in batches:
             h = self._holders[node]
             if not h.inflight:
                 h.last_progress = now  # the stall clock starts when an idle holder gets work
@@ -284,21 +296,33 @@ class PullPlan:
             requests.append(Request(node, tuple(indices)))
         return requests
 
-    def _pick(self, h: _Holder, candidates: list[int], taken: set[int], want: int) -> list[int]:
+    def _pick(
+        self, node: str, h: _Holder, order: list[int], taken: set[int], want: int
+    ) -> list[int]:
+        """The first ``want`` pending chunks in rarest-first order that ``h`` holds."""
         picks: list[int] = []
         if want <= 0:
             return picks
-        for i in candidates:
-            if i not in taken and i in h.chunks:
+        have, inflight = self._have, self._inflight
+        pos = max(self._order_start, self._cursors.get(node, 0))
+        # Everything scanned is either picked now or not pickable from h until a release
+        # or a rebuild (which reset the cursor); ``taken`` ones go in flight this call.
+        while pos < len(order) and len(picks) < want:
+            i = order[pos]
+            pos += 1
+            if i not in have and i not in inflight and i not in taken and i in h.chunks:
                 picks.append(i)
-                if len(picks) == want:
-                    break
+        self._cursors[node] = pos
         return picks
 
     def _endgame(
-        self, usable: list[tuple[float, str, _Holder]], assigned: dict[str, list[int]], budget: int
-    ) -> int:
-        """Duplicates in-flight chunks to idle holders; returns the budget left."""
+        self,
+        usable: list[tuple[float, str, _Holder]],
+        assigned: dict[str, list[int]],
+        batches: list[tuple[str, list[int]]],
+        budget: int,
+    ) -> None:
+        """Duplicates in-flight chunks to holders with free slots (adds to ``batches``)."""
         copies = {i: len(nodes) for i, nodes in self._inflight.items() if i not in self._have}
         for nodes in assigned.values():
             for i in nodes:
@@ -306,7 +330,8 @@ class PullPlan:
         for _, node, h in usable:
             mine = assigned.setdefault(node, [])
             free = self._cfg.pipeline_depth - len(h.inflight) - len(mine)
-            # Fewest copies first, then the ones asked for longest ago.
+            extra: list[int] = []
+            # Fewest copies first, then rarest-first order's random key.
             for i in sorted(copies, key=lambda i: (copies[i], self._key[i])):
                 if free <= 0 or budget <= 0:
                     break
@@ -316,14 +341,20 @@ class PullPlan:
                     and i not in h.inflight
                     and i not in mine
                 ):
-                    mine.append(i)
+                    extra.append(i)
                     copies[i] += 1
                     free -= 1
                     budget -= 1
-        return budget
+            mine.extend(extra)
+            step = self._cfg.batch_chunks
+            batches.extend((node, extra[k : k + step]) for k in range(0, len(extra), step))
 
     def _rarest_first(self) -> list[int]:
-        """Missing chunks, rarest first; rebuilt when availability changes (not per call)."""
+        """Missing chunks, rarest first (held ones skipped by the scans).
+
+        Re-sorted only when availability changes or half the list is held, never per call:
+        a pull of 10,000 chunks makes about as many calls.
+        """
         stale = len(self._have) - self._order_have
         if self._order is None or stale > len(self._order) // 2:
             self._order = sorted(
@@ -331,7 +362,14 @@ class PullPlan:
                 key=lambda i: (self._avail[i], self._key[i]),
             )
             self._order_have = len(self._have)
-        return [i for i in self._order if i not in self._have]
+            self._order_start = 0
+            self._cursors.clear()
+        # Chunks are mostly taken in this order, so the held ones gather at the front.
+        order, start = self._order, self._order_start
+        while start < len(order) and order[start] in self._have:
+            start += 1
+        self._order_start = start
+        return order
 
     # ---- timers ----------------------------------------------------------------------------
 
@@ -365,6 +403,8 @@ class PullPlan:
                 nodes.discard(node)
                 if not nodes:
                     del self._inflight[i]
+            if i not in self._have and i not in self._inflight:
+                self._cursors.clear()  # pending again: scans must look behind the cursors
 
     def _fail(self, node: str, h: _Holder, now: float) -> None:
         self._release(node, h, h.inflight)

@@ -99,7 +99,7 @@ def test_short_upload_is_refused_at_finish(store: ChunkStore) -> None:
 def test_oversize_upload_is_refused(store: ChunkStore) -> None:
     w = writer(store)
     w.write(DATA[: CHUNK * 2])
-    with pytest.raises(InvalidArgument, match="more than the .* declared"):
+    with pytest.raises(InvalidArgument, match=r"more than the .* declared"):
         w.write(DATA[CHUNK * 2 :] + b"!")
     _nothing_published(store)
 
@@ -161,14 +161,15 @@ def test_disk_full_mid_upload(store: ChunkStore, monkeypatch: pytest.MonkeyPatch
 def test_disk_full_on_manifest_publishes_nothing(
     store: ChunkStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    w = writer(store)
-    w.write(DATA)
+    exact = DATA[: CHUNK * 6]
+    w = writer(store, size=len(exact))
+    w.write(exact)  # every chunk is on disk; only the manifest is left to write
 
     def full(fd: int, data: Any) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "write", full)
     with pytest.raises(ResourceExhausted):
-        w.finish()  # the tail chunk fails to write
+        w.finish()
     monkeypatch.undo()
     _nothing_published(store)

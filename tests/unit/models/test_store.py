@@ -170,7 +170,7 @@ def test_disk_full_is_resource_exhausted_and_leaves_nothing(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "write", full)
-    with pytest.raises(ResourceExhausted, match="disk full .* free space"):
+    with pytest.raises(ResourceExhausted, match=r"disk full .* free space"):
         store.write_chunk(m.manifest_id, 0, DATA[:CHUNK])
     m2 = manifest_of(DATA, version=2)
     with pytest.raises(ResourceExhausted):
@@ -178,9 +178,7 @@ def test_disk_full_is_resource_exhausted_and_leaves_nothing(
     monkeypatch.undo()
     assert chunk_files(store) == []
     assert not store.has_manifest(m2.manifest_id)
-    assert sorted(p.name for p in (store.root / "manifests").iterdir()) == [
-        f"{m.manifest_id}.json"
-    ]
+    assert sorted(p.name for p in (store.root / "manifests").iterdir()) == [f"{m.manifest_id}.json"]
 
 
 def test_other_os_errors_propagate(store: ChunkStore, monkeypatch: pytest.MonkeyPatch) -> None:
