@@ -21,7 +21,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -180,7 +180,11 @@ class InferenceEngine:
                     )
                 )
         for batch in decision.batches:
-            task = loop.create_task(self._run(batch))
+            # Hand the batch to the worker now, not from a task that would first wait its
+            # turn behind every callback already queued on the loop.
+            reqs = [self._waiting.pop(rid) for rid in batch.request_ids]
+            work = self._submit(reqs[0].model, [r.inputs for r in reqs])
+            task = loop.create_task(self._finish(batch, reqs, work))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
         if self._timer is not None:
@@ -190,23 +194,45 @@ class InferenceEngine:
             delay = max(0.0, decision.wake_at - now)
             self._timer = loop.call_at(loop.time() + delay, self._schedule_pump)
 
-    async def _run(self, batch: Batch) -> None:
-        loop = asyncio.get_running_loop()
-        reqs = [self._waiting.pop(rid) for rid in batch.request_ids]
+    def _submit(
+        self, model: LoadedModel, parts: list[list[torch.Tensor]]
+    ) -> Future[tuple[list[list[torch.Tensor]], float]]:
+        if self._stage is None:
+            return self._compute.submit(self._runner.run, model, parts)
+        done: Future[tuple[list[list[torch.Tensor]], float]] = Future()
+
+        def stage_then_compute() -> None:
+            # Runs on the staging thread; queues the forward pass on the compute thread as
+            # soon as the copy is issued, with no trip through the event loop.
+            try:
+                staged = self._runner.stage(model, parts)
+                computed = self._compute.submit(self._runner.compute, model, staged)
+            except BaseException as e:
+                done.set_exception(e)
+                return
+
+            def finished(f: Future[tuple[list[torch.Tensor], float]]) -> None:
+                try:
+                    outputs, seconds = f.result()
+                    done.set_result((split(model, outputs, parts), seconds))
+                except BaseException as e:
+                    done.set_exception(e)
+
+            computed.add_done_callback(finished)
+
+        self._stage.submit(stage_then_compute)
+        return done
+
+    async def _finish(
+        self,
+        batch: Batch,
+        reqs: list[_Request],
+        work: Future[tuple[list[list[torch.Tensor]], float]],
+    ) -> None:
         model = reqs[0].model
-        parts = [r.inputs for r in reqs]
         started = time.perf_counter()
         try:
-            if self._stage is None:
-                outs, seconds = await loop.run_in_executor(
-                    self._compute, self._runner.run, model, parts
-                )
-            else:
-                staged = await loop.run_in_executor(self._stage, self._runner.stage, model, parts)
-                outputs, seconds = await loop.run_in_executor(
-                    self._compute, self._runner.compute, model, staged
-                )
-                outs = split(model, outputs, parts)
+            outs, seconds = await asyncio.wrap_future(work)
         except Exception as e:
             self._policy.on_batch_done(batch.batch_id, time.perf_counter() - started, ok=False)
             self._pump()

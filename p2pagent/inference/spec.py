@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -85,10 +86,14 @@ class ModelSpec:
             if len(set(names)) != len(names):
                 raise InvalidArgument(f"model {kind} names must be unique, got {names}")
 
-    @property
+    @cached_property
     def batchable(self) -> bool:
         """Dimension 0 of every port is dynamic, so requests can be concatenated on it."""
         return all(p.shape and p.shape[0] == DYNAMIC for p in (*self.inputs, *self.outputs))
+
+    @cached_property
+    def input_names(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.inputs)
 
     # ---- JSON ----------------------------------------------------------------------------
 
@@ -183,7 +188,7 @@ class ModelSpec:
         batchable model every input must have the same (non-zero) size in dimension 0.
         """
         if isinstance(inputs, Mapping):
-            unknown = [n for n in inputs if n not in {p.name for p in self.inputs}]
+            unknown = [n for n in inputs if n not in self.input_names]
             if unknown:
                 raise InvalidArgument(
                     f"model {model!r} has no input named {unknown[0]!r}; "

@@ -1,0 +1,159 @@
+"""The inference engine in-process against the offline torch ceiling.
+
+    python -m bench.inference_offline [--small] [--requests N] [--repeats R] [--json FILE]
+
+Rows, all measured in this run on the demo model (MLP 256 -> 1024 -> 1024 -> 10, TorchScript):
+
+- offline: the model called directly in a loop at batch 1 and at ``max_batch_size`` rows
+  (the ceiling: no queue, no threads, no event loop);
+- the engine unbatched (``max_batch_size`` 1) and batched, at concurrency 1, 8 and 32, with
+  p50/p95/p99 latency;
+
+then the targets of issue "Inference engine", each with its measured ratio. Every engine row
+is the median (by throughput) of ``--repeats`` runs, because the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench._infer_load import LoadResult, fmt_ms, median_by_throughput, run_load
+from p2pagent.inference import demo_model
+from p2pagent.inference.cache import ModelCache
+from p2pagent.inference.config import InferenceConfig
+from p2pagent.inference.device import select_device
+from p2pagent.inference.engine import InferenceEngine, resolve_config
+from p2pagent.inference.formats import load_model
+from p2pagent.inference.spec import ModelSpec
+
+CONCURRENCY = (1, 8, 32)
+
+
+def offline(path: Path, spec: ModelSpec, batch: int, seconds: float) -> float:
+    """Rows per second of the model called directly, ``batch`` rows per call."""
+    model = load_model("demo", path, spec, torch.device("cpu"))
+    x = demo_model.sample_input(batch)
+    with torch.inference_mode():
+        for _ in range(20):
+            model.fn(x)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            model.fn(x)
+            n += batch
+        return n / (time.perf_counter() - start)
+
+
+async def engine_run(
+    path: Path, spec: ModelSpec, config: InferenceConfig, concurrency: int, requests: int
+) -> LoadResult:
+    device = select_device("cpu")
+    cache = ModelCache(device.device, 1 << 30)
+    cache.register("demo", path, spec)
+    engine = InferenceEngine(cache, config, device)
+    pool = [demo_model.sample_input(1, seed=i) for i in range(64)]
+
+    async def call(i: int) -> Any:
+        return await engine.infer("demo", {"input": pool[i % len(pool)]})
+
+    try:
+        return await run_load(call, concurrency, requests, warmup=min(requests, 200))
+    finally:
+        await engine.close()
+        cache.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="inference engine vs offline torch")
+    p.add_argument("--small", action="store_true", help="a quick run (CI keeps it working)")
+    p.add_argument("--requests", type=int, default=2000, help="timed requests per row")
+    p.add_argument("--repeats", type=int, default=3, help="runs per engine row (median kept)")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--pipeline-depth", type=int, default=0, help="0 = auto")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = auto)")
+    p.add_argument("--switch-interval", type=float, default=0.0, help="GIL switch interval")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    if args.small:
+        args.requests, args.repeats = 200, 1
+    if args.switch_interval > 0:
+        sys.setswitchinterval(args.switch_interval)
+
+    base = InferenceConfig(max_batch_size=args.max_batch, intra_op_threads=args.threads)
+    threads = resolve_config(base, select_device("cpu")).intra_op_threads
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = demo_model.write_all(Path(tmp))
+        path = files["torchscript"]
+        spec = ModelSpec.from_json(files["metadata"].read_text())
+        seconds = 0.5 if args.small else 2.0
+        off1 = offline(path, spec, 1, seconds)
+        ceiling = offline(path, spec, args.max_batch, seconds)
+
+        rows: dict[tuple[str, int], LoadResult] = {}
+        modes = {
+            "unbatched": InferenceConfig(
+                max_batch_size=1, intra_op_threads=threads, pipeline_depth=args.pipeline_depth
+            ),
+            "batched": InferenceConfig(
+                max_batch_size=args.max_batch,
+                intra_op_threads=threads,
+                pipeline_depth=args.pipeline_depth,
+            ),
+        }
+        for mode, config in modes.items():
+            for c in CONCURRENCY:
+                runs = [
+                    asyncio.run(engine_run(path, spec, config, c, args.requests))
+                    for _ in range(args.repeats)
+                ]
+                rows[(mode, c)] = median_by_throughput(runs)
+
+    print(
+        f"intra-op threads {threads}, max_batch_size {args.max_batch}, "
+        f"{args.requests} requests per row, median of {args.repeats}"
+    )
+    print(f"{'row':<28}{'req/s':>9}{'x ceil':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
+    print(f"{'offline batch 1':<28}{off1:9.0f}{off1 / ceiling:8.2f}")
+    print(f"{f'offline batch {args.max_batch} (ceiling)':<28}{ceiling:9.0f}{1.0:8.2f}")
+    for (mode, c), r in rows.items():
+        print(
+            f"{f'{mode} c={c}':<28}{r.throughput:9.0f}{r.throughput / ceiling:8.2f}"
+            f"{fmt_ms(r.p50):>9}{fmt_ms(r.p95):>9}{fmt_ms(r.p99):>9}"
+            + (f"  errors {r.errors}" if r.errors else "")
+        )
+    b32, u32 = rows[("batched", 32)], rows[("unbatched", 32)]
+    b1, u1 = rows[("batched", 1)], rows[("unbatched", 1)]
+    targets = [
+        ("batched c=32 >= 3x unbatched c=32", b32.throughput / u32.throughput, ">=", 3.0, "x"),
+        ("batched c=32 >= 0.8x offline ceiling", b32.throughput / ceiling, ">=", 0.8, "x"),
+        ("p95 batched c=32 <= unbatched c=32", b32.p95 / u32.p95, "<=", 1.0, "x"),
+        ("p50 batched c=1 - unbatched c=1 <= 1 ms", (b1.p50 - u1.p50) * 1e3, "<=", 1.0, " ms"),
+    ]
+    print()
+    for name, value, op, bound, unit in targets:
+        met = value >= bound if op == ">=" else value <= bound
+        print(f"{name:<44}{value:8.2f}{unit:<4}{'met' if met else 'NOT met'}")
+    if args.json:
+        doc = {
+            "threads": threads,
+            "max_batch_size": args.max_batch,
+            "offline_batch1_rps": off1,
+            "ceiling_rps": ceiling,
+            "rows": {f"{m} c={c}": r.to_dict() for (m, c), r in rows.items()},
+            "targets": {n: v for n, v, *_ in targets},
+        }
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
