@@ -72,9 +72,19 @@ class InferenceEngine:
             devices.configure_threads(self.config.intra_op_threads)
         self._policy = BatchPolicy(self.config)
         self._runner = BatchRunner(device.device)
-        self._compute = ThreadPoolExecutor(1, thread_name_prefix="infer-compute")
+        # The thread count is also set inside each worker: OpenMP keeps it per thread, and a
+        # worker left at the default would oversubscribe the cores the event loop needs.
+        threads = self.config.intra_op_threads
+
+        def init() -> None:
+            if set_threads:
+                devices.configure_threads(threads)
+
+        self._compute = ThreadPoolExecutor(1, thread_name_prefix="infer-compute", initializer=init)
         self._stage = (
-            ThreadPoolExecutor(1, thread_name_prefix="infer-stage") if device.is_cuda else None
+            ThreadPoolExecutor(1, thread_name_prefix="infer-stage", initializer=init)
+            if device.is_cuda
+            else None
         )
         self._waiting: dict[int, _Request] = {}
         self._running: set[asyncio.Task[None]] = set()

@@ -1,0 +1,297 @@
+"""The engine on CPU: batching is invisible in results, failures stay in their batch."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from p2pagent.errors import (
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from p2pagent.inference import architectures
+from p2pagent.inference.cache import ModelCache
+from p2pagent.inference.config import InferenceConfig
+from p2pagent.inference.device import select_device
+from p2pagent.inference.engine import InferenceEngine
+from p2pagent.inference.formats import LoadedModel, ModelFormat
+from p2pagent.inference.spec import ModelSpec, PortSpec
+
+VEC = ModelSpec((PortSpec("x", "float32", (-1, 4)),), (PortSpec("y", "float32", (-1, 4)),))
+
+
+class Zoo:
+    """Test models served through the real cache by an injected loader."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.rows_seen: dict[str, list[int]] = {}
+        torch.manual_seed(0)
+        self.mlp_spec = architectures.get("mlp").spec({"in": 4, "hidden": [16], "out": 3})
+        self.mlp = architectures.get("mlp").build(dict(self.mlp_spec.arch_config)).eval()
+        self.models: dict[str, tuple[ModelSpec, Callable[..., Any]]] = {
+            "double": (VEC, lambda x: x * 2),
+            "mlp": (self.mlp_spec, self.mlp),
+            "gate": (VEC, self._gated),
+            "boom": (VEC, self._boom),
+            "oom": (VEC, self._oom),
+            "pair": (
+                ModelSpec(
+                    (PortSpec("a", "float32", (-1, 2)), PortSpec("b", "int64", (-1,))),
+                    (PortSpec("sum", "float32", (-1, 2)), PortSpec("b2", "int64", (-1,))),
+                ),
+                lambda a, b: {"b2": b * 2, "sum": a + b[:, None]},
+            ),
+            "fixed": (
+                ModelSpec((PortSpec("x", "float32", (3,)),), (PortSpec("y", "float32", (3,)),)),
+                lambda x: x + 1,
+            ),
+        }
+
+    def _gated(self, x: torch.Tensor) -> torch.Tensor:
+        self.entered.set()
+        assert self.gate.wait(10)
+        return x
+
+    def _boom(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x < 0).any()):
+            raise ValueError("negative input")
+        return x
+
+    def _oom(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows_seen.setdefault("oom", []).append(int(x.shape[0]))
+        if x.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return x * 3
+
+    def load(
+        self, name: str, path: Path, spec: ModelSpec, device: torch.device, fmt: object
+    ) -> LoadedModel:
+        spec, fn = self.models[name]
+
+        def recorded(*xs: torch.Tensor) -> Any:
+            self.rows_seen.setdefault(f"{name}:calls", []).append(int(xs[0].shape[0]))
+            return fn(*xs)
+
+        return LoadedModel(name, spec, ModelFormat.TORCHSCRIPT, recorded, device, 1000)
+
+
+@pytest.fixture
+async def zoo_engine() -> AsyncIterator[tuple[Zoo, InferenceEngine]]:
+    zoo = Zoo()
+    device = select_device("cpu")
+    cache = ModelCache(device.device, 1 << 30, loader=zoo.load)
+    for name, (spec, _) in zoo.models.items():
+        cache.register(name, Path(f"{name}.pt"), spec)
+    config = InferenceConfig(max_batch_size=8, max_queued=16, intra_op_threads=1)
+    engine = InferenceEngine(cache, config, device, set_threads=False)
+    try:
+        yield zoo, engine
+    finally:
+        zoo.gate.set()
+        await engine.close()
+        cache.close()
+
+
+async def hold_device(zoo: Zoo, engine: InferenceEngine) -> asyncio.Task[Any]:
+    """Starts a batch that blocks the worker until ``zoo.gate`` is set."""
+    zoo.gate.clear()
+    zoo.entered.clear()
+    task = asyncio.ensure_future(engine.infer("gate", [torch.zeros(1, 4)]))
+    assert await asyncio.to_thread(zoo.entered.wait, 10)
+    return task
+
+
+async def test_single_request_round_trip(zoo_engine: tuple[Zoo, InferenceEngine]) -> None:
+    _, engine = zoo_engine
+    out = await engine.infer("double", {"x": torch.ones(2, 4)})
+    assert set(out) == {"y"} and torch.equal(out["y"], torch.full((2, 4), 2.0))
+
+
+async def test_batched_outputs_equal_unbatched(zoo_engine: tuple[Zoo, InferenceEngine]) -> None:
+    zoo, engine = zoo_engine
+    g = torch.Generator().manual_seed(3)
+    xs = [
+        torch.randn(int(torch.randint(1, 3, (1,), generator=g)), 4, generator=g) for _ in range(12)
+    ]
+    with torch.inference_mode():
+        expected = [zoo.mlp(x) for x in xs]
+    gate = await hold_device(zoo, engine)
+    pending = [asyncio.ensure_future(engine.infer("mlp", [x])) for x in xs]
+    await asyncio.sleep(0.01)
+    zoo.gate.set()
+    await gate
+    results = await asyncio.gather(*pending)
+    for got, want in zip(results, expected):
+        assert got["output"].shape == want.shape
+        assert torch.allclose(got["output"], want, atol=1e-6)
+    stats = engine.stats()["mlp"]
+    assert stats.items == 12 and stats.batches < 12  # they did share batches
+    assert max(zoo.rows_seen["mlp:calls"]) <= 8  # max_batch_size in rows
+
+
+async def test_multi_input_multi_output_model(zoo_engine: tuple[Zoo, InferenceEngine]) -> None:
+    zoo, engine = zoo_engine
+    gate = await hold_device(zoo, engine)
+    calls = [
+        engine.infer("pair", {"a": torch.ones(1, 2) * i, "b": torch.tensor([i])}) for i in range(3)
+    ]
+    pending = [asyncio.ensure_future(c) for c in calls]
+    await asyncio.sleep(0.01)
+    zoo.gate.set()
+    await gate
+    for i, out in enumerate(await asyncio.gather(*pending)):
+        assert torch.equal(out["sum"], torch.full((1, 2), 2.0 * i))
+        assert out["b2"].tolist() == [2 * i]
+    assert zoo.rows_seen["pair:calls"] == [3]
+
+
+async def test_unbatchable_model_runs_requests_one_by_one(
+    zoo_engine: tuple[Zoo, InferenceEngine],
+) -> None:
+    zoo, engine = zoo_engine
+    outs = await asyncio.gather(*(engine.infer("fixed", [torch.zeros(3)]) for _ in range(3)))
+    assert all(torch.equal(o["y"], torch.ones(3)) for o in outs)
+    assert zoo.rows_seen["fixed:calls"] == [3, 3, 3]  # never concatenated
+
+
+async def test_raising_model_fails_only_its_batch(zoo_engine: tuple[Zoo, InferenceEngine]) -> None:
+    zoo, engine = zoo_engine
+    gate = await hold_device(zoo, engine)
+    bad = asyncio.ensure_future(engine.infer("boom", [-torch.ones(1, 4)]))
+    other = asyncio.ensure_future(engine.infer("double", [torch.ones(1, 4)]))
+    await asyncio.sleep(0.01)
+    zoo.gate.set()
+    await gate
+    with pytest.raises(Internal, match=r"model 'boom' failed.*ValueError: negative input"):
+        await bad
+    assert torch.equal((await other)["y"], torch.full((1, 4), 2.0))
+    # ...and the engine goes on.
+    assert torch.equal((await engine.infer("boom", [torch.ones(1, 4)]))["y"], torch.ones(1, 4))
+    assert engine.stats()["boom"].failed_batches == 1
+
+
+async def test_out_of_memory_splits_the_batch(zoo_engine: tuple[Zoo, InferenceEngine]) -> None:
+    zoo, engine = zoo_engine
+    gate = await hold_device(zoo, engine)
+    xs = [torch.full((1, 4), float(i)) for i in range(7)]
+    pending = [asyncio.ensure_future(engine.infer("oom", [x])) for x in xs]
+    await asyncio.sleep(0.01)
+    zoo.gate.set()
+    await gate
+    for x, out in zip(xs, await asyncio.gather(*pending)):
+        assert torch.equal(out["y"], x * 3)
+    seen = zoo.rows_seen["oom"]  # 7 -> 3 + 4 -> (1 + 2) + (2 + 2)
+    assert seen[0] == 7 and sum(r for r in seen if r <= 2) == 7
+    assert engine.oom_splits >= 1
+
+
+async def test_deadline_expires_in_the_queue(zoo_engine: tuple[Zoo, InferenceEngine]) -> None:
+    zoo, engine = zoo_engine
+    gate = await hold_device(zoo, engine)
+    late = engine.infer("double", [torch.ones(1, 4)], deadline=time.monotonic() + 0.02)
+    with pytest.raises(DeadlineExceeded, match="passed its deadline"):
+        await late  # fails while the device is still busy: no compute spent on it
+    zoo.gate.set()
+    await gate
+    assert engine.stats()["double"].expired == 1 and engine.stats()["double"].batches == 0
+    with pytest.raises(DeadlineExceeded):
+        await engine.infer("double", [torch.ones(1, 4)], deadline=time.monotonic() - 1)
+
+
+async def test_queue_full_is_resource_exhausted(zoo_engine: tuple[Zoo, InferenceEngine]) -> None:
+    zoo, engine = zoo_engine
+    gate = await hold_device(zoo, engine)
+    pending = [asyncio.ensure_future(engine.infer("double", [torch.ones(1, 4)])) for _ in range(16)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        await engine.infer("double", [torch.ones(1, 4)])
+    zoo.gate.set()
+    await gate
+    assert len(await asyncio.gather(*pending)) == 16
+
+
+async def test_cancelled_caller_leaves_the_queue(zoo_engine: tuple[Zoo, InferenceEngine]) -> None:
+    zoo, engine = zoo_engine
+    gate = await hold_device(zoo, engine)
+    waiter = asyncio.ensure_future(engine.infer("double", [torch.ones(1, 4)]))
+    await asyncio.sleep(0.01)
+    assert engine.queued == 1
+    waiter.cancel()
+    await asyncio.sleep(0)
+    assert engine.queued == 0 and engine.stats()["double"].cancelled == 1
+    zoo.gate.set()
+    await gate
+
+
+async def test_bad_requests(zoo_engine: tuple[Zoo, InferenceEngine]) -> None:
+    _, engine = zoo_engine
+    with pytest.raises(NotFound, match="'nope'"):
+        await engine.infer("nope", [torch.ones(1, 4)])
+    with pytest.raises(InvalidArgument, match="expects dtype float32, received int64"):
+        await engine.infer("double", [torch.ones(1, 4, dtype=torch.int64)])
+    with pytest.raises(InvalidArgument, match=r"expects shape \[-1, 4\]"):
+        await engine.infer("double", {"x": torch.ones(1, 5)})
+
+
+async def test_close_fails_queued_requests() -> None:
+    zoo = Zoo()
+    device = select_device("cpu")
+    cache = ModelCache(device.device, 1 << 30, loader=zoo.load)
+    for name, (spec, _) in zoo.models.items():
+        cache.register(name, Path(f"{name}.pt"), spec)
+    engine = InferenceEngine(cache, InferenceConfig(), device, set_threads=False)
+    gate = await hold_device(zoo, engine)
+    queued = asyncio.ensure_future(engine.infer("double", [torch.ones(1, 4)]))
+    await asyncio.sleep(0.01)
+    closing = asyncio.ensure_future(engine.close())
+    await asyncio.sleep(0.01)
+    zoo.gate.set()
+    await closing
+    await gate  # the running batch finished normally
+    with pytest.raises(Unavailable):
+        await queued
+    with pytest.raises(Unavailable):
+        await engine.infer("double", [torch.ones(1, 4)])
+    cache.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none found")
+async def test_cuda_engine_matches_cpu() -> None:
+    torch.manual_seed(0)
+    spec = architectures.get("mlp").spec({"in": 4, "hidden": [16], "out": 3})
+    module = architectures.get("mlp").build(dict(spec.arch_config)).eval()
+    device = select_device("cuda:0")
+    assert device.description.startswith("cuda:0 (")
+    gpu_module = module.to(device.device)
+
+    def load(name: str, path: Path, s: ModelSpec, dev: torch.device, fmt: object) -> LoadedModel:
+        return LoadedModel(name, s, ModelFormat.SAFETENSORS, gpu_module, dev, 1000)
+
+    cache = ModelCache(device.device, 1 << 30, loader=load)
+    cache.register("mlp", Path("mlp.pt"), spec)
+    engine = InferenceEngine(cache, InferenceConfig(), device, set_threads=False)
+    assert engine.config.pipeline_depth == 2
+    xs = [torch.randn(2, 4) for _ in range(20)]
+    outs = await asyncio.gather(*(engine.infer("mlp", [x]) for x in xs))
+    cpu_module = module.to("cpu")
+    with torch.inference_mode():
+        for x, out in zip(xs, outs):
+            assert out["output"].device.type == "cpu"
+            assert torch.allclose(out["output"], cpu_module(x), atol=1e-4)
+    await engine.close()
+    cache.close()
