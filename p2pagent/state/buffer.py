@@ -1,5 +1,8 @@
 """The delta buffer: recent operation deltas by origin counter, to answer digests cheaply.
 
+Deltas are kept encoded (``codec.encode_delta``): a few dozen bytes each instead of a few
+kilobytes of Python objects, and their size is exact.
+
 When a peer's digest shows it lacks counters ``a..b`` of some origin and every one of them is
 covered by a buffered operation, we send those deltas (small); otherwise the replica falls back
 to slices of its state. The buffer holds our own operations and those received from others (so
@@ -14,7 +17,7 @@ from collections import deque
 from collections.abc import Mapping
 
 from p2pagent.state.clocks import Range
-from p2pagent.state.messages import Delta
+from p2pagent.state.messages import OpId
 
 
 class DeltaBuffer:
@@ -23,8 +26,8 @@ class DeltaBuffer:
     def __init__(self, max_ops: int, max_bytes: int) -> None:
         self.max_ops = max_ops
         self.max_bytes = max_bytes
-        #: origin -> first counter -> (last counter, delta, approximate size)
-        self._by_origin: dict[str, dict[int, tuple[int, Delta, int]]] = {}
+        #: origin -> first counter -> (last counter, encoded delta)
+        self._by_origin: dict[str, dict[int, tuple[int, bytes]]] = {}
         #: origin -> sorted first counters (for coverage lookups)
         self._firsts: dict[str, list[int]] = {}
         self._fifo: deque[tuple[str, int]] = deque()
@@ -38,21 +41,18 @@ class DeltaBuffer:
     def size_bytes(self) -> int:
         return self._bytes
 
-    def add(self, delta: Delta, size: int) -> None:
-        op = delta.op
-        if op is None:
-            return
+    def add(self, op: OpId, data: bytes) -> None:
         entries = self._by_origin.setdefault(op.origin, {})
         if op.first in entries:
             return
-        entries[op.first] = (op.last, delta, size)
+        entries[op.first] = (op.last, data)
         firsts = self._firsts.setdefault(op.origin, [])
         if not firsts or firsts[-1] < op.first:
             firsts.append(op.first)
         else:
             bisect.insort(firsts, op.first)
         self._fifo.append((op.origin, op.first))
-        self._bytes += size
+        self._bytes += len(data)
         self._count += 1
         while self._fifo and (self._count > self.max_ops or self._bytes > self.max_bytes):
             origin, first = self._fifo.popleft()
@@ -62,7 +62,7 @@ class DeltaBuffer:
         entries = self._by_origin.get(origin)
         if entries is None or first not in entries:
             return  # already dropped as acknowledged
-        self._bytes -= entries.pop(first)[2]
+        self._bytes -= len(entries.pop(first)[1])
         self._count -= 1
         firsts = self._firsts[origin]
         i = bisect.bisect_left(firsts, first)
@@ -71,23 +71,26 @@ class DeltaBuffer:
             del self._by_origin[origin]
             del self._firsts[origin]
 
-    def cover(self, origin: str, gap: list[Range]) -> list[Delta] | None:
+    def cover(self, origin: str, gap: list[Range]) -> list[bytes] | None:
         """The buffered deltas that together contain every counter of ``gap``, or None."""
         entries = self._by_origin.get(origin)
         if entries is None:
             return None
         firsts = self._firsts[origin]
-        out: list[Delta] = []
+        out: list[bytes] = []
+        used: set[int] = set()
         for lo, hi in gap:
             cur = lo
             while cur <= hi:
                 i = bisect.bisect_right(firsts, cur) - 1
                 if i < 0:
                     return None
-                last, delta, _ = entries[firsts[i]]
+                last, data = entries[firsts[i]]
                 if last < cur:
                     return None
-                out.append(delta)
+                if firsts[i] not in used:
+                    used.add(firsts[i])
+                    out.append(data)
                 cur = last + 1
         return out
 

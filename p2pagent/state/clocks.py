@@ -133,7 +133,10 @@ def ranges_contain(ranges: list[Range], counter: int) -> bool:
 
 
 def ranges_size(ranges: Iterable[Range]) -> int:
-    return sum(hi - lo + 1 for lo, hi in ranges)
+    total = 0
+    for lo, hi in ranges:
+        total += hi - lo + 1
+    return total
 
 
 def ranges_of(counters: Iterable[int]) -> list[Range]:
@@ -176,9 +179,9 @@ class DotContext:
             return True
         return counter <= self.retired.get(origin, 0)
 
-    def origins(self) -> Iterator[str]:
-        """Active (not retired) origins."""
-        yield from self._base.keys() | self._cloud.keys()
+    def origins(self) -> Iterable[str]:
+        """Active (not retired) origins (every one has a ``_base`` entry, possibly 0)."""
+        return self._base.keys()
 
     def base(self, origin: str) -> int:
         """Largest ``n`` such that every counter ``1..n`` of ``origin`` has been seen."""
@@ -284,7 +287,15 @@ class DotContext:
                 self.add_range(origin, lo, hi)
 
     def merge(self, other: DotContext) -> None:
-        for origin in other.origins():
+        for origin, obase in other._base.items():
+            cloud = other._cloud.get(origin)
+            if cloud is None or (len(cloud) <= 2 and not obase):
+                # The shape of an operation's delta: a prefix or a couple of points.
+                if obase:
+                    self.add_range(origin, 1, obase)
+                for lo, hi in cloud or ():
+                    self.add_range(origin, lo, hi)
+                continue
             theirs = other.ranges(origin)
             if len(theirs) <= 2 or origin in self.retired:
                 for lo, hi in theirs:

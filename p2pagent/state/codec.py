@@ -4,7 +4,7 @@ Every message is a msgpack array ``[version, tag, sender, ...body]``:
 
 - ``[1, "d", sender, [delta, ...]]`` where ``delta = [op, context, groups]``,
   ``op = nil | [origin, first, last]``;
-- ``[1, "g", sender, context, retired_hash, reply]`` (digest);
+- ``[1, "g", sender, context, {origin: live_hash}, retired_hash, reply]`` (digest);
 - ``[1, "r", sender, {origin: final}]`` (retired origins).
 
 ``context = {origin: [lo, hi, lo, hi, ...]}`` (closed counter ranges) and
@@ -79,13 +79,29 @@ def delta_to_wire(delta: Delta) -> list[Any]:
     return [op, context_to_wire(delta.state.context), groups_to_wire(delta.state)]
 
 
+def encode_delta(delta: Delta) -> bytes:
+    """One delta on its own (the delta buffer keeps deltas like this: compact bytes)."""
+    if delta.wire is not None:
+        return delta.wire
+    return msgpack.packb(delta_to_wire(delta), use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode_delta(data: bytes) -> Delta:
+    obj = _unpack(data, "delta")
+    try:
+        return _delta(obj, data)
+    except _Bad as e:
+        raise RemoteProtocolError(f"malformed delta: {e}") from None
+
+
 def encode_message(msg: Message) -> bytes:
     body: list[Any]
     if isinstance(msg, DeltaMessage):
         body = [VERSION, _TAG_DELTA, msg.sender, [delta_to_wire(d) for d in msg.deltas]]
     elif isinstance(msg, DigestMessage):
         ctx = {o: _flat_ranges(r) for o, r in msg.context.items()}
-        body = [VERSION, _TAG_DIGEST, msg.sender, ctx, msg.retired_hash, msg.reply]
+        live = dict(msg.live)
+        body = [VERSION, _TAG_DIGEST, msg.sender, ctx, live, msg.retired_hash, msg.reply]
     else:
         body = [VERSION, _TAG_RETIRED, msg.sender, dict(msg.retired)]
     return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
@@ -161,10 +177,32 @@ def _unpack(data: bytes, what: str) -> Any:
 
 def decode_message(data: bytes) -> Message:
     """Decodes and validates one message; raises RemoteProtocolError/UnsupportedVersion."""
-    obj = _unpack(data, "state message")
-    if not isinstance(obj, list) or not obj:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise RemoteProtocolError(f"state message must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    try:
+        fields, raws = _read_fields(data)
+    except RemoteProtocolError:
+        raise
+    except Exception as e:  # msgpack raises many types for garbage; all mean the same
+        raise RemoteProtocolError(f"state message is not valid msgpack: {e!r}") from None
+    try:
+        return _decode_body(fields, raws)
+    except _Bad as e:
+        raise RemoteProtocolError(f"malformed state message: {e}") from None
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError, RecursionError) as e:
+        raise RemoteProtocolError(f"malformed state message: {e!r}") from None
+
+
+def _read_fields(data: bytes) -> tuple[list[Any], list[bytes]]:
+    """Reads the top-level array; for a delta message also the raw bytes of each delta, which
+    the receiver keeps in its delta buffer without encoding it again."""
+    u = msgpack.Unpacker(raw=False, use_list=True, strict_map_key=True)
+    u.feed(data)
+    n = u.read_array_header()
+    if n < 1:
         raise RemoteProtocolError("state message must be a non-empty msgpack array")
-    version = obj[0]
+    version = u.unpack()
     if not isinstance(version, int) or isinstance(version, bool):
         raise RemoteProtocolError("state message has no protocol version")
     if version != VERSION:
@@ -172,29 +210,40 @@ def decode_message(data: bytes) -> Message:
             f"state protocol version {version} is not supported (this node speaks {VERSION}); "
             "upgrade the older node"
         )
-    try:
-        return _decode_body(obj)
-    except _Bad as e:
-        raise RemoteProtocolError(f"malformed state message: {e}") from None
-    except (TypeError, ValueError, KeyError, IndexError, OverflowError, RecursionError) as e:
-        raise RemoteProtocolError(f"malformed state message: {e!r}") from None
+    fields: list[Any] = [version]
+    raws: list[bytes] = []
+    for i in range(1, n):
+        if i == 3 and fields[1] == _TAG_DELTA and n == 4:
+            deltas = []
+            for _ in range(u.read_array_header()):
+                start = u.tell()
+                deltas.append(u.unpack())
+                raws.append(data[start : u.tell()])
+            fields.append(deltas)
+        else:
+            fields.append(u.unpack())
+    if u.tell() != len(data):
+        raise RemoteProtocolError("state message has trailing bytes")
+    return fields, raws
 
 
-def _decode_body(obj: list[Any]) -> Message:
+def _decode_body(obj: list[Any], raws: list[bytes]) -> Message:
     if len(obj) < 3:
         raise _fail("too few fields")
     tag, sender = obj[1], _name(obj[2], "sender")
     if tag == _TAG_DELTA and len(obj) == 4:
         deltas = _list(obj[3], "deltas")
-        return DeltaMessage(sender, tuple(_delta(d) for d in deltas))
-    if tag == _TAG_DIGEST and len(obj) == 6:
+        return DeltaMessage(sender, tuple(_delta(d, raw) for d, raw in zip(deltas, raws)))
+    if tag == _TAG_DIGEST and len(obj) == 7:
         ctx = _context(obj[3])
-        rhash, reply = obj[4], obj[5]
+        live = _retired(obj[4])  # same shape: origin -> unsigned 63-bit integer
+        rhash, reply = obj[5], obj[6]
         if not isinstance(rhash, bytes) or len(rhash) > 64:
             raise _fail("retired hash must be at most 64 bytes")
         if not isinstance(reply, bool):
             raise _fail("reply flag must be a boolean")
-        return DigestMessage(sender, {o: tuple(ctx.ranges(o)) for o in ctx.origins()}, rhash, reply)
+        ranges = {o: tuple(ctx.ranges(o)) for o in ctx.origins()}
+        return DigestMessage(sender, ranges, live, rhash, reply)
     if tag == _TAG_RETIRED and len(obj) == 4:
         return RetiredMessage(sender, _retired(obj[3]))
     raise _fail(f"unknown message tag {tag!r} or wrong field count {len(obj)}")
@@ -296,7 +345,7 @@ def _dots(flat: Any, kind: Kind) -> Iterator[tuple[str, int, Any]]:
         yield origin, _counter(flat[i + 1], "counter"), _payload(kind, flat[i + 2])
 
 
-def _delta(v: Any) -> Delta:
+def _delta(v: Any, raw: bytes | None = None) -> Delta:
     v = _list(v, "delta")
     if len(v) != 3:
         raise _fail("delta must be [op, context, groups]")
@@ -318,15 +367,15 @@ def _delta(v: Any) -> Delta:
             state.add_dot(ns, key, kind, dot, payload)
     op = None
     if v[0] is not None:
-        raw = _list(v[0], "op")
-        if len(raw) != 3:
+        opv = _list(v[0], "op")
+        if len(opv) != 3:
             raise _fail("op must be [origin, first, last]")
         op = OpId(
-            _name(raw[0], "op origin"), _counter(raw[1], "op first"), _counter(raw[2], "op last")
+            _name(opv[0], "op origin"), _counter(opv[1], "op first"), _counter(opv[2], "op last")
         )
         if op.first > op.last or not all(ctx.contains(op.origin, c) for c in (op.first, op.last)):
             raise _fail("op range is inverted or outside the delta's context")
-    return Delta(state, op)
+    return Delta(state, op, raw if op is not None else None)
 
 
 def decode_key_state(data: bytes) -> KeyState:

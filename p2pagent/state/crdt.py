@@ -30,7 +30,7 @@ rest.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from enum import IntEnum
 from typing import Any
 
@@ -47,17 +47,33 @@ class Kind(IntEnum):
 
 
 class KeyState:
-    """The live dots of one key: ``dots`` of kind ``kind``, and rarely ``others`` of other kinds.
+    """The live dots of one key: the primary group of kind ``kind``, and rarely ``others``.
 
-    Mutated in place by the owning :class:`DotMap` only.
+    Most keys hold exactly one dot, so the primary group is stored inline (``_dot`` and
+    ``_payload``) and becomes a dict only when siblings appear: this halves a key's memory.
+    ``ns`` and ``key`` let the dot index point straight at the key. Mutated in place by the
+    owning :class:`DotMap` only.
     """
 
-    __slots__ = ("dots", "kind", "others")
+    __slots__ = ("_dot", "_many", "_payload", "key", "kind", "ns", "others")
 
-    def __init__(self, kind: Kind) -> None:
+    def __init__(self, kind: Kind, ns: str = "", key: str = "") -> None:
         self.kind = kind
-        self.dots: dict[Dot, Any] = {}
+        self.ns = ns
+        self.key = key
+        self._dot: Dot | None = None
+        self._payload: Any = None
+        self._many: dict[Dot, Any] | None = None
         self.others: dict[Kind, dict[Dot, Any]] | None = None
+
+    @property
+    def dots(self) -> dict[Dot, Any]:
+        """The primary group (a fresh dict in the one-dot case: read it, do not change it)."""
+        if self._many is not None:
+            return self._many
+        if self._dot is not None:
+            return {self._dot: self._payload}
+        return {}
 
     def visible_kind(self) -> Kind:
         if self.others is None:
@@ -81,34 +97,47 @@ class KeyState:
             yield from dots
 
     def has(self, dot: Dot) -> bool:
-        if dot in self.dots:
+        if dot == self._dot or (self._many is not None and dot in self._many):
             return True
         return self.others is not None and any(dot in d for d in self.others.values())
 
+    def _primary_empty(self) -> bool:
+        return self._dot is None and self._many is None
+
     def add(self, kind: Kind, dot: Dot, payload: Any) -> None:
-        if kind == self.kind or (not self.dots and self.others is None):
+        if self._primary_empty() and self.others is None:
             self.kind = kind
-            self.dots[dot] = payload
+        if kind == self.kind:
+            if self._many is not None:
+                self._many[dot] = payload
+            elif self._dot is None:
+                self._dot, self._payload = dot, payload
+            else:
+                self._many = {self._dot: self._payload, dot: payload}
+                self._dot = self._payload = None
             return
         if self.others is None:
             self.others = {}
         self.others.setdefault(kind, {})[dot] = payload
 
     def remove(self, dot: Dot) -> bool:
-        if dot in self.dots:
-            del self.dots[dot]
-            self._normalize()
-            return True
-        if self.others is not None:
+        if dot == self._dot:
+            self._dot = self._payload = None
+        elif self._many is not None and dot in self._many:
+            del self._many[dot]
+            if len(self._many) == 1:
+                ((self._dot, self._payload),) = self._many.items()
+                self._many = None
+        elif self.others is not None and any(dot in d for d in self.others.values()):
             for d in self.others.values():
-                if dot in d:
-                    del d[dot]
-                    self._normalize()
-                    return True
-        return False
+                d.pop(dot, None)
+        else:
+            return False
+        self._normalize()
+        return True
 
     def is_empty(self) -> bool:
-        return not self.dots and self.others is None
+        return self._primary_empty() and self.others is None
 
     def size(self) -> int:
         return sum(len(d) for _, d in self.groups())
@@ -118,15 +147,19 @@ class KeyState:
         if self.others is None:
             return
         self.others = {k: d for k, d in self.others.items() if d} or None
-        if not self.dots and self.others is not None:
+        if self._primary_empty() and self.others is not None:
             kind = max(self.others)
-            self.kind, self.dots = kind, self.others.pop(kind)
+            group = self.others.pop(kind)
+            self.kind = kind
+            for dot, payload in group.items():
+                self.add(kind, dot, payload)
             if not self.others:
                 self.others = None
 
     def copy(self) -> KeyState:
-        c = KeyState(self.kind)
-        c.dots = dict(self.dots)
+        c = KeyState(self.kind, self.ns, self.key)
+        c._dot, c._payload = self._dot, self._payload
+        c._many = None if self._many is None else dict(self._many)
         if self.others is not None:
             c.others = {k: dict(d) for k, d in self.others.items()}
         return c
@@ -144,18 +177,22 @@ def _sortable(payload: Any) -> Any:
 class DotMap:
     """``namespace -> key -> KeyState`` plus the causal context of the whole map.
 
-    ``index`` maps each live dot back to its key, so that a delta whose context removes dots
-    (a delete seen through anti-entropy) finds them without scanning every key.
+    ``index`` maps each live dot (origin, then counter) to its key's state, so that a delta
+    whose context removes dots (a delete seen through anti-entropy) finds them without scanning
+    every key.
     """
 
-    __slots__ = ("context", "entries", "index", "reshaped")
+    __slots__ = ("context", "entries", "index", "reshaped", "summary")
 
     def __init__(self) -> None:
         self.entries: dict[str, dict[str, KeyState]] = {}
         self.context = DotContext()
-        self.index: dict[str, dict[int, tuple[str, str]]] = {}
+        self.index: dict[str, dict[int, KeyState]] = {}
         #: Namespaces where a key appeared or disappeared (the owner clears it; scans use it).
         self.reshaped: set[str] = set()
+        #: origin -> XOR of :func:`counter_hash` over its live dots. Two replicas that have seen
+        #: the same dots of an origin but disagree here disagree on which of them are dead.
+        self.summary: dict[str, int] = {}
 
     # -- reading --
 
@@ -176,7 +213,8 @@ class DotMap:
 
     def locate(self, dot: Dot) -> tuple[str, str] | None:
         counters = self.index.get(dot[0])
-        return None if counters is None else counters.get(dot[1])
+        ks = None if counters is None else counters.get(dot[1])
+        return None if ks is None else (ks.ns, ks.key)
 
     def live_in(self, origin: str, ranges: list[Range]) -> list[tuple[int, str, str]]:
         """Live dots of ``origin`` whose counters fall in ``ranges``: (counter, ns, key)."""
@@ -184,16 +222,20 @@ class DotMap:
         if not counters:
             return []
         out: list[tuple[int, str, str]] = []
-        if ranges_size(ranges) <= len(counters):
+        if len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
+            ks = counters.get(ranges[0][0])  # the common case: one removed dot
+            if ks is not None:
+                out.append((ranges[0][0], ks.ns, ks.key))
+        elif ranges_size(ranges) <= len(counters):
             for lo, hi in ranges:
                 for c in range(lo, hi + 1):
-                    where = counters.get(c)
-                    if where is not None:
-                        out.append((c, *where))
+                    ks = counters.get(c)
+                    if ks is not None:
+                        out.append((c, ks.ns, ks.key))
         else:
-            for c, where in counters.items():
+            for c, ks in counters.items():
                 if ranges_contain(ranges, c):
-                    out.append((c, *where))
+                    out.append((c, ks.ns, ks.key))
         return out
 
     def canonical(self) -> tuple[Any, ...]:
@@ -211,13 +253,14 @@ class DotMap:
             keys = self.entries[ns] = {}
         ks = keys.get(key)
         if ks is None:
-            ks = keys[key] = KeyState(kind)
+            ks = keys[key] = KeyState(kind, ns, key)
             self.reshaped.add(ns)
         ks.add(kind, dot, payload)
         counters = self.index.get(dot[0])
         if counters is None:
             counters = self.index[dot[0]] = {}
-        counters[dot[1]] = (ns, key)
+        counters[dot[1]] = ks
+        self.summary[dot[0]] = self.summary.get(dot[0], 0) ^ counter_hash(dot[1])
 
     def remove_dot(self, ns: str, key: str, dot: Dot) -> None:
         keys = self.entries[ns]
@@ -232,31 +275,55 @@ class DotMap:
         del counters[dot[1]]
         if not counters:
             del self.index[dot[0]]
+            del self.summary[dot[0]]
+        else:
+            self.summary[dot[0]] ^= counter_hash(dot[1])
 
-    def merge(self, delta: DotMap) -> set[tuple[str, str]]:
-        """Joins ``delta`` into this map in place; returns the keys whose live dots changed."""
+    def merge(self, delta: DotMap) -> tuple[set[tuple[str, str]], int]:
+        """Joins ``delta`` into this map in place. Returns the keys whose live dots changed,
+        and the largest LWW timestamp among the dots it added (0 if none), for the HLC."""
         changed: set[tuple[str, str]] = set()
-        ctx = self.context
+        contains = self.context.contains
+        max_ts = 0
         # 1. Dots the delta holds that we have never seen become live here.
-        for ns, key, ks in delta.items():
-            for kind, dots in ks.groups():
-                for dot, payload in dots.items():
-                    if not ctx.contains(dot[0], dot[1]):
+        for ns, keys in delta.entries.items():
+            for key, ks in keys.items():
+                if ks.others is None and ks._many is None and ks._dot is not None:
+                    items: Iterable[tuple[Kind, Dot, Any]] = ((ks.kind, ks._dot, ks._payload),)
+                else:
+                    items = ((k, d, p) for k, dots in ks.groups() for d, p in dots.items())
+                for kind, dot, payload in items:
+                    if not contains(dot[0], dot[1]):
                         self.add_dot(ns, key, kind, dot, payload)
                         changed.add((ns, key))
+                        if kind is Kind.LWW and payload[0] > max_ts:
+                            max_ts = payload[0]
         # 2. Dots the delta has seen but does not hold were removed there: remove them here.
         dctx = delta.context
+        index = self.index
         for origin in dctx.origins():
-            if origin not in self.index:
+            counters = index.get(origin)
+            if counters is None:
                 continue
-            for c, ns, key in self.live_in(origin, dctx.ranges(origin)):
+            ranges = dctx.ranges(origin)
+            if ranges_size(ranges) <= 16:
+                # An operation's delta: a few dots, looked up one by one.
+                found = [
+                    (c, hit.ns, hit.key)
+                    for lo, hi in ranges
+                    for c in range(lo, hi + 1)
+                    if (hit := counters.get(c)) is not None
+                ]
+            else:
+                found = self.live_in(origin, ranges)
+            for c, ns, key in found:
                 dks = delta.key(ns, key)
                 if dks is None or not dks.has((origin, c)):
                     self.remove_dot(ns, key, (origin, c))
                     changed.add((ns, key))
         # 3. Everything the delta has seen is now seen here too.
-        ctx.merge(dctx)
-        return changed
+        self.context.merge(dctx)
+        return changed, max_ts
 
     def copy(self) -> DotMap:
         c = DotMap()
@@ -264,8 +331,21 @@ class DotMap:
             ns: {k: ks.copy() for k, ks in keys.items()} for ns, keys in self.entries.items()
         }
         c.context = self.context.copy()
-        c.index = {o: dict(cs) for o, cs in self.index.items()}
+        c.index = {
+            o: {n: c.entries[ks.ns][ks.key] for n, ks in cs.items()} for o, cs in self.index.items()
+        }
+        c.summary = dict(self.summary)
         return c
+
+
+_MASK = (1 << 64) - 1
+
+
+def counter_hash(counter: int) -> int:
+    """A well-mixed 63-bit hash of a counter (Fibonacci hashing and a fold), XOR-ed into
+    summaries; cheap because it runs for every dot added or removed."""
+    z = (counter * 0x9E3779B97F4A7C15) & _MASK
+    return (z ^ (z >> 29)) >> 1
 
 
 def join(a: DotMap, b: DotMap) -> DotMap:

@@ -21,7 +21,7 @@ immutable once placed in a message.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from p2pagent.state.clocks import Range
 from p2pagent.state.crdt import DotMap
@@ -43,6 +43,8 @@ class Delta:
 
     state: DotMap
     op: OpId | None = None
+    #: The delta's own msgpack bytes when it was decoded from a message (kept by the buffer).
+    wire: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +55,14 @@ class DeltaMessage:
 
 @dataclass(frozen=True, slots=True)
 class DigestMessage:
-    """The sender's seen dots (active origins only), a short hash of its retired origins, and
-    whether the receiver should send its own digest back when it lacks something."""
+    """The sender's seen dots (active origins only); per origin a hash of which of them are
+    still live (``live``: see ``DotMap.summary``), so two replicas that have seen the same dots
+    notice when one missed a removal; a short hash of its retired origins; and whether the
+    receiver should send its own digest back when it lacks something."""
 
     sender: str
     context: Mapping[str, tuple[Range, ...]]
+    live: Mapping[str, int]
     retired_hash: bytes
     reply: bool = True
 

@@ -33,8 +33,14 @@ from typing import Any
 from p2pagent.errors import InvalidArgument
 from p2pagent.state.buffer import DeltaBuffer
 from p2pagent.state.changelog import ChangeLog
-from p2pagent.state.clocks import MAX_COUNTER, Dot, DotContext, HybridClock
-from p2pagent.state.codec import encode_context, encode_key_state, state_digest
+from p2pagent.state.clocks import MAX_COUNTER, Dot, DotContext, HybridClock, ranges_add
+from p2pagent.state.codec import (
+    decode_delta,
+    encode_context,
+    encode_delta,
+    encode_key_state,
+    state_digest,
+)
 from p2pagent.state.config import StateConfig
 from p2pagent.state.crdt import DotMap, KeyState, Kind
 from p2pagent.state.messages import (
@@ -46,7 +52,7 @@ from p2pagent.state.messages import (
     Outgoing,
     RetiredMessage,
 )
-from p2pagent.state.sync import delta_bound, pack_deltas, slice_gap
+from p2pagent.state.sync import dead_slices, pack_deltas, slice_gap
 from p2pagent.state.values import Change, ReadResult, ScanPage, WriteResult, read_key
 
 
@@ -301,7 +307,8 @@ class Replica:
         return WriteResult(ns, key, change.value.version, change.seq)
 
     def _record(self, delta: Delta, local: bool) -> None:
-        self.buffer.add(delta, delta_bound(delta))
+        if delta.op is not None:
+            self.buffer.add(delta.op, encode_delta(delta))
         if local:
             self._pending.append(delta)
 
@@ -353,7 +360,8 @@ class Replica:
     def digest(self, reply: bool = True) -> DigestMessage:
         ctx = self.state.context
         ranges = {o: tuple(ctx.ranges(o)) for o in ctx.origins()}
-        return DigestMessage(self.node_id, ranges, self._retired_hash(), reply)
+        live = dict(self.state.summary)
+        return DigestMessage(self.node_id, ranges, live, self._retired_hash(), reply)
 
     def _retired_hash(self) -> bytes:
         retired = self.state.context.retired
@@ -369,23 +377,45 @@ class Replica:
             theirs.set_ranges(origin, list(ranges))
         self._record_ack(digest.sender, theirs)
         mine = self.state.context
+        if digest.retired_hash == self._retired_hash():
+            # Same retired origins: digests leave them out, and neither side lacks them.
+            theirs.retired = dict(mine.retired)
         buffered: list[Delta] = []
         fallback = {}
-        for origin, gap in mine.missing_from(theirs).items():
+        gap_to = mine.missing_from(theirs)
+        for origin, gap in gap_to.items():
             covered = self.buffer.cover(origin, gap)
             if covered is None:
                 fallback[origin] = gap
             else:
-                buffered += covered
+                buffered += (decode_delta(data) for data in covered)
+        # Where both have seen the same dots of an origin but hold different live ones, one of
+        # us missed a removal (its delta was lost, while a later delta named the dot): send
+        # our dead dots of that origin, and ask for theirs.
+        gap_from = theirs.missing_from(mine)
+        summary = self.state.summary
+        disagree = {
+            o: self._known_ranges(o)
+            for o in summary.keys() | digest.live.keys()
+            if o not in gap_to and o not in gap_from and summary.get(o, 0) != digest.live.get(o, 0)
+        }
         limit = self.config.max_message_bytes
         out: list[Message] = []
         out += pack_deltas(buffered, self.node_id, limit)
         out += slice_gap(self.state, fallback, self.node_id, limit)
-        if digest.reply and theirs.missing_from(mine):
+        out += dead_slices(self.state, disagree, self.node_id, limit)
+        if digest.reply and (gap_from or disagree):
             out.append(self.digest(reply=False))
         if digest.retired_hash != self._retired_hash() and mine.retired:
             out.append(RetiredMessage(self.node_id, dict(mine.retired)))
         return out
+
+    def _known_ranges(self, origin: str) -> list[tuple[int, int]]:
+        ctx = self.state.context
+        ranges = ctx.ranges(origin)
+        if origin in ctx.retired:
+            ranges = ranges_add(ranges, 1, ctx.retired[origin])
+        return ranges
 
     def _record_ack(self, peer: str, ctx: DotContext) -> None:
         if peer not in self.live:
@@ -413,25 +443,22 @@ class Replica:
         for delta in msg.deltas:
             op = delta.op
             ctx = self.state.context
-            if op is not None and all(
-                ctx.contains(op.origin, c) for c in range(op.first, op.last + 1)
+            if op is not None and (
+                ctx.contains(op.origin, op.first)
+                if op.first == op.last
+                else all(ctx.contains(op.origin, c) for c in range(op.first, op.last + 1))
             ):
                 continue  # a duplicate: merging again would change nothing
-            self._observe_timestamps(delta.state, now)
-            changed |= self.state.merge(delta.state)
+            keys, max_ts = self.state.merge(delta.state)
+            changed |= keys
+            if max_ts:
+                self.clock.observe(max_ts, now)
             if op is not None:
                 self._record(delta, local=False)
         if self._counter < self.state.context.max(self.origin):
             # Peers hold dots of ours we forgot (cannot happen with epochs; kept as a guard).
             self._counter = self.state.context.max(self.origin)
         return [self._changed(ns, key) for ns, key in sorted(changed)]
-
-    def _observe_timestamps(self, delta: DotMap, now: float) -> None:
-        for _, _, ks in delta.items():
-            for kind, dots in ks.groups():
-                if kind is Kind.LWW:
-                    for ts, _ in dots.values():
-                        self.clock.observe(ts, now)
 
     # ---- garbage collection -----------------------------------------------------------------
 

@@ -100,13 +100,24 @@ def slice_gap(
     return _pack_pieces(_gap_pieces(state, gap), sender, budget)
 
 
-def _gap_pieces(state: DotMap, gap: dict[str, list[Range]]) -> Iterator[_Piece]:
+def dead_slices(
+    state: DotMap, ranges: dict[str, list[Range]], sender: str, max_message_bytes: int
+) -> list[DeltaMessage]:
+    """Slices naming only the dead dots in ``ranges``: a peer that has seen the same dots but
+    missed some removals drops the ones it still holds."""
+    budget = message_budget(max_message_bytes, sender)
+    return _pack_pieces(_gap_pieces(state, ranges, live=False), sender, budget)
+
+
+def _gap_pieces(state: DotMap, gap: dict[str, list[Range]], live: bool = True) -> Iterator[_Piece]:
     """Pieces in counter order, so each slice covers a contiguous window of counters and its
     context compresses to a single range the receiver appends to its prefix."""
     for origin in sorted(gap):
         ranges = gap[origin]
-        live = sorted(state.live_in(origin, ranges))
-        yield from _window(state, origin, ranges, live)
+        held = sorted(state.live_in(origin, ranges))
+        for piece in _window(state, origin, ranges, held):
+            if live or isinstance(piece, _DeadRange):
+                yield piece
 
 
 def _pieces_of(state: DotMap) -> Iterator[_Piece]:
@@ -114,7 +125,7 @@ def _pieces_of(state: DotMap) -> Iterator[_Piece]:
     ctx = state.context
     for origin in ctx.origins():
         counters = state.index.get(origin, {})
-        live = sorted((c, ns, key) for c, (ns, key) in counters.items())
+        live = sorted((c, ks.ns, ks.key) for c, ks in counters.items())
         yield from _window(state, origin, ctx.ranges(origin), live)
 
 

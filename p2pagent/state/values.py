@@ -68,6 +68,8 @@ def lww_winner(dots: Mapping[Dot, Any]) -> tuple[Dot, tuple[int, bytes]]:
 
 
 def key_version(ks: KeyState) -> dict[str, int]:
+    if ks._dot is not None and ks.others is None:
+        return {ks._dot[0]: ks._dot[1]}  # the common one-dot key
     vv: dict[str, int] = {}
     for origin, counter in ks.all_dots():
         if counter > vv.get(origin, 0):
