@@ -31,9 +31,9 @@ class StateConfig:
     #: Seconds between anti-entropy rounds (a digest to one random live peer).
     anti_entropy_interval: float = 2.0
     #: Operations kept in the delta buffer to answer digests of peers that are slightly behind.
-    delta_buffer_ops: int = 50_000
-    #: Approximate bytes of payload the delta buffer may hold.
-    delta_buffer_bytes: int = 32 * MIB
+    delta_buffer_ops: int = 20_000
+    #: Encoded bytes the delta buffer may hold.
+    delta_buffer_bytes: int = 8 * MIB
     #: Changes kept in memory for the Watch API (the store keeps more, see store.py).
     change_log_size: int = 10_000
     #: Remote HLC timestamps further ahead of our wall clock than this are not adopted.
