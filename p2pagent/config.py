@@ -28,6 +28,10 @@ from p2pagent.errors import ConfigError, InvalidArgument
 from p2pagent.identity.material import TLSPaths
 from p2pagent.identity.spiffe import check_name
 from p2pagent.inference.config import InferenceConfig
+from p2pagent.membership.config import MembershipConfig
+from p2pagent.models.config import ModelsConfig
+from p2pagent.state.config import StateConfig
+from p2pagent.tasks.config import TasksConfig
 
 ENV_PREFIX = "P2PAGENT_"
 DEFAULT_PORT = 7400
@@ -91,6 +95,14 @@ class Config:
     serve: list[str] = field(default_factory=list)
     #: Batching, queue bounds, threads and model cache (``[inference]``).
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    #: SWIM timings, fanout, tag limits (``[membership]``).
+    membership: MembershipConfig = field(default_factory=MembershipConfig)
+    #: Replicated state: gossip, message size limit, value limits (``[state]``).
+    state: StateConfig = field(default_factory=StateConfig)
+    #: Model store and transfer: chunk size, pipeline depth, upload cap (``[models]``).
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    #: Work stealing, leases and retries (``[tasks]``).
+    tasks: TasksConfig = field(default_factory=TasksConfig)
 
     # ---- derived views -------------------------------------------------------------------
 
@@ -141,6 +153,10 @@ class Config:
             raise ConfigError("max_message_bytes must be at least 1048576 (1 MiB)")
         self.advertised()
         self.inference.validate()
+        self.membership.validate()
+        self.state.validate()
+        self.models.validate()
+        self.tasks.validate()
         return self
 
 

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from p2pagent import __version__
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, peer_pb2, peer_pb2_grpc
@@ -28,6 +28,7 @@ from p2pagent.identity.spiffe import Identity, Role
 from p2pagent.inference.cache import ModelCache
 from p2pagent.inference.device import select_device
 from p2pagent.inference.engine import InferenceEngine
+from p2pagent.membership.view import ALIVE, MemberView, PeerDirectory, StaticDirectory
 from p2pagent.transport.channels import ChannelPool
 from p2pagent.transport.guard import Guard
 from p2pagent.transport.metrics import RpcMetrics
@@ -35,6 +36,18 @@ from p2pagent.transport.ratelimit import PerIdentityLimiter
 from p2pagent.transport.server import Server
 
 log = logging.getLogger(__name__)
+
+
+class Component(Protocol):
+    """A capability with background work (membership, state sync, task scheduling...).
+
+    Components start in the order they were added, after the server is serving, and stop in
+    the reverse order before it stops, so a later component may rely on an earlier one.
+    """
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class Node:
@@ -72,6 +85,12 @@ class Node:
         self.engine = InferenceEngine(self.models_cache, config.inference, self.device)
         for m in self.local_models:
             self.models_cache.register(m.name, m.path, m.spec)
+        self.components: list[Component] = []
+        # Capabilities, in start order. Each owns a folder and a driver; see DESIGN.md.
+        # Until membership's driver replaces it, the directory knows only this node.
+        self.members: PeerDirectory = StaticDirectory(
+            self.name, [MemberView(self.name, "", ALIVE, 0)]
+        )
 
     def _allow_rate(self) -> Callable[[Identity], bool] | None:
         if self.config.rate_limit <= 0:
@@ -142,10 +161,17 @@ class Node:
                 raise ConfigError(f"cannot serve metrics on {self.config.metrics}: {e}") from None
         await self.server.start()
         log.info("%s serving on %s as %s", self.name, self.address, self.identity)
+        for component in self.components:
+            await component.start()
 
     async def stop(self) -> None:
         """Graceful stop: health NOT_SERVING, in-flight calls get the grace period, then exit."""
         log.info("stopping (grace %.1fs)", self.config.grace_period)
+        for component in reversed(self.components):
+            try:
+                await component.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(component).__name__)
         await self.server.stop(self.config.grace_period)
         await self.engine.close()
         self.models_cache.close()

@@ -10,7 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
+from p2pagent._proto import agent_pb2, agent_pb2_grpc
+from p2pagent.api.membership import MembershipAgentApi
+from p2pagent.api.models import ModelsAgentApi
+from p2pagent.api.state import StateAgentApi
+from p2pagent.api.tasks import TasksAgentApi
 from p2pagent.errors import InvalidArgument
 from p2pagent.inference import tensors
 
@@ -20,7 +24,11 @@ if TYPE_CHECKING:
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
-class AgentService(agent_pb2_grpc.AgentServicer):
+class AgentService(
+    MembershipAgentApi, StateAgentApi, ModelsAgentApi, TasksAgentApi, agent_pb2_grpc.AgentServicer
+):
+    """Each capability's handlers live in ``api/<capability>.py``; this class joins them."""
+
     def __init__(self, node: Node) -> None:
         self._node = node
 
@@ -43,10 +51,3 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             executor=node.name,
             compute_s=time.perf_counter() - start,
         )
-
-    async def Members(
-        self, request: agent_pb2.MembersRequest, context: Ctx
-    ) -> agent_pb2.MembersResponse:
-        node = self._node
-        me = common_pb2.Member(name=node.name, address=node.address, state="alive")
-        return agent_pb2.MembersResponse(members=[me])
