@@ -28,7 +28,8 @@ from p2pagent.identity.spiffe import Identity, Role
 from p2pagent.inference.cache import ModelCache
 from p2pagent.inference.device import select_device
 from p2pagent.inference.engine import InferenceEngine
-from p2pagent.membership.view import ALIVE, MemberView, PeerDirectory, StaticDirectory
+from p2pagent.membership.driver import MembershipDriver, check_user_tags
+from p2pagent.membership.view import PeerDirectory
 from p2pagent.transport.channels import ChannelPool
 from p2pagent.transport.guard import Guard
 from p2pagent.transport.metrics import RpcMetrics
@@ -87,10 +88,27 @@ class Node:
             self.models_cache.register(m.name, m.path, m.spec)
         self.components: list[Component] = []
         # Capabilities, in start order. Each owns a folder and a driver; see DESIGN.md.
-        # Until membership's driver replaces it, the directory knows only this node.
-        self.members: PeerDirectory = StaticDirectory(
-            self.name, [MemberView(self.name, "", ALIVE, 0)]
+        self.membership: MembershipDriver | None = MembershipDriver(
+            self.name,
+            config.membership,
+            seeds=config.seeds,
+            tags=self.member_tags(),
+            data_dir=self.data_dir,
+            channels=self.channels,
+            metrics=self.metrics,
+            address=lambda: self.address,
         )
+        self.members: PeerDirectory = self.membership
+        self.components.append(self.membership)
+
+    def member_tags(self) -> dict[str, str]:
+        """Tags replicated with membership: user tags, then the ones the system owns."""
+        check_user_tags(self.config.tags)
+        return {
+            **self.config.tags,
+            "version": __version__,
+            "accelerator": self.device.description,
+        }
 
     def _allow_rate(self) -> Callable[[Identity], bool] | None:
         if self.config.rate_limit <= 0:
@@ -187,6 +205,7 @@ class Node:
     # ---- views used by the API --------------------------------------------------------------
 
     def status(self) -> agent_pb2.StatusResponse:
+        alive, total = self.membership.counts() if self.membership else (1, 1)
         return agent_pb2.StatusResponse(
             name=self.name,
             identity=self.identity.uri,
@@ -194,8 +213,9 @@ class Node:
             version=__version__,
             device=self.device.description,
             uptime_s=time.time() - self.started_at,
-            members_alive=1,
-            members_total=1,
+            members_alive=alive,
+            members_total=total,
+            incarnation=self.membership.incarnation if self.membership else 0,
             placement=self.config.placement,
             queue_length=self.engine.queued,
             backlog_s=self.engine.estimated_backlog_s(),

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from p2pagent._proto import agent_pb2, common_pb2
+from p2pagent.errors import FailedPrecondition
 
 if TYPE_CHECKING:
     from p2pagent.node import Node
@@ -36,3 +37,18 @@ class MembershipAgentApi:
 
 class MembershipPeerApi:
     _node: Node
+
+    async def Gossip(self, request: common_pb2.Envelope, context: Ctx) -> common_pb2.Envelope:
+        return self._membership_call(request, context, "Gossip")
+
+    async def PushPull(self, request: common_pb2.Envelope, context: Ctx) -> common_pb2.Envelope:
+        return self._membership_call(request, context, "PushPull")
+
+    def _membership_call(
+        self, request: common_pb2.Envelope, context: Ctx, method: str
+    ) -> common_pb2.Envelope:
+        driver = self._node.membership
+        if driver is None:
+            raise FailedPrecondition("membership is not running on this node")
+        payload = driver.receive(request, context, method)
+        return common_pb2.Envelope(version=request.version, payload=payload)

@@ -1,0 +1,38 @@
+"""The formulas behind SWIM's and Lifeguard's timeouts, as small named functions.
+
+Lifeguard (Dadgar et al., 2018) makes two changes that stop overloaded members from flapping:
+
+* Local health awareness: a member whose own probes go unanswered, or who learns it is being
+  suspected, assumes the problem may be itself and scales its probe interval and timeout by
+  ``1 + awareness`` (0 <= awareness <= ``awareness_max``).
+* Suspicion timeouts start at ``max`` and fall towards ``min`` as independent members confirm
+  the suspicion: ``max - (max - min) * log(c + 1) / log(k + 1)`` after ``c`` confirmations,
+  where ``k`` confirmations are expected.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def suspicion_min(mult: int, members: int, probe_interval: float) -> float:
+    """memberlist's minimum suspicion timeout: ``mult * max(1, log10(N)) * probe_interval``."""
+    return mult * max(1.0, math.log10(max(members, 1))) * probe_interval
+
+
+def expected_confirmations(mult: int, members: int) -> int:
+    """Independent suspicions worth waiting for: ``mult - 2``, or none in a tiny cluster."""
+    k = mult - 2
+    return 0 if members - 2 < k else max(k, 0)
+
+
+def suspicion_timeout(lo: float, hi: float, k: int, confirmations: int) -> float:
+    if k < 1:
+        return lo
+    frac = math.log(confirmations + 1) / math.log(k + 1)
+    return max(lo, hi - (hi - lo) * frac)
+
+
+def scaled(base: float, awareness: int) -> float:
+    """A probe interval or timeout stretched by local health awareness."""
+    return base * (1 + awareness)
