@@ -95,6 +95,9 @@ class SimCluster:
         #: observer -> time it first saw the watched member reach the watched state
         self.watch: tuple[str, State] | None = None
         self.seen: dict[str, float] = {}
+        #: True from a partition's start until every member sees every live one alive again:
+        #: deaths declared across a partition are expected, not false positives.
+        self.partitioned = False
 
     def add(self, name: str, seeds: list[str], incarnation: int = 1) -> Swim:
         core = Swim(
@@ -139,7 +142,12 @@ class SimCluster:
     def _observe(self, observer: str, subject: str, state: State, now: float) -> None:
         if observer in self.crashed:
             return
-        if state is State.DEAD and subject not in self.crashed and subject in self.cores:
+        if (
+            state is State.DEAD
+            and not self.partitioned
+            and subject not in self.crashed
+            and subject in self.cores
+        ):
             self.wrongly_dead.setdefault(subject, now)
         if self.watch is not None and (subject, state) == self.watch and observer != subject:
             self.seen.setdefault(observer, now)
@@ -209,7 +217,12 @@ def simulate(s: MembershipScenario) -> MembershipResult:
     if s.partition is not None:
         half = names[: s.nodes // 2]
         start, end = s.partition
-        clock.call_at(start, lambda: sim.net.partition(half, [*names[s.nodes // 2 :], joiner]))
+
+        def split() -> None:
+            sim.partitioned = True
+            sim.net.partition(half, [*names[s.nodes // 2 :], joiner])
+
+        clock.call_at(start, split)
         clock.call_at(end, sim.net.heal)
 
     heal_at: float | None = None
@@ -224,6 +237,7 @@ def simulate(s: MembershipScenario) -> MembershipResult:
             and sim.all_see_alive()
         ):
             heal_at = t
+            sim.partitioned = False
     # Spreading of the join: from the seed's first sight of it to the last live member's.
     seconds_to_full = rounds = None
     live = set(sim.live())

@@ -10,13 +10,23 @@ even when the body raised.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
+import grpc
+
+from p2pagent._proto import agent_pb2, agent_pb2_grpc
 from p2pagent.identity import certs
+from p2pagent.identity import material as tls
 from p2pagent.identity.spiffe import Role
 from p2pagent.testing import netns
 from p2pagent.testing.daemon import Daemon, free_port
+from p2pagent.transport.channels import channel_options
+
+T = TypeVar("T")
 
 
 class Cluster:
@@ -41,6 +51,7 @@ class Cluster:
         self.network: netns.Network | None = None
         self.nodes: dict[str, Daemon] = {}
         self._port = port
+        self._channels: dict[str, grpc.Channel] = {}
 
     # ---- setup -------------------------------------------------------------------------------
 
@@ -122,7 +133,51 @@ class Cluster:
 
     # ---- teardown ----------------------------------------------------------------------------
 
+    # ---- queries (blocking; for tests and benches) --------------------------------------------
+
+    def agent(self, name: str) -> agent_pb2_grpc.AgentStub:
+        """A blocking ``Agent`` stub to ``name``, presenting the ``client`` certificate."""
+        ch = self._channels.get(name)
+        if ch is None:
+            m = tls.load(tls.TLSPaths.in_dir(self.certs, "client"))
+            creds = grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
+            ch = grpc.secure_channel(
+                self.nodes[name].address, creds, options=channel_options(m.cluster, 64 << 20)
+            )
+            self._channels[name] = ch
+        return agent_pb2_grpc.AgentStub(ch)
+
+    def members(self, name: str, timeout: float = 2.0) -> dict[str, tuple[str, int]]:
+        """``name``'s view: member -> (state, incarnation); empty if it does not answer."""
+        try:
+            resp = self.agent(name).Members(agent_pb2.MembersRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return {}
+        return {m.name: (m.state, m.incarnation) for m in resp.members}
+
+    def wait_for(
+        self, check: Callable[[], T], timeout: float, what: str, interval: float = 0.2
+    ) -> T:
+        """Polls ``check`` until it returns something truthy; raises with ``what`` on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = check()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not within {timeout}s: {what}")
+            time.sleep(interval)
+
+    def all_see(self, observers: list[str], subject: str, state: str) -> bool:
+        """Whether every observer lists ``subject`` in ``state``."""
+        return all(self.members(o).get(subject, ("", 0))[0] == state for o in observers)
+
+    # ---- teardown ----------------------------------------------------------------------------
+
     def teardown(self) -> None:
+        for ch in self._channels.values():
+            ch.close()
+        self._channels.clear()
         for d in self.nodes.values():
             d.kill()
         if self.network is not None:

@@ -1,0 +1,66 @@
+"""The membership simulator at small N, asserting the issue's targets with fixed seeds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from p2pagent.membership import timing
+from p2pagent.sim import __main__ as sim_main
+from p2pagent.sim.membership import MembershipScenario, simulate, simulate_spread
+
+# Serf's convergence model, 99.99% of nodes, fanout 3, 200 ms gossip (the issue's targets).
+SERF_ROUNDS = {10: 7.7, 100: 9.2, 1000: 10.8}
+
+
+@pytest.mark.parametrize(("nodes", "seed"), [(10, 1), (10, 2), (100, 1)])
+def test_a_join_spreads_within_serfs_convergence_bound(nodes: int, seed: int) -> None:
+    r = simulate(MembershipScenario(nodes=nodes, duration=12, crash_at=100, seed=seed))
+    assert r.rounds_to_full is not None
+    assert r.rounds_to_full <= SERF_ROUNDS[nodes]
+    assert r.agreed
+
+
+def test_under_ten_percent_loss_no_false_positives_and_fast_detection() -> None:
+    n = 40
+    r = simulate(MembershipScenario(nodes=n, loss=0.1, duration=90, crash_at=30, seed=3))
+    assert r.false_positives == 0, r.dead_declared_wrongly
+    assert r.refutations >= 0 and r.suspicions > 0  # loss does cause (refuted) suspicions
+    bound = 3 * timing.suspicion_min(4, n, 1.0)
+    assert r.detection_seconds is not None and r.detection_seconds <= bound
+    assert r.agreed
+
+
+def test_a_partition_heals_by_itself() -> None:
+    r = simulate(
+        MembershipScenario(nodes=10, duration=90, crash_at=1000, partition=(10.0, 40.0), seed=4)
+    )
+    assert r.partition_heal_seconds is not None and r.partition_heal_seconds <= 30
+    assert r.false_positives == 0
+    assert r.agreed
+
+
+def test_spreading_one_update_to_ten_thousand_members() -> None:
+    r = simulate_spread(10_000, fanout=3, interval=0.2, loss=0.0, seed=1)
+    # Serf gives 7.7, 9.2, 10.8 rounds at N = 10, 100, 1000: about +1.55 per decade.
+    assert r.rounds_to_full <= 10.8 + 1.55
+
+
+def test_same_seed_same_output(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["membership", "--nodes", "12", "--loss", "0.05", "--duration", "30", "--json"]
+    outputs = []
+    for _ in range(2):
+        assert sim_main.main([*args, "--seed", "7"]) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    assert outputs[0] == outputs[1]
+    assert sim_main.main([*args, "--seed", "8"]) == 0
+    assert json.loads(capsys.readouterr().out) != outputs[0]
+    assert {
+        "rounds_to_full",
+        "seconds_to_full",
+        "detection_seconds",
+        "false_positives",
+        "messages_per_node_per_s",
+        "bytes_per_node_per_s",
+    } <= set(outputs[0])
