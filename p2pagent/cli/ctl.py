@@ -21,11 +21,12 @@ from p2pagent.cli import (
     models_cmd,
     state_cmd,
     tasks_cmd,
+    top_cmd,
 )
 from p2pagent.errors import ConfigError, InvalidArgument, P2PAgentError, Unavailable
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
-MODULES = (certs_cmd, cluster_cmd, state_cmd, infer_cmd, models_cmd, tasks_cmd)
+MODULES = (certs_cmd, cluster_cmd, top_cmd, state_cmd, infer_cmd, models_cmd, tasks_cmd)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -91,3 +91,23 @@ def test_a_partition_heals_without_restarts(tmp_path: Path) -> None:
         )
         c.heal()
         c.wait_for(lambda: _all_alive(c, names), SETTLE_S, "the halves find each other again")
+
+
+def test_top_shows_every_member_and_skips_a_dead_one(five: Cluster) -> None:
+    import json
+    import subprocess
+    import sys
+
+    names = list(five.nodes)
+    five.wait_for(lambda: _all_alive(five, names), SETTLE_S, "all alive before top")
+    cmd = [sys.executable, "-m", "p2pagent.cli.ctl", "top", "--target", five.nodes["n1"].address,
+           "--certs", str(five.certs)]  # fmt: skip
+    r = subprocess.run([*cmd, "--once", "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert set(rows) == set(names)
+    assert all(row["state"] == "alive" and row["device"] == "cpu" for row in rows.values())
+    r = subprocess.run([*cmd, "--iterations", "2", "--interval", "0.2"],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("NAME") == 2 and "TASKS_PER_S" in r.stdout

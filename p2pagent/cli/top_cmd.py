@@ -1,0 +1,146 @@
+"""``p2pagentctl top``: a live view of every node of the mesh.
+
+Asks the target for the member list, then every reachable member for its status, and shows
+one row per member: state, device, queue, running tasks, backlog, throughput (completed tasks
+per second between two refreshes), steals, state keys and models. If the target stops
+answering, the next refresh asks another member it learned about.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+import grpc
+
+from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
+from p2pagent.cli import client
+from p2pagent.cli.cluster_cmd import STATE_ORDER
+from p2pagent.cli.output import emit_json, table
+from p2pagent.errors import Unavailable
+from p2pagent.identity.material import TLSMaterial
+from p2pagent.transport.channels import secure_channel
+
+COLUMNS = [
+    "name", "state", "address", "device", "queue", "running", "backlog_s", "tasks_per_s",
+    "completed", "stolen_in", "stolen_out", "keys", "models",
+]  # fmt: skip
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("top", help="live view of every node: state, load, queue, throughput")
+    client.add_connection_flags(p)
+    p.add_argument("--interval", type=float, default=2.0, metavar="S", help="refresh period")
+    p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.add_argument("--iterations", type=int, default=0, metavar="N", help="stop after N views")
+    p.add_argument("--json", action="store_true", help="snapshots as JSON (one per line)")
+    p.set_defaults(handler=_top)
+
+
+class Mesh:
+    """Channels to every member, kept between refreshes."""
+
+    def __init__(self, target: str, material: TLSMaterial, timeout: float) -> None:
+        self.known = [target]
+        self.material = material
+        self.timeout = timeout
+        self.channels: dict[str, grpc.aio.Channel] = {}
+        self.completed: dict[str, tuple[float, int]] = {}
+
+    def stub(self, address: str) -> agent_pb2_grpc.AgentAsyncStub:
+        ch = self.channels.get(address)
+        if ch is None:
+            ch = self.channels[address] = secure_channel(address, self.material)
+        return agent_pb2_grpc.AgentStub(ch)
+
+    async def members(self) -> list[common_pb2.Member]:
+        for address in list(self.known):
+            try:
+                resp = await self.stub(address).Members(
+                    agent_pb2.MembersRequest(), timeout=self.timeout
+                )
+            except grpc.aio.AioRpcError:
+                continue
+            reachable = [m.address for m in resp.members if m.state in ("alive", "suspect")]
+            self.known = [address] + [a for a in reachable if a != address]
+            return list(resp.members)
+        raise Unavailable(f"no member answers (tried {', '.join(self.known)})")
+
+    async def status(self, m: common_pb2.Member) -> agent_pb2.StatusResponse | None:
+        if m.state not in ("alive", "suspect") or not m.address:
+            return None
+        try:
+            return await self.stub(m.address).Status(
+                agent_pb2.StatusRequest(), timeout=self.timeout
+            )
+        except grpc.aio.AioRpcError:
+            return None
+
+    async def snapshot(self) -> list[dict[str, Any]]:
+        members = await self.members()
+        statuses = await asyncio.gather(*(self.status(m) for m in members))
+        now = time.monotonic()
+        rows = []
+        for m, st in zip(members, statuses, strict=True):
+            row: dict[str, Any] = {"name": m.name, "state": m.state, "address": m.address}
+            if st is not None:
+                prev = self.completed.get(m.name)
+                rate = None
+                if prev is not None and now > prev[0]:
+                    rate = round((st.completed - prev[1]) / (now - prev[0]), 2)
+                self.completed[m.name] = (now, st.completed)
+                row |= {
+                    "device": st.device,
+                    "queue": st.queue_length,
+                    "running": st.running,
+                    "backlog_s": round(st.backlog_s, 3),
+                    "tasks_per_s": rate,
+                    "completed": st.completed,
+                    "stolen_in": st.stolen_in,
+                    "stolen_out": st.stolen_out,
+                    "keys": st.state_keys,
+                    "models": list(st.models),
+                    "incarnation": st.incarnation,
+                }
+            elif m.state in ("alive", "suspect"):
+                row["state"] = f"{m.state} (no answer)"
+            rows.append(row)
+        rows.sort(key=lambda r: (STATE_ORDER.get(str(r["state"]), 9), str(r["name"])))
+        return rows
+
+    async def close(self) -> None:
+        for ch in self.channels.values():
+            await ch.close()
+
+
+async def _top(args: argparse.Namespace) -> int:
+    mesh = Mesh(args.target, client.material_of(args), min(args.timeout, 2.0))
+    live = sys.stdout.isatty() and not args.once and not args.json
+    shown = 0
+    try:
+        while True:
+            rows = await mesh.snapshot()
+            shown += 1
+            if args.json:
+                emit_json(rows) if args.once else print(_json_line(rows), flush=True)
+            else:
+                alive = sum(1 for r in rows if r["state"] == "alive")
+                head = (
+                    f"p2pagent mesh via {mesh.known[0]}: {len(rows)} members, {alive} alive"
+                    f"  ({time.strftime('%H:%M:%S')}, every {args.interval:g}s, Ctrl-C quits)"
+                )
+                body = table(rows, COLUMNS)
+                print(("\x1b[H\x1b[2J" if live else "") + head + "\n" + body + "\n", flush=True)
+            if args.once or (args.iterations and shown >= args.iterations):
+                return 0
+            await asyncio.sleep(args.interval)
+    finally:
+        await mesh.close()
+
+
+def _json_line(rows: list[dict[str, Any]]) -> str:
+    return json.dumps({"at": time.time(), "members": rows}, sort_keys=True)
