@@ -49,10 +49,7 @@ def bench_merge(n: int) -> dict[str, Any]:
     # Baseline: the same updates as dict assignments.
     plain: dict[str, bytes] = {}
     updates = [
-        (ns + "/" + key, ks.dots)
-        for m in msgs
-        for d in m.deltas
-        for ns, key, ks in d.state.items()
+        (ns + "/" + key, ks.dots) for m in msgs for d in m.deltas for ns, key, ks in d.state.items()
     ]
     t0 = time.perf_counter()
     for k, v in updates:
@@ -109,8 +106,12 @@ def bench_delta_size(keys: int = 10_000) -> dict[str, Any]:
     r.put_lww("ns", "key004242", b"changed-value-16", 2000.0)
     (out,) = r.take_gossip(0.0)
     delta = len(encode_message(out.message))
-    return {"keys": keys, "full_state_bytes": full, "one_key_delta_bytes": delta,
-            "delta_over_full": round(delta / full, 6)}
+    return {
+        "keys": keys,
+        "full_state_bytes": full,
+        "one_key_delta_bytes": delta,
+        "delta_over_full": round(delta / full, 6),
+    }
 
 
 def bench_memory(keys: int) -> dict[str, Any]:
@@ -137,8 +138,15 @@ def bench_memory(keys: int) -> dict[str, Any]:
     tracemalloc.start()
     r2 = Replica("b")
     r2.apply(
-        DeltaMessage("a", tuple(d for m in r.answer_digest(DigestMessage("b", {}, {}, b"", False))
-                                if isinstance(m, DeltaMessage) for d in m.deltas)),
+        DeltaMessage(
+            "a",
+            tuple(
+                d
+                for m in r.answer_digest(DigestMessage("b", {}, {}, b"", False))
+                if isinstance(m, DeltaMessage)
+                for d in m.deltas
+            ),
+        ),
         1.0,
     )
     r2.take_persist()
@@ -166,8 +174,9 @@ def bench_catch_up(keys: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     count = biggest = total = 0
     for _ in range(3):
-        answers = old.answer_digest(DigestMessage("new", {}, {}, b"", False) if not count
-                                    else new.digest())
+        answers = old.answer_digest(
+            DigestMessage("new", {}, {}, b"", False) if not count else new.digest()
+        )
         if not answers:
             break
         for m in answers:
@@ -179,8 +188,14 @@ def bench_catch_up(keys: int) -> dict[str, Any]:
     elapsed = time.perf_counter() - t0
     assert new.state_digest() == old.state_digest()
     assert biggest <= cfg.max_message_bytes
-    return {"keys": keys, "messages": count, "bytes": total, "largest_message": biggest,
-            "limit": cfg.max_message_bytes, "seconds": round(elapsed, 2)}
+    return {
+        "keys": keys,
+        "messages": count,
+        "bytes": total,
+        "largest_message": biggest,
+        "limit": cfg.max_message_bytes,
+        "seconds": round(elapsed, 2),
+    }
 
 
 def main() -> None:

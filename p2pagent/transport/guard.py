@@ -109,6 +109,9 @@ def _wrap(
     async def fail(context: Any, exc: BaseException, start: float) -> None:
         if isinstance(exc, errors.P2PAgentError):
             status, message = status_of(exc), str(exc)
+        elif isinstance(exc, NotImplementedError):
+            # The generated servicer base raises this for RPCs this build does not serve.
+            status, message = grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented"
         else:
             log.exception("unexpected error in %s", method)
             status, message = (
@@ -123,7 +126,8 @@ def _wrap(
             start = time.perf_counter()
             try:
                 guard.authorize(method, context)
-                response = await behavior(request, context)
+                _check_decoded(request)
+                response = await behavior(_checked_stream(request), context)
             except grpc.aio.AbortError:
                 finish(start, _code_name(context))
                 raise
@@ -145,7 +149,8 @@ def _wrap(
                 start = time.perf_counter()
                 try:
                     guard.authorize(method, context)
-                    async for item in behavior(request, context):
+                    _check_decoded(request)
+                    async for item in behavior(_checked_stream(request), context):
                         yield item
                 except grpc.aio.AbortError:
                     finish(start, _code_name(context))
@@ -162,7 +167,7 @@ def _wrap(
         return unary_response(behavior)
 
     kind_args = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": _tolerant(handler.request_deserializer),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
@@ -179,6 +184,55 @@ def _wrap(
     return grpc.stream_stream_rpc_method_handler(
         stream_response(handler.stream_stream), **kind_args
     )
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes are not a valid message of the method's type.
+
+    grpc would otherwise fail inside its own deserializer and answer with a generic
+    INTERNAL; we decode tolerantly and refuse in the wrapper with a status that says why."""
+
+    __slots__ = ("reason", "type_name")
+
+    def __init__(self, type_name: str, reason: str) -> None:
+        self.type_name = type_name
+        self.reason = reason
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as e:  # protobuf's DecodeError, or anything a custom decoder raises
+            owner = getattr(deserializer, "__self__", None)
+            name = getattr(owner, "__name__", "message")
+            return _Undecodable(name, f"{type(e).__name__}: {e}")
+
+    return decode
+
+
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise errors.InvalidArgument(
+            f"request is not a valid {request.type_name} ({request.reason}); "
+            "send a message built from the published proto"
+        )
+
+
+def _checked_stream(request: Any) -> Any:
+    """Client-streaming requests arrive as an async iterator; refuse undecodable items."""
+    if not hasattr(request, "__aiter__"):
+        return request
+
+    async def items() -> AsyncIterator[Any]:
+        async for item in request:
+            _check_decoded(item)
+            yield item
+
+    return items()
 
 
 def _code_name(context: Any) -> str:
