@@ -70,6 +70,11 @@ class PeerStub:
                 request_serializer=p2pagent_dot_v1_dot_peer__pb2.CompleteRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_peer__pb2.CompleteResponse.FromString,
                 _registered_method=True)
+        self.Load = channel.unary_unary(
+                '/p2pagent.v1.Peer/Load',
+                request_serializer=p2pagent_dot_v1_dot_common__pb2.Envelope.SerializeToString,
+                response_deserializer=p2pagent_dot_v1_dot_common__pb2.Envelope.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -126,6 +131,14 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Load(self, request, context):
+        """Push-pull of task load reports (msgpack LoadReport, see p2pagent/tasks/wire.py): the
+        caller sends its own report, the receiver answers with its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +176,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Complete,
                     request_deserializer=p2pagent_dot_v1_dot_peer__pb2.CompleteRequest.FromString,
                     response_serializer=p2pagent_dot_v1_dot_peer__pb2.CompleteResponse.SerializeToString,
+            ),
+            'Load': grpc.unary_unary_rpc_method_handler(
+                    servicer.Load,
+                    request_deserializer=p2pagent_dot_v1_dot_common__pb2.Envelope.FromString,
+                    response_serializer=p2pagent_dot_v1_dot_common__pb2.Envelope.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +372,33 @@ class Peer:
             '/p2pagent.v1.Peer/Complete',
             p2pagent_dot_v1_dot_peer__pb2.CompleteRequest.SerializeToString,
             p2pagent_dot_v1_dot_peer__pb2.CompleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Load(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/p2pagent.v1.Peer/Load',
+            p2pagent_dot_v1_dot_common__pb2.Envelope.SerializeToString,
+            p2pagent_dot_v1_dot_common__pb2.Envelope.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,10 @@ class PeerStub:
     """Places a task directly on another node's queue (round-robin / least-loaded placement)."""
     Complete: _grpc.UnaryUnaryMultiCallable[_peer_pb2.CompleteRequest, _peer_pb2.CompleteResponse]
     """The executor hands a task's result back to its origin; retried until acknowledged."""
+    Load: _grpc.UnaryUnaryMultiCallable[_common_pb2.Envelope, _common_pb2.Envelope]
+    """Push-pull of task load reports (msgpack LoadReport, see p2pagent/tasks/wire.py): the
+    caller sends its own report, the receiver answers with its own.
+    """
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
@@ -74,6 +78,10 @@ class PeerAsyncStub(PeerStub):
     """Places a task directly on another node's queue (round-robin / least-loaded placement)."""
     Complete: _aio.UnaryUnaryMultiCallable[_peer_pb2.CompleteRequest, _peer_pb2.CompleteResponse]  # type: ignore[assignment]
     """The executor hands a task's result back to its origin; retried until acknowledged."""
+    Load: _aio.UnaryUnaryMultiCallable[_common_pb2.Envelope, _common_pb2.Envelope]  # type: ignore[assignment]
+    """Push-pull of task load reports (msgpack LoadReport, see p2pagent/tasks/wire.py): the
+    caller sends its own report, the receiver answers with its own.
+    """
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -135,5 +143,15 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_peer_pb2.CompleteResponse, _abc.Awaitable[_peer_pb2.CompleteResponse]]:
         """The executor hands a task's result back to its origin; retried until acknowledged."""
+
+    @_abc_1.abstractmethod
+    def Load(
+        self,
+        request: _common_pb2.Envelope,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.Envelope, _abc.Awaitable[_common_pb2.Envelope]]:
+        """Push-pull of task load reports (msgpack LoadReport, see p2pagent/tasks/wire.py): the
+        caller sends its own report, the receiver answers with its own.
+        """
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,166 @@
+"""Wire forms of the task cores' values: ``Task`` <-> ``peer_pb2.TaskSpec``, ``LoadReport`` <->
+msgpack inside ``Envelope``, and error codes <-> `p2pagent.errors`.
+
+Inputs and outputs stay in their protobuf form (``common_pb2.Tensor``) from the client to the
+executor and back: the origin never decodes them except to validate a submission, so moving a
+task costs no tensor copies. Nothing here unpickles; msgpack payloads are size-limited and
+checked field by field before a ``LoadReport`` is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+
+from p2pagent import errors
+from p2pagent._proto import common_pb2, peer_pb2
+from p2pagent.errors import RemoteProtocolError
+from p2pagent.tasks.load import LoadReport, ModelBacklog
+from p2pagent.tasks.spec import Task
+
+#: Version of the LoadReport payload; a node refuses versions it cannot read.
+LOAD_VERSION = 1
+#: Most models or task ids one report may list (a report is small by design).
+MAX_LIST = 100_000
+
+Tensors = list[common_pb2.Tensor]
+
+
+def input_bytes(inputs: Sequence[common_pb2.Tensor]) -> int:
+    return sum(len(t.data) for t in inputs)
+
+
+def task_to_spec(task: Task) -> peer_pb2.TaskSpec:
+    inputs: Sequence[common_pb2.Tensor] = task.inputs or []  # type: ignore[assignment]
+    return peer_pb2.TaskSpec(
+        task_id=task.task_id,
+        origin=task.origin,
+        model=task.model,
+        inputs=list(inputs),
+        priority=task.priority,
+        deadline_unix=task.deadline,
+        est_cost_s=task.est_cost_s,
+        attempt=task.attempt,
+        model_version=task.model_version,
+    )
+
+
+def task_from_spec(spec: peer_pb2.TaskSpec) -> Task:
+    """A task received from a peer or read back from the journal; InvalidArgument if bad."""
+    inputs = list(spec.inputs)
+    return Task(
+        task_id=spec.task_id,
+        origin=spec.origin,
+        model=spec.model,
+        est_cost_s=max(0.0, spec.est_cost_s),
+        priority=spec.priority,
+        deadline=max(0.0, spec.deadline_unix),
+        attempt=spec.attempt,
+        model_version=spec.model_version,
+        input_bytes=input_bytes(inputs),
+        inputs=inputs,
+    )
+
+
+# ---- load reports ----------------------------------------------------------------------------
+
+
+def encode_report(report: LoadReport) -> common_pb2.Envelope:
+    body = {
+        "node": report.node,
+        "seq": report.seq,
+        "backlog_s": report.backlog_s,
+        "queue_len": report.queue_len,
+        "running": report.running,
+        "capacity": report.capacity,
+        "speed": report.speed,
+        "models": sorted(report.models),
+        "queued": [[m.model, m.count, m.cost_s] for m in report.queued],
+        "held": sorted(report.held),
+        "running_ids": sorted(report.running_ids),
+    }
+    payload: bytes = msgpack.packb(body, use_bin_type=True)
+    return common_pb2.Envelope(version=LOAD_VERSION, payload=payload)
+
+
+def decode_report(env: common_pb2.Envelope) -> LoadReport:
+    """Raises RemoteProtocolError for a version we cannot read or a malformed payload."""
+    if env.version != LOAD_VERSION:
+        raise RemoteProtocolError(
+            f"load report version {env.version} is not supported (this node reads "
+            f"{LOAD_VERSION}); upgrade the older node"
+        )
+    try:
+        body = msgpack.unpackb(env.payload, raw=False, strict_map_key=True, max_array_len=MAX_LIST)
+    except Exception as e:  # msgpack raises several unrelated types on bad input
+        raise RemoteProtocolError(f"load report is not msgpack: {type(e).__name__}") from None
+    try:
+        if not isinstance(body, dict):
+            raise TypeError("not a map")
+        queued = tuple(ModelBacklog(_str(m), _int(n), _num(c)) for m, n, c in _list(body["queued"]))
+        return LoadReport(
+            node=_str(body["node"]),
+            seq=_int(body["seq"]),
+            backlog_s=_num(body["backlog_s"]),
+            queue_len=_int(body["queue_len"]),
+            running=_int(body["running"]),
+            capacity=_int(body["capacity"]),
+            speed=_num(body["speed"]),
+            models=frozenset(_str(m) for m in _list(body["models"])),
+            queued=queued,
+            held=frozenset(_str(t) for t in _list(body["held"])),
+            running_ids=frozenset(_str(t) for t in _list(body["running_ids"])),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise RemoteProtocolError(f"malformed load report: {type(e).__name__}: {e}") from None
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"expected a string, got {type(v).__name__}")
+    return v
+
+
+def _int(v: Any) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise TypeError(f"expected a non-negative integer, got {v!r}")
+    return v
+
+
+def _num(v: Any) -> float:
+    if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v < float("inf"):
+        raise TypeError(f"expected a non-negative number, got {v!r}")
+    return float(v)
+
+
+def _list(v: Any) -> list[Any]:
+    if not isinstance(v, list):
+        raise TypeError(f"expected a list, got {type(v).__name__}")
+    return v
+
+
+# ---- errors ----------------------------------------------------------------------------------
+
+_ERRORS: dict[str, type[errors.P2PAgentError]] = {
+    "INVALID_ARGUMENT": errors.InvalidArgument,
+    "NOT_FOUND": errors.NotFound,
+    "ALREADY_EXISTS": errors.AlreadyExists,
+    "FAILED_PRECONDITION": errors.FailedPrecondition,
+    "RESOURCE_EXHAUSTED": errors.ResourceExhausted,
+    "DEADLINE_EXCEEDED": errors.DeadlineExceeded,
+    "UNAVAILABLE": errors.Unavailable,
+    "PERMISSION_DENIED": errors.PermissionDenied,
+    "INTERNAL": errors.Internal,
+}
+
+
+def error_code(exc: BaseException) -> str:
+    """The status name a task failure carries (``CompleteRequest.error_code``)."""
+    return exc.code if isinstance(exc, errors.P2PAgentError) else "INTERNAL"
+
+
+def error_from_code(code: str, message: str) -> errors.P2PAgentError:
+    """The error to raise for a failed task's code (Infer re-raises what the executor hit)."""
+    return _ERRORS.get(code, errors.Internal)(message)
