@@ -8,6 +8,7 @@ Stop order is the reverse, with health NOT_SERVING first so load balancers drain
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import logging
 import os
@@ -30,6 +31,8 @@ from p2pagent.inference.device import select_device
 from p2pagent.inference.engine import InferenceEngine
 from p2pagent.membership.driver import MembershipDriver, check_user_tags
 from p2pagent.membership.view import PeerDirectory
+from p2pagent.state.config import StateConfig
+from p2pagent.state.driver import StateDriver
 from p2pagent.transport.channels import ChannelPool
 from p2pagent.transport.guard import Guard
 from p2pagent.transport.metrics import RpcMetrics
@@ -100,6 +103,16 @@ class Node:
         )
         self.members: PeerDirectory = self.membership
         self.components.append(self.membership)
+        self.state: StateDriver | None = StateDriver(
+            self.name,
+            state_config(config),
+            data_dir=self.data_dir,
+            channels=self.channels,
+            members=self.members,
+            metrics=self.metrics,
+            revoked=self.revoked,
+        )
+        self.components.append(self.state)
 
     def member_tags(self) -> dict[str, str]:
         """Tags replicated with membership: user tags, then the ones the system owns."""
@@ -206,6 +219,7 @@ class Node:
 
     def status(self) -> agent_pb2.StatusResponse:
         alive, total = self.membership.counts() if self.membership else (1, 1)
+        replica = self.state.loaded if self.state else None
         return agent_pb2.StatusResponse(
             name=self.name,
             identity=self.identity.uri,
@@ -220,7 +234,18 @@ class Node:
             queue_length=self.engine.queued,
             backlog_s=self.engine.estimated_backlog_s(),
             models=self.models_cache.names(),
+            state_keys=replica.key_count if replica else 0,
+            state_digest=replica.state_digest() if replica else "",
         )
+
+
+def state_config(config: Config) -> StateConfig:
+    """The state settings, with sync messages kept under the transport's message limit."""
+    state = config.state
+    room = config.max_message_bytes - 64 * 1024  # envelope and gRPC framing
+    if state.max_message_bytes > room:
+        state = dataclasses.replace(state, max_message_bytes=room)
+    return state
 
 
 def data_path(node: Node, *parts: str) -> Path:

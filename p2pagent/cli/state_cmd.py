@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
         c.add_argument("--ns", default="default", help="namespace (default %(default)s)")
         c.add_argument("--json", action="store_true")
         if key:
-            c.add_argument("key")
+            c.add_argument("state_key", metavar="KEY")
         return c
 
     def write_flags(c: argparse.ArgumentParser) -> None:
@@ -101,18 +101,18 @@ async def _write(args: argparse.Namespace, method: str, req: Any) -> int:
     async with client.channel(args) as ch:
         with map_rpc_errors():
             resp = await getattr(client.agent(ch), method)(req, timeout=args.timeout)
-    doc = {"key": args.key, "version": dict(resp.version), "acked_by": resp.acked_by}
+    doc = {"key": args.state_key, "version": dict(resp.version), "acked_by": resp.acked_by}
     if args.json:
         emit_json(doc)
     else:
-        print(f"ok {args.ns}/{args.key} (acked by {resp.acked_by})")
+        print(f"ok {args.ns}/{args.state_key} (acked by {resp.acked_by})")
     return 0
 
 
 async def _put(args: argparse.Namespace) -> int:
     req = agent_pb2.PutRequest(
         namespace=args.ns,
-        key=args.key,
+        key=args.state_key,
         value=args.value.encode(),
         type=TYPES[args.type],
         options=_options(args),
@@ -121,13 +121,13 @@ async def _put(args: argparse.Namespace) -> int:
 
 
 async def _del(args: argparse.Namespace) -> int:
-    req = agent_pb2.DeleteRequest(namespace=args.ns, key=args.key, options=_options(args))
+    req = agent_pb2.DeleteRequest(namespace=args.ns, key=args.state_key, options=_options(args))
     return await _write(args, "Delete", req)
 
 
 async def _incr(args: argparse.Namespace) -> int:
     req = agent_pb2.IncrementRequest(
-        namespace=args.ns, key=args.key, delta=args.delta, options=_options(args)
+        namespace=args.ns, key=args.state_key, delta=args.delta, options=_options(args)
     )
     return await _write(args, "Increment", req)
 
@@ -135,7 +135,7 @@ async def _incr(args: argparse.Namespace) -> int:
 def _set_req(args: argparse.Namespace) -> agent_pb2.SetRequest:
     return agent_pb2.SetRequest(
         namespace=args.ns,
-        key=args.key,
+        key=args.state_key,
         elements=[e.encode() for e in args.elements],
         options=_options(args),
     )
@@ -153,15 +153,15 @@ async def _get(args: argparse.Namespace) -> int:
     async with client.channel(args) as ch:
         with map_rpc_errors():
             resp = await client.agent(ch).Get(
-                agent_pb2.GetRequest(namespace=args.ns, key=args.key), timeout=args.timeout
+                agent_pb2.GetRequest(namespace=args.ns, key=args.state_key), timeout=args.timeout
             )
     if not resp.found:
         if args.json:
-            emit_json({"key": args.key, "found": False})
+            emit_json({"key": args.state_key, "found": False})
         else:
-            print(f"{args.ns}/{args.key}: not found")
+            print(f"{args.ns}/{args.state_key}: not found")
         return 1
-    doc = {"key": args.key, "found": True, **value_doc(resp)}
+    doc = {"key": args.state_key, "found": True, **value_doc(resp)}
     if args.json:
         emit_json(doc)
     else:

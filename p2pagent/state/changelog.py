@@ -34,6 +34,18 @@ class ChangeLog:
         """Oldest sequence number still held (last_seq + 1 when the ring is empty)."""
         return self._ring[0].seq if self._ring else self.last_seq + 1
 
+    def after(self, seq: int) -> list[Change]:
+        """Every change held with a sequence number above ``seq``, oldest first."""
+        if seq >= self.last_seq:
+            return []
+        out: list[Change] = []
+        for change in reversed(self._ring):  # newest first: a few new changes cost a few steps
+            if change.seq <= seq:
+                break
+            out.append(change)
+        out.reverse()
+        return out
+
     def since(
         self, from_seq: int, ns: str, prefix: str = "", limit: int = 1000
     ) -> tuple[list[Change], bool]:

@@ -28,6 +28,9 @@ class StateConfig:
     gossip_interval: float = 0.2
     #: Peers each batch of local deltas is pushed to.
     gossip_fanout: int = 3
+    #: Forward each delta received for the first time to ``gossip_fanout`` peers (rumor
+    #: mongering). Off: only the writer pushes, and the rest learn by anti-entropy.
+    forward_deltas: bool = True
     #: Seconds between anti-entropy rounds (a digest to one random live peer).
     anti_entropy_interval: float = 2.0
     #: Operations kept in the delta buffer to answer digests of peers that are slightly behind.

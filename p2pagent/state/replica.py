@@ -119,6 +119,12 @@ class Replica:
         self.buffer = DeltaBuffer(self.config.delta_buffer_ops, self.config.delta_buffer_bytes)
         self._value_limit = self.config.value_limit()
         self._pending: list[Delta] = []
+        #: Deltas of other origins received for the first time: forwarded once (rumor
+        #: mongering), so a write reaches every replica in O(log N) gossip rounds instead of
+        #: waiting for anti-entropy.
+        self._forward: list[Delta] = []
+        #: The delta of the latest local write (for writes that wait for peers' acks).
+        self.last_delta: Delta | None = None
         self._dirty: set[tuple[str, str]] = set()
         self._unsaved: list[Change] = []
         self._sorted: dict[str, list[str]] = {}
@@ -302,7 +308,8 @@ class Replica:
             dctx.add(origin, counter)
         dctx.add_range(self.origin, first, last)
         self.state.merge(delta)
-        self._record(Delta(delta, OpId(self.origin, first, last)), local=True)
+        self.last_delta = Delta(delta, OpId(self.origin, first, last))
+        self._record(self.last_delta, local=True)
         change = self._changed(ns, key)
         return WriteResult(ns, key, change.value.version, change.seq)
 
@@ -311,6 +318,8 @@ class Replica:
             self.buffer.add(delta.op, encode_delta(delta))
         if local:
             self._pending.append(delta)
+        elif delta.op is not None and self.config.forward_deltas:
+            self._forward.append(delta)
 
     def _changed(self, ns: str, key: str) -> Change:
         self._dirty.add((ns, key))
@@ -329,12 +338,17 @@ class Replica:
                 del self.acks[peer]
 
     def next_tick_at(self) -> float:
-        return min(self._next_gossip, self._next_anti_entropy)
+        """When :meth:`tick` has work. With deltas waiting and no push in the last gossip
+        interval this is already due: an idle replica pushes a write at once, a busy one
+        batches its writes once per interval."""
+        if self._pending or self._forward:
+            return min(self._next_gossip, self._next_anti_entropy)
+        return self._next_anti_entropy
 
     def tick(self, now: float) -> list[Outgoing]:
         """Pushes pending deltas and starts anti-entropy when their intervals are due."""
         out: list[Outgoing] = []
-        if now >= self._next_gossip:
+        if now >= self._next_gossip and (self._pending or self._forward):
             out += self.take_gossip(now)
             self._next_gossip = now + self.config.gossip_interval
         if now >= self._next_anti_entropy:
@@ -344,13 +358,20 @@ class Replica:
         return out
 
     def take_gossip(self, now: float) -> list[Outgoing]:
-        """The pending local deltas, for ``gossip_fanout`` random live peers."""
-        if not self._pending:
+        """The pending local deltas and those to forward, each batch for ``gossip_fanout``
+        random live peers."""
+        if not self._pending and not self._forward:
             return []
-        messages = pack_deltas(self._pending, self.node_id, self.config.max_message_bytes)
-        self._pending = []
-        peers = self._rng.sample(sorted(self.live), min(self.config.gossip_fanout, len(self.live)))
-        return [Outgoing(p, m) for p in peers for m in messages]
+        fanout = min(self.config.gossip_fanout, len(self.live))
+        out: list[Outgoing] = []
+        for batch in (self._pending, self._forward):
+            if not batch:
+                continue
+            messages = pack_deltas(batch, self.node_id, self.config.max_message_bytes)
+            peers = self._rng.sample(sorted(self.live), fanout)
+            out += (Outgoing(p, m) for p in peers for m in messages)
+        self._pending, self._forward = [], []
+        return out
 
     def start_anti_entropy(self, now: float) -> list[Outgoing]:
         if not self.live:
