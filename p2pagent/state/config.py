@@ -28,6 +28,8 @@ class StateConfig:
     gossip_interval: float = 0.2
     #: Peers each batch of local deltas is pushed to.
     gossip_fanout: int = 3
+    #: The push fanout grows to ``retransmit_mult * log10(N + 1)`` peers in larger meshes.
+    retransmit_mult: float = 4.0
     #: Forward each delta received for the first time to ``gossip_fanout`` peers (rumor
     #: mongering). Off: only the writer pushes, and the rest learn by anti-entropy.
     forward_deltas: bool = True
@@ -75,6 +77,8 @@ class StateConfig:
         for name in ("gossip_interval", "anti_entropy_interval", "max_clock_skew"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"state.{name} must be positive")
+        if self.retransmit_mult < 0:
+            raise ConfigError("state.retransmit_mult must be 0 or more")
         return self
 
 

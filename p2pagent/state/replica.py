@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import math
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -362,7 +363,7 @@ class Replica:
         random live peers."""
         if not self._pending and not self._forward:
             return []
-        fanout = min(self.config.gossip_fanout, len(self.live))
+        fanout = min(self.push_fanout(), len(self.live))
         out: list[Outgoing] = []
         for batch in (self._pending, self._forward):
             if not batch:
@@ -372,6 +373,15 @@ class Replica:
             out += (Outgoing(p, m) for p in peers for m in messages)
         self._pending, self._forward = [], []
         return out
+
+    def push_fanout(self) -> int:
+        """Peers each batch of deltas goes to: ``gossip_fanout``, raised like memberlist's
+        retransmit limit (``retransmit_mult * log10(N + 1)``) so that with every receiver
+        forwarding once, the chance a replica hears of a write only through anti-entropy
+        stays under about 1% as the mesh grows."""
+        members = len(self.live) + 1
+        scaled = math.ceil(self.config.retransmit_mult * math.log10(members + 1))
+        return max(self.config.gossip_fanout, scaled)
 
     def start_anti_entropy(self, now: float) -> list[Outgoing]:
         if not self.live:
