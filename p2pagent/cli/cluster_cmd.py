@@ -1,4 +1,4 @@
-"""``p2pagentctl status`` and ``p2pagentctl members``."""
+"""``p2pagentctl status``, ``p2pagentctl members`` and ``p2pagentctl revoke``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,28 @@ def register(sub: Any) -> None:
     client.add_connection_flags(members)
     members.add_argument("--json", action="store_true")
     members.set_defaults(handler=_members)
+
+    revoke = sub.add_parser(
+        "revoke",
+        help="refuse an identity on every node (present a node certificate: --identity NODE)",
+    )
+    client.add_connection_flags(revoke)
+    revoke.add_argument("uri", metavar="SPIFFE_URI", help="e.g. spiffe://<cluster>/client/alice")
+    revoke.add_argument("--reason", default="", help="recorded with the revocation")
+    revoke.add_argument("--json", action="store_true")
+    revoke.set_defaults(handler=_revoke)
+
+
+async def _revoke(args: argparse.Namespace) -> int:
+    req = agent_pb2.RevokeRequest(identity=args.uri, reason=args.reason)
+    async with client.channel(args) as ch:
+        with map_rpc_errors():
+            await client.agent(ch).Revoke(req, timeout=args.timeout)
+    if args.json:
+        emit_json({"revoked": args.uri, "reason": args.reason})
+    else:
+        print(f"revoked {args.uri}; every node refuses it once the change has spread")
+    return 0
 
 
 def status_doc(resp: agent_pb2.StatusResponse) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from p2pagent._proto import agent_pb2
+from p2pagent._proto import agent_pb2, agent_pb2_grpc
 from p2pagent.testing import netns
 from p2pagent.testing.cluster import Cluster
 
@@ -135,3 +135,34 @@ def test_both_halves_of_a_partition_write_and_converge(tmp_path: Path) -> None:
             assert _get(c, n, "p", "n").counter == 10
             assert _get(c, n, "p", "set").elements == [b"x"]
             assert _get(c, n, "p", "onlyL").found and _get(c, n, "p", "onlyR").found
+
+
+def test_a_revocation_spreads_to_every_node(three: Cluster) -> None:
+    from p2pagent.identity import certs
+    from p2pagent.identity import material as tls
+    from p2pagent.identity.spiffe import Role
+    from p2pagent.transport.channels import channel_options
+
+    certs.issue(three.certs, "mallory", Role.CLIENT)
+    m = tls.load(tls.TLSPaths.in_dir(three.certs, "mallory"))
+    creds = grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
+
+    def refused(node: str) -> bool:
+        opts = channel_options(m.cluster, 4 << 20)
+        with grpc.secure_channel(three.nodes[node].address, creds, options=opts) as ch:
+            try:
+                agent_pb2_grpc.AgentStub(ch).Status(agent_pb2.StatusRequest(), timeout=5)
+            except grpc.RpcError as e:
+                return e.code() is grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined, no-any-return]
+            return False
+
+    assert not refused("n2")
+    node_tls = tls.load(tls.TLSPaths.in_dir(three.certs, "n1"))
+    admin_creds = grpc.ssl_channel_credentials(node_tls.ca_pem, node_tls.key_pem, node_tls.cert_pem)
+    with grpc.secure_channel(three.nodes["n1"].address, admin_creds,
+                             options=channel_options(m.cluster, 4 << 20)) as ch:  # fmt: skip
+        agent_pb2_grpc.AgentStub(ch).Revoke(
+            agent_pb2.RevokeRequest(identity=m.identity.uri, reason="test"), timeout=10
+        )
+    for n in three.nodes:
+        three.wait_for(lambda n=n: refused(n), SETTLE_S, f"{n} refuses the revoked identity")
