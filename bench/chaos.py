@@ -1,0 +1,300 @@
+"""A Jepsen-style chaos run: a workload, a fault schedule, then a checker over the history.
+
+``python -m bench.chaos [--nodes 5] [--duration 60] [--seed 1] [--json]``
+
+Workload: one client per node (each fails over to another node when its own does not
+answer) doing durable puts of unique keys, durable counter increments and durable set adds.
+Every call is recorded as acknowledged, failed (a definite refusal) or unknown (timed out or
+cut off: it may or may not have been applied).
+
+Faults, spread over the run: SIGKILL + restart of a random node, a partition of the first two
+nodes from the rest (network namespaces, when this machine has them), one node paused with
+SIGSTOP then resumed, and a second SIGKILL + restart.
+
+Checker, once the faults end and the load stops: every acknowledged put is on every replica
+with its value; each replica's counter is the acknowledged total (plus at most the unknown
+ones); every acknowledged set element is in the set on every replica; all replicas have the
+same digest; every node lists every other as alive. It prints the table of issue "Reliability"
+and exits non-zero when anything acknowledged was lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+
+from p2pagent._proto import agent_pb2
+from p2pagent.testing import netns
+from p2pagent.testing.cluster import Cluster
+
+CALL_TIMEOUT_S = 5.0
+CONVERGE_LIMIT_S = 120.0
+#: gRPC codes that mean "refused, not applied".
+DEFINITE = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED}  # fmt: skip
+
+
+@dataclass
+class History:
+    puts: dict[str, bytes] = field(default_factory=dict)  # acknowledged key -> value
+    increments_acked: int = 0
+    increments_unknown: int = 0
+    elements: set[bytes] = field(default_factory=set)
+    ops: int = 0
+    failed: int = 0
+    unknown: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class Report:
+    nodes: int
+    duration_s: float
+    faults: list[str]
+    operations: int
+    acknowledged_puts: int
+    acknowledged_increments: int
+    acknowledged_set_adds: int
+    failed: int
+    unknown_outcome: int
+    lost_puts: int
+    lost_set_elements: int
+    counter_values: list[int]
+    counter_exact: bool
+    duplicated: int
+    replicas_identical: bool
+    membership_agreed: bool
+    converge_after_last_fault_s: float
+    fault_recovery_s: dict[str, float]
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.lost_puts == 0
+            and self.lost_set_elements == 0
+            and self.counter_exact
+            and self.replicas_identical
+            and self.membership_agreed
+        )
+
+
+def _client(c: Cluster, home: str, history: History, stop: threading.Event, seed: int) -> None:
+    rng = random.Random(seed)
+    names = list(c.nodes)
+    durable = agent_pb2.WriteOptions(durable=True)
+    i = 0
+    target = home
+    while not stop.is_set():
+        i += 1
+        kind = rng.choice(("put", "incr", "sadd"))
+        stub = c.agent(target)
+        try:
+            if kind == "put":
+                key, value = f"{home}-{i}", b"%d" % i
+                stub.Put(agent_pb2.PutRequest(namespace="chaos", key=key, value=value,
+                                              options=durable), timeout=CALL_TIMEOUT_S)  # fmt: skip
+            elif kind == "incr":
+                stub.Increment(agent_pb2.IncrementRequest(namespace="chaos", key="counter",
+                                                          delta=1, options=durable),
+                               timeout=CALL_TIMEOUT_S)  # fmt: skip
+            else:
+                elem = f"{home}-{i}".encode()
+                req = agent_pb2.SetRequest(
+                    namespace="chaos", key="set", elements=[elem], options=durable
+                )
+                stub.SetAdd(req, timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as e:
+            code = e.code()  # type: ignore[attr-defined]
+            with history.lock:
+                history.ops += 1
+                if code in DEFINITE:
+                    history.failed += 1
+                else:
+                    history.unknown += 1
+                    if kind == "incr":
+                        history.increments_unknown += 1
+            target = rng.choice(names)  # fail over, as a client with several seeds would
+            time.sleep(0.05)
+            continue
+        with history.lock:
+            history.ops += 1
+            if kind == "put":
+                history.puts[key] = value
+            elif kind == "incr":
+                history.increments_acked += 1
+            else:
+                history.elements.add(elem)
+        target = home if rng.random() < 0.5 else target
+        time.sleep(0.01)
+
+
+def _digests(c: Cluster) -> set[str]:
+    out = set()
+    for n in c.nodes:
+        try:
+            out.add(c.agent(n).Status(agent_pb2.StatusRequest(), timeout=5).state_digest)
+        except grpc.RpcError:
+            out.add("?" + n)
+    return out
+
+
+def _agreed(c: Cluster) -> bool:
+    names = set(c.nodes)
+    return all({n for n, (s, _) in c.members(o).items() if s == "alive"} >= names for o in c.nodes)
+
+
+def _healthy(c: Cluster) -> bool:
+    return _agreed(c) and len(_digests(c)) == 1
+
+
+def run(nodes: int = 5, duration: float = 60.0, seed: int = 1, root: Path | None = None) -> Report:
+    rng = random.Random(seed)
+    use_netns = netns.available()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Cluster(root or Path(tmp), nodes, use_netns=use_netns) as c,
+    ):
+        names = list(c.nodes)
+        c.start()
+        c.wait_for(lambda: _agreed(c), CONVERGE_LIMIT_S, "mesh formed")
+        history = History()
+        stop = threading.Event()
+        clients = [
+            threading.Thread(
+                target=_client, args=(c, n, history, stop, seed * 100 + k), daemon=True
+            )
+            for k, n in enumerate(names)
+        ]
+        for t in clients:
+            t.start()
+        faults: list[str] = []
+        recovery: dict[str, float] = {}
+        start = time.monotonic()
+
+        def at(fraction: float) -> None:
+            delay = start + fraction * duration - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+        def recovered(label: str) -> None:
+            # Under load replicas never stop changing: recovery here is the mesh being whole
+            # again; identical replicas are checked once the load stops.
+            t0 = time.monotonic()
+            c.wait_for(lambda: _agreed(c), CONVERGE_LIMIT_S, f"recovered from {label}", 0.2)
+            recovery[label] = round(time.monotonic() - t0, 2)
+
+        at(0.1)
+        victim = rng.choice(names)
+        c.kill(victim)
+        faults.append(f"SIGKILL {victim}")
+        time.sleep(min(5.0, duration * 0.05))
+        c.restart(victim)
+        recovered(f"SIGKILL+restart {victim}")
+
+        if use_netns:
+            at(0.3)
+            left, right = names[:2], names[2:]
+            c.partition(left, right)
+            faults.append(f"partition {'+'.join(left)} | {'+'.join(right)}")
+            time.sleep(min(20.0, duration * 0.3))
+            c.heal()
+            recovered("partition")
+
+        at(0.7)
+        paused = rng.choice(names)
+        c.pause(paused)
+        faults.append(f"SIGSTOP {paused}")
+        time.sleep(min(5.0, duration * 0.05))
+        c.resume(paused)
+        recovered(f"SIGSTOP+SIGCONT {paused}")
+
+        at(0.8)
+        victim = rng.choice(names)
+        c.kill(victim)
+        faults.append(f"SIGKILL {victim}")
+        time.sleep(min(3.0, duration * 0.05))
+        c.restart(victim)
+        at(1.0)
+        stop.set()
+        for t in clients:
+            t.join(timeout=CALL_TIMEOUT_S * 3)
+        last_fault = time.monotonic()
+        c.wait_for(lambda: _healthy(c), CONVERGE_LIMIT_S, "converged after the last fault", 0.2)
+        converge = time.monotonic() - last_fault
+        recovery[f"SIGKILL+restart {victim} (load stopped)"] = round(converge, 2)
+        return _check(c, history, faults, duration, converge, recovery)
+
+
+def _check(
+    c: Cluster,
+    h: History,
+    faults: list[str],
+    duration: float,
+    converge: float,
+    recovery: dict[str, float],
+) -> Report:
+    lost_puts = 0
+    lost_elements = 0
+    counters = []
+    for n in c.nodes:
+        stub = c.agent(n)
+        for key, value in h.puts.items():
+            got = stub.Get(agent_pb2.GetRequest(namespace="chaos", key=key), timeout=10)
+            if list(got.values) != [value]:
+                lost_puts += 1
+        s = stub.Get(agent_pb2.GetRequest(namespace="chaos", key="set"), timeout=10)
+        lost_elements += len(h.elements - set(s.elements))
+        counters.append(
+            stub.Get(agent_pb2.GetRequest(namespace="chaos", key="counter"), timeout=10).counter
+        )
+    lo, hi = h.increments_acked, h.increments_acked + h.increments_unknown
+    return Report(
+        nodes=len(c.nodes),
+        duration_s=duration,
+        faults=faults,
+        operations=h.ops,
+        acknowledged_puts=len(h.puts),
+        acknowledged_increments=h.increments_acked,
+        acknowledged_set_adds=len(h.elements),
+        failed=h.failed,
+        unknown_outcome=h.unknown,
+        lost_puts=lost_puts,
+        lost_set_elements=lost_elements,
+        counter_values=counters,
+        counter_exact=len(set(counters)) == 1 and lo <= counters[0] <= hi,
+        duplicated=sum(1 for v in counters if v > hi),
+        replicas_identical=len(_digests(c)) == 1,
+        membership_agreed=_agreed(c),
+        converge_after_last_fault_s=round(converge, 2),
+        fault_recovery_s=recovery,
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--nodes", type=int, default=5)
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of load and faults")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    report = run(args.nodes, args.duration, args.seed)
+    if args.json:
+        print(json.dumps(asdict(report), indent=2))
+    else:
+        for k, v in asdict(report).items():
+            print(f"{k:28} {v}")
+        print("RESULT", "ok" if report.ok else "FAILED")
+    sys.exit(0 if report.ok else 1)
+
+
+if __name__ == "__main__":
+    main()
