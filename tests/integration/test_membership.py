@@ -1,6 +1,7 @@
-"""Membership's bad-input rules against one real daemon: malformed, wrong-version and
-impersonating gossip is dropped with its specific status and counted, the daemon keeps
-running, and oversized or reserved tags are refused at startup in one line."""
+"""Membership's and state sync's bad-input rules against one real daemon: malformed,
+wrong-version and impersonating gossip or sync messages are dropped with their specific
+status and counted, the daemon keeps running (and its replica unchanged), and oversized or
+reserved tags are refused at startup in one line."""
 
 from __future__ import annotations
 
@@ -116,3 +117,40 @@ def test_bad_tags_are_refused_at_startup(
     )  # fmt: skip
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr
+
+
+def _state_payload(sender: str) -> bytes:
+    from p2pagent.state.codec import encode_message
+    from p2pagent.state.messages import DigestMessage
+
+    return encode_message(DigestMessage(sender, {}, {}, b"", False))
+
+
+@pytest.mark.parametrize(
+    ("envelope", "code", "kind"),
+    [
+        (common_pb2.Envelope(version=1, payload=b"\x93\x01garbage"), "INVALID_ARGUMENT",
+         "state_malformed"),
+        (common_pb2.Envelope(version=99, payload=b""), "FAILED_PRECONDITION", "state_version"),
+        (common_pb2.Envelope(version=1, payload=_state_payload("n1")), "INVALID_ARGUMENT",
+         "state_impersonation"),
+    ],
+)  # fmt: skip
+async def test_bad_state_sync_is_refused_counted_and_leaves_the_replica_intact(
+    node: Daemon, certs_dir: Path, envelope: common_pb2.Envelope, code: str, kind: str
+) -> None:
+    async with _channel(certs_dir, "client", node.address) as ch:
+        agent = agent_pb2_grpc.AgentStub(ch)
+        await agent.Put(agent_pb2.PutRequest(namespace="keep", key="k", value=b"v"), timeout=5)
+        digest = (await agent.Status(agent_pb2.StatusRequest(), timeout=5)).state_digest
+    before = _dropped(node, kind)
+    async with _channel(certs_dir, "n7", node.address) as ch:
+        for _ in range(3):
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                async for _answer in peer_pb2_grpc.PeerStub(ch).Replicate(envelope, timeout=5):
+                    pass
+            assert e.value.code().name == code
+    assert _dropped(node, kind) == before + 3
+    async with _channel(certs_dir, "client", node.address) as ch:
+        status = await agent_pb2_grpc.AgentStub(ch).Status(agent_pb2.StatusRequest(), timeout=5)
+    assert status.state_digest == digest  # nothing merged, nothing corrupted
