@@ -8,8 +8,9 @@ Every call is recorded as acknowledged, failed (a definite refusal) or unknown (
 cut off: it may or may not have been applied).
 
 Faults, spread over the run: SIGKILL + restart of a random node, a partition of the first two
-nodes from the rest (network namespaces, when this machine has them), one node paused with
-SIGSTOP then resumed, and a second SIGKILL + restart.
+nodes from the rest (network namespaces, when this machine has them), 10% packet loss on one
+node (netem, or iptables where the kernel lacks netem), one node paused with SIGSTOP then
+resumed, and a second SIGKILL + restart.
 
 Checker, once the faults end and the load stops: every acknowledged put is on every replica
 with its value; each replica's counter is the acknowledged total (plus at most the unknown
@@ -208,6 +209,15 @@ def run(nodes: int = 5, duration: float = 60.0, seed: int = 1, root: Path | None
             time.sleep(min(20.0, duration * 0.3))
             c.heal()
             recovered("partition")
+
+        if use_netns and netns.loss_available():
+            at(0.55)
+            lossy = rng.choice(names)
+            c.loss(lossy, 0.10)
+            faults.append(f"10% packet loss on {lossy}")
+            time.sleep(min(10.0, duration * 0.12))
+            c.loss(lossy, 0.0)
+            recovered(f"10% loss on {lossy}")
 
         at(0.7)
         paused = rng.choice(names)

@@ -126,6 +126,21 @@ class Cluster:
         if self.network is not None:
             self.network.heal()
 
+    def loss(self, name: str, loss: float) -> None:
+        """Random loss of ``loss`` (0..1) of ``name``'s packets; 0 clears it. Uses netem where
+        the kernel has it, else packet filters."""
+        if self.network is None:
+            raise RuntimeError("loss needs network namespaces (root and ip netns)")
+        if netns.netem_available():
+            if loss:
+                self.network.netem(name, loss=loss)
+            else:
+                self.network.clear_netem(name)
+        elif loss:
+            self.network.drop(name, loss)
+        else:
+            self.network.clear_drop(name)
+
     def netem(self, name: str, delay_ms: float = 0, jitter_ms: float = 0, loss: float = 0) -> None:
         if self.network is None:
             raise RuntimeError("netem needs network namespaces (root and ip netns)")

@@ -41,6 +41,11 @@ def netem_available() -> bool:
         _ip("netns", "del", probe, check=False)
 
 
+def loss_available() -> bool:
+    """Whether packet loss can be injected: netem, or else iptables' statistic match."""
+    return available() and (shutil.which("iptables") is not None or netem_available())
+
+
 def available() -> bool:
     if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None:
         return False
@@ -142,6 +147,25 @@ class Network:
                 f"tc netem failed on {name} ({result.stderr.strip()}): this kernel may lack "
                 "the sch_netem module"
             )
+
+    def drop(self, name: str, loss: float) -> None:
+        """Random packet loss on everything ``name`` sends and receives, with packet filters
+        (``iptables -m statistic``) in its namespace: for kernels without netem."""
+        h = self.hosts[name]
+        self.clear_drop(name)
+        for chain in ("INPUT", "OUTPUT"):
+            r = subprocess.run(
+                [*h.prefix(), "iptables", "-A", chain, "-m", "statistic", "--mode", "random",
+                 "--probability", f"{loss:.4f}", "-j", "DROP"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if r.returncode != 0:
+                raise NetemUnavailable(f"iptables failed on {name}: {r.stderr.strip()}")
+
+    def clear_drop(self, name: str) -> None:
+        h = self.hosts[name]
+        for chain in ("INPUT", "OUTPUT"):
+            subprocess.run([*h.prefix(), "iptables", "-F", chain], capture_output=True, check=False)
 
     def clear_netem(self, name: str) -> None:
         h = self.hosts[name]
