@@ -76,6 +76,8 @@ class Report:
     membership_agreed: bool
     converge_after_last_fault_s: float
     fault_recovery_s: dict[str, float]
+    #: RSS growth (%) of each daemon that ran from the first sample to the end unrestarted.
+    rss_growth_pct: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -193,6 +195,8 @@ def run(nodes: int = 5, duration: float = 60.0, seed: int = 1, root: Path | None
             c.wait_for(lambda: _agreed(c), CONVERGE_LIMIT_S, f"recovered from {label}", 0.2)
             recovery[label] = round(time.monotonic() - t0, 2)
 
+        at(0.05)
+        rss_start = {n: _rss(c, n) for n in names}
         at(0.1)
         victim = rng.choice(names)
         c.kill(victim)
@@ -241,7 +245,26 @@ def run(nodes: int = 5, duration: float = 60.0, seed: int = 1, root: Path | None
         c.wait_for(lambda: _healthy(c), CONVERGE_LIMIT_S, "converged after the last fault", 0.2)
         converge = time.monotonic() - last_fault
         recovery[f"SIGKILL+restart {victim} (load stopped)"] = round(converge, 2)
-        return _check(c, history, faults, duration, converge, recovery)
+        report = _check(c, history, faults, duration, converge, recovery)
+        for n, (pid, before) in rss_start.items():
+            pid_now, after = _rss(c, n)
+            if pid_now == pid and before > 0:
+                report.rss_growth_pct[n] = round(100.0 * (after - before) / before, 1)
+        return report
+
+
+def _rss(c: Cluster, name: str) -> tuple[int, float]:
+    """(pid, resident MB) of a daemon; (0, 0) when it is not running."""
+    proc = c.nodes[name].proc
+    if proc is None or proc.poll() is not None:
+        return 0, 0.0
+    try:
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return proc.pid, int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0, 0.0
 
 
 def _check(

@@ -1,0 +1,53 @@
+"""Runs every benchmark in turn: ``python -m bench.all [--small]``.
+
+``--small`` uses sizes that finish in a few minutes on a 2-core machine (a smoke run: the
+numbers in RESULTS.md come from the full sizes, each with the command shown there). Each
+benchmark runs in its own process; the run goes on past a failure and exits non-zero at the
+end if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+FULL: list[list[str]] = [
+    ["bench.state_core"],
+    ["bench.state_cluster"],
+    ["bench.membership_sim"],
+    ["bench.membership_cluster"],
+    ["bench.inference_offline"],
+    ["bench.inference_grpc"],
+    ["bench.tasks_sim"],
+    ["bench.chaos", "--duration", "60"],
+]
+SMALL: list[list[str]] = [
+    ["bench.state_core"],
+    ["bench.state_cluster", "--nodes", "5", "--writes", "50", "--keys", "20000",
+     "--partition-nodes", "4"],
+    ["bench.membership_cluster", "--nodes", "6", "--partition-nodes", "4"],
+    ["bench.inference_grpc", "--small"],
+    ["bench.chaos", "--duration", "30"],
+]  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--small", action="store_true", help="smoke sizes (minutes, not hours)")
+    args = p.parse_args()
+    failed = []
+    for cmd in SMALL if args.small else FULL:
+        print(f"\n== python -m {' '.join(cmd)}", flush=True)
+        start = time.monotonic()
+        rc = subprocess.run([sys.executable, "-m", *cmd], check=False).returncode
+        print(f"== exit {rc} after {time.monotonic() - start:.0f}s", flush=True)
+        if rc != 0:
+            failed.append(cmd[0])
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
