@@ -33,6 +33,7 @@ from p2pagent.membership.driver import MembershipDriver, check_user_tags
 from p2pagent.membership.view import PeerDirectory
 from p2pagent.state.config import StateConfig
 from p2pagent.state.driver import StateDriver
+from p2pagent.tasks.driver import TasksDriver
 from p2pagent.transport.channels import ChannelPool
 from p2pagent.transport.guard import Guard
 from p2pagent.transport.metrics import RpcMetrics
@@ -113,6 +114,19 @@ class Node:
             revoked=self.revoked,
         )
         self.components.append(self.state)
+        self.tasks: TasksDriver | None = TasksDriver(
+            self.name,
+            config.tasks,
+            placement=config.placement,
+            capacity=config.inference.max_batch_size,
+            engine=self.engine,
+            models=self.models_cache.names,
+            data_dir=self.data_dir,
+            channels=self.channels,
+            members=self.members,
+            metrics=self.metrics,
+        )
+        self.components.append(self.tasks)
 
     def member_tags(self) -> dict[str, str]:
         """Tags replicated with membership: user tags, then the ones the system owns."""
@@ -220,6 +234,7 @@ class Node:
     def status(self) -> agent_pb2.StatusResponse:
         alive, total = self.membership.counts() if self.membership else (1, 1)
         replica = self.state.loaded if self.state else None
+        tasks = self.tasks
         return agent_pb2.StatusResponse(
             name=self.name,
             identity=self.identity.uri,
@@ -231,8 +246,12 @@ class Node:
             members_total=total,
             incarnation=self.membership.incarnation if self.membership else 0,
             placement=self.config.placement,
-            queue_length=self.engine.queued,
-            backlog_s=self.engine.estimated_backlog_s(),
+            queue_length=tasks.queue.n_queued if tasks else self.engine.queued,
+            running=tasks.running if tasks else 0,
+            completed=tasks.counters.completed if tasks else 0,
+            stolen_in=tasks.counters.stolen_in if tasks else 0,
+            stolen_out=tasks.counters.stolen_out if tasks else 0,
+            backlog_s=(tasks.backlog_s() if tasks else 0.0) + self.engine.estimated_backlog_s(),
             models=self.models_cache.names(),
             state_keys=replica.key_count if replica else 0,
             state_digest=replica.state_digest() if replica else "",

@@ -3,19 +3,75 @@ the tasks capability. Thin: decode, call the driver, encode; errors are `p2pagen
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
+
+from p2pagent._proto import agent_pb2, common_pb2, peer_pb2
+from p2pagent.errors import FailedPrecondition, InvalidArgument
+from p2pagent.tasks.driver import TasksDriver
+from p2pagent.transport.guard import caller_identity
 
 if TYPE_CHECKING:
     from p2pagent.node import Node
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
+#: Most tasks one ListTasks answer lists.
+MAX_LIST = 10_000
 
-class TasksAgentApi:
+
+class _TasksAccess:
     _node: Node
 
+    def _tasks(self) -> TasksDriver:
+        driver = self._node.tasks
+        if driver is None:
+            raise FailedPrecondition("tasks are not enabled on this node")
+        return driver
 
-class TasksPeerApi:
-    _node: Node
+
+class TasksAgentApi(_TasksAccess):
+    async def Submit(
+        self, request: agent_pb2.SubmitRequest, context: Ctx
+    ) -> agent_pb2.SubmitResponse:
+        from p2pagent.inference import tensors
+
+        # Validate the tensors here, so a bad one is refused before it is journaled.
+        tensors.many_from_proto(request.inputs, self._node.config.inference.max_tensor_elements)
+        return agent_pb2.SubmitResponse(task_id=await self._tasks().submit(request))
+
+    async def Wait(
+        self, request: agent_pb2.WaitRequest, context: Ctx
+    ) -> AsyncIterator[agent_pb2.TaskEvent]:
+        if not request.task_id:
+            raise InvalidArgument("WaitRequest.task_id is empty: pass the id Submit returned")
+        async for event in self._tasks().wait(request.task_id):
+            yield event
+
+    async def ListTasks(
+        self, request: agent_pb2.ListTasksRequest, context: Ctx
+    ) -> agent_pb2.ListTasksResponse:
+        limit = request.limit or 100
+        if limit > MAX_LIST:
+            raise InvalidArgument(f"limit {limit} is over {MAX_LIST}")
+        return self._tasks().list_tasks(limit)
+
+
+class TasksPeerApi(_TasksAccess):
+    async def Steal(self, request: peer_pb2.StealRequest, context: Ctx) -> peer_pb2.StealResponse:
+        return self._tasks().handle_steal(request, caller_identity(context).name)
+
+    async def Assign(
+        self, request: peer_pb2.AssignRequest, context: Ctx
+    ) -> peer_pb2.AssignResponse:
+        return self._tasks().handle_assign(request)
+
+    async def Complete(
+        self, request: peer_pb2.CompleteRequest, context: Ctx
+    ) -> peer_pb2.CompleteResponse:
+        return await self._tasks().handle_complete(request, caller_identity(context).name)
+
+    async def Load(self, request: common_pb2.Envelope, context: Ctx) -> common_pb2.Envelope:
+        return self._tasks().handle_load(request, caller_identity(context).name)

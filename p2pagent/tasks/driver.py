@@ -1,0 +1,648 @@
+"""The asyncio glue around the task cores: submissions in, tasks run on the inference engine,
+stolen and assigned over the ``Peer`` service, results handed back to their origin once.
+
+One node, three roles:
+
+- **origin** of the tasks clients submit here: journals each (``<data>/tasks.db``) before
+  answering, tracks where it is with the :class:`LeaseTable`, delivers its one result to
+  ``Wait`` callers (journaled first), re-queues it when its holder dies or goes silent;
+- **executor**: runs tasks from its :class:`TaskQueue` on the engine, up to ``capacity`` at
+  once (the engine batches them), and hands each result to the origin with ``Peer.Complete``,
+  retried until acknowledged;
+- **thief / victim**: below the low watermark it asks a loaded peer (``Peer.Steal``, chosen by
+  :class:`StealPolicy` from gossiped load reports); as a victim it hands over queued tasks it
+  originated, each move checked in its own lease table before the answer leaves.
+
+Load reports go to every peer each ``REPORT_INTERVAL_S`` over ``Peer.Load`` (push-pull). Time
+for the cores is Unix seconds (deadlines travel between nodes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from p2pagent._proto import agent_pb2, common_pb2, peer_pb2, peer_pb2_grpc
+from p2pagent.errors import (
+    InvalidArgument,
+    NotFound,
+    P2PAgentError,
+    RemoteProtocolError,
+    ResourceExhausted,
+)
+from p2pagent.logs import RateLimitedLog
+from p2pagent.membership.view import ALIVE, DEAD, LEFT, MemberView, PeerDirectory
+from p2pagent.tasks.config import TasksConfig
+from p2pagent.tasks.journal import Finished, Journal, Submitted, Write
+from p2pagent.tasks.leases import Action, Cancel, Deliver, LeaseTable, Requeue
+from p2pagent.tasks.lifecycle import TaskEvent, TaskState
+from p2pagent.tasks.load import LoadBoard, LoadReport, ServiceTimes, make_report
+from p2pagent.tasks.placement import make_placement
+from p2pagent.tasks.queue import EntryState, TaskQueue
+from p2pagent.tasks.spec import Task
+from p2pagent.tasks.steal import StealPolicy
+from p2pagent.tasks.wire import (
+    decode_report,
+    encode_report,
+    error_code,
+    input_bytes,
+    task_from_spec,
+    task_to_spec,
+)
+
+if TYPE_CHECKING:
+    from p2pagent.inference.engine import InferenceEngine
+    from p2pagent.transport.channels import ChannelPool
+    from p2pagent.transport.metrics import RpcMetrics
+
+log = logging.getLogger(__name__)
+
+REPORT_INTERVAL_S = 0.25
+TICK_S = 0.05
+COMPLETE_RETRY_S = 0.5
+CALL_TIMEOUT_S = 5.0
+#: Compute estimate for a model never run here yet.
+DEFAULT_COST_S = 0.01
+KIND = {
+    TaskState.QUEUED: agent_pb2.TaskEvent.QUEUED,
+    TaskState.RUNNING: agent_pb2.TaskEvent.RUNNING,
+    TaskState.DONE: agent_pb2.TaskEvent.DONE,
+    TaskState.FAILED: agent_pb2.TaskEvent.FAILED,
+}
+
+
+@dataclass
+class Counters:
+    completed: int = 0
+    stolen_in: int = 0
+    stolen_out: int = 0
+    submitted: int = 0
+
+
+class TasksDriver:
+    """The task capability of one node; a component."""
+
+    def __init__(
+        self,
+        name: str,
+        config: TasksConfig,
+        *,
+        placement: str,
+        capacity: int,
+        engine: InferenceEngine,
+        models: Callable[[], list[str]],
+        data_dir: Path,
+        channels: ChannelPool,
+        members: PeerDirectory,
+        metrics: RpcMetrics,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.cfg = config.validate()
+        self.capacity = max(1, capacity)
+        self._engine = engine
+        self._models = models
+        self._journal_path = data_dir / "tasks.db"
+        self._channels = channels
+        self._members = members
+        self._metrics = metrics
+        self._rng = rng or random.Random()
+        self.queue = TaskQueue(name, self.cfg)
+        self.steal = StealPolicy(name, random.Random(self._rng.random()), self.cfg, 1.0)
+        self.leases = LeaseTable(name, self.cfg)
+        self.board = LoadBoard(self.cfg)
+        self.placement = make_placement(placement)
+        self.service = ServiceTimes(self.cfg)
+        self.counters = Counters()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._results: dict[str, peer_pb2.CompleteRequest] = {}
+        self._submitted_at: dict[str, tuple[float, str]] = {}
+        self._unacked: dict[tuple[str, int], tuple[str, peer_pb2.CompleteRequest]] = {}
+        #: Set (and replaced) on every change a Wait caller may be waiting for.
+        self._changed = asyncio.Event()
+        self._journal: Journal | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="task-journal")
+        self._pending_writes: list[tuple[Write, asyncio.Future[None]]] = []
+        self._write_ready = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._calls: set[asyncio.Task[Any]] = set()
+        self._seq = 0
+        self._wake = asyncio.Event()
+        self._unsubscribe: Callable[[], None] | None = None
+        self._bad = RateLimitedLog(log, 60.0)
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._journal = await loop.run_in_executor(self._executor, Journal, self._journal_path)
+        rows = await loop.run_in_executor(self._executor, self._journal.load)
+        now = time.time()
+        requeued = 0
+        for row in rows:
+            self._submitted_at[row.spec.task_id] = (row.submitted, row.spec.model)
+            if row.result is not None:
+                self._results[row.spec.task_id] = row.result
+                continue
+            # Unfinished when we stopped: queue it again under a new attempt, so anything an
+            # older attempt still produces counts as a duplicate of this one.
+            task = task_from_spec(row.spec).next_attempt()
+            self._apply(self.leases.submit(task, now))
+            self._place(task)
+            requeued += 1
+        if rows:
+            log.info("tasks: journal has %d tasks; %d re-queued", len(rows), requeued)
+        self._unsubscribe = self._members.subscribe(self._on_member)
+        self._loops = [
+            asyncio.create_task(self._ticker(), name="tasks-tick"),
+            asyncio.create_task(self._journal_writer(), name="tasks-journal"),
+        ]
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        for t in [*self._loops, *self._running.values(), *self._calls]:
+            t.cancel()
+        await asyncio.gather(
+            *self._loops, *self._running.values(), *self._calls, return_exceptions=True
+        )
+        journal = self._journal
+        if journal is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, journal.close)
+        self._executor.shutdown(wait=False)
+
+    # ---- views ------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def report(self) -> LoadReport:
+        self._seq += 1
+        now = time.time()
+        return make_report(
+            self.name,
+            self._seq,
+            self.queue.queued(),
+            self.queue.running(),
+            self.capacity,
+            1.0,
+            self._models(),
+            self.queue.stealable(now),
+        )
+
+    def backlog_s(self) -> float:
+        return self.queue.queued_cost_s() / self.capacity
+
+    # ---- origin: submit, wait ---------------------------------------------------------------
+
+    async def submit(self, request: agent_pb2.SubmitRequest) -> str:
+        if not request.model:
+            raise InvalidArgument("SubmitRequest.model is empty: name the model to run")
+        if request.deadline_s < 0:
+            raise InvalidArgument("deadline_s must be >= 0 (seconds from now; 0 = none)")
+        if len(self.leases) >= self.cfg.max_queued:
+            raise ResourceExhausted(
+                f"{self.name} already tracks {len(self.leases)} unfinished tasks "
+                f"(tasks.max_queued); wait for some results or submit to another node"
+            )
+        now = time.time()
+        task = Task(
+            task_id=f"{self.name}-{uuid.uuid4().hex[:16]}",
+            origin=self.name,
+            model=request.model,
+            est_cost_s=self.service.estimate(request.model, DEFAULT_COST_S),
+            priority=request.priority,
+            deadline=now + request.deadline_s if request.deadline_s else 0.0,
+            model_version=request.model_version,
+            input_bytes=input_bytes(request.inputs),
+            inputs=list(request.inputs),
+        )
+        await self._write(Submitted(task_to_spec(task), now))
+        self._submitted_at[task.task_id] = (now, task.model)
+        self.counters.submitted += 1
+        self._apply(self.leases.submit(task, now))
+        self._place(task)
+        return task.task_id
+
+    async def wait(self, task_id: str) -> AsyncIterator[agent_pb2.TaskEvent]:
+        """The task's events so far and to come, ending with its result."""
+        origin = task_id.rsplit("-", 1)[0]
+        if origin != self.name:
+            async for event in self._wait_remote(origin, task_id):
+                yield event
+            return
+        after = 0
+        while True:
+            changed = self._changed
+            result = self._results.get(task_id)
+            known = task_id in self.leases.lifecycle
+            if result is None and not known:
+                raise NotFound(
+                    f"no task {task_id} on {self.name} (unknown, or forgotten after "
+                    "tasks.done_retention_s); check the id"
+                )
+            for e in self.leases.lifecycle.events(task_id, after) if known else []:
+                after = e.seq
+                if not e.state.terminal:  # the terminal one is sent with the result below
+                    yield _event_proto(e)
+            if result is not None:
+                yield _result_event(task_id, result)
+                return
+            await changed.wait()
+
+    async def _wait_remote(self, origin: str, task_id: str) -> AsyncIterator[agent_pb2.TaskEvent]:
+        member = self._members.member(origin)
+        if member is None or not member.address:
+            raise NotFound(f"task {task_id} belongs to {origin}, which is not a known member")
+        from p2pagent._proto import agent_pb2_grpc
+
+        stub = agent_pb2_grpc.AgentStub(self._channels.get(member.address))
+        try:
+            async for event in stub.Wait(agent_pb2.WaitRequest(task_id=task_id)):
+                yield event
+        except grpc.aio.AioRpcError as e:
+            from p2pagent.tasks.wire import error_from_code
+
+            raise error_from_code(e.code().name, f"via {origin}: {e.details()}") from None
+
+    def list_tasks(self, limit: int) -> agent_pb2.ListTasksResponse:
+        infos: list[agent_pb2.TaskInfo] = []
+        newest = sorted(self._submitted_at.items(), key=lambda kv: kv[1][0], reverse=True)
+        for task_id, (submitted, model) in newest[:limit]:
+            result = self._results.get(task_id)
+            where = self.leases.where(task_id)
+            if result is not None:
+                state, node = ("done" if result.ok else "failed"), result.executor
+            elif where is not None:
+                state, node = ("running" if where.running else "queued"), where.holder
+            else:
+                state, node = "unknown", ""
+            infos.append(
+                agent_pb2.TaskInfo(
+                    task_id=task_id,
+                    model=model,
+                    state=state,
+                    node=node,
+                    submitted_unix=submitted,
+                )
+            )
+        return agent_pb2.ListTasksResponse(
+            tasks=infos,
+            queue_length=self.queue.n_queued,
+            running=len(self._running),
+            completed=self.counters.completed,
+            stolen_in=self.counters.stolen_in,
+            stolen_out=self.counters.stolen_out,
+        )
+
+    # ---- placement and execution ------------------------------------------------------------
+
+    def _place(self, task: Task, front: bool = False) -> None:
+        now = time.time()
+        dst = self.placement.choose(task, self.report(), self.board.fresh(now), now, self._rng)
+        if dst == self.name:
+            self.queue.push(task, now, front=front)
+            self._kick()
+            return
+        self._apply(self.leases.on_assigned(task.task_id, task.attempt, dst, now))
+        self._spawn(self._assign(dst, task))
+
+    async def _assign(self, dst: str, task: Task) -> None:
+        ok = False
+        try:
+            resp = await self._stub(dst).Assign(
+                peer_pb2.AssignRequest(task=task_to_spec(task)), timeout=CALL_TIMEOUT_S
+            )
+            ok = resp.accepted
+        except (grpc.aio.AioRpcError, NotFound):
+            ok = False
+        if not ok:
+            self._apply(self.leases.on_assign_failed(task.task_id, task.attempt, dst, time.time()))
+
+    def _kick(self) -> None:
+        while len(self._running) < self.capacity:
+            task = self.queue.pop_for_execution()
+            if task is None:
+                break
+            self._start(task)
+        self._wake.set()
+
+    def _start(self, task: Task) -> None:
+        if task.origin == self.name:
+            self._apply(self.leases.on_started(task.task_id, task.attempt, self.name, time.time()))
+        self._running[task.task_id] = asyncio.create_task(self._execute(task))
+
+    async def _execute(self, task: Task) -> None:
+        from p2pagent.inference import tensors
+
+        start = time.perf_counter()
+        result = peer_pb2.CompleteRequest(
+            task_id=task.task_id, executor=self.name, attempt=task.attempt
+        )
+        try:
+            inputs = tensors.many_from_proto(task.inputs or [], 1 << 28)  # type: ignore[arg-type]
+            deadline = None
+            if task.deadline:
+                deadline = time.monotonic() + max(0.0, task.deadline - time.time())
+            outputs = await self._engine.infer(task.model, inputs, deadline)
+            result.ok = True
+            result.outputs.extend(tensors.many_to_proto(outputs))
+        except P2PAgentError as e:
+            result.ok = False
+            result.error_code = error_code(e)
+            result.error_message = str(e)
+        except Exception as e:  # a bug in a model must fail the task, not the executor
+            log.exception("task %s failed", task.task_id)
+            result.ok = False
+            result.error_code = "INTERNAL"
+            result.error_message = f"{type(e).__name__}: {e}"
+        result.compute_s = time.perf_counter() - start
+        if result.ok:
+            self.service.observe(task.model, result.compute_s)
+        with contextlib.suppress(Exception):
+            self.queue.finish(task.task_id)
+        self._running.pop(task.task_id, None)
+        self.counters.completed += 1
+        if task.origin == self.name:
+            await self._on_complete(result)
+        else:
+            self._unacked[(task.task_id, task.attempt)] = (task.origin, result)
+            self._spawn(self._send_complete(task.origin, result))
+        self._kick()
+
+    async def _send_complete(self, origin: str, result: peer_pb2.CompleteRequest) -> None:
+        try:
+            await self._stub(origin).Complete(result, timeout=CALL_TIMEOUT_S)
+        except (grpc.aio.AioRpcError, NotFound):
+            return  # retried by the ticker until the origin answers
+        self._unacked.pop((result.task_id, result.attempt), None)
+
+    async def _on_complete(self, r: peer_pb2.CompleteRequest) -> bool:
+        """Origin side of a result (local or ``Peer.Complete``); True when accepted."""
+        out = self.leases.on_complete(
+            r.task_id, r.attempt, r.executor, r.ok, time.time(),
+            outputs=r, error_code=r.error_code, error_message=r.error_message,
+            compute_s=r.compute_s,
+        )  # fmt: skip
+        await self._apply_async(out.actions)
+        return out.accepted
+
+    # ---- applying the cores' actions --------------------------------------------------------
+
+    def _apply(self, actions: list[Action]) -> None:
+        if any(isinstance(a, Deliver) for a in actions):
+            self._spawn(self._apply_async(actions))
+            return
+        self._apply_sync(actions)
+
+    def _apply_sync(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Requeue):
+                self._place(action.task, front=True)
+            elif (
+                isinstance(action, Cancel)
+                and action.node == self.name
+                and self.queue.state(action.task_id) is EntryState.QUEUED
+            ):
+                self.queue.remove(action.task_id)
+        if actions:
+            self._notify()
+            self._kick()
+
+    async def _apply_async(self, actions: list[Action]) -> None:
+        """Like ``_apply``, but a result is journaled before anyone sees it."""
+        for action in actions:
+            if isinstance(action, Deliver):
+                result = action.outputs
+                if not isinstance(result, peer_pb2.CompleteRequest):
+                    result = peer_pb2.CompleteRequest(
+                        task_id=action.task_id, executor=action.executor, attempt=action.attempt,
+                        ok=action.ok, error_code=action.error_code,
+                        error_message=action.error_message,
+                    )  # fmt: skip
+                await self._write(Finished(action.task_id, result, time.time()))
+                self._results[action.task_id] = result
+        self._apply_sync([a for a in actions if not isinstance(a, Deliver)])
+        self._notify()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    # ---- journal (group commit) -------------------------------------------------------------
+
+    async def _write(self, write: Write) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._pending_writes.append((write, future))
+        self._write_ready.set()
+        await future
+
+    async def _journal_writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        journal = self._journal
+        assert journal is not None
+        while True:
+            await self._write_ready.wait()
+            self._write_ready.clear()
+            batch, self._pending_writes = self._pending_writes, []
+            if not batch:
+                continue
+            try:
+                await loop.run_in_executor(self._executor, journal.commit, [w for w, _ in batch])
+            except Exception as e:
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(e)
+                continue
+            for _, f in batch:
+                if not f.done():
+                    f.set_result(None)
+
+    # ---- periodic work ----------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        next_report = next_retry = 0.0
+        while True:
+            now = time.time()
+            self._apply(self.leases.tick(now))
+            for expired in self.queue.expire(now):
+                self._expired(expired.task, expired.error_message)
+            if now >= next_report:
+                next_report = now + REPORT_INTERVAL_S
+                report = self.report()
+                for peer in self._members.peers():
+                    self._spawn(self._exchange_report(peer, report))
+            if now >= next_retry:
+                next_retry = now + COMPLETE_RETRY_S
+                for origin, result in list(self._unacked.values()):
+                    self._spawn(self._send_complete(origin, result))
+            self._maybe_steal(now)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TICK_S):
+                    await self._wake.wait()
+
+    def _expired(self, task: Task, message: str) -> None:
+        result = peer_pb2.CompleteRequest(
+            task_id=task.task_id, executor=self.name, attempt=task.attempt, ok=False,
+            error_code="DEADLINE_EXCEEDED", error_message=message,
+        )  # fmt: skip
+        if task.origin == self.name:
+            self._spawn(self._on_complete(result))
+        else:
+            self._unacked[(task.task_id, task.attempt)] = (task.origin, result)
+            self._spawn(self._send_complete(task.origin, result))
+
+    def _maybe_steal(self, now: float) -> None:
+        if self.placement.name != "work_stealing" or len(self._running) >= self.capacity * 2:
+            return
+        attempt = self.steal.decide(
+            now, self.queue.queued_cost_s(), self._models(), self.board.fresh(now)
+        )
+        if attempt is not None:
+            self._spawn(self._steal(attempt.victim, attempt.max_tasks, list(attempt.models)))
+
+    async def _steal(self, victim: str, max_tasks: int, models: list[str]) -> None:
+        got = 0
+        try:
+            resp = await self._stub(victim).Steal(
+                peer_pb2.StealRequest(
+                    thief=self.name, max_tasks=max_tasks, models=models, thief_speed=1.0
+                ),
+                timeout=self.cfg.steal_timeout_s,
+            )
+            now = time.time()
+            for spec in resp.tasks:
+                self.queue.push(task_from_spec(spec), now, stolen=True)
+                got += 1
+        except (grpc.aio.AioRpcError, NotFound, P2PAgentError):
+            pass
+        self.counters.stolen_in += got
+        self.steal.on_steal_result(victim, got, time.time())
+        self._kick()
+
+    async def _exchange_report(self, peer: MemberView, report: LoadReport) -> None:
+        try:
+            stub = peer_pb2_grpc.PeerStub(self._channels.get(peer.address))
+            reply = await stub.Load(encode_report(report), timeout=CALL_TIMEOUT_S)
+            self.on_report(decode_report(reply))
+        except (grpc.aio.AioRpcError, RemoteProtocolError):
+            return
+
+    def on_report(self, report: LoadReport) -> None:
+        now = time.time()
+        if self.board.update(report, now):
+            self._apply(self.leases.on_report(report, now))
+
+    def _on_member(self, view: MemberView) -> None:
+        now = time.time()
+        if view.name == self.name:
+            return
+        if view.state in (DEAD, LEFT):
+            self.board.forget(view.name)
+            self.steal.on_member_dead(view.name)
+            self._apply(self.leases.on_member_dead(view.name, now))
+        elif view.state == ALIVE:
+            self.leases.renew_node(view.name, now)
+
+    def _stub(self, node: str) -> peer_pb2_grpc.PeerAsyncStub:
+        member = self._members.member(node)
+        if member is None or not member.address or not member.reachable:
+            raise NotFound(f"{node} is not a reachable member")
+        return peer_pb2_grpc.PeerStub(self._channels.get(member.address))
+
+    # ---- peer handlers ----------------------------------------------------------------------
+
+    def handle_steal(self, req: peer_pb2.StealRequest, caller: str) -> peer_pb2.StealResponse:
+        if req.thief != caller:
+            raise InvalidArgument(f"steal names thief {req.thief!r} but the caller is {caller!r}")
+        now = time.time()
+        tasks = self.queue.take_for_steal(
+            req.max_tasks, list(req.models), req.thief_speed or 1.0, now
+        )
+        granted = []
+        for t in tasks:
+            ok, actions = self.leases.on_stolen(t.task_id, t.attempt, self.name, req.thief, now)
+            if ok:
+                granted.append(t)
+                self._apply(actions)
+            else:
+                self.queue.push(t, now)  # the lease table refused: keep it
+        self.counters.stolen_out += len(granted)
+        return peer_pb2.StealResponse(tasks=[task_to_spec(t) for t in granted])
+
+    def handle_assign(self, req: peer_pb2.AssignRequest) -> peer_pb2.AssignResponse:
+        task = task_from_spec(req.task)
+        try:
+            self.queue.push(task, time.time())
+        except P2PAgentError as e:
+            return peer_pb2.AssignResponse(accepted=False, reason=str(e))
+        self._kick()
+        return peer_pb2.AssignResponse(accepted=True)
+
+    async def handle_complete(
+        self, req: peer_pb2.CompleteRequest, caller: str
+    ) -> peer_pb2.CompleteResponse:
+        if req.executor != caller:
+            raise InvalidArgument(
+                f"result names executor {req.executor!r} but the caller is {caller!r}"
+            )
+        # Shielded: if the executor hangs up mid-call, the result must still be journaled and
+        # delivered, since the lease table has already counted it as the one result.
+        task = asyncio.create_task(self._on_complete(req))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+        return peer_pb2.CompleteResponse(accepted=await asyncio.shield(task))
+
+    def handle_load(self, env: common_pb2.Envelope, caller: str) -> common_pb2.Envelope:
+        try:
+            report = decode_report(env)
+        except RemoteProtocolError as e:
+            self._metrics.dropped_payloads.labels("tasks_load").inc()
+            self._bad.warning(caller, "tasks: bad load report from %s: %s", caller, e)
+            raise InvalidArgument(str(e)) from None
+        if report.node != caller:
+            raise InvalidArgument(f"load report names {report.node!r} but the caller is {caller!r}")
+        self.on_report(report)
+        return encode_report(self.report())
+
+
+def _event_proto(e: TaskEvent) -> agent_pb2.TaskEvent:
+    return agent_pb2.TaskEvent(
+        task_id=e.task_id,
+        kind=KIND[e.state],
+        node=e.node,
+        at_unix=e.at,
+        error_code=e.error_code,
+        error_message=e.error_message,
+    )
+
+
+def _result_event(task_id: str, r: peer_pb2.CompleteRequest) -> agent_pb2.TaskEvent:
+    return agent_pb2.TaskEvent(
+        task_id=task_id,
+        kind=agent_pb2.TaskEvent.DONE if r.ok else agent_pb2.TaskEvent.FAILED,
+        node=r.executor,
+        at_unix=time.time(),
+        outputs=list(r.outputs) if r.ok else [],
+        error_code=r.error_code,
+        error_message=r.error_message,
+    )

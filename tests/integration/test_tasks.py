@@ -1,0 +1,145 @@
+"""Tasks on one real daemon: Submit returns an id at once, Wait streams the events and ends
+with the result (and can be called again), bad input is refused before it is journaled, and
+every acknowledged task is delivered exactly once even when the daemon is SIGKILLed with work
+still queued."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
+from p2pagent.inference import demo_model, tensors
+from p2pagent.testing.daemon import Daemon
+from p2pagent.transport.channels import channel_options
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("task-models")
+    demo_model.write_all(d)
+    return d
+
+
+def _channel(node: Daemon, certs_dir: Path) -> grpc.Channel:
+    creds = grpc.ssl_channel_credentials(
+        (certs_dir / "ca.crt").read_bytes(),
+        (certs_dir / "client.key").read_bytes(),
+        (certs_dir / "client.crt").read_bytes(),
+    )
+    return grpc.secure_channel(node.address, creds, options=channel_options("test", 16 << 20))
+
+
+def _serve(models: Path) -> list[str]:
+    return ["--serve", f"demo={models / 'demo.torchscript.pt'}"]
+
+
+@pytest.fixture(scope="module")
+def node(
+    tmp_path_factory: pytest.TempPathFactory, certs_dir: Path, models: Path
+) -> Iterator[Daemon]:
+    d = Daemon("n8", certs_dir, tmp_path_factory.mktemp("tasks") / "n8", args=_serve(models))
+    d.start()
+    try:
+        yield d
+    finally:
+        d.kill()
+
+
+def _request(seed: int) -> tuple[agent_pb2.SubmitRequest, torch.Tensor]:
+    x = demo_model.sample_input(1, seed=seed)
+    req = agent_pb2.SubmitRequest(model="demo", inputs=[tensors.to_proto("input", x)])
+    return req, x
+
+
+def _expected(models: Path, x: torch.Tensor) -> torch.Tensor:
+    module = torch.jit.load(str(models / "demo.torchscript.pt"))
+    with torch.inference_mode():
+        return module(x)  # type: ignore[no-any-return]
+
+
+def _outputs(event: agent_pb2.TaskEvent) -> list[torch.Tensor]:
+    decoded = tensors.many_from_proto(event.outputs, 1 << 20)
+    return list(decoded.values()) if isinstance(decoded, dict) else decoded
+
+
+def _events(stub: agent_pb2_grpc.AgentStub, task_id: str) -> list[agent_pb2.TaskEvent]:
+    return list(stub.Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=60))
+
+
+def test_submit_then_wait_streams_events_and_the_result(
+    node: Daemon, certs_dir: Path, models: Path
+) -> None:
+    with _channel(node, certs_dir) as ch:
+        stub = agent_pb2_grpc.AgentStub(ch)
+        req, x = _request(3)
+        task_id = stub.Submit(req, timeout=10).task_id
+        assert task_id.startswith("n8-")
+        events = _events(stub, task_id)
+        kinds = [e.kind for e in events]
+        assert kinds[0] == agent_pb2.TaskEvent.QUEUED and kinds[-1] == agent_pb2.TaskEvent.DONE
+        assert kinds.count(agent_pb2.TaskEvent.DONE) == 1
+        (out,) = _outputs(events[-1])
+        assert torch.allclose(out, _expected(models, x), atol=1e-5)
+        # Wait again, as after a disconnect: the same result.
+        again = _events(stub, task_id)
+        assert again[-1].kind == agent_pb2.TaskEvent.DONE
+        assert again[-1].outputs == events[-1].outputs
+        listed = stub.ListTasks(agent_pb2.ListTasksRequest(), timeout=10)
+        assert any(t.task_id == task_id and t.state == "done" for t in listed.tasks)
+        assert listed.completed >= 1
+
+
+def test_bad_submissions_are_refused(node: Daemon, certs_dir: Path) -> None:
+    with _channel(node, certs_dir) as ch:
+        stub = agent_pb2_grpc.AgentStub(ch)
+        bad = common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=[2, 256], data=b"\x00" * 12)
+        for req in (
+            agent_pb2.SubmitRequest(model="", inputs=[bad]),
+            agent_pb2.SubmitRequest(model="demo", inputs=[bad]),  # bytes do not match shape
+            agent_pb2.SubmitRequest(model="demo", deadline_s=-1),
+        ):
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Submit(req, timeout=10)
+            assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        with pytest.raises(grpc.RpcError) as e:
+            _events(stub, "n8-doesnotexist")
+        assert e.value.code() is grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+        # An unknown model fails the task with its reason; the result says so.
+        tid = stub.Submit(agent_pb2.SubmitRequest(model="nope", inputs=_request(1)[0].inputs),
+                          timeout=10).task_id  # fmt: skip
+        last = _events(stub, tid)[-1]
+        assert last.kind == agent_pb2.TaskEvent.FAILED and last.error_code == "NOT_FOUND"
+
+
+def test_acknowledged_tasks_survive_sigkill_and_are_delivered_once(
+    tmp_path: Path, certs_dir: Path, models: Path
+) -> None:
+    d = Daemon("n8", certs_dir, tmp_path / "n8", args=_serve(models)).start()
+    try:
+        with _channel(d, certs_dir) as ch:
+            stub = agent_pb2_grpc.AgentStub(ch)
+            inputs = {}
+            for i in range(150):
+                req, x = _request(100 + i)
+                inputs[stub.Submit(req, timeout=10).task_id] = x
+        d.kill()  # with most of them still queued
+        d.start()
+        with _channel(d, certs_dir) as ch:
+            stub = agent_pb2_grpc.AgentStub(ch)
+            deadline = time.monotonic() + 120
+            for task_id, x in inputs.items():
+                events = _events(stub, task_id)
+                assert time.monotonic() < deadline
+                finals = [e for e in events if e.kind in (agent_pb2.TaskEvent.DONE,
+                                                          agent_pb2.TaskEvent.FAILED)]  # fmt: skip
+                assert len(finals) == 1 and finals[0].kind == agent_pb2.TaskEvent.DONE, finals
+                (out,) = _outputs(finals[0])
+                assert torch.allclose(out, _expected(models, x), atol=1e-5)
+    finally:
+        d.kill()
