@@ -3,7 +3,8 @@
 ``python -m bench.chaos [--nodes 5] [--duration 60] [--seed 1] [--json]``
 
 Workload: one client per node (each fails over to another node when its own does not
-answer) doing durable puts of unique keys, durable counter increments and durable set adds.
+answer) doing durable puts of unique keys, durable counter increments, durable set adds and
+task submissions (the demo model).
 Every call is recorded as acknowledged, failed (a definite refusal) or unknown (timed out or
 cut off: it may or may not have been applied).
 
@@ -14,7 +15,8 @@ resumed, and a second SIGKILL + restart.
 
 Checker, once the faults end and the load stops: every acknowledged put is on every replica
 with its value; each replica's counter is the acknowledged total (plus at most the unknown
-ones); every acknowledged set element is in the set on every replica; all replicas have the
+ones); every acknowledged set element is in the set on every replica; every acknowledged task
+is delivered exactly once (``Wait`` at its origin); all replicas have the
 same digest; every node lists every other as alive. It prints the table of issue "Reliability"
 and exits non-zero when anything acknowledged was lost.
 """
@@ -34,6 +36,7 @@ from pathlib import Path
 import grpc
 
 from p2pagent._proto import agent_pb2
+from p2pagent.inference import demo_model, tensors
 from p2pagent.testing import netns
 from p2pagent.testing.cluster import Cluster
 
@@ -50,6 +53,7 @@ class History:
     increments_acked: int = 0
     increments_unknown: int = 0
     elements: set[bytes] = field(default_factory=set)
+    tasks: list[str] = field(default_factory=list)  # acknowledged task ids
     ops: int = 0
     failed: int = 0
     unknown: int = 0
@@ -69,6 +73,9 @@ class Report:
     unknown_outcome: int
     lost_puts: int
     lost_set_elements: int
+    acknowledged_tasks: int
+    lost_tasks: int
+    duplicated_task_results: int
     counter_values: list[int]
     counter_exact: bool
     duplicated: int
@@ -84,6 +91,8 @@ class Report:
         return (
             self.lost_puts == 0
             and self.lost_set_elements == 0
+            and self.lost_tasks == 0
+            and self.duplicated_task_results == 0
             and self.counter_exact
             and self.replicas_identical
             and self.membership_agreed
@@ -98,7 +107,7 @@ def _client(c: Cluster, home: str, history: History, stop: threading.Event, seed
     target = home
     while not stop.is_set():
         i += 1
-        kind = rng.choice(("put", "incr", "sadd"))
+        kind = rng.choice(("put", "incr", "sadd", "task"))
         stub = c.agent(target)
         try:
             if kind == "put":
@@ -109,6 +118,8 @@ def _client(c: Cluster, home: str, history: History, stop: threading.Event, seed
                 stub.Increment(agent_pb2.IncrementRequest(namespace="chaos", key="counter",
                                                           delta=1, options=durable),
                                timeout=CALL_TIMEOUT_S)  # fmt: skip
+            elif kind == "task":
+                task_id = stub.Submit(TASK, timeout=CALL_TIMEOUT_S).task_id
             else:
                 elem = f"{home}-{i}".encode()
                 req = agent_pb2.SetRequest(
@@ -134,10 +145,23 @@ def _client(c: Cluster, home: str, history: History, stop: threading.Event, seed
                 history.puts[key] = value
             elif kind == "incr":
                 history.increments_acked += 1
+            elif kind == "task":
+                history.tasks.append(task_id)
             else:
                 history.elements.add(elem)
         target = home if rng.random() < 0.5 else target
         time.sleep(0.01)
+
+
+#: A small inference task: the demo model on 8 rows.
+TASK = agent_pb2.SubmitRequest(
+    model="demo", inputs=[tensors.to_proto("input", demo_model.sample_input(8))]
+)
+
+
+def _serve(tmp: Path) -> list[str]:
+    files = demo_model.write_all(tmp / "models")
+    return ["--serve", f"demo={files['torchscript']}"]
 
 
 def _digests(c: Cluster) -> set[str]:
@@ -164,7 +188,7 @@ def run(nodes: int = 5, duration: float = 60.0, seed: int = 1, root: Path | None
     use_netns = netns.available()
     with (
         tempfile.TemporaryDirectory() as tmp,
-        Cluster(root or Path(tmp), nodes, use_netns=use_netns) as c,
+        Cluster(root or Path(tmp), nodes, use_netns=use_netns, args=_serve(Path(tmp))) as c,
     ):
         names = list(c.nodes)
         c.start()
@@ -202,7 +226,7 @@ def run(nodes: int = 5, duration: float = 60.0, seed: int = 1, root: Path | None
         c.kill(victim)
         faults.append(f"SIGKILL {victim}")
         time.sleep(min(5.0, duration * 0.05))
-        c.restart(victim)
+        c.nodes[victim].restart(timeout=90)  # a loaded 2-core host starts slowly
         recovered(f"SIGKILL+restart {victim}")
 
         if use_netns:
@@ -236,7 +260,7 @@ def run(nodes: int = 5, duration: float = 60.0, seed: int = 1, root: Path | None
         c.kill(victim)
         faults.append(f"SIGKILL {victim}")
         time.sleep(min(3.0, duration * 0.05))
-        c.restart(victim)
+        c.nodes[victim].restart(timeout=90)  # a loaded 2-core host starts slowly
         at(1.0)
         stop.set()
         for t in clients:
@@ -289,6 +313,17 @@ def _check(
         counters.append(
             stub.Get(agent_pb2.GetRequest(namespace="chaos", key="counter"), timeout=10).counter
         )
+    lost_tasks = duplicated_tasks = 0
+    for task_id in h.tasks:
+        origin = task_id.rsplit("-", 1)[0]
+        try:
+            events = list(c.agent(origin).Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=60))
+        except grpc.RpcError:
+            lost_tasks += 1
+            continue
+        done = [e for e in events if e.kind == agent_pb2.TaskEvent.DONE]
+        lost_tasks += not done
+        duplicated_tasks += max(0, len(done) - 1)
     lo, hi = h.increments_acked, h.increments_acked + h.increments_unknown
     return Report(
         nodes=len(c.nodes),
@@ -302,6 +337,9 @@ def _check(
         unknown_outcome=h.unknown,
         lost_puts=lost_puts,
         lost_set_elements=lost_elements,
+        acknowledged_tasks=len(h.tasks),
+        lost_tasks=lost_tasks,
+        duplicated_task_results=duplicated_tasks,
         counter_values=counters,
         counter_exact=len(set(counters)) == 1 and lo <= counters[0] <= hi,
         duplicated=sum(1 for v in counters if v > hi),

@@ -1,6 +1,6 @@
 """The chaos run of ``bench/chaos.py`` at CI size: five real daemons under a durable write
-load through SIGKILL + restart, a partition (where namespaces exist), SIGSTOP/SIGCONT and a
-second SIGKILL; then the checker over the whole history."""
+and task-submission load through SIGKILL + restart, a partition (where namespaces exist),
+packet loss, SIGSTOP/SIGCONT and a second SIGKILL; then the checker over the whole history."""
 
 from __future__ import annotations
 
@@ -20,5 +20,7 @@ def test_no_acknowledged_write_is_lost_under_faults(tmp_path: Path) -> None:
     assert report.lost_set_elements == 0
     assert report.counter_exact, (report.counter_values, report.acknowledged_increments)
     assert report.duplicated == 0
+    assert report.acknowledged_tasks > 0
+    assert report.lost_tasks == 0 and report.duplicated_task_results == 0
     assert report.replicas_identical
     assert report.membership_agreed
