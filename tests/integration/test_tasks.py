@@ -143,3 +143,32 @@ def test_acknowledged_tasks_survive_sigkill_and_are_delivered_once(
                 assert torch.allclose(out, _expected(models, x), atol=1e-5)
     finally:
         d.kill()
+
+
+def test_cli_submit_wait_and_ls(node: Daemon, certs_dir: Path, models: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "p2pagent.cli.ctl", "tasks", *args,
+             "--target", node.address, "--certs", str(certs_dir)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    r = ctl("submit", "--model", "demo", "--input", str(models / "sample_input.json"),
+            "--count", "3", "--wait", "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert len(doc["task_ids"]) == 3
+    assert [res["event"] for res in doc["results"]] == ["done"] * 3
+    r = ctl("wait", doc["task_ids"][0], "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["event"] == "done", r.stderr
+    r = ctl("ls", "--json")
+    assert r.returncode == 0, r.stderr
+    listed = {t["task_id"]: t for t in json.loads(r.stdout)["tasks"]}
+    assert all(listed[t]["state"] == "done" and listed[t]["model"] == "demo"
+               for t in doc["task_ids"])  # fmt: skip
+    r = ctl("wait", "n8-unknown")
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "n8-unknown" in r.stderr
