@@ -1,0 +1,237 @@
+"""Model pull between two daemons against a plain gRPC stream of the same bytes.
+
+``python -m bench.models_transfer [--mib 512] [--rounds 2] [--chunk-kib 1024]``
+
+Two real daemons on loopback (n1 publishes, n2 pulls). Per round, in alternating order:
+
+* **baseline**: a plain ``grpc.aio`` server (its own process) streams the model file in 1 MiB
+  messages over the same mutual TLS (n1's node certificate, the daemon's server credentials
+  and channel options) to a client that presents n2's certificate and discards the bytes;
+* **pull**: ``PullModel`` on n2, which fetches every chunk from n1 over ``Peer.FetchChunks``,
+  verifies each against its SHA-256 and writes it to disk (atomic write with fsync), then
+  registers n2 as a holder. Timed from the client, so it includes the whole RPC.
+
+Prints MB/s of both, their ratio (target >= 0.8), the publish rate, and n2's peak RSS growth
+during the pull (target for a 2 GiB model: < 256 MB). Each round publishes a fresh random file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+
+from p2pagent._proto import agent_pb2
+from p2pagent.identity import material as tls
+from p2pagent.testing.cluster import Cluster
+from p2pagent.testing.daemon import free_port
+from p2pagent.transport.channels import DEFAULT_MAX_MESSAGE_BYTES, secure_channel
+from p2pagent.transport.credentials import server_credentials
+from p2pagent.transport.server import KEEPALIVE_SERVER_OPTIONS
+
+PIECE = 1 << 20
+METHOD = "/bench.Raw/Stream"
+SETTLE_S = 120.0
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+# ---- the baseline server (runs in its own process) -------------------------------------------
+
+
+async def serve_raw(path: Path, certs: Path, address: str) -> None:
+    material = tls.load(tls.TLSPaths.in_dir(certs, "n1"))
+
+    async def stream(_request: bytes, _context: object) -> AsyncIterator[bytes]:
+        with path.open("rb") as f:
+            while piece := f.read(PIECE):
+                yield piece
+
+    server = grpc.aio.server(
+        options=[
+            *KEEPALIVE_SERVER_OPTIONS,
+            ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
+        ]
+    )
+    handler = grpc.unary_stream_rpc_method_handler(
+        stream, request_deserializer=_identity, response_serializer=_identity
+    )
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("bench.Raw", {"Stream": handler})]
+    )
+    server.add_secure_port(address, server_credentials(lambda: material))
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+
+
+async def fetch_raw(certs: Path, address: str) -> tuple[int, float]:
+    material = tls.load(tls.TLSPaths.in_dir(certs, "n2"))
+    async with secure_channel(address, material) as ch:
+        call = ch.unary_stream(METHOD, request_serializer=_identity,
+                               response_deserializer=_identity)  # fmt: skip
+        await ch.channel_ready()
+        start = time.perf_counter()
+        total = 0
+        async for piece in call(b""):
+            total += len(piece)
+        return total, time.perf_counter() - start
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def make_model(path: Path, mib: int, seed: int) -> None:
+    """A safetensors-looking file (8-byte length + JSON header) of random bytes."""
+    header = b'{"__metadata__":{}}'
+    block = os.urandom(PIECE)
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        left = mib * PIECE - 8 - len(header)
+        i = 0
+        while left > 0:
+            # Distinct chunks (no dedup shortcut): vary each block's first bytes.
+            piece = struct.pack("<QQ", seed, i) + block[16:]
+            f.write(piece[:left])
+            left -= len(piece)
+            i += 1
+
+
+def upload(path: Path, name: str, chunk: int) -> Iterator[agent_pb2.PublishModelRequest]:
+    header = agent_pb2.PublishModelRequest.Header(
+        name=name, format="safetensors", size=path.stat().st_size, chunk_size=chunk
+    )
+    yield agent_pb2.PublishModelRequest(header=header)
+    with path.open("rb") as f:
+        while piece := f.read(PIECE):
+            yield agent_pb2.PublishModelRequest(data=piece)
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _all_alive(c: Cluster, names: list[str]) -> bool:
+    return all(
+        {n for n, (s, _) in c.members(o).items() if s == "alive"} >= set(names) for o in names
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--mib", type=int, default=512, help="model size, MiB")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--chunk-kib", type=int, default=1024)
+    p.add_argument("--env", action="append", default=[], metavar="K=V",
+                   help="daemon environment, e.g. P2PAGENT_MODELS__FSYNC=false")  # fmt: skip
+    p.add_argument("--serve-raw", nargs=3, metavar=("FILE", "CERTS", "ADDRESS"),
+                   help=argparse.SUPPRESS)  # fmt: skip
+    args = p.parse_args(argv)
+    if args.serve_raw:
+        path, certs, address = args.serve_raw
+        asyncio.run(serve_raw(Path(path), Path(certs), address))
+        return 0
+
+    base_rates: list[float] = []
+    pull_rates: list[float] = []
+    ratios: list[float] = []
+    publish_rates: list[float] = []
+    rss_growth: list[float] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-models-") as tmp,
+        Cluster(Path(tmp), 2, use_netns=False) as c,
+    ):
+        c.start()
+        c.wait_for(lambda: _all_alive(c, ["n1", "n2"]), SETTLE_S, "n1, n2 alive")
+        n2_pid = c.nodes["n2"].proc.pid  # type: ignore[union-attr]
+        for r in range(args.rounds):
+            model = Path(tmp) / f"model{r}.safetensors"
+            make_model(model, args.mib, r)
+            name = f"bench{r}"
+            t0 = time.perf_counter()
+            v = c.agent("n1").PublishModel(upload(model, name, args.chunk_kib * 1024), timeout=900)
+            publish_rates.append(v.size / (time.perf_counter() - t0) / 1e6)
+            c.wait_for(
+                lambda name=name: (
+                    c.agent("n2")
+                    .ListModels(agent_pb2.ListModelsRequest(name=name), timeout=10)
+                    .versions
+                ),
+                SETTLE_S,
+                "registry on n2",
+            )
+            host = c.nodes["n1"].host
+            raw_address = f"{host}:{free_port(host)}"
+            server = subprocess.Popen(
+                [sys.executable, "-m", "bench.models_transfer", "--serve-raw", str(model),
+                 str(c.certs), raw_address],
+                stdout=subprocess.PIPE,
+            )  # fmt: skip
+            try:
+                assert server.stdout is not None
+                server.stdout.readline()  # "ready"
+
+                def baseline(model: Path = model, address: str = raw_address) -> float:
+                    size, secs = asyncio.run(fetch_raw(c.certs, address))
+                    assert size == model.stat().st_size, (size, model.stat().st_size)
+                    return size / secs / 1e6
+
+                def pull(name: str = name) -> float:
+                    rss = _status_kib(n2_pid, "VmRSS")
+                    t = time.perf_counter()
+                    got = c.agent("n2").PullModel(
+                        agent_pb2.PullModelRequest(name=name), timeout=900
+                    )
+                    rate = got.size / (time.perf_counter() - t) / 1e6
+                    rss_growth.append((_status_kib(n2_pid, "VmHWM") - rss) / 1024)
+                    assert "n2" in got.holders
+                    return rate
+
+                if r % 2 == 0:
+                    base, pulled = baseline(), pull()
+                else:
+                    pulled, base = pull(), baseline()
+            finally:
+                server.kill()
+                server.wait()
+            base_rates.append(base)
+            pull_rates.append(pulled)
+            ratios.append(pulled / base)
+            print(f"round {r}: baseline {base:.1f} MB/s, pull {pulled:.1f} MB/s, "
+                  f"ratio {pulled / base:.2f}", flush=True)  # fmt: skip
+            model.unlink()
+    med = statistics.median
+    print()
+    print(f"model {args.mib} MiB, chunks {args.chunk_kib} KiB, {args.rounds} rounds (medians)")
+    print("| row | MB/s |")
+    print("|---|---:|")
+    print(f"| plain gRPC stream, same mTLS (baseline) | {med(base_rates):.1f} |")
+    print(f"| PullModel n1 -> n2 (verify + fsync'd writes) | {med(pull_rates):.1f} |")
+    print(f"| PublishModel client -> n1 | {med(publish_rates):.1f} |")
+    print()
+    print("| target | measured | met |")
+    print("|---|---:|---|")
+    ratio = med(ratios)
+    print(f"| pull >= 0.8x plain stream | {ratio:.2f}x | {'yes' if ratio >= 0.8 else 'no'} |")
+    print(f"| n2 peak RSS growth during the pull | {max(rss_growth):.0f} MB | |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""Task overhead through a real daemon: Submit + Wait of a no-op model, against Infer of the
+same model in the same run.
+
+    python -m bench.tasks_daemon [--tasks 300] [--concurrency 32]
+
+Rows: sequential Submit+Wait latency (p50/p95; target p50 <= 2 ms), sequential Infer latency
+(the baseline: no journal, no queue), and tasks per second with ``--concurrency`` clients.
+Submit is journaled with fsync before it answers, and so is the result before it is shown
+(writes arriving together share one fsync): the disk's fsync latency, measured in the same
+run, is the floor under the sequential p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from p2pagent._proto import agent_pb2, agent_pb2_grpc
+from p2pagent.identity import certs
+from p2pagent.identity.spiffe import Role
+from p2pagent.inference import demo_model, tensors
+from p2pagent.testing.daemon import Daemon
+from p2pagent.transport.channels import channel_options
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * (len(xs) - 1)))]
+
+
+async def _run(d: Daemon, certs_dir: Path, n: int, concurrency: int) -> dict[str, float]:
+    creds = grpc.ssl_channel_credentials(
+        (certs_dir / "ca.crt").read_bytes(),
+        (certs_dir / "client.key").read_bytes(),
+        (certs_dir / "client.crt").read_bytes(),
+    )
+    x = tensors.to_proto("input", demo_model.sample_input(1))
+    async with grpc.aio.secure_channel(
+        d.address, creds, options=channel_options("bench", 16 << 20)
+    ) as ch:
+        stub = agent_pb2_grpc.AgentStub(ch)
+        submit = agent_pb2.SubmitRequest(model="noop", inputs=[x])
+        infer = agent_pb2.InferRequest(model="noop", inputs=[x])
+
+        async def task() -> float:
+            t0 = time.perf_counter()
+            tid = (await stub.Submit(submit, timeout=30)).task_id
+            async for e in stub.Wait(agent_pb2.WaitRequest(task_id=tid), timeout=30):
+                if e.kind == agent_pb2.TaskEvent.FAILED:
+                    raise RuntimeError(e.error_message)
+            return time.perf_counter() - t0
+
+        async def inference() -> float:
+            t0 = time.perf_counter()
+            await stub.Infer(infer, timeout=30)
+            return time.perf_counter() - t0
+
+        for _ in range(20):  # warm up channels, the engine and the journal
+            await task()
+            await inference()
+        seq_task = [await task() for _ in range(n)]
+        seq_infer = [await inference() for _ in range(n)]
+        sem = asyncio.Semaphore(concurrency)
+
+        async def bounded() -> float:
+            async with sem:
+                return await task()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(bounded() for _ in range(n)))
+        elapsed = time.perf_counter() - t0
+    return {
+        "submit_wait_p50_ms": round(1000 * statistics.median(seq_task), 3),
+        "submit_wait_p95_ms": round(1000 * _pct(seq_task, 0.95), 3),
+        "infer_p50_ms": round(1000 * statistics.median(seq_infer), 3),
+        "overhead_over_infer_p50_ms": round(
+            1000 * (statistics.median(seq_task) - statistics.median(seq_infer)), 3
+        ),
+        f"tasks_per_s_at_concurrency_{concurrency}": round(n / elapsed, 1),
+    }
+
+
+def fsync_p50_ms(directory: Path, n: int = 50) -> float:
+    """The disk's fsync latency: the floor under a journaled Submit (and result)."""
+    import os
+
+    path = directory / "fsync.probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    samples = []
+    try:
+        for _ in range(n):
+            os.write(fd, b"x" * 128)
+            t0 = time.perf_counter()
+            os.fsync(fd)
+            samples.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return round(1000 * statistics.median(samples), 3)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tasks", type=int, default=300)
+    p.add_argument("--concurrency", type=int, default=32)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        certs.init_ca(root / "certs", "bench")
+        certs.issue(root / "certs", "b1", Role.NODE)
+        certs.issue(root / "certs", "client", Role.CLIENT)
+        files = demo_model.write_all(root / "models")
+        noop = files.get("noop_torchscript", root / "models" / "noop.torchscript.pt")
+        d = Daemon("b1", root / "certs", root / "b1", args=["--serve", f"noop={noop}"]).start()
+        try:
+            row = asyncio.run(_run(d, root / "certs", args.tasks, args.concurrency))
+            row["fsync_p50_ms"] = fsync_p50_ms(root)
+            print(row)
+        finally:
+            d.kill()
+
+
+if __name__ == "__main__":
+    main()
