@@ -114,6 +114,19 @@ class Node:
             revoked=self.revoked,
         )
         self.components.append(self.state)
+        from p2pagent.models.driver import ModelsDriver
+
+        self.models: ModelsDriver | None = ModelsDriver(
+            self.name,
+            config.models,
+            data_dir=self.data_dir,
+            state=self.state,
+            channels=self.channels,
+            members=self.members,
+            cache=self.models_cache,
+            reserved_names=lambda: {m.name for m in self.local_models},
+        )
+        self.components.append(self.models)
         self.tasks: TasksDriver | None = TasksDriver(
             self.name,
             config.tasks,
@@ -122,6 +135,7 @@ class Node:
             engine=self.engine,
             models=self.models_cache.names,
             data_dir=self.data_dir,
+            prepare=self.models.ensure_loadable if self.models else None,
             channels=self.channels,
             members=self.members,
             metrics=self.metrics,
@@ -183,14 +197,8 @@ class Node:
 
     async def start(self) -> None:
         self._lock_data_dir()
-        agent_pb2_grpc.add_AgentServicer_to_server(
-            AgentService(self),  # type: ignore[abstract]  # TODO: remove once all RPCs exist
-            self.server.grpc,
-        )
-        peer_pb2_grpc.add_PeerServicer_to_server(
-            PeerService(self),  # type: ignore[abstract]  # TODO: remove once all RPCs exist
-            self.server.grpc,
-        )
+        agent_pb2_grpc.add_AgentServicer_to_server(AgentService(self), self.server.grpc)
+        peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self), self.server.grpc)
         self.server.add_service(agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name)
         self.server.add_service(peer_pb2.DESCRIPTOR.services_by_name["Peer"].full_name)
         port = self.server.bind(self.config.listen, self.material)

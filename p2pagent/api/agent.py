@@ -44,6 +44,8 @@ class AgentService(
         inputs = tensors.many_from_proto(request.inputs, node.config.inference.max_tensor_elements)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
+        if node.models is not None:
+            await node.models.ensure_loadable(request.model)  # pulls it first if need be
         start = time.perf_counter()
         outputs = await node.engine.infer(request.model, inputs, deadline)
         return agent_pb2.InferResponse(

@@ -3,9 +3,17 @@ the models capability. Thin: decode, call the driver, encode; errors are `p2page
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
+
+from p2pagent._proto import agent_pb2, peer_pb2
+from p2pagent.errors import InvalidArgument, Unavailable
+from p2pagent.inference.spec import ModelSpec
+from p2pagent.models.driver import ModelsDriver, spec_of
+from p2pagent.models.manifest import Manifest, check_model_name
+from p2pagent.models.registry import Entry
 
 if TYPE_CHECKING:
     from p2pagent.node import Node
@@ -13,9 +21,110 @@ if TYPE_CHECKING:
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
+def _driver(node: Node) -> ModelsDriver:
+    driver: ModelsDriver | None = getattr(node, "models", None)
+    if driver is None:
+        raise Unavailable("model sharing is not running on this node")
+    return driver
+
+
+def version_proto(m: Manifest, holders: frozenset[str] | set[str]) -> agent_pb2.ModelVersion:
+    spec = spec_of(m)
+    return agent_pb2.ModelVersion(
+        name=m.name,
+        manifest_id=m.manifest_id,
+        format=m.format.value,
+        size=m.size,
+        sha256=m.sha256,
+        chunk_size=m.chunk_size,
+        chunks=m.chunk_count,
+        created_unix=m.created_unix,
+        holders=sorted(holders),
+        replicas=str(m.replicas),
+        metadata=spec.to_proto() if spec is not None else None,
+    )
+
+
+def metadata_dict(meta: agent_pb2.ModelMetadata) -> dict[str, object]:
+    """The manifest form of an upload's metadata: a ModelSpec, or {} when none was given."""
+    if not meta.inputs and not meta.outputs and not meta.architecture:
+        return {}
+    return ModelSpec.from_proto(meta).to_dict()
+
+
 class ModelsAgentApi:
     _node: Node
+
+    async def PublishModel(
+        self, request_iterator: AsyncIterator[agent_pb2.PublishModelRequest], context: Ctx
+    ) -> agent_pb2.ModelVersion:
+        driver = _driver(self._node)
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidArgument(
+                "PublishModel's first message must be the header (name, format, size); "
+                "file bytes follow in the next messages"
+            )
+        h = first.header
+
+        async def pieces() -> AsyncIterator[bytes]:
+            async for msg in request_iterator:
+                if msg.WhichOneof("part") != "data":
+                    raise InvalidArgument(
+                        "PublishModel got a second header; only the first message is one"
+                    )
+                yield msg.data
+
+        m = await driver.publish(
+            name=h.name,
+            format=h.format,
+            size=h.size,
+            chunk_size=h.chunk_size,
+            metadata=metadata_dict(h.metadata),
+            replicas=h.replicas,
+            pieces=pieces(),
+        )
+        return version_proto(m, {self._node.name})
+
+    async def ListModels(
+        self, request: agent_pb2.ListModelsRequest, context: Ctx
+    ) -> agent_pb2.ListModelsResponse:
+        driver = _driver(self._node)
+        if request.name:
+            check_model_name(request.name)
+        entries = driver.entries(request.name)
+        return agent_pb2.ListModelsResponse(
+            versions=[version_proto(e.manifest, e.holders) for e in entries]
+        )
+
+    async def PullModel(
+        self, request: agent_pb2.PullModelRequest, context: Ctx
+    ) -> agent_pb2.ModelVersion:
+        driver = _driver(self._node)
+        entry = driver.resolve(request.name, request.manifest_id)
+        m = await driver.pull(entry)
+        return version_proto(m, _holders_after(driver, entry))
+
+    async def DeleteModel(
+        self, request: agent_pb2.DeleteModelRequest, context: Ctx
+    ) -> agent_pb2.DeleteModelResponse:
+        driver = _driver(self._node)
+        deleted = await driver.delete(request.name, request.manifest_id)
+        return agent_pb2.DeleteModelResponse(deleted=deleted)
+
+
+def _holders_after(driver: ModelsDriver, entry: Entry) -> set[str]:
+    fresh = driver.entries_by_id([entry.manifest_id])
+    holders = set(fresh[0].holders) if fresh else set(entry.holders)
+    return holders | {driver.name}
 
 
 class ModelsPeerApi:
     _node: Node
+
+    async def FetchChunks(
+        self, request: peer_pb2.FetchChunksRequest, context: Ctx
+    ) -> AsyncIterator[peer_pb2.Chunk]:
+        driver = _driver(self._node)
+        async for index, data in driver.serve_chunks(request.manifest_id, list(request.indices)):
+            yield peer_pb2.Chunk(index=index, data=data)

@@ -16,6 +16,7 @@ from p2pagent._proto import agent_pb2
 from p2pagent.cli import client
 from p2pagent.cli.output import emit_json, key_values, table
 from p2pagent.errors import InvalidArgument
+from p2pagent.inference.spec import ModelSpec
 from p2pagent.transport.errors import map_rpc_errors
 
 FORMATS = ("torchscript", "export", "safetensors")
@@ -36,7 +37,11 @@ def register(sub: Any) -> None:
     push.add_argument("file", type=Path)
     push.add_argument("--name", required=True)
     push.add_argument("--format", choices=FORMATS, help="default: from the file name")
-    push.add_argument("--metadata", type=Path, help="JSON: inputs/outputs (and architecture)")
+    push.add_argument(
+        "--metadata",
+        type=Path,
+        help="JSON: inputs/outputs (and architecture); default: <stem>.metadata.json beside FILE",
+    )
     push.add_argument("--replicas", default="1", help="K or 'all' (default 1)")
     push.add_argument("--chunk-size", type=int, default=0, help="bytes (default: node's)")
     push.add_argument("--no-progress", action="store_true")
@@ -68,6 +73,31 @@ def guess_format(path: Path) -> str:
     raise InvalidArgument(
         f"cannot tell the format of {path.name}: pass --format {'|'.join(FORMATS)}"
     )
+
+
+def default_metadata(path: Path) -> Path | None:
+    """``<stem>.metadata.json`` beside the model file (as ``--serve`` looks for), if present."""
+    meta = path.with_name(path.name.split(".")[0] + ".metadata.json")
+    return meta if meta.is_file() else None
+
+
+def read_metadata(path: Path | None) -> agent_pb2.ModelMetadata:
+    """A metadata file: a ModelSpec (``demo.metadata.json``) or ModelMetadata in proto JSON."""
+    if path is None:
+        return agent_pb2.ModelMetadata()
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InvalidArgument(f"metadata file {path}: {e.strerror}") from None
+    try:
+        return ModelSpec.from_json(text).to_proto()
+    except InvalidArgument as spec_error:
+        metadata = agent_pb2.ModelMetadata()
+        try:
+            ParseDict(json.loads(text), metadata)
+        except ValueError:
+            raise InvalidArgument(f"metadata file {path}: {spec_error}") from None
+        return metadata
 
 
 def version_doc(v: agent_pb2.ModelVersion) -> dict[str, Any]:
@@ -116,12 +146,7 @@ async def _push(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         raise InvalidArgument(f"model file {args.file} does not exist")
     fmt = args.format or guess_format(args.file)
-    metadata = agent_pb2.ModelMetadata()
-    if args.metadata:
-        try:
-            ParseDict(json.loads(args.metadata.read_text()), metadata)
-        except (OSError, ValueError) as e:
-            raise InvalidArgument(f"metadata file {args.metadata}: {e}") from None
+    metadata = read_metadata(args.metadata or default_metadata(args.file))
     size = args.file.stat().st_size
     header = agent_pb2.PublishModelRequest.Header(
         name=args.name,

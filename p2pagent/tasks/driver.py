@@ -25,7 +25,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +103,7 @@ class TasksDriver:
         engine: InferenceEngine,
         models: Callable[[], list[str]],
         data_dir: Path,
+        prepare: Callable[[str], Awaitable[None]] | None = None,
         channels: ChannelPool,
         members: PeerDirectory,
         metrics: RpcMetrics,
@@ -113,6 +114,8 @@ class TasksDriver:
         self.capacity = max(1, capacity)
         self._engine = engine
         self._models = models
+        #: Makes a model loadable before a task runs (pulls it from peers when need be).
+        self._prepare = prepare
         self._journal_path = data_dir / "tasks.db"
         self._channels = channels
         self._members = members
@@ -354,6 +357,8 @@ class TasksDriver:
         )
         try:
             inputs = tensors.many_from_proto(task.inputs or [], 1 << 28)  # type: ignore[arg-type]
+            if self._prepare is not None:
+                await self._prepare(task.model)
             deadline = None
             if task.deadline:
                 deadline = time.monotonic() + max(0.0, task.deadline - time.time())

@@ -1,0 +1,578 @@
+"""The models component: chunk store on disk, registry in the replicated state, pulls, serving.
+
+What it does, and where the decisions are made:
+
+- **Publish** (``publish``): a client-streamed upload goes through ``PublishWriter`` (chunks
+  written as they arrive, the manifest only on success, so a cut-off upload publishes
+  nothing), the file's header is checked against its declared format, then the manifest and
+  this node as holder go into the registry (``registry``, namespace ``_models``).
+- **Serve** (``serve_chunks``, ``Peer.FetchChunks``): chunks are read from disk (re-hashed when
+  ``verify_on_read``), paced by the upload cap (``ratelimit.TokenBucket``), streamed in the
+  order asked; a chunk this node lacks ends the stream early and the puller fetches it
+  elsewhere.
+- **Pull** (``pull``): one ``Puller`` per version at a time (concurrent requests share it),
+  resuming from the chunks on disk; once complete, this node adds itself to the holders.
+- **Reconcile** (every ``RECONCILE_S`` and on registry changes): advertise what is complete
+  here, withdraw what is not, apply the replication policy (``replication.plan_replication``:
+  pulls for versions this node is a target of, resumes of interrupted pulls, drops of
+  superseded versions), make the newest complete version of each model loadable by name
+  (assembled file registered in the inference ``ModelCache``), and forget versions deleted
+  from the registry.
+
+Test-only fault hook: with ``P2PAGENT_TEST_CORRUPT_CHUNKS=N`` in its environment a node flips
+one byte of every chunk it serves whose index is a multiple of N (``1``: every chunk), so
+tests can check that pullers detect corrupt chunks and fetch them elsewhere. Never set it in
+production; the daemon logs a warning at start when it is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from p2pagent.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    P2PAgentError,
+    Unavailable,
+)
+from p2pagent.inference.formats import ModelFormat as LoaderFormat
+from p2pagent.inference.formats import detect_format
+from p2pagent.inference.spec import ModelSpec
+from p2pagent.models import registry
+from p2pagent.models.config import ModelsConfig
+from p2pagent.models.manifest import ALL, Manifest, ModelFormat, check_model_name, next_version
+from p2pagent.models.publish import PublishWriter
+from p2pagent.models.puller import Puller, PullReport
+from p2pagent.models.ratelimit import TokenBucket
+from p2pagent.models.registry import NS, Entry
+from p2pagent.models.replication import VersionInfo, plan_replication
+from p2pagent.models.store import ChunkStore
+
+if TYPE_CHECKING:
+    from p2pagent.inference.cache import ModelCache
+    from p2pagent.membership.view import PeerDirectory
+    from p2pagent.state.driver import StateDriver
+    from p2pagent.state.values import Change
+    from p2pagent.transport.channels import ChannelPool
+
+log = logging.getLogger(__name__)
+
+#: Seconds between reconciliations when nothing wakes the loop earlier.
+RECONCILE_S = 2.0
+#: Most chunks one FetchChunks call may ask for.
+MAX_FETCH_INDICES = 4096
+#: Test-only fault hook (see module docs).
+CORRUPT_ENV = "P2PAGENT_TEST_CORRUPT_CHUNKS"
+#: Bytes of a file's start that tell its format.
+_HEAD = 16
+
+
+def check_header(fmt: ModelFormat, head: bytes) -> None:
+    """Refuses a file whose first bytes cannot be the declared format (INVALID_ARGUMENT)."""
+    if fmt in (ModelFormat.TORCHSCRIPT, ModelFormat.EXPORT):
+        if not head.startswith(b"PK\x03\x04"):
+            raise InvalidArgument(
+                f"the uploaded file is not a {fmt.value} model: {fmt.value} files are zip "
+                "archives (torch.jit.save / torch.export.save); check --format"
+            )
+    elif len(head) < 9 or head[8:9] != b"{":
+        raise InvalidArgument(
+            "the uploaded file is not a safetensors file (no JSON header after the 8-byte "
+            "length); check --format"
+        )
+
+
+def spec_of(manifest: Manifest) -> ModelSpec | None:
+    """The inference spec in a manifest's metadata; None when it has none (not loadable)."""
+    if not manifest.metadata:
+        return None
+    return ModelSpec.from_dict(manifest.metadata)
+
+
+class ModelsDriver:
+    """One node's part in model sharing; a component of the node."""
+
+    def __init__(
+        self,
+        name: str,
+        config: ModelsConfig,
+        *,
+        data_dir: Path,
+        state: StateDriver,
+        channels: ChannelPool,
+        members: PeerDirectory,
+        cache: ModelCache | None = None,
+        reserved_names: Callable[[], set[str]] = set,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self._root = data_dir / "models"
+        self._state = state
+        self._channels = channels
+        self._members = members
+        self._cache = cache
+        self._reserved = reserved_names
+        self._rng = rng or random.Random()
+        self._io = ThreadPoolExecutor(4, thread_name_prefix="models-io")
+        self._store: ChunkStore | None = None
+        self._manifests = registry.ManifestCache()
+        self._pulls: dict[str, asyncio.Task[PullReport]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._complete: set[str] = set()
+        #: Versions wanted here regardless of the policy (explicitly pulled or published).
+        self._pinned: set[str] = set()
+        #: name -> version registered in the inference cache.
+        self._loaded: dict[str, Manifest] = {}
+        self._wake = asyncio.Event()
+        self._load_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._bucket = TokenBucket(
+            config.upload_rate_bytes_per_s,
+            max(config.upload_burst_bytes, config.chunk_size),
+            time.monotonic(),
+        )
+        corrupt = os.environ.get(CORRUPT_ENV, "")
+        self._corrupt_every = int(corrupt) if corrupt.isdigit() and int(corrupt) > 0 else 0
+        self.last_pull: PullReport | None = None
+
+    @property
+    def store(self) -> ChunkStore:
+        if self._store is None:
+            raise Unavailable("the model store is still opening; retry shortly")
+        return self._store
+
+    async def _run_io(self, fn: Callable[..., object], *args: object) -> object:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._store = store = await loop.run_in_executor(
+            self._io, ChunkStore, self._root, self.config
+        )
+        report = await loop.run_in_executor(self._io, store.gc)
+        if report.chunks_removed or report.files_removed:
+            log.info("models: removed %d unreferenced chunks at start", report.chunks_removed)
+        for m in store.manifests():
+            if await loop.run_in_executor(self._io, store.is_complete, m.manifest_id):
+                self._complete.add(m.manifest_id)
+        if self._corrupt_every:
+            log.warning("models: %s is set: serving corrupt chunks (tests only)", CORRUPT_ENV)
+        log.info(
+            "models: %d versions on disk (%d complete) in %s",
+            len(store.manifests()), len(self._complete), self._root,
+        )  # fmt: skip
+        self._unsubscribe = self._state.subscribe(NS, "", self._on_change)
+        self._task = asyncio.create_task(self._reconcile_loop(), name="models-reconcile")
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        tasks = [t for t in (self._task, *self._pulls.values(), *self._background) if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._io.shutdown(wait=True, cancel_futures=True)
+
+    # ---- the registry -----------------------------------------------------------------------
+
+    def entries(self, name: str = "") -> list[Entry]:
+        """Every version the registry knows (of ``name``, if given), oldest first per name."""
+        prefix = f"{name}/" if name else ""
+        manifests: dict[str, tuple[str, bytes]] = {}
+        holders: dict[str, tuple[bytes, ...]] = {}
+        after = ""
+        while True:
+            page = self._state.scan(NS, prefix, after, 1000)
+            for key, value in page.entries:
+                k = registry.parse_key(key)
+                if k is None or not value.found:
+                    continue
+                if k.holders:
+                    holders[k.manifest_id] = value.elements
+                elif value.values:
+                    manifests[k.manifest_id] = (k.name, value.values[0])
+            if not page.next_after:
+                break
+            after = page.next_after
+        return registry.build_entries(manifests, holders, self._manifests)
+
+    def resolve(self, name: str, manifest_id: str = "") -> Entry:
+        """The named version, or the newest one of ``name``; NotFound saying what exists."""
+        check_model_name(name)
+        if manifest_id:
+            registry.check_manifest_id(manifest_id)
+        versions = self.entries(name)
+        if manifest_id:
+            for e in versions:
+                if e.manifest_id == manifest_id:
+                    return e
+            raise NotFound(
+                f"model {name!r} has no version {manifest_id[:12]}; "
+                f"known: {[e.manifest_id[:12] for e in versions] or 'none'}"
+            )
+        if not versions:
+            raise NotFound(f"model {name!r} is not published; p2pagentctl models ls lists models")
+        return versions[-1]
+
+    def live_holders(self, manifest_id: str) -> dict[str, str]:
+        """Live nodes other than this one holding the version complete: name -> address."""
+        out: dict[str, str] = {}
+        for e in self.entries_by_id([manifest_id]):
+            for node in e.holders:
+                member = self._members.member(node)
+                if node != self.name and member and member.reachable and member.address:
+                    out[node] = member.address
+        return out
+
+    def entries_by_id(self, ids: list[str]) -> list[Entry]:
+        wanted = set(ids)
+        return [e for e in self.entries() if e.manifest_id in wanted]
+
+    async def _advertise(self, m: Manifest) -> None:
+        await self._state.set_add(
+            NS, registry.holders_key(m.name, m.manifest_id), [self.name.encode()], durable=True
+        )
+
+    async def _withdraw(self, m: Manifest) -> None:
+        await self._state.set_remove(
+            NS, registry.holders_key(m.name, m.manifest_id), [self.name.encode()], durable=True
+        )
+
+    # ---- publish ----------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        *,
+        name: str,
+        format: str,
+        size: int,
+        chunk_size: int,
+        metadata: dict[str, object],
+        replicas: str,
+        pieces: AsyncIterator[bytes],
+    ) -> Manifest:
+        """Stores an upload and registers it; nothing is published unless all of it arrived."""
+        store = self.store
+        fmt = ModelFormat.parse(format)
+        latest = max((e.manifest.version for e in self.entries_safe(name)), default=None)
+        now = time.time()
+        writer = PublishWriter(
+            store, name=name, format=fmt, size=size, version=next_version(now, latest),
+            created_unix=now, chunk_size=chunk_size, metadata=metadata, replicas=replicas,
+        )  # fmt: skip
+        head = b""
+        try:
+            async for piece in pieces:
+                if len(head) < _HEAD:
+                    head += piece[: _HEAD - len(head)]
+                    if len(head) >= _HEAD:
+                        check_header(fmt, head)
+                await self._run_io(writer.write, piece)
+            check_header(fmt, head)
+            manifest = await asyncio.get_running_loop().run_in_executor(self._io, writer.finish)
+        except BaseException:
+            writer.abort()
+            raise
+        mid = manifest.manifest_id
+        try:
+            await self._check_loadable(manifest)
+        except BaseException:
+            await self._run_io(self._forget_local, mid)
+            raise
+        await self._state.put(NS, registry.version_key(name, mid), manifest.encode(), durable=True)
+        self._complete.add(mid)
+        self._pinned.add(mid)
+        await self._advertise(manifest)
+        log.info("models: published %s (%s), %d bytes", name, mid[:12], manifest.size)
+        self._wake.set()
+        return manifest
+
+    def entries_safe(self, name: str) -> list[Entry]:
+        try:
+            return self.entries(name)
+        except Unavailable:
+            return []
+
+    async def _check_loadable(self, m: Manifest) -> None:
+        """For a model with a spec: assembles it and checks the file really is its format."""
+        spec = spec_of(m)  # raises InvalidArgument on bad metadata
+        if spec is None:
+            return
+        path = await self._assemble(m)
+        detected = await asyncio.get_running_loop().run_in_executor(self._io, detect_format, path)
+        if detected is not inference_format(m.format):
+            raise InvalidArgument(
+                f"the uploaded file is a {detected.value} model, not {m.format.value}; "
+                "publish it with the right --format"
+            )
+
+    async def _assemble(self, m: Manifest) -> Path:
+        path = await self._run_io(self.store.assemble, m.manifest_id)
+        assert isinstance(path, Path)
+        return path
+
+    # ---- serving ------------------------------------------------------------------------------
+
+    async def serve_chunks(
+        self, manifest_id: str, indices: list[int]
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """Chunks of a version held here, in the order asked, paced by the upload cap."""
+        registry.check_manifest_id(manifest_id)
+        if len(indices) > MAX_FETCH_INDICES:
+            raise InvalidArgument(
+                f"FetchChunks asked for {len(indices)} chunks; at most {MAX_FETCH_INDICES} a call"
+            )
+        store = self.store
+        if not store.has_manifest(manifest_id):
+            raise NotFound(f"model version {manifest_id[:12]} is not on {self.name}")
+        loop = asyncio.get_running_loop()
+        for index in indices:
+            try:
+                data = await loop.run_in_executor(self._io, store.read_chunk, manifest_id, index)
+            except NotFound:
+                return  # ends short: the puller fetches the rest elsewhere
+            delay = self._bucket.reserve(len(data), time.monotonic())
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._corrupt_every and index % self._corrupt_every == 0:
+                data = bytes([data[0] ^ 0xFF]) + data[1:]
+            yield index, data
+
+    # ---- pulling ------------------------------------------------------------------------------
+
+    async def pull(self, entry: Entry, *, pin: bool = True) -> Manifest:
+        """Makes this node hold the version complete (pulling what is missing)."""
+        m = entry.manifest
+        mid = m.manifest_id
+        if pin:
+            self._pinned.add(mid)
+        if mid not in self._complete:
+            task = self._pulls.get(mid)
+            if task is None:
+                task = asyncio.create_task(self._pull(m), name=f"models-pull-{mid[:12]}")
+                self._pulls[mid] = task
+                task.add_done_callback(lambda _t: self._pulls.pop(mid, None))
+            await asyncio.shield(task)
+        if self.name not in entry.holders:
+            await self._advertise(m)
+        await self._make_loadable(m)
+        return m
+
+    async def _pull(self, m: Manifest) -> PullReport:
+        mid = m.manifest_id
+        puller = Puller(
+            m,
+            store=self.store,
+            io=self._io,
+            channels=self._channels,
+            holders=lambda: self.live_holders(mid),
+            config=self.config,
+            rng=self._rng,
+        )
+        report = await puller.run()
+        complete = await self._run_io(self.store.is_complete, mid)
+        if not complete:
+            raise FailedPrecondition(
+                f"pull of {m.name!r} ({mid[:12]}) ended with chunks missing; pull it again"
+            )
+        self._complete.add(mid)
+        self.last_pull = report
+        log.info("models: pulled %s (%s): %s", m.name, mid[:12], report.summary())
+        await self._advertise(m)
+        self._wake.set()
+        return report
+
+    # ---- delete -----------------------------------------------------------------------------
+
+    async def delete(self, name: str, manifest_id: str = "") -> int:
+        """Deletes one version (or all of ``name``) cluster-wide; returns how many."""
+        if manifest_id:
+            targets = [self.resolve(name, manifest_id)]
+        else:
+            self.resolve(name)  # NotFound when there is nothing to delete
+            targets = self.entries(name)
+        for e in targets:
+            m = e.manifest
+            await self._state.delete(NS, registry.version_key(m.name, m.manifest_id), durable=True)
+            if e.holders:
+                await self._state.set_remove(
+                    NS,
+                    registry.holders_key(m.name, m.manifest_id),
+                    [h.encode() for h in e.holders],
+                    durable=True,
+                )
+            await self._drop_local(m.manifest_id)
+        return len(targets)
+
+    def _on_change(self, change: Change) -> None:
+        key = registry.parse_key(change.key)
+        if key is None:
+            return
+        if change.deleted and not key.holders:
+            task = asyncio.create_task(self._drop_local(key.manifest_id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        self._wake.set()
+
+    async def _drop_local(self, manifest_id: str) -> None:
+        pull = self._pulls.get(manifest_id)
+        if pull is not None:
+            pull.cancel()
+        self._complete.discard(manifest_id)
+        self._pinned.discard(manifest_id)
+        for name, loaded in list(self._loaded.items()):
+            if loaded.manifest_id == manifest_id and self._cache is not None:
+                self._cache.unregister(name)
+                del self._loaded[name]
+        if self.store.has_manifest(manifest_id):
+            await self._run_io(self._forget_local, manifest_id)
+            log.info("models: dropped version %s", manifest_id[:12])
+        self._wake.set()
+
+    def _forget_local(self, manifest_id: str) -> None:
+        try:
+            self.store.delete(manifest_id)
+        except NotFound:
+            pass
+        self.store.gc()
+
+    # ---- reconciliation ---------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Unavailable:
+                pass  # state still loading
+            except Exception:
+                log.exception("models: reconciliation failed; retrying")
+            try:
+                await asyncio.wait_for(self._wake.wait(), RECONCILE_S)
+            except TimeoutError:
+                pass
+
+    async def _reconcile(self) -> None:
+        entries = self.entries()
+        store = self.store
+        local = {m.manifest_id for m in store.manifests()}
+        for e in entries:
+            mid, m = e.manifest_id, e.manifest
+            if mid in self._complete and self.name not in e.holders:
+                await self._advertise(m)
+            elif mid not in self._complete and self.name in e.holders and mid not in self._pulls:
+                await self._withdraw(m)  # advertised, but not here (lost or wiped disk)
+        live = [v.name for v in self._members.members() if v.reachable]
+        plan = plan_replication(
+            [VersionInfo.of(e.manifest, e.holders) for e in entries],
+            live,
+            self.name,
+            self._complete,
+            partial=local - self._complete,
+            in_use=self._pinned | (local - self._complete),
+            keep_versions=self.config.keep_versions,
+        )
+        by_id = {e.manifest_id: e for e in entries}
+        for mid in plan.pull:
+            wanted = mid in self._pinned or mid in local or under_replicated(by_id[mid], live)
+            if wanted and mid not in self._pulls and self.live_holders(mid):
+                self._spawn(self._background_pull(by_id[mid]))
+        for mid in plan.drop:
+            # Retained versions stay wherever they are; superseded ones go once the newest is
+            # fully replicated (the policy checked that).
+            if mid not in plan.targets and mid not in self._pinned and mid in by_id:
+                await self._withdraw(by_id[mid].manifest)
+                await self._drop_local(mid)
+        newest: dict[str, Entry] = {}
+        for e in entries:
+            if e.manifest_id in self._complete:
+                newest[e.manifest.name] = e  # entries are oldest first
+        for e in newest.values():
+            await self._make_loadable(e.manifest)
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _background_pull(self, entry: Entry) -> None:
+        try:
+            await self.pull(entry, pin=False)
+        except P2PAgentError as e:
+            log.info("models: replication pull of %s failed: %s", entry.manifest.name, e)
+
+    async def _make_loadable(self, m: Manifest) -> None:
+        """Registers the version in the inference cache under its name, if it is newer.
+
+        Serialised: a caller returns only once the newest version it saw is registered (a
+        PullModel answer means Infer by name works at once).
+        """
+        if self._cache is None or m.name in self._reserved():
+            return
+        async with self._load_lock:
+            current = self._loaded.get(m.name)
+            if current is not None and current.sort_key() >= m.sort_key():
+                return
+            try:
+                spec = spec_of(m)
+            except InvalidArgument as e:
+                log.warning("models: %s has unusable metadata: %s", m.name, e)
+                return
+            if spec is None:
+                return
+            path = await self._assemble(m)
+            if m.manifest_id not in self._complete:
+                return  # dropped meanwhile
+            self._cache.register(m.name, path, spec, inference_format(m.format))
+            self._loaded[m.name] = m
+            log.info("models: %s (%s) is loadable here", m.name, m.manifest_id[:12])
+
+    async def ensure_loadable(self, name: str) -> None:
+        """For Infer: pulls the newest version of ``name`` when the node does not hold one."""
+        if self._cache is None or name in self._cache.names():
+            return
+        try:
+            entry = self.resolve(name)
+        except (NotFound, InvalidArgument):
+            return  # let the engine say the model is unknown
+        await self.pull(entry)
+
+    # ---- views --------------------------------------------------------------------------------
+
+    def held_names(self) -> list[str]:
+        return sorted({e.manifest.name for e in self.entries() if e.manifest_id in self._complete})
+
+
+def under_replicated(entry: Entry, live: list[str]) -> bool:
+    """Fewer live holders than the version asks for (``all`` always wants more).
+
+    The policy names the nodes meant to hold a version (rendezvous ranking); a target pulls
+    only while the version is short of copies, so a publish with ``replicas: 1`` is not
+    copied to a target other than the publisher until the publisher is gone.
+    """
+    if entry.manifest.replicas == ALL:
+        return True
+    return len(entry.holders & set(live)) < entry.manifest.replicas
+
+
+def inference_format(fmt: ModelFormat) -> LoaderFormat:
+    return {
+        ModelFormat.TORCHSCRIPT: LoaderFormat.TORCHSCRIPT,
+        ModelFormat.EXPORT: LoaderFormat.TORCH_EXPORT,
+        ModelFormat.SAFETENSORS: LoaderFormat.SAFETENSORS,
+    }[fmt]

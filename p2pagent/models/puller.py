@@ -1,0 +1,241 @@
+"""The asyncio side of one pull: drives a ``PullPlan`` with ``Peer.FetchChunks`` calls.
+
+The plan (pure, ``transfer``) decides which chunks to ask of which holder; this module sends
+the calls, verifies and writes every chunk as it arrives (``ChunkStore.write_chunk``, in a
+worker thread: hashing and the atomic write release the GIL), and feeds the outcome back:
+
+- a verified chunk -> ``on_chunk(ok=True)``; a chunk failing its hash (or an index not asked
+  for) -> ``on_chunk(ok=False)``: the plan bans that holder for this pull and the chunk goes
+  back to the pending pool, to be fetched from another holder;
+- a stream that ends before delivering everything (the holder lacks chunks) -> ``on_missing``;
+- a failed call (connection lost, node gone) -> ``on_holder_failed`` (retried after back-off).
+
+Holders come from the registry and membership, re-read every ``HOLDER_REFRESH_S``: a holder
+that dies is removed, one that finishes its own pull is added. The pull resumes from the
+chunks already on disk (``ChunkStore.present``), so a restarted node or a re-issued
+PullModel only fetches what is missing. Memory: at most ``max_inflight_chunks`` chunks are
+requested at once, each written to disk as soon as it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import grpc
+
+from p2pagent._proto import peer_pb2, peer_pb2_grpc
+from p2pagent.errors import P2PAgentError, Unavailable
+from p2pagent.models.config import ModelsConfig
+from p2pagent.models.manifest import Manifest
+from p2pagent.models.store import ChunkStore
+from p2pagent.models.transfer import ChunkResult, PullPlan, Request
+from p2pagent.transport.channels import ChannelPool
+
+log = logging.getLogger(__name__)
+
+#: How often the holder list is re-read from the registry during a pull, seconds.
+HOLDER_REFRESH_S = 1.0
+
+
+@dataclass
+class PullReport:
+    manifest_id: str
+    chunks: int
+    #: Chunks already on disk when the pull started (a resumed pull).
+    resumed: int
+    fetched_bytes: int = 0
+    seconds: float = 0.0
+    corrupt: int = 0
+    received_from: dict[str, int] = field(default_factory=dict)
+    banned: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        rate = self.fetched_bytes / max(self.seconds, 1e-9) / 1e6
+        return (
+            f"{self.chunks} chunks ({self.resumed} already on disk), "
+            f"{self.fetched_bytes} bytes in {self.seconds:.2f}s ({rate:.1f} MB/s) "
+            f"from {dict(sorted(self.received_from.items()))}; corrupt={self.corrupt} "
+            f"banned={sorted(self.banned)}"
+        )
+
+
+class Puller:
+    """Fetches the missing chunks of one version from its holders."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        store: ChunkStore,
+        io: Executor,
+        channels: ChannelPool,
+        holders: Callable[[], dict[str, str]],
+        config: ModelsConfig,
+        rng: random.Random | None = None,
+    ) -> None:
+        """``holders()`` returns the live holders to use now: node name -> address."""
+        self.manifest = manifest
+        self._store = store
+        self._io = io
+        self._channels = channels
+        self._holders = holders
+        self._cfg = config
+        self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._error: BaseException | None = None
+        self._addresses: dict[str, str] = {}
+        self._fetched = 0
+
+    async def run(self) -> PullReport:
+        loop = asyncio.get_running_loop()
+        m = self.manifest
+        mid = m.manifest_id
+        start = time.monotonic()
+        await loop.run_in_executor(self._io, self._store.put_manifest, m)
+        have = await loop.run_in_executor(self._io, self._store.present, mid)
+        report = PullReport(mid, m.chunk_count, len(have))
+        if len(have) < m.chunk_count:
+            log.info(
+                "models: pulling %s (%s): %d of %d chunks already on disk",
+                m.name, mid[:12], len(have), m.chunk_count,
+            )  # fmt: skip
+        plan = PullPlan(m, have, self._rng, self._cfg)
+        calls: set[asyncio.Task[None]] = set()
+        refreshed = -HOLDER_REFRESH_S
+        stalled_since: float | None = None
+        try:
+            while not plan.is_complete:
+                self._wake.clear()
+                now = time.monotonic()
+                if self._error is not None:
+                    raise self._error
+                if now - refreshed >= HOLDER_REFRESH_S:
+                    self._refresh(plan)
+                    refreshed = now
+                for req in plan.next_requests(now):
+                    task = asyncio.create_task(self._fetch(plan, req))
+                    calls.add(task)
+                    task.add_done_callback(calls.discard)
+                if plan.is_complete:
+                    break
+                if plan.is_stalled:
+                    stalled_since = stalled_since if stalled_since is not None else now
+                    if now - stalled_since >= self._cfg.stall_timeout_s:
+                        raise self._stalled(plan)
+                else:
+                    stalled_since = None
+                timeout = HOLDER_REFRESH_S
+                deadline = plan.next_deadline()
+                if deadline is not None:
+                    timeout = min(timeout, max(0.0, deadline - now))
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+        finally:
+            for task in calls:
+                task.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+        progress = plan.progress()
+        report.seconds = time.monotonic() - start
+        report.fetched_bytes = self._fetched
+        report.corrupt = progress.corrupt
+        report.received_from = dict(progress.received_from)
+        report.banned = plan.banned
+        return report
+
+    def _stalled(self, plan: PullPlan) -> Unavailable:
+        m = self.manifest
+        banned = plan.banned
+        why = f"; given up on {banned}" if banned else ""
+        missing = plan.progress().total_chunks - plan.progress().have_chunks
+        return Unavailable(
+            f"cannot pull model {m.name!r} ({m.manifest_id[:12]}): no live holder has the "
+            f"{missing} missing chunks{why}; the chunks on disk are kept, retry once a holder "
+            "is back"
+        )
+
+    def _refresh(self, plan: PullPlan) -> None:
+        live = self._holders()
+        for node in set(self._addresses) - set(live):
+            plan.remove_holder(node)
+            del self._addresses[node]
+        for node, address in live.items():
+            if node not in self._addresses:
+                plan.add_holder(node)
+            self._addresses[node] = address
+
+    async def _fetch(self, plan: PullPlan, req: Request) -> None:
+        """One FetchChunks call. Chunks are verified and written concurrently with receiving
+        the next ones (the writes run in the I/O pool; hashing and fsync release the GIL)."""
+        owed = list(req.indices)
+        node = req.node
+        writes: list[asyncio.Task[bool]] = []
+        try:
+            stub = peer_pb2_grpc.PeerStub(self._channels.get(self._addresses[node]))
+            call = stub.FetchChunks(
+                peer_pb2.FetchChunksRequest(manifest_id=self.manifest.manifest_id, indices=owed)
+            )
+            async for chunk in call:
+                index = chunk.index
+                if index not in owed:  # never asked for: as bad as a corrupt chunk
+                    plan.on_chunk(node, index, False, time.monotonic())
+                    self._corrupt(node, index)
+                    call.cancel()
+                    break
+                owed.remove(index)
+                writes.append(asyncio.create_task(self._accept(plan, node, index, chunk.data)))
+                if writes[-1].done() and not writes[-1].result():
+                    call.cancel()
+                    break
+            else:
+                if owed:
+                    plan.on_missing(node, owed, time.monotonic())
+        except grpc.aio.AioRpcError as e:
+            if e.code() is grpc.StatusCode.NOT_FOUND:
+                plan.on_missing(node, owed, time.monotonic())
+            else:
+                log.info("models: fetching chunks from %s failed: %s", node, e.code().name)
+                plan.on_holder_failed(node, time.monotonic())
+        except asyncio.CancelledError:
+            for w in writes:
+                w.cancel()
+            raise
+        except Exception as e:
+            log.exception("models: fetch from %s failed", node)
+            self._error = e
+        finally:
+            await asyncio.gather(*writes, return_exceptions=True)
+            self._wake.set()
+
+    async def _accept(self, plan: PullPlan, node: str, index: int, data: bytes) -> bool:
+        """Verifies and stores one chunk, then tells the plan; False if it was corrupt."""
+        loop = asyncio.get_running_loop()
+        mid = self.manifest.manifest_id
+        try:
+            ok = await loop.run_in_executor(self._io, self._store.write_chunk, mid, index, data)
+        except P2PAgentError as e:  # our own store: disk full, version deleted meanwhile
+            self._error = e
+            self._wake.set()
+            return True
+        result = plan.on_chunk(node, index, ok, time.monotonic())
+        self._wake.set()
+        if result is ChunkResult.ACCEPTED:
+            self._fetched += len(data)
+        elif result is ChunkResult.CORRUPT:
+            self._corrupt(node, index)
+            return False
+        return True
+
+    def _corrupt(self, node: str, index: int) -> None:
+        log.warning(
+            "models: chunk %d of %s (%s) from %s failed verification; fetching it elsewhere "
+            "and not asking %s again during this pull",
+            index, self.manifest.name, self.manifest.manifest_id[:12], node, node,
+        )  # fmt: skip

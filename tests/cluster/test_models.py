@@ -1,0 +1,231 @@
+"""Model sharing with real daemons: publish on one node, pull on others (which then serve it),
+infer by name on a node that pulled it, a holder serving corrupt chunks detected and avoided,
+a pull that survives the publisher's death and the puller's own SIGKILL (it resumes from the
+chunks on disk), and ``replicas: all`` replicating by itself.
+
+Roles in the 4-node cluster: n1 publishes; n2 serves at a capped rate (so a pull from it
+takes a few seconds and can be interrupted); n3 serves corrupt chunks (test-only fault hook
+``P2PAGENT_TEST_CORRUPT_CHUNKS``, see ``p2pagent/models/driver.py``); n4 joins after n1 died.
+Waits are generous upper bounds, never assertions about speed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from p2pagent._proto import agent_pb2, common_pb2
+from p2pagent.testing.cluster import Cluster
+
+pytestmark = pytest.mark.cluster
+SETTLE_S = 60.0
+CHUNK = 64 * 1024
+
+
+def _all_alive(c: Cluster, names: list[str]) -> bool:
+    return all(
+        {n for n, (state, _) in c.members(o).items() if state == "alive"} >= set(names)
+        for o in names
+    )
+
+
+def _versions(c: Cluster, node: str, name: str) -> list[agent_pb2.ModelVersion]:
+    try:
+        req = agent_pb2.ListModelsRequest(name=name)
+        return list(c.agent(node).ListModels(req, timeout=5).versions)
+    except grpc.RpcError:
+        return []
+
+
+def _holders(c: Cluster, node: str, name: str) -> set[str]:
+    versions = _versions(c, node, name)
+    return set(versions[-1].holders) if versions else set()
+
+
+def _upload(
+    path: Path, name: str, metadata: agent_pb2.ModelMetadata, replicas: str = "1"
+) -> Iterator[agent_pb2.PublishModelRequest]:
+    data = path.read_bytes()
+    header = agent_pb2.PublishModelRequest.Header(
+        name=name, format="torchscript", metadata=metadata, size=len(data), chunk_size=CHUNK,
+        replicas=replicas,
+    )  # fmt: skip
+    yield agent_pb2.PublishModelRequest(header=header)
+    for i in range(0, len(data), 1 << 20):
+        yield agent_pb2.PublishModelRequest(data=data[i : i + (1 << 20)])
+
+
+def _infer(c: Cluster, node: str, demo: Path) -> agent_pb2.InferResponse:
+    x = np.load(demo / "sample_input.npy")
+    req = agent_pb2.InferRequest(
+        model="mlp",
+        inputs=[
+            common_pb2.Tensor(
+                name="input",
+                dtype=common_pb2.FLOAT32,
+                shape=list(x.shape),
+                data=x.astype("<f4").tobytes(),
+            )
+        ],
+    )
+    return c.agent(node).Infer(req, timeout=60)
+
+
+def _check_output(resp: agent_pb2.InferResponse, demo: Path) -> None:
+    out = resp.outputs[0]
+    got = np.frombuffer(out.data, dtype="<f4").reshape(tuple(out.shape))
+    expected = np.array(json.loads((demo / "sample_output.json").read_text())["output"])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def _log(c: Cluster, node: str) -> str:
+    return c.nodes[node].log_path.read_text(errors="replace")
+
+
+def _chunk_count(c: Cluster, node: str) -> int:
+    root = c.nodes[node].data / "models" / "chunks"
+    return sum(1 for p in root.glob("*/*") if not p.name.startswith(".tmp-"))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    subprocess.run(
+        [sys.executable, "-m", "p2pagent.inference.demo_model", "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def four(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with Cluster(tmp_path_factory.mktemp("models"), 4, use_netns=False) as c:
+        c.nodes["n2"].env.update(
+            P2PAGENT_MODELS__UPLOAD_RATE_BYTES_PER_S="1000000",
+            P2PAGENT_MODELS__UPLOAD_BURST_BYTES=str(CHUNK),
+        )
+        c.nodes["n3"].env["P2PAGENT_TEST_CORRUPT_CHUNKS"] = "1"
+        c.nodes["n4"].seeds = [c.nodes["n2"].address]
+        names = ["n1", "n2", "n3"]
+        c.start(names)
+        c.wait_for(lambda: _all_alive(c, names), SETTLE_S, "n1..n3 alive")
+        yield c
+
+
+def test_publish_pull_on_two_nodes_then_infer_by_name_where_pulled(
+    four: Cluster, demo: Path
+) -> None:
+    c = four
+    meta = json.loads((demo / "demo.metadata.json").read_text())
+    from p2pagent.inference.spec import ModelSpec
+
+    metadata = ModelSpec.from_dict(meta).to_proto()
+    v = c.agent("n1").PublishModel(
+        _upload(demo / "demo.torchscript.pt", "mlp", metadata), timeout=60
+    )
+    assert v.chunks > 16 and list(v.holders) == ["n1"]
+    for node in ("n2", "n3"):
+        c.wait_for(lambda node=node: _versions(c, node, "mlp"), SETTLE_S, f"registry on {node}")
+        pulled = c.agent(node).PullModel(agent_pb2.PullModelRequest(name="mlp"), timeout=120)
+        assert pulled.manifest_id == v.manifest_id and node in pulled.holders
+    for node in ("n1", "n2", "n3"):
+        c.wait_for(
+            lambda node=node: _holders(c, node, "mlp") >= {"n1", "n2", "n3"},
+            SETTLE_S,
+            f"n1..n3 listed as holders on {node}",
+        )
+    # n3 pulled it: it runs it by name, with the publisher's answer.
+    resp = _infer(c, "n3", demo)
+    assert resp.executor == "n3"
+    _check_output(resp, demo)
+    # The assembled file on n3 is the published one, byte for byte.
+    files = list((c.nodes["n3"].data / "models" / "files").glob(f"{v.manifest_id}.*"))
+    assert [f.read_bytes() for f in files] == [(demo / "demo.torchscript.pt").read_bytes()]
+
+
+def test_after_the_publisher_dies_a_new_node_pulls_resumes_and_avoids_the_corrupt_holder(
+    four: Cluster, demo: Path
+) -> None:
+    c = four
+    assert _holders(c, "n2", "mlp") >= {"n1", "n2", "n3"}, "needs the previous test"
+    c.kill("n1")
+    c.start(["n4"])
+    c.wait_for(lambda: _all_alive(c, ["n2", "n3", "n4"]), SETTLE_S, "n2..n4 alive")
+    c.wait_for(lambda: _holders(c, "n4", "mlp") >= {"n2", "n3"}, SETTLE_S, "registry on n4")
+
+    # Pull on n4 (n2 serves ~1 MB/s, n3 serves corrupt chunks); SIGKILL n4 mid-way.
+    errors: list[BaseException] = []
+
+    def pull() -> None:
+        try:
+            c.agent("n4").PullModel(agent_pb2.PullModelRequest(name="mlp"), timeout=120)
+        except grpc.RpcError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=pull)
+    t.start()
+    c.wait_for(lambda: _chunk_count(c, "n4") >= 8, SETTLE_S, "some chunks on n4's disk")
+    c.kill("n4")
+    t.join(30)
+    assert errors, "the pull answered although n4 was killed mid-way"
+    on_disk = _chunk_count(c, "n4")
+    c.restart("n4")
+    c.wait_for(lambda: _all_alive(c, ["n2", "n3", "n4"]), SETTLE_S, "n4 back")
+    pulled = c.agent("n4").PullModel(agent_pb2.PullModelRequest(name="mlp"), timeout=120)
+    assert "n4" in pulled.holders
+    c.wait_for(lambda: _holders(c, "n2", "mlp") >= {"n2", "n3", "n4"}, SETTLE_S, "n4 a holder")
+
+    log = _log(c, "n4")
+    resumed = [int(n) for n in re.findall(r"pulling mlp \(\w+\): (\d+) of \d+ chunks", log)]
+    assert len(resumed) >= 2 and resumed[0] == 0 and resumed[-1] >= on_disk >= 8, resumed
+    assert "from n3 failed verification" in log
+    finished = re.findall(r"models: pulled mlp .* from (\{.*?\}); corrupt=(\d+) banned=(.*)", log)
+    assert finished, "no finished pull in n4's log"
+    sources, _corrupt, _banned = finished[-1]
+    assert "n1" not in sources and "n3" not in sources
+    # n4 runs the model; the file it loads matches the manifest (a corrupt one never would).
+    _check_output(_infer(c, "n4", demo), demo)
+
+
+def test_replicas_all_replicates_without_being_asked(four: Cluster, demo: Path) -> None:
+    c = four
+    live = ["n2", "n3", "n4"]
+    metadata = agent_pb2.ModelMetadata()
+    v = c.agent("n2").PublishModel(
+        _upload(demo / "noop.torchscript.pt", "noop-all", metadata, replicas="all"), timeout=60
+    )
+    assert v.replicas == "all"
+    for node in live:
+        c.wait_for(
+            lambda node=node: _holders(c, node, "noop-all") >= set(live),
+            SETTLE_S,
+            f"every live node a holder, seen from {node}",
+        )
+
+
+def test_infer_by_name_pulls_a_model_the_node_does_not_hold(four: Cluster, demo: Path) -> None:
+    from p2pagent.inference.spec import ModelSpec
+
+    c = four
+    meta = ModelSpec.from_dict(json.loads((demo / "demo.metadata.json").read_text())).to_proto()
+    c.agent("n2").PublishModel(_upload(demo / "demo.torchscript.pt", "mlp-lazy", meta), timeout=60)
+    c.wait_for(lambda: _versions(c, "n4", "mlp-lazy"), SETTLE_S, "registry on n4")
+    assert "n4" not in _holders(c, "n4", "mlp-lazy")
+    x = np.load(demo / "sample_input.npy")
+    req = agent_pb2.InferRequest(
+        model="mlp-lazy",
+        inputs=[common_pb2.Tensor(name="input", dtype=common_pb2.FLOAT32, shape=list(x.shape),
+                                  data=x.astype("<f4").tobytes())],
+    )  # fmt: skip
+    _check_output(c.agent("n4").Infer(req, timeout=120), demo)
+    c.wait_for(lambda: "n4" in _holders(c, "n4", "mlp-lazy"), SETTLE_S, "n4 became a holder")
