@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import math
 
-from p2pagent.membership.messages import Update
+from p2pagent.membership.messages import State, Update
+
+#: Updates about the recipient itself that are still sent to it: the ones it must refute.
+_ABOUT_RECIPIENT = (State.SUSPECT, State.DEAD)
 
 
 def retransmit_limit(mult: int, members: int) -> int:
@@ -45,9 +48,11 @@ class TransmitQueue:
 
     def take(self, limit: int, max_transmits: int, skip: str = "") -> list[Update]:
         """Up to ``limit`` updates to piggyback on one message; counts the transmission and
-        retires updates sent ``max_transmits`` times. Updates about ``skip`` (the recipient)
-        are left for others: a member learns about itself only through suspicion rumours,
-        which the buddy mechanism delivers directly."""
+        retires updates sent ``max_transmits`` times. ``skip`` is the recipient: news of its
+        own life is left for others, but a suspicion or death of it goes to it like to anyone
+        (as in memberlist), since it is the one member that can refute it. Leaving those out
+        made the buddy probe the suspect's only way to learn, and under loss it learned too
+        late."""
         if not self._where:
             return []
         out: list[tuple[str, int, Update]] = []
@@ -56,8 +61,9 @@ class TransmitQueue:
             for name in reversed(bucket):
                 if len(out) >= limit:
                     break
-                if name != skip:
-                    out.append((name, count, bucket[name][1]))
+                update = bucket[name][1]
+                if name != skip or update.state in _ABOUT_RECIPIENT:
+                    out.append((name, count, update))
             if len(out) >= limit:
                 break
         for name, count, _ in out:

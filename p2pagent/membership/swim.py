@@ -13,17 +13,27 @@ The rules, in the order a newcomer will look for them:
   the end of the interval: the member becomes SUSPECT.
 * Incarnations: only a member raises its own incarnation. Alive(i) beats any claim with a
   lower incarnation; Suspect(i) beats Alive(i); Dead/Left(i) beat both. A member that hears
-  it is suspected or dead refutes with Alive(i + 1). The incarnation is persisted by the
-  driver, so a restarted member starts above anything the cluster said about it.
+  it is suspected or dead refutes with Alive(i + 1); one that hears a claim about an earlier
+  incarnation queues its current Alive again, so the reply carries it to the member that
+  missed it. The incarnation is persisted by the driver, so a restarted member starts above
+  anything the cluster said about it.
 * Dissemination: every update is queued and piggybacked on protocol messages, and gossiped to
   ``gossip_fanout`` random members every gossip interval, at most
-  ``retransmit_mult * ceil(log10(N + 1))`` times each.
+  ``retransmit_mult * ceil(log10(N + 1))`` times each. A suspicion or death goes to its
+  subject too (as in memberlist): it is the one member that can refute it.
 * Lifeguard: probe interval and timeout grow with local health awareness; suspicion timeouts
-  start long and shrink as independent members confirm (see `timing`); when probing a
-  suspect, the suspicion rides along in the ping so the suspect can refute at once (buddy).
+  start long and shrink as independent members confirm (see `timing`): only a member whose
+  own probe failed confirms, and only the ``k`` expected confirmations count; when probing a
+  suspect, the suspicion rides along in both direct pings so the suspect can refute at once
+  (buddy).
+* Last look: when a suspicion times out at a member that only heard the rumour (its own
+  probes of the suspect did not fail), it probes the suspect itself (buddy included) before
+  declaring it dead. A crashed member fails that probe; a live one whose refutation's
+  epidemic missed this member answers with it.
 * Push-pull: a join, and every push-pull interval, exchanges full member tables with one
   member. Remote Dead claims are merged as Suspect, so a member wrongly declared dead by a
-  partition gets to refute instead of being buried.
+  partition gets to refute instead of being buried. Merged suspicions carry no origin: the
+  table does not say who suspected, so they confirm nothing.
 * Re-join: every re-join interval, with probability (dead members / alive members) as in
   Serf, push-pull with a random dead member, and with probability 1 / alive members with a
   seed that is not an alive member: the two sides of a healed partition find each other and
@@ -61,10 +71,18 @@ class Suspicion:
     hi: float
     k: int
     confirmations: set[str]
+    #: This member's own probe of the suspect failed during the suspicion.
+    probed_silent: bool = False
+    #: The timeout ran out and this member is probing the suspect one last time itself.
+    checking: bool = False
+
+    def confirmed(self) -> int:
+        """Independent confirmations beyond the first suspector (a suspicion learned second-hand
+        from a push-pull table has no suspector of its own: the first one named is not one)."""
+        return max(0, len(self.confirmations) - 1)
 
     def deadline(self) -> float:
-        c = len(self.confirmations) - 1
-        return self.start + timing.suspicion_timeout(self.lo, self.hi, self.k, c)
+        return self.start + timing.suspicion_timeout(self.lo, self.hi, self.k, self.confirmed())
 
 
 @dataclass(slots=True)
@@ -149,6 +167,7 @@ class Swim:
         self._timers: list[tuple[float, int, str]] = []  # (when, member generation, name)
         self._generation: dict[str, int] = {}
         self._probe_order: list[str] = []
+        self._last_looks: list[str] = []  # expired suspects to probe before the round-robin
         self._probe_pos = 0
         self._probe: Probe | None = None
         self._forwards: dict[int, Forward] = {}
@@ -300,13 +319,19 @@ class Swim:
         self._seq += 1
         timeout = timing.scaled(self.config.probe_timeout, self.awareness)
         self._probe = Probe(self._seq, target.name, now + timeout, now + interval)
-        first: list[Update] = []
-        if target.state is State.SUSPECT:
-            # Lifeguard's buddy system: tell a suspect directly so it can refute at once.
-            first.append(Update(target.name, target.incarnation, State.SUSPECT, self.name))
-        out.append(self._message(Kind.PING, target, now, seq=self._seq, first=first))
+        out.append(self._message(Kind.PING, target, now, seq=self._seq, first=self._buddy(target)))
+
+    def _buddy(self, target: Member) -> list[Update]:
+        """Lifeguard's buddy system: a ping to a suspect tells it so, and it refutes at once."""
+        if target.state is not State.SUSPECT:
+            return []
+        return [Update(target.name, target.incarnation, State.SUSPECT, self.name)]
 
     def _next_probe_target(self) -> Member | None:
+        while self._last_looks:
+            m = self._members.get(self._last_looks.pop(0))
+            if m is not None and m.suspicion is not None and m.suspicion.checking:
+                return m
         for _ in range(2):
             while self._probe_pos < len(self._probe_order):
                 name = self._probe_order[self._probe_pos]
@@ -329,8 +354,9 @@ class Swim:
         helpers = self._sample(self._peers, self.config.indirect_checks, exclude=p.target)
         p.expected_nacks = len(helpers)
         # A second direct ping alongside the indirect ones (memberlist's TCP fallback ping):
-        # one lost datagram should not be enough to start a suspicion.
-        out.append(self._message(Kind.PING, target, now, seq=p.seq))
+        # one lost datagram should not be enough to start a suspicion. It carries the buddy
+        # suspicion too: the first ping, and with it the news, may be the one that was lost.
+        out.append(self._message(Kind.PING, target, now, seq=p.seq, first=self._buddy(target)))
         for h in helpers:
             out.append(
                 self._message(
@@ -344,7 +370,14 @@ class Swim:
             )
 
     def _finish_probe(self, p: Probe, now: float) -> None:
+        target = self._members.get(p.target)
+        s = None if target is None else target.suspicion
         if p.acked:
+            if target is not None and s is not None and s.checking:
+                # It answered, but no refutation came with the answer (it went the indirect
+                # way): still alive, so look again a probe interval from now.
+                s.checking = False
+                self._schedule(target, now + self.config.probe_interval)
             return
         self.counters.probe_failures += 1
         # Lifeguard: missing nacks mean our own messages may be the ones going missing.
@@ -352,9 +385,14 @@ class Swim:
             self._adjust_awareness(max(0, p.expected_nacks - p.nacks))
         else:
             self._adjust_awareness(1)
-        target = self._members.get(p.target)
-        if target is not None and target.state.reachable:
-            self._apply(Update(target.name, target.incarnation, State.SUSPECT, self.name), now)
+        if target is None or not target.state.reachable:
+            return
+        if s is not None and s.checking:
+            self._declare_dead(target, now)  # the last look failed too
+            return
+        self._apply(Update(target.name, target.incarnation, State.SUSPECT, self.name), now)
+        if target.suspicion is not None:
+            target.suspicion.probed_silent = True
 
     def _on_ack(self, seq: int, now: float, out: list[Send]) -> None:
         p = self._probe
@@ -441,7 +479,10 @@ class Swim:
         target_address: str = "",
         first: list[Update] | None = None,
     ) -> Send:
-        updates = (first or []) + self._take(to.name)
+        updates = self._take(to.name)
+        if first:
+            about = {u.name for u in first}
+            updates = first + [u for u in updates if u.name not in about]
         msg = Message(
             kind,
             self.name,
@@ -508,8 +549,10 @@ class Swim:
         for u in members:
             if u.state is State.DEAD or u.state is State.SUSPECT:
                 # A remote death is only a suspicion here: if it was a partition, the member
-                # gets the suspicion timeout to refute rather than being buried at once.
-                u = Update(u.name, u.incarnation, State.SUSPECT, sender, u.address, u.tags)
+                # gets the suspicion timeout to refute rather than being buried at once. The
+                # table does not say who suspected, and the sender most likely only relayed
+                # it: the suspicion carries no origin, so it confirms nothing anywhere.
+                u = Update(u.name, u.incarnation, State.SUSPECT, "", u.address, u.tags)
             self._apply(u, now)
 
     # ---- the update rules -------------------------------------------------------------------
@@ -539,6 +582,10 @@ class Swim:
         if u.incarnation >= me.incarnation:
             self._refute(u.incarnation)
             self._adjust_awareness(1)
+        else:
+            # A suspicion or death of an earlier incarnation: the sender missed our refutation.
+            # Queue it afresh, so the reply to this very message carries it back.
+            self._queue.put(me.update(self.name))
 
     def _refute(self, incarnation: int) -> None:
         self.counters.refutations += 1
@@ -574,10 +621,12 @@ class Swim:
             return
         s = m.suspicion
         if m.state is State.SUSPECT and s is not None and u.incarnation == s.incarnation:
-            if u.origin and u.origin not in s.confirmations:
-                # An independent confirmation: shorten the timeout and pass the news on.
+            # An independent confirmation (a member whose own probe failed) shortens the
+            # timeout and is passed on, until the k expected ones are in (memberlist).
+            if u.origin and u.origin not in s.confirmations and s.confirmed() < s.k:
                 s.confirmations.add(u.origin)
-                self._schedule(m, s.deadline())
+                if not s.checking:
+                    self._schedule(m, s.deadline())
                 self._queue.put(u)
             return
         before = m.state
@@ -591,12 +640,12 @@ class Swim:
             lo,
             lo * self.config.suspicion_max_mult,
             timing.expected_confirmations(self.config.suspicion_mult, n),
-            {u.origin or self.name},
+            {u.origin} if u.origin else set(),
         )
         self.counters.suspicions += 1
         self._schedule(m, m.suspicion.deadline())
         self._changed(m, before, now)
-        self._queue.put(Update(m.name, m.incarnation, State.SUSPECT, u.origin or self.name))
+        self._queue.put(Update(m.name, m.incarnation, State.SUSPECT, u.origin))
 
     def _apply_gone(self, m: Member, u: Update, now: float) -> None:
         if u.incarnation < m.incarnation or m.state.gone:
@@ -645,13 +694,33 @@ class Swim:
             if m is None or self._generation.get(name) != gen:
                 continue  # superseded by a later state change or reschedule
             if m.state is State.SUSPECT:
-                self.counters.deaths_declared += 1
-                self._apply_gone(m, Update(m.name, m.incarnation, State.DEAD, self.name), now)
+                self._suspicion_expired(m, now)
             elif m.state.gone:
                 del self._members[name]
                 self._dead.pop(name, None)
                 self._generation.pop(name, None)
                 self._queue.drop(name)
+
+    def _suspicion_expired(self, m: Member, now: float) -> None:
+        """No refutation reached us within the suspicion timeout. A member whose own probe of
+        the suspect failed declares it dead now. One that only heard the rumour first takes a
+        last look: it probes the suspect itself, the suspicion riding along (buddy). The
+        refutation's epidemic can miss a member (each update is sent a bounded number of times,
+        and every member holds the rumour, so one in N^2 misses matters); then the suspect's
+        ack carries its refutation to us. A member that really crashed fails this probe, and
+        by then the probers that suspected it have usually declared it dead everywhere.
+        Without an answer within a few probe intervals, it is declared dead anyway."""
+        s = m.suspicion
+        if s is None or s.checking or s.probed_silent or self.leaving:
+            self._declare_dead(m, now)
+            return
+        s.checking = True
+        self._last_looks.append(m.name)
+        self._schedule(m, now + 3 * timing.scaled(self.config.probe_interval, self.awareness))
+
+    def _declare_dead(self, m: Member, now: float) -> None:
+        self.counters.deaths_declared += 1
+        self._apply_gone(m, Update(m.name, m.incarnation, State.DEAD, self.name), now)
 
     # ---- helpers ------------------------------------------------------------------------------
 

@@ -13,6 +13,9 @@ from p2pagent.membership.messages import Kind, Message, Send, State, Update
 from p2pagent.membership.swim import Swim
 
 CFG = MembershipConfig(dead_reap_s=100.0).validate()
+#: After the suspicion timeout a member probes the suspect once more itself before declaring
+#: it dead: the next probe slot plus the probe itself.
+LAST_LOOK = 2 * CFG.probe_interval
 
 
 def core(name: str, *others: str, cfg: MembershipConfig = CFG, seed: int = 1) -> Swim:
@@ -136,13 +139,15 @@ def test_suspicion_expires_into_death() -> None:
     # suspicion: death comes no earlier than the minimum and no later than the maximum.
     run_until(a, lo - 0.01)
     assert a.state_of("b") is State.SUSPECT
-    run_until(a, hi + 0.01, now=lo - 0.01)
+    run_until(a, hi + LAST_LOOK + 0.01, now=lo - 0.01)
     assert a.state_of("b") is State.DEAD
     assert [e.state for e in a.take_events() if e.name == "b"][:2] == ["suspect", "dead"]
 
 
 def test_independent_confirmations_shorten_the_suspicion() -> None:
-    a = core("a", *"bcdefghij")
+    # Nobody answers ``a``'s probes here; without local health awareness that would not slow
+    # its last look at ``b``.
+    a = core("a", *"bcdefghij", cfg=MembershipConfig(dead_reap_s=100.0, awareness_max=0))
     n = a.alive_count()
     k = timing.expected_confirmations(CFG.suspicion_mult, n)
     assert k == 2
@@ -154,7 +159,7 @@ def test_independent_confirmations_shorten_the_suspicion() -> None:
     a.handle(Message(Kind.GOSSIP, "c", "c", updates=(Update("b", 1, State.SUSPECT, "c"),)), 0.0)
     run_until(a, lo - 0.01)
     assert a.state_of("b") is State.SUSPECT
-    run_until(a, lo + 0.01, now=lo - 0.01)
+    run_until(a, lo + LAST_LOOK + 0.01, now=lo - 0.01)
     assert a.state_of("b") is State.DEAD
 
 
@@ -252,6 +257,71 @@ def test_probing_a_suspect_carries_the_suspicion_to_it() -> None:
     _, ping = first_probe(a)
     assert ping.address == "b"
     assert ping.message.updates[0] == Update("b", 1, State.SUSPECT, "a")
+
+
+def test_suspicions_learned_from_push_pull_tables_confirm_nothing() -> None:
+    # A push-pull table says who is suspect, not who suspected: its sender most likely only
+    # relayed the rumour. Counting each sender as an independent confirmation cut the timeout
+    # to the minimum (and re-broadcast each "confirmation"), so a live member that could not
+    # refute within the minimum was declared dead: the false positive of issue 3.
+    a = core("a", *"bcdefghij")
+    n = a.alive_count()
+    lo = timing.suspicion_min(CFG.suspicion_mult, n, CFG.probe_interval)
+    a.handle(Message(Kind.GOSSIP, "c", "c", updates=(Update("b", 1, State.SUSPECT, "c"),)), 0.0)
+    gossiped: list[Update] = []
+    for sender in "defg":
+        table = (Update("b", 1, State.SUSPECT, "b", "b"),)
+        a.handle(Message(Kind.PUSH_PULL_REPLY, sender, sender, members=table), 0.1)
+        for send in a.tick(a.next_deadline()):
+            gossiped += [u for u in send.message.updates if u.name == "b"]
+    assert gossiped and {u.origin for u in gossiped} == {"c"}  # no origin was made up
+    # At most ``a``'s own failed probe of ``b`` confirms: the timeout stays well above lo.
+    run_until(a, lo + LAST_LOOK + 0.5, now=0.1)
+    assert a.state_of("b") is State.SUSPECT
+
+
+def test_gossip_to_a_suspect_tells_it_so() -> None:
+    # Not only the buddy probe: every message to a suspect may carry its suspicion (as in
+    # memberlist), so a lost probe or two do not keep it from refuting in time.
+    a = core("a", "b")
+    a.handle(Message(Kind.GOSSIP, "x", "x", updates=(Update("b", 1, State.SUSPECT, "x"),)), 0.0)
+    sends = [s for s in run_until(a, 1.0) if s.message.kind is Kind.GOSSIP]
+    assert sends and all(s.address == "b" for s in sends)
+    assert Update("b", 1, State.SUSPECT, "x") in sends[0].message.updates
+
+
+def test_a_member_that_missed_the_refutation_takes_a_last_look_before_declaring_death() -> None:
+    # ``b`` was suspected at incarnation 1 and refuted (it is at 2), but the refutation's
+    # epidemic missed ``a``. When a's suspicion times out, ``a`` probes ``b`` itself with the
+    # suspicion; ``b`` answers with its current incarnation, and ``a`` never declares it dead.
+    cfg = MembershipConfig(dead_reap_s=100.0, awareness_max=0).validate()
+    a = core("a", "b", "c", cfg=cfg)
+    b = Swim("b", "b", cfg, random.Random(2), incarnation=2, now=0.0)
+    b.restore([Update("a", 1, State.ALIVE, "a", "a"), Update("c", 1, State.ALIVE, "c", "c")], 0.0)
+    a.handle(Message(Kind.GOSSIP, "c", "c", updates=(Update("b", 1, State.SUSPECT, "c"),)), 0.0)
+    # Three members expect no confirmations, so the timeout is the minimum. Until then every
+    # message to ``b`` is lost, but a's probes of it succeed through ``c`` (an indirect ack
+    # carries no refutation): ``a`` holds the rumour only, its own probes never failed.
+    timeout = timing.suspicion_min(cfg.suspicion_mult, 3, cfg.probe_interval)
+    buddy = Update("b", 1, State.SUSPECT, "a")
+    now, answered = 0.0, False
+    while now < timeout + LAST_LOOK + 0.01 and not answered:
+        now = a.next_deadline()
+        for send in a.tick(now):
+            if send.address != "b":
+                continue
+            if now < timeout:
+                if send.message.kind is Kind.PING:
+                    a.handle(Message(Kind.ACK, "c", "c", seq=send.message.seq), now + 0.01)
+                continue
+            assert a.state_of("b") is State.SUSPECT  # timed out, yet not declared dead
+            if send.message.kind is Kind.PING and send.message.updates[:1] == (buddy,):
+                for reply in b.handle(send.message, now):
+                    answered = True
+                    a.handle(reply.message, now + 0.01)
+    assert answered and b.incarnation == 2  # a stale claim: no new incarnation needed
+    assert a.member("b") == b.member("b")  # alive at incarnation 2
+    assert "dead" not in [e.state for e in a.take_events() if e.name == "b"]
 
 
 def test_updates_are_piggybacked_a_bounded_number_of_times() -> None:
