@@ -84,9 +84,9 @@ class Node:
         self.channels = ChannelPool(lambda: self._material, config.max_message_bytes)
         self.address = ""
         self._stopped = asyncio.Event()
-        self.device = select_device(config.device)
+        self.device = select_device(config.device)  # imports torch only for CUDA
         self.local_models = [parse_serve(entry) for entry in config.serve]
-        self.models_cache = ModelCache(self.device.device, config.inference.cache_budget_bytes)
+        self.models_cache = ModelCache(self.device.name, config.inference.cache_budget_bytes)
         self.engine = InferenceEngine(self.models_cache, config.inference, self.device)
         for m in self.local_models:
             self.models_cache.register(m.name, m.path, m.spec)
@@ -136,6 +136,7 @@ class Node:
             models=self.models_cache.names,
             data_dir=self.data_dir,
             prepare=self.models.ensure_loadable if self.models else None,
+            inline_bound=config.inference.max_queued,
             channels=self.channels,
             members=self.members,
             metrics=self.metrics,

@@ -17,6 +17,7 @@ from p2pagent.api.state import StateAgentApi
 from p2pagent.api.tasks import TasksAgentApi
 from p2pagent.errors import InvalidArgument
 from p2pagent.inference import tensors
+from p2pagent.tasks.wire import error_from_code
 
 if TYPE_CHECKING:
     from p2pagent.node import Node
@@ -41,11 +42,20 @@ class AgentService(
         node = self._node
         if not request.model:
             raise InvalidArgument("InferRequest.model is empty: name the model to run")
-        inputs = tensors.many_from_proto(request.inputs, node.config.inference.max_tensor_elements)
+        inputs = tensors.many_decode(request.inputs, node.config.inference.max_tensor_elements)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         if node.models is not None:
             await node.models.ensure_loadable(request.model)  # pulls it first if need be
+        if node.tasks is not None:
+            # Through the scheduler, like a submitted task: queued with them, stolen by an
+            # idle peer when this node is the busy one.
+            result = await node.tasks.run_inline(request, inputs, remaining)
+            if not result.ok:
+                raise error_from_code(result.error_code, result.error_message)
+            return agent_pb2.InferResponse(
+                outputs=result.outputs, executor=result.executor, compute_s=result.compute_s
+            )
         start = time.perf_counter()
         outputs = await node.engine.infer(request.model, inputs, deadline)
         return agent_pb2.InferResponse(

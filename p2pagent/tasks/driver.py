@@ -104,6 +104,7 @@ class TasksDriver:
         models: Callable[[], list[str]],
         data_dir: Path,
         prepare: Callable[[str], Awaitable[None]] | None = None,
+        inline_bound: int = 1024,
         channels: ChannelPool,
         members: PeerDirectory,
         metrics: RpcMetrics,
@@ -112,6 +113,8 @@ class TasksDriver:
         self.name = name
         self.cfg = config.validate()
         self.capacity = max(1, capacity)
+        #: At most this many Agent.Infer calls wait here at once (back-pressure).
+        self.inline_bound = inline_bound
         self._engine = engine
         self._models = models
         #: Makes a model loadable before a task runs (pulls it from peers when need be).
@@ -131,6 +134,11 @@ class TasksDriver:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._results: dict[str, peer_pb2.CompleteRequest] = {}
         self._submitted_at: dict[str, tuple[float, str]] = {}
+        #: Agent.Infer calls waiting for their task: not journaled (nothing was acknowledged
+        #: before the answer), delivered straight to the caller.
+        self._inline: dict[str, asyncio.Future[peer_pb2.CompleteRequest]] = {}
+        #: Inputs an inline task's caller already decoded, used if it runs here.
+        self._decoded: dict[str, Any] = {}
         self._unacked: dict[tuple[str, int], tuple[str, peer_pb2.CompleteRequest]] = {}
         #: Set (and replaced) on every change a Wait caller may be waiting for.
         self._changed = asyncio.Event()
@@ -240,6 +248,45 @@ class TasksDriver:
         self._place(task)
         return task.task_id
 
+    async def run_inline(
+        self,
+        request: agent_pb2.InferRequest,
+        decoded: Any,
+        deadline_s: float | None,
+    ) -> peer_pb2.CompleteRequest:
+        """``Agent.Infer``: one task through the same queue, placement and stealing as a
+        submitted one, but answered in the call: it is not journaled, since nothing was
+        acknowledged before the answer (if this node dies the caller sees the call fail).
+        ``decoded`` are the request's inputs, already checked by the caller."""
+        if len(self._inline) >= self.inline_bound or len(self.leases) >= self.cfg.max_queued:
+            raise ResourceExhausted(
+                f"{self.name} is full: {len(self._inline)} Infer calls and {len(self.leases)} "
+                "tasks waiting (inference.max_queued, tasks.max_queued); retry later, call "
+                "another node, or raise the bounds"
+            )
+        now = time.time()
+        task = Task(
+            task_id=f"{self.name}-{uuid.uuid4().hex[:16]}",
+            origin=self.name,
+            model=request.model,
+            est_cost_s=self.service.estimate(request.model, DEFAULT_COST_S),
+            priority=request.priority,
+            deadline=now + deadline_s if deadline_s is not None else 0.0,
+            model_version=request.model_version,
+            input_bytes=input_bytes(request.inputs),
+            inputs=list(request.inputs),
+        )
+        future: asyncio.Future[peer_pb2.CompleteRequest] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._inline[task.task_id] = future
+        self._decoded[task.task_id] = decoded
+        self._apply(self.leases.submit(task, now))
+        self._place(task)
+        # If the caller goes away, the task still finishes (or expires) and its result is
+        # dropped on delivery; the entry stays until then so that it is not journaled.
+        return await asyncio.shield(future)
+
     async def wait(self, task_id: str) -> AsyncIterator[agent_pb2.TaskEvent]:
         """The task's events so far and to come, ending with its result."""
         origin = task_id.rsplit("-", 1)[0]
@@ -344,9 +391,11 @@ class TasksDriver:
         self._wake.set()
 
     def _start(self, task: Task) -> None:
+        # Counted as running before the lease actions are applied: applying them kicks the
+        # queue again, which must already see this one (or it starts past ``capacity``).
+        self._running[task.task_id] = asyncio.create_task(self._execute(task))
         if task.origin == self.name:
             self._apply(self.leases.on_started(task.task_id, task.attempt, self.name, time.time()))
-        self._running[task.task_id] = asyncio.create_task(self._execute(task))
 
     async def _execute(self, task: Task) -> None:
         from p2pagent.inference import tensors
@@ -356,7 +405,9 @@ class TasksDriver:
             task_id=task.task_id, executor=self.name, attempt=task.attempt
         )
         try:
-            inputs = tensors.many_from_proto(task.inputs or [], 1 << 28)  # type: ignore[arg-type]
+            inputs = self._decoded.pop(task.task_id, None)
+            if inputs is None:
+                inputs = tensors.many_from_proto(task.inputs or [], 1 << 28)  # type: ignore[arg-type]
             if self._prepare is not None:
                 await self._prepare(task.model)
             deadline = None
@@ -438,6 +489,12 @@ class TasksDriver:
                         ok=action.ok, error_code=action.error_code,
                         error_message=action.error_message,
                     )  # fmt: skip
+                inline = self._inline.pop(action.task_id, None)
+                if inline is not None:
+                    self._decoded.pop(action.task_id, None)  # it ran elsewhere
+                    if not inline.done():
+                        inline.set_result(result)
+                    continue
                 await self._write(Finished(action.task_id, result, time.time()))
                 self._results[action.task_id] = result
         self._apply_sync([a for a in actions if not isinstance(a, Deliver)])

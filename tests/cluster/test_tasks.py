@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import torch
 
 from p2pagent._proto import agent_pb2
 from p2pagent.inference import demo_model, tensors
@@ -86,6 +87,34 @@ def test_tasks_of_a_killed_executor_run_elsewhere_exactly_once(c3: Cluster) -> N
             finals = _final(c3, "n1", tid)
         except grpc.RpcError as e:
             raise AssertionError(f"{tid}: {e}") from e
+        assert len(finals) == 1 and finals[0].kind == agent_pb2.TaskEvent.DONE, finals
+
+
+def test_infer_goes_through_the_scheduler_and_is_stolen_from_a_busy_node(c3: Cluster) -> None:
+    # n1 is busy with a burst; Infer calls made to n1 queue behind it like tasks, and idle
+    # nodes steal them from the cold end: some answers name another node as the executor.
+    ids = _burst(c3, 200)
+    module, _ = demo_model.build_demo()
+    stub = c3.agent("n1")
+
+    def infer(seed: int) -> tuple[str, bool]:
+        x = demo_model.sample_input(2048, seed=seed)
+        resp = stub.Infer(
+            agent_pb2.InferRequest(model="demo", inputs=[tensors.to_proto("input", x)]),
+            timeout=120,
+        )
+        got = tensors.from_proto(resp.outputs[0], 1 << 24)
+        with torch.inference_mode():
+            expected = module(x)
+        return resp.executor, bool(torch.allclose(got, expected, atol=1e-4))
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(infer, range(32)))
+    assert all(ok for _, ok in answers), "an Infer answer differs from the model's own output"
+    executors = Counter(e for e, _ in answers)
+    assert executors.keys() - {"n1"}, executors
+    for tid in ids:  # the burst still completes, each once
+        finals = _final(c3, "n1", tid)
         assert len(finals) == 1 and finals[0].kind == agent_pb2.TaskEvent.DONE, finals
 
 
