@@ -39,7 +39,7 @@ class TasksAgentApi(_TasksAccess):
         from p2pagent.inference import tensors
 
         # Validate the tensors here, so a bad one is refused before it is journaled.
-        tensors.many_from_proto(request.inputs, self._node.config.inference.max_tensor_elements)
+        tensors.many_decode(request.inputs, self._node.config.inference.max_tensor_elements)
         return agent_pb2.SubmitResponse(task_id=await self._tasks().submit(request))
 
     async def Wait(

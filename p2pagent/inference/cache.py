@@ -19,14 +19,17 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from p2pagent.errors import NotFound, ResourceExhausted
 from p2pagent.inference.formats import LoadedModel, ModelFormat, load_model
 from p2pagent.inference.spec import ModelSpec
 
-Loader = Callable[[str, Path, ModelSpec, torch.device, ModelFormat | None], LoadedModel]
+if TYPE_CHECKING:
+    import torch
+
+#: Loads one model file; the default imports torch on the first call, on the loader thread.
+Loader = Callable[[str, Path, ModelSpec, "torch.device | str", ModelFormat | None], LoadedModel]
 
 
 class LruBudget:
@@ -82,7 +85,7 @@ class ModelSource:
 class ModelCache:
     def __init__(
         self,
-        device: torch.device,
+        device: torch.device | str,
         budget_bytes: int,
         *,
         loader: Loader = load_model,

@@ -1,44 +1,63 @@
 """The element types the inference layer accepts, in each of their spellings.
 
-One table so the wire enum, model metadata (JSON names), safetensors codes and torch dtypes
-cannot drift apart. Anything not listed here is refused everywhere.
+One table so the wire enum, model metadata (JSON names), safetensors codes, numpy storage
+types and torch dtypes cannot drift apart. Anything not listed here is refused everywhere.
+
+Torch-free on purpose: wire validation, model metadata and the CLI use this table without
+importing torch (about 200 MB of RSS and seconds of start-up); only ``DTypeInfo.torch_dtype``
+imports it, and only code that already holds torch tensors calls it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from p2pagent._proto import common_pb2
 from p2pagent.errors import InvalidArgument
 
+if TYPE_CHECKING:
+    import torch
+
 
 @dataclass(frozen=True)
 class DTypeInfo:
-    name: str  # metadata / JSON spelling
+    name: str  # metadata / JSON spelling, and the torch attribute name (torch.float32...)
     wire: int  # common_pb2.DType value
     safetensors: str  # code in a safetensors header
-    torch: torch.dtype
+    #: numpy type holding the elements, little-endian. numpy has no bfloat16: its bits are
+    #: held as int16 and reinterpreted (``Tensor.view``) once they reach torch.
+    numpy: str
     itemsize: int
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        import torch
+
+        dtype: torch.dtype = getattr(torch, self.name)
+        return dtype
+
+    @property
+    def numpy_is_exact(self) -> bool:
+        """False where the numpy type only holds the bits (bfloat16)."""
+        return self.name != "bfloat16"
 
 
 _TABLE = (
-    DTypeInfo("float32", common_pb2.FLOAT32, "F32", torch.float32, 4),
-    DTypeInfo("float16", common_pb2.FLOAT16, "F16", torch.float16, 2),
-    DTypeInfo("bfloat16", common_pb2.BFLOAT16, "BF16", torch.bfloat16, 2),
-    DTypeInfo("float64", common_pb2.FLOAT64, "F64", torch.float64, 8),
-    DTypeInfo("int64", common_pb2.INT64, "I64", torch.int64, 8),
-    DTypeInfo("int32", common_pb2.INT32, "I32", torch.int32, 4),
-    DTypeInfo("int16", common_pb2.INT16, "I16", torch.int16, 2),
-    DTypeInfo("int8", common_pb2.INT8, "I8", torch.int8, 1),
-    DTypeInfo("uint8", common_pb2.UINT8, "U8", torch.uint8, 1),
-    DTypeInfo("bool", common_pb2.BOOL, "BOOL", torch.bool, 1),
+    DTypeInfo("float32", common_pb2.FLOAT32, "F32", "<f4", 4),
+    DTypeInfo("float16", common_pb2.FLOAT16, "F16", "<f2", 2),
+    DTypeInfo("bfloat16", common_pb2.BFLOAT16, "BF16", "<i2", 2),
+    DTypeInfo("float64", common_pb2.FLOAT64, "F64", "<f8", 8),
+    DTypeInfo("int64", common_pb2.INT64, "I64", "<i8", 8),
+    DTypeInfo("int32", common_pb2.INT32, "I32", "<i4", 4),
+    DTypeInfo("int16", common_pb2.INT16, "I16", "<i2", 2),
+    DTypeInfo("int8", common_pb2.INT8, "I8", "i1", 1),
+    DTypeInfo("uint8", common_pb2.UINT8, "U8", "u1", 1),
+    DTypeInfo("bool", common_pb2.BOOL, "BOOL", "?", 1),
 )
 BY_NAME = {d.name: d for d in _TABLE}
 BY_WIRE = {d.wire: d for d in _TABLE}
 BY_SAFETENSORS = {d.safetensors: d for d in _TABLE}
-BY_TORCH = {d.torch: d for d in _TABLE}
 NAMES = tuple(BY_NAME)
 
 
@@ -49,8 +68,13 @@ def by_name(name: str, what: str) -> DTypeInfo:
     return info
 
 
+def of_torch(dtype: object) -> DTypeInfo | None:
+    """The entry for a torch dtype (``torch.float32`` prints as "torch.float32"), or None."""
+    return BY_NAME.get(str(dtype).removeprefix("torch."))
+
+
 def by_torch(dtype: torch.dtype, what: str) -> DTypeInfo:
-    info = BY_TORCH.get(dtype)
+    info = of_torch(dtype)
     if info is None:
         raise InvalidArgument(
             f"{what}: dtype {dtype} is not supported; expected one of {', '.join(NAMES)}"

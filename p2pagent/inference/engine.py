@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from p2pagent.errors import DeadlineExceeded, Internal, P2PAgentError, Unavailable
 from p2pagent.inference import device as devices
@@ -33,17 +33,26 @@ from p2pagent.inference.cache import ModelCache
 from p2pagent.inference.config import InferenceConfig
 from p2pagent.inference.device import DeviceInfo
 from p2pagent.inference.formats import LoadedModel
-from p2pagent.inference.runner import BatchRunner, split
 from p2pagent.inference.stats import ModelStats
+from p2pagent.inference.tensors import HostTensor
 
-Inputs = Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
-Outputs = dict[str, torch.Tensor]
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import torch
+
+    from p2pagent.inference.runner import BatchRunner
+    from p2pagent.inference.spec import InputTensor
+
+    Inputs: TypeAlias = Mapping[str, InputTensor] | Sequence[InputTensor]
+    Outputs: TypeAlias = dict[str, torch.Tensor]
+    Parts: TypeAlias = list[list[InputTensor]]
 
 
 @dataclass(frozen=True)
 class _Request:
     model: LoadedModel
-    inputs: list[torch.Tensor]
+    inputs: list[InputTensor]
     future: asyncio.Future[Outputs]
 
 
@@ -68,10 +77,12 @@ class InferenceEngine:
         self.device = device
         self.cache = cache
         self._clock = clock
-        if set_threads:
-            devices.configure_threads(self.config.intra_op_threads)
+        self._set_threads = set_threads
         self._policy = BatchPolicy(self.config)
-        self._runner = BatchRunner(device.device)
+        # Made on the first batch, in a worker thread: it imports torch, which a node that
+        # never runs a model should not pay for (see device.py).
+        self._runner: BatchRunner | None = None
+        self._runner_lock = threading.Lock()
         # The thread count is also set inside each worker: OpenMP keeps it per thread, and a
         # worker left at the default would oversubscribe the cores the event loop needs.
         threads = self.config.intra_op_threads
@@ -111,7 +122,7 @@ class InferenceEngine:
         ordered = model.spec.bind_inputs(model_name, inputs)
         batchable = model.spec.batchable
         # Requests share a batch only with the same loaded model and concatenable inputs.
-        group = (id(model), *((t.dtype, tuple(t.shape[1:]), t.device) for t in ordered))
+        group = (id(model), *(_layout(t) for t in ordered))
         rid = self._policy.submit(
             model_name,
             int(ordered[0].shape[0]) if batchable else 1,
@@ -143,7 +154,7 @@ class InferenceEngine:
 
     @property
     def oom_splits(self) -> int:
-        return self._runner.oom_splits
+        return self._runner.oom_splits if self._runner is not None else 0
 
     async def close(self) -> None:
         """Fails queued requests with Unavailable, lets running batches finish, stops."""
@@ -204,24 +215,44 @@ class InferenceEngine:
             delay = max(0.0, decision.wake_at - now)
             self._timer = loop.call_at(loop.time() + delay, self._schedule_pump)
 
+    def _runner_now(self) -> BatchRunner:
+        """The batch runner, made on first use (from a worker thread: imports torch)."""
+        runner = self._runner
+        if runner is not None:
+            return runner
+        with self._runner_lock:
+            if self._runner is None:
+                from p2pagent.inference.runner import BatchRunner
+
+                if self._set_threads:
+                    devices.configure_threads(self.config.intra_op_threads)
+                self._runner = BatchRunner(self.device.device)
+            return self._runner
+
+    def _run(self, model: LoadedModel, parts: Parts) -> tuple[list[list[torch.Tensor]], float]:
+        return self._runner_now().run(model, parts)
+
     def _submit(
-        self, model: LoadedModel, parts: list[list[torch.Tensor]]
+        self, model: LoadedModel, parts: Parts
     ) -> Future[tuple[list[list[torch.Tensor]], float]]:
         if self._stage is None:
-            return self._compute.submit(self._runner.run, model, parts)
+            return self._compute.submit(self._run, model, parts)
         done: Future[tuple[list[list[torch.Tensor]], float]] = Future()
 
         def stage_then_compute() -> None:
             # Runs on the staging thread; queues the forward pass on the compute thread as
             # soon as the copy is issued, with no trip through the event loop.
             try:
-                staged = self._runner.stage(model, parts)
-                computed = self._compute.submit(self._runner.compute, model, staged)
+                runner = self._runner_now()
+                staged = runner.stage(model, parts)
+                computed = self._compute.submit(runner.compute, model, staged)
             except BaseException as e:
                 done.set_exception(e)
                 return
 
             def finished(f: Future[tuple[list[torch.Tensor], float]]) -> None:
+                from p2pagent.inference.runner import split
+
                 try:
                     outputs, seconds = f.result()
                     done.set_result((split(model, outputs, parts), seconds))
@@ -264,6 +295,14 @@ class InferenceEngine:
         finally:
             # After the results: their callers' resubmissions join the next batch.
             self._schedule_pump()
+
+
+def _layout(t: InputTensor) -> Hashable:
+    """What must match for two requests' inputs to be concatenated: dtype, the non-batch
+    dimensions and the device."""
+    if isinstance(t, HostTensor):
+        return (t.dtype.name, t.shape[1:], "cpu")
+    return (str(t.dtype).removeprefix("torch."), tuple(t.shape[1:]), str(t.device))
 
 
 def _model_error(model: LoadedModel, batch: Batch, e: Exception) -> Internal:

@@ -11,6 +11,9 @@ what its author wrote. We load them only from files whose sha256 the models laye
 checked against the model's manifest (published by an authenticated cluster identity) —
 that check, not this module, is what makes it acceptable. ``torch.load`` is never called here
 except with ``weights_only=True``, and safetensors goes through our own JSON-and-bytes parser.
+
+This module does not import torch (the models layer and the CLI use it to tell formats
+apart); loading lives in ``p2pagent.inference.loading``, imported on the first load.
 """
 
 from __future__ import annotations
@@ -20,14 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from p2pagent.errors import InvalidArgument
-from p2pagent.inference import architectures, safetensors_io
 from p2pagent.inference.spec import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ModelFormat(Enum):
@@ -93,53 +95,11 @@ def load_model(
     name: str,
     path: Path,
     spec: ModelSpec,
-    device: torch.device,
+    device: torch.device | str,
     fmt: ModelFormat | None = None,
 ) -> LoadedModel:
-    """Loads and validates a model file; blocking, so call it off the event loop."""
-    path = Path(path)
-    detected = detect_format(path)
-    if fmt is not None and fmt is not detected:
-        raise InvalidArgument(
-            f"model file {path} is not a valid {fmt.value} file (it looks like {detected.value})"
-        )
-    module: nn.Module
-    if detected is ModelFormat.TORCHSCRIPT:
-        try:
-            module = torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
-        except Exception as e:
-            raise InvalidArgument(
-                f"model file {path} is not a valid torchscript archive: {e}"
-            ) from None
-    elif detected is ModelFormat.TORCH_EXPORT:
-        try:
-            module = torch.export.load(str(path)).module()
-        except Exception as e:
-            raise InvalidArgument(
-                f"model file {path} is not a valid torch.export program: {e}"
-            ) from None
-        # Exported programs are already in inference form (and refuse .eval()).
-        module = module.to(device)
-    else:
-        if not spec.architecture:
-            raise InvalidArgument(
-                f"model {name!r}: safetensors weights need an architecture in the metadata "
-                f"(one of {', '.join(sorted(architectures.REGISTRY))})"
-            )
-        weights, _ = safetensors_io.load(path)
-        module = architectures.build_with_weights(spec.architecture, spec.arch_config, weights)
-        module = module.to(device).eval()
-    return LoadedModel(name, spec, detected, module, device, module_nbytes(module))
+    """Loads and validates a model file (imports torch); blocking, so call it off the event
+    loop."""
+    from p2pagent.inference import loading
 
-
-def module_nbytes(module: nn.Module) -> int:
-    """Bytes held by parameters and buffers (shared tensors counted once)."""
-    seen: set[int] = set()
-    total = 0
-    for t in (*module.parameters(), *module.buffers()):
-        key = t.data_ptr()
-        if key in seen:
-            continue
-        seen.add(key)
-        total += t.numel() * t.element_size()
-    return total
+    return loading.load_model(name, path, spec, device, fmt)

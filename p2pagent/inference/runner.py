@@ -16,12 +16,17 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from p2pagent.errors import Internal, ResourceExhausted
 from p2pagent.inference.formats import LoadedModel
+from p2pagent.inference.tensors import HostTensor, host_to_torch
+
+if TYPE_CHECKING:
+    from p2pagent.inference.spec import InputTensor
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class BatchRunner:
 
     # ---- stage ---------------------------------------------------------------------------
 
-    def stage(self, model: LoadedModel, parts: Sequence[Sequence[torch.Tensor]]) -> Staged:
+    def stage(self, model: LoadedModel, parts: Sequence[Sequence[InputTensor]]) -> Staged:
         rows = sum(int(p[0].shape[0]) for p in parts) if model.spec.batchable else 1
         columns = list(zip(*parts))
         if not self._cuda:
@@ -75,7 +80,7 @@ class BatchRunner:
         return outputs, time.perf_counter() - start
 
     def run(
-        self, model: LoadedModel, parts: Sequence[Sequence[torch.Tensor]]
+        self, model: LoadedModel, parts: Sequence[Sequence[InputTensor]]
     ) -> tuple[list[list[torch.Tensor]], float]:
         """stage + compute + split in one call (the CPU path: one thread, no overlap)."""
         outputs, seconds = self.compute(model, self.stage(model, parts))
@@ -105,7 +110,7 @@ class BatchRunner:
 def split(
     model: LoadedModel,
     outputs: list[torch.Tensor],
-    parts: Sequence[Sequence[torch.Tensor]],
+    parts: Sequence[Sequence[InputTensor]],
 ) -> list[list[torch.Tensor]]:
     """Each request's rows of every output (views, no copies)."""
     if len(parts) == 1:
@@ -115,16 +120,36 @@ def split(
     return [[p[i] for p in pieces] for i in range(len(parts))]
 
 
-def _cat(column: Sequence[torch.Tensor]) -> torch.Tensor:
-    return column[0] if len(column) == 1 else torch.cat(list(column))
+def _cat(column: Sequence[InputTensor]) -> torch.Tensor:
+    """One input of the batch: the requests' tensors joined along dimension 0.
+
+    Wire inputs (host tensors) are joined by one ``numpy.concatenate``, the only copy their
+    bytes ever get, and wrapped by torch without another.
+    """
+    if all(isinstance(t, HostTensor) for t in column):
+        hosts: list[HostTensor] = column  # type: ignore[assignment]
+        info = hosts[0].dtype
+        if len(hosts) == 1:
+            return hosts[0].to_torch()
+        return host_to_torch(info, np.concatenate([h.array for h in hosts]))
+    tensors = [_as_torch(t) for t in column]
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
-def _cat_pinned(column: Sequence[torch.Tensor]) -> torch.Tensor:
-    first = column[0]
+def _cat_pinned(column: Sequence[InputTensor]) -> torch.Tensor:
+    first = _as_torch(column[0])
     rows = sum(int(t.shape[0]) for t in column)
     out = torch.empty((rows, *first.shape[1:]), dtype=first.dtype, pin_memory=True)
-    torch.cat([t.to("cpu") for t in column], out=out)
+    torch.cat([_as_torch(t).to("cpu") for t in column], out=out)
     return out
+
+
+def _as_torch(t: InputTensor) -> torch.Tensor:
+    # A host tensor's array may be a read-only view of a received message: torch gets a
+    # view only where it does not write (``torch.cat`` reads it into fresh memory).
+    if isinstance(t, HostTensor):
+        return host_to_torch(t.dtype, t.array) if t.array.flags.writeable else t.to_torch()
+    return t
 
 
 def _outputs(model: LoadedModel, result: Any, rows: int) -> list[torch.Tensor]:

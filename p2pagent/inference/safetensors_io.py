@@ -125,11 +125,11 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             )
         spans.append((begin, end, name))
         if count == 0:
-            out[name] = torch.empty(shape, dtype=info.torch)
+            out[name] = torch.empty(shape, dtype=info.torch_dtype)
             continue
         raw = torch.frombuffer(data, dtype=torch.uint8, offset=start + begin, count=end - begin)
         # clone: each tensor owns its memory, so one small tensor does not pin the file.
-        out[name] = raw.view(info.torch).view(shape).clone()
+        out[name] = raw.view(info.torch_dtype).view(shape).clone()
     spans.sort()
     for (_, end_a, a), (begin_b, _, b) in itertools.pairwise(spans):
         if begin_b < end_a:

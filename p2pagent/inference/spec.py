@@ -13,16 +13,24 @@ way, naming the input, the expected and the received value.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from p2pagent._proto import agent_pb2
 from p2pagent.errors import InvalidArgument
 from p2pagent.inference import dtypes
+from p2pagent.inference.tensors import HostTensor
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import torch
+
+    #: What a request may pass as an input: a decoded wire tensor or a torch tensor.
+    InputTensor: TypeAlias = HostTensor | torch.Tensor
 
 #: Marks a dynamic dimension in a port shape.
 DYNAMIC = -1
@@ -49,7 +57,7 @@ class PortSpec:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return dtypes.BY_NAME[self.dtype].torch
+        return dtypes.BY_NAME[self.dtype].torch_dtype
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
@@ -180,8 +188,8 @@ class ModelSpec:
     # ---- request validation --------------------------------------------------------------
 
     def bind_inputs(
-        self, model: str, inputs: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
-    ) -> list[torch.Tensor]:
+        self, model: str, inputs: Mapping[str, InputTensor] | Sequence[InputTensor]
+    ) -> list[InputTensor]:
         """Checks a request against the input ports; returns the tensors in port order.
 
         Inputs are either a mapping by port name or a sequence in port order. For a
@@ -219,17 +227,22 @@ class ModelSpec:
         return ordered
 
 
-def _check_port(model: str, port: PortSpec, t: torch.Tensor) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise InvalidArgument(f"model {model!r}: input {port.name!r} is not a tensor")
-    if t.dtype != port.torch_dtype:
-        got = dtypes.BY_TORCH[t.dtype].name if t.dtype in dtypes.BY_TORCH else str(t.dtype)
+def _check_port(model: str, port: PortSpec, t: object) -> None:
+    if isinstance(t, HostTensor):
+        got, shape = t.dtype.name, t.shape
+    else:
+        # A torch tensor can exist only if torch was imported: no need to import it here.
+        torch_module = sys.modules.get("torch")
+        if torch_module is None or not isinstance(t, torch_module.Tensor):
+            raise InvalidArgument(f"model {model!r}: input {port.name!r} is not a tensor")
+        info = dtypes.of_torch(t.dtype)
+        got, shape = (info.name if info else str(t.dtype)), tuple(t.shape)
+    if got != port.dtype:
         raise InvalidArgument(
             f"model {model!r}: input {port.name!r} expects dtype {port.dtype}, received {got}"
         )
-    shape = tuple(t.shape)
     if len(shape) != len(port.shape) or any(
-        want != DYNAMIC and want != got for want, got in zip(port.shape, shape)
+        want != DYNAMIC and want != have for want, have in zip(port.shape, shape)
     ):
         raise InvalidArgument(
             f"model {model!r}: input {port.name!r} expects shape {list(port.shape)} "

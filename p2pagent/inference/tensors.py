@@ -1,24 +1,63 @@
-"""Wire ``Tensor`` <-> ``torch.Tensor``: dtype, shape and raw little-endian bytes.
+"""Wire ``Tensor`` <-> host arrays and ``torch.Tensor``: dtype, shape, little-endian bytes.
 
 Everything about a received tensor is checked before memory is allocated for it: the dtype
 is known, no dimension is negative, the element count is under the configured maximum, and
-the byte length is exactly ``elements * itemsize``. Decoding makes one copy (protobuf bytes
-are immutable, and ``torch.frombuffer`` on a read-only buffer would alias memory torch
-believes it may write); the tensor is then a view of that copy, with no further copies.
+the byte length is exactly ``elements * itemsize``.
+
+Decoding (``decode``, ``many_decode``) needs numpy only, never torch: a ``HostTensor`` is a
+read-only numpy view of the message's bytes, no copy at all. The one copy happens when the
+engine's worker concatenates a batch (or ``to_torch`` copies a lone tensor), so the request
+path on the event loop neither imports torch nor allocates tensor memory. ``from_proto`` and
+``many_from_proto`` decode straight to torch for callers that want tensors (and have torch).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from p2pagent._proto import common_pb2
 from p2pagent.errors import InvalidArgument
 from p2pagent.inference import dtypes
+from p2pagent.inference.dtypes import DTypeInfo
+
+if TYPE_CHECKING:
+    import torch
 
 _LITTLE = sys.byteorder == "little"
+
+
+@dataclass(frozen=True, eq=False)
+class HostTensor:
+    """A validated tensor in host memory, held by numpy (torch is not needed to hold one).
+
+    ``array`` has the numpy storage type of ``dtype`` in native byte order and may be
+    read-only (a view of received bytes): never write to it.
+    """
+
+    dtype: DTypeInfo
+    array: np.ndarray[Any, Any]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        shape: tuple[int, ...] = self.array.shape
+        return shape
+
+    def to_torch(self) -> torch.Tensor:
+        """A torch tensor owning a writable copy of the data."""
+        return host_to_torch(self.dtype, np.array(self.array, copy=True))
+
+
+def host_to_torch(info: DTypeInfo, array: np.ndarray[Any, Any]) -> torch.Tensor:
+    """Wraps a writable, native-order numpy array as a torch tensor without copying."""
+    import torch
+
+    t = torch.from_numpy(array)
+    return t if info.numpy_is_exact else t.view(info.torch_dtype)
 
 
 def check_shape(shape: Iterable[int], max_elements: int, what: str) -> tuple[tuple[int, ...], int]:
@@ -41,8 +80,8 @@ def check_shape(shape: Iterable[int], max_elements: int, what: str) -> tuple[tup
     return dims, count
 
 
-def from_proto(t: common_pb2.Tensor, max_elements: int) -> torch.Tensor:
-    """Decodes one wire tensor; raises InvalidArgument naming the tensor and what is wrong."""
+def decode(t: common_pb2.Tensor, max_elements: int) -> HostTensor:
+    """Decodes one wire tensor without copying; raises InvalidArgument naming what is wrong."""
     what = f"tensor {t.name!r}" if t.name else "tensor"
     info = dtypes.BY_WIRE.get(t.dtype)
     if info is None:
@@ -50,41 +89,24 @@ def from_proto(t: common_pb2.Tensor, max_elements: int) -> torch.Tensor:
             f"{what}: unknown dtype {t.dtype}; expected one of {', '.join(dtypes.NAMES)}"
         )
     shape, count = check_shape(t.shape, max_elements, what)
+    data = t.data
     expected = count * info.itemsize
-    if len(t.data) != expected:
+    if len(data) != expected:
         raise InvalidArgument(
-            f"{what}: {info.name} shape {list(shape)} needs {expected} bytes, "
-            f"received {len(t.data)}"
+            f"{what}: {info.name} shape {list(shape)} needs {expected} bytes, received {len(data)}"
         )
-    if count == 0:
-        return torch.empty(shape, dtype=info.torch)
-    raw = torch.frombuffer(bytearray(t.data), dtype=torch.uint8)
-    if info.torch is torch.bool and bool((raw > 1).any()):
+    if info.name == "bool" and count and np.frombuffer(data, np.uint8).max() > 1:
         # Any byte but 0/1 in a bool tensor is undefined behaviour in torch kernels.
         raise InvalidArgument(f"{what}: bool data must be bytes 0 or 1")
+    array = np.frombuffer(data, info.numpy).reshape(shape)
     if not _LITTLE and info.itemsize > 1:
-        raw = raw.view(-1, info.itemsize).flip(1).reshape(-1)
-    return raw.view(info.torch).view(shape)
+        array = array.astype(array.dtype.newbyteorder("="))
+    return HostTensor(info, array)
 
 
-def to_proto(name: str, tensor: torch.Tensor) -> common_pb2.Tensor:
-    """Encodes one tensor (any device, any layout) as little-endian row-major bytes."""
-    info = dtypes.by_torch(tensor.dtype, f"output {name!r}")
-    t = tensor.detach().to("cpu").contiguous()
-    raw = t.reshape(-1).view(torch.uint8)
-    if not _LITTLE and info.itemsize > 1:
-        raw = raw.view(-1, info.itemsize).flip(1).reshape(-1)
-    return common_pb2.Tensor(
-        name=name,
-        dtype=info.wire,  # type: ignore[arg-type]  # an enum value held as int
-        shape=list(t.shape),
-        data=raw.numpy().tobytes(),
-    )
-
-
-def many_from_proto(
+def many_decode(
     tensors: Iterable[common_pb2.Tensor], max_elements: int
-) -> dict[str, torch.Tensor] | list[torch.Tensor]:
+) -> dict[str, HostTensor] | list[HostTensor]:
     """Decodes request inputs: a dict when every tensor is named, a list when none is.
 
     A mix of named and unnamed tensors, or a repeated name, is ambiguous and refused.
@@ -92,15 +114,51 @@ def many_from_proto(
     items = list(tensors)
     named = [t.name for t in items if t.name]
     if not named:
-        return [from_proto(t, max_elements) for t in items]
+        return [decode(t, max_elements) for t in items]
     if len(named) != len(items):
         raise InvalidArgument("either name every input tensor or none of them")
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, HostTensor] = {}
     for t in items:
         if t.name in out:
             raise InvalidArgument(f"input {t.name!r} is given twice")
-        out[t.name] = from_proto(t, max_elements)
+        out[t.name] = decode(t, max_elements)
     return out
+
+
+def from_proto(t: common_pb2.Tensor, max_elements: int) -> torch.Tensor:
+    """Decodes one wire tensor to a torch tensor that owns a copy of the data."""
+    return decode(t, max_elements).to_torch()
+
+
+def many_from_proto(
+    tensors: Iterable[common_pb2.Tensor], max_elements: int
+) -> dict[str, torch.Tensor] | list[torch.Tensor]:
+    """``many_decode``, as torch tensors (imports torch: prefer ``many_decode`` for the
+    engine, which takes host tensors as they are)."""
+    decoded = many_decode(tensors, max_elements)
+    if isinstance(decoded, dict):
+        return {name: h.to_torch() for name, h in decoded.items()}
+    return [h.to_torch() for h in decoded]
+
+
+def to_proto(name: str, tensor: torch.Tensor) -> common_pb2.Tensor:
+    """Encodes one tensor (any device, any layout) as little-endian row-major bytes."""
+    info = dtypes.by_torch(tensor.dtype, f"output {name!r}")
+    t = tensor.detach().to("cpu").contiguous()
+    shape = list(t.shape)
+    if not info.numpy_is_exact:
+        import torch
+
+        t = t.view(torch.int16)
+    array = t.numpy()
+    if not _LITTLE and info.itemsize > 1:
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return common_pb2.Tensor(
+        name=name,
+        dtype=info.wire,  # type: ignore[arg-type]  # an enum value held as int
+        shape=shape,
+        data=array.tobytes(),
+    )
 
 
 def many_to_proto(outputs: Mapping[str, torch.Tensor]) -> list[common_pb2.Tensor]:

@@ -20,7 +20,7 @@ from p2pagent.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from p2pagent.inference import architectures
+from p2pagent.inference import architectures, tensors
 from p2pagent.inference.cache import ModelCache
 from p2pagent.inference.config import InferenceConfig
 from p2pagent.inference.device import select_device
@@ -295,3 +295,27 @@ async def test_cuda_engine_matches_cpu() -> None:
             assert torch.allclose(out["output"], cpu_module(x), atol=1e-4)
     await engine.close()
     cache.close()
+
+
+async def test_wire_inputs_batch_with_torch_inputs(
+    zoo_engine: tuple[Zoo, InferenceEngine],
+) -> None:
+    """Decoded wire tensors (read-only views of the message) join torch tensors in a batch;
+    the message bytes are left as they were."""
+    zoo, engine = zoo_engine
+    xs = [torch.full((1, 4), float(i)) for i in range(6)]
+    wires = [tensors.to_proto("x", x) for x in xs]
+    gate = await hold_device(zoo, engine)
+    calls = [
+        engine.infer("double", tensors.many_decode([w], 1 << 10) if i % 2 else {"x": xs[i]})
+        for i, w in enumerate(wires)
+    ]
+    pending = asyncio.gather(*calls)
+    await asyncio.sleep(0)
+    zoo.gate.set()
+    await gate
+    results = await pending
+    for x, got in zip(xs, results):
+        assert torch.equal(got["y"], x * 2)
+    assert max(zoo.rows_seen["double:calls"]) > 1  # host and torch inputs shared a batch
+    assert all(w.data == tensors.to_proto("x", x).data for w, x in zip(wires, xs))

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
 from p2pagent.errors import ConfigError, InvalidArgument
-from p2pagent.inference.device import intra_op_threads, select_device
+from p2pagent.inference import dtypes
+from p2pagent.inference.device import intra_op_threads, nvidia_driver_present, select_device
 from p2pagent.inference.spec import ModelSpec, PortSpec
+from p2pagent.inference.tensors import HostTensor
 
 SPEC = ModelSpec(
     (PortSpec("image", "float32", (-1, 3, 4)), PortSpec("ids", "int64", (-1, -1))),
@@ -101,3 +106,22 @@ def test_device_selection() -> None:
             select_device(f"cuda:{torch.cuda.device_count()}")
     assert intra_op_threads(3, cpu) == 3
     assert intra_op_threads(0, cpu) >= 1
+
+
+def test_driver_presence_decides_without_torch(tmp_path: Path) -> None:
+    assert not nvidia_driver_present((str(tmp_path / "nvidia*"),))
+    (tmp_path / "nvidia0").touch()
+    assert nvidia_driver_present((str(tmp_path / "nvidia[0-9]*"),))
+
+
+def test_host_and_torch_inputs_are_validated_alike() -> None:
+    host = {
+        "image": HostTensor(dtypes.BY_NAME["float32"], np.zeros((2, 3, 4), "<f4")),
+        "ids": HostTensor(dtypes.BY_NAME["int32"], np.zeros((2, 5), "<i4")),
+    }
+    with pytest.raises(InvalidArgument, match="'ids' expects dtype int64, received int32"):
+        SPEC.bind_inputs("m", host)
+    host["ids"] = HostTensor(dtypes.BY_NAME["int64"], np.zeros((2, 5), "<i8"))
+    assert SPEC.bind_inputs("m", host)[1] is host["ids"]
+    with pytest.raises(InvalidArgument, match=r"expects shape \[-1, 3, 4\]"):
+        SPEC.bind_inputs("m", {**host, "image": torch.zeros(2, 4, 3)})

@@ -26,7 +26,7 @@ def sample(dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
 @pytest.mark.parametrize("shape", [(3, 5), (2, 0, 4), (), (1,)])
 def test_round_trip_every_dtype(name: str, shape: tuple[int, ...]) -> None:
     info = dtypes.BY_NAME[name]
-    t = sample(info.torch, shape)
+    t = sample(info.torch_dtype, shape)
     wire = tensors.to_proto("x", t)
     assert wire.dtype == info.wire and list(wire.shape) == list(shape)
     assert len(wire.data) == t.numel() * info.itemsize

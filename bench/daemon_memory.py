@@ -1,0 +1,119 @@
+"""RSS of one real daemon: idle, holding N small keys, and after its first inference.
+
+    python -m bench.daemon_memory [--keys 100000] [--small] [--json FILE]
+
+Issue "Replicated state" asks that a replica of 100,000 small keys stays under 200 MB RSS
+for the daemon. Torch loads only on a node's first model load or Infer (see
+``p2pagent/inference/device.py``), so the rows show the state node's cost and, separately,
+what the first inference adds. The baseline in the same run is a bare Python interpreter
+that imports the daemon's modules (what any daemon costs before it holds anything).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from bench.state_cluster import _fill, _rss_mb
+from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
+from p2pagent.identity import certs
+from p2pagent.identity import material as tls
+from p2pagent.identity.spiffe import Role
+from p2pagent.inference import demo_model
+from p2pagent.testing.daemon import Daemon
+from p2pagent.transport.channels import channel_options
+
+
+def imports_rss_mb() -> float:
+    """RSS of an interpreter that only imports the daemon's code (the floor). VmRSS, not
+    ru_maxrss, which a child inherits from this (torch-holding) process across exec."""
+    code = (
+        "import os, p2pagent.cli.daemon, p2pagent.node\n"
+        "from bench.state_cluster import _rss_mb\n"
+        "print(_rss_mb(os.getpid()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    return float(out.stdout.strip())
+
+
+async def infer_once(address: str, certs_dir: Path) -> None:
+    m = tls.load(tls.TLSPaths.in_dir(certs_dir, "client"))
+    creds = grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
+    x = demo_model.sample_input(1).numpy().astype("<f4")
+    t = common_pb2.Tensor(
+        name="input", dtype=common_pb2.FLOAT32, shape=list(x.shape), data=x.tobytes()
+    )
+    async with grpc.aio.secure_channel(
+        address, creds, options=channel_options("test", 8 << 20)
+    ) as ch:
+        stub = agent_pb2_grpc.AgentStub(ch)
+        await stub.Infer(agent_pb2.InferRequest(model="demo", inputs=[t]), timeout=120)
+
+
+def settle_rss(pid: int, seconds: float = 3.0) -> float:
+    """RSS after a pause (background work of the last burst finishes first)."""
+    time.sleep(seconds)
+    return _rss_mb(pid)
+
+
+def run(keys: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        certs.init_ca(root / "certs", "test")  # the name _fill expects
+        certs.issue(root / "certs", "m1", Role.NODE)
+        certs.issue(root / "certs", "client", Role.CLIENT)
+        files = demo_model.write_all(root / "model")
+        serve = ["--serve", f"demo={files['torchscript']}"]
+        d = Daemon("m1", root / "certs", root / "m1", args=serve)
+        try:
+            d.start()
+            pid = d.proc.pid  # type: ignore[union-attr]
+            idle = settle_rss(pid)
+            t0 = time.monotonic()
+            asyncio.run(_fill(d.address, root / "certs", keys))
+            fill_s = time.monotonic() - t0
+            with_keys = settle_rss(pid)
+            t0 = time.monotonic()
+            asyncio.run(infer_once(d.address, root / "certs"))
+            first_infer_s = time.monotonic() - t0
+            after_infer = settle_rss(pid)
+        finally:
+            d.kill()
+    return {
+        "keys": keys,
+        "imports_only_rss_mb": round(imports_rss_mb(), 1),
+        "idle_rss_mb": round(idle, 1),
+        "with_keys_rss_mb": round(with_keys, 1),
+        "after_first_infer_rss_mb": round(after_infer, 1),
+        "first_infer_s": round(first_infer_s, 2),
+        "puts_per_s": round(keys / fill_s),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="daemon RSS: idle, with keys, after first Infer")
+    p.add_argument("--keys", type=int, default=100_000)
+    p.add_argument("--small", action="store_true", help="CI size: 2,000 keys")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    out = run(2000 if args.small else args.keys)
+    for k, v in out.items():
+        print(f"{k:28} {v}")
+    print(f"{'with keys < 200 MB':28} {'met' if out['with_keys_rss_mb'] < 200 else 'NOT met'}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

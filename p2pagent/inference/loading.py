@@ -1,0 +1,74 @@
+"""Loading a model file onto a device: the torch half of ``p2pagent.inference.formats``.
+
+Imported only when a node loads its first model (torch costs ~200 MB of RSS); see formats
+for the formats and for why loading TorchScript and torch.export archives is acceptable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from p2pagent.errors import InvalidArgument
+from p2pagent.inference import architectures, safetensors_io
+from p2pagent.inference.formats import LoadedModel, ModelFormat, detect_format
+from p2pagent.inference.spec import ModelSpec
+
+
+def load_model(
+    name: str,
+    path: Path,
+    spec: ModelSpec,
+    device: torch.device | str,
+    fmt: ModelFormat | None = None,
+) -> LoadedModel:
+    """Loads and validates a model file; blocking, so call it off the event loop."""
+    device = torch.device(device)
+    path = Path(path)
+    detected = detect_format(path)
+    if fmt is not None and fmt is not detected:
+        raise InvalidArgument(
+            f"model file {path} is not a valid {fmt.value} file (it looks like {detected.value})"
+        )
+    module: nn.Module
+    if detected is ModelFormat.TORCHSCRIPT:
+        try:
+            module = torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
+        except Exception as e:
+            raise InvalidArgument(
+                f"model file {path} is not a valid torchscript archive: {e}"
+            ) from None
+    elif detected is ModelFormat.TORCH_EXPORT:
+        try:
+            module = torch.export.load(str(path)).module()
+        except Exception as e:
+            raise InvalidArgument(
+                f"model file {path} is not a valid torch.export program: {e}"
+            ) from None
+        # Exported programs are already in inference form (and refuse .eval()).
+        module = module.to(device)
+    else:
+        if not spec.architecture:
+            raise InvalidArgument(
+                f"model {name!r}: safetensors weights need an architecture in the metadata "
+                f"(one of {', '.join(sorted(architectures.REGISTRY))})"
+            )
+        weights, _ = safetensors_io.load(path)
+        module = architectures.build_with_weights(spec.architecture, spec.arch_config, weights)
+        module = module.to(device).eval()
+    return LoadedModel(name, spec, detected, module, device, module_nbytes(module))
+
+
+def module_nbytes(module: nn.Module) -> int:
+    """Bytes held by parameters and buffers (shared tensors counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for t in (*module.parameters(), *module.buffers()):
+        key = t.data_ptr()
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
