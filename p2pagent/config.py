@@ -72,6 +72,10 @@ class Config:
     ca: str = ""
     cert: str = ""
     key: str = ""
+    #: Seconds between checks of the certificate files; a change reloads them as SIGHUP
+    #: does (for renewers that rewrite files in place, like cert-manager's csi-driver).
+    #: 0 disables the checks.
+    cert_check_interval: float = 30.0
     #: Data directory: replicated state, membership incarnation, task journal, model chunks.
     data: str = ""
     #: HOST:PORT for Prometheus metrics over HTTP; empty disables them.
@@ -149,6 +153,8 @@ class Config:
             raise ConfigError(f"unknown log format {self.log_format!r}: choose text or json")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"unknown log level {self.log_level!r}")
+        if self.cert_check_interval < 0:
+            raise ConfigError("cert_check_interval must be >= 0 seconds (0 disables it)")
         if self.max_message_bytes < 1024 * 1024:
             raise ConfigError("max_message_bytes must be at least 1048576 (1 MiB)")
         self.advertised()

@@ -1,11 +1,23 @@
-"""Logging: one line per record, every line carries the node name; text or JSON."""
+"""Logging: one line per record, every line carries the node name; text or JSON.
+
+``setup`` installs the only handler on the root logger, so libraries that log through
+``logging`` (grpc's Python layer, asyncio) get the node name too. Python warnings and
+exceptions nobody caught (main thread or other threads) are routed through it as well, so
+nothing reaches stderr in another shape. In text format a traceback's lines each carry the
+record's prefix, so ``grep '\\[node1\\]'`` keeps them; in JSON format the traceback is one
+string field of its record.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+import threading
 import time
+from types import TracebackType
+
+FORMATS = ("text", "json")
 
 
 class _TextFormatter(logging.Formatter):
@@ -15,11 +27,11 @@ class _TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%H:%M:%S", time.localtime(record.created))
-        msg = record.getMessage()
-        level = record.levelname
-        line = f"{ts}.{int(record.msecs):03d} {level:<7} [{self._node}] {record.name}: {msg}"
+        prefix = f"{ts}.{int(record.msecs):03d} {record.levelname:<7} [{self._node}]"
+        line = f"{prefix} {record.name}: {record.getMessage()}"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            extra = self.formatException(record.exc_info).splitlines()
+            line += "".join(f"\n{prefix}   {x}" for x in extra)
         return line
 
 
@@ -41,12 +53,37 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
+def formatter(node: str, fmt: str = "text") -> logging.Formatter:
+    """The formatter for ``fmt`` (``text`` or ``json``); every record names ``node``."""
+    return _JsonFormatter(node) if fmt == "json" else _TextFormatter(node)
+
+
 def setup(node: str, level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter(node) if fmt == "json" else _TextFormatter(node))
+    handler.setFormatter(formatter(node, fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+
+
+def _log_uncaught(
+    kind: type[BaseException], value: BaseException, tb: TracebackType | None
+) -> None:
+    logging.getLogger("p2pagent").critical("uncaught exception", exc_info=(kind, value, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("p2pagent").critical(
+        "uncaught exception in thread %s",
+        name,
+        exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback),
+    )
 
 
 class RateLimitedLog:

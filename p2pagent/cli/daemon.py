@@ -2,7 +2,9 @@
 
 Configuration: ``--config FILE`` (TOML) < ``P2PAGENT_*`` environment < flags. A bad
 configuration prints one line naming the problem and exits with status 2. SIGTERM/SIGINT stop
-gracefully (exit 0); SIGHUP reloads certificates.
+gracefully (exit 0); SIGHUP reloads certificates, and so does a change of the certificate
+files (``cert_check_interval``). With ``NOTIFY_SOCKET`` set (systemd ``Type=notify``) it
+sends ``READY=1`` once serving and ``STOPPING=1`` when told to stop.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from p2pagent import __version__
+from p2pagent.cli.args import OneLineErrorParser
+from p2pagent.cli.cert_reload import CertificateReloader, stamps
 from p2pagent.config import Config, load
 from p2pagent.errors import P2PAgentError
 from p2pagent.logs import setup as setup_logging
@@ -25,10 +29,11 @@ from p2pagent.logs import setup as setup_logging
 log = logging.getLogger("p2pagentd")
 
 EXIT_CONFIG = 2
+EXIT_CRASH = 1
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineErrorParser(
         prog="p2pagentd",
         description="Run a p2pagent node. Settings: --config FILE < P2PAGENT_* env < flags.",
     )
@@ -99,23 +104,25 @@ def _notify_systemd(state: str) -> None:
 async def serve(config: Config) -> None:
     from p2pagent.node import Node  # imported late: torch and grpc load slowly
 
+    files_as_loaded = stamps(config.tls_paths())
     node = Node(config)
     await node.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-
-    def reload() -> None:
-        try:
-            node.reload_certificates()
-        except P2PAgentError as e:
-            log.error("certificate reload failed, keeping the old ones: %s", e)
-
+    certs = CertificateReloader(node)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGHUP, certs.reload)
+    watch = None
+    if config.cert_check_interval > 0:
+        watch = loop.create_task(certs.watch(config.cert_check_interval, files_as_loaded))
     _notify_systemd("READY=1")
     await stop.wait()
     _notify_systemd("STOPPING=1")
+    if watch is not None:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+    await certs.close()
     await node.stop()
 
 
@@ -135,6 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 0
+    except Exception:
+        # A bug, not a configuration problem: keep the traceback, but as a log record that
+        # carries the node name (one JSON object with --log-format json), not raw stderr.
+        log.critical("p2pagentd stopped on an unexpected error; please report it", exc_info=True)
+        return EXIT_CRASH
     return 0
 
 

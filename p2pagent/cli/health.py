@@ -1,7 +1,10 @@
 """``python -m p2pagent.cli.health``: exit 0 when the local node answers SERVING.
 
 For container HEALTHCHECKs and Kubernetes exec probes, which cannot present a client
-certificate themselves. Reads the same settings as the daemon (``P2PAGENT_*``, flags).
+certificate themselves. Reads the same settings as the daemon (``P2PAGENT_*``, flags), so the
+daemon's name and advertised address must come from the environment or the config file, not
+from daemon flags this check cannot see. It dials the node's own listen address (loopback
+when that is a wildcard): a local check should not depend on DNS or on the network.
 """
 
 from __future__ import annotations
@@ -14,10 +17,20 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from p2pagent.config import load
+from p2pagent.config import Config, load, parse_address
 from p2pagent.errors import P2PAgentError
 from p2pagent.identity import material as tls
 from p2pagent.transport.channels import channel_options
+
+
+def local_target(cfg: Config) -> str:
+    """The address to check this node through from the same host."""
+    host, port = parse_address(cfg.listen, "listen address")
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flags = {k: v for k, v in (("name", args.name), ("certs", args.certs)) if v}
         cfg = load(args.config, os.environ, flags)
         material = tls.load(cfg.tls_paths())
-        target = args.target or cfg.advertised()
+        target = args.target or local_target(cfg)
     except P2PAgentError as e:
         print(f"unhealthy: {e}", file=sys.stderr)
         return 2

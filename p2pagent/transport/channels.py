@@ -66,6 +66,16 @@ class ChannelPool:
             self._channels[address] = ch
         return ch
 
+    def retire_all(self) -> list[grpc.aio.Channel]:
+        """Forgets every channel, so the next call dials with the current certificates.
+
+        Returns the old channels for the caller to close once their calls have had time to
+        finish (after a certificate reload: an open channel would otherwise keep presenting
+        the old certificate whenever it reconnects, until that one expires).
+        """
+        old, self._channels = list(self._channels.values()), {}
+        return old
+
     async def drop(self, address: str) -> None:
         """Closes the channel to ``address`` (for example after certificates were rotated)."""
         ch = self._channels.pop(address, None)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from p2pagent.cli.daemon import parser as daemon_parser
-from p2pagent.config import Config
+from p2pagent.config import Config, load
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 
@@ -60,16 +60,74 @@ def test_statefulset_uses_headless_service_probes_and_pdb() -> None:
     assert {i["kind"] for i in by_kind["Issuer"]} == {"Issuer"}
 
 
-def test_every_p2pagent_env_var_in_manifests_is_a_config_field() -> None:
+def _dockerfile_env() -> dict[str, str]:
+    """The image's ENV settings (``ENV A=1 \\`` continuation lines, as the Dockerfile has)."""
+    text = (DEPLOY / "docker" / "Dockerfile").read_text().replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            for item in line[4:].split():
+                k, v = item.split("=", 1)
+                env[k] = v
+    return env
+
+
+def _sts_env(pod: str) -> dict[str, str]:
+    """The StatefulSet container's environment as Kubernetes expands it for ``pod``."""
+    sts = next(d for d in _all_k8s() if d["kind"] == "StatefulSet")
+    env: dict[str, str] = {}
+    for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]:
+        if "valueFrom" in e:
+            assert e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+            env[e["name"]] = pod
+        else:
+            value = e["value"]
+            for k, v in env.items():
+                value = value.replace(f"$({k})", v)
+            env[e["name"]] = value
+    return env
+
+
+def test_every_k8s_pod_gets_a_valid_config_and_reaches_the_seeds() -> None:
     fields = {f.upper() for f in Config.__dataclass_fields__}
     sts = next(d for d in _all_k8s() if d["kind"] == "StatefulSet")
-    env = sts["spec"]["template"]["spec"]["containers"][0]["env"]
-    names = [e["name"][len("P2PAGENT_") :] for e in env if e["name"].startswith("P2PAGENT_")]
-    assert names and set(names) <= fields
+    replicas = sts["spec"]["replicas"]
+    service = sts["spec"]["serviceName"]
+    pods = [f"{sts['metadata']['name']}-{i}" for i in range(replicas)]
+    for pod in pods:
+        env = {**_dockerfile_env(), **_sts_env(pod)}
+        names = [k[len("P2PAGENT_") :] for k in env if k.startswith("P2PAGENT_")]
+        assert set(names) <= fields
+        cfg = load(None, env, {})  # validates, as the daemon and the health probe do
+        assert cfg.name == pod
+        assert cfg.advertise.startswith(f"{pod}.{service}.")
+        assert {s.split(".")[0] for s in cfg.seeds} == set(pods)
+        tls = cfg.tls_paths()
+        mount = next(
+            m["mountPath"]
+            for m in sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+            if m["name"] == "tls"
+        )
+        assert {tls.ca.parent, tls.cert.parent, tls.key.parent} == {Path(mount)}
+
+
+def test_every_compose_node_gets_a_valid_config_its_health_check_can_read() -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-    for svc in ("node1", "node2", "node3"):
-        args = compose["services"][svc]["command"]
-        daemon_parser().parse_args(args)  # every flag exists
+    nodes = [n for n, svc in compose["services"].items() if n != "certs"]
+    assert len(nodes) == 3
+    for name in nodes:
+        svc = compose["services"][name]
+        daemon_parser().parse_args(svc.get("command", []))  # every flag exists
+        # Name and advertised address must be environment settings: the image's
+        # HEALTHCHECK reads P2PAGENT_* and cannot see the daemon's flags.
+        cfg = load(None, {**_dockerfile_env(), **svc["environment"]}, {})
+        assert cfg.name == name and cfg.advertise == f"{name}:7400"
+        assert set(cfg.seeds) == {f"{n}:7400" for n in nodes}
+        assert any(v.endswith(":/var/lib/p2pagent/data") for v in svc["volumes"])
+    assert compose["services"]["certs"]["entrypoint"][0] == "/bin/sh"
+    for name in nodes:
+        deps = compose["services"][name]["depends_on"]
+        assert deps["certs"]["condition"] == "service_completed_successfully"
 
 
 def test_gpu_variant_requests_a_gpu() -> None:
@@ -96,6 +154,11 @@ def test_dockerfile_runs_as_non_root_with_health_check() -> None:
     assert "HEALTHCHECK" in text and "p2pagent.cli.health" in text
     assert "ARG VARIANT=cpu" in text
     assert 'VOLUME ["/var/lib/p2pagent/data"]' in text
+    # Multi-stage: build tools and pip caches stay out of the runtime image.
+    assert " AS build" in text and "COPY --from=build" in text
+    # The volume's directory exists and is the user's before VOLUME, or it mounts as root's.
+    assert text.index("install -d -o p2pagent") < text.index("\nVOLUME [")
+    assert 'if [ "$VARIANT" = "cpu" ]' in text
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed here")
