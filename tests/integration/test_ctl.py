@@ -80,3 +80,102 @@ def test_certs_init_and_issue(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(d / "web.key").st_mode) == 0o600
     bad = ctl("certs", "issue", "--dir", str(d), "--name", "../x", "--role", "client")
     assert bad.returncode == 2 and "invalid name" in bad.stderr
+
+
+def _assert_one_line(r: subprocess.CompletedProcess[str], status: int, *needles: str) -> None:
+    assert r.returncode == status, (r.returncode, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("p2pagentctl") and "error:" in lines[0]
+    assert "Traceback" not in r.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_unknown_flag_is_one_line_pointing_at_help() -> None:
+    r = ctl("status", "--bogus")
+    _assert_one_line(r, 2, "unrecognized arguments: --bogus", "--help")
+
+
+def test_missing_command_and_missing_argument_are_one_line() -> None:
+    _assert_one_line(ctl(), 2, "COMMAND")
+    _assert_one_line(ctl("infer", "--input", "x.json"), 2, "--model", "p2pagentctl infer --help")
+
+
+def test_certificate_directory_that_does_not_exist_is_one_line(
+    node: Daemon, tmp_path: Path
+) -> None:
+    r = ctl("status", "--target", node.address, "--certs", str(tmp_path / "nowhere"))
+    _assert_one_line(r, 2, "does not exist", "nowhere")
+
+
+def test_no_certificates_at_all_says_which_flag_to_pass(node: Daemon) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "p2pagent.cli.ctl", "status", "--target", node.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "P2PAGENT_CERTS"},
+    )
+    _assert_one_line(r, 2, "--certs")
+
+
+def test_unknown_model_is_one_line(node: Daemon, certs_dir: Path, tmp_path: Path) -> None:
+    x = tmp_path / "x.json"
+    x.write_text("[[1.0, 2.0, 3.0]]")
+    r = ctl(
+        "infer", "--target", node.address, "--certs", str(certs_dir), "--model", "no-such-model",
+        "--input", str(x),
+    )  # fmt: skip
+    _assert_one_line(r, 1, "no-such-model")
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (None, "does not exist"),
+        ("{not json", "cannot read input file"),
+        ('"text"', "must be a list or an object"),
+    ],
+)
+def test_bad_input_file_is_one_line(
+    node: Daemon, certs_dir: Path, tmp_path: Path, content: str | None, needle: str
+) -> None:
+    x = tmp_path / "in.json"
+    if content is not None:
+        x.write_text(content)
+    r = ctl(
+        "infer", "--target", node.address, "--certs", str(certs_dir), "--model", "m",
+        "--input", str(x),
+    )  # fmt: skip
+    _assert_one_line(r, 2, needle)
+
+
+def test_top_once_shows_every_member_as_a_table_and_as_json(node: Daemon, certs_dir: Path) -> None:
+    common = ["--target", node.address, "--certs", str(certs_dir)]
+    r = ctl("top", "--once", *common)
+    assert r.returncode == 0, r.stderr
+    header, *rows = r.stdout.splitlines()[1:]
+    assert header.split()[:3] == ["NAME", "STATE", "ADDRESS"]
+    row = next(ln for ln in rows if ln.startswith("n5 "))
+    assert row.split()[1] == "alive" and node.address in row
+    # Aligned: every column starts at the same offset in the header and the row.
+    assert row.index(node.address) == header.index("ADDRESS")
+    doc = json.loads(ctl("top", "--once", "--json", *common).stdout)
+    me = next(m for m in doc if m["name"] == "n5")
+    assert me["state"] == "alive" and me["queue"] == 0
+    assert set(me) >= {"device", "running", "backlog_s", "tasks_per_s", "completed", "models"}
+
+
+def test_top_iterations_print_one_json_line_per_refresh(node: Daemon, certs_dir: Path) -> None:
+    r = ctl(
+        "top", "--target", node.address, "--certs", str(certs_dir), "--json", "--iterations",
+        "2", "--interval", "0.1",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    snaps = [json.loads(ln) for ln in r.stdout.splitlines()]
+    assert len(snaps) == 2
+    assert all(any(m["name"] == "n5" for m in s["members"]) for s in snaps)
+    # The second refresh has a rate (completed tasks per second since the first).
+    second = next(m for m in snaps[1]["members"] if m["name"] == "n5")
+    assert second["tasks_per_s"] == 0
