@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck unit integration cluster proto bench clean
+.PHONY: venv demo test lint typecheck unit integration cluster proto docs bench clean
 
 # Creates or reuses .venv and installs the project with the tested versions (torch pinned to
 # the CPU build through constraints.txt; an unpinned torch would pull a multi-GB CUDA build).
@@ -39,6 +39,10 @@ cluster: $(STAMP)
 
 proto: $(STAMP)
 	$(PY) -m p2pagent._proto.generate
+
+# Regenerates the configuration reference in README.md and docs/API.md from the code.
+docs: $(STAMP)
+	$(PY) -m p2pagent.docgen
 
 bench: $(STAMP)
 	$(PY) -m bench.all --small
