@@ -173,3 +173,22 @@ def test_kustomize_renders_offline(overlay: str) -> None:
     assert "StatefulSet" in kinds and "PodDisruptionBudget" in kinds
     if overlay.endswith("gpu"):
         assert "nvidia.com/gpu" in r.stdout
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd is not installed")
+def test_systemd_unit_has_no_unknown_or_invalid_settings(tmp_path: Path) -> None:
+    # `verify` also insists the binary exists; only the binary path is swapped for one that
+    # does. Unknown keys are only warnings (status 0), so the output is checked.
+    text = (DEPLOY / "systemd" / "p2pagentd.service").read_text()
+    lines = [
+        "ExecStart=/bin/sleep 1" if ln.startswith("ExecStart=") else ln for ln in text.splitlines()
+    ]
+    unit = tmp_path / "p2pagentd.service"
+    unit.write_text("\n".join(lines) + "\n")
+    r = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    for bad in ("Unknown key", "Unknown section", "Invalid", "Failed to parse"):
+        assert bad not in out, out
