@@ -13,6 +13,14 @@ Two real daemons on loopback (n1 publishes, n2 pulls). Per round, in alternating
 
 Prints MB/s of both, their ratio (target >= 0.8), the publish rate, and n2's peak RSS growth
 during the pull (target for a 2 GiB model: < 256 MB). Each round publishes a fresh random file.
+
+Wall-clock rates swing with whatever else the machine runs, so it also prints the CPU seconds
+each side spends per GiB (user + system, from /proc and getrusage): the baseline's server
+process plus its client, against n1 plus n2 during the pull (less their idle rate, measured
+for a few seconds just before). Where the transfer is CPU-bound, the ratio of those costs
+bounds the ratio of the rates. ``--disk`` adds the rate of writing the
+same bytes to a file with one fsync at the end, in the same directory, as a bound: a pull that
+makes every chunk durable cannot beat the disk.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import statistics
 import struct
 import subprocess
@@ -78,17 +87,19 @@ async def serve_raw(path: Path, certs: Path, address: str) -> None:
     await server.wait_for_termination()
 
 
-async def fetch_raw(certs: Path, address: str) -> tuple[int, float]:
+async def fetch_raw(certs: Path, address: str) -> tuple[int, float, float]:
+    """Bytes received, seconds, CPU seconds this process spent receiving them."""
     material = tls.load(tls.TLSPaths.in_dir(certs, "n2"))
     async with secure_channel(address, material) as ch:
         call = ch.unary_stream(METHOD, request_serializer=_identity,
                                response_deserializer=_identity)  # fmt: skip
         await ch.channel_ready()
+        cpu = _own_cpu_s()
         start = time.perf_counter()
         total = 0
         async for piece in call(b""):
             total += len(piece)
-        return total, time.perf_counter() - start
+        return total, time.perf_counter() - start, _own_cpu_s() - cpu
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -120,6 +131,42 @@ def upload(path: Path, name: str, chunk: int) -> Iterator[agent_pb2.PublishModel
             yield agent_pb2.PublishModelRequest(data=piece)
 
 
+def _own_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu_rate(pids: list[int], seconds: float = 3.0) -> float:
+    """CPU seconds per second the processes spend on their own (gossip, timers): subtracted
+    from what they use during a pull."""
+    before = sum(cpu_s(p) for p in pids)
+    time.sleep(seconds)
+    return (sum(cpu_s(p) for p in pids) - before) / seconds
+
+
+def disk_rate(directory: Path, mib: int) -> float:
+    """MB/s of writing ``mib`` MiB to a new file in ``directory`` and fsyncing it once."""
+    block = os.urandom(PIECE)
+    path = directory / "disk-probe"
+    start = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for _ in range(mib):
+            os.write(fd, block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    rate = mib * PIECE / (time.perf_counter() - start) / 1e6
+    path.unlink()
+    return rate
+
+
 def _status_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -138,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mib", type=int, default=512, help="model size, MiB")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--chunk-kib", type=int, default=1024)
+    p.add_argument("--disk", action="store_true",
+                   help="also measure write+fsync of the same bytes on the disk")  # fmt: skip
     p.add_argument("--env", action="append", default=[], metavar="K=V",
                    help="daemon environment, e.g. P2PAGENT_MODELS__FSYNC=false")  # fmt: skip
     p.add_argument("--serve-raw", nargs=3, metavar=("FILE", "CERTS", "ADDRESS"),
@@ -153,13 +202,19 @@ def main(argv: list[str] | None = None) -> int:
     ratios: list[float] = []
     publish_rates: list[float] = []
     rss_growth: list[float] = []
+    base_cpu: list[float] = []
+    pull_cpu: list[float] = []
+    disk_rates: list[float] = []
+    env = dict(kv.split("=", 1) for kv in args.env)
     with (
         tempfile.TemporaryDirectory(prefix="bench-models-") as tmp,
-        Cluster(Path(tmp), 2, use_netns=False) as c,
+        Cluster(Path(tmp), 2, use_netns=False, env=env) as c,
     ):
         c.start()
         c.wait_for(lambda: _all_alive(c, ["n1", "n2"]), SETTLE_S, "n1, n2 alive")
+        n1_pid = c.nodes["n1"].proc.pid  # type: ignore[union-attr]
         n2_pid = c.nodes["n2"].proc.pid  # type: ignore[union-attr]
+        gib = args.mib / 1024
         for r in range(args.rounds):
             model = Path(tmp) / f"model{r}.safetensors"
             make_model(model, args.mib, r)
@@ -187,18 +242,27 @@ def main(argv: list[str] | None = None) -> int:
                 assert server.stdout is not None
                 server.stdout.readline()  # "ready"
 
-                def baseline(model: Path = model, address: str = raw_address) -> float:
-                    size, secs = asyncio.run(fetch_raw(c.certs, address))
+                def baseline(
+                    model: Path = model, address: str = raw_address, pid: int = server.pid
+                ) -> float:
+                    server_cpu = cpu_s(pid)
+                    size, secs, client_cpu = asyncio.run(fetch_raw(c.certs, address))
                     assert size == model.stat().st_size, (size, model.stat().st_size)
+                    base_cpu.append((cpu_s(pid) - server_cpu + client_cpu) / gib)
                     return size / secs / 1e6
 
                 def pull(name: str = name) -> float:
+                    idle = idle_cpu_rate([n1_pid, n2_pid])
                     rss = _status_kib(n2_pid, "VmRSS")
+                    cpu = cpu_s(n1_pid) + cpu_s(n2_pid)
                     t = time.perf_counter()
                     got = c.agent("n2").PullModel(
                         agent_pb2.PullModelRequest(name=name), timeout=900
                     )
-                    rate = got.size / (time.perf_counter() - t) / 1e6
+                    secs = time.perf_counter() - t
+                    rate = got.size / secs / 1e6
+                    used = cpu_s(n1_pid) + cpu_s(n2_pid) - cpu - idle * secs
+                    pull_cpu.append(used / gib)
                     rss_growth.append((_status_kib(n2_pid, "VmHWM") - rss) / 1024)
                     assert "n2" in got.holders
                     return rate
@@ -213,22 +277,32 @@ def main(argv: list[str] | None = None) -> int:
             base_rates.append(base)
             pull_rates.append(pulled)
             ratios.append(pulled / base)
-            print(f"round {r}: baseline {base:.1f} MB/s, pull {pulled:.1f} MB/s, "
-                  f"ratio {pulled / base:.2f}", flush=True)  # fmt: skip
+            if args.disk:
+                disk_rates.append(disk_rate(c.nodes["n2"].data, args.mib))
+            print(f"round {r}: baseline {base:.1f} MB/s ({base_cpu[-1]:.2f} CPU s/GiB), "
+                  f"pull {pulled:.1f} MB/s ({pull_cpu[-1]:.2f} CPU s/GiB), "
+                  f"ratio {pulled / base:.2f}"
+                  + (f", disk {disk_rates[-1]:.1f} MB/s" if disk_rates else ""),
+                  flush=True)  # fmt: skip
             model.unlink()
     med = statistics.median
     print()
     print(f"model {args.mib} MiB, chunks {args.chunk_kib} KiB, {args.rounds} rounds (medians)")
-    print("| row | MB/s |")
-    print("|---|---:|")
-    print(f"| plain gRPC stream, same mTLS (baseline) | {med(base_rates):.1f} |")
-    print(f"| PullModel n1 -> n2 (verify + fsync'd writes) | {med(pull_rates):.1f} |")
-    print(f"| PublishModel client -> n1 | {med(publish_rates):.1f} |")
+    print("| row | MB/s | CPU s/GiB (both sides) |")
+    print("|---|---:|---:|")
+    print(f"| plain gRPC stream, same mTLS (baseline) | {med(base_rates):.1f} "
+          f"| {med(base_cpu):.2f} |")  # fmt: skip
+    print(f"| PullModel n1 -> n2 (verify + durable writes) | {med(pull_rates):.1f} "
+          f"| {med(pull_cpu):.2f} |")  # fmt: skip
+    print(f"| PublishModel client -> n1 | {med(publish_rates):.1f} | |")
+    if disk_rates:
+        print(f"| disk: write + one fsync, same directory | {med(disk_rates):.1f} | |")
     print()
     print("| target | measured | met |")
     print("|---|---:|---|")
     ratio = med(ratios)
     print(f"| pull >= 0.8x plain stream | {ratio:.2f}x | {'yes' if ratio >= 0.8 else 'no'} |")
+    print(f"| CPU per byte, baseline / pull | {med(base_cpu) / med(pull_cpu):.2f}x | |")
     print(f"| n2 peak RSS growth during the pull | {max(rss_growth):.0f} MB | |")
     return 0
 

@@ -29,6 +29,10 @@ class ModelsConfig:
     #: Re-hash a chunk read from disk before serving it. Costs about 1 ms per MiB and catches
     #: bit rot before a peer does (which would blacklist us for its whole pull).
     verify_on_read: bool = True
+    #: ...except for a chunk file this process wrote or hashed less than this many seconds ago
+    #: and that is unchanged since (same inode, size, mtime): those bytes come from the page
+    #: cache, and a swarm serves each chunk several times. 0 = hash on every read.
+    reverify_after_s: float = 600.0
     #: fsync files and directories on write. Off only for throwaway test stores: without it a
     #: power cut can leave a renamed chunk with missing data.
     fsync: bool = True
@@ -43,6 +47,9 @@ class ModelsConfig:
     batch_chunks: int = 4
     #: Chunks outstanding across all holders of one pull; bounds the memory a pull pins.
     max_inflight_chunks: int = 64
+    #: Chunks a pull writes before fsyncing them together (in the background, while the
+    #: transfer goes on); the version is sealed (all synced) before it is advertised.
+    sync_batch_chunks: int = 16
     #: A holder with outstanding chunks that delivers nothing for this long counts as failed.
     #: Progress-based, not a deadline on the whole file: multi-GB pulls never time out while
     #: data flows.
@@ -79,6 +86,7 @@ class ModelsConfig:
             "pipeline_depth": self.pipeline_depth,
             "batch_chunks": self.batch_chunks,
             "max_inflight_chunks": self.max_inflight_chunks,
+            "sync_batch_chunks": self.sync_batch_chunks,
             "stall_timeout_s": self.stall_timeout_s,
             "holder_backoff_s": self.holder_backoff_s,
             "max_holder_failures": self.max_holder_failures,
@@ -89,6 +97,8 @@ class ModelsConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"models.{name} must be > 0, got {value}")
+        if self.reverify_after_s < 0:
+            raise ConfigError("models.reverify_after_s must be >= 0 (0 = hash every read)")
         if self.upload_rate_bytes_per_s < 0:
             raise ConfigError("models.upload_rate_bytes_per_s must be >= 0 (0 = unlimited)")
         if self.holder_backoff_max_s < self.holder_backoff_s:

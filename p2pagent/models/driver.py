@@ -70,6 +70,10 @@ log = logging.getLogger(__name__)
 RECONCILE_S = 2.0
 #: Most chunks one FetchChunks call may ask for.
 MAX_FETCH_INDICES = 4096
+#: Chunks read from disk per worker-thread hop when serving, at most, and bytes (with one
+#: such group read ahead while the previous one is sent).
+READ_AHEAD_CHUNKS = 16
+READ_AHEAD_BYTES = 4 * 1024 * 1024
 #: Test-only fault hook (see module docs).
 CORRUPT_ENV = "P2PAGENT_TEST_CORRUPT_CHUNKS"
 #: Bytes of a file's start that tell its format.
@@ -338,18 +342,32 @@ class ModelsDriver:
         store = self.store
         if not store.has_manifest(manifest_id):
             raise NotFound(f"model version {manifest_id[:12]} is not on {self.name}")
+        m = store.get_manifest(manifest_id)
+        groups = read_groups(m, indices)  # InvalidArgument for an index out of range
         loop = asyncio.get_running_loop()
-        for index in indices:
-            try:
-                data = await loop.run_in_executor(self._io, store.read_chunk, manifest_id, index)
-            except NotFound:
-                return  # ends short: the puller fetches the rest elsewhere
-            delay = self._bucket.reserve(len(data), time.monotonic())
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if self._corrupt_every and index % self._corrupt_every == 0:
-                data = bytes([data[0] ^ 0xFF]) + data[1:]
-            yield index, data
+
+        def read(group: list[int]) -> asyncio.Future[list[tuple[int, bytes]]]:
+            return loop.run_in_executor(self._io, store.read_chunks, manifest_id, group)
+
+        reading = read(groups[0]) if groups else None
+        try:
+            for k, group in enumerate(groups):
+                assert reading is not None
+                chunks = await reading
+                # The next group is read from disk while this one goes out.
+                reading = read(groups[k + 1]) if k + 1 < len(groups) else None
+                for index, data in chunks:
+                    delay = self._bucket.reserve(len(data), time.monotonic())
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    if self._corrupt_every and index % self._corrupt_every == 0:
+                        data = bytes([data[0] ^ 0xFF]) + data[1:]
+                    yield index, data
+                if len(chunks) < len(group):
+                    return  # a chunk this node lacks: ends short, fetched elsewhere
+        finally:
+            if reading is not None:
+                reading.cancel()
 
     # ---- pulling ------------------------------------------------------------------------------
 
@@ -556,6 +574,21 @@ class ModelsDriver:
 
     def held_names(self) -> list[str]:
         return sorted({e.manifest.name for e in self.entries() if e.manifest_id in self._complete})
+
+
+def read_groups(m: Manifest, indices: list[int]) -> list[list[int]]:
+    """``indices`` cut into groups read from disk in one worker-thread hop each: at most
+    ``READ_AHEAD_CHUNKS`` chunks and about ``READ_AHEAD_BYTES``."""
+    groups: list[list[int]] = []
+    size = 0
+    for index in indices:
+        length = m.chunk_length(index)
+        if not groups or len(groups[-1]) >= READ_AHEAD_CHUNKS or size >= READ_AHEAD_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(index)
+        size += length
+    return groups
 
 
 def under_replicated(entry: Entry, live: list[str]) -> bool:

@@ -15,6 +15,11 @@ that dies is removed, one that finishes its own pull is added. The pull resumes 
 chunks already on disk (``ChunkStore.present``), so a restarted node or a re-issued
 PullModel only fetches what is missing. Memory: at most ``max_inflight_chunks`` chunks are
 requested at once, each written to disk as soon as it arrives.
+
+Durability without an fsync per chunk: chunks are written unsynced (``ChunkStore.begin_pull``
+left a marker that makes a restart check them), every ``sync_batch_chunks`` written chunks
+are fsynced together in the background while the transfer goes on, and ``seal`` syncs the
+rest before the pull returns, so the driver advertises only durable versions.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 
 import grpc
 
@@ -91,13 +97,16 @@ class Puller:
         self._error: BaseException | None = None
         self._addresses: dict[str, str] = {}
         self._fetched = 0
+        #: Chunks written but not yet handed to a sync batch.
+        self._to_sync: list[int] = []
+        self._syncs: set[asyncio.Future[int]] = set()
 
     async def run(self) -> PullReport:
         loop = asyncio.get_running_loop()
         m = self.manifest
         mid = m.manifest_id
         start = time.monotonic()
-        await loop.run_in_executor(self._io, self._store.put_manifest, m)
+        await loop.run_in_executor(self._io, self._store.begin_pull, m)
         have = await loop.run_in_executor(self._io, self._store.present, mid)
         report = PullReport(mid, m.chunk_count, len(have))
         if len(have) < m.chunk_count:
@@ -138,10 +147,13 @@ class Puller:
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 except TimeoutError:
                     pass
+            self._sync_batch(force=True)
+            await asyncio.gather(*self._syncs)
+            await loop.run_in_executor(self._io, self._store.seal, mid)
         finally:
             for task in calls:
                 task.cancel()
-            await asyncio.gather(*calls, return_exceptions=True)
+            await asyncio.gather(*calls, *self._syncs, return_exceptions=True)
         progress = plan.progress()
         report.seconds = time.monotonic() - start
         report.fetched_bytes = self._fetched
@@ -218,8 +230,9 @@ class Puller:
         """Verifies and stores one chunk, then tells the plan; False if it was corrupt."""
         loop = asyncio.get_running_loop()
         mid = self.manifest.manifest_id
+        write = self._store.write_chunk
         try:
-            ok = await loop.run_in_executor(self._io, self._store.write_chunk, mid, index, data)
+            ok = await loop.run_in_executor(self._io, partial(write, mid, index, data, sync=False))
         except P2PAgentError as e:  # our own store: disk full, version deleted meanwhile
             self._error = e
             self._wake.set()
@@ -228,10 +241,30 @@ class Puller:
         self._wake.set()
         if result is ChunkResult.ACCEPTED:
             self._fetched += len(data)
+            self._to_sync.append(index)
+            self._sync_batch()
         elif result is ChunkResult.CORRUPT:
             self._corrupt(node, index)
             return False
         return True
+
+    def _sync_batch(self, force: bool = False) -> None:
+        """Hands the written chunks to a background fsync once a batch is full."""
+        if not self._to_sync or (len(self._to_sync) < self._cfg.sync_batch_chunks and not force):
+            return
+        batch, self._to_sync = self._to_sync, []
+        loop = asyncio.get_running_loop()
+        sync = loop.run_in_executor(
+            self._io, self._store.sync_chunks, self.manifest.manifest_id, batch
+        )
+        self._syncs.add(sync)
+        sync.add_done_callback(self._synced)
+
+    def _synced(self, sync: asyncio.Future[int]) -> None:
+        self._syncs.discard(sync)
+        if not sync.cancelled() and sync.exception() is not None and self._error is None:
+            self._error = sync.exception()
+            self._wake.set()
 
     def _corrupt(self, node: str, index: int) -> None:
         log.warning(

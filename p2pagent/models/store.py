@@ -6,6 +6,8 @@ Layout under ``root`` (the node's ``<data>/models``)::
                             first byte so no directory grows past a few thousand entries)
     manifests/<id>.json     canonical manifest of every version this node knows locally
     files/<id>.<suffix>     model files materialised for the loader (``assemble``)
+    unsynced/<id>           marker: a pull of this version may have written chunks without
+                            fsync (``begin_pull`` .. ``seal``)
 
 Rules that keep it consistent without a journal:
 
@@ -18,6 +20,14 @@ Rules that keep it consistent without a journal:
   upload registers nothing. Chunks of an upload in progress are held by a ``Staging`` so that
   ``gc`` does not collect them before their manifest exists.
 - ``gc`` removes chunks no stored manifest (or open staging) references.
+- Pulls defer fsync: ``begin_pull`` durably writes an ``unsynced/<id>`` marker, chunks are then
+  written without fsync (``write_chunk(sync=False)``) and made durable in batches
+  (``sync_chunks``) overlapping the transfer, and ``seal`` syncs the rest and removes the
+  marker. A version is complete only without a marker, so nothing is advertised before its
+  chunks are durable. After a power cut a renamed chunk could hold garbage: a marker found at
+  open means "hash every chunk of this version on disk before trusting it" (``present``).
+- Serving skips the re-hash of chunk files this process wrote or checked recently and that
+  are unchanged since (``verified.VerifiedChunks``, ``reverify_after_s``).
 
 All methods do blocking file I/O and are thread-safe: the driver calls them from a thread.
 """
@@ -29,15 +39,17 @@ import io
 import logging
 import os
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from p2pagent.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
-from p2pagent.models.atomic import atomic_write, is_temp, remove_stale_temps
+from p2pagent.models.atomic import atomic_write, fsync_dir, is_temp, remove_stale_temps
 from p2pagent.models.config import ModelsConfig
 from p2pagent.models.manifest import Manifest
+from p2pagent.models.verified import FileIdentity, VerifiedChunks
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +64,20 @@ class GcReport:
 class ChunkStore:
     """Chunks by SHA-256, manifests by id, and assembled model files, under one directory."""
 
-    def __init__(self, root: str | os.PathLike[str], config: ModelsConfig | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        config: ModelsConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.root = Path(root)
         self.config = config or ModelsConfig()
+        self._clock = clock
         self._chunks = self.root / "chunks"
         self._manifest_dir = self.root / "manifests"
         self._files = self.root / "files"
-        for d in (self._chunks, self._manifest_dir, self._files):
+        self._markers = self.root / "unsynced"
+        for d in (self._chunks, self._manifest_dir, self._files, self._markers):
             d.mkdir(parents=True, exist_ok=True)
         # No writer can be active yet: anything half-written is from a previous crash.
         stale = remove_stale_temps(self.root)
@@ -68,7 +87,21 @@ class ChunkStore:
         self._manifests: dict[str, Manifest] = {}
         self._complete: set[str] = set()
         self._staged: Counter[str] = Counter()
+        self._verified_files = VerifiedChunks(self.config.reverify_after_s)
+        #: Versions with an ``unsynced/`` marker (a pull not sealed yet).
+        self._pulling: set[str] = set()
+        #: Of those, versions whose marker a previous process left: their chunks on disk are
+        #: hashed before being trusted (removed from the set once done).
+        self._suspect: set[str] = set()
+        #: Chunk files written without fsync and not synced since.
+        self._unsynced: set[str] = set()
         self._load_manifests()
+        for marker in self._markers.iterdir():
+            if marker.name in self._manifests:
+                self._pulling.add(marker.name)
+                self._suspect.add(marker.name)
+            elif not is_temp(marker.name):
+                marker.unlink(missing_ok=True)
 
     def _load_manifests(self) -> None:
         for path in sorted(self._manifest_dir.glob("*.json")):
@@ -88,29 +121,43 @@ class ChunkStore:
     def has_chunk(self, digest: str) -> bool:
         return self.chunk_path(digest).is_file()
 
-    def put_chunk(self, data: bytes, digest: str | None = None) -> str:
+    def put_chunk(self, data: bytes, digest: str | None = None, *, sync: bool = True) -> str:
         """Stores ``data`` under its SHA-256 (computed unless given) and returns the digest.
 
         A chunk already present is not rewritten. Callers must hold the chunk referenced (a
-        stored manifest or a Staging) or the next ``gc`` may remove it.
+        stored manifest or a Staging) or the next ``gc`` may remove it. ``sync=False`` skips
+        the fsync; only pulls between ``begin_pull`` and ``seal`` may ask for that.
         """
         digest = digest or hashlib.sha256(data).hexdigest()
         path = self.chunk_path(digest)
         if path.is_file():
             return digest
         path.parent.mkdir(exist_ok=True)
-        atomic_write(path, [data], fsync=self.config.fsync)
+        fsync = self.config.fsync and sync
+        atomic_write(path, [data], fsync=fsync)
+        with self._lock:
+            if self.config.fsync and not sync:
+                self._unsynced.add(digest)
+            self._verified_files.note(digest, _identity(os.stat(path)), self._clock())
         return digest
 
-    def write_chunk(self, manifest_id: str, index: int, data: bytes) -> bool:
+    def write_chunk(self, manifest_id: str, index: int, data: bytes, *, sync: bool = True) -> bool:
         """Stores chunk ``index`` of a stored version if ``data`` verifies; False if corrupt.
 
-        Raises NotFound when the manifest is not stored (store it before pulling chunks).
+        ``sync=False`` (a pull between ``begin_pull`` and ``seal``) leaves the fsync to
+        ``sync_chunks`` or ``seal``. Raises NotFound when the manifest is not stored (store
+        it before pulling chunks).
         """
         m = self.get_manifest(manifest_id)
+        if not sync and self.config.fsync:
+            with self._lock:
+                if manifest_id not in self._pulling:
+                    raise FailedPrecondition(
+                        f"unsynced write to {manifest_id[:12]} outside a pull (call begin_pull)"
+                    )
         if not m.verify_chunk(index, data):
             return False
-        self.put_chunk(data, m.chunk_hashes[index])
+        self.put_chunk(data, m.chunk_hashes[index], sync=sync)
         return True
 
     def read_chunk(self, manifest_id: str, index: int) -> bytes:
@@ -124,18 +171,40 @@ class ChunkStore:
         m.chunk_length(index)  # raises InvalidArgument when out of range
         digest = m.chunk_hashes[index]
         try:
-            data = self.chunk_path(digest).read_bytes()
+            with self.chunk_path(digest).open("rb", buffering=0) as f:
+                identity = _identity(os.fstat(f.fileno()))
+                data = f.read()
         except FileNotFoundError:
             raise NotFound(
                 f"chunk {index} of model {m.name!r} ({manifest_id[:12]}) is not on this node"
             ) from None
-        if self.config.verify_on_read and hashlib.sha256(data).hexdigest() != digest:
+        if not self.config.verify_on_read:
+            return data
+        now = self._clock()
+        with self._lock:
+            trusted = self._verified_files.trusted(digest, identity, now)
+        if trusted:
+            return data
+        if len(data) != m.chunk_length(index) or hashlib.sha256(data).hexdigest() != digest:
             self._quarantine(digest)
             raise NotFound(
                 f"chunk {index} of model {m.name!r} ({manifest_id[:12]}) was corrupt on disk "
                 "and has been removed; fetch it from another holder"
             )
+        with self._lock:
+            self._verified_files.note(digest, identity, now)
         return data
+
+    def read_chunks(self, manifest_id: str, indices: Iterable[int]) -> list[tuple[int, bytes]]:
+        """``read_chunk`` of each index in order, stopping at the first chunk this node lacks
+        (the list is then short): one worker-thread hop for several chunks."""
+        out: list[tuple[int, bytes]] = []
+        for index in indices:
+            try:
+                out.append((index, self.read_chunk(manifest_id, index)))
+            except NotFound:
+                break
+        return out
 
     def iter_chunks(self, manifest_id: str, indices: Iterable[int]) -> Iterator[tuple[int, bytes]]:
         """``(index, data)`` for each requested index, in order (serves FetchChunks)."""
@@ -144,6 +213,7 @@ class ChunkStore:
 
     def _quarantine(self, digest: str) -> None:
         with self._lock:
+            self._verified_files.forget(digest)
             try:
                 self.chunk_path(digest).unlink()
             except FileNotFoundError:
@@ -183,23 +253,48 @@ class ChunkStore:
             return sorted(self._manifests.values(), key=lambda m: (m.name, m.sort_key()))
 
     def present(self, manifest_id: str) -> set[int]:
-        """Indices of the version's chunks on disk: where a restarted pull resumes."""
+        """Indices of the version's chunks on disk: where a restarted pull resumes.
+
+        For a version whose pull a previous process left unsealed, the chunks found are first
+        hashed (a corrupt one is removed and not counted), and once all are there the version
+        is sealed.
+        """
         m = self.get_manifest(manifest_id)
         with self._lock:
             if manifest_id in self._complete:
                 return set(range(m.chunk_count))
+            suspect = manifest_id in self._suspect
         seen: dict[str, bool] = {}
         have = set()
         for i, digest in enumerate(m.chunk_hashes):
             if digest not in seen:
-                seen[digest] = self.has_chunk(digest)
+                seen[digest] = self._check_left_over(digest) if suspect else self.has_chunk(digest)
             if seen[digest]:
                 have.add(i)
-        if len(have) == m.chunk_count:
+        if suspect:
             with self._lock:
-                if manifest_id in self._manifests:
+                # Intact, but perhaps only in the page cache (the process was killed, the
+                # machine kept running): the seal must sync them too.
+                self._unsynced.update(d for d, ok in seen.items() if ok)
+                self._suspect.discard(manifest_id)
+        if len(have) == m.chunk_count:
+            if suspect:
+                self.seal(manifest_id)
+            with self._lock:
+                if manifest_id in self._manifests and manifest_id not in self._pulling:
                     self._complete.add(manifest_id)
         return have
+
+    def _check_left_over(self, digest: str) -> bool:
+        """Whether an unsealed pull's chunk file is there and intact (removed when not)."""
+        try:
+            data = self.chunk_path(digest).read_bytes()
+        except FileNotFoundError:
+            return False
+        if hashlib.sha256(data).hexdigest() == digest:
+            return True
+        self._quarantine(digest)
+        return False
 
     def missing(self, manifest_id: str) -> list[int]:
         m = self.get_manifest(manifest_id)
@@ -207,8 +302,74 @@ class ChunkStore:
         return [i for i in range(m.chunk_count) if i not in have]
 
     def is_complete(self, manifest_id: str) -> bool:
+        """Every chunk on disk, verified and durable (no unsealed pull)."""
         m = self.get_manifest(manifest_id)
-        return len(self.present(manifest_id)) == m.chunk_count
+        complete = len(self.present(manifest_id)) == m.chunk_count
+        with self._lock:
+            return complete and manifest_id not in self._pulling
+
+    # ---- pulls: deferred fsync -------------------------------------------------------------
+
+    def begin_pull(self, manifest: Manifest) -> None:
+        """Registers a version to pull and allows unsynced chunk writes for it until ``seal``.
+
+        The marker is durable before any unsynced chunk is written, so a power cut at any
+        point leaves either no such chunk or a marker saying "check them".
+        """
+        self.put_manifest(manifest)
+        mid = manifest.manifest_id
+        if not self.config.fsync:
+            return  # nothing is ever synced: no marker to keep
+        with self._lock:
+            if mid in self._pulling or mid in self._complete:
+                return
+        atomic_write(self._markers / mid, [b""], fsync=True)
+        with self._lock:
+            self._pulling.add(mid)
+
+    def sync_chunks(self, manifest_id: str, indices: Iterable[int]) -> int:
+        """Makes the listed chunks durable (fsync of each file, then of their directories)."""
+        m = self.get_manifest(manifest_id)
+        return self._sync({m.chunk_hashes[i] for i in indices})
+
+    def _sync(self, digests: set[str]) -> int:
+        with self._lock:
+            todo = digests & self._unsynced
+        dirs: set[Path] = set()
+        for digest in sorted(todo):
+            path = self.chunk_path(digest)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # removed meanwhile (gc, quarantine): nothing to make durable
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            dirs.add(path.parent)
+        for d in sorted(dirs):
+            fsync_dir(d)
+        if dirs:
+            fsync_dir(self._chunks)  # fan-out directories created during the pull
+        with self._lock:
+            self._unsynced -= todo
+        return len(todo)
+
+    def seal(self, manifest_id: str) -> None:
+        """Ends a pull's unsynced writes: syncs what is left, then removes the marker."""
+        m = self.get_manifest(manifest_id)
+        with self._lock:
+            if manifest_id not in self._pulling:
+                return
+            suspect = manifest_id in self._suspect
+        if suspect:
+            self.present(manifest_id)  # checks (and queues for sync) what a crash left
+        self._sync(set(m.chunk_hashes))
+        (self._markers / manifest_id).unlink(missing_ok=True)
+        fsync_dir(self._markers)
+        with self._lock:
+            self._pulling.discard(manifest_id)
+            self._suspect.discard(manifest_id)
 
     # ---- staging (uploads in progress) ---------------------------------------------------
 
@@ -315,8 +476,11 @@ class ChunkStore:
             for path in self._files.glob(f"{manifest_id}.*"):
                 path.unlink(missing_ok=True)
             (self._manifest_dir / f"{manifest_id}.json").unlink(missing_ok=True)
+            (self._markers / manifest_id).unlink(missing_ok=True)
             del self._manifests[manifest_id]
             self._complete.discard(manifest_id)
+            self._pulling.discard(manifest_id)
+            self._suspect.discard(manifest_id)
 
     def gc(self) -> GcReport:
         """Removes chunks and files no stored manifest (or open staging) references."""
@@ -414,3 +578,7 @@ class _ChunkReader(io.RawIOBase):
         b[:n] = self._buf[:n]
         self._buf = self._buf[n:]
         return n
+
+
+def _identity(st: os.stat_result) -> FileIdentity:
+    return FileIdentity(st.st_ino, st.st_size, st.st_mtime_ns)
