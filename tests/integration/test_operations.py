@@ -4,6 +4,7 @@ lines that all carry the node name, in text and in JSON."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import signal
@@ -15,13 +16,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography import x509
 
+from p2pagent.cli import cert_reload
+from p2pagent.cli.cert_reload import CertificateReloader
+from p2pagent.errors import ConfigError
 from p2pagent.identity import certs
+from p2pagent.identity import material as tls
 from p2pagent.identity.certs import node_dns_name
 from p2pagent.identity.spiffe import Role
 from p2pagent.testing.daemon import Daemon
+from p2pagent.transport.channels import ChannelPool
 
 CLUSTER = "test"
 
@@ -234,3 +241,67 @@ def test_library_lines_warnings_and_uncaught_errors_carry_the_node_name(fmt: str
         text = r.stderr
     for needle in ("a library line", "a deprecation", "ZeroDivisionError", "nobody caught"):
         assert needle in text
+
+
+class _FakeNode:
+    """Just what CertificateReloader uses of a Node: its channel pool and the reload call."""
+
+    def __init__(self, pool: ChannelPool, refuse: bool = False) -> None:
+        self.channels = pool
+        self.refuse = refuse
+        self.reloads = 0
+
+    def reload_certificates(self) -> None:
+        if self.refuse:
+            raise ConfigError("private key n1.key does not belong to certificate n1.crt")
+        self.reloads += 1
+
+
+async def test_reload_redials_peers_and_closes_the_old_channels(
+    certs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cert_reload, "RETIRE_GRACE_S", 0.0)
+    material = tls.load(tls.TLSPaths.in_dir(certs_dir, "n1"))
+    pool = ChannelPool(lambda: material)
+    node = _FakeNode(pool)
+    reloader = CertificateReloader(node)  # type: ignore[arg-type]
+    old = pool.get("127.0.0.1:9")
+    try:
+        assert reloader.reload()
+        assert node.reloads == 1
+        fresh = pool.get("127.0.0.1:9")
+        assert fresh is not old  # the next call dials with the reloaded certificate
+        for _ in range(100):  # bounded: the close runs as a task on this loop
+            if old.get_state() is grpc.ChannelConnectivity.SHUTDOWN:
+                break
+            await asyncio.sleep(0.01)
+        assert old.get_state() is grpc.ChannelConnectivity.SHUTDOWN
+        assert fresh.get_state() is not grpc.ChannelConnectivity.SHUTDOWN
+    finally:
+        await reloader.close()
+        await pool.close()
+
+
+async def test_refused_reload_keeps_the_channels(certs_dir: Path) -> None:
+    material = tls.load(tls.TLSPaths.in_dir(certs_dir, "n1"))
+    pool = ChannelPool(lambda: material)
+    reloader = CertificateReloader(_FakeNode(pool, refuse=True))  # type: ignore[arg-type]
+    ch = pool.get("127.0.0.1:9")
+    try:
+        assert not reloader.reload()
+        assert pool.get("127.0.0.1:9") is ch
+    finally:
+        await reloader.close()
+        await pool.close()
+
+
+def test_unknown_daemon_flag_is_one_line() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "p2pagent.cli.daemon", "--no-such-flag"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1
+    assert r.stderr.startswith("p2pagentd: error: unrecognized arguments: --no-such-flag")
