@@ -58,7 +58,13 @@ def formatter(node: str, fmt: str = "text") -> logging.Formatter:
     return _JsonFormatter(node) if fmt == "json" else _TextFormatter(node)
 
 
-def setup(node: str, level: str = "info", fmt: str = "text") -> None:
+def setup(node: str, level: str = "info", fmt: str = "text", native: bool = False) -> None:
+    """Installs the handler. ``native``: also route what C/C++ code writes to fd 2 (the
+    daemon; see ``native_log``), which must happen before the handler picks its stream."""
+    if native:
+        from p2pagent import native_log
+
+        native_log.capture()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(node, fmt))
     root = logging.getLogger()

@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except P2PAgentError as e:
         print(f"p2pagentd: error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(config.name, config.log_level, config.log_format)
+    setup_logging(config.name, config.log_level, config.log_format, native=True)
     try:
         with asyncio.Runner(loop_factory=_new_loop) as runner:
             runner.run(serve(config))

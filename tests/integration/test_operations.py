@@ -210,10 +210,14 @@ def test_json_log_lines_are_one_object_each_with_the_node_name(
 
 
 _LIBRARY_NOISE = """
-import logging, threading, warnings
+import logging, os, threading, warnings
 from p2pagent.logs import setup
-setup("lib-node", "info", FORMAT)
+setup("lib-node", "info", FORMAT, native=True)
 logging.getLogger("grpc._cython.cygrpc").warning("a library line")
+# What gRPC's C core writes to fd 2 itself, bypassing Python; the second is rate-limited.
+for _ in range(2):
+    os.write(2, b"E1130 19:13:31.648367   29409 ssl_transport_security.cc:3238] native line\\n")
+os.write(2, b"I1130 19:13:31.650445   29409 ssl_transport_security.cc:2563] debug only\\n")
 warnings.warn("a deprecation someone forgot", UserWarning)
 t = threading.Thread(target=lambda: 1 / 0, name="worker")
 t.start(); t.join()
@@ -235,12 +239,42 @@ def test_library_lines_warnings_and_uncaught_errors_carry_the_node_name(fmt: str
         docs = [json.loads(ln) for ln in lines]
         assert {d["node"] for d in docs} == {"lib-node"}
         text = "\n".join(d["msg"] + d.get("exc", "") for d in docs)
-        assert len(docs) == 4
+        assert len(docs) == 5
+        native = [d for d in docs if d["logger"] == "native"]
+        assert [d["level"] for d in native] == ["error"]
     else:
         assert [ln for ln in lines if "[lib-node]" not in ln] == []
         text = r.stderr
     for needle in ("a library line", "a deprecation", "ZeroDivisionError", "nobody caught"):
         assert needle in text
+    assert text.count("ssl_transport_security.cc:3238: native line") == 1
+    assert "debug only" not in text
+
+
+def test_json_daemon_turns_grpc_core_lines_into_json(
+    certs_dir: Path, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    d = Daemon("n5", certs_dir, tmp_path / "n5", args=["--log-format", "json"])
+    daemons.append(d)
+    d.start()
+    # A stranger without a client certificate, asking for a server name nobody has: gRPC's
+    # C core reports the failed handshake on fd 2 by itself.
+    host, port = d.address.rsplit(":", 1)
+    ctx = ssl.create_default_context(cafile=str(certs_dir / "ca.crt"))
+    ctx.check_hostname = False
+    ctx.set_alpn_protocols(["h2"])
+    try:
+        with (
+            socket.create_connection((host, int(port)), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname="stranger.example") as tls_sock,
+        ):
+            tls_sock.recv(1)
+    except OSError:
+        pass  # refused, as it should be; what matters is how the daemon logged it
+    assert d.stop() == 0
+    docs = [json.loads(ln) for ln in _log_lines(d)]  # fails on any line that is not JSON
+    assert {doc["node"] for doc in docs} == {"n5"}
+    assert any(doc["logger"] == "native" for doc in docs)
 
 
 class _FakeNode:
