@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import fcntl
+import importlib
 import logging
 import os
 import time
@@ -213,6 +214,12 @@ class Node:
                 self.metrics.serve(mhost, mport)
             except OSError as e:
                 raise ConfigError(f"cannot serve metrics on {self.config.metrics}: {e}") from None
+        if self.local_models:
+            # A node that serves models loads torch now, before it joins: imported later,
+            # the first batch would hold the GIL for a second or two and stall this loop's
+            # probes and RPCs. A node serving none (state only) never pays for torch unless
+            # asked to run a model.
+            await asyncio.get_running_loop().run_in_executor(None, importlib.import_module, "torch")
         await self.server.start()
         log.info("%s serving on %s as %s", self.name, self.address, self.identity)
         for component in self.components:
@@ -260,6 +267,7 @@ class Node:
             completed=tasks.counters.completed if tasks else 0,
             stolen_in=tasks.counters.stolen_in if tasks else 0,
             stolen_out=tasks.counters.stolen_out if tasks else 0,
+            steal_requests=tasks.steal.attempts if tasks else 0,
             backlog_s=(tasks.backlog_s() if tasks else 0.0) + self.engine.estimated_backlog_s(),
             models=self.models_cache.names(),
             state_keys=replica.key_count if replica else 0,

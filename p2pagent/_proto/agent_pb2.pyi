@@ -35,7 +35,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("name", "identity", "address", "version", "device", "uptime_s", "members_alive", "members_total", "incarnation", "queue_length", "running", "completed", "stolen_in", "stolen_out", "state_keys", "models", "placement", "backlog_s", "state_digest")
+    __slots__ = ("name", "identity", "address", "version", "device", "uptime_s", "members_alive", "members_total", "incarnation", "queue_length", "running", "completed", "stolen_in", "stolen_out", "state_keys", "models", "placement", "backlog_s", "state_digest", "steal_requests")
     NAME_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class StatusResponse(_message.Message):
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_S_FIELD_NUMBER: _ClassVar[int]
     STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    STEAL_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     identity: str
     address: str
@@ -74,7 +75,8 @@ class StatusResponse(_message.Message):
     placement: str
     backlog_s: float
     state_digest: str
-    def __init__(self, name: _Optional[str] = ..., identity: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., uptime_s: _Optional[float] = ..., members_alive: _Optional[int] = ..., members_total: _Optional[int] = ..., incarnation: _Optional[int] = ..., queue_length: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., stolen_in: _Optional[int] = ..., stolen_out: _Optional[int] = ..., state_keys: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., placement: _Optional[str] = ..., backlog_s: _Optional[float] = ..., state_digest: _Optional[str] = ...) -> None: ...
+    steal_requests: int
+    def __init__(self, name: _Optional[str] = ..., identity: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., uptime_s: _Optional[float] = ..., members_alive: _Optional[int] = ..., members_total: _Optional[int] = ..., incarnation: _Optional[int] = ..., queue_length: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., stolen_in: _Optional[int] = ..., stolen_out: _Optional[int] = ..., state_keys: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., placement: _Optional[str] = ..., backlog_s: _Optional[float] = ..., state_digest: _Optional[str] = ..., steal_requests: _Optional[int] = ...) -> None: ...
 
 class MembersRequest(_message.Message):
     __slots__ = ()

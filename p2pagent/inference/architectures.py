@@ -9,6 +9,7 @@ silently different model.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -114,11 +115,56 @@ def _noop_spec(cfg: Mapping[str, Any]) -> ModelSpec:
     )
 
 
+# ---- busy ------------------------------------------------------------------------------------
+
+
+class Busy(nn.Module):
+    """Returns its input after holding the worker for ``ms_per_row`` per input row, without
+    using a CPU: a stand-in for a device kernel of known cost, so that scheduling benchmarks
+    on a small machine can run more nodes than it has cores (sleep releases the GIL)."""
+
+    def __init__(self, ms_per_row: float) -> None:
+        super().__init__()
+        self.ms_per_row = ms_per_row
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.ms_per_row * x.shape[0] / 1000.0)
+        return x
+
+
+def _busy_cfg(cfg: Mapping[str, Any]) -> tuple[int, float]:
+    _keys(cfg, {"features", "ms_per_row"}, "busy")
+    ms = cfg.get("ms_per_row", 1.0)
+    if not isinstance(ms, int | float) or isinstance(ms, bool) or not 0 <= ms <= 60_000:
+        raise InvalidArgument("architecture 'busy': 'ms_per_row' must be a number in [0, 60000]")
+    return _int(cfg, "features", "busy", 1), float(ms)
+
+
+def _busy_build(cfg: Mapping[str, Any]) -> nn.Module:
+    return Busy(_busy_cfg(cfg)[1])
+
+
+def _busy_spec(cfg: Mapping[str, Any]) -> ModelSpec:
+    features, _ = _busy_cfg(cfg)
+    return ModelSpec(
+        (PortSpec("input", "float32", (DYNAMIC, features)),),
+        (PortSpec("output", "float32", (DYNAMIC, features)),),
+        "busy",
+        dict(cfg),
+    )
+
+
 REGISTRY: dict[str, Architecture] = {
     "mlp": Architecture(
         "mlp", _mlp_build, _mlp_spec, 'MLP, config {"in": 256, "hidden": [512, 512], "out": 10}'
     ),
     "noop": Architecture("noop", _noop_build, _noop_spec, 'identity, config {"features": 256}'),
+    "busy": Architecture(
+        "busy",
+        _busy_build,
+        _busy_spec,
+        'identity after ms_per_row per row without CPU, config {"features": 4, "ms_per_row": 20}',
+    ),
 }
 
 

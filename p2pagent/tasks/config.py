@@ -19,6 +19,11 @@ class TasksConfig:
     #: Most tasks one node holds queued (not yet running); more is ResourceExhausted.
     max_queued: int = 10_000
 
+    #: Work handed to the inference engine cannot be stolen any more. A node starts another
+    #: of its queued tasks only while the estimated work of those already started is below
+    #: this many seconds (one task always runs): enough for the engine to form full batches
+    #: of cheap models, while the queue of expensive ones stays stealable.
+    run_ahead_s: float = 0.1
     # ---- cost of moving a task (Dask's rule) ---------------------------------------------
     #: Assumed node-to-node bandwidth for shipping task inputs, bytes per second (1 Gbit/s).
     bandwidth_bytes_per_s: float = 125_000_000.0
@@ -81,6 +86,7 @@ class TasksConfig:
             "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s,
             "steal_cost_ratio": self.steal_cost_ratio,
             "steal_batch_s": self.steal_batch_s,
+            "run_ahead_s": self.run_ahead_s,
             "steal_max_tasks": self.steal_max_tasks,
             "steal_backoff_base_s": self.steal_backoff_base_s,
             "steal_timeout_s": self.steal_timeout_s,

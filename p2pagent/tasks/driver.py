@@ -25,7 +25,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +132,7 @@ class TasksDriver:
         self.service = ServiceTimes(self.cfg)
         self.counters = Counters()
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._started_cost: dict[str, float] = {}  # est_cost_s of each running task
         self._results: dict[str, peer_pb2.CompleteRequest] = {}
         self._submitted_at: dict[str, tuple[float, str]] = {}
         #: Agent.Infer calls waiting for their task: not journaled (nothing was acknowledged
@@ -208,14 +209,27 @@ class TasksDriver:
             self._seq,
             self.queue.queued(),
             self.queue.running(),
-            self.capacity,
+            # Estimates are seconds of this node's engine time (measured per row, batching
+            # included), so the node drains them one after another: a capacity of one.
+            1,
             1.0,
             self._models(),
             self.queue.stealable(now),
         )
 
+    def _estimate(self, model: str, inputs: Sequence[common_pb2.Tensor]) -> float:
+        """Compute estimate of one task: the engine's measured seconds per row of ``model``
+        times the task's rows, so a big task weighs more than a small one (per-task times
+        would count the wait for the rest of a batch); before the first batch, the EWMA of
+        whole runs, else a default."""
+        stats = self._engine.stats().get(model)
+        if stats is not None and stats.s_per_row:
+            rows = inputs[0].shape[0] if inputs and inputs[0].shape else 1
+            return stats.s_per_row * max(1, rows)
+        return self.service.estimate(model, DEFAULT_COST_S)
+
     def backlog_s(self) -> float:
-        return self.queue.queued_cost_s() / self.capacity
+        return self.queue.queued_cost_s()
 
     # ---- origin: submit, wait ---------------------------------------------------------------
 
@@ -234,7 +248,7 @@ class TasksDriver:
             task_id=f"{self.name}-{uuid.uuid4().hex[:16]}",
             origin=self.name,
             model=request.model,
-            est_cost_s=self.service.estimate(request.model, DEFAULT_COST_S),
+            est_cost_s=self._estimate(request.model, request.inputs),
             priority=request.priority,
             deadline=now + request.deadline_s if request.deadline_s else 0.0,
             model_version=request.model_version,
@@ -269,7 +283,7 @@ class TasksDriver:
             task_id=f"{self.name}-{uuid.uuid4().hex[:16]}",
             origin=self.name,
             model=request.model,
-            est_cost_s=self.service.estimate(request.model, DEFAULT_COST_S),
+            est_cost_s=self._estimate(request.model, request.inputs),
             priority=request.priority,
             deadline=now + deadline_s if deadline_s is not None else 0.0,
             model_version=request.model_version,
@@ -383,17 +397,23 @@ class TasksDriver:
             self._apply(self.leases.on_assign_failed(task.task_id, task.attempt, dst, time.time()))
 
     def _kick(self) -> None:
-        while len(self._running) < self.capacity:
+        while len(self._running) < self.capacity and (
+            not self._running or self._started_work_s() < self.cfg.run_ahead_s
+        ):
             task = self.queue.pop_for_execution()
             if task is None:
                 break
             self._start(task)
         self._wake.set()
 
+    def _started_work_s(self) -> float:
+        return sum(self._started_cost.values())
+
     def _start(self, task: Task) -> None:
         # Counted as running before the lease actions are applied: applying them kicks the
         # queue again, which must already see this one (or it starts past ``capacity``).
         self._running[task.task_id] = asyncio.create_task(self._execute(task))
+        self._started_cost[task.task_id] = task.est_cost_s
         if task.origin == self.name:
             self._apply(self.leases.on_started(task.task_id, task.attempt, self.name, time.time()))
 
@@ -431,6 +451,7 @@ class TasksDriver:
         with contextlib.suppress(Exception):
             self.queue.finish(task.task_id)
         self._running.pop(task.task_id, None)
+        self._started_cost.pop(task.task_id, None)
         self.counters.completed += 1
         if task.origin == self.name:
             await self._on_complete(result)

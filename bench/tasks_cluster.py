@@ -1,0 +1,192 @@
+"""Makespan of real daemons under each placement policy (issue "Work stealing").
+
+    python -m bench.tasks_cluster [--tasks 400] [--ms 20] [--policies ...] [--json]
+
+Four daemons on loopback, each serving the model ``work``: the ``busy`` architecture, which
+holds the inference worker for ``--ms`` per input row without using a CPU (a stand-in for a
+device kernel of known cost: on this 2-core machine four daemons doing CPU work would share two
+cores, and no policy could show a speed-up). All tasks are submitted to n1; the makespan runs
+from the first Submit to the last result, read with ``Wait`` at the origin.
+
+Scenarios, one row per policy (a fresh mesh per policy, since placement is node config):
+
+* ``uniform``: ``--tasks`` tasks of one row each (``--ms`` each); ideal = total work / 4.
+* ``skewed``: task sizes from a heavy-tailed (Pareto, alpha 1.5) distribution with the same
+  mean, and n4 twice as slow (it serves ``work`` at 2x the cost per row); ideal = total work
+  over the summed speeds (3 + 0.5).
+* ``source``: the source document's case, 4 nodes and 8 unit tasks (``--ms`` * 10 each).
+
+Reported per row: makespan, makespan / ideal, tasks each node ran, tasks moved by stealing per
+task (with every task submitted to one of four nodes, 0.75 is what a perfect balance moves),
+steal requests per task (each moves several tasks), duplicate deliveries (must be 0). Targets
+(uniform, work stealing): makespan <= 1.15x ideal, >= 3x faster than local only, <= 0.6 steals
+per task, 0 duplicates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from p2pagent._proto import agent_pb2, common_pb2
+from p2pagent.config import PLACEMENTS
+from p2pagent.inference import architectures, safetensors_io, tensors
+from p2pagent.testing.cluster import Cluster
+
+FEATURES = 4
+NODES = ["n1", "n2", "n3", "n4"]
+SETTLE_S = 60.0
+
+
+@dataclass
+class Row:
+    scenario: str
+    policy: str
+    tasks: int
+    makespan_s: float
+    ideal_s: float
+    ratio: float
+    per_node: dict[str, int] = field(default_factory=dict)
+    stolen_per_task: float = 0.0
+    steals_per_task: float = 0.0
+    duplicates: int = 0
+    failed: int = 0
+
+
+def write_busy(out: Path, stem: str, ms_per_row: float) -> Path:
+    """A ``busy`` model: empty safetensors plus the metadata naming its architecture."""
+    cfg = {"features": FEATURES, "ms_per_row": ms_per_row}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}.safetensors"
+    safetensors_io.save({}, path, {"architecture": "busy"})
+    (out / f"{stem}.metadata.json").write_text(architectures.get("busy").spec(cfg).to_json())
+    return path
+
+
+def _tensor(rows: int) -> common_pb2.Tensor:
+    return tensors.to_proto("input", torch.zeros(rows, FEATURES))
+
+
+def _all_alive(c: Cluster) -> bool:
+    return all(
+        {n for n, (s, _) in c.members(o).items() if s == "alive"} >= set(NODES) for o in NODES
+    )
+
+
+def run_once(
+    root: Path, scenario: str, policy: str, sizes: list[int], ms: float, slow: bool
+) -> Row:
+    models = root / "models"
+    fast = write_busy(models, "work", ms)
+    slow_path = write_busy(models / "slow", "work", 2 * ms)
+    env = {"P2PAGENT_PLACEMENT": policy}
+    with Cluster(root / f"{scenario}-{policy}", 4, use_netns=False, env=env) as c:
+        for name, d in c.nodes.items():
+            path = slow_path if slow and name == "n4" else fast
+            d.args = [*d.args, "--serve", f"work={path}"]
+        c.start()
+        c.wait_for(lambda: _all_alive(c), SETTLE_S, "all alive")
+        stub = c.agent("n1")
+        # Warm up every node's model (loads it) outside the measured window.
+        for name in NODES:
+            c.agent(name).Infer(agent_pb2.InferRequest(model="work", inputs=[_tensor(1)]),
+                                timeout=30)  # fmt: skip
+        before = {n: c.agent(n).Status(agent_pb2.StatusRequest(), timeout=5) for n in NODES}
+        started = time.perf_counter()
+
+        def submit(rows: int) -> str:
+            req = agent_pb2.SubmitRequest(model="work", inputs=[_tensor(rows)])
+            return str(stub.Submit(req, timeout=30).task_id)
+
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(pool.map(submit, sizes))
+
+        def final(task_id: str) -> tuple[list[agent_pb2.TaskEvent], float]:
+            events = list(stub.Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=300))
+            done = time.perf_counter()
+            ends = [e for e in events if e.kind in (agent_pb2.TaskEvent.DONE,
+                                                    agent_pb2.TaskEvent.FAILED)]  # fmt: skip
+            return ends, done
+
+        with ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(final, ids))
+        makespan = max(done for _, done in results) - started
+        after = {n: c.agent(n).Status(agent_pb2.StatusRequest(), timeout=5) for n in NODES}
+    per_node: Counter[str] = Counter()
+    duplicates = failed = 0
+    for ends, _ in results:
+        duplicates += max(0, len(ends) - 1)
+        if not ends or ends[-1].kind != agent_pb2.TaskEvent.DONE:
+            failed += 1
+        elif ends:
+            per_node[ends[-1].node] += 1
+    stolen = sum(after[n].stolen_in - before[n].stolen_in for n in NODES)
+    steals = sum(after[n].steal_requests - before[n].steal_requests for n in NODES)
+    speed = 3 + 0.5 if slow else 4
+    ideal = sum(sizes) * ms / 1000 / speed
+    return Row(scenario, policy, len(sizes), round(makespan, 3), round(ideal, 3),
+               round(makespan / ideal, 2), dict(sorted(per_node.items())),
+               round(stolen / len(sizes), 3), round(steals / len(sizes), 3),
+               duplicates, failed)  # fmt: skip
+
+
+def pareto_sizes(n: int, mean: float, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    alpha = 1.5
+    xm = mean * (alpha - 1) / alpha
+    return [max(1, round(min(rng.paretovariate(alpha) * xm, 50 * mean))) for _ in range(n)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tasks", type=int, default=400)
+    p.add_argument("--ms", type=float, default=20.0, help="cost of one row, milliseconds")
+    p.add_argument("--policies", nargs="*", default=list(PLACEMENTS))
+    p.add_argument("--scenarios", nargs="*", default=["uniform", "skewed", "source"])
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    rows: list[Row] = []
+    plans = {
+        "uniform": ([1] * args.tasks, args.ms, False),
+        # Mean 4 rows so that a task is about 4x --ms; capped at 50x the mean.
+        "skewed": (pareto_sizes(args.tasks // 4, 4.0, args.seed), args.ms, True),
+        "source": ([1] * 8, args.ms * 10, False),
+    }
+    with tempfile.TemporaryDirectory(prefix="tasks-cluster-") as tmp:
+        for scenario in args.scenarios:
+            sizes, ms, slow = plans[scenario]
+            for policy in args.policies:
+                row = run_once(Path(tmp), scenario, policy, sizes, ms, slow)
+                rows.append(row)
+                if not args.json:
+                    print(f"{scenario:8} {policy:14} makespan {row.makespan_s:6.2f} s  "
+                          f"x ideal {row.ratio:5.2f}  per node {row.per_node}  "
+                          f"moved/task {row.stolen_per_task}  steals/task {row.steals_per_task}  "
+                          f"dup {row.duplicates}  "
+                          f"failed {row.failed}", flush=True)  # fmt: skip
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+        return
+    by = {(r.scenario, r.policy): r for r in rows}
+    ws, local = by.get(("uniform", "work_stealing")), by.get(("uniform", "local"))
+    if ws is not None:
+        print(f"\nuniform, work stealing: {ws.ratio}x ideal (target <= 1.15), "
+              f"{ws.steals_per_task} steal requests per task (<= 0.6), "
+              f"{ws.stolen_per_task} tasks moved per task, "
+              f"{ws.duplicates} duplicates (0)")  # fmt: skip
+        if local is not None:
+            print(f"speed-up over local only: {local.makespan_s / ws.makespan_s:.2f}x (>= 3)")
+
+
+if __name__ == "__main__":
+    main()
