@@ -125,6 +125,13 @@ class ModelCache:
         """Resident models and their sizes in bytes, least recently used first."""
         return self._lru.sizes()
 
+    def resident_model(self, name: str) -> LoadedModel | None:
+        """The model if it is loaded (marked as just used), else None; never loads."""
+        model = self._resident.get(name)
+        if model is not None:
+            self._lru.touch(name)
+        return model
+
     async def get(self, name: str) -> LoadedModel:
         """The loaded model, loading it (off the event loop) if it is not resident."""
         model = self._resident.get(name)

@@ -68,9 +68,17 @@ def by_name(name: str, what: str) -> DTypeInfo:
     return info
 
 
+#: torch dtype -> entry, filled as dtypes are met (no torch import needed to build it).
+_BY_TORCH: dict[object, DTypeInfo | None] = {}
+
+
 def of_torch(dtype: object) -> DTypeInfo | None:
     """The entry for a torch dtype (``torch.float32`` prints as "torch.float32"), or None."""
-    return BY_NAME.get(str(dtype).removeprefix("torch."))
+    try:
+        return _BY_TORCH[dtype]
+    except KeyError:
+        info = _BY_TORCH[dtype] = BY_NAME.get(str(dtype).removeprefix("torch."))
+        return info
 
 
 def by_torch(dtype: torch.dtype, what: str) -> DTypeInfo:

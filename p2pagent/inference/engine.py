@@ -22,7 +22,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
     Inputs: TypeAlias = Mapping[str, InputTensor] | Sequence[InputTensor]
     Outputs: TypeAlias = dict[str, torch.Tensor]
-    Parts: TypeAlias = list[list[InputTensor]]
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,10 @@ class InferenceEngine:
             else None
         )
         self._waiting: dict[int, _Request] = {}
-        self._running: set[asyncio.Task[None]] = set()
+        #: Batches handed to the workers and not yet completed on the loop.
+        self._in_flight = 0
+        self._drained: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._pump_scheduled = False
         self._closed = False
@@ -116,22 +118,27 @@ class InferenceEngine:
         """
         if self._closed:
             raise Unavailable("the inference engine is shut down")
-        if deadline is not None and deadline <= self._clock():
+        now = self._clock()
+        if deadline is not None and deadline <= now:
             raise DeadlineExceeded(f"request for model {model_name!r} arrived past its deadline")
-        model = await self.cache.get(model_name)
+        # A resident model is taken without a coroutine: this path runs once per request.
+        model = self.cache.resident_model(model_name) or await self.cache.get(model_name)
         ordered = model.spec.bind_inputs(model_name, inputs)
         batchable = model.spec.batchable
         # Requests share a batch only with the same loaded model and concatenable inputs.
-        group = (id(model), *(_layout(t) for t in ordered))
+        group = (id(model), *[_layout(t) for t in ordered])
         rid = self._policy.submit(
             model_name,
             int(ordered[0].shape[0]) if batchable else 1,
-            self._clock(),
+            now,
             group=group,
             deadline=deadline,
             batchable=batchable,
         )
-        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outputs] = loop.create_future()
         self._waiting[rid] = _Request(model, ordered, future)
         self._schedule_pump()
         try:
@@ -168,8 +175,9 @@ class InferenceEngine:
                 self._waiting.pop(rid)
                 if not req.future.done():
                     req.future.set_exception(Unavailable("the inference engine is shutting down"))
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        if self._in_flight:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
         self._compute.shutdown(wait=False)
         if self._stage is not None:
             self._stage.shutdown(wait=False)
@@ -187,7 +195,7 @@ class InferenceEngine:
         self._pump_scheduled = False
         if self._closed:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         now = self._clock()
         decision = self._policy.poll(now)
         for pending in decision.expired:
@@ -201,13 +209,9 @@ class InferenceEngine:
                     )
                 )
         for batch in decision.batches:
-            # Hand the batch to the worker now, not from a task that would first wait its
-            # turn behind every callback already queued on the loop.
-            reqs = [self._waiting.pop(rid) for rid in batch.request_ids]
-            work = self._submit(reqs[0].model, [r.inputs for r in reqs])
-            task = loop.create_task(self._finish(batch, reqs, work))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            # Handed to the worker now, not from a task that would first wait its turn
+            # behind every callback already queued on the loop.
+            self._submit(loop, batch, [self._waiting.pop(rid) for rid in batch.request_ids])
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -229,72 +233,101 @@ class InferenceEngine:
                 self._runner = BatchRunner(self.device.device)
             return self._runner
 
-    def _run(self, model: LoadedModel, parts: Parts) -> tuple[list[list[torch.Tensor]], float]:
-        return self._runner_now().run(model, parts)
+    def _submit(self, loop: asyncio.AbstractEventLoop, batch: Batch, reqs: list[_Request]) -> None:
+        """Runs a batch on the workers; its outcome comes back as one loop callback.
 
-    def _submit(
-        self, model: LoadedModel, parts: Parts
-    ) -> Future[tuple[list[list[torch.Tensor]], float]]:
+        One ``call_soon_threadsafe`` per batch, not a future per request nor a task per
+        batch: each hop between the worker and the loop is a thread wake-up, which costs
+        more than the Python around it on a busy host.
+        """
+        model = reqs[0].model
+        parts = [r.inputs for r in reqs]
+        self._in_flight += 1
+
+        def deliver(
+            outs: list[list[torch.Tensor]] | None, seconds: float, error: BaseException | None
+        ) -> None:
+            try:
+                loop.call_soon_threadsafe(self._complete, batch, reqs, outs, seconds, error)
+            except RuntimeError:  # the loop is closed: nobody is left to answer
+                pass
+
         if self._stage is None:
-            return self._compute.submit(self._run, model, parts)
-        done: Future[tuple[list[list[torch.Tensor]], float]] = Future()
+
+            def run() -> None:
+                start = time.perf_counter()
+                try:
+                    outs, seconds = self._runner_now().run(model, parts)
+                except BaseException as e:
+                    deliver(None, time.perf_counter() - start, e)
+                else:
+                    deliver(outs, seconds, None)
+
+            self._compute.submit(run)
+            return
 
         def stage_then_compute() -> None:
             # Runs on the staging thread; queues the forward pass on the compute thread as
             # soon as the copy is issued, with no trip through the event loop.
+            start = time.perf_counter()
             try:
                 runner = self._runner_now()
                 staged = runner.stage(model, parts)
-                computed = self._compute.submit(runner.compute, model, staged)
             except BaseException as e:
-                done.set_exception(e)
+                deliver(None, time.perf_counter() - start, e)
                 return
 
-            def finished(f: Future[tuple[list[torch.Tensor], float]]) -> None:
+            def compute() -> None:
                 from p2pagent.inference.runner import split
 
                 try:
-                    outputs, seconds = f.result()
-                    done.set_result((split(model, outputs, parts), seconds))
+                    outputs, seconds = runner.compute(model, staged)
+                    outs = split(model, outputs, parts)
                 except BaseException as e:
-                    done.set_exception(e)
+                    deliver(None, time.perf_counter() - start, e)
+                else:
+                    deliver(outs, seconds, None)
 
-            computed.add_done_callback(finished)
+            self._compute.submit(compute)
 
         self._stage.submit(stage_then_compute)
-        return done
 
-    async def _finish(
+    def _complete(
         self,
         batch: Batch,
         reqs: list[_Request],
-        work: Future[tuple[list[list[torch.Tensor]], float]],
+        outs: list[list[torch.Tensor]] | None,
+        seconds: float,
+        error: BaseException | None,
     ) -> None:
+        """A batch's outcome, on the loop: next batch to the device, then the callers."""
+        self._in_flight -= 1
         model = reqs[0].model
-        started = time.perf_counter()
-        try:
-            outs, seconds = await asyncio.wrap_future(work)
-        except Exception as e:
-            self._policy.on_batch_done(batch.batch_id, time.perf_counter() - started, ok=False)
-            self._pump()
-            error = e if isinstance(e, P2PAgentError) else _model_error(model, batch, e)
+        ok = outs is not None
+        self._policy.on_batch_done(batch.batch_id, seconds, ok=ok)
+        # Requests already waiting go to the device before this batch's callers are woken:
+        # the device works while the event loop delivers results.
+        self._pump()
+        if outs is not None:
+            names = model.spec.output_names
+            for r, out in zip(reqs, outs):
+                if not r.future.done():
+                    r.future.set_result(dict(zip(names, out)))
+        else:
+            failure = (
+                error
+                if isinstance(error, P2PAgentError)
+                else _model_error(model, batch, error or RuntimeError("no outputs"))
+            )
             for r in reqs:
                 if not r.future.done():
                     # One exception object per caller: raising a shared one would splice
                     # the callers' tracebacks together.
-                    r.future.set_exception(type(error)(str(error)))
-        else:
-            self._policy.on_batch_done(batch.batch_id, seconds, ok=True)
-            # Requests already waiting go to the device before this batch's callers are
-            # woken: the device works while the event loop delivers results.
-            self._pump()
-            names = [p.name for p in model.spec.outputs]
-            for r, out in zip(reqs, outs):
-                if not r.future.done():
-                    r.future.set_result(dict(zip(names, out)))
-        finally:
-            # After the results: their callers' resubmissions join the next batch.
-            self._schedule_pump()
+                    r.future.set_exception(type(failure)(str(failure)))
+        # After the results: their callers' resubmissions join the next batch.
+        self._schedule_pump()
+        if self._in_flight == 0 and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
 
 def _layout(t: InputTensor) -> Hashable:
@@ -305,7 +338,7 @@ def _layout(t: InputTensor) -> Hashable:
     return (str(t.dtype).removeprefix("torch."), tuple(t.shape[1:]), str(t.device))
 
 
-def _model_error(model: LoadedModel, batch: Batch, e: Exception) -> Internal:
+def _model_error(model: LoadedModel, batch: Batch, e: BaseException) -> Internal:
     return Internal(
         f"model {model.name!r} failed on a batch of {batch.rows} row(s) "
         f"({len(batch.requests)} request(s)): {type(e).__name__}: {e}"

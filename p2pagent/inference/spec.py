@@ -103,6 +103,10 @@ class ModelSpec:
     def input_names(self) -> frozenset[str]:
         return frozenset(p.name for p in self.inputs)
 
+    @cached_property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.outputs)
+
     # ---- JSON ----------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

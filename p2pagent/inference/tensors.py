@@ -143,8 +143,15 @@ def many_from_proto(
 
 def to_proto(name: str, tensor: torch.Tensor) -> common_pb2.Tensor:
     """Encodes one tensor (any device, any layout) as little-endian row-major bytes."""
-    info = dtypes.by_torch(tensor.dtype, f"output {name!r}")
-    t = tensor.detach().to("cpu").contiguous()
+    info = dtypes.of_torch(tensor.dtype) or dtypes.by_torch(tensor.dtype, f"output {name!r}")
+    t = tensor
+    # Each step only where needed: this runs once per output of every request.
+    if t.requires_grad:
+        t = t.detach()
+    if t.device.type != "cpu":
+        t = t.to("cpu")
+    if not t.is_contiguous():
+        t = t.contiguous()
     shape = list(t.shape)
     if not info.numpy_is_exact:
         import torch
