@@ -12,6 +12,8 @@ What it does, and where the decisions are made:
   elsewhere.
 - **Pull** (``pull``): one ``Puller`` per version at a time (concurrent requests share it),
   resuming from the chunks on disk; once complete, this node adds itself to the holders.
+  While it pulls, the node advertises the chunks it has (``registry.partial_key``) and serves
+  them, and fetches from other nodes still pulling (the swarm), not only from complete holders.
 - **Reconcile** (every ``RECONCILE_S`` and on registry changes): advertise what is complete
   here, withdraw what is not, apply the replication policy (``replication.plan_replication``:
   pulls for versions this node is a target of, resumes of interrupted pulls, drops of
@@ -51,11 +53,12 @@ from p2pagent.models import registry
 from p2pagent.models.config import ModelsConfig
 from p2pagent.models.manifest import ALL, Manifest, ModelFormat, check_model_name, next_version
 from p2pagent.models.publish import PublishWriter
-from p2pagent.models.puller import Puller, PullReport
+from p2pagent.models.puller import Holding, Puller, PullReport
 from p2pagent.models.ratelimit import TokenBucket
 from p2pagent.models.registry import NS, Entry
 from p2pagent.models.replication import VersionInfo, plan_replication
 from p2pagent.models.store import ChunkStore
+from p2pagent.models.swarm import PartialHoldings
 
 if TYPE_CHECKING:
     from p2pagent.inference.cache import ModelCache
@@ -137,6 +140,7 @@ class ModelsDriver:
         self._pinned: set[str] = set()
         #: name -> version registered in the inference cache.
         self._loaded: dict[str, Manifest] = {}
+        self._swarm = PartialHoldings(name, state, members)
         self._wake = asyncio.Event()
         self._load_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -184,6 +188,7 @@ class ModelsDriver:
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
+        await self._swarm.stop()
         tasks = [t for t in (self._task, *self._pulls.values(), *self._background) if t]
         for task in tasks:
             task.cancel()
@@ -240,6 +245,10 @@ class ModelsDriver:
                 if node != self.name and member and member.reachable and member.address:
                     out[node] = member.address
         return out
+
+    def holdings(self, m: Manifest) -> dict[str, Holding]:
+        """Nodes to fetch ``m`` from: live complete holders, and live nodes pulling it."""
+        return self._swarm.holdings(m, self.live_holders(m.manifest_id))
 
     def entries_by_id(self, ids: list[str]) -> list[Entry]:
         wanted = set(ids)
@@ -396,9 +405,11 @@ class ModelsDriver:
             store=self.store,
             io=self._io,
             channels=self._channels,
-            holders=lambda: self.live_holders(mid),
+            holders=lambda: self.holdings(m),
             config=self.config,
             rng=self._rng,
+            advertise=lambda chunks: self._swarm.advertise(m, chunks),
+            name=self.name,
         )
         report = await puller.run()
         complete = await self._run_io(self.store.is_complete, mid)
@@ -410,6 +421,7 @@ class ModelsDriver:
         self.last_pull = report
         log.info("models: pulled %s (%s): %s", m.name, mid[:12], report.summary())
         await self._advertise(m)
+        await self._swarm.withdraw(m)
         self._wake.set()
         return report
 
@@ -451,6 +463,8 @@ class ModelsDriver:
             pull.cancel()
         self._complete.discard(manifest_id)
         self._pinned.discard(manifest_id)
+        if self.store.has_manifest(manifest_id):
+            await self._swarm.withdraw(self.store.get_manifest(manifest_id))
         for name, loaded in list(self._loaded.items()):
             if loaded.manifest_id == manifest_id and self._cache is not None:
                 self._cache.unregister(name)

@@ -11,7 +11,9 @@ worker thread: hashing and the atomic write release the GIL), and feeds the outc
 - a failed call (connection lost, node gone) -> ``on_holder_failed`` (retried after back-off).
 
 Holders come from the registry and membership, re-read every ``HOLDER_REFRESH_S``: a holder
-that dies is removed, one that finishes its own pull is added. The pull resumes from the
+that dies is removed, one that finishes its own pull is added, and nodes still pulling the
+version are used for the chunks they advertise (partial holders: the swarm). This pull's own
+holdings go out through ``advertise`` at most every ``ADVERTISE_S``. The pull resumes from the
 chunks already on disk (``ChunkStore.present``), so a restarted node or a re-issued
 PullModel only fetches what is missing. Memory: at most ``max_inflight_chunks`` chunks are
 requested at once, each written to disk as soon as it arrives.
@@ -46,7 +48,18 @@ from p2pagent.transport.channels import ChannelPool
 log = logging.getLogger(__name__)
 
 #: How often the holder list is re-read from the registry during a pull, seconds.
-HOLDER_REFRESH_S = 1.0
+HOLDER_REFRESH_S = 0.5
+#: How often, at most, a pull advertises the chunks it holds so far, seconds.
+ADVERTISE_S = 0.5
+
+
+@dataclass(frozen=True)
+class Holding:
+    """A node to fetch from and what it has."""
+
+    address: str
+    #: Chunks it holds while pulling the version itself; None for a complete holder.
+    chunks: frozenset[int] | None = None
 
 
 @dataclass
@@ -59,6 +72,9 @@ class PullReport:
     seconds: float = 0.0
     corrupt: int = 0
     received_from: dict[str, int] = field(default_factory=dict)
+    #: Bytes of chunk data that arrived from each holder: accepted, duplicate or corrupt (what
+    #: this pull cost each holder's upload).
+    bytes_from: dict[str, int] = field(default_factory=dict)
     banned: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -67,7 +83,7 @@ class PullReport:
             f"{self.chunks} chunks ({self.resumed} already on disk), "
             f"{self.fetched_bytes} bytes in {self.seconds:.2f}s ({rate:.1f} MB/s) "
             f"from {dict(sorted(self.received_from.items()))}; corrupt={self.corrupt} "
-            f"banned={sorted(self.banned)}"
+            f"banned={sorted(self.banned)} bytes_from={dict(sorted(self.bytes_from.items()))}"
         )
 
 
@@ -81,11 +97,14 @@ class Puller:
         store: ChunkStore,
         io: Executor,
         channels: ChannelPool,
-        holders: Callable[[], dict[str, str]],
+        holders: Callable[[], dict[str, Holding]],
         config: ModelsConfig,
         rng: random.Random | None = None,
+        advertise: Callable[[frozenset[int]], None] | None = None,
+        name: str = "",
     ) -> None:
-        """``holders()`` returns the live holders to use now: node name -> address."""
+        """``holders()`` returns the live holders to use now, complete or partial;
+        ``advertise(chunks)`` publishes what this pull holds so far (not awaited)."""
         self.manifest = manifest
         self._store = store
         self._io = io
@@ -95,8 +114,13 @@ class Puller:
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._error: BaseException | None = None
+        self._advertise = advertise
+        self._name = name
         self._addresses: dict[str, str] = {}
+        #: What each holder was last said to hold (None: everything).
+        self._advertised: dict[str, frozenset[int] | None] = {}
         self._fetched = 0
+        self._bytes_from: dict[str, int] = {}
         #: Chunks written but not yet handed to a sync batch.
         self._to_sync: list[int] = []
         self._syncs: set[asyncio.Future[int]] = set()
@@ -114,9 +138,10 @@ class Puller:
                 "models: pulling %s (%s): %d of %d chunks already on disk",
                 m.name, mid[:12], len(have), m.chunk_count,
             )  # fmt: skip
-        plan = PullPlan(m, have, self._rng, self._cfg)
+        plan = PullPlan(m, have, self._rng, self._cfg, name=self._name)
         calls: set[asyncio.Task[None]] = set()
         refreshed = -HOLDER_REFRESH_S
+        advertised_at, advertised_count = -ADVERTISE_S, len(have)
         stalled_since: float | None = None
         try:
             while not plan.is_complete:
@@ -127,6 +152,14 @@ class Puller:
                 if now - refreshed >= HOLDER_REFRESH_S:
                     self._refresh(plan)
                     refreshed = now
+                have_count = plan.progress().have_chunks
+                if (
+                    self._advertise is not None
+                    and have_count > advertised_count
+                    and now - advertised_at >= ADVERTISE_S
+                ):
+                    self._advertise(plan.have)
+                    advertised_at, advertised_count = now, have_count
                 for req in plan.next_requests(now):
                     task = asyncio.create_task(self._fetch(plan, req))
                     calls.add(task)
@@ -159,6 +192,7 @@ class Puller:
         report.fetched_bytes = self._fetched
         report.corrupt = progress.corrupt
         report.received_from = dict(progress.received_from)
+        report.bytes_from = dict(self._bytes_from)
         report.banned = plan.banned
         return report
 
@@ -178,10 +212,12 @@ class Puller:
         for node in set(self._addresses) - set(live):
             plan.remove_holder(node)
             del self._addresses[node]
-        for node, address in live.items():
-            if node not in self._addresses:
-                plan.add_holder(node)
-            self._addresses[node] = address
+            del self._advertised[node]
+        for node, holding in live.items():
+            if node not in self._addresses or self._advertised[node] != holding.chunks:
+                plan.add_holder(node, holding.chunks)
+                self._advertised[node] = holding.chunks
+            self._addresses[node] = holding.address
 
     async def _fetch(self, plan: PullPlan, req: Request) -> None:
         """One FetchChunks call. Chunks are verified and written concurrently with receiving
@@ -196,6 +232,7 @@ class Puller:
             )
             async for chunk in call:
                 index = chunk.index
+                self._bytes_from[node] = self._bytes_from.get(node, 0) + len(chunk.data)
                 if index not in owed:  # never asked for: as bad as a corrupt chunk
                     plan.on_chunk(node, index, False, time.monotonic())
                     self._corrupt(node, index)

@@ -8,6 +8,10 @@ Everything lives in the reserved namespace ``_models`` (public writes to it are 
 - ``<name>/<manifest_id>/holders``: add-wins set of the names of the nodes holding the version
   *complete*. A node adds itself once every chunk is on disk and verified, and removes itself
   when it drops the version (or finds at start that it no longer has it).
+- ``<name>/<manifest_id>/partial/<node>``: LWW register, the chunks ``node`` holds while it
+  pulls the version (``bitmap``), rewritten as they arrive and deleted once it is a complete
+  holder, so pullers fetch from each other (the swarm) rather than all from the publisher.
+  Only written by ``node``; readers ignore it when ``node`` is not alive.
 
 Names cannot contain ``/`` (``manifest.check_model_name``), so a key splits unambiguously and a
 scan with prefix ``<name>/`` sees exactly one model.
@@ -24,6 +28,7 @@ from p2pagent.models.manifest import Manifest
 
 NS = "_models"
 HOLDERS = "holders"
+PARTIAL = "partial"
 
 _ID = re.compile(r"^[0-9a-f]{64}$")
 
@@ -34,6 +39,22 @@ def version_key(name: str, manifest_id: str) -> str:
 
 def holders_key(name: str, manifest_id: str) -> str:
     return f"{name}/{manifest_id}/{HOLDERS}"
+
+
+def partial_prefix(name: str, manifest_id: str) -> str:
+    return f"{name}/{manifest_id}/{PARTIAL}/"
+
+
+def partial_key(name: str, manifest_id: str, node: str) -> str:
+    return partial_prefix(name, manifest_id) + node
+
+
+def parse_partial_key(key: str) -> tuple[str, str, str] | None:
+    """``(name, manifest_id, node)`` of a partial-holdings key; None for any other key."""
+    parts = key.split("/")
+    if len(parts) == 4 and _ID.match(parts[1]) and parts[2] == PARTIAL and parts[3]:
+        return parts[0], parts[1], parts[3]
+    return None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,15 @@ How load is spread (BitTorrent's lessons, Kraken's and Dragonfly's goals):
   broken by a per-pull random key. Pullers of one publisher thus start on different chunks,
   advertise them (partial holdings, see ``bitmap``) and serve each other, instead of all
   queueing on the publisher.
+- Shares among fellow pullers: random keys alone still let two pullers ask the publisher for
+  the same chunk while neither has advertised it yet (advertisements lag by about a second,
+  and a capped publisher's queue is deep), so the publisher would upload much of the model
+  twice. So every chunk has an owner among the pullers that know each other (this node and
+  the partial holders; rendezvous hashing of node name and chunk index, the same on every
+  node): a complete holder is asked only for chunks this node owns that no fellow has yet;
+  the rest come from the fellows. Only when nothing at all is in flight is a complete holder
+  asked for a batch of the fellows' share (a fellow that is slow does not hold the pull up;
+  one that is gone is no fellow any more).
 - Per-holder pipeline: at most ``pipeline_depth`` chunks outstanding per holder, asked for in
   FetchChunks calls of ``batch_chunks``; a new call goes out once a whole batch of slots is
   free (or the holder is idle). A global cap bounds the memory one pull pins.
@@ -36,6 +45,7 @@ How load is spread (BitTorrent's lessons, Kraken's and Dragonfly's goals):
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -100,6 +110,8 @@ class _Holder:
     #: Last time this holder delivered something (or was handed work while idle).
     last_progress: float = 0.0
     received: int = 0
+    #: A node pulling the version itself (holds ``chunks`` so far); False for a complete one.
+    partial: bool = False
 
 
 class PullPlan:
@@ -111,8 +123,11 @@ class PullPlan:
         have: Iterable[int],
         rng: random.Random,
         config: ModelsConfig | None = None,
+        name: str = "",
     ) -> None:
+        """``name``: this node's, for sharing the work with fellow pullers."""
         self.manifest = manifest
+        self._name = name
         self._cfg = config or ModelsConfig()
         self._rng = rng
         self._n = manifest.chunk_count
@@ -131,6 +146,11 @@ class PullPlan:
         # in flight, or not among its chunks). Reset when a chunk becomes pending again or
         # the order is rebuilt. Keeps partial holders from rescanning the order every call.
         self._cursors: dict[str, int] = {}
+        #: Per chunk, whether this node fetches it from complete holders (see module docs),
+        #: and the chunks some usable fellow puller has; both rebuilt with the order.
+        self._mine: list[bool] = [True] * self._n
+        self._at_fellow: set[int] = set()
+        self._fellows = False
         self._corrupt = 0
         self._duplicates = 0
         self._failures = 0
@@ -155,6 +175,9 @@ class PullPlan:
         h = self._holders.get(node)
         if h is None:
             h = self._holders[node] = _Holder(chunks=set())
+        if h.partial != (chunks is not None):
+            h.partial = chunks is not None
+            self._order = None
         if h.banned is None:
             for i in held - h.chunks:
                 self._avail[i] += 1
@@ -283,6 +306,17 @@ class PullPlan:
                     progressed = True
                 if budget <= 0:
                     break
+        if not batches and not self._inflight and budget > 0 and len(taken) < pending:
+            # Waiting on fellows with nothing in flight anywhere: one batch of their share
+            # from a complete holder, so a slow fellow does not stall this pull.
+            for _, node, h in usable:
+                want = min(cfg.batch_chunks, cfg.pipeline_depth - len(h.inflight), budget)
+                picks = self._pick(node, h, order, taken, want, relaxed=True)
+                if picks:
+                    batches.append((node, picks))
+                    taken.update(picks)
+                    budget -= len(picks)
+                    break
         if len(taken) == pending and cfg.endgame_copies > 1:
             self._endgame(usable, assigned, batches, budget)
         requests = []
@@ -297,13 +331,31 @@ class PullPlan:
         return requests
 
     def _pick(
-        self, node: str, h: _Holder, order: list[int], taken: set[int], want: int
+        self,
+        node: str,
+        h: _Holder,
+        order: list[int],
+        taken: set[int],
+        want: int,
+        relaxed: bool = False,
     ) -> list[int]:
-        """The first ``want`` pending chunks in rarest-first order that ``h`` holds."""
+        """The first ``want`` pending chunks in rarest-first order that ``h`` holds (from a
+        complete holder, while fellows pull too: this node's share, unless ``relaxed``)."""
         picks: list[int] = []
         if want <= 0:
             return picks
         have, inflight = self._have, self._inflight
+        if self._fellows and not h.partial and not relaxed:
+            mine, at_fellow = self._mine, self._at_fellow
+            # No cursor: chunks skipped here are pickable from h later (relaxed).
+            for i in order[self._order_start :]:
+                if len(picks) >= want:
+                    break
+                if i in have or i in inflight or i in taken or i not in h.chunks:
+                    continue
+                if mine[i] and i not in at_fellow:
+                    picks.append(i)
+            return picks
         pos = max(self._order_start, self._cursors.get(node, 0))
         # Everything scanned is either picked now or not pickable from h until a release
         # or a rebuild (which reset the cursor); ``taken`` ones go in flight this call.
@@ -328,6 +380,8 @@ class PullPlan:
             for i in nodes:
                 copies[i] = copies.get(i, 0) + 1
         for _, node, h in usable:
+            if self._fellows and not h.partial:
+                continue  # a complete holder is the swarm's bottleneck: no copies from it
             mine = assigned.setdefault(node, [])
             free = self._cfg.pipeline_depth - len(h.inflight) - len(mine)
             extra: list[int] = []
@@ -357,10 +411,10 @@ class PullPlan:
         """
         stale = len(self._have) - self._order_have
         if self._order is None or stale > len(self._order) // 2:
-            self._order = sorted(
-                (i for i in range(self._n) if i not in self._have),
-                key=lambda i: (self._avail[i], self._key[i]),
-            )
+            missing = [i for i in range(self._n) if i not in self._have]
+            self._share(missing)
+            mine = self._mine
+            self._order = sorted(missing, key=lambda i: (self._avail[i], not mine[i], self._key[i]))
             self._order_have = len(self._have)
             self._order_start = 0
             self._cursors.clear()
@@ -370,6 +424,24 @@ class PullPlan:
             start += 1
         self._order_start = start
         return order
+
+    def _share(self, missing: list[int]) -> None:
+        """Which of ``missing`` this node fetches from complete holders (see module docs)."""
+        fellows = sorted(
+            n for n, h in self._holders.items() if h.partial and h.banned is None and h.chunks
+        )
+        self._fellows = bool(fellows)
+        self._at_fellow = set()
+        if not fellows:
+            self._mine = [True] * self._n
+            return
+        for n in fellows:
+            self._at_fellow |= self._holders[n].chunks
+        seeds = [(_seed(n), n) for n in [*fellows, self._name]]
+        mine = [False] * self._n
+        for i in missing:
+            mine[i] = max(seeds, key=lambda s: (_rank(s[0], i), s[1]))[1] == self._name
+        self._mine = mine
 
     # ---- timers ----------------------------------------------------------------------------
 
@@ -456,6 +528,21 @@ class PullPlan:
             holder_failures=self._failures,
             received_from={n: h.received for n, h in self._holders.items() if h.received},
         )
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _seed(node: str) -> int:
+    return zlib.crc32(node.encode())
+
+
+def _rank(seed: int, index: int) -> int:
+    """A well-mixed 64-bit value of (node, chunk), the same on every node (splitmix64)."""
+    x = (seed * 0x9E3779B97F4A7C15 + (index + 1) * 0xBF58476D1CE4E5B9) & _MASK64
+    x ^= x >> 31
+    x = (x * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 29)
 
 
 def backoff_delay(failures: int, config: ModelsConfig) -> float:

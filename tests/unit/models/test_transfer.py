@@ -349,6 +349,66 @@ def test_four_pullers_exchange_chunks() -> None:
     assert sum(served[n] for n in names) > 2 * N
 
 
+def swarm(lag_steps: int, named: bool) -> Counter[str]:
+    """Four pullers of a publisher that uploads 4 chunks a step; each puller sees the
+    others' holdings ``lag_steps`` late (advertisement and gossip delay). Chunks each holder
+    served."""
+    names = ["p0", "p1", "p2", "p3"]
+    plans = {
+        n: PullPlan(MANIFEST, set(), random.Random(k), CFG, name=n if named else "")
+        for k, n in enumerate(names)
+    }
+    for pl in plans.values():
+        pl.add_holder("pub")
+    history: list[dict[str, frozenset[int]]] = []
+    outstanding: list[tuple[str, str, int]] = []  # puller, holder, index
+    served: Counter[str] = Counter()
+    for step in range(1000):
+        if all(pl.is_complete for pl in plans.values()):
+            return served
+        now = step * 0.1
+        history.append({n: pl.have for n, pl in plans.items()})
+        seen = history[max(0, len(history) - 1 - lag_steps)]
+        for n, pl in plans.items():
+            for other in names:
+                if other != n and seen[other]:
+                    pl.add_holder(other, seen[other])
+            for r in pl.next_requests(now):
+                outstanding.extend((n, r.node, i) for i in r.indices)
+        budget = {"pub": 4, **dict.fromkeys(names, 4)}
+        kept = []
+        for n, holder, i in outstanding:  # first come, first served: a FIFO uplink
+            if budget[holder] > 0:
+                budget[holder] -= 1
+                served[holder] += 1
+                assert plans[n].on_chunk(holder, i, True, now) is not ChunkResult.CORRUPT
+            else:
+                kept.append((n, holder, i))
+        outstanding = kept
+    raise AssertionError("swarm did not complete")
+
+
+def test_shares_keep_the_publisher_near_one_copy_despite_lagging_holdings() -> None:
+    """With holdings seen late, random order alone makes the publisher send many chunks
+    twice; with shares among named fellow pullers it sends little more than one copy (the
+    excess is the first steps, before the pullers know of each other)."""
+    assert swarm(lag_steps=2, named=True)["pub"] <= 1.25 * N
+    unshared = swarm(lag_steps=5, named=False)
+    shared = swarm(lag_steps=5, named=True)
+    assert shared["pub"] <= 0.8 * unshared["pub"], (shared, unshared)
+
+
+def test_a_fellow_that_never_delivers_does_not_stall_the_pull() -> None:
+    """p1 advertises one chunk and is never asked again (it stalls): p0 still completes,
+    taking p1's share from the publisher once nothing else is in flight."""
+    p = PullPlan(MANIFEST, set(), random.Random(0), CFG, name="p0")
+    p.add_holder("pub")
+    p.add_holder("p1", {0})
+    sim = Sim(p, source=lambda node, i: None if node == "p1" else chunk(i))
+    sim.run()
+    assert p.progress().received_from.get("pub") == N
+
+
 def test_endgame_duplicates_the_tail() -> None:
     p = plan(have=set(range(N - 2)))
     p.add_holder("slow")
