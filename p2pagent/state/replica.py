@@ -108,15 +108,7 @@ class Replica:
         self.state = state or DotMap()
         self._counter = max(counter, self.state.context.max(self.origin))
         self.clock = HybridClock(hlc, self.config.max_clock_skew)
-        self.changes = ChangeLog(
-            self.config.change_log_size,
-            change_seq,
-            (
-                Change(seq, ns, key, not r.found, r)
-                for seq, ns, key in recent_changes
-                for r in (self.get(ns, key),)
-            ),
-        )
+        self.changes = ChangeLog(self.config.change_log_size, self.get, change_seq, recent_changes)
         self.buffer = DeltaBuffer(self.config.delta_buffer_ops, self.config.delta_buffer_bytes)
         self._value_limit = self.config.value_limit()
         self._pending: list[Delta] = []
