@@ -229,3 +229,36 @@ def test_infer_by_name_pulls_a_model_the_node_does_not_hold(four: Cluster, demo:
     )  # fmt: skip
     _check_output(c.agent("n4").Infer(req, timeout=120), demo)
     c.wait_for(lambda: "n4" in _holders(c, "n4", "mlp-lazy"), SETTLE_S, "n4 became a holder")
+
+
+def test_replicas_k_rereplicates_after_holders_die(
+    tmp_path_factory: pytest.TempPathFactory, demo: Path
+) -> None:
+    """``replicas: 2``: two nodes hold the model without being asked; SIGKILL every holder but
+    the publisher, and a survivor pulls it by itself until two live nodes hold it again."""
+    names = ["n1", "n2", "n3", "n4"]
+    with Cluster(tmp_path_factory.mktemp("rereplicate"), 4, use_netns=False) as c:
+        c.start()
+        c.wait_for(lambda: _all_alive(c, names), SETTLE_S, "n1..n4 alive")
+        model = demo / "noop.torchscript.pt"
+        v = c.agent("n1").PublishModel(
+            _upload(model, "noop-k", agent_pb2.ModelMetadata(), replicas="2"), timeout=60
+        )
+        assert v.replicas == "2" and list(v.holders) == ["n1"]
+        c.wait_for(lambda: len(_holders(c, "n1", "noop-k")) >= 2, SETTLE_S, "two holders")
+        victims = sorted(_holders(c, "n1", "noop-k") - {"n1"})
+        for victim in victims:
+            c.kill(victim)
+        survivors = [n for n in names if n not in victims]
+        assert len(survivors) >= 2  # at most 3 holders of 4 nodes: someone can pull
+
+        def restored() -> set[str]:
+            return _holders(c, "n1", "noop-k") & set(survivors)
+
+        c.wait_for(lambda: len(restored()) >= 2, SETTLE_S, "two live holders again")
+        fresh = restored() - {"n1"}
+        assert fresh and not fresh & set(victims)
+        for node in fresh:
+            assert re.search(r"models: pulled noop-k \(", _log(c, node)), node
+            files = (c.nodes[node].data / "models" / "manifests").glob(f"{v.manifest_id}.json")
+            assert list(files), f"{node} is listed as a holder but has no manifest on disk"
