@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 REPORT_INTERVAL_S = 0.25
 TICK_S = 0.05
 COMPLETE_RETRY_S = 0.5
+#: How often delivered results older than ``tasks.done_retention_s`` are forgotten.
+FORGET_INTERVAL_S = 10.0
 CALL_TIMEOUT_S = 5.0
 #: Compute estimate for a model never run here yet.
 DEFAULT_COST_S = 0.01
@@ -135,6 +137,9 @@ class TasksDriver:
         self._started_cost: dict[str, float] = {}  # est_cost_s of each running task
         self._results: dict[str, peer_pb2.CompleteRequest] = {}
         self._submitted_at: dict[str, tuple[float, str]] = {}
+        #: Delivery time of each result held, oldest first: results are forgotten (here and
+        #: in the journal) ``tasks.done_retention_s`` after delivery.
+        self._finished_at: dict[str, float] = {}
         #: Agent.Infer calls waiting for their task: not journaled (nothing was acknowledged
         #: before the answer), delivered straight to the caller.
         self._inline: dict[str, asyncio.Future[peer_pb2.CompleteRequest]] = {}
@@ -162,6 +167,9 @@ class TasksDriver:
         rows = await loop.run_in_executor(self._executor, self._journal.load)
         now = time.time()
         requeued = 0
+        done = sorted((r for r in rows if r.result is not None), key=lambda r: r.finished or 0)
+        for row in done:
+            self._finished_at[row.spec.task_id] = row.finished or row.submitted
         for row in rows:
             self._submitted_at[row.spec.task_id] = (row.submitted, row.spec.model)
             if row.result is not None:
@@ -516,8 +524,10 @@ class TasksDriver:
                     if not inline.done():
                         inline.set_result(result)
                     continue
-                await self._write(Finished(action.task_id, result, time.time()))
+                finished = time.time()
+                await self._write(Finished(action.task_id, result, finished))
                 self._results[action.task_id] = result
+                self._finished_at[action.task_id] = finished
         self._apply_sync([a for a in actions if not isinstance(a, Deliver)])
         self._notify()
 
@@ -561,10 +571,35 @@ class TasksDriver:
 
     # ---- periodic work ----------------------------------------------------------------------
 
+    async def _forget_old_results(self, now: float) -> None:
+        """Results delivered more than ``done_retention_s`` ago leave memory and the journal:
+        a daemon that runs for weeks must not keep every result it ever delivered."""
+        horizon = now - self.cfg.done_retention_s
+        old: list[str] = []
+        for task_id, finished in self._finished_at.items():  # oldest first
+            if finished > horizon:
+                break
+            old.append(task_id)
+        if not old:
+            return
+        for task_id in old:
+            del self._finished_at[task_id]
+            self._results.pop(task_id, None)
+            self._submitted_at.pop(task_id, None)
+        journal = self._journal
+        if journal is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, journal.purge, horizon)
+
     async def _ticker(self) -> None:
         next_report = next_retry = 0.0
+        forget_every = min(FORGET_INTERVAL_S, max(0.1, self.cfg.done_retention_s / 2))
+        next_forget = time.time() + forget_every
         while True:
             now = time.time()
+            if now >= next_forget:
+                next_forget = now + forget_every
+                self._spawn(self._forget_old_results(now))
             self._apply(self.leases.tick(now))
             for expired in self.queue.expire(now):
                 self._expired(expired.task, expired.error_message)

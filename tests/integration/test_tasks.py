@@ -145,6 +145,34 @@ def test_acknowledged_tasks_survive_sigkill_and_are_delivered_once(
         d.kill()
 
 
+def test_results_are_forgotten_after_the_retention_period(
+    tmp_path: Path, certs_dir: Path, models: Path
+) -> None:
+    env = {"P2PAGENT_TASKS__DONE_RETENTION_S": "1"}
+    d = Daemon("n8", certs_dir, tmp_path / "n8", args=_serve(models), env=env).start()
+    try:
+        with _channel(d, certs_dir) as ch:
+            stub = agent_pb2_grpc.AgentStub(ch)
+            task_id = stub.Submit(_request(7)[0], timeout=10).task_id
+            assert _events(stub, task_id)[-1].kind == agent_pb2.TaskEvent.DONE
+            deadline = time.monotonic() + 30
+            while True:  # forgotten within a few purge rounds (every retention / 2)
+                try:
+                    _events(stub, task_id)
+                except grpc.RpcError as e:
+                    assert e.code() is grpc.StatusCode.NOT_FOUND, e  # type: ignore[attr-defined]
+                    break
+                assert time.monotonic() < deadline, "the result was never forgotten"
+                time.sleep(0.2)
+        d.kill()
+        d.start()  # and gone from the journal too: a restart does not bring it back
+        with _channel(d, certs_dir) as ch, pytest.raises(grpc.RpcError) as e:
+            _events(agent_pb2_grpc.AgentStub(ch), task_id)
+        assert e.value.code() is grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+    finally:
+        d.kill()
+
+
 def test_cli_submit_wait_and_ls(node: Daemon, certs_dir: Path, models: Path) -> None:
     import json
     import subprocess
