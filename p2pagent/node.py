@@ -224,6 +224,8 @@ class Node:
         log.info("%s serving on %s as %s", self.name, self.address, self.identity)
         for component in self.components:
             await component.start()
+        # Only now ready: state, task journal and model store are loaded.
+        await self.server.set_serving(True)
 
     async def stop(self) -> None:
         """Graceful stop: health NOT_SERVING, in-flight calls get the grace period, then exit."""

@@ -73,9 +73,12 @@ class Server:
         return port
 
     async def start(self) -> None:
+        """Starts accepting calls, with health NOT_SERVING: the owner calls
+        ``set_serving(True)`` once everything behind the services is ready (readiness probes
+        and load balancers must not send work to a node still loading its state)."""
         reflection.enable_server_reflection([*self._services, reflection.SERVICE_NAME], self.grpc)
+        await self.set_serving(False)
         await self.grpc.start()
-        await self.set_serving(True)
 
     async def set_serving(self, serving: bool) -> None:
         status = (
