@@ -50,6 +50,7 @@ from p2pagent.inference.formats import ModelFormat as LoaderFormat
 from p2pagent.inference.formats import detect_format
 from p2pagent.inference.spec import ModelSpec
 from p2pagent.models import registry
+from p2pagent.models.alloc import keep_chunk_buffers_on_heap
 from p2pagent.models.config import ModelsConfig
 from p2pagent.models.manifest import ALL, Manifest, ModelFormat, check_model_name, next_version
 from p2pagent.models.publish import PublishWriter
@@ -166,6 +167,8 @@ class ModelsDriver:
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.config.tune_malloc:
+            keep_chunk_buffers_on_heap(self.config.chunk_size)
         loop = asyncio.get_running_loop()
         self._store = store = await loop.run_in_executor(
             self._io, ChunkStore, self._root, self.config
