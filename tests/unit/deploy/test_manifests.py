@@ -192,3 +192,16 @@ def test_systemd_unit_has_no_unknown_or_invalid_settings(tmp_path: Path) -> None
     assert r.returncode == 0, out
     for bad in ("Unknown key", "Unknown section", "Invalid", "Failed to parse"):
         assert bad not in out, out
+
+
+def test_build_context_sends_only_what_the_dockerfile_copies() -> None:
+    ignore = (DEPLOY.parent / ".dockerignore").read_text().splitlines()
+    rules = [r for r in ignore if r and not r.startswith("#")]
+    assert rules[0] == "**"  # everything out (.venv is gigabytes, keys must never ship) ...
+    allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    copied: set[str] = set()
+    for line in (DEPLOY / "docker" / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            copied |= {p.rstrip("/") for p in line.split()[1:-1]}
+    assert copied == allowed  # ... except exactly what the image copies
+    assert "**/*.key" in rules
