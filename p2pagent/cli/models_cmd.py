@@ -15,6 +15,7 @@ from google.protobuf.json_format import ParseDict
 from p2pagent._proto import agent_pb2
 from p2pagent.cli import client
 from p2pagent.cli.output import emit_json, key_values, table
+from p2pagent.cli.progress import ticker
 from p2pagent.errors import InvalidArgument
 from p2pagent.inference.spec import ModelSpec
 from p2pagent.transport.errors import map_rpc_errors
@@ -185,7 +186,8 @@ async def _ls(args: argparse.Namespace) -> int:
 
 
 async def _pull(args: argparse.Namespace) -> int:
-    async with client.channel(args) as ch:
+    label = f"pulling {args.name} on {args.target}"
+    async with client.channel(args) as ch, ticker(label, enabled=not args.json):
         with map_rpc_errors():
             resp = await client.agent(ch).PullModel(
                 agent_pb2.PullModelRequest(name=args.name, manifest_id=args.version),
