@@ -37,8 +37,10 @@ integration: $(STAMP)
 cluster: $(STAMP)
 	$(PY) -m pytest -q tests/cluster
 
+# The API reference (docs/API.md) comes from the same .proto comments: refresh it too.
 proto: $(STAMP)
 	$(PY) -m p2pagent._proto.generate
+	$(PY) -m p2pagent.docgen
 
 # Regenerates the configuration reference in README.md and docs/API.md from the code.
 docs: $(STAMP)
