@@ -124,6 +124,9 @@ class Puller:
         #: Chunks written but not yet handed to a sync batch.
         self._to_sync: list[int] = []
         self._syncs: set[asyncio.Future[int]] = set()
+        #: Chunk writes running in the I/O pool; run() returns only once they are done, so
+        #: nothing is half-written behind a failed or cancelled pull.
+        self._writes: set[asyncio.Future[bool]] = set()
 
     async def run(self) -> PullReport:
         loop = asyncio.get_running_loop()
@@ -186,7 +189,7 @@ class Puller:
         finally:
             for task in calls:
                 task.cancel()
-            await asyncio.gather(*calls, *self._syncs, return_exceptions=True)
+            await asyncio.gather(*calls, *self._syncs, *self._writes, return_exceptions=True)
         progress = plan.progress()
         report.seconds = time.monotonic() - start
         report.fetched_bytes = self._fetched
@@ -267,9 +270,13 @@ class Puller:
         """Verifies and stores one chunk, then tells the plan; False if it was corrupt."""
         loop = asyncio.get_running_loop()
         mid = self.manifest.manifest_id
-        write = self._store.write_chunk
+        write = loop.run_in_executor(
+            self._io, partial(self._store.write_chunk, mid, index, data, sync=False)
+        )
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
         try:
-            ok = await loop.run_in_executor(self._io, partial(write, mid, index, data, sync=False))
+            ok = await asyncio.shield(write)  # a cancelled pull still waits for it in run()
         except P2PAgentError as e:  # our own store: disk full, version deleted meanwhile
             self._error = e
             self._wake.set()
