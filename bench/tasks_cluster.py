@@ -15,6 +15,9 @@ Scenarios, one row per policy (a fresh mesh per policy, since placement is node 
   mean, and n4 twice as slow (it serves ``work`` at 2x the cost per row); ideal = total work
   over the summed speeds (3 + 0.5).
 * ``source``: the source document's case, 4 nodes and 8 unit tasks (``--ms`` * 10 each).
+* ``kill``: work stealing, uniform tasks; n2 is SIGKILLed while it runs stolen work. Reports the
+  time until the origin declares it dead, then until every task it held runs elsewhere
+  (target 3 s), and lost / duplicated results (target 0 / 0).
 
 Reported per row: makespan, makespan / ideal, tasks each node ran, tasks moved by stealing per
 task (with every task submitted to one of four nodes, 0.75 is what a perfect balance moves),
@@ -53,6 +56,8 @@ class Row:
     policy: str
     tasks: int
     makespan_s: float
+    #: When the last Submit was answered (submission runs alongside execution).
+    submitted_s: float
     ideal_s: float
     ratio: float
     per_node: dict[str, int] = field(default_factory=dict)
@@ -109,6 +114,7 @@ def run_once(
 
         with ThreadPoolExecutor(8) as pool:
             ids = list(pool.map(submit, sizes))
+        submitted = time.perf_counter() - started
 
         def final(task_id: str) -> tuple[list[agent_pb2.TaskEvent], float]:
             events = list(stub.Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=300))
@@ -133,10 +139,69 @@ def run_once(
     steals = sum(after[n].steal_requests - before[n].steal_requests for n in NODES)
     speed = 3 + 0.5 if slow else 4
     ideal = sum(sizes) * ms / 1000 / speed
-    return Row(scenario, policy, len(sizes), round(makespan, 3), round(ideal, 3),
+    return Row(scenario, policy, len(sizes), round(makespan, 3), round(submitted, 3),
+               round(ideal, 3),
                round(makespan / ideal, 2), dict(sorted(per_node.items())),
                round(stolen / len(sizes), 3), round(steals / len(sizes), 3),
                duplicates, failed)  # fmt: skip
+
+
+@dataclass
+class KillRow:
+    tasks: int
+    #: Tasks that had been handed to the killed node.
+    held_by_victim: int
+    #: From SIGKILL until the origin's membership lists the victim dead.
+    declared_dead_after_s: float
+    #: From that declaration until the last of those tasks is running elsewhere (as the origin
+    #: sees it: remote RUNNING comes with the next load report, up to 0.25 s late).
+    rerun_after_dead_s: float
+    lost: int
+    duplicates: int
+
+
+def kill_once(root: Path, tasks: int, ms: float) -> KillRow:
+    """Work stealing; n2 is SIGKILLed once it holds stolen work, mid-run."""
+    path = write_busy(root / "models", "work", ms)
+    with Cluster(root / "kill", 4, use_netns=False) as c:
+        for d in c.nodes.values():
+            d.args = [*d.args, "--serve", f"work={path}"]
+        c.start()
+        c.wait_for(lambda: _all_alive(c), SETTLE_S, "all alive")
+        stub = c.agent("n1")
+        req = agent_pb2.SubmitRequest(model="work", inputs=[_tensor(1)])
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(pool.map(lambda _: str(stub.Submit(req, timeout=30).task_id), range(tasks)))
+        c.wait_for(
+            lambda: c.agent("n2").Status(agent_pb2.StatusRequest(), timeout=5).running > 0,
+            SETTLE_S, "n2 runs stolen work", interval=0.02,
+        )  # fmt: skip
+        killed = time.time()
+        c.kill("n2")
+        c.wait_for(lambda: c.members("n1").get("n2", ("", 0))[0] == "dead", SETTLE_S,
+                   "n1 declares n2 dead", interval=0.05)  # fmt: skip
+        dead = time.time()
+        with ThreadPoolExecutor(32) as pool:
+            histories = list(pool.map(
+                lambda t: list(stub.Wait(agent_pb2.WaitRequest(task_id=t), timeout=300)), ids
+            ))  # fmt: skip
+    final_kinds = (agent_pb2.TaskEvent.DONE, agent_pb2.TaskEvent.FAILED)
+    held = lost = duplicates = 0
+    rerun = 0.0
+    for events in histories:
+        ends = [e for e in events if e.kind in final_kinds]
+        duplicates += max(0, len(ends) - 1)
+        lost += 0 if ends and ends[-1].kind == agent_pb2.TaskEvent.DONE else 1
+        if not any(e.node == "n2" for e in events) or (ends and ends[-1].node == "n2"):
+            continue  # never there, or finished there before the kill
+        held += 1
+        elsewhere = [e.at_unix for e in events
+                     if e.node != "n2" and e.at_unix >= killed
+                     and e.kind == agent_pb2.TaskEvent.RUNNING]  # fmt: skip
+        if elsewhere:
+            rerun = max(rerun, min(elsewhere) - dead)
+    return KillRow(tasks, held, round(dead - killed, 2), round(max(0.0, rerun), 2), lost,
+                   duplicates)  # fmt: skip
 
 
 def pareto_sizes(n: int, mean: float, seed: int) -> list[int]:
@@ -151,11 +216,12 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=400)
     p.add_argument("--ms", type=float, default=20.0, help="cost of one row, milliseconds")
     p.add_argument("--policies", nargs="*", default=list(PLACEMENTS))
-    p.add_argument("--scenarios", nargs="*", default=["uniform", "skewed", "source"])
+    p.add_argument("--scenarios", nargs="*", default=["uniform", "skewed", "source", "kill"])
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     rows: list[Row] = []
+    kills: list[KillRow] = []
     plans = {
         "uniform": ([1] * args.tasks, args.ms, False),
         # Mean 4 rows so that a task is about 4x --ms; capped at 50x the mean.
@@ -164,18 +230,25 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="tasks-cluster-") as tmp:
         for scenario in args.scenarios:
+            if scenario == "kill":
+                kills.append(kill_once(Path(tmp), args.tasks, args.ms))
+                if not args.json:
+                    print(f"kill     work_stealing  {kills[-1]}", flush=True)
+                continue
             sizes, ms, slow = plans[scenario]
             for policy in args.policies:
                 row = run_once(Path(tmp), scenario, policy, sizes, ms, slow)
                 rows.append(row)
                 if not args.json:
                     print(f"{scenario:8} {policy:14} makespan {row.makespan_s:6.2f} s  "
+                          f"(submitted in {row.submitted_s:.2f} s)  "
                           f"x ideal {row.ratio:5.2f}  per node {row.per_node}  "
                           f"moved/task {row.stolen_per_task}  steals/task {row.steals_per_task}  "
                           f"dup {row.duplicates}  "
                           f"failed {row.failed}", flush=True)  # fmt: skip
     if args.json:
-        print(json.dumps([asdict(r) for r in rows], indent=2))
+        out = {"policies": [asdict(r) for r in rows], "kill": [asdict(k) for k in kills]}
+        print(json.dumps(out, indent=2))
         return
     by = {(r.scenario, r.policy): r for r in rows}
     ws, local = by.get(("uniform", "work_stealing")), by.get(("uniform", "local"))
