@@ -21,6 +21,8 @@ FULL: list[list[str]] = [
     ["bench.inference_offline"],
     ["bench.inference_grpc"],
     ["bench.tasks_sim"],
+    ["bench.models_transfer", "--mib", "512", "--rounds", "3", "--disk"],
+    ["bench.models_swarm", "--mib", "256", "--rounds", "2"],
     ["bench.chaos", "--duration", "60"],
 ]
 SMALL: list[list[str]] = [
@@ -29,6 +31,8 @@ SMALL: list[list[str]] = [
      "--partition-nodes", "4"],
     ["bench.membership_cluster", "--nodes", "6", "--partition-nodes", "4"],
     ["bench.inference_grpc", "--small"],
+    ["bench.models_transfer", "--mib", "32", "--rounds", "1"],
+    ["bench.models_swarm", "--mib", "32", "--rounds", "1"],
     ["bench.chaos", "--duration", "30"],
 ]  # fmt: skip
 
