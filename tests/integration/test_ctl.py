@@ -179,3 +179,22 @@ def test_top_iterations_print_one_json_line_per_refresh(node: Daemon, certs_dir:
     # The second refresh has a rate (completed tasks per second since the first).
     second = next(m for m in snaps[1]["members"] if m["name"] == "n5")
     assert second["tasks_per_s"] == 0
+
+
+def test_reader_going_away_ends_quietly(node: Daemon, certs_dir: Path) -> None:
+    # `p2pagentctl ... | head -1`: the pipe is closed before the command writes.
+    with subprocess.Popen(
+        [sys.executable, "-m", "p2pagent.cli.ctl", "top", "--once", "--json", "--target",
+         node.address, "--certs", str(certs_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:  # fmt: skip
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            proc.stdout.close()
+            err = proc.stderr.read()
+            assert proc.wait(60) == 1
+            assert err == ""
+        finally:
+            proc.kill()
