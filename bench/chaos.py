@@ -183,12 +183,24 @@ def _healthy(c: Cluster) -> bool:
     return _agreed(c) and len(_digests(c)) == 1
 
 
+def _retain_results(duration: float) -> dict[str, str]:
+    """The checker reads every task's result once the run is over: results must outlive the
+    run (a daemon forgets delivered ones after ``tasks.done_retention_s``, 600 s by default)."""
+    return {"P2PAGENT_TASKS__DONE_RETENTION_S": str(int(2 * duration + 600))}
+
+
 def run(nodes: int = 5, duration: float = 60.0, seed: int = 1, root: Path | None = None) -> Report:
     rng = random.Random(seed)
     use_netns = netns.available()
     with (
         tempfile.TemporaryDirectory() as tmp,
-        Cluster(root or Path(tmp), nodes, use_netns=use_netns, args=_serve(Path(tmp))) as c,
+        Cluster(
+            root or Path(tmp),
+            nodes,
+            use_netns=use_netns,
+            args=_serve(Path(tmp)),
+            env=_retain_results(duration),
+        ) as c,  # fmt: skip
     ):
         names = list(c.nodes)
         c.start()

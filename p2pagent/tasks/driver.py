@@ -156,6 +156,8 @@ class TasksDriver:
         self._calls: set[asyncio.Task[Any]] = set()
         self._seq = 0
         self._wake = asyncio.Event()
+        #: Send a load report at the next tick rather than at the next interval.
+        self._report_now = False
         self._unsubscribe: Callable[[], None] | None = None
         self._bad = RateLimitedLog(log, 60.0)
 
@@ -386,7 +388,12 @@ class TasksDriver:
         now = time.time()
         dst = self.placement.choose(task, self.report(), self.board.fresh(now), now, self._rng)
         if dst == self.name:
+            idle = self.queue.queued_cost_s() < self.cfg.min_victim_backlog_s
             self.queue.push(task, now, front=front)
+            if idle and self.queue.queued_cost_s() >= self.cfg.min_victim_backlog_s:
+                # Just became worth robbing: tell the peers now, not at the next report tick,
+                # so that idle ones start stealing from a burst without waiting for it.
+                self._report_now = True
             self._kick()
             return
         self._apply(self.leases.on_assigned(task.task_id, task.attempt, dst, now))
@@ -603,7 +610,8 @@ class TasksDriver:
             self._apply(self.leases.tick(now))
             for expired in self.queue.expire(now):
                 self._expired(expired.task, expired.error_message)
-            if now >= next_report:
+            if now >= next_report or self._report_now:
+                self._report_now = False
                 next_report = now + REPORT_INTERVAL_S
                 report = self.report()
                 for peer in self._members.peers():
@@ -669,6 +677,8 @@ class TasksDriver:
         now = time.time()
         if self.board.update(report, now):
             self._apply(self.leases.on_report(report, now))
+            if report.backlog_s >= self.cfg.min_victim_backlog_s:
+                self._wake.set()  # a peer has work to steal: consider it now, not next tick
 
     def _on_member(self, view: MemberView) -> None:
         now = time.time()
