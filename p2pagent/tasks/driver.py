@@ -386,7 +386,10 @@ class TasksDriver:
 
     def _place(self, task: Task, front: bool = False) -> None:
         now = time.time()
-        dst = self.placement.choose(task, self.report(), self.board.fresh(now), now, self._rng)
+        if self.placement.always_local:
+            dst = self.name  # no load report to build: it walks the whole queue
+        else:
+            dst = self.placement.choose(task, self.report(), self.board.fresh(now), now, self._rng)
         if dst == self.name:
             idle = self.queue.queued_cost_s() < self.cfg.min_victim_backlog_s
             self.queue.push(task, now, front=front)

@@ -24,6 +24,8 @@ from p2pagent.tasks.spec import Task
 
 class Placement(Protocol):
     name: str
+    #: Always answers ``own.node``: the caller may skip building its load report.
+    always_local: bool
 
     def choose(
         self,
@@ -48,6 +50,7 @@ def serving(task: Task, own: LoadReport, peers: Sequence[LoadReport]) -> list[Lo
 
 class LocalPlacement:
     name = "local"
+    always_local = True
 
     def choose(
         self,
@@ -64,6 +67,7 @@ class WorkStealingPlacement:
     """Enqueue here; peers that run dry steal (see steal.py)."""
 
     name = "work_stealing"
+    always_local = True
 
     def choose(
         self,
@@ -78,6 +82,7 @@ class WorkStealingPlacement:
 
 class RoundRobinPlacement:
     name = "round_robin"
+    always_local = False
 
     def __init__(self) -> None:
         self._turn = 0
@@ -104,6 +109,7 @@ class LeastLoadedPlacement:
     """
 
     name = "least_loaded"
+    always_local = False
 
     def __init__(self) -> None:
         self._pending: dict[str, tuple[int, float]] = {}

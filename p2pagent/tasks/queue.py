@@ -100,6 +100,9 @@ class TaskQueue:
         self._entries: dict[str, _Entry] = {}
         # Waiting line of queued entries sorted by key; running ones are not in it.
         self._line: list[_Entry] = []
+        #: Sum of the line's estimates, kept as entries come and go (placement, reports and
+        #: the steal policy ask for it on every submission and tick).
+        self._line_cost = 0.0
         self._seq = 0
         self._front_seq = 0
 
@@ -140,7 +143,7 @@ class TaskQueue:
 
     def queued_cost_s(self) -> float:
         """Sum of the compute estimates of the waiting tasks (speed-1.0 seconds)."""
-        return sum(e.task.est_cost_s for e in self._line)
+        return self._line_cost if self._line else 0.0
 
     def next_deadline(self) -> float | None:
         """Earliest deadline of any task here, for the driver's timer; None if none."""
@@ -172,7 +175,10 @@ class TaskQueue:
             seq = self._seq
         entry = _Entry(task, seq, EntryState.QUEUED, stolen, now)
         self._entries[task.task_id] = entry
+        if not self._line:
+            self._line_cost = 0.0  # drop the rounding residue of earlier additions
         bisect.insort(self._line, entry, key=lambda e: e.key)
+        self._line_cost += task.est_cost_s
 
     def pop_for_execution(self, models: Collection[str] | None = None) -> Task | None:
         """The hottest queued task, now marked running; None when nothing is waiting.
@@ -182,6 +188,7 @@ class TaskQueue:
         for i, entry in enumerate(self._line):
             if models is None or entry.task.model in models:
                 del self._line[i]
+                self._line_cost -= entry.task.est_cost_s
                 entry.state = EntryState.RUNNING
                 return entry.task
         return None
@@ -256,3 +263,4 @@ class TaskQueue:
         i = bisect.bisect_left(self._line, entry.key, key=lambda e: e.key)
         assert self._line[i] is entry, "waiting line out of order"
         del self._line[i]
+        self._line_cost = self._line_cost - entry.task.est_cost_s if self._line else 0.0

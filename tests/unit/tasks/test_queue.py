@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from p2pagent.errors import AlreadyExists, NotFound, ResourceExhausted
 from p2pagent.tasks.config import TasksConfig
@@ -168,3 +170,26 @@ def test_stealable_view_matches_what_a_thief_can_get() -> None:
     q.push(task(1, origin="z"), 0)
     q.push(task(2), 0, stolen=True)
     assert ids(q.stealable(0)) == ["t0"]
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["push", "pop", "steal", "remove", "expire"]),
+                  st.integers(0, 30), st.floats(0.0, 5.0)),
+        max_size=80,
+    )
+)  # fmt: skip
+def test_queued_cost_is_the_sum_of_the_waiting_estimates(ops: list[tuple[str, int, float]]) -> None:
+    q = TaskQueue("a")
+    for op, i, cost in ops:
+        if op == "push" and f"t{i}" not in q:
+            q.push(task(i, cost=cost, deadline=10.0 if i % 5 == 0 else 0.0), now=0)
+        elif op == "pop":
+            q.pop_for_execution()
+        elif op == "steal":
+            q.take_for_steal(i % 4 + 1, [], 1.0, now=0)
+        elif op == "remove":
+            q.remove(f"t{i}")
+        else:
+            q.expire(now=cost * 4)
+        assert q.queued_cost_s() == pytest.approx(sum(t.est_cost_s for t in q.queued()), abs=1e-9)
