@@ -51,6 +51,10 @@ class ModelsConfig:
     batch_chunks: int = 4
     #: Chunks outstanding across all holders of one pull; bounds the memory a pull pins.
     max_inflight_chunks: int = 64
+    #: A pull with nothing in flight waits this long for fellow pullers to fetch their share
+    #: of a complete holder's chunks (and advertise them) before asking that holder itself:
+    #: shorter duplicates the publisher's upload, longer lets a slow fellow delay the pull.
+    fellow_wait_s: float = 2.0
     #: Chunks a pull writes before fsyncing them together (in the background, while the
     #: transfer goes on); the version is sealed (all synced) before it is advertised.
     sync_batch_chunks: int = 16
@@ -91,6 +95,7 @@ class ModelsConfig:
             "batch_chunks": self.batch_chunks,
             "max_inflight_chunks": self.max_inflight_chunks,
             "sync_batch_chunks": self.sync_batch_chunks,
+            "fellow_wait_s": self.fellow_wait_s,
             "stall_timeout_s": self.stall_timeout_s,
             "holder_backoff_s": self.holder_backoff_s,
             "max_holder_failures": self.max_holder_failures,

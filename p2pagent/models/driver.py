@@ -512,6 +512,7 @@ class ModelsDriver:
                 await self._advertise(m)
             elif mid not in self._complete and self.name in e.holders and mid not in self._pulls:
                 await self._withdraw(m)  # advertised, but not here (lost or wiped disk)
+        await self._swarm.forget_stale([e.manifest for e in entries], set(self._pulls))
         live = [v.name for v in self._members.members() if v.reachable]
         plan = plan_replication(
             [VersionInfo.of(e.manifest, e.holders) for e in entries],

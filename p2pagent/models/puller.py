@@ -48,9 +48,10 @@ from p2pagent.transport.channels import ChannelPool
 log = logging.getLogger(__name__)
 
 #: How often the holder list is re-read from the registry during a pull, seconds.
-HOLDER_REFRESH_S = 0.5
-#: How often, at most, a pull advertises the chunks it holds so far, seconds.
-ADVERTISE_S = 0.5
+HOLDER_REFRESH_S = 0.25
+#: How often, at most, a pull advertises the chunks it holds so far, seconds (the first time
+#: at its start, even with none: fellow pullers divide the work from the start).
+ADVERTISE_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ class Puller:
         plan = PullPlan(m, have, self._rng, self._cfg, name=self._name)
         calls: set[asyncio.Task[None]] = set()
         refreshed = -HOLDER_REFRESH_S
-        advertised_at, advertised_count = -ADVERTISE_S, len(have)
+        advertised_at, advertised_count = -ADVERTISE_S, -1  # at once: fellows share from now
         stalled_since: float | None = None
         try:
             while not plan.is_complete:
@@ -218,7 +219,7 @@ class Puller:
             del self._advertised[node]
         for node, holding in live.items():
             if node not in self._addresses or self._advertised[node] != holding.chunks:
-                plan.add_holder(node, holding.chunks)
+                plan.add_holder(node, holding.chunks, time.monotonic())
                 self._advertised[node] = holding.chunks
             self._addresses[node] = holding.address
 

@@ -9,8 +9,10 @@ planner's rarest-first order (``transfer``) makes them ask the publisher for the
 one else has and each other for the rest (BitTorrent's pieces, Kraken's and Dragonfly's
 flat fan-out).
 
-Writes are not durable: after a crash the node's resumed pull advertises again, and readers
-skip nodes that are not alive and bitmaps that do not decode.
+A pull advertises at once, even before its first chunk, so fellows divide the publisher's
+chunks among them from the start. Writes are not durable: after a crash the node's resumed
+pull advertises again, a node not pulling a version withdraws what it left advertised
+(``forget_stale``), and readers skip nodes that are not alive and bitmaps that do not decode.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ class PartialHoldings:
             except RemoteProtocolError as e:
                 log.debug("models: ignoring %s's holdings of %s: %s", node, mid[:12], e)
                 continue
-            if chunks and member.address:
+            if member.address:
+                # Even with no chunks yet: it is a fellow puller, with a share to fetch.
                 out[node] = Holding(member.address, chunks)
         return out
 
@@ -100,6 +103,19 @@ class PartialHoldings:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await self._state.delete(NS, registry.partial_key(m.name, mid, self.name))
+
+    async def forget_stale(self, versions: list[Manifest], pulling: set[str]) -> None:
+        """Deletes this node's partial holdings of versions it is not pulling now (left by a
+        pull that failed or by a previous process): fellows would wait for its share."""
+        for m in versions:
+            mid = m.manifest_id
+            if mid in pulling or self._writing.get(mid) is not None:
+                continue
+            key = registry.partial_key(m.name, mid, self.name)
+            if self._state.get(NS, key).found:
+                self._writing.pop(mid, None)
+                self._next.pop(mid, None)
+                await self._state.delete(NS, key)
 
     async def stop(self) -> None:
         tasks = [t for t in self._writing.values() if t is not None]

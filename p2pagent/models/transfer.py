@@ -24,10 +24,11 @@ How load is spread (BitTorrent's lessons, Kraken's and Dragonfly's goals):
   and a capped publisher's queue is deep), so the publisher would upload much of the model
   twice. So every chunk has an owner among the pullers that know each other (this node and
   the partial holders; rendezvous hashing of node name and chunk index, the same on every
-  node): a complete holder is asked only for chunks this node owns that no fellow has yet;
-  the rest come from the fellows. Only when nothing at all is in flight is a complete holder
-  asked for a batch of the fellows' share (a fellow that is slow does not hold the pull up;
-  one that is gone is no fellow any more).
+  node; a fellow counts while its holdings grew within ``fellow_wait_s``): a complete
+  holder is asked only for chunks this node owns that no fellow has yet;
+  the rest come from the fellows. Only when nothing at all has been in flight for
+  ``fellow_wait_s`` is a complete holder asked for a batch of the fellows' share (a fellow
+  that is slow does not hold the pull up; one that is gone is no fellow any more).
 - Per-holder pipeline: at most ``pipeline_depth`` chunks outstanding per holder, asked for in
   FetchChunks calls of ``batch_chunks``; a new call goes out once a whole batch of slots is
   free (or the holder is idle). A global cap bounds the memory one pull pins.
@@ -112,6 +113,9 @@ class _Holder:
     received: int = 0
     #: A node pulling the version itself (holds ``chunks`` so far); False for a complete one.
     partial: bool = False
+    #: When its advertised holdings last grew (or it appeared): a fellow puller counts for
+    #: sharing only while it makes progress.
+    grew_at: float = 0.0
 
 
 class PullPlan:
@@ -151,6 +155,10 @@ class PullPlan:
         self._mine: list[bool] = [True] * self._n
         self._at_fellow: set[int] = set()
         self._fellows = False
+        #: The fellows ``_mine`` was computed for.
+        self._shared_among: tuple[str, ...] = ()
+        #: Since when nothing is in flight while fellows still owe chunks; None otherwise.
+        self._waiting_since: float | None = None
         self._corrupt = 0
         self._duplicates = 0
         self._failures = 0
@@ -166,7 +174,7 @@ class PullPlan:
 
     # ---- holders ---------------------------------------------------------------------------
 
-    def add_holder(self, node: str, chunks: Iterable[int] | None = None) -> None:
+    def add_holder(self, node: str, chunks: Iterable[int] | None = None, now: float = 0.0) -> None:
         """Adds a holder or replaces what it holds (``None``: every chunk).
 
         Call again whenever a partial holder advertises more. A banned holder stays banned.
@@ -174,7 +182,9 @@ class PullPlan:
         held = set(range(self._n)) if chunks is None else self._checked(chunks, "advertised")
         h = self._holders.get(node)
         if h is None:
-            h = self._holders[node] = _Holder(chunks=set())
+            h = self._holders[node] = _Holder(chunks=set(), grew_at=now)
+        elif held - h.chunks:
+            h.grew_at = now
         if h.partial != (chunks is not None):
             h.partial = chunks is not None
             self._order = None
@@ -256,9 +266,12 @@ class PullPlan:
         h.chunks -= gone
 
     def on_holder_failed(self, node: str, now: float) -> None:
-        """The call to ``node`` failed (connection lost, error): re-queue what it owed."""
+        """The call to ``node`` failed (connection lost, error): re-queue what it owed.
+
+        A holder that owed nothing (it had delivered everything asked) is not held to it.
+        """
         h = self._holders.get(node)
-        if h is not None and h.banned is None:
+        if h is not None and h.banned is None and h.inflight:
             self._fail(node, h, now)
 
     def verify(self, index: int, data: bytes) -> bool:
@@ -283,7 +296,10 @@ class PullPlan:
         usable.sort()  # least busy first, ties at random
         assigned: dict[str, list[int]] = {}
         batches: list[tuple[str, list[int]]] = []
-        order = self._rarest_first()
+        fellows = self._active_fellows(now)
+        if fellows != self._shared_among:
+            self._order = None  # a fellow came, went or stalled: share again
+        order = self._rarest_first(fellows)
         pending = self._n - len(self._have) - sum(1 for i in self._inflight if i not in self._have)
         taken: set[int] = set()
         progressed = True
@@ -306,9 +322,21 @@ class PullPlan:
                     progressed = True
                 if budget <= 0:
                     break
-        if not batches and not self._inflight and budget > 0 and len(taken) < pending:
-            # Waiting on fellows with nothing in flight anywhere: one batch of their share
+        waiting = (
+            self._fellows
+            and not batches
+            and not self._inflight
+            and len(taken) < pending
+            and any(not h.partial for _, _, h in usable)  # someone to fall back to
+        )
+        if not waiting:
+            self._waiting_since = None
+        elif self._waiting_since is None:
+            self._waiting_since = now
+        if waiting and budget > 0 and now - (self._waiting_since or now) >= cfg.fellow_wait_s:
+            # Waited for fellows with nothing in flight anywhere: one batch of their share
             # from a complete holder, so a slow fellow does not stall this pull.
+            self._waiting_since = None
             for _, node, h in usable:
                 want = min(cfg.batch_chunks, cfg.pipeline_depth - len(h.inflight), budget)
                 picks = self._pick(node, h, order, taken, want, relaxed=True)
@@ -403,7 +431,7 @@ class PullPlan:
             step = self._cfg.batch_chunks
             batches.extend((node, extra[k : k + step]) for k in range(0, len(extra), step))
 
-    def _rarest_first(self) -> list[int]:
+    def _rarest_first(self, fellows: tuple[str, ...]) -> list[int]:
         """Missing chunks, rarest first (held ones skipped by the scans).
 
         Re-sorted only when availability changes or half the list is held, never per call:
@@ -412,7 +440,7 @@ class PullPlan:
         stale = len(self._have) - self._order_have
         if self._order is None or stale > len(self._order) // 2:
             missing = [i for i in range(self._n) if i not in self._have]
-            self._share(missing)
+            self._share(missing, fellows)
             mine = self._mine
             self._order = sorted(missing, key=lambda i: (self._avail[i], not mine[i], self._key[i]))
             self._order_have = len(self._have)
@@ -425,18 +453,30 @@ class PullPlan:
         self._order_start = start
         return order
 
-    def _share(self, missing: list[int]) -> None:
-        """Which of ``missing`` this node fetches from complete holders (see module docs)."""
-        fellows = sorted(
-            n for n, h in self._holders.items() if h.partial and h.banned is None and h.chunks
+    def _active_fellows(self, now: float) -> tuple[str, ...]:
+        """Partial holders that advertised new chunks within ``fellow_wait_s``, by name."""
+        wait = self._cfg.fellow_wait_s
+        return tuple(
+            sorted(
+                n
+                for n, h in self._holders.items()
+                if h.partial and h.banned is None and now - h.grew_at < wait
+            )
         )
+
+    def _share(self, missing: list[int], fellows: tuple[str, ...]) -> None:
+        """Which of ``missing`` this node fetches from complete holders (see module docs)."""
         self._fellows = bool(fellows)
         self._at_fellow = set()
+        for h in self._holders.values():
+            if h.partial and h.banned is None:
+                self._at_fellow |= h.chunks
+        if fellows == self._shared_among:
+            return  # holdings changed, not who pulls: the shares stand
+        self._shared_among = fellows
         if not fellows:
             self._mine = [True] * self._n
             return
-        for n in fellows:
-            self._at_fellow |= self._holders[n].chunks
         seeds = [(_seed(n), n) for n in [*fellows, self._name]]
         mine = [False] * self._n
         for i in missing:
@@ -455,6 +495,12 @@ class PullPlan:
                 times.append(h.last_progress + self._cfg.stall_timeout_s)
             if h.retry_at:
                 times.append(h.retry_at)
+        if self._waiting_since is not None:
+            times.append(self._waiting_since + self._cfg.fellow_wait_s)
+        if any(not h.partial and h.banned is None for h in self._holders.values()):
+            for n in self._shared_among:  # a fellow that stops growing stops counting
+                if n in self._holders:
+                    times.append(self._holders[n].grew_at + self._cfg.fellow_wait_s)
         return min(times, default=None)
 
     def _expire(self, now: float) -> None:
