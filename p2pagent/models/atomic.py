@@ -22,7 +22,8 @@ from pathlib import Path
 from p2pagent.errors import ResourceExhausted
 
 TEMP_PREFIX = ".tmp-"
-_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+#: errno values meaning the disk (or the quota) is full.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _counter = itertools.count()
 
 
@@ -77,7 +78,7 @@ def atomic_write(
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
             raise disk_full_error(path, e) from e
         raise
     if fsync:

@@ -46,7 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p2pagent.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
-from p2pagent.models.atomic import atomic_write, fsync_dir, is_temp, remove_stale_temps
+from p2pagent.models.atomic import (
+    DISK_FULL,
+    atomic_write,
+    disk_full_error,
+    fsync_dir,
+    is_temp,
+    remove_stale_temps,
+)
 from p2pagent.models.config import ModelsConfig
 from p2pagent.models.manifest import Manifest
 from p2pagent.models.verified import FileIdentity, VerifiedChunks
@@ -343,7 +350,11 @@ class ChunkStore:
             except FileNotFoundError:
                 continue  # removed meanwhile (gc, quarantine): nothing to make durable
             try:
-                os.fsync(fd)
+                os.fsync(fd)  # ENOSPC can surface only here (delayed allocation)
+            except OSError as e:
+                if e.errno in DISK_FULL:
+                    raise disk_full_error(path, e) from e
+                raise
             finally:
                 os.close(fd)
             dirs.add(path.parent)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import pytest
 
-from p2pagent.errors import FailedPrecondition
+from p2pagent.errors import FailedPrecondition, ResourceExhausted
 from p2pagent.models.config import ModelsConfig
 from p2pagent.models.store import ChunkStore
 
@@ -110,3 +111,25 @@ def test_delete_removes_the_marker(tmp_path: Path) -> None:
     store.delete(m.manifest_id)
     assert markers(tmp_path) == []
     assert ChunkStore(tmp_path, CFG).manifests() == []
+
+
+def test_disk_full_at_sync_is_resource_exhausted_and_not_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ChunkStore(tmp_path, CFG)
+    m = manifest_of(DATA)
+    store.begin_pull(m)
+    for i in range(6):
+        store.write_chunk(m.manifest_id, i, piece(i), sync=False)
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(ResourceExhausted, match="disk full"):
+        store.seal(m.manifest_id)
+    monkeypatch.undo()
+    assert not store.is_complete(m.manifest_id)
+    assert markers(tmp_path) == [m.manifest_id]  # still to be checked after a restart
+    store.seal(m.manifest_id)  # space freed: the retry seals
+    assert store.is_complete(m.manifest_id)
