@@ -6,10 +6,10 @@ What it does, and where the decisions are made:
   written as they arrive, the manifest only on success, so a cut-off upload publishes
   nothing), the file's header is checked against its declared format, then the manifest and
   this node as holder go into the registry (``registry``, namespace ``_models``).
-- **Serve** (``serve_chunks``, ``Peer.FetchChunks``): chunks are read from disk (re-hashed when
-  ``verify_on_read``), paced by the upload cap (``ratelimit.TokenBucket``), streamed in the
-  order asked; a chunk this node lacks ends the stream early and the puller fetches it
-  elsewhere.
+- **Serve** (``serve_chunks``, ``Peer.FetchChunks``; ``serve.ChunkServer``): chunks are read
+  from disk (re-hashed when ``verify_on_read``), paced by the upload cap
+  (``ratelimit.TokenBucket``), streamed in the order asked; a chunk this node lacks ends the
+  stream early and the puller fetches it elsewhere.
 - **Pull** (``pull``): one ``Puller`` per version at a time (concurrent requests share it),
   resuming from the chunks on disk; once complete, this node adds itself to the holders.
   While it pulls, the node advertises the chunks it has (``registry.partial_key``) and serves
@@ -58,6 +58,7 @@ from p2pagent.models.puller import Holding, Puller, PullReport
 from p2pagent.models.ratelimit import TokenBucket
 from p2pagent.models.registry import NS, Entry
 from p2pagent.models.replication import VersionInfo, plan_replication
+from p2pagent.models.serve import ChunkServer
 from p2pagent.models.store import ChunkStore
 from p2pagent.models.swarm import PartialHoldings
 
@@ -72,12 +73,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds between reconciliations when nothing wakes the loop earlier.
 RECONCILE_S = 2.0
-#: Most chunks one FetchChunks call may ask for.
-MAX_FETCH_INDICES = 4096
-#: Chunks read from disk per worker-thread hop when serving, at most, and bytes (with one
-#: such group read ahead while the previous one is sent).
-READ_AHEAD_CHUNKS = 16
-READ_AHEAD_BYTES = 4 * 1024 * 1024
 #: Test-only fault hook (see module docs).
 CORRUPT_ENV = "P2PAGENT_TEST_CORRUPT_CHUNKS"
 #: Bytes of a file's start that tell its format.
@@ -146,13 +141,18 @@ class ModelsDriver:
         self._load_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
-        self._bucket = TokenBucket(
-            config.upload_rate_bytes_per_s,
-            max(config.upload_burst_bytes, config.chunk_size),
-            time.monotonic(),
-        )
         corrupt = os.environ.get(CORRUPT_ENV, "")
         self._corrupt_every = int(corrupt) if corrupt.isdigit() and int(corrupt) > 0 else 0
+        self._server = ChunkServer(
+            name,
+            self._io,
+            TokenBucket(
+                config.upload_rate_bytes_per_s,
+                max(config.upload_burst_bytes, config.chunk_size),
+                time.monotonic(),
+            ),
+            corrupt_every=self._corrupt_every,
+        )
         self.last_pull: PullReport | None = None
 
     @property
@@ -342,44 +342,11 @@ class ModelsDriver:
 
     # ---- serving ------------------------------------------------------------------------------
 
-    async def serve_chunks(
+    def serve_chunks(
         self, manifest_id: str, indices: list[int]
     ) -> AsyncIterator[tuple[int, bytes]]:
         """Chunks of a version held here, in the order asked, paced by the upload cap."""
-        registry.check_manifest_id(manifest_id)
-        if len(indices) > MAX_FETCH_INDICES:
-            raise InvalidArgument(
-                f"FetchChunks asked for {len(indices)} chunks; at most {MAX_FETCH_INDICES} a call"
-            )
-        store = self.store
-        if not store.has_manifest(manifest_id):
-            raise NotFound(f"model version {manifest_id[:12]} is not on {self.name}")
-        m = store.get_manifest(manifest_id)
-        groups = read_groups(m, indices)  # InvalidArgument for an index out of range
-        loop = asyncio.get_running_loop()
-
-        def read(group: list[int]) -> asyncio.Future[list[tuple[int, bytes]]]:
-            return loop.run_in_executor(self._io, store.read_chunks, manifest_id, group)
-
-        reading = read(groups[0]) if groups else None
-        try:
-            for k, group in enumerate(groups):
-                assert reading is not None
-                chunks = await reading
-                # The next group is read from disk while this one goes out.
-                reading = read(groups[k + 1]) if k + 1 < len(groups) else None
-                for index, data in chunks:
-                    delay = self._bucket.reserve(len(data), time.monotonic())
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    if self._corrupt_every and index % self._corrupt_every == 0:
-                        data = bytes([data[0] ^ 0xFF]) + data[1:]
-                    yield index, data
-                if len(chunks) < len(group):
-                    return  # a chunk this node lacks: ends short, fetched elsewhere
-        finally:
-            if reading is not None:
-                reading.cancel()
+        return self._server.serve(self.store, manifest_id, indices)
 
     # ---- pulling ------------------------------------------------------------------------------
 
@@ -592,21 +559,6 @@ class ModelsDriver:
 
     def held_names(self) -> list[str]:
         return sorted({e.manifest.name for e in self.entries() if e.manifest_id in self._complete})
-
-
-def read_groups(m: Manifest, indices: list[int]) -> list[list[int]]:
-    """``indices`` cut into groups read from disk in one worker-thread hop each: at most
-    ``READ_AHEAD_CHUNKS`` chunks and about ``READ_AHEAD_BYTES``."""
-    groups: list[list[int]] = []
-    size = 0
-    for index in indices:
-        length = m.chunk_length(index)
-        if not groups or len(groups[-1]) >= READ_AHEAD_CHUNKS or size >= READ_AHEAD_BYTES:
-            groups.append([])
-            size = 0
-        groups[-1].append(index)
-        size += length
-    return groups
 
 
 def under_replicated(entry: Entry, live: list[str]) -> bool:
