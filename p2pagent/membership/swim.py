@@ -37,7 +37,9 @@ The rules, in the order a newcomer will look for them:
 * Re-join: every re-join interval, with probability (dead members / alive members) as in
   Serf, push-pull with a random dead member, and with probability 1 / alive members with a
   seed that is not an alive member: the two sides of a healed partition find each other and
-  everyone wrongly dead refutes. No operator action needed.
+  everyone wrongly dead refutes. No operator action needed. A member that knows no peer at
+  all retries its join to the seeds after 0.1 s, then on a doubling delay up to the re-join
+  interval (seeds started together are often not listening at the first attempt).
 * Reaping: Dead and Left members stay as tombstones for ``dead_reap_s`` so that stale Alive
   claims cannot resurrect them, then are forgotten.
 """
@@ -58,6 +60,9 @@ from p2pagent.membership.view import MemberView
 
 #: Fraction of the probe timeout an indirect prober waits before answering NACK.
 NACK_FRACTION = 0.8
+#: First delay before the join is tried again while no peer is known (then doubled, capped at
+#: the re-join interval).
+JOIN_RETRY_FIRST_S = 0.1
 #: Seconds after a member's death during which gossip is still sent to it (memberlist's
 #: GossipToTheDeadTime): a member that was only cut off hears of its death and refutes.
 GOSSIP_TO_THE_DEAD_S = 30.0
@@ -179,6 +184,10 @@ class Swim:
         self._next_gossip = now + config.gossip_interval * jitter
         self._next_push_pull = now + config.push_pull_interval * (0.5 + jitter)
         self._next_rejoin = now + config.rejoin_interval * (0.5 + jitter)
+        #: While alone (no peer known), the join is retried on a short, doubling delay: seeds
+        #: started at the same moment are often not listening yet at the first attempt.
+        self._join_retries = 0
+        self._next_join_retry = math.inf  # armed by join()
 
     # ---- views ------------------------------------------------------------------------------
 
@@ -225,6 +234,9 @@ class Swim:
     def join(self, now: float, addresses: Iterable[str] | None = None) -> list[Send]:
         """Full state exchange with every seed (or the given addresses)."""
         targets = [a for a in (self.seeds if addresses is None else addresses) if a != self.address]
+        if targets and addresses is None:
+            self._join_retries = 0
+            self._next_join_retry = now + JOIN_RETRY_FIRST_S
         return [self._push_pull_to(a, "", now, join=True) for a in targets]
 
     def leave(self, now: float) -> list[Send]:
@@ -239,7 +251,7 @@ class Swim:
         return [self._message(Kind.GOSSIP, self._members[t], now) for t in targets]
 
     def next_deadline(self) -> float:
-        t = min(self._next_gossip, self._next_push_pull, self._next_rejoin)
+        t = min(self._next_gossip, self._next_push_pull, self._next_rejoin, self._next_join_retry)
         if not self.leaving:
             t = min(t, self._next_probe)
             if self._probe is not None:
@@ -269,7 +281,20 @@ class Swim:
             self._next_rejoin = now + self.config.rejoin_interval
             if not self.leaving:
                 self._rejoin(now, out)
+        if now >= self._next_join_retry:
+            self._retry_join(now, out)
         return out
+
+    def _retry_join(self, now: float, out: list[Send]) -> None:
+        if self._peers or self.leaving:
+            self._next_join_retry = math.inf  # joined: re-joins take over from here
+            return
+        self._join_retries += 1
+        delay = min(self.config.rejoin_interval, JOIN_RETRY_FIRST_S * 2**self._join_retries)
+        self._next_join_retry = now + delay
+        for a in self.seeds:
+            if a != self.address:
+                out.append(self._push_pull_to(a, "", now, join=True))
 
     def handle(self, msg: Message, now: float) -> list[Send]:
         out: list[Send] = []

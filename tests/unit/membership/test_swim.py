@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -62,6 +63,28 @@ def test_join_exchanges_full_state_both_ways() -> None:
     a.handle(reply.message, 0.2)
     assert {m.name for m in a.members()} == {"a", "b", "c"}
     assert a.state_of("c") is State.ALIVE
+
+
+def test_a_join_no_seed_answered_is_retried_soon_and_stops_once_joined() -> None:
+    # Seeds started at the same moment are often not listening yet: waiting a whole re-join
+    # interval (5 s) for the next attempt kept a fresh mesh apart for seconds.
+    a = Swim("a", "a", CFG, random.Random(1), seeds=["b"])
+    assert len(a.join(0.0)) == 1
+    joins = [
+        t
+        for t in (0.05 * i for i in range(1, 40))
+        for s in a.tick(t)
+        if s.message.kind is Kind.PUSH_PULL and s.address == "b" and s.message.join
+    ]
+    assert joins and joins[0] <= 0.15, joins  # first retry after ~0.1 s, then doubling
+    gaps = [b - a for a, b in itertools.pairwise(joins)]
+    assert all(g2 >= g1 for g1, g2 in itertools.pairwise(gaps)), gaps
+    b = core("b")
+    [push] = a.join(2.0)  # b is up now
+    [reply] = b.handle(push.message, 2.0)
+    a.handle(reply.message, 2.0)
+    later = [s for t in (2.0 + 0.1 * i for i in range(1, 30)) for s in a.tick(t)]
+    assert not [s for s in later if s.message.join], "joined: no more join attempts"
 
 
 def test_ping_is_acked_and_ack_ends_the_probe_without_suspicion() -> None:
