@@ -1,0 +1,45 @@
+"""A bare ``Agent.Infer`` echo server: the gRPC + mutual TLS floor under every daemon row.
+
+    python -m bench._grpc_echo CERTS_DIR NODE_NAME ADDRESS
+
+Same stack as the daemon (grpc.aio on uvloop, the node's certificate, client certificates
+required) and nothing of p2pagent behind it: ``Infer`` answers with its inputs. What a real
+daemon does per request beyond this is our cost; this much is the RPC layer's, and no
+batching can make a daemon faster than it. Prints "ready" once serving.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import uvloop
+
+from p2pagent._proto import agent_pb2, agent_pb2_grpc
+
+
+class Echo(agent_pb2_grpc.AgentServicer):
+    async def Infer(
+        self, request: agent_pb2.InferRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_pb2.InferResponse:
+        return agent_pb2.InferResponse(outputs=list(request.inputs))
+
+
+async def serve(certs: Path, name: str, address: str) -> None:
+    server = grpc.aio.server()
+    agent_pb2_grpc.add_AgentServicer_to_server(Echo(), server)
+    creds = grpc.ssl_server_credentials(
+        [((certs / f"{name}.key").read_bytes(), (certs / f"{name}.crt").read_bytes())],
+        (certs / "ca.crt").read_bytes(),
+        require_client_auth=True,
+    )
+    server.add_secure_port(address, creds)
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    uvloop.run(serve(Path(sys.argv[1]), sys.argv[2], sys.argv[3]))
