@@ -9,7 +9,8 @@ Rows, all measured in this run on the demo model (MLP 256 -> 1024 -> 1024 -> 10,
 - the engine unbatched (``max_batch_size`` 1) and batched, at concurrency 1, 8 and 32, with
   p50/p95/p99 latency;
 
-then the targets of issue "Inference engine", each with its measured ratio. Every engine row
+then the targets of issue "Inference engine", each with its measured ratio. "loop us" is
+the event loop thread's CPU time per request (load generator included). Every engine row
 is the median (by throughput) of ``--repeats`` runs, because the machine is shared. Other
 load on the machine moves the ceiling as much as the engine, so the ceiling is measured
 again right before every engine run and each run is divided by its own: the "x ceil" column
@@ -58,7 +59,9 @@ def offline(path: Path, spec: ModelSpec, batch: int, seconds: float) -> float:
 
 async def engine_run(
     path: Path, spec: ModelSpec, config: InferenceConfig, concurrency: int, requests: int
-) -> LoadResult:
+) -> tuple[LoadResult, float]:
+    """The load result and the event loop thread's CPU seconds per request (the Python the
+    device waits for; other load on the machine moves it far less than throughput)."""
     device = select_device("cpu")
     cache = ModelCache(device.device, 1 << 30)
     cache.register("demo", path, spec)
@@ -69,7 +72,10 @@ async def engine_run(
         return await engine.infer("demo", {"input": pool[i % len(pool)]})
 
     try:
-        return await run_load(call, concurrency, requests, warmup=min(requests, 200))
+        warmup = min(requests, 200)
+        cpu0 = time.thread_time()
+        result = await run_load(call, concurrency, requests, warmup=warmup)
+        return result, (time.thread_time() - cpu0) / (warmup + requests)
     finally:
         await engine.close()
         cache.close()
@@ -104,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
         rows: dict[tuple[str, int], LoadResult] = {}
         paired: dict[tuple[str, int], float] = {}
+        loop_cpu: dict[tuple[str, int], float] = {}
         ceilings = [ceiling]
         modes = {
             "unbatched": InferenceConfig(
@@ -117,27 +124,32 @@ def main(argv: list[str] | None = None) -> int:
         }
         for mode, config in modes.items():
             for c in CONCURRENCY:
-                runs, ratios = [], []
+                runs, ratios, cpus = [], [], []
                 for _ in range(args.repeats):
                     ceilings.append(offline(path, spec, args.max_batch, seconds / 2))
-                    runs.append(asyncio.run(engine_run(path, spec, config, c, args.requests)))
-                    ratios.append(runs[-1].throughput / ceilings[-1])
+                    run, cpu = asyncio.run(engine_run(path, spec, config, c, args.requests))
+                    runs.append(run)
+                    cpus.append(cpu)
+                    ratios.append(run.throughput / ceilings[-1])
                 rows[(mode, c)] = median_by_throughput(runs)
                 paired[(mode, c)] = statistics.median(ratios)
+                loop_cpu[(mode, c)] = statistics.median(cpus)
         ceiling = statistics.median(ceilings)
 
     print(
         f"intra-op threads {threads}, max_batch_size {args.max_batch}, "
         f"{args.requests} requests per row, median of {args.repeats}"
     )
-    print(f"{'row':<28}{'req/s':>9}{'x ceil':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
+    print(
+        f"{'row':<28}{'req/s':>9}{'x ceil':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'loop us':>9}"
+    )
     print(f"{'offline batch 1':<28}{off1:9.0f}{off1 / ceiling:8.2f}")
     print(f"{f'offline batch {args.max_batch} (ceiling)':<28}{ceiling:9.0f}{1.0:8.2f}")
     for (mode, c), r in rows.items():
         print(
             f"{f'{mode} c={c}':<28}{r.throughput:9.0f}{paired[(mode, c)]:8.2f}"
             f"{fmt_ms(r.p50):>9}{fmt_ms(r.p95):>9}{fmt_ms(r.p99):>9}"
-            + (f"  errors {r.errors}" if r.errors else "")
+            f"{loop_cpu[(mode, c)] * 1e6:9.1f}" + (f"  errors {r.errors}" if r.errors else "")
         )
     b32, u32 = rows[("batched", 32)], rows[("unbatched", 32)]
     b1, u1 = rows[("batched", 1)], rows[("unbatched", 1)]
@@ -157,7 +169,14 @@ def main(argv: list[str] | None = None) -> int:
             "max_batch_size": args.max_batch,
             "offline_batch1_rps": off1,
             "ceiling_rps": ceiling,
-            "rows": {f"{m} c={c}": r.to_dict() for (m, c), r in rows.items()},
+            "rows": {
+                f"{m} c={c}": {
+                    **r.to_dict(),
+                    "x_ceiling": paired[(m, c)],
+                    "loop_cpu_us": loop_cpu[(m, c)] * 1e6,
+                }
+                for (m, c), r in rows.items()
+            },
             "targets": {n: v for n, v, *_ in targets},
         }
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
