@@ -16,6 +16,7 @@ import time
 FULL: list[list[str]] = [
     ["bench.state_core"],
     ["bench.state_cluster"],
+    ["bench.daemon_memory"],
     ["bench.membership_sim"],
     ["bench.membership_cluster"],
     ["bench.inference_offline"],
@@ -29,6 +30,7 @@ SMALL: list[list[str]] = [
     ["bench.state_core"],
     ["bench.state_cluster", "--nodes", "5", "--writes", "50", "--keys", "20000",
      "--partition-nodes", "4"],
+    ["bench.daemon_memory", "--small"],
     ["bench.membership_cluster", "--nodes", "6", "--partition-nodes", "4"],
     ["bench.inference_grpc", "--small"],
     ["bench.models_transfer", "--mib", "32", "--rounds", "1"],
