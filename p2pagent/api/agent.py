@@ -46,7 +46,8 @@ class AgentService(
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         if node.models is not None:
-            await node.models.ensure_loadable(request.model)  # pulls it first if need be
+            # Pulls it first if need be; a bad or unknown pinned version fails here, at once.
+            await node.models.ensure_loadable(request.model, request.model_version)
         if node.tasks is not None:
             # Through the scheduler, like a submitted task: queued with them, stolen by an
             # idle peer when this node is the busy one.

@@ -545,15 +545,58 @@ class ModelsDriver:
             self._loaded[m.name] = m
             log.info("models: %s (%s) is loadable here", m.name, m.manifest_id[:12])
 
-    async def ensure_loadable(self, name: str) -> None:
-        """For Infer: pulls the newest version of ``name`` when the node does not hold one."""
-        if self._cache is None or name in self._cache.names():
-            return
-        try:
-            entry = self.resolve(name)
-        except (NotFound, InvalidArgument):
-            return  # let the engine say the model is unknown
-        await self.pull(entry)
+    async def ensure_loadable(self, name: str, version: str = "") -> str:
+        """For Infer and tasks: the name the inference cache runs ``name`` under, pulling the
+        version first when this node does not hold it.
+
+        No ``version``: the newest version, under its own name (a name served from a local
+        file, or unknown here, is left for the engine to run or refuse). A pinned ``version``
+        (a manifest id, or a prefix of it of at least 8 digits, as ``models ls`` shows) runs
+        as ``name@<manifest id>`` beside the newest.
+        """
+        if not version:
+            if self._cache is None or name in self._cache.names():
+                return name
+            try:
+                entry = self.resolve(name)
+            except (NotFound, InvalidArgument):
+                return name  # let the engine say the model is unknown
+            await self.pull(entry)
+            return name
+        if name in self._reserved():
+            raise InvalidArgument(
+                f"model {name!r} is served from a local file on {self.name}; it has no "
+                "versions to pin (leave the version empty)"
+            )
+        entry = self.resolve(name, self._full_id(name, version))
+        key = f"{name}@{entry.manifest_id}"
+        if self._cache is None or key in self._cache.names():
+            return key
+        m = await self.pull(entry)
+        spec = spec_of(m)
+        if spec is None:
+            raise InvalidArgument(f"model {name!r} version {version} has no input/output metadata")
+        path = await self._assemble(m)
+        self._cache.register(key, path, spec, inference_format(m.format))
+        self._loaded[key] = m  # unregistered with the version when it is dropped
+        return key
+
+    def _full_id(self, name: str, version: str) -> str:
+        """The manifest id ``version`` names: itself, or the one id of ``name`` it prefixes."""
+        if len(version) == 64:
+            return version
+        if len(version) < 8 or not all(c in "0123456789abcdef" for c in version):
+            raise InvalidArgument(
+                f"model version {version!r} is neither a manifest id nor a prefix of at least 8 "
+                "lowercase hex digits; see p2pagentctl models ls"
+            )
+        ids = [e.manifest_id for e in self.entries(name) if e.manifest_id.startswith(version)]
+        if len(ids) > 1:
+            raise InvalidArgument(f"model version {version!r} of {name!r} is ambiguous; give more")
+        if not ids:
+            known = [e.manifest_id[:12] for e in self.entries(name)] or "none"
+            raise NotFound(f"model {name!r} has no version {version}; known: {known}")
+        return ids[0]
 
     # ---- views --------------------------------------------------------------------------------
 

@@ -105,7 +105,7 @@ class TasksDriver:
         engine: InferenceEngine,
         models: Callable[[], list[str]],
         data_dir: Path,
-        prepare: Callable[[str], Awaitable[None]] | None = None,
+        prepare: Callable[[str, str], Awaitable[str]] | None = None,
         inline_bound: int = 1024,
         channels: ChannelPool,
         members: PeerDirectory,
@@ -119,7 +119,8 @@ class TasksDriver:
         self.inline_bound = inline_bound
         self._engine = engine
         self._models = models
-        #: Makes a model loadable before a task runs (pulls it from peers when need be).
+        #: Makes a model (and pinned version) loadable before a task runs, pulling it from peers
+        #: when need be; returns the name the engine runs it under.
         self._prepare = prepare
         self._journal_path = data_dir / "tasks.db"
         self._channels = channels
@@ -446,12 +447,13 @@ class TasksDriver:
             inputs = self._decoded.pop(task.task_id, None)
             if inputs is None:
                 inputs = tensors.many_from_proto(task.inputs or [], 1 << 28)  # type: ignore[arg-type]
+            engine_name = task.model
             if self._prepare is not None:
-                await self._prepare(task.model)
+                engine_name = await self._prepare(task.model, task.model_version)
             deadline = None
             if task.deadline:
                 deadline = time.monotonic() + max(0.0, task.deadline - time.time())
-            outputs = await self._engine.infer(task.model, inputs, deadline)
+            outputs = await self._engine.infer(engine_name, inputs, deadline)
             result.ok = True
             result.outputs.extend(tensors.many_to_proto(outputs))
         except P2PAgentError as e:

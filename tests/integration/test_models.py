@@ -266,3 +266,46 @@ def test_cli_push_infer_by_name_ls_and_rm(
     r = ctl("models", "push", str(demo / "demo.pt2"), "--name", "mixed", "--format",
             "torchscript", *conn)  # fmt: skip
     assert r.returncode != 0 and "torch_export" in r.stderr, r.stderr
+
+
+def test_infer_and_tasks_run_a_pinned_version_beside_the_newest(
+    node: Daemon, stub: agent_pb2_grpc.AgentStub, certs_dir: Path, demo: Path
+) -> None:
+    conn = ["--target", node.address, "--certs", str(certs_dir), "--json"]
+    first = json.loads(
+        ctl("models", "push", str(demo / "demo.torchscript.pt"), "--name", "pin", *conn).stdout
+    )
+    newest = json.loads(
+        ctl("models", "push", str(demo / "noop.torchscript.pt"), "--name", "pin", *conn).stdout
+    )
+    assert first["manifest_id"] != newest["manifest_id"]
+    x = np.load(demo / "sample_input.npy")
+    tensor = common_pb2.Tensor(
+        name="input", dtype=common_pb2.FLOAT32, shape=list(x.shape), data=x.astype("<f4").tobytes()
+    )
+
+    def infer(version: str) -> list[int]:
+        req = agent_pb2.InferRequest(model="pin", inputs=[tensor], model_version=version)
+        return list(stub.Infer(req, timeout=60).outputs[0].shape)
+
+    assert infer("") == [1, 256]  # the newest: the no-op model echoes its input
+    assert infer(first["manifest_id"][:12]) == [1, 10]  # the MLP, by the prefix `ls` shows
+    assert infer(first["manifest_id"]) == [1, 10]
+    assert infer("") == [1, 256]  # the pin did not replace the newest
+    # A task pins the same way.
+    sub = agent_pb2.SubmitRequest(model="pin", inputs=[tensor], model_version=first["manifest_id"])
+    task_id = stub.Submit(sub, timeout=10).task_id
+    events = list(stub.Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=60))
+    assert events[-1].kind == agent_pb2.TaskEvent.DONE and list(events[-1].outputs[0].shape) == [
+        1,
+        10,
+    ]
+    # Bad pins are refused, naming the problem.
+    err = _error(lambda: infer("zz"))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "prefix" in err.details()
+    err = _error(lambda: infer("00000000"))
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "no version" in err.details()
+    r = ctl("infer", "--model", "pin", "--version", first["manifest_id"][:12], "--input",
+            str(demo / "sample_input.json"), *conn)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    ctl("models", "rm", "pin", *conn[:-1])
