@@ -71,6 +71,9 @@ log = logging.getLogger(__name__)
 REPORT_INTERVAL_S = 0.25
 TICK_S = 0.05
 COMPLETE_RETRY_S = 0.5
+#: How long a finished Infer call's task is remembered (to drop a late duplicate result): it
+#: cannot be waited for, and a busy node serves many of them.
+INLINE_RETAIN_S = 60.0
 #: How often delivered results older than ``tasks.done_retention_s`` are forgotten.
 FORGET_INTERVAL_S = 10.0
 CALL_TIMEOUT_S = 5.0
@@ -306,7 +309,7 @@ class TasksDriver:
         )
         self._inline[task.task_id] = future
         self._decoded[task.task_id] = decoded
-        self._apply(self.leases.submit(task, now))
+        self._apply(self.leases.submit(task, now, retain_s=INLINE_RETAIN_S))
         self._place(task)
         # If the caller goes away, the task still finishes (or expires) and its result is
         # dropped on delivery; the entry stays until then so that it is not journaled.
@@ -446,7 +449,8 @@ class TasksDriver:
         try:
             inputs = self._decoded.pop(task.task_id, None)
             if inputs is None:
-                inputs = tensors.many_from_proto(task.inputs or [], 1 << 28)  # type: ignore[arg-type]
+                # Host views of the wire bytes, as Infer decodes: no torch on the event loop.
+                inputs = tensors.many_decode(task.inputs or [], 1 << 28)  # type: ignore[arg-type]
             engine_name = task.model
             if self._prepare is not None:
                 engine_name = await self._prepare(task.model, task.model_version)

@@ -29,6 +29,7 @@ Pure: methods return lists of actions (``Requeue``, ``Deliver``, ``Cancel``, ``T
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 from enum import Enum
@@ -115,6 +116,8 @@ class _Done:
     executor: str
     attempt: int
     at: float
+    #: When the entry (and the task's events) are forgotten.
+    expires: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,11 @@ class LeaseTable:
         self.lifecycle = TaskLifecycle()
         self._leases: dict[str, _Lease] = {}
         self._done: dict[str, _Done] = {}
+        #: (expiry, task id) of every done entry: the tick forgets expired ones without
+        #: walking all of them (an Infer call makes one, so there can be very many).
+        self._expiry: list[tuple[float, str]] = []
+        #: Retention of done tasks submitted with their own (``submit(retain_s=...)``).
+        self._retain: dict[str, float] = {}
 
     # ---- views ---------------------------------------------------------------------------
 
@@ -164,13 +172,17 @@ class LeaseTable:
 
     # ---- local inputs --------------------------------------------------------------------
 
-    def submit(self, task: Task, now: float) -> list[Action]:
-        """Registers a task a client gave us; it starts queued here."""
+    def submit(self, task: Task, now: float, retain_s: float | None = None) -> list[Action]:
+        """Registers a task a client gave us; it starts queued here. Once done, it is
+        remembered (to drop late duplicates, and for its events) for ``retain_s``, by default
+        ``done_retention_s``."""
         if task.task_id in self._leases or task.task_id in self._done:
             raise AlreadyExists(
                 f"task id {task.task_id} is already in use on {self.node}; pick a fresh id"
             )
         self._leases[task.task_id] = _Lease(task, self.node, False, math.inf, None)
+        if retain_s is not None:
+            self._retain[task.task_id] = retain_s
         return self._event(task.task_id, TaskState.QUEUED, self.node, task.attempt, now)
 
     def on_started(self, task_id: str, attempt: int, node: str, now: float) -> list[Action]:
@@ -312,10 +324,12 @@ class LeaseTable:
                 )
             elif lease.holder != self.node and lease.lease_until <= now:
                 actions += self._requeue(lease, now, f"lease on {lease.holder} expired")
-        horizon = now - self.cfg.done_retention_s
-        for tid in [tid for tid, d in self._done.items() if d.at < horizon]:
-            del self._done[tid]
-            self.lifecycle.forget(tid)
+        while self._expiry and self._expiry[0][0] < now:
+            expires, tid = heapq.heappop(self._expiry)
+            done = self._done.get(tid)
+            if done is not None and done.expires == expires:
+                del self._done[tid]
+                self.lifecycle.forget(tid)
         return actions
 
     # ---- internals -----------------------------------------------------------------------
@@ -376,7 +390,9 @@ class LeaseTable:
     ) -> list[Action]:
         tid = lease.task.task_id
         del self._leases[tid]
-        self._done[tid] = _Done(executor, attempt, now)
+        expires = now + self._retain.pop(tid, self.cfg.done_retention_s)
+        self._done[tid] = _Done(executor, attempt, now, expires)
+        heapq.heappush(self._expiry, (expires, tid))
         actions: list[Action] = []
         # A copy still queued or running somewhere else is now useless.
         if lease.holder != executor or lease.task.attempt != attempt:

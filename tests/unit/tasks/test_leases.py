@@ -184,6 +184,22 @@ def test_local_failure_and_retention() -> None:
     assert lt.on_complete("t0", 0, "b", True, 103).kind is CompleteKind.UNKNOWN
 
 
+def test_a_task_submitted_with_its_own_retention_is_forgotten_on_its_own_schedule() -> None:
+    lt = table()
+    lt.submit(t(0), 0, retain_s=5)  # an Infer call: only late duplicates need catching
+    lt.submit(t(1), 0)
+    for i in (0, 1):
+        lt.on_started(f"t{i}", 0, "o", 1)
+        assert lt.on_complete(f"t{i}", 0, "o", True, 2).accepted
+    lt.tick(6)
+    assert lt.is_done("t0") and lt.is_done("t1")
+    lt.tick(8)
+    assert not lt.is_done("t0") and "t0" not in lt.lifecycle
+    assert lt.is_done("t1")  # the default retention (100 s)
+    lt.tick(103)
+    assert not lt.is_done("t1")
+
+
 def test_assign_and_refusal() -> None:
     lt = table()
     lt.submit(t(), 0)
