@@ -80,7 +80,10 @@ class Config:
     data: str = ""
     #: HOST:PORT for Prometheus metrics over HTTP; empty disables them.
     metrics: str = ""
-    #: Inference device: auto, cpu or cuda:N.
+    #: Inference device: auto, cpu or cuda:N. `auto` without an NVIDIA driver on the host (no
+    #: `/proc/driver/nvidia`, `/dev/nvidia*` or `/dev/dxg`) is `cpu`, decided without importing
+    #: torch; otherwise torch is imported at start to ask CUDA. Torch (~200 MB) otherwise loads
+    #: at start only on a node with `--serve`, else on its first model load or Infer.
     device: str = "auto"
     #: Task placement: work_stealing, least_loaded, round_robin or local.
     placement: str = "work_stealing"
