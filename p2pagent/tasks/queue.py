@@ -66,14 +66,19 @@ def transfer_cost_s(input_bytes: int, cfg: TasksConfig) -> float:
     return input_bytes / cfg.bandwidth_bytes_per_s + cfg.transfer_latency_s
 
 
-def worth_moving(task: Task, thief_speed: float, cfg: TasksConfig) -> bool:
-    """Dask's rule: move a task only when its compute dwarfs the cost of moving it.
+def worth_moving(task: Task, thief_speed: float, cfg: TasksConfig, wait_s: float = 0.0) -> bool:
+    """Whether handing ``task`` to a thief pays for shipping its inputs.
 
-    Compute is measured on the thief (``est_cost_s / thief_speed``); with the default ratio of
-    10 a steal adds at most 10 % to the task's own run time.
+    Dask's rule: yes when its compute dwarfs the move (compute measured on the thief,
+    ``est_cost_s / thief_speed``; with the default ratio of 10 a steal adds at most 10 % to the
+    task's own run time). Also yes when it would wait here ``wait_s`` at least that many times
+    as long as the move takes: an idle thief starts it long before this node could, even if
+    the move costs as much as the compute (a big input to a quick model), and the margin covers
+    stale estimates.
     """
+    transfer_s = transfer_cost_s(task.input_bytes, cfg)
     compute_s = task.est_cost_s / max(thief_speed, 1e-9)
-    return compute_s >= cfg.steal_cost_ratio * transfer_cost_s(task.input_bytes, cfg)
+    return max(compute_s, wait_s) >= cfg.steal_cost_ratio * transfer_s
 
 
 def steal_share(n_queued: int, thief_speed: float, own_speed: float) -> int:
@@ -227,15 +232,18 @@ class TaskQueue:
         limit = min(max_n, steal_share(len(self._line), thief_speed, self.speed))
         wanted = set(models)
         taken: list[_Entry] = []
+        behind = 0.0  # estimates of the entries after this one (colder), this one included
         for entry in reversed(self._line):
             if len(taken) >= limit:
                 break
             task = entry.task
+            behind += task.est_cost_s
             if not self._may_hand_over(entry, now):
                 continue
             if wanted and task.model not in wanted:
                 continue
-            if not worth_moving(task, thief_speed, self.cfg):
+            wait_s = max(0.0, self.queued_cost_s() - behind) / max(self.speed, 1e-9)
+            if not worth_moving(task, thief_speed, self.cfg, wait_s):
                 continue
             taken.append(entry)
         for entry in taken:

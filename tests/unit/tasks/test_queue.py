@@ -107,10 +107,21 @@ def test_steal_only_when_transfer_is_cheap() -> None:
     assert not worth_moving(big_input, 1.0, cfg)
     assert worth_moving(long_task, 1.0, cfg)
     assert not worth_moving(long_task, 4.0, cfg)  # a fast thief computes it in 5 s
+    # ... unless it would wait here ten times as long as the move takes.
+    assert not worth_moving(big_input, 1.0, cfg, wait_s=9.0)
+    assert worth_moving(big_input, 1.0, cfg, wait_s=10.1)
     q = TaskQueue("a", cfg)
-    for t in (long_task, big_input, task(2, cost=0.001), task(3, cost=0.5)):
+    for t in (big_input, task(2, cost=0.001), task(3, cost=0.5)):
         q.push(t, 0)
-    assert ids(q.take_for_steal(10, [], 1.0, 0)) == ["t3", "t1"]
+    # Cold end first: t3 waits 5.001 s behind the others (>= 10 ms to move), t2 waits 5 s;
+    # big_input, at the head, waits nothing and its compute is under 10x its 1 s move.
+    assert ids(q.take_for_steal(10, [], 1.0, 0)) == ["t3", "t2"]
+    q = TaskQueue("a", cfg)
+    for t in (long_task, big_input):
+        q.push(t, 0)
+    # Behind 20 s of work, big_input is worth the move; long_task is worth it by compute.
+    assert ids(q.take_for_steal(10, [], 1.0, 0)) == ["t0"]  # half of two: one
+    assert ids(q.take_for_steal(10, [], 1.0, 0)) == ["t1"]
 
 
 def test_bound_and_duplicates() -> None:
