@@ -148,11 +148,6 @@ async def run(small: bool, pin: bool, repeats: int) -> dict[str, object]:
     if client_cores is not None:
         os.sched_setaffinity(0, client_cores)
     threads_env = {"P2PAGENT_INFERENCE__INTRA_OP_THREADS": str(threads)} if threads else {}
-    # Infer runs through the task scheduler, whose tick scans every task delivered in the
-    # last tasks.done_retention_s (600 s): at hundreds of requests a second that scan grows
-    # into the largest per-request cost within a minute. A short retention keeps the rows
-    # about inference, not about that scan (measured apart, see RESULTS.md).
-    threads_env["P2PAGENT_TASKS__DONE_RETENTION_S"] = "2"
     batched = Daemon("b1", root / "certs", root / "b1", args=serve, env=threads_env, prefix=prefix)
     unbatched = Daemon(
         "b2",
