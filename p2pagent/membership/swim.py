@@ -12,7 +12,8 @@ The rules, in the order a newcomer will look for them:
   ping it (PING_REQ); they forward its ack, or answer NACK when it stays silent. No ack by
   the end of the interval: the member becomes SUSPECT.
 * Incarnations: only a member raises its own incarnation. Alive(i) beats any claim with a
-  lower incarnation; Suspect(i) beats Alive(i); Dead/Left(i) beat both. A member that hears
+  lower incarnation; Suspect(i) beats Alive(i); Dead/Left(i) beat both, and Left(i) beats
+  Dead(i) (the member said so itself). A member that hears
   it is suspected or dead refutes with Alive(i + 1); one that hears a claim about an earlier
   incarnation queues its current Alive again, so the reply carries it to the member that
   missed it. The incarnation is persisted by the driver, so a restarted member starts above
@@ -673,7 +674,12 @@ class Swim:
         self._queue.put(Update(m.name, m.incarnation, State.SUSPECT, u.origin))
 
     def _apply_gone(self, m: Member, u: Update, now: float) -> None:
-        if u.incarnation < m.incarnation or m.state.gone:
+        if u.incarnation < m.incarnation:
+            return
+        if m.state.gone and not (m.state is State.DEAD and u.state is State.LEFT):
+            # Only one change between the two: a departure the member announced itself
+            # replaces our guess that it died (if we missed its leave and probed it dead
+            # first), so every member ends up saying "left".
             return
         before = m.state
         m.state = u.state

@@ -251,6 +251,18 @@ def test_graceful_leave_is_told_apart_from_failure() -> None:
     assert pings and all(s.address != "b" for s in pings)
 
 
+def test_a_leave_heard_after_we_declared_the_member_dead_wins() -> None:
+    # A member that missed the leave probes the leaver, finds it silent and declares it dead;
+    # the leave reaching it later must still turn that into "left", or the mesh never agrees.
+    a = core("a", "b", "c")
+    a.handle(Message(Kind.GOSSIP, "c", "c", updates=(Update("b", 1, State.DEAD, "c"),)), 1.0)
+    assert a.state_of("b") is State.DEAD
+    a.handle(Message(Kind.GOSSIP, "c", "c", updates=(Update("b", 1, State.LEFT, "b"),)), 2.0)
+    assert a.state_of("b") is State.LEFT
+    a.handle(Message(Kind.GOSSIP, "c", "c", updates=(Update("b", 1, State.DEAD, "c"),)), 3.0)
+    assert a.state_of("b") is State.LEFT  # and not back
+
+
 def test_tombstones_are_reaped_after_the_reap_period() -> None:
     a = core("a", "b", "c")
     a.handle(Message(Kind.GOSSIP, "c", "c", updates=(Update("b", 1, State.DEAD, "c"),)), 0.0)
