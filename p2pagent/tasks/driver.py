@@ -26,7 +26,6 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,9 +43,9 @@ from p2pagent.errors import (
 from p2pagent.logs import RateLimitedLog
 from p2pagent.membership.view import ALIVE, DEAD, LEFT, MemberView, PeerDirectory
 from p2pagent.tasks.config import TasksConfig
-from p2pagent.tasks.journal import Finished, Journal, Submitted, Write
+from p2pagent.tasks.group_commit import GroupCommitJournal
+from p2pagent.tasks.journal import Finished, Submitted
 from p2pagent.tasks.leases import Action, Cancel, Deliver, LeaseTable, Requeue
-from p2pagent.tasks.lifecycle import TaskEvent, TaskState
 from p2pagent.tasks.load import LoadBoard, LoadReport, ServiceTimes, make_report
 from p2pagent.tasks.placement import make_placement
 from p2pagent.tasks.queue import EntryState, TaskQueue
@@ -56,7 +55,9 @@ from p2pagent.tasks.wire import (
     decode_report,
     encode_report,
     error_code,
+    event_proto,
     input_bytes,
+    result_event,
     task_from_spec,
     task_to_spec,
 )
@@ -79,12 +80,6 @@ FORGET_INTERVAL_S = 10.0
 CALL_TIMEOUT_S = 5.0
 #: Compute estimate for a model never run here yet.
 DEFAULT_COST_S = 0.01
-KIND = {
-    TaskState.QUEUED: agent_pb2.TaskEvent.QUEUED,
-    TaskState.RUNNING: agent_pb2.TaskEvent.RUNNING,
-    TaskState.DONE: agent_pb2.TaskEvent.DONE,
-    TaskState.FAILED: agent_pb2.TaskEvent.FAILED,
-}
 
 
 @dataclass
@@ -125,7 +120,7 @@ class TasksDriver:
         #: Makes a model (and pinned version) loadable before a task runs, pulling it from peers
         #: when need be; returns the name the engine runs it under.
         self._prepare = prepare
-        self._journal_path = data_dir / "tasks.db"
+        self._journal = GroupCommitJournal(data_dir / "tasks.db")
         self._channels = channels
         self._members = members
         self._metrics = metrics
@@ -152,10 +147,6 @@ class TasksDriver:
         self._unacked: dict[tuple[str, int], tuple[str, peer_pb2.CompleteRequest]] = {}
         #: Set (and replaced) on every change a Wait caller may be waiting for.
         self._changed = asyncio.Event()
-        self._journal: Journal | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="task-journal")
-        self._pending_writes: list[tuple[Write, asyncio.Future[None]]] = []
-        self._write_ready = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._calls: set[asyncio.Task[Any]] = set()
         self._seq = 0
@@ -168,9 +159,7 @@ class TasksDriver:
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._journal = await loop.run_in_executor(self._executor, Journal, self._journal_path)
-        rows = await loop.run_in_executor(self._executor, self._journal.load)
+        rows = await self._journal.open()
         now = time.time()
         requeued = 0
         done = sorted((r for r in rows if r.result is not None), key=lambda r: r.finished or 0)
@@ -190,10 +179,7 @@ class TasksDriver:
         if rows:
             log.info("tasks: journal has %d tasks; %d re-queued", len(rows), requeued)
         self._unsubscribe = self._members.subscribe(self._on_member)
-        self._loops = [
-            asyncio.create_task(self._ticker(), name="tasks-tick"),
-            asyncio.create_task(self._journal_writer(), name="tasks-journal"),
-        ]
+        self._loops = [asyncio.create_task(self._ticker(), name="tasks-tick")]
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:
@@ -203,11 +189,7 @@ class TasksDriver:
         await asyncio.gather(
             *self._loops, *self._running.values(), *self._calls, return_exceptions=True
         )
-        journal = self._journal
-        if journal is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, journal.close)
-        self._executor.shutdown(wait=False)
+        await self._journal.close()
 
     # ---- views ------------------------------------------------------------------------------
 
@@ -247,6 +229,25 @@ class TasksDriver:
 
     # ---- origin: submit, wait ---------------------------------------------------------------
 
+    def _new_task(
+        self,
+        request: agent_pb2.SubmitRequest | agent_pb2.InferRequest,
+        now: float,
+        deadline_s: float | None,
+    ) -> Task:
+        """A task of this origin for ``request``, due ``deadline_s`` from now (None: never)."""
+        return Task(
+            task_id=f"{self.name}-{uuid.uuid4().hex[:16]}",
+            origin=self.name,
+            model=request.model,
+            est_cost_s=self._estimate(request.model, request.inputs),
+            priority=request.priority,
+            deadline=now + deadline_s if deadline_s is not None else 0.0,
+            model_version=request.model_version,
+            input_bytes=input_bytes(request.inputs),
+            inputs=list(request.inputs),
+        )
+
     async def submit(self, request: agent_pb2.SubmitRequest) -> str:
         if not request.model:
             raise InvalidArgument("SubmitRequest.model is empty: name the model to run")
@@ -258,18 +259,8 @@ class TasksDriver:
                 f"(tasks.max_queued); wait for some results or submit to another node"
             )
         now = time.time()
-        task = Task(
-            task_id=f"{self.name}-{uuid.uuid4().hex[:16]}",
-            origin=self.name,
-            model=request.model,
-            est_cost_s=self._estimate(request.model, request.inputs),
-            priority=request.priority,
-            deadline=now + request.deadline_s if request.deadline_s else 0.0,
-            model_version=request.model_version,
-            input_bytes=input_bytes(request.inputs),
-            inputs=list(request.inputs),
-        )
-        await self._write(Submitted(task_to_spec(task), now))
+        task = self._new_task(request, now, request.deadline_s or None)
+        await self._journal.write(Submitted(task_to_spec(task), now))
         self._submitted_at[task.task_id] = (now, task.model)
         self.counters.submitted += 1
         self._apply(self.leases.submit(task, now))
@@ -293,17 +284,7 @@ class TasksDriver:
                 "another node, or raise the bounds"
             )
         now = time.time()
-        task = Task(
-            task_id=f"{self.name}-{uuid.uuid4().hex[:16]}",
-            origin=self.name,
-            model=request.model,
-            est_cost_s=self._estimate(request.model, request.inputs),
-            priority=request.priority,
-            deadline=now + deadline_s if deadline_s is not None else 0.0,
-            model_version=request.model_version,
-            input_bytes=input_bytes(request.inputs),
-            inputs=list(request.inputs),
-        )
+        task = self._new_task(request, now, deadline_s)
         future: asyncio.Future[peer_pb2.CompleteRequest] = (
             asyncio.get_running_loop().create_future()
         )
@@ -335,9 +316,9 @@ class TasksDriver:
             for e in self.leases.lifecycle.events(task_id, after) if known else []:
                 after = e.seq
                 if not e.state.terminal:  # the terminal one is sent with the result below
-                    yield _event_proto(e)
+                    yield event_proto(e)
             if result is not None:
-                yield _result_event(task_id, result)
+                yield result_event(task_id, result)
                 return
             await changed.wait()
 
@@ -541,7 +522,7 @@ class TasksDriver:
                         inline.set_result(result)
                     continue
                 finished = time.time()
-                await self._write(Finished(action.task_id, result, finished))
+                await self._journal.write(Finished(action.task_id, result, finished))
                 self._results[action.task_id] = result
                 self._finished_at[action.task_id] = finished
         self._apply_sync([a for a in actions if not isinstance(a, Deliver)])
@@ -555,35 +536,6 @@ class TasksDriver:
         task = asyncio.create_task(coro)
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
-
-    # ---- journal (group commit) -------------------------------------------------------------
-
-    async def _write(self, write: Write) -> None:
-        future = asyncio.get_running_loop().create_future()
-        self._pending_writes.append((write, future))
-        self._write_ready.set()
-        await future
-
-    async def _journal_writer(self) -> None:
-        loop = asyncio.get_running_loop()
-        journal = self._journal
-        assert journal is not None
-        while True:
-            await self._write_ready.wait()
-            self._write_ready.clear()
-            batch, self._pending_writes = self._pending_writes, []
-            if not batch:
-                continue
-            try:
-                await loop.run_in_executor(self._executor, journal.commit, [w for w, _ in batch])
-            except Exception as e:
-                for _, f in batch:
-                    if not f.done():
-                        f.set_exception(e)
-                continue
-            for _, f in batch:
-                if not f.done():
-                    f.set_result(None)
 
     # ---- periodic work ----------------------------------------------------------------------
 
@@ -602,10 +554,7 @@ class TasksDriver:
             del self._finished_at[task_id]
             self._results.pop(task_id, None)
             self._submitted_at.pop(task_id, None)
-        journal = self._journal
-        if journal is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, journal.purge, horizon)
+        await self._journal.purge(horizon)
 
     async def _ticker(self) -> None:
         next_report = next_retry = 0.0
@@ -760,26 +709,3 @@ class TasksDriver:
             raise InvalidArgument(f"load report names {report.node!r} but the caller is {caller!r}")
         self.on_report(report)
         return encode_report(self.report())
-
-
-def _event_proto(e: TaskEvent) -> agent_pb2.TaskEvent:
-    return agent_pb2.TaskEvent(
-        task_id=e.task_id,
-        kind=KIND[e.state],
-        node=e.node,
-        at_unix=e.at,
-        error_code=e.error_code,
-        error_message=e.error_message,
-    )
-
-
-def _result_event(task_id: str, r: peer_pb2.CompleteRequest) -> agent_pb2.TaskEvent:
-    return agent_pb2.TaskEvent(
-        task_id=task_id,
-        kind=agent_pb2.TaskEvent.DONE if r.ok else agent_pb2.TaskEvent.FAILED,
-        node=r.executor,
-        at_unix=time.time(),
-        outputs=list(r.outputs) if r.ok else [],
-        error_code=r.error_code,
-        error_message=r.error_message,
-    )

@@ -9,14 +9,16 @@ checked field by field before a ``LoadReport`` is built.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
 from p2pagent import errors
-from p2pagent._proto import common_pb2, peer_pb2
+from p2pagent._proto import agent_pb2, common_pb2, peer_pb2
 from p2pagent.errors import RemoteProtocolError
+from p2pagent.tasks.lifecycle import TaskEvent, TaskState
 from p2pagent.tasks.load import LoadReport, ModelBacklog
 from p2pagent.tasks.spec import Task
 
@@ -164,3 +166,36 @@ def error_code(exc: BaseException) -> str:
 def error_from_code(code: str, message: str) -> errors.P2PAgentError:
     """The error to raise for a failed task's code (Infer re-raises what the executor hit)."""
     return _ERRORS.get(code, errors.Internal)(message)
+
+
+# ---- task events for Agent.Wait ----
+
+_KIND = {
+    TaskState.QUEUED: agent_pb2.TaskEvent.QUEUED,
+    TaskState.RUNNING: agent_pb2.TaskEvent.RUNNING,
+    TaskState.DONE: agent_pb2.TaskEvent.DONE,
+    TaskState.FAILED: agent_pb2.TaskEvent.FAILED,
+}
+
+
+def event_proto(e: TaskEvent) -> agent_pb2.TaskEvent:
+    return agent_pb2.TaskEvent(
+        task_id=e.task_id,
+        kind=_KIND[e.state],
+        node=e.node,
+        at_unix=e.at,
+        error_code=e.error_code,
+        error_message=e.error_message,
+    )
+
+
+def result_event(task_id: str, r: peer_pb2.CompleteRequest) -> agent_pb2.TaskEvent:
+    return agent_pb2.TaskEvent(
+        task_id=task_id,
+        kind=agent_pb2.TaskEvent.DONE if r.ok else agent_pb2.TaskEvent.FAILED,
+        node=r.executor,
+        at_unix=time.time(),
+        outputs=list(r.outputs) if r.ok else [],
+        error_code=r.error_code,
+        error_message=r.error_message,
+    )
