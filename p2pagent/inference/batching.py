@@ -181,6 +181,11 @@ class BatchPolicy:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    def seconds_per_row(self, model: str) -> float | None:
+        """Measured service time per row of ``model`` (None before its first batch)."""
+        q = self._models.get(model)
+        return None if q is None else q.counters.s_per_row
+
     def stats(self) -> dict[str, ModelStats]:
         return {m: ModelStats.of(m, q.queued, q.counters) for m, q in self._models.items()}
 

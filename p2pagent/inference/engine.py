@@ -148,6 +148,10 @@ class InferenceEngine:
                 self._waiting.pop(rid, None)
             raise
 
+    def seconds_per_row(self, model: str) -> float | None:
+        """Measured service time per row of ``model`` (None before its first batch)."""
+        return self._policy.seconds_per_row(model)
+
     def stats(self) -> dict[str, ModelStats]:
         return self._policy.stats()
 

@@ -81,17 +81,23 @@ class ChangeLog:
         """Oldest sequence number still held (last_seq + 1 when the ring is empty)."""
         return self._seq(self._ring[0]) if self._ring else self.last_seq + 1
 
-    def after(self, seq: int) -> list[Change]:
-        """Every change held with a sequence number above ``seq``, oldest first."""
+    def after(self, seq: int, wanted: Callable[[str, str], bool] | None = None) -> list[Change]:
+        """Every change held with a sequence number above ``seq``, oldest first; only those
+        whose ``(namespace, key)`` is ``wanted`` when given (others are not read at all)."""
         if seq >= self.last_seq:
             return []
         out: list[Change | tuple[int, str, str, bool]] = []
         for entry in reversed(self._ring):  # newest first: a few new changes cost a few steps
             if self._seq(entry) <= seq:
                 break
-            out.append(entry)
+            if wanted is None or wanted(*self._where(entry)):
+                out.append(entry)
         out.reverse()
         return [self._change(e) for e in out]
+
+    @staticmethod
+    def _where(entry: Change | tuple[int, str, str, bool]) -> tuple[str, str]:
+        return (entry.namespace, entry.key) if isinstance(entry, Change) else entry[1:3]
 
     def since(
         self, from_seq: int, ns: str, prefix: str = "", limit: int = 1000
@@ -103,7 +109,7 @@ class ChangeLog:
         for entry in self._ring:
             if self._seq(entry) <= from_seq:
                 continue
-            c_ns, c_key = (entry.namespace, entry.key) if isinstance(entry, Change) else entry[1:3]
+            c_ns, c_key = self._where(entry)
             if c_ns == ns and c_key.startswith(prefix):
                 out.append(self._change(entry))
                 if len(out) >= limit:

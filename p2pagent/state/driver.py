@@ -499,8 +499,14 @@ class StateDriver:
     def _after_change(self) -> None:
         replica = self.replica
         if replica.changes.last_seq != self._published:
-            for change in replica.changes.after(self._published):
-                for ns, prefix, listener in list(self._listeners):
+            listeners = list(self._listeners)
+
+            def wanted(namespace: str, key: str) -> bool:
+                # Only changes someone listens to are read (a big value is read afresh).
+                return any(namespace == ns and key.startswith(p) for ns, p, _ in listeners)
+
+            for change in replica.changes.after(self._published, wanted):
+                for ns, prefix, listener in listeners:
                     if change.namespace == ns and change.key.startswith(prefix):
                         try:
                             listener(change)

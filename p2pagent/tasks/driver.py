@@ -218,10 +218,10 @@ class TasksDriver:
         times the task's rows, so a big task weighs more than a small one (per-task times
         would count the wait for the rest of a batch); before the first batch, the EWMA of
         whole runs, else a default."""
-        stats = self._engine.stats().get(model)
-        if stats is not None and stats.s_per_row:
+        s_per_row = self._engine.seconds_per_row(model)
+        if s_per_row:
             rows = inputs[0].shape[0] if inputs and inputs[0].shape else 1
-            return stats.s_per_row * max(1, rows)
+            return s_per_row * max(1, rows)
         return self.service.estimate(model, DEFAULT_COST_S)
 
     def backlog_s(self) -> float:

@@ -55,3 +55,15 @@ def test_is_small_counts_items_and_bytes() -> None:
     assert is_small(ReadResult(found=True, values=(b"x" * 1024,)))
     assert not is_small(ReadResult(found=True, values=(b"x" * 1025,)))
     assert not is_small(ReadResult(found=True, elements=tuple(b"%d" % i for i in range(17))))
+
+
+def test_changes_nobody_wants_are_not_read() -> None:
+    reads: list[str] = []
+
+    def read(ns: str, key: str) -> ReadResult:
+        reads.append(key)
+        return ReadResult(found=True, values=(b"v",))
+
+    log = ChangeLog(10, read, 2, [(1, "a", "x"), (2, "b", "y")])
+    got = log.after(0, lambda ns, key: ns == "b")
+    assert [c.key for c in got] == ["y"] and reads == ["y"]
