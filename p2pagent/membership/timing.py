@@ -36,3 +36,10 @@ def suspicion_timeout(lo: float, hi: float, k: int, confirmations: int) -> float
 def scaled(base: float, awareness: int) -> float:
     """A probe interval or timeout stretched by local health awareness."""
     return base * (1 + awareness)
+
+
+def push_pull_interval(base: float, members: int) -> float:
+    """memberlist's push-pull scaling: the interval grows with log2(N) past 32 members, so
+    that the cost of full-table exchanges per member stays flat as the cluster grows."""
+    scale = 1 if members <= 32 else math.ceil(math.log2(members) - math.log2(32)) + 1
+    return base * scale
