@@ -163,7 +163,8 @@ class AgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Wait(self, request, context):
-        """Streams a task's state events and ends with its result. Can be called again any time.
+        """Streams the task's current state, then each change, and ends with its result (for a
+        finished task, the result alone). Can be called again any time, e.g. after a disconnect.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

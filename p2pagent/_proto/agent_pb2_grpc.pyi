@@ -40,7 +40,9 @@ class AgentStub:
     Submit: _grpc.UnaryUnaryMultiCallable[_agent_pb2.SubmitRequest, _agent_pb2.SubmitResponse]
     """Accepts a task, journals it durably at this node, and returns its id at once."""
     Wait: _grpc.UnaryStreamMultiCallable[_agent_pb2.WaitRequest, _agent_pb2.TaskEvent]
-    """Streams a task's state events and ends with its result. Can be called again any time."""
+    """Streams the task's current state, then each change, and ends with its result (for a
+    finished task, the result alone). Can be called again any time, e.g. after a disconnect.
+    """
     ListTasks: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListTasksRequest, _agent_pb2.ListTasksResponse]
     """Tasks this node originated, most recent first, and this node's queue counters."""
     Put: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PutRequest, _agent_pb2.WriteResponse]
@@ -75,7 +77,9 @@ class AgentAsyncStub(AgentStub):
     Submit: _aio.UnaryUnaryMultiCallable[_agent_pb2.SubmitRequest, _agent_pb2.SubmitResponse]  # type: ignore[assignment]
     """Accepts a task, journals it durably at this node, and returns its id at once."""
     Wait: _aio.UnaryStreamMultiCallable[_agent_pb2.WaitRequest, _agent_pb2.TaskEvent]  # type: ignore[assignment]
-    """Streams a task's state events and ends with its result. Can be called again any time."""
+    """Streams the task's current state, then each change, and ends with its result (for a
+    finished task, the result alone). Can be called again any time, e.g. after a disconnect.
+    """
     ListTasks: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListTasksRequest, _agent_pb2.ListTasksResponse]  # type: ignore[assignment]
     """Tasks this node originated, most recent first, and this node's queue counters."""
     Put: _aio.UnaryUnaryMultiCallable[_agent_pb2.PutRequest, _agent_pb2.WriteResponse]  # type: ignore[assignment]
@@ -137,7 +141,9 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_pb2.WaitRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.TaskEvent], _abc.AsyncIterator[_agent_pb2.TaskEvent]]:
-        """Streams a task's state events and ends with its result. Can be called again any time."""
+        """Streams the task's current state, then each change, and ends with its result (for a
+        finished task, the result alone). Can be called again any time, e.g. after a disconnect.
+        """
 
     @_abc_1.abstractmethod
     def ListTasks(

@@ -39,6 +39,7 @@ from p2pagent.errors import (
     P2PAgentError,
     RemoteProtocolError,
     ResourceExhausted,
+    Unavailable,
 )
 from p2pagent.logs import RateLimitedLog
 from p2pagent.membership.view import ALIVE, DEAD, LEFT, MemberView, PeerDirectory
@@ -260,11 +261,26 @@ class TasksDriver:
             )
         now = time.time()
         task = self._new_task(request, now, request.deadline_s or None)
-        await self._journal.write(Submitted(task_to_spec(task), now))
+        # The task is queued (and may run) while its journal entry is being synced: the reply
+        # waits for the sync, and its result cannot be shown before it, since results are
+        # journaled after it in commit order. This hides the sync behind the execution.
+        journaled = self._journal.write(Submitted(task_to_spec(task), now))
         self._submitted_at[task.task_id] = (now, task.model)
         self.counters.submitted += 1
         self._apply(self.leases.submit(task, now))
         self._place(task)
+        try:
+            await asyncio.shield(journaled)
+        except asyncio.CancelledError:
+            raise  # the caller hung up; the task is journaled anyway and keeps its course
+        except Exception as e:
+            # Not durable, so not accepted: the caller gets the error and never learns the id;
+            # the task is failed here so that it does not linger or run.
+            self._apply(self.leases.fail(task.task_id, "UNAVAILABLE", f"not journaled: {e}", now))
+            raise Unavailable(
+                f"{self.name} could not journal the task ({e}); nothing was accepted, "
+                "retry here later or submit to another node"
+            ) from e
         return task.task_id
 
     async def run_inline(
@@ -297,29 +313,31 @@ class TasksDriver:
         return await asyncio.shield(future)
 
     async def wait(self, task_id: str) -> AsyncIterator[agent_pb2.TaskEvent]:
-        """The task's events so far and to come, ending with its result."""
+        """The task's current state, then each change, ending with its result (a finished
+        task's stream is its result alone). Current state rather than the whole history: a
+        caller wants to know where its task is, and each message costs a send."""
         origin = task_id.rsplit("-", 1)[0]
         if origin != self.name:
             async for event in self._wait_remote(origin, task_id):
                 yield event
             return
-        after = 0
+        after = -1  # nothing sent yet: send the latest event only
         while True:
             changed = self._changed
             result = self._results.get(task_id)
-            known = task_id in self.leases.lifecycle
-            if result is None and not known:
+            if result is not None:
+                yield result_event(task_id, result)
+                return
+            if task_id not in self.leases.lifecycle:
                 raise NotFound(
                     f"no task {task_id} on {self.name} (unknown, or forgotten after "
                     "tasks.done_retention_s); check the id"
                 )
-            for e in self.leases.lifecycle.events(task_id, after) if known else []:
+            events = self.leases.lifecycle.events(task_id, max(after, 0))
+            for e in events[-1:] if after < 0 else events:
                 after = e.seq
-                if not e.state.terminal:  # the terminal one is sent with the result below
+                if not e.state.terminal:  # the terminal one is sent with the result
                     yield event_proto(e)
-            if result is not None:
-                yield result_event(task_id, result)
-                return
             await changed.wait()
 
     async def _wait_remote(self, origin: str, task_id: str) -> AsyncIterator[agent_pb2.TaskEvent]:
@@ -382,6 +400,7 @@ class TasksDriver:
                 # Just became worth robbing: tell the peers now, not at the next report tick,
                 # so that idle ones start stealing from a burst without waiting for it.
                 self._report_now = True
+                self._wake.set()
             self._kick()
             return
         self._apply(self.leases.on_assigned(task.task_id, task.attempt, dst, now))
@@ -407,7 +426,17 @@ class TasksDriver:
             if task is None:
                 break
             self._start(task)
-        self._wake.set()
+        if self._may_steal_now():
+            self._wake.set()  # run the ticker's steal decision now, not at the next tick
+
+    def _may_steal_now(self) -> bool:
+        """Cheap pre-check of the steal policy: our queue is low and some peer has work.
+        Keeps the ticker asleep on a node serving alone (it ran on every task before)."""
+        return (
+            self.placement.name == "work_stealing"
+            and self.queue.queued_cost_s() < self.cfg.steal_low_water_s
+            and self.board.any_backlog(time.time(), self.cfg.min_victim_backlog_s)
+        )
 
     def _started_work_s(self) -> float:
         return sum(self._started_cost.values())

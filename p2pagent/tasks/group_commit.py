@@ -29,12 +29,14 @@ class GroupCommitJournal:
         self._writer = asyncio.create_task(self._write_batches(), name="tasks-journal")
         return rows
 
-    async def write(self, write: Write) -> None:
-        """Returns once ``write`` is durable."""
-        future = asyncio.get_running_loop().create_future()
+    def write(self, write: Write) -> asyncio.Future[None]:
+        """Queues ``write`` now (writes commit in the order they are queued) and returns a
+        future that resolves once it is durable, so that the caller can start work that does
+        not need it durable yet before awaiting it."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((write, future))
         self._ready.set()
-        await future
+        return future
 
     async def purge(self, finished_before: float) -> None:
         journal = self._journal

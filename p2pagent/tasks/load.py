@@ -155,6 +155,13 @@ class LoadBoard:
         known = self._reports.get(node)
         return known[0] if known else None
 
+    def any_backlog(self, now: float, at_least_s: float) -> bool:
+        """Whether a fresh report shows at least ``at_least_s`` of stealable work."""
+        limit = self.cfg.report_max_age_s
+        return any(
+            r.backlog_s >= at_least_s and now - at <= limit for r, at in self._reports.values()
+        )
+
     def fresh(self, now: float) -> list[LoadReport]:
         """Reports heard within ``report_max_age_s``, sorted by node name (deterministic)."""
         limit = self.cfg.report_max_age_s

@@ -1,0 +1,142 @@
+"""The origin side of one node's task driver, in process, with a gated fake engine: what
+``Wait`` streams (the current state, then each change, then the result), and what a
+``Submit`` whose journal write fails leaves behind (nothing accepted, nothing lingering)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from p2pagent._proto import agent_pb2
+from p2pagent.errors import NotFound, Unavailable
+from p2pagent.inference import tensors
+from p2pagent.membership.view import StaticDirectory
+from p2pagent.tasks.config import TasksConfig
+from p2pagent.tasks.driver import TasksDriver
+from p2pagent.transport.metrics import RpcMetrics
+
+DONE = agent_pb2.TaskEvent.DONE
+FAILED = agent_pb2.TaskEvent.FAILED
+RUNNING = agent_pb2.TaskEvent.RUNNING
+
+
+class GatedEngine:
+    """Runs every request as ``x * 2`` once ``gate`` is set; counts runs."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.runs = 0
+
+    def seconds_per_row(self, model: str) -> float | None:
+        return 0.01
+
+    async def infer(self, model: str, inputs: Any, deadline: float | None = None) -> Any:
+        await self.gate.wait()
+        self.runs += 1
+        x = inputs["x"].to_torch()
+        return {"y": x * 2}
+
+
+@pytest.fixture
+async def driver(tmp_path: Path) -> AsyncIterator[tuple[TasksDriver, GatedEngine]]:
+    engine = GatedEngine()
+    d = TasksDriver(
+        "solo",
+        TasksConfig(),
+        placement="local",
+        capacity=1,
+        engine=engine,  # type: ignore[arg-type]
+        models=lambda: ["double"],
+        data_dir=tmp_path,
+        channels=None,  # type: ignore[arg-type]  # alone: no peer is ever called
+        members=StaticDirectory("solo"),
+        metrics=RpcMetrics(),
+    )
+    await d.start()
+    try:
+        yield d, engine
+    finally:
+        engine.gate.set()
+        await d.stop()
+
+
+def _submit(value: float) -> agent_pb2.SubmitRequest:
+    x = tensors.to_proto("x", torch.full((1, 2), value))
+    return agent_pb2.SubmitRequest(model="double", inputs=[x])
+
+
+async def _next(events: AsyncIterator[agent_pb2.TaskEvent]) -> agent_pb2.TaskEvent:
+    return await asyncio.wait_for(anext(events), 5)
+
+
+async def test_wait_sends_the_current_state_then_each_change_then_the_result(
+    driver: tuple[TasksDriver, GatedEngine],
+) -> None:
+    d, engine = driver
+    blocker = await d.submit(_submit(1.0))  # takes the one slot, held at the gate
+    task_id = await d.submit(_submit(3.0))  # queued behind it
+    events = d.wait(task_id)
+    first = await _next(events)
+    # Its current state, not its history (it has only been queued so far).
+    assert first.kind == agent_pb2.TaskEvent.QUEUED and first.node == "solo"
+    engine.gate.set()
+    rest = [e async for e in events]
+    kinds = [e.kind for e in rest]
+    assert kinds[-1] == DONE and kinds.count(DONE) == 1
+    assert set(kinds[:-1]) <= {RUNNING}
+    (y,) = tensors.many_from_proto(rest[-1].outputs, 100).values()  # type: ignore[union-attr]
+    assert torch.equal(y, torch.full((1, 2), 6.0))
+    # A finished task's stream is its result alone, as often as it is asked for.
+    for tid, expected in ((task_id, 6.0), (blocker, 2.0)):
+        again = [e async for e in d.wait(tid)]
+        assert [e.kind for e in again] == [DONE]
+        (y,) = tensors.many_from_proto(again[0].outputs, 100).values()  # type: ignore[union-attr]
+        assert torch.equal(y, torch.full((1, 2), expected))
+    assert engine.runs == 2
+
+
+async def test_a_waiter_that_comes_while_the_task_runs_sees_running_then_the_result(
+    driver: tuple[TasksDriver, GatedEngine],
+) -> None:
+    d, engine = driver
+    task_id = await d.submit(_submit(5.0))
+    events = d.wait(task_id)
+    first = await _next(events)
+    assert first.kind == RUNNING and first.node == "solo"
+    engine.gate.set()
+    assert [e.kind for e in [e async for e in events]] == [DONE]
+
+
+async def test_a_submit_that_cannot_be_journaled_is_refused_and_fails_its_task(
+    driver: tuple[TasksDriver, GatedEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d, engine = driver
+    real_commit = d._journal._journal.commit  # type: ignore[union-attr]
+
+    def full_disk(writes: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(d._journal._journal, "commit", full_disk)
+    with pytest.raises(Unavailable, match="could not journal the task"):
+        await d.submit(_submit(7.0))
+    monkeypatch.setattr(d._journal._journal, "commit", real_commit)
+    # Nothing of it is left running or queued, and it never counts as accepted.
+    engine.gate.set()
+    await asyncio.sleep(0.05)
+    assert d.queue.n_queued == 0 and d.running == 0
+    assert len(d.leases) == 0
+    accepted = await d.submit(_submit(1.0))
+    assert [e.kind for e in [e async for e in d.wait(accepted)]][-1] == DONE
+
+
+async def test_waiting_for_an_unknown_task_is_not_found(
+    driver: tuple[TasksDriver, GatedEngine],
+) -> None:
+    d, _ = driver
+    with pytest.raises(NotFound, match="no task solo-0123"):
+        await _next(d.wait("solo-0123"))
