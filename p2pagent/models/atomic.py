@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from p2pagent.errors import ResourceExhausted
+from p2pagent.models import unbuffered
 
 TEMP_PREFIX = ".tmp-"
 #: errno values meaning the disk (or the quota) is full.
@@ -40,28 +41,34 @@ def disk_full_error(path: Path, e: OSError) -> ResourceExhausted:
 
 def atomic_write(
     path: Path,
-    pieces: Iterable[bytes],
+    pieces: Iterable[bytes | memoryview],
     *,
     fsync: bool = True,
     before_commit: Callable[[], None] | None = None,
+    direct: bool = False,
 ) -> int:
     """Writes ``pieces`` to ``path`` atomically; returns the bytes written.
 
     ``before_commit`` runs after the data is written and before the rename; raising there
     (for example on a hash mismatch) abandons the write and leaves ``path`` untouched.
+    ``direct`` writes past the page cache (``unbuffered``; the pieces are gathered in memory
+    first, so only for chunk-sized files), falling back to buffered where unsupported.
     """
     unique = f"{os.getpid()}.{next(_counter)}.{secrets.token_hex(4)}"
     tmp = path.parent / f"{TEMP_PREFIX}{path.name}.{unique}"
     fd = -1
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = _open_new(tmp, direct)
         written = 0
-        for piece in pieces:
-            view = memoryview(piece)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-                written += n
+        if direct:
+            written = unbuffered.write_direct(fd, pieces)
+        else:
+            for piece in pieces:
+                view = memoryview(piece)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                    written += n
         if fsync:
             os.fsync(fd)
         os.close(fd)
@@ -84,6 +91,18 @@ def atomic_write(
     if fsync:
         fsync_dir(path.parent)
     return written
+
+
+def _open_new(path: Path, direct: bool) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    if direct and unbuffered.O_DIRECT:
+        try:
+            return os.open(path, flags | unbuffered.O_DIRECT, 0o644)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            # The file system refuses O_DIRECT (tmpfs on older kernels): write buffered.
+    return os.open(path, flags, 0o644)
 
 
 def fsync_dir(directory: Path) -> None:

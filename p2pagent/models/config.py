@@ -36,6 +36,11 @@ class ModelsConfig:
     #: fsync files and directories on write. Off only for throwaway test stores: without it a
     #: power cut can leave a renamed chunk with missing data.
     fsync: bool = True
+    #: Write pulled chunks past the page cache (O_DIRECT, see ``unbuffered``) where the file
+    #: system allows it: copying them into new page-cache pages was the largest CPU cost of
+    #: a pull. Published chunks stay buffered (the publisher serves them at once). Off: all
+    #: chunks are written buffered.
+    direct_writes: bool = True
 
     #: Keep MiB-sized chunk buffers on the heap instead of a fresh mmap each (glibc
     #: ``mallopt``, process-wide, see ``alloc``): about a third less CPU per served byte.

@@ -275,7 +275,7 @@ class Manifest:
                 f"{len(self.chunk_hashes)} chunks"
             )
 
-    def verify_chunk(self, index: int, data: bytes) -> bool:
+    def verify_chunk(self, index: int, data: bytes | memoryview) -> bool:
         """Whether ``data`` is chunk ``index`` (length and hash). Out-of-range is False."""
         if not 0 <= index < len(self.chunk_hashes) or len(data) != self.chunk_length(index):
             return False

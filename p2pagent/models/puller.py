@@ -37,8 +37,9 @@ from functools import partial
 
 import grpc
 
-from p2pagent._proto import peer_pb2, peer_pb2_grpc
+from p2pagent._proto import peer_pb2
 from p2pagent.errors import P2PAgentError, Unavailable
+from p2pagent.models.chunk_wire import fetch_chunks
 from p2pagent.models.config import ModelsConfig
 from p2pagent.models.manifest import Manifest
 from p2pagent.models.store import ChunkStore
@@ -230,9 +231,9 @@ class Puller:
         node = req.node
         writes: list[asyncio.Task[bool]] = []
         try:
-            stub = peer_pb2_grpc.PeerStub(self._channels.get(self._addresses[node]))
-            call = stub.FetchChunks(
-                peer_pb2.FetchChunksRequest(manifest_id=self.manifest.manifest_id, indices=owed)
+            call = fetch_chunks(
+                self._channels.get(self._addresses[node]),
+                peer_pb2.FetchChunksRequest(manifest_id=self.manifest.manifest_id, indices=owed),
             )
             async for chunk in call:
                 index = chunk.index
@@ -267,12 +268,12 @@ class Puller:
             await asyncio.gather(*writes, return_exceptions=True)
             self._wake.set()
 
-    async def _accept(self, plan: PullPlan, node: str, index: int, data: bytes) -> bool:
+    async def _accept(self, plan: PullPlan, node: str, index: int, data: memoryview) -> bool:
         """Verifies and stores one chunk, then tells the plan; False if it was corrupt."""
         loop = asyncio.get_running_loop()
         mid = self.manifest.manifest_id
         write = loop.run_in_executor(
-            self._io, partial(self._store.write_chunk, mid, index, data, sync=False)
+            self._io, partial(self._store.write_chunk, mid, index, data, sync=False, direct=True)
         )
         self._writes.add(write)
         write.add_done_callback(self._writes.discard)

@@ -128,12 +128,21 @@ class ChunkStore:
     def has_chunk(self, digest: str) -> bool:
         return self.chunk_path(digest).is_file()
 
-    def put_chunk(self, data: bytes, digest: str | None = None, *, sync: bool = True) -> str:
+    def put_chunk(
+        self,
+        data: bytes | memoryview,
+        digest: str | None = None,
+        *,
+        sync: bool = True,
+        direct: bool = False,
+    ) -> str:
         """Stores ``data`` under its SHA-256 (computed unless given) and returns the digest.
 
         A chunk already present is not rewritten. Callers must hold the chunk referenced (a
         stored manifest or a Staging) or the next ``gc`` may remove it. ``sync=False`` skips
         the fsync; only pulls between ``begin_pull`` and ``seal`` may ask for that.
+        ``direct`` writes past the page cache (with ``config.direct_writes``): for chunks
+        not expected to be read back soon.
         """
         digest = digest or hashlib.sha256(data).hexdigest()
         path = self.chunk_path(digest)
@@ -141,19 +150,28 @@ class ChunkStore:
             return digest
         path.parent.mkdir(exist_ok=True)
         fsync = self.config.fsync and sync
-        atomic_write(path, [data], fsync=fsync)
+        direct = direct and self.config.direct_writes
+        atomic_write(path, [data], fsync=fsync, direct=direct)
         with self._lock:
             if self.config.fsync and not sync:
                 self._unsynced.add(digest)
             self._verified_files.note(digest, _identity(os.stat(path)), self._clock())
         return digest
 
-    def write_chunk(self, manifest_id: str, index: int, data: bytes, *, sync: bool = True) -> bool:
+    def write_chunk(
+        self,
+        manifest_id: str,
+        index: int,
+        data: bytes | memoryview,
+        *,
+        sync: bool = True,
+        direct: bool = False,
+    ) -> bool:
         """Stores chunk ``index`` of a stored version if ``data`` verifies; False if corrupt.
 
         ``sync=False`` (a pull between ``begin_pull`` and ``seal``) leaves the fsync to
-        ``sync_chunks`` or ``seal``. Raises NotFound when the manifest is not stored (store
-        it before pulling chunks).
+        ``sync_chunks`` or ``seal``; ``direct`` as in ``put_chunk``. Raises NotFound when
+        the manifest is not stored (store it before pulling chunks).
         """
         m = self.get_manifest(manifest_id)
         if not sync and self.config.fsync:
@@ -164,7 +182,7 @@ class ChunkStore:
                     )
         if not m.verify_chunk(index, data):
             return False
-        self.put_chunk(data, m.chunk_hashes[index], sync=sync)
+        self.put_chunk(data, m.chunk_hashes[index], sync=sync, direct=direct)
         return True
 
     def read_chunk(self, manifest_id: str, index: int) -> bytes:

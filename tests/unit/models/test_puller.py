@@ -46,22 +46,24 @@ def corrupt(i: int) -> bytes | None:
 
 
 class FakeCall:
-    """A FetchChunks server stream answered from memory."""
+    """A FetchChunks server stream answered from memory, each answer serialized and decoded
+    with the caller's deserializer, as gRPC does."""
 
-    def __init__(self, serve: Serve, indices: list[int]) -> None:
+    def __init__(self, serve: Serve, indices: list[int], decode: Callable[[bytes], Any]) -> None:
         self._serve = serve
         self._indices = indices
+        self._decode = decode
         self.cancelled = False
 
-    def __aiter__(self) -> AsyncIterator[peer_pb2.Chunk]:
+    def __aiter__(self) -> AsyncIterator[Any]:
         return self._stream()
 
-    async def _stream(self) -> AsyncIterator[peer_pb2.Chunk]:
+    async def _stream(self) -> AsyncIterator[Any]:
         for i in self._indices:
             data = self._serve(i)
             if data is None or self.cancelled:
                 return  # ends short, like a holder lacking the chunk
-            yield peer_pb2.Chunk(index=i, data=data)
+            yield self._decode(peer_pb2.Chunk(index=i, data=data).SerializeToString())
 
     def cancel(self) -> bool:
         self.cancelled = True
@@ -75,11 +77,13 @@ class FakeChannel:
         self._serve = serve
         self._asked = asked
 
-    def unary_stream(self, method: str, **_: Any) -> Callable[..., FakeCall]:
+    def unary_stream(
+        self, method: str, response_deserializer: Callable[[bytes], Any], **_: Any
+    ) -> Callable[..., FakeCall]:
         def call(request: peer_pb2.FetchChunksRequest, **_: Any) -> FakeCall:
             assert method.endswith("/FetchChunks"), method
             self._asked.extend(request.indices)
-            return FakeCall(self._serve, list(request.indices))
+            return FakeCall(self._serve, list(request.indices), response_deserializer)
 
         return call
 
