@@ -61,7 +61,7 @@ class TasksAgentApi(_TasksAccess):
 
 class TasksPeerApi(_TasksAccess):
     async def Steal(self, request: peer_pb2.StealRequest, context: Ctx) -> peer_pb2.StealResponse:
-        return self._tasks().handle_steal(request, caller_identity(context).name)
+        return self._tasks().balancer.handle_steal(request, caller_identity(context).name)
 
     async def Assign(
         self, request: peer_pb2.AssignRequest, context: Ctx
@@ -74,4 +74,4 @@ class TasksPeerApi(_TasksAccess):
         return await self._tasks().handle_complete(request, caller_identity(context).name)
 
     async def Load(self, request: common_pb2.Envelope, context: Ctx) -> common_pb2.Envelope:
-        return self._tasks().handle_load(request, caller_identity(context).name)
+        return self._tasks().balancer.handle_load(request, caller_identity(context).name)

@@ -3,18 +3,19 @@ stolen and assigned over the ``Peer`` service, results handed back to their orig
 
 One node, three roles:
 
-- **origin** of the tasks clients submit here: journals each (``<data>/tasks.db``) before
-  answering, tracks where it is with the :class:`LeaseTable`, delivers its one result to
-  ``Wait`` callers (journaled first), re-queues it when its holder dies or goes silent;
-- **executor**: runs tasks from its :class:`TaskQueue` on the engine, up to ``capacity`` at
-  once (the engine batches them), and hands each result to the origin with ``Peer.Complete``,
-  retried until acknowledged;
-- **thief / victim**: below the low watermark it asks a loaded peer (``Peer.Steal``, chosen by
-  :class:`StealPolicy` from gossiped load reports); as a victim it hands over queued tasks it
-  originated, each move checked in its own lease table before the answer leaves.
+- **origin** of the tasks clients submit here (this module): journals each
+  (``<data>/tasks.db``) before answering, tracks where it is with the :class:`LeaseTable`,
+  delivers its one result to ``Wait`` callers (journaled first), re-queues it when its holder
+  dies or goes silent;
+- **executor** (:mod:`p2pagent.tasks.executor`): runs tasks from the node's
+  :class:`TaskQueue` on the engine and hands each result to its origin, retried until
+  acknowledged;
+- **thief / victim** (:mod:`p2pagent.tasks.balancing`): exchanges load reports with every
+  peer each ``REPORT_INTERVAL_S`` over ``Peer.Load``; below the low watermark it asks a loaded
+  peer for work (``Peer.Steal``); as a victim it hands over queued tasks it originated, each
+  move checked in its own lease table before the answer leaves.
 
-Load reports go to every peer each ``REPORT_INTERVAL_S`` over ``Peer.Load`` (push-pull). Time
-for the cores is Unix seconds (deadlines travel between nodes).
+Time for the cores is Unix seconds (deadlines travel between nodes).
 """
 
 from __future__ import annotations
@@ -25,37 +26,32 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from p2pagent._proto import agent_pb2, common_pb2, peer_pb2, peer_pb2_grpc
+from p2pagent._proto import agent_pb2, peer_pb2, peer_pb2_grpc
 from p2pagent.errors import (
     InvalidArgument,
     NotFound,
     P2PAgentError,
-    RemoteProtocolError,
     ResourceExhausted,
     Unavailable,
 )
-from p2pagent.logs import RateLimitedLog
 from p2pagent.membership.view import ALIVE, DEAD, LEFT, MemberView, PeerDirectory
+from p2pagent.tasks.balancing import Balancer
 from p2pagent.tasks.config import TasksConfig
+from p2pagent.tasks.executor import CALL_TIMEOUT_S, Executor
 from p2pagent.tasks.group_commit import GroupCommitJournal
 from p2pagent.tasks.journal import Finished, Submitted
 from p2pagent.tasks.leases import Action, Cancel, Deliver, LeaseTable, Requeue
-from p2pagent.tasks.load import LoadBoard, LoadReport, ServiceTimes, make_report
 from p2pagent.tasks.placement import make_placement
 from p2pagent.tasks.queue import EntryState, TaskQueue
 from p2pagent.tasks.spec import Task
-from p2pagent.tasks.steal import StealPolicy
 from p2pagent.tasks.wire import (
-    decode_report,
-    encode_report,
-    error_code,
     event_proto,
     input_bytes,
     result_event,
@@ -78,16 +74,10 @@ COMPLETE_RETRY_S = 0.5
 INLINE_RETAIN_S = 60.0
 #: How often delivered results older than ``tasks.done_retention_s`` are forgotten.
 FORGET_INTERVAL_S = 10.0
-CALL_TIMEOUT_S = 5.0
-#: Compute estimate for a model never run here yet.
-DEFAULT_COST_S = 0.01
 
 
 @dataclass
 class Counters:
-    completed: int = 0
-    stolen_in: int = 0
-    stolen_out: int = 0
     submitted: int = 0
 
 
@@ -113,28 +103,27 @@ class TasksDriver:
     ) -> None:
         self.name = name
         self.cfg = config.validate()
-        self.capacity = max(1, capacity)
         #: At most this many Agent.Infer calls wait here at once (back-pressure).
         self.inline_bound = inline_bound
-        self._engine = engine
         self._models = models
-        #: Makes a model (and pinned version) loadable before a task runs, pulling it from peers
-        #: when need be; returns the name the engine runs it under.
-        self._prepare = prepare
         self._journal = GroupCommitJournal(data_dir / "tasks.db")
         self._channels = channels
         self._members = members
-        self._metrics = metrics
         self._rng = rng or random.Random()
         self.queue = TaskQueue(name, self.cfg)
-        self.steal = StealPolicy(name, random.Random(self._rng.random()), self.cfg, 1.0)
         self.leases = LeaseTable(name, self.cfg)
-        self.board = LoadBoard(self.cfg)
         self.placement = make_placement(placement)
-        self.service = ServiceTimes(self.cfg)
+        self.balancer = Balancer(
+            name, self.cfg, queue=self.queue, leases=self.leases, models=models,
+            stub=self._stub, metrics=metrics, rng=random.Random(self._rng.random()),
+            apply=self._apply, kick=self._kick, wake=self._wake_ticker, spawn=self._spawn,
+        )  # fmt: skip
         self.counters = Counters()
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._started_cost: dict[str, float] = {}  # est_cost_s of each running task
+        self.executor = Executor(
+            name, self.cfg, queue=self.queue, engine=engine, capacity=capacity,
+            prepare=prepare, stub=self._stub, on_started=self._on_started,
+            on_local_result=self._on_complete, on_finished=self._kick,
+        )  # fmt: skip
         self._results: dict[str, peer_pb2.CompleteRequest] = {}
         self._submitted_at: dict[str, tuple[float, str]] = {}
         #: Delivery time of each result held, oldest first: results are forgotten (here and
@@ -143,19 +132,14 @@ class TasksDriver:
         #: Agent.Infer calls waiting for their task: not journaled (nothing was acknowledged
         #: before the answer), delivered straight to the caller.
         self._inline: dict[str, asyncio.Future[peer_pb2.CompleteRequest]] = {}
-        #: Inputs an inline task's caller already decoded, used if it runs here.
-        self._decoded: dict[str, Any] = {}
-        self._unacked: dict[tuple[str, int], tuple[str, peer_pb2.CompleteRequest]] = {}
         #: Set (and replaced) on every change a Wait caller may be waiting for.
         self._changed = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._calls: set[asyncio.Task[Any]] = set()
-        self._seq = 0
         self._wake = asyncio.Event()
         #: Send a load report at the next tick rather than at the next interval.
         self._report_now = False
         self._unsubscribe: Callable[[], None] | None = None
-        self._bad = RateLimitedLog(log, 60.0)
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -185,45 +169,17 @@ class TasksDriver:
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
-        for t in [*self._loops, *self._running.values(), *self._calls]:
+        for t in [*self._loops, *self._calls]:
             t.cancel()
-        await asyncio.gather(
-            *self._loops, *self._running.values(), *self._calls, return_exceptions=True
-        )
+        await asyncio.gather(*self._loops, *self._calls, return_exceptions=True)
+        await self.executor.stop()
         await self._journal.close()
 
     # ---- views ------------------------------------------------------------------------------
 
     @property
     def running(self) -> int:
-        return len(self._running)
-
-    def report(self) -> LoadReport:
-        self._seq += 1
-        now = time.time()
-        return make_report(
-            self.name,
-            self._seq,
-            self.queue.queued(),
-            self.queue.running(),
-            # Estimates are seconds of this node's engine time (measured per row, batching
-            # included), so the node drains them one after another: a capacity of one.
-            1,
-            1.0,
-            self._models(),
-            self.queue.stealable(now),
-        )
-
-    def _estimate(self, model: str, inputs: Sequence[common_pb2.Tensor]) -> float:
-        """Compute estimate of one task: the engine's measured seconds per row of ``model``
-        times the task's rows, so a big task weighs more than a small one (per-task times
-        would count the wait for the rest of a batch); before the first batch, the EWMA of
-        whole runs, else a default."""
-        s_per_row = self._engine.seconds_per_row(model)
-        if s_per_row:
-            rows = inputs[0].shape[0] if inputs and inputs[0].shape else 1
-            return s_per_row * max(1, rows)
-        return self.service.estimate(model, DEFAULT_COST_S)
+        return self.executor.running
 
     def backlog_s(self) -> float:
         return self.queue.queued_cost_s()
@@ -241,7 +197,7 @@ class TasksDriver:
             task_id=f"{self.name}-{uuid.uuid4().hex[:16]}",
             origin=self.name,
             model=request.model,
-            est_cost_s=self._estimate(request.model, request.inputs),
+            est_cost_s=self.executor.estimate(request.model, request.inputs),
             priority=request.priority,
             deadline=now + deadline_s if deadline_s is not None else 0.0,
             model_version=request.model_version,
@@ -305,7 +261,7 @@ class TasksDriver:
             asyncio.get_running_loop().create_future()
         )
         self._inline[task.task_id] = future
-        self._decoded[task.task_id] = decoded
+        self.executor.keep_decoded(task.task_id, decoded)
         self._apply(self.leases.submit(task, now, retain_s=INLINE_RETAIN_S))
         self._place(task)
         # If the caller goes away, the task still finishes (or expires) and its result is
@@ -379,10 +335,10 @@ class TasksDriver:
         return agent_pb2.ListTasksResponse(
             tasks=infos,
             queue_length=self.queue.n_queued,
-            running=len(self._running),
-            completed=self.counters.completed,
-            stolen_in=self.counters.stolen_in,
-            stolen_out=self.counters.stolen_out,
+            running=self.executor.running,
+            completed=self.executor.completed,
+            stolen_in=self.balancer.stolen_in,
+            stolen_out=self.balancer.stolen_out,
         )
 
     # ---- placement and execution ------------------------------------------------------------
@@ -392,7 +348,9 @@ class TasksDriver:
         if self.placement.always_local:
             dst = self.name  # no load report to build: it walks the whole queue
         else:
-            dst = self.placement.choose(task, self.report(), self.board.fresh(now), now, self._rng)
+            dst = self.placement.choose(
+                task, self.balancer.report(), self.balancer.board.fresh(now), now, self._rng
+            )
         if dst == self.name:
             idle = self.queue.queued_cost_s() < self.cfg.min_victim_backlog_s
             self.queue.push(task, now, front=front)
@@ -419,87 +377,22 @@ class TasksDriver:
             self._apply(self.leases.on_assign_failed(task.task_id, task.attempt, dst, time.time()))
 
     def _kick(self) -> None:
-        while len(self._running) < self.capacity and (
-            not self._running or self._started_work_s() < self.cfg.run_ahead_s
-        ):
-            task = self.queue.pop_for_execution()
-            if task is None:
-                break
-            self._start(task)
-        if self._may_steal_now():
-            self._wake.set()  # run the ticker's steal decision now, not at the next tick
+        self.executor.fill()
+        # The ticker's steal decision runs now rather than at the next tick, but only when a
+        # steal is possible: on a node serving alone it would run for every task.
+        if self._stealing and self.balancer.may_steal_soon(time.time()):
+            self._wake.set()
 
-    def _may_steal_now(self) -> bool:
-        """Cheap pre-check of the steal policy: our queue is low and some peer has work.
-        Keeps the ticker asleep on a node serving alone (it ran on every task before)."""
-        return (
-            self.placement.name == "work_stealing"
-            and self.queue.queued_cost_s() < self.cfg.steal_low_water_s
-            and self.board.any_backlog(time.time(), self.cfg.min_victim_backlog_s)
-        )
+    @property
+    def _stealing(self) -> bool:
+        return self.placement.name == "work_stealing"
 
-    def _started_work_s(self) -> float:
-        return sum(self._started_cost.values())
+    def _wake_ticker(self) -> None:
+        self._wake.set()
 
-    def _start(self, task: Task) -> None:
-        # Counted as running before the lease actions are applied: applying them kicks the
-        # queue again, which must already see this one (or it starts past ``capacity``).
-        self._running[task.task_id] = asyncio.create_task(self._execute(task))
-        self._started_cost[task.task_id] = task.est_cost_s
+    def _on_started(self, task: Task) -> None:
         if task.origin == self.name:
             self._apply(self.leases.on_started(task.task_id, task.attempt, self.name, time.time()))
-
-    async def _execute(self, task: Task) -> None:
-        from p2pagent.inference import tensors
-
-        start = time.perf_counter()
-        result = peer_pb2.CompleteRequest(
-            task_id=task.task_id, executor=self.name, attempt=task.attempt
-        )
-        try:
-            inputs = self._decoded.pop(task.task_id, None)
-            if inputs is None:
-                # Host views of the wire bytes, as Infer decodes: no torch on the event loop.
-                inputs = tensors.many_decode(task.inputs or [], 1 << 28)  # type: ignore[arg-type]
-            engine_name = task.model
-            if self._prepare is not None:
-                engine_name = await self._prepare(task.model, task.model_version)
-            deadline = None
-            if task.deadline:
-                deadline = time.monotonic() + max(0.0, task.deadline - time.time())
-            outputs = await self._engine.infer(engine_name, inputs, deadline)
-            result.ok = True
-            result.outputs.extend(tensors.many_to_proto(outputs))
-        except P2PAgentError as e:
-            result.ok = False
-            result.error_code = error_code(e)
-            result.error_message = str(e)
-        except Exception as e:  # a bug in a model must fail the task, not the executor
-            log.exception("task %s failed", task.task_id)
-            result.ok = False
-            result.error_code = "INTERNAL"
-            result.error_message = f"{type(e).__name__}: {e}"
-        result.compute_s = time.perf_counter() - start
-        if result.ok:
-            self.service.observe(task.model, result.compute_s)
-        with contextlib.suppress(Exception):
-            self.queue.finish(task.task_id)
-        self._running.pop(task.task_id, None)
-        self._started_cost.pop(task.task_id, None)
-        self.counters.completed += 1
-        if task.origin == self.name:
-            await self._on_complete(result)
-        else:
-            self._unacked[(task.task_id, task.attempt)] = (task.origin, result)
-            self._spawn(self._send_complete(task.origin, result))
-        self._kick()
-
-    async def _send_complete(self, origin: str, result: peer_pb2.CompleteRequest) -> None:
-        try:
-            await self._stub(origin).Complete(result, timeout=CALL_TIMEOUT_S)
-        except (grpc.aio.AioRpcError, NotFound):
-            return  # retried by the ticker until the origin answers
-        self._unacked.pop((result.task_id, result.attempt), None)
 
     async def _on_complete(self, r: peer_pb2.CompleteRequest) -> bool:
         """Origin side of a result (local or ``Peer.Complete``); True when accepted."""
@@ -546,7 +439,7 @@ class TasksDriver:
                     )  # fmt: skip
                 inline = self._inline.pop(action.task_id, None)
                 if inline is not None:
-                    self._decoded.pop(action.task_id, None)  # it ran elsewhere
+                    self.executor.drop_decoded(action.task_id)  # it ran elsewhere
                     if not inline.done():
                         inline.set_result(result)
                     continue
@@ -600,14 +493,13 @@ class TasksDriver:
             if now >= next_report or self._report_now:
                 self._report_now = False
                 next_report = now + REPORT_INTERVAL_S
-                report = self.report()
                 for peer in self._members.peers():
-                    self._spawn(self._exchange_report(peer, report))
+                    self.balancer.send_report(peer.name)
             if now >= next_retry:
                 next_retry = now + COMPLETE_RETRY_S
-                for origin, result in list(self._unacked.values()):
-                    self._spawn(self._send_complete(origin, result))
-            self._maybe_steal(now)
+                self.executor.retry_unacked()
+            if self._stealing and not self.executor.saturated:
+                self.balancer.maybe_steal(now)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(TICK_S):
@@ -618,62 +510,14 @@ class TasksDriver:
             task_id=task.task_id, executor=self.name, attempt=task.attempt, ok=False,
             error_code="DEADLINE_EXCEEDED", error_message=message,
         )  # fmt: skip
-        if task.origin == self.name:
-            self._spawn(self._on_complete(result))
-        else:
-            self._unacked[(task.task_id, task.attempt)] = (task.origin, result)
-            self._spawn(self._send_complete(task.origin, result))
-
-    def _maybe_steal(self, now: float) -> None:
-        if self.placement.name != "work_stealing" or len(self._running) >= self.capacity * 2:
-            return
-        attempt = self.steal.decide(
-            now, self.queue.queued_cost_s(), self._models(), self.board.fresh(now)
-        )
-        if attempt is not None:
-            self._spawn(self._steal(attempt.victim, attempt.max_tasks, list(attempt.models)))
-
-    async def _steal(self, victim: str, max_tasks: int, models: list[str]) -> None:
-        got = 0
-        try:
-            resp = await self._stub(victim).Steal(
-                peer_pb2.StealRequest(
-                    thief=self.name, max_tasks=max_tasks, models=models, thief_speed=1.0
-                ),
-                timeout=self.cfg.steal_timeout_s,
-            )
-            now = time.time()
-            for spec in resp.tasks:
-                self.queue.push(task_from_spec(spec), now, stolen=True)
-                got += 1
-        except (grpc.aio.AioRpcError, NotFound, P2PAgentError):
-            pass
-        self.counters.stolen_in += got
-        self.steal.on_steal_result(victim, got, time.time())
-        self._kick()
-
-    async def _exchange_report(self, peer: MemberView, report: LoadReport) -> None:
-        try:
-            stub = peer_pb2_grpc.PeerStub(self._channels.get(peer.address))
-            reply = await stub.Load(encode_report(report), timeout=CALL_TIMEOUT_S)
-            self.on_report(decode_report(reply))
-        except (grpc.aio.AioRpcError, RemoteProtocolError):
-            return
-
-    def on_report(self, report: LoadReport) -> None:
-        now = time.time()
-        if self.board.update(report, now):
-            self._apply(self.leases.on_report(report, now))
-            if report.backlog_s >= self.cfg.min_victim_backlog_s:
-                self._wake.set()  # a peer has work to steal: consider it now, not next tick
+        self._spawn(self.executor.hand_back(task, result))
 
     def _on_member(self, view: MemberView) -> None:
         now = time.time()
         if view.name == self.name:
             return
         if view.state in (DEAD, LEFT):
-            self.board.forget(view.name)
-            self.steal.on_member_dead(view.name)
+            self.balancer.forget(view.name)
             self._apply(self.leases.on_member_dead(view.name, now))
         elif view.state == ALIVE:
             self.leases.renew_node(view.name, now)
@@ -685,24 +529,6 @@ class TasksDriver:
         return peer_pb2_grpc.PeerStub(self._channels.get(member.address))
 
     # ---- peer handlers ----------------------------------------------------------------------
-
-    def handle_steal(self, req: peer_pb2.StealRequest, caller: str) -> peer_pb2.StealResponse:
-        if req.thief != caller:
-            raise InvalidArgument(f"steal names thief {req.thief!r} but the caller is {caller!r}")
-        now = time.time()
-        tasks = self.queue.take_for_steal(
-            req.max_tasks, list(req.models), req.thief_speed or 1.0, now
-        )
-        granted = []
-        for t in tasks:
-            ok, actions = self.leases.on_stolen(t.task_id, t.attempt, self.name, req.thief, now)
-            if ok:
-                granted.append(t)
-                self._apply(actions)
-            else:
-                self.queue.push(t, now)  # the lease table refused: keep it
-        self.counters.stolen_out += len(granted)
-        return peer_pb2.StealResponse(tasks=[task_to_spec(t) for t in granted])
 
     def handle_assign(self, req: peer_pb2.AssignRequest) -> peer_pb2.AssignResponse:
         task = task_from_spec(req.task)
@@ -726,15 +552,3 @@ class TasksDriver:
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
         return peer_pb2.CompleteResponse(accepted=await asyncio.shield(task))
-
-    def handle_load(self, env: common_pb2.Envelope, caller: str) -> common_pb2.Envelope:
-        try:
-            report = decode_report(env)
-        except RemoteProtocolError as e:
-            self._metrics.dropped_payloads.labels("tasks_load").inc()
-            self._bad.warning(caller, "tasks: bad load report from %s: %s", caller, e)
-            raise InvalidArgument(str(e)) from None
-        if report.node != caller:
-            raise InvalidArgument(f"load report names {report.node!r} but the caller is {caller!r}")
-        self.on_report(report)
-        return encode_report(self.report())

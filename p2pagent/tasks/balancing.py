@@ -1,0 +1,178 @@
+"""Load balancing between peers, the glue around the pure steal policy: load reports out and
+in (``Peer.Load``, push-pull), the thief side (ask a loaded peer for work with ``Peer.Steal``)
+and the victim side (hand over queued tasks this node originated).
+
+A steal is transactional at the victim: each task leaves its queue only once its own lease
+table has moved the task to the thief, before the answer leaves, so a task is never in two
+queues; a running task is never handed over (``TaskQueue.take_for_steal``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import grpc
+
+from p2pagent._proto import common_pb2, peer_pb2, peer_pb2_grpc
+from p2pagent.errors import InvalidArgument, NotFound, P2PAgentError, RemoteProtocolError
+from p2pagent.logs import RateLimitedLog
+from p2pagent.tasks.config import TasksConfig
+from p2pagent.tasks.leases import Action, LeaseTable
+from p2pagent.tasks.load import LoadBoard, LoadReport, make_report
+from p2pagent.tasks.queue import TaskQueue
+from p2pagent.tasks.steal import StealPolicy
+from p2pagent.tasks.wire import decode_report, encode_report, task_from_spec, task_to_spec
+from p2pagent.transport.metrics import RpcMetrics
+
+log = logging.getLogger(__name__)
+
+LOAD_CALL_TIMEOUT_S = 5.0
+
+
+class Balancer:
+    """Load reports and stealing of one node; owned by the tasks driver, which gives it the
+    node's queue and lease table and is called back to apply lease actions and run its queue."""
+
+    def __init__(
+        self,
+        name: str,
+        cfg: TasksConfig,
+        *,
+        queue: TaskQueue,
+        leases: LeaseTable,
+        models: Callable[[], list[str]],
+        stub: Callable[[str], peer_pb2_grpc.PeerAsyncStub],
+        metrics: RpcMetrics,
+        rng: random.Random,
+        apply: Callable[[list[Action]], None],
+        kick: Callable[[], None],
+        wake: Callable[[], None],
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+    ) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.queue = queue
+        self.leases = leases
+        self.board = LoadBoard(cfg)
+        self.policy = StealPolicy(name, rng, cfg, 1.0)
+        self.stolen_in = 0
+        self.stolen_out = 0
+        self._models = models
+        self._stub = stub
+        self._metrics = metrics
+        self._apply = apply
+        self._kick = kick
+        self._wake = wake
+        self._spawn = spawn
+        self._seq = 0
+        self._bad = RateLimitedLog(log, 60.0)
+
+    # ---- load reports -----------------------------------------------------------------------
+
+    def report(self) -> LoadReport:
+        self._seq += 1
+        now = time.time()
+        return make_report(
+            self.name,
+            self._seq,
+            self.queue.queued(),
+            self.queue.running(),
+            # Estimates are seconds of this node's engine time (measured per row, batching
+            # included), so the node drains them one after another: a capacity of one.
+            1,
+            1.0,
+            self._models(),
+            self.queue.stealable(now),
+        )
+
+    def send_report(self, peer: str) -> None:
+        self._spawn(self._exchange(peer, self.report()))
+
+    async def _exchange(self, peer: str, report: LoadReport) -> None:
+        try:
+            reply = await self._stub(peer).Load(encode_report(report), timeout=LOAD_CALL_TIMEOUT_S)
+            self.on_report(decode_report(reply))
+        except (grpc.aio.AioRpcError, RemoteProtocolError, NotFound):
+            return
+
+    def on_report(self, report: LoadReport) -> None:
+        now = time.time()
+        if self.board.update(report, now):
+            self._apply(self.leases.on_report(report, now))
+            if report.backlog_s >= self.cfg.min_victim_backlog_s:
+                self._wake()  # a peer has work to steal: consider it now, not next tick
+
+    def handle_load(self, env: common_pb2.Envelope, caller: str) -> common_pb2.Envelope:
+        try:
+            report = decode_report(env)
+        except RemoteProtocolError as e:
+            self._metrics.dropped_payloads.labels("tasks_load").inc()
+            self._bad.warning(caller, "tasks: bad load report from %s: %s", caller, e)
+            raise InvalidArgument(str(e)) from None
+        if report.node != caller:
+            raise InvalidArgument(f"load report names {report.node!r} but the caller is {caller!r}")
+        self.on_report(report)
+        return encode_report(self.report())
+
+    def forget(self, node: str) -> None:
+        """``node`` is dead or gone: its reports and steal history go."""
+        self.board.forget(node)
+        self.policy.on_member_dead(node)
+
+    # ---- thief ------------------------------------------------------------------------------
+
+    def may_steal_soon(self, now: float) -> bool:
+        """Cheap pre-check of the steal policy: our queue is low and some peer has work."""
+        return self.queue.queued_cost_s() < self.cfg.steal_low_water_s and self.board.any_backlog(
+            now, self.cfg.min_victim_backlog_s
+        )
+
+    def maybe_steal(self, now: float) -> None:
+        attempt = self.policy.decide(
+            now, self.queue.queued_cost_s(), self._models(), self.board.fresh(now)
+        )
+        if attempt is not None:
+            self._spawn(self._steal(attempt.victim, attempt.max_tasks, list(attempt.models)))
+
+    async def _steal(self, victim: str, max_tasks: int, models: list[str]) -> None:
+        got = 0
+        try:
+            resp = await self._stub(victim).Steal(
+                peer_pb2.StealRequest(
+                    thief=self.name, max_tasks=max_tasks, models=models, thief_speed=1.0
+                ),
+                timeout=self.cfg.steal_timeout_s,
+            )
+            now = time.time()
+            for spec in resp.tasks:
+                self.queue.push(task_from_spec(spec), now, stolen=True)
+                got += 1
+        except (grpc.aio.AioRpcError, NotFound, P2PAgentError):
+            pass
+        self.stolen_in += got
+        self.policy.on_steal_result(victim, got, time.time())
+        self._kick()
+
+    # ---- victim -----------------------------------------------------------------------------
+
+    def handle_steal(self, req: peer_pb2.StealRequest, caller: str) -> peer_pb2.StealResponse:
+        if req.thief != caller:
+            raise InvalidArgument(f"steal names thief {req.thief!r} but the caller is {caller!r}")
+        now = time.time()
+        tasks = self.queue.take_for_steal(
+            req.max_tasks, list(req.models), req.thief_speed or 1.0, now
+        )
+        granted = []
+        for t in tasks:
+            ok, actions = self.leases.on_stolen(t.task_id, t.attempt, self.name, req.thief, now)
+            if ok:
+                granted.append(t)
+                self._apply(actions)
+            else:
+                self.queue.push(t, now)  # the lease table refused: keep it
+        self.stolen_out += len(granted)
+        return peer_pb2.StealResponse(tasks=[task_to_spec(t) for t in granted])
