@@ -11,7 +11,8 @@ import grpc
 from p2pagent._proto import agent_pb2, peer_pb2
 from p2pagent.errors import InvalidArgument, Unavailable
 from p2pagent.inference.spec import ModelSpec
-from p2pagent.models.driver import ModelsDriver, spec_of
+from p2pagent.models.driver import ModelsDriver
+from p2pagent.models.loadable import spec_of
 from p2pagent.models.manifest import Manifest, check_model_name
 from p2pagent.models.registry import Entry
 

@@ -18,8 +18,8 @@ What it does, and where the decisions are made:
   here, withdraw what is not, apply the replication policy (``replication.plan_replication``:
   pulls for versions this node is a target of, resumes of interrupted pulls, drops of
   superseded versions), make the newest complete version of each model loadable by name
-  (assembled file registered in the inference ``ModelCache``), and forget versions deleted
-  from the registry.
+  (``loadable.LoadableModels``: the assembled, verified file registered in the inference
+  ``ModelCache``; pinned versions beside it), and forget versions deleted from the registry.
 
 Test-only fault hook: with ``P2PAGENT_TEST_CORRUPT_CHUNKS=N`` in its environment a node flips
 one byte of every chunk it serves whose index is a multiple of N (``1``: every chunk), so
@@ -46,12 +46,11 @@ from p2pagent.errors import (
     P2PAgentError,
     Unavailable,
 )
-from p2pagent.inference.formats import ModelFormat as LoaderFormat
 from p2pagent.inference.formats import detect_format
-from p2pagent.inference.spec import ModelSpec
 from p2pagent.models import registry
 from p2pagent.models.alloc import keep_chunk_buffers_on_heap
 from p2pagent.models.config import ModelsConfig
+from p2pagent.models.loadable import LoadableModels, inference_format, spec_of
 from p2pagent.models.manifest import ALL, Manifest, ModelFormat, check_model_name, next_version
 from p2pagent.models.publish import PublishWriter
 from p2pagent.models.puller import Holding, Puller, PullReport
@@ -94,13 +93,6 @@ def check_header(fmt: ModelFormat, head: bytes) -> None:
         )
 
 
-def spec_of(manifest: Manifest) -> ModelSpec | None:
-    """The inference spec in a manifest's metadata; None when it has none (not loadable)."""
-    if not manifest.metadata:
-        return None
-    return ModelSpec.from_dict(manifest.metadata)
-
-
 class ModelsDriver:
     """One node's part in model sharing; a component of the node."""
 
@@ -123,7 +115,6 @@ class ModelsDriver:
         self._state = state
         self._channels = channels
         self._members = members
-        self._cache = cache
         self._reserved = reserved_names
         self._rng = rng or random.Random()
         self._io = ThreadPoolExecutor(4, thread_name_prefix="models-io")
@@ -134,11 +125,8 @@ class ModelsDriver:
         self._complete: set[str] = set()
         #: Versions wanted here regardless of the policy (explicitly pulled or published).
         self._pinned: set[str] = set()
-        #: name -> version registered in the inference cache.
-        self._loaded: dict[str, Manifest] = {}
         self._swarm = PartialHoldings(name, state, members)
         self._wake = asyncio.Event()
-        self._load_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         corrupt = os.environ.get(CORRUPT_ENV, "")
@@ -152,6 +140,16 @@ class ModelsDriver:
                 time.monotonic(),
             ),
             corrupt_every=self._corrupt_every,
+        )
+        self.loadable = LoadableModels(
+            name,
+            cache,
+            reserved_names=reserved_names,
+            assemble=self._assemble,
+            is_complete=lambda mid: mid in self._complete,
+            versions=self.entries,
+            resolve=self.resolve,
+            pull=self.pull,
         )
         self.last_pull: PullReport | None = None
 
@@ -365,7 +363,7 @@ class ModelsDriver:
             await asyncio.shield(task)
         if self.name not in entry.holders:
             await self._advertise(m)
-        await self._make_loadable(m)
+        await self.loadable.make_loadable(m)
         return m
 
     async def _pull(self, m: Manifest) -> PullReport:
@@ -435,10 +433,7 @@ class ModelsDriver:
         self._pinned.discard(manifest_id)
         if self.store.has_manifest(manifest_id):
             await self._swarm.withdraw(self.store.get_manifest(manifest_id))
-        for name, loaded in list(self._loaded.items()):
-            if loaded.manifest_id == manifest_id and self._cache is not None:
-                self._cache.unregister(name)
-                del self._loaded[name]
+        self.loadable.forget(manifest_id)
         if self.store.has_manifest(manifest_id):
             await self._run_io(self._forget_local, manifest_id)
             log.info("models: dropped version %s", manifest_id[:12])
@@ -506,7 +501,7 @@ class ModelsDriver:
             if e.manifest_id in self._complete:
                 newest[e.manifest.name] = e  # entries are oldest first
         for e in newest.values():
-            await self._make_loadable(e.manifest)
+            await self.loadable.make_loadable(e.manifest)
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(coro)
@@ -519,84 +514,10 @@ class ModelsDriver:
         except P2PAgentError as e:
             log.info("models: replication pull of %s failed: %s", entry.manifest.name, e)
 
-    async def _make_loadable(self, m: Manifest) -> None:
-        """Registers the version in the inference cache under its name, if it is newer.
-
-        Serialised: a caller returns only once the newest version it saw is registered (a
-        PullModel answer means Infer by name works at once).
-        """
-        if self._cache is None or m.name in self._reserved():
-            return
-        async with self._load_lock:
-            current = self._loaded.get(m.name)
-            if current is not None and current.sort_key() >= m.sort_key():
-                return
-            try:
-                spec = spec_of(m)
-            except InvalidArgument as e:
-                log.warning("models: %s has unusable metadata: %s", m.name, e)
-                return
-            if spec is None:
-                return
-            path = await self._assemble(m)
-            if m.manifest_id not in self._complete:
-                return  # dropped meanwhile
-            self._cache.register(m.name, path, spec, inference_format(m.format))
-            self._loaded[m.name] = m
-            log.info("models: %s (%s) is loadable here", m.name, m.manifest_id[:12])
-
     async def ensure_loadable(self, name: str, version: str = "") -> str:
-        """For Infer and tasks: the name the inference cache runs ``name`` under, pulling the
-        version first when this node does not hold it.
-
-        No ``version``: the newest version, under its own name (a name served from a local
-        file, or unknown here, is left for the engine to run or refuse). A pinned ``version``
-        (a manifest id, or a prefix of it of at least 8 digits, as ``models ls`` shows) runs
-        as ``name@<manifest id>`` beside the newest.
-        """
-        if not version:
-            if self._cache is None or name in self._cache.names():
-                return name
-            try:
-                entry = self.resolve(name)
-            except (NotFound, InvalidArgument):
-                return name  # let the engine say the model is unknown
-            await self.pull(entry)
-            return name
-        if name in self._reserved():
-            raise InvalidArgument(
-                f"model {name!r} is served from a local file on {self.name}; it has no "
-                "versions to pin (leave the version empty)"
-            )
-        entry = self.resolve(name, self._full_id(name, version))
-        key = f"{name}@{entry.manifest_id}"
-        if self._cache is None or key in self._cache.names():
-            return key
-        m = await self.pull(entry)
-        spec = spec_of(m)
-        if spec is None:
-            raise InvalidArgument(f"model {name!r} version {version} has no input/output metadata")
-        path = await self._assemble(m)
-        self._cache.register(key, path, spec, inference_format(m.format))
-        self._loaded[key] = m  # unregistered with the version when it is dropped
-        return key
-
-    def _full_id(self, name: str, version: str) -> str:
-        """The manifest id ``version`` names: itself, or the one id of ``name`` it prefixes."""
-        if len(version) == 64:
-            return version
-        if len(version) < 8 or not all(c in "0123456789abcdef" for c in version):
-            raise InvalidArgument(
-                f"model version {version!r} is neither a manifest id nor a prefix of at least 8 "
-                "lowercase hex digits; see p2pagentctl models ls"
-            )
-        ids = [e.manifest_id for e in self.entries(name) if e.manifest_id.startswith(version)]
-        if len(ids) > 1:
-            raise InvalidArgument(f"model version {version!r} of {name!r} is ambiguous; give more")
-        if not ids:
-            known = [e.manifest_id[:12] for e in self.entries(name)] or "none"
-            raise NotFound(f"model {name!r} has no version {version}; known: {known}")
-        return ids[0]
+        """For Infer and tasks: the name the inference cache runs ``name`` (at ``version``)
+        under, pulling it first when needed (``LoadableModels.ensure_loadable``)."""
+        return await self.loadable.ensure_loadable(name, version)
 
     # ---- views --------------------------------------------------------------------------------
 
@@ -614,11 +535,3 @@ def under_replicated(entry: Entry, live: list[str]) -> bool:
     if entry.manifest.replicas == ALL:
         return True
     return len(entry.holders & set(live)) < entry.manifest.replicas
-
-
-def inference_format(fmt: ModelFormat) -> LoaderFormat:
-    return {
-        ModelFormat.TORCHSCRIPT: LoaderFormat.TORCHSCRIPT,
-        ModelFormat.EXPORT: LoaderFormat.TORCH_EXPORT,
-        ModelFormat.SAFETENSORS: LoaderFormat.SAFETENSORS,
-    }[fmt]

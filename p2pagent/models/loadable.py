@@ -1,0 +1,177 @@
+"""Model versions held here, made runnable by name in the inference engine's ``ModelCache``.
+
+The models driver decides which versions this node holds; this module decides what the
+inference engine sees of them:
+
+- the newest complete version of each model is registered under the model's name
+  (``make_loadable``, called after every pull and reconciliation; an older version never
+  replaces a newer one);
+- a pinned version (a manifest id, or a prefix of at least 8 hex digits, as ``models ls``
+  shows) is registered as ``name@<manifest id>`` beside the newest (``ensure_loadable``),
+  pulled first when this node does not hold it;
+- a dropped version is unregistered under every name it had (``forget``).
+
+Only verified bytes reach the loader: a version is registered with the file ``assemble``
+materialises, which checks every chunk and the whole-file hash first. Names served from a
+local file on this node (``reserved_names``) are left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from p2pagent.errors import InvalidArgument, NotFound
+from p2pagent.inference.formats import ModelFormat as LoaderFormat
+from p2pagent.inference.spec import ModelSpec
+from p2pagent.models.manifest import Manifest, ModelFormat
+from p2pagent.models.registry import Entry
+
+if TYPE_CHECKING:
+    from p2pagent.inference.cache import ModelCache
+
+log = logging.getLogger(__name__)
+
+#: Shortest manifest-id prefix accepted as a pinned version.
+MIN_VERSION_PREFIX = 8
+
+
+def spec_of(manifest: Manifest) -> ModelSpec | None:
+    """The inference spec in a manifest's metadata; None when it has none (not loadable)."""
+    if not manifest.metadata:
+        return None
+    return ModelSpec.from_dict(manifest.metadata)
+
+
+def inference_format(fmt: ModelFormat) -> LoaderFormat:
+    return {
+        ModelFormat.TORCHSCRIPT: LoaderFormat.TORCHSCRIPT,
+        ModelFormat.EXPORT: LoaderFormat.TORCH_EXPORT,
+        ModelFormat.SAFETENSORS: LoaderFormat.SAFETENSORS,
+    }[fmt]
+
+
+def full_manifest_id(name: str, version: str, known: list[str]) -> str:
+    """The manifest id a pinned ``version`` names among the ``known`` ids of ``name``: itself
+    (a full id), or the one id it prefixes. InvalidArgument / NotFound saying what to give."""
+    if len(version) == 64:
+        return version
+    if len(version) < MIN_VERSION_PREFIX or not all(c in "0123456789abcdef" for c in version):
+        raise InvalidArgument(
+            f"model version {version!r} is neither a manifest id nor a prefix of at least "
+            f"{MIN_VERSION_PREFIX} lowercase hex digits; see p2pagentctl models ls"
+        )
+    ids = [i for i in known if i.startswith(version)]
+    if len(ids) > 1:
+        raise InvalidArgument(f"model version {version!r} of {name!r} is ambiguous; give more")
+    if not ids:
+        raise NotFound(
+            f"model {name!r} has no version {version}; known: {[i[:12] for i in known] or 'none'}"
+        )
+    return ids[0]
+
+
+class LoadableModels:
+    """What of the versions held here the inference cache runs, and under which names."""
+
+    def __init__(
+        self,
+        node: str,
+        cache: ModelCache | None,
+        *,
+        reserved_names: Callable[[], set[str]],
+        assemble: Callable[[Manifest], Awaitable[Path]],
+        is_complete: Callable[[str], bool],
+        versions: Callable[[str], list[Entry]],
+        resolve: Callable[[str, str], Entry],
+        pull: Callable[[Entry], Awaitable[Manifest]],
+    ) -> None:
+        """``assemble(m)`` materialises a complete version's verified file; ``is_complete``
+        says whether this node still holds a version complete; ``versions(name)`` lists the
+        registry's versions of a model, ``resolve(name, id)`` finds one (the newest without
+        an id), and ``pull(entry)`` makes this node hold it."""
+        self._node = node
+        self._cache = cache
+        self._reserved = reserved_names
+        self._assemble = assemble
+        self._is_complete = is_complete
+        self._versions = versions
+        self._resolve = resolve
+        self._pull = pull
+        #: cache name -> version registered under it.
+        self._loaded: dict[str, Manifest] = {}
+        self._lock = asyncio.Lock()
+
+    async def make_loadable(self, m: Manifest) -> None:
+        """Registers the version in the inference cache under its name, if it is newer.
+
+        Serialised: a caller returns only once the newest version it saw is registered (a
+        PullModel answer means Infer by name works at once).
+        """
+        if self._cache is None or m.name in self._reserved():
+            return
+        async with self._lock:
+            current = self._loaded.get(m.name)
+            if current is not None and current.sort_key() >= m.sort_key():
+                return
+            try:
+                spec = spec_of(m)
+            except InvalidArgument as e:
+                log.warning("models: %s has unusable metadata: %s", m.name, e)
+                return
+            if spec is None:
+                return
+            path = await self._assemble(m)
+            if not self._is_complete(m.manifest_id):
+                return  # dropped meanwhile
+            self._cache.register(m.name, path, spec, inference_format(m.format))
+            self._loaded[m.name] = m
+            log.info("models: %s (%s) is loadable here", m.name, m.manifest_id[:12])
+
+    async def ensure_loadable(self, name: str, version: str = "") -> str:
+        """For Infer and tasks: the name the inference cache runs ``name`` under, pulling the
+        version first when this node does not hold it.
+
+        No ``version``: the newest version, under its own name (a name served from a local
+        file, or unknown here, is left for the engine to run or refuse). A pinned ``version``
+        runs as ``name@<manifest id>`` beside the newest.
+        """
+        if not version:
+            if self._cache is None or name in self._cache.names():
+                return name
+            try:
+                entry = self._resolve(name, "")
+            except (NotFound, InvalidArgument):
+                return name  # let the engine say the model is unknown
+            await self._pull(entry)
+            return name
+        if name in self._reserved():
+            raise InvalidArgument(
+                f"model {name!r} is served from a local file on {self._node}; it has no "
+                "versions to pin (leave the version empty)"
+            )
+        known = [e.manifest_id for e in self._versions(name)]
+        entry = self._resolve(name, full_manifest_id(name, version, known))
+        key = f"{name}@{entry.manifest_id}"
+        if self._cache is None or key in self._cache.names():
+            return key
+        m = await self._pull(entry)
+        spec = spec_of(m)
+        if spec is None:
+            raise InvalidArgument(f"model {name!r} version {version} has no input/output metadata")
+        path = await self._assemble(m)
+        self._cache.register(key, path, spec, inference_format(m.format))
+        self._loaded[key] = m  # unregistered with the version when it is dropped
+        return key
+
+    def forget(self, manifest_id: str) -> None:
+        """Unregisters a dropped version under every name it runs as."""
+        if self._cache is None:
+            return
+        for name, loaded in list(self._loaded.items()):
+            if loaded.manifest_id == manifest_id:
+                self._cache.unregister(name)
+                del self._loaded[name]
