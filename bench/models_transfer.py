@@ -21,11 +21,11 @@ during the pull (target for a 2 GiB model: < 256 MB). Each round publishes a fre
 Wall-clock rates swing with whatever else the machine runs, so it also prints the CPU seconds
 each side spends per GiB (user + system, from /proc and getrusage): the baseline's server
 process plus its client, against n1 plus n2 during the pull (less their idle rate, measured
-for a few seconds just before). Where the transfer is CPU-bound, the ratio of those costs
-bounds the ratio of the rates. ``--disk`` adds the rate of writing the
-same bytes to a file with one fsync at the end, in the same directory, buffered and with
-O_DIRECT (as the daemon writes pulled chunks), as a bound: a pull that makes every chunk
-durable cannot beat the disk.
+for a few seconds just before), in total and by side (sender, receiver). Where the transfer
+is CPU-bound, the ratio of those costs bounds the ratio of the rates. ``--disk`` adds the
+rate of writing the same bytes to a file with one fsync at the end, in the same directory,
+buffered and with O_DIRECT (as the daemon writes pulled chunks), as a bound: a pull that
+makes every chunk durable cannot beat the disk.
 """
 
 from __future__ import annotations
@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     rss_growth: list[float] = []
     base_cpu: list[float] = []
     pull_cpu: list[float] = []
+    #: (sender, receiver) CPU s/GiB: the baseline's server and client; n1 and n2.
+    base_sides: list[tuple[float, float]] = []
+    pull_sides: list[tuple[float, float]] = []
     disk_rates: list[float] = []
     disk_cpu: list[float] = []
     direct_rates: list[float] = []
@@ -269,21 +272,27 @@ def main(argv: list[str] | None = None) -> int:
                     server_cpu = cpu_s(pid)
                     size, secs, client_cpu = asyncio.run(fetch_raw(c.certs, address))
                     assert size == model.stat().st_size, (size, model.stat().st_size)
-                    base_cpu.append((cpu_s(pid) - server_cpu + client_cpu) / gib)
+                    sent = cpu_s(pid) - server_cpu
+                    base_cpu.append((sent + client_cpu) / gib)
+                    base_sides.append((sent / gib, client_cpu / gib))
                     return size / secs / 1e6
 
                 def pull(name: str = name) -> float:
-                    idle = idle_cpu_rate([n1_pid, n2_pid])
+                    idle = [idle_cpu_rate([n1_pid]), idle_cpu_rate([n2_pid])]
                     rss = _status_kib(n2_pid, "VmRSS")
-                    cpu = cpu_s(n1_pid) + cpu_s(n2_pid)
+                    cpu = [cpu_s(n1_pid), cpu_s(n2_pid)]
                     t = time.perf_counter()
                     got = c.agent("n2").PullModel(
                         agent_pb2.PullModelRequest(name=name), timeout=900
                     )
                     secs = time.perf_counter() - t
                     rate = got.size / secs / 1e6
-                    used = cpu_s(n1_pid) + cpu_s(n2_pid) - cpu - idle * secs
-                    pull_cpu.append(used / gib)
+                    sent, received = (
+                        (cpu_s(p) - before - rate_idle * secs) / gib
+                        for p, before, rate_idle in zip((n1_pid, n2_pid), cpu, idle, strict=True)
+                    )
+                    pull_cpu.append(sent + received)
+                    pull_sides.append((sent, received))
                     rss_growth.append((_status_kib(n2_pid, "VmHWM") - rss) / 1024)
                     assert "n2" in got.holders
                     return rate
@@ -332,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     ratio = med(ratios)
     print(f"| pull >= 0.8x plain stream | {ratio:.2f}x | {'yes' if ratio >= 0.8 else 'no'} |")
     print(f"| CPU per byte, baseline / pull | {med(base_cpu) / med(pull_cpu):.2f}x | |")
+    print()
+    print("| CPU s/GiB by side (medians) | baseline | pull |")
+    print("|---|---:|---:|")
+    for k, side in enumerate(("sender (raw server / n1)", "receiver (raw client / n2)")):
+        print(f"| {side} | {med(b[k] for b in base_sides):.2f} "
+              f"| {med(p[k] for p in pull_sides):.2f} |")  # fmt: skip
     if disk_rates:
         # The disk bounds the pull by its faster way of writing: the pull may use either.
         bound = min(med(base_rates), max(med(disk_rates), med(direct_rates)))
