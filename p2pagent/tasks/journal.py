@@ -78,24 +78,32 @@ class Journal:
         if not writes:
             return
         db = self._db
+        if len(writes) == 1:
+            # One statement is its own transaction: one trip into SQLite (each trip gives up
+            # the GIL and must win it back from the event loop thread).
+            self._apply(writes[0])
+            return
         db.execute("BEGIN IMMEDIATE")
         try:
             for w in writes:
-                if isinstance(w, Submitted):
-                    db.execute(
-                        "INSERT OR REPLACE INTO tasks (task_id, model, spec, submitted)"
-                        " VALUES (?, ?, ?, ?)",
-                        (w.spec.task_id, w.spec.model, w.spec.SerializeToString(), w.submitted),
-                    )
-                else:
-                    db.execute(
-                        "UPDATE tasks SET finished = ?, result = ? WHERE task_id = ?",
-                        (w.finished, w.result.SerializeToString(), w.task_id),
-                    )
+                self._apply(w)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _apply(self, w: Write) -> None:
+        if isinstance(w, Submitted):
+            self._db.execute(
+                "INSERT OR REPLACE INTO tasks (task_id, model, spec, submitted)"
+                " VALUES (?, ?, ?, ?)",
+                (w.spec.task_id, w.spec.model, w.spec.SerializeToString(), w.submitted),
+            )
+        else:
+            self._db.execute(
+                "UPDATE tasks SET finished = ?, result = ? WHERE task_id = ?",
+                (w.finished, w.result.SerializeToString(), w.task_id),
+            )
 
     def load(self) -> list[JournalRow]:
         """Every task in the journal, oldest submission first."""
