@@ -341,17 +341,17 @@ def main(argv: list[str] | None = None) -> int:
     ratio = med(ratios)
     print(f"| pull >= 0.8x plain stream | {ratio:.2f}x | {'yes' if ratio >= 0.8 else 'no'} |")
     print(f"| CPU per byte, baseline / pull | {med(base_cpu) / med(pull_cpu):.2f}x | |")
+    if disk_rates:
+        # The disk bounds the pull by its faster way of writing: the pull may use either.
+        bound = min(med(base_rates), max(med(disk_rates), med(direct_rates)))
+        print(f"| pull / min(stream, faster disk probe) | {med(pull_rates) / bound:.2f}x | |")
+    print(f"| n2 peak RSS growth during the pull | {max(rss_growth):.0f} MB | |")
     print()
     print("| CPU s/GiB by side (medians) | baseline | pull |")
     print("|---|---:|---:|")
     for k, side in enumerate(("sender (raw server / n1)", "receiver (raw client / n2)")):
         print(f"| {side} | {med(b[k] for b in base_sides):.2f} "
               f"| {med(p[k] for p in pull_sides):.2f} |")  # fmt: skip
-    if disk_rates:
-        # The disk bounds the pull by its faster way of writing: the pull may use either.
-        bound = min(med(base_rates), max(med(disk_rates), med(direct_rates)))
-        print(f"| pull / min(stream, faster disk probe) | {med(pull_rates) / bound:.2f}x | |")
-    print(f"| n2 peak RSS growth during the pull | {max(rss_growth):.0f} MB | |")
     return 0
 
 
