@@ -1,6 +1,7 @@
 """Inference through a real daemon over mutual TLS, against the offline torch ceiling.
 
-    python -m bench.inference_grpc [--small] [--no-pin] [--repeats R] [--json FILE]
+    python -m bench.inference_grpc [--model demo|large] [--small] [--no-pin] [--repeats R]
+                                   [--json FILE]
 
 Rows, all measured in this run: offline batched torch throughput of the demo model (the
 ceiling); the daemon unbatched (max_batch_size 1) and batched at concurrency 1, 8 and 32,
@@ -13,6 +14,14 @@ same TorchScript file with the daemon's intra-op thread count, three times (star
 end; the median is used) since other load moves it. Each row reports the daemon's CPU time
 per request (from /proc), which other load on the machine barely moves: it shows what
 bounds the throughput when the ratios are noisy. Rows are medians of ``--repeats`` runs.
+
+``--model large`` runs the same rows on ``demo-large`` (an MLP 1024 -> 3 x 4096 -> 1000, built
+by ``demo_model.write_large``), a model whose forward pass dominates a request, as the models
+an inference server is for do; with ``demo`` (5 MB) the RPC around a request costs more than
+its share of a batch, so batching cannot show. Placement for it: the forward passes run on
+the engine's worker thread with one intra-op thread, as the ceiling does, and the daemon's
+event loop (gRPC, TLS, scheduling) gets the other core, as a GPU host's CPU serves the RPCs
+while the device computes; the client is pinned to one core and the daemons are not pinned.
 """
 
 from __future__ import annotations
@@ -40,11 +49,10 @@ from p2pagent.transport.channels import channel_options
 
 _CEILING = """
 import sys, time, torch
-from p2pagent.inference import demo_model
 torch.set_num_threads(int(sys.argv[3]))
 module = torch.jit.load(sys.argv[1])
-batch, seconds = int(sys.argv[2]), float(sys.argv[4])
-x = demo_model.sample_input(batch)
+batch, seconds, width = int(sys.argv[2]), float(sys.argv[4]), int(sys.argv[5])
+x = torch.randn(batch, width)
 with torch.inference_mode():
     for _ in range(20):
         module(x)
@@ -57,12 +65,12 @@ print(n / (time.perf_counter() - start))
 
 
 def offline_ceiling(
-    model: Path, batch: int, seconds: float, threads: int, prefix: list[str]
+    model: Path, batch: int, seconds: float, threads: int, prefix: list[str], width: int
 ) -> float:
     """Rows/s of the model called directly, in a process placed and threaded like a daemon."""
     cmd = [*prefix, sys.executable, "-c", _CEILING, str(model), str(batch), str(threads)]
     out = subprocess.run(
-        [*cmd, str(seconds)], capture_output=True, text=True, timeout=120, check=True
+        [*cmd, str(seconds), str(width)], capture_output=True, text=True, timeout=120, check=True
     )
     return float(out.stdout.strip())
 
@@ -84,11 +92,13 @@ def start_echo(prefix: list[str], certs_dir: Path, address: str) -> subprocess.P
     return echo
 
 
-def placement(pin: bool) -> tuple[set[int] | None, list[str], int]:
+def placement(pin: bool, large: bool) -> tuple[set[int] | None, list[str], int]:
     """(client cores, daemon command prefix, daemon intra-op threads)."""
     cores = sorted(os.sched_getaffinity(0))
     if not pin or len(cores) < 2:
         return None, [], 0
+    if large:  # see the module docstring: the daemons' loops use the core the model does not
+        return {cores[0]}, [], 1
     daemon = cores[1:]
     prefix = ["taskset", "-c", ",".join(map(str, daemon))]
     return {cores[0]}, prefix, max(1, len(daemon) - 1)
@@ -131,20 +141,23 @@ async def load(
     return total / wall, latencies, (cpu_seconds(pid) - cpu0) / total
 
 
-async def run(small: bool, pin: bool, repeats: int) -> dict[str, object]:
+async def run(small: bool, pin: bool, repeats: int, large: bool) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="p2p-bench-"))
     certs.init_ca(root / "certs", "bench")
     for name in ("b1", "b2"):
         certs.issue(root / "certs", name, Role.NODE)
     certs.issue(root / "certs", "client", Role.CLIENT)
     files = demo_model.write_all(root / "model")
+    if large:
+        files["torchscript"] = demo_model.write_large(root / "model")
+    model = "demo-large" if large else "demo"
     serve = [
         "--serve",
-        f"demo={files['torchscript']}",
+        f"{model}={files['torchscript']}",
         "--serve",
         f"noop={files['noop_torchscript']}",
     ]
-    client_cores, prefix, threads = placement(pin)
+    client_cores, prefix, threads = placement(pin, large)
     if client_cores is not None:
         os.sched_setaffinity(0, client_cores)
     threads_env = {"P2PAGENT_INFERENCE__INTRA_OP_THREADS": str(threads)} if threads else {}
@@ -157,16 +170,18 @@ async def run(small: bool, pin: bool, repeats: int) -> dict[str, object]:
         env={"P2PAGENT_INFERENCE__MAX_BATCH_SIZE": "1", **threads_env},
         prefix=prefix,
     )
-    total = 200 if small else 2000
+    total = (60 if small else 400) if large else (200 if small else 2000)
     rows: list[dict[str, object]] = []
     ceiling_threads = threads or max(1, len(os.sched_getaffinity(0)) - 1)
     seconds = 1.0 if small else 3.0
 
     def ceiling_now() -> float:
-        return offline_ceiling(files["torchscript"], 32, seconds, ceiling_threads, prefix)
+        width = demo_model.LARGE_IN if large else demo_model.DEMO_IN
+        return offline_ceiling(files["torchscript"], 32, seconds, ceiling_threads, prefix, width)
 
     ceilings = [ceiling_now()]
-    x = demo_model.sample_input(1).numpy()
+    x = (demo_model.large_input(1) if large else demo_model.sample_input(1)).numpy()
+    noop_x = demo_model.sample_input(1).numpy()
     creds = grpc.ssl_channel_credentials(
         (root / "certs/ca.crt").read_bytes(),
         (root / "certs/client.key").read_bytes(),
@@ -188,10 +203,11 @@ async def run(small: bool, pin: bool, repeats: int) -> dict[str, object]:
             ) as ch:
                 stub = agent_pb2_grpc.AgentStub(ch)
                 for c in (1, 32) if label == "bare gRPC echo" else (1, 8, 32):
-                    runs = [await load(stub, "demo", x, c, total, pid) for _ in range(repeats)]
+                    use = (model, x) if label != "bare gRPC echo" else ("demo", noop_x)
+                    runs = [await load(stub, *use, c, total, pid) for _ in range(repeats)]
                     results[f"{label} c={c}"] = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
                 if label == "batched":
-                    runs = [await load(stub, "noop", x, 1, total, pid) for _ in range(repeats)]
+                    runs = [await load(stub, "noop", noop_x, 1, total, pid) for _ in range(repeats)]
                     results["noop c=1"] = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
             ceilings.append(ceiling_now())
         ceiling = statistics.median(ceilings)
@@ -229,6 +245,7 @@ async def run(small: bool, pin: bool, repeats: int) -> dict[str, object]:
         "bare gRPC echo c=32 / offline ceiling": r["bare gRPC echo c=32"][0] / ceiling,
     }
     return {
+        "model": model,
         "pinned": client_cores is not None,
         "daemon_cores": prefix[-1] if prefix else "any",
         "intra_op_threads": ceiling_threads,
@@ -242,11 +259,13 @@ def main() -> int:
     p.add_argument("--small", action="store_true", help="CI size: a few hundred requests")
     p.add_argument("--no-pin", action="store_true", help="let client and daemons share cores")
     p.add_argument("--repeats", type=int, default=3, help="runs per row (median kept)")
+    p.add_argument("--model", choices=("demo", "large"), default="demo")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     repeats = 1 if args.small else args.repeats
-    out = asyncio.run(run(args.small, not args.no_pin, repeats))
+    out = asyncio.run(run(args.small, not args.no_pin, repeats, args.model == "large"))
     print(
+        f"model {out['model']}, "
         f"pinned {out['pinned']} (daemon cores {out['daemon_cores']}), intra-op threads "
         f"{out['intra_op_threads']}, median of {repeats}"
     )
