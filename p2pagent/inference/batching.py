@@ -186,6 +186,11 @@ class BatchPolicy:
         q = self._models.get(model)
         return None if q is None else q.counters.s_per_row
 
+    def marginal_seconds_per_row(self, model: str) -> float | None:
+        """What one more row adds to a batch of ``model`` (see ``stats``)."""
+        q = self._models.get(model)
+        return None if q is None else q.counters.marginal_s_per_row
+
     def stats(self) -> dict[str, ModelStats]:
         return {m: ModelStats.of(m, q.queued, q.counters) for m, q in self._models.items()}
 

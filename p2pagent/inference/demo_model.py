@@ -10,11 +10,11 @@ in every format the engine loads, with its metadata and a sample input:
 - noop.safetensors + noop.arch.json + noop.metadata.json, noop.torchscript.pt: the identity
   model, for measuring everything but the model.
 
-``write_large`` (``--large``) writes ``demo-large.torchscript.pt`` (and its metadata), an MLP 1024 -> 3 x 4096
--> 1000 (168 MB): a model whose forward pass, not the RPC around it, dominates a request
-(about 9 ms at batch 1 and 1.3 ms a row at batch 32 on one CPU core), as with the models an
-inference server is for; the batching benchmark uses it beside ``demo``. Not written by
-``write_all``: the tests do not need 168 MB per run.
+``write_large`` (``--large``) writes ``demo-large.torchscript.pt`` and its metadata, an MLP
+1024 -> 3 x 4096 -> 1000 (168 MB): a model whose forward pass, not the RPC around it,
+dominates a request (about 9 ms at batch 1 and 1.3 ms a row at batch 32 on one CPU core), as
+with the models an inference server is for; the batching benchmark uses it beside ``demo``.
+Not written by ``write_all``: the tests do not need 168 MB per run.
 """
 
 from __future__ import annotations

@@ -152,6 +152,10 @@ class InferenceEngine:
         """Measured service time per row of ``model`` (None before its first batch)."""
         return self._policy.seconds_per_row(model)
 
+    def marginal_seconds_per_row(self, model: str) -> float | None:
+        """What one more row adds to a batch of ``model`` (None before its first batch)."""
+        return self._policy.marginal_seconds_per_row(model)
+
     def stats(self) -> dict[str, ModelStats]:
         return self._policy.stats()
 

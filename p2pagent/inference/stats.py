@@ -1,7 +1,15 @@
-"""Per-model counters of the inference engine and the service-time estimate.
+"""Per-model counters of the inference engine and the service-time estimates.
 
-The estimate (seconds per row, an EWMA over completed batches) is what the batching policy
-charges models for fairness and what the task layer uses to predict this node's backlog.
+Two estimates, both over completed batches with the same exponential weighting:
+
+- ``s_per_row``: seconds per row, the batches' mean (service time / rows). What the batching
+  policy charges models for fairness.
+- ``marginal_s_per_row``: what one more row adds to a batch, the slope of a weighted
+  least-squares line through (rows, service time). A batch has a fixed cost (the weights are
+  read once per batch) and a cost per row; when batching pays, the mean of small batches
+  overstates what a row costs a busy node by the fixed cost. The task layer predicts this
+  node's backlog and decides how much work to hand the engine with it: using the mean there
+  would start few tasks, so batches would stay small and the mean high.
 """
 
 from __future__ import annotations
@@ -25,13 +33,39 @@ class ModelCounters:
     failed_batches: int = 0
     #: Seconds per row, EWMA over successful batches; None until the first one.
     s_per_row: float | None = None
+    #: Exponentially weighted sums for the (rows, seconds) line: weight, x, y, xx, xy.
+    _fit: tuple[float, float, float, float, float] = (0.0, 0.0, 0.0, 0.0, 0.0)
 
     def observe(self, rows: int, service_s: float, alpha: float) -> None:
-        sample = service_s / max(rows, 1)
+        rows = max(rows, 1)
+        sample = service_s / rows
         if self.s_per_row is None:
             self.s_per_row = sample
         else:
             self.s_per_row += alpha * (sample - self.s_per_row)
+        keep = 1.0 - alpha
+        w, x, y, xx, xy = self._fit
+        self._fit = (
+            w * keep + 1.0,
+            x * keep + rows,
+            y * keep + service_s,
+            xx * keep + rows * rows,
+            xy * keep + rows * service_s,
+        )
+
+    @property
+    def marginal_s_per_row(self) -> float | None:
+        """Seconds one more row adds to a batch; the mean per row until batches of different
+        sizes have been seen (a line needs two), never above the mean nor below zero."""
+        mean = self.s_per_row
+        if mean is None:
+            return None
+        w, x, y, xx, xy = self._fit
+        spread = w * xx - x * x
+        if spread <= 1e-9 * max(1.0, w * xx):  # one batch size only: no slope to see
+            return mean
+        slope = (w * xy - x * y) / spread
+        return min(mean, max(0.0, slope))
 
 
 @dataclass(frozen=True)

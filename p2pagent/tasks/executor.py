@@ -87,11 +87,12 @@ class Executor:
         return len(self._running) >= self.capacity * 2
 
     def estimate(self, model: str, inputs: Sequence[common_pb2.Tensor]) -> float:
-        """Compute estimate of one task: the engine's measured seconds per row of ``model``
-        times the task's rows, so a big task weighs more than a small one (per-task times
-        would count the wait for the rest of a batch); before the first batch, the EWMA of
-        whole runs, else a default."""
-        s_per_row = self._engine.seconds_per_row(model)
+        """Compute estimate of one task: what a row of ``model`` adds to an engine batch (the
+        engine's measured marginal seconds per row) times the task's rows, so a big task
+        weighs more than a small one (per-task times would count the wait for the rest of a
+        batch, and a batch's fixed cost is shared); before the first batch, the EWMA of whole
+        runs, else a default."""
+        s_per_row = self._engine.marginal_seconds_per_row(model)
         if s_per_row:
             rows = inputs[0].shape[0] if inputs and inputs[0].shape else 1
             return s_per_row * max(1, rows)

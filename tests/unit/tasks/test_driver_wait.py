@@ -32,7 +32,7 @@ class GatedEngine:
         self.gate = asyncio.Event()
         self.runs = 0
 
-    def seconds_per_row(self, model: str) -> float | None:
+    def marginal_seconds_per_row(self, model: str) -> float | None:
         return 0.01
 
     async def infer(self, model: str, inputs: Any, deadline: float | None = None) -> Any:
