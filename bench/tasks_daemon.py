@@ -4,7 +4,9 @@ same model in the same run.
     python -m bench.tasks_daemon [--tasks 300] [--concurrency 32]
 
 Rows: sequential Submit+Wait latency (p50/p95; target p50 <= 2 ms), sequential Infer latency
-(the baseline: no journal, no queue), and tasks per second with ``--concurrency`` clients.
+(the baseline: no journal, no queue), and tasks per second with ``--concurrency`` clients,
+through grpc.aio; then the sequential p50s again through grpc's blocking client, which adds
+less of its own per call.
 Submit is journaled with fsync before it answers, and so is the result before it is shown
 (writes arriving together share one fsync): the disk's fsync latency, measured in the same
 run, is the floor under the sequential p50.
@@ -86,6 +88,38 @@ async def _run(d: Daemon, certs_dir: Path, n: int, concurrency: int) -> dict[str
     }
 
 
+def sync_client_p50_ms(d: Daemon, certs_dir: Path, n: int) -> dict[str, float]:
+    """Sequential Submit + Wait and Infer p50 through grpc's blocking client, which adds
+    less of its own than grpc.aio to each call (a server stream most: ~0.6 ms here)."""
+    creds = grpc.ssl_channel_credentials(
+        (certs_dir / "ca.crt").read_bytes(),
+        (certs_dir / "client.key").read_bytes(),
+        (certs_dir / "client.crt").read_bytes(),
+    )
+    x = tensors.to_proto("input", demo_model.sample_input(1))
+    with grpc.secure_channel(d.address, creds, options=channel_options("bench", 16 << 20)) as ch:
+        stub = agent_pb2_grpc.AgentStub(ch)
+        submit = agent_pb2.SubmitRequest(model="noop", inputs=[x])
+        infer = agent_pb2.InferRequest(model="noop", inputs=[x])
+        pairs, infers = [], []
+        for i in range(n + 20):  # the first 20 warm up
+            t0 = time.perf_counter()
+            tid = stub.Submit(submit, timeout=30).task_id
+            for e in stub.Wait(agent_pb2.WaitRequest(task_id=tid), timeout=30):
+                if e.kind == agent_pb2.TaskEvent.FAILED:
+                    raise RuntimeError(e.error_message)
+            t1 = time.perf_counter()
+            stub.Infer(infer, timeout=30)
+            t2 = time.perf_counter()
+            if i >= 20:
+                pairs.append(t1 - t0)
+                infers.append(t2 - t1)
+    return {
+        "sync_client_submit_wait_p50_ms": round(1000 * statistics.median(pairs), 3),
+        "sync_client_infer_p50_ms": round(1000 * statistics.median(infers), 3),
+    }
+
+
 def fsync_p50_ms(directory: Path, n: int = 50) -> float:
     """The disk's fsync latency: the floor under a journaled Submit (and result)."""
     import os
@@ -120,6 +154,7 @@ def main() -> None:
         d = Daemon("b1", root / "certs", root / "b1", args=["--serve", f"noop={noop}"]).start()
         try:
             row = asyncio.run(_run(d, root / "certs", args.tasks, args.concurrency))
+            row.update(sync_client_p50_ms(d, root / "certs", args.tasks))
             row["fsync_p50_ms"] = fsync_p50_ms(root)
             print(row)
         finally:
