@@ -169,10 +169,11 @@ class TasksDriver:
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
+        # The executor first: a task finishing meanwhile would start more driver work.
+        await self.executor.stop()
         for t in [*self._loops, *self._calls]:
             t.cancel()
         await asyncio.gather(*self._loops, *self._calls, return_exceptions=True)
-        await self.executor.stop()
         await self._journal.close()
 
     # ---- views ------------------------------------------------------------------------------
