@@ -54,6 +54,7 @@ from p2pagent.models.atomic import (
     is_temp,
     remove_stale_temps,
 )
+from p2pagent.models.chunk_reader import VerifiedChunkReader
 from p2pagent.models.config import ModelsConfig
 from p2pagent.models.manifest import Manifest
 from p2pagent.models.verified import FileIdentity, VerifiedChunks
@@ -476,7 +477,7 @@ class ChunkStore:
     def open_reader(self, manifest_id: str) -> io.BufferedReader:
         """A streaming reader over the version's chunks, verified as it goes (no file copy)."""
         m = self.get_manifest(manifest_id)
-        return io.BufferedReader(_ChunkReader(self, m), buffer_size=m.chunk_size)
+        return io.BufferedReader(VerifiedChunkReader(m, self._verified), buffer_size=m.chunk_size)
 
     def _verified(self, m: Manifest, index: int) -> bytes:
         digest = m.chunk_hashes[index]
@@ -576,37 +577,6 @@ class Staging:
             return 0
         self._open = False
         return self._store._unstage(self._digests, discard=True)
-
-
-class _ChunkReader(io.RawIOBase):
-    """Reads a version chunk by chunk, verifying each and the whole at the end."""
-
-    def __init__(self, store: ChunkStore, manifest: Manifest) -> None:
-        self._store = store
-        self._m = manifest
-        self._next = 0
-        self._buf = memoryview(b"")
-        self._whole = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        if not self._buf:
-            if self._next >= self._m.chunk_count:
-                return 0
-            data = self._store._verified(self._m, self._next)
-            self._whole.update(data)
-            self._next += 1
-            if self._next == self._m.chunk_count and self._whole.hexdigest() != self._m.sha256:
-                raise Internal(
-                    f"model {self._m.name!r}: whole file does not match the manifest's sha256"
-                )
-            self._buf = memoryview(data)
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
 
 
 def _identity(st: os.stat_result) -> FileIdentity:

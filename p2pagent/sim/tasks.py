@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from p2pagent.sim.clock import VirtualClock
 from p2pagent.sim.network import LinkModel, SimNetwork
 from p2pagent.tasks.config import TasksConfig
+from p2pagent.tasks.handover import hand_over
 from p2pagent.tasks.leases import Action, Cancel, Deliver, LeaseTable, Requeue
 from p2pagent.tasks.load import LoadBoard, LoadReport, make_report
 from p2pagent.tasks.placement import PLACEMENTS, make_placement
@@ -293,15 +294,11 @@ class _Node:
             if self.board.update(msg, now):
                 self.apply(self.leases.on_report(msg, now))
         elif isinstance(msg, StealReq):
-            tasks = self.queue.take_for_steal(msg.max_tasks, msg.models, msg.thief_speed, now)
-            granted = []
-            for t in tasks:
-                ok, actions = self.leases.on_stolen(t.task_id, t.attempt, self.name, msg.thief, now)
-                if ok:
-                    granted.append(t)
-                    self.apply(actions)
-                else:
-                    self.queue.push(t, now)  # the origin refused: keep it
+            granted, actions = hand_over(
+                self.queue, self.leases, self.name, msg.thief, msg.max_tasks, msg.models,
+                msg.thief_speed, now,
+            )  # fmt: skip
+            self.apply(actions)
             self.sim.tasks_moved += len(granted)
             for t in granted:
                 self.sim.moves[(t.task_id, t.attempt)] += 1

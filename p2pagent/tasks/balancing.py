@@ -2,9 +2,8 @@
 in (``Peer.Load``, push-pull), the thief side (ask a loaded peer for work with ``Peer.Steal``)
 and the victim side (hand over queued tasks this node originated).
 
-A steal is transactional at the victim: each task leaves its queue only once its own lease
-table has moved the task to the thief, before the answer leaves, so a task is never in two
-queues; a running task is never handed over (``TaskQueue.take_for_steal``).
+A steal is transactional at the victim (:func:`p2pagent.tasks.handover.hand_over`), before the
+answer leaves.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from p2pagent._proto import common_pb2, peer_pb2, peer_pb2_grpc
 from p2pagent.errors import InvalidArgument, NotFound, P2PAgentError, RemoteProtocolError
 from p2pagent.logs import RateLimitedLog
 from p2pagent.tasks.config import TasksConfig
+from p2pagent.tasks.handover import hand_over
 from p2pagent.tasks.leases import Action, LeaseTable
 from p2pagent.tasks.load import LoadBoard, LoadReport, make_report
 from p2pagent.tasks.queue import TaskQueue
@@ -162,17 +162,10 @@ class Balancer:
     def handle_steal(self, req: peer_pb2.StealRequest, caller: str) -> peer_pb2.StealResponse:
         if req.thief != caller:
             raise InvalidArgument(f"steal names thief {req.thief!r} but the caller is {caller!r}")
-        now = time.time()
-        tasks = self.queue.take_for_steal(
-            req.max_tasks, list(req.models), req.thief_speed or 1.0, now
-        )
-        granted = []
-        for t in tasks:
-            ok, actions = self.leases.on_stolen(t.task_id, t.attempt, self.name, req.thief, now)
-            if ok:
-                granted.append(t)
-                self._apply(actions)
-            else:
-                self.queue.push(t, now)  # the lease table refused: keep it
+        granted, actions = hand_over(
+            self.queue, self.leases, self.name, req.thief, req.max_tasks, req.models,
+            req.thief_speed or 1.0, time.time(),
+        )  # fmt: skip
+        self._apply(actions)
         self.stolen_out += len(granted)
         return peer_pb2.StealResponse(tasks=[task_to_spec(t) for t in granted])
