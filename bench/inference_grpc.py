@@ -1,6 +1,7 @@
 """Inference through a real daemon over mutual TLS, against the offline torch ceiling.
 
-    python -m bench.inference_grpc [--model demo|large] [--small] [--no-pin] [--repeats R]
+    python -m bench.inference_grpc [--model demo|large|gpu|gpu-sim] [--device auto|cpu|cuda:N]
+                                   [--gpu-depth N] [--small] [--no-pin] [--repeats R]
                                    [--json FILE]
 
 Rows, all measured in this run: offline batched torch throughput of the demo model (the
@@ -22,6 +23,18 @@ its share of a batch, so batching cannot show. Placement for it: the forward pas
 the engine's worker thread with one intra-op thread, as the ceiling does, and the daemon's
 event loop (gRPC, TLS, scheduling) gets the other core, as a GPU host's CPU serves the RPCs
 while the device computes; the client is pinned to one core and the daemons are not pinned.
+
+On a GPU (``--device cuda:N``, or ``auto`` on a host with one; daemons and ceiling both use
+it): the client is pinned to the first core and the daemons to the others, as for ``demo``
+on a CPU; the ceiling copies each batch in from pinned host memory and its outputs back, as a
+server must. ``--model gpu`` runs ``demo-gpu`` (``demo_model.write_gpu``: a 256 MB layer
+applied ``--gpu-depth`` times, memory-bound, milliseconds at any batch size up to 32): on a GPU
+``demo`` and ``demo-large`` take microseconds, so their rows measure the RPC, not batching.
+
+``--model gpu-sim`` runs, on any host, a stand-in with demo-gpu's costs as measured on an
+H200 (``GPU_SIM``: 14 ms a batch + 0.64 ms a row, holding the engine's worker without using
+a CPU, the ``busy`` architecture): the batching policy's behaviour against a GPU-like device
+where no GPU is lent.
 """
 
 from __future__ import annotations
@@ -39,38 +52,52 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import torch
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
 from p2pagent.identity import certs
 from p2pagent.identity.spiffe import Role
-from p2pagent.inference import demo_model
+from p2pagent.inference import architectures, demo_model, safetensors_io
 from p2pagent.testing.daemon import Daemon, free_port
 from p2pagent.transport.channels import channel_options
 
 _CEILING = """
 import sys, time, torch
 torch.set_num_threads(int(sys.argv[3]))
-module = torch.jit.load(sys.argv[1])
+device = torch.device(sys.argv[6])
+module = torch.jit.load(sys.argv[1], map_location=device)
 batch, seconds, width = int(sys.argv[2]), float(sys.argv[4]), int(sys.argv[5])
-x = torch.randn(batch, width)
+# On a GPU, what a server cannot avoid is counted: rows copied in from pinned host memory,
+# outputs copied back (which waits for the forward pass).
+x = torch.randn(batch, width, pin_memory=device.type == "cuda")
 with torch.inference_mode():
     for _ in range(20):
-        module(x)
+        module(x.to(device, non_blocking=True)).cpu()
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        module(x)
+        module(x.to(device, non_blocking=True)).cpu()
         n += batch
 print(n / (time.perf_counter() - start))
 """
 
 
 def offline_ceiling(
-    model: Path, batch: int, seconds: float, threads: int, prefix: list[str], width: int
+    model: Path,
+    batch: int,
+    seconds: float,
+    threads: int,
+    prefix: list[str],
+    width: int,
+    device: str,
 ) -> float:
     """Rows/s of the model called directly, in a process placed and threaded like a daemon."""
     cmd = [*prefix, sys.executable, "-c", _CEILING, str(model), str(batch), str(threads)]
     out = subprocess.run(
-        [*cmd, str(seconds), str(width)], capture_output=True, text=True, timeout=120, check=True
+        [*cmd, str(seconds), str(width), device],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     )
     return float(out.stdout.strip())
 
@@ -92,16 +119,18 @@ def start_echo(prefix: list[str], certs_dir: Path, address: str) -> subprocess.P
     return echo
 
 
-def placement(pin: bool, large: bool) -> tuple[set[int] | None, list[str], int]:
+def placement(pin: bool, large: bool, cuda: bool) -> tuple[set[int] | None, list[str], int]:
     """(client cores, daemon command prefix, daemon intra-op threads)."""
     cores = sorted(os.sched_getaffinity(0))
     if not pin or len(cores) < 2:
         return None, [], 0
-    if large:  # see the module docstring: the daemons' loops use the core the model does not
+    if large and not cuda:  # the daemons' loops use the core the model does not (docstring)
         return {cores[0]}, [], 1
     daemon = cores[1:]
     prefix = ["taskset", "-c", ",".join(map(str, daemon))]
-    return {cores[0]}, prefix, max(1, len(daemon) - 1)
+    # On a GPU the engine's own rule stands (0 = auto: 1 intra-op thread): torch's CPU
+    # threads only concatenate inputs there.
+    return {cores[0]}, prefix, 0 if cuda else max(1, len(daemon) - 1)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -141,23 +170,73 @@ async def load(
     return total / wall, latencies, (cpu_seconds(pid) - cpu0) / total
 
 
-async def run(small: bool, pin: bool, repeats: int, large: bool) -> dict[str, object]:
+#: demo-gpu's forward pass on an H200 (bench/RESULTS.md): batch 1 about 14 ms, batch 32 about
+#: 34 ms (943 rows/s).
+GPU_SIM = {"features": demo_model.LARGE_IN, "ms_per_batch": 14.0, "ms_per_row": 0.64}
+
+
+def write_gpu_sim(out: Path) -> Path:
+    """The gpu-sim model: empty weights of the ``busy`` architecture and its metadata."""
+    path = out / "gpu-sim.safetensors"
+    safetensors_io.save({}, path, {"architecture": "busy"})
+    spec = architectures.get("busy").spec(GPU_SIM)
+    (out / "gpu-sim.metadata.json").write_text(spec.to_json() + "\n")
+    return path
+
+
+def busy_ceiling(batch: int, seconds: float) -> float:
+    """Rows/s of the gpu-sim module called directly (it only sleeps: no placement needed)."""
+    module = architectures.get("busy").build(GPU_SIM)
+    x = torch.zeros(batch, demo_model.LARGE_IN)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        module(x)
+        n += batch
+    return n / (time.perf_counter() - start)
+
+
+def resolve_device(device: str) -> str:
+    """The torch device the daemons' ``--device`` will pick (for the ceiling)."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+async def run(
+    small: bool,
+    pin: bool,
+    repeats: int,
+    kind: str,
+    device: str,
+    gpu_depth: int,
+    requests: int = 0,
+) -> dict[str, object]:
+    large = kind in ("large", "gpu", "gpu-sim")
+    device = resolve_device(device)
     root = Path(tempfile.mkdtemp(prefix="p2p-bench-"))
     certs.init_ca(root / "certs", "bench")
     for name in ("b1", "b2"):
         certs.issue(root / "certs", name, Role.NODE)
     certs.issue(root / "certs", "client", Role.CLIENT)
     files = demo_model.write_all(root / "model")
-    if large:
+    if kind == "large":
         files["torchscript"] = demo_model.write_large(root / "model")
-    model = "demo-large" if large else "demo"
+    elif kind == "gpu":
+        files["torchscript"] = demo_model.write_gpu(root / "model", gpu_depth)
+    elif kind == "gpu-sim":
+        files["torchscript"] = write_gpu_sim(root / "model")
+    model = {"demo": "demo", "large": "demo-large", "gpu": "demo-gpu", "gpu-sim": "gpu-sim"}[kind]
     serve = [
+        "--device",
+        device,
         "--serve",
         f"{model}={files['torchscript']}",
         "--serve",
         f"noop={files['noop_torchscript']}",
     ]
-    client_cores, prefix, threads = placement(pin, large)
+    client_cores, prefix, threads = placement(pin, large, device.startswith("cuda"))
     if client_cores is not None:
         os.sched_setaffinity(0, client_cores)
     threads_env = {"P2PAGENT_INFERENCE__INTRA_OP_THREADS": str(threads)} if threads else {}
@@ -171,13 +250,20 @@ async def run(small: bool, pin: bool, repeats: int, large: bool) -> dict[str, ob
         prefix=prefix,
     )
     total = (60 if small else 400) if large else (200 if small else 2000)
+    if kind in ("gpu", "gpu-sim"):
+        total = 60 if small else 640
+    total = requests or total
     rows: list[dict[str, object]] = []
     ceiling_threads = threads or max(1, len(os.sched_getaffinity(0)) - 1)
     seconds = 1.0 if small else 3.0
 
     def ceiling_now() -> float:
+        if kind == "gpu-sim":
+            return busy_ceiling(32, seconds)
         width = demo_model.LARGE_IN if large else demo_model.DEMO_IN
-        return offline_ceiling(files["torchscript"], 32, seconds, ceiling_threads, prefix, width)
+        return offline_ceiling(
+            files["torchscript"], 32, seconds, ceiling_threads, prefix, width, device
+        )
 
     ceilings = [ceiling_now()]
     x = (demo_model.large_input(1) if large else demo_model.sample_input(1)).numpy()
@@ -246,6 +332,7 @@ async def run(small: bool, pin: bool, repeats: int, large: bool) -> dict[str, ob
     }
     return {
         "model": model,
+        "device": device,
         "pinned": client_cores is not None,
         "daemon_cores": prefix[-1] if prefix else "any",
         "intra_op_threads": ceiling_threads,
@@ -259,13 +346,35 @@ def main() -> int:
     p.add_argument("--small", action="store_true", help="CI size: a few hundred requests")
     p.add_argument("--no-pin", action="store_true", help="let client and daemons share cores")
     p.add_argument("--repeats", type=int, default=3, help="runs per row (median kept)")
-    p.add_argument("--model", choices=("demo", "large"), default="demo")
+    p.add_argument("--model", choices=("demo", "large", "gpu", "gpu-sim"), default="demo")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda:N (daemons and ceiling)")
+    p.add_argument(
+        "--gpu-depth", type=int, default=demo_model.GPU_DEPTH, help="demo-gpu's layer repeats"
+    )
+    p.add_argument("--requests", type=int, default=0, help="timed requests per row (0: by model)")
+    p.add_argument(
+        "--sim-fixed-ms",
+        type=float,
+        default=GPU_SIM["ms_per_batch"],
+        help="gpu-sim's cost per batch (ms)",
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args()
+    GPU_SIM["ms_per_batch"] = args.sim_fixed_ms
     repeats = 1 if args.small else args.repeats
-    out = asyncio.run(run(args.small, not args.no_pin, repeats, args.model == "large"))
+    out = asyncio.run(
+        run(
+            args.small,
+            not args.no_pin,
+            repeats,
+            args.model,
+            args.device,
+            args.gpu_depth,
+            args.requests,
+        )
+    )
     print(
-        f"model {out['model']}, "
+        f"model {out['model']} on {out['device']}, "
         f"pinned {out['pinned']} (daemon cores {out['daemon_cores']}), intra-op threads "
         f"{out['intra_op_threads']}, median of {repeats}"
     )

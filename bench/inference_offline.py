@@ -1,8 +1,10 @@
 """The inference engine in-process against the offline torch ceiling.
 
     python -m bench.inference_offline [--small] [--requests N] [--repeats R] [--json FILE]
+                                      [--device cpu|cuda:N] [--model demo|gpu] [--gpu-depth N]
 
-Rows, all measured in this run on the demo model (MLP 256 -> 1024 -> 1024 -> 10, TorchScript):
+Rows, all measured in this run on the demo model (MLP 256 -> 1024 -> 1024 -> 10, TorchScript),
+or with ``--model gpu`` on ``demo-gpu`` (``demo_model.write_gpu``, sized for a GPU):
 
 - offline: the model called directly in a loop at batch 1 and at ``max_batch_size`` rows
   (the ceiling: no queue, no threads, no event loop);
@@ -14,7 +16,8 @@ the event loop thread's CPU time per request (load generator included). Every en
 is the median (by throughput) of ``--repeats`` runs, because the machine is shared. Other
 load on the machine moves the ceiling as much as the engine, so the ceiling is measured
 again right before every engine run and each run is divided by its own: the "x ceil" column
-and the ceiling target are medians of those paired ratios.
+and the ceiling target are medians of those paired ratios. On a GPU the offline rows copy
+each batch in from pinned host memory and the outputs back, as the engine must.
 """
 
 from __future__ import annotations
@@ -43,30 +46,48 @@ from p2pagent.inference.spec import ModelSpec
 CONCURRENCY = (1, 8, 32)
 
 
-def offline(path: Path, spec: ModelSpec, batch: int, seconds: float) -> float:
+def rows_of(kind: str, rows: int, seed: int = demo_model.SEED) -> torch.Tensor:
+    """Input rows for the model under test."""
+    if kind == "gpu":
+        return demo_model.large_input(rows, seed)
+    return demo_model.sample_input(rows, seed)
+
+
+def offline(
+    path: Path, spec: ModelSpec, batch: int, seconds: float, device: str, kind: str
+) -> float:
     """Rows per second of the model called directly, ``batch`` rows per call."""
-    model = load_model("demo", path, spec, torch.device("cpu"))
-    x = demo_model.sample_input(batch)
+    dev = torch.device(device)
+    model = load_model("demo", path, spec, dev)
+    x = rows_of(kind, batch)
+    if dev.type == "cuda":
+        x = x.pin_memory()
     with torch.inference_mode():
         for _ in range(20):
-            model.fn(x)
+            model.fn(x.to(dev, non_blocking=True)).cpu()
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            model.fn(x)
+            model.fn(x.to(dev, non_blocking=True)).cpu()
             n += batch
         return n / (time.perf_counter() - start)
 
 
 async def engine_run(
-    path: Path, spec: ModelSpec, config: InferenceConfig, concurrency: int, requests: int
+    path: Path,
+    spec: ModelSpec,
+    config: InferenceConfig,
+    concurrency: int,
+    requests: int,
+    device_name: str,
+    kind: str,
 ) -> tuple[LoadResult, float]:
     """The load result and the event loop thread's CPU seconds per request (the Python the
     device waits for; other load on the machine moves it far less than throughput)."""
-    device = select_device("cpu")
-    cache = ModelCache(device.device, 1 << 30)
+    device = select_device(device_name)
+    cache = ModelCache(device.device, 1 << 34)
     cache.register("demo", path, spec)
     engine = InferenceEngine(cache, config, device)
-    pool = [demo_model.sample_input(1, seed=i) for i in range(64)]
+    pool = [rows_of(kind, 1, seed=i) for i in range(64)]
 
     async def call(i: int) -> Any:
         return await engine.infer("demo", {"input": pool[i % len(pool)]})
@@ -90,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pipeline-depth", type=int, default=0, help="0 = auto")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = auto)")
     p.add_argument("--switch-interval", type=float, default=0.0, help="GIL switch interval")
+    p.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    p.add_argument("--model", choices=("demo", "gpu"), default="demo")
+    p.add_argument(
+        "--gpu-depth", type=int, default=demo_model.GPU_DEPTH, help="demo-gpu's layer repeats"
+    )
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     if args.small:
@@ -98,15 +124,23 @@ def main(argv: list[str] | None = None) -> int:
         sys.setswitchinterval(args.switch_interval)
 
     base = InferenceConfig(max_batch_size=args.max_batch, intra_op_threads=args.threads)
-    threads = resolve_config(base, select_device("cpu")).intra_op_threads
+    device = select_device(args.device)
+    threads = resolve_config(base, device).intra_op_threads
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         files = demo_model.write_all(Path(tmp))
-        path = files["torchscript"]
-        spec = ModelSpec.from_json(files["metadata"].read_text())
+        path, spec_file = files["torchscript"], files["metadata"]
+        if args.model == "gpu":
+            path = demo_model.write_gpu(Path(tmp), args.gpu_depth)
+            spec_file = path.with_name("demo-gpu.metadata.json")
+        spec = ModelSpec.from_json(spec_file.read_text())
         seconds = 0.5 if args.small else 2.0
-        off1 = offline(path, spec, 1, seconds)
-        ceiling = offline(path, spec, args.max_batch, seconds)
+
+        def offline_rps(batch: int, seconds: float) -> float:
+            return offline(path, spec, batch, seconds, device.name, args.model)
+
+        off1 = offline_rps(1, seconds)
+        ceiling = offline_rps(args.max_batch, seconds)
 
         rows: dict[tuple[str, int], LoadResult] = {}
         paired: dict[tuple[str, int], float] = {}
@@ -126,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             for c in CONCURRENCY:
                 runs, ratios, cpus = [], [], []
                 for _ in range(args.repeats):
-                    ceilings.append(offline(path, spec, args.max_batch, seconds / 2))
-                    run, cpu = asyncio.run(engine_run(path, spec, config, c, args.requests))
+                    ceilings.append(offline_rps(args.max_batch, seconds / 2))
+                    run, cpu = asyncio.run(
+                        engine_run(path, spec, config, c, args.requests, device.name, args.model)
+                    )
                     runs.append(run)
                     cpus.append(cpu)
                     ratios.append(run.throughput / ceilings[-1])
@@ -137,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         ceiling = statistics.median(ceilings)
 
     print(
+        f"model {args.model} on {device.description}, "
         f"intra-op threads {threads}, max_batch_size {args.max_batch}, "
         f"{args.requests} requests per row, median of {args.repeats}"
     )
@@ -165,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<44}{value:8.2f}{unit:<4}{'met' if met else 'NOT met'}")
     if args.json:
         doc = {
+            "model": args.model,
+            "device": device.description,
             "threads": threads,
             "max_batch_size": args.max_batch,
             "offline_batch1_rps": off1,

@@ -119,33 +119,41 @@ def _noop_spec(cfg: Mapping[str, Any]) -> ModelSpec:
 
 
 class Busy(nn.Module):
-    """Returns its input after holding the worker for ``ms_per_row`` per input row, without
-    using a CPU: a stand-in for a device kernel of known cost, so that scheduling benchmarks
-    on a small machine can run more nodes than it has cores (sleep releases the GIL)."""
+    """Returns its input after holding the worker for ``ms_per_batch`` plus ``ms_per_row`` per
+    input row, without using a CPU: a stand-in for a device kernel of known cost, so that
+    scheduling benchmarks on a small machine can run more nodes than it has cores, and
+    batching benchmarks can mimic a GPU's fixed cost per batch (sleep releases the GIL)."""
 
-    def __init__(self, ms_per_row: float) -> None:
+    def __init__(self, ms_per_row: float, ms_per_batch: float = 0.0) -> None:
         super().__init__()
         self.ms_per_row = ms_per_row
+        self.ms_per_batch = ms_per_batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        time.sleep(self.ms_per_row * x.shape[0] / 1000.0)
+        time.sleep((self.ms_per_batch + self.ms_per_row * x.shape[0]) / 1000.0)
         return x
 
 
-def _busy_cfg(cfg: Mapping[str, Any]) -> tuple[int, float]:
-    _keys(cfg, {"features", "ms_per_row"}, "busy")
-    ms = cfg.get("ms_per_row", 1.0)
+def _ms(cfg: Mapping[str, Any], key: str, default: float) -> float:
+    ms = cfg.get(key, default)
     if not isinstance(ms, int | float) or isinstance(ms, bool) or not 0 <= ms <= 60_000:
-        raise InvalidArgument("architecture 'busy': 'ms_per_row' must be a number in [0, 60000]")
-    return _int(cfg, "features", "busy", 1), float(ms)
+        raise InvalidArgument(f"architecture 'busy': {key!r} must be a number in [0, 60000]")
+    return float(ms)
+
+
+def _busy_cfg(cfg: Mapping[str, Any]) -> tuple[int, float, float]:
+    _keys(cfg, {"features", "ms_per_row", "ms_per_batch"}, "busy")
+    features = _int(cfg, "features", "busy", 1)
+    return features, _ms(cfg, "ms_per_row", 1.0), _ms(cfg, "ms_per_batch", 0.0)
 
 
 def _busy_build(cfg: Mapping[str, Any]) -> nn.Module:
-    return Busy(_busy_cfg(cfg)[1])
+    _, per_row, per_batch = _busy_cfg(cfg)
+    return Busy(per_row, per_batch)
 
 
 def _busy_spec(cfg: Mapping[str, Any]) -> ModelSpec:
-    features, _ = _busy_cfg(cfg)
+    features, _, _ = _busy_cfg(cfg)
     return ModelSpec(
         (PortSpec("input", "float32", (DYNAMIC, features)),),
         (PortSpec("output", "float32", (DYNAMIC, features)),),
@@ -163,7 +171,8 @@ REGISTRY: dict[str, Architecture] = {
         "busy",
         _busy_build,
         _busy_spec,
-        'identity after ms_per_row per row without CPU, config {"features": 4, "ms_per_row": 20}',
+        "identity after ms_per_batch + ms_per_row per row without CPU, config "
+        '{"features": 4, "ms_per_row": 20, "ms_per_batch": 0}',
     ),
 }
 

@@ -11,9 +11,16 @@ them:
    to ``max_batch_size`` rows). A lone request pays zero added delay; under load, requests
    pile up while the device is busy and the next batch forms from them (Triton's dynamic
    batcher, with the delay spent only where it buys something).
+   One exception, the refill window (``refill``): right after a model's batch of N rows
+   finished, its callers are likely to send again (a closed loop: agents waiting on each
+   answer). Where they have been seen to come back quickly compared with the model's fixed
+   cost per batch, a partial batch is held until N rows are queued or a short time has
+   passed (at most ``max_queue_delay_s``), so the returning rows share one batch instead of
+   paying the fixed cost twice. Light traffic (batches of one) never waits.
 3. Busy device, free pipeline slot (``pipeline_depth`` > 1) => stage the next batch early
-   only when it is full or its oldest request has waited ``max_queue_delay_s``; it then
-   runs the moment the device frees up, with its copy to the device already done.
+   only when it is full: it then runs the moment the device frees up, with its copy to the
+   device already done. A partial batch waits for the device (it could not run sooner) and
+   takes whatever arrived meanwhile, refill window included.
 4. Only requests of the same model and the same *group* share a batch. The engine's group
    key is the dtypes and non-batch dimensions of the inputs: tensors that cannot be
    concatenated never meet. Within a model the group with the oldest request goes first.
@@ -34,6 +41,7 @@ from dataclasses import dataclass, field
 
 from p2pagent.errors import InvalidArgument, ResourceExhausted
 from p2pagent.inference.config import InferenceConfig
+from p2pagent.inference.refill import RefillWindow
 from p2pagent.inference.stats import ModelCounters, ModelStats
 
 
@@ -83,6 +91,8 @@ class _ModelQueue:
     #: Device seconds charged to this model (fairness), see rule 5.
     used_s: float = 0.0
     counters: ModelCounters = field(default_factory=ModelCounters)
+    #: Rule 2's refill window.
+    refill: RefillWindow = field(default_factory=RefillWindow)
 
 
 class BatchPolicy:
@@ -135,6 +145,7 @@ class BatchPolicy:
         q.queued += 1
         q.queued_rows += rows
         q.counters.admitted += 1
+        q.refill.on_submit(rows, now)
         self._live[rid] = pending
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, rid))
@@ -156,20 +167,26 @@ class BatchPolicy:
             if batch is None:
                 break
             batches.append(batch)
-        return Decision(tuple(batches), tuple(expired), self._wake_at())
+        return Decision(tuple(batches), tuple(expired), self._wake_at(now))
 
-    def on_batch_done(self, batch_id: int, service_s: float, ok: bool = True) -> None:
-        """The device finished a batch after ``service_s`` seconds of compute."""
+    def on_batch_done(
+        self, batch_id: int, service_s: float, ok: bool = True, now: float | None = None
+    ) -> None:
+        """The device finished a batch after ``service_s`` seconds of compute; ``now`` (the
+        finish time) opens rule 2's refill window."""
         entry = self._in_flight.pop(batch_id, None)
         if entry is None:
             return
         batch, charged = entry
         q = self._models[batch.model]
         q.used_s += service_s - charged
-        if ok:
-            q.counters.observe(batch.rows, service_s, self._cfg.ewma_alpha)
-        else:
+        if not ok:
             q.counters.failed_batches += 1
+            return
+        q.counters.observe(batch.rows, service_s, self._cfg.ewma_alpha)
+        if now is not None:
+            fixed = q.counters.fixed_s
+            q.refill.on_batch_done(batch.rows, now, fixed, self._cfg.max_queue_delay_s)
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -185,6 +202,11 @@ class BatchPolicy:
         """Measured service time per row of ``model`` (None before its first batch)."""
         q = self._models.get(model)
         return None if q is None else q.counters.s_per_row
+
+    def batching_measured(self, model: str) -> bool:
+        """Batches of ``model`` of different sizes have run (see ``ModelCounters``)."""
+        q = self._models.get(model)
+        return q is not None and q.counters.slope_known
 
     def marginal_seconds_per_row(self, model: str) -> float | None:
         """What one more row adds to a batch of ``model`` (see ``stats``)."""
@@ -253,15 +275,18 @@ class BatchPolicy:
                 order.append((q.used_s, head.request_id, name, key))
         for _, _, name, key in sorted(order, key=lambda o: (o[0], o[1])):
             q = self._models[name]
-            if staging and not self._ready(q.groups[key], now):
-                continue
+            if staging and not self._full(q.groups[key]):
+                continue  # rule 3
+            if self._refilling(q, now) and not self._full(q.groups[key]):
+                continue  # rule 2's refill window
             return self._take(name, q, key, now)
         return None
 
-    def _ready(self, line: deque[Pending], now: float) -> bool:
-        """Rule 3: worth staging behind a running batch (full, or waited long enough)."""
-        if now - line[0].enqueued_at >= self._cfg.max_queue_delay_s:
-            return True
+    def _refilling(self, q: _ModelQueue, now: float) -> bool:
+        return q.refill.holds(now)
+
+    def _full(self, line: deque[Pending]) -> bool:
+        """The group's live rows fill a batch."""
         rows = 0
         for p in line:
             if p.request_id in self._live:
@@ -297,16 +322,13 @@ class BatchPolicy:
         self._in_flight[batch.batch_id] = (batch, charge)
         return batch
 
-    def _wake_at(self) -> float | None:
+    def _wake_at(self, now: float) -> float | None:
         while self._deadlines and self._deadlines[0][1] not in self._live:
             heapq.heappop(self._deadlines)
         wake = self._deadlines[0][0] if self._deadlines else None
-        if 0 < len(self._in_flight) < self._depth:
+        if not self._in_flight:  # a refill window ends: what is queued goes then
             for q in self._models.values():
-                if q.queued == 0:
-                    continue
-                found = self._oldest_group(q)
-                if found is not None:
-                    t = found[1].enqueued_at + self._cfg.max_queue_delay_s
+                if q.queued and self._refilling(q, now):
+                    t = q.refill.until
                     wake = t if wake is None else min(wake, t)
         return wake

@@ -19,10 +19,11 @@ class InferenceConfig:
     #: Most rows (batch-dimension entries) in one forward pass. A single request with more
     #: rows than this still runs, alone.
     max_batch_size: int = 32
-    #: Longest a partial batch waits to fill while a pipeline slot is free but the device is
-    #: busy (Triton's ``max_queue_delay``). An idle device never waits: what is queued goes
-    #: at once, so a lone request pays no added latency.
-    max_queue_delay_s: float = 0.002
+    #: Longest a partial batch is held for the callers of the batch that just finished to
+    #: send again (Triton's ``max_queue_delay``). Held only where they come back quickly
+    #: compared with the model's fixed cost per batch (see inference/refill.py); otherwise an
+    #: idle device never waits, so a lone request pays no added latency.
+    max_queue_delay_s: float = 0.010
     #: Batches handed to the device at once: 1 = one running; 2 = one running and one being
     #: staged (concatenated, pinned and copied) behind it. 0 = auto: 2 on CUDA, where the
     #: host-to-device copy can overlap compute, else 1.

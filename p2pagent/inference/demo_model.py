@@ -15,6 +15,13 @@ in every format the engine loads, with its metadata and a sample input:
 dominates a request (about 9 ms at batch 1 and 1.3 ms a row at batch 32 on one CPU core), as
 with the models an inference server is for; the batching benchmark uses it beside ``demo``.
 Not written by ``write_all``: the tests do not need 168 MB per run.
+
+``write_gpu`` (``--gpu``) writes ``demo-gpu.torchscript.pt``, sized for a GPU: 1024 -> 8192,
+then one 8192 x 8192 layer applied ``depth`` times (weights shared, so the file stays 305 MB),
+then -> 1000. On a GPU each application reads the layer's 256 MB from memory, so a forward
+pass costs about the same at batch 1 as at batch 32 (memory-bound, like an LLM's decoding
+step) and takes milliseconds: the regime where an inference server's batching pays, and
+where the RPC around a request is not the bound. Too slow for a CPU at any useful depth.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ DEMO_IN = 256
 DEMO_CONFIG = {"in": DEMO_IN, "hidden": [1024, 1024], "out": 10}
 NOOP_CONFIG = {"features": 256}
 LARGE_IN = 1024
-LARGE_CONFIG = {"in": LARGE_IN, "hidden": [4096, 4096, 4096], "out": 1000}
+LARGE_OUT = 1000
+LARGE_CONFIG = {"in": LARGE_IN, "hidden": [4096, 4096, 4096], "out": LARGE_OUT}
 SEED = 20240601
 
 
@@ -111,14 +119,63 @@ def write_large(out: Path) -> Path:
     return path
 
 
+GPU_WIDTH = 8192
+GPU_DEPTH = 128
+
+
+class SharedLayerMLP(torch.nn.Module):
+    """in -> width, then one width x width layer applied ``depth`` times (ReLU), -> out."""
+
+    def __init__(self, width: int, depth: int) -> None:
+        super().__init__()
+        self.depth = depth
+        self.first = torch.nn.Linear(LARGE_IN, width)
+        self.shared = torch.nn.Linear(width, width)
+        self.last = torch.nn.Linear(width, LARGE_OUT)
+        # He initialisation keeps activations at a steady scale through the repeated layer
+        # (the default would shrink them towards denormals, which are slow on CPUs).
+        torch.nn.init.normal_(self.shared.weight, std=(2.0 / width) ** 0.5)
+        torch.nn.init.zeros_(self.shared.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.first(x))
+        for _ in range(self.depth):
+            x = torch.relu(self.shared(x))
+        out: torch.Tensor = self.last(x)
+        return out
+
+
+def write_gpu(out: Path, depth: int = GPU_DEPTH, width: int = GPU_WIDTH) -> Path:
+    """Writes ``demo-gpu.torchscript.pt`` (see the module docstring); returns its path.
+
+    Same inputs and outputs as ``demo-large`` (``large_input`` makes its rows).
+    """
+    if depth < 1 or width < 1:
+        raise ValueError(f"demo-gpu needs depth and width >= 1 (got {depth}, {width})")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(SEED)
+    module = SharedLayerMLP(width, depth).eval()
+    path = out / "demo-gpu.torchscript.pt"
+    torch.jit.save(torch.jit.script(module), str(path))
+    spec = architectures.get("mlp").spec({"in": LARGE_IN, "hidden": [width], "out": LARGE_OUT})
+    (out / "demo-gpu.metadata.json").write_text(
+        ModelSpec(spec.inputs, spec.outputs).to_json() + "\n"
+    )
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--out", required=True, help="directory to write the model files into")
     p.add_argument("--large", action="store_true", help="also write demo-large (168 MB)")
+    p.add_argument("--gpu", action="store_true", help="also write demo-gpu (305 MB)")
+    p.add_argument("--gpu-depth", type=int, default=GPU_DEPTH, help="demo-gpu's layer repeats")
     args = p.parse_args(argv)
     files = write_all(Path(args.out))
     if args.large:
         files["large_torchscript"] = write_large(Path(args.out))
+    if args.gpu:
+        files["gpu_torchscript"] = write_gpu(Path(args.out), args.gpu_depth)
     for role, path in files.items():
         print(f"{role:18} {path} ({path.stat().st_size} bytes)")
     return 0

@@ -152,6 +152,10 @@ class InferenceEngine:
         """Measured service time per row of ``model`` (None before its first batch)."""
         return self._policy.seconds_per_row(model)
 
+    def batching_measured(self, model: str) -> bool:
+        """Batches of ``model`` of different sizes have run, so what a row adds is known."""
+        return self._policy.batching_measured(model)
+
     def marginal_seconds_per_row(self, model: str) -> float | None:
         """What one more row adds to a batch of ``model`` (None before its first batch)."""
         return self._policy.marginal_seconds_per_row(model)
@@ -312,7 +316,7 @@ class InferenceEngine:
         self._in_flight -= 1
         model = reqs[0].model
         ok = outs is not None
-        self._policy.on_batch_done(batch.batch_id, seconds, ok=ok)
+        self._policy.on_batch_done(batch.batch_id, seconds, ok=ok, now=self._clock())
         # Requests already waiting go to the device before this batch's callers are woken:
         # the device works while the event loop delivers results.
         self._pump()

@@ -6,6 +6,7 @@ for the formats and for why loading TorchScript and torch.export archives is acc
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -42,7 +43,11 @@ def load_model(
             ) from None
     elif detected is ModelFormat.TORCH_EXPORT:
         try:
-            module = torch.export.load(str(path)).module()
+            with warnings.catch_warnings():
+                # torch 2.11 warns that it wraps the archive's read-only bytes in tensors; the
+                # weights are copied to the device below and never written through.
+                warnings.filterwarnings("ignore", "The given buffer is not writable")
+                module = torch.export.load(str(path)).module()
         except Exception as e:
             raise InvalidArgument(
                 f"model file {path} is not a valid torch.export program: {e}"

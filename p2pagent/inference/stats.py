@@ -10,6 +10,9 @@ Two estimates, both over completed batches with the same exponential weighting:
   overstates what a row costs a busy node by the fixed cost. The task layer predicts this
   node's backlog and decides how much work to hand the engine with it: using the mean there
   would start few tasks, so batches would stay small and the mean high.
+
+The line's intercept, ``fixed_s``, bounds how long the batching policy holds a refilling
+batch: waiting longer than a batch's fixed cost to merge two batches cannot pay.
 """
 
 from __future__ import annotations
@@ -54,18 +57,34 @@ class ModelCounters:
         )
 
     @property
+    def slope_known(self) -> bool:
+        """Batches of different sizes have been seen (recently enough to weigh): the line
+        through them says what batching saves."""
+        w, x, _, xx, _ = self._fit
+        return self.s_per_row is not None and w * xx - x * x > 1e-9 * max(1.0, w * xx)
+
+    @property
     def marginal_s_per_row(self) -> float | None:
         """Seconds one more row adds to a batch; the mean per row until batches of different
         sizes have been seen (a line needs two), never above the mean nor below zero."""
         mean = self.s_per_row
         if mean is None:
             return None
-        w, x, y, xx, xy = self._fit
-        spread = w * xx - x * x
-        if spread <= 1e-9 * max(1.0, w * xx):  # one batch size only: no slope to see
+        if not self.slope_known:  # one batch size only: no slope to see
             return mean
-        slope = (w * xy - x * y) / spread
+        w, x, y, xx, xy = self._fit
+        slope = (w * xy - x * y) / (w * xx - x * x)
         return min(mean, max(0.0, slope))
+
+    @property
+    def fixed_s(self) -> float | None:
+        """Seconds a batch costs whatever its size (the line's intercept, at least zero);
+        None until batches of two sizes have been seen."""
+        if not self.slope_known:
+            return None
+        w, x, y, xx, xy = self._fit
+        slope = max(0.0, (w * xy - x * y) / (w * xx - x * x))
+        return max(0.0, (y - slope * x) / w)
 
 
 @dataclass(frozen=True)

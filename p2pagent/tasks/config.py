@@ -21,8 +21,9 @@ class TasksConfig:
 
     #: Work handed to the inference engine cannot be stolen any more. A node starts another
     #: of its queued tasks only while the estimated work of those already started is below
-    #: this many seconds (one task always runs): enough for the engine to form full batches
-    #: of cheap models, while the queue of expensive ones stays stealable.
+    #: this many seconds (one always runs; three while the engine is still measuring what
+    #: batching saves, see tasks/executor.py): enough for the engine to form full batches of
+    #: cheap models, while the queue of expensive ones stays stealable.
     run_ahead_s: float = 0.1
     # ---- cost of moving a task (Dask's rule) ---------------------------------------------
     #: Assumed node-to-node bandwidth for shipping task inputs, bytes per second (1 Gbit/s).

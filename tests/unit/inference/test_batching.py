@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+
 import pytest
 
 from p2pagent.errors import InvalidArgument, ResourceExhausted
@@ -83,18 +85,172 @@ def test_unbatchable_requests_run_alone() -> None:
     assert len(x.requests) == 1
 
 
-def test_max_queue_delay_bounds_staging_behind_a_running_batch() -> None:
+def test_a_partial_batch_waits_for_the_device_instead_of_staging_early() -> None:
+    """Rule 3: behind a running batch only a full batch is staged; a partial one could not
+    run sooner, so it waits and takes the rows that arrive meanwhile."""
     p = policy(pipeline_depth=2, max_batch_size=4, max_queue_delay_s=0.002)
     p.submit("m", 1, now=0.0)
     (running,) = p.poll(0.0).batches
-    r = p.submit("m", 1, now=0.001)
+    first = p.submit("m", 1, now=0.001)
     d = p.poll(0.001)
-    assert d.batches == ()  # a slot is free but the batch is neither full nor old
-    assert d.wake_at == pytest.approx(0.003)
-    (staged,) = p.poll(0.003).batches
-    assert staged.request_ids == (r,)
-    assert p.in_flight == 2
-    p.on_batch_done(running.batch_id, 0.004)
+    assert d.batches == ()
+    assert d.wake_at is None  # nothing to time: the batch's end is an event
+    assert p.poll(0.050).batches == ()  # long past max_queue_delay_s: still not staged
+    second = p.submit("m", 1, now=0.051)
+    p.on_batch_done(running.batch_id, 0.060)
+    (nxt,) = p.poll(0.060).batches
+    assert nxt.request_ids == (first, second)
+
+
+def closed_loop_cycle(
+    p: BatchPolicy, t: float, rows: int, service_s: float, gap_s: float
+) -> tuple[float, list[int]]:
+    """A batch of ``rows`` one-row requests from ``t`` to ``t + service_s``; its callers
+    send again ``gap_s`` apart after it finishes. Returns (clock, batch sizes dispatched
+    while they came back)."""
+    for _ in range(rows):
+        p.submit("m", 1, now=t)
+    (b,) = p.poll(t).batches
+    assert b.rows == rows
+    t += service_s
+    p.on_batch_done(b.batch_id, service_s, now=t)
+    sizes: list[int] = []
+    for _ in range(rows):
+        t += gap_s
+        p.submit("m", 1, now=t)
+        for batch in p.poll(t).batches:
+            sizes.append(batch.rows)
+            p.on_batch_done(batch.batch_id, 0.0, now=t)  # not counted: sizes only
+    return t, sizes
+
+
+def learn(p: BatchPolicy, fixed_s: float, per_row_s: float, gap_s: float) -> float:
+    """Batches of 1 and 4 rows (cost fixed + rows * per_row), callers back ``gap_s`` apart."""
+    t = 0.0
+    for rows in (1, 4, 1, 4):
+        t += 1.0
+        for _ in range(rows):
+            p.submit("m", 1, now=t)
+        (b,) = p.poll(t).batches
+        service = fixed_s + rows * per_row_s
+        p.on_batch_done(b.batch_id, service, now=t + service)
+        for i in range(rows):  # they come back (dispatched alone: not measured here)
+            rid = p.submit("m", 1, now=t + service + (i + 1) * gap_s)
+            p.cancel(rid)
+    return t + 1.0
+
+
+def test_refill_window_holds_a_partial_batch_for_fast_returning_callers() -> None:
+    """Rule 2: callers that came back quickly before (a closed loop on a fast host) are
+    waited for: the first back does not go alone, the batch leaves once all are back."""
+    p = policy(max_batch_size=8, max_queue_delay_s=0.010)
+    t = learn(p, fixed_s=0.010, per_row_s=0.001, gap_s=0.0002)
+    for _ in range(4):
+        p.submit("m", 1, now=t)
+    (b,) = p.poll(t).batches
+    p.on_batch_done(b.batch_id, 0.014, now=t + 0.014)
+    t += 0.014
+    back = [p.submit("m", 1, now=t + 0.0002 * (i + 1)) for i in range(3)]
+    d = p.poll(t + 0.0006)
+    assert d.batches == ()
+    assert d.wake_at is not None and t < d.wake_at <= t + 0.010
+    back.append(p.submit("m", 1, now=t + 0.0008))
+    (b,) = p.poll(t + 0.0008).batches  # all four are back: no need to wait longer
+    assert b.request_ids == tuple(back)
+
+
+def test_refill_window_ends_and_the_partial_batch_goes() -> None:
+    p = policy(max_batch_size=8, max_queue_delay_s=0.010)
+    t = learn(p, fixed_s=0.010, per_row_s=0.001, gap_s=0.0002)
+    for _ in range(4):
+        p.submit("m", 1, now=t)
+    (b,) = p.poll(t).batches
+    t += 0.014
+    p.on_batch_done(b.batch_id, 0.014, now=t)
+    rid = p.submit("m", 1, now=t + 0.0001)
+    wake = p.poll(t + 0.0001).wake_at
+    assert wake is not None and wake <= t + 1.5 * 0.0008 + 1e-9  # 1.5x the return time
+    assert p.poll(wake - 1e-6).batches == ()
+    (b,) = p.poll(wake).batches
+    assert b.request_ids == (rid,)
+
+
+def test_no_hold_where_callers_return_slower_than_half_the_fixed_cost() -> None:
+    """On a host whose loop returns rows slowly, the first back runs while others arrive."""
+    p = policy(max_batch_size=8, max_queue_delay_s=0.010)
+    t = learn(p, fixed_s=0.008, per_row_s=0.001, gap_s=0.002)  # 4 rows back in 8 ms
+    _, sizes = closed_loop_cycle(p, t, 4, 0.012, 0.002)
+    assert sizes == [1, 1, 1, 1]
+
+
+def test_no_hold_without_a_fixed_cost_or_after_a_lone_request() -> None:
+    # Cost proportional to rows: batching gains nothing, so nothing waits.
+    p = policy(max_batch_size=8, max_queue_delay_s=0.010)
+    t = learn(p, fixed_s=0.0, per_row_s=0.001, gap_s=0.0001)
+    _, sizes = closed_loop_cycle(p, t, 4, 0.004, 0.0001)
+    assert sizes == [1, 1, 1, 1]
+    # Light traffic: the batch that finished was one request, so the next goes at once.
+    q = policy(max_batch_size=8, max_queue_delay_s=0.010)
+    t = learn(q, fixed_s=0.010, per_row_s=0.001, gap_s=0.0001)
+    _, sizes = closed_loop_cycle(q, t, 1, 0.011, 0.0001)
+    assert sizes == [1]
+
+
+def closed_loop(
+    p: BatchPolicy, clients: int, batches: int, fixed_s: float, per_row_s: float, gap_s: float
+) -> list[int]:
+    """Event-driven closed loop on one device: a batch of r rows takes fixed + r * per_row;
+    the k-th answer of a batch is back as a new request k * gap_s after the batch ends.
+    Returns the sizes of the first ``batches`` batches."""
+    events: list[tuple[float, int, str, int]] = []  # (time, seq, kind, batch id or 0)
+    seq = 0
+
+    def at(t: float, kind: str, bid: int = 0) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(events, (t, seq, kind, bid))
+
+    sizes: list[int] = []
+    running: dict[int, int] = {}
+
+    def pump(now: float) -> None:
+        d = p.poll(now)
+        for b in d.batches:
+            sizes.append(b.rows)
+            running[b.batch_id] = b.rows
+            at(now + fixed_s + b.rows * per_row_s, "done", b.batch_id)
+        if d.wake_at is not None:
+            at(d.wake_at, "wake")
+
+    for _ in range(clients):
+        at(0.0, "submit")
+    while events and len(sizes) < batches:
+        now, _, kind, bid = heapq.heappop(events)
+        if kind == "submit":
+            p.submit("m", 1, now=now)
+        elif kind == "done":
+            rows = running.pop(bid)
+            p.on_batch_done(bid, fixed_s + rows * per_row_s, now=now)
+            for k in range(rows):
+                at(now + (k + 1) * gap_s, "submit")
+        pump(now)
+    return sizes
+
+
+def test_closed_loop_batches_stay_whole_with_the_refill_window() -> None:
+    """Answers back 0.1 ms apart, 10 ms of fixed cost: after a few batches to measure the
+    line and the return time, every batch is whole (without the window: 1 and 7)."""
+    p = policy(max_batch_size=8, max_queue_delay_s=0.010)
+    sizes = closed_loop(p, 8, 30, fixed_s=0.010, per_row_s=0.001, gap_s=0.0001)
+    assert sizes[-10:] == [8] * 10
+
+
+def test_closed_loop_where_answers_return_slowly_is_not_held() -> None:
+    """Answers back 1 ms apart (8 ms for a batch), 10 ms of fixed cost: holding would cost
+    most of what it saves, so the first back goes at once, as without the window."""
+    p = policy(max_batch_size=8, max_queue_delay_s=0.010)
+    sizes = closed_loop(p, 8, 30, fixed_s=0.010, per_row_s=0.001, gap_s=0.001)
+    assert 1 in sizes[-10:]
 
 
 def test_a_full_batch_is_staged_at_once() -> None:

@@ -18,6 +18,7 @@ def test_a_fixed_cost_per_batch_is_not_charged_to_each_row() -> None:
     c = ModelCounters()
     _observe(c, [(rows, 0.008 + 0.001 * rows) for rows in (1, 7, 1, 7, 3, 32, 16, 1)])
     assert c.marginal_s_per_row == pytest.approx(0.001, rel=1e-6)
+    assert c.fixed_s == pytest.approx(0.008, rel=1e-6)
     assert c.s_per_row is not None and c.s_per_row > 0.002  # the mean carries the fixed cost
 
 
@@ -26,6 +27,13 @@ def test_one_batch_size_only_gives_the_mean() -> None:
     assert c.marginal_s_per_row is None
     _observe(c, [(1, 0.009)] * 5)
     assert c.marginal_s_per_row == pytest.approx(0.009)
+    assert c.fixed_s is None  # a line needs two sizes
+
+
+def test_the_fixed_cost_is_never_negative() -> None:
+    c = ModelCounters()
+    _observe(c, [(1, 0.001), (8, 0.016), (1, 0.001), (8, 0.016)])  # steeper than linear
+    assert c.fixed_s == 0.0
 
 
 def test_the_slope_is_kept_between_zero_and_the_mean() -> None:

@@ -35,6 +35,9 @@ class GatedEngine:
     def marginal_seconds_per_row(self, model: str) -> float | None:
         return 0.01
 
+    def batching_measured(self, model: str) -> bool:
+        return True
+
     async def infer(self, model: str, inputs: Any, deadline: float | None = None) -> Any:
         await self.gate.wait()
         self.runs += 1
