@@ -13,8 +13,9 @@ the N are back, only when:
 - the model has a fixed cost per batch (``ModelCounters.fixed_s``; batching a model without
   one gains nothing);
 - the rows are expected back in under half that fixed cost (the wait costs at most half of
-  what it saves), and then for at most 1.5x the return time, the fixed cost, and
-  ``inference.max_queue_delay_s``, whichever is least.
+  what it saves) and within ``inference.max_queue_delay_s`` (a hold cut short would idle the
+  device and still split the batch), and then for at most 1.5x the return time, the fixed
+  cost, and ``inference.max_queue_delay_s``, whichever is least.
 
 Light traffic (batches of one) never waits. On a host whose event loop returns the rows
 slowly (a CPU shared by the loop and the forward passes: the first row back runs while the
@@ -60,7 +61,7 @@ class RefillWindow:
         self.measuring = rows > 1
         self.until = now
         back = self.return_s
-        if self.measuring and fixed_s and back is not None and back < fixed_s / 2:
+        if self.measuring and fixed_s and back is not None and back < min(fixed_s / 2, cap_s):
             self.until = now + min(cap_s, fixed_s, 1.5 * back)
 
     def holds(self, now: float) -> bool:

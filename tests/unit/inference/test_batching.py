@@ -362,3 +362,14 @@ def test_stats_and_backlog_estimate() -> None:
     p.on_batch_done(b.batch_id, 1.0, ok=False)
     assert p.stats()["m"].failed_batches == 1
     assert p.stats()["m"].s_per_row == pytest.approx(0.001)  # failures do not count
+
+
+def test_no_hold_that_max_queue_delay_would_cut_short() -> None:
+    """Answers back over 16 ms, 100 ms of fixed cost, but at most 10 ms of waiting allowed: a
+    hold would end before they are back, idling the device and splitting the batch anyway."""
+    p = policy(max_batch_size=8, max_queue_delay_s=0.010)
+    sizes = closed_loop(p, 8, 30, fixed_s=0.100, per_row_s=0.001, gap_s=0.002)
+    assert 1 in sizes[-10:]
+    q = policy(max_batch_size=8, max_queue_delay_s=0.050)  # allowed: the batches stay whole
+    sizes = closed_loop(q, 8, 30, fixed_s=0.100, per_row_s=0.001, gap_s=0.002)
+    assert sizes[-10:] == [8] * 10
