@@ -15,10 +15,8 @@ import torch
 from p2pagent._proto import agent_pb2
 from p2pagent.errors import NotFound, Unavailable
 from p2pagent.inference import tensors
-from p2pagent.membership.view import StaticDirectory
-from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.driver import TasksDriver
-from p2pagent.transport.metrics import RpcMetrics
+from tests.unit.tasks.solo import solo_driver
 
 DONE = agent_pb2.TaskEvent.DONE
 FAILED = agent_pb2.TaskEvent.FAILED
@@ -48,18 +46,7 @@ class GatedEngine:
 @pytest.fixture
 async def driver(tmp_path: Path) -> AsyncIterator[tuple[TasksDriver, GatedEngine]]:
     engine = GatedEngine()
-    d = TasksDriver(
-        "solo",
-        TasksConfig(),
-        placement="local",
-        capacity=1,
-        engine=engine,  # type: ignore[arg-type]
-        models=lambda: ["double"],
-        data_dir=tmp_path,
-        channels=None,  # type: ignore[arg-type]  # alone: no peer is ever called
-        members=StaticDirectory("solo"),
-        metrics=RpcMetrics(),
-    )
+    d = solo_driver(engine, tmp_path, "double", capacity=1)
     await d.start()
     try:
         yield d, engine

@@ -14,10 +14,8 @@ import torch
 
 from p2pagent._proto import agent_pb2
 from p2pagent.inference import tensors
-from p2pagent.membership.view import StaticDirectory
-from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.driver import TasksDriver
-from p2pagent.transport.metrics import RpcMetrics
+from tests.unit.tasks.solo import solo_driver
 
 
 class SlowEngine:
@@ -46,18 +44,7 @@ async def make_driver(tmp_path: Path) -> AsyncIterator[Any]:
 
     async def make(measured: bool) -> tuple[TasksDriver, SlowEngine]:
         engine = SlowEngine(measured)
-        d = TasksDriver(
-            "solo",
-            TasksConfig(),
-            placement="local",
-            capacity=32,
-            engine=engine,  # type: ignore[arg-type]
-            models=lambda: ["slow"],
-            data_dir=tmp_path / str(len(made)),
-            channels=None,  # type: ignore[arg-type]  # alone: no peer is ever called
-            members=StaticDirectory("solo"),
-            metrics=RpcMetrics(),
-        )
+        d = solo_driver(engine, tmp_path / str(len(made)), "slow", capacity=32)
         await d.start()
         made.append((d, engine))
         return d, engine
