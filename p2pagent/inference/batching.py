@@ -185,8 +185,11 @@ class BatchPolicy:
             return
         q.counters.observe(batch.rows, service_s, self._cfg.ewma_alpha)
         if now is not None:
+            # A batch of one request (a lone caller, or a model that cannot batch) has no
+            # callers to wait for: its window measures and holds nothing.
+            rows = batch.rows if len(batch.requests) > 1 else 1
             fixed = q.counters.fixed_s
-            q.refill.on_batch_done(batch.rows, now, fixed, self._cfg.max_queue_delay_s)
+            q.refill.on_batch_done(rows, now, fixed, self._cfg.max_queue_delay_s)
 
     # ---- queries -------------------------------------------------------------------------
 

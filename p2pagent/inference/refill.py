@@ -7,8 +7,8 @@ device splits every cycle into a batch of 1 and one of N-1, and the device pays 
 fixed cost per batch twice (measured on a GPU with a 14 ms fixed cost: 0.47x the offline
 ceiling). Holding the first ones until the rest are back pays only when they come back
 quickly compared with that fixed cost, so the window measures how long the rows of a batch
-take to return, whether or not it held them, and holds after a batch of N > 1 rows, until
-the N are back, only when:
+take to return, whether or not it held them, and holds after a batch of N > 1 rows from
+several requests, until the N are back, only when:
 
 - the model has a fixed cost per batch (``ModelCounters.fixed_s``; batching a model without
   one gains nothing);
@@ -17,7 +17,7 @@ the N are back, only when:
   device and still split the batch), and then for at most 1.5x the return time, the fixed
   cost, and ``inference.max_queue_delay_s``, whichever is least.
 
-Light traffic (batches of one) never waits. On a host whose event loop returns the rows
+Light traffic (batches of one request) never waits. On a host whose event loop returns the rows
 slowly (a CPU shared by the loop and the forward passes: the first row back runs while the
 others arrive), the window does not hold either.
 """

@@ -234,7 +234,15 @@ def closed_loop(
             for k in range(rows):
                 at(now + (k + 1) * gap_s, "submit")
         pump(now)
-    return sizes
+    # Drain: what runs and what is queued finishes, and nobody sends again.
+    later = now + 1.0
+    while True:
+        for bid in list(running):
+            p.on_batch_done(bid, fixed_s + running.pop(bid) * per_row_s)
+        drained = p.poll(later).batches
+        if not drained:
+            return sizes
+        running.update((b.batch_id, b.rows) for b in drained)
 
 
 def test_closed_loop_batches_stay_whole_with_the_refill_window() -> None:
@@ -373,3 +381,17 @@ def test_no_hold_that_max_queue_delay_would_cut_short() -> None:
     q = policy(max_batch_size=8, max_queue_delay_s=0.050)  # allowed: the batches stay whole
     sizes = closed_loop(q, 8, 30, fixed_s=0.100, per_row_s=0.001, gap_s=0.002)
     assert sizes[-10:] == [8] * 10
+
+
+def test_no_hold_after_a_batch_of_one_request_however_many_rows() -> None:
+    """One caller sent 4 rows, then 2: nobody else is on the way, so nothing waits."""
+    p = policy(max_batch_size=8, max_queue_delay_s=0.010)
+    closed_loop(p, 8, 30, fixed_s=0.010, per_row_s=0.001, gap_s=0.0001)  # window learned
+    now = 100.0
+    assert p.queued == 0 and p.in_flight == 0
+    rid = p.submit("m", 4, now=now)
+    (b,) = p.poll(now).batches
+    p.on_batch_done(b.batch_id, 0.014, now=now + 0.014)
+    again = p.submit("m", 2, now=now + 0.0141)
+    (b,) = p.poll(now + 0.0141).batches
+    assert b.request_ids == (again,) and rid != again
