@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The inference engine's checks on an NVIDIA GPU host, in one run (see bench/RESULTS.md,
-# "Inference on a GPU"):
+# The inference engine's checks on an NVIDIA GPU host, in one run (results: bench/RESULTS.md,
+# "2026-12-01 (session 6): on an NVIDIA H200"):
 #
 #     bash bench/gpu_checks.sh [OUT_DIR]
 #

@@ -221,18 +221,19 @@ async def run(
         certs.issue(root / "certs", name, Role.NODE)
     certs.issue(root / "certs", "client", Role.CLIENT)
     files = demo_model.write_all(root / "model")
+    served = files["torchscript"]  # the model under test's file
     if kind == "large":
-        files["torchscript"] = demo_model.write_large(root / "model")
+        served = demo_model.write_large(root / "model")
     elif kind == "gpu":
-        files["torchscript"] = demo_model.write_gpu(root / "model", gpu_depth)
+        served = demo_model.write_gpu(root / "model", gpu_depth)
     elif kind == "gpu-sim":
-        files["torchscript"] = write_gpu_sim(root / "model")
+        served = write_gpu_sim(root / "model")
     model = {"demo": "demo", "large": "demo-large", "gpu": "demo-gpu", "gpu-sim": "gpu-sim"}[kind]
     serve = [
         "--device",
         device,
         "--serve",
-        f"{model}={files['torchscript']}",
+        f"{model}={served}",
         "--serve",
         f"noop={files['noop_torchscript']}",
     ]
@@ -261,9 +262,7 @@ async def run(
         if kind == "gpu-sim":
             return busy_ceiling(32, seconds)
         width = demo_model.LARGE_IN if large else demo_model.DEMO_IN
-        return offline_ceiling(
-            files["torchscript"], 32, seconds, ceiling_threads, prefix, width, device
-        )
+        return offline_ceiling(served, 32, seconds, ceiling_threads, prefix, width, device)
 
     ceilings = [ceiling_now()]
     x = (demo_model.large_input(1) if large else demo_model.sample_input(1)).numpy()

@@ -280,13 +280,10 @@ class BatchPolicy:
             q = self._models[name]
             if staging and not self._full(q.groups[key]):
                 continue  # rule 3
-            if self._refilling(q, now) and not self._full(q.groups[key]):
+            if q.refill.holds(now) and not self._full(q.groups[key]):
                 continue  # rule 2's refill window
             return self._take(name, q, key, now)
         return None
-
-    def _refilling(self, q: _ModelQueue, now: float) -> bool:
-        return q.refill.holds(now)
 
     def _full(self, line: deque[Pending]) -> bool:
         """The group's live rows fill a batch."""
@@ -331,7 +328,7 @@ class BatchPolicy:
         wake = self._deadlines[0][0] if self._deadlines else None
         if not self._in_flight:  # a refill window ends: what is queued goes then
             for q in self._models.values():
-                if q.queued and self._refilling(q, now):
+                if q.queued and q.refill.holds(now):
                     t = q.refill.until
                     wake = t if wake is None else min(wake, t)
         return wake

@@ -33,32 +33,34 @@ class RefillWindow:
     #: callers, steadier than service times, and a sample is sometimes a lower bound only
     #: (below), so new samples count for half.
     alpha: float = 0.5
-    #: When the last batch finished, and its rows.
+    #: When the last batch finished, and the rows awaited back from it (0 after a batch of
+    #: one request: nothing to wait for or measure).
     opened_at: float = 0.0
     rows: int = 0
-    #: Rows submitted since it finished, while measuring their return.
+    #: Rows submitted since it finished: its return is being measured while below ``rows``.
     arrived: int = 0
-    measuring: bool = False
     #: Seconds a batch's rows take to come back (EWMA); None until measured.
     return_s: float | None = None
     #: Hold partial batches until this time (while fewer than ``rows`` have come back).
     until: float = 0.0
 
+    @property
+    def measuring(self) -> bool:
+        return self.arrived < self.rows
+
     def on_submit(self, rows: int, now: float) -> None:
-        if not self.measuring:
-            return
-        self.arrived += rows
-        if self.arrived >= self.rows:
-            self._observe(now - self.opened_at)
-            self.measuring = False
+        if self.measuring:
+            self.arrived += rows
+            if not self.measuring:
+                self._observe(now - self.opened_at)
 
     def on_batch_done(self, rows: int, now: float, fixed_s: float | None, cap_s: float) -> None:
+        """A batch of ``rows`` finished (pass 1 for a batch of one request)."""
         if self.measuring:
             # The last batch's rows were not all back when this one finished: at least this
             # slow, which is enough to see that holding them would not have paid.
             self._observe(now - self.opened_at)
-        self.opened_at, self.rows, self.arrived = now, rows, 0
-        self.measuring = rows > 1
+        self.opened_at, self.rows, self.arrived = now, rows if rows > 1 else 0, 0
         self.until = now
         back = self.return_s
         if self.measuring and fixed_s and back is not None and back < min(fixed_s / 2, cap_s):
@@ -67,7 +69,7 @@ class RefillWindow:
     def holds(self, now: float) -> bool:
         """A partial batch should wait: rows of the last batch are still on their way back
         (counted by arrivals, not by queue length: rows left behind earlier are queued too)."""
-        return now < self.until and self.arrived < self.rows
+        return now < self.until and self.measuring
 
     def _observe(self, seconds: float) -> None:
         if self.return_s is None:

@@ -60,31 +60,35 @@ class ModelCounters:
     def slope_known(self) -> bool:
         """Batches of different sizes have been seen (recently enough to weigh): the line
         through them says what batching saves."""
-        w, x, _, xx, _ = self._fit
-        return self.s_per_row is not None and w * xx - x * x > 1e-9 * max(1.0, w * xx)
+        return self._slope() is not None
 
     @property
     def marginal_s_per_row(self) -> float | None:
         """Seconds one more row adds to a batch; the mean per row until batches of different
         sizes have been seen (a line needs two), never above the mean nor below zero."""
-        mean = self.s_per_row
-        if mean is None:
-            return None
-        if not self.slope_known:  # one batch size only: no slope to see
+        mean, slope = self.s_per_row, self._slope()
+        if mean is None or slope is None:  # one batch size only: no slope to see
             return mean
-        w, x, y, xx, xy = self._fit
-        slope = (w * xy - x * y) / (w * xx - x * x)
         return min(mean, max(0.0, slope))
 
     @property
     def fixed_s(self) -> float | None:
         """Seconds a batch costs whatever its size (the line's intercept, at least zero);
         None until batches of two sizes have been seen."""
-        if not self.slope_known:
+        slope = self._slope()
+        if slope is None:
             return None
+        w, x, y, _, _ = self._fit
+        return max(0.0, (y - max(0.0, slope) * x) / w)
+
+    def _slope(self) -> float | None:
+        """The weighted least-squares slope of batch time against rows; None without a
+        spread of batch sizes."""
         w, x, y, xx, xy = self._fit
-        slope = max(0.0, (w * xy - x * y) / (w * xx - x * x))
-        return max(0.0, (y - slope * x) / w)
+        spread = w * xx - x * x
+        if self.s_per_row is None or spread <= 1e-9 * max(1.0, w * xx):
+            return None
+        return (w * xy - x * y) / spread
 
 
 @dataclass(frozen=True)

@@ -78,8 +78,7 @@ class Executor:
         #: Called after each task: the driver starts the next ones and reconsiders stealing.
         self._on_finished = on_finished
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._started_cost: dict[str, float] = {}  # est_cost_s of each running task
-        self._started_model: dict[str, str] = {}  # model of each running task
+        self._started: dict[str, Task] = {}  # each running task, for its estimate and model
         #: Inputs an Agent.Infer caller already decoded, used if its task runs here.
         self._decoded: dict[str, Any] = {}
         #: Results handed to a remote origin and not yet acknowledged: (task, attempt) -> ...
@@ -116,28 +115,27 @@ class Executor:
 
     def fill(self) -> None:
         """Starts queued tasks while there is room."""
-        while len(self._running) < self.capacity and (
-            len(self._running) < self._always_started()
-            or sum(self._started_cost.values()) < self.cfg.run_ahead_s
-        ):
+        while len(self._running) < self.capacity and self._may_start_another():
             task = self.queue.pop_for_execution()
             if task is None:
                 break
             self._start(task)
 
-    def _always_started(self) -> int:
-        """How many tasks start whatever their estimates (see EXPLORE_STARTED)."""
-        for model in set(self._started_model.values()):
-            if not self._engine.batching_measured(model):
-                return EXPLORE_STARTED
-        return 1
+    def _may_start_another(self) -> bool:
+        """Under ``run_ahead_s`` of estimated work, or fewer than EXPLORE_STARTED running while
+        a running task's model has not shown what batching saves (one always runs)."""
+        started = self._started.values()
+        if not started or sum(t.est_cost_s for t in started) < self.cfg.run_ahead_s:
+            return True
+        return len(started) < EXPLORE_STARTED and not all(
+            self._engine.batching_measured(t.model) for t in started
+        )
 
     def _start(self, task: Task) -> None:
         # Counted as running before the origin's bookkeeping runs: it starts the queue again,
         # which must already see this one (or it starts past ``capacity``).
         self._running[task.task_id] = asyncio.create_task(self._execute(task))
-        self._started_cost[task.task_id] = task.est_cost_s
-        self._started_model[task.task_id] = task.model
+        self._started[task.task_id] = task
         self._on_started(task)
 
     async def _execute(self, task: Task) -> None:
@@ -176,8 +174,7 @@ class Executor:
         with contextlib.suppress(Exception):
             self.queue.finish(task.task_id)
         self._running.pop(task.task_id, None)
-        self._started_cost.pop(task.task_id, None)
-        self._started_model.pop(task.task_id, None)
+        self._started.pop(task.task_id, None)
         self.completed += 1
         await self.hand_back(task, result)
         self._on_finished()
