@@ -81,13 +81,6 @@ class TasksConfig:
     #: Delivered task ids are remembered this long to discard late duplicate results.
     done_retention_s: float = 600.0
 
-    # ---- journal (origin side) -----------------------------------------------------------
-    #: The journal commits on the event loop itself (one fsync for every write made in a
-    #: loop iteration, as Redis's ``appendfsync always``) while its commits take at most this
-    #: long on average, seconds; a slower disk gets a worker thread, so the loop never stalls
-    #: longer. 0: always the thread. See tasks/group_commit.py.
-    journal_inline_max_s: float = 0.001
-
     def validate(self) -> TasksConfig:
         positive = {
             "max_queued": self.max_queued,
@@ -104,11 +97,6 @@ class TasksConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"tasks.{name} must be > 0, got {value}")
-        if self.journal_inline_max_s < 0:
-            raise ConfigError(
-                f"tasks.journal_inline_max_s must be >= 0 (0: always commit on a thread), "
-                f"got {self.journal_inline_max_s}"
-            )
         if not 0 < self.ewma_alpha <= 1:
             raise ConfigError(f"tasks.ewma_alpha must be in (0, 1], got {self.ewma_alpha}")
         if self.steal_backoff_max_s < self.steal_backoff_base_s:

@@ -106,7 +106,7 @@ class TasksDriver:
         #: At most this many Agent.Infer calls wait here at once (back-pressure).
         self.inline_bound = inline_bound
         self._models = models
-        self._journal = GroupCommitJournal(data_dir / "tasks.db", self.cfg.journal_inline_max_s)
+        self._journal = GroupCommitJournal(data_dir / "tasks.db")
         self._channels = channels
         self._members = members
         self._rng = rng or random.Random()
