@@ -1,12 +1,16 @@
 """Task overhead through a real daemon: Submit + Wait of a no-op model, against Infer of the
 same model in the same run.
 
-    python -m bench.tasks_daemon [--tasks 300] [--concurrency 32]
+    python -m bench.tasks_daemon [--tasks 300] [--concurrency 32] [--against TREE]
 
 Rows: sequential Submit+Wait latency (p50/p95; target p50 <= 2 ms), sequential Infer latency
 (the baseline: no journal, no queue), and tasks per second with ``--concurrency`` clients,
 through grpc.aio; then the sequential p50s again through grpc's blocking client, which adds
 less of its own per call.
+``--against TREE`` compares two builds under the same load: it also starts a daemon from
+another source tree (a ``git worktree`` of the commit before a change) and alternates
+sequential pairs between the two, printing each one's quartiles. On this shared machine, runs
+minutes apart differ by more than most changes do; pairs alternated call by call do not.
 Submit is journaled with fsync before it answers, and so is the result before it is shown
 (writes arriving together share one fsync): the disk's fsync latency, measured in the same
 run, is the floor under the sequential p50.
@@ -120,6 +124,40 @@ def sync_client_p50_ms(d: Daemon, certs_dir: Path, n: int) -> dict[str, float]:
     }
 
 
+def interleaved_pairs_ms(daemons: dict[str, Daemon], certs_dir: Path, n: int) -> None:
+    """Sequential Submit + Wait pairs through the blocking client, alternating between the
+    daemons call by call; prints each one's p25 / p50 / p75."""
+    creds = grpc.ssl_channel_credentials(
+        (certs_dir / "ca.crt").read_bytes(),
+        (certs_dir / "client.key").read_bytes(),
+        (certs_dir / "client.crt").read_bytes(),
+    )
+    x = tensors.to_proto("input", demo_model.sample_input(1))
+    submit = agent_pb2.SubmitRequest(model="noop", inputs=[x])
+    channels = {
+        k: grpc.secure_channel(d.address, creds, options=channel_options("bench", 16 << 20))
+        for k, d in daemons.items()
+    }
+    samples: dict[str, list[float]] = {k: [] for k in daemons}
+    try:
+        stubs = {k: agent_pb2_grpc.AgentStub(ch) for k, ch in channels.items()}
+        for i in range(n + 20):  # the first 20 warm up
+            for k, stub in stubs.items():
+                t0 = time.perf_counter()
+                tid = stub.Submit(submit, timeout=30).task_id
+                for e in stub.Wait(agent_pb2.WaitRequest(task_id=tid), timeout=30):
+                    if e.kind == agent_pb2.TaskEvent.FAILED:
+                        raise RuntimeError(e.error_message)
+                if i >= 20:
+                    samples[k].append(time.perf_counter() - t0)
+    finally:
+        for ch in channels.values():
+            ch.close()
+    for k, xs in samples.items():
+        q1, q2, q3 = (1000 * q for q in statistics.quantiles(xs, n=4))
+        print(f"interleaved Submit+Wait, {k}: p25 {q1:.3f} ms, p50 {q2:.3f} ms, p75 {q3:.3f} ms")
+
+
 def fsync_p50_ms(directory: Path, n: int = 50) -> float:
     """The disk's fsync latency: the floor under a journaled Submit (and result)."""
     import os
@@ -143,7 +181,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tasks", type=int, default=300)
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument(
+        "--against",
+        type=Path,
+        metavar="TREE",
+        help="also run a daemon from this source tree and alternate pairs with it",
+    )
     args = p.parse_args()
+    if args.against is not None and not (args.against / "p2pagent" / "__init__.py").is_file():
+        p.error(f"--against {args.against}: not a p2pagent source tree (no p2pagent/__init__.py)")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         certs.init_ca(root / "certs", "bench")
@@ -153,6 +199,20 @@ def main() -> None:
         noop = files.get("noop_torchscript", root / "models" / "noop.torchscript.pt")
         d = Daemon("b1", root / "certs", root / "b1", args=["--serve", f"noop={noop}"]).start()
         try:
+            if args.against is not None:
+                # `python -m` imports from the working directory first: run it in the tree.
+                other = Daemon(
+                    "b1", root / "certs", root / "other", args=["--serve", f"noop={noop}"],
+                    prefix=["env", "-C", str(args.against.resolve())],
+                )  # fmt: skip
+                try:
+                    other.start()
+                    interleaved_pairs_ms(
+                        {"this tree": d, str(args.against): other}, root / "certs", args.tasks
+                    )
+                finally:
+                    other.kill()
+                return
             row = asyncio.run(_run(d, root / "certs", args.tasks, args.concurrency))
             row.update(sync_client_p50_ms(d, root / "certs", args.tasks))
             row["fsync_p50_ms"] = fsync_p50_ms(root)
