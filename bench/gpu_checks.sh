@@ -6,7 +6,7 @@
 #
 # Meant for a host whose python3 already has torch with CUDA but not this project's pinned
 # packages (a borrowed GPU machine without network): wheels placed in .whl/ are installed
-# into /tmp/site first (`pip download` them elsewhere for that host's Python). On a host
+# into /tmp/site first (`make gpu-wheels` downloads them, for Python 3.12 by default). On a host
 # where `make venv` worked, run it with PY=.venv/bin/python and no .whl/.
 #
 # Steps, most important first, each bounded: the CUDA path's tests (the engine on the GPU,
