@@ -3,6 +3,8 @@ rest of the node adds its own gauges and counters to."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -33,6 +35,7 @@ class RpcMetrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.dropped_payloads = Counter(
             "p2pagent_dropped_payloads",
             "Peer payloads dropped because they were malformed, oversized or of a wrong version",
@@ -41,8 +44,17 @@ class RpcMetrics:
         )
 
     def observe(self, method: str, code: str, seconds: float) -> None:
-        self.requests.labels(method, code).inc()
-        self.latency.labels(method).observe(seconds)
+        # Once per RPC: the labelled children are looked up once per (method, code), not
+        # through ``labels()`` (label validation and a lock) on every call.
+        children = self._children.get((method, code))
+        if children is None:
+            children = self._children[(method, code)] = (
+                self.requests.labels(method, code),
+                self.latency.labels(method),
+            )
+        count, latency = children
+        count.inc()
+        latency.observe(seconds)
 
     def serve(self, host: str, port: int) -> None:
         """Serves /metrics over plain HTTP (the usual Prometheus scrape; no secrets in it)."""
