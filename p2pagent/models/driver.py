@@ -48,7 +48,7 @@ from p2pagent.errors import (
 )
 from p2pagent.inference.formats import detect_format
 from p2pagent.models import registry
-from p2pagent.models.alloc import keep_chunk_buffers_on_heap
+from p2pagent.models.alloc import ChunkBuffers
 from p2pagent.models.config import ModelsConfig
 from p2pagent.models.loadable import LoadableModels, inference_format, spec_of
 from p2pagent.models.manifest import ALL, Manifest, ModelFormat, check_model_name, next_version
@@ -118,6 +118,7 @@ class ModelsDriver:
         self._reserved = reserved_names
         self._rng = rng or random.Random()
         self._io = ThreadPoolExecutor(4, thread_name_prefix="models-io")
+        self._buffers = ChunkBuffers(config.tune_malloc)
         self._store: ChunkStore | None = None
         self._manifests = registry.ManifestCache()
         self._pulls: dict[str, asyncio.Task[PullReport]] = {}
@@ -165,8 +166,7 @@ class ModelsDriver:
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self.config.tune_malloc:
-            keep_chunk_buffers_on_heap(self.config.chunk_size)
+        self._buffers.fit(self.config.chunk_size)
         loop = asyncio.get_running_loop()
         self._store = store = await loop.run_in_executor(
             self._io, ChunkStore, self._root, self.config
@@ -175,6 +175,7 @@ class ModelsDriver:
         if report.chunks_removed or report.files_removed:
             log.info("models: removed %d unreferenced chunks at start", report.chunks_removed)
         for m in store.manifests():
+            self._buffers.fit(m.chunk_size)  # held: may be served
             if await loop.run_in_executor(self._io, store.is_complete, m.manifest_id):
                 self._complete.add(m.manifest_id)
         if self._corrupt_every:
@@ -287,6 +288,7 @@ class ModelsDriver:
             store, name=name, format=fmt, size=size, version=next_version(now, latest),
             created_unix=now, chunk_size=chunk_size, metadata=metadata, replicas=replicas,
         )  # fmt: skip
+        self._buffers.fit(chunk_size)  # checked by the writer; 0 is the default, fitted at start
         head = b""
         try:
             async for piece in pieces:
@@ -344,7 +346,10 @@ class ModelsDriver:
         self, manifest_id: str, indices: list[int]
     ) -> AsyncIterator[tuple[int, bytes]]:
         """Chunks of a version held here, in the order asked, paced by the upload cap."""
-        return self._server.serve(self.store, manifest_id, indices)
+        store = self.store
+        if store.has_manifest(manifest_id):
+            self._buffers.fit(store.get_manifest(manifest_id).chunk_size)
+        return self._server.serve(store, manifest_id, indices)
 
     # ---- pulling ------------------------------------------------------------------------------
 
@@ -368,6 +373,7 @@ class ModelsDriver:
 
     async def _pull(self, m: Manifest) -> PullReport:
         mid = m.manifest_id
+        self._buffers.fit(m.chunk_size)
         puller = Puller(
             m,
             store=self.store,

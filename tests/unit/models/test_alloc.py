@@ -25,3 +25,19 @@ def test_applies_on_glibc() -> None:
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
     assert keep_chunk_buffers_on_heap(MIB)
+
+
+def test_chunk_buffers_are_refitted_only_for_a_larger_chunk_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from p2pagent.models import alloc
+
+    applied: list[int] = []
+    monkeypatch.setattr(alloc, "keep_chunk_buffers_on_heap", lambda size: applied.append(size))
+    buffers = alloc.ChunkBuffers(enabled=True)
+    for size in [MIB, MIB, 4 * MIB, 2 * MIB, 4 * MIB, 16 * MIB]:
+        buffers.fit(size)
+    assert applied == [MIB, 4 * MIB, 16 * MIB]
+    off = alloc.ChunkBuffers(enabled=False)  # models.tune_malloc = false
+    off.fit(8 * MIB)
+    assert applied == [MIB, 4 * MIB, 16 * MIB]
