@@ -40,12 +40,24 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * (len(xs) - 1)))]
 
 
-async def _run(d: Daemon, certs_dir: Path, n: int, concurrency: int) -> dict[str, float]:
-    creds = grpc.ssl_channel_credentials(
+def _client_credentials(certs_dir: Path) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
         (certs_dir / "ca.crt").read_bytes(),
         (certs_dir / "client.key").read_bytes(),
         (certs_dir / "client.crt").read_bytes(),
     )
+
+
+def _blocking_pair(stub: agent_pb2_grpc.AgentStub, submit: agent_pb2.SubmitRequest) -> None:
+    """One Submit, then Wait until the result, through the blocking client."""
+    task_id = stub.Submit(submit, timeout=30).task_id
+    for e in stub.Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=30):
+        if e.kind == agent_pb2.TaskEvent.FAILED:
+            raise RuntimeError(e.error_message)
+
+
+async def _run(d: Daemon, certs_dir: Path, n: int, concurrency: int) -> dict[str, float]:
+    creds = _client_credentials(certs_dir)
     x = tensors.to_proto("input", demo_model.sample_input(1))
     async with grpc.aio.secure_channel(
         d.address, creds, options=channel_options("bench", 16 << 20)
@@ -95,11 +107,7 @@ async def _run(d: Daemon, certs_dir: Path, n: int, concurrency: int) -> dict[str
 def sync_client_p50_ms(d: Daemon, certs_dir: Path, n: int) -> dict[str, float]:
     """Sequential Submit + Wait and Infer p50 through grpc's blocking client, which adds
     less of its own than grpc.aio to each call (a server stream most: ~0.6 ms here)."""
-    creds = grpc.ssl_channel_credentials(
-        (certs_dir / "ca.crt").read_bytes(),
-        (certs_dir / "client.key").read_bytes(),
-        (certs_dir / "client.crt").read_bytes(),
-    )
+    creds = _client_credentials(certs_dir)
     x = tensors.to_proto("input", demo_model.sample_input(1))
     with grpc.secure_channel(d.address, creds, options=channel_options("bench", 16 << 20)) as ch:
         stub = agent_pb2_grpc.AgentStub(ch)
@@ -108,10 +116,7 @@ def sync_client_p50_ms(d: Daemon, certs_dir: Path, n: int) -> dict[str, float]:
         pairs, infers = [], []
         for i in range(n + 20):  # the first 20 warm up
             t0 = time.perf_counter()
-            tid = stub.Submit(submit, timeout=30).task_id
-            for e in stub.Wait(agent_pb2.WaitRequest(task_id=tid), timeout=30):
-                if e.kind == agent_pb2.TaskEvent.FAILED:
-                    raise RuntimeError(e.error_message)
+            _blocking_pair(stub, submit)
             t1 = time.perf_counter()
             stub.Infer(infer, timeout=30)
             t2 = time.perf_counter()
@@ -127,11 +132,7 @@ def sync_client_p50_ms(d: Daemon, certs_dir: Path, n: int) -> dict[str, float]:
 def interleaved_pairs_ms(daemons: dict[str, Daemon], certs_dir: Path, n: int) -> None:
     """Sequential Submit + Wait pairs through the blocking client, alternating between the
     daemons call by call; prints each one's p25 / p50 / p75."""
-    creds = grpc.ssl_channel_credentials(
-        (certs_dir / "ca.crt").read_bytes(),
-        (certs_dir / "client.key").read_bytes(),
-        (certs_dir / "client.crt").read_bytes(),
-    )
+    creds = _client_credentials(certs_dir)
     x = tensors.to_proto("input", demo_model.sample_input(1))
     submit = agent_pb2.SubmitRequest(model="noop", inputs=[x])
     channels = {
@@ -144,10 +145,7 @@ def interleaved_pairs_ms(daemons: dict[str, Daemon], certs_dir: Path, n: int) ->
         for i in range(n + 20):  # the first 20 warm up
             for k, stub in stubs.items():
                 t0 = time.perf_counter()
-                tid = stub.Submit(submit, timeout=30).task_id
-                for e in stub.Wait(agent_pb2.WaitRequest(task_id=tid), timeout=30):
-                    if e.kind == agent_pb2.TaskEvent.FAILED:
-                        raise RuntimeError(e.error_message)
+                _blocking_pair(stub, submit)
                 if i >= 20:
                     samples[k].append(time.perf_counter() - t0)
     finally:
