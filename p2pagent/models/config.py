@@ -44,7 +44,7 @@ class ModelsConfig:
 
     #: Keep MiB-sized chunk buffers on the heap instead of a fresh mmap each (glibc
     #: ``mallopt``, process-wide, see ``alloc``), fitted to the largest chunk size the node
-    #: publishes, pulls, serves or holds: about a third less CPU per served byte.
+    #: publishes, pulls or holds (and so serves): about a third less CPU per served byte.
     tune_malloc: bool = True
 
     # ---- pulling (transfer planner) ----------------------------------------------------------

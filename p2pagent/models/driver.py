@@ -175,7 +175,7 @@ class ModelsDriver:
         if report.chunks_removed or report.files_removed:
             log.info("models: removed %d unreferenced chunks at start", report.chunks_removed)
         for m in store.manifests():
-            self._buffers.fit(m.chunk_size)  # held: may be served
+            self._buffers.fit(m.chunk_size)  # held, so served
             if await loop.run_in_executor(self._io, store.is_complete, m.manifest_id):
                 self._complete.add(m.manifest_id)
         if self._corrupt_every:
@@ -345,11 +345,11 @@ class ModelsDriver:
     def serve_chunks(
         self, manifest_id: str, indices: list[int]
     ) -> AsyncIterator[tuple[int, bytes]]:
-        """Chunks of a version held here, in the order asked, paced by the upload cap."""
-        store = self.store
-        if store.has_manifest(manifest_id):
-            self._buffers.fit(store.get_manifest(manifest_id).chunk_size)
-        return self._server.serve(store, manifest_id, indices)
+        """Chunks of a version held here, in the order asked, paced by the upload cap.
+
+        The allocator already fits its chunk size: a version gets into the store only by
+        ``publish``, ``_pull`` or ``start``, which fit it."""
+        return self._server.serve(self.store, manifest_id, indices)
 
     # ---- pulling ------------------------------------------------------------------------------
 
