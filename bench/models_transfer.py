@@ -4,9 +4,10 @@
 
 Two real daemons on loopback (n1 publishes, n2 pulls). Per round, in alternating order:
 
-* **baseline**: a plain ``grpc.aio`` server (its own process) streams the model file in 1 MiB
-  messages over the same mutual TLS (n1's node certificate, the daemon's server credentials
-  and channel options) to a client that presents n2's certificate and discards the bytes;
+* **baseline**: a plain ``grpc.aio`` server (its own process) streams the model file in
+  messages of the chunk size, as the pull's are (``--message-kib`` to choose), over the same
+  mutual TLS (n1's node certificate, the daemon's server credentials and channel options)
+  to a client that presents n2's certificate and discards the bytes;
 * **pull**: ``PullModel`` on n2, which fetches every chunk from n1 over ``Peer.FetchChunks``,
   verifies each against its SHA-256 and writes it to disk (atomic writes, fsynced in batches
   before the version is sealed), then registers n2 as a holder. Timed from the client, so it
@@ -67,13 +68,13 @@ def _identity(b: bytes) -> bytes:
 # ---- the baseline server (runs in its own process) -------------------------------------------
 
 
-async def serve_raw(path: Path, certs: Path, address: str) -> None:
-    keep_chunk_buffers_on_heap(PIECE)  # the daemons' allocator settings, for a fair baseline
+async def serve_raw(path: Path, certs: Path, address: str, message: int) -> None:
+    keep_chunk_buffers_on_heap(message)  # the daemons' allocator settings, for a fair baseline
     material = tls.load(tls.TLSPaths.in_dir(certs, "n1"))
 
     async def stream(_request: bytes, _context: object) -> AsyncIterator[bytes]:
         with path.open("rb") as f:
-            while piece := f.read(PIECE):
+            while piece := f.read(message):
                 yield piece
 
     server = grpc.aio.server(
@@ -206,13 +207,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="also measure write+fsync of the same bytes on the disk")  # fmt: skip
     p.add_argument("--env", action="append", default=[], metavar="K=V",
                    help="daemon environment, e.g. P2PAGENT_MODELS__FSYNC=false")  # fmt: skip
-    p.add_argument("--serve-raw", nargs=3, metavar=("FILE", "CERTS", "ADDRESS"),
+    p.add_argument("--message-kib", type=int, default=0,
+                   help="the baseline's message size (default: the chunk size)")  # fmt: skip
+    p.add_argument("--serve-raw", nargs=4, metavar=("FILE", "CERTS", "ADDRESS", "BYTES"),
                    help=argparse.SUPPRESS)  # fmt: skip
     args = p.parse_args(argv)
-    keep_chunk_buffers_on_heap(PIECE)  # the baseline client's, as the daemons'
     if args.serve_raw:
-        path, certs, address = args.serve_raw
-        asyncio.run(serve_raw(Path(path), Path(certs), address))
+        path, certs, address, message = args.serve_raw
+        asyncio.run(serve_raw(Path(path), Path(certs), address, int(message)))
         return 0
 
     base_rates: list[float] = []
@@ -230,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     direct_rates: list[float] = []
     direct_cpu: list[float] = []
     env = dict(kv.split("=", 1) for kv in args.env)
+    message = (args.message_kib or args.chunk_kib) * 1024
+    keep_chunk_buffers_on_heap(message)  # the baseline client's, as the daemons'
     with (
         tempfile.TemporaryDirectory(prefix="bench-models-") as tmp,
         Cluster(Path(tmp), 2, use_netns=False, env=env) as c,
@@ -259,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             raw_address = f"{host}:{free_port(host)}"
             server = subprocess.Popen(
                 [sys.executable, "-m", "bench.models_transfer", "--serve-raw", str(model),
-                 str(c.certs), raw_address],
+                 str(c.certs), raw_address, str(message)],
                 stdout=subprocess.PIPE,
             )  # fmt: skip
             try:
@@ -322,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             model.unlink()
     med = statistics.median
     print()
-    print(f"model {args.mib} MiB, chunks {args.chunk_kib} KiB, {args.rounds} rounds (medians)")
+    print(f"model {args.mib} MiB, chunks {args.chunk_kib} KiB, baseline messages "
+          f"{message // 1024} KiB, {args.rounds} rounds (medians)")  # fmt: skip
     print("| row | MB/s | CPU s/GiB (both sides) |")
     print("|---|---:|---:|")
     print(f"| plain gRPC stream, same mTLS (baseline) | {med(base_rates):.1f} "
