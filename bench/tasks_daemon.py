@@ -1,16 +1,18 @@
 """Task overhead through a real daemon: Submit + Wait of a no-op model, against Infer of the
 same model in the same run.
 
-    python -m bench.tasks_daemon [--tasks 300] [--concurrency 32] [--against TREE]
+    python -m bench.tasks_daemon [--tasks 300] [--concurrency 32] [--against TREE | --breakdown]
 
 Rows: sequential Submit+Wait latency (p50/p95; target p50 <= 2 ms), sequential Infer latency
 (the baseline: no journal, no queue), and tasks per second with ``--concurrency`` clients,
 through grpc.aio; then the sequential p50s again through grpc's blocking client, which adds
-less of its own per call.
+less of its own per call (server streams read on the calling thread).
 ``--against TREE`` compares two builds under the same load: it also starts a daemon from
 another source tree (a ``git worktree`` of the commit before a change) and alternates
-sequential pairs between the two, printing each one's quartiles. On this shared machine, runs
-minutes apart differ by more than most changes do; pairs alternated call by call do not.
+sequential pairs between the two, printing each one's quartiles. On this shared machine,
+runs minutes apart differ by more than most changes do; pairs alternated call by call do not.
+``--breakdown`` prints instead the p50 and the daemon's CPU per call of a pair, an Infer, a
+Submit alone and a Wait on a finished task: where a pair's time goes.
 Submit is journaled with fsync before it answers, and so is the result before it is shown
 (writes arriving together share one fsync): the disk's fsync latency, measured in the same
 run, is the floor under the sequential p50.
@@ -20,12 +22,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import grpc.experimental
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc
 from p2pagent.identity import certs
@@ -46,6 +51,15 @@ def _client_credentials(certs_dir: Path) -> grpc.ChannelCredentials:
         (certs_dir / "client.key").read_bytes(),
         (certs_dir / "client.crt").read_bytes(),
     )
+
+
+def _blocking_options() -> list[tuple[str, object]]:
+    """The blocking client's channel options: server streams (``Wait``) read on the calling
+    thread rather than handed over from grpc's own (0.3 ms less client CPU a pair here)."""
+    return [
+        *channel_options("bench", 16 << 20),
+        (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
+    ]
 
 
 def _blocking_pair(stub: agent_pb2_grpc.AgentStub, submit: agent_pb2.SubmitRequest) -> None:
@@ -109,7 +123,7 @@ def sync_client_p50_ms(d: Daemon, certs_dir: Path, n: int) -> dict[str, float]:
     less of its own than grpc.aio to each call (a server stream most: ~0.6 ms here)."""
     creds = _client_credentials(certs_dir)
     x = tensors.to_proto("input", demo_model.sample_input(1))
-    with grpc.secure_channel(d.address, creds, options=channel_options("bench", 16 << 20)) as ch:
+    with grpc.secure_channel(d.address, creds, options=_blocking_options()) as ch:
         stub = agent_pb2_grpc.AgentStub(ch)
         submit = agent_pb2.SubmitRequest(model="noop", inputs=[x])
         infer = agent_pb2.InferRequest(model="noop", inputs=[x])
@@ -136,7 +150,7 @@ def interleaved_pairs_ms(daemons: dict[str, Daemon], certs_dir: Path, n: int) ->
     x = tensors.to_proto("input", demo_model.sample_input(1))
     submit = agent_pb2.SubmitRequest(model="noop", inputs=[x])
     channels = {
-        k: grpc.secure_channel(d.address, creds, options=channel_options("bench", 16 << 20))
+        k: grpc.secure_channel(d.address, creds, options=_blocking_options())
         for k, d in daemons.items()
     }
     samples: dict[str, list[float]] = {k: [] for k in daemons}
@@ -154,6 +168,58 @@ def interleaved_pairs_ms(daemons: dict[str, Daemon], certs_dir: Path, n: int) ->
     for k, xs in samples.items():
         q1, q2, q3 = (1000 * q for q in statistics.quantiles(xs, n=4))
         print(f"interleaved Submit+Wait, {k}: p25 {q1:.3f} ms, p50 {q2:.3f} ms, p75 {q3:.3f} ms")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def breakdown(d: Daemon, certs_dir: Path, n: int) -> None:
+    """Where a pair's time goes: p50 and the daemon's CPU per call (all its threads, less its
+    idle rate) of a Submit+Wait pair, an Infer, a Submit alone (its task still runs and is
+    journaled twice) and a Wait on a task already done, through the blocking client."""
+    assert d.proc is not None
+    pid = d.proc.pid
+    creds = _client_credentials(certs_dir)
+    x = tensors.to_proto("input", demo_model.sample_input(1))
+    submit = agent_pb2.SubmitRequest(model="noop", inputs=[x])
+    infer = agent_pb2.InferRequest(model="noop", inputs=[x])
+    with grpc.secure_channel(d.address, creds, options=_blocking_options()) as ch:
+        stub = agent_pb2_grpc.AgentStub(ch)
+        for _ in range(20):
+            _blocking_pair(stub, submit)
+        done = stub.Submit(submit, timeout=30).task_id
+        _blocking_pair(stub, submit)
+
+        def wait_done() -> None:
+            for _ in stub.Wait(agent_pb2.WaitRequest(task_id=done), timeout=30):
+                pass
+
+        rows: list[tuple[str, Callable[[], object]]] = [
+            ("Submit+Wait", lambda: _blocking_pair(stub, submit)),
+            ("Infer", lambda: stub.Infer(infer, timeout=30)),
+            ("Submit alone", lambda: stub.Submit(submit, timeout=30)),
+            ("Wait, task done", wait_done),
+        ]
+        time.sleep(1.0)  # the Submits' tasks finish
+        before = _cpu_s(pid)
+        time.sleep(2.0)
+        idle = (_cpu_s(pid) - before) / 2.0
+        print("| call | p50 ms | daemon CPU ms a call |")
+        print("|---|---:|---:|")
+        for name, call in rows:
+            cpu = _cpu_s(pid)
+            start = time.perf_counter()
+            samples = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                call()
+                samples.append(time.perf_counter() - t0)
+            time.sleep(0.2)  # the last Submit's task finishes inside the window
+            used = _cpu_s(pid) - cpu - idle * (time.perf_counter() - start)
+            print(f"| {name} | {1000 * statistics.median(samples):.3f} | {1000 * used / n:.3f} |")
 
 
 def fsync_p50_ms(directory: Path, n: int = 50) -> float:
@@ -185,6 +251,11 @@ def main() -> None:
         metavar="TREE",
         help="also run a daemon from this source tree and alternate pairs with it",
     )
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="p50 and daemon CPU per call of a pair, an Infer, a Submit alone, a Wait alone",
+    )
     args = p.parse_args()
     if args.against is not None and not (args.against / "p2pagent" / "__init__.py").is_file():
         p.error(f"--against {args.against}: not a p2pagent source tree (no p2pagent/__init__.py)")
@@ -210,6 +281,9 @@ def main() -> None:
                     )
                 finally:
                     other.kill()
+                return
+            if args.breakdown:
+                breakdown(d, root / "certs", args.tasks)
                 return
             row = asyncio.run(_run(d, root / "certs", args.tasks, args.concurrency))
             row.update(sync_client_p50_ms(d, root / "certs", args.tasks))
