@@ -93,14 +93,19 @@ def test_tasks_of_a_killed_executor_run_elsewhere_exactly_once(c3: Cluster) -> N
 def test_infer_goes_through_the_scheduler_and_is_stolen_from_a_busy_node(c3: Cluster) -> None:
     # n1 is busy with a burst; Infer calls made to n1 queue behind it like tasks, and idle
     # nodes steal them from the cold end: some answers name another node as the executor.
-    ids = _burst(c3, 200)
+    # The calls ask for a lower priority than the burst, so they are the cold end whenever
+    # n1 is robbed. Whether a steal from n1 lands while some are queued depends on timing
+    # (a thief busy with its first haul robs whichever peer has the most left), so a round
+    # without one is tried again, up to three rounds: each must compute the right answers.
     module, _ = demo_model.build_demo()
     stub = c3.agent("n1")
 
     def infer(seed: int) -> tuple[str, bool]:
         x = demo_model.sample_input(2048, seed=seed)
         resp = stub.Infer(
-            agent_pb2.InferRequest(model="demo", inputs=[tensors.to_proto("input", x)]),
+            agent_pb2.InferRequest(
+                model="demo", inputs=[tensors.to_proto("input", x)], priority=-1
+            ),
             timeout=120,
         )
         got = tensors.from_proto(resp.outputs[0], 1 << 24)
@@ -108,14 +113,19 @@ def test_infer_goes_through_the_scheduler_and_is_stolen_from_a_busy_node(c3: Clu
             expected = module(x)
         return resp.executor, bool(torch.allclose(got, expected, atol=1e-4))
 
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(infer, range(32)))
-    assert all(ok for _, ok in answers), "an Infer answer differs from the model's own output"
-    executors = Counter(e for e, _ in answers)
+    executors: Counter[str] = Counter()
+    for _ in range(3):
+        ids = _burst(c3, 200)
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(infer, range(32)))
+        assert all(ok for _, ok in answers), "an Infer answer differs from the model's own output"
+        executors.update(e for e, _ in answers)
+        for tid in ids:  # the burst still completes, each once
+            finals = _final(c3, "n1", tid)
+            assert len(finals) == 1 and finals[0].kind == agent_pb2.TaskEvent.DONE, finals
+        if executors.keys() - {"n1"}:
+            break
     assert executors.keys() - {"n1"}, executors
-    for tid in ids:  # the burst still completes, each once
-        finals = _final(c3, "n1", tid)
-        assert len(finals) == 1 and finals[0].kind == agent_pb2.TaskEvent.DONE, finals
 
 
 @pytest.fixture()
