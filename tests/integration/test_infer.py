@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
-from p2pagent.inference import demo_model
+from p2pagent.inference import architectures, demo_model, safetensors_io
 from p2pagent.testing.daemon import Daemon
 from p2pagent.transport.channels import channel_options
 
@@ -37,6 +37,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "flaky.metadata.json").write_text(json.dumps(meta))
     (d / "broken.pt").write_bytes(b"this is not a model at all")
     (d / "broken.metadata.json").write_text(json.dumps(meta))
+    # Holds the engine 300 ms a batch without using the CPU: a request behind it must wait.
+    busy = {"features": 4, "ms_per_row": 0, "ms_per_batch": 300}
+    safetensors_io.save({}, d / "busy.safetensors", {"architecture": "busy"})
+    (d / "busy.metadata.json").write_text(architectures.get("busy").spec(busy).to_json())
     return d
 
 
@@ -51,6 +55,7 @@ def node(
         f"noop={models / 'noop.torchscript.pt'}",
         f"flaky={models / 'flaky.pt'}",
         f"broken={models / 'broken.pt'}",
+        f"busy={models / 'busy.safetensors'}",
     ]
     args = [a for s in serve for a in ("--serve", s)]
     d = Daemon("n6", certs_dir, tmp_path_factory.mktemp("data") / "n6", args=args).start()
@@ -196,15 +201,18 @@ async def test_a_raising_model_fails_only_its_batch(node: Daemon, certs_dir: Pat
 
 
 async def test_expired_deadline_is_deadline_exceeded(node: Daemon, certs_dir: Path) -> None:
+    # The engine is held by a slow batch, so the second request waits behind it past its
+    # deadline (a request alone with a sub-millisecond deadline sometimes beat the clock).
     ch, stub = _stub(node, certs_dir)
+    x = _tensor(np.zeros((1, 4), np.float32))
     async with ch:
+        first = asyncio.ensure_future(
+            stub.Infer(agent_pb2.InferRequest(model="busy", inputs=[x]), timeout=60)
+        )
+        await asyncio.sleep(0.1)  # it holds the engine now (not a timing assertion)
         with pytest.raises(grpc.aio.AioRpcError) as e:
-            await stub.Infer(
-                agent_pb2.InferRequest(
-                    model="demo", inputs=[_tensor(np.zeros((1, 256), np.float32))]
-                ),
-                timeout=0.0005,
-            )
+            await stub.Infer(agent_pb2.InferRequest(model="busy", inputs=[x]), timeout=0.05)
+        assert (await first).outputs  # the first one is served all the same
     assert e.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
