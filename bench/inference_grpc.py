@@ -54,10 +54,11 @@ import grpc
 import numpy as np
 import torch
 
+from bench._proc import cpu_seconds
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
 from p2pagent.identity import certs
 from p2pagent.identity.spiffe import Role
-from p2pagent.inference import architectures, demo_model, safetensors_io
+from p2pagent.inference import architectures, demo_model
 from p2pagent.testing.daemon import Daemon, free_port
 from p2pagent.transport.channels import channel_options
 
@@ -100,12 +101,6 @@ def offline_ceiling(
         check=True,
     )
     return float(out.stdout.strip())
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_echo(prefix: list[str], certs_dir: Path, address: str) -> subprocess.Popen[bytes]:
@@ -177,11 +172,7 @@ GPU_SIM = {"features": demo_model.LARGE_IN, "ms_per_batch": 14.0, "ms_per_row": 
 
 def write_gpu_sim(out: Path) -> Path:
     """The gpu-sim model: empty weights of the ``busy`` architecture and its metadata."""
-    path = out / "gpu-sim.safetensors"
-    safetensors_io.save({}, path, {"architecture": "busy"})
-    spec = architectures.get("busy").spec(GPU_SIM)
-    (out / "gpu-sim.metadata.json").write_text(spec.to_json() + "\n")
-    return path
+    return demo_model.write_busy(out, "gpu-sim", GPU_SIM)
 
 
 def busy_ceiling(batch: int, seconds: float) -> float:

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import grpc
 
+from bench._proc import cpu_seconds
 from p2pagent._proto import agent_pb2
 from p2pagent.identity import material as tls
 from p2pagent.models.alloc import keep_chunk_buffers_on_heap
@@ -145,18 +146,12 @@ def _own_cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def idle_cpu_rate(pids: list[int], seconds: float = 3.0) -> float:
     """CPU seconds per second the processes spend on their own (gossip, timers): subtracted
     from what they use during a pull."""
-    before = sum(cpu_s(p) for p in pids)
+    before = sum(cpu_seconds(p) for p in pids)
     time.sleep(seconds)
-    return (sum(cpu_s(p) for p in pids) - before) / seconds
+    return (sum(cpu_seconds(p) for p in pids) - before) / seconds
 
 
 def disk_rate(directory: Path, mib: int, direct: bool = False) -> tuple[float, float]:
@@ -273,10 +268,10 @@ def main(argv: list[str] | None = None) -> int:
                 def baseline(
                     model: Path = model, address: str = raw_address, pid: int = server.pid
                 ) -> float:
-                    server_cpu = cpu_s(pid)
+                    server_cpu = cpu_seconds(pid)
                     size, secs, client_cpu = asyncio.run(fetch_raw(c.certs, address))
                     assert size == model.stat().st_size, (size, model.stat().st_size)
-                    sent = cpu_s(pid) - server_cpu
+                    sent = cpu_seconds(pid) - server_cpu
                     base_cpu.append((sent + client_cpu) / gib)
                     base_sides.append((sent / gib, client_cpu / gib))
                     return size / secs / 1e6
@@ -284,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 def pull(name: str = name) -> float:
                     idle = [idle_cpu_rate([n1_pid]), idle_cpu_rate([n2_pid])]
                     rss = _status_kib(n2_pid, "VmRSS")
-                    cpu = [cpu_s(n1_pid), cpu_s(n2_pid)]
+                    cpu = [cpu_seconds(n1_pid), cpu_seconds(n2_pid)]
                     t = time.perf_counter()
                     got = c.agent("n2").PullModel(
                         agent_pb2.PullModelRequest(name=name), timeout=900
@@ -292,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                     secs = time.perf_counter() - t
                     rate = got.size / secs / 1e6
                     sent, received = (
-                        (cpu_s(p) - before - rate_idle * secs) / gib
+                        (cpu_seconds(p) - before - rate_idle * secs) / gib
                         for p, before, rate_idle in zip((n1_pid, n2_pid), cpu, idle, strict=True)
                     )
                     pull_cpu.append(sent + received)

@@ -42,7 +42,7 @@ import torch
 
 from p2pagent._proto import agent_pb2, common_pb2
 from p2pagent.config import PLACEMENTS
-from p2pagent.inference import architectures, safetensors_io, tensors
+from p2pagent.inference import demo_model, tensors
 from p2pagent.testing.cluster import Cluster
 
 FEATURES = 4
@@ -69,12 +69,7 @@ class Row:
 
 def write_busy(out: Path, stem: str, ms_per_row: float) -> Path:
     """A ``busy`` model: empty safetensors plus the metadata naming its architecture."""
-    cfg = {"features": FEATURES, "ms_per_row": ms_per_row}
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{stem}.safetensors"
-    safetensors_io.save({}, path, {"architecture": "busy"})
-    (out / f"{stem}.metadata.json").write_text(architectures.get("busy").spec(cfg).to_json())
-    return path
+    return demo_model.write_busy(out, stem, {"features": FEATURES, "ms_per_row": ms_per_row})
 
 
 def _tensor(rows: int) -> common_pb2.Tensor:

@@ -32,6 +32,7 @@ from pathlib import Path
 import grpc
 import grpc.experimental
 
+from bench._proc import cpu_seconds
 from p2pagent._proto import agent_pb2, agent_pb2_grpc
 from p2pagent.identity import certs
 from p2pagent.identity.spiffe import Role
@@ -170,12 +171,6 @@ def interleaved_pairs_ms(daemons: dict[str, Daemon], certs_dir: Path, n: int) ->
         print(f"interleaved Submit+Wait, {k}: p25 {q1:.3f} ms, p50 {q2:.3f} ms, p75 {q3:.3f} ms")
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def breakdown(d: Daemon, certs_dir: Path, n: int) -> None:
     """Where a pair's time goes: p50 and the daemon's CPU per call (all its threads, less its
     idle rate) of a Submit+Wait pair, an Infer, a Submit alone (its task still runs and is
@@ -204,13 +199,13 @@ def breakdown(d: Daemon, certs_dir: Path, n: int) -> None:
             ("Wait, task done", wait_done),
         ]
         time.sleep(1.0)  # the Submits' tasks finish
-        before = _cpu_s(pid)
+        before = cpu_seconds(pid)
         time.sleep(2.0)
-        idle = (_cpu_s(pid) - before) / 2.0
+        idle = (cpu_seconds(pid) - before) / 2.0
         print("| call | p50 ms | daemon CPU ms a call |")
         print("|---|---:|---:|")
         for name, call in rows:
-            cpu = _cpu_s(pid)
+            cpu = cpu_seconds(pid)
             start = time.perf_counter()
             samples = []
             for _ in range(n):
@@ -218,14 +213,12 @@ def breakdown(d: Daemon, certs_dir: Path, n: int) -> None:
                 call()
                 samples.append(time.perf_counter() - t0)
             time.sleep(0.2)  # the last Submit's task finishes inside the window
-            used = _cpu_s(pid) - cpu - idle * (time.perf_counter() - start)
+            used = cpu_seconds(pid) - cpu - idle * (time.perf_counter() - start)
             print(f"| {name} | {1000 * statistics.median(samples):.3f} | {1000 * used / n:.3f} |")
 
 
 def fsync_p50_ms(directory: Path, n: int = 50) -> float:
     """The disk's fsync latency: the floor under a journaled Submit (and result)."""
-    import os
-
     path = directory / "fsync.probe"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     samples = []

@@ -164,6 +164,18 @@ def write_gpu(out: Path, depth: int = GPU_DEPTH, width: int = GPU_WIDTH) -> Path
     return path
 
 
+def write_busy(out: Path, stem: str, config: dict[str, float]) -> Path:
+    """Writes ``<stem>.safetensors`` of the ``busy`` architecture (no weights: it holds the
+    engine ``ms_per_batch + rows * ms_per_row`` without using a CPU) and its metadata, for
+    benchmarks and tests that need a model of a known cost; returns the weights' path."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}.safetensors"
+    safetensors_io.save({}, path, {"architecture": "busy"})
+    spec = architectures.get("busy").spec(config)
+    (out / f"{stem}.metadata.json").write_text(spec.to_json() + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--out", required=True, help="directory to write the model files into")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
-from p2pagent.inference import architectures, demo_model, safetensors_io
+from p2pagent.inference import demo_model
 from p2pagent.testing.daemon import Daemon
 from p2pagent.transport.channels import channel_options
 
@@ -38,9 +38,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "broken.pt").write_bytes(b"this is not a model at all")
     (d / "broken.metadata.json").write_text(json.dumps(meta))
     # Holds the engine 300 ms a batch without using the CPU: a request behind it must wait.
-    busy = {"features": 4, "ms_per_row": 0, "ms_per_batch": 300}
-    safetensors_io.save({}, d / "busy.safetensors", {"architecture": "busy"})
-    (d / "busy.metadata.json").write_text(architectures.get("busy").spec(busy).to_json())
+    demo_model.write_busy(d, "busy", {"features": 4, "ms_per_row": 0, "ms_per_batch": 300})
     return d
 
 
