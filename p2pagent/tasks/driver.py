@@ -45,8 +45,7 @@ from p2pagent.membership.view import ALIVE, DEAD, LEFT, MemberView, PeerDirector
 from p2pagent.tasks.balancing import Balancer
 from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.executor import CALL_TIMEOUT_S, Executor
-from p2pagent.tasks.group_commit import GroupCommitJournal
-from p2pagent.tasks.journal import Finished, Submitted
+from p2pagent.tasks.journal import Finished, Submitted, TaskJournal
 from p2pagent.tasks.leases import Action, Cancel, Deliver, LeaseTable, Requeue
 from p2pagent.tasks.placement import make_placement
 from p2pagent.tasks.queue import EntryState, TaskQueue
@@ -106,7 +105,7 @@ class TasksDriver:
         #: At most this many Agent.Infer calls wait here at once (back-pressure).
         self.inline_bound = inline_bound
         self._models = models
-        self._journal = GroupCommitJournal(data_dir / "tasks.db")
+        self._journal = TaskJournal(data_dir / "tasks.db")
         self._channels = channels
         self._members = members
         self._rng = rng or random.Random()
@@ -221,7 +220,10 @@ class TasksDriver:
         # The task is queued (and may run) while its journal entry is being synced: the reply
         # waits for the sync, and its result cannot be shown before it, since results are
         # journaled after it in commit order. This hides the sync behind the execution.
-        journaled = self._journal.write(Submitted(task_to_spec(task), now))
+        try:
+            journaled = self._journal.write(Submitted(task_to_spec(task), now))
+        except Unavailable as e:  # the journal is down: refused before anything happened
+            raise self._not_journaled(e) from e
         self._submitted_at[task.task_id] = (now, task.model)
         self.counters.submitted += 1
         self._apply(self.leases.submit(task, now))
@@ -234,11 +236,14 @@ class TasksDriver:
             # Not durable, so not accepted: the caller gets the error and never learns the id;
             # the task is failed here so that it does not linger or run.
             self._apply(self.leases.fail(task.task_id, "UNAVAILABLE", f"not journaled: {e}", now))
-            raise Unavailable(
-                f"{self.name} could not journal the task ({e}); nothing was accepted, "
-                "retry here later or submit to another node"
-            ) from e
+            raise self._not_journaled(e) from e
         return task.task_id
+
+    def _not_journaled(self, e: Exception) -> Unavailable:
+        return Unavailable(
+            f"{self.name} could not journal the task ({e}); nothing was accepted, "
+            "retry here later or submit to another node"
+        )
 
     async def run_inline(
         self,

@@ -1,4 +1,4 @@
-"""The origin's durable task journal: ``<data_dir>/tasks.db`` (SQLite, WAL, synchronous=FULL).
+"""The origin's durable task journal, as the daemon uses it.
 
 A task is written here before ``Submit`` answers with its id, and its result before it is
 shown to any ``Wait`` caller or acknowledged to the executor. After a crash the daemon reads
@@ -6,10 +6,15 @@ the journal back: unfinished tasks are queued again (with a new attempt, so what
 attempt still produces counts as a duplicate, never a second result), finished ones are
 served to ``Wait`` until ``done_retention_s`` has passed.
 
-Writes come in batches (``commit``): the driver gathers every write made while the previous
-batch was being synced and commits them in one transaction with one fsync (group commit), so
-a burst of submissions costs one disk flush, not one each. Blocking; the driver runs it on
-one dedicated thread.
+The table is written by a child process (:mod:`p2pagent.tasks.journal_writer`, which says why
+and how); this side sends it a frame a write and resolves the writes' futures, in order, as
+its acks come back, all from protocol callbacks on the event loop: no task and no thread sits
+between a caller and the disk.
+
+If the writer dies, the writes it had not acknowledged fail with ``Unavailable`` (they may or
+may not be on disk: nothing was acknowledged, so nothing acknowledged is lost), writes fail
+fast while it is down, and it is started again, at once the first time, then with a backoff
+if it keeps dying.
 
 Rows hold protobuf bytes (``TaskSpec`` for the task, ``CompleteRequest`` for its result),
 never pickles.
@@ -17,24 +22,34 @@ never pickles.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Sequence
+import asyncio
+import collections
+import logging
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
+
+import msgpack  # type: ignore[import-untyped]
 
 from p2pagent._proto import peer_pb2
+from p2pagent.errors import Unavailable
+from p2pagent.tasks import journal_writer
+from p2pagent.tasks.journal_writer import JournalTable
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    task_id    TEXT PRIMARY KEY,
-    model      TEXT NOT NULL,
-    spec       BLOB NOT NULL,
-    submitted  REAL NOT NULL,
-    finished   REAL,
-    result     BLOB
-);
-CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished);
-"""
+log = logging.getLogger(__name__)
+
+#: A writer that ran at least this long before dying is restarted at once; one that dies
+#: sooner waits, twice as long each time, up to ``MAX_RESTART_DELAY_S``.
+STABLE_UPTIME_S = 10.0
+FIRST_RESTART_DELAY_S = 0.5
+MAX_RESTART_DELAY_S = 30.0
+#: How long ``close`` waits for the writer to commit what it has and exit before killing it.
+CLOSE_TIMEOUT_S = 10.0
+#: A frame that changes nothing: the writer's first answer proves it can write the table.
+NOTHING_TO_PURGE: bytes = msgpack.packb(["P", float("-inf")])
 
 
 @dataclass(frozen=True)
@@ -61,68 +76,217 @@ class JournalRow:
     result: peer_pb2.CompleteRequest | None
 
 
-class Journal:
-    """The task table of one origin."""
+def encode(write: Write) -> bytes:
+    if isinstance(write, Submitted):
+        s = write.spec
+        frame: list[Any] = ["S", s.task_id, s.model, s.SerializeToString(), write.submitted]
+    else:
+        frame = ["F", write.task_id, write.result.SerializeToString(), write.finished]
+    out: bytes = msgpack.packb(frame)
+    return out
+
+
+def read_rows(path: Path) -> list[JournalRow]:
+    """Every task in the journal at ``path``, oldest submission first (blocking)."""
+    table = JournalTable(path)
+    try:
+        raw = table.load()
+    finally:
+        table.close()
+    return [
+        JournalRow(
+            peer_pb2.TaskSpec.FromString(spec),
+            submitted,
+            finished,
+            peer_pb2.CompleteRequest.FromString(result) if result else None,
+        )
+        for spec, submitted, finished, result in raw
+    ]
+
+
+class _Writer(asyncio.SubprocessProtocol):
+    """One writer process: frames out on its stdin, acks in from its stdout."""
+
+    def __init__(self, journal: TaskJournal) -> None:
+        self.journal = journal
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.stdin: asyncio.WriteTransport | None = None
+        #: Futures of the frames sent and not yet acknowledged, in the order sent.
+        self.unacked: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.replies = msgpack.Unpacker(raw=False)
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.up = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio's, hence casts, not isinstance.
+        self.transport = cast(asyncio.SubprocessTransport, transport)
+        self.stdin = cast(asyncio.WriteTransport, self.transport.get_pipe_transport(0))
+        self.up = True
+
+    def send(self, frame: bytes, future: asyncio.Future[None]) -> None:
+        assert self.stdin is not None
+        self.unacked.append(future)
+        self.stdin.write(frame)
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        self.replies.feed(data)
+        for count, error in self.replies:
+            self.journal.groups_committed += 1
+            for _ in range(count):
+                f = self.unacked.popleft()
+                if f.done():
+                    continue
+                if error is None:
+                    f.set_result(None)
+                else:
+                    f.set_exception(OSError(f"the task journal could not commit: {error}"))
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:  # no ack can come any more
+            self._fail_unacked()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The process has exited and its pipes are closed."""
+        self._fail_unacked()
+        code = None
+        if self.transport is not None:
+            code = self.transport.get_returncode()
+            self.transport.close()  # the process is reaped; this frees the transport
+        if not self.gone.done():
+            self.gone.set_result(None)
+        self.journal.on_writer_lost(self, code)
+
+    def _fail_unacked(self) -> None:
+        self.up = False
+        while self.unacked:
+            f = self.unacked.popleft()
+            if not f.done():
+                f.set_exception(
+                    Unavailable(
+                        "the task journal's writer process stopped before it confirmed "
+                        "this write, which may or may not be on disk"
+                    )
+                )
+
+
+class TaskJournal:
+    """The journal of one origin: ``open`` it, ``write`` tasks and results, ``close`` it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # One thread at a time (the driver's journal thread), but it is not the creating one.
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._writer: _Writer | None = None
+        self._started_at = 0.0
+        self._restart_delay_s = 0.0
+        self._restarting: asyncio.Task[None] | None = None
+        self._down_reason = "the task journal is not open"
+        self._closed = False
+        #: Groups the writer committed (each one transaction and one fsync).
+        self.groups_committed = 0
+        #: Times the writer process was started again after it died.
+        self.restarts = 0
 
-    def commit(self, writes: Sequence[Write]) -> None:
-        """Applies ``writes`` in one transaction; durable (fsynced) when it returns."""
-        if not writes:
-            return
-        db = self._db
-        if len(writes) == 1:
-            # One statement is its own transaction: one trip into SQLite (each trip gives up
-            # the GIL and must win it back from the event loop thread).
-            self._apply(writes[0])
-            return
-        db.execute("BEGIN IMMEDIATE")
+    @property
+    def writer_pid(self) -> int | None:
+        w = self._writer
+        if w is None or not w.up or w.transport is None:
+            return None
+        return w.transport.get_pid()
+
+    async def open(self) -> list[JournalRow]:
+        """Reads every task in the journal (oldest submission first), then starts the writer
+        and waits for its first answer, so that a journal that cannot be written stops the
+        daemon here rather than failing every Submit later."""
+        rows = await asyncio.get_running_loop().run_in_executor(None, read_rows, self.path)
+        await self._start_writer()
         try:
-            for w in writes:
-                self._apply(w)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            await self._send(NOTHING_TO_PURGE)
+        except (Unavailable, OSError) as e:
+            await self.close()
+            raise Unavailable(f"cannot write the task journal {self.path}: {e}") from e
+        return rows
 
-    def _apply(self, w: Write) -> None:
-        if isinstance(w, Submitted):
-            self._db.execute(
-                "INSERT OR REPLACE INTO tasks (task_id, model, spec, submitted)"
-                " VALUES (?, ?, ?, ?)",
-                (w.spec.task_id, w.spec.model, w.spec.SerializeToString(), w.submitted),
+    def write(self, write: Write) -> asyncio.Future[None]:
+        """Sends ``write`` now (writes commit in the order they are made) and returns a future
+        that resolves once it is durable, so that the caller can start work that does not need
+        it durable yet before awaiting it. Raises Unavailable at once while the writer is down."""
+        return self._send(encode(write))
+
+    async def purge(self, finished_before: float) -> None:
+        """Forgets results delivered before ``finished_before``."""
+        await self._send(msgpack.packb(["P", finished_before]))
+
+    async def close(self) -> None:
+        """Lets the writer commit what it was sent, then stops it."""
+        self._closed = True
+        self._down_reason = "the node is stopping; the task journal is closed"
+        if self._restarting is not None:
+            self._restarting.cancel()
+        w = self._writer
+        if w is None or w.transport is None:
+            return
+        if w.stdin is not None:
+            w.stdin.close()  # the writer commits what it read, answers, and exits
+        try:
+            await asyncio.wait_for(asyncio.shield(w.gone), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.error("tasks: the journal writer did not exit in %.0f s; killing it",
+                      CLOSE_TIMEOUT_S)  # fmt: skip
+            w.transport.kill()
+            await w.gone
+        w.transport.close()
+
+    def _send(self, frame: bytes) -> asyncio.Future[None]:
+        w = self._writer
+        if self._closed or w is None:
+            raise Unavailable(self._down_reason)
+        if not w.up:
+            raise Unavailable(
+                "the task journal's writer process stopped and is being restarted: retry in a "
+                "moment, or submit to another node"
             )
-        else:
-            self._db.execute(
-                "UPDATE tasks SET finished = ?, result = ? WHERE task_id = ?",
-                (w.finished, w.result.SerializeToString(), w.task_id),
-            )
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        w.send(frame, future)
+        return future
 
-    def load(self) -> list[JournalRow]:
-        """Every task in the journal, oldest submission first."""
-        rows = self._db.execute(
-            "SELECT spec, submitted, finished, result FROM tasks ORDER BY submitted"
-        ).fetchall()
-        out: list[JournalRow] = []
-        for spec_b, submitted, finished, result_b in rows:
-            spec = peer_pb2.TaskSpec.FromString(spec_b)
-            result = peer_pb2.CompleteRequest.FromString(result_b) if result_b else None
-            out.append(JournalRow(spec, submitted, finished, result))
-        return out
-
-    def purge(self, finished_before: float) -> int:
-        """Forgets tasks finished before the given time; returns how many."""
-        cur = self._db.execute(
-            "DELETE FROM tasks WHERE finished IS NOT NULL AND finished < ?", (finished_before,)
+    async def _start_writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        argv = [sys.executable, "-P", journal_writer.__file__, str(self.path)]
+        await loop.subprocess_exec(
+            self._new_writer,
+            *argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,  # the writer's own complaints go to the daemon's log
         )
-        return cur.rowcount
 
-    def close(self) -> None:
-        self._db.close()
+    def _new_writer(self) -> _Writer:
+        # Known before the process can die, so that its death is never ignored.
+        self._writer = _Writer(self)
+        self._started_at = time.monotonic()
+        return self._writer
+
+    def on_writer_lost(self, writer: _Writer, code: int | None) -> None:
+        if writer is not self._writer or self._closed:
+            return
+        uptime = time.monotonic() - self._started_at
+        log.error("tasks: the journal writer exited with code %s after %.1f s", code, uptime)
+        if uptime >= STABLE_UPTIME_S:
+            self._restart_delay_s = 0.0
+        self._schedule_restart()
+
+    def _schedule_restart(self) -> None:
+        delay = self._restart_delay_s
+        self._restart_delay_s = min(MAX_RESTART_DELAY_S, max(FIRST_RESTART_DELAY_S, delay * 2))
+        log.warning("tasks: starting the journal writer again in %.1f s", delay)
+        self._restarting = asyncio.get_running_loop().create_task(self._restart(delay))
+
+    async def _restart(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            await self._start_writer()
+        except OSError as e:
+            log.error("tasks: could not start the journal writer: %s", e)
+            self._schedule_restart()
+            return
+        self.restarts += 1
+        log.warning("tasks: the journal writer is running again (pid %s)", self.writer_pid)

@@ -1,10 +1,14 @@
 """The origin side of one node's task driver, in process, with a gated fake engine: what
 ``Wait`` streams (the current state, then each change, then the result), and what a
-``Submit`` whose journal write fails leaves behind (nothing accepted, nothing lingering)."""
+``Submit`` whose journal write fails (its writer process died) leaves behind (nothing
+accepted, nothing lingering)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -103,23 +107,26 @@ async def test_a_waiter_that_comes_while_the_task_runs_sees_running_then_the_res
 
 
 async def test_a_submit_that_cannot_be_journaled_is_refused_and_fails_its_task(
-    driver: tuple[TasksDriver, GatedEngine], monkeypatch: pytest.MonkeyPatch
+    driver: tuple[TasksDriver, GatedEngine],
 ) -> None:
     d, engine = driver
-    real_commit = d._journal._journal.commit  # type: ignore[union-attr]
-
-    def full_disk(writes: Any) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(d._journal._journal, "commit", full_disk)
+    pid = d._journal.writer_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # the write is sent and never confirmed...
+    submitting = asyncio.ensure_future(d.submit(_submit(7.0)))
+    await asyncio.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)  # ...and the writer dies
     with pytest.raises(Unavailable, match="could not journal the task"):
-        await d.submit(_submit(7.0))
-    monkeypatch.setattr(d._journal._journal, "commit", real_commit)
+        await submitting
     # Nothing of it is left running or queued, and it never counts as accepted.
     engine.gate.set()
     await asyncio.sleep(0.05)
     assert d.queue.n_queued == 0 and d.running == 0
     assert len(d.leases) == 0
+    deadline = time.monotonic() + 10
+    while d._journal.writer_pid in (None, pid):  # it is started again
+        assert time.monotonic() < deadline, "the journal writer was not restarted"
+        await asyncio.sleep(0.01)
     accepted = await d.submit(_submit(1.0))
     assert [e.kind for e in [e async for e in d.wait(accepted)]][-1] == DONE
 
