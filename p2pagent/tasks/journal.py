@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
@@ -48,6 +48,8 @@ FIRST_RESTART_DELAY_S = 0.5
 MAX_RESTART_DELAY_S = 30.0
 #: How long ``close`` waits for the writer to commit what it has and exit before killing it.
 CLOSE_TIMEOUT_S = 10.0
+#: How long ``open`` waits for the writer's first answer before giving up on the journal.
+FIRST_ANSWER_TIMEOUT_S = 30.0
 #: A frame that changes nothing: the writer's first answer proves it can write the table.
 NOTHING_TO_PURGE: bytes = msgpack.packb(["P", float("-inf")])
 
@@ -104,31 +106,47 @@ def read_rows(path: Path) -> list[JournalRow]:
     ]
 
 
-class _Writer(asyncio.SubprocessProtocol):
-    """One writer process: frames out on its stdin, acks in from its stdout."""
+class _Writer:
+    """One writer process: frames out on its stdin, acks in from its stdout.
 
-    def __init__(self, journal: TaskJournal) -> None:
+    Started with ``subprocess.Popen``, which execs the child from a vfork: no ``fork()``, so
+    none of gRPC's fork handlers runs. (An event loop's ``subprocess_exec`` forks: with gRPC's
+    threads busy, the child was seen to crash (SIGSEGV) or hang before its exec.) The pipes are
+    then driven by the loop; the writer's end is seen as the end of its stdout."""
+
+    def __init__(self, journal: TaskJournal, process: subprocess.Popen[bytes]) -> None:
         self.journal = journal
-        self.transport: asyncio.SubprocessTransport | None = None
+        self.process = process
         self.stdin: asyncio.WriteTransport | None = None
         #: Futures of the frames sent and not yet acknowledged, in the order sent.
         self.unacked: collections.deque[asyncio.Future[None]] = collections.deque()
         self.replies = msgpack.Unpacker(raw=False)
-        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.gone: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        #: Takes writes: connected, and neither pipe has closed.
         self.up = False
+        #: Its stdout has ended.
+        self.ended = False
+        self._reaper: asyncio.Task[None] | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio's, hence casts, not isinstance.
-        self.transport = cast(asyncio.SubprocessTransport, transport)
-        self.stdin = cast(asyncio.WriteTransport, self.transport.get_pipe_transport(0))
-        self.up = True
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None
+        try:
+            await loop.connect_read_pipe(lambda: _Replies(self), stdout)
+            transport, _ = await loop.connect_write_pipe(lambda: _Frames(self), stdin)
+        except BaseException:
+            self.process.kill()
+            raise
+        self.stdin = transport
+        self.up = not self.ended
 
     def send(self, frame: bytes, future: asyncio.Future[None]) -> None:
         assert self.stdin is not None
         self.unacked.append(future)
         self.stdin.write(frame)
 
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
+    def replies_received(self, data: bytes) -> None:
         self.replies.feed(data)
         for count, error in self.replies:
             self.journal.groups_committed += 1
@@ -141,23 +159,14 @@ class _Writer(asyncio.SubprocessProtocol):
                 else:
                     f.set_exception(OSError(f"the task journal could not commit: {error}"))
 
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        if fd == 1:  # no ack can come any more
-            self._fail_unacked()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """The process has exited and its pipes are closed."""
-        self._fail_unacked()
-        code = None
-        if self.transport is not None:
-            code = self.transport.get_returncode()
-            self.transport.close()  # the process is reaped; this frees the transport
-        if not self.gone.done():
-            self.gone.set_result(None)
-        self.journal.on_writer_lost(self, code)
-
-    def _fail_unacked(self) -> None:
+    def frames_refused(self) -> None:
+        """Its stdin is closed: take no more writes (acks may still be on their way)."""
         self.up = False
+
+    def replies_ended(self) -> None:
+        """Its stdout ended: it has exited, or is exiting; no ack can come any more."""
+        self.up = False
+        self.ended = True
         while self.unacked:
             f = self.unacked.popleft()
             if not f.done():
@@ -167,6 +176,34 @@ class _Writer(asyncio.SubprocessProtocol):
                         "this write, which may or may not be on disk"
                     )
                 )
+        if self.stdin is not None:
+            self.stdin.close()
+        self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        code = await asyncio.get_running_loop().run_in_executor(None, self.process.wait)
+        if not self.gone.done():
+            self.gone.set_result(code)
+        self.journal.on_writer_lost(self, code)
+
+
+class _Replies(asyncio.Protocol):
+    def __init__(self, writer: _Writer) -> None:
+        self.writer = writer
+
+    def data_received(self, data: bytes) -> None:
+        self.writer.replies_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.writer.replies_ended()
+
+
+class _Frames(asyncio.BaseProtocol):
+    def __init__(self, writer: _Writer) -> None:
+        self.writer = writer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.writer.frames_refused()
 
 
 class TaskJournal:
@@ -188,9 +225,7 @@ class TaskJournal:
     @property
     def writer_pid(self) -> int | None:
         w = self._writer
-        if w is None or not w.up or w.transport is None:
-            return None
-        return w.transport.get_pid()
+        return w.process.pid if w is not None and w.up else None
 
     async def open(self) -> list[JournalRow]:
         """Reads every task in the journal (oldest submission first), then starts the writer
@@ -199,7 +234,13 @@ class TaskJournal:
         rows = await asyncio.get_running_loop().run_in_executor(None, read_rows, self.path)
         await self._start_writer()
         try:
-            await self._send(NOTHING_TO_PURGE)
+            await asyncio.wait_for(self._send(NOTHING_TO_PURGE), FIRST_ANSWER_TIMEOUT_S)
+        except TimeoutError:
+            await self.close()
+            raise Unavailable(
+                f"the task journal's writer did not answer in {FIRST_ANSWER_TIMEOUT_S:.0f} s "
+                f"(is the disk under {self.path.parent} stalled?)"
+            ) from None
         except (Unavailable, OSError) as e:
             await self.close()
             raise Unavailable(f"cannot write the task journal {self.path}: {e}") from e
@@ -222,7 +263,7 @@ class TaskJournal:
         if self._restarting is not None:
             self._restarting.cancel()
         w = self._writer
-        if w is None or w.transport is None:
+        if w is None:
             return
         if w.stdin is not None:
             w.stdin.close()  # the writer commits what it read, answers, and exits
@@ -231,9 +272,8 @@ class TaskJournal:
         except TimeoutError:
             log.error("tasks: the journal writer did not exit in %.0f s; killing it",
                       CLOSE_TIMEOUT_S)  # fmt: skip
-            w.transport.kill()
+            w.process.kill()
             await w.gone
-        w.transport.close()
 
     def _send(self, frame: bytes) -> asyncio.Future[None]:
         w = self._writer
@@ -249,21 +289,17 @@ class TaskJournal:
         return future
 
     async def _start_writer(self) -> None:
-        loop = asyncio.get_running_loop()
         argv = [sys.executable, "-P", journal_writer.__file__, str(self.path)]
-        await loop.subprocess_exec(
-            self._new_writer,
-            *argv,
+        process = subprocess.Popen(  # noqa: ASYNC220  # a vfork and exec: no wait here
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,  # the writer's own complaints go to the daemon's log
         )
-
-    def _new_writer(self) -> _Writer:
         # Known before the process can die, so that its death is never ignored.
-        self._writer = _Writer(self)
+        self._writer = writer = _Writer(self, process)
         self._started_at = time.monotonic()
-        return self._writer
+        await writer.connect()
 
     def on_writer_lost(self, writer: _Writer, code: int | None) -> None:
         if writer is not self._writer or self._closed:
