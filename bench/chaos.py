@@ -11,7 +11,8 @@ cut off: it may or may not have been applied).
 Faults, spread over the run: SIGKILL + restart of a random node, a partition of the first two
 nodes from the rest (network namespaces, when this machine has them), 10% packet loss on one
 node (netem, or iptables where the kernel lacks netem), one node paused with SIGSTOP then
-resumed, and a second SIGKILL + restart.
+resumed, a SIGKILL of one node's task-journal writer process (the daemon restarts it), and
+a second SIGKILL + restart.
 
 Checker, once the faults end and the load stops: every acknowledged put is on every replica
 with its value; each replica's counter is the acknowledged total (plus at most the unknown
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import signal
 import sys
 import tempfile
 import threading
@@ -259,6 +262,19 @@ def run(nodes: int = 5, duration: float = 60.0, seed: int = 1, root: Path | None
             c.loss(lossy, 0.0)
             recovered(f"10% loss on {lossy}")
 
+        at(0.62)
+        target = rng.choice(names)
+        writer = _journal_writer(c, target)
+        if writer is not None:
+            os.kill(writer, signal.SIGKILL)
+            faults.append(f"SIGKILL {target}'s task journal writer")
+            t0 = time.monotonic()
+            c.wait_for(
+                lambda: _journal_writer(c, target) not in (None, writer),
+                CONVERGE_LIMIT_S, f"{target}'s journal writer restarted", 0.05,
+            )  # fmt: skip
+            recovery[f"journal writer SIGKILL on {target}"] = round(time.monotonic() - t0, 2)
+
         at(0.7)
         paused = rng.choice(names)
         c.pause(paused)
@@ -301,6 +317,24 @@ def _rss(c: Cluster, name: str) -> tuple[int, float]:
     except OSError:
         pass
     return 0, 0.0
+
+
+def _journal_writer(c: Cluster, name: str) -> int | None:
+    """The pid of the node's task-journal writer process (a child of its daemon), if any."""
+    proc = c.nodes[name].proc
+    if proc is None:
+        return None
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    except OSError:
+        return None
+    for child in children:
+        try:
+            if b"journal_writer" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+        except OSError:
+            continue
+    return None
 
 
 def _check(

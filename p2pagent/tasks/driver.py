@@ -450,11 +450,30 @@ class TasksDriver:
                         inline.set_result(result)
                     continue
                 finished = time.time()
-                await self._journal.write(Finished(action.task_id, result, finished))
+                await self._journal_result(Finished(action.task_id, result, finished))
                 self._results[action.task_id] = result
                 self._finished_at[action.task_id] = finished
         self._apply_sync([a for a in actions if not isinstance(a, Deliver)])
         self._notify()
+
+    async def _journal_result(self, finished: Finished) -> None:
+        """Journals a result, retrying while the journal cannot take it (its writer process
+        is being restarted, the disk is full): the lease table has already counted the task
+        done, so this result is the only one there will be and must not be dropped. Gives up
+        only when the journal is closed (the node is stopping; the executor, or the task's
+        re-queue at the next start, has it then)."""
+        delay = 0.05
+        while True:
+            try:
+                await self._journal.write(finished)
+                return
+            except (Unavailable, OSError) as e:
+                if self._journal.closed:
+                    raise
+                log.warning("tasks: cannot journal the result of %s yet (%s); retrying in "
+                            "%.2f s", finished.task_id, e, delay)  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()

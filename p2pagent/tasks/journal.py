@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import subprocess
 import sys
@@ -118,8 +119,11 @@ class _Writer:
         self.journal = journal
         self.process = process
         self.stdin: asyncio.WriteTransport | None = None
-        #: Futures of the frames sent and not yet acknowledged, in the order sent.
-        self.unacked: collections.deque[asyncio.Future[None]] = collections.deque()
+        #: Futures of the frames sent and not yet acknowledged, in the order sent, each with
+        #: the task id when the frame is a submission.
+        self.unacked: collections.deque[tuple[asyncio.Future[None], str | None]] = (
+            collections.deque()
+        )
         self.replies = msgpack.Unpacker(raw=False)
         self.gone: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         #: Takes writes: connected, and neither pipe has closed.
@@ -141,9 +145,9 @@ class _Writer:
         self.stdin = transport
         self.up = not self.ended
 
-    def send(self, frame: bytes, future: asyncio.Future[None]) -> None:
+    def send(self, frame: bytes, future: asyncio.Future[None], submitted: str | None) -> None:
         assert self.stdin is not None
-        self.unacked.append(future)
+        self.unacked.append((future, submitted))
         self.stdin.write(frame)
 
     def replies_received(self, data: bytes) -> None:
@@ -151,7 +155,7 @@ class _Writer:
         for count, error in self.replies:
             self.journal.groups_committed += 1
             for _ in range(count):
-                f = self.unacked.popleft()
+                f, _ = self.unacked.popleft()
                 if f.done():
                     continue
                 if error is None:
@@ -168,7 +172,9 @@ class _Writer:
         self.up = False
         self.ended = True
         while self.unacked:
-            f = self.unacked.popleft()
+            f, submitted = self.unacked.popleft()
+            if submitted is not None:
+                self.journal.unconfirmed_submissions.add(submitted)
             if not f.done():
                 f.set_exception(
                     Unavailable(
@@ -221,6 +227,13 @@ class TaskJournal:
         self.groups_committed = 0
         #: Times the writer process was started again after it died.
         self.restarts = 0
+        #: Tasks whose submission a dead writer never confirmed: refused to the caller, so
+        #: they are deleted from the table (if they reached it) by the next writer first.
+        self.unconfirmed_submissions: set[str] = set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def writer_pid(self) -> int | None:
@@ -250,7 +263,8 @@ class TaskJournal:
         """Sends ``write`` now (writes commit in the order they are made) and returns a future
         that resolves once it is durable, so that the caller can start work that does not need
         it durable yet before awaiting it. Raises Unavailable at once while the writer is down."""
-        return self._send(encode(write))
+        submitted = write.spec.task_id if isinstance(write, Submitted) else None
+        return self._send(encode(write), submitted)
 
     async def purge(self, finished_before: float) -> None:
         """Forgets results delivered before ``finished_before``."""
@@ -275,7 +289,7 @@ class TaskJournal:
             w.process.kill()
             await w.gone
 
-    def _send(self, frame: bytes) -> asyncio.Future[None]:
+    def _send(self, frame: bytes, submitted: str | None = None) -> asyncio.Future[None]:
         w = self._writer
         if self._closed or w is None:
             raise Unavailable(self._down_reason)
@@ -285,7 +299,7 @@ class TaskJournal:
                 "moment, or submit to another node"
             )
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        w.send(frame, future)
+        w.send(frame, future, submitted)
         return future
 
     async def _start_writer(self) -> None:
@@ -326,3 +340,9 @@ class TaskJournal:
             return
         self.restarts += 1
         log.warning("tasks: the journal writer is running again (pid %s)", self.writer_pid)
+        refused = sorted(self.unconfirmed_submissions)
+        if refused:
+            # First in the pipe: nothing written after it can be committed before it.
+            with contextlib.suppress(Unavailable, OSError):  # kept for the next writer
+                await self._send(msgpack.packb(["D", refused]))
+                self.unconfirmed_submissions.difference_update(refused)

@@ -12,7 +12,9 @@ Protocol, both directions a stream of msgpack arrays:
 - daemon -> writer, one frame per write, committed in the order sent:
   ``["S", task_id, model, spec, submitted]`` (a task accepted: ``TaskSpec`` bytes),
   ``["F", task_id, result, finished]`` (its result: ``CompleteRequest`` bytes),
-  ``["P", finished_before]`` (forget results delivered before that time);
+  ``["P", finished_before]`` (forget results delivered before that time),
+  ``["D", [task_id, ...]]`` (forget unfinished tasks whose submission was refused because a
+  previous writer died before confirming it: it may or may not have reached the table);
 - writer -> daemon, one reply per group: ``[count, error]``. Every frame already in the pipe
   when the writer looks is one group, one transaction and one fsync (group commit, so a burst
   of submissions costs one flush); ``count`` frames, in order, are durable when ``error`` is
@@ -103,6 +105,13 @@ class JournalTable:
             self._db.execute(
                 "UPDATE tasks SET finished = ?, result = ? WHERE task_id = ?",
                 (finished, result, task_id),
+            )
+        elif kind == "D":
+            # Submissions whose writes were never confirmed (the previous writer died): the
+            # daemon refused them, so they must not come back at its next start.
+            self._db.executemany(
+                "DELETE FROM tasks WHERE task_id = ? AND finished IS NULL",
+                [(task_id,) for task_id in frame[1]],
             )
         elif kind == "P":
             self._db.execute(

@@ -131,6 +131,30 @@ async def test_a_submit_that_cannot_be_journaled_is_refused_and_fails_its_task(
     assert [e.kind for e in [e async for e in d.wait(accepted)]][-1] == DONE
 
 
+async def test_a_result_made_while_the_journal_writer_is_down_is_kept_until_it_is_back(
+    driver: tuple[TasksDriver, GatedEngine],
+) -> None:
+    d, engine = driver
+    task_id = await d.submit(_submit(4.0))
+    # Killed twice within seconds: the second restart waits (backoff), leaving a window.
+    for _ in range(2):
+        pid = d._journal.writer_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while d._journal.writer_pid is not None:
+            assert time.monotonic() < deadline, "the writer's death was not seen"
+            await asyncio.sleep(0.005)
+        if d._journal.restarts == 0:
+            while d._journal.writer_pid is None:
+                assert time.monotonic() < deadline, "the journal writer was not restarted"
+                await asyncio.sleep(0.005)
+    engine.gate.set()  # the task finishes while no writer can journal its result
+    events = [e async for e in d.wait(task_id)]
+    assert events[-1].kind == DONE
+    assert d._journal.restarts == 2
+
+
 async def test_waiting_for_an_unknown_task_is_not_found(
     driver: tuple[TasksDriver, GatedEngine],
 ) -> None:

@@ -232,6 +232,33 @@ def test_starting_the_writer_runs_no_fork_handlers(tmp_path: Path) -> None:
     assert out.stdout.split() == ["0"], out.stderr
 
 
+async def test_a_submission_the_dead_writer_never_confirmed_is_deleted_by_the_next(
+    tmp_path: Path,
+) -> None:
+    """The caller was told the submission was refused; if the row reached the table anyway
+    (committed, then the writer died before its ack), it must not come back at a restart."""
+    journal = TaskJournal(tmp_path / "tasks.db")
+    await journal.open()
+    await journal.write(_submitted(1))
+    pid = journal.writer_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    unconfirmed = journal.write(_submitted(2))
+    # As if the writer had committed it and died before answering:
+    table = JournalTable(tmp_path / "tasks.db")
+    spec = _submitted(2).spec
+    table.commit([["S", spec.task_id, "m", spec.SerializeToString(), 2.0]])
+    table.close()
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(Unavailable):
+        await unconfirmed
+    assert journal.unconfirmed_submissions == {"n1-0002"}
+    await _until(lambda: not journal.unconfirmed_submissions, "the next writer to delete it")
+    await journal.write(_submitted(3))
+    await journal.close()
+    assert [r.spec.task_id for r in read_rows(tmp_path / "tasks.db")] == ["n1-0001", "n1-0003"]
+
+
 async def test_closing_commits_what_was_sent_and_refuses_later_writes(tmp_path: Path) -> None:
     journal = TaskJournal(tmp_path / "tasks.db")
     await journal.open()
