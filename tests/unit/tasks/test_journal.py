@@ -162,13 +162,20 @@ async def test_an_error_answer_fails_that_group_s_futures_with_its_message(
         await journal.close()
 
 
-async def _death_and_restart(tmp_path: Path) -> None:
+async def _stopped_after_one_write(tmp_path: Path, first: int) -> tuple[TaskJournal, int]:
+    """An open journal that confirmed ``_submitted(first)``, its writer then SIGSTOPped so
+    that it confirms nothing more; returns the journal and the writer's pid."""
     journal = TaskJournal(tmp_path / "tasks.db")
     await journal.open()
-    await journal.write(_submitted(0))
+    await journal.write(_submitted(first))
     pid = journal.writer_pid
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
+    return journal, pid
+
+
+async def _death_and_restart(tmp_path: Path) -> None:
+    journal, pid = await _stopped_after_one_write(tmp_path, 0)
     pending = [journal.write(_submitted(i)) for i in range(1, 4)]
     os.kill(pid, signal.SIGKILL)
     for f in pending:
@@ -237,12 +244,7 @@ async def test_a_submission_the_dead_writer_never_confirmed_is_deleted_by_the_ne
 ) -> None:
     """The caller was told the submission was refused; if the row reached the table anyway
     (committed, then the writer died before its ack), it must not come back at a restart."""
-    journal = TaskJournal(tmp_path / "tasks.db")
-    await journal.open()
-    await journal.write(_submitted(1))
-    pid = journal.writer_pid
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
+    journal, pid = await _stopped_after_one_write(tmp_path, 1)
     unconfirmed = journal.write(_submitted(2))
     # As if the writer had committed it and died before answering:
     table = JournalTable(tmp_path / "tasks.db")
