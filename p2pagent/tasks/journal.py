@@ -279,15 +279,18 @@ class TaskJournal:
         w = self._writer
         if w is None:
             return
-        if w.stdin is not None:
-            w.stdin.close()  # the writer commits what it read, answers, and exits
-        try:
-            await asyncio.wait_for(asyncio.shield(w.gone), CLOSE_TIMEOUT_S)
-        except TimeoutError:
-            log.error("tasks: the journal writer did not exit in %.0f s; killing it",
-                      CLOSE_TIMEOUT_S)  # fmt: skip
+        if w.stdin is None:  # never connected (a restart cut short): nothing to commit
             w.process.kill()
-            await w.gone
+        else:
+            w.stdin.close()  # the writer commits what it read, answers, and exits
+            try:
+                await asyncio.wait_for(asyncio.shield(w.gone), CLOSE_TIMEOUT_S)
+                return
+            except TimeoutError:
+                log.error("tasks: the journal writer did not exit in %.0f s; killing it",
+                          CLOSE_TIMEOUT_S)  # fmt: skip
+                w.process.kill()
+        await asyncio.get_running_loop().run_in_executor(None, w.process.wait)
 
     def _send(self, frame: bytes, submitted: str | None = None) -> asyncio.Future[None]:
         w = self._writer

@@ -274,6 +274,25 @@ async def test_closing_commits_what_was_sent_and_refuses_later_writes(tmp_path: 
     assert len(read_rows(tmp_path / "tasks.db")) == 20
 
 
+async def test_closing_while_the_writer_waits_to_be_restarted_is_prompt(tmp_path: Path) -> None:
+    journal = TaskJournal(tmp_path / "tasks.db")
+    await journal.open()
+    pids = []
+    for _ in range(2):  # the second death within seconds is restarted after a backoff
+        await _until(lambda: journal.writer_pid not in (None, *pids), "a running writer")
+        pid = journal.writer_pid
+        assert pid is not None
+        pids.append(pid)
+        os.kill(pid, signal.SIGKILL)
+    await _until(lambda: journal.writer_pid is None, "the second death to be seen")
+    started = time.monotonic()
+    await journal.close()
+    assert time.monotonic() - started < 5.0  # well under CLOSE_TIMEOUT_S (10 s)
+    await asyncio.sleep(1.0)  # past the backoff: no writer was started after all
+    assert journal.restarts == 1 and journal.writer_pid is None
+    assert not any(_alive(pid) for pid in pids)
+
+
 async def test_purge_forgets_results_delivered_before_a_time(tmp_path: Path) -> None:
     journal = TaskJournal(tmp_path / "tasks.db")
     await journal.open()
