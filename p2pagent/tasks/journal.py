@@ -14,7 +14,8 @@ between a caller and the disk.
 If the writer dies, the writes it had not acknowledged fail with ``Unavailable`` (they may or
 may not be on disk: nothing was acknowledged, so nothing acknowledged is lost), writes fail
 fast while it is down, and it is started again, at once the first time, then with a backoff
-if it keeps dying.
+if it keeps dying. The driver retries a result until it is journaled; submissions refused
+that way are deleted by the next writer, in case they reached the table.
 
 Rows hold protobuf bytes (``TaskSpec`` for the task, ``CompleteRequest`` for its result),
 never pickles.
@@ -221,7 +222,6 @@ class TaskJournal:
         self._started_at = 0.0
         self._restart_delay_s = 0.0
         self._restarting: asyncio.Task[None] | None = None
-        self._down_reason = "the task journal is not open"
         self._closed = False
         #: Groups the writer committed (each one transaction and one fsync).
         self.groups_committed = 0
@@ -273,7 +273,6 @@ class TaskJournal:
     async def close(self) -> None:
         """Lets the writer commit what it was sent, then stops it."""
         self._closed = True
-        self._down_reason = "the node is stopping; the task journal is closed"
         if self._restarting is not None:
             self._restarting.cancel()
         w = self._writer
@@ -294,8 +293,10 @@ class TaskJournal:
 
     def _send(self, frame: bytes, submitted: str | None = None) -> asyncio.Future[None]:
         w = self._writer
-        if self._closed or w is None:
-            raise Unavailable(self._down_reason)
+        if self._closed:
+            raise Unavailable("the node is stopping; the task journal is closed")
+        if w is None:
+            raise Unavailable("the task journal is not open")
         if not w.up:
             raise Unavailable(
                 "the task journal's writer process stopped and is being restarted: retry in a "

@@ -100,19 +100,26 @@ async def test_a_reopened_journal_returns_its_rows_oldest_first(tmp_path: Path) 
 def test_a_failed_group_fails_its_writes_only(tmp_path: Path) -> None:
     """The writer's side: a commit that raises (a full disk) is answered with the error and
     rolled back; the next group commits."""
-    table = JournalTable(tmp_path / "tasks.db")
-    working = table.commit
     disk_full = True
 
-    def commit(frames: Any) -> None:
-        if disk_full:
-            raise OSError(28, "No space left on device")
-        working(frames)
+    def writer_process(frames_in: int, replies_out: int) -> None:
+        table = JournalTable(tmp_path / "tasks.db")  # SQLite: used by the thread that made it
+        working = table.commit
 
-    table.commit = commit  # type: ignore[method-assign]
+        def commit(frames: Any) -> None:
+            if disk_full:
+                raise OSError(28, "No space left on device")
+            working(frames)
+
+        table.commit = commit  # type: ignore[method-assign]
+        try:
+            serve(table, frames_in, replies_out)
+        finally:
+            table.close()
+
     frames_r, frames_w = os.pipe()
     replies_r, replies_w = os.pipe()
-    writer = threading.Thread(target=serve, args=(table, frames_r, replies_w), daemon=True)
+    writer = threading.Thread(target=writer_process, args=(frames_r, replies_w), daemon=True)
     writer.start()
     replies = msgpack.Unpacker(raw=False)
 
@@ -136,6 +143,7 @@ def test_a_failed_group_fails_its_writes_only(tmp_path: Path) -> None:
         for fd in (frames_r, replies_r, replies_w):
             os.close(fd)
     assert not writer.is_alive()
+    table = JournalTable(tmp_path / "tasks.db")
     assert [spec for spec, *_ in table.load()] == [spec]
     table.close()
 
