@@ -3,16 +3,19 @@ same model in the same run.
 
     python -m bench.tasks_daemon [--tasks 300] [--concurrency 32] [--against TREE | --breakdown]
 
-Rows: sequential Submit+Wait latency (p50/p95; target p50 <= 2 ms), sequential Infer latency
-(the baseline: no journal, no queue), and tasks per second with ``--concurrency`` clients,
-through grpc.aio; then the sequential p50s again through grpc's blocking client, which adds
-less of its own per call (server streams read on the calling thread).
+Rows: sequential Submit+Wait latency (p50/p95; target p50 <= 2 ms), the same task on one
+stream (``SubmitAndWait``, one round trip less; alternated with the pairs), sequential Infer
+latency (the baseline: no journal, no queue), and tasks per second with ``--concurrency``
+clients, through grpc.aio (pairs, then one-stream tasks); then the sequential p50s again
+through grpc's blocking client, which adds less of its own per call (server streams read on
+the calling thread).
 ``--against TREE`` compares two builds under the same load: it also starts a daemon from
 another source tree (a ``git worktree`` of the commit before a change) and alternates
 sequential pairs between the two, printing each one's quartiles. On this shared machine,
 runs minutes apart differ by more than most changes do; pairs alternated call by call do not.
-``--breakdown`` prints instead the p50 and the daemon's CPU per call of a pair, an Infer, a
-Submit alone and a Wait on a finished task: where a pair's time goes.
+``--breakdown`` prints instead the p50 and the daemon's CPU per call of a pair, a
+SubmitAndWait, an Infer, a Submit alone and a Wait on a finished task: where a pair's time
+goes.
 Submit is journaled with fsync before it answers, and so is the result before it is shown
 (writes arriving together share one fsync): the disk's fsync latency, measured in the same
 run, is the floor under the sequential p50.
@@ -26,7 +29,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -63,12 +66,22 @@ def _blocking_options() -> list[tuple[str, object]]:
     ]
 
 
+def _check(e: agent_pb2.TaskEvent) -> None:
+    if e.kind == agent_pb2.TaskEvent.FAILED:
+        raise RuntimeError(e.error_message)
+
+
 def _blocking_pair(stub: agent_pb2_grpc.AgentStub, submit: agent_pb2.SubmitRequest) -> None:
     """One Submit, then Wait until the result, through the blocking client."""
     task_id = stub.Submit(submit, timeout=30).task_id
     for e in stub.Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=30):
-        if e.kind == agent_pb2.TaskEvent.FAILED:
-            raise RuntimeError(e.error_message)
+        _check(e)
+
+
+def _blocking_stream(stub: agent_pb2_grpc.AgentStub, submit: agent_pb2.SubmitRequest) -> None:
+    """One SubmitAndWait until the result, through the blocking client."""
+    for e in stub.SubmitAndWait(submit, timeout=30):
+        _check(e)
 
 
 async def _run(d: Daemon, certs_dir: Path, n: int, concurrency: int) -> dict[str, float]:
@@ -85,8 +98,13 @@ async def _run(d: Daemon, certs_dir: Path, n: int, concurrency: int) -> dict[str
             t0 = time.perf_counter()
             tid = (await stub.Submit(submit, timeout=30)).task_id
             async for e in stub.Wait(agent_pb2.WaitRequest(task_id=tid), timeout=30):
-                if e.kind == agent_pb2.TaskEvent.FAILED:
-                    raise RuntimeError(e.error_message)
+                _check(e)
+            return time.perf_counter() - t0
+
+        async def one_stream() -> float:
+            t0 = time.perf_counter()
+            async for e in stub.SubmitAndWait(submit, timeout=30):
+                _check(e)
             return time.perf_counter() - t0
 
         async def inference() -> float:
@@ -96,26 +114,37 @@ async def _run(d: Daemon, certs_dir: Path, n: int, concurrency: int) -> dict[str
 
         for _ in range(20):  # warm up channels, the engine and the journal
             await task()
+            await one_stream()
             await inference()
-        seq_task = [await task() for _ in range(n)]
+        seq_task, seq_stream = [], []
+        for _ in range(n):
+            seq_task.append(await task())
+            seq_stream.append(await one_stream())
         seq_infer = [await inference() for _ in range(n)]
         sem = asyncio.Semaphore(concurrency)
 
-        async def bounded() -> float:
-            async with sem:
-                return await task()
+        async def throughput(call: Callable[[], Awaitable[float]]) -> float:
+            async def bounded() -> float:
+                async with sem:
+                    return await call()
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(bounded() for _ in range(n)))
-        elapsed = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            await asyncio.gather(*(bounded() for _ in range(n)))
+            return round(n / (time.perf_counter() - t0), 1)
+
+        pairs_per_s = await throughput(task)
+        streams_per_s = await throughput(one_stream)
     return {
         "submit_wait_p50_ms": round(1000 * statistics.median(seq_task), 3),
         "submit_wait_p95_ms": round(1000 * _pct(seq_task, 0.95), 3),
+        "submit_and_wait_p50_ms": round(1000 * statistics.median(seq_stream), 3),
+        "submit_and_wait_p95_ms": round(1000 * _pct(seq_stream, 0.95), 3),
         "infer_p50_ms": round(1000 * statistics.median(seq_infer), 3),
         "overhead_over_infer_p50_ms": round(
             1000 * (statistics.median(seq_task) - statistics.median(seq_infer)), 3
         ),
-        f"tasks_per_s_at_concurrency_{concurrency}": round(n / elapsed, 1),
+        f"tasks_per_s_at_concurrency_{concurrency}": pairs_per_s,
+        f"one_stream_tasks_per_s_at_concurrency_{concurrency}": streams_per_s,
     }
 
 
@@ -128,18 +157,22 @@ def sync_client_p50_ms(d: Daemon, certs_dir: Path, n: int) -> dict[str, float]:
         stub = agent_pb2_grpc.AgentStub(ch)
         submit = agent_pb2.SubmitRequest(model="noop", inputs=[x])
         infer = agent_pb2.InferRequest(model="noop", inputs=[x])
-        pairs, infers = [], []
+        pairs, streams, infers = [], [], []
         for i in range(n + 20):  # the first 20 warm up
             t0 = time.perf_counter()
             _blocking_pair(stub, submit)
             t1 = time.perf_counter()
-            stub.Infer(infer, timeout=30)
+            _blocking_stream(stub, submit)
             t2 = time.perf_counter()
+            stub.Infer(infer, timeout=30)
+            t3 = time.perf_counter()
             if i >= 20:
                 pairs.append(t1 - t0)
-                infers.append(t2 - t1)
+                streams.append(t2 - t1)
+                infers.append(t3 - t2)
     return {
         "sync_client_submit_wait_p50_ms": round(1000 * statistics.median(pairs), 3),
+        "sync_client_submit_and_wait_p50_ms": round(1000 * statistics.median(streams), 3),
         "sync_client_infer_p50_ms": round(1000 * statistics.median(infers), 3),
     }
 
@@ -194,6 +227,7 @@ def breakdown(d: Daemon, certs_dir: Path, n: int) -> None:
 
         rows: list[tuple[str, Callable[[], object]]] = [
             ("Submit+Wait", lambda: _blocking_pair(stub, submit)),
+            ("SubmitAndWait", lambda: _blocking_stream(stub, submit)),
             ("Infer", lambda: stub.Infer(infer, timeout=30)),
             ("Submit alone", lambda: stub.Submit(submit, timeout=30)),
             ("Wait, task done", wait_done),
@@ -247,7 +281,8 @@ def main() -> None:
     p.add_argument(
         "--breakdown",
         action="store_true",
-        help="p50 and daemon CPU per call of a pair, an Infer, a Submit alone, a Wait alone",
+        help="p50 and daemon CPU per call of a pair, a SubmitAndWait, an Infer, a Submit alone, a "
+        "Wait alone",
     )
     args = p.parse_args()
     if args.against is not None and not (args.against / "p2pagent" / "__init__.py").is_file():

@@ -59,6 +59,11 @@ class AgentStub:
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.WaitRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.TaskEvent.FromString,
                 _registered_method=True)
+        self.SubmitAndWait = channel.unary_stream(
+                '/p2pagent.v1.Agent/SubmitAndWait',
+                request_serializer=p2pagent_dot_v1_dot_agent__pb2.SubmitRequest.SerializeToString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.TaskEvent.FromString,
+                _registered_method=True)
         self.ListTasks = channel.unary_unary(
                 '/p2pagent.v1.Agent/ListTasks',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.ListTasksRequest.SerializeToString,
@@ -165,6 +170,15 @@ class AgentServicer:
     def Wait(self, request, context):
         """Streams the task's current state, then each change, and ends with its result (for a
         finished task, the result alone). Can be called again any time, e.g. after a disconnect.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitAndWait(self, request, context):
+        """Submit, then Wait, in one call: the task is journaled and its events follow on the same
+        stream (the first once it is journaled). Each event carries the task id, so a client that
+        loses the stream calls Wait with it. One round trip less than Submit then Wait.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -287,6 +301,11 @@ def add_AgentServicer_to_server(servicer, server):
             'Wait': grpc.unary_stream_rpc_method_handler(
                     servicer.Wait,
                     request_deserializer=p2pagent_dot_v1_dot_agent__pb2.WaitRequest.FromString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.TaskEvent.SerializeToString,
+            ),
+            'SubmitAndWait': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubmitAndWait,
+                    request_deserializer=p2pagent_dot_v1_dot_agent__pb2.SubmitRequest.FromString,
                     response_serializer=p2pagent_dot_v1_dot_agent__pb2.TaskEvent.SerializeToString,
             ),
             'ListTasks': grpc.unary_unary_rpc_method_handler(
@@ -494,6 +513,33 @@ class Agent:
             target,
             '/p2pagent.v1.Agent/Wait',
             p2pagent_dot_v1_dot_agent__pb2.WaitRequest.SerializeToString,
+            p2pagent_dot_v1_dot_agent__pb2.TaskEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitAndWait(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/p2pagent.v1.Agent/SubmitAndWait',
+            p2pagent_dot_v1_dot_agent__pb2.SubmitRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.TaskEvent.FromString,
             options,
             channel_credentials,

@@ -43,6 +43,11 @@ class AgentStub:
     """Streams the task's current state, then each change, and ends with its result (for a
     finished task, the result alone). Can be called again any time, e.g. after a disconnect.
     """
+    SubmitAndWait: _grpc.UnaryStreamMultiCallable[_agent_pb2.SubmitRequest, _agent_pb2.TaskEvent]
+    """Submit, then Wait, in one call: the task is journaled and its events follow on the same
+    stream (the first once it is journaled). Each event carries the task id, so a client that
+    loses the stream calls Wait with it. One round trip less than Submit then Wait.
+    """
     ListTasks: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListTasksRequest, _agent_pb2.ListTasksResponse]
     """Tasks this node originated, most recent first, and this node's queue counters."""
     Put: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PutRequest, _agent_pb2.WriteResponse]
@@ -79,6 +84,11 @@ class AgentAsyncStub(AgentStub):
     Wait: _aio.UnaryStreamMultiCallable[_agent_pb2.WaitRequest, _agent_pb2.TaskEvent]  # type: ignore[assignment]
     """Streams the task's current state, then each change, and ends with its result (for a
     finished task, the result alone). Can be called again any time, e.g. after a disconnect.
+    """
+    SubmitAndWait: _aio.UnaryStreamMultiCallable[_agent_pb2.SubmitRequest, _agent_pb2.TaskEvent]  # type: ignore[assignment]
+    """Submit, then Wait, in one call: the task is journaled and its events follow on the same
+    stream (the first once it is journaled). Each event carries the task id, so a client that
+    loses the stream calls Wait with it. One round trip less than Submit then Wait.
     """
     ListTasks: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListTasksRequest, _agent_pb2.ListTasksResponse]  # type: ignore[assignment]
     """Tasks this node originated, most recent first, and this node's queue counters."""
@@ -143,6 +153,17 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.TaskEvent], _abc.AsyncIterator[_agent_pb2.TaskEvent]]:
         """Streams the task's current state, then each change, and ends with its result (for a
         finished task, the result alone). Can be called again any time, e.g. after a disconnect.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitAndWait(
+        self,
+        request: _agent_pb2.SubmitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.TaskEvent], _abc.AsyncIterator[_agent_pb2.TaskEvent]]:
+        """Submit, then Wait, in one call: the task is journaled and its events follow on the same
+        stream (the first once it is journaled). Each event carries the task id, so a client that
+        loses the stream calls Wait with it. One round trip less than Submit then Wait.
         """
 
     @_abc_1.abstractmethod

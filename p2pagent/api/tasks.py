@@ -33,14 +33,17 @@ class _TasksAccess:
 
 
 class TasksAgentApi(_TasksAccess):
-    async def Submit(
-        self, request: agent_pb2.SubmitRequest, context: Ctx
-    ) -> agent_pb2.SubmitResponse:
+    async def _submit(self, request: agent_pb2.SubmitRequest) -> str:
         from p2pagent.inference import tensors
 
         # Validate the tensors here, so a bad one is refused before it is journaled.
         tensors.many_decode(request.inputs, self._node.config.inference.max_tensor_elements)
-        return agent_pb2.SubmitResponse(task_id=await self._tasks().submit(request))
+        return await self._tasks().submit(request)
+
+    async def Submit(
+        self, request: agent_pb2.SubmitRequest, context: Ctx
+    ) -> agent_pb2.SubmitResponse:
+        return agent_pb2.SubmitResponse(task_id=await self._submit(request))
 
     async def Wait(
         self, request: agent_pb2.WaitRequest, context: Ctx
@@ -48,6 +51,13 @@ class TasksAgentApi(_TasksAccess):
         if not request.task_id:
             raise InvalidArgument("WaitRequest.task_id is empty: pass the id Submit returned")
         async for event in self._tasks().wait(request.task_id):
+            yield event
+
+    async def SubmitAndWait(
+        self, request: agent_pb2.SubmitRequest, context: Ctx
+    ) -> AsyncIterator[agent_pb2.TaskEvent]:
+        task_id = await self._submit(request)
+        async for event in self._tasks().wait(task_id):
             yield event
 
     async def ListTasks(

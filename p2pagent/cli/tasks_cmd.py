@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
 from typing import Any
 
@@ -32,7 +33,7 @@ def register(sub: Any) -> None:
     submit.add_argument("--priority", type=int, default=0)
     submit.add_argument("--deadline", type=float, default=0.0, help="seconds from now")
     submit.add_argument("--count", type=int, default=1, help="submit N copies")
-    submit.add_argument("--wait", action="store_true", help="then wait for every result")
+    submit.add_argument("--wait", action="store_true", help="and follow each task until its result")
     submit.set_defaults(handler=_submit)
 
     wait = cmd("wait", "stream a task's events until its result")
@@ -53,17 +54,34 @@ def event_doc(e: agent_pb2.TaskEvent) -> dict[str, Any]:
     return doc
 
 
+def _show(e: agent_pb2.TaskEvent, args: argparse.Namespace) -> dict[str, Any]:
+    doc = event_doc(e)
+    if not args.json:
+        where = f" on {e.node}" if e.node else ""
+        print(f"{e.task_id[:12]} {doc['event']}{where}", flush=True)
+        if "error" in doc:
+            print(f"  {doc['error']}")
+    return doc
+
+
 async def _wait_one(stub: Any, task_id: str, args: argparse.Namespace) -> dict[str, Any]:
     last: dict[str, Any] = {}
     with map_rpc_errors():
         async for e in stub.Wait(agent_pb2.WaitRequest(task_id=task_id)):
-            last = event_doc(e)
-            if args.json:
-                continue
-            where = f" on {e.node}" if e.node else ""
-            print(f"{task_id[:12]} {last['event']}{where}", flush=True)
-            if "error" in last:
-                print(f"  {last['error']}")
+            last = _show(e, args)
+    return last
+
+
+async def _submit_and_wait(
+    stub: Any, req: agent_pb2.SubmitRequest, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One task on one stream (`SubmitAndWait`): its id, then its events."""
+    last: dict[str, Any] = {}
+    with map_rpc_errors():
+        async for e in stub.SubmitAndWait(req):
+            if not last and not args.json:
+                print(e.task_id, flush=True)
+            last = _show(e, args)
     return last
 
 
@@ -73,22 +91,24 @@ async def _submit(args: argparse.Namespace) -> int:
         model=args.model, inputs=inputs, priority=args.priority, deadline_s=args.deadline
     )
     ids: list[str] = []
+    results: list[dict[str, Any]] = []
     async with client.channel(args) as ch:
         stub = client.agent(ch)
-        with map_rpc_errors():
-            for _ in range(args.count):
-                ids.append((await stub.Submit(req, timeout=args.timeout)).task_id)
-        if not args.json:
-            for tid in ids:
-                print(tid)
-        results = []
         if args.wait:
-            for tid in ids:
-                results.append(await _wait_one(stub, tid, args))
+            # Every copy is submitted at once, each followed on its own stream.
+            follow = (_submit_and_wait(stub, req, args) for _ in range(args.count))
+            results = list(await asyncio.gather(*follow))
+            ids = [r["task_id"] for r in results]
+        else:
+            with map_rpc_errors():
+                for _ in range(args.count):
+                    ids.append((await stub.Submit(req, timeout=args.timeout)).task_id)
+            if not args.json:
+                for tid in ids:
+                    print(tid)
     if args.json:
         emit_json({"task_ids": ids, "results": results} if args.wait else {"task_ids": ids})
-    failed = [r for r in results if r.get("event") == "failed"]
-    return 1 if failed else 0
+    return 1 if any(r.get("event") != "done" for r in results) else 0
 
 
 async def _wait(args: argparse.Namespace) -> int:

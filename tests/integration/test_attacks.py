@@ -165,7 +165,7 @@ def _scalar(f: pbd.FieldDescriptor, rng: random.Random) -> object:
 
 SERVICE = agent_pb2.DESCRIPTOR.services_by_name["Agent"]
 #: Calls whose answer legitimately waits for something (a deadline is their normal ending).
-WAITING = {"Wait", "Watch", "PullModel"}
+WAITING = {"Wait", "SubmitAndWait", "Watch", "PullModel"}
 
 
 def _call(ch: grpc.Channel, method: pbd.MethodDescriptor, payload: bytes) -> grpc.StatusCode:

@@ -201,3 +201,29 @@ def test_cli_submit_wait_and_ls(node: Daemon, certs_dir: Path, models: Path) -> 
                for t in doc["task_ids"])  # fmt: skip
     r = ctl("wait", "n8-unknown")
     assert r.returncode != 0 and "Traceback" not in r.stderr and "n8-unknown" in r.stderr
+
+
+def test_submit_and_wait_follows_the_task_on_one_stream(
+    node: Daemon, certs_dir: Path, models: Path
+) -> None:
+    with _channel(node, certs_dir) as ch:
+        stub = agent_pb2_grpc.AgentStub(ch)
+        req, x = _request(11)
+        events = list(stub.SubmitAndWait(req, timeout=60))
+        task_id = events[0].task_id
+        assert task_id.startswith("n8-") and {e.task_id for e in events} == {task_id}
+        kinds = [e.kind for e in events]
+        assert kinds[-1] == agent_pb2.TaskEvent.DONE and kinds.count(agent_pb2.TaskEvent.DONE) == 1
+        assert set(kinds[:-1]) <= {agent_pb2.TaskEvent.QUEUED, agent_pb2.TaskEvent.RUNNING}
+        (out,) = _outputs(events[-1])
+        assert torch.allclose(out, _expected(models, x), atol=1e-5)
+        # It was journaled like any submitted task: Wait by its id gives the same result.
+        assert _events(stub, task_id)[-1].outputs == events[-1].outputs
+        # Bad input is refused before anything is journaled or streamed.
+        bad = agent_pb2.SubmitRequest(model="demo", deadline_s=-1)
+        with pytest.raises(grpc.RpcError) as e:
+            list(stub.SubmitAndWait(bad, timeout=10))
+        assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        unknown = agent_pb2.SubmitRequest(model="nope", inputs=req.inputs)
+        last = list(stub.SubmitAndWait(unknown, timeout=10))[-1]
+        assert last.kind == agent_pb2.TaskEvent.FAILED and last.error_code == "NOT_FOUND"
