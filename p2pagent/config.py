@@ -13,6 +13,7 @@ maps are ``k=v,k=v``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import socket
@@ -156,6 +157,10 @@ class Config:
             raise ConfigError(f"unknown log format {self.log_format!r}: choose text or json")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"unknown log level {self.log_level!r}")
+        if self.grace_period < 0:
+            raise ConfigError("grace_period must be >= 0 seconds")
+        if self.rate_limit < 0:
+            raise ConfigError("rate_limit must be >= 0 requests/s per client (0 disables it)")
         if self.cert_check_interval < 0:
             raise ConfigError("cert_check_interval must be >= 0 seconds (0 disables it)")
         if self.max_message_bytes < 1024 * 1024:
@@ -254,7 +259,10 @@ def _coerce(value: Any, hint: Any, what: str, strings: bool) -> Any:
         if hint is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value) if isinstance(value, int | float | str) else _fail()
+            number = float(value) if isinstance(value, int | float | str) else _fail()
+            if not math.isfinite(number):
+                raise ConfigError(f"{what} must be a finite number, got {value!r}")
+            return number
         if hint is str:
             if not isinstance(value, str):
                 raise ValueError

@@ -10,6 +10,7 @@ import grpc
 
 from p2pagent._proto import agent_pb2, common_pb2, peer_pb2
 from p2pagent.errors import FailedPrecondition, InvalidArgument
+from p2pagent.tasks.config import MAX_LIST_TASKS
 from p2pagent.tasks.driver import TasksDriver
 from p2pagent.transport.guard import caller_identity
 
@@ -17,9 +18,6 @@ if TYPE_CHECKING:
     from p2pagent.node import Node
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
-
-#: Most tasks one ListTasks answer lists.
-MAX_LIST = 10_000
 
 
 class _TasksAccess:
@@ -64,8 +62,8 @@ class TasksAgentApi(_TasksAccess):
         self, request: agent_pb2.ListTasksRequest, context: Ctx
     ) -> agent_pb2.ListTasksResponse:
         limit = request.limit or 100
-        if limit > MAX_LIST:
-            raise InvalidArgument(f"limit {limit} is over {MAX_LIST}")
+        if limit > MAX_LIST_TASKS:
+            raise InvalidArgument(f"limit {limit} is over {MAX_LIST_TASKS}")
         return self._tasks().list_tasks(limit)
 
 

@@ -6,9 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from p2pagent.cli.args import int_in
 from p2pagent.cli.output import emit_json
 from p2pagent.identity import certs
 from p2pagent.identity.spiffe import Role
+
+#: Longest validity ``certs issue --days`` accepts (a hundred years).
+MAX_DAYS = 36_500
 
 
 def register(sub: Any) -> None:
@@ -29,7 +33,9 @@ def register(sub: Any) -> None:
     issue.add_argument(
         "--host", action="append", default=[], help="DNS name or IP SAN (repeatable)"
     )
-    issue.add_argument("--days", type=int, default=certs.LEAF_DAYS, help="validity in days")
+    issue.add_argument(
+        "--days", type=int_in(1, MAX_DAYS), default=certs.LEAF_DAYS, help="validity in days"
+    )
     issue.add_argument("--force", action="store_true", help="replace an existing certificate")
     issue.add_argument("--json", action="store_true")
     issue.set_defaults(handler=_issue)

@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 
 from p2pagent._proto import agent_pb2_grpc
+from p2pagent.cli.args import seconds
 from p2pagent.errors import ConfigError
 from p2pagent.identity import material as tls
 from p2pagent.transport.channels import secure_channel
@@ -38,7 +39,9 @@ def add_connection_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca", metavar="FILE", help="CA certificate (overrides --certs)")
     p.add_argument("--cert", metavar="FILE", help="client certificate (overrides --certs)")
     p.add_argument("--key", metavar="FILE", help="client key (overrides --certs)")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="per-call deadline")
+    p.add_argument(
+        "--timeout", type=seconds(zero=False), default=10.0, metavar="S", help="per-call deadline"
+    )
 
 
 def material_of(args: argparse.Namespace) -> tls.TLSMaterial:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from p2pagent.cli.args import seconds
 from p2pagent.config import Config, load, parse_address
 from p2pagent.errors import P2PAgentError
 from p2pagent.identity import material as tls
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--certs")
     p.add_argument("--target", help="default: the advertised address")
     p.add_argument("--service", default="", help="health service name (default: overall)")
-    p.add_argument("--timeout", type=float, default=3.0)
+    p.add_argument("--timeout", type=seconds(zero=False), default=3.0)
     args = p.parse_args(argv)
     try:
         flags = {k: v for k, v in (("name", args.name), ("certs", args.certs)) if v}

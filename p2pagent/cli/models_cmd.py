@@ -14,6 +14,7 @@ from google.protobuf.json_format import ParseDict
 
 from p2pagent._proto import agent_pb2
 from p2pagent.cli import client
+from p2pagent.cli.args import UINT32_MAX, int_in
 from p2pagent.cli.output import emit_json, key_values, table
 from p2pagent.cli.progress import ticker
 from p2pagent.errors import InvalidArgument
@@ -44,7 +45,9 @@ def register(sub: Any) -> None:
         help="JSON: inputs/outputs (and architecture); default: <stem>.metadata.json beside FILE",
     )
     push.add_argument("--replicas", default="1", help="K or 'all' (default 1)")
-    push.add_argument("--chunk-size", type=int, default=0, help="bytes (default: node's)")
+    push.add_argument(
+        "--chunk-size", type=int_in(0, UINT32_MAX), default=0, help="bytes (default: node's)"
+    )
     push.add_argument("--no-progress", action="store_true")
     push.set_defaults(handler=_push)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from p2pagent._proto import agent_pb2
 from p2pagent.cli import client
+from p2pagent.cli.args import INT64, UINT32_MAX, UINT64_MAX, int_in
 from p2pagent.cli.output import emit_json, key_values, table
 from p2pagent.transport.errors import map_rpc_errors
 
@@ -31,7 +32,9 @@ def register(sub: Any) -> None:
     def write_flags(c: argparse.ArgumentParser) -> None:
         c.add_argument("--durable", action="store_true", help="acknowledge only once on disk")
         c.add_argument("--consistency", choices=list(CONSISTENCY), default="local")
-        c.add_argument("--acks", type=int, default=0, help="peers to wait for with 'peers'")
+        c.add_argument(
+            "--acks", type=int_in(0, UINT32_MAX), default=0, help="peers to wait for with 'peers'"
+        )
 
     put = cmd("put", "write a register")
     put.add_argument("value")
@@ -47,7 +50,7 @@ def register(sub: Any) -> None:
     delete.set_defaults(handler=_del)
 
     incr = cmd("incr", "add to a counter")
-    incr.add_argument("delta", nargs="?", type=int, default=1)
+    incr.add_argument("delta", nargs="?", type=int_in(*INT64), default=1)
     write_flags(incr)
     incr.set_defaults(handler=_incr)
 
@@ -59,13 +62,17 @@ def register(sub: Any) -> None:
 
     scan = cmd("scan", "list keys under a prefix", key=False)
     scan.add_argument("prefix", nargs="?", default="")
-    scan.add_argument("--limit", type=int, default=100)
+    scan.add_argument("--limit", type=int_in(1, UINT32_MAX), default=100)
     scan.set_defaults(handler=_scan)
 
     watch = cmd("watch", "stream changes under a prefix", key=False)
     watch.add_argument("prefix", nargs="?", default="")
-    watch.add_argument("--from-seq", type=int, default=0, help="resume after this sequence")
-    watch.add_argument("--count", type=int, default=0, help="stop after N changes (0 = never)")
+    watch.add_argument(
+        "--from-seq", type=int_in(0, UINT64_MAX), default=0, help="resume after this sequence"
+    )
+    watch.add_argument(
+        "--count", type=int_in(0, INT64[1]), default=0, help="stop after N changes (0 = never)"
+    )
     watch.set_defaults(handler=_watch)
 
 

@@ -9,9 +9,14 @@ from typing import Any
 
 from p2pagent._proto import agent_pb2
 from p2pagent.cli import client
+from p2pagent.cli.args import INT32, int_in, seconds
 from p2pagent.cli.output import emit_json, key_values, table
 from p2pagent.cli.tensors import describe, read_inputs
+from p2pagent.tasks.config import MAX_LIST_TASKS
 from p2pagent.transport.errors import map_rpc_errors
+
+#: Most copies one ``tasks submit --count`` sends (a bound on an accidental flood).
+MAX_COUNT = 1_000_000
 
 KIND = {v: k.lower() for k, v in agent_pb2.TaskEvent.Kind.items()}
 
@@ -30,9 +35,11 @@ def register(sub: Any) -> None:
     submit.add_argument("--model", required=True)
     submit.add_argument("--input", required=True, metavar="FILE", help=".npy or JSON input")
     submit.add_argument("--input-name", default="input")
-    submit.add_argument("--priority", type=int, default=0)
-    submit.add_argument("--deadline", type=float, default=0.0, help="seconds from now")
-    submit.add_argument("--count", type=int, default=1, help="submit N copies")
+    submit.add_argument("--priority", type=int_in(*INT32), default=0)
+    submit.add_argument(
+        "--deadline", type=seconds(zero=True), default=0.0, help="seconds from now (0: none)"
+    )
+    submit.add_argument("--count", type=int_in(1, MAX_COUNT), default=1, help="submit N copies")
     submit.add_argument("--wait", action="store_true", help="and follow each task until its result")
     submit.set_defaults(handler=_submit)
 
@@ -41,7 +48,7 @@ def register(sub: Any) -> None:
     wait.set_defaults(handler=_wait)
 
     ls = cmd("ls", "tasks this node originated, and its queue counters")
-    ls.add_argument("--limit", type=int, default=20)
+    ls.add_argument("--limit", type=int_in(1, MAX_LIST_TASKS), default=20)
     ls.set_defaults(handler=_ls)
 
 

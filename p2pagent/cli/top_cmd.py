@@ -19,6 +19,7 @@ import grpc
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
 from p2pagent.cli import client
+from p2pagent.cli.args import INT32, int_in, seconds
 from p2pagent.cli.cluster_cmd import STATE_ORDER
 from p2pagent.cli.output import emit_json, table
 from p2pagent.errors import Unavailable
@@ -34,9 +35,13 @@ COLUMNS = [
 def register(sub: Any) -> None:
     p = sub.add_parser("top", help="live view of every node: state, load, queue, throughput")
     client.add_connection_flags(p)
-    p.add_argument("--interval", type=float, default=2.0, metavar="S", help="refresh period")
+    p.add_argument(
+        "--interval", type=seconds(zero=False), default=2.0, metavar="S", help="refresh period"
+    )
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
-    p.add_argument("--iterations", type=int, default=0, metavar="N", help="stop after N views")
+    p.add_argument(
+        "--iterations", type=int_in(0, INT32[1]), default=0, metavar="N", help="stop after N views"
+    )
     p.add_argument("--json", action="store_true", help="snapshots as JSON (one per line)")
     p.set_defaults(handler=_top)
 

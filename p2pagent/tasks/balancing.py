@@ -9,6 +9,7 @@ answer leaves.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Coroutine
@@ -162,6 +163,8 @@ class Balancer:
     def handle_steal(self, req: peer_pb2.StealRequest, caller: str) -> peer_pb2.StealResponse:
         if req.thief != caller:
             raise InvalidArgument(f"steal names thief {req.thief!r} but the caller is {caller!r}")
+        if not (math.isfinite(req.thief_speed) and req.thief_speed >= 0):
+            raise InvalidArgument(f"thief_speed must be finite and >= 0, got {req.thief_speed}")
         granted, actions = hand_over(
             self.queue, self.leases, self.name, req.thief, req.max_tasks, req.models,
             req.thief_speed or 1.0, time.time(),

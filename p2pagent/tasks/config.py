@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 
 from p2pagent.errors import ConfigError
 
+#: Most tasks one ``Agent.ListTasks`` answer lists (a bound of the API, not a setting).
+MAX_LIST_TASKS = 10_000
+
 
 @dataclass
 class TasksConfig:

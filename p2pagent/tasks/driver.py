@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 import uuid
@@ -208,8 +209,11 @@ class TasksDriver:
     async def submit(self, request: agent_pb2.SubmitRequest) -> str:
         if not request.model:
             raise InvalidArgument("SubmitRequest.model is empty: name the model to run")
-        if request.deadline_s < 0:
-            raise InvalidArgument("deadline_s must be >= 0 (seconds from now; 0 = none)")
+        if not request.deadline_s >= 0 or math.isinf(request.deadline_s):  # NaN fails >= 0
+            raise InvalidArgument(
+                f"deadline_s must be a finite number >= 0 (seconds from now; 0 = none), "
+                f"got {request.deadline_s}"
+            )
         if len(self.leases) >= self.cfg.max_queued:
             raise ResourceExhausted(
                 f"{self.name} already tracks {len(self.leases)} unfinished tasks "

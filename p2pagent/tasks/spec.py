@@ -12,6 +12,7 @@ simulator uses its virtual clock.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from p2pagent.errors import InvalidArgument
@@ -47,6 +48,8 @@ class Task:
             raise InvalidArgument(
                 f"task {self.task_id}: est_cost_s, input_bytes and attempt must be >= 0"
             )
+        if not (math.isfinite(self.est_cost_s) and math.isfinite(self.deadline)):
+            raise InvalidArgument(f"task {self.task_id}: est_cost_s and deadline must be finite")
 
     def next_attempt(self) -> Task:
         """The same task, re-queued by its origin: results of older attempts are stale."""

@@ -104,6 +104,7 @@ def test_bad_submissions_are_refused(node: Daemon, certs_dir: Path) -> None:
             agent_pb2.SubmitRequest(model="", inputs=[bad]),
             agent_pb2.SubmitRequest(model="demo", inputs=[bad]),  # bytes do not match shape
             agent_pb2.SubmitRequest(model="demo", deadline_s=-1),
+            agent_pb2.SubmitRequest(model="demo", deadline_s=float("nan")),
         ):
             with pytest.raises(grpc.RpcError) as e:
                 stub.Submit(req, timeout=10)

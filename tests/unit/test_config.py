@@ -55,6 +55,22 @@ def test_wrong_type_is_named(tmp_path: Path) -> None:
         load(None, {"P2PAGENT_MAX_MESSAGE_BYTES": "lots"}, {"name": "x"})
 
 
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+def test_non_finite_numbers_are_refused(text: str) -> None:
+    # float() takes them, and every "must be > 0" check lets NaN through.
+    with pytest.raises(ConfigError, match=r"'grace_period'.*must be a finite number"):
+        load(None, {}, {"name": "x", "grace_period": float(text)})
+    with pytest.raises(ConfigError, match="must be a finite number"):
+        load(None, {"P2PAGENT_TASKS__LEASE_S": text}, {"name": "x"})
+
+
+def test_negative_grace_period_and_rate_limit() -> None:
+    with pytest.raises(ConfigError, match="grace_period must be >= 0"):
+        load(None, {}, {"name": "x", "grace_period": -1.0}).validate()
+    with pytest.raises(ConfigError, match="rate_limit must be >= 0"):
+        load(None, {}, {"name": "x", "rate_limit": -1.0}).validate()
+
+
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(_write(tmp_path, "name = = 1"), {}, {})

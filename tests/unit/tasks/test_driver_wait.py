@@ -1,7 +1,7 @@
 """The origin side of one node's task driver, in process, with a gated fake engine: what
 ``Wait`` streams (the current state, then each change, then the result), and what a
 ``Submit`` whose journal write fails (its writer process died) leaves behind (nothing
-accepted, nothing lingering)."""
+accepted, nothing lingering), and the numbers a submit or a steal must not carry."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 import torch
 
-from p2pagent._proto import agent_pb2
-from p2pagent.errors import NotFound, Unavailable
+from p2pagent._proto import agent_pb2, peer_pb2
+from p2pagent.errors import InvalidArgument, NotFound, Unavailable
 from p2pagent.inference import tensors
 from p2pagent.tasks.driver import TasksDriver
+from p2pagent.tasks.spec import Task
 from tests.unit.tasks.solo import solo_driver
 
 DONE = agent_pb2.TaskEvent.DONE
@@ -164,3 +165,33 @@ async def test_waiting_for_an_unknown_task_is_not_found(
     d, _ = driver
     with pytest.raises(NotFound, match="no task solo-0123"):
         await _next(d.wait("solo-0123"))
+
+
+@pytest.mark.parametrize("deadline", [float("nan"), float("inf"), -1.0])
+async def test_a_deadline_that_is_not_a_finite_number_of_seconds_is_refused(
+    driver: tuple[TasksDriver, GatedEngine], deadline: float
+) -> None:
+    d, _ = driver
+    request = _submit(1.0)
+    request.deadline_s = deadline
+    with pytest.raises(InvalidArgument, match="deadline_s must be a finite number >= 0"):
+        await d.submit(request)
+    assert d.counters.submitted == 0 and len(d.leases) == 0  # nothing journaled or queued
+
+
+@pytest.mark.parametrize("speed", [float("nan"), float("inf"), -2.0])
+async def test_a_steal_with_a_bad_thief_speed_is_refused(
+    driver: tuple[TasksDriver, GatedEngine], speed: float
+) -> None:
+    d, _ = driver
+    await d.submit(_submit(1.0))
+    req = peer_pb2.StealRequest(thief="n2", max_tasks=4, models=["double"], thief_speed=speed)
+    with pytest.raises(InvalidArgument, match="thief_speed must be finite and >= 0"):
+        d.balancer.handle_steal(req, "n2")
+
+
+def test_a_task_with_a_non_finite_cost_or_deadline_is_invalid() -> None:
+    with pytest.raises(InvalidArgument, match="must be finite"):
+        Task("t1", "a", "m", float("inf"))
+    with pytest.raises(InvalidArgument, match="must be finite"):
+        Task("t1", "a", "m", 1.0, deadline=float("nan"))
