@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf.json_format import ParseDict
 
 from p2pagent._proto import agent_pb2
@@ -17,8 +19,17 @@ from p2pagent.cli import client
 from p2pagent.cli.args import UINT32_MAX, int_in
 from p2pagent.cli.output import emit_json, key_values, table
 from p2pagent.cli.progress import ticker
-from p2pagent.errors import InvalidArgument
+from p2pagent.errors import Internal, InvalidArgument
 from p2pagent.inference.spec import ModelSpec
+from p2pagent.models.manifest import (
+    FORMAT_HEAD_BYTES,
+    ModelFormat,
+    check_chunk_size,
+    check_header,
+    check_model_name,
+    check_size,
+    parse_replicas,
+)
 from p2pagent.transport.errors import map_rpc_errors
 
 FORMATS = ("torchscript", "export", "safetensors")
@@ -146,12 +157,38 @@ async def _upload(
             yield agent_pb2.PublishModelRequest(data=piece)
 
 
+@contextlib.contextmanager
+def _reason_lost_by_grpc() -> Iterator[None]:
+    """grpc.aio replaces the status of a node that ends an upload early (it refused it, e.g.
+    a full disk) by this when a write was still in flight (grpc/grpc#36066); say so."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as e:
+        if e.code() is not grpc.StatusCode.INTERNAL or e.details() != "Internal error from Core":
+            raise
+        raise Internal(
+            "the node ended the upload before it was complete, and grpc lost its reason; "
+            "nothing was published: see the node's log, then push again"
+        ) from e
+
+
 async def _push(args: argparse.Namespace) -> int:
+    if args.file.is_dir():
+        raise InvalidArgument(f"{args.file} is a directory: push one model file")
     if not args.file.is_file():
         raise InvalidArgument(f"model file {args.file} does not exist")
     fmt = args.format or guess_format(args.file)
     metadata = read_metadata(args.metadata or default_metadata(args.file))
     size = args.file.stat().st_size
+    # What the node would refuse in the header is refused here, before any byte is sent:
+    # a node that ends an upload early has its reason replaced by "Internal error from Core"
+    # on the client about once in ten (grpc.aio, grpc/grpc#36066).
+    check_model_name(args.name)
+    parse_replicas(args.replicas)
+    if args.chunk_size:
+        check_size(size, check_chunk_size(args.chunk_size))
+    with args.file.open("rb") as f:
+        check_header(ModelFormat.parse(fmt), f.read(FORMAT_HEAD_BYTES))
     header = agent_pb2.PublishModelRequest.Header(
         name=args.name,
         format=fmt,
@@ -162,7 +199,7 @@ async def _push(args: argparse.Namespace) -> int:
     )
     progress = _Progress(size, not args.no_progress and not args.json)
     async with client.channel(args) as ch:
-        with map_rpc_errors():
+        with map_rpc_errors(), _reason_lost_by_grpc():
             resp = await client.agent(ch).PublishModel(
                 _upload(args, header, progress), timeout=max(args.timeout, 600)
             )

@@ -51,7 +51,15 @@ from p2pagent.models import registry
 from p2pagent.models.alloc import ChunkBuffers
 from p2pagent.models.config import ModelsConfig
 from p2pagent.models.loadable import LoadableModels, inference_format, spec_of
-from p2pagent.models.manifest import ALL, Manifest, ModelFormat, check_model_name, next_version
+from p2pagent.models.manifest import (
+    ALL,
+    FORMAT_HEAD_BYTES,
+    Manifest,
+    ModelFormat,
+    check_header,
+    check_model_name,
+    next_version,
+)
 from p2pagent.models.publish import PublishWriter
 from p2pagent.models.puller import Holding, Puller, PullReport
 from p2pagent.models.ratelimit import TokenBucket
@@ -74,23 +82,6 @@ log = logging.getLogger(__name__)
 RECONCILE_S = 2.0
 #: Test-only fault hook (see module docs).
 CORRUPT_ENV = "P2PAGENT_TEST_CORRUPT_CHUNKS"
-#: Bytes of a file's start that tell its format.
-_HEAD = 16
-
-
-def check_header(fmt: ModelFormat, head: bytes) -> None:
-    """Refuses a file whose first bytes cannot be the declared format (INVALID_ARGUMENT)."""
-    if fmt in (ModelFormat.TORCHSCRIPT, ModelFormat.EXPORT):
-        if not head.startswith(b"PK\x03\x04"):
-            raise InvalidArgument(
-                f"the uploaded file is not a {fmt.value} model: {fmt.value} files are zip "
-                "archives (torch.jit.save / torch.export.save); check --format"
-            )
-    elif len(head) < 9 or head[8:9] != b"{":
-        raise InvalidArgument(
-            "the uploaded file is not a safetensors file (no JSON header after the 8-byte "
-            "length); check --format"
-        )
 
 
 class ModelsDriver:
@@ -292,9 +283,9 @@ class ModelsDriver:
         head = b""
         try:
             async for piece in pieces:
-                if len(head) < _HEAD:
-                    head += piece[: _HEAD - len(head)]
-                    if len(head) >= _HEAD:
+                if len(head) < FORMAT_HEAD_BYTES:
+                    head += piece[: FORMAT_HEAD_BYTES - len(head)]
+                    if len(head) >= FORMAT_HEAD_BYTES:
                         check_header(fmt, head)
                 await self._run_io(writer.write, piece)
             check_header(fmt, head)

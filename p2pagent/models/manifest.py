@@ -84,6 +84,25 @@ _SUFFIXES = {
 # ---- field checks (each raises InvalidArgument naming the problem) ------------------------------
 
 
+#: Bytes of a file's start that tell its format.
+FORMAT_HEAD_BYTES = 16
+
+
+def check_header(fmt: ModelFormat, head: bytes) -> None:
+    """Refuses a file whose first bytes cannot be the declared format (INVALID_ARGUMENT)."""
+    if fmt in (ModelFormat.TORCHSCRIPT, ModelFormat.EXPORT):
+        if not head.startswith(b"PK\x03\x04"):
+            raise InvalidArgument(
+                f"the model file is not a {fmt.value} model: {fmt.value} files are zip "
+                "archives (torch.jit.save / torch.export.save); check --format"
+            )
+    elif len(head) < 9 or head[8:9] != b"{":
+        raise InvalidArgument(
+            "the model file is not a safetensors file (no JSON header after the 8-byte "
+            "length); check --format"
+        )
+
+
 def check_model_name(name: str) -> str:
     """Returns ``name`` if usable as a model name, else raises InvalidArgument saying why.
 
