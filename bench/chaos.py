@@ -3,8 +3,10 @@
 ``python -m bench.chaos [--nodes 5] [--duration 60] [--seed 1] [--json]``
 
 Workload: one client per node (each fails over to another node when its own does not
-answer) doing durable puts of unique keys, durable counter increments, durable set adds and
-task submissions (the demo model).
+answer) doing durable puts of unique keys, durable counter increments, durable set adds, task
+submissions of the demo model (``Submit``, or ``SubmitAndWait`` hung up on after its first
+event, which carries the id), and every few seconds a publish of a small model under a new
+name with ``replicas: 2``.
 Every call is recorded as acknowledged, failed (a definite refusal) or unknown (timed out or
 cut off: it may or may not have been applied).
 
@@ -17,14 +19,16 @@ a second SIGKILL + restart.
 Checker, once the faults end and the load stops: every acknowledged put is on every replica
 with its value; each replica's counter is the acknowledged total (plus at most the unknown
 ones); every acknowledged set element is in the set on every replica; every acknowledged task
-is delivered exactly once (``Wait`` at its origin); all replicas have the
-same digest; every node lists every other as alive. It prints the table of issue "Reliability"
-and exits non-zero when anything acknowledged was lost.
+is delivered exactly once (``Wait`` at its origin); every acknowledged model is listed by
+every node with the checksum it was published with, and held complete by two nodes; all
+replicas have the same digest; every node lists every other as alive. It prints the table of
+issue "Reliability" and exits non-zero when anything acknowledged was lost.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -57,6 +62,7 @@ class History:
     increments_unknown: int = 0
     elements: set[bytes] = field(default_factory=set)
     tasks: list[str] = field(default_factory=list)  # acknowledged task ids
+    models: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (id, sha256)
     ops: int = 0
     failed: int = 0
     unknown: int = 0
@@ -79,6 +85,9 @@ class Report:
     acknowledged_tasks: int
     lost_tasks: int
     duplicated_task_results: int
+    acknowledged_models: int
+    lost_models: int
+    under_replicated_models: int
     counter_values: list[int]
     counter_exact: bool
     duplicated: int
@@ -96,6 +105,8 @@ class Report:
             and self.lost_set_elements == 0
             and self.lost_tasks == 0
             and self.duplicated_task_results == 0
+            and self.lost_models == 0
+            and self.under_replicated_models == 0
             and self.counter_exact
             and self.replicas_identical
             and self.membership_agreed
@@ -108,9 +119,12 @@ def _client(c: Cluster, home: str, history: History, stop: threading.Event, seed
     durable = agent_pb2.WriteOptions(durable=True)
     i = 0
     target = home
+    next_publish = time.monotonic() + PUBLISH_EVERY_S * rng.random()
     while not stop.is_set():
         i += 1
-        kind = rng.choice(("put", "incr", "sadd", "task"))
+        kind = rng.choice(("put", "incr", "sadd", "task", "task_stream"))
+        if time.monotonic() >= next_publish:
+            kind, next_publish = "publish", time.monotonic() + PUBLISH_EVERY_S
         stub = c.agent(target)
         try:
             if kind == "put":
@@ -123,6 +137,15 @@ def _client(c: Cluster, home: str, history: History, stop: threading.Event, seed
                                timeout=CALL_TIMEOUT_S)  # fmt: skip
             elif kind == "task":
                 task_id = stub.Submit(TASK, timeout=CALL_TIMEOUT_S).task_id
+            elif kind == "task_stream":
+                events = stub.SubmitAndWait(TASK, timeout=CALL_TIMEOUT_S)
+                task_id = next(events).task_id  # acknowledged: the task is journaled
+                events.cancel()  # the task keeps its course without a listener
+            elif kind == "publish":
+                name = f"chaos-{home}-{i}"
+                body = _model_file(rng)
+                published = stub.PublishModel(_upload(name, body), timeout=CALL_TIMEOUT_S * 4)
+                model = (published.manifest_id, hashlib.sha256(body).hexdigest())
             else:
                 elem = f"{home}-{i}".encode()
                 req = agent_pb2.SetRequest(
@@ -148,12 +171,40 @@ def _client(c: Cluster, home: str, history: History, stop: threading.Event, seed
                 history.puts[key] = value
             elif kind == "incr":
                 history.increments_acked += 1
-            elif kind == "task":
+            elif kind in ("task", "task_stream"):
                 history.tasks.append(task_id)
+            elif kind == "publish":
+                history.models[name] = model
             else:
                 history.elements.add(elem)
         target = home if rng.random() < 0.5 else target
         time.sleep(0.01)
+
+
+#: Seconds between one client's model publishes.
+PUBLISH_EVERY_S = 4.0
+#: Copies of each published model the mesh must keep.
+MODEL_REPLICAS = 2
+
+
+def _model_file(rng: random.Random) -> bytes:
+    """A small safetensors file of random bytes (64 KiB: four 16 KiB chunks). It has no
+    metadata, so it is stored and replicated but never loaded."""
+    data = rng.randbytes(64 * 1024 - 128)
+    header = json.dumps(
+        {"w": {"dtype": "U8", "shape": [len(data)], "data_offsets": [0, len(data)]}}
+    )
+    head = header.encode().ljust(120, b" ")
+    return len(head).to_bytes(8, "little") + head + data
+
+
+def _upload(name: str, body: bytes) -> Iterator[agent_pb2.PublishModelRequest]:
+    header = agent_pb2.PublishModelRequest.Header(
+        name=name, format="safetensors", size=len(body), chunk_size=16 * 1024,
+        replicas=str(MODEL_REPLICAS),
+    )  # fmt: skip
+    yield agent_pb2.PublishModelRequest(header=header)
+    yield agent_pb2.PublishModelRequest(data=body)
 
 
 #: A small inference task: the demo model on 8 rows.
@@ -370,6 +421,7 @@ def _check(
         done = [e for e in events if e.kind == agent_pb2.TaskEvent.DONE]
         lost_tasks += not done
         duplicated_tasks += max(0, len(done) - 1)
+    lost_models, under_replicated = _check_models(c, h.models)
     lo, hi = h.increments_acked, h.increments_acked + h.increments_unknown
     return Report(
         nodes=len(c.nodes),
@@ -386,6 +438,9 @@ def _check(
         acknowledged_tasks=len(h.tasks),
         lost_tasks=lost_tasks,
         duplicated_task_results=duplicated_tasks,
+        acknowledged_models=len(h.models),
+        lost_models=lost_models,
+        under_replicated_models=under_replicated,
         counter_values=counters,
         counter_exact=len(set(counters)) == 1 and lo <= counters[0] <= hi,
         duplicated=sum(1 for v in counters if v > hi),
@@ -394,6 +449,37 @@ def _check(
         converge_after_last_fault_s=round(converge, 2),
         fault_recovery_s=recovery,
     )
+
+
+def _check_models(c: Cluster, acked: dict[str, tuple[str, str]]) -> tuple[int, int]:
+    """(lost, under-replicated) acknowledged models: lost if some node does not list it with
+    its id and checksum, under-replicated if fewer than MODEL_REPLICAS nodes hold it complete
+    once replication has had CONVERGE_LIMIT_S to catch up."""
+
+    def views() -> list[dict[str, agent_pb2.ModelVersion]]:
+        out = []
+        for n in c.nodes:
+            listed = c.agent(n).ListModels(agent_pb2.ListModelsRequest(), timeout=10).versions
+            out.append({v.name: v for v in listed})
+        return out
+
+    def shortfall() -> tuple[int, int]:
+        lost = under = 0
+        for name, (mid, sha) in acked.items():
+            seen = [view.get(name) for view in views_now]
+            if any(v is None or v.manifest_id != mid or v.sha256 != sha for v in seen):
+                lost += 1
+            elif min(len(v.holders) for v in seen if v is not None) < MODEL_REPLICAS:
+                under += 1
+        return lost, under
+
+    deadline = time.monotonic() + CONVERGE_LIMIT_S
+    while True:
+        views_now = views()
+        lost, under = shortfall()
+        if (lost, under) == (0, 0) or time.monotonic() > deadline:
+            return lost, under
+        time.sleep(0.5)
 
 
 def main() -> None:

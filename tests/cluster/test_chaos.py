@@ -1,5 +1,5 @@
-"""The chaos run of ``bench/chaos.py`` at CI size: five real daemons under a durable write
-and task-submission load through SIGKILL + restart, a partition (where namespaces exist),
+"""The chaos run of ``bench/chaos.py`` at CI size: five real daemons under a durable write,
+task-submission and model-publish load through SIGKILL + restart, a partition (where namespaces exist),
 packet loss, SIGSTOP/SIGCONT and a second SIGKILL; then the checker over the whole history."""
 
 from __future__ import annotations
@@ -22,5 +22,7 @@ def test_no_acknowledged_write_is_lost_under_faults(tmp_path: Path) -> None:
     assert report.duplicated == 0
     assert report.acknowledged_tasks > 0
     assert report.lost_tasks == 0 and report.duplicated_task_results == 0
+    assert report.acknowledged_models > 0
+    assert report.lost_models == 0 and report.under_replicated_models == 0
     assert report.replicas_identical
     assert report.membership_agreed
