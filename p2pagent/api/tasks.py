@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from p2pagent._proto import agent_pb2, common_pb2, peer_pb2
-from p2pagent.errors import FailedPrecondition, InvalidArgument
+from p2pagent.errors import FailedPrecondition, InvalidArgument, Unavailable
 from p2pagent.tasks.config import MAX_LIST_TASKS
 from p2pagent.tasks.driver import TasksDriver
 from p2pagent.transport.guard import caller_identity
@@ -27,6 +27,10 @@ class _TasksAccess:
         driver = self._node.tasks
         if driver is None:
             raise FailedPrecondition("tasks are not enabled on this node")
+        if not driver.loaded:
+            # Answering now could call a journaled task unknown (NOT_FOUND) to a client that
+            # came back right after a restart.
+            raise Unavailable("the task journal is still loading; retry shortly")
         return driver
 
 

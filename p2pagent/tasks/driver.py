@@ -135,6 +135,9 @@ class TasksDriver:
         #: Set (and replaced) on every change a Wait caller may be waiting for.
         self._changed = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
+        #: The journal has been read back: until then a task of this origin may exist without
+        #: this driver knowing it (the server takes calls before its components start).
+        self.loaded = False
         self._calls: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         #: Send a load report at the next tick rather than at the next interval.
@@ -165,6 +168,7 @@ class TasksDriver:
             log.info("tasks: journal has %d tasks; %d re-queued", len(rows), requeued)
         self._unsubscribe = self._members.subscribe(self._on_member)
         self._loops = [asyncio.create_task(self._ticker(), name="tasks-tick")]
+        self.loaded = True
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:

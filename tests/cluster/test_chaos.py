@@ -1,6 +1,7 @@
-"""The chaos run of ``bench/chaos.py`` at CI size: five real daemons under a durable write,
-task-submission and model-publish load through SIGKILL + restart, a partition (where namespaces exist),
-packet loss, SIGSTOP/SIGCONT and a second SIGKILL; then the checker over the whole history."""
+"""The chaos run of ``bench/chaos.py`` at CI size: five real daemons under a load of durable
+writes, task submissions and model publishes through SIGKILL + restart, a partition (where
+namespaces exist), packet loss, SIGSTOP/SIGCONT and a second SIGKILL; then the checker over
+the whole history."""
 
 from __future__ import annotations
 

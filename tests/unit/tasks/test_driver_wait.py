@@ -195,3 +195,21 @@ def test_a_task_with_a_non_finite_cost_or_deadline_is_invalid() -> None:
         Task("t1", "a", "m", float("inf"))
     with pytest.raises(InvalidArgument, match="must be finite"):
         Task("t1", "a", "m", 1.0, deadline=float("nan"))
+
+
+async def test_the_tasks_api_refuses_calls_until_the_journal_is_read_back(tmp_path: Path) -> None:
+    # The server takes calls before its components start: a Wait for a journaled task that
+    # came in then was answered NOT_FOUND. It is UNAVAILABLE (retried) until the journal is in.
+    from types import SimpleNamespace
+
+    from p2pagent.api.tasks import TasksAgentApi
+
+    api = TasksAgentApi()
+    api._node = SimpleNamespace(tasks=solo_driver(GatedEngine(), tmp_path, "double", 1))  # type: ignore[assignment]
+    with pytest.raises(Unavailable, match="task journal is still loading"):
+        api._tasks()
+    await api._node.tasks.start()
+    try:
+        assert api._tasks() is api._node.tasks
+    finally:
+        await api._node.tasks.stop()

@@ -1,0 +1,315 @@
+"""The public API for Python programs, over several nodes of one mesh.
+
+A ``Client`` is given the addresses of a few nodes. Every call goes to one of them and moves
+on to the next when that one cannot be reached, so a program keeps working while any node is
+down, as the mesh does. Calls that are safe to repeat (reads, ``Infer``, ``Wait``) move on
+whenever a node fails them with UNAVAILABLE; calls that are not (``Submit``, ``Increment``)
+move on only when the request never left this process (the node refused the connection), and
+otherwise raise ``OutcomeUnknown``: the node may have applied it before it failed.
+
+``run`` submits a task and follows it to its result on one stream (``SubmitAndWait``). Once
+the task's id has arrived, the task is journaled at the node that took it, and a lost stream
+is only a lost view: ``run`` asks again (``Wait``, at any node: it asks the task's origin)
+until the result comes, for up to ``follow_s`` seconds. The result is the one the mesh
+delivered, whichever node asked. Example::
+
+    async with Client.from_certs(["10.0.0.1:7400", "10.0.0.2:7400"], "certs") as mesh:
+        outputs = await mesh.run("demo", {"input": torch.randn(1, 16)})
+        await mesh.put("agents", "last-run", b"ok", durable=True)
+
+All methods must be awaited on the event loop that entered the client (grpc.aio channels
+belong to the loop that made them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, TypeVar
+
+import grpc
+
+from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
+from p2pagent.errors import InvalidArgument, P2PAgentError, Unavailable
+from p2pagent.identity import material as tls
+from p2pagent.transport.channels import DEFAULT_MAX_MESSAGE_BYTES, secure_channel
+from p2pagent.transport.errors import error_from_rpc
+
+if TYPE_CHECKING:
+    import torch
+
+T = TypeVar("T")
+
+#: Largest tensor (elements) this client decodes from an answer.
+MAX_OUTPUT_ELEMENTS = 1 << 28
+#: Pause between rounds over every node while a task's result is being followed.
+FOLLOW_BACKOFF_S = (0.2, 5.0)
+
+
+class OutcomeUnknown(Unavailable):
+    """A call that is not safe to repeat failed after it reached a node: it may or may not
+    have been applied. For a task, look for it with ``tasks ls`` before submitting again."""
+
+
+def _never_sent(e: grpc.aio.AioRpcError) -> bool:
+    """True when the call failed before its request could reach the node: no connection."""
+    if e.code() is not grpc.StatusCode.UNAVAILABLE:
+        return False
+    detail = (e.details() or "").lower()
+    return "failed to connect" in detail or "connection refused" in detail
+
+
+class Client:
+    """Calls to any of ``targets`` (``host:port`` of nodes of one mesh), moving on to the next
+    one when a node cannot be reached; use ``async with`` (or ``close``)."""
+
+    def __init__(
+        self,
+        targets: Sequence[str],
+        material: tls.TLSMaterial,
+        *,
+        timeout_s: float = 10.0,
+        follow_s: float = 600.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if isinstance(targets, str) or not targets:
+            raise InvalidArgument("targets: give a list of node addresses (host:port)")
+        self._targets = list(dict.fromkeys(targets))
+        self._material = material
+        self._timeout = timeout_s
+        self._follow = follow_s
+        self._max = max_message_bytes
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._current = 0
+
+    @classmethod
+    def from_certs(
+        cls,
+        targets: Sequence[str],
+        certs: str | Path,
+        identity: str = "client",
+        *,
+        timeout_s: float = 10.0,
+        follow_s: float = 600.0,
+    ) -> Client:
+        """A client presenting ``<certs>/<identity>.crt`` (and ``.key``), trusting
+        ``<certs>/ca.crt``: the layout ``p2pagentctl certs`` writes."""
+        material = tls.load(tls.TLSPaths.in_dir(Path(certs), identity))
+        return cls(targets, material, timeout_s=timeout_s, follow_s=follow_s)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        for ch in channels.values():
+            await ch.close()
+
+    @property
+    def target(self) -> str:
+        """The node calls go to first (the last one that answered)."""
+        return self._targets[self._current]
+
+    def _stub(self, target: str) -> agent_pb2_grpc.AgentAsyncStub:
+        ch = self._channels.get(target)
+        if ch is None:
+            ch = self._channels[target] = secure_channel(target, self._material, self._max)
+        return agent_pb2_grpc.AgentStub(ch)
+
+    async def _call(
+        self, call: Callable[[agent_pb2_grpc.AgentAsyncStub], Awaitable[T]], *, repeatable: bool
+    ) -> T:
+        """``call`` on the current node, then on each other one while they cannot be reached."""
+        failures = []
+        for step in range(len(self._targets)):
+            index = (self._current + step) % len(self._targets)
+            target = self._targets[index]
+            try:
+                answer = await call(self._stub(target))
+            except grpc.aio.AioRpcError as e:
+                if e.code() is grpc.StatusCode.UNAVAILABLE and (repeatable or _never_sent(e)):
+                    failures.append(f"{target}: {e.details()}")
+                    continue
+                if e.code() is grpc.StatusCode.UNAVAILABLE:
+                    raise OutcomeUnknown(
+                        f"{target} failed the call after it was sent ({e.details()}); it may "
+                        "or may not have been applied"
+                    ) from e
+                raise error_from_rpc(e) from e
+            self._current = index
+            return answer
+        raise Unavailable("no node could be reached: " + "; ".join(failures))
+
+    # ---- node ---------------------------------------------------------------------------
+
+    async def status(self) -> agent_pb2.StatusResponse:
+        request = agent_pb2.StatusRequest()
+        return await self._call(lambda s: s.Status(request, timeout=self._timeout), repeatable=True)
+
+    # ---- inference and tasks --------------------------------------------------------------
+
+    async def infer(
+        self, model: str, inputs: Mapping[str, torch.Tensor], *, version: str = ""
+    ) -> dict[str, torch.Tensor]:
+        """One inference, answered in the call (not journaled: repeated on another node if
+        the first one cannot be reached)."""
+        request = agent_pb2.InferRequest(model=model, inputs=_encode(inputs), model_version=version)
+        answer = await self._call(
+            lambda s: s.Infer(request, timeout=self._timeout), repeatable=True
+        )
+        return _decode(answer.outputs)
+
+    async def submit(
+        self,
+        model: str,
+        inputs: Mapping[str, torch.Tensor],
+        *,
+        priority: int = 0,
+        deadline_s: float = 0.0,
+        version: str = "",
+    ) -> str:
+        """Submits a task; returns its id once the node that took it has journaled it."""
+        request = _submit_request(model, inputs, priority, deadline_s, version)
+        answer = await self._call(
+            lambda s: s.Submit(request, timeout=self._timeout), repeatable=False
+        )
+        return answer.task_id
+
+    async def wait(self, task_id: str) -> dict[str, torch.Tensor]:
+        """The task's outputs once it is done (its error, raised, if it failed), asked of any
+        node for up to ``follow_s`` seconds while none can answer."""
+        deadline = time.monotonic() + self._follow
+        pause = FOLLOW_BACKOFF_S[0]
+        while True:
+            try:
+                return await self._call(lambda s: self._follow_wait(s, task_id), repeatable=True)
+            except Unavailable:
+                if time.monotonic() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, FOLLOW_BACKOFF_S[1])
+
+    async def run(
+        self,
+        model: str,
+        inputs: Mapping[str, torch.Tensor],
+        *,
+        priority: int = 0,
+        deadline_s: float = 0.0,
+        version: str = "",
+        on_event: Callable[[agent_pb2.TaskEvent], None] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Submits a task and returns its outputs (or raises its error), following it across
+        lost streams and nodes. ``on_event`` sees each event (the first carries the id)."""
+        request = _submit_request(model, inputs, priority, deadline_s, version)
+        task_id = ""
+
+        async def submit_and_follow(stub: agent_pb2_grpc.AgentAsyncStub) -> agent_pb2.TaskEvent:
+            nonlocal task_id
+            async for event in _events(stub.SubmitAndWait(request)):
+                task_id = event.task_id
+                if on_event is not None:
+                    on_event(event)
+                if event.kind in (agent_pb2.TaskEvent.DONE, agent_pb2.TaskEvent.FAILED):
+                    return event
+            raise Unavailable("the task's stream ended without its result")
+
+        try:
+            final = await self._call(submit_and_follow, repeatable=False)
+        except (Unavailable, P2PAgentError):
+            if not task_id:
+                raise  # never acknowledged: nothing to follow
+            return await self.wait(task_id)  # journaled at its origin: ask again
+        return _result(final)
+
+    async def _follow_wait(
+        self, stub: agent_pb2_grpc.AgentAsyncStub, task_id: str
+    ) -> dict[str, torch.Tensor]:
+        async for event in _events(stub.Wait(agent_pb2.WaitRequest(task_id=task_id))):
+            if event.kind in (agent_pb2.TaskEvent.DONE, agent_pb2.TaskEvent.FAILED):
+                return _result(event)
+        raise Unavailable(f"the stream of task {task_id} ended without its result")
+
+    # ---- replicated state -----------------------------------------------------------------
+
+    async def put(self, namespace: str, key: str, value: bytes, *, durable: bool = False) -> None:
+        """Writes a last-writer-wins register (repeating it is harmless)."""
+        request = agent_pb2.PutRequest(
+            namespace=namespace, key=key, value=value, options=_write_options(durable)
+        )
+        await self._call(lambda s: s.Put(request, timeout=self._timeout), repeatable=True)
+
+    async def get(self, namespace: str, key: str) -> agent_pb2.GetResponse:
+        """The key as the answering node sees it (``found``, ``values``, ``counter``...)."""
+        request = agent_pb2.GetRequest(namespace=namespace, key=key)
+        return await self._call(lambda s: s.Get(request, timeout=self._timeout), repeatable=True)
+
+    async def increment(
+        self, namespace: str, key: str, delta: int = 1, *, durable: bool = False
+    ) -> None:
+        """Adds ``delta`` to a counter. Not repeated after it reached a node (OutcomeUnknown)."""
+        request = agent_pb2.IncrementRequest(
+            namespace=namespace, key=key, delta=delta, options=_write_options(durable)
+        )
+        await self._call(lambda s: s.Increment(request, timeout=self._timeout), repeatable=False)
+
+
+async def _events(call: AsyncIterable[agent_pb2.TaskEvent]) -> AsyncIterator[agent_pb2.TaskEvent]:
+    """A task-event stream whose non-UNAVAILABLE failures are raised as our errors (UNAVAILABLE
+    stays a grpc error, for ``_call`` to move on)."""
+    try:
+        async for event in call:
+            yield event
+    except grpc.aio.AioRpcError as e:
+        if e.code() is grpc.StatusCode.UNAVAILABLE:
+            raise
+        raise error_from_rpc(e) from e
+
+
+def _encode(inputs: Mapping[str, torch.Tensor]) -> list[common_pb2.Tensor]:
+    from p2pagent.inference import tensors
+
+    if not isinstance(inputs, Mapping):
+        raise InvalidArgument("inputs: give a mapping of input name to tensor")
+    return [tensors.to_proto(name, t) for name, t in inputs.items()]
+
+
+def _decode(outputs: Sequence[common_pb2.Tensor]) -> dict[str, torch.Tensor]:
+    from p2pagent.inference import tensors
+
+    decoded = tensors.many_from_proto(outputs, MAX_OUTPUT_ELEMENTS)
+    if isinstance(decoded, dict):
+        return decoded
+    return {str(i): t for i, t in enumerate(decoded)}
+
+
+def _result(event: agent_pb2.TaskEvent) -> dict[str, torch.Tensor]:
+    if event.kind == agent_pb2.TaskEvent.FAILED:
+        from p2pagent.tasks.wire import error_from_code
+
+        raise error_from_code(event.error_code, f"task {event.task_id}: {event.error_message}")
+    return _decode(event.outputs)
+
+
+def _submit_request(
+    model: str, inputs: Mapping[str, torch.Tensor], priority: int, deadline_s: float, version: str
+) -> agent_pb2.SubmitRequest:
+    return agent_pb2.SubmitRequest(
+        model=model,
+        inputs=_encode(inputs),
+        priority=priority,
+        deadline_s=deadline_s,
+        model_version=version,
+    )
+
+
+def _write_options(durable: bool) -> agent_pb2.WriteOptions:
+    return agent_pb2.WriteOptions(durable=durable)

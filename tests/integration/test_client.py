@@ -1,0 +1,125 @@
+"""``p2pagent.client.Client`` against real daemons: every call moves past a node that cannot
+be reached, and ``run`` follows its task to the result across a SIGKILL and restart of the
+node that took it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from p2pagent._proto import agent_pb2
+from p2pagent.client import Client
+from p2pagent.errors import InvalidArgument, NotFound, Unavailable
+from p2pagent.inference import demo_model
+from p2pagent.testing.daemon import Daemon, free_port
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("client-models")
+    demo_model.write_all(d)
+    return d
+
+
+def _serve(models: Path) -> list[str]:
+    return ["--serve", f"demo={models / 'demo.torchscript.pt'}"]
+
+
+@pytest.fixture(scope="module")
+def node(
+    tmp_path_factory: pytest.TempPathFactory, certs_dir: Path, models: Path
+) -> Iterator[Daemon]:
+    d = Daemon("n7", certs_dir, tmp_path_factory.mktemp("client") / "n7", args=_serve(models))
+    d.start()
+    try:
+        yield d
+    finally:
+        d.kill()
+
+
+def _expected(models: Path, x: torch.Tensor) -> torch.Tensor:
+    module = torch.jit.load(str(models / "demo.torchscript.pt"))
+    with torch.inference_mode():
+        return module(x)  # type: ignore[no-any-return]
+
+
+async def test_every_call_moves_past_a_node_that_cannot_be_reached(
+    node: Daemon, certs_dir: Path, models: Path
+) -> None:
+    nobody = f"127.0.0.1:{free_port()}"  # nothing listens there: connections are refused
+    x = demo_model.sample_input(2, seed=5)
+    expected = _expected(models, x)
+    async with Client.from_certs([nobody, node.address], certs_dir, timeout_s=5) as mesh:
+        assert (await mesh.status()).name == "n7"
+        assert mesh.target == node.address  # the one that answered is asked first from now on
+        (out,) = (await mesh.infer("demo", {"input": x})).values()
+        assert torch.allclose(out, expected, atol=1e-5)
+        (out,) = (await mesh.run("demo", {"input": x})).values()
+        assert torch.allclose(out, expected, atol=1e-5)
+        task_id = await mesh.submit("demo", {"input": x})
+        (out,) = (await mesh.wait(task_id)).values()
+        assert torch.allclose(out, expected, atol=1e-5)
+        await mesh.put("client-test", "k", b"v", durable=True)
+        await mesh.increment("client-test", "c", 3)
+        assert list((await mesh.get("client-test", "k")).values) == [b"v"]
+        assert (await mesh.get("client-test", "c")).counter == 3
+    async with Client.from_certs([nobody], certs_dir, timeout_s=2) as alone:
+        with pytest.raises(Unavailable, match="no node could be reached"):
+            await alone.status()
+
+
+async def test_errors_are_raised_as_ours(node: Daemon, certs_dir: Path) -> None:
+    x = {"input": demo_model.sample_input(1)}
+    async with Client.from_certs([node.address], certs_dir) as mesh:
+        with pytest.raises(NotFound, match="'nope' is not available"):
+            await mesh.run("nope", x)  # the task fails: its error, raised
+        with pytest.raises(NotFound):
+            await mesh.wait("n7-0000000000000000")
+        with pytest.raises(InvalidArgument, match="deadline_s"):
+            await mesh.submit("demo", x, deadline_s=float("nan"))
+    with pytest.raises(InvalidArgument, match="list of node addresses"):
+        Client.from_certs(node.address, certs_dir)  # a string, not a list
+
+
+async def test_run_follows_its_task_across_a_restart_of_the_node_that_took_it(
+    tmp_path: Path, certs_dir: Path, models: Path
+) -> None:
+    d = Daemon("n7", certs_dir, tmp_path / "n7", args=_serve(models)).start()
+    restarter: list[threading.Thread] = []
+    try:
+        async with Client.from_certs([d.address], certs_dir, follow_s=120) as mesh:
+            # A backlog, so that the task is still queued when its node is killed.
+            big = {"input": demo_model.sample_input(2048)}
+            await asyncio.gather(*(mesh.submit("demo", big) for _ in range(30)))
+            x = demo_model.sample_input(1, seed=9)
+            events: list[agent_pb2.TaskEvent] = []
+            restarted = threading.Event()
+
+            def restart() -> None:
+                d.start()
+                restarted.set()
+
+            def on_event(event: agent_pb2.TaskEvent) -> None:
+                events.append(event)
+                if len(events) == 1:  # acknowledged: the task is journaled at n7
+                    d.kill()
+                    restarter.append(threading.Thread(target=restart, daemon=True))
+                    restarter[0].start()
+
+            outputs = await mesh.run("demo", {"input": x}, on_event=on_event)
+            assert restarted.is_set() and events[0].task_id.startswith("n7-")
+            assert events[0].kind != agent_pb2.TaskEvent.DONE  # killed before it ran
+            (out,) = outputs.values()
+            assert torch.allclose(out, _expected(models, x), atol=1e-5)
+            # Delivered once: asking again gives the same result.
+            (again,) = (await mesh.wait(events[0].task_id)).values()
+            assert torch.equal(again, out)
+    finally:
+        for t in restarter:
+            t.join(timeout=90)  # then kill what it started
+        d.kill()
