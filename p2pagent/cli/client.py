@@ -1,16 +1,23 @@
-"""Connecting p2pagentctl to a node: target, certificates, and errors as one clear line."""
+"""Connecting p2pagentctl to a node: target, certificates, and errors as one clear line.
+
+``--target`` may name several nodes (``a:7400,b:7400``): a command talks to the first one
+that accepts a connection, so a node that is down is passed over, as the mesh passes over it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 
 from p2pagent._proto import agent_pb2_grpc
 from p2pagent.cli.args import seconds
-from p2pagent.errors import ConfigError
+from p2pagent.errors import ConfigError, Unavailable
 from p2pagent.identity import material as tls
 from p2pagent.transport.channels import secure_channel
 
@@ -21,8 +28,9 @@ def add_connection_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--target",
         default=os.environ.get("P2PAGENT_TARGET", DEFAULT_TARGET),
-        metavar="HOST:PORT",
-        help="node to talk to (env P2PAGENT_TARGET; default %(default)s)",
+        metavar="HOST:PORT[,...]",
+        help="node to talk to, or several: the first that answers (env P2PAGENT_TARGET; "
+        "default %(default)s)",
     )
     p.add_argument(
         "--certs",
@@ -56,8 +64,51 @@ def material_of(args: argparse.Namespace) -> tls.TLSMaterial:
     return tls.load(paths)
 
 
-def channel(args: argparse.Namespace) -> grpc.aio.Channel:
-    return secure_channel(args.target, material_of(args))
+def targets_of(args: argparse.Namespace) -> list[str]:
+    targets = [t.strip() for t in str(args.target).split(",") if t.strip()]
+    if not targets:
+        raise ConfigError("--target is empty: name a node as HOST:PORT, or several with commas")
+    return targets
+
+
+@contextlib.asynccontextmanager
+async def channel(args: argparse.Namespace) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to ``--target``, or to the first of its nodes that accepts a connection
+    within ``--timeout`` (``args.target`` then names that node, for messages)."""
+    targets, material = targets_of(args), material_of(args)
+    if len(targets) == 1:
+        async with secure_channel(targets[0], material) as ch:
+            yield ch
+        return
+    failed = []
+    for target in targets:
+        ch = secure_channel(target, material)
+        try:
+            async with asyncio.timeout(args.timeout):
+                connected = await _connects(ch)
+        except TimeoutError:
+            connected = False
+        if not connected:
+            await ch.close()
+            failed.append(target)
+            continue
+        args.target = target
+        async with ch:
+            yield ch
+        return
+    raise Unavailable(f"none of {', '.join(failed)} accepted a connection")
+
+
+async def _connects(ch: grpc.aio.Channel) -> bool:
+    """Whether ``ch`` gets connected; False as soon as a first attempt fails (refused, TLS
+    handshake failed), rather than after gRPC's retries."""
+    state = ch.get_state(try_to_connect=True)
+    while state is not grpc.ChannelConnectivity.READY:
+        if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            return False
+        await ch.wait_for_state_change(state)
+        state = ch.get_state(try_to_connect=True)
+    return True
 
 
 def agent(ch: grpc.aio.Channel) -> agent_pb2_grpc.AgentAsyncStub:

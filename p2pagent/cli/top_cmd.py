@@ -49,8 +49,8 @@ def register(sub: Any) -> None:
 class Mesh:
     """Channels to every member, kept between refreshes."""
 
-    def __init__(self, target: str, material: TLSMaterial, timeout: float) -> None:
-        self.known = [target]
+    def __init__(self, targets: list[str], material: TLSMaterial, timeout: float) -> None:
+        self.known = list(targets)
         self.material = material
         self.timeout = timeout
         self.channels: dict[str, grpc.aio.Channel] = {}
@@ -123,7 +123,7 @@ class Mesh:
 
 
 async def _top(args: argparse.Namespace) -> int:
-    mesh = Mesh(args.target, client.material_of(args), min(args.timeout, 2.0))
+    mesh = Mesh(client.targets_of(args), client.material_of(args), min(args.timeout, 2.0))
     live = sys.stdout.isatty() and not args.once and not args.json
     shown = 0
     try:

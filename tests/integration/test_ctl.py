@@ -59,6 +59,19 @@ def test_unreachable_target_is_one_line(certs_dir: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
+def test_several_targets_the_first_that_answers_is_used(node: Daemon, certs_dir: Path) -> None:
+    down = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    r = ctl("status", "--target", ",".join([*down, node.address]), "--certs", str(certs_dir),
+            "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["name"] == "n5"
+    r = ctl("top", "--once", "--target", f"{down[0]},{node.address}", "--certs", str(certs_dir))
+    assert r.returncode == 0 and "n5" in r.stdout, r.stderr
+    r = ctl("status", "--target", ",".join(down), "--certs", str(certs_dir))
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert f"none of {down[0]}, {down[1]} accepted a connection" in r.stderr
+
+
 def test_refused_certificate_is_one_line(node: Daemon, expired_certs_dir: Path) -> None:
     # The expired certificate is refused before anything is sent: load() checks it locally.
     r = ctl("status", "--target", node.address, "--certs", str(expired_certs_dir))
