@@ -4,8 +4,9 @@ A ``Client`` is given the addresses of a few nodes. Every call goes to one of th
 on to the next when that one cannot be reached, so a program keeps working while any node is
 down, as the mesh does. Calls that are safe to repeat (reads, ``Infer``, ``Wait``) move on
 whenever a node fails them with UNAVAILABLE; calls that are not (``Submit``, ``Increment``)
-move on only when the request never left this process (the node refused the connection), and
-otherwise raise ``OutcomeUnknown``: the node may have applied it before it failed.
+move on only when they surely did nothing (no connection, or the node itself refused them),
+and otherwise raise ``OutcomeUnknown``: the node may have applied one before the connection
+was lost.
 
 ``run`` submits a task and follows it to its result on one stream (``SubmitAndWait``). Once
 the task's id has arrived, the task is journaled at the node that took it, and a lost stream
@@ -36,7 +37,7 @@ from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
 from p2pagent.errors import InvalidArgument, P2PAgentError, Unavailable
 from p2pagent.identity import material as tls
 from p2pagent.transport.channels import DEFAULT_MAX_MESSAGE_BYTES, secure_channel
-from p2pagent.transport.errors import error_from_rpc
+from p2pagent.transport.errors import answered_by_node, error_from_rpc
 
 if TYPE_CHECKING:
     import torch
@@ -54,10 +55,13 @@ class OutcomeUnknown(Unavailable):
     have been applied. For a task, look for it with ``tasks ls`` before submitting again."""
 
 
-def _never_sent(e: grpc.aio.AioRpcError) -> bool:
-    """True when the call failed before its request could reach the node: no connection."""
+def _not_applied(e: grpc.aio.AioRpcError) -> bool:
+    """True when an UNAVAILABLE call surely did nothing: its request never reached a node (no
+    connection), or the node itself refused it (its status carries ``NODE_ANSWER``)."""
     if e.code() is not grpc.StatusCode.UNAVAILABLE:
         return False
+    if answered_by_node(e):
+        return True
     detail = (e.details() or "").lower()
     return "failed to connect" in detail or "connection refused" in detail
 
@@ -135,7 +139,7 @@ class Client:
             try:
                 answer = await call(self._stub(target))
             except grpc.aio.AioRpcError as e:
-                if e.code() is grpc.StatusCode.UNAVAILABLE and (repeatable or _never_sent(e)):
+                if e.code() is grpc.StatusCode.UNAVAILABLE and (repeatable or _not_applied(e)):
                     failures.append(f"{target}: {e.details()}")
                     continue
                 if e.code() is grpc.StatusCode.UNAVAILABLE:

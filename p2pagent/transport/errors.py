@@ -27,6 +27,18 @@ _BY_CODE: dict[grpc.StatusCode, type[errors.P2PAgentError]] = {
 }
 
 
+#: Trailing metadata key on every status a node's own code raised (its value: the code's
+#: name). It tells a client the node answered, not the transport: in particular an
+#: UNAVAILABLE carrying it means the node refused the call (nothing was applied), where a bare
+#: one may come from a connection lost after the call was applied.
+NODE_ANSWER = "p2pagent-error"
+
+
+def answered_by_node(e: grpc.aio.AioRpcError) -> bool:
+    """Whether the failed call's status was raised by the node's own code (``NODE_ANSWER``)."""
+    return any(key == NODE_ANSWER for key, _ in e.trailing_metadata() or ())
+
+
 def status_of(exc: errors.P2PAgentError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INTERNAL)
 

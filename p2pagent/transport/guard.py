@@ -26,7 +26,7 @@ import grpc
 
 from p2pagent import errors
 from p2pagent.identity.spiffe import Identity, Role, parse
-from p2pagent.transport.errors import status_of
+from p2pagent.transport.errors import NODE_ANSWER, status_of
 from p2pagent.transport.metrics import RpcMetrics
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,10 @@ def _wrap(
             metrics.observe(method, code, time.perf_counter() - start)
 
     async def fail(context: Any, exc: BaseException, start: float) -> None:
+        answer: tuple[tuple[str, str], ...] = ()
         if isinstance(exc, errors.P2PAgentError):
             status, message = status_of(exc), str(exc)
+            answer = ((NODE_ANSWER, status.name),)
         elif isinstance(exc, NotImplementedError):
             # The generated servicer base raises this for RPCs this build does not serve.
             status, message = grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented"
@@ -135,7 +137,7 @@ def _wrap(
                 f"internal error: {type(exc).__name__}: {exc}",
             )
         finish(start, status.name)
-        await context.abort(status, message)
+        await context.abort(status, message, trailing_metadata=answer)
 
     def unary_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def run(request: Any, context: Any) -> Any:

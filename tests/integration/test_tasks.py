@@ -17,6 +17,7 @@ from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
 from p2pagent.inference import demo_model, tensors
 from p2pagent.testing.daemon import Daemon
 from p2pagent.transport.channels import channel_options
+from p2pagent.transport.errors import NODE_ANSWER
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +113,9 @@ def test_bad_submissions_are_refused(node: Daemon, certs_dir: Path) -> None:
         with pytest.raises(grpc.RpcError) as e:
             _events(stub, "n8-doesnotexist")
         assert e.value.code() is grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+        # The node's own answer, marked so (a client may then tell it from a lost connection).
+        trailing = dict(e.value.trailing_metadata())  # type: ignore[attr-defined]
+        assert trailing[NODE_ANSWER] == "NOT_FOUND"
         # An unknown model fails the task with its reason; the result says so.
         tid = stub.Submit(agent_pb2.SubmitRequest(model="nope", inputs=_request(1)[0].inputs),
                           timeout=10).task_id  # fmt: skip
