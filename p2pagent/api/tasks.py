@@ -73,7 +73,9 @@ class TasksAgentApi(_TasksAccess):
 
 class TasksPeerApi(_TasksAccess):
     async def Steal(self, request: peer_pb2.StealRequest, context: Ctx) -> peer_pb2.StealResponse:
-        return self._tasks().balancer.handle_steal(request, caller_identity(context).name)
+        return self._tasks().balancer.handle_steal(
+            request, caller_identity(context).name, context.time_remaining()
+        )
 
     async def Assign(
         self, request: peer_pb2.AssignRequest, context: Ctx

@@ -32,6 +32,10 @@ from p2pagent.transport.metrics import RpcMetrics
 log = logging.getLogger(__name__)
 
 LOAD_CALL_TIMEOUT_S = 5.0
+#: A steal request that reaches the victim with less time than this left before the thief's
+#: deadline gets nothing: tasks handed over in an answer the thief has stopped waiting for sit
+#: leased to it, unrun, until the lease expires (``tasks.lease_s``).
+STEAL_ANSWER_MARGIN_S = 0.25
 
 
 class Balancer:
@@ -62,6 +66,8 @@ class Balancer:
         self.policy = StealPolicy(name, rng, cfg, 1.0)
         self.stolen_in = 0
         self.stolen_out = 0
+        #: Steal requests that came too close to the thief's deadline to be answered.
+        self.late_steals = 0
         self._models = models
         self._stub = stub
         self._metrics = metrics
@@ -150,7 +156,11 @@ class Balancer:
             )
             now = time.time()
             for spec in resp.tasks:
-                self.queue.push(task_from_spec(spec), now, stolen=True)
+                try:
+                    self.queue.push(task_from_spec(spec), now, stolen=True)
+                except P2PAgentError as e:  # this one only: its lease brings it back
+                    log.debug("stolen task %s not queued: %s", spec.task_id, e)
+                    continue
                 got += 1
         except (grpc.aio.AioRpcError, NotFound, P2PAgentError):
             pass
@@ -160,11 +170,18 @@ class Balancer:
 
     # ---- victim -----------------------------------------------------------------------------
 
-    def handle_steal(self, req: peer_pb2.StealRequest, caller: str) -> peer_pb2.StealResponse:
+    def handle_steal(
+        self, req: peer_pb2.StealRequest, caller: str, time_left_s: float | None = None
+    ) -> peer_pb2.StealResponse:
+        """Hands over up to ``req.max_tasks`` queued tasks; ``time_left_s`` is the time left
+        before the thief's deadline (None: none)."""
         if req.thief != caller:
             raise InvalidArgument(f"steal names thief {req.thief!r} but the caller is {caller!r}")
         if not (math.isfinite(req.thief_speed) and req.thief_speed >= 0):
             raise InvalidArgument(f"thief_speed must be finite and >= 0, got {req.thief_speed}")
+        if time_left_s is not None and time_left_s < STEAL_ANSWER_MARGIN_S:
+            self.late_steals += 1
+            return peer_pb2.StealResponse()
         granted, actions = hand_over(
             self.queue, self.leases, self.name, req.thief, req.max_tasks, req.models,
             req.thief_speed or 1.0, time.time(),

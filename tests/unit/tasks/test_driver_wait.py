@@ -213,3 +213,18 @@ async def test_the_tasks_api_refuses_calls_until_the_journal_is_read_back(tmp_pa
         assert api._tasks() is api._node.tasks
     finally:
         await api._node.tasks.stop()
+
+
+async def test_a_steal_that_arrives_too_late_for_its_answer_gets_nothing(
+    driver: tuple[TasksDriver, GatedEngine],
+) -> None:
+    # The thief stops waiting at its deadline: tasks handed over after it would sit leased to
+    # it, unrun, until their lease expired.
+    d, _ = driver
+    for i in range(4):
+        await d.submit(_submit(float(i)))  # one runs (capacity 1, gated), three stay queued
+    req = peer_pb2.StealRequest(thief="n2", max_tasks=2, models=["double"], thief_speed=1.0)
+    late = d.balancer.handle_steal(req, "n2", time_left_s=0.05)
+    assert list(late.tasks) == [] and d.balancer.late_steals == 1 and d.queue.n_queued == 3
+    on_time = d.balancer.handle_steal(req, "n2", time_left_s=0.9)
+    assert len(on_time.tasks) >= 1 and d.queue.n_queued == 3 - len(on_time.tasks)
