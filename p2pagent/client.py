@@ -218,12 +218,17 @@ class Client:
 
         async def submit_and_follow(stub: agent_pb2_grpc.AgentAsyncStub) -> agent_pb2.TaskEvent:
             nonlocal task_id
-            async for event in _events(stub.SubmitAndWait(request)):
-                task_id = event.task_id
-                if on_event is not None:
-                    on_event(event)
-                if event.kind in (agent_pb2.TaskEvent.DONE, agent_pb2.TaskEvent.FAILED):
-                    return event
+            try:
+                async for event in _events(stub.SubmitAndWait(request)):
+                    task_id = event.task_id
+                    if on_event is not None:
+                        on_event(event)
+                    if event.kind in (agent_pb2.TaskEvent.DONE, agent_pb2.TaskEvent.FAILED):
+                        return event
+            except grpc.aio.AioRpcError as e:
+                if task_id:  # acknowledged: never submitted again, only followed
+                    raise Unavailable(f"lost the stream of task {task_id}: {e.details()}") from e
+                raise
             raise Unavailable("the task's stream ended without its result")
 
         try:
