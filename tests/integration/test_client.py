@@ -17,6 +17,7 @@ from p2pagent.client import Client
 from p2pagent.errors import InvalidArgument, NotFound, Unavailable
 from p2pagent.inference import demo_model
 from p2pagent.testing.daemon import Daemon, free_port
+from tests.integration.demo_node import expected, running, serve_args
 
 
 @pytest.fixture(scope="module")
@@ -26,26 +27,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def _serve(models: Path) -> list[str]:
-    return ["--serve", f"demo={models / 'demo.torchscript.pt'}"]
-
-
 @pytest.fixture(scope="module")
 def node(
     tmp_path_factory: pytest.TempPathFactory, certs_dir: Path, models: Path
 ) -> Iterator[Daemon]:
-    d = Daemon("n7", certs_dir, tmp_path_factory.mktemp("client") / "n7", args=_serve(models))
-    d.start()
-    try:
+    with running("n7", certs_dir, tmp_path_factory.mktemp("client") / "n7", models) as d:
         yield d
-    finally:
-        d.kill()
-
-
-def _expected(models: Path, x: torch.Tensor) -> torch.Tensor:
-    module = torch.jit.load(str(models / "demo.torchscript.pt"))
-    with torch.inference_mode():
-        return module(x)  # type: ignore[no-any-return]
 
 
 async def test_every_call_moves_past_a_node_that_cannot_be_reached(
@@ -53,17 +40,17 @@ async def test_every_call_moves_past_a_node_that_cannot_be_reached(
 ) -> None:
     nobody = f"127.0.0.1:{free_port()}"  # nothing listens there: connections are refused
     x = demo_model.sample_input(2, seed=5)
-    expected = _expected(models, x)
+    want = expected(models, x)
     async with Client.from_certs([nobody, node.address], certs_dir, timeout_s=60) as mesh:
         assert (await mesh.status()).name == "n7"
         assert mesh.target == node.address  # the one that answered is asked first from now on
         (out,) = (await mesh.infer("demo", {"input": x})).values()
-        assert torch.allclose(out, expected, atol=1e-5)
+        assert torch.allclose(out, want, atol=1e-5)
         (out,) = (await mesh.run("demo", {"input": x})).values()
-        assert torch.allclose(out, expected, atol=1e-5)
+        assert torch.allclose(out, want, atol=1e-5)
         task_id = await mesh.submit("demo", {"input": x})
         (out,) = (await mesh.wait(task_id)).values()
-        assert torch.allclose(out, expected, atol=1e-5)
+        assert torch.allclose(out, want, atol=1e-5)
         await mesh.put("client-test", "k", b"v", durable=True)
         await mesh.increment("client-test", "c", 3)
         assert list((await mesh.get("client-test", "k")).values) == [b"v"]
@@ -89,7 +76,7 @@ async def test_errors_are_raised_as_ours(node: Daemon, certs_dir: Path) -> None:
 async def test_run_follows_its_task_across_a_restart_of_the_node_that_took_it(
     tmp_path: Path, certs_dir: Path, models: Path
 ) -> None:
-    d = Daemon("n7", certs_dir, tmp_path / "n7", args=_serve(models)).start()
+    d = Daemon("n7", certs_dir, tmp_path / "n7", args=serve_args(models)).start()
     restarter: list[threading.Thread] = []
     try:
         async with Client.from_certs([d.address], certs_dir, follow_s=120) as mesh:
@@ -115,7 +102,7 @@ async def test_run_follows_its_task_across_a_restart_of_the_node_that_took_it(
             assert restarted.is_set() and events[0].task_id.startswith("n7-")
             assert events[0].kind != agent_pb2.TaskEvent.DONE  # killed before it ran
             (out,) = outputs.values()
-            assert torch.allclose(out, _expected(models, x), atol=1e-5)
+            assert torch.allclose(out, expected(models, x), atol=1e-5)
             # Delivered once: asking again gives the same result.
             (again,) = (await mesh.wait(events[0].task_id)).values()
             assert torch.equal(again, out)

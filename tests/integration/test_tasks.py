@@ -18,6 +18,7 @@ from p2pagent.inference import demo_model, tensors
 from p2pagent.testing.daemon import Daemon
 from p2pagent.transport.channels import channel_options
 from p2pagent.transport.errors import NODE_ANSWER
+from tests.integration.demo_node import expected, running, serve_args
 
 
 @pytest.fixture(scope="module")
@@ -36,32 +37,18 @@ def _channel(node: Daemon, certs_dir: Path) -> grpc.Channel:
     return grpc.secure_channel(node.address, creds, options=channel_options("test", 16 << 20))
 
 
-def _serve(models: Path) -> list[str]:
-    return ["--serve", f"demo={models / 'demo.torchscript.pt'}"]
-
-
 @pytest.fixture(scope="module")
 def node(
     tmp_path_factory: pytest.TempPathFactory, certs_dir: Path, models: Path
 ) -> Iterator[Daemon]:
-    d = Daemon("n8", certs_dir, tmp_path_factory.mktemp("tasks") / "n8", args=_serve(models))
-    d.start()
-    try:
+    with running("n8", certs_dir, tmp_path_factory.mktemp("tasks") / "n8", models) as d:
         yield d
-    finally:
-        d.kill()
 
 
 def _request(seed: int) -> tuple[agent_pb2.SubmitRequest, torch.Tensor]:
     x = demo_model.sample_input(1, seed=seed)
     req = agent_pb2.SubmitRequest(model="demo", inputs=[tensors.to_proto("input", x)])
     return req, x
-
-
-def _expected(models: Path, x: torch.Tensor) -> torch.Tensor:
-    module = torch.jit.load(str(models / "demo.torchscript.pt"))
-    with torch.inference_mode():
-        return module(x)  # type: ignore[no-any-return]
 
 
 def _outputs(event: agent_pb2.TaskEvent) -> list[torch.Tensor]:
@@ -87,7 +74,7 @@ def test_submit_then_wait_streams_events_and_the_result(
         assert kinds[-1] == agent_pb2.TaskEvent.DONE and kinds.count(agent_pb2.TaskEvent.DONE) == 1
         assert set(kinds[:-1]) <= {agent_pb2.TaskEvent.QUEUED, agent_pb2.TaskEvent.RUNNING}
         (out,) = _outputs(events[-1])
-        assert torch.allclose(out, _expected(models, x), atol=1e-5)
+        assert torch.allclose(out, expected(models, x), atol=1e-5)
         # Wait again, as after a disconnect: the same result.
         again = _events(stub, task_id)
         assert [e.kind for e in again] == [agent_pb2.TaskEvent.DONE]
@@ -126,7 +113,7 @@ def test_bad_submissions_are_refused(node: Daemon, certs_dir: Path) -> None:
 def test_acknowledged_tasks_survive_sigkill_and_are_delivered_once(
     tmp_path: Path, certs_dir: Path, models: Path
 ) -> None:
-    d = Daemon("n8", certs_dir, tmp_path / "n8", args=_serve(models)).start()
+    d = Daemon("n8", certs_dir, tmp_path / "n8", args=serve_args(models)).start()
     try:
         with _channel(d, certs_dir) as ch:
             stub = agent_pb2_grpc.AgentStub(ch)
@@ -146,7 +133,7 @@ def test_acknowledged_tasks_survive_sigkill_and_are_delivered_once(
                                                           agent_pb2.TaskEvent.FAILED)]  # fmt: skip
                 assert len(finals) == 1 and finals[0].kind == agent_pb2.TaskEvent.DONE, finals
                 (out,) = _outputs(finals[0])
-                assert torch.allclose(out, _expected(models, x), atol=1e-5)
+                assert torch.allclose(out, expected(models, x), atol=1e-5)
     finally:
         d.kill()
 
@@ -155,7 +142,7 @@ def test_results_are_forgotten_after_the_retention_period(
     tmp_path: Path, certs_dir: Path, models: Path
 ) -> None:
     env = {"P2PAGENT_TASKS__DONE_RETENTION_S": "1"}
-    d = Daemon("n8", certs_dir, tmp_path / "n8", args=_serve(models), env=env).start()
+    d = Daemon("n8", certs_dir, tmp_path / "n8", args=serve_args(models), env=env).start()
     try:
         with _channel(d, certs_dir) as ch:
             stub = agent_pb2_grpc.AgentStub(ch)
@@ -221,7 +208,7 @@ def test_submit_and_wait_follows_the_task_on_one_stream(
         assert kinds[-1] == agent_pb2.TaskEvent.DONE and kinds.count(agent_pb2.TaskEvent.DONE) == 1
         assert set(kinds[:-1]) <= {agent_pb2.TaskEvent.QUEUED, agent_pb2.TaskEvent.RUNNING}
         (out,) = _outputs(events[-1])
-        assert torch.allclose(out, _expected(models, x), atol=1e-5)
+        assert torch.allclose(out, expected(models, x), atol=1e-5)
         # It was journaled like any submitted task: Wait by its id gives the same result.
         assert _events(stub, task_id)[-1].outputs == events[-1].outputs
         # Bad input is refused before anything is journaled or streamed.
