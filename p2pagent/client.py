@@ -25,6 +25,7 @@ belong to the loop that made them).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     import torch
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: Largest tensor (elements) this client decodes from an answer.
 MAX_OUTPUT_ELEMENTS = 1 << 28
@@ -190,16 +192,7 @@ class Client:
     async def wait(self, task_id: str) -> dict[str, torch.Tensor]:
         """The task's outputs once it is done (its error, raised, if it failed), asked of any
         node for up to ``follow_s`` seconds while none can answer."""
-        deadline = time.monotonic() + self._follow
-        pause = FOLLOW_BACKOFF_S[0]
-        while True:
-            try:
-                return await self._call(lambda s: self._follow_wait(s, task_id), repeatable=True)
-            except Unavailable:
-                if time.monotonic() + pause > deadline:
-                    raise
-            await asyncio.sleep(pause)
-            pause = min(2 * pause, FOLLOW_BACKOFF_S[1])
+        return _result(await self.follow_task(task_id))
 
     async def run(
         self,
@@ -209,43 +202,66 @@ class Client:
         priority: int = 0,
         deadline_s: float = 0.0,
         version: str = "",
-        on_event: Callable[[agent_pb2.TaskEvent], None] | None = None,
+        on_event: Callable[[agent_pb2.TaskEvent], object] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Submits a task and returns its outputs (or raises its error), following it across
         lost streams and nodes. ``on_event`` sees each event (the first carries the id)."""
         request = _submit_request(model, inputs, priority, deadline_s, version)
+        return _result(await self.follow(request, on_event))
+
+    async def follow(
+        self,
+        request: agent_pb2.SubmitRequest,
+        on_event: Callable[[agent_pb2.TaskEvent], object] | None = None,
+    ) -> agent_pb2.TaskEvent:
+        """``run`` for a request already built: returns the task's final event (DONE or
+        FAILED) instead of its outputs."""
         task_id = ""
 
-        async def submit_and_follow(stub: agent_pb2_grpc.AgentAsyncStub) -> agent_pb2.TaskEvent:
+        def seen(event: agent_pb2.TaskEvent) -> None:
             nonlocal task_id
+            task_id = event.task_id
+            if on_event is not None:
+                on_event(event)
+
+        async def submit_and_follow(stub: agent_pb2_grpc.AgentAsyncStub) -> agent_pb2.TaskEvent:
             try:
-                async for event in _events(stub.SubmitAndWait(request)):
-                    task_id = event.task_id
-                    if on_event is not None:
-                        on_event(event)
-                    if event.kind in (agent_pb2.TaskEvent.DONE, agent_pb2.TaskEvent.FAILED):
-                        return event
+                return await _final(stub.SubmitAndWait(request), seen)
             except grpc.aio.AioRpcError as e:
                 if task_id:  # acknowledged: never submitted again, only followed
                     raise Unavailable(f"lost the stream of task {task_id}: {e.details()}") from e
                 raise
-            raise Unavailable("the task's stream ended without its result")
 
         try:
-            final = await self._call(submit_and_follow, repeatable=False)
-        except (Unavailable, P2PAgentError):
+            return await self._call(submit_and_follow, repeatable=False)
+        except P2PAgentError:
             if not task_id:
                 raise  # never acknowledged: nothing to follow
-            return await self.wait(task_id)  # journaled at its origin: ask again
-        return _result(final)
+            return await self.follow_task(task_id, on_event)  # journaled at its origin
 
-    async def _follow_wait(
-        self, stub: agent_pb2_grpc.AgentAsyncStub, task_id: str
-    ) -> dict[str, torch.Tensor]:
-        async for event in _events(stub.Wait(agent_pb2.WaitRequest(task_id=task_id))):
-            if event.kind in (agent_pb2.TaskEvent.DONE, agent_pb2.TaskEvent.FAILED):
-                return _result(event)
-        raise Unavailable(f"the stream of task {task_id} ended without its result")
+    async def follow_task(
+        self, task_id: str, on_event: Callable[[agent_pb2.TaskEvent], object] | None = None
+    ) -> agent_pb2.TaskEvent:
+        """The task's events (to ``on_event``) until its final one, returned; asked of any
+        node, again after a lost stream, for up to ``follow_s`` seconds while none answers."""
+        deadline = time.monotonic() + self._follow
+        pause = FOLLOW_BACKOFF_S[0]
+        request = agent_pb2.WaitRequest(task_id=task_id)
+        while True:
+            try:
+                return await self._call(
+                    lambda s: _final(s.Wait(request), on_event), repeatable=True
+                )
+            except Unavailable as e:
+                if time.monotonic() + pause > deadline:
+                    raise
+                if pause == FOLLOW_BACKOFF_S[0]:
+                    log.warning(
+                        "task %s: no node answers (%s); asking again for up to %.0f s",
+                        task_id, e, deadline - time.monotonic(),
+                    )  # fmt: skip
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, FOLLOW_BACKOFF_S[1])
 
     # ---- replicated state -----------------------------------------------------------------
 
@@ -269,6 +285,19 @@ class Client:
             namespace=namespace, key=key, delta=delta, options=_write_options(durable)
         )
         await self._call(lambda s: s.Increment(request, timeout=self._timeout), repeatable=False)
+
+
+async def _final(
+    call: AsyncIterable[agent_pb2.TaskEvent],
+    on_event: Callable[[agent_pb2.TaskEvent], object] | None,
+) -> agent_pb2.TaskEvent:
+    """The stream's final event (DONE or FAILED), each event to ``on_event`` on the way."""
+    async for event in _events(call):
+        if on_event is not None:
+            on_event(event)
+        if event.kind in (agent_pb2.TaskEvent.DONE, agent_pb2.TaskEvent.FAILED):
+            return event
+    raise Unavailable("the task's stream ended without its result")
 
 
 async def _events(call: AsyncIterable[agent_pb2.TaskEvent]) -> AsyncIterator[agent_pb2.TaskEvent]:

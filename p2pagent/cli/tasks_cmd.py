@@ -12,6 +12,7 @@ from p2pagent.cli import client
 from p2pagent.cli.args import INT32, int_in, seconds
 from p2pagent.cli.output import emit_json, key_values, table
 from p2pagent.cli.tensors import describe, read_inputs
+from p2pagent.client import Client
 from p2pagent.tasks.config import MAX_LIST_TASKS
 from p2pagent.transport.errors import map_rpc_errors
 
@@ -45,6 +46,15 @@ def register(sub: Any) -> None:
 
     wait = cmd("wait", "stream a task's events until its result")
     wait.add_argument("task_id")
+    for c in (submit, wait):
+        c.add_argument(
+            "--follow",
+            type=seconds(zero=True),
+            default=60.0,
+            metavar="S",
+            help="keep asking this long while no node can answer, e.g. while the node that "
+            "took the task restarts (default %(default)s)",
+        )
     wait.set_defaults(handler=_wait)
 
     ls = cmd("ls", "tasks this node originated, and its queue counters")
@@ -71,25 +81,31 @@ def _show(e: agent_pb2.TaskEvent, args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
-async def _wait_one(stub: Any, task_id: str, args: argparse.Namespace) -> dict[str, Any]:
-    last: dict[str, Any] = {}
-    with map_rpc_errors():
-        async for e in stub.Wait(agent_pb2.WaitRequest(task_id=task_id)):
-            last = _show(e, args)
-    return last
+def _mesh(args: argparse.Namespace) -> Client:
+    """The Python client over ``--target``'s nodes: a task is followed across a lost stream
+    and a restart of the node that took it, and to another listed node."""
+    return Client(
+        client.targets_of(args),
+        client.material_of(args),
+        timeout_s=args.timeout,
+        follow_s=args.follow,
+    )
 
 
 async def _submit_and_wait(
-    stub: Any, req: agent_pb2.SubmitRequest, args: argparse.Namespace
+    mesh: Client, req: agent_pb2.SubmitRequest, args: argparse.Namespace
 ) -> dict[str, Any]:
     """One task on one stream (`SubmitAndWait`): its id, then its events."""
-    last: dict[str, Any] = {}
-    with map_rpc_errors():
-        async for e in stub.SubmitAndWait(req):
-            if not last and not args.json:
-                print(e.task_id, flush=True)
-            last = _show(e, args)
-    return last
+    first = True
+
+    def seen(e: agent_pb2.TaskEvent) -> None:
+        nonlocal first
+        if first and not args.json:
+            print(e.task_id, flush=True)
+        first = False
+        _show(e, args)
+
+    return event_doc(await mesh.follow(req, seen))
 
 
 async def _submit(args: argparse.Namespace) -> int:
@@ -99,28 +115,29 @@ async def _submit(args: argparse.Namespace) -> int:
     )
     ids: list[str] = []
     results: list[dict[str, Any]] = []
-    async with client.channel(args) as ch:
-        stub = client.agent(ch)
-        if args.wait:
+    if args.wait:
+        async with _mesh(args) as mesh:
             # Every copy is submitted at once, each followed on its own stream.
-            follow = (_submit_and_wait(stub, req, args) for _ in range(args.count))
+            follow = (_submit_and_wait(mesh, req, args) for _ in range(args.count))
             results = list(await asyncio.gather(*follow))
-            ids = [r["task_id"] for r in results]
-        else:
+        ids = [r["task_id"] for r in results]
+    else:
+        async with client.channel(args) as ch:
+            stub = client.agent(ch)
             with map_rpc_errors():
                 for _ in range(args.count):
                     ids.append((await stub.Submit(req, timeout=args.timeout)).task_id)
-            if not args.json:
-                for tid in ids:
-                    print(tid)
+        if not args.json:
+            for tid in ids:
+                print(tid)
     if args.json:
         emit_json({"task_ids": ids, "results": results} if args.wait else {"task_ids": ids})
     return 1 if any(r.get("event") != "done" for r in results) else 0
 
 
 async def _wait(args: argparse.Namespace) -> int:
-    async with client.channel(args) as ch:
-        last = await _wait_one(client.agent(ch), args.task_id, args)
+    async with _mesh(args) as mesh:
+        last = event_doc(await mesh.follow_task(args.task_id, lambda e: _show(e, args)))
     if args.json:
         emit_json(last)
     return 0 if last.get("event") == "done" else 1

@@ -219,3 +219,35 @@ def test_submit_and_wait_follows_the_task_on_one_stream(
         unknown = agent_pb2.SubmitRequest(model="nope", inputs=req.inputs)
         last = list(stub.SubmitAndWait(unknown, timeout=10))[-1]
         assert last.kind == agent_pb2.TaskEvent.FAILED and last.error_code == "NOT_FOUND"
+
+
+def test_cli_wait_keeps_asking_while_the_node_that_took_the_task_restarts(
+    tmp_path: Path, certs_dir: Path, models: Path
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    d = Daemon("n8", certs_dir, tmp_path / "n8", args=serve_args(models)).start()
+    waiter: subprocess.Popen[str] | None = None
+    try:
+        with _channel(d, certs_dir) as ch:
+            task_id = agent_pb2_grpc.AgentStub(ch).Submit(_request(21)[0], timeout=10).task_id
+        d.kill()
+        waiter = subprocess.Popen(
+            [sys.executable, "-m", "p2pagent.cli.ctl", "tasks", "wait", task_id, "--json",
+             "--target", d.address, "--certs", str(certs_dir), "--follow", "120"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(2.0)  # it asks while no node answers
+        assert waiter.poll() is None, waiter.communicate()
+        d.start(timeout=120)
+        out, err = waiter.communicate(timeout=150)
+        assert waiter.returncode == 0, err
+        doc = json.loads(out)
+        assert doc["task_id"] == task_id and doc["event"] == "done"
+    finally:
+        if waiter is not None and waiter.poll() is None:
+            waiter.kill()
+            waiter.wait()
+        d.kill()
