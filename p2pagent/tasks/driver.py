@@ -213,7 +213,7 @@ class TasksDriver:
     async def submit(self, request: agent_pb2.SubmitRequest) -> str:
         if not request.model:
             raise InvalidArgument("SubmitRequest.model is empty: name the model to run")
-        if not request.deadline_s >= 0 or math.isinf(request.deadline_s):  # NaN fails >= 0
+        if not math.isfinite(request.deadline_s) or request.deadline_s < 0:
             raise InvalidArgument(
                 f"deadline_s must be a finite number >= 0 (seconds from now; 0 = none), "
                 f"got {request.deadline_s}"
