@@ -286,6 +286,49 @@ class Client:
         )
         await self._call(lambda s: s.Increment(request, timeout=self._timeout), repeatable=False)
 
+    async def delete(self, namespace: str, key: str, *, durable: bool = False) -> None:
+        """Deletes a key (repeating it is harmless)."""
+        request = agent_pb2.DeleteRequest(
+            namespace=namespace, key=key, options=_write_options(durable)
+        )
+        await self._call(lambda s: s.Delete(request, timeout=self._timeout), repeatable=True)
+
+    async def set_add(
+        self, namespace: str, key: str, elements: Sequence[bytes], *, durable: bool = False
+    ) -> None:
+        """Adds elements to an add-wins set (repeating it is harmless)."""
+        request = agent_pb2.SetRequest(
+            namespace=namespace, key=key, elements=list(elements), options=_write_options(durable)
+        )
+        await self._call(lambda s: s.SetAdd(request, timeout=self._timeout), repeatable=True)
+
+    async def set_remove(
+        self, namespace: str, key: str, elements: Sequence[bytes], *, durable: bool = False
+    ) -> None:
+        """Removes elements from a set (the adds this node has seen; repeating it is harmless)."""
+        request = agent_pb2.SetRequest(
+            namespace=namespace, key=key, elements=list(elements), options=_write_options(durable)
+        )
+        await self._call(lambda s: s.SetRemove(request, timeout=self._timeout), repeatable=True)
+
+    async def scan(
+        self, namespace: str, prefix: str = ""
+    ) -> AsyncIterator[tuple[str, agent_pb2.GetResponse]]:
+        """Every key under ``prefix`` with its value, in key order, page by page (a page that
+        fails moves on to another node and goes on after the last key seen)."""
+        after = ""
+        while True:
+            request = agent_pb2.ScanRequest(namespace=namespace, prefix=prefix, page_token=after)
+            page = await self._scan_page(request)
+            for entry in page.entries:
+                yield entry.key, entry.value
+            if not page.next_page_token:
+                return
+            after = page.next_page_token
+
+    async def _scan_page(self, request: agent_pb2.ScanRequest) -> agent_pb2.ScanResponse:
+        return await self._call(lambda s: s.Scan(request, timeout=self._timeout), repeatable=True)
+
 
 async def _final(
     call: AsyncIterable[agent_pb2.TaskEvent],

@@ -55,6 +55,14 @@ async def test_every_call_moves_past_a_node_that_cannot_be_reached(
         await mesh.increment("client-test", "c", 3)
         assert list((await mesh.get("client-test", "k")).values) == [b"v"]
         assert (await mesh.get("client-test", "c")).counter == 3
+        await mesh.set_add("client-test", "s", [b"a", b"b"])
+        await mesh.set_remove("client-test", "s", [b"a"])
+        assert list((await mesh.get("client-test", "s")).elements) == [b"b"]
+        for i in range(150):  # more than one page of 100
+            await mesh.put("client-scan", f"k{i:03d}", b"%d" % i)
+        await mesh.delete("client-scan", "k007")
+        keys = [key async for key, _ in mesh.scan("client-scan", "k")]
+        assert keys == [f"k{i:03d}" for i in range(150) if i != 7]
     async with Client.from_certs([nobody], certs_dir, timeout_s=2) as alone:
         with pytest.raises(Unavailable, match="no node could be reached"):
             await alone.status()
