@@ -329,6 +329,46 @@ class Client:
     async def _scan_page(self, request: agent_pb2.ScanRequest) -> agent_pb2.ScanResponse:
         return await self._call(lambda s: s.Scan(request, timeout=self._timeout), repeatable=True)
 
+    # ---- models -----------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        path: str | Path,
+        name: str,
+        *,
+        format: str = "",
+        replicas: int | str = 1,
+        chunk_size: int = 0,
+        metadata: str | Path | None = None,
+    ) -> agent_pb2.ModelVersion:
+        """Publishes the model file at ``path`` as ``name`` (``replicas``: a count or "all");
+        what a node would refuse is refused before a byte is sent (InvalidArgument).
+        ``metadata`` defaults to ``<stem>.metadata.json`` beside the file."""
+        from p2pagent.models import upload
+
+        file = Path(path)
+        header = upload.upload_header(
+            file, name, format=format, replicas=str(replicas), chunk_size=chunk_size,
+            metadata=Path(metadata) if metadata is not None else None,
+        )  # fmt: skip
+
+        async def send(stub: agent_pb2_grpc.AgentAsyncStub) -> agent_pb2.ModelVersion:
+            with upload.reason_lost_by_grpc():
+                return await stub.PublishModel(
+                    upload.upload_requests(file, header), timeout=max(self._timeout, 600)
+                )
+
+        # Not repeated after it reached a node: a second publish would make a second version.
+        return await self._call(send, repeatable=False)
+
+    async def models(self, name: str = "") -> list[agent_pb2.ModelVersion]:
+        """Every published version (of ``name``, or of every model), with its holders."""
+        request = agent_pb2.ListModelsRequest(name=name)
+        answer = await self._call(
+            lambda s: s.ListModels(request, timeout=self._timeout), repeatable=True
+        )
+        return list(answer.versions)
+
 
 async def _final(
     call: AsyncIterable[agent_pb2.TaskEvent],

@@ -3,37 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-
-import grpc
-from google.protobuf.json_format import ParseDict
 
 from p2pagent._proto import agent_pb2
 from p2pagent.cli import client
 from p2pagent.cli.args import UINT32_MAX, int_in
 from p2pagent.cli.output import emit_json, key_values, table
 from p2pagent.cli.progress import ticker
-from p2pagent.errors import Internal, InvalidArgument
-from p2pagent.inference.spec import ModelSpec
-from p2pagent.models.manifest import (
-    FORMAT_HEAD_BYTES,
-    ModelFormat,
-    check_chunk_size,
-    check_header,
-    check_model_name,
-    check_size,
-    parse_replicas,
-)
+from p2pagent.models.upload import FORMATS, reason_lost_by_grpc, upload_header, upload_requests
 from p2pagent.transport.errors import map_rpc_errors
-
-FORMATS = ("torchscript", "export", "safetensors")
-UPLOAD_PIECE = 1 << 20
 
 
 def register(sub: Any) -> None:
@@ -77,44 +58,6 @@ def register(sub: Any) -> None:
     rm.set_defaults(handler=_rm)
 
 
-def guess_format(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(".safetensors"):
-        return "safetensors"
-    if name.endswith(".pt2"):
-        return "export"
-    if name.endswith((".pt", ".pth", ".torchscript", ".ts")):
-        return "torchscript"
-    raise InvalidArgument(
-        f"cannot tell the format of {path.name}: pass --format {'|'.join(FORMATS)}"
-    )
-
-
-def default_metadata(path: Path) -> Path | None:
-    """``<stem>.metadata.json`` beside the model file (as ``--serve`` looks for), if present."""
-    meta = path.with_name(path.name.split(".")[0] + ".metadata.json")
-    return meta if meta.is_file() else None
-
-
-def read_metadata(path: Path | None) -> agent_pb2.ModelMetadata:
-    """A metadata file: a ModelSpec (``demo.metadata.json``) or ModelMetadata in proto JSON."""
-    if path is None:
-        return agent_pb2.ModelMetadata()
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise InvalidArgument(f"metadata file {path}: {e.strerror}") from None
-    try:
-        return ModelSpec.from_json(text).to_proto()
-    except InvalidArgument as spec_error:
-        metadata = agent_pb2.ModelMetadata()
-        try:
-            ParseDict(json.loads(text), metadata)
-        except ValueError:
-            raise InvalidArgument(f"metadata file {path}: {spec_error}") from None
-        return metadata
-
-
 def version_doc(v: agent_pb2.ModelVersion) -> dict[str, Any]:
     return {
         "name": v.name,
@@ -147,61 +90,21 @@ class _Progress:
         sys.stderr.flush()
 
 
-async def _upload(
-    args: argparse.Namespace, header: agent_pb2.PublishModelRequest.Header, progress: _Progress
-) -> AsyncIterator[agent_pb2.PublishModelRequest]:
-    yield agent_pb2.PublishModelRequest(header=header)
-    with args.file.open("rb") as f:
-        while piece := f.read(UPLOAD_PIECE):
-            progress.add(len(piece))
-            yield agent_pb2.PublishModelRequest(data=piece)
-
-
-@contextlib.contextmanager
-def _reason_lost_by_grpc() -> Iterator[None]:
-    """grpc.aio replaces the status of a node that ends an upload early (it refused it, e.g.
-    a full disk) by this when a write was still in flight (grpc/grpc#36066); say so."""
-    try:
-        yield
-    except grpc.aio.AioRpcError as e:
-        if e.code() is not grpc.StatusCode.INTERNAL or e.details() != "Internal error from Core":
-            raise
-        raise Internal(
-            "the node ended the upload before it was complete, and grpc lost its reason; "
-            "nothing was published: see the node's log, then push again"
-        ) from e
-
-
 async def _push(args: argparse.Namespace) -> int:
-    if args.file.is_dir():
-        raise InvalidArgument(f"{args.file} is a directory: push one model file")
-    if not args.file.is_file():
-        raise InvalidArgument(f"model file {args.file} does not exist")
-    fmt = args.format or guess_format(args.file)
-    metadata = read_metadata(args.metadata or default_metadata(args.file))
-    size = args.file.stat().st_size
-    # What the node would refuse in the header is refused here, before any byte is sent:
-    # a node that ends an upload early has its reason replaced by "Internal error from Core"
-    # on the client about once in ten (grpc.aio, grpc/grpc#36066).
-    check_model_name(args.name)
-    parse_replicas(args.replicas)
-    if args.chunk_size:
-        check_size(size, check_chunk_size(args.chunk_size))
-    with args.file.open("rb") as f:
-        check_header(ModelFormat.parse(fmt), f.read(FORMAT_HEAD_BYTES))
-    header = agent_pb2.PublishModelRequest.Header(
-        name=args.name,
-        format=fmt,
-        metadata=metadata,
-        size=size,
-        chunk_size=args.chunk_size,
+    header = upload_header(
+        args.file,
+        args.name,
+        format=args.format or "",
         replicas=args.replicas,
+        chunk_size=args.chunk_size,
+        metadata=args.metadata,
     )
+    size = header.size
     progress = _Progress(size, not args.no_progress and not args.json)
     async with client.channel(args) as ch:
-        with map_rpc_errors(), _reason_lost_by_grpc():
+        with map_rpc_errors(), reason_lost_by_grpc():
             resp = await client.agent(ch).PublishModel(
-                _upload(args, header, progress), timeout=max(args.timeout, 600)
+                upload_requests(args.file, header, progress.add), timeout=max(args.timeout, 600)
             )
     doc = version_doc(resp)
     if args.json:

@@ -68,6 +68,24 @@ async def test_every_call_moves_past_a_node_that_cannot_be_reached(
             await alone.status()
 
 
+async def test_a_model_published_through_the_client_is_listed_and_runs_by_name(
+    node: Daemon, certs_dir: Path, models: Path, tmp_path: Path
+) -> None:
+    x = demo_model.sample_input(1, seed=13)
+    async with Client.from_certs([f"127.0.0.1:{free_port()}", node.address], certs_dir) as mesh:
+        version = await mesh.publish(models / "demo.torchscript.pt", "from-python")
+        assert version.name == "from-python" and version.holders == ["n7"]
+        listed = await mesh.models("from-python")
+        assert [v.manifest_id for v in listed] == [version.manifest_id]
+        (out,) = (await mesh.run("from-python", {"input": x})).values()
+        assert torch.allclose(out, expected(models, x), atol=1e-5)
+        wrong = tmp_path / "weights.safetensors"
+        wrong.write_bytes(b"not a safetensors file at all")
+        with pytest.raises(InvalidArgument, match="not a safetensors file"):
+            await mesh.publish(wrong, "wrong")  # refused before a byte is sent
+        assert await mesh.models("wrong") == []
+
+
 async def test_errors_are_raised_as_ours(node: Daemon, certs_dir: Path) -> None:
     x = {"input": demo_model.sample_input(1)}
     async with Client.from_certs([node.address], certs_dir) as mesh:

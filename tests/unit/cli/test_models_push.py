@@ -9,9 +9,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from p2pagent.cli import models_cmd
 from p2pagent.cli.ctl import main
 from p2pagent.errors import Internal
+from p2pagent.models.upload import reason_lost_by_grpc
 
 
 @pytest.fixture
@@ -56,10 +56,10 @@ def test_the_reason_grpc_loses_is_explained_and_other_errors_pass() -> None:
         "Internal error from Core",
     )
     expected = pytest.raises(Internal, match="grpc lost its reason; nothing was published")
-    with expected, models_cmd._reason_lost_by_grpc():
+    with expected, reason_lost_by_grpc():
         raise lost
     other = grpc.aio.AioRpcError(
         grpc.StatusCode.INVALID_ARGUMENT, grpc.aio.Metadata(), grpc.aio.Metadata(), "bad"
     )
-    with pytest.raises(grpc.aio.AioRpcError), models_cmd._reason_lost_by_grpc():
+    with pytest.raises(grpc.aio.AioRpcError), reason_lost_by_grpc():
         raise other
