@@ -297,18 +297,14 @@ class Client:
         self, namespace: str, key: str, elements: Sequence[bytes], *, durable: bool = False
     ) -> None:
         """Adds elements to an add-wins set (repeating it is harmless)."""
-        request = agent_pb2.SetRequest(
-            namespace=namespace, key=key, elements=list(elements), options=_write_options(durable)
-        )
+        request = _set_request(namespace, key, elements, durable)
         await self._call(lambda s: s.SetAdd(request, timeout=self._timeout), repeatable=True)
 
     async def set_remove(
         self, namespace: str, key: str, elements: Sequence[bytes], *, durable: bool = False
     ) -> None:
         """Removes elements from a set (the adds this node has seen; repeating it is harmless)."""
-        request = agent_pb2.SetRequest(
-            namespace=namespace, key=key, elements=list(elements), options=_write_options(durable)
-        )
+        request = _set_request(namespace, key, elements, durable)
         await self._call(lambda s: s.SetRemove(request, timeout=self._timeout), repeatable=True)
 
     async def scan(
@@ -434,3 +430,11 @@ def _submit_request(
 
 def _write_options(durable: bool) -> agent_pb2.WriteOptions:
     return agent_pb2.WriteOptions(durable=durable)
+
+
+def _set_request(
+    namespace: str, key: str, elements: Sequence[bytes], durable: bool
+) -> agent_pb2.SetRequest:
+    return agent_pb2.SetRequest(
+        namespace=namespace, key=key, elements=list(elements), options=_write_options(durable)
+    )
