@@ -15,7 +15,7 @@ until the result comes, for up to ``follow_s`` seconds. The result is the one th
 delivered, whichever node asked. Example::
 
     async with Client.from_certs(["10.0.0.1:7400", "10.0.0.2:7400"], "certs") as mesh:
-        outputs = await mesh.run("demo", {"input": torch.randn(1, 16)})
+        outputs = await mesh.run("demo", {"input": torch.randn(1, 256)})
         await mesh.put("agents", "last-run", b"ok", durable=True)
 
 All methods must be awaited on the event loop that entered the client (grpc.aio channels
