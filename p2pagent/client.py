@@ -141,15 +141,15 @@ class Client:
             try:
                 answer = await call(self._stub(target))
             except grpc.aio.AioRpcError as e:
-                if e.code() is grpc.StatusCode.UNAVAILABLE and (repeatable or _not_applied(e)):
-                    failures.append(f"{target}: {e.details()}")
-                    continue
-                if e.code() is grpc.StatusCode.UNAVAILABLE:
+                if e.code() is not grpc.StatusCode.UNAVAILABLE:
+                    raise error_from_rpc(e) from e
+                if not (repeatable or _not_applied(e)):
                     raise OutcomeUnknown(
                         f"{target} failed the call after it was sent ({e.details()}); it may "
                         "or may not have been applied"
                     ) from e
-                raise error_from_rpc(e) from e
+                failures.append(f"{target}: {e.details()}")
+                continue
             self._current = index
             return answer
         raise Unavailable("no node could be reached: " + "; ".join(failures))
