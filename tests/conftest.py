@@ -20,12 +20,14 @@ NODE_NAMES = [f"n{i}" for i in range(1, 9)]
 
 @pytest.fixture(scope="session")
 def certs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ca.crt for cluster 'test', node certificates n1..n8 and a client certificate 'client'."""
+    """ca.crt for cluster 'test', node certificates n1..n8, and one certificate per user role
+    named after it: 'client', 'publisher' and 'admin'."""
     d = tmp_path_factory.mktemp("certs")
     certs.init_ca(d, CLUSTER)
     for n in NODE_NAMES:
         certs.issue(d, n, Role.NODE, ["127.0.0.1", "localhost"])
-    certs.issue(d, "client", Role.CLIENT)
+    for role in (Role.CLIENT, Role.PUBLISHER, Role.ADMIN):
+        certs.issue(d, role.value, role)
     return d
 
 

@@ -17,7 +17,11 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
 class Role(Enum):
+    """What an identity may do; the guard's authorization table maps each method to roles."""
+
     NODE = "node"
+    ADMIN = "admin"
+    PUBLISHER = "publisher"
     CLIENT = "client"
 
 
@@ -58,6 +62,7 @@ def parse(uri: str) -> Identity:
         role_enum = Role(role)
     except ValueError:
         raise InvalidArgument(
-            f"unknown role {role!r} in {uri!r}: expected node or client"
+            f"unknown role {role!r} in {uri!r}: expected one of "
+            + ", ".join(r.value for r in Role)
         ) from None
     return Identity(check_name(cluster, "cluster"), role_enum, check_name(name))

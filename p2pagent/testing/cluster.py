@@ -82,8 +82,9 @@ class Cluster:
         for i in range(1, self.size + 1):
             if not (self.certs / f"n{i}.crt").exists():
                 certs.issue(self.certs, f"n{i}", Role.NODE)
-        if not (self.certs / "client.crt").exists():
-            certs.issue(self.certs, "client", Role.CLIENT)
+        for role in (Role.CLIENT, Role.PUBLISHER, Role.ADMIN):
+            if not (self.certs / f"{role.value}.crt").exists():
+                certs.issue(self.certs, role.value, role)
 
     def _daemon(self, name: str, index: int) -> Daemon:
         data = self.root / name
