@@ -37,7 +37,7 @@ def test_the_spiffe_name_among_the_certificates_names_is_the_identity() -> None:
     [
         (),
         (b"node.c1.p2pagent",),
-        (b"spiffe://c1/admin/n7",),  # not a role we know
+        (b"spiffe://c1/root/n7",),  # not a role we know
         (b"spiffe://c1/node/../etc",),
     ],
     ids=["no names", "no spiffe name", "unknown role", "bad name"],
