@@ -63,6 +63,13 @@ class PermissionDenied(P2PAgentError):
     code = "PERMISSION_DENIED"
 
 
+class DataLoss(P2PAgentError):
+    """Bytes arrived damaged: what was stored does not match the digest the sender declared.
+    Nothing was kept; send it again."""
+
+    code = "DATA_LOSS"
+
+
 class Internal(P2PAgentError):
     """A bug or an unexpected failure inside this node (for example a model that raised)."""
 

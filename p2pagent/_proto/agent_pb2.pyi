@@ -393,20 +393,22 @@ class ModelMetadata(_message.Message):
 class PublishModelRequest(_message.Message):
     __slots__ = ("header", "data")
     class Header(_message.Message):
-        __slots__ = ("name", "format", "metadata", "size", "chunk_size", "replicas")
+        __slots__ = ("name", "format", "metadata", "size", "chunk_size", "replicas", "sha256")
         NAME_FIELD_NUMBER: _ClassVar[int]
         FORMAT_FIELD_NUMBER: _ClassVar[int]
         METADATA_FIELD_NUMBER: _ClassVar[int]
         SIZE_FIELD_NUMBER: _ClassVar[int]
         CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
         REPLICAS_FIELD_NUMBER: _ClassVar[int]
+        SHA256_FIELD_NUMBER: _ClassVar[int]
         name: str
         format: str
         metadata: ModelMetadata
         size: int
         chunk_size: int
         replicas: str
-        def __init__(self, name: _Optional[str] = ..., format: _Optional[str] = ..., metadata: _Optional[_Union[ModelMetadata, _Mapping]] = ..., size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., replicas: _Optional[str] = ...) -> None: ...
+        sha256: str
+        def __init__(self, name: _Optional[str] = ..., format: _Optional[str] = ..., metadata: _Optional[_Union[ModelMetadata, _Mapping]] = ..., size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., replicas: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
     HEADER_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     header: PublishModelRequest.Header
@@ -414,7 +416,7 @@ class PublishModelRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[PublishModelRequest.Header, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("name", "manifest_id", "format", "size", "sha256", "chunk_size", "chunks", "created_unix", "holders", "replicas", "metadata")
+    __slots__ = ("name", "manifest_id", "format", "size", "sha256", "chunk_size", "chunks", "created_unix", "holders", "replicas", "metadata", "owner")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_ID_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -426,6 +428,7 @@ class ModelVersion(_message.Message):
     HOLDERS_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     name: str
     manifest_id: str
     format: str
@@ -437,7 +440,8 @@ class ModelVersion(_message.Message):
     holders: _containers.RepeatedScalarFieldContainer[str]
     replicas: str
     metadata: ModelMetadata
-    def __init__(self, name: _Optional[str] = ..., manifest_id: _Optional[str] = ..., format: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunks: _Optional[int] = ..., created_unix: _Optional[float] = ..., holders: _Optional[_Iterable[str]] = ..., replicas: _Optional[str] = ..., metadata: _Optional[_Union[ModelMetadata, _Mapping]] = ...) -> None: ...
+    owner: str
+    def __init__(self, name: _Optional[str] = ..., manifest_id: _Optional[str] = ..., format: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunks: _Optional[int] = ..., created_unix: _Optional[float] = ..., holders: _Optional[_Iterable[str]] = ..., replicas: _Optional[str] = ..., metadata: _Optional[_Union[ModelMetadata, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ("name",)

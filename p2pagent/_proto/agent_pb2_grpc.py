@@ -243,7 +243,11 @@ class AgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PublishModel(self, request_iterator, context):
-        """Models. Upload: first message carries the metadata, the rest carry file bytes.
+        """Models. Upload: first message carries the metadata and the file's SHA-256, the rest
+        carry file bytes. The node publishes only a file that matches its digest (else
+        DATA_LOSS), holds no pickle, and loads and runs on its metadata's example shapes in a
+        checking child process (else INVALID_ARGUMENT naming what is wrong). The caller is
+        recorded as the version's owner.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -263,7 +267,9 @@ class AgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteModel(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes versions cluster-wide: only the owner's own (PERMISSION_DENIED naming the
+        owner otherwise), or any for an admin.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -62,11 +62,19 @@ class AgentStub:
     Watch: _grpc.UnaryStreamMultiCallable[_agent_pb2.WatchRequest, _agent_pb2.Change]
     """Changes under a prefix, starting after from_seq of this node's change log."""
     PublishModel: _grpc.StreamUnaryMultiCallable[_agent_pb2.PublishModelRequest, _agent_pb2.ModelVersion]
-    """Models. Upload: first message carries the metadata, the rest carry file bytes."""
+    """Models. Upload: first message carries the metadata and the file's SHA-256, the rest
+    carry file bytes. The node publishes only a file that matches its digest (else
+    DATA_LOSS), holds no pickle, and loads and runs on its metadata's example shapes in a
+    checking child process (else INVALID_ARGUMENT naming what is wrong). The caller is
+    recorded as the version's owner.
+    """
     ListModels: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListModelsRequest, _agent_pb2.ListModelsResponse]
     PullModel: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PullModelRequest, _agent_pb2.ModelVersion]
     """Makes the answering node hold the model version (pulling it from holders)."""
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_agent_pb2.DeleteModelRequest, _agent_pb2.DeleteModelResponse]
+    """Deletes versions cluster-wide: only the owner's own (PERMISSION_DENIED naming the
+    owner otherwise), or any for an admin.
+    """
     Revoke: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RevokeRequest, _agent_pb2.RevokeResponse]
     """Refuses an identity cluster-wide (replicated; enforced by every node). Node callers only."""
 
@@ -104,11 +112,19 @@ class AgentAsyncStub(AgentStub):
     Watch: _aio.UnaryStreamMultiCallable[_agent_pb2.WatchRequest, _agent_pb2.Change]  # type: ignore[assignment]
     """Changes under a prefix, starting after from_seq of this node's change log."""
     PublishModel: _aio.StreamUnaryMultiCallable[_agent_pb2.PublishModelRequest, _agent_pb2.ModelVersion]  # type: ignore[assignment]
-    """Models. Upload: first message carries the metadata, the rest carry file bytes."""
+    """Models. Upload: first message carries the metadata and the file's SHA-256, the rest
+    carry file bytes. The node publishes only a file that matches its digest (else
+    DATA_LOSS), holds no pickle, and loads and runs on its metadata's example shapes in a
+    checking child process (else INVALID_ARGUMENT naming what is wrong). The caller is
+    recorded as the version's owner.
+    """
     ListModels: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListModelsRequest, _agent_pb2.ListModelsResponse]  # type: ignore[assignment]
     PullModel: _aio.UnaryUnaryMultiCallable[_agent_pb2.PullModelRequest, _agent_pb2.ModelVersion]  # type: ignore[assignment]
     """Makes the answering node hold the model version (pulling it from holders)."""
     DeleteModel: _aio.UnaryUnaryMultiCallable[_agent_pb2.DeleteModelRequest, _agent_pb2.DeleteModelResponse]  # type: ignore[assignment]
+    """Deletes versions cluster-wide: only the owner's own (PERMISSION_DENIED naming the
+    owner otherwise), or any for an admin.
+    """
     Revoke: _aio.UnaryUnaryMultiCallable[_agent_pb2.RevokeRequest, _agent_pb2.RevokeResponse]  # type: ignore[assignment]
     """Refuses an identity cluster-wide (replicated; enforced by every node). Node callers only."""
 
@@ -239,7 +255,12 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_agent_pb2.PublishModelRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.ModelVersion, _abc.Awaitable[_agent_pb2.ModelVersion]]:
-        """Models. Upload: first message carries the metadata, the rest carry file bytes."""
+        """Models. Upload: first message carries the metadata and the file's SHA-256, the rest
+        carry file bytes. The node publishes only a file that matches its digest (else
+        DATA_LOSS), holds no pickle, and loads and runs on its metadata's example shapes in a
+        checking child process (else INVALID_ARGUMENT naming what is wrong). The caller is
+        recorded as the version's owner.
+        """
 
     @_abc_1.abstractmethod
     def ListModels(
@@ -261,7 +282,10 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _agent_pb2.DeleteModelRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.DeleteModelResponse, _abc.Awaitable[_agent_pb2.DeleteModelResponse]]: ...
+    ) -> _typing.Union[_agent_pb2.DeleteModelResponse, _abc.Awaitable[_agent_pb2.DeleteModelResponse]]:
+        """Deletes versions cluster-wide: only the owner's own (PERMISSION_DENIED naming the
+        owner otherwise), or any for an admin.
+        """
 
     @_abc_1.abstractmethod
     def Revoke(

@@ -15,6 +15,7 @@ from p2pagent.models.driver import ModelsDriver
 from p2pagent.models.loadable import spec_of
 from p2pagent.models.manifest import Manifest, check_model_name
 from p2pagent.models.registry import Entry
+from p2pagent.transport.guard import caller_identity
 
 if TYPE_CHECKING:
     from p2pagent.node import Node
@@ -43,6 +44,7 @@ def version_proto(m: Manifest, holders: frozenset[str] | set[str]) -> agent_pb2.
         holders=sorted(holders),
         replicas=str(m.replicas),
         metadata=spec.to_proto() if spec is not None else None,
+        owner=m.owner,
     )
 
 
@@ -84,6 +86,8 @@ class ModelsAgentApi:
             metadata=metadata_dict(h.metadata),
             replicas=h.replicas,
             pieces=pieces(),
+            sha256=h.sha256,
+            owner=caller_identity(context).uri,
         )
         return version_proto(m, {self._node.name})
 
@@ -110,7 +114,9 @@ class ModelsAgentApi:
         self, request: agent_pb2.DeleteModelRequest, context: Ctx
     ) -> agent_pb2.DeleteModelResponse:
         driver = _driver(self._node)
-        deleted = await driver.delete(request.name, request.manifest_id)
+        deleted = await driver.delete(
+            request.name, request.manifest_id, caller=caller_identity(context)
+        )
         return agent_pb2.DeleteModelResponse(deleted=deleted)
 
 

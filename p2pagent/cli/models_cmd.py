@@ -68,6 +68,7 @@ def version_doc(v: agent_pb2.ModelVersion) -> dict[str, Any]:
         "chunks": v.chunks,
         "replicas": v.replicas or "1",
         "holders": sorted(v.holders),
+        "owner": v.owner,
         "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.created_unix)),
     }
 
@@ -124,7 +125,8 @@ async def _ls(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(rows)
     else:
-        print(table(rows, ["name", "version", "format", "size", "replicas", "holders", "created"]))
+        columns = ["name", "version", "format", "size", "replicas", "holders", "owner", "created"]
+        print(table(rows, columns))
     return 0
 
 

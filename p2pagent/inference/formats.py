@@ -6,11 +6,11 @@ Three formats:
 - ``torch_export``: ``torch.export.save`` programs, ``.pt2`` (a zip with ``archive_format``).
 - ``safetensors``: raw weights plus an architecture from our registry, named in the spec.
 
-Trust. TorchScript and torch.export archives embed pickled data and code, so loading one runs
-what its author wrote. We load them only from files whose sha256 the models layer has already
-checked against the model's manifest (published by an authenticated cluster identity) —
-that check, not this module, is what makes it acceptable. ``torch.load`` is never called here
-except with ``weights_only=True``, and safetensors goes through our own JSON-and-bytes parser.
+Trust. TorchScript and torch.export archives embed code (TorchScript / FX graphs, run by
+torch's interpreters) and may embed pickles. No pickle is ever unpickled: ``archive_check``
+refuses an archive whose loading would unpickle anything but tensors and TorchScript types
+(at publish, and again before every load), and ``loading`` forces ``torch.load`` to
+``weights_only=True`` process-wide. Safetensors goes through our own JSON-and-bytes parser.
 
 This module does not import torch (the models layer and the CLI use it to tell formats
 apart); loading lives in ``p2pagent.inference.loading``, imported on the first load.

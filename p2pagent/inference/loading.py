@@ -1,19 +1,28 @@
 """Loading a model file onto a device: the torch half of ``p2pagent.inference.formats``.
 
 Imported only when a node loads its first model (torch costs ~200 MB of RSS); see formats
-for the formats and for why loading TorchScript and torch.export archives is acceptable.
+for the formats. Nothing a model file holds is unpickled: every archive passes
+``archive_check.check_archive`` before torch opens it, and importing this module forces
+``torch.load`` to ``weights_only=True`` in the whole process (``TORCH_FORCE_WEIGHTS_ONLY_LOAD``,
+which overrides even torch's own ``weights_only=False`` fallbacks inside ``torch.export.load``).
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
+
+# torch reads both at every torch.load call, so this holds whenever torch was imported.
+os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
 
 import torch
 from torch import nn
 
 from p2pagent.errors import InvalidArgument
 from p2pagent.inference import architectures, safetensors_io
+from p2pagent.inference.archive_check import check_archive
 from p2pagent.inference.formats import LoadedModel, ModelFormat, detect_format
 from p2pagent.inference.spec import ModelSpec
 
@@ -33,6 +42,7 @@ def load_model(
         raise InvalidArgument(
             f"model file {path} is not a valid {fmt.value} file (it looks like {detected.value})"
         )
+    check_archive(path, detected)
     module: nn.Module
     if detected is ModelFormat.TORCHSCRIPT:
         try:

@@ -85,6 +85,13 @@ class ModelsConfig:
     #: without debt).
     upload_burst_bytes: int = 8 * 1024 * 1024
 
+    # ---- publish check -----------------------------------------------------------------------
+    #: Wall-clock seconds an upload's check (load the file and run its example inputs, in a
+    #: child process) may take before the upload is refused; also the child's CPU-time limit.
+    check_timeout_s: float = 120.0
+    #: Address space the checking child may use besides 3x the file size, bytes (torch's
+    #: CPU build alone maps about 0.7 GiB; CUDA builds map several GiB more).
+    check_memory_bytes: int = 8 * 1024**3
     # ---- replication ---------------------------------------------------------------------------
     #: Newest versions of each model kept replicated; older ones may be dropped once the
     #: newest is fully replicated.
@@ -108,6 +115,8 @@ class ModelsConfig:
             "endgame_copies": self.endgame_copies,
             "upload_burst_bytes": self.upload_burst_bytes,
             "keep_versions": self.keep_versions,
+            "check_timeout_s": self.check_timeout_s,
+            "check_memory_bytes": self.check_memory_bytes,
         }
         for name, value in positive.items():
             if value <= 0:

@@ -47,6 +47,7 @@ from p2pagent.errors import (
     Unavailable,
 )
 from p2pagent.inference.formats import detect_format
+from p2pagent.inference.spec import ModelSpec
 from p2pagent.models import registry
 from p2pagent.models.alloc import ChunkBuffers
 from p2pagent.models.config import ModelsConfig
@@ -58,9 +59,12 @@ from p2pagent.models.manifest import (
     ModelFormat,
     check_header,
     check_model_name,
+    check_sha256,
     next_version,
 )
+from p2pagent.models.ownership import check_may_delete
 from p2pagent.models.publish import PublishWriter
+from p2pagent.models.publish_check import check_model
 from p2pagent.models.puller import Holding, Puller, PullReport
 from p2pagent.models.ratelimit import TokenBucket
 from p2pagent.models.registry import NS, Entry
@@ -70,6 +74,7 @@ from p2pagent.models.store import ChunkStore
 from p2pagent.models.swarm import PartialHoldings
 
 if TYPE_CHECKING:
+    from p2pagent.identity.spiffe import Identity
     from p2pagent.inference.cache import ModelCache
     from p2pagent.membership.view import PeerDirectory
     from p2pagent.state.driver import StateDriver
@@ -269,15 +274,39 @@ class ModelsDriver:
         metadata: dict[str, object],
         replicas: str,
         pieces: AsyncIterator[bytes],
+        sha256: str,
+        owner: str,
     ) -> Manifest:
-        """Stores an upload and registers it; nothing is published unless all of it arrived."""
+        """Stores an upload and registers it as ``owner``'s. Nothing is published unless all
+        of it arrived, hashes to ``sha256`` (else DataLoss) and passes ``publish_check``."""
+        check_model_name(name)
         store = self.store
         fmt = ModelFormat.parse(format)
+        if not sha256:
+            raise InvalidArgument(
+                "the upload header carries no sha256: the client must send the SHA-256 of the "
+                "whole file (p2pagentctl models push and p2pagent.client do); upgrade it"
+            )
+        check_sha256(sha256)
+        if not metadata:
+            raise InvalidArgument(
+                f"model {name!r} has no metadata: a node needs its input and output ports "
+                "(name, dtype, shape; and an architecture for safetensors) to serve it. Pass "
+                "--metadata FILE (a ModelSpec JSON), or put <stem>.metadata.json beside the file"
+            )
+        spec = ModelSpec.from_dict(metadata)  # InvalidArgument naming the bad field
+        if fmt is ModelFormat.SAFETENSORS and not spec.architecture:
+            raise InvalidArgument(
+                f"model {name!r}: safetensors weights need an architecture in the metadata "
+                "(a name in the nodes' architecture registry, such as 'mlp'); a node runs no "
+                "code from a safetensors file"
+            )
         latest = max((e.manifest.version for e in self.entries_safe(name)), default=None)
         now = time.time()
         writer = PublishWriter(
             store, name=name, format=fmt, size=size, version=next_version(now, latest),
             created_unix=now, chunk_size=chunk_size, metadata=metadata, replicas=replicas,
+            sha256=sha256, owner=owner,
         )  # fmt: skip
         self._buffers.fit(chunk_size)  # checked by the writer; 0 is the default, fitted at start
         head = b""
@@ -314,10 +343,10 @@ class ModelsDriver:
             return []
 
     async def _check_loadable(self, m: Manifest) -> None:
-        """For a model with a spec: assembles it and checks the file really is its format."""
-        spec = spec_of(m)  # raises InvalidArgument on bad metadata
-        if spec is None:
-            return
+        """Assembles the upload, checks the file really is its format, then that it loads
+        and runs on its example inputs (``publish_check``, in a child process)."""
+        spec = spec_of(m)
+        assert spec is not None  # publish refuses an upload without metadata
         path = await self._assemble(m)
         detected = await asyncio.get_running_loop().run_in_executor(self._io, detect_format, path)
         if detected is not inference_format(m.format):
@@ -325,6 +354,11 @@ class ModelsDriver:
                 f"the uploaded file is a {detected.value} model, not {m.format.value}; "
                 "publish it with the right --format"
             )
+        seconds = await check_model(
+            path, detected.value, spec.to_dict(), timeout_s=self.config.check_timeout_s,
+            memory_bytes=self.config.check_memory_bytes,
+        )  # fmt: skip
+        log.info("models: %s (%s) passed its check in %.1f s", m.name, m.manifest_id[:12], seconds)
 
     async def _assemble(self, m: Manifest) -> Path:
         path = await self._run_io(self.store.assemble, m.manifest_id)
@@ -392,13 +426,15 @@ class ModelsDriver:
 
     # ---- delete -----------------------------------------------------------------------------
 
-    async def delete(self, name: str, manifest_id: str = "") -> int:
-        """Deletes one version (or all of ``name``) cluster-wide; returns how many."""
+    async def delete(self, name: str, manifest_id: str = "", *, caller: Identity) -> int:
+        """Deletes one version (or all of ``name``) cluster-wide; returns how many. Only
+        versions ``caller`` may delete (``ownership``): else nothing is deleted."""
         if manifest_id:
             targets = [self.resolve(name, manifest_id)]
         else:
             self.resolve(name)  # NotFound when there is nothing to delete
             targets = self.entries(name)
+        check_may_delete(caller, [e.manifest for e in targets])
         for e in targets:
             m = e.manifest
             await self._state.delete(NS, registry.version_key(m.name, m.manifest_id), durable=True)

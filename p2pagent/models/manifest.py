@@ -42,6 +42,8 @@ MAX_NAME_LENGTH = 128
 MAX_CHUNKS = 1 << 18
 #: Largest canonical metadata, bytes: it is small (inputs/outputs), and rides in every manifest.
 MAX_METADATA_BYTES = 64 * 1024
+#: Longest owner (a SPIFFE URI: cluster, role and name of at most 63 characters each).
+MAX_OWNER_LENGTH = 256
 #: Most replicas one may ask for explicitly; "all" covers larger clusters.
 MAX_REPLICAS = 1024
 
@@ -125,6 +127,16 @@ def check_model_name(name: str) -> str:
     if name.startswith((".", "-")):
         raise InvalidArgument(f"model name {name!r} must not start with '.' or '-'")
     return name
+
+
+def check_sha256(digest: str) -> str:
+    """Returns ``digest`` if it is a hex SHA-256 (64 hex digits; case ignored), lowercased."""
+    text = digest.lower() if isinstance(digest, str) else ""
+    if not _HEX64.match(text):
+        raise InvalidArgument(
+            f"sha256 {str(digest)[:80]!r} is not a SHA-256 digest: give 64 hex digits"
+        )
+    return text
 
 
 def check_chunk_size(chunk_size: int) -> int:
@@ -219,6 +231,9 @@ class Manifest:
     created_unix: float
     metadata: Mapping[str, Any]
     replicas: Replicas = 1
+    #: SPIFFE URI of the identity that published it (may delete it); "" for a version made
+    #: outside an upload (only an admin may delete those).
+    owner: str = ""
 
     def __post_init__(self) -> None:
         check_model_name(self.name)
@@ -248,6 +263,8 @@ class Manifest:
         object.__setattr__(self, "created_unix", float(created))
         object.__setattr__(self, "metadata", canonical_metadata(self.metadata))
         object.__setattr__(self, "replicas", parse_replicas(self.replicas))
+        if not isinstance(self.owner, str) or len(self.owner) > MAX_OWNER_LENGTH:
+            raise InvalidArgument(f"manifest owner must be a string of at most {MAX_OWNER_LENGTH}")
 
     # ---- identity ------------------------------------------------------------------------
 
@@ -303,7 +320,7 @@ class Manifest:
     # ---- encoding ------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "schema": SCHEMA,
             "name": self.name,
             "version": self.version,
@@ -316,6 +333,11 @@ class Manifest:
             "metadata": self.metadata,
             "replicas": self.replicas,
         }
+        # Only when known: a manifest without an owner keeps the id it had before owners
+        # were recorded.
+        if self.owner:
+            doc["owner"] = self.owner
+        return doc
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Manifest:
@@ -327,7 +349,7 @@ class Manifest:
                 f"manifest schema {schema!r} is not supported (this node reads {SCHEMA}): "
                 "upgrade this node"
             )
-        keys = set(doc) - {"schema"}
+        keys = set(doc) - {"schema", "owner"}
         fields = {
             "name", "version", "format", "size", "sha256", "chunk_size", "chunks",
             "created_unix", "metadata", "replicas",
@@ -349,6 +371,7 @@ class Manifest:
             created_unix=doc["created_unix"],
             metadata=doc["metadata"],
             replicas=doc["replicas"],
+            owner=doc.get("owner", ""),
         )
 
     def encode(self) -> bytes:

@@ -22,13 +22,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
-from p2pagent.errors import FailedPrecondition, InvalidArgument
+from p2pagent.errors import DataLoss, FailedPrecondition, InvalidArgument
 from p2pagent.models.manifest import (
     Manifest,
     ModelFormat,
     canonical_metadata,
     check_chunk_size,
     check_model_name,
+    check_sha256,
     check_size,
     parse_replicas,
     read_chunks,
@@ -51,8 +52,12 @@ class PublishWriter:
         chunk_size: int = 0,
         metadata: Mapping[str, Any] | None = None,
         replicas: str | int | None = 1,
+        sha256: str | None = None,
+        owner: str = "",
     ) -> None:
         # Validate the whole header before a single byte is stored.
+        self._expected = check_sha256(sha256) if sha256 is not None else None
+        self._owner = owner
         self._name = check_model_name(name)
         self._format = ModelFormat.parse(format)
         self._chunk_size = check_chunk_size(chunk_size or store.config.chunk_size)
@@ -109,6 +114,14 @@ class PublishWriter:
                 f"upload of {self._name!r} ended after {self._received} of the {self._size} "
                 "bytes declared; nothing was published"
             )
+        digest = self._whole.hexdigest()
+        if self._expected is not None and digest != self._expected:
+            self.abort()
+            raise DataLoss(
+                f"upload of {self._name!r} was damaged in transit: its {self._size} bytes hash "
+                f"to {digest[:16]}..., the header declared {self._expected[:16]}...; nothing "
+                "was published: push it again"
+            )
         try:
             if self._buf:
                 self._put(bytes(self._buf))
@@ -118,12 +131,13 @@ class PublishWriter:
                 version=self._version,
                 format=self._format,
                 size=self._size,
-                sha256=self._whole.hexdigest(),
+                sha256=digest,
                 chunk_size=self._chunk_size,
                 chunk_hashes=tuple(self._hashes),
                 created_unix=self._created,
                 metadata=self._metadata,
                 replicas=self._replicas,
+                owner=self._owner,
             )
             self._staging.commit(manifest)
         except BaseException:

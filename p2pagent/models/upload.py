@@ -1,6 +1,8 @@
 """A model file as a ``PublishModel`` upload, on the client's side: the header checked as a
 node would check it, then the file's bytes.
 
+The header carries the SHA-256 of the whole file (read once before the upload): a node
+publishes only what hashes to it, so bytes altered in transit publish nothing (DATA_LOSS).
 Everything a node would refuse in the header or the first bytes (name, replicas, chunk size,
 the format's magic) is refused before a byte is sent: a node that ends an upload early has
 its reason replaced by "Internal error from Core" on a grpc.aio client about once in ten
@@ -11,6 +13,7 @@ Used by ``p2pagentctl models push`` and ``p2pagent.client.Client.publish``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -100,8 +103,18 @@ def upload_header(
     with path.open("rb") as f:
         check_header(ModelFormat.parse(fmt), f.read(FORMAT_HEAD_BYTES))
     return agent_pb2.PublishModelRequest.Header(
-        name=name, format=fmt, metadata=spec, size=size, chunk_size=chunk_size, replicas=replicas
-    )
+        name=name, format=fmt, metadata=spec, size=size, chunk_size=chunk_size, replicas=replicas,
+        sha256=file_sha256(path),
+    )  # fmt: skip
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of the whole file: the node publishes only bytes that hash to it."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while piece := f.read(UPLOAD_PIECE):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 async def upload_requests(

@@ -23,6 +23,7 @@ _BY_CODE: dict[grpc.StatusCode, type[errors.P2PAgentError]] = {
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
     grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
     grpc.StatusCode.UNAUTHENTICATED: errors.PermissionDenied,
+    grpc.StatusCode.DATA_LOSS: errors.DataLoss,
     grpc.StatusCode.INTERNAL: errors.Internal,
 }
 

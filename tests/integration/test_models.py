@@ -20,6 +20,7 @@ import pytest
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2, peer_pb2, peer_pb2_grpc
 from p2pagent.testing.daemon import Daemon
+from p2pagent.testing.uploads import header_with, noop_metadata, publish_requests
 from p2pagent.transport.channels import channel_options
 
 CHUNK = 16 * 1024
@@ -35,7 +36,8 @@ def _channel(node: Daemon, certs_dir: Path, who: str = "client") -> grpc.Channel
 
 
 def fake_safetensors(size: int, seed: int) -> bytes:
-    """Bytes that look like a safetensors file (8-byte length, JSON header), then noise."""
+    """A safetensors file with no tensors (8-byte length, JSON header), then noise: loads as
+    the ``noop`` architecture of ``header``'s default metadata."""
     header = b'{"__metadata__":{}}'
     body = np.random.default_rng(seed).bytes(size - 8 - len(header))
     return struct.pack("<Q", len(header)) + header + body
@@ -44,14 +46,14 @@ def fake_safetensors(size: int, seed: int) -> bytes:
 def upload(
     header: agent_pb2.PublishModelRequest.Header, data: bytes, piece: int = 10_000
 ) -> Iterator[agent_pb2.PublishModelRequest]:
-    yield agent_pb2.PublishModelRequest(header=header)
-    for i in range(0, len(data), piece):
-        yield agent_pb2.PublishModelRequest(data=data[i : i + piece])
+    """The header with the SHA-256 of ``data`` (unless it has one), then ``data``."""
+    return publish_requests(header, data, piece)
 
 
 def header(
     name: str, size: int, fmt: str = "safetensors", chunk_size: int = CHUNK, **kw: object
 ) -> agent_pb2.PublishModelRequest.Header:
+    kw.setdefault("metadata", noop_metadata())
     return agent_pb2.PublishModelRequest.Header(
         name=name,
         format=fmt,
@@ -170,7 +172,7 @@ def test_a_cut_off_upload_publishes_nothing_and_leaves_no_chunks(
     release = threading.Event()
 
     def cut_off() -> Iterator[agent_pb2.PublishModelRequest]:
-        yield agent_pb2.PublishModelRequest(header=header("cut", len(data)))
+        yield agent_pb2.PublishModelRequest(header=header_with(header("cut", len(data)), data))
         yield agent_pb2.PublishModelRequest(data=data[: 5 * CHUNK])
         sent_half.set()
         release.wait(30)

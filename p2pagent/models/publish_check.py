@@ -1,0 +1,203 @@
+"""The check an upload passes before it is published: it loads, and it runs.
+
+``check_model`` first reads the archive without running it (``archive_check``: no pickle),
+then starts a fresh interpreter (a spawned child process: ``python -m
+p2pagent.models.publish_check``, never a fork of the node with its sockets and keys in
+memory) that loads the file on the CPU and runs one forward pass on example inputs built
+from the metadata's input ports (dynamic dimensions set to ``EXAMPLE_DYNAMIC``), checking the
+outputs against the output ports. The child runs under limits it sets on itself before it
+imports torch: address space (``RLIMIT_AS``: ``check_memory_bytes`` plus ``MEMORY_PER_BYTE``
+times the file size), CPU seconds (``RLIMIT_CPU``) and no core file; the node kills it at
+``check_timeout_s`` of wall time. Whatever goes wrong, the answer is InvalidArgument naming
+it; nothing of the child's output is trusted except its one-line JSON result file.
+
+Cost, per publish: one interpreter start with torch (about 1-2 s of CPU), reading the file
+(the safetensors loader reads it whole: about 2x the file size of memory, in the child), and
+one forward pass on a batch of ``EXAMPLE_DYNAMIC`` rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from p2pagent.errors import InvalidArgument, P2PAgentError
+
+#: Size given to every dynamic (-1) dimension of an example input: 2, so a batch dimension
+#: is exercised as a batch (exported programs often specialise sizes 0 and 1).
+EXAMPLE_DYNAMIC = 2
+#: Address space the child may use per byte of the model file, beyond its base allowance
+#: (the file read whole, the tensors built from it, the model on the CPU).
+MEMORY_PER_BYTE = 3
+#: Largest result file read back from the child.
+MAX_RESULT_BYTES = 64 * 1024
+REQUEST = "request.json"
+RESULT = "result.json"
+#: Longest error message kept from the child.
+MAX_MESSAGE = 400
+
+
+async def check_model(
+    path: Path,
+    fmt: str,
+    spec: dict[str, Any],
+    *,
+    timeout_s: float,
+    memory_bytes: int,
+) -> float:
+    """Refuses (InvalidArgument naming the problem) a model file that holds a pickle, does
+    not load, or does not run on its metadata's example inputs; returns the check's seconds.
+
+    ``fmt`` is the loader's format name (``inference.formats.ModelFormat``)."""
+    from p2pagent.inference.archive_check import check_archive
+    from p2pagent.inference.formats import ModelFormat
+
+    start = time.monotonic()
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, check_archive, path, ModelFormat.parse(fmt))
+    work, limit = await loop.run_in_executor(
+        None, _prepare, path, fmt, spec, timeout_s, memory_bytes
+    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "p2pagent.models.publish_check", str(work / REQUEST),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, cwd=work,
+        )  # fmt: skip
+        try:
+            await asyncio.wait_for(proc.wait(), timeout_s)
+        except TimeoutError:
+            raise InvalidArgument(
+                f"the model did not load and run its example inputs within {timeout_s:g} s "
+                "(models.check_timeout_s): refused"
+            ) from None
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        doc = _read_result(work / RESULT)
+        if doc is None:
+            raise InvalidArgument(_died(proc.returncode or 0, limit))
+        if not doc.get("ok"):
+            raise InvalidArgument(f"the model failed its check: {str(doc.get('error'))[:600]}")
+    finally:
+        await loop.run_in_executor(None, shutil.rmtree, work, True)
+    return time.monotonic() - start
+
+
+def _prepare(
+    path: Path, fmt: str, spec: dict[str, Any], timeout_s: float, memory_bytes: int
+) -> tuple[Path, int]:
+    """A fresh folder holding the child's request; returns it and the address-space limit."""
+    limit = memory_bytes + MEMORY_PER_BYTE * os.path.getsize(path)
+    work = Path(tempfile.mkdtemp(prefix="p2pagent-check-"))
+    request = {
+        "path": os.path.abspath(path),
+        "format": fmt,
+        "spec": spec,
+        "memory_bytes": limit,
+        "cpu_s": max(1, int(timeout_s)),
+        "result": str(work / RESULT),
+    }
+    (work / REQUEST).write_text(json.dumps(request))
+    return work, limit
+
+
+def _read_result(path: Path) -> dict[str, Any] | None:
+    try:
+        with path.open("rb") as f:
+            doc = json.loads(f.read(MAX_RESULT_BYTES))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _died(returncode: int, limit: int) -> str:
+    if returncode == -9 or returncode == -24:  # SIGKILL / SIGXCPU
+        return (
+            "the model's check ran out of CPU time (models.check_timeout_s) and was stopped: "
+            "refused"
+        )
+    return (
+        f"the model's check process ended without an answer (exit {returncode}): the model "
+        f"crashed while loading or running, or needed more than {limit} bytes of address "
+        "space (models.check_memory_bytes plus 3x the file size): refused"
+    )
+
+
+# ---- the child ---------------------------------------------------------------------------------
+
+
+def _limit_self(memory_bytes: int, cpu_s: int) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _run_check(request: dict[str, Any]) -> str:
+    """Loads and runs the model; returns "" when it passes, else what is wrong."""
+    import torch
+
+    from p2pagent.inference import loading
+    from p2pagent.inference.formats import ModelFormat
+    from p2pagent.inference.runner import BatchRunner
+    from p2pagent.inference.spec import DYNAMIC, ModelSpec
+
+    torch.set_num_threads(1)
+    spec = ModelSpec.from_dict(request["spec"])
+    fmt = ModelFormat.parse(request["format"])
+    model = loading.load_model("check", Path(request["path"]), spec, "cpu", fmt)
+    inputs = [
+        torch.zeros(
+            [EXAMPLE_DYNAMIC if d == DYNAMIC else d for d in port.shape], dtype=port.torch_dtype
+        )
+        for port in spec.inputs
+    ]
+    (outputs,), _ = BatchRunner(torch.device("cpu")).run(model, [inputs])
+    for port, out in zip(spec.outputs, outputs):
+        if out.dtype != port.torch_dtype:
+            return (
+                f"output {port.name!r} is {out.dtype} on the example inputs; the metadata "
+                f"declares {port.dtype}"
+            )
+        shape = list(out.shape)
+        if len(shape) != len(port.shape) or any(
+            want not in (DYNAMIC, have) for want, have in zip(port.shape, shape)
+        ):
+            return (
+                f"output {port.name!r} has shape {shape} on the example inputs; the metadata "
+                f"declares {list(port.shape)} (-1 = any size)"
+            )
+    return ""
+
+
+def _child(request_path: str) -> int:
+    request = json.loads(Path(request_path).read_text())
+    _limit_self(int(request["memory_bytes"]), int(request["cpu_s"]))
+    try:
+        error = _run_check(request)
+    except P2PAgentError as e:
+        error = str(e)
+    except MemoryError:
+        error = f"the model needs more than {request['memory_bytes']} bytes of address space"
+    except Exception as e:  # anything the model raises is the model's failure
+        error = f"loading or running it raised {type(e).__name__}: {e}"
+    error = error.replace(request["path"], "the model file")[:MAX_MESSAGE]
+    doc = {"ok": not error, "error": error}
+    with contextlib.suppress(OSError):
+        Path(request["result"]).write_text(json.dumps(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(_child(sys.argv[1]))
