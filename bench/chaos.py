@@ -45,7 +45,7 @@ import grpc
 
 from p2pagent._proto import agent_pb2
 from p2pagent.inference import demo_model, tensors
-from p2pagent.testing import netns
+from p2pagent.testing import netns, uploads
 from p2pagent.testing.cluster import Cluster
 
 CALL_TIMEOUT_S = 5.0
@@ -188,23 +188,19 @@ MODEL_REPLICAS = 2
 
 
 def _model_file(rng: random.Random) -> bytes:
-    """A small safetensors file of random bytes (64 KiB: four 16 KiB chunks). It has no
-    metadata, so it is stored and replicated but never loaded."""
+    """A small safetensors file (64 KiB: four 16 KiB chunks) with no tensors and random
+    filler: it loads as the ``noop`` architecture (``uploads.noop_metadata``)."""
+    head = b'{"__metadata__":{}}'.ljust(120, b" ")
     data = rng.randbytes(64 * 1024 - 128)
-    header = json.dumps(
-        {"w": {"dtype": "U8", "shape": [len(data)], "data_offsets": [0, len(data)]}}
-    )
-    head = header.encode().ljust(120, b" ")
     return len(head).to_bytes(8, "little") + head + data
 
 
 def _upload(name: str, body: bytes) -> Iterator[agent_pb2.PublishModelRequest]:
     header = agent_pb2.PublishModelRequest.Header(
         name=name, format="safetensors", size=len(body), chunk_size=16 * 1024,
-        replicas=str(MODEL_REPLICAS),
+        replicas=str(MODEL_REPLICAS), metadata=uploads.noop_metadata(),
     )  # fmt: skip
-    yield agent_pb2.PublishModelRequest(header=header)
-    yield agent_pb2.PublishModelRequest(data=body)
+    return uploads.publish_requests(header, body, len(body))
 
 
 #: A small inference task: the demo model on 8 rows.

@@ -51,8 +51,10 @@ from bench._proc import cpu_seconds
 from p2pagent._proto import agent_pb2
 from p2pagent.identity import material as tls
 from p2pagent.models.alloc import keep_chunk_buffers_on_heap
+from p2pagent.models.upload import file_sha256
 from p2pagent.testing.cluster import Cluster
 from p2pagent.testing.daemon import free_port
+from p2pagent.testing.uploads import noop_metadata
 from p2pagent.transport.channels import DEFAULT_MAX_MESSAGE_BYTES, secure_channel
 from p2pagent.transport.credentials import server_credentials
 from p2pagent.transport.server import KEEPALIVE_SERVER_OPTIONS
@@ -132,9 +134,11 @@ def make_model(path: Path, mib: int, seed: int) -> None:
 
 
 def upload(path: Path, name: str, chunk: int) -> Iterator[agent_pb2.PublishModelRequest]:
+    # No tensors: the node's publish check loads it as the noop architecture.
     header = agent_pb2.PublishModelRequest.Header(
-        name=name, format="safetensors", size=path.stat().st_size, chunk_size=chunk
-    )
+        name=name, format="safetensors", size=path.stat().st_size, chunk_size=chunk,
+        metadata=noop_metadata(), sha256=file_sha256(path),
+    )  # fmt: skip
     yield agent_pb2.PublishModelRequest(header=header)
     with path.open("rb") as f:
         while piece := f.read(PIECE):

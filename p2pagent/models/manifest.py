@@ -422,6 +422,7 @@ def build_manifest(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     metadata: Mapping[str, Any] | None = None,
     replicas: str | int | None = 1,
+    owner: str = "",
 ) -> Manifest:
     """Builds the manifest of a file or binary stream, reading it one chunk at a time."""
     check_model_name(name)
@@ -431,7 +432,7 @@ def build_manifest(
         with Path(source).open("rb") as f:
             return build_manifest(
                 name, fmt, f, version=version, created_unix=created_unix,
-                chunk_size=chunk_size, metadata=metadata, replicas=replicas,
+                chunk_size=chunk_size, metadata=metadata, replicas=replicas, owner=owner,
             )  # fmt: skip
     whole = hashlib.sha256()
     hashes: list[str] = []
@@ -453,4 +454,5 @@ def build_manifest(
         created_unix=created_unix,
         metadata=metadata or {},
         replicas=parse_replicas(replicas),
+        owner=owner,
     )

@@ -25,6 +25,7 @@ import pytest
 
 from p2pagent._proto import agent_pb2, common_pb2
 from p2pagent.testing.cluster import Cluster
+from p2pagent.testing.uploads import noop_metadata, publish_requests
 
 pytestmark = pytest.mark.cluster
 SETTLE_S = 60.0
@@ -59,9 +60,13 @@ def _upload(
         name=name, format="torchscript", metadata=metadata, size=len(data), chunk_size=CHUNK,
         replicas=replicas,
     )  # fmt: skip
-    yield agent_pb2.PublishModelRequest(header=header)
-    for i in range(0, len(data), 1 << 20):
-        yield agent_pb2.PublishModelRequest(data=data[i : i + (1 << 20)])
+    return publish_requests(header, data)
+
+
+def _noop_metadata(demo: Path) -> agent_pb2.ModelMetadata:
+    from p2pagent.inference.spec import ModelSpec
+
+    return ModelSpec.from_dict(json.loads((demo / "noop.metadata.json").read_text())).to_proto()
 
 
 def _infer(c: Cluster, node: str, demo: Path) -> agent_pb2.InferResponse:
@@ -200,7 +205,7 @@ def test_after_the_publisher_dies_a_new_node_pulls_resumes_and_avoids_the_corrup
 def test_replicas_all_replicates_without_being_asked(four: Cluster, demo: Path) -> None:
     c = four
     live = ["n2", "n3", "n4"]
-    metadata = agent_pb2.ModelMetadata()
+    metadata = _noop_metadata(demo)
     v = c.agent("n2").PublishModel(
         _upload(demo / "noop.torchscript.pt", "noop-all", metadata, replicas="all"), timeout=60
     )
@@ -242,7 +247,7 @@ def test_replicas_k_rereplicates_after_holders_die(
         c.wait_for(lambda: _all_alive(c, names), SETTLE_S, "n1..n4 alive")
         model = demo / "noop.torchscript.pt"
         v = c.agent("n1").PublishModel(
-            _upload(model, "noop-k", agent_pb2.ModelMetadata(), replicas="2"), timeout=60
+            _upload(model, "noop-k", _noop_metadata(demo), replicas="2"), timeout=60
         )
         assert v.replicas == "2" and list(v.holders) == ["n1"]
         c.wait_for(lambda: len(_holders(c, "n1", "noop-k")) >= 2, SETTLE_S, "two holders")
@@ -290,12 +295,10 @@ def test_pullers_serve_each_other_while_they_pull(
         path = root / "blob.safetensors"
         path.write_bytes(data)
         header = agent_pb2.PublishModelRequest.Header(
-            name="blob", format="safetensors", size=len(data), chunk_size=CHUNK
-        )
-        reqs = [agent_pb2.PublishModelRequest(header=header)]
-        reqs += [agent_pb2.PublishModelRequest(data=data[i : i + CHUNK * 8])
-                 for i in range(0, len(data), CHUNK * 8)]  # fmt: skip
-        c.agent("n1").PublishModel(iter(reqs), timeout=60)
+            name="blob", format="safetensors", size=len(data), chunk_size=CHUNK,
+            metadata=noop_metadata(),
+        )  # fmt: skip
+        c.agent("n1").PublishModel(publish_requests(header, data, CHUNK * 8), timeout=60)
         for node in pullers:
             c.wait_for(lambda node=node: _versions(c, node, "blob"), SETTLE_S, f"{node} sees it")
         errors: list[BaseException] = []

@@ -36,6 +36,7 @@ def make(**over: Any) -> Manifest:
         chunk_size=over.pop("chunk_size", CHUNK),
         metadata=over.pop("metadata", {"inputs": [{"name": "x", "dtype": "float32"}]}),
         replicas=over.pop("replicas", 2),
+        owner=over.pop("owner", ""),
     )
 
 
@@ -233,3 +234,16 @@ def test_next_version_is_monotonic() -> None:
 def test_chunk_index_out_of_range() -> None:
     with pytest.raises(InvalidArgument, match="chunk index 4 out of range"):
         make().chunk_length(4)
+
+
+def test_the_owner_is_part_of_the_id_only_when_recorded() -> None:
+    plain = make()
+    owned = make(owner="spiffe://test/publisher/alice")
+    assert "owner" not in plain.to_dict()  # ids of versions made before owners stay valid
+    assert owned.to_dict()["owner"] == "spiffe://test/publisher/alice"
+    assert owned.manifest_id != plain.manifest_id
+    back = Manifest.decode(owned.encode(), expected_id=owned.manifest_id)
+    assert back.owner == owned.owner
+    assert Manifest.decode(plain.encode(), expected_id=plain.manifest_id).owner == ""
+    with pytest.raises(InvalidArgument, match="owner"):
+        make(owner="x" * 1000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 import random
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from p2pagent.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from p2pagent.errors import DataLoss, FailedPrecondition, InvalidArgument, ResourceExhausted
 from p2pagent.models.manifest import build_manifest
 from p2pagent.models.publish import PublishWriter
 from p2pagent.models.store import ChunkStore
@@ -173,3 +174,30 @@ def test_disk_full_on_manifest_publishes_nothing(
         w.finish()
     monkeypatch.undo()
     _nothing_published(store)
+
+
+def test_an_upload_that_does_not_hash_to_its_declared_digest_publishes_nothing(
+    store: ChunkStore,
+) -> None:
+    declared = hashlib.sha256(DATA).hexdigest()
+    altered = DATA[: len(DATA) // 2] + bytes(b ^ 1 for b in DATA[len(DATA) // 2 :])
+    w = writer(store, sha256=declared)
+    w.write(altered)
+    with pytest.raises(DataLoss, match="damaged in transit"):
+        w.finish()
+    _nothing_published(store)
+
+
+def test_the_declared_digest_and_the_owner_go_into_the_manifest(store: ChunkStore) -> None:
+    owner = "spiffe://test/publisher/alice"
+    w = writer(store, sha256=hashlib.sha256(DATA).hexdigest().upper(), owner=owner)
+    w.write(DATA)
+    m = w.finish()
+    assert m.sha256 == hashlib.sha256(DATA).hexdigest() and m.owner == owner
+    assert store.get_manifest(m.manifest_id).owner == owner
+
+
+def test_a_digest_that_is_not_sha256_is_refused_before_any_data(store: ChunkStore) -> None:
+    with pytest.raises(InvalidArgument, match="not a SHA-256 digest"):
+        writer(store, sha256="abc")
+    assert store.manifests() == []
