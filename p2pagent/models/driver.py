@@ -47,11 +47,10 @@ from p2pagent.errors import (
     Unavailable,
 )
 from p2pagent.inference.formats import detect_format
-from p2pagent.inference.spec import ModelSpec
 from p2pagent.models import registry
 from p2pagent.models.alloc import ChunkBuffers
 from p2pagent.models.config import ModelsConfig
-from p2pagent.models.loadable import LoadableModels, inference_format, spec_of
+from p2pagent.models.loadable import LoadableModels, inference_format, serving_spec, spec_of
 from p2pagent.models.manifest import (
     ALL,
     FORMAT_HEAD_BYTES,
@@ -288,19 +287,7 @@ class ModelsDriver:
                 "whole file (p2pagentctl models push and p2pagent.client do); upgrade it"
             )
         check_sha256(sha256)
-        if not metadata:
-            raise InvalidArgument(
-                f"model {name!r} has no metadata: a node needs its input and output ports "
-                "(name, dtype, shape; and an architecture for safetensors) to serve it. Pass "
-                "--metadata FILE (a ModelSpec JSON), or put <stem>.metadata.json beside the file"
-            )
-        spec = ModelSpec.from_dict(metadata)  # InvalidArgument naming the bad field
-        if fmt is ModelFormat.SAFETENSORS and not spec.architecture:
-            raise InvalidArgument(
-                f"model {name!r}: safetensors weights need an architecture in the metadata "
-                "(a name in the nodes' architecture registry, such as 'mlp'); a node runs no "
-                "code from a safetensors file"
-            )
+        serving_spec(name, fmt, metadata)
         latest = max((e.manifest.version for e in self.entries_safe(name)), default=None)
         now = time.time()
         writer = PublishWriter(

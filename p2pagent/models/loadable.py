@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from p2pagent.errors import InvalidArgument, NotFound
 from p2pagent.inference.formats import ModelFormat as LoaderFormat
@@ -44,6 +44,25 @@ def spec_of(manifest: Manifest) -> ModelSpec | None:
     if not manifest.metadata:
         return None
     return ModelSpec.from_dict(manifest.metadata)
+
+
+def serving_spec(name: str, fmt: ModelFormat, metadata: Mapping[str, Any]) -> ModelSpec:
+    """The spec a node serves an upload with; InvalidArgument naming what is missing (a node
+    refuses an upload it could not serve, and the client refuses it before sending it)."""
+    if not metadata:
+        raise InvalidArgument(
+            f"model {name!r} has no metadata: a node needs its input and output ports "
+            "(name, dtype, shape; and an architecture for safetensors) to serve it. Pass "
+            "--metadata FILE (a ModelSpec JSON), or put <stem>.metadata.json beside the file"
+        )
+    spec = ModelSpec.from_dict(metadata)  # InvalidArgument naming the bad field
+    if fmt is ModelFormat.SAFETENSORS and not spec.architecture:
+        raise InvalidArgument(
+            f"model {name!r}: safetensors weights need an architecture in the metadata "
+            "(a name in the nodes' architecture registry, such as 'mlp'); a node runs no "
+            "code from a safetensors file"
+        )
+    return spec
 
 
 def inference_format(fmt: ModelFormat) -> LoaderFormat:

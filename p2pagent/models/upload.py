@@ -4,9 +4,10 @@ node would check it, then the file's bytes.
 The header carries the SHA-256 of the whole file (read once before the upload): a node
 publishes only what hashes to it, so bytes altered in transit publish nothing (DATA_LOSS).
 Everything a node would refuse in the header or the first bytes (name, replicas, chunk size,
-the format's magic) is refused before a byte is sent: a node that ends an upload early has
-its reason replaced by "Internal error from Core" on a grpc.aio client about once in ten
-(grpc/grpc#36066). ``reason_lost_by_grpc`` says so when it happens anyway (a full disk).
+metadata it could not serve with, the format's magic) is refused before a byte is sent: a
+node that ends an upload early has its reason replaced by "Internal error from Core" on a
+grpc.aio client about once in ten (grpc/grpc#36066). ``reason_lost_by_grpc`` says so when it
+happens anyway (a full disk).
 Used by ``p2pagentctl models push`` and ``p2pagent.client.Client.publish``.
 """
 
@@ -24,6 +25,7 @@ from google.protobuf.json_format import ParseDict
 from p2pagent._proto import agent_pb2
 from p2pagent.errors import Internal, InvalidArgument
 from p2pagent.inference.spec import ModelSpec
+from p2pagent.models.loadable import serving_spec
 from p2pagent.models.manifest import (
     FORMAT_HEAD_BYTES,
     ModelFormat,
@@ -102,6 +104,10 @@ def upload_header(
         check_size(size, check_chunk_size(chunk_size))
     with path.open("rb") as f:
         check_header(ModelFormat.parse(fmt), f.read(FORMAT_HEAD_BYTES))
+    has_spec = bool(spec.inputs or spec.outputs or spec.architecture)
+    serving_spec(
+        name, ModelFormat.parse(fmt), ModelSpec.from_proto(spec).to_dict() if has_spec else {}
+    )
     return agent_pb2.PublishModelRequest.Header(
         name=name, format=fmt, metadata=spec, size=size, chunk_size=chunk_size, replicas=replicas,
         sha256=file_sha256(path),

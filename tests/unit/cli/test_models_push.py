@@ -4,6 +4,8 @@ names the grpc.aio bug that can hide the reason of an upload the node ended earl
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import grpc
@@ -11,7 +13,7 @@ import pytest
 
 from p2pagent.cli.ctl import main
 from p2pagent.errors import Internal
-from p2pagent.models.upload import reason_lost_by_grpc
+from p2pagent.models.upload import reason_lost_by_grpc, upload_header
 
 
 @pytest.fixture
@@ -63,3 +65,32 @@ def test_the_reason_grpc_loses_is_explained_and_other_errors_pass() -> None:
     )
     with pytest.raises(grpc.aio.AioRpcError), reason_lost_by_grpc():
         raise other
+
+
+def test_a_push_without_serving_metadata_is_refused_before_connecting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "plain.pt"
+    model.write_bytes(b"PK\x03\x04" + bytes(100))  # no plain.metadata.json beside it
+    argv = ["models", "push", str(model), "--name", "m", "--target", "127.0.0.1:9"]
+    assert main([*argv, "--certs", str(tmp_path)]) == 2
+    assert "has no metadata" in capsys.readouterr().err
+
+
+def test_the_header_carries_the_sha256_of_the_whole_file(tmp_path: Path) -> None:
+    model = tmp_path / "noop.safetensors"
+    data = b"\x13\x00\x00\x00\x00\x00\x00\x00" + b'{"__metadata__":{}}' + bytes(3 << 20)
+    model.write_bytes(data)
+    (tmp_path / "noop.metadata.json").write_text(json.dumps(planted_noop_spec()))
+    header = upload_header(model, "noop")
+    assert header.sha256 == hashlib.sha256(data).hexdigest()
+    assert header.metadata.architecture == "noop"
+
+
+def planted_noop_spec() -> dict[str, object]:
+    return {
+        "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 4]}],
+        "outputs": [{"name": "output", "dtype": "float32", "shape": [-1, 4]}],
+        "architecture": "noop",
+        "arch_config": {"features": 4},
+    }
