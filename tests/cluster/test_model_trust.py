@@ -147,11 +147,11 @@ def test_uploads_that_cannot_be_trusted_publish_nothing_on_any_node(
     junk = b"PK\x03\x04" + rng.bytes(8 * 1024 - 4)
     with (
         zipfile.ZipFile(tmp_path / "planted" / "clean.pt") as z,
-        zipfile.ZipFile(tmp_path / "broken.pt", "w") as out,
+        zipfile.ZipFile(tmp_path / "broken.pt", "w") as zout,
     ):
         for entry in z.namelist():
             data = z.read(entry)
-            out.writestr(
+            zout.writestr(
                 entry, b"def forward(self):\n  return )(\n" if entry.endswith(".py") else data
             )
     broken = (tmp_path / "broken.pt").read_bytes()
