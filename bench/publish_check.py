@@ -67,7 +67,7 @@ def _cases(out: Path, small: bool) -> list[tuple[str, Path, str, dict[str, objec
     noop = json.loads(files["noop_metadata"].read_text())
     cases = [
         ("demo torchscript", files["torchscript"], "torchscript", spec),
-        ("demo torch.export", files["torch_export"], "torch_export", spec),
+        ("demo torch.export", files["torch_export"], "export", spec),
         ("demo safetensors", files["safetensors"], "safetensors", spec),
     ]
     mib = 16 if small else 256

@@ -13,7 +13,8 @@ from p2pagent.cli import client
 from p2pagent.cli.args import UINT32_MAX, int_in
 from p2pagent.cli.output import emit_json, key_values, table
 from p2pagent.cli.progress import ticker
-from p2pagent.models.upload import FORMATS, reason_lost_by_grpc, upload_header, upload_requests
+from p2pagent.inference.formats import FORMAT_NAMES
+from p2pagent.models.upload import reason_lost_by_grpc, upload_header, upload_requests
 from p2pagent.transport.errors import map_rpc_errors
 
 
@@ -30,7 +31,7 @@ def register(sub: Any) -> None:
     push = cmd("push", "publish a model file")
     push.add_argument("file", type=Path)
     push.add_argument("--name", required=True)
-    push.add_argument("--format", choices=FORMATS, help="default: from the file name")
+    push.add_argument("--format", choices=FORMAT_NAMES, help="default: from the file name")
     push.add_argument(
         "--metadata",
         type=Path,

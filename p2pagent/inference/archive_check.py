@@ -12,7 +12,7 @@ opcodes, it never builds objects), and every global a stream names must be one w
   ``os.system`` REDUCE ends in "Unknown type name 'posix.system'", nothing runs). We still
   refuse any global outside ``torch``/``__torch__``/``collections.OrderedDict``, so such a
   file is refused at publish with a message instead of failing on every node later.
-- ``torch_export`` (``.pt2``): weights and constants are raw tensor bytes described by JSON
+- ``export`` (``.pt2``): weights and constants are raw tensor bytes described by JSON
   configs, except where a config says ``use_pickle`` (``torch.load(weights_only=False)``
   in torch's loader), or a constant is a custom or opaque object (``pickle.loads``): all
   refused. The sample inputs are a ``torch.save`` archive that torch's loader reads with

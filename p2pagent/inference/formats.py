@@ -1,10 +1,16 @@
-"""Model file formats: detection, validation and loading onto a device.
+"""Model file formats: the one ``ModelFormat`` (uploads, manifests, the CLI and the loader all
+use it), telling them apart by content, and loading onto a device.
 
-Three formats:
+Three formats, by the name the wire, manifests and ``--format`` use:
 
 - ``torchscript``: ``torch.jit.save`` archives (a zip with ``code/`` and ``constants.pkl``).
-- ``torch_export``: ``torch.export.save`` programs, ``.pt2`` (a zip with ``archive_format``).
+- ``export``: ``torch.export.save`` programs, ``.pt2`` (a zip with ``archive_format``);
+  ``torch_export`` is accepted for it too.
 - ``safetensors``: raw weights plus an architecture from our registry, named in the spec.
+
+Two sniffers, one per moment: ``check_header`` looks at a file's first ``FORMAT_HEAD_BYTES``
+(as an upload starts, before the rest arrives), ``detect_format`` at the whole file (its zip
+directory) once it is complete.
 
 Trust. TorchScript and torch.export archives embed code (TorchScript / FX graphs, run by
 torch's interpreters) and may embed pickles. No pickle is ever unpickled: ``archive_check``
@@ -34,18 +40,56 @@ if TYPE_CHECKING:
 
 class ModelFormat(Enum):
     TORCHSCRIPT = "torchscript"
-    TORCH_EXPORT = "torch_export"
+    TORCH_EXPORT = "export"
     SAFETENSORS = "safetensors"
 
+    @property
+    def suffix(self) -> str:
+        """File name suffix an assembled file gets."""
+        return _SUFFIXES[self]
+
     @staticmethod
-    def parse(value: str) -> ModelFormat:
+    def parse(value: str | ModelFormat) -> ModelFormat:
+        if isinstance(value, ModelFormat):
+            return value
         try:
-            return ModelFormat(value)
+            return ModelFormat(_ALIASES.get(value, value))
         except ValueError:
             raise InvalidArgument(
-                f"unknown model format {value!r}; expected one of "
-                f"{', '.join(f.value for f in ModelFormat)}"
+                f"unknown model format {value!r}: use one of {', '.join(FORMAT_NAMES)}"
             ) from None
+
+
+_SUFFIXES = {
+    ModelFormat.TORCHSCRIPT: ".pt",
+    ModelFormat.TORCH_EXPORT: ".pt2",
+    ModelFormat.SAFETENSORS: ".safetensors",
+}
+_ALIASES = {"torch_export": "export"}
+#: The names ``--format`` and the upload header take.
+FORMAT_NAMES = tuple(f.value for f in ModelFormat)
+#: Bytes of a file's start that ``check_header`` reads.
+FORMAT_HEAD_BYTES = 16
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def check_header(fmt: ModelFormat, head: bytes) -> None:
+    """Refuses a file whose first bytes cannot be the declared format (INVALID_ARGUMENT)."""
+    if fmt in (ModelFormat.TORCHSCRIPT, ModelFormat.TORCH_EXPORT):
+        if not head.startswith(_ZIP_MAGIC):
+            raise InvalidArgument(
+                f"the model file is not a {fmt.value} model: {fmt.value} files are zip "
+                "archives (torch.jit.save / torch.export.save); check --format"
+            )
+    elif not _safetensors_head(head):
+        raise InvalidArgument(
+            "the model file is not a safetensors file (no JSON header after the 8-byte "
+            "length); check --format"
+        )
+
+
+def _safetensors_head(head: bytes) -> bool:
+    return len(head) >= 9 and head[8:9] == b"{"
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,7 +113,7 @@ def detect_format(path: Path) -> ModelFormat:
             head = f.read(16)
     except OSError as e:
         raise InvalidArgument(f"cannot read model file {path}: {e}") from None
-    if head[:4] == b"PK\x03\x04":
+    if head.startswith(_ZIP_MAGIC):
         try:
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()
@@ -83,7 +127,7 @@ def detect_format(path: Path) -> ModelFormat:
             f"model file {path} is a zip archive but neither a torchscript archive "
             "nor a torch.export program"
         )
-    if len(head) >= 9 and head[8:9] == b"{":
+    if _safetensors_head(head):
         return ModelFormat.SAFETENSORS
     raise InvalidArgument(
         f"model file {path} is not a model: expected a torchscript archive, a torch.export "

@@ -46,17 +46,14 @@ from p2pagent.errors import (
     P2PAgentError,
     Unavailable,
 )
-from p2pagent.inference.formats import detect_format
+from p2pagent.inference.formats import FORMAT_HEAD_BYTES, ModelFormat, check_header, detect_format
 from p2pagent.models import registry
 from p2pagent.models.alloc import ChunkBuffers
 from p2pagent.models.config import ModelsConfig
-from p2pagent.models.loadable import LoadableModels, inference_format, serving_spec, spec_of
+from p2pagent.models.loadable import LoadableModels, serving_spec, spec_of
 from p2pagent.models.manifest import (
     ALL,
-    FORMAT_HEAD_BYTES,
     Manifest,
-    ModelFormat,
-    check_header,
     check_model_name,
     check_sha256,
     next_version,
@@ -336,10 +333,10 @@ class ModelsDriver:
         assert spec is not None  # publish refuses an upload without metadata
         path = await self._assemble(m)
         detected = await asyncio.get_running_loop().run_in_executor(self._io, detect_format, path)
-        if detected is not inference_format(m.format):
+        if detected is not m.format:
             raise InvalidArgument(
-                f"the uploaded file is a {detected.value} model, not {m.format.value}; "
-                "publish it with the right --format"
+                f"the uploaded file holds a model of format {detected.value}, not "
+                f"{m.format.value}; publish it with the right --format"
             )
         seconds = await check_model(
             path, detected.value, spec.to_dict(), timeout_s=self.config.check_timeout_s,

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from p2pagent.errors import InvalidArgument, NotFound
-from p2pagent.inference.formats import ModelFormat as LoaderFormat
+from p2pagent.inference.formats import ModelFormat
 from p2pagent.inference.spec import ModelSpec
-from p2pagent.models.manifest import Manifest, ModelFormat
+from p2pagent.models.manifest import Manifest
 from p2pagent.models.registry import Entry
 
 if TYPE_CHECKING:
@@ -63,14 +63,6 @@ def serving_spec(name: str, fmt: ModelFormat, metadata: Mapping[str, Any]) -> Mo
             "code from a safetensors file"
         )
     return spec
-
-
-def inference_format(fmt: ModelFormat) -> LoaderFormat:
-    return {
-        ModelFormat.TORCHSCRIPT: LoaderFormat.TORCHSCRIPT,
-        ModelFormat.EXPORT: LoaderFormat.TORCH_EXPORT,
-        ModelFormat.SAFETENSORS: LoaderFormat.SAFETENSORS,
-    }[fmt]
 
 
 def full_manifest_id(name: str, version: str, known: list[str]) -> str:
@@ -146,7 +138,7 @@ class LoadableModels:
             path = await self._assemble(m)
             if not self._is_complete(m.manifest_id):
                 return  # dropped meanwhile
-            self._cache.register(m.name, path, spec, inference_format(m.format))
+            self._cache.register(m.name, path, spec, m.format)
             self._loaded[m.name] = m
             log.info("models: %s (%s) is loadable here", m.name, m.manifest_id[:12])
 
@@ -182,7 +174,7 @@ class LoadableModels:
         if spec is None:
             raise InvalidArgument(f"model {name!r} version {version} has no input/output metadata")
         path = await self._assemble(m)
-        self._cache.register(key, path, spec, inference_format(m.format))
+        self._cache.register(key, path, spec, m.format)
         self._loaded[key] = m  # unregistered with the version when it is dropped
         return key
 

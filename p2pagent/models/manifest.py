@@ -25,12 +25,12 @@ import re
 import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from p2pagent.errors import InvalidArgument, UnsupportedVersion
+from p2pagent.inference.formats import ModelFormat
 from p2pagent.models.config import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 
 #: Version of the manifest encoding; a node refuses manifests of a schema it cannot read.
@@ -53,56 +53,7 @@ Replicas = int | Literal["all"]
 ALL: Literal["all"] = "all"
 
 
-class ModelFormat(Enum):
-    """How the loader reads the file."""
-
-    TORCHSCRIPT = "torchscript"
-    EXPORT = "export"
-    SAFETENSORS = "safetensors"
-
-    @property
-    def suffix(self) -> str:
-        """File name suffix the assembled file gets (loaders sniff it)."""
-        return _SUFFIXES[self]
-
-    @classmethod
-    def parse(cls, value: str | ModelFormat) -> ModelFormat:
-        if isinstance(value, ModelFormat):
-            return value
-        try:
-            return cls(value)
-        except ValueError:
-            choices = ", ".join(f.value for f in cls)
-            raise InvalidArgument(f"unknown model format {value!r}: use one of {choices}") from None
-
-
-_SUFFIXES = {
-    ModelFormat.TORCHSCRIPT: ".pt",
-    ModelFormat.EXPORT: ".pt2",
-    ModelFormat.SAFETENSORS: ".safetensors",
-}
-
-
 # ---- field checks (each raises InvalidArgument naming the problem) ------------------------------
-
-
-#: Bytes of a file's start that tell its format.
-FORMAT_HEAD_BYTES = 16
-
-
-def check_header(fmt: ModelFormat, head: bytes) -> None:
-    """Refuses a file whose first bytes cannot be the declared format (INVALID_ARGUMENT)."""
-    if fmt in (ModelFormat.TORCHSCRIPT, ModelFormat.EXPORT):
-        if not head.startswith(b"PK\x03\x04"):
-            raise InvalidArgument(
-                f"the model file is not a {fmt.value} model: {fmt.value} files are zip "
-                "archives (torch.jit.save / torch.export.save); check --format"
-            )
-    elif len(head) < 9 or head[8:9] != b"{":
-        raise InvalidArgument(
-            "the model file is not a safetensors file (no JSON header after the 8-byte "
-            "length); check --format"
-        )
 
 
 def check_model_name(name: str) -> str:

@@ -23,9 +23,9 @@ from types import TracebackType
 from typing import Any, BinaryIO
 
 from p2pagent.errors import DataLoss, FailedPrecondition, InvalidArgument
+from p2pagent.inference.formats import ModelFormat
 from p2pagent.models.manifest import (
     Manifest,
-    ModelFormat,
     canonical_metadata,
     check_chunk_size,
     check_model_name,

@@ -24,19 +24,11 @@ from google.protobuf.json_format import ParseDict
 
 from p2pagent._proto import agent_pb2
 from p2pagent.errors import Internal, InvalidArgument
+from p2pagent.inference.formats import FORMAT_HEAD_BYTES, FORMAT_NAMES, ModelFormat, check_header
 from p2pagent.inference.spec import ModelSpec
 from p2pagent.models.loadable import serving_spec
-from p2pagent.models.manifest import (
-    FORMAT_HEAD_BYTES,
-    ModelFormat,
-    check_chunk_size,
-    check_header,
-    check_model_name,
-    check_size,
-    parse_replicas,
-)
+from p2pagent.models.manifest import check_chunk_size, check_model_name, check_size, parse_replicas
 
-FORMATS = ("torchscript", "export", "safetensors")
 #: Bytes of the file per upload message.
 UPLOAD_PIECE = 1 << 20
 
@@ -44,13 +36,13 @@ UPLOAD_PIECE = 1 << 20
 def guess_format(path: Path) -> str:
     name = path.name.lower()
     if name.endswith(".safetensors"):
-        return "safetensors"
+        return ModelFormat.SAFETENSORS.value
     if name.endswith(".pt2"):
-        return "export"
+        return ModelFormat.TORCH_EXPORT.value
     if name.endswith((".pt", ".pth", ".torchscript", ".ts")):
-        return "torchscript"
+        return ModelFormat.TORCHSCRIPT.value
     raise InvalidArgument(
-        f"cannot tell the format of {path.name}: pass --format {'|'.join(FORMATS)}"
+        f"cannot tell the format of {path.name}: pass --format {'|'.join(FORMAT_NAMES)}"
     )
 
 

@@ -18,12 +18,6 @@ from p2pagent.inference.formats import ModelFormat
 from p2pagent.inference.spec import ModelSpec
 from p2pagent.testing import planted
 
-LOADER_FORMAT = {
-    "torchscript": ModelFormat.TORCHSCRIPT,
-    "export": ModelFormat.TORCH_EXPORT,
-    "safetensors": ModelFormat.SAFETENSORS,
-}
-
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, planted.Planted], Path]:
@@ -50,7 +44,7 @@ def test_a_pickle_planted_in_each_archive_format_is_refused_naming_it(
     assert len(refused) == 6
     for label, p in refused.items():
         with pytest.raises(InvalidArgument, match="pickle") as e:
-            check_archive(p.path, LOADER_FORMAT[p.format])
+            check_archive(p.path, ModelFormat.parse(p.format))
         assert "refused" in str(e.value), label
     assert not marker.exists()
 
@@ -69,9 +63,9 @@ def test_even_unchecked_the_loaders_never_run_a_planted_pickle(
         spec = ModelSpec.from_dict(p.metadata)
         if p.refused:
             with pytest.raises(InvalidArgument):
-                loading.load_model(label, p.path, spec, "cpu", LOADER_FORMAT[p.format])
+                loading.load_model(label, p.path, spec, "cpu", ModelFormat.parse(p.format))
         else:
-            loading.load_model(label, p.path, spec, "cpu", LOADER_FORMAT[p.format])
+            loading.load_model(label, p.path, spec, "cpu", ModelFormat.parse(p.format))
         assert not marker.exists(), label
 
 

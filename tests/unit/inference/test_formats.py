@@ -107,7 +107,11 @@ def test_safetensors_weights_must_fit_the_architecture(demo_files: dict[str, Pat
 
 
 def test_model_format_parse() -> None:
+    # One enum for the wire, manifests, the CLI and the loader; the loader's old name too.
+    assert ModelFormat.parse("export") is ModelFormat.TORCH_EXPORT
     assert ModelFormat.parse("torch_export") is ModelFormat.TORCH_EXPORT
+    assert ModelFormat.parse(ModelFormat.SAFETENSORS) is ModelFormat.SAFETENSORS
+    assert ModelFormat.TORCH_EXPORT.suffix == ".pt2"
     with pytest.raises(InvalidArgument, match="unknown model format 'onnx'"):
         ModelFormat.parse("onnx")
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from p2pagent.errors import InvalidArgument, UnsupportedVersion
+from p2pagent.inference.formats import ModelFormat
 from p2pagent.models.manifest import (
     MAX_CHUNKS,
     Manifest,
-    ModelFormat,
     build_manifest,
     check_model_name,
     next_version,
