@@ -92,6 +92,9 @@ class ModelsConfig:
     #: Address space the checking child may use besides 3x the file size, bytes (torch's
     #: CPU build alone maps about 0.7 GiB; CUDA builds map several GiB more).
     check_memory_bytes: int = 8 * 1024**3
+    #: Upload checks one node runs at once; later uploads wait their turn (so many pushes at
+    #: once cost at most this many children's CPU and memory).
+    check_concurrency: int = 2
     # ---- replication ---------------------------------------------------------------------------
     #: Newest versions of each model kept replicated; older ones may be dropped once the
     #: newest is fully replicated.
@@ -117,6 +120,7 @@ class ModelsConfig:
             "keep_versions": self.keep_versions,
             "check_timeout_s": self.check_timeout_s,
             "check_memory_bytes": self.check_memory_bytes,
+            "check_concurrency": self.check_concurrency,
         }
         for name, value in positive.items():
             if value <= 0:

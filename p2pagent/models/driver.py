@@ -120,6 +120,7 @@ class ModelsDriver:
         self._pinned: set[str] = set()
         self._swarm = PartialHoldings(name, state, members)
         self._wake = asyncio.Event()
+        self._checks = asyncio.Semaphore(config.check_concurrency)
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         corrupt = os.environ.get(CORRUPT_ENV, "")
@@ -338,10 +339,11 @@ class ModelsDriver:
                 f"the uploaded file holds a model of format {detected.value}, not "
                 f"{m.format.value}; publish it with the right --format"
             )
-        seconds = await check_model(
-            path, detected.value, spec.to_dict(), timeout_s=self.config.check_timeout_s,
-            memory_bytes=self.config.check_memory_bytes,
-        )  # fmt: skip
+        async with self._checks:
+            seconds = await check_model(
+                path, detected.value, spec.to_dict(), timeout_s=self.config.check_timeout_s,
+                memory_bytes=self.config.check_memory_bytes,
+            )  # fmt: skip
         log.info("models: %s (%s) passed its check in %.1f s", m.name, m.manifest_id[:12], seconds)
 
     async def _assemble(self, m: Manifest) -> Path:
