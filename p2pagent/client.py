@@ -339,7 +339,10 @@ class Client:
     ) -> agent_pb2.ModelVersion:
         """Publishes the model file at ``path`` as ``name`` (``replicas``: a count or "all");
         what a node would refuse is refused before a byte is sent (InvalidArgument).
-        ``metadata`` defaults to ``<stem>.metadata.json`` beside the file."""
+        ``metadata`` defaults to ``<stem>.metadata.json`` beside the file. The upload carries
+        the file's SHA-256: DataLoss when the node received other bytes (nothing was
+        published; publish again); InvalidArgument when the node's check refused the model
+        (a pickle, a file that does not load or run on its metadata's inputs)."""
         from p2pagent.models import upload
 
         file = Path(path)
