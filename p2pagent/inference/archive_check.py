@@ -171,7 +171,9 @@ def _check_export(z: zipfile.ZipFile) -> None:
     for rel, info in entries.items():
         if rel in _EXPORT_FIXED or rel in tensors:
             continue
-        if rel.startswith(("models/", "extra/")) and rel.endswith(".json"):
+        if rel.startswith("models/") and rel.endswith(".json"):
+            continue
+        if rel.startswith("extra/"):  # torch.export.save's extra_files: read as text only
             continue
         if rel.startswith((_WEIGHTS_DIR, _CONSTANTS_DIR)) and rel.endswith("_config.json"):
             continue

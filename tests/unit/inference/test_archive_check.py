@@ -117,3 +117,12 @@ def test_junk_and_foreign_entries_are_refused(tmp_path: Path) -> None:
         zout.writestr(f"{root}/data/aotinductor/model.so", b"\x7fELF")
     with pytest.raises(InvalidArgument, match="aotinductor"):
         check_archive(extra, ModelFormat.TORCH_EXPORT)
+
+
+def test_an_export_archive_with_extra_files_passes(tmp_path: Path) -> None:
+    import torch
+
+    program = torch.export.export(planted._Linear(), (torch.zeros(2, planted.IN),))
+    path = tmp_path / "extra.pt2"
+    torch.export.save(program, str(path), extra_files={"notes.txt": "trained on monday"})
+    check_archive(path, ModelFormat.TORCH_EXPORT)
