@@ -247,7 +247,8 @@ class AgentServicer:
         carry file bytes. The node publishes only a file that matches its digest (else
         DATA_LOSS), holds no pickle, and loads and runs on its metadata's example shapes in a
         checking child process (else INVALID_ARGUMENT naming what is wrong). The caller is
-        recorded as the version's owner.
+        recorded as the version's owner; a new version of a model another identity owns is
+        PERMISSION_DENIED (an admin may publish any).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

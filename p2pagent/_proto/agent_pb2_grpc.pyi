@@ -66,7 +66,8 @@ class AgentStub:
     carry file bytes. The node publishes only a file that matches its digest (else
     DATA_LOSS), holds no pickle, and loads and runs on its metadata's example shapes in a
     checking child process (else INVALID_ARGUMENT naming what is wrong). The caller is
-    recorded as the version's owner.
+    recorded as the version's owner; a new version of a model another identity owns is
+    PERMISSION_DENIED (an admin may publish any).
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListModelsRequest, _agent_pb2.ListModelsResponse]
     PullModel: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PullModelRequest, _agent_pb2.ModelVersion]
@@ -116,7 +117,8 @@ class AgentAsyncStub(AgentStub):
     carry file bytes. The node publishes only a file that matches its digest (else
     DATA_LOSS), holds no pickle, and loads and runs on its metadata's example shapes in a
     checking child process (else INVALID_ARGUMENT naming what is wrong). The caller is
-    recorded as the version's owner.
+    recorded as the version's owner; a new version of a model another identity owns is
+    PERMISSION_DENIED (an admin may publish any).
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListModelsRequest, _agent_pb2.ListModelsResponse]  # type: ignore[assignment]
     PullModel: _aio.UnaryUnaryMultiCallable[_agent_pb2.PullModelRequest, _agent_pb2.ModelVersion]  # type: ignore[assignment]
@@ -259,7 +261,8 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         carry file bytes. The node publishes only a file that matches its digest (else
         DATA_LOSS), holds no pickle, and loads and runs on its metadata's example shapes in a
         checking child process (else INVALID_ARGUMENT naming what is wrong). The caller is
-        recorded as the version's owner.
+        recorded as the version's owner; a new version of a model another identity owns is
+        PERMISSION_DENIED (an admin may publish any).
         """
 
     @_abc_1.abstractmethod

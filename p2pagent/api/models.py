@@ -87,7 +87,7 @@ class ModelsAgentApi:
             replicas=h.replicas,
             pieces=pieces(),
             sha256=h.sha256,
-            owner=caller_identity(context).uri,
+            caller=caller_identity(context),
         )
         return version_proto(m, {self._node.name})
 

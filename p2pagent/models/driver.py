@@ -58,7 +58,7 @@ from p2pagent.models.manifest import (
     check_sha256,
     next_version,
 )
-from p2pagent.models.ownership import check_may_delete
+from p2pagent.models.ownership import check_may_delete, check_may_publish
 from p2pagent.models.publish import PublishWriter
 from p2pagent.models.publish_check import check_model
 from p2pagent.models.puller import Holding, Puller, PullReport
@@ -272,11 +272,13 @@ class ModelsDriver:
         replicas: str,
         pieces: AsyncIterator[bytes],
         sha256: str,
-        owner: str,
+        caller: Identity,
     ) -> Manifest:
-        """Stores an upload and registers it as ``owner``'s. Nothing is published unless all
-        of it arrived, hashes to ``sha256`` (else DataLoss) and passes ``publish_check``."""
+        """Stores an upload and registers it as ``caller``'s. Nothing is published unless all
+        of it arrived, hashes to ``sha256`` (else DataLoss) and passes ``publish_check``; a
+        name another identity owns is refused (``ownership``)."""
         check_model_name(name)
+        check_may_publish(caller, name, [e.manifest for e in self.entries_safe(name)])
         store = self.store
         fmt = ModelFormat.parse(format)
         if not sha256:
@@ -291,7 +293,7 @@ class ModelsDriver:
         writer = PublishWriter(
             store, name=name, format=fmt, size=size, version=next_version(now, latest),
             created_unix=now, chunk_size=chunk_size, metadata=metadata, replicas=replicas,
-            sha256=sha256, owner=owner,
+            sha256=sha256, owner=caller.uri,
         )  # fmt: skip
         self._buffers.fit(chunk_size)  # checked by the writer; 0 is the default, fitted at start
         head = b""

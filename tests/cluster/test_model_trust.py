@@ -5,7 +5,8 @@ marker file its code would create stays absent); junk bytes with a zip signature
 that does not load, a version without the metadata to serve it, an upload without its
 digest and an upload altered in transit (DATA_LOSS) are all refused naming what is wrong,
 and none of them is listed, replicated or left on disk on any node. A publisher cannot
-delete another publisher's model (PERMISSION_DENIED naming the owner); an admin can.
+delete another publisher's model or publish a new version of it (PERMISSION_DENIED naming
+the owner); an admin can delete it.
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ def test_uploads_that_cannot_be_trusted_publish_nothing_on_any_node(
         assert "Traceback" not in (c.nodes[node].log_path.read_text()), node
 
 
-def test_a_publisher_deletes_only_its_own_models_and_an_admin_any(
+def test_a_publisher_deletes_and_updates_only_its_own_models_and_an_admin_deletes_any(
     three: Cluster, tmp_path: Path
 ) -> None:
     c = three
@@ -213,6 +214,15 @@ def test_a_publisher_deletes_only_its_own_models_and_an_admin_any(
             agent_pb2.ListModelsRequest(name="owned"), timeout=10
         )
         assert [x.owner for x in versions.versions] == [owner], node
+
+    # Another publisher may not take the name over with a newer version.
+    err = _refused(
+        lambda: _agent(c, "n2", "publisher2").PublishModel(
+            publish_requests(header, clean), timeout=120
+        )
+    )
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert f"model 'owned' belongs to {owner}" in (err.details() or ""), err.details()
 
     delete = agent_pb2.DeleteModelRequest(name="owned")
     err = _refused(lambda: _agent(c, "n2", "publisher2").DeleteModel(delete, timeout=10))

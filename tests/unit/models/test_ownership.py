@@ -1,4 +1,5 @@
-"""Who may delete a version: its owner or an admin; a refusal names the owner."""
+"""Who may delete a version or publish a new version of a model: its owner or an admin; a
+refusal names the owner."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from p2pagent.errors import PermissionDenied
 from p2pagent.identity.spiffe import Identity, Role
 from p2pagent.models.manifest import Manifest, build_manifest
-from p2pagent.models.ownership import check_may_delete
+from p2pagent.models.ownership import check_may_delete, check_may_publish
 
 ALICE = Identity("test", Role.PUBLISHER, "alice")
 BOB = Identity("test", Role.PUBLISHER, "bob")
@@ -39,3 +40,15 @@ def test_a_version_without_an_owner_is_for_admins_only() -> None:
     with pytest.raises(PermissionDenied, match="no recorded owner"):
         check_may_delete(ALICE, [version("")])
     check_may_delete(ADMIN, [version(""), version(ALICE.uri)])
+
+
+def test_only_the_owner_or_an_admin_publishes_new_versions_of_a_model() -> None:
+    check_may_publish(ALICE, "m", [])  # a new name is anyone's
+    check_may_publish(ALICE, "m", [version(ALICE.uri)])
+    with pytest.raises(
+        PermissionDenied, match="model 'm' belongs to spiffe://test/publisher/alice"
+    ):
+        check_may_publish(BOB, "m", [version(ALICE.uri)])
+    with pytest.raises(PermissionDenied, match="no recorded owner"):
+        check_may_publish(BOB, "m", [version("")])
+    check_may_publish(ADMIN, "m", [version(ALICE.uri), version("")])
