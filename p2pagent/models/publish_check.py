@@ -187,8 +187,12 @@ def _child(request_path: str) -> int:
         error = _run_check(request)
     except P2PAgentError as e:
         error = str(e)
-    except MemoryError:
-        error = f"the model needs more than {request['memory_bytes']} bytes of address space"
+    except (MemoryError, ImportError) as e:
+        # An address-space limit too small for torch itself fails its import.
+        error = (
+            f"the check needs more than {request['memory_bytes']} bytes of address space "
+            f"(models.check_memory_bytes plus 3x the file size): {type(e).__name__}: {e}"
+        )
     except Exception as e:  # anything the model raises is the model's failure
         error = f"loading or running it raised {type(e).__name__}: {e}"
     error = error.replace(request["path"], "the model file")[:MAX_MESSAGE]

@@ -1,0 +1,68 @@
+"""The publish check's child process under its limits: a model that runs past the time limit
+is stopped and refused, one that needs more address space than allowed is refused, and a
+model that loads and runs passes. (Each case starts a real child interpreter.)"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from p2pagent.errors import InvalidArgument
+from p2pagent.models.publish_check import check_model
+
+EMPTY = b'{"__metadata__":{}}'
+
+
+def tensorless_safetensors(path: Path) -> Path:
+    path.write_bytes(struct.pack("<Q", len(EMPTY)) + EMPTY)
+    return path
+
+
+def busy_spec(ms_per_batch: float) -> dict[str, object]:
+    return {
+        "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 4]}],
+        "outputs": [{"name": "output", "dtype": "float32", "shape": [-1, 4]}],
+        "architecture": "busy",
+        "arch_config": {"features": 4, "ms_per_row": 0, "ms_per_batch": ms_per_batch},
+    }
+
+
+def test_a_model_that_loads_and_runs_passes(tmp_path: Path) -> None:
+    path = tensorless_safetensors(tmp_path / "m.safetensors")
+    seconds = asyncio.run(
+        check_model(path, "safetensors", busy_spec(0), timeout_s=120, memory_bytes=4 << 30)
+    )
+    assert seconds > 0
+
+
+def test_a_model_that_runs_past_the_time_limit_is_stopped_and_refused(tmp_path: Path) -> None:
+    path = tensorless_safetensors(tmp_path / "m.safetensors")
+    start = time.monotonic()
+    with pytest.raises(InvalidArgument, match="within 20 s"):
+        asyncio.run(
+            check_model(path, "safetensors", busy_spec(60_000), timeout_s=20, memory_bytes=4 << 30)
+        )
+    assert time.monotonic() - start < 55  # stopped at the limit, not after the model's 60 s
+
+
+def test_a_model_that_needs_more_memory_than_allowed_is_refused(tmp_path: Path) -> None:
+    path = tensorless_safetensors(tmp_path / "m.safetensors")
+    # Example inputs of 2 x 200M float32 (1.6 GB) under a 1.5 GiB address-space limit.
+    spec = busy_spec(0)
+    wide = [
+        {"name": n, "dtype": "float32", "shape": [-1, 200_000_000]} for n in ("input", "output")
+    ]
+    spec["inputs"], spec["outputs"] = wide[:1], wide[1:]
+    spec["arch_config"] = {"features": 200_000_000}
+    with pytest.raises(InvalidArgument, match="allocate") as e:
+        asyncio.run(check_model(path, "safetensors", spec, timeout_s=120, memory_bytes=3 << 29))
+    assert "1600000000 bytes" in str(e.value)
+    # A limit too small for torch itself is named as such.
+    with pytest.raises(InvalidArgument, match="address space"):
+        asyncio.run(
+            check_model(path, "safetensors", busy_spec(0), timeout_s=120, memory_bytes=64 << 20)
+        )
