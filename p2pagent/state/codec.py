@@ -43,6 +43,9 @@ VERSION = 1
 _TAG_DELTA, _TAG_DIGEST, _TAG_RETIRED = "d", "g", "r"
 #: Bytes reserved for a message's envelope when sizing slices (tag, version, sender, headers).
 ENVELOPE_BYTES = 512
+#: Room a received message may take over ``state.max_message_bytes``: the sender's slices
+#: stay under it, and a peer with a slightly different build must not be refused for framing.
+RECEIVE_SLACK_BYTES = 64 * 1024
 
 
 # ---- encoding ------------------------------------------------------------------------------
@@ -175,10 +178,18 @@ def _unpack(data: bytes, what: str) -> Any:
         raise RemoteProtocolError(f"{what} is not valid msgpack: {e}") from None
 
 
-def decode_message(data: bytes) -> Message:
-    """Decodes and validates one message; raises RemoteProtocolError/UnsupportedVersion."""
+def decode_message(data: bytes, max_bytes: int | None = None) -> Message:
+    """Decodes and validates one message; raises RemoteProtocolError/UnsupportedVersion.
+
+    A message over ``max_bytes`` is refused before a byte of it is decoded: msgpack of small
+    nested arrays costs ~70 times its size in Python objects."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise RemoteProtocolError(f"state message must be bytes, got {type(data).__name__}")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise RemoteProtocolError(
+            f"state message of {len(data)} bytes is over the {max_bytes} this node accepts "
+            "(state.max_message_bytes)"
+        )
     data = bytes(data)
     try:
         fields, raws = _read_fields(data)

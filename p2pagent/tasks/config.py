@@ -28,6 +28,17 @@ class TasksConfig:
     #: batching saves, see tasks/executor.py): enough for the engine to form full batches of
     #: cheap models, while the queue of expensive ones stays stealable.
     run_ahead_s: float = 0.1
+
+    # ---- the door: what one task and one caller may bring ---------------------------------
+    #: Most bytes of input tensor data one task (``Submit``, ``SubmitAndWait``) or ``Infer``
+    #: call may carry (4 MiB); a request over it is refused before it is decoded. Tasks are
+    #: journaled and may move between nodes whole: send big inputs through state or a model.
+    max_payload_bytes: int = 4 * 1024 * 1024
+    #: Most unfinished tasks (queued, running or waiting for their result's delivery) one
+    #: caller identity may have at a node; more is RESOURCE_EXHAUSTED with a retry-after hint.
+    max_queued_per_identity: int = 2_000
+    #: Most bytes of input those unfinished tasks of one identity may hold at a node (256 MiB).
+    max_queued_bytes_per_identity: int = 256 * 1024 * 1024
     # ---- cost of moving a task (Dask's rule) ---------------------------------------------
     #: Assumed node-to-node bandwidth for shipping task inputs, bytes per second (1 Gbit/s).
     bandwidth_bytes_per_s: float = 125_000_000.0
@@ -87,6 +98,9 @@ class TasksConfig:
     def validate(self) -> TasksConfig:
         positive = {
             "max_queued": self.max_queued,
+            "max_payload_bytes": self.max_payload_bytes,
+            "max_queued_per_identity": self.max_queued_per_identity,
+            "max_queued_bytes_per_identity": self.max_queued_bytes_per_identity,
             "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s,
             "steal_cost_ratio": self.steal_cost_ratio,
             "steal_batch_s": self.steal_batch_s,

@@ -18,6 +18,8 @@ import msgpack  # type: ignore[import-untyped]
 from p2pagent import errors
 from p2pagent._proto import agent_pb2, common_pb2, peer_pb2
 from p2pagent.errors import RemoteProtocolError
+from p2pagent.inference.tensors import check_wire
+from p2pagent.tasks.admission import MAX_INPUT_TENSORS
 from p2pagent.tasks.lifecycle import TaskEvent, TaskState
 from p2pagent.tasks.load import LoadReport, ModelBacklog
 from p2pagent.tasks.spec import Task
@@ -26,6 +28,8 @@ from p2pagent.tasks.spec import Task
 LOAD_VERSION = 1
 #: Most models or task ids one report may list (a report is small by design).
 MAX_LIST = 100_000
+#: Most bytes of one report's payload, checked before it is decoded.
+MAX_REPORT_BYTES = 4 << 20
 
 Tensors = list[common_pb2.Tensor]
 
@@ -50,8 +54,18 @@ def task_to_spec(task: Task) -> peer_pb2.TaskSpec:
 
 
 def task_from_spec(spec: peer_pb2.TaskSpec) -> Task:
-    """A task received from a peer or read back from the journal; InvalidArgument if bad."""
+    """A task received from a peer or read back from the journal; InvalidArgument if bad.
+
+    Its input tensors are passed on undecoded, but each one's declared dtype and shape is
+    checked against its bytes first (``tensors.check_wire``): a task a peer hands over
+    (Assign, Steal) may not declare more than it carries."""
+    if len(spec.inputs) > MAX_INPUT_TENSORS:
+        raise errors.InvalidArgument(
+            f"task has {len(spec.inputs)} input tensors; at most {MAX_INPUT_TENSORS}"
+        )
     inputs = list(spec.inputs)
+    for t in inputs:
+        check_wire(t)
     return Task(
         task_id=spec.task_id,
         origin=spec.origin,
@@ -93,6 +107,10 @@ def decode_report(env: common_pb2.Envelope) -> LoadReport:
         raise RemoteProtocolError(
             f"load report version {env.version} is not supported (this node reads "
             f"{LOAD_VERSION}); upgrade the older node"
+        )
+    if len(env.payload) > MAX_REPORT_BYTES:
+        raise RemoteProtocolError(
+            f"load report of {len(env.payload)} bytes is over the {MAX_REPORT_BYTES} allowed"
         )
     try:
         body = msgpack.unpackb(env.payload, raw=False, strict_map_key=True, max_array_len=MAX_LIST)
