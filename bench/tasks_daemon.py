@@ -35,7 +35,7 @@ from pathlib import Path
 import grpc
 import grpc.experimental
 
-from bench._proc import cpu_seconds
+from bench._proc import NO_RATE_LIMIT, cpu_seconds
 from p2pagent._proto import agent_pb2, agent_pb2_grpc
 from p2pagent.identity import certs
 from p2pagent.identity.spiffe import Role
@@ -294,13 +294,15 @@ def main() -> None:
         certs.issue(root / "certs", "client", Role.CLIENT)
         files = demo_model.write_all(root / "models")
         noop = files.get("noop_torchscript", root / "models" / "noop.torchscript.pt")
-        d = Daemon("b1", root / "certs", root / "b1", args=["--serve", f"noop={noop}"]).start()
+        d = Daemon(
+            "b1", root / "certs", root / "b1", args=["--serve", f"noop={noop}"], env=NO_RATE_LIMIT
+        ).start()
         try:
             if args.against is not None:
                 # `python -m` imports from the working directory first: run it in the tree.
                 other = Daemon(
                     "b1", root / "certs", root / "other", args=["--serve", f"noop={noop}"],
-                    prefix=["env", "-C", str(args.against.resolve())],
+                    prefix=["env", "-C", str(args.against.resolve())], env=NO_RATE_LIMIT,
                 )  # fmt: skip
                 try:
                     other.start()

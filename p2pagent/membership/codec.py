@@ -71,6 +71,17 @@ def decode(
         body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_array_len=MAX_MEMBERS)
     except Exception as e:  # msgpack raises several unrelated types on bad input
         raise MalformedMessage(f"not msgpack: {type(e).__name__}") from None
+    try:
+        return _message(body, max_tags_bytes)
+    except MalformedMessage as e:
+        error = e
+    # Raised without the traceback, whose frames hold what was decoded (``body``): a
+    # refusal kept referenced must not keep a peer's whole payload alive.
+    del body
+    raise error.with_traceback(None)
+
+
+def _message(body: Any, max_tags_bytes: int) -> Message:
     if not isinstance(body, list) or len(body) != 9:
         raise MalformedMessage("expected an array of 9 fields")
     kind_v, src, src_addr, seq, target, target_addr, join, updates, members = body

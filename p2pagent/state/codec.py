@@ -192,17 +192,16 @@ def decode_message(data: bytes, max_bytes: int | None = None) -> Message:
         )
     data = bytes(data)
     try:
-        fields, raws = _read_fields(data)
-    except RemoteProtocolError:
-        raise
-    except Exception as e:  # msgpack raises many types for garbage; all mean the same
-        raise RemoteProtocolError(f"state message is not valid msgpack: {e!r}") from None
-    try:
-        return _decode_body(fields, raws)
+        # No local holds what was decoded: a refusal's traceback would keep it alive (a
+        # megabyte of msgpack is ~90 MB of objects) for as long as the error is referenced.
+        return _decode_body(*_read_fields(data))
+    except RemoteProtocolError as e:
+        error = e
     except _Bad as e:
-        raise RemoteProtocolError(f"malformed state message: {e}") from None
-    except (TypeError, ValueError, KeyError, IndexError, OverflowError, RecursionError) as e:
-        raise RemoteProtocolError(f"malformed state message: {e!r}") from None
+        error = RemoteProtocolError(f"malformed state message: {e}")
+    except Exception as e:  # msgpack raises many types for garbage; all mean the same
+        error = RemoteProtocolError(f"malformed state message: {e!r}")
+    raise error.with_traceback(None)
 
 
 def _read_fields(data: bytes) -> tuple[list[Any], list[bytes]]:

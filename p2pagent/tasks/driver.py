@@ -44,7 +44,7 @@ from p2pagent.errors import (
     quoted,
 )
 from p2pagent.membership.view import ALIVE, DEAD, LEFT, MemberView, PeerDirectory
-from p2pagent.tasks.admission import IdentityQuotas
+from p2pagent.tasks.admission import IdentityQuotas, check_inputs
 from p2pagent.tasks.balancing import Balancer
 from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.executor import CALL_TIMEOUT_S, Executor
@@ -579,6 +579,7 @@ class TasksDriver:
 
     def handle_assign(self, req: peer_pb2.AssignRequest) -> peer_pb2.AssignResponse:
         task = task_from_spec(req.task)
+        check_inputs(len(req.task.inputs), task.input_bytes, self.cfg)
         try:
             self.queue.push(task, time.time())
         except P2PAgentError as e:

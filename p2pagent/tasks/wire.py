@@ -117,24 +117,32 @@ def decode_report(env: common_pb2.Envelope) -> LoadReport:
     except Exception as e:  # msgpack raises several unrelated types on bad input
         raise RemoteProtocolError(f"load report is not msgpack: {type(e).__name__}") from None
     try:
-        if not isinstance(body, dict):
-            raise TypeError("not a map")
-        queued = tuple(ModelBacklog(_str(m), _int(n), _num(c)) for m, n, c in _list(body["queued"]))
-        return LoadReport(
-            node=_str(body["node"]),
-            seq=_int(body["seq"]),
-            backlog_s=_num(body["backlog_s"]),
-            queue_len=_int(body["queue_len"]),
-            running=_int(body["running"]),
-            capacity=_int(body["capacity"]),
-            speed=_num(body["speed"]),
-            models=frozenset(_str(m) for m in _list(body["models"])),
-            queued=queued,
-            held=frozenset(_str(t) for t in _list(body["held"])),
-            running_ids=frozenset(_str(t) for t in _list(body["running_ids"])),
-        )
+        return _report(body)
     except (KeyError, TypeError, ValueError) as e:
-        raise RemoteProtocolError(f"malformed load report: {type(e).__name__}: {e}") from None
+        error = RemoteProtocolError(f"malformed load report: {type(e).__name__}: {e}")
+    # Raised outside the handler, so that no traceback keeps the decoded payload alive.
+    del body
+    raise error
+
+
+def _report(body: Any) -> LoadReport:
+    """A LoadReport from a decoded payload; KeyError, TypeError or ValueError if malformed."""
+    if not isinstance(body, dict):
+        raise TypeError("not a map")
+    queued = tuple(ModelBacklog(_str(m), _int(n), _num(c)) for m, n, c in _list(body["queued"]))
+    return LoadReport(
+        node=_str(body["node"]),
+        seq=_int(body["seq"]),
+        backlog_s=_num(body["backlog_s"]),
+        queue_len=_int(body["queue_len"]),
+        running=_int(body["running"]),
+        capacity=_int(body["capacity"]),
+        speed=_num(body["speed"]),
+        models=frozenset(_str(m) for m in _list(body["models"])),
+        queued=queued,
+        held=frozenset(_str(t) for t in _list(body["held"])),
+        running_ids=frozenset(_str(t) for t in _list(body["running_ids"])),
+    )
 
 
 def _str(v: Any) -> str:
