@@ -6,7 +6,8 @@ that no node serves and the registry does not list is NOT_FOUND, a malformed mod
 INVALID_ARGUMENT, inputs over ``tasks.max_payload_bytes`` are INVALID_ARGUMENT naming the
 knob. One caller identity may hold at most ``tasks.max_queued_per_identity`` unfinished tasks
 and ``tasks.max_queued_bytes_per_identity`` bytes of their inputs at a node; more is
-RESOURCE_EXHAUSTED with a retry-after hint.
+RESOURCE_EXHAUSTED with a retry-after hint, and so is a submission over
+``tasks.submit_rate_per_identity``.
 
 Pure: no clock, no I/O; the API layer passes in what the node knows (``ModelSources``).
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from p2pagent.errors import InvalidArgument, NotFound, ResourceExhausted, quoted
 from p2pagent.models.manifest import check_model_name
 from p2pagent.tasks.config import TasksConfig
+from p2pagent.transport.ratelimit import PerIdentityLimiter
 
 #: Most input tensors one request may carry (each is a message to decode and a batch part).
 MAX_INPUT_TENSORS = 1024
@@ -80,16 +82,21 @@ def retry_after_s(backlog_s: float) -> float:
 
 
 class IdentityQuotas:
-    """Unfinished tasks and their input bytes per caller identity, at one node.
+    """Unfinished tasks and their input bytes per caller identity, at one node, and the rate
+    of its submissions.
 
     ``admit`` counts a task against its owner (or refuses it); ``release`` uncounts it when
     its result has been delivered. Tasks read back from the journal after a restart have no
     owner and count against nobody.
     """
 
-    def __init__(self, max_tasks: int, max_bytes: int) -> None:
+    def __init__(self, max_tasks: int, max_bytes: int, submit_rate: float = 0.0) -> None:
         self.max_tasks = max_tasks
         self.max_bytes = max_bytes
+        self.submit_rate = submit_rate
+        self._rate = (
+            PerIdentityLimiter(submit_rate, burst=2 * submit_rate) if submit_rate > 0 else None
+        )
         #: owner -> (tasks, bytes)
         self._usage: dict[str, tuple[int, int]] = {}
         #: task id -> (owner, bytes)
@@ -98,11 +105,20 @@ class IdentityQuotas:
     def usage(self, owner: str) -> tuple[int, int]:
         return self._usage.get(owner, (0, 0))
 
-    def admit(self, owner: str, task_id: str, nbytes: int, backlog_s: float) -> None:
+    def admit(
+        self, owner: str, task_id: str, nbytes: int, backlog_s: float, now: float | None = None
+    ) -> None:
         """Counts the task against ``owner``; ResourceExhausted (with a retry-after hint from
-        the node's ``backlog_s``) when it would go over either quota."""
+        the node's ``backlog_s``) when it would go over either quota. With ``now`` (a
+        submission, journaled) the submission rate is checked first."""
         if not owner:
             return
+        if now is not None and self._rate is not None and not self._rate.allow(owner, now):
+            raise ResourceExhausted(
+                f"{owner} submits faster than the {self.submit_rate:g} tasks/s one identity "
+                "may (tasks.submit_rate_per_identity); retry after the time this answer gives",
+                retry_after_s=self._rate.retry_after(owner, now),
+            )
         tasks, held = self.usage(owner)
         if tasks + 1 > self.max_tasks:
             raise ResourceExhausted(

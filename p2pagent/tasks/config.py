@@ -39,6 +39,10 @@ class TasksConfig:
     max_queued_per_identity: int = 2_000
     #: Most bytes of input those unfinished tasks of one identity may hold at a node (256 MiB).
     max_queued_bytes_per_identity: int = 256 * 1024 * 1024
+    #: Submissions (each journaled, with fsync) per second one caller identity may make at a
+    #: node, with bursts of twice as many; more is RESOURCE_EXHAUSTED with a retry-after hint.
+    #: On top of the node's ``rate_limit`` on every call. 0 = only that limit.
+    submit_rate_per_identity: float = 200.0
     # ---- cost of moving a task (Dask's rule) ---------------------------------------------
     #: Assumed node-to-node bandwidth for shipping task inputs, bytes per second (1 Gbit/s).
     bandwidth_bytes_per_s: float = 125_000_000.0
@@ -114,6 +118,10 @@ class TasksConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"tasks.{name} must be > 0, got {value}")
+        if self.submit_rate_per_identity < 0:
+            raise ConfigError(
+                "tasks.submit_rate_per_identity must be >= 0 submissions/s (0: no own limit)"
+            )
         if not 0 < self.ewma_alpha <= 1:
             raise ConfigError(f"tasks.ewma_alpha must be in (0, 1], got {self.ewma_alpha}")
         if self.steal_backoff_max_s < self.steal_backoff_base_s:

@@ -122,7 +122,8 @@ class TasksDriver:
         )  # fmt: skip
         self.counters = Counters()
         self.quotas = IdentityQuotas(config.max_queued_per_identity,
-                                     config.max_queued_bytes_per_identity)  # fmt: skip
+                                     config.max_queued_bytes_per_identity,
+                                     config.submit_rate_per_identity)  # fmt: skip
         self.executor = Executor(
             name, self.cfg, queue=self.queue, engine=engine, capacity=capacity,
             prepare=prepare, stub=self._stub, on_started=self._on_started,
@@ -231,7 +232,7 @@ class TasksDriver:
             )
         now = time.time()
         task = self._new_task(request, now, request.deadline_s or None)
-        self.quotas.admit(owner, task.task_id, task.input_bytes, self.backlog_s())
+        self.quotas.admit(owner, task.task_id, task.input_bytes, self.backlog_s(), now)
         # The task is queued (and may run) while its journal entry is being synced: the reply
         # waits for the sync, and its result cannot be shown before it, since results are
         # journaled after it in commit order. This hides the sync behind the execution.

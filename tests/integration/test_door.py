@@ -28,6 +28,8 @@ from p2pagent.transport.errors import RETRY_AFTER
 #: per identity, 20 requests/s per identity (bursts of 40).
 MAX_PAYLOAD = 64 * 1024
 RATE = 20
+#: Submissions per second per identity (bursts of twice as many).
+SUBMIT_RATE = 5
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,7 @@ def node(
         env={
             "P2PAGENT_TASKS__MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD),
             "P2PAGENT_TASKS__MAX_QUEUED_PER_IDENTITY": "2",
+            "P2PAGENT_TASKS__SUBMIT_RATE_PER_IDENTITY": str(SUBMIT_RATE),
         },
     ).start(timeout=120)
     try:
@@ -168,6 +171,27 @@ async def test_the_rate_limit_refuses_with_a_retry_after_hint(
         assert hint is not None and 0 < hint <= 1.5 / RATE
         await asyncio.sleep(hint)
         await mesh.status()  # served again once the hint's time has passed
+
+
+def test_submissions_per_identity_are_rate_limited_with_a_retry_after_hint(
+    node: Daemon, certs_dir: Path
+) -> None:
+    request = agent_pb2.SubmitRequest(model="busy", inputs=[_x()])
+    with _channel(node, certs_dir, "admin") as ch:
+        stub = agent_pb2_grpc.AgentStub(ch)
+        refusals = []
+        for _ in range(4 * SUBMIT_RATE):  # the burst is 2 * SUBMIT_RATE
+            try:
+                stub.Submit(request, timeout=20)
+            except grpc.RpcError as e:
+                assert e.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+                refusals.append(e)
+                if "submit_rate_per_identity" in e.details():  # type: ignore[attr-defined]
+                    break
+        else:
+            pytest.fail([e.details() for e in refusals])  # type: ignore[attr-defined]
+    hint = int(dict(refusals[-1].trailing_metadata())[RETRY_AFTER])  # type: ignore[attr-defined]
+    assert 0 < hint <= 1000 // SUBMIT_RATE + 1
 
 
 def _peer(node: Daemon, certs_dir: Path) -> grpc.Channel:

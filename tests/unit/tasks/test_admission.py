@@ -89,3 +89,16 @@ def test_tasks_without_an_owner_count_against_nobody() -> None:
 def test_the_retry_hint_is_bounded() -> None:
     assert admission.retry_after_s(1e9) == admission.MAX_RETRY_AFTER_S
     assert admission.retry_after_s(0.0) == admission.MIN_RETRY_AFTER_S
+
+
+def test_submissions_per_identity_are_rate_limited_with_a_hint() -> None:
+    q = IdentityQuotas(max_tasks=10**6, max_bytes=10**12, submit_rate=10.0)  # bursts of 20
+    for i in range(20):
+        q.admit("alice", f"a{i}", 1, backlog_s=0.0, now=0.0)
+    with pytest.raises(ResourceExhausted, match="submit_rate_per_identity") as e:
+        q.admit("alice", "a20", 1, backlog_s=0.0, now=0.0)
+    assert e.value.retry_after_s is not None and 0 < e.value.retry_after_s <= 0.1
+    q.admit("bob", "b0", 1, backlog_s=0.0, now=0.0)  # another identity has its own
+    q.admit("alice", "a20", 1, backlog_s=0.0, now=0.1)  # a token later
+    for i in range(100):  # without ``now`` (Infer, not journaled) the rate is not checked
+        q.admit("alice", f"i{i}", 1, backlog_s=0.0)
