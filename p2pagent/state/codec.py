@@ -26,7 +26,7 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
-from p2pagent.errors import RemoteProtocolError, UnsupportedVersion
+from p2pagent.errors import RemoteProtocolError, UnsupportedVersion, quoted
 from p2pagent.state.clocks import MAX_COUNTER, DotContext, Range
 from p2pagent.state.crdt import DotMap, KeyState, Kind
 from p2pagent.state.messages import (
@@ -256,7 +256,7 @@ def _decode_body(obj: list[Any], raws: list[bytes]) -> Message:
         return DigestMessage(sender, ranges, live, rhash, reply)
     if tag == _TAG_RETIRED and len(obj) == 4:
         return RetiredMessage(sender, _retired(obj[3]))
-    raise _fail(f"unknown message tag {tag!r} or wrong field count {len(obj)}")
+    raise _fail(f"unknown message tag {quoted(tag)} or wrong field count {len(obj)}")
 
 
 def _list(v: Any, what: str) -> list[Any]:
@@ -342,7 +342,7 @@ def _payload(kind: Kind, v: Any) -> Any:
 
 def _kind(v: Any) -> Kind:
     if not isinstance(v, int) or isinstance(v, bool) or v not in Kind._value2member_map_:
-        raise _fail(f"unknown value kind {v!r}")
+        raise _fail(f"unknown value kind {quoted(v)}")
     return Kind(v)
 
 

@@ -593,7 +593,7 @@ class TasksDriver:
     ) -> peer_pb2.CompleteResponse:
         if req.executor != caller:
             raise InvalidArgument(
-                f"result names executor {req.executor!r} but the caller is {caller!r}"
+                f"result names executor {quoted(req.executor)} but the caller is {caller!r}"
             )
         # Shielded: if the executor hangs up mid-call, the result must still be journaled and
         # delivered, since the lease table has already counted it as the one result.

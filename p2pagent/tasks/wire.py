@@ -153,13 +153,13 @@ def _str(v: Any) -> str:
 
 def _int(v: Any) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise TypeError(f"expected a non-negative integer, got {v!r}")
+        raise TypeError(f"expected a non-negative integer, got {errors.quoted(v)}")
     return v
 
 
 def _num(v: Any) -> float:
     if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v < float("inf"):
-        raise TypeError(f"expected a non-negative number, got {v!r}")
+        raise TypeError(f"expected a non-negative number, got {errors.quoted(v)}")
     return float(v)
 
 
