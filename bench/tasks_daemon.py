@@ -71,6 +71,13 @@ def _check(e: agent_pb2.TaskEvent) -> None:
         raise RuntimeError(e.error_message)
 
 
+def known_settings(tree: Path, env: dict[str, str]) -> dict[str, str]:
+    """The settings of ``env`` that the daemon of another source tree knows (an older one
+    refuses a setting it lacks, and has the limit off then anyway)."""
+    known = (tree / "p2pagent" / "tasks" / "config.py").read_text()
+    return {k: v for k, v in env.items() if "__" not in k or k.split("__")[1].lower() in known}
+
+
 def _blocking_pair(stub: agent_pb2_grpc.AgentStub, submit: agent_pb2.SubmitRequest) -> None:
     """One Submit, then Wait until the result, through the blocking client."""
     task_id = stub.Submit(submit, timeout=30).task_id
@@ -302,7 +309,8 @@ def main() -> None:
                 # `python -m` imports from the working directory first: run it in the tree.
                 other = Daemon(
                     "b1", root / "certs", root / "other", args=["--serve", f"noop={noop}"],
-                    prefix=["env", "-C", str(args.against.resolve())], env=NO_RATE_LIMIT,
+                    prefix=["env", "-C", str(args.against.resolve())],
+                    env=known_settings(args.against, NO_RATE_LIMIT),
                 )  # fmt: skip
                 try:
                     other.start()

@@ -146,6 +146,7 @@ def _wrap(
                 f"internal error: {type(exc).__name__}: {exc}",
             )
         finish(start, status.name)
+        _drop_frames(exc)
         await context.abort(status, message, trailing_metadata=answer)
 
     def unary_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
@@ -212,6 +213,14 @@ def _wrap(
     return grpc.stream_stream_rpc_method_handler(
         stream_response(handler.stream_stream), **kind_args
     )
+
+
+def _drop_frames(exc: BaseException | None) -> None:
+    """Clears the tracebacks of a refusal and its causes: their frames hold the request, and
+    an error kept in a reference cycle would keep a peer's payload alive until a full GC."""
+    while exc is not None:
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
 
 
 class _Undecodable:
