@@ -37,8 +37,9 @@ class TasksConfig:
     #: Most unfinished tasks (queued, running or waiting for their result's delivery) one
     #: caller identity may have at a node; more is RESOURCE_EXHAUSTED with a retry-after hint.
     max_queued_per_identity: int = 2_000
-    #: Most bytes of input those unfinished tasks of one identity may hold at a node (256 MiB).
-    max_queued_bytes_per_identity: int = 256 * 1024 * 1024
+    #: Most bytes of input those unfinished tasks of one identity may hold at a node (1 GiB:
+    #: a burst of a few hundred tasks of batched inputs, like the demo's 200 of 2 MiB).
+    max_queued_bytes_per_identity: int = 1024 * 1024 * 1024
     #: Submissions (each journaled, with fsync) per second one caller identity may make at a
     #: node, with bursts of twice as many; more is RESOURCE_EXHAUSTED with a retry-after hint.
     #: On top of the node's ``rate_limit`` on every call. 0 = only that limit.
