@@ -42,7 +42,7 @@ def model_sources(node: Node) -> admission.ModelSources:
     return admission.ModelSources(
         here=set(node.models_cache.names()),
         peers=peers,
-        published=(lambda name: bool(models.entries(name))) if models is not None else bool,
+        published=lambda name: models is not None and bool(models.entries(name)),
     )
 
 

@@ -218,7 +218,9 @@ def _wrap(
 def _drop_frames(exc: BaseException | None) -> None:
     """Clears the tracebacks of a refusal and its causes: their frames hold the request, and
     an error kept in a reference cycle would keep a peer's payload alive until a full GC."""
-    while exc is not None:
+    for _ in range(16):  # a chain is short; a hand-made cycle must not hang the loop
+        if exc is None:
+            return
         exc.__traceback__ = None
         exc = exc.__cause__ or exc.__context__
 
