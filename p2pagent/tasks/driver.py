@@ -54,6 +54,7 @@ from p2pagent.tasks.placement import make_placement
 from p2pagent.tasks.queue import EntryState, TaskQueue
 from p2pagent.tasks.spec import MAX_TASK_ID, Task
 from p2pagent.tasks.wire import (
+    checked_result,
     event_proto,
     input_bytes,
     result_event,
@@ -597,7 +598,7 @@ class TasksDriver:
             )
         # Shielded: if the executor hangs up mid-call, the result must still be journaled and
         # delivered, since the lease table has already counted it as the one result.
-        task = asyncio.create_task(self._on_complete(req))
+        task = asyncio.create_task(self._on_complete(checked_result(req)))
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
         return peer_pb2.CompleteResponse(accepted=await asyncio.shield(task))

@@ -80,6 +80,25 @@ def task_from_spec(spec: peer_pb2.TaskSpec) -> Task:
     )
 
 
+def checked_result(r: peer_pb2.CompleteRequest) -> peer_pb2.CompleteRequest:
+    """A result from an executor, its outputs checked against their bytes like any tensor
+    received (``tensors.check_wire``): one declaring more than it carries becomes a failed
+    result saying so, rather than reaching the client (and the executor is acknowledged, so
+    it stops sending it)."""
+    if not r.ok:
+        return r
+    try:
+        for t in r.outputs:
+            check_wire(t)
+    except errors.InvalidArgument as e:
+        return peer_pb2.CompleteRequest(
+            task_id=r.task_id, executor=r.executor, attempt=r.attempt, ok=False,
+            error_code="INTERNAL", error_message=f"{r.executor} returned a malformed output: {e}",
+            compute_s=r.compute_s,
+        )  # fmt: skip
+    return r
+
+
 # ---- load reports ----------------------------------------------------------------------------
 
 

@@ -122,3 +122,15 @@ def test_check_wire_refuses_deep_and_negative_shapes() -> None:
     with pytest.raises(errors.InvalidArgument) as e:
         tensors.check_wire(long_name)
     assert len(str(e.value)) < 400
+
+
+def test_a_result_declaring_more_than_its_bytes_becomes_a_failure() -> None:
+    bad = common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=[2**31, 2**31], data=b"\x00" * 4)
+    result = peer_pb2.CompleteRequest(task_id="n1-0", executor="n2", attempt=3, ok=True,
+                                      outputs=[bad])  # fmt: skip
+    checked = wire.checked_result(result)
+    assert not checked.ok and checked.error_code == "INTERNAL" and checked.attempt == 3
+    assert "n2 returned a malformed output" in checked.error_message
+    good = common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=[1], data=b"\x00" * 4)
+    ok = peer_pb2.CompleteRequest(task_id="n1-0", executor="n2", ok=True, outputs=[good])
+    assert wire.checked_result(ok) is ok
