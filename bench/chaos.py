@@ -43,6 +43,7 @@ from pathlib import Path
 
 import grpc
 
+from bench._proc import NO_RATE_LIMIT
 from p2pagent._proto import agent_pb2
 from p2pagent.inference import demo_model, tensors
 from p2pagent.testing import netns, uploads
@@ -250,7 +251,7 @@ def run(nodes: int = 5, duration: float = 60.0, seed: int = 1, root: Path | None
             nodes,
             use_netns=use_netns,
             args=_serve(Path(tmp)),
-            env=_retain_results(duration),
+            env={**_retain_results(duration), **NO_RATE_LIMIT},
         ) as c,  # fmt: skip
     ):
         names = list(c.nodes)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import grpc
 
+from bench._proc import NO_RATE_LIMIT
 from bench.state_cluster import _fill, _rss_mb
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
 from p2pagent.identity import certs
@@ -76,7 +77,7 @@ def run(keys: int) -> dict[str, float]:
             certs.issue(root / "certs", name, Role.NODE)
         certs.issue(root / "certs", "client", Role.CLIENT)
         files = demo_model.write_all(root / "model")
-        state_node = Daemon("s1", root / "certs", root / "s1")
+        state_node = Daemon("s1", root / "certs", root / "s1", env=NO_RATE_LIMIT)
         model_node = Daemon(
             "m1", root / "certs", root / "m1", args=["--serve", f"demo={files['torchscript']}"]
         )

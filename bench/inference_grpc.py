@@ -54,7 +54,7 @@ import grpc
 import numpy as np
 import torch
 
-from bench._proc import cpu_seconds
+from bench._proc import NO_RATE_LIMIT, cpu_seconds
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
 from p2pagent.identity import certs
 from p2pagent.identity.spiffe import Role
@@ -232,6 +232,7 @@ async def run(
     if client_cores is not None:
         os.sched_setaffinity(0, client_cores)
     threads_env = {"P2PAGENT_INFERENCE__INTRA_OP_THREADS": str(threads)} if threads else {}
+    threads_env.update(NO_RATE_LIMIT)
     batched = Daemon("b1", root / "certs", root / "b1", args=serve, env=threads_env, prefix=prefix)
     unbatched = Daemon(
         "b2",

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import grpc
 
+from bench._proc import NO_RATE_LIMIT
 from p2pagent._proto import agent_pb2, agent_pb2_grpc
 from p2pagent.identity import material as tls
 from p2pagent.state.config import StateConfig
@@ -51,7 +52,10 @@ def _all_alive(c: Cluster, names: list[str]) -> bool:
 
 
 def visibility(nodes: int, writes: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp, Cluster(Path(tmp), nodes, use_netns=False) as c:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Cluster(Path(tmp), nodes, use_netns=False, env=NO_RATE_LIMIT) as c,
+    ):
         names = list(c.nodes)
         c.start()
         c.wait_for(lambda: _all_alive(c, names), LIMIT_S, "all alive")
@@ -129,7 +133,10 @@ def _rss_mb(pid: int) -> float:
 
 
 def memory_and_catch_up(keys: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp, Cluster(Path(tmp), 2, use_netns=False) as c:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Cluster(Path(tmp), 2, use_netns=False, env=NO_RATE_LIMIT) as c,
+    ):
         c.start(["n1"])
         first = c.nodes["n1"]
         idle = _rss_mb(first.proc.pid)  # type: ignore[union-attr]
@@ -155,7 +162,10 @@ def memory_and_catch_up(keys: int) -> dict[str, float]:
 
 
 def partition(nodes: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp, Cluster(Path(tmp), nodes, use_netns=True) as c:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Cluster(Path(tmp), nodes, use_netns=True, env=NO_RATE_LIMIT) as c,
+    ):
         names = list(c.nodes)
         left, right = names[: nodes // 2], names[nodes // 2 :]
         c.start()

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from bench._proc import NO_RATE_LIMIT
 from p2pagent._proto import agent_pb2, common_pb2
 from p2pagent.config import PLACEMENTS
 from p2pagent.inference import demo_model, tensors
@@ -88,7 +89,7 @@ def run_once(
     models = root / "models"
     fast = write_busy(models, "work", ms)
     slow_path = write_busy(models / "slow", "work", 2 * ms)
-    env = {"P2PAGENT_PLACEMENT": policy}
+    env = {"P2PAGENT_PLACEMENT": policy, **NO_RATE_LIMIT}
     with Cluster(root / f"{scenario}-{policy}", 4, use_netns=False, env=env) as c:
         for name, d in c.nodes.items():
             path = slow_path if slow and name == "n4" else fast

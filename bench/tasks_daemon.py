@@ -35,7 +35,7 @@ from pathlib import Path
 import grpc
 import grpc.experimental
 
-from bench._proc import cpu_seconds
+from bench._proc import NO_RATE_LIMIT, cpu_seconds
 from p2pagent._proto import agent_pb2, agent_pb2_grpc
 from p2pagent.identity import certs
 from p2pagent.identity.spiffe import Role
@@ -69,6 +69,13 @@ def _blocking_options() -> list[tuple[str, object]]:
 def _check(e: agent_pb2.TaskEvent) -> None:
     if e.kind == agent_pb2.TaskEvent.FAILED:
         raise RuntimeError(e.error_message)
+
+
+def known_settings(tree: Path, env: dict[str, str]) -> dict[str, str]:
+    """The settings of ``env`` that the daemon of another source tree knows (an older one
+    refuses a setting it lacks, and has the limit off then anyway)."""
+    known = (tree / "p2pagent" / "tasks" / "config.py").read_text()
+    return {k: v for k, v in env.items() if "__" not in k or k.split("__")[1].lower() in known}
 
 
 def _blocking_pair(stub: agent_pb2_grpc.AgentStub, submit: agent_pb2.SubmitRequest) -> None:
@@ -294,13 +301,16 @@ def main() -> None:
         certs.issue(root / "certs", "client", Role.CLIENT)
         files = demo_model.write_all(root / "models")
         noop = files.get("noop_torchscript", root / "models" / "noop.torchscript.pt")
-        d = Daemon("b1", root / "certs", root / "b1", args=["--serve", f"noop={noop}"]).start()
+        d = Daemon(
+            "b1", root / "certs", root / "b1", args=["--serve", f"noop={noop}"], env=NO_RATE_LIMIT
+        ).start()
         try:
             if args.against is not None:
                 # `python -m` imports from the working directory first: run it in the tree.
                 other = Daemon(
                     "b1", root / "certs", root / "other", args=["--serve", f"noop={noop}"],
                     prefix=["env", "-C", str(args.against.resolve())],
+                    env=known_settings(args.against, NO_RATE_LIMIT),
                 )  # fmt: skip
                 try:
                     other.start()

@@ -97,8 +97,10 @@ class Config:
     max_message_bytes: int = 64 * 1024 * 1024
     #: Seconds in-flight calls get to finish on SIGTERM.
     grace_period: float = 5.0
-    #: Requests per second allowed per caller identity on the public API (0 = unlimited).
-    rate_limit: float = 0.0
+    #: Requests per second allowed per caller identity on the public API, with bursts of
+    #: twice as many; more is RESOURCE_EXHAUSTED carrying the milliseconds to wait in the
+    #: trailing metadata ``p2pagent-retry-after-ms``. Nodes are never limited. 0 = unlimited.
+    rate_limit: float = 1000.0
     #: Model files served from local disk: NAME=PATH[@METADATA.json] (see api.local_models).
     serve: list[str] = field(default_factory=list)
     #: Batching, queue bounds, threads and model cache (``[inference]``).

@@ -9,6 +9,9 @@ they can act on.
 
 from __future__ import annotations
 
+#: Most characters of a caller's string an error message repeats (``quoted``).
+QUOTE_CHARS = 64
+
 
 class P2PAgentError(Exception):
     """Base of every error this package raises on purpose."""
@@ -44,9 +47,17 @@ class FailedPrecondition(P2PAgentError):
 
 
 class ResourceExhausted(P2PAgentError):
-    """A bounded queue, rate limit or memory budget is full; retry later."""
+    """A bounded queue, rate limit or memory budget is full; retry later.
+
+    ``retry_after_s``, when known, is how long the caller should wait before trying again:
+    the guard sends it in the trailing metadata (``p2pagent-retry-after-ms``) and the client
+    sets it on the error it raises."""
 
     code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str = "", retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineExceeded(P2PAgentError):
@@ -87,3 +98,15 @@ class RemoteProtocolError(P2PAgentError):
 
 class UnsupportedVersion(RemoteProtocolError):
     code = "FAILED_PRECONDITION"
+
+
+def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
+    """``repr`` of a caller-supplied value, cut to its first ``limit`` characters.
+
+    Every error that echoes what a caller sent goes through this: an answer must stay small
+    whatever was sent (a 1 MiB task id echoed in full would not fit the status message), and
+    a log line must not become a copy of the request."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"

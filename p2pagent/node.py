@@ -22,9 +22,9 @@ from p2pagent import __version__
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, peer_pb2, peer_pb2_grpc
 from p2pagent.api.agent import AgentService
 from p2pagent.api.local_models import parse_serve
-from p2pagent.api.peer import PeerService
+from p2pagent.api.peer import PeerService, request_limits
 from p2pagent.config import Config, parse_address
-from p2pagent.errors import ConfigError
+from p2pagent.errors import ConfigError, ResourceExhausted
 from p2pagent.identity import material as tls
 from p2pagent.identity.spiffe import Identity, Role
 from p2pagent.inference.cache import ModelCache
@@ -78,9 +78,11 @@ class Node:
         self._lock: IO[str] | None = None
         self.metrics = RpcMetrics()
         self.revoked: dict[str, str] = {}  # identity URI -> reason; fed by replicated state
+        limits = request_limits(config, state_config(config).max_message_bytes)
         self.guard = Guard(
-            self.cluster, self.metrics, revoked=self.revoked.get, allow_rate=self._allow_rate()
-        )
+            self.cluster, self.metrics, revoked=self.revoked.get, allow_rate=self._allow_rate(),
+            request_limit=limits.get,
+        )  # fmt: skip
         self.server = Server(self.guard, config.max_message_bytes)
         self.channels = ChannelPool(lambda: self._material, config.max_message_bytes)
         self.address = ""
@@ -159,7 +161,16 @@ class Node:
         limiter = PerIdentityLimiter(self.config.rate_limit, burst=self.config.rate_limit * 2)
 
         def allow(ident: Identity) -> bool:
-            return ident.role is Role.NODE or limiter.allow(ident.uri, time.monotonic())
+            if ident.role is Role.NODE:
+                return True
+            now = time.monotonic()
+            if limiter.allow(ident.uri, now):
+                return True
+            raise ResourceExhausted(
+                f"rate limit exceeded for {ident} ({self.config.rate_limit:g} requests/s, "
+                "rate_limit); slow down and retry after the time this answer gives",
+                retry_after_s=limiter.retry_after(ident.uri, now),
+            )
 
         return allow
 

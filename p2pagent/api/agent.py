@@ -14,10 +14,11 @@ from p2pagent._proto import agent_pb2, agent_pb2_grpc
 from p2pagent.api.membership import MembershipAgentApi
 from p2pagent.api.models import ModelsAgentApi
 from p2pagent.api.state import StateAgentApi
-from p2pagent.api.tasks import TasksAgentApi
+from p2pagent.api.tasks import TasksAgentApi, admit
 from p2pagent.errors import InvalidArgument
 from p2pagent.inference import tensors
 from p2pagent.tasks.wire import error_from_code
+from p2pagent.transport.guard import caller_identity
 
 if TYPE_CHECKING:
     from p2pagent.node import Node
@@ -42,6 +43,7 @@ class AgentService(
         node = self._node
         if not request.model:
             raise InvalidArgument("InferRequest.model is empty: name the model to run")
+        admit(node, request)
         inputs = tensors.many_decode(request.inputs, node.config.inference.max_tensor_elements)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
@@ -51,7 +53,8 @@ class AgentService(
         if node.tasks is not None:
             # Through the scheduler, like a submitted task: queued with them, stolen by an
             # idle peer when this node is the busy one.
-            result = await node.tasks.run_inline(request, inputs, remaining)
+            owner = caller_identity(context).uri
+            result = await node.tasks.run_inline(request, inputs, remaining, owner)
             if not result.ok:
                 raise error_from_code(result.error_code, result.error_message)
             return agent_pb2.InferResponse(

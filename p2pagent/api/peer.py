@@ -1,5 +1,10 @@
 """The node-to-node ``Peer`` service: thin handlers that hand payloads to each capability's
-driver. Only node identities get here (see transport.guard)."""
+driver. Only node identities get here (see transport.guard).
+
+Every Peer request is size-checked before it is decoded (``request_limits``, enforced by the
+guard on the raw bytes): decoding is what costs memory, up to ~70 times the size for msgpack
+of small nested arrays, so even a compromised node cannot make this one decode more than its
+method's bound. The payload decoders check again, on answers as well as requests."""
 
 from __future__ import annotations
 
@@ -12,11 +17,49 @@ from p2pagent.api.membership import MembershipPeerApi
 from p2pagent.api.models import ModelsPeerApi
 from p2pagent.api.state import StatePeerApi
 from p2pagent.api.tasks import TasksPeerApi
+from p2pagent.membership.codec import MAX_GOSSIP_BYTES, MAX_PUSH_PULL_BYTES
+from p2pagent.state.codec import RECEIVE_SLACK_BYTES
+from p2pagent.tasks.admission import request_limit
+from p2pagent.tasks.wire import MAX_REPORT_BYTES
 
 if TYPE_CHECKING:
+    from p2pagent.config import Config
     from p2pagent.node import Node
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+
+PEER = "/p2pagent.v1.Peer/"
+AGENT = "/p2pagent.v1.Agent/"
+#: Room for an Envelope's own fields around its payload.
+ENVELOPE_BYTES = 64
+#: A FetchChunks or Steal request: ids, a few thousand chunk indices or model names.
+SMALL_REQUEST_BYTES = 256 * 1024
+
+
+def request_limits(config: Config, state_message_bytes: int) -> dict[str, tuple[int, str]]:
+    """Method -> (most bytes of its request, the setting or bound that says so), for every
+    Peer method and the public calls that carry task inputs. ``state_message_bytes``: the
+    node's effective ``state.max_message_bytes``. Methods not listed get the transport's
+    ``max_message_bytes`` (Complete: a result may be as large as an answer may be)."""
+    tasks = (request_limit(config.tasks), "tasks.max_payload_bytes")
+    return {
+        PEER + "Gossip": (MAX_GOSSIP_BYTES + ENVELOPE_BYTES, "membership.codec.MAX_GOSSIP_BYTES"),
+        PEER + "PushPull": (
+            MAX_PUSH_PULL_BYTES + ENVELOPE_BYTES,
+            "membership.codec.MAX_PUSH_PULL_BYTES",
+        ),
+        PEER + "Replicate": (
+            state_message_bytes + RECEIVE_SLACK_BYTES + ENVELOPE_BYTES,
+            "state.max_message_bytes",
+        ),
+        PEER + "Load": (MAX_REPORT_BYTES + ENVELOPE_BYTES, "tasks.wire.MAX_REPORT_BYTES"),
+        PEER + "FetchChunks": (SMALL_REQUEST_BYTES, "api.peer.SMALL_REQUEST_BYTES"),
+        PEER + "Steal": (SMALL_REQUEST_BYTES, "api.peer.SMALL_REQUEST_BYTES"),
+        PEER + "Assign": tasks,
+        AGENT + "Submit": tasks,
+        AGENT + "SubmitAndWait": tasks,
+        AGENT + "Infer": tasks,
+    }
 
 
 class PeerService(

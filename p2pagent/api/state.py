@@ -15,6 +15,7 @@ from p2pagent.errors import (
     InvalidArgument,
     PermissionDenied,
     ResourceExhausted,
+    quoted,
 )
 from p2pagent.identity.spiffe import Role, parse
 from p2pagent.state.driver import REVOKED_NS, SYSTEM_PREFIX, StateDriver
@@ -57,7 +58,7 @@ def _writable_namespace(ns: str) -> str:
         raise InvalidArgument("namespace is empty: name one (for example 'default')")
     if ns.startswith(SYSTEM_PREFIX):
         raise InvalidArgument(
-            f"namespace {ns!r} is reserved for the system (names starting with '_' are "
+            f"namespace {quoted(ns)} is reserved for the system (names starting with '_' are "
             "read-only through the API); pick another namespace"
         )
     return ns

@@ -3,6 +3,7 @@ the tasks capability. Thin: decode, call the driver, encode; errors are `p2pagen
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -10,14 +11,39 @@ import grpc
 
 from p2pagent._proto import agent_pb2, common_pb2, peer_pb2
 from p2pagent.errors import FailedPrecondition, InvalidArgument, Unavailable
+from p2pagent.tasks import admission
 from p2pagent.tasks.config import MAX_LIST_TASKS
 from p2pagent.tasks.driver import TasksDriver
+from p2pagent.tasks.wire import input_bytes
 from p2pagent.transport.guard import caller_identity
 
 if TYPE_CHECKING:
     from p2pagent.node import Node
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+def admit(node: Node, request: agent_pb2.SubmitRequest | agent_pb2.InferRequest) -> None:
+    """The door of Submit, SubmitAndWait and Infer: refuses at once what could never run
+    (an unknown or malformed model name, too many or too big inputs), before anything is
+    decoded further, queued or journaled."""
+    admission.check_inputs(len(request.inputs), input_bytes(request.inputs), node.config.tasks)
+    admission.check_model(request.model, model_sources(node))
+
+
+def model_sources(node: Node) -> admission.ModelSources:
+    """The models this node knows of: its own, its peers' (their load reports) and the
+    replicated registry's."""
+    tasks, models = node.tasks, node.models
+    peers: set[str] = set()
+    if tasks is not None:
+        for report in tasks.balancer.board.fresh(time.time()):
+            peers.update(report.models)
+    return admission.ModelSources(
+        here=set(node.models_cache.names()),
+        peers=peers,
+        published=lambda name: models is not None and bool(models.entries(name)),
+    )
 
 
 class _TasksAccess:
@@ -35,17 +61,18 @@ class _TasksAccess:
 
 
 class TasksAgentApi(_TasksAccess):
-    async def _submit(self, request: agent_pb2.SubmitRequest) -> str:
+    async def _submit(self, request: agent_pb2.SubmitRequest, context: Ctx) -> str:
         from p2pagent.inference import tensors
 
+        admit(self._node, request)
         # Validate the tensors here, so a bad one is refused before it is journaled.
         tensors.many_decode(request.inputs, self._node.config.inference.max_tensor_elements)
-        return await self._tasks().submit(request)
+        return await self._tasks().submit(request, caller_identity(context).uri)
 
     async def Submit(
         self, request: agent_pb2.SubmitRequest, context: Ctx
     ) -> agent_pb2.SubmitResponse:
-        return agent_pb2.SubmitResponse(task_id=await self._submit(request))
+        return agent_pb2.SubmitResponse(task_id=await self._submit(request, context))
 
     async def Wait(
         self, request: agent_pb2.WaitRequest, context: Ctx
@@ -58,7 +85,7 @@ class TasksAgentApi(_TasksAccess):
     async def SubmitAndWait(
         self, request: agent_pb2.SubmitRequest, context: Ctx
     ) -> AsyncIterator[agent_pb2.TaskEvent]:
-        task_id = await self._submit(request)
+        task_id = await self._submit(request, context)
         async for event in self._tasks().wait(task_id):
             yield event
 

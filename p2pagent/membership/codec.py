@@ -21,6 +21,12 @@ MAX_ADDRESS = 300
 MAX_UPDATES = 256
 MAX_MEMBERS = 100_000
 MAX_INT = 2**63 - 1
+#: Most bytes of one SWIM message (``Peer.Gossip``): at most ``MAX_UPDATES`` updates of
+#: at most ~1.2 KB each (names, address, tags), with room to spare.
+MAX_GOSSIP_BYTES = 1 << 20
+#: Most bytes of a ``PUSH_PULL`` (the whole membership: ~60,000 members of typical size).
+#: Checked before decoding, whatever the message: decoding is what costs memory.
+MAX_PUSH_PULL_BYTES = 16 << 20
 
 _STATE_CODE = {State.ALIVE: 0, State.SUSPECT: 1, State.DEAD: 2, State.LEFT: 3}
 _CODE_STATE = {v: k for k, v in _STATE_CODE.items()}
@@ -56,11 +62,26 @@ def encode(msg: Message) -> bytes:
     return out
 
 
-def decode(data: bytes, max_tags_bytes: int = 4096) -> Message:
+def decode(
+    data: bytes, max_tags_bytes: int = 4096, max_bytes: int = MAX_PUSH_PULL_BYTES
+) -> Message:
+    if len(data) > max_bytes:
+        raise MalformedMessage(f"{len(data)} bytes, over the {max_bytes} a message may have")
     try:
         body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_array_len=MAX_MEMBERS)
     except Exception as e:  # msgpack raises several unrelated types on bad input
         raise MalformedMessage(f"not msgpack: {type(e).__name__}") from None
+    try:
+        return _message(body, max_tags_bytes)
+    except MalformedMessage as e:
+        error = e
+    # Raised without the traceback, whose frames hold what was decoded (``body``): a
+    # refusal kept referenced must not keep a peer's whole payload alive.
+    del body
+    raise error.with_traceback(None)
+
+
+def _message(body: Any, max_tags_bytes: int) -> Message:
     if not isinstance(body, list) or len(body) != 9:
         raise MalformedMessage("expected an array of 9 fields")
     kind_v, src, src_addr, seq, target, target_addr, join, updates, members = body

@@ -26,7 +26,7 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
-from p2pagent.errors import RemoteProtocolError, UnsupportedVersion
+from p2pagent.errors import RemoteProtocolError, UnsupportedVersion, quoted
 from p2pagent.state.clocks import MAX_COUNTER, DotContext, Range
 from p2pagent.state.crdt import DotMap, KeyState, Kind
 from p2pagent.state.messages import (
@@ -43,6 +43,9 @@ VERSION = 1
 _TAG_DELTA, _TAG_DIGEST, _TAG_RETIRED = "d", "g", "r"
 #: Bytes reserved for a message's envelope when sizing slices (tag, version, sender, headers).
 ENVELOPE_BYTES = 512
+#: Room a received message may take over ``state.max_message_bytes``: the sender's slices
+#: stay under it, and a peer with a slightly different build must not be refused for framing.
+RECEIVE_SLACK_BYTES = 64 * 1024
 
 
 # ---- encoding ------------------------------------------------------------------------------
@@ -175,23 +178,30 @@ def _unpack(data: bytes, what: str) -> Any:
         raise RemoteProtocolError(f"{what} is not valid msgpack: {e}") from None
 
 
-def decode_message(data: bytes) -> Message:
-    """Decodes and validates one message; raises RemoteProtocolError/UnsupportedVersion."""
+def decode_message(data: bytes, max_bytes: int | None = None) -> Message:
+    """Decodes and validates one message; raises RemoteProtocolError/UnsupportedVersion.
+
+    A message over ``max_bytes`` is refused before a byte of it is decoded: msgpack of small
+    nested arrays costs ~70 times its size in Python objects."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise RemoteProtocolError(f"state message must be bytes, got {type(data).__name__}")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise RemoteProtocolError(
+            f"state message of {len(data)} bytes is over the {max_bytes} this node accepts "
+            "(state.max_message_bytes)"
+        )
     data = bytes(data)
     try:
-        fields, raws = _read_fields(data)
-    except RemoteProtocolError:
-        raise
-    except Exception as e:  # msgpack raises many types for garbage; all mean the same
-        raise RemoteProtocolError(f"state message is not valid msgpack: {e!r}") from None
-    try:
-        return _decode_body(fields, raws)
+        # No local holds what was decoded: a refusal's traceback would keep it alive (a
+        # megabyte of msgpack is ~90 MB of objects) for as long as the error is referenced.
+        return _decode_body(*_read_fields(data))
+    except RemoteProtocolError as e:
+        error = e
     except _Bad as e:
-        raise RemoteProtocolError(f"malformed state message: {e}") from None
-    except (TypeError, ValueError, KeyError, IndexError, OverflowError, RecursionError) as e:
-        raise RemoteProtocolError(f"malformed state message: {e!r}") from None
+        error = RemoteProtocolError(f"malformed state message: {e}")
+    except Exception as e:  # msgpack raises many types for garbage; all mean the same
+        error = RemoteProtocolError(f"malformed state message: {e!r}")
+    raise error.with_traceback(None)
 
 
 def _read_fields(data: bytes) -> tuple[list[Any], list[bytes]]:
@@ -246,7 +256,7 @@ def _decode_body(obj: list[Any], raws: list[bytes]) -> Message:
         return DigestMessage(sender, ranges, live, rhash, reply)
     if tag == _TAG_RETIRED and len(obj) == 4:
         return RetiredMessage(sender, _retired(obj[3]))
-    raise _fail(f"unknown message tag {tag!r} or wrong field count {len(obj)}")
+    raise _fail(f"unknown message tag {quoted(tag)} or wrong field count {len(obj)}")
 
 
 def _list(v: Any, what: str) -> list[Any]:
@@ -332,7 +342,7 @@ def _payload(kind: Kind, v: Any) -> Any:
 
 def _kind(v: Any) -> Kind:
     if not isinstance(v, int) or isinstance(v, bool) or v not in Kind._value2member_map_:
-        raise _fail(f"unknown value kind {v!r}")
+        raise _fail(f"unknown value kind {quoted(v)}")
     return Kind(v)
 
 

@@ -41,7 +41,7 @@ from p2pagent.errors import (
 )
 from p2pagent.logs import RateLimitedLog
 from p2pagent.membership.view import LEFT, PeerDirectory
-from p2pagent.state.codec import VERSION, decode_message, encode_message
+from p2pagent.state.codec import RECEIVE_SLACK_BYTES, VERSION, decode_message, encode_message
 from p2pagent.state.config import StateConfig
 from p2pagent.state.messages import DeltaMessage, Message
 from p2pagent.state.replica import PersistBatch, Replica
@@ -89,6 +89,8 @@ class StateDriver:
     ) -> None:
         self.name = name
         self.config = config.validate()
+        #: Largest state message taken from a peer; a bigger one is refused undecoded.
+        self.max_receive_bytes = self.config.max_message_bytes + RECEIVE_SLACK_BYTES
         self._path = data_dir / "state.db"
         self._channels = channels
         self._members = members
@@ -464,7 +466,7 @@ class StateDriver:
                 f"reads version {VERSION}); upgrade the older node"
             )
         try:
-            msg = decode_message(request.payload)
+            msg = decode_message(request.payload, self.max_receive_bytes)
         except RemoteProtocolError as e:
             self._reject(peer, "malformed", str(e))
             raise InvalidArgument(f"malformed state message: {e}") from None
@@ -485,7 +487,7 @@ class StateDriver:
         try:
             if env.version != VERSION:
                 raise UnsupportedVersion(f"payload version {env.version}")
-            return decode_message(env.payload)
+            return decode_message(env.payload, self.max_receive_bytes)
         except RemoteProtocolError as e:
             self._reject(peer, "malformed", str(e))
             return None

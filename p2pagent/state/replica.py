@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from p2pagent.errors import InvalidArgument
+from p2pagent.errors import InvalidArgument, quoted
 from p2pagent.state.buffer import DeltaBuffer
 from p2pagent.state.changelog import ChangeLog
 from p2pagent.state.clocks import MAX_COUNTER, Dot, DotContext, HybridClock, ranges_add
@@ -247,7 +247,7 @@ class Replica:
         if not isinstance(ns, str) or not isinstance(key, str):
             raise InvalidArgument("namespace and key must be strings")
         if not key:
-            raise InvalidArgument(f"empty key in namespace {ns!r}: name the key")
+            raise InvalidArgument(f"empty key in namespace {quoted(ns)}: name the key")
         if len(ns.encode()) > limit or len(key.encode()) > limit:
             raise InvalidArgument(
                 f"namespace or key {ns[:64]!r}/{key[:64]!r} is longer than {limit} bytes"

@@ -28,6 +28,22 @@ class TasksConfig:
     #: batching saves, see tasks/executor.py): enough for the engine to form full batches of
     #: cheap models, while the queue of expensive ones stays stealable.
     run_ahead_s: float = 0.1
+
+    # ---- the door: what one task and one caller may bring ---------------------------------
+    #: Most bytes of input tensor data one task (``Submit``, ``SubmitAndWait``) or ``Infer``
+    #: call may carry (4 MiB); a request over it is refused before it is decoded. Tasks are
+    #: journaled and may move between nodes whole: send big inputs through state or a model.
+    max_payload_bytes: int = 4 * 1024 * 1024
+    #: Most unfinished tasks (queued, running or waiting for their result's delivery) one
+    #: caller identity may have at a node; more is RESOURCE_EXHAUSTED with a retry-after hint.
+    max_queued_per_identity: int = 2_000
+    #: Most bytes of input those unfinished tasks of one identity may hold at a node (1 GiB:
+    #: a burst of a few hundred tasks of batched inputs, like the demo's 200 of 2 MiB).
+    max_queued_bytes_per_identity: int = 1024 * 1024 * 1024
+    #: Submissions (each journaled, with fsync) per second one caller identity may make at a
+    #: node, with bursts of twice as many; more is RESOURCE_EXHAUSTED with a retry-after hint.
+    #: On top of the node's ``rate_limit`` on every call. 0 = only that limit.
+    submit_rate_per_identity: float = 200.0
     # ---- cost of moving a task (Dask's rule) ---------------------------------------------
     #: Assumed node-to-node bandwidth for shipping task inputs, bytes per second (1 Gbit/s).
     bandwidth_bytes_per_s: float = 125_000_000.0
@@ -87,6 +103,9 @@ class TasksConfig:
     def validate(self) -> TasksConfig:
         positive = {
             "max_queued": self.max_queued,
+            "max_payload_bytes": self.max_payload_bytes,
+            "max_queued_per_identity": self.max_queued_per_identity,
+            "max_queued_bytes_per_identity": self.max_queued_bytes_per_identity,
             "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s,
             "steal_cost_ratio": self.steal_cost_ratio,
             "steal_batch_s": self.steal_batch_s,
@@ -100,6 +119,10 @@ class TasksConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"tasks.{name} must be > 0, got {value}")
+        if self.submit_rate_per_identity < 0:
+            raise ConfigError(
+                "tasks.submit_rate_per_identity must be >= 0 submissions/s (0: no own limit)"
+            )
         if not 0 < self.ewma_alpha <= 1:
             raise ConfigError(f"tasks.ewma_alpha must be in (0, 1], got {self.ewma_alpha}")
         if self.steal_backoff_max_s < self.steal_backoff_base_s:

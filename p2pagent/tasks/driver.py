@@ -41,8 +41,10 @@ from p2pagent.errors import (
     P2PAgentError,
     ResourceExhausted,
     Unavailable,
+    quoted,
 )
 from p2pagent.membership.view import ALIVE, DEAD, LEFT, MemberView, PeerDirectory
+from p2pagent.tasks.admission import IdentityQuotas, check_inputs
 from p2pagent.tasks.balancing import Balancer
 from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.executor import CALL_TIMEOUT_S, Executor
@@ -50,8 +52,9 @@ from p2pagent.tasks.journal import Finished, Submitted, TaskJournal
 from p2pagent.tasks.leases import Action, Cancel, Deliver, LeaseTable, Requeue
 from p2pagent.tasks.placement import make_placement
 from p2pagent.tasks.queue import EntryState, TaskQueue
-from p2pagent.tasks.spec import Task
+from p2pagent.tasks.spec import MAX_TASK_ID, Task
 from p2pagent.tasks.wire import (
+    checked_result,
     event_proto,
     input_bytes,
     result_event,
@@ -119,6 +122,9 @@ class TasksDriver:
             apply=self._apply, kick=self._kick, wake=self._wake_ticker, spawn=self._spawn,
         )  # fmt: skip
         self.counters = Counters()
+        self.quotas = IdentityQuotas(config.max_queued_per_identity,
+                                     config.max_queued_bytes_per_identity,
+                                     config.submit_rate_per_identity)  # fmt: skip
         self.executor = Executor(
             name, self.cfg, queue=self.queue, engine=engine, capacity=capacity,
             prepare=prepare, stub=self._stub, on_started=self._on_started,
@@ -210,7 +216,9 @@ class TasksDriver:
             inputs=list(request.inputs),
         )
 
-    async def submit(self, request: agent_pb2.SubmitRequest) -> str:
+    async def submit(self, request: agent_pb2.SubmitRequest, owner: str = "") -> str:
+        """Journals and queues a task for caller identity ``owner`` (counted against its
+        quotas until the result is delivered); returns the task's id."""
         if not request.model:
             raise InvalidArgument("SubmitRequest.model is empty: name the model to run")
         if not math.isfinite(request.deadline_s) or request.deadline_s < 0:
@@ -225,12 +233,14 @@ class TasksDriver:
             )
         now = time.time()
         task = self._new_task(request, now, request.deadline_s or None)
+        self.quotas.admit(owner, task.task_id, task.input_bytes, self.backlog_s(), now)
         # The task is queued (and may run) while its journal entry is being synced: the reply
         # waits for the sync, and its result cannot be shown before it, since results are
         # journaled after it in commit order. This hides the sync behind the execution.
         try:
             journaled = self._journal.write(Submitted(task_to_spec(task), now))
         except Unavailable as e:  # the journal is down: refused before anything happened
+            self.quotas.release(task.task_id)
             raise self._not_journaled(e) from e
         self._submitted_at[task.task_id] = (now, task.model)
         self.counters.submitted += 1
@@ -258,6 +268,7 @@ class TasksDriver:
         request: agent_pb2.InferRequest,
         decoded: Any,
         deadline_s: float | None,
+        owner: str = "",
     ) -> peer_pb2.CompleteRequest:
         """``Agent.Infer``: one task through the same queue, placement and stealing as a
         submitted one, but answered in the call: it is not journaled, since nothing was
@@ -271,6 +282,7 @@ class TasksDriver:
             )
         now = time.time()
         task = self._new_task(request, now, deadline_s)
+        self.quotas.admit(owner, task.task_id, task.input_bytes, self.backlog_s())
         future: asyncio.Future[peer_pb2.CompleteRequest] = (
             asyncio.get_running_loop().create_future()
         )
@@ -287,7 +299,7 @@ class TasksDriver:
         task's stream is its result alone). Current state rather than the whole history: a
         caller wants to know where its task is, and each message costs a send."""
         origin = task_id.rsplit("-", 1)[0]
-        if origin != self.name:
+        if len(task_id) > MAX_TASK_ID or origin != self.name:
             async for event in self._wait_remote(origin, task_id):
                 yield event
             return
@@ -300,7 +312,7 @@ class TasksDriver:
                 return
             if task_id not in self.leases.lifecycle:
                 raise NotFound(
-                    f"no task {task_id} on {self.name} (unknown, or forgotten after "
+                    f"no task {quoted(task_id)} on {self.name} (unknown, or forgotten after "
                     "tasks.done_retention_s); check the id"
                 )
             events = self.leases.lifecycle.events(task_id, max(after, 0))
@@ -311,9 +323,12 @@ class TasksDriver:
             await changed.wait()
 
     async def _wait_remote(self, origin: str, task_id: str) -> AsyncIterator[agent_pb2.TaskEvent]:
-        member = self._members.member(origin)
+        member = None if len(task_id) > MAX_TASK_ID else self._members.member(origin)
         if member is None or not member.address:
-            raise NotFound(f"task {task_id} belongs to {origin}, which is not a known member")
+            raise NotFound(
+                f"no task {quoted(task_id)}: {quoted(origin)}, the node its id names, is not "
+                "a known member; check the id"
+            )
         from p2pagent._proto import agent_pb2_grpc
 
         stub = agent_pb2_grpc.AgentStub(self._channels.get(member.address))
@@ -444,6 +459,7 @@ class TasksDriver:
         """Like ``_apply``, but a result is journaled before anyone sees it."""
         for action in actions:
             if isinstance(action, Deliver):
+                self.quotas.release(action.task_id)
                 result = action.outputs
                 if not isinstance(result, peer_pb2.CompleteRequest):
                     result = peer_pb2.CompleteRequest(
@@ -565,6 +581,7 @@ class TasksDriver:
 
     def handle_assign(self, req: peer_pb2.AssignRequest) -> peer_pb2.AssignResponse:
         task = task_from_spec(req.task)
+        check_inputs(len(req.task.inputs), task.input_bytes, self.cfg)
         try:
             self.queue.push(task, time.time())
         except P2PAgentError as e:
@@ -577,11 +594,11 @@ class TasksDriver:
     ) -> peer_pb2.CompleteResponse:
         if req.executor != caller:
             raise InvalidArgument(
-                f"result names executor {req.executor!r} but the caller is {caller!r}"
+                f"result names executor {quoted(req.executor)} but the caller is {caller!r}"
             )
         # Shielded: if the executor hangs up mid-call, the result must still be journaled and
         # delivered, since the lease table has already counted it as the one result.
-        task = asyncio.create_task(self._on_complete(req))
+        task = asyncio.create_task(self._on_complete(checked_result(req)))
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
         return peer_pb2.CompleteResponse(accepted=await asyncio.shield(task))

@@ -15,7 +15,11 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from p2pagent.errors import InvalidArgument
+from p2pagent.errors import InvalidArgument, quoted
+
+#: Longest task id a node makes (a node name of at most 63 characters, '-', 16 hex digits);
+#: anything longer is no task of ours.
+MAX_TASK_ID = 80
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,10 @@ class Task:
     inputs: object = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.task_id:
-            raise InvalidArgument("task_id must not be empty")
+        if not self.task_id or len(self.task_id) > MAX_TASK_ID:
+            raise InvalidArgument(
+                f"task id {quoted(self.task_id)} must be 1-{MAX_TASK_ID} characters"
+            )
         if self.est_cost_s < 0 or self.input_bytes < 0 or self.attempt < 0:
             raise InvalidArgument(
                 f"task {self.task_id}: est_cost_s, input_bytes and attempt must be >= 0"

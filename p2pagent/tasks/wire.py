@@ -18,6 +18,8 @@ import msgpack  # type: ignore[import-untyped]
 from p2pagent import errors
 from p2pagent._proto import agent_pb2, common_pb2, peer_pb2
 from p2pagent.errors import RemoteProtocolError
+from p2pagent.inference.tensors import check_wire
+from p2pagent.tasks.admission import MAX_INPUT_TENSORS
 from p2pagent.tasks.lifecycle import TaskEvent, TaskState
 from p2pagent.tasks.load import LoadReport, ModelBacklog
 from p2pagent.tasks.spec import Task
@@ -26,6 +28,8 @@ from p2pagent.tasks.spec import Task
 LOAD_VERSION = 1
 #: Most models or task ids one report may list (a report is small by design).
 MAX_LIST = 100_000
+#: Most bytes of one report's payload, checked before it is decoded.
+MAX_REPORT_BYTES = 4 << 20
 
 Tensors = list[common_pb2.Tensor]
 
@@ -50,8 +54,18 @@ def task_to_spec(task: Task) -> peer_pb2.TaskSpec:
 
 
 def task_from_spec(spec: peer_pb2.TaskSpec) -> Task:
-    """A task received from a peer or read back from the journal; InvalidArgument if bad."""
+    """A task received from a peer or read back from the journal; InvalidArgument if bad.
+
+    Its input tensors are passed on undecoded, but each one's declared dtype and shape is
+    checked against its bytes first (``tensors.check_wire``): a task a peer hands over
+    (Assign, Steal) may not declare more than it carries."""
+    if len(spec.inputs) > MAX_INPUT_TENSORS:
+        raise errors.InvalidArgument(
+            f"task has {len(spec.inputs)} input tensors; at most {MAX_INPUT_TENSORS}"
+        )
     inputs = list(spec.inputs)
+    for t in inputs:
+        check_wire(t)
     return Task(
         task_id=spec.task_id,
         origin=spec.origin,
@@ -64,6 +78,25 @@ def task_from_spec(spec: peer_pb2.TaskSpec) -> Task:
         input_bytes=input_bytes(inputs),
         inputs=inputs,
     )
+
+
+def checked_result(r: peer_pb2.CompleteRequest) -> peer_pb2.CompleteRequest:
+    """A result from an executor, its outputs checked against their bytes like any tensor
+    received (``tensors.check_wire``): one declaring more than it carries becomes a failed
+    result saying so, rather than reaching the client (and the executor is acknowledged, so
+    it stops sending it)."""
+    if not r.ok:
+        return r
+    try:
+        for t in r.outputs:
+            check_wire(t)
+    except errors.InvalidArgument as e:
+        return peer_pb2.CompleteRequest(
+            task_id=r.task_id, executor=r.executor, attempt=r.attempt, ok=False,
+            error_code="INTERNAL", error_message=f"{r.executor} returned a malformed output: {e}",
+            compute_s=r.compute_s,
+        )  # fmt: skip
+    return r
 
 
 # ---- load reports ----------------------------------------------------------------------------
@@ -94,29 +127,41 @@ def decode_report(env: common_pb2.Envelope) -> LoadReport:
             f"load report version {env.version} is not supported (this node reads "
             f"{LOAD_VERSION}); upgrade the older node"
         )
+    if len(env.payload) > MAX_REPORT_BYTES:
+        raise RemoteProtocolError(
+            f"load report of {len(env.payload)} bytes is over the {MAX_REPORT_BYTES} allowed"
+        )
     try:
         body = msgpack.unpackb(env.payload, raw=False, strict_map_key=True, max_array_len=MAX_LIST)
     except Exception as e:  # msgpack raises several unrelated types on bad input
         raise RemoteProtocolError(f"load report is not msgpack: {type(e).__name__}") from None
     try:
-        if not isinstance(body, dict):
-            raise TypeError("not a map")
-        queued = tuple(ModelBacklog(_str(m), _int(n), _num(c)) for m, n, c in _list(body["queued"]))
-        return LoadReport(
-            node=_str(body["node"]),
-            seq=_int(body["seq"]),
-            backlog_s=_num(body["backlog_s"]),
-            queue_len=_int(body["queue_len"]),
-            running=_int(body["running"]),
-            capacity=_int(body["capacity"]),
-            speed=_num(body["speed"]),
-            models=frozenset(_str(m) for m in _list(body["models"])),
-            queued=queued,
-            held=frozenset(_str(t) for t in _list(body["held"])),
-            running_ids=frozenset(_str(t) for t in _list(body["running_ids"])),
-        )
+        return _report(body)
     except (KeyError, TypeError, ValueError) as e:
-        raise RemoteProtocolError(f"malformed load report: {type(e).__name__}: {e}") from None
+        error = RemoteProtocolError(f"malformed load report: {type(e).__name__}: {e}")
+    # Raised outside the handler, so that no traceback keeps the decoded payload alive.
+    del body
+    raise error
+
+
+def _report(body: Any) -> LoadReport:
+    """A LoadReport from a decoded payload; KeyError, TypeError or ValueError if malformed."""
+    if not isinstance(body, dict):
+        raise TypeError("not a map")
+    queued = tuple(ModelBacklog(_str(m), _int(n), _num(c)) for m, n, c in _list(body["queued"]))
+    return LoadReport(
+        node=_str(body["node"]),
+        seq=_int(body["seq"]),
+        backlog_s=_num(body["backlog_s"]),
+        queue_len=_int(body["queue_len"]),
+        running=_int(body["running"]),
+        capacity=_int(body["capacity"]),
+        speed=_num(body["speed"]),
+        models=frozenset(_str(m) for m in _list(body["models"])),
+        queued=queued,
+        held=frozenset(_str(t) for t in _list(body["held"])),
+        running_ids=frozenset(_str(t) for t in _list(body["running_ids"])),
+    )
 
 
 def _str(v: Any) -> str:
@@ -127,13 +172,13 @@ def _str(v: Any) -> str:
 
 def _int(v: Any) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise TypeError(f"expected a non-negative integer, got {v!r}")
+        raise TypeError(f"expected a non-negative integer, got {errors.quoted(v)}")
     return v
 
 
 def _num(v: Any) -> float:
     if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v < float("inf"):
-        raise TypeError(f"expected a non-negative number, got {v!r}")
+        raise TypeError(f"expected a non-negative number, got {errors.quoted(v)}")
     return float(v)
 
 

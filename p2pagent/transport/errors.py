@@ -35,6 +35,22 @@ _BY_CODE: dict[grpc.StatusCode, type[errors.P2PAgentError]] = {
 NODE_ANSWER = "p2pagent-error"
 
 
+#: Trailing metadata key on a RESOURCE_EXHAUSTED status that knows when to come back: the
+#: milliseconds to wait before retrying (a rate limit's refill, a quota's expected drain).
+RETRY_AFTER = "p2pagent-retry-after-ms"
+
+
+def retry_after_s(e: grpc.aio.AioRpcError) -> float | None:
+    """The retry-after hint of a failed call, in seconds; None when it carries none."""
+    for key, value in e.trailing_metadata() or ():
+        if key == RETRY_AFTER:
+            try:
+                return max(0.0, int(value) / 1000)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
 def answered_by_node(e: grpc.aio.AioRpcError) -> bool:
     """Whether the failed call's status was raised by the node's own code (``NODE_ANSWER``)."""
     return any(key == NODE_ANSWER for key, _ in e.trailing_metadata() or ())
@@ -53,6 +69,8 @@ def error_from_rpc(e: grpc.aio.AioRpcError) -> errors.P2PAgentError:
     cls = _BY_CODE.get(code, errors.Internal)
     err = cls(detail or code.name)
     err.code = code.name
+    if isinstance(err, errors.ResourceExhausted):
+        err.retry_after_s = retry_after_s(e)
     return err
 
 

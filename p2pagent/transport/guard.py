@@ -26,7 +26,7 @@ import grpc
 
 from p2pagent import errors
 from p2pagent.identity.spiffe import Identity, Role, parse
-from p2pagent.transport.errors import NODE_ANSWER, status_of
+from p2pagent.transport.errors import NODE_ANSWER, RETRY_AFTER, status_of
 from p2pagent.transport.metrics import RpcMetrics
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,12 @@ PEER_PREFIX = "/p2pagent.v1.Peer/"
 
 #: Returns a reason when the identity is revoked, else None.
 RevocationCheck = Callable[[str], str | None]
-#: Returns False when the identity has exceeded its request rate.
+#: Returns False when the identity has exceeded its request rate (or raises
+#: ResourceExhausted carrying a retry-after hint).
 RateCheck = Callable[[Identity], bool]
+#: Most bytes a request of the method may have before it is decoded, and the setting that
+#: says so; None: only the transport's limit.
+RequestLimit = Callable[[str], tuple[int, str] | None]
 
 
 #: Most distinct certificate identities whose parse is remembered (a cluster has a few
@@ -76,8 +80,10 @@ class Guard(grpc.aio.ServerInterceptor):
         metrics: RpcMetrics | None = None,
         revoked: RevocationCheck | None = None,
         allow_rate: RateCheck | None = None,
+        request_limit: RequestLimit | None = None,
     ) -> None:
         self._cluster = cluster
+        self._request_limit = request_limit
         self._metrics = metrics
         self._revoked = revoked
         self._allow_rate = allow_rate
@@ -127,6 +133,9 @@ def _wrap(
         if isinstance(exc, errors.P2PAgentError):
             status, message = status_of(exc), str(exc)
             answer = ((NODE_ANSWER, status.name),)
+            retry_after = getattr(exc, "retry_after_s", None)
+            if retry_after is not None:
+                answer += ((RETRY_AFTER, str(int(retry_after * 1000) + 1)),)  # never early
         elif isinstance(exc, NotImplementedError):
             # The generated servicer base raises this for RPCs this build does not serve.
             status, message = grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented"
@@ -137,6 +146,7 @@ def _wrap(
                 f"internal error: {type(exc).__name__}: {exc}",
             )
         finish(start, status.name)
+        _drop_frames(exc)
         await context.abort(status, message, trailing_metadata=answer)
 
     def unary_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
@@ -184,8 +194,9 @@ def _wrap(
         # A coroutine that writes with context.write (e.g. the health service's Watch).
         return unary_response(behavior)
 
+    limit = guard._request_limit(method) if guard._request_limit is not None else None
     kind_args = {
-        "request_deserializer": _tolerant(handler.request_deserializer),
+        "request_deserializer": _tolerant(handler.request_deserializer, method, limit),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
@@ -204,6 +215,16 @@ def _wrap(
     )
 
 
+def _drop_frames(exc: BaseException | None) -> None:
+    """Clears the tracebacks of a refusal and its causes: their frames hold the request, and
+    an error kept in a reference cycle would keep a peer's payload alive until a full GC."""
+    for _ in range(16):  # a chain is short; a hand-made cycle must not hang the loop
+        if exc is None:
+            return
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
+
+
 class _Undecodable:
     """Stands in for a request whose bytes are not a valid message of the method's type.
 
@@ -217,11 +238,18 @@ class _Undecodable:
         self.reason = reason
 
 
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+def _tolerant(
+    deserializer: Callable[[bytes], Any] | None,
+    method: str = "",
+    limit: tuple[int, str] | None = None,
+) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
 
     def decode(data: bytes) -> Any:
+        if limit is not None and len(data) > limit[0]:
+            # Refused before a byte is decoded: decoding is what costs memory.
+            return _Oversized(oversized(method, len(data), *limit))
         try:
             return deserializer(data)
         except Exception as e:  # protobuf's DecodeError, or anything a custom decoder raises
@@ -232,7 +260,25 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return decode
 
 
+class _Oversized:
+    """Stands in for a request over its method's size limit, refused without decoding."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def oversized(method: str, size: int, limit: int, setting: str) -> str:
+    return (
+        f"{method}: a request of {size} bytes is over the {limit} bytes this node accepts "
+        f"({setting}); send less"
+    )
+
+
 def _check_decoded(request: Any) -> None:
+    if isinstance(request, _Oversized):
+        raise errors.InvalidArgument(request.reason)
     if isinstance(request, _Undecodable):
         raise errors.InvalidArgument(
             f"request is not a valid {request.type_name} ({request.reason}); "

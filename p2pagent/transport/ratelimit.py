@@ -1,7 +1,9 @@
 """Per-identity request rate limiting for the public API (a token bucket per caller).
 
 Pure: the caller passes ``now``. One flooding client gets RESOURCE_EXHAUSTED while everyone
-else is served; nodes are never limited (peer traffic is protocol, not load).
+else is served; nodes are never limited (peer traffic is protocol, not load). A refusal
+says when the next token arrives (``retry_after``), so a client waits that long rather than
+guessing.
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ class PerIdentityLimiter:
             b.tokens -= 1.0
             return True
         return False
+
+    def retry_after(self, identity: str, now: float) -> float:
+        """Seconds until ``identity`` has a token again (0 when it has one now)."""
+        b = self._buckets.get(identity)
+        if b is None:
+            return 0.0
+        tokens = min(self.burst, b.tokens + (now - b.updated) * self.rate)
+        return max(0.0, (1.0 - tokens) / self.rate)
 
     def _evict(self, now: float) -> None:
         # Buckets that refilled completely carry no information: drop them first.

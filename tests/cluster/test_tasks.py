@@ -36,7 +36,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def three(tmp_path: Path, models: Path) -> Iterator[Cluster]:
     args = ["--serve", f"demo={models / 'demo.torchscript.pt'}"]
-    with Cluster(tmp_path, 3, use_netns=False, args=args) as c:
+    # Bursts of 400 submissions from one identity: at the edge of the default submission
+    # rate's burst (tasks.submit_rate_per_identity), which these tests do not exercise.
+    env = {"P2PAGENT_TASKS__SUBMIT_RATE_PER_IDENTITY": "1000"}
+    with Cluster(tmp_path, 3, use_netns=False, args=args, env=env) as c:
         c.start()
         names = list(c.nodes)
         c.wait_for(lambda: _all_alive(c, names), SETTLE_S, "all alive")

@@ -89,8 +89,8 @@ async def test_a_model_published_through_the_client_is_listed_and_runs_by_name(
 async def test_errors_are_raised_as_ours(node: Daemon, certs_dir: Path) -> None:
     x = {"input": demo_model.sample_input(1)}
     async with Client.from_certs([node.address], certs_dir) as mesh:
-        with pytest.raises(NotFound, match="'nope' is not available"):
-            await mesh.run("nope", x)  # the task fails: its error, raised
+        with pytest.raises(NotFound, match="'nope' is not served by any node"):
+            await mesh.run("nope", x)  # refused at the door: the error, raised
         with pytest.raises(NotFound):
             await mesh.wait("n7-0000000000000000")
         with pytest.raises(InvalidArgument, match="deadline_s"):

@@ -163,7 +163,7 @@ async def test_waiting_for_an_unknown_task_is_not_found(
     driver: tuple[TasksDriver, GatedEngine],
 ) -> None:
     d, _ = driver
-    with pytest.raises(NotFound, match="no task solo-0123"):
+    with pytest.raises(NotFound, match="no task 'solo-0123'"):
         await _next(d.wait("solo-0123"))
 
 

@@ -18,3 +18,14 @@ def test_tracking_is_bounded() -> None:
     for i in range(1000):
         lim.allow(f"c{i}", float(i))
     assert len(lim._buckets) <= 100
+
+
+def test_retry_after_is_the_time_until_the_next_token() -> None:
+    lim = PerIdentityLimiter(rate=10, burst=2)
+    assert lim.retry_after("a", 0.0) == 0.0  # never seen: nothing to wait for
+    assert lim.allow("a", 0.0) and lim.allow("a", 0.0)
+    assert not lim.allow("a", 0.0)
+    assert abs(lim.retry_after("a", 0.0) - 0.1) < 1e-9  # one token every 0.1 s
+    assert abs(lim.retry_after("a", 0.04) - 0.06) < 1e-9
+    assert not lim.allow("a", 0.099)  # refused just before it
+    assert lim.allow("a", 0.1 + 1e-9)  # and allowed once it has passed
