@@ -144,7 +144,8 @@ def _client(c: Cluster, home: str, history: History, stop: threading.Event, seed
             elif kind == "publish":
                 name = f"chaos-{home}-{i}"
                 body = _model_file(rng)
-                published = stub.PublishModel(_upload(name, body), timeout=CALL_TIMEOUT_S * 4)
+                publisher = c.agent(target, "publisher")  # publishing needs the role
+                published = publisher.PublishModel(_upload(name, body), timeout=CALL_TIMEOUT_S * 4)
                 model = (published.manifest_id, hashlib.sha256(body).hexdigest())
             else:
                 elem = f"{home}-{i}".encode()

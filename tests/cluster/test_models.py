@@ -130,7 +130,7 @@ def test_publish_pull_on_two_nodes_then_infer_by_name_where_pulled(
     from p2pagent.inference.spec import ModelSpec
 
     metadata = ModelSpec.from_dict(meta).to_proto()
-    v = c.agent("n1").PublishModel(
+    v = c.agent("n1", "publisher").PublishModel(
         _upload(demo / "demo.torchscript.pt", "mlp", metadata), timeout=60
     )
     assert v.chunks > 16 and list(v.holders) == ["n1"]
@@ -201,7 +201,7 @@ def test_replicas_all_replicates_without_being_asked(four: Cluster, demo: Path) 
     c = four
     live = ["n2", "n3", "n4"]
     metadata = agent_pb2.ModelMetadata()
-    v = c.agent("n2").PublishModel(
+    v = c.agent("n2", "publisher").PublishModel(
         _upload(demo / "noop.torchscript.pt", "noop-all", metadata, replicas="all"), timeout=60
     )
     assert v.replicas == "all"
@@ -218,7 +218,9 @@ def test_infer_by_name_pulls_a_model_the_node_does_not_hold(four: Cluster, demo:
 
     c = four
     meta = ModelSpec.from_dict(json.loads((demo / "demo.metadata.json").read_text())).to_proto()
-    c.agent("n2").PublishModel(_upload(demo / "demo.torchscript.pt", "mlp-lazy", meta), timeout=60)
+    c.agent("n2", "publisher").PublishModel(
+        _upload(demo / "demo.torchscript.pt", "mlp-lazy", meta), timeout=60
+    )
     c.wait_for(lambda: _versions(c, "n4", "mlp-lazy"), SETTLE_S, "registry on n4")
     assert "n4" not in _holders(c, "n4", "mlp-lazy")
     x = np.load(demo / "sample_input.npy")
@@ -241,7 +243,7 @@ def test_replicas_k_rereplicates_after_holders_die(
         c.start()
         c.wait_for(lambda: _all_alive(c, names), SETTLE_S, "n1..n4 alive")
         model = demo / "noop.torchscript.pt"
-        v = c.agent("n1").PublishModel(
+        v = c.agent("n1", "publisher").PublishModel(
             _upload(model, "noop-k", agent_pb2.ModelMetadata(), replicas="2"), timeout=60
         )
         assert v.replicas == "2" and list(v.holders) == ["n1"]
@@ -295,7 +297,7 @@ def test_pullers_serve_each_other_while_they_pull(
         reqs = [agent_pb2.PublishModelRequest(header=header)]
         reqs += [agent_pb2.PublishModelRequest(data=data[i : i + CHUNK * 8])
                  for i in range(0, len(data), CHUNK * 8)]  # fmt: skip
-        c.agent("n1").PublishModel(iter(reqs), timeout=60)
+        c.agent("n1", "publisher").PublishModel(iter(reqs), timeout=60)
         for node in pullers:
             c.wait_for(lambda node=node: _versions(c, node, "blob"), SETTLE_S, f"{node} sees it")
         errors: list[BaseException] = []

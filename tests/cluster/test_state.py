@@ -157,12 +157,8 @@ def test_a_revocation_spreads_to_every_node(three: Cluster) -> None:
             return False
 
     assert not refused("n2")
-    node_tls = tls.load(tls.TLSPaths.in_dir(three.certs, "n1"))
-    admin_creds = grpc.ssl_channel_credentials(node_tls.ca_pem, node_tls.key_pem, node_tls.cert_pem)
-    with grpc.secure_channel(three.nodes["n1"].address, admin_creds,
-                             options=channel_options(m.cluster, 4 << 20)) as ch:  # fmt: skip
-        agent_pb2_grpc.AgentStub(ch).Revoke(
-            agent_pb2.RevokeRequest(identity=m.identity.uri, reason="test"), timeout=10
-        )
+    three.agent("n1", "admin").Revoke(
+        agent_pb2.RevokeRequest(identity=m.identity.uri, reason="test"), timeout=10
+    )
     for n in three.nodes:
         three.wait_for(lambda n=n: refused(n), SETTLE_S, f"{n} refuses the revoked identity")
