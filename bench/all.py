@@ -29,6 +29,7 @@ FULL: list[list[str]] = [
     ["bench.tasks_cluster"],
     ["bench.models_transfer", "--mib", "512", "--rounds", "3", "--disk"],
     ["bench.models_swarm", "--mib", "256", "--rounds", "2"],
+    ["bench.streams"],
     ["bench.chaos", "--duration", "60"],
 ]
 SMALL: list[list[str]] = [
@@ -46,6 +47,7 @@ SMALL: list[list[str]] = [
     ["bench.tasks_cluster", "--tasks", "100", "--policies", "work_stealing", "local"],
     ["bench.models_transfer", "--mib", "32", "--rounds", "1"],
     ["bench.models_swarm", "--mib", "32", "--rounds", "1"],
+    ["bench.streams", "--small"],
     ["bench.chaos", "--duration", "30"],
 ]  # fmt: skip
 
