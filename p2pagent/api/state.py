@@ -25,9 +25,9 @@ if TYPE_CHECKING:
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
-#: Changes read per page when a Watch replays from ``from_seq`` (values of big changes are
-#: read from the store, so a page is kept small).
-REPLAY_PAGE = 64
+#: Changes read per page when a Watch replays from ``from_seq`` (a page holds references to
+#: values the replica holds anyway; each is encoded only when it is sent).
+REPLAY_PAGE = 1000
 #: Trailing metadata key of a Watch ended for falling behind: the ``from_seq`` to resume from.
 RESUME_SEQ = "p2pagent-resume-from-seq"
 #: Bytes counted for a change besides its values (namespace, key, seq, framing).
