@@ -31,6 +31,7 @@ FULL: list[list[str]] = [
     ["bench.models_transfer", "--mib", "512", "--rounds", "3", "--disk"],
     ["bench.models_swarm", "--mib", "256", "--rounds", "2"],
     ["bench.publish_check"],
+    ["bench.streams"],
     ["bench.chaos", "--duration", "60"],
 ]
 SMALL: list[list[str]] = [
@@ -50,6 +51,7 @@ SMALL: list[list[str]] = [
     ["bench.models_transfer", "--mib", "32", "--rounds", "1"],
     ["bench.models_swarm", "--mib", "32", "--rounds", "1"],
     ["bench.publish_check", "--small", "--rounds", "1"],
+    ["bench.streams", "--small"],
     ["bench.chaos", "--duration", "30"],
 ]  # fmt: skip
 

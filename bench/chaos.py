@@ -145,8 +145,11 @@ def _client(c: Cluster, home: str, history: History, stop: threading.Event, seed
             elif kind == "publish":
                 name = f"chaos-{home}-{i}"
                 body = _model_file(rng)
-                # The node loads and runs every upload in a child before publishing it.
-                published = stub.PublishModel(_upload(name, body), timeout=CALL_TIMEOUT_S * 12)
+                # Publishing needs the role; the node loads and runs every upload in a child first.
+                publisher = c.agent(target, "publisher")
+                published = publisher.PublishModel(
+                    _upload(name, body), timeout=CALL_TIMEOUT_S * 12
+                )
                 model = (published.manifest_id, hashlib.sha256(body).hexdigest())
             else:
                 elem = f"{home}-{i}".encode()

@@ -247,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
             make_model(model, args.mib, r)
             name = f"bench{r}"
             t0 = time.perf_counter()
-            v = c.agent("n1").PublishModel(upload(model, name, args.chunk_kib * 1024), timeout=900)
+            v = c.agent("n1", "publisher").PublishModel(
+                upload(model, name, args.chunk_kib * 1024), timeout=900
+            )
             publish_rates.append(v.size / (time.perf_counter() - t0) / 1e6)
             c.wait_for(
                 lambda name=name: (

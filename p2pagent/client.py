@@ -102,7 +102,8 @@ class Client:
         follow_s: float = 600.0,
     ) -> Client:
         """A client presenting ``<certs>/<identity>.crt`` (and ``.key``), trusting
-        ``<certs>/ca.crt``: the layout ``p2pagentctl certs`` writes."""
+        ``<certs>/ca.crt``: the layout ``p2pagentctl certs`` writes. The certificate's role
+        bounds what the client may do: ``publish`` needs a publisher (or admin) identity."""
         material = tls.load(tls.TLSPaths.in_dir(Path(certs), identity))
         return cls(targets, material, timeout_s=timeout_s, follow_s=follow_s)
 

@@ -33,6 +33,7 @@ from p2pagent.membership.config import MembershipConfig
 from p2pagent.models.config import ModelsConfig
 from p2pagent.state.config import StateConfig
 from p2pagent.tasks.config import TasksConfig
+from p2pagent.transport.config import TransportConfig
 
 ENV_PREFIX = "P2PAGENT_"
 DEFAULT_PORT = 7400
@@ -113,6 +114,9 @@ class Config:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     #: Work stealing, leases and retries (``[tasks]``).
     tasks: TasksConfig = field(default_factory=TasksConfig)
+    #: Connection and stream limits: TLS handshake timeout, idle connections, streams per
+    #: connection and per identity (``[transport]``).
+    transport: TransportConfig = field(default_factory=TransportConfig)
 
     # ---- derived views -------------------------------------------------------------------
 
@@ -173,6 +177,7 @@ class Config:
         self.state.validate()
         self.models.validate()
         self.tasks.validate()
+        self.transport.validate()
         return self
 
 

@@ -33,13 +33,15 @@ from p2pagent.inference.engine import InferenceEngine
 from p2pagent.membership.driver import MembershipDriver, check_user_tags
 from p2pagent.membership.view import PeerDirectory
 from p2pagent.state.config import StateConfig
-from p2pagent.state.driver import StateDriver
+from p2pagent.state.driver import REVOKED_NS, StateDriver
+from p2pagent.state.values import Change
 from p2pagent.tasks.driver import TasksDriver
 from p2pagent.transport.channels import ChannelPool
 from p2pagent.transport.guard import Guard
 from p2pagent.transport.metrics import RpcMetrics
 from p2pagent.transport.ratelimit import PerIdentityLimiter
 from p2pagent.transport.server import Server
+from p2pagent.transport.streams import OpenStreams
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +82,14 @@ class Node:
         self.revoked: dict[str, str] = {}  # identity URI -> reason; fed by replicated state
         limits = request_limits(config, state_config(config).max_message_bytes)
         self.guard = Guard(
-            self.cluster, self.metrics, revoked=self.revoked.get, allow_rate=self._allow_rate(),
+            self.cluster,
+            self.metrics,
+            revoked=self.revoked.get,
+            allow_rate=self._allow_rate(),
             request_limit=limits.get,
-        )  # fmt: skip
-        self.server = Server(self.guard, config.max_message_bytes)
+            streams=OpenStreams(config.transport.max_streams_per_identity),
+        )
+        self.server = Server(self.guard, config.max_message_bytes, config.transport)
         self.channels = ChannelPool(lambda: self._material, config.max_message_bytes)
         self.address = ""
         self._stopped = asyncio.Event()
@@ -117,6 +123,9 @@ class Node:
             revoked=self.revoked,
         )
         self.components.append(self.state)
+        # A revocation (made here or replicated from any node) ends the identity's open
+        # streams; new calls are refused by the guard's check of ``revoked``.
+        self.state.subscribe(REVOKED_NS, "", self._end_revoked_streams)
         from p2pagent.models.driver import ModelsDriver
 
         self.models: ModelsDriver | None = ModelsDriver(
@@ -173,6 +182,13 @@ class Node:
             )
 
         return allow
+
+    def _end_revoked_streams(self, change: Change) -> None:
+        if change.value.found:
+            reason = change.value.values[0].decode(errors="replace") if change.value.values else ""
+            ended = self.guard.revoke_streams(change.key, reason or "revoked")
+            if ended:
+                log.warning("ended %d open streams of revoked %s", ended, change.key)
 
     # ---- identity ----------------------------------------------------------------------------
 

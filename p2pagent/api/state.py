@@ -13,11 +13,10 @@ from p2pagent._proto import agent_pb2, common_pb2
 from p2pagent.errors import (
     FailedPrecondition,
     InvalidArgument,
-    PermissionDenied,
     ResourceExhausted,
     quoted,
 )
-from p2pagent.identity.spiffe import Role, parse
+from p2pagent.identity.spiffe import parse
 from p2pagent.state.driver import REVOKED_NS, SYSTEM_PREFIX, StateDriver
 from p2pagent.state.values import Change, ReadResult, WriteResult
 from p2pagent.transport.guard import caller_identity
@@ -27,9 +26,13 @@ if TYPE_CHECKING:
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
-#: Changes a Watch stream may fall behind by before it is ended (the client resumes with
-#: ``from_seq`` = the last seq it saw, so nothing is missed).
-WATCH_QUEUE = 10_000
+#: Changes read per page when a Watch replays from ``from_seq`` (a page holds references to
+#: values the replica holds anyway; each is encoded only when it is sent).
+REPLAY_PAGE = 1000
+#: Trailing metadata key of a Watch ended for falling behind: the ``from_seq`` to resume from.
+RESUME_SEQ = "p2pagent-resume-from-seq"
+#: Bytes counted for a change besides its values (namespace, key, seq, framing).
+CHANGE_OVERHEAD = 128
 #: Most entries one Scan page returns.
 MAX_SCAN_LIMIT = 10_000
 #: Default wait for peer acknowledgements when the call has no deadline.
@@ -50,6 +53,29 @@ def value_proto(r: ReadResult) -> agent_pb2.GetResponse:
 def change_proto(c: Change) -> agent_pb2.Change:
     return agent_pb2.Change(
         seq=c.seq, namespace=c.namespace, key=c.key, deleted=c.deleted, value=value_proto(c.value)
+    )
+
+
+class WatchBehind(ResourceExhausted):
+    """A Watch consumer fell further behind than the stream's byte budget."""
+
+    def __init__(self, budget: int, resume_seq: int) -> None:
+        super().__init__(
+            f"this watcher fell more than {budget} bytes behind (state.watch_buffer_bytes); "
+            f"reconnect with from_seq={resume_seq} (changes up to it were sent)"
+        )
+        self.trailers = ((RESUME_SEQ, str(resume_seq)),)
+
+
+def change_bytes(c: Change) -> int:
+    """What a queued change costs, roughly: its values and elements plus a fixed overhead."""
+    v = c.value
+    return (
+        CHANGE_OVERHEAD
+        + len(c.namespace)
+        + len(c.key)
+        + sum(map(len, v.values))
+        + sum(map(len, v.elements))
     )
 
 
@@ -166,15 +192,29 @@ class StateAgentApi:
             raise InvalidArgument("Watch needs a namespace")
         driver = self._state()
         ns, prefix = request.namespace, request.prefix
-        queue: asyncio.Queue[Change] = asyncio.Queue(WATCH_QUEUE)
-        overflow = False
+        budget = driver.config.watch_buffer_bytes
+        # None in the queue: the consumer fell behind the budget; end the stream.
+        queue: asyncio.Queue[Change | None] = asyncio.Queue()
+        held = 0
+        behind = False
 
         def listener(change: Change) -> None:
-            nonlocal overflow
-            try:
-                queue.put_nowait(change)
-            except asyncio.QueueFull:
-                overflow = True
+            nonlocal held, behind
+            if behind:
+                return
+            size = change_bytes(change)
+            if held and held + size > budget:
+                # Free what is held at once (the consumer resumes from its last seq and the
+                # change log replays the rest), and stop listening.
+                behind = True
+                held = 0
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(None)
+                unsubscribe()
+                return
+            held += size
+            queue.put_nowait(change)
 
         # Subscribe first, then replay: a change made in between is in both and the seq
         # filter below drops the second copy.
@@ -189,7 +229,7 @@ class StateAgentApi:
                         f"({replica.changes.last_seq}); sequence numbers are per node"
                     )
                 while True:
-                    changes, complete = replica.changes_since(last, ns, prefix, 1000)
+                    changes, complete = replica.changes_since(last, ns, prefix, REPLAY_PAGE)
                     if not complete:
                         raise FailedPrecondition(
                             f"changes after seq {request.from_seq} are no longer held (the "
@@ -199,15 +239,13 @@ class StateAgentApi:
                     for c in changes:
                         yield change_proto(c)
                         last = c.seq
-                    if len(changes) < 1000:
+                    if len(changes) < REPLAY_PAGE:
                         break
             while True:
-                if overflow and queue.empty():
-                    raise ResourceExhausted(
-                        f"this watcher fell more than {WATCH_QUEUE} changes behind; "
-                        f"reconnect with from_seq={last}"
-                    )
                 change = await queue.get()
+                if change is None:
+                    raise WatchBehind(budget, last)
+                held -= change_bytes(change)
                 if change.seq > last:
                     yield change_proto(change)
                     last = change.seq
@@ -217,12 +255,8 @@ class StateAgentApi:
     async def Revoke(
         self, request: agent_pb2.RevokeRequest, context: Ctx
     ) -> agent_pb2.RevokeResponse:
+        # Only admin and node identities get here (the authorization table gates Revoke).
         caller = caller_identity(context)
-        if caller.role is not Role.NODE:
-            raise PermissionDenied(
-                f"{caller} is a {caller.role.value} identity; revocation needs a node identity "
-                "(run p2pagentctl with a node's certificate)"
-            )
         target = parse(request.identity)  # raises InvalidArgument with the reason
         if target.cluster != caller.cluster:
             raise InvalidArgument(

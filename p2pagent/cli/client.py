@@ -42,7 +42,9 @@ def add_connection_flags(p: argparse.ArgumentParser) -> None:
         "--identity",
         default=os.environ.get("P2PAGENT_IDENTITY", "client"),
         metavar="NAME",
-        help="certificate name in --certs to present (default %(default)s)",
+        help="certificate name in --certs to present (env P2PAGENT_IDENTITY; default "
+        "%(default)s). Its role decides what you may do: models push/rm need a publisher "
+        "certificate, revoke an admin one",
     )
     p.add_argument("--ca", metavar="FILE", help="CA certificate (overrides --certs)")
     p.add_argument("--cert", metavar="FILE", help="client certificate (overrides --certs)")

@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
 
     revoke = sub.add_parser(
         "revoke",
-        help="refuse an identity on every node (present a node certificate: --identity NODE)",
+        help="refuse an identity on every node (needs an admin certificate: --identity NAME)",
     )
     client.add_connection_flags(revoke)
     revoke.add_argument("uri", metavar="SPIFFE_URI", help="e.g. spiffe://<cluster>/client/alice")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
+from p2pagent.transport import authorization
+
 ROOT = Path(__file__).resolve().parents[2]
 PROTO_DIR = ROOT / "proto"
 #: Public API first, then the types it shares, then the node-to-node service.
@@ -194,6 +196,13 @@ def render() -> str:
         "grpc_health_probe) work with a client certificate. Errors are gRPC status codes with",
         "a message that names the problem (see the README for which code means what).",
         "",
+        "## Who may call what",
+        "",
+        "Each certificate carries one role: `client`, `publisher`, `admin` or `node`. The",
+        "guard checks every call against this table (`p2pagent/transport/authorization.py`);",
+        "a caller whose role is not listed gets PERMISSION_DENIED naming the role needed.",
+        "",
+        authorization.render(),
     ]
     by_name = {Path(f.name).stem: f for f in _descriptors().file}
     for stem in FILES:

@@ -62,7 +62,6 @@ def parse(uri: str) -> Identity:
         role_enum = Role(role)
     except ValueError:
         raise InvalidArgument(
-            f"unknown role {role!r} in {uri!r}: expected one of "
-            + ", ".join(r.value for r in Role)
+            f"unknown role {role!r} in {uri!r}: expected one of " + ", ".join(r.value for r in Role)
         ) from None
     return Identity(check_name(cluster, "cluster"), role_enum, check_name(name))

@@ -41,6 +41,10 @@ class StateConfig:
     delta_buffer_bytes: int = 8 * MIB
     #: Changes kept in memory for the Watch API (the store keeps more, see store.py).
     change_log_size: int = 10_000
+    #: Bytes of changes one Watch stream may hold waiting for a slow consumer. Past it the
+    #: stream is ended with RESOURCE_EXHAUSTED naming the seq to resume from (``from_seq``),
+    #: and what it held is freed: a consumer that stops reading costs the node about this much.
+    watch_buffer_bytes: int = 4 * MIB
     #: Remote HLC timestamps further ahead of our wall clock than this are not adopted.
     max_clock_skew: float = 60.0
     #: Garbage-collected origins remembered (a few dozen bytes each) to refuse their late dots.
@@ -71,6 +75,7 @@ class StateConfig:
             "gossip_fanout",
             "delta_buffer_ops",
             "change_log_size",
+            "watch_buffer_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"state.{name} must be at least 1")

@@ -151,16 +151,17 @@ class Cluster:
 
     # ---- queries (blocking; for tests and benches) --------------------------------------------
 
-    def agent(self, name: str) -> agent_pb2_grpc.AgentStub:
-        """A blocking ``Agent`` stub to ``name``, presenting the ``client`` certificate."""
-        ch = self._channels.get(name)
+    def agent(self, name: str, identity: str = "client") -> agent_pb2_grpc.AgentStub:
+        """A blocking ``Agent`` stub to ``name``, presenting the certificate ``identity``
+        (``client``, ``publisher`` or ``admin``, one per role, or a node's name)."""
+        ch = self._channels.get(f"{name}/{identity}")
         if ch is None:
-            m = tls.load(tls.TLSPaths.in_dir(self.certs, "client"))
+            m = tls.load(tls.TLSPaths.in_dir(self.certs, identity))
             creds = grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
             ch = grpc.secure_channel(
                 self.nodes[name].address, creds, options=channel_options(m.cluster, 64 << 20)
             )
-            self._channels[name] = ch
+            self._channels[f"{name}/{identity}"] = ch
         return agent_pb2_grpc.AgentStub(ch)
 
     def members(self, name: str, timeout: float = 2.0) -> dict[str, tuple[str, int]]:

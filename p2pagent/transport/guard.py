@@ -1,21 +1,22 @@
 """The server interceptor every RPC passes through: identity, role, revocation, rate limit,
-metrics and error mapping, in one place.
+open streams, metrics and error mapping, in one place.
 
 grpc.aio interceptors do not see the TLS peer, so instead of deciding in
 ``intercept_service`` we wrap the method handler: the wrapper reads the caller's SPIFFE
 identity from the verified certificate (``caller_identity``) before running the real
 behaviour. The handshake itself already refused callers without a certificate from our CA.
 
-Who may call what:
-
-- ``/p2pagent.v1.Peer/*``: node identities only (a client gets PERMISSION_DENIED);
-- everything else (``Agent``, health, reflection): node or client identities of our cluster;
-- a revoked identity: nothing.
+Who may call what is the authorization table (``transport.authorization``): one row per
+method, naming the roles allowed. Identities of another cluster and revoked identities may call
+nothing. Every streaming call is registered in ``transport.streams`` for as long as it runs,
+so a revocation or the expiry of the caller's certificate ends it, and one identity holds a
+bounded number of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import logging
 import time
@@ -23,15 +24,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from cryptography import x509
 
 from p2pagent import errors
-from p2pagent.identity.spiffe import Identity, Role, parse
+from p2pagent.identity.spiffe import Identity, parse
+from p2pagent.transport import authorization
 from p2pagent.transport.errors import NODE_ANSWER, RETRY_AFTER, status_of
 from p2pagent.transport.metrics import RpcMetrics
+from p2pagent.transport.streams import OpenStream, OpenStreams
 
 log = logging.getLogger(__name__)
-
-PEER_PREFIX = "/p2pagent.v1.Peer/"
 
 #: Returns a reason when the identity is revoked, else None.
 RevocationCheck = Callable[[str], str | None]
@@ -64,13 +66,40 @@ def caller_identity(context: grpc.aio.ServicerContext[Any, Any]) -> Identity:
         if text.startswith("spiffe://"):
             try:
                 ident = parse(text)
-            except errors.InvalidArgument:
-                break
+            except errors.InvalidArgument as e:
+                # An unknown role lands here: refused at the door, saying which roles exist.
+                raise errors.PermissionDenied(
+                    f"the client certificate's identity is refused: {e}; issue a certificate "
+                    "with `p2pagentctl certs issue --role ROLE`"
+                ) from None
             if len(_parsed) >= MAX_CACHED_IDENTITIES:
                 _parsed.clear()
             _parsed[values] = ident
             return ident
     raise errors.PermissionDenied("the client certificate carries no valid spiffe:// identity")
+
+
+_expiry: dict[bytes, float] = {}
+
+
+def certificate_expiry(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    """When the caller's certificate expires (unix time), from the verified peer certificate
+    in the auth context; None when it is not there. Read once per stream, not per call."""
+    pems = list(context.auth_context().get("x509_pem_cert") or ())
+    if not pems:
+        return None
+    pem = pems[0] if isinstance(pems[0], bytes) else str(pems[0]).encode()
+    key = hashlib.sha256(pem).digest()
+    known = _expiry.get(key)
+    if known is None:
+        try:
+            known = x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
+        except ValueError:
+            return None
+        if len(_expiry) >= MAX_CACHED_IDENTITIES:
+            _expiry.clear()
+        _expiry[key] = known
+    return known
 
 
 class Guard(grpc.aio.ServerInterceptor):
@@ -81,12 +110,14 @@ class Guard(grpc.aio.ServerInterceptor):
         revoked: RevocationCheck | None = None,
         allow_rate: RateCheck | None = None,
         request_limit: RequestLimit | None = None,
+        streams: OpenStreams | None = None,
     ) -> None:
         self._cluster = cluster
         self._request_limit = request_limit
         self._metrics = metrics
         self._revoked = revoked
         self._allow_rate = allow_rate
+        self.streams = streams if streams is not None else OpenStreams(0)
 
     def authorize(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Identity:
         ident = caller_identity(context)
@@ -98,13 +129,21 @@ class Guard(grpc.aio.ServerInterceptor):
             reason = self._revoked(ident.uri)
             if reason is not None:
                 raise errors.PermissionDenied(f"{ident} has been revoked: {reason}")
-        if method.startswith(PEER_PREFIX) and ident.role is not Role.NODE:
-            raise errors.PermissionDenied(
-                f"{ident} is a {ident.role.value} identity; the Peer service admits nodes only"
-            )
+        authorization.authorize(method, ident)
         if self._allow_rate is not None and not self._allow_rate(ident):
             raise errors.ResourceExhausted(f"rate limit exceeded for {ident}; slow down and retry")
         return ident
+
+    def open_stream(
+        self, ident: Identity, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> OpenStream:
+        return self.streams.open(ident, certificate_expiry(context))
+
+    def revoke_streams(self, uri: str, reason: str) -> int:
+        """Ends every open stream of ``uri`` (it has just been revoked)."""
+        return self.streams.end_identity(
+            uri, errors.PermissionDenied(f"{uri} has been revoked: {reason}")
+        )
 
     async def intercept_service(
         self,
@@ -132,7 +171,8 @@ def _wrap(
         answer: tuple[tuple[str, str], ...] = ()
         if isinstance(exc, errors.P2PAgentError):
             status, message = status_of(exc), str(exc)
-            answer = ((NODE_ANSWER, status.name),)
+            # Errors may carry trailers of their own (a Watch's resume position).
+            answer = ((NODE_ANSWER, status.name), *getattr(exc, "trailers", ()))
             retry_after = getattr(exc, "retry_after_s", None)
             if retry_after is not None:
                 answer += ((RETRY_AFTER, str(int(retry_after * 1000) + 1)),)  # never early
@@ -149,22 +189,45 @@ def _wrap(
         _drop_frames(exc)
         await context.abort(status, message, trailing_metadata=answer)
 
-    def unary_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    def ended_by_us(stream: OpenStream | None) -> errors.P2PAgentError | None:
+        """The error a cancelled stream was ended with by the stream registry (revoked,
+        certificate expired), or None when the cancel came from elsewhere (the client)."""
+        if stream is None or stream.ended is None:
+            return None
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # we answer the cancel ourselves, with the status below
+        return stream.ended
+
+    def unary_response(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
         async def run(request: Any, context: Any) -> Any:
             start = time.perf_counter()
+            stream: OpenStream | None = None
             try:
-                guard.authorize(method, context)
+                ident = guard.authorize(method, context)
                 _check_decoded(request)
+                if streaming:
+                    # Client streaming (uploads) or a coroutine that writes: always inside
+                    # our code or a read, so always safe to cancel.
+                    stream = guard.open_stream(ident, context)
+                    stream.busy = True
                 response = await behavior(_checked_stream(request), context)
             except grpc.aio.AbortError:
                 finish(start, _code_name(context))
                 raise
-            except asyncio.CancelledError:
-                finish(start, "CANCELLED")
-                raise
+            except asyncio.CancelledError as e:
+                ended = ended_by_us(stream)
+                if ended is None:
+                    finish(start, "CANCELLED")
+                    raise
+                await fail(context, ended, start)
+                raise AssertionError("unreachable") from e
             except Exception as e:
                 await fail(context, e, start)
                 raise AssertionError("unreachable") from e
+            finally:
+                if stream is not None:
+                    guard.streams.close(stream)
             finish(start, _code_name(context))
             return response
 
@@ -175,24 +238,42 @@ def _wrap(
 
             async def gen(request: Any, context: Any) -> AsyncIterator[Any]:
                 start = time.perf_counter()
+                stream: OpenStream | None = None
                 try:
-                    guard.authorize(method, context)
+                    ident = guard.authorize(method, context)
                     _check_decoded(request)
-                    async for item in behavior(_checked_stream(request), context):
+                    stream = guard.open_stream(ident, context)
+                    items = aiter(behavior(_checked_stream(request), context))
+                    while True:
+                        stream.busy = True  # waiting in our code: the registry may cancel
+                        try:
+                            item = await anext(items)
+                        except StopAsyncIteration:
+                            break
+                        finally:
+                            stream.busy = False
                         yield item
+                        if stream.ended is not None:
+                            raise stream.ended  # ended while grpc was writing
                 except grpc.aio.AbortError:
                     finish(start, _code_name(context))
                     raise
                 except asyncio.CancelledError:
-                    finish(start, "CANCELLED")
-                    raise
+                    ended = ended_by_us(stream)
+                    if ended is None:
+                        finish(start, "CANCELLED")
+                        raise
+                    await fail(context, ended, start)
                 except Exception as e:
                     await fail(context, e, start)
+                finally:
+                    if stream is not None:
+                        guard.streams.close(stream)
                 finish(start, _code_name(context))
 
             return gen
         # A coroutine that writes with context.write (e.g. the health service's Watch).
-        return unary_response(behavior)
+        return unary_response(behavior, streaming=True)
 
     limit = guard._request_limit(method) if guard._request_limit is not None else None
     kind_args = {
@@ -200,10 +281,12 @@ def _wrap(
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary), **kind_args)
+        return grpc.unary_unary_rpc_method_handler(
+            unary_response(handler.unary_unary, streaming=False), **kind_args
+        )
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
-            unary_response(handler.stream_unary), **kind_args
+            unary_response(handler.stream_unary, streaming=True), **kind_args
         )
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(

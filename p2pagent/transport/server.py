@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from p2pagent.config import parse_address
 from p2pagent.errors import ConfigError
 from p2pagent.identity.material import TLSMaterial
+from p2pagent.transport.config import TransportConfig
 from p2pagent.transport.credentials import server_credentials
 from p2pagent.transport.guard import Guard
 
@@ -44,9 +45,12 @@ def _check_bindable(listen: str) -> None:
 class Server:
     """Owns the grpc.aio server and its health servicer."""
 
-    def __init__(self, guard: Guard, max_message_bytes: int) -> None:
+    def __init__(
+        self, guard: Guard, max_message_bytes: int, limits: TransportConfig | None = None
+    ) -> None:
         options: list[tuple[str, int]] = [
             *KEEPALIVE_SERVER_OPTIONS,
+            *(limits or TransportConfig()).server_options(),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),

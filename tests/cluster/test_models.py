@@ -135,7 +135,7 @@ def test_publish_pull_on_two_nodes_then_infer_by_name_where_pulled(
     from p2pagent.inference.spec import ModelSpec
 
     metadata = ModelSpec.from_dict(meta).to_proto()
-    v = c.agent("n1").PublishModel(
+    v = c.agent("n1", "publisher").PublishModel(
         _upload(demo / "demo.torchscript.pt", "mlp", metadata), timeout=60
     )
     assert v.chunks > 16 and list(v.holders) == ["n1"]
@@ -206,7 +206,7 @@ def test_replicas_all_replicates_without_being_asked(four: Cluster, demo: Path) 
     c = four
     live = ["n2", "n3", "n4"]
     metadata = _noop_metadata(demo)
-    v = c.agent("n2").PublishModel(
+    v = c.agent("n2", "publisher").PublishModel(
         _upload(demo / "noop.torchscript.pt", "noop-all", metadata, replicas="all"), timeout=60
     )
     assert v.replicas == "all"
@@ -223,7 +223,9 @@ def test_infer_by_name_pulls_a_model_the_node_does_not_hold(four: Cluster, demo:
 
     c = four
     meta = ModelSpec.from_dict(json.loads((demo / "demo.metadata.json").read_text())).to_proto()
-    c.agent("n2").PublishModel(_upload(demo / "demo.torchscript.pt", "mlp-lazy", meta), timeout=60)
+    c.agent("n2", "publisher").PublishModel(
+        _upload(demo / "demo.torchscript.pt", "mlp-lazy", meta), timeout=60
+    )
     c.wait_for(lambda: _versions(c, "n4", "mlp-lazy"), SETTLE_S, "registry on n4")
     assert "n4" not in _holders(c, "n4", "mlp-lazy")
     x = np.load(demo / "sample_input.npy")
@@ -246,7 +248,7 @@ def test_replicas_k_rereplicates_after_holders_die(
         c.start()
         c.wait_for(lambda: _all_alive(c, names), SETTLE_S, "n1..n4 alive")
         model = demo / "noop.torchscript.pt"
-        v = c.agent("n1").PublishModel(
+        v = c.agent("n1", "publisher").PublishModel(
             _upload(model, "noop-k", _noop_metadata(demo), replicas="2"), timeout=60
         )
         assert v.replicas == "2" and list(v.holders) == ["n1"]
@@ -298,7 +300,8 @@ def test_pullers_serve_each_other_while_they_pull(
             name="blob", format="safetensors", size=len(data), chunk_size=CHUNK,
             metadata=noop_metadata(),
         )  # fmt: skip
-        c.agent("n1").PublishModel(publish_requests(header, data, CHUNK * 8), timeout=60)
+        requests = publish_requests(header, data, CHUNK * 8)
+        c.agent("n1", "publisher").PublishModel(requests, timeout=60)
         for node in pullers:
             c.wait_for(lambda node=node: _versions(c, node, "blob"), SETTLE_S, f"{node} sees it")
         errors: list[BaseException] = []

@@ -157,12 +157,54 @@ def test_a_revocation_spreads_to_every_node(three: Cluster) -> None:
             return False
 
     assert not refused("n2")
-    node_tls = tls.load(tls.TLSPaths.in_dir(three.certs, "n1"))
-    admin_creds = grpc.ssl_channel_credentials(node_tls.ca_pem, node_tls.key_pem, node_tls.cert_pem)
-    with grpc.secure_channel(three.nodes["n1"].address, admin_creds,
-                             options=channel_options(m.cluster, 4 << 20)) as ch:  # fmt: skip
-        agent_pb2_grpc.AgentStub(ch).Revoke(
-            agent_pb2.RevokeRequest(identity=m.identity.uri, reason="test"), timeout=10
-        )
+    three.agent("n1", "admin").Revoke(
+        agent_pb2.RevokeRequest(identity=m.identity.uri, reason="test"), timeout=10
+    )
     for n in three.nodes:
         three.wait_for(lambda n=n: refused(n), SETTLE_S, f"{n} refuses the revoked identity")
+
+
+def test_a_revocation_ends_the_identitys_open_watch_on_every_node(three: Cluster) -> None:
+    """Revocation stops more than new calls: a Watch already open on each node is ended with
+    PERMISSION_DENIED once the revocation reaches that node."""
+    import time
+
+    from p2pagent.identity import certs
+    from p2pagent.identity.spiffe import Role
+
+    certs.issue(three.certs, "eve", Role.CLIENT)
+    ended: dict[str, tuple[grpc.StatusCode, str, float]] = {}
+    opened = threading.Barrier(len(three.nodes) + 1)
+
+    def watch(node: str) -> None:
+        stub = three.agent(node, "eve")
+        call = stub.Watch(agent_pb2.WatchRequest(namespace="revoke-watch"), timeout=120)
+        three.agent(node, "eve").Status(agent_pb2.StatusRequest(), timeout=10)
+        opened.wait(30)
+        try:
+            for _ in call:
+                pass
+        except grpc.RpcError as e:
+            ended[node] = (e.code(), e.details(), time.monotonic())  # type: ignore[attr-defined]
+
+    threads = [threading.Thread(target=watch, args=(n,)) for n in three.nodes]
+    for t in threads:
+        t.start()
+    opened.wait(30)
+    time.sleep(1.0)  # every Watch is registered on its node
+    three.agent("n2").Put(
+        agent_pb2.PutRequest(namespace="revoke-watch", key="k", value=b"v"), timeout=10
+    )
+    assert not ended  # the streams are open and served
+    eve = f"spiffe://{three.cluster}/client/eve"
+    three.agent("n1", "admin").Revoke(
+        agent_pb2.RevokeRequest(identity=eve, reason="left the company"), timeout=10
+    )
+    acked = time.monotonic()
+    for t in threads:
+        t.join(SETTLE_S)
+    assert set(ended) == set(three.nodes), f"still open on {set(three.nodes) - set(ended)}"
+    for node, (code, details, at) in ended.items():
+        assert code is grpc.StatusCode.PERMISSION_DENIED, (node, details)
+        assert "revoked: left the company" in details
+        assert at - acked < SETTLE_S  # generous: bench/streams.py measures the 2 s target

@@ -72,7 +72,8 @@ async def test_a_model_published_through_the_client_is_listed_and_runs_by_name(
     node: Daemon, certs_dir: Path, models: Path, tmp_path: Path
 ) -> None:
     x = demo_model.sample_input(1, seed=13)
-    async with Client.from_certs([f"127.0.0.1:{free_port()}", node.address], certs_dir) as mesh:
+    targets = [f"127.0.0.1:{free_port()}", node.address]
+    async with Client.from_certs(targets, certs_dir, identity="publisher") as mesh:
         version = await mesh.publish(models / "demo.torchscript.pt", "from-python")
         assert version.name == "from-python" and version.holders == ["n7"]
         listed = await mesh.models("from-python")

@@ -87,7 +87,8 @@ async def test_client_identity_calling_peer_is_permission_denied(
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await peer_pb2_grpc.PeerStub(ch).Gossip(common_pb2.Envelope(), timeout=5)
     assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED
-    assert "client identity" in (e.value.details() or "")
+    assert "needs role node" in (e.value.details() or "")
+    assert "has role client" in (e.value.details() or "")
 
 
 async def test_health_and_reflection_answer_a_plain_grpc_client(

@@ -74,7 +74,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterator[
 
 @pytest.fixture()
 def stub(node: Daemon, certs_dir: Path) -> Iterator[agent_pb2_grpc.AgentStub]:
-    with _channel(node, certs_dir) as ch:
+    with _channel(node, certs_dir, "publisher") as ch:  # publishing needs the publisher role
         yield agent_pb2_grpc.AgentStub(ch)
 
 
@@ -222,7 +222,7 @@ def ctl(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_push_infer_by_name_ls_and_rm(
     node: Daemon, stub: agent_pb2_grpc.AgentStub, certs_dir: Path, demo: Path
 ) -> None:
-    conn = ["--target", node.address, "--certs", str(certs_dir)]
+    conn = ["--target", node.address, "--certs", str(certs_dir), "--identity", "publisher"]
     r = ctl("models", "push", str(demo / "demo.torchscript.pt"), "--name", "mlp", *conn, "--json")
     assert r.returncode == 0, r.stderr
     pushed = json.loads(r.stdout)
@@ -273,7 +273,8 @@ def test_cli_push_infer_by_name_ls_and_rm(
 def test_infer_and_tasks_run_a_pinned_version_beside_the_newest(
     node: Daemon, stub: agent_pb2_grpc.AgentStub, certs_dir: Path, demo: Path
 ) -> None:
-    conn = ["--target", node.address, "--certs", str(certs_dir), "--json"]
+    conn = ["--target", node.address, "--certs", str(certs_dir), "--identity", "publisher",
+            "--json"]  # fmt: skip
     first = json.loads(
         ctl("models", "push", str(demo / "demo.torchscript.pt"), "--name", "pin", *conn).stdout
     )

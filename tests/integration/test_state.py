@@ -247,11 +247,11 @@ def test_revocation_is_enforced_and_survives_restart(tmp_path: Path, certs_dir: 
             assert (
                 _code(lambda: victim.Revoke(req, timeout=10)) is grpc.StatusCode.PERMISSION_DENIED
             )
-        with _channel(d, certs_dir, "n1") as ch:  # an operator using a node identity
+        with _channel(d, certs_dir, "admin") as ch:  # an operator with an admin identity
             admin = agent_pb2_grpc.AgentStub(ch)
             bad = agent_pb2.RevokeRequest(identity="not-a-uri")
             assert _code(lambda: admin.Revoke(bad, timeout=10)) is grpc.StatusCode.INVALID_ARGUMENT
-        r = _ctl(d, certs_dir, "revoke", target, "--reason", "stolen laptop", "--identity", "n1")
+        r = _ctl(d, certs_dir, "revoke", target, "--reason", "stolen laptop", "--identity", "admin")
         assert r.returncode == 0, r.stderr
         with _channel(d, certs_dir, "client3") as ch:
             code = _code(lambda: agent_pb2_grpc.AgentStub(ch).Status(agent_pb2.StatusRequest(),

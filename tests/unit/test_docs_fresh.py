@@ -7,12 +7,22 @@ import dataclasses
 from p2pagent.config import Config
 from p2pagent.docgen import __main__ as docgen
 from p2pagent.docgen import api_reference, config_reference
+from p2pagent.transport import authorization
 
 
 def test_readme_configuration_reference_is_fresh() -> None:
     readme = docgen.README.read_text()
     want = docgen.readme_with_reference(readme, config_reference.render())
     assert readme == want, "README.md configuration reference is stale: run `make docs`"
+
+
+def test_readme_authorization_table_is_fresh() -> None:
+    readme = docgen.README.read_text()
+    want = docgen.readme_with_reference(
+        readme, authorization.render(), docgen.AUTH_BEGIN, docgen.AUTH_END
+    )
+    assert readme == want, "README.md authorization table is stale: run `make docs`"
+    assert "| `/p2pagent.v1.Agent/Revoke` | admin, node |" in readme
 
 
 def test_api_reference_is_fresh() -> None:

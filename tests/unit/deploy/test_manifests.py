@@ -113,7 +113,7 @@ def test_every_k8s_pod_gets_a_valid_config_and_reaches_the_seeds() -> None:
 
 def test_every_compose_node_gets_a_valid_config_its_health_check_can_read() -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-    nodes = [n for n, svc in compose["services"].items() if n != "certs"]
+    nodes = [n for n in compose["services"] if n.startswith("node")]
     assert len(nodes) == 3
     for name in nodes:
         svc = compose["services"][name]
@@ -128,6 +128,36 @@ def test_every_compose_node_gets_a_valid_config_its_health_check_can_read() -> N
     for name in nodes:
         deps = compose["services"][name]["depends_on"]
         assert deps["certs"]["condition"] == "service_completed_successfully"
+
+
+def test_no_container_but_the_certificate_step_mounts_the_ca_key() -> None:
+    """Issue 21: each node gets its own certificate, its key and ca.crt only."""
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    mounts = {
+        name: {v.split(":")[0]: v.split(":")[1] for v in svc.get("volumes", [])}
+        for name, svc in services.items()
+    }
+    assert [n for n, m in mounts.items() if "ca" in m] == ["certs"]
+    step = " ".join(services["certs"]["command"])
+    nodes = [n for n in services if n.startswith("node")]
+    own = {}
+    for name in nodes:
+        certs_volume = next(v for v, path in mounts[name].items() if path == "/etc/p2pagent/certs")
+        own[name] = certs_volume
+        # What the step copies into that volume: ca.crt and the node's own pair.
+        assert mounts["certs"][certs_volume] == f"/out/{name}"
+    assert len(set(own.values())) == len(nodes)  # no two nodes share a certificate volume
+    assert "cp /ca/ca.crt /ca/$$n.crt /ca/$$n.key /out/$$n/" in step
+    assert "ca.key" not in step
+    # Kubernetes: pods get their certificate from the csi-driver; the CA's secret (its key)
+    # is mounted by no pod.
+    for doc in _all_k8s():
+        if doc["kind"] == "StatefulSet":
+            volumes = doc["spec"]["template"]["spec"]["volumes"]
+            assert not any(v.get("secret", {}).get("secretName") == "p2pagent-ca" for v in volumes)
+    operator = [d for d in _all_k8s() if d["kind"] == "Certificate" and not d["spec"].get("isCA")]
+    assert {u.split("/")[3] for d in operator for u in d["spec"]["uris"]} == {"admin"}
 
 
 def test_gpu_variant_requests_a_gpu() -> None:

@@ -110,3 +110,23 @@ def test_expired_certificate_is_refused_at_load(tmp_path: Path) -> None:
     certs.issue(tmp_path, "old", Role.CLIENT, days=1, not_before=start)
     with pytest.raises(ConfigError, match="expired"):
         material.load(material.TLSPaths.in_dir(tmp_path, "old"))
+
+
+def test_the_cli_issues_each_of_the_four_roles_and_refuses_any_other(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from p2pagent.cli.ctl import main
+
+    assert main(["certs", "init", "--dir", str(tmp_path), "--cluster", "alpha"]) == 0
+    for role in ("node", "admin", "publisher", "client"):
+        assert main(["certs", "issue", "--dir", str(tmp_path), "--name", f"x-{role}",
+                     "--role", role]) == 0  # fmt: skip
+        cert = x509.load_pem_x509_certificate((tmp_path / f"x-{role}.crt").read_bytes())
+        assert certs.identity_of(cert).role is Role(role)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["certs", "issue", "--dir", str(tmp_path), "--name", "x-root", "--role", "root"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'root'" in err and "publisher" in err
+    assert not (tmp_path / "x-root.crt").exists()

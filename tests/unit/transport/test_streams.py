@@ -1,0 +1,74 @@
+"""The open-stream registry: per-identity cap, ending every stream of a revoked identity,
+ending a stream when its certificate expires, and never cancelling a stream parked in grpc's
+write (grpc would then send no status at all)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from p2pagent import errors
+from p2pagent.identity.spiffe import Identity, Role
+from p2pagent.transport.streams import OpenStreams
+
+ALICE = Identity("c1", Role.CLIENT, "alice")
+N1 = Identity("c1", Role.NODE, "n1")
+
+
+async def test_the_cap_refuses_a_client_past_it_and_names_the_knob() -> None:
+    streams = OpenStreams(max_per_identity=2)
+    a, _ = streams.open(ALICE, None), streams.open(ALICE, None)
+    with pytest.raises(errors.ResourceExhausted, match="max_streams_per_identity = 2"):
+        streams.open(ALICE, None)
+    for _ in range(5):
+        streams.open(N1, None)  # nodes are not capped
+    streams.close(a)
+    streams.open(ALICE, None)  # a slot is free again
+    assert streams.count(ALICE.uri) == 2 and streams.count(N1.uri) == 5
+
+
+async def test_ending_an_identity_cancels_its_waiting_streams_only() -> None:
+    streams = OpenStreams(0)
+    started = asyncio.Event()
+
+    async def handler(ident: Identity, busy: bool) -> str:
+        s = streams.open(ident, None)
+        s.busy = busy
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            return f"cancelled: {s.ended}"
+        finally:
+            streams.close(s)
+        return "not cancelled"
+
+    waiting = asyncio.create_task(handler(ALICE, busy=True))
+    writing = asyncio.create_task(handler(ALICE, busy=False))  # parked in grpc's write
+    other = asyncio.create_task(handler(N1, busy=True))
+    await asyncio.sleep(0)
+    assert streams.end_identity(ALICE.uri, errors.PermissionDenied("revoked: lost")) == 2
+    assert await waiting == "cancelled: revoked: lost"
+    await asyncio.sleep(0.01)
+    assert not writing.done() and not other.done()  # only marked: the guard ends it later
+    assert all(s.ended is not None for s in streams._by_uri[ALICE.uri])
+    writing.cancel()
+    other.cancel()
+    await asyncio.gather(writing, other, return_exceptions=True)
+    assert streams.total() == 0
+
+
+async def test_a_stream_ends_when_its_certificate_expires() -> None:
+    streams = OpenStreams(0)
+    s = streams.open(ALICE, time.time() + 0.05)
+    s.busy = True
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.sleep(5)
+    assert isinstance(s.ended, errors.PermissionDenied) and "expired" in str(s.ended)
+    streams.close(s)
+    later = streams.open(ALICE, time.time() + 0.05)
+    streams.close(later)  # closed in time: its expiry timer is cancelled
+    await asyncio.sleep(0.1)
+    assert later.ended is None
