@@ -35,6 +35,7 @@ from p2pagent.inference.device import DeviceInfo
 from p2pagent.inference.formats import LoadedModel
 from p2pagent.inference.stats import ModelStats
 from p2pagent.inference.tensors import HostTensor
+from p2pagent.inference.worker import RemoteModel
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -264,12 +265,18 @@ class InferenceEngine:
             except RuntimeError:  # the loop is closed: nobody is left to answer
                 pass
 
-        if self._stage is None:
+        # A model in the isolated worker (worker.py) runs there, from the compute thread:
+        # its inputs are concatenated straight into shared memory, so there is no staging.
+        remote = model.fn if isinstance(model.fn, RemoteModel) else None
+        if self._stage is None or remote is not None:
 
             def run() -> None:
                 start = time.perf_counter()
                 try:
-                    outs, seconds = self._runner_now().run(model, parts)
+                    if remote is not None:
+                        outs, seconds = remote.run(model, parts)
+                    else:
+                        outs, seconds = self._runner_now().run(model, parts)
                 except BaseException as e:
                     deliver(None, time.perf_counter() - start, e)
                 else:
