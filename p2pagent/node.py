@@ -247,7 +247,7 @@ class Node:
         if self.model_worker is not None:
             # Before the engine: a batch stuck in the worker fails now instead of holding
             # the engine's drain for inference.worker_timeout_s.
-            await asyncio.to_thread(self.model_worker.close)
+            await self.model_worker.aclose()
         await self.engine.close()
         self.models_cache.close()
         await self.channels.close()

@@ -1,19 +1,24 @@
 """The daemon's side of the model worker: a confined process that runs code-bearing models.
 
 TorchScript and torch.export archives are code; with ``inference.isolate_code_models`` on (the
-default) the node never loads one itself. ``ModelWorker.load`` is the model cache's loader for
-them: it hands the verified file to the worker as an open descriptor and returns a
+default) the node never loads one itself. ``isolating_loader`` is the model cache's loader:
+for those formats it hands the verified file to the worker as an open descriptor and returns a
 ``LoadedModel`` whose ``fn`` is a ``RemoteModel``; the engine sends such a model's batches to
-``RemoteModel.run`` on its compute thread, which writes the inputs straight into shared memory
-(the batch's concatenation is that write), sends a small msgpack request and blocks for the
-answer. Batching policy, queues and deadlines stay in the engine; the worker only executes.
+``RemoteModel.run``, a coroutine on the event loop: it writes the inputs straight into shared
+memory (the batch's concatenation is that write; large batches are written from a thread),
+sends a small msgpack request, and the answer comes back through a reader on the loop. So a
+batch costs the same two wake-ups as an in-process one (loop -> worker -> loop), not four.
+Batching policy, queues and deadlines stay in the engine; the worker only executes.
 
-Failures. The worker is untrusted: every answer is checked (worker_wire). A worker that exits
-fails the batch it was running with Unavailable; one that does not answer within
-``inference.worker_timeout_s`` is killed and fails its batch the same way. Either way the next
-request starts a fresh worker and loads its model again: the daemon never waits forever and
-never dies with its worker. One request is in the worker at a time (a lock), so at most one
-batch is ever lost.
+The worker answers requests in order, one at a time; the daemon keeps them in a FIFO and
+allows one batch in the worker at a time (its inputs live in the one input region).
+
+Failures. The worker is untrusted: every answer is checked (worker_wire, worker_tensors). A
+worker that exits or breaks the protocol fails what it had; a batch or load it dies under is
+tried once more in a new worker (so a worker killed from outside, even between requests,
+costs no request), and a second death is Unavailable. A worker that does not answer within
+``inference.worker_timeout_s`` is killed and the request fails with Internal (most likely the
+model's doing: not retried here). The daemon never waits forever and never dies with it.
 
 Diagnostics: ``P2PAGENT_WORKER_PROBE`` (paths joined by ``os.pathsep``) makes each new worker
 try to open those paths from inside its sandbox and the daemon log the outcome; the isolation
@@ -22,7 +27,9 @@ tests use it to show the key is unreadable from the worker itself.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import concurrent.futures
 import itertools
 import logging
 import os
@@ -34,18 +41,16 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from p2pagent.errors import Internal, InvalidArgument, P2PAgentError, ResourceExhausted, Unavailable
-from p2pagent.inference import dtypes, isolation, worker_wire
+from p2pagent.inference import isolation, worker_tensors, worker_wire
 from p2pagent.inference.formats import LoadedModel, ModelFormat, detect_format, load_model
 from p2pagent.inference.spec import ModelSpec
-from p2pagent.inference.tensors import HostTensor, host_to_torch
-from p2pagent.inference.worker_wire import ChannelClosed, Region, TensorRef
+from p2pagent.inference.worker_wire import ChannelClosed, Region
 
 if TYPE_CHECKING:
     import torch
@@ -55,13 +60,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
 PROBE_ENV = "P2PAGENT_WORKER_PROBE"
 #: Environment the worker keeps from the daemon's (nothing else: no tokens, no paths).
 _KEEP_ENV = (
     "PATH", "LANG", "LC_ALL", "PYTHONPATH", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES",
     "CUDA_DEVICE_ORDER", "NVIDIA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
 )  # fmt: skip
+#: Batches with more input bytes than this are written into shared memory from a thread,
+#: not on the event loop.
+_LOOP_COPY_BYTES = 1 << 20
+#: Formats that carry code: loaded and run only in the worker.
+CODE_FORMATS = frozenset({ModelFormat.TORCHSCRIPT, ModelFormat.TORCH_EXPORT})
 
 
 class _WorkerLost(Exception):
@@ -72,58 +81,76 @@ class _WorkerLost(Exception):
         self.hung = hung
 
 
+@dataclass
+class _Pending:
+    """A request sent to the worker, waiting for its answer."""
+
+    doing: str
+    future: asyncio.Future[dict[str, Any]]
+    timeout: float
+
+
+@dataclass(eq=False)
+class _Process:
+    """One worker process and what lives and dies with it."""
+
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket
+    pending: collections.deque[_Pending] = field(default_factory=collections.deque)
+    loaded: set[int] = field(default_factory=set)
+    inputs: Region | None = None
+    outputs: Region | None = None
+    stderr: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=20))
+    timer: asyncio.TimerHandle | None = None
+    lost: bool = False
+
+
 class RemoteModel:
     """A model loaded in the worker: the ``fn`` of its ``LoadedModel``."""
 
     def __init__(
-        self,
-        worker: ModelWorker,
-        key: int,
-        name: str,
-        path: Path,
-        fmt: ModelFormat,
-        device: str,
-        output_names: list[str],
-    ) -> None:
+        self, worker: ModelWorker, key: int, name: str, path: Path, fmt: ModelFormat,
+        device: str, output_names: list[str],
+    ) -> None:  # fmt: skip
         self.worker = worker
-        self.output_names = output_names
         self.key = key
         self.name = name
         self.path = path
         self.format = fmt
         self.device = device
+        self.output_names = output_names
 
-    def run(
+    async def run(
         self, model: LoadedModel, parts: Sequence[Sequence[InputTensor]]
     ) -> tuple[list[list[torch.Tensor]], float]:
         """One batch in the worker: each request's outputs and the seconds it took."""
         from p2pagent.inference.runner import _outputs, split
 
         rows = sum(int(p[0].shape[0]) for p in parts) if model.spec.batchable else 1
-        outputs, seconds = self.worker.run(self, model, parts, rows)
+        outputs, seconds = await self.worker.run(self, parts, rows, model.spec.batchable)
         return split(model, _outputs(model, outputs, rows), parts), seconds
 
     def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
-        """Direct call with whole tensors (one request), for callers outside the engine."""
+        """A direct call with whole tensors, from a thread other than the event loop's."""
         rows = int(inputs[0].shape[0]) if inputs and inputs[0].dim() else 1
-        return self.worker.run(self, None, [list(inputs)], rows)[0]
+        run = self.worker.run(self, [list(inputs)], rows, True)
+        outputs: list[torch.Tensor] = self.worker.wait_from_thread(run)[0]
+        return outputs
 
 
 class ModelWorker:
+    """The worker process, started on first use and replaced when lost; loop-owned state."""
+
     def __init__(self, plan: isolation.Plan, scratch: Path, threads: int, timeout_s: float) -> None:
         self.plan = plan
         self.scratch = scratch
         self.threads = threads
         self.timeout_s = timeout_s
-        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._keys = itertools.count(1)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._sock: socket.socket | None = None
-        self._inputs: Region | None = None
-        self._outputs: Region | None = None
-        self._loaded: set[int] = set()  # keys loaded in the current process
-        self._forgotten: collections.deque[int] = collections.deque()
-        self._stderr: collections.deque[str] = collections.deque(maxlen=20)
+        self._current: _Process | None = None
+        self._run_lock: asyncio.Lock | None = None
+        self._forgotten: collections.deque[int] = collections.deque()  # thread-safe appends
         self._closed = False
         #: Workers started (the first one included) and lost, for stats and tests.
         self.starts = 0
@@ -137,219 +164,176 @@ class ModelWorker:
         p = isolation.plan(worker_uid, protected, scratch)
         if p.uid is not None and p.gid is not None:
             os.chown(scratch, p.uid, p.gid)
-        return ModelWorker(p, scratch, threads, timeout_s)
+        worker = ModelWorker(p, scratch, threads, timeout_s)
+        try:
+            worker._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # bound on the first coroutine call instead
+        return worker
 
     @property
     def pid(self) -> int | None:
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
+        cur = self._current
+        return cur.proc.pid if cur is not None and cur.proc.poll() is None else None
 
-    # ---- the cache's loader ----------------------------------------------------------------
+    # ---- the cache's loader (a thread) and direct callers ---------------------------------
 
     def load(
-        self,
-        name: str,
-        path: Path,
-        spec: ModelSpec,
-        device: torch.device | str,
+        self, name: str, path: Path, spec: ModelSpec, device: torch.device | str,
         fmt: ModelFormat,
-    ) -> LoadedModel:
-        """Loads a code-bearing model in the worker (blocking: the cache's loader thread)."""
+    ) -> LoadedModel:  # fmt: skip
+        """Loads a code-bearing model in the worker; blocking (the cache's loader thread)."""
         import torch
 
         remote = RemoteModel(
             self, next(self._keys), name, Path(path), fmt, str(device), list(spec.output_names)
         )
-        nbytes = self._attempt(f"loading model {name!r}", lambda: self._load_locked(remote))
+        nbytes = self.wait_from_thread(self._retrying(f"loading model {name!r}", remote, None))
         weakref.finalize(remote, self._forgotten.append, remote.key)
         return LoadedModel(name, spec, fmt, remote, torch.device(device), nbytes)
 
-    def probe(self, paths: list[str]) -> dict[str, str]:
+    def wait_from_thread(self, coro: Any) -> Any:
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            raise Unavailable("the model worker has no event loop yet")
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:  # it would wait for itself
+            coro.close()
+            raise RuntimeError("wait_from_thread called on the event loop's own thread")
+        future: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(coro, loop)
+        return future.result()
+
+    # ---- on the loop -----------------------------------------------------------------------
+
+    async def run(
+        self,
+        remote: RemoteModel,
+        parts: Sequence[Sequence[InputTensor]],
+        rows: int,
+        batchable: bool,
+    ) -> tuple[list[torch.Tensor], float]:
+        """The batch's outputs (host tensors, in port order) and the seconds it took."""
+        start = time.perf_counter()
+        outputs = await self._retrying(
+            f"running a batch of model {remote.name!r}", remote, (parts, rows, batchable)
+        )
+        return outputs, time.perf_counter() - start
+
+    async def probe(self, paths: list[str]) -> dict[str, str]:
         """Tries to open each path from inside the worker: "opened" or the errno's name."""
-
-        def ask() -> dict[str, Any]:
-            self._started_locked()
-            return self._ask_locked({"op": "probe", "paths": paths}, [], "probing paths")
-
-        reply = self._attempt("probing paths", ask)
+        reply = await self._ask({"op": "probe", "paths": paths}, [], "probing paths")
         results = reply.get("results")
         if not isinstance(results, dict):
             raise Internal("the model worker answered a probe with no results")
         return {str(k)[:4096]: str(v)[:64] for k, v in results.items()}
 
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._stop_locked()
-        shutil.rmtree(self.scratch, ignore_errors=True)
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._current is not None:
+            self._lose(self._current, "was stopped: the node is shutting down", log_it=False)
+        await asyncio.to_thread(shutil.rmtree, self.scratch, True)
 
-    # ---- batches ---------------------------------------------------------------------------
+    # ---- requests --------------------------------------------------------------------------
 
-    def run(
-        self,
-        remote: RemoteModel,
-        model: LoadedModel | None,
-        parts: Sequence[Sequence[InputTensor]],
-        rows: int,
-    ) -> tuple[list[torch.Tensor], float]:
-        """The batch's outputs (host tensors, in port order) and the seconds it took."""
-        start = time.perf_counter()
-
-        def attempt() -> list[torch.Tensor]:
-            self._started_locked()
-            if remote.key not in self._loaded:
-                self._load_locked(remote)
-            refs = self._write_inputs_locked(parts, model is None or model.spec.batchable, rows)
-            reply = self._ask_locked(
-                {"op": "run", "key": remote.key, "inputs": [r.pack() for r in refs]},
-                [],
-                f"running a batch of model {remote.name!r}",
-                failed=lambda kind, msg: _batch_error(remote.name, kind, msg, rows, len(parts)),
-            )
-            return self._read_outputs_locked(reply)
-
-        outputs = self._attempt(f"running a batch of model {remote.name!r}", attempt)
-        return outputs, time.perf_counter() - start
-
-    def _attempt(self, doing: str, attempt: Callable[[], _T]) -> _T:
-        """Runs ``attempt`` with the lock held. A worker that dies under it is replaced and
-        the attempt made once more, so a worker killed from outside (or between requests,
-        unnoticed until the next one) costs no request; a second death fails it with
-        Unavailable. A worker that stopped answering is not given another go: Internal."""
-        with self._lock:
-            for tries in (1, 2):
-                try:
-                    return attempt()
-                except _WorkerLost as e:
-                    if e.hung:
-                        # Most likely the model's doing: another node would hang too.
-                        raise Internal(
-                            f"the model worker {e} while {doing}; a new worker starts on "
-                            "the next request"
-                        ) from None
-                    if tries == 2:
-                        raise Unavailable(
-                            f"the model worker {e} while {doing}, twice in a row; a new "
-                            "worker starts on the next request: retry"
-                        ) from None
-                    log.info("%s again in a new model worker", doing)
+    async def _retrying(self, doing: str, remote: RemoteModel, batch: Any) -> Any:
+        """A load (``batch`` None) or a batch, tried once more in a new worker if the worker
+        dies under it; Internal if it hung, Unavailable after a second death."""
+        for tries in (1, 2):
+            try:
+                if batch is None:
+                    return await self._load(remote)
+                return await self._run_once(remote, *batch)
+            except _WorkerLost as e:
+                if e.hung:
+                    raise Internal(
+                        f"the model worker {e} while {doing}; a new worker starts on the next "
+                        "request"
+                    ) from None
+                if tries == 2:
+                    raise Unavailable(
+                        f"the model worker {e} while {doing}, twice in a row; a new worker "
+                        "starts on the next request: retry"
+                    ) from None
+                log.info("%s again in a new model worker", doing)
         raise AssertionError("unreachable")
 
-    # ---- internals (all with the lock held) -----------------------------------------------
-
-    def _load_locked(self, remote: RemoteModel) -> int:
-        self._started_locked()
+    async def _load(self, remote: RemoteModel) -> int:
         try:
             fd = os.open(remote.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             raise InvalidArgument(f"cannot read model file {remote.path}: {e}") from None
+        message = {
+            "op": "load", "key": remote.key, "format": remote.format.value,
+            "device": remote.device, "outputs": remote.output_names,
+        }  # fmt: skip
         try:
-            reply = self._ask_locked(
-                {
-                    "op": "load",
-                    "key": remote.key,
-                    "format": remote.format.value,
-                    "device": remote.device,
-                    "outputs": remote.output_names,
-                },
-                [fd],
-                f"loading model {remote.name!r}",
-                failed=lambda kind, msg: _load_error(remote, kind, msg),
-            )
+            cur = self._process()
+            reply = await self._ask(
+                message, [fd], f"loading model {remote.name!r}",
+                failed=lambda kind, msg: _load_error(remote, kind, msg), process=cur,
+            )  # fmt: skip
         finally:
             os.close(fd)
         nbytes = reply.get("nbytes")
         if not isinstance(nbytes, int) or nbytes < 0:
-            raise self._protocol_error("a load answer without a size")
-        self._loaded.add(remote.key)
+            raise self._lose(cur, "broke the protocol (a load answer without a size)")
+        cur.loaded.add(remote.key)
         return nbytes
 
-    def _started_locked(self) -> None:
-        if self._closed:
-            raise Unavailable("the inference engine is shut down")
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            while self._forgotten:  # models the cache let go of
-                key = self._forgotten.popleft()
-                if key in self._loaded:
-                    self._loaded.discard(key)
-                    self._send_locked({"op": "unload", "key": key}, [])
-            return
-        if proc is not None:
-            log.warning(
-                "the model worker (pid %d) exited with %s while idle; starting a new one%s",
-                proc.pid, _exit_text(proc.returncode), self._stderr_text(),
-            )  # fmt: skip
-            self.losses += 1
-            self._stop_locked()
-        self._spawn_locked()
-
-    def _spawn_locked(self) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = {k: os.environ[k] for k in _KEEP_ENV if k in os.environ}
-        env.update(HOME=str(self.scratch), TMPDIR=str(self.scratch), USER="p2pagent-worker")
-        env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1")
-        cmd = [sys.executable, "-P", "-m", "p2pagent.inference.worker_main", str(child.fileno())]
-        try:
-            # close_fds (the default) plus pass_fds: the worker inherits its end of the control
-            # socket and nothing else (no listening socket, no key file, no database).
-            proc = subprocess.Popen(
-                cmd,
-                pass_fds=(child.fileno(),),
-                env=env,
-                cwd=self.scratch,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-        finally:
-            child.close()
-        self._proc, self._sock = proc, parent
-        self._loaded.clear()
-        self._stderr.clear()
-        self.starts += 1
-        threading.Thread(
-            target=self._drain_stderr, args=(proc,), name="model-worker-stderr", daemon=True
-        ).start()
-        hello = self._ask_locked(
-            {
-                "op": "init",
-                "rules": [[r.path, r.access.value] for r in self.plan.rules],
-                "uid": self.plan.uid,
-                "gid": self.plan.gid,
-                "threads": self.threads,
-                "parent": os.getpid(),
-            },
-            [],
-            "starting",
-            timeout=max(self.timeout_s, 120.0),
-        )
-        log.info(
-            "model worker started: pid %d, uid %s, gid %s, no_new_privs %s, capabilities "
-            "dropped %s, Landlock %s",
-            proc.pid, hello.get("uid"), hello.get("gid"), hello.get("no_new_privs"),
-            hello.get("capabilities_dropped"),
-            f"ABI {hello.get('landlock_abi')} enforced" if hello.get("landlock_abi")
-            else f"not enforced ({str(hello.get('landlock_error'))[:200]})",
-        )  # fmt: skip
-        paths = [p for p in os.environ.get(PROBE_ENV, "").split(os.pathsep) if p]
-        if paths:
-            reply = self._ask_locked({"op": "probe", "paths": paths}, [], "probing paths")
-            for path, outcome in dict(reply.get("results") or {}).items():
-                log.info("model worker probe: open %s from the worker: %s", path, outcome)
-
-    def _ask_locked(
+    async def _run_once(
         self,
-        message: dict[str, Any],
-        fds: list[int],
-        doing: str,
-        *,
-        failed: Any = None,
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        """Sends a request and returns the worker's answer (_WorkerLost if it is lost)."""
-        self._send_locked(message, fds)
-        reply = self._receive_locked(timeout or self.timeout_s)
+        remote: RemoteModel,
+        parts: Sequence[Sequence[InputTensor]],
+        rows: int,
+        batchable: bool,
+    ) -> list[torch.Tensor]:
+        if self._run_lock is None:
+            self._run_lock = asyncio.Lock()
+        async with self._run_lock:  # one batch in the worker: one input region
+            cur = self._process()
+            if remote.key not in cur.loaded:
+                await self._load(remote)
+                cur = self._process()
+            refs, needed = worker_tensors.input_layout(parts, batchable, rows)
+            if cur.inputs is None or cur.inputs.size < needed:
+                if cur.inputs is not None:
+                    cur.inputs.close()
+                cur.inputs = Region.create(needed, "p2pagent-worker-in")
+                self._send(cur, {"op": "inbuf", "size": cur.inputs.size}, [cur.inputs.fd])
+            if needed <= _LOOP_COPY_BYTES:
+                worker_tensors.write_inputs(cur.inputs, refs, parts)
+            else:
+                await asyncio.to_thread(worker_tensors.write_inputs, cur.inputs, refs, parts)
+            reply = await self._ask(
+                {"op": "run", "key": remote.key, "inputs": [r.pack() for r in refs]}, [],
+                f"running a batch of model {remote.name!r}",
+                failed=lambda kind, msg: _batch_error(remote.name, kind, msg, rows, len(parts)),
+                process=cur,
+            )  # fmt: skip
+            try:
+                return worker_tensors.read_outputs(cur.outputs, reply.get("outputs"))
+            except ChannelClosed as e:
+                raise self._lose(cur, f"broke the protocol ({e})") from None
+
+    async def _ask(
+        self, message: dict[str, Any], fds: list[int], doing: str, *, failed: Any = None,
+        process: _Process | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Sends a request and awaits the worker's answer (_WorkerLost if the worker is)."""
+        cur = process or self._process()
+        if cur.lost:
+            raise _WorkerLost("was replaced before it got to this")
+        loop = self._bind_loop()
+        pending = _Pending(doing, loop.create_future(), self.timeout_s)
+        cur.pending.append(pending)
+        if len(cur.pending) == 1:
+            self._arm(cur)
+        self._send(cur, message, fds)
+        reply = await pending.future
         if reply.get("ok") is True:
             return reply
         kind, text = str(reply.get("kind"))[:32], str(reply.get("message"))[:2000]
@@ -358,134 +342,191 @@ class ModelWorker:
             raise error
         raise Internal(f"the model worker failed {doing}: {text}")
 
-    def _send_locked(self, message: dict[str, Any], fds: list[int]) -> None:
-        assert self._sock is not None
+    def _send(self, cur: _Process, message: dict[str, Any], fds: list[int]) -> None:
         try:
-            worker_wire.send(self._sock, message, fds)
+            worker_wire.send(cur.sock, message, fds)
         except OSError as e:
-            raise self._lose_locked(f"could not be reached ({e})") from None
+            raise self._lose(cur, f"could not be reached ({e})") from None
 
-    def _receive_locked(self, timeout: float) -> dict[str, Any]:
-        sock = self._sock
-        assert sock is not None
-        sock.settimeout(timeout)
+    # ---- the process -----------------------------------------------------------------------
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def _process(self) -> _Process:
+        """The live worker, started if there is none; models the cache let go of unloaded."""
+        if self._closed:
+            raise Unavailable("the inference engine is shut down")
+        cur = self._current
+        if cur is not None and cur.proc.poll() is not None:
+            self._lose(cur, f"exited with {_exit_text(cur.proc.returncode)} while idle")
+            cur = None
+        if cur is None:
+            cur = self._spawn()
+        while self._forgotten:
+            key = self._forgotten.popleft()
+            if key in cur.loaded:
+                cur.loaded.discard(key)
+                self._send(cur, {"op": "unload", "key": key}, [])
+        return cur
+
+    def _spawn(self) -> _Process:
+        loop = self._bind_loop()
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {k: os.environ[k] for k in _KEEP_ENV if k in os.environ}
+        env.update(HOME=str(self.scratch), TMPDIR=str(self.scratch), USER="p2pagent-worker")
+        env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1")
+        cmd = [sys.executable, "-P", "-m", "p2pagent.inference.worker_main", str(child.fileno())]
         try:
-            reply, fds = worker_wire.receive(sock)
-        except TimeoutError:
-            raise self._lose_locked(
-                f"did not answer in {timeout:.0f}s (inference.worker_timeout_s) and was stopped",
-                hung=True,
-            ) from None
-        except (OSError, ChannelClosed) as e:
-            raise self._lose_locked(self._exit_reason(e)) from None
-        if "outbuf" in reply:
-            if len(fds) != 1 or not isinstance(reply["outbuf"], int):
-                raise self._lose_locked("broke the protocol (an output region without its fd)")
-            try:
-                region = Region.adopt(fds[0], reply["outbuf"])
-            except (ChannelClosed, OSError) as e:
-                raise self._lose_locked(f"broke the protocol ({e})") from None
-            if self._outputs is not None:
-                self._outputs.close()
-            self._outputs = region
-        else:
-            for fd in fds:
-                os.close(fd)
-        return reply
+            # close_fds (the default) plus pass_fds: the worker inherits its end of the control
+            # socket and nothing else (no listening socket, no key file, no database). A vfork
+            # and exec: nothing of this process's gRPC state is copied.
+            proc = subprocess.Popen(
+                cmd, pass_fds=(child.fileno(),), env=env, cwd=self.scratch,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+        except OSError as e:
+            parent.close()
+            raise Unavailable(f"cannot start the model worker: {e}") from None
+        finally:
+            child.close()
+        parent.setblocking(False)
+        cur = _Process(proc, parent)
+        self._current = cur
+        self.starts += 1
+        threading.Thread(
+            target=_drain_stderr, args=(proc, cur.stderr), name="model-worker-stderr", daemon=True
+        ).start()
+        loop.add_reader(parent.fileno(), self._on_readable, cur)
+        init = {
+            "op": "init", "rules": [[r.path, r.access.value] for r in self.plan.rules],
+            "uid": self.plan.uid, "gid": self.plan.gid, "threads": self.threads,
+            "parent": os.getpid(),
+        }  # fmt: skip
+        # Sent now, before anything else can be: the worker reads it first. Starting imports
+        # torch, which can be slow on a busy host.
+        hello = _Pending("starting", loop.create_future(), max(self.timeout_s, 120.0))
+        cur.pending.append(hello)
+        self._arm(cur)
+        self._send(cur, init, [])
+        hello.future.add_done_callback(lambda f: self._started(cur, f))
+        return cur
 
-    def _exit_reason(self, e: BaseException) -> str:
-        proc = self._proc
-        if proc is not None:
-            try:
-                proc.wait(2.0)
-                return f"exited with {_exit_text(proc.returncode)}{self._stderr_text()}"
-            except subprocess.TimeoutExpired:
-                pass
-        return f"broke the protocol ({e})"
+    def _started(self, cur: _Process, future: asyncio.Future[dict[str, Any]]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return  # the requests queued behind it failed with it
+        hello = future.result()
+        if hello.get("ok") is not True:
+            why = str(hello.get("message"))[:500]
+            self._lose(cur, f"could not confine itself ({why})")
+            return
+        log.info(
+            "model worker started: pid %d, uid %s, gid %s, no_new_privs %s, capabilities "
+            "dropped %s, Landlock %s",
+            cur.proc.pid, hello.get("uid"), hello.get("gid"), hello.get("no_new_privs"),
+            hello.get("capabilities_dropped"),
+            f"ABI {hello.get('landlock_abi')} enforced" if hello.get("landlock_abi")
+            else f"not enforced ({str(hello.get('landlock_error'))[:200]})",
+        )  # fmt: skip
+        paths = [p for p in os.environ.get(PROBE_ENV, "").split(os.pathsep) if p]
+        if paths and cur is self._current:
+            probe = asyncio.ensure_future(self.probe(paths))
+            probe.add_done_callback(_log_probe)
 
-    def _lose_locked(self, why: str, *, hung: bool = False) -> _WorkerLost:
-        pid = self._proc.pid if self._proc is not None else 0
-        log.warning("the model worker (pid %d) %s; it restarts on the next request", pid, why)
-        self.losses += 1
-        self._stop_locked()
-        return _WorkerLost(why, hung=hung)
-
-    def _stop_locked(self) -> None:
-        proc, self._proc = self._proc, None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-        if proc is not None:
+    def _on_readable(self, cur: _Process) -> None:
+        while cur is self._current:
             try:
-                proc.wait(10.0)
-            except subprocess.TimeoutExpired:
-                log.error("the model worker (pid %d) did not exit after SIGKILL", proc.pid)
-        for region in (self._inputs, self._outputs):
+                reply, fds = worker_wire.receive(cur.sock)
+            except BlockingIOError:
+                return
+            except (OSError, ChannelClosed) as e:
+                self._lose(cur, self._exit_reason(cur, e))
+                return
+            if not cur.pending:
+                for fd in fds:
+                    os.close(fd)
+                self._lose(cur, "broke the protocol (an answer nobody asked for)")
+                return
+            if "outbuf" in reply:
+                if len(fds) != 1 or not isinstance(reply["outbuf"], int):
+                    self._lose(cur, "broke the protocol (an output region without its fd)")
+                    return
+                try:
+                    region = Region.adopt(fds[0], reply["outbuf"])
+                except (ChannelClosed, OSError) as e:
+                    self._lose(cur, f"broke the protocol ({e})")
+                    return
+                if cur.outputs is not None:
+                    cur.outputs.close()
+                cur.outputs = region
+            else:
+                for fd in fds:
+                    os.close(fd)
+            done = cur.pending.popleft()
+            self._arm(cur)
+            if not done.future.done():
+                done.future.set_result(reply)
+
+    def _arm(self, cur: _Process) -> None:
+        """The timer of the request the worker is on now (the head of the queue)."""
+        if cur.timer is not None:
+            cur.timer.cancel()
+            cur.timer = None
+        if cur.pending and self._loop is not None:
+            head = cur.pending[0]
+            cur.timer = self._loop.call_later(head.timeout, self._hung, cur, head)
+
+    def _hung(self, cur: _Process, head: _Pending) -> None:
+        if cur.pending and cur.pending[0] is head:
+            why = f"did not answer in {head.timeout:.0f}s (inference.worker_timeout_s)"
+            self._lose(cur, f"{why} and was stopped", hung=True)
+
+    def _exit_reason(self, cur: _Process, e: BaseException) -> str:
+        try:
+            code = cur.proc.wait(1.0)  # it closed the channel: it is exiting
+        except subprocess.TimeoutExpired:
+            return f"broke the protocol ({e})"
+        tail = [line for line in cur.stderr if line][-3:]
+        words = f"; its last words: {' | '.join(tail)}" if tail else ""
+        return f"exited with {_exit_text(code)}{words}"
+
+    def _lose(
+        self, cur: _Process, why: str, *, hung: bool = False, log_it: bool = True
+    ) -> _WorkerLost:
+        """Stops ``cur`` for good and fails what it had: its first request (the one it was
+        on) with ``why``; the ones queued behind it never started, so they may go again."""
+        if cur.lost:
+            return _WorkerLost(why, hung=hung)
+        cur.lost = True
+        if log_it:
+            log.warning("the model worker (pid %d) %s", cur.proc.pid, why)
+        if cur is self._current:
+            self._current = None
+            self.losses += 1
+        if cur.timer is not None:
+            cur.timer.cancel()
+        if self._loop is not None:
+            self._loop.remove_reader(cur.sock.fileno())
+        cur.sock.close()
+        if cur.proc.poll() is None:
+            cur.proc.kill()
+            threading.Thread(target=cur.proc.wait, name="model-worker-reap", daemon=True).start()
+        for region in (cur.inputs, cur.outputs):
             if region is not None:
                 region.close()
-        self._inputs = self._outputs = None
-        self._loaded.clear()
-
-    def _drain_stderr(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:  # kept, bounded, for the message when it dies
-            self._stderr.append(line[:300].decode("utf-8", "replace").rstrip())
-        proc.stderr.close()
-
-    def _stderr_text(self) -> str:
-        tail = [line for line in self._stderr if line][-3:]
-        return f"; its last words: {' | '.join(tail)}" if tail else ""
-
-    def _write_inputs_locked(
-        self, parts: Sequence[Sequence[InputTensor]], batchable: bool, rows: int
-    ) -> list[TensorRef]:
-        columns = list(zip(*parts))
-        specs = []
-        for col in columns:
-            first = col[0]
-            info = _dtype_of(first)
-            shape = (rows, *first.shape[1:]) if batchable and len(col) > 1 else tuple(first.shape)
-            specs.append((info, tuple(int(d) for d in shape)))
-        refs, needed = worker_wire.layout(specs)
-        if self._inputs is None or self._inputs.size < needed:
-            if self._inputs is not None:
-                self._inputs.close()
-                self._inputs = None
-            region = Region.create(needed, "p2pagent-worker-in")
-            self._inputs = region
-            self._send_locked({"op": "inbuf", "size": region.size}, [region.fd])
-        region = self._inputs
-        for ref, col in zip(refs, columns):
-            if ref.nbytes:
-                _concatenate_into(region, ref, col)
-        return refs
-
-    def _read_outputs_locked(self, reply: dict[str, Any]) -> list[torch.Tensor]:
-        raw = reply.get("outputs")
-        region = self._outputs
-        if not isinstance(raw, list) or len(raw) > worker_wire.MAX_OUTPUTS:
-            raise self._protocol_error("an answer without a list of outputs")
-        if raw and region is None:
-            raise self._protocol_error("outputs without an output region")
-        out = []
-        for r in raw:
-            try:
-                ref = TensorRef.checked(r, region.size if region else 0, "model worker output")
-            except ChannelClosed as e:
-                raise self._protocol_error(str(e)) from None
-            out.append(_copy_out(region, ref))
-        return out
-
-    def _protocol_error(self, what: str) -> Unavailable:
-        why = f"broke the protocol ({what})"
-        self._lose_locked(why)
-        return Unavailable(f"the model worker {why}; it restarts on the next request: retry")
-
-
-#: Formats that carry code: loaded and run only in the worker.
-CODE_FORMATS = frozenset({ModelFormat.TORCHSCRIPT, ModelFormat.TORCH_EXPORT})
+        cur.inputs = cur.outputs = None
+        error = _WorkerLost(why, hung=hung)
+        first = True
+        while cur.pending:
+            p = cur.pending.popleft()
+            if not p.future.done():
+                p.future.set_exception(
+                    error if first else _WorkerLost(f"{why} (before it got to this request)")
+                )
+            first = False
+        return error
 
 
 def isolating_loader(worker: ModelWorker) -> Loader:
@@ -493,12 +534,9 @@ def isolating_loader(worker: ModelWorker) -> Loader:
     through the in-repo architectures, which run no code from the file)."""
 
     def load(
-        name: str,
-        path: Path,
-        spec: ModelSpec,
-        device: torch.device | str,
+        name: str, path: Path, spec: ModelSpec, device: torch.device | str,
         fmt: ModelFormat | None,
-    ) -> LoadedModel:
+    ) -> LoadedModel:  # fmt: skip
         detected = detect_format(Path(path))
         if fmt is not None and fmt is not detected:
             raise InvalidArgument(
@@ -510,6 +548,20 @@ def isolating_loader(worker: ModelWorker) -> Loader:
         return load_model(name, Path(path), spec, device, detected)
 
     return load
+
+
+def _drain_stderr(proc: subprocess.Popen[bytes], keep: collections.deque[str]) -> None:
+    assert proc.stderr is not None
+    for line in proc.stderr:  # kept, bounded, for the message when it dies
+        keep.append(line[:300].decode("utf-8", "replace").rstrip())
+    proc.stderr.close()
+
+
+def _log_probe(task: asyncio.Future[dict[str, str]]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    for path, outcome in task.result().items():
+        log.info("model worker probe: open %s from the worker: %s", path, outcome)
 
 
 def _exit_text(code: int | None) -> str:
@@ -536,44 +588,3 @@ def _batch_error(name: str, kind: str, message: str, rows: int, requests: int) -
     return Internal(
         f"model {name!r} failed on a batch of {rows} row(s) ({requests} request(s)): {message}"
     )
-
-
-def _dtype_of(t: InputTensor) -> dtypes.DTypeInfo:
-    if isinstance(t, HostTensor):
-        return t.dtype
-    info = dtypes.BY_NAME.get(str(t.dtype).removeprefix("torch."))
-    if info is None:
-        raise InvalidArgument(f"tensors of dtype {t.dtype} cannot be sent to the model worker")
-    return info
-
-
-def _concatenate_into(region: Region, ref: TensorRef, column: Sequence[InputTensor]) -> None:
-    """Joins one input's tensors along dimension 0 straight into the shared region: the
-    only copy a wire tensor's bytes get on their way to the worker (as in-process)."""
-    if all(isinstance(t, HostTensor) for t in column):
-        dst = np.ndarray(ref.shape, dtype=ref.dtype.numpy, buffer=region.map, offset=ref.offset)
-        np.concatenate([t.array for t in column], out=dst)  # type: ignore[union-attr]
-        del dst
-        return
-    import torch
-
-    count = ref.nbytes // ref.dtype.itemsize
-    view = torch.frombuffer(region.map, dtype=ref.dtype.torch_dtype, count=count, offset=ref.offset)
-    tensors = [
-        host_to_torch(t.dtype, np.array(t.array)) if isinstance(t, HostTensor) else t.cpu()
-        for t in column
-    ]
-    torch.cat(tensors, out=view.view(ref.shape))
-    del view
-
-
-def _copy_out(region: Region | None, ref: TensorRef) -> torch.Tensor:
-    """An output copied out of the worker's region (which the next batch overwrites)."""
-    info = ref.dtype
-    if region is None or ref.nbytes == 0:
-        array = np.empty(ref.shape, dtype=info.numpy)
-    else:
-        count = ref.nbytes // info.itemsize
-        array = np.frombuffer(region.map, dtype=info.numpy, count=count, offset=ref.offset)
-        array = array.reshape(ref.shape).copy()
-    return host_to_torch(info, array)
