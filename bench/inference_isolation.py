@@ -1,7 +1,8 @@
 """The key-isolated model worker against the daemon's own engine, in the same run.
 
     python -m bench.inference_isolation [--rounds R] [--noop-requests N] [--requests M]
-                                        [--small] [--no-pin] [--json FILE]
+                                        [--model demo|large] [--small] [--no-pin]
+                                        [--json FILE]
 
 Two daemons serve the same TorchScript files: one with ``inference.isolate_code_models`` on
 (the default: the models run in the confined worker process, tensors through shared memory)
@@ -14,6 +15,10 @@ median over rounds of each variant, and the median of the per-round ratios (the 
 Placement as in bench/inference_grpc.py: the client is pinned to the first core and both
 daemons to the others (the worker inherits its daemon's cores); each row also gives the
 CPU time per request of the daemon and its worker together.
+
+``--model large`` measures the c=32 row on ``demo-large`` (bench/inference_grpc.py), whose
+forward pass dominates a request, so batches form and the worker's cost per batch is shared
+by their rows; with ``demo`` the RPC around a request dominates and most batches are one row.
 
 Targets (issue 21): isolated no-op p50 at most +10%; batched c=32 throughput at most -5%.
 """
@@ -58,19 +63,23 @@ def worker_pids(daemon_pid: int) -> list[int]:
     return out
 
 
-async def run(rounds: int, noop_requests: int, requests: int, pin: bool) -> dict[str, object]:
+async def run(
+    rounds: int, noop_requests: int, requests: int, pin: bool, kind: str
+) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="p2p-bench-iso-"))
     certs.init_ca(root / "certs", "bench")
     for name in ("i1", "i2"):
         certs.issue(root / "certs", name, Role.NODE)
     certs.issue(root / "certs", "client", Role.CLIENT)
     files = demo_model.write_all(root / "model")
+    large = kind == "large"
+    served = demo_model.write_large(root / "model") if large else files["torchscript"]
     serve = [
         "--device", "cpu",
-        "--serve", f"demo={files['torchscript']}",
+        "--serve", f"demo={served}",
         "--serve", f"noop={files['noop_torchscript']}",
     ]  # fmt: skip
-    client_cores, prefix, threads = placement(pin, False, False)
+    client_cores, prefix, threads = placement(pin, large, False)
     if client_cores is not None:
         os.sched_setaffinity(0, client_cores)
     env = {"P2PAGENT_INFERENCE__INTRA_OP_THREADS": str(threads)} if threads else {}
@@ -91,6 +100,7 @@ async def run(rounds: int, noop_requests: int, requests: int, pin: bool) -> dict
         (root / "certs/client.crt").read_bytes(),
     )
     x = demo_model.sample_input(1).numpy()
+    x_batched = (demo_model.large_input(1) if large else demo_model.sample_input(1)).numpy()
     samples: dict[str, dict[str, list[float]]] = {
         v: {"noop_p50_ms": [], "noop_cpu_us": [], "c32_rps": [], "c32_p50_ms": [], "c32_cpu_us": []}
         for v in VARIANTS
@@ -104,8 +114,8 @@ async def run(rounds: int, noop_requests: int, requests: int, pin: bool) -> dict
         }
         stubs = {v: agent_pb2_grpc.AgentStub(ch) for v, ch in channels.items()}
         for v in VARIANTS:  # models loaded, the worker started: none of that is timed
-            for model in ("noop", "demo"):
-                await load(stubs[v], model, x, 4, 40, daemons[v].proc.pid)  # type: ignore[union-attr]
+            for model, data in (("noop", x), ("demo", x_batched)):
+                await load(stubs[v], model, data, 4, 40, daemons[v].proc.pid)  # type: ignore[union-attr]
         for r in range(rounds):
             order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
             for v in order:
@@ -121,7 +131,7 @@ async def run(rounds: int, noop_requests: int, requests: int, pin: bool) -> dict
                 samples[v]["noop_p50_ms"].append(pct(lat, 0.5) * 1e3)
                 workers = worker_pids(pid) if v == "isolated" else []
                 c0 = cpu(pid, workers)
-                rps, lat, _ = await load(stubs[v], "demo", x, 32, requests, pid)
+                rps, lat, _ = await load(stubs[v], "demo", x_batched, 32, requests, pid)
                 samples[v]["c32_cpu_us"].append((cpu(pid, workers) - c0) / (requests + 20) * 1e6)
                 samples[v]["c32_rps"].append(rps)
                 samples[v]["c32_p50_ms"].append(pct(lat, 0.5) * 1e3)
@@ -141,6 +151,7 @@ async def run(rounds: int, noop_requests: int, requests: int, pin: bool) -> dict
     noop_ratio, rps_ratio = statistics.median(noop_ratios), statistics.median(rps_ratios)
     started = [line for line in iso_log.splitlines() if "model worker started" in line]
     return {
+        "model": "demo-large" if large else "demo",
         "rounds": rounds,
         "noop_requests": noop_requests,
         "requests": requests,
@@ -172,15 +183,21 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=10, help="alternating rounds (median kept)")
     p.add_argument("--noop-requests", type=int, default=1000, help="no-op requests per round")
     p.add_argument("--requests", type=int, default=3000, help="c=32 requests per round")
+    p.add_argument("--model", choices=("demo", "large"), default="demo", help="c=32 model")
     p.add_argument("--small", action="store_true", help="CI size: two short rounds")
     p.add_argument("--no-pin", action="store_true", help="let client and daemons share cores")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     if args.small:
         args.rounds, args.noop_requests, args.requests = 2, 100, 320
-    out = asyncio.run(run(args.rounds, args.noop_requests, args.requests, not args.no_pin))
+    if args.model == "large" and not args.small:
+        args.requests = min(args.requests, 600)
+    out = asyncio.run(
+        run(args.rounds, args.noop_requests, args.requests, not args.no_pin, args.model)
+    )
     print(
-        f"{out['rounds']} rounds, pinned {out['pinned']} (daemon cores {out['daemon_cores']}); "
+        f"c=32 model {out['model']}, {out['rounds']} rounds, pinned {out['pinned']} "
+        f"(daemon cores {out['daemon_cores']}); "
         f"worker: {out['worker']}"
     )
     print(f"{'variant':12} {'noop p50 ms':>12} {'noop cpu us':>12} {'c32 req/s':>10} "

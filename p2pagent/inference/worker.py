@@ -205,7 +205,14 @@ class ModelWorker:
             coro.close()
             raise RuntimeError("wait_from_thread called on the event loop's own thread")
         future: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(coro, loop)
-        return future.result()
+        try:
+            # Bounded: a loop that stops before running it must not strand this thread.
+            return future.result(timeout=2 * self.timeout_s + 120.0)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise Unavailable(
+                "the model worker did not answer (the node may be stopping)"
+            ) from None
 
     # ---- on the loop -----------------------------------------------------------------------
 
