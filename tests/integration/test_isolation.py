@@ -257,3 +257,43 @@ async def test_a_hung_worker_is_stopped_at_its_timeout(node: Daemon, certs_dir: 
         assert "inference.worker_timeout_s" in (err.value.details() or "")
         await _infer(stub, "demo", x)
     assert node.running
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="switching uid needs root")
+def test_confine_switches_uid_and_keeps_it_from_a_root_only_key(tmp_path: Path) -> None:
+    """The uid half of the sandbox, in a process of its own (the daemon's worker stays uid 0
+    on hosts where Python lives under a 0700 /root, so the node test cannot show it)."""
+    import subprocess
+    import sys
+
+    key = tmp_path / "node.key"
+    key.write_text("secret")
+    key.chmod(0o600)
+    tmp_path.chmod(0o755)
+    script = (
+        "import os, sys\n"
+        "from p2pagent.inference import sandbox\n"
+        # Landlock allows the key's folder: a refusal can only come from the uid.
+        "rules = [sandbox.Rule(os.path.dirname(sys.argv[1]), sandbox.Access.READ)]\n"
+        "report = sandbox.confine(rules, 65534, 65534)\n"
+        "try:\n"
+        "    open(sys.argv[1]).read()\n"
+        "    print('opened')\n"
+        "except PermissionError:\n"
+        "    print('denied', os.getuid(), os.getgid(), os.getgroups(), report.landlock_abi)\n"
+        "try:\n"
+        "    os.setuid(0)\n"
+        "    print('regained root')\n"
+        "except PermissionError:\n"
+        "    print('stays')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(key)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.split("\n")
+    words = out[0].split()
+    assert words[:4] == ["denied", "65534", "65534", "[]"], out
+    assert out[1] == "stays"
