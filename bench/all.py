@@ -25,6 +25,7 @@ FULL: list[list[str]] = [
     ["bench.membership_cluster"],
     ["bench.inference_offline"],
     ["bench.inference_grpc"],
+    ["bench.inference_isolation"],
     ["bench.tasks_sim"],
     ["bench.tasks_daemon"],
     ["bench.tasks_cluster"],
@@ -44,6 +45,7 @@ SMALL: list[list[str]] = [
     ["bench.membership_cluster", "--nodes", "6", "--partition-nodes", "4"],
     ["bench.inference_offline", "--small"],
     ["bench.inference_grpc", "--small"],
+    ["bench.inference_isolation", "--small"],
     ["bench.tasks_sim", "--small"],
     ["bench.tasks_daemon", "--tasks", "50", "--concurrency", "8"],
     ["bench.tasks_daemon", "--tasks", "20", "--against", "."],  # the A/B harness, A/A

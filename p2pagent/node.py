@@ -27,9 +27,12 @@ from p2pagent.config import Config, parse_address
 from p2pagent.errors import ConfigError, ResourceExhausted
 from p2pagent.identity import material as tls
 from p2pagent.identity.spiffe import Identity, Role
+from p2pagent.inference import isolation
 from p2pagent.inference.cache import ModelCache
-from p2pagent.inference.device import select_device
-from p2pagent.inference.engine import InferenceEngine
+from p2pagent.inference.device import DeviceInfo, select_device
+from p2pagent.inference.engine import InferenceEngine, resolve_config
+from p2pagent.inference.formats import load_model
+from p2pagent.inference.worker import ModelWorker, isolating_loader
 from p2pagent.membership.driver import MembershipDriver, check_user_tags
 from p2pagent.membership.view import PeerDirectory
 from p2pagent.state.config import StateConfig
@@ -95,7 +98,12 @@ class Node:
         self._stopped = asyncio.Event()
         self.device = select_device(config.device)  # imports torch only for CUDA
         self.local_models = [parse_serve(entry) for entry in config.serve]
-        self.models_cache = ModelCache(self.device.name, config.inference.cache_budget_bytes)
+        self.model_worker = model_worker(config, self.data_dir, self.device)
+        self.models_cache = ModelCache(
+            self.device.name,
+            config.inference.cache_budget_bytes,
+            loader=isolating_loader(self.model_worker) if self.model_worker else load_model,
+        )
         self.engine = InferenceEngine(self.models_cache, config.inference, self.device)
         for m in self.local_models:
             self.models_cache.register(m.name, m.path, m.spec)
@@ -263,6 +271,10 @@ class Node:
             except Exception:
                 log.exception("stopping %s failed", type(component).__name__)
         await self.server.stop(self.config.grace_period)
+        if self.model_worker is not None:
+            # Before the engine: a batch stuck in the worker fails now instead of holding
+            # the engine's drain for inference.worker_timeout_s.
+            await self.model_worker.aclose()
         await self.engine.close()
         self.models_cache.close()
         await self.channels.close()
@@ -302,6 +314,29 @@ class Node:
             state_keys=replica.key_count if replica else 0,
             state_digest=replica.state_digest() if replica else "",
         )
+
+
+def model_worker(config: Config, data_dir: Path, device: DeviceInfo) -> ModelWorker | None:
+    """The worker that runs code-bearing models away from the node's key (started on the
+    first such model); None where ``inference.isolate_code_models`` is off."""
+    inference = config.inference
+    if not inference.isolate_code_models:
+        log.warning(
+            "inference.isolate_code_models is off: TorchScript and torch.export models run "
+            "inside the daemon, where they can read the node's private key"
+        )
+        return None
+    paths = config.tls_paths()
+    protected = sorted({paths.key, paths.cert, paths.ca, paths.key.parent, data_dir})
+    threads = resolve_config(inference, device).intra_op_threads
+    worker = ModelWorker.create(
+        inference.worker_uid, protected, threads, inference.worker_timeout_s
+    )
+    if isolation.protects_key(worker.plan):
+        log.info("%s", isolation.describe(worker.plan))
+    else:
+        log.warning("%s: model code could read the node's key", isolation.describe(worker.plan))
+    return worker
 
 
 def state_config(config: Config) -> StateConfig:

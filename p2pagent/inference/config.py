@@ -47,6 +47,23 @@ class InferenceConfig:
     #: unloaded past it.
     cache_budget_bytes: int = 4 * 1024**3
 
+    # ---- model isolation -----------------------------------------------------------------
+    #: Load and run TorchScript and torch.export models (which carry code) in a separate
+    #: worker process that cannot read the node's key, certificates or data folder
+    #: (Landlock where the kernel has it, another uid where the daemon runs as root, no
+    #: capabilities, no new privileges; tensors pass through shared memory). safetensors
+    #: weights run in the daemon either way: their architecture is ours, not the file's.
+    #: Off runs every model in the daemon (only for models you wrote yourself).
+    isolate_code_models: bool = True
+    #: uid the model worker switches to when the daemon runs as root. -1 = auto: 65534
+    #: (nobody) where that uid can reach the Python installation, else uid 0 with every
+    #: capability dropped (Landlock then keeps the key out of reach). The node logs which
+    #: at start.
+    worker_uid: int = -1
+    #: Longest the model worker may take to load a model or run one batch; past it the
+    #: worker is stopped, the batch fails with UNAVAILABLE and a new worker starts.
+    worker_timeout_s: float = 300.0
+
     def validate(self) -> InferenceConfig:
         positive = {
             "max_batch_size": self.max_batch_size,
@@ -68,6 +85,14 @@ class InferenceConfig:
         if self.intra_op_threads < 0:
             raise ConfigError(
                 f"inference.intra_op_threads must be >= 0 (0 = auto), got {self.intra_op_threads}"
+            )
+        if self.worker_uid < -1:
+            raise ConfigError(
+                f"inference.worker_uid must be a uid or -1 (auto), got {self.worker_uid}"
+            )
+        if self.worker_timeout_s <= 0:
+            raise ConfigError(
+                f"inference.worker_timeout_s must be > 0, got {self.worker_timeout_s}"
             )
         if not 0 < self.ewma_alpha <= 1:
             raise ConfigError(f"inference.ewma_alpha must be in (0, 1], got {self.ewma_alpha}")

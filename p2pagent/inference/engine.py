@@ -35,6 +35,7 @@ from p2pagent.inference.device import DeviceInfo
 from p2pagent.inference.formats import LoadedModel
 from p2pagent.inference.stats import ModelStats
 from p2pagent.inference.tensors import HostTensor
+from p2pagent.inference.worker import RemoteModel
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -264,6 +265,9 @@ class InferenceEngine:
             except RuntimeError:  # the loop is closed: nobody is left to answer
                 pass
 
+        if isinstance(model.fn, RemoteModel):
+            self._submit_remote(loop, model.fn, batch, reqs)
+            return
         if self._stage is None:
 
             def run() -> None:
@@ -303,6 +307,30 @@ class InferenceEngine:
             self._compute.submit(compute)
 
         self._stage.submit(stage_then_compute)
+
+    def _submit_remote(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        remote: RemoteModel,
+        batch: Batch,
+        reqs: list[_Request],
+    ) -> None:
+        """A batch of a model in the isolated worker (worker.py): driven from the loop, which
+        writes its inputs into shared memory and reads the answer, so no thread is woken."""
+        model = reqs[0].model
+        start = time.perf_counter()
+        task = loop.create_task(remote.run(model, [r.inputs for r in reqs]))
+
+        def done(t: asyncio.Task[tuple[list[list[torch.Tensor]], float]]) -> None:
+            if t.cancelled():
+                self._complete(batch, reqs, None, 0.0, Unavailable("the batch was cancelled"))
+            elif (e := t.exception()) is not None:
+                self._complete(batch, reqs, None, time.perf_counter() - start, e)
+            else:
+                outs, seconds = t.result()
+                self._complete(batch, reqs, outs, seconds, None)
+
+        task.add_done_callback(done)
 
     def _complete(
         self,

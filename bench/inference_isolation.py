@@ -1,0 +1,220 @@
+"""The key-isolated model worker against the daemon's own engine, in the same run.
+
+    python -m bench.inference_isolation [--rounds R] [--noop-requests N] [--requests M]
+                                        [--model demo|large] [--small] [--no-pin]
+                                        [--json FILE]
+
+Two daemons serve the same TorchScript files: one with ``inference.isolate_code_models`` on
+(the default: the models run in the confined worker process, tensors through shared memory)
+and one with it off (the models run in the daemon's engine, as before issue 21). Each round
+measures, on both, a no-op model's Infer latency at concurrency 1 and the demo model's
+batched throughput at concurrency 32; the two daemons alternate which goes first from round
+to round, so load from elsewhere on a shared machine falls on both alike. Reported: the
+median over rounds of each variant, and the median of the per-round ratios (the targets).
+
+Placement as in bench/inference_grpc.py: the client is pinned to the first core and both
+daemons to the others (the worker inherits its daemon's cores); each row also gives the
+CPU time per request of the daemon and its worker together.
+
+``--model large`` measures the c=32 row on ``demo-large`` (bench/inference_grpc.py), whose
+forward pass dominates a request, so batches form and the worker's cost per batch is shared
+by their rows; with ``demo`` the RPC around a request dominates and most batches are one row.
+
+Targets (issue 21): isolated no-op p50 at most +10%; batched c=32 throughput at most -5%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+import grpc
+
+from bench._proc import cpu_seconds
+from bench.inference_grpc import load, pct, placement
+from p2pagent._proto import agent_pb2_grpc
+from p2pagent.identity import certs
+from p2pagent.identity.spiffe import Role
+from p2pagent.inference import demo_model
+from p2pagent.testing.daemon import Daemon
+from p2pagent.transport.channels import channel_options
+
+VARIANTS = ("in-process", "isolated")
+
+
+def worker_pids(daemon_pid: int) -> list[int]:
+    """The daemon's model worker processes (children running worker_main)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == daemon_pid and b"worker_main" in cmdline:
+            out.append(int(entry))
+    return out
+
+
+async def run(
+    rounds: int, noop_requests: int, requests: int, pin: bool, kind: str
+) -> dict[str, object]:
+    root = Path(tempfile.mkdtemp(prefix="p2p-bench-iso-"))
+    certs.init_ca(root / "certs", "bench")
+    for name in ("i1", "i2"):
+        certs.issue(root / "certs", name, Role.NODE)
+    certs.issue(root / "certs", "client", Role.CLIENT)
+    files = demo_model.write_all(root / "model")
+    large = kind == "large"
+    served = demo_model.write_large(root / "model") if large else files["torchscript"]
+    serve = [
+        "--device", "cpu",
+        "--serve", f"demo={served}",
+        "--serve", f"noop={files['noop_torchscript']}",
+    ]  # fmt: skip
+    client_cores, prefix, threads = placement(pin, large, False)
+    if client_cores is not None:
+        os.sched_setaffinity(0, client_cores)
+    env = {"P2PAGENT_INFERENCE__INTRA_OP_THREADS": str(threads)} if threads else {}
+    daemons = {
+        "in-process": Daemon(
+            "i1",
+            root / "certs",
+            root / "i1",
+            args=serve,
+            env={**env, "P2PAGENT_INFERENCE__ISOLATE_CODE_MODELS": "false"},
+            prefix=prefix,
+        ),
+        "isolated": Daemon("i2", root / "certs", root / "i2", args=serve, env=env, prefix=prefix),
+    }
+    creds = grpc.ssl_channel_credentials(
+        (root / "certs/ca.crt").read_bytes(),
+        (root / "certs/client.key").read_bytes(),
+        (root / "certs/client.crt").read_bytes(),
+    )
+    x = demo_model.sample_input(1).numpy()
+    x_batched = (demo_model.large_input(1) if large else demo_model.sample_input(1)).numpy()
+    samples: dict[str, dict[str, list[float]]] = {
+        v: {"noop_p50_ms": [], "noop_cpu_us": [], "c32_rps": [], "c32_p50_ms": [], "c32_cpu_us": []}
+        for v in VARIANTS
+    }
+    try:
+        for d in daemons.values():
+            d.start()
+        channels = {
+            v: grpc.aio.secure_channel(d.address, creds, options=channel_options("bench", 64 << 20))
+            for v, d in daemons.items()
+        }
+        stubs = {v: agent_pb2_grpc.AgentStub(ch) for v, ch in channels.items()}
+        for v in VARIANTS:  # models loaded, the worker started: none of that is timed
+            for model, data in (("noop", x), ("demo", x_batched)):
+                await load(stubs[v], model, data, 4, 40, daemons[v].proc.pid)  # type: ignore[union-attr]
+        for r in range(rounds):
+            order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
+            for v in order:
+                pid = daemons[v].proc.pid  # type: ignore[union-attr]
+                workers = worker_pids(pid) if v == "isolated" else []
+
+                def cpu(pid: int = pid, workers: list[int] = workers) -> float:
+                    return cpu_seconds(pid) + sum(cpu_seconds(w) for w in workers)
+
+                c0 = cpu()
+                _, lat, _ = await load(stubs[v], "noop", x, 1, noop_requests, pid)
+                samples[v]["noop_cpu_us"].append((cpu() - c0) / (noop_requests + 20) * 1e6)
+                samples[v]["noop_p50_ms"].append(pct(lat, 0.5) * 1e3)
+                workers = worker_pids(pid) if v == "isolated" else []
+                c0 = cpu(pid, workers)
+                rps, lat, _ = await load(stubs[v], "demo", x_batched, 32, requests, pid)
+                samples[v]["c32_cpu_us"].append((cpu(pid, workers) - c0) / (requests + 20) * 1e6)
+                samples[v]["c32_rps"].append(rps)
+                samples[v]["c32_p50_ms"].append(pct(lat, 0.5) * 1e3)
+        for ch in channels.values():
+            await ch.close()
+        iso_log = daemons["isolated"].log_path.read_text()
+    finally:
+        for d in daemons.values():
+            d.kill()
+    noop_ratios = [
+        i / p
+        for i, p in zip(samples["isolated"]["noop_p50_ms"], samples["in-process"]["noop_p50_ms"])
+    ]
+    rps_ratios = [
+        i / p for i, p in zip(samples["isolated"]["c32_rps"], samples["in-process"]["c32_rps"])
+    ]
+    noop_ratio, rps_ratio = statistics.median(noop_ratios), statistics.median(rps_ratios)
+    started = [line for line in iso_log.splitlines() if "model worker started" in line]
+    return {
+        "model": "demo-large" if large else "demo",
+        "rounds": rounds,
+        "noop_requests": noop_requests,
+        "requests": requests,
+        "pinned": client_cores is not None,
+        "daemon_cores": prefix[-1] if prefix else "any",
+        "worker": started[-1].split("model worker started: ", 1)[-1] if started else "not started",
+        "samples": samples,
+        "medians": {v: {k: statistics.median(s) for k, s in m.items()} for v, m in samples.items()},
+        "ratios": {"noop_p50": noop_ratios, "c32_rps": rps_ratios},
+        "targets": [
+            {
+                "name": "isolated / in-process no-op Infer p50 (median of rounds)",
+                "measured": noop_ratio,
+                "target": "<= 1.10",
+                "met": noop_ratio <= 1.10,
+            },
+            {
+                "name": "isolated / in-process batched c=32 throughput (median of rounds)",
+                "measured": rps_ratio,
+                "target": ">= 0.95",
+                "met": rps_ratio >= 0.95,
+            },
+        ],
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=10, help="alternating rounds (median kept)")
+    p.add_argument("--noop-requests", type=int, default=1000, help="no-op requests per round")
+    p.add_argument("--requests", type=int, default=3000, help="c=32 requests per round")
+    p.add_argument("--model", choices=("demo", "large"), default="demo", help="c=32 model")
+    p.add_argument("--small", action="store_true", help="CI size: two short rounds")
+    p.add_argument("--no-pin", action="store_true", help="let client and daemons share cores")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    if args.small:
+        args.rounds, args.noop_requests, args.requests = 2, 100, 320
+    if args.model == "large" and not args.small:
+        args.requests = min(args.requests, 600)
+    out = asyncio.run(
+        run(args.rounds, args.noop_requests, args.requests, not args.no_pin, args.model)
+    )
+    print(
+        f"c=32 model {out['model']}, {out['rounds']} rounds, pinned {out['pinned']} "
+        f"(daemon cores {out['daemon_cores']}); "
+        f"worker: {out['worker']}"
+    )
+    print(f"{'variant':12} {'noop p50 ms':>12} {'noop cpu us':>12} {'c32 req/s':>10} "
+          f"{'c32 p50 ms':>11} {'c32 cpu us':>11}")  # fmt: skip
+    for v, m in out["medians"].items():  # type: ignore[attr-defined]
+        print(
+            f"{v:12} {m['noop_p50_ms']:12.3f} {m['noop_cpu_us']:12.0f} {m['c32_rps']:10.0f} "
+            f"{m['c32_p50_ms']:11.2f} {m['c32_cpu_us']:11.0f}"
+        )
+    print("per-round ratios:", json.dumps(out["ratios"]))
+    for t in out["targets"]:  # type: ignore[attr-defined]
+        verdict = "met" if t["met"] else "MISSED"
+        print(f"{t['name']:66} {t['measured']:6.3f} {t['target']:>8} {verdict}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""What the model worker may touch: its sandbox rules and uid, decided by the daemon.
+
+``plan`` is computed once per node from the configuration and the paths the worker must never
+reach (the node's certificate folder, key and data folder). It grants read access to what
+Python and torch need (the interpreter's prefixes, the import path, system libraries, /proc,
+/sys), device access to /dev, and full access to a scratch folder of its own; it leaves out
+any of those roots that contains a protected path, or lies inside one, so a certificate
+folder under, say, the current directory never becomes readable through the import path.
+
+The uid: when the daemon runs as root, the worker switches to ``inference.worker_uid``
+(auto: 65534, "nobody") if that uid can reach the interpreter and the import path; where it
+cannot (Python installed under a 0700 /root, as on our CI hosts) the worker stays uid 0 with
+every capability dropped, and Landlock is what keeps the key out of its reach. ``describe``
+says which, for the node's start-up log.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import p2pagent
+from p2pagent.inference import sandbox
+from p2pagent.inference.sandbox import Access, Rule
+
+#: Worker uid when ``inference.worker_uid`` is auto and the daemon runs as root.
+NOBODY = 65534
+
+_SYSTEM_READ = (
+    "/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/proc", "/sys",
+    "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime",
+    "/etc/nsswitch.conf", "/etc/passwd", "/etc/group", "/etc/hosts",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Plan:
+    rules: tuple[Rule, ...]
+    #: uid/gid to switch to; None to keep the daemon's (root without capabilities, or a
+    #: non-root daemon's own uid).
+    uid: int | None
+    gid: int | None
+    #: Why the uid is what it is (for the log).
+    uid_reason: str
+    #: Allowed roots left out because they hold (or sit inside) a protected path.
+    withheld: tuple[str, ...]
+    landlock_abi: int
+
+
+def python_roots() -> list[str]:
+    """Folders the interpreter and the import path live in (real paths, existing only)."""
+    roots = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    roots.append(os.path.dirname(os.path.realpath(sys.executable)))
+    roots += [p for p in sys.path if p and os.path.isabs(p)]
+    roots.append(str(Path(p2pagent.__file__).resolve().parent.parent))
+    out: list[str] = []
+    for r in roots:
+        real = os.path.realpath(r)
+        if os.path.exists(real) and real not in out:
+            out.append(real)
+    return out
+
+
+def _overlaps(root: str, protected: list[Path]) -> bool:
+    r = Path(root)
+    return any(p == r or p.is_relative_to(r) or r.is_relative_to(p) for p in protected)
+
+
+def plan(worker_uid: int, protected: list[Path], scratch: Path) -> Plan:
+    """The rules and uid for a worker whose scratch folder is ``scratch``."""
+    guarded = [p.resolve() for p in protected]
+    rules: list[Rule] = []
+    withheld: list[str] = []
+    for root in [*python_roots(), *_SYSTEM_READ]:
+        if _overlaps(root, guarded):
+            withheld.append(root)
+        elif all(r.path != root for r in rules):
+            rules.append(Rule(root, Access.READ))
+    rules.append(Rule("/dev", Access.DEVICES))
+    rules.append(Rule(str(scratch), Access.WRITE))
+    uid, gid, reason = _choose_uid(worker_uid)
+    return Plan(tuple(rules), uid, gid, reason, tuple(withheld), sandbox.landlock_abi())
+
+
+def _choose_uid(worker_uid: int) -> tuple[int | None, int | None, str]:
+    if os.getuid() != 0:
+        return None, None, f"the daemon's own uid {os.getuid()} (it does not run as root)"
+    target = NOBODY if worker_uid < 0 else worker_uid
+    if target == 0:
+        return None, None, "uid 0 without capabilities (inference.worker_uid = 0)"
+    try:
+        gid = pwd.getpwuid(target).pw_gid
+    except KeyError:
+        gid = target
+    blocked = [r for r in python_roots() if not sandbox.path_is_reachable(r, target, gid)]
+    if blocked:
+        return (
+            None,
+            None,
+            (
+                f"uid 0 without capabilities: uid {target} cannot reach {blocked[0]} "
+                "(the interpreter or import path); set inference.worker_uid to a uid that can"
+            ),
+        )
+    return target, gid, f"uid {target}"
+
+
+def describe(p: Plan) -> str:
+    """One log line: who the worker runs as and what keeps the key from it."""
+    if p.landlock_abi:
+        fence = (
+            f"Landlock ABI {p.landlock_abi} confines its file access (the node's key, "
+            "certificates and data folder are out of reach)"
+        )
+        if p.landlock_abi >= 4:
+            fence += " and forbids TCP"
+    else:
+        fence = "Landlock is not available on this kernel: only the uid separates it from the key"
+    withheld = f"; left out of its reach: {', '.join(p.withheld)}" if p.withheld else ""
+    return f"model worker runs as {p.uid_reason}; {fence}{withheld}"
+
+
+def protects_key(p: Plan) -> bool:
+    """Whether the worker is kept from the key by something (Landlock or another uid)."""
+    return bool(p.landlock_abi) or p.uid is not None

@@ -1,0 +1,597 @@
+"""The daemon's side of the model worker: a confined process that runs code-bearing models.
+
+TorchScript and torch.export archives are code; with ``inference.isolate_code_models`` on (the
+default) the node never loads one itself. ``isolating_loader`` is the model cache's loader:
+for those formats it hands the verified file to the worker as an open descriptor and returns a
+``LoadedModel`` whose ``fn`` is a ``RemoteModel``; the engine sends such a model's batches to
+``RemoteModel.run``, a coroutine on the event loop: it writes the inputs straight into shared
+memory (the batch's concatenation is that write; large batches are written from a thread),
+sends a small msgpack request, and the answer comes back through a reader on the loop. So a
+batch costs the same two wake-ups as an in-process one (loop -> worker -> loop), not four.
+Batching policy, queues and deadlines stay in the engine; the worker only executes.
+
+The worker answers requests in order, one at a time; the daemon keeps them in a FIFO and
+allows one batch in the worker at a time (its inputs live in the one input region).
+
+Failures. The worker is untrusted: every answer is checked (worker_wire, worker_tensors). A
+worker that exits or breaks the protocol fails what it had; a batch or load it dies under is
+tried once more in a new worker (so a worker killed from outside, even between requests,
+costs no request), and a second death is Unavailable. A worker that does not answer within
+``inference.worker_timeout_s`` is killed and the request fails with Internal (most likely the
+model's doing: not retried here). The daemon never waits forever and never dies with it.
+
+Diagnostics: ``P2PAGENT_WORKER_PROBE`` (paths joined by ``os.pathsep``) makes each new worker
+try to open those paths from inside its sandbox and the daemon log the outcome; the isolation
+tests use it to show the key is unreadable from the worker itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import itertools
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from p2pagent.errors import Internal, InvalidArgument, P2PAgentError, ResourceExhausted, Unavailable
+from p2pagent.inference import isolation, worker_tensors, worker_wire
+from p2pagent.inference.formats import LoadedModel, ModelFormat, detect_format, load_model
+from p2pagent.inference.spec import ModelSpec
+from p2pagent.inference.worker_wire import ChannelClosed, Region
+
+if TYPE_CHECKING:
+    import torch
+
+    from p2pagent.inference.cache import Loader
+    from p2pagent.inference.spec import InputTensor
+
+log = logging.getLogger(__name__)
+
+PROBE_ENV = "P2PAGENT_WORKER_PROBE"
+#: Environment the worker keeps from the daemon's (nothing else: no tokens, no paths).
+_KEEP_ENV = (
+    "PATH", "LANG", "LC_ALL", "PYTHONPATH", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES",
+    "CUDA_DEVICE_ORDER", "NVIDIA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+)  # fmt: skip
+#: Batches with more input bytes than this are written into shared memory from a thread,
+#: not on the event loop.
+_LOOP_COPY_BYTES = 1 << 20
+#: Formats that carry code: loaded and run only in the worker.
+CODE_FORMATS = frozenset({ModelFormat.TORCHSCRIPT, ModelFormat.TORCH_EXPORT})
+
+
+class _WorkerLost(Exception):
+    """The worker exited, broke the protocol or stopped answering (it has been stopped)."""
+
+    def __init__(self, why: str, *, hung: bool = False) -> None:
+        super().__init__(why)
+        self.hung = hung
+
+
+@dataclass
+class _Pending:
+    """A request sent to the worker, waiting for its answer."""
+
+    doing: str
+    future: asyncio.Future[dict[str, Any]]
+    timeout: float
+
+
+@dataclass(eq=False)
+class _Process:
+    """One worker process and what lives and dies with it."""
+
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket
+    pending: collections.deque[_Pending] = field(default_factory=collections.deque)
+    loaded: set[int] = field(default_factory=set)
+    inputs: Region | None = None
+    outputs: Region | None = None
+    stderr: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=20))
+    timer: asyncio.TimerHandle | None = None
+    lost: bool = False
+
+
+class RemoteModel:
+    """A model loaded in the worker: the ``fn`` of its ``LoadedModel``."""
+
+    def __init__(
+        self, worker: ModelWorker, key: int, name: str, path: Path, fmt: ModelFormat,
+        device: str, output_names: list[str],
+    ) -> None:  # fmt: skip
+        self.worker = worker
+        self.key = key
+        self.name = name
+        self.path = path
+        self.format = fmt
+        self.device = device
+        self.output_names = output_names
+
+    async def run(
+        self, model: LoadedModel, parts: Sequence[Sequence[InputTensor]]
+    ) -> tuple[list[list[torch.Tensor]], float]:
+        """One batch in the worker: each request's outputs and the seconds it took."""
+        from p2pagent.inference.runner import _outputs, split
+
+        rows = sum(int(p[0].shape[0]) for p in parts) if model.spec.batchable else 1
+        outputs, seconds = await self.worker.run(self, parts, rows, model.spec.batchable)
+        return split(model, _outputs(model, outputs, rows), parts), seconds
+
+    def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        """A direct call with whole tensors, from a thread other than the event loop's."""
+        rows = int(inputs[0].shape[0]) if inputs and inputs[0].dim() else 1
+        run = self.worker.run(self, [list(inputs)], rows, True)
+        outputs: list[torch.Tensor] = self.worker.wait_from_thread(run)[0]
+        return outputs
+
+
+class ModelWorker:
+    """The worker process, started on first use and replaced when lost; loop-owned state."""
+
+    def __init__(self, plan: isolation.Plan, scratch: Path, threads: int, timeout_s: float) -> None:
+        self.plan = plan
+        self.scratch = scratch
+        self.threads = threads
+        self.timeout_s = timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._keys = itertools.count(1)
+        self._current: _Process | None = None
+        self._run_lock: asyncio.Lock | None = None
+        self._forgotten: collections.deque[int] = collections.deque()  # thread-safe appends
+        self._closed = False
+        #: Workers started (the first one included) and lost, for stats and tests.
+        self.starts = 0
+        self.losses = 0
+
+    @staticmethod
+    def create(
+        worker_uid: int, protected: list[Path], threads: int, timeout_s: float
+    ) -> ModelWorker:
+        scratch = Path(tempfile.mkdtemp(prefix="p2pagent-worker-"))
+        p = isolation.plan(worker_uid, protected, scratch)
+        if p.uid is not None and p.gid is not None:
+            os.chown(scratch, p.uid, p.gid)
+        worker = ModelWorker(p, scratch, threads, timeout_s)
+        try:
+            worker._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # bound on the first coroutine call instead
+        return worker
+
+    @property
+    def pid(self) -> int | None:
+        cur = self._current
+        return cur.proc.pid if cur is not None and cur.proc.poll() is None else None
+
+    # ---- the cache's loader (a thread) and direct callers ---------------------------------
+
+    def load(
+        self, name: str, path: Path, spec: ModelSpec, device: torch.device | str,
+        fmt: ModelFormat,
+    ) -> LoadedModel:  # fmt: skip
+        """Loads a code-bearing model in the worker; blocking (the cache's loader thread)."""
+        import torch
+
+        remote = RemoteModel(
+            self, next(self._keys), name, Path(path), fmt, str(device), list(spec.output_names)
+        )
+        nbytes = self.wait_from_thread(self._retrying(f"loading model {name!r}", remote, None))
+        weakref.finalize(remote, self._forgotten.append, remote.key)
+        return LoadedModel(name, spec, fmt, remote, torch.device(device), nbytes)
+
+    def wait_from_thread(self, coro: Any) -> Any:
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            raise Unavailable("the model worker has no event loop yet")
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:  # it would wait for itself
+            coro.close()
+            raise RuntimeError("wait_from_thread called on the event loop's own thread")
+        future: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            # Bounded: a loop that stops before running it must not strand this thread.
+            return future.result(timeout=2 * self.timeout_s + 120.0)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise Unavailable(
+                "the model worker did not answer (the node may be stopping)"
+            ) from None
+
+    # ---- on the loop -----------------------------------------------------------------------
+
+    async def run(
+        self,
+        remote: RemoteModel,
+        parts: Sequence[Sequence[InputTensor]],
+        rows: int,
+        batchable: bool,
+    ) -> tuple[list[torch.Tensor], float]:
+        """The batch's outputs (host tensors, in port order) and the seconds it took."""
+        start = time.perf_counter()
+        outputs = await self._retrying(
+            f"running a batch of model {remote.name!r}", remote, (parts, rows, batchable)
+        )
+        return outputs, time.perf_counter() - start
+
+    async def probe(self, paths: list[str]) -> dict[str, str]:
+        """Tries to open each path from inside the worker: "opened" or the errno's name."""
+        reply = await self._ask({"op": "probe", "paths": paths}, [], "probing paths")
+        results = reply.get("results")
+        if not isinstance(results, dict):
+            raise Internal("the model worker answered a probe with no results")
+        return {str(k)[:4096]: str(v)[:64] for k, v in results.items()}
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._current is not None:
+            self._lose(self._current, "was stopped: the node is shutting down", log_it=False)
+        await asyncio.to_thread(shutil.rmtree, self.scratch, True)
+
+    # ---- requests --------------------------------------------------------------------------
+
+    async def _retrying(self, doing: str, remote: RemoteModel, batch: Any) -> Any:
+        """A load (``batch`` None) or a batch, tried once more in a new worker if the worker
+        dies under it; Internal if it hung, Unavailable after a second death."""
+        for tries in (1, 2):
+            try:
+                if batch is None:
+                    return await self._load(remote)
+                return await self._run_once(remote, *batch)
+            except _WorkerLost as e:
+                if e.hung:
+                    raise Internal(
+                        f"the model worker {e} while {doing}; a new worker starts on the next "
+                        "request"
+                    ) from None
+                if tries == 2:
+                    raise Unavailable(
+                        f"the model worker {e} while {doing}, twice in a row; a new worker "
+                        "starts on the next request: retry"
+                    ) from None
+                log.info("%s again in a new model worker", doing)
+        raise AssertionError("unreachable")
+
+    async def _load(self, remote: RemoteModel) -> int:
+        try:
+            fd = os.open(remote.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise InvalidArgument(f"cannot read model file {remote.path}: {e}") from None
+        message = {
+            "op": "load", "key": remote.key, "format": remote.format.value,
+            "device": remote.device, "outputs": remote.output_names,
+        }  # fmt: skip
+        try:
+            cur = self._process()
+            reply = await self._ask(
+                message, [fd], f"loading model {remote.name!r}",
+                failed=lambda kind, msg: _load_error(remote, kind, msg), process=cur,
+            )  # fmt: skip
+        finally:
+            os.close(fd)
+        nbytes = reply.get("nbytes")
+        if not isinstance(nbytes, int) or nbytes < 0:
+            raise self._lose(cur, "broke the protocol (a load answer without a size)")
+        cur.loaded.add(remote.key)
+        return nbytes
+
+    async def _run_once(
+        self,
+        remote: RemoteModel,
+        parts: Sequence[Sequence[InputTensor]],
+        rows: int,
+        batchable: bool,
+    ) -> list[torch.Tensor]:
+        if self._run_lock is None:
+            self._run_lock = asyncio.Lock()
+        async with self._run_lock:  # one batch in the worker: one input region
+            cur = self._process()
+            if remote.key not in cur.loaded:
+                await self._load(remote)
+                cur = self._process()
+            refs, needed = worker_tensors.input_layout(parts, batchable, rows)
+            if cur.inputs is None or cur.inputs.size < needed:
+                if cur.inputs is not None:
+                    cur.inputs.close()
+                cur.inputs = Region.create(needed, "p2pagent-worker-in")
+                self._send(cur, {"op": "inbuf", "size": cur.inputs.size}, [cur.inputs.fd])
+            if needed <= _LOOP_COPY_BYTES:
+                worker_tensors.write_inputs(cur.inputs, refs, parts)
+            else:
+                await asyncio.to_thread(worker_tensors.write_inputs, cur.inputs, refs, parts)
+            reply = await self._ask(
+                {"op": "run", "key": remote.key, "inputs": [r.pack() for r in refs]}, [],
+                f"running a batch of model {remote.name!r}",
+                failed=lambda kind, msg: _batch_error(remote.name, kind, msg, rows, len(parts)),
+                process=cur,
+            )  # fmt: skip
+            try:
+                return worker_tensors.read_outputs(cur.outputs, reply.get("outputs"))
+            except ChannelClosed as e:
+                raise self._lose(cur, f"broke the protocol ({e})") from None
+
+    async def _ask(
+        self, message: dict[str, Any], fds: list[int], doing: str, *, failed: Any = None,
+        process: _Process | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Sends a request and awaits the worker's answer (_WorkerLost if the worker is)."""
+        cur = process or self._process()
+        if cur.lost:
+            raise _WorkerLost("was replaced before it got to this")
+        loop = self._bind_loop()
+        pending = _Pending(doing, loop.create_future(), self.timeout_s)
+        cur.pending.append(pending)
+        if len(cur.pending) == 1:
+            self._arm(cur)
+        self._send(cur, message, fds)
+        reply = await pending.future
+        if reply.get("ok") is True:
+            return reply
+        kind, text = str(reply.get("kind"))[:32], str(reply.get("message"))[:2000]
+        if failed is not None:
+            error: P2PAgentError = failed(kind, text)
+            raise error
+        raise Internal(f"the model worker failed {doing}: {text}")
+
+    def _send(self, cur: _Process, message: dict[str, Any], fds: list[int]) -> None:
+        try:
+            worker_wire.send(cur.sock, message, fds)
+        except OSError as e:
+            raise self._lose(cur, f"could not be reached ({e})") from None
+
+    # ---- the process -----------------------------------------------------------------------
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def _process(self) -> _Process:
+        """The live worker, started if there is none; models the cache let go of unloaded."""
+        if self._closed:
+            raise Unavailable("the inference engine is shut down")
+        cur = self._current
+        if cur is not None and cur.proc.poll() is not None:
+            self._lose(cur, f"exited with {_exit_text(cur.proc.returncode)} while idle")
+            cur = None
+        if cur is None:
+            cur = self._spawn()
+        while self._forgotten:
+            key = self._forgotten.popleft()
+            if key in cur.loaded:
+                cur.loaded.discard(key)
+                self._send(cur, {"op": "unload", "key": key}, [])
+        return cur
+
+    def _spawn(self) -> _Process:
+        loop = self._bind_loop()
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {k: os.environ[k] for k in _KEEP_ENV if k in os.environ}
+        env.update(HOME=str(self.scratch), TMPDIR=str(self.scratch), USER="p2pagent-worker")
+        env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1")
+        cmd = [sys.executable, "-P", "-m", "p2pagent.inference.worker_main", str(child.fileno())]
+        try:
+            # close_fds (the default) plus pass_fds: the worker inherits its end of the control
+            # socket and nothing else (no listening socket, no key file, no database). A vfork
+            # and exec: nothing of this process's gRPC state is copied.
+            proc = subprocess.Popen(
+                cmd, pass_fds=(child.fileno(),), env=env, cwd=self.scratch,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+        except OSError as e:
+            parent.close()
+            raise Unavailable(f"cannot start the model worker: {e}") from None
+        finally:
+            child.close()
+        parent.setblocking(False)
+        cur = _Process(proc, parent)
+        self._current = cur
+        self.starts += 1
+        threading.Thread(
+            target=_drain_stderr, args=(proc, cur.stderr), name="model-worker-stderr", daemon=True
+        ).start()
+        loop.add_reader(parent.fileno(), self._on_readable, cur)
+        init = {
+            "op": "init", "rules": [[r.path, r.access.value] for r in self.plan.rules],
+            "uid": self.plan.uid, "gid": self.plan.gid, "threads": self.threads,
+            "parent": os.getpid(),
+        }  # fmt: skip
+        # Sent now, before anything else can be: the worker reads it first. Starting imports
+        # torch, which can be slow on a busy host.
+        hello = _Pending("starting", loop.create_future(), max(self.timeout_s, 120.0))
+        cur.pending.append(hello)
+        self._arm(cur)
+        self._send(cur, init, [])
+        hello.future.add_done_callback(lambda f: self._started(cur, f))
+        return cur
+
+    def _started(self, cur: _Process, future: asyncio.Future[dict[str, Any]]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return  # the requests queued behind it failed with it
+        hello = future.result()
+        if hello.get("ok") is not True:
+            why = str(hello.get("message"))[:500]
+            self._lose(cur, f"could not confine itself ({why})")
+            return
+        log.info(
+            "model worker started: pid %d, uid %s, gid %s, no_new_privs %s, capabilities "
+            "dropped %s, Landlock %s",
+            cur.proc.pid, hello.get("uid"), hello.get("gid"), hello.get("no_new_privs"),
+            hello.get("capabilities_dropped"),
+            f"ABI {hello.get('landlock_abi')} enforced" if hello.get("landlock_abi")
+            else f"not enforced ({str(hello.get('landlock_error'))[:200]})",
+        )  # fmt: skip
+        paths = [p for p in os.environ.get(PROBE_ENV, "").split(os.pathsep) if p]
+        if paths and cur is self._current:
+            probe = asyncio.ensure_future(self.probe(paths))
+            probe.add_done_callback(_log_probe)
+
+    def _on_readable(self, cur: _Process) -> None:
+        while cur is self._current:
+            try:
+                reply, fds = worker_wire.receive(cur.sock)
+            except BlockingIOError:
+                return
+            except (OSError, ChannelClosed) as e:
+                self._lose(cur, self._exit_reason(cur, e))
+                return
+            if not cur.pending:
+                for fd in fds:
+                    os.close(fd)
+                self._lose(cur, "broke the protocol (an answer nobody asked for)")
+                return
+            if "outbuf" in reply:
+                if len(fds) != 1 or not isinstance(reply["outbuf"], int):
+                    self._lose(cur, "broke the protocol (an output region without its fd)")
+                    return
+                try:
+                    region = Region.adopt(fds[0], reply["outbuf"])
+                except (ChannelClosed, OSError) as e:
+                    self._lose(cur, f"broke the protocol ({e})")
+                    return
+                if cur.outputs is not None:
+                    cur.outputs.close()
+                cur.outputs = region
+            else:
+                for fd in fds:
+                    os.close(fd)
+            done = cur.pending.popleft()
+            self._arm(cur)
+            if not done.future.done():
+                done.future.set_result(reply)
+
+    def _arm(self, cur: _Process) -> None:
+        """The timer of the request the worker is on now (the head of the queue)."""
+        if cur.timer is not None:
+            cur.timer.cancel()
+            cur.timer = None
+        if cur.pending and self._loop is not None:
+            head = cur.pending[0]
+            cur.timer = self._loop.call_later(head.timeout, self._hung, cur, head)
+
+    def _hung(self, cur: _Process, head: _Pending) -> None:
+        if cur.pending and cur.pending[0] is head:
+            why = f"did not answer in {head.timeout:.0f}s (inference.worker_timeout_s)"
+            self._lose(cur, f"{why} and was stopped", hung=True)
+
+    def _exit_reason(self, cur: _Process, e: BaseException) -> str:
+        try:
+            code = cur.proc.wait(1.0)  # it closed the channel: it is exiting
+        except subprocess.TimeoutExpired:
+            return f"broke the protocol ({e})"
+        tail = [line for line in cur.stderr if line][-3:]
+        words = f"; its last words: {' | '.join(tail)}" if tail else ""
+        return f"exited with {_exit_text(code)}{words}"
+
+    def _lose(
+        self, cur: _Process, why: str, *, hung: bool = False, log_it: bool = True
+    ) -> _WorkerLost:
+        """Stops ``cur`` for good and fails what it had: its first request (the one it was
+        on) with ``why``; the ones queued behind it never started, so they may go again."""
+        if cur.lost:
+            return _WorkerLost(why, hung=hung)
+        cur.lost = True
+        if log_it:
+            log.warning("the model worker (pid %d) %s", cur.proc.pid, why)
+        if cur is self._current:
+            self._current = None
+            self.losses += 1
+        if cur.timer is not None:
+            cur.timer.cancel()
+        if self._loop is not None:
+            self._loop.remove_reader(cur.sock.fileno())
+        cur.sock.close()
+        if cur.proc.poll() is None:
+            cur.proc.kill()
+            threading.Thread(target=cur.proc.wait, name="model-worker-reap", daemon=True).start()
+        for region in (cur.inputs, cur.outputs):
+            if region is not None:
+                region.close()
+        cur.inputs = cur.outputs = None
+        error = _WorkerLost(why, hung=hung)
+        first = True
+        while cur.pending:
+            p = cur.pending.popleft()
+            if not p.future.done():
+                p.future.set_exception(
+                    error if first else _WorkerLost(f"{why} (before it got to this request)")
+                )
+            first = False
+        return error
+
+
+def isolating_loader(worker: ModelWorker) -> Loader:
+    """The model cache's loader: code-bearing formats in the worker, the rest here (weights
+    through the in-repo architectures, which run no code from the file)."""
+
+    def load(
+        name: str, path: Path, spec: ModelSpec, device: torch.device | str,
+        fmt: ModelFormat | None,
+    ) -> LoadedModel:  # fmt: skip
+        detected = detect_format(Path(path))
+        if fmt is not None and fmt is not detected:
+            raise InvalidArgument(
+                f"model file {path} is not a valid {fmt.value} file "
+                f"(it looks like {detected.value})"
+            )
+        if detected in CODE_FORMATS:
+            return worker.load(name, Path(path), spec, device, detected)
+        return load_model(name, Path(path), spec, device, detected)
+
+    return load
+
+
+def _drain_stderr(proc: subprocess.Popen[bytes], keep: collections.deque[str]) -> None:
+    assert proc.stderr is not None
+    for line in proc.stderr:  # kept, bounded, for the message when it dies
+        keep.append(line[:300].decode("utf-8", "replace").rstrip())
+    proc.stderr.close()
+
+
+def _log_probe(task: asyncio.Future[dict[str, str]]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    for path, outcome in task.result().items():
+        log.info("model worker probe: open %s from the worker: %s", path, outcome)
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
+    return f"signal {-code}" if code < 0 else f"status {code}"
+
+
+def _load_error(remote: RemoteModel, kind: str, message: str) -> P2PAgentError:
+    if kind == "resource_exhausted":
+        return ResourceExhausted(f"model {remote.name!r} does not fit this device: {message}")
+    if kind == "invalid_argument":
+        joint = " is " if message.startswith("not ") else ": "
+        return InvalidArgument(f"model file {remote.path}{joint}{message}")
+    return Internal(f"model {remote.name!r} failed to load in the model worker: {message}")
+
+
+def _batch_error(name: str, kind: str, message: str, rows: int, requests: int) -> P2PAgentError:
+    if kind == "resource_exhausted":
+        return ResourceExhausted(
+            f"model {name!r} ran out of device memory on a batch of {rows} row(s): {message}"
+        )
+    # The same words as a model failing in the daemon (engine._model_error).
+    return Internal(
+        f"model {name!r} failed on a batch of {rows} row(s) ({requests} request(s)): {message}"
+    )

@@ -1,0 +1,300 @@
+"""The model worker process: loads and runs code-bearing models away from the node's key.
+
+Started by the daemon (``p2pagent.inference.worker``) as ``python -m
+p2pagent.inference.worker_main FD`` with one inherited descriptor, its end of the control
+socket, and nothing else. It imports torch, reads the ``init`` message (sandbox rules, uid,
+threads), confines itself (``sandbox.confine``) and only then answers ``hello``; every model
+it ever loads is loaded after that, from a file descriptor the daemon opened (the worker could
+not open the model's path itself).
+
+Requests, one at a time, each answered once (see worker_wire for the framing):
+
+- ``load`` {key, format, device, outputs} + the model file's fd -> {ok, nbytes} or an error
+- ``unload`` {key} -> no answer
+- ``inbuf`` {size} + a memfd: the daemon's new input region -> no answer
+- ``run`` {key, inputs: [TensorRef]} -> {ok, outputs: [TensorRef], outbuf?} (+ memfd when
+  the output region grew) or an error
+- ``probe`` {paths}: tries to open each path here, inside the sandbox -> {results} (the
+  isolation tests use it: the strongest evidence is the worker's own failed open)
+
+An error answer is {ok: false, kind, message}; ``kind`` is ``invalid_argument`` (the model
+does not load), ``resource_exhausted`` (out of memory) or ``internal`` (the model raised).
+The worker exits when the channel closes, and with the daemon (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import os
+import signal
+import socket
+import sys
+import warnings
+from typing import Any
+
+from p2pagent.inference import sandbox, worker_wire
+from p2pagent.inference.worker_wire import Region, TensorRef
+
+_PR_SET_PDEATHSIG = 1
+
+
+class _Failure(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class Worker:
+    def __init__(self, sock: socket.socket) -> None:
+        import torch
+
+        self.torch = torch
+        self.sock = sock
+        #: key -> (module, output names, device)
+        self.models: dict[int, tuple[Any, list[str], Any]] = {}
+        self.inputs: Region | None = None
+        self.outputs: Region | None = None
+        # Tensor views over the regions, by layout: a batch shaped like an earlier one (the
+        # common case) reuses them instead of wrapping the memory again. Dropped with their
+        # region.
+        self.input_views: dict[tuple[Any, ...], list[Any]] = {}
+        self.output_plans: dict[tuple[Any, ...], tuple[list[Any], list[Any]]] = {}
+
+    # ---- requests ------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        with self.torch.inference_mode():  # this process only ever runs forward passes
+            self._serve()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                message, fds = worker_wire.receive(self.sock)
+            except (worker_wire.ChannelClosed, OSError):
+                return
+            op = message.get("op")
+            try:
+                reply, reply_fds = self.handle(op, message, fds)
+            except _Failure as f:
+                reply, reply_fds = {"ok": False, "kind": f.kind, "message": str(f)[:4000]}, []
+            if reply is not None:
+                worker_wire.send(self.sock, reply, reply_fds)
+
+    def handle(
+        self, op: Any, message: dict[str, Any], fds: list[int]
+    ) -> tuple[dict[str, Any] | None, list[int]]:
+        if op == "run":
+            return self.run(message)
+        if op == "load":
+            return self.load(message, fds), []
+        if op == "unload":
+            self.models.pop(int(message["key"]), None)
+            return None, []
+        if op == "inbuf":
+            self.input_views.clear()
+            if self.inputs is not None:
+                self.inputs.close()
+            self.inputs = Region.adopt(fds[0], int(message["size"]))
+            return None, []
+        if op == "probe":
+            return {"ok": True, "results": {p: _try_open(p) for p in message["paths"]}}, []
+        for fd in fds:
+            os.close(fd)
+        raise _Failure("internal", f"unknown request {str(op)[:32]!r}")
+
+    def load(self, message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        torch = self.torch
+        if len(fds) != 1:
+            raise _Failure("internal", "a load request without its model file")
+        with os.fdopen(fds[0], "rb") as f:
+            data = io.BytesIO(f.read())
+        fmt, device = str(message["format"]), torch.device(str(message["device"]))
+        try:
+            if fmt == "torchscript":
+                module = torch.jit.load(data, map_location=device)
+            elif fmt == "torch_export":
+                with warnings.catch_warnings():
+                    # The archive's read-only bytes wrapped as tensors; copied to the device.
+                    warnings.filterwarnings("ignore", "The given buffer is not writable")
+                    module = torch.export.load(data).module().to(device)
+            else:
+                raise _Failure("invalid_argument", f"the worker runs no {fmt} models")
+        except _Failure:
+            raise
+        except Exception as e:
+            kind = "torchscript archive" if fmt == "torchscript" else "torch.export program"
+            raise _Failure("invalid_argument", f"not a valid {kind}: {e}") from None
+        from p2pagent.inference.loading import module_nbytes
+
+        names = [str(n) for n in message["outputs"]]
+        self.models[int(message["key"])] = (module, names, device)
+        return {"ok": True, "nbytes": module_nbytes(module)}
+
+    def run(self, message: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        torch = self.torch
+        entry = self.models.get(int(message["key"]))
+        if entry is None or self.inputs is None:
+            raise _Failure("internal", "a batch for a model this worker has not loaded")
+        module, names, device = entry
+        inputs = self.input_tensors(message["inputs"])
+        try:
+            if device.type != "cpu":
+                inputs = [t.to(device) for t in inputs]
+            outs = _as_list(torch, module(*inputs), names)
+            outs = [o if o.device.type == "cpu" else o.cpu() for o in outs]
+        except _Failure:
+            raise
+        except torch.OutOfMemoryError as e:
+            raise _Failure("resource_exhausted", str(e)) from None
+        except Exception as e:
+            raise _Failure("internal", f"{type(e).__name__}: {e}") from None
+        return self.write_outputs(outs)
+
+    def input_tensors(self, raw: Any) -> list[Any]:
+        region = self.inputs
+        assert region is not None
+        try:
+            layout = tuple((r[0], tuple(r[1]), r[2]) for r in raw)
+        except (TypeError, IndexError, KeyError):
+            raise _Failure("internal", "a batch with malformed input references") from None
+        views = self.input_views.get(layout)
+        if views is None:
+            views = [
+                _view(self.torch, region, TensorRef.checked(r, region.size, "input")) for r in raw
+            ]
+            if len(self.input_views) > 64:
+                self.input_views.clear()
+            self.input_views[layout] = views
+        return views
+
+    def write_outputs(self, outs: list[Any]) -> tuple[dict[str, Any], list[int]]:
+        signature = tuple((o.dtype, tuple(o.shape)) for o in outs)
+        plan = self.output_plans.get(signature)
+        if plan is not None:
+            packed, views = plan
+            for dst, o in zip(views, outs):
+                if dst is not None:
+                    dst.copy_(o)
+            return {"ok": True, "outputs": packed}, []
+        from p2pagent.inference import dtypes
+
+        specs = []
+        for o in outs:
+            info = dtypes.BY_NAME.get(str(o.dtype).removeprefix("torch."))
+            if info is None:
+                raise _Failure("internal", f"an output of dtype {o.dtype} (not servable)")
+            specs.append((info, tuple(int(d) for d in o.shape)))
+        refs, needed = worker_wire.layout(specs)
+        reply: dict[str, Any] = {"ok": True, "outputs": [r.pack() for r in refs]}
+        fds: list[int] = []
+        if self.outputs is None or self.outputs.size < needed:
+            self.output_plans.clear()
+            if self.outputs is not None:
+                self.outputs.close()
+            self.outputs = Region.create(needed, "p2pagent-worker-out")
+            reply["outbuf"] = self.outputs.size
+            fds = [self.outputs.fd]
+        views = [_view(self.torch, self.outputs, r) if r.nbytes else None for r in refs]
+        for dst, o in zip(views, outs):
+            if dst is not None:
+                dst.copy_(o)
+        if len(self.output_plans) > 64:
+            self.output_plans.clear()
+        self.output_plans[signature] = (reply["outputs"], views)
+        return reply, fds
+
+
+def _view(torch: Any, region: Region, ref: TensorRef) -> Any:
+    """A tensor over the region's bytes (no copy)."""
+    dtype = getattr(torch, ref.dtype.name)
+    count = ref.nbytes // ref.dtype.itemsize
+    if count == 0:
+        return torch.empty(ref.shape, dtype=dtype)
+    return torch.frombuffer(region.map, dtype=dtype, count=count, offset=ref.offset).view(ref.shape)
+
+
+def _as_list(torch: Any, result: Any, names: list[str]) -> list[Any]:
+    """The model's return value as tensors in output-port order (checked again by the
+    daemon: counts and rows)."""
+    if isinstance(result, torch.Tensor):
+        values = [result]
+    elif isinstance(result, dict):
+        missing = [n for n in names if n not in result]
+        if missing:
+            raise _Failure(
+                "internal",
+                f"returned no output named {missing[0]!r} (it returned {sorted(result)})",
+            )
+        values = [result[n] for n in names]
+    elif isinstance(result, list | tuple):
+        values = list(result)
+    else:
+        raise _Failure("internal", f"returned a {type(result).__name__}, not tensors")
+    if len(values) > worker_wire.MAX_OUTPUTS:
+        raise _Failure("internal", f"returned {len(values)} outputs")
+    for i, v in enumerate(values):
+        if not isinstance(v, torch.Tensor):
+            raise _Failure("internal", f"output {i} is a {type(v).__name__}, not a tensor")
+    return values
+
+
+def _try_open(path: Any) -> str:
+    """Returns "opened" or the error's name (EACCES...), trying a folder listing for folders."""
+    import errno
+
+    try:
+        if os.path.isdir(str(path)):
+            os.listdir(str(path))
+        else:
+            os.close(os.open(str(path), os.O_RDONLY))
+    except OSError as e:
+        return errno.errorcode.get(e.errno or 0, str(e.errno))
+    return "opened"
+
+
+def _init(sock: socket.socket) -> tuple[sandbox.SandboxReport, int]:
+    message, _ = worker_wire.receive(sock)
+    import torch
+
+    threads = int(message.get("threads", 0))
+    if threads > 0:
+        torch.set_num_threads(threads)
+    rules = [sandbox.Rule(str(p), sandbox.Access(str(a))) for p, a in message["rules"]]
+    uid, gid = message.get("uid"), message.get("gid")
+    report = sandbox.confine(
+        rules, int(uid) if uid is not None else None, int(gid) if gid is not None else None
+    )
+    return report, int(message.get("parent", 0))
+
+
+def main(argv: list[str]) -> int:
+    sock = socket.socket(fileno=int(argv[1]))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    try:
+        report, parent = _init(sock)
+    except (OSError, worker_wire.ChannelClosed, KeyError, ValueError) as e:
+        worker_wire.send(sock, {"ok": False, "kind": "internal", "message": f"sandbox: {e}"})
+        return 1
+    if parent and os.getppid() != parent:
+        return 1  # the daemon died before the death signal was armed
+    worker_wire.send(
+        sock,
+        {
+            "ok": True,
+            "pid": os.getpid(),
+            "uid": report.uid,
+            "gid": report.gid,
+            "no_new_privs": report.no_new_privs,
+            "capabilities_dropped": report.capabilities_dropped,
+            "landlock_abi": report.landlock_abi,
+            "landlock_error": report.landlock_error,
+        },
+    )
+    Worker(sock).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
