@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from p2pagent.errors import Internal, InvalidArgument, P2PAgentError, ResourceExhausted, Unavailable
 from p2pagent.inference import isolation, worker_tensors, worker_wire
+from p2pagent.inference.archive_check import check_archive
 from p2pagent.inference.formats import LoadedModel, ModelFormat, detect_format, load_model
 from p2pagent.inference.spec import ModelSpec
 from p2pagent.inference.worker_wire import ChannelClosed, Region
@@ -551,6 +552,9 @@ def isolating_loader(worker: ModelWorker) -> Loader:
                 f"(it looks like {detected.value})"
             )
         if detected in CODE_FORMATS:
+            # Read without running it (no pickle, only tensors and TorchScript types) before
+            # the worker is handed the file: the same check as every in-process load.
+            check_archive(Path(path), detected)
             return worker.load(name, Path(path), spec, device, detected)
         return load_model(name, Path(path), spec, device, detected)
 

@@ -34,7 +34,14 @@ import warnings
 from typing import Any
 
 from p2pagent.inference import sandbox, worker_wire
+from p2pagent.inference.formats import ModelFormat
 from p2pagent.inference.worker_wire import Region, TensorRef
+
+# Before torch is imported: every torch.load in this process is weights_only, even torch's own
+# fallbacks inside torch.export.load (the daemon also refuses pickled archives before handing
+# one over: inference.archive_check).
+os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
 
 _PR_SET_PDEATHSIG = 1
 
@@ -111,9 +118,9 @@ class Worker:
             data = io.BytesIO(f.read())
         fmt, device = str(message["format"]), torch.device(str(message["device"]))
         try:
-            if fmt == "torchscript":
+            if fmt == ModelFormat.TORCHSCRIPT.value:
                 module = torch.jit.load(data, map_location=device)
-            elif fmt == "torch_export":
+            elif fmt == ModelFormat.TORCH_EXPORT.value:
                 with warnings.catch_warnings():
                     # The archive's read-only bytes wrapped as tensors; copied to the device.
                     warnings.filterwarnings("ignore", "The given buffer is not writable")
@@ -123,7 +130,8 @@ class Worker:
         except _Failure:
             raise
         except Exception as e:
-            kind = "torchscript archive" if fmt == "torchscript" else "torch.export program"
+            torchscript = fmt == ModelFormat.TORCHSCRIPT.value
+            kind = "torchscript archive" if torchscript else "torch.export program"
             raise _Failure("invalid_argument", f"not a valid {kind}: {e}") from None
         from p2pagent.inference.loading import module_nbytes
 
