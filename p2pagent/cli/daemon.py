@@ -22,6 +22,7 @@ from typing import Any
 from p2pagent import __version__
 from p2pagent.cli.args import OneLineErrorParser
 from p2pagent.cli.cert_reload import CertificateReloader, stamps
+from p2pagent.cli.malloc_tuning import tune as tune_malloc
 from p2pagent.config import Config, load
 from p2pagent.errors import P2PAgentError
 from p2pagent.logs import setup as setup_logging
@@ -127,6 +128,7 @@ async def serve(config: Config) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tune_malloc()  # before gRPC starts its threads (each would get an arena of its own)
     args = parser().parse_args(argv)
     try:
         config = load(args.config, os.environ, flags_of(args))
