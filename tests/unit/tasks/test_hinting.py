@@ -13,6 +13,7 @@ from p2pagent.tasks.placement import make_placement
 from p2pagent.tasks.spec import Task
 from p2pagent.tasks.steal import StealPolicy, victim_shun_s
 
+SERVES = frozenset({"m"})
 CFG = TasksConfig(min_victim_backlog_s=0.05, report_max_age_s=10.0, steal_backoff_base_s=0.01)
 
 
@@ -86,9 +87,9 @@ def test_a_peer_claiming_too_much_or_nothing_moves_only_its_own_share_in_placeme
         rng = random.Random(3)
         got: Counter[str] = Counter()
         for seq in range(1, 3001):
-            peers = [LoadReport(f"p{i}", seq, 1.0, 0, 0, 1, 1.0, frozenset({"m"})) for i in range(n)]
-            peers.append(LoadReport("liar", seq, liar_backlog, 0, 0, 1, 1.0, frozenset({"m"})))
-            own = LoadReport("a", seq, 1.0, 0, 0, 1, 1.0, frozenset({"m"}))
+            peers = [LoadReport(f"p{i}", seq, 1.0, 0, 0, 1, 1.0, SERVES) for i in range(n)]
+            peers.append(LoadReport("liar", seq, liar_backlog, 0, 0, 1, 1.0, SERVES))
+            own = LoadReport("a", seq, 1.0, 0, 0, 1, 1.0, SERVES)
             got[p.choose(task, own, peers, 0.0, rng)] += 1
         total = sum(got.values())
         # Too much: it takes nothing, and the others share its part evenly (each well under
