@@ -30,6 +30,7 @@ FULL: list[list[str]] = [
     ["bench.models_transfer", "--mib", "512", "--rounds", "3", "--disk"],
     ["bench.models_swarm", "--mib", "256", "--rounds", "2"],
     ["bench.chaos", "--duration", "60"],
+    ["bench.scale"],
 ]
 SMALL: list[list[str]] = [
     ["bench.state_core"],
@@ -47,6 +48,7 @@ SMALL: list[list[str]] = [
     ["bench.models_transfer", "--mib", "32", "--rounds", "1"],
     ["bench.models_swarm", "--mib", "32", "--rounds", "1"],
     ["bench.chaos", "--duration", "30"],
+    ["bench.scale", "--sizes", "3,6", "--idle", "5", "--settle", "1", "--sim-sizes", "16,32"],
 ]  # fmt: skip
 
 

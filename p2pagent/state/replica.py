@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pagent.errors import InvalidArgument
+from p2pagent.membership.timing import anti_entropy_interval
 from p2pagent.state.buffer import DeltaBuffer
 from p2pagent.state.changelog import ChangeLog
 from p2pagent.state.clocks import MAX_COUNTER, Dot, DotContext, HybridClock, ranges_add
@@ -347,8 +348,14 @@ class Replica:
         if now >= self._next_anti_entropy:
             out += self.start_anti_entropy(now)
             self.collect_garbage()
-            self._next_anti_entropy = now + self.config.anti_entropy_interval
+            self._next_anti_entropy = now + self.anti_entropy_interval()
         return out
+
+    def anti_entropy_interval(self) -> float:
+        """``anti_entropy_interval``, stretched past 32 members as memberlist stretches its
+        push-pull (``membership.timing.anti_entropy_interval``): digests one member sends and
+        answers per second stay flat as the mesh grows."""
+        return anti_entropy_interval(self.config.anti_entropy_interval, len(self.live) + 1)
 
     def take_gossip(self, now: float) -> list[Outgoing]:
         """The pending local deltas and those to forward, each batch for ``gossip_fanout``
