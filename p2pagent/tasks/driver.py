@@ -76,6 +76,7 @@ log = logging.getLogger(__name__)
 
 REPORT_INTERVAL_S = 0.25
 TICK_S = 0.05
+MIN_SLEEP_S = 0.001
 COMPLETE_RETRY_S = 0.5
 #: How long a finished Infer call's task is remembered (to drop a late duplicate result): it
 #: cannot be waited for, and a busy node serves many of them.
@@ -386,9 +387,12 @@ class TasksDriver:
         if dst == self.name:
             idle = self.queue.queued_cost_s() < self.cfg.min_victim_backlog_s
             self.queue.push(task, now, front=front)
-            if idle and self.queue.queued_cost_s() >= self.cfg.min_victim_backlog_s:
-                # Just became worth robbing: tell the peers now (an urgent hint), not within
-                # TICK_S, so that idle ones start stealing from a burst without waiting.
+            queued_s = self.queue.queued_cost_s()
+            if (idle and queued_s >= self.cfg.min_victim_backlog_s) or (
+                self.balancer.hint_policy.grew(queued_s)
+            ):
+                # Just became worth robbing, or much more so: tell the peers now (an urgent
+                # hint), not within TICK_S, so that idle ones share a burst from its start.
                 self._wake_ticker()
             self._kick()
             return
@@ -564,13 +568,19 @@ class TasksDriver:
             due.append(next_report if origins else None)
             due.append(max(next_retry, now + TICK_S) if self.executor.unacked else None)
             due.append(self.balancer.hint_policy.refresh_at())
-            if self._stealing and self.balancer.may_steal_soon(now):
-                # A peer claims stealable work: retry when the policy could decide anew.
-                due.append(self.balancer.policy.next_wakeup() or now + TICK_S)
-            await self._sleep_until(min((t for t in due if t is not None), default=math.inf), now)
+            if self._stealing and not self.executor.saturated and self.balancer.may_steal_soon(now):
+                # A peer claims stealable work and the policy declined just now (a steal in
+                # flight, a back-off): look again when it could decide otherwise. A node
+                # running at capacity is woken by its next finished task instead.
+                due.append(max(self.balancer.policy.next_wakeup() or 0.0, now + TICK_S))
+            earliest = min((t for t in due if t is not None), default=math.inf)
+            await self._sleep_until(earliest, now)
 
     async def _sleep_until(self, due: float, ran_at: float) -> None:
-        """Sleeps until ``due``, or an urgent wake, or TICK_S after ``ran_at`` once dirty."""
+        """Sleeps until ``due``, or an urgent wake, or TICK_S after ``ran_at`` once dirty;
+        always yields to the loop, even when something is already due (whatever was due ran
+        in the pass before; a due time in the past must not make the ticker spin)."""
+        await asyncio.sleep(MIN_SLEEP_S)
         while not self._urgent:
             at = min(due, ran_at + TICK_S) if self._dirty else due
             left = at - time.time()

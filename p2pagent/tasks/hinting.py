@@ -7,7 +7,7 @@ changed *materially* (``HintPolicy``), so that an idle or steady node says nothi
 - the first hint (a peer must learn which models we serve);
 - the node became worth robbing, or stopped being so (``min_victim_backlog_s``): the first is
   *urgent*, gossiped at once rather than at the next round, since idle peers start stealing
-  from a burst only when they hear of it;
+  from a burst only when they hear of it (and so is a backlog that grew by half);
 - the models it serves changed, or the models it has stealable work for;
 - while worth robbing: the backlog moved by ``HINT_CHANGE_FRACTION`` of itself, or the last
   hint is half ``report_max_age_s`` old (a busy node's hint is refreshed; an idle node's
@@ -93,6 +93,16 @@ class HintPolicy:
             self._last, self._last_at = hint, now
         return publish, urgent
 
+    def grew(self, backlog_s: float) -> bool:
+        """A cheap pre-check for the driver: our backlog is now ``backlog_s``, enough more
+        than we last said that the next ``decide`` publishes at once."""
+        last = self._last
+        return (
+            last is not None
+            and robbable(last, self.cfg)
+            and backlog_s - last.backlog_s >= HINT_CHANGE_FRACTION * last.backlog_s
+        )
+
     def refresh_at(self) -> float | None:
         """When a busy node's hint needs refreshing even if nothing changed; None if idle."""
         if self._last is None or not robbable(self._last, self.cfg):
@@ -113,6 +123,9 @@ class HintPolicy:
         if {q.model for q in hint.queued} != {q.model for q in last.queued}:
             return True, False
         if abs(hint.backlog_s - last.backlog_s) >= HINT_CHANGE_FRACTION * last.backlog_s:
-            return True, False
+            # More to steal spreads at once too: thieves size their steals by the hint
+            # (a fair share of what it lists), so a burst arriving over a few milliseconds
+            # would otherwise be shared out as its first few tasks.
+            return True, hint.backlog_s > last.backlog_s
         refresh = self.refresh_at()
         return refresh is not None and now >= refresh, False

@@ -33,9 +33,10 @@ def test_idle_or_steady_nodes_say_nothing_and_a_burst_is_urgent() -> None:
     assert p.decide(to_hint(report("a", 1)), 101.0) == (False, False)  # below the bar
     assert p.decide(to_hint(report("a", 10)), 102.0) == (True, True)  # robbable: at once
     assert p.decide(to_hint(report("a", 12)), 102.1) == (False, False)  # +20 %: not material
-    assert p.decide(to_hint(report("a", 20)), 102.2) == (True, False)  # doubled
+    assert p.decide(to_hint(report("a", 20)), 102.2) == (True, True)  # doubled: at once
     assert p.refresh_at() == 102.2 + CFG.report_max_age_s / 2
     assert p.decide(to_hint(report("a", 20)), 107.2) == (True, False)  # refreshed while busy
+    assert p.decide(to_hint(report("a", 9)), 107.3) == (True, False)  # halved: no hurry
     assert p.decide(to_hint(report("a", 0)), 108.0) == (True, False)  # drained
     assert p.decide(to_hint(report("a", 0, models=("m", "n"))), 109.0) == (True, False)
 
