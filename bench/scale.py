@@ -346,7 +346,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", default="8,32,64", help="mesh sizes of real daemons, comma-separated")
     p.add_argument("--idle", type=float, default=120.0, help="idle window, seconds")
-    p.add_argument("--settle", type=float, default=10.0, help="seconds after the join, first")
+    p.add_argument("--settle", type=float, default=30.0, help="seconds after the join, first")
     p.add_argument("--sim-sizes", default="16,64,256,1000", help="simulated sizes ('' for none)")
     p.add_argument("--sim-min-s", type=float, default=30.0, help="shortest simulated run, s")
     p.add_argument("--no-iptables", action="store_true", help="count bytes with wchar instead")
