@@ -166,3 +166,20 @@ def test_wire_form_round_trips_hints_and_reads_messages_without_them() -> None:
 
 def hint_row(seq: int) -> list[object]:
     return ["a", seq, 1.0, 1, 0, 1, 1.0, [], []]
+
+
+def test_in_the_simulator_a_hint_reaches_100_members_within_seconds_despite_loss() -> None:
+    from p2pagent.sim.membership import MembershipScenario, simulate_hint_spread
+
+    idle = simulate_hint_spread(
+        MembershipScenario(nodes=100, duration=8.0, join_at=100.0, loss=0.1), hint()
+    )
+    busy = simulate_hint_spread(
+        MembershipScenario(nodes=100, duration=8.0, join_at=2.0, loss=0.1), hint()
+    )
+    assert idle.seconds_to_full is None  # never published
+    assert busy.seconds_to_full is not None and busy.seconds_to_full < 3.0
+    # One hint costs each member about retransmit_limit piggybacked copies (12 at N = 100,
+    # some of them in gossip messages of their own): a couple of KB, not N messages.
+    extra_per_member = (busy.bytes_per_node_per_s - idle.bytes_per_node_per_s) * 8.0
+    assert 0 < extra_per_member < 2_000
