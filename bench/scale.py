@@ -360,8 +360,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="p2pscale-") as tmp:
         for n in sizes:
             rows.append(run_cluster(n, args.idle, args.settle, Path(tmp), port_bytes))
-            if not args.json:
-                print(json.dumps(asdict(rows[-1])), flush=True)
+            # Progress (stderr with --json, whose stdout is one document).
+            print(json.dumps(asdict(rows[-1])), flush=True, file=sys.stderr if args.json else None)
     sims = [run_sim(n, sim_duration(n, args.sim_min_s)) for n in sim_sizes]
     result = targets(rows, sims)
     if args.json:

@@ -21,10 +21,11 @@ order a newcomer will look for them:
   messages, and gossiped to ``gossip_fanout`` random members every gossip interval, at most
   ``retransmit_mult * ceil(log10(N + 1))`` times each. A suspicion or death goes to its
   subject too (as in memberlist): it is the one member that can refute it.
-* Lifeguard (`timing`, `suspicion`): probe interval and timeout grow with local health
-  awareness; suspicion timeouts start long and shrink as independent members confirm; a ping
-  to a suspect carries the suspicion (buddy); a member that only heard the rumour takes a last
-  look at the suspect before declaring it dead.
+* Lifeguard (`timing`, `suspicion`): probe interval and timeout (and here the gossip
+  interval too) grow with local health awareness; suspicion timeouts start long and shrink
+  as independent members confirm; a ping to a suspect carries the suspicion (buddy); a
+  member that only heard the rumour takes a last look at the suspect before declaring it
+  dead.
 * Push-pull (here): a join, and every push-pull interval, exchanges full member tables with
   one member. Remote Dead claims are merged as origin-less Suspect (`precedence.as_relayed`).
 * Re-join (`rejoin`): re-joins with dead members and seeds heal partitions without operator
@@ -235,7 +236,10 @@ class Swim:
         if not self.leaving:
             self._run_probe(now, out)
         if now >= self._next_gossip:
-            self._next_gossip = now + self.config.gossip_interval
+            # Stretched by local health like the probe interval: a member that finds itself
+            # slow (its probes unanswered, itself suspected) is most likely short of CPU, and
+            # gossiping less is what lets a starved mesh recover rather than feed its storm.
+            self._next_gossip = now + timing.scaled(self.config.gossip_interval, self.awareness)
             self._gossip(now, out)
         if now >= self._next_push_pull:
             self._next_push_pull = now + self._push_pull_interval()
