@@ -31,9 +31,7 @@ def _views(c: Cluster, names: list[str]) -> dict[str, dict[str, str]]:
 
 
 def _converged(c: Cluster, names: list[str]) -> bool:
-    return all(
-        all(view.get(n) == "alive" for n in names) for view in _views(c, names).values()
-    )
+    return all(all(view.get(n) == "alive" for n in names) for view in _views(c, names).values())
 
 
 def _deaths_since(c: Cluster, offsets: dict[str, int]) -> list[str]:
