@@ -34,6 +34,7 @@ FULL: list[list[str]] = [
     ["bench.publish_check"],
     ["bench.streams"],
     ["bench.chaos", "--duration", "60"],
+    ["bench.scale"],
 ]
 SMALL: list[list[str]] = [
     ["bench.state_core"],
@@ -55,6 +56,7 @@ SMALL: list[list[str]] = [
     ["bench.publish_check", "--small", "--rounds", "1"],
     ["bench.streams", "--small"],
     ["bench.chaos", "--duration", "30"],
+    ["bench.scale", "--sizes", "3,6", "--idle", "5", "--settle", "1", "--sim-sizes", "16,32"],
 ]  # fmt: skip
 
 

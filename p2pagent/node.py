@@ -160,6 +160,7 @@ class Node:
             channels=self.channels,
             members=self.members,
             metrics=self.metrics,
+            hints=self.membership,
         )
         self.components.append(self.tasks)
 

@@ -16,7 +16,6 @@ from p2pagent.api.models import ModelsAgentApi
 from p2pagent.api.state import StateAgentApi
 from p2pagent.api.tasks import TasksAgentApi, admit
 from p2pagent.errors import InvalidArgument
-from p2pagent.inference import tensors
 from p2pagent.tasks.wire import error_from_code
 from p2pagent.transport.guard import caller_identity
 
@@ -40,6 +39,8 @@ class AgentService(
         return self._node.status()
 
     async def Infer(self, request: agent_pb2.InferRequest, context: Ctx) -> agent_pb2.InferResponse:
+        from p2pagent.inference import tensors  # numpy: only nodes that run models load it
+
         node = self._node
         if not request.model:
             raise InvalidArgument("InferRequest.model is empty: name the model to run")

@@ -3,7 +3,6 @@ the tasks capability. Thin: decode, call the driver, encode; errors are `p2pagen
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -32,12 +31,12 @@ def admit(node: Node, request: agent_pb2.SubmitRequest | agent_pb2.InferRequest)
 
 
 def model_sources(node: Node) -> admission.ModelSources:
-    """The models this node knows of: its own, its peers' (their load reports) and the
-    replicated registry's."""
+    """The models this node knows of: its own, its live peers' (their last load hints, fresh
+    or not: an idle peer stops gossiping) and the replicated registry's."""
     tasks, models = node.tasks, node.models
     peers: set[str] = set()
     if tasks is not None:
-        for report in tasks.balancer.board.fresh(time.time()):
+        for report in tasks.balancer.board.latest():
             peers.update(report.models)
     return admission.ModelSources(
         here=set(node.models_cache.names()),

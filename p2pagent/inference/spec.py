@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 from p2pagent._proto import agent_pb2
 from p2pagent.errors import InvalidArgument
 from p2pagent.inference import dtypes
-from p2pagent.inference.tensors import HostTensor
 
 if TYPE_CHECKING:
     from typing import TypeAlias
 
     import torch
+
+    from p2pagent.inference.tensors import HostTensor
 
     #: What a request may pass as an input: a decoded wire tensor or a torch tensor.
     InputTensor: TypeAlias = HostTensor | torch.Tensor
@@ -232,6 +233,10 @@ class ModelSpec:
 
 
 def _check_port(model: str, port: PortSpec, t: object) -> None:
+    # Imported here: a state-only node never checks a tensor and need not load numpy (about
+    # 0.3 s of its start-up and 15 MB); a node that got a tensor to check has it already.
+    from p2pagent.inference.tensors import HostTensor
+
     if isinstance(t, HostTensor):
         got, shape = t.dtype.name, t.shape
     else:

@@ -11,6 +11,7 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
+from p2pagent.membership.hints import MAX_HINT_MODELS, MAX_HINT_QUEUED, LoadHint, QueuedWork
 from p2pagent.membership.messages import Kind, Message, State, Update
 
 #: Version of this payload layout; carried in ``Envelope.version``.
@@ -46,6 +47,13 @@ def _update_to_wire(u: Update) -> list[Any]:
     return [u.name, u.incarnation, _STATE_CODE[u.state], u.origin, u.address, dict(u.tags)]
 
 
+def _hint_to_wire(h: LoadHint) -> list[Any]:
+    return [
+        h.node, h.seq, h.backlog_s, h.queue_len, h.running, h.capacity, h.speed,
+        list(h.models), [[q.model, q.count, q.cost_s] for q in h.queued],
+    ]  # fmt: skip
+
+
 def encode(msg: Message) -> bytes:
     body = [
         int(msg.kind),
@@ -58,6 +66,8 @@ def encode(msg: Message) -> bytes:
         [_update_to_wire(u) for u in msg.updates],
         [_update_to_wire(u) for u in msg.members],
     ]
+    if msg.hints:  # a trailing field, only when there are hints: idle messages stay as they were
+        body.append([_hint_to_wire(h) for h in msg.hints])
     out: bytes = msgpack.packb(body, use_bin_type=True)
     return out
 
@@ -82,9 +92,9 @@ def decode(
 
 
 def _message(body: Any, max_tags_bytes: int) -> Message:
-    if not isinstance(body, list) or len(body) != 9:
-        raise MalformedMessage("expected an array of 9 fields")
-    kind_v, src, src_addr, seq, target, target_addr, join, updates, members = body
+    if not isinstance(body, list) or len(body) not in (9, 10):
+        raise MalformedMessage("expected an array of 9 fields (10 with load hints)")
+    kind_v, src, src_addr, seq, target, target_addr, join, updates, members = body[:9]
     kind = _KINDS.get(kind_v) if isinstance(kind_v, int) else None
     if kind is None:
         raise MalformedMessage(f"unknown message kind {kind_v!r}")
@@ -92,6 +102,7 @@ def _message(body: Any, max_tags_bytes: int) -> Message:
         raise MalformedMessage("join must be a boolean")
     ups = _updates(updates, MAX_UPDATES, "updates", max_tags_bytes)
     mems = _updates(members, MAX_MEMBERS, "members", max_tags_bytes)
+    hints = _hints(body[9], MAX_MEMBERS if mems else MAX_UPDATES) if len(body) == 10 else ()
     return Message(
         kind,
         _str(src, MAX_NAME, "src", nonempty=True),
@@ -102,7 +113,60 @@ def _message(body: Any, max_tags_bytes: int) -> Message:
         join,
         ups,
         mems,
+        hints,
     )
+
+
+def _hints(v: Any, limit: int) -> tuple[LoadHint, ...]:
+    """Shape and types only: whether the numbers are believable is for ``HintTable`` to
+    judge (and count), so that a bad hint costs the hint, not the membership message."""
+    if not isinstance(v, list) or len(v) > limit:
+        raise MalformedMessage(f"hints must be an array of at most {limit} entries")
+    return tuple(_hint(h) for h in v)
+
+
+def _hint(v: Any) -> LoadHint:
+    if not isinstance(v, list) or len(v) != 9:
+        raise MalformedMessage("a load hint is not an array of 9 fields")
+    node, seq, backlog, queue_len, running, capacity, speed, models, queued = v
+    if not isinstance(models, list) or len(models) > MAX_HINT_MODELS:
+        raise MalformedMessage(f"hint models must be an array of at most {MAX_HINT_MODELS}")
+    if not isinstance(queued, list) or len(queued) > MAX_HINT_QUEUED:
+        raise MalformedMessage(f"hint queued must be an array of at most {MAX_HINT_QUEUED}")
+    work: list[QueuedWork] = []
+    for q in queued:
+        if not isinstance(q, list) or len(q) != 3:
+            raise MalformedMessage("a hint's queued entry is not [model, count, cost_s]")
+        work.append(
+            QueuedWork(
+                _str(q[0], MAX_NAME * 2, "hint model"), _sint(q[1], "hint count"),
+                _float(q[2], "hint cost_s"),
+            )
+        )  # fmt: skip
+    return LoadHint(
+        _str(node, MAX_NAME, "hint node", nonempty=True),
+        _int(seq, "hint seq"),
+        _float(backlog, "hint backlog_s"),
+        _sint(queue_len, "hint queue_len"),
+        _sint(running, "hint running"),
+        _sint(capacity, "hint capacity"),
+        _float(speed, "hint speed"),
+        tuple(_str(m, MAX_NAME * 2, "hint model") for m in models),
+        tuple(work),
+    )
+
+
+def _float(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise MalformedMessage(f"{what} must be a number")
+    return float(v)
+
+
+def _sint(v: Any, what: str) -> int:
+    """An integer of any sign that fits 64 bits; its range is checked by ``HintTable``."""
+    if not isinstance(v, int) or isinstance(v, bool) or not -MAX_INT <= v <= MAX_INT:
+        raise MalformedMessage(f"{what} must be a 64-bit integer")
+    return v
 
 
 def _updates(v: Any, limit: int, what: str, max_tags_bytes: int) -> tuple[Update, ...]:

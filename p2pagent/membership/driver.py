@@ -30,6 +30,7 @@ from p2pagent.errors import ConfigError, FailedPrecondition, InvalidArgument
 from p2pagent.logs import RateLimitedLog
 from p2pagent.membership import codec
 from p2pagent.membership.config import MembershipConfig
+from p2pagent.membership.hints import LoadHint
 from p2pagent.membership.messages import Kind, Message, Send
 from p2pagent.membership.swim import Swim
 from p2pagent.membership.view import ALIVE, Listener, MemberView
@@ -96,6 +97,7 @@ class MembershipDriver:
         self._rng = rng or random.Random()
         self._core: Swim | None = None
         self._listeners: list[Listener] = []
+        self._hint_listeners: list[Callable[[LoadHint], None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
@@ -125,6 +127,30 @@ class MembershipDriver:
                 self._listeners.remove(listener)
 
         return unsubscribe
+
+    # ---- load hints (``hints``) --------------------------------------------------------------
+
+    def publish_load_hint(self, hint: LoadHint, urgent: bool = False) -> None:
+        """Spreads this node's load hint with the membership gossip (see ``Swim.publish_hint``)."""
+        core, loop = self._core, self._loop
+        if core is not None and loop is not None:
+            self._dispatch(core.publish_hint(hint, loop.time(), urgent))
+
+    def subscribe_hints(self, listener: Callable[[LoadHint], None]) -> Callable[[], None]:
+        """Calls ``listener`` with every believable, newer hint of another member."""
+        self._hint_listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._hint_listeners.remove(listener)
+
+        return unsubscribe
+
+    def load_hints(self) -> list[LoadHint]:
+        return [] if self._core is None else self._core.hints()
+
+    def hints_rejected(self) -> dict[str, int]:
+        return {} if self._core is None else self._core.hints_rejected
 
     @property
     def incarnation(self) -> int:
@@ -307,6 +333,12 @@ class MembershipDriver:
                     listener(view)
                 except Exception:
                     log.exception("membership listener failed")
+        for hint in core.take_hints():
+            for hint_listener in list(self._hint_listeners):
+                try:
+                    hint_listener(hint)
+                except Exception:
+                    log.exception("load hint listener failed")
         self._wake.set()
 
     # ---- incarnation persistence ------------------------------------------------------------

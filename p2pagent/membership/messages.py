@@ -10,6 +10,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from p2pagent.membership.hints import LoadHint
+
 
 class State(enum.Enum):
     """A member's state. Values are what ``p2pagentctl members --json`` prints."""
@@ -71,6 +73,8 @@ class Message:
     updates: tuple[Update, ...] = ()
     #: PUSH_PULL and its reply: the sender's full member table.
     members: tuple[Update, ...] = ()
+    #: Piggybacked load hints (``hints``); push-pull carries every hint the sender knows.
+    hints: tuple[LoadHint, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,20 +21,26 @@ order a newcomer will look for them:
   messages, and gossiped to ``gossip_fanout`` random members every gossip interval, at most
   ``retransmit_mult * ceil(log10(N + 1))`` times each. A suspicion or death goes to its
   subject too (as in memberlist): it is the one member that can refute it.
-* Lifeguard (`timing`, `suspicion`): probe interval and timeout grow with local health
-  awareness; suspicion timeouts start long and shrink as independent members confirm; a ping
-  to a suspect carries the suspicion (buddy); a member that only heard the rumour takes a last
-  look at the suspect before declaring it dead.
+* Lifeguard (`timing`, `suspicion`): probe interval and timeout (and here the gossip
+  interval too) grow with local health awareness; suspicion timeouts start long and shrink
+  as independent members confirm; a ping to a suspect carries the suspicion (buddy); a
+  member that only heard the rumour takes a last look at the suspect before declaring it
+  dead.
 * Push-pull (here): a join, and every push-pull interval, exchanges full member tables with
   one member. Remote Dead claims are merged as origin-less Suspect (`precedence.as_relayed`).
 * Re-join (`rejoin`): re-joins with dead members and seeds heal partitions without operator
   action; a member that knows no peer retries its join on a short, doubling delay.
+* Load hints (`hints`): a member's small load summary, published by the tasks layer when it
+  changed materially, rides on the same messages (piggybacked, bounded per message,
+  retransmitted like updates) and on push-pull; hints about non-members, out of range or
+  stale are dropped and counted. A dead or departed member's hint is forgotten.
 * Reaping (here): Dead and Left members stay as tombstones for ``dead_reap_s`` so that stale
   Alive claims cannot resurrect them, then are forgotten.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 from collections.abc import Iterable, Mapping
@@ -42,6 +48,7 @@ from dataclasses import dataclass
 
 from p2pagent.membership import timing
 from p2pagent.membership.config import MembershipConfig
+from p2pagent.membership.hints import LoadHint
 from p2pagent.membership.members import Member, MemberTable
 from p2pagent.membership.messages import Kind, Message, Send, State, Update
 from p2pagent.membership.outbox import Outbox
@@ -72,6 +79,7 @@ class Counters:
     deaths_declared: int = 0
     push_pulls: int = 0
     rejoins: int = 0
+    hints_published: int = 0
 
 
 class Swim:
@@ -99,6 +107,9 @@ class Swim:
         self._members = MemberTable(self._self)
         self._out = Outbox(self._members, config)
         self._queue = self._out.queue  # the updates waiting to be piggybacked
+        self._hints = self._out.hints  # every member's newest believable load hint
+        self._hint_seq = 0
+        self._hint_events: list[LoadHint] = []
         self._events: list[MemberView] = []
         self._timers: list[tuple[float, int, str]] = []  # (when, member generation, name)
         self._generation: dict[str, int] = {}
@@ -139,6 +150,38 @@ class Swim:
     def take_events(self) -> list[MemberView]:
         events, self._events = self._events, []
         return events
+
+    def take_hints(self) -> list[LoadHint]:
+        """Load hints of other members accepted since the last call, oldest first."""
+        hints, self._hint_events = self._hint_events, []
+        return hints
+
+    def hints(self) -> list[LoadHint]:
+        """The newest believable hint of every member that published one (this one too)."""
+        return self._hints.all()
+
+    @property
+    def hints_rejected(self) -> dict[str, int]:
+        """Hints dropped, by reason (``hints.NOT_MEMBER``, ``OUT_OF_RANGE``, ``STALE``)."""
+        return dict(self._hints.rejected)
+
+    def publish_hint(self, hint: LoadHint, now: float, urgent: bool = False) -> list[Send]:
+        """Spreads this member's new load hint (its ``node`` and ``seq`` are set here).
+
+        ``urgent``: also gossip it to ``gossip_fanout`` members now rather than at the next
+        round (a node that just became worth robbing should not wait for it).
+        """
+        self._hint_seq += 1
+        hint = dataclasses.replace(hint, node=self.name, seq=self._hint_seq)
+        if not self._hints.offer(hint, is_member=True):
+            return []  # out of range: our own numbers are wrong; say nothing rather than lie
+        self.counters.hints_published += 1
+        self._out.hint_queue.put(hint)
+        out: list[Send] = []
+        if urgent and not self.leaving:
+            for name in self._members.sample_peers(self.rng, self.config.gossip_fanout):
+                out.append(self._out.to_member(Kind.GOSSIP, self._members[name]))
+        return out
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Changes this member's tags; the change spreads with a new incarnation."""
@@ -193,7 +236,10 @@ class Swim:
         if not self.leaving:
             self._run_probe(now, out)
         if now >= self._next_gossip:
-            self._next_gossip = now + self.config.gossip_interval
+            # Stretched by local health like the probe interval: a member that finds itself
+            # slow (its probes unanswered, itself suspected) is most likely short of CPU, and
+            # gossiping less is what lets a starved mesh recover rather than feed its storm.
+            self._next_gossip = now + timing.scaled(self.config.gossip_interval, self.awareness)
             self._gossip(now, out)
         if now >= self._next_push_pull:
             self._next_push_pull = now + self._push_pull_interval()
@@ -231,6 +277,9 @@ class Swim:
             self._merge(msg.members, now)
             if joined:
                 self._reschedule_push_pull(now)
+        # After the members (a push-pull's table may introduce the hints' subjects).
+        for h in msg.hints:
+            self._offer_hint(h)
         return out
 
     # ---- probing ----------------------------------------------------------------------------
@@ -342,8 +391,28 @@ class Swim:
 
     # ---- dissemination ----------------------------------------------------------------------
 
+    def _offer_hint(self, h: LoadHint) -> None:
+        if h.node == self.name:
+            # Our own hint coming back. One from a previous life can be ahead of this one's
+            # count: continue above it and say our current load again, or every member
+            # would take it for stale (as a restarted member outbids its old incarnation).
+            if h.seq > self._hint_seq:
+                self._hint_seq = h.seq
+                mine = self._hints.get(self.name)
+                if mine is not None:
+                    self.publish_hint(mine, 0.0)
+            return
+        m = self._members.get(h.node)
+        if self._hints.offer(h, is_member=m is not None and m.state.reachable):
+            self._out.hint_queue.put(h)
+            self._hint_events.append(h)
+
+    def _forget_hint(self, name: str) -> None:
+        self._hints.forget(name)
+        self._out.hint_queue.drop(name)
+
     def _gossip(self, now: float, out: list[Send]) -> None:
-        if not self._queue:
+        if not self._out:
             return
         candidates = self._members.sample_peers(self.rng, self.config.gossip_fanout)
         if self._members.dead:
@@ -353,7 +422,7 @@ class Swim:
             if now - self._members[name].since < GOSSIP_TO_THE_DEAD_S:
                 candidates.append(name)
         for name in candidates:
-            if not self._queue:
+            if not self._out:
                 break
             out.append(self._out.to_member(Kind.GOSSIP, self._members[name]))
 
@@ -472,6 +541,7 @@ class Swim:
         m.suspicion = None
         self._changed(m, before, now)
         self._queue.put(Update(m.name, m.incarnation, m.state, u.origin))
+        self._forget_hint(m.name)
         self._schedule(m, now + self.config.dead_reap_s)
 
     def _changed(self, m: Member, before: State | None, now: float) -> None:

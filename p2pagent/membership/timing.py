@@ -38,8 +38,30 @@ def scaled(base: float, awareness: int) -> float:
     return base * (1 + awareness)
 
 
+#: Members from which the push-pull interval grows in proportion to N.
+PUSH_PULL_FLAT_FROM = 16
+
+
+def memberlist_scale(members: int) -> int:
+    """memberlist's push-pull scaling: 1 up to 32 members, then ``log2(N) - log2(32) + 1``
+    (rounded up). Exchanges per member per second stay flat as the cluster grows."""
+    return 1 if members <= 32 else math.ceil(math.log2(members) - math.log2(32)) + 1
+
+
 def push_pull_interval(base: float, members: int) -> float:
-    """memberlist's push-pull scaling: the interval grows with log2(N) past 32 members, so
-    that the cost of full-table exchanges per member stays flat as the cluster grows."""
-    scale = 1 if members <= 32 else math.ceil(math.log2(members) - math.log2(32)) + 1
-    return base * scale
+    """The full member-table exchange interval: ``base * max(1, N / 16)``.
+
+    memberlist stretches it by ``memberlist_scale``, which keeps exchanges per member flat
+    but not their bytes: each carries the whole table, O(N), so at N = 1,000 a member would
+    spend five times what it spends at N = 16 (the simulator, issue 28). Stretching in
+    proportion to N past 16 keeps the bytes flat instead. Anti-entropy gets slower in big
+    meshes (at N = 1,000 a member exchanges tables every ~16 min, and is asked about as
+    often), which SWIM can afford: updates spread by gossip, a join push-pulls at once, and
+    re-joins heal partitions.
+    """
+    return base * max(1.0, members / PUSH_PULL_FLAT_FROM)
+
+
+def anti_entropy_interval(base: float, members: int) -> float:
+    """State anti-entropy (a digest, O(writers) not O(N)): memberlist's scaling."""
+    return base * memberlist_scale(members)

@@ -30,6 +30,7 @@ production; the daemon logs a warning at start when it is set.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -72,7 +73,7 @@ from p2pagent.models.swarm import PartialHoldings
 if TYPE_CHECKING:
     from p2pagent.identity.spiffe import Identity
     from p2pagent.inference.cache import ModelCache
-    from p2pagent.membership.view import PeerDirectory
+    from p2pagent.membership.view import MemberView, PeerDirectory
     from p2pagent.state.driver import StateDriver
     from p2pagent.state.values import Change
     from p2pagent.transport.channels import ChannelPool
@@ -123,6 +124,7 @@ class ModelsDriver:
         self._checks = asyncio.Semaphore(config.check_concurrency)
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        self._unsubscribe_members: Callable[[], None] | None = None
         corrupt = os.environ.get(CORRUPT_ENV, "")
         self._corrupt_every = int(corrupt) if corrupt.isdigit() and int(corrupt) > 0 else 0
         self._server = ChunkServer(
@@ -178,11 +180,14 @@ class ModelsDriver:
             len(store.manifests()), len(self._complete), self._root,
         )  # fmt: skip
         self._unsubscribe = self._state.subscribe(NS, "", self._on_change)
+        self._unsubscribe_members = self._members.subscribe(self._on_member)
         self._task = asyncio.create_task(self._reconcile_loop(), name="models-reconcile")
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
+        if self._unsubscribe_members is not None:
+            self._unsubscribe_members()
         await self._swarm.stop()
         tasks = [t for t in (self._task, *self._pulls.values(), *self._background) if t]
         for task in tasks:
@@ -470,22 +475,30 @@ class ModelsDriver:
     # ---- reconciliation ---------------------------------------------------------------------
 
     async def _reconcile_loop(self) -> None:
+        """Reconciles when the registry, the membership or a local pull changed; looks again
+        after ``RECONCILE_S`` only while the last pass acted or failed (a pull it started may
+        fail and need starting again). A settled node scans nothing until something changes."""
         while True:
             self._wake.clear()
+            settled = False
             try:
-                await self._reconcile()
+                settled = await self._reconcile()
             except asyncio.CancelledError:
                 raise
             except Unavailable:
                 pass  # state still loading
             except Exception:
                 log.exception("models: reconciliation failed; retrying")
-            try:
-                await asyncio.wait_for(self._wake.wait(), RECONCILE_S)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if settled else RECONCILE_S):
+                    await self._wake.wait()
 
-    async def _reconcile(self) -> None:
+    def _on_member(self, view: MemberView) -> None:
+        self._wake.set()  # holders came or went: replication may need a pull or a drop
+
+    async def _reconcile(self) -> bool:
+        """One pass; True when it found nothing to do (no advertisement, pull or drop)."""
+        acted = False
         entries = self.entries()
         store = self.store
         local = {m.manifest_id for m in store.manifests()}
@@ -493,8 +506,10 @@ class ModelsDriver:
             mid, m = e.manifest_id, e.manifest
             if mid in self._complete and self.name not in e.holders:
                 await self._advertise(m)
+                acted = True
             elif mid not in self._complete and self.name in e.holders and mid not in self._pulls:
                 await self._withdraw(m)  # advertised, but not here (lost or wiped disk)
+                acted = True
         await self._swarm.forget_stale([e.manifest for e in entries], set(self._pulls))
         live = [v.name for v in self._members.members() if v.reachable]
         plan = plan_replication(
@@ -511,18 +526,23 @@ class ModelsDriver:
             wanted = mid in self._pinned or mid in local or under_replicated(by_id[mid], live)
             if wanted and mid not in self._pulls and self.live_holders(mid):
                 self._spawn(self._background_pull(by_id[mid]))
+                acted = True
+            elif wanted and mid in self._pulls:
+                acted = True  # pulling: if it fails, the next pass starts it again
         for mid in plan.drop:
             # Retained versions stay wherever they are; superseded ones go once the newest is
             # fully replicated (the policy checked that).
             if mid not in plan.targets and mid not in self._pinned and mid in by_id:
                 await self._withdraw(by_id[mid].manifest)
                 await self._drop_local(mid)
+                acted = True
         newest: dict[str, Entry] = {}
         for e in entries:
             if e.manifest_id in self._complete:
                 newest[e.manifest.name] = e  # entries are oldest first
         for e in newest.values():
             await self.loadable.make_loadable(e.manifest)
+        return not acted
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(coro)

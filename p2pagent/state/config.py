@@ -33,7 +33,8 @@ class StateConfig:
     #: Forward each delta received for the first time to ``gossip_fanout`` peers (rumor
     #: mongering). Off: only the writer pushes, and the rest learn by anti-entropy.
     forward_deltas: bool = True
-    #: Seconds between anti-entropy rounds (a digest to one random live peer).
+    #: Seconds between anti-entropy rounds (a digest to one random live peer); stretched past
+    #: 32 members as memberlist stretches its push-pull.
     anti_entropy_interval: float = 2.0
     #: Operations kept in the delta buffer to answer digests of peers that are slightly behind.
     delta_buffer_ops: int = 20_000

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pagent.errors import InvalidArgument, quoted
+from p2pagent.membership.timing import anti_entropy_interval
 from p2pagent.state.buffer import DeltaBuffer
 from p2pagent.state.changelog import ChangeLog
 from p2pagent.state.clocks import MAX_COUNTER, Dot, DotContext, HybridClock, ranges_add
@@ -55,6 +56,9 @@ from p2pagent.state.messages import (
 )
 from p2pagent.state.sync import dead_slices, pack_deltas, slice_gap
 from p2pagent.state.values import Change, ReadResult, ScanPage, WriteResult, read_key
+
+#: Quiet anti-entropy rounds double the interval at most this many times (2 s -> 16 s).
+QUIET_DOUBLINGS = 3
 
 
 def origin_name(node_id: str, epoch: int) -> str:
@@ -127,6 +131,10 @@ class Replica:
         self.acks: dict[str, dict[str, int]] = {}
         self._next_gossip = 0.0
         self._next_anti_entropy = 0.0
+        #: Anti-entropy rounds since the last sign of change (a write, a merged delta, a
+        #: digest that showed a difference, a new member): each doubles the next interval,
+        #: up to ``QUIET_DOUBLINGS`` times, so an idle mesh exchanges few digests.
+        self._quiet_rounds = 0
 
     # ---- reads ------------------------------------------------------------------------------
 
@@ -307,6 +315,7 @@ class Replica:
         return WriteResult(ns, key, change.value.version, change.seq)
 
     def _record(self, delta: Delta, local: bool) -> None:
+        self._quiet_rounds = 0
         if delta.op is not None:
             self.buffer.add(delta.op, encode_delta(delta))
         if local:
@@ -324,7 +333,10 @@ class Replica:
 
     def on_membership(self, live: Iterable[str], departed: Iterable[str] = ()) -> None:
         """The live members (self excluded or not) and those that left or were reaped."""
-        self.live = set(live) - {self.node_id}
+        live = set(live) - {self.node_id}
+        if live - self.live:
+            self._quiet_rounds = 0  # a newcomer may lack everything: exchange soon
+        self.live = live
         self.departed = (self.departed | set(departed)) - self.live - {self.node_id}
         for peer in list(self.acks):
             if peer not in self.live:
@@ -347,8 +359,18 @@ class Replica:
         if now >= self._next_anti_entropy:
             out += self.start_anti_entropy(now)
             self.collect_garbage()
-            self._next_anti_entropy = now + self.config.anti_entropy_interval
+            self._next_anti_entropy = now + self.anti_entropy_interval()
+            self._quiet_rounds += 1
         return out
+
+    def anti_entropy_interval(self) -> float:
+        """``anti_entropy_interval``, stretched past 32 members as memberlist stretches its
+        push-pull (``membership.timing.anti_entropy_interval``): digests one member sends and
+        answers per second stay flat as the mesh grows. Doubled for each quiet round since
+        the last change (up to ``2 ** QUIET_DOUBLINGS`` times): digests between replicas that
+        agree find nothing, and any change brings the base interval back."""
+        base = anti_entropy_interval(self.config.anti_entropy_interval, len(self.live) + 1)
+        return base * float(2 ** min(self._quiet_rounds, QUIET_DOUBLINGS))
 
     def take_gossip(self, now: float) -> list[Outgoing]:
         """The pending local deltas and those to forward, each batch for ``gossip_fanout``
@@ -431,6 +453,8 @@ class Replica:
             out.append(self.digest(reply=False))
         if digest.retired_hash != self._retired_hash() and mine.retired:
             out.append(RetiredMessage(self.node_id, dict(mine.retired)))
+        if out:
+            self._quiet_rounds = 0  # we differ: keep exchanging at the base interval
         return out
 
     def _known_ranges(self, origin: str) -> list[tuple[int, int]]:

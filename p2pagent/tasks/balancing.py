@@ -1,6 +1,11 @@
-"""Load balancing between peers, the glue around the pure steal policy: load reports out and
-in (``Peer.Load``, push-pull), the thief side (ask a loaded peer for work with ``Peer.Steal``)
-and the victim side (hand over queued tasks this node originated).
+"""Load balancing between peers, the glue around the pure steal policy: load hints out and in
+(membership gossip, ``tasks/hinting.py``), lease reports to the origins of the tasks held here
+(``Peer.Load``), the thief side (ask a loaded peer for work with ``Peer.Steal``) and the
+victim side (hand over queued tasks this node originated).
+
+What peers know of our load comes from hints, published only when it changed materially; a
+full report (with the ids of the tasks held) goes only to each origin whose tasks we hold,
+since its lease table needs them. An idle node sends neither.
 
 A steal is transactional at the victim (:func:`p2pagent.tasks.handover.hand_over`), before the
 answer leaves.
@@ -20,8 +25,10 @@ import grpc
 from p2pagent._proto import common_pb2, peer_pb2, peer_pb2_grpc
 from p2pagent.errors import InvalidArgument, NotFound, P2PAgentError, RemoteProtocolError
 from p2pagent.logs import RateLimitedLog
+from p2pagent.membership.hints import LoadHint
 from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.handover import hand_over
+from p2pagent.tasks.hinting import HintChannel, HintPolicy, from_hint, to_hint
 from p2pagent.tasks.leases import Action, LeaseTable
 from p2pagent.tasks.load import LoadBoard, LoadReport, make_report
 from p2pagent.tasks.queue import TaskQueue
@@ -57,6 +64,7 @@ class Balancer:
         kick: Callable[[], None],
         wake: Callable[[], None],
         spawn: Callable[[Coroutine[Any, Any, None]], None],
+        hints: HintChannel | None = None,
     ) -> None:
         self.name = name
         self.cfg = cfg
@@ -77,6 +85,10 @@ class Balancer:
         self._spawn = spawn
         self._seq = 0
         self._bad = RateLimitedLog(log, 60.0)
+        self._hints = hints
+        self.hint_policy = HintPolicy(cfg)
+        #: Newest ``Peer.Load`` report seq from each peer: older ones are stale.
+        self._report_seq: dict[str, int] = {}
 
     # ---- load reports -----------------------------------------------------------------------
 
@@ -107,11 +119,36 @@ class Balancer:
             return
 
     def on_report(self, report: LoadReport) -> None:
-        now = time.time()
-        if self.board.update(report, now):
-            self._apply(self.leases.on_report(report, now))
-            if report.backlog_s >= self.cfg.min_victim_backlog_s:
-                self._wake()  # a peer has work to steal: consider it now, not next tick
+        """A ``Peer.Load`` report (from a node holding our tasks, or answering us): renews
+        the leases of what it holds. Peers' load for stealing comes from hints instead (the
+        two are numbered apart, so they are kept apart)."""
+        if report.seq <= self._report_seq.get(report.node, -1):
+            return
+        self._report_seq[report.node] = report.seq
+        self._apply(self.leases.on_report(report, time.time()))
+
+    def on_hint(self, hint: LoadHint) -> None:
+        """A peer's load hint, already judged believable and newer by membership."""
+        report = from_hint(hint)
+        if self.board.update(report, time.time()) and (
+            report.backlog_s >= self.cfg.min_victim_backlog_s
+        ):
+            self._wake()  # a peer has work to steal: consider it now
+
+    def publish_if_changed(self, now: float) -> None:
+        """Tells the mesh our load if it changed materially since we last did."""
+        if self._hints is None:
+            return
+        hint = to_hint(self.report())
+        publish, urgent = self.hint_policy.decide(hint, now)
+        if publish:
+            self._hints.publish_load_hint(hint, urgent)
+
+    def origins_held(self) -> set[str]:
+        """Other origins whose tasks are queued or running here: they want our reports."""
+        return {
+            t.origin for t in (*self.queue.queued(), *self.queue.running()) if t.origin != self.name
+        }
 
     def handle_load(self, env: common_pb2.Envelope, caller: str) -> common_pb2.Envelope:
         try:
@@ -128,6 +165,7 @@ class Balancer:
     def forget(self, node: str) -> None:
         """``node`` is dead or gone: its reports and steal history go."""
         self.board.forget(node)
+        self._report_seq.pop(node, None)
         self.policy.on_member_dead(node)
 
     # ---- thief ------------------------------------------------------------------------------

@@ -10,10 +10,17 @@ One node, three roles:
 - **executor** (:mod:`p2pagent.tasks.executor`): runs tasks from the node's
   :class:`TaskQueue` on the engine and hands each result to its origin, retried until
   acknowledged;
-- **thief / victim** (:mod:`p2pagent.tasks.balancing`): exchanges load reports with every
-  peer each ``REPORT_INTERVAL_S`` over ``Peer.Load``; below the low watermark it asks a loaded
-  peer for work (``Peer.Steal``); as a victim it hands over queued tasks it originated, each
-  move checked in its own lease table before the answer leaves.
+- **thief / victim** (:mod:`p2pagent.tasks.balancing`): publishes a load hint with the
+  membership gossip when its load changed materially, and hears its peers' the same way; it
+  reports to the origins of the tasks it holds each ``REPORT_INTERVAL_S`` over ``Peer.Load``
+  (their leases); below the low watermark it asks a loaded peer for work (``Peer.Steal``); as
+  a victim it hands over queued tasks it originated, each move checked in its own lease table
+  before the answer leaves.
+
+The ticker runs when something is due (``_next_wakeup``: a lease or task deadline, a report
+owed to an origin, a result to retry, a steal worth trying, a hint to refresh) and otherwise
+sleeps: an idle node does no periodic work at all. Changes to the queue wake it at most every
+``TICK_S``; a chance to steal wakes it at once.
 
 Time for the cores is Unix seconds (deadlines travel between nodes).
 """
@@ -48,6 +55,7 @@ from p2pagent.tasks.admission import IdentityQuotas, check_inputs
 from p2pagent.tasks.balancing import Balancer
 from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.executor import CALL_TIMEOUT_S, Executor
+from p2pagent.tasks.hinting import HintChannel
 from p2pagent.tasks.journal import Finished, Submitted, TaskJournal
 from p2pagent.tasks.leases import Action, Cancel, Deliver, LeaseTable, Requeue
 from p2pagent.tasks.placement import make_placement
@@ -71,6 +79,7 @@ log = logging.getLogger(__name__)
 
 REPORT_INTERVAL_S = 0.25
 TICK_S = 0.05
+MIN_SLEEP_S = 0.001
 COMPLETE_RETRY_S = 0.5
 #: How long a finished Infer call's task is remembered (to drop a late duplicate result): it
 #: cannot be waited for, and a busy node serves many of them.
@@ -103,6 +112,7 @@ class TasksDriver:
         members: PeerDirectory,
         metrics: RpcMetrics,
         rng: random.Random | None = None,
+        hints: HintChannel | None = None,
     ) -> None:
         self.name = name
         self.cfg = config.validate()
@@ -120,7 +130,9 @@ class TasksDriver:
             name, self.cfg, queue=self.queue, leases=self.leases, models=models,
             stub=self._stub, metrics=metrics, rng=random.Random(self._rng.random()),
             apply=self._apply, kick=self._kick, wake=self._wake_ticker, spawn=self._spawn,
+            hints=hints,
         )  # fmt: skip
+        self._hints = hints
         self.counters = Counters()
         self.quotas = IdentityQuotas(config.max_queued_per_identity,
                                      config.max_queued_bytes_per_identity,
@@ -146,9 +158,12 @@ class TasksDriver:
         self.loaded = False
         self._calls: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
-        #: Send a load report at the next tick rather than at the next interval.
-        self._report_now = False
+        #: The ticker runs at once (a steal may be possible) rather than at its next due time.
+        self._urgent = False
+        #: The queue or the leases changed since the ticker last ran: it runs within TICK_S.
+        self._dirty = False
         self._unsubscribe: Callable[[], None] | None = None
+        self._unsubscribe_hints: Callable[[], None] | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -173,12 +188,16 @@ class TasksDriver:
         if rows:
             log.info("tasks: journal has %d tasks; %d re-queued", len(rows), requeued)
         self._unsubscribe = self._members.subscribe(self._on_member)
+        if self._hints is not None:
+            self._unsubscribe_hints = self._hints.subscribe_hints(self.balancer.on_hint)
         self._loops = [asyncio.create_task(self._ticker(), name="tasks-tick")]
         self.loaded = True
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
+        if self._unsubscribe_hints is not None:
+            self._unsubscribe_hints()
         # The executor first: a task finishing meanwhile would start more driver work.
         await self.executor.stop()
         for t in [*self._loops, *self._calls]:
@@ -383,11 +402,13 @@ class TasksDriver:
         if dst == self.name:
             idle = self.queue.queued_cost_s() < self.cfg.min_victim_backlog_s
             self.queue.push(task, now, front=front)
-            if idle and self.queue.queued_cost_s() >= self.cfg.min_victim_backlog_s:
-                # Just became worth robbing: tell the peers now, not at the next report tick,
-                # so that idle ones start stealing from a burst without waiting for it.
-                self._report_now = True
-                self._wake.set()
+            queued_s = self.queue.queued_cost_s()
+            if (idle and queued_s >= self.cfg.min_victim_backlog_s) or (
+                self.balancer.hint_policy.grew(queued_s)
+            ):
+                # Just became worth robbing, or much more so: tell the peers now (an urgent
+                # hint), not within TICK_S, so that idle ones share a burst from its start.
+                self._wake_ticker()
             self._kick()
             return
         self._apply(self.leases.on_assigned(task.task_id, task.attempt, dst, now))
@@ -407,9 +428,12 @@ class TasksDriver:
 
     def _kick(self) -> None:
         self.executor.fill()
-        # The ticker's steal decision runs now rather than at the next tick, but only when a
-        # steal is possible: on a node serving alone it would run for every task.
+        # The ticker's steal decision runs now, but only when a steal is possible; otherwise
+        # within TICK_S (hints, deadlines): on a node serving alone it would run per task.
         if self._stealing and self.balancer.may_steal_soon(time.time()):
+            self._wake_ticker()
+        elif not self._dirty:
+            self._dirty = True
             self._wake.set()
 
     @property
@@ -417,6 +441,7 @@ class TasksDriver:
         return self.placement.name == "work_stealing"
 
     def _wake_ticker(self) -> None:
+        self._urgent = True
         self._wake.set()
 
     def _on_started(self, task: Task) -> None:
@@ -533,25 +558,53 @@ class TasksDriver:
         next_forget = time.time() + forget_every
         while True:
             now = time.time()
+            self._urgent = self._dirty = False
             if now >= next_forget:
                 next_forget = now + forget_every
                 self._spawn(self._forget_old_results(now))
             self._apply(self.leases.tick(now))
             for expired in self.queue.expire(now):
                 self._expired(expired.task, expired.error_message)
-            if now >= next_report or self._report_now:
-                self._report_now = False
+                self._dirty = True  # its result may need retrying: look again soon
+            origins = self.balancer.origins_held()
+            if origins and now >= next_report:
+                # Holders report to origins (lease renewals, hand-over confirmations); the
+                # rest of the mesh hears of our load from hints.
                 next_report = now + REPORT_INTERVAL_S
-                for peer in self._members.peers():
-                    self.balancer.send_report(peer.name)
-            if now >= next_retry:
+                for origin in origins:
+                    self.balancer.send_report(origin)
+            self.balancer.publish_if_changed(now)
+            if self.executor.unacked and now >= next_retry:
                 next_retry = now + COMPLETE_RETRY_S
                 self.executor.retry_unacked()
             if self._stealing and not self.executor.saturated:
                 self.balancer.maybe_steal(now)
+            due = [self.leases.next_deadline(), self.queue.next_deadline()]
+            due.append(next_forget if self._finished_at else None)
+            due.append(next_report if origins else None)
+            due.append(max(next_retry, now + TICK_S) if self.executor.unacked else None)
+            due.append(self.balancer.hint_policy.refresh_at())
+            if self._stealing and not self.executor.saturated and self.balancer.may_steal_soon(now):
+                # A peer claims stealable work and the policy declined just now (a steal in
+                # flight, a back-off): look again when it could decide otherwise. A node
+                # running at capacity is woken by its next finished task instead.
+                due.append(max(self.balancer.policy.next_wakeup() or 0.0, now + TICK_S))
+            earliest = min((t for t in due if t is not None), default=math.inf)
+            await self._sleep_until(earliest, now)
+
+    async def _sleep_until(self, due: float, ran_at: float) -> None:
+        """Sleeps until ``due``, or an urgent wake, or TICK_S after ``ran_at`` once dirty;
+        always yields to the loop, even when something is already due (whatever was due ran
+        in the pass before; a due time in the past must not make the ticker spin)."""
+        await asyncio.sleep(MIN_SLEEP_S)
+        while not self._urgent:
+            at = min(due, ran_at + TICK_S) if self._dirty else due
+            left = at - time.time()
+            if left <= 0:
+                return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(TICK_S):
+                async with asyncio.timeout(left if math.isfinite(left) else None):
                     await self._wake.wait()
 
     def _expired(self, task: Task, message: str) -> None:

@@ -187,6 +187,11 @@ class Executor:
         self._unacked[(task.task_id, task.attempt)] = (task.origin, result)
         self._spawn(self._send_complete(task.origin, result))
 
+    @property
+    def unacked(self) -> int:
+        """Results handed back but not yet acknowledged by their origin."""
+        return len(self._unacked)
+
     def retry_unacked(self) -> None:
         for origin, result in list(self._unacked.values()):
             self._spawn(self._send_complete(origin, result))

@@ -164,9 +164,11 @@ class LeaseTable:
         return [tid for tid, lease in self._leases.items() if lease.holder == node]
 
     def next_deadline(self) -> float | None:
-        """When ``tick`` next has something to do (a lease or task deadline), for the timer."""
+        """When ``tick`` next has something to do (a lease or task deadline, a finished task
+        to forget), for the timer."""
         times = [lease.lease_until for lease in self._leases.values()]
         times += [lease.task.deadline for lease in self._leases.values() if lease.task.deadline]
+        times += [self._expiry[0][0]] if self._expiry else []
         finite = [t for t in times if math.isfinite(t)]
         return min(finite) if finite else None
 

@@ -151,6 +151,11 @@ class LoadBoard:
         """Drops a node declared dead or gone."""
         self._reports.pop(node, None)
 
+    def latest(self) -> list[LoadReport]:
+        """The last report of every node not forgotten, however old: an idle peer gossips
+        its load once and then stays quiet, and what it serves has not changed since."""
+        return [r for _, (r, _at) in sorted(self._reports.items())]
+
     def get(self, node: str) -> LoadReport | None:
         known = self._reports.get(node)
         return known[0] if known else None

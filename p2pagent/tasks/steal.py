@@ -17,6 +17,14 @@ first, when that model's tasks run long enough to pay for the pull (``pull_payof
 After an empty or failed steal the thief backs off exponentially (capped, with jitter), so an
 idle cluster does not flood itself with steal requests. One steal is in flight at a time.
 
+Load comes from gossiped hints, and a hint is a peer's claim. A peer that claims a backlog it
+does not hand over (it lies, or its hint is out of date) is *shunned* by each thief it turned
+away: left out of the choice for ``victim_shun_s(k)`` after ``k`` empty answers in a row, a
+delay that doubles up to ``report_max_age_s``, as long as another victim is eligible. With
+two random choices a liar claiming the largest backlog is picked at most about 2/n of the
+time to begin with, and after its empty answers hardly at all; one claiming nothing simply
+keeps its own work.
+
 Pure: ``decide(now, ...)`` returns a ``StealAttempt`` or None; the driver sends
 ``Peer.Steal`` and feeds the outcome back with ``on_steal_result``.
 """
@@ -51,6 +59,13 @@ def backoff_delay(failures: int, cfg: TasksConfig, rng: random.Random) -> float:
         return 0.0
     raw = min(cfg.steal_backoff_max_s, cfg.steal_backoff_base_s * 2.0 ** min(failures - 1, 30))
     return raw * (0.5 + 0.5 * rng.random())
+
+
+def victim_shun_s(empties: int, cfg: TasksConfig) -> float:
+    """How long a victim that answered ``empties`` steals in a row with nothing is skipped."""
+    if empties <= 0:
+        return 0.0
+    return min(cfg.report_max_age_s, cfg.steal_backoff_base_s * 2.0 ** min(empties - 1, 30))
 
 
 def batch_size(mean_cost_s: float, thief_speed: float, cfg: TasksConfig) -> int:
@@ -98,6 +113,8 @@ class StealPolicy:
         self.failures = 0
         self.not_before = 0.0
         self._in_flight: tuple[str, float] | None = None
+        #: Victim -> (empty answers in a row, skipped until).
+        self._shunned: dict[str, tuple[int, float]] = {}
         #: Counters for metrics and the simulator.
         self.attempts = 0
         self.empty = 0
@@ -134,7 +151,11 @@ class StealPolicy:
             self.on_steal_result(victim, 0, now)  # no answer: count it as a failure
         if now < self.not_before or queued_work_s >= self.cfg.steal_low_water_s:
             return None
-        candidates = self._candidates(set(serve_models), peers, pull_cost_s or {})
+        eligible = self._candidates(set(serve_models), peers, pull_cost_s or {})
+        trusted = [c for c in eligible if self._shunned.get(c.report.node, (0, 0.0))[1] <= now]
+        # Shunning steers the choice between victims; with none left, the back-off alone
+        # paces us (a lone victim that ran dry is asked again no sooner than before).
+        candidates = trusted or eligible
         if not candidates:
             return None
         if len(candidates) == 1:
@@ -160,7 +181,10 @@ class StealPolicy:
         if n_tasks > 0:
             self.failures = 0
             self.not_before = now
+            self._shunned.pop(victim, None)
             return
+        empties = self._shunned.get(victim, (0, 0.0))[0] + 1
+        self._shunned[victim] = (empties, now + victim_shun_s(empties, self.cfg))
         self.empty += 1
         self.failures += 1
         self.not_before = now + backoff_delay(self.failures, self.cfg, self.rng)
@@ -169,6 +193,7 @@ class StealPolicy:
         """Membership declared ``node`` dead: stop waiting for its answer (not a failure)."""
         if self._in_flight is not None and self._in_flight[0] == node:
             self._in_flight = None
+        self._shunned.pop(node, None)
 
     def _candidates(
         self,

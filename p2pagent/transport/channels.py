@@ -25,7 +25,9 @@ def channel_options(cluster: str, max_message_bytes: int) -> list[tuple[str, int
         ("grpc.default_authority", target_name(cluster)),
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-        ("grpc.keepalive_permit_without_calls", 1),
+        # Only while calls are open (streams, slow calls): idle channels to every peer would
+        # otherwise cost each node O(N) pings (issue 28); a broken idle one shows on use.
+        ("grpc.keepalive_permit_without_calls", 0),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),

@@ -17,8 +17,10 @@ from p2pagent.transport.credentials import server_credentials
 from p2pagent.transport.guard import Guard
 
 KEEPALIVE_SERVER_OPTIONS: list[tuple[str, int]] = [
-    # Accept the client keepalive of transport.channels (20 s, also without calls).
-    ("grpc.keepalive_permit_without_calls", 1),
+    # Accept the client keepalive of transport.channels (20 s, while calls are open). Ours is
+    # sent only while calls are open too: pinging every idle connection costs each node O(N)
+    # packets (every peer it probed keeps one), the largest idle cost left (issue 28).
+    ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.keepalive_time_ms", 20_000),

@@ -52,3 +52,13 @@ def test_report_advertises_only_stealable_work() -> None:
     r = make_report("a", 1, queued, [], 1, 1.0, ["m"], stealable=queued[:1])
     assert r.queue_len == 2 and r.backlog_s == 2.0
     assert [(m.model, m.count) for m in r.queued] == [("m", 1)]
+
+
+def test_board_latest_keeps_a_quiet_peers_report_until_it_is_forgotten() -> None:
+    board = LoadBoard(TasksConfig(report_max_age_s=5))
+    board.update(make_report("b", 1, [], [], 1, 1.0, ["m"]), now=0)
+    board.update(make_report("c", 1, [], [], 1, 1.0, ["n"]), now=100)
+    assert [r.node for r in board.fresh(101)] == ["c"]  # b's report is too old to steal on
+    assert [set(r.models) for r in board.latest()] == [{"m"}, {"n"}]  # but b still serves m
+    board.forget("b")
+    assert [r.node for r in board.latest()] == ["c"]

@@ -1,0 +1,393 @@
+"""What an idle mesh costs each node as it grows (issue "Flat idle cost").
+
+    python -m bench.scale [--sizes 8,32,64] [--idle 120] [--sim-sizes 16,64,256,1000] [--json]
+
+For each size N, N state-only daemons (no model served) start at once on this machine's
+loopback addresses, join through one seed and idle. Reported per node:
+
+* join: seconds from the last daemon answering its health check until every member lists
+  every other alive (target at N = 64: <= 5 s);
+* idle CPU: % of one core over the idle window, from /proc/<pid>/stat of each daemon's
+  process group (its journal writer included); target <= 0.6 % at N = 64, and N = 64 no more
+  than 1.2x N = 8;
+* bytes sent per second: iptables counters (as root) on every daemon port, both directions,
+  over the idle window, divided by N (every packet has one daemon's listen port at one end).
+  Without iptables, bytes written by the processes (``wchar`` of /proc/<pid>/io: sockets
+  and files, an upper bound), and the table says so; target <= 1,500 at N = 64 and <= 1.2x
+  N = 8;
+* RSS: MB per node (process group) at the end of the idle window; N = 64 <= 1.15x N = 8;
+* false suspicions: members that went ``suspect`` or ``dead`` in any daemon's log during the
+  idle window (target 0);
+* SIGKILL detection: seconds from killing one daemon until every other lists it dead, against
+  memberlist's model time at that N (first probe + failed probe + the suspicion timeout with
+  its expected confirmations: ``2 * probe_interval + suspicion_mult * log10(N) *
+  probe_interval``); target <= 1.5x.
+
+Then the same membership cores in the deterministic simulator (``p2pagent.sim.membership``),
+idle, for N up to 1,000: messages and bytes per node per second through the shipped cores and
+codec (target: flat within 1.3x from N = 16 up).
+
+Every daemon is killed when the run ends, on failure and on Ctrl-C or SIGTERM too; the
+iptables chain is removed the same way. Ratios are within one run: on a shared machine read
+the ratios, and rerun the absolute numbers on a quiet one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+
+from bench._proc import cpu_seconds
+from p2pagent.membership.config import MembershipConfig
+from p2pagent.membership.timing import push_pull_interval, suspicion_min
+from p2pagent.sim.membership import MembershipScenario, simulate
+from p2pagent.testing.cluster import Cluster
+
+POLL_S = 0.5
+JOIN_LIMIT_S = 300.0
+DETECT_LIMIT_S = 120.0
+#: A member's state change as each daemon logs it (membership/driver.py).
+SUSPECT_LINE = re.compile(r"member (\S+) is (suspect|dead) \(")
+
+
+# ---- per-process numbers ----------------------------------------------------------------
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Processes of one process group (a daemon and anything it spawned)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            out.append(int(entry.name))
+    return out
+
+
+def group_cpu(pgid: int) -> float:
+    total = 0.0
+    for pid in group_pids(pgid):
+        try:
+            total += cpu_seconds(pid)
+        except OSError:
+            pass
+    return total
+
+
+def group_rss_mb(pgid: int) -> float:
+    total = 0
+    for pid in group_pids(pgid):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def group_wchar(pgid: int) -> int:
+    total = 0
+    for pid in group_pids(pgid):
+        try:
+            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+                if line.startswith("wchar:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+# ---- bytes on the wire ----------------------------------------------------------------------
+
+
+class PortCounters:
+    """iptables byte counters for traffic to and from a set of TCP ports, in a chain of our
+    own (``P2PSCALE<pid>``) jumped to from OUTPUT; ``close`` removes both."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.chain = f"P2PSCALE{os.getpid()}"
+        self._ipt("-N", self.chain)
+        try:
+            for port in ports:
+                self._ipt("-A", self.chain, "-p", "tcp", "--sport", str(port), "-j", "RETURN")
+                self._ipt("-A", self.chain, "-p", "tcp", "--dport", str(port), "-j", "RETURN")
+            self._ipt("-I", "OUTPUT", "-j", self.chain)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def available() -> bool:
+        if os.geteuid() != 0 or shutil.which("iptables") is None:
+            return False
+        return subprocess.run(["iptables", "-L", "OUTPUT", "-n"], capture_output=True,
+                              check=False).returncode == 0  # fmt: skip
+
+    def _ipt(self, *args: str) -> str:
+        out = subprocess.run(["iptables", "-w", *args], capture_output=True, text=True,
+                             check=True)  # fmt: skip
+        return out.stdout
+
+    def total_bytes(self) -> int:
+        listing = self._ipt("-L", self.chain, "-v", "-x", "-n")
+        total = 0
+        for line in listing.splitlines()[2:]:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "RETURN":
+                total += int(fields[1])
+        return total
+
+    def close(self) -> None:
+        for args in (("-D", "OUTPUT", "-j", self.chain), ("-F", self.chain), ("-X", self.chain)):
+            subprocess.run(["iptables", "-w", *args], capture_output=True, check=False)
+
+
+# ---- one mesh of real daemons ---------------------------------------------------------------
+
+
+@dataclass
+class ClusterRow:
+    nodes: int
+    join_s: float | None
+    idle_s: float
+    cpu_pct: float
+    bytes_per_s: float
+    bytes_source: str
+    rss_mb: float
+    false_suspicions: int
+    detection_s: float | None
+    model_detection_s: float
+
+
+def model_detection_s(n: int, cfg: MembershipConfig) -> float:
+    """memberlist's time to declare a killed member dead at ``n`` (see the module doc)."""
+    return 2 * cfg.probe_interval + suspicion_min(cfg.suspicion_mult, n, cfg.probe_interval)
+
+
+def _states(c: Cluster, observer: str) -> dict[str, str]:
+    return {name: state for name, (state, _) in c.members(observer, timeout=5.0).items()}
+
+
+def _all_alive(c: Cluster, names: list[str]) -> bool:
+    for o in names:
+        view = _states(c, o)
+        if any(view.get(n) != "alive" for n in names):
+            return False
+    return True
+
+
+def _suspicions(c: Cluster, offsets: dict[str, int]) -> int:
+    count = 0
+    for name, d in c.nodes.items():
+        try:
+            with d.log_path.open("rb") as f:
+                f.seek(offsets.get(name, 0))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        count += sum(1 for _ in SUSPECT_LINE.finditer(text))
+    return count
+
+
+def _log_sizes(c: Cluster) -> dict[str, int]:
+    return {n: d.log_path.stat().st_size if d.log_path.exists() else 0 for n, d in c.nodes.items()}
+
+
+def run_cluster(n: int, idle_s: float, settle_s: float, root: Path, port_bytes: bool) -> ClusterRow:
+    cfg = MembershipConfig()
+    with Cluster(root / f"n{n}", n, use_netns=False) as c:
+        names = list(c.nodes)
+        c.start(wait=False)
+        for name in names:
+            c.nodes[name].wait_ready(timeout=JOIN_LIMIT_S)
+        ready = time.monotonic()
+        join_s: float | None = None
+        try:
+            c.wait_for(lambda: _all_alive(c, names), JOIN_LIMIT_S, "all alive", interval=POLL_S)
+            join_s = time.monotonic() - ready
+        except TimeoutError:
+            pass
+        time.sleep(settle_s)
+        pgids = {name: c.nodes[name].proc.pid for name in names}  # type: ignore[union-attr]
+        counters = PortCounters([c.nodes[name].port for name in names]) if port_bytes else None
+        try:
+            offsets = _log_sizes(c)
+            cpu0 = {name: group_cpu(p) for name, p in pgids.items()}
+            wchar0 = sum(group_wchar(p) for p in pgids.values())
+            bytes0 = counters.total_bytes() if counters else 0
+            t0 = time.monotonic()
+            time.sleep(idle_s)
+            span = time.monotonic() - t0
+            cpu = sum(group_cpu(p) - cpu0[name] for name, p in pgids.items())
+            sent = (counters.total_bytes() - bytes0) if counters else (
+                sum(group_wchar(p) for p in pgids.values()) - wchar0
+            )  # fmt: skip
+        finally:
+            if counters is not None:
+                counters.close()
+        rss = sum(group_rss_mb(p) for p in pgids.values()) / n
+        suspicions = _suspicions(c, offsets)
+        victim = names[len(names) // 2]
+        others = [x for x in names if x != victim]
+        c.kill(victim)
+        killed = time.monotonic()
+        detection: float | None = None
+        try:
+            c.wait_for(lambda: c.all_see(others, victim, "dead"), DETECT_LIMIT_S, "dead",
+                       interval=POLL_S)  # fmt: skip
+            detection = time.monotonic() - killed
+        except TimeoutError:
+            pass
+    return ClusterRow(
+        nodes=n,
+        join_s=None if join_s is None else round(join_s, 2),
+        idle_s=round(span, 1),
+        cpu_pct=round(100 * cpu / span / n, 3),
+        bytes_per_s=round(sent / span / n, 1),
+        bytes_source="iptables" if port_bytes else "wchar (no iptables: upper bound)",
+        rss_mb=round(rss, 1),
+        false_suspicions=suspicions,
+        detection_s=None if detection is None else round(detection, 2),
+        model_detection_s=round(model_detection_s(n, cfg), 2),
+    )
+
+
+# ---- the simulator --------------------------------------------------------------------------
+
+
+@dataclass
+class SimRow:
+    nodes: int
+    seconds: float
+    messages_per_node_per_s: float
+    bytes_per_node_per_s: float
+    false_positives: int
+
+
+def run_sim(n: int, duration: float) -> SimRow:
+    """Idle: no join, no crash within ``duration`` (virtual seconds)."""
+    r = simulate(MembershipScenario(nodes=n, duration=duration, join_at=duration + 1,
+                                    crash_at=duration + 1, seed=1))  # fmt: skip
+    return SimRow(n, duration, r.messages_per_node_per_s, r.bytes_per_node_per_s,
+                  r.false_positives)  # fmt: skip
+
+
+def sim_duration(n: int, minimum: float) -> float:
+    """Two push-pull intervals at ``n`` (the interval grows with N; the first round of each
+    member falls in the first one and a half), so that every size is measured alike."""
+    return max(minimum, 2 * push_pull_interval(MembershipConfig().push_pull_interval, n))
+
+
+# ---- targets --------------------------------------------------------------------------------
+
+
+def targets(rows: list[ClusterRow], sims: list[SimRow]) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+
+    def add(name: str, measured: float | None, target: float) -> None:
+        met = measured is not None and measured <= target
+        out.append({"name": name, "measured": measured, "target": target, "met": met})
+
+    if rows:
+        small, big = rows[0], rows[-1]
+        n = big.nodes
+        add(f"join at N={n}: all alive after the last answered (s)", big.join_s, 5.0)
+        add(f"false suspicions during {big.idle_s:.0f} s idle at N={n}", big.false_suspicions, 0)
+        add(f"idle CPU per node at N={n} (% of a core)", big.cpu_pct, 0.6)
+        add(f"bytes sent per node per s at N={n} ({big.bytes_source})", big.bytes_per_s, 1500)
+        if big.detection_s is not None:
+            ratio = round(big.detection_s / big.model_detection_s, 2)
+        else:
+            ratio = None
+        add(f"SIGKILL detection at N={n} / memberlist model time", ratio, 1.5)
+        if big is not small:
+            m = small.nodes
+            add(f"idle CPU N={n} / N={m}", _ratio(big.cpu_pct, small.cpu_pct), 1.2)
+            add(f"bytes per s N={n} / N={m}", _ratio(big.bytes_per_s, small.bytes_per_s), 1.2)
+            add(f"RSS N={n} / N={m}", _ratio(big.rss_mb, small.rss_mb), 1.15)
+    flat = [s for s in sims if s.nodes >= 16]
+    if len(flat) >= 2:
+        lo, hi = flat[0], flat[-1]
+        for what in ("messages_per_node_per_s", "bytes_per_node_per_s"):
+            values = [getattr(s, what) for s in flat]
+            add(f"simulator {what} max/min, N={lo.nodes}..{hi.nodes}",
+                _ratio(max(values), min(values)), 1.3)  # fmt: skip
+    return out
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 2) if b > 0 else None
+
+
+# ---- main -----------------------------------------------------------------------------------
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds through every ``with`` and ``finally``: daemons die
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sizes", default="8,32,64", help="mesh sizes of real daemons, comma-separated")
+    p.add_argument("--idle", type=float, default=120.0, help="idle window, seconds")
+    p.add_argument("--settle", type=float, default=30.0, help="seconds after the join, first")
+    p.add_argument("--sim-sizes", default="16,64,256,1000", help="simulated sizes ('' for none)")
+    p.add_argument("--sim-min-s", type=float, default=30.0, help="shortest simulated run, s")
+    p.add_argument("--no-iptables", action="store_true", help="count bytes with wchar instead")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    signal.signal(signal.SIGTERM, _sigterm)
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    sim_sizes = [int(x) for x in args.sim_sizes.split(",") if x]
+    port_bytes = not args.no_iptables and PortCounters.available()
+    rows: list[ClusterRow] = []
+    with tempfile.TemporaryDirectory(prefix="p2pscale-") as tmp:
+        for n in sizes:
+            rows.append(run_cluster(n, args.idle, args.settle, Path(tmp), port_bytes))
+            # Progress (stderr with --json, whose stdout is one document).
+            print(json.dumps(asdict(rows[-1])), flush=True, file=sys.stderr if args.json else None)
+    sims = [run_sim(n, sim_duration(n, args.sim_min_s)) for n in sim_sizes]
+    result = targets(rows, sims)
+    if args.json:
+        doc = {"cluster": [asdict(r) for r in rows], "sim": [asdict(s) for s in sims],
+               "targets": result}  # fmt: skip
+        print(json.dumps(doc, indent=2))
+        return
+    print("\n| N | join s | idle CPU % | bytes/s | RSS MB | false susp. | detect s (model) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r.nodes} | {r.join_s} | {r.cpu_pct} | {r.bytes_per_s:.0f} | {r.rss_mb} | "
+              f"{r.false_suspicions} | {r.detection_s} ({r.model_detection_s}) |")  # fmt: skip
+    if rows:
+        print(f"\nbytes counted by: {rows[0].bytes_source}")
+    print("\n| simulated N | virtual s | messages/node/s | bytes/node/s | false deaths |")
+    print("|---:|---:|---:|---:|---:|")
+    for s in sims:
+        print(f"| {s.nodes} | {s.seconds:.0f} | {s.messages_per_node_per_s} | "
+              f"{s.bytes_per_node_per_s} | {s.false_positives} |")  # fmt: skip
+    print("\n| target | measured | target | met |\n|---|---:|---:|---|")
+    for t in result:
+        print(f"| {t['name']} | {t['measured']} | {t['target']} | {'yes' if t['met'] else 'no'} |")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted: every daemon was stopped")
