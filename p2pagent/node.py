@@ -258,6 +258,7 @@ class Node:
             await asyncio.get_running_loop().run_in_executor(None, importlib.import_module, "torch")
         await self.server.start()
         log.info("%s serving on %s as %s", self.name, self.address, self.identity)
+        log_worker_plan(self.model_worker)
         for component in self.components:
             await component.start()
         # Only now ready: state, task journal and model store are loaded.
@@ -322,10 +323,6 @@ def model_worker(config: Config, data_dir: Path, device: DeviceInfo) -> ModelWor
     first such model); None where ``inference.isolate_code_models`` is off."""
     inference = config.inference
     if not inference.isolate_code_models:
-        log.warning(
-            "inference.isolate_code_models is off: TorchScript and torch.export models run "
-            "inside the daemon, where they can read the node's private key"
-        )
         return None
     paths = config.tls_paths()
     protected = sorted({paths.key, paths.cert, paths.ca, paths.key.parent, data_dir})
@@ -333,11 +330,22 @@ def model_worker(config: Config, data_dir: Path, device: DeviceInfo) -> ModelWor
     worker = ModelWorker.create(
         inference.worker_uid, protected, threads, inference.worker_timeout_s
     )
+    return worker
+
+
+def log_worker_plan(worker: ModelWorker | None) -> None:
+    """Says how model code is confined; once serving, so that a start that fails (a port in
+    use) still prints only its one-line error."""
+    if worker is None:
+        log.warning(
+            "inference.isolate_code_models is off: TorchScript and torch.export models run "
+            "inside the daemon, where they can read the node's private key"
+        )
+        return
     if isolation.protects_key(worker.plan):
         log.info("%s", isolation.describe(worker.plan))
     else:
         log.warning("%s: model code could read the node's key", isolation.describe(worker.plan))
-    return worker
 
 
 def state_config(config: Config) -> StateConfig:
