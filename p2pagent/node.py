@@ -35,6 +35,7 @@ from p2pagent.inference.formats import load_model
 from p2pagent.inference.worker import ModelWorker, isolating_loader
 from p2pagent.membership.driver import MembershipDriver, check_user_tags
 from p2pagent.membership.view import PeerDirectory
+from p2pagent.models.publish_check import Confinement
 from p2pagent.state.config import StateConfig
 from p2pagent.state.driver import REVOKED_NS, StateDriver
 from p2pagent.state.values import Change
@@ -145,6 +146,7 @@ class Node:
             members=self.members,
             cache=self.models_cache,
             reserved_names=lambda: {m.name for m in self.local_models},
+            check_confinement=publish_check_confinement(config, self.data_dir),
         )
         self.components.append(self.models)
         self.tasks: TasksDriver | None = TasksDriver(
@@ -318,14 +320,28 @@ class Node:
         )
 
 
+def protected_paths(config: Config, data_dir: Path) -> list[Path]:
+    """What model code must never read: the node's key, certificates and data folder."""
+    paths = config.tls_paths()
+    return sorted({paths.key, paths.cert, paths.ca, paths.key.parent, data_dir})
+
+
+def publish_check_confinement(config: Config, data_dir: Path) -> Confinement | None:
+    """The publish check runs an upload's code fenced like the model worker (None where
+    ``inference.isolate_code_models`` is off)."""
+    inference = config.inference
+    if not inference.isolate_code_models:
+        return None
+    return Confinement(inference.worker_uid, tuple(protected_paths(config, data_dir)))
+
+
 def model_worker(config: Config, data_dir: Path, device: DeviceInfo) -> ModelWorker | None:
     """The worker that runs code-bearing models away from the node's key (started on the
     first such model); None where ``inference.isolate_code_models`` is off."""
     inference = config.inference
     if not inference.isolate_code_models:
         return None
-    paths = config.tls_paths()
-    protected = sorted({paths.key, paths.cert, paths.ca, paths.key.parent, data_dir})
+    protected = protected_paths(config, data_dir)
     threads = resolve_config(inference, device).intra_op_threads
     worker = ModelWorker.create(
         inference.worker_uid, protected, threads, inference.worker_timeout_s

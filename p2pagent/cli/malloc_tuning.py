@@ -7,6 +7,11 @@ buffers come from the heap and stay in RSS after they are freed: a hostile peer'
 8 MB messages left a node about 100 MB larger for good (``bench/attack_memory.py``). Fixing
 the mmap threshold makes every large buffer its own mapping, returned on free; two arenas and
 a low trim threshold keep the small-object heaps from holding freed pages.
+
+These are the start-up values. A node that moves models later raises both thresholds to fit
+its chunk buffers (``models/alloc.py``: MiB-sized buffers reused on the heap save a third of
+the CPU per served byte); buffers larger than that, such as a refused 8 MB message, are
+still mapped and unmapped.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"}
 _EXTENSION_OPS = {"EXT1", "EXT2", "EXT4"}
 
 
-def check_archive(path: Path, fmt: ModelFormat) -> None:
+def check_archive(path: Path | IO[bytes], fmt: ModelFormat) -> None:
     """Refuses (InvalidArgument, naming the entry) a model file whose loading would unpickle
     anything but tensors and TorchScript types."""
     if fmt is ModelFormat.SAFETENSORS:

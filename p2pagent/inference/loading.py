@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import IO
 
 # torch reads both at every torch.load call, so this holds whenever torch was imported.
 os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
@@ -33,20 +34,32 @@ def load_model(
     spec: ModelSpec,
     device: torch.device | str,
     fmt: ModelFormat | None = None,
+    source: IO[bytes] | None = None,
 ) -> LoadedModel:
-    """Loads and validates a model file; blocking, so call it off the event loop."""
+    """Loads and validates a model file; blocking, so call it off the event loop.
+
+    ``source``: the file's bytes, already read (with ``fmt`` given), for a process confined
+    before it loads a code-bearing model and so unable to open ``path`` itself."""
     device = torch.device(device)
     path = Path(path)
-    detected = detect_format(path)
+    if source is None:
+        detected = detect_format(path)
+    elif fmt is None:
+        raise InvalidArgument("loading a model from its bytes needs its format")
+    else:
+        detected = fmt
     if fmt is not None and fmt is not detected:
         raise InvalidArgument(
             f"model file {path} is not a valid {fmt.value} file (it looks like {detected.value})"
         )
-    check_archive(path, detected)
+    check_archive(path if source is None else source, detected)
+    if source is not None:
+        source.seek(0)
+    where: str | IO[bytes] = str(path) if source is None else source
     module: nn.Module
     if detected is ModelFormat.TORCHSCRIPT:
         try:
-            module = torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
+            module = torch.jit.load(where, map_location=device)  # type: ignore[no-untyped-call]
         except Exception as e:
             raise InvalidArgument(
                 f"model file {path} is not a valid torchscript archive: {e}"
@@ -57,7 +70,7 @@ def load_model(
                 # torch 2.11 warns that it wraps the archive's read-only bytes in tensors; the
                 # weights are copied to the device below and never written through.
                 warnings.filterwarnings("ignore", "The given buffer is not writable")
-                module = torch.export.load(str(path)).module()
+                module = torch.export.load(where).module()
         except Exception as e:
             raise InvalidArgument(
                 f"model file {path} is not a valid torch.export program: {e}"

@@ -61,7 +61,7 @@ from p2pagent.models.manifest import (
 )
 from p2pagent.models.ownership import check_may_delete, check_may_publish
 from p2pagent.models.publish import PublishWriter
-from p2pagent.models.publish_check import check_model
+from p2pagent.models.publish_check import Confinement, check_model
 from p2pagent.models.puller import Holding, Puller, PullReport
 from p2pagent.models.ratelimit import TokenBucket
 from p2pagent.models.registry import NS, Entry
@@ -101,9 +101,12 @@ class ModelsDriver:
         cache: ModelCache | None = None,
         reserved_names: Callable[[], set[str]] = set,
         rng: random.Random | None = None,
+        check_confinement: Confinement | None = None,
     ) -> None:
         self.name = name
         self.config = config
+        #: How the publish check's child keeps model code from the key (None: unconfined).
+        self._confinement = check_confinement
         self._root = data_dir / "models"
         self._state = state
         self._channels = channels
@@ -349,7 +352,7 @@ class ModelsDriver:
         async with self._checks:
             seconds = await check_model(
                 path, detected.value, spec.to_dict(), timeout_s=self.config.check_timeout_s,
-                memory_bytes=self.config.check_memory_bytes,
+                memory_bytes=self.config.check_memory_bytes, confinement=self._confinement,
             )  # fmt: skip
         log.info("models: %s (%s) passed its check in %.1f s", m.name, m.manifest_id[:12], seconds)
 

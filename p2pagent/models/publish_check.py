@@ -5,11 +5,16 @@ then starts a fresh interpreter (a spawned child process: ``python -m
 p2pagent.models.publish_check``, never a fork of the node with its sockets and keys in
 memory) that loads the file on the CPU and runs one forward pass on example inputs built
 from the metadata's input ports (dynamic dimensions set to ``EXAMPLE_DYNAMIC``), checking the
-outputs against the output ports. The child runs under limits it sets on itself before it
-imports torch: address space (``RLIMIT_AS``: ``check_memory_bytes`` plus ``MEMORY_PER_BYTE``
-times the file size), CPU seconds (``RLIMIT_CPU``) and no core file; the node kills it at
-``check_timeout_s`` of wall time. Whatever goes wrong, the answer is InvalidArgument naming
-it; nothing of the child's output is trusted except its one-line JSON result file.
+outputs against the output ports. A TorchScript or torch.export model is code (its ops can
+read files: ``torch.from_file``), so with a ``Confinement`` the child reads the file, then
+confines itself exactly as the model worker does (``inference.isolation``: Landlock, no
+capabilities, another uid where one can run Python) before it loads a byte of it as a model:
+the node's key and data folder are out of its reach. The child runs under limits it sets on
+itself before it imports torch: address space (``RLIMIT_AS``: ``check_memory_bytes`` plus
+``MEMORY_PER_BYTE`` times the file size), CPU seconds (``RLIMIT_CPU``) and no core file;
+the node kills it at ``check_timeout_s`` of wall time. Whatever goes wrong, the answer is
+InvalidArgument naming it; nothing of the child's output is trusted except its one-line
+JSON result file.
 
 Cost, per publish: one interpreter start with torch (about 1-2 s of CPU), reading the file
 (the safetensors loader reads it whole: about 2x the file size of memory, in the child), and
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import resource
@@ -27,6 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +51,18 @@ REQUEST = "request.json"
 RESULT = "result.json"
 #: Longest error message kept from the child.
 MAX_MESSAGE = 400
+#: Formats whose files hold code (the rest are weights for the in-repo architectures).
+CODE_FORMATS = ("torchscript", "export")
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """How the checking child fences itself off before loading a code-bearing model: the
+    model worker's rules (``inference.isolation.plan``) for ``worker_uid`` and the paths to
+    keep out of reach (key, certificates, data folder), with its own work folder writable."""
+
+    worker_uid: int
+    protected: tuple[Path, ...]
 
 
 async def check_model(
@@ -53,6 +72,7 @@ async def check_model(
     *,
     timeout_s: float,
     memory_bytes: int,
+    confinement: Confinement | None = None,
 ) -> float:
     """Refuses (InvalidArgument naming the problem) a model file that holds a pickle, does
     not load, or does not run on its metadata's example inputs; returns the check's seconds.
@@ -65,7 +85,7 @@ async def check_model(
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, check_archive, path, ModelFormat.parse(fmt))
     work, limit = await loop.run_in_executor(
-        None, _prepare, path, fmt, spec, timeout_s, memory_bytes
+        None, _prepare, path, fmt, spec, timeout_s, memory_bytes, confinement
     )
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -95,11 +115,28 @@ async def check_model(
 
 
 def _prepare(
-    path: Path, fmt: str, spec: dict[str, Any], timeout_s: float, memory_bytes: int
+    path: Path,
+    fmt: str,
+    spec: dict[str, Any],
+    timeout_s: float,
+    memory_bytes: int,
+    confinement: Confinement | None,
 ) -> tuple[Path, int]:
     """A fresh folder holding the child's request; returns it and the address-space limit."""
     limit = memory_bytes + MEMORY_PER_BYTE * os.path.getsize(path)
     work = Path(tempfile.mkdtemp(prefix="p2pagent-check-"))
+    sandbox: dict[str, Any] | None = None
+    if confinement is not None and fmt in CODE_FORMATS:
+        from p2pagent.inference import isolation
+
+        plan = isolation.plan(confinement.worker_uid, list(confinement.protected), work)
+        if plan.uid is not None and plan.gid is not None:
+            os.chown(work, plan.uid, plan.gid)  # it writes its result there as that uid
+        sandbox = {
+            "rules": [[r.path, r.access.value] for r in plan.rules],
+            "uid": plan.uid,
+            "gid": plan.gid,
+        }
     request = {
         "path": os.path.abspath(path),
         "format": fmt,
@@ -107,6 +144,7 @@ def _prepare(
         "memory_bytes": limit,
         "cpu_s": max(1, int(timeout_s)),
         "result": str(work / RESULT),
+        "sandbox": sandbox,
     }
     (work / REQUEST).write_text(json.dumps(request))
     return work, limit
@@ -147,7 +185,7 @@ def _run_check(request: dict[str, Any]) -> str:
     """Loads and runs the model; returns "" when it passes, else what is wrong."""
     import torch
 
-    from p2pagent.inference import loading
+    from p2pagent.inference import loading, sandbox
     from p2pagent.inference.formats import ModelFormat
     from p2pagent.inference.runner import BatchRunner
     from p2pagent.inference.spec import DYNAMIC, ModelSpec
@@ -155,7 +193,20 @@ def _run_check(request: dict[str, Any]) -> str:
     torch.set_num_threads(1)
     spec = ModelSpec.from_dict(request["spec"])
     fmt = ModelFormat.parse(request["format"])
-    model = loading.load_model("check", Path(request["path"]), spec, "cpu", fmt)
+    path = Path(request["path"])
+    source = None
+    fence = request.get("sandbox")
+    if fence is not None:
+        # Read while the file is still reachable; from here on the model's code runs fenced.
+        source = io.BytesIO(path.read_bytes())
+        report = sandbox.confine(
+            [sandbox.Rule(str(p), sandbox.Access(str(a))) for p, a in fence["rules"]],
+            fence["uid"],
+            fence["gid"],
+        )
+        if not report.landlock_abi and fence["uid"] is None:
+            return f"the check could not confine itself ({report.landlock_error}): refused"
+    model = loading.load_model("check", path, spec, "cpu", fmt, source=source)
     inputs = [
         torch.zeros(
             [EXAMPLE_DYNAMIC if d == DYNAMIC else d for d in port.shape], dtype=port.torch_dtype

@@ -5,14 +5,17 @@ model that loads and runs passes. (Each case starts a real child interpreter.)""
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from p2pagent.errors import InvalidArgument
-from p2pagent.models.publish_check import check_model
+from p2pagent.inference.sandbox import landlock_abi
+from p2pagent.models.publish_check import Confinement, check_model
 
 EMPTY = b'{"__metadata__":{}}'
 
@@ -66,3 +69,43 @@ def test_a_model_that_needs_more_memory_than_allowed_is_refused(tmp_path: Path) 
         asyncio.run(
             check_model(path, "safetensors", busy_spec(0), timeout_s=120, memory_bytes=64 << 20)
         )
+
+
+class _ReadsAFile(torch.nn.Module):
+    """Model code that reads a file: ``torch.from_file`` is an op TorchScript keeps."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        secret = torch.from_file(self.path, shared=False, size=4, dtype=torch.uint8)
+        return x + secret.sum().to(x.dtype) * 0
+
+
+def test_model_code_in_the_check_cannot_read_what_the_node_protects(tmp_path: Path) -> None:
+    if not landlock_abi() and os.getuid() != 0:
+        pytest.skip("neither Landlock nor a root daemon to switch uid here")
+    protected = tmp_path / "node-data"
+    protected.mkdir()
+    secret = protected / "node.key"
+    secret.write_bytes(b"SECRET-KEY-BYTES")
+    model = tmp_path / "reads.torchscript.pt"
+    torch.jit.script(_ReadsAFile(str(secret))).save(str(model))
+    spec = {
+        "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 3]}],
+        "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 3]}],
+    }
+
+    def check(confinement: Confinement | None) -> float:
+        return asyncio.run(
+            check_model(
+                model, "torchscript", spec, timeout_s=120, memory_bytes=4 << 30,
+                confinement=confinement,
+            )
+        )  # fmt: skip
+
+    assert check(None) > 0  # unconfined, the same code reads the file and passes
+    with pytest.raises(InvalidArgument, match="raised") as refused:
+        check(Confinement(worker_uid=-1, protected=(protected,)))
+    assert "SECRET" not in str(refused.value)
