@@ -70,9 +70,31 @@ def setup(node: str, level: str = "info", fmt: str = "text", native: bool = Fals
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    grpc_core = logging.getLogger(GRPC_AIO_LOGGER)
+    if not any(isinstance(f, ClientGoneFilter) for f in grpc_core.filters):
+        grpc_core.addFilter(ClientGoneFilter())
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught
     threading.excepthook = _log_uncaught_in_thread
+
+
+#: The logger grpc.aio's server reports a failed handler on.
+GRPC_AIO_LOGGER = "grpc._cython.cygrpc"
+
+
+class ClientGoneFilter(logging.Filter):
+    """Keeps grpc.aio's report of a stream write to a caller that had already gone (its
+    channel closed or the call cancelled: ``ExecuteBatchError`` raised in core) as one debug
+    line. grpc logs it as an error with a traceback, but nothing on the node is wrong and
+    the operator has nothing to do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = record.exc_info[0] if record.exc_info else None
+        if kind is None or kind.__name__ != "ExecuteBatchError":
+            return True
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
 def _log_uncaught(
