@@ -328,9 +328,9 @@ def protected_paths(config: Config, data_dir: Path) -> list[Path]:
 
 def publish_check_confinement(config: Config, data_dir: Path) -> Confinement | None:
     """The publish check runs an upload's code fenced like the model worker (None where
-    ``inference.isolate_code_models`` is off)."""
+    ``models.confine_check`` or ``inference.isolate_code_models`` is off)."""
     inference = config.inference
-    if not inference.isolate_code_models:
+    if not (inference.isolate_code_models and config.models.confine_check):
         return None
     return Confinement(inference.worker_uid, tuple(protected_paths(config, data_dir)))
 
