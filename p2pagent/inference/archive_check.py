@@ -13,8 +13,8 @@ opcodes, it never builds objects), and every global a stream names must be one w
   refuse any global outside ``torch``/``__torch__``/``collections.OrderedDict``, so such a
   file is refused at publish with a message instead of failing on every node later.
 - ``export`` (``.pt2``): weights and constants are raw tensor bytes described by JSON
-  configs, except where a config says ``use_pickle`` (``torch.load(weights_only=False)``
-  in torch's loader), or a constant is a custom or opaque object (``pickle.loads``): all
+  configs, except where a config says ``use_pickle`` (torch's loader then
+  unpickles it unrestricted), or a constant is a custom or opaque object (``pickle.loads``): all
   refused. The sample inputs are a ``torch.save`` archive that torch's loader reads with
   ``weights_only=True`` but retries with ``weights_only=False`` when that fails: its pickles
   may name only tensor-rebuild globals (and ``loading`` forces ``weights_only`` process-wide

@@ -19,7 +19,6 @@ tried once more in a new worker (so a worker killed from outside, even between r
 costs no request), and a second death is Unavailable. A worker that does not answer within
 ``inference.worker_timeout_s`` is killed and the request fails with Internal (most likely the
 model's doing: not retried here). The daemon never waits forever and never dies with it.
-
 Diagnostics: ``P2PAGENT_WORKER_PROBE`` (paths joined by ``os.pathsep``) makes each new worker
 try to open those paths from inside its sandbox and the daemon log the outcome; the isolation
 tests use it to show the key is unreadable from the worker itself.
