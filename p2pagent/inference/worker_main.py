@@ -263,16 +263,18 @@ def _try_open(path: Any) -> str:
 
 def _init(sock: socket.socket) -> tuple[sandbox.SandboxReport, int]:
     message, _ = worker_wire.receive(sock)
-    import torch
-
-    threads = int(message.get("threads", 0))
-    if threads > 0:
-        torch.set_num_threads(threads)
     rules = [sandbox.Rule(str(p), sandbox.Access(str(a))) for p, a in message["rules"]]
     uid, gid = message.get("uid"), message.get("gid")
     report = sandbox.confine(
         rules, int(uid) if uid is not None else None, int(gid) if gid is not None else None
     )
+    # torch only now: Landlock binds the calling thread and the threads it starts later, so a
+    # thread torch started before the fence (it starts some at import) would stay outside it.
+    import torch
+
+    threads = int(message.get("threads", 0))
+    if threads > 0:
+        torch.set_num_threads(threads)
     return report, int(message.get("parent", 0))
 
 

@@ -90,9 +90,9 @@ class ModelsConfig:
     #: child process) may take before the upload is refused; also the child's CPU-time limit.
     check_timeout_s: float = 120.0
     #: Fence the checking child like the model worker before it loads a TorchScript or
-    #: torch.export upload (Landlock, no capabilities). Off by default for now: a fenced check
-    #: crashed (SIGSEGV) on the demo model once in a fresh-clone CI run, cause not yet found.
-    confine_check: bool = False
+    #: torch.export upload (Landlock, no capabilities, another uid where one can run Python),
+    #: so the upload's code cannot read the node's key while it is checked.
+    confine_check: bool = True
     #: Address space the checking child may use besides 3x the file size, bytes (torch's
     #: CPU build alone maps about 0.7 GiB; CUDA builds map several GiB more).
     check_memory_bytes: int = 8 * 1024**3

@@ -30,6 +30,7 @@ import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,22 +89,25 @@ async def check_model(
         None, _prepare, path, fmt, spec, timeout_s, memory_bytes, confinement
     )
     try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "p2pagent.models.publish_check", str(work / REQUEST),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, cwd=work,
+        # A vfork and exec (``subprocess.Popen``), not the event loop's subprocess_exec, which
+        # forks: with gRPC's threads busy, a forked child crashed (SIGSEGV, SIGABRT) before its
+        # exec, and gRPC's fork handlers corrupted the node's TLS streams (TSI_DATA_CORRUPTED).
+        proc = subprocess.Popen(  # noqa: ASYNC220  # a vfork and exec: no wait here
+            [sys.executable, "-m", "p2pagent.models.publish_check", str(work / REQUEST)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=work,
         )  # fmt: skip
         try:
-            await asyncio.wait_for(proc.wait(), timeout_s)
-        except TimeoutError:
+            await loop.run_in_executor(None, proc.wait, timeout_s)
+        except subprocess.TimeoutExpired:
             raise InvalidArgument(
                 f"the model did not load and run its example inputs within {timeout_s:g} s "
                 "(models.check_timeout_s): refused"
             ) from None
         finally:
-            if proc.returncode is None:
+            if proc.poll() is None:
                 proc.kill()
-                await proc.wait()
+                await loop.run_in_executor(None, proc.wait)
         doc = _read_result(work / RESULT)
         if doc is None:
             raise InvalidArgument(_died(proc.returncode or 0, limit))
@@ -183,16 +187,8 @@ def _limit_self(memory_bytes: int, cpu_s: int) -> None:
 
 def _run_check(request: dict[str, Any]) -> str:
     """Loads and runs the model; returns "" when it passes, else what is wrong."""
-    import torch
+    from p2pagent.inference import sandbox
 
-    from p2pagent.inference import loading, sandbox
-    from p2pagent.inference.formats import ModelFormat
-    from p2pagent.inference.runner import BatchRunner
-    from p2pagent.inference.spec import DYNAMIC, ModelSpec
-
-    torch.set_num_threads(1)
-    spec = ModelSpec.from_dict(request["spec"])
-    fmt = ModelFormat.parse(request["format"])
     path = Path(request["path"])
     source = None
     fence = request.get("sandbox")
@@ -206,6 +202,18 @@ def _run_check(request: dict[str, Any]) -> str:
         )
         if not report.landlock_abi and fence["uid"] is None:
             return f"the check could not confine itself ({report.landlock_error}): refused"
+    # torch only now: Landlock binds the calling thread and the threads it starts later, so a
+    # thread torch started before the fence (it starts some at import) would stay outside it.
+    import torch
+
+    from p2pagent.inference import loading
+    from p2pagent.inference.formats import ModelFormat
+    from p2pagent.inference.runner import BatchRunner
+    from p2pagent.inference.spec import DYNAMIC, ModelSpec
+
+    torch.set_num_threads(1)
+    spec = ModelSpec.from_dict(request["spec"])
+    fmt = ModelFormat.parse(request["format"])
     model = loading.load_model("check", path, spec, "cpu", fmt, source=source)
     inputs = [
         torch.zeros(
