@@ -34,10 +34,7 @@ def model_sources(node: Node) -> admission.ModelSources:
     """The models this node knows of: its own, its live peers' (their last load hints, fresh
     or not: an idle peer stops gossiping) and the replicated registry's."""
     tasks, models = node.tasks, node.models
-    peers: set[str] = set()
-    if tasks is not None:
-        for report in tasks.balancer.board.latest():
-            peers.update(report.models)
+    peers = tasks.peer_models() if tasks is not None else set()
     return admission.ModelSources(
         here=set(node.models_cache.names()),
         peers=peers,
@@ -99,7 +96,7 @@ class TasksAgentApi(_TasksAccess):
 
 class TasksPeerApi(_TasksAccess):
     async def Steal(self, request: peer_pb2.StealRequest, context: Ctx) -> peer_pb2.StealResponse:
-        return self._tasks().balancer.handle_steal(
+        return self._tasks().handle_steal(
             request, caller_identity(context).name, context.time_remaining()
         )
 
@@ -114,4 +111,4 @@ class TasksPeerApi(_TasksAccess):
         return await self._tasks().handle_complete(request, caller_identity(context).name)
 
     async def Load(self, request: common_pb2.Envelope, context: Ctx) -> common_pb2.Envelope:
-        return self._tasks().balancer.handle_load(request, caller_identity(context).name)
+        return self._tasks().handle_load(request, caller_identity(context).name)

@@ -22,6 +22,7 @@ from p2pagent.inference.tensors import check_wire
 from p2pagent.tasks.admission import MAX_INPUT_TENSORS
 from p2pagent.tasks.lifecycle import TaskEvent, TaskState
 from p2pagent.tasks.load import LoadReport, ModelBacklog
+from p2pagent.tasks.results import TaskResult
 from p2pagent.tasks.spec import Task
 
 #: Version of the LoadReport payload; a node refuses versions it cannot read.
@@ -97,6 +98,22 @@ def checked_result(r: peer_pb2.CompleteRequest) -> peer_pb2.CompleteRequest:
             compute_s=r.compute_s,
         )  # fmt: skip
     return r
+
+
+def result_to_proto(r: TaskResult) -> peer_pb2.CompleteRequest:
+    return peer_pb2.CompleteRequest(
+        task_id=r.task_id, executor=r.executor, attempt=r.attempt, ok=r.ok,
+        outputs=list(r.outputs), error_code=r.error_code, error_message=r.error_message,
+        compute_s=r.compute_s,
+    )  # fmt: skip
+
+
+def result_from_proto(r: peer_pb2.CompleteRequest) -> TaskResult:
+    """A result as the cores take it (check a peer's first with ``checked_result``)."""
+    return TaskResult(
+        r.task_id, r.attempt, r.executor, r.ok, tuple(r.outputs) if r.ok else (),
+        r.error_code, r.error_message, r.compute_s,
+    )  # fmt: skip
 
 
 # ---- load reports ----------------------------------------------------------------------------
@@ -234,7 +251,7 @@ def event_proto(e: TaskEvent) -> agent_pb2.TaskEvent:
     )
 
 
-def result_event(task_id: str, r: peer_pb2.CompleteRequest) -> agent_pb2.TaskEvent:
+def result_event(task_id: str, r: TaskResult) -> agent_pb2.TaskEvent:
     return agent_pb2.TaskEvent(
         task_id=task_id,
         kind=agent_pb2.TaskEvent.DONE if r.ok else agent_pb2.TaskEvent.FAILED,

@@ -187,7 +187,7 @@ async def test_a_steal_with_a_bad_thief_speed_is_refused(
     await d.submit(_submit(1.0))
     req = peer_pb2.StealRequest(thief="n2", max_tasks=4, models=["double"], thief_speed=speed)
     with pytest.raises(InvalidArgument, match="thief_speed must be finite and >= 0"):
-        d.balancer.handle_steal(req, "n2")
+        d.handle_steal(req, "n2")
 
 
 def test_a_task_with_a_non_finite_cost_or_deadline_is_invalid() -> None:
@@ -224,7 +224,7 @@ async def test_a_steal_that_arrives_too_late_for_its_answer_gets_nothing(
     for i in range(4):
         await d.submit(_submit(float(i)))  # one runs (capacity 1, gated), three stay queued
     req = peer_pb2.StealRequest(thief="n2", max_tasks=2, models=["double"], thief_speed=1.0)
-    late = d.balancer.handle_steal(req, "n2", time_left_s=0.05)
-    assert list(late.tasks) == [] and d.balancer.late_steals == 1 and d.queue.n_queued == 3
-    on_time = d.balancer.handle_steal(req, "n2", time_left_s=0.9)
+    late = d.handle_steal(req, "n2", time_left_s=0.05)
+    assert list(late.tasks) == [] and d.core.stats.late_steals == 1 and d.queue.n_queued == 3
+    on_time = d.handle_steal(req, "n2", time_left_s=0.9)
     assert len(on_time.tasks) >= 1 and d.queue.n_queued == 3 - len(on_time.tasks)
