@@ -156,7 +156,10 @@ class TaskNode:
         return self.queue.queued_cost_s()
 
     def report(self, now: float) -> LoadReport:
-        """Our load now, as ``Peer.Load`` and hints carry it."""
+        """Our load now, as ``Peer.Load`` and hints carry it (an input: it is numbered)."""
+        return self._report(now)
+
+    def _report(self, now: float) -> LoadReport:
         self._seq += 1
         return make_report(
             self.name, self._seq, self.queue.queued(), self._running.values(), 1, self.speed,
@@ -338,7 +341,7 @@ class TaskNode:
             # Holders report to origins (lease renewals, hand-over confirmations); the rest
             # of the mesh hears of our load from hints.
             self._next_report = now + cfg.report_interval_s
-            report = self.report(now)
+            report = self._report(now)
             self._out.extend(SendReport(origin, report) for origin in sorted(origins))
         self._publish_if_changed(now)
         if self._unacked and now >= self._next_retry:
@@ -370,7 +373,7 @@ class TaskNode:
             dst = self.name  # no load report to build: it walks the whole queue
         else:
             peers = self.board.fresh(now)
-            dst = self.placement.choose(task, self.report(now), peers, now, self._rng)
+            dst = self.placement.choose(task, self._report(now), peers, now, self._rng)
         if dst != self.name:
             self._apply(self.leases.on_assigned(task.task_id, task.attempt, dst, now), now)
             self._out.append(SendAssign(dst, task))
@@ -473,7 +476,7 @@ class TaskNode:
             self._out.append(ForgetResults(tuple(old), horizon))
 
     def _publish_if_changed(self, now: float) -> None:
-        hint = to_hint(self.report(now))
+        hint = to_hint(self._report(now))
         publish, urgent = self.hints.decide(hint, now)
         if publish:
             self._out.append(PublishHint(hint, urgent))

@@ -96,7 +96,7 @@ class TasksDriver:
         rng: random.Random | None = None,
         hints: HintChannel | None = None,
         peers: PeerTransport | None = None,
-        core_wrapper: Callable[[TaskNode], TaskNode] | None = None,
+        core_type: type[TaskNode] = TaskNode,
     ) -> None:
         self.name = name
         self.cfg = config.validate()
@@ -108,12 +108,11 @@ class TasksDriver:
         self._metrics = metrics
         rng = rng or random.Random()
         self.runs = EngineRuns(name, self.cfg, engine, prepare)
-        core = TaskNode(
+        #: The scheduler core (``core_type``: a test's recording one, for replay).
+        self.core = core_type(
             name, self.cfg, placement=make_placement(placement), rng=rng,
             capacity=capacity, models=models, batching_measured=engine.batching_measured,
         )  # fmt: skip
-        #: The scheduler core; ``core_wrapper`` lets a test record its inputs (replay).
-        self.core = core_wrapper(core) if core_wrapper is not None else core
         if peers is None:
             if channels is None:
                 raise ValueError("TasksDriver needs channels or a peer transport")

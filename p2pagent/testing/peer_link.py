@@ -1,7 +1,8 @@
 """An in-memory ``PeerTransport``: task drivers in one process call each other's ``Peer``
 handlers directly, with the same request checks and answers as over gRPC, and no network.
 
-Tests join drivers with one :class:`MemoryPeers` hub (``hub.join(driver)``); a driver not
+Tests join drivers with one :class:`MemoryPeers` hub (and :class:`MemoryHints` for their load
+hints) (``hub.join(driver)``); a driver not
 joined, or cut off with ``hub.cut(name)``, is unreachable (``Unavailable``), as a dead or
 partitioned peer is. Messages go through their protobuf form both ways, so what one driver
 sends is exactly what another would receive from the wire.
@@ -9,11 +10,13 @@ sends is exactly what another would receive from the wire.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from p2pagent._proto import peer_pb2
 from p2pagent.errors import P2PAgentError, Unavailable
+from p2pagent.membership.hints import LoadHint
 from p2pagent.tasks.load import LoadReport
 from p2pagent.tasks.results import TaskResult
 from p2pagent.tasks.spec import Task
@@ -101,3 +104,40 @@ class MemoryLink:
     async def load(self, peer: str, report: LoadReport, within_s: float) -> LoadReport:
         driver = self._hub.reach("load", self._caller, peer)
         return decode_report(driver.handle_load(encode_report(report), self._caller))
+
+
+class MemoryHints:
+    """Load hints between drivers in one process, as membership gossip delivers them: each
+    published hint numbered newer than the last of its node and handed to every other
+    subscriber at once. ``channel(name)`` is the ``HintChannel`` of driver ``name``."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, list[Callable[[LoadHint], None]]] = {}
+        self._seq: dict[str, int] = {}
+
+    def channel(self, name: str) -> MemoryHintChannel:
+        return MemoryHintChannel(self, name)
+
+    def publish(self, node: str, hint: LoadHint) -> None:
+        self._seq[node] = self._seq.get(node, 0) + 1
+        stamped = dataclasses.replace(hint, node=node, seq=self._seq[node])
+        for name, listeners in list(self._listeners.items()):
+            if name != node:
+                for listener in list(listeners):
+                    listener(stamped)
+
+    def subscribe(self, node: str, listener: Callable[[LoadHint], None]) -> Callable[[], None]:
+        self._listeners.setdefault(node, []).append(listener)
+        return lambda: self._listeners[node].remove(listener)
+
+
+class MemoryHintChannel:
+    def __init__(self, hub: MemoryHints, name: str) -> None:
+        self._hub = hub
+        self._name = name
+
+    def publish_load_hint(self, hint: LoadHint, urgent: bool = False) -> None:
+        self._hub.publish(self._name, hint)
+
+    def subscribe_hints(self, listener: Callable[[LoadHint], None]) -> Callable[[], None]:
+        return self._hub.subscribe(self._name, listener)

@@ -116,7 +116,9 @@ def test_gives_up_after_max_attempts() -> None:
         lt.on_member_dead(node, attempt + 0.5)
     lt.on_stolen("t0", 2, "o", "d", 3)
     (d,) = of(lt.on_member_dead("d", 4), Deliver)
-    assert not d.ok and d.result.error_code == "UNAVAILABLE" and "3 attempts" in d.result.error_message
+    assert (
+        not d.ok and d.result.error_code == "UNAVAILABLE" and "3 attempts" in d.result.error_message
+    )
     assert lt.where("t0") is None and lt.is_done("t0")
 
 
