@@ -51,6 +51,8 @@ from p2pagent.tasks.spec import Task
 MODEL = "m"
 #: Bytes of a control message (steal request, ack, report) on the simulated wire.
 SMALL = 200
+#: Most tasks one engine batch takes (the daemon's ``inference.max_batch_size``).
+MAX_BATCH = 32
 
 
 @dataclass
@@ -80,6 +82,21 @@ class Scenario:
     cfg: TasksConfig = field(default_factory=TasksConfig)
     #: Give up (and count what is missing as lost) after this much virtual time.
     time_limit_s: float = 600.0
+    #: Each task's compute seconds at speed 1, in submission order (overrides ``tasks``,
+    #: ``cost_s`` and ``sizes``): the scenarios shared with the cluster bench.
+    costs_s: list[float] = field(default_factory=list)
+    #: Submissions arrive evenly over this many seconds (0: all at once), as a client's do.
+    submit_over_s: float = 0.0
+    #: Tasks a node runs at once (``TaskNode``'s capacity: the daemon's max batch size). With
+    #: 1 a node runs one task at a time; above, its engine batches what was started.
+    capacity: int = 1
+    #: Fixed seconds of every engine batch (the worker's round trip, decoding), on top of
+    #: the tasks' costs.
+    batch_overhead_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.costs_s:
+            self.tasks = len(self.costs_s)
 
 
 @dataclass
@@ -168,6 +185,41 @@ class HintMsg:
     hint: LoadHint
 
 
+class _Engine:
+    """A node's inference engine: the tasks started wait, and whenever it is free it runs all
+    of them (up to ``MAX_BATCH``) as one batch that takes ``batch_overhead_s`` plus the sum of
+    their costs at the node's speed (rows cost the same batched or not, as the cluster bench's
+    ``busy`` model). ``measured`` once batches of two sizes have run (the daemon's
+    ``batching_measured``); a node that ``batches`` has run one batch of one (a warm-up)."""
+
+    def __init__(self, node: _Node, batches: bool) -> None:
+        self.node = node
+        self.waiting: list[Task] = []
+        self.busy = False
+        self._sizes: set[int] = {1} if batches else {1, 2}
+
+    @property
+    def measured(self) -> bool:
+        return len(self._sizes) >= 2
+
+    def run_next(self) -> None:
+        if self.busy or not self.waiting or not self.node.alive:
+            return
+        batch, self.waiting = self.waiting[:MAX_BATCH], self.waiting[MAX_BATCH:]
+        self._sizes.add(len(batch))
+        sim = self.node.sim
+        work = sum(sim.true_cost[t.task_id] for t in batch) / self.node.speed
+        took = sim.scenario.batch_overhead_s + work
+        self.busy = True
+        sim.clock.call_at(sim.clock.now + took, functools.partial(self._done, batch, took))
+
+    def _done(self, batch: list[Task], took: float) -> None:
+        for task in batch:  # still busy: what these start joins the next batch
+            self.node._finish(task, took)
+        self.busy = False
+        self.run_next()
+
+
 # ---- one node: the daemon's scheduler core, its effects carried out in virtual time ---------
 
 
@@ -184,9 +236,10 @@ class _Node:
         sc = sim.scenario
         self.core = TaskNode(
             name, sc.cfg, placement=make_placement(sc.placement),
-            rng=random.Random(sim.rng.random()), capacity=1, models=lambda: [MODEL],
-            speed=speed,
+            rng=random.Random(sim.rng.random()), capacity=sc.capacity, models=lambda: [MODEL],
+            batching_measured=lambda model: self.engine.measured, speed=speed,
         )  # fmt: skip
+        self.engine = _Engine(self, sc.capacity > 1)
         self.alive = True
         self._timer_at = math.inf
         self._hint_seq = 0
@@ -256,8 +309,8 @@ class _Node:
 
     def _start(self, task: Task) -> None:
         self.sim.on_start(task)
-        compute = self.sim.true_cost[task.task_id] / self.speed
-        self.sim.clock.call_at(self.now + compute, lambda: self._finish(task, compute))
+        self.engine.waiting.append(task)
+        self.engine.run_next()
 
     def _finish(self, task: Task, compute_s: float) -> None:
         if not self.alive:
@@ -377,6 +430,10 @@ class TaskSim:
                 self._awaiting_restart.update(node.core.leases.held_by(name))
                 node.carry_out(node.core.on_member(name, False, now))
 
+    def _submit(self, origin: _Node, task: Task) -> None:
+        if origin.alive:
+            origin.carry_out(origin.core.submit(task, self.clock.now))
+
     def run(self) -> SimResult:
         sc = self.scenario
         draw = self._sizes()
@@ -390,11 +447,16 @@ class TaskSim:
                             peer.core.on_hint(report, 0.0)
         origin = self.nodes[self.names[0]]
         for i in range(sc.tasks):
+            cost = sc.costs_s[i] if sc.costs_s else draw()
+            # Given costs are known to the origin (the daemon estimates rows x measured
+            # seconds per row); drawn ones only by their mean.
+            estimate = cost if sc.costs_s else sc.cost_s
             task = Task(
-                f"{origin.name}/t{i}", origin.name, MODEL, sc.cost_s, input_bytes=sc.input_bytes
+                f"{origin.name}/t{i}", origin.name, MODEL, estimate, input_bytes=sc.input_bytes
             )
-            self.true_cost[task.task_id] = draw()
-            origin.carry_out(origin.core.submit(task, 0.0))
+            self.true_cost[task.task_id] = cost
+            at = sc.submit_over_s * i / sc.tasks
+            self.clock.call_at(at, functools.partial(self._submit, origin, task))
         for node in self.nodes.values():
             node.carry_out([])  # arm every node's timer
         if sc.crash is not None:

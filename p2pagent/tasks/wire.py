@@ -207,19 +207,6 @@ def _list(v: Any) -> list[Any]:
 
 # ---- errors ----------------------------------------------------------------------------------
 
-_ERRORS: dict[str, type[errors.P2PAgentError]] = {
-    "INVALID_ARGUMENT": errors.InvalidArgument,
-    "NOT_FOUND": errors.NotFound,
-    "ALREADY_EXISTS": errors.AlreadyExists,
-    "FAILED_PRECONDITION": errors.FailedPrecondition,
-    "RESOURCE_EXHAUSTED": errors.ResourceExhausted,
-    "DEADLINE_EXCEEDED": errors.DeadlineExceeded,
-    "UNAVAILABLE": errors.Unavailable,
-    "PERMISSION_DENIED": errors.PermissionDenied,
-    "INTERNAL": errors.Internal,
-}
-
-
 def error_code(exc: BaseException) -> str:
     """The status name a task failure carries (``CompleteRequest.error_code``)."""
     return exc.code if isinstance(exc, errors.P2PAgentError) else "INTERNAL"
@@ -227,7 +214,7 @@ def error_code(exc: BaseException) -> str:
 
 def error_from_code(code: str, message: str) -> errors.P2PAgentError:
     """The error to raise for a failed task's code (Infer re-raises what the executor hit)."""
-    return _ERRORS.get(code, errors.Internal)(message)
+    return errors.error_for_code(code, message)
 
 
 # ---- task events for Agent.Wait ----
