@@ -39,8 +39,8 @@ import torch
 from bench._proc import NO_RATE_LIMIT
 from bench.tasks_scenarios import SHARED, plan
 from p2pagent._proto import agent_pb2, common_pb2
-from p2pagent.config import PLACEMENTS
 from p2pagent.inference import demo_model, tensors
+from p2pagent.tasks.placement import PLACEMENTS
 from p2pagent.testing.cluster import Cluster
 
 FEATURES = 4
@@ -86,7 +86,7 @@ def run_once(
     models = root / "models"
     fast = write_busy(models, "work", ms)
     slow_path = write_busy(models / "slow", "work", 2 * ms)
-    env = {"P2PAGENT_PLACEMENT": policy, **NO_RATE_LIMIT}
+    env = {"P2PAGENT_TASKS__PLACEMENT": policy, **NO_RATE_LIMIT}
     with Cluster(root / f"{scenario}-{policy}", 4, use_netns=False, env=env) as c:
         for name, d in c.nodes.items():
             path = slow_path if slow and name == "n4" else fast

@@ -152,7 +152,6 @@ class Node:
         self.tasks: TasksDriver | None = TasksDriver(
             self.name,
             config.tasks,
-            placement=config.placement,
             capacity=config.inference.max_batch_size,
             engine=self.engine,
             models=self.models_cache.names,
@@ -306,7 +305,7 @@ class Node:
             members_alive=alive,
             members_total=total,
             incarnation=self.membership.incarnation if self.membership else 0,
-            placement=self.config.placement,
+            placement=self.config.tasks.placement,
             queue_length=tasks.queue.n_queued if tasks else self.engine.queued,
             running=tasks.running if tasks else 0,
             completed=tasks.core.stats.completed if tasks else 0,

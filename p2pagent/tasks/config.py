@@ -18,6 +18,11 @@ MAX_LIST_TASKS = 10_000
 class TasksConfig:
     """Knobs of the task queue, load model, steal policy and origin lease table."""
 
+    #: Where a submitted task goes first: work_stealing (queued here; idle peers steal),
+    #: least_loaded, round_robin or local (see tasks/placement.py). Formerly the top-level
+    #: ``placement`` key, which is now refused with a pointer here.
+    placement: str = "work_stealing"
+
     # ---- queue ---------------------------------------------------------------------------
     #: Most tasks one node holds queued (not yet running); more is ResourceExhausted.
     max_queued: int = 10_000
@@ -123,6 +128,12 @@ class TasksConfig:
     peer_call_timeout_s: float = 5.0
 
     def validate(self) -> TasksConfig:
+        from p2pagent.tasks.placement import PLACEMENTS  # it imports this module
+
+        if self.placement not in PLACEMENTS:
+            raise ConfigError(
+                f"unknown tasks.placement {self.placement!r}: choose one of {', '.join(PLACEMENTS)}"
+            )
         positive = {
             "max_queued": self.max_queued,
             "max_payload_bytes": self.max_payload_bytes,

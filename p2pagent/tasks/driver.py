@@ -83,7 +83,6 @@ class TasksDriver:
         name: str,
         config: TasksConfig,
         *,
-        placement: str,
         capacity: int,
         engine: Engine,
         models: Callable[[], Collection[str]],
@@ -110,7 +109,7 @@ class TasksDriver:
         self.runs = EngineRuns(name, self.cfg, engine, prepare)
         #: The scheduler core (``core_type``: a test's recording one, for replay).
         self.core = core_type(
-            name, self.cfg, placement=make_placement(placement), rng=rng,
+            name, self.cfg, placement=make_placement(self.cfg.placement), rng=rng,
             capacity=capacity, models=models, batching_measured=engine.batching_measured,
         )  # fmt: skip
         if peers is None:

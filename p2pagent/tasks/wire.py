@@ -207,6 +207,7 @@ def _list(v: Any) -> list[Any]:
 
 # ---- errors ----------------------------------------------------------------------------------
 
+
 def error_code(exc: BaseException) -> str:
     """The status name a task failure carries (``CompleteRequest.error_code``)."""
     return exc.code if isinstance(exc, errors.P2PAgentError) else "INTERNAL"

@@ -17,8 +17,7 @@ def solo_driver(engine: Any, data_dir: Path, model: str, capacity: int) -> Tasks
     ``batching_measured``."""
     return TasksDriver(
         "solo",
-        TasksConfig(),
-        placement="local",
+        TasksConfig(placement="local"),
         capacity=capacity,
         engine=engine,
         models=lambda: [model],

@@ -52,7 +52,7 @@ class SleepyEngine:
 def _driver(name: str, seed: int, tmp: Path, peers: MemoryPeers, hints: MemoryHints,
             engine: SleepyEngine) -> TasksDriver:  # fmt: skip
     d = TasksDriver(
-        name, TasksConfig(), placement="work_stealing", capacity=1, engine=engine,
+        name, TasksConfig(placement="work_stealing"), capacity=1, engine=engine,
         models=lambda: [MODEL], data_dir=tmp / name, channels=None,
         members=StaticDirectory(name), metrics=RpcMetrics(), rng=random.Random(seed),
         hints=hints.channel(name), peers=peers.link(name), core_type=RecordingTaskNode,
