@@ -205,14 +205,14 @@ async def test_the_tasks_api_refuses_calls_until_the_journal_is_read_back(tmp_pa
     from p2pagent.api.tasks import TasksAgentApi
 
     api = TasksAgentApi()
-    api._node = SimpleNamespace(tasks=solo_driver(GatedEngine(), tmp_path, "double", 1))  # type: ignore[assignment]
+    api._tasks_node = SimpleNamespace(tasks=solo_driver(GatedEngine(), tmp_path, "double", 1))  # type: ignore[assignment]
     with pytest.raises(Unavailable, match="task journal is still loading"):
         api._tasks()
-    await api._node.tasks.start()
+    await api._tasks_node.tasks.start()
     try:
-        assert api._tasks() is api._node.tasks
+        assert api._tasks() is api._tasks_node.tasks
     finally:
-        await api._node.tasks.stop()
+        await api._tasks_node.tasks.stop()
 
 
 async def test_a_steal_that_arrives_too_late_for_its_answer_gets_nothing(
