@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from p2pagent.errors import P2PAgentError, Unavailable
@@ -45,7 +45,7 @@ from p2pagent.tasks.effects import (
     StartRun,
     TaskChanged,
 )
-from p2pagent.tasks.journal import Finished, TaskJournal
+from p2pagent.tasks.journal import Finished, JournalRow, Write
 from p2pagent.tasks.lifecycle import TaskEvent
 from p2pagent.tasks.peers import PeerTransport
 from p2pagent.tasks.results import TaskResult
@@ -57,6 +57,52 @@ log = logging.getLogger(__name__)
 
 #: Always yield this long between ticks: a due time in the past must not make the loop spin.
 MIN_SLEEP_S = 0.001
+
+
+class Clock(Protocol):
+    """Time for the adapter: Unix seconds, and a wait that a wake-up cuts short. Tests pass
+    ``p2pagent.testing.clock.FakeClock``, whose time moves only when told."""
+
+    def now(self) -> float: ...
+
+    async def wait(self, wake: asyncio.Event, until: float) -> None:
+        """Returns when ``wake`` is set or the time is ``until`` (inf: only the wake)."""
+        ...
+
+    async def pause(self) -> None:
+        """Yields to the loop between ticks (real time: ``MIN_SLEEP_S``, so that a due time
+        in the past cannot make the ticker spin)."""
+        ...
+
+
+class RealClock:
+    def now(self) -> float:
+        return time.time()
+
+    async def pause(self) -> None:
+        await asyncio.sleep(MIN_SLEEP_S)
+
+    async def wait(self, wake: asyncio.Event, until: float) -> None:
+        left = until - time.time()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(left if math.isfinite(left) else None):
+                await wake.wait()
+
+
+class Journal(Protocol):
+    """What the scheduler needs of its journal (``tasks/journal.py``; in tests
+    ``p2pagent.testing.journal.MemoryJournal``)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def open(self) -> list[JournalRow]: ...
+
+    def write(self, write: Write) -> asyncio.Future[None]: ...
+
+    async def purge(self, finished_before: float) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class HintOut(Protocol):
@@ -84,10 +130,10 @@ class TaskAdapter:
         *,
         peers: PeerTransport,
         runs: EngineRuns,
-        journal: TaskJournal,
+        journal: Journal,
         sink: ResultSink,
         hints: HintOut | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
         self.core = core
         self.cfg = core.cfg
@@ -96,7 +142,7 @@ class TaskAdapter:
         self._journal = journal
         self._sink = sink
         self._hints = hints
-        self._clock = clock
+        self.clock = clock or RealClock()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -110,7 +156,7 @@ class TaskAdapter:
         return self.core.name
 
     def now(self) -> float:
-        return self._clock()
+        return self.clock.now()
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -254,14 +300,12 @@ class TaskAdapter:
 
     async def _ticker(self) -> None:
         while True:
-            await asyncio.sleep(MIN_SLEEP_S)
+            await self.clock.pause()
             while True:
                 due = self.core.next_deadline()
-                left = math.inf if due is None else due - self.now()
-                if left <= 0:
+                due = math.inf if due is None else due
+                if due <= self.now():
                     break
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(left if math.isfinite(left) else None):
-                        await self._wake.wait()
+                await self.clock.wait(self._wake, due)
             self.carry_out(self.core.tick(self.now()))

@@ -16,7 +16,6 @@ import asyncio
 import logging
 import math
 import random
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from p2pagent.errors import (
 from p2pagent.logs import RateLimitedLog
 from p2pagent.membership.hints import LoadHint
 from p2pagent.membership.view import ALIVE, DEAD, LEFT, MemberView, PeerDirectory
-from p2pagent.tasks.adapter import TaskAdapter
+from p2pagent.tasks.adapter import Clock, Journal, TaskAdapter
 from p2pagent.tasks.admission import IdentityQuotas, check_inputs
 from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.core import TaskNode
@@ -96,12 +95,14 @@ class TasksDriver:
         hints: HintChannel | None = None,
         peers: PeerTransport | None = None,
         core_type: type[TaskNode] = TaskNode,
+        journal: Journal | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.name = name
         self.cfg = config.validate()
         #: At most this many Agent.Infer calls wait here at once (back-pressure).
         self.inline_bound = inline_bound
-        self._journal = TaskJournal(data_dir / "tasks.db")
+        self._journal = journal or TaskJournal(data_dir / "tasks.db")
         self._members = members
         self._channels = channels
         self._metrics = metrics
@@ -118,7 +119,7 @@ class TasksDriver:
             peers = GrpcPeerTransport(members, channels)
         self.adapter = TaskAdapter(
             self.core, peers=peers, runs=self.runs, journal=self._journal, sink=self,
-            hints=hints,
+            hints=hints, clock=clock,
         )  # fmt: skip
         self._hints = hints
         self.counters = Counters()
@@ -164,7 +165,7 @@ class TasksDriver:
 
     async def start(self) -> None:
         rows = await self._journal.open()
-        now = time.time()
+        now = self.adapter.now()
         requeued = 0
         done = sorted((r for r in rows if r.result is not None), key=lambda r: r.finished or 0)
         for row in done:
@@ -229,7 +230,7 @@ class TasksDriver:
                 f"{self.name} already tracks {len(self.core.leases)} unfinished tasks "
                 f"(tasks.max_queued); wait for some results or submit to another node"
             )
-        now = time.time()
+        now = self.adapter.now()
         task = self._new_task(request, now, request.deadline_s or None)
         self.quotas.admit(owner, task.task_id, task.input_bytes, self.backlog_s(), now)
         # The task is queued (and may run) while its journal entry is being synced: the reply
@@ -278,7 +279,7 @@ class TasksDriver:
                 f"{len(self.core.leases)} tasks waiting (inference.max_queued, "
                 "tasks.max_queued); retry later, call another node, or raise the bounds"
             )
-        now = time.time()
+        now = self.adapter.now()
         task = self._new_task(request, now, deadline_s)
         self.quotas.admit(owner, task.task_id, task.input_bytes, self.backlog_s())
         future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
@@ -396,20 +397,20 @@ class TasksDriver:
 
     def _on_member(self, view: MemberView) -> None:
         if view.state in (DEAD, LEFT):
-            self.adapter.carry_out(self.core.on_member(view.name, False, time.time()))
+            self.adapter.carry_out(self.core.on_member(view.name, False, self.adapter.now()))
         elif view.state == ALIVE:
-            self.adapter.carry_out(self.core.on_member(view.name, True, time.time()))
+            self.adapter.carry_out(self.core.on_member(view.name, True, self.adapter.now()))
 
     def _on_hint(self, hint: LoadHint) -> None:
         """A peer's load hint, already judged believable and newer by membership."""
-        self.adapter.carry_out(self.core.on_hint(from_hint(hint), time.time()))
+        self.adapter.carry_out(self.core.on_hint(from_hint(hint), self.adapter.now()))
 
     # ---- peer handlers ----------------------------------------------------------------------
 
     def handle_assign(self, req: peer_pb2.AssignRequest) -> peer_pb2.AssignResponse:
         task = task_from_spec(req.task)
         check_inputs(len(req.task.inputs), task.input_bytes, self.cfg)
-        reason, effects = self.core.on_assign(task, time.time())
+        reason, effects = self.core.on_assign(task, self.adapter.now())
         self.adapter.carry_out(effects)
         return peer_pb2.AssignResponse(accepted=not reason, reason=reason)
 
@@ -421,7 +422,7 @@ class TasksDriver:
                 f"result names executor {quoted(req.executor)} but the caller is {caller!r}"
             )
         result = result_from_proto(checked_result(req))
-        accepted, effects = self.core.on_complete(result, time.time())
+        accepted, effects = self.core.on_complete(result, self.adapter.now())
         # Answered once journaled (shielded: if the executor hangs up mid-call, the result
         # must still be journaled and delivered, since the lease table counted it as the one).
         journaled = self.adapter.carry_out(effects)
@@ -439,7 +440,12 @@ class TasksDriver:
         if not (math.isfinite(req.thief_speed) and req.thief_speed >= 0):
             raise InvalidArgument(f"thief_speed must be finite and >= 0, got {req.thief_speed}")
         granted, effects = self.core.on_steal_request(
-            req.thief, req.max_tasks, list(req.models), req.thief_speed, time.time(), time_left_s
+            req.thief,
+            req.max_tasks,
+            list(req.models),
+            req.thief_speed,
+            self.adapter.now(),
+            time_left_s,
         )
         self.adapter.carry_out(effects)
         return peer_pb2.StealResponse(tasks=[task_to_spec(t) for t in granted])
@@ -453,6 +459,6 @@ class TasksDriver:
             raise InvalidArgument(str(e)) from None
         if report.node != caller:
             raise InvalidArgument(f"load report names {report.node!r} but the caller is {caller!r}")
-        now = time.time()
+        now = self.adapter.now()
         self.adapter.carry_out(self.core.on_load_report(report, now))
         return encode_report(self.core.report(now))
