@@ -26,8 +26,8 @@ from p2pagent.tasks.wire import (
     decode_report,
     encode_report,
     result_to_proto,
-    task_from_spec,
     task_to_spec,
+    tasks_or_errors,
 )
 from p2pagent.transport.errors import error_from_rpc
 
@@ -100,13 +100,7 @@ class GrpcPeerTransport:
             resp = await self._stub(victim).Steal(request, timeout=within_s)
         except grpc.aio.AioRpcError as e:
             raise error_from_rpc(e) from e
-        out: list[Task | P2PAgentError] = []
-        for spec in resp.tasks:
-            try:
-                out.append(task_from_spec(spec))
-            except P2PAgentError as e:
-                out.append(e)
-        return out
+        return tasks_or_errors(resp.tasks)
 
     async def complete(self, origin: str, result: TaskResult, within_s: float) -> bool:
         try:

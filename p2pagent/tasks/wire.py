@@ -81,6 +81,18 @@ def task_from_spec(spec: peer_pb2.TaskSpec) -> Task:
     )
 
 
+def tasks_or_errors(specs: Sequence[peer_pb2.TaskSpec]) -> list[Task | errors.P2PAgentError]:
+    """The tasks of a ``StealResponse``, each one that does not decode as its error (the
+    others are still taken: the bad one's origin re-queues it when its lease ends)."""
+    out: list[Task | errors.P2PAgentError] = []
+    for spec in specs:
+        try:
+            out.append(task_from_spec(spec))
+        except errors.P2PAgentError as e:
+            out.append(e)
+    return out
+
+
 def checked_result(r: peer_pb2.CompleteRequest) -> peer_pb2.CompleteRequest:
     """A result from an executor, its outputs checked against their bytes like any tensor
     received (``tensors.check_wire``): one declaring more than it carries becomes a failed

@@ -24,8 +24,8 @@ from p2pagent.tasks.wire import (
     decode_report,
     encode_report,
     result_to_proto,
-    task_from_spec,
     task_to_spec,
+    tasks_or_errors,
 )
 
 if TYPE_CHECKING:
@@ -88,13 +88,7 @@ class MemoryLink:
             thief=thief, max_tasks=max_tasks, models=list(models), thief_speed=thief_speed
         )
         resp = driver.handle_steal(request, self._caller, within_s)
-        out: list[Task | P2PAgentError] = []
-        for spec in resp.tasks:
-            try:
-                out.append(task_from_spec(spec))
-            except P2PAgentError as e:
-                out.append(e)
-        return out
+        return tasks_or_errors(resp.tasks)
 
     async def complete(self, origin: str, result: TaskResult, within_s: float) -> bool:
         driver = self._hub.reach("complete", self._caller, origin)
