@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from p2pagent.errors import Unavailable
-from p2pagent.tasks.journal import Finished, JournalRow, Submitted, Write
+from p2pagent.tasks.journal import JournalRow, Submitted, Write
 
 
 class MemoryJournal:
@@ -34,7 +34,7 @@ class MemoryJournal:
             raise Unavailable("the task journal is down")
         if isinstance(write, Submitted):
             self.rows[write.spec.task_id] = JournalRow(write.spec, write.submitted, None, None)
-        elif isinstance(write, Finished):
+        elif write.task_id in self.rows:  # a result (of a task it holds, as the table does)
             row = self.rows[write.task_id]
             self.rows[write.task_id] = JournalRow(row.spec, row.submitted, write.finished,
                                                   write.result)  # fmt: skip

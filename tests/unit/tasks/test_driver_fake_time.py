@@ -12,9 +12,11 @@ import asyncio
 import random
 from typing import Any
 
+import pytest
 import torch
 
 from p2pagent._proto import agent_pb2
+from p2pagent.errors import Unavailable
 from p2pagent.inference import tensors
 from p2pagent.membership.view import StaticDirectory
 from p2pagent.tasks.config import TasksConfig
@@ -91,3 +93,30 @@ async def test_a_silent_thief_s_tasks_run_at_the_origin_when_their_lease_ends() 
         for d in drivers.values():
             engines[d.name].gate.set()
             await d.stop()
+
+
+async def test_a_submit_the_journal_refuses_is_refused_and_leaves_nothing() -> None:
+    journal = MemoryJournal()
+    engine = GatedEngine()
+    d = TasksDriver(
+        "n1", TasksConfig(), capacity=1, engine=engine, models=lambda: [MODEL],
+        data_dir=None, channels=None, members=StaticDirectory("n1"),  # type: ignore[arg-type]
+        metrics=RpcMetrics(), peers=MemoryPeers().link("n1"), journal=journal, clock=FakeClock(),
+    )  # fmt: skip
+    await d.start()
+    try:
+        x = tensors.to_proto("x", torch.ones(1, 2))
+        journal.down = True
+        with pytest.raises(Unavailable, match="could not journal the task"):
+            await d.submit(agent_pb2.SubmitRequest(model=MODEL, inputs=[x]))
+        assert len(d.leases) == 0 and d.queue.n_queued == 0 and d.running == 0
+        assert journal.rows == {}
+        journal.down = False
+        engine.gate.set()
+        task_id = await d.submit(agent_pb2.SubmitRequest(model=MODEL, inputs=[x]))
+        events = [e async for e in d.wait(task_id)]
+        assert events[-1].kind == agent_pb2.TaskEvent.DONE
+        assert journal.rows[task_id].result is not None  # journaled before it was shown
+    finally:
+        engine.gate.set()
+        await d.stop()
