@@ -144,6 +144,9 @@ class TaskAdapter:
         self._hints = hints
         self.clock = clock or RealClock()
         self._wake = asyncio.Event()
+        #: Until when the ticker sleeps (-inf: it is running), so that only an input that
+        #: brings the next deadline forward wakes it.
+        self._sleeping_until = -math.inf
         self._loop_task: asyncio.Task[None] | None = None
         self._running: dict[str, asyncio.Task[None]] = {}
         self._calls: set[asyncio.Task[Any]] = set()
@@ -206,7 +209,9 @@ class TaskAdapter:
             elif isinstance(effect, ForgetResults):
                 self._sink.forget(effect.task_ids, effect.horizon)
                 self._spawn(self._journal.purge(effect.horizon))
-        self._wake.set()  # the next deadline may have moved
+        due = self.core.next_deadline()
+        if due is not None and due < self._sleeping_until:
+            self._wake.set()  # due sooner than the ticker sleeps: wake it
         return journaled
 
     async def _run(self, task: Task) -> None:
@@ -307,5 +312,9 @@ class TaskAdapter:
                 if due <= self.now():
                     break
                 self._wake.clear()
-                await self.clock.wait(self._wake, due)
+                self._sleeping_until = due
+                try:
+                    await self.clock.wait(self._wake, due)
+                finally:
+                    self._sleeping_until = -math.inf
             self.carry_out(self.core.tick(self.now()))
