@@ -127,6 +127,19 @@ class TasksConfig:
     #: Deadline of one ``Peer.Assign``, ``Peer.Complete`` or ``Peer.Load`` call.
     peer_call_timeout_s: float = 5.0
 
+    # ---- the journal's writer process (tasks/journal.py) ---------------------------------
+    #: A writer that ran at least this long before dying is started again at once; one that
+    #: dies sooner waits ``journal_restart_delay_s``, twice as long each time it happens
+    #: again, up to ``journal_restart_max_s``.
+    journal_stable_s: float = 10.0
+    journal_restart_delay_s: float = 0.5
+    journal_restart_max_s: float = 30.0
+    #: How long stopping waits for the writer to commit what it has and exit before killing it.
+    journal_close_timeout_s: float = 10.0
+    #: How long starting waits for the writer's first answer before the node refuses to start
+    #: (a stalled disk).
+    journal_open_timeout_s: float = 30.0
+
     def validate(self) -> TasksConfig:
         from p2pagent.tasks.placement import PLACEMENTS  # it imports this module
 
@@ -154,6 +167,10 @@ class TasksConfig:
             "inline_retain_s": self.inline_retain_s,
             "forget_interval_s": self.forget_interval_s,
             "peer_call_timeout_s": self.peer_call_timeout_s,
+            "journal_stable_s": self.journal_stable_s,
+            "journal_restart_delay_s": self.journal_restart_delay_s,
+            "journal_close_timeout_s": self.journal_close_timeout_s,
+            "journal_open_timeout_s": self.journal_open_timeout_s,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -166,6 +183,10 @@ class TasksConfig:
             raise ConfigError(f"tasks.ewma_alpha must be in (0, 1], got {self.ewma_alpha}")
         if self.steal_answer_margin_s < 0:
             raise ConfigError("tasks.steal_answer_margin_s must be >= 0 seconds")
+        if self.journal_restart_max_s < self.journal_restart_delay_s:
+            raise ConfigError(
+                "tasks.journal_restart_max_s must be >= tasks.journal_restart_delay_s"
+            )
         if self.steal_backoff_max_s < self.steal_backoff_base_s:
             raise ConfigError("tasks.steal_backoff_max_s must be >= tasks.steal_backoff_base_s")
         return self

@@ -102,7 +102,7 @@ class TasksDriver:
         self.cfg = config.validate()
         #: At most this many Agent.Infer calls wait here at once (back-pressure).
         self.inline_bound = inline_bound
-        self._journal = journal or TaskJournal(data_dir / "tasks.db")
+        self._journal = journal or TaskJournal(data_dir / "tasks.db", self.cfg)
         self._members = members
         self._channels = channels
         self._metrics = metrics
