@@ -129,8 +129,9 @@ class TaskNode:
         self._next_retry = 0.0
         self._next_forget: float | None = None
         self._last_tick = -math.inf
-        #: When the next tick is due for its own reasons (computed by each tick).
-        self._due: float | None = None
+        #: When the next tick is due for its own reasons (computed by each tick). The first is
+        #: due at once: it publishes our first hint (peers learn which models we serve).
+        self._due: float | None = -math.inf
         #: The tick runs at once (a steal may be possible) rather than at its due time.
         self._urgent = False
         #: The queue or the leases changed since the last tick: it runs within tick_s.

@@ -64,6 +64,9 @@ async def test_a_silent_thief_s_tasks_run_at_the_origin_when_their_lease_ends() 
         await d.start()
     n1, n2 = drivers["n1"], drivers["n2"]
     try:
+        await settle()
+        # Each published its first hint when it started: the other knows what it serves.
+        assert n1.peer_models() == n2.peer_models() == {MODEL}
         x = tensors.to_proto("x", torch.ones(1, 2))
         ids = [await n1.submit(agent_pb2.SubmitRequest(model=MODEL, inputs=[x])) for _ in range(8)]
         await settle()
