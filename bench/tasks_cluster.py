@@ -9,12 +9,9 @@ cores, and no policy could show a speed-up). All tasks are submitted to n1; the 
 from the first Submit to the last result, read with ``Wait`` at the origin.
 
 Scenarios, one row per policy (a fresh mesh per policy, since placement is node config):
+``uniform``, ``skewed`` and ``source`` as defined in ``bench/tasks_scenarios.py`` (the
+simulator runs the same ones: ``python -m bench.tasks_sim --shared``), and
 
-* ``uniform``: ``--tasks`` tasks of one row each (``--ms`` each); ideal = total work / 4.
-* ``skewed``: task sizes from a heavy-tailed (Pareto, alpha 1.5) distribution with the same
-  mean, and n4 twice as slow (it serves ``work`` at 2x the cost per row); ideal = total work
-  over the summed speeds (3 + 0.5).
-* ``source``: the source document's case, 4 nodes and 8 unit tasks (``--ms`` * 10 each).
 * ``kill``: work stealing, uniform tasks; n2 is SIGKILLed while it runs stolen work. Reports the
   time until the origin declares it dead, then until every task it held runs elsewhere
   (target 3 s), and lost / duplicated results (target 0 / 0).
@@ -30,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import tempfile
 import time
 from collections import Counter
@@ -41,9 +37,10 @@ from pathlib import Path
 import torch
 
 from bench._proc import NO_RATE_LIMIT
+from bench.tasks_scenarios import SHARED, plan
 from p2pagent._proto import agent_pb2, common_pb2
-from p2pagent.config import PLACEMENTS
 from p2pagent.inference import demo_model, tensors
+from p2pagent.tasks.placement import PLACEMENTS
 from p2pagent.testing.cluster import Cluster
 
 FEATURES = 4
@@ -89,7 +86,7 @@ def run_once(
     models = root / "models"
     fast = write_busy(models, "work", ms)
     slow_path = write_busy(models / "slow", "work", 2 * ms)
-    env = {"P2PAGENT_PLACEMENT": policy, **NO_RATE_LIMIT}
+    env = {"P2PAGENT_TASKS__PLACEMENT": policy, **NO_RATE_LIMIT}
     with Cluster(root / f"{scenario}-{policy}", 4, use_netns=False, env=env) as c:
         for name, d in c.nodes.items():
             path = slow_path if slow and name == "n4" else fast
@@ -200,13 +197,6 @@ def kill_once(root: Path, tasks: int, ms: float) -> KillRow:
                    duplicates)  # fmt: skip
 
 
-def pareto_sizes(n: int, mean: float, seed: int) -> list[int]:
-    rng = random.Random(seed)
-    alpha = 1.5
-    xm = mean * (alpha - 1) / alpha
-    return [max(1, round(min(rng.paretovariate(alpha) * xm, 50 * mean))) for _ in range(n)]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tasks", type=int, default=400)
@@ -219,10 +209,9 @@ def main() -> None:
     rows: list[Row] = []
     kills: list[KillRow] = []
     plans = {
-        "uniform": ([1] * args.tasks, args.ms, False),
-        # Mean 4 rows so that a task is about 4x --ms; capped at 50x the mean.
-        "skewed": (pareto_sizes(args.tasks // 4, 4.0, args.seed), args.ms, True),
-        "source": ([1] * 8, args.ms * 10, False),
+        name: (p.rows, p.ms_per_row, p.slow)
+        for name in SHARED
+        for p in [plan(name, args.tasks, args.ms, args.seed)]
     }
     with tempfile.TemporaryDirectory(prefix="tasks-cluster-") as tmp:
         for scenario in args.scenarios:

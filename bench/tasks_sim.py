@@ -13,7 +13,14 @@ Prints four tables; every number is a ratio against a baseline computed in the s
 (d) an executor crashes mid-run: lost, duplicates, and how long after it is declared dead its
     tasks run again elsewhere.
 
+(shared) with ``--shared``: instead, the scenarios of ``bench/tasks_scenarios.py`` that
+    ``bench.tasks_cluster`` runs on real daemons; with ``--compare CLUSTER.json`` (the
+    cluster bench's ``--json`` output), each row is simulated with the cluster row's own
+    submission time (tasks arrive evenly over it, as the bench's clients sent them) and the
+    two makespan / ideal ratios are printed side by side. Target: they agree within 10 %.
+
 Usage: python -m bench.tasks_sim [--small] [--seeds N] [--json FILE]
+       python -m bench.tasks_sim --shared [--compare CLUSTER.json] [--json FILE]
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ import statistics
 import sys
 from typing import Any
 
-from p2pagent.sim.tasks import Scenario, SimResult, link_with_latency, simulate
+from bench.tasks_scenarios import SHARED, plan
+from p2pagent.sim.tasks import MAX_BATCH, Scenario, SimResult, link_with_latency, simulate
 
 POLICIES = ("local", "round_robin", "least_loaded", "work_stealing")
 
@@ -130,15 +138,80 @@ def table_d(n_tasks: int, seeds: int, out: dict[str, Any]) -> bool:
     return ok
 
 
+def _shared_run(scenario: str, policy: str, submit_over_s: float, overhead_s: float) -> SimResult:
+    p = plan(scenario, seed=1)
+    return simulate(
+        Scenario(
+            nodes=4, speeds=p.speeds, costs_s=p.costs_s, placement=policy, capacity=MAX_BATCH,
+            submit_over_s=submit_over_s, batch_overhead_s=overhead_s, input_bytes=p.rows[0] * 16,
+        )
+    )  # fmt: skip
+
+
+def batch_overhead(scenario: str, local: dict[str, Any]) -> float:
+    """The engine's per-batch overhead that makes the simulated local-only run as slow as the
+    cluster's (the one number the simulator takes from the cluster; bisection)."""
+    lo, hi = 0.0, 0.05
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        r = _shared_run(scenario, "local", local["submitted_s"], mid)
+        lo, hi = (mid, hi) if r.ratio < local["ratio"] else (lo, mid)
+    return (lo + hi) / 2
+
+
+def shared(compare: str, out: dict[str, Any]) -> bool:
+    """The shared scenarios; side by side with the cluster's rows when given them."""
+    cluster: list[dict[str, Any]] = []
+    if compare:
+        with open(compare) as f:
+            cluster = json.load(f)["policies"]
+    rows = cluster or [
+        {"scenario": s, "policy": p, "submitted_s": 0.0} for s in SHARED for p in POLICIES
+    ]
+    local = {r["scenario"]: r for r in cluster if r["policy"] == "local"}
+    overhead = {s: batch_overhead(s, r) for s, r in local.items()}
+    print("\n(shared) scenarios of bench/tasks_scenarios.py: makespan / ideal")
+    if overhead:
+        cells = ", ".join(f"{s} {o * 1000:.1f} ms" for s, o in overhead.items())
+        print(f"engine overhead per batch, fitted to the cluster's local-only rows: {cells}")
+    print(f"{'scenario':<10}{'policy':<15}{'simulated':>11}{'cluster':>9}{'sim/cluster':>13}")
+    ok = True
+    for row in rows:
+        name, policy = row["scenario"], row["policy"]
+        r = _shared_run(name, policy, row["submitted_s"], overhead.get(name, 0.0))
+        key = f"shared/{name}/{policy}"
+        out[key] = {"sim_x_ideal": r.ratio, "lost": r.lost, "dups": r.duplicates_delivered}
+        cells = f"{name:<10}{policy:<15}{r.ratio:>11.2f}"
+        if "ratio" in row:
+            agree = r.ratio / row["ratio"]
+            out[key] |= {"cluster_x_ideal": row["ratio"], "sim_over_cluster": agree}
+            if policy != "local":  # the local rows are fitted
+                ok = ok and abs(agree - 1) <= 0.10
+            cells += f"{row['ratio']:>9.2f}{agree:>13.2f}"
+        print(cells)
+    if cluster:
+        print(f"simulated and cluster ratios within 10 %: {'MET' if ok else 'MISSED'}")
+    return ok
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--small", action="store_true", help="CI size: fewer tasks and seeds")
     ap.add_argument("--seeds", type=int, default=0)
     ap.add_argument("--json", default="", help="also write the numbers to this file")
+    ap.add_argument("--shared", action="store_true", help="the scenarios shared with the cluster")
+    ap.add_argument("--compare", default="", help="bench.tasks_cluster --json output to compare")
     args = ap.parse_args(argv)
+    if args.shared or args.compare:
+        out: dict[str, Any] = {}
+        ok = shared(args.compare, out)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=2)
+        return 0 if ok else 1
     n_tasks = 100 if args.small else 400
     seeds = args.seeds or (1 if args.small else 5)
-    out: dict[str, Any] = {"tasks": n_tasks, "seeds": seeds}
+    out = {"tasks": n_tasks, "seeds": seeds}
     ok = table_a(n_tasks, seeds, out)
     table_b(n_tasks, seeds, out)
     table_c(out)

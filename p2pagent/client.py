@@ -38,7 +38,7 @@ from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
 from p2pagent.errors import InvalidArgument, P2PAgentError, Unavailable
 from p2pagent.identity import material as tls
 from p2pagent.transport.channels import DEFAULT_MAX_MESSAGE_BYTES, secure_channel
-from p2pagent.transport.errors import answered_by_node, error_from_rpc
+from p2pagent.transport.errors import error_from_rpc, surely_not_applied
 
 if TYPE_CHECKING:
     import torch
@@ -55,17 +55,6 @@ FOLLOW_BACKOFF_S = (0.2, 5.0)
 class OutcomeUnknown(Unavailable):
     """A call that is not safe to repeat failed after it reached a node: it may or may not
     have been applied. For a task, look for it with ``tasks ls`` before submitting again."""
-
-
-def _not_applied(e: grpc.aio.AioRpcError) -> bool:
-    """True when an UNAVAILABLE call surely did nothing: its request never reached a node (no
-    connection), or the node itself refused it (its status carries ``NODE_ANSWER``)."""
-    if e.code() is not grpc.StatusCode.UNAVAILABLE:
-        return False
-    if answered_by_node(e):
-        return True
-    detail = (e.details() or "").lower()
-    return "failed to connect" in detail or "connection refused" in detail
 
 
 class Client:
@@ -144,7 +133,7 @@ class Client:
             except grpc.aio.AioRpcError as e:
                 if e.code() is not grpc.StatusCode.UNAVAILABLE:
                     raise error_from_rpc(e) from e
-                if not (repeatable or _not_applied(e)):
+                if not (repeatable or surely_not_applied(e)):
                     raise OutcomeUnknown(
                         f"{target} failed the call after it was sent ({e.details()}); it may "
                         "or may not have been applied"

@@ -87,8 +87,6 @@ class Config:
     #: torch; otherwise torch is imported at start to ask CUDA. Torch (~200 MB) otherwise loads
     #: at start only on a node with `--serve`, else on its first model load or Infer.
     device: str = "auto"
-    #: Task placement: work_stealing, least_loaded, round_robin or local.
-    placement: str = "work_stealing"
     #: Free-form member tags replicated with membership.
     tags: dict[str, str] = field(default_factory=dict)
     #: Log level (debug, info, warning, error) and format (text or json).
@@ -155,10 +153,6 @@ class Config:
             parse_address(seed, "seed address")
         if self.metrics:
             parse_address(self.metrics, "metrics address")
-        if self.placement not in PLACEMENTS:
-            raise ConfigError(
-                f"unknown placement {self.placement!r}: choose one of {', '.join(PLACEMENTS)}"
-            )
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"unknown log format {self.log_format!r}: choose text or json")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -181,7 +175,9 @@ class Config:
         return self
 
 
-PLACEMENTS = ("work_stealing", "least_loaded", "round_robin", "local")
+#: Keys that moved into a section: naming one at the top level is refused with where it went
+#: (in a file, the environment or a flag), rather than silently ignored.
+MOVED = {"placement": "tasks.placement"}
 
 T = TypeVar("T")
 
@@ -217,7 +213,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         if not key.startswith(ENV_PREFIX):
             continue
         parts = key[len(ENV_PREFIX) :].lower().split("__")
-        if parts[0] not in known:
+        if parts[0] not in known and not (len(parts) == 1 and parts[0] in MOVED):
             continue  # other tools share the prefix (P2PAGENT_TARGET for p2pagentctl)
         node = out
         for p in parts[:-1]:
@@ -231,6 +227,13 @@ def _apply(obj: Any, data: Mapping[str, Any], source: str, strings: bool = False
     fields = {f.name for f in dataclasses.fields(obj)}
     for key, value in data.items():
         name = key.replace("-", "_")
+        if isinstance(obj, Config) and name in MOVED:
+            section, field_name = MOVED[name].split(".")
+            env = f"{ENV_PREFIX}{section.upper()}__{field_name.upper()}"
+            raise ConfigError(
+                f"{key!r} in {source} moved to [{section}] {field_name} (environment {env}); "
+                "set it there"
+            )
         if name not in fields:
             raise ConfigError(
                 f"unknown key {key!r} in {source}; known keys: {', '.join(sorted(fields))}"

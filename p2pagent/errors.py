@@ -110,3 +110,31 @@ def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+# ---- the status-code table ----------------------------------------------------------------
+
+
+def _classes(cls: type[P2PAgentError]) -> list[type[P2PAgentError]]:
+    out: list[type[P2PAgentError]] = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_classes(sub)]
+    return out
+
+
+def _camel(code: str) -> str:
+    return "".join(word.capitalize() for word in code.split("_"))
+
+
+#: Each status code's error class, derived from the tree above: the class named after its
+#: code (``NOT_FOUND`` -> ``NotFound``). The one table every boundary uses: the server's
+#: statuses (``transport/errors.py``), the codes a failed task carries (``tasks/wire.py``)
+#: and the client's errors. A new code is a new class here, nothing else.
+BY_CODE: dict[str, type[P2PAgentError]] = {
+    cls.code: cls for cls in _classes(P2PAgentError) if cls.__name__ == _camel(cls.code)
+}
+
+
+def error_for_code(code: str, message: str) -> P2PAgentError:
+    """The error for status name ``code`` (``Internal`` for a name we do not know)."""
+    return BY_CODE.get(code, Internal)(message)

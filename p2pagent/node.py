@@ -110,7 +110,7 @@ class Node:
             self.models_cache.register(m.name, m.path, m.spec)
         self.components: list[Component] = []
         # Capabilities, in start order. Each owns a folder and a driver; see DESIGN.md.
-        self.membership: MembershipDriver | None = MembershipDriver(
+        self.membership: MembershipDriver = MembershipDriver(
             self.name,
             config.membership,
             seeds=config.seeds,
@@ -122,7 +122,7 @@ class Node:
         )
         self.members: PeerDirectory = self.membership
         self.components.append(self.membership)
-        self.state: StateDriver | None = StateDriver(
+        self.state: StateDriver = StateDriver(
             self.name,
             state_config(config),
             data_dir=self.data_dir,
@@ -137,7 +137,7 @@ class Node:
         self.state.subscribe(REVOKED_NS, "", self._end_revoked_streams)
         from p2pagent.models.driver import ModelsDriver
 
-        self.models: ModelsDriver | None = ModelsDriver(
+        self.models: ModelsDriver = ModelsDriver(
             self.name,
             config.models,
             data_dir=self.data_dir,
@@ -149,15 +149,14 @@ class Node:
             check_confinement=publish_check_confinement(config, self.data_dir),
         )
         self.components.append(self.models)
-        self.tasks: TasksDriver | None = TasksDriver(
+        self.tasks: TasksDriver = TasksDriver(
             self.name,
             config.tasks,
-            placement=config.placement,
             capacity=config.inference.max_batch_size,
             engine=self.engine,
             models=self.models_cache.names,
             data_dir=self.data_dir,
-            prepare=self.models.ensure_loadable if self.models else None,
+            prepare=self.models.ensure_loadable,
             inline_bound=config.inference.max_queued,
             channels=self.channels,
             members=self.members,
@@ -293,8 +292,8 @@ class Node:
     # ---- views used by the API --------------------------------------------------------------
 
     def status(self) -> agent_pb2.StatusResponse:
-        alive, total = self.membership.counts() if self.membership else (1, 1)
-        replica = self.state.loaded if self.state else None
+        alive, total = self.membership.counts()
+        replica = self.state.loaded
         tasks = self.tasks
         return agent_pb2.StatusResponse(
             name=self.name,
@@ -305,15 +304,15 @@ class Node:
             uptime_s=time.time() - self.started_at,
             members_alive=alive,
             members_total=total,
-            incarnation=self.membership.incarnation if self.membership else 0,
-            placement=self.config.placement,
-            queue_length=tasks.queue.n_queued if tasks else self.engine.queued,
-            running=tasks.running if tasks else 0,
-            completed=tasks.executor.completed if tasks else 0,
-            stolen_in=tasks.balancer.stolen_in if tasks else 0,
-            stolen_out=tasks.balancer.stolen_out if tasks else 0,
-            steal_requests=tasks.balancer.policy.attempts if tasks else 0,
-            backlog_s=(tasks.backlog_s() if tasks else 0.0) + self.engine.estimated_backlog_s(),
+            incarnation=self.membership.incarnation,
+            placement=self.config.tasks.placement,
+            queue_length=tasks.queue.n_queued,
+            running=tasks.running,
+            completed=tasks.core.stats.completed,
+            stolen_in=tasks.core.stats.stolen_in,
+            stolen_out=tasks.core.stats.stolen_out,
+            steal_requests=tasks.core.steal.attempts,
+            backlog_s=tasks.backlog_s() + self.engine.estimated_backlog_s(),
             models=self.models_cache.names(),
             state_keys=replica.key_count if replica else 0,
             state_digest=replica.state_digest() if replica else "",

@@ -5,22 +5,25 @@ Handlers raise `p2pagent.errors`; the guard interceptor maps them to gRPC status
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc
-from p2pagent.api.membership import MembershipAgentApi
-from p2pagent.api.models import ModelsAgentApi
-from p2pagent.api.state import StateAgentApi
-from p2pagent.api.tasks import TasksAgentApi, admit
+from p2pagent.api.membership import MembershipAgentApi, MembershipNode
+from p2pagent.api.models import ModelsAgentApi, ModelsNode
+from p2pagent.api.state import StateAgentApi, StateNode
+from p2pagent.api.tasks import TasksAgentApi, TasksNode, admit
 from p2pagent.errors import InvalidArgument
 from p2pagent.tasks.wire import error_from_code
 from p2pagent.transport.guard import caller_identity
 
-if TYPE_CHECKING:
-    from p2pagent.node import Node
+
+class AgentNode(MembershipNode, StateNode, ModelsNode, TasksNode, Protocol):
+    """What the Agent service needs of the node: each capability's part, and its status."""
+
+    def status(self) -> agent_pb2.StatusResponse: ...
+
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
@@ -30,8 +33,9 @@ class AgentService(
 ):
     """Each capability's handlers live in ``api/<capability>.py``; this class joins them."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: AgentNode) -> None:
         self._node = node
+        self._membership_node = self._state_node = self._models_node = self._tasks_node = node
 
     async def Status(
         self, request: agent_pb2.StatusRequest, context: Ctx
@@ -47,24 +51,14 @@ class AgentService(
         admit(node, request)
         inputs = tensors.many_decode(request.inputs, node.config.inference.max_tensor_elements)
         remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        if node.models is not None:
-            # Pulls it first if need be; a bad or unknown pinned version fails here, at once.
-            await node.models.ensure_loadable(request.model, request.model_version)
-        if node.tasks is not None:
-            # Through the scheduler, like a submitted task: queued with them, stolen by an
-            # idle peer when this node is the busy one.
-            owner = caller_identity(context).uri
-            result = await node.tasks.run_inline(request, inputs, remaining, owner)
-            if not result.ok:
-                raise error_from_code(result.error_code, result.error_message)
-            return agent_pb2.InferResponse(
-                outputs=result.outputs, executor=result.executor, compute_s=result.compute_s
-            )
-        start = time.perf_counter()
-        outputs = await node.engine.infer(request.model, inputs, deadline)
+        # Pulls it first if need be; a bad or unknown pinned version fails here, at once.
+        await node.models.ensure_loadable(request.model, request.model_version)
+        # Through the scheduler, like a submitted task: queued with them, stolen by an idle
+        # peer when this node is the busy one.
+        owner = caller_identity(context).uri
+        result = await node.tasks.run_inline(request, inputs, remaining, owner)
+        if not result.ok:
+            raise error_from_code(result.error_code, result.error_message)
         return agent_pb2.InferResponse(
-            outputs=tensors.many_to_proto(outputs),
-            executor=node.name,
-            compute_s=time.perf_counter() - start,
+            outputs=result.outputs, executor=result.executor, compute_s=result.compute_s
         )

@@ -3,40 +3,58 @@ the membership capability. Thin: decode, call the driver, encode; errors are `p2
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
 from p2pagent._proto import agent_pb2, common_pb2
-from p2pagent.errors import FailedPrecondition
 
 if TYPE_CHECKING:
-    from p2pagent.node import Node
+    from p2pagent.membership.driver import MembershipDriver
+    from p2pagent.membership.view import PeerDirectory
+
+
+class MembershipNode(Protocol):
+    """What the membership handlers need of the node."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def members(self) -> PeerDirectory: ...
+
+    @property
+    def membership(self) -> MembershipDriver: ...
+
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 class MembershipAgentApi:
-    _node: Node
+    _membership_node: MembershipNode
 
     async def Members(
         self, request: agent_pb2.MembersRequest, context: Ctx
     ) -> agent_pb2.MembersResponse:
+        node = self._membership_node
         members = [
             common_pb2.Member(
                 name=m.name,
-                address=m.address or (self._node.address if m.name == self._node.name else ""),
+                address=m.address or (node.address if m.name == node.name else ""),
                 state=m.state,
                 incarnation=m.incarnation,
                 tags=dict(m.tags),
             )
-            for m in self._node.members.members()
+            for m in node.members.members()
         ]
         return agent_pb2.MembersResponse(members=members)
 
 
 class MembershipPeerApi:
-    _node: Node
+    _membership_node: MembershipNode
 
     async def Gossip(self, request: common_pb2.Envelope, context: Ctx) -> common_pb2.Envelope:
         return self._membership_call(request, context, "Gossip")
@@ -47,8 +65,5 @@ class MembershipPeerApi:
     def _membership_call(
         self, request: common_pb2.Envelope, context: Ctx, method: str
     ) -> common_pb2.Envelope:
-        driver = self._node.membership
-        if driver is None:
-            raise FailedPrecondition("membership is not running on this node")
-        payload = driver.receive(request, context, method)
+        payload = self._membership_node.membership.receive(request, context, method)
         return common_pb2.Envelope(version=request.version, payload=payload)

@@ -4,12 +4,12 @@ the models capability. Thin: decode, call the driver, encode; errors are `p2page
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 
 from p2pagent._proto import agent_pb2, peer_pb2
-from p2pagent.errors import InvalidArgument, Unavailable
+from p2pagent.errors import InvalidArgument
 from p2pagent.inference.spec import ModelSpec
 from p2pagent.models.driver import ModelsDriver
 from p2pagent.models.loadable import spec_of
@@ -17,17 +17,21 @@ from p2pagent.models.manifest import Manifest, check_model_name
 from p2pagent.models.registry import Entry
 from p2pagent.transport.guard import caller_identity
 
-if TYPE_CHECKING:
-    from p2pagent.node import Node
-
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
-def _driver(node: Node) -> ModelsDriver:
-    driver: ModelsDriver | None = getattr(node, "models", None)
-    if driver is None:
-        raise Unavailable("model sharing is not running on this node")
-    return driver
+class ModelsNode(Protocol):
+    """What the model-sharing handlers need of the node."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def models(self) -> ModelsDriver: ...
+
+
+def _driver(node: ModelsNode) -> ModelsDriver:
+    return node.models
 
 
 def version_proto(m: Manifest, holders: frozenset[str] | set[str]) -> agent_pb2.ModelVersion:
@@ -56,12 +60,12 @@ def metadata_dict(meta: agent_pb2.ModelMetadata) -> dict[str, object]:
 
 
 class ModelsAgentApi:
-    _node: Node
+    _models_node: ModelsNode
 
     async def PublishModel(
         self, request_iterator: AsyncIterator[agent_pb2.PublishModelRequest], context: Ctx
     ) -> agent_pb2.ModelVersion:
-        driver = _driver(self._node)
+        driver = _driver(self._models_node)
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidArgument(
@@ -89,12 +93,12 @@ class ModelsAgentApi:
             sha256=h.sha256,
             caller=caller_identity(context),
         )
-        return version_proto(m, {self._node.name})
+        return version_proto(m, {self._models_node.name})
 
     async def ListModels(
         self, request: agent_pb2.ListModelsRequest, context: Ctx
     ) -> agent_pb2.ListModelsResponse:
-        driver = _driver(self._node)
+        driver = _driver(self._models_node)
         if request.name:
             check_model_name(request.name)
         entries = driver.entries(request.name)
@@ -105,7 +109,7 @@ class ModelsAgentApi:
     async def PullModel(
         self, request: agent_pb2.PullModelRequest, context: Ctx
     ) -> agent_pb2.ModelVersion:
-        driver = _driver(self._node)
+        driver = _driver(self._models_node)
         entry = driver.resolve(request.name, request.manifest_id)
         m = await driver.pull(entry)
         return version_proto(m, _holders_after(driver, entry))
@@ -113,7 +117,7 @@ class ModelsAgentApi:
     async def DeleteModel(
         self, request: agent_pb2.DeleteModelRequest, context: Ctx
     ) -> agent_pb2.DeleteModelResponse:
-        driver = _driver(self._node)
+        driver = _driver(self._models_node)
         deleted = await driver.delete(
             request.name, request.manifest_id, caller=caller_identity(context)
         )
@@ -127,11 +131,11 @@ def _holders_after(driver: ModelsDriver, entry: Entry) -> set[str]:
 
 
 class ModelsPeerApi:
-    _node: Node
+    _models_node: ModelsNode
 
     async def FetchChunks(
         self, request: peer_pb2.FetchChunksRequest, context: Ctx
     ) -> AsyncIterator[peer_pb2.Chunk]:
-        driver = _driver(self._node)
+        driver = _driver(self._models_node)
         async for index, data in driver.serve_chunks(request.manifest_id, list(request.indices)):
             yield peer_pb2.Chunk(index=index, data=data)

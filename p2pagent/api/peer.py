@@ -8,15 +8,15 @@ method's bound. The payload decoders check again, on answers as well as requests
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
 from p2pagent._proto import peer_pb2_grpc
-from p2pagent.api.membership import MembershipPeerApi
-from p2pagent.api.models import ModelsPeerApi
-from p2pagent.api.state import StatePeerApi
-from p2pagent.api.tasks import TasksPeerApi
+from p2pagent.api.membership import MembershipNode, MembershipPeerApi
+from p2pagent.api.models import ModelsNode, ModelsPeerApi
+from p2pagent.api.state import StateNode, StatePeerApi
+from p2pagent.api.tasks import TasksNode, TasksPeerApi
 from p2pagent.membership.codec import MAX_GOSSIP_BYTES, MAX_PUSH_PULL_BYTES
 from p2pagent.state.codec import RECEIVE_SLACK_BYTES
 from p2pagent.tasks.admission import request_limit
@@ -24,7 +24,11 @@ from p2pagent.tasks.wire import MAX_REPORT_BYTES
 
 if TYPE_CHECKING:
     from p2pagent.config import Config
-    from p2pagent.node import Node
+
+
+class PeerNode(MembershipNode, StateNode, ModelsNode, TasksNode, Protocol):
+    """What the Peer service needs of the node: each capability's part."""
+
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
@@ -67,5 +71,5 @@ class PeerService(
 ):
     """Each capability's handlers live in ``api/<capability>.py``; this class joins them."""
 
-    def __init__(self, node: Node) -> None:
-        self._node = node
+    def __init__(self, node: PeerNode) -> None:
+        self._membership_node = self._state_node = self._models_node = self._tasks_node = node

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
@@ -22,9 +22,24 @@ from p2pagent.state.values import Change, ReadResult, WriteResult
 from p2pagent.transport.guard import caller_identity
 
 if TYPE_CHECKING:
-    from p2pagent.node import Node
+    from p2pagent.identity.spiffe import Identity
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+class StateNode(Protocol):
+    """What the state handlers need of the node."""
+
+    @property
+    def state(self) -> StateDriver: ...
+
+    @property
+    def identity(self) -> Identity: ...
+
+    #: Identity URI -> reason, for revocations this node applies at once.
+    @property
+    def revoked(self) -> dict[str, str]: ...
+
 
 #: Changes read per page when a Watch replays from ``from_seq`` (a page holds references to
 #: values the replica holds anyway; each is encoded only when it is sent).
@@ -91,13 +106,10 @@ def _writable_namespace(ns: str) -> str:
 
 
 class StateAgentApi:
-    _node: Node
+    _state_node: StateNode
 
     def _state(self) -> StateDriver:
-        driver = self._node.state
-        if driver is None:
-            raise FailedPrecondition("replicated state is not enabled on this node")
-        return driver
+        return self._state_node.state
 
     async def _write(
         self, ns: str, options: agent_pb2.WriteOptions, context: Ctx, op: str, call: Any
@@ -262,11 +274,11 @@ class StateAgentApi:
             raise InvalidArgument(
                 f"{target} belongs to cluster {target.cluster!r}; this mesh is {caller.cluster!r}"
             )
-        if target.uri == caller.uri or target.uri == self._node.identity.uri:
+        if target.uri == caller.uri or target.uri == self._state_node.identity.uri:
             raise InvalidArgument(f"refusing to revoke {target}: it would lock out this node")
         reason = request.reason or "revoked by an operator"
         await self._state().put(REVOKED_NS, target.uri, reason.encode(), durable=True)
-        self._node.revoked[target.uri] = reason
+        self._state_node.revoked[target.uri] = reason
         return agent_pb2.RevokeResponse()
 
 
@@ -286,13 +298,10 @@ def _acks_needed(options: agent_pb2.WriteOptions, live_peers: int, op: str) -> i
 
 
 class StatePeerApi:
-    _node: Node
+    _state_node: StateNode
 
     async def Replicate(
         self, request: common_pb2.Envelope, context: Ctx
     ) -> AsyncIterator[common_pb2.Envelope]:
-        driver = self._node.state
-        if driver is None:
-            raise FailedPrecondition("replicated state is not enabled on this node")
-        async for answer in driver.receive(request, context):
+        async for answer in self._state_node.state.receive(request, context):
             yield answer

@@ -4,12 +4,12 @@ the tasks capability. Thin: decode, call the driver, encode; errors are `p2pagen
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
 from p2pagent._proto import agent_pb2, common_pb2, peer_pb2
-from p2pagent.errors import FailedPrecondition, InvalidArgument, Unavailable
+from p2pagent.errors import InvalidArgument, Unavailable
 from p2pagent.tasks import admission
 from p2pagent.tasks.config import MAX_LIST_TASKS
 from p2pagent.tasks.driver import TasksDriver
@@ -17,12 +17,31 @@ from p2pagent.tasks.wire import input_bytes
 from p2pagent.transport.guard import caller_identity
 
 if TYPE_CHECKING:
-    from p2pagent.node import Node
+    from p2pagent.config import Config
+    from p2pagent.inference.cache import ModelCache
+    from p2pagent.models.driver import ModelsDriver
+
+
+class TasksNode(Protocol):
+    """What the task handlers need of the node."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def tasks(self) -> TasksDriver: ...
+
+    @property
+    def models(self) -> ModelsDriver: ...
+
+    @property
+    def models_cache(self) -> ModelCache: ...
+
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
-def admit(node: Node, request: agent_pb2.SubmitRequest | agent_pb2.InferRequest) -> None:
+def admit(node: TasksNode, request: agent_pb2.SubmitRequest | agent_pb2.InferRequest) -> None:
     """The door of Submit, SubmitAndWait and Infer: refuses at once what could never run
     (an unknown or malformed model name, too many or too big inputs), before anything is
     decoded further, queued or journaled."""
@@ -30,28 +49,23 @@ def admit(node: Node, request: agent_pb2.SubmitRequest | agent_pb2.InferRequest)
     admission.check_model(request.model, model_sources(node))
 
 
-def model_sources(node: Node) -> admission.ModelSources:
+def model_sources(node: TasksNode) -> admission.ModelSources:
     """The models this node knows of: its own, its live peers' (their last load hints, fresh
     or not: an idle peer stops gossiping) and the replicated registry's."""
     tasks, models = node.tasks, node.models
-    peers: set[str] = set()
-    if tasks is not None:
-        for report in tasks.balancer.board.latest():
-            peers.update(report.models)
+    peers = tasks.peer_models()
     return admission.ModelSources(
         here=set(node.models_cache.names()),
         peers=peers,
-        published=lambda name: models is not None and bool(models.entries(name)),
+        published=lambda name: bool(models.entries(name)),
     )
 
 
 class _TasksAccess:
-    _node: Node
+    _tasks_node: TasksNode
 
     def _tasks(self) -> TasksDriver:
-        driver = self._node.tasks
-        if driver is None:
-            raise FailedPrecondition("tasks are not enabled on this node")
+        driver = self._tasks_node.tasks
         if not driver.loaded:
             # Answering now could call a journaled task unknown (NOT_FOUND) to a client that
             # came back right after a restart.
@@ -63,9 +77,9 @@ class TasksAgentApi(_TasksAccess):
     async def _submit(self, request: agent_pb2.SubmitRequest, context: Ctx) -> str:
         from p2pagent.inference import tensors
 
-        admit(self._node, request)
+        admit(self._tasks_node, request)
         # Validate the tensors here, so a bad one is refused before it is journaled.
-        tensors.many_decode(request.inputs, self._node.config.inference.max_tensor_elements)
+        tensors.many_decode(request.inputs, self._tasks_node.config.inference.max_tensor_elements)
         return await self._tasks().submit(request, caller_identity(context).uri)
 
     async def Submit(
@@ -99,7 +113,7 @@ class TasksAgentApi(_TasksAccess):
 
 class TasksPeerApi(_TasksAccess):
     async def Steal(self, request: peer_pb2.StealRequest, context: Ctx) -> peer_pb2.StealResponse:
-        return self._tasks().balancer.handle_steal(
+        return self._tasks().handle_steal(
             request, caller_identity(context).name, context.time_remaining()
         )
 
@@ -114,4 +128,4 @@ class TasksPeerApi(_TasksAccess):
         return await self._tasks().handle_complete(request, caller_identity(context).name)
 
     async def Load(self, request: common_pb2.Envelope, context: Ctx) -> common_pb2.Envelope:
-        return self._tasks().balancer.handle_load(request, caller_identity(context).name)
+        return self._tasks().handle_load(request, caller_identity(context).name)

@@ -51,7 +51,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DIR", help="data directory (default ./p2pagent-data/NAME)")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
     p.add_argument("--device", help="inference device: auto, cpu or cuda:N")
-    p.add_argument("--placement", help="work_stealing, least_loaded, round_robin or local")
+    p.add_argument(
+        "--placement", help="tasks.placement: work_stealing, least_loaded, round_robin or local"
+    )
     p.add_argument(
         "--serve", action="append", metavar="NAME=PATH", help="serve a local model (repeatable)"
     )
@@ -66,7 +68,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def flags_of(args: argparse.Namespace) -> dict[str, Any]:
-    flags = {k: v for k, v in vars(args).items() if k not in ("config", "tag") and v is not None}
+    skip = ("config", "tag", "placement")
+    flags = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    if args.placement is not None:
+        flags["tasks"] = {"placement": args.placement}
     if args.tag:
         tags: dict[str, str] = {}
         for item in args.tag:

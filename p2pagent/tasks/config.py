@@ -18,6 +18,11 @@ MAX_LIST_TASKS = 10_000
 class TasksConfig:
     """Knobs of the task queue, load model, steal policy and origin lease table."""
 
+    #: Where a submitted task goes first: work_stealing (queued here; idle peers steal),
+    #: least_loaded, round_robin or local (see tasks/placement.py). Formerly the top-level
+    #: ``placement`` key, which is now refused with a pointer here.
+    placement: str = "work_stealing"
+
     # ---- queue ---------------------------------------------------------------------------
     #: Most tasks one node holds queued (not yet running); more is ResourceExhausted.
     max_queued: int = 10_000
@@ -25,7 +30,7 @@ class TasksConfig:
     #: Work handed to the inference engine cannot be stolen any more. A node starts another
     #: of its queued tasks only while the estimated work of those already started is below
     #: this many seconds (one always runs; three while the engine is still measuring what
-    #: batching saves, see tasks/executor.py): enough for the engine to form full batches of
+    #: batching saves, see tasks/core.py): enough for the engine to form full batches of
     #: cheap models, while the queue of expensive ones stays stealable.
     run_ahead_s: float = 0.1
 
@@ -100,7 +105,48 @@ class TasksConfig:
     #: Delivered task ids are remembered this long to discard late duplicate results.
     done_retention_s: float = 600.0
 
+    # ---- timing of the node's scheduler (tasks/core.py) ----------------------------------
+    #: A node holding other origins' tasks reports to each of them this often (``Peer.Load``:
+    #: their leases are renewed and lost hand-overs found from it). An idle node sends none.
+    report_interval_s: float = 0.25
+    #: After a change to the queue (not an urgent one: a chance to steal, a burst worth
+    #: gossiping), the scheduler's periodic work runs within this long: batched, not per task.
+    tick_s: float = 0.05
+    #: A result not yet acknowledged by its origin is sent again this often.
+    complete_retry_s: float = 0.5
+    #: How long an ``Agent.Infer`` call's task is remembered once done (to drop a late
+    #: duplicate result): it cannot be waited for, and a busy node serves many of them.
+    inline_retain_s: float = 60.0
+    #: How often results delivered more than ``done_retention_s`` ago are forgotten (at most;
+    #: half the retention when that is shorter).
+    forget_interval_s: float = 10.0
+    #: A steal request reaching the victim with less than this left before the thief's
+    #: deadline gets nothing: tasks in an answer the thief has stopped waiting for would sit
+    #: leased to it, unrun, until the lease expires.
+    steal_answer_margin_s: float = 0.25
+    #: Deadline of one ``Peer.Assign``, ``Peer.Complete`` or ``Peer.Load`` call.
+    peer_call_timeout_s: float = 5.0
+
+    # ---- the journal's writer process (tasks/journal.py) ---------------------------------
+    #: A writer that ran at least this long before dying is started again at once; one that
+    #: dies sooner waits ``journal_restart_delay_s``, twice as long each time it happens
+    #: again, up to ``journal_restart_max_s``.
+    journal_stable_s: float = 10.0
+    journal_restart_delay_s: float = 0.5
+    journal_restart_max_s: float = 30.0
+    #: How long stopping waits for the writer to commit what it has and exit before killing it.
+    journal_close_timeout_s: float = 10.0
+    #: How long starting waits for the writer's first answer before the node refuses to start
+    #: (a stalled disk).
+    journal_open_timeout_s: float = 30.0
+
     def validate(self) -> TasksConfig:
+        from p2pagent.tasks.placement import PLACEMENTS  # it imports this module
+
+        if self.placement not in PLACEMENTS:
+            raise ConfigError(
+                f"unknown tasks.placement {self.placement!r}: choose one of {', '.join(PLACEMENTS)}"
+            )
         positive = {
             "max_queued": self.max_queued,
             "max_payload_bytes": self.max_payload_bytes,
@@ -115,6 +161,16 @@ class TasksConfig:
             "steal_timeout_s": self.steal_timeout_s,
             "lease_s": self.lease_s,
             "max_attempts": self.max_attempts,
+            "report_interval_s": self.report_interval_s,
+            "tick_s": self.tick_s,
+            "complete_retry_s": self.complete_retry_s,
+            "inline_retain_s": self.inline_retain_s,
+            "forget_interval_s": self.forget_interval_s,
+            "peer_call_timeout_s": self.peer_call_timeout_s,
+            "journal_stable_s": self.journal_stable_s,
+            "journal_restart_delay_s": self.journal_restart_delay_s,
+            "journal_close_timeout_s": self.journal_close_timeout_s,
+            "journal_open_timeout_s": self.journal_open_timeout_s,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -125,6 +181,12 @@ class TasksConfig:
             )
         if not 0 < self.ewma_alpha <= 1:
             raise ConfigError(f"tasks.ewma_alpha must be in (0, 1], got {self.ewma_alpha}")
+        if self.steal_answer_margin_s < 0:
+            raise ConfigError("tasks.steal_answer_margin_s must be >= 0 seconds")
+        if self.journal_restart_max_s < self.journal_restart_delay_s:
+            raise ConfigError(
+                "tasks.journal_restart_max_s must be >= tasks.journal_restart_delay_s"
+            )
         if self.steal_backoff_max_s < self.steal_backoff_base_s:
             raise ConfigError("tasks.steal_backoff_max_s must be >= tasks.steal_backoff_base_s")
         return self

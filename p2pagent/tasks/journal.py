@@ -39,19 +39,11 @@ import msgpack  # type: ignore[import-untyped]
 from p2pagent._proto import peer_pb2
 from p2pagent.errors import Unavailable
 from p2pagent.tasks import journal_writer
+from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.journal_writer import JournalTable
 
 log = logging.getLogger(__name__)
 
-#: A writer that ran at least this long before dying is restarted at once; one that dies
-#: sooner waits, twice as long each time, up to ``MAX_RESTART_DELAY_S``.
-STABLE_UPTIME_S = 10.0
-FIRST_RESTART_DELAY_S = 0.5
-MAX_RESTART_DELAY_S = 30.0
-#: How long ``close`` waits for the writer to commit what it has and exit before killing it.
-CLOSE_TIMEOUT_S = 10.0
-#: How long ``open`` waits for the writer's first answer before giving up on the journal.
-FIRST_ANSWER_TIMEOUT_S = 30.0
 #: A frame that changes nothing: the writer's first answer proves it can write the table.
 NOTHING_TO_PURGE: bytes = msgpack.packb(["P", float("-inf")])
 
@@ -213,11 +205,20 @@ class _Frames(asyncio.BaseProtocol):
         self.writer.frames_refused()
 
 
+def restart_delay(previous_s: float, cfg: TasksConfig) -> float:
+    """The wait before the next restart of a writer that keeps dying young: twice the last,
+    from ``journal_restart_delay_s`` up to ``journal_restart_max_s`` (a writer that lived
+    ``journal_stable_s`` is restarted at once)."""
+    return min(cfg.journal_restart_max_s, max(cfg.journal_restart_delay_s, previous_s * 2))
+
+
 class TaskJournal:
     """The journal of one origin: ``open`` it, ``write`` tasks and results, ``close`` it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cfg: TasksConfig | None = None) -> None:
         self.path = path
+        #: Its timing knobs (``tasks.journal_*``).
+        self.cfg = cfg or TasksConfig()
         self._writer: _Writer | None = None
         self._started_at = 0.0
         self._restart_delay_s = 0.0
@@ -247,11 +248,12 @@ class TaskJournal:
         rows = await asyncio.get_running_loop().run_in_executor(None, read_rows, self.path)
         await self._start_writer()
         try:
-            await asyncio.wait_for(self._send(NOTHING_TO_PURGE), FIRST_ANSWER_TIMEOUT_S)
+            await asyncio.wait_for(self._send(NOTHING_TO_PURGE), self.cfg.journal_open_timeout_s)
         except TimeoutError:
             await self.close()
             raise Unavailable(
-                f"the task journal's writer did not answer in {FIRST_ANSWER_TIMEOUT_S:.0f} s "
+                f"the task journal's writer did not answer in "
+                f"{self.cfg.journal_open_timeout_s:.0f} s (tasks.journal_open_timeout_s) "
                 f"(is the disk under {self.path.parent} stalled?)"
             ) from None
         except (Unavailable, OSError) as e:
@@ -283,11 +285,11 @@ class TaskJournal:
         else:
             w.stdin.close()  # the writer commits what it read, answers, and exits
             try:
-                await asyncio.wait_for(asyncio.shield(w.gone), CLOSE_TIMEOUT_S)
+                await asyncio.wait_for(asyncio.shield(w.gone), self.cfg.journal_close_timeout_s)
                 return
             except TimeoutError:
                 log.error("tasks: the journal writer did not exit in %.0f s; killing it",
-                          CLOSE_TIMEOUT_S)  # fmt: skip
+                          self.cfg.journal_close_timeout_s)  # fmt: skip
                 w.process.kill()
         await asyncio.get_running_loop().run_in_executor(None, w.process.wait)
 
@@ -324,13 +326,13 @@ class TaskJournal:
             return
         uptime = time.monotonic() - self._started_at
         log.error("tasks: the journal writer exited with code %s after %.1f s", code, uptime)
-        if uptime >= STABLE_UPTIME_S:
+        if uptime >= self.cfg.journal_stable_s:
             self._restart_delay_s = 0.0
         self._schedule_restart()
 
     def _schedule_restart(self) -> None:
         delay = self._restart_delay_s
-        self._restart_delay_s = min(MAX_RESTART_DELAY_S, max(FIRST_RESTART_DELAY_S, delay * 2))
+        self._restart_delay_s = restart_delay(delay, self.cfg)
         log.warning("tasks: starting the journal writer again in %.1f s", delay)
         self._restarting = asyncio.get_running_loop().create_task(self._restart(delay))
 

@@ -38,6 +38,7 @@ from p2pagent.errors import AlreadyExists
 from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.lifecycle import TaskEvent, TaskLifecycle, TaskState
 from p2pagent.tasks.load import LoadReport
+from p2pagent.tasks.results import Outputs, TaskResult
 from p2pagent.tasks.spec import Task
 
 
@@ -53,14 +54,27 @@ class Requeue:
 class Deliver:
     """The task's one and only result: hand it to Wait callers and the journal."""
 
-    task_id: str
-    ok: bool
-    executor: str
-    attempt: int
-    outputs: object = None
-    error_code: str = ""
-    error_message: str = ""
-    compute_s: float = 0.0
+    result: TaskResult
+
+    @property
+    def task_id(self) -> str:
+        return self.result.task_id
+
+    @property
+    def ok(self) -> bool:
+        return self.result.ok
+
+    @property
+    def executor(self) -> str:
+        return self.result.executor
+
+    @property
+    def attempt(self) -> int:
+        return self.result.attempt
+
+    @property
+    def outputs(self) -> Outputs:
+        return self.result.outputs
 
 
 @dataclass(frozen=True)
@@ -222,7 +236,7 @@ class LeaseTable:
         lease = self._leases.get(task_id)
         if lease is None:
             return []
-        return self._finish(lease, False, self.node, lease.task.attempt, now, None, code, message)
+        return self._finish(lease, False, self.node, lease.task.attempt, now, (), code, message)
 
     # ---- remote inputs -------------------------------------------------------------------
 
@@ -233,7 +247,7 @@ class LeaseTable:
         executor: str,
         ok: bool,
         now: float,
-        outputs: object = None,
+        outputs: Outputs = (),
         error_code: str = "",
         error_message: str = "",
         compute_s: float = 0.0,
@@ -320,7 +334,7 @@ class LeaseTable:
                     self.node,
                     lease.task.attempt,
                     now,
-                    None,
+                    (),
                     "DEADLINE_EXCEEDED",
                     message,
                 )
@@ -364,7 +378,7 @@ class LeaseTable:
             )
             # _finish cancels the remote copy, if any.
             return self._finish(
-                lease, False, self.node, old.attempt, now, None, "UNAVAILABLE", message
+                lease, False, self.node, old.attempt, now, (), "UNAVAILABLE", message
             )
         actions: list[Action] = []
         if lease.holder != self.node:
@@ -385,7 +399,7 @@ class LeaseTable:
         executor: str,
         attempt: int,
         now: float,
-        outputs: object,
+        outputs: Outputs,
         code: str,
         message: str,
         compute_s: float = 0.0,
@@ -399,7 +413,8 @@ class LeaseTable:
         # A copy still queued or running somewhere else is now useless.
         if lease.holder != executor or lease.task.attempt != attempt:
             actions.append(Cancel(tid, lease.task.attempt, lease.holder))
-        actions.append(Deliver(tid, ok, executor, attempt, outputs, code, message, compute_s))
+        result = TaskResult(tid, attempt, executor, ok, outputs, code, message, compute_s)
+        actions.append(Deliver(result))
         state = TaskState.DONE if ok else TaskState.FAILED
         return actions + self._event(tid, state, executor, attempt, now, code, message)
 

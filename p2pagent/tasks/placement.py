@@ -1,4 +1,4 @@
-"""Where a newly submitted task goes first, chosen by ``Config.placement``.
+"""Where a newly submitted task goes first, chosen by ``tasks.placement``.
 
 - ``local``: always here. Baseline: no sharing at all.
 - ``round_robin``: the next node in turn among those serving the model (the source document's
@@ -9,13 +9,17 @@
   no load information at all; balance comes from the nodes that run dry, which know best.
 
 Pure: ``choose(task, own, peers, now, rng)`` returns a node name; ``rng`` is injected.
+
+Adding a policy: a class here with ``@registered("name")`` (and its test). The config check,
+the daemon's ``--placement``, the simulator and the benches read the names from
+:data:`PLACEMENTS`, which this registry fills.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 from p2pagent.errors import ConfigError
 from p2pagent.tasks.load import LoadReport
@@ -39,6 +43,25 @@ class Placement(Protocol):
         ...
 
 
+_REGISTRY: dict[str, Callable[[], Placement]] = {}
+#: The policies' names, in the order they are registered (the default, work_stealing, first).
+PLACEMENTS: list[str] = []
+_P = TypeVar("_P")
+
+
+def registered(name: str) -> Callable[[type[_P]], type[_P]]:
+    """Class decorator: the policy is made by ``make_placement(name)``."""
+
+    def register(cls: type[_P]) -> type[_P]:
+        if name in _REGISTRY:
+            raise ValueError(f"placement {name!r} is registered twice")
+        _REGISTRY[name] = cls  # type: ignore[assignment]
+        PLACEMENTS.append(name)
+        return cls
+
+    return register
+
+
 def serving(task: Task, own: LoadReport, peers: Sequence[LoadReport]) -> list[LoadReport]:
     """Our report and the peers' that can serve ``task``'s model, sorted by node name.
 
@@ -48,21 +71,7 @@ def serving(task: Task, own: LoadReport, peers: Sequence[LoadReport]) -> list[Lo
     return sorted([own, *others], key=lambda r: r.node)
 
 
-class LocalPlacement:
-    name = "local"
-    always_local = True
-
-    def choose(
-        self,
-        task: Task,
-        own: LoadReport,
-        peers: Sequence[LoadReport],
-        now: float,
-        rng: random.Random,
-    ) -> str:
-        return own.node
-
-
+@registered("work_stealing")
 class WorkStealingPlacement:
     """Enqueue here; peers that run dry steal (see steal.py)."""
 
@@ -80,6 +89,7 @@ class WorkStealingPlacement:
         return own.node
 
 
+@registered("round_robin")
 class RoundRobinPlacement:
     name = "round_robin"
     always_local = False
@@ -101,6 +111,7 @@ class RoundRobinPlacement:
         return chosen.node
 
 
+@registered("least_loaded")
 class LeastLoadedPlacement:
     """Power of two choices: of two random serving nodes, the one with less backlog.
 
@@ -143,17 +154,25 @@ class LeastLoadedPlacement:
         return report.backlog_s + (extra if seq == report.seq else 0.0)
 
 
-PLACEMENTS = ("work_stealing", "least_loaded", "round_robin", "local")
+@registered("local")
+class LocalPlacement:
+    name = "local"
+    always_local = True
+
+    def choose(
+        self,
+        task: Task,
+        own: LoadReport,
+        peers: Sequence[LoadReport],
+        now: float,
+        rng: random.Random,
+    ) -> str:
+        return own.node
 
 
 def make_placement(name: str) -> Placement:
-    """The placement policy called ``name`` (one of PLACEMENTS)."""
-    if name == "work_stealing":
-        return WorkStealingPlacement()
-    if name == "least_loaded":
-        return LeastLoadedPlacement()
-    if name == "round_robin":
-        return RoundRobinPlacement()
-    if name == "local":
-        return LocalPlacement()
-    raise ConfigError(f"unknown placement {name!r}: choose one of {', '.join(PLACEMENTS)}")
+    """A new instance of the placement policy called ``name`` (one of PLACEMENTS)."""
+    make = _REGISTRY.get(name)
+    if make is None:
+        raise ConfigError(f"unknown placement {name!r}: choose one of {', '.join(PLACEMENTS)}")
+    return make()

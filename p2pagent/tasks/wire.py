@@ -22,6 +22,7 @@ from p2pagent.inference.tensors import check_wire
 from p2pagent.tasks.admission import MAX_INPUT_TENSORS
 from p2pagent.tasks.lifecycle import TaskEvent, TaskState
 from p2pagent.tasks.load import LoadReport, ModelBacklog
+from p2pagent.tasks.results import TaskResult
 from p2pagent.tasks.spec import Task
 
 #: Version of the LoadReport payload; a node refuses versions it cannot read.
@@ -80,6 +81,18 @@ def task_from_spec(spec: peer_pb2.TaskSpec) -> Task:
     )
 
 
+def tasks_or_errors(specs: Sequence[peer_pb2.TaskSpec]) -> list[Task | errors.P2PAgentError]:
+    """The tasks of a ``StealResponse``, each one that does not decode as its error (the
+    others are still taken: the bad one's origin re-queues it when its lease ends)."""
+    out: list[Task | errors.P2PAgentError] = []
+    for spec in specs:
+        try:
+            out.append(task_from_spec(spec))
+        except errors.P2PAgentError as e:
+            out.append(e)
+    return out
+
+
 def checked_result(r: peer_pb2.CompleteRequest) -> peer_pb2.CompleteRequest:
     """A result from an executor, its outputs checked against their bytes like any tensor
     received (``tensors.check_wire``): one declaring more than it carries becomes a failed
@@ -97,6 +110,22 @@ def checked_result(r: peer_pb2.CompleteRequest) -> peer_pb2.CompleteRequest:
             compute_s=r.compute_s,
         )  # fmt: skip
     return r
+
+
+def result_to_proto(r: TaskResult) -> peer_pb2.CompleteRequest:
+    return peer_pb2.CompleteRequest(
+        task_id=r.task_id, executor=r.executor, attempt=r.attempt, ok=r.ok,
+        outputs=list(r.outputs), error_code=r.error_code, error_message=r.error_message,
+        compute_s=r.compute_s,
+    )  # fmt: skip
+
+
+def result_from_proto(r: peer_pb2.CompleteRequest) -> TaskResult:
+    """A result as the cores take it (check a peer's first with ``checked_result``)."""
+    return TaskResult(
+        r.task_id, r.attempt, r.executor, r.ok, tuple(r.outputs) if r.ok else (),
+        r.error_code, r.error_message, r.compute_s,
+    )  # fmt: skip
 
 
 # ---- load reports ----------------------------------------------------------------------------
@@ -190,18 +219,6 @@ def _list(v: Any) -> list[Any]:
 
 # ---- errors ----------------------------------------------------------------------------------
 
-_ERRORS: dict[str, type[errors.P2PAgentError]] = {
-    "INVALID_ARGUMENT": errors.InvalidArgument,
-    "NOT_FOUND": errors.NotFound,
-    "ALREADY_EXISTS": errors.AlreadyExists,
-    "FAILED_PRECONDITION": errors.FailedPrecondition,
-    "RESOURCE_EXHAUSTED": errors.ResourceExhausted,
-    "DEADLINE_EXCEEDED": errors.DeadlineExceeded,
-    "UNAVAILABLE": errors.Unavailable,
-    "PERMISSION_DENIED": errors.PermissionDenied,
-    "INTERNAL": errors.Internal,
-}
-
 
 def error_code(exc: BaseException) -> str:
     """The status name a task failure carries (``CompleteRequest.error_code``)."""
@@ -210,7 +227,7 @@ def error_code(exc: BaseException) -> str:
 
 def error_from_code(code: str, message: str) -> errors.P2PAgentError:
     """The error to raise for a failed task's code (Infer re-raises what the executor hit)."""
-    return _ERRORS.get(code, errors.Internal)(message)
+    return errors.error_for_code(code, message)
 
 
 # ---- task events for Agent.Wait ----
@@ -234,7 +251,7 @@ def event_proto(e: TaskEvent) -> agent_pb2.TaskEvent:
     )
 
 
-def result_event(task_id: str, r: peer_pb2.CompleteRequest) -> agent_pb2.TaskEvent:
+def result_event(task_id: str, r: TaskResult) -> agent_pb2.TaskEvent:
     return agent_pb2.TaskEvent(
         task_id=task_id,
         kind=agent_pb2.TaskEvent.DONE if r.ok else agent_pb2.TaskEvent.FAILED,

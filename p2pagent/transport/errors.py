@@ -13,19 +13,11 @@ import grpc
 
 from p2pagent import errors
 
+#: ``errors.BY_CODE`` by gRPC status, plus UNAUTHENTICATED (a certificate the node does not
+#: accept), which a caller handles like a refusal.
 _BY_CODE: dict[grpc.StatusCode, type[errors.P2PAgentError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: errors.NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
-    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
-    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
-    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
-    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
-    grpc.StatusCode.UNAUTHENTICATED: errors.PermissionDenied,
-    grpc.StatusCode.DATA_LOSS: errors.DataLoss,
-    grpc.StatusCode.INTERNAL: errors.Internal,
-}
+    getattr(grpc.StatusCode, code): cls for code, cls in errors.BY_CODE.items()
+} | {grpc.StatusCode.UNAUTHENTICATED: errors.PermissionDenied}
 
 
 #: Trailing metadata key on every status a node's own code raised (its value: the code's
@@ -54,6 +46,17 @@ def retry_after_s(e: grpc.aio.AioRpcError) -> float | None:
 def answered_by_node(e: grpc.aio.AioRpcError) -> bool:
     """Whether the failed call's status was raised by the node's own code (``NODE_ANSWER``)."""
     return any(key == NODE_ANSWER for key, _ in e.trailing_metadata() or ())
+
+
+def surely_not_applied(e: grpc.aio.AioRpcError) -> bool:
+    """True when an UNAVAILABLE call surely did nothing: its request never reached a node (no
+    connection: gRPC says so only in words), or the node itself refused it (``NODE_ANSWER``)."""
+    if e.code() is not grpc.StatusCode.UNAVAILABLE:
+        return False
+    if answered_by_node(e):
+        return True
+    detail = (e.details() or "").lower()
+    return "failed to connect" in detail or "connection refused" in detail
 
 
 def status_of(exc: errors.P2PAgentError) -> grpc.StatusCode:

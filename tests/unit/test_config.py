@@ -38,7 +38,7 @@ def test_defaults_without_any_source() -> None:
     cfg = load(None, {}, {"name": "solo"})
     assert cfg.listen == "127.0.0.1:7400"
     assert cfg.advertised() == "127.0.0.1:7400"
-    assert cfg.placement == "work_stealing"
+    assert cfg.tasks.placement == "work_stealing"
 
 
 def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
@@ -97,8 +97,24 @@ def test_ipv6_and_wildcard_listen() -> None:
 def test_bad_node_name_and_placement() -> None:
     with pytest.raises(ConfigError, match="node name"):
         load(None, {}, {"name": "../etc"})
-    with pytest.raises(ConfigError, match="placement"):
-        load(None, {}, {"name": "x", "placement": "random"})
+    with pytest.raises(ConfigError, match=r"unknown tasks\.placement 'random'"):
+        load(None, {}, {"name": "x", "tasks": {"placement": "random"}})
+
+
+def test_placement_moved_into_tasks_and_the_old_key_says_where(tmp_path: Path) -> None:
+    cfg = load(None, {"P2PAGENT_TASKS__PLACEMENT": "local"}, {"name": "x"})
+    assert cfg.tasks.placement == "local"
+    old = tmp_path / "old.toml"
+    old.write_text('placement = "local"\n')
+    moved = r"moved to \[tasks\] placement \(environment P2PAGENT_TASKS__PLACEMENT\)"
+    with pytest.raises(ConfigError, match=moved):
+        load(str(old), {}, {"name": "x"})
+    with pytest.raises(ConfigError, match=moved):
+        load(None, {"P2PAGENT_PLACEMENT": "local"}, {"name": "x"})
+    from p2pagent.cli.daemon import flags_of, parser
+
+    flags = flags_of(parser().parse_args(["--name", "x", "--placement", "round_robin"]))
+    assert load(None, {}, flags).tasks.placement == "round_robin"
 
 
 def test_missing_certificates_message() -> None:

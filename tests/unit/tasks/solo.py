@@ -8,6 +8,7 @@ from typing import Any
 from p2pagent.membership.view import StaticDirectory
 from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.driver import TasksDriver
+from p2pagent.testing.peer_link import MemoryPeers
 from p2pagent.transport.metrics import RpcMetrics
 
 
@@ -16,13 +17,13 @@ def solo_driver(engine: Any, data_dir: Path, model: str, capacity: int) -> Tasks
     ``batching_measured``."""
     return TasksDriver(
         "solo",
-        TasksConfig(),
-        placement="local",
+        TasksConfig(placement="local"),
         capacity=capacity,
         engine=engine,
         models=lambda: [model],
         data_dir=data_dir,
-        channels=None,  # type: ignore[arg-type]  # alone: no peer is ever called
+        channels=None,
+        peers=MemoryPeers().link("solo"),  # alone: every peer is unreachable
         members=StaticDirectory("solo"),
         metrics=RpcMetrics(),
     )

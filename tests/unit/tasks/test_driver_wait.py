@@ -1,14 +1,11 @@
 """The origin side of one node's task driver, in process, with a gated fake engine: what
-``Wait`` streams (the current state, then each change, then the result), and what a
-``Submit`` whose journal write fails (its writer process died) leaves behind (nothing
-accepted, nothing lingering), and the numbers a submit or a steal must not carry."""
+``Wait`` streams (the current state, then each change, then the result), and the numbers a
+submit or a steal must not carry. (What a dying journal writer leaves behind is in
+tests/integration/test_task_journal_driver.py: those tests kill processes.)"""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -107,58 +104,6 @@ async def test_a_waiter_that_comes_while_the_task_runs_sees_running_then_the_res
     assert [e.kind for e in [e async for e in events]] == [DONE]
 
 
-async def test_a_submit_that_cannot_be_journaled_is_refused_and_fails_its_task(
-    driver: tuple[TasksDriver, GatedEngine],
-) -> None:
-    d, engine = driver
-    pid = d._journal.writer_pid
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)  # the write is sent and never confirmed...
-    submitting = asyncio.ensure_future(d.submit(_submit(7.0)))
-    await asyncio.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)  # ...and the writer dies
-    with pytest.raises(Unavailable, match="could not journal the task"):
-        await submitting
-    # Nothing of it is left running or queued, and it never counts as accepted.
-    engine.gate.set()
-    await asyncio.sleep(0.05)
-    assert d.queue.n_queued == 0 and d.running == 0
-    assert len(d.leases) == 0
-    deadline = time.monotonic() + 10
-    while d._journal.writer_pid in (None, pid):  # it is started again
-        assert time.monotonic() < deadline, "the journal writer was not restarted"
-        await asyncio.sleep(0.01)
-    accepted = await d.submit(_submit(1.0))
-    assert [e.kind for e in [e async for e in d.wait(accepted)]][-1] == DONE
-
-
-async def test_a_result_made_while_the_journal_writer_is_down_is_kept_until_it_is_back(
-    driver: tuple[TasksDriver, GatedEngine],
-) -> None:
-    d, engine = driver
-    task_id = await d.submit(_submit(4.0))
-    # Killed twice within seconds: restarted at once the first time, after a backoff (0.5 s)
-    # the second, which leaves a window with no writer.
-    journal = d._journal
-    deadline = time.monotonic() + 10
-    pid = journal.writer_pid
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    while journal.restarts < 1 or journal.writer_pid in (None, pid):
-        assert time.monotonic() < deadline, "the journal writer was not restarted"
-        await asyncio.sleep(0.005)
-    pid = journal.writer_pid
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    while journal.writer_pid is not None:
-        assert time.monotonic() < deadline, "the writer's death was not seen"
-        await asyncio.sleep(0.005)
-    engine.gate.set()  # the task finishes while no writer can journal its result
-    events = [e async for e in d.wait(task_id)]
-    assert events[-1].kind == DONE
-    assert d._journal.restarts == 2
-
-
 async def test_waiting_for_an_unknown_task_is_not_found(
     driver: tuple[TasksDriver, GatedEngine],
 ) -> None:
@@ -187,7 +132,7 @@ async def test_a_steal_with_a_bad_thief_speed_is_refused(
     await d.submit(_submit(1.0))
     req = peer_pb2.StealRequest(thief="n2", max_tasks=4, models=["double"], thief_speed=speed)
     with pytest.raises(InvalidArgument, match="thief_speed must be finite and >= 0"):
-        d.balancer.handle_steal(req, "n2")
+        d.handle_steal(req, "n2")
 
 
 def test_a_task_with_a_non_finite_cost_or_deadline_is_invalid() -> None:
@@ -205,14 +150,14 @@ async def test_the_tasks_api_refuses_calls_until_the_journal_is_read_back(tmp_pa
     from p2pagent.api.tasks import TasksAgentApi
 
     api = TasksAgentApi()
-    api._node = SimpleNamespace(tasks=solo_driver(GatedEngine(), tmp_path, "double", 1))  # type: ignore[assignment]
+    api._tasks_node = SimpleNamespace(tasks=solo_driver(GatedEngine(), tmp_path, "double", 1))  # type: ignore[assignment]
     with pytest.raises(Unavailable, match="task journal is still loading"):
         api._tasks()
-    await api._node.tasks.start()
+    await api._tasks_node.tasks.start()
     try:
-        assert api._tasks() is api._node.tasks
+        assert api._tasks() is api._tasks_node.tasks
     finally:
-        await api._node.tasks.stop()
+        await api._tasks_node.tasks.stop()
 
 
 async def test_a_steal_that_arrives_too_late_for_its_answer_gets_nothing(
@@ -224,7 +169,7 @@ async def test_a_steal_that_arrives_too_late_for_its_answer_gets_nothing(
     for i in range(4):
         await d.submit(_submit(float(i)))  # one runs (capacity 1, gated), three stay queued
     req = peer_pb2.StealRequest(thief="n2", max_tasks=2, models=["double"], thief_speed=1.0)
-    late = d.balancer.handle_steal(req, "n2", time_left_s=0.05)
-    assert list(late.tasks) == [] and d.balancer.late_steals == 1 and d.queue.n_queued == 3
-    on_time = d.balancer.handle_steal(req, "n2", time_left_s=0.9)
+    late = d.handle_steal(req, "n2", time_left_s=0.05)
+    assert list(late.tasks) == [] and d.core.stats.late_steals == 1 and d.queue.n_queued == 3
+    on_time = d.handle_steal(req, "n2", time_left_s=0.9)
     assert len(on_time.tasks) >= 1 and d.queue.n_queued == 3 - len(on_time.tasks)

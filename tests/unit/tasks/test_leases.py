@@ -104,7 +104,7 @@ def test_failures_stale_retryable_and_final() -> None:
         "t0", 2, "o", False, 5, error_code="INVALID_ARGUMENT", error_message="bad"
     )
     (d,) = of(final.actions, Deliver)
-    assert not d.ok and d.error_code == "INVALID_ARGUMENT"
+    assert not d.ok and d.result.error_code == "INVALID_ARGUMENT"
     assert lt.lifecycle.state("t0") is TaskState.FAILED
 
 
@@ -116,7 +116,9 @@ def test_gives_up_after_max_attempts() -> None:
         lt.on_member_dead(node, attempt + 0.5)
     lt.on_stolen("t0", 2, "o", "d", 3)
     (d,) = of(lt.on_member_dead("d", 4), Deliver)
-    assert not d.ok and d.error_code == "UNAVAILABLE" and "3 attempts" in d.error_message
+    assert (
+        not d.ok and d.result.error_code == "UNAVAILABLE" and "3 attempts" in d.result.error_message
+    )
     assert lt.where("t0") is None and lt.is_done("t0")
 
 
@@ -167,7 +169,7 @@ def test_deadline_of_a_remote_task() -> None:
     lt.on_stolen("t0", 0, "o", "b", 0)
     actions = lt.tick(5.0)
     (d,) = of(actions, Deliver)
-    assert d.error_code == "DEADLINE_EXCEEDED" and "deadline" in d.error_message
+    assert d.result.error_code == "DEADLINE_EXCEEDED" and "deadline" in d.result.error_message
     assert lt.on_complete("t0", 0, "b", True, 6).kind is CompleteKind.DUPLICATE
 
 

@@ -69,4 +69,4 @@ async def test_tasks_started_ahead(make_driver: Any, measured: bool, expected: i
     # Measured: 0.06 s each, started while under run_ahead_s (0.1 s): two. Not measured: three,
     # so the engine gets a batch of two behind the first and learns what a row adds.
     assert engine.started == expected
-    assert d.executor.running == expected
+    assert d.core.running == expected

@@ -8,8 +8,11 @@ from p2pagent.sim.tasks import Scenario, link_with_latency, main, simulate
 
 
 def test_stealing_meets_makespan_targets() -> None:
-    ws = simulate(Scenario(tasks=100, placement="work_stealing", seed=3))
-    local = simulate(Scenario(tasks=100, placement="local", seed=3))
+    # The targets' own size (400 x 20 ms): the simulator runs the daemon's scheduler, whose
+    # load hints reach thieves a gossip round (0.2 s) after a change; at 100 tasks (0.5 s
+    # ideal) that fixed cost alone is 20 %.
+    ws = simulate(Scenario(tasks=400, placement="work_stealing", seed=3))
+    local = simulate(Scenario(tasks=400, placement="local", seed=3))
     assert ws.ratio <= 1.15, ws
     assert local.makespan_s / ws.makespan_s >= 3
     assert ws.steals_per_task <= 0.6

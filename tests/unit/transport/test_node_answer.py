@@ -7,8 +7,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from p2pagent.client import _not_applied
-from p2pagent.transport.errors import NODE_ANSWER, answered_by_node
+from p2pagent.transport.errors import NODE_ANSWER, answered_by_node, surely_not_applied
 
 
 def _error(code: grpc.StatusCode, details: str, *trailing: tuple[str, str]) -> grpc.aio.AioRpcError:
@@ -29,7 +28,7 @@ def _error(code: grpc.StatusCode, details: str, *trailing: tuple[str, str]) -> g
 def test_only_a_refusal_or_a_connection_never_made_proves_nothing_was_applied(
     error: grpc.aio.AioRpcError, not_applied: bool
 ) -> None:
-    assert _not_applied(error) is not_applied
+    assert surely_not_applied(error) is not_applied
 
 
 def test_answered_by_node_reads_the_trailing_metadata() -> None:

@@ -1,0 +1,104 @@
+"""Running one task on the inference engine, for the asyncio adapter's ``StartRun`` effects.
+
+Which task runs when is the core's decision (``tasks/core.py``); this module only turns a task
+into a :class:`TaskResult`: decode its inputs (or take the ones an ``Agent.Infer`` caller
+already decoded), make its model loadable (pulling it from peers when need be), run it with
+its deadline, and say what went wrong in the error tree's words if it failed. It also keeps
+the compute estimates new tasks are given.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from p2pagent._proto import common_pb2
+from p2pagent.errors import P2PAgentError
+from p2pagent.tasks.config import TasksConfig
+from p2pagent.tasks.load import ServiceTimes
+from p2pagent.tasks.results import TaskResult
+from p2pagent.tasks.spec import Task
+
+log = logging.getLogger(__name__)
+
+#: Compute estimate for a model never run here yet.
+DEFAULT_COST_S = 0.01
+
+
+class Engine(Protocol):
+    """What the scheduler needs of the inference engine."""
+
+    def marginal_seconds_per_row(self, model: str) -> float | None: ...
+
+    def batching_measured(self, model: str) -> bool: ...
+
+    async def infer(self, model: str, inputs: Any, deadline: float | None = None) -> Any: ...
+
+
+class EngineRuns:
+    """Runs tasks on ``engine``; ``prepare`` makes a model (and pinned version) loadable and
+    returns the name the engine runs it under."""
+
+    def __init__(
+        self,
+        name: str,
+        cfg: TasksConfig,
+        engine: Engine,
+        prepare: Callable[[str, str], Awaitable[str]] | None = None,
+    ) -> None:
+        self.name = name
+        self.service = ServiceTimes(cfg)
+        self.engine = engine
+        self._prepare = prepare
+        #: Inputs an Agent.Infer caller already decoded, used if its task runs here.
+        self._decoded: dict[str, Any] = {}
+
+    def estimate(self, model: str, inputs: Sequence[common_pb2.Tensor]) -> float:
+        """Compute estimate of one task: what a row of ``model`` adds to an engine batch (the
+        engine's measured marginal seconds per row) times the task's rows, so a big task
+        weighs more than a small one (per-task times would count the wait for the rest of a
+        batch, and a batch's fixed cost is shared); before the first batch, the EWMA of whole
+        runs, else a default."""
+        s_per_row = self.engine.marginal_seconds_per_row(model)
+        if s_per_row:
+            rows = inputs[0].shape[0] if inputs and inputs[0].shape else 1
+            return s_per_row * max(1, rows)
+        return self.service.estimate(model, DEFAULT_COST_S)
+
+    def keep_decoded(self, task_id: str, inputs: Any) -> None:
+        """Inputs of an inline task, already decoded and checked by its caller."""
+        self._decoded[task_id] = inputs
+
+    def drop_decoded(self, task_id: str) -> None:
+        self._decoded.pop(task_id, None)
+
+    async def run(self, task: Task) -> TaskResult:
+        """Runs ``task``; a failure is a failed result, never an exception (but cancellation)."""
+        from p2pagent.inference import tensors
+
+        start = time.perf_counter()
+        try:
+            inputs = self._decoded.pop(task.task_id, None)
+            if inputs is None:
+                # Host views of the wire bytes, as Infer decodes: no torch on the event loop.
+                inputs = tensors.many_decode(task.inputs or [], 1 << 28)  # type: ignore[arg-type]
+            engine_name = task.model
+            if self._prepare is not None:
+                engine_name = await self._prepare(task.model, task.model_version)
+            deadline = None
+            if task.deadline:
+                deadline = time.monotonic() + max(0.0, task.deadline - time.time())
+            outputs = await self.engine.infer(engine_name, inputs, deadline)
+            compute_s = time.perf_counter() - start
+            self.service.observe(task.model, compute_s)
+            out = tuple(tensors.many_to_proto(outputs))
+            return TaskResult(task.task_id, task.attempt, self.name, True, out, compute_s=compute_s)
+        except P2PAgentError as e:
+            code, message = e.code, str(e)
+        except Exception as e:  # a bug in a model must fail the task, not the node
+            log.exception("task %s failed", task.task_id)
+            code, message = "INTERNAL", f"{type(e).__name__}: {e}"
+        elapsed = time.perf_counter() - start
+        return TaskResult(task.task_id, task.attempt, self.name, False, (), code, message, elapsed)

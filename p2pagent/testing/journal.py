@@ -1,0 +1,51 @@
+"""An in-memory task journal with the interface of ``tasks/journal.py``'s ``TaskJournal``.
+
+Writes are durable at once (or held while :attr:`MemoryJournal.down` is set, as a journal
+whose writer process is being restarted refuses them); its rows survive a driver restart when
+the same object is given to the next driver. For deterministic tests of the task driver: no
+child process, no disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from p2pagent.errors import Unavailable
+from p2pagent.tasks.journal import JournalRow, Submitted, Write
+
+
+class MemoryJournal:
+    def __init__(self) -> None:
+        self.rows: dict[str, JournalRow] = {}
+        #: Refuse writes (Unavailable), as a journal whose writer is down does.
+        self.down = False
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def open(self) -> list[JournalRow]:
+        self._closed = False
+        return sorted(self.rows.values(), key=lambda r: r.submitted)
+
+    def write(self, write: Write) -> asyncio.Future[None]:
+        if self.down or self._closed:
+            raise Unavailable("the task journal is down")
+        if isinstance(write, Submitted):
+            self.rows[write.spec.task_id] = JournalRow(write.spec, write.submitted, None, None)
+        elif write.task_id in self.rows:  # a result (of a task it holds, as the table does)
+            row = self.rows[write.task_id]
+            self.rows[write.task_id] = JournalRow(row.spec, row.submitted, write.finished,
+                                                  write.result)  # fmt: skip
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def purge(self, finished_before: float) -> None:
+        for task_id, row in list(self.rows.items()):
+            if row.finished is not None and row.finished < finished_before:
+                del self.rows[task_id]
+
+    async def close(self) -> None:
+        self._closed = True
