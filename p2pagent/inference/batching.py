@@ -319,6 +319,7 @@ class BatchPolicy:
         q.counters.batches += 1
         q.counters.items += len(taken)
         q.counters.rows += rows
+        q.counters.batch_sizes[rows] = q.counters.batch_sizes.get(rows, 0) + 1
         self._in_flight[batch.batch_id] = (batch, charge)
         return batch
 
