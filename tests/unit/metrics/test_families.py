@@ -10,58 +10,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from p2pagent.inference.stats import ModelStats
-from p2pagent.metrics import inference, membership, models, state, tasks
-from p2pagent.metrics.build import register_build_info
+from p2pagent.metrics import membership
 from p2pagent.metrics.families import SnapshotCollector
 from p2pagent.metrics.inference import batch_size_buckets
-from p2pagent.transport.metrics import RpcMetrics, split_method
-
-
-def _stats(model: str, sizes: tuple[tuple[int, int], ...]) -> ModelStats:
-    rows = sum(r * n for r, n in sizes)
-    batches = sum(n for _r, n in sizes)
-    return ModelStats(model, 3, 10, 1, 2, 0, batches, batches, rows, 1, 0.01, batch_sizes=sizes)
-
-
-def _registry() -> RpcMetrics:
-    rpc = RpcMetrics()
-    register_build_info(rpc.registry)
-    reg = rpc.registry
-    reg.register(
-        SnapshotCollector(
-            lambda: membership.MembershipSnapshot({"alive": 2, "dead": 1}, 4, 100, 3, 2, 1, 1, 5),
-            membership.render,
-        )
-    )
-    reg.register(
-        SnapshotCollector(
-            lambda: state.StateSnapshot(
-                7, {("sent", "delta"): 9}, {("sent", "delta"): 900}, watch_streams=2
-            ),
-            state.render,
-        )
-    )
-    reg.register(
-        SnapshotCollector(lambda: models.ModelsSnapshot(2, 0, 3, 1, 4096, 1), models.render)
-    )
-    reg.register(
-        SnapshotCollector(
-            lambda: tasks.TasksSnapshot(5, 2, 12.5, 40, 3, 4, 6, 1), tasks.render
-        )
-    )
-    reg.register(
-        SnapshotCollector(
-            lambda: [_stats("m", ((1, 2), (8, 3)))], inference.render
-        )
-    )
-    handle = rpc.rpc("/p2pagent.v1.Agent/Watch", "server_stream")
-    handle.started()
-    handle.handled("OK", 7200.0)
-    handle.started()  # one still open
-    rpc.rpc("/p2pagent.v1.Agent/Status", "unary").started()
-    rpc.rpc("/p2pagent.v1.Agent/Status", "unary").handled("OK", 0.002)
-    return rpc
+from p2pagent.transport.metrics import split_method
+from tests.unit.metrics.sample import sample_registry
 
 
 def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -73,7 +26,7 @@ def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 
 def test_node_families_render_their_snapshot_values() -> None:
-    samples = _samples(generate_latest(_registry().registry).decode())
+    samples = _samples(generate_latest(sample_registry().registry).decode())
     assert samples[("p2pagent_members", frozenset({("state", "dead")}))] == 1
     # A state nobody is in is still a series, at 0: an alert on it sees 0, not "no data".
     assert samples[("p2pagent_members", frozenset({("state", "suspect")}))] == 0
@@ -97,7 +50,7 @@ def test_node_families_render_their_snapshot_values() -> None:
 
 def test_rpc_metrics_split_the_method_and_keep_streams_out_of_unary_buckets() -> None:
     assert split_method("/p2pagent.v1.Agent/Status") == ("p2pagent.v1.Agent", "Status")
-    samples = _samples(generate_latest(_registry().registry).decode())
+    samples = _samples(generate_latest(sample_registry().registry).decode())
     watch = frozenset(
         {
             ("grpc_service", "p2pagent.v1.Agent"),
@@ -135,7 +88,7 @@ def test_promtool_accepts_the_exposition() -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool is not installed (apt-get install prometheus; CI installs it)")
-    text = generate_latest(_registry().registry)
+    text = generate_latest(sample_registry().registry)
     done = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, timeout=60, check=False
     )
