@@ -5,14 +5,21 @@ certificate themselves. Reads the same settings as the daemon (``P2PAGENT_*``, f
 daemon's name and advertised address must come from the environment or the config file, not
 from daemon flags this check cannot see. It dials the node's own listen address (loopback
 when that is a wildcard): a local check should not depend on DNS or on the network.
+
+Exit status: 0 healthy, 1 anything else, a bad flag or configuration included (Docker gives
+HEALTHCHECK commands only these two; 2 is reserved there).
 """
 
 from __future__ import annotations
 
+import p2pagent.cli.grpc_quiet  # noqa: F401  (first: before anything loads grpc)
+
+# isort: split
 import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -34,8 +41,17 @@ def local_target(cfg: Config) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+UNHEALTHY = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"unhealthy: {self.prog}: {message}\n")
+        sys.exit(UNHEALTHY)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="p2pagent-health")
+    p = _Parser(prog="p2pagent-health")
     p.add_argument("--config", metavar="FILE")
     p.add_argument("--name")
     p.add_argument("--certs")
@@ -50,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = args.target or local_target(cfg)
     except P2PAgentError as e:
         print(f"unhealthy: {e}", file=sys.stderr)
-        return 2
+        return UNHEALTHY
     creds = grpc.ssl_channel_credentials(material.ca_pem, material.key_pem, material.cert_pem)
     with grpc.secure_channel(
         target, creds, options=channel_options(material.cluster, 4 << 20)
