@@ -6,6 +6,10 @@ daemon's name and advertised address must come from the environment or the confi
 from daemon flags this check cannot see. It dials the node's own listen address (loopback
 when that is a wildcard): a local check should not depend on DNS or on the network.
 
+``--live`` asks less: that the node answers at all (SERVING or NOT_SERVING), which is what a
+liveness probe should ask. A node still loading its state or draining for a stop is alive but
+not ready; restarting it for that would only start the load again.
+
 Exit status: 0 healthy, 1 anything else, a bad flag or configuration included (Docker gives
 HEALTHCHECK commands only these two; 2 is reserved there).
 """
@@ -58,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--target", help="default: the advertised address")
     p.add_argument("--service", default="", help="health service name (default: overall)")
     p.add_argument("--timeout", type=seconds(zero=False), default=3.0)
+    p.add_argument(
+        "--live", action="store_true", help="healthy when the node answers at all (liveness)"
+    )
     args = p.parse_args(argv)
     try:
         flags = {k: v for k, v in (("name", args.name), ("certs", args.certs)) if v}
@@ -80,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
     print(status)
-    return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
+    if args.live:
+        return 0  # it answered: its event loop and server are alive
+    return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else UNHEALTHY
 
 
 if __name__ == "__main__":

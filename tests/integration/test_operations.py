@@ -171,7 +171,9 @@ def test_health_tool_checks_the_local_node_from_its_own_settings(
     ok = _health(env=env)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == "SERVING"
+    assert _health("--live", env=env).returncode == 0
     d.stop()
+    assert _health("--live", env=env).returncode == 1
     down = _health(env=env)
     assert down.returncode == 1
     # One line: gRPC's own "connect failed" log lines stay off the probe's output.

@@ -49,8 +49,8 @@ def test_statefulset_uses_headless_service_probes_and_pdb() -> None:
     assert [s["metadata"]["name"] for s in headless] == [sts["spec"]["serviceName"]]
     pod = sts["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["exec"]["command"][-1] == "p2pagent.cli.health"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["exec"]["command"][2] == "p2pagent.cli.health"
     assert pod["securityContext"]["runAsNonRoot"] is True
     labels = sts["spec"]["template"]["metadata"]["labels"]
     pdb = by_kind["PodDisruptionBudget"][0]
