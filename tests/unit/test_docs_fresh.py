@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
+
+import pytest
 
 from p2pagent.config import Config
 from p2pagent.docgen import __main__ as docgen
@@ -10,19 +14,35 @@ from p2pagent.docgen import api_reference, config_reference
 from p2pagent.transport import authorization
 
 
-def test_readme_configuration_reference_is_fresh() -> None:
-    readme = docgen.README.read_text()
-    want = docgen.readme_with_reference(readme, config_reference.render())
-    assert readme == want, "README.md configuration reference is stale: run `make docs`"
+def test_configuration_reference_is_fresh() -> None:
+    doc = docgen.CONFIGURATION.read_text()
+    want = docgen.with_reference(doc, config_reference.render())
+    assert doc == want, "docs/configuration.md is stale: run `make docs`"
+    assert "| `listen` |" in doc
 
 
-def test_readme_authorization_table_is_fresh() -> None:
-    readme = docgen.README.read_text()
-    want = docgen.readme_with_reference(
-        readme, authorization.render(), docgen.AUTH_BEGIN, docgen.AUTH_END
-    )
-    assert readme == want, "README.md authorization table is stale: run `make docs`"
-    assert "| `/p2pagent.v1.Agent/Revoke` | admin, node |" in readme
+def test_authorization_table_is_fresh() -> None:
+    doc = docgen.SECURITY.read_text()
+    want = docgen.with_reference(doc, authorization.render(), docgen.AUTH_BEGIN, docgen.AUTH_END)
+    assert doc == want, "docs/security.md authorization table is stale: run `make docs`"
+    assert "| `/p2pagent.v1.Agent/Revoke` | admin, node |" in doc
+
+
+def test_docgen_check_reports_a_stale_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stale = tmp_path / "configuration.md"
+    stale.write_text(docgen.CONFIGURATION.read_text().replace("| `listen` |", "| `lisen` |"))
+    monkeypatch.setattr(docgen, "CONFIGURATION", stale)
+    assert docgen.main(["--check"]) == 1
+    assert "configuration.md is stale" in capsys.readouterr().err
+
+
+def test_the_readme_stays_a_page_and_its_links_resolve() -> None:
+    readme = (docgen.ROOT / "README.md").read_text()
+    assert len(readme.encode()) <= 13_000, "README.md is a page: move detail into docs/"
+    for link in re.findall(r"\]\(((?:docs|bench)/[^)#]+)", readme):
+        assert (docgen.ROOT / link).exists(), link
 
 
 def test_api_reference_is_fresh() -> None:

@@ -207,14 +207,17 @@ def test_systemd_accepts_the_unit_and_rates_it_well_hardened(tmp_path: Path) -> 
 
 def test_dockerfile_runs_as_non_root_with_health_check() -> None:
     text = (DEPLOY / "docker" / "Dockerfile").read_text()
-    assert "\nUSER p2pagent" in text
+    # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+    assert "\nUSER 10001:10001" in text
     assert "HEALTHCHECK" in text and "p2pagent.cli.health" in text
     assert "ARG VARIANT=cpu" in text
     assert 'VOLUME ["/var/lib/p2pagent/data"]' in text
     # Multi-stage: build tools and pip caches stay out of the runtime image.
     assert " AS build" in text and "COPY --from=build" in text
     # The volume's directory exists and is the user's before VOLUME, or it mounts as root's.
-    assert text.index("install -d -o p2pagent") < text.index("\nVOLUME [")
+    assert text.index("install -d -o 10001 -g 10001") < text.index("\nVOLUME [")
+    # torch can come from a local wheel folder instead of the PyTorch index.
+    assert "COPY deploy/docker/wheels /wheels" in text and "--find-links /wheels" in text
     assert 'if [ "$VARIANT" = "cpu" ]' in text
 
 
