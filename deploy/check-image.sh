@@ -5,10 +5,9 @@
 #
 # Engine: docker where one answers, else podman (installed with apt-get when missing).
 # Base: python:3.11-slim when a registry can be reached, else a Debian bookworm made with
-# debootstrap from the host's apt mirror (python3 3.11, as the slim image). torch: the CPU
-# wheel named by TORCH_WHEEL, else one found in /opt/wheels, copied to deploy/docker/wheels/
-# so the build never needs the PyTorch index; other packages come from the host's package
-# index (PyPI).
+# debootstrap from the host's apt mirror (python3 3.11, as the slim image). Wheels: downloaded
+# on the host into deploy/docker/wheels/ (torch's CPU wheel from TORCH_WHEEL or /opt/wheels),
+# and the image built from them alone (OFFLINE=1): no index needed inside the build.
 #
 #   deploy/check-image.sh            # prints each step and the seconds it took
 #   KEEP=1 deploy/check-image.sh     # leave the image (p2pagent-check:latest) behind
@@ -67,18 +66,34 @@ if ! timeout 60 $engine pull -q "$base" >/dev/null 2>&1; then
   fi
 fi
 echo "base: $base"
-
-step "torch wheel"
-wheel="${TORCH_WHEEL:-$(ls /opt/wheels/torch-*+cpu-*.whl 2>/dev/null | head -1 || true)}"
-if [ -n "$wheel" ]; then
-  cp "$wheel" deploy/docker/wheels/
-  echo "using $wheel"
-else
-  echo "no local torch wheel: the build takes torch from the PyTorch CPU index"
+if [ "$engine" = podman ] && ! $engine run --rm "$base" true >/dev/null 2>&1; then
+  # Some hosts refuse podman's defaults: a VM without CAP_SYS_RESOURCE cannot apply its
+  # default rlimits, and crun does not run with cgroups in hybrid mode. Then: no default
+  # rlimits, and runc.
+  printf '[containers]\ndefault_ulimits = []\n' >"$work/containers.conf"
+  export CONTAINERS_CONF="$work/containers.conf"
+  command -v runc >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    --no-install-recommends runc >/dev/null
+  engine="podman --runtime runc"
+  $engine run --rm "$base" true >/dev/null || fail "podman cannot run a container here"
+  echo "podman with runc and no default rlimits"
 fi
 
+step "wheels (on the host, through its own package index settings)"
+# Everything the image installs is downloaded here first and the build runs with OFFLINE=1:
+# the build container then needs no index, no proxy and no CA of the host's. torch is the CPU
+# wheel named by TORCH_WHEEL or found in /opt/wheels (else pip's choice for torch==TORCH).
+wheel="${TORCH_WHEEL:-$(ls /opt/wheels/torch-*+cpu-*.whl 2>/dev/null | head -1 || true)}"
+[ -z "$wheel" ] || cp "$wheel" deploy/docker/wheels/
+"$PY" -m pip download -q -d deploy/docker/wheels --find-links deploy/docker/wheels \
+  -c constraints.txt . grpcio-health-checking setuptools wheel >"$work/download.log" 2>&1 \
+  || { tail -20 "$work/download.log"; fail "downloading wheels"; }
+echo "$(ls deploy/docker/wheels/*.whl | wc -l) wheels, $(du -sm deploy/docker/wheels | cut -f1) MB" \
+  "(torch: $(basename "$(ls deploy/docker/wheels/torch-*.whl)"))"
+
 step "build"
-$engine build -q -f deploy/docker/Dockerfile --build-arg BASE="$base" -t "$TAG" . \
+$engine build -q -f deploy/docker/Dockerfile --build-arg BASE="$base" --build-arg OFFLINE=1 \
+  -t "$TAG" . \
   >"$work/build.log" 2>&1 || { tail -30 "$work/build.log"; fail "build"; }
 $engine image inspect --format '{{.Config.User}}' "$TAG" | grep -qx '10001:10001' \
   || fail "the image does not run as 10001:10001"
