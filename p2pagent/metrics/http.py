@@ -13,6 +13,7 @@ import asyncio
 import logging
 import socket
 import threading
+from concurrent.futures import Future
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -50,10 +51,21 @@ class MetricsServer:
         if loop is None:
             return self.render(accept)
 
-        async def render() -> tuple[bytes, str]:
-            return self.render(accept)
+        answer: Future[tuple[bytes, str]] = Future()
 
-        return asyncio.run_coroutine_threadsafe(render(), loop).result(RENDER_TIMEOUT_S)
+        def render_now() -> None:
+            if answer.set_running_or_notify_cancel():  # False: the scrape gave up already
+                try:
+                    answer.set_result(self.render(accept))
+                except Exception as e:
+                    answer.set_exception(e)
+
+        loop.call_soon_threadsafe(render_now)
+        try:
+            return answer.result(RENDER_TIMEOUT_S)
+        except TimeoutError:
+            answer.cancel()
+            raise
 
     def start(self, host: str, port: int) -> None:
         """Binds (OSError on a port in use) and serves in a daemon thread."""
