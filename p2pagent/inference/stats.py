@@ -36,6 +36,8 @@ class ModelCounters:
     failed_batches: int = 0
     #: Rows per batch -> batches of that size (bounded by the largest batch size).
     batch_sizes: dict[int, int] = field(default_factory=dict)
+    #: Seconds requests waited in the queue before their batch formed, summed over ``items``.
+    queue_s: float = 0.0
     #: Seconds per row, EWMA over successful batches; None until the first one.
     s_per_row: float | None = None
     #: Exponentially weighted sums for the (rows, seconds) line: weight, x, y, xx, xy.
@@ -110,6 +112,8 @@ class ModelStats:
     s_per_row: float | None
     #: (rows per batch, batches of that size), by rows.
     batch_sizes: tuple[tuple[int, int], ...] = ()
+    #: Seconds the ``items`` requests waited for their batches, summed.
+    queue_s: float = 0.0
 
     @property
     def mean_batch_size(self) -> float:
@@ -135,4 +139,5 @@ class ModelStats:
             c.failed_batches,
             c.s_per_row,
             batch_sizes=tuple(sorted(c.batch_sizes.items())),
+            queue_s=c.queue_s,
         )

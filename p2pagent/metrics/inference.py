@@ -1,4 +1,4 @@
-"""Inference metrics per model: requests, batches, rows, batch sizes."""
+"""Inference metrics per model: requests, batches, rows, batch sizes, time in the queue."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from prometheus_client.metrics_core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
 
 from p2pagent.inference.stats import ModelStats
@@ -48,6 +49,12 @@ def render(stats: Iterable[ModelStats]) -> Iterator[Metric]:
     sizes = HistogramMetricFamily(
         "p2pagent_inference_batch_size", "Rows per batch", labels=["model"]
     )
+    waited = SummaryMetricFamily(
+        "p2pagent_inference_queue_seconds",
+        "Time requests waited for their batch (sum and count: rate(sum) / rate(count) is the"
+        " mean)",
+        labels=["model"],
+    )
     for s in stats:
         queued.add_metric([s.model], s.queued)
         for outcome, n in (
@@ -61,4 +68,5 @@ def render(stats: Iterable[ModelStats]) -> Iterator[Metric]:
         failed.add_metric([s.model], s.failed_batches)
         rows.add_metric([s.model], s.rows)
         sizes.add_metric([s.model], batch_size_buckets(s.batch_sizes), sum_value=s.rows)
-    yield from (queued, requests, batches, failed, rows, sizes)
+        waited.add_metric([s.model], count_value=s.items, sum_value=s.queue_s)
+    yield from (queued, requests, batches, failed, rows, sizes, waited)

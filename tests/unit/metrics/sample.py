@@ -13,7 +13,9 @@ from p2pagent.transport.metrics import RpcMetrics
 def _stats(model: str, sizes: tuple[tuple[int, int], ...]) -> ModelStats:
     rows = sum(r * n for r, n in sizes)
     batches = sum(n for _r, n in sizes)
-    return ModelStats(model, 3, 10, 1, 2, 0, batches, batches, rows, 1, 0.01, batch_sizes=sizes)
+    return ModelStats(
+        model, 3, 10, 1, 2, 0, batches, batches, rows, 1, 0.01, batch_sizes=sizes, queue_s=0.25
+    )
 
 
 def sample_registry() -> RpcMetrics:
