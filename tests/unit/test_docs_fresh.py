@@ -83,3 +83,28 @@ def test_api_reference_carries_proto_comments() -> None:
     assert "| `Submit` |" in text and "journals it durably" in text
     assert "Node-to-node service" in text  # the comment above `package` in peer.proto
     assert '<a id="taskevent-kind"></a>' in text and "(#taskevent-kind)" in text
+
+
+def _anchors(path: Path) -> set[str]:
+    text = path.read_text()
+    found = set(re.findall(r'<a id="([^"]+)"', text))
+    for heading in re.findall(r"(?m)^#+ (.*)$", re.sub(r"(?s)```.*?```", "", text)):
+        found.add(re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-"))
+    return found
+
+
+def test_links_between_the_readme_and_docs_resolve() -> None:
+    root = docgen.ROOT
+    broken = []
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = re.sub(r"(?s)```.*?```", "", doc.read_text())
+        for link in re.findall(r"\]\(([^)\s]+)\)", text):
+            if link.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = link.partition("#")
+            target = (doc.parent / path).resolve() if path else doc
+            if not target.exists():
+                broken.append(f"{doc.name}: {link} (no such file)")
+            elif anchor and target.suffix == ".md" and anchor not in _anchors(target):
+                broken.append(f"{doc.name}: {link} (no such heading)")
+    assert broken == []
