@@ -396,6 +396,7 @@ class Client:
         """The Agent RPC named ``rpc`` with a request built by the caller (for the options
         the methods above leave out; ``p2pagentctl`` uses it), with their failover and errors:
         ``repeatable`` says whether a call that reached a node may be sent to another one."""
+        _check_rpc(rpc, streams=False)
         timeout = self._timeout if timeout_s is None else timeout_s
         return await self._call(
             lambda s: getattr(s, rpc)(request, timeout=timeout), repeatable=repeatable
@@ -405,6 +406,8 @@ class Client:
         """The server-streaming Agent RPC named ``rpc`` (``Watch``): opened on the first node
         that accepts it, then read from that node; a stream lost later raises (as our
         error), since where to resume is the caller's to say."""
+
+        _check_rpc(rpc, streams=True)
 
         async def open_stream(stub: agent_pb2_grpc.AgentAsyncStub) -> Any:
             call = getattr(stub, rpc)(request)
@@ -419,6 +422,17 @@ class Client:
             raise error_from_rpc(e) from e
         finally:
             call.cancel()
+
+
+def _check_rpc(rpc: str, *, streams: bool) -> None:
+    """``rpc`` is an Agent RPC that answers with a stream (``streams``) or with one message."""
+    method = agent_pb2.DESCRIPTOR.services_by_name["Agent"].methods_by_name.get(rpc)
+    if method is None:
+        raise InvalidArgument(f"{rpc!r} is not an RPC of the Agent service (see docs/API.md)")
+    if method.server_streaming != streams:
+        use = "stream" if method.server_streaming else "call"
+        answer = "a stream" if method.server_streaming else "one message"
+        raise InvalidArgument(f"{rpc} answers with {answer}: use Client.{use}")
 
 
 async def _final(
