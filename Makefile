@@ -42,7 +42,8 @@ proto: $(STAMP)
 	$(PY) -m p2pagent._proto.generate
 	$(PY) -m p2pagent.docgen
 
-# Regenerates the configuration reference in README.md and docs/API.md from the code.
+# Regenerates the configuration reference (docs/configuration.md), the authorization table
+# (docs/security.md) and docs/API.md from the code.
 docs: $(STAMP)
 	$(PY) -m p2pagent.docgen
 

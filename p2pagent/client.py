@@ -27,10 +27,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -138,7 +146,7 @@ class Client:
                         f"{target} failed the call after it was sent ({e.details()}); it may "
                         "or may not have been applied"
                     ) from e
-                failures.append(f"{target}: {e.details()}")
+                failures.append(f"{target}: {error_from_rpc(e)}")  # says why, in words
                 continue
             self._current = index
             return answer
@@ -340,11 +348,22 @@ class Client:
             file, name, format=format, replicas=str(replicas), chunk_size=chunk_size,
             metadata=Path(metadata) if metadata is not None else None,
         )  # fmt: skip
+        return await self.upload(file, header)
+
+    async def upload(
+        self,
+        path: Path,
+        header: agent_pb2.PublishModelRequest.Header,
+        sent: Callable[[int], object] | None = None,
+    ) -> agent_pb2.ModelVersion:
+        """``publish`` with the header already made (``models.upload.upload_header``, which
+        checks the file): ``sent`` is told the size of each piece as it goes."""
+        from p2pagent.models import upload
 
         async def send(stub: agent_pb2_grpc.AgentAsyncStub) -> agent_pb2.ModelVersion:
             with upload.reason_lost_by_grpc():
                 return await stub.PublishModel(
-                    upload.upload_requests(file, header), timeout=max(self._timeout, 600)
+                    upload.upload_requests(path, header, sent), timeout=max(self._timeout, 600)
                 )
 
         # Not repeated after it reached a node: a second publish would make a second version.
@@ -357,6 +376,52 @@ class Client:
             lambda s: s.ListModels(request, timeout=self._timeout), repeatable=True
         )
         return list(answer.versions)
+
+    # ---- any RPC --------------------------------------------------------------------------
+
+    async def call(
+        self, rpc: str, request: object, *, repeatable: bool, timeout_s: float | None = None
+    ) -> Any:
+        """The Agent RPC named ``rpc`` with a request built by the caller (for the options
+        the methods above leave out; ``p2pagentctl`` uses it), with their failover and errors:
+        ``repeatable`` says whether a call that reached a node may be sent to another one."""
+        _check_rpc(rpc, streams=False)
+        timeout = self._timeout if timeout_s is None else timeout_s
+        return await self._call(
+            lambda s: getattr(s, rpc)(request, timeout=timeout), repeatable=repeatable
+        )
+
+    async def stream(self, rpc: str, request: object) -> AsyncGenerator[Any, None]:
+        """The server-streaming Agent RPC named ``rpc`` (``Watch``): opened on the first node
+        that accepts it, then read from that node; a stream lost later raises (as our
+        error), since where to resume is the caller's to say."""
+
+        _check_rpc(rpc, streams=True)
+
+        async def open_stream(stub: agent_pb2_grpc.AgentAsyncStub) -> Any:
+            call = getattr(stub, rpc)(request)
+            await call.wait_for_connection()
+            return call
+
+        call = await self._call(open_stream, repeatable=True)
+        try:
+            async for item in call:
+                yield item
+        except grpc.aio.AioRpcError as e:
+            raise error_from_rpc(e) from e
+        finally:
+            call.cancel()
+
+
+def _check_rpc(rpc: str, *, streams: bool) -> None:
+    """``rpc`` is an Agent RPC that answers with a stream (``streams``) or with one message."""
+    method = agent_pb2.DESCRIPTOR.services_by_name["Agent"].methods_by_name.get(rpc)
+    if method is None:
+        raise InvalidArgument(f"{rpc!r} is not an RPC of the Agent service (see docs/API.md)")
+    if method.server_streaming != streams:
+        use = "stream" if method.server_streaming else "call"
+        answer = "a stream" if method.server_streaming else "one message"
+        raise InvalidArgument(f"{rpc} answers with {answer}: use Client.{use}")
 
 
 async def _final(

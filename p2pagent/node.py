@@ -35,6 +35,8 @@ from p2pagent.inference.formats import load_model
 from p2pagent.inference.worker import ModelWorker, isolating_loader
 from p2pagent.membership.driver import MembershipDriver, check_user_tags
 from p2pagent.membership.view import PeerDirectory
+from p2pagent.metrics.http import MetricsServer
+from p2pagent.metrics.node import register_node_metrics
 from p2pagent.models.publish_check import Confinement
 from p2pagent.state.config import StateConfig
 from p2pagent.state.driver import REVOKED_NS, StateDriver
@@ -164,6 +166,8 @@ class Node:
             hints=self.membership,
         )
         self.components.append(self.tasks)
+        register_node_metrics(self.metrics.registry, self)
+        self.metrics_server: MetricsServer | None = None
 
     def member_tags(self) -> dict[str, str]:
         """Tags replicated with membership: user tags, then the ones the system owns."""
@@ -247,8 +251,10 @@ class Node:
         self.address = f"[{host}]:{listen_port}" if ":" in host else f"{host}:{listen_port}"
         if self.config.metrics:
             mhost, mport = parse_address(self.config.metrics, "metrics address")
+            server = MetricsServer(self.metrics.registry, asyncio.get_running_loop())
             try:
-                self.metrics.serve(mhost, mport)
+                server.start(mhost, mport)
+                self.metrics_server = server
             except OSError as e:
                 raise ConfigError(f"cannot serve metrics on {self.config.metrics}: {e}") from None
         if self.local_models:
@@ -281,6 +287,11 @@ class Node:
         await self.engine.close()
         self.models_cache.close()
         await self.channels.close()
+        if self.metrics_server is not None:
+            # Last, so a scrape during the drain still sees the node; off the loop, since
+            # stopping waits for the server thread's poll.
+            await asyncio.to_thread(self.metrics_server.stop)
+            self.metrics_server = None
         if self._lock is not None:
             self._lock.close()
             self._lock = None

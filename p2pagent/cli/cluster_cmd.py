@@ -10,7 +10,6 @@ from google.protobuf.json_format import MessageToDict
 from p2pagent._proto import agent_pb2
 from p2pagent.cli import client
 from p2pagent.cli.output import emit_json, key_values, table
-from p2pagent.transport.errors import map_rpc_errors
 
 STATE_ORDER = {"alive": 0, "suspect": 1, "left": 2, "dead": 3}
 
@@ -39,9 +38,8 @@ def register(sub: Any) -> None:
 
 async def _revoke(args: argparse.Namespace) -> int:
     req = agent_pb2.RevokeRequest(identity=args.uri, reason=args.reason)
-    async with client.channel(args) as ch:
-        with map_rpc_errors():
-            await client.agent(ch).Revoke(req, timeout=args.timeout)
+    async with client.mesh(args) as mesh:
+        await mesh.call("Revoke", req, repeatable=True)  # a replicated put: harmless twice
     if args.json:
         emit_json({"revoked": args.uri, "reason": args.reason})
     else:
@@ -56,9 +54,8 @@ def status_doc(resp: agent_pb2.StatusResponse) -> dict[str, Any]:
 
 
 async def _status(args: argparse.Namespace) -> int:
-    async with client.channel(args) as ch:
-        with map_rpc_errors():
-            resp = await client.agent(ch).Status(agent_pb2.StatusRequest(), timeout=args.timeout)
+    async with client.mesh(args) as mesh:
+        resp = await mesh.status()
     doc = status_doc(resp)
     if args.json:
         emit_json(doc)
@@ -83,9 +80,8 @@ def member_docs(resp: agent_pb2.MembersResponse) -> list[dict[str, Any]]:
 
 
 async def _members(args: argparse.Namespace) -> int:
-    async with client.channel(args) as ch:
-        with map_rpc_errors():
-            resp = await client.agent(ch).Members(agent_pb2.MembersRequest(), timeout=args.timeout)
+    async with client.mesh(args) as mesh:
+        resp = await mesh.call("Members", agent_pb2.MembersRequest(), repeatable=True)
     docs = member_docs(resp)
     if args.json:
         emit_json(docs)

@@ -2,8 +2,9 @@
 
 Every command prints a readable table by default and JSON with ``--json``. Failures are one
 line on stderr and a non-zero exit status: 1 for a failed operation, 2 for bad usage or
-configuration, 130 when interrupted. Even an unexpected error is one line (with
-``P2PAGENT_DEBUG=1`` it shows its traceback), and a closed pipe (``| head``) ends quietly.
+configuration, 130 when interrupted; gRPC's own log lines are kept off the terminal. Even an
+unexpected error is one line (with ``P2PAGENT_DEBUG=1`` it shows its traceback), and a closed
+pipe (``| head``) ends quietly.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+import p2pagent.cli.grpc_quiet  # noqa: F401  (first: before anything loads grpc)
 from p2pagent import __version__
 from p2pagent.cli import (
     certs_cmd,
     cluster_cmd,
+    completion_cmd,
     infer_cmd,
     models_cmd,
     state_cmd,
@@ -26,10 +29,12 @@ from p2pagent.cli import (
     top_cmd,
 )
 from p2pagent.cli.args import OneLineErrorParser
-from p2pagent.errors import ConfigError, InvalidArgument, P2PAgentError, Unavailable
+from p2pagent.errors import ConfigError, InvalidArgument, P2PAgentError
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
-MODULES = (certs_cmd, cluster_cmd, top_cmd, state_cmd, infer_cmd, models_cmd, tasks_cmd)
+MODULES = (
+    certs_cmd, cluster_cmd, top_cmd, state_cmd, infer_cmd, models_cmd, tasks_cmd, completion_cmd,
+)  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,10 +54,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, InvalidArgument) as e:
         print(f"p2pagentctl: error: {e}", file=sys.stderr)
         return 2
-    except Unavailable as e:
-        target = getattr(args, "target", "")
-        print(f"p2pagentctl: error: cannot reach {target}: {e}", file=sys.stderr)
-        return 1
     except P2PAgentError as e:
         print(f"p2pagentctl: error: {e}", file=sys.stderr)
         return 1

@@ -12,7 +12,6 @@ from p2pagent._proto import agent_pb2
 from p2pagent.cli import client
 from p2pagent.cli.output import emit_json
 from p2pagent.cli.tensors import describe, from_proto, read_inputs
-from p2pagent.transport.errors import map_rpc_errors
 
 
 def register(sub: Any) -> None:
@@ -30,9 +29,8 @@ def register(sub: Any) -> None:
 async def _infer(args: argparse.Namespace) -> int:
     inputs = read_inputs(args.input, args.input_name)
     req = agent_pb2.InferRequest(model=args.model, inputs=inputs, model_version=args.version)
-    async with client.channel(args) as ch:
-        with map_rpc_errors():
-            resp = await client.agent(ch).Infer(req, timeout=args.timeout)
+    async with client.mesh(args) as mesh:
+        resp = await mesh.call("Infer", req, repeatable=True)  # not journaled: safe to repeat
     if args.output and resp.outputs:
         np.save(Path(args.output), from_proto(resp.outputs[0]), allow_pickle=False)
     outputs = [describe(t, full=args.json) for t in resp.outputs]

@@ -14,8 +14,7 @@ from p2pagent.cli.args import UINT32_MAX, int_in
 from p2pagent.cli.output import emit_json, key_values, table
 from p2pagent.cli.progress import ticker
 from p2pagent.inference.formats import FORMAT_NAMES
-from p2pagent.models.upload import reason_lost_by_grpc, upload_header, upload_requests
-from p2pagent.transport.errors import map_rpc_errors
+from p2pagent.models.upload import upload_header
 
 
 def register(sub: Any) -> None:
@@ -93,6 +92,8 @@ class _Progress:
 
 
 async def _push(args: argparse.Namespace) -> int:
+    # The file is checked before anything else: what the node would refuse never needs
+    # certificates or a connection to be found out.
     header = upload_header(
         args.file,
         args.name,
@@ -103,11 +104,8 @@ async def _push(args: argparse.Namespace) -> int:
     )
     size = header.size
     progress = _Progress(size, not args.no_progress and not args.json)
-    async with client.channel(args) as ch:
-        with map_rpc_errors(), reason_lost_by_grpc():
-            resp = await client.agent(ch).PublishModel(
-                upload_requests(args.file, header, progress.add), timeout=max(args.timeout, 600)
-            )
+    async with client.mesh(args) as mesh:
+        resp = await mesh.upload(args.file, header, progress.add)
     doc = version_doc(resp)
     if args.json:
         emit_json(doc)
@@ -117,12 +115,9 @@ async def _push(args: argparse.Namespace) -> int:
 
 
 async def _ls(args: argparse.Namespace) -> int:
-    async with client.channel(args) as ch:
-        with map_rpc_errors():
-            resp = await client.agent(ch).ListModels(
-                agent_pb2.ListModelsRequest(name=args.name), timeout=args.timeout
-            )
-    rows = [version_doc(v) for v in resp.versions]
+    async with client.mesh(args) as mesh:
+        versions = await mesh.models(args.name)
+    rows = [version_doc(v) for v in versions]
     if args.json:
         emit_json(rows)
     else:
@@ -133,12 +128,13 @@ async def _ls(args: argparse.Namespace) -> int:
 
 async def _pull(args: argparse.Namespace) -> int:
     label = f"pulling {args.name} on {args.target}"
-    async with client.channel(args) as ch, ticker(label, enabled=not args.json):
-        with map_rpc_errors():
-            resp = await client.agent(ch).PullModel(
-                agent_pb2.PullModelRequest(name=args.name, manifest_id=args.version),
-                timeout=max(args.timeout, 600),
-            )
+    async with client.mesh(args) as mesh, ticker(label, enabled=not args.json):
+        resp = await mesh.call(
+            "PullModel",
+            agent_pb2.PullModelRequest(name=args.name, manifest_id=args.version),
+            repeatable=True,  # a second pull of a version joins or finds the first
+            timeout_s=max(args.timeout, 600),
+        )
     doc = version_doc(resp)
     if args.json:
         emit_json(doc)
@@ -148,12 +144,12 @@ async def _pull(args: argparse.Namespace) -> int:
 
 
 async def _rm(args: argparse.Namespace) -> int:
-    async with client.channel(args) as ch:
-        with map_rpc_errors():
-            resp = await client.agent(ch).DeleteModel(
-                agent_pb2.DeleteModelRequest(name=args.name, manifest_id=args.version),
-                timeout=args.timeout,
-            )
+    async with client.mesh(args) as mesh:
+        resp = await mesh.call(
+            "DeleteModel",
+            agent_pb2.DeleteModelRequest(name=args.name, manifest_id=args.version),
+            repeatable=True,  # deleting what is already deleted deletes nothing more
+        )
     if args.json:
         emit_json({"deleted": resp.deleted})
     else:

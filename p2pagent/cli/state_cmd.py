@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+from contextlib import aclosing
 from typing import Any
 
 from p2pagent._proto import agent_pb2
 from p2pagent.cli import client
 from p2pagent.cli.args import INT64, UINT32_MAX, UINT64_MAX, int_in
 from p2pagent.cli.output import emit_json, key_values, table
-from p2pagent.transport.errors import map_rpc_errors
 
 TYPES = {"lww": agent_pb2.LWW, "mv": agent_pb2.MV}
 CONSISTENCY = {"local": agent_pb2.LOCAL, "peers": agent_pb2.PEERS, "majority": agent_pb2.MAJORITY}
@@ -104,10 +104,14 @@ def _options(args: argparse.Namespace) -> agent_pb2.WriteOptions:
     )
 
 
+#: Writes that may be sent to another node after reaching one: applying them twice is the
+#: same as once (an increment is not).
+REPEATABLE = {"Put", "Delete", "SetAdd", "SetRemove"}
+
+
 async def _write(args: argparse.Namespace, method: str, req: Any) -> int:
-    async with client.channel(args) as ch:
-        with map_rpc_errors():
-            resp = await getattr(client.agent(ch), method)(req, timeout=args.timeout)
+    async with client.mesh(args) as mesh:
+        resp = await mesh.call(method, req, repeatable=method in REPEATABLE)
     doc = {"key": args.state_key, "version": dict(resp.version), "acked_by": resp.acked_by}
     if args.json:
         emit_json(doc)
@@ -157,11 +161,8 @@ async def _srem(args: argparse.Namespace) -> int:
 
 
 async def _get(args: argparse.Namespace) -> int:
-    async with client.channel(args) as ch:
-        with map_rpc_errors():
-            resp = await client.agent(ch).Get(
-                agent_pb2.GetRequest(namespace=args.ns, key=args.state_key), timeout=args.timeout
-            )
+    async with client.mesh(args) as mesh:
+        resp = await mesh.get(args.ns, args.state_key)
     if not resp.found:
         if args.json:
             emit_json({"key": args.state_key, "found": False})
@@ -179,7 +180,7 @@ async def _get(args: argparse.Namespace) -> int:
 async def _scan(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     token = ""
-    async with client.channel(args) as ch:
+    async with client.mesh(args) as mesh:
         while len(rows) < args.limit:
             req = agent_pb2.ScanRequest(
                 namespace=args.ns,
@@ -187,8 +188,7 @@ async def _scan(args: argparse.Namespace) -> int:
                 limit=min(100, args.limit - len(rows)),
                 page_token=token,
             )
-            with map_rpc_errors():
-                resp = await client.agent(ch).Scan(req, timeout=args.timeout)
+            resp = await mesh.call("Scan", req, repeatable=True)
             rows += [{"key": e.key, **value_doc(e.value)} for e in resp.entries]
             token = resp.next_page_token
             if not token:
@@ -203,20 +203,19 @@ async def _scan(args: argparse.Namespace) -> int:
 async def _watch(args: argparse.Namespace) -> int:
     req = agent_pb2.WatchRequest(namespace=args.ns, prefix=args.prefix, from_seq=args.from_seq)
     seen = 0
-    async with client.channel(args) as ch:
-        with map_rpc_errors():
-            async for change in client.agent(ch).Watch(req):
-                doc: dict[str, Any] = {"seq": change.seq, "key": change.key}
-                if change.deleted:
-                    doc["deleted"] = True
-                else:
-                    doc.update(value_doc(change.value))
-                if args.json:
-                    emit_json(doc)
-                else:
-                    what = "deleted" if change.deleted else doc.get("value")
-                    print(f"#{change.seq} {change.namespace}/{change.key} = {what}", flush=True)
-                seen += 1
-                if args.count and seen >= args.count:
-                    break
+    async with client.mesh(args) as mesh, aclosing(mesh.stream("Watch", req)) as changes:
+        async for change in changes:
+            doc: dict[str, Any] = {"seq": change.seq, "key": change.key}
+            if change.deleted:
+                doc["deleted"] = True
+            else:
+                doc.update(value_doc(change.value))
+            if args.json:
+                emit_json(doc)
+            else:
+                what = "deleted" if change.deleted else doc.get("value")
+                print(f"#{change.seq} {change.namespace}/{change.key} = {what}", flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                break
     return 0

@@ -14,7 +14,6 @@ from p2pagent.cli.output import emit_json, key_values, table
 from p2pagent.cli.tensors import describe, read_inputs
 from p2pagent.client import Client
 from p2pagent.tasks.config import MAX_LIST_TASKS
-from p2pagent.transport.errors import map_rpc_errors
 
 #: Most copies one ``tasks submit --count`` sends (a bound on an accidental flood).
 MAX_COUNT = 1_000_000
@@ -84,12 +83,7 @@ def _show(e: agent_pb2.TaskEvent, args: argparse.Namespace) -> dict[str, Any]:
 def _mesh(args: argparse.Namespace) -> Client:
     """The Python client over ``--target``'s nodes: a task is followed across a lost stream
     and a restart of the node that took it, and to another listed node."""
-    return Client(
-        client.targets_of(args),
-        client.material_of(args),
-        timeout_s=args.timeout,
-        follow_s=args.follow,
-    )
+    return client.mesh(args, follow_s=getattr(args, "follow", 600.0))
 
 
 async def _submit_and_wait(
@@ -122,11 +116,9 @@ async def _submit(args: argparse.Namespace) -> int:
             results = list(await asyncio.gather(*follow))
         ids = [r["task_id"] for r in results]
     else:
-        async with client.channel(args) as ch:
-            stub = client.agent(ch)
-            with map_rpc_errors():
-                for _ in range(args.count):
-                    ids.append((await stub.Submit(req, timeout=args.timeout)).task_id)
+        async with _mesh(args) as mesh:
+            for _ in range(args.count):
+                ids.append((await mesh.call("Submit", req, repeatable=False)).task_id)
         if not args.json:
             for tid in ids:
                 print(tid)
@@ -144,11 +136,10 @@ async def _wait(args: argparse.Namespace) -> int:
 
 
 async def _ls(args: argparse.Namespace) -> int:
-    async with client.channel(args) as ch:
-        with map_rpc_errors():
-            resp = await client.agent(ch).ListTasks(
-                agent_pb2.ListTasksRequest(limit=args.limit), timeout=args.timeout
-            )
+    async with _mesh(args) as mesh:
+        resp = await mesh.call(
+            "ListTasks", agent_pb2.ListTasksRequest(limit=args.limit), repeatable=True
+        )
     counters = {
         "queue_length": resp.queue_length,
         "running": resp.running,

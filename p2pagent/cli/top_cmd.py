@@ -15,16 +15,14 @@ import sys
 import time
 from typing import Any
 
-import grpc
-
-from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
+from p2pagent._proto import agent_pb2, common_pb2
 from p2pagent.cli import client
 from p2pagent.cli.args import INT32, int_in, seconds
 from p2pagent.cli.cluster_cmd import STATE_ORDER
 from p2pagent.cli.output import emit_json, table
-from p2pagent.errors import Unavailable
+from p2pagent.client import Client
+from p2pagent.errors import P2PAgentError, Unavailable
 from p2pagent.identity.material import TLSMaterial
-from p2pagent.transport.channels import secure_channel
 
 COLUMNS = [
     "name", "state", "address", "device", "queue", "running", "backlog_s", "tasks_per_s",
@@ -47,28 +45,28 @@ def register(sub: Any) -> None:
 
 
 class Mesh:
-    """Channels to every member, kept between refreshes."""
+    """A client per member (each asked about itself), kept between refreshes."""
 
     def __init__(self, targets: list[str], material: TLSMaterial, timeout: float) -> None:
         self.known = list(targets)
         self.material = material
         self.timeout = timeout
-        self.channels: dict[str, grpc.aio.Channel] = {}
+        self.clients: dict[str, Client] = {}
         self.completed: dict[str, tuple[float, int]] = {}
 
-    def stub(self, address: str) -> agent_pb2_grpc.AgentAsyncStub:
-        ch = self.channels.get(address)
-        if ch is None:
-            ch = self.channels[address] = secure_channel(address, self.material)
-        return agent_pb2_grpc.AgentStub(ch)
+    def client(self, address: str) -> Client:
+        c = self.clients.get(address)
+        if c is None:
+            c = self.clients[address] = Client([address], self.material, timeout_s=self.timeout)
+        return c
 
     async def members(self) -> list[common_pb2.Member]:
         for address in list(self.known):
             try:
-                resp = await self.stub(address).Members(
-                    agent_pb2.MembersRequest(), timeout=self.timeout
+                resp = await self.client(address).call(
+                    "Members", agent_pb2.MembersRequest(), repeatable=True
                 )
-            except grpc.aio.AioRpcError:
+            except P2PAgentError:
                 continue
             reachable = [m.address for m in resp.members if m.state in ("alive", "suspect")]
             self.known = [address] + [a for a in reachable if a != address]
@@ -79,10 +77,8 @@ class Mesh:
         if m.state not in ("alive", "suspect") or not m.address:
             return None
         try:
-            return await self.stub(m.address).Status(
-                agent_pb2.StatusRequest(), timeout=self.timeout
-            )
-        except grpc.aio.AioRpcError:
+            return await self.client(m.address).status()
+        except P2PAgentError:
             return None
 
     async def snapshot(self) -> list[dict[str, Any]]:
@@ -118,8 +114,8 @@ class Mesh:
         return rows
 
     async def close(self) -> None:
-        for ch in self.channels.values():
-            await ch.close()
+        for c in self.clients.values():
+            await c.close()
 
 
 async def _top(args: argparse.Namespace) -> int:

@@ -194,7 +194,7 @@ def render() -> str:
         "Package `p2pagent.v1`. Every node serves both services over mutual TLS, plus the",
         "standard `grpc.health.v1.Health` and server reflection, so stock tools (grpcurl,",
         "grpc_health_probe) work with a client certificate. Errors are gRPC status codes with",
-        "a message that names the problem (see the README for which code means what).",
+        "a message that names the problem (docs/operations.md says which code means what).",
         "",
         "## Who may call what",
         "",

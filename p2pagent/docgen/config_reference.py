@@ -1,4 +1,4 @@
-"""The configuration reference (README.md) from the ``Config`` dataclasses.
+"""The configuration reference (docs/configuration.md) from the ``Config`` dataclasses.
 
 Each setting is documented where it is declared, by the ``#:`` comment lines above it; a
 setting declared right under another without a comment of its own shares that comment

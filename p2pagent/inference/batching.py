@@ -319,6 +319,8 @@ class BatchPolicy:
         q.counters.batches += 1
         q.counters.items += len(taken)
         q.counters.rows += rows
+        q.counters.batch_sizes[rows] = q.counters.batch_sizes.get(rows, 0) + 1
+        q.counters.queue_s += sum(now - p.enqueued_at for p in taken)
         self._in_flight[batch.batch_id] = (batch, charge)
         return batch
 

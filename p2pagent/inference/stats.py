@@ -17,7 +17,7 @@ batch: waiting longer than a batch's fixed cost to merge two batches cannot pay.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -34,6 +34,10 @@ class ModelCounters:
     #: Rows (batch-dimension entries) dispatched.
     rows: int = 0
     failed_batches: int = 0
+    #: Rows per batch -> batches of that size (bounded by the largest batch size).
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+    #: Seconds requests waited in the queue before their batch formed, summed over ``items``.
+    queue_s: float = 0.0
     #: Seconds per row, EWMA over successful batches; None until the first one.
     s_per_row: float | None = None
     #: Exponentially weighted sums for the (rows, seconds) line: weight, x, y, xx, xy.
@@ -106,6 +110,10 @@ class ModelStats:
     rows: int
     failed_batches: int
     s_per_row: float | None
+    #: (rows per batch, batches of that size), by rows.
+    batch_sizes: tuple[tuple[int, int], ...] = ()
+    #: Seconds the ``items`` requests waited for their batches, summed.
+    queue_s: float = 0.0
 
     @property
     def mean_batch_size(self) -> float:
@@ -130,4 +138,6 @@ class ModelStats:
             c.rows,
             c.failed_batches,
             c.s_per_row,
+            batch_sizes=tuple(sorted(c.batch_sizes.items())),
+            queue_s=c.queue_s,
         )

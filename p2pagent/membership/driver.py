@@ -32,7 +32,7 @@ from p2pagent.membership import codec
 from p2pagent.membership.config import MembershipConfig
 from p2pagent.membership.hints import LoadHint
 from p2pagent.membership.messages import Kind, Message, Send
-from p2pagent.membership.swim import Swim
+from p2pagent.membership.swim import Counters, Swim
 from p2pagent.membership.view import ALIVE, Listener, MemberView
 from p2pagent.models.atomic import atomic_write
 from p2pagent.transport.guard import caller_identity
@@ -155,6 +155,10 @@ class MembershipDriver:
     @property
     def incarnation(self) -> int:
         return 0 if self._core is None else self._core.incarnation
+
+    def counters(self) -> Counters | None:
+        """The SWIM core's counters (None before start), for metrics."""
+        return None if self._core is None else self._core.counters
 
     def counts(self) -> tuple[int, int]:
         """(reachable members, known members), this one included."""

@@ -62,7 +62,7 @@ from p2pagent.models.manifest import (
 from p2pagent.models.ownership import check_may_delete, check_may_publish
 from p2pagent.models.publish import PublishWriter
 from p2pagent.models.publish_check import Confinement, check_model
-from p2pagent.models.puller import Holding, Puller, PullReport
+from p2pagent.models.puller import Holding, PullCounts, Puller, PullReport
 from p2pagent.models.ratelimit import TokenBucket
 from p2pagent.models.registry import NS, Entry
 from p2pagent.models.replication import VersionInfo, plan_replication
@@ -151,6 +151,7 @@ class ModelsDriver:
             pull=self.pull,
         )
         self.last_pull: PullReport | None = None
+        self.pull_counts = PullCounts()
 
     @property
     def store(self) -> ChunkStore:
@@ -406,13 +407,24 @@ class ModelsDriver:
             advertise=lambda chunks: self._swarm.advertise(m, chunks),
             name=self.name,
         )
-        report = await puller.run()
+        self.pull_counts.running += 1
+        try:
+            report = await puller.run()
+        except BaseException:
+            self.pull_counts.failed += 1
+            raise
+        finally:
+            self.pull_counts.running -= 1
+        self.pull_counts.fetched_bytes += report.fetched_bytes
+        self.pull_counts.corrupt_chunks += report.corrupt
         complete = await self._run_io(self.store.is_complete, mid)
         if not complete:
+            self.pull_counts.failed += 1
             raise FailedPrecondition(
                 f"pull of {m.name!r} ({mid[:12]}) ended with chunks missing; pull it again"
             )
         self._complete.add(mid)
+        self.pull_counts.completed += 1
         self.last_pull = report
         log.info("models: pulled %s (%s): %s", m.name, mid[:12], report.summary())
         await self._advertise(m)
@@ -564,6 +576,10 @@ class ModelsDriver:
         return await self.loadable.ensure_loadable(name, version)
 
     # ---- views --------------------------------------------------------------------------------
+
+    def versions_held(self) -> int:
+        """Versions held complete on this node."""
+        return len(self._complete)
 
     def held_names(self) -> list[str]:
         return sorted({e.manifest.name for e in self.entries() if e.manifest_id in self._complete})

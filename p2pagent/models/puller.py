@@ -89,6 +89,18 @@ class PullReport:
         )
 
 
+@dataclass
+class PullCounts:
+    """A node's pulls since start, for its metrics."""
+
+    running: int = 0
+    completed: int = 0
+    failed: int = 0
+    fetched_bytes: int = 0
+    #: Chunks whose hash did not match (their holder was banned for the pull).
+    corrupt_chunks: int = 0
+
+
 class Puller:
     """Fetches the missing chunks of one version from its holders."""
 

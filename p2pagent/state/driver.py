@@ -46,6 +46,7 @@ from p2pagent.state.config import StateConfig
 from p2pagent.state.messages import DeltaMessage, Message
 from p2pagent.state.replica import PersistBatch, Replica
 from p2pagent.state.store import StateStore
+from p2pagent.state.traffic import SyncTraffic
 from p2pagent.state.values import Change, ReadResult, ScanPage, WriteResult
 from p2pagent.transport.guard import caller_identity
 
@@ -111,6 +112,7 @@ class StateDriver:
         self._unsaved: PersistBatch | None = None
         self._listeners: list[tuple[str, str, ChangeListener]] = []
         self._published = 0
+        self.traffic = SyncTraffic()
         self._known: set[str] = set()
         self._unsubscribe: Callable[[], None] | None = None
         self._bad = RateLimitedLog(log, 60.0)
@@ -423,6 +425,7 @@ class StateDriver:
         self, peer: str, address: str, message: Message, durable: bool, limit_s: float
     ) -> bool:
         env = common_pb2.Envelope(version=VERSION, payload=encode_message(message))
+        self.traffic.count("sent", message, len(env.payload))
         metadata = ((DURABLE_METADATA, "1"),) if durable else None
         try:
             stub = peer_pb2_grpc.PeerStub(self._channels.get(address))
@@ -431,6 +434,7 @@ class StateDriver:
                 msg = self._decode(reply, peer)
                 if msg is None:
                     return False
+                self.traffic.count("received", msg, len(reply.payload))
                 _changes, answers = self.replica.handle(msg, time.time())
                 self._after_change()
                 for answer in answers:
@@ -475,13 +479,16 @@ class StateDriver:
             raise InvalidArgument(
                 f"state message names sender {msg.sender!r} but the certificate is {peer!r}"
             )
+        self.traffic.count("received", msg, len(request.payload))
         _changes, answers = replica.handle(msg, time.time())
         self._after_change()
         metadata = dict(context.invocation_metadata() or ())
         if metadata.get(DURABLE_METADATA) == "1":
             await self.flush(durable=True)
         for answer in answers:
-            yield common_pb2.Envelope(version=VERSION, payload=encode_message(answer))
+            payload = encode_message(answer)
+            self.traffic.count("sent", answer, len(payload))
+            yield common_pb2.Envelope(version=VERSION, payload=payload)
 
     def _decode(self, env: common_pb2.Envelope, peer: str) -> Message | None:
         try:

@@ -158,6 +158,8 @@ class LeaseTable:
         self._expiry: list[tuple[float, str]] = []
         #: Retention of done tasks submitted with their own (``submit(retain_s=...)``).
         self._retain: dict[str, float] = {}
+        #: Leases taken back from a holder that died or let the lease expire (for metrics).
+        self.leases_lost = 0
 
     # ---- views ---------------------------------------------------------------------------
 
@@ -371,6 +373,7 @@ class LeaseTable:
 
     def _requeue(self, lease: _Lease, now: float, reason: str) -> list[Action]:
         old = lease.task
+        self.leases_lost += 1
         if old.attempt + 1 >= self.cfg.max_attempts:
             message = (
                 f"task {old.task_id} gave up after {old.attempt + 1} attempts (last: {reason}); "

@@ -1,7 +1,7 @@
 """The authorization table: which roles may call each RPC the node serves.
 
-One table, read by the guard on every call and rendered into docs/API.md and the README's
-Security section (``p2pagent.docgen``), so what is documented is what is enforced. A method
+One table, read by the guard on every call and rendered into docs/API.md and docs/security.md's
+roles section (``p2pagent.docgen``), so what is documented is what is enforced. A method
 missing from the table is refused for everyone, and tests/unit/transport/test_authorization.py
 fails until every RPC of every served service has a row: a new RPC cannot ship open by
 accident.

@@ -161,11 +161,16 @@ class Guard(grpc.aio.ServerInterceptor):
 def _wrap(
     handler: grpc.RpcMethodHandler[Any, Any], method: str, guard: Guard
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    metrics = guard._metrics
+    rpc = None if guard._metrics is None else guard._metrics.rpc(method, _rpc_type(handler))
+
+    def begin() -> float:
+        if rpc is not None:
+            rpc.started()
+        return time.perf_counter()
 
     def finish(start: float, code: str) -> None:
-        if metrics is not None:
-            metrics.observe(method, code, time.perf_counter() - start)
+        if rpc is not None:
+            rpc.handled(code, time.perf_counter() - start)
 
     async def fail(context: Any, exc: BaseException, start: float) -> None:
         answer: tuple[tuple[str, str], ...] = ()
@@ -201,7 +206,7 @@ def _wrap(
 
     def unary_response(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
         async def run(request: Any, context: Any) -> Any:
-            start = time.perf_counter()
+            start = begin()
             stream: OpenStream | None = None
             try:
                 ident = guard.authorize(method, context)
@@ -237,7 +242,7 @@ def _wrap(
         if inspect.isasyncgenfunction(behavior):
 
             async def gen(request: Any, context: Any) -> AsyncIterator[Any]:
-                start = time.perf_counter()
+                start = begin()
                 stream: OpenStream | None = None
                 try:
                     ident = guard.authorize(method, context)
@@ -380,6 +385,16 @@ def _checked_stream(request: Any) -> Any:
             yield item
 
     return items()
+
+
+def _rpc_type(handler: grpc.RpcMethodHandler[Any, Any]) -> str:
+    if handler.unary_unary:
+        return "unary"
+    if handler.stream_unary:
+        return "client_stream"
+    if handler.unary_stream:
+        return "server_stream"
+    return "bidi_stream"
 
 
 def _code_name(context: Any) -> str:

@@ -14,7 +14,7 @@ import torch
 
 from p2pagent._proto import agent_pb2
 from p2pagent.client import Client
-from p2pagent.errors import InvalidArgument, NotFound, Unavailable
+from p2pagent.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from p2pagent.inference import demo_model
 from p2pagent.testing.daemon import Daemon, free_port
 from tests.integration.demo_node import expected, running, serve_args
@@ -137,3 +137,31 @@ async def test_run_follows_its_task_across_a_restart_of_the_node_that_took_it(
         for t in restarter:
             t.join(timeout=90)  # then kill what it started
         d.kill()
+
+
+async def test_any_rpc_by_name_with_the_same_failover_and_errors(
+    node: Daemon, certs_dir: Path
+) -> None:
+    # What p2pagentctl uses for requests it builds itself (every CLI command goes this way).
+    down = f"127.0.0.1:{free_port()}"
+    async with Client.from_certs([down, node.address], certs_dir) as mesh:
+        members = await mesh.call("Members", agent_pb2.MembersRequest(), repeatable=True)
+        assert [m.name for m in members.members] == ["n7"]
+        assert mesh.target == node.address  # moved past the node that is down
+        with pytest.raises(PermissionDenied, match="needs role publisher"):
+            await mesh.call("DeleteModel", agent_pb2.DeleteModelRequest(name="nope"),
+                            repeatable=True)  # fmt: skip
+        with pytest.raises(InvalidArgument, match=r"answers with a stream: use Client\.stream"):
+            await mesh.call("Wait", agent_pb2.WaitRequest(task_id="n7-0"), repeatable=True)
+        with pytest.raises(InvalidArgument, match="not an RPC of the Agent service"):
+            await mesh.call("Stauts", agent_pb2.StatusRequest(), repeatable=True)
+        # A Watch from now: write until the stream, opened concurrently, sees a write.
+        changes = mesh.stream("Watch", agent_pb2.WatchRequest(namespace="ns"))
+        first = asyncio.ensure_future(anext(changes))
+        async with asyncio.timeout(60):
+            while not first.done():
+                await mesh.put("ns", "k", b"v")
+                await asyncio.wait([first], timeout=0.2)
+        change = first.result()
+        assert (change.key, list(change.value.values)) == ("k", [b"v"])
+        await changes.aclose()

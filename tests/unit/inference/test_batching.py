@@ -395,3 +395,18 @@ def test_no_hold_after_a_batch_of_one_request_however_many_rows() -> None:
     again = p.submit("m", 2, now=now + 0.0141)
     (b,) = p.poll(now + 0.0141).batches
     assert b.request_ids == (again,) and rid != again
+
+
+def test_stats_count_batch_sizes_and_time_in_the_queue() -> None:
+    p = policy(max_batch_size=4)
+    first = p.submit("m", 1, now=0.0)
+    (running,) = p.poll(0.0).batches  # a lone request at once: waited 0 s
+    assert running.request_ids == (first,)
+    p.submit("m", 2, now=0.1)
+    p.submit("m", 1, now=0.2)
+    p.on_batch_done(running.batch_id, 0.5)
+    (b,) = p.poll(0.5).batches  # both, waited 0.4 s and 0.3 s
+    assert b.rows == 3
+    s = p.stats()["m"]
+    assert s.batch_sizes == ((1, 1), (3, 1))  # for the metrics' batch-size histogram
+    assert s.queue_s == pytest.approx(0.7)
