@@ -165,6 +165,16 @@ class Node:
             hints=self.membership,
         )
         self.components.append(self.tasks)
+        from p2pagent.training.driver import TrainingDriver
+
+        self.training: TrainingDriver | None = TrainingDriver(
+            self.name,
+            config.training,
+            channels=self.channels,
+            members=self.members,
+            set_tag=self.membership.set_tag,
+        )
+        self.components.append(self.training)
 
     def member_tags(self) -> dict[str, str]:
         """Tags replicated with membership: user tags, then the ones the system owns."""

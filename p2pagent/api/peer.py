@@ -17,10 +17,12 @@ from p2pagent.api.membership import MembershipPeerApi
 from p2pagent.api.models import ModelsPeerApi
 from p2pagent.api.state import StatePeerApi
 from p2pagent.api.tasks import TasksPeerApi
+from p2pagent.api.training import TrainingPeerApi
 from p2pagent.membership.codec import MAX_GOSSIP_BYTES, MAX_PUSH_PULL_BYTES
 from p2pagent.state.codec import RECEIVE_SLACK_BYTES
 from p2pagent.tasks.admission import request_limit
 from p2pagent.tasks.wire import MAX_REPORT_BYTES
+from p2pagent.training.wire import CHUNK_BYTES, HEADER_BYTES
 
 if TYPE_CHECKING:
     from p2pagent.config import Config
@@ -59,11 +61,18 @@ def request_limits(config: Config, state_message_bytes: int) -> dict[str, tuple[
         AGENT + "Submit": tasks,
         AGENT + "SubmitAndWait": tasks,
         AGENT + "Infer": tasks,
+        PEER + "AverageParts": (CHUNK_BYTES + HEADER_BYTES, "training.wire.CHUNK_BYTES"),
+        AGENT + "Average": (CHUNK_BYTES + HEADER_BYTES, "training.wire.CHUNK_BYTES"),
     }
 
 
 class PeerService(
-    MembershipPeerApi, StatePeerApi, ModelsPeerApi, TasksPeerApi, peer_pb2_grpc.PeerServicer
+    MembershipPeerApi,
+    StatePeerApi,
+    ModelsPeerApi,
+    TasksPeerApi,
+    TrainingPeerApi,
+    peer_pb2_grpc.PeerServicer,
 ):
     """Each capability's handlers live in ``api/<capability>.py``; this class joins them."""
 

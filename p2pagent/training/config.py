@@ -42,6 +42,9 @@ class TrainingConfig:
     #: What parameters travel as: "none" (float32) or "fp16" (half the bytes; every member
     #: rounds the averaged slices alike, so members still agree bit for bit).
     compression: str = "none"
+    #: Largest parameter vector (bytes of float32) a run on this node may average; also the
+    #: largest part accepted from a peer.
+    max_parameter_bytes: int = 2 * 1024 * 1024 * 1024
 
     def validate(self) -> TrainingConfig:
         if self.group_size < 2:
@@ -69,6 +72,8 @@ class TrainingConfig:
                 f"training.compression must be one of {', '.join(COMPRESSIONS)}, "
                 f"not {self.compression!r}"
             )
+        if self.max_parameter_bytes < 4:
+            raise ConfigError("training.max_parameter_bytes must be at least 4")
         if self.max_rounds_ahead < 0:
             raise ConfigError("training.max_rounds_ahead must be >= 0")
         return self
