@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,8 @@ import numpy.typing as npt
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc
 from p2pagent.errors import InvalidArgument
+from p2pagent.training.publish import PublishPlan, due, is_publisher
+from p2pagent.training.publish import publish as publish_version
 from p2pagent.training.wire import vector_chunks
 
 Arrays = Mapping[str, npt.NDArray[np.generic]]
@@ -134,7 +137,9 @@ def average(
 
 
 class MeshAverager:
-    """Averages every ``every`` calls of ``step``; counts the samples seen in between."""
+    """Averages every ``every`` calls of ``step``; counts the samples seen in between. With a
+    ``publish`` plan, the group's publisher (``publish.is_publisher``) publishes the averaged
+    parameters every ``publish.every`` rounds."""
 
     def __init__(
         self,
@@ -144,14 +149,22 @@ class MeshAverager:
         every: int,
         min_members: int = 1,
         timeout: float | None = None,
+        publish: PublishPlan | None = None,
     ) -> None:
         if every < 1:
             raise InvalidArgument("every must be at least 1 step")
         self.stub, self.run, self.every = stub, run, every
         self.min_members, self.timeout = min_members, timeout
+        self.plan = publish
+        self.node = stub.Status(agent_pb2.StatusRequest(), timeout=30).name if publish else ""
         self.steps = 0
         self.samples = 0.0
         self.rounds: list[AverageResult] = []
+        self.published: list[agent_pb2.ModelVersion] = []
+        #: Publishing runs beside the loop: a publish taking seconds must not make this
+        #: member the straggler of the next round.
+        self._publisher = ThreadPoolExecutor(1, thread_name_prefix="p2pagent-publish")
+        self._pending: list[Future[agent_pb2.ModelVersion]] = []
 
     def step(self, params: Arrays, samples: float) -> AverageResult | None:
         self.steps += 1
@@ -168,4 +181,25 @@ class MeshAverager:
         )
         self.samples = 0.0
         self.rounds.append(result)
+        plan = self.plan
+        if (
+            plan is not None
+            and result.complete
+            and due(plan, result.round_no)
+            and is_publisher(self.node, result.group)
+        ):
+            self._pending.append(
+                self._publisher.submit(publish_version, self.stub, plan, result.params)
+            )
         return result
+
+    def close(self) -> list[agent_pb2.ModelVersion]:
+        """Waits for the publishes still running (raising the first failure) and returns
+        every version published."""
+        pending, self._pending = self._pending, []
+        try:
+            for future in pending:
+                self.published.append(future.result())
+        finally:
+            self._publisher.shutdown(wait=True)
+        return self.published

@@ -82,8 +82,8 @@ class RoundDone:
     phase_timeout: float
     #: Parameter bytes this member sent in the round.
     bytes_sent: int
-    #: True when the round's outcome is the same vector every surviving member holds (every
-    #: slice averaged by its owner or a backup); False when a slice was kept local.
+    #: True when every slice was averaged (by its owner or a backup) with at least one other
+    #: member; False when a slice kept local values or no other member was heard from.
     complete: bool = field(default=True)
 
 

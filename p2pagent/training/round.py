@@ -91,6 +91,7 @@ class AveragingRound:
         self.bytes_sent = 0
         self.done: RoundDone | None = None
         self._last_tick = -float("inf")
+        self._heard_from_peer = False
 
     # ---- inputs -----------------------------------------------------------------------------
 
@@ -127,6 +128,7 @@ class AveragingRound:
         elif part.phase is Phase.GATHER:
             if j not in self.asked and self.result[j] is None:
                 self.result[j] = part.data
+                self._heard_from_peer = True
         elif part.phase is Phase.RECOVER:
             held = self.result[j]
             if held is not None:
@@ -138,6 +140,7 @@ class AveragingRound:
                 out.extend(self._maybe_reduce_backup(j, now, force=False))
         elif part.phase is Phase.RECOVERED and self.result[j] is None:
             self.result[j] = part.data
+            self._heard_from_peer = True
             self.recovered.add(j)
             if j == self.index and not self.reduced:
                 # This member was late and a backup averaged its slice: serve that average.
@@ -297,7 +300,8 @@ class AveragingRound:
             finished=now,
             phase_timeout=self.timeout,
             bytes_sent=self.bytes_sent,
-            complete=not kept,
+            # Complete: every slice averaged, and with someone (alone is not averaging).
+            complete=not kept and (self.k == 1 or len(self.own) > 1 or self._heard_from_peer),
         )
         self.events.append(self.done)
 
