@@ -7,6 +7,9 @@ Waits are generous upper bounds; speed targets are measured by ``bench/training.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -95,6 +98,30 @@ def test_a_fault_free_round_leaves_every_member_bit_identical(three: Cluster) ->
     (run,) = status.runs
     assert run.rounds == 1 and sorted(run.members) == NODES and run.refused == 0
     assert run.bytes_sent > 0 and run.bytes_received > 0
+
+
+def test_ctl_train_status_shows_the_run(three: Cluster) -> None:
+    common = ["--target", three.nodes["n3"].address, "--certs", str(three.certs)]
+    done = subprocess.run(
+        [sys.executable, "-m", "p2pagent.cli.ctl", "train", "status", "--run", "agree",
+         "--json", *common],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (run,) = json.loads(done.stdout)["runs"]
+    assert run["run"] == "agree" and int(run["rounds"]) == 1
+    assert sorted(run["members"]) == NODES
+    table = subprocess.run(
+        [sys.executable, "-m", "p2pagent.cli.ctl", "train", "status", *common],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert table.returncode == 0 and "agree" in table.stdout and "REFUSED" in table.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "p2pagent.cli.ctl", "train", "status", "--run", "nope", *common],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "no part in training run" in missing.stderr
+    assert "Traceback" not in missing.stderr
 
 
 def test_client_identities_cannot_take_part(three: Cluster) -> None:
