@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc
 from p2pagent.errors import InvalidArgument
+from p2pagent.training.privacy import DPConfig, privatize
 from p2pagent.training.publish import PublishPlan, due, is_publisher
 from p2pagent.training.publish import publish as publish_version
 from p2pagent.training.wire import vector_chunks
@@ -150,6 +151,8 @@ class MeshAverager:
         min_members: int = 1,
         timeout: float | None = None,
         publish: PublishPlan | None = None,
+        dp: DPConfig | None = None,
+        seed: int | None = None,
     ) -> None:
         if every < 1:
             raise InvalidArgument("every must be at least 1 step")
@@ -161,6 +164,12 @@ class MeshAverager:
         self.samples = 0.0
         self.rounds: list[AverageResult] = []
         self.published: list[agent_pb2.ModelVersion] = []
+        #: Differential privacy of the update sent (None: parameters go as they are).
+        self.dp = dp
+        self._rng = np.random.default_rng(seed)
+        self._start: npt.NDArray[np.float32] | None = None
+        #: The update norms before clipping, one per round (with ``dp``).
+        self.update_norms: list[float] = []
         #: Publishing runs beside the loop: a publish taking seconds must not make this
         #: member the straggler of the next round.
         self._publisher = ThreadPoolExecutor(1, thread_name_prefix="p2pagent-publish")
@@ -171,16 +180,25 @@ class MeshAverager:
         self.samples += samples
         if self.steps % self.every:
             return None
+        sent = params
+        if self.dp is not None:
+            current = flatten(params)
+            start = self._start if self._start is not None else current
+            private, norm = privatize(current, start, self.dp, self._rng)
+            self.update_norms.append(norm)
+            sent = unflatten(private, params)
         result = average(
             self.stub,
             self.run,
-            params,
+            sent,
             self.samples,
             min_members=self.min_members,
             timeout=self.timeout,
         )
         self.samples = 0.0
         self.rounds.append(result)
+        if self.dp is not None:
+            self._start = flatten(result.params)
         plan = self.plan
         if (
             plan is not None

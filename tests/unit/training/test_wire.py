@@ -80,3 +80,21 @@ def test_flatten_and_unflatten_round_trip_and_fingerprints_see_shapes() -> None:
     assert fingerprint(params) != fingerprint(other)
     with pytest.raises(InvalidArgument, match="floating"):
         flatten({"steps": np.zeros(1, np.int64)})
+
+
+def test_dp_clips_the_update_and_adds_noise_of_the_stated_scale() -> None:
+    from p2pagent.training.privacy import DPConfig, privatize
+
+    start = np.zeros(10_000, np.float32)
+    current = np.full(10_000, 1.0, np.float32)  # update norm 100
+    rng = np.random.default_rng(0)
+    clipped, norm = privatize(current, start, DPConfig(clip_norm=1.0, noise_multiplier=0.0), rng)
+    assert norm == pytest.approx(100.0)
+    assert float(np.linalg.norm(clipped)) == pytest.approx(1.0, rel=1e-5)
+    noised, _ = privatize(current, start, DPConfig(clip_norm=1.0, noise_multiplier=2.0), rng)
+    assert float(np.std(noised - clipped)) == pytest.approx(2.0, rel=0.05)
+    small = np.full(10_000, 1e-4, np.float32)
+    same, _ = privatize(small, start, DPConfig(clip_norm=1.0, noise_multiplier=0.0), rng)
+    np.testing.assert_allclose(same, small, rtol=1e-6)
+    with pytest.raises(InvalidArgument):
+        DPConfig(clip_norm=0.0, noise_multiplier=1.0)
