@@ -125,6 +125,8 @@ class _Sim:
         self.refused: dict[int, int] = {}
         self.crash_planned: set[int] = set()
         self.crashed = 0
+        #: Crashed members the survivors have not heard of yet: still in their views.
+        self._undetected: set[str] = set()
         for n in self.names:
             self.net.register(n, functools.partial(self._deliver, n))
 
@@ -153,10 +155,8 @@ class _Sim:
             at = self.clock.now + self.rng.uniform(0, self.sc.crash_window_s)
             self.clock.call_at(at, functools.partial(self._crash, victim))
 
-    _undetected: set[str]
-
     def _not_yet_detected(self) -> set[str]:
-        return getattr(self, "_undetected", set())
+        return self._undetected
 
     def _crash(self, name: str) -> None:
         if name not in self.alive:
@@ -164,8 +164,6 @@ class _Sim:
         self.alive.discard(name)
         self.net.crash(name)
         self.crashed += 1
-        if not hasattr(self, "_undetected"):
-            self._undetected = set()
         self._undetected.add(name)
         if self.sc.detect_s is not None:
             self.clock.call_later(self.sc.detect_s, functools.partial(self._detected, name))

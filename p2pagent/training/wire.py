@@ -81,7 +81,8 @@ async def read_part(
         raise InvalidArgument("empty part stream: the first message carries the header")
     if len(buf) != expected:
         raise InvalidArgument(f"part data has {len(buf)} bytes, its header declared {expected}")
-    values = np.frombuffer(bytes(buf), dtype=WIRE_DTYPES[header.dtype]).astype(np.float32)
+    # Read in place (no copy of the bytes); astype makes the one copy the part keeps.
+    values = np.frombuffer(buf, dtype=WIRE_DTYPES[header.dtype]).astype(np.float32)
     return Part(
         run=header.run,
         round_no=header.round,
@@ -126,4 +127,4 @@ async def read_average_request(
         raise InvalidArgument(
             f"parameter data has {len(buf)} bytes, the header declared {expected}"
         )
-    return header, np.frombuffer(bytes(buf), dtype="<f4").astype(np.float32)
+    return header, np.frombuffer(buf, dtype="<f4").astype(np.float32)
