@@ -80,16 +80,21 @@ def outliers(parts: Mapping[str, Contribution], config: TrainingConfig) -> dict[
 
 def weighted_average(parts: Mapping[str, Contribution]) -> tuple[Vector, float]:
     """(sum(w * x) / sum(w), sum(w)) over ``parts``, summed in sender order in float64."""
+    if not parts:
+        raise ValueError("no parts to average")
     total = 0.0
-    acc: np.ndarray | None = None
+    length = next(iter(parts.values())).data.shape[0]
+    # In place, in float64: a parameter set of hundreds of MiB must not cost a temporary
+    # array per part.
+    acc = np.zeros(length, dtype=np.float64)
+    term = np.empty(length, dtype=np.float64)
     for sender in sorted(parts):
         c = parts[sender]
-        term = c.data.astype(np.float64) * c.weight
-        acc = term if acc is None else acc + term
+        np.multiply(c.data, c.weight, out=term, dtype=np.float64)
+        np.add(acc, term, out=acc)
         total += c.weight
-    if acc is None:
-        raise ValueError("no parts to average")
-    return (acc / total).astype(np.float32), total
+    np.divide(acc, total, out=acc)
+    return acc.astype(np.float32), total
 
 
 def compress(data: Vector, compression: str) -> Vector:
