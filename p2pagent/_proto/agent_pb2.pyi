@@ -490,20 +490,22 @@ class RevokeResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class AverageRequest(_message.Message):
-    __slots__ = ("run", "sample_count", "spec", "length", "min_members", "data")
+    __slots__ = ("run", "sample_count", "spec", "length", "min_members", "data", "model")
     RUN_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     MIN_MEMBERS_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     run: str
     sample_count: float
     spec: str
     length: int
     min_members: int
     data: bytes
-    def __init__(self, run: _Optional[str] = ..., sample_count: _Optional[float] = ..., spec: _Optional[str] = ..., length: _Optional[int] = ..., min_members: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    model: str
+    def __init__(self, run: _Optional[str] = ..., sample_count: _Optional[float] = ..., spec: _Optional[str] = ..., length: _Optional[int] = ..., min_members: _Optional[int] = ..., data: _Optional[bytes] = ..., model: _Optional[str] = ...) -> None: ...
 
 class AverageReply(_message.Message):
     __slots__ = ("round", "group", "complete", "seconds", "data")

@@ -61,6 +61,8 @@ class TrainingAgentApi(_TrainingAccess):
             raise InvalidArgument(f"AverageRequest.sample_count: {problem}")
         remaining = context.time_remaining()
         wait = DEFAULT_MEMBER_WAIT_S if remaining is None else remaining
+        if header.model:
+            driver.join(header.run, header.spec, int(vector.shape[0])).model = header.model
         done = await driver.average(
             header.run,
             header.spec,
@@ -104,12 +106,21 @@ class TrainingAgentApi(_TrainingAccess):
                     bytes_received=st.bytes_received,
                     refused=st.refused,
                     incomplete_rounds=st.incomplete_rounds,
-                    last_published=st.last_published,
+                    last_published=self._latest_version(run.model),
                 )
             )
         if request.run and not out.runs:
             raise NotFound(f"this node takes no part in training run {quoted(request.run)}")
         return out
+
+
+    def _latest_version(self, model: str) -> str:
+        models = self._node.models
+        if not model or models is None:
+            return ""
+        entries = models.entries_safe(model)
+        newest = max(entries, key=lambda e: (e.manifest.version, e.manifest_id), default=None)
+        return newest.manifest_id if newest is not None else ""
 
 
 class TrainingPeerApi(_TrainingAccess):

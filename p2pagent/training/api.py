@@ -87,7 +87,12 @@ class AverageResult:
 
 
 def _requests(
-    run: str, spec: str, vector: npt.NDArray[np.float32], samples: float, min_members: int
+    run: str,
+    spec: str,
+    vector: npt.NDArray[np.float32],
+    samples: float,
+    min_members: int,
+    model: str,
 ) -> Iterator[agent_pb2.AverageRequest]:
     first = True
     for chunk in vector_chunks(vector):
@@ -100,6 +105,7 @@ def _requests(
                 length=int(vector.shape[0]),
                 min_members=min_members,
                 data=chunk,
+                model=model,
             )
         else:
             yield agent_pb2.AverageRequest(data=chunk)
@@ -113,11 +119,14 @@ def average(
     *,
     min_members: int = 1,
     timeout: float | None = None,
+    model: str = "",
 ) -> AverageResult:
-    """One averaging round of ``params`` (trained on ``samples`` samples) in ``run``."""
+    """One averaging round of ``params`` (trained on ``samples`` samples) in ``run``;
+    ``model``: the model the run publishes, shown by ``train status``."""
     vector = flatten(params)
     replies = stub.Average(
-        _requests(run, fingerprint(params), vector, samples, min_members), timeout=timeout
+        _requests(run, fingerprint(params), vector, samples, min_members, model),
+        timeout=timeout,
     )
     header: agent_pb2.AverageReply | None = None
     buf = bytearray()
@@ -194,6 +203,7 @@ class MeshAverager:
             self.samples,
             min_members=self.min_members,
             timeout=self.timeout,
+            model=self.plan.model if self.plan is not None else "",
         )
         self.samples = 0.0
         self.rounds.append(result)

@@ -52,7 +52,6 @@ class RunStats:
     bytes_received: int = 0
     refused: int = 0
     incomplete_rounds: int = 0
-    last_published: str = ""
 
 
 @dataclass
@@ -64,6 +63,8 @@ class Run:
     stats: RunStats = field(default_factory=RunStats)
     waiter: asyncio.Future[RoundDone] | None = None
     timer: asyncio.TimerHandle | None = None
+    #: The model this run publishes, as the user's loop last named it ("" = none).
+    model: str = ""
 
 
 class TrainingDriver:

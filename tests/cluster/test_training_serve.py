@@ -80,3 +80,5 @@ def test_the_published_version_answers_infer_on_a_node_that_never_trained(three:
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     versions = three.agent("n3").ListModels(agent_pb2.ListModelsRequest(name="digits"), timeout=10)
     assert latest in {v.manifest_id for v in versions.versions}
+    status = three.agent("n1").TrainStatus(agent_pb2.TrainStatusRequest(run="digits"), timeout=5)
+    assert status.runs[0].last_published == latest
