@@ -25,9 +25,15 @@ EARLY_PARTS_PER_MEMBER = 4
 
 
 class Averager:
-    def __init__(self, me: str, run: str, spec: str, config: TrainingConfig) -> None:
+    def __init__(
+        self, me: str, run: str, spec: str, config: TrainingConfig, length: int | None = None
+    ) -> None:
         self.me, self.run, self.spec = me, run, spec
         self.config = config
+        #: Values in this run's parameter vector, when known: early parts (kept before their
+        #: round begins, so not yet checked against a group) are bounded by it.
+        self.length = length
+        self._early_bytes = 0
         self.deadlines = DeadlineEstimator(config)
         self.current: AveragingRound | None = None
         #: The last finished round: answers late parts so stragglers end with the average.
@@ -52,6 +58,7 @@ class Averager:
         if self.current is not None:
             raise RuntimeError("a round is already running; wait for its RoundDone")
         round_no = self.next_round_no()
+        self.length = int(vector.shape[0])
         group = group_of(self.me, participants, self.run, round_no, self.config.group_size)
         rnd = AveragingRound(
             me=self.me,
@@ -70,10 +77,11 @@ class Averager:
         # Averages first: a late owner whose slice a backup already averaged must serve that
         # average rather than make its own from the early SCATTER parts.
         early = sorted(self._early.pop(round_no, []), key=lambda p: p.phase is Phase.SCATTER)
+        self._early_bytes -= sum(p.nbytes for p in early)
         for part in early:
             out.extend(rnd.handle(part, now))
         for r in [r for r in self._early if r < round_no]:
-            del self._early[r]
+            self._early_bytes -= sum(p.nbytes for p in self._early.pop(r))
         self._collect()
         return out
 
@@ -122,11 +130,33 @@ class Averager:
         events, self._events = self._events, []
         return events
 
+    def _early_budget(self) -> float:
+        """Bytes of early parts kept at most: twice a whole vector per round kept ahead (a
+        round's parts for this member add up to about one vector); unbounded by bytes only
+        while the vector's size is unknown (the driver always gives it)."""
+        if self.length is None:
+            return float("inf")
+        return 2 * (self.config.max_rounds_ahead + 1) * self.length * 4
+
     def _keep_early(self, part: Part) -> None:
         ahead = part.round_no - max(self.finished_round, 0)
         kept = self._early.setdefault(part.round_no, [])
-        if ahead > self.config.max_rounds_ahead + 1 or len(kept) >= (
-            EARLY_PARTS_PER_MEMBER * self.config.group_size
+        if self._early_bytes + part.nbytes > self._early_budget():
+            if not kept:
+                del self._early[part.round_no]
+            self._events.append(
+                Refused(
+                    self.run,
+                    part.round_no,
+                    part.sender,
+                    f"early parts for rounds ahead already hold {self._early_bytes} bytes, "
+                    f"the most kept for a run of {self.length} values",
+                )
+            )
+            return
+        if (
+            ahead > self.config.max_rounds_ahead + 1
+            or len(kept) >= EARLY_PARTS_PER_MEMBER * self.config.group_size
         ):
             if not kept:
                 del self._early[part.round_no]
@@ -141,6 +171,7 @@ class Averager:
             )
             return
         kept.append(part)
+        self._early_bytes += part.nbytes
 
     def _collect(self) -> None:
         for rnd in (self.previous, self.current):

@@ -116,7 +116,7 @@ class TrainingDriver:
                     f"{spec[:16]}) differ: use a new run name for another model"
                 )
             return known
-        entry = Run(run, spec, length, Averager(self.name, run, spec, self.config))
+        entry = Run(run, spec, length, Averager(self.name, run, spec, self.config, length))
         self.runs[run] = entry
         self._set_tag(run_tag(run), spec)
         log.info("joined training run %s (%d parameters)", run, length)
@@ -140,11 +140,19 @@ class TrainingDriver:
                     f"{wait_s:.0f}s, fewer than the {min_members} asked for"
                 )
             await asyncio.sleep(MEMBER_POLL_S)
-        if entry.averager.busy or entry.waiter is not None:
+        if entry.waiter is not None:
             raise FailedPrecondition(
                 f"a round of run {quoted(run)} is already running on this node; average "
                 "from one loop at a time"
             )
+        while entry.averager.busy:
+            # The round a cancelled call started is still running: wait for its end (at
+            # most its last deadline) rather than refuse the loop that called again.
+            if loop.time() >= until:
+                raise DeadlineExceeded(
+                    f"the previous round of run {quoted(run)} did not end within {wait_s:.0f}s"
+                )
+            await asyncio.sleep(MEMBER_POLL_S)
         waiter: asyncio.Future[RoundDone] = loop.create_future()
         entry.waiter = waiter
         try:

@@ -274,3 +274,16 @@ def test_a_part_whose_norm_is_far_above_the_groups_is_refused_as_an_outlier() ->
     assert len({d.vector.tobytes() for d in mesh.done.values()}) == 1
     expected = np.mean(vs[:3], axis=0)
     np.testing.assert_allclose(mesh.done["a"].vector, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_early_parts_are_bounded_by_the_runs_vector_size() -> None:
+    av = Averager("a", RUN, SPEC, TrainingConfig(max_rounds_ahead=1).validate(), length=100)
+    big = part(np.zeros(500, np.float32), round_no=1, group="g", slice_index=0)
+    av.handle(big, 0.0)
+    av.handle(big, 0.0)  # 4,000 bytes kept; the budget is 2 x 2 rounds x 400 bytes = 1,600
+    refused = [e for e in av.take_events() if isinstance(e, Refused)]
+    assert len(refused) == 2 and "early parts" in refused[0].reason
+    small = part(np.zeros(50, np.float32), round_no=1, group="g", slice_index=0)
+    av.handle(small, 0.0)
+    assert not av.take_events()
+    assert av.next_round_no() == 1
