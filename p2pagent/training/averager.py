@@ -100,6 +100,12 @@ class Averager:
         elif part.round_no > (cur.round_no if cur is not None else self.finished_round):
             self.highest_seen = max(self.highest_seen, part.round_no)
             self._keep_early(part)
+            if cur is not None and part.round_no >= cur.round_no + 2:
+                # The run is two rounds past this member's (it restarted, or was stopped for
+                # long): nobody will answer this round any more. End it now with what it
+                # has; the next round starts at the run's, where late parts are answered
+                # with the averages made, so this member first fetches the run's values.
+                cur.abandon(now)
         else:
             self._events.append(
                 Refused(
@@ -131,46 +137,33 @@ class Averager:
         return events
 
     def _early_budget(self) -> float:
-        """Bytes of early parts kept at most: twice a whole vector per round kept ahead (a
-        round's parts for this member add up to about one vector); unbounded by bytes only
-        while the vector's size is unknown (the driver always gives it)."""
+        """Bytes of early parts kept at most: ``max_rounds_ahead + 1`` times twice a whole
+        vector (a round's parts for this member add up to one or two vectors); unbounded by
+        bytes only while the vector's size is unknown (the driver always gives it)."""
         if self.length is None:
             return float("inf")
         return 2 * (self.config.max_rounds_ahead + 1) * self.length * 4
 
     def _keep_early(self, part: Part) -> None:
-        ahead = part.round_no - max(self.finished_round, 0)
-        kept = self._early.setdefault(part.round_no, [])
-        if self._early_bytes + part.nbytes > self._early_budget():
-            if not kept:
-                del self._early[part.round_no]
-            self._events.append(
-                Refused(
-                    self.run,
-                    part.round_no,
-                    part.sender,
-                    f"early parts for rounds ahead already hold {self._early_bytes} bytes, "
-                    f"the most kept for a run of {self.length} values",
-                )
+        """Keeps a part of a round this member has not begun. Only the highest round seen
+        is worth keeping: the next round begins there (``next_round_no``)."""
+        for r in [r for r in self._early if r < self.highest_seen]:
+            self._early_bytes -= sum(p.nbytes for p in self._early.pop(r))
+        reason = ""
+        kept = self._early.get(part.round_no, [])
+        if part.round_no < self.highest_seen:
+            reason = f"round {part.round_no} is behind the run's round {self.highest_seen}"
+        elif self._early_bytes + part.nbytes > self._early_budget():
+            reason = (
+                f"early parts already hold {self._early_bytes} bytes, the most kept for a run "
+                f"of {self.length} values"
             )
+        elif len(kept) >= EARLY_PARTS_PER_MEMBER * self.config.group_size:
+            reason = f"round {part.round_no} already has {len(kept)} parts waiting"
+        if reason:
+            self._events.append(Refused(self.run, part.round_no, part.sender, reason))
             return
-        if (
-            ahead > self.config.max_rounds_ahead + 1
-            or len(kept) >= EARLY_PARTS_PER_MEMBER * self.config.group_size
-        ):
-            if not kept:
-                del self._early[part.round_no]
-            self._events.append(
-                Refused(
-                    self.run,
-                    part.round_no,
-                    part.sender,
-                    f"round {part.round_no} is too far ahead of this member's "
-                    f"{self.next_round_no()} to keep its parts",
-                )
-            )
-            return
-        kept.append(part)
+        self._early.setdefault(part.round_no, []).append(part)
         self._early_bytes += part.nbytes
 
     def _collect(self) -> None:

@@ -37,7 +37,8 @@ class TrainingConfig:
     outlier_norm_factor: float = 10.0
     #: Largest sample count one member may claim for one round.
     max_sample_count: int = 1_000_000_000
-    #: Rounds ahead of this member's current one for which early parts are kept.
+    #: Parts that arrive before their round begins here are kept up to
+    #: ``2 x (max_rounds_ahead + 1)`` times the run's parameter bytes.
     max_rounds_ahead: int = 2
     #: What parameters travel as: "none" (float32) or "fp16" (half the bytes; every member
     #: rounds the averaged slices alike, so members still agree bit for bit).

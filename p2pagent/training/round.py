@@ -206,6 +206,10 @@ class AveragingRound:
             self._maybe_finish(now)
         return out
 
+    def abandon(self, now: float) -> None:
+        """Ends the round now: slices without an average keep the local values."""
+        self._finish(now)
+
     # ---- the steps --------------------------------------------------------------------------
 
     def _expected_own(self) -> set[str]:

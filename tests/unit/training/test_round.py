@@ -182,7 +182,7 @@ def test_the_next_round_number_follows_the_highest_seen() -> None:
     vs = vectors(2)
     mesh.av["a"].finished_round = 6
     mesh.begin("a", vs[0])
-    # b (restarted, at round 0) refuses a part that far ahead, but learns the run's round.
+    # b (restarted, at round 0) keeps a's part and learns the run's round.
     assert mesh.av["b"].next_round_no() == 7
     mesh.begin("b", vs[1])
     mesh.advance(10.0)
@@ -282,8 +282,31 @@ def test_early_parts_are_bounded_by_the_runs_vector_size() -> None:
     av.handle(big, 0.0)
     av.handle(big, 0.0)  # 4,000 bytes kept; the budget is 2 x 2 rounds x 400 bytes = 1,600
     refused = [e for e in av.take_events() if isinstance(e, Refused)]
-    assert len(refused) == 2 and "early parts" in refused[0].reason
+    assert len(refused) == 2 and "bytes" in refused[0].reason
     small = part(np.zeros(50, np.float32), round_no=1, group="g", slice_index=0)
     av.handle(small, 0.0)
     assert not av.take_events()
     assert av.next_round_no() == 1
+
+
+def test_a_member_far_behind_the_run_ends_its_stale_round_at_once_and_catches_up() -> None:
+    names = ["a", "b", "c"]
+    mesh = Mesh(names)
+    vs = vectors(3)
+    for n in ("a", "b"):
+        mesh.av[n].finished_round = 8
+    # c restarted: it starts at round 0 while a and b run round 9.
+    mesh.begin("c", vs[2])
+    assert "c" not in mesh.done
+    mesh.begin("a", vs[0])
+    assert mesh.done["c"].round_no == 0 and not mesh.done["c"].complete
+    assert mesh.done["c"].finished == 0.0  # ended at once, not at its deadlines
+    mesh.begin("b", vs[1])
+    mesh.advance(10.0)
+    assert mesh.done["a"].round_no == mesh.done["b"].round_no == 9
+    # Back in the run at round 9, c ends holding what a and b hold.
+    del mesh.done["c"]
+    mesh.begin("c", vs[2])
+    mesh.advance(20.0)
+    assert mesh.done["c"].round_no == 9
+    assert mesh.done["c"].vector.tobytes() == mesh.done["a"].vector.tobytes()
