@@ -52,6 +52,7 @@ class NodeRun:
     published: list[str] = field(default_factory=list)
     params: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
     error: str = ""
+    publish_error: str = ""
 
 
 def metadata() -> dict[str, object]:
@@ -77,6 +78,7 @@ def federated(
 
     def loop(name: str) -> None:
         run = runs[name]
+        mesh: MeshAverager | None = None
         try:
             model = digits.make_model(plan.seed)
             mesh = MeshAverager(
@@ -94,10 +96,13 @@ def federated(
                 assert result is not None
                 digits.load_params(model, result.params)
             run.results = mesh.rounds
-            run.published = [v.manifest_id for v in mesh.close()]
             run.params = digits.params_of(model)
         except Exception as e:  # reported in the result
             run.error = f"{type(e).__name__}: {e}"
+        try:
+            run.published = [v.manifest_id for v in mesh.close()] if mesh is not None else []
+        except Exception as e:  # the training itself went on; reported beside it
+            run.publish_error = f"{type(e).__name__}: {e}"
 
     threads = [threading.Thread(target=loop, args=(n,), name=f"train-{n}") for n in names]
     for t in threads:
@@ -139,41 +144,80 @@ def held_out_inputs(seed: int, rows: int) -> tuple[npt.NDArray[np.float32], npt.
     return test.x[:rows], test.y[:rows]
 
 
+def report(stubs: Mapping[str, agent_pb2_grpc.AgentStub], plan: DigitsPlan) -> dict[str, object]:
+    runs = federated(stubs, plan)
+    return {
+        "rounds": plan.rounds,
+        "classes": {n: r.classes for n, r in runs.items()},
+        "federated_accuracy": {
+            n: accuracy_of(r.params, plan.seed) if r.params else r.error for n, r in runs.items()
+        },
+        "centralized_accuracy": centralized(plan, len(stubs)),
+        "alone_accuracy": alone(plan, len(stubs)),
+        "published": {n: r.published for n, r in runs.items() if r.published},
+        "publish_errors": {n: r.publish_error for n, r in runs.items() if r.publish_error},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m p2pagent.training.demo --certs DIR --nodes n1=HOST:PORT,...``: runs the
-    federated digits loop against running daemons (each loop uses that node's certificate)."""
+    """``python -m p2pagent.training.demo --local 4``: starts four daemons on loopback (real
+    processes, certificates made in a temporary folder), trains the digits MLP over them and
+    prints the averaged model's accuracy beside the baselines. ``--certs DIR --nodes
+    n1=HOST:PORT,...`` runs the same loops against daemons already running (each loop uses
+    that node's certificate)."""
     import grpc
 
     from p2pagent.identity import material as tls
     from p2pagent.transport.channels import channel_options
 
-    p = argparse.ArgumentParser(prog="python -m p2pagent.training.demo", description=__doc__)
-    p.add_argument("--certs", required=True, help="folder with ca.crt and each NODE.crt/.key")
-    p.add_argument("--nodes", required=True, help="NAME=HOST:PORT,... of the training nodes")
+    p = argparse.ArgumentParser(prog="python -m p2pagent.training.demo", description=main.__doc__)
+    p.add_argument("--local", type=int, default=0, help="start this many daemons here (2-10)")
+    p.add_argument("--certs", help="folder with ca.crt and each NODE.crt/.key")
+    p.add_argument("--nodes", help="NAME=HOST:PORT,... of the training nodes")
     p.add_argument("--rounds", type=int, default=200)
     p.add_argument("--publish-every", type=int, default=50)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    from pathlib import Path
+    plan = DigitsPlan(
+        rounds=args.rounds, local_epochs=40 / max(args.rounds, 1), publish_every=args.publish_every
+    )
+    if args.local:
+        if not 2 <= args.local <= digits.CLASSES:
+            p.error("--local takes 2 to 10 daemons")
+        import tempfile
+        from pathlib import Path
 
-    stubs = {}
-    for entry in args.nodes.split(","):
-        name, _, address = entry.partition("=")
-        m = tls.load(tls.TLSPaths.in_dir(Path(args.certs), name))
-        creds = grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
-        ch = grpc.secure_channel(address, creds, options=channel_options(m.cluster, 64 << 20))
-        stubs[name] = agent_pb2_grpc.AgentStub(ch)
-    plan = DigitsPlan(rounds=args.rounds, publish_every=args.publish_every)
-    runs = federated(stubs, plan)
-    report = {
-        "centralized": centralized(plan, len(stubs)),
-        "alone": alone(plan, len(stubs)),
-        "federated": {
-            n: accuracy_of(r.params, plan.seed) if r.params else r.error for n, r in runs.items()
-        },
-        "published": {n: r.published for n, r in runs.items() if r.published},
-    }
-    print(json.dumps(report, indent=None if args.json else 2))
+        from p2pagent.testing.cluster import Cluster
+
+        with (
+            tempfile.TemporaryDirectory(prefix="p2pagent-train-demo-") as tmp,
+            Cluster(Path(tmp), args.local, use_netns=False) as c,
+        ):
+            c.start()
+            names = sorted(c.nodes)
+            c.wait_for(
+                lambda: all(
+                    {n for n, (s, _) in c.members(o).items() if s == "alive"} >= set(names)
+                    for o in names
+                ),
+                120,
+                "every daemon sees the others",
+            )
+            doc = report({n: c.agent(n, n) for n in names}, plan)
+    else:
+        if not args.certs or not args.nodes:
+            p.error("give --local N, or --certs DIR and --nodes n1=HOST:PORT,...")
+        from pathlib import Path
+
+        stubs = {}
+        for entry in args.nodes.split(","):
+            name, _, address = entry.partition("=")
+            m = tls.load(tls.TLSPaths.in_dir(Path(args.certs), name))
+            creds = grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
+            options = channel_options(m.cluster, 64 << 20)
+            stubs[name] = agent_pb2_grpc.AgentStub(grpc.secure_channel(address, creds, options))
+        doc = report(stubs, plan)
+    print(json.dumps(doc, indent=None if args.json else 2))
     return 0
 
 
