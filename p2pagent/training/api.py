@@ -147,7 +147,8 @@ def average(
 
 
 class MeshAverager:
-    """Averages every ``every`` calls of ``step``; counts the samples seen in between. With a
+    """Averages every ``every`` calls of ``step``; counts the samples seen in between. The
+    first round waits until ``min_members`` members carry the run. With a
     ``publish`` plan, the group's publisher (``publish.is_publisher``) publishes the averaged
     parameters every ``publish.every`` rounds."""
 
@@ -201,7 +202,9 @@ class MeshAverager:
             self.run,
             sent,
             self.samples,
-            min_members=self.min_members,
+            # Only the first round waits for the run to fill up: later, a member that died
+            # must not stall the survivors (the rounds average it out).
+            min_members=self.min_members if not self.rounds else 1,
             timeout=self.timeout,
             model=self.plan.model if self.plan is not None else "",
         )
