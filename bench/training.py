@@ -17,6 +17,9 @@
   phase timeouts: reduce, then the backup's) plus 1 s (target <= 1); rounds until the
   restarted member is back in agreement (target <= 2); a member 3x slower: the longest round
   of the others over the adaptive deadline (target <= 1);
+* the accuracy run again with one daemon SIGKILLed halfway and restarted 2 s later (its loop
+  trains on alone meanwhile): accuracy over the centralized baseline (target >= 0.97), and
+  rounds from its daemon's return until its rounds are complete again (target <= 2);
 * scale (simulator, same core): 256 members in groups of 16, 5% crashing per round, how much
   the spread of parameters shrinks in 3 rounds (target >= 100x).
 """
@@ -112,6 +115,37 @@ def accuracy_and_traffic(c: Cluster, plan: DigitsPlan) -> dict[str, float]:
         "incomplete_rounds": float(incomplete),
         "traffic_ratio": per_round / bound,
         "rounds_per_s": plan.rounds / wall,
+    }
+
+
+def accuracy_with_kill(c: Cluster, plan: DigitsPlan, victim: str = "n4") -> dict[str, float]:
+    """The accuracy run again, with ``victim``'s daemon SIGKILLed halfway and restarted: its
+    loop trains on alone meanwhile and averages again once the daemon is back."""
+    names = sorted(c.nodes)
+    kill_at = plan.rounds // 2
+
+    def on_round(name: str, r: int) -> None:
+        if name == names[0] and r == kill_at:
+            c.kill(victim)
+
+            threading.Timer(2.0, c.restart, args=(victim,)).start()
+
+    runs = federated({n: c.agent(n, n) for n in names}, plan, timeout=600, on_round=on_round)
+    errors = {n: r.error for n, r in runs.items() if r.error}
+    if errors:
+        raise RuntimeError(f"federated run with a kill failed: {errors}")
+    v = runs[victim]
+    first_back = v.outage_rounds[-1] + 1 if v.outage_rounds else kill_at
+    back_rounds = [r for r in v.results if r.round_no >= first_back]
+    rejoin = next(
+        (i + 1 for i, r in enumerate(back_rounds) if r.complete), float(len(back_rounds) + 99)
+    )
+    survivor = runs[names[0]]
+    return {
+        "kill_run_acc_ratio": accuracy_of(survivor.params, plan.seed)
+        / centralized(plan, len(names)),
+        "kill_run_outage_rounds": float(len(v.outage_rounds)),
+        "kill_run_rejoin_rounds": float(rejoin),
     }
 
 
@@ -249,6 +283,7 @@ def main() -> None:
             result.update(speed(c, mib))
             result.update(straggler(c, 10 if args.quick else 30))
             result.update(faults(c))
+            result.update(accuracy_with_kill(c, plan))
     targets = [
         ("accuracy vs centralized", result["acc_ratio"], ">= 0.97", result["acc_ratio"] >= 0.97),
         ("agreement (bit-identical)", result["identical"], "== 1", result["identical"] == 1.0),
@@ -263,6 +298,10 @@ def main() -> None:
          result["straggler_ratio"] <= 1),
         ("sim 256/16, 5% crash: spread shrink", result["sim_shrink"], ">= 100",
          result["sim_shrink"] >= 100),
+        ("SIGKILL halfway: accuracy vs centralized", result["kill_run_acc_ratio"], ">= 0.97",
+         result["kill_run_acc_ratio"] >= 0.97),
+        ("SIGKILL halfway: restarted member rejoins (rounds)",
+         result["kill_run_rejoin_rounds"], "<= 2", result["kill_run_rejoin_rounds"] <= 2),
     ]  # fmt: skip
     if args.json:
         print(json.dumps({

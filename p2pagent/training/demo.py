@@ -11,9 +11,10 @@ import argparse
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 
@@ -21,6 +22,10 @@ from p2pagent._proto import agent_pb2_grpc
 from p2pagent.training import digits
 from p2pagent.training.api import AverageResult, MeshAverager
 from p2pagent.training.publish import PublishPlan
+
+#: Status codes that mean "the daemon is not there now".
+OUTAGE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+OUTAGE_PAUSE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,8 @@ class NodeRun:
     params: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
     error: str = ""
     publish_error: str = ""
+    #: Rounds this node's daemon could not be reached in (it trained on alone).
+    outage_rounds: list[int] = field(default_factory=list)
 
 
 def metadata() -> dict[str, object]:
@@ -62,9 +69,14 @@ def metadata() -> dict[str, object]:
 
 
 def federated(
-    stubs: Mapping[str, agent_pb2_grpc.AgentStub], plan: DigitsPlan, timeout: float = 300.0
+    stubs: Mapping[str, agent_pb2_grpc.AgentStub],
+    plan: DigitsPlan,
+    timeout: float = 300.0,
+    on_round: Callable[[str, int], None] | None = None,
 ) -> dict[str, NodeRun]:
-    """Runs every node's loop; returns what each ended with."""
+    """Runs every node's loop; returns what each ended with. ``on_round(node, round)`` is
+    called after each of a loop's rounds (the fault benchmark kills a daemon from it). A loop
+    whose daemon is unreachable keeps training locally and averages again once it is back."""
     import torch
 
     torch.set_num_threads(1)
@@ -92,9 +104,20 @@ def federated(
                 )  # fmt: skip
                 if plan.slow_s and name == plan.slow_node:
                     time.sleep(plan.slow_s)
-                result = mesh.step(digits.params_of(model), len(shards[name].y))
+                try:
+                    result = mesh.step(digits.params_of(model), len(shards[name].y))
+                except grpc.RpcError as e:
+                    if e.code() not in OUTAGE:
+                        raise
+                    # The daemon died (or restarts): this process and its data are fine;
+                    # train on, and average again once the daemon answers.
+                    run.outage_rounds.append(r)
+                    time.sleep(OUTAGE_PAUSE_S)
+                    continue
                 assert result is not None
                 digits.load_params(model, result.params)
+                if on_round is not None:
+                    on_round(name, r)
             run.results = mesh.rounds
             run.params = digits.params_of(model)
         except Exception as e:  # reported in the result
@@ -165,8 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     prints the averaged model's accuracy beside the baselines. ``--certs DIR --nodes
     n1=HOST:PORT,...`` runs the same loops against daemons already running (each loop uses
     that node's certificate)."""
-    import grpc
-
     from p2pagent.identity import material as tls
     from p2pagent.transport.channels import channel_options
 
