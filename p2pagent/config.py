@@ -33,6 +33,7 @@ from p2pagent.membership.config import MembershipConfig
 from p2pagent.models.config import ModelsConfig
 from p2pagent.state.config import StateConfig
 from p2pagent.tasks.config import TasksConfig
+from p2pagent.training.config import TrainingConfig
 from p2pagent.transport.config import TransportConfig
 
 ENV_PREFIX = "P2PAGENT_"
@@ -115,6 +116,8 @@ class Config:
     #: Connection and stream limits: TLS handshake timeout, idle connections, streams per
     #: connection and per identity (``[transport]``).
     transport: TransportConfig = field(default_factory=TransportConfig)
+    #: Parameter averaging: group size, adaptive deadlines, part checks (``[training]``).
+    training: TrainingConfig = field(default_factory=TrainingConfig)
 
     # ---- derived views -------------------------------------------------------------------
 
@@ -172,6 +175,7 @@ class Config:
         self.models.validate()
         self.tasks.validate()
         self.transport.validate()
+        self.training.validate()
         return self
 
 

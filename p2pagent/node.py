@@ -168,6 +168,16 @@ class Node:
         self.components.append(self.tasks)
         register_node_metrics(self.metrics.registry, self)
         self.metrics_server: MetricsServer | None = None
+        from p2pagent.training.driver import TrainingDriver
+
+        self.training: TrainingDriver = TrainingDriver(
+            self.name,
+            config.training,
+            channels=self.channels,
+            members=self.members,
+            set_tag=self.membership.set_tag,
+        )
+        self.components.append(self.training)
 
     def member_tags(self) -> dict[str, str]:
         """Tags replicated with membership: user tags, then the ones the system owns."""

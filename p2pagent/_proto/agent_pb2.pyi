@@ -488,3 +488,73 @@ class RevokeRequest(_message.Message):
 class RevokeResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class AverageRequest(_message.Message):
+    __slots__ = ("run", "sample_count", "spec", "length", "min_members", "data", "model")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MIN_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    sample_count: float
+    spec: str
+    length: int
+    min_members: int
+    data: bytes
+    model: str
+    def __init__(self, run: _Optional[str] = ..., sample_count: _Optional[float] = ..., spec: _Optional[str] = ..., length: _Optional[int] = ..., min_members: _Optional[int] = ..., data: _Optional[bytes] = ..., model: _Optional[str] = ...) -> None: ...
+
+class AverageReply(_message.Message):
+    __slots__ = ("round", "group", "complete", "seconds", "data")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    group: _containers.RepeatedScalarFieldContainer[str]
+    complete: bool
+    seconds: float
+    data: bytes
+    def __init__(self, round: _Optional[int] = ..., group: _Optional[_Iterable[str]] = ..., complete: _Optional[bool] = ..., seconds: _Optional[float] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class TrainStatusRequest(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    def __init__(self, run: _Optional[str] = ...) -> None: ...
+
+class TrainRunStatus(_message.Message):
+    __slots__ = ("run", "rounds", "last_round", "members", "last_round_s", "phase_timeout_s", "bytes_sent", "bytes_received", "refused", "incomplete_rounds", "last_published")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ROUND_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ROUND_S_FIELD_NUMBER: _ClassVar[int]
+    PHASE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    INCOMPLETE_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    LAST_PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    rounds: int
+    last_round: int
+    members: _containers.RepeatedScalarFieldContainer[str]
+    last_round_s: float
+    phase_timeout_s: float
+    bytes_sent: int
+    bytes_received: int
+    refused: int
+    incomplete_rounds: int
+    last_published: str
+    def __init__(self, run: _Optional[str] = ..., rounds: _Optional[int] = ..., last_round: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., last_round_s: _Optional[float] = ..., phase_timeout_s: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., refused: _Optional[int] = ..., incomplete_rounds: _Optional[int] = ..., last_published: _Optional[str] = ...) -> None: ...
+
+class TrainStatusResponse(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[TrainRunStatus]
+    def __init__(self, runs: _Optional[_Iterable[_Union[TrainRunStatus, _Mapping]]] = ...) -> None: ...

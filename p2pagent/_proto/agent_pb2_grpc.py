@@ -134,6 +134,16 @@ class AgentStub:
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.RevokeRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.RevokeResponse.FromString,
                 _registered_method=True)
+        self.Average = channel.stream_stream(
+                '/p2pagent.v1.Agent/Average',
+                request_serializer=p2pagent_dot_v1_dot_agent__pb2.AverageRequest.SerializeToString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.AverageReply.FromString,
+                _registered_method=True)
+        self.TrainStatus = channel.unary_unary(
+                '/p2pagent.v1.Agent/TrainStatus',
+                request_serializer=p2pagent_dot_v1_dot_agent__pb2.TrainStatusRequest.SerializeToString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.TrainStatusResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -282,6 +292,23 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Average(self, request_iterator, context):
+        """Averages this node's parameters for a training run with the run's other members (the
+        node does the networking with its own identity; see docs/TRAINING.md). The request
+        stream carries the flattened float32 parameters in chunks, the first with the header;
+        the answer stream carries the averaged parameters back the same way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TrainStatus(self, request, context):
+        """Rounds, members, bytes and refused parts of the training runs this node takes part in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -384,6 +411,16 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.Revoke,
                     request_deserializer=p2pagent_dot_v1_dot_agent__pb2.RevokeRequest.FromString,
                     response_serializer=p2pagent_dot_v1_dot_agent__pb2.RevokeResponse.SerializeToString,
+            ),
+            'Average': grpc.stream_stream_rpc_method_handler(
+                    servicer.Average,
+                    request_deserializer=p2pagent_dot_v1_dot_agent__pb2.AverageRequest.FromString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.AverageReply.SerializeToString,
+            ),
+            'TrainStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrainStatus,
+                    request_deserializer=p2pagent_dot_v1_dot_agent__pb2.TrainStatusRequest.FromString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.TrainStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -926,6 +963,60 @@ class Agent:
             '/p2pagent.v1.Agent/Revoke',
             p2pagent_dot_v1_dot_agent__pb2.RevokeRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.RevokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Average(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/p2pagent.v1.Agent/Average',
+            p2pagent_dot_v1_dot_agent__pb2.AverageRequest.SerializeToString,
+            p2pagent_dot_v1_dot_agent__pb2.AverageReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrainStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/p2pagent.v1.Agent/TrainStatus',
+            p2pagent_dot_v1_dot_agent__pb2.TrainStatusRequest.SerializeToString,
+            p2pagent_dot_v1_dot_agent__pb2.TrainStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

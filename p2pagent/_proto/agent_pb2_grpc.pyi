@@ -78,6 +78,14 @@ class AgentStub:
     """
     Revoke: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RevokeRequest, _agent_pb2.RevokeResponse]
     """Refuses an identity cluster-wide (replicated; enforced by every node). Node callers only."""
+    Average: _grpc.StreamStreamMultiCallable[_agent_pb2.AverageRequest, _agent_pb2.AverageReply]
+    """Averages this node's parameters for a training run with the run's other members (the
+    node does the networking with its own identity; see docs/TRAINING.md). The request
+    stream carries the flattened float32 parameters in chunks, the first with the header;
+    the answer stream carries the averaged parameters back the same way.
+    """
+    TrainStatus: _grpc.UnaryUnaryMultiCallable[_agent_pb2.TrainStatusRequest, _agent_pb2.TrainStatusResponse]
+    """Rounds, members, bytes and refused parts of the training runs this node takes part in."""
 
 @_typing.type_check_only
 class AgentAsyncStub(AgentStub):
@@ -129,6 +137,14 @@ class AgentAsyncStub(AgentStub):
     """
     Revoke: _aio.UnaryUnaryMultiCallable[_agent_pb2.RevokeRequest, _agent_pb2.RevokeResponse]  # type: ignore[assignment]
     """Refuses an identity cluster-wide (replicated; enforced by every node). Node callers only."""
+    Average: _aio.StreamStreamMultiCallable[_agent_pb2.AverageRequest, _agent_pb2.AverageReply]  # type: ignore[assignment]
+    """Averages this node's parameters for a training run with the run's other members (the
+    node does the networking with its own identity; see docs/TRAINING.md). The request
+    stream carries the flattened float32 parameters in chunks, the first with the header;
+    the answer stream carries the averaged parameters back the same way.
+    """
+    TrainStatus: _aio.UnaryUnaryMultiCallable[_agent_pb2.TrainStatusRequest, _agent_pb2.TrainStatusResponse]  # type: ignore[assignment]
+    """Rounds, members, bytes and refused parts of the training runs this node takes part in."""
 
 class AgentServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -297,5 +313,25 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.RevokeResponse, _abc.Awaitable[_agent_pb2.RevokeResponse]]:
         """Refuses an identity cluster-wide (replicated; enforced by every node). Node callers only."""
+
+    @_abc_1.abstractmethod
+    def Average(
+        self,
+        request_iterator: _MaybeAsyncIterator[_agent_pb2.AverageRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.AverageReply], _abc.AsyncIterator[_agent_pb2.AverageReply]]:
+        """Averages this node's parameters for a training run with the run's other members (the
+        node does the networking with its own identity; see docs/TRAINING.md). The request
+        stream carries the flattened float32 parameters in chunks, the first with the header;
+        the answer stream carries the averaged parameters back the same way.
+        """
+
+    @_abc_1.abstractmethod
+    def TrainStatus(
+        self,
+        request: _agent_pb2.TrainStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.TrainStatusResponse, _abc.Awaitable[_agent_pb2.TrainStatusResponse]]:
+        """Rounds, members, bytes and refused parts of the training runs this node takes part in."""
 
 def add_AgentServicer_to_server(servicer: AgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

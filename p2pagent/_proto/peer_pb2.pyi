@@ -102,3 +102,31 @@ class CompleteResponse(_message.Message):
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     def __init__(self, accepted: _Optional[bool] = ...) -> None: ...
+
+class AveragePart(_message.Message):
+    __slots__ = ("run", "round", "group", "phase", "slice_index", "weight", "spec", "dtype", "length", "data")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    SLICE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    round: int
+    group: str
+    phase: int
+    slice_index: int
+    weight: float
+    spec: str
+    dtype: str
+    length: int
+    data: bytes
+    def __init__(self, run: _Optional[str] = ..., round: _Optional[int] = ..., group: _Optional[str] = ..., phase: _Optional[int] = ..., slice_index: _Optional[int] = ..., weight: _Optional[float] = ..., spec: _Optional[str] = ..., dtype: _Optional[str] = ..., length: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class AverageAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

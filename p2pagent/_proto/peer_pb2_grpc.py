@@ -75,6 +75,11 @@ class PeerStub:
                 request_serializer=p2pagent_dot_v1_dot_common__pb2.Envelope.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_common__pb2.Envelope.FromString,
                 _registered_method=True)
+        self.AverageParts = channel.stream_unary(
+                '/p2pagent.v1.Peer/AverageParts',
+                request_serializer=p2pagent_dot_v1_dot_peer__pb2.AveragePart.SerializeToString,
+                response_deserializer=p2pagent_dot_v1_dot_peer__pb2.AverageAck.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -139,6 +144,15 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AverageParts(self, request_iterator, context):
+        """One part of a parameter-averaging round (a slice of a member's parameters, or a slice's
+        average), streamed in chunks; the sender is the caller's verified node identity. See
+        p2pagent/training/round.py.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +195,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Load,
                     request_deserializer=p2pagent_dot_v1_dot_common__pb2.Envelope.FromString,
                     response_serializer=p2pagent_dot_v1_dot_common__pb2.Envelope.SerializeToString,
+            ),
+            'AverageParts': grpc.stream_unary_rpc_method_handler(
+                    servicer.AverageParts,
+                    request_deserializer=p2pagent_dot_v1_dot_peer__pb2.AveragePart.FromString,
+                    response_serializer=p2pagent_dot_v1_dot_peer__pb2.AverageAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -399,6 +418,33 @@ class Peer:
             '/p2pagent.v1.Peer/Load',
             p2pagent_dot_v1_dot_common__pb2.Envelope.SerializeToString,
             p2pagent_dot_v1_dot_common__pb2.Envelope.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AverageParts(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/p2pagent.v1.Peer/AverageParts',
+            p2pagent_dot_v1_dot_peer__pb2.AveragePart.SerializeToString,
+            p2pagent_dot_v1_dot_peer__pb2.AverageAck.FromString,
             options,
             channel_credentials,
             insecure,

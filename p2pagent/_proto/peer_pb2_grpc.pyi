@@ -56,6 +56,11 @@ class PeerStub:
     """Push-pull of task load reports (msgpack LoadReport, see p2pagent/tasks/wire.py): the
     caller sends its own report, the receiver answers with its own.
     """
+    AverageParts: _grpc.StreamUnaryMultiCallable[_peer_pb2.AveragePart, _peer_pb2.AverageAck]
+    """One part of a parameter-averaging round (a slice of a member's parameters, or a slice's
+    average), streamed in chunks; the sender is the caller's verified node identity. See
+    p2pagent/training/round.py.
+    """
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
@@ -81,6 +86,11 @@ class PeerAsyncStub(PeerStub):
     Load: _aio.UnaryUnaryMultiCallable[_common_pb2.Envelope, _common_pb2.Envelope]  # type: ignore[assignment]
     """Push-pull of task load reports (msgpack LoadReport, see p2pagent/tasks/wire.py): the
     caller sends its own report, the receiver answers with its own.
+    """
+    AverageParts: _aio.StreamUnaryMultiCallable[_peer_pb2.AveragePart, _peer_pb2.AverageAck]  # type: ignore[assignment]
+    """One part of a parameter-averaging round (a slice of a member's parameters, or a slice's
+    average), streamed in chunks; the sender is the caller's verified node identity. See
+    p2pagent/training/round.py.
     """
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
@@ -152,6 +162,17 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_common_pb2.Envelope, _abc.Awaitable[_common_pb2.Envelope]]:
         """Push-pull of task load reports (msgpack LoadReport, see p2pagent/tasks/wire.py): the
         caller sends its own report, the receiver answers with its own.
+        """
+
+    @_abc_1.abstractmethod
+    def AverageParts(
+        self,
+        request_iterator: _MaybeAsyncIterator[_peer_pb2.AveragePart],
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.AverageAck, _abc.Awaitable[_peer_pb2.AverageAck]]:
+        """One part of a parameter-averaging round (a slice of a member's parameters, or a slice's
+        average), streamed in chunks; the sender is the caller's verified node identity. See
+        p2pagent/training/round.py.
         """
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

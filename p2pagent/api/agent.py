@@ -14,12 +14,13 @@ from p2pagent.api.membership import MembershipAgentApi, MembershipNode
 from p2pagent.api.models import ModelsAgentApi, ModelsNode
 from p2pagent.api.state import StateAgentApi, StateNode
 from p2pagent.api.tasks import TasksAgentApi, TasksNode, admit
+from p2pagent.api.training import TrainingAgentApi, TrainingNode
 from p2pagent.errors import InvalidArgument
 from p2pagent.tasks.wire import error_from_code
 from p2pagent.transport.guard import caller_identity
 
 
-class AgentNode(MembershipNode, StateNode, ModelsNode, TasksNode, Protocol):
+class AgentNode(MembershipNode, StateNode, ModelsNode, TasksNode, TrainingNode, Protocol):
     """What the Agent service needs of the node: each capability's part, and its status."""
 
     def status(self) -> agent_pb2.StatusResponse: ...
@@ -29,13 +30,19 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 class AgentService(
-    MembershipAgentApi, StateAgentApi, ModelsAgentApi, TasksAgentApi, agent_pb2_grpc.AgentServicer
+    MembershipAgentApi,
+    StateAgentApi,
+    ModelsAgentApi,
+    TasksAgentApi,
+    TrainingAgentApi,
+    agent_pb2_grpc.AgentServicer,
 ):
     """Each capability's handlers live in ``api/<capability>.py``; this class joins them."""
 
     def __init__(self, node: AgentNode) -> None:
         self._node = node
         self._membership_node = self._state_node = self._models_node = self._tasks_node = node
+        self._training_node = node
 
     async def Status(
         self, request: agent_pb2.StatusRequest, context: Ctx

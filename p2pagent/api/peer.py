@@ -17,16 +17,18 @@ from p2pagent.api.membership import MembershipNode, MembershipPeerApi
 from p2pagent.api.models import ModelsNode, ModelsPeerApi
 from p2pagent.api.state import StateNode, StatePeerApi
 from p2pagent.api.tasks import TasksNode, TasksPeerApi
+from p2pagent.api.training import TrainingNode, TrainingPeerApi
 from p2pagent.membership.codec import MAX_GOSSIP_BYTES, MAX_PUSH_PULL_BYTES
 from p2pagent.state.codec import RECEIVE_SLACK_BYTES
 from p2pagent.tasks.admission import request_limit
 from p2pagent.tasks.wire import MAX_REPORT_BYTES
+from p2pagent.training.wire import CHUNK_BYTES, HEADER_BYTES
 
 if TYPE_CHECKING:
     from p2pagent.config import Config
 
 
-class PeerNode(MembershipNode, StateNode, ModelsNode, TasksNode, Protocol):
+class PeerNode(MembershipNode, StateNode, ModelsNode, TasksNode, TrainingNode, Protocol):
     """What the Peer service needs of the node: each capability's part."""
 
 
@@ -63,13 +65,21 @@ def request_limits(config: Config, state_message_bytes: int) -> dict[str, tuple[
         AGENT + "Submit": tasks,
         AGENT + "SubmitAndWait": tasks,
         AGENT + "Infer": tasks,
+        PEER + "AverageParts": (CHUNK_BYTES + HEADER_BYTES, "training.wire.CHUNK_BYTES"),
+        AGENT + "Average": (CHUNK_BYTES + HEADER_BYTES, "training.wire.CHUNK_BYTES"),
     }
 
 
 class PeerService(
-    MembershipPeerApi, StatePeerApi, ModelsPeerApi, TasksPeerApi, peer_pb2_grpc.PeerServicer
+    MembershipPeerApi,
+    StatePeerApi,
+    ModelsPeerApi,
+    TasksPeerApi,
+    TrainingPeerApi,
+    peer_pb2_grpc.PeerServicer,
 ):
     """Each capability's handlers live in ``api/<capability>.py``; this class joins them."""
 
     def __init__(self, node: PeerNode) -> None:
         self._membership_node = self._state_node = self._models_node = self._tasks_node = node
+        self._training_node = node

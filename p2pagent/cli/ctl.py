@@ -27,6 +27,7 @@ from p2pagent.cli import (
     state_cmd,
     tasks_cmd,
     top_cmd,
+    train_cmd,
 )
 from p2pagent.cli.args import OneLineErrorParser
 from p2pagent.errors import ConfigError, InvalidArgument, P2PAgentError
@@ -34,6 +35,7 @@ from p2pagent.errors import ConfigError, InvalidArgument, P2PAgentError
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 MODULES = (
     certs_cmd, cluster_cmd, top_cmd, state_cmd, infer_cmd, models_cmd, tasks_cmd, completion_cmd,
+    train_cmd,
 )  # fmt: skip
 
 

@@ -128,6 +128,19 @@ class MembershipDriver:
 
         return unsubscribe
 
+    def set_tag(self, key: str, value: str | None) -> None:
+        """Sets (None: removes) one tag of this member; it spreads with a new incarnation."""
+        tags = dict(self._tags)
+        if value is None:
+            tags.pop(key, None)
+        else:
+            tags[key] = value
+        check_tags(tags, self.config.max_tags_bytes)
+        self._tags = tags
+        if self._core is not None:
+            self._core.set_tags(tags)
+            self._after_core_call()
+
     # ---- load hints (``hints``) --------------------------------------------------------------
 
     def publish_load_hint(self, hint: LoadHint, urgent: bool = False) -> None:

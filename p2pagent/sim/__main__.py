@@ -1,7 +1,7 @@
 """``python -m p2pagent.sim <scenario> ...``: runs one simulated scenario.
 
 Scenarios: ``membership`` (SWIM + Lifeguard), ``tasks`` (placement and work stealing),
-``state`` (CRDT replicas), each with its own ``--help``.
+``state`` (CRDT replicas), ``training`` (parameter averaging), each with its own ``--help``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ SCENARIOS = {
     "membership": "p2pagent.sim.membership",
     "tasks": "p2pagent.sim.tasks",
     "state": "p2pagent.sim.state",
+    "training": "p2pagent.sim.training",
 }
 
 
