@@ -120,6 +120,15 @@ def check_decoder_folder(path: Path) -> dict[str, Any]:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     model_type = config.get("model_type")
+    architectures = config.get("architectures") or []
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    # The architectures the folder was saved with decide (BERT, say, has a causal head in
+    # transformers, but a folder saved as BertModel is an encoder); without them, its type.
+    if architectures and not causal.intersection(map(str, architectures)):
+        raise InvalidArgument(
+            f"model architecture {quoted(', '.join(map(str, architectures)))} is not a "
+            "text-generation (causal LM) one: an encoder model cannot generate"
+        )
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise InvalidArgument(
             f"model type {quoted(str(model_type))} is not a text-generation (causal LM) "
