@@ -29,6 +29,7 @@ from p2pagent.errors import ConfigError, InvalidArgument
 from p2pagent.identity.material import TLSPaths
 from p2pagent.identity.spiffe import check_name
 from p2pagent.inference.config import InferenceConfig
+from p2pagent.inference.generation.config import GenerationConfig
 from p2pagent.membership.config import MembershipConfig
 from p2pagent.models.config import ModelsConfig
 from p2pagent.state.config import StateConfig
@@ -117,6 +118,9 @@ class Config:
     #: Connection and stream limits: TLS handshake timeout, idle connections, streams per
     #: connection and per identity (``[transport]``).
     transport: TransportConfig = field(default_factory=TransportConfig)
+    #: Decoder folders served for text generation, KV cache budget, batch and queue bounds
+    #: (``[generation]``).
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     # ---- derived views -------------------------------------------------------------------
 
@@ -178,6 +182,7 @@ class Config:
         self.models.validate()
         self.tasks.validate()
         self.transport.validate()
+        self.generation.validate()
         return self
 
 

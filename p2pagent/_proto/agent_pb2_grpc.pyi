@@ -78,6 +78,14 @@ class AgentStub:
     """
     Revoke: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RevokeRequest, _agent_pb2.RevokeResponse]
     """Refuses an identity cluster-wide (replicated; enforced by every node). Node callers only."""
+    Generate: _grpc.UnaryStreamMultiCallable[_agent_pb2.GenerateRequest, _agent_pb2.GenerateResponse]
+    """Generates text with a decoder model this node serves, streaming each token as it is
+    made: one message per token (its id and the text it completes), and a last message with
+    the finish reason and token counts. Bad input (a prompt past the context, max_new_tokens
+    0 or past it, temperature < 0, top_p outside (0, 1], an encoder model) is
+    INVALID_ARGUMENT and an unknown model NOT_FOUND, before anything is queued; a full queue
+    is RESOURCE_EXHAUSTED. A caller that hangs up frees its sequence at the next step.
+    """
 
 @_typing.type_check_only
 class AgentAsyncStub(AgentStub):
@@ -129,6 +137,14 @@ class AgentAsyncStub(AgentStub):
     """
     Revoke: _aio.UnaryUnaryMultiCallable[_agent_pb2.RevokeRequest, _agent_pb2.RevokeResponse]  # type: ignore[assignment]
     """Refuses an identity cluster-wide (replicated; enforced by every node). Node callers only."""
+    Generate: _aio.UnaryStreamMultiCallable[_agent_pb2.GenerateRequest, _agent_pb2.GenerateResponse]  # type: ignore[assignment]
+    """Generates text with a decoder model this node serves, streaming each token as it is
+    made: one message per token (its id and the text it completes), and a last message with
+    the finish reason and token counts. Bad input (a prompt past the context, max_new_tokens
+    0 or past it, temperature < 0, top_p outside (0, 1], an encoder model) is
+    INVALID_ARGUMENT and an unknown model NOT_FOUND, before anything is queued; a full queue
+    is RESOURCE_EXHAUSTED. A caller that hangs up frees its sequence at the next step.
+    """
 
 class AgentServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -297,5 +313,19 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.RevokeResponse, _abc.Awaitable[_agent_pb2.RevokeResponse]]:
         """Refuses an identity cluster-wide (replicated; enforced by every node). Node callers only."""
+
+    @_abc_1.abstractmethod
+    def Generate(
+        self,
+        request: _agent_pb2.GenerateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.GenerateResponse], _abc.AsyncIterator[_agent_pb2.GenerateResponse]]:
+        """Generates text with a decoder model this node serves, streaming each token as it is
+        made: one message per token (its id and the text it completes), and a last message with
+        the finish reason and token counts. Bad input (a prompt past the context, max_new_tokens
+        0 or past it, temperature < 0, top_p outside (0, 1], an encoder model) is
+        INVALID_ARGUMENT and an unknown model NOT_FOUND, before anything is queued; a full queue
+        is RESOURCE_EXHAUSTED. A caller that hangs up frees its sequence at the next step.
+        """
 
 def add_AgentServicer_to_server(servicer: AgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc
+from p2pagent.api.generation import GenerationAgentApi
 from p2pagent.api.membership import MembershipAgentApi
 from p2pagent.api.models import ModelsAgentApi
 from p2pagent.api.state import StateAgentApi
@@ -26,7 +27,12 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 class AgentService(
-    MembershipAgentApi, StateAgentApi, ModelsAgentApi, TasksAgentApi, agent_pb2_grpc.AgentServicer
+    MembershipAgentApi,
+    StateAgentApi,
+    ModelsAgentApi,
+    TasksAgentApi,
+    GenerationAgentApi,
+    agent_pb2_grpc.AgentServicer,
 ):
     """Each capability's handlers live in ``api/<capability>.py``; this class joins them."""
 

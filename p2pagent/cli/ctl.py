@@ -19,6 +19,7 @@ from p2pagent import __version__
 from p2pagent.cli import (
     certs_cmd,
     cluster_cmd,
+    generate_cmd,
     infer_cmd,
     models_cmd,
     state_cmd,
@@ -29,7 +30,16 @@ from p2pagent.cli.args import OneLineErrorParser
 from p2pagent.errors import ConfigError, InvalidArgument, P2PAgentError, Unavailable
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
-MODULES = (certs_cmd, cluster_cmd, top_cmd, state_cmd, infer_cmd, models_cmd, tasks_cmd)
+MODULES = (
+    certs_cmd,
+    cluster_cmd,
+    top_cmd,
+    state_cmd,
+    infer_cmd,
+    models_cmd,
+    tasks_cmd,
+    generate_cmd,
+)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -46,8 +46,9 @@ LLAMA_CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class DecoderSize:
-    """Width of a built model: ``tiny`` for tests, ``small`` for the benchmark (large enough
-    that the forward pass, not Python, is most of a step)."""
+    """Width of a built model: ``tiny`` for tests; ``small`` and ``medium`` for the
+    benchmark (``medium``, ~40M parameters, is large enough that on a CPU the forward pass,
+    not Python, is most of a step)."""
 
     hidden: int
     layers: int
@@ -60,6 +61,7 @@ class DecoderSize:
 SIZES = {
     "tiny": DecoderSize(hidden=64, layers=2, heads=4, kv_heads=2, context=512, vocab=1024),
     "small": DecoderSize(hidden=256, layers=4, heads=8, kv_heads=4, context=1024, vocab=2048),
+    "medium": DecoderSize(hidden=768, layers=6, heads=12, kv_heads=4, context=1024, vocab=2048),
 }
 
 

@@ -53,6 +53,7 @@ TABLE: dict[str, tuple[frozenset[Role], str]] = {
     AGENT + "PublishModel": (PUBLISHER, "publish a model (a model with code is code)"),
     AGENT + "DeleteModel": (PUBLISHER, "delete a model: a publisher its own, an admin any"),
     AGENT + "Revoke": (ADMIN, "revoke an identity on every node"),
+    AGENT + "Generate": (CLIENT, "generate text with a decoder model, streamed"),
     PEER + "Gossip": (NODE, "membership probes"),
     PEER + "PushPull": (NODE, "membership state exchange"),
     PEER + "Replicate": (NODE, "state replication"),

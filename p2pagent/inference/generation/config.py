@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from p2pagent.errors import ConfigError
+from p2pagent.errors import ConfigError, InvalidArgument
+from p2pagent.identity.spiffe import check_name
 
 
 @dataclass
 class GenerationConfig:
-    """Knobs of the continuous-batching scheduler of each decoder model."""
+    """Decoder folders served and the knobs of each one's continuous-batching scheduler."""
+
+    #: Hugging Face decoder folders this node generates with, as NAME=DIR (GPT-2, Llama and
+    #: other causal LMs transformers knows; safetensors only, no custom code). Each is
+    #: checked at start and loaded on its first request.
+    folders: list[str] = field(default_factory=list)
 
     #: Bytes of key/value cache one decoder model may hold across its running sequences. A
     #: sequence is admitted only when its worst case (prompt plus ``max_new_tokens``) fits
@@ -29,4 +36,21 @@ class GenerationConfig:
             value = getattr(self, name)
             if value < 1:
                 raise ConfigError(f"generation.{name} must be at least 1, got {value}")
+        self.folder_paths()
         return self
+
+    def folder_paths(self) -> dict[str, Path]:
+        """``folders`` as name -> directory; ConfigError naming a malformed entry."""
+        out: dict[str, Path] = {}
+        for entry in self.folders:
+            name, sep, path = entry.partition("=")
+            if not sep or not path:
+                raise ConfigError(f"generation.folders entry {entry!r} must look like NAME=DIR")
+            try:
+                check_name(name, "model name")
+            except InvalidArgument as e:
+                raise ConfigError(f"generation.folders entry {entry!r}: {e}") from None
+            if name in out:
+                raise ConfigError(f"generation.folders names {name!r} twice")
+            out[name] = Path(path)
+        return out
