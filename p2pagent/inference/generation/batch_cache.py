@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 
 
 def _layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -50,15 +49,13 @@ class BatchCache:
             return
         width = max(self.width, length)
         grow, pad = width - self.width, width - length
-        self._cache = DynamicCache(
-            ddp_cache_data=[
-                (
-                    torch.cat([F.pad(k, (0, 0, grow, 0)), F.pad(nk, (0, 0, pad, 0))]),
-                    torch.cat([F.pad(v, (0, 0, grow, 0)), F.pad(nv, (0, 0, pad, 0))]),
-                )
-                for (k, v), (nk, nv) in zip(_layers(self._cache), layers, strict=True)
-            ]
-        )
+        for layer, (nk, nv) in zip(self._cache.layers, layers, strict=True):
+            # One layer at a time, the old tensors freed before the next layer is copied:
+            # a join costs one layer's cache more memory, not the batch's whole cache.
+            layer.keys = torch.cat([F.pad(layer.keys, (0, 0, grow, 0)), F.pad(nk, (0, 0, pad, 0))])
+            layer.values = torch.cat(
+                [F.pad(layer.values, (0, 0, grow, 0)), F.pad(nv, (0, 0, pad, 0))]
+            )
         row = torch.ones((1, length), dtype=torch.long, device=device)
         self.mask = torch.cat([F.pad(self.mask, (grow, 0)), F.pad(row, (pad, 0))])
         self.positions = torch.cat([self.positions, torch.tensor([length], device=device)])
@@ -78,12 +75,9 @@ class BatchCache:
         mask = self.mask.index_select(0, index)
         start = int((mask.sum(dim=0) > 0).nonzero()[0].item())
         self.mask = mask[:, start:]
-        self._cache = DynamicCache(
-            ddp_cache_data=[
-                (k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:])
-                for k, v in _layers(self._cache)
-            ]
-        )
+        for layer in self._cache.layers:
+            layer.keys = layer.keys[:, :, start:].index_select(0, index)
+            layer.values = layer.values[:, :, start:].index_select(0, index)
         self.positions = self.positions.index_select(0, index)
         self.next_tokens = self.next_tokens.index_select(0, index)
 
