@@ -35,6 +35,7 @@ FULL: list[list[str]] = [
     ["bench.streams"],
     ["bench.chaos", "--duration", "60"],
     ["bench.scale"],
+    ["bench.generation"],
 ]
 SMALL: list[list[str]] = [
     ["bench.state_core"],
@@ -57,6 +58,7 @@ SMALL: list[list[str]] = [
     ["bench.streams", "--small"],
     ["bench.chaos", "--duration", "30"],
     ["bench.scale", "--sizes", "3,6", "--idle", "5", "--settle", "1", "--sim-sizes", "16,32"],
+    ["bench.generation", "--small"],
 ]  # fmt: skip
 
 

@@ -28,6 +28,7 @@ import itertools
 import json
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +43,14 @@ from p2pagent.inference.generation.sampling import SamplingParams
 from p2pagent.testing.decoder_folders import BUILDERS
 
 MIB = 1024 * 1024
+
+
+_T0 = time.perf_counter()
+
+
+def progress(what: str) -> None:
+    """A line on stderr per phase: on a shared machine a run can take long."""
+    print(f"[{time.perf_counter() - _T0:7.1f}s] {what}", file=sys.stderr, flush=True)
 
 
 def rss_bytes() -> int:
@@ -138,12 +147,14 @@ def engine_latency(engine: DecodeEngine, prompt: list[int], new: int) -> tuple[f
     return stamps[0] - start, statistics.median(gaps)
 
 
-def memory(folder_path: Path, device: str, kv_budget: int, n: int, seed: int) -> dict[str, Any]:
+def memory(
+    folder_path: Path, device: str, kv_budget: int, n: int, seed: int, hi: int
+) -> dict[str, Any]:
     before = rss_bytes()
     folder = no_eos(load_decoder_folder(folder_path, device))
     model_bytes = sum(p.numel() * p.element_size() for p in folder.model.parameters())
     engine = DecodeEngine(folder, GenerationConfig(kv_cache_bytes=kv_budget, max_queued=n))
-    reqs = requests(folder, n, seed + 1, 128, 256)
+    reqs = requests(folder, n, seed + 1, hi // 2, hi)
     for prompt, new in reqs:
         engine.submit(prompt, SamplingParams(max_new_tokens=new))
     peak, peak_reserved, max_waiting = 0, 0, engine.scheduler.waiting
@@ -177,24 +188,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small", action="store_true", help="CI size")
     p.add_argument("--json", action="store_true", help="print {'targets': [...]} as JSON")
     args = p.parse_args(argv)
-    if args.small:
-        args.size, args.streams, args.latency_runs, args.queued = "tiny", 8, 2, 16
+    hi = 256
+    if args.small:  # CI: keeps the benchmark working, in about a minute
+        args.size, args.streams, args.latency_runs, args.queued, hi = "tiny", 8, 2, 16, 64
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         path = BUILDERS[args.family](Path(tmp) / args.family, seed=args.seed, size=args.size)
-        mem = memory(path, args.device, args.kv_mib * MIB, args.queued, args.seed)
+        progress("memory run")
+        mem = memory(path, args.device, args.kv_mib * MIB, args.queued, args.seed, hi)
         folder = no_eos(load_decoder_folder(path, args.device))
-    reqs = requests(folder, args.streams, args.seed, 16, 256)
+    reqs = requests(folder, args.streams, args.seed, 16, hi)
     run_engine(DecodeEngine(folder), reqs[:2])  # warm up both paths
     run_static(folder, reqs[:2])
+    progress("throughput: engine")
     e_tokens, e_time = run_engine(DecodeEngine(folder), reqs)
+    progress(f"throughput: static batch ({e_tokens / e_time:.1f} tokens/s engine)")
     s_tokens, s_time = run_static(folder, reqs)
+    progress(f"latency ({s_tokens / s_time:.1f} tokens/s static)")
     assert e_tokens == s_tokens, (e_tokens, s_tokens)
     engine_tps, static_tps = e_tokens / e_time, s_tokens / s_time
 
     ttft, itl, pre, tok = [], [], [], []
-    lat_reqs = requests(folder, args.latency_runs, args.seed + 2, 64, 128)
+    lat_reqs = requests(folder, args.latency_runs, args.seed + 2, 16, hi // 2)
     for prompt, new in lat_reqs:
         a, b = offline_latency(folder, prompt, new)
         c, d = engine_latency(DecodeEngine(folder), prompt, new)
