@@ -161,7 +161,10 @@ class DecodeEngine:
             batch.drop_all()
             return
         logits = out.logits[:, -1, :]
-        picked = [self._emit(s, logits[i], events) for i, s in enumerate(batch.seq_ids)]
+        # One argmax for the whole batch (greedy rows take it; sampling rows draw their own):
+        # a per-row argmax costs more in dispatch than in arithmetic.
+        argmax = logits.argmax(dim=-1).tolist()
+        picked = [self._emit(s, logits[i], events, argmax[i]) for i, s in enumerate(batch.seq_ids)]
         batch.advance(out.cache, torch.tensor(picked, device=self._device))
 
     def _prefill(self, chunk: PrefillChunk, events: list[Event], failed: dict[int, str]) -> None:
@@ -188,9 +191,12 @@ class DecodeEngine:
                 self._batch.join(chunk.seq_id, live.cache, chunk.end, token)
             live.cache = None
 
-    def _emit(self, seq_id: int, logits: torch.Tensor, events: list[Event]) -> int:
+    def _emit(
+        self, seq_id: int, logits: torch.Tensor, events: list[Event], argmax: int | None = None
+    ) -> int:
         live = self._live[seq_id]
-        token = live.sampler.pick(logits)
+        greedy = argmax is not None and live.sampler.greedy
+        token = argmax if greedy and argmax is not None else live.sampler.pick(logits)
         live.generated += 1
         events.append(TokenEvent(seq_id, token, live.text.push(token)))
         if token in self.folder.eos_token_ids or live.text.stopped:

@@ -73,6 +73,10 @@ class Sampler:
             self._generator = torch.Generator(device=device)
             self._generator.manual_seed(seed)
 
+    @property
+    def greedy(self) -> bool:
+        return self._generator is None
+
     def pick(self, logits: torch.Tensor) -> int:
         """``logits``: shape (vocab,), float."""
         if self._generator is None:
