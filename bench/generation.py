@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from p2pagent.cli import malloc_tuning
 from p2pagent.inference.generation.config import GenerationConfig
 from p2pagent.inference.generation.engine import DecodeEngine, TokenEvent
 from p2pagent.inference.generation.folder import DecoderFolder, load_decoder_folder
@@ -188,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small", action="store_true", help="CI size")
     p.add_argument("--json", action="store_true", help="print {'targets': [...]} as JSON")
     args = p.parse_args(argv)
+    malloc_tuning.tune()  # as p2pagentd does: freed buffers go back to the system
     hi = 256
     if args.small:  # CI: keeps the benchmark working, in about a minute
         args.size, args.streams, args.latency_runs, args.queued, hi = "tiny", 8, 2, 16, 64

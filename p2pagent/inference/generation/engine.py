@@ -77,7 +77,7 @@ class DecodeEngine:
     def __post_init__(self) -> None:
         self.scheduler = DecodeScheduler(
             kv_cache_bytes=self.config.kv_cache_bytes,
-            kv_bytes_per_token=self.folder.kv_bytes_per_token,
+            kv_bytes_per_token=budgeted_bytes_per_token(self.folder),
             max_running=self.config.max_running,
             prefill_tokens_per_step=self.config.prefill_tokens_per_step,
             max_queued=self.config.max_queued,
@@ -172,10 +172,11 @@ class DecodeEngine:
         if live.cache is None:
             live.cache = DynamicCache()
         ids = torch.tensor([live.prompt[chunk.start : chunk.end]], device=self._device)
+        # No attention mask: one row without padding is plain causal attention, which the
+        # model's fast path handles without building a mask (a few ms on a long prompt).
         try:
             out = self.folder.model(
                 input_ids=ids,
-                attention_mask=torch.ones((1, chunk.end), dtype=torch.long, device=self._device),
                 position_ids=torch.arange(chunk.start, chunk.end, device=self._device)[None],
                 cache=live.cache,
                 use_cache=True,
@@ -202,6 +203,15 @@ class DecodeEngine:
         if token in self.folder.eos_token_ids or live.text.stopped:
             live.stopped = True
         return token
+
+
+def budgeted_bytes_per_token(folder: DecoderFolder) -> int:
+    """What one cached token costs the KV budget: its keys and values, plus its share of the
+    copy each step makes while it grows one layer's cache (transformers' DynamicCache
+    concatenates: the old and new tensors of that layer are both alive for a moment). So
+    ``generation.kv_cache_bytes`` bounds the cache's peak, not only its resting size."""
+    per_layer = -(-folder.kv_bytes_per_token // max(1, folder.layers))
+    return folder.kv_bytes_per_token + per_layer
 
 
 def _without(plan: StepPlan, failed: dict[int, str]) -> StepPlan:

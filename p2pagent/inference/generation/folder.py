@@ -47,7 +47,10 @@ class DecoderFolder:
     bos_token: str
     eos_token: str
     chat_template: str | None
+    #: Key and value bytes one token holds across all layers.
     kv_bytes_per_token: int
+    #: Decoder layers (a step grows the cache one layer at a time, copying that layer).
+    layers: int
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text).ids)
@@ -189,4 +192,5 @@ def load_decoder_folder(path: Path, device: str = "cpu") -> DecoderFolder:
         eos_token=str(tok_config.get("eos_token") or ""),
         chat_template=template if isinstance(template, str) else None,
         kv_bytes_per_token=_kv_bytes_per_token(model.config, model.dtype),
+        layers=int(model.config.get_text_config(decoder=True).num_hidden_layers),
     )
