@@ -25,7 +25,6 @@ from p2pagent.inference.generation.engine import DecodeEngine, Event, FinishEven
 from p2pagent.inference.generation.folder import (
     ChatMessage,
     DecoderFolder,
-    check_decoder_folder,
     load_decoder_folder,
 )
 from p2pagent.inference.generation.sampling import SamplingParams
@@ -139,11 +138,6 @@ class GenerationService:
 
     def names(self) -> list[str]:
         return sorted(self._paths)
-
-    def check(self) -> None:
-        """Checks every folder (at start: a bad one stops the node with a clear error)."""
-        for path in self._paths.values():
-            check_decoder_folder(path)
 
     async def runner(self, model: str) -> _ModelRunner:
         runner = self._runners.get(model)
