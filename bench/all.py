@@ -36,6 +36,7 @@ FULL: list[list[str]] = [
     ["bench.chaos", "--duration", "60"],
     ["bench.scale"],
     ["bench.training"],
+    ["bench.generation"],
 ]
 SMALL: list[list[str]] = [
     ["bench.state_core"],
@@ -59,6 +60,7 @@ SMALL: list[list[str]] = [
     ["bench.chaos", "--duration", "30"],
     ["bench.scale", "--sizes", "3,6", "--idle", "5", "--settle", "1", "--sim-sizes", "16,32"],
     ["bench.training", "--quick"],
+    ["bench.generation", "--small"],
 ]  # fmt: skip
 
 

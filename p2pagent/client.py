@@ -377,6 +377,63 @@ class Client:
         )
         return list(answer.versions)
 
+    # ---- generation -----------------------------------------------------------------------
+
+    async def generate(
+        self,
+        model: str,
+        prompt: str = "",
+        *,
+        prompt_ids: Sequence[int] = (),
+        messages: Sequence[tuple[str, str]] = (),
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> AsyncIterator[agent_pb2.GenerateResponse]:
+        """Generates with a decoder model, yielding one message per token as it is made
+        (``text``, ``token_ids``) and a last one with ``finish_reason`` (length, stop) and
+        the token counts. Give one of ``prompt`` (text), ``prompt_ids`` or ``messages``
+        (``(role, content)`` pairs, rendered with the model's chat template). Temperature 0
+        is greedy; greedy and seeded sampling give the same tokens every time. A node that
+        cannot be reached before the first token is passed over; stopping the iteration
+        (``break``, ``aclose``) cancels the generation on the node."""
+        request = agent_pb2.GenerateRequest(
+            model=model,
+            prompt=prompt,
+            prompt_ids=list(prompt_ids),
+            messages=[agent_pb2.ChatMessage(role=r, content=c) for r, c in messages],
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            stop=list(stop),
+        )
+        failures = []
+        for step in range(len(self._targets)):
+            index = (self._current + step) % len(self._targets)
+            target = self._targets[index]
+            call = self._stub(target).Generate(request, timeout=self._follow)
+            started = False
+            try:
+                async for message in call:
+                    started = True
+                    self._current = index
+                    yield message
+                return
+            except grpc.aio.AioRpcError as e:
+                if e.code() is not grpc.StatusCode.UNAVAILABLE:
+                    raise error_from_rpc(e) from e
+                if started:
+                    raise Unavailable(f"{target} lost the generation: {e.details()}") from e
+                failures.append(f"{target}: {e.details()}")
+            finally:
+                call.cancel()
+        raise Unavailable("no node could be reached: " + "; ".join(failures))
+
     # ---- any RPC --------------------------------------------------------------------------
 
     async def call(

@@ -29,6 +29,7 @@ from p2pagent.errors import ConfigError, InvalidArgument
 from p2pagent.identity.material import TLSPaths
 from p2pagent.identity.spiffe import check_name
 from p2pagent.inference.config import InferenceConfig
+from p2pagent.inference.generation.config import GenerationConfig
 from p2pagent.membership.config import MembershipConfig
 from p2pagent.models.config import ModelsConfig
 from p2pagent.state.config import StateConfig
@@ -118,6 +119,9 @@ class Config:
     transport: TransportConfig = field(default_factory=TransportConfig)
     #: Parameter averaging: group size, adaptive deadlines, part checks (``[training]``).
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    #: Decoder folders served for text generation, KV cache budget, batch and queue bounds
+    #: (``[generation]``).
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     # ---- derived views -------------------------------------------------------------------
 
@@ -176,6 +180,7 @@ class Config:
         self.tasks.validate()
         self.transport.validate()
         self.training.validate()
+        self.generation.validate()
         return self
 
 

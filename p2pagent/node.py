@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 from p2pagent import __version__
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, peer_pb2, peer_pb2_grpc
@@ -24,7 +24,7 @@ from p2pagent.api.agent import AgentService
 from p2pagent.api.local_models import parse_serve
 from p2pagent.api.peer import PeerService, request_limits
 from p2pagent.config import Config, parse_address
-from p2pagent.errors import ConfigError, ResourceExhausted
+from p2pagent.errors import ConfigError, P2PAgentError, ResourceExhausted
 from p2pagent.identity import material as tls
 from p2pagent.identity.spiffe import Identity, Role
 from p2pagent.inference import isolation
@@ -48,6 +48,9 @@ from p2pagent.transport.metrics import RpcMetrics
 from p2pagent.transport.ratelimit import PerIdentityLimiter
 from p2pagent.transport.server import Server
 from p2pagent.transport.streams import OpenStreams
+
+if TYPE_CHECKING:  # torch and transformers load only on a node that serves decoders
+    from p2pagent.inference.generation.service import GenerationService
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,7 @@ class Node:
         self.engine = InferenceEngine(self.models_cache, config.inference, self.device)
         for m in self.local_models:
             self.models_cache.register(m.name, m.path, m.spec)
+        self.generation = generation_service(config, self.device.name)
         self.components: list[Component] = []
         # Capabilities, in start order. Each owns a folder and a driver; see DESIGN.md.
         self.membership: MembershipDriver = MembershipDriver(
@@ -294,6 +298,8 @@ class Node:
             # Before the engine: a batch stuck in the worker fails now instead of holding
             # the engine's drain for inference.worker_timeout_s.
             await self.model_worker.aclose()
+        if self.generation is not None:
+            await self.generation.close()
         await self.engine.close()
         self.models_cache.close()
         await self.channels.close()
@@ -353,6 +359,23 @@ def publish_check_confinement(config: Config, data_dir: Path) -> Confinement | N
     if not (inference.isolate_code_models and config.models.confine_check):
         return None
     return Confinement(inference.worker_uid, tuple(protected_paths(config, data_dir)))
+
+
+def generation_service(config: Config, device: str) -> GenerationService | None:
+    """The decoder folders of ``generation.folders``, each checked now (a bad one stops the
+    start with a message naming it); None when there are none."""
+    folders = config.generation.folder_paths()
+    if not folders:
+        return None
+    from p2pagent.inference.generation.folder import check_decoder_folder
+    from p2pagent.inference.generation.service import GenerationService
+
+    for name, path in folders.items():
+        try:
+            check_decoder_folder(path)
+        except P2PAgentError as e:
+            raise ConfigError(f"generation.folders {name}={path}: {e}") from None
+    return GenerationService(folders, config.generation, device)
 
 
 def model_worker(config: Config, data_dir: Path, device: DeviceInfo) -> ModelWorker | None:

@@ -144,6 +144,11 @@ class AgentStub:
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.TrainStatusRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.TrainStatusResponse.FromString,
                 _registered_method=True)
+        self.Generate = channel.unary_stream(
+                '/p2pagent.v1.Agent/Generate',
+                request_serializer=p2pagent_dot_v1_dot_agent__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.GenerateResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -309,6 +314,18 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Generate(self, request, context):
+        """Generates text with a decoder model this node serves, streaming each token as it is
+        made: one message per token (its id and the text it completes), and a last message with
+        the finish reason and token counts. Bad input (a prompt past the context, max_new_tokens
+        0 or past it, temperature < 0, top_p outside (0, 1], an encoder model) is
+        INVALID_ARGUMENT and an unknown model NOT_FOUND, before anything is queued; a full queue
+        is RESOURCE_EXHAUSTED. A caller that hangs up frees its sequence at the next step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -421,6 +438,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.TrainStatus,
                     request_deserializer=p2pagent_dot_v1_dot_agent__pb2.TrainStatusRequest.FromString,
                     response_serializer=p2pagent_dot_v1_dot_agent__pb2.TrainStatusResponse.SerializeToString,
+            ),
+            'Generate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Generate,
+                    request_deserializer=p2pagent_dot_v1_dot_agent__pb2.GenerateRequest.FromString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.GenerateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1017,6 +1039,33 @@ class Agent:
             '/p2pagent.v1.Agent/TrainStatus',
             p2pagent_dot_v1_dot_agent__pb2.TrainStatusRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.TrainStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Generate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/p2pagent.v1.Agent/Generate',
+            p2pagent_dot_v1_dot_agent__pb2.GenerateRequest.SerializeToString,
+            p2pagent_dot_v1_dot_agent__pb2.GenerateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -86,6 +86,14 @@ class AgentStub:
     """
     TrainStatus: _grpc.UnaryUnaryMultiCallable[_agent_pb2.TrainStatusRequest, _agent_pb2.TrainStatusResponse]
     """Rounds, members, bytes and refused parts of the training runs this node takes part in."""
+    Generate: _grpc.UnaryStreamMultiCallable[_agent_pb2.GenerateRequest, _agent_pb2.GenerateResponse]
+    """Generates text with a decoder model this node serves, streaming each token as it is
+    made: one message per token (its id and the text it completes), and a last message with
+    the finish reason and token counts. Bad input (a prompt past the context, max_new_tokens
+    0 or past it, temperature < 0, top_p outside (0, 1], an encoder model) is
+    INVALID_ARGUMENT and an unknown model NOT_FOUND, before anything is queued; a full queue
+    is RESOURCE_EXHAUSTED. A caller that hangs up frees its sequence at the next step.
+    """
 
 @_typing.type_check_only
 class AgentAsyncStub(AgentStub):
@@ -145,6 +153,14 @@ class AgentAsyncStub(AgentStub):
     """
     TrainStatus: _aio.UnaryUnaryMultiCallable[_agent_pb2.TrainStatusRequest, _agent_pb2.TrainStatusResponse]  # type: ignore[assignment]
     """Rounds, members, bytes and refused parts of the training runs this node takes part in."""
+    Generate: _aio.UnaryStreamMultiCallable[_agent_pb2.GenerateRequest, _agent_pb2.GenerateResponse]  # type: ignore[assignment]
+    """Generates text with a decoder model this node serves, streaming each token as it is
+    made: one message per token (its id and the text it completes), and a last message with
+    the finish reason and token counts. Bad input (a prompt past the context, max_new_tokens
+    0 or past it, temperature < 0, top_p outside (0, 1], an encoder model) is
+    INVALID_ARGUMENT and an unknown model NOT_FOUND, before anything is queued; a full queue
+    is RESOURCE_EXHAUSTED. A caller that hangs up frees its sequence at the next step.
+    """
 
 class AgentServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -333,5 +349,19 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.TrainStatusResponse, _abc.Awaitable[_agent_pb2.TrainStatusResponse]]:
         """Rounds, members, bytes and refused parts of the training runs this node takes part in."""
+
+    @_abc_1.abstractmethod
+    def Generate(
+        self,
+        request: _agent_pb2.GenerateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.GenerateResponse], _abc.AsyncIterator[_agent_pb2.GenerateResponse]]:
+        """Generates text with a decoder model this node serves, streaming each token as it is
+        made: one message per token (its id and the text it completes), and a last message with
+        the finish reason and token counts. Bad input (a prompt past the context, max_new_tokens
+        0 or past it, temperature < 0, top_p outside (0, 1], an encoder model) is
+        INVALID_ARGUMENT and an unknown model NOT_FOUND, before anything is queued; a full queue
+        is RESOURCE_EXHAUSTED. A caller that hangs up frees its sequence at the next step.
+        """
 
 def add_AgentServicer_to_server(servicer: AgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

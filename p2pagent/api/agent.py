@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import grpc
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc
+from p2pagent.api.generation import GenerationAgentApi, GenerationNode
 from p2pagent.api.membership import MembershipAgentApi, MembershipNode
 from p2pagent.api.models import ModelsAgentApi, ModelsNode
 from p2pagent.api.state import StateAgentApi, StateNode
@@ -20,7 +21,9 @@ from p2pagent.tasks.wire import error_from_code
 from p2pagent.transport.guard import caller_identity
 
 
-class AgentNode(MembershipNode, StateNode, ModelsNode, TasksNode, TrainingNode, Protocol):
+class AgentNode(
+    MembershipNode, StateNode, ModelsNode, TasksNode, TrainingNode, GenerationNode, Protocol
+):
     """What the Agent service needs of the node: each capability's part, and its status."""
 
     def status(self) -> agent_pb2.StatusResponse: ...
@@ -35,6 +38,7 @@ class AgentService(
     ModelsAgentApi,
     TasksAgentApi,
     TrainingAgentApi,
+    GenerationAgentApi,
     agent_pb2_grpc.AgentServicer,
 ):
     """Each capability's handlers live in ``api/<capability>.py``; this class joins them."""
@@ -42,7 +46,7 @@ class AgentService(
     def __init__(self, node: AgentNode) -> None:
         self._node = node
         self._membership_node = self._state_node = self._models_node = self._tasks_node = node
-        self._training_node = node
+        self._training_node = self._generation_node = node
 
     async def Status(
         self, request: agent_pb2.StatusRequest, context: Ctx

@@ -22,6 +22,7 @@ from p2pagent.cli import (
     certs_cmd,
     cluster_cmd,
     completion_cmd,
+    generate_cmd,
     infer_cmd,
     models_cmd,
     state_cmd,
@@ -35,7 +36,7 @@ from p2pagent.errors import ConfigError, InvalidArgument, P2PAgentError
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 MODULES = (
     certs_cmd, cluster_cmd, top_cmd, state_cmd, infer_cmd, models_cmd, tasks_cmd, completion_cmd,
-    train_cmd,
+    train_cmd, generate_cmd,
 )  # fmt: skip
 
 

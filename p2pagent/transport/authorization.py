@@ -55,6 +55,7 @@ TABLE: dict[str, tuple[frozenset[Role], str]] = {
     AGENT + "Revoke": (ADMIN, "revoke an identity on every node"),
     AGENT + "Average": (NODE, "average this node's parameters in a training run (node only)"),
     AGENT + "TrainStatus": (CLIENT, "training runs on this node"),
+    AGENT + "Generate": (CLIENT, "generate text with a decoder model, streamed"),
     PEER + "Gossip": (NODE, "membership probes"),
     PEER + "PushPull": (NODE, "membership state exchange"),
     PEER + "Replicate": (NODE, "state replication"),
