@@ -15,6 +15,7 @@ from p2pagent.api.membership import MembershipAgentApi
 from p2pagent.api.models import ModelsAgentApi
 from p2pagent.api.state import StateAgentApi
 from p2pagent.api.tasks import TasksAgentApi, admit
+from p2pagent.api.text import TextAgentApi
 from p2pagent.errors import InvalidArgument
 from p2pagent.tasks.wire import error_from_code
 from p2pagent.transport.guard import caller_identity
@@ -26,7 +27,12 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 class AgentService(
-    MembershipAgentApi, StateAgentApi, ModelsAgentApi, TasksAgentApi, agent_pb2_grpc.AgentServicer
+    MembershipAgentApi,
+    StateAgentApi,
+    ModelsAgentApi,
+    TasksAgentApi,
+    TextAgentApi,
+    agent_pb2_grpc.AgentServicer,
 ):
     """Each capability's handlers live in ``api/<capability>.py``; this class joins them."""
 

@@ -30,6 +30,9 @@ them:
    starves the others with banked credit nor waits behind their history. A slow model thus
    gets its share of device time, not all of it.
 6. Bounded queue: ``submit`` past ``max_queued`` requests raises ResourceExhausted.
+7. Ragged requests (``length`` > 0: token sequences of different lengths, padded per
+   batch by the engine, see ``ragged``) are bounded by ``max_batch_tokens`` padded token
+   slots as well as by rows.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 
 from p2pagent.errors import InvalidArgument, ResourceExhausted
+from p2pagent.inference import ragged
 from p2pagent.inference.config import InferenceConfig
 from p2pagent.inference.refill import RefillWindow
 from p2pagent.inference.stats import ModelCounters, ModelStats
@@ -55,6 +59,8 @@ class Pending:
     rows: int
     enqueued_at: float
     deadline: float | None
+    #: Sequence length of a ragged request (0: not ragged).
+    length: int = 0
 
 
 @dataclass(frozen=True)
@@ -118,11 +124,12 @@ class BatchPolicy:
         group: Hashable = (),
         deadline: float | None = None,
         batchable: bool = True,
+        length: int = 0,
     ) -> int:
         """Admits a request and returns its id; ResourceExhausted when the queue is full.
 
         ``batchable=False`` puts the request in a batch of its own (a model whose ports have
-        no dynamic batch dimension).
+        no dynamic batch dimension). ``length``: the sequence length of a ragged request.
         """
         if rows < 1:
             raise InvalidArgument(f"a request needs at least one row, got {rows}")
@@ -136,7 +143,7 @@ class BatchPolicy:
         rid = self._next_request
         self._next_request += 1
         key: Hashable = group if batchable else ("__alone__", rid)
-        pending = Pending(rid, model, key, rows, now, deadline)
+        pending = Pending(rid, model, key, rows, now, deadline, length)
         if q.queued == 0:
             active = [m.used_s for m in self._models.values() if m.queued > 0]
             if active:
@@ -286,30 +293,44 @@ class BatchPolicy:
         return None
 
     def _full(self, line: deque[Pending]) -> bool:
-        """The group's live rows fill a batch."""
+        """The group's live rows (or, ragged, its padded tokens) fill a batch."""
         rows = 0
+        lengths: list[int] = []
         for p in line:
             if p.request_id in self._live:
+                if p.length and not self._fits(rows, lengths, p):
+                    return True
                 rows += p.rows
+                lengths.append(p.length)
                 if rows >= self._cfg.max_batch_size:
                     return True
         return False
+
+    def _fits(self, rows: int, lengths: list[int], p: Pending) -> bool:
+        if not p.length:
+            return rows == 0 or rows + p.rows <= self._cfg.max_batch_size
+        return ragged.fits(
+            rows, lengths, p.rows, p.length, max_rows=self._cfg.max_batch_size,
+            max_tokens=self._cfg.max_batch_tokens, bucket=self._cfg.length_bucket,
+        )  # fmt: skip
 
     def _take(self, name: str, q: _ModelQueue, key: Hashable, now: float) -> Batch:
         line = q.groups[key]
         taken: list[Pending] = []
         rows = 0
+        lengths: list[int] = []
         while line:
             p = line[0]
             if p.request_id not in self._live:
                 line.popleft()
                 continue
-            if taken and rows + p.rows > self._cfg.max_batch_size:
+            if taken and not self._fits(rows, lengths, p):
                 break
             line.popleft()
             self._drop(p.request_id)
             taken.append(p)
             rows += p.rows
+            lengths.append(p.length)
         if not line:
             del q.groups[key]
         batch = Batch(self._next_batch, name, tuple(taken), rows, now)
@@ -319,6 +340,13 @@ class BatchPolicy:
         q.counters.batches += 1
         q.counters.items += len(taken)
         q.counters.rows += rows
+        q.counters.queue_s += sum(now - p.enqueued_at for p in taken)
+        if any(lengths):
+            q.counters.tokens += sum(p.rows * p.length for p in taken)
+            q.counters.padded_tokens += ragged.padded_tokens(rows, lengths, self._cfg.length_bucket)
+        else:
+            q.counters.tokens += rows
+            q.counters.padded_tokens += rows
         self._in_flight[batch.batch_id] = (batch, charge)
         return batch
 

@@ -33,6 +33,7 @@ from p2pagent.inference.cache import ModelCache
 from p2pagent.inference.config import InferenceConfig
 from p2pagent.inference.device import DeviceInfo
 from p2pagent.inference.formats import LoadedModel
+from p2pagent.inference.ragged_tensors import pad_ragged, ragged_length, trim_ragged
 from p2pagent.inference.stats import ModelStats
 from p2pagent.inference.tensors import HostTensor
 from p2pagent.inference.worker import RemoteModel
@@ -126,8 +127,14 @@ class InferenceEngine:
         model = self.cache.resident_model(model_name) or await self.cache.get(model_name)
         ordered = model.spec.bind_inputs(model_name, inputs)
         batchable = model.spec.batchable
-        # Requests share a batch only with the same loaded model and concatenable inputs.
-        group = (id(model), *[_layout(t) for t in ordered])
+        # Requests share a batch only with the same loaded model and concatenable inputs;
+        # ragged ones (token ids) of any length: the runner pads them to the batch's length.
+        length = 0
+        if model.ragged is not None:
+            length = ragged_length(model_name, ordered)
+            group: Hashable = (id(model), "ragged")
+        else:
+            group = (id(model), *[_layout(t) for t in ordered])
         rid = self._policy.submit(
             model_name,
             int(ordered[0].shape[0]) if batchable else 1,
@@ -135,6 +142,7 @@ class InferenceEngine:
             group=group,
             deadline=deadline,
             batchable=batchable,
+            length=length,
         )
         loop = self._loop
         if loop is None:
@@ -255,6 +263,8 @@ class InferenceEngine:
         """
         model = reqs[0].model
         parts = [r.inputs for r in reqs]
+        if model.ragged is not None:
+            parts = pad_ragged(model.ragged, parts, self.config.length_bucket)
         self._in_flight += 1
 
         def deliver(
@@ -350,6 +360,8 @@ class InferenceEngine:
         self._pump()
         if outs is not None:
             names = model.spec.output_names
+            if model.ragged is not None and model.ragged.per_token:
+                outs = trim_ragged(model.ragged, names, outs, [r.inputs for r in reqs])
             for r, out in zip(reqs, outs):
                 if not r.future.done():
                     r.future.set_result(dict(zip(names, out)))

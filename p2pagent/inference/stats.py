@@ -34,6 +34,12 @@ class ModelCounters:
     #: Rows (batch-dimension entries) dispatched.
     rows: int = 0
     failed_batches: int = 0
+    #: Token slots dispatched: real tokens (rows x own length) and padded (rows x the
+    #: batch's length). A model without sequences counts one token per row.
+    tokens: int = 0
+    padded_tokens: int = 0
+    #: Seconds dispatched requests waited in the queue, summed.
+    queue_s: float = 0.0
     #: Seconds per row, EWMA over successful batches; None until the first one.
     s_per_row: float | None = None
     #: Exponentially weighted sums for the (rows, seconds) line: weight, x, y, xx, xy.
@@ -106,6 +112,19 @@ class ModelStats:
     rows: int
     failed_batches: int
     s_per_row: float | None
+    tokens: int = 0
+    padded_tokens: int = 0
+    queue_s: float = 0.0
+
+    @property
+    def padding_ratio(self) -> float:
+        """Share of dispatched token slots that were padding (0 before the first batch)."""
+        return 0.0 if not self.padded_tokens else 1.0 - self.tokens / self.padded_tokens
+
+    @property
+    def mean_queue_s(self) -> float:
+        """Mean seconds a dispatched request waited for its batch."""
+        return self.queue_s / self.items if self.items else 0.0
 
     @property
     def mean_batch_size(self) -> float:
@@ -130,4 +149,7 @@ class ModelStats:
             c.rows,
             c.failed_batches,
             c.s_per_row,
+            c.tokens,
+            c.padded_tokens,
+            c.queue_s,
         )
