@@ -23,13 +23,16 @@ from p2pagent.cli import (
     models_cmd,
     state_cmd,
     tasks_cmd,
+    text_cmd,
     top_cmd,
 )
 from p2pagent.cli.args import OneLineErrorParser
 from p2pagent.errors import ConfigError, InvalidArgument, P2PAgentError, Unavailable
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
-MODULES = (certs_cmd, cluster_cmd, top_cmd, state_cmd, infer_cmd, models_cmd, tasks_cmd)
+MODULES = (
+    certs_cmd, cluster_cmd, top_cmd, state_cmd, infer_cmd, text_cmd, models_cmd, tasks_cmd,
+)  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:

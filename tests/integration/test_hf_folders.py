@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 import torch
 
@@ -189,3 +192,51 @@ async def test_bad_folders_are_refused_at_push_and_nothing_is_published(
             with pytest.raises(InvalidArgument, match=words):
                 await c.publish(folder, f"bad-{folder.name}")
         assert [v.name for v in await c.models() if v.name.startswith("bad-")] == []
+
+
+def _ctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "p2pagent.cli.ctl", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_the_cli_pushes_a_folder_and_prints_what_fits_its_task(
+    node: Daemon, certs_dir: Path, folders: Path, tmp_path: Path
+) -> None:
+    conn = ["--target", node.address, "--certs", str(certs_dir), "--timeout", "120"]
+    pub = [*conn, "--identity", "publisher"]
+    r = _ctl("models", "push", str(folders / "emb"), "--name", "cli-emb", "--json", *pub)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["format"] == "hf_folder"
+    r = _ctl("embed", "--model", "cli-emb", "--json", *conn, *TEXTS[:2])
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    want = _reference(folders / "emb", "BertModel", TEXTS[:2])
+    for got, w in zip(doc["embeddings"], want):
+        assert torch.allclose(torch.tensor(got), w, atol=1e-5)
+    r = _ctl("embed", "--model", "cli-emb", *conn, "bob ran")
+    assert r.returncode == 0 and "'bob ran' (4 tokens)" in r.stdout, r.stdout + r.stderr
+    r = _ctl("classify", "--model", "cli-emb", *conn, "bob ran")
+    assert r.returncode == 1 and "call Embed" in r.stderr and r.stderr.count("\n") == 1
+    r = _ctl("models", "push", str(folders / "cls"), "--name", "cli-cls", *pub)
+    assert r.returncode == 0, r.stderr
+    r = _ctl("classify", "--model", "cli-cls", "--json", *conn, "bob ran", "the city")
+    assert r.returncode == 0, r.stderr
+    results = json.loads(r.stdout)["results"]
+    assert [sorted(s["label"] for s in x) for x in results] == [sorted(hf_folders.CLASS_LABELS)] * 2
+    # Token ids through Infer still work, several inputs from one .npz, every output saved.
+    ids = _ids(folders / "emb", ["bob ran"])
+    npz = tmp_path / "in.npz"
+    np.savez(npz, input_ids=np.array(ids), attention_mask=np.ones((1, len(ids[0]))))
+    r = _ctl("infer", "--model", "cli-emb", "--input", str(npz), *conn)
+    assert r.returncode == 2 and "attention_mask" in r.stderr  # float mask: wrong dtype
+    np.savez(npz, input_ids=np.array(ids), attention_mask=np.ones((1, len(ids[0])), np.int64))
+    out = tmp_path / "out.npz"
+    r = _ctl("infer", "--model", "cli-emb", "--input", str(npz), "--output", str(out), *conn)
+    assert r.returncode == 0, r.stderr
+    assert "L2 norm per row" in r.stdout and "argmax" not in r.stdout
+    with np.load(out) as saved:
+        assert saved.files == ["embedding"] and saved["embedding"].shape == (1, 32)
