@@ -90,6 +90,11 @@ async def test_an_embedding_folder_is_published_and_embeds_as_transformers_does(
             "sentence_bert_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
         ]  # fmt: skip
         got = await c.embed("tiny-emb", TEXTS)
+        status = await c.status()
+    (batching,) = [b for b in status.batching if b.model == "tiny-emb"]
+    real = sum(len(ids) for ids in _ids(folders / "emb", TEXTS))
+    assert batching.rows == len(TEXTS) and batching.tokens == real
+    assert batching.padded_tokens >= real and 0.0 <= batching.padding_ratio < 1.0
     want = _reference(folders / "emb", "BertModel", TEXTS)
     assert len(got) == len(TEXTS)
     for g, w in zip(got, want):
