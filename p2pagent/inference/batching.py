@@ -32,7 +32,8 @@ them:
 6. Bounded queue: ``submit`` past ``max_queued`` requests raises ResourceExhausted.
 7. Ragged requests (``length`` > 0: token sequences of different lengths, padded per
    batch by the engine, see ``ragged``) are bounded by ``max_batch_tokens`` padded token
-   slots as well as by rows.
+   slots as well as by rows, and by ``max_padding_ratio``: the oldest goes first, and later
+   ones join it only while the batch stays mostly real tokens (the others wait their turn).
 """
 
 from __future__ import annotations
@@ -306,31 +307,40 @@ class BatchPolicy:
                     return True
         return False
 
-    def _fits(self, rows: int, lengths: list[int], p: Pending) -> bool:
+    def _fits(self, rows: int, lengths: list[int], p: Pending, real: int = 0) -> bool:
         if not p.length:
             return rows == 0 or rows + p.rows <= self._cfg.max_batch_size
         return ragged.fits(
             rows, lengths, p.rows, p.length, max_rows=self._cfg.max_batch_size,
             max_tokens=self._cfg.max_batch_tokens, bucket=self._cfg.length_bucket,
+            real_tokens=real, max_padding=self._cfg.max_padding_ratio,
         )  # fmt: skip
 
     def _take(self, name: str, q: _ModelQueue, key: Hashable, now: float) -> Batch:
         line = q.groups[key]
         taken: list[Pending] = []
-        rows = 0
+        rows = real = 0
         lengths: list[int] = []
+        # Ragged requests too long or too short for the batch forming (rule 7's padding
+        # bound) stay queued, in order, while later ones of a fitting length join it.
+        skipped: list[Pending] = []
         while line:
             p = line[0]
             if p.request_id not in self._live:
                 line.popleft()
                 continue
-            if taken and not self._fits(rows, lengths, p):
-                break
+            if taken and not self._fits(rows, lengths, p, real):
+                if not p.length or rows >= self._cfg.max_batch_size:
+                    break
+                skipped.append(line.popleft())
+                continue
             line.popleft()
             self._drop(p.request_id)
             taken.append(p)
             rows += p.rows
+            real += p.rows * p.length
             lengths.append(p.length)
+        line.extendleft(reversed(skipped))
         if not line:
             del q.groups[key]
         batch = Batch(self._next_batch, name, tuple(taken), rows, now)

@@ -36,6 +36,13 @@ class InferenceConfig:
     #: length) in one forward pass, since a transformer's cost follows tokens. A single
     #: request with more still runs, alone.
     max_batch_tokens: int = 8192
+    #: Ragged batching: the most of a batch's token slots that may be padding. A request
+    #: that would pass it waits for a later batch (never the oldest one: it always goes),
+    #: so requests of similar lengths share batches. 1 = no bound.
+    max_padding_ratio: float = 0.3
+    #: Ragged batching on: token ids of any length share a batch. Off: only requests of
+    #: exactly the same length do (the behaviour before ragged batching; for comparisons).
+    ragged_batching: bool = True
     #: Ragged batching: sequences are padded to the batch's longest, rounded up to a
     #: multiple of this (fewer distinct shapes for compiled and GPU kernels, more padding).
     #: 0 or 1 = the longest itself.
@@ -102,6 +109,10 @@ class InferenceConfig:
         if self.worker_timeout_s <= 0:
             raise ConfigError(
                 f"inference.worker_timeout_s must be > 0, got {self.worker_timeout_s}"
+            )
+        if not 0 < self.max_padding_ratio <= 1:
+            raise ConfigError(
+                f"inference.max_padding_ratio must be in (0, 1], got {self.max_padding_ratio}"
             )
         if self.length_bucket < 0:
             raise ConfigError(f"inference.length_bucket must be >= 0, got {self.length_bucket}")

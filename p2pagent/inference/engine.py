@@ -130,7 +130,7 @@ class InferenceEngine:
         # Requests share a batch only with the same loaded model and concatenable inputs;
         # ragged ones (token ids) of any length: the runner pads them to the batch's length.
         length = 0
-        if model.ragged is not None:
+        if model.ragged is not None and self.config.ragged_batching:
             length = ragged_length(model_name, ordered)
             group: Hashable = (id(model), "ragged")
         else:
@@ -263,7 +263,7 @@ class InferenceEngine:
         """
         model = reqs[0].model
         parts = [r.inputs for r in reqs]
-        if model.ragged is not None:
+        if model.ragged is not None and self.config.ragged_batching:
             parts = pad_ragged(model.ragged, parts, self.config.length_bucket)
         self._in_flight += 1
 

@@ -8,7 +8,11 @@ kernels like, at the price of more padding). The mask marks padding with 0, so a
 honours its attention mask gives every row the output it would get alone.
 
 A batch is bounded by tokens as well as rows: ``padded_tokens`` (rows x batch length) must
-stay within ``inference.max_batch_tokens``, since a transformer's cost follows tokens.
+stay within ``inference.max_batch_tokens``, since a transformer's cost follows tokens. And by
+padding: a request that would make more than ``inference.max_padding_ratio`` of the batch's
+slots padding waits for a later batch (requests of similar lengths then share one). On a
+CPU a padded slot costs what a real token costs: sentences of 8 to 200 tokens batched in
+arrival order were 70% padding, slower than batching only equal lengths.
 """
 
 from __future__ import annotations
@@ -55,15 +59,22 @@ def fits(
     max_rows: int,
     max_tokens: int,
     bucket: int,
+    real_tokens: int = 0,
+    max_padding: float = 1.0,
 ) -> bool:
     """Whether a request of ``more_rows`` x ``more_length`` joins a batch of ``rows`` rows
-    whose requests have ``lengths`` without passing the row or the token bound. An empty
-    batch always takes it (a request is never starved by its own size)."""
+    whose requests have ``lengths`` (``real_tokens`` in all) without passing the row bound,
+    the token bound, or a share ``max_padding`` of padded slots. An empty batch always takes
+    it (a request is never starved by its own size)."""
     if rows == 0:
         return True
     if rows + more_rows > max_rows:
         return False
-    return padded_tokens(rows + more_rows, [*lengths, more_length], bucket) <= max_tokens
+    padded = padded_tokens(rows + more_rows, [*lengths, more_length], bucket)
+    if padded > max_tokens:
+        return False
+    real = real_tokens + more_rows * more_length
+    return max_padding >= 1.0 or padding_ratio(real, padded) <= max_padding
 
 
 def pad_to(array: np.ndarray, length: int, value: int) -> np.ndarray:

@@ -50,7 +50,7 @@ def _policy(**kw: object) -> BatchPolicy:
 
 
 def test_requests_of_different_lengths_share_one_batch() -> None:
-    p = _policy(max_batch_size=8, max_batch_tokens=1000)
+    p = _policy(max_batch_size=8, max_batch_tokens=1000, max_padding_ratio=1.0)
     for n in (5, 17, 9, 30):
         p.submit("m", 1, 0.0, group="ragged", length=n)
     (batch,) = p.poll(0.0).batches
@@ -60,24 +60,47 @@ def test_requests_of_different_lengths_share_one_batch() -> None:
     assert stats.padding_ratio == pytest.approx(1 - 61 / 120)
 
 
-def test_the_policy_cuts_a_batch_at_the_token_budget_in_arrival_order() -> None:
-    p = _policy(max_batch_size=32, max_batch_tokens=64)
-    for n in (10, 10, 10, 40, 8):
+def test_the_policy_cuts_a_batch_at_the_token_budget() -> None:
+    p = _policy(max_batch_size=32, max_batch_tokens=64, max_padding_ratio=1.0)
+    for n in (10, 10, 10, 40, 8, 30):
         p.submit("m", 1, 0.0, group="ragged", length=n)
     (first,) = p.poll(0.0).batches
-    # 3 x 10 = 30 fits; adding the 40 would make 4 x 40 = 160 > 64.
-    assert [r.length for r in first.requests] == [10, 10, 10]
+    # 3 x 10 = 30 fits; the 40 would make 4 x 40 = 160 > 64 and waits; the 8 fits (40);
+    # the 30 would make 5 x 30 = 150.
+    assert [r.length for r in first.requests] == [10, 10, 10, 8]
     p.on_batch_done(first.batch_id, 0.01, now=0.01)
     (second,) = p.poll(0.02).batches
     assert [r.length for r in second.requests] == [40]  # 2 x 40 = 80 > 64: alone
     p.on_batch_done(second.batch_id, 0.01, now=0.03)
     (third,) = p.poll(0.04).batches
-    assert [r.length for r in third.requests] == [8]
+    assert [r.length for r in third.requests] == [30]
     assert p.stats()["m"].mean_queue_s > 0
 
 
+def test_requests_that_would_make_a_batch_mostly_padding_wait_for_one_of_their_length() -> None:
+    p = _policy(max_batch_size=8, max_batch_tokens=1000, max_padding_ratio=0.3)
+    for n in (10, 40, 12, 9, 38, 11):
+        p.submit("m", 1, 0.0, group="ragged", length=n)
+    (first,) = p.poll(0.0).batches
+    assert [r.length for r in first.requests] == [10, 12, 9, 11]  # 40 and 38 would pad 55%
+    p.on_batch_done(first.batch_id, 0.01, now=0.01)
+    (second,) = p.poll(0.02).batches
+    assert [r.length for r in second.requests] == [40, 38]  # in arrival order, together
+    assert p.queued == 0
+    stats = p.stats()["m"]
+    assert stats.padding_ratio <= 0.3
+
+
+def test_the_oldest_request_always_goes_whatever_its_length() -> None:
+    p = _policy(max_batch_size=8, max_batch_tokens=100, max_padding_ratio=0.1)
+    p.submit("m", 1, 0.0, group="ragged", length=500)
+    p.submit("m", 1, 0.0, group="ragged", length=3)
+    (first,) = p.poll(0.0).batches
+    assert [r.length for r in first.requests] == [500]
+
+
 def test_buckets_count_the_padding_they_add() -> None:
-    p = _policy(max_batch_size=8, max_batch_tokens=1000, length_bucket=16)
+    p = _policy(max_batch_size=8, max_batch_tokens=1000, length_bucket=16, max_padding_ratio=1)
     for n in (3, 5):
         p.submit("m", 1, 0.0, group="ragged", length=n)
     p.poll(0.0)
