@@ -33,7 +33,12 @@ from p2pagent.inference.cache import ModelCache
 from p2pagent.inference.config import InferenceConfig
 from p2pagent.inference.device import DeviceInfo
 from p2pagent.inference.formats import LoadedModel
-from p2pagent.inference.ragged_tensors import pad_ragged, ragged_length, trim_ragged
+from p2pagent.inference.ragged_tensors import (
+    check_max_length,
+    pad_ragged,
+    ragged_length,
+    trim_ragged,
+)
 from p2pagent.inference.stats import ModelStats
 from p2pagent.inference.tensors import HostTensor
 from p2pagent.inference.worker import RemoteModel
@@ -130,6 +135,8 @@ class InferenceEngine:
         # Requests share a batch only with the same loaded model and concatenable inputs;
         # ragged ones (token ids) of any length: the runner pads them to the batch's length.
         length = 0
+        if model.text is not None:  # token ids for a folder: refused past its maximum
+            check_max_length(model_name, ordered, model.text.tokenizer.max_length)
         if model.ragged is not None and self.config.ragged_batching:
             length = ragged_length(model_name, ordered)
             group: Hashable = (id(model), "ragged")

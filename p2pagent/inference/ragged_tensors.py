@@ -31,6 +31,17 @@ def ragged_length(model: str, inputs: Sequence[InputTensor]) -> int:
     return lengths.pop()
 
 
+def check_max_length(model: str, inputs: Sequence[InputTensor], max_length: int) -> None:
+    """Token ids past the model's maximum are refused naming it (they would fail deep in
+    the model: positions past its table)."""
+    length = ragged_length(model, inputs)
+    if length > max_length:
+        raise InvalidArgument(
+            f"model {model!r} takes at most {max_length} tokens per row, received {length}: "
+            "shorten the input (or send text through Embed/Classify with truncate)"
+        )
+
+
 def _pad(t: InputTensor, length: int, value: int) -> InputTensor:
     if int(t.shape[1]) == length:
         return t

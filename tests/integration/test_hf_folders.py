@@ -160,6 +160,14 @@ async def test_bad_texts_are_refused_naming_the_problem(
                 await stub.Embed(request, timeout=60)
             assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
             assert words in (e.value.details() or "")
+        # Bytes that are not UTF-8 where a text goes (field 2), sent raw past protobuf.
+        raw = c._channels[node.address].unary_unary("/p2pagent.v1.Agent/Embed")
+        model = b"tiny-emb-2"
+        body = b"\x0a" + bytes([len(model)]) + model + b"\x12\x03\xff\xfeA"
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await raw(body, timeout=60)
+        assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "bad UTF-8" in (e.value.details() or "")
         long = await c.embed("tiny-emb-2", ["the river " * 40], truncate=True)
         assert len(long) == 1 and len(long[0]) == 32
         with pytest.raises(FailedPrecondition, match="call Embed"):
@@ -243,5 +251,11 @@ def test_the_cli_pushes_a_folder_and_prints_what_fits_its_task(
     r = _ctl("infer", "--model", "cli-emb", "--input", str(npz), "--output", str(out), *conn)
     assert r.returncode == 0, r.stderr
     assert "L2 norm per row" in r.stdout and "argmax" not in r.stdout
+    long = tmp_path / "long.npz"
+    np.savez(
+        long, input_ids=np.ones((1, 100), np.int64), attention_mask=np.ones((1, 100), np.int64)
+    )
+    r = _ctl("infer", "--model", "cli-emb", "--input", str(long), *conn)
+    assert r.returncode == 2 and "takes at most 48 tokens per row, received 100" in r.stderr
     with np.load(out) as saved:
         assert saved.files == ["embedding"] and saved["embedding"].shape == (1, 32)
