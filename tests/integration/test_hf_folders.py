@@ -259,3 +259,10 @@ def test_the_cli_pushes_a_folder_and_prints_what_fits_its_task(
     assert r.returncode == 2 and "takes at most 48 tokens per row, received 100" in r.stderr
     with np.load(out) as saved:
         assert saved.files == ["embedding"] and saved["embedding"].shape == (1, 32)
+
+
+def test_no_bad_input_above_left_a_traceback_in_the_log(node: Daemon) -> None:
+    # Runs last in this module: after every refusal above, the node logged none.
+    log = node.log_path.read_text(errors="replace")
+    assert "Traceback" not in log
+    assert node.proc is not None and node.proc.poll() is None  # still running
