@@ -63,6 +63,11 @@ class Pending:
     #: Sequence length of a ragged request (0: not ragged).
     length: int = 0
 
+    @property
+    def tokens(self) -> int:
+        """What the request costs in tokens: rows x length, or one per row."""
+        return self.rows * self.length if self.length else self.rows
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -95,6 +100,8 @@ class _ModelQueue:
     groups: dict[Hashable, deque[Pending]] = field(default_factory=dict)
     queued: int = 0
     queued_rows: int = 0
+    #: Real tokens queued (rows x length; one per row without sequences).
+    queued_tokens: int = 0
     #: Device seconds charged to this model (fairness), see rule 5.
     used_s: float = 0.0
     counters: ModelCounters = field(default_factory=ModelCounters)
@@ -152,6 +159,7 @@ class BatchPolicy:
         q.groups.setdefault(key, deque()).append(pending)
         q.queued += 1
         q.queued_rows += rows
+        q.queued_tokens += pending.tokens
         q.counters.admitted += 1
         q.refill.on_submit(rows, now)
         self._live[rid] = pending
@@ -191,7 +199,8 @@ class BatchPolicy:
         if not ok:
             q.counters.failed_batches += 1
             return
-        q.counters.observe(batch.rows, service_s, self._cfg.ewma_alpha)
+        tokens = sum(p.tokens for p in batch.requests)
+        q.counters.observe(batch.rows, service_s, self._cfg.ewma_alpha, tokens)
         if now is not None:
             # A batch of one request (a lone caller, or a model that cannot batch) has no
             # callers to wait for: its window measures and holds nothing.
@@ -219,6 +228,11 @@ class BatchPolicy:
         q = self._models.get(model)
         return q is not None and q.counters.slope_known
 
+    def seconds_per_token(self, model: str) -> float | None:
+        """Measured service time per real token of ``model`` (per row without sequences)."""
+        q = self._models.get(model)
+        return None if q is None else q.counters.s_per_token
+
     def marginal_seconds_per_row(self, model: str) -> float | None:
         """What one more row adds to a batch of ``model`` (see ``stats``)."""
         q = self._models.get(model)
@@ -228,12 +242,14 @@ class BatchPolicy:
         return {m: ModelStats.of(m, q.queued, q.counters) for m, q in self._models.items()}
 
     def estimated_backlog_s(self) -> float:
-        """Seconds of device time the queued and in-flight rows need, by the estimates."""
+        """Seconds of device time the queued and in-flight work needs, by the estimates: in
+        tokens, so a queue of long sequences weighs more than one of short ones."""
         total = 0.0
         for q in self._models.values():
-            total += q.queued_rows * (q.counters.s_per_row or 0.0)
+            total += q.queued_tokens * (q.counters.s_per_token or 0.0)
         for batch, _ in self._in_flight.values():
-            total += batch.rows * (self._models[batch.model].counters.s_per_row or 0.0)
+            per_token = self._models[batch.model].counters.s_per_token or 0.0
+            total += sum(p.tokens for p in batch.requests) * per_token
         return total
 
     # ---- internals -----------------------------------------------------------------------
@@ -244,6 +260,7 @@ class BatchPolicy:
             q = self._models[pending.model]
             q.queued -= 1
             q.queued_rows -= pending.rows
+            q.queued_tokens -= pending.tokens
         return pending
 
     def _expire(self, now: float) -> list[Pending]:

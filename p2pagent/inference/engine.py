@@ -168,6 +168,11 @@ class InferenceEngine:
         """Measured service time per row of ``model`` (None before its first batch)."""
         return self._policy.seconds_per_row(model)
 
+    def seconds_per_token(self, model: str) -> float | None:
+        """Measured service time per real token of ``model`` (per row for a model without
+        sequences): what a task of token ids costs, by its tokens."""
+        return self._policy.seconds_per_token(model)
+
     def batching_measured(self, model: str) -> bool:
         """Batches of ``model`` of different sizes have run, so what a row adds is known."""
         return self._policy.batching_measured(model)

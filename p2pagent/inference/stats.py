@@ -42,10 +42,19 @@ class ModelCounters:
     queue_s: float = 0.0
     #: Seconds per row, EWMA over successful batches; None until the first one.
     s_per_row: float | None = None
+    #: Seconds per real token (padding's cost included), EWMA; the same as ``s_per_row``
+    #: for a model without sequences. What a queued ragged request is estimated to cost.
+    s_per_token: float | None = None
     #: Exponentially weighted sums for the (rows, seconds) line: weight, x, y, xx, xy.
     _fit: tuple[float, float, float, float, float] = (0.0, 0.0, 0.0, 0.0, 0.0)
 
-    def observe(self, rows: int, service_s: float, alpha: float) -> None:
+    def observe(self, rows: int, service_s: float, alpha: float, tokens: int = 0) -> None:
+        """A successful batch of ``rows`` (``tokens`` real tokens; 0: one per row)."""
+        sample_t = service_s / max(tokens or rows, 1)
+        if self.s_per_token is None:
+            self.s_per_token = sample_t
+        else:
+            self.s_per_token += alpha * (sample_t - self.s_per_token)
         rows = max(rows, 1)
         sample = service_s / rows
         if self.s_per_row is None:

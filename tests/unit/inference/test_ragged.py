@@ -106,3 +106,16 @@ def test_buckets_count_the_padding_they_add() -> None:
     p.poll(0.0)
     stats = p.stats()["m"]
     assert (stats.tokens, stats.padded_tokens) == (8, 32)
+
+
+def test_the_backlog_counts_queued_tokens_at_the_measured_cost_per_token() -> None:
+    p = _policy(max_batch_size=8, max_batch_tokens=1000, max_padding_ratio=1.0)
+    p.submit("m", 1, 0.0, group="ragged", length=10)
+    p.submit("m", 1, 0.0, group="ragged", length=30)
+    (batch,) = p.poll(0.0).batches
+    p.on_batch_done(batch.batch_id, 0.4, now=0.4)  # 40 real tokens in 0.4 s
+    assert p.seconds_per_token("m") == pytest.approx(0.01)
+    p.submit("m", 1, 1.0, group="ragged", length=100)
+    p.submit("m", 2, 1.0, group="ragged", length=5)
+    # 100 + 2 x 5 tokens queued at 0.01 s each; by rows it would have been 3 x 0.2 s.
+    assert p.estimated_backlog_s() == pytest.approx(1.1)
