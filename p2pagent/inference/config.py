@@ -38,8 +38,9 @@ class InferenceConfig:
     max_batch_tokens: int = 8192
     #: Ragged batching: the most of a batch's token slots that may be padding. A request
     #: that would pass it waits for a later batch (never the oldest one: it always goes),
-    #: so requests of similar lengths share batches. 1 = no bound.
-    max_padding_ratio: float = 0.3
+    #: so requests of similar lengths share batches. 1 = no bound. On a CPU a padded slot
+    #: costs what a real token costs (bench/encoders.py: 0.3 was slower than 0.1).
+    max_padding_ratio: float = 0.1
     #: Ragged batching on: token ids of any length share a batch. Off: only requests of
     #: exactly the same length do (the behaviour before ragged batching; for comparisons).
     ragged_batching: bool = True

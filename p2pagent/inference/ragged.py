@@ -9,9 +9,9 @@ honours its attention mask gives every row the output it would get alone.
 
 A batch is bounded by tokens as well as rows: ``padded_tokens`` (rows x batch length) must
 stay within ``inference.max_batch_tokens``, since a transformer's cost follows tokens. And by
-padding: a request that would make more than ``inference.max_padding_ratio`` of the batch's
-slots padding waits for a later batch (requests of similar lengths then share one). On a
-CPU a padded slot costs what a real token costs: sentences of 8 to 200 tokens batched in
+padding: a request that would make more than ``inference.max_padding_ratio`` (0.1) of the
+batch's slots padding waits for a later batch (requests of similar lengths then share one).
+On a CPU a padded slot costs what a real token costs: sentences of 8 to 200 tokens batched in
 arrival order were 70% padding, slower than batching only equal lengths.
 """
 

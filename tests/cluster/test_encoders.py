@@ -52,9 +52,7 @@ async def test_minilm_embeds_through_a_node_that_did_not_receive_the_push(
     ) as pub:
         version = await pub.publish(folder, "minilm")
         assert version.holders == ["n1"]
-    async with Client.from_certs(
-        [three.nodes["n3"].address], three.certs, timeout_s=300
-    ) as client:
+    async with Client.from_certs([three.nodes["n3"].address], three.certs, timeout_s=300) as client:
         got = np.array(await client.embed("minilm", TEXTS), dtype=np.float32)
         listed = await client.models("minilm")
     assert "n3" in listed[-1].holders  # it pulled the folder to serve it
