@@ -171,6 +171,44 @@ class Client:
         )
         return _decode(answer.outputs)
 
+    async def embed(
+        self, model: str, texts: Sequence[str], *, truncate: bool = False, version: str = ""
+    ) -> list[list[float]]:
+        """One embedding per text from a Hugging Face model folder (the node tokenizes).
+        InvalidArgument for an empty list, an empty text, or a text over the model's maximum
+        without ``truncate``."""
+        request = agent_pb2.EmbedRequest(
+            model=model, texts=_texts(texts), truncate=truncate, model_version=version
+        )
+        answer = await self._call(
+            lambda s: s.Embed(request, timeout=self._timeout), repeatable=True
+        )
+        return [list(v.values) for v in answer.embeddings]
+
+    async def classify(
+        self, model: str, texts: Sequence[str], *, truncate: bool = False, version: str = ""
+    ) -> list[list[tuple[str, float]]]:
+        """Per text, every label of a sequence classifier with its score, best first."""
+        request = agent_pb2.ClassifyRequest(
+            model=model, texts=_texts(texts), truncate=truncate, model_version=version
+        )
+        answer = await self._call(
+            lambda s: s.Classify(request, timeout=self._timeout), repeatable=True
+        )
+        return [[(x.label, x.score) for x in r.scores] for r in answer.results]
+
+    async def classify_tokens(
+        self, model: str, texts: Sequence[str], *, truncate: bool = False, version: str = ""
+    ) -> list[list[agent_pb2.Entity]]:
+        """Per text, the entities a token classifier found (label, score, start, end, text)."""
+        request = agent_pb2.ClassifyRequest(
+            model=model, texts=_texts(texts), truncate=truncate, model_version=version
+        )
+        answer = await self._call(
+            lambda s: s.ClassifyTokens(request, timeout=self._timeout), repeatable=True
+        )
+        return [list(r.entities) for r in answer.results]
+
     async def submit(
         self,
         model: str,
@@ -335,8 +373,9 @@ class Client:
         chunk_size: int = 0,
         metadata: str | Path | None = None,
     ) -> agent_pb2.ModelVersion:
-        """Publishes the model file at ``path`` as ``name`` (``replicas``: a count or "all");
-        what a node would refuse is refused before a byte is sent (InvalidArgument).
+        """Publishes the model file (or Hugging Face model folder) at ``path`` as ``name``
+        (``replicas``: a count or "all"); what a node would refuse is refused before a byte
+        is sent (InvalidArgument).
         ``metadata`` defaults to ``<stem>.metadata.json`` beside the file. The upload carries
         the file's SHA-256: DataLoss when the node received other bytes (nothing was
         published; publish again); InvalidArgument when the node's check refused the model
@@ -344,9 +383,10 @@ class Client:
         from p2pagent.models import upload
 
         file = Path(path)
-        header = upload.upload_header(
-            file, name, format=format, replicas=str(replicas), chunk_size=chunk_size,
-            metadata=Path(metadata) if metadata is not None else None,
+        # Off the loop: a folder is read whole twice (file hashes, then the pack's).
+        header = await asyncio.to_thread(
+            upload.upload_header, file, name, format=format, replicas=str(replicas),
+            chunk_size=chunk_size, metadata=Path(metadata) if metadata is not None else None,
         )  # fmt: skip
         return await self.upload(file, header)
 
@@ -504,6 +544,16 @@ async def _events(call: AsyncIterable[agent_pb2.TaskEvent]) -> AsyncIterator[age
         if e.code() is grpc.StatusCode.UNAVAILABLE:
             raise
         raise error_from_rpc(e) from e
+
+
+def _texts(texts: Sequence[str]) -> list[str]:
+    """``texts`` checked as a node checks them, before they are sent."""
+    from p2pagent.inference.hf.tokenize import check_texts
+
+    if isinstance(texts, str):
+        raise InvalidArgument("texts must be a list of strings, not one string")
+    check_texts("the model", texts)
+    return list(texts)
 
 
 def _encode(inputs: Mapping[str, torch.Tensor]) -> list[common_pb2.Tensor]:

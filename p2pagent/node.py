@@ -32,6 +32,7 @@ from p2pagent.inference.cache import ModelCache
 from p2pagent.inference.device import DeviceInfo, select_device
 from p2pagent.inference.engine import InferenceEngine, resolve_config
 from p2pagent.inference.formats import load_model
+from p2pagent.inference.stats import ModelStats
 from p2pagent.inference.worker import ModelWorker, isolating_loader
 from p2pagent.membership.driver import MembershipDriver, check_user_tags
 from p2pagent.membership.view import PeerDirectory
@@ -343,7 +344,17 @@ class Node:
             models=self.models_cache.names(),
             state_keys=replica.key_count if replica else 0,
             state_digest=replica.state_digest() if replica else "",
+            batching=[batching_proto(s) for s in self.engine.stats().values() if s.batches],
         )
+
+
+def batching_proto(s: ModelStats) -> agent_pb2.ModelBatching:
+    """How a model's batches formed here (``inference.stats``), for Status and top."""
+    return agent_pb2.ModelBatching(
+        model=s.model, batches=s.batches, rows=s.rows, tokens=s.tokens,
+        padded_tokens=s.padded_tokens, padding_ratio=s.padding_ratio,
+        mean_queue_s=s.mean_queue_s, mean_batch_rows=s.mean_batch_size,
+    )  # fmt: skip
 
 
 def protected_paths(config: Config, data_dir: Path) -> list[Path]:

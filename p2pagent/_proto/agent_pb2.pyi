@@ -35,7 +35,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("name", "identity", "address", "version", "device", "uptime_s", "members_alive", "members_total", "incarnation", "queue_length", "running", "completed", "stolen_in", "stolen_out", "state_keys", "models", "placement", "backlog_s", "state_digest", "steal_requests")
+    __slots__ = ("name", "identity", "address", "version", "device", "uptime_s", "members_alive", "members_total", "incarnation", "queue_length", "running", "completed", "stolen_in", "stolen_out", "state_keys", "models", "placement", "backlog_s", "state_digest", "steal_requests", "batching")
     NAME_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class StatusResponse(_message.Message):
     BACKLOG_S_FIELD_NUMBER: _ClassVar[int]
     STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     STEAL_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    BATCHING_FIELD_NUMBER: _ClassVar[int]
     name: str
     identity: str
     address: str
@@ -76,7 +77,28 @@ class StatusResponse(_message.Message):
     backlog_s: float
     state_digest: str
     steal_requests: int
-    def __init__(self, name: _Optional[str] = ..., identity: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., uptime_s: _Optional[float] = ..., members_alive: _Optional[int] = ..., members_total: _Optional[int] = ..., incarnation: _Optional[int] = ..., queue_length: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., stolen_in: _Optional[int] = ..., stolen_out: _Optional[int] = ..., state_keys: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., placement: _Optional[str] = ..., backlog_s: _Optional[float] = ..., state_digest: _Optional[str] = ..., steal_requests: _Optional[int] = ...) -> None: ...
+    batching: _containers.RepeatedCompositeFieldContainer[ModelBatching]
+    def __init__(self, name: _Optional[str] = ..., identity: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., uptime_s: _Optional[float] = ..., members_alive: _Optional[int] = ..., members_total: _Optional[int] = ..., incarnation: _Optional[int] = ..., queue_length: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., stolen_in: _Optional[int] = ..., stolen_out: _Optional[int] = ..., state_keys: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., placement: _Optional[str] = ..., backlog_s: _Optional[float] = ..., state_digest: _Optional[str] = ..., steal_requests: _Optional[int] = ..., batching: _Optional[_Iterable[_Union[ModelBatching, _Mapping]]] = ...) -> None: ...
+
+class ModelBatching(_message.Message):
+    __slots__ = ("model", "batches", "rows", "tokens", "padded_tokens", "padding_ratio", "mean_queue_s", "mean_batch_rows")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PADDED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PADDING_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MEAN_QUEUE_S_FIELD_NUMBER: _ClassVar[int]
+    MEAN_BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    batches: int
+    rows: int
+    tokens: int
+    padded_tokens: int
+    padding_ratio: float
+    mean_queue_s: float
+    mean_batch_rows: float
+    def __init__(self, model: _Optional[str] = ..., batches: _Optional[int] = ..., rows: _Optional[int] = ..., tokens: _Optional[int] = ..., padded_tokens: _Optional[int] = ..., padding_ratio: _Optional[float] = ..., mean_queue_s: _Optional[float] = ..., mean_batch_rows: _Optional[float] = ...) -> None: ...
 
 class MembersRequest(_message.Message):
     __slots__ = ()
@@ -604,3 +626,93 @@ class GenerateResponse(_message.Message):
     prompt_tokens: int
     generated_tokens: int
     def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ...) -> None: ...
+
+class EmbedRequest(_message.Message):
+    __slots__ = ("model", "texts", "truncate", "model_version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    truncate: bool
+    model_version: str
+    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., truncate: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class Vector(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class EmbedResponse(_message.Message):
+    __slots__ = ("embeddings", "tokens", "executor")
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    embeddings: _containers.RepeatedCompositeFieldContainer[Vector]
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    executor: str
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., tokens: _Optional[_Iterable[int]] = ..., executor: _Optional[str] = ...) -> None: ...
+
+class ClassifyRequest(_message.Message):
+    __slots__ = ("model", "texts", "truncate", "model_version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    truncate: bool
+    model_version: str
+    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., truncate: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class LabelScore(_message.Message):
+    __slots__ = ("label", "score")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    score: float
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class TextScores(_message.Message):
+    __slots__ = ("scores",)
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    scores: _containers.RepeatedCompositeFieldContainer[LabelScore]
+    def __init__(self, scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ...) -> None: ...
+
+class ClassifyResponse(_message.Message):
+    __slots__ = ("results", "executor")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[TextScores]
+    executor: str
+    def __init__(self, results: _Optional[_Iterable[_Union[TextScores, _Mapping]]] = ..., executor: _Optional[str] = ...) -> None: ...
+
+class Entity(_message.Message):
+    __slots__ = ("label", "score", "start", "end", "text")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    score: float
+    start: int
+    end: int
+    text: str
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
+
+class TextEntities(_message.Message):
+    __slots__ = ("entities",)
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    entities: _containers.RepeatedCompositeFieldContainer[Entity]
+    def __init__(self, entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ...) -> None: ...
+
+class ClassifyTokensResponse(_message.Message):
+    __slots__ = ("results", "executor")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[TextEntities]
+    executor: str
+    def __init__(self, results: _Optional[_Iterable[_Union[TextEntities, _Mapping]]] = ..., executor: _Optional[str] = ...) -> None: ...

@@ -149,6 +149,21 @@ class AgentStub:
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/p2pagent.v1.Agent/Embed',
+                request_serializer=p2pagent_dot_v1_dot_agent__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.EmbedResponse.FromString,
+                _registered_method=True)
+        self.Classify = channel.unary_unary(
+                '/p2pagent.v1.Agent/Classify',
+                request_serializer=p2pagent_dot_v1_dot_agent__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
+        self.ClassifyTokens = channel.unary_unary(
+                '/p2pagent.v1.Agent/ClassifyTokens',
+                request_serializer=p2pagent_dot_v1_dot_agent__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.ClassifyTokensResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -326,6 +341,28 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Text in (a Hugging Face model folder; the node tokenizes with the folder's tokenizer).
+        One vector per text: the folder's sentence-transformers pooling and normalisation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Classify(self, request, context):
+        """Sequence classification: every label's score per text, best first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClassifyTokens(self, request, context):
+        """Token classification: the entities of each text with their character offsets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -443,6 +480,21 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=p2pagent_dot_v1_dot_agent__pb2.GenerateRequest.FromString,
                     response_serializer=p2pagent_dot_v1_dot_agent__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=p2pagent_dot_v1_dot_agent__pb2.EmbedRequest.FromString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.EmbedResponse.SerializeToString,
+            ),
+            'Classify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Classify,
+                    request_deserializer=p2pagent_dot_v1_dot_agent__pb2.ClassifyRequest.FromString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.ClassifyResponse.SerializeToString,
+            ),
+            'ClassifyTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClassifyTokens,
+                    request_deserializer=p2pagent_dot_v1_dot_agent__pb2.ClassifyRequest.FromString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.ClassifyTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1066,6 +1118,87 @@ class Agent:
             '/p2pagent.v1.Agent/Generate',
             p2pagent_dot_v1_dot_agent__pb2.GenerateRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/p2pagent.v1.Agent/Embed',
+            p2pagent_dot_v1_dot_agent__pb2.EmbedRequest.SerializeToString,
+            p2pagent_dot_v1_dot_agent__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Classify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/p2pagent.v1.Agent/Classify',
+            p2pagent_dot_v1_dot_agent__pb2.ClassifyRequest.SerializeToString,
+            p2pagent_dot_v1_dot_agent__pb2.ClassifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/p2pagent.v1.Agent/ClassifyTokens',
+            p2pagent_dot_v1_dot_agent__pb2.ClassifyRequest.SerializeToString,
+            p2pagent_dot_v1_dot_agent__pb2.ClassifyTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -94,6 +94,14 @@ class AgentStub:
     INVALID_ARGUMENT and an unknown model NOT_FOUND, before anything is queued; a full queue
     is RESOURCE_EXHAUSTED. A caller that hangs up frees its sequence at the next step.
     """
+    Embed: _grpc.UnaryUnaryMultiCallable[_agent_pb2.EmbedRequest, _agent_pb2.EmbedResponse]
+    """Text in (a Hugging Face model folder; the node tokenizes with the folder's tokenizer).
+    One vector per text: the folder's sentence-transformers pooling and normalisation.
+    """
+    Classify: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ClassifyRequest, _agent_pb2.ClassifyResponse]
+    """Sequence classification: every label's score per text, best first."""
+    ClassifyTokens: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ClassifyRequest, _agent_pb2.ClassifyTokensResponse]
+    """Token classification: the entities of each text with their character offsets."""
 
 @_typing.type_check_only
 class AgentAsyncStub(AgentStub):
@@ -161,6 +169,14 @@ class AgentAsyncStub(AgentStub):
     INVALID_ARGUMENT and an unknown model NOT_FOUND, before anything is queued; a full queue
     is RESOURCE_EXHAUSTED. A caller that hangs up frees its sequence at the next step.
     """
+    Embed: _aio.UnaryUnaryMultiCallable[_agent_pb2.EmbedRequest, _agent_pb2.EmbedResponse]  # type: ignore[assignment]
+    """Text in (a Hugging Face model folder; the node tokenizes with the folder's tokenizer).
+    One vector per text: the folder's sentence-transformers pooling and normalisation.
+    """
+    Classify: _aio.UnaryUnaryMultiCallable[_agent_pb2.ClassifyRequest, _agent_pb2.ClassifyResponse]  # type: ignore[assignment]
+    """Sequence classification: every label's score per text, best first."""
+    ClassifyTokens: _aio.UnaryUnaryMultiCallable[_agent_pb2.ClassifyRequest, _agent_pb2.ClassifyTokensResponse]  # type: ignore[assignment]
+    """Token classification: the entities of each text with their character offsets."""
 
 class AgentServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -363,5 +379,31 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         INVALID_ARGUMENT and an unknown model NOT_FOUND, before anything is queued; a full queue
         is RESOURCE_EXHAUSTED. A caller that hangs up frees its sequence at the next step.
         """
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _agent_pb2.EmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.EmbedResponse, _abc.Awaitable[_agent_pb2.EmbedResponse]]:
+        """Text in (a Hugging Face model folder; the node tokenizes with the folder's tokenizer).
+        One vector per text: the folder's sentence-transformers pooling and normalisation.
+        """
+
+    @_abc_1.abstractmethod
+    def Classify(
+        self,
+        request: _agent_pb2.ClassifyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.ClassifyResponse, _abc.Awaitable[_agent_pb2.ClassifyResponse]]:
+        """Sequence classification: every label's score per text, best first."""
+
+    @_abc_1.abstractmethod
+    def ClassifyTokens(
+        self,
+        request: _agent_pb2.ClassifyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.ClassifyTokensResponse, _abc.Awaitable[_agent_pb2.ClassifyTokensResponse]]:
+        """Token classification: the entities of each text with their character offsets."""
 
 def add_AgentServicer_to_server(servicer: AgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

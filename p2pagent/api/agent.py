@@ -15,6 +15,7 @@ from p2pagent.api.membership import MembershipAgentApi, MembershipNode
 from p2pagent.api.models import ModelsAgentApi, ModelsNode
 from p2pagent.api.state import StateAgentApi, StateNode
 from p2pagent.api.tasks import TasksAgentApi, TasksNode, admit
+from p2pagent.api.text import TextAgentApi, TextNode
 from p2pagent.api.training import TrainingAgentApi, TrainingNode
 from p2pagent.errors import InvalidArgument
 from p2pagent.tasks.wire import error_from_code
@@ -22,7 +23,8 @@ from p2pagent.transport.guard import caller_identity
 
 
 class AgentNode(
-    MembershipNode, StateNode, ModelsNode, TasksNode, TrainingNode, GenerationNode, Protocol
+    MembershipNode, StateNode, ModelsNode, TextNode, TasksNode, TrainingNode, GenerationNode,
+    Protocol,
 ):
     """What the Agent service needs of the node: each capability's part, and its status."""
 
@@ -39,6 +41,7 @@ class AgentService(
     TasksAgentApi,
     TrainingAgentApi,
     GenerationAgentApi,
+    TextAgentApi,
     agent_pb2_grpc.AgentServicer,
 ):
     """Each capability's handlers live in ``api/<capability>.py``; this class joins them."""
@@ -46,7 +49,7 @@ class AgentService(
     def __init__(self, node: AgentNode) -> None:
         self._node = node
         self._membership_node = self._state_node = self._models_node = self._tasks_node = node
-        self._training_node = self._generation_node = node
+        self._training_node = self._generation_node = self._text_node = node
 
     async def Status(
         self, request: agent_pb2.StatusRequest, context: Ctx

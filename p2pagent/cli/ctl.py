@@ -27,6 +27,7 @@ from p2pagent.cli import (
     models_cmd,
     state_cmd,
     tasks_cmd,
+    text_cmd,
     top_cmd,
     train_cmd,
 )
@@ -36,7 +37,7 @@ from p2pagent.errors import ConfigError, InvalidArgument, P2PAgentError
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 MODULES = (
     certs_cmd, cluster_cmd, top_cmd, state_cmd, infer_cmd, models_cmd, tasks_cmd, completion_cmd,
-    train_cmd, generate_cmd,
+    train_cmd, generate_cmd, text_cmd,
 )  # fmt: skip
 
 

@@ -27,7 +27,7 @@ def register(sub: Any) -> None:
         c.add_argument("--json", action="store_true")
         return c
 
-    push = cmd("push", "publish a model file")
+    push = cmd("push", "publish a model file, or a Hugging Face model folder")
     push.add_argument("file", type=Path)
     push.add_argument("--name", required=True)
     push.add_argument("--format", choices=FORMAT_NAMES, help="default: from the file name")

@@ -1,7 +1,8 @@
 """Tensors for p2pagentctl, with numpy (importing torch would make every command slow).
 
-Input files: a ``.npy`` file (one tensor) or JSON: a nested list (one float32 tensor), or an
-object mapping input names to nested lists or to ``{"dtype": "int64", "data": [...]}``.
+Input files: a ``.npy`` file (one tensor), a ``.npz`` file (several, by name; token ids and
+an attention mask, say), or JSON: a nested list (one float32 tensor), or an object mapping
+input names to nested lists or to ``{"dtype": "int64", "data": [...]}``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ def read_inputs(path: str, default_name: str = "input") -> list[common_pb2.Tenso
     try:
         if p.suffix == ".npy":
             return [to_proto(default_name, np.load(p, allow_pickle=False))]
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as archive:
+                if not archive.files:
+                    raise InvalidArgument(f"{path} holds no arrays")
+                return [to_proto(name, archive[name]) for name in archive.files]
         doc = json.loads(p.read_text())
     except FileNotFoundError:
         raise InvalidArgument(f"input file {path} does not exist") from None
@@ -94,7 +100,20 @@ def _array(data: Any, dtype: Any, name: str) -> np.ndarray[Any, Any]:
         raise InvalidArgument(f"input {name!r}: not a rectangular array of numbers: {e}") from None
 
 
-def describe(t: common_pb2.Tensor, full: bool = False) -> dict[str, Any]:
+def save_outputs(path: Path, outputs: list[common_pb2.Tensor]) -> None:
+    """Every output into ``path``: an ``.npz`` by output name, or the one output as ``.npy``."""
+    arrays = {t.name or f"output{i}": from_proto(t) for i, t in enumerate(outputs)}
+    if path.suffix == ".npz":
+        np.savez(path, allow_pickle=False, **arrays)
+    elif len(arrays) == 1:
+        np.save(path, next(iter(arrays.values())), allow_pickle=False)
+    else:
+        raise InvalidArgument(
+            f"the model has {len(arrays)} outputs {sorted(arrays)}: give --output FILE.npz"
+        )
+
+
+def describe(t: common_pb2.Tensor, full: bool = False, task: str = "") -> dict[str, Any]:
     arr = from_proto(t)
     dtype = common_pb2.DType.Name(t.dtype).lower()
     doc: dict[str, Any] = {"name": t.name, "dtype": dtype, "shape": list(arr.shape)}
@@ -104,6 +123,11 @@ def describe(t: common_pb2.Tensor, full: bool = False) -> dict[str, Any]:
         flat = arr.reshape(-1)
         doc["data_head"] = flat[:16].tolist()
         doc["size"] = int(arr.size)
-    if arr.ndim == 2 and arr.dtype.kind == "f" and arr.shape[1] > 1:
+    if task == "embedding":
+        # Vectors, not scores: their argmax means nothing; their length says if normalised.
+        doc["norm"] = [
+            round(float(x), 6) for x in np.linalg.norm(arr.reshape(len(arr), -1), axis=1)
+        ]
+    elif arr.ndim == 2 and arr.dtype.kind == "f" and arr.shape[1] > 1:
         doc["argmax"] = arr.argmax(axis=1).tolist()
     return doc

@@ -106,6 +106,7 @@ class Mesh:
                     "keys": st.state_keys,
                     "models": list(st.models),
                     "incarnation": st.incarnation,
+                    "batching": [batching_doc(b) for b in st.batching],
                 }
             elif m.state in ("alive", "suspect"):
                 row["state"] = f"{m.state} (no answer)"
@@ -134,13 +135,40 @@ async def _top(args: argparse.Namespace) -> int:
                     f"p2pagent mesh via {mesh.known[0]}: {len(rows)} members, {alive} alive"
                     f"  ({time.strftime('%H:%M:%S')}, every {args.interval:g}s, Ctrl-C quits)"
                 )
-                body = table(rows, COLUMNS)
+                body = table(rows, COLUMNS) + _batching_lines(rows)
                 print(("\x1b[H\x1b[2J" if live else "") + head + "\n" + body + "\n", flush=True)
             if args.once or (args.iterations and shown >= args.iterations):
                 return 0
             await asyncio.sleep(args.interval)
     finally:
         await mesh.close()
+
+
+def batching_doc(b: agent_pb2.ModelBatching) -> dict[str, Any]:
+    """A model's batching on one node: batches, rows, tokens, padding, queue time."""
+    return {
+        "model": b.model,
+        "batches": b.batches,
+        "rows": b.rows,
+        "tokens": b.tokens,
+        "padded_tokens": b.padded_tokens,
+        "padding": round(b.padding_ratio, 3),
+        "queue_ms": round(b.mean_queue_s * 1000, 2),
+        "rows_per_batch": round(b.mean_batch_rows, 2),
+    }
+
+
+def _batching_lines(rows: list[dict[str, Any]]) -> str:
+    """One line per model and node that ran batches (the table's columns stay per node)."""
+    lines = []
+    for r in rows:
+        for b in r.get("batching", []):
+            lines.append(
+                f"  {r['name']} {b['model']}: {b['batches']} batches, "
+                f"{b['rows_per_batch']} rows/batch, {b['tokens']} tokens, "
+                f"{b['padding'] * 100:.1f}% padding, queue {b['queue_ms']} ms"
+            )
+    return ("\nbatching:\n" + "\n".join(lines)) if lines else ""
 
 
 def _json_line(rows: list[dict[str, Any]]) -> str:

@@ -73,8 +73,8 @@ _EXTENSION_OPS = {"EXT1", "EXT2", "EXT4"}
 def check_archive(path: Path | IO[bytes], fmt: ModelFormat) -> None:
     """Refuses (InvalidArgument, naming the entry) a model file whose loading would unpickle
     anything but tensors and TorchScript types."""
-    if fmt is ModelFormat.SAFETENSORS:
-        return
+    if fmt in (ModelFormat.SAFETENSORS, ModelFormat.HF_FOLDER):
+        return  # no pickle: our own JSON-and-bytes parsers
     try:
         with zipfile.ZipFile(path) as z:
             _check_unique(z, "the archive")

@@ -30,6 +30,10 @@ them:
    starves the others with banked credit nor waits behind their history. A slow model thus
    gets its share of device time, not all of it.
 6. Bounded queue: ``submit`` past ``max_queued`` requests raises ResourceExhausted.
+7. Ragged requests (``length`` > 0: token sequences of different lengths, padded per
+   batch by the engine, see ``ragged``) are bounded by ``max_batch_tokens`` padded token
+   slots as well as by rows, and by ``max_padding_ratio``: the oldest goes first, and later
+   ones join it only while the batch stays mostly real tokens (the others wait their turn).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 
 from p2pagent.errors import InvalidArgument, ResourceExhausted
+from p2pagent.inference import ragged
 from p2pagent.inference.config import InferenceConfig
 from p2pagent.inference.refill import RefillWindow
 from p2pagent.inference.stats import ModelCounters, ModelStats
@@ -55,6 +60,13 @@ class Pending:
     rows: int
     enqueued_at: float
     deadline: float | None
+    #: Sequence length of a ragged request (0: not ragged).
+    length: int = 0
+
+    @property
+    def tokens(self) -> int:
+        """What the request costs in tokens: rows x length, or one per row."""
+        return self.rows * self.length if self.length else self.rows
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,8 @@ class _ModelQueue:
     groups: dict[Hashable, deque[Pending]] = field(default_factory=dict)
     queued: int = 0
     queued_rows: int = 0
+    #: Real tokens queued (rows x length; one per row without sequences).
+    queued_tokens: int = 0
     #: Device seconds charged to this model (fairness), see rule 5.
     used_s: float = 0.0
     counters: ModelCounters = field(default_factory=ModelCounters)
@@ -118,11 +132,12 @@ class BatchPolicy:
         group: Hashable = (),
         deadline: float | None = None,
         batchable: bool = True,
+        length: int = 0,
     ) -> int:
         """Admits a request and returns its id; ResourceExhausted when the queue is full.
 
         ``batchable=False`` puts the request in a batch of its own (a model whose ports have
-        no dynamic batch dimension).
+        no dynamic batch dimension). ``length``: the sequence length of a ragged request.
         """
         if rows < 1:
             raise InvalidArgument(f"a request needs at least one row, got {rows}")
@@ -136,7 +151,7 @@ class BatchPolicy:
         rid = self._next_request
         self._next_request += 1
         key: Hashable = group if batchable else ("__alone__", rid)
-        pending = Pending(rid, model, key, rows, now, deadline)
+        pending = Pending(rid, model, key, rows, now, deadline, length)
         if q.queued == 0:
             active = [m.used_s for m in self._models.values() if m.queued > 0]
             if active:
@@ -144,6 +159,7 @@ class BatchPolicy:
         q.groups.setdefault(key, deque()).append(pending)
         q.queued += 1
         q.queued_rows += rows
+        q.queued_tokens += pending.tokens
         q.counters.admitted += 1
         q.refill.on_submit(rows, now)
         self._live[rid] = pending
@@ -183,7 +199,8 @@ class BatchPolicy:
         if not ok:
             q.counters.failed_batches += 1
             return
-        q.counters.observe(batch.rows, service_s, self._cfg.ewma_alpha)
+        tokens = sum(p.tokens for p in batch.requests)
+        q.counters.observe(batch.rows, service_s, self._cfg.ewma_alpha, tokens)
         if now is not None:
             # A batch of one request (a lone caller, or a model that cannot batch) has no
             # callers to wait for: its window measures and holds nothing.
@@ -211,6 +228,11 @@ class BatchPolicy:
         q = self._models.get(model)
         return q is not None and q.counters.slope_known
 
+    def seconds_per_token(self, model: str) -> float | None:
+        """Measured service time per real token of ``model`` (per row without sequences)."""
+        q = self._models.get(model)
+        return None if q is None else q.counters.s_per_token
+
     def marginal_seconds_per_row(self, model: str) -> float | None:
         """What one more row adds to a batch of ``model`` (see ``stats``)."""
         q = self._models.get(model)
@@ -220,12 +242,14 @@ class BatchPolicy:
         return {m: ModelStats.of(m, q.queued, q.counters) for m, q in self._models.items()}
 
     def estimated_backlog_s(self) -> float:
-        """Seconds of device time the queued and in-flight rows need, by the estimates."""
+        """Seconds of device time the queued and in-flight work needs, by the estimates: in
+        tokens, so a queue of long sequences weighs more than one of short ones."""
         total = 0.0
         for q in self._models.values():
-            total += q.queued_rows * (q.counters.s_per_row or 0.0)
+            total += q.queued_tokens * (q.counters.s_per_token or 0.0)
         for batch, _ in self._in_flight.values():
-            total += batch.rows * (self._models[batch.model].counters.s_per_row or 0.0)
+            per_token = self._models[batch.model].counters.s_per_token or 0.0
+            total += sum(p.tokens for p in batch.requests) * per_token
         return total
 
     # ---- internals -----------------------------------------------------------------------
@@ -236,6 +260,7 @@ class BatchPolicy:
             q = self._models[pending.model]
             q.queued -= 1
             q.queued_rows -= pending.rows
+            q.queued_tokens -= pending.tokens
         return pending
 
     def _expire(self, now: float) -> list[Pending]:
@@ -286,30 +311,53 @@ class BatchPolicy:
         return None
 
     def _full(self, line: deque[Pending]) -> bool:
-        """The group's live rows fill a batch."""
+        """The group's live rows (or, ragged, its padded tokens) fill a batch."""
         rows = 0
+        lengths: list[int] = []
         for p in line:
             if p.request_id in self._live:
+                if p.length and not self._fits(rows, lengths, p):
+                    return True
                 rows += p.rows
+                lengths.append(p.length)
                 if rows >= self._cfg.max_batch_size:
                     return True
         return False
 
+    def _fits(self, rows: int, lengths: list[int], p: Pending, real: int = 0) -> bool:
+        if not p.length:
+            return rows == 0 or rows + p.rows <= self._cfg.max_batch_size
+        return ragged.fits(
+            rows, lengths, p.rows, p.length, max_rows=self._cfg.max_batch_size,
+            max_tokens=self._cfg.max_batch_tokens, bucket=self._cfg.length_bucket,
+            real_tokens=real, max_padding=self._cfg.max_padding_ratio,
+        )  # fmt: skip
+
     def _take(self, name: str, q: _ModelQueue, key: Hashable, now: float) -> Batch:
         line = q.groups[key]
         taken: list[Pending] = []
-        rows = 0
+        rows = real = 0
+        lengths: list[int] = []
+        # Ragged requests too long or too short for the batch forming (rule 7's padding
+        # bound) stay queued, in order, while later ones of a fitting length join it.
+        skipped: list[Pending] = []
         while line:
             p = line[0]
             if p.request_id not in self._live:
                 line.popleft()
                 continue
-            if taken and rows + p.rows > self._cfg.max_batch_size:
-                break
+            if taken and not self._fits(rows, lengths, p, real):
+                if not p.length or rows >= self._cfg.max_batch_size:
+                    break
+                skipped.append(line.popleft())
+                continue
             line.popleft()
             self._drop(p.request_id)
             taken.append(p)
             rows += p.rows
+            real += p.rows * p.length
+            lengths.append(p.length)
+        line.extendleft(reversed(skipped))
         if not line:
             del q.groups[key]
         batch = Batch(self._next_batch, name, tuple(taken), rows, now)
@@ -321,6 +369,12 @@ class BatchPolicy:
         q.counters.rows += rows
         q.counters.batch_sizes[rows] = q.counters.batch_sizes.get(rows, 0) + 1
         q.counters.queue_s += sum(now - p.enqueued_at for p in taken)
+        if any(lengths):
+            q.counters.tokens += sum(p.rows * p.length for p in taken)
+            q.counters.padded_tokens += ragged.padded_tokens(rows, lengths, self._cfg.length_bucket)
+        else:
+            q.counters.tokens += rows
+            q.counters.padded_tokens += rows
         self._in_flight[batch.batch_id] = (batch, charge)
         return batch
 

@@ -33,6 +33,12 @@ from p2pagent.inference.cache import ModelCache
 from p2pagent.inference.config import InferenceConfig
 from p2pagent.inference.device import DeviceInfo
 from p2pagent.inference.formats import LoadedModel
+from p2pagent.inference.ragged_tensors import (
+    check_max_length,
+    pad_ragged,
+    ragged_length,
+    trim_ragged,
+)
 from p2pagent.inference.stats import ModelStats
 from p2pagent.inference.tensors import HostTensor
 from p2pagent.inference.worker import RemoteModel
@@ -126,8 +132,16 @@ class InferenceEngine:
         model = self.cache.resident_model(model_name) or await self.cache.get(model_name)
         ordered = model.spec.bind_inputs(model_name, inputs)
         batchable = model.spec.batchable
-        # Requests share a batch only with the same loaded model and concatenable inputs.
-        group = (id(model), *[_layout(t) for t in ordered])
+        # Requests share a batch only with the same loaded model and concatenable inputs;
+        # ragged ones (token ids) of any length: the runner pads them to the batch's length.
+        length = 0
+        if model.text is not None:  # token ids for a folder: refused past its maximum
+            check_max_length(model_name, ordered, model.text.tokenizer.max_length)
+        if model.ragged is not None and self.config.ragged_batching:
+            length = ragged_length(model_name, ordered)
+            group: Hashable = (id(model), "ragged")
+        else:
+            group = (id(model), *[_layout(t) for t in ordered])
         rid = self._policy.submit(
             model_name,
             int(ordered[0].shape[0]) if batchable else 1,
@@ -135,6 +149,7 @@ class InferenceEngine:
             group=group,
             deadline=deadline,
             batchable=batchable,
+            length=length,
         )
         loop = self._loop
         if loop is None:
@@ -152,6 +167,11 @@ class InferenceEngine:
     def seconds_per_row(self, model: str) -> float | None:
         """Measured service time per row of ``model`` (None before its first batch)."""
         return self._policy.seconds_per_row(model)
+
+    def seconds_per_token(self, model: str) -> float | None:
+        """Measured service time per real token of ``model`` (per row for a model without
+        sequences): what a task of token ids costs, by its tokens."""
+        return self._policy.seconds_per_token(model)
 
     def batching_measured(self, model: str) -> bool:
         """Batches of ``model`` of different sizes have run, so what a row adds is known."""
@@ -255,6 +275,8 @@ class InferenceEngine:
         """
         model = reqs[0].model
         parts = [r.inputs for r in reqs]
+        if model.ragged is not None and self.config.ragged_batching:
+            parts = pad_ragged(model.ragged, parts, self.config.length_bucket)
         self._in_flight += 1
 
         def deliver(
@@ -350,6 +372,8 @@ class InferenceEngine:
         self._pump()
         if outs is not None:
             names = model.spec.output_names
+            if model.ragged is not None and model.ragged.per_token:
+                outs = trim_ragged(model.ragged, names, outs, [r.inputs for r in reqs])
             for r, out in zip(reqs, outs):
                 if not r.future.done():
                     r.future.set_result(dict(zip(names, out)))

@@ -37,11 +37,16 @@ from p2pagent.inference.spec import ModelSpec
 if TYPE_CHECKING:
     import torch
 
+    from p2pagent.inference.hf.text import TextSide
+    from p2pagent.inference.ragged import RaggedInputs
+
 
 class ModelFormat(Enum):
     TORCHSCRIPT = "torchscript"
     TORCH_EXPORT = "export"
     SAFETENSORS = "safetensors"
+    #: A Hugging Face model folder, packed as one file (``inference.hf.pack``).
+    HF_FOLDER = "hf_folder"
 
     @property
     def suffix(self) -> str:
@@ -64,6 +69,7 @@ _SUFFIXES = {
     ModelFormat.TORCHSCRIPT: ".pt",
     ModelFormat.TORCH_EXPORT: ".pt2",
     ModelFormat.SAFETENSORS: ".safetensors",
+    ModelFormat.HF_FOLDER: ".hfpack",
 }
 _ALIASES = {"torch_export": "export"}
 #: The names ``--format`` and the upload header take.
@@ -71,11 +77,19 @@ FORMAT_NAMES = tuple(f.value for f in ModelFormat)
 #: Bytes of a file's start that ``check_header`` reads.
 FORMAT_HEAD_BYTES = 16
 _ZIP_MAGIC = b"PK\x03\x04"
+#: First bytes of a folder pack (``inference.hf.pack.MAGIC``; not imported: kept light).
+_PACK_MAGIC = b"P2PHFPK1"
 
 
 def check_header(fmt: ModelFormat, head: bytes) -> None:
     """Refuses a file whose first bytes cannot be the declared format (INVALID_ARGUMENT)."""
-    if fmt in (ModelFormat.TORCHSCRIPT, ModelFormat.TORCH_EXPORT):
+    if fmt is ModelFormat.HF_FOLDER:
+        if not head.startswith(_PACK_MAGIC):
+            raise InvalidArgument(
+                "the upload is not a model folder pack: push the folder itself "
+                "(p2pagentctl models push DIR)"
+            )
+    elif fmt in (ModelFormat.TORCHSCRIPT, ModelFormat.TORCH_EXPORT):
         if not head.startswith(_ZIP_MAGIC):
             raise InvalidArgument(
                 f"the model file is not a {fmt.value} model: {fmt.value} files are zip "
@@ -104,6 +118,10 @@ class LoadedModel:
     device: torch.device
     #: Bytes of parameters and buffers (what the cache budget counts).
     nbytes: int
+    #: Set for a model whose inputs are padded per batch (token ids of a folder).
+    ragged: RaggedInputs | None = None
+    #: The folder's text side (tokenizer, task, labels) for Embed and Classify.
+    text: TextSide | None = None
 
 
 def detect_format(path: Path) -> ModelFormat:
@@ -127,6 +145,8 @@ def detect_format(path: Path) -> ModelFormat:
             f"model file {path} is a zip archive but neither a torchscript archive "
             "nor a torch.export program"
         )
+    if head.startswith(_PACK_MAGIC):
+        return ModelFormat.HF_FOLDER
     if _safetensors_head(head):
         return ModelFormat.SAFETENSORS
     raise InvalidArgument(

@@ -42,6 +42,8 @@ def load_model(
     before it loads a code-bearing model and so unable to open ``path`` itself."""
     device = torch.device(device)
     path = Path(path)
+    if (fmt or detect_format(path)) is ModelFormat.HF_FOLDER:
+        return load_folder_pack(name, path, spec, device)
     if source is None:
         detected = detect_format(path)
     elif fmt is None:
@@ -87,6 +89,26 @@ def load_model(
         module = architectures.build_with_weights(spec.architecture, spec.arch_config, weights)
         module = module.to(device).eval()
     return LoadedModel(name, spec, detected, module, device, module_nbytes(module))
+
+
+def load_folder_pack(name: str, path: Path, spec: ModelSpec, device: torch.device) -> LoadedModel:
+    """A published Hugging Face folder: unpacked beside its pack (every file checked against
+    the manifest's list), loaded with transformers, with its tokenizer."""
+    from p2pagent.inference.hf import model as hf_model
+    from p2pagent.inference.hf import pack
+    from p2pagent.inference.hf.folder import listed_files
+    from p2pagent.inference.hf.text import TextSide
+    from p2pagent.inference.ragged import RaggedInputs
+
+    folder = pack.materialise(path, pack.folder_of(path), listed_files(spec.arch_config))
+    module = hf_model.load_folder(folder, spec.architecture, spec.arch_config).to(device)
+    pad = int(spec.arch_config.get("pad_token_id", 0))
+    per_token = frozenset(p.name for p in spec.outputs if len(p.shape) == 3)
+    ragged = RaggedInputs((pad, 0), per_token)
+    text = TextSide.of_folder(folder, spec.arch_config)
+    return LoadedModel(
+        name, spec, ModelFormat.HF_FOLDER, module, device, module_nbytes(module), ragged, text
+    )
 
 
 def module_nbytes(module: nn.Module) -> int:

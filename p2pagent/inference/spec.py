@@ -82,7 +82,8 @@ class ModelSpec:
 
     inputs: tuple[PortSpec, ...]
     outputs: tuple[PortSpec, ...]
-    #: Registry name (``p2pagent.inference.architectures``); only for safetensors weights.
+    #: Registry name (``p2pagent.inference.architectures``) for safetensors weights; the
+    #: transformers class name for a Hugging Face folder (``inference.hf``).
     architecture: str = ""
     #: JSON-able config of that architecture.
     arch_config: Mapping[str, Any] = field(default_factory=dict)

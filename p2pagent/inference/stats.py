@@ -36,14 +36,27 @@ class ModelCounters:
     failed_batches: int = 0
     #: Rows per batch -> batches of that size (bounded by the largest batch size).
     batch_sizes: dict[int, int] = field(default_factory=dict)
-    #: Seconds requests waited in the queue before their batch formed, summed over ``items``.
+    #: Token slots dispatched: real tokens (rows x own length) and padded (rows x the
+    #: batch's length). A model without sequences counts one token per row.
+    tokens: int = 0
+    padded_tokens: int = 0
+    #: Seconds dispatched requests waited in the queue, summed.
     queue_s: float = 0.0
     #: Seconds per row, EWMA over successful batches; None until the first one.
     s_per_row: float | None = None
+    #: Seconds per real token (padding's cost included), EWMA; the same as ``s_per_row``
+    #: for a model without sequences. What a queued ragged request is estimated to cost.
+    s_per_token: float | None = None
     #: Exponentially weighted sums for the (rows, seconds) line: weight, x, y, xx, xy.
     _fit: tuple[float, float, float, float, float] = (0.0, 0.0, 0.0, 0.0, 0.0)
 
-    def observe(self, rows: int, service_s: float, alpha: float) -> None:
+    def observe(self, rows: int, service_s: float, alpha: float, tokens: int = 0) -> None:
+        """A successful batch of ``rows`` (``tokens`` real tokens; 0: one per row)."""
+        sample_t = service_s / max(tokens or rows, 1)
+        if self.s_per_token is None:
+            self.s_per_token = sample_t
+        else:
+            self.s_per_token += alpha * (sample_t - self.s_per_token)
         rows = max(rows, 1)
         sample = service_s / rows
         if self.s_per_row is None:
@@ -110,10 +123,21 @@ class ModelStats:
     rows: int
     failed_batches: int
     s_per_row: float | None
+    tokens: int = 0
+    padded_tokens: int = 0
+    queue_s: float = 0.0
     #: (rows per batch, batches of that size), by rows.
     batch_sizes: tuple[tuple[int, int], ...] = ()
-    #: Seconds the ``items`` requests waited for their batches, summed.
-    queue_s: float = 0.0
+
+    @property
+    def padding_ratio(self) -> float:
+        """Share of dispatched token slots that were padding (0 before the first batch)."""
+        return 0.0 if not self.padded_tokens else 1.0 - self.tokens / self.padded_tokens
+
+    @property
+    def mean_queue_s(self) -> float:
+        """Mean seconds a dispatched request waited for its batch."""
+        return self.queue_s / self.items if self.items else 0.0
 
     @property
     def mean_batch_size(self) -> float:
@@ -138,6 +162,8 @@ class ModelStats:
             c.rows,
             c.failed_batches,
             c.s_per_row,
-            batch_sizes=tuple(sorted(c.batch_sizes.items())),
-            queue_s=c.queue_s,
+            c.tokens,
+            c.padded_tokens,
+            c.queue_s,
+            tuple(sorted(c.batch_sizes.items())),
         )

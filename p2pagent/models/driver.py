@@ -61,7 +61,7 @@ from p2pagent.models.manifest import (
 )
 from p2pagent.models.ownership import check_may_delete, check_may_publish
 from p2pagent.models.publish import PublishWriter
-from p2pagent.models.publish_check import Confinement, check_model
+from p2pagent.models.publish_check import Confinement, check_folder_pack, check_model
 from p2pagent.models.puller import Holding, PullCounts, Puller, PullReport
 from p2pagent.models.ratelimit import TokenBucket
 from p2pagent.models.registry import NS, Entry
@@ -349,6 +349,10 @@ class ModelsDriver:
             raise InvalidArgument(
                 f"the uploaded file holds a model of format {detected.value}, not "
                 f"{m.format.value}; publish it with the right --format"
+            )
+        if detected is ModelFormat.HF_FOLDER:
+            await asyncio.get_running_loop().run_in_executor(
+                self._io, check_folder_pack, path, spec.to_dict()
             )
         async with self._checks:
             seconds = await check_model(

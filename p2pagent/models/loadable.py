@@ -62,6 +62,14 @@ def serving_spec(name: str, fmt: ModelFormat, metadata: Mapping[str, Any]) -> Mo
             "(a name in the nodes' architecture registry, such as 'mlp'); a node runs no "
             "code from a safetensors file"
         )
+    if fmt is ModelFormat.HF_FOLDER:
+        task = spec.arch_config.get("task")
+        if not spec.architecture or not isinstance(task, str) or "files" not in spec.arch_config:
+            raise InvalidArgument(
+                f"model {name!r}: a folder needs the metadata its config files give (an "
+                "architecture, a task and the file list): push the folder with p2pagentctl "
+                "models push DIR or Client.publish(DIR)"
+            )
     return spec
 
 

@@ -176,6 +176,24 @@ def _died(returncode: int, limit: int) -> str:
     )
 
 
+def check_folder_pack(path: Path, metadata: dict[str, Any]) -> None:
+    """A published folder (``inference.hf``): unpacked (every file against the manifest's
+    list), then checked as the client checked it before sending (safetensors only, a known
+    architecture, no code); the metadata the client sent must be what the folder's own
+    config files say. Blocking."""
+    from p2pagent.inference.hf import folder, pack
+
+    spec = dict(metadata)
+    files = folder.listed_files(spec.get("arch_config") or {})
+    root = pack.materialise(path, pack.folder_of(path), files)
+    derived = folder.folder_metadata(root, files)
+    if derived != spec:
+        raise InvalidArgument(
+            "the folder's metadata does not match what its config files say: push the "
+            "folder with p2pagentctl models push DIR (it derives the metadata)"
+        )
+
+
 # ---- the child ---------------------------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import threading
 import time
 from collections import Counter
@@ -504,7 +505,7 @@ class ChunkStore:
             if manifest_id not in self._manifests:
                 raise NotFound(f"model version {manifest_id[:12]} is not known on this node")
             for path in self._files.glob(f"{manifest_id}.*"):
-                path.unlink(missing_ok=True)
+                _remove(path)
             (self._manifest_dir / f"{manifest_id}.json").unlink(missing_ok=True)
             (self._markers / manifest_id).unlink(missing_ok=True)
             del self._manifests[manifest_id]
@@ -534,9 +535,17 @@ class ChunkStore:
                 if is_temp(path.name) or path.name.split(".", 1)[0] in self._manifests:
                     continue
                 freed += path.stat().st_size
-                path.unlink(missing_ok=True)
+                _remove(path)
                 files += 1
         return GcReport(chunks_removed=chunks, bytes_freed=freed, files_removed=files)
+
+
+def _remove(path: Path) -> None:
+    """An assembled file, or the folder a folder version is unpacked into beside it."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 class Staging:

@@ -84,7 +84,12 @@ def upload_header(
     node would refuse. ``format`` defaults to the file name's, ``metadata`` to the file
     beside it (``default_metadata``), ``chunk_size`` 0 to the node's."""
     if path.is_dir():
-        raise InvalidArgument(f"{path} is a directory: push one model file")
+        if format not in ("", ModelFormat.HF_FOLDER.value) or metadata is not None:
+            raise InvalidArgument(
+                f"{path} is a folder: its format and metadata come from its own config files "
+                "(leave out --format and --metadata)"
+            )
+        return folder_header(path, name, replicas=replicas, chunk_size=chunk_size)
     if not path.is_file():
         raise InvalidArgument(f"model file {path} does not exist")
     fmt = format or guess_format(path)
@@ -106,6 +111,30 @@ def upload_header(
     )  # fmt: skip
 
 
+def folder_header(
+    path: Path, name: str, *, replicas: str = "1", chunk_size: int = 0
+) -> agent_pb2.PublishModelRequest.Header:
+    """The header of a Hugging Face model folder's upload: its pack's size and SHA-256, and
+    the metadata its config files give (``inference.hf.folder``: refused here, naming the
+    problem, when a node could not serve it)."""
+    from p2pagent.inference.hf import folder, pack
+
+    check_model_name(name)
+    parse_replicas(replicas)
+    files = pack.describe_folder(path)
+    spec = ModelSpec.from_dict(folder.folder_metadata(path, files))
+    size = pack.pack_size(files)
+    if chunk_size:
+        check_size(size, check_chunk_size(chunk_size))
+    digest = hashlib.sha256()
+    for piece in pack.pack_pieces(path, files):
+        digest.update(piece)
+    return agent_pb2.PublishModelRequest.Header(
+        name=name, format=ModelFormat.HF_FOLDER.value, metadata=spec.to_proto(), size=size,
+        chunk_size=chunk_size, replicas=replicas, sha256=digest.hexdigest(),
+    )  # fmt: skip
+
+
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of the whole file: the node publishes only bytes that hash to it."""
     digest = hashlib.sha256()
@@ -122,6 +151,15 @@ async def upload_requests(
 ) -> AsyncIterator[agent_pb2.PublishModelRequest]:
     """The header, then the file in pieces (each one's size to ``sent``)."""
     yield agent_pb2.PublishModelRequest(header=header)
+    if header.format == ModelFormat.HF_FOLDER.value:
+        from p2pagent.inference.hf import folder, pack
+
+        spec = ModelSpec.from_proto(header.metadata)
+        for piece in pack.pack_pieces(path, folder.listed_files(spec.arch_config)):
+            if sent is not None:
+                sent(len(piece))
+            yield agent_pb2.PublishModelRequest(data=piece)
+        return
     with path.open("rb") as f:
         while piece := f.read(UPLOAD_PIECE):
             if sent is not None:

@@ -45,9 +45,18 @@ def test_a_push_the_node_would_refuse_is_refused_before_connecting(
     assert message in capsys.readouterr().err
 
 
-def test_a_directory_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["models", "push", str(tmp_path), "--name", "m", "--target", "127.0.0.1:9"]) == 2
-    assert f"{tmp_path} is a directory" in capsys.readouterr().err
+def test_a_folder_push_is_checked_before_connecting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["models", "push", str(tmp_path), "--name", "m", "--target", "127.0.0.1:9"]
+    assert main(argv) == 2
+    assert f"folder {tmp_path} holds no files" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text('{"architectures": ["BertModel"]}')
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    assert main(argv) == 2
+    assert "pytorch_model.bin, a pickle-based weight file" in capsys.readouterr().err
+    assert main([*argv, "--format", "torchscript"]) == 2
+    assert "its format and metadata come from its own config files" in capsys.readouterr().err
 
 
 def test_the_reason_grpc_loses_is_explained_and_other_errors_pass() -> None:

@@ -1,0 +1,80 @@
+"""Loading a materialised model folder with ``transformers`` (offline, safetensors only,
+``trust_remote_code=False``) and the heads that turn its hidden states into a task's
+outputs: sentence-transformers pooling and normalisation, or a classifier's logits.
+
+Imported only on a node that loads a folder (it imports torch and transformers).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch
+from torch import nn
+
+from p2pagent.errors import InvalidArgument
+from p2pagent.inference.hf.folder import EMBEDDING, known_architectures
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """sentence-transformers' Pooling over the tokens the mask keeps."""
+    if mode == "cls":
+        return hidden[:, 0]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    if mode == "max":
+        return hidden.masked_fill(m == 0, -1e9).max(dim=1).values
+    total = (hidden * m).sum(dim=1)
+    count = m.sum(dim=1).clamp(min=1e-9)
+    return total / (count.sqrt() if mode == "mean_sqrt_len" else count)
+
+
+class FolderModel(nn.Module):
+    """(input_ids, attention_mask) -> the task's outputs by port name."""
+
+    def __init__(self, model: nn.Module, arch_config: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.task = str(arch_config["task"])
+        self.pooling = str(arch_config.get("pooling", "mean"))
+        self.normalize = bool(arch_config.get("normalize", False))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        if self.task == EMBEDDING:
+            emb = pool(out[0], attention_mask, self.pooling)
+            if self.normalize:
+                emb = nn.functional.normalize(emb, p=2, dim=1)
+            return {"embedding": emb.float()}
+        return {"logits": out.logits.float()}
+
+
+def load_folder(folder: Path, architecture: str, arch_config: Mapping[str, Any]) -> FolderModel:
+    """The folder's model on the CPU, in eval mode; InvalidArgument when it does not load."""
+    if architecture not in known_architectures():
+        raise InvalidArgument(f"architecture {architecture!r} is not known to transformers")
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    # A load's report and progress bars are for notebooks; a node logs its own line.
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    cls = getattr(transformers, architecture, None)
+    if cls is None:
+        raise InvalidArgument(f"transformers has no class {architecture!r}")
+    try:
+        model = cls.from_pretrained(
+            str(folder),
+            local_files_only=True,
+            trust_remote_code=False,
+            use_safetensors=True,
+            dtype=torch.float32,
+        )
+    except Exception as e:  # transformers raises many kinds for a folder it cannot load
+        raise InvalidArgument(f"the folder does not load with transformers: {e}") from None
+    return FolderModel(model, arch_config).eval()

@@ -1,0 +1,95 @@
+"""A folder as one pack: the file list, the bytes, materialising it back (every file
+checked against its SHA-256), and the paths and packs refused."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from p2pagent.errors import InvalidArgument
+from p2pagent.inference.hf import pack
+
+
+def _folder(root: Path) -> Path:
+    (root / "sub").mkdir(parents=True)
+    (root / "config.json").write_text('{"a": 1}')
+    (root / "sub" / "config.json").write_text("{}")
+    (root / "model.safetensors").write_bytes(os.urandom(3000))
+    (root / ".gitattributes").write_text("hidden: left out")
+    (root / ".git").mkdir()
+    (root / ".git" / "HEAD").write_text("x")
+    return root
+
+
+def _write(root: Path, out: Path) -> tuple[pack.PackedFile, ...]:
+    files = pack.describe_folder(root)
+    with out.open("wb") as f:
+        for piece in pack.pack_pieces(root, files):
+            f.write(piece)
+    return files
+
+
+def test_a_folder_packs_and_unpacks_to_the_same_files(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "m")
+    p = tmp_path / "m.hfpack"
+    files = _write(root, p)
+    assert [f.path for f in files] == ["config.json", "model.safetensors", "sub/config.json"]
+    assert files[1].sha256 == hashlib.sha256((root / "model.safetensors").read_bytes()).hexdigest()
+    assert p.stat().st_size == pack.pack_size(files)
+    with p.open("rb") as f:
+        listed, offset = pack.read_index(f)
+    assert listed == files and offset == len(pack.pack_header(files))
+    out = pack.materialise(p, tmp_path / "out", files)
+    for f in files:
+        assert (out / f.path).read_bytes() == (root / f.path).read_bytes()
+    assert not (out / ".gitattributes").exists()
+    assert pack.materialise(p, out, files) == out  # complete: reused
+
+
+def test_a_file_altered_in_the_pack_is_refused_and_nothing_is_left(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "m")
+    p = tmp_path / "m.hfpack"
+    files = _write(root, p)
+    data = bytearray(p.read_bytes())
+    data[-10] ^= 0xFF
+    p.write_bytes(bytes(data))
+    with pytest.raises(InvalidArgument, match="does not match its SHA-256"):
+        pack.materialise(p, tmp_path / "out", files)
+    assert list(tmp_path.glob("out*")) == []
+
+
+def test_a_pack_whose_list_differs_from_the_manifest_is_refused(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "m")
+    p = tmp_path / "m.hfpack"
+    files = _write(root, p)
+    other = (*files[:-1], pack.PackedFile(files[-1].path, files[-1].size, "0" * 64))
+    with pytest.raises(InvalidArgument, match="differs from the one its manifest names"):
+        pack.materialise(p, tmp_path / "out", other)
+
+
+@pytest.mark.parametrize(
+    "path", ["../x", "/etc/passwd", "a/../../b", ".hidden", "a//b", "a\\b", "a/b/c/d/e", ""]
+)
+def test_paths_that_could_leave_the_folder_are_refused(path: str) -> None:
+    with pytest.raises(InvalidArgument):
+        pack.check_rel_path(path)
+
+
+def test_an_index_from_a_peer_is_checked_before_use() -> None:
+    bad = b'{"files":[{"path":"../../etc/x","size":1,"sha256":"' + b"0" * 64 + b'"}]}'
+    stream = io.BytesIO(pack.MAGIC + len(bad).to_bytes(8, "little") + bad)
+    with pytest.raises(InvalidArgument, match="not a plain relative path"):
+        pack.read_index(stream)
+    with pytest.raises(InvalidArgument, match="no pack header"):
+        pack.read_index(io.BytesIO(b"PK\x03\x04" + b"\0" * 20))
+
+
+def test_symlinks_are_refused(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "m")
+    (root / "link.json").symlink_to(root / "config.json")
+    with pytest.raises(InvalidArgument, match="symbolic link"):
+        pack.list_folder(root)
