@@ -142,7 +142,7 @@ class Guard(grpc.aio.ServerInterceptor):
     def open_stream(
         self, ident: Identity, context: grpc.aio.ServicerContext[Any, Any]
     ) -> OpenStream:
-        return self.streams.open(ident, certificate_expiry(context))
+        return self.streams.open(ident, certificate_expiry(context), _peer(context))
 
     def revoke_streams(self, uri: str, reason: str) -> int:
         """Ends every open stream of ``uri`` (it has just been revoked)."""
@@ -302,6 +302,13 @@ def _wrap(
     return grpc.stream_stream_rpc_method_handler(
         stream_response(handler.stream_stream), **kind_args
     )
+
+
+def _peer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    try:
+        return str(context.peer())
+    except Exception:  # a test double, or a call already gone
+        return ""
 
 
 def _drop_frames(exc: BaseException | None) -> None:
