@@ -33,6 +33,7 @@ FULL: list[list[str]] = [
     ["bench.models_swarm", "--mib", "256", "--rounds", "2"],
     ["bench.publish_check"],
     ["bench.streams"],
+    ["bench.submit_decode"],
     ["bench.chaos", "--duration", "60"],
     ["bench.scale"],
 ]
@@ -55,6 +56,7 @@ SMALL: list[list[str]] = [
     ["bench.models_swarm", "--mib", "32", "--rounds", "1"],
     ["bench.publish_check", "--small", "--rounds", "1"],
     ["bench.streams", "--small"],
+    ["bench.submit_decode"],
     ["bench.chaos", "--duration", "30"],
     ["bench.scale", "--sizes", "3,6", "--idle", "5", "--settle", "1", "--sim-sizes", "16,32"],
 ]  # fmt: skip
