@@ -57,13 +57,10 @@ class AgentService(
         return self._node.status()
 
     async def Infer(self, request: agent_pb2.InferRequest, context: Ctx) -> agent_pb2.InferResponse:
-        from p2pagent.inference import tensors  # numpy: only nodes that run models load it
-
         node = self._node
         if not request.model:
             raise InvalidArgument("InferRequest.model is empty: name the model to run")
-        admit(node, request)
-        inputs = tensors.many_decode(request.inputs, node.config.inference.max_tensor_elements)
+        inputs = admit(node, request)
         remaining = context.time_remaining()
         # Pulls it first if need be; a bad or unknown pinned version fails here, at once.
         await node.models.ensure_loadable(request.model, request.model_version)

@@ -8,6 +8,7 @@ method's bound. The payload decoders check again, on answers as well as requests
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
@@ -20,9 +21,11 @@ from p2pagent.api.tasks import TasksNode, TasksPeerApi
 from p2pagent.api.training import TrainingNode, TrainingPeerApi
 from p2pagent.membership.codec import MAX_GOSSIP_BYTES, MAX_PUSH_PULL_BYTES
 from p2pagent.state.codec import RECEIVE_SLACK_BYTES
-from p2pagent.tasks.admission import request_limit
+from p2pagent.tasks import admission
+from p2pagent.tasks.admission import request_limit, result_limit
 from p2pagent.tasks.wire import MAX_REPORT_BYTES
 from p2pagent.training.wire import CHUNK_BYTES, HEADER_BYTES
+from p2pagent.transport.wirescan import count_field
 
 if TYPE_CHECKING:
     from p2pagent.config import Config
@@ -46,7 +49,7 @@ def request_limits(config: Config, state_message_bytes: int) -> dict[str, tuple[
     """Method -> (most bytes of its request, the setting or bound that says so), for every
     Peer method and the public calls that carry task inputs. ``state_message_bytes``: the
     node's effective ``state.max_message_bytes``. Methods not listed get the transport's
-    ``max_message_bytes`` (Complete: a result may be as large as an answer may be)."""
+    ``max_message_bytes``."""
     tasks = (request_limit(config.tasks), "tasks.max_payload_bytes")
     return {
         PEER + "Gossip": (MAX_GOSSIP_BYTES + ENVELOPE_BYTES, "membership.codec.MAX_GOSSIP_BYTES"),
@@ -62,11 +65,38 @@ def request_limits(config: Config, state_message_bytes: int) -> dict[str, tuple[
         PEER + "FetchChunks": (SMALL_REQUEST_BYTES, "api.peer.SMALL_REQUEST_BYTES"),
         PEER + "Steal": (SMALL_REQUEST_BYTES, "api.peer.SMALL_REQUEST_BYTES"),
         PEER + "Assign": tasks,
+        PEER + "Complete": (result_limit(config.tasks), "tasks.max_result_bytes"),
         AGENT + "Submit": tasks,
         AGENT + "SubmitAndWait": tasks,
         AGENT + "Infer": tasks,
         PEER + "AverageParts": (CHUNK_BYTES + HEADER_BYTES, "training.wire.CHUNK_BYTES"),
         AGENT + "Average": (CHUNK_BYTES + HEADER_BYTES, "training.wire.CHUNK_BYTES"),
+    }
+
+
+#: Field numbers of the repeated tensors of the requests that carry them (agent.proto
+#: SubmitRequest/InferRequest.inputs, peer.proto CompleteRequest.outputs).
+_INPUTS_FIELD = 2
+_OUTPUTS_FIELD = 5
+
+
+def request_scans() -> dict[str, Callable[[bytes], str | None]]:
+    """Method -> a check of its raw request before decoding: the count of its tensors, read
+    from the bytes (``transport.wirescan``), so a request of many tiny tensors is refused
+    before a protobuf object is made for each."""
+
+    def count(field: int, bound: int, what: str) -> Callable[[bytes], str | None]:
+        def scan(data: bytes) -> str | None:
+            return admission.too_many_tensors(count_field(data, field, bound), bound, what)
+
+        return scan
+
+    inputs = count(_INPUTS_FIELD, admission.MAX_INPUT_TENSORS, "input")
+    return {
+        AGENT + "Submit": inputs,
+        AGENT + "SubmitAndWait": inputs,
+        AGENT + "Infer": inputs,
+        PEER + "Complete": count(_OUTPUTS_FIELD, admission.MAX_OUTPUT_TENSORS, "output"),
     }
 
 

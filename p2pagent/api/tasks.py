@@ -10,6 +10,7 @@ import grpc
 
 from p2pagent._proto import agent_pb2, common_pb2, peer_pb2
 from p2pagent.errors import InvalidArgument, Unavailable
+from p2pagent.models.loadable import spec_of
 from p2pagent.tasks import admission
 from p2pagent.tasks.config import MAX_LIST_TASKS
 from p2pagent.tasks.driver import TasksDriver
@@ -19,6 +20,7 @@ from p2pagent.transport.guard import caller_identity
 if TYPE_CHECKING:
     from p2pagent.config import Config
     from p2pagent.inference.cache import ModelCache
+    from p2pagent.inference.spec import ModelSpec
     from p2pagent.models.driver import ModelsDriver
 
 
@@ -41,12 +43,34 @@ class TasksNode(Protocol):
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
-def admit(node: TasksNode, request: agent_pb2.SubmitRequest | agent_pb2.InferRequest) -> None:
+def admit(node: TasksNode, request: agent_pb2.SubmitRequest | agent_pb2.InferRequest) -> Any:
     """The door of Submit, SubmitAndWait and Infer: refuses at once what could never run
-    (an unknown or malformed model name, too many or too big inputs), before anything is
-    decoded further, queued or journaled."""
+    (an unknown or malformed model name, a pinned version the registry does not list, too
+    many or too big inputs, inputs that contradict the model's metadata), before anything
+    is queued or journaled. Returns the decoded inputs."""
+    from p2pagent.inference import tensors  # numpy: only nodes that run models load it
+
     admission.check_inputs(len(request.inputs), input_bytes(request.inputs), node.config.tasks)
     admission.check_model(request.model, model_sources(node))
+    spec = expected_spec(node, request.model, request.model_version)
+    inputs = tensors.many_decode(request.inputs, node.config.inference.max_tensor_elements)
+    if spec is not None:
+        spec.bind_inputs(request.model, inputs)
+    return inputs
+
+
+def expected_spec(node: TasksNode, name: str, version: str) -> ModelSpec | None:
+    """The metadata a task of ``name`` (at ``version``) will run with, as this node knows
+    it: the pinned version's (NotFound when the registry has no such version), the model it
+    serves under that name, or the newest published version's. None when only a peer serves
+    it: the node that runs it checks the inputs then."""
+    if version:
+        return node.models.loadable.pinned(name, version)[1]
+    cache = node.models_cache
+    if name in cache.names():
+        return cache.spec(name)
+    versions = node.models.entries_safe(name)
+    return spec_of(versions[-1].manifest) if versions else None
 
 
 def model_sources(node: TasksNode) -> admission.ModelSources:
@@ -75,11 +99,8 @@ class _TasksAccess:
 
 class TasksAgentApi(_TasksAccess):
     async def _submit(self, request: agent_pb2.SubmitRequest, context: Ctx) -> str:
-        from p2pagent.inference import tensors
-
+        # Validates the tensors here, so a bad one is refused before it is journaled.
         admit(self._tasks_node, request)
-        # Validate the tensors here, so a bad one is refused before it is journaled.
-        tensors.many_decode(request.inputs, self._tasks_node.config.inference.max_tensor_elements)
         return await self._tasks().submit(request, caller_identity(context).uri)
 
     async def Submit(

@@ -167,6 +167,20 @@ class LoadableModels:
                 return name  # let the engine say the model is unknown
             await self._pull(entry)
             return name
+        entry, spec = self.pinned(name, version)
+        key = f"{name}@{entry.manifest_id}"
+        if self._cache is None or key in self._cache.names():
+            return key
+        m = await self._pull(entry)
+        path = await self._assemble(m)
+        self._cache.register(key, path, spec, m.format)
+        self._loaded[key] = m  # unregistered with the version when it is dropped
+        return key
+
+    def pinned(self, name: str, version: str) -> tuple[Entry, ModelSpec]:
+        """The registry's entry of ``name`` at the pinned ``version`` and the spec it is served
+        with, without pulling it (the door checks a task against it before journaling it):
+        InvalidArgument / NotFound saying what is wrong."""
         if name in self._reserved():
             raise InvalidArgument(
                 f"model {name!r} is served from a local file on {self._node}; it has no "
@@ -174,17 +188,10 @@ class LoadableModels:
             )
         known = [e.manifest_id for e in self._versions(name)]
         entry = self._resolve(name, full_manifest_id(name, version, known))
-        key = f"{name}@{entry.manifest_id}"
-        if self._cache is None or key in self._cache.names():
-            return key
-        m = await self._pull(entry)
-        spec = spec_of(m)
+        spec = spec_of(entry.manifest)
         if spec is None:
             raise InvalidArgument(f"model {name!r} version {version} has no input/output metadata")
-        path = await self._assemble(m)
-        self._cache.register(key, path, spec, m.format)
-        self._loaded[key] = m  # unregistered with the version when it is dropped
-        return key
+        return entry, spec
 
     def forget(self, manifest_id: str) -> None:
         """Unregisters a dropped version under every name it runs as."""

@@ -24,6 +24,8 @@ from p2pagent.transport.ratelimit import PerIdentityLimiter
 
 #: Most input tensors one request may carry (each is a message to decode and a batch part).
 MAX_INPUT_TENSORS = 1024
+#: Most output tensors one task result may carry.
+MAX_OUTPUT_TENSORS = 1024
 #: Room on top of ``max_payload_bytes`` for the rest of a request (names, shapes, model name).
 REQUEST_OVERHEAD_BYTES = 64 * 1024
 #: Bounds of the retry-after hint of a quota refusal, seconds.
@@ -34,6 +36,35 @@ MAX_RETRY_AFTER_S = 30.0
 def request_limit(cfg: TasksConfig) -> int:
     """Most bytes a whole Submit/Infer/Assign message may have, checked before decoding."""
     return cfg.max_payload_bytes + REQUEST_OVERHEAD_BYTES
+
+
+def result_limit(cfg: TasksConfig) -> int:
+    """Most bytes a whole ``Peer.Complete`` message (one result) may have, checked before
+    decoding."""
+    return cfg.max_result_bytes + REQUEST_OVERHEAD_BYTES
+
+
+def too_many_tensors(count: int, bound: int, what: str) -> str | None:
+    """Why a message with ``count`` (at least) tensors in ``what`` is refused, or None."""
+    if count <= bound:
+        return None
+    return f"the request has more than {bound} {what} tensors; at most {bound} are accepted"
+
+
+def check_result(count: int, result_bytes: int, cfg: TasksConfig) -> None:
+    """Refuses a task's outputs with too many tensors or bytes (InvalidArgument: running it
+    again elsewhere would give the same answer)."""
+    if count > MAX_OUTPUT_TENSORS:
+        raise InvalidArgument(
+            f"the model returned {count} output tensors; a task result may carry at most "
+            f"{MAX_OUTPUT_TENSORS}"
+        )
+    if result_bytes > cfg.max_result_bytes:
+        raise InvalidArgument(
+            f"the outputs are {result_bytes} bytes, over the {cfg.max_result_bytes} a task "
+            "result may carry (tasks.max_result_bytes); send fewer rows per task or raise the "
+            "setting on every node"
+        )
 
 
 def check_inputs(count: int, payload_bytes: int, cfg: TasksConfig) -> None:

@@ -39,6 +39,10 @@ class TasksConfig:
     #: call may carry (4 MiB); a request over it is refused before it is decoded. Tasks are
     #: journaled and may move between nodes whole: send big inputs through state or a model.
     max_payload_bytes: int = 4 * 1024 * 1024
+    #: Most bytes of output tensor data one task's result may carry (32 MiB). A result over it
+    #: fails its task with INVALID_ARGUMENT where it ran, and a ``Peer.Complete`` over it is
+    #: refused before it is decoded. Keep it equal on every node.
+    max_result_bytes: int = 32 * 1024 * 1024
     #: Most unfinished tasks (queued, running or waiting for their result's delivery) one
     #: caller identity may have at a node; more is RESOURCE_EXHAUSTED with a retry-after hint.
     max_queued_per_identity: int = 2_000
@@ -150,6 +154,7 @@ class TasksConfig:
         positive = {
             "max_queued": self.max_queued,
             "max_payload_bytes": self.max_payload_bytes,
+            "max_result_bytes": self.max_result_bytes,
             "max_queued_per_identity": self.max_queued_per_identity,
             "max_queued_bytes_per_identity": self.max_queued_bytes_per_identity,
             "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s,

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from p2pagent._proto import common_pb2
 from p2pagent.errors import P2PAgentError
+from p2pagent.tasks.admission import check_result
 from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.load import ServiceTimes
 from p2pagent.tasks.results import TaskResult
@@ -49,6 +50,7 @@ class EngineRuns:
         prepare: Callable[[str, str], Awaitable[str]] | None = None,
     ) -> None:
         self.name = name
+        self.cfg = cfg
         self.service = ServiceTimes(cfg)
         self.engine = engine
         self._prepare = prepare
@@ -94,6 +96,9 @@ class EngineRuns:
             compute_s = time.perf_counter() - start
             self.service.observe(task.model, compute_s)
             out = tuple(tensors.many_to_proto(outputs))
+            # Bounded where it ran, in the same words on every node: the origin refuses a
+            # Peer.Complete over the bound before decoding it.
+            check_result(len(out), sum(len(t.data) for t in out), self.cfg)
             return TaskResult(task.task_id, task.attempt, self.name, True, out, compute_s=compute_s)
         except P2PAgentError as e:
             code, message = e.code, str(e)

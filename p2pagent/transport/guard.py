@@ -43,6 +43,9 @@ RateCheck = Callable[[Identity], bool]
 #: Most bytes a request of the method may have before it is decoded, and the setting that
 #: says so; None: only the transport's limit.
 RequestLimit = Callable[[str], tuple[int, str] | None]
+#: A method's check of its raw request bytes before they are decoded (after the size limit):
+#: returns why the request is refused, or None (e.g. too many tensors: api.peer.request_scans).
+RequestScan = Callable[[str], Callable[[bytes], str | None] | None]
 
 
 #: Most distinct certificate identities whose parse is remembered (a cluster has a few
@@ -111,9 +114,11 @@ class Guard(grpc.aio.ServerInterceptor):
         allow_rate: RateCheck | None = None,
         request_limit: RequestLimit | None = None,
         streams: OpenStreams | None = None,
+        request_scan: RequestScan | None = None,
     ) -> None:
         self._cluster = cluster
         self._request_limit = request_limit
+        self._request_scan = request_scan
         self._metrics = metrics
         self._revoked = revoked
         self._allow_rate = allow_rate
@@ -137,7 +142,7 @@ class Guard(grpc.aio.ServerInterceptor):
     def open_stream(
         self, ident: Identity, context: grpc.aio.ServicerContext[Any, Any]
     ) -> OpenStream:
-        return self.streams.open(ident, certificate_expiry(context))
+        return self.streams.open(ident, certificate_expiry(context), _peer(context))
 
     def revoke_streams(self, uri: str, reason: str) -> int:
         """Ends every open stream of ``uri`` (it has just been revoked)."""
@@ -281,8 +286,9 @@ def _wrap(
         return unary_response(behavior, streaming=True)
 
     limit = guard._request_limit(method) if guard._request_limit is not None else None
+    scan = guard._request_scan(method) if guard._request_scan is not None else None
     kind_args = {
-        "request_deserializer": _tolerant(handler.request_deserializer, method, limit),
+        "request_deserializer": _tolerant(handler.request_deserializer, method, limit, scan),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
@@ -301,6 +307,13 @@ def _wrap(
     return grpc.stream_stream_rpc_method_handler(
         stream_response(handler.stream_stream), **kind_args
     )
+
+
+def _peer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    try:
+        return str(context.peer())
+    except Exception:  # a test double, or a call already gone
+        return ""
 
 
 def _drop_frames(exc: BaseException | None) -> None:
@@ -330,6 +343,7 @@ def _tolerant(
     deserializer: Callable[[bytes], Any] | None,
     method: str = "",
     limit: tuple[int, str] | None = None,
+    scan: Callable[[bytes], str | None] | None = None,
 ) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
@@ -338,6 +352,8 @@ def _tolerant(
         if limit is not None and len(data) > limit[0]:
             # Refused before a byte is decoded: decoding is what costs memory.
             return _Oversized(oversized(method, len(data), *limit))
+        if scan is not None and (why := scan(data)) is not None:
+            return _Oversized(f"{method}: {why}")
         try:
             return deserializer(data)
         except Exception as e:  # protobuf's DecodeError, or anything a custom decoder raises

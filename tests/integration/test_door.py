@@ -30,6 +30,8 @@ MAX_PAYLOAD = 64 * 1024
 RATE = 20
 #: Submissions per second per identity (bursts of twice as many).
 SUBMIT_RATE = 5
+#: Most bytes of outputs a task result may carry (tasks.max_result_bytes).
+MAX_RESULT = 64 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +55,7 @@ def node(
             "P2PAGENT_TASKS__MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD),
             "P2PAGENT_TASKS__MAX_QUEUED_PER_IDENTITY": "2",
             "P2PAGENT_TASKS__SUBMIT_RATE_PER_IDENTITY": str(SUBMIT_RATE),
+            "P2PAGENT_TASKS__MAX_RESULT_BYTES": str(MAX_RESULT),
         },
     ).start(timeout=120)
     try:
@@ -116,6 +119,56 @@ def test_unknown_or_malformed_models_are_refused_at_once_and_never_journaled(
         with sqlite3.connect(f"file:{node.data / 'tasks.db'}?mode=ro", uri=True) as db:
             models = {m for (m,) in db.execute("SELECT model FROM tasks")}
         assert not models & {"nope", "../../etc/passwd"}
+
+
+def test_inputs_that_contradict_the_model_or_a_missing_version_are_refused_at_once(
+    node: Daemon, certs_dir: Path
+) -> None:
+    wrong_dtype = common_pb2.Tensor(
+        name="input", dtype=common_pb2.INT32, shape=[1, 4], data=bytes(16)
+    )
+    wrong_shape = common_pb2.Tensor(
+        name="input", dtype=common_pb2.FLOAT32, shape=[1, 5], data=bytes(20)
+    )
+    unnamed = [common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=[1, 4], data=bytes(16))] * 2
+    cases = [
+        ([wrong_dtype], "", grpc.StatusCode.INVALID_ARGUMENT, "expects dtype float32"),
+        ([wrong_shape], "", grpc.StatusCode.INVALID_ARGUMENT, "expects shape [-1, 4]"),
+        (unnamed, "", grpc.StatusCode.INVALID_ARGUMENT, "takes 1 input(s)"),
+        ([_x()], "0123456789ab", grpc.StatusCode.INVALID_ARGUMENT, "no versions to pin"),
+    ]
+    with _channel(node, certs_dir) as ch:
+        stub = agent_pb2_grpc.AgentStub(ch)
+        before = _journaled(node)
+        for inputs, version, code, words in cases:
+            request = agent_pb2.SubmitRequest(model="busy", inputs=inputs, model_version=version)
+            for call in (stub.Submit, stub.SubmitAndWait):
+                e = _refused(call, request)
+                assert e.code() is code, e  # type: ignore[attr-defined]
+                assert words in e.details()  # type: ignore[attr-defined]
+            infer = agent_pb2.InferRequest(model="busy", inputs=inputs, model_version=version)
+            e = _refused(stub.Infer, infer)
+            assert e.code() is code and words in e.details()  # type: ignore[attr-defined]
+        e = _refused(
+            stub.Submit, agent_pb2.SubmitRequest(model="nope", inputs=[_x()], model_version="ab")
+        )
+        assert e.code() is grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+        assert _journaled(node) == before
+
+
+def test_a_submit_of_many_tiny_tensors_is_refused_by_count_before_decoding(
+    node: Daemon, certs_dir: Path
+) -> None:
+    tiny = common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=[1], data=bytes(4))
+    many = agent_pb2.SubmitRequest(model="busy", inputs=[tiny] * 5000)  # ~60 KiB: under the bound
+    with _channel(node, certs_dir) as ch:
+        stub = agent_pb2_grpc.AgentStub(ch)
+        before = _journaled(node)
+        for call in (stub.Submit, stub.SubmitAndWait):
+            e = _refused(call, many)
+            assert e.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+            assert "more than 1024 input tensors" in e.details()  # type: ignore[attr-defined]
+        assert _journaled(node) == before
 
 
 def test_a_payload_over_the_bound_is_refused_naming_the_knob(node: Daemon, certs_dir: Path) -> None:
@@ -224,6 +277,18 @@ def test_oversized_peer_messages_are_refused_before_decoding(node: Daemon, certs
         )
         e = _refused(stub.Assign, peer_pb2.AssignRequest(task=big_task))
         assert "tasks.max_payload_bytes" in e.details()  # type: ignore[attr-defined]
+        big_result = peer_pb2.CompleteRequest(
+            task_id="n5-0123456789abcdef", executor="n1", ok=True, outputs=[_x(MAX_RESULT // 8)]
+        )
+        tiny = common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=[1], data=bytes(4))
+        many = peer_pb2.CompleteRequest(
+            task_id="n5-0123456789abcdef", executor="n1", ok=True, outputs=[tiny] * 2000
+        )
+        for request, words in ((big_result, "tasks.max_result_bytes"), (many, "output tensors")):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Complete(request, timeout=20)
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+            assert words in refused.value.details()  # type: ignore[attr-defined]
     # Decoded, 8 MB of such msgpack cost this daemon +557 MB; refused undecoded it costs
     # about its own size while it is received (a generous bound on a shared machine).
     assert _rss_mb(node) - rss_before < 100

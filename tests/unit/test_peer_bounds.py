@@ -17,21 +17,21 @@ from p2pagent.tasks import wire
 from p2pagent.transport import guard
 
 
-def test_every_peer_method_but_complete_has_a_bound_under_the_transports() -> None:
+def test_every_peer_method_has_a_bound_under_the_transports() -> None:
     config = Config(name="n1")
     limits = request_limits(config, config.state.max_message_bytes)
     methods = peer_pb2.DESCRIPTOR.services_by_name["Peer"].methods
     for m in methods:
         path = f"/p2pagent.v1.Peer/{m.name}"
-        if m.name == "Complete":  # a result: as large as an answer may be (the transport's)
-            assert path not in limits
-            continue
         size, setting = limits[path]
         assert size < config.max_message_bytes, path
         assert setting
     assert limits["/p2pagent.v1.Peer/Replicate"][0] < 2 * config.state.max_message_bytes
     for public in ("Submit", "SubmitAndWait", "Infer"):
         assert limits[f"/p2pagent.v1.Agent/{public}"][1] == "tasks.max_payload_bytes"
+    complete, setting = limits["/p2pagent.v1.Peer/Complete"]
+    assert setting == "tasks.max_result_bytes"
+    assert config.tasks.max_result_bytes < complete < 2 * config.tasks.max_result_bytes
 
 
 def test_an_oversized_request_is_refused_without_calling_the_decoder() -> None:

@@ -72,3 +72,17 @@ async def test_a_stream_ends_when_its_certificate_expires() -> None:
     streams.close(later)  # closed in time: its expiry timer is cancelled
     await asyncio.sleep(0.1)
     assert later.ended is None
+
+
+async def test_a_stream_still_parked_after_the_grace_has_its_connection_cut() -> None:
+    cut: list[str] = []
+    streams = OpenStreams(0, cut=lambda peer: cut.append(peer) or True, cut_grace_s=0.05)
+    parked = streams.open(ALICE, None, peer="ipv4:127.0.0.1:40000")
+    resumed = streams.open(ALICE, None, peer="ipv4:127.0.0.1:40001")
+    streams.end_identity(ALICE.uri, errors.PermissionDenied("revoked"))
+    assert cut == []  # the client may still read and get the error
+    streams.close(resumed)  # its write returned within the grace: the guard ended it
+    await asyncio.sleep(0.2)
+    assert cut == ["ipv4:127.0.0.1:40000"] and streams.cuts == 1
+    streams.close(parked)
+    assert streams.total() == 0
