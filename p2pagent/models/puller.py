@@ -22,16 +22,21 @@ Durability without an fsync per chunk: chunks are written unsynced (``ChunkStore
 left a marker that makes a restart check them), every ``sync_batch_chunks`` written chunks
 are fsynced together in the background while the transfer goes on, and ``seal`` syncs the
 rest before the pull returns, so the driver advertises only durable versions.
+
+The whole file's SHA-256 is computed during the pull too: accepted chunks go, in file order
+(``whole_hash.InOrderChunks``), to a hashing thread of their own, on another core while the
+next chunks arrive; a match lets ``assemble`` skip its own pass over the file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -44,6 +49,7 @@ from p2pagent.models.config import ModelsConfig
 from p2pagent.models.manifest import Manifest
 from p2pagent.models.store import ChunkStore
 from p2pagent.models.transfer import ChunkResult, PullPlan, Request
+from p2pagent.models.whole_hash import InOrderChunks
 from p2pagent.transport.channels import ChannelPool
 
 log = logging.getLogger(__name__)
@@ -141,6 +147,12 @@ class Puller:
         #: Chunk writes running in the I/O pool; run() returns only once they are done, so
         #: nothing is half-written behind a failed or cancelled pull.
         self._writes: set[asyncio.Future[bool]] = set()
+        #: The whole file's hash, fed in order by one thread (set up in run() for a pull that
+        #: starts from no chunks; a resumed one leaves it to assemble).
+        self._order: InOrderChunks | None = None
+        self._whole = hashlib.sha256()
+        self._hasher: ThreadPoolExecutor | None = None
+        self._hashed: Future[None] | None = None
 
     async def run(self) -> PullReport:
         loop = asyncio.get_running_loop()
@@ -150,6 +162,9 @@ class Puller:
         await loop.run_in_executor(self._io, self._store.begin_pull, m)
         have = await loop.run_in_executor(self._io, self._store.present, mid)
         report = PullReport(mid, m.chunk_count, len(have))
+        if not have:
+            self._order = InOrderChunks(m.chunk_count, max(self._cfg.max_inflight_chunks, 1))
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="models-whole-hash")
         if len(have) < m.chunk_count:
             log.info(
                 "models: pulling %s (%s): %d of %d chunks already on disk",
@@ -200,10 +215,16 @@ class Puller:
             self._sync_batch(force=True)
             await asyncio.gather(*self._syncs)
             await loop.run_in_executor(self._io, self._store.seal, mid)
+            if self._hashed is not None:
+                await asyncio.wrap_future(self._hashed)
+            if self._order is not None and self._order.done and self._whole.hexdigest() == m.sha256:
+                self._store.note_whole_checked(mid)
         finally:
             for task in calls:
                 task.cancel()
             await asyncio.gather(*calls, *self._syncs, *self._writes, return_exceptions=True)
+            if self._hasher is not None:
+                self._hasher.shutdown(wait=False, cancel_futures=True)
         progress = plan.progress()
         report.seconds = time.monotonic() - start
         report.fetched_bytes = self._fetched
@@ -298,6 +319,7 @@ class Puller:
         result = plan.on_chunk(node, index, ok, time.monotonic())
         self._wake.set()
         if result is ChunkResult.ACCEPTED:
+            self._hash_in_order(index, data)
             self._fetched += len(data)
             self._to_sync.append(index)
             self._sync_batch()
@@ -305,6 +327,15 @@ class Puller:
             self._corrupt(node, index)
             return False
         return True
+
+    def _hash_in_order(self, index: int, data: memoryview) -> None:
+        """Queues the chunks that now continue the file to the hashing thread (one thread, so
+        they are hashed in the order queued; hashlib releases the GIL for them)."""
+        if self._order is None or self._hasher is None:
+            return
+        run = self._order.add(index, data)
+        if run:
+            self._hashed = self._hasher.submit(_update_all, self._whole, run)
 
     def _sync_batch(self, force: bool = False) -> None:
         """Hands the written chunks to a background fsync once a batch is full."""
@@ -330,3 +361,8 @@ class Puller:
             "and not asking %s again during this pull",
             index, self.manifest.name, self.manifest.manifest_id[:12], node, node,
         )  # fmt: skip
+
+
+def _update_all(sha: hashlib._Hash, pieces: list[memoryview]) -> None:
+    for piece in pieces:
+        sha.update(piece)

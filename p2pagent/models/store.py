@@ -26,8 +26,10 @@ Rules that keep it consistent without a journal:
   marker. A version is complete only without a marker, so nothing is advertised before its
   chunks are durable. After a power cut a renamed chunk could hold garbage: a marker found at
   open means "hash every chunk of this version on disk before trusting it" (``present``).
-- Serving skips the re-hash of chunk files this process wrote or checked recently and that
-  are unchanged since (``verified.VerifiedChunks``, ``reverify_after_s``).
+- Serving and ``assemble`` skip the re-hash of chunk files this process wrote or checked
+  recently and that are unchanged since (``verified.VerifiedChunks``, ``reverify_after_s``);
+  ``assemble`` skips the whole-file hash of a version whose pull already hashed its bytes in
+  order as they arrived (``note_whole_checked``, ``whole_hash``).
 
 All methods do blocking file I/O and are thread-safe: the driver calls them from a thread.
 """
@@ -103,6 +105,9 @@ class ChunkStore:
         self._suspect: set[str] = set()
         #: Chunk files written without fsync and not synced since.
         self._unsynced: set[str] = set()
+        #: Versions whose whole file this process hashed (in a pull, over the verified chunks
+        #: it stored) and found equal to the manifest's sha256.
+        self._whole_checked: set[str] = set()
         self._load_manifests()
         for marker in self._markers.iterdir():
             if marker.name in self._manifests:
@@ -141,7 +146,8 @@ class ChunkStore:
 
         A chunk already present is not rewritten. Callers must hold the chunk referenced (a
         stored manifest or a Staging) or the next ``gc`` may remove it. ``sync=False`` skips
-        the fsync; only pulls between ``begin_pull`` and ``seal`` may ask for that.
+        the fsync; only pulls between ``begin_pull`` and ``seal`` and a ``Staging`` (which
+        syncs before its manifest is written) may ask for that.
         ``direct`` writes past the page cache (with ``config.direct_writes``): for chunks
         not expected to be read back soon.
         """
@@ -401,6 +407,13 @@ class ChunkStore:
             self._pulling.discard(manifest_id)
             self._suspect.discard(manifest_id)
 
+    def note_whole_checked(self, manifest_id: str) -> None:
+        """The version's whole file, as this process stored its chunks, matched the manifest's
+        sha256 (a pull hashed it in order): ``assemble`` need not hash it again."""
+        with self._lock:
+            if manifest_id in self._manifests:
+                self._whole_checked.add(manifest_id)
+
     # ---- staging (uploads in progress) ---------------------------------------------------
 
     def staging(self) -> Staging:
@@ -455,16 +468,18 @@ class ChunkStore:
                 f"model {m.name!r} ({manifest_id[:12]}) is incomplete here: {len(missing)} of "
                 f"{m.chunk_count} chunks missing; pull it first"
             )
-        whole = hashlib.sha256()
+        with self._lock:
+            whole = None if manifest_id in self._whole_checked else hashlib.sha256()
 
         def pieces() -> Iterator[bytes]:
             for i in range(m.chunk_count):
-                data = self._verified(m, i)
-                whole.update(data)
+                data = self._verified(m, i, trust_recent=True)
+                if whole is not None:
+                    whole.update(data)
                 yield data
 
         def check_whole() -> None:
-            if whole.hexdigest() != m.sha256:
+            if whole is not None and whole.hexdigest() != m.sha256:
                 raise Internal(
                     f"model {m.name!r} ({manifest_id[:12]}): chunks verify but the whole file "
                     "does not match the manifest's sha256; the manifest is inconsistent, "
@@ -479,21 +494,32 @@ class ChunkStore:
         m = self.get_manifest(manifest_id)
         return io.BufferedReader(VerifiedChunkReader(m, self._verified), buffer_size=m.chunk_size)
 
-    def _verified(self, m: Manifest, index: int) -> bytes:
+    def _verified(self, m: Manifest, index: int, trust_recent: bool = False) -> bytes:
+        """Chunk ``index``'s bytes once they match its hash; with ``trust_recent``, unhashed
+        when this process wrote or checked the unchanged file lately (``VerifiedChunks``)."""
         digest = m.chunk_hashes[index]
         try:
-            data = self.chunk_path(digest).read_bytes()
+            with self.chunk_path(digest).open("rb", buffering=0) as f:
+                identity = _identity(os.fstat(f.fileno()))
+                data = f.read()
         except FileNotFoundError:
             raise FailedPrecondition(
                 f"chunk {index} of model {m.name!r} ({m.manifest_id[:12]}) is missing; "
                 "pull the model again"
             ) from None
-        if hashlib.sha256(data).hexdigest() != digest:
+        now = self._clock()
+        if trust_recent:
+            with self._lock:
+                if self._verified_files.trusted(digest, identity, now):
+                    return data
+        if len(data) != m.chunk_length(index) or hashlib.sha256(data).hexdigest() != digest:
             self._quarantine(digest)
             raise FailedPrecondition(
                 f"chunk {index} of model {m.name!r} ({m.manifest_id[:12]}) was corrupt on disk "
                 "and has been removed; pull the model again"
             )
+        with self._lock:
+            self._verified_files.note(digest, identity, now)
         return data
 
     # ---- deletion and garbage collection -------------------------------------------------
@@ -511,6 +537,7 @@ class ChunkStore:
             self._complete.discard(manifest_id)
             self._pulling.discard(manifest_id)
             self._suspect.discard(manifest_id)
+            self._whole_checked.discard(manifest_id)
 
     def gc(self) -> GcReport:
         """Removes chunks and files no stored manifest (or open staging) references."""
@@ -551,14 +578,18 @@ class Staging:
         self._digests: list[str] = []
         self._open = True
 
-    def put(self, data: bytes) -> str:
+    def put(self, data: bytes | memoryview) -> str:
+        """Stores a chunk of the upload, not yet durable: ``commit`` syncs them all at once
+        (an fsync per chunk as it arrives halved the upload rate). Until then no manifest
+        references it, so a power cut leaves at worst a chunk file ``gc`` removes; one that
+        was already stored unsynced (by a pull not sealed yet) is synced at commit too."""
         if not self._open:
             raise FailedPrecondition("staging already committed or aborted")
         digest = hashlib.sha256(data).hexdigest()
         # Held before the write, so a concurrent gc cannot remove it in between.
         self._store._stage(digest)
         self._digests.append(digest)
-        self._store.put_chunk(data, digest)
+        self._store.put_chunk(data, digest, sync=False)
         return digest
 
     def commit(self, manifest: Manifest) -> None:
@@ -567,6 +598,8 @@ class Staging:
         missing = set(manifest.chunk_hashes) - set(self._digests)
         if missing:
             raise Internal(f"manifest references {len(missing)} chunks this upload never wrote")
+        # Durable before the manifest that makes them count.
+        self._store._sync(set(self._digests))
         self._store.put_manifest(manifest)
         self._open = False
         self._store._unstage(self._digests, discard=False)

@@ -182,3 +182,19 @@ async def test_full_disk_fails_the_pull_leaving_no_partial_file(
     # What did land is kept for the retry, and a restart would check it (marker kept).
     assert markers(store) == [MANIFEST.manifest_id]
     assert len(store.present(MANIFEST.manifest_id)) <= 5
+
+
+async def test_a_fresh_pull_hashes_the_whole_file_on_the_way(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path, CFG)
+    await puller(store, FakePool({"a1": honest}), {"n1": Holding("a1")}).run()
+    assert MANIFEST.manifest_id in store._whole_checked  # assemble skips its own pass
+    assert store.assemble(MANIFEST.manifest_id).read_bytes() == DATA
+
+
+async def test_a_resumed_pull_leaves_the_whole_hash_to_assemble(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path, CFG)
+    store.put_manifest(MANIFEST)
+    assert store.write_chunk(MANIFEST.manifest_id, 0, honest(0) or b"")
+    await puller(store, FakePool({"a1": honest}), {"n1": Holding("a1")}).run()
+    assert MANIFEST.manifest_id not in store._whole_checked
+    assert store.assemble(MANIFEST.manifest_id).read_bytes() == DATA
