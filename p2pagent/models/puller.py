@@ -23,9 +23,13 @@ left a marker that makes a restart check them), every ``sync_batch_chunks`` writ
 are fsynced together in the background while the transfer goes on, and ``seal`` syncs the
 rest before the pull returns, so the driver advertises only durable versions.
 
-The whole file's SHA-256 is computed during the pull too: accepted chunks go, in file order
-(``whole_hash.InOrderChunks``), to a hashing thread of their own, on another core while the
-next chunks arrive; a match lets ``assemble`` skip its own pass over the file.
+The model file the loader reads is written during the pull too: accepted chunks go, in file
+order (``whole_hash.InOrderChunks``), to a thread of their own that hashes them into the whole
+file's SHA-256 and appends them to a temporary file (``ChunkStore.open_assembly``), on another
+core while the next chunks arrive. If the hash matches the manifest the file becomes the
+version's assembled file (``adopt_assembly``), so ``assemble`` neither reads the chunks back
+nor hashes them again; otherwise (a resumed pull, too much out of order, a write error) the
+file is dropped and ``assemble`` does it all as before.
 """
 
 from __future__ import annotations
@@ -33,12 +37,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import grpc
 
@@ -150,7 +156,7 @@ class Puller:
         #: The whole file's hash, fed in order by one thread (set up in run() for a pull that
         #: starts from no chunks; a resumed one leaves it to assemble).
         self._order: InOrderChunks | None = None
-        self._whole = hashlib.sha256()
+        self._whole: WholeFile | None = None
         self._hasher: ThreadPoolExecutor | None = None
         self._hashed: Future[None] | None = None
 
@@ -163,8 +169,10 @@ class Puller:
         have = await loop.run_in_executor(self._io, self._store.present, mid)
         report = PullReport(mid, m.chunk_count, len(have))
         if not have:
+            tmp, fd = await loop.run_in_executor(self._io, self._store.open_assembly, mid)
+            self._whole = WholeFile(tmp, fd)
             self._order = InOrderChunks(m.chunk_count, max(self._cfg.max_inflight_chunks, 1))
-            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="models-whole-hash")
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="models-whole-file")
         if len(have) < m.chunk_count:
             log.info(
                 "models: pulling %s (%s): %d of %d chunks already on disk",
@@ -215,16 +223,15 @@ class Puller:
             self._sync_batch(force=True)
             await asyncio.gather(*self._syncs)
             await loop.run_in_executor(self._io, self._store.seal, mid)
-            if self._hashed is not None:
-                await asyncio.wrap_future(self._hashed)
-            if self._order is not None and self._order.done and self._whole.hexdigest() == m.sha256:
-                self._store.note_whole_checked(mid)
+            await self._adopt_whole_file()
         finally:
             for task in calls:
                 task.cancel()
             await asyncio.gather(*calls, *self._syncs, *self._writes, return_exceptions=True)
             if self._hasher is not None:
-                self._hasher.shutdown(wait=False, cancel_futures=True)
+                self._hasher.shutdown(wait=True, cancel_futures=True)
+            if self._whole is not None:
+                self._whole.discard()
         progress = plan.progress()
         report.seconds = time.monotonic() - start
         report.fetched_bytes = self._fetched
@@ -329,13 +336,29 @@ class Puller:
         return True
 
     def _hash_in_order(self, index: int, data: memoryview) -> None:
-        """Queues the chunks that now continue the file to the hashing thread (one thread, so
-        they are hashed in the order queued; hashlib releases the GIL for them)."""
-        if self._order is None or self._hasher is None:
+        """Queues the chunks that now continue the file to the whole-file thread (one thread,
+        so they are hashed and written in the order queued; both release the GIL)."""
+        if self._order is None or self._hasher is None or self._whole is None:
             return
         run = self._order.add(index, data)
         if run:
-            self._hashed = self._hasher.submit(_update_all, self._whole, run)
+            self._hashed = self._hasher.submit(self._whole.append, run)
+
+    async def _adopt_whole_file(self) -> None:
+        """Once sealed: the file written on the way becomes the version's assembled file if
+        every chunk went into it in order and it hashes to the manifest's sha256."""
+        whole, order = self._whole, self._order
+        if whole is None or order is None:
+            return
+        if self._hashed is not None:
+            await asyncio.wrap_future(self._hashed)
+        if not order.done or whole.failed or whole.sha.hexdigest() != self.manifest.sha256:
+            return  # assemble hashes (and reports) it from the chunks
+        loop = asyncio.get_running_loop()
+        fd, whole.fd = whole.fd, -1
+        await loop.run_in_executor(
+            self._io, self._store.adopt_assembly, self.manifest.manifest_id, whole.path, fd
+        )
 
     def _sync_batch(self, force: bool = False) -> None:
         """Hands the written chunks to a background fsync once a batch is full."""
@@ -363,6 +386,34 @@ class Puller:
         )  # fmt: skip
 
 
-def _update_all(sha: hashlib._Hash, pieces: list[memoryview]) -> None:
-    for piece in pieces:
-        sha.update(piece)
+class WholeFile:
+    """The version's file as a pull writes it in order: its hash so far and the open
+    temporary file. ``append`` runs on one thread; a write error marks it failed (the file is
+    then dropped and ``assemble`` makes it from the chunks, reporting a full disk itself)."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.sha = hashlib.sha256()
+        self.failed = False
+
+    def append(self, pieces: list[memoryview]) -> None:
+        if self.failed:
+            return
+        try:
+            for piece in pieces:
+                self.sha.update(piece)
+                view = piece
+                while view:
+                    view = view[os.write(self.fd, view) :]
+        except OSError as e:
+            self.failed = True
+            log.info("models: writing the model file during the pull failed (%s); it will be "
+                     "assembled from the chunks", e)  # fmt: skip
+
+    def discard(self) -> None:
+        """Closes and removes the file unless it was adopted (``fd`` handed over: -1)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            self.path.unlink(missing_ok=True)

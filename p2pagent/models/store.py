@@ -5,7 +5,8 @@ Layout under ``root`` (the node's ``<data>/models``)::
     chunks/ab/ab12...ef     one file per distinct chunk, named by its SHA-256 (fan-out by the
                             first byte so no directory grows past a few thousand entries)
     manifests/<id>.json     canonical manifest of every version this node knows locally
-    files/<id>.<suffix>     model files materialised for the loader (``assemble``)
+    files/<id>.<suffix>     model files materialised for the loader (``assemble``, or written
+                            by a fresh pull as its chunks arrive: ``open_assembly``)
     unsynced/<id>           marker: a pull of this version may have written chunks without
                             fsync (``begin_pull`` .. ``seal``)
 
@@ -40,6 +41,7 @@ import hashlib
 import io
 import logging
 import os
+import secrets
 import threading
 import time
 from collections import Counter
@@ -50,6 +52,7 @@ from pathlib import Path
 from p2pagent.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
 from p2pagent.models.atomic import (
     DISK_FULL,
+    TEMP_PREFIX,
     atomic_write,
     disk_full_error,
     fsync_dir,
@@ -406,6 +409,41 @@ class ChunkStore:
         with self._lock:
             self._pulling.discard(manifest_id)
             self._suspect.discard(manifest_id)
+
+    def open_assembly(self, manifest_id: str) -> tuple[Path, int]:
+        """A new temporary file (path, fd) in which a pull writes the version's file in order
+        as its chunks arrive, instead of ``assemble`` copying it from the chunk files later.
+        A temporary name: invisible to the loader, cleared at the next start after a crash."""
+        m = self.get_manifest(manifest_id)
+        unique = f"{os.getpid()}.{secrets.token_hex(4)}"
+        tmp = self._files / f"{TEMP_PREFIX}{manifest_id}{m.format.suffix}.{unique}"
+        return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def adopt_assembly(self, manifest_id: str, tmp: Path, fd: int) -> Path:
+        """Makes ``open_assembly``'s file the version's assembled file. The caller wrote every
+        chunk in order, each verified against its hash, and hashed them all to the manifest's
+        sha256. Syncs and closes ``fd``; removes ``tmp`` if the version went meanwhile."""
+        m = self.get_manifest(manifest_id)
+        target = self._files / f"{manifest_id}{m.format.suffix}"
+        try:
+            if self.config.fsync:
+                os.fsync(fd)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno in DISK_FULL:
+                raise disk_full_error(target, e) from e
+            raise
+        finally:
+            os.close(fd)
+        with self._lock:
+            if manifest_id not in self._manifests:
+                tmp.unlink(missing_ok=True)
+                raise NotFound(f"model version {manifest_id[:12]} was deleted during its pull")
+            os.replace(tmp, target)
+            self._whole_checked.add(manifest_id)
+        if self.config.fsync:
+            fsync_dir(self._files)
+        return target
 
     def note_whole_checked(self, manifest_id: str) -> None:
         """The version's whole file, as this process stored its chunks, matched the manifest's
