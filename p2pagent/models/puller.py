@@ -23,13 +23,13 @@ left a marker that makes a restart check them), every ``sync_batch_chunks`` writ
 are fsynced together in the background while the transfer goes on, and ``seal`` syncs the
 rest before the pull returns, so the driver advertises only durable versions.
 
-The model file the loader reads is written during the pull too: accepted chunks go, in file
-order (``whole_hash.InOrderChunks``), to a thread of their own that hashes them into the whole
-file's SHA-256 and appends them to a temporary file (``ChunkStore.open_assembly``), on another
-core while the next chunks arrive. If the hash matches the manifest the file becomes the
-version's assembled file (``adopt_assembly``), so ``assemble`` neither reads the chunks back
-nor hashes them again; otherwise (a resumed pull, too much out of order, a write error) the
-file is dropped and ``assemble`` does it all as before.
+The model file the loader reads is written during the pull too: each accepted chunk goes to
+a thread of its own (``WholeFile``) that writes it at its offset in a temporary file
+(``ChunkStore.open_assembly``) and extends the whole file's SHA-256 in file order
+(``whole_hash.InOrderChunks``), on another core while the next chunks arrive. If the hash
+matches the manifest the file becomes the version's assembled file (``adopt_assembly``), so
+``assemble`` neither reads the chunks back nor hashes them again; otherwise (a resumed pull, a
+write error) the file is dropped and ``assemble`` does it all as before.
 """
 
 from __future__ import annotations
@@ -155,10 +155,10 @@ class Puller:
         self._writes: set[asyncio.Future[bool]] = set()
         #: The whole file's hash, fed in order by one thread (set up in run() for a pull that
         #: starts from no chunks; a resumed one leaves it to assemble).
-        self._order: InOrderChunks | None = None
         self._whole: WholeFile | None = None
         self._hasher: ThreadPoolExecutor | None = None
         self._hashed: Future[None] | None = None
+        self._queued = 0
 
     async def run(self) -> PullReport:
         loop = asyncio.get_running_loop()
@@ -170,8 +170,7 @@ class Puller:
         report = PullReport(mid, m.chunk_count, len(have))
         if not have:
             tmp, fd = await loop.run_in_executor(self._io, self._store.open_assembly, mid)
-            self._whole = WholeFile(tmp, fd)
-            self._order = InOrderChunks(m.chunk_count, max(self._cfg.max_inflight_chunks, 1))
+            self._whole = WholeFile(m, tmp, fd)
             self._hasher = ThreadPoolExecutor(1, thread_name_prefix="models-whole-file")
         if len(have) < m.chunk_count:
             log.info(
@@ -326,7 +325,7 @@ class Puller:
         result = plan.on_chunk(node, index, ok, time.monotonic())
         self._wake.set()
         if result is ChunkResult.ACCEPTED:
-            self._hash_in_order(index, data)
+            await self._hash_in_order(index, data)
             self._fetched += len(data)
             self._to_sync.append(index)
             self._sync_batch()
@@ -335,24 +334,26 @@ class Puller:
             return False
         return True
 
-    def _hash_in_order(self, index: int, data: memoryview) -> None:
-        """Queues the chunks that now continue the file to the whole-file thread (one thread,
-        so they are hashed and written in the order queued; both release the GIL)."""
-        if self._order is None or self._hasher is None or self._whole is None:
+    async def _hash_in_order(self, index: int, data: memoryview) -> None:
+        """Hands an accepted chunk to the whole-file thread (one thread: chunks are handled
+        in the order queued; writing and hashing release the GIL). Waits while that thread
+        is ``max_inflight_chunks`` behind, so the chunks queued for it stay bounded."""
+        if self._hasher is None or self._whole is None:
             return
-        run = self._order.add(index, data)
-        if run:
-            self._hashed = self._hasher.submit(self._whole.append, run)
+        self._queued += 1  # counted here only; ``handled`` only by that thread
+        hashed = self._hashed = self._hasher.submit(self._whole.add, index, data)
+        if self._queued - self._whole.handled > max(self._cfg.max_inflight_chunks, 1):
+            await asyncio.wrap_future(hashed)
 
     async def _adopt_whole_file(self) -> None:
         """Once sealed: the file written on the way becomes the version's assembled file if
         every chunk went into it in order and it hashes to the manifest's sha256."""
-        whole, order = self._whole, self._order
-        if whole is None or order is None:
+        whole = self._whole
+        if whole is None:
             return
         if self._hashed is not None:
             await asyncio.wrap_future(self._hashed)
-        if not order.done or whole.failed or whole.sha.hexdigest() != self.manifest.sha256:
+        if not whole.order.done or whole.failed or whole.sha.hexdigest() != self.manifest.sha256:
             return  # assemble hashes (and reports) it from the chunks
         loop = asyncio.get_running_loop()
         fd, whole.fd = whole.fd, -1
@@ -387,29 +388,57 @@ class Puller:
 
 
 class WholeFile:
-    """The version's file as a pull writes it in order: its hash so far and the open
-    temporary file. ``append`` runs on one thread; a write error marks it failed (the file is
-    then dropped and ``assemble`` makes it from the chunks, reporting a full disk itself)."""
+    """The version's file as a pull writes it: the temporary file, each chunk at its offset,
+    and the SHA-256 of its prefix written so far. ``add`` runs on one thread; a write error
+    marks it failed (the file is then dropped and ``assemble`` makes it from the chunks,
+    reporting a full disk itself)."""
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, manifest: Manifest, path: Path, fd: int) -> None:
         self.path = path
         self.fd = fd
         self.sha = hashlib.sha256()
+        self.order = InOrderChunks(manifest.chunk_count)
         self.failed = False
+        #: Chunks ``add`` has finished with (written by the whole-file thread alone).
+        self.handled = 0
+        self._m = manifest
+        self._buf = bytearray()
 
-    def append(self, pieces: list[memoryview]) -> None:
+    def add(self, index: int, data: memoryview) -> None:
+        try:
+            self._add(index, data)
+        finally:
+            self.handled += 1
+
+    def _add(self, index: int, data: memoryview) -> None:
         if self.failed:
             return
+        offset = index * self._m.chunk_size
         try:
-            for piece in pieces:
-                self.sha.update(piece)
-                view = piece
-                while view:
-                    view = view[os.write(self.fd, view) :]
+            view = data
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                view, offset = view[n:], offset + n
+            for i in self.order.add(index):
+                self.sha.update(data if i == index else self._read_back(i))
         except OSError as e:
             self.failed = True
             log.info("models: writing the model file during the pull failed (%s); it will be "
                      "assembled from the chunks", e)  # fmt: skip
+
+    def _read_back(self, index: int) -> memoryview:
+        """Chunk ``index`` as written earlier (from the page cache), into a reused buffer."""
+        length = self._m.chunk_length(index)
+        if len(self._buf) < length:
+            self._buf = bytearray(length)
+        view = memoryview(self._buf)[:length]
+        got, offset = 0, index * self._m.chunk_size
+        while got < length:
+            n = os.preadv(self.fd, [view[got:]], offset + got)
+            if n == 0:
+                raise OSError(f"model file ends before chunk {index}")
+            got += n
+        return view
 
     def discard(self) -> None:
         """Closes and removes the file unless it was adopted (``fd`` handed over: -1)."""

@@ -417,7 +417,7 @@ class ChunkStore:
         m = self.get_manifest(manifest_id)
         unique = f"{os.getpid()}.{secrets.token_hex(4)}"
         tmp = self._files / f"{TEMP_PREFIX}{manifest_id}{m.format.suffix}.{unique}"
-        return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        return tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
 
     def adopt_assembly(self, manifest_id: str, tmp: Path, fd: int) -> Path:
         """Makes ``open_assembly``'s file the version's assembled file. The caller wrote every

@@ -54,9 +54,11 @@ def test_pull_over_links_shaped_with_tbf(tmp_path: Path) -> None:
         )  # fmt: skip
         v = c.agent("n1", "publisher").PublishModel(publish_requests(header, data), timeout=120)
         c.wait_for(
-            lambda: c.agent("n2").ListModels(
-                agent_pb2.ListModelsRequest(name="shaped"), timeout=10
-            ).versions,
+            lambda: (
+                c.agent("n2")
+                .ListModels(agent_pb2.ListModelsRequest(name="shaped"), timeout=10)
+                .versions
+            ),
             SETTLE_S,
             "the version in n2's registry",
         )
