@@ -324,3 +324,31 @@ def test_staging_syncs_its_chunks_once_at_commit_before_the_manifest(
     manifest_sync = next(i for i, p in enumerate(synced) if m.manifest_id in p)
     assert all(synced.index(p) < manifest_sync for p in chunk_syncs)  # durable before it counts
     assert store.is_complete(m.manifest_id)
+
+
+def test_a_pull_killed_while_writing_the_model_file_leaves_nothing_after_restart(
+    tmp_path: Path,
+) -> None:
+    store = ChunkStore(tmp_path, ModelsConfig(chunk_size=CHUNK))
+    m = manifest_of(DATA)
+    pull_into(store, m, DATA, [0, 1])
+    tmp, fd = store.open_assembly(m.manifest_id)
+    os.write(fd, DATA[: 2 * CHUNK])  # then SIGKILL: the fd dies with the process
+    os.close(fd)
+    again = ChunkStore(tmp_path, ModelsConfig(chunk_size=CHUNK))
+    assert not tmp.exists()
+    assert list((tmp_path / "files").iterdir()) == []
+    assert again.missing(m.manifest_id) == [2, 3, 4, 5]  # resumes from the verified chunks
+
+
+def test_an_adopted_model_file_is_the_assembled_file_and_gc_keeps_it(store: ChunkStore) -> None:
+    m = manifest_of(DATA)
+    pull_into(store, m, DATA, range(6))
+    tmp, fd = store.open_assembly(m.manifest_id)
+    os.write(fd, DATA)
+    path = store.adopt_assembly(m.manifest_id, tmp, fd)
+    assert store.assemble(m.manifest_id) == path and path.read_bytes() == DATA
+    assert store.gc().files_removed == 0
+    store.delete(m.manifest_id)
+    assert not path.exists()
+    assert store.gc().chunks_removed == 6
