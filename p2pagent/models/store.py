@@ -508,6 +508,10 @@ class ChunkStore:
             )
         with self._lock:
             whole = None if manifest_id in self._whole_checked else hashlib.sha256()
+        if whole is None:
+            copied = self._assemble_by_copy(m)
+            if copied is not None:
+                return copied
 
         def pieces() -> Iterator[bytes]:
             for i in range(m.chunk_count):
@@ -526,6 +530,39 @@ class ChunkStore:
 
         atomic_write(target, pieces(), fsync=self.config.fsync, before_commit=check_whole)
         return target
+
+    def _assemble_by_copy(self, m: Manifest) -> Path | None:
+        """The model file of a version whose whole hash is checked, copied chunk file by chunk
+        file inside the kernel (``copy_file_range``: no pass through Python, one copy fewer)
+        when every chunk file is one this process wrote or checked lately and unchanged
+        since; None, leaving nothing behind, when one is not (``assemble`` reads it then)."""
+        tmp, fd = self.open_assembly(m.manifest_id)
+        try:
+            now = self._clock()
+            for i, digest in enumerate(m.chunk_hashes):
+                with self.chunk_path(digest).open("rb", buffering=0) as f:
+                    identity = _identity(os.fstat(f.fileno()))
+                    with self._lock:
+                        trusted = self._verified_files.trusted(digest, identity, now)
+                    left = m.chunk_length(i)
+                    if not trusted or identity.size != left:
+                        raise _Untrusted
+                    while left:
+                        n = os.copy_file_range(f.fileno(), fd, left)
+                        if n == 0:
+                            raise _Untrusted  # shorter than it was a moment ago
+                        left -= n
+        except (_Untrusted, FileNotFoundError):
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            return None
+        except BaseException as e:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError) and e.errno in DISK_FULL:
+                raise disk_full_error(tmp, e) from e
+            raise
+        return self.adopt_assembly(m.manifest_id, tmp, fd)
 
     def open_reader(self, manifest_id: str) -> io.BufferedReader:
         """A streaming reader over the version's chunks, verified as it goes (no file copy)."""
@@ -648,6 +685,10 @@ class Staging:
             return 0
         self._open = False
         return self._store._unstage(self._digests, discard=True)
+
+
+class _Untrusted(Exception):
+    """A chunk file that must be read and hashed: ``_assemble_by_copy`` gives way."""
 
 
 def _identity(st: os.stat_result) -> FileIdentity:

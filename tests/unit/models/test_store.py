@@ -352,3 +352,32 @@ def test_an_adopted_model_file_is_the_assembled_file_and_gc_keeps_it(store: Chun
     store.delete(m.manifest_id)
     assert not path.exists()
     assert store.gc().chunks_removed == 6
+
+
+def test_assemble_of_a_checked_version_copies_trusted_chunks_in_the_kernel(
+    store: ChunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = manifest_of(DATA)
+    pull_into(store, m, DATA, range(6))
+    store.note_whole_checked(m.manifest_id)
+    copies: list[int] = []
+    real = os.copy_file_range
+
+    def counting(src: int, dst: int, count: int, *a: object) -> int:
+        copies.append(count)
+        return real(src, dst, count)
+
+    monkeypatch.setattr(os, "copy_file_range", counting)
+    assert store.assemble(m.manifest_id).read_bytes() == DATA
+    assert sum(copies) == len(DATA)
+
+
+def test_assemble_by_copy_gives_way_to_hashing_for_an_untrusted_chunk(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path, ModelsConfig(chunk_size=CHUNK, reverify_after_s=0))
+    m = manifest_of(DATA)
+    pull_into(store, m, DATA, range(6))
+    store.note_whole_checked(m.manifest_id)
+    store.chunk_path(m.chunk_hashes[2]).write_bytes(b"y" * CHUNK)  # nothing is trusted here
+    with pytest.raises(FailedPrecondition, match="corrupt on disk"):
+        store.assemble(m.manifest_id)
+    assert list((tmp_path / "files").iterdir()) == []
