@@ -59,9 +59,11 @@ from p2pagent.models.atomic import (
     is_temp,
     remove_stale_temps,
 )
+from p2pagent.models.chunk_copy import copy_trusted_chunks
 from p2pagent.models.chunk_reader import VerifiedChunkReader
 from p2pagent.models.config import ModelsConfig
 from p2pagent.models.manifest import Manifest
+from p2pagent.models.staging import Staging
 from p2pagent.models.verified import FileIdentity, VerifiedChunks
 
 log = logging.getLogger(__name__)
@@ -532,36 +534,29 @@ class ChunkStore:
         return target
 
     def _assemble_by_copy(self, m: Manifest) -> Path | None:
-        """The model file of a version whose whole hash is checked, copied chunk file by chunk
-        file inside the kernel (``copy_file_range``: no pass through Python, one copy fewer)
-        when every chunk file is one this process wrote or checked lately and unchanged
-        since; None, leaving nothing behind, when one is not (``assemble`` reads it then)."""
+        """The model file of a version whose whole hash is checked, copied from its chunk
+        files inside the kernel when this process wrote or checked each lately and it is
+        unchanged since (``chunk_copy``); None, leaving nothing behind, when one is not."""
         tmp, fd = self.open_assembly(m.manifest_id)
+        now = self._clock()
+
+        def trusted(digest: str, st: os.stat_result) -> bool:
+            with self._lock:
+                return self._verified_files.trusted(digest, _identity(st), now)
+
+        sources = [(self.chunk_path(d), d, m.chunk_length(i)) for i, d in enumerate(m.chunk_hashes)]
         try:
-            now = self._clock()
-            for i, digest in enumerate(m.chunk_hashes):
-                with self.chunk_path(digest).open("rb", buffering=0) as f:
-                    identity = _identity(os.fstat(f.fileno()))
-                    with self._lock:
-                        trusted = self._verified_files.trusted(digest, identity, now)
-                    left = m.chunk_length(i)
-                    if not trusted or identity.size != left:
-                        raise _Untrusted
-                    while left:
-                        n = os.copy_file_range(f.fileno(), fd, left)
-                        if n == 0:
-                            raise _Untrusted  # shorter than it was a moment ago
-                        left -= n
-        except (_Untrusted, FileNotFoundError):
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            return None
+            copied = copy_trusted_chunks(sources, fd, trusted)
         except BaseException as e:
             os.close(fd)
             tmp.unlink(missing_ok=True)
             if isinstance(e, OSError) and e.errno in DISK_FULL:
                 raise disk_full_error(tmp, e) from e
             raise
+        if not copied:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            return None
         return self.adopt_assembly(m.manifest_id, tmp, fd)
 
     def open_reader(self, manifest_id: str) -> io.BufferedReader:
@@ -639,56 +634,6 @@ class ChunkStore:
                 path.unlink(missing_ok=True)
                 files += 1
         return GcReport(chunks_removed=chunks, bytes_freed=freed, files_removed=files)
-
-
-class Staging:
-    """Chunks of an upload whose manifest does not exist yet.
-
-    While open, its chunks survive ``gc``. ``commit`` registers the manifest and lets go;
-    ``abort`` lets go and deletes the chunks that nothing else references.
-    """
-
-    def __init__(self, store: ChunkStore) -> None:
-        self._store = store
-        self._digests: list[str] = []
-        self._open = True
-
-    def put(self, data: bytes | memoryview) -> str:
-        """Stores a chunk of the upload, not yet durable: ``commit`` syncs them all at once
-        (an fsync per chunk as it arrives halved the upload rate). Until then no manifest
-        references it, so a power cut leaves at worst a chunk file ``gc`` removes; one that
-        was already stored unsynced (by a pull not sealed yet) is synced at commit too."""
-        if not self._open:
-            raise FailedPrecondition("staging already committed or aborted")
-        digest = hashlib.sha256(data).hexdigest()
-        # Held before the write, so a concurrent gc cannot remove it in between.
-        self._store._stage(digest)
-        self._digests.append(digest)
-        self._store.put_chunk(data, digest, sync=False)
-        return digest
-
-    def commit(self, manifest: Manifest) -> None:
-        if not self._open:
-            raise FailedPrecondition("staging already committed or aborted")
-        missing = set(manifest.chunk_hashes) - set(self._digests)
-        if missing:
-            raise Internal(f"manifest references {len(missing)} chunks this upload never wrote")
-        # Durable before the manifest that makes them count.
-        self._store._sync(set(self._digests))
-        self._store.put_manifest(manifest)
-        self._open = False
-        self._store._unstage(self._digests, discard=False)
-
-    def abort(self) -> int:
-        """Releases the chunks; returns how many were deleted. Idempotent."""
-        if not self._open:
-            return 0
-        self._open = False
-        return self._store._unstage(self._digests, discard=True)
-
-
-class _Untrusted(Exception):
-    """A chunk file that must be read and hashed: ``_assemble_by_copy`` gives way."""
 
 
 def _identity(st: os.stat_result) -> FileIdentity:
