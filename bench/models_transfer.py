@@ -1,13 +1,15 @@
 """Model pull between two daemons against a plain gRPC stream of the same bytes.
 
-``python -m bench.models_transfer [--mib 512] [--rounds 2] [--chunk-kib 1024]``
+``python -m bench.models_transfer [--mib 512] [--rounds 2] [--chunk-kib 1024]
+[--link-mbit 1000] [--json]``
 
 Two real daemons on loopback (n1 publishes, n2 pulls). Per round, in alternating order:
 
 * **baseline**: a plain ``grpc.aio`` server (its own process) streams the model file in
   messages of the chunk size, as the pull's are (``--message-kib`` to choose), over the same
   mutual TLS (n1's node certificate, the daemon's server credentials and channel options)
-  to a client that presents n2's certificate and discards the bytes;
+  to a client (its own process, in n2's network namespace with ``--link-mbit``) that presents
+  n2's certificate and discards the bytes;
 * **pull**: ``PullModel`` on n2, which fetches every chunk from n1 over ``Peer.FetchChunks``,
   verifies each against its SHA-256 and writes it to disk (atomic writes, fsynced in batches
   before the version is sealed), then registers n2 as a holder. Timed from the client, so it
@@ -27,12 +29,26 @@ is CPU-bound, the ratio of those costs bounds the ratio of the rates. ``--disk``
 rate of writing the same bytes to a file with one fsync at the end, in the same directory,
 buffered and with O_DIRECT (as the daemon writes pulled chunks), as a bound: a pull that
 makes every chunk durable cannot beat the disk.
+
+Floors measured in the same run, on the same bytes: the CPU seconds per GiB of SHA-256 (what
+a verified pull must add to the plain stream's receiver) and of reading the file (what a
+holder must add to the plain stream's sender). Targets (issue 26): receiver <= 1.25x (plain
+receiver + SHA-256), sender <= 1.25x (plain sender + read).
+
+``--link-mbit N`` runs the nodes in network namespaces whose veth links are shaped to N
+Mbit/s each way (``tc tbf``; ``testing.netns.Network.shape``), the baseline's server in n1's
+namespace and its client in n2's, so both cross the same shaped links. Targets there: pull
+>= 0.9x the plain stream, publish (client in the root namespace -> n1, over n1's shaped link)
+>= 0.8x the pull. ``--json`` prints ``{"targets": [{"name", "measured", "target", "met"}]}``
+last.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import json
 import mmap
 import os
 import resource
@@ -52,6 +68,7 @@ from p2pagent._proto import agent_pb2
 from p2pagent.identity import material as tls
 from p2pagent.models.alloc import keep_chunk_buffers_on_heap
 from p2pagent.models.upload import file_sha256
+from p2pagent.testing import netns
 from p2pagent.testing.cluster import Cluster
 from p2pagent.testing.daemon import free_port
 from p2pagent.testing.uploads import noop_metadata
@@ -62,6 +79,8 @@ from p2pagent.transport.server import KEEPALIVE_SERVER_OPTIONS
 PIECE = 1 << 20
 METHOD = "/bench.Raw/Stream"
 SETTLE_S = 120.0
+#: The baseline server's port inside n1's namespace (the daemon has 7400 there).
+RAW_PORT_NETNS = 7500
 
 
 def _identity(b: bytes) -> bytes:
@@ -112,6 +131,44 @@ async def fetch_raw(certs: Path, address: str) -> tuple[int, float, float]:
         async for piece in call(b""):
             total += len(piece)
         return total, time.perf_counter() - start, _own_cpu_s() - cpu
+
+
+def run_fetch_raw(
+    certs: Path, address: str, message: int, prefix: list[str]
+) -> tuple[int, float, float]:
+    """``fetch_raw`` in a process of its own (in n2's namespace when ``prefix`` says so)."""
+    out = subprocess.run(
+        [*prefix, sys.executable, "-m", "bench.models_transfer", "--fetch-raw", str(certs),
+         address, str(message)],
+        capture_output=True, text=True, check=True, timeout=900,
+    )  # fmt: skip
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return int(got["bytes"]), float(got["seconds"]), float(got["cpu_s"])
+
+
+# ---- floors ------------------------------------------------------------------------------------
+
+
+def sha256_cpu_per_gib(path: Path) -> float:
+    """CPU s/GiB of SHA-256 over the file's bytes, in pieces of PIECE (reads not counted)."""
+    used = 0.0
+    with path.open("rb", buffering=0) as f:
+        while piece := f.read(PIECE):
+            t = time.thread_time()
+            hashlib.sha256(piece).digest()
+            used += time.thread_time() - t
+    return used / (path.stat().st_size / (1 << 30))
+
+
+def read_cpu_per_gib(path: Path) -> float:
+    """CPU s/GiB of reading the file in pieces of PIECE into one buffer (from the page cache
+    where it is there, as a holder's chunk files usually are)."""
+    buf = bytearray(PIECE)
+    t = time.thread_time()
+    with path.open("rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+    return (time.thread_time() - t) / (path.stat().st_size / (1 << 30))
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -208,13 +265,26 @@ def main(argv: list[str] | None = None) -> int:
                    help="daemon environment, e.g. P2PAGENT_MODELS__FSYNC=false")  # fmt: skip
     p.add_argument("--message-kib", type=int, default=0,
                    help="the baseline's message size (default: the chunk size)")  # fmt: skip
+    p.add_argument("--link-mbit", type=float, default=0,
+                   help="shape each node's link to N Mbit/s (network namespaces)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the targets as JSON last")
     p.add_argument("--serve-raw", nargs=4, metavar=("FILE", "CERTS", "ADDRESS", "BYTES"),
+                   help=argparse.SUPPRESS)  # fmt: skip
+    p.add_argument("--fetch-raw", nargs=3, metavar=("CERTS", "ADDRESS", "BYTES"),
                    help=argparse.SUPPRESS)  # fmt: skip
     args = p.parse_args(argv)
     if args.serve_raw:
         path, certs, address, message = args.serve_raw
         asyncio.run(serve_raw(Path(path), Path(certs), address, int(message)))
         return 0
+    if args.fetch_raw:
+        keep_chunk_buffers_on_heap(int(args.fetch_raw[2]))  # as the daemons
+        size, secs, cpu = asyncio.run(fetch_raw(Path(args.fetch_raw[0]), args.fetch_raw[1]))
+        print(json.dumps({"bytes": size, "seconds": secs, "cpu_s": cpu}))
+        return 0
+    if args.link_mbit and not netns.available():
+        print("--link-mbit needs root, ip and tc (network namespaces)", file=sys.stderr)
+        return 2
 
     base_rates: list[float] = []
     pull_rates: list[float] = []
@@ -230,13 +300,20 @@ def main(argv: list[str] | None = None) -> int:
     disk_cpu: list[float] = []
     direct_rates: list[float] = []
     direct_cpu: list[float] = []
+    sha_cpu: list[float] = []
+    read_cpu: list[float] = []
     env = dict(kv.split("=", 1) for kv in args.env)
     message = (args.message_kib or args.chunk_kib) * 1024
     keep_chunk_buffers_on_heap(message)  # the baseline client's, as the daemons'
     with (
         tempfile.TemporaryDirectory(prefix="bench-models-") as tmp,
-        Cluster(Path(tmp), 2, use_netns=False, env=env) as c,
+        Cluster(Path(tmp), 2, use_netns=bool(args.link_mbit), env=env) as c,
     ):
+        if args.link_mbit:
+            for n in ("n1", "n2"):
+                c.shape(n, args.link_mbit)
+        prefix = {n: [] if c.network is None else c.network.hosts[n].prefix()
+                  for n in ("n1", "n2")}  # fmt: skip
         c.start()
         c.wait_for(lambda: _all_alive(c, ["n1", "n2"]), SETTLE_S, "n1, n2 alive")
         n1_pid = c.nodes["n1"].proc.pid  # type: ignore[union-attr]
@@ -245,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             model = Path(tmp) / f"model{r}.safetensors"
             make_model(model, args.mib, r)
+            sha_cpu.append(sha256_cpu_per_gib(model))
+            read_cpu.append(read_cpu_per_gib(model))
             name = f"bench{r}"
             t0 = time.perf_counter()
             v = c.agent("n1", "publisher").PublishModel(
@@ -261,9 +340,11 @@ def main(argv: list[str] | None = None) -> int:
                 "registry on n2",
             )
             host = c.nodes["n1"].host
-            raw_address = f"{host}:{free_port(host)}"
+            port = RAW_PORT_NETNS if c.network is not None else free_port(host)
+            raw_address = f"{host}:{port}"
             server = subprocess.Popen(
-                [sys.executable, "-m", "bench.models_transfer", "--serve-raw", str(model),
+                [*prefix["n1"], sys.executable, "-m", "bench.models_transfer", "--serve-raw",
+                 str(model),
                  str(c.certs), raw_address, str(message)],
                 stdout=subprocess.PIPE,
             )  # fmt: skip
@@ -275,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                     model: Path = model, address: str = raw_address, pid: int = server.pid
                 ) -> float:
                     server_cpu = cpu_seconds(pid)
-                    size, secs, client_cpu = asyncio.run(fetch_raw(c.certs, address))
+                    size, secs, client_cpu = run_fetch_raw(c.certs, address, message, prefix["n2"])
                     assert size == model.stat().st_size, (size, model.stat().st_size)
                     sent = cpu_seconds(pid) - server_cpu
                     base_cpu.append((sent + client_cpu) / gib)
@@ -327,8 +408,9 @@ def main(argv: list[str] | None = None) -> int:
             model.unlink()
     med = statistics.median
     print()
+    link = f", links shaped to {args.link_mbit:g} Mbit/s" if args.link_mbit else ", loopback"
     print(f"model {args.mib} MiB, chunks {args.chunk_kib} KiB, baseline messages "
-          f"{message // 1024} KiB, {args.rounds} rounds (medians)")  # fmt: skip
+          f"{message // 1024} KiB, {args.rounds} rounds (medians){link}")  # fmt: skip
     print("| row | MB/s | CPU s/GiB (both sides) |")
     print("|---|---:|---:|")
     print(f"| plain gRPC stream, same mTLS (baseline) | {med(base_rates):.1f} "
@@ -358,7 +440,36 @@ def main(argv: list[str] | None = None) -> int:
     for k, side in enumerate(("sender (raw server / n1)", "receiver (raw client / n2)")):
         print(f"| {side} | {med(b[k] for b in base_sides):.2f} "
               f"| {med(p[k] for p in pull_sides):.2f} |")  # fmt: skip
+    print(f"| SHA-256 of the same bytes | {med(sha_cpu):.2f} | |")
+    print(f"| reading the same bytes from the file | {med(read_cpu):.2f} | |")
+    send_floor = med(b[0] for b in base_sides) + med(read_cpu)
+    recv_floor = med(b[1] for b in base_sides) + med(sha_cpu)
+    targets = [
+        _target("receiver CPU/GiB vs (plain receiver + SHA-256)",
+                med(p[1] for p in pull_sides) / recv_floor, 1.25, at_most=True),
+        _target("sender CPU/GiB vs (plain sender + read)",
+                med(p[0] for p in pull_sides) / send_floor, 1.25, at_most=True),
+    ]  # fmt: skip
+    if args.link_mbit:
+        targets += [
+            _target(f"pull / plain stream over {args.link_mbit:g} Mbit/s", ratio, 0.9),
+            _target("publish / pull", med(publish_rates) / med(pull_rates), 0.8),
+        ]
+    print()
+    print("| target | measured | limit | met |")
+    print("|---|---:|---:|---|")
+    for t in targets:
+        print(f"| {t['name']} | {t['measured']:.2f}x | {t['target']} | "
+              f"{'yes' if t['met'] else 'no'} |")  # fmt: skip
+    if args.json:
+        print(json.dumps({"targets": targets}))
     return 0
+
+
+def _target(name: str, measured: float, target: float, at_most: bool = False) -> dict[str, object]:
+    met = measured <= target if at_most else measured >= target
+    return {"name": name, "measured": round(measured, 3),
+            "target": f"<= {target}" if at_most else f">= {target}", "met": met}  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -95,8 +95,11 @@ class PublishWriter:
             )
         self._received += len(piece)
         self._whole.update(piece)
-        self._buf += piece
         try:
+            if not self._buf and len(piece) == self._chunk_size:
+                self._put(piece)  # the common case: a piece is a chunk, stored without a copy
+                return
+            self._buf += piece
             while len(self._buf) >= self._chunk_size:
                 self._put(bytes(self._buf[: self._chunk_size]))
                 del self._buf[: self._chunk_size]
@@ -140,6 +143,8 @@ class PublishWriter:
                 owner=self._owner,
             )
             self._staging.commit(manifest)
+            # The whole-file hash above was over exactly the stored chunks' bytes.
+            self._store.note_whole_checked(manifest.manifest_id)
         except BaseException:
             self.abort()
             raise
@@ -152,7 +157,7 @@ class PublishWriter:
         self._buf.clear()
         self._staging.abort()
 
-    def _put(self, chunk: bytes) -> None:
+    def _put(self, chunk: bytes | memoryview) -> None:
         self._hashes.append(self._staging.put(chunk))
 
     def __enter__(self) -> PublishWriter:

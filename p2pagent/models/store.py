@@ -5,7 +5,8 @@ Layout under ``root`` (the node's ``<data>/models``)::
     chunks/ab/ab12...ef     one file per distinct chunk, named by its SHA-256 (fan-out by the
                             first byte so no directory grows past a few thousand entries)
     manifests/<id>.json     canonical manifest of every version this node knows locally
-    files/<id>.<suffix>     model files materialised for the loader (``assemble``)
+    files/<id>.<suffix>     model files materialised for the loader (``assemble``, or written
+                            by a fresh pull as its chunks arrive: ``open_assembly``)
     unsynced/<id>           marker: a pull of this version may have written chunks without
                             fsync (``begin_pull`` .. ``seal``)
 
@@ -26,8 +27,10 @@ Rules that keep it consistent without a journal:
   marker. A version is complete only without a marker, so nothing is advertised before its
   chunks are durable. After a power cut a renamed chunk could hold garbage: a marker found at
   open means "hash every chunk of this version on disk before trusting it" (``present``).
-- Serving skips the re-hash of chunk files this process wrote or checked recently and that
-  are unchanged since (``verified.VerifiedChunks``, ``reverify_after_s``).
+- Serving and ``assemble`` skip the re-hash of chunk files this process wrote or checked
+  recently and that are unchanged since (``verified.VerifiedChunks``, ``reverify_after_s``);
+  ``assemble`` skips the whole-file hash of a version whose pull already hashed its bytes in
+  order as they arrived (``note_whole_checked``, ``whole_hash``).
 
 All methods do blocking file I/O and are thread-safe: the driver calls them from a thread.
 """
@@ -38,6 +41,7 @@ import hashlib
 import io
 import logging
 import os
+import secrets
 import shutil
 import threading
 import time
@@ -49,15 +53,18 @@ from pathlib import Path
 from p2pagent.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
 from p2pagent.models.atomic import (
     DISK_FULL,
+    TEMP_PREFIX,
     atomic_write,
     disk_full_error,
     fsync_dir,
     is_temp,
     remove_stale_temps,
 )
+from p2pagent.models.chunk_copy import copy_trusted_chunks
 from p2pagent.models.chunk_reader import VerifiedChunkReader
 from p2pagent.models.config import ModelsConfig
 from p2pagent.models.manifest import Manifest
+from p2pagent.models.staging import Staging
 from p2pagent.models.verified import FileIdentity, VerifiedChunks
 
 log = logging.getLogger(__name__)
@@ -104,6 +111,9 @@ class ChunkStore:
         self._suspect: set[str] = set()
         #: Chunk files written without fsync and not synced since.
         self._unsynced: set[str] = set()
+        #: Versions whose whole file this process hashed (in a pull, over the verified chunks
+        #: it stored) and found equal to the manifest's sha256.
+        self._whole_checked: set[str] = set()
         self._load_manifests()
         for marker in self._markers.iterdir():
             if marker.name in self._manifests:
@@ -142,7 +152,8 @@ class ChunkStore:
 
         A chunk already present is not rewritten. Callers must hold the chunk referenced (a
         stored manifest or a Staging) or the next ``gc`` may remove it. ``sync=False`` skips
-        the fsync; only pulls between ``begin_pull`` and ``seal`` may ask for that.
+        the fsync; only pulls between ``begin_pull`` and ``seal`` and a ``Staging`` (which
+        syncs before its manifest is written) may ask for that.
         ``direct`` writes past the page cache (with ``config.direct_writes``): for chunks
         not expected to be read back soon.
         """
@@ -402,6 +413,48 @@ class ChunkStore:
             self._pulling.discard(manifest_id)
             self._suspect.discard(manifest_id)
 
+    def open_assembly(self, manifest_id: str) -> tuple[Path, int]:
+        """A new temporary file (path, fd) in which a pull writes the version's file in order
+        as its chunks arrive, instead of ``assemble`` copying it from the chunk files later.
+        A temporary name: invisible to the loader, cleared at the next start after a crash."""
+        m = self.get_manifest(manifest_id)
+        unique = f"{os.getpid()}.{secrets.token_hex(4)}"
+        tmp = self._files / f"{TEMP_PREFIX}{manifest_id}{m.format.suffix}.{unique}"
+        return tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def adopt_assembly(self, manifest_id: str, tmp: Path, fd: int) -> Path:
+        """Makes ``open_assembly``'s file the version's assembled file. The caller wrote every
+        chunk in order, each verified against its hash, and hashed them all to the manifest's
+        sha256. Syncs and closes ``fd``; removes ``tmp`` if the version went meanwhile."""
+        m = self.get_manifest(manifest_id)
+        target = self._files / f"{manifest_id}{m.format.suffix}"
+        try:
+            if self.config.fsync:
+                os.fsync(fd)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno in DISK_FULL:
+                raise disk_full_error(target, e) from e
+            raise
+        finally:
+            os.close(fd)
+        with self._lock:
+            if manifest_id not in self._manifests:
+                tmp.unlink(missing_ok=True)
+                raise NotFound(f"model version {manifest_id[:12]} was deleted during its pull")
+            os.replace(tmp, target)
+            self._whole_checked.add(manifest_id)
+        if self.config.fsync:
+            fsync_dir(self._files)
+        return target
+
+    def note_whole_checked(self, manifest_id: str) -> None:
+        """The version's whole file, as this process stored its chunks, matched the manifest's
+        sha256 (a pull hashed it in order): ``assemble`` need not hash it again."""
+        with self._lock:
+            if manifest_id in self._manifests:
+                self._whole_checked.add(manifest_id)
+
     # ---- staging (uploads in progress) ---------------------------------------------------
 
     def staging(self) -> Staging:
@@ -456,16 +509,22 @@ class ChunkStore:
                 f"model {m.name!r} ({manifest_id[:12]}) is incomplete here: {len(missing)} of "
                 f"{m.chunk_count} chunks missing; pull it first"
             )
-        whole = hashlib.sha256()
+        with self._lock:
+            whole = None if manifest_id in self._whole_checked else hashlib.sha256()
+        if whole is None:
+            copied = self._assemble_by_copy(m)
+            if copied is not None:
+                return copied
 
         def pieces() -> Iterator[bytes]:
             for i in range(m.chunk_count):
-                data = self._verified(m, i)
-                whole.update(data)
+                data = self._verified(m, i, trust_recent=True)
+                if whole is not None:
+                    whole.update(data)
                 yield data
 
         def check_whole() -> None:
-            if whole.hexdigest() != m.sha256:
+            if whole is not None and whole.hexdigest() != m.sha256:
                 raise Internal(
                     f"model {m.name!r} ({manifest_id[:12]}): chunks verify but the whole file "
                     "does not match the manifest's sha256; the manifest is inconsistent, "
@@ -475,26 +534,63 @@ class ChunkStore:
         atomic_write(target, pieces(), fsync=self.config.fsync, before_commit=check_whole)
         return target
 
+    def _assemble_by_copy(self, m: Manifest) -> Path | None:
+        """The model file of a version whose whole hash is checked, copied from its chunk
+        files inside the kernel when this process wrote or checked each lately and it is
+        unchanged since (``chunk_copy``); None, leaving nothing behind, when one is not."""
+        tmp, fd = self.open_assembly(m.manifest_id)
+        now = self._clock()
+
+        def trusted(digest: str, st: os.stat_result) -> bool:
+            with self._lock:
+                return self._verified_files.trusted(digest, _identity(st), now)
+
+        sources = [(self.chunk_path(d), d, m.chunk_length(i)) for i, d in enumerate(m.chunk_hashes)]
+        try:
+            copied = copy_trusted_chunks(sources, fd, trusted)
+        except BaseException as e:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError) and e.errno in DISK_FULL:
+                raise disk_full_error(tmp, e) from e
+            raise
+        if not copied:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            return None
+        return self.adopt_assembly(m.manifest_id, tmp, fd)
+
     def open_reader(self, manifest_id: str) -> io.BufferedReader:
         """A streaming reader over the version's chunks, verified as it goes (no file copy)."""
         m = self.get_manifest(manifest_id)
         return io.BufferedReader(VerifiedChunkReader(m, self._verified), buffer_size=m.chunk_size)
 
-    def _verified(self, m: Manifest, index: int) -> bytes:
+    def _verified(self, m: Manifest, index: int, trust_recent: bool = False) -> bytes:
+        """Chunk ``index``'s bytes once they match its hash; with ``trust_recent``, unhashed
+        when this process wrote or checked the unchanged file lately (``VerifiedChunks``)."""
         digest = m.chunk_hashes[index]
         try:
-            data = self.chunk_path(digest).read_bytes()
+            with self.chunk_path(digest).open("rb", buffering=0) as f:
+                identity = _identity(os.fstat(f.fileno()))
+                data = f.read()
         except FileNotFoundError:
             raise FailedPrecondition(
                 f"chunk {index} of model {m.name!r} ({m.manifest_id[:12]}) is missing; "
                 "pull the model again"
             ) from None
-        if hashlib.sha256(data).hexdigest() != digest:
+        now = self._clock()
+        if trust_recent:
+            with self._lock:
+                if self._verified_files.trusted(digest, identity, now):
+                    return data
+        if len(data) != m.chunk_length(index) or hashlib.sha256(data).hexdigest() != digest:
             self._quarantine(digest)
             raise FailedPrecondition(
                 f"chunk {index} of model {m.name!r} ({m.manifest_id[:12]}) was corrupt on disk "
                 "and has been removed; pull the model again"
             )
+        with self._lock:
+            self._verified_files.note(digest, identity, now)
         return data
 
     # ---- deletion and garbage collection -------------------------------------------------
@@ -512,6 +608,7 @@ class ChunkStore:
             self._complete.discard(manifest_id)
             self._pulling.discard(manifest_id)
             self._suspect.discard(manifest_id)
+            self._whole_checked.discard(manifest_id)
 
     def gc(self) -> GcReport:
         """Removes chunks and files no stored manifest (or open staging) references."""
@@ -546,46 +643,6 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-
-
-class Staging:
-    """Chunks of an upload whose manifest does not exist yet.
-
-    While open, its chunks survive ``gc``. ``commit`` registers the manifest and lets go;
-    ``abort`` lets go and deletes the chunks that nothing else references.
-    """
-
-    def __init__(self, store: ChunkStore) -> None:
-        self._store = store
-        self._digests: list[str] = []
-        self._open = True
-
-    def put(self, data: bytes) -> str:
-        if not self._open:
-            raise FailedPrecondition("staging already committed or aborted")
-        digest = hashlib.sha256(data).hexdigest()
-        # Held before the write, so a concurrent gc cannot remove it in between.
-        self._store._stage(digest)
-        self._digests.append(digest)
-        self._store.put_chunk(data, digest)
-        return digest
-
-    def commit(self, manifest: Manifest) -> None:
-        if not self._open:
-            raise FailedPrecondition("staging already committed or aborted")
-        missing = set(manifest.chunk_hashes) - set(self._digests)
-        if missing:
-            raise Internal(f"manifest references {len(missing)} chunks this upload never wrote")
-        self._store.put_manifest(manifest)
-        self._open = False
-        self._store._unstage(self._digests, discard=False)
-
-    def abort(self) -> int:
-        """Releases the chunks; returns how many were deleted. Idempotent."""
-        if not self._open:
-            return 0
-        self._open = False
-        return self._store._unstage(self._digests, discard=True)
 
 
 def _identity(st: os.stat_result) -> FileIdentity:

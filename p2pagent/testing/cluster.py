@@ -147,6 +147,12 @@ class Cluster:
             raise RuntimeError("netem needs network namespaces (root and ip netns)")
         self.network.netem(name, delay_ms, jitter_ms, loss)
 
+    def shape(self, name: str, mbit: float) -> None:
+        """Caps ``name``'s link at ``mbit`` Mbit/s each way (``tc tbf``; works without netem)."""
+        if self.network is None:
+            raise RuntimeError("shaping needs network namespaces (root and ip netns)")
+        self.network.shape(name, mbit)
+
     # ---- teardown ----------------------------------------------------------------------------
 
     # ---- queries (blocking; for tests and benches) --------------------------------------------

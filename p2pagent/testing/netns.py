@@ -1,5 +1,6 @@
 """Simulated hosts on one machine: a network namespace per node, joined by veth pairs to a
-bridge, with partitions (blackhole routes) and `tc netem` latency, jitter and loss.
+bridge, with partitions (blackhole routes), `tc netem` latency, jitter and loss, and links
+shaped to a fixed rate (`tc tbf`, which works on kernels without netem).
 
 Needs root and ``ip netns`` (iproute2). `available()` says whether this machine can; callers
 fall back to 127.0.0.x loopback addresses otherwise. Addresses come from a private /24 that
@@ -147,6 +148,28 @@ class Network:
                 f"tc netem failed on {name} ({result.stderr.strip()}): this kernel may lack "
                 "the sch_netem module"
             )
+
+    def shape(self, name: str, mbit: float) -> None:
+        """Caps ``name``'s link at ``mbit`` Mbit/s in each direction (a token bucket on both ends
+        of its veth pair: what it sends, and what the bridge sends to it), like a NIC of that
+        speed. Traffic between two shaped hosts crosses two buckets of the same rate."""
+        h = self.hosts[name]
+        # Burst: a few milliseconds at the rate (tbf needs at least one full-size segment; the
+        # veth hands it GSO segments of up to 64 KiB). Queue: 20 ms at the rate, like a NIC.
+        burst = max(int(mbit * 1e6 / 8 * 0.004), 256 * 1024)
+        limit = max(int(mbit * 1e6 / 8 * 0.02), 2 * burst)
+        spec = ["root", "tbf", "rate", f"{mbit}mbit", "burst", str(burst), "limit", str(limit)]
+        for prefix, dev in ((h.prefix(), h.veth_ns), ([], h.veth_host)):
+            r = subprocess.run([*prefix, "tc", "qdisc", "replace", "dev", dev, *spec],
+                               capture_output=True, text=True, check=False)  # fmt: skip
+            if r.returncode != 0:
+                raise NetemUnavailable(f"tc tbf failed on {name} ({dev}): {r.stderr.strip()}")
+
+    def clear_shape(self, name: str) -> None:
+        h = self.hosts[name]
+        for prefix, dev in ((h.prefix(), h.veth_ns), ([], h.veth_host)):
+            subprocess.run([*prefix, "tc", "qdisc", "del", "dev", dev, "root"],
+                           capture_output=True, check=False)  # fmt: skip
 
     def drop(self, name: str, loss: float) -> None:
         """Random packet loss on everything ``name`` sends and receives, with packet filters

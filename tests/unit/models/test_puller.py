@@ -182,3 +182,36 @@ async def test_full_disk_fails_the_pull_leaving_no_partial_file(
     # What did land is kept for the retry, and a restart would check it (marker kept).
     assert markers(store) == [MANIFEST.manifest_id]
     assert len(store.present(MANIFEST.manifest_id)) <= 5
+
+
+def files(store: ChunkStore) -> list[str]:
+    return sorted(p.name for p in (store.root / "files").iterdir())
+
+
+async def test_a_fresh_pull_writes_and_hashes_the_model_file_on_the_way(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path, CFG)
+    pool = FakePool({"a1": honest, "a2": corrupt})  # some chunks arrive twice, out of order
+    await puller(store, pool, {"n1": Holding("a1"), "bad": Holding("a2")}).run()
+    # The assembled file is there once the pull returns (no temporary left), with the bytes.
+    assert files(store) == [f"{MANIFEST.manifest_id}.safetensors"]
+    assert MANIFEST.manifest_id in store._whole_checked
+    path = store.assemble(MANIFEST.manifest_id)
+    assert path.read_bytes() == DATA
+
+
+async def test_a_resumed_pull_leaves_the_model_file_to_assemble(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path, CFG)
+    store.put_manifest(MANIFEST)
+    assert store.write_chunk(MANIFEST.manifest_id, 0, honest(0) or b"")
+    await puller(store, FakePool({"a1": honest}), {"n1": Holding("a1")}).run()
+    assert files(store) == []  # it never saw chunk 0 go by: nothing written on the way
+    assert MANIFEST.manifest_id not in store._whole_checked
+    assert store.assemble(MANIFEST.manifest_id).read_bytes() == DATA
+
+
+async def test_a_failed_pull_leaves_no_partial_model_file(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path, ModelsConfig(chunk_size=CHUNK, stall_timeout_s=0.5))
+    lacking: Serve = lambda i: honest(i) if i < N // 2 else None  # noqa: E731
+    with pytest.raises(Exception, match="no live holder"):
+        await puller(store, FakePool({"a1": lacking}), {"n1": Holding("a1")}).run()
+    assert files(store) == []

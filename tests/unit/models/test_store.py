@@ -271,3 +271,113 @@ def test_publish_file_helper(store: ChunkStore, tmp_path: Path) -> None:
     m = publish_file(store, path, name="m", format="safetensors", version=1, created_unix=10.0)
     assert m == manifest_of(DATA)
     assert store.is_complete(m.manifest_id)
+
+
+def test_assemble_skips_the_whole_hash_only_of_a_version_a_pull_checked(store: ChunkStore) -> None:
+    # A manifest whose whole-file sha256 does not match its chunks: assemble refuses it...
+    good = manifest_of(DATA)
+    bad = Manifest(**{**good.__dict__, "sha256": "0" * 64})
+    pull_into(store, bad, DATA, range(6))
+    with pytest.raises(Exception, match="does not match the manifest's sha256"):
+        store.assemble(bad.manifest_id)
+    # ...unless this process already hashed the whole file (what a pull reports): then the
+    # pass over the file is skipped, which is the point.
+    store.note_whole_checked(bad.manifest_id)
+    assert store.assemble(bad.manifest_id).read_bytes() == DATA
+
+
+def test_assemble_trusting_recent_writes_still_catches_a_rewritten_chunk(
+    store: ChunkStore,
+) -> None:
+    m = manifest_of(DATA)
+    pull_into(store, m, DATA, range(6))
+    store.note_whole_checked(m.manifest_id)
+    path = store.chunk_path(m.chunk_hashes[4])
+    os.unlink(path)  # a new file (new inode), as a rewrite by anything else would make
+    path.write_bytes(b"x" * CHUNK)
+    with pytest.raises(FailedPrecondition, match="corrupt on disk"):
+        store.assemble(m.manifest_id)
+    assert store.missing(m.manifest_id) == [4]
+
+
+def test_staging_syncs_its_chunks_once_at_commit_before_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ChunkStore(tmp_path, ModelsConfig(chunk_size=CHUNK, fsync=True))
+    m = manifest_of(DATA)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def count_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", count_fsync)
+    staging = store.staging()
+    for i in range(6):
+        staging.put(DATA[i * CHUNK : (i + 1) * CHUNK])
+    assert not any("/chunks/" in p and ".tmp-" not in p for p in synced)  # none yet
+    assert not store.has_manifest(m.manifest_id)
+    staging.commit(m)
+    chunk_syncs = [p for p in synced if p.rsplit("/", 1)[-1] in m.chunk_hashes]
+    assert sorted(chunk_syncs) == sorted(str(store.chunk_path(d)) for d in set(m.chunk_hashes))
+    manifest_sync = next(i for i, p in enumerate(synced) if m.manifest_id in p)
+    assert all(synced.index(p) < manifest_sync for p in chunk_syncs)  # durable before it counts
+    assert store.is_complete(m.manifest_id)
+
+
+def test_a_pull_killed_while_writing_the_model_file_leaves_nothing_after_restart(
+    tmp_path: Path,
+) -> None:
+    store = ChunkStore(tmp_path, ModelsConfig(chunk_size=CHUNK))
+    m = manifest_of(DATA)
+    pull_into(store, m, DATA, [0, 1])
+    tmp, fd = store.open_assembly(m.manifest_id)
+    os.write(fd, DATA[: 2 * CHUNK])  # then SIGKILL: the fd dies with the process
+    os.close(fd)
+    again = ChunkStore(tmp_path, ModelsConfig(chunk_size=CHUNK))
+    assert not tmp.exists()
+    assert list((tmp_path / "files").iterdir()) == []
+    assert again.missing(m.manifest_id) == [2, 3, 4, 5]  # resumes from the verified chunks
+
+
+def test_an_adopted_model_file_is_the_assembled_file_and_gc_keeps_it(store: ChunkStore) -> None:
+    m = manifest_of(DATA)
+    pull_into(store, m, DATA, range(6))
+    tmp, fd = store.open_assembly(m.manifest_id)
+    os.write(fd, DATA)
+    path = store.adopt_assembly(m.manifest_id, tmp, fd)
+    assert store.assemble(m.manifest_id) == path and path.read_bytes() == DATA
+    assert store.gc().files_removed == 0
+    store.delete(m.manifest_id)
+    assert not path.exists()
+    assert store.gc().chunks_removed == 6
+
+
+def test_assemble_of_a_checked_version_copies_trusted_chunks_in_the_kernel(
+    store: ChunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = manifest_of(DATA)
+    pull_into(store, m, DATA, range(6))
+    store.note_whole_checked(m.manifest_id)
+    copies: list[int] = []
+    real = os.copy_file_range
+
+    def counting(src: int, dst: int, count: int, *a: object) -> int:
+        copies.append(count)
+        return real(src, dst, count)
+
+    monkeypatch.setattr(os, "copy_file_range", counting)
+    assert store.assemble(m.manifest_id).read_bytes() == DATA
+    assert sum(copies) == len(DATA)
+
+
+def test_assemble_by_copy_gives_way_to_hashing_for_an_untrusted_chunk(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path, ModelsConfig(chunk_size=CHUNK, reverify_after_s=0))
+    m = manifest_of(DATA)
+    pull_into(store, m, DATA, range(6))
+    store.note_whole_checked(m.manifest_id)
+    store.chunk_path(m.chunk_hashes[2]).write_bytes(b"y" * CHUNK)  # nothing is trusted here
+    with pytest.raises(FailedPrecondition, match="corrupt on disk"):
+        store.assemble(m.manifest_id)
+    assert list((tmp_path / "files").iterdir()) == []
