@@ -24,6 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from p2pagent.identity import material as tls
 from p2pagent.transport.channels import channel_options
 
+#: ``p2pagent.cli.grpc_quiet.QUIETED`` (not imported: importing it quiets this process).
+QUIETED = "P2PAGENT_GRPC_QUIETED"
 _LIVE: set[Daemon] = set()
 
 
@@ -82,6 +84,8 @@ class Daemon:
     def start(self, wait: bool = True, timeout: float = 30.0) -> Daemon:
         self.data.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env}
+        if env.pop(QUIETED, None) and "GRPC_VERBOSITY" not in self.env:
+            env.pop("GRPC_VERBOSITY", None)  # the CLI's quieting, imported in this process
         log = self.log_path.open("ab")
         try:
             self.proc = subprocess.Popen(
