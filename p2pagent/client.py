@@ -432,6 +432,7 @@ class Client:
         top_k: int = 0,
         seed: int | None = None,
         stop: Sequence[str] = (),
+        model_version: str = "",
     ) -> AsyncIterator[agent_pb2.GenerateResponse]:
         """Generates with a decoder model, yielding one message per token as it is made
         (``text``, ``token_ids``) and a last one with ``finish_reason`` (length, stop) and
@@ -439,7 +440,9 @@ class Client:
         (``(role, content)`` pairs, rendered with the model's chat template). Temperature 0
         is greedy; greedy and seeded sampling give the same tokens every time. A node that
         cannot be reached before the first token is passed over; stopping the iteration
-        (``break``, ``aclose``) cancels the generation on the node."""
+        (``break``, ``aclose``) cancels the generation on the node. ``model`` is a node's
+        local decoder folder or a published one (``model_version`` pins a version by its
+        manifest id or a prefix; empty runs the newest), pulled by the node on demand."""
         request = agent_pb2.GenerateRequest(
             model=model,
             prompt=prompt,
@@ -451,6 +454,7 @@ class Client:
             top_k=top_k,
             seed=seed,
             stop=list(stop),
+            model_version=model_version,
         )
         failures = []
         for step in range(len(self._targets)):

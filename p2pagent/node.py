@@ -52,6 +52,7 @@ from p2pagent.transport.streams import OpenStreams
 
 if TYPE_CHECKING:  # torch and transformers load only on a node that serves decoders
     from p2pagent.inference.generation.service import GenerationService
+    from p2pagent.models.driver import ModelsDriver
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,6 @@ class Node:
         self.engine = InferenceEngine(self.models_cache, config.inference, self.device)
         for m in self.local_models:
             self.models_cache.register(m.name, m.path, m.spec)
-        self.generation = generation_service(config, self.device.name)
         self.components: list[Component] = []
         # Capabilities, in start order. Each owns a folder and a driver; see DESIGN.md.
         self.membership: MembershipDriver = MembershipDriver(
@@ -157,6 +157,9 @@ class Node:
             check_confinement=publish_check_confinement(config, self.data_dir),
         )
         self.components.append(self.models)
+        self._generation: GenerationService | None = None
+        if config.generation.folders:  # checked now: a bad folder stops the start
+            self._generation = generation_service(config, self.device.name, self.models)
         self.tasks: TasksDriver = TasksDriver(
             self.name,
             config.tasks,
@@ -184,6 +187,14 @@ class Node:
             set_tag=self.membership.set_tag,
         )
         self.components.append(self.training)
+
+    @property
+    def generation(self) -> GenerationService:
+        """Text generation, built on the first Generate of a node without local decoder
+        folders (torch and transformers load only then)."""
+        if self._generation is None:
+            self._generation = generation_service(self.config, self.device.name, self.models)
+        return self._generation
 
     def member_tags(self) -> dict[str, str]:
         """Tags replicated with membership: user tags, then the ones the system owns."""
@@ -300,8 +311,8 @@ class Node:
             # Before the engine: a batch stuck in the worker fails now instead of holding
             # the engine's drain for inference.worker_timeout_s.
             await self.model_worker.aclose()
-        if self.generation is not None:
-            await self.generation.close()
+        if self._generation is not None:
+            await self._generation.close()
         await self.engine.close()
         self.models_cache.close()
         await self.channels.close()
@@ -373,13 +384,12 @@ def publish_check_confinement(config: Config, data_dir: Path) -> Confinement | N
     return Confinement(inference.worker_uid, tuple(protected_paths(config, data_dir)))
 
 
-def generation_service(config: Config, device: str) -> GenerationService | None:
+def generation_service(config: Config, device: str, models: ModelsDriver) -> GenerationService:
     """The decoder folders of ``generation.folders``, each checked now (a bad one stops the
-    start with a message naming it); None when there are none."""
+    start with a message naming it), and the decoder models published through the mesh."""
     folders = config.generation.folder_paths()
-    if not folders:
-        return None
     from p2pagent.inference.generation.folder import check_decoder_folder
+    from p2pagent.inference.generation.published import PublishedDecoders
     from p2pagent.inference.generation.service import GenerationService
 
     for name, path in folders.items():
@@ -387,7 +397,7 @@ def generation_service(config: Config, device: str) -> GenerationService | None:
             check_decoder_folder(path)
         except P2PAgentError as e:
             raise ConfigError(f"generation.folders {name}={path}: {e}") from None
-    return GenerationService(folders, config.generation, device)
+    return GenerationService(folders, config.generation, device, PublishedDecoders(models))
 
 
 def model_worker(config: Config, data_dir: Path, device: DeviceInfo) -> ModelWorker | None:

@@ -4,6 +4,8 @@ The generation modules (torch, transformers) are imported on the first call only
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -47,7 +49,8 @@ def prompt_of(request: agent_pb2.GenerateRequest) -> Prompt:
 
 
 class GenerationNode(Protocol):
-    """What the generation handler needs of the node: its decoder models, if it serves any."""
+    """What the generation handler needs of the node: its decoder models (local folders and
+    the mesh's published ones), if it serves any."""
 
     @property
     def generation(self) -> GenerationService | None: ...
@@ -59,17 +62,21 @@ class GenerationAgentApi:
     async def Generate(
         self, request: agent_pb2.GenerateRequest, context: Ctx
     ) -> AsyncIterator[agent_pb2.GenerateResponse]:
+        # torch and transformers load on a node's first Generate: off the event loop.
+        await asyncio.to_thread(importlib.import_module, "p2pagent.inference.generation.service")
         service = self._generation_node.generation
         if service is None:
             raise FailedPrecondition(
                 "this node serves no decoder models: start it with generation.folders "
-                "(NAME=DIR) set"
+                "(NAME=DIR) set, or push a causal LM folder with p2pagentctl models push DIR"
             )
         if not request.model:
             raise InvalidArgument("GenerateRequest.model is empty: name the model to run")
         from p2pagent.inference.generation.engine import FinishEvent
 
-        events = await service.generate(request.model, prompt_of(request), sampling_of(request))
+        events = await service.generate(
+            request.model, prompt_of(request), sampling_of(request), request.model_version
+        )
         async for event in events:
             if isinstance(event, FinishEvent):
                 if event.error:  # the model raised: this stream fails, with its message

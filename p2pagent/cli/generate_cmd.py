@@ -27,6 +27,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("generate", help="generate text with a decoder model, streamed")
     client.add_connection_flags(p)
     p.add_argument("--model", required=True, help="decoder model name")
+    p.add_argument(
+        "--version", default="", help="pin a published version (manifest id); default newest"
+    )
     p.add_argument("--max-new-tokens", type=int_in(1, UINT32_MAX), default=64, metavar="N")
     p.add_argument("--temperature", type=finite, default=0.0, metavar="T", help="0 = greedy")
     p.add_argument("--top-p", type=finite, default=None, metavar="P", help="in (0, 1]")
@@ -56,6 +59,7 @@ async def _generate(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             seed=args.seed,
             stop=args.stop,
+            model_version=args.version,
         )
         async for message in stream:
             text.append(message.text)

@@ -361,6 +361,11 @@ class ModelsDriver:
             )  # fmt: skip
         log.info("models: %s (%s) passed its check in %.1f s", m.name, m.manifest_id[:12], seconds)
 
+    async def assembled(self, m: Manifest) -> Path:
+        """The verified file of a version held complete here (for ``Generate``, which loads
+        decoder folders itself rather than through the inference cache)."""
+        return await self._assemble(m)
+
     async def _assemble(self, m: Manifest) -> Path:
         path = await self._run_io(self.store.assemble, m.manifest_id)
         assert isinstance(path, Path)

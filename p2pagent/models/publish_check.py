@@ -16,6 +16,11 @@ the node kills it at ``check_timeout_s`` of wall time. Whatever goes wrong, the 
 InvalidArgument naming it; nothing of the child's output is trusted except its one-line
 JSON result file.
 
+A causal language model folder (task ``generation``) is checked the way ``Generate`` runs
+it: the child loads the unpacked folder with the generation loader and decodes
+``EXAMPLE_NEW_TOKENS`` greedy tokens after a short prompt of the folder's own tokenizer, through
+the decode engine, in place of the forward pass on example inputs.
+
 Cost, per publish: one interpreter start with torch (about 1-2 s of CPU), reading the file
 (the safetensors loader reads it whole: about 2x the file size of memory, in the child), and
 one forward pass on a batch of ``EXAMPLE_DYNAMIC`` rows.
@@ -43,6 +48,9 @@ from p2pagent.errors import InvalidArgument, P2PAgentError
 #: Size given to every dynamic (-1) dimension of an example input: 2, so a batch dimension
 #: is exercised as a batch (exported programs often specialise sizes 0 and 1).
 EXAMPLE_DYNAMIC = 2
+#: Greedy tokens a decoder folder's check generates, and the text of its prompt.
+EXAMPLE_NEW_TOKENS = 4
+EXAMPLE_PROMPT = "Hello"
 #: Address space the child may use per byte of the model file, beyond its base allowance
 #: (the file read whole, the tensors built from it, the model on the CPU).
 MEMORY_PER_BYTE = 3
@@ -232,6 +240,8 @@ def _run_check(request: dict[str, Any]) -> str:
     torch.set_num_threads(1)
     spec = ModelSpec.from_dict(request["spec"])
     fmt = ModelFormat.parse(request["format"])
+    if fmt is ModelFormat.HF_FOLDER and spec.arch_config.get("task") == "generation":
+        return _run_generation_check(path, spec)
     model = loading.load_model("check", path, spec, "cpu", fmt, source=source)
     inputs = [
         torch.zeros(
@@ -255,6 +265,32 @@ def _run_check(request: dict[str, Any]) -> str:
                 f"declares {list(port.shape)} (-1 = any size)"
             )
     return ""
+
+
+def _run_generation_check(path: Path, spec: Any) -> str:
+    """Loads a decoder folder as ``Generate`` does and decodes a few greedy tokens."""
+    from p2pagent.inference.generation.config import GenerationConfig
+    from p2pagent.inference.generation.engine import DecodeEngine, FinishEvent
+    from p2pagent.inference.generation.folder import load_decoder_folder
+    from p2pagent.inference.generation.sampling import SamplingParams
+    from p2pagent.inference.hf import pack
+    from p2pagent.inference.hf.folder import listed_files
+
+    root = pack.materialise(path, pack.folder_of(path), listed_files(spec.arch_config))
+    folder = load_decoder_folder(root)
+    prompt = folder.encode(EXAMPLE_PROMPT) or [0]
+    engine = DecodeEngine(folder, GenerationConfig(max_running=1))
+    engine.submit(prompt, SamplingParams(max_new_tokens=EXAMPLE_NEW_TOKENS))
+    tokens = 0
+    for _ in range(EXAMPLE_NEW_TOKENS + len(prompt) + 2):
+        for event in engine.step():
+            if not isinstance(event, FinishEvent):
+                tokens += 1
+            elif event.error:
+                return f"generating {EXAMPLE_NEW_TOKENS} tokens failed: {event.error}"
+            else:
+                return ""
+    return f"a greedy generation of {EXAMPLE_NEW_TOKENS} tokens did not finish ({tokens} made)"
 
 
 def _child(request_path: str) -> int:

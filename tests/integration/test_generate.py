@@ -18,7 +18,6 @@ import torch
 from p2pagent._proto import agent_pb2
 from p2pagent.client import Client
 from p2pagent.errors import (
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -112,7 +111,8 @@ async def test_chat_seed_and_stop(node: Daemon, certs_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("kw", "error", "match"),
     [
-        ({"model": "nope"}, NotFound, "no decoder model 'nope'"),
+        ({"model": "nope"}, NotFound, "'nope' is not published.*folders here: gpt2, llama"),
+        ({"model": "gpt2", "model_version": "abcdef12"}, InvalidArgument, "local folder"),
         ({"model": ""}, InvalidArgument, "model is empty"),
         ({"prompt": ""}, InvalidArgument, "exactly one of"),
         ({"prompt": "x " * 600}, InvalidArgument, "shorten the prompt"),
@@ -177,7 +177,7 @@ async def test_node_without_decoders_says_how_to_serve_them(
     d = Daemon("n5", certs_dir, tmp_path / "n5").start()
     daemons.append(d)
     async with Client.from_certs([d.address], certs_dir) as c:
-        with pytest.raises(FailedPrecondition, match=r"generation\.folders"):
+        with pytest.raises(NotFound, match=r"not published.*models push.*generation\.folders"):
             async for _ in c.generate("gpt2", PROMPT):
                 pass
 

@@ -169,8 +169,8 @@ def load_decoder_folder(path: Path, device: str = "cpu") -> DecoderFolder:
         model = AutoModelForCausalLM.from_pretrained(
             path, trust_remote_code=False, local_files_only=True, use_safetensors=True
         )
-    except (OSError, ValueError) as exc:
-        raise InvalidArgument(f"model folder {path.name!r} does not load: {exc}") from exc
+    except Exception as exc:  # transformers raises many kinds for a folder it cannot load
+        raise InvalidArgument(f"model folder {path.name!r} does not load: {exc}") from None
     model = model.to(device).eval()  # type: ignore[arg-type]
     tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
     tok_config = (

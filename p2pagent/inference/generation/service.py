@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from p2pagent.inference.generation.folder import (
     DecoderFolder,
     load_decoder_folder,
 )
+from p2pagent.inference.generation.published import PublishedDecoders
 from p2pagent.inference.generation.sampling import SamplingParams
 from p2pagent.inference.generation.scheduler import FinishReason
 
@@ -125,40 +126,79 @@ class _ModelRunner:
 
 
 class GenerationService:
-    """Decoder folders this node serves by name; each is loaded on first use."""
+    """Decoder models this node generates with: the local folders of ``generation.folders``
+    by name, and (with ``published``) every decoder model published through the mesh, its
+    newest version or a pinned one, pulled on first use. Each is loaded on first use; a
+    published version runs as ``name@<manifest id>``, so a newer version gets its own
+    engine while streams on the older one finish."""
 
     def __init__(
-        self, folders: Mapping[str, Path], config: GenerationConfig, device: str = "cpu"
+        self,
+        folders: Mapping[str, Path],
+        config: GenerationConfig,
+        device: str = "cpu",
+        published: PublishedDecoders | None = None,
     ) -> None:
         self._paths = dict(folders)
         self._config = config
         self._device = device
+        self._published = published
         self._runners: dict[str, _ModelRunner] = {}
         self._loading = asyncio.Lock()
 
     def names(self) -> list[str]:
         return sorted(self._paths)
 
-    async def runner(self, model: str) -> _ModelRunner:
-        runner = self._runners.get(model)
-        if runner is not None:
-            return runner
-        path = self._paths.get(model)
-        if path is None:
+    async def runner(self, model: str, version: str = "") -> _ModelRunner:
+        if model in self._paths:
+            if version:
+                raise InvalidArgument(
+                    f"model {model!r} is served from a local folder (generation.folders); "
+                    "it has no versions to pin (leave model_version empty)"
+                )
+            path = self._paths[model]
+
+            async def local() -> Path:
+                return path
+
+            return await self._load(model, local)
+        if self._published is None:
             known = ", ".join(self.names()) or "none"
             raise NotFound(f"no decoder model {quoted(model)} on this node (serving: {known})")
+        published = self._published
+        try:
+            entry = published.entry(model, version)
+        except NotFound as e:
+            folders = ", ".join(self.names()) or "none"
+            raise NotFound(
+                f"{e}; local decoder folders here: {folders}. Push a causal LM folder with "
+                "p2pagentctl models push DIR --name NAME, or serve one with "
+                "generation.folders (NAME=DIR)"
+            ) from None
+
+        async def folder() -> Path:
+            return (await published.folder(entry)).folder
+
+        return await self._load(f"{model}@{entry.manifest_id}", folder)
+
+    async def _load(self, key: str, folder: Callable[[], Awaitable[Path]]) -> _ModelRunner:
+        runner = self._runners.get(key)
+        if runner is not None:
+            return runner
         async with self._loading:
-            if model not in self._runners:
-                folder = await asyncio.to_thread(load_decoder_folder, path, self._device)
-                self._runners[model] = _ModelRunner(model, folder, self._config)
-        return self._runners[model]
+            if key not in self._runners:
+                path = await folder()
+                loaded = await asyncio.to_thread(load_decoder_folder, path, self._device)
+                self._runners[key] = _ModelRunner(key, loaded, self._config)
+                log.info("generation: %s loaded from %s", key, path)
+        return self._runners[key]
 
     async def generate(
-        self, model: str, prompt: Prompt, params: SamplingParams
+        self, model: str, prompt: Prompt, params: SamplingParams, version: str = ""
     ) -> AsyncIterator[Event]:
         """The sequence's events, ending with its FinishEvent. Raises before the first
         event for anything refused (nothing is queued then)."""
-        runner = await self.runner(model)
+        runner = await self.runner(model, version)
         ids = prompt.tokens(runner.engine.folder)
         events = runner.generate(ids, params)
         first = await anext(events)  # submit happens here: refusals surface now

@@ -13,8 +13,9 @@ Refused, each with InvalidArgument naming the problem and what to do:
 - no ``tokenizer.json`` (a node tokenizes with the ``tokenizers`` library);
 - a base model (``BertModel``...) without a sentence-transformers pooling config: a node
   would not know how to make one vector of a sentence;
-- an architecture of another task than the three served (sentence embeddings, sequence
-  classification, token classification).
+- an architecture of another task than the four served (sentence embeddings, sequence
+  classification, token classification, and text generation for causal language models:
+  ``GPT2LMHeadModel``, ``LlamaForCausalLM``... served by ``Generate``, not ``Infer``).
 
 Imports ``transformers``' architecture tables (which import torch): a few seconds, paid by
 the publisher's CLI and the node's publish check, not by a node that only replicates.
@@ -33,7 +34,8 @@ from p2pagent.inference.hf.pack import PackedFile, files_from_doc
 EMBEDDING = "embedding"
 CLASSIFICATION = "classification"
 TOKEN_CLASSIFICATION = "token_classification"
-TASKS = (EMBEDDING, CLASSIFICATION, TOKEN_CLASSIFICATION)
+GENERATION = "generation"
+TASKS = (EMBEDDING, CLASSIFICATION, TOKEN_CLASSIFICATION, GENERATION)
 #: Pooling modes of sentence-transformers' Pooling config, by its flag names.
 POOLING_FLAGS = {
     "pooling_mode_mean_tokens": "mean",
@@ -77,6 +79,7 @@ def known_architectures() -> dict[str, str]:
         (auto.MODEL_MAPPING_NAMES, EMBEDDING),
         (auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES, CLASSIFICATION),
         (auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES, TOKEN_CLASSIFICATION),
+        (auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, GENERATION),
     )
     for table, task in tables:
         for names in table.values():
@@ -179,7 +182,11 @@ def _max_length(root: Path, config: Mapping[str, Any]) -> int:
         value = tok.get("model_max_length")
         if isinstance(value, int) and 0 < value < _NO_LIMIT:
             limits.append(value)
-    positions = config.get("max_position_embeddings")
+    # GPT-2's config names its context n_positions (n_ctx in old folders).
+    positions = next(
+        (config[k] for k in ("max_position_embeddings", "n_positions", "n_ctx") if k in config),
+        None,
+    )
     if isinstance(positions, int) and positions > 0:
         # RoBERTa-style models offset positions by the padding index.
         offset = int(config.get("pad_token_id") or 0) + 1 if config.get("model_type") in (
@@ -224,7 +231,8 @@ def folder_metadata(root: Path, files: Sequence[PackedFile]) -> dict[str, Any]:
     if task is None:
         raise InvalidArgument(
             f"architecture {arch!r} of the folder's config.json is not one the installed "
-            "transformers knows for embeddings, sequence or token classification"
+            "transformers knows for embeddings, sequence or token classification, or "
+            "text generation (a causal LM)"
         )
     ids = {"dtype": "int64", "shape": [-1, -1]}
     arch_config: dict[str, Any] = {
@@ -233,6 +241,19 @@ def folder_metadata(root: Path, files: Sequence[PackedFile]) -> dict[str, Any]:
         "pad_token_id": int(config.get("pad_token_id") or 0),
         "files": [f.to_dict() for f in files],
     }
+    if task == GENERATION:
+        vocab = config.get("vocab_size")
+        if not isinstance(vocab, int) or vocab <= 0:
+            raise InvalidArgument("the folder's config.json has no vocab_size")
+        # The chat template (tokenizer_config.json) travels with the folder. The ports say
+        # what one forward pass gives (Infer returns the raw next-token logits); Generate is
+        # how it is meant to run, and its publish check runs a short generation.
+        return {
+            "inputs": [{"name": "input_ids", **ids}, {"name": "attention_mask", **ids}],
+            "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, -1, vocab]}],
+            "architecture": arch,
+            "arch_config": arch_config,
+        }
     if task == EMBEDDING:
         pooling, normalize = _embedding_head(root)
         width = config.get("hidden_size")

@@ -46,6 +46,22 @@ def test_metadata_comes_from_the_folders_config_files(built: Path) -> None:
     assert ner["outputs"] == [{"name": "logits", "dtype": "float32", "shape": [-1, -1, 5]}]
 
 
+def test_a_causal_lm_folder_is_a_generation_model(tmp_path: Path) -> None:
+    from p2pagent.testing.decoder_folders import build_gpt2_folder, build_llama_folder
+
+    for build, arch in (
+        (build_gpt2_folder, "GPT2LMHeadModel"),
+        (build_llama_folder, "LlamaForCausalLM"),
+    ):
+        meta = _meta(build(tmp_path / arch))
+        assert meta["architecture"] == arch
+        cfg = meta["arch_config"]
+        assert isinstance(cfg, dict)
+        assert (cfg["task"], cfg["max_length"]) == ("generation", 512)
+        assert [p["name"] for p in meta["inputs"]] == ["input_ids", "attention_mask"]  # type: ignore[attr-defined]
+        assert meta["outputs"] == [{"name": "logits", "dtype": "float32", "shape": [-1, -1, 1024]}]
+
+
 def _copy(built: Path, tmp: Path) -> Path:
     return Path(shutil.copytree(built / "emb", tmp / "copy"))
 
