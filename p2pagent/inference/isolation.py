@@ -3,9 +3,11 @@
 ``plan`` is computed once per node from the configuration and the paths the worker must never
 reach (the node's certificate folder, key and data folder). It grants read access to what
 Python and torch need (the interpreter's prefixes, the import path, system libraries, /proc,
-/sys), device access to /dev, and full access to a scratch folder of its own; it leaves out
-any of those roots that contains a protected path, or lies inside one, so a certificate
-folder under, say, the current directory never becomes readable through the import path.
+/sys), device access to /dev, and full access to a scratch folder of its own. A root that
+lies inside a protected path is left out; a root that holds one (a checkout whose import path
+also holds the demo's certificates and data) is granted entry by entry, descending only into
+the entries that hold a protected path, so the key never becomes readable through the import
+path while the code beside it stays importable.
 
 The uid: when the daemon runs as root, the worker switches to ``inference.worker_uid``
 (auto: 65534, "nobody") if that uid can reach the interpreter and the import path; where it
@@ -64,9 +66,35 @@ def python_roots() -> list[str]:
     return out
 
 
-def _overlaps(root: str, protected: list[Path]) -> bool:
-    r = Path(root)
-    return any(p == r or p.is_relative_to(r) or r.is_relative_to(p) for p in protected)
+#: How deep ``_readable_parts`` descends towards a protected path before it leaves the
+#: whole folder out instead.
+_MAX_DEPTH = 6
+
+
+def _readable_parts(
+    root: Path, protected: list[Path], depth: int = 0
+) -> tuple[list[str], list[str]]:
+    """(readable, left out): ``root`` whole when it neither holds nor lies in a protected
+    path; nothing when it lies in one; else its entries, each decided the same way (symbolic
+    links by where they lead, since Landlock follows them)."""
+    real = Path(os.path.realpath(root))
+    if any(real == p or real.is_relative_to(p) for p in protected):
+        return [], [str(root)]
+    if not any(p.is_relative_to(real) for p in protected):
+        return [str(real)], []
+    if depth >= _MAX_DEPTH:
+        return [], [str(root)]
+    try:
+        entries = sorted(os.listdir(real))
+    except OSError:
+        return [], [str(root)]
+    readable: list[str] = []
+    left_out: list[str] = []
+    for name in entries:
+        r, w = _readable_parts(real / name, protected, depth + 1)
+        readable += r
+        left_out += w
+    return readable, left_out
 
 
 def plan(worker_uid: int, protected: list[Path], scratch: Path) -> Plan:
@@ -75,10 +103,9 @@ def plan(worker_uid: int, protected: list[Path], scratch: Path) -> Plan:
     rules: list[Rule] = []
     withheld: list[str] = []
     for root in [*python_roots(), *_SYSTEM_READ]:
-        if _overlaps(root, guarded):
-            withheld.append(root)
-        elif all(r.path != root for r in rules):
-            rules.append(Rule(root, Access.READ))
+        allowed, left_out = _readable_parts(Path(root), guarded)
+        rules += [Rule(a, Access.READ) for a in allowed if all(r.path != a for r in rules)]
+        withheld += [w for w in left_out if w not in withheld]
     rules.append(Rule("/dev", Access.DEVICES))
     rules.append(Rule(str(scratch), Access.WRITE))
     uid, gid, reason = _choose_uid(worker_uid)

@@ -109,14 +109,22 @@ def test_a_region_announced_larger_than_it_is_is_refused() -> None:
 def test_the_plan_never_allows_a_root_holding_the_key_or_data(tmp_path: Path) -> None:
     certs = tmp_path / "certs"
     certs.mkdir()
-    # A certificate folder inside the import path: that root is withheld, not allowed.
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text("")
+    (tmp_path / "to-certs").symlink_to(certs)
+    # A certificate folder inside the import path: that root is granted entry by entry,
+    # the certificate folder (and a link to it) left out, the code beside it readable.
     sys.path.append(str(tmp_path))
     try:
         plan = isolation.plan(-1, [certs / "n1.key", certs, tmp_path / "data"], tmp_path / "w")
     finally:
         sys.path.remove(str(tmp_path))
     allowed = {r.path: r.access for r in plan.rules}
-    assert str(tmp_path.resolve()) in plan.withheld
+    assert str(certs.resolve()) in plan.withheld
+    assert str(tmp_path.resolve()) not in {r.path for r in plan.rules}
+    assert {r.path: r.access for r in plan.rules}[str((tmp_path / "pkg").resolve())] is (
+        sandbox.Access.READ
+    )
     for path in allowed:
         p = Path(path)
         assert not (certs.resolve().is_relative_to(p) or p.is_relative_to(certs.resolve())), p
