@@ -42,7 +42,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
+from p2pagent._proto import agent_pb2, agent_pb2_grpc
+from p2pagent.client_messages import (
+    checked_texts,
+    decode_outputs,
+    encode_inputs,
+    set_request,
+    submit_request,
+    task_result,
+    write_options,
+)
 from p2pagent.errors import InvalidArgument, P2PAgentError, Unavailable
 from p2pagent.identity import material as tls
 from p2pagent.transport.channels import DEFAULT_MAX_MESSAGE_BYTES, secure_channel
@@ -54,8 +63,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-#: Largest tensor (elements) this client decodes from an answer.
-MAX_OUTPUT_ELEMENTS = 1 << 28
 #: Pause between rounds over every node while a task's result is being followed.
 FOLLOW_BACKOFF_S = (0.2, 5.0)
 
@@ -165,11 +172,13 @@ class Client:
     ) -> dict[str, torch.Tensor]:
         """One inference, answered in the call (not journaled: repeated on another node if
         the first one cannot be reached)."""
-        request = agent_pb2.InferRequest(model=model, inputs=_encode(inputs), model_version=version)
+        request = agent_pb2.InferRequest(
+            model=model, inputs=encode_inputs(inputs), model_version=version
+        )
         answer = await self._call(
             lambda s: s.Infer(request, timeout=self._timeout), repeatable=True
         )
-        return _decode(answer.outputs)
+        return decode_outputs(answer.outputs)
 
     async def embed(
         self, model: str, texts: Sequence[str], *, truncate: bool = False, version: str = ""
@@ -178,7 +187,7 @@ class Client:
         InvalidArgument for an empty list, an empty text, or a text over the model's maximum
         without ``truncate``."""
         request = agent_pb2.EmbedRequest(
-            model=model, texts=_texts(texts), truncate=truncate, model_version=version
+            model=model, texts=checked_texts(texts), truncate=truncate, model_version=version
         )
         answer = await self._call(
             lambda s: s.Embed(request, timeout=self._timeout), repeatable=True
@@ -190,7 +199,7 @@ class Client:
     ) -> list[list[tuple[str, float]]]:
         """Per text, every label of a sequence classifier with its score, best first."""
         request = agent_pb2.ClassifyRequest(
-            model=model, texts=_texts(texts), truncate=truncate, model_version=version
+            model=model, texts=checked_texts(texts), truncate=truncate, model_version=version
         )
         answer = await self._call(
             lambda s: s.Classify(request, timeout=self._timeout), repeatable=True
@@ -202,7 +211,7 @@ class Client:
     ) -> list[list[agent_pb2.Entity]]:
         """Per text, the entities a token classifier found (label, score, start, end, text)."""
         request = agent_pb2.ClassifyRequest(
-            model=model, texts=_texts(texts), truncate=truncate, model_version=version
+            model=model, texts=checked_texts(texts), truncate=truncate, model_version=version
         )
         answer = await self._call(
             lambda s: s.ClassifyTokens(request, timeout=self._timeout), repeatable=True
@@ -219,7 +228,7 @@ class Client:
         version: str = "",
     ) -> str:
         """Submits a task; returns its id once the node that took it has journaled it."""
-        request = _submit_request(model, inputs, priority, deadline_s, version)
+        request = submit_request(model, inputs, priority, deadline_s, version)
         answer = await self._call(
             lambda s: s.Submit(request, timeout=self._timeout), repeatable=False
         )
@@ -228,7 +237,7 @@ class Client:
     async def wait(self, task_id: str) -> dict[str, torch.Tensor]:
         """The task's outputs once it is done (its error, raised, if it failed), asked of any
         node for up to ``follow_s`` seconds while none can answer."""
-        return _result(await self.follow_task(task_id))
+        return task_result(await self.follow_task(task_id))
 
     async def run(
         self,
@@ -242,8 +251,8 @@ class Client:
     ) -> dict[str, torch.Tensor]:
         """Submits a task and returns its outputs (or raises its error), following it across
         lost streams and nodes. ``on_event`` sees each event (the first carries the id)."""
-        request = _submit_request(model, inputs, priority, deadline_s, version)
-        return _result(await self.follow(request, on_event))
+        request = submit_request(model, inputs, priority, deadline_s, version)
+        return task_result(await self.follow(request, on_event))
 
     async def follow(
         self,
@@ -304,7 +313,7 @@ class Client:
     async def put(self, namespace: str, key: str, value: bytes, *, durable: bool = False) -> None:
         """Writes a last-writer-wins register (repeating it is harmless)."""
         request = agent_pb2.PutRequest(
-            namespace=namespace, key=key, value=value, options=_write_options(durable)
+            namespace=namespace, key=key, value=value, options=write_options(durable)
         )
         await self._call(lambda s: s.Put(request, timeout=self._timeout), repeatable=True)
 
@@ -318,14 +327,14 @@ class Client:
     ) -> None:
         """Adds ``delta`` to a counter. Not repeated after it reached a node (OutcomeUnknown)."""
         request = agent_pb2.IncrementRequest(
-            namespace=namespace, key=key, delta=delta, options=_write_options(durable)
+            namespace=namespace, key=key, delta=delta, options=write_options(durable)
         )
         await self._call(lambda s: s.Increment(request, timeout=self._timeout), repeatable=False)
 
     async def delete(self, namespace: str, key: str, *, durable: bool = False) -> None:
         """Deletes a key (repeating it is harmless)."""
         request = agent_pb2.DeleteRequest(
-            namespace=namespace, key=key, options=_write_options(durable)
+            namespace=namespace, key=key, options=write_options(durable)
         )
         await self._call(lambda s: s.Delete(request, timeout=self._timeout), repeatable=True)
 
@@ -333,14 +342,14 @@ class Client:
         self, namespace: str, key: str, elements: Sequence[bytes], *, durable: bool = False
     ) -> None:
         """Adds elements to an add-wins set (repeating it is harmless)."""
-        request = _set_request(namespace, key, elements, durable)
+        request = set_request(namespace, key, elements, durable)
         await self._call(lambda s: s.SetAdd(request, timeout=self._timeout), repeatable=True)
 
     async def set_remove(
         self, namespace: str, key: str, elements: Sequence[bytes], *, durable: bool = False
     ) -> None:
         """Removes elements from a set (the adds this node has seen; repeating it is harmless)."""
-        request = _set_request(namespace, key, elements, durable)
+        request = set_request(namespace, key, elements, durable)
         await self._call(lambda s: s.SetRemove(request, timeout=self._timeout), repeatable=True)
 
     async def scan(
@@ -548,62 +557,3 @@ async def _events(call: AsyncIterable[agent_pb2.TaskEvent]) -> AsyncIterator[age
         if e.code() is grpc.StatusCode.UNAVAILABLE:
             raise
         raise error_from_rpc(e) from e
-
-
-def _texts(texts: Sequence[str]) -> list[str]:
-    """``texts`` checked as a node checks them, before they are sent."""
-    from p2pagent.inference.hf.tokenize import check_texts
-
-    if isinstance(texts, str):
-        raise InvalidArgument("texts must be a list of strings, not one string")
-    check_texts("the model", texts)
-    return list(texts)
-
-
-def _encode(inputs: Mapping[str, torch.Tensor]) -> list[common_pb2.Tensor]:
-    from p2pagent.inference import tensors
-
-    if not isinstance(inputs, Mapping):
-        raise InvalidArgument("inputs: give a mapping of input name to tensor")
-    return [tensors.to_proto(name, t) for name, t in inputs.items()]
-
-
-def _decode(outputs: Sequence[common_pb2.Tensor]) -> dict[str, torch.Tensor]:
-    from p2pagent.inference import tensors
-
-    decoded = tensors.many_from_proto(outputs, MAX_OUTPUT_ELEMENTS)
-    if isinstance(decoded, dict):
-        return decoded
-    return {str(i): t for i, t in enumerate(decoded)}
-
-
-def _result(event: agent_pb2.TaskEvent) -> dict[str, torch.Tensor]:
-    if event.kind == agent_pb2.TaskEvent.FAILED:
-        from p2pagent.tasks.wire import error_from_code
-
-        raise error_from_code(event.error_code, f"task {event.task_id}: {event.error_message}")
-    return _decode(event.outputs)
-
-
-def _submit_request(
-    model: str, inputs: Mapping[str, torch.Tensor], priority: int, deadline_s: float, version: str
-) -> agent_pb2.SubmitRequest:
-    return agent_pb2.SubmitRequest(
-        model=model,
-        inputs=_encode(inputs),
-        priority=priority,
-        deadline_s=deadline_s,
-        model_version=version,
-    )
-
-
-def _write_options(durable: bool) -> agent_pb2.WriteOptions:
-    return agent_pb2.WriteOptions(durable=durable)
-
-
-def _set_request(
-    namespace: str, key: str, elements: Sequence[bytes], durable: bool
-) -> agent_pb2.SetRequest:
-    return agent_pb2.SetRequest(
-        namespace=namespace, key=key, elements=list(elements), options=_write_options(durable)
-    )
