@@ -9,7 +9,7 @@ cores, and no policy could show a speed-up). All tasks are submitted to n1; the 
 from the first Submit to the last result, read with ``Wait`` at the origin.
 
 Scenarios, one row per policy (a fresh mesh per policy, since placement is node config):
-``uniform``, ``skewed`` and ``source`` as defined in ``bench/tasks_scenarios.py`` (the
+``uniform``, ``skewed`` and ``source`` as defined in ``bench/_tasks_scenarios.py`` (the
 simulator runs the same ones: ``python -m bench.tasks_sim --shared``), and
 
 * ``kill``: work stealing, uniform tasks; n2 is SIGKILLed while it runs stolen work. Reports the
@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from bench._proc import NO_RATE_LIMIT
-from bench.tasks_scenarios import SHARED, plan
+from bench._tasks_scenarios import SHARED, plan
 from p2pagent._proto import agent_pb2, common_pb2
 from p2pagent.inference import demo_model, tensors
 from p2pagent.tasks.placement import PLACEMENTS

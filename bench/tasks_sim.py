@@ -13,7 +13,7 @@ Prints four tables; every number is a ratio against a baseline computed in the s
 (d) an executor crashes mid-run: lost, duplicates, and how long after it is declared dead its
     tasks run again elsewhere.
 
-(shared) with ``--shared``: instead, the scenarios of ``bench/tasks_scenarios.py`` that
+(shared) with ``--shared``: instead, the scenarios of ``bench/_tasks_scenarios.py`` that
     ``bench.tasks_cluster`` runs on real daemons; with ``--compare CLUSTER.json`` (the
     cluster bench's ``--json`` output), each row is simulated with the cluster row's own
     submission time (tasks arrive evenly over it, as the bench's clients sent them) and the
@@ -32,7 +32,7 @@ import statistics
 import sys
 from typing import Any
 
-from bench.tasks_scenarios import SHARED, plan
+from bench._tasks_scenarios import SHARED, plan
 from p2pagent.sim.tasks import MAX_BATCH, Scenario, SimResult, link_with_latency, simulate
 
 POLICIES = ("local", "round_robin", "least_loaded", "work_stealing")
@@ -174,7 +174,7 @@ def shared(compare: str, out: dict[str, Any]) -> bool:
     ]
     local = {r["scenario"]: r for r in cluster if r["policy"] == "local"}
     overhead = {s: batch_overhead(s, r) for s, r in local.items()}
-    print("\n(shared) scenarios of bench/tasks_scenarios.py: makespan / ideal")
+    print("\n(shared) scenarios of bench/_tasks_scenarios.py: makespan / ideal")
     if overhead:
         cells = ", ".join(f"{s} {o * 1000:.1f} ms" for s, o in overhead.items())
         print(f"engine overhead per batch, fitted to the cluster's local-only rows: {cells}")
