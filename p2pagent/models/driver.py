@@ -144,7 +144,7 @@ class ModelsDriver:
             name,
             cache,
             reserved_names=reserved_names,
-            assemble=self._assemble,
+            assemble=self.assembled,
             is_complete=lambda mid: mid in self._complete,
             versions=self.entries,
             resolve=self.resolve,
@@ -343,7 +343,7 @@ class ModelsDriver:
         and runs on its example inputs (``publish_check``, in a child process)."""
         spec = spec_of(m)
         assert spec is not None  # publish refuses an upload without metadata
-        path = await self._assemble(m)
+        path = await self.assembled(m)
         detected = await asyncio.get_running_loop().run_in_executor(self._io, detect_format, path)
         if detected is not m.format:
             raise InvalidArgument(
@@ -362,11 +362,8 @@ class ModelsDriver:
         log.info("models: %s (%s) passed its check in %.1f s", m.name, m.manifest_id[:12], seconds)
 
     async def assembled(self, m: Manifest) -> Path:
-        """The verified file of a version held complete here (for ``Generate``, which loads
-        decoder folders itself rather than through the inference cache)."""
-        return await self._assemble(m)
-
-    async def _assemble(self, m: Manifest) -> Path:
+        """The verified file of a version held complete here (for the inference cache, and
+        for ``Generate``, which loads decoder folders itself)."""
         path = await self._run_io(self.store.assemble, m.manifest_id)
         assert isinstance(path, Path)
         return path
