@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from p2pagent._proto import agent_pb2
 from p2pagent.inference.stats import ModelStats
-from p2pagent.metrics import inference, membership, models, state, tasks
+from p2pagent.metrics import inference, membership, models, state, tasks, training
 from p2pagent.metrics.build import register_build_info
 from p2pagent.metrics.families import SnapshotCollector
 
@@ -29,6 +29,7 @@ def register_node_metrics(registry: CollectorRegistry, node: Node) -> None:
     registry.register(SnapshotCollector(lambda: models_snapshot(node), models.render))
     registry.register(SnapshotCollector(lambda: tasks_snapshot(node), tasks.render))
     registry.register(SnapshotCollector(lambda: inference_snapshot(node), inference.render))
+    registry.register(SnapshotCollector(lambda: training_snapshot(node), training.render))
 
 
 def membership_snapshot(node: Node) -> membership.MembershipSnapshot | None:
@@ -93,3 +94,22 @@ def tasks_snapshot(node: Node) -> tasks.TasksSnapshot:
 
 def inference_snapshot(node: Node) -> list[ModelStats]:
     return sorted(node.engine.stats().values(), key=lambda s: s.model)
+
+
+def training_snapshot(node: Node) -> list[training.RunSnapshot]:
+    driver = node.training
+    return [
+        training.RunSnapshot(
+            run=name,
+            members=len(driver.participants(name)),
+            rounds=run.stats.rounds,
+            last_round=run.stats.last_round,
+            last_round_s=run.stats.last_round_s,
+            phase_timeout_s=run.stats.phase_timeout_s,
+            bytes_sent=run.stats.bytes_sent,
+            bytes_received=run.stats.bytes_received,
+            refused=run.stats.refused,
+            incomplete_rounds=run.stats.incomplete_rounds,
+        )
+        for name, run in sorted(driver.runs.items())
+    ]

@@ -26,6 +26,8 @@ from p2pagent.training.publish import PublishPlan
 #: Status codes that mean "the daemon is not there now".
 OUTAGE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 OUTAGE_PAUSE_S = 0.5
+#: Local steps a loop may take per round of the run before it gives up (outages included).
+MAX_LOOPS_PER_ROUND = 3
 
 
 @dataclass(frozen=True)
@@ -97,11 +99,21 @@ def federated(
                 stubs[name], "digits", every=1, min_members=len(names), timeout=timeout,
                 publish=publish,
             )  # fmt: skip
-            for r in range(plan.rounds):
+            # The run's round numbers, not this loop's count, say when the run is over: a
+            # loop that lost rounds to an outage must not stop early while the others still
+            # average (its classes would fade from their model).
+            last_round, r = -1, 0
+            while last_round + 1 < plan.rounds:
+                if r >= MAX_LOOPS_PER_ROUND * plan.rounds:
+                    raise RuntimeError(
+                        f"{plan.rounds} rounds not reached after {r} local steps "
+                        f"(the run's last round here: {last_round})"
+                    )
                 digits.train_epochs(
                     model, shards[name], plan.local_epochs, plan.seed * 1000 + r,
                     lr=plan.lr, batch=plan.batch,
                 )  # fmt: skip
+                r += 1
                 if plan.slow_s and name == plan.slow_node:
                     time.sleep(plan.slow_s)
                 try:
@@ -111,13 +123,14 @@ def federated(
                         raise
                     # The daemon died (or restarts): this process and its data are fine;
                     # train on, and average again once the daemon answers.
-                    run.outage_rounds.append(r)
+                    run.outage_rounds.append(last_round + 1)
                     time.sleep(OUTAGE_PAUSE_S)
                     continue
                 assert result is not None
                 digits.load_params(model, result.params)
+                last_round = max(last_round, result.round_no)
                 if on_round is not None:
-                    on_round(name, r)
+                    on_round(name, result.round_no)
             run.results = mesh.rounds
             run.params = digits.params_of(model)
         except Exception as e:  # reported in the result

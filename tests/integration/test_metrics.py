@@ -4,6 +4,7 @@ live values, RPCs are labelled by service, method and type, other paths answer 4
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import urllib.error
@@ -11,11 +12,17 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from p2pagent._proto import agent_pb2_grpc
 from p2pagent.client import Client
+from p2pagent.identity import material as tls
 from p2pagent.testing.daemon import Daemon, free_port
+from p2pagent.training.api import average
+from p2pagent.transport.channels import channel_options
 
 #: Families (as exposed, counters with ``_total``) that must be present on a started node.
 EXPECTED = {
@@ -83,6 +90,26 @@ async def test_metrics_show_the_node(node: Daemon, certs_dir: Path) -> None:
         for s in families["p2pagent_rpc_handled"].samples
     }
     assert ("p2pagent.v1.Agent", "Status", "unary") in handled, handled
+
+
+async def test_metrics_show_a_training_run(node: Daemon, certs_dir: Path) -> None:
+    """A run of one member (this node alone) averages at once; its series appear by run."""
+    params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+
+    def one_round() -> None:
+        m = tls.load(tls.TLSPaths.in_dir(certs_dir, "n1"))  # a run's members are nodes
+        creds = grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
+        options = channel_options(m.cluster, 64 << 20)
+        with grpc.secure_channel(node.address, creds, options=options) as channel:
+            average(agent_pb2_grpc.AgentStub(channel), "solo", params, 10.0, timeout=60)
+
+    await asyncio.to_thread(one_round)
+    _status, body = _get(node, "/metrics")
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    rounds = {s.labels["run"]: s.value for s in families["p2pagent_training_rounds"].samples}
+    assert rounds == {"solo": 1.0}
+    sent = families["p2pagent_training_members"].samples
+    assert [(s.labels["run"], s.value) for s in sent] == [("solo", 1.0)]
 
 
 @pytest.mark.parametrize("path", ["/", "/metricsx", "/favicon.ico", "/metrics/../x"])

@@ -4,7 +4,7 @@ that check names and rendering without starting a node)."""
 from __future__ import annotations
 
 from p2pagent.inference.stats import ModelStats
-from p2pagent.metrics import inference, membership, models, state, tasks
+from p2pagent.metrics import inference, membership, models, state, tasks, training
 from p2pagent.metrics.build import register_build_info
 from p2pagent.metrics.families import SnapshotCollector
 from p2pagent.transport.metrics import RpcMetrics
@@ -47,6 +47,12 @@ def sample_registry() -> RpcMetrics:
     reg.register(
         SnapshotCollector(
             lambda: [_stats("m", ((1, 2), (8, 3)))], inference.render
+        )
+    )
+    reg.register(
+        SnapshotCollector(
+            lambda: [training.RunSnapshot("digits", 4, 12, 11, 0.8, 2.5, 4096, 4000, 1, 2)],
+            training.render,
         )
     )
     handle = rpc.rpc("/p2pagent.v1.Agent/Watch", "server_stream")

@@ -46,6 +46,12 @@ def test_node_families_render_their_snapshot_values() -> None:
     assert samples[("p2pagent_inference_batch_size_sum", model)] == 26
     assert samples[("p2pagent_inference_queue_seconds_sum", model)] == 0.25
     assert samples[("p2pagent_inference_queue_seconds_count", model)] == 5
+    run = frozenset({("run", "digits")})
+    assert samples[("p2pagent_training_members", run)] == 4
+    assert samples[("p2pagent_training_rounds_total", run)] == 12
+    assert samples[("p2pagent_training_incomplete_rounds_total", run)] == 2
+    assert samples[("p2pagent_training_sent_bytes_total", run)] == 4096
+    assert samples[("p2pagent_training_phase_timeout_seconds", run)] == 2.5
     builds = [k for k in samples if k[0] == "p2pagent_build_info"]
     assert len(builds) == 1 and dict(builds[0][1])["version"]
 
