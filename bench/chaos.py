@@ -147,9 +147,7 @@ def _client(c: Cluster, home: str, history: History, stop: threading.Event, seed
                 body = _model_file(rng)
                 # Publishing needs the role; the node loads and runs every upload in a child first.
                 publisher = c.agent(target, "publisher")
-                published = publisher.PublishModel(
-                    _upload(name, body), timeout=CALL_TIMEOUT_S * 12
-                )
+                published = publisher.PublishModel(_upload(name, body), timeout=CALL_TIMEOUT_S * 12)
                 model = (published.manifest_id, hashlib.sha256(body).hexdigest())
             else:
                 elem = f"{home}-{i}".encode()

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._targets import at_most, report
 from p2pagent.testing import netns
 from p2pagent.testing.cluster import Cluster
 
@@ -89,13 +90,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--nodes", type=int, default=16)
     p.add_argument("--partition-nodes", type=int, default=6)
+    p.add_argument("--json", action="store_true", help="print the targets as JSON")
     args = p.parse_args()
     rows = run(args.nodes, args.partition_nodes)
-    print(f"| membership, {args.nodes} daemons | seconds | target | ratio | met |")
-    print("|---|---:|---:|---:|---|")
-    for what, seconds, target in rows:
-        met = "yes" if seconds <= target else "no"
-        print(f"| {what} | {seconds:.2f} | {target:.0f} | {seconds / target:.2f} | {met} |")
+    targets = [at_most(f"{what} (s)", seconds, target) for what, seconds, target in rows]
+    report(targets, args.json, nodes=args.nodes)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from bench._targets import at_most, report
 from p2pagent.membership import timing
 from p2pagent.sim.membership import MembershipScenario, simulate, simulate_spread
 
@@ -26,38 +27,43 @@ SERF = {10: 7.7, 100: 9.2, 1000: 10.8}
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--full", action="store_true", help="10 simulated minutes at N = 1000")
+    p.add_argument("--json", action="store_true", help="print the targets as JSON")
     args = p.parse_args()
-    print("| scenario | measured | target | met |")
-    print("|---|---:|---:|---|")
+    targets = []
     for n, bound in SERF.items():
         worst = 0.0
         for seed in (1, 2, 3):
             r = simulate(MembershipScenario(nodes=n, duration=8, crash_at=100, seed=seed))
             assert r.rounds_to_full is not None
             worst = max(worst, r.rounds_to_full)
-        print(f"| join spreading, N={n}: rounds (worst of 3 seeds) | {worst:.2f} | {bound} "
-              f"| {'yes' if worst <= bound else 'no'} |")  # fmt: skip
+        targets.append(at_most(f"join spreading, N={n}: rounds (worst of 3 seeds)", worst, bound))
     spread = max(simulate_spread(10_000, 3, 0.2, 0.0, seed).rounds_to_full for seed in (1, 2, 3))
-    print(f"| one update, N=10000, dissemination only: rounds | {spread} | 12.4 (extrapolated) "
-          f"| {'yes' if spread <= 12.4 else 'no'} |")  # fmt: skip
+    targets.append(
+        at_most("one update, N=10000, dissemination only: rounds (bound extrapolated)", spread,
+                12.4)
+    )  # fmt: skip
     duration = 600.0 if args.full else 120.0
     started = time.perf_counter()
     r = simulate(MembershipScenario(nodes=1000, loss=0.1, duration=duration, crash_at=duration / 2))
-    wall = time.perf_counter() - started
+    lossy_wall = time.perf_counter() - started
     bound = 3 * timing.suspicion_min(4, 1000, 1.0)
-    print(f"| N=1000, 10% loss, {duration:.0f} s: false positives | {r.false_positives} | 0 "
-          f"| {'yes' if r.false_positives == 0 else 'no'} |")  # fmt: skip
-    det = r.detection_seconds
-    print(f"| same: crash detected by every live member (s) | {det} | {bound:.0f} "
-          f"| {'yes' if det is not None and det <= bound else 'no'} |")  # fmt: skip
-    print(f"| same: messages / bytes per member per s | {r.messages_per_node_per_s} / "
-          f"{r.bytes_per_node_per_s} | | |")  # fmt: skip
-    print(f"| same: wall time (s) | {wall:.0f} | | |")
+    targets.append(
+        at_most(f"N=1000, 10% loss, {duration:.0f} s: false positives", r.false_positives, 0)
+    )
+    targets.append(
+        at_most("same: crash detected by every live member (s)", r.detection_seconds, bound)
+    )
     started = time.perf_counter()
     simulate(MembershipScenario(nodes=1000, duration=60, crash_at=30))
     wall = time.perf_counter() - started
-    print(f"| N=1000 full membership, 60 simulated s, no loss: wall s | {wall:.0f} | 120 "
-          f"| {'yes' if wall <= 120 else 'no'} |")  # fmt: skip
+    targets.append(at_most("N=1000 full membership, 60 simulated s, no loss: wall s", wall, 120))
+    report(
+        targets,
+        args.json,
+        lossy_messages_per_member_per_s=r.messages_per_node_per_s,
+        lossy_bytes_per_member_per_s=r.bytes_per_node_per_s,
+        lossy_wall_s=round(lossy_wall, 1),
+    )
 
 
 if __name__ == "__main__":

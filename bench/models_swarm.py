@@ -27,6 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench._targets import at_most, report
 from bench.models_transfer import _all_alive, make_model, upload
 from p2pagent._proto import agent_pb2
 from p2pagent.testing.cluster import Cluster
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cap-mb", type=float, default=50.0, help="publisher upload cap, MB/s")
     p.add_argument("--pullers", type=int, default=4)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--json", action="store_true", help="print the targets as JSON")
     p.add_argument("--verbose", action="store_true", help="print each puller's pull summary")
     args = p.parse_args(argv)
 
@@ -138,12 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| 1 puller | {med(single_t):.2f} | {med(single_u):.2f} |")
     print(f"| {args.pullers} pullers at once | {med(swarm_t):.2f} | {ratio_u:.2f} |")
     print()
-    print("| target | measured | met |")
-    print("|---|---:|---|")
-    print(f"| all {args.pullers} done <= 1.5x one puller's time | {ratio_t:.2f}x | "
-          f"{'yes' if ratio_t <= 1.5 else 'no'} |")  # fmt: skip
-    print(f"| publisher uploads <= 1.5x the model | {ratio_u:.2f}x | "
-          f"{'yes' if ratio_u <= 1.5 else 'no'} |")  # fmt: skip
+    report(
+        [
+            at_most(f"all {args.pullers} pullers done vs one puller's time (x)", ratio_t, 1.5),
+            at_most("publisher uploads (x the model size)", ratio_u, 1.5),
+        ],
+        args.json,
+    )
     return 0
 
 

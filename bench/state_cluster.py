@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 
 from bench._proc import NO_RATE_LIMIT
+from bench._targets import Target, at_most, report
 from p2pagent._proto import agent_pb2, agent_pb2_grpc
 from p2pagent.identity import material as tls
 from p2pagent.state.config import StateConfig
@@ -208,13 +209,26 @@ def main() -> None:
     p.add_argument("--keys", type=int, default=100_000)
     p.add_argument("--partition-nodes", type=int, default=6)
     p.add_argument("--only", choices=["visibility", "memory", "partition"])
+    p.add_argument("--json", action="store_true", help="print the targets as JSON")
     args = p.parse_args()
+    targets: list[Target] = []
+    details: dict[str, dict[str, float]] = {}
     if args.only in (None, "visibility"):
-        print("visibility", visibility(args.nodes, args.writes), flush=True)
+        vis = details["visibility"] = visibility(args.nodes, args.writes)
+        targets.append(at_most("put visible on every other node's Watch, p99 (s)", vis["p99_s"], 1))
     if args.only in (None, "memory"):
-        print("memory", memory_and_catch_up(args.keys), flush=True)
+        mem = details["memory"] = memory_and_catch_up(args.keys)
+        targets.append(at_most(f"RSS holding {args.keys} keys (MB)", mem["rss_mb"], 200))
     if args.only in (None, "partition") and netns.available():
-        print("partition", partition(args.partition_nodes), flush=True)
+        part = details["partition"] = partition(args.partition_nodes)
+        targets.append(
+            at_most(
+                "replicas identical after membership heals (s)",
+                part["identical_after_membership_heal_s"],
+                2 * part["anti_entropy_interval_s"],
+            )
+        )
+    report(targets, args.json, **details)
 
 
 if __name__ == "__main__":

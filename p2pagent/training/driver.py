@@ -31,7 +31,7 @@ from p2pagent.training.averager import Averager
 from p2pagent.training.config import TrainingConfig
 from p2pagent.training.groups import check_run_name, participants, run_tag
 from p2pagent.training.messages import Part, Refused, RoundDone, Send, Vector
-from p2pagent.training.wire import part_messages
+from p2pagent.training.wire import DTYPE_OF_COMPRESSION, part_messages, wire_bytes
 from p2pagent.transport.channels import ChannelPool
 
 log = logging.getLogger(__name__)
@@ -248,8 +248,8 @@ class TrainingDriver:
             await stub.AverageParts(
                 part_messages(send.part, self.config.compression), timeout=SEND_TIMEOUT_S
             )
-            size = send.part.nbytes // (2 if self.config.compression == "fp16" else 1)
-            entry.stats.bytes_sent += size
+            dtype = DTYPE_OF_COMPRESSION[self.config.compression]
+            entry.stats.bytes_sent += wire_bytes(int(send.part.data.shape[0]), dtype)
         except grpc.aio.AioRpcError as e:
             # The core copes with a lost part (deadlines, backups); say why once in a while.
             self._bad.warning(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from p2pagent.training import quantize
 from p2pagent.training.config import TrainingConfig
 from p2pagent.training.messages import Vector
 
@@ -98,7 +99,10 @@ def weighted_average(parts: Mapping[str, Contribution]) -> tuple[Vector, float]:
 
 
 def compress(data: Vector, compression: str) -> Vector:
-    """``data`` as the receiver will see it after ``compression`` (fp16: rounded to half)."""
+    """``data`` as the receiver will see it after ``compression`` (fp16: rounded to half;
+    int8: rounded to its block's step)."""
     if compression == "fp16":
         return data.astype(np.float16).astype(np.float32)
+    if compression == "int8":
+        return quantize.round_trip(data)
     return data

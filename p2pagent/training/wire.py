@@ -3,7 +3,8 @@
 A part travels as a stream of ``AveragePart`` messages, the first carrying the header, each at
 most ``CHUNK_BYTES`` of data; the receiver checks the declared size against its limit before
 it allocates anything and checks that the chunks add up to it. Values are little-endian
-float32, or float16 when the run compresses (decoded to float32 on arrival).
+float32, or float16 or 8-bit blocks (``quantize.py``) when the run compresses; decoded to
+float32 on arrival.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from p2pagent._proto import agent_pb2, peer_pb2
 from p2pagent.errors import InvalidArgument, quoted
+from p2pagent.training import quantize
 from p2pagent.training.messages import Part, Phase, Vector
 
 #: Data bytes per streamed message.
@@ -25,11 +27,28 @@ WIRE_DTYPES: dict[str, np.dtype[np.floating[Any]]] = {
     "float32": np.dtype("<f4"),
     "float16": np.dtype("<f2"),
 }
+#: Block-wise 8-bit values with a float32 scale per block (``quantize.py``).
+INT8 = "int8"
+#: The wire dtype of each ``training.compression``.
+DTYPE_OF_COMPRESSION = {"none": "float32", "fp16": "float16", "int8": INT8}
+
+
+def wire_bytes(length: int, dtype: str) -> int:
+    """Bytes of data a part of ``length`` values takes on the wire as ``dtype``."""
+    if dtype == INT8:
+        return quantize.encoded_bytes(length)
+    return length * WIRE_DTYPES[dtype].itemsize
+
+
+def encode(data: Vector, dtype: str) -> bytes:
+    if dtype == INT8:
+        return quantize.encode(data)
+    return data.astype(WIRE_DTYPES[dtype], copy=False).tobytes()
 
 
 def part_messages(part: Part, compression: str) -> Iterator[peer_pb2.AveragePart]:
-    dtype = "float16" if compression == "fp16" else "float32"
-    raw = part.data.astype(WIRE_DTYPES[dtype], copy=False).tobytes()
+    dtype = DTYPE_OF_COMPRESSION[compression]
+    raw = encode(part.data, dtype)
     first = peer_pb2.AveragePart(
         run=part.run,
         round=part.round_no,
@@ -58,12 +77,12 @@ async def read_part(
     async for msg in stream:
         if header is None:
             header = msg
-            dtype = WIRE_DTYPES.get(msg.dtype)
-            if dtype is None:
+            if msg.dtype not in DTYPE_OF_COMPRESSION.values():
                 raise InvalidArgument(
-                    f"part dtype {quoted(msg.dtype)} is not one of {', '.join(WIRE_DTYPES)}"
+                    f"part dtype {quoted(msg.dtype)} is not one of "
+                    f"{', '.join(DTYPE_OF_COMPRESSION.values())}"
                 )
-            expected = msg.length * dtype.itemsize
+            expected = wire_bytes(msg.length, msg.dtype)
             if expected > max_bytes:
                 raise InvalidArgument(
                     f"part of {expected} bytes is over this node's limit of {max_bytes} "
@@ -81,8 +100,11 @@ async def read_part(
         raise InvalidArgument("empty part stream: the first message carries the header")
     if len(buf) != expected:
         raise InvalidArgument(f"part data has {len(buf)} bytes, its header declared {expected}")
-    # Read in place (no copy of the bytes); astype makes the one copy the part keeps.
-    values = np.frombuffer(buf, dtype=WIRE_DTYPES[header.dtype]).astype(np.float32)
+    if header.dtype == INT8:
+        values = quantize.decode(buf, header.length)
+    else:
+        # Read in place (no copy of the bytes); astype makes the one copy the part keeps.
+        values = np.frombuffer(buf, dtype=WIRE_DTYPES[header.dtype]).astype(np.float32)
     return Part(
         run=header.run,
         round_no=header.round,

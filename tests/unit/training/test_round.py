@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from p2pagent.training import quantize
 from p2pagent.training.averager import Averager
 from p2pagent.training.config import TrainingConfig
 from p2pagent.training.messages import Part, Phase, Refused, RoundDone, Send
@@ -310,3 +311,17 @@ def test_a_member_far_behind_the_run_ends_its_stale_round_at_once_and_catches_up
     mesh.advance(20.0)
     assert mesh.done["c"].round_no == 9
     assert mesh.done["c"].vector.tobytes() == mesh.done["a"].vector.tobytes()
+
+
+def test_int8_compression_keeps_members_bit_identical_and_close_to_the_mean() -> None:
+    names = ["a", "b", "c"]
+    vs = vectors(3)
+    mesh = Mesh(names, TrainingConfig(compression="int8").validate())
+    for n, v in zip(names, vs, strict=True):
+        mesh.begin(n, v)
+    got = {d.vector.tobytes() for d in mesh.done.values()}
+    assert len(got) == 1
+    result = next(iter(mesh.done.values())).vector
+    exact = np.mean(np.stack(vs), axis=0)
+    scale = float(np.abs(np.stack(vs)).max())
+    assert np.abs(result - exact).max() <= 2 * scale / quantize.LEVELS

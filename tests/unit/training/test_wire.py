@@ -6,7 +6,7 @@ import pytest
 
 from p2pagent._proto import peer_pb2
 from p2pagent.errors import InvalidArgument
-from p2pagent.training import wire
+from p2pagent.training import quantize, wire
 from p2pagent.training.api import fingerprint, flatten, unflatten
 from p2pagent.training.messages import Part, Phase
 
@@ -55,7 +55,7 @@ def test_a_part_over_the_limit_is_refused_before_it_is_read() -> None:
 @pytest.mark.parametrize(
     ("mutate", "match"),
     [
-        (lambda m: setattr(m[0], "dtype", "int8"), "dtype"),
+        (lambda m: setattr(m[0], "dtype", "int4"), "dtype"),
         (lambda m: setattr(m[0], "phase", 9), "phase"),
         (lambda m: setattr(m[0], "length", 10), "longer"),
         (lambda m: setattr(m[0], "length", 2000), "declared"),
@@ -98,3 +98,35 @@ def test_dp_clips_the_update_and_adds_noise_of_the_stated_scale() -> None:
     np.testing.assert_allclose(same, small, rtol=1e-6)
     with pytest.raises(InvalidArgument):
         DPConfig(clip_norm=0.0, noise_multiplier=1.0)
+
+
+def test_int8_takes_a_quarter_of_the_bytes_within_half_a_step_per_block() -> None:
+    rng = np.random.default_rng(0)
+    # Blocks of very different magnitudes: each keeps its own scale.
+    data = np.concatenate(
+        [rng.standard_normal(300) * 1e-3, rng.standard_normal(700) * 50.0]
+    ).astype(np.float32)
+    p = Part("r", 3, "g", "claimed", Phase.GATHER, 1, 42.0, "spec", data)
+    msgs = list(wire.part_messages(p, "int8"))
+    sent = sum(len(m.data) for m in msgs)
+    assert sent == 4 * 4 + 1000  # four blocks' scales, one byte per value
+    got = read(msgs)
+    assert got.data.dtype == np.float32 and got.data.shape == data.shape
+    for start in range(0, 1000, quantize.BLOCK):
+        block = data[start : start + quantize.BLOCK]
+        step = np.abs(block).max() / quantize.LEVELS
+        err = np.abs(got.data[start : start + quantize.BLOCK] - block).max()
+        assert err <= step / 2 * (1 + 1e-5)
+    # Deterministic, and what every member rounds its own slice to.
+    assert got.data.tobytes() == quantize.round_trip(data).tobytes()
+    assert quantize.round_trip(np.zeros(10, np.float32)).tobytes() == bytes(40)
+
+
+def test_an_int8_part_with_a_non_finite_scale_is_refused() -> None:
+    p = make_part(600)
+    msgs = list(wire.part_messages(p, "int8"))
+    raw = bytearray(msgs[0].data)
+    raw[0:4] = np.array([np.inf], "<f4").tobytes()
+    msgs[0].data = bytes(raw)
+    with pytest.raises(InvalidArgument, match="block scale"):
+        read(msgs)
