@@ -93,7 +93,7 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="print the targets as JSON")
     args = p.parse_args()
     rows = run(args.nodes, args.partition_nodes)
-    targets = [at_most(f"{what} (s)", seconds, target) for what, seconds, target in rows]
+    targets = [at_most(what, seconds, target) for what, seconds, target in rows]
     report(targets, args.json, nodes=args.nodes)
 
 

@@ -22,6 +22,7 @@ import argparse
 import ast
 import re
 import statistics
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verbose", action="store_true", help="print each puller's pull summary")
     args = p.parse_args(argv)
 
+    # With --json, stdout carries one JSON document; progress and tables go to stderr.
+    info = sys.stderr if args.json else sys.stdout
     size = 1 + args.pullers
     names = [f"n{i}" for i in range(1, size + 1)]
     swarm_nodes = names[1:]
@@ -125,21 +128,21 @@ def main(argv: list[str] | None = None) -> int:
             swarm_u.append(u / many)
             if args.verbose:
                 for node in swarm_nodes:
-                    print(f"  {node}: {pull_line(c, node, f'swarm{r}')}")
+                    print(f"  {node}: {pull_line(c, node, f'swarm{r}')}", file=info)
             print(f"round {r}: single {t1:.2f}s (n1 sent {u1 / one:.2f}x), "
                   f"{args.pullers} pullers {t:.2f}s ({t / t1:.2f}x, n1 sent {u / many:.2f}x)",
-                  flush=True)  # fmt: skip
+                  flush=True, file=info)  # fmt: skip
     med = statistics.median
     ratio_t = med(b / a for a, b in zip(single_t, swarm_t, strict=True))
     ratio_u = med(swarm_u)
-    print()
+    print(file=info)
     print(f"model {args.mib} MiB in 1 MiB chunks, publisher capped at {args.cap_mb:.0f} MB/s, "
-          f"{args.pullers} pullers, {args.rounds} rounds (medians)")  # fmt: skip
-    print("| row | seconds | publisher sent (x model size) |")
-    print("|---|---:|---:|")
-    print(f"| 1 puller | {med(single_t):.2f} | {med(single_u):.2f} |")
-    print(f"| {args.pullers} pullers at once | {med(swarm_t):.2f} | {ratio_u:.2f} |")
-    print()
+          f"{args.pullers} pullers, {args.rounds} rounds (medians)", file=info)  # fmt: skip
+    print("| row | seconds | publisher sent (x model size) |", file=info)
+    print("|---|---:|---:|", file=info)
+    print(f"| 1 puller | {med(single_t):.2f} | {med(single_u):.2f} |", file=info)
+    print(f"| {args.pullers} pullers at once | {med(swarm_t):.2f} | {ratio_u:.2f} |", file=info)
+    print(file=info)
     report(
         [
             at_most(f"all {args.pullers} pullers done vs one puller's time (x)", ratio_t, 1.5),
