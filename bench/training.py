@@ -1,6 +1,7 @@
 """Parameter averaging against the issue's targets (issue 24).
 
-``python -m bench.training [--json] [--rounds 200] [--speed-mib 64] [--quick]``
+``python -m bench.training [--json] [--rounds 200] [--speed-mib 64] [--quick]
+[--compression none|fp16|int8]``
 
 * accuracy: 4 daemons, the digits split non-IID (each node two or three classes), R rounds of
   local SGD then averaging through the mesh; the averaged model's test accuracy over a
@@ -45,6 +46,7 @@ from p2pagent.sim.training import TrainingScenario, simulate
 from p2pagent.testing.cluster import Cluster
 from p2pagent.testing.daemon import free_port
 from p2pagent.training.api import AverageResult, average
+from p2pagent.training.config import COMPRESSIONS
 from p2pagent.training.demo import DigitsPlan, accuracy_of, alone, centralized, federated
 from p2pagent.transport.channels import channel_options
 
@@ -266,6 +268,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=200)
     p.add_argument("--speed-mib", type=int, default=64)
     p.add_argument("--quick", action="store_true", help="smoke sizes (CI)")
+    p.add_argument(
+        "--compression",
+        choices=COMPRESSIONS,
+        default="none",
+        help="training.compression on every daemon (the traffic bound stays float32's)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     rounds = 20 if args.quick else args.rounds
@@ -274,7 +282,10 @@ def main() -> None:
     sim = simulate(TrainingScenario(members=256, group_size=16, crash_per_round=0.05, seed=1))
     result["sim_shrink"] = sim.shrink
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
-        env = {"P2PAGENT_TRAINING__MIN_PHASE_TIMEOUT": "1.0"}
+        env = {
+            "P2PAGENT_TRAINING__MIN_PHASE_TIMEOUT": "1.0",
+            "P2PAGENT_TRAINING__COMPRESSION": args.compression,
+        }
         with Cluster(Path(tmp), 4, use_netns=False, env=env) as c:
             c.start()
             c.wait_for(lambda: _all_alive(c, sorted(c.nodes)), SETTLE_S, "all alive")
