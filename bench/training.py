@@ -28,6 +28,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -105,8 +106,8 @@ def accuracy_and_traffic(c: Cluster, plan: DigitsPlan) -> dict[str, float]:
     param_bytes = sum(int(a.size) * 4 for a in finals[0].values())
     n = len(names)
     bound = 2 * (n - 1) / n * param_bytes
-    per_round = max(_status(c, m, "digits").bytes_sent / plan.rounds for m in names)
-    incomplete = sum(_status(c, m, "digits").incomplete_rounds for m in names)
+    per_round = max(_status(c, m, plan.run).bytes_sent / plan.rounds for m in names)
+    incomplete = sum(_status(c, m, plan.run).incomplete_rounds for m in names)
     return {
         "federated_acc": fed,
         "centralized_acc": central,
@@ -132,6 +133,7 @@ def accuracy_with_kill(c: Cluster, plan: DigitsPlan, victim: str = "n4") -> dict
 
             threading.Timer(2.0, c.restart, args=(victim,)).start()
 
+    plan = dataclasses.replace(plan, run="digits-kill")
     runs = federated({n: c.agent(n, n) for n in names}, plan, timeout=600, on_round=on_round)
     errors = {n: r.error for n, r in runs.items() if r.error}
     if errors:
@@ -247,15 +249,17 @@ def straggler(c: Cluster, rounds: int) -> dict[str, float]:
     names = sorted(c.nodes)
     slow = names[-1]
     # Local work takes ~10 ms here; the slow node's takes three times as long as a round.
-    plan = DigitsPlan(rounds=rounds, local_epochs=0.2, slow_s=0.0, slow_node=slow)
+    plan = DigitsPlan(
+        rounds=rounds, local_epochs=0.2, slow_s=0.0, slow_node=slow, run="straggler-base"
+    )
     base = federated({n: c.agent(n, n) for n in names}, plan, timeout=600)
     fast_round = statistics.median(r.seconds for n in names for r in base[n].results)
     plan = DigitsPlan(rounds=rounds, local_epochs=0.2, slow_s=3 * max(fast_round, 0.05),
-                      slow_node=slow)  # fmt: skip
+                      slow_node=slow, run="straggler")  # fmt: skip
     runs = federated({n: c.agent(n, n) for n in names}, plan, timeout=600)
     others = [r for n in names if n != slow for r in runs[n].results[2:]]
     longest = max(r.seconds for r in others)
-    timeout = max(_status(c, n, "digits").phase_timeout_s for n in names if n != slow)
+    timeout = max(_status(c, n, plan.run).phase_timeout_s for n in names if n != slow)
     return {
         "straggler_longest_round_s": longest,
         "straggler_deadline_s": 2 * timeout,

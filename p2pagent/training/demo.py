@@ -41,6 +41,9 @@ class DigitsPlan:
     #: Publish the averaged model every this many rounds (0: never).
     publish_every: int = 0
     model: str = "digits"
+    #: The averaging run's name. Its rounds are numbered from 0 and a loop ends after the
+    #: run's round ``rounds - 1``, so each experiment on one mesh needs a run of its own.
+    run: str = "digits"
     #: Extra seconds one node (``slow_node``) sleeps per local period: a straggler.
     slow_s: float = 0.0
     slow_node: str = ""
@@ -96,7 +99,7 @@ def federated(
         try:
             model = digits.make_model(plan.seed)
             mesh = MeshAverager(
-                stubs[name], "digits", every=1, min_members=len(names), timeout=timeout,
+                stubs[name], plan.run, every=1, min_members=len(names), timeout=timeout,
                 publish=publish,
             )  # fmt: skip
             # The run's round numbers, not this loop's count, say when the run is over: a
