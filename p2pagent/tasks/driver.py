@@ -123,9 +123,7 @@ class TasksDriver:
         )  # fmt: skip
         self._hints = hints
         self.counters = Counters()
-        self.quotas = IdentityQuotas(config.max_queued_per_identity,
-                                     config.max_queued_bytes_per_identity,
-                                     config.submit_rate_per_identity)  # fmt: skip
+        self.quotas = IdentityQuotas.from_config(config)
         self._results: dict[str, TaskResult] = {}
         self._submitted_at: dict[str, tuple[float, str]] = {}
         #: Agent.Infer calls waiting for their task: not journaled (nothing was acknowledged
