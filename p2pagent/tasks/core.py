@@ -304,7 +304,7 @@ class TaskNode:
         if time_left_s is not None and time_left_s < self.cfg.steal_answer_margin_s:
             self.stats.late_steals += 1
             return [], []
-        others = self._peers_speed(models, now, besides=thief)
+        others = self._peers_speed(models, besides=thief)
         granted, actions = hand_over(
             self.queue, self.leases, self.name, thief, max_tasks, models, thief_speed or 1.0, now,
             others,
@@ -443,16 +443,17 @@ class TaskNode:
             return math.inf
         movable = sum(t.est_cost_s for t in self.queue.stealable(now))
         fixed = started_s + self.queue.queued_cost_s() - movable
-        peers = self._peers_speed((head.model,), now)
+        peers = self._peers_speed((head.model,))
         return own_share_s(fixed, movable, self.speed, peers)
 
-    def _peers_speed(self, models: Sequence[str], now: float, besides: str = "") -> float:
-        """Summed speed of the fresh peers (but ``besides``) serving any of ``models``
-        (``models`` empty: any peer)."""
+    def _peers_speed(self, models: Sequence[str], besides: str = "") -> float:
+        """Summed speed of the peers (but ``besides``) serving any of ``models`` (``models``
+        empty: any peer). Every peer not declared dead counts, however old its last hint: an
+        idle peer gossips once and then stays quiet, and its speed and models do not age."""
         wanted = set(models)
         return sum(
             r.speed
-            for r in self.board.fresh(now)
+            for r in self.board.latest()
             if r.node not in (self.name, besides) and (not wanted or wanted & r.models)
         )
 

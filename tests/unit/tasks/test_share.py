@@ -123,3 +123,11 @@ def test_a_victim_gives_each_thief_its_share_among_every_serving_peer() -> None:
     queued = o.queue.n_queued
     granted, _ = o.on_steal_request("a", 64, [MODEL], 1.0, 0.02)
     assert len(granted) == -(-queued // 4)  # not half: b and c come for theirs too
+
+
+def test_peers_quiet_for_long_still_count_for_the_share() -> None:
+    o, *peers = node("o"), node("a"), node("b"), node("c")
+    mesh(o, *peers)  # their only hints, at 0.0
+    late = 10 * TasksConfig().report_max_age_s  # idle peers gossip once, then stay quiet
+    started = [s for i in range(8) for s in starts(o.submit(task(i), late))]
+    assert started == ["o-t0", "o-t1"]
