@@ -178,7 +178,10 @@ def shared(compare: str, out: dict[str, Any]) -> bool:
     if overhead:
         cells = ", ".join(f"{s} {o * 1000:.1f} ms" for s, o in overhead.items())
         print(f"engine overhead per batch, fitted to the cluster's local-only rows: {cells}")
-    print(f"{'scenario':<10}{'policy':<15}{'simulated':>11}{'cluster':>9}{'sim/cluster':>13}")
+    print(
+        f"{'scenario':<10}{'policy':<15}{'simulated':>11}{'cluster':>9}{'sim/cluster':>13}"
+        f"  tasks per node (simulated; cluster)"
+    )
     ok = True
     for row in rows:
         name, policy = row["scenario"], row["policy"]
@@ -186,13 +189,19 @@ def shared(compare: str, out: dict[str, Any]) -> bool:
         key = f"shared/{name}/{policy}"
         out[key] = {"sim_x_ideal": r.ratio, "lost": r.lost, "dups": r.duplicates_delivered}
         cells = f"{name:<10}{policy:<15}{r.ratio:>11.2f}"
+        per_node = "/".join(str(r.node_tasks[n]) for n in sorted(r.node_tasks))
+        out[key]["per_node"] = r.node_tasks
         if "ratio" in row:
             agree = r.ratio / row["ratio"]
             out[key] |= {"cluster_x_ideal": row["ratio"], "sim_over_cluster": agree}
             if policy != "local":  # the local rows are fitted
                 ok = ok and abs(agree - 1) <= 0.10
             cells += f"{row['ratio']:>9.2f}{agree:>13.2f}"
-        print(cells)
+            cluster = row.get("per_node", {})
+            per_node += "; " + "/".join(str(cluster[n]) for n in sorted(cluster))
+        else:
+            cells += " " * 22
+        print(f"{cells}  {per_node}")
     if cluster:
         print(f"simulated and cluster ratios within 10 %: {'MET' if ok else 'MISSED'}")
     return ok

@@ -127,54 +127,39 @@ class SimResult:
 
 
 # ---- messages on the simulated wire -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StealReq:
-    thief: str
-    max_tasks: int
-    models: tuple[str, ...]
-    thief_speed: float
+# A request is the core's own effect (``SendSteal``, ``SendAssign``, ``SendComplete``,
+# ``SendReport``), delivered to the node it names; only the answers have their own types.
 
 
 @dataclass(frozen=True)
 class StealResp:
+    """``Peer.Steal``'s answer: what ``victim`` handed over."""
+
     victim: str
     tasks: tuple[Task, ...]
 
 
 @dataclass(frozen=True)
-class AssignReq:
-    task: Task
-
-
-@dataclass(frozen=True)
 class AssignResp:
+    """``Peer.Assign``'s answer."""
+
     task_id: str
     attempt: int
     accepted: bool
 
 
 @dataclass(frozen=True)
-class CompleteReq:
-    result: TaskResult
-
-
-@dataclass(frozen=True)
 class CompleteAck:
+    """``Peer.Complete``'s answer: stop sending that result."""
+
     task_id: str
     attempt: int
 
 
 @dataclass(frozen=True)
-class LoadReq:
-    """``Peer.Load``: a holder's report to an origin; answered with the origin's."""
-
-    report: LoadReport
-
-
-@dataclass(frozen=True)
 class LoadResp:
+    """``Peer.Load``'s answer: the origin's own report."""
+
     report: LoadReport
 
 
@@ -258,14 +243,14 @@ class _Node:
             if isinstance(e, StartRun):
                 self._start(e.task)
             elif isinstance(e, SendAssign):
-                self.send(e.node, AssignReq(e.task), SMALL + e.task.input_bytes)
+                self.send(e.node, e, SMALL + e.task.input_bytes)
             elif isinstance(e, SendSteal):
                 self.sim.steal_requests += 1
-                self.send(e.victim, StealReq(self.name, e.max_tasks, e.models, e.thief_speed))
+                self.send(e.victim, e)
             elif isinstance(e, SendComplete):
-                self.send(e.origin, CompleteReq(e.result))
+                self.send(e.origin, e)
             elif isinstance(e, SendReport):
-                self.send(e.peer, LoadReq(e.report))
+                self.send(e.peer, e)
             elif isinstance(e, PublishHint):
                 hint = self.stamp(e.hint)
                 delay = 0.0 if e.urgent else self.sim.scenario.gossip_s
@@ -327,35 +312,35 @@ class _Node:
         now, core = self.now, self.core
         if isinstance(msg, HintMsg):
             self.carry_out(core.on_hint(from_hint(msg.hint), now))
-        elif isinstance(msg, LoadReq):
+        elif isinstance(msg, SendReport):
             self.carry_out(core.on_load_report(msg.report, now))
             self.send(src, LoadResp(core.report(now)))
         elif isinstance(msg, LoadResp):
             self.carry_out(core.on_load_report(msg.report, now))
-        elif isinstance(msg, StealReq):
+        elif isinstance(msg, SendSteal):
             granted, effects = core.on_steal_request(
-                msg.thief, msg.max_tasks, msg.models, msg.thief_speed, now
+                src, msg.max_tasks, msg.models, msg.thief_speed, now
             )
             self.sim.tasks_moved += len(granted)
             for t in granted:
                 self.sim.moves[(t.task_id, t.attempt)] += 1
             size = SMALL + sum(t.input_bytes for t in granted)
-            self.send(msg.thief, StealResp(self.name, tuple(granted)), size)
+            self.send(src, StealResp(self.name, tuple(granted)), size)
             self.carry_out(effects)
         elif isinstance(msg, StealResp):
             self.carry_out(core.on_steal_response(msg.victim, msg.tasks, now))
-        elif isinstance(msg, AssignReq):
+        elif isinstance(msg, SendAssign):
             reason, effects = core.on_assign(msg.task, now)
             self.send(src, AssignResp(msg.task.task_id, msg.task.attempt, not reason))
             self.carry_out(effects)
-        elif isinstance(msg, AssignResp):
-            self.carry_out(core.on_assign_result(msg.task_id, msg.attempt, src, msg.accepted, now))
-        elif isinstance(msg, CompleteReq):
+        elif isinstance(msg, SendComplete):
             _accepted, effects = core.on_complete(msg.result, now)
             self.send(src, CompleteAck(msg.result.task_id, msg.result.attempt))
             self.carry_out(effects)
         elif isinstance(msg, CompleteAck):
             core.on_complete_ack(msg.task_id, msg.attempt)
+        elif isinstance(msg, AssignResp):
+            self.carry_out(core.on_assign_result(msg.task_id, msg.attempt, src, msg.accepted, now))
 
 
 # ---- the simulation --------------------------------------------------------------------

@@ -50,6 +50,17 @@ class StateConfig:
     max_clock_skew: float = 60.0
     #: Garbage-collected origins remembered (a few dozen bytes each) to refuse their late dots.
     retired_max: int = 100_000
+    #: Seconds a non-durable change waits to be saved together with the ones after it (one
+    #: disk write for a burst of writes); a durable write is saved at once.
+    persist_linger: float = 0.05
+    #: Sync calls allowed in flight to one peer; past it pushes are dropped (anti-entropy
+    #: repairs them) rather than queued behind a slow peer.
+    max_in_flight_per_peer: int = 8
+    #: Seconds one delta push may take, and the default wait for a write's acknowledgements.
+    push_timeout: float = 5.0
+    #: Seconds one anti-entropy exchange may take: its answer may carry a whole replica to a
+    #: new node.
+    anti_entropy_timeout: float = 120.0
 
     def value_limit(self) -> int:
         """The effective value limit (resolves the 0 default)."""
@@ -77,10 +88,18 @@ class StateConfig:
             "delta_buffer_ops",
             "change_log_size",
             "watch_buffer_bytes",
+            "max_in_flight_per_peer",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"state.{name} must be at least 1")
-        for name in ("gossip_interval", "anti_entropy_interval", "max_clock_skew"):
+        for name in (
+            "gossip_interval",
+            "anti_entropy_interval",
+            "max_clock_skew",
+            "persist_linger",
+            "push_timeout",
+            "anti_entropy_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"state.{name} must be positive")
         if self.retransmit_mult < 0:

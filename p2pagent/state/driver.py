@@ -58,14 +58,6 @@ log = logging.getLogger(__name__)
 
 #: Metadata key asking the receiver of a delta to sync it to disk before answering.
 DURABLE_METADATA = "x-p2pagent-durable"
-#: How long non-durable changes wait to be batched with others before being saved.
-PERSIST_LINGER_S = 0.05
-#: Sync calls allowed in flight to one peer; beyond that pushes are dropped (anti-entropy
-#: repairs them) rather than queued behind a slow peer.
-MAX_IN_FLIGHT_PER_PEER = 8
-PUSH_TIMEOUT_S = 5.0
-#: An anti-entropy answer may carry a whole replica to a new node: give it time.
-ANTI_ENTROPY_TIMEOUT_S = 120.0
 #: Reserved namespaces: written by the system, readable by anyone.
 SYSTEM_PREFIX = "_"
 REVOKED_NS = "_revoked"
@@ -303,7 +295,7 @@ class StateDriver:
             await self.flush(durable=True)
         if acks and delta is not None:
             message = DeltaMessage(self.name, (delta,))
-            await self._await_acks(message, acks, durable, ack_wait or PUSH_TIMEOUT_S)
+            await self._await_acks(message, acks, durable, ack_wait or self.config.push_timeout)
         return result
 
     async def _await_acks(
@@ -359,7 +351,7 @@ class StateDriver:
             await self._dirty.wait()
             if not self._durable_wanted.is_set():
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(PERSIST_LINGER_S):
+                    async with asyncio.timeout(self.config.persist_linger):
                         await self._durable_wanted.wait()
             self._dirty.clear()
             durable = self._durable_wanted.is_set()
@@ -409,12 +401,13 @@ class StateDriver:
         if member is None or not member.address or not member.reachable:
             return None
         address = member.address
-        if capped and self._in_flight.get(address, 0) >= MAX_IN_FLIGHT_PER_PEER:
+        if capped and self._in_flight.get(address, 0) >= self.config.max_in_flight_per_peer:
             self._metrics.dropped_payloads.labels("state_backpressure").inc()
             return None
         if limit_s is None:
             is_push = isinstance(message, DeltaMessage)
-            limit_s = PUSH_TIMEOUT_S if is_push else ANTI_ENTROPY_TIMEOUT_S
+            cfg = self.config
+            limit_s = cfg.push_timeout if is_push else cfg.anti_entropy_timeout
         self._in_flight[address] = self._in_flight.get(address, 0) + 1
         task = asyncio.create_task(self._call(peer, address, message, durable, limit_s))
         self._sends.add(task)

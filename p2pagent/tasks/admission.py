@@ -28,9 +28,6 @@ MAX_INPUT_TENSORS = 1024
 MAX_OUTPUT_TENSORS = 1024
 #: Room on top of ``max_payload_bytes`` for the rest of a request (names, shapes, model name).
 REQUEST_OVERHEAD_BYTES = 64 * 1024
-#: Bounds of the retry-after hint of a quota refusal, seconds.
-MIN_RETRY_AFTER_S = 0.1
-MAX_RETRY_AFTER_S = 30.0
 
 
 def request_limit(cfg: TasksConfig) -> int:
@@ -107,9 +104,10 @@ def check_model(name: str, sources: ModelSources) -> str:
     )
 
 
-def retry_after_s(backlog_s: float) -> float:
-    """When to come back after a quota refusal: once the queued work ahead may have run."""
-    return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, backlog_s))
+def retry_after_s(backlog_s: float, cfg: TasksConfig) -> float:
+    """When to come back after a quota refusal: once the queued work ahead may have run
+    (within ``tasks.retry_after_min_s`` and ``tasks.retry_after_max_s``)."""
+    return min(cfg.retry_after_max_s, max(cfg.retry_after_min_s, backlog_s))
 
 
 class IdentityQuotas:
@@ -121,7 +119,15 @@ class IdentityQuotas:
     owner and count against nobody.
     """
 
-    def __init__(self, max_tasks: int, max_bytes: int, submit_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        max_tasks: int,
+        max_bytes: int,
+        submit_rate: float = 0.0,
+        cfg: TasksConfig | None = None,
+    ) -> None:
+        #: Read for the retry-after bounds only; the quotas are the arguments.
+        self.cfg = cfg or TasksConfig()
         self.max_tasks = max_tasks
         self.max_bytes = max_bytes
         self.submit_rate = submit_rate
@@ -132,6 +138,16 @@ class IdentityQuotas:
         self._usage: dict[str, tuple[int, int]] = {}
         #: task id -> (owner, bytes)
         self._tasks: dict[str, tuple[str, int]] = {}
+
+    @classmethod
+    def from_config(cls, cfg: TasksConfig) -> IdentityQuotas:
+        """The quotas and hints of the ``[tasks]`` section."""
+        return cls(
+            cfg.max_queued_per_identity,
+            cfg.max_queued_bytes_per_identity,
+            cfg.submit_rate_per_identity,
+            cfg,
+        )
 
     def usage(self, owner: str) -> tuple[int, int]:
         return self._usage.get(owner, (0, 0))
@@ -155,14 +171,14 @@ class IdentityQuotas:
             raise ResourceExhausted(
                 f"{owner} already has {tasks} unfinished tasks here, the most one identity "
                 "may have (tasks.max_queued_per_identity); wait for results, then retry",
-                retry_after_s=retry_after_s(backlog_s),
+                retry_after_s=retry_after_s(backlog_s, self.cfg),
             )
         if held + nbytes > self.max_bytes:
             raise ResourceExhausted(
                 f"{owner}'s unfinished tasks here hold {held} bytes of inputs; {nbytes} more "
                 f"would pass the {self.max_bytes} one identity may hold "
                 "(tasks.max_queued_bytes_per_identity); wait for results, then retry",
-                retry_after_s=retry_after_s(backlog_s),
+                retry_after_s=retry_after_s(backlog_s, self.cfg),
             )
         self._usage[owner] = (tasks + 1, held + nbytes)
         self._tasks[task_id] = (owner, nbytes)

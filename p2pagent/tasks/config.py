@@ -53,6 +53,10 @@ class TasksConfig:
     #: node, with bursts of twice as many; more is RESOURCE_EXHAUSTED with a retry-after hint.
     #: On top of the node's ``rate_limit`` on every call. 0 = only that limit.
     submit_rate_per_identity: float = 200.0
+    #: Bounds of the retry-after hint of a quota refusal, seconds: the hint is the node's
+    #: backlog (when the queued work ahead may have run), clamped to these.
+    retry_after_min_s: float = 0.1
+    retry_after_max_s: float = 30.0
     # ---- cost of moving a task (Dask's rule) ---------------------------------------------
     #: Assumed node-to-node bandwidth for shipping task inputs, bytes per second (1 Gbit/s).
     bandwidth_bytes_per_s: float = 125_000_000.0
@@ -176,6 +180,7 @@ class TasksConfig:
             "journal_restart_delay_s": self.journal_restart_delay_s,
             "journal_close_timeout_s": self.journal_close_timeout_s,
             "journal_open_timeout_s": self.journal_open_timeout_s,
+            "retry_after_min_s": self.retry_after_min_s,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -192,6 +197,8 @@ class TasksConfig:
             raise ConfigError(
                 "tasks.journal_restart_max_s must be >= tasks.journal_restart_delay_s"
             )
+        if self.retry_after_max_s < self.retry_after_min_s:
+            raise ConfigError("tasks.retry_after_max_s must be >= tasks.retry_after_min_s")
         if self.steal_backoff_max_s < self.steal_backoff_base_s:
             raise ConfigError("tasks.steal_backoff_max_s must be >= tasks.steal_backoff_base_s")
         return self

@@ -63,8 +63,18 @@ from p2pagent.tasks.steal import StealPolicy
 #: measures what a row adds to a batch. With one (the rule otherwise) such a model whose
 #: batches cost more than ``run_ahead_s`` / 2 only ever ran batches of one: its estimate
 #: stayed the whole batch's cost, which kept the next tasks back (measured: 16 req/s at any
-#: concurrency for a 60 ms-per-batch model that batches 32 rows in 80 ms).
+#: concurrency for a 60 ms-per-batch model that batches 32 rows in 80 ms). Only within this
+#: node's share of the work it holds (``own_share_s``): started work cannot be stolen, and
+#: three 200 ms tasks started at the origin of eight made the burst last three rounds.
 EXPLORE_STARTED = 3
+
+
+def own_share_s(fixed_s: float, movable_s: float, speed: float, peers_speed: float) -> float:
+    """Seconds of speed-1.0 work a node ends up running of what it holds when its peers take
+    their part of it: ``fixed_s`` (started, or stolen here: it cannot move) stays, and the
+    whole is shared in proportion to speed among this node and peers of ``peers_speed``."""
+    total = fixed_s + movable_s
+    return max(fixed_s, total * speed / max(speed + peers_speed, 1e-9))
 
 
 @dataclass
@@ -294,9 +304,11 @@ class TaskNode:
         if time_left_s is not None and time_left_s < self.cfg.steal_answer_margin_s:
             self.stats.late_steals += 1
             return [], []
+        others = self._peers_speed(models, besides=thief)
         granted, actions = hand_over(
-            self.queue, self.leases, self.name, thief, max_tasks, models, thief_speed or 1.0, now
-        )
+            self.queue, self.leases, self.name, thief, max_tasks, models, thief_speed or 1.0, now,
+            others,
+        )  # fmt: skip
         self._apply(actions, now)
         self.stats.stolen_out += len(granted)
         return granted, self._flush()
@@ -399,7 +411,7 @@ class TaskNode:
             self._dirty = True
 
     def _fill(self, now: float) -> None:
-        while len(self._running) < self.capacity and self._may_start_another():
+        while len(self._running) < self.capacity and self._may_start_another(now):
             task = self.queue.pop_for_execution()
             if task is None:
                 break
@@ -410,14 +422,39 @@ class TaskNode:
             if task.origin == self.name:
                 self._apply(self.leases.on_started(task.task_id, task.attempt, self.name, now), now)
 
-    def _may_start_another(self) -> bool:
+    def _may_start_another(self, now: float) -> bool:
         """Under ``run_ahead_s`` of estimated work, or fewer than EXPLORE_STARTED running
-        while a running task's model has not shown what batching saves (one always runs)."""
+        while a running task's model has not shown what batching saves and the work started
+        is below this node's share of what it holds (one always runs)."""
         started = self._running.values()
-        if not started or sum(t.est_cost_s for t in started) < self.cfg.run_ahead_s:
+        started_s = sum(t.est_cost_s for t in started)
+        if not started or started_s < self.cfg.run_ahead_s:
             return True
-        return len(started) < EXPLORE_STARTED and not all(
+        if len(started) >= EXPLORE_STARTED or all(
             self._batching_measured(t.model) for t in started
+        ):
+            return False
+        return started_s < self._own_share_s(started_s, now) - 1e-9  # sums of estimates
+
+    def _own_share_s(self, started_s: float, now: float) -> float:
+        """:func:`own_share_s` of the work held here (all of it when peers do not steal)."""
+        head = self.queue.head()
+        if head is None or not self.stealing:
+            return math.inf
+        movable = sum(t.est_cost_s for t in self.queue.stealable(now))
+        fixed = started_s + self.queue.queued_cost_s() - movable
+        peers = self._peers_speed((head.model,))
+        return own_share_s(fixed, movable, self.speed, peers)
+
+    def _peers_speed(self, models: Sequence[str], besides: str = "") -> float:
+        """Summed speed of the peers (but ``besides``) serving any of ``models`` (``models``
+        empty: any peer). Every peer not declared dead counts, however old its last hint: an
+        idle peer gossips once and then stays quiet, and its speed and models do not age."""
+        wanted = set(models)
+        return sum(
+            r.speed
+            for r in self.board.latest()
+            if r.node not in (self.name, besides) and (not wanted or wanted & r.models)
         )
 
     def _hand_back(self, task: Task, result: TaskResult, now: float) -> None:
@@ -482,17 +519,28 @@ class TaskNode:
         if publish:
             self._out.append(PublishHint(hint, urgent))
 
+    def _waiting_s(self) -> float:
+        """Seconds of work here that the engine is not yet on, as the thief's low-water check
+        sees it: the queue, and what was started beyond the oldest running task and
+        ``run_ahead_s`` (the engine's pipeline; more is started only while it measures
+        batching, and that work waits as queued work does). Without the second part a thief
+        that started the tasks it stole at once looked empty and stole again, ending with
+        more than its share."""
+        started = [t.est_cost_s for t in self._running.values()]
+        pipeline = max(self.cfg.run_ahead_s, started[0]) if started else 0.0
+        ahead = max(0.0, sum(started) - pipeline)
+        return (self.queue.queued_cost_s() + ahead) / self.speed
+
     def _may_steal_soon(self, now: float) -> bool:
         """Cheap pre-check of the steal policy: our queue is low and some peer has work."""
-        return self.queue.queued_cost_s() / self.speed < self.cfg.steal_low_water_s and (
+        return self._waiting_s() < self.cfg.steal_low_water_s and (
             self.board.any_backlog(now, self.cfg.min_victim_backlog_s)
         )
 
     def _maybe_steal(self, now: float) -> None:
         attempt = self.steal.decide(
-            now, self.queue.queued_cost_s() / self.speed, list(self._models()),
-            self.board.fresh(now),
-        )  # fmt: skip
+            now, self._waiting_s(), list(self._models()), self.board.fresh(now)
+        )
         if attempt is not None:
             self._out.append(
                 SendSteal(attempt.victim, attempt.max_tasks, attempt.models, attempt.thief_speed)

@@ -8,6 +8,9 @@ carried out by :class:`~p2pagent.tasks.adapter.TaskAdapter`. This module admits 
 the door (bounds, quotas), journals each submission before answering
 (``<data>/tasks.db``), and keeps the results delivered (journaled first) for ``Wait``
 callers. Time for the cores is Unix seconds (deadlines travel between nodes).
+
+Test-only hook: with ``P2PAGENT_TEST_RECORD_TASKS=DIR`` in its environment a node records its
+core's inputs to ``DIR/<node>.jsonl`` for a replay test (``p2pagent/testing/task_log.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
@@ -68,6 +72,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Test-only: the folder a node writes its scheduler core's inputs to (see the docstring).
+RECORD_ENV = "P2PAGENT_TEST_RECORD_TASKS"
+
 
 @dataclass
 class Counters:
@@ -107,6 +114,10 @@ class TasksDriver:
         self._channels = channels
         self._metrics = metrics
         rng = rng or random.Random()
+        if os.environ.get(RECORD_ENV) and core_type is TaskNode:
+            from p2pagent.testing.task_log import FileRecordingTaskNode  # a test asked for it
+
+            core_type = FileRecordingTaskNode
         self.runs = EngineRuns(name, self.cfg, engine, prepare)
         #: The scheduler core (``core_type``: a test's recording one, for replay).
         self.core = core_type(
@@ -123,9 +134,7 @@ class TasksDriver:
         )  # fmt: skip
         self._hints = hints
         self.counters = Counters()
-        self.quotas = IdentityQuotas(config.max_queued_per_identity,
-                                     config.max_queued_bytes_per_identity,
-                                     config.submit_rate_per_identity)  # fmt: skip
+        self.quotas = IdentityQuotas.from_config(config)
         self._results: dict[str, TaskResult] = {}
         self._submitted_at: dict[str, tuple[float, str]] = {}
         #: Agent.Infer calls waiting for their task: not journaled (nothing was acknowledged

@@ -24,11 +24,13 @@ def hand_over(
     models: Collection[str],
     thief_speed: float,
     now: float,
+    others_speed: float = 0.0,
 ) -> tuple[list[Task], list[Action]]:
-    """The tasks granted to ``thief`` and the lease actions the moves produced."""
+    """The tasks granted to ``thief`` and the lease actions the moves produced;
+    ``others_speed``: the summed speed of the other peers serving the work (its share)."""
     granted: list[Task] = []
     actions: list[Action] = []
-    for t in queue.take_for_steal(max_tasks, list(models), thief_speed, now):
+    for t in queue.take_for_steal(max_tasks, list(models), thief_speed, now, others_speed):
         ok, moved = leases.on_stolen(t.task_id, t.attempt, victim, thief, now)
         if ok:
             granted.append(t)

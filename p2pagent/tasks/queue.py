@@ -81,16 +81,22 @@ def worth_moving(task: Task, thief_speed: float, cfg: TasksConfig, wait_s: float
     return max(compute_s, wait_s) >= cfg.steal_cost_ratio * transfer_s
 
 
-def steal_share(n_queued: int, thief_speed: float, own_speed: float) -> int:
+def steal_share(
+    n_queued: int, thief_speed: float, own_speed: float, others_speed: float = 0.0
+) -> int:
     """Most tasks one steal may take: the thief's fair share of the queue, at most half.
 
     Half (rounded up, so a lone waiting task can still move to an idle node while this one is
     busy) keeps the victim from being emptied by one thief while others are idle; a slower
-    thief gets proportionally less.
+    thief gets proportionally less. ``others_speed``: the summed speed of the other peers that
+    serve the work (they may come for it too). The victim counts its queue as it is now, so
+    a thief that judged its share from an older hint cannot take the part of the end of a
+    burst that the other nodes would run in parallel (stolen tasks cannot move again).
     """
     if n_queued <= 0:
         return 0
-    fraction = min(0.5, thief_speed / max(thief_speed + own_speed, 1e-9))
+    total = thief_speed + own_speed + max(0.0, others_speed)
+    fraction = min(0.5, thief_speed / max(total, 1e-9))
     return max(1, math.ceil(n_queued * fraction))
 
 
@@ -134,6 +140,10 @@ class TaskQueue:
     def stealable(self, now: float) -> Iterator[Task]:
         """Queued tasks a thief could be given (model and cost rules aside), for reports."""
         return (e.task for e in self._line if self._may_hand_over(e, now))
+
+    def head(self) -> Task | None:
+        """The queued task that would start next, if any."""
+        return self._line[0].task if self._line else None
 
     def running(self) -> Iterator[Task]:
         return (e.task for e in self._entries.values() if e.state is EntryState.RUNNING)
@@ -221,15 +231,17 @@ class TaskQueue:
         models: Collection[str],
         thief_speed: float,
         now: float,
+        others_speed: float = 0.0,
     ) -> list[Task]:
         """Removes and returns up to ``max_n`` tasks for a thief, from the cold end.
 
         Only queued tasks that never moved before, whose model the thief serves (``models``
         empty = any) and that are worth moving (``worth_moving``); at most the thief's share
-        (``steal_share``) of the queue. Tasks this node did not originate are kept unless
-        ``steal_foreign`` is on (see TasksConfig). Expired tasks are left for ``expire``.
+        (``steal_share``, with ``others_speed`` of other peers) of the queue. Tasks this node
+        did not originate are kept unless ``steal_foreign`` is on (see TasksConfig). Expired
+        tasks are left for ``expire``.
         """
-        limit = min(max_n, steal_share(len(self._line), thief_speed, self.speed))
+        limit = min(max_n, steal_share(len(self._line), thief_speed, self.speed, others_speed))
         wanted = set(models)
         taken: list[_Entry] = []
         behind = 0.0  # estimates of the entries after this one (colder), this one included

@@ -122,3 +122,14 @@ def test_missing_certificates_message() -> None:
     with pytest.raises(ConfigError, match="--certs"):
         cfg.tls_paths()
     assert cfg.__class__(name="n1", certs="/c").tls_paths().cert == Path("/c/n1.crt")
+
+
+def test_state_sync_timings_are_settings_and_checked() -> None:
+    env = {"P2PAGENT_STATE__PUSH_TIMEOUT": "2.5", "P2PAGENT_STATE__MAX_IN_FLIGHT_PER_PEER": "3"}
+    cfg = load(None, env, {"name": "x"})
+    assert (cfg.state.push_timeout, cfg.state.max_in_flight_per_peer) == (2.5, 3)
+    for key, value in (("persist_linger", 0.0), ("anti_entropy_timeout", -1.0)):
+        with pytest.raises(ConfigError, match=rf"state\.{key} must be positive"):
+            load(None, {}, {"name": "x", "state": {key: value}}).validate()
+    with pytest.raises(ConfigError, match=r"state\.max_in_flight_per_peer must be at least 1"):
+        load(None, {}, {"name": "x", "state": {"max_in_flight_per_peer": 0}}).validate()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2pagent.errors import InvalidArgument, NotFound, ResourceExhausted
+from p2pagent.errors import ConfigError, InvalidArgument, NotFound, ResourceExhausted
 from p2pagent.tasks import admission
 from p2pagent.tasks.admission import IdentityQuotas, ModelSources
 from p2pagent.tasks.config import TasksConfig
@@ -70,7 +70,7 @@ def test_quota_of_bytes_per_identity() -> None:
     q.admit("alice", "t1", 60, backlog_s=0.0)
     with pytest.raises(ResourceExhausted, match="max_queued_bytes_per_identity") as e:
         q.admit("alice", "t2", 41, backlog_s=0.0)
-    assert e.value.retry_after_s == admission.MIN_RETRY_AFTER_S
+    assert e.value.retry_after_s == TasksConfig().retry_after_min_s
     q.admit("alice", "t2", 40, backlog_s=0.0)
     q.release("t1")
     q.release("t2")
@@ -86,9 +86,18 @@ def test_tasks_without_an_owner_count_against_nobody() -> None:
     assert q.usage("") == (0, 0)
 
 
-def test_the_retry_hint_is_bounded() -> None:
-    assert admission.retry_after_s(1e9) == admission.MAX_RETRY_AFTER_S
-    assert admission.retry_after_s(0.0) == admission.MIN_RETRY_AFTER_S
+def test_the_retry_hint_is_bounded_by_its_settings() -> None:
+    cfg = TasksConfig(retry_after_min_s=0.5, retry_after_max_s=2.0)
+    assert admission.retry_after_s(1e9, cfg) == 2.0
+    assert admission.retry_after_s(0.0, cfg) == 0.5
+    assert admission.retry_after_s(1.5, cfg) == 1.5
+    q = IdentityQuotas.from_config(TasksConfig(max_queued_per_identity=1, retry_after_max_s=3.0))
+    q.admit("alice", "t1", 1, backlog_s=100.0)
+    with pytest.raises(ResourceExhausted) as e:
+        q.admit("alice", "t2", 1, backlog_s=100.0)
+    assert e.value.retry_after_s == 3.0
+    with pytest.raises(ConfigError, match="retry_after_max_s"):
+        TasksConfig(retry_after_min_s=5.0, retry_after_max_s=1.0).validate()
 
 
 def test_submissions_per_identity_are_rate_limited_with_a_hint() -> None:
