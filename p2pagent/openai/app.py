@@ -53,6 +53,9 @@ class DoorNode(TextNode, Protocol):
     @property
     def generation(self) -> GenerationService: ...
 
+    @property
+    def started_at(self) -> float: ...
+
 
 def respond(e: HttpError) -> JSONResponse:
     return JSONResponse(e.body, e.status, headers=e.headers)
@@ -167,7 +170,7 @@ def served_models(node: DoorNode) -> list[tuple[str, str, int, str]]:
         task = spec.arch_config.get("task") if spec is not None else None
         if task in (GENERATION, EMBEDDING):
             found[m.name] = (m.name, str(task), int(m.created_unix), m.owner or "p2pagent")
-    started = int(getattr(node, "started_at", time.time()))
+    started = int(node.started_at)
     for name in node.config.generation.folder_paths():
         found[name] = (name, GENERATION, started, "p2pagent")
     return sorted(found.values())
