@@ -50,7 +50,7 @@ def client_context(paths: TLSPaths) -> ssl.SSLContext:
     present ``paths``' certificate.
 
     The host name is not checked: node certificates name the cluster
-    (``node.<cluster>``), not the address dialled, and only node certificates from this CA
+    (``node.<cluster>.p2pagent``), not the address dialled, and only node certificates from this CA
     carry the server-auth usage, which OpenSSL checks for the server's certificate."""
     ctx = ssl.create_default_context(cafile=str(paths.ca))
     ctx.check_hostname = False
@@ -80,7 +80,7 @@ def caller_identity(state: dict[str, Any]) -> Identity:
     if not der:
         raise Unauthenticated(
             "no client certificate: call with a certificate from the cluster CA "
-            "(p2pagentctl certs issue NAME --role client)"
+            "(p2pagentctl certs issue --name NAME --role client)"
         )
     key = hashlib.sha256(der).digest()
     known = _identities.get(key)
