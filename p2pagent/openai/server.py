@@ -74,6 +74,8 @@ class OpenAIDoor:
             raise ConfigError(
                 f"cannot serve the OpenAI door on {listen} (openai.listen): {e.strerror}"
             ) from None
+        # uvicorn's own lines ("Started server process") say nothing our log does not.
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         server = _EmbeddedServer(config)
         self._server = server
         self._task = asyncio.create_task(server.serve(sockets=[sock]), name="openai-door")
