@@ -19,6 +19,8 @@ class OpenAIConfig:
     max_request_bytes: int = 4 * 1024 * 1024
     #: Texts one ``/v1/embeddings`` call may carry.
     max_embedding_inputs: int = 2048
+    #: Open connections and requests the door serves at once; more get 503 at once.
+    max_connections: int = 1024
 
     def validate(self) -> OpenAIConfig:
         from p2pagent.config import parse_address
@@ -28,6 +30,10 @@ class OpenAIConfig:
         if self.max_request_bytes < 1024:
             raise ConfigError(
                 f"openai.max_request_bytes must be at least 1024, got {self.max_request_bytes}"
+            )
+        if self.max_connections < 1:
+            raise ConfigError(
+                f"openai.max_connections must be at least 1, got {self.max_connections}"
             )
         if self.max_embedding_inputs < 1:
             raise ConfigError(

@@ -178,6 +178,8 @@ def max_tokens(request: _Sampled) -> int:
 def completion_prompt(request: CompletionRequest) -> tuple[str, tuple[int, ...]]:
     """(text, token ids): one prompt, as text or as token ids."""
     p = request.prompt
+    if p == "" or p == [""]:
+        raise ParamError("prompt", "is empty: send at least one character or token id")
     if isinstance(p, str):
         return p, ()
     if not p:
@@ -241,6 +243,8 @@ def sampling(request: _Sampled) -> SamplingParams:
     top_p = 1.0 if request.top_p is None else request.top_p
     if not (math.isfinite(top_p) and 0 < top_p <= 1):
         raise ParamError("top_p", f"must be in (0, 1], got {top_p}")
+    if request.seed is not None and not 0 <= request.seed < 2**64:
+        raise ParamError("seed", f"must be in [0, 2**64), as gRPC Generate's, got {request.seed}")
     top_k = request.top_k or 0
     if top_k < 0:
         raise ParamError("top_k", f"must be >= 0 (0 keeps every token), got {top_k}")

@@ -302,17 +302,7 @@ async def test_a_revoked_identity_is_refused(node: Daemon, certs_dir: Path) -> N
     ctx = client_context(TLSPaths.in_dir(certs_dir, "openai-revoked"))
     async with _http(ctx) as http:
         assert (await http.get(f"{_url(node)}/models")).status_code == 200
-        creds = grpc.ssl_channel_credentials(
-            (certs_dir / "ca.crt").read_bytes(),
-            (certs_dir / "admin.key").read_bytes(),
-            (certs_dir / "admin.crt").read_bytes(),
-        )
-        opts = channel_options("test", 64 * 1024 * 1024)
-        async with grpc.aio.secure_channel(node.address, creds, options=opts) as ch:
-            await agent_pb2_grpc.AgentStub(ch).Revoke(
-                agent_pb2.RevokeRequest(identity="spiffe://test/client/openai-revoked"),
-                timeout=30,
-            )
+        await _revoke(node, certs_dir, "spiffe://test/client/openai-revoked")
         for _ in range(100):
             r = await http.get(f"{_url(node)}/models")
             if r.status_code != 200:
@@ -320,3 +310,45 @@ async def test_a_revoked_identity_is_refused(node: Daemon, certs_dir: Path) -> N
             await asyncio.sleep(0.1)
     assert r.status_code == 403, r.text
     assert "revoked" in r.json()["error"]["message"]
+
+
+async def test_the_openai_client_raises_its_own_errors(api: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.NotFoundError, match="nope"):
+        await api.completions.create(model="nope", prompt="x")
+    with pytest.raises(openai.BadRequestError) as e:
+        await api.chat.completions.create(
+            model="gpt2", messages=[{"role": "user", "content": "hi"}], n=2
+        )
+    assert e.value.param == "n" and e.value.type == "invalid_request_error"
+
+
+async def test_a_stream_open_when_its_identity_is_revoked_ends_with_an_error(
+    node: Daemon, certs_dir: Path
+) -> None:
+    certs.issue(certs_dir, "openai-revoked-mid", Role.CLIENT)
+    http = _http(client_context(TLSPaths.in_dir(certs_dir, "openai-revoked-mid")))
+    async with openai.AsyncOpenAI(
+        base_url=_url(node), api_key="x", max_retries=0, http_client=http
+    ) as client:
+        stream = await client.completions.create(
+            model="gpt2", prompt=PROMPT, max_tokens=450, temperature=0, stream=True,
+            extra_body={"return_token_ids": True},
+        )  # fmt: skip
+        it = stream.__aiter__()
+        await anext(it)
+        await _revoke(node, certs_dir, "spiffe://test/client/openai-revoked-mid")
+        with pytest.raises(openai.APIError, match="revoked"):
+            async for _ in it:
+                pass
+    assert "Traceback" not in node.log_tail(200)
+
+
+async def _revoke(node: Daemon, certs_dir: Path, uri: str) -> None:
+    creds = grpc.ssl_channel_credentials(
+        (certs_dir / "ca.crt").read_bytes(),
+        (certs_dir / "admin.key").read_bytes(),
+        (certs_dir / "admin.crt").read_bytes(),
+    )
+    opts = channel_options("test", 64 * 1024 * 1024)
+    async with grpc.aio.secure_channel(node.address, creds, options=opts) as ch:
+        await agent_pb2_grpc.AgentStub(ch).Revoke(agent_pb2.RevokeRequest(identity=uri), timeout=30)

@@ -25,6 +25,7 @@ def test_off_by_default_and_set_three_ways() -> None:
         ({"P2PAGENT_OPENAI__LISTEN": "nowhere"}, "openai.listen"),
         ({"P2PAGENT_OPENAI__MAX_REQUEST_BYTES": "10"}, "openai.max_request_bytes"),
         ({"P2PAGENT_OPENAI__MAX_EMBEDDING_INPUTS": "0"}, "openai.max_embedding_inputs"),
+        ({"P2PAGENT_OPENAI__MAX_CONNECTIONS": "0"}, "openai.max_connections"),
     ],
 )
 def test_bad_values_are_named(env: dict[str, str], match: str) -> None:

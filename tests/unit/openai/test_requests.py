@@ -52,6 +52,8 @@ def test_given_values_are_carried() -> None:
         ({"top_p": 0}, "top_p", r"\(0, 1\]"),
         ({"top_p": 1.01}, "top_p", r"\(0, 1\]"),
         ({"top_k": -1}, "top_k", ">= 0"),
+        ({"seed": -1}, "seed", "2\\*\\*64"),
+        ({"seed": 2**64}, "seed", "2\\*\\*64"),
         ({"max_tokens": 0}, "max_tokens", "at least 1"),
         ({"stop": ["a"] * 5}, "stop", "at most 4"),
         ({"stop": [""]}, "stop", "empty"),
@@ -120,8 +122,9 @@ def test_prompts_as_text_ids_or_a_list_of_one() -> None:
     with pytest.raises(ParamError, match="one prompt per request") as e:
         rq.completion_prompt(_completion(prompt=["a", "b"]))
     assert e.value.param == "prompt"
-    with pytest.raises(ParamError, match="empty"):
-        rq.completion_prompt(_completion(prompt=[]))
+    for empty in ([], "", [""]):
+        with pytest.raises(ParamError, match="empty"):
+            rq.completion_prompt(_completion(prompt=empty))
 
 
 def test_chat_messages_flatten_text_parts_and_map_developer_to_system() -> None:
