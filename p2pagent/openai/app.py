@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from p2pagent import errors
 from p2pagent.api.text import TextNode, run_texts
+from p2pagent.errors import quoted
 from p2pagent.identity.spiffe import Identity
 from p2pagent.inference.hf.folder import EMBEDDING, GENERATION
 from p2pagent.openai import requests as rq
@@ -73,14 +74,14 @@ def build_app(node: DoorNode) -> FastAPI:
     @app.exception_handler(404)
     async def _no_route(request: Request, _: Exception) -> JSONResponse:
         return respond(http_error(errors.NotFound(
-            f"no route {request.method} {request.url.path}: this node serves /v1/models, "
-            "/v1/completions, /v1/chat/completions and /v1/embeddings"
+            f"no route {request.method} {quoted(request.url.path)}: this node serves "
+            "/v1/models, /v1/completions, /v1/chat/completions and /v1/embeddings"
         )))  # fmt: skip
 
     @app.exception_handler(405)
     async def _bad_method(request: Request, _: Exception) -> JSONResponse:
         e = http_error(errors.InvalidArgument(
-            f"{request.method} is not allowed on {request.url.path}"))  # fmt: skip
+            f"{request.method} is not allowed on {quoted(request.url.path)}"))  # fmt: skip
         return JSONResponse(e.body, 405)
 
     @app.exception_handler(Exception)
@@ -118,8 +119,8 @@ def build_app(node: DoorNode) -> FastAPI:
         texts = rq.embedding_texts(body, node.config.openai.max_embedding_inputs)
         if body.model in node.config.generation.folder_paths():
             raise errors.InvalidArgument(
-                f"model {body.model!r} is a text-generation model: /v1/embeddings serves "
-                "embedding models (GET /v1/models lists each model's task)"
+                f"model {quoted(body.model)} is a text-generation model: /v1/embeddings "
+                "serves embedding models (GET /v1/models lists each model's task)"
             )
         _, encoded, rows = await run_texts(
             node, body.model, body.model_version, texts, False, EMBEDDING, None
@@ -127,8 +128,8 @@ def build_app(node: DoorNode) -> FastAPI:
         vectors = [r.tolist() for r in rows]
         if body.dimensions is not None and vectors and body.dimensions != len(vectors[0]):
             raise ParamError(
-                "dimensions", f"model {body.model!r} gives {len(vectors[0])} dimensions, "
-                f"not {body.dimensions}: leave dimensions out"
+                "dimensions", f"model {quoted(body.model)} gives {len(vectors[0])} "
+                f"dimensions, not {body.dimensions}: leave dimensions out"
             )  # fmt: skip
         tokens = sum(len(e.ids) for e in encoded)
         return JSONResponse(embedding_list(body.model, vectors, tokens, body.encoding_format))
@@ -230,7 +231,7 @@ async def whole(completion: Completion, events: AsyncIterator[Event]) -> JSONRes
             texts.append(event.text)
             if isinstance(event, FinishEvent):
                 if event.error:
-                    raise errors.Internal(f"model {completion.model!r}: {event.error}")
+                    raise errors.Internal(f"model {quoted(completion.model)}: {event.error}")
                 body = completion.whole(
                     "".join(texts), event.reason.value, ids, event.prompt_tokens,
                     event.generated_tokens,
@@ -239,7 +240,9 @@ async def whole(completion: Completion, events: AsyncIterator[Event]) -> JSONRes
             ids.append(event.token_id)
     finally:
         await _close(events)
-    raise errors.Internal(f"model {completion.model!r}: the generation ended without a finish")
+    raise errors.Internal(
+        f"model {quoted(completion.model)}: the generation ended without a finish"
+    )
 
 
 async def streamed(
@@ -264,7 +267,7 @@ async def streamed(
                 break
             if isinstance(event, FinishEvent):
                 if event.error:
-                    failed = errors.Internal(f"model {completion.model!r}: {event.error}")
+                    failed = errors.Internal(f"model {quoted(completion.model)}: {event.error}")
                     yield sse(http_error(failed).body)
                     break
                 yield sse(completion.chunk(event.text, event.reason.value, (), False,

@@ -50,8 +50,8 @@ class ParamError(errors.InvalidArgument):
     """A bad request parameter, named in the message and in OpenAI's ``param`` field."""
 
     def __init__(self, param: str, message: str) -> None:
-        super().__init__(f"parameter {param!r}: {message}")
-        self.param = param
+        super().__init__(f"parameter {errors.quoted(param)}: {message}")
+        self.param = param[: errors.QUOTE_CHARS]
 
 
 def http_error(exc: errors.P2PAgentError) -> HttpError:

@@ -208,7 +208,8 @@ def chat_messages(request: ChatRequest) -> list[tuple[str, str]]:
                 if part.type != "text" or part.text is None:
                     raise ParamError(
                         f"messages.{i}.content",
-                        f"content parts of type {part.type!r} are not supported: send text",
+                        f"content parts of type {errors.quoted(part.type)} are not "
+                        "supported: send text",
                     )
                 parts.append(part.text)
             text = "".join(parts)

@@ -111,3 +111,9 @@ def test_a_parameter_error_names_it_and_a_retry_hint_is_a_header() -> None:
         "retry-after": "1"
     }
     assert http_error(errors.ResourceExhausted("x")).headers == {}
+
+
+def test_a_callers_long_parameter_name_is_cut_in_the_answer() -> None:
+    e = http_error(ParamError("x" * 100_000, "unrecognized request argument"))
+    assert len(e.body["error"]["param"]) == errors.QUOTE_CHARS
+    assert len(e.body["error"]["message"]) < 200
