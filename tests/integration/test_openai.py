@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -352,3 +354,19 @@ async def _revoke(node: Daemon, certs_dir: Path, uri: str) -> None:
     opts = channel_options("test", 64 * 1024 * 1024)
     async with grpc.aio.secure_channel(node.address, creds, options=opts) as ch:
         await agent_pb2_grpc.AgentStub(ch).Revoke(agent_pb2.RevokeRequest(identity=uri), timeout=30)
+
+
+def test_a_door_port_in_use_stops_the_start_with_one_line(
+    node: Daemon, port: int, tmp_path: Path, certs_dir: Path
+) -> None:
+    grpc_port = free_port()
+    args = ["--name", "n8", "--certs", str(certs_dir), "--data", str(tmp_path / "n8"),
+            "--listen", f"127.0.0.1:{grpc_port}", "--http-listen", f"127.0.0.1:{port}"]  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "p2pagent.cli.daemon", *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("p2pagentd: error: cannot serve the OpenAI door on 127.0.0.1:")
+    assert "(openai.listen)" in last and "Traceback" not in r.stderr
