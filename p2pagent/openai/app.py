@@ -1,9 +1,10 @@
 """The door's routes: OpenAI's API over the node's own generation and text paths.
 
-Each route is authorised as the gRPC method it stands for (``METHOD_OF``), through the same
-guard: a caller has the same roles, the same rate limit, and a revoked identity is refused
-on both. Bodies are read here, bounded by ``openai.max_request_bytes``, and parsed by
-``openai.requests``; every refusal is OpenAI's error shape (``openai.errors``).
+Each route is authorised as the gRPC method it stands for (``ListModels``, ``Generate``,
+``Embed``), through the same guard: a caller has the same roles, the same rate limit, and a
+revoked identity is refused on both. Bodies are read here, bounded by
+``openai.max_request_bytes``, and parsed by ``openai.requests``; every refusal is OpenAI's
+error shape (``openai.errors``).
 """
 
 from __future__ import annotations
@@ -37,12 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Each route is the gRPC method whose row of the authorization table admits its callers.
-METHOD_OF = {
-    "/v1/models": AGENT + "ListModels",
-    "/v1/completions": AGENT + "Generate",
-    "/v1/chat/completions": AGENT + "Generate",
-    "/v1/embeddings": AGENT + "Embed",
-}
+LIST_MODELS, GENERATE, EMBED = AGENT + "ListModels", AGENT + "Generate", AGENT + "Embed"
 
 
 class DoorNode(TextNode, Protocol):
@@ -90,31 +86,42 @@ def build_app(node: DoorNode) -> FastAPI:
         return respond(http_error(errors.Internal(
             "internal error in the OpenAI door; the node's log has the details")))  # fmt: skip
 
-    def admit(request: Request) -> Identity:
+    def admit(request: Request, method: str) -> Identity:
         ident = caller_identity(request.scope.get("state") or {})
-        return node.guard.admit(METHOD_OF[request.url.path], ident)
+        return node.guard.admit(method, ident)
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
-        admit(request)
+        admit(request, LIST_MODELS)
         return JSONResponse(model_list(served_models(node)))
+
+    @app.get("/v1/models/{model}")
+    async def model(request: Request, model: str) -> JSONResponse:
+        admit(request, LIST_MODELS)
+        for found in model_list(served_models(node))["data"]:
+            if found["id"] == model:
+                return JSONResponse(found)
+        raise errors.NotFound(
+            f"no decoder or embedding model {quoted(model)} on this node or published; "
+            "GET /v1/models lists them"
+        )
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        ident = admit(request)
+        ident = admit(request, GENERATE)
         body = rq.parse(rq.CompletionRequest, await read_body(request, limit))
         text, ids = rq.completion_prompt(body)
         return await generate(node, request, ident, body, text=text, ids=ids)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        ident = admit(request)
+        ident = admit(request, GENERATE)
         body = rq.parse(rq.ChatRequest, await read_body(request, limit))
         return await generate(node, request, ident, body, messages=rq.chat_messages(body))
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> JSONResponse:
-        admit(request)
+        admit(request, EMBED)
         body = rq.parse(rq.EmbeddingRequest, await read_body(request, limit))
         texts = rq.embedding_texts(body, node.config.openai.max_embedding_inputs)
         if body.model in node.config.generation.folder_paths():

@@ -113,6 +113,10 @@ async def _grpc(node: Daemon, certs_dir: Path, model: str, **kw: Any) -> tuple[s
 async def test_models_lists_decoders_and_encoders(api: openai.AsyncOpenAI, published: str) -> None:
     listed = {m.id: m.model_extra["task"] for m in (await api.models.list()).data}  # type: ignore[index]
     assert listed == {"gpt2": "generation", "llama": "generation", published: "embedding"}
+    one = await api.models.retrieve(published)
+    assert (one.id, one.object, one.model_extra) == (published, "model", {"task": "embedding"})
+    with pytest.raises(openai.NotFoundError, match="GET /v1/models lists them"):
+        await api.models.retrieve("nope")
 
 
 @pytest.mark.parametrize("family", sorted(BUILDERS))
