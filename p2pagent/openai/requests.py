@@ -63,8 +63,7 @@ class _Sampled(_Body):
     logit_bias: dict[str, float] | None = None
     logprobs: Any = None
     user: str | None = None
-    #: vLLM's extension: the generated token ids in each choice (``token_ids``), the
-    #: prompt's in ``prompt_token_ids``.
+    #: vLLM's extension: the generated token ids in each choice or chunk (``token_ids``).
     return_token_ids: StrictBool = False
     #: p2pagent's: pin a published version of the model (a manifest id or its prefix).
     model_version: str = ""
