@@ -32,6 +32,7 @@ from p2pagent.inference.config import InferenceConfig
 from p2pagent.inference.generation.config import GenerationConfig
 from p2pagent.membership.config import MembershipConfig
 from p2pagent.models.config import ModelsConfig
+from p2pagent.openai.config import OpenAIConfig
 from p2pagent.state.config import StateConfig
 from p2pagent.tasks.config import TasksConfig
 from p2pagent.training.config import TrainingConfig
@@ -122,6 +123,9 @@ class Config:
     #: Decoder folders served for text generation, KV cache budget, batch and queue bounds
     #: (``[generation]``).
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    #: The OpenAI-compatible HTTPS door (mutual TLS), off unless ``listen`` is set
+    #: (``[openai]``).
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
 
     # ---- derived views -------------------------------------------------------------------
 
@@ -181,6 +185,7 @@ class Config:
         self.transport.validate()
         self.training.validate()
         self.generation.validate()
+        self.openai.validate()
         return self
 
 

@@ -53,6 +53,7 @@ from p2pagent.transport.streams import OpenStreams
 if TYPE_CHECKING:  # torch and transformers load only on a node that serves decoders
     from p2pagent.inference.generation.service import GenerationService
     from p2pagent.models.driver import ModelsDriver
+    from p2pagent.openai.server import OpenAIDoor
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,13 @@ class Node:
             set_tag=self.membership.set_tag,
         )
         self.components.append(self.training)
+        # Last: started once everything it serves is up, stopped first.
+        self.openai: OpenAIDoor | None = None
+        if config.openai.listen:
+            from p2pagent.openai.server import OpenAIDoor
+
+            self.openai = OpenAIDoor(self, config.tls_paths, config.grace_period)
+            self.components.append(self.openai)
 
     @property
     def generation(self) -> GenerationService:
@@ -244,6 +252,8 @@ class Node:
                 f"reloaded certificate names {fresh.identity}, not {self.identity}; refusing"
             )
         self._material = fresh
+        if self.openai is not None:
+            self.openai.reload_certificates()
         log.info("certificates reloaded; valid until %s", fresh.not_after.isoformat())
 
     # ---- lifecycle ---------------------------------------------------------------------------

@@ -50,6 +50,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--key", metavar="FILE", help="node private key (overrides --certs)")
     p.add_argument("--data", metavar="DIR", help="data directory (default ./p2pagent-data/NAME)")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
+    p.add_argument(
+        "--http-listen",
+        metavar="HOST:PORT",
+        help="serve the OpenAI-compatible API here over HTTPS with mutual TLS (openai.listen)",
+    )
     p.add_argument("--device", help="inference device: auto, cpu or cuda:N")
     p.add_argument(
         "--placement", help="tasks.placement: work_stealing, least_loaded, round_robin or local"
@@ -68,10 +73,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def flags_of(args: argparse.Namespace) -> dict[str, Any]:
-    skip = ("config", "tag", "placement")
+    skip = ("config", "tag", "placement", "http_listen")
     flags = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
     if args.placement is not None:
         flags["tasks"] = {"placement": args.placement}
+    if args.http_listen is not None:
+        flags["openai"] = {"listen": args.http_listen}
     if args.tag:
         tags: dict[str, str] = {}
         for item in args.tag:

@@ -125,7 +125,11 @@ class Guard(grpc.aio.ServerInterceptor):
         self.streams = streams if streams is not None else OpenStreams(0)
 
     def authorize(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Identity:
-        ident = caller_identity(context)
+        return self.admit(method, caller_identity(context))
+
+    def admit(self, method: str, ident: Identity) -> Identity:
+        """The checks of ``authorize`` for an identity read elsewhere (the HTTP door's
+        client certificate): cluster, revocation, the method's roles, the rate limit."""
         if ident.cluster != self._cluster:
             raise errors.PermissionDenied(
                 f"{ident} belongs to cluster {ident.cluster!r}, not {self._cluster!r}"
