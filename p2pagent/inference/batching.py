@@ -238,6 +238,14 @@ class BatchPolicy:
         q = self._models.get(model)
         return None if q is None else q.counters.marginal_s_per_row
 
+    def marginal_seconds_per_token(self, model: str) -> float | None:
+        """What one more real token adds to a batch of ``model``; None for a model whose
+        batches had no sequences (its cost is per row) or before its first batch."""
+        q = self._models.get(model)
+        if q is None or not q.counters.has_sequences:
+            return None
+        return q.counters.marginal_s_per_token
+
     def stats(self) -> dict[str, ModelStats]:
         return {m: ModelStats.of(m, q.queued, q.counters) for m, q in self._models.items()}
 
@@ -370,6 +378,7 @@ class BatchPolicy:
         q.counters.batch_sizes[rows] = q.counters.batch_sizes.get(rows, 0) + 1
         q.counters.queue_s += sum(now - p.enqueued_at for p in taken)
         if any(lengths):
+            q.counters.has_sequences = True
             q.counters.tokens += sum(p.rows * p.length for p in taken)
             q.counters.padded_tokens += ragged.padded_tokens(rows, lengths, self._cfg.length_bucket)
         else:

@@ -46,6 +46,8 @@ def test_node_families_render_their_snapshot_values() -> None:
     assert samples[("p2pagent_inference_batch_size_sum", model)] == 26
     assert samples[("p2pagent_inference_queue_seconds_sum", model)] == 0.25
     assert samples[("p2pagent_inference_queue_seconds_count", model)] == 5
+    assert samples[("p2pagent_inference_tokens_total", model | {("kind", "real")})] == 300
+    assert samples[("p2pagent_inference_tokens_total", model | {("kind", "padding")})] == 60
     builds = [k for k in samples if k[0] == "p2pagent_build_info"]
     assert len(builds) == 1 and dict(builds[0][1])["version"]
 
