@@ -21,6 +21,11 @@ them:
    only when it is full: it then runs the moment the device frees up, with its copy to the
    device already done. A partial batch waits for the device (it could not run sooner) and
    takes whatever arrived meanwhile, refill window included.
+   Models in the model worker (``submit(worker=True)``: another process, see worker.py) have
+   their own pipeline, ``worker_pipeline_depth`` batches, and a partial batch is handed over
+   while one runs there: the handover (shared memory, a socket message, the worker's wake-up)
+   is the cost, and a batch already waiting in the worker's socket when it finishes one is
+   taken without the worker sleeping and the daemon waking it again.
 4. Only requests of the same model and the same *group* share a batch. The engine's group
    key is the dtypes and non-batch dimensions of the inputs: tensors that cannot be
    concatenated never meet. Within a model the group with the oldest request goes first.
@@ -107,17 +112,23 @@ class _ModelQueue:
     counters: ModelCounters = field(default_factory=ModelCounters)
     #: Rule 2's refill window.
     refill: RefillWindow = field(default_factory=RefillWindow)
+    #: The model runs in the model worker (rule 3's own pipeline).
+    worker: bool = False
 
 
 class BatchPolicy:
     def __init__(self, config: InferenceConfig) -> None:
         self._cfg = config
         self._depth = max(1, config.pipeline_depth)
+        self._worker_depth = max(1, config.worker_pipeline_depth)
+        # Batches in flight in this process's device workers and in the model worker.
+        self._local_flight = 0
+        self._worker_flight = 0
         self._live: dict[int, Pending] = {}
         self._models: dict[str, _ModelQueue] = {}
         self._deadlines: list[tuple[float, int]] = []  # heap; stale entries skipped
-        # batch id -> (batch, seconds charged at dispatch)
-        self._in_flight: dict[int, tuple[Batch, float]] = {}
+        # batch id -> (batch, seconds charged at dispatch, in the model worker)
+        self._in_flight: dict[int, tuple[Batch, float, bool]] = {}
         self._next_request = 1
         self._next_batch = 1
 
@@ -133,15 +144,18 @@ class BatchPolicy:
         deadline: float | None = None,
         batchable: bool = True,
         length: int = 0,
+        worker: bool = False,
     ) -> int:
         """Admits a request and returns its id; ResourceExhausted when the queue is full.
 
         ``batchable=False`` puts the request in a batch of its own (a model whose ports have
         no dynamic batch dimension). ``length``: the sequence length of a ragged request.
+        ``worker``: the model runs in the model worker (rule 3).
         """
         if rows < 1:
             raise InvalidArgument(f"a request needs at least one row, got {rows}")
         q = self._models.setdefault(model, _ModelQueue())
+        q.worker = worker
         if len(self._live) >= self._cfg.max_queued:
             q.counters.rejected += 1
             raise ResourceExhausted(
@@ -178,10 +192,7 @@ class BatchPolicy:
     def poll(self, now: float) -> Decision:
         expired = self._expire(now)
         batches: list[Batch] = []
-        while len(self._in_flight) < self._depth:
-            batch = self._form(now)
-            if batch is None:
-                break
+        while (batch := self._form(now)) is not None:
             batches.append(batch)
         return Decision(tuple(batches), tuple(expired), self._wake_at(now))
 
@@ -193,7 +204,11 @@ class BatchPolicy:
         entry = self._in_flight.pop(batch_id, None)
         if entry is None:
             return
-        batch, charged = entry
+        batch, charged, in_worker = entry
+        if in_worker:
+            self._worker_flight -= 1
+        else:
+            self._local_flight -= 1
         q = self._models[batch.model]
         q.used_s += service_s - charged
         if not ok:
@@ -255,7 +270,7 @@ class BatchPolicy:
         total = 0.0
         for q in self._models.values():
             total += q.queued_tokens * (q.counters.s_per_token or 0.0)
-        for batch, _ in self._in_flight.values():
+        for batch, _, _ in self._in_flight.values():
             per_token = self._models[batch.model].counters.s_per_token or 0.0
             total += sum(p.tokens for p in batch.requests) * per_token
         return total
@@ -300,7 +315,6 @@ class BatchPolicy:
         return best
 
     def _form(self, now: float) -> Batch | None:
-        staging = bool(self._in_flight)
         order: list[tuple[float, int, str, Hashable]] = []
         for name, q in self._models.items():
             if q.queued == 0:
@@ -311,7 +325,12 @@ class BatchPolicy:
                 order.append((q.used_s, head.request_id, name, key))
         for _, _, name, key in sorted(order, key=lambda o: (o[0], o[1])):
             q = self._models[name]
-            if staging and not self._full(q.groups[key]):
+            if q.worker:  # rule 3: the model worker's own pipeline takes partial batches
+                if self._worker_flight >= self._worker_depth:
+                    continue
+            elif self._local_flight >= self._depth:
+                continue
+            elif self._local_flight and not self._full(q.groups[key]):
                 continue  # rule 3
             if q.refill.holds(now) and not self._full(q.groups[key]):
                 continue  # rule 2's refill window
@@ -384,7 +403,11 @@ class BatchPolicy:
         else:
             q.counters.tokens += rows
             q.counters.padded_tokens += rows
-        self._in_flight[batch.batch_id] = (batch, charge)
+        self._in_flight[batch.batch_id] = (batch, charge, q.worker)
+        if q.worker:
+            self._worker_flight += 1
+        else:
+            self._local_flight += 1
         return batch
 
     def _wake_at(self, now: float) -> float | None:

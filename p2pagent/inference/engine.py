@@ -150,6 +150,7 @@ class InferenceEngine:
             deadline=deadline,
             batchable=batchable,
             length=length,
+            worker=isinstance(model.fn, RemoteModel),
         )
         loop = self._loop
         if loop is None:
