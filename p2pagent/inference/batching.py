@@ -22,10 +22,12 @@ them:
    device already done. A partial batch waits for the device (it could not run sooner) and
    takes whatever arrived meanwhile, refill window included.
    Models in the model worker (``submit(worker=True)``: another process, see worker.py) have
-   their own pipeline, ``worker_pipeline_depth`` batches, and a partial batch is handed over
-   while one runs there: the handover (shared memory, a socket message, the worker's wake-up)
-   is the cost, and a batch already waiting in the worker's socket when it finishes one is
-   taken without the worker sleeping and the daemon waking it again.
+   their own pipeline, ``worker_pipeline_depth`` batches, and a batch at least half full is
+   handed over while one runs there: it waits in the worker's socket and is taken without
+   the worker sleeping and the daemon waking it again. Not a smaller one: each batch pays
+   the handover (shared memory, a message, a wake-up) and its forward pass's fixed cost, and
+   where the daemon and the worker share a core, splitting the queue into more batches cost
+   more CPU per request than the overlap saved (bench/inference_isolation.py, RESULTS.md).
 4. Only requests of the same model and the same *group* share a batch. The engine's group
    key is the dtypes and non-batch dimensions of the inputs: tensors that cannot be
    concatenated never meet. Within a model the group with the oldest request goes first.
@@ -325,8 +327,10 @@ class BatchPolicy:
                 order.append((q.used_s, head.request_id, name, key))
         for _, _, name, key in sorted(order, key=lambda o: (o[0], o[1])):
             q = self._models[name]
-            if q.worker:  # rule 3: the model worker's own pipeline takes partial batches
+            if q.worker:  # rule 3: the model worker's own pipeline takes half-full batches
                 if self._worker_flight >= self._worker_depth:
+                    continue
+                if self._worker_flight and not self._full(q.groups[key], 0.5):
                     continue
             elif self._local_flight >= self._depth:
                 continue
@@ -337,17 +341,20 @@ class BatchPolicy:
             return self._take(name, q, key, now)
         return None
 
-    def _full(self, line: deque[Pending]) -> bool:
-        """The group's live rows (or, ragged, its padded tokens) fill a batch."""
-        rows = 0
+    def _full(self, line: deque[Pending], share: float = 1.0) -> bool:
+        """The group's live rows (or, ragged, its tokens) fill ``share`` of a batch."""
+        rows = tokens = 0
         lengths: list[int] = []
         for p in line:
             if p.request_id in self._live:
                 if p.length and not self._fits(rows, lengths, p):
                     return True
                 rows += p.rows
+                tokens += p.tokens
                 lengths.append(p.length)
-                if rows >= self._cfg.max_batch_size:
+                if rows >= share * self._cfg.max_batch_size:
+                    return True
+                if p.length and tokens >= share * self._cfg.max_batch_tokens:
                     return True
         return False
 

@@ -28,8 +28,8 @@ class InferenceConfig:
     #: staged (concatenated, pinned and copied) behind it. 0 = auto: 2 on CUDA, where the
     #: host-to-device copy can overlap compute, else 1.
     pipeline_depth: int = 0
-    #: Batches handed to the model worker (isolated models) at once: 2 = the next batch,
-    #: partial or not, waits in the worker's socket while one runs, so the worker goes on to
+    #: Batches handed to the model worker (isolated models) at once: 2 = a next batch at
+    #: least half full waits in the worker's socket while one runs, so the worker goes on to
     #: it without sleeping; 1 = one at a time (the behaviour before; for comparisons).
     worker_pipeline_depth: int = 2
     #: Requests queued (not yet running) across all models; more is ResourceExhausted.

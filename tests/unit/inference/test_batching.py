@@ -102,29 +102,31 @@ def test_a_partial_batch_waits_for_the_device_instead_of_staging_early() -> None
     assert nxt.request_ids == (first, second)
 
 
-def test_the_model_worker_is_handed_a_partial_batch_while_one_runs_there() -> None:
-    """Rule 3, model worker: the next batch, partial, goes while one runs (it waits in the
-    worker's socket), up to worker_pipeline_depth; then requests wait for a batch to end."""
+def test_the_model_worker_is_handed_a_half_full_batch_while_one_runs_there() -> None:
+    """Rule 3, model worker: a next batch at least half full goes while one runs (it waits
+    in the worker's socket), up to worker_pipeline_depth; a smaller one waits, and once
+    the pipeline is full everything waits for a batch to end."""
     p = policy(max_batch_size=4, worker_pipeline_depth=2)
     a = p.submit("w", 1, now=0.0, worker=True)
     (first,) = p.poll(0.0).batches
     b = p.submit("w", 1, now=0.001, worker=True)
-    (second,) = p.poll(0.001).batches
-    assert (first.request_ids, second.request_ids) == ((a,), (b,))
+    assert p.poll(0.001).batches == ()  # a quarter of a batch: not worth a handover
     c = p.submit("w", 1, now=0.002, worker=True)
-    d = p.submit("w", 1, now=0.002, worker=True)
-    assert p.poll(0.002).batches == ()  # two in the worker: the pipeline is full
-    p.on_batch_done(first.batch_id, 0.003, now=0.003)
-    (third,) = p.poll(0.003).batches
-    assert third.request_ids == (c, d)  # what queued meanwhile, as one batch
+    (second,) = p.poll(0.002).batches  # half full: handed over behind the first
+    assert (first.request_ids, second.request_ids) == ((a,), (b, c))
+    d = p.submit("w", 2, now=0.003, worker=True)
+    assert p.poll(0.003).batches == ()  # two in the worker: the pipeline is full
+    p.on_batch_done(first.batch_id, 0.004, now=0.004)
+    (third,) = p.poll(0.004).batches
+    assert third.request_ids == (d,)
 
 
 def test_one_batch_at_a_time_in_the_worker_at_depth_one() -> None:
     p = policy(max_batch_size=4, worker_pipeline_depth=1)
     p.submit("w", 1, now=0.0, worker=True)
     (running,) = p.poll(0.0).batches
-    p.submit("w", 1, now=0.001, worker=True)
-    assert p.poll(0.001).batches == ()
+    p.submit("w", 4, now=0.001, worker=True)
+    assert p.poll(0.001).batches == ()  # even a full one waits
     p.on_batch_done(running.batch_id, 0.002, now=0.002)
     assert len(p.poll(0.002).batches) == 1
 
