@@ -4,13 +4,16 @@
                                         [--model demo|large] [--small] [--no-pin]
                                         [--json FILE]
 
-Two daemons serve the same TorchScript files: one with ``inference.isolate_code_models`` on
-(the default: the models run in the confined worker process, tensors through shared memory)
-and one with it off (the models run in the daemon's engine, as before issue 21). Each round
-measures, on both, a no-op model's Infer latency at concurrency 1 and the demo model's
-batched throughput at concurrency 32; the two daemons alternate which goes first from round
-to round, so load from elsewhere on a shared machine falls on both alike. Reported: the
-median over rounds of each variant, and the median of the per-round ratios (the targets).
+Three daemons serve the same TorchScript files: one with ``inference.isolate_code_models`` on
+(the default: the models run in the confined worker process, tensors through shared memory,
+the next batch handed over while one runs), one the same with
+``inference.worker_pipeline_depth`` 1 (one batch in the worker at a time, as before the
+pipeline: what the pipeline buys, in the same run), and one with isolation off (the models
+run in the daemon's engine, as before issue 21). Each round measures, on each, a no-op
+model's Infer latency at concurrency 1 and the demo model's batched throughput at
+concurrency 32; the daemons take turns going first from round to round, so load from
+elsewhere on a shared machine falls on all alike. Reported: the median over rounds of each
+variant, and the median of the per-round ratios (the targets: isolated against in-process).
 
 Placement as in bench/inference_grpc.py: the client is pinned to the first core and both
 daemons to the others (the worker inherits its daemon's cores); each row also gives the
@@ -44,7 +47,7 @@ from p2pagent.inference import demo_model
 from p2pagent.testing.daemon import Daemon
 from p2pagent.transport.channels import channel_options
 
-VARIANTS = ("in-process", "isolated")
+VARIANTS = ("in-process", "isolated", "isolated-depth1")
 
 
 def worker_pids(daemon_pid: int) -> list[int]:
@@ -68,7 +71,7 @@ async def run(
 ) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="p2p-bench-iso-"))
     certs.init_ca(root / "certs", "bench")
-    for name in ("i1", "i2"):
+    for name in ("i1", "i2", "i3"):
         certs.issue(root / "certs", name, Role.NODE)
     certs.issue(root / "certs", "client", Role.CLIENT)
     files = demo_model.write_all(root / "model")
@@ -93,6 +96,14 @@ async def run(
             prefix=prefix,
         ),
         "isolated": Daemon("i2", root / "certs", root / "i2", args=serve, env=env, prefix=prefix),
+        "isolated-depth1": Daemon(
+            "i3",
+            root / "certs",
+            root / "i3",
+            args=serve,
+            env={**env, "P2PAGENT_INFERENCE__WORKER_PIPELINE_DEPTH": "1"},
+            prefix=prefix,
+        ),
     }
     creds = grpc.ssl_channel_credentials(
         (root / "certs/ca.crt").read_bytes(),
@@ -117,10 +128,10 @@ async def run(
             for model, data in (("noop", x), ("demo", x_batched)):
                 await load(stubs[v], model, data, 4, 40, daemons[v].proc.pid)  # type: ignore[union-attr]
         for r in range(rounds):
-            order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
+            order = VARIANTS[r % 3 :] + VARIANTS[: r % 3]
             for v in order:
                 pid = daemons[v].proc.pid  # type: ignore[union-attr]
-                workers = worker_pids(pid) if v == "isolated" else []
+                workers = worker_pids(pid) if v != "in-process" else []
 
                 def cpu(pid: int = pid, workers: list[int] = workers) -> float:
                     return cpu_seconds(pid) + sum(cpu_seconds(w) for w in workers)
@@ -129,7 +140,7 @@ async def run(
                 _, lat, _ = await load(stubs[v], "noop", x, 1, noop_requests, pid)
                 samples[v]["noop_cpu_us"].append((cpu() - c0) / (noop_requests + 20) * 1e6)
                 samples[v]["noop_p50_ms"].append(pct(lat, 0.5) * 1e3)
-                workers = worker_pids(pid) if v == "isolated" else []
+                workers = worker_pids(pid) if v != "in-process" else []
                 c0 = cpu(pid, workers)
                 rps, lat, _ = await load(stubs[v], "demo", x_batched, 32, requests, pid)
                 samples[v]["c32_cpu_us"].append((cpu(pid, workers) - c0) / (requests + 20) * 1e6)
@@ -148,6 +159,9 @@ async def run(
     rps_ratios = [
         i / p for i, p in zip(samples["isolated"]["c32_rps"], samples["in-process"]["c32_rps"])
     ]
+    depth1_ratios = [
+        i / p for i, p in zip(samples["isolated"]["c32_rps"], samples["isolated-depth1"]["c32_rps"])
+    ]
     noop_ratio, rps_ratio = statistics.median(noop_ratios), statistics.median(rps_ratios)
     started = [line for line in iso_log.splitlines() if "model worker started" in line]
     return {
@@ -160,7 +174,11 @@ async def run(
         "worker": started[-1].split("model worker started: ", 1)[-1] if started else "not started",
         "samples": samples,
         "medians": {v: {k: statistics.median(s) for k, s in m.items()} for v, m in samples.items()},
-        "ratios": {"noop_p50": noop_ratios, "c32_rps": rps_ratios},
+        "ratios": {
+            "noop_p50": noop_ratios,
+            "c32_rps": rps_ratios,
+            "c32_rps_pipelined_vs_depth1": depth1_ratios,
+        },
         "targets": [
             {
                 "name": "isolated / in-process no-op Infer p50 (median of rounds)",
@@ -200,11 +218,11 @@ def main() -> int:
         f"(daemon cores {out['daemon_cores']}); "
         f"worker: {out['worker']}"
     )
-    print(f"{'variant':12} {'noop p50 ms':>12} {'noop cpu us':>12} {'c32 req/s':>10} "
+    print(f"{'variant':16} {'noop p50 ms':>12} {'noop cpu us':>12} {'c32 req/s':>10} "
           f"{'c32 p50 ms':>11} {'c32 cpu us':>11}")  # fmt: skip
     for v, m in out["medians"].items():  # type: ignore[attr-defined]
         print(
-            f"{v:12} {m['noop_p50_ms']:12.3f} {m['noop_cpu_us']:12.0f} {m['c32_rps']:10.0f} "
+            f"{v:16} {m['noop_p50_ms']:12.3f} {m['noop_cpu_us']:12.0f} {m['c32_rps']:10.0f} "
             f"{m['c32_p50_ms']:11.2f} {m['c32_cpu_us']:11.0f}"
         )
     print("per-round ratios:", json.dumps(out["ratios"]))

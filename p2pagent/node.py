@@ -33,7 +33,8 @@ from p2pagent.inference.device import DeviceInfo, select_device
 from p2pagent.inference.engine import InferenceEngine, resolve_config
 from p2pagent.inference.formats import load_model
 from p2pagent.inference.stats import ModelStats
-from p2pagent.inference.worker import ModelWorker, isolating_loader
+from p2pagent.inference.worker import ModelWorker
+from p2pagent.inference.worker_loader import isolating_loader
 from p2pagent.membership.driver import MembershipDriver, check_user_tags
 from p2pagent.membership.view import PeerDirectory
 from p2pagent.metrics.http import MetricsServer

@@ -21,6 +21,13 @@ them:
    only when it is full: it then runs the moment the device frees up, with its copy to the
    device already done. A partial batch waits for the device (it could not run sooner) and
    takes whatever arrived meanwhile, refill window included.
+   Models in the model worker (``submit(worker=True)``: another process, see worker.py) have
+   their own pipeline, ``worker_pipeline_depth`` batches, and a batch at least half full is
+   handed over while one runs there: it waits in the worker's socket and is taken without
+   the worker sleeping and the daemon waking it again. Not a smaller one: each batch pays
+   the handover (shared memory, a message, a wake-up) and its forward pass's fixed cost, and
+   where the daemon and the worker share a core, splitting the queue into more batches cost
+   more CPU per request than the overlap saved (bench/inference_isolation.py, RESULTS.md).
 4. Only requests of the same model and the same *group* share a batch. The engine's group
    key is the dtypes and non-batch dimensions of the inputs: tensors that cannot be
    concatenated never meet. Within a model the group with the oldest request goes first.
@@ -107,17 +114,23 @@ class _ModelQueue:
     counters: ModelCounters = field(default_factory=ModelCounters)
     #: Rule 2's refill window.
     refill: RefillWindow = field(default_factory=RefillWindow)
+    #: The model runs in the model worker (rule 3's own pipeline).
+    worker: bool = False
 
 
 class BatchPolicy:
     def __init__(self, config: InferenceConfig) -> None:
         self._cfg = config
         self._depth = max(1, config.pipeline_depth)
+        self._worker_depth = max(1, config.worker_pipeline_depth)
+        # Batches in flight in this process's device workers and in the model worker.
+        self._local_flight = 0
+        self._worker_flight = 0
         self._live: dict[int, Pending] = {}
         self._models: dict[str, _ModelQueue] = {}
         self._deadlines: list[tuple[float, int]] = []  # heap; stale entries skipped
-        # batch id -> (batch, seconds charged at dispatch)
-        self._in_flight: dict[int, tuple[Batch, float]] = {}
+        # batch id -> (batch, seconds charged at dispatch, in the model worker)
+        self._in_flight: dict[int, tuple[Batch, float, bool]] = {}
         self._next_request = 1
         self._next_batch = 1
 
@@ -133,15 +146,18 @@ class BatchPolicy:
         deadline: float | None = None,
         batchable: bool = True,
         length: int = 0,
+        worker: bool = False,
     ) -> int:
         """Admits a request and returns its id; ResourceExhausted when the queue is full.
 
         ``batchable=False`` puts the request in a batch of its own (a model whose ports have
         no dynamic batch dimension). ``length``: the sequence length of a ragged request.
+        ``worker``: the model runs in the model worker (rule 3).
         """
         if rows < 1:
             raise InvalidArgument(f"a request needs at least one row, got {rows}")
         q = self._models.setdefault(model, _ModelQueue())
+        q.worker = worker
         if len(self._live) >= self._cfg.max_queued:
             q.counters.rejected += 1
             raise ResourceExhausted(
@@ -178,10 +194,7 @@ class BatchPolicy:
     def poll(self, now: float) -> Decision:
         expired = self._expire(now)
         batches: list[Batch] = []
-        while len(self._in_flight) < self._depth:
-            batch = self._form(now)
-            if batch is None:
-                break
+        while (batch := self._form(now)) is not None:
             batches.append(batch)
         return Decision(tuple(batches), tuple(expired), self._wake_at(now))
 
@@ -193,7 +206,11 @@ class BatchPolicy:
         entry = self._in_flight.pop(batch_id, None)
         if entry is None:
             return
-        batch, charged = entry
+        batch, charged, in_worker = entry
+        if in_worker:
+            self._worker_flight -= 1
+        else:
+            self._local_flight -= 1
         q = self._models[batch.model]
         q.used_s += service_s - charged
         if not ok:
@@ -238,6 +255,14 @@ class BatchPolicy:
         q = self._models.get(model)
         return None if q is None else q.counters.marginal_s_per_row
 
+    def marginal_seconds_per_token(self, model: str) -> float | None:
+        """What one more real token adds to a batch of ``model``; None for a model whose
+        batches had no sequences (its cost is per row) or before its first batch."""
+        q = self._models.get(model)
+        if q is None or not q.counters.has_sequences:
+            return None
+        return q.counters.marginal_s_per_token
+
     def stats(self) -> dict[str, ModelStats]:
         return {m: ModelStats.of(m, q.queued, q.counters) for m, q in self._models.items()}
 
@@ -247,7 +272,7 @@ class BatchPolicy:
         total = 0.0
         for q in self._models.values():
             total += q.queued_tokens * (q.counters.s_per_token or 0.0)
-        for batch, _ in self._in_flight.values():
+        for batch, _, _ in self._in_flight.values():
             per_token = self._models[batch.model].counters.s_per_token or 0.0
             total += sum(p.tokens for p in batch.requests) * per_token
         return total
@@ -292,7 +317,6 @@ class BatchPolicy:
         return best
 
     def _form(self, now: float) -> Batch | None:
-        staging = bool(self._in_flight)
         order: list[tuple[float, int, str, Hashable]] = []
         for name, q in self._models.items():
             if q.queued == 0:
@@ -303,24 +327,34 @@ class BatchPolicy:
                 order.append((q.used_s, head.request_id, name, key))
         for _, _, name, key in sorted(order, key=lambda o: (o[0], o[1])):
             q = self._models[name]
-            if staging and not self._full(q.groups[key]):
+            if q.worker:  # rule 3: the model worker's own pipeline takes half-full batches
+                if self._worker_flight >= self._worker_depth:
+                    continue
+                if self._worker_flight and not self._full(q.groups[key], 0.5):
+                    continue
+            elif self._local_flight >= self._depth:
+                continue
+            elif self._local_flight and not self._full(q.groups[key]):
                 continue  # rule 3
             if q.refill.holds(now) and not self._full(q.groups[key]):
                 continue  # rule 2's refill window
             return self._take(name, q, key, now)
         return None
 
-    def _full(self, line: deque[Pending]) -> bool:
-        """The group's live rows (or, ragged, its padded tokens) fill a batch."""
-        rows = 0
+    def _full(self, line: deque[Pending], share: float = 1.0) -> bool:
+        """The group's live rows (or, ragged, its tokens) fill ``share`` of a batch."""
+        rows = tokens = 0
         lengths: list[int] = []
         for p in line:
             if p.request_id in self._live:
                 if p.length and not self._fits(rows, lengths, p):
                     return True
                 rows += p.rows
+                tokens += p.tokens
                 lengths.append(p.length)
-                if rows >= self._cfg.max_batch_size:
+                if rows >= share * self._cfg.max_batch_size:
+                    return True
+                if p.length and tokens >= share * self._cfg.max_batch_tokens:
                     return True
         return False
 
@@ -370,12 +404,17 @@ class BatchPolicy:
         q.counters.batch_sizes[rows] = q.counters.batch_sizes.get(rows, 0) + 1
         q.counters.queue_s += sum(now - p.enqueued_at for p in taken)
         if any(lengths):
+            q.counters.has_sequences = True
             q.counters.tokens += sum(p.rows * p.length for p in taken)
             q.counters.padded_tokens += ragged.padded_tokens(rows, lengths, self._cfg.length_bucket)
         else:
             q.counters.tokens += rows
             q.counters.padded_tokens += rows
-        self._in_flight[batch.batch_id] = (batch, charge)
+        self._in_flight[batch.batch_id] = (batch, charge, q.worker)
+        if q.worker:
+            self._worker_flight += 1
+        else:
+            self._local_flight += 1
         return batch
 
     def _wake_at(self, now: float) -> float | None:

@@ -28,6 +28,10 @@ class InferenceConfig:
     #: staged (concatenated, pinned and copied) behind it. 0 = auto: 2 on CUDA, where the
     #: host-to-device copy can overlap compute, else 1.
     pipeline_depth: int = 0
+    #: Batches handed to the model worker (isolated models) at once: 2 = a next batch at
+    #: least half full waits in the worker's socket while one runs, so the worker goes on to
+    #: it without sleeping; 1 = one at a time (the behaviour before; for comparisons).
+    worker_pipeline_depth: int = 2
     #: Requests queued (not yet running) across all models; more is ResourceExhausted.
     max_queued: int = 1024
     #: EWMA weight of the newest service-time-per-row sample.
@@ -98,6 +102,11 @@ class InferenceConfig:
         if self.pipeline_depth < 0 or self.pipeline_depth > 4:
             raise ConfigError(
                 f"inference.pipeline_depth must be 0 (auto) to 4, got {self.pipeline_depth}"
+            )
+        if self.worker_pipeline_depth not in (1, 2):
+            raise ConfigError(
+                "inference.worker_pipeline_depth must be 1 or 2 (the worker's input slots), "
+                f"got {self.worker_pipeline_depth}"
             )
         if self.intra_op_threads < 0:
             raise ConfigError(

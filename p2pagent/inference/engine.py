@@ -150,6 +150,7 @@ class InferenceEngine:
             deadline=deadline,
             batchable=batchable,
             length=length,
+            worker=isinstance(model.fn, RemoteModel),
         )
         loop = self._loop
         if loop is None:
@@ -180,6 +181,11 @@ class InferenceEngine:
     def marginal_seconds_per_row(self, model: str) -> float | None:
         """What one more row adds to a batch of ``model`` (None before its first batch)."""
         return self._policy.marginal_seconds_per_row(model)
+
+    def marginal_seconds_per_token(self, model: str) -> float | None:
+        """What one more real token adds to a batch of ``model``, for a model with sequences
+        (token ids); None for one whose cost is per row, or before its first batch."""
+        return self._policy.marginal_seconds_per_token(model)
 
     def stats(self) -> dict[str, ModelStats]:
         return self._policy.stats()

@@ -13,11 +13,17 @@ Two estimates, both over completed batches with the same exponential weighting:
 
 The line's intercept, ``fixed_s``, bounds how long the batching policy holds a refilling
 batch: waiting longer than a batch's fixed cost to merge two batches cannot pay.
+
+A model with sequences (ragged token ids) also gets the same line through (real tokens,
+service time): ``marginal_s_per_token``, what one more token adds to a batch, so a task of
+long sequences is estimated to cost more than one of short ones with as many rows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+_Fit = tuple[float, float, float, float, float]
 
 
 @dataclass
@@ -47,8 +53,12 @@ class ModelCounters:
     #: Seconds per real token (padding's cost included), EWMA; the same as ``s_per_row``
     #: for a model without sequences. What a queued ragged request is estimated to cost.
     s_per_token: float | None = None
+    #: Batches with sequences (ragged token ids) have run: tokens are not rows.
+    has_sequences: bool = False
     #: Exponentially weighted sums for the (rows, seconds) line: weight, x, y, xx, xy.
-    _fit: tuple[float, float, float, float, float] = (0.0, 0.0, 0.0, 0.0, 0.0)
+    _fit: _Fit = (0.0, 0.0, 0.0, 0.0, 0.0)
+    #: The same for the (real tokens, seconds) line.
+    _fit_t: _Fit = (0.0, 0.0, 0.0, 0.0, 0.0)
 
     def observe(self, rows: int, service_s: float, alpha: float, tokens: int = 0) -> None:
         """A successful batch of ``rows`` (``tokens`` real tokens; 0: one per row)."""
@@ -63,15 +73,8 @@ class ModelCounters:
             self.s_per_row = sample
         else:
             self.s_per_row += alpha * (sample - self.s_per_row)
-        keep = 1.0 - alpha
-        w, x, y, xx, xy = self._fit
-        self._fit = (
-            w * keep + 1.0,
-            x * keep + rows,
-            y * keep + service_s,
-            xx * keep + rows * rows,
-            xy * keep + rows * service_s,
-        )
+        self._fit = _weigh(self._fit, 1.0 - alpha, rows, service_s)
+        self._fit_t = _weigh(self._fit_t, 1.0 - alpha, max(tokens or rows, 1), service_s)
 
     @property
     def slope_known(self) -> bool:
@@ -89,6 +92,17 @@ class ModelCounters:
         return min(mean, max(0.0, slope))
 
     @property
+    def marginal_s_per_token(self) -> float | None:
+        """Seconds one more real token adds to a batch (padding's cost included): the slope
+        of the (tokens, seconds) line, the mean per token until tokens of different counts
+        have been seen, kept between zero and the mean."""
+        mean = self.s_per_token
+        if mean is None:
+            return None
+        slope = _slope(self._fit_t)
+        return mean if slope is None else min(mean, max(0.0, slope))
+
+    @property
     def fixed_s(self) -> float | None:
         """Seconds a batch costs whatever its size (the line's intercept, at least zero);
         None until batches of two sizes have been seen."""
@@ -101,11 +115,28 @@ class ModelCounters:
     def _slope(self) -> float | None:
         """The weighted least-squares slope of batch time against rows; None without a
         spread of batch sizes."""
-        w, x, y, xx, xy = self._fit
-        spread = w * xx - x * x
-        if self.s_per_row is None or spread <= 1e-9 * max(1.0, w * xx):
-            return None
-        return (w * xy - x * y) / spread
+        return None if self.s_per_row is None else _slope(self._fit)
+
+
+def _weigh(fit: _Fit, keep: float, x_new: float, y_new: float) -> _Fit:
+    """The line's weighted sums with older samples decayed by ``keep`` and one sample added."""
+    w, x, y, xx, xy = fit
+    return (
+        w * keep + 1.0,
+        x * keep + x_new,
+        y * keep + y_new,
+        xx * keep + x_new * x_new,
+        xy * keep + x_new * y_new,
+    )
+
+
+def _slope(fit: _Fit) -> float | None:
+    """The weighted least-squares slope of a line's sums; None without a spread of x."""
+    w, x, y, xx, xy = fit
+    spread = w * xx - x * x
+    if w == 0.0 or spread <= 1e-9 * max(1.0, w * xx):
+        return None
+    return (w * xy - x * y) / spread
 
 
 @dataclass(frozen=True)

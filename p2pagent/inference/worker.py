@@ -1,17 +1,20 @@
 """The daemon's side of the model worker: a confined process that runs code-bearing models.
 
 TorchScript and torch.export archives are code; with ``inference.isolate_code_models`` on (the
-default) the node never loads one itself. ``isolating_loader`` is the model cache's loader:
-for those formats it hands the verified file to the worker as an open descriptor and returns a
-``LoadedModel`` whose ``fn`` is a ``RemoteModel``; the engine sends such a model's batches to
-``RemoteModel.run``, a coroutine on the event loop: it writes the inputs straight into shared
-memory (the batch's concatenation is that write; large batches are written from a thread),
-sends a small msgpack request, and the answer comes back through a reader on the loop. So a
-batch costs the same two wake-ups as an in-process one (loop -> worker -> loop), not four.
+default) the node never loads one itself. ``worker_loader.isolating_loader`` is the model
+cache's loader: for those formats it hands the verified file to the worker as an open
+descriptor and returns a ``LoadedModel`` whose ``fn`` is a ``RemoteModel``; the engine sends
+such a model's batches to ``RemoteModel.run``, a coroutine on the event loop: it writes the
+inputs straight into shared memory (the batch's concatenation is that write; large batches
+are written from a thread), sends a small msgpack request, and the answer comes back through
+a reader on the loop. So a batch costs the same two wake-ups as an in-process one (loop ->
+worker -> loop), not four.
 Batching policy, queues and deadlines stay in the engine; the worker only executes.
 
 The worker answers requests in order, one at a time; the daemon keeps them in a FIFO and
-allows one batch in the worker at a time (its inputs live in the one input region).
+hands it up to ``worker_wire.SLOTS`` batches at once, each in its own pair of input and output
+regions: the next batch waits in the socket while one runs, so the worker goes on to it
+without sleeping, and the daemon copies one batch's outputs while the next is computed.
 
 Failures. The worker is untrusted: every answer is checked (worker_wire, worker_tensors). A
 worker that exits or breaks the protocol fails what it had; a batch or load it dies under is
@@ -47,15 +50,13 @@ from typing import TYPE_CHECKING, Any
 
 from p2pagent.errors import Internal, InvalidArgument, P2PAgentError, ResourceExhausted, Unavailable
 from p2pagent.inference import isolation, worker_tensors, worker_wire
-from p2pagent.inference.archive_check import check_archive
-from p2pagent.inference.formats import LoadedModel, ModelFormat, detect_format, load_model
+from p2pagent.inference.formats import LoadedModel, ModelFormat
 from p2pagent.inference.spec import ModelSpec
 from p2pagent.inference.worker_wire import ChannelClosed, Region
 
 if TYPE_CHECKING:
     import torch
 
-    from p2pagent.inference.cache import Loader
     from p2pagent.inference.spec import InputTensor
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,6 @@ _KEEP_ENV = (
 #: Batches with more input bytes than this are written into shared memory from a thread,
 #: not on the event loop.
 _LOOP_COPY_BYTES = 1 << 20
-#: Formats that carry code: loaded and run only in the worker.
-CODE_FORMATS = frozenset({ModelFormat.TORCHSCRIPT, ModelFormat.TORCH_EXPORT})
 
 
 class _WorkerLost(Exception):
@@ -88,6 +87,8 @@ class _Pending:
     doing: str
     future: asyncio.Future[dict[str, Any]]
     timeout: float
+    #: The batch's slot (its regions); -1 for requests that are not batches.
+    slot: int = -1
 
 
 @dataclass(eq=False)
@@ -98,8 +99,9 @@ class _Process:
     sock: socket.socket
     pending: collections.deque[_Pending] = field(default_factory=collections.deque)
     loaded: set[int] = field(default_factory=set)
-    inputs: Region | None = None
-    outputs: Region | None = None
+    #: Input and output regions by slot.
+    inputs: list[Region | None] = field(default_factory=lambda: [None] * worker_wire.SLOTS)
+    outputs: list[Region | None] = field(default_factory=lambda: [None] * worker_wire.SLOTS)
     stderr: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=20))
     timer: asyncio.TimerHandle | None = None
     lost: bool = False
@@ -149,7 +151,10 @@ class ModelWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._keys = itertools.count(1)
         self._current: _Process | None = None
-        self._run_lock: asyncio.Lock | None = None
+        #: Slots no batch holds, and the lock that loads a model once for concurrent batches.
+        self._free_slots: list[int] = list(range(worker_wire.SLOTS))
+        self._slot_free: asyncio.Semaphore | None = None
+        self._load_lock: asyncio.Lock | None = None
         self._forgotten: collections.deque[int] = collections.deque()  # thread-safe appends
         self._closed = False
         #: Workers started (the first one included) and lost, for stats and tests.
@@ -298,44 +303,60 @@ class ModelWorker:
         rows: int,
         batchable: bool,
     ) -> list[torch.Tensor]:
-        if self._run_lock is None:
-            self._run_lock = asyncio.Lock()
-        async with self._run_lock:  # one batch in the worker: one input region
-            cur = self._process()
-            if remote.key not in cur.loaded:
-                await self._load(remote)
-                cur = self._process()
-            refs, needed = worker_tensors.input_layout(parts, batchable, rows)
-            if cur.inputs is None or cur.inputs.size < needed:
-                if cur.inputs is not None:
-                    cur.inputs.close()
-                cur.inputs = Region.create(needed, "p2pagent-worker-in")
-                self._send(cur, {"op": "inbuf", "size": cur.inputs.size}, [cur.inputs.fd])
-            if needed <= _LOOP_COPY_BYTES:
-                worker_tensors.write_inputs(cur.inputs, refs, parts)
-            else:
-                await asyncio.to_thread(worker_tensors.write_inputs, cur.inputs, refs, parts)
-            reply = await self._ask(
-                {"op": "run", "key": remote.key, "inputs": [r.pack() for r in refs]}, [],
-                f"running a batch of model {remote.name!r}",
-                failed=lambda kind, msg: _batch_error(remote.name, kind, msg, rows, len(parts)),
-                process=cur,
-            )  # fmt: skip
+        if self._slot_free is None or self._load_lock is None:
+            self._slot_free = asyncio.Semaphore(worker_wire.SLOTS)
+            self._load_lock = asyncio.Lock()
+        async with self._slot_free:  # a batch per slot: its inputs and outputs are its own
+            slot = self._free_slots.pop()
             try:
-                return worker_tensors.read_outputs(cur.outputs, reply.get("outputs"))
-            except ChannelClosed as e:
-                raise self._lose(cur, f"broke the protocol ({e})") from None
+                return await self._run_in(slot, remote, parts, rows, batchable)
+            finally:
+                self._free_slots.append(slot)
+
+    async def _run_in(
+        self, slot: int, remote: RemoteModel, parts: Sequence[Sequence[InputTensor]],
+        rows: int, batchable: bool,
+    ) -> list[torch.Tensor]:  # fmt: skip
+        cur = self._process()
+        if remote.key not in cur.loaded:
+            assert self._load_lock is not None
+            async with self._load_lock:  # two batches of a model not loaded yet load it once
+                cur = self._process()
+                if remote.key not in cur.loaded:
+                    await self._load(remote)
+                    cur = self._process()
+        refs, needed = worker_tensors.input_layout(parts, batchable, rows)
+        region = cur.inputs[slot]
+        if region is None or region.size < needed:
+            if region is not None:
+                region.close()
+            region = cur.inputs[slot] = Region.create(needed, "p2pagent-worker-in")
+            self._send(cur, {"op": "inbuf", "size": region.size, "slot": slot}, [region.fd])
+        if needed <= _LOOP_COPY_BYTES:
+            worker_tensors.write_inputs(region, refs, parts)
+        else:
+            await asyncio.to_thread(worker_tensors.write_inputs, region, refs, parts)
+        reply = await self._ask(
+            {"op": "run", "key": remote.key, "slot": slot, "inputs": [r.pack() for r in refs]},
+            [], f"running a batch of model {remote.name!r}",
+            failed=lambda kind, msg: _batch_error(remote.name, kind, msg, rows, len(parts)),
+            process=cur, slot=slot,
+        )  # fmt: skip
+        try:
+            return worker_tensors.read_outputs(cur.outputs[slot], reply.get("outputs"))
+        except ChannelClosed as e:
+            raise self._lose(cur, f"broke the protocol ({e})") from None
 
     async def _ask(
         self, message: dict[str, Any], fds: list[int], doing: str, *, failed: Any = None,
-        process: _Process | None = None,
+        process: _Process | None = None, slot: int = -1,
     ) -> dict[str, Any]:  # fmt: skip
         """Sends a request and awaits the worker's answer (_WorkerLost if the worker is)."""
         cur = process or self._process()
         if cur.lost:
             raise _WorkerLost("was replaced before it got to this")
         loop = self._bind_loop()
-        pending = _Pending(doing, loop.create_future(), self.timeout_s)
+        pending = _Pending(doing, loop.create_future(), self.timeout_s, slot)
         cur.pending.append(pending)
         if len(cur.pending) == 1:
             self._arm(cur)
@@ -456,8 +477,9 @@ class ModelWorker:
                     os.close(fd)
                 self._lose(cur, "broke the protocol (an answer nobody asked for)")
                 return
+            slot = cur.pending[0].slot  # the daemon's record, not the worker's word
             if "outbuf" in reply:
-                if len(fds) != 1 or not isinstance(reply["outbuf"], int):
+                if len(fds) != 1 or not isinstance(reply["outbuf"], int) or slot < 0:
                     self._lose(cur, "broke the protocol (an output region without its fd)")
                     return
                 try:
@@ -465,9 +487,10 @@ class ModelWorker:
                 except (ChannelClosed, OSError) as e:
                     self._lose(cur, f"broke the protocol ({e})")
                     return
-                if cur.outputs is not None:
-                    cur.outputs.close()
-                cur.outputs = region
+                old = cur.outputs[slot]
+                if old is not None:
+                    old.close()
+                cur.outputs[slot] = region
             else:
                 for fd in fds:
                     os.close(fd)
@@ -520,10 +543,11 @@ class ModelWorker:
         if cur.proc.poll() is None:
             cur.proc.kill()
             threading.Thread(target=cur.proc.wait, name="model-worker-reap", daemon=True).start()
-        for region in (cur.inputs, cur.outputs):
+        for region in (*cur.inputs, *cur.outputs):
             if region is not None:
                 region.close()
-        cur.inputs = cur.outputs = None
+        cur.inputs = [None] * worker_wire.SLOTS
+        cur.outputs = [None] * worker_wire.SLOTS
         error = _WorkerLost(why, hung=hung)
         first = True
         while cur.pending:
@@ -534,30 +558,6 @@ class ModelWorker:
                 )
             first = False
         return error
-
-
-def isolating_loader(worker: ModelWorker) -> Loader:
-    """The model cache's loader: code-bearing formats in the worker, the rest here (weights
-    through the in-repo architectures, which run no code from the file)."""
-
-    def load(
-        name: str, path: Path, spec: ModelSpec, device: torch.device | str,
-        fmt: ModelFormat | None,
-    ) -> LoadedModel:  # fmt: skip
-        detected = detect_format(Path(path))
-        if fmt is not None and fmt is not detected:
-            raise InvalidArgument(
-                f"model file {path} is not a valid {fmt.value} file "
-                f"(it looks like {detected.value})"
-            )
-        if detected in CODE_FORMATS:
-            # Read without running it (no pickle, only tensors and TorchScript types) before
-            # the worker is handed the file: the same check as every in-process load.
-            check_archive(Path(path), detected)
-            return worker.load(name, Path(path), spec, device, detected)
-        return load_model(name, Path(path), spec, device, detected)
-
-    return load
 
 
 def _drain_stderr(proc: subprocess.Popen[bytes], keep: collections.deque[str]) -> None:

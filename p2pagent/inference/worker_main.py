@@ -7,13 +7,18 @@ threads), confines itself (``sandbox.confine``) and only then answers ``hello``;
 it ever loads is loaded after that, from a file descriptor the daemon opened (the worker could
 not open the model's path itself).
 
-Requests, one at a time, each answered once (see worker_wire for the framing):
+Requests, one at a time in arrival order, each answered once (see worker_wire for the
+framing):
 
 - ``load`` {key, format, device, outputs} + the model file's fd -> {ok, nbytes} or an error
 - ``unload`` {key} -> no answer
-- ``inbuf`` {size} + a memfd: the daemon's new input region -> no answer
-- ``run`` {key, inputs: [TensorRef]} -> {ok, outputs: [TensorRef], outbuf?} (+ memfd when
-  the output region grew) or an error
+- ``inbuf`` {size, slot} + a memfd: the daemon's new input region for that slot -> no answer
+- ``run`` {key, slot, inputs: [TensorRef]} -> {ok, outputs: [TensorRef], outbuf?} (+ memfd
+  when the slot's output region grew) or an error
+
+Slots (``worker_wire.SLOTS``): each has its own input and output region, so the daemon can
+hand over the next batch while one runs (it waits in the socket; the worker goes on to it
+without sleeping) and read one batch's outputs while the next one's are being written.
 - ``probe`` {paths}: tries to open each path here, inside the sandbox -> {results} (the
   isolation tests use it: the strongest evidence is the worker's own failed open)
 
@@ -60,11 +65,11 @@ class Worker:
         self.sock = sock
         #: key -> (module, output names, device)
         self.models: dict[int, tuple[Any, list[str], Any]] = {}
-        self.inputs: Region | None = None
-        self.outputs: Region | None = None
-        # Tensor views over the regions, by layout: a batch shaped like an earlier one (the
-        # common case) reuses them instead of wrapping the memory again. Dropped with their
-        # region.
+        self.inputs: list[Region | None] = [None] * worker_wire.SLOTS
+        self.outputs: list[Region | None] = [None] * worker_wire.SLOTS
+        # Tensor views over the regions, by slot and layout: a batch shaped like an earlier
+        # one (the common case) reuses them instead of wrapping the memory again. Dropped
+        # with their region.
         self.input_views: dict[tuple[Any, ...], list[Any]] = {}
         self.output_plans: dict[tuple[Any, ...], tuple[list[Any], list[Any]]] = {}
 
@@ -99,10 +104,12 @@ class Worker:
             self.models.pop(int(message["key"]), None)
             return None, []
         if op == "inbuf":
-            self.input_views.clear()
-            if self.inputs is not None:
-                self.inputs.close()
-            self.inputs = Region.adopt(fds[0], int(message["size"]))
+            slot = _slot(message)
+            self.input_views = {k: v for k, v in self.input_views.items() if k[0] != slot}
+            old = self.inputs[slot]
+            if old is not None:
+                old.close()
+            self.inputs[slot] = Region.adopt(fds[0], int(message["size"]))
             return None, []
         if op == "probe":
             return {"ok": True, "results": {p: _try_open(p) for p in message["paths"]}}, []
@@ -142,10 +149,11 @@ class Worker:
     def run(self, message: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         torch = self.torch
         entry = self.models.get(int(message["key"]))
-        if entry is None or self.inputs is None:
+        slot = _slot(message)
+        if entry is None or self.inputs[slot] is None:
             raise _Failure("internal", "a batch for a model this worker has not loaded")
         module, names, device = entry
-        inputs = self.input_tensors(message["inputs"])
+        inputs = self.input_tensors(slot, message["inputs"])
         try:
             if device.type != "cpu":
                 inputs = [t.to(device) for t in inputs]
@@ -157,13 +165,13 @@ class Worker:
             raise _Failure("resource_exhausted", str(e)) from None
         except Exception as e:
             raise _Failure("internal", f"{type(e).__name__}: {e}") from None
-        return self.write_outputs(outs)
+        return self.write_outputs(slot, outs)
 
-    def input_tensors(self, raw: Any) -> list[Any]:
-        region = self.inputs
+    def input_tensors(self, slot: int, raw: Any) -> list[Any]:
+        region = self.inputs[slot]
         assert region is not None
         try:
-            layout = tuple((r[0], tuple(r[1]), r[2]) for r in raw)
+            layout = (slot, *((r[0], tuple(r[1]), r[2]) for r in raw))
         except (TypeError, IndexError, KeyError):
             raise _Failure("internal", "a batch with malformed input references") from None
         views = self.input_views.get(layout)
@@ -176,8 +184,8 @@ class Worker:
             self.input_views[layout] = views
         return views
 
-    def write_outputs(self, outs: list[Any]) -> tuple[dict[str, Any], list[int]]:
-        signature = tuple((o.dtype, tuple(o.shape)) for o in outs)
+    def write_outputs(self, slot: int, outs: list[Any]) -> tuple[dict[str, Any], list[int]]:
+        signature = (slot, *((o.dtype, tuple(o.shape)) for o in outs))
         plan = self.output_plans.get(signature)
         if plan is not None:
             packed, views = plan
@@ -196,14 +204,15 @@ class Worker:
         refs, needed = worker_wire.layout(specs)
         reply: dict[str, Any] = {"ok": True, "outputs": [r.pack() for r in refs]}
         fds: list[int] = []
-        if self.outputs is None or self.outputs.size < needed:
-            self.output_plans.clear()
-            if self.outputs is not None:
-                self.outputs.close()
-            self.outputs = Region.create(needed, "p2pagent-worker-out")
-            reply["outbuf"] = self.outputs.size
-            fds = [self.outputs.fd]
-        views = [_view(self.torch, self.outputs, r) if r.nbytes else None for r in refs]
+        region = self.outputs[slot]
+        if region is None or region.size < needed:
+            self.output_plans = {k: v for k, v in self.output_plans.items() if k[0] != slot}
+            if region is not None:
+                region.close()
+            region = self.outputs[slot] = Region.create(needed, "p2pagent-worker-out")
+            reply["outbuf"] = region.size
+            fds = [region.fd]
+        views = [_view(self.torch, region, r) if r.nbytes else None for r in refs]
         for dst, o in zip(views, outs):
             if dst is not None:
                 dst.copy_(o)
@@ -211,6 +220,13 @@ class Worker:
             self.output_plans.clear()
         self.output_plans[signature] = (reply["outputs"], views)
         return reply, fds
+
+
+def _slot(message: dict[str, Any]) -> int:
+    slot = message.get("slot")
+    if not isinstance(slot, int) or not 0 <= slot < worker_wire.SLOTS:
+        raise _Failure("internal", f"a request for slot {str(slot)[:16]!r}")
+    return slot
 
 
 def _view(torch: Any, region: Region, ref: TensorRef) -> Any:

@@ -30,6 +30,9 @@ MAX_MESSAGE = 1 << 16
 MAX_OUTPUTS = 64
 #: Tensor offsets in a region are multiples of this (cache lines; alignment for every dtype).
 ALIGN = 64
+#: Batches the daemon may hand the worker at once, each with its own input and output region:
+#: the next one waits in the socket while one runs.
+SLOTS = 2
 
 
 class ChannelClosed(Exception):

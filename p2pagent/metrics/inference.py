@@ -1,4 +1,5 @@
-"""Inference metrics per model: requests, batches, rows, batch sizes, time in the queue."""
+"""Inference metrics per model: requests, batches, rows, batch sizes, time in the queue, and
+token slots (real and padding) for models with sequences."""
 
 from __future__ import annotations
 
@@ -46,6 +47,13 @@ def render(stats: Iterable[ModelStats]) -> Iterator[Metric]:
     rows = CounterMetricFamily(
         "p2pagent_inference_rows", "Rows (batch entries) run", labels=["model"]
     )
+    tokens = CounterMetricFamily(
+        "p2pagent_inference_tokens",
+        "Token slots run, by kind: real (each request's own tokens) and padding (slots added "
+        "to pad a request to its batch's length). A model without sequences counts one real "
+        "token per row. rate(padding) / (rate(real) + rate(padding)) is the padding ratio",
+        labels=["model", "kind"],
+    )
     sizes = HistogramMetricFamily(
         "p2pagent_inference_batch_size", "Rows per batch", labels=["model"]
     )
@@ -67,6 +75,8 @@ def render(stats: Iterable[ModelStats]) -> Iterator[Metric]:
         batches.add_metric([s.model], s.batches)
         failed.add_metric([s.model], s.failed_batches)
         rows.add_metric([s.model], s.rows)
+        tokens.add_metric([s.model, "real"], s.tokens)
+        tokens.add_metric([s.model, "padding"], max(0, s.padded_tokens - s.tokens))
         sizes.add_metric([s.model], batch_size_buckets(s.batch_sizes), sum_value=s.rows)
         waited.add_metric([s.model], count_value=s.items, sum_value=s.queue_s)
-    yield from (queued, requests, batches, failed, rows, sizes, waited)
+    yield from (queued, requests, batches, failed, rows, tokens, sizes, waited)

@@ -33,6 +33,8 @@ class Engine(Protocol):
 
     def marginal_seconds_per_row(self, model: str) -> float | None: ...
 
+    def marginal_seconds_per_token(self, model: str) -> float | None: ...
+
     def batching_measured(self, model: str) -> bool: ...
 
     async def infer(self, model: str, inputs: Any, deadline: float | None = None) -> Any: ...
@@ -62,11 +64,20 @@ class EngineRuns:
         engine's measured marginal seconds per row) times the task's rows, so a big task
         weighs more than a small one (per-task times would count the wait for the rest of a
         batch, and a batch's fixed cost is shared); before the first batch, the EWMA of whole
-        runs, else a default."""
+        runs, else a default.
+
+        A model with sequences (token ids, [rows, length]) is estimated by tokens instead:
+        what a token adds to a batch times rows x length, since a transformer's cost follows
+        tokens and 8 tokens and 512 are the same one row."""
+        shape = list(inputs[0].shape) if inputs else []
+        rows = max(1, shape[0]) if shape else 1
+        if len(shape) >= 2:
+            s_per_token = self.engine.marginal_seconds_per_token(model)
+            if s_per_token:
+                return s_per_token * rows * max(1, shape[1])
         s_per_row = self.engine.marginal_seconds_per_row(model)
         if s_per_row:
-            rows = inputs[0].shape[0] if inputs and inputs[0].shape else 1
-            return s_per_row * max(1, rows)
+            return s_per_row * rows
         return self.service.estimate(model, DEFAULT_COST_S)
 
     def keep_decoded(self, task_id: str, inputs: Any) -> None:

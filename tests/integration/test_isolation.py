@@ -207,6 +207,33 @@ async def test_answers_through_the_worker_equal_the_daemons_own_engine(
     assert _workers(in_process) == []  # isolation off: no worker at all
 
 
+async def test_concurrent_batches_in_the_worker_each_get_their_own_answers(
+    node: Daemon, models: Path, certs_dir: Path
+) -> None:
+    """Two batches are in the worker at once (one running, the next waiting in its socket,
+    each in its own shared-memory slot): 96 requests of 1 to 5 rows from 24 callers at once,
+    every input different, each answered with its own rows."""
+    reference = torch.jit.load(str(models / "demo.torchscript.pt"))
+    rng = np.random.default_rng(5)
+    xs = [
+        rng.standard_normal((1 + i % 5, demo_model.DEMO_IN), dtype=np.float32) for i in range(96)
+    ]
+    ch, stub = _stub(node, certs_dir)
+    async with ch:
+        gate = asyncio.Semaphore(24)
+
+        async def one(x: np.ndarray) -> np.ndarray:
+            async with gate:
+                return await _infer(stub, "demo", x)
+
+        got = await asyncio.gather(*(one(x) for x in xs))
+    for x, out in zip(xs, got):
+        with torch.no_grad():
+            want = reference(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+    assert "Traceback" not in node.log_path.read_text()
+
+
 async def test_a_killed_worker_is_replaced_and_the_next_infer_succeeds(
     node: Daemon, certs_dir: Path
 ) -> None:

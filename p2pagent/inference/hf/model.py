@@ -7,6 +7,7 @@ Imported only on a node that loads a folder (it imports torch and transformers).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from p2pagent.errors import InvalidArgument
+from p2pagent.inference.hf import budget
 from p2pagent.inference.hf.folder import EMBEDDING, known_architectures
 
 
@@ -67,6 +69,9 @@ def load_folder(folder: Path, architecture: str, arch_config: Mapping[str, Any])
     cls = getattr(transformers, architecture, None)
     if cls is None:
         raise InvalidArgument(f"transformers has no class {architecture!r}")
+    # On every node, not only where it was pushed: the config must not make this process
+    # allocate more than the weights the folder holds (see budget.py).
+    budget.check_allocation(cls, folder, _config(folder))
     try:
         model = cls.from_pretrained(
             str(folder),
@@ -78,3 +83,13 @@ def load_folder(folder: Path, architecture: str, arch_config: Mapping[str, Any])
     except Exception as e:  # transformers raises many kinds for a folder it cannot load
         raise InvalidArgument(f"the folder does not load with transformers: {e}") from None
     return FolderModel(model, arch_config).eval()
+
+
+def _config(folder: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise InvalidArgument(f"the folder's config.json cannot be read: {e}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument("the folder's config.json must be a JSON object")
+    return doc

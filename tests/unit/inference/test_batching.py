@@ -102,6 +102,55 @@ def test_a_partial_batch_waits_for_the_device_instead_of_staging_early() -> None
     assert nxt.request_ids == (first, second)
 
 
+def test_the_model_worker_is_handed_a_half_full_batch_while_one_runs_there() -> None:
+    """Rule 3, model worker: a next batch at least half full goes while one runs (it waits
+    in the worker's socket), up to worker_pipeline_depth; a smaller one waits, and once
+    the pipeline is full everything waits for a batch to end."""
+    p = policy(max_batch_size=4, worker_pipeline_depth=2)
+    a = p.submit("w", 1, now=0.0, worker=True)
+    (first,) = p.poll(0.0).batches
+    b = p.submit("w", 1, now=0.001, worker=True)
+    assert p.poll(0.001).batches == ()  # a quarter of a batch: not worth a handover
+    c = p.submit("w", 1, now=0.002, worker=True)
+    (second,) = p.poll(0.002).batches  # half full: handed over behind the first
+    assert (first.request_ids, second.request_ids) == ((a,), (b, c))
+    d = p.submit("w", 2, now=0.003, worker=True)
+    assert p.poll(0.003).batches == ()  # two in the worker: the pipeline is full
+    p.on_batch_done(first.batch_id, 0.004, now=0.004)
+    (third,) = p.poll(0.004).batches
+    assert third.request_ids == (d,)
+
+
+def test_one_batch_at_a_time_in_the_worker_at_depth_one() -> None:
+    p = policy(max_batch_size=4, worker_pipeline_depth=1)
+    p.submit("w", 1, now=0.0, worker=True)
+    (running,) = p.poll(0.0).batches
+    p.submit("w", 4, now=0.001, worker=True)
+    assert p.poll(0.001).batches == ()  # even a full one waits
+    p.on_batch_done(running.batch_id, 0.002, now=0.002)
+    assert len(p.poll(0.002).batches) == 1
+
+
+def test_a_batch_in_the_worker_does_not_hold_up_a_model_of_this_process() -> None:
+    """The worker and this process's device are separate pipelines."""
+    p = policy(max_batch_size=4, pipeline_depth=1)
+    p.submit("w", 1, now=0.0, worker=True)
+    (in_worker,) = p.poll(0.0).batches
+    local = p.submit("m", 1, now=0.001)
+    (b,) = p.poll(0.001).batches
+    assert b.request_ids == (local,) and in_worker.model == "w"
+    assert p.in_flight == 2
+    p.submit("m", 1, now=0.002)
+    assert p.poll(0.002).batches == ()  # this process's pipeline (depth 1) is busy
+
+
+def test_worker_pipeline_depth_is_checked() -> None:
+    from p2pagent.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="worker_pipeline_depth must be 1 or 2"):
+        InferenceConfig(worker_pipeline_depth=3).validate()
+
+
 def closed_loop_cycle(
     p: BatchPolicy, t: float, rows: int, service_s: float, gap_s: float
 ) -> tuple[float, list[int]]:

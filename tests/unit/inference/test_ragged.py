@@ -119,3 +119,25 @@ def test_the_backlog_counts_queued_tokens_at_the_measured_cost_per_token() -> No
     p.submit("m", 2, 1.0, group="ragged", length=5)
     # 100 + 2 x 5 tokens queued at 0.01 s each; by rows it would have been 3 x 0.2 s.
     assert p.estimated_backlog_s() == pytest.approx(1.1)
+
+
+def test_what_a_token_adds_is_the_slope_through_batches_of_different_token_counts() -> None:
+    # 20 ms per batch (fixed) + 1 ms per real token: the mean per token of a short batch
+    # carries the fixed cost, the slope does not.
+    p = _policy(max_batch_size=8, max_batch_tokens=10_000, max_padding_ratio=1.0)
+    assert p.marginal_seconds_per_token("m") is None
+    for length in (10, 100, 10, 50, 200):
+        p.submit("m", 1, 0.0, group="ragged", length=length)
+        (batch,) = p.poll(0.0).batches
+        p.on_batch_done(batch.batch_id, 0.020 + 0.001 * length)
+    assert p.marginal_seconds_per_token("m") == pytest.approx(0.001, rel=1e-6)
+    assert p.seconds_per_token("m") > 0.0011  # type: ignore[operator]
+
+
+def test_a_model_without_sequences_has_no_cost_per_token() -> None:
+    p = _policy(max_batch_size=8)
+    p.submit("m", 4, 0.0, group=("float32", (3,)))
+    (batch,) = p.poll(0.0).batches
+    p.on_batch_done(batch.batch_id, 0.04)
+    assert p.marginal_seconds_per_token("m") is None  # its tasks are costed per row
+    assert p.marginal_seconds_per_row("m") == pytest.approx(0.01)

@@ -14,7 +14,8 @@ def _stats(model: str, sizes: tuple[tuple[int, int], ...]) -> ModelStats:
     rows = sum(r * n for r, n in sizes)
     batches = sum(n for _r, n in sizes)
     return ModelStats(
-        model, 3, 10, 1, 2, 0, batches, batches, rows, 1, 0.01, batch_sizes=sizes, queue_s=0.25
+        model, 3, 10, 1, 2, 0, batches, batches, rows, 1, 0.01, batch_sizes=sizes, queue_s=0.25,
+        tokens=300, padded_tokens=360,
     )
 
 

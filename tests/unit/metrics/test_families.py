@@ -52,6 +52,8 @@ def test_node_families_render_their_snapshot_values() -> None:
     assert samples[("p2pagent_training_incomplete_rounds_total", run)] == 2
     assert samples[("p2pagent_training_sent_bytes_total", run)] == 4096
     assert samples[("p2pagent_training_phase_timeout_seconds", run)] == 2.5
+    assert samples[("p2pagent_inference_tokens_total", model | {("kind", "real")})] == 300
+    assert samples[("p2pagent_inference_tokens_total", model | {("kind", "padding")})] == 60
     builds = [k for k in samples if k[0] == "p2pagent_build_info"]
     assert len(builds) == 1 and dict(builds[0][1])["version"]
 

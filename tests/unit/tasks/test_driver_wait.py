@@ -35,6 +35,9 @@ class GatedEngine:
     def marginal_seconds_per_row(self, model: str) -> float | None:
         return 0.01
 
+    def marginal_seconds_per_token(self, model: str) -> float | None:
+        return None  # a model without sequences: costed per row
+
     def batching_measured(self, model: str) -> bool:
         return True
 

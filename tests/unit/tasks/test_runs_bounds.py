@@ -21,6 +21,9 @@ class _Engine:
     def marginal_seconds_per_row(self, model: str) -> float | None:
         return None
 
+    def marginal_seconds_per_token(self, model: str) -> float | None:
+        return None  # a model without sequences: costed per row
+
     def batching_measured(self, model: str) -> bool:
         return False
 
