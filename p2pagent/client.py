@@ -47,12 +47,15 @@ from p2pagent.client_messages import (
     checked_texts,
     decode_outputs,
     encode_inputs,
+    infer_stream_cancel,
+    infer_stream_request,
     set_request,
     submit_request,
     task_result,
     write_options,
 )
-from p2pagent.errors import InvalidArgument, P2PAgentError, Unavailable
+from p2pagent.client_streams import StreamSession
+from p2pagent.errors import DeadlineExceeded, InvalidArgument, P2PAgentError, Unavailable
 from p2pagent.identity import material as tls
 from p2pagent.transport.channels import DEFAULT_MAX_MESSAGE_BYTES, secure_channel
 from p2pagent.transport.errors import error_from_rpc, surely_not_applied
@@ -63,6 +66,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
+#: Requests one client keeps in flight on one stream to one node (the node's default
+#: ``transport.stream_max_in_flight``; a node set lower refuses the excess, one by one).
+STREAM_IN_FLIGHT = 64
 #: Pause between rounds over every node while a task's result is being followed.
 FOLLOW_BACKOFF_S = (0.2, 5.0)
 
@@ -84,6 +90,7 @@ class Client:
         timeout_s: float = 10.0,
         follow_s: float = 600.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        stream_in_flight: int = STREAM_IN_FLIGHT,
     ) -> None:
         if isinstance(targets, str) or not targets:
             raise InvalidArgument("targets: give a list of node addresses (host:port)")
@@ -94,6 +101,11 @@ class Client:
         self._max = max_message_bytes
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._current = 0
+        if stream_in_flight < 1:
+            raise InvalidArgument("stream_in_flight must be >= 1 (requests in flight per node)")
+        self._in_flight = stream_in_flight
+        #: The InferStream of each node, opened on the first infer to it.
+        self._infer_streams: dict[str, StreamSession] = {}
 
     @classmethod
     def from_certs(
@@ -120,6 +132,9 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
+        sessions, self._infer_streams = self._infer_streams, {}
+        for session in sessions.values():
+            await session.close()
         channels, self._channels = self._channels, {}
         for ch in channels.values():
             await ch.close()
@@ -139,12 +154,21 @@ class Client:
         self, call: Callable[[agent_pb2_grpc.AgentAsyncStub], Awaitable[T]], *, repeatable: bool
     ) -> T:
         """``call`` on the current node, then on each other one while they cannot be reached."""
+        return await self._call_at(lambda target: call(self._stub(target)), repeatable=repeatable)
+
+    async def _call_at(self, call: Callable[[str], Awaitable[T]], *, repeatable: bool) -> T:
+        """``_call`` for a call given the node's address (a stream session is per node)."""
         failures = []
         for step in range(len(self._targets)):
             index = (self._current + step) % len(self._targets)
             target = self._targets[index]
             try:
-                answer = await call(self._stub(target))
+                answer = await call(target)
+            except ConnectionError as e:  # a stream session's stream ended under the call
+                if not repeatable:
+                    raise OutcomeUnknown(f"{target} ended the stream: {e}") from e
+                failures.append(f"{target}: {e}")
+                continue
             except grpc.aio.AioRpcError as e:
                 if e.code() is not grpc.StatusCode.UNAVAILABLE:
                     raise error_from_rpc(e) from e
@@ -171,14 +195,34 @@ class Client:
         self, model: str, inputs: Mapping[str, torch.Tensor], *, version: str = ""
     ) -> dict[str, torch.Tensor]:
         """One inference, answered in the call (not journaled: repeated on another node if
-        the first one cannot be reached)."""
-        request = agent_pb2.InferRequest(
-            model=model, inputs=encode_inputs(inputs), model_version=version
-        )
-        answer = await self._call(
-            lambda s: s.Infer(request, timeout=self._timeout), repeatable=True
-        )
+        the first one cannot be reached). Concurrent calls to one node share one
+        ``InferStream`` (each under its own id; at most ``stream_in_flight`` at once)."""
+        build = infer_stream_request(model, encode_inputs(inputs), version, self._timeout)
+        # The node answers DEADLINE_EXCEEDED at timeout_s; this bound is for a silent node.
+        local_s = self._timeout + 5.0
+
+        async def on(target: str) -> agent_pb2.InferStreamResponse:
+            try:
+                return await self._infer_stream(target).request(  # type: ignore[no-any-return]
+                    build, infer_stream_cancel, local_s
+                )
+            except TimeoutError:
+                raise DeadlineExceeded(f"{target} did not answer in {local_s:.0f} s") from None
+
+        answer = await self._call_at(on, repeatable=True)
+        if answer.error_code:
+            from p2pagent.tasks.wire import error_from_code
+
+            raise error_from_code(answer.error_code, answer.error_message)
         return decode_outputs(answer.outputs)
+
+    def _infer_stream(self, target: str) -> StreamSession:
+        session = self._infer_streams.get(target)
+        if session is None:
+            stub = self._stub(target)
+            session = StreamSession(stub.InferStream, self._in_flight)
+            self._infer_streams[target] = session
+        return session
 
     async def embed(
         self, model: str, texts: Sequence[str], *, truncate: bool = False, version: str = ""
