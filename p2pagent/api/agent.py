@@ -108,8 +108,9 @@ class AgentService(
         if not request.model:
             raise InvalidArgument("InferRequest.model is empty: name the model to run")
         inputs = admit(node, request)
-        # Pulls it first if need be; a bad or unknown pinned version fails here, at once.
-        await node.models.ensure_loadable(request.model, request.model_version)
+        if request.model_version or not node.models_cache.serves(request.model):
+            # Pulls it first if need be; a bad or unknown pinned version fails here, at once.
+            await node.models.ensure_loadable(request.model, request.model_version)
         # Through the scheduler, like a submitted task: queued with them, stolen by an idle
         # peer when this node is the busy one.
         result = await node.tasks.run_inline(request, inputs, deadline_s, owner)

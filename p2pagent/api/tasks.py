@@ -64,8 +64,13 @@ def admit(node: TasksNode, request: TaskRequest) -> Any:
     from p2pagent.inference import tensors  # numpy: only nodes that run models load it
 
     admission.check_inputs(len(request.inputs), input_bytes(request.inputs), node.config.tasks)
-    admission.check_model(request.model, model_sources(node))
-    spec = expected_spec(node, request.model, request.model_version)
+    if not request.model_version and node.models_cache.serves(request.model):
+        # The common case, on every request: a model served here (so a valid name) at its
+        # newest version. Skips building the sets of every source's names.
+        spec: ModelSpec | None = node.models_cache.spec(request.model)
+    else:
+        admission.check_model(request.model, model_sources(node))
+        spec = expected_spec(node, request.model, request.model_version)
     inputs = tensors.many_decode(request.inputs, node.config.inference.max_tensor_elements)
     if spec is not None:
         spec.bind_inputs(request.model, inputs)
@@ -80,7 +85,7 @@ def expected_spec(node: TasksNode, name: str, version: str) -> ModelSpec | None:
     if version:
         return node.models.loadable.pinned(name, version)[1]
     cache = node.models_cache
-    if name in cache.names():
+    if cache.serves(name):
         return cache.spec(name)
     versions = node.models.entries_safe(name)
     return spec_of(versions[-1].manifest) if versions else None
