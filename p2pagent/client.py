@@ -51,11 +51,19 @@ from p2pagent.client_messages import (
     infer_stream_request,
     set_request,
     submit_request,
+    submit_stream_cancel,
+    submit_stream_request,
     task_result,
     write_options,
 )
-from p2pagent.client_streams import StreamSession
-from p2pagent.errors import DeadlineExceeded, InvalidArgument, P2PAgentError, Unavailable
+from p2pagent.client_streams import StreamSessions
+from p2pagent.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    P2PAgentError,
+    Unavailable,
+    error_for_code,
+)
 from p2pagent.identity import material as tls
 from p2pagent.transport.channels import DEFAULT_MAX_MESSAGE_BYTES, secure_channel
 from p2pagent.transport.errors import error_from_rpc, surely_not_applied
@@ -101,11 +109,7 @@ class Client:
         self._max = max_message_bytes
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._current = 0
-        if stream_in_flight < 1:
-            raise InvalidArgument("stream_in_flight must be >= 1 (requests in flight per node)")
-        self._in_flight = stream_in_flight
-        #: The InferStream of each node, opened on the first infer to it.
-        self._infer_streams: dict[str, StreamSession] = {}
+        self._streams = StreamSessions(lambda target: self._stub(target), stream_in_flight)
 
     @classmethod
     def from_certs(
@@ -132,9 +136,7 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        sessions, self._infer_streams = self._infer_streams, {}
-        for session in sessions.values():
-            await session.close()
+        await self._streams.close()
         channels, self._channels = self._channels, {}
         for ch in channels.values():
             await ch.close()
@@ -203,7 +205,7 @@ class Client:
 
         async def on(target: str) -> agent_pb2.InferStreamResponse:
             try:
-                return await self._infer_stream(target).request(  # type: ignore[no-any-return]
+                return await self._streams.get(target, "InferStream").request(  # type: ignore[no-any-return]
                     build, infer_stream_cancel, local_s
                 )
             except TimeoutError:
@@ -211,18 +213,8 @@ class Client:
 
         answer = await self._call_at(on, repeatable=True)
         if answer.error_code:
-            from p2pagent.tasks.wire import error_from_code
-
-            raise error_from_code(answer.error_code, answer.error_message)
+            raise error_for_code(answer.error_code, answer.error_message)
         return decode_outputs(answer.outputs)
-
-    def _infer_stream(self, target: str) -> StreamSession:
-        session = self._infer_streams.get(target)
-        if session is None:
-            stub = self._stub(target)
-            session = StreamSession(stub.InferStream, self._in_flight)
-            self._infer_streams[target] = session
-        return session
 
     async def embed(
         self, model: str, texts: Sequence[str], *, truncate: bool = False, version: str = ""
@@ -304,8 +296,9 @@ class Client:
         on_event: Callable[[agent_pb2.TaskEvent], object] | None = None,
     ) -> agent_pb2.TaskEvent:
         """``run`` for a request already built: returns the task's final event (DONE or
-        FAILED) instead of its outputs."""
+        FAILED) instead of its outputs. Concurrent runs on one node share one SubmitStream."""
         task_id = ""
+        build = submit_stream_request(request)
 
         def seen(event: agent_pb2.TaskEvent) -> None:
             nonlocal task_id
@@ -313,16 +306,23 @@ class Client:
             if on_event is not None:
                 on_event(event)
 
-        async def submit_and_follow(stub: agent_pb2_grpc.AgentAsyncStub) -> agent_pb2.TaskEvent:
+        async def submit_and_follow(target: str) -> agent_pb2.TaskEvent:
+            session = self._streams.get(target, "SubmitStream")
             try:
-                return await _final(stub.SubmitAndWait(request), seen)
-            except grpc.aio.AioRpcError as e:
+                answer = await session.request(
+                    build, submit_stream_cancel, None, lambda a: seen(a.event)
+                )
+            except (grpc.aio.AioRpcError, ConnectionError) as e:
                 if task_id:  # acknowledged: never submitted again, only followed
-                    raise Unavailable(f"lost the stream of task {task_id}: {e.details()}") from e
+                    raise Unavailable(f"lost the stream of task {task_id}: {e}") from e
                 raise
+            if answer.error_code:
+                raise error_for_code(answer.error_code, answer.error_message)
+            seen(answer.event)
+            return answer.event  # type: ignore[no-any-return]
 
         try:
-            return await self._call(submit_and_follow, repeatable=False)
+            return await self._call_at(submit_and_follow, repeatable=False)
         except P2PAgentError:
             if not task_id:
                 raise  # never acknowledged: nothing to follow

@@ -72,6 +72,28 @@ def infer_stream_cancel(request_id: int) -> agent_pb2.InferStreamRequest:
     return agent_pb2.InferStreamRequest(request_id=request_id, cancel=True)
 
 
+def submit_stream_request(
+    request: agent_pb2.SubmitRequest,
+) -> Callable[[int], agent_pb2.SubmitStreamRequest]:
+    """The SubmitStream message of a built SubmitRequest, given its stream's request id."""
+
+    def build(request_id: int) -> agent_pb2.SubmitStreamRequest:
+        return agent_pb2.SubmitStreamRequest(
+            request_id=request_id,
+            model=request.model,
+            inputs=request.inputs,
+            priority=request.priority,
+            deadline_s=request.deadline_s,
+            model_version=request.model_version,
+        )
+
+    return build
+
+
+def submit_stream_cancel(request_id: int) -> agent_pb2.SubmitStreamRequest:
+    return agent_pb2.SubmitStreamRequest(request_id=request_id, cancel=True)
+
+
 def submit_request(
     model: str, inputs: Mapping[str, torch.Tensor], priority: int, deadline_s: float, version: str
 ) -> agent_pb2.SubmitRequest:

@@ -124,6 +124,35 @@ class StreamSession:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+class StreamSessions:
+    """A client's sessions: one per node and RPC, opened on first use."""
+
+    def __init__(self, stub: Callable[[str], Any], in_flight: int) -> None:
+        from p2pagent.errors import InvalidArgument
+
+        if in_flight < 1:
+            raise InvalidArgument("stream_in_flight must be >= 1 (requests in flight per node)")
+        self._stub = stub
+        self._in_flight = in_flight
+        self._sessions: dict[tuple[str, str], StreamSession] = {}
+
+    def get(self, target: str, rpc: str) -> StreamSession:
+        """The session of ``rpc`` ("InferStream", "SubmitStream") to node ``target``."""
+        session = self._sessions.get((target, rpc))
+        if session is None:
+            session = StreamSession(getattr(self._stub(target), rpc), self._in_flight)
+            self._sessions[target, rpc] = session
+        return session
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    async def close(self) -> None:
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            await session.close()
+
+
 def _is_early(answer: Any) -> bool:
     """SubmitStream's "journaled" answer (an event not yet final); InferStream has none."""
     event = getattr(answer, "event", None)

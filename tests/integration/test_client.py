@@ -98,7 +98,7 @@ async def test_concurrent_infers_share_one_stream_per_node(
         outs = await asyncio.gather(*(mesh.infer("demo", {"input": x}) for x in xs))
         for x, out in zip(xs, outs, strict=True):
             assert torch.allclose(next(iter(out.values())), expected(models, x), atol=1e-5)
-        assert len(mesh._infer_streams) == 1  # one stream carried them all
+        assert len(mesh._streams) == 1  # one stream carried them all
         # One bad call among good ones fails alone; the stream goes on.
         bad = mesh.infer("nope", {"input": xs[0]})
         good = mesh.infer("demo", {"input": xs[1]})
