@@ -8,11 +8,10 @@ move on only when they surely did nothing (no connection, or the node itself ref
 and otherwise raise ``OutcomeUnknown``: the node may have applied one before the connection
 was lost.
 
-``run`` submits a task and follows it to its result on one stream (``SubmitAndWait``). Once
-the task's id has arrived, the task is journaled at the node that took it, and a lost stream
-is only a lost view: ``run`` asks again (``Wait``, at any node: it asks the task's origin)
-until the result comes, for up to ``follow_s`` seconds. The result is the one the mesh
-delivered, whichever node asked. Example::
+``infer`` and ``run`` calls to one node share one multiplexed stream (``InferStream``,
+``SubmitStream``; ``client_streams``). ``run`` follows a task to its result: once its id has
+arrived it is journaled at the node that took it, and a lost stream is only a lost view:
+``run`` asks again (``Wait``, at any node) for up to ``follow_s`` seconds. Example::
 
     async with Client.from_certs(["10.0.0.1:7400", "10.0.0.2:7400"], "certs") as mesh:
         outputs = await mesh.run("demo", {"input": torch.randn(1, 256)})
@@ -572,6 +571,8 @@ def _check_rpc(rpc: str, *, streams: bool) -> None:
     method = agent_pb2.DESCRIPTOR.services_by_name["Agent"].methods_by_name.get(rpc)
     if method is None:
         raise InvalidArgument(f"{rpc!r} is not an RPC of the Agent service (see docs/API.md)")
+    if method.client_streaming:  # uploads, InferStream, SubmitStream: their own methods
+        raise InvalidArgument(f"{rpc} takes a stream of requests: use its own Client method")
     if method.server_streaming != streams:
         use = "stream" if method.server_streaming else "call"
         answer = "a stream" if method.server_streaming else "one message"

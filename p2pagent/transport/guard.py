@@ -66,6 +66,18 @@ def stream_ender() -> Callable[[errors.P2PAgentError], None] | None:
     return _end_stream.get()
 
 
+#: Checks one request of a multiplexed stream against its caller's rate limit (raises
+#: ResourceExhausted over it): each request on such a stream counts as a call would.
+_rate_check: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "p2pagent_rate_check", default=None
+)
+
+
+def request_rate_check() -> Callable[[], None] | None:
+    """The per-request rate check of the multiplexed stream being served (None: no limit)."""
+    return _rate_check.get()
+
+
 #: Most distinct certificate identities whose parse is remembered (a cluster has a few
 #: hundred nodes and clients; the cache is cleared, not grown, past this).
 MAX_CACHED_IDENTITIES = 4096
@@ -155,9 +167,12 @@ class Guard(grpc.aio.ServerInterceptor):
             if reason is not None:
                 raise errors.PermissionDenied(f"{ident} has been revoked: {reason}")
         authorization.authorize(method, ident)
+        self.check_rate(ident)
+        return ident
+
+    def check_rate(self, ident: Identity) -> None:
         if self._allow_rate is not None and not self._allow_rate(ident):
             raise errors.ResourceExhausted(f"rate limit exceeded for {ident}; slow down and retry")
-        return ident
 
     def open_stream(
         self, ident: Identity, context: grpc.aio.ServicerContext[Any, Any]
@@ -276,6 +291,8 @@ def _wrap(
                     opened = stream
                     _end_stream.set(lambda e: guard.streams.end(opened, e))
                     checked = request if id_field is not None else _checked_stream(request)
+                    if id_field is not None and guard._allow_rate is not None:
+                        _rate_check.set(lambda: guard.check_rate(ident))
                     items = aiter(behavior(checked, context))
                     while True:
                         stream.busy = True  # waiting in our code: the registry may cancel

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from p2pagent import errors
-from p2pagent.transport.guard import refusal_of, stream_ender
+from p2pagent.transport.guard import refusal_of, request_rate_check, stream_ender
 from p2pagent.transport.request_window import Action, Overrun, RequestWindow
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,8 @@ async def serve(
     def refuse(request_id: int, e: errors.P2PAgentError) -> None:
         out.put_nowait((_REFUSAL, request_id, answer_error(request_id, e), None))
 
+    rate_check = request_rate_check()
+
     async def read() -> None:
         try:
             async for item in requests:
@@ -110,7 +112,15 @@ async def serve(
                     refuse(*bad)
                     continue
                 request_id = protocol.request_id(item)
-                verdict = window.arrive(request_id, protocol.cancel(item))
+                cancel = protocol.cancel(item)
+                if rate_check is not None and not cancel:
+                    try:
+                        rate_check()  # each request counts against the rate limit
+                    except errors.ResourceExhausted as e:
+                        window.refuse(e)
+                        refuse(request_id, e)
+                        continue
+                verdict = window.arrive(request_id, cancel)
                 if verdict.action is Action.RUN:
                     running[request_id] = asyncio.create_task(one(request_id, item))
                 elif verdict.action is Action.CANCEL:

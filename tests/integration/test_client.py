@@ -183,6 +183,8 @@ async def test_any_rpc_by_name_with_the_same_failover_and_errors(
             await mesh.call("Wait", agent_pb2.WaitRequest(task_id="n7-0"), repeatable=True)
         with pytest.raises(InvalidArgument, match="not an RPC of the Agent service"):
             await mesh.call("Stauts", agent_pb2.StatusRequest(), repeatable=True)
+        with pytest.raises(InvalidArgument, match="InferStream takes a stream of requests"):
+            await anext(mesh.stream("InferStream", agent_pb2.InferStreamRequest()))
         # A Watch from now: write until the stream, opened concurrently, sees a write.
         changes = mesh.stream("Watch", agent_pb2.WatchRequest(namespace="ns"))
         first = asyncio.ensure_future(anext(changes))

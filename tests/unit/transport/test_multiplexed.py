@@ -118,3 +118,27 @@ async def test_a_client_that_does_not_read_is_ended() -> None:
     assert [a.code for a in got] == ["RESOURCE_EXHAUSTED"] * 2
     with pytest.raises(ResourceExhausted, match="without reading"):
         await anext(answers)
+
+
+async def test_each_request_counts_against_the_callers_rate_limit() -> None:
+    from p2pagent.transport import guard
+
+    allowed = 2
+
+    def check() -> None:
+        nonlocal allowed
+        if allowed == 0:
+            raise ResourceExhausted("rate limit exceeded for the client; slow down and retry")
+        allowed -= 1
+
+    guard._rate_check.set(check)  # what the guard sets for a multiplexed call
+    inbox = Inbox()
+    answers = aiter(serve(inbox.__aiter__(), PROTOCOL, window()))
+    ok = [Req(1), Req(2)]
+    for r in ok:
+        r.done.set()
+        inbox.put(r)
+    inbox.put(Req(3))
+    inbox.close()
+    got = {a.request_id: a.code for a in [await anext(answers) for _ in range(3)]}
+    assert got == {1: "", 2: "", 3: "RESOURCE_EXHAUSTED"}
