@@ -82,6 +82,8 @@ def request_rate_check() -> Callable[[], None] | None:
 #: hundred nodes and clients; the cache is cleared, not grown, past this).
 MAX_CACHED_IDENTITIES = 4096
 _parsed: dict[tuple[bytes | str, ...], Identity] = {}
+#: Most methods whose wrapped handler the guard keeps (every service's methods, with room).
+MAX_WRAPPED_METHODS = 512
 
 
 def caller_identity(context: grpc.aio.ServicerContext[Any, Any]) -> Identity:
@@ -155,6 +157,10 @@ class Guard(grpc.aio.ServerInterceptor):
         self._revoked = revoked
         self._allow_rate = allow_rate
         self.streams = streams if streams is not None else OpenStreams(0)
+        #: method -> (the servicer's handler, our wrapper of it). grpc asks for the handler on
+        #: every call and gets the same object back; wrapping it anew each time (closures,
+        #: a metrics lookup, grpc's handler tuple) was a per-request cost (issue 26).
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     def authorize(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Identity:
         ident = caller_identity(context)
@@ -195,7 +201,14 @@ class Guard(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return _wrap(handler, handler_call_details.method, self)
+        method = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = _wrap(handler, method, self)
+        if len(self._wrapped) < MAX_WRAPPED_METHODS:  # the services' methods: a fixed set
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
 
 def _wrap(
