@@ -3,7 +3,8 @@
     python -m bench._grpc_echo CERTS_DIR NODE_NAME ADDRESS
 
 Same stack as the daemon (grpc.aio on uvloop, the node's certificate, client certificates
-required) and nothing of p2pagent behind it: ``Infer`` answers with its inputs. What a real
+required) and nothing of p2pagent behind it: ``Infer`` answers with its inputs, and
+``InferStream`` answers each request of the stream with its inputs under its id. What a real
 daemon does per request beyond this is our cost; this much is the RPC layer's, and no
 batching can make a daemon faster than it. Prints "ready" once serving.
 """
@@ -11,6 +12,7 @@ batching can make a daemon faster than it. Prints "ready" once serving.
 from __future__ import annotations
 
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,17 @@ class Echo(agent_pb2_grpc.AgentServicer):
         self, request: agent_pb2.InferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_pb2.InferResponse:
         return agent_pb2.InferResponse(outputs=list(request.inputs))
+
+    async def InferStream(
+        self,
+        request_iterator: AsyncIterator[agent_pb2.InferStreamRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[agent_pb2.InferStreamResponse]:
+        # The floor of a multiplexed stream: each request answered with its inputs, in turn.
+        async for request in request_iterator:
+            yield agent_pb2.InferStreamResponse(
+                request_id=request.request_id, outputs=list(request.inputs)
+            )
 
 
 async def serve(certs: Path, name: str, address: str) -> None:

@@ -2,11 +2,20 @@
 
     python -m bench.inference_grpc [--model demo|large|gpu|gpu-sim] [--device auto|cpu|cuda:N]
                                    [--gpu-depth N] [--small] [--no-pin] [--repeats R]
-                                   [--json FILE]
+                                   [--json [FILE]]
 
 Rows, all measured in this run: offline batched torch throughput of the demo model (the
 ceiling); the daemon unbatched (max_batch_size 1) and batched at concurrency 1, 8 and 32,
 with p50/p95/p99; and a no-op model's Infer latency (pure RPC + engine overhead).
+
+Streaming rows (issue 26): 32 requests in flight on one ``InferStream`` to the batched daemon,
+for the no-op model and the model under test, against a bare grpc.aio bidirectional echo
+stream carrying the same messages (``bench._grpc_echo``), each with the daemon's CPU per
+request. The issue's targets: streaming no-op >= 0.8x the echo stream's throughput with
+<= 1.5x its CPU per request; unary no-op CPU per request <= 2x the bare unary echo's; the
+model batched over the stream >= 0.8x min(offline ceiling, echo stream rate). ``--json``
+prints them as ``{"targets": [{"name", "measured", "target", "met"}]}`` (last line);
+``--json FILE`` also writes every row and check to FILE.
 
 Fairness on a small machine: by default (with at least 2 cores) the load generator is pinned
 to one core and the daemons to the others (``taskset``), so the client's gRPC work does not
@@ -133,6 +142,61 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
+async def stream_load(
+    stub: agent_pb2_grpc.AgentStub,
+    model: str,
+    x: np.ndarray,
+    in_flight: int,
+    total: int,
+    pid: int,
+) -> tuple[float, list[float], float]:
+    """(requests/s, latencies, daemon CPU seconds per request) of ``total`` requests on one
+    InferStream with ``in_flight`` of them awaiting their answer at any time."""
+    t = common_pb2.Tensor(
+        name="input", dtype=common_pb2.FLOAT32, shape=list(x.shape), data=x.astype("<f4").tobytes()
+    )
+    call = stub.InferStream()
+    # One message reused: grpc serializes it inside write, before the next id is set.
+    req = agent_pb2.InferStreamRequest(model=model, inputs=[t], timeout_s=60)
+    next_id = 0
+
+    async def burst(n: int) -> list[float]:
+        nonlocal next_id
+        slots = asyncio.Semaphore(in_flight)
+        sent_at: dict[int, float] = {}
+        latencies: list[float] = []
+
+        async def write() -> None:
+            nonlocal next_id
+            for _ in range(n):
+                await slots.acquire()
+                next_id += 1
+                req.request_id = next_id
+                sent_at[next_id] = time.perf_counter()
+                await call.write(req)
+
+        async def read() -> None:
+            for _ in range(n):
+                answer = await call.read()
+                if answer.error_code:
+                    raise RuntimeError(f"{answer.error_code}: {answer.error_message}")
+                latencies.append(time.perf_counter() - sent_at.pop(answer.request_id))
+                slots.release()
+
+        await asyncio.gather(write(), read())
+        return latencies
+
+    await burst(min(20, total))  # warm up
+    cpu0, start = cpu_seconds(pid), time.perf_counter()
+    latencies = await burst(total)
+    wall = time.perf_counter() - start
+    cpu = (cpu_seconds(pid) - cpu0) / total
+    await call.done_writing()
+    if await call.code() is not grpc.StatusCode.OK:
+        raise RuntimeError(f"the stream ended with {await call.code()}: {await call.details()}")
+    return total / wall, latencies, cpu
+
+
 async def load(
     stub: agent_pb2_grpc.AgentStub,
     model: str,
@@ -246,6 +310,8 @@ async def run(
     if kind in ("gpu", "gpu-sim"):
         total = 60 if small else 640
     total = requests or total
+    # The streaming rows are cheap per request: more of them, for a steadier rate.
+    stream_total = total if large else 2 * total
     rows: list[dict[str, object]] = []
     ceiling_threads = threads or max(1, len(os.sched_getaffinity(0)) - 1)
     seconds = 1.0 if small else 3.0
@@ -283,9 +349,21 @@ async def run(
                     use = (model, x) if label != "bare gRPC echo" else ("demo", noop_x)
                     runs = [await load(stub, *use, c, total, pid) for _ in range(repeats)]
                     results[f"{label} c={c}"] = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+                if label == "bare gRPC echo":
+                    runs = [
+                        await stream_load(stub, "demo", noop_x, 32, stream_total, pid)
+                        for _ in range(repeats)
+                    ]
+                    results["bare gRPC echo stream c=32"] = median_run(runs)
                 if label == "batched":
                     runs = [await load(stub, "noop", noop_x, 1, total, pid) for _ in range(repeats)]
                     results["noop c=1"] = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+                    for row, use in (("noop", ("noop", noop_x)), ("batched", (model, x))):
+                        runs = [
+                            await stream_load(stub, *use, 32, stream_total, pid)
+                            for _ in range(repeats)
+                        ]
+                        results[f"{row} stream c=32"] = median_run(runs)
             ceilings.append(ceiling_now())
         ceiling = statistics.median(ceilings)
         rows.append({"row": "offline torch, batch 32 (ceiling)", "rps": ceiling, "all": ceilings})
@@ -321,6 +399,17 @@ async def run(
         / r["bare gRPC echo c=32"][0],
         "bare gRPC echo c=32 / offline ceiling": r["bare gRPC echo c=32"][0] / ceiling,
     }
+    echo_stream = r["bare gRPC echo stream c=32"]
+    targets = [
+        target("noop stream c=32 / echo stream c=32 (throughput)",
+               r["noop stream c=32"][0] / echo_stream[0], 0.8),
+        target("noop stream c=32 / echo stream c=32 (daemon CPU per request)",
+               r["noop stream c=32"][2] / echo_stream[2], 1.5, at_most=True),
+        target("unary noop c=1 / unary echo c=1 (daemon CPU per request)",
+               r["noop c=1"][2] / r["bare gRPC echo c=1"][2], 2.0, at_most=True),
+        target(f"{model} stream c=32 / min(offline ceiling, echo stream)",
+               r["batched stream c=32"][0] / min(ceiling, echo_stream[0]), 0.8),
+    ]  # fmt: skip
     return {
         "model": model,
         "device": device,
@@ -329,7 +418,20 @@ async def run(
         "intra_op_threads": ceiling_threads,
         "rows": rows,
         "checks": checks,
+        "targets": targets,
     }
+
+
+def median_run(
+    runs: list[tuple[float, list[float], float]],
+) -> tuple[float, list[float], float]:
+    """The run of median throughput."""
+    return sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+
+
+def target(name: str, measured: float, limit: float, at_most: bool = False) -> dict[str, object]:
+    met = measured <= limit if at_most else measured >= limit
+    return {"name": name, "measured": round(measured, 3), "target": limit, "met": met}
 
 
 def main() -> int:
@@ -349,7 +451,12 @@ def main() -> int:
         default=GPU_SIM["ms_per_batch"],
         help="gpu-sim's cost per batch (ms)",
     )
-    p.add_argument("--json", type=Path)
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        help="print the targets as JSON last; with FILE, also write every row there",
+    )
     args = p.parse_args()
     GPU_SIM["ms_per_batch"] = args.sim_fixed_ms
     repeats = 1 if args.small else args.repeats
@@ -380,8 +487,14 @@ def main() -> int:
     print()
     for name, value in out["checks"].items():  # type: ignore[attr-defined]
         print(f"{name:52} {value:8.2f}")
+    print()
+    for t in out["targets"]:  # type: ignore[attr-defined]
+        limit = f"{'<=' if 'CPU' in t['name'] else '>='} {t['target']}"
+        print(f"{t['name']:64} {t['measured']:6.2f}x  {limit:8} {'met' if t['met'] else 'NOT met'}")
     if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+        if args.json != "-":
+            Path(args.json).write_text(json.dumps(out, indent=2))
+        print(json.dumps({"targets": out["targets"]}))
     return 0
 
 

@@ -1,7 +1,8 @@
 """Task overhead through a real daemon: Submit + Wait of a no-op model, against Infer of the
 same model in the same run.
 
-    python -m bench.tasks_daemon [--tasks 300] [--concurrency 32] [--against TREE | --breakdown]
+    python -m bench.tasks_daemon [--tasks 300] [--concurrency 32] [--json]
+                                 [--against TREE | --breakdown]
 
 Rows: sequential Submit+Wait latency (p50/p95; target p50 <= 2 ms), the same task on one
 stream (``SubmitAndWait``, one round trip less; alternated with the pairs), sequential Infer
@@ -19,12 +20,18 @@ goes.
 Submit is journaled with fsync before it answers, and so is the result before it is shown
 (writes arriving together share one fsync): the disk's fsync latency, measured in the same
 run, is the floor under the sequential p50.
+
+Also measured in the same run: a bare grpc.aio unary echo (``bench._grpc_echo``, the RPC
+floor), and tasks per second with ``--concurrency`` of them in flight on one
+``SubmitStream``. The issue 26 target: SubmitAndWait p50 <= the echo's p50 + the fsync p50
++ 0.5 ms; ``--json`` prints it as ``{"targets": [{"name", "measured", "target", "met"}]}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import tempfile
@@ -141,6 +148,7 @@ async def _run(d: Daemon, certs_dir: Path, n: int, concurrency: int) -> dict[str
 
         pairs_per_s = await throughput(task)
         streams_per_s = await throughput(one_stream)
+        multiplexed_per_s = await submit_stream_rate(stub, x, n, concurrency)
     return {
         "submit_wait_p50_ms": round(1000 * statistics.median(seq_task), 3),
         "submit_wait_p95_ms": round(1000 * _pct(seq_task, 0.95), 3),
@@ -152,7 +160,66 @@ async def _run(d: Daemon, certs_dir: Path, n: int, concurrency: int) -> dict[str
         ),
         f"tasks_per_s_at_concurrency_{concurrency}": pairs_per_s,
         f"one_stream_tasks_per_s_at_concurrency_{concurrency}": streams_per_s,
+        f"submit_stream_tasks_per_s_at_{concurrency}_in_flight": multiplexed_per_s,
     }
+
+
+async def submit_stream_rate(
+    stub: agent_pb2_grpc.AgentStub, x: object, n: int, in_flight: int
+) -> float:
+    """Tasks per second, ``n`` of them on one SubmitStream with ``in_flight`` unfinished."""
+    call = stub.SubmitStream()
+    request = agent_pb2.SubmitStreamRequest(model="noop", inputs=[x])
+    slots = asyncio.Semaphore(in_flight)
+
+    async def write() -> None:
+        for i in range(1, n + 1):
+            await slots.acquire()
+            request.request_id = i  # serialized inside write, before the next id is set
+            await call.write(request)
+        await call.done_writing()
+
+    async def read() -> None:
+        done = 0
+        while done < n:
+            answer = await call.read()
+            if answer.error_code:
+                raise RuntimeError(f"{answer.error_code}: {answer.error_message}")
+            if answer.event.kind in (agent_pb2.TaskEvent.DONE, agent_pb2.TaskEvent.FAILED):
+                _check(answer.event)
+                done += 1
+                slots.release()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(write(), read())
+    return round(n / (time.perf_counter() - t0), 1)
+
+
+async def echo_p50_ms(certs_dir: Path, n: int) -> float:
+    """Sequential unary Infer p50 of the bare grpc.aio echo server (the RPC floor)."""
+    from bench.inference_grpc import start_echo
+    from p2pagent.testing.daemon import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    echo = start_echo([], certs_dir, address)
+    x = tensors.to_proto("input", demo_model.sample_input(1))
+    request = agent_pb2.InferRequest(model="noop", inputs=[x])
+    try:
+        async with grpc.aio.secure_channel(
+            address, _client_credentials(certs_dir), options=channel_options("bench", 16 << 20)
+        ) as ch:
+            stub = agent_pb2_grpc.AgentStub(ch)
+            for _ in range(20):
+                await stub.Infer(request, timeout=30)
+            samples = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                await stub.Infer(request, timeout=30)
+                samples.append(time.perf_counter() - t0)
+    finally:
+        echo.kill()
+        echo.wait(10)
+    return round(1000 * statistics.median(samples), 3)
 
 
 def sync_client_p50_ms(d: Daemon, certs_dir: Path, n: int) -> dict[str, float]:
@@ -291,6 +358,7 @@ def main() -> None:
         help="p50 and daemon CPU per call of a pair, a SubmitAndWait, an Infer, a Submit alone, a "
         "Wait alone",
     )
+    p.add_argument("--json", action="store_true", help="print the targets as JSON last")
     args = p.parse_args()
     if args.against is not None and not (args.against / "p2pagent" / "__init__.py").is_file():
         p.error(f"--against {args.against}: not a p2pagent source tree (no p2pagent/__init__.py)")
@@ -326,7 +394,23 @@ def main() -> None:
             row = asyncio.run(_run(d, root / "certs", args.tasks, args.concurrency))
             row.update(sync_client_p50_ms(d, root / "certs", args.tasks))
             row["fsync_p50_ms"] = fsync_p50_ms(root)
+            row["bare_echo_p50_ms"] = asyncio.run(echo_p50_ms(root / "certs", args.tasks))
             print(row)
+            bound = row["bare_echo_p50_ms"] + row["fsync_p50_ms"] + 0.5
+            measured = row["submit_and_wait_p50_ms"]
+            targets = [
+                {
+                    "name": "SubmitAndWait p50 (ms) <= bare echo p50 + fsync p50 + 0.5 ms",
+                    "measured": measured,
+                    "target": round(bound, 3),
+                    "met": measured <= bound,
+                }
+            ]
+            for t in targets:
+                print(f"{t['name']}: {t['measured']} vs {t['target']}: "
+                      f"{'met' if t['met'] else 'NOT met'}")  # fmt: skip
+            if args.json:
+                print(json.dumps({"targets": targets}))
         finally:
             d.kill()
 

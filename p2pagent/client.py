@@ -8,11 +8,10 @@ move on only when they surely did nothing (no connection, or the node itself ref
 and otherwise raise ``OutcomeUnknown``: the node may have applied one before the connection
 was lost.
 
-``run`` submits a task and follows it to its result on one stream (``SubmitAndWait``). Once
-the task's id has arrived, the task is journaled at the node that took it, and a lost stream
-is only a lost view: ``run`` asks again (``Wait``, at any node: it asks the task's origin)
-until the result comes, for up to ``follow_s`` seconds. The result is the one the mesh
-delivered, whichever node asked. Example::
+``infer`` and ``run`` calls to one node share one multiplexed stream (``InferStream``,
+``SubmitStream``; ``client_streams``). ``run`` follows a task to its result: once its id has
+arrived it is journaled at the node that took it, and a lost stream is only a lost view:
+``run`` asks again (``Wait``, at any node) for up to ``follow_s`` seconds. Example::
 
     async with Client.from_certs(["10.0.0.1:7400", "10.0.0.2:7400"], "certs") as mesh:
         outputs = await mesh.run("demo", {"input": torch.randn(1, 256)})
@@ -47,12 +46,23 @@ from p2pagent.client_messages import (
     checked_texts,
     decode_outputs,
     encode_inputs,
+    infer_stream_cancel,
+    infer_stream_request,
     set_request,
     submit_request,
+    submit_stream_cancel,
+    submit_stream_request,
     task_result,
     write_options,
 )
-from p2pagent.errors import InvalidArgument, P2PAgentError, Unavailable
+from p2pagent.client_streams import StreamSessions
+from p2pagent.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    P2PAgentError,
+    Unavailable,
+    error_for_code,
+)
 from p2pagent.identity import material as tls
 from p2pagent.transport.channels import DEFAULT_MAX_MESSAGE_BYTES, secure_channel
 from p2pagent.transport.errors import error_from_rpc, surely_not_applied
@@ -63,6 +73,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
+#: Requests one client keeps in flight on one stream to one node (the node's default
+#: ``transport.stream_max_in_flight``; a node set lower refuses the excess, one by one).
+STREAM_IN_FLIGHT = 64
 #: Pause between rounds over every node while a task's result is being followed.
 FOLLOW_BACKOFF_S = (0.2, 5.0)
 
@@ -84,6 +97,7 @@ class Client:
         timeout_s: float = 10.0,
         follow_s: float = 600.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        stream_in_flight: int = STREAM_IN_FLIGHT,
     ) -> None:
         if isinstance(targets, str) or not targets:
             raise InvalidArgument("targets: give a list of node addresses (host:port)")
@@ -94,6 +108,7 @@ class Client:
         self._max = max_message_bytes
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._current = 0
+        self._streams = StreamSessions(lambda target: self._stub(target), stream_in_flight)
 
     @classmethod
     def from_certs(
@@ -120,6 +135,7 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
+        await self._streams.close()
         channels, self._channels = self._channels, {}
         for ch in channels.values():
             await ch.close()
@@ -139,12 +155,21 @@ class Client:
         self, call: Callable[[agent_pb2_grpc.AgentAsyncStub], Awaitable[T]], *, repeatable: bool
     ) -> T:
         """``call`` on the current node, then on each other one while they cannot be reached."""
+        return await self._call_at(lambda target: call(self._stub(target)), repeatable=repeatable)
+
+    async def _call_at(self, call: Callable[[str], Awaitable[T]], *, repeatable: bool) -> T:
+        """``_call`` for a call given the node's address (a stream session is per node)."""
         failures = []
         for step in range(len(self._targets)):
             index = (self._current + step) % len(self._targets)
             target = self._targets[index]
             try:
-                answer = await call(self._stub(target))
+                answer = await call(target)
+            except ConnectionError as e:  # a stream session's stream ended under the call
+                if not repeatable:
+                    raise OutcomeUnknown(f"{target} ended the stream: {e}") from e
+                failures.append(f"{target}: {e}")
+                continue
             except grpc.aio.AioRpcError as e:
                 if e.code() is not grpc.StatusCode.UNAVAILABLE:
                     raise error_from_rpc(e) from e
@@ -171,13 +196,23 @@ class Client:
         self, model: str, inputs: Mapping[str, torch.Tensor], *, version: str = ""
     ) -> dict[str, torch.Tensor]:
         """One inference, answered in the call (not journaled: repeated on another node if
-        the first one cannot be reached)."""
-        request = agent_pb2.InferRequest(
-            model=model, inputs=encode_inputs(inputs), model_version=version
-        )
-        answer = await self._call(
-            lambda s: s.Infer(request, timeout=self._timeout), repeatable=True
-        )
+        the first one cannot be reached). Concurrent calls to one node share one
+        ``InferStream`` (each under its own id; at most ``stream_in_flight`` at once)."""
+        build = infer_stream_request(model, encode_inputs(inputs), version, self._timeout)
+        # The node answers DEADLINE_EXCEEDED at timeout_s; this bound is for a silent node.
+        local_s = self._timeout + 5.0
+
+        async def on(target: str) -> agent_pb2.InferStreamResponse:
+            try:
+                return await self._streams.get(target, "InferStream").request(  # type: ignore[no-any-return]
+                    build, infer_stream_cancel, local_s
+                )
+            except TimeoutError:
+                raise DeadlineExceeded(f"{target} did not answer in {local_s:.0f} s") from None
+
+        answer = await self._call_at(on, repeatable=True)
+        if answer.error_code:
+            raise error_for_code(answer.error_code, answer.error_message)
         return decode_outputs(answer.outputs)
 
     async def embed(
@@ -260,8 +295,9 @@ class Client:
         on_event: Callable[[agent_pb2.TaskEvent], object] | None = None,
     ) -> agent_pb2.TaskEvent:
         """``run`` for a request already built: returns the task's final event (DONE or
-        FAILED) instead of its outputs."""
+        FAILED) instead of its outputs. Concurrent runs on one node share one SubmitStream."""
         task_id = ""
+        build = submit_stream_request(request)
 
         def seen(event: agent_pb2.TaskEvent) -> None:
             nonlocal task_id
@@ -269,16 +305,23 @@ class Client:
             if on_event is not None:
                 on_event(event)
 
-        async def submit_and_follow(stub: agent_pb2_grpc.AgentAsyncStub) -> agent_pb2.TaskEvent:
+        async def submit_and_follow(target: str) -> agent_pb2.TaskEvent:
+            session = self._streams.get(target, "SubmitStream")
             try:
-                return await _final(stub.SubmitAndWait(request), seen)
-            except grpc.aio.AioRpcError as e:
+                answer = await session.request(
+                    build, submit_stream_cancel, None, lambda a: seen(a.event)
+                )
+            except (grpc.aio.AioRpcError, ConnectionError) as e:
                 if task_id:  # acknowledged: never submitted again, only followed
-                    raise Unavailable(f"lost the stream of task {task_id}: {e.details()}") from e
+                    raise Unavailable(f"lost the stream of task {task_id}: {e}") from e
                 raise
+            if answer.error_code:
+                raise error_for_code(answer.error_code, answer.error_message)
+            seen(answer.event)
+            return answer.event  # type: ignore[no-any-return]
 
         try:
-            return await self._call(submit_and_follow, repeatable=False)
+            return await self._call_at(submit_and_follow, repeatable=False)
         except P2PAgentError:
             if not task_id:
                 raise  # never acknowledged: nothing to follow
@@ -528,6 +571,8 @@ def _check_rpc(rpc: str, *, streams: bool) -> None:
     method = agent_pb2.DESCRIPTOR.services_by_name["Agent"].methods_by_name.get(rpc)
     if method is None:
         raise InvalidArgument(f"{rpc!r} is not an RPC of the Agent service (see docs/API.md)")
+    if method.client_streaming:  # uploads, InferStream, SubmitStream: their own methods
+        raise InvalidArgument(f"{rpc} takes a stream of requests: use its own Client method")
     if method.server_streaming != streams:
         use = "stream" if method.server_streaming else "call"
         answer = "a stream" if method.server_streaming else "one message"

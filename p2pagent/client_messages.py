@@ -3,7 +3,7 @@ form, texts checked as a node checks them, task results raised as our errors."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from p2pagent._proto import agent_pb2, common_pb2
@@ -49,6 +49,49 @@ def task_result(event: agent_pb2.TaskEvent) -> dict[str, torch.Tensor]:
 
         raise error_from_code(event.error_code, f"task {event.task_id}: {event.error_message}")
     return decode_outputs(event.outputs)
+
+
+def infer_stream_request(
+    model: str, inputs: list[common_pb2.Tensor], version: str, timeout_s: float
+) -> Callable[[int], agent_pb2.InferStreamRequest]:
+    """The InferStream message of one call, given the request id its stream assigns."""
+
+    def build(request_id: int) -> agent_pb2.InferStreamRequest:
+        return agent_pb2.InferStreamRequest(
+            request_id=request_id,
+            model=model,
+            inputs=inputs,
+            model_version=version,
+            timeout_s=timeout_s,
+        )
+
+    return build
+
+
+def infer_stream_cancel(request_id: int) -> agent_pb2.InferStreamRequest:
+    return agent_pb2.InferStreamRequest(request_id=request_id, cancel=True)
+
+
+def submit_stream_request(
+    request: agent_pb2.SubmitRequest,
+) -> Callable[[int], agent_pb2.SubmitStreamRequest]:
+    """The SubmitStream message of a built SubmitRequest, given its stream's request id."""
+
+    def build(request_id: int) -> agent_pb2.SubmitStreamRequest:
+        return agent_pb2.SubmitStreamRequest(
+            request_id=request_id,
+            model=request.model,
+            inputs=request.inputs,
+            priority=request.priority,
+            deadline_s=request.deadline_s,
+            model_version=request.model_version,
+        )
+
+    return build
+
+
+def submit_stream_cancel(request_id: int) -> agent_pb2.SubmitStreamRequest:
+    return agent_pb2.SubmitStreamRequest(request_id=request_id, cancel=True)
 
 
 def submit_request(

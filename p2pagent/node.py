@@ -22,7 +22,7 @@ from p2pagent import __version__
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, peer_pb2, peer_pb2_grpc
 from p2pagent.api.agent import AgentService
 from p2pagent.api.local_models import parse_serve
-from p2pagent.api.peer import PeerService, request_limits, request_scans
+from p2pagent.api.peer import MULTIPLEXED_ID_FIELDS, PeerService, request_limits, request_scans
 from p2pagent.config import Config, parse_address
 from p2pagent.errors import ConfigError, P2PAgentError, ResourceExhausted
 from p2pagent.identity import material as tls
@@ -101,6 +101,7 @@ class Node:
             allow_rate=self._allow_rate(),
             request_limit=limits.get,
             request_scan=request_scans().get,
+            multiplexed=MULTIPLEXED_ID_FIELDS.get,
             streams=OpenStreams(config.transport.max_streams_per_identity),
         )
         self.server = Server(self.guard, config.max_message_bytes, config.transport)

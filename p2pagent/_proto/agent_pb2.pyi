@@ -188,6 +188,70 @@ class TaskEvent(_message.Message):
     error_message: str
     def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[TaskEvent.Kind, str]] = ..., node: _Optional[str] = ..., at_unix: _Optional[float] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
 
+class InferStreamRequest(_message.Message):
+    __slots__ = ("model", "inputs", "model_version", "priority", "request_id", "timeout_s", "cancel")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]
+    model_version: str
+    priority: int
+    request_id: int
+    timeout_s: float
+    cancel: bool
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., model_version: _Optional[str] = ..., priority: _Optional[int] = ..., request_id: _Optional[int] = ..., timeout_s: _Optional[float] = ..., cancel: _Optional[bool] = ...) -> None: ...
+
+class InferStreamResponse(_message.Message):
+    __slots__ = ("outputs", "executor", "compute_s", "request_id", "error_code", "error_message")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]
+    executor: str
+    compute_s: float
+    request_id: int
+    error_code: str
+    error_message: str
+    def __init__(self, outputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., executor: _Optional[str] = ..., compute_s: _Optional[float] = ..., request_id: _Optional[int] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class SubmitStreamRequest(_message.Message):
+    __slots__ = ("model", "inputs", "priority", "deadline_s", "model_version", "request_id", "cancel")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]
+    priority: int
+    deadline_s: float
+    model_version: str
+    request_id: int
+    cancel: bool
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., priority: _Optional[int] = ..., deadline_s: _Optional[float] = ..., model_version: _Optional[str] = ..., request_id: _Optional[int] = ..., cancel: _Optional[bool] = ...) -> None: ...
+
+class SubmitStreamResponse(_message.Message):
+    __slots__ = ("request_id", "event", "error_code", "error_message")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    event: TaskEvent
+    error_code: str
+    error_message: str
+    def __init__(self, request_id: _Optional[int] = ..., event: _Optional[_Union[TaskEvent, _Mapping]] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
+
 class ListTasksRequest(_message.Message):
     __slots__ = ("limit",)
     LIMIT_FIELD_NUMBER: _ClassVar[int]

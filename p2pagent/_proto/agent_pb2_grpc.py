@@ -64,6 +64,16 @@ class AgentStub:
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.TaskEvent.FromString,
                 _registered_method=True)
+        self.InferStream = channel.stream_stream(
+                '/p2pagent.v1.Agent/InferStream',
+                request_serializer=p2pagent_dot_v1_dot_agent__pb2.InferStreamRequest.SerializeToString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.InferStreamResponse.FromString,
+                _registered_method=True)
+        self.SubmitStream = channel.stream_stream(
+                '/p2pagent.v1.Agent/SubmitStream',
+                request_serializer=p2pagent_dot_v1_dot_agent__pb2.SubmitStreamRequest.SerializeToString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.SubmitStreamResponse.FromString,
+                _registered_method=True)
         self.ListTasks = channel.unary_unary(
                 '/p2pagent.v1.Agent/ListTasks',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.ListTasksRequest.SerializeToString,
@@ -209,6 +219,29 @@ class AgentServicer:
         """Submit, then Wait, in one call: the task is journaled and its events follow on the same
         stream (the first once it is journaled). Each event carries the task id, so a client that
         loses the stream calls Wait with it. One round trip less than Submit then Wait.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InferStream(self, request_iterator, context):
+        """Many Infer calls on one stream, answered as each completes (not in the order sent),
+        each answer carrying its request's id. Per request: its own deadline (timeout_s), its
+        own error (the stream goes on), and cancellation (a message with cancel set and the
+        request's id). At most transport.stream_max_in_flight requests may await their answer
+        at once: one more is answered RESOURCE_EXHAUSTED alone; a client that keeps sending
+        without reading its answers is ended with RESOURCE_EXHAUSTED. After the client
+        half-closes, the node answers what is in flight and ends the stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitStream(self, request_iterator, context):
+        """Submit with results, many tasks on one stream: per request, an answer once the task is
+        journaled (its id: Wait finds it after a lost stream) and one with its result. Request
+        ids, errors, cancellation (stops following; the task keeps its course) and the
+        in-flight bound as for InferStream; a task's deadline is its deadline_s.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -395,6 +428,16 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.SubmitAndWait,
                     request_deserializer=p2pagent_dot_v1_dot_agent__pb2.SubmitRequest.FromString,
                     response_serializer=p2pagent_dot_v1_dot_agent__pb2.TaskEvent.SerializeToString,
+            ),
+            'InferStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.InferStream,
+                    request_deserializer=p2pagent_dot_v1_dot_agent__pb2.InferStreamRequest.FromString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.InferStreamResponse.SerializeToString,
+            ),
+            'SubmitStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitStream,
+                    request_deserializer=p2pagent_dot_v1_dot_agent__pb2.SubmitStreamRequest.FromString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.SubmitStreamResponse.SerializeToString,
             ),
             'ListTasks': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTasks,
@@ -659,6 +702,60 @@ class Agent:
             '/p2pagent.v1.Agent/SubmitAndWait',
             p2pagent_dot_v1_dot_agent__pb2.SubmitRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.TaskEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InferStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/p2pagent.v1.Agent/InferStream',
+            p2pagent_dot_v1_dot_agent__pb2.InferStreamRequest.SerializeToString,
+            p2pagent_dot_v1_dot_agent__pb2.InferStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/p2pagent.v1.Agent/SubmitStream',
+            p2pagent_dot_v1_dot_agent__pb2.SubmitStreamRequest.SerializeToString,
+            p2pagent_dot_v1_dot_agent__pb2.SubmitStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,21 @@ class AgentStub:
     stream (the first once it is journaled). Each event carries the task id, so a client that
     loses the stream calls Wait with it. One round trip less than Submit then Wait.
     """
+    InferStream: _grpc.StreamStreamMultiCallable[_agent_pb2.InferStreamRequest, _agent_pb2.InferStreamResponse]
+    """Many Infer calls on one stream, answered as each completes (not in the order sent),
+    each answer carrying its request's id. Per request: its own deadline (timeout_s), its
+    own error (the stream goes on), and cancellation (a message with cancel set and the
+    request's id). At most transport.stream_max_in_flight requests may await their answer
+    at once: one more is answered RESOURCE_EXHAUSTED alone; a client that keeps sending
+    without reading its answers is ended with RESOURCE_EXHAUSTED. After the client
+    half-closes, the node answers what is in flight and ends the stream.
+    """
+    SubmitStream: _grpc.StreamStreamMultiCallable[_agent_pb2.SubmitStreamRequest, _agent_pb2.SubmitStreamResponse]
+    """Submit with results, many tasks on one stream: per request, an answer once the task is
+    journaled (its id: Wait finds it after a lost stream) and one with its result. Request
+    ids, errors, cancellation (stops following; the task keeps its course) and the
+    in-flight bound as for InferStream; a task's deadline is its deadline_s.
+    """
     ListTasks: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListTasksRequest, _agent_pb2.ListTasksResponse]
     """Tasks this node originated, most recent first, and this node's queue counters."""
     Put: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PutRequest, _agent_pb2.WriteResponse]
@@ -122,6 +137,21 @@ class AgentAsyncStub(AgentStub):
     """Submit, then Wait, in one call: the task is journaled and its events follow on the same
     stream (the first once it is journaled). Each event carries the task id, so a client that
     loses the stream calls Wait with it. One round trip less than Submit then Wait.
+    """
+    InferStream: _aio.StreamStreamMultiCallable[_agent_pb2.InferStreamRequest, _agent_pb2.InferStreamResponse]  # type: ignore[assignment]
+    """Many Infer calls on one stream, answered as each completes (not in the order sent),
+    each answer carrying its request's id. Per request: its own deadline (timeout_s), its
+    own error (the stream goes on), and cancellation (a message with cancel set and the
+    request's id). At most transport.stream_max_in_flight requests may await their answer
+    at once: one more is answered RESOURCE_EXHAUSTED alone; a client that keeps sending
+    without reading its answers is ended with RESOURCE_EXHAUSTED. After the client
+    half-closes, the node answers what is in flight and ends the stream.
+    """
+    SubmitStream: _aio.StreamStreamMultiCallable[_agent_pb2.SubmitStreamRequest, _agent_pb2.SubmitStreamResponse]  # type: ignore[assignment]
+    """Submit with results, many tasks on one stream: per request, an answer once the task is
+    journaled (its id: Wait finds it after a lost stream) and one with its result. Request
+    ids, errors, cancellation (stops following; the task keeps its course) and the
+    in-flight bound as for InferStream; a task's deadline is its deadline_s.
     """
     ListTasks: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListTasksRequest, _agent_pb2.ListTasksResponse]  # type: ignore[assignment]
     """Tasks this node originated, most recent first, and this node's queue counters."""
@@ -230,6 +260,33 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         """Submit, then Wait, in one call: the task is journaled and its events follow on the same
         stream (the first once it is journaled). Each event carries the task id, so a client that
         loses the stream calls Wait with it. One round trip less than Submit then Wait.
+        """
+
+    @_abc_1.abstractmethod
+    def InferStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_agent_pb2.InferStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.InferStreamResponse], _abc.AsyncIterator[_agent_pb2.InferStreamResponse]]:
+        """Many Infer calls on one stream, answered as each completes (not in the order sent),
+        each answer carrying its request's id. Per request: its own deadline (timeout_s), its
+        own error (the stream goes on), and cancellation (a message with cancel set and the
+        request's id). At most transport.stream_max_in_flight requests may await their answer
+        at once: one more is answered RESOURCE_EXHAUSTED alone; a client that keeps sending
+        without reading its answers is ended with RESOURCE_EXHAUSTED. After the client
+        half-closes, the node answers what is in flight and ends the stream.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_agent_pb2.SubmitStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.SubmitStreamResponse], _abc.AsyncIterator[_agent_pb2.SubmitStreamResponse]]:
+        """Submit with results, many tasks on one stream: per request, an answer once the task is
+        journaled (its id: Wait finds it after a lost stream) and one with its result. Request
+        ids, errors, cancellation (stops following; the task keeps its course) and the
+        in-flight bound as for InferStream; a task's deadline is its deadline_s.
         """
 
     @_abc_1.abstractmethod

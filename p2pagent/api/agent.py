@@ -5,6 +5,7 @@ Handlers raise `p2pagent.errors`; the guard interceptor maps them to gRPC status
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import grpc
@@ -18,8 +19,11 @@ from p2pagent.api.tasks import TasksAgentApi, TasksNode, admit
 from p2pagent.api.text import TextAgentApi, TextNode
 from p2pagent.api.training import TrainingAgentApi, TrainingNode
 from p2pagent.errors import InvalidArgument
+from p2pagent.tasks.results import TaskResult
 from p2pagent.tasks.wire import error_from_code
 from p2pagent.transport.guard import caller_identity
+from p2pagent.transport.multiplexed import Send, StreamProtocol, serve
+from p2pagent.transport.request_window import RequestWindow
 
 
 class AgentNode(
@@ -57,19 +61,69 @@ class AgentService(
         return self._node.status()
 
     async def Infer(self, request: agent_pb2.InferRequest, context: Ctx) -> agent_pb2.InferResponse:
+        owner = caller_identity(context).uri
+        result = await self._infer(request, context.time_remaining(), owner)
+        return agent_pb2.InferResponse(
+            outputs=result.outputs, executor=result.executor, compute_s=result.compute_s
+        )
+
+    async def InferStream(
+        self, request_iterator: AsyncIterator[agent_pb2.InferStreamRequest], context: Ctx
+    ) -> AsyncIterator[agent_pb2.InferStreamResponse]:
+        owner = caller_identity(context).uri
+
+        async def run(
+            request: agent_pb2.InferStreamRequest, send: Send
+        ) -> agent_pb2.InferStreamResponse:
+            result = await self._infer(request, request.timeout_s or None, owner)
+            return agent_pb2.InferStreamResponse(
+                request_id=request.request_id,
+                outputs=result.outputs,
+                executor=result.executor,
+                compute_s=result.compute_s,
+            )
+
+        protocol = StreamProtocol(
+            run=run,
+            request_id=lambda r: r.request_id,
+            cancel=lambda r: r.cancel,
+            timeout_s=_timeout_s,
+            error_answer=lambda i, code, message: agent_pb2.InferStreamResponse(
+                request_id=i, error_code=code, error_message=message
+            ),
+        )
+        limit = self._node.config.transport.stream_max_in_flight
+        window = RequestWindow(limit, "transport.stream_max_in_flight")
+        async for answer in serve(request_iterator, protocol, window):
+            yield answer
+
+    async def _infer(
+        self,
+        request: agent_pb2.InferRequest | agent_pb2.InferStreamRequest,
+        deadline_s: float | None,
+        owner: str,
+    ) -> TaskResult:
+        """One Infer, unary or on a stream: its result, or its error raised."""
         node = self._node
         if not request.model:
             raise InvalidArgument("InferRequest.model is empty: name the model to run")
         inputs = admit(node, request)
-        remaining = context.time_remaining()
-        # Pulls it first if need be; a bad or unknown pinned version fails here, at once.
-        await node.models.ensure_loadable(request.model, request.model_version)
+        if request.model_version or not node.models_cache.serves(request.model):
+            # Pulls it first if need be; a bad or unknown pinned version fails here, at once.
+            await node.models.ensure_loadable(request.model, request.model_version)
         # Through the scheduler, like a submitted task: queued with them, stolen by an idle
         # peer when this node is the busy one.
-        owner = caller_identity(context).uri
-        result = await node.tasks.run_inline(request, inputs, remaining, owner)
+        result = await node.tasks.run_inline(request, inputs, deadline_s, owner)
         if not result.ok:
             raise error_from_code(result.error_code, result.error_message)
-        return agent_pb2.InferResponse(
-            outputs=result.outputs, executor=result.executor, compute_s=result.compute_s
+        return result
+
+
+def _timeout_s(request: agent_pb2.InferStreamRequest) -> float | None:
+    timeout = request.timeout_s
+    if timeout < 0 or timeout != timeout:  # NaN
+        raise InvalidArgument(
+            f"request {request.request_id}: timeout_s must be >= 0 seconds (0 = none), "
+            f"got {timeout}"
         )
+    return timeout or None

@@ -69,6 +69,8 @@ def request_limits(config: Config, state_message_bytes: int) -> dict[str, tuple[
         AGENT + "Submit": tasks,
         AGENT + "SubmitAndWait": tasks,
         AGENT + "Infer": tasks,
+        AGENT + "InferStream": tasks,
+        AGENT + "SubmitStream": tasks,
         PEER + "AverageParts": (CHUNK_BYTES + HEADER_BYTES, "training.wire.CHUNK_BYTES"),
         AGENT + "Average": (CHUNK_BYTES + HEADER_BYTES, "training.wire.CHUNK_BYTES"),
     }
@@ -96,8 +98,16 @@ def request_scans() -> dict[str, Callable[[bytes], str | None]]:
         AGENT + "Submit": inputs,
         AGENT + "SubmitAndWait": inputs,
         AGENT + "Infer": inputs,
+        # The stream requests keep the unary ones' field numbers: the same scan reads them.
+        AGENT + "InferStream": inputs,
+        AGENT + "SubmitStream": inputs,
         PEER + "Complete": count(_OUTPUTS_FIELD, admission.MAX_OUTPUT_TENSORS, "output"),
     }
+
+
+#: Field number of the request id in the messages of each multiplexed stream (agent.proto
+#: InferStreamRequest, SubmitStreamRequest): the guard answers a refused message under it.
+MULTIPLEXED_ID_FIELDS = {AGENT + "InferStream": 5, AGENT + "SubmitStream": 6}
 
 
 class PeerService(

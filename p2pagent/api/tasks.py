@@ -3,6 +3,7 @@ the tasks capability. Thin: decode, call the driver, encode; errors are `p2pagen
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -16,6 +17,8 @@ from p2pagent.tasks.config import MAX_LIST_TASKS
 from p2pagent.tasks.driver import TasksDriver
 from p2pagent.tasks.wire import input_bytes
 from p2pagent.transport.guard import caller_identity
+from p2pagent.transport.multiplexed import Send, StreamProtocol, serve
+from p2pagent.transport.request_window import RequestWindow
 
 if TYPE_CHECKING:
     from p2pagent.config import Config
@@ -43,7 +46,17 @@ class TasksNode(Protocol):
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
-def admit(node: TasksNode, request: agent_pb2.SubmitRequest | agent_pb2.InferRequest) -> Any:
+#: The requests that carry a task's model and inputs (the stream ones repeat the unary ones'
+#: fields under the same numbers).
+TaskRequest = (
+    agent_pb2.SubmitRequest
+    | agent_pb2.InferRequest
+    | agent_pb2.SubmitStreamRequest
+    | agent_pb2.InferStreamRequest
+)
+
+
+def admit(node: TasksNode, request: TaskRequest) -> Any:
     """The door of Submit, SubmitAndWait and Infer: refuses at once what could never run
     (an unknown or malformed model name, a pinned version the registry does not list, too
     many or too big inputs, inputs that contradict the model's metadata), before anything
@@ -51,8 +64,13 @@ def admit(node: TasksNode, request: agent_pb2.SubmitRequest | agent_pb2.InferReq
     from p2pagent.inference import tensors  # numpy: only nodes that run models load it
 
     admission.check_inputs(len(request.inputs), input_bytes(request.inputs), node.config.tasks)
-    admission.check_model(request.model, model_sources(node))
-    spec = expected_spec(node, request.model, request.model_version)
+    if not request.model_version and node.models_cache.serves(request.model):
+        # The common case, on every request: a model served here (so a valid name) at its
+        # newest version. Skips building the sets of every source's names.
+        spec: ModelSpec | None = node.models_cache.spec(request.model)
+    else:
+        admission.check_model(request.model, model_sources(node))
+        spec = expected_spec(node, request.model, request.model_version)
     inputs = tensors.many_decode(request.inputs, node.config.inference.max_tensor_elements)
     if spec is not None:
         spec.bind_inputs(request.model, inputs)
@@ -67,7 +85,7 @@ def expected_spec(node: TasksNode, name: str, version: str) -> ModelSpec | None:
     if version:
         return node.models.loadable.pinned(name, version)[1]
     cache = node.models_cache
-    if name in cache.names():
+    if cache.serves(name):
         return cache.spec(name)
     versions = node.models.entries_safe(name)
     return spec_of(versions[-1].manifest) if versions else None
@@ -98,15 +116,18 @@ class _TasksAccess:
 
 
 class TasksAgentApi(_TasksAccess):
-    async def _submit(self, request: agent_pb2.SubmitRequest, context: Ctx) -> str:
+    async def _submit(
+        self, request: agent_pb2.SubmitRequest | agent_pb2.SubmitStreamRequest, owner: str
+    ) -> str:
         # Validates the tensors here, so a bad one is refused before it is journaled.
         admit(self._tasks_node, request)
-        return await self._tasks().submit(request, caller_identity(context).uri)
+        return await self._tasks().submit(request, owner)
 
     async def Submit(
         self, request: agent_pb2.SubmitRequest, context: Ctx
     ) -> agent_pb2.SubmitResponse:
-        return agent_pb2.SubmitResponse(task_id=await self._submit(request, context))
+        owner = caller_identity(context).uri
+        return agent_pb2.SubmitResponse(task_id=await self._submit(request, owner))
 
     async def Wait(
         self, request: agent_pb2.WaitRequest, context: Ctx
@@ -119,9 +140,44 @@ class TasksAgentApi(_TasksAccess):
     async def SubmitAndWait(
         self, request: agent_pb2.SubmitRequest, context: Ctx
     ) -> AsyncIterator[agent_pb2.TaskEvent]:
-        task_id = await self._submit(request, context)
+        task_id = await self._submit(request, caller_identity(context).uri)
         async for event in self._tasks().wait(task_id):
             yield event
+
+    async def SubmitStream(
+        self, request_iterator: AsyncIterator[agent_pb2.SubmitStreamRequest], context: Ctx
+    ) -> AsyncIterator[agent_pb2.SubmitStreamResponse]:
+        owner = caller_identity(context).uri
+        node_name = self._tasks_node.tasks.name
+
+        async def run(
+            request: agent_pb2.SubmitStreamRequest, send: Send
+        ) -> agent_pb2.SubmitStreamResponse:
+            task_id = await self._submit(request, owner)
+            # Journaled: the client learns the id now, so it can Wait after a lost stream.
+            queued = agent_pb2.TaskEvent(
+                task_id=task_id, kind=agent_pb2.TaskEvent.QUEUED, node=node_name,
+                at_unix=time.time(),
+            )  # fmt: skip
+            send(agent_pb2.SubmitStreamResponse(request_id=request.request_id, event=queued))
+            final = queued
+            async for event in self._tasks().wait(task_id):
+                final = event
+            return agent_pb2.SubmitStreamResponse(request_id=request.request_id, event=final)
+
+        protocol = StreamProtocol(
+            run=run,
+            request_id=lambda r: r.request_id,
+            cancel=lambda r: r.cancel,
+            timeout_s=lambda r: None,  # a task's deadline is its deadline_s, kept by the core
+            error_answer=lambda i, code, message: agent_pb2.SubmitStreamResponse(
+                request_id=i, error_code=code, error_message=message
+            ),
+        )
+        limit = self._tasks_node.config.transport.stream_max_in_flight
+        window = RequestWindow(limit, "transport.stream_max_in_flight")
+        async for answer in serve(request_iterator, protocol, window):
+            yield answer
 
     async def ListTasks(
         self, request: agent_pb2.ListTasksRequest, context: Ctx

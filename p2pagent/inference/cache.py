@@ -118,6 +118,11 @@ class ModelCache:
     def names(self) -> list[str]:
         return sorted(self._sources)
 
+    def serves(self, name: str) -> bool:
+        """Whether ``name`` is registered here (``name in names()`` without the sort: it is
+        asked on every request)."""
+        return name in self._sources
+
     def spec(self, name: str) -> ModelSpec:
         return self._source(name).spec
 

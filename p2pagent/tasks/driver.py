@@ -207,7 +207,10 @@ class TasksDriver:
 
     def _new_task(
         self,
-        request: agent_pb2.SubmitRequest | agent_pb2.InferRequest,
+        request: agent_pb2.SubmitRequest
+        | agent_pb2.InferRequest
+        | agent_pb2.SubmitStreamRequest
+        | agent_pb2.InferStreamRequest,
         now: float,
         deadline_s: float | None,
     ) -> Task:
@@ -224,7 +227,11 @@ class TasksDriver:
             inputs=list(request.inputs),
         )
 
-    async def submit(self, request: agent_pb2.SubmitRequest, owner: str = "") -> str:
+    async def submit(
+        self,
+        request: agent_pb2.SubmitRequest | agent_pb2.SubmitStreamRequest,
+        owner: str = "",
+    ) -> str:
         """Journals and queues a task for caller identity ``owner`` (counted against its
         quotas until the result is delivered); returns the task's id."""
         if not request.model:
@@ -273,7 +280,7 @@ class TasksDriver:
 
     async def run_inline(
         self,
-        request: agent_pb2.InferRequest,
+        request: agent_pb2.InferRequest | agent_pb2.InferStreamRequest,
         decoded: Any,
         deadline_s: float | None,
         owner: str = "",

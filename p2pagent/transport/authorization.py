@@ -39,6 +39,8 @@ TABLE: dict[str, tuple[frozenset[Role], str]] = {
     AGENT + "Submit": (CLIENT, "queue a task"),
     AGENT + "Wait": (CLIENT, "follow a task"),
     AGENT + "SubmitAndWait": (CLIENT, "queue and follow a task"),
+    AGENT + "InferStream": (CLIENT, "run many inferences on one stream"),
+    AGENT + "SubmitStream": (CLIENT, "queue and follow many tasks on one stream"),
     AGENT + "ListTasks": (CLIENT, "tasks this node originated"),
     AGENT + "Put": (CLIENT, "write state (namespaces starting with '_' are refused)"),
     AGENT + "Get": (CLIENT, "read state"),

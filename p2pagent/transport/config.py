@@ -24,6 +24,11 @@ class TransportConfig:
     #: may hold open on one node; the next is refused with RESOURCE_EXHAUSTED. Node identities
     #: are not capped. 0 disables the cap.
     max_streams_per_identity: int = 256
+    #: Most requests one InferStream or SubmitStream call may have awaiting their answer at
+    #: once (an answer counts until the client has read it); one more is answered
+    #: RESOURCE_EXHAUSTED alone, and a client that keeps sending without reading is ended.
+    #: Bounds the answers a node holds for one stream.
+    stream_max_in_flight: int = 64
 
     def validate(self) -> TransportConfig:
         if self.handshake_timeout <= 0:
@@ -33,6 +38,10 @@ class TransportConfig:
         for name in ("max_concurrent_streams", "max_streams_per_identity"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"transport.{name} must be >= 0 (0 disables the limit)")
+        if self.stream_max_in_flight < 1:
+            raise ConfigError(
+                "transport.stream_max_in_flight must be >= 1 (requests in flight per stream)"
+            )
         return self
 
     def server_options(self) -> list[tuple[str, int]]:

@@ -16,6 +16,7 @@ bounded number of them.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import inspect
 import logging
@@ -32,6 +33,7 @@ from p2pagent.transport import authorization
 from p2pagent.transport.errors import NODE_ANSWER, RETRY_AFTER, status_of
 from p2pagent.transport.metrics import RpcMetrics
 from p2pagent.transport.streams import OpenStream, OpenStreams
+from p2pagent.transport.wirescan import varint_field
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +48,42 @@ RequestLimit = Callable[[str], tuple[int, str] | None]
 #: A method's check of its raw request bytes before they are decoded (after the size limit):
 #: returns why the request is refused, or None (e.g. too many tensors: api.peer.request_scans).
 RequestScan = Callable[[str], Callable[[bytes], str | None] | None]
+#: The field number of the request id in a multiplexed stream's messages (InferStream,
+#: SubmitStream), or None for other methods. Such a stream's items are checked one by one by
+#: its handler (``refusal_of``), so one bad message is answered alone instead of ending it.
+MultiplexedId = Callable[[str], int | None]
+
+#: Ends the stream the current handler serves with an error (``OpenStreams.end``: at once
+#: while the handler waits in our code, else when grpc's write returns). Set by the guard
+#: for every streaming call it registers; a handler's child tasks inherit it.
+_end_stream: contextvars.ContextVar[Callable[[errors.P2PAgentError], None] | None] = (
+    contextvars.ContextVar("p2pagent_end_stream", default=None)
+)
+
+
+def stream_ender() -> Callable[[errors.P2PAgentError], None] | None:
+    """How to end the streaming call being served (None outside the guard: a unit test)."""
+    return _end_stream.get()
+
+
+#: Checks one request of a multiplexed stream against its caller's rate limit (raises
+#: ResourceExhausted over it): each request on such a stream counts as a call would.
+_rate_check: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "p2pagent_rate_check", default=None
+)
+
+
+def request_rate_check() -> Callable[[], None] | None:
+    """The per-request rate check of the multiplexed stream being served (None: no limit)."""
+    return _rate_check.get()
 
 
 #: Most distinct certificate identities whose parse is remembered (a cluster has a few
 #: hundred nodes and clients; the cache is cleared, not grown, past this).
 MAX_CACHED_IDENTITIES = 4096
 _parsed: dict[tuple[bytes | str, ...], Identity] = {}
+#: Most methods whose wrapped handler the guard keeps (every service's methods, with room).
+MAX_WRAPPED_METHODS = 512
 
 
 def caller_identity(context: grpc.aio.ServicerContext[Any, Any]) -> Identity:
@@ -115,14 +147,20 @@ class Guard(grpc.aio.ServerInterceptor):
         request_limit: RequestLimit | None = None,
         streams: OpenStreams | None = None,
         request_scan: RequestScan | None = None,
+        multiplexed: MultiplexedId | None = None,
     ) -> None:
         self._cluster = cluster
+        self._multiplexed = multiplexed
         self._request_limit = request_limit
         self._request_scan = request_scan
         self._metrics = metrics
         self._revoked = revoked
         self._allow_rate = allow_rate
         self.streams = streams if streams is not None else OpenStreams(0)
+        #: method -> (the servicer's handler, our wrapper of it). grpc asks for the handler on
+        #: every call and gets the same object back; wrapping it anew each time (closures,
+        #: a metrics lookup, grpc's handler tuple) was a per-request cost (issue 26).
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     def authorize(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Identity:
         return self.admit(method, caller_identity(context))
@@ -139,9 +177,12 @@ class Guard(grpc.aio.ServerInterceptor):
             if reason is not None:
                 raise errors.PermissionDenied(f"{ident} has been revoked: {reason}")
         authorization.authorize(method, ident)
+        self.check_rate(ident)
+        return ident
+
+    def check_rate(self, ident: Identity) -> None:
         if self._allow_rate is not None and not self._allow_rate(ident):
             raise errors.ResourceExhausted(f"rate limit exceeded for {ident}; slow down and retry")
-        return ident
 
     def open_stream(
         self, ident: Identity, context: grpc.aio.ServicerContext[Any, Any]
@@ -164,7 +205,14 @@ class Guard(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return _wrap(handler, handler_call_details.method, self)
+        method = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = _wrap(handler, method, self)
+        if len(self._wrapped) < MAX_WRAPPED_METHODS:  # the services' methods: a fixed set
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
 
 def _wrap(
@@ -257,7 +305,12 @@ def _wrap(
                     ident = guard.authorize(method, context)
                     _check_decoded(request)
                     stream = guard.open_stream(ident, context)
-                    items = aiter(behavior(_checked_stream(request), context))
+                    opened = stream
+                    _end_stream.set(lambda e: guard.streams.end(opened, e))
+                    checked = request if id_field is not None else _checked_stream(request)
+                    if id_field is not None and guard._allow_rate is not None:
+                        _rate_check.set(lambda: guard.check_rate(ident))
+                    items = aiter(behavior(checked, context))
                     while True:
                         stream.busy = True  # waiting in our code: the registry may cancel
                         try:
@@ -291,8 +344,10 @@ def _wrap(
 
     limit = guard._request_limit(method) if guard._request_limit is not None else None
     scan = guard._request_scan(method) if guard._request_scan is not None else None
+    id_field = guard._multiplexed(method) if guard._multiplexed is not None else None
+    deserializer = _tolerant(handler.request_deserializer, method, limit, scan, id_field)
     kind_args = {
-        "request_deserializer": _tolerant(handler.request_deserializer, method, limit, scan),
+        "request_deserializer": deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
@@ -336,11 +391,12 @@ class _Undecodable:
     grpc would otherwise fail inside its own deserializer and answer with a generic
     INTERNAL; we decode tolerantly and refuse in the wrapper with a status that says why."""
 
-    __slots__ = ("reason", "type_name")
+    __slots__ = ("reason", "request_id", "type_name")
 
-    def __init__(self, type_name: str, reason: str) -> None:
+    def __init__(self, type_name: str, reason: str, request_id: int = 0) -> None:
         self.type_name = type_name
         self.reason = reason
+        self.request_id = request_id
 
 
 def _tolerant(
@@ -348,22 +404,27 @@ def _tolerant(
     method: str = "",
     limit: tuple[int, str] | None = None,
     scan: Callable[[bytes], str | None] | None = None,
+    id_field: int | None = None,
 ) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
 
+    def request_id(data: bytes) -> int:
+        # A multiplexed stream answers a refused message under its id, read from the bytes.
+        return (varint_field(data, id_field) or 0) if id_field is not None else 0
+
     def decode(data: bytes) -> Any:
         if limit is not None and len(data) > limit[0]:
             # Refused before a byte is decoded: decoding is what costs memory.
-            return _Oversized(oversized(method, len(data), *limit))
+            return _Oversized(oversized(method, len(data), *limit), request_id(data))
         if scan is not None and (why := scan(data)) is not None:
-            return _Oversized(f"{method}: {why}")
+            return _Oversized(f"{method}: {why}", request_id(data))
         try:
             return deserializer(data)
         except Exception as e:  # protobuf's DecodeError, or anything a custom decoder raises
             owner = getattr(deserializer, "__self__", None)
             name = getattr(owner, "__name__", "message")
-            return _Undecodable(name, f"{type(e).__name__}: {e}")
+            return _Undecodable(name, f"{type(e).__name__}: {e}", request_id(data))
 
     return decode
 
@@ -371,10 +432,11 @@ def _tolerant(
 class _Oversized:
     """Stands in for a request over its method's size limit, refused without decoding."""
 
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "request_id")
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, request_id: int = 0) -> None:
         self.reason = reason
+        self.request_id = request_id
 
 
 def oversized(method: str, size: int, limit: int, setting: str) -> str:
@@ -382,6 +444,18 @@ def oversized(method: str, size: int, limit: int, setting: str) -> str:
         f"{method}: a request of {size} bytes is over the {limit} bytes this node accepts "
         f"({setting}); send less"
     )
+
+
+def refusal_of(item: Any) -> tuple[int, errors.InvalidArgument] | None:
+    """For an item of a multiplexed stream the guard could not decode (over its size limit,
+    or not a valid message): its request id (0 when unreadable) and the error to answer it
+    with; None for a decoded message."""
+    if isinstance(item, (_Oversized, _Undecodable)):
+        try:
+            _check_decoded(item)
+        except errors.InvalidArgument as e:
+            return item.request_id, e
+    return None
 
 
 def _check_decoded(request: Any) -> None:

@@ -58,3 +58,30 @@ def count_field(data: bytes, field: int, stop_after: int) -> int:
     except ValueError:
         pass
     return count
+
+
+def varint_field(data: bytes, field: int) -> int | None:
+    """The value of top-level varint field number ``field`` in ``data`` (its last occurrence,
+    as protobuf decodes it), or None when absent or the bytes are malformed before it: the
+    request id of a multiplexed stream's message that is refused without being decoded."""
+    found, pos, size = None, 0, len(data)
+    try:
+        while pos < size:
+            key, pos = _varint(data, pos)
+            number, wire = key >> 3, key & 7
+            if wire == _VARINT:
+                value, pos = _varint(data, pos)
+                if number == field:
+                    found = value
+            elif wire == _I64:
+                pos += 8
+            elif wire == _I32:
+                pos += 4
+            elif wire == _LEN:
+                length, pos = _varint(data, pos)
+                pos += length
+            else:
+                return found
+    except ValueError:
+        pass
+    return found

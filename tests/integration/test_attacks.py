@@ -172,7 +172,10 @@ def _call(ch: grpc.Channel, method: pbd.MethodDescriptor, payload: bytes) -> grp
     path = f"/{SERVICE.full_name}/{method.name}"
     timeout = 3.0 if method.name in WAITING else 20.0
     try:
-        if method.client_streaming:
+        if method.client_streaming and method.server_streaming:  # InferStream, Average...
+            for _ in ch.stream_stream(path)(iter([payload, payload]), timeout=timeout):
+                pass
+        elif method.client_streaming:
             call = ch.stream_unary(path)
             call(iter([payload, payload]), timeout=timeout)
         elif method.server_streaming:

@@ -87,6 +87,34 @@ async def test_a_model_published_through_the_client_is_listed_and_runs_by_name(
         assert await mesh.models("wrong") == []
 
 
+async def test_concurrent_infers_share_one_stream_per_node(
+    node: Daemon, certs_dir: Path, models: Path
+) -> None:
+    xs = [demo_model.sample_input(1, seed=s) for s in range(40)]
+    # A bound below the concurrency: the client waits for a slot instead of being refused.
+    async with Client(
+        [node.address], Client.from_certs([node.address], certs_dir)._material, stream_in_flight=8
+    ) as mesh:
+        outs = await asyncio.gather(*(mesh.infer("demo", {"input": x}) for x in xs))
+        for x, out in zip(xs, outs, strict=True):
+            assert torch.allclose(next(iter(out.values())), expected(models, x), atol=1e-5)
+        assert len(mesh._streams) == 1  # one stream carried them all
+        # One bad call among good ones fails alone; the stream goes on.
+        bad = mesh.infer("nope", {"input": xs[0]})
+        good = mesh.infer("demo", {"input": xs[1]})
+        results = await asyncio.gather(bad, good, return_exceptions=True)
+        assert isinstance(results[0], NotFound)
+        assert torch.allclose(next(iter(results[1].values())), expected(models, xs[1]), atol=1e-5)  # type: ignore[union-attr]
+        # A caller that gives up cancels its request; the stream still serves the next.
+        slow = asyncio.create_task(mesh.infer("demo", {"input": demo_model.sample_input(64)}))
+        await asyncio.sleep(0)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        (out,) = (await mesh.infer("demo", {"input": xs[2]})).values()
+        assert torch.allclose(out, expected(models, xs[2]), atol=1e-5)
+
+
 async def test_errors_are_raised_as_ours(node: Daemon, certs_dir: Path) -> None:
     x = {"input": demo_model.sample_input(1)}
     async with Client.from_certs([node.address], certs_dir) as mesh:
@@ -155,6 +183,8 @@ async def test_any_rpc_by_name_with_the_same_failover_and_errors(
             await mesh.call("Wait", agent_pb2.WaitRequest(task_id="n7-0"), repeatable=True)
         with pytest.raises(InvalidArgument, match="not an RPC of the Agent service"):
             await mesh.call("Stauts", agent_pb2.StatusRequest(), repeatable=True)
+        with pytest.raises(InvalidArgument, match="InferStream takes a stream of requests"):
+            await anext(mesh.stream("InferStream", agent_pb2.InferStreamRequest()))
         # A Watch from now: write until the stream, opened concurrently, sees a write.
         changes = mesh.stream("Watch", agent_pb2.WatchRequest(namespace="ns"))
         first = asyncio.ensure_future(anext(changes))

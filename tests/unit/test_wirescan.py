@@ -76,3 +76,17 @@ def test_a_result_over_the_bound_is_refused_where_it_ran() -> None:
         admission.check_result(3, 1001, cfg)
     with pytest.raises(errors.InvalidArgument, match="output tensors"):
         admission.check_result(admission.MAX_OUTPUT_TENSORS + 1, 0, cfg)
+
+
+def test_varint_field_reads_a_request_id_without_decoding() -> None:
+    from p2pagent._proto import agent_pb2
+    from p2pagent.transport.wirescan import varint_field
+
+    req = agent_pb2.InferStreamRequest(model="m", request_id=123456789, timeout_s=1.5)
+    req.inputs.add(name="x", data=b"\x00" * 100)
+    data = req.SerializeToString()
+    assert varint_field(data, 5) == 123456789
+    assert varint_field(agent_pb2.InferStreamRequest(model="m").SerializeToString(), 5) is None
+    # Garbage after the id: the id is still read; garbage before it: not.
+    assert varint_field(bytes([5 << 3, 9, 0xFF, 0xFF]), 5) == 9
+    assert varint_field(bytes([0xFF, 0xFF, 0xFF]), 5) is None

@@ -1,0 +1,144 @@
+"""The multiplexed stream glue over fake requests (no grpc): answers by completion, a
+request's own error, deadline and cancellation, the half-close end, and an overrun."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from p2pagent.errors import NotFound, ResourceExhausted
+from p2pagent.transport.multiplexed import Send, StreamProtocol, serve
+from p2pagent.transport.request_window import RequestWindow
+
+
+@dataclass
+class Req:
+    request_id: int
+    cancel: bool = False
+    timeout_s: float | None = None
+    fail: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    early: bool = False
+
+
+@dataclass(frozen=True)
+class Answer:
+    request_id: int
+    code: str = ""
+    message: str = ""
+    early: bool = False
+
+
+async def run(request: Req, send: Send) -> Answer:
+    if request.early:
+        send(Answer(request.request_id, early=True))
+    await request.done.wait()
+    if request.fail:
+        raise NotFound(f"no model for {request.request_id}")
+    return Answer(request.request_id)
+
+
+PROTOCOL: StreamProtocol[Req, Answer] = StreamProtocol(
+    run=run,
+    request_id=lambda r: r.request_id,
+    cancel=lambda r: r.cancel,
+    timeout_s=lambda r: r.timeout_s,
+    error_answer=lambda i, code, message: Answer(i, code, message),
+)
+
+
+class Inbox:
+    """The client's side of the request stream: put requests, then close (half-close)."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Req | None] = asyncio.Queue()
+
+    async def __aiter__(self) -> AsyncIterator[Req]:
+        while (item := await self.queue.get()) is not None:
+            yield item
+
+    def put(self, request: Req) -> None:
+        self.queue.put_nowait(request)
+
+    def close(self) -> None:
+        self.queue.put_nowait(None)
+
+
+def window(limit: int = 8) -> RequestWindow:
+    return RequestWindow(limit, "transport.stream_max_in_flight")
+
+
+async def test_answers_by_completion_with_errors_deadlines_and_cancels() -> None:
+    inbox = Inbox()
+    answers = aiter(serve(inbox.__aiter__(), PROTOCOL, window()))
+    slow, quick, bad = Req(1), Req(2), Req(3, fail=True)
+    late, cancelled = Req(4, timeout_s=0.01), Req(5)
+    for r in (slow, quick, bad, late, cancelled):
+        inbox.put(r)
+    quick.done.set()
+    assert await anext(answers) == Answer(2)  # before 1, sent earlier
+    bad.done.set()
+    got = await anext(answers)
+    assert (got.request_id, got.code) == (3, "NOT_FOUND")
+    got = await anext(answers)
+    assert (got.request_id, got.code) == (4, "DEADLINE_EXCEEDED")
+    inbox.put(Req(5, cancel=True))
+    got = await anext(answers)
+    assert (got.request_id, got.code) == (5, "CANCELLED")
+    inbox.close()
+    slow.done.set()
+    assert await anext(answers) == Answer(1)
+    with pytest.raises(StopAsyncIteration):  # half-closed and every answer written
+        await anext(answers)
+
+
+async def test_early_answers_come_before_the_final_one() -> None:
+    inbox = Inbox()
+    answers = aiter(serve(inbox.__aiter__(), PROTOCOL, window()))
+    r = Req(9, early=True)
+    inbox.put(r)
+    assert await anext(answers) == Answer(9, early=True)
+    r.done.set()
+    inbox.close()
+    assert await anext(answers) == Answer(9)
+    with pytest.raises(StopAsyncIteration):
+        await anext(answers)
+
+
+async def test_a_client_that_does_not_read_is_ended() -> None:
+    inbox = Inbox()
+    answers = aiter(serve(inbox.__aiter__(), PROTOCOL, window(2)))
+    for i in range(1, 6):  # 2 run, 2 are refused, the fifth overruns
+        inbox.put(Req(i))
+    # Nothing read meanwhile: the refusals wait unwritten.
+    got = [await anext(answers), await anext(answers)]
+    assert [a.code for a in got] == ["RESOURCE_EXHAUSTED"] * 2
+    with pytest.raises(ResourceExhausted, match="without reading"):
+        await anext(answers)
+
+
+async def test_each_request_counts_against_the_callers_rate_limit() -> None:
+    from p2pagent.transport import guard
+
+    allowed = 2
+
+    def check() -> None:
+        nonlocal allowed
+        if allowed == 0:
+            raise ResourceExhausted("rate limit exceeded for the client; slow down and retry")
+        allowed -= 1
+
+    guard._rate_check.set(check)  # what the guard sets for a multiplexed call
+    inbox = Inbox()
+    answers = aiter(serve(inbox.__aiter__(), PROTOCOL, window()))
+    ok = [Req(1), Req(2)]
+    for r in ok:
+        r.done.set()
+        inbox.put(r)
+    inbox.put(Req(3))
+    inbox.close()
+    got = {a.request_id: a.code for a in [await anext(answers) for _ in range(3)]}
+    assert got == {1: "", 2: "", 3: "RESOURCE_EXHAUSTED"}
