@@ -171,8 +171,8 @@ class ModelsDriver:
             self._io, ChunkStore, self._root, self.config
         )
         report = await loop.run_in_executor(self._io, store.gc)
-        if report.chunks_removed or report.files_removed:
-            log.info("models: removed %d unreferenced chunks at start", report.chunks_removed)
+        if report.files_removed:
+            log.info("models: removed %d files of unknown versions at start", report.files_removed)
         for m in store.manifests():
             self._buffers.fit(m.chunk_size)  # held, so served
             if await loop.run_in_executor(self._io, store.is_complete, m.manifest_id):

@@ -5,10 +5,10 @@ metadata, replicas), validates it before any data arrives, then consumes byte pi
 size: it cuts them into chunks, hashes each and the whole on the fly, and writes each chunk to
 the store as soon as it is complete, so memory stays at one chunk whatever the model size.
 
-Only ``finish`` with exactly the declared size writes the manifest. An upload that is cut off
-(the client goes away, ``abort``), overflows the declared size, or fails on a full disk
-leaves nothing registered: its chunks are deleted unless another version shares them, and
-anything a crash leaves behind is unreferenced and collected by the next ``gc``.
+Only ``finish`` with exactly the declared size and digest writes the manifest. An upload that
+is cut off (the client goes away, ``abort``), overflows the declared size, or fails on a full
+disk leaves nothing registered: its temporary file is removed (``staging``), and anything a
+crash leaves behind is removed at the next start or ``gc``.
 
 Blocking (store writes): the driver feeds it from a worker thread.
 """
@@ -143,8 +143,6 @@ class PublishWriter:
                 owner=self._owner,
             )
             self._staging.commit(manifest)
-            # The whole-file hash above was over exactly the stored chunks' bytes.
-            self._store.note_whole_checked(manifest.manifest_id)
         except BaseException:
             self.abort()
             raise

@@ -84,7 +84,9 @@ def _nothing_published(store: ChunkStore) -> None:
 def test_cut_off_upload_leaves_nothing(store: ChunkStore) -> None:
     w = writer(store)
     w.write(DATA[: CHUNK * 3 + 5])
-    assert len(stored_files(store)) == 3  # staged chunks exist while the upload runs
+    # One temporary file holds the upload while it runs; nothing counts yet.
+    assert [p.name.startswith(".tmp-upload.") for p in stored_files(store)] == [True]
+    assert store.manifests() == []
     w.abort()
     _nothing_published(store)
 
