@@ -47,7 +47,7 @@ from p2pagent.errors import (
     P2PAgentError,
     Unavailable,
 )
-from p2pagent.inference.formats import FORMAT_HEAD_BYTES, ModelFormat, check_header, detect_format
+from p2pagent.inference.formats import ModelFormat, detect_format
 from p2pagent.models import registry
 from p2pagent.models.alloc import ChunkBuffers
 from p2pagent.models.config import ModelsConfig
@@ -60,7 +60,7 @@ from p2pagent.models.manifest import (
     next_version,
 )
 from p2pagent.models.ownership import check_may_delete, check_may_publish
-from p2pagent.models.publish import PublishWriter
+from p2pagent.models.publish import PublishWriter, receive_upload
 from p2pagent.models.publish_check import Confinement, check_folder_pack, check_model
 from p2pagent.models.puller import Holding, PullCounts, Puller, PullReport
 from p2pagent.models.ratelimit import TokenBucket
@@ -305,19 +305,7 @@ class ModelsDriver:
             sha256=sha256, owner=caller.uri,
         )  # fmt: skip
         self._buffers.fit(chunk_size)  # checked by the writer; 0 is the default, fitted at start
-        head = b""
-        try:
-            async for piece in pieces:
-                if len(head) < FORMAT_HEAD_BYTES:
-                    head += piece[: FORMAT_HEAD_BYTES - len(head)]
-                    if len(head) >= FORMAT_HEAD_BYTES:
-                        check_header(fmt, head)
-                await self._run_io(writer.write, piece)
-            check_header(fmt, head)
-            manifest = await asyncio.get_running_loop().run_in_executor(self._io, writer.finish)
-        except BaseException:
-            writer.abort()
-            raise
+        manifest = await receive_upload(writer, pieces, self._io)
         mid = manifest.manifest_id
         try:
             await self._check_loadable(manifest)
