@@ -1,4 +1,4 @@
-"""Writing chunk files past the page cache (``O_DIRECT``), where the file system allows it.
+"""Writing chunks past the page cache (``O_DIRECT``), where the file system allows it.
 
 Why: a pulled chunk is written once and not read back soon, yet a buffered write copies it
 into freshly allocated page-cache pages. In profiles of a pull (``perf`` on the puller) that
