@@ -61,7 +61,7 @@ from p2pagent.models.manifest import (
 )
 from p2pagent.models.ownership import check_may_delete, check_may_publish
 from p2pagent.models.publish import PublishWriter, receive_upload
-from p2pagent.models.publish_check import Confinement, check_folder_pack, check_model
+from p2pagent.models.publish_check import CheckSlots, Confinement, WarmChild, check_folder_pack
 from p2pagent.models.puller import Holding, PullCounts, Puller, PullReport
 from p2pagent.models.ratelimit import TokenBucket
 from p2pagent.models.registry import NS, Entry
@@ -124,7 +124,7 @@ class ModelsDriver:
         self._pinned: set[str] = set()
         self._swarm = PartialHoldings(name, state, members)
         self._wake = asyncio.Event()
-        self._checks = asyncio.Semaphore(config.check_concurrency)
+        self._checks = CheckSlots(config.check_concurrency)
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._unsubscribe_members: Callable[[], None] | None = None
@@ -305,13 +305,19 @@ class ModelsDriver:
             sha256=sha256, owner=caller.uri,
         )  # fmt: skip
         self._buffers.fit(chunk_size)  # checked by the writer; 0 is the default, fitted at start
-        manifest = await receive_upload(writer, pieces, self._io)
-        mid = manifest.manifest_id
+        # The check's child starts now, and loads torch while the bytes stream in.
+        warm = await self._checks.warm(fmt.value, confined=self._confinement is not None)
         try:
-            await self._check_loadable(manifest)
-        except BaseException:
-            await self._run_io(self._forget_local, mid)
-            raise
+            manifest = await receive_upload(writer, pieces, self._io)
+            mid = manifest.manifest_id
+            try:
+                await self._check_loadable(manifest, warm)
+            except BaseException:
+                await self._run_io(self._forget_local, mid)
+                raise
+        finally:
+            if warm is not None:
+                warm.close()
         await self._state.put(NS, registry.version_key(name, mid), manifest.encode(), durable=True)
         self._complete.add(mid)
         self._pinned.add(mid)
@@ -326,7 +332,7 @@ class ModelsDriver:
         except Unavailable:
             return []
 
-    async def _check_loadable(self, m: Manifest) -> None:
+    async def _check_loadable(self, m: Manifest, warm: WarmChild | None = None) -> None:
         """Assembles the upload, checks the file really is its format, then that it loads
         and runs on its example inputs (``publish_check``, in a child process)."""
         spec = spec_of(m)
@@ -342,11 +348,10 @@ class ModelsDriver:
             await asyncio.get_running_loop().run_in_executor(
                 self._io, check_folder_pack, path, spec.to_dict()
             )
-        async with self._checks:
-            seconds = await check_model(
-                path, detected.value, spec.to_dict(), timeout_s=self.config.check_timeout_s,
-                memory_bytes=self.config.check_memory_bytes, confinement=self._confinement,
-            )  # fmt: skip
+        seconds = await self._checks.check(
+            path, detected.value, spec.to_dict(), warm=warm, timeout_s=self.config.check_timeout_s,
+            memory_bytes=self.config.check_memory_bytes, confinement=self._confinement,
+        )  # fmt: skip
         log.info("models: %s (%s) passed its check in %.1f s", m.name, m.manifest_id[:12], seconds)
 
     async def assembled(self, m: Manifest) -> Path:
