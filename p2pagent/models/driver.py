@@ -170,6 +170,7 @@ class ModelsDriver:
         self._store = store = await loop.run_in_executor(
             self._io, ChunkStore, self._root, self.config
         )
+        store.on_incomplete = lambda _mid: loop.call_soon_threadsafe(self._wake.set)
         report = await loop.run_in_executor(self._io, store.gc)
         if report.files_removed:
             log.info("models: removed %d files of unknown versions at start", report.files_removed)
@@ -460,9 +461,7 @@ class ModelsDriver:
         if key is None:
             return
         if change.deleted and not key.holders:
-            task = asyncio.create_task(self._drop_local(key.manifest_id))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self._drop_local(key.manifest_id))
         self._wake.set()
 
     async def _drop_local(self, manifest_id: str) -> None:
@@ -515,6 +514,10 @@ class ModelsDriver:
         acted = False
         entries = self.entries()
         store = self.store
+        # A version whose file lost a chunk (rot found while serving) is pulled again.
+        self._complete = {
+            m for m in self._complete if store.has_manifest(m) and store.is_complete(m)
+        }
         local = {m.manifest_id for m in store.manifests()}
         for e in entries:
             mid, m = e.manifest_id, e.manifest
@@ -579,9 +582,6 @@ class ModelsDriver:
     def versions_held(self) -> int:
         """Versions held complete on this node."""
         return len(self._complete)
-
-    def held_names(self) -> list[str]:
-        return sorted({e.manifest.name for e in self.entries() if e.manifest_id in self._complete})
 
 
 def under_replicated(entry: Entry, live: list[str]) -> bool:

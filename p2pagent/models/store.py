@@ -102,6 +102,9 @@ class ChunkStore:
         self._writing: dict[str, set[int]] = {}
         self._by_digest: dict[str, dict[str, list[int]]] = {}
         self._verified = VerifiedChunks(self.config.reverify_after_s)
+        #: Called (from the thread that found it) with a version that was complete and no
+        #: longer is: a chunk of its file went bad. The driver pulls it again.
+        self.on_incomplete: Callable[[str], object] = lambda _mid: None
         self._load_manifests()
         migrated = migrate_chunk_layout(self.root, self._manifests, self._file)
         if migrated:
@@ -195,6 +198,11 @@ class ChunkStore:
     def is_complete(self, manifest_id: str) -> bool:
         """Every chunk verified, durable, and the file under its complete name."""
         self.get_manifest(manifest_id)
+        with self._lock:
+            return manifest_id in self._complete
+
+    def holds_complete(self, manifest_id: str) -> bool:
+        """``is_complete``, False for a version not stored at all."""
         with self._lock:
             return manifest_id in self._complete
 
@@ -446,12 +454,14 @@ class ChunkStore:
         """Chunks found bad or gone on disk stop counting: the version is partial again and
         its index no longer names them, so the next pull fetches them."""
         mid = m.manifest_id
+        was_complete = False
         with self._lock:
             if mid not in self._manifests:
                 return
             vf = self._files[mid]
             have = self._have[mid] - indices
             if mid in self._complete:
+                was_complete = True
                 self._complete.discard(mid)
                 if vf.final.is_file():
                     vf.reopen(fsync=self.config.fsync)
@@ -464,6 +474,8 @@ class ChunkStore:
                 if self._where.get(m.chunk_hashes[i]) == (mid, i):
                     del self._where[m.chunk_hashes[i]]
         log.warning("models: dropped %d bad chunks of %s (%s)", len(indices), m.name, mid[:12])
+        if was_complete:
+            self.on_incomplete(mid)
 
     # ---- the model file ------------------------------------------------------------------
 

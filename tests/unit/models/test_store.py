@@ -284,10 +284,13 @@ def test_read_chunk_serves_and_a_rotten_chunk_makes_the_version_partial(tmp_path
     assert [i for i, _ in store.read_chunks(m.manifest_id, [1, 2])] == [1, 2]
     with pytest.raises(InvalidArgument):
         store.read_chunk(m.manifest_id, 6)
+    told: list[str] = []
+    store.on_incomplete = told.append
     rot(store.assemble(m.manifest_id), 2 * CHUNK)
     with pytest.raises(NotFound, match=r"corrupt on disk.*fetch it elsewhere"):
         store.read_chunk(m.manifest_id, 2)
     assert not store.is_complete(m.manifest_id)
+    assert told == [m.manifest_id]  # the driver pulls it again
     assert store.missing(m.manifest_id) == [2]
     with pytest.raises(NotFound, match="not on this node"):
         store.read_chunk(m.manifest_id, 2)
