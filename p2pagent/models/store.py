@@ -273,18 +273,22 @@ class ChunkStore:
             vf = self._files[manifest_id]
             vf.open_partial()
             vf.writers += 1
+        written = False
         try:
             direct = direct and self.config.direct_writes
             for i in positions:
                 vf.write(i, data, direct=direct)
+            written = True
         finally:
             with self._lock:
+                # Held and released in one step: no second writer can slip in between.
                 writing.difference_update(positions)
                 vf.end_write()
+                if written and manifest_id in self._manifests:
+                    have.update(positions)
+                    self._where.setdefault(digest, (manifest_id, index))
         with self._lock:
             self._check_known(m)
-            have.update(positions)
-            self._where.setdefault(digest, (manifest_id, index))
         if sync:
             self.sync_chunks(manifest_id, ())
         return True

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,25 @@ def test_an_old_store_keeps_only_chunk_files_that_verify(tmp_path: Path) -> None
     assert hashlib.sha256(store.assemble(mid).read_bytes()).hexdigest() == (
         hashlib.sha256(DATA).hexdigest()
     )
+
+
+def test_chunks_arriving_twice_at_once_write_once_and_the_file_ends_at_its_size(
+    tmp_path: Path,
+) -> None:
+    """Endgame duplicates: every chunk written by two threads at the same time (past the
+    page cache, the short last chunk padded), then sealed: the file is exactly the data."""
+    store = ChunkStore(tmp_path, CFG)
+    m = manifest_of(DATA)
+    store.begin_pull(m)
+    jobs = [i for i in range(m.chunk_count) for _ in range(2)]
+
+    def write(i: int) -> bool:
+        return store.write_chunk(m.manifest_id, i, piece(DATA, i), sync=False, direct=True)
+
+    with ThreadPoolExecutor(4) as pool:
+        done = list(pool.map(write, jobs))
+    assert all(done)
+    store.seal(m.manifest_id)
+    path = store.assemble(m.manifest_id)
+    assert path.stat().st_size == len(DATA) and path.read_bytes() == DATA
+    assert store._writing[m.manifest_id] == set()
