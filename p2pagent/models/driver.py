@@ -307,7 +307,11 @@ class ModelsDriver:
         )  # fmt: skip
         self._buffers.fit(chunk_size)  # checked by the writer; 0 is the default, fitted at start
         # The check's child starts now, and loads torch while the bytes stream in.
-        warm = await self._checks.warm(fmt.value, confined=self._confinement is not None)
+        try:
+            warm = await self._checks.warm(fmt.value, confined=self._confinement is not None)
+        except BaseException:
+            writer.abort()
+            raise
         try:
             manifest = await receive_upload(writer, pieces, self._io)
             mid = manifest.manifest_id
@@ -356,8 +360,7 @@ class ModelsDriver:
         log.info("models: %s (%s) passed its check in %.1f s", m.name, m.manifest_id[:12], seconds)
 
     async def assembled(self, m: Manifest) -> Path:
-        """The verified file of a version held complete here (for the inference cache, and
-        for ``Generate``, which loads decoder folders itself)."""
+        """The verified file of a version held here (inference cache, ``Generate``)."""
         path = await self._run_io(self.store.assemble, m.manifest_id)
         assert isinstance(path, Path)
         return path
