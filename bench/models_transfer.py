@@ -11,9 +11,10 @@ Two real daemons on loopback (n1 publishes, n2 pulls). Per round, in alternating
   to a client (its own process, in n2's network namespace with ``--link-mbit``) that presents
   n2's certificate and discards the bytes;
 * **pull**: ``PullModel`` on n2, which fetches every chunk from n1 over ``Peer.FetchChunks``,
-  verifies each against its SHA-256 and writes it to disk (atomic writes, fsynced in batches
-  before the version is sealed), then registers n2 as a holder. Timed from the client, so it
-  includes the whole RPC.
+  verifies each against its SHA-256 and writes it at its offset in the version's one file
+  (fsynced in batches, each batch then named in the file's chunk index; renamed to its
+  complete name once all are in), then registers n2 as a holder. Timed from the client, so
+  it includes the whole RPC.
 
 The baseline server and client get the daemons' allocator settings (``models.alloc``), so
 the comparison is of the data path, not of malloc.

@@ -16,6 +16,7 @@ import errno
 import itertools
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -115,12 +116,16 @@ def fsync_dir(directory: Path) -> None:
 
 
 def remove_stale_temps(root: Path) -> int:
-    """Deletes ``.tmp-`` files under ``root`` left by a crash; returns how many.
+    """Deletes ``.tmp-`` files and folders under ``root`` left by a crash; returns how many.
 
     Only safe when no writer is active under ``root`` (the store calls it once, on open).
     """
     removed = 0
-    for dirpath, _dirs, files in os.walk(root):
+    for dirpath, dirs, files in os.walk(root):
+        for name in [d for d in dirs if is_temp(d)]:  # a folder being unpacked (hf.pack)
+            shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
+            dirs.remove(name)
+            removed += 1
         for name in files:
             if is_temp(name):
                 try:

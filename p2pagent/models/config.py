@@ -29,17 +29,17 @@ class ModelsConfig:
     #: Re-hash a chunk read from disk before serving it. Costs about 1 ms per MiB and catches
     #: bit rot before a peer does (which would blacklist us for its whole pull).
     verify_on_read: bool = True
-    #: ...except for a chunk file this process wrote or hashed less than this many seconds ago
-    #: and that is unchanged since (same inode, size, mtime): those bytes come from the page
-    #: cache, and a swarm serves each chunk several times. 0 = hash on every read.
+    #: ...except for a chunk this process wrote or hashed less than this many seconds ago in
+    #: a version file unchanged since (same inode, size, mtime): a publisher serving its fresh
+    #: upload, a swarm serving each chunk several times. 0 = hash on every read.
     reverify_after_s: float = 600.0
     #: fsync files and directories on write. Off only for throwaway test stores: without it a
     #: power cut can leave a renamed chunk with missing data.
     fsync: bool = True
-    #: Write pulled chunks past the page cache (O_DIRECT, see ``unbuffered``) where the file
-    #: system allows it: copying them into new page-cache pages was the largest CPU cost of
-    #: a pull. Published chunks stay buffered (the publisher serves them at once). Off: all
-    #: chunks are written buffered.
+    #: Write pulled chunks and uploads past the page cache (O_DIRECT, see ``unbuffered``)
+    #: where the file system allows it and the chunk size is a multiple of the page size:
+    #: copying them into new page-cache pages was the largest CPU cost of a pull, and as much
+    #: as one of an upload's two hashes. Off: everything is written buffered.
     direct_writes: bool = True
 
     #: Keep MiB-sized chunk buffers on the heap instead of a fresh mmap each (glibc

@@ -47,7 +47,7 @@ from p2pagent.errors import (
     P2PAgentError,
     Unavailable,
 )
-from p2pagent.inference.formats import FORMAT_HEAD_BYTES, ModelFormat, check_header, detect_format
+from p2pagent.inference.formats import ModelFormat, detect_format
 from p2pagent.models import registry
 from p2pagent.models.alloc import ChunkBuffers
 from p2pagent.models.config import ModelsConfig
@@ -60,8 +60,8 @@ from p2pagent.models.manifest import (
     next_version,
 )
 from p2pagent.models.ownership import check_may_delete, check_may_publish
-from p2pagent.models.publish import PublishWriter
-from p2pagent.models.publish_check import Confinement, check_folder_pack, check_model
+from p2pagent.models.publish import PublishWriter, receive_upload
+from p2pagent.models.publish_check import CheckSlots, Confinement, WarmChild, check_folder_pack
 from p2pagent.models.puller import Holding, PullCounts, Puller, PullReport
 from p2pagent.models.ratelimit import TokenBucket
 from p2pagent.models.registry import NS, Entry
@@ -124,7 +124,7 @@ class ModelsDriver:
         self._pinned: set[str] = set()
         self._swarm = PartialHoldings(name, state, members)
         self._wake = asyncio.Event()
-        self._checks = asyncio.Semaphore(config.check_concurrency)
+        self._checks = CheckSlots(config.check_concurrency)
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._unsubscribe_members: Callable[[], None] | None = None
@@ -170,9 +170,10 @@ class ModelsDriver:
         self._store = store = await loop.run_in_executor(
             self._io, ChunkStore, self._root, self.config
         )
+        store.on_incomplete = lambda _mid: loop.call_soon_threadsafe(self._wake.set)
         report = await loop.run_in_executor(self._io, store.gc)
-        if report.chunks_removed or report.files_removed:
-            log.info("models: removed %d unreferenced chunks at start", report.chunks_removed)
+        if report.files_removed:
+            log.info("models: removed %d files of unknown versions at start", report.files_removed)
         for m in store.manifests():
             self._buffers.fit(m.chunk_size)  # held, so served
             if await loop.run_in_executor(self._io, store.is_complete, m.manifest_id):
@@ -305,25 +306,23 @@ class ModelsDriver:
             sha256=sha256, owner=caller.uri,
         )  # fmt: skip
         self._buffers.fit(chunk_size)  # checked by the writer; 0 is the default, fitted at start
-        head = b""
+        # The check's child starts now, and loads torch while the bytes stream in.
         try:
-            async for piece in pieces:
-                if len(head) < FORMAT_HEAD_BYTES:
-                    head += piece[: FORMAT_HEAD_BYTES - len(head)]
-                    if len(head) >= FORMAT_HEAD_BYTES:
-                        check_header(fmt, head)
-                await self._run_io(writer.write, piece)
-            check_header(fmt, head)
-            manifest = await asyncio.get_running_loop().run_in_executor(self._io, writer.finish)
+            warm = await self._checks.warm(fmt.value, confined=self._confinement is not None)
         except BaseException:
             writer.abort()
             raise
-        mid = manifest.manifest_id
         try:
-            await self._check_loadable(manifest)
-        except BaseException:
-            await self._run_io(self._forget_local, mid)
-            raise
+            manifest = await receive_upload(writer, pieces, self._io)
+            mid = manifest.manifest_id
+            try:
+                await self._check_loadable(manifest, warm)
+            except BaseException:
+                await self._run_io(self._forget_local, mid)
+                raise
+        finally:
+            if warm is not None:
+                warm.close()
         await self._state.put(NS, registry.version_key(name, mid), manifest.encode(), durable=True)
         self._complete.add(mid)
         self._pinned.add(mid)
@@ -338,7 +337,7 @@ class ModelsDriver:
         except Unavailable:
             return []
 
-    async def _check_loadable(self, m: Manifest) -> None:
+    async def _check_loadable(self, m: Manifest, warm: WarmChild | None = None) -> None:
         """Assembles the upload, checks the file really is its format, then that it loads
         and runs on its example inputs (``publish_check``, in a child process)."""
         spec = spec_of(m)
@@ -354,16 +353,14 @@ class ModelsDriver:
             await asyncio.get_running_loop().run_in_executor(
                 self._io, check_folder_pack, path, spec.to_dict()
             )
-        async with self._checks:
-            seconds = await check_model(
-                path, detected.value, spec.to_dict(), timeout_s=self.config.check_timeout_s,
-                memory_bytes=self.config.check_memory_bytes, confinement=self._confinement,
-            )  # fmt: skip
+        seconds = await self._checks.check(
+            path, detected.value, spec.to_dict(), warm=warm, timeout_s=self.config.check_timeout_s,
+            memory_bytes=self.config.check_memory_bytes, confinement=self._confinement,
+        )  # fmt: skip
         log.info("models: %s (%s) passed its check in %.1f s", m.name, m.manifest_id[:12], seconds)
 
     async def assembled(self, m: Manifest) -> Path:
-        """The verified file of a version held complete here (for the inference cache, and
-        for ``Generate``, which loads decoder folders itself)."""
+        """The verified file of a version held here (inference cache, ``Generate``)."""
         path = await self._run_io(self.store.assemble, m.manifest_id)
         assert isinstance(path, Path)
         return path
@@ -467,9 +464,7 @@ class ModelsDriver:
         if key is None:
             return
         if change.deleted and not key.holders:
-            task = asyncio.create_task(self._drop_local(key.manifest_id))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self._drop_local(key.manifest_id))
         self._wake.set()
 
     async def _drop_local(self, manifest_id: str) -> None:
@@ -522,6 +517,10 @@ class ModelsDriver:
         acted = False
         entries = self.entries()
         store = self.store
+        # A version whose file lost a chunk (rot found while serving) is pulled again.
+        self._complete = {
+            m for m in self._complete if store.has_manifest(m) and store.is_complete(m)
+        }
         local = {m.manifest_id for m in store.manifests()}
         for e in entries:
             mid, m = e.manifest_id, e.manifest
@@ -586,9 +585,6 @@ class ModelsDriver:
     def versions_held(self) -> int:
         """Versions held complete on this node."""
         return len(self._complete)
-
-    def held_names(self) -> list[str]:
-        return sorted({e.manifest.name for e in self.entries() if e.manifest_id in self._complete})
 
 
 def under_replicated(entry: Entry, live: list[str]) -> bool:

@@ -5,25 +5,27 @@ metadata, replicas), validates it before any data arrives, then consumes byte pi
 size: it cuts them into chunks, hashes each and the whole on the fly, and writes each chunk to
 the store as soon as it is complete, so memory stays at one chunk whatever the model size.
 
-Only ``finish`` with exactly the declared size writes the manifest. An upload that is cut off
-(the client goes away, ``abort``), overflows the declared size, or fails on a full disk
-leaves nothing registered: its chunks are deleted unless another version shares them, and
-anything a crash leaves behind is unreferenced and collected by the next ``gc``.
+Only ``finish`` with exactly the declared size and digest writes the manifest. An upload that
+is cut off (the client goes away, ``abort``), overflows the declared size, or fails on a full
+disk leaves nothing registered: its temporary file is removed (``staging``), and anything a
+crash leaves behind is removed at the next start or ``gc``.
 
 Blocking (store writes): the driver feeds it from a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
 from p2pagent.errors import DataLoss, FailedPrecondition, InvalidArgument
-from p2pagent.inference.formats import ModelFormat
+from p2pagent.inference.formats import FORMAT_HEAD_BYTES, ModelFormat, check_header
 from p2pagent.models.manifest import (
     Manifest,
     canonical_metadata,
@@ -71,8 +73,13 @@ class PublishWriter:
         self._buf = bytearray()
         self._received = 0
         self._whole = hashlib.sha256()
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="models-upload-hash")
         self._hashes: list[str] = []
         self._done = False
+
+    @property
+    def format(self) -> ModelFormat:
+        return self._format
 
     @property
     def chunk_size(self) -> int:
@@ -94,7 +101,9 @@ class PublishWriter:
                 "its header"
             )
         self._received += len(piece)
-        self._whole.update(piece)
+        # The whole-upload hash on a core of its own while this thread hashes and writes the
+        # chunk (hashlib releases the GIL): the two hashes are an upload's main CPU cost.
+        whole = self._hasher.submit(self._whole.update, piece)
         try:
             if not self._buf and len(piece) == self._chunk_size:
                 self._put(piece)  # the common case: a piece is a chunk, stored without a copy
@@ -106,6 +115,8 @@ class PublishWriter:
         except BaseException:
             self.abort()
             raise
+        finally:
+            whole.result()
 
     def finish(self) -> Manifest:
         """Completes the upload: checks the size, writes the last chunk and the manifest."""
@@ -117,6 +128,7 @@ class PublishWriter:
                 f"upload of {self._name!r} ended after {self._received} of the {self._size} "
                 "bytes declared; nothing was published"
             )
+        self._hasher.shutdown()
         digest = self._whole.hexdigest()
         if self._expected is not None and digest != self._expected:
             self.abort()
@@ -143,8 +155,6 @@ class PublishWriter:
                 owner=self._owner,
             )
             self._staging.commit(manifest)
-            # The whole-file hash above was over exactly the stored chunks' bytes.
-            self._store.note_whole_checked(manifest.manifest_id)
         except BaseException:
             self.abort()
             raise
@@ -155,6 +165,7 @@ class PublishWriter:
         """Abandons the upload; nothing is published. Idempotent."""
         self._done = True
         self._buf.clear()
+        self._hasher.shutdown(wait=True)
         self._staging.abort()
 
     def _put(self, chunk: bytes | memoryview) -> None:
@@ -171,6 +182,35 @@ class PublishWriter:
     ) -> None:
         if not self._done:
             self.abort()
+
+
+async def receive_upload(
+    writer: PublishWriter, pieces: AsyncIterator[bytes], io: Executor
+) -> Manifest:
+    """Feeds an upload's pieces to ``writer`` in ``io`` threads, one piece hashed and written
+    while the next is received, checking the file's first bytes against its format as soon
+    as they are in; returns the manifest. Nothing is published on any error (aborted)."""
+    loop = asyncio.get_running_loop()
+    head = b""
+    writing: asyncio.Future[None] | None = None
+    try:
+        async for piece in pieces:
+            if len(head) < FORMAT_HEAD_BYTES:
+                head += piece[: FORMAT_HEAD_BYTES - len(head)]
+                if len(head) >= FORMAT_HEAD_BYTES:
+                    check_header(writer.format, head)
+            if writing is not None:
+                await writing
+            writing = loop.run_in_executor(io, writer.write, piece)
+        if writing is not None:
+            await writing
+        check_header(writer.format, head)
+        return await loop.run_in_executor(io, writer.finish)
+    except BaseException:
+        if writing is not None:  # never abort under a write still running
+            await asyncio.gather(writing, return_exceptions=True)
+        writer.abort()
+        raise
 
 
 def publish_file(

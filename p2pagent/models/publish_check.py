@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,29 +83,44 @@ async def check_model(
     timeout_s: float,
     memory_bytes: int,
     confinement: Confinement | None = None,
+    warm: WarmChild | None = None,
 ) -> float:
     """Refuses (InvalidArgument naming the problem) a model file that holds a pickle, does
     not load, or does not run on its metadata's example inputs; returns the check's seconds.
 
-    ``fmt`` is the loader's format name (``inference.formats.ModelFormat``)."""
+    ``fmt`` is the loader's format name (``inference.formats.ModelFormat``). ``warm``: a
+    child started before the file was complete (``WarmChild``; not used for a format whose
+    check is confined), closed here whatever happens."""
     from p2pagent.inference.archive_check import check_archive
     from p2pagent.inference.formats import ModelFormat
 
     start = time.monotonic()
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, check_archive, path, ModelFormat.parse(fmt))
-    work, limit = await loop.run_in_executor(
-        None, _prepare, path, fmt, spec, timeout_s, memory_bytes, confinement
-    )
     try:
-        # A vfork and exec (``subprocess.Popen``), not the event loop's subprocess_exec, which
-        # forks: with gRPC's threads busy, a forked child crashed (SIGSEGV, SIGABRT) before its
-        # exec, and gRPC's fork handlers corrupted the node's TLS streams (TSI_DATA_CORRUPTED).
-        proc = subprocess.Popen(  # noqa: ASYNC220  # a vfork and exec: no wait here
-            [sys.executable, "-m", "p2pagent.models.publish_check", str(work / REQUEST)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            cwd=work,
+        await loop.run_in_executor(None, check_archive, path, ModelFormat.parse(fmt))
+        if warm is not None and fmt in CODE_FORMATS and confinement is not None:
+            warm.close()  # it imported torch unconfined: not for code
+            warm = None
+        work, limit = await loop.run_in_executor(
+            None, _prepare, path, fmt, spec, timeout_s, memory_bytes, confinement,
+            warm.work if warm is not None else None,
         )  # fmt: skip
+    except BaseException:
+        if warm is not None:
+            warm.close()
+        raise
+    try:
+        if warm is not None:
+            proc = warm.go()
+        else:
+            # A vfork and exec (``subprocess.Popen``), not the event loop's subprocess_exec,
+            # which forks: with gRPC's threads busy, a forked child crashed (SIGSEGV, SIGABRT)
+            # before its exec, and gRPC's fork handlers corrupted the node's TLS streams.
+            proc = subprocess.Popen(  # noqa: ASYNC220  # a vfork and exec: no wait here
+                [sys.executable, "-m", "p2pagent.models.publish_check", str(work / REQUEST)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                cwd=work,
+            )  # fmt: skip
         try:
             await loop.run_in_executor(None, proc.wait, timeout_s)
         except subprocess.TimeoutExpired:
@@ -123,6 +139,8 @@ async def check_model(
             raise InvalidArgument(f"the model failed its check: {str(doc.get('error'))[:600]}")
     finally:
         await loop.run_in_executor(None, shutil.rmtree, work, True)
+        if warm is not None:
+            warm.close()  # its slot
     return time.monotonic() - start
 
 
@@ -133,10 +151,12 @@ def _prepare(
     timeout_s: float,
     memory_bytes: int,
     confinement: Confinement | None,
+    work: Path | None = None,
 ) -> tuple[Path, int]:
-    """A fresh folder holding the child's request; returns it and the address-space limit."""
+    """A folder (fresh, or a warm child's) holding the child's request; returns it and the
+    address-space limit."""
     limit = memory_bytes + MEMORY_PER_BYTE * os.path.getsize(path)
-    work = Path(tempfile.mkdtemp(prefix="p2pagent-check-"))
+    work = work or Path(tempfile.mkdtemp(prefix="p2pagent-check-"))
     sandbox: dict[str, Any] | None = None
     if confinement is not None and fmt in CODE_FORMATS:
         from p2pagent.inference import isolation
@@ -160,6 +180,83 @@ def _prepare(
     }
     (work / REQUEST).write_text(json.dumps(request))
     return work, limit
+
+
+class WarmChild:
+    """A check child started while its upload still streams: the interpreter and torch
+    (about 2 s of a publish on two cores) load meanwhile, then it waits on its stdin for the
+    word that its request is written (``go``). Only for checks that run unconfined (a
+    confined child must fence itself before it imports torch). It holds one of the node's
+    check slots (``CheckSlots``) until ``close``, which also ends it if it was not used."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release: Callable[[], None] | None = release
+        self.work = Path(tempfile.mkdtemp(prefix="p2pagent-check-"))
+        self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            [sys.executable, "-m", "p2pagent.models.publish_check", "--warm",
+             str(self.work / REQUEST)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=self.work,
+        )  # fmt: skip
+
+    def go(self) -> subprocess.Popen[bytes]:
+        """Tells the child its request is in ``work``; child and folder are the caller's
+        from now on."""
+        proc, self._proc = self._proc, None
+        assert proc is not None and proc.stdin is not None
+        with contextlib.suppress(OSError):  # died early: its missing result says so
+            proc.stdin.write(b"go\n")
+            proc.stdin.close()
+        return proc
+
+    def close(self) -> None:
+        """Ends the child if it was never told to go, and gives its slot back. Idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+            if proc.stdin is not None:
+                proc.stdin.close()
+            shutil.rmtree(self.work, ignore_errors=True)
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+class CheckSlots:
+    """At most ``concurrency`` check children at once (later checks wait their turn); an
+    upload may start its child early (``warm``) when a slot is free as it begins."""
+
+    def __init__(self, concurrency: int) -> None:
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def warm(self, fmt: str, *, confined: bool) -> WarmChild | None:
+        """A warm child for an upload of ``fmt``, or None (a slot is not free, or the check
+        of that format must fence itself first)."""
+        if (confined and fmt in CODE_FORMATS) or self._slots.locked():
+            return None
+        await self._slots.acquire()  # free: returns at once
+        try:
+            return WarmChild(self._slots.release)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def check(
+        self, path: Path, fmt: str, spec: dict[str, Any], *, warm: WarmChild | None,
+        timeout_s: float, memory_bytes: int, confinement: Confinement | None,
+    ) -> float:  # fmt: skip
+        """``check_model`` in a slot: the warm child's, or the next one free."""
+        if warm is not None:
+            return await check_model(
+                path, fmt, spec, timeout_s=timeout_s, memory_bytes=memory_bytes,
+                confinement=confinement, warm=warm,
+            )  # fmt: skip
+        async with self._slots:
+            return await check_model(
+                path, fmt, spec, timeout_s=timeout_s, memory_bytes=memory_bytes,
+                confinement=confinement,
+            )  # fmt: skip
 
 
 def _read_result(path: Path) -> dict[str, Any] | None:
@@ -315,6 +412,20 @@ def _child(request_path: str) -> int:
     return 0
 
 
+def _warm_child(request_path: str) -> int:
+    """Imports what the check needs, then waits for ``go`` (EOF: not needed after all)."""
+    import torch  # noqa: F401  # the point: loaded while the upload streams
+
+    from p2pagent.inference import loading  # noqa: F401
+    from p2pagent.inference.runner import BatchRunner  # noqa: F401
+
+    if not sys.stdin.readline():
+        return 0
+    return _child(request_path)
+
+
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if sys.argv[1] == "--warm":
+        sys.exit(_warm_child(sys.argv[2]))
     sys.exit(_child(sys.argv[1]))

@@ -23,28 +23,24 @@ left a marker that makes a restart check them), every ``sync_batch_chunks`` writ
 are fsynced together in the background while the transfer goes on, and ``seal`` syncs the
 rest before the pull returns, so the driver advertises only durable versions.
 
-The model file the loader reads is written during the pull too: each accepted chunk goes to
-a thread of its own (``WholeFile``) that writes it at its offset in a temporary file
-(``ChunkStore.open_assembly``) and extends the whole file's SHA-256 in file order
-(``whole_hash.InOrderChunks``), on another core while the next chunks arrive. If the hash
-matches the manifest the file becomes the version's assembled file (``adopt_assembly``), so
-``assemble`` neither reads the chunks back nor hashes them again; otherwise (a resumed pull, a
-write error) the file is dropped and ``assemble`` does it all as before.
+Each chunk is written at its offset in the version's one file (``version_file``), which is the
+file the loader reads once the pull is sealed: nothing is assembled or hashed again after the
+pull (every chunk was checked against the manifest's chunk hashes, which the manifest id
+covers). Hashing runs in the I/O threads (``hashlib`` releases the GIL), on another core than
+the event loop receiving the next chunks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 
 import grpc
 
@@ -55,7 +51,6 @@ from p2pagent.models.config import ModelsConfig
 from p2pagent.models.manifest import Manifest
 from p2pagent.models.store import ChunkStore
 from p2pagent.models.transfer import ChunkResult, PullPlan, Request
-from p2pagent.models.whole_hash import InOrderChunks
 from p2pagent.transport.channels import ChannelPool
 
 log = logging.getLogger(__name__)
@@ -153,12 +148,6 @@ class Puller:
         #: Chunk writes running in the I/O pool; run() returns only once they are done, so
         #: nothing is half-written behind a failed or cancelled pull.
         self._writes: set[asyncio.Future[bool]] = set()
-        #: The whole file's hash, fed in order by one thread (set up in run() for a pull that
-        #: starts from no chunks; a resumed one leaves it to assemble).
-        self._whole: WholeFile | None = None
-        self._hasher: ThreadPoolExecutor | None = None
-        self._hashed: Future[None] | None = None
-        self._queued = 0
 
     async def run(self) -> PullReport:
         loop = asyncio.get_running_loop()
@@ -168,10 +157,6 @@ class Puller:
         await loop.run_in_executor(self._io, self._store.begin_pull, m)
         have = await loop.run_in_executor(self._io, self._store.present, mid)
         report = PullReport(mid, m.chunk_count, len(have))
-        if not have:
-            tmp, fd = await loop.run_in_executor(self._io, self._store.open_assembly, mid)
-            self._whole = WholeFile(m, tmp, fd)
-            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="models-whole-file")
         if len(have) < m.chunk_count:
             log.info(
                 "models: pulling %s (%s): %d of %d chunks already on disk",
@@ -222,15 +207,14 @@ class Puller:
             self._sync_batch(force=True)
             await asyncio.gather(*self._syncs)
             await loop.run_in_executor(self._io, self._store.seal, mid)
-            await self._adopt_whole_file()
         finally:
             for task in calls:
                 task.cancel()
             await asyncio.gather(*calls, *self._syncs, *self._writes, return_exceptions=True)
-            if self._hasher is not None:
-                self._hasher.shutdown(wait=True, cancel_futures=True)
-            if self._whole is not None:
-                self._whole.discard()
+            # A failed or cancelled pull keeps what landed: durable and in the index, so the
+            # next pull (or the restarted node) resumes from it.
+            with contextlib.suppress(P2PAgentError, OSError):
+                await loop.run_in_executor(self._io, self._store.sync_chunks, mid)
         progress = plan.progress()
         report.seconds = time.monotonic() - start
         report.fetched_bytes = self._fetched
@@ -325,7 +309,6 @@ class Puller:
         result = plan.on_chunk(node, index, ok, time.monotonic())
         self._wake.set()
         if result is ChunkResult.ACCEPTED:
-            await self._hash_in_order(index, data)
             self._fetched += len(data)
             self._to_sync.append(index)
             self._sync_batch()
@@ -333,33 +316,6 @@ class Puller:
             self._corrupt(node, index)
             return False
         return True
-
-    async def _hash_in_order(self, index: int, data: memoryview) -> None:
-        """Hands an accepted chunk to the whole-file thread (one thread: chunks are handled
-        in the order queued; writing and hashing release the GIL). Waits while that thread
-        is ``max_inflight_chunks`` behind, so the chunks queued for it stay bounded."""
-        if self._hasher is None or self._whole is None:
-            return
-        self._queued += 1  # counted here only; ``handled`` only by that thread
-        hashed = self._hashed = self._hasher.submit(self._whole.add, index, data)
-        if self._queued - self._whole.handled > max(self._cfg.max_inflight_chunks, 1):
-            await asyncio.wrap_future(hashed)
-
-    async def _adopt_whole_file(self) -> None:
-        """Once sealed: the file written on the way becomes the version's assembled file if
-        every chunk went into it in order and it hashes to the manifest's sha256."""
-        whole = self._whole
-        if whole is None:
-            return
-        if self._hashed is not None:
-            await asyncio.wrap_future(self._hashed)
-        if not whole.order.done or whole.failed or whole.sha.hexdigest() != self.manifest.sha256:
-            return  # assemble hashes (and reports) it from the chunks
-        loop = asyncio.get_running_loop()
-        fd, whole.fd = whole.fd, -1
-        await loop.run_in_executor(
-            self._io, self._store.adopt_assembly, self.manifest.manifest_id, whole.path, fd
-        )
 
     def _sync_batch(self, force: bool = False) -> None:
         """Hands the written chunks to a background fsync once a batch is full."""
@@ -385,64 +341,3 @@ class Puller:
             "and not asking %s again during this pull",
             index, self.manifest.name, self.manifest.manifest_id[:12], node, node,
         )  # fmt: skip
-
-
-class WholeFile:
-    """The version's file as a pull writes it: the temporary file, each chunk at its offset,
-    and the SHA-256 of its prefix written so far. ``add`` runs on one thread; a write error
-    marks it failed (the file is then dropped and ``assemble`` makes it from the chunks,
-    reporting a full disk itself)."""
-
-    def __init__(self, manifest: Manifest, path: Path, fd: int) -> None:
-        self.path = path
-        self.fd = fd
-        self.sha = hashlib.sha256()
-        self.order = InOrderChunks(manifest.chunk_count)
-        self.failed = False
-        #: Chunks ``add`` has finished with (written by the whole-file thread alone).
-        self.handled = 0
-        self._m = manifest
-        self._buf = bytearray()
-
-    def add(self, index: int, data: memoryview) -> None:
-        try:
-            self._add(index, data)
-        finally:
-            self.handled += 1
-
-    def _add(self, index: int, data: memoryview) -> None:
-        if self.failed:
-            return
-        offset = index * self._m.chunk_size
-        try:
-            view = data
-            while view:
-                n = os.pwrite(self.fd, view, offset)
-                view, offset = view[n:], offset + n
-            for i in self.order.add(index):
-                self.sha.update(data if i == index else self._read_back(i))
-        except OSError as e:
-            self.failed = True
-            log.info("models: writing the model file during the pull failed (%s); it will be "
-                     "assembled from the chunks", e)  # fmt: skip
-
-    def _read_back(self, index: int) -> memoryview:
-        """Chunk ``index`` as written earlier (from the page cache), into a reused buffer."""
-        length = self._m.chunk_length(index)
-        if len(self._buf) < length:
-            self._buf = bytearray(length)
-        view = memoryview(self._buf)[:length]
-        got, offset = 0, index * self._m.chunk_size
-        while got < length:
-            n = os.preadv(self.fd, [view[got:]], offset + got)
-            if n == 0:
-                raise OSError(f"model file ends before chunk {index}")
-            got += n
-        return view
-
-    def discard(self) -> None:
-        """Closes and removes the file unless it was adopted (``fd`` handed over: -1)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-            self.path.unlink(missing_ok=True)

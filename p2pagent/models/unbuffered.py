@@ -1,4 +1,4 @@
-"""Writing chunk files past the page cache (``O_DIRECT``), where the file system allows it.
+"""Writing chunks past the page cache (``O_DIRECT``), where the file system allows it.
 
 Why: a pulled chunk is written once and not read back soon, yet a buffered write copies it
 into freshly allocated page-cache pages. In profiles of a pull (``perf`` on the puller) that
@@ -97,3 +97,31 @@ def _write_all(fd: int, view: memoryview) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def pwrite_direct(fd: int, data: bytes | memoryview, offset: int) -> bool:
+    """Writes ``data`` at ``offset`` of ``fd`` (opened with ``O_DIRECT``) through this thread's
+    aligned buffer; False, writing nothing, where the file system refuses ``O_DIRECT`` (the
+    caller then writes buffered). ``offset`` must be a multiple of ``ALIGN``; a length that is
+    not is padded with zeros past the end of ``data``, so the caller truncates the file to its
+    real size afterwards (only the last chunk of a version has such a length)."""
+    part = memoryview(data).cast("B")
+    size = len(part)
+    padded = _round_up(size)
+    view = memoryview(aligned_buffer(padded))
+    try:
+        view[:size] = part
+        if padded != size:
+            view[size:padded] = bytes(padded - size)
+        pos = 0
+        while pos < padded:
+            try:
+                n = os.pwrite(fd, view[pos:padded], offset + pos)
+            except OSError as e:
+                if e.errno != errno.EINVAL or pos:
+                    raise
+                return False  # the file system said no to O_DIRECT
+            pos += n
+    finally:
+        view.release()
+    return True

@@ -1,13 +1,13 @@
-"""Which chunk files this process has recently seen to match their hash (pure).
+"""Which chunks this process has recently seen to match their hash (pure).
 
 Serving a chunk re-hashes it (``verify_on_read``) so that bit rot on disk is caught here
 rather than by the peer, which would ban us for its whole pull. Hashing is the largest CPU
 cost of serving, though, and most reads are of chunks this process wrote or checked moments
 ago: a publisher serving its fresh upload, a swarm member serving each chunk to several peers.
-Those bytes come from the page cache and cannot have rotted. So the store remembers, per
-chunk file, the file's identity (inode, size, modification time) and when it last matched, and
-skips the hash while the file is unchanged and the check is younger than ``reverify_after_s``.
-A file that was replaced or rewritten has a new identity and is hashed again.
+So the store remembers, per chunk (``<version id>/<index>``), its version file's identity
+(inode, size, modification time) and when the chunk last matched, and skips the hash while
+the file is unchanged and the check is younger than ``reverify_after_s``. A file that was
+replaced or written to since has a new identity, and its chunks are hashed again.
 
 The clock is passed in (``now``), so tests control it.
 """

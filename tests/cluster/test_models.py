@@ -97,8 +97,9 @@ def _log(c: Cluster, node: str) -> str:
 
 
 def _chunk_count(c: Cluster, node: str) -> int:
-    root = c.nodes[node].data / "models" / "chunks"
-    return sum(1 for p in root.glob("*/*") if not p.name.startswith(".tmp-"))
+    """Chunks the node's partial versions name in their index (verified and durable)."""
+    root = c.nodes[node].data / "models" / "versions"
+    return sum(bin(b).count("1") for p in root.glob("*.index") for b in p.read_bytes())
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +154,8 @@ def test_publish_pull_on_two_nodes_then_infer_by_name_where_pulled(
     resp = _infer(c, "n3", demo)
     assert resp.executor == "n3"
     _check_output(resp, demo)
-    # The assembled file on n3 is the published one, byte for byte.
-    files = list((c.nodes["n3"].data / "models" / "files").glob(f"{v.manifest_id}.*"))
+    # The version's file on n3 is the published one, byte for byte.
+    files = list((c.nodes["n3"].data / "models" / "versions").glob(f"{v.manifest_id}.*"))
     assert [f.read_bytes() for f in files] == [(demo / "demo.torchscript.pt").read_bytes()]
 
 

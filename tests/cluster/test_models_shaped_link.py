@@ -64,5 +64,5 @@ def test_pull_over_links_shaped_with_tbf(tmp_path: Path) -> None:
         )
         got = c.agent("n2").PullModel(agent_pb2.PullModelRequest(name="shaped"), timeout=120)
         assert got.manifest_id == v.manifest_id and "n2" in got.holders
-        files = list((c.nodes["n2"].data / "models" / "files").glob(f"{v.manifest_id}.*"))
+        files = list((c.nodes["n2"].data / "models" / "versions").glob(f"{v.manifest_id}.*"))
         assert len(files) == 1 and files[0].read_bytes() == data

@@ -84,9 +84,15 @@ def _error(call: object) -> grpc.RpcError:
     return e.value
 
 
-def _chunk_files(node: Daemon) -> set[str]:
-    root = node.data / "models" / "chunks"
-    return {p.name for p in root.glob("*/*") if not p.name.startswith(".tmp-")}
+def _version_files(node: Daemon) -> set[str]:
+    """The files of the node's versions (uploads in progress are temporary files)."""
+    return {p.name for p in (node.data / "models" / "versions").glob("*")
+            if not p.name.startswith(".tmp-")}  # fmt: skip
+
+
+def _upload_bytes(node: Daemon) -> int:
+    """Bytes held by uploads in progress (their temporary files)."""
+    return sum(p.stat().st_size for p in (node.data / "models" / "versions").glob(".tmp-upload.*"))
 
 
 def test_publish_lists_and_serves_every_chunk(
@@ -136,7 +142,7 @@ def test_bad_names_are_refused_naming_the_problem(
 def test_inconsistent_uploads_are_refused_and_publish_nothing(
     node: Daemon, stub: agent_pb2_grpc.AgentStub
 ) -> None:
-    before = _chunk_files(node)
+    before = _version_files(node)
     data = fake_safetensors(4 * CHUNK, seed=3)
     cases = [
         (header("short", len(data) + 10), data, "ended after"),
@@ -151,7 +157,7 @@ def test_inconsistent_uploads_are_refused_and_publish_nothing(
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, h.name
         assert problem in (err.details() or ""), (h.name, err.details())
         assert not stub.ListModels(agent_pb2.ListModelsRequest(name=h.name), timeout=10).versions
-    assert _chunk_files(node) == before
+    assert _version_files(node) == before and _upload_bytes(node) == 0
 
     # Metadata that is not a usable model spec.
     bad_meta = agent_pb2.ModelMetadata(
@@ -166,7 +172,7 @@ def test_inconsistent_uploads_are_refused_and_publish_nothing(
 def test_a_cut_off_upload_publishes_nothing_and_leaves_no_chunks(
     node: Daemon, stub: agent_pb2_grpc.AgentStub
 ) -> None:
-    before = _chunk_files(node)
+    before = _version_files(node)
     data = fake_safetensors(8 * CHUNK, seed=4)
     sent_half = threading.Event()
     release = threading.Event()
@@ -179,12 +185,12 @@ def test_a_cut_off_upload_publishes_nothing_and_leaves_no_chunks(
 
     future = stub.PublishModel.future(cut_off(), timeout=30)
     assert sent_half.wait(10)
-    # The server has the first chunks on disk (staged) before the client goes away.
-    wanted = {hashlib.sha256(data[i * CHUNK : (i + 1) * CHUNK]).hexdigest() for i in range(5)}
-    _wait(lambda: wanted <= _chunk_files(node), "staged chunks on disk")
+    # The server has the first chunks on disk (in the upload's file) before the client goes.
+    _wait(lambda: _upload_bytes(node) >= 5 * CHUNK, "the upload's first chunks on disk")
     future.cancel()
     release.set()
-    _wait(lambda: _chunk_files(node) == before, "staged chunks removed after the cut")
+    _wait(lambda: _upload_bytes(node) == 0, "the upload's file removed after the cut")
+    assert _version_files(node) == before
     assert not stub.ListModels(agent_pb2.ListModelsRequest(name="cut"), timeout=10).versions
 
 
@@ -256,7 +262,7 @@ def test_cli_push_infer_by_name_ls_and_rm(
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"deleted": 1}
     assert not stub.ListModels(agent_pb2.ListModelsRequest(name="mlp"), timeout=10).versions
-    files = node.data / "models" / "files"
+    files = node.data / "models" / "versions"
     assert not [p for p in files.iterdir() if p.name.startswith(pushed["manifest_id"])]
     err = _error(lambda: stub.Infer(req, timeout=10))
     assert err.code() == grpc.StatusCode.NOT_FOUND

@@ -15,7 +15,7 @@ import torch
 
 from p2pagent.errors import InvalidArgument
 from p2pagent.inference.sandbox import landlock_abi
-from p2pagent.models.publish_check import Confinement, check_model
+from p2pagent.models.publish_check import CheckSlots, Confinement, check_model
 
 EMPTY = b'{"__metadata__":{}}'
 
@@ -109,3 +109,35 @@ def test_model_code_in_the_check_cannot_read_what_the_node_protects(tmp_path: Pa
     with pytest.raises(InvalidArgument, match="raised") as refused:
         check(Confinement(worker_uid=-1, protected=(protected,)))
     assert "SECRET" not in str(refused.value)
+
+
+def test_a_warm_child_checks_under_the_same_limits_and_holds_its_slot(tmp_path: Path) -> None:
+    """A child started before the upload ends (``CheckSlots.warm``) passes a good model,
+    refuses a bad one like a cold child, and holds a check slot until it is closed."""
+
+    async def run() -> None:
+        slots = CheckSlots(1)
+        warm = await slots.warm("safetensors", confined=False)
+        assert warm is not None
+        assert await slots.warm("safetensors", confined=False) is None  # the one slot is taken
+        path = tensorless_safetensors(tmp_path / "m.safetensors")
+        assert await slots.check(path, "safetensors", busy_spec(0), warm=warm, timeout_s=120,
+                                 memory_bytes=4 << 30, confinement=None) > 0  # fmt: skip
+        bad = await slots.warm("safetensors", confined=False)  # the slot is free again
+        assert bad is not None
+        spec = busy_spec(0)
+        spec["outputs"] = [{"name": "output", "dtype": "int64", "shape": [-1, 4]}]
+        with pytest.raises(InvalidArgument, match="declares int64"):
+            await slots.check(path, "safetensors", spec, warm=bad, timeout_s=120,
+                              memory_bytes=4 << 30, confinement=None)  # fmt: skip
+        unused = await slots.warm("safetensors", confined=False)  # an upload cut off
+        assert unused is not None
+        work = unused.work
+        unused.close()
+        assert not work.exists()
+        assert await slots.warm("export", confined=True) is None  # code: fenced first, cold
+        again = await slots.warm("safetensors", confined=False)
+        assert again is not None
+        again.close()
+
+    asyncio.run(run())

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import struct
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from p2pagent.errors import InvalidArgument
+from p2pagent.models.atomic import TEMP_PREFIX
 
 #: First bytes of every pack.
 MAGIC = b"P2PHFPK1"
@@ -200,8 +202,10 @@ def materialise(pack: Path, dest: Path, expected: Sequence[PackedFile] | None = 
     is reused. Returns ``dest``."""
     if (dest / COMPLETE_MARKER).is_file():
         return dest
-    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # Unique per call, not per process: two threads of one node (the inference cache and
+    # Generate) may unpack the same pack at once. The prefix keeps it out of the store's gc,
+    # and the store's next start removes one a crash left (``atomic.remove_stale_temps``).
+    tmp = dest.with_name(f"{TEMP_PREFIX}{dest.name}.{os.getpid()}.{secrets.token_hex(8)}")
     try:
         with pack.open("rb") as src:
             files, offset = read_index(src)

@@ -84,7 +84,9 @@ def _nothing_published(store: ChunkStore) -> None:
 def test_cut_off_upload_leaves_nothing(store: ChunkStore) -> None:
     w = writer(store)
     w.write(DATA[: CHUNK * 3 + 5])
-    assert len(stored_files(store)) == 3  # staged chunks exist while the upload runs
+    # One temporary file holds the upload while it runs; nothing counts yet.
+    assert [p.name.startswith(".tmp-upload.") for p in stored_files(store)] == [True]
+    assert store.manifests() == []
     w.abort()
     _nothing_published(store)
 
@@ -141,16 +143,16 @@ def test_header_is_validated_before_any_data(store: ChunkStore) -> None:
 def test_disk_full_mid_upload(store: ChunkStore, monkeypatch: pytest.MonkeyPatch) -> None:
     w = writer(store)
     w.write(DATA[: CHUNK * 2])
-    real_write = os.write
+    real_pwrite = os.pwrite
     calls = {"n": 0}
 
-    def fills_up(fd: int, data: Any) -> int:
+    def fills_up(fd: int, data: Any, offset: int) -> int:
         calls["n"] += 1
         if calls["n"] > 1:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(fd, data)
+        return real_pwrite(fd, data, offset)
 
-    monkeypatch.setattr(os, "write", fills_up)
+    monkeypatch.setattr(os, "pwrite", fills_up)
     with pytest.raises(ResourceExhausted, match="disk full"):
         w.write(DATA[CHUNK * 2 :])
     monkeypatch.undo()

@@ -124,8 +124,8 @@ def puller(
     )
 
 
-def markers(store: ChunkStore) -> list[str]:
-    return [p.name for p in (store.root / "unsynced").iterdir()]
+def files(store: ChunkStore) -> list[str]:
+    return sorted(p.name for p in store.versions_dir.iterdir())
 
 
 async def test_pull_verifies_writes_and_seals_before_returning(tmp_path: Path) -> None:
@@ -135,7 +135,7 @@ async def test_pull_verifies_writes_and_seals_before_returning(tmp_path: Path) -
     holders = {"n1": Holding("a1"), "bad": Holding("a2")}
     report = await puller(store, pool, holders, advertised).run()
     assert store.is_complete(MANIFEST.manifest_id)  # sealed: durable and complete
-    assert markers(store) == []
+    assert files(store) == [f"{MANIFEST.manifest_id}.safetensors"]
     assert store.assemble(MANIFEST.manifest_id).read_bytes() == DATA
     assert report.corrupt >= 1 and "bad" in report.banned
     assert set(report.received_from) == {"n1"}
@@ -157,61 +157,54 @@ async def test_partial_holders_serve_what_they_advertise(tmp_path: Path) -> None
     assert not set(pool.asked["pub"]) & half
 
 
-async def test_full_disk_fails_the_pull_leaving_no_partial_file(
+async def test_full_disk_fails_the_pull_keeping_what_is_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = ChunkStore(tmp_path, CFG)
-    store.begin_pull(MANIFEST)  # the manifest fits; the chunks will not
-    real_write = os.write
+    store.begin_pull(MANIFEST)  # the manifest and the file fit; the chunks will not
+    real_pwrite = os.pwrite
     written: list[int] = []
 
-    def full_after_a_few(fd: int, data: Any) -> int:
+    def full_after_a_few(fd: int, data: Any, offset: int) -> int:
         if len(written) >= 5:
             raise OSError(errno.ENOSPC, "No space left on device")
-        written.append(fd)
-        return real_write(fd, data)
+        written.append(offset)
+        return real_pwrite(fd, data, offset)
 
-    monkeypatch.setattr(os, "write", full_after_a_few)
+    monkeypatch.setattr(os, "pwrite", full_after_a_few)
     pool = FakePool({"a1": honest})
     with pytest.raises(ResourceExhausted, match="disk full"):
         await puller(store, pool, {"n1": Holding("a1")}).run()
     monkeypatch.undo()
-    temps = [p for p in (tmp_path / "chunks").rglob("*") if p.name.startswith(".tmp-")]
-    assert temps == []
     assert not store.is_complete(MANIFEST.manifest_id)
-    # What did land is kept for the retry, and a restart would check it (marker kept).
-    assert markers(store) == [MANIFEST.manifest_id]
-    assert len(store.present(MANIFEST.manifest_id)) <= 5
-
-
-def files(store: ChunkStore) -> list[str]:
-    return sorted(p.name for p in (store.root / "files").iterdir())
-
-
-async def test_a_fresh_pull_writes_and_hashes_the_model_file_on_the_way(tmp_path: Path) -> None:
-    store = ChunkStore(tmp_path, CFG)
-    pool = FakePool({"a1": honest, "a2": corrupt})  # some chunks arrive twice, out of order
-    await puller(store, pool, {"n1": Holding("a1"), "bad": Holding("a2")}).run()
-    # The assembled file is there once the pull returns (no temporary left), with the bytes.
-    assert files(store) == [f"{MANIFEST.manifest_id}.safetensors"]
-    assert MANIFEST.manifest_id in store._whole_checked
-    path = store.assemble(MANIFEST.manifest_id)
-    assert path.read_bytes() == DATA
-
-
-async def test_a_resumed_pull_leaves_the_model_file_to_assemble(tmp_path: Path) -> None:
-    store = ChunkStore(tmp_path, CFG)
-    store.put_manifest(MANIFEST)
-    assert store.write_chunk(MANIFEST.manifest_id, 0, honest(0) or b"")
-    await puller(store, FakePool({"a1": honest}), {"n1": Holding("a1")}).run()
-    assert files(store) == []  # it never saw chunk 0 go by: nothing written on the way
-    assert MANIFEST.manifest_id not in store._whole_checked
+    assert not [p for p in store.versions_dir.iterdir() if p.name.startswith(".tmp-")]
+    # What did land is kept for the retry (it resumes from there), and nothing more.
+    have = store.present(MANIFEST.manifest_id)
+    assert len(have) <= 5
+    assert ChunkStore(tmp_path, CFG).present(MANIFEST.manifest_id) <= have
+    await puller(store, pool, {"n1": Holding("a1")}).run()
     assert store.assemble(MANIFEST.manifest_id).read_bytes() == DATA
 
 
-async def test_a_failed_pull_leaves_no_partial_model_file(tmp_path: Path) -> None:
+async def test_a_resumed_pull_fetches_only_what_is_missing(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path, CFG)
+    store.put_manifest(MANIFEST)
+    for i in range(10):
+        assert store.write_chunk(MANIFEST.manifest_id, i, honest(i) or b"")
+    pool = FakePool({"a1": honest})
+    report = await puller(ChunkStore(tmp_path, CFG), pool, {"n1": Holding("a1")}).run()
+    assert report.resumed == 10
+    assert sorted(pool.asked["a1"]) == list(range(10, N))
+    assert ChunkStore(tmp_path, CFG).assemble(MANIFEST.manifest_id).read_bytes() == DATA
+
+
+async def test_a_failed_pull_leaves_a_partial_file_to_resume(tmp_path: Path) -> None:
     store = ChunkStore(tmp_path, ModelsConfig(chunk_size=CHUNK, stall_timeout_s=0.5))
     lacking: Serve = lambda i: honest(i) if i < N // 2 else None  # noqa: E731
     with pytest.raises(Exception, match="no live holder"):
         await puller(store, FakePool({"a1": lacking}), {"n1": Holding("a1")}).run()
-    assert files(store) == []
+    mid = MANIFEST.manifest_id
+    assert files(store) == [f"{mid}.index", f"{mid}.partial"]
+    landed = store.present(mid)
+    assert landed and landed <= set(range(N // 2))
+    assert ChunkStore(tmp_path, CFG).present(mid) == landed  # all of it synced and indexed

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,7 +61,59 @@ def test_a_file_altered_in_the_pack_is_refused_and_nothing_is_left(tmp_path: Pat
     p.write_bytes(bytes(data))
     with pytest.raises(InvalidArgument, match="does not match its SHA-256"):
         pack.materialise(p, tmp_path / "out", files)
-    assert list(tmp_path.glob("out*")) == []
+    assert list(tmp_path.glob("out*")) == [] and list(tmp_path.glob(".tmp-*")) == []
+
+
+def test_two_threads_unpacking_the_same_pack_at_once_both_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inference cache and Generate may unpack one version at the same moment in one
+    process. Forced interleaving: A has written its first file when B starts, and A
+    finishes while B is inside; with one temporary folder per process, B's start removed
+    A's first file and A published a folder without it."""
+    root = _folder(tmp_path / "m")
+    p = tmp_path / "m.hfpack"
+    files = _write(root, p)
+    a_wrote_first, b_inside, a_done = threading.Event(), threading.Event(), threading.Event()
+    files_begun: dict[str, int] = {}
+    real_read_index, real_hashlib = pack.read_index, pack.hashlib
+
+    class Hashlib:
+        @staticmethod
+        def sha256(*args: Any) -> Any:
+            me = threading.current_thread().name
+            files_begun[me] = files_begun.get(me, 0) + 1
+            if me == "A" and files_begun[me] == 2:
+                a_wrote_first.set()
+                assert b_inside.wait(10)
+            return real_hashlib.sha256(*args)
+
+    def read_index(src: Any) -> Any:
+        if threading.current_thread().name == "B":
+            b_inside.set()
+            assert a_done.wait(10)
+        return real_read_index(src)
+
+    monkeypatch.setattr(pack, "hashlib", Hashlib)
+    monkeypatch.setattr(pack, "read_index", read_index)
+    outs: list[Path] = []
+
+    def unpack() -> None:
+        outs.append(pack.materialise(p, tmp_path / "out", files))
+        if threading.current_thread().name == "A":
+            a_done.set()
+
+    a = threading.Thread(target=unpack, name="A")
+    a.start()
+    assert a_wrote_first.wait(10)
+    b = threading.Thread(target=unpack, name="B")
+    b.start()
+    a.join(20)
+    b.join(20)
+    assert outs == [tmp_path / "out"] * 2
+    for f in files:
+        assert (tmp_path / "out" / f.path).read_bytes() == (root / f.path).read_bytes()
+    assert list(tmp_path.glob(".tmp-*")) == []
 
 
 def test_a_pack_whose_list_differs_from_the_manifest_is_refused(tmp_path: Path) -> None:
