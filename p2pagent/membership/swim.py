@@ -520,7 +520,7 @@ class Swim:
             self._members.add(m)
             self._changed(m, None, now)
             self._queue.put(u)
-            self._catch_up.learned(now, catch_up_delay(self.config.probe_interval))
+            self._catch_up.learned()
             return
         if not alive_wins(m, u):
             return

@@ -3,6 +3,7 @@ an unknown member is answered with a push-pull (``membership/catch_up.py``)."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -44,38 +45,52 @@ def test_64_members_joining_at_once_all_see_all_within_seconds_despite_loss(seed
 
 def test_a_lone_joiner_stops_catching_up_after_rounds_that_teach_nothing() -> None:
     seed = core("s", "b", "c")
-    joiner = Swim("j", "j", CFG, random.Random(2), seeds=["s"], now=0.0)
+    # No periodic push-pull within the window: every one counted is a catch-up.
+    cfg = MembershipConfig(push_pull_interval=1000.0).validate()
+    joiner = Swim("j", "j", cfg, random.Random(2), seeds=["s"], now=0.0)
     [join] = joiner.join(0.0)
     [reply] = seed.handle(join.message, 0.0)
     joiner.handle(reply.message, 0.01)
     assert {m.name for m in joiner.members()} == {"s", "b", "c", "j"}
     sent: list[str] = []
     t = 0.01
-    while t < CFG.push_pull_interval / 2:  # before the periodic push-pull can come
+    while t < 60.0:
         t = max(t, joiner.next_deadline())
         for s in joiner.tick(t):
-            if s.message.kind is Kind.PUSH_PULL:
+            m = s.message
+            if m.kind is Kind.PING:  # every peer is alive and answers
+                joiner.handle(Message(Kind.ACK, m.target, s.address, seq=m.seq), t)
+            elif m.kind is Kind.PUSH_PULL:
                 sent.append(s.address)
                 # The peers know nobody new: the reply teaches nothing.
                 table = tuple(
-                    Update(m.name, m.incarnation, State(m.state), m.name, m.address)
-                    for m in joiner.members()
+                    Update(v.name, v.incarnation, State(v.state), v.name, v.address)
+                    for v in joiner.members()
                 )
                 joiner.handle(Message(Kind.PUSH_PULL_REPLY, s.address, s.address, members=table), t)
         t += 0.001
     assert len(sent) == CATCH_UP_ROUNDS
     assert set(sent) <= {"s", "b", "c"}
+    assert all(v.state == "alive" for v in joiner.members())
 
 
-def test_catch_up_starts_again_while_the_table_grows() -> None:
+def test_catch_up_backs_off_while_quiet_and_starts_again_on_news() -> None:
     c = CatchUp()
     assert not c.active and not c.due(100.0, 1.0)
     c.start(0.0, 1.0)
-    assert c.due(1.0, 1.0) and c.active and c.next_at == 2.0
-    c.learned(1.5, 1.0)  # a new member: the count starts again
-    assert c.due(2.0, 1.0) and c.due(3.0, 1.0)
-    assert not c.active and not c.due(10.0, 1.0)
-    c.learned(11.0, 1.0)  # done: news no longer re-arms it
+    assert not c.due(0.5, 1.0)
+    assert c.due(1.0, 1.0) and c.next_at == 3.0  # quiet: the gap doubles
+    assert c.due(3.0, 1.0) and c.next_at == 7.0
+    c.learned()  # a new member: back to the short delay and a full count
+    assert c.due(7.0, 1.0) and c.next_at == 8.0
+    times = []
+    while c.active:
+        t = c.next_at
+        if c.due(t, 1.0):
+            times.append(t)
+    assert len(times) == CATCH_UP_ROUNDS - 1
+    assert c.next_at == math.inf and not c.due(1e6, 1.0)
+    c.learned()  # done: news no longer re-arms it
     assert not c.active
 
 
