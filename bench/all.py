@@ -62,7 +62,8 @@ SMALL: list[list[str]] = [
     ["bench.streams", "--small"],
     ["bench.submit_decode"],
     ["bench.chaos", "--duration", "30"],
-    ["bench.scale", "--sizes", "3,6", "--idle", "5", "--settle", "1", "--sim-sizes", "16,32"],
+    ["bench.scale", "--sizes", "3,6", "--idle", "5", "--settle", "1", "--sim-sizes", "16,32",
+     "--join-sim-sizes", "32"],
     ["bench.training", "--quick"],
     ["bench.generation", "--small"],
 ]  # fmt: skip
