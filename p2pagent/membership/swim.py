@@ -302,6 +302,10 @@ class Swim:
 
     def _run_probe(self, now: float, out: list[Send]) -> None:
         p = self._probe
+        late = 0.0 if p is None else p.starved_for(now, self.config.probe_timeout)
+        if p is not None and late:
+            p.extend(late)  # we were starved, not (yet) the target: see Probe.starved_for
+            self._adjust_awareness(1)
         if p is not None and not p.acked and not p.indirect_sent and now >= p.indirect_at:
             self._send_indirect(p, out)
         if p is not None and now >= p.end_at:
