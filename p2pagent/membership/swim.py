@@ -227,12 +227,15 @@ class Swim:
 
     def next_deadline(self) -> float:
         t = min(
-            self._next_gossip,
             self._next_push_pull,
             self._next_rejoin,
             self._join_retry.next_at,
             self._catch_up.next_at,
         )
+        if self._out:
+            # Gossip rounds only while something waits to be said: an idle member does not wake
+            # five times a second to find nothing (a round overdue when news comes runs at once).
+            t = min(t, self._next_gossip)
         if not self.leaving:
             t = min(t, self._next_probe)
             if self._probe is not None:
