@@ -55,7 +55,7 @@ class Probe:
         be waiting unread behind this very tick, so judging now would suspect a member for our
         own slowness: the probe gets the time we lost and that fraction of a timeout more to
         read what waits, once (Lifeguard's "assume the problem may be me"), and the caller
-        raises its own awareness.
+        raises its own awareness (a member that finds itself slow backs off).
         """
         if self.extended or self.acked:
             return 0.0

@@ -25,14 +25,13 @@ order a newcomer will look for them:
   interval too) grow with local health awareness; suspicion timeouts start long and shrink
   as independent members confirm; a ping to a suspect carries the suspicion (buddy); a
   member that only heard the rumour takes a last look at the suspect before declaring it
-  dead.
+  dead; a member whose own tick came late gives its probe the lost time (`probing`).
 * Push-pull (here): a join, and every push-pull interval, exchanges full member tables with
   one member. Remote Dead claims are merged as origin-less Suspect (`precedence.as_relayed`).
 * Re-join (`rejoin`): re-joins with dead members and seeds heal partitions without operator
-  action; a member that knows no peer retries its join on a short, doubling delay.
-* Catch-up (`catch_up`): a member that just joined push-pulls again while its table still
-  grows, and a message from an unknown member is answered with a push-pull to it, so that a
-  mass join does not wait for the periodic push-pull to fill the gaps gossip left.
+  action; a member that knows no peer retries its join on a short, doubling delay. Catch-up
+  (`catch_up`): a joiner push-pulls again while its table grows, and an unknown sender is
+  answered with a push-pull, so a mass join does not wait for the periodic one.
 * Load hints (`hints`): a member's small load summary, published by the tasks layer when it
   changed materially, rides on the same messages (piggybacked, bounded per message,
   retransmitted like updates) and on push-pull; hints about non-members, out of range or
