@@ -25,7 +25,10 @@ loopback addresses, join through one seed and idle. Reported per node:
 
 Then the same membership cores in the deterministic simulator (``p2pagent.sim.membership``),
 idle, for N up to 1,000: messages and bytes per node per second through the shipped cores and
-codec (target: flat within 1.3x from N = 16 up).
+codec (target: flat within 1.3x from N = 16 up); and a simulated mass join (every member
+started within 3 s, each knowing only the seed, 5 % loss): seconds from the last start until
+every member sees every other alive (target: 5 s, as for real daemons), and push-pulls per
+member.
 
 Every daemon is killed when the run ends, on failure and on Ctrl-C or SIGTERM too; the
 iptables chain is removed the same way. Ratios are within one run: on a shared machine read
@@ -51,7 +54,7 @@ from types import FrameType
 from bench._proc import cpu_seconds
 from p2pagent.membership.config import MembershipConfig
 from p2pagent.membership.timing import push_pull_interval, suspicion_min
-from p2pagent.sim.membership import MembershipScenario, simulate
+from p2pagent.sim.membership import MembershipScenario, simulate, simulate_mass_join
 from p2pagent.testing.cluster import Cluster
 
 POLL_S = 0.5
@@ -288,6 +291,19 @@ def run_sim(n: int, duration: float) -> SimRow:
                   r.false_positives)  # fmt: skip
 
 
+@dataclass
+class JoinSimRow:
+    nodes: int
+    seconds_to_full: float | None
+    push_pulls_per_node: float
+    false_positives: int
+
+
+def run_join_sim(n: int) -> JoinSimRow:
+    r = simulate_mass_join(MembershipScenario(nodes=n, loss=0.05, seed=1), 3.0, 120.0)
+    return JoinSimRow(n, r.seconds_to_full, r.push_pulls_per_node, r.false_positives)
+
+
 def sim_duration(n: int, minimum: float) -> float:
     """Two push-pull intervals at ``n`` (the interval grows with N; the first round of each
     member falls in the first one and a half), so that every size is measured alike."""
@@ -297,7 +313,9 @@ def sim_duration(n: int, minimum: float) -> float:
 # ---- targets --------------------------------------------------------------------------------
 
 
-def targets(rows: list[ClusterRow], sims: list[SimRow]) -> list[dict[str, object]]:
+def targets(
+    rows: list[ClusterRow], sims: list[SimRow], joins: list[JoinSimRow]
+) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
 
     def add(name: str, measured: float | None, target: float) -> None:
@@ -321,6 +339,9 @@ def targets(rows: list[ClusterRow], sims: list[SimRow]) -> list[dict[str, object
             add(f"idle CPU N={n} / N={m}", _ratio(big.cpu_pct, small.cpu_pct), 1.2)
             add(f"bytes per s N={n} / N={m}", _ratio(big.bytes_per_s, small.bytes_per_s), 1.2)
             add(f"RSS N={n} / N={m}", _ratio(big.rss_mb, small.rss_mb), 1.15)
+    for j in joins:
+        add(f"simulated mass join at N={j.nodes}: all see all after the last start (s)",
+            j.seconds_to_full, 5.0)  # fmt: skip
     flat = [s for s in sims if s.nodes >= 16]
     if len(flat) >= 2:
         lo, hi = flat[0], flat[-1]
@@ -349,12 +370,14 @@ def main() -> None:
     p.add_argument("--settle", type=float, default=30.0, help="seconds after the join, first")
     p.add_argument("--sim-sizes", default="16,64,256,1000", help="simulated sizes ('' for none)")
     p.add_argument("--sim-min-s", type=float, default=30.0, help="shortest simulated run, s")
+    p.add_argument("--join-sim-sizes", default="64,256", help="simulated mass joins ('' for none)")
     p.add_argument("--no-iptables", action="store_true", help="count bytes with wchar instead")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     signal.signal(signal.SIGTERM, _sigterm)
     sizes = [int(x) for x in args.sizes.split(",") if x]
     sim_sizes = [int(x) for x in args.sim_sizes.split(",") if x]
+    join_sizes = [int(x) for x in args.join_sim_sizes.split(",") if x]
     port_bytes = not args.no_iptables and PortCounters.available()
     rows: list[ClusterRow] = []
     with tempfile.TemporaryDirectory(prefix="p2pscale-") as tmp:
@@ -363,10 +386,11 @@ def main() -> None:
             # Progress (stderr with --json, whose stdout is one document).
             print(json.dumps(asdict(rows[-1])), flush=True, file=sys.stderr if args.json else None)
     sims = [run_sim(n, sim_duration(n, args.sim_min_s)) for n in sim_sizes]
-    result = targets(rows, sims)
+    joins = [run_join_sim(n) for n in join_sizes]
+    result = targets(rows, sims, joins)
     if args.json:
         doc = {"cluster": [asdict(r) for r in rows], "sim": [asdict(s) for s in sims],
-               "targets": result}  # fmt: skip
+               "join_sim": [asdict(j) for j in joins], "targets": result}  # fmt: skip
         print(json.dumps(doc, indent=2))
         return
     print("\n| N | join s | idle CPU % | bytes/s | RSS MB | false susp. | detect s (model) |")
@@ -381,6 +405,11 @@ def main() -> None:
     for s in sims:
         print(f"| {s.nodes} | {s.seconds:.0f} | {s.messages_per_node_per_s} | "
               f"{s.bytes_per_node_per_s} | {s.false_positives} |")  # fmt: skip
+    print("\n| simulated mass join, N | all see all after the last start, s | push-pulls per "
+          "member | false deaths |\n|---:|---:|---:|---:|")  # fmt: skip
+    for j in joins:
+        print(f"| {j.nodes} | {j.seconds_to_full} | {j.push_pulls_per_node} | "
+              f"{j.false_positives} |")  # fmt: skip
     print("\n| target | measured | target | met |\n|---|---:|---:|---|")
     for t in result:
         print(f"| {t['name']} | {t['measured']} | {t['target']} | {'yes' if t['met'] else 'no'} |")

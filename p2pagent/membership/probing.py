@@ -26,6 +26,9 @@ from p2pagent.membership.members import Member, MemberTable
 
 #: Fraction of the probe timeout an indirect prober waits before answering NACK.
 NACK_FRACTION = 0.8
+#: A tick that comes this fraction of the probe timeout after a probe's deadline means this
+#: member was not running when it should have (see ``Probe.starved_for``).
+LATE_FRACTION = 0.5
 
 
 @dataclass(slots=True)
@@ -38,9 +41,31 @@ class Probe:
     indirect_sent: bool = False
     expected_nacks: int = 0
     nacks: int = 0
+    extended: bool = False
 
     def next_deadline(self) -> float:
         return self.end_at if self.indirect_sent or self.acked else self.indirect_at
+
+    def starved_for(self, now: float, timeout: float) -> float:
+        """Seconds to add to the probe's deadlines when this tick came late enough to matter
+        and the probe was not extended yet; else 0.
+
+        The driver ticks at the deadline; a tick well after it means this member's own loop
+        was starved (a busy CPU: 64 daemons starting on two cores). The target's ack may then
+        be waiting unread behind this very tick, so judging now would suspect a member for our
+        own slowness: the probe gets the time we lost and that fraction of a timeout more to
+        read what waits, once (Lifeguard's "assume the problem may be me"), and the caller
+        raises its own awareness (a member that finds itself slow backs off).
+        """
+        if self.extended or self.acked:
+            return 0.0
+        late = now - self.next_deadline()
+        return late + LATE_FRACTION * timeout if late > LATE_FRACTION * timeout else 0.0
+
+    def extend(self, by: float) -> None:
+        self.indirect_at += by
+        self.end_at += by
+        self.extended = True
 
     def awareness_penalty(self) -> int:
         """How much a failed probe raises local health awareness: one per helper whose NACK

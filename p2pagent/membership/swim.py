@@ -25,11 +25,13 @@ order a newcomer will look for them:
   interval too) grow with local health awareness; suspicion timeouts start long and shrink
   as independent members confirm; a ping to a suspect carries the suspicion (buddy); a
   member that only heard the rumour takes a last look at the suspect before declaring it
-  dead.
+  dead; a member whose own tick came late gives its probe the lost time (`probing`).
 * Push-pull (here): a join, and every push-pull interval, exchanges full member tables with
   one member. Remote Dead claims are merged as origin-less Suspect (`precedence.as_relayed`).
 * Re-join (`rejoin`): re-joins with dead members and seeds heal partitions without operator
-  action; a member that knows no peer retries its join on a short, doubling delay.
+  action; a member that knows no peer retries its join on a short, doubling delay. Catch-up
+  (`catch_up`): a joiner push-pulls again while its table grows, and an unknown sender is
+  answered with a push-pull, so a mass join does not wait for the periodic one.
 * Load hints (`hints`): a member's small load summary, published by the tasks layer when it
   changed materially, rides on the same messages (piggybacked, bounded per message,
   retransmitted like updates) and on push-pull; hints about non-members, out of range or
@@ -47,6 +49,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from p2pagent.membership import timing
+from p2pagent.membership.catch_up import CatchUp, UnknownSenders, catch_up_delay
 from p2pagent.membership.config import MembershipConfig
 from p2pagent.membership.hints import LoadHint
 from p2pagent.membership.members import Member, MemberTable
@@ -125,6 +128,8 @@ class Swim:
         self._next_push_pull = now + config.push_pull_interval * (0.5 + jitter)
         self._next_rejoin = now + config.rejoin_interval * (0.5 + jitter)
         self._join_retry = JoinRetry()
+        self._catch_up = CatchUp()
+        self._unknown = UnknownSenders()
 
     # ---- views ------------------------------------------------------------------------------
 
@@ -204,6 +209,8 @@ class Swim:
         targets = [a for a in (self.seeds if addresses is None else addresses) if a != self.address]
         if targets and addresses is None:
             self._join_retry.arm(now)
+        if targets:
+            self._catch_up.start(now, catch_up_delay(self.config.probe_interval))
         return [self._push_pull_to(a, "", join=True) for a in targets]
 
     def leave(self, now: float) -> list[Send]:
@@ -219,8 +226,15 @@ class Swim:
 
     def next_deadline(self) -> float:
         t = min(
-            self._next_gossip, self._next_push_pull, self._next_rejoin, self._join_retry.next_at
+            self._next_push_pull,
+            self._next_rejoin,
+            self._join_retry.next_at,
+            self._catch_up.next_at,
         )
+        if self._out:
+            # Gossip rounds only while something waits to be said: an idle member does not wake
+            # five times a second to find nothing (a round overdue when news comes runs at once).
+            t = min(t, self._next_gossip)
         if not self.leaving:
             t = min(t, self._next_probe)
             if self._probe is not None:
@@ -243,15 +257,15 @@ class Swim:
             self._gossip(now, out)
         if now >= self._next_push_pull:
             self._next_push_pull = now + self._push_pull_interval()
-            if self._members.peers and not self.leaving:
-                target = self._members[self.rng.choice(self._members.peers)]
-                out.append(self._push_pull_to(target.address, target.name))
+            self._push_pull_random(out)
         if now >= self._next_rejoin:
             self._next_rejoin = now + self.config.rejoin_interval
             if not self.leaving:
                 self._rejoin(out)
         if now >= self._join_retry.next_at:
             self._retry_join(now, out)
+        if self._catch_up.due(now, catch_up_delay(self.config.probe_interval)):
+            self._push_pull_random(out)
         return out
 
     def handle(self, msg: Message, now: float) -> list[Send]:
@@ -280,12 +294,20 @@ class Swim:
         # After the members (a push-pull's table may introduce the hints' subjects).
         for h in msg.hints:
             self._offer_hint(h)
+        unknown = msg.src not in self._members and msg.src != self.name and not self.leaving
+        if unknown and msg.src_address and self._unknown.should_ask(msg.src_address, now):
+            # It knows us and we do not know it (gossip missed us): ask for its table.
+            out.append(self._push_pull_to(msg.src_address, msg.src))
         return out
 
     # ---- probing ----------------------------------------------------------------------------
 
     def _run_probe(self, now: float, out: list[Send]) -> None:
         p = self._probe
+        late = 0.0 if p is None else p.starved_for(now, self.config.probe_timeout)
+        if p is not None and late:
+            p.extend(late)  # we were starved, not (yet) the target: see Probe.starved_for
+            self._adjust_awareness(1)
         if p is not None and not p.acked and not p.indirect_sent and now >= p.indirect_at:
             self._send_indirect(p, out)
         if p is not None and now >= p.end_at:
@@ -439,6 +461,11 @@ class Swim:
         self.counters.push_pulls += 1
         return self._out.push_pull(address, name, join=join)
 
+    def _push_pull_random(self, out: list[Send]) -> None:
+        if self._members.peers and not self.leaving:
+            target = self._members[self.rng.choice(self._members.peers)]
+            out.append(self._push_pull_to(target.address, target.name))
+
     def _rejoin(self, out: list[Send]) -> None:
         for address, name in rejoin_targets(self.rng, self._members, self.seeds):
             self.counters.rejoins += 1
@@ -499,6 +526,7 @@ class Swim:
             self._members.add(m)
             self._changed(m, None, now)
             self._queue.put(u)
+            self._catch_up.learned()
             return
         if not alive_wins(m, u):
             return
