@@ -33,6 +33,30 @@ _M_FIELD, _M_NESTED, _M_ENUM = 2, 3, 4
 _S_METHOD, _E_VALUE = 2, 2
 
 Comments = dict[tuple[int, ...], str]
+#: A lint rule waived on one element, and the reason (a sentence that may run over several
+#: lines); listed under Conventions, left out of the element's description.
+_IGNORE = "buf:lint:ignore "
+_WHY = "Lint exception: "
+
+
+def _lint_parts(comment: str) -> tuple[list[str], list[str], list[str]]:
+    """(description lines, rules waived, reason lines) of one comment."""
+    text, rules, why = [], [], []
+    in_why = False
+    for raw in comment.strip().splitlines():
+        line = raw.strip()
+        if line.startswith(_IGNORE):
+            rules.append(line.removeprefix(_IGNORE).split()[0])
+        elif line.startswith(_WHY) or in_why:
+            why.append(line.removeprefix(_WHY))
+            in_why = not line.endswith(".")
+        elif line:
+            text.append(line)
+    return text, rules, why
+
+
+def _description(comment: str) -> list[str]:
+    return _lint_parts(comment)[0]
 
 
 def _descriptors() -> descriptor_pb2.FileDescriptorSet:
@@ -57,14 +81,46 @@ def _comments(f: descriptor_pb2.FileDescriptorProto) -> Comments:
     out: Comments = {}
     for loc in f.source_code_info.location:
         text = " ".join(
-            line.strip()
+            line
             for part in (loc.leading_comments, loc.trailing_comments)
-            for line in part.strip().splitlines()
-            if line.strip()
+            for line in _description(part)
         )
         if text:
             out[tuple(loc.path)] = text
     return out
+
+
+def _element(f: descriptor_pb2.FileDescriptorProto, path: tuple[int, ...]) -> str:
+    """The name of the element at a source path (services, RPCs, messages, enums)."""
+    if path[:1] == (_SERVICE,) and len(path) >= 2:
+        svc = f.service[path[1]]
+        if len(path) >= 4 and path[2] == _S_METHOD:
+            return f"{svc.name}.{svc.method[path[3]].name}"
+        return svc.name
+    if path[:1] == (_MESSAGE,) and len(path) >= 2:
+        return f.message_type[path[1]].name
+    if path[:1] == (_ENUM,) and len(path) >= 2:
+        return f.enum_type[path[1]].name
+    return Path(f.name).name
+
+
+def _lint_exceptions(files: list[descriptor_pb2.FileDescriptorProto]) -> Iterator[str]:
+    """A table of the ``buf:lint:ignore RULE reason`` comments: what is waived where, and why."""
+    # Elements waived alike, for the same reason, share one row.
+    rows: dict[tuple[str, str], list[str]] = {}
+    for f in files:
+        for loc in f.source_code_info.location:
+            _, rules, reason = _lint_parts(loc.leading_comments)
+            if rules:
+                key = (", ".join(f"`{r}`" for r in rules), " ".join(reason))
+                rows.setdefault(key, []).append(f"`{_element(f, tuple(loc.path))}`")
+    if not rows:
+        yield "None: every rule holds everywhere."
+        return
+    yield "| elements | rules waived | why |"
+    yield "|---|---|---|"
+    for (waived, because), elements in rows.items():
+        yield f"| {', '.join(elements)} | {waived} | {_cell(because) or 'not given'} |"
 
 
 def _short(type_name: str) -> str:
@@ -192,9 +248,23 @@ def render() -> str:
         "     comments, not this file. tests/unit/test_docs_fresh.py checks it is fresh. -->",
         "",
         "Package `p2pagent.v1`. Every node serves both services over mutual TLS, plus the",
-        "standard `grpc.health.v1.Health` and server reflection, so stock tools (grpcurl,",
-        "grpc_health_probe) work with a client certificate. Errors are gRPC status codes with",
-        "a message that names the problem (docs/operations.md says which code means what).",
+        "standard `grpc.health.v1.Health` and server reflection (`grpc.reflection.v1` and",
+        "`v1alpha`), so stock tools (grpcurl, grpc_health_probe) work with a client",
+        "certificate. Errors are gRPC status codes with a message that names the problem",
+        "(docs/operations.md says which code means what).",
+        "",
+        "## Conventions",
+        "",
+        "The protos follow [buf's STANDARD lint rules](https://buf.build/docs/lint/rules/)",
+        "(`proto/buf.yaml`): each service's name ends in `Service`; each RPC has its own",
+        "`<Rpc>Request` and `<Rpc>Response` (types shared between RPCs are fields of them);",
+        "enum values carry their enum's name as a prefix and the zero value is",
+        "`<ENUM>_UNSPECIFIED`. Check with `cd proto && buf lint`; without buf,",
+        "`python -m p2pagent._proto.lint` checks the same rules (tests/unit/test_proto_lint.py",
+        "runs whichever is installed). Deliberate exceptions, each a `buf:lint:ignore` comment",
+        "in the .proto with its reason:",
+        "",
+        "@@LINT_EXCEPTIONS@@",
         "",
         "## Who may call what",
         "",
@@ -204,7 +274,10 @@ def render() -> str:
         "",
         authorization.render(),
     ]
-    by_name = {Path(f.name).stem: f for f in _descriptors().file}
+    files = list(_descriptors().file)
+    at = out.index("@@LINT_EXCEPTIONS@@")
+    out[at : at + 1] = _lint_exceptions(files)
+    by_name = {Path(f.name).stem: f for f in files}
     for stem in FILES:
         f = by_name[stem]
         notes = _comments(f)

@@ -29,7 +29,8 @@ NODE = frozenset({Role.NODE})
 AGENT = "/p2pagent.v1.Agent/"
 PEER = "/p2pagent.v1.Peer/"
 HEALTH = "/grpc.health.v1.Health/"
-REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/"
+REFLECTION = "/grpc.reflection.v1.ServerReflection/"
+REFLECTION_V1ALPHA = "/grpc.reflection.v1alpha.ServerReflection/"
 
 #: Full gRPC method name -> (roles allowed, what the method does, for the docs).
 TABLE: dict[str, tuple[frozenset[Role], str]] = {
@@ -74,6 +75,7 @@ TABLE: dict[str, tuple[frozenset[Role], str]] = {
     HEALTH + "List": (CLIENT, "gRPC health"),
     HEALTH + "Watch": (CLIENT, "gRPC health"),
     REFLECTION + "ServerReflectionInfo": (CLIENT, "gRPC server reflection"),
+    REFLECTION_V1ALPHA + "ServerReflectionInfo": (CLIENT, "gRPC server reflection (older name)"),
 }
 
 #: The order roles are listed in messages and docs.

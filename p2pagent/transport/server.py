@@ -1,4 +1,5 @@
-"""The node's gRPC server: mutual TLS, the guard interceptor, health and reflection."""
+"""The node's gRPC server: mutual TLS, the guard interceptor, health and reflection (v1 and
+v1alpha, see transport/reflection.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from p2pagent.config import parse_address
 from p2pagent.errors import ConfigError
@@ -15,6 +15,7 @@ from p2pagent.identity.material import TLSMaterial
 from p2pagent.transport.config import TransportConfig
 from p2pagent.transport.credentials import server_credentials
 from p2pagent.transport.guard import Guard
+from p2pagent.transport.reflection import enable as enable_reflection
 
 KEEPALIVE_SERVER_OPTIONS: list[tuple[str, int]] = [
     # Accept the client keepalive of transport.channels (20 s, while calls are open). Ours is
@@ -82,7 +83,7 @@ class Server:
         """Starts accepting calls, with health NOT_SERVING: the owner calls
         ``set_serving(True)`` once everything behind the services is ready (readiness probes
         and load balancers must not send work to a node still loading its state)."""
-        reflection.enable_server_reflection([*self._services, reflection.SERVICE_NAME], self.grpc)
+        enable_reflection(self.grpc, self._services)
         await self.set_serving(False)
         await self.grpc.start()
 

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2, peer_pb2_grpc
 from p2pagent.testing.daemon import Daemon, free_port
+from p2pagent.transport import reflection
 from p2pagent.transport.channels import channel_options
 
 
@@ -106,6 +108,50 @@ async def test_health_and_reflection_answer_a_plain_grpc_client(
         async for resp in stream:
             names |= {s.name for s in resp.list_services_response.service}
     assert {"p2pagent.v1.Agent", "p2pagent.v1.Peer", "grpc.health.v1.Health"} <= names
+    assert {
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
+
+
+async def test_reflection_v1_answers_a_client_that_speaks_only_v1(
+    node: Daemon, certs_dir: Path
+) -> None:
+    """The v1 messages come from the v1 descriptor (grpc.reflection.v1.*), not v1alpha's."""
+    pool = descriptor_pool.DescriptorPool()
+    reflection.register_v1_file(pool)
+    request_cls = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionRequest")
+    )
+    response_cls = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionResponse")
+    )
+    async with _channel(node.address, _creds(certs_dir, "client")) as ch:
+        call = ch.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=response_cls.FromString,
+        )
+        requests = [
+            request_cls(list_services=""),
+            request_cls(file_containing_symbol="p2pagent.v1.Agent"),
+            request_cls(file_containing_symbol="grpc.reflection.v1.ServerReflection"),
+            request_cls(file_containing_symbol="no.such.Symbol"),
+        ]
+        answers = [r async for r in call(iter(requests), timeout=10)]
+    assert len(answers) == 4
+    names = {s.name for s in answers[0].list_services_response.service}
+    assert {"p2pagent.v1.Agent", "grpc.reflection.v1.ServerReflection"} <= names
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(b)
+        for b in answers[1].file_descriptor_response.file_descriptor_proto
+    ]
+    assert "p2pagent/v1/agent.proto" in {f.name for f in files}
+    own = answers[2].file_descriptor_response.file_descriptor_proto
+    assert reflection.V1_FILE in {
+        descriptor_pb2.FileDescriptorProto.FromString(b).name for b in own
+    }
+    assert answers[3].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
 
 
 async def test_sigterm_stops_gracefully_with_status_0(tmp_path: Path, certs_dir: Path) -> None:

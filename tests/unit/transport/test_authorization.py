@@ -4,6 +4,7 @@ issue 21, and refusals that name the role needed and the role the caller has."""
 from __future__ import annotations
 
 import pytest
+from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
@@ -11,15 +12,17 @@ from grpc_reflection.v1alpha import reflection_pb2
 from p2pagent import errors
 from p2pagent._proto import agent_pb2, peer_pb2
 from p2pagent.identity.spiffe import Identity, Role
-from p2pagent.transport import authorization
+from p2pagent.transport import authorization, reflection
 from p2pagent.transport.authorization import TABLE, authorize, roles_for
 
-#: Every service the node serves (transport/server.py adds health and reflection).
+reflection.register_v1_file()
+#: Every service the node serves (transport/server.py adds health and reflection v1 and v1alpha).
 SERVED: tuple[FileDescriptor, ...] = (
     agent_pb2.DESCRIPTOR,
     peer_pb2.DESCRIPTOR,
     health_pb2.DESCRIPTOR,
     reflection_pb2.DESCRIPTOR,
+    descriptor_pool.Default().FindFileByName(reflection.V1_FILE),
 )
 
 
