@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from p2pagent.inference.generation.service import GenerationService
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+log = logging.getLogger(__name__)
 
 _SERVES_NONE = (
     "this node serves no decoder models: start it with generation.folders (NAME=DIR) set, "
@@ -150,10 +152,22 @@ class GenerationPeerApi:
                 f"{inner.model!r} is a local folder on {node.name}, not the published version"
             )
         target = service.resolve(inner.model, inner.model_version)
+        log.info("generation of %s placed here by %s", target.key, request.origin or "a peer")
         events = await service.generate_on(
             target, prompt_of(inner), sampling_of(inner), require_room=True
         )
         from p2pagent.inference.generation.placed import named
 
-        async for response in _responses(named(events, node.name), inner.model):
-            yield peer_pb2.GenerateRelayResponse(response=response)
+        sent = 0
+        try:
+            async for response in _responses(named(events, node.name), inner.model):
+                yield peer_pb2.GenerateRelayResponse(response=response)
+                sent += 1
+        except asyncio.CancelledError:
+            log.info(
+                "generation of %s placed here by %s cancelled by its origin after %d messages",
+                target.key,
+                request.origin or "a peer",
+                sent,
+            )
+            raise
