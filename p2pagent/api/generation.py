@@ -120,7 +120,7 @@ class GenerationPeerApi:
             target = service.resolve(request.model, request.model_version)
             runner = service.runner_if_loaded(target)
             if runner is not None:
-                load = runner.load(node.name, None, SamplingParams())
+                load = await runner.load(node.name, None, SamplingParams())
                 return peer_pb2.GenerationLoadResponse(
                     serves=True,
                     loaded=True,

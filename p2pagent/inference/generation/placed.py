@@ -61,7 +61,7 @@ class PlacedGeneration:
         probes = self.service.config.placement_probes
         if not target.relayable or probes == 0:
             return await self._here(target, prompt, params)
-        tokens, here = self._local_load(target, prompt, params)
+        tokens, here = await self._local_load(target, prompt, params)
         if runs_here_at_once(here):
             return await self._here(target, tokens or prompt, params)
         request = request_of(model, prompt, params, target.manifest_id)
@@ -87,16 +87,18 @@ class PlacedGeneration:
             await events.aclose()
         raise AssertionError("attempt_order always ends with this node")  # pragma: no cover
 
-    def _local_load(
+    async def _local_load(
         self, target: Target, prompt: Prompt, params: SamplingParams
     ) -> tuple[list[int] | None, Load]:
         """This node's load for the target, and the prompt's tokens when its engine is
-        loaded (tokenized once, here, to size the sequence)."""
+        loaded (tokenized once, here, to size the sequence and refuse a bad one now)."""
         runner = self.service.runner_if_loaded(target)
         if runner is None:  # not loaded: it would have room, after a pull and a load
             return None, Load(HERE, loaded=False, room=True)
-        tokens = prompt.tokens(runner.engine.folder)
-        return tokens, runner.load(HERE, tokens, params)
+        folder = runner.engine.folder
+        tokens = prompt.tokens(folder)
+        params.validate(len(tokens), folder.context)
+        return tokens, await runner.load(HERE, tokens, params)
 
     async def _ask(self, peer: str, target: Target) -> Load | None:
         try:

@@ -95,8 +95,13 @@ class _ModelRunner:
     def busy(self) -> bool:
         return bool(self.queues or self.arriving or not self.engine.idle)
 
-    def load(self, node: str, prompt: list[int] | None, params: SamplingParams) -> Load:
-        """This engine's load; ``room`` for a sequence of that size (None: any size)."""
+    async def load(self, node: str, prompt: list[int] | None, params: SamplingParams) -> Load:
+        """This engine's load; ``room`` for a sequence of that size (None: any size). Read
+        between two steps: a step changes the scheduler's sets on its thread."""
+        async with self.lock:
+            return self._load(node, prompt, params)
+
+    def _load(self, node: str, prompt: list[int] | None, params: SamplingParams) -> Load:
         s = self.engine.scheduler
         size = (len(prompt), params.max_new_tokens) if prompt is not None else (1, 1)
         return Load(
