@@ -39,6 +39,7 @@ FULL: list[list[str]] = [
     ["bench.scale"],
     ["bench.training"],
     ["bench.generation"],
+    ["bench.generation_relay"],
 ]
 SMALL: list[list[str]] = [
     ["bench.state_core"],
@@ -65,6 +66,7 @@ SMALL: list[list[str]] = [
     ["bench.scale", "--sizes", "3,6", "--idle", "5", "--settle", "1", "--sim-sizes", "16,32"],
     ["bench.training", "--quick"],
     ["bench.generation", "--small"],
+    ["bench.generation_relay", "--small"],
 ]  # fmt: skip
 
 

@@ -66,8 +66,15 @@ class PlacedGeneration:
             return await self._here(target, tokens or prompt, params)
         request = request_of(model, prompt, params, target.manifest_id)
         asked = sample(candidates(self._members()), probes, self._rng)
-        answers = await asyncio.gather(*(self._ask(p, target) for p in asked))
-        for node in attempt_order(here, [a for a in answers if a is not None]):
+        answers = [a for a in await asyncio.gather(*(self._ask(p, target) for p in asked)) if a]
+        order = attempt_order(here, answers)
+        if order[0] == HERE and not here.loaded:
+            # Chosen before its engine could say whether this sequence fits at all: load
+            # it (as running here would), then decide again with what it says.
+            await self.service.load(target)
+            tokens, here = await self._local_load(target, prompt, params)
+            order = attempt_order(here, answers)
+        for node in order:
             if node == HERE:
                 return await self._here(target, tokens or prompt, params)
             events = self._peers.relay(node, request)

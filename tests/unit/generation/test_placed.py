@@ -324,3 +324,17 @@ async def test_an_older_version_and_engines_over_the_budget_are_unloaded(tmp_pat
         assert service.loaded() == ["here"]
     finally:
         await service.close()
+
+
+async def test_a_cold_node_loads_first_then_places_what_it_cannot_hold(tmp_path: Path) -> None:
+    mesh = Mesh(tmp_path, _small_kv(tmp_path, len(PROMPT.ids) + 3))
+    try:
+        # Cold everywhere: this node wins the tie, loads, learns that 4 + 6 tokens never
+        # fit its budget, and places the sequence on a peer instead of refusing it.
+        events = await mesh.generate()
+        last = events[-1]
+        assert isinstance(last, FinishEvent) and last.node == "p1"  # first among equals
+        assert mesh.here.loaded() == [f"lm@{mesh.manifest.manifest_id}"]
+        assert len(_ids(events)) == NEW
+    finally:
+        await mesh.close()
