@@ -7,9 +7,10 @@ Thin: the checks are the engine's, the errors are `p2pagent.errors`. The generat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
@@ -61,7 +62,7 @@ async def _import_generation() -> None:
 
 async def _responses(
     events: AsyncIterator[Event], model: str
-) -> AsyncIterator[agent_pb2.GenerateResponse]:
+) -> AsyncGenerator[agent_pb2.GenerateResponse, None]:
     from p2pagent.inference.generation.engine import FinishEvent
     from p2pagent.inference.generation.wire import response_of
 
@@ -96,8 +97,9 @@ class GenerationAgentApi:
         events = await placed.generate(
             request.model, prompt_of(request), sampling_of(request), request.model_version
         )
-        async for response in _responses(events, request.model):
-            yield response
+        async with contextlib.aclosing(_responses(events, request.model)) as responses:
+            async for response in responses:
+                yield response
 
 
 class GenerationPeerApi:
@@ -160,10 +162,15 @@ class GenerationPeerApi:
 
         sent = 0
         try:
-            async for response in _responses(named(events, node.name), inner.model):
-                yield peer_pb2.GenerateRelayResponse(response=response)
-                sent += 1
-        except asyncio.CancelledError:
+            # aclosing: however gRPC ends this handler (cancelling it while it awaits a
+            # token, or closing it at a yield), the sequence is cancelled now.
+            async with contextlib.aclosing(
+                _responses(named(events, node.name), inner.model)
+            ) as responses:
+                async for response in responses:
+                    yield peer_pb2.GenerateRelayResponse(response=response)
+                    sent += 1
+        except (asyncio.CancelledError, GeneratorExit):
             log.info(
                 "generation of %s placed here by %s cancelled by its origin after %d messages",
                 target.key,
