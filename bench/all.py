@@ -40,6 +40,7 @@ FULL: list[list[str]] = [
     ["bench.training"],
     ["bench.generation"],
     ["bench.openai_door"],
+    ["bench.generation_relay"],
 ]
 SMALL: list[list[str]] = [
     ["bench.state_core"],
@@ -68,6 +69,7 @@ SMALL: list[list[str]] = [
     ["bench.training", "--quick"],
     ["bench.generation", "--small"],
     ["bench.openai_door", "--small"],
+    ["bench.generation_relay", "--small"],
 ]  # fmt: skip
 
 

@@ -32,6 +32,8 @@ from p2pagent.inference.cache import ModelCache
 from p2pagent.inference.device import DeviceInfo, select_device
 from p2pagent.inference.engine import InferenceEngine, resolve_config
 from p2pagent.inference.formats import load_model
+from p2pagent.inference.generation.placement import TAG as GENERATION_TAG
+from p2pagent.inference.generation.placement import TAG_OFF as GENERATION_TAG_OFF
 from p2pagent.inference.stats import ModelStats
 from p2pagent.inference.worker import ModelWorker
 from p2pagent.inference.worker_loader import isolating_loader
@@ -52,6 +54,8 @@ from p2pagent.transport.server import Server
 from p2pagent.transport.streams import OpenStreams
 
 if TYPE_CHECKING:  # torch and transformers load only on a node that serves decoders
+    from p2pagent.inference.generation.config import GenerationConfig
+    from p2pagent.inference.generation.placed import PlacedGeneration
     from p2pagent.inference.generation.service import GenerationService
     from p2pagent.models.driver import ModelsDriver
     from p2pagent.openai.server import OpenAIDoor
@@ -161,6 +165,7 @@ class Node:
         )
         self.components.append(self.models)
         self._generation: GenerationService | None = None
+        self._placed: PlacedGeneration | None = None
         if config.generation.folders:  # checked now: a bad folder stops the start
             self._generation = generation_service(config, self.device.name, self.models)
         self.tasks: TasksDriver = TasksDriver(
@@ -206,14 +211,41 @@ class Node:
             self._generation = generation_service(self.config, self.device.name, self.models)
         return self._generation
 
+    @property
+    def generation_started(self) -> GenerationService | None:
+        return self._generation
+
+    @property
+    def generation_config(self) -> GenerationConfig:
+        return self.config.generation
+
+    @property
+    def placed_generation(self) -> PlacedGeneration:
+        """The one entry for a generation (gRPC Generate, the HTTP door): runs it here, or
+        on a peer with room when this node has none (inference/generation/placement.py)."""
+        if self._placed is None:
+            from p2pagent.inference.generation.peers import GrpcGenerationPeers
+            from p2pagent.inference.generation.placed import PlacedGeneration
+
+            self._placed = PlacedGeneration(
+                self.name,
+                self.generation,
+                GrpcGenerationPeers(self.name, self.members, self.channels),
+                self.members.peers,
+            )
+        return self._placed
+
     def member_tags(self) -> dict[str, str]:
         """Tags replicated with membership: user tags, then the ones the system owns."""
         check_user_tags(self.config.tags)
-        return {
+        tags = {
             **self.config.tags,
             "version": __version__,
             "accelerator": self.device.description,
         }
+        if not self.config.generation.accept_relayed:  # peers leave it out of placement
+            tags[GENERATION_TAG] = GENERATION_TAG_OFF
+        return tags
 
     def _allow_rate(self) -> Callable[[Identity], bool] | None:
         if self.config.rate_limit <= 0:

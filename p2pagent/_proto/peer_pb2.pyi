@@ -1,3 +1,4 @@
+from p2pagent._proto import agent_pb2 as _agent_pb2
 from p2pagent._proto import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -130,3 +131,41 @@ class AveragePart(_message.Message):
 class AverageAck(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class GenerationLoadRequest(_message.Message):
+    __slots__ = ("model", "model_version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_version: str
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class GenerationLoadResponse(_message.Message):
+    __slots__ = ("serves", "loaded", "running", "waiting", "max_running", "reserved_fraction")
+    SERVES_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    serves: bool
+    loaded: bool
+    running: int
+    waiting: int
+    max_running: int
+    reserved_fraction: float
+    def __init__(self, serves: _Optional[bool] = ..., loaded: _Optional[bool] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., max_running: _Optional[int] = ..., reserved_fraction: _Optional[float] = ...) -> None: ...
+
+class GenerateRelayRequest(_message.Message):
+    __slots__ = ("request", "origin")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    request: _agent_pb2.GenerateRequest
+    origin: str
+    def __init__(self, request: _Optional[_Union[_agent_pb2.GenerateRequest, _Mapping]] = ..., origin: _Optional[str] = ...) -> None: ...
+
+class GenerateRelayResponse(_message.Message):
+    __slots__ = ("response",)
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    response: _agent_pb2.GenerateResponse
+    def __init__(self, response: _Optional[_Union[_agent_pb2.GenerateResponse, _Mapping]] = ...) -> None: ...

@@ -80,6 +80,16 @@ class PeerStub:
                 request_serializer=p2pagent_dot_v1_dot_peer__pb2.AveragePart.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_peer__pb2.AverageAck.FromString,
                 _registered_method=True)
+        self.GenerationLoad = channel.unary_unary(
+                '/p2pagent.v1.Peer/GenerationLoad',
+                request_serializer=p2pagent_dot_v1_dot_peer__pb2.GenerationLoadRequest.SerializeToString,
+                response_deserializer=p2pagent_dot_v1_dot_peer__pb2.GenerationLoadResponse.FromString,
+                _registered_method=True)
+        self.GenerateRelay = channel.unary_stream(
+                '/p2pagent.v1.Peer/GenerateRelay',
+                request_serializer=p2pagent_dot_v1_dot_peer__pb2.GenerateRelayRequest.SerializeToString,
+                response_deserializer=p2pagent_dot_v1_dot_peer__pb2.GenerateRelayResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -153,6 +163,25 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerationLoad(self, request, context):
+        """How busy the callee's generation engine for one model is: asked by a node whose own
+        engine has no room, of two sampled peers (power of two choices), before it relays a
+        Generate. See p2pagent/inference/generation/placement.py.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateRelay(self, request, context):
+        """Runs a Generate that reached another node (the origin) here, streaming its messages back
+        to the origin, which relays them to its client. Refused with RESOURCE_EXHAUSTED, before
+        anything is queued, when this node has no room for the sequence now (the origin then
+        tries the next node); the origin hanging up cancels the sequence.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -200,6 +229,16 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.AverageParts,
                     request_deserializer=p2pagent_dot_v1_dot_peer__pb2.AveragePart.FromString,
                     response_serializer=p2pagent_dot_v1_dot_peer__pb2.AverageAck.SerializeToString,
+            ),
+            'GenerationLoad': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerationLoad,
+                    request_deserializer=p2pagent_dot_v1_dot_peer__pb2.GenerationLoadRequest.FromString,
+                    response_serializer=p2pagent_dot_v1_dot_peer__pb2.GenerationLoadResponse.SerializeToString,
+            ),
+            'GenerateRelay': grpc.unary_stream_rpc_method_handler(
+                    servicer.GenerateRelay,
+                    request_deserializer=p2pagent_dot_v1_dot_peer__pb2.GenerateRelayRequest.FromString,
+                    response_serializer=p2pagent_dot_v1_dot_peer__pb2.GenerateRelayResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -445,6 +484,60 @@ class Peer:
             '/p2pagent.v1.Peer/AverageParts',
             p2pagent_dot_v1_dot_peer__pb2.AveragePart.SerializeToString,
             p2pagent_dot_v1_dot_peer__pb2.AverageAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerationLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/p2pagent.v1.Peer/GenerationLoad',
+            p2pagent_dot_v1_dot_peer__pb2.GenerationLoadRequest.SerializeToString,
+            p2pagent_dot_v1_dot_peer__pb2.GenerationLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateRelay(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/p2pagent.v1.Peer/GenerateRelay',
+            p2pagent_dot_v1_dot_peer__pb2.GenerateRelayRequest.SerializeToString,
+            p2pagent_dot_v1_dot_peer__pb2.GenerateRelayResponse.FromString,
             options,
             channel_credentials,
             insecure,

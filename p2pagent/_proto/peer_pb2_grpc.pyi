@@ -61,6 +61,17 @@ class PeerStub:
     average), streamed in chunks; the sender is the caller's verified node identity. See
     p2pagent/training/round.py.
     """
+    GenerationLoad: _grpc.UnaryUnaryMultiCallable[_peer_pb2.GenerationLoadRequest, _peer_pb2.GenerationLoadResponse]
+    """How busy the callee's generation engine for one model is: asked by a node whose own
+    engine has no room, of two sampled peers (power of two choices), before it relays a
+    Generate. See p2pagent/inference/generation/placement.py.
+    """
+    GenerateRelay: _grpc.UnaryStreamMultiCallable[_peer_pb2.GenerateRelayRequest, _peer_pb2.GenerateRelayResponse]
+    """Runs a Generate that reached another node (the origin) here, streaming its messages back
+    to the origin, which relays them to its client. Refused with RESOURCE_EXHAUSTED, before
+    anything is queued, when this node has no room for the sequence now (the origin then
+    tries the next node); the origin hanging up cancels the sequence.
+    """
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
@@ -91,6 +102,17 @@ class PeerAsyncStub(PeerStub):
     """One part of a parameter-averaging round (a slice of a member's parameters, or a slice's
     average), streamed in chunks; the sender is the caller's verified node identity. See
     p2pagent/training/round.py.
+    """
+    GenerationLoad: _aio.UnaryUnaryMultiCallable[_peer_pb2.GenerationLoadRequest, _peer_pb2.GenerationLoadResponse]  # type: ignore[assignment]
+    """How busy the callee's generation engine for one model is: asked by a node whose own
+    engine has no room, of two sampled peers (power of two choices), before it relays a
+    Generate. See p2pagent/inference/generation/placement.py.
+    """
+    GenerateRelay: _aio.UnaryStreamMultiCallable[_peer_pb2.GenerateRelayRequest, _peer_pb2.GenerateRelayResponse]  # type: ignore[assignment]
+    """Runs a Generate that reached another node (the origin) here, streaming its messages back
+    to the origin, which relays them to its client. Refused with RESOURCE_EXHAUSTED, before
+    anything is queued, when this node has no room for the sequence now (the origin then
+    tries the next node); the origin hanging up cancels the sequence.
     """
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
@@ -173,6 +195,29 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         """One part of a parameter-averaging round (a slice of a member's parameters, or a slice's
         average), streamed in chunks; the sender is the caller's verified node identity. See
         p2pagent/training/round.py.
+        """
+
+    @_abc_1.abstractmethod
+    def GenerationLoad(
+        self,
+        request: _peer_pb2.GenerationLoadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.GenerationLoadResponse, _abc.Awaitable[_peer_pb2.GenerationLoadResponse]]:
+        """How busy the callee's generation engine for one model is: asked by a node whose own
+        engine has no room, of two sampled peers (power of two choices), before it relays a
+        Generate. See p2pagent/inference/generation/placement.py.
+        """
+
+    @_abc_1.abstractmethod
+    def GenerateRelay(
+        self,
+        request: _peer_pb2.GenerateRelayRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_peer_pb2.GenerateRelayResponse], _abc.AsyncIterator[_peer_pb2.GenerateRelayResponse]]:
+        """Runs a Generate that reached another node (the origin) here, streaming its messages back
+        to the origin, which relays them to its client. Refused with RESOURCE_EXHAUSTED, before
+        anything is queued, when this node has no room for the sequence now (the origin then
+        tries the next node); the origin hanging up cancels the sequence.
         """
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

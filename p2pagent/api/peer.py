@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 
 from p2pagent._proto import peer_pb2_grpc
+from p2pagent.api.generation import GenerationNode, GenerationPeerApi
 from p2pagent.api.membership import MembershipNode, MembershipPeerApi
 from p2pagent.api.models import ModelsNode, ModelsPeerApi
 from p2pagent.api.state import StateNode, StatePeerApi
@@ -31,7 +32,9 @@ if TYPE_CHECKING:
     from p2pagent.config import Config
 
 
-class PeerNode(MembershipNode, StateNode, ModelsNode, TasksNode, TrainingNode, Protocol):
+class PeerNode(
+    MembershipNode, StateNode, ModelsNode, TasksNode, TrainingNode, GenerationNode, Protocol
+):
     """What the Peer service needs of the node: each capability's part."""
 
 
@@ -43,6 +46,9 @@ AGENT = "/p2pagent.v1.Agent/"
 ENVELOPE_BYTES = 64
 #: A FetchChunks or Steal request: ids, a few thousand chunk indices or model names.
 SMALL_REQUEST_BYTES = 256 * 1024
+#: A relayed Generate: its prompt (text, ids or chat), a few times any model's context in
+#: bytes; the peer's engine refuses a prompt longer than the context anyway.
+RELAY_REQUEST_BYTES = 8 * 1024 * 1024
 
 
 def request_limits(config: Config, state_message_bytes: int) -> dict[str, tuple[int, str]]:
@@ -64,6 +70,8 @@ def request_limits(config: Config, state_message_bytes: int) -> dict[str, tuple[
         PEER + "Load": (MAX_REPORT_BYTES + ENVELOPE_BYTES, "tasks.wire.MAX_REPORT_BYTES"),
         PEER + "FetchChunks": (SMALL_REQUEST_BYTES, "api.peer.SMALL_REQUEST_BYTES"),
         PEER + "Steal": (SMALL_REQUEST_BYTES, "api.peer.SMALL_REQUEST_BYTES"),
+        PEER + "GenerationLoad": (SMALL_REQUEST_BYTES, "api.peer.SMALL_REQUEST_BYTES"),
+        PEER + "GenerateRelay": (RELAY_REQUEST_BYTES, "api.peer.RELAY_REQUEST_BYTES"),
         PEER + "Assign": tasks,
         PEER + "Complete": (result_limit(config.tasks), "tasks.max_result_bytes"),
         AGENT + "Submit": tasks,
@@ -116,10 +124,11 @@ class PeerService(
     ModelsPeerApi,
     TasksPeerApi,
     TrainingPeerApi,
+    GenerationPeerApi,
     peer_pb2_grpc.PeerServicer,
 ):
     """Each capability's handlers live in ``api/<capability>.py``; this class joins them."""
 
     def __init__(self, node: PeerNode) -> None:
         self._membership_node = self._state_node = self._models_node = self._tasks_node = node
-        self._training_node = node
+        self._training_node = self._generation_node = node

@@ -51,7 +51,7 @@ LEAVE_GRACE_S = 1.0
 
 
 #: Tags the node sets itself; user tags may not use these keys.
-SYSTEM_TAGS = ("address", "version", "accelerator")
+SYSTEM_TAGS = ("address", "version", "accelerator", "generation")
 
 
 def check_user_tags(tags: Mapping[str, str]) -> None:

@@ -71,6 +71,8 @@ TABLE: dict[str, tuple[frozenset[Role], str]] = {
     PEER + "Complete": (NODE, "task results"),
     PEER + "Load": (NODE, "load reports"),
     PEER + "AverageParts": (NODE, "parameter averaging parts"),
+    PEER + "GenerationLoad": (NODE, "a peer asks how busy generation is here"),
+    PEER + "GenerateRelay": (NODE, "a generation a peer placed here, streamed back"),
     HEALTH + "Check": (CLIENT, "gRPC health"),
     HEALTH + "List": (CLIENT, "gRPC health"),
     HEALTH + "Watch": (CLIENT, "gRPC health"),

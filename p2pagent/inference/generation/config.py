@@ -31,11 +31,38 @@ class GenerationConfig:
     #: Sequences waiting for admission per model; more is RESOURCE_EXHAUSTED.
     max_queued: int = 256
 
+    #: Take generations that peers place here when they have no room (and say so with the
+    #: member tag ``generation``: ``off`` when false). Off: this node runs only the
+    #: generations its own clients send.
+    accept_relayed: bool = True
+    #: Peers a node asks for their load when its own engine has no room for a sequence
+    #: (power of two choices at 2); 0: never place a sequence on a peer.
+    placement_probes: int = 2
+    #: Seconds a node waits for a peer's answer about its load; a peer slower than this is
+    #: left out of the choice.
+    probe_timeout_s: float = 2.0
+    #: Seconds an engine may stay loaded without a sequence before it is unloaded (its
+    #: weights freed; the next request loads it again); 0: never for idleness. An engine of
+    #: an older version is unloaded as soon as a newer one is loaded and its last sequence
+    #: ends.
+    unload_idle_s: float = 600.0
+    #: Bytes of model weights the loaded engines may hold together; beyond it the least
+    #: recently used idle engines are unloaded. 0: no limit.
+    loaded_bytes: int = 0
+
     def validate(self) -> GenerationConfig:
         for name in ("kv_cache_bytes", "max_running", "prefill_tokens_per_step", "max_queued"):
             value = getattr(self, name)
             if value < 1:
                 raise ConfigError(f"generation.{name} must be at least 1, got {value}")
+        for name in ("placement_probes", "unload_idle_s", "loaded_bytes"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ConfigError(f"generation.{name} must be 0 or more, got {value}")
+        if self.probe_timeout_s <= 0:
+            raise ConfigError(
+                f"generation.probe_timeout_s must be more than 0, got {self.probe_timeout_s}"
+            )
         self.folder_paths()
         return self
 

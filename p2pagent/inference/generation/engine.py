@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from p2pagent.errors import InvalidArgument
+from p2pagent.errors import InvalidArgument, ResourceExhausted
 from p2pagent.inference.generation.batch_cache import BatchCache
 from p2pagent.inference.generation.config import GenerationConfig
 from p2pagent.inference.generation.folder import DecoderFolder
@@ -52,6 +52,8 @@ class FinishEvent:
     text: str = ""
     #: What the model raised, when ``reason`` is ERROR.
     error: str = ""
+    #: The node that ran the sequence (set by the placement layer; empty inside the engine).
+    node: str = ""
 
 
 Event = TokenEvent | FinishEvent
@@ -89,14 +91,22 @@ class DecodeEngine:
 
     # ---- inputs ---------------------------------------------------------------------------
 
-    def submit(self, prompt: list[int], params: SamplingParams) -> int:
+    def submit(
+        self, prompt: list[int], params: SamplingParams, *, require_room: bool = False
+    ) -> int:
         """Queues a sequence; returns its id. Raises InvalidArgument or ResourceExhausted
-        before anything is queued."""
+        before anything is queued; with ``require_room``, ResourceExhausted also when the
+        sequence would wait (a peer placed it here and can try another node instead)."""
         params.validate(len(prompt), self.folder.context)
         vocab = int(self.folder.model.config.get_text_config(decoder=True).vocab_size)
         bad = next((t for t in prompt if not 0 <= t < vocab), None)
         if bad is not None:
             raise InvalidArgument(f"token id {bad} is outside the vocabulary (0-{vocab - 1})")
+        if require_room and not self.scheduler.room_for(len(prompt), params.max_new_tokens):
+            raise ResourceExhausted(
+                f"no room to start this sequence now ({self.scheduler.running} running, "
+                f"{self.scheduler.waiting} waiting); the caller tries another node"
+            )
         seq_id = self._next_id
         self.scheduler.submit(seq_id, len(prompt), params.max_new_tokens, self.clock())
         self._next_id += 1

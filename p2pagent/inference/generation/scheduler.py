@@ -226,6 +226,15 @@ class DecodeScheduler:
         """Worst-case cache bytes of the running set (see rule 4)."""
         return self._cost(list(self._running.values()))
 
+    def room_for(self, prompt_tokens: int, max_new_tokens: int) -> bool:
+        """Whether a sequence of this size submitted now would be admitted at the next plan
+        (nothing queued ahead of it, a running slot and KV room free): what a node asks
+        before it takes a generation a peer could run at once instead."""
+        if self._waiting or len(self._running) >= self.max_running:
+            return False
+        head = _Sequence(-1, prompt_tokens, max_new_tokens, 0.0)
+        return self._cost([*self._running.values(), head]) <= self.kv_cache_bytes
+
     def phase(self, seq_id: int) -> Phase | None:
         seq = self._running.get(seq_id) or self._waiting.get(seq_id)
         return None if seq is None else seq.phase

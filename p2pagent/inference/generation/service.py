@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +28,14 @@ from p2pagent.inference.generation.folder import (
     DecoderFolder,
     load_decoder_folder,
 )
+from p2pagent.inference.generation.placement import Load
 from p2pagent.inference.generation.published import PublishedDecoders
+from p2pagent.inference.generation.residency import (
+    Resident,
+    is_superseded,
+    next_deadline,
+    to_unload,
+)
 from p2pagent.inference.generation.sampling import SamplingParams
 from p2pagent.inference.generation.scheduler import FinishReason
 
@@ -57,15 +65,54 @@ class Prompt:
 
 
 class _ModelRunner:
-    def __init__(self, name: str, folder: DecoderFolder, config: GenerationConfig) -> None:
+    def __init__(
+        self,
+        name: str,
+        folder: DecoderFolder,
+        config: GenerationConfig,
+        clock: Callable[[], float],
+    ) -> None:
         self.name = name
+        self.clock = clock
         self.engine = DecodeEngine(folder, config, random.Random())
         self.lock = asyncio.Lock()
         self.queues: dict[int, asyncio.Queue[Event]] = {}
         self.cancels: list[int] = []
         self.wake = asyncio.Event()
+        self.weight_bytes = sum(p.numel() * p.element_size() for p in folder.model.parameters())
+        self.last_used = clock()
+        #: When a sequence last chose this engine (a superseded version is one not chosen
+        #: since the newer one was).
+        self.chosen_at = self.last_used
+        #: Callers between their choice of this runner and their submit (not yet queued).
+        self.arriving = 0
+        #: Called on the loop when the runner's last sequence ends (the unload timer).
+        self.on_idle: Callable[[], None] = lambda: None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"generate-{name}")
         self.task = asyncio.create_task(self._loop(), name=f"generate {name}")
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queues or self.arriving or not self.engine.idle)
+
+    async def load(self, node: str, prompt: list[int] | None, params: SamplingParams) -> Load:
+        """This engine's load; ``room`` for a sequence of that size (None: any size). Read
+        between two steps: a step changes the scheduler's sets on its thread."""
+        async with self.lock:
+            return self._load(node, prompt, params)
+
+    def _load(self, node: str, prompt: list[int] | None, params: SamplingParams) -> Load:
+        s = self.engine.scheduler
+        size = (len(prompt), params.max_new_tokens) if prompt is not None else (1, 1)
+        return Load(
+            node=node,
+            loaded=True,
+            room=s.room_for(*size),
+            running=s.running,
+            waiting=s.waiting,
+            max_running=s.max_running,
+            reserved_fraction=s.reserved_bytes / max(1, s.kv_cache_bytes),
+        )
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -97,10 +144,10 @@ class _ModelRunner:
                 await self.wake.wait()
 
     async def generate(
-        self, prompt: list[int], params: SamplingParams
+        self, prompt: list[int], params: SamplingParams, *, require_room: bool = False
     ) -> AsyncGenerator[Event, None]:
         async with self.lock:
-            seq_id = self.engine.submit(prompt, params)
+            seq_id = self.engine.submit(prompt, params, require_room=require_room)
             queue: asyncio.Queue[Event] = asyncio.Queue()
             self.queues[seq_id] = queue
         self.wake.set()
@@ -114,9 +161,12 @@ class _ModelRunner:
                     return
         finally:
             self.queues.pop(seq_id, None)
+            self.last_used = self.clock()
             if not finished:
                 self.cancels.append(seq_id)
                 self.wake.set()
+            if not self.queues:
+                self.on_idle()
 
     async def close(self) -> None:
         self.task.cancel()
@@ -125,12 +175,29 @@ class _ModelRunner:
         self.executor.shutdown(wait=True)
 
 
+@dataclass(frozen=True)
+class Target:
+    """A resolved model: the engine key it runs under and where its folder comes from."""
+
+    model: str
+    key: str
+    #: The published version's full manifest id; empty for a local folder.
+    manifest_id: str
+    folder: Callable[[], Awaitable[Path]]
+
+    @property
+    def relayable(self) -> bool:
+        """Only a published version is the same model on every node (placement rule 1)."""
+        return bool(self.manifest_id)
+
+
 class GenerationService:
     """Decoder models this node generates with: the local folders of ``generation.folders``
     by name, and (with ``published``) every decoder model published through the mesh, its
     newest version or a pinned one, pulled on first use. Each is loaded on first use; a
     published version runs as ``name@<manifest id>``, so a newer version gets its own
-    engine while streams on the older one finish."""
+    engine while streams on the older one finish. Engines are unloaded by the rules of
+    ``residency``: superseded, idle too long, or over ``generation.loaded_bytes``."""
 
     def __init__(
         self,
@@ -138,18 +205,36 @@ class GenerationService:
         config: GenerationConfig,
         device: str = "cpu",
         published: PublishedDecoders | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._paths = dict(folders)
         self._config = config
         self._device = device
         self._published = published
+        self._clock = clock
         self._runners: dict[str, _ModelRunner] = {}
-        self._loading = asyncio.Lock()
+        #: Loads under way, by key: a second caller for the same key waits on the same one;
+        #: callers for other models are not held up by a pull.
+        self._loads: dict[str, asyncio.Task[_ModelRunner]] = {}
+        #: Published name -> the key of its newest version asked for, and since when (rule 1
+        #: of residency: an older one not used since then is superseded).
+        self._newest: dict[str, tuple[str, float]] = {}
+        self._sweep_timer: asyncio.Handle | None = None
+
+    @property
+    def config(self) -> GenerationConfig:
+        return self._config
 
     def names(self) -> list[str]:
         return sorted(self._paths)
 
-    async def runner(self, model: str, version: str = "") -> _ModelRunner:
+    def loaded(self) -> list[str]:
+        """Keys of the engines loaded now."""
+        return sorted(self._runners)
+
+    def resolve(self, model: str, version: str = "") -> Target:
+        """The version ``model`` (and ``version``) names here; NotFound or InvalidArgument
+        naming the problem. Nothing is pulled or loaded."""
         if model in self._paths:
             if version:
                 raise InvalidArgument(
@@ -161,7 +246,7 @@ class GenerationService:
             async def local() -> Path:
                 return path
 
-            return await self._load(model, local)
+            return Target(model, model, "", local)
         if self._published is None:
             known = ", ".join(self.names()) or "none"
             raise NotFound(f"no decoder model {quoted(model)} on this node (serving: {known})")
@@ -179,38 +264,128 @@ class GenerationService:
         async def folder() -> Path:
             return (await published.folder(entry)).folder
 
-        return await self._load(f"{model}@{entry.manifest_id}", folder)
+        key = f"{model}@{entry.manifest_id}"
+        if not version and self._newest.get(model, ("", 0.0))[0] != key:
+            self._newest[model] = (key, self._clock())
+        return Target(model, key, entry.manifest_id, folder)
 
-    async def _load(self, key: str, folder: Callable[[], Awaitable[Path]]) -> _ModelRunner:
-        runner = self._runners.get(key)
+    def runner_if_loaded(self, target: Target) -> _ModelRunner | None:
+        return self._runners.get(target.key)
+
+    async def runner(self, model: str, version: str = "") -> _ModelRunner:
+        return await self.load(self.resolve(model, version))
+
+    async def load(self, target: Target) -> _ModelRunner:
+        """The target's engine, loaded (and its version pulled) on first use. A load holds
+        no lock other models wait on."""
+        runner = self._runners.get(target.key)
         if runner is not None:
             return runner
-        async with self._loading:
-            if key not in self._runners:
-                path = await folder()
-                loaded = await asyncio.to_thread(load_decoder_folder, path, self._device)
-                self._runners[key] = _ModelRunner(key, loaded, self._config)
-                log.info("generation: %s loaded from %s", key, path)
-        return self._runners[key]
+        task = self._loads.get(target.key)
+        if task is None:
+            task = asyncio.create_task(self._load(target), name=f"load {target.key}")
+            self._loads[target.key] = task
+            task.add_done_callback(lambda t: self._load_done(target.key, t))
+        return await asyncio.shield(task)
+
+    def _load_done(self, key: str, task: asyncio.Task[_ModelRunner]) -> None:
+        self._loads.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: the callers that still wait get it raised
+
+    async def _load(self, target: Target) -> _ModelRunner:
+        path = await target.folder()
+        loaded = await asyncio.to_thread(load_decoder_folder, path, self._device)
+        runner = _ModelRunner(target.key, loaded, self._config, self._clock)
+        runner.on_idle = self._arm_sweep
+        self._runners[target.key] = runner
+        log.info("generation: %s loaded from %s", target.key, path)
+        return runner
 
     async def generate(
         self, model: str, prompt: Prompt, params: SamplingParams, version: str = ""
     ) -> AsyncIterator[Event]:
         """The sequence's events, ending with its FinishEvent. Raises before the first
-        event for anything refused (nothing is queued then)."""
-        runner = await self.runner(model, version)
-        ids = prompt.tokens(runner.engine.folder)
-        events = runner.generate(ids, params)
-        first = await anext(events)  # submit happens here: refusals surface now
+        event for anything refused (nothing is queued then). Runs on this node only (see
+        ``placed.PlacedGeneration`` for the entry that places it in the mesh)."""
+        return await self.generate_on(self.resolve(model, version), prompt, params)
+
+    async def generate_on(
+        self,
+        target: Target,
+        prompt: Prompt | list[int],
+        params: SamplingParams,
+        *,
+        require_room: bool = False,
+    ) -> AsyncGenerator[Event, None]:
+        """``generate`` for a resolved target; ``prompt`` may be already tokenized. With
+        ``require_room``, ResourceExhausted instead of waiting in the queue."""
+        runner = await self.load(target)
+        runner.arriving += 1  # not unloaded between its choice and its submit
+        try:
+            ids = prompt if isinstance(prompt, list) else prompt.tokens(runner.engine.folder)
+            events = runner.generate(ids, params, require_room=require_room)
+            first = await anext(events)  # submit happens here: refusals surface now
+        finally:
+            runner.arriving -= 1
+            runner.last_used = runner.chosen_at = self._clock()
+            self._sweep()  # a new engine may put others over the budget or supersede one
         return _chain(first, events)
 
+    # ---- unloading (rules in residency.py) ------------------------------------------------
+
+    def _residents(self) -> list[Resident]:
+        return [
+            Resident(
+                key,
+                r.weight_bytes,
+                r.busy,
+                r.last_used,
+                is_superseded(key, r.chosen_at, self._newest),
+            )
+            for key, r in self._runners.items()
+        ]
+
+    def _sweep(self) -> None:
+        self._sweep_timer = None
+        residents = self._residents()
+        for key in to_unload(
+            residents,
+            self._clock(),
+            idle_s=self._config.unload_idle_s,
+            budget_bytes=self._config.loaded_bytes,
+        ):
+            runner = self._runners.pop(key)
+            log.info("generation: %s unloaded (idle, superseded or over budget)", key)
+            asyncio.get_running_loop().create_task(runner.close(), name=f"unload {key}")
+        self._arm_sweep()
+
+    def _arm_sweep(self) -> None:
+        """Schedules the next sweep: at once when a runner just went idle (it may be a
+        superseded one), else at the next idle deadline; no timer while nothing is idle."""
+        loop = asyncio.get_running_loop()
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+        residents = self._residents()
+        if any(r.superseded and not r.busy for r in residents):
+            self._sweep_timer = loop.call_soon(self._sweep)
+            return
+        deadline = next_deadline(residents, idle_s=self._config.unload_idle_s)
+        if deadline is not None:
+            delay = max(0.0, deadline - self._clock())
+            self._sweep_timer = loop.call_later(delay, self._sweep)
+
     async def close(self) -> None:
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+        for task in list(self._loads.values()):
+            task.cancel()
         runners, self._runners = self._runners, {}
         for runner in runners.values():
             await runner.close()
 
 
-async def _chain(first: Event, rest: AsyncGenerator[Event, None]) -> AsyncIterator[Event]:
+async def _chain(first: Event, rest: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
     try:
         yield first
         if isinstance(first, FinishEvent):

@@ -184,3 +184,17 @@ def test_duplicate_id_refused() -> None:
     s.submit(1, 1, 1, now=0.0)
     with pytest.raises(InvalidArgument, match="already"):
         s.submit(1, 1, 1, now=0.0)
+
+
+def test_room_for_says_whether_a_sequence_would_start_at_the_next_step() -> None:
+    s = make(kv_cache_bytes=100, max_running=2)
+    assert s.room_for(10, 10)
+    assert not s.room_for(60, 50)  # alone over the budget
+    s.submit(1, prompt_tokens=10, max_new_tokens=30, now=0.0)
+    assert not s.room_for(1, 1)  # something is queued ahead of it
+    s.complete(s.plan(now=0.0))
+    assert s.room_for(10, 30)  # 2 x 40 bytes fit
+    assert not s.room_for(10, 50)  # 2 x 60 bytes would not
+    s.submit(2, prompt_tokens=10, max_new_tokens=10, now=0.0)
+    s.complete(s.plan(now=0.0))
+    assert not s.room_for(1, 1)  # both running slots taken
