@@ -32,7 +32,7 @@ from p2pagent.transport.authorization import AGENT
 
 if TYPE_CHECKING:
     from p2pagent.inference.generation.engine import Event
-    from p2pagent.inference.generation.service import GenerationService
+    from p2pagent.inference.generation.placed import PlacedGeneration
     from p2pagent.transport.guard import Guard
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class DoorNode(TextNode, Protocol):
     def guard(self) -> Guard: ...
 
     @property
-    def generation(self) -> GenerationService: ...
+    def placed_generation(self) -> PlacedGeneration: ...
 
     @property
     def started_at(self) -> float: ...
@@ -208,7 +208,9 @@ async def generate(
     )
     chat = messages is not None
     try:
-        events = await node.generation.generate(body.model, prompt, params, body.model_version)
+        events = await node.placed_generation.generate(
+            body.model, prompt, params, body.model_version
+        )
     except errors.InvalidArgument as e:
         raise rq.named(e, "messages" if chat else "prompt") from None
     completion = Completion(body.model, chat, int(time.time()), with_ids=body.return_token_ids)
