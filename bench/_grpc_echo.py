@@ -22,7 +22,7 @@ import uvloop
 from p2pagent._proto import agent_pb2, agent_pb2_grpc
 
 
-class Echo(agent_pb2_grpc.AgentServicer):
+class Echo(agent_pb2_grpc.AgentServiceServicer):
     async def Infer(
         self, request: agent_pb2.InferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_pb2.InferResponse:
@@ -42,7 +42,7 @@ class Echo(agent_pb2_grpc.AgentServicer):
 
 async def serve(certs: Path, name: str, address: str) -> None:
     server = grpc.aio.server()
-    agent_pb2_grpc.add_AgentServicer_to_server(Echo(), server)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(Echo(), server)
     creds = grpc.ssl_server_credentials(
         [((certs / f"{name}.key").read_bytes(), (certs / f"{name}.crt").read_bytes())],
         (certs / "ca.crt").read_bytes(),

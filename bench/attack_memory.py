@@ -65,7 +65,9 @@ def _delta_message(sender: str, n: int) -> bytes:
 def _x(rows: int) -> common_pb2.Tensor:
     """``rows`` inputs of the no-op model (256 float32 a row: 1 KiB)."""
     data = np.zeros((rows, 256), "<f4").tobytes()
-    return common_pb2.Tensor(name="input", dtype=common_pb2.FLOAT32, shape=[rows, 256], data=data)
+    return common_pb2.Tensor(
+        name="input", dtype=common_pb2.DTYPE_FLOAT32, shape=[rows, 256], data=data
+    )
 
 
 def _code(call: Callable[[], object]) -> str:
@@ -87,7 +89,7 @@ def settle(pid: int, seconds: float = 3.0) -> float:
 
 def warm_up(node: Daemon, d: Path, rounds: int) -> None:
     with _channel(node, d, "client") as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         for _ in range(rounds):
             stub.Status(agent_pb2.StatusRequest(), timeout=30)
             task = stub.Submit(agent_pb2.SubmitRequest(model="noop", inputs=[_x(1)]), timeout=30)
@@ -103,11 +105,13 @@ def peer_attacks(
     # Just under the state bound (1 MiB + slack): decoded, then refused as malformed.
     near = common_pb2.Envelope(version=1, payload=_delta_message("n9", MIB - 64))
     huge = peer_pb2.TaskSpec(task_id="n9-0123456789abcdef", origin="n9", model="noop")
-    huge.inputs.append(common_pb2.Tensor(dtype=common_pb2.UINT8, shape=[2**31, 2**31], data=b"\1"))
+    huge.inputs.append(
+        common_pb2.Tensor(dtype=common_pb2.DTYPE_UINT8, shape=[2**31, 2**31], data=b"\1")
+    )
     over = peer_pb2.TaskSpec(task_id="n9-0123456789abcdef", origin="n9", model="noop")
     over.inputs.append(_x(4097))  # 1 KiB over the inputs bound, under the request bound
     with _channel(node, d, "n9") as ch:
-        stub = peer_pb2_grpc.PeerStub(ch)
+        stub = peer_pb2_grpc.PeerServiceStub(ch)
         attacks: dict[str, Callable[[], object]] = {
             "replicate_8mb": lambda: stub.Replicate(big, timeout=60),
             "replicate_near_bound": lambda: stub.Replicate(near, timeout=60),
@@ -126,7 +130,7 @@ def peer_attacks(
 
 def client_attacks(node: Daemon, d: Path, repeat: int, codes: Counter[str]) -> None:
     with _channel(node, d, "client") as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         for name in ("nope", "../../etc/passwd"):
             for _ in range(repeat * 10):
                 req = agent_pb2.SubmitRequest(model=name, inputs=[_x(1)])
@@ -148,7 +152,7 @@ async def flood(node: Daemon, d: Path, n: int) -> tuple[Counter[str], float]:
     async with grpc.aio.secure_channel(
         node.address, _creds(d, "publisher"), options=channel_options("test", 8 * MIB)
     ) as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         sem = asyncio.Semaphore(64)
 
         async def one() -> None:

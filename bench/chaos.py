@@ -139,19 +139,21 @@ def _client(c: Cluster, home: str, history: History, stop: threading.Event, seed
             elif kind == "task":
                 task_id = stub.Submit(TASK, timeout=CALL_TIMEOUT_S).task_id
             elif kind == "task_stream":
-                events = stub.SubmitAndWait(TASK, timeout=CALL_TIMEOUT_S)
-                task_id = next(events).task_id  # acknowledged: the task is journaled
+                events = stub.SubmitAndWait(TASK_STREAM, timeout=CALL_TIMEOUT_S)
+                task_id = next(events).event.task_id  # acknowledged: the task is journaled
                 events.cancel()  # the task keeps its course without a listener
             elif kind == "publish":
                 name = f"chaos-{home}-{i}"
                 body = _model_file(rng)
                 # Publishing needs the role; the node loads and runs every upload in a child first.
                 publisher = c.agent(target, "publisher")
-                published = publisher.PublishModel(_upload(name, body), timeout=CALL_TIMEOUT_S * 12)
+                published = publisher.PublishModel(
+                    _upload(name, body), timeout=CALL_TIMEOUT_S * 12
+                ).version
                 model = (published.manifest_id, hashlib.sha256(body).hexdigest())
             else:
                 elem = f"{home}-{i}".encode()
-                req = agent_pb2.SetRequest(
+                req = agent_pb2.SetAddRequest(
                     namespace="chaos", key="set", elements=[elem], options=durable
                 )
                 stub.SetAdd(req, timeout=CALL_TIMEOUT_S)
@@ -210,6 +212,7 @@ def _upload(name: str, body: bytes) -> Iterator[agent_pb2.PublishModelRequest]:
 TASK = agent_pb2.SubmitRequest(
     model="demo", inputs=[tensors.to_proto("input", demo_model.sample_input(8))]
 )
+TASK_STREAM = agent_pb2.SubmitAndWaitRequest(model=TASK.model, inputs=TASK.inputs)
 
 
 def _serve(tmp: Path) -> list[str]:
@@ -413,11 +416,12 @@ def _check(
     for task_id in h.tasks:
         origin = task_id.rsplit("-", 1)[0]
         try:
-            events = list(c.agent(origin).Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=60))
+            wait = c.agent(origin).Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=60)
+            events = [answer.event for answer in wait]
         except grpc.RpcError:
             lost_tasks += 1
             continue
-        done = [e for e in events if e.kind == agent_pb2.TaskEvent.DONE]
+        done = [e for e in events if e.kind == agent_pb2.TaskEvent.KIND_DONE]
         lost_tasks += not done
         duplicated_tasks += max(0, len(done) - 1)
     lost_models, under_replicated = _check_models(c, h.models)

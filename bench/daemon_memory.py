@@ -54,12 +54,12 @@ async def infer_once(address: str, certs_dir: Path) -> None:
     creds = grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
     x = demo_model.sample_input(1).numpy().astype("<f4")
     t = common_pb2.Tensor(
-        name="input", dtype=common_pb2.FLOAT32, shape=list(x.shape), data=x.tobytes()
+        name="input", dtype=common_pb2.DTYPE_FLOAT32, shape=list(x.shape), data=x.tobytes()
     )
     async with grpc.aio.secure_channel(
         address, creds, options=channel_options("test", 8 << 20)
     ) as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         await stub.Infer(agent_pb2.InferRequest(model="demo", inputs=[t]), timeout=120)
 
 

@@ -143,7 +143,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def stream_load(
-    stub: agent_pb2_grpc.AgentStub,
+    stub: agent_pb2_grpc.AgentServiceStub,
     model: str,
     x: np.ndarray,
     in_flight: int,
@@ -153,7 +153,10 @@ async def stream_load(
     """(requests/s, latencies, daemon CPU seconds per request) of ``total`` requests on one
     InferStream with ``in_flight`` of them awaiting their answer at any time."""
     t = common_pb2.Tensor(
-        name="input", dtype=common_pb2.FLOAT32, shape=list(x.shape), data=x.astype("<f4").tobytes()
+        name="input",
+        dtype=common_pb2.DTYPE_FLOAT32,
+        shape=list(x.shape),
+        data=x.astype("<f4").tobytes(),
     )
     call = stub.InferStream()
     # One message reused: grpc serializes it inside write, before the next id is set.
@@ -198,7 +201,7 @@ async def stream_load(
 
 
 async def load(
-    stub: agent_pb2_grpc.AgentStub,
+    stub: agent_pb2_grpc.AgentServiceStub,
     model: str,
     x: np.ndarray,
     concurrency: int,
@@ -207,7 +210,10 @@ async def load(
 ) -> tuple[float, list[float], float]:
     """(requests/s, latencies, daemon CPU seconds per request)."""
     t = common_pb2.Tensor(
-        name="input", dtype=common_pb2.FLOAT32, shape=list(x.shape), data=x.astype("<f4").tobytes()
+        name="input",
+        dtype=common_pb2.DTYPE_FLOAT32,
+        shape=list(x.shape),
+        data=x.astype("<f4").tobytes(),
     )
     req = agent_pb2.InferRequest(model=model, inputs=[t])
     latencies: list[float] = []
@@ -344,7 +350,7 @@ async def run(
             async with grpc.aio.secure_channel(
                 address, creds, options=channel_options("bench", 64 << 20)
             ) as ch:
-                stub = agent_pb2_grpc.AgentStub(ch)
+                stub = agent_pb2_grpc.AgentServiceStub(ch)
                 for c in (1, 32) if label == "bare gRPC echo" else (1, 8, 32):
                     use = (model, x) if label != "bare gRPC echo" else ("demo", noop_x)
                     runs = [await load(stub, *use, c, total, pid) for _ in range(repeats)]

@@ -123,7 +123,7 @@ async def run(
             v: grpc.aio.secure_channel(d.address, creds, options=channel_options("bench", 64 << 20))
             for v, d in daemons.items()
         }
-        stubs = {v: agent_pb2_grpc.AgentStub(ch) for v, ch in channels.items()}
+        stubs = {v: agent_pb2_grpc.AgentServiceStub(ch) for v, ch in channels.items()}
         for v in VARIANTS:  # models loaded, the worker started: none of that is timed
             for model, data in (("noop", x), ("demo", x_batched)):
                 await load(stubs[v], model, data, 4, 40, daemons[v].proc.pid)  # type: ignore[union-attr]

@@ -59,7 +59,9 @@ def publish(c: Cluster, tmp: Path, name: str, mib: int, seed: int, pullers: list
     make_model(model, mib, seed)
     try:
         header_chunk = 1 << 20
-        v = c.agent("n1", "publisher").PublishModel(upload(model, name, header_chunk), timeout=900)
+        v = c.agent("n1", "publisher").PublishModel(
+            upload(model, name, header_chunk), timeout=900
+        ).version
     finally:
         model.unlink()
     for node in pullers:
@@ -79,7 +81,7 @@ def pull_all(c: Cluster, name: str, nodes: list[str]) -> tuple[float, int]:
     """Seconds until every node's PullModel answered, and bytes they got from n1."""
 
     def pull(node: str) -> None:
-        got = c.agent(node).PullModel(agent_pb2.PullModelRequest(name=name), timeout=900)
+        got = c.agent(node).PullModel(agent_pb2.PullModelRequest(name=name), timeout=900).version
         assert node in got.holders, (node, got.holders)
 
     start = time.perf_counter()

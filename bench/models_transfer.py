@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             v = c.agent("n1", "publisher").PublishModel(
                 upload(model, name, args.chunk_kib * 1024), timeout=900
-            )
+            ).version
             publish_rates.append(v.size / (time.perf_counter() - t0) / 1e6)
             c.wait_for(
                 lambda name=name: (
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                     t = time.perf_counter()
                     got = c.agent("n2").PullModel(
                         agent_pb2.PullModelRequest(name=name), timeout=900
-                    )
+                    ).version
                     secs = time.perf_counter() - t
                     rate = got.size / secs / 1e6
                     sent, received = (

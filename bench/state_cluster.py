@@ -114,7 +114,7 @@ async def _fill(address: str, certs: Path, keys: int) -> None:
     async with grpc.aio.secure_channel(
         address, creds, options=channel_options("test", 8 << 20)
     ) as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         sem = asyncio.Semaphore(64)
 
         async def put(i: int) -> None:

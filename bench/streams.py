@@ -68,12 +68,17 @@ async def _revoke_round(c: Cluster, who: str, watches: int) -> tuple[float, floa
     try:
         ns = f"bench-{who}"
         calls = [
-            (n, agent_pb2_grpc.AgentStub(channels[n]).Watch(agent_pb2.WatchRequest(namespace=ns)))
+            (
+                n,
+                agent_pb2_grpc.AgentServiceStub(channels[n]).Watch(
+                    agent_pb2.WatchRequest(namespace=ns)
+                ),
+            )
             for n in nodes
             for _ in range(watches)
         ]
         await asyncio.sleep(1.0)  # every Watch registered on its node
-        stub = agent_pb2_grpc.AgentStub(admin)
+        stub = agent_pb2_grpc.AgentServiceStub(admin)
         put_sent = time.monotonic()
         await stub.Put(agent_pb2.PutRequest(namespace=ns, key="k", value=b"v"), timeout=10)
         await asyncio.gather(*(call.read() for _, call in calls))
@@ -138,7 +143,7 @@ async def _stall(
     Watch on it that reads nothing when ``watch``; how that Watch ended)."""
     value = os.urandom(1_000_000)
     async with _channel(address, certs_dir, "client") as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         await stub.Status(agent_pb2.StatusRequest(), timeout=10)
         await asyncio.sleep(1.0)
         before = _rss_mb(pid)

@@ -22,12 +22,12 @@ import time
 
 from p2pagent._proto import agent_pb2, common_pb2
 
-METHOD = "/p2pagent.v1.Agent/Submit"
+METHOD = "/p2pagent.v1.AgentService/Submit"
 
 
 def request_bytes(limit: int = 4 << 20) -> bytes:
     """A Submit just under ``limit`` bytes: as many one-float tensors as fit."""
-    one = common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=[1], data=b"\0\0\0\0")
+    one = common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=[1], data=b"\0\0\0\0")
     per = len(agent_pb2.SubmitRequest(inputs=[one]).SerializeToString())
     n = (limit - 64) // per
     return agent_pb2.SubmitRequest(model="demo", inputs=[one] * n).SerializeToString()

@@ -110,10 +110,11 @@ def run_once(
         submitted = time.perf_counter() - started
 
         def final(task_id: str) -> tuple[list[agent_pb2.TaskEvent], float]:
-            events = list(stub.Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=300))
+            wait = stub.Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=300)
+            events = [answer.event for answer in wait]
             done = time.perf_counter()
-            ends = [e for e in events if e.kind in (agent_pb2.TaskEvent.DONE,
-                                                    agent_pb2.TaskEvent.FAILED)]  # fmt: skip
+            ends = [e for e in events if e.kind in (agent_pb2.TaskEvent.KIND_DONE,
+                                                    agent_pb2.TaskEvent.KIND_FAILED)]  # fmt: skip
             return ends, done
 
         with ThreadPoolExecutor(32) as pool:
@@ -124,7 +125,7 @@ def run_once(
     duplicates = failed = 0
     for ends, _ in results:
         duplicates += max(0, len(ends) - 1)
-        if not ends or ends[-1].kind != agent_pb2.TaskEvent.DONE:
+        if not ends or ends[-1].kind != agent_pb2.TaskEvent.KIND_DONE:
             failed += 1
         elif ends:
             per_node[ends[-1].node] += 1
@@ -176,21 +177,23 @@ def kill_once(root: Path, tasks: int, ms: float) -> KillRow:
         dead = time.time()
         with ThreadPoolExecutor(32) as pool:
             histories = list(pool.map(
-                lambda t: list(stub.Wait(agent_pb2.WaitRequest(task_id=t), timeout=300)), ids
+                lambda t: [a.event for a in stub.Wait(agent_pb2.WaitRequest(task_id=t),
+                                                      timeout=300)],
+                ids,
             ))  # fmt: skip
-    final_kinds = (agent_pb2.TaskEvent.DONE, agent_pb2.TaskEvent.FAILED)
+    final_kinds = (agent_pb2.TaskEvent.KIND_DONE, agent_pb2.TaskEvent.KIND_FAILED)
     held = lost = duplicates = 0
     rerun = 0.0
     for events in histories:
         ends = [e for e in events if e.kind in final_kinds]
         duplicates += max(0, len(ends) - 1)
-        lost += 0 if ends and ends[-1].kind == agent_pb2.TaskEvent.DONE else 1
+        lost += 0 if ends and ends[-1].kind == agent_pb2.TaskEvent.KIND_DONE else 1
         if not any(e.node == "n2" for e in events) or (ends and ends[-1].node == "n2"):
             continue  # never there, or finished there before the kill
         held += 1
         elsewhere = [e.at_unix for e in events
                      if e.node != "n2" and e.at_unix >= killed
-                     and e.kind == agent_pb2.TaskEvent.RUNNING]  # fmt: skip
+                     and e.kind == agent_pb2.TaskEvent.KIND_RUNNING]  # fmt: skip
         if elsewhere:
             rerun = max(rerun, min(elsewhere) - dead)
     return KillRow(tasks, held, round(dead - killed, 2), round(max(0.0, rerun), 2), lost,

@@ -74,7 +74,7 @@ def _blocking_options() -> list[tuple[str, object]]:
 
 
 def _check(e: agent_pb2.TaskEvent) -> None:
-    if e.kind == agent_pb2.TaskEvent.FAILED:
+    if e.kind == agent_pb2.TaskEvent.KIND_FAILED:
         raise RuntimeError(e.error_message)
 
 
@@ -85,17 +85,19 @@ def known_settings(tree: Path, env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if "__" not in k or k.split("__")[1].lower() in known}
 
 
-def _blocking_pair(stub: agent_pb2_grpc.AgentStub, submit: agent_pb2.SubmitRequest) -> None:
+def _blocking_pair(stub: agent_pb2_grpc.AgentServiceStub, submit: agent_pb2.SubmitRequest) -> None:
     """One Submit, then Wait until the result, through the blocking client."""
     task_id = stub.Submit(submit, timeout=30).task_id
-    for e in stub.Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=30):
-        _check(e)
+    for answer in stub.Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=30):
+        _check(answer.event)
 
 
-def _blocking_stream(stub: agent_pb2_grpc.AgentStub, submit: agent_pb2.SubmitRequest) -> None:
+def _blocking_stream(
+    stub: agent_pb2_grpc.AgentServiceStub, submit: agent_pb2.SubmitAndWaitRequest
+) -> None:
     """One SubmitAndWait until the result, through the blocking client."""
-    for e in stub.SubmitAndWait(submit, timeout=30):
-        _check(e)
+    for answer in stub.SubmitAndWait(submit, timeout=30):
+        _check(answer.event)
 
 
 async def _run(d: Daemon, certs_dir: Path, n: int, concurrency: int) -> dict[str, float]:
@@ -104,21 +106,22 @@ async def _run(d: Daemon, certs_dir: Path, n: int, concurrency: int) -> dict[str
     async with grpc.aio.secure_channel(
         d.address, creds, options=channel_options("bench", 16 << 20)
     ) as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         submit = agent_pb2.SubmitRequest(model="noop", inputs=[x])
+        stream = agent_pb2.SubmitAndWaitRequest(model="noop", inputs=[x])
         infer = agent_pb2.InferRequest(model="noop", inputs=[x])
 
         async def task() -> float:
             t0 = time.perf_counter()
             tid = (await stub.Submit(submit, timeout=30)).task_id
-            async for e in stub.Wait(agent_pb2.WaitRequest(task_id=tid), timeout=30):
-                _check(e)
+            async for answer in stub.Wait(agent_pb2.WaitRequest(task_id=tid), timeout=30):
+                _check(answer.event)
             return time.perf_counter() - t0
 
         async def one_stream() -> float:
             t0 = time.perf_counter()
-            async for e in stub.SubmitAndWait(submit, timeout=30):
-                _check(e)
+            async for answer in stub.SubmitAndWait(stream, timeout=30):
+                _check(answer.event)
             return time.perf_counter() - t0
 
         async def inference() -> float:
@@ -165,7 +168,7 @@ async def _run(d: Daemon, certs_dir: Path, n: int, concurrency: int) -> dict[str
 
 
 async def submit_stream_rate(
-    stub: agent_pb2_grpc.AgentStub, x: object, n: int, in_flight: int
+    stub: agent_pb2_grpc.AgentServiceStub, x: object, n: int, in_flight: int
 ) -> float:
     """Tasks per second, ``n`` of them on one SubmitStream with ``in_flight`` unfinished."""
     call = stub.SubmitStream()
@@ -185,7 +188,10 @@ async def submit_stream_rate(
             answer = await call.read()
             if answer.error_code:
                 raise RuntimeError(f"{answer.error_code}: {answer.error_message}")
-            if answer.event.kind in (agent_pb2.TaskEvent.DONE, agent_pb2.TaskEvent.FAILED):
+            if answer.event.kind in (
+                agent_pb2.TaskEvent.KIND_DONE,
+                agent_pb2.TaskEvent.KIND_FAILED,
+            ):
                 _check(answer.event)
                 done += 1
                 slots.release()
@@ -208,7 +214,7 @@ async def echo_p50_ms(certs_dir: Path, n: int) -> float:
         async with grpc.aio.secure_channel(
             address, _client_credentials(certs_dir), options=channel_options("bench", 16 << 20)
         ) as ch:
-            stub = agent_pb2_grpc.AgentStub(ch)
+            stub = agent_pb2_grpc.AgentServiceStub(ch)
             for _ in range(20):
                 await stub.Infer(request, timeout=30)
             samples = []
@@ -228,15 +234,16 @@ def sync_client_p50_ms(d: Daemon, certs_dir: Path, n: int) -> dict[str, float]:
     creds = _client_credentials(certs_dir)
     x = tensors.to_proto("input", demo_model.sample_input(1))
     with grpc.secure_channel(d.address, creds, options=_blocking_options()) as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         submit = agent_pb2.SubmitRequest(model="noop", inputs=[x])
+        stream = agent_pb2.SubmitAndWaitRequest(model="noop", inputs=[x])
         infer = agent_pb2.InferRequest(model="noop", inputs=[x])
         pairs, streams, infers = [], [], []
         for i in range(n + 20):  # the first 20 warm up
             t0 = time.perf_counter()
             _blocking_pair(stub, submit)
             t1 = time.perf_counter()
-            _blocking_stream(stub, submit)
+            _blocking_stream(stub, stream)
             t2 = time.perf_counter()
             stub.Infer(infer, timeout=30)
             t3 = time.perf_counter()
@@ -263,7 +270,7 @@ def interleaved_pairs_ms(daemons: dict[str, Daemon], certs_dir: Path, n: int) ->
     }
     samples: dict[str, list[float]] = {k: [] for k in daemons}
     try:
-        stubs = {k: agent_pb2_grpc.AgentStub(ch) for k, ch in channels.items()}
+        stubs = {k: agent_pb2_grpc.AgentServiceStub(ch) for k, ch in channels.items()}
         for i in range(n + 20):  # the first 20 warm up
             for k, stub in stubs.items():
                 t0 = time.perf_counter()
@@ -287,9 +294,10 @@ def breakdown(d: Daemon, certs_dir: Path, n: int) -> None:
     creds = _client_credentials(certs_dir)
     x = tensors.to_proto("input", demo_model.sample_input(1))
     submit = agent_pb2.SubmitRequest(model="noop", inputs=[x])
+    stream = agent_pb2.SubmitAndWaitRequest(model="noop", inputs=[x])
     infer = agent_pb2.InferRequest(model="noop", inputs=[x])
     with grpc.secure_channel(d.address, creds, options=_blocking_options()) as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         for _ in range(20):
             _blocking_pair(stub, submit)
         done = stub.Submit(submit, timeout=30).task_id
@@ -301,7 +309,7 @@ def breakdown(d: Daemon, certs_dir: Path, n: int) -> None:
 
         rows: list[tuple[str, Callable[[], object]]] = [
             ("Submit+Wait", lambda: _blocking_pair(stub, submit)),
-            ("SubmitAndWait", lambda: _blocking_stream(stub, submit)),
+            ("SubmitAndWait", lambda: _blocking_stream(stub, stream)),
             ("Infer", lambda: stub.Infer(infer, timeout=30)),
             ("Submit alone", lambda: stub.Submit(submit, timeout=30)),
             ("Wait, task done", wait_done),

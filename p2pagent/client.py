@@ -49,6 +49,7 @@ from p2pagent.client_messages import (
     infer_stream_cancel,
     infer_stream_request,
     set_request,
+    submit_and_wait_request,
     submit_request,
     submit_stream_cancel,
     submit_stream_request,
@@ -145,14 +146,17 @@ class Client:
         """The node calls go to first (the last one that answered)."""
         return self._targets[self._current]
 
-    def _stub(self, target: str) -> agent_pb2_grpc.AgentAsyncStub:
+    def _stub(self, target: str) -> agent_pb2_grpc.AgentServiceAsyncStub:
         ch = self._channels.get(target)
         if ch is None:
             ch = self._channels[target] = secure_channel(target, self._material, self._max)
-        return agent_pb2_grpc.AgentStub(ch)
+        return agent_pb2_grpc.AgentServiceStub(ch)
 
     async def _call(
-        self, call: Callable[[agent_pb2_grpc.AgentAsyncStub], Awaitable[T]], *, repeatable: bool
+        self,
+        call: Callable[[agent_pb2_grpc.AgentServiceAsyncStub], Awaitable[T]],
+        *,
+        repeatable: bool,
     ) -> T:
         """``call`` on the current node, then on each other one while they cannot be reached."""
         return await self._call_at(lambda target: call(self._stub(target)), repeatable=repeatable)
@@ -245,7 +249,7 @@ class Client:
         self, model: str, texts: Sequence[str], *, truncate: bool = False, version: str = ""
     ) -> list[list[agent_pb2.Entity]]:
         """Per text, the entities a token classifier found (label, score, start, end, text)."""
-        request = agent_pb2.ClassifyRequest(
+        request = agent_pb2.ClassifyTokensRequest(
             model=model, texts=checked_texts(texts), truncate=truncate, model_version=version
         )
         answer = await self._call(
@@ -385,14 +389,14 @@ class Client:
         self, namespace: str, key: str, elements: Sequence[bytes], *, durable: bool = False
     ) -> None:
         """Adds elements to an add-wins set (repeating it is harmless)."""
-        request = set_request(namespace, key, elements, durable)
+        request = set_request(agent_pb2.SetAddRequest, namespace, key, elements, durable)
         await self._call(lambda s: s.SetAdd(request, timeout=self._timeout), repeatable=True)
 
     async def set_remove(
         self, namespace: str, key: str, elements: Sequence[bytes], *, durable: bool = False
     ) -> None:
         """Removes elements from a set (the adds this node has seen; repeating it is harmless)."""
-        request = set_request(namespace, key, elements, durable)
+        request = set_request(agent_pb2.SetRemoveRequest, namespace, key, elements, durable)
         await self._call(lambda s: s.SetRemove(request, timeout=self._timeout), repeatable=True)
 
     async def scan(
@@ -452,11 +456,12 @@ class Client:
         checks the file): ``sent`` is told the size of each piece as it goes."""
         from p2pagent.models import upload
 
-        async def send(stub: agent_pb2_grpc.AgentAsyncStub) -> agent_pb2.ModelVersion:
+        async def send(stub: agent_pb2_grpc.AgentServiceAsyncStub) -> agent_pb2.ModelVersion:
             with upload.reason_lost_by_grpc():
-                return await stub.PublishModel(
+                answer = await stub.PublishModel(
                     upload.upload_requests(path, header, sent), timeout=max(self._timeout, 600)
                 )
+                return answer.version
 
         # Not repeated after it reached a node: a second publish would make a second version.
         return await self._call(send, repeatable=False)
@@ -551,7 +556,7 @@ class Client:
 
         _check_rpc(rpc, streams=True)
 
-        async def open_stream(stub: agent_pb2_grpc.AgentAsyncStub) -> Any:
+        async def open_stream(stub: agent_pb2_grpc.AgentServiceAsyncStub) -> Any:
             call = getattr(stub, rpc)(request)
             await call.wait_for_connection()
             return call
@@ -568,7 +573,7 @@ class Client:
 
 def _check_rpc(rpc: str, *, streams: bool) -> None:
     """``rpc`` is an Agent RPC that answers with a stream (``streams``) or with one message."""
-    method = agent_pb2.DESCRIPTOR.services_by_name["Agent"].methods_by_name.get(rpc)
+    method = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].methods_by_name.get(rpc)
     if method is None:
         raise InvalidArgument(f"{rpc!r} is not an RPC of the Agent service (see docs/API.md)")
     if method.client_streaming:  # uploads, InferStream, SubmitStream: their own methods
@@ -579,25 +584,29 @@ def _check_rpc(rpc: str, *, streams: bool) -> None:
         raise InvalidArgument(f"{rpc} answers with {answer}: use Client.{use}")
 
 
+#: The answers of Wait and SubmitAndWait: each carries one event of the task.
+EventAnswer = agent_pb2.WaitResponse | agent_pb2.SubmitAndWaitResponse
+
+
 async def _final(
-    call: AsyncIterable[agent_pb2.TaskEvent],
+    call: AsyncIterable[EventAnswer],
     on_event: Callable[[agent_pb2.TaskEvent], object] | None,
 ) -> agent_pb2.TaskEvent:
     """The stream's final event (DONE or FAILED), each event to ``on_event`` on the way."""
     async for event in _events(call):
         if on_event is not None:
             on_event(event)
-        if event.kind in (agent_pb2.TaskEvent.DONE, agent_pb2.TaskEvent.FAILED):
+        if event.kind in (agent_pb2.TaskEvent.KIND_DONE, agent_pb2.TaskEvent.KIND_FAILED):
             return event
     raise Unavailable("the task's stream ended without its result")
 
 
-async def _events(call: AsyncIterable[agent_pb2.TaskEvent]) -> AsyncIterator[agent_pb2.TaskEvent]:
+async def _events(call: AsyncIterable[EventAnswer]) -> AsyncIterator[agent_pb2.TaskEvent]:
     """A task-event stream whose non-UNAVAILABLE failures are raised as our errors (UNAVAILABLE
     stays a grpc error, for ``_call`` to move on)."""
     try:
-        async for event in call:
-            yield event
+        async for answer in call:
+            yield answer.event
     except grpc.aio.AioRpcError as e:
         if e.code() is grpc.StatusCode.UNAVAILABLE:
             raise

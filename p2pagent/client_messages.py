@@ -4,7 +4,7 @@ form, texts checked as a node checks them, task results raised as our errors."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from p2pagent._proto import agent_pb2, common_pb2
 from p2pagent.errors import InvalidArgument
@@ -44,7 +44,7 @@ def decode_outputs(outputs: Sequence[common_pb2.Tensor]) -> dict[str, torch.Tens
 
 
 def task_result(event: agent_pb2.TaskEvent) -> dict[str, torch.Tensor]:
-    if event.kind == agent_pb2.TaskEvent.FAILED:
+    if event.kind == agent_pb2.TaskEvent.KIND_FAILED:
         from p2pagent.tasks.wire import error_from_code
 
         raise error_from_code(event.error_code, f"task {event.task_id}: {event.error_message}")
@@ -106,13 +106,31 @@ def submit_request(
     )
 
 
+SetRequest = TypeVar("SetRequest", agent_pb2.SetAddRequest, agent_pb2.SetRemoveRequest)
+
+
+def submit_and_wait_request(r: agent_pb2.SubmitRequest) -> agent_pb2.SubmitAndWaitRequest:
+    """The same task as a SubmitAndWait request (its fields are SubmitRequest's)."""
+    return agent_pb2.SubmitAndWaitRequest(
+        model=r.model,
+        inputs=r.inputs,
+        priority=r.priority,
+        deadline_s=r.deadline_s,
+        model_version=r.model_version,
+    )
+
+
+SetRequest = TypeVar("SetRequest", agent_pb2.SetAddRequest, agent_pb2.SetRemoveRequest)
+
+
 def write_options(durable: bool) -> agent_pb2.WriteOptions:
     return agent_pb2.WriteOptions(durable=durable)
 
 
 def set_request(
-    namespace: str, key: str, elements: Sequence[bytes], durable: bool
-) -> agent_pb2.SetRequest:
-    return agent_pb2.SetRequest(
+    kind: type[SetRequest], namespace: str, key: str, elements: Sequence[bytes], durable: bool
+) -> SetRequest:
+    """A SetAddRequest or SetRemoveRequest (the same fields)."""
+    return kind(
         namespace=namespace, key=key, elements=list(elements), options=write_options(durable)
     )

@@ -160,5 +160,5 @@ def _is_early(answer: Any) -> bool:
         return False
     from p2pagent._proto import agent_pb2
 
-    final = (agent_pb2.TaskEvent.DONE, agent_pb2.TaskEvent.FAILED)
+    final = (agent_pb2.TaskEvent.KIND_DONE, agent_pb2.TaskEvent.KIND_FAILED)
     return answer.HasField("event") and event.kind not in final

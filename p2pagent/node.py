@@ -311,10 +311,10 @@ class Node:
 
     async def start(self) -> None:
         self._lock_data_dir()
-        agent_pb2_grpc.add_AgentServicer_to_server(AgentService(self), self.server.grpc)
-        peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self), self.server.grpc)
-        self.server.add_service(agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name)
-        self.server.add_service(peer_pb2.DESCRIPTOR.services_by_name["Peer"].full_name)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(self), self.server.grpc)
+        peer_pb2_grpc.add_PeerServiceServicer_to_server(PeerService(self), self.server.grpc)
+        self.server.add_service(agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name)
+        self.server.add_service(peer_pb2.DESCRIPTOR.services_by_name["PeerService"].full_name)
         port = self.server.bind(self.config.listen, self.material)
         host, listen_port = parse_address(self.config.advertised(), "advertise address")
         if listen_port == 0 and not self.config.advertise:

@@ -10,25 +10,27 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 class Consistency(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    LOCAL: _ClassVar[Consistency]
-    PEERS: _ClassVar[Consistency]
-    MAJORITY: _ClassVar[Consistency]
+    CONSISTENCY_UNSPECIFIED: _ClassVar[Consistency]
+    CONSISTENCY_LOCAL: _ClassVar[Consistency]
+    CONSISTENCY_PEERS: _ClassVar[Consistency]
+    CONSISTENCY_MAJORITY: _ClassVar[Consistency]
 
 class ValueType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     VALUE_TYPE_UNSPECIFIED: _ClassVar[ValueType]
-    LWW: _ClassVar[ValueType]
-    MV: _ClassVar[ValueType]
-    COUNTER: _ClassVar[ValueType]
-    SET: _ClassVar[ValueType]
-LOCAL: Consistency
-PEERS: Consistency
-MAJORITY: Consistency
+    VALUE_TYPE_LWW: _ClassVar[ValueType]
+    VALUE_TYPE_MV: _ClassVar[ValueType]
+    VALUE_TYPE_COUNTER: _ClassVar[ValueType]
+    VALUE_TYPE_SET: _ClassVar[ValueType]
+CONSISTENCY_UNSPECIFIED: Consistency
+CONSISTENCY_LOCAL: Consistency
+CONSISTENCY_PEERS: Consistency
+CONSISTENCY_MAJORITY: Consistency
 VALUE_TYPE_UNSPECIFIED: ValueType
-LWW: ValueType
-MV: ValueType
-COUNTER: ValueType
-SET: ValueType
+VALUE_TYPE_LWW: ValueType
+VALUE_TYPE_MV: ValueType
+VALUE_TYPE_COUNTER: ValueType
+VALUE_TYPE_SET: ValueType
 
 class StatusRequest(_message.Message):
     __slots__ = ()
@@ -146,6 +148,20 @@ class SubmitRequest(_message.Message):
     model_version: str
     def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., priority: _Optional[int] = ..., deadline_s: _Optional[float] = ..., model_version: _Optional[str] = ...) -> None: ...
 
+class SubmitAndWaitRequest(_message.Message):
+    __slots__ = ("model", "inputs", "priority", "deadline_s", "model_version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]
+    priority: int
+    deadline_s: float
+    model_version: str
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., priority: _Optional[int] = ..., deadline_s: _Optional[float] = ..., model_version: _Optional[str] = ...) -> None: ...
+
 class SubmitResponse(_message.Message):
     __slots__ = ("task_id",)
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
@@ -163,15 +179,15 @@ class TaskEvent(_message.Message):
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[TaskEvent.Kind]
-        QUEUED: _ClassVar[TaskEvent.Kind]
-        RUNNING: _ClassVar[TaskEvent.Kind]
-        DONE: _ClassVar[TaskEvent.Kind]
-        FAILED: _ClassVar[TaskEvent.Kind]
+        KIND_QUEUED: _ClassVar[TaskEvent.Kind]
+        KIND_RUNNING: _ClassVar[TaskEvent.Kind]
+        KIND_DONE: _ClassVar[TaskEvent.Kind]
+        KIND_FAILED: _ClassVar[TaskEvent.Kind]
     KIND_UNSPECIFIED: TaskEvent.Kind
-    QUEUED: TaskEvent.Kind
-    RUNNING: TaskEvent.Kind
-    DONE: TaskEvent.Kind
-    FAILED: TaskEvent.Kind
+    KIND_QUEUED: TaskEvent.Kind
+    KIND_RUNNING: TaskEvent.Kind
+    KIND_DONE: TaskEvent.Kind
+    KIND_FAILED: TaskEvent.Kind
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +203,18 @@ class TaskEvent(_message.Message):
     error_code: str
     error_message: str
     def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[TaskEvent.Kind, str]] = ..., node: _Optional[str] = ..., at_unix: _Optional[float] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class WaitResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: TaskEvent
+    def __init__(self, event: _Optional[_Union[TaskEvent, _Mapping]] = ...) -> None: ...
+
+class SubmitAndWaitResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: TaskEvent
+    def __init__(self, event: _Optional[_Union[TaskEvent, _Mapping]] = ...) -> None: ...
 
 class InferStreamRequest(_message.Message):
     __slots__ = ("model", "inputs", "model_version", "priority", "request_id", "timeout_s", "cancel")
@@ -323,7 +351,7 @@ class PutRequest(_message.Message):
     context: _containers.ScalarMap[str, int]
     def __init__(self, namespace: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[bytes] = ..., type: _Optional[_Union[ValueType, str]] = ..., options: _Optional[_Union[WriteOptions, _Mapping]] = ..., context: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
-class WriteResponse(_message.Message):
+class PutResponse(_message.Message):
     __slots__ = ("version", "acked_by")
     class VersionEntry(_message.Message):
         __slots__ = ("key", "value")
@@ -379,6 +407,21 @@ class DeleteRequest(_message.Message):
     options: WriteOptions
     def __init__(self, namespace: _Optional[str] = ..., key: _Optional[str] = ..., options: _Optional[_Union[WriteOptions, _Mapping]] = ...) -> None: ...
 
+class DeleteResponse(_message.Message):
+    __slots__ = ("version", "acked_by")
+    class VersionEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACKED_BY_FIELD_NUMBER: _ClassVar[int]
+    version: _containers.ScalarMap[str, int]
+    acked_by: int
+    def __init__(self, version: _Optional[_Mapping[str, int]] = ..., acked_by: _Optional[int] = ...) -> None: ...
+
 class IncrementRequest(_message.Message):
     __slots__ = ("namespace", "key", "delta", "options")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
@@ -391,7 +434,22 @@ class IncrementRequest(_message.Message):
     options: WriteOptions
     def __init__(self, namespace: _Optional[str] = ..., key: _Optional[str] = ..., delta: _Optional[int] = ..., options: _Optional[_Union[WriteOptions, _Mapping]] = ...) -> None: ...
 
-class SetRequest(_message.Message):
+class IncrementResponse(_message.Message):
+    __slots__ = ("version", "acked_by")
+    class VersionEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACKED_BY_FIELD_NUMBER: _ClassVar[int]
+    version: _containers.ScalarMap[str, int]
+    acked_by: int
+    def __init__(self, version: _Optional[_Mapping[str, int]] = ..., acked_by: _Optional[int] = ...) -> None: ...
+
+class SetAddRequest(_message.Message):
     __slots__ = ("namespace", "key", "elements", "options")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
@@ -402,6 +460,48 @@ class SetRequest(_message.Message):
     elements: _containers.RepeatedScalarFieldContainer[bytes]
     options: WriteOptions
     def __init__(self, namespace: _Optional[str] = ..., key: _Optional[str] = ..., elements: _Optional[_Iterable[bytes]] = ..., options: _Optional[_Union[WriteOptions, _Mapping]] = ...) -> None: ...
+
+class SetAddResponse(_message.Message):
+    __slots__ = ("version", "acked_by")
+    class VersionEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACKED_BY_FIELD_NUMBER: _ClassVar[int]
+    version: _containers.ScalarMap[str, int]
+    acked_by: int
+    def __init__(self, version: _Optional[_Mapping[str, int]] = ..., acked_by: _Optional[int] = ...) -> None: ...
+
+class SetRemoveRequest(_message.Message):
+    __slots__ = ("namespace", "key", "elements", "options")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    key: str
+    elements: _containers.RepeatedScalarFieldContainer[bytes]
+    options: WriteOptions
+    def __init__(self, namespace: _Optional[str] = ..., key: _Optional[str] = ..., elements: _Optional[_Iterable[bytes]] = ..., options: _Optional[_Union[WriteOptions, _Mapping]] = ...) -> None: ...
+
+class SetRemoveResponse(_message.Message):
+    __slots__ = ("version", "acked_by")
+    class VersionEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACKED_BY_FIELD_NUMBER: _ClassVar[int]
+    version: _containers.ScalarMap[str, int]
+    acked_by: int
+    def __init__(self, version: _Optional[_Mapping[str, int]] = ..., acked_by: _Optional[int] = ...) -> None: ...
 
 class ScanRequest(_message.Message):
     __slots__ = ("namespace", "prefix", "limit", "page_token")
@@ -441,7 +541,7 @@ class WatchRequest(_message.Message):
     from_seq: int
     def __init__(self, namespace: _Optional[str] = ..., prefix: _Optional[str] = ..., from_seq: _Optional[int] = ...) -> None: ...
 
-class Change(_message.Message):
+class WatchResponse(_message.Message):
     __slots__ = ("seq", "namespace", "key", "deleted", "value")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
@@ -463,9 +563,9 @@ class ModelMetadata(_message.Message):
         DTYPE_FIELD_NUMBER: _ClassVar[int]
         SHAPE_FIELD_NUMBER: _ClassVar[int]
         name: str
-        dtype: _common_pb2.DType
+        dtype: _common_pb2.Dtype
         shape: _containers.RepeatedScalarFieldContainer[int]
-        def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_common_pb2.DType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+        def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_common_pb2.Dtype, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -500,6 +600,12 @@ class PublishModelRequest(_message.Message):
     header: PublishModelRequest.Header
     data: bytes
     def __init__(self, header: _Optional[_Union[PublishModelRequest.Header, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PublishModelResponse(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: ModelVersion
+    def __init__(self, version: _Optional[_Union[ModelVersion, _Mapping]] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
     __slots__ = ("name", "manifest_id", "format", "size", "sha256", "chunk_size", "chunks", "created_unix", "holders", "replicas", "metadata", "owner")
@@ -549,6 +655,12 @@ class PullModelRequest(_message.Message):
     manifest_id: str
     def __init__(self, name: _Optional[str] = ..., manifest_id: _Optional[str] = ...) -> None: ...
 
+class PullModelResponse(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: ModelVersion
+    def __init__(self, version: _Optional[_Union[ModelVersion, _Mapping]] = ...) -> None: ...
+
 class DeleteModelRequest(_message.Message):
     __slots__ = ("name", "manifest_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -593,7 +705,7 @@ class AverageRequest(_message.Message):
     model: str
     def __init__(self, run: _Optional[str] = ..., sample_count: _Optional[float] = ..., spec: _Optional[str] = ..., length: _Optional[int] = ..., min_members: _Optional[int] = ..., data: _Optional[bytes] = ..., model: _Optional[str] = ...) -> None: ...
 
-class AverageReply(_message.Message):
+class AverageResponse(_message.Message):
     __slots__ = ("round", "group", "complete", "seconds", "data")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
@@ -724,6 +836,18 @@ class EmbedResponse(_message.Message):
     def __init__(self, embeddings: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., tokens: _Optional[_Iterable[int]] = ..., executor: _Optional[str] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
+    __slots__ = ("model", "texts", "truncate", "model_version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    truncate: bool
+    model_version: str
+    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., truncate: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class ClassifyTokensRequest(_message.Message):
     __slots__ = ("model", "texts", "truncate", "model_version")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]

@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class AgentStub:
+class AgentServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -35,148 +35,148 @@ class AgentStub:
             channel: A grpc.Channel.
         """
         self.Status = channel.unary_unary(
-                '/p2pagent.v1.Agent/Status',
+                '/p2pagent.v1.AgentService/Status',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.StatusRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.StatusResponse.FromString,
                 _registered_method=True)
         self.Members = channel.unary_unary(
-                '/p2pagent.v1.Agent/Members',
+                '/p2pagent.v1.AgentService/Members',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.MembersRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.MembersResponse.FromString,
                 _registered_method=True)
         self.Infer = channel.unary_unary(
-                '/p2pagent.v1.Agent/Infer',
+                '/p2pagent.v1.AgentService/Infer',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.InferRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.InferResponse.FromString,
                 _registered_method=True)
         self.Submit = channel.unary_unary(
-                '/p2pagent.v1.Agent/Submit',
+                '/p2pagent.v1.AgentService/Submit',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.SubmitResponse.FromString,
                 _registered_method=True)
         self.Wait = channel.unary_stream(
-                '/p2pagent.v1.Agent/Wait',
+                '/p2pagent.v1.AgentService/Wait',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.WaitRequest.SerializeToString,
-                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.TaskEvent.FromString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.WaitResponse.FromString,
                 _registered_method=True)
         self.SubmitAndWait = channel.unary_stream(
-                '/p2pagent.v1.Agent/SubmitAndWait',
-                request_serializer=p2pagent_dot_v1_dot_agent__pb2.SubmitRequest.SerializeToString,
-                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.TaskEvent.FromString,
+                '/p2pagent.v1.AgentService/SubmitAndWait',
+                request_serializer=p2pagent_dot_v1_dot_agent__pb2.SubmitAndWaitRequest.SerializeToString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.SubmitAndWaitResponse.FromString,
                 _registered_method=True)
         self.InferStream = channel.stream_stream(
-                '/p2pagent.v1.Agent/InferStream',
+                '/p2pagent.v1.AgentService/InferStream',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.InferStreamRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.InferStreamResponse.FromString,
                 _registered_method=True)
         self.SubmitStream = channel.stream_stream(
-                '/p2pagent.v1.Agent/SubmitStream',
+                '/p2pagent.v1.AgentService/SubmitStream',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.SubmitStreamRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.SubmitStreamResponse.FromString,
                 _registered_method=True)
         self.ListTasks = channel.unary_unary(
-                '/p2pagent.v1.Agent/ListTasks',
+                '/p2pagent.v1.AgentService/ListTasks',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.ListTasksRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.ListTasksResponse.FromString,
                 _registered_method=True)
         self.Put = channel.unary_unary(
-                '/p2pagent.v1.Agent/Put',
+                '/p2pagent.v1.AgentService/Put',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.PutRequest.SerializeToString,
-                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.WriteResponse.FromString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.PutResponse.FromString,
                 _registered_method=True)
         self.Get = channel.unary_unary(
-                '/p2pagent.v1.Agent/Get',
+                '/p2pagent.v1.AgentService/Get',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.GetRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.GetResponse.FromString,
                 _registered_method=True)
         self.Delete = channel.unary_unary(
-                '/p2pagent.v1.Agent/Delete',
+                '/p2pagent.v1.AgentService/Delete',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.DeleteRequest.SerializeToString,
-                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.WriteResponse.FromString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.DeleteResponse.FromString,
                 _registered_method=True)
         self.Increment = channel.unary_unary(
-                '/p2pagent.v1.Agent/Increment',
+                '/p2pagent.v1.AgentService/Increment',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.IncrementRequest.SerializeToString,
-                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.WriteResponse.FromString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.IncrementResponse.FromString,
                 _registered_method=True)
         self.SetAdd = channel.unary_unary(
-                '/p2pagent.v1.Agent/SetAdd',
-                request_serializer=p2pagent_dot_v1_dot_agent__pb2.SetRequest.SerializeToString,
-                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.WriteResponse.FromString,
+                '/p2pagent.v1.AgentService/SetAdd',
+                request_serializer=p2pagent_dot_v1_dot_agent__pb2.SetAddRequest.SerializeToString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.SetAddResponse.FromString,
                 _registered_method=True)
         self.SetRemove = channel.unary_unary(
-                '/p2pagent.v1.Agent/SetRemove',
-                request_serializer=p2pagent_dot_v1_dot_agent__pb2.SetRequest.SerializeToString,
-                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.WriteResponse.FromString,
+                '/p2pagent.v1.AgentService/SetRemove',
+                request_serializer=p2pagent_dot_v1_dot_agent__pb2.SetRemoveRequest.SerializeToString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.SetRemoveResponse.FromString,
                 _registered_method=True)
         self.Scan = channel.unary_unary(
-                '/p2pagent.v1.Agent/Scan',
+                '/p2pagent.v1.AgentService/Scan',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.ScanRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.ScanResponse.FromString,
                 _registered_method=True)
         self.Watch = channel.unary_stream(
-                '/p2pagent.v1.Agent/Watch',
+                '/p2pagent.v1.AgentService/Watch',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.WatchRequest.SerializeToString,
-                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.Change.FromString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.WatchResponse.FromString,
                 _registered_method=True)
         self.PublishModel = channel.stream_unary(
-                '/p2pagent.v1.Agent/PublishModel',
+                '/p2pagent.v1.AgentService/PublishModel',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.PublishModelRequest.SerializeToString,
-                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.ModelVersion.FromString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.PublishModelResponse.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
-                '/p2pagent.v1.Agent/ListModels',
+                '/p2pagent.v1.AgentService/ListModels',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
         self.PullModel = channel.unary_unary(
-                '/p2pagent.v1.Agent/PullModel',
+                '/p2pagent.v1.AgentService/PullModel',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.PullModelRequest.SerializeToString,
-                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.ModelVersion.FromString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.PullModelResponse.FromString,
                 _registered_method=True)
         self.DeleteModel = channel.unary_unary(
-                '/p2pagent.v1.Agent/DeleteModel',
+                '/p2pagent.v1.AgentService/DeleteModel',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.DeleteModelRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.DeleteModelResponse.FromString,
                 _registered_method=True)
         self.Revoke = channel.unary_unary(
-                '/p2pagent.v1.Agent/Revoke',
+                '/p2pagent.v1.AgentService/Revoke',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.RevokeRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.RevokeResponse.FromString,
                 _registered_method=True)
         self.Average = channel.stream_stream(
-                '/p2pagent.v1.Agent/Average',
+                '/p2pagent.v1.AgentService/Average',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.AverageRequest.SerializeToString,
-                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.AverageReply.FromString,
+                response_deserializer=p2pagent_dot_v1_dot_agent__pb2.AverageResponse.FromString,
                 _registered_method=True)
         self.TrainStatus = channel.unary_unary(
-                '/p2pagent.v1.Agent/TrainStatus',
+                '/p2pagent.v1.AgentService/TrainStatus',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.TrainStatusRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.TrainStatusResponse.FromString,
                 _registered_method=True)
         self.Generate = channel.unary_stream(
-                '/p2pagent.v1.Agent/Generate',
+                '/p2pagent.v1.AgentService/Generate',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.GenerateResponse.FromString,
                 _registered_method=True)
         self.Embed = channel.unary_unary(
-                '/p2pagent.v1.Agent/Embed',
+                '/p2pagent.v1.AgentService/Embed',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.EmbedResponse.FromString,
                 _registered_method=True)
         self.Classify = channel.unary_unary(
-                '/p2pagent.v1.Agent/Classify',
+                '/p2pagent.v1.AgentService/Classify',
                 request_serializer=p2pagent_dot_v1_dot_agent__pb2.ClassifyRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.ClassifyResponse.FromString,
                 _registered_method=True)
         self.ClassifyTokens = channel.unary_unary(
-                '/p2pagent.v1.Agent/ClassifyTokens',
-                request_serializer=p2pagent_dot_v1_dot_agent__pb2.ClassifyRequest.SerializeToString,
+                '/p2pagent.v1.AgentService/ClassifyTokens',
+                request_serializer=p2pagent_dot_v1_dot_agent__pb2.ClassifyTokensRequest.SerializeToString,
                 response_deserializer=p2pagent_dot_v1_dot_agent__pb2.ClassifyTokensResponse.FromString,
                 _registered_method=True)
 
 
-class AgentServicer:
+class AgentServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Status(self, request, context):
@@ -397,7 +397,7 @@ class AgentServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_AgentServicer_to_server(servicer, server):
+def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -422,12 +422,12 @@ def add_AgentServicer_to_server(servicer, server):
             'Wait': grpc.unary_stream_rpc_method_handler(
                     servicer.Wait,
                     request_deserializer=p2pagent_dot_v1_dot_agent__pb2.WaitRequest.FromString,
-                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.TaskEvent.SerializeToString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.WaitResponse.SerializeToString,
             ),
             'SubmitAndWait': grpc.unary_stream_rpc_method_handler(
                     servicer.SubmitAndWait,
-                    request_deserializer=p2pagent_dot_v1_dot_agent__pb2.SubmitRequest.FromString,
-                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.TaskEvent.SerializeToString,
+                    request_deserializer=p2pagent_dot_v1_dot_agent__pb2.SubmitAndWaitRequest.FromString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.SubmitAndWaitResponse.SerializeToString,
             ),
             'InferStream': grpc.stream_stream_rpc_method_handler(
                     servicer.InferStream,
@@ -447,7 +447,7 @@ def add_AgentServicer_to_server(servicer, server):
             'Put': grpc.unary_unary_rpc_method_handler(
                     servicer.Put,
                     request_deserializer=p2pagent_dot_v1_dot_agent__pb2.PutRequest.FromString,
-                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.WriteResponse.SerializeToString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.PutResponse.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
@@ -457,22 +457,22 @@ def add_AgentServicer_to_server(servicer, server):
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
                     request_deserializer=p2pagent_dot_v1_dot_agent__pb2.DeleteRequest.FromString,
-                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.WriteResponse.SerializeToString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.DeleteResponse.SerializeToString,
             ),
             'Increment': grpc.unary_unary_rpc_method_handler(
                     servicer.Increment,
                     request_deserializer=p2pagent_dot_v1_dot_agent__pb2.IncrementRequest.FromString,
-                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.WriteResponse.SerializeToString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.IncrementResponse.SerializeToString,
             ),
             'SetAdd': grpc.unary_unary_rpc_method_handler(
                     servicer.SetAdd,
-                    request_deserializer=p2pagent_dot_v1_dot_agent__pb2.SetRequest.FromString,
-                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.WriteResponse.SerializeToString,
+                    request_deserializer=p2pagent_dot_v1_dot_agent__pb2.SetAddRequest.FromString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.SetAddResponse.SerializeToString,
             ),
             'SetRemove': grpc.unary_unary_rpc_method_handler(
                     servicer.SetRemove,
-                    request_deserializer=p2pagent_dot_v1_dot_agent__pb2.SetRequest.FromString,
-                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.WriteResponse.SerializeToString,
+                    request_deserializer=p2pagent_dot_v1_dot_agent__pb2.SetRemoveRequest.FromString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.SetRemoveResponse.SerializeToString,
             ),
             'Scan': grpc.unary_unary_rpc_method_handler(
                     servicer.Scan,
@@ -482,12 +482,12 @@ def add_AgentServicer_to_server(servicer, server):
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
                     request_deserializer=p2pagent_dot_v1_dot_agent__pb2.WatchRequest.FromString,
-                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.Change.SerializeToString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.WatchResponse.SerializeToString,
             ),
             'PublishModel': grpc.stream_unary_rpc_method_handler(
                     servicer.PublishModel,
                     request_deserializer=p2pagent_dot_v1_dot_agent__pb2.PublishModelRequest.FromString,
-                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.ModelVersion.SerializeToString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.PublishModelResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -497,7 +497,7 @@ def add_AgentServicer_to_server(servicer, server):
             'PullModel': grpc.unary_unary_rpc_method_handler(
                     servicer.PullModel,
                     request_deserializer=p2pagent_dot_v1_dot_agent__pb2.PullModelRequest.FromString,
-                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.ModelVersion.SerializeToString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.PullModelResponse.SerializeToString,
             ),
             'DeleteModel': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteModel,
@@ -512,7 +512,7 @@ def add_AgentServicer_to_server(servicer, server):
             'Average': grpc.stream_stream_rpc_method_handler(
                     servicer.Average,
                     request_deserializer=p2pagent_dot_v1_dot_agent__pb2.AverageRequest.FromString,
-                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.AverageReply.SerializeToString,
+                    response_serializer=p2pagent_dot_v1_dot_agent__pb2.AverageResponse.SerializeToString,
             ),
             'TrainStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.TrainStatus,
@@ -536,18 +536,18 @@ def add_AgentServicer_to_server(servicer, server):
             ),
             'ClassifyTokens': grpc.unary_unary_rpc_method_handler(
                     servicer.ClassifyTokens,
-                    request_deserializer=p2pagent_dot_v1_dot_agent__pb2.ClassifyRequest.FromString,
+                    request_deserializer=p2pagent_dot_v1_dot_agent__pb2.ClassifyTokensRequest.FromString,
                     response_serializer=p2pagent_dot_v1_dot_agent__pb2.ClassifyTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'p2pagent.v1.Agent', rpc_method_handlers)
+            'p2pagent.v1.AgentService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('p2pagent.v1.Agent', rpc_method_handlers)
+    server.add_registered_method_handlers('p2pagent.v1.AgentService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Agent:
+class AgentService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -564,7 +564,7 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/Status',
+            '/p2pagent.v1.AgentService/Status',
             p2pagent_dot_v1_dot_agent__pb2.StatusRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.StatusResponse.FromString,
             options,
@@ -591,7 +591,7 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/Members',
+            '/p2pagent.v1.AgentService/Members',
             p2pagent_dot_v1_dot_agent__pb2.MembersRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.MembersResponse.FromString,
             options,
@@ -618,7 +618,7 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/Infer',
+            '/p2pagent.v1.AgentService/Infer',
             p2pagent_dot_v1_dot_agent__pb2.InferRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.InferResponse.FromString,
             options,
@@ -645,7 +645,7 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/Submit',
+            '/p2pagent.v1.AgentService/Submit',
             p2pagent_dot_v1_dot_agent__pb2.SubmitRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.SubmitResponse.FromString,
             options,
@@ -672,9 +672,9 @@ class Agent:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/p2pagent.v1.Agent/Wait',
+            '/p2pagent.v1.AgentService/Wait',
             p2pagent_dot_v1_dot_agent__pb2.WaitRequest.SerializeToString,
-            p2pagent_dot_v1_dot_agent__pb2.TaskEvent.FromString,
+            p2pagent_dot_v1_dot_agent__pb2.WaitResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -699,9 +699,9 @@ class Agent:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/p2pagent.v1.Agent/SubmitAndWait',
-            p2pagent_dot_v1_dot_agent__pb2.SubmitRequest.SerializeToString,
-            p2pagent_dot_v1_dot_agent__pb2.TaskEvent.FromString,
+            '/p2pagent.v1.AgentService/SubmitAndWait',
+            p2pagent_dot_v1_dot_agent__pb2.SubmitAndWaitRequest.SerializeToString,
+            p2pagent_dot_v1_dot_agent__pb2.SubmitAndWaitResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -726,7 +726,7 @@ class Agent:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/p2pagent.v1.Agent/InferStream',
+            '/p2pagent.v1.AgentService/InferStream',
             p2pagent_dot_v1_dot_agent__pb2.InferStreamRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.InferStreamResponse.FromString,
             options,
@@ -753,7 +753,7 @@ class Agent:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/p2pagent.v1.Agent/SubmitStream',
+            '/p2pagent.v1.AgentService/SubmitStream',
             p2pagent_dot_v1_dot_agent__pb2.SubmitStreamRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.SubmitStreamResponse.FromString,
             options,
@@ -780,7 +780,7 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/ListTasks',
+            '/p2pagent.v1.AgentService/ListTasks',
             p2pagent_dot_v1_dot_agent__pb2.ListTasksRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.ListTasksResponse.FromString,
             options,
@@ -807,9 +807,9 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/Put',
+            '/p2pagent.v1.AgentService/Put',
             p2pagent_dot_v1_dot_agent__pb2.PutRequest.SerializeToString,
-            p2pagent_dot_v1_dot_agent__pb2.WriteResponse.FromString,
+            p2pagent_dot_v1_dot_agent__pb2.PutResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -834,7 +834,7 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/Get',
+            '/p2pagent.v1.AgentService/Get',
             p2pagent_dot_v1_dot_agent__pb2.GetRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.GetResponse.FromString,
             options,
@@ -861,9 +861,9 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/Delete',
+            '/p2pagent.v1.AgentService/Delete',
             p2pagent_dot_v1_dot_agent__pb2.DeleteRequest.SerializeToString,
-            p2pagent_dot_v1_dot_agent__pb2.WriteResponse.FromString,
+            p2pagent_dot_v1_dot_agent__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -888,9 +888,9 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/Increment',
+            '/p2pagent.v1.AgentService/Increment',
             p2pagent_dot_v1_dot_agent__pb2.IncrementRequest.SerializeToString,
-            p2pagent_dot_v1_dot_agent__pb2.WriteResponse.FromString,
+            p2pagent_dot_v1_dot_agent__pb2.IncrementResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -915,9 +915,9 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/SetAdd',
-            p2pagent_dot_v1_dot_agent__pb2.SetRequest.SerializeToString,
-            p2pagent_dot_v1_dot_agent__pb2.WriteResponse.FromString,
+            '/p2pagent.v1.AgentService/SetAdd',
+            p2pagent_dot_v1_dot_agent__pb2.SetAddRequest.SerializeToString,
+            p2pagent_dot_v1_dot_agent__pb2.SetAddResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -942,9 +942,9 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/SetRemove',
-            p2pagent_dot_v1_dot_agent__pb2.SetRequest.SerializeToString,
-            p2pagent_dot_v1_dot_agent__pb2.WriteResponse.FromString,
+            '/p2pagent.v1.AgentService/SetRemove',
+            p2pagent_dot_v1_dot_agent__pb2.SetRemoveRequest.SerializeToString,
+            p2pagent_dot_v1_dot_agent__pb2.SetRemoveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -969,7 +969,7 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/Scan',
+            '/p2pagent.v1.AgentService/Scan',
             p2pagent_dot_v1_dot_agent__pb2.ScanRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.ScanResponse.FromString,
             options,
@@ -996,9 +996,9 @@ class Agent:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/p2pagent.v1.Agent/Watch',
+            '/p2pagent.v1.AgentService/Watch',
             p2pagent_dot_v1_dot_agent__pb2.WatchRequest.SerializeToString,
-            p2pagent_dot_v1_dot_agent__pb2.Change.FromString,
+            p2pagent_dot_v1_dot_agent__pb2.WatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1023,9 +1023,9 @@ class Agent:
         return grpc.experimental.stream_unary(
             request_iterator,
             target,
-            '/p2pagent.v1.Agent/PublishModel',
+            '/p2pagent.v1.AgentService/PublishModel',
             p2pagent_dot_v1_dot_agent__pb2.PublishModelRequest.SerializeToString,
-            p2pagent_dot_v1_dot_agent__pb2.ModelVersion.FromString,
+            p2pagent_dot_v1_dot_agent__pb2.PublishModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1050,7 +1050,7 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/ListModels',
+            '/p2pagent.v1.AgentService/ListModels',
             p2pagent_dot_v1_dot_agent__pb2.ListModelsRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.ListModelsResponse.FromString,
             options,
@@ -1077,9 +1077,9 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/PullModel',
+            '/p2pagent.v1.AgentService/PullModel',
             p2pagent_dot_v1_dot_agent__pb2.PullModelRequest.SerializeToString,
-            p2pagent_dot_v1_dot_agent__pb2.ModelVersion.FromString,
+            p2pagent_dot_v1_dot_agent__pb2.PullModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1104,7 +1104,7 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/DeleteModel',
+            '/p2pagent.v1.AgentService/DeleteModel',
             p2pagent_dot_v1_dot_agent__pb2.DeleteModelRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.DeleteModelResponse.FromString,
             options,
@@ -1131,7 +1131,7 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/Revoke',
+            '/p2pagent.v1.AgentService/Revoke',
             p2pagent_dot_v1_dot_agent__pb2.RevokeRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.RevokeResponse.FromString,
             options,
@@ -1158,9 +1158,9 @@ class Agent:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/p2pagent.v1.Agent/Average',
+            '/p2pagent.v1.AgentService/Average',
             p2pagent_dot_v1_dot_agent__pb2.AverageRequest.SerializeToString,
-            p2pagent_dot_v1_dot_agent__pb2.AverageReply.FromString,
+            p2pagent_dot_v1_dot_agent__pb2.AverageResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1185,7 +1185,7 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/TrainStatus',
+            '/p2pagent.v1.AgentService/TrainStatus',
             p2pagent_dot_v1_dot_agent__pb2.TrainStatusRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.TrainStatusResponse.FromString,
             options,
@@ -1212,7 +1212,7 @@ class Agent:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/p2pagent.v1.Agent/Generate',
+            '/p2pagent.v1.AgentService/Generate',
             p2pagent_dot_v1_dot_agent__pb2.GenerateRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.GenerateResponse.FromString,
             options,
@@ -1239,7 +1239,7 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/Embed',
+            '/p2pagent.v1.AgentService/Embed',
             p2pagent_dot_v1_dot_agent__pb2.EmbedRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.EmbedResponse.FromString,
             options,
@@ -1266,7 +1266,7 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/Classify',
+            '/p2pagent.v1.AgentService/Classify',
             p2pagent_dot_v1_dot_agent__pb2.ClassifyRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.ClassifyResponse.FromString,
             options,
@@ -1293,8 +1293,8 @@ class Agent:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/p2pagent.v1.Agent/ClassifyTokens',
-            p2pagent_dot_v1_dot_agent__pb2.ClassifyRequest.SerializeToString,
+            '/p2pagent.v1.AgentService/ClassifyTokens',
+            p2pagent_dot_v1_dot_agent__pb2.ClassifyTokensRequest.SerializeToString,
             p2pagent_dot_v1_dot_agent__pb2.ClassifyTokensResponse.FromString,
             options,
             channel_credentials,

@@ -26,11 +26,11 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
-class AgentStub:
+class AgentServiceStub:
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
-    def __new__(cls, channel: _aio.Channel) -> AgentAsyncStub: ...
+    def __new__(cls, channel: _aio.Channel) -> AgentServiceAsyncStub: ...
     Status: _grpc.UnaryUnaryMultiCallable[_agent_pb2.StatusRequest, _agent_pb2.StatusResponse]
     """This node's identity, health, device, load and counters."""
     Members: _grpc.UnaryUnaryMultiCallable[_agent_pb2.MembersRequest, _agent_pb2.MembersResponse]
@@ -39,11 +39,11 @@ class AgentStub:
     """Runs one inference and returns its outputs. Goes through the same scheduler as Submit."""
     Submit: _grpc.UnaryUnaryMultiCallable[_agent_pb2.SubmitRequest, _agent_pb2.SubmitResponse]
     """Accepts a task, journals it durably at this node, and returns its id at once."""
-    Wait: _grpc.UnaryStreamMultiCallable[_agent_pb2.WaitRequest, _agent_pb2.TaskEvent]
+    Wait: _grpc.UnaryStreamMultiCallable[_agent_pb2.WaitRequest, _agent_pb2.WaitResponse]
     """Streams the task's current state, then each change, and ends with its result (for a
     finished task, the result alone). Can be called again any time, e.g. after a disconnect.
     """
-    SubmitAndWait: _grpc.UnaryStreamMultiCallable[_agent_pb2.SubmitRequest, _agent_pb2.TaskEvent]
+    SubmitAndWait: _grpc.UnaryStreamMultiCallable[_agent_pb2.SubmitAndWaitRequest, _agent_pb2.SubmitAndWaitResponse]
     """Submit, then Wait, in one call: the task is journaled and its events follow on the same
     stream (the first once it is journaled). Each event carries the task id, so a client that
     loses the stream calls Wait with it. One round trip less than Submit then Wait.
@@ -65,18 +65,18 @@ class AgentStub:
     """
     ListTasks: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListTasksRequest, _agent_pb2.ListTasksResponse]
     """Tasks this node originated, most recent first, and this node's queue counters."""
-    Put: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PutRequest, _agent_pb2.WriteResponse]
+    Put: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PutRequest, _agent_pb2.PutResponse]
     """Replicated state. Writes are accepted locally and converge everywhere."""
     Get: _grpc.UnaryUnaryMultiCallable[_agent_pb2.GetRequest, _agent_pb2.GetResponse]
-    Delete: _grpc.UnaryUnaryMultiCallable[_agent_pb2.DeleteRequest, _agent_pb2.WriteResponse]
-    Increment: _grpc.UnaryUnaryMultiCallable[_agent_pb2.IncrementRequest, _agent_pb2.WriteResponse]
-    SetAdd: _grpc.UnaryUnaryMultiCallable[_agent_pb2.SetRequest, _agent_pb2.WriteResponse]
-    SetRemove: _grpc.UnaryUnaryMultiCallable[_agent_pb2.SetRequest, _agent_pb2.WriteResponse]
+    Delete: _grpc.UnaryUnaryMultiCallable[_agent_pb2.DeleteRequest, _agent_pb2.DeleteResponse]
+    Increment: _grpc.UnaryUnaryMultiCallable[_agent_pb2.IncrementRequest, _agent_pb2.IncrementResponse]
+    SetAdd: _grpc.UnaryUnaryMultiCallable[_agent_pb2.SetAddRequest, _agent_pb2.SetAddResponse]
+    SetRemove: _grpc.UnaryUnaryMultiCallable[_agent_pb2.SetRemoveRequest, _agent_pb2.SetRemoveResponse]
     Scan: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ScanRequest, _agent_pb2.ScanResponse]
     """Keys under a prefix, in key order, paged."""
-    Watch: _grpc.UnaryStreamMultiCallable[_agent_pb2.WatchRequest, _agent_pb2.Change]
+    Watch: _grpc.UnaryStreamMultiCallable[_agent_pb2.WatchRequest, _agent_pb2.WatchResponse]
     """Changes under a prefix, starting after from_seq of this node's change log."""
-    PublishModel: _grpc.StreamUnaryMultiCallable[_agent_pb2.PublishModelRequest, _agent_pb2.ModelVersion]
+    PublishModel: _grpc.StreamUnaryMultiCallable[_agent_pb2.PublishModelRequest, _agent_pb2.PublishModelResponse]
     """Models. Upload: first message carries the metadata and the file's SHA-256, the rest
     carry file bytes. The node publishes only a file that matches its digest (else
     DATA_LOSS), holds no pickle, and loads and runs on its metadata's example shapes in a
@@ -85,7 +85,7 @@ class AgentStub:
     PERMISSION_DENIED (an admin may publish any).
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListModelsRequest, _agent_pb2.ListModelsResponse]
-    PullModel: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PullModelRequest, _agent_pb2.ModelVersion]
+    PullModel: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PullModelRequest, _agent_pb2.PullModelResponse]
     """Makes the answering node hold the model version (pulling it from holders)."""
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_agent_pb2.DeleteModelRequest, _agent_pb2.DeleteModelResponse]
     """Deletes versions cluster-wide: only the owner's own (PERMISSION_DENIED naming the
@@ -93,7 +93,7 @@ class AgentStub:
     """
     Revoke: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RevokeRequest, _agent_pb2.RevokeResponse]
     """Refuses an identity cluster-wide (replicated; enforced by every node). Node callers only."""
-    Average: _grpc.StreamStreamMultiCallable[_agent_pb2.AverageRequest, _agent_pb2.AverageReply]
+    Average: _grpc.StreamStreamMultiCallable[_agent_pb2.AverageRequest, _agent_pb2.AverageResponse]
     """Averages this node's parameters for a training run with the run's other members (the
     node does the networking with its own identity; see docs/TRAINING.md). The request
     stream carries the flattened float32 parameters in chunks, the first with the header;
@@ -115,11 +115,11 @@ class AgentStub:
     """
     Classify: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ClassifyRequest, _agent_pb2.ClassifyResponse]
     """Sequence classification: every label's score per text, best first."""
-    ClassifyTokens: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ClassifyRequest, _agent_pb2.ClassifyTokensResponse]
+    ClassifyTokens: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ClassifyTokensRequest, _agent_pb2.ClassifyTokensResponse]
     """Token classification: the entities of each text with their character offsets."""
 
 @_typing.type_check_only
-class AgentAsyncStub(AgentStub):
+class AgentServiceAsyncStub(AgentServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Status: _aio.UnaryUnaryMultiCallable[_agent_pb2.StatusRequest, _agent_pb2.StatusResponse]  # type: ignore[assignment]
     """This node's identity, health, device, load and counters."""
@@ -129,11 +129,11 @@ class AgentAsyncStub(AgentStub):
     """Runs one inference and returns its outputs. Goes through the same scheduler as Submit."""
     Submit: _aio.UnaryUnaryMultiCallable[_agent_pb2.SubmitRequest, _agent_pb2.SubmitResponse]  # type: ignore[assignment]
     """Accepts a task, journals it durably at this node, and returns its id at once."""
-    Wait: _aio.UnaryStreamMultiCallable[_agent_pb2.WaitRequest, _agent_pb2.TaskEvent]  # type: ignore[assignment]
+    Wait: _aio.UnaryStreamMultiCallable[_agent_pb2.WaitRequest, _agent_pb2.WaitResponse]  # type: ignore[assignment]
     """Streams the task's current state, then each change, and ends with its result (for a
     finished task, the result alone). Can be called again any time, e.g. after a disconnect.
     """
-    SubmitAndWait: _aio.UnaryStreamMultiCallable[_agent_pb2.SubmitRequest, _agent_pb2.TaskEvent]  # type: ignore[assignment]
+    SubmitAndWait: _aio.UnaryStreamMultiCallable[_agent_pb2.SubmitAndWaitRequest, _agent_pb2.SubmitAndWaitResponse]  # type: ignore[assignment]
     """Submit, then Wait, in one call: the task is journaled and its events follow on the same
     stream (the first once it is journaled). Each event carries the task id, so a client that
     loses the stream calls Wait with it. One round trip less than Submit then Wait.
@@ -155,18 +155,18 @@ class AgentAsyncStub(AgentStub):
     """
     ListTasks: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListTasksRequest, _agent_pb2.ListTasksResponse]  # type: ignore[assignment]
     """Tasks this node originated, most recent first, and this node's queue counters."""
-    Put: _aio.UnaryUnaryMultiCallable[_agent_pb2.PutRequest, _agent_pb2.WriteResponse]  # type: ignore[assignment]
+    Put: _aio.UnaryUnaryMultiCallable[_agent_pb2.PutRequest, _agent_pb2.PutResponse]  # type: ignore[assignment]
     """Replicated state. Writes are accepted locally and converge everywhere."""
     Get: _aio.UnaryUnaryMultiCallable[_agent_pb2.GetRequest, _agent_pb2.GetResponse]  # type: ignore[assignment]
-    Delete: _aio.UnaryUnaryMultiCallable[_agent_pb2.DeleteRequest, _agent_pb2.WriteResponse]  # type: ignore[assignment]
-    Increment: _aio.UnaryUnaryMultiCallable[_agent_pb2.IncrementRequest, _agent_pb2.WriteResponse]  # type: ignore[assignment]
-    SetAdd: _aio.UnaryUnaryMultiCallable[_agent_pb2.SetRequest, _agent_pb2.WriteResponse]  # type: ignore[assignment]
-    SetRemove: _aio.UnaryUnaryMultiCallable[_agent_pb2.SetRequest, _agent_pb2.WriteResponse]  # type: ignore[assignment]
+    Delete: _aio.UnaryUnaryMultiCallable[_agent_pb2.DeleteRequest, _agent_pb2.DeleteResponse]  # type: ignore[assignment]
+    Increment: _aio.UnaryUnaryMultiCallable[_agent_pb2.IncrementRequest, _agent_pb2.IncrementResponse]  # type: ignore[assignment]
+    SetAdd: _aio.UnaryUnaryMultiCallable[_agent_pb2.SetAddRequest, _agent_pb2.SetAddResponse]  # type: ignore[assignment]
+    SetRemove: _aio.UnaryUnaryMultiCallable[_agent_pb2.SetRemoveRequest, _agent_pb2.SetRemoveResponse]  # type: ignore[assignment]
     Scan: _aio.UnaryUnaryMultiCallable[_agent_pb2.ScanRequest, _agent_pb2.ScanResponse]  # type: ignore[assignment]
     """Keys under a prefix, in key order, paged."""
-    Watch: _aio.UnaryStreamMultiCallable[_agent_pb2.WatchRequest, _agent_pb2.Change]  # type: ignore[assignment]
+    Watch: _aio.UnaryStreamMultiCallable[_agent_pb2.WatchRequest, _agent_pb2.WatchResponse]  # type: ignore[assignment]
     """Changes under a prefix, starting after from_seq of this node's change log."""
-    PublishModel: _aio.StreamUnaryMultiCallable[_agent_pb2.PublishModelRequest, _agent_pb2.ModelVersion]  # type: ignore[assignment]
+    PublishModel: _aio.StreamUnaryMultiCallable[_agent_pb2.PublishModelRequest, _agent_pb2.PublishModelResponse]  # type: ignore[assignment]
     """Models. Upload: first message carries the metadata and the file's SHA-256, the rest
     carry file bytes. The node publishes only a file that matches its digest (else
     DATA_LOSS), holds no pickle, and loads and runs on its metadata's example shapes in a
@@ -175,7 +175,7 @@ class AgentAsyncStub(AgentStub):
     PERMISSION_DENIED (an admin may publish any).
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListModelsRequest, _agent_pb2.ListModelsResponse]  # type: ignore[assignment]
-    PullModel: _aio.UnaryUnaryMultiCallable[_agent_pb2.PullModelRequest, _agent_pb2.ModelVersion]  # type: ignore[assignment]
+    PullModel: _aio.UnaryUnaryMultiCallable[_agent_pb2.PullModelRequest, _agent_pb2.PullModelResponse]  # type: ignore[assignment]
     """Makes the answering node hold the model version (pulling it from holders)."""
     DeleteModel: _aio.UnaryUnaryMultiCallable[_agent_pb2.DeleteModelRequest, _agent_pb2.DeleteModelResponse]  # type: ignore[assignment]
     """Deletes versions cluster-wide: only the owner's own (PERMISSION_DENIED naming the
@@ -183,7 +183,7 @@ class AgentAsyncStub(AgentStub):
     """
     Revoke: _aio.UnaryUnaryMultiCallable[_agent_pb2.RevokeRequest, _agent_pb2.RevokeResponse]  # type: ignore[assignment]
     """Refuses an identity cluster-wide (replicated; enforced by every node). Node callers only."""
-    Average: _aio.StreamStreamMultiCallable[_agent_pb2.AverageRequest, _agent_pb2.AverageReply]  # type: ignore[assignment]
+    Average: _aio.StreamStreamMultiCallable[_agent_pb2.AverageRequest, _agent_pb2.AverageResponse]  # type: ignore[assignment]
     """Averages this node's parameters for a training run with the run's other members (the
     node does the networking with its own identity; see docs/TRAINING.md). The request
     stream carries the flattened float32 parameters in chunks, the first with the header;
@@ -205,10 +205,10 @@ class AgentAsyncStub(AgentStub):
     """
     Classify: _aio.UnaryUnaryMultiCallable[_agent_pb2.ClassifyRequest, _agent_pb2.ClassifyResponse]  # type: ignore[assignment]
     """Sequence classification: every label's score per text, best first."""
-    ClassifyTokens: _aio.UnaryUnaryMultiCallable[_agent_pb2.ClassifyRequest, _agent_pb2.ClassifyTokensResponse]  # type: ignore[assignment]
+    ClassifyTokens: _aio.UnaryUnaryMultiCallable[_agent_pb2.ClassifyTokensRequest, _agent_pb2.ClassifyTokensResponse]  # type: ignore[assignment]
     """Token classification: the entities of each text with their character offsets."""
 
-class AgentServicer(metaclass=_abc_1.ABCMeta):
+class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def Status(
         self,
@@ -246,7 +246,7 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _agent_pb2.WaitRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_agent_pb2.TaskEvent], _abc.AsyncIterator[_agent_pb2.TaskEvent]]:
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.WaitResponse], _abc.AsyncIterator[_agent_pb2.WaitResponse]]:
         """Streams the task's current state, then each change, and ends with its result (for a
         finished task, the result alone). Can be called again any time, e.g. after a disconnect.
         """
@@ -254,9 +254,9 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def SubmitAndWait(
         self,
-        request: _agent_pb2.SubmitRequest,
+        request: _agent_pb2.SubmitAndWaitRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_agent_pb2.TaskEvent], _abc.AsyncIterator[_agent_pb2.TaskEvent]]:
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.SubmitAndWaitResponse], _abc.AsyncIterator[_agent_pb2.SubmitAndWaitResponse]]:
         """Submit, then Wait, in one call: the task is journaled and its events follow on the same
         stream (the first once it is journaled). Each event carries the task id, so a client that
         loses the stream calls Wait with it. One round trip less than Submit then Wait.
@@ -302,7 +302,7 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _agent_pb2.PutRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.WriteResponse, _abc.Awaitable[_agent_pb2.WriteResponse]]:
+    ) -> _typing.Union[_agent_pb2.PutResponse, _abc.Awaitable[_agent_pb2.PutResponse]]:
         """Replicated state. Writes are accepted locally and converge everywhere."""
 
     @_abc_1.abstractmethod
@@ -317,28 +317,28 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _agent_pb2.DeleteRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.WriteResponse, _abc.Awaitable[_agent_pb2.WriteResponse]]: ...
+    ) -> _typing.Union[_agent_pb2.DeleteResponse, _abc.Awaitable[_agent_pb2.DeleteResponse]]: ...
 
     @_abc_1.abstractmethod
     def Increment(
         self,
         request: _agent_pb2.IncrementRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.WriteResponse, _abc.Awaitable[_agent_pb2.WriteResponse]]: ...
+    ) -> _typing.Union[_agent_pb2.IncrementResponse, _abc.Awaitable[_agent_pb2.IncrementResponse]]: ...
 
     @_abc_1.abstractmethod
     def SetAdd(
         self,
-        request: _agent_pb2.SetRequest,
+        request: _agent_pb2.SetAddRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.WriteResponse, _abc.Awaitable[_agent_pb2.WriteResponse]]: ...
+    ) -> _typing.Union[_agent_pb2.SetAddResponse, _abc.Awaitable[_agent_pb2.SetAddResponse]]: ...
 
     @_abc_1.abstractmethod
     def SetRemove(
         self,
-        request: _agent_pb2.SetRequest,
+        request: _agent_pb2.SetRemoveRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.WriteResponse, _abc.Awaitable[_agent_pb2.WriteResponse]]: ...
+    ) -> _typing.Union[_agent_pb2.SetRemoveResponse, _abc.Awaitable[_agent_pb2.SetRemoveResponse]]: ...
 
     @_abc_1.abstractmethod
     def Scan(
@@ -353,7 +353,7 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _agent_pb2.WatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_agent_pb2.Change], _abc.AsyncIterator[_agent_pb2.Change]]:
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.WatchResponse], _abc.AsyncIterator[_agent_pb2.WatchResponse]]:
         """Changes under a prefix, starting after from_seq of this node's change log."""
 
     @_abc_1.abstractmethod
@@ -361,7 +361,7 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         self,
         request_iterator: _MaybeAsyncIterator[_agent_pb2.PublishModelRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.ModelVersion, _abc.Awaitable[_agent_pb2.ModelVersion]]:
+    ) -> _typing.Union[_agent_pb2.PublishModelResponse, _abc.Awaitable[_agent_pb2.PublishModelResponse]]:
         """Models. Upload: first message carries the metadata and the file's SHA-256, the rest
         carry file bytes. The node publishes only a file that matches its digest (else
         DATA_LOSS), holds no pickle, and loads and runs on its metadata's example shapes in a
@@ -382,7 +382,7 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _agent_pb2.PullModelRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.ModelVersion, _abc.Awaitable[_agent_pb2.ModelVersion]]:
+    ) -> _typing.Union[_agent_pb2.PullModelResponse, _abc.Awaitable[_agent_pb2.PullModelResponse]]:
         """Makes the answering node hold the model version (pulling it from holders)."""
 
     @_abc_1.abstractmethod
@@ -408,7 +408,7 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         self,
         request_iterator: _MaybeAsyncIterator[_agent_pb2.AverageRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_agent_pb2.AverageReply], _abc.AsyncIterator[_agent_pb2.AverageReply]]:
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.AverageResponse], _abc.AsyncIterator[_agent_pb2.AverageResponse]]:
         """Averages this node's parameters for a training run with the run's other members (the
         node does the networking with its own identity; see docs/TRAINING.md). The request
         stream carries the flattened float32 parameters in chunks, the first with the header;
@@ -458,9 +458,9 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def ClassifyTokens(
         self,
-        request: _agent_pb2.ClassifyRequest,
+        request: _agent_pb2.ClassifyTokensRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.ClassifyTokensResponse, _abc.Awaitable[_agent_pb2.ClassifyTokensResponse]]:
         """Token classification: the entities of each text with their character offsets."""
 
-def add_AgentServicer_to_server(servicer: AgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -16,7 +16,7 @@ class FetchChunksRequest(_message.Message):
     indices: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, manifest_id: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
-class Chunk(_message.Message):
+class FetchChunksResponse(_message.Message):
     __slots__ = ("index", "data")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -104,7 +104,7 @@ class CompleteResponse(_message.Message):
     accepted: bool
     def __init__(self, accepted: _Optional[bool] = ...) -> None: ...
 
-class AveragePart(_message.Message):
+class AveragePartsRequest(_message.Message):
     __slots__ = ("run", "round", "group", "phase", "slice_index", "weight", "spec", "dtype", "length", "data")
     RUN_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -128,7 +128,7 @@ class AveragePart(_message.Message):
     data: bytes
     def __init__(self, run: _Optional[str] = ..., round: _Optional[int] = ..., group: _Optional[str] = ..., phase: _Optional[int] = ..., slice_index: _Optional[int] = ..., weight: _Optional[float] = ..., spec: _Optional[str] = ..., dtype: _Optional[str] = ..., length: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
-class AverageAck(_message.Message):
+class AveragePartsResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 

@@ -46,7 +46,7 @@ class AgentService(
     TrainingAgentApi,
     GenerationAgentApi,
     TextAgentApi,
-    agent_pb2_grpc.AgentServicer,
+    agent_pb2_grpc.AgentServiceServicer,
 ):
     """Each capability's handlers live in ``api/<capability>.py``; this class joins them."""
 

@@ -64,7 +64,7 @@ class ModelsAgentApi:
 
     async def PublishModel(
         self, request_iterator: AsyncIterator[agent_pb2.PublishModelRequest], context: Ctx
-    ) -> agent_pb2.ModelVersion:
+    ) -> agent_pb2.PublishModelResponse:
         driver = _driver(self._models_node)
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "header":
@@ -93,7 +93,7 @@ class ModelsAgentApi:
             sha256=h.sha256,
             caller=caller_identity(context),
         )
-        return version_proto(m, {self._models_node.name})
+        return agent_pb2.PublishModelResponse(version=version_proto(m, {self._models_node.name}))
 
     async def ListModels(
         self, request: agent_pb2.ListModelsRequest, context: Ctx
@@ -108,11 +108,11 @@ class ModelsAgentApi:
 
     async def PullModel(
         self, request: agent_pb2.PullModelRequest, context: Ctx
-    ) -> agent_pb2.ModelVersion:
+    ) -> agent_pb2.PullModelResponse:
         driver = _driver(self._models_node)
         entry = driver.resolve(request.name, request.manifest_id)
         m = await driver.pull(entry)
-        return version_proto(m, _holders_after(driver, entry))
+        return agent_pb2.PullModelResponse(version=version_proto(m, _holders_after(driver, entry)))
 
     async def DeleteModel(
         self, request: agent_pb2.DeleteModelRequest, context: Ctx
@@ -135,7 +135,7 @@ class ModelsPeerApi:
 
     async def FetchChunks(
         self, request: peer_pb2.FetchChunksRequest, context: Ctx
-    ) -> AsyncIterator[peer_pb2.Chunk]:
+    ) -> AsyncIterator[peer_pb2.FetchChunksResponse]:
         driver = _driver(self._models_node)
         async for index, data in driver.serve_chunks(request.manifest_id, list(request.indices)):
-            yield peer_pb2.Chunk(index=index, data=data)
+            yield peer_pb2.FetchChunksResponse(index=index, data=data)

@@ -40,8 +40,8 @@ class PeerNode(
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
-PEER = "/p2pagent.v1.Peer/"
-AGENT = "/p2pagent.v1.Agent/"
+PEER = "/p2pagent.v1.PeerService/"
+AGENT = "/p2pagent.v1.AgentService/"
 #: Room for an Envelope's own fields around its payload.
 ENVELOPE_BYTES = 64
 #: A FetchChunks or Steal request: ids, a few thousand chunk indices or model names.
@@ -125,7 +125,7 @@ class PeerService(
     TasksPeerApi,
     TrainingPeerApi,
     GenerationPeerApi,
-    peer_pb2_grpc.PeerServicer,
+    peer_pb2_grpc.PeerServiceServicer,
 ):
     """Each capability's handlers live in ``api/<capability>.py``; this class joins them."""
 

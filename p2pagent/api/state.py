@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 
@@ -65,8 +65,8 @@ def value_proto(r: ReadResult) -> agent_pb2.GetResponse:
     )
 
 
-def change_proto(c: Change) -> agent_pb2.Change:
-    return agent_pb2.Change(
+def change_proto(c: Change) -> agent_pb2.WatchResponse:
+    return agent_pb2.WatchResponse(
         seq=c.seq, namespace=c.namespace, key=c.key, deleted=c.deleted, value=value_proto(c.value)
     )
 
@@ -105,6 +105,17 @@ def _writable_namespace(ns: str) -> str:
     return ns
 
 
+#: The answer of each write RPC: the same two fields (version, acked_by), one type per RPC.
+WriteAnswer = TypeVar(
+    "WriteAnswer",
+    agent_pb2.PutResponse,
+    agent_pb2.DeleteResponse,
+    agent_pb2.IncrementResponse,
+    agent_pb2.SetAddResponse,
+    agent_pb2.SetRemoveResponse,
+)
+
+
 class StateAgentApi:
     _state_node: StateNode
 
@@ -112,24 +123,30 @@ class StateAgentApi:
         return self._state_node.state
 
     async def _write(
-        self, ns: str, options: agent_pb2.WriteOptions, context: Ctx, op: str, call: Any
-    ) -> agent_pb2.WriteResponse:
+        self,
+        ns: str,
+        options: agent_pb2.WriteOptions,
+        context: Ctx,
+        op: str,
+        call: Any,
+        answer: type[WriteAnswer],
+    ) -> WriteAnswer:
         _writable_namespace(ns)
         driver = self._state()
         acks = _acks_needed(options, driver.live_peers(), op)
         remaining = context.time_remaining()
         timeout = DEFAULT_ACK_TIMEOUT_S if remaining is None else max(0.05, remaining - 0.05)
         result: WriteResult = await call(driver, options.durable, acks, timeout)
-        return agent_pb2.WriteResponse(version=dict(result.version), acked_by=1 + acks)
+        return answer(version=dict(result.version), acked_by=1 + acks)
 
-    async def Put(self, request: agent_pb2.PutRequest, context: Ctx) -> agent_pb2.WriteResponse:
+    async def Put(self, request: agent_pb2.PutRequest, context: Ctx) -> agent_pb2.PutResponse:
         ns, key, value = request.namespace, request.key, request.value
-        if request.type in (agent_pb2.VALUE_TYPE_UNSPECIFIED, agent_pb2.LWW):
+        if request.type in (agent_pb2.VALUE_TYPE_UNSPECIFIED, agent_pb2.VALUE_TYPE_LWW):
 
             async def call(d: StateDriver, durable: bool, acks: int, t: float) -> WriteResult:
                 return await d.put(ns, key, value, durable=durable, acks=acks, ack_wait=t)
 
-        elif request.type == agent_pb2.MV:
+        elif request.type == agent_pb2.VALUE_TYPE_MV:
             ctx = dict(request.context) or None
 
             async def call(d: StateDriver, durable: bool, acks: int, t: float) -> WriteResult:
@@ -140,45 +157,51 @@ class StateAgentApi:
                 f"Put of {ns}/{key} with type {request.type}: Put writes registers (LWW or MV);"
                 " use Increment for counters and SetAdd for sets"
             )
-        return await self._write(ns, request.options, context, "Put", call)
+        return await self._write(ns, request.options, context, "Put", call, agent_pb2.PutResponse)
 
     async def Delete(
         self, request: agent_pb2.DeleteRequest, context: Ctx
-    ) -> agent_pb2.WriteResponse:
+    ) -> agent_pb2.DeleteResponse:
         ns, key = request.namespace, request.key
 
         async def call(d: StateDriver, durable: bool, acks: int, t: float) -> WriteResult:
             return await d.delete(ns, key, durable=durable, acks=acks, ack_wait=t)
 
-        return await self._write(ns, request.options, context, "Delete", call)
+        answer = agent_pb2.DeleteResponse
+        return await self._write(ns, request.options, context, "Delete", call, answer)
 
     async def Increment(
         self, request: agent_pb2.IncrementRequest, context: Ctx
-    ) -> agent_pb2.WriteResponse:
+    ) -> agent_pb2.IncrementResponse:
         ns, key, delta = request.namespace, request.key, request.delta
 
         async def call(d: StateDriver, durable: bool, acks: int, t: float) -> WriteResult:
             return await d.increment(ns, key, delta, durable=durable, acks=acks, ack_wait=t)
 
-        return await self._write(ns, request.options, context, "Increment", call)
+        answer = agent_pb2.IncrementResponse
+        return await self._write(ns, request.options, context, "Increment", call, answer)
 
-    async def SetAdd(self, request: agent_pb2.SetRequest, context: Ctx) -> agent_pb2.WriteResponse:
+    async def SetAdd(
+        self, request: agent_pb2.SetAddRequest, context: Ctx
+    ) -> agent_pb2.SetAddResponse:
         ns, key, elements = request.namespace, request.key, list(request.elements)
 
         async def call(d: StateDriver, durable: bool, acks: int, t: float) -> WriteResult:
             return await d.set_add(ns, key, elements, durable=durable, acks=acks, ack_wait=t)
 
-        return await self._write(ns, request.options, context, "SetAdd", call)
+        answer = agent_pb2.SetAddResponse
+        return await self._write(ns, request.options, context, "SetAdd", call, answer)
 
     async def SetRemove(
-        self, request: agent_pb2.SetRequest, context: Ctx
-    ) -> agent_pb2.WriteResponse:
+        self, request: agent_pb2.SetRemoveRequest, context: Ctx
+    ) -> agent_pb2.SetRemoveResponse:
         ns, key, elements = request.namespace, request.key, list(request.elements)
 
         async def call(d: StateDriver, durable: bool, acks: int, t: float) -> WriteResult:
             return await d.set_remove(ns, key, elements, durable=durable, acks=acks, ack_wait=t)
 
-        return await self._write(ns, request.options, context, "SetRemove", call)
+        answer = agent_pb2.SetRemoveResponse
+        return await self._write(ns, request.options, context, "SetRemove", call, answer)
 
     async def Get(self, request: agent_pb2.GetRequest, context: Ctx) -> agent_pb2.GetResponse:
         if not request.namespace or not request.key:
@@ -199,7 +222,7 @@ class StateAgentApi:
 
     async def Watch(
         self, request: agent_pb2.WatchRequest, context: Ctx
-    ) -> AsyncIterator[agent_pb2.Change]:
+    ) -> AsyncIterator[agent_pb2.WatchResponse]:
         if not request.namespace:
             raise InvalidArgument("Watch needs a namespace")
         driver = self._state()
@@ -284,15 +307,15 @@ class StateAgentApi:
 
 def _acks_needed(options: agent_pb2.WriteOptions, live_peers: int, op: str) -> int:
     """Peers that must apply a write before it is acknowledged."""
-    if options.consistency == agent_pb2.LOCAL:
+    if options.consistency in (agent_pb2.CONSISTENCY_UNSPECIFIED, agent_pb2.CONSISTENCY_LOCAL):
         if options.acks:
             raise InvalidArgument(f"{op}: acks={options.acks} needs consistency PEERS")
         return 0
-    if options.consistency == agent_pb2.PEERS:
+    if options.consistency == agent_pb2.CONSISTENCY_PEERS:
         if options.acks < 1:
             raise InvalidArgument(f"{op}: consistency PEERS needs acks >= 1 (peers to wait for)")
         return int(options.acks)
-    if options.consistency == agent_pb2.MAJORITY:
+    if options.consistency == agent_pb2.CONSISTENCY_MAJORITY:
         return (live_peers + 1) // 2 + 1 - 1  # a majority of live members, this node included
     raise InvalidArgument(f"{op}: unknown consistency {options.consistency}")
 

@@ -50,6 +50,7 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 #: fields under the same numbers).
 TaskRequest = (
     agent_pb2.SubmitRequest
+    | agent_pb2.SubmitAndWaitRequest
     | agent_pb2.InferRequest
     | agent_pb2.SubmitStreamRequest
     | agent_pb2.InferStreamRequest
@@ -117,7 +118,11 @@ class _TasksAccess:
 
 class TasksAgentApi(_TasksAccess):
     async def _submit(
-        self, request: agent_pb2.SubmitRequest | agent_pb2.SubmitStreamRequest, owner: str
+        self,
+        request: agent_pb2.SubmitRequest
+        | agent_pb2.SubmitAndWaitRequest
+        | agent_pb2.SubmitStreamRequest,
+        owner: str,
     ) -> str:
         # Validates the tensors here, so a bad one is refused before it is journaled.
         admit(self._tasks_node, request)
@@ -131,18 +136,18 @@ class TasksAgentApi(_TasksAccess):
 
     async def Wait(
         self, request: agent_pb2.WaitRequest, context: Ctx
-    ) -> AsyncIterator[agent_pb2.TaskEvent]:
+    ) -> AsyncIterator[agent_pb2.WaitResponse]:
         if not request.task_id:
             raise InvalidArgument("WaitRequest.task_id is empty: pass the id Submit returned")
         async for event in self._tasks().wait(request.task_id):
-            yield event
+            yield agent_pb2.WaitResponse(event=event)
 
     async def SubmitAndWait(
-        self, request: agent_pb2.SubmitRequest, context: Ctx
-    ) -> AsyncIterator[agent_pb2.TaskEvent]:
+        self, request: agent_pb2.SubmitAndWaitRequest, context: Ctx
+    ) -> AsyncIterator[agent_pb2.SubmitAndWaitResponse]:
         task_id = await self._submit(request, caller_identity(context).uri)
         async for event in self._tasks().wait(task_id):
-            yield event
+            yield agent_pb2.SubmitAndWaitResponse(event=event)
 
     async def SubmitStream(
         self, request_iterator: AsyncIterator[agent_pb2.SubmitStreamRequest], context: Ctx
@@ -156,7 +161,7 @@ class TasksAgentApi(_TasksAccess):
             task_id = await self._submit(request, owner)
             # Journaled: the client learns the id now, so it can Wait after a lost stream.
             queued = agent_pb2.TaskEvent(
-                task_id=task_id, kind=agent_pb2.TaskEvent.QUEUED, node=node_name,
+                task_id=task_id, kind=agent_pb2.TaskEvent.KIND_QUEUED, node=node_name,
                 at_unix=time.time(),
             )  # fmt: skip
             send(agent_pb2.SubmitStreamResponse(request_id=request.request_id, event=queued))

@@ -134,7 +134,7 @@ class TextAgentApi:
         return agent_pb2.ClassifyResponse(results=results, executor=self._text_node.name)
 
     async def ClassifyTokens(
-        self, request: agent_pb2.ClassifyRequest, context: Ctx
+        self, request: agent_pb2.ClassifyTokensRequest, context: Ctx
     ) -> agent_pb2.ClassifyTokensResponse:
         from p2pagent.inference.hf.text import entities
 

@@ -44,7 +44,7 @@ class _TrainingAccess:
 class TrainingAgentApi(_TrainingAccess):
     async def Average(
         self, request_iterator: AsyncIterator[agent_pb2.AverageRequest], context: Ctx
-    ) -> AsyncIterator[agent_pb2.AverageReply]:
+    ) -> AsyncIterator[agent_pb2.AverageResponse]:
         driver = self._training()
         header, vector = await read_average_request(
             request_iterator, driver.config.max_parameter_bytes
@@ -82,7 +82,7 @@ class TrainingAgentApi(_TrainingAccess):
         for chunk in vector_chunks(done.vector):
             if first:
                 first = False
-                yield agent_pb2.AverageReply(
+                yield agent_pb2.AverageResponse(
                     round=done.round_no,
                     group=list(done.group),
                     complete=done.complete,
@@ -90,7 +90,7 @@ class TrainingAgentApi(_TrainingAccess):
                     data=chunk,
                 )
             else:
-                yield agent_pb2.AverageReply(data=chunk)
+                yield agent_pb2.AverageResponse(data=chunk)
 
     async def TrainStatus(
         self, request: agent_pb2.TrainStatusRequest, context: Ctx
@@ -132,10 +132,10 @@ class TrainingAgentApi(_TrainingAccess):
 
 class TrainingPeerApi(_TrainingAccess):
     async def AverageParts(
-        self, request_iterator: AsyncIterator[peer_pb2.AveragePart], context: Ctx
-    ) -> peer_pb2.AverageAck:
+        self, request_iterator: AsyncIterator[peer_pb2.AveragePartsRequest], context: Ctx
+    ) -> peer_pb2.AveragePartsResponse:
         driver = self._training()
         sender = caller_identity(context).name
         part = await read_part(request_iterator, sender, driver.config.max_parameter_bytes)
         driver.receive(part, part.nbytes)
-        return peer_pb2.AverageAck()
+        return peer_pb2.AveragePartsResponse()

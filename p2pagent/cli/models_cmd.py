@@ -135,7 +135,7 @@ async def _pull(args: argparse.Namespace) -> int:
             repeatable=True,  # a second pull of a version joins or finds the first
             timeout_s=max(args.timeout, 600),
         )
-    doc = version_doc(resp)
+    doc = version_doc(resp.version)
     if args.json:
         emit_json(doc)
     else:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import base64
 from contextlib import aclosing
-from typing import Any
+from typing import Any, TypeVar
 
 from p2pagent._proto import agent_pb2
 from p2pagent.cli import client
 from p2pagent.cli.args import INT64, UINT32_MAX, UINT64_MAX, int_in
 from p2pagent.cli.output import emit_json, key_values, table
 
-TYPES = {"lww": agent_pb2.LWW, "mv": agent_pb2.MV}
-CONSISTENCY = {"local": agent_pb2.LOCAL, "peers": agent_pb2.PEERS, "majority": agent_pb2.MAJORITY}
+TYPES = {"lww": agent_pb2.VALUE_TYPE_LWW, "mv": agent_pb2.VALUE_TYPE_MV}
+CONSISTENCY = {
+    "local": agent_pb2.CONSISTENCY_LOCAL,
+    "peers": agent_pb2.CONSISTENCY_PEERS,
+    "majority": agent_pb2.CONSISTENCY_MAJORITY,
+}
 
 
 def register(sub: Any) -> None:
@@ -84,13 +88,13 @@ def show_bytes(b: bytes) -> str:
 
 
 def value_doc(v: agent_pb2.GetResponse) -> dict[str, Any]:
-    kind = agent_pb2.ValueType.Name(v.type).lower()
+    kind = agent_pb2.ValueType.Name(v.type).removeprefix("VALUE_TYPE_").lower()
     doc: dict[str, Any] = {"type": kind, "version": dict(v.version)}
-    if v.type == agent_pb2.COUNTER:
+    if v.type == agent_pb2.VALUE_TYPE_COUNTER:
         doc["value"] = v.counter
-    elif v.type == agent_pb2.SET:
+    elif v.type == agent_pb2.VALUE_TYPE_SET:
         doc["value"] = [show_bytes(e) for e in v.elements]
-    elif v.type == agent_pb2.MV:
+    elif v.type == agent_pb2.VALUE_TYPE_MV:
         doc["value"] = [show_bytes(x) for x in v.values]
         doc["siblings"] = len(v.values)
     else:
@@ -143,8 +147,11 @@ async def _incr(args: argparse.Namespace) -> int:
     return await _write(args, "Increment", req)
 
 
-def _set_req(args: argparse.Namespace) -> agent_pb2.SetRequest:
-    return agent_pb2.SetRequest(
+SetRequest = TypeVar("SetRequest", agent_pb2.SetAddRequest, agent_pb2.SetRemoveRequest)
+
+
+def _set_req(args: argparse.Namespace, kind: type[SetRequest]) -> SetRequest:
+    return kind(
         namespace=args.ns,
         key=args.state_key,
         elements=[e.encode() for e in args.elements],
@@ -153,11 +160,11 @@ def _set_req(args: argparse.Namespace) -> agent_pb2.SetRequest:
 
 
 async def _sadd(args: argparse.Namespace) -> int:
-    return await _write(args, "SetAdd", _set_req(args))
+    return await _write(args, "SetAdd", _set_req(args, agent_pb2.SetAddRequest))
 
 
 async def _srem(args: argparse.Namespace) -> int:
-    return await _write(args, "SetRemove", _set_req(args))
+    return await _write(args, "SetRemove", _set_req(args, agent_pb2.SetRemoveRequest))
 
 
 async def _get(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from p2pagent.tasks.config import MAX_LIST_TASKS
 #: Most copies one ``tasks submit --count`` sends (a bound on an accidental flood).
 MAX_COUNT = 1_000_000
 
-KIND = {v: k.lower() for k, v in agent_pb2.TaskEvent.Kind.items()}
+KIND = {v: k.removeprefix("KIND_").lower() for k, v in agent_pb2.TaskEvent.Kind.items()}
 
 
 def register(sub: Any) -> None:
@@ -63,9 +63,9 @@ def register(sub: Any) -> None:
 
 def event_doc(e: agent_pb2.TaskEvent) -> dict[str, Any]:
     doc: dict[str, Any] = {"task_id": e.task_id, "event": KIND.get(e.kind, "?"), "node": e.node}
-    if e.kind == agent_pb2.TaskEvent.DONE:
+    if e.kind == agent_pb2.TaskEvent.KIND_DONE:
         doc["outputs"] = [describe(t) for t in e.outputs]
-    if e.kind == agent_pb2.TaskEvent.FAILED:
+    if e.kind == agent_pb2.TaskEvent.KIND_FAILED:
         doc["error"] = f"{e.error_code}: {e.error_message}"
     return doc
 

@@ -16,27 +16,27 @@ import numpy as np
 from p2pagent._proto import common_pb2
 from p2pagent.errors import InvalidArgument
 
-_NP: dict[common_pb2.DType, str] = {
-    common_pb2.FLOAT32: "<f4",
-    common_pb2.FLOAT16: "<f2",
-    common_pb2.FLOAT64: "<f8",
-    common_pb2.INT64: "<i8",
-    common_pb2.INT32: "<i4",
-    common_pb2.INT16: "<i2",
-    common_pb2.INT8: "i1",
-    common_pb2.UINT8: "u1",
-    common_pb2.BOOL: "?",
+_NP: dict[common_pb2.Dtype, str] = {
+    common_pb2.DTYPE_FLOAT32: "<f4",
+    common_pb2.DTYPE_FLOAT16: "<f2",
+    common_pb2.DTYPE_FLOAT64: "<f8",
+    common_pb2.DTYPE_INT64: "<i8",
+    common_pb2.DTYPE_INT32: "<i4",
+    common_pb2.DTYPE_INT16: "<i2",
+    common_pb2.DTYPE_INT8: "i1",
+    common_pb2.DTYPE_UINT8: "u1",
+    common_pb2.DTYPE_BOOL: "?",
 }
 _BY_NAME = {
-    "float32": common_pb2.FLOAT32,
-    "float16": common_pb2.FLOAT16,
-    "float64": common_pb2.FLOAT64,
-    "int64": common_pb2.INT64,
-    "int32": common_pb2.INT32,
-    "int16": common_pb2.INT16,
-    "int8": common_pb2.INT8,
-    "uint8": common_pb2.UINT8,
-    "bool": common_pb2.BOOL,
+    "float32": common_pb2.DTYPE_FLOAT32,
+    "float16": common_pb2.DTYPE_FLOAT16,
+    "float64": common_pb2.DTYPE_FLOAT64,
+    "int64": common_pb2.DTYPE_INT64,
+    "int32": common_pb2.DTYPE_INT32,
+    "int16": common_pb2.DTYPE_INT16,
+    "int8": common_pb2.DTYPE_INT8,
+    "uint8": common_pb2.DTYPE_UINT8,
+    "bool": common_pb2.DTYPE_BOOL,
 }
 
 
@@ -52,7 +52,7 @@ def to_proto(name: str, array: np.ndarray[Any, Any]) -> common_pb2.Tensor:
 
 def from_proto(t: common_pb2.Tensor) -> np.ndarray[Any, Any]:
     shape = tuple(int(d) for d in t.shape)
-    if t.dtype == common_pb2.BFLOAT16:
+    if t.dtype == common_pb2.DTYPE_BFLOAT16:
         raw = np.frombuffer(t.data, dtype="<u2").astype("<u4") << 16
         return raw.view("<f4").reshape(shape)
     np_name = _NP.get(t.dtype)
@@ -115,7 +115,7 @@ def save_outputs(path: Path, outputs: list[common_pb2.Tensor]) -> None:
 
 def describe(t: common_pb2.Tensor, full: bool = False, task: str = "") -> dict[str, Any]:
     arr = from_proto(t)
-    dtype = common_pb2.DType.Name(t.dtype).lower()
+    dtype = common_pb2.Dtype.Name(t.dtype).removeprefix("DTYPE_").lower()
     doc: dict[str, Any] = {"name": t.name, "dtype": dtype, "shape": list(arr.shape)}
     if full or arr.size <= 64:
         doc["data"] = arr.tolist()

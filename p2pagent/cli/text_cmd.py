@@ -69,7 +69,7 @@ async def _classify(args: argparse.Namespace) -> int:
 
 
 async def _tag(args: argparse.Namespace) -> int:
-    req = _request(args, agent_pb2.ClassifyRequest)
+    req = _request(args, agent_pb2.ClassifyTokensRequest)
     async with client.mesh(args) as mesh:
         resp = await mesh.call("ClassifyTokens", req, repeatable=True)
     results = [

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class DTypeInfo:
     name: str  # metadata / JSON spelling, and the torch attribute name (torch.float32...)
-    wire: int  # common_pb2.DType value
+    wire: int  # common_pb2.Dtype value
     safetensors: str  # code in a safetensors header
     #: numpy type holding the elements, little-endian. numpy has no bfloat16: its bits are
     #: held as int16 and reinterpreted (``Tensor.view``) once they reach torch.
@@ -44,16 +44,16 @@ class DTypeInfo:
 
 
 _TABLE = (
-    DTypeInfo("float32", common_pb2.FLOAT32, "F32", "<f4", 4),
-    DTypeInfo("float16", common_pb2.FLOAT16, "F16", "<f2", 2),
-    DTypeInfo("bfloat16", common_pb2.BFLOAT16, "BF16", "<i2", 2),
-    DTypeInfo("float64", common_pb2.FLOAT64, "F64", "<f8", 8),
-    DTypeInfo("int64", common_pb2.INT64, "I64", "<i8", 8),
-    DTypeInfo("int32", common_pb2.INT32, "I32", "<i4", 4),
-    DTypeInfo("int16", common_pb2.INT16, "I16", "<i2", 2),
-    DTypeInfo("int8", common_pb2.INT8, "I8", "i1", 1),
-    DTypeInfo("uint8", common_pb2.UINT8, "U8", "u1", 1),
-    DTypeInfo("bool", common_pb2.BOOL, "BOOL", "?", 1),
+    DTypeInfo("float32", common_pb2.DTYPE_FLOAT32, "F32", "<f4", 4),
+    DTypeInfo("float16", common_pb2.DTYPE_FLOAT16, "F16", "<f2", 2),
+    DTypeInfo("bfloat16", common_pb2.DTYPE_BFLOAT16, "BF16", "<i2", 2),
+    DTypeInfo("float64", common_pb2.DTYPE_FLOAT64, "F64", "<f8", 8),
+    DTypeInfo("int64", common_pb2.DTYPE_INT64, "I64", "<i8", 8),
+    DTypeInfo("int32", common_pb2.DTYPE_INT32, "I32", "<i4", 4),
+    DTypeInfo("int16", common_pb2.DTYPE_INT16, "I16", "<i2", 2),
+    DTypeInfo("int8", common_pb2.DTYPE_INT8, "I8", "i1", 1),
+    DTypeInfo("uint8", common_pb2.DTYPE_UINT8, "U8", "u1", 1),
+    DTypeInfo("bool", common_pb2.DTYPE_BOOL, "BOOL", "?", 1),
 )
 BY_NAME = {d.name: d for d in _TABLE}
 BY_WIRE = {d.wire: d for d in _TABLE}

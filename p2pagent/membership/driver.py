@@ -299,7 +299,7 @@ class MembershipDriver:
     async def _send(self, send: Send) -> None:
         env = common_pb2.Envelope(version=codec.VERSION, payload=codec.encode(send.message))
         try:
-            stub = peer_pb2_grpc.PeerStub(self._channels.get(send.address))
+            stub = peer_pb2_grpc.PeerServiceStub(self._channels.get(send.address))
             if send.message.kind is Kind.PUSH_PULL:
                 reply = await stub.PushPull(env, timeout=PUSH_PULL_TIMEOUT_S)
             else:

@@ -19,7 +19,7 @@ from p2pagent.metrics.families import SnapshotCollector
 if TYPE_CHECKING:
     from p2pagent.node import Node
 
-AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
+AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 
 def register_node_metrics(registry: CollectorRegistry, node: Node) -> None:

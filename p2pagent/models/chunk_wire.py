@@ -6,7 +6,7 @@ copies of every pulled MiB on top of gRPC's own, a tenth of the puller's CPU in 
 ``Chunk`` has two fields (``uint32 index = 1; bytes data = 2``), so the puller reads the wire
 format itself and hands on a ``memoryview`` of the received message (``decode_chunk``, the
 call's response deserializer; ``fetch_chunks`` makes that call). The wire format is
-unchanged: holders still send ``peer_pb2.Chunk``.
+unchanged: holders still send ``peer_pb2.FetchChunksResponse``.
 
 Protobuf's rules are kept: fields may come in any order, a repeated scalar field's last value
 wins, and fields this version does not know are skipped (a newer holder may add some).
@@ -23,7 +23,7 @@ import grpc
 from p2pagent._proto import peer_pb2
 
 #: The method's full name, as the generated stub calls it.
-FETCH_CHUNKS = "/p2pagent.v1.Peer/FetchChunks"
+FETCH_CHUNKS = "/p2pagent.v1.PeerService/FetchChunks"
 
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 _INDEX_FIELD, _DATA_FIELD = 1, 2
@@ -42,7 +42,7 @@ class ChunkView:
 
 
 def decode_chunk(raw: bytes) -> ChunkView:
-    """Decodes a serialized ``peer_pb2.Chunk``; ``data`` is a view into ``raw``."""
+    """Decodes a serialized ``peer_pb2.FetchChunksResponse``; ``data`` is a view into ``raw``."""
     view = memoryview(raw)
     index = 0
     data = view[0:0]

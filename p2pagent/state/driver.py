@@ -421,7 +421,7 @@ class StateDriver:
         self.traffic.count("sent", message, len(env.payload))
         metadata = ((DURABLE_METADATA, "1"),) if durable else None
         try:
-            stub = peer_pb2_grpc.PeerStub(self._channels.get(address))
+            stub = peer_pb2_grpc.PeerServiceStub(self._channels.get(address))
             call = stub.Replicate(env, timeout=limit_s, metadata=metadata)
             async for reply in call:
                 msg = self._decode(reply, peer)

@@ -208,6 +208,7 @@ class TasksDriver:
     def _new_task(
         self,
         request: agent_pb2.SubmitRequest
+        | agent_pb2.SubmitAndWaitRequest
         | agent_pb2.InferRequest
         | agent_pb2.SubmitStreamRequest
         | agent_pb2.InferStreamRequest,
@@ -229,7 +230,9 @@ class TasksDriver:
 
     async def submit(
         self,
-        request: agent_pb2.SubmitRequest | agent_pb2.SubmitStreamRequest,
+        request: agent_pb2.SubmitRequest
+        | agent_pb2.SubmitAndWaitRequest
+        | agent_pb2.SubmitStreamRequest,
         owner: str = "",
     ) -> str:
         """Journals and queues a task for caller identity ``owner`` (counted against its
@@ -370,10 +373,10 @@ class TasksDriver:
 
         if self._channels is None:
             raise Unavailable(f"{self.name} has no channels to reach {origin}")
-        stub = agent_pb2_grpc.AgentStub(self._channels.get(member.address))
+        stub = agent_pb2_grpc.AgentServiceStub(self._channels.get(member.address))
         try:
-            async for event in stub.Wait(agent_pb2.WaitRequest(task_id=task_id)):
-                yield event
+            async for answer in stub.Wait(agent_pb2.WaitRequest(task_id=task_id)):
+                yield answer.event
         except grpc.aio.AioRpcError as e:
             from p2pagent.tasks.wire import error_from_code
 

@@ -70,11 +70,11 @@ class GrpcPeerTransport:
         self._members = members
         self._channels = channels
 
-    def _stub(self, node: str) -> peer_pb2_grpc.PeerAsyncStub:
+    def _stub(self, node: str) -> peer_pb2_grpc.PeerServiceAsyncStub:
         member = self._members.member(node)
         if member is None or not member.address or not member.reachable:
             raise Unavailable(f"{node} is not a reachable member")
-        return peer_pb2_grpc.PeerStub(self._channels.get(member.address))
+        return peer_pb2_grpc.PeerServiceStub(self._channels.get(member.address))
 
     async def assign(self, node: str, task: Task, within_s: float) -> bool:
         request = peer_pb2.AssignRequest(task=task_to_spec(task))

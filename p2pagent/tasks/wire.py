@@ -233,10 +233,10 @@ def error_from_code(code: str, message: str) -> errors.P2PAgentError:
 # ---- task events for Agent.Wait ----
 
 _KIND = {
-    TaskState.QUEUED: agent_pb2.TaskEvent.QUEUED,
-    TaskState.RUNNING: agent_pb2.TaskEvent.RUNNING,
-    TaskState.DONE: agent_pb2.TaskEvent.DONE,
-    TaskState.FAILED: agent_pb2.TaskEvent.FAILED,
+    TaskState.QUEUED: agent_pb2.TaskEvent.KIND_QUEUED,
+    TaskState.RUNNING: agent_pb2.TaskEvent.KIND_RUNNING,
+    TaskState.DONE: agent_pb2.TaskEvent.KIND_DONE,
+    TaskState.FAILED: agent_pb2.TaskEvent.KIND_FAILED,
 }
 
 
@@ -254,7 +254,7 @@ def event_proto(e: TaskEvent) -> agent_pb2.TaskEvent:
 def result_event(task_id: str, r: TaskResult) -> agent_pb2.TaskEvent:
     return agent_pb2.TaskEvent(
         task_id=task_id,
-        kind=agent_pb2.TaskEvent.DONE if r.ok else agent_pb2.TaskEvent.FAILED,
+        kind=agent_pb2.TaskEvent.KIND_DONE if r.ok else agent_pb2.TaskEvent.KIND_FAILED,
         node=r.executor,
         at_unix=time.time(),
         outputs=list(r.outputs) if r.ok else [],

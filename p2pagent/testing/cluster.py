@@ -157,7 +157,7 @@ class Cluster:
 
     # ---- queries (blocking; for tests and benches) --------------------------------------------
 
-    def agent(self, name: str, identity: str = "client") -> agent_pb2_grpc.AgentStub:
+    def agent(self, name: str, identity: str = "client") -> agent_pb2_grpc.AgentServiceStub:
         """A blocking ``Agent`` stub to ``name``, presenting the certificate ``identity``
         (``client``, ``publisher`` or ``admin``, one per role, or a node's name)."""
         ch = self._channels.get(f"{name}/{identity}")
@@ -168,7 +168,7 @@ class Cluster:
                 self.nodes[name].address, creds, options=channel_options(m.cluster, 64 << 20)
             )
             self._channels[f"{name}/{identity}"] = ch
-        return agent_pb2_grpc.AgentStub(ch)
+        return agent_pb2_grpc.AgentServiceStub(ch)
 
     def members(self, name: str, timeout: float = 2.0) -> dict[str, tuple[str, int]]:
         """``name``'s view: member -> (state, incarnation); empty if it does not answer."""

@@ -23,8 +23,8 @@ def noop_metadata(features: int = 4) -> agent_pb2.ModelMetadata:
     """Metadata of the ``noop`` architecture (returns its input) with ``features`` columns."""
     port = agent_pb2.ModelMetadata.Port
     return agent_pb2.ModelMetadata(
-        inputs=[port(name="input", dtype=common_pb2.FLOAT32, shape=[-1, features])],
-        outputs=[port(name="output", dtype=common_pb2.FLOAT32, shape=[-1, features])],
+        inputs=[port(name="input", dtype=common_pb2.DTYPE_FLOAT32, shape=[-1, features])],
+        outputs=[port(name="output", dtype=common_pb2.DTYPE_FLOAT32, shape=[-1, features])],
         architecture="noop",
         arch_config=f'{{"features": {features}}}',
     )

@@ -5,7 +5,7 @@ daemon, and only parameter slices go on from there).
 
 ::
 
-    stub = agent_pb2_grpc.AgentStub(channel)           # a channel with this node's certificate
+    stub = agent_pb2_grpc.AgentServiceStub(channel)   # a channel with this node's certificate
     mesh = MeshAverager(stub, "digits", every=20, min_members=4)
     for step, (x, y) in enumerate(batches):
         ...train one step...
@@ -112,7 +112,7 @@ def _requests(
 
 
 def average(
-    stub: agent_pb2_grpc.AgentStub,
+    stub: agent_pb2_grpc.AgentServiceStub,
     run: str,
     params: Arrays,
     samples: float,
@@ -128,7 +128,7 @@ def average(
         _requests(run, fingerprint(params), vector, samples, min_members, model),
         timeout=timeout,
     )
-    header: agent_pb2.AverageReply | None = None
+    header: agent_pb2.AverageResponse | None = None
     buf = bytearray()
     for reply in replies:
         if header is None:
@@ -154,7 +154,7 @@ class MeshAverager:
 
     def __init__(
         self,
-        stub: agent_pb2_grpc.AgentStub,
+        stub: agent_pb2_grpc.AgentServiceStub,
         run: str,
         *,
         every: int,

@@ -74,7 +74,7 @@ def metadata() -> dict[str, object]:
 
 
 def federated(
-    stubs: Mapping[str, agent_pb2_grpc.AgentStub],
+    stubs: Mapping[str, agent_pb2_grpc.AgentServiceStub],
     plan: DigitsPlan,
     timeout: float = 300.0,
     on_round: Callable[[str, int], None] | None = None,
@@ -183,7 +183,9 @@ def held_out_inputs(seed: int, rows: int) -> tuple[npt.NDArray[np.float32], npt.
     return test.x[:rows], test.y[:rows]
 
 
-def report(stubs: Mapping[str, agent_pb2_grpc.AgentStub], plan: DigitsPlan) -> dict[str, object]:
+def report(
+    stubs: Mapping[str, agent_pb2_grpc.AgentServiceStub], plan: DigitsPlan
+) -> dict[str, object]:
     runs = federated(stubs, plan)
     return {
         "rounds": plan.rounds,
@@ -252,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             m = tls.load(tls.TLSPaths.in_dir(Path(args.certs), name))
             creds = grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
             options = channel_options(m.cluster, 64 << 20)
-            stubs[name] = agent_pb2_grpc.AgentStub(grpc.secure_channel(address, creds, options))
+            stubs[name] = agent_pb2_grpc.AgentServiceStub(
+                grpc.secure_channel(address, creds, options)
+            )
         doc = report(stubs, plan)
     print(json.dumps(doc, indent=None if args.json else 2))
     return 0

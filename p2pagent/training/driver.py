@@ -243,7 +243,7 @@ class TrainingDriver:
         member = self._members.member(send.to)
         if member is None or not member.reachable:
             return
-        stub = peer_pb2_grpc.PeerStub(self._channels.get(member.address))
+        stub = peer_pb2_grpc.PeerServiceStub(self._channels.get(member.address))
         try:
             await stub.AverageParts(
                 part_messages(send.part, self.config.compression), timeout=SEND_TIMEOUT_S

@@ -79,7 +79,7 @@ def _requests(
 
 
 def publish(
-    stub: agent_pb2_grpc.AgentStub,
+    stub: agent_pb2_grpc.AgentServiceStub,
     plan: PublishPlan,
     params: Mapping[str, npt.NDArray[np.generic]],
     timeout: float = 600.0,
@@ -90,7 +90,7 @@ def publish(
         header = upload_header(
             weights, plan.model, format="safetensors", replicas=plan.replicas, metadata=meta
         )
-        reply: agent_pb2.ModelVersion = stub.PublishModel(
+        reply: agent_pb2.PublishModelResponse = stub.PublishModel(
             _requests(weights, header), timeout=timeout
         )
-        return reply
+        return reply.version

@@ -46,10 +46,10 @@ def encode(data: Vector, dtype: str) -> bytes:
     return data.astype(WIRE_DTYPES[dtype], copy=False).tobytes()
 
 
-def part_messages(part: Part, compression: str) -> Iterator[peer_pb2.AveragePart]:
+def part_messages(part: Part, compression: str) -> Iterator[peer_pb2.AveragePartsRequest]:
     dtype = DTYPE_OF_COMPRESSION[compression]
     raw = encode(part.data, dtype)
-    first = peer_pb2.AveragePart(
+    first = peer_pb2.AveragePartsRequest(
         run=part.run,
         round=part.round_no,
         group=part.group,
@@ -63,15 +63,15 @@ def part_messages(part: Part, compression: str) -> Iterator[peer_pb2.AveragePart
     )
     yield first
     for at in range(CHUNK_BYTES, len(raw), CHUNK_BYTES):
-        yield peer_pb2.AveragePart(data=raw[at : at + CHUNK_BYTES])
+        yield peer_pb2.AveragePartsRequest(data=raw[at : at + CHUNK_BYTES])
 
 
 async def read_part(
-    stream: AsyncIterable[peer_pb2.AveragePart], sender: str, max_bytes: int
+    stream: AsyncIterable[peer_pb2.AveragePartsRequest], sender: str, max_bytes: int
 ) -> Part:
     """The part a peer streamed; ``sender`` is its verified identity's name. Raises
     InvalidArgument for a malformed stream (nothing is kept)."""
-    header: peer_pb2.AveragePart | None = None
+    header: peer_pb2.AveragePartsRequest | None = None
     buf = bytearray()
     expected = 0
     async for msg in stream:

@@ -26,8 +26,8 @@ PUBLISHER = frozenset({Role.PUBLISHER, Role.ADMIN, Role.NODE})
 ADMIN = frozenset({Role.ADMIN, Role.NODE})
 NODE = frozenset({Role.NODE})
 
-AGENT = "/p2pagent.v1.Agent/"
-PEER = "/p2pagent.v1.Peer/"
+AGENT = "/p2pagent.v1.AgentService/"
+PEER = "/p2pagent.v1.PeerService/"
 HEALTH = "/grpc.health.v1.Health/"
 REFLECTION = "/grpc.reflection.v1.ServerReflection/"
 REFLECTION_V1ALPHA = "/grpc.reflection.v1alpha.ServerReflection/"

@@ -31,7 +31,7 @@ _LABELS = ("grpc_service", "grpc_method", "grpc_type")
 
 
 def split_method(full_method: str) -> tuple[str, str]:
-    """'/p2pagent.v1.Agent/Status' -> ('p2pagent.v1.Agent', 'Status')."""
+    """'/p2pagent.v1.AgentService/Status' -> ('p2pagent.v1.AgentService', 'Status')."""
     service, _, method = full_method.lstrip("/").rpartition("/")
     return service or "unknown", method or "unknown"
 

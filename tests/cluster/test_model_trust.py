@@ -53,7 +53,7 @@ def _alive(c: Cluster, node: str) -> set[str]:
 _channels: dict[tuple[str, str], grpc.Channel] = {}
 
 
-def _agent(c: Cluster, node: str, who: str) -> agent_pb2_grpc.AgentStub:
+def _agent(c: Cluster, node: str, who: str) -> agent_pb2_grpc.AgentServiceStub:
     """An Agent stub to ``node`` presenting the certificate ``who``."""
     ch = _channels.get((node, who))
     if ch is None:
@@ -66,7 +66,7 @@ def _agent(c: Cluster, node: str, who: str) -> agent_pb2_grpc.AgentStub:
             c.nodes[node].address, creds, options=channel_options("test", 64 << 20)
         )
         _channels[(node, who)] = ch
-    return agent_pb2_grpc.AgentStub(ch)
+    return agent_pb2_grpc.AgentServiceStub(ch)
 
 
 def _header(name: str, fmt: str, data: bytes, meta: dict[str, object] | None, **kw: object
@@ -137,7 +137,8 @@ def test_uploads_that_cannot_be_trusted_publish_nothing_on_any_node(
             publisher.PublishModel(reqs, timeout=120)
             x = np.zeros((2, planted.IN), dtype="<f4")
             req = agent_pb2.InferRequest(model=name, inputs=[common_pb2.Tensor(
-                name="input", dtype=common_pb2.FLOAT32, shape=[2, planted.IN], data=x.tobytes()
+                name="input", dtype=common_pb2.DTYPE_FLOAT32, shape=[2, planted.IN],
+                data=x.tobytes(),
             )])  # fmt: skip
             out = publisher.Infer(req, timeout=120).outputs[0]
             assert list(out.shape) == [2, planted.IN]
@@ -205,7 +206,9 @@ def test_a_publisher_deletes_and_updates_only_its_own_models_and_an_admin_delete
     c = three
     clean = planted.torchscript(tmp_path / "m.pt").read_bytes()
     header = _header("owned", "torchscript", clean, planted.spec(), replicas="all")
-    v = _agent(c, "n1", "publisher").PublishModel(publish_requests(header, clean), timeout=120)
+    v = _agent(c, "n1", "publisher").PublishModel(
+        publish_requests(header, clean), timeout=120
+    ).version
     owner = "spiffe://test/publisher/publisher"
     assert v.owner == owner
     _everywhere(c, "owned")

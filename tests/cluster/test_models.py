@@ -76,7 +76,7 @@ def _infer(c: Cluster, node: str, demo: Path) -> agent_pb2.InferResponse:
         inputs=[
             common_pb2.Tensor(
                 name="input",
-                dtype=common_pb2.FLOAT32,
+                dtype=common_pb2.DTYPE_FLOAT32,
                 shape=list(x.shape),
                 data=x.astype("<f4").tobytes(),
             )
@@ -138,11 +138,13 @@ def test_publish_pull_on_two_nodes_then_infer_by_name_where_pulled(
     metadata = ModelSpec.from_dict(meta).to_proto()
     v = c.agent("n1", "publisher").PublishModel(
         _upload(demo / "demo.torchscript.pt", "mlp", metadata), timeout=60
-    )
+    ).version
     assert v.chunks > 16 and list(v.holders) == ["n1"]
     for node in ("n2", "n3"):
         c.wait_for(lambda node=node: _versions(c, node, "mlp"), SETTLE_S, f"registry on {node}")
-        pulled = c.agent(node).PullModel(agent_pb2.PullModelRequest(name="mlp"), timeout=120)
+        pulled = c.agent(node).PullModel(
+            agent_pb2.PullModelRequest(name="mlp"), timeout=120
+        ).version
         assert pulled.manifest_id == v.manifest_id and node in pulled.holders
     for node in ("n1", "n2", "n3"):
         c.wait_for(
@@ -187,7 +189,7 @@ def test_after_the_publisher_dies_a_new_node_pulls_resumes_and_avoids_the_corrup
     on_disk = _chunk_count(c, "n4")
     c.restart("n4")
     c.wait_for(lambda: _all_alive(c, ["n2", "n3", "n4"]), SETTLE_S, "n4 back")
-    pulled = c.agent("n4").PullModel(agent_pb2.PullModelRequest(name="mlp"), timeout=120)
+    pulled = c.agent("n4").PullModel(agent_pb2.PullModelRequest(name="mlp"), timeout=120).version
     assert "n4" in pulled.holders
     c.wait_for(lambda: _holders(c, "n2", "mlp") >= {"n2", "n3", "n4"}, SETTLE_S, "n4 a holder")
 
@@ -209,7 +211,7 @@ def test_replicas_all_replicates_without_being_asked(four: Cluster, demo: Path) 
     metadata = _noop_metadata(demo)
     v = c.agent("n2", "publisher").PublishModel(
         _upload(demo / "noop.torchscript.pt", "noop-all", metadata, replicas="all"), timeout=60
-    )
+    ).version
     assert v.replicas == "all"
     for node in live:
         c.wait_for(
@@ -232,7 +234,7 @@ def test_infer_by_name_pulls_a_model_the_node_does_not_hold(four: Cluster, demo:
     x = np.load(demo / "sample_input.npy")
     req = agent_pb2.InferRequest(
         model="mlp-lazy",
-        inputs=[common_pb2.Tensor(name="input", dtype=common_pb2.FLOAT32, shape=list(x.shape),
+        inputs=[common_pb2.Tensor(name="input", dtype=common_pb2.DTYPE_FLOAT32, shape=list(x.shape),
                                   data=x.astype("<f4").tobytes())],
     )  # fmt: skip
     _check_output(c.agent("n4").Infer(req, timeout=120), demo)
@@ -251,7 +253,7 @@ def test_replicas_k_rereplicates_after_holders_die(
         model = demo / "noop.torchscript.pt"
         v = c.agent("n1", "publisher").PublishModel(
             _upload(model, "noop-k", _noop_metadata(demo), replicas="2"), timeout=60
-        )
+        ).version
         assert v.replicas == "2" and list(v.holders) == ["n1"]
         c.wait_for(lambda: len(_holders(c, "n1", "noop-k")) >= 2, SETTLE_S, "two holders")
         victims = sorted(_holders(c, "n1", "noop-k") - {"n1"})

@@ -81,7 +81,7 @@ def test_counters_from_every_node_add_up_exactly(three: Cluster) -> None:
 
 def test_a_majority_write_is_on_a_peer_when_acknowledged(three: Cluster) -> None:
     for i in range(10):
-        opts = agent_pb2.WriteOptions(consistency=agent_pb2.MAJORITY, durable=True)
+        opts = agent_pb2.WriteOptions(consistency=agent_pb2.CONSISTENCY_MAJORITY, durable=True)
         req = agent_pb2.PutRequest(namespace="m", key=f"k{i}", value=b"x", options=opts)
         resp = three.agent("n1").Put(req, timeout=10)
         assert resp.acked_by >= 2
@@ -110,23 +110,23 @@ def test_both_halves_of_a_partition_write_and_converge(tmp_path: Path) -> None:
         left, right = names[:2], names[2:]
         c.wait_for(lambda: _all_alive(c, names), SETTLE_S, "all alive before the partition")
         c.agent("n1").SetAdd(
-            agent_pb2.SetRequest(namespace="p", key="set", elements=[b"x", b"y"]), timeout=5
+            agent_pb2.SetAddRequest(namespace="p", key="set", elements=[b"x", b"y"]), timeout=5
         )
         c.wait_for(lambda: _get(c, "n4", "p", "set").elements == [b"x", b"y"], SETTLE_S, "set")
         c.partition(left, right)
         for side, node in (("L", "n1"), ("R", "n3")):
             stub = c.agent(node)
             stub.Put(agent_pb2.PutRequest(namespace="p", key="mv", value=side.encode(),
-                                          type=agent_pb2.MV), timeout=5)  # fmt: skip
+                                          type=agent_pb2.VALUE_TYPE_MV), timeout=5)  # fmt: skip
             stub.Put(agent_pb2.PutRequest(namespace="p", key=f"only{side}", value=b"1"), timeout=5)
             for _ in range(5):
                 stub.Increment(agent_pb2.IncrementRequest(namespace="p", key="n", delta=1),
                                timeout=5)  # fmt: skip
         # Add-wins: the left removes x while the right adds it again; x survives.
         c.agent("n2").SetRemove(
-            agent_pb2.SetRequest(namespace="p", key="set", elements=[b"x", b"y"]), timeout=5
+            agent_pb2.SetRemoveRequest(namespace="p", key="set", elements=[b"x", b"y"]), timeout=5
         )
-        c.agent("n4").SetAdd(agent_pb2.SetRequest(namespace="p", key="set", elements=[b"x"]),
+        c.agent("n4").SetAdd(agent_pb2.SetAddRequest(namespace="p", key="set", elements=[b"x"]),
                              timeout=5)  # fmt: skip
         c.heal()
         c.wait_for(lambda: len(_digests(c, names)) == 1, SETTLE_S, "identical replicas")
@@ -151,7 +151,7 @@ def test_a_revocation_spreads_to_every_node(three: Cluster) -> None:
         opts = channel_options(m.cluster, 4 << 20)
         with grpc.secure_channel(three.nodes[node].address, creds, options=opts) as ch:
             try:
-                agent_pb2_grpc.AgentStub(ch).Status(agent_pb2.StatusRequest(), timeout=5)
+                agent_pb2_grpc.AgentServiceStub(ch).Status(agent_pb2.StatusRequest(), timeout=5)
             except grpc.RpcError as e:
                 return e.code() is grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined, no-any-return]
             return False

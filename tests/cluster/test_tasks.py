@@ -56,8 +56,13 @@ def _burst(c: Cluster, n: int) -> list[str]:
 
 
 def _final(c: Cluster, node: str, task_id: str) -> list[agent_pb2.TaskEvent]:
-    events = list(c.agent(node).Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=120))
-    return [e for e in events if e.kind in (agent_pb2.TaskEvent.DONE, agent_pb2.TaskEvent.FAILED)]
+    wait = c.agent(node).Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=120)
+    events = [answer.event for answer in wait]
+    return [
+        e
+        for e in events
+        if e.kind in (agent_pb2.TaskEvent.KIND_DONE, agent_pb2.TaskEvent.KIND_FAILED)
+    ]
 
 
 def test_idle_nodes_steal_from_a_loaded_one_and_each_result_arrives_once(c3: Cluster) -> None:
@@ -65,7 +70,7 @@ def test_idle_nodes_steal_from_a_loaded_one_and_each_result_arrives_once(c3: Clu
     executors: Counter[str] = Counter()
     for tid in ids:
         finals = _final(c3, "n1", tid)
-        assert len(finals) == 1 and finals[0].kind == agent_pb2.TaskEvent.DONE, finals
+        assert len(finals) == 1 and finals[0].kind == agent_pb2.TaskEvent.KIND_DONE, finals
         executors[finals[0].node] += 1
     assert sum(executors.values()) == len(ids)
     assert executors["n2"] + executors["n3"] > 0, executors  # work moved off the origin
@@ -73,7 +78,7 @@ def test_idle_nodes_steal_from_a_loaded_one_and_each_result_arrives_once(c3: Clu
                  for n in ("n2", "n3"))  # fmt: skip
     assert stolen > 0
     # Wait works through any node: n3 asks the origin.
-    assert _final(c3, "n3", ids[0])[0].kind == agent_pb2.TaskEvent.DONE
+    assert _final(c3, "n3", ids[0])[0].kind == agent_pb2.TaskEvent.KIND_DONE
 
 
 def test_tasks_of_a_killed_executor_run_elsewhere_exactly_once(c3: Cluster) -> None:
@@ -90,7 +95,7 @@ def test_tasks_of_a_killed_executor_run_elsewhere_exactly_once(c3: Cluster) -> N
             finals = _final(c3, "n1", tid)
         except grpc.RpcError as e:
             raise AssertionError(f"{tid}: {e}") from e
-        assert len(finals) == 1 and finals[0].kind == agent_pb2.TaskEvent.DONE, finals
+        assert len(finals) == 1 and finals[0].kind == agent_pb2.TaskEvent.KIND_DONE, finals
 
 
 def test_infer_goes_through_the_scheduler_and_is_stolen_from_a_busy_node(c3: Cluster) -> None:
@@ -125,7 +130,7 @@ def test_infer_goes_through_the_scheduler_and_is_stolen_from_a_busy_node(c3: Clu
         executors.update(e for e, _ in answers)
         for tid in ids:  # the burst still completes, each once
             finals = _final(c3, "n1", tid)
-            assert len(finals) == 1 and finals[0].kind == agent_pb2.TaskEvent.DONE, finals
+            assert len(finals) == 1 and finals[0].kind == agent_pb2.TaskEvent.KIND_DONE, finals
         if executors.keys() - {"n1"}:
             break
     assert executors.keys() - {"n1"}, executors

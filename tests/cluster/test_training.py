@@ -133,19 +133,21 @@ def test_client_identities_cannot_take_part(three: Cluster) -> None:
     with grpc.secure_channel(
         three.nodes["n1"].address, creds, options=channel_options(m.cluster, 64 << 20)
     ) as ch:
-        stub = peer_pb2_grpc.PeerStub(ch)
+        stub = peer_pb2_grpc.PeerServiceStub(ch)
         with pytest.raises(grpc.RpcError) as e:
-            stub.AverageParts(iter([peer_pb2.AveragePart(run="agree")]), timeout=10)
+            stub.AverageParts(iter([peer_pb2.AveragePartsRequest(run="agree")]), timeout=10)
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "node" in (e.value.details() or "")
 
 
-def _peer_stub(c: Cluster, as_node: str, to: str) -> tuple[grpc.Channel, peer_pb2_grpc.PeerStub]:
+def _peer_stub(
+    c: Cluster, as_node: str, to: str
+) -> tuple[grpc.Channel, peer_pb2_grpc.PeerServiceStub]:
     m = tls.load(tls.TLSPaths.in_dir(c.certs, as_node))
     creds = grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
     options = channel_options(m.cluster, 64 << 20)
     ch = grpc.secure_channel(c.nodes[to].address, creds, options=options)
-    return ch, peer_pb2_grpc.PeerStub(ch)
+    return ch, peer_pb2_grpc.PeerServiceStub(ch)
 
 
 def test_bad_parts_and_bad_calls_are_refused_with_a_clear_status(three: Cluster) -> None:
@@ -156,7 +158,7 @@ def test_bad_parts_and_bad_calls_are_refused_with_a_clear_status(three: Cluster)
     index = group.index("n2")
     start, end = slice_bounds(630, len(group))[index]
     length = end - start
-    base = peer_pb2.AveragePart(
+    base = peer_pb2.AveragePartsRequest(
         run="agree", round=0, group=group_id(group), phase=1, slice_index=index, weight=5.0,
         spec=spec, dtype="float32", length=length,
     )  # fmt: skip
@@ -167,7 +169,7 @@ def test_bad_parts_and_bad_calls_are_refused_with_a_clear_status(three: Cluster)
             "shape": np.zeros(length + 1, np.float32).tobytes(),
         }
         for reason, data in cases.items():
-            part = peer_pb2.AveragePart()
+            part = peer_pb2.AveragePartsRequest()
             part.CopyFrom(base)
             part.data = data
             if reason == "shape":
@@ -176,14 +178,14 @@ def test_bad_parts_and_bad_calls_are_refused_with_a_clear_status(three: Cluster)
                 stub.AverageParts(iter([part]), timeout=10)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert reason in (e.value.details() or "")
-        absurd = peer_pb2.AveragePart()
+        absurd = peer_pb2.AveragePartsRequest()
         absurd.CopyFrom(base)
         absurd.weight = 1e15
         absurd.data = np.zeros(length, np.float32).tobytes()
         with pytest.raises(grpc.RpcError) as e:
             stub.AverageParts(iter([absurd]), timeout=10)
         assert "max_sample_count" in (e.value.details() or "")
-        unknown = peer_pb2.AveragePart()
+        unknown = peer_pb2.AveragePartsRequest()
         unknown.CopyFrom(base)
         unknown.run = "no-such-run"
         unknown.data = np.zeros(length, np.float32).tobytes()

@@ -58,7 +58,7 @@ def _alive(node: Daemon, certs_dir: Path, *, rate_limited_ok: bool = False) -> N
     calling fast, so a rate-limit refusal is waited out as its message asks (a few tries)."""
     with grpc.secure_channel(node.address, _creds(certs_dir, "client2"),
                              options=channel_options("test", 4 << 20)) as ch:  # fmt: skip
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         for attempt in range(5):
             try:
                 assert stub.Status(agent_pb2.StatusRequest(), timeout=10).name == "n4"
@@ -76,7 +76,7 @@ async def test_a_flood_from_one_identity_is_rate_limited_and_others_still_served
     async with grpc.aio.secure_channel(
         node.address, _creds(certs_dir, "client"), options=channel_options("test", 4 << 20)
     ) as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
 
         async def one() -> grpc.StatusCode:
             try:
@@ -96,7 +96,7 @@ def test_an_oversized_message_is_refused_and_survived(node: Daemon, certs_dir: P
                              options=channel_options("test", 8 << 20)) as ch:  # fmt: skip
         big = agent_pb2.PutRequest(namespace="ns", key="k", value=b"x" * (2 * MAX_MESSAGE))
         with pytest.raises(grpc.RpcError) as e:
-            agent_pb2_grpc.AgentStub(ch).Put(big, timeout=10)
+            agent_pb2_grpc.AgentServiceStub(ch).Put(big, timeout=10)
     assert e.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
     _alive(node, certs_dir)
 
@@ -163,7 +163,7 @@ def _scalar(f: pbd.FieldDescriptor, rng: random.Random) -> object:
     return value
 
 
-SERVICE = agent_pb2.DESCRIPTOR.services_by_name["Agent"]
+SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
 #: Calls whose answer legitimately waits for something (a deadline is their normal ending).
 WAITING = {"Wait", "SubmitAndWait", "Watch", "PullModel"}
 

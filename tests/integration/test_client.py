@@ -155,7 +155,7 @@ async def test_run_follows_its_task_across_a_restart_of_the_node_that_took_it(
 
             outputs = await mesh.run("demo", {"input": x}, on_event=on_event)
             assert restarted.is_set() and events[0].task_id.startswith("n7-")
-            assert events[0].kind != agent_pb2.TaskEvent.DONE  # killed before it ran
+            assert events[0].kind != agent_pb2.TaskEvent.KIND_DONE  # killed before it ran
             (out,) = outputs.values()
             assert torch.allclose(out, expected(models, x), atol=1e-5)
             # Delivered once: asking again gives the same result.

@@ -44,7 +44,9 @@ def node(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterator[
 
 async def test_client_certificate_reaches_agent_status(node: Daemon, certs_dir: Path) -> None:
     async with _channel(node.address, _creds(certs_dir, "client")) as ch:
-        resp = await agent_pb2_grpc.AgentStub(ch).Status(agent_pb2.StatusRequest(), timeout=5)
+        resp = await agent_pb2_grpc.AgentServiceStub(ch).Status(
+            agent_pb2.StatusRequest(), timeout=5
+        )
     assert resp.name == "n1"
     assert resp.identity == "spiffe://test/node/n1"
     assert resp.address == node.address
@@ -54,7 +56,7 @@ async def test_no_client_certificate_fails_the_handshake(node: Daemon, certs_dir
     creds = grpc.ssl_channel_credentials((certs_dir / "ca.crt").read_bytes())
     async with _channel(node.address, creds) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as e:
-            await agent_pb2_grpc.AgentStub(ch).Status(agent_pb2.StatusRequest(), timeout=5)
+            await agent_pb2_grpc.AgentServiceStub(ch).Status(agent_pb2.StatusRequest(), timeout=5)
     assert e.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
@@ -69,7 +71,7 @@ async def test_certificate_from_another_ca_fails_the_handshake(
     )
     async with _channel(node.address, creds) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as e:
-            await agent_pb2_grpc.AgentStub(ch).Status(agent_pb2.StatusRequest(), timeout=5)
+            await agent_pb2_grpc.AgentServiceStub(ch).Status(agent_pb2.StatusRequest(), timeout=5)
     assert e.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
@@ -78,7 +80,7 @@ async def test_expired_client_certificate_fails_the_handshake(
 ) -> None:
     async with _channel(node.address, _creds(expired_certs_dir, "client")) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as e:
-            await agent_pb2_grpc.AgentStub(ch).Status(agent_pb2.StatusRequest(), timeout=5)
+            await agent_pb2_grpc.AgentServiceStub(ch).Status(agent_pb2.StatusRequest(), timeout=5)
     assert e.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
@@ -87,7 +89,7 @@ async def test_client_identity_calling_peer_is_permission_denied(
 ) -> None:
     async with _channel(node.address, _creds(certs_dir, "client")) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as e:
-            await peer_pb2_grpc.PeerStub(ch).Gossip(common_pb2.Envelope(), timeout=5)
+            await peer_pb2_grpc.PeerServiceStub(ch).Gossip(common_pb2.Envelope(), timeout=5)
     assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert "needs role node" in (e.value.details() or "")
     assert "has role client" in (e.value.details() or "")
@@ -98,7 +100,7 @@ async def test_health_and_reflection_answer_a_plain_grpc_client(
 ) -> None:
     async with _channel(node.address, _creds(certs_dir, "client")) as ch:
         health = await health_pb2_grpc.HealthStub(ch).Check(
-            health_pb2.HealthCheckRequest(service="p2pagent.v1.Agent"), timeout=5
+            health_pb2.HealthCheckRequest(service="p2pagent.v1.AgentService"), timeout=5
         )
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         stream = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
@@ -107,7 +109,7 @@ async def test_health_and_reflection_answer_a_plain_grpc_client(
         names = set()
         async for resp in stream:
             names |= {s.name for s in resp.list_services_response.service}
-    assert {"p2pagent.v1.Agent", "p2pagent.v1.Peer", "grpc.health.v1.Health"} <= names
+    assert {"p2pagent.v1.AgentService", "p2pagent.v1.PeerService", "grpc.health.v1.Health"} <= names
     assert {
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
@@ -134,14 +136,14 @@ async def test_reflection_v1_answers_a_client_that_speaks_only_v1(
         )
         requests = [
             request_cls(list_services=""),
-            request_cls(file_containing_symbol="p2pagent.v1.Agent"),
+            request_cls(file_containing_symbol="p2pagent.v1.AgentService"),
             request_cls(file_containing_symbol="grpc.reflection.v1.ServerReflection"),
             request_cls(file_containing_symbol="no.such.Symbol"),
         ]
         answers = [r async for r in call(iter(requests), timeout=10)]
     assert len(answers) == 4
     names = {s.name for s in answers[0].list_services_response.service}
-    assert {"p2pagent.v1.Agent", "grpc.reflection.v1.ServerReflection"} <= names
+    assert {"p2pagent.v1.AgentService", "grpc.reflection.v1.ServerReflection"} <= names
     files = [
         descriptor_pb2.FileDescriptorProto.FromString(b)
         for b in answers[1].file_descriptor_response.file_descriptor_proto

@@ -75,7 +75,9 @@ def _channel(node: Daemon, certs_dir: Path, identity: str = "client") -> grpc.Ch
 
 def _x(rows: int = 1) -> common_pb2.Tensor:
     data = np.zeros((rows, 4), "<f4").tobytes()
-    return common_pb2.Tensor(name="input", dtype=common_pb2.FLOAT32, shape=[rows, 4], data=data)
+    return common_pb2.Tensor(
+        name="input", dtype=common_pb2.DTYPE_FLOAT32, shape=[rows, 4], data=data
+    )
 
 
 def _journaled(node: Daemon) -> int:
@@ -93,6 +95,16 @@ def _refused(call: object, *args: object) -> grpc.RpcError:
     return e.value
 
 
+def _submit_and_wait(stub: agent_pb2_grpc.AgentServiceStub) -> object:
+    """SubmitAndWait taking a SubmitRequest (its request has the same fields, numbered alike)."""
+
+    def call(request: agent_pb2.SubmitRequest, timeout: float) -> object:
+        same = agent_pb2.SubmitAndWaitRequest.FromString(request.SerializeToString())
+        return stub.SubmitAndWait(same, timeout=timeout)
+
+    return call
+
+
 def _rss_mb(node: Daemon) -> float:
     assert node.proc is not None
     status = Path(f"/proc/{node.proc.pid}/status").read_text()
@@ -104,9 +116,9 @@ def test_unknown_or_malformed_models_are_refused_at_once_and_never_journaled(
     node: Daemon, certs_dir: Path
 ) -> None:
     with _channel(node, certs_dir) as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         before = _journaled(node)
-        for call in (stub.Submit, stub.SubmitAndWait):
+        for call in (stub.Submit, _submit_and_wait(stub)):
             e = _refused(call, agent_pb2.SubmitRequest(model="nope", inputs=[_x()]))
             assert e.code() is grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
             assert "'nope' is not served by any node" in e.details()  # type: ignore[attr-defined]
@@ -125,12 +137,12 @@ def test_inputs_that_contradict_the_model_or_a_missing_version_are_refused_at_on
     node: Daemon, certs_dir: Path
 ) -> None:
     wrong_dtype = common_pb2.Tensor(
-        name="input", dtype=common_pb2.INT32, shape=[1, 4], data=bytes(16)
+        name="input", dtype=common_pb2.DTYPE_INT32, shape=[1, 4], data=bytes(16)
     )
     wrong_shape = common_pb2.Tensor(
-        name="input", dtype=common_pb2.FLOAT32, shape=[1, 5], data=bytes(20)
+        name="input", dtype=common_pb2.DTYPE_FLOAT32, shape=[1, 5], data=bytes(20)
     )
-    unnamed = [common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=[1, 4], data=bytes(16))] * 2
+    unnamed = [common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=[1, 4], data=bytes(16))] * 2
     cases = [
         ([wrong_dtype], "", grpc.StatusCode.INVALID_ARGUMENT, "expects dtype float32"),
         ([wrong_shape], "", grpc.StatusCode.INVALID_ARGUMENT, "expects shape [-1, 4]"),
@@ -138,11 +150,11 @@ def test_inputs_that_contradict_the_model_or_a_missing_version_are_refused_at_on
         ([_x()], "0123456789ab", grpc.StatusCode.INVALID_ARGUMENT, "no versions to pin"),
     ]
     with _channel(node, certs_dir) as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         before = _journaled(node)
         for inputs, version, code, words in cases:
             request = agent_pb2.SubmitRequest(model="busy", inputs=inputs, model_version=version)
-            for call in (stub.Submit, stub.SubmitAndWait):
+            for call in (stub.Submit, _submit_and_wait(stub)):
                 e = _refused(call, request)
                 assert e.code() is code, e  # type: ignore[attr-defined]
                 assert words in e.details()  # type: ignore[attr-defined]
@@ -159,12 +171,12 @@ def test_inputs_that_contradict_the_model_or_a_missing_version_are_refused_at_on
 def test_a_submit_of_many_tiny_tensors_is_refused_by_count_before_decoding(
     node: Daemon, certs_dir: Path
 ) -> None:
-    tiny = common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=[1], data=bytes(4))
+    tiny = common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=[1], data=bytes(4))
     many = agent_pb2.SubmitRequest(model="busy", inputs=[tiny] * 5000)  # ~60 KiB: under the bound
     with _channel(node, certs_dir) as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         before = _journaled(node)
-        for call in (stub.Submit, stub.SubmitAndWait):
+        for call in (stub.Submit, _submit_and_wait(stub)):
             e = _refused(call, many)
             assert e.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
             assert "more than 1024 input tensors" in e.details()  # type: ignore[attr-defined]
@@ -176,7 +188,7 @@ def test_a_payload_over_the_bound_is_refused_naming_the_knob(node: Daemon, certs
     just_over = agent_pb2.SubmitRequest(model="busy", inputs=[_x(rows)])
     far_over = agent_pb2.SubmitRequest(model="busy", inputs=[_x(rows * 4)])  # refused undecoded
     with _channel(node, certs_dir) as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         before = _journaled(node)
         for request in (just_over, far_over):
             e = _refused(stub.Submit, request)
@@ -191,7 +203,7 @@ def test_a_payload_over_the_bound_is_refused_naming_the_knob(node: Daemon, certs
 def test_unfinished_tasks_per_identity_have_a_quota(node: Daemon, certs_dir: Path) -> None:
     request = agent_pb2.SubmitRequest(model="busy", inputs=[_x()])
     with _channel(node, certs_dir) as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         # Each task holds the engine 3 s, so two are unfinished when the third comes.
         ids = [stub.Submit(request, timeout=20).task_id for _ in range(2)]
         e = _refused(stub.Submit, request)
@@ -201,11 +213,11 @@ def test_unfinished_tasks_per_identity_have_a_quota(node: Daemon, certs_dir: Pat
         assert int(hint) > 0
         # Another identity is not held to this one's quota.
         with _channel(node, certs_dir, "admin") as other:
-            agent_pb2_grpc.AgentStub(other).Submit(request, timeout=20)
+            agent_pb2_grpc.AgentServiceStub(other).Submit(request, timeout=20)
         # Once the results are delivered, the identity may submit again.
         for task_id in ids:
             *_, last = stub.Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=60)
-            assert last.kind == agent_pb2.TaskEvent.DONE
+            assert last.event.kind == agent_pb2.TaskEvent.KIND_DONE
         assert stub.Submit(request, timeout=20).task_id
 
 
@@ -231,7 +243,7 @@ def test_submissions_per_identity_are_rate_limited_with_a_retry_after_hint(
 ) -> None:
     request = agent_pb2.SubmitRequest(model="busy", inputs=[_x()])
     with _channel(node, certs_dir, "admin") as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         refusals = []
         for _ in range(4 * SUBMIT_RATE):  # the burst is 2 * SUBMIT_RATE
             try:
@@ -262,7 +274,7 @@ def test_oversized_peer_messages_are_refused_before_decoding(node: Daemon, certs
     payload = common_pb2.Envelope(version=1, payload=_delta_message("n1", 8_000_000))
     rss_before = _rss_mb(node)
     with _peer(node, certs_dir) as ch:
-        stub = peer_pb2_grpc.PeerStub(ch)
+        stub = peer_pb2_grpc.PeerServiceStub(ch)
         for call, setting in (
             (stub.Replicate, "state.max_message_bytes"),
             (stub.Gossip, "MAX_GOSSIP_BYTES"),
@@ -280,7 +292,7 @@ def test_oversized_peer_messages_are_refused_before_decoding(node: Daemon, certs
         big_result = peer_pb2.CompleteRequest(
             task_id="n5-0123456789abcdef", executor="n1", ok=True, outputs=[_x(MAX_RESULT // 8)]
         )
-        tiny = common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=[1], data=bytes(4))
+        tiny = common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=[1], data=bytes(4))
         many = peer_pb2.CompleteRequest(
             task_id="n5-0123456789abcdef", executor="n1", ok=True, outputs=[tiny] * 2000
         )
@@ -298,13 +310,13 @@ def test_oversized_peer_messages_are_refused_before_decoding(node: Daemon, certs
 def test_an_assigned_tensor_declaring_more_than_its_bytes_is_invalid(
     node: Daemon, certs_dir: Path
 ) -> None:
-    huge = common_pb2.Tensor(name="input", dtype=common_pb2.UINT8, shape=[2**31, 2**31],
+    huge = common_pb2.Tensor(name="input", dtype=common_pb2.DTYPE_UINT8, shape=[2**31, 2**31],
                              data=b"\x01")  # fmt: skip
     spec = peer_pb2.TaskSpec(
         task_id="n1-0123456789abcdef", origin="n1", model="busy", inputs=[huge]
     )
     with _peer(node, certs_dir) as ch:
-        e = _refused(peer_pb2_grpc.PeerStub(ch).Assign, peer_pb2.AssignRequest(task=spec))
+        e = _refused(peer_pb2_grpc.PeerServiceStub(ch).Assign, peer_pb2.AssignRequest(task=spec))
     assert e.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
     assert "received 1" in e.details()  # type: ignore[attr-defined]
     _alive(node, certs_dir)
@@ -313,7 +325,9 @@ def test_an_assigned_tensor_declaring_more_than_its_bytes_is_invalid(
 def test_a_huge_task_id_is_not_found_quoting_a_short_prefix(node: Daemon, certs_dir: Path) -> None:
     for task_id in ("x" * (1 << 20), "n5-" + "y" * (1 << 20)):
         with _channel(node, certs_dir) as ch:
-            e = _refused(agent_pb2_grpc.AgentStub(ch).Wait, agent_pb2.WaitRequest(task_id=task_id))
+            e = _refused(
+                agent_pb2_grpc.AgentServiceStub(ch).Wait, agent_pb2.WaitRequest(task_id=task_id)
+            )
         assert e.code() is grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
         details = e.details()  # type: ignore[attr-defined]
         assert len(details) < 400 and str(len(task_id)) in details
@@ -322,7 +336,7 @@ def test_a_huge_task_id_is_not_found_quoting_a_short_prefix(node: Daemon, certs_
 def _alive(node: Daemon, certs_dir: Path) -> None:
     deadline = time.monotonic() + 30
     with _channel(node, certs_dir, "admin") as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         while True:
             try:
                 assert stub.Status(agent_pb2.StatusRequest(), timeout=10).name == "n5"

@@ -161,7 +161,7 @@ async def test_bad_texts_are_refused_naming_the_problem(
             assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
             assert words in (e.value.details() or "")
         # Bytes that are not UTF-8 where a text goes (field 2), sent raw past protobuf.
-        raw = c._channels[node.address].unary_unary("/p2pagent.v1.Agent/Embed")
+        raw = c._channels[node.address].unary_unary("/p2pagent.v1.AgentService/Embed")
         model = b"tiny-emb-2"
         body = b"\x0a" + bytes([len(model)]) + model + b"\x12\x03\xff\xfeA"
         with pytest.raises(grpc.aio.AioRpcError) as e:

@@ -63,19 +63,24 @@ def node(
         d.kill()
 
 
-def _stub(node: Daemon, certs_dir: Path) -> tuple[grpc.aio.Channel, agent_pb2_grpc.AgentStub]:
+def _stub(
+    node: Daemon, certs_dir: Path
+) -> tuple[grpc.aio.Channel, agent_pb2_grpc.AgentServiceStub]:
     creds = grpc.ssl_channel_credentials(
         (certs_dir / "ca.crt").read_bytes(),
         (certs_dir / "client.key").read_bytes(),
         (certs_dir / "client.crt").read_bytes(),
     )
     ch = grpc.aio.secure_channel(node.address, creds, options=channel_options("test", 64 << 20))
-    return ch, agent_pb2_grpc.AgentStub(ch)
+    return ch, agent_pb2_grpc.AgentServiceStub(ch)
 
 
 def _tensor(arr: np.ndarray, name: str = "input") -> common_pb2.Tensor:
     return common_pb2.Tensor(
-        name=name, dtype=common_pb2.FLOAT32, shape=list(arr.shape), data=arr.astype("<f4").tobytes()
+        name=name,
+        dtype=common_pb2.DTYPE_FLOAT32,
+        shape=list(arr.shape),
+        data=arr.astype("<f4").tobytes(),
     )
 
 
@@ -126,7 +131,7 @@ async def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(
 
 
 async def _code(
-    stub: agent_pb2_grpc.AgentStub, req: agent_pb2.InferRequest, wait_s: float = 30
+    stub: agent_pb2_grpc.AgentServiceStub, req: agent_pb2.InferRequest, wait_s: float = 30
 ) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stub.Infer(req, timeout=wait_s)
@@ -141,7 +146,7 @@ async def test_bad_inputs_get_specific_errors(node: Daemon, certs_dir: Path) -> 
         assert code is grpc.StatusCode.NOT_FOUND and "nope" in msg
 
         wrong_dtype = common_pb2.Tensor(
-            name="input", dtype=common_pb2.INT64, shape=[1, 256], data=bytes(8 * 256)
+            name="input", dtype=common_pb2.DTYPE_INT64, shape=[1, 256], data=bytes(8 * 256)
         )
         code, msg = await _code(stub, agent_pb2.InferRequest(model="demo", inputs=[wrong_dtype]))
         assert code is grpc.StatusCode.INVALID_ARGUMENT and "int64" in msg.lower()
@@ -155,13 +160,13 @@ async def test_bad_inputs_get_specific_errors(node: Daemon, certs_dir: Path) -> 
         assert code is grpc.StatusCode.INVALID_ARGUMENT and "255" in msg
 
         short = common_pb2.Tensor(
-            name="input", dtype=common_pb2.FLOAT32, shape=[1, 256], data=bytes(100)
+            name="input", dtype=common_pb2.DTYPE_FLOAT32, shape=[1, 256], data=bytes(100)
         )
         code, msg = await _code(stub, agent_pb2.InferRequest(model="demo", inputs=[short]))
         assert code is grpc.StatusCode.INVALID_ARGUMENT and "100" in msg
 
         huge = common_pb2.Tensor(
-            name="input", dtype=common_pb2.FLOAT32, shape=[1 << 40, 256], data=b""
+            name="input", dtype=common_pb2.DTYPE_FLOAT32, shape=[1 << 40, 256], data=b""
         )
         code, _ = await _code(stub, agent_pb2.InferRequest(model="demo", inputs=[huge]))
         assert code is grpc.StatusCode.INVALID_ARGUMENT

@@ -53,7 +53,7 @@ def _channel(node: Daemon, certs_dir: Path) -> grpc.aio.Channel:
 def _tensor(arr: np.ndarray) -> common_pb2.Tensor:
     return common_pb2.Tensor(
         name="input",
-        dtype=common_pb2.FLOAT32,
+        dtype=common_pb2.DTYPE_FLOAT32,
         shape=list(arr.shape),
         data=arr.astype("<f4").tobytes(),
     )
@@ -88,7 +88,7 @@ def test_answers_in_order_of_completion_with_per_request_errors(
 ) -> None:
     async def go() -> None:
         async with _channel(node, certs_dir) as ch:
-            call = agent_pb2_grpc.AgentStub(ch).InferStream()
+            call = agent_pb2_grpc.AgentServiceStub(ch).InferStream()
             await call.write(infer(1, "busy"))
             # A malformed one among good ones: data that does not fit its shape.
             bad = infer(3)
@@ -123,7 +123,7 @@ def test_answers_in_order_of_completion_with_per_request_errors(
 def test_cancel_reused_id_and_in_flight_bound(node: Daemon, certs_dir: Path) -> None:
     async def go() -> None:
         async with _channel(node, certs_dir) as ch:
-            call = agent_pb2_grpc.AgentStub(ch).InferStream()
+            call = agent_pb2_grpc.AgentServiceStub(ch).InferStream()
             for i in range(1, LIMIT + 1):
                 await call.write(infer(i, "busy"))
             await call.write(infer(1))  # id 1 is still in flight
@@ -154,7 +154,7 @@ def test_undecodable_message_is_answered_under_its_id(node: Daemon, certs_dir: P
     async def go() -> None:
         async with _channel(node, certs_dir) as ch:
             raw = ch.stream_stream(
-                "/p2pagent.v1.Agent/InferStream",
+                "/p2pagent.v1.AgentService/InferStream",
                 request_serializer=lambda b: b,
                 response_deserializer=agent_pb2.InferStreamResponse.FromString,
             )
@@ -175,7 +175,7 @@ def test_undecodable_message_is_answered_under_its_id(node: Daemon, certs_dir: P
 def test_client_that_stops_reading_is_ended(node: Daemon, certs_dir: Path) -> None:
     async def go() -> None:
         async with _channel(node, certs_dir) as ch:
-            call = agent_pb2_grpc.AgentStub(ch).InferStream()
+            call = agent_pb2_grpc.AgentServiceStub(ch).InferStream()
             # 1 MiB answers, never read while sending: the node holds LIMIT answers and LIMIT
             # refusals, then ends the stream rather than hold more.
             sent = 0
@@ -203,7 +203,7 @@ def test_client_that_stops_reading_is_ended(node: Daemon, certs_dir: Path) -> No
 def test_submit_stream_acknowledges_then_answers(node: Daemon, certs_dir: Path) -> None:
     async def go() -> None:
         async with _channel(node, certs_dir) as ch:
-            call = agent_pb2_grpc.AgentStub(ch).SubmitStream()
+            call = agent_pb2_grpc.AgentServiceStub(ch).SubmitStream()
             x = np.ones((1, demo_model.DEMO_IN), dtype=np.float32)
             for i in (1, 2):
                 await call.write(
@@ -217,7 +217,9 @@ def test_submit_stream_acknowledges_then_answers(node: Daemon, certs_dir: Path) 
             for i in (1, 2):
                 mine = [a for a in answers if a.request_id == i and not a.error_code]
                 kinds = [a.event.kind for a in mine]
-                assert kinds == [agent_pb2.TaskEvent.QUEUED, agent_pb2.TaskEvent.DONE], mine
+                assert kinds == [agent_pb2.TaskEvent.KIND_QUEUED, agent_pb2.TaskEvent.KIND_DONE], (
+                    mine
+                )
                 assert mine[0].event.task_id and mine[0].event.task_id == mine[1].event.task_id
                 assert mine[1].event.outputs
             errors = {a.request_id: a.error_code for a in answers if a.error_code}
@@ -226,10 +228,10 @@ def test_submit_stream_acknowledges_then_answers(node: Daemon, certs_dir: Path) 
             task_id = next(a.event.task_id for a in answers if a.request_id == 2)
             events = [
                 e
-                async for e in agent_pb2_grpc.AgentStub(ch).Wait(
+                async for e in agent_pb2_grpc.AgentServiceStub(ch).Wait(
                     agent_pb2.WaitRequest(task_id=task_id)
                 )
             ]
-            assert events[-1].kind == agent_pb2.TaskEvent.DONE
+            assert events[-1].kind == agent_pb2.TaskEvent.KIND_DONE
 
     asyncio.run(go())

@@ -92,19 +92,24 @@ def in_process(
         d.kill()
 
 
-def _stub(node: Daemon, certs_dir: Path) -> tuple[grpc.aio.Channel, agent_pb2_grpc.AgentStub]:
+def _stub(
+    node: Daemon, certs_dir: Path
+) -> tuple[grpc.aio.Channel, agent_pb2_grpc.AgentServiceStub]:
     creds = grpc.ssl_channel_credentials(
         (certs_dir / "ca.crt").read_bytes(),
         (certs_dir / "client.key").read_bytes(),
         (certs_dir / "client.crt").read_bytes(),
     )
     ch = grpc.aio.secure_channel(node.address, creds, options=channel_options("test", 64 << 20))
-    return ch, agent_pb2_grpc.AgentStub(ch)
+    return ch, agent_pb2_grpc.AgentServiceStub(ch)
 
 
 def _request(model: str, x: np.ndarray) -> agent_pb2.InferRequest:
     t = common_pb2.Tensor(
-        name="input", dtype=common_pb2.FLOAT32, shape=list(x.shape), data=x.astype("<f4").tobytes()
+        name="input",
+        dtype=common_pb2.DTYPE_FLOAT32,
+        shape=list(x.shape),
+        data=x.astype("<f4").tobytes(),
     )
     return agent_pb2.InferRequest(model=model, inputs=[t])
 
@@ -148,7 +153,7 @@ def _status(pid: int) -> dict[str, str]:
     return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
 
 
-async def _infer(stub: agent_pb2_grpc.AgentStub, model: str, x: np.ndarray) -> np.ndarray:
+async def _infer(stub: agent_pb2_grpc.AgentServiceStub, model: str, x: np.ndarray) -> np.ndarray:
     return _out(await stub.Infer(_request(model, x), timeout=120))
 
 

@@ -76,11 +76,13 @@ async def test_bad_gossip_is_refused_counted_and_survived(
     async with _channel(certs_dir, "n7", node.address) as ch:
         for _ in range(3):
             with pytest.raises(grpc.aio.AioRpcError) as e:
-                await peer_pb2_grpc.PeerStub(ch).Gossip(envelope, timeout=5)
+                await peer_pb2_grpc.PeerServiceStub(ch).Gossip(envelope, timeout=5)
             assert e.value.code().name == code
     assert _dropped(node, kind) == before + 3
     async with _channel(certs_dir, "client", node.address) as ch:
-        status = await agent_pb2_grpc.AgentStub(ch).Status(agent_pb2.StatusRequest(), timeout=5)
+        status = await agent_pb2_grpc.AgentServiceStub(ch).Status(
+            agent_pb2.StatusRequest(), timeout=5
+        )
     assert status.name == "n6"
     # Logged once per peer per minute, not once per message.
     assert node.log_tail(200).count("dropped membership payload from n7") <= 3
@@ -90,7 +92,7 @@ async def test_a_valid_ping_from_a_peer_is_acked(node: Daemon, certs_dir: Path) 
     ping = Message(Kind.PING, "n7", "127.0.0.1:1", seq=42, target="n6")
     env = common_pb2.Envelope(version=codec.VERSION, payload=codec.encode(ping))
     async with _channel(certs_dir, "n7", node.address) as ch:
-        reply = await peer_pb2_grpc.PeerStub(ch).Gossip(env, timeout=5)
+        reply = await peer_pb2_grpc.PeerServiceStub(ch).Gossip(env, timeout=5)
     ack = codec.decode(reply.payload)
     assert (ack.kind, ack.seq, ack.src) == (Kind.ACK, 42, "n6")
 
@@ -99,7 +101,7 @@ async def test_a_client_identity_cannot_gossip(node: Daemon, certs_dir: Path) ->
     env = common_pb2.Envelope(version=codec.VERSION, payload=b"")
     async with _channel(certs_dir, "client", node.address) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as e:
-            await peer_pb2_grpc.PeerStub(ch).Gossip(env, timeout=5)
+            await peer_pb2_grpc.PeerServiceStub(ch).Gossip(env, timeout=5)
     assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -140,17 +142,21 @@ async def test_bad_state_sync_is_refused_counted_and_leaves_the_replica_intact(
     node: Daemon, certs_dir: Path, envelope: common_pb2.Envelope, code: str, kind: str
 ) -> None:
     async with _channel(certs_dir, "client", node.address) as ch:
-        agent = agent_pb2_grpc.AgentStub(ch)
+        agent = agent_pb2_grpc.AgentServiceStub(ch)
         await agent.Put(agent_pb2.PutRequest(namespace="keep", key="k", value=b"v"), timeout=5)
         digest = (await agent.Status(agent_pb2.StatusRequest(), timeout=5)).state_digest
     before = _dropped(node, kind)
     async with _channel(certs_dir, "n7", node.address) as ch:
         for _ in range(3):
             with pytest.raises(grpc.aio.AioRpcError) as e:
-                async for _answer in peer_pb2_grpc.PeerStub(ch).Replicate(envelope, timeout=5):
+                async for _answer in peer_pb2_grpc.PeerServiceStub(ch).Replicate(
+                    envelope, timeout=5
+                ):
                     pass
             assert e.value.code().name == code
     assert _dropped(node, kind) == before + 3
     async with _channel(certs_dir, "client", node.address) as ch:
-        status = await agent_pb2_grpc.AgentStub(ch).Status(agent_pb2.StatusRequest(), timeout=5)
+        status = await agent_pb2_grpc.AgentServiceStub(ch).Status(
+            agent_pb2.StatusRequest(), timeout=5
+        )
     assert status.state_digest == digest  # nothing merged, nothing corrupted

@@ -89,7 +89,7 @@ async def test_metrics_show_the_node(node: Daemon, certs_dir: Path) -> None:
         (s.labels["grpc_service"], s.labels["grpc_method"], s.labels["grpc_type"])
         for s in families["p2pagent_rpc_handled"].samples
     }
-    assert ("p2pagent.v1.Agent", "Status", "unary") in handled, handled
+    assert ("p2pagent.v1.AgentService", "Status", "unary") in handled, handled
 
 
 async def test_metrics_show_a_training_run(node: Daemon, certs_dir: Path) -> None:
@@ -101,7 +101,7 @@ async def test_metrics_show_a_training_run(node: Daemon, certs_dir: Path) -> Non
         creds = grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
         options = channel_options(m.cluster, 64 << 20)
         with grpc.secure_channel(node.address, creds, options=options) as channel:
-            average(agent_pb2_grpc.AgentStub(channel), "solo", params, 10.0, timeout=60)
+            average(agent_pb2_grpc.AgentServiceStub(channel), "solo", params, 10.0, timeout=60)
 
     await asyncio.to_thread(one_round)
     _status, body = _get(node, "/metrics")

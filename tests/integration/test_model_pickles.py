@@ -50,10 +50,10 @@ def test_no_planted_pickle_runs_when_a_node_loads_it_from_disk(
     )
     x = np.zeros((2, planted.IN), dtype="<f4")
     tensor = common_pb2.Tensor(
-        name="input", dtype=common_pb2.FLOAT32, shape=[2, planted.IN], data=x.tobytes()
+        name="input", dtype=common_pb2.DTYPE_FLOAT32, shape=[2, planted.IN], data=x.tobytes()
     )
     with grpc.secure_channel(d.address, creds, options=channel_options("test", 1 << 24)) as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         for i, (label, p) in enumerate(files.items()):
             req = agent_pb2.InferRequest(model=f"m{i}", inputs=[tensor])
             if p.refused:

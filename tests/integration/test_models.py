@@ -73,9 +73,9 @@ def node(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterator[
 
 
 @pytest.fixture()
-def stub(node: Daemon, certs_dir: Path) -> Iterator[agent_pb2_grpc.AgentStub]:
+def stub(node: Daemon, certs_dir: Path) -> Iterator[agent_pb2_grpc.AgentServiceStub]:
     with _channel(node, certs_dir, "publisher") as ch:  # publishing needs the publisher role
-        yield agent_pb2_grpc.AgentStub(ch)
+        yield agent_pb2_grpc.AgentServiceStub(ch)
 
 
 def _error(call: object) -> grpc.RpcError:
@@ -96,10 +96,10 @@ def _upload_bytes(node: Daemon) -> int:
 
 
 def test_publish_lists_and_serves_every_chunk(
-    node: Daemon, stub: agent_pb2_grpc.AgentStub, certs_dir: Path
+    node: Daemon, stub: agent_pb2_grpc.AgentServiceStub, certs_dir: Path
 ) -> None:
     data = fake_safetensors(5 * CHUNK + 123, seed=1)
-    v = stub.PublishModel(upload(header("weights", len(data)), data), timeout=30)
+    v = stub.PublishModel(upload(header("weights", len(data)), data), timeout=30).version
     assert v.name == "weights" and v.size == len(data) and v.chunks == 6
     assert v.sha256 == hashlib.sha256(data).hexdigest()
     assert list(v.holders) == ["n6"]
@@ -110,7 +110,7 @@ def test_publish_lists_and_serves_every_chunk(
 
     # A peer (node identity) fetches chunks in the order asked, byte for byte.
     with _channel(node, certs_dir, who="n1") as ch:
-        peer = peer_pb2_grpc.PeerStub(ch)
+        peer = peer_pb2_grpc.PeerServiceStub(ch)
         req = peer_pb2.FetchChunksRequest(manifest_id=v.manifest_id, indices=[5, 0, 3])
         chunks = list(peer.FetchChunks(req, timeout=10))
         assert [c.index for c in chunks] == [5, 0, 3]
@@ -122,7 +122,7 @@ def test_publish_lists_and_serves_every_chunk(
     # A client identity may not fetch chunks (Peer is for nodes only).
     with _channel(node, certs_dir) as ch:
         req = peer_pb2.FetchChunksRequest(manifest_id=v.manifest_id, indices=[0])
-        err = _error(lambda: list(peer_pb2_grpc.PeerStub(ch).FetchChunks(req, timeout=10)))
+        err = _error(lambda: list(peer_pb2_grpc.PeerServiceStub(ch).FetchChunks(req, timeout=10)))
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -131,7 +131,7 @@ def test_publish_lists_and_serves_every_chunk(
     [("a/b", "path separator"), ("..", "'..'"), ("x..y", "'..'"), ("", "empty")],
 )
 def test_bad_names_are_refused_naming_the_problem(
-    stub: agent_pb2_grpc.AgentStub, name: str, problem: str
+    stub: agent_pb2_grpc.AgentServiceStub, name: str, problem: str
 ) -> None:
     data = fake_safetensors(CHUNK, seed=2)
     err = _error(lambda: stub.PublishModel(upload(header(name, len(data)), data), timeout=10))
@@ -140,7 +140,7 @@ def test_bad_names_are_refused_naming_the_problem(
 
 
 def test_inconsistent_uploads_are_refused_and_publish_nothing(
-    node: Daemon, stub: agent_pb2_grpc.AgentStub
+    node: Daemon, stub: agent_pb2_grpc.AgentServiceStub
 ) -> None:
     before = _version_files(node)
     data = fake_safetensors(4 * CHUNK, seed=3)
@@ -161,7 +161,7 @@ def test_inconsistent_uploads_are_refused_and_publish_nothing(
 
     # Metadata that is not a usable model spec.
     bad_meta = agent_pb2.ModelMetadata(
-        inputs=[agent_pb2.ModelMetadata.Port(name="x", dtype=common_pb2.FLOAT32)]
+        inputs=[agent_pb2.ModelMetadata.Port(name="x", dtype=common_pb2.DTYPE_FLOAT32)]
     )
     h = header("badmeta", len(data), metadata=bad_meta)
     err = _error(lambda: stub.PublishModel(upload(h, data), timeout=10))
@@ -170,7 +170,7 @@ def test_inconsistent_uploads_are_refused_and_publish_nothing(
 
 
 def test_a_cut_off_upload_publishes_nothing_and_leaves_no_chunks(
-    node: Daemon, stub: agent_pb2_grpc.AgentStub
+    node: Daemon, stub: agent_pb2_grpc.AgentServiceStub
 ) -> None:
     before = _version_files(node)
     data = fake_safetensors(8 * CHUNK, seed=4)
@@ -226,7 +226,7 @@ def ctl(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_push_infer_by_name_ls_and_rm(
-    node: Daemon, stub: agent_pb2_grpc.AgentStub, certs_dir: Path, demo: Path
+    node: Daemon, stub: agent_pb2_grpc.AgentServiceStub, certs_dir: Path, demo: Path
 ) -> None:
     conn = ["--target", node.address, "--certs", str(certs_dir), "--identity", "publisher"]
     r = ctl("models", "push", str(demo / "demo.torchscript.pt"), "--name", "mlp", *conn, "--json")
@@ -241,7 +241,7 @@ def test_cli_push_infer_by_name_ls_and_rm(
         inputs=[
             common_pb2.Tensor(
                 name="input",
-                dtype=common_pb2.FLOAT32,
+                dtype=common_pb2.DTYPE_FLOAT32,
                 shape=list(x.shape),
                 data=x.astype("<f4").tobytes(),
             )
@@ -277,7 +277,7 @@ def test_cli_push_infer_by_name_ls_and_rm(
 
 
 def test_infer_and_tasks_run_a_pinned_version_beside_the_newest(
-    node: Daemon, stub: agent_pb2_grpc.AgentStub, certs_dir: Path, demo: Path
+    node: Daemon, stub: agent_pb2_grpc.AgentServiceStub, certs_dir: Path, demo: Path
 ) -> None:
     conn = ["--target", node.address, "--certs", str(certs_dir), "--identity", "publisher",
             "--json"]  # fmt: skip
@@ -290,7 +290,10 @@ def test_infer_and_tasks_run_a_pinned_version_beside_the_newest(
     assert first["manifest_id"] != newest["manifest_id"]
     x = np.load(demo / "sample_input.npy")
     tensor = common_pb2.Tensor(
-        name="input", dtype=common_pb2.FLOAT32, shape=list(x.shape), data=x.astype("<f4").tobytes()
+        name="input",
+        dtype=common_pb2.DTYPE_FLOAT32,
+        shape=list(x.shape),
+        data=x.astype("<f4").tobytes(),
     )
 
     def infer(version: str) -> list[int]:
@@ -304,8 +307,10 @@ def test_infer_and_tasks_run_a_pinned_version_beside_the_newest(
     # A task pins the same way.
     sub = agent_pb2.SubmitRequest(model="pin", inputs=[tensor], model_version=first["manifest_id"])
     task_id = stub.Submit(sub, timeout=10).task_id
-    events = list(stub.Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=60))
-    assert events[-1].kind == agent_pb2.TaskEvent.DONE and list(events[-1].outputs[0].shape) == [
+    events = [a.event for a in stub.Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=60)]
+    assert events[-1].kind == agent_pb2.TaskEvent.KIND_DONE and list(
+        events[-1].outputs[0].shape
+    ) == [
         1,
         10,
     ]

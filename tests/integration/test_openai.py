@@ -357,7 +357,9 @@ async def _revoke(node: Daemon, certs_dir: Path, uri: str) -> None:
     )
     opts = channel_options("test", 64 * 1024 * 1024)
     async with grpc.aio.secure_channel(node.address, creds, options=opts) as ch:
-        await agent_pb2_grpc.AgentStub(ch).Revoke(agent_pb2.RevokeRequest(identity=uri), timeout=30)
+        await agent_pb2_grpc.AgentServiceStub(ch).Revoke(
+            agent_pb2.RevokeRequest(identity=uri), timeout=30
+        )
 
 
 def test_a_door_port_in_use_stops_the_start_with_one_line(

@@ -55,18 +55,18 @@ async def test_a_revoked_stream_parked_in_a_write_is_ended(node: Daemon, certs_d
         _aio_channel(node, certs_dir, "client") as writer,
         _aio_channel(node, certs_dir, "admin") as admin,
     ):
-        watch = agent_pb2_grpc.AgentStub(parker).Watch(
+        watch = agent_pb2_grpc.AgentServiceStub(parker).Watch(
             agent_pb2.WatchRequest(namespace="parked"), timeout=120
         )
         await asyncio.sleep(1.0)  # open and registered on the node (it sends nothing yet)
-        put = agent_pb2_grpc.AgentStub(writer).Put
+        put = agent_pb2_grpc.AgentServiceStub(writer).Put
         for i in range(24):  # 24 MB the watcher never reads: its writes park
             await put(
                 agent_pb2.PutRequest(namespace="parked", key=f"k{i}", value=value), timeout=30
             )
         await asyncio.sleep(1.0)
         uri = "spiffe://test/client/parker"  # conftest's cluster is 'test'
-        await agent_pb2_grpc.AgentStub(admin).Revoke(
+        await agent_pb2_grpc.AgentServiceStub(admin).Revoke(
             agent_pb2.RevokeRequest(identity=uri, reason="gone"), timeout=10
         )
         # Ended while parked, so only marked; cut once still parked after the grace (without

@@ -137,7 +137,7 @@ def test_a_client_cannot_publish_delete_or_revoke_and_is_told_the_role_it_needs(
              "publisher", "--json")  # fmt: skip
     assert r.returncode == 0, r.stderr
     with _channel(node, certs_dir, "client") as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         listed = stub.ListModels(agent_pb2.ListModelsRequest(name="mine"), timeout=10).versions
         assert len(listed) == 1  # a client lists what a publisher published
         err = _error(
@@ -150,7 +150,7 @@ def test_a_client_cannot_publish_delete_or_revoke_and_is_told_the_role_it_needs(
         assert err.code() is grpc.StatusCode.PERMISSION_DENIED
         assert "needs role admin" in err.details() and "has role client" in err.details()
     with _channel(node, certs_dir, "publisher") as ch:
-        err = _error(lambda: agent_pb2_grpc.AgentStub(ch).Revoke(revoke, timeout=10))
+        err = _error(lambda: agent_pb2_grpc.AgentServiceStub(ch).Revoke(revoke, timeout=10))
         assert "needs role admin" in err.details() and "has role publisher" in err.details()
     r = _ctl(node, certs_dir, "models", "rm", "mine", "--identity", "publisher")
     assert r.returncode == 0, r.stderr
@@ -164,7 +164,7 @@ def test_a_certificate_with_an_unknown_role_is_refused_at_the_door(
     root = cast(Role, SimpleNamespace(value="root"))
     _issue(certs_dir, "intruder", root)
     with _channel(node, certs_dir, "intruder") as ch:
-        err = _error(lambda: agent_pb2_grpc.AgentStub(ch).Status(agent_pb2.StatusRequest(),
+        err = _error(lambda: agent_pb2_grpc.AgentServiceStub(ch).Status(agent_pb2.StatusRequest(),
                                                                  timeout=10))  # fmt: skip
     assert err.code() is grpc.StatusCode.PERMISSION_DENIED
     assert "unknown role 'root'" in err.details() and "--role" in err.details()
@@ -178,7 +178,7 @@ def test_a_watch_that_stops_reading_is_ended_with_the_seq_to_resume_from_and_cos
 ) -> None:
     value = os.urandom(1_000_000)
     with _channel(node, certs_dir, "client") as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
 
         def write(n: int, key: str) -> None:
             for i in range(n):
@@ -194,7 +194,7 @@ def test_a_watch_that_stops_reading_is_ended_with_the_seq_to_resume_from_and_cos
         write(100, "k")  # ~100 MB while the watcher reads nothing
         time.sleep(1.0)
         grown = _rss(node) - before
-        got: list[agent_pb2.Change] = []
+        got: list[agent_pb2.WatchResponse] = []
         with pytest.raises(grpc.RpcError) as e:
             got.extend(watch)
     err = e.value
@@ -208,7 +208,7 @@ def test_a_watch_that_stops_reading_is_ended_with_the_seq_to_resume_from_and_cos
     assert grown < WATCH_BUDGET + 40 * MIB, f"RSS grew {grown / MIB:.0f} MiB"
     # Resuming from the seq it was given delivers the changes it missed.
     with _channel(node, certs_dir, "client") as ch:
-        again = agent_pb2_grpc.AgentStub(ch).Watch(
+        again = agent_pb2_grpc.AgentServiceStub(ch).Watch(
             agent_pb2.WatchRequest(namespace="big", prefix="k", from_seq=int(resume)), timeout=30
         )
         first = next(again)
@@ -226,27 +226,27 @@ async def test_streams_per_identity_are_capped_with_a_refusal_naming_the_knob(
     ):
         req = agent_pb2.WatchRequest(namespace="cap")
         # Per connection at most PER_CONNECTION calls: spread over two connections.
-        held = [agent_pb2_grpc.AgentStub(a if i % 2 else b).Watch(req, timeout=60)
+        held = [agent_pb2_grpc.AgentServiceStub(a if i % 2 else b).Watch(req, timeout=60)
                 for i in range(STREAM_CAP)]  # fmt: skip
         await asyncio.sleep(1.0)  # each one is open on the node
-        over = agent_pb2_grpc.AgentStub(a).Watch(req, timeout=30)
+        over = agent_pb2_grpc.AgentServiceStub(a).Watch(req, timeout=30)
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await over.read()
         assert e.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert f"max_streams_per_identity = {STREAM_CAP}" in (e.value.details() or "")
         async with _aio_channel(node, certs_dir, "client") as other:  # others are not affected
-            w = agent_pb2_grpc.AgentStub(other).Watch(req, timeout=30)
+            w = agent_pb2_grpc.AgentServiceStub(other).Watch(req, timeout=30)
             await asyncio.sleep(1.0)
-            await agent_pb2_grpc.AgentStub(other).Put(
+            await agent_pb2_grpc.AgentServiceStub(other).Put(
                 agent_pb2.PutRequest(namespace="cap", key="x", value=b"1"), timeout=10
             )
             assert (await w.read()).key == "x"
             w.cancel()
         held.pop().cancel()  # the last one went over a
         await asyncio.sleep(1.0)
-        again = agent_pb2_grpc.AgentStub(a).Watch(req, timeout=30)
+        again = agent_pb2_grpc.AgentServiceStub(a).Watch(req, timeout=30)
         await asyncio.sleep(1.0)
-        await agent_pb2_grpc.AgentStub(a).Put(
+        await agent_pb2_grpc.AgentServiceStub(a).Put(
             agent_pb2.PutRequest(namespace="cap", key="y", value=b"1"), timeout=10
         )
         assert (await again.read()).key == "y"  # a slot was free again
@@ -261,7 +261,7 @@ def test_a_stream_ends_when_the_certificate_that_opened_it_expires(
     start = dt.datetime.now(dt.UTC) - dt.timedelta(days=1) + dt.timedelta(seconds=8)
     certs.issue(certs_dir, "shortlived", Role.CLIENT, days=1, not_before=start, force=True)
     with _channel(node, certs_dir, "shortlived") as ch:
-        watch = agent_pb2_grpc.AgentStub(ch).Watch(
+        watch = agent_pb2_grpc.AgentServiceStub(ch).Watch(
             agent_pb2.WatchRequest(namespace="exp"), timeout=60
         )
         watch.initial_metadata()
@@ -296,7 +296,7 @@ def test_an_idle_connection_is_closed_and_the_client_reconnects(
     node: Daemon, certs_dir: Path
 ) -> None:
     with _channel(node, certs_dir, "client") as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         stub.Status(agent_pb2.StatusRequest(), timeout=10)
         assert ch._channel.check_connectivity_state(False) == 2  # type: ignore[attr-defined]  # READY
         deadline = time.monotonic() + 30
@@ -311,7 +311,7 @@ async def test_calls_past_the_per_connection_stream_cap_wait_for_a_slot(
 ) -> None:
     _issue(certs_dir, "multiplexer", Role.CLIENT)
     async with _aio_channel(node, certs_dir, "multiplexer") as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         await stub.Status(agent_pb2.StatusRequest(), timeout=10)
         req = agent_pb2.WatchRequest(namespace="conn")
         held = [stub.Watch(req, timeout=60) for _ in range(PER_CONNECTION)]

@@ -36,9 +36,9 @@ def node(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterator[
 
 
 @pytest.fixture()
-def stub(node: Daemon, certs_dir: Path) -> Iterator[agent_pb2_grpc.AgentStub]:
+def stub(node: Daemon, certs_dir: Path) -> Iterator[agent_pb2_grpc.AgentServiceStub]:
     with _channel(node, certs_dir) as ch:
-        yield agent_pb2_grpc.AgentStub(ch)
+        yield agent_pb2_grpc.AgentServiceStub(ch)
 
 
 def _code(call: object) -> grpc.StatusCode:
@@ -47,48 +47,50 @@ def _code(call: object) -> grpc.StatusCode:
     return e.value.code()  # type: ignore[attr-defined, no-any-return]
 
 
-def test_registers_counters_and_sets_round_trip(stub: agent_pb2_grpc.AgentStub) -> None:
+def test_registers_counters_and_sets_round_trip(stub: agent_pb2_grpc.AgentServiceStub) -> None:
     w = stub.Put(agent_pb2.PutRequest(namespace="t", key="reg", value=b"v1"), timeout=10)
     assert w.acked_by == 1 and w.version
     stub.Put(agent_pb2.PutRequest(namespace="t", key="reg", value=b"v2"), timeout=10)
     got = stub.Get(agent_pb2.GetRequest(namespace="t", key="reg"), timeout=10)
-    assert got.found and got.type == agent_pb2.LWW and list(got.values) == [b"v2"]
+    assert got.found and got.type == agent_pb2.VALUE_TYPE_LWW and list(got.values) == [b"v2"]
 
     for d in (5, -2, 10):
         stub.Increment(agent_pb2.IncrementRequest(namespace="t", key="ctr", delta=d), timeout=10)
     got = stub.Get(agent_pb2.GetRequest(namespace="t", key="ctr"), timeout=10)
-    assert got.type == agent_pb2.COUNTER and got.counter == 13
+    assert got.type == agent_pb2.VALUE_TYPE_COUNTER and got.counter == 13
 
-    stub.SetAdd(agent_pb2.SetRequest(namespace="t", key="s", elements=[b"b", b"a"]), timeout=10)
-    stub.SetRemove(agent_pb2.SetRequest(namespace="t", key="s", elements=[b"b"]), timeout=10)
+    stub.SetAdd(agent_pb2.SetAddRequest(namespace="t", key="s", elements=[b"b", b"a"]), timeout=10)
+    stub.SetRemove(agent_pb2.SetRemoveRequest(namespace="t", key="s", elements=[b"b"]), timeout=10)
     got = stub.Get(agent_pb2.GetRequest(namespace="t", key="s"), timeout=10)
-    assert got.type == agent_pb2.SET and list(got.elements) == [b"a"]
+    assert got.type == agent_pb2.VALUE_TYPE_SET and list(got.elements) == [b"a"]
 
     stub.Delete(agent_pb2.DeleteRequest(namespace="t", key="reg"), timeout=10)
     assert not stub.Get(agent_pb2.GetRequest(namespace="t", key="reg"), timeout=10).found
 
 
 def test_mv_register_keeps_siblings_a_stale_context_did_not_cover(
-    stub: agent_pb2_grpc.AgentStub,
+    stub: agent_pb2_grpc.AgentServiceStub,
 ) -> None:
     first = stub.Put(
-        agent_pb2.PutRequest(namespace="t", key="mv", value=b"a", type=agent_pb2.MV), timeout=10
+        agent_pb2.PutRequest(namespace="t", key="mv", value=b"a", type=agent_pb2.VALUE_TYPE_MV),
+        timeout=10,
     )
     stub.Put(
-        agent_pb2.PutRequest(namespace="t", key="mv", value=b"b", type=agent_pb2.MV), timeout=10
+        agent_pb2.PutRequest(namespace="t", key="mv", value=b"b", type=agent_pb2.VALUE_TYPE_MV),
+        timeout=10,
     )
     # A writer that only saw "a" replaces "a" but not "b": both siblings stay visible.
     stub.Put(
         agent_pb2.PutRequest(
-            namespace="t", key="mv", value=b"c", type=agent_pb2.MV, context=first.version
+            namespace="t", key="mv", value=b"c", type=agent_pb2.VALUE_TYPE_MV, context=first.version
         ),
         timeout=10,
     )
     got = stub.Get(agent_pb2.GetRequest(namespace="t", key="mv"), timeout=10)
-    assert got.type == agent_pb2.MV and sorted(got.values) == [b"b", b"c"]
+    assert got.type == agent_pb2.VALUE_TYPE_MV and sorted(got.values) == [b"b", b"c"]
 
 
-def test_scan_pages_through_a_prefix(stub: agent_pb2_grpc.AgentStub) -> None:
+def test_scan_pages_through_a_prefix(stub: agent_pb2_grpc.AgentServiceStub) -> None:
     for i in range(25):
         stub.Put(agent_pb2.PutRequest(namespace="scan", key=f"job/{i:03d}", value=b"x"), timeout=10)
     stub.Put(agent_pb2.PutRequest(namespace="scan", key="other", value=b"x"), timeout=10)
@@ -106,8 +108,8 @@ def test_scan_pages_through_a_prefix(stub: agent_pb2_grpc.AgentStub) -> None:
     assert keys == [f"job/{i:03d}" for i in range(25)]
 
 
-def test_bad_writes_are_refused_with_the_key_named(stub: agent_pb2_grpc.AgentStub) -> None:
-    stub.SetAdd(agent_pb2.SetRequest(namespace="bad", key="aset", elements=[b"x"]), timeout=10)
+def test_bad_writes_are_refused_with_the_key_named(stub: agent_pb2_grpc.AgentServiceStub) -> None:
+    stub.SetAdd(agent_pb2.SetAddRequest(namespace="bad", key="aset", elements=[b"x"]), timeout=10)
     with pytest.raises(grpc.RpcError) as e:
         stub.Increment(agent_pb2.IncrementRequest(namespace="bad", key="aset", delta=1), timeout=10)
     assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
@@ -128,7 +130,7 @@ def test_bad_writes_are_refused_with_the_key_named(stub: agent_pb2_grpc.AgentStu
         namespace="bad",
         key="k",
         value=b"x",
-        options=agent_pb2.WriteOptions(consistency=agent_pb2.PEERS, acks=3),
+        options=agent_pb2.WriteOptions(consistency=agent_pb2.CONSISTENCY_PEERS, acks=3),
     )
     # A single node has no peers to acknowledge: refused before anything is written.
     assert _code(lambda: stub.Put(too_many, timeout=10)) is grpc.StatusCode.FAILED_PRECONDITION
@@ -136,7 +138,7 @@ def test_bad_writes_are_refused_with_the_key_named(stub: agent_pb2_grpc.AgentStu
 
 
 def test_watch_resumes_from_a_sequence_number_without_missing_changes(
-    stub: agent_pb2_grpc.AgentStub,
+    stub: agent_pb2_grpc.AgentServiceStub,
 ) -> None:
     def put(key: str, value: bytes) -> None:
         stub.Put(agent_pb2.PutRequest(namespace="w", key=key, value=value), timeout=10)
@@ -145,7 +147,7 @@ def test_watch_resumes_from_a_sequence_number_without_missing_changes(
     for i in range(3):
         put(f"k{i}", b"%d" % i)
     watch = stub.Watch(agent_pb2.WatchRequest(namespace="w", from_seq=1), timeout=20)
-    got: list[agent_pb2.Change] = []
+    got: list[agent_pb2.WatchResponse] = []
     for change in watch:
         got.append(change)
         if len(got) == 3:
@@ -165,7 +167,7 @@ def test_watch_resumes_from_a_sequence_number_without_missing_changes(
     assert _code(lambda: next(stub.Watch(ahead, timeout=10))) is grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_status_reports_keys_and_digest(stub: agent_pb2_grpc.AgentStub) -> None:
+def test_status_reports_keys_and_digest(stub: agent_pb2_grpc.AgentServiceStub) -> None:
     before = stub.Status(agent_pb2.StatusRequest(), timeout=10)
     stub.Put(agent_pb2.PutRequest(namespace="st", key="new", value=b"1"), timeout=10)
     after = stub.Status(agent_pb2.StatusRequest(), timeout=10)
@@ -202,7 +204,7 @@ def test_durable_writes_survive_sigkill(tmp_path: Path, certs_dir: Path) -> None
     d = Daemon("n6", certs_dir, tmp_path / "n6").start()
     try:
         with _channel(d, certs_dir) as ch:
-            stub = agent_pb2_grpc.AgentStub(ch)
+            stub = agent_pb2_grpc.AgentServiceStub(ch)
             durable = agent_pb2.WriteOptions(durable=True)
             for i in range(50):
                 stub.Put(
@@ -217,7 +219,7 @@ def test_durable_writes_survive_sigkill(tmp_path: Path, certs_dir: Path) -> None
         d.kill()  # SIGKILL: no clean shutdown, no final flush
         d.start()
         with _channel(d, certs_dir) as ch:
-            stub = agent_pb2_grpc.AgentStub(ch)
+            stub = agent_pb2_grpc.AgentServiceStub(ch)
             for i in range(50):
                 got = stub.Get(agent_pb2.GetRequest(namespace="d", key=f"k{i}"), timeout=10)
                 assert list(got.values) == [b"%d" % i]
@@ -238,7 +240,7 @@ def test_revocation_is_enforced_and_survives_restart(tmp_path: Path, certs_dir: 
     d = Daemon("n7", certs_dir, tmp_path / "n7").start()
     try:
         with _channel(d, certs_dir, "client3") as ch:
-            victim = agent_pb2_grpc.AgentStub(ch)
+            victim = agent_pb2_grpc.AgentServiceStub(ch)
             me = victim.Status(agent_pb2.StatusRequest(), timeout=10)
             cluster = me.identity.split("/")[2]
             target = f"spiffe://{cluster}/client/client3"
@@ -248,22 +250,26 @@ def test_revocation_is_enforced_and_survives_restart(tmp_path: Path, certs_dir: 
                 _code(lambda: victim.Revoke(req, timeout=10)) is grpc.StatusCode.PERMISSION_DENIED
             )
         with _channel(d, certs_dir, "admin") as ch:  # an operator with an admin identity
-            admin = agent_pb2_grpc.AgentStub(ch)
+            admin = agent_pb2_grpc.AgentServiceStub(ch)
             bad = agent_pb2.RevokeRequest(identity="not-a-uri")
             assert _code(lambda: admin.Revoke(bad, timeout=10)) is grpc.StatusCode.INVALID_ARGUMENT
         r = _ctl(d, certs_dir, "revoke", target, "--reason", "stolen laptop", "--identity", "admin")
         assert r.returncode == 0, r.stderr
         with _channel(d, certs_dir, "client3") as ch:
-            code = _code(lambda: agent_pb2_grpc.AgentStub(ch).Status(agent_pb2.StatusRequest(),
-                                                                      timeout=10))  # fmt: skip
+            code = _code(lambda: agent_pb2_grpc.AgentServiceStub(ch).Status(
+                agent_pb2.StatusRequest(), timeout=10))  # fmt: skip
             assert code is grpc.StatusCode.PERMISSION_DENIED
         d.kill()
         d.start()
         with _channel(d, certs_dir, "client3") as ch:
-            code = _code(lambda: agent_pb2_grpc.AgentStub(ch).Status(agent_pb2.StatusRequest(),
-                                                                      timeout=10))  # fmt: skip
+            code = _code(lambda: agent_pb2_grpc.AgentServiceStub(ch).Status(
+                agent_pb2.StatusRequest(), timeout=10))  # fmt: skip
             assert code is grpc.StatusCode.PERMISSION_DENIED
         with _channel(d, certs_dir) as ch:  # everyone else is still served
-            assert agent_pb2_grpc.AgentStub(ch).Status(agent_pb2.StatusRequest(), timeout=10).name
+            assert (
+                agent_pb2_grpc.AgentServiceStub(ch)
+                .Status(agent_pb2.StatusRequest(), timeout=10)
+                .name
+            )
     finally:
         d.kill()

@@ -56,28 +56,34 @@ def _outputs(event: agent_pb2.TaskEvent) -> list[torch.Tensor]:
     return list(decoded.values()) if isinstance(decoded, dict) else decoded
 
 
-def _events(stub: agent_pb2_grpc.AgentStub, task_id: str) -> list[agent_pb2.TaskEvent]:
-    return list(stub.Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=60))
+def _events(stub: agent_pb2_grpc.AgentServiceStub, task_id: str) -> list[agent_pb2.TaskEvent]:
+    return [a.event for a in stub.Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=60)]
 
 
 def test_submit_then_wait_streams_events_and_the_result(
     node: Daemon, certs_dir: Path, models: Path
 ) -> None:
     with _channel(node, certs_dir) as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         req, x = _request(3)
         task_id = stub.Submit(req, timeout=10).task_id
         assert task_id.startswith("n8-")
         events = _events(stub, task_id)
         kinds = [e.kind for e in events]
         # The state it is in when Wait arrives (if not done yet), each change, the result.
-        assert kinds[-1] == agent_pb2.TaskEvent.DONE and kinds.count(agent_pb2.TaskEvent.DONE) == 1
-        assert set(kinds[:-1]) <= {agent_pb2.TaskEvent.QUEUED, agent_pb2.TaskEvent.RUNNING}
+        assert (
+            kinds[-1] == agent_pb2.TaskEvent.KIND_DONE
+            and kinds.count(agent_pb2.TaskEvent.KIND_DONE) == 1
+        )
+        assert set(kinds[:-1]) <= {
+            agent_pb2.TaskEvent.KIND_QUEUED,
+            agent_pb2.TaskEvent.KIND_RUNNING,
+        }
         (out,) = _outputs(events[-1])
         assert torch.allclose(out, expected(models, x), atol=1e-5)
         # Wait again, as after a disconnect: the same result.
         again = _events(stub, task_id)
-        assert [e.kind for e in again] == [agent_pb2.TaskEvent.DONE]
+        assert [e.kind for e in again] == [agent_pb2.TaskEvent.KIND_DONE]
         assert again[-1].outputs == events[-1].outputs
         listed = stub.ListTasks(agent_pb2.ListTasksRequest(), timeout=10)
         assert any(t.task_id == task_id and t.state == "done" for t in listed.tasks)
@@ -86,8 +92,8 @@ def test_submit_then_wait_streams_events_and_the_result(
 
 def test_bad_submissions_are_refused(node: Daemon, certs_dir: Path) -> None:
     with _channel(node, certs_dir) as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
-        bad = common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=[2, 256], data=b"\x00" * 12)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
+        bad = common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=[2, 256], data=b"\x00" * 12)
         for req in (
             agent_pb2.SubmitRequest(model="", inputs=[bad]),
             agent_pb2.SubmitRequest(model="demo", inputs=[bad]),  # bytes do not match shape
@@ -117,7 +123,7 @@ def test_acknowledged_tasks_survive_sigkill_and_are_delivered_once(
     d = Daemon("n8", certs_dir, tmp_path / "n8", args=serve_args(models)).start()
     try:
         with _channel(d, certs_dir) as ch:
-            stub = agent_pb2_grpc.AgentStub(ch)
+            stub = agent_pb2_grpc.AgentServiceStub(ch)
             inputs = {}
             for i in range(150):
                 req, x = _request(100 + i)
@@ -125,14 +131,14 @@ def test_acknowledged_tasks_survive_sigkill_and_are_delivered_once(
         d.kill()  # with most of them still queued
         d.start()
         with _channel(d, certs_dir) as ch:
-            stub = agent_pb2_grpc.AgentStub(ch)
+            stub = agent_pb2_grpc.AgentServiceStub(ch)
             deadline = time.monotonic() + 120
             for task_id, x in inputs.items():
                 events = _events(stub, task_id)
                 assert time.monotonic() < deadline
-                finals = [e for e in events if e.kind in (agent_pb2.TaskEvent.DONE,
-                                                          agent_pb2.TaskEvent.FAILED)]  # fmt: skip
-                assert len(finals) == 1 and finals[0].kind == agent_pb2.TaskEvent.DONE, finals
+                finals = [e for e in events if e.kind in (
+                    agent_pb2.TaskEvent.KIND_DONE, agent_pb2.TaskEvent.KIND_FAILED)]  # fmt: skip
+                assert len(finals) == 1 and finals[0].kind == agent_pb2.TaskEvent.KIND_DONE, finals
                 (out,) = _outputs(finals[0])
                 assert torch.allclose(out, expected(models, x), atol=1e-5)
     finally:
@@ -146,9 +152,9 @@ def test_results_are_forgotten_after_the_retention_period(
     d = Daemon("n8", certs_dir, tmp_path / "n8", args=serve_args(models), env=env).start()
     try:
         with _channel(d, certs_dir) as ch:
-            stub = agent_pb2_grpc.AgentStub(ch)
+            stub = agent_pb2_grpc.AgentServiceStub(ch)
             task_id = stub.Submit(_request(7)[0], timeout=10).task_id
-            assert _events(stub, task_id)[-1].kind == agent_pb2.TaskEvent.DONE
+            assert _events(stub, task_id)[-1].kind == agent_pb2.TaskEvent.KIND_DONE
             deadline = time.monotonic() + 30
             while True:  # forgotten within a few purge rounds (every retention / 2)
                 try:
@@ -161,7 +167,7 @@ def test_results_are_forgotten_after_the_retention_period(
         d.kill()
         d.start()  # and gone from the journal too: a restart does not bring it back
         with _channel(d, certs_dir) as ch, pytest.raises(grpc.RpcError) as e:
-            _events(agent_pb2_grpc.AgentStub(ch), task_id)
+            _events(agent_pb2_grpc.AgentServiceStub(ch), task_id)
         assert e.value.code() is grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
     finally:
         d.kill()
@@ -200,24 +206,32 @@ def test_submit_and_wait_follows_the_task_on_one_stream(
     node: Daemon, certs_dir: Path, models: Path
 ) -> None:
     with _channel(node, certs_dir) as ch:
-        stub = agent_pb2_grpc.AgentStub(ch)
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
         req, x = _request(11)
-        events = list(stub.SubmitAndWait(req, timeout=60))
+        # SubmitAndWaitRequest has SubmitRequest's fields, numbered alike.
+        stream = agent_pb2.SubmitAndWaitRequest.FromString(req.SerializeToString())
+        events = [a.event for a in stub.SubmitAndWait(stream, timeout=60)]
         task_id = events[0].task_id
         assert task_id.startswith("n8-") and {e.task_id for e in events} == {task_id}
         kinds = [e.kind for e in events]
-        assert kinds[-1] == agent_pb2.TaskEvent.DONE and kinds.count(agent_pb2.TaskEvent.DONE) == 1
-        assert set(kinds[:-1]) <= {agent_pb2.TaskEvent.QUEUED, agent_pb2.TaskEvent.RUNNING}
+        assert (
+            kinds[-1] == agent_pb2.TaskEvent.KIND_DONE
+            and kinds.count(agent_pb2.TaskEvent.KIND_DONE) == 1
+        )
+        assert set(kinds[:-1]) <= {
+            agent_pb2.TaskEvent.KIND_QUEUED,
+            agent_pb2.TaskEvent.KIND_RUNNING,
+        }
         (out,) = _outputs(events[-1])
         assert torch.allclose(out, expected(models, x), atol=1e-5)
         # It was journaled like any submitted task: Wait by its id gives the same result.
         assert _events(stub, task_id)[-1].outputs == events[-1].outputs
         # Bad input is refused before anything is journaled or streamed.
-        bad = agent_pb2.SubmitRequest(model="demo", deadline_s=-1)
+        bad = agent_pb2.SubmitAndWaitRequest(model="demo", deadline_s=-1)
         with pytest.raises(grpc.RpcError) as e:
             list(stub.SubmitAndWait(bad, timeout=10))
         assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-        unknown = agent_pb2.SubmitRequest(model="nope", inputs=req.inputs)
+        unknown = agent_pb2.SubmitAndWaitRequest(model="nope", inputs=req.inputs)
         with pytest.raises(grpc.RpcError) as e:
             list(stub.SubmitAndWait(unknown, timeout=10))
         assert e.value.code() is grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
@@ -234,7 +248,9 @@ def test_cli_wait_keeps_asking_while_the_node_that_took_the_task_restarts(
     waiter: subprocess.Popen[str] | None = None
     try:
         with _channel(d, certs_dir) as ch:
-            task_id = agent_pb2_grpc.AgentStub(ch).Submit(_request(21)[0], timeout=10).task_id
+            task_id = (
+                agent_pb2_grpc.AgentServiceStub(ch).Submit(_request(21)[0], timeout=10).task_id
+            )
         d.kill()
         waiter = subprocess.Popen(
             [sys.executable, "-m", "p2pagent.cli.ctl", "tasks", "wait", task_id, "--json",

@@ -25,7 +25,7 @@ def test_authorization_table_is_fresh() -> None:
     doc = docgen.SECURITY.read_text()
     want = docgen.with_reference(doc, authorization.render(), docgen.AUTH_BEGIN, docgen.AUTH_END)
     assert doc == want, "docs/security.md authorization table is stale: run `make docs`"
-    assert "| `/p2pagent.v1.Agent/Revoke` | admin, node |" in doc
+    assert "| `/p2pagent.v1.AgentService/Revoke` | admin, node |" in doc
 
 
 def test_docgen_check_reports_a_stale_file(

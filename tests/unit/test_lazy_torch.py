@@ -63,7 +63,7 @@ def test_wire_decode_and_validation_do_not_load_torch() -> None:
         "from p2pagent.inference.spec import ModelSpec, PortSpec\n"
         "port = PortSpec('x', 'float32', (-1, 2))\n"
         "spec = ModelSpec((port,), (PortSpec('y', 'float32', (-1,)),))\n"
-        "wire = common_pb2.Tensor(name='x', dtype=common_pb2.FLOAT32, shape=[1, 2],\n"
+        "wire = common_pb2.Tensor(name='x', dtype=common_pb2.DTYPE_FLOAT32, shape=[1, 2],\n"
         "                         data=np.zeros(2, '<f4').tobytes())\n"
         "spec.bind_inputs('m', tensors.many_decode([wire], 100))\n"
     )

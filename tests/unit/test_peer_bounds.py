@@ -20,16 +20,16 @@ from p2pagent.transport import guard
 def test_every_peer_method_has_a_bound_under_the_transports() -> None:
     config = Config(name="n1")
     limits = request_limits(config, config.state.max_message_bytes)
-    methods = peer_pb2.DESCRIPTOR.services_by_name["Peer"].methods
+    methods = peer_pb2.DESCRIPTOR.services_by_name["PeerService"].methods
     for m in methods:
-        path = f"/p2pagent.v1.Peer/{m.name}"
+        path = f"/p2pagent.v1.PeerService/{m.name}"
         size, setting = limits[path]
         assert size < config.max_message_bytes, path
         assert setting
-    assert limits["/p2pagent.v1.Peer/Replicate"][0] < 2 * config.state.max_message_bytes
+    assert limits["/p2pagent.v1.PeerService/Replicate"][0] < 2 * config.state.max_message_bytes
     for public in ("Submit", "SubmitAndWait", "Infer"):
-        assert limits[f"/p2pagent.v1.Agent/{public}"][1] == "tasks.max_payload_bytes"
-    complete, setting = limits["/p2pagent.v1.Peer/Complete"]
+        assert limits[f"/p2pagent.v1.AgentService/{public}"][1] == "tasks.max_payload_bytes"
+    complete, setting = limits["/p2pagent.v1.PeerService/Complete"]
     assert setting == "tasks.max_result_bytes"
     assert config.tasks.max_result_bytes < complete < 2 * config.tasks.max_result_bytes
 
@@ -41,7 +41,7 @@ def test_an_oversized_request_is_refused_without_calling_the_decoder() -> None:
         calls.append(data)
         return data
 
-    decode = guard._tolerant(decoder, "/p2pagent.v1.Peer/Replicate", (100, "state.knob"))
+    decode = guard._tolerant(decoder, "/p2pagent.v1.PeerService/Replicate", (100, "state.knob"))
     assert decode is not None
     assert decode(b"x" * 100) == b"x" * 100
     refused = decode(b"x" * 101)
@@ -87,35 +87,35 @@ def _spec(*inputs: common_pb2.Tensor) -> peer_pb2.TaskSpec:
 
 
 def test_a_handed_over_task_may_not_declare_more_than_its_bytes() -> None:
-    huge = common_pb2.Tensor(dtype=common_pb2.UINT8, shape=[2**31, 2**31], data=b"\x00")
+    huge = common_pb2.Tensor(dtype=common_pb2.DTYPE_UINT8, shape=[2**31, 2**31], data=b"\x00")
     with pytest.raises(
         errors.InvalidArgument, match=r"needs at least 2147483648 bytes, received 1"
     ):
         wire.task_from_spec(_spec(huge))
-    short = common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=[2, 3], data=bytes(20))
+    short = common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=[2, 3], data=bytes(20))
     with pytest.raises(errors.InvalidArgument, match="needs 24 bytes, received 20"):
         wire.task_from_spec(_spec(short))
     unknown = common_pb2.Tensor(dtype=99, shape=[1], data=b"\x00")  # type: ignore[arg-type]
     with pytest.raises(errors.InvalidArgument, match="unknown dtype"):
         wire.task_from_spec(_spec(unknown))
-    good = common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=[2, 3], data=bytes(24))
-    empty = common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=[0, 2**40], data=b"")
+    good = common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=[2, 3], data=bytes(24))
+    empty = common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=[0, 2**40], data=b"")
     assert wire.task_from_spec(_spec(good, empty)).input_bytes == 24
 
 
 def test_a_handed_over_task_with_a_huge_id_or_too_many_inputs_is_refused() -> None:
     with pytest.raises(errors.InvalidArgument, match="characters"):
         wire.task_from_spec(peer_pb2.TaskSpec(task_id="x" * (1 << 20), origin="n1", model="m"))
-    many = [common_pb2.Tensor(dtype=common_pb2.UINT8, shape=[1], data=b"\x00")] * 2000
+    many = [common_pb2.Tensor(dtype=common_pb2.DTYPE_UINT8, shape=[1], data=b"\x00")] * 2000
     with pytest.raises(errors.InvalidArgument, match="input tensors"):
         wire.task_from_spec(_spec(*many))
 
 
 def test_check_wire_refuses_deep_and_negative_shapes() -> None:
-    deep = common_pb2.Tensor(dtype=common_pb2.UINT8, shape=[1] * 1000, data=b"\x00")
+    deep = common_pb2.Tensor(dtype=common_pb2.DTYPE_UINT8, shape=[1] * 1000, data=b"\x00")
     with pytest.raises(errors.InvalidArgument, match="1000 dimensions"):
         tensors.check_wire(deep)
-    negative = common_pb2.Tensor(dtype=common_pb2.UINT8, shape=[-1, -1], data=b"\x01")
+    negative = common_pb2.Tensor(dtype=common_pb2.DTYPE_UINT8, shape=[-1, -1], data=b"\x01")
     with pytest.raises(errors.InvalidArgument, match="negative"):
         tensors.check_wire(negative)
     long_name = common_pb2.Tensor(name="n" * (1 << 20), dtype=99, shape=[1])  # type: ignore[arg-type]
@@ -125,12 +125,12 @@ def test_check_wire_refuses_deep_and_negative_shapes() -> None:
 
 
 def test_a_result_declaring_more_than_its_bytes_becomes_a_failure() -> None:
-    bad = common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=[2**31, 2**31], data=b"\x00" * 4)
+    bad = common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=[2**31, 2**31], data=b"\x00" * 4)
     result = peer_pb2.CompleteRequest(task_id="n1-0", executor="n2", attempt=3, ok=True,
                                       outputs=[bad])  # fmt: skip
     checked = wire.checked_result(result)
     assert not checked.ok and checked.error_code == "INTERNAL" and checked.attempt == 3
     assert "n2 returned a malformed output" in checked.error_message
-    good = common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=[1], data=b"\x00" * 4)
+    good = common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=[1], data=b"\x00" * 4)
     ok = peer_pb2.CompleteRequest(task_id="n1-0", executor="n2", ok=True, outputs=[good])
     assert wire.checked_result(ok) is ok

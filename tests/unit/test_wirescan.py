@@ -17,7 +17,8 @@ from p2pagent.transport.wirescan import count_field
 
 def _tiny(n: int) -> list[common_pb2.Tensor]:
     return [
-        common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=[1], data=b"\0\0\0\0") for _ in range(n)
+        common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=[1], data=b"\0\0\0\0")
+        for _ in range(n)
     ]
 
 
@@ -50,8 +51,8 @@ def test_a_submit_of_many_tiny_tensors_is_refused_before_decoding() -> None:
         calls.append(data)
         return data
 
-    scan = request_scans()["/p2pagent.v1.Agent/Submit"]
-    decode = guard._tolerant(decoder, "/p2pagent.v1.Agent/Submit", (1 << 30, "knob"), scan)
+    scan = request_scans()["/p2pagent.v1.AgentService/Submit"]
+    decode = guard._tolerant(decoder, "/p2pagent.v1.AgentService/Submit", (1 << 30, "knob"), scan)
     assert decode is not None
     many = agent_pb2.SubmitRequest(model="m", inputs=_tiny(admission.MAX_INPUT_TENSORS + 1))
     refused = decode(many.SerializeToString())
@@ -63,7 +64,7 @@ def test_a_submit_of_many_tiny_tensors_is_refused_before_decoding() -> None:
 
 
 def test_a_complete_of_too_many_outputs_is_refused_before_decoding() -> None:
-    scan = request_scans()["/p2pagent.v1.Peer/Complete"]
+    scan = request_scans()["/p2pagent.v1.PeerService/Complete"]
     many = peer_pb2.CompleteRequest(ok=True, outputs=_tiny(admission.MAX_OUTPUT_TENSORS + 1))
     assert "output tensors" in (scan(many.SerializeToString()) or "")
     assert scan(peer_pb2.CompleteRequest(ok=True, outputs=_tiny(3)).SerializeToString()) is None

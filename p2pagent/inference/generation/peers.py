@@ -40,11 +40,11 @@ class GrpcGenerationPeers:
         self._members = members
         self._channels = channels
 
-    def _stub(self, peer: str) -> peer_pb2_grpc.PeerAsyncStub:
+    def _stub(self, peer: str) -> peer_pb2_grpc.PeerServiceAsyncStub:
         member = self._members.member(peer)
         if member is None or not member.address or not member.reachable:
             raise Unavailable(f"{peer} is not a reachable member")
-        return peer_pb2_grpc.PeerStub(self._channels.get(member.address))
+        return peer_pb2_grpc.PeerServiceStub(self._channels.get(member.address))
 
     async def load(self, peer: str, model: str, manifest_id: str, within_s: float) -> Load:
         request = peer_pb2.GenerationLoadRequest(model=model, model_version=manifest_id)

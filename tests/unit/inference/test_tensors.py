@@ -61,13 +61,13 @@ def wire(dtype: int, shape: list[int], data: bytes, name: str = "x") -> common_p
     [
         (wire(common_pb2.DTYPE_UNSPECIFIED, [1], b"\0"), "unknown dtype 0"),
         (wire(99, [1], b"\0"), "unknown dtype 99"),
-        (wire(common_pb2.FLOAT32, [-1, 4], b""), "negative dimension"),
-        (wire(common_pb2.FLOAT32, [2, 3], bytes(20)), "needs 24 bytes, received 20"),
-        (wire(common_pb2.FLOAT32, [2, 3], bytes(28)), "needs 24 bytes, received 28"),
-        (wire(common_pb2.FLOAT32, [], b""), "needs 4 bytes, received 0"),
-        (wire(common_pb2.FLOAT32, [1 << 40, 1 << 40], b""), "more than the 1048576 elements"),
-        (wire(common_pb2.INT8, [MAX + 1], b""), "more than the"),
-        (wire(common_pb2.BOOL, [2], b"\x01\x02"), "bool data must be bytes 0 or 1"),
+        (wire(common_pb2.DTYPE_FLOAT32, [-1, 4], b""), "negative dimension"),
+        (wire(common_pb2.DTYPE_FLOAT32, [2, 3], bytes(20)), "needs 24 bytes, received 20"),
+        (wire(common_pb2.DTYPE_FLOAT32, [2, 3], bytes(28)), "needs 24 bytes, received 28"),
+        (wire(common_pb2.DTYPE_FLOAT32, [], b""), "needs 4 bytes, received 0"),
+        (wire(common_pb2.DTYPE_FLOAT32, [1 << 40, 1 << 40], b""), "more than the 1048576 elements"),
+        (wire(common_pb2.DTYPE_INT8, [MAX + 1], b""), "more than the"),
+        (wire(common_pb2.DTYPE_BOOL, [2], b"\x01\x02"), "bool data must be bytes 0 or 1"),
     ],
 )
 def test_malformed_tensors_are_refused_before_allocation(

@@ -56,11 +56,11 @@ def sample_registry() -> RpcMetrics:
             training.render,
         )
     )
-    handle = rpc.rpc("/p2pagent.v1.Agent/Watch", "server_stream")
+    handle = rpc.rpc("/p2pagent.v1.AgentService/Watch", "server_stream")
     handle.started()
     handle.handled("OK", 7200.0)
     handle.started()  # one still open
     rpc.dropped_payloads.labels("state_malformed").inc()
-    rpc.rpc("/p2pagent.v1.Agent/Status", "unary").started()
-    rpc.rpc("/p2pagent.v1.Agent/Status", "unary").handled("OK", 0.002)
+    rpc.rpc("/p2pagent.v1.AgentService/Status", "unary").started()
+    rpc.rpc("/p2pagent.v1.AgentService/Status", "unary").handled("OK", 0.002)
     return rpc

@@ -59,11 +59,14 @@ def test_node_families_render_their_snapshot_values() -> None:
 
 
 def test_rpc_metrics_split_the_method_and_keep_streams_out_of_unary_buckets() -> None:
-    assert split_method("/p2pagent.v1.Agent/Status") == ("p2pagent.v1.Agent", "Status")
+    assert split_method("/p2pagent.v1.AgentService/Status") == (
+        "p2pagent.v1.AgentService",
+        "Status",
+    )
     samples = _samples(generate_latest(sample_registry().registry).decode())
     watch = frozenset(
         {
-            ("grpc_service", "p2pagent.v1.Agent"),
+            ("grpc_service", "p2pagent.v1.AgentService"),
             ("grpc_method", "Watch"),
             ("grpc_type", "server_stream"),
         }
@@ -78,7 +81,11 @@ def test_rpc_metrics_split_the_method_and_keep_streams_out_of_unary_buckets() ->
     assert not any(k[0].startswith("p2pagent_rpc_handling_seconds") and k[1] >= watch
                    for k in samples)
     status = frozenset(
-        {("grpc_service", "p2pagent.v1.Agent"), ("grpc_method", "Status"), ("grpc_type", "unary")}
+        {
+            ("grpc_service", "p2pagent.v1.AgentService"),
+            ("grpc_method", "Status"),
+            ("grpc_type", "unary"),
+        }
     )
     assert samples[("p2pagent_rpc_handling_seconds_bucket", status | {("le", "0.0025")})] == 1
 

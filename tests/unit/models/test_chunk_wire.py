@@ -26,13 +26,13 @@ def _key(field: int, wire_type: int) -> bytes:
 
 @given(index=st.integers(0, 2**32 - 1), data=st.binary(max_size=5000))
 def test_decodes_what_protobuf_encodes(index: int, data: bytes) -> None:
-    raw = peer_pb2.Chunk(index=index, data=data).SerializeToString()
+    raw = peer_pb2.FetchChunksResponse(index=index, data=data).SerializeToString()
     chunk = decode_chunk(raw)
     assert (chunk.index, bytes(chunk.data)) == (index, data)
 
 
 def test_data_is_a_view_of_the_received_message_not_a_copy() -> None:
-    raw = peer_pb2.Chunk(index=3, data=b"x" * 1000).SerializeToString()
+    raw = peer_pb2.FetchChunksResponse(index=3, data=b"x" * 1000).SerializeToString()
     assert decode_chunk(raw).data.obj is raw
 
 
@@ -52,7 +52,7 @@ def test_unknown_fields_are_skipped_and_the_last_index_wins_as_in_protobuf() -> 
         + _key(1, 0) + _varint(2**32 + 9)  # repeated: last wins, cut to uint32
     )  # fmt: skip
     ours = decode_chunk(raw)
-    theirs = peer_pb2.Chunk.FromString(raw)
+    theirs = peer_pb2.FetchChunksResponse.FromString(raw)
     assert (ours.index, bytes(ours.data)) == (theirs.index, theirs.data) == (9, b"hello")
 
 

@@ -63,7 +63,7 @@ class FakeCall:
             data = self._serve(i)
             if data is None or self.cancelled:
                 return  # ends short, like a holder lacking the chunk
-            yield self._decode(peer_pb2.Chunk(index=i, data=data).SerializeToString())
+            yield self._decode(peer_pb2.FetchChunksResponse(index=i, data=data).SerializeToString())
 
     def cancel(self) -> bool:
         self.cancelled = True
@@ -71,7 +71,7 @@ class FakeCall:
 
 
 class FakeChannel:
-    """Enough of a grpc.aio channel for ``PeerStub``: only FetchChunks answers."""
+    """Enough of a grpc.aio channel for ``PeerServiceStub``: only FetchChunks answers."""
 
     def __init__(self, serve: Serve, asked: list[int]) -> None:
         self._serve = serve

@@ -89,7 +89,7 @@ async def test_a_silent_thief_s_tasks_run_at_the_origin_when_their_lease_ends() 
         for task_id in ids:
             events = [e async for e in n1.wait(task_id)]
             (last,) = events
-            assert last.kind == agent_pb2.TaskEvent.DONE and last.node == "n1"
+            assert last.kind == agent_pb2.TaskEvent.KIND_DONE and last.node == "n1"
             assert list(last.outputs) and last.outputs[0].name == "y"
         assert len(n1.core.leases) == 0
         for task_id in stolen:  # run here at their next attempt
@@ -121,7 +121,7 @@ async def test_a_submit_the_journal_refuses_is_refused_and_leaves_nothing() -> N
         engine.gate.set()
         task_id = await d.submit(agent_pb2.SubmitRequest(model=MODEL, inputs=[x]))
         events = [e async for e in d.wait(task_id)]
-        assert events[-1].kind == agent_pb2.TaskEvent.DONE
+        assert events[-1].kind == agent_pb2.TaskEvent.KIND_DONE
         assert journal.rows[task_id].result is not None  # journaled before it was shown
     finally:
         engine.gate.set()

@@ -20,9 +20,9 @@ from p2pagent.tasks.driver import TasksDriver
 from p2pagent.tasks.spec import Task
 from tests.unit.tasks.solo import solo_driver
 
-DONE = agent_pb2.TaskEvent.DONE
-FAILED = agent_pb2.TaskEvent.FAILED
-RUNNING = agent_pb2.TaskEvent.RUNNING
+DONE = agent_pb2.TaskEvent.KIND_DONE
+FAILED = agent_pb2.TaskEvent.KIND_FAILED
+RUNNING = agent_pb2.TaskEvent.KIND_RUNNING
 
 
 class GatedEngine:
@@ -78,7 +78,7 @@ async def test_wait_sends_the_current_state_then_each_change_then_the_result(
     events = d.wait(task_id)
     first = await _next(events)
     # Its current state, not its history (it has only been queued so far).
-    assert first.kind == agent_pb2.TaskEvent.QUEUED and first.node == "solo"
+    assert first.kind == agent_pb2.TaskEvent.KIND_QUEUED and first.node == "solo"
     engine.gate.set()
     rest = [e async for e in events]
     kinds = [e.kind for e in rest]

@@ -87,7 +87,7 @@ async def test_a_recorded_run_replays_to_the_same_effects(tmp_path: Path) -> Non
         ids = [await n1.submit(agent_pb2.SubmitRequest(model=MODEL, inputs=[x])) for _ in range(40)]
         for task_id in ids:
             events = [e async for e in n1.wait(task_id)]
-            assert events[-1].kind == agent_pb2.TaskEvent.DONE, events[-1]
+            assert events[-1].kind == agent_pb2.TaskEvent.KIND_DONE, events[-1]
     finally:
         for d in drivers.values():
             await d.stop()

@@ -32,7 +32,7 @@ class _Engine:
 
 
 def _task() -> Task:
-    x = common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=[1, 4], data=bytes(16))
+    x = common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=[1, 4], data=bytes(16))
     return Task(task_id="n1-0123456789abcdef", origin="n1", model="m", est_cost_s=0.01, inputs=(x,))
 
 

@@ -31,7 +31,7 @@ class _Engine:
 
 def _ids(rows: int, length: int) -> common_pb2.Tensor:
     return common_pb2.Tensor(
-        dtype=common_pb2.INT64, shape=[rows, length], data=bytes(8 * rows * length)
+        dtype=common_pb2.DTYPE_INT64, shape=[rows, length], data=bytes(8 * rows * length)
     )
 
 
@@ -45,7 +45,7 @@ def test_token_ids_are_estimated_by_their_tokens() -> None:
 
 def test_a_model_without_sequences_is_estimated_by_rows() -> None:
     runs = EngineRuns("n1", TasksConfig(), _Engine(per_row=0.05, per_token=None))
-    x = common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=[3, 16], data=bytes(4 * 48))
+    x = common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=[3, 16], data=bytes(4 * 48))
     assert runs.estimate("m", [x]) == pytest.approx(0.15)
 
 

@@ -11,12 +11,14 @@ from p2pagent.training.api import fingerprint, flatten, unflatten
 from p2pagent.training.messages import Part, Phase
 
 
-async def _stream(msgs: Iterable[peer_pb2.AveragePart]) -> AsyncIterator[peer_pb2.AveragePart]:
+async def _stream(
+    msgs: Iterable[peer_pb2.AveragePartsRequest],
+) -> AsyncIterator[peer_pb2.AveragePartsRequest]:
     for m in msgs:
         yield m
 
 
-def read(msgs: Iterable[peer_pb2.AveragePart], limit: int = 1 << 30) -> Part:
+def read(msgs: Iterable[peer_pb2.AveragePartsRequest], limit: int = 1 << 30) -> Part:
     return asyncio.run(wire.read_part(_stream(msgs), "verified-sender", limit))
 
 

@@ -49,7 +49,7 @@ def test_every_served_rpc_has_exactly_one_row() -> None:
 def test_a_method_missing_from_the_table_is_refused_for_everyone() -> None:
     for role in Role:
         with pytest.raises(errors.PermissionDenied, match="not in the authorization table"):
-            authorize("/p2pagent.v1.Agent/SomethingNew", who(role))
+            authorize("/p2pagent.v1.AgentService/SomethingNew", who(role))
 
 
 @pytest.mark.parametrize(
@@ -67,18 +67,18 @@ def test_a_method_missing_from_the_table_is_refused_for_everyone() -> None:
     ],
 )
 def test_agent_defaults(method: str, allowed: set[Role]) -> None:
-    assert roles_for(f"/p2pagent.v1.Agent/{method}") == allowed
+    assert roles_for(f"/p2pagent.v1.AgentService/{method}") == allowed
     for role in Role:
         if role in allowed:
-            authorize(f"/p2pagent.v1.Agent/{method}", who(role))
+            authorize(f"/p2pagent.v1.AgentService/{method}", who(role))
         else:
             with pytest.raises(errors.PermissionDenied):
-                authorize(f"/p2pagent.v1.Agent/{method}", who(role))
+                authorize(f"/p2pagent.v1.AgentService/{method}", who(role))
 
 
 def test_the_peer_service_is_for_nodes_only() -> None:
     peer = [m for m in TABLE if m.startswith(authorization.PEER)]
-    assert len(peer) == len(peer_pb2.DESCRIPTOR.services_by_name["Peer"].methods)
+    assert len(peer) == len(peer_pb2.DESCRIPTOR.services_by_name["PeerService"].methods)
     for method in peer:
         assert roles_for(method) == {Role.NODE}
         with pytest.raises(errors.PermissionDenied, match=r"needs role node.*has role admin"):
@@ -87,16 +87,16 @@ def test_the_peer_service_is_for_nodes_only() -> None:
 
 def test_a_refusal_names_the_role_needed_and_the_role_held() -> None:
     with pytest.raises(errors.PermissionDenied) as e:
-        authorize("/p2pagent.v1.Agent/PublishModel", who(Role.CLIENT))
+        authorize("/p2pagent.v1.AgentService/PublishModel", who(Role.CLIENT))
     text = str(e.value)
     assert "needs role publisher" in text and "has role client" in text
     assert "certs issue --role publisher" in text
     with pytest.raises(errors.PermissionDenied, match=r"needs role admin.*has role publisher"):
-        authorize("/p2pagent.v1.Agent/Revoke", who(Role.PUBLISHER))
+        authorize("/p2pagent.v1.AgentService/Revoke", who(Role.PUBLISHER))
 
 
 def test_the_rendered_table_lists_every_row_with_its_roles() -> None:
     text = authorization.render()
     assert text.count("\n") == len(TABLE) + 2
-    assert "| `/p2pagent.v1.Agent/PublishModel` | publisher, admin, node |" in text
-    assert "| `/p2pagent.v1.Peer/Replicate` | node |" in text
+    assert "| `/p2pagent.v1.AgentService/PublishModel` | publisher, admin, node |" in text
+    assert "| `/p2pagent.v1.PeerService/Replicate` | node |" in text

@@ -43,6 +43,8 @@ def test_a_v1_request_decodes_as_v1alpha_byte_for_byte() -> None:
     request_cls = message_factory.GetMessageClass(
         pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionRequest")
     )
-    wire = request_cls(host="h", file_containing_symbol="p2pagent.v1.Agent").SerializeToString()
+    wire = request_cls(
+        host="h", file_containing_symbol="p2pagent.v1.AgentService"
+    ).SerializeToString()
     alpha = reflection_pb2.ServerReflectionRequest.FromString(wire)
-    assert alpha.host == "h" and alpha.file_containing_symbol == "p2pagent.v1.Agent"
+    assert alpha.host == "h" and alpha.file_containing_symbol == "p2pagent.v1.AgentService"
