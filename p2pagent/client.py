@@ -49,7 +49,6 @@ from p2pagent.client_messages import (
     infer_stream_cancel,
     infer_stream_request,
     set_request,
-    submit_and_wait_request,
     submit_request,
     submit_stream_cancel,
     submit_stream_request,

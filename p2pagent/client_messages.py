@@ -109,6 +109,9 @@ def submit_request(
 SetRequest = TypeVar("SetRequest", agent_pb2.SetAddRequest, agent_pb2.SetRemoveRequest)
 
 
+SetRequest = TypeVar("SetRequest", agent_pb2.SetAddRequest, agent_pb2.SetRemoveRequest)
+
+
 def submit_and_wait_request(r: agent_pb2.SubmitRequest) -> agent_pb2.SubmitAndWaitRequest:
     """The same task as a SubmitAndWait request (its fields are SubmitRequest's)."""
     return agent_pb2.SubmitAndWaitRequest(
