@@ -109,23 +109,6 @@ def submit_request(
 SetRequest = TypeVar("SetRequest", agent_pb2.SetAddRequest, agent_pb2.SetRemoveRequest)
 
 
-SetRequest = TypeVar("SetRequest", agent_pb2.SetAddRequest, agent_pb2.SetRemoveRequest)
-
-
-def submit_and_wait_request(r: agent_pb2.SubmitRequest) -> agent_pb2.SubmitAndWaitRequest:
-    """The same task as a SubmitAndWait request (its fields are SubmitRequest's)."""
-    return agent_pb2.SubmitAndWaitRequest(
-        model=r.model,
-        inputs=r.inputs,
-        priority=r.priority,
-        deadline_s=r.deadline_s,
-        model_version=r.model_version,
-    )
-
-
-SetRequest = TypeVar("SetRequest", agent_pb2.SetAddRequest, agent_pb2.SetRemoveRequest)
-
-
 def write_options(durable: bool) -> agent_pb2.WriteOptions:
     return agent_pb2.WriteOptions(durable=durable)
 
