@@ -161,8 +161,19 @@ def _context(config: Any) -> int:
 def load_decoder_folder(path: Path, device: str = "cpu") -> DecoderFolder:
     """Loads a checked folder onto ``device``, weights in float32 (CPU) as saved otherwise."""
     raw = check_decoder_folder(path)
+    import transformers
     from transformers import AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     from transformers.utils import logging as hf_logging
+
+    from p2pagent.inference.hf import budget
+
+    # On every node that loads it, not only where it was pushed: the publisher's config.json
+    # must not make this process allocate more than the weights the folder holds.
+    cls = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[str(raw["model_type"])], None)
+    if cls is None:
+        raise InvalidArgument(f"transformers has no causal LM class for {raw['model_type']!r}")
+    budget.check_allocation(cls, path, raw)
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:

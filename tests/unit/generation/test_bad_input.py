@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,19 @@ def test_folder_without_chat_template_refuses_messages(decoder_folders: dict[str
     gpt2 = load_decoder_folder(decoder_folders["gpt2"])
     with pytest.raises(InvalidArgument, match="no chat template"):
         gpt2.render_chat([ChatMessage("user", "x")])
+
+
+def test_a_config_asking_for_more_than_its_weights_is_refused_before_it_loads(
+    decoder_folders: dict[str, Path], tmp_path: Path
+) -> None:
+    """A publisher's config.json with far more layers than the safetensors hold would make
+    every node that loads the folder allocate them (fresh, random): refused first."""
+    folder = tmp_path / "inflated"
+    shutil.copytree(decoder_folders["gpt2"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["n_layer"] = 1000
+    config["n_embd"] = 1024
+    config["n_head"] = 16
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidArgument, match="describes a model of"):
+        load_decoder_folder(folder)
