@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the p2pagentd image and checks that it runs a mesh: three containers join, pass
 # their HEALTHCHECK, a model pushed to one is answered by another (Infer), and each stops
-# cleanly (exit 0) within its grace period. Everything it made is removed at the end.
+# cleanly (exit 0) within its grace period. Everything it made is removed at the end, except
+# the dependency stage (p2pagent-check-deps:latest), kept so that the next run builds faster.
 #
 # Engine: docker where one answers, else podman (installed with apt-get when missing).
 # Base: python:3.11-slim when a registry can be reached, else a Debian bookworm made with
@@ -17,6 +18,7 @@ cd "$root"
 PY="${PYTHON:-$root/.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
 TAG=p2pagent-check:latest
+DEPS=p2pagent-check-deps:latest
 NET=p2pagent-check
 work="$(mktemp -d)"
 started=$SECONDS
@@ -92,9 +94,14 @@ echo "$(ls deploy/docker/wheels/*.whl | wc -l) wheels, $(du -sm deploy/docker/wh
   "(torch: $(basename "$(ls deploy/docker/wheels/torch-*.whl)"))"
 
 step "build"
-$engine build -q -f deploy/docker/Dockerfile --build-arg BASE="$base" --build-arg OFFLINE=1 \
-  -t "$TAG" . \
-  >"$work/build.log" 2>&1 || { tail -30 "$work/build.log"; fail "build"; }
+# The dependency stage is built and tagged first and kept after the check (DEPS): the next
+# run rebuilds only the stage with the code, unless pyproject.toml, constraints.txt or the
+# wheels changed.
+for target in deps ""; do
+  $engine build -q -f deploy/docker/Dockerfile --build-arg BASE="$base" --build-arg OFFLINE=1 \
+    ${target:+--target "$target"} -t "$([ -n "$target" ] && echo "$DEPS" || echo "$TAG")" . \
+    >"$work/build.log" 2>&1 || { tail -30 "$work/build.log"; fail "build ${target:-image}"; }
+done
 $engine image inspect --format '{{.Config.User}}' "$TAG" | grep -qx '10001:10001' \
   || fail "the image does not run as 10001:10001"
 

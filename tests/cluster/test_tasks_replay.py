@@ -48,7 +48,8 @@ def test_each_daemon_s_recorded_inputs_replay_to_the_same_effects(tmp_path: Path
         with ThreadPoolExecutor(8) as pool:
             ids = list(pool.map(lambda _: stub.Submit(req, timeout=30).task_id, range(120)))
         for task_id in ids:
-            events = list(stub.Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=120))
+            wait = stub.Wait(agent_pb2.WaitRequest(task_id=task_id), timeout=120)
+            events = [answer.event for answer in wait]
             assert events[-1].kind == agent_pb2.TaskEvent.KIND_DONE, events[-1]
         stolen = c.agent("n2").Status(agent_pb2.StatusRequest(), timeout=5).stolen_in
     assert stolen > 0, "n2 stole nothing: the run shows too little"

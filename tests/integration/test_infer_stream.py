@@ -227,8 +227,8 @@ def test_submit_stream_acknowledges_then_answers(node: Daemon, certs_dir: Path) 
             # The acknowledged id is a real task: Wait finds its result.
             task_id = next(a.event.task_id for a in answers if a.request_id == 2)
             events = [
-                e
-                async for e in agent_pb2_grpc.AgentServiceStub(ch).Wait(
+                a.event
+                async for a in agent_pb2_grpc.AgentServiceStub(ch).Wait(
                     agent_pb2.WaitRequest(task_id=task_id)
                 )
             ]
