@@ -193,8 +193,14 @@ def test_client_that_stops_reading_is_ended(node: Daemon, certs_dir: Path) -> No
             with pytest.raises(grpc.aio.AioRpcError) as ended:
                 async for _ in call:
                     read += 1
-            assert ended.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "without reading" in (ended.value.details() or "")
+            # The node ends the call, then cuts the connection a moment later: a client
+            # that reads only after the cut sees the lost connection, not the status.
+            code, details = ended.value.code(), ended.value.details() or ""
+            if code is grpc.StatusCode.UNAVAILABLE:
+                assert "Socket closed" in details or "Connection reset" in details, details
+            else:
+                assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+                assert "without reading" in details
             assert read <= 2 * LIMIT  # what it held for this client, at most
 
     asyncio.run(go())
