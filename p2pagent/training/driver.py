@@ -19,6 +19,7 @@ import grpc
 
 from p2pagent._proto import peer_pb2_grpc
 from p2pagent.errors import (
+    ConfigError,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -65,6 +66,8 @@ class Run:
     timer: asyncio.TimerHandle | None = None
     #: The model this run publishes, as the user's loop last named it ("" = none).
     model: str = ""
+    #: Loop time of the last ``average`` call here (which runs to leave first for room).
+    last_used: float = 0.0
 
 
 class TrainingDriver:
@@ -116,11 +119,37 @@ class TrainingDriver:
                     f"{spec[:16]}) differ: use a new run name for another model"
                 )
             return known
+        self._tag(run, spec)
         entry = Run(run, spec, length, Averager(self.name, run, spec, self.config, length))
         self.runs[run] = entry
-        self._set_tag(run_tag(run), spec)
         log.info("joined training run %s (%d parameters)", run, length)
         return entry
+
+    def _tag(self, run: str, spec: str) -> None:
+        """Sets the run's member tag. A member's tags are bounded (membership.max_tags_bytes),
+        so when a new run's tag does not fit, the runs this node averaged in longest ago (and
+        is not averaging in now) are left to make room: a node that takes part in many runs
+        over its life keeps its recent ones."""
+        while True:
+            try:
+                self._set_tag(run_tag(run), spec)
+                return
+            except (ConfigError, InvalidArgument):
+                idle = [r for r in self.runs.values() if r.waiter is None and not r.averager.busy]
+                if not idle:
+                    raise
+                self.leave(min(idle, key=lambda r: r.last_used).name)
+
+    def leave(self, run: str) -> None:
+        """Leaves ``run``: drops its tag and its state here (joining again starts afresh and
+        catches up with the run's round)."""
+        entry = self.runs.pop(run, None)
+        if entry is None:
+            return
+        if entry.timer is not None:
+            entry.timer.cancel()
+        self._set_tag(run_tag(run), None)
+        log.info("left training run %s (%d rounds here)", run, entry.stats.rounds)
 
     def participants(self, run: str) -> list[str]:
         view = [(m.name, m.tags) for m in self._members.members() if m.reachable]
@@ -132,6 +161,7 @@ class TrainingDriver:
         """Averages ``vector`` with the run's members; returns this node's round outcome."""
         entry = self.join(run, spec, int(vector.shape[0]))
         loop = asyncio.get_running_loop()
+        entry.last_used = loop.time()
         until = loop.time() + wait_s
         while len(self.participants(run)) < min_members:
             if loop.time() >= until:
