@@ -28,7 +28,6 @@ import logging
 import time
 from collections.abc import (
     AsyncGenerator,
-    AsyncIterable,
     AsyncIterator,
     Awaitable,
     Callable,
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc
+from p2pagent.client_events import final_event
 from p2pagent.client_messages import (
     checked_texts,
     decode_outputs,
@@ -341,7 +341,7 @@ class Client:
         while True:
             try:
                 return await self._call(
-                    lambda s: _final(s.Wait(request), on_event), repeatable=True
+                    lambda s: final_event(s.Wait(request), on_event), repeatable=True
                 )
             except Unavailable as e:
                 if time.monotonic() + pause > deadline:
@@ -581,32 +581,3 @@ def _check_rpc(rpc: str, *, streams: bool) -> None:
         use = "stream" if method.server_streaming else "call"
         answer = "a stream" if method.server_streaming else "one message"
         raise InvalidArgument(f"{rpc} answers with {answer}: use Client.{use}")
-
-
-#: The answers of Wait and SubmitAndWait: each carries one event of the task.
-EventAnswer = agent_pb2.WaitResponse | agent_pb2.SubmitAndWaitResponse
-
-
-async def _final(
-    call: AsyncIterable[EventAnswer],
-    on_event: Callable[[agent_pb2.TaskEvent], object] | None,
-) -> agent_pb2.TaskEvent:
-    """The stream's final event (DONE or FAILED), each event to ``on_event`` on the way."""
-    async for event in _events(call):
-        if on_event is not None:
-            on_event(event)
-        if event.kind in (agent_pb2.TaskEvent.KIND_DONE, agent_pb2.TaskEvent.KIND_FAILED):
-            return event
-    raise Unavailable("the task's stream ended without its result")
-
-
-async def _events(call: AsyncIterable[EventAnswer]) -> AsyncIterator[agent_pb2.TaskEvent]:
-    """A task-event stream whose non-UNAVAILABLE failures are raised as our errors (UNAVAILABLE
-    stays a grpc error, for ``_call`` to move on)."""
-    try:
-        async for answer in call:
-            yield answer.event
-    except grpc.aio.AioRpcError as e:
-        if e.code() is grpc.StatusCode.UNAVAILABLE:
-            raise
-        raise error_from_rpc(e) from e
