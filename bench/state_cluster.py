@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import shutil
 import statistics
 import tempfile
 import threading
@@ -44,6 +45,17 @@ def _digests(c: Cluster, names: list[str]) -> set[str]:
         except grpc.RpcError:
             out.add("?" + n)
     return out
+
+
+def _digest_by_node(c: Cluster, names: list[str]) -> dict[str, str]:
+    return {
+        n: c.agent(n).Status(agent_pb2.StatusRequest(), timeout=10).state_digest[:12] for n in names
+    }
+
+
+def _counters(c: Cluster, names: list[str]) -> dict[str, int]:
+    request = agent_pb2.GetRequest(namespace="p", key="n")
+    return {n: c.agent(n).Get(request, timeout=10).counter for n in names}
 
 
 def _all_alive(c: Cluster, names: list[str]) -> bool:
@@ -190,9 +202,24 @@ def partition(nodes: int) -> dict[str, float]:
         c.wait_for(lambda: len(_digests(c, names)) == 1, LIMIT_S, "identical replicas",
                    interval=0.1)  # fmt: skip
         same = time.monotonic()
-        counts = {c.agent(n).Get(agent_pb2.GetRequest(namespace="p", key="n"), timeout=10).counter
-                  for n in names}  # fmt: skip
-        assert counts == {2 * i}, counts
+        counts = _counters(c, names)
+        if set(counts.values()) != {2 * i}:
+            # Keep what a diagnosis needs: per-node counters and digests, again a little later,
+            # and every daemon's log.
+            first = {n: (counts[n], d) for n, d in _digest_by_node(c, names).items()}
+            time.sleep(5.0)
+            later = {n: (v, d) for (n, v), d in
+                     zip(_counters(c, names).items(), _digest_by_node(c, names).values(),
+                         strict=True)}  # fmt: skip
+            keep = Path(tempfile.mkdtemp(prefix="state-partition-"))
+            for n in names:
+                log = c.nodes[n].log_path
+                if log.exists():
+                    shutil.copy(log, keep / f"{n}.log")
+            raise AssertionError(
+                f"counter after identical digests: expected {2 * i} on every node; right after"
+                f" (counter, digest) {first}; 5 s later {later}; logs kept in {keep}"
+            )
         return {
             "writes_per_side": 2 * i,
             "membership_heal_s": round(alive - healed, 2),
