@@ -23,6 +23,10 @@ exactly the dots it speaks for (the ones it added plus the ones it removed). Any
 replica's facts is a valid delta as long as every dot of its context that is live at the
 sender is in its entries; anti-entropy relies on this to cut a large state into slices.
 
+Counters keep one dot per origin and key: an origin's increment folds its own live dots into
+one cumulative dot, so a later dot of an origin makes its earlier ones on that key dead even
+when the delta that said so was lost (see :meth:`DotMap._counter_superseded`).
+
 Keys written concurrently with different kinds keep both kinds' dots (so the merge stays a
 join); reads show the kind with the highest :class:`Kind` value, the next write replaces the
 rest.
@@ -294,6 +298,8 @@ class DotMap:
                     items = ((k, d, p) for k, dots in ks.groups() for d, p in dots.items())
                 for kind, dot, payload in items:
                     if not contains(dot[0], dot[1]):
+                        if kind is Kind.COUNTER and self._counter_superseded(ns, key, dot):
+                            continue
                         self.add_dot(ns, key, kind, dot, payload)
                         changed.add((ns, key))
                         if kind is Kind.LWW and payload[0] > max_ts:
@@ -324,6 +330,31 @@ class DotMap:
         # 3. Everything the delta has seen is now seen here too.
         self.context.merge(dctx)
         return changed, max_ts
+
+    def _counter_superseded(self, ns: str, key: str, dot: Dot) -> bool:
+        """Keeps one counter dot per origin and key, the origin's latest.
+
+        An origin's increment folds every counter dot of its own that is live there into one
+        new cumulative dot, so a later dot of the same origin and key makes an earlier one
+        dead, whether or not the delta that removed it has arrived. Without this rule a lost
+        delta breaks the chain (each increment's context names only the dot it replaced): the
+        dot before the lost one stayed live beside the new one and reads counted that origin
+        twice until anti-entropy compared live-dot summaries. Returns whether ``dot`` is itself
+        the earlier one (then it is not added); removes live earlier dots otherwise.
+        """
+        ks = self.key(ns, key)
+        if ks is None:
+            return False
+        origin, counter = dot
+        older = []
+        for live in ks.dots_of(Kind.COUNTER):
+            if live[0] == origin:
+                if live[1] > counter:
+                    return True
+                older.append(live)
+        for live in older:
+            self.remove_dot(ns, key, live)
+        return False
 
     def copy(self) -> DotMap:
         c = DotMap()

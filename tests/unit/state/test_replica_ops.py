@@ -16,6 +16,7 @@ from p2pagent.state.clocks import (
 )
 from p2pagent.state.config import StateConfig
 from p2pagent.state.crdt import Kind
+from p2pagent.state.messages import DeltaMessage
 from p2pagent.state.replica import Replica
 
 
@@ -159,3 +160,34 @@ def test_version_vector_order() -> None:
     assert vv_compare({"a": 1}, {"a": 2}) is Ordering.BEFORE
     assert vv_compare({"a": 2, "b": 1}, {"a": 2}) is Ordering.AFTER
     assert vv_compare({"a": 1}, {"b": 1}) is Ordering.CONCURRENT
+
+
+def _increments(r: Replica, deltas: int) -> list[DeltaMessage]:
+    out = []
+    for _ in range(deltas):
+        r.increment("ns", "n", 1)
+        assert r.last_delta is not None
+        out.append(DeltaMessage(r.node_id, (r.last_delta,)))
+    return out
+
+
+def test_a_lost_counter_delta_does_not_count_an_origin_twice() -> None:
+    """Each increment's delta names only the dot it replaces: with the second of three lost,
+    the first dot must still die when the third arrives (it did not: reads said 4, not 3)."""
+    a, b = Replica("a"), Replica("b")
+    d1, _lost, d3 = _increments(a, 3)
+    b.apply(d1, 1.0)
+    b.apply(d3, 2.0)
+    assert b.get("ns", "n").counter == a.get("ns", "n").counter == 3
+
+
+def test_a_late_counter_delta_does_not_come_back() -> None:
+    """A delta delayed past a newer one of the same origin (a gap in the context) stays dead."""
+    a, b = Replica("a"), Replica("b")
+    d1, d2, d3 = _increments(a, 3)
+    b.apply(d3, 1.0)
+    b.apply(d1, 2.0)
+    assert b.get("ns", "n").counter == 3
+    b.apply(d2, 3.0)
+    assert b.get("ns", "n").counter == 3
+    assert b.state_digest() == a.state_digest()

@@ -140,21 +140,23 @@ def test_digest_from_an_equal_peer_gets_no_answer() -> None:
 
 
 def test_removal_lost_in_flight_is_repaired_by_the_live_summary() -> None:
-    """Delta 2 (which removed dot 1) is lost; delta 3 names dot 2 in its context, so the
-    receiver has 'seen' every dot yet still holds dot 1. The digests' live hashes differ and
-    the dead dots are sent."""
+    """Delta 2 (which overwrote dot 1) is lost; delta 3 names dot 2 in its context, so the
+    receiver has 'seen' every dot yet still holds dot 1 beside dot 3. The digests' live hashes
+    differ and the dead dots are sent. (Counters drop such a dot at once, see
+    test_replica_ops; an LWW value keeps it as a hidden sibling until this repair.)"""
     a, b = Replica("a"), Replica("b")
     a.on_membership(["b"])
     sent = []
-    for delta in (5, 1, 1):
-        a.increment("ns", "c", delta)
+    for value in (b"1", b"2", b"3"):
+        a.put_lww("ns", "k", value, 1.0)
         sent.append(a.take_gossip(1.0)[0].message)
     b.apply(wire(sent[0]), 1.0)
     b.apply(wire(sent[2]), 1.0)  # sent[1] is lost
-    assert b.get("ns", "c").counter == 12  # dot 1 (5) and dot 3 (7) both live: wrong for now
+    assert b.get("ns", "k").values == (b"3",)
+    assert b.state.dot_count() == 2  # dot 1 still live beside dot 3
     for m in a.answer_digest(wire(b.digest())):  # type: ignore[arg-type]
         b.handle(wire(m), 2.0)
-    assert b.get("ns", "c").counter == 7 == a.get("ns", "c").counter
+    assert b.state.dot_count() == 1 == a.state.dot_count()
     assert a.answer_digest(wire(b.digest())) == []  # type: ignore[arg-type]
 
 
