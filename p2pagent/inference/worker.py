@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import p2pagent
 from p2pagent.errors import Internal, InvalidArgument, P2PAgentError, ResourceExhausted, Unavailable
 from p2pagent.inference import isolation, worker_tensors, worker_wire
 from p2pagent.inference.formats import LoadedModel, ModelFormat
@@ -403,9 +404,7 @@ class ModelWorker:
     def _spawn(self) -> _Process:
         loop = self._bind_loop()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = {k: os.environ[k] for k in _KEEP_ENV if k in os.environ}
-        env.update(HOME=str(self.scratch), TMPDIR=str(self.scratch), USER="p2pagent-worker")
-        env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1")
+        env = worker_environment(self.scratch)
         cmd = [sys.executable, "-P", "-m", "p2pagent.inference.worker_main", str(child.fileno())]
         try:
             # close_fds (the default) plus pass_fds: the worker inherits its end of the control
@@ -558,6 +557,20 @@ class ModelWorker:
                 )
             first = False
         return error
+
+
+def worker_environment(scratch: Path) -> dict[str, str]:
+    """The worker's environment: what it needs from the daemon's, and the daemon's own
+    p2pagent first on its import path. The worker runs with ``-P`` from its scratch folder, so
+    without that a daemon started from a source tree (found through its working directory)
+    would get a worker importing another installed copy, one its Landlock rules do not cover."""
+    env = {k: os.environ[k] for k in _KEEP_ENV if k in os.environ}
+    env.update(HOME=str(scratch), TMPDIR=str(scratch), USER="p2pagent-worker")
+    env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1")
+    ours = str(Path(p2pagent.__file__).resolve().parent.parent)
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != ours]
+    env["PYTHONPATH"] = os.pathsep.join([ours, *rest])
+    return env
 
 
 def _drain_stderr(proc: subprocess.Popen[bytes], keep: collections.deque[str]) -> None:
