@@ -83,6 +83,8 @@ class Counters:
     push_pulls: int = 0
     rejoins: int = 0
     hints_published: int = 0
+    #: Probes extended because this member's own tick came late (its loop was starved).
+    late_ticks: int = 0
 
 
 class Swim:
@@ -306,8 +308,10 @@ class Swim:
         p = self._probe
         late = 0.0 if p is None else p.starved_for(now, self.config.probe_timeout)
         if p is not None and late:
-            p.extend(late)  # we were starved, not (yet) the target: see Probe.starved_for
-            self._adjust_awareness(1)
+            # We were starved, not (yet) the target: see Probe.starved_for. The extension is
+            # the whole answer; awareness is left to the probe's outcome (see probing.py).
+            p.extend(late)
+            self.counters.late_ticks += 1
         if p is not None and not p.acked and not p.indirect_sent and now >= p.indirect_at:
             self._send_indirect(p, out)
         if p is not None and now >= p.end_at:
