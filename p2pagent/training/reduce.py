@@ -106,7 +106,7 @@ def compress(data: Vector, compression: str) -> Vector:
     """``data`` as the receiver will see it after ``compression`` (fp16: rounded to half;
     int8: rounded to its block's step)."""
     if compression == "fp16":
-        return data.astype("<f2").astype("<f4")
+        return data.astype("f2").astype("f4")  # native float16, float32 (numpy spellings)
     if compression == "int8":
         return quantize.round_trip(data)
     return data
