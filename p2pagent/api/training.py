@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
-import numpy as np
 
 from p2pagent._proto import agent_pb2, peer_pb2
 from p2pagent.errors import InvalidArgument, NotFound, quoted
@@ -58,6 +57,8 @@ class TrainingAgentApi(_TrainingAccess):
             )
         if vector.shape[0] == 0:
             raise InvalidArgument("no parameters to average: AverageRequest.length is 0")
+        import numpy as np  # here: only a node asked to average needs numpy
+
         if not np.isfinite(vector).all():
             raise InvalidArgument(
                 f"the parameters sent for run {quoted(header.run)} hold NaN or infinite "

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ def fits(
 
 def pad_to(array: np.ndarray, length: int, value: int) -> np.ndarray:
     """``array`` ([rows, n, ...]) padded with ``value`` along dimension 1 to ``length``."""
+    import numpy as np  # here, not at the top: the batching policy needs no numpy
+
     n = array.shape[1]
     if n == length:
         return array

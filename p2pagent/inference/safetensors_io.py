@@ -22,7 +22,7 @@ import torch
 
 from p2pagent.errors import InvalidArgument
 from p2pagent.inference import dtypes
-from p2pagent.inference.tensors import check_shape
+from p2pagent.inference.tensor_checks import check_shape
 
 #: A header bigger than this is refused outright (the reference library uses 100 MB).
 MAX_HEADER_BYTES = 100 * 1024 * 1024

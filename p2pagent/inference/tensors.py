@@ -14,23 +14,26 @@ path on the event loop neither imports torch nor allocates tensor memory. ``from
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from p2pagent._proto import common_pb2
 from p2pagent.errors import InvalidArgument, quoted
 from p2pagent.inference import dtypes
 from p2pagent.inference.dtypes import DTypeInfo
+from p2pagent.inference.tensor_checks import (
+    check_bytes,
+    check_shape,
+    described,
+    dtype_of,
+)
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 _LITTLE = sys.byteorder == "little"
-#: Most dimensions a received tensor may declare (numpy's own limit is 64).
-MAX_RANK = 32
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,6 +54,8 @@ class HostTensor:
 
     def to_torch(self) -> torch.Tensor:
         """A torch tensor owning a writable copy of the data."""
+        import numpy as np
+
         return host_to_torch(self.dtype, np.array(self.array, copy=True))
 
 
@@ -62,96 +67,19 @@ def host_to_torch(info: DTypeInfo, array: np.ndarray[Any, Any]) -> torch.Tensor:
     return t if info.numpy_is_exact else t.view(info.torch_dtype)
 
 
-def check_shape(
-    shape: Sequence[int],
-    max_elements: int,
-    what: str,
-    *,
-    data_bytes: int | None = None,
-    itemsize: int = 1,
-) -> tuple[tuple[int, ...], int]:
-    """Returns (shape, element count); refuses more than ``MAX_RANK`` dimensions, negative
-    dims, and counts over ``max_elements`` or over what ``data_bytes`` of ``itemsize``-byte
-    elements hold.
-
-    The running product is checked at every step, so a hostile shape like [2**62, 2**62]
-    is refused without building a huge integer or allocating anything. A zero dimension
-    makes the tensor empty, but the other dimensions are held to the same bound (an empty
-    [0, 2**62] could not even be described to numpy).
-    """
-    if len(shape) > MAX_RANK:
-        raise InvalidArgument(f"{what}: {len(shape)} dimensions; at most {MAX_RANK} are accepted")
-    dims = tuple(int(d) for d in shape)
-    if any(d < 0 for d in dims):
-        raise InvalidArgument(f"{what}: shape {_short(dims)} has a negative dimension")
-    empty = 0 in dims
-    held = None if data_bytes is None or empty else data_bytes // itemsize
-    count = 1
-    for i, d in enumerate(dims):
-        count *= d or 1
-        if count > max_elements:
-            raise InvalidArgument(
-                f"{what}: shape {_short(dims)} has more than the {max_elements} elements "
-                "allowed per tensor (inference.max_tensor_elements)"
-            )
-        if held is not None and count > held:
-            at_least = "" if i == len(dims) - 1 else "at least "
-            raise InvalidArgument(
-                f"{what}: shape {_short(dims)} needs {at_least}{count * itemsize} bytes, "
-                f"received {data_bytes}"
-            )
-    return dims, 0 if empty else count
-
-
-def _what(t: common_pb2.Tensor) -> str:
-    return f"tensor {quoted(t.name)}" if t.name else "tensor"
-
-
-def _dtype(t: common_pb2.Tensor, what: str) -> DTypeInfo:
-    info = dtypes.BY_WIRE.get(t.dtype)
-    if info is None:
-        raise InvalidArgument(
-            f"{what}: unknown dtype {t.dtype}; expected one of {', '.join(dtypes.NAMES)}"
-        )
-    return info
-
-
-def _check_bytes(info: DTypeInfo, shape: tuple[int, ...], count: int, size: int, what: str) -> None:
-    expected = count * info.itemsize
-    if size != expected:
-        raise InvalidArgument(
-            f"{what}: {info.name} shape {_short(shape)} needs {expected} bytes, received {size}"
-        )
-
-
-def _short(shape: Iterable[int]) -> str:
-    """A shape for an error message: at most its first 8 dimensions."""
-    dims = list(shape)
-    return str(dims) if len(dims) <= 8 else f"{dims[:8]}... ({len(dims)} dimensions)"
-
-
-def check_wire(t: common_pb2.Tensor) -> None:
-    """Checks a wire tensor's declared dtype and shape against its bytes, allocating nothing:
-    for tensors that are passed on rather than decoded (a task's inputs between nodes).
-
-    The element count may not exceed what the bytes hold at any step of the product, so a
-    declared [2**31, 2**31] with one byte is refused at the first dimension."""
-    what = _what(t)
-    info = _dtype(t, what)
-    size = len(t.data)
-    shape, count = check_shape(t.shape, sys.maxsize, what, data_bytes=size, itemsize=info.itemsize)
-    _check_bytes(info, shape, count, size, what)
-
-
 def decode(t: common_pb2.Tensor, max_elements: int) -> HostTensor:
     """Decodes one wire tensor without copying; raises InvalidArgument naming what is wrong."""
-    what = _what(t)
-    info = _dtype(t, what)
+    # Imported here, not at the top: a node that serves no model (and the tasks layer, which
+    # passes tensors on undecoded) never loads numpy. Once loaded this is a dict lookup.
+    import numpy as np
+
+    what = described(t)
+    info = dtype_of(t, what)
     data = t.data
     shape, count = check_shape(
         t.shape, max_elements, what, data_bytes=len(data), itemsize=info.itemsize
     )
-    _check_bytes(info, shape, count, len(data), what)
+    check_bytes(info, shape, count, len(data), what)
     if info.name == "bool" and count and np.frombuffer(data, np.uint8).max() > 1:
         # Any byte but 0/1 in a bool tensor is undefined behaviour in torch kernels.
         raise InvalidArgument(f"{what}: bool data must be bytes 0 or 1")

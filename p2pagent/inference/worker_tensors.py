@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from p2pagent.errors import InvalidArgument
 from p2pagent.inference import dtypes, worker_wire
 from p2pagent.inference.tensors import HostTensor, host_to_torch
@@ -67,6 +65,8 @@ def _dtype_of(t: InputTensor) -> dtypes.DTypeInfo:
 def _concatenate_into(region: Region, ref: TensorRef, column: Sequence[InputTensor]) -> None:
     """Joins one input's tensors along dimension 0 straight into the shared region: the
     only copy a wire tensor's bytes get on their way to the worker (as in-process)."""
+    import numpy as np  # here, not at the top: a node serving no model never loads numpy
+
     if all(isinstance(t, HostTensor) for t in column):
         dst = np.ndarray(ref.shape, dtype=ref.dtype.numpy, buffer=region.map, offset=ref.offset)
         np.concatenate([t.array for t in column], out=dst)  # type: ignore[union-attr]
@@ -86,6 +86,8 @@ def _concatenate_into(region: Region, ref: TensorRef, column: Sequence[InputTens
 
 def _copy_out(region: Region | None, ref: TensorRef) -> torch.Tensor:
     """An output copied out of the worker's region (which the next batch overwrites)."""
+    import numpy as np
+
     info = ref.dtype
     if region is None or ref.nbytes == 0:
         array = np.empty(ref.shape, dtype=info.numpy)

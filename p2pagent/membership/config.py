@@ -32,7 +32,7 @@ class MembershipConfig:
     #: Lifeguard local health multiplier cap: probe interval and timeout scale up to (1 + cap).
     awareness_max: int = 8
     #: Seconds between full push-pull state exchanges with one random member; stretched in
-    #: proportion to N past 16 members, so that their bytes per member stay flat.
+    #: proportion to N past 8 members, so that their bytes per member stay flat.
     push_pull_interval: float = 15.0
     #: Seconds between re-join attempts to seeds and recently dead members (partition healing).
     rejoin_interval: float = 5.0

@@ -173,6 +173,11 @@ class MembershipDriver:
         """The SWIM core's counters (None before start), for metrics."""
         return None if self._core is None else self._core.counters
 
+    @property
+    def awareness(self) -> int:
+        """Lifeguard's local health awareness (0 healthy; probes stretch by 1 + it)."""
+        return 0 if self._core is None else self._core.awareness
+
     def counts(self) -> tuple[int, int]:
         """(reachable members, known members), this one included."""
         members = self.members()

@@ -25,6 +25,7 @@ Pure: no clock, no I/O.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -179,3 +180,58 @@ class HintQueue:
             else:
                 self._pending[node] = (sent + 1, hint)
         return out
+
+
+class HintDissemination:
+    """One member's part in spreading load hints: it stamps its own hints with its name and
+    the next ``seq``, takes in the hints other members send (believable ones are queued to be
+    passed on and reported once as events), and forgets a member's hint when it dies or
+    leaves. The SWIM core owns one and calls it from its message and membership rules; the
+    table and queue are the ones its outbox piggybacks from.
+    """
+
+    def __init__(self, me: str, table: HintTable, queue: HintQueue) -> None:
+        self.me = me
+        self.table = table
+        self.queue = queue
+        #: Hints this member published.
+        self.published = 0
+        self._seq = 0
+        self._events: list[LoadHint] = []
+
+    def publish(self, hint: LoadHint) -> bool:
+        """Stamps and queues this member's new hint; False when it is out of range (our own
+        numbers are wrong: better to say nothing than to lie)."""
+        self._seq += 1
+        hint = dataclasses.replace(hint, node=self.me, seq=self._seq)
+        if not self.table.offer(hint, is_member=True):
+            return False
+        self.published += 1
+        self.queue.put(hint)
+        return True
+
+    def offer(self, hint: LoadHint, is_member: bool) -> None:
+        """A hint received from a peer; ``is_member``: its node is a reachable member."""
+        if hint.node == self.me:
+            # Our own hint coming back. One from a previous life can be ahead of this one's
+            # count: continue above it and say our current load again, or every member
+            # would take it for stale (as a restarted member outbids its old incarnation).
+            if hint.seq > self._seq:
+                self._seq = hint.seq
+                mine = self.table.get(self.me)
+                if mine is not None:
+                    self.publish(mine)
+            return
+        if self.table.offer(hint, is_member):
+            self.queue.put(hint)
+            self._events.append(hint)
+
+    def forget(self, node: str) -> None:
+        """``node`` died or left: its hint is neither kept nor passed on."""
+        self.table.forget(node)
+        self.queue.drop(node)
+
+    def take_events(self) -> list[LoadHint]:
+        """Hints of other members accepted since the last call, oldest first."""
+        events, self._events = self._events, []
+        return events

@@ -42,7 +42,6 @@ order a newcomer will look for them:
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import random
 from collections.abc import Iterable, Mapping
@@ -51,7 +50,7 @@ from dataclasses import dataclass
 from p2pagent.membership import timing
 from p2pagent.membership.catch_up import CatchUp, UnknownSenders, catch_up_delay
 from p2pagent.membership.config import MembershipConfig
-from p2pagent.membership.hints import LoadHint
+from p2pagent.membership.hints import HintDissemination, LoadHint
 from p2pagent.membership.members import Member, MemberTable
 from p2pagent.membership.messages import Kind, Message, Send, State, Update
 from p2pagent.membership.outbox import Outbox
@@ -82,7 +81,8 @@ class Counters:
     deaths_declared: int = 0
     push_pulls: int = 0
     rejoins: int = 0
-    hints_published: int = 0
+    #: Probes extended because this member's own tick came late (its loop was starved).
+    late_ticks: int = 0
 
 
 class Swim:
@@ -110,9 +110,7 @@ class Swim:
         self._members = MemberTable(self._self)
         self._out = Outbox(self._members, config)
         self._queue = self._out.queue  # the updates waiting to be piggybacked
-        self._hints = self._out.hints  # every member's newest believable load hint
-        self._hint_seq = 0
-        self._hint_events: list[LoadHint] = []
+        self._hints = HintDissemination(name, self._out.hints, self._out.hint_queue)
         self._events: list[MemberView] = []
         self._timers: list[tuple[float, int, str]] = []  # (when, member generation, name)
         self._generation: dict[str, int] = {}
@@ -158,17 +156,20 @@ class Swim:
 
     def take_hints(self) -> list[LoadHint]:
         """Load hints of other members accepted since the last call, oldest first."""
-        hints, self._hint_events = self._hint_events, []
-        return hints
+        return self._hints.take_events()
 
     def hints(self) -> list[LoadHint]:
         """The newest believable hint of every member that published one (this one too)."""
-        return self._hints.all()
+        return self._hints.table.all()
 
     @property
     def hints_rejected(self) -> dict[str, int]:
         """Hints dropped, by reason (``hints.NOT_MEMBER``, ``OUT_OF_RANGE``, ``STALE``)."""
-        return dict(self._hints.rejected)
+        return dict(self._hints.table.rejected)
+
+    @property
+    def hints_published(self) -> int:
+        return self._hints.published
 
     def publish_hint(self, hint: LoadHint, now: float, urgent: bool = False) -> list[Send]:
         """Spreads this member's new load hint (its ``node`` and ``seq`` are set here).
@@ -176,12 +177,8 @@ class Swim:
         ``urgent``: also gossip it to ``gossip_fanout`` members now rather than at the next
         round (a node that just became worth robbing should not wait for it).
         """
-        self._hint_seq += 1
-        hint = dataclasses.replace(hint, node=self.name, seq=self._hint_seq)
-        if not self._hints.offer(hint, is_member=True):
-            return []  # out of range: our own numbers are wrong; say nothing rather than lie
-        self.counters.hints_published += 1
-        self._out.hint_queue.put(hint)
+        if not self._hints.publish(hint):
+            return []
         out: list[Send] = []
         if urgent and not self.leaving:
             for name in self._members.sample_peers(self.rng, self.config.gossip_fanout):
@@ -293,7 +290,8 @@ class Swim:
                 self._reschedule_push_pull(now)
         # After the members (a push-pull's table may introduce the hints' subjects).
         for h in msg.hints:
-            self._offer_hint(h)
+            m = self._members.get(h.node)
+            self._hints.offer(h, is_member=m is not None and m.state.reachable)
         unknown = msg.src not in self._members and msg.src != self.name and not self.leaving
         if unknown and msg.src_address and self._unknown.should_ask(msg.src_address, now):
             # It knows us and we do not know it (gossip missed us): ask for its table.
@@ -306,8 +304,10 @@ class Swim:
         p = self._probe
         late = 0.0 if p is None else p.starved_for(now, self.config.probe_timeout)
         if p is not None and late:
-            p.extend(late)  # we were starved, not (yet) the target: see Probe.starved_for
-            self._adjust_awareness(1)
+            # We were starved, not (yet) the target: see Probe.starved_for. The extension is
+            # the whole answer; awareness is left to the probe's outcome (see probing.py).
+            p.extend(late)
+            self.counters.late_ticks += 1
         if p is not None and not p.acked and not p.indirect_sent and now >= p.indirect_at:
             self._send_indirect(p, out)
         if p is not None and now >= p.end_at:
@@ -412,26 +412,6 @@ class Swim:
         self.awareness = min(self.config.awareness_max, max(0, self.awareness + delta))
 
     # ---- dissemination ----------------------------------------------------------------------
-
-    def _offer_hint(self, h: LoadHint) -> None:
-        if h.node == self.name:
-            # Our own hint coming back. One from a previous life can be ahead of this one's
-            # count: continue above it and say our current load again, or every member
-            # would take it for stale (as a restarted member outbids its old incarnation).
-            if h.seq > self._hint_seq:
-                self._hint_seq = h.seq
-                mine = self._hints.get(self.name)
-                if mine is not None:
-                    self.publish_hint(mine, 0.0)
-            return
-        m = self._members.get(h.node)
-        if self._hints.offer(h, is_member=m is not None and m.state.reachable):
-            self._out.hint_queue.put(h)
-            self._hint_events.append(h)
-
-    def _forget_hint(self, name: str) -> None:
-        self._hints.forget(name)
-        self._out.hint_queue.drop(name)
 
     def _gossip(self, now: float, out: list[Send]) -> None:
         if not self._out:
@@ -569,7 +549,7 @@ class Swim:
         m.suspicion = None
         self._changed(m, before, now)
         self._queue.put(Update(m.name, m.incarnation, m.state, u.origin))
-        self._forget_hint(m.name)
+        self._hints.forget(m.name)
         self._schedule(m, now + self.config.dead_reap_s)
 
     def _changed(self, m: Member, before: State | None, now: float) -> None:

@@ -22,6 +22,8 @@ class MembershipSnapshot:
     refutations: int
     deaths_declared: int
     push_pulls: int
+    awareness: int = 0
+    late_ticks: int = 0
 
 
 def render(s: MembershipSnapshot) -> Iterator[Metric]:
@@ -54,4 +56,14 @@ def render(s: MembershipSnapshot) -> Iterator[Metric]:
     )
     yield counter(
         "p2pagent_membership_push_pulls", "Full state exchanges with a peer", s.push_pulls
+    )
+    yield gauge(
+        "p2pagent_membership_awareness",
+        "Lifeguard local health awareness: probe interval and timeout are stretched by 1 + it",
+        s.awareness,
+    )
+    yield counter(
+        "p2pagent_membership_late_ticks",
+        "Probes extended because this node's own loop ran late (a starved CPU)",
+        s.late_ticks,
     )

@@ -49,6 +49,8 @@ def membership_snapshot(node: Node) -> membership.MembershipSnapshot | None:
         refutations=counters.refutations,
         deaths_declared=counters.deaths_declared,
         push_pulls=counters.push_pulls,
+        awareness=driver.awareness,
+        late_ticks=counters.late_ticks,
     )
 
 

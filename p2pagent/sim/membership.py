@@ -20,11 +20,14 @@ sampling) over a shared roster and reports the rounds one update takes to reach 
 from __future__ import annotations
 
 import argparse
+import bisect
 import functools
 import json
+import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from p2pagent.membership.broadcasts import TransmitQueue, retransmit_limit
@@ -52,6 +55,14 @@ class MembershipScenario:
     probe_interval: float = 1.0
     gossip_interval: float = 0.2
     gossip_fanout: int = 3
+    #: Mean seconds a member waits for the CPU before it runs a tick or reads a message
+    #: (exponentially distributed, per event): many daemons sharing a few busy cores, whose
+    #: loops run late. 0 runs every event on time.
+    cpu_delay: float = 0.0
+    #: Machine-wide stalls: on average every ``stall_every`` seconds every member waits
+    #: ``stall_s`` for the CPU at once (other work took the cores). 0 for none.
+    stall_every: float = 0.0
+    stall_s: float = 0.0
 
 
 @dataclass
@@ -84,6 +95,8 @@ class SimCluster:
         self.rng = random.Random(scenario.seed)
         model = LinkModel(scenario.latency, scenario.jitter, scenario.loss)
         self.net = SimNetwork(self.clock, random.Random(scenario.seed + 1), model)
+        self._cpu = random.Random(scenario.seed + 2)
+        self._stall_ends = self._stalls(scenario)
         self.config = MembershipConfig(
             probe_interval=scenario.probe_interval,
             probe_timeout=scenario.probe_interval / 2,
@@ -113,7 +126,7 @@ class SimCluster:
             now=self.clock.now,
         )
         self.cores[name] = core
-        self.net.register(name, lambda src, msg: self._deliver(name, msg))
+        self.net.register(name, lambda src, msg: self._later(lambda: self._deliver(name, msg)))
         self._wake_at[name] = float("inf")
         return core
 
@@ -134,7 +147,36 @@ class SimCluster:
         t = core.next_deadline()
         if t < self._wake_at[name]:
             self._wake_at[name] = t
-            self.clock.call_at(t, lambda: self._wake(name, t))
+            self.clock.call_at(t + self._stall(), lambda: self._wake(name, t))
+
+    @staticmethod
+    def _stalls(s: MembershipScenario) -> list[tuple[float, float]]:
+        if s.stall_every <= 0 or s.stall_s <= 0:
+            return []
+        rng = random.Random(s.seed + 3)
+        out: list[tuple[float, float]] = []
+        t = rng.expovariate(1 / s.stall_every)
+        while t < s.duration:
+            out.append((t, t + s.stall_s))
+            t += s.stall_s + rng.expovariate(1 / s.stall_every)
+        return out
+
+    def _stall(self) -> float:
+        """How long the member waits for the CPU this time (``cpu_delay``, ``stall_every``)."""
+        now = self.clock.now
+        wait = 0.0
+        i = bisect.bisect_right(self._stall_ends, (now, math.inf)) - 1
+        if i >= 0 and self._stall_ends[i][0] <= now < self._stall_ends[i][1]:
+            wait = self._stall_ends[i][1] - now
+        mean = self.s.cpu_delay
+        return wait + (self._cpu.expovariate(1 / mean) if mean > 0 else 0.0)
+
+    def _later(self, fn: Callable[[], None]) -> None:
+        delay = self._stall()
+        if delay > 0:
+            self.clock.call_later(delay, fn)
+        else:
+            fn()
 
     def _wake(self, name: str, t: float) -> None:
         if self._wake_at.get(name) != t or name in self.crashed:
@@ -420,6 +462,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--gossip-interval", type=float, default=0.2)
     p.add_argument("--probe-interval", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--cpu-delay", type=float, default=0.0, help="mean CPU wait per event, s")
     p.add_argument("--spread", action="store_true", help="dissemination only, for huge N")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -448,6 +491,7 @@ def main(argv: list[str]) -> int:
                 probe_interval=args.probe_interval,
                 gossip_interval=args.gossip_interval,
                 gossip_fanout=args.fanout,
+                cpu_delay=args.cpu_delay,
             )
         )
     print(f"wall {time.perf_counter() - started:.1f}s", file=sys.stderr)

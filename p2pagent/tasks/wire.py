@@ -18,7 +18,7 @@ import msgpack  # type: ignore[import-untyped]
 from p2pagent import errors
 from p2pagent._proto import agent_pb2, common_pb2, peer_pb2
 from p2pagent.errors import RemoteProtocolError
-from p2pagent.inference.tensors import check_wire
+from p2pagent.inference.tensor_checks import check_wire
 from p2pagent.tasks.admission import MAX_INPUT_TENSORS
 from p2pagent.tasks.lifecycle import TaskEvent, TaskState
 from p2pagent.tasks.load import LoadReport, ModelBacklog
@@ -58,7 +58,7 @@ def task_from_spec(spec: peer_pb2.TaskSpec) -> Task:
     """A task received from a peer or read back from the journal; InvalidArgument if bad.
 
     Its input tensors are passed on undecoded, but each one's declared dtype and shape is
-    checked against its bytes first (``tensors.check_wire``): a task a peer hands over
+    checked against its bytes first (``tensor_checks.check_wire``): a task a peer hands over
     (Assign, Steal) may not declare more than it carries."""
     if len(spec.inputs) > MAX_INPUT_TENSORS:
         raise errors.InvalidArgument(
@@ -95,7 +95,7 @@ def tasks_or_errors(specs: Sequence[peer_pb2.TaskSpec]) -> list[Task | errors.P2
 
 def checked_result(r: peer_pb2.CompleteRequest) -> peer_pb2.CompleteRequest:
     """A result from an executor, its outputs checked against their bytes like any tensor
-    received (``tensors.check_wire``): one declaring more than it carries becomes a failed
+    received (``tensor_checks.check_wire``): one declaring more than it carries becomes a failed
     result saying so, rather than reaching the client (and the executor is acknowledged, so
     it stops sending it)."""
     if not r.ok:

@@ -48,6 +48,9 @@ class Daemon:
     env: dict[str, str] = field(default_factory=dict)
     #: Command prefix, e.g. ["ip", "netns", "exec", "ns1"] to run inside a network namespace.
     prefix: list[str] = field(default_factory=list)
+    #: The module run with ``python -m``: the daemon itself, or a wrapper around its ``main``
+    #: (``p2pagent.testing.startup_modules`` reports the modules it imported).
+    module: str = "p2pagent.cli.daemon"
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -67,7 +70,7 @@ class Daemon:
             *self.prefix,
             sys.executable,
             "-m",
-            "p2pagent.cli.daemon",
+            self.module,
             "--name",
             self.name,
             "--listen",

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeAlias
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
-Vector = npt.NDArray[np.float32]
+#: A string at run time: the training modules import numpy only where they compute, so a
+#: node that never averages (most nodes at start-up) does not load it.
+Vector: TypeAlias = "npt.NDArray[np.float32]"
 
 
 class Phase(enum.Enum):

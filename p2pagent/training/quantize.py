@@ -13,8 +13,6 @@ and still agree bit for bit.
 
 from __future__ import annotations
 
-import numpy as np
-
 from p2pagent.errors import InvalidArgument
 from p2pagent.training.messages import Vector
 
@@ -35,6 +33,8 @@ def encoded_bytes(length: int) -> int:
 
 def encode(data: Vector) -> bytes:
     """``data`` (float32) as little-endian float32 scales followed by int8 values."""
+    import numpy as np  # here, not at the top: only a node that averages needs numpy
+
     length = int(data.shape[0])
     padded = np.zeros(blocks(length) * BLOCK, dtype=np.float32)
     padded[:length] = data
@@ -50,6 +50,8 @@ def decode(raw: bytes | bytearray | memoryview, length: int) -> Vector:
     """The float32 values ``encode`` made ``raw`` of. ``raw`` must be ``encoded_bytes(length)``
     long (the wire reader checks before it calls). Raises InvalidArgument for a negative,
     NaN or infinite scale, which no encoder makes."""
+    import numpy as np
+
     n = blocks(length)
     scales = np.frombuffer(raw, dtype="<f4", count=n).astype(np.float32)
     if not (np.isfinite(scales).all() and (scales >= 0).all()):

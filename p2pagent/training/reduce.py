@@ -14,8 +14,6 @@ import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
-
 from p2pagent.training import quantize
 from p2pagent.training.config import TrainingConfig
 from p2pagent.training.messages import Vector
@@ -46,6 +44,8 @@ def weight_problem(weight: float, config: TrainingConfig) -> str | None:
 
 def data_problem(data: object, length: int) -> str | None:
     """Why ``data`` is not a valid slice of ``length`` float32 values, or None."""
+    import numpy as np  # here, not at the top: only a node that averages needs numpy
+
     if not isinstance(data, np.ndarray):
         return "slice is not an array"
     if data.dtype != np.float32:
@@ -64,6 +64,8 @@ def outliers(parts: Mapping[str, Contribution], config: TrainingConfig) -> dict[
     """Sender -> reason for each part whose norm is over ``outlier_norm_factor`` times the
     median norm of the parts (judged only with three parts or more: with two, neither is the
     odd one out)."""
+    import numpy as np
+
     if len(parts) < 3:
         return {}
     norms = {s: float(np.linalg.norm(c.data.astype(np.float64))) for s, c in parts.items()}
@@ -81,6 +83,8 @@ def outliers(parts: Mapping[str, Contribution], config: TrainingConfig) -> dict[
 
 def weighted_average(parts: Mapping[str, Contribution]) -> tuple[Vector, float]:
     """(sum(w * x) / sum(w), sum(w)) over ``parts``, summed in sender order in float64."""
+    import numpy as np
+
     if not parts:
         raise ValueError("no parts to average")
     total = 0.0
@@ -102,7 +106,7 @@ def compress(data: Vector, compression: str) -> Vector:
     """``data`` as the receiver will see it after ``compression`` (fp16: rounded to half;
     int8: rounded to its block's step)."""
     if compression == "fp16":
-        return data.astype(np.float16).astype(np.float32)
+        return data.astype("f2").astype("f4")  # native float16, float32 (numpy spellings)
     if compression == "int8":
         return quantize.round_trip(data)
     return data

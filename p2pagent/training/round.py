@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from p2pagent.training.config import TrainingConfig
 from p2pagent.training.groups import group_id
 from p2pagent.training.messages import Event, Part, Phase, Refused, RoundDone, Send, Vector
@@ -54,6 +52,8 @@ class AveragingRound:
         timeout: float,
         config: TrainingConfig,
     ) -> None:
+        import numpy as np  # here, not at the top: only a node that averages needs numpy
+
         if me not in group:
             raise ValueError(f"{me} is not in its own group")
         self.me, self.run, self.round_no, self.spec = me, run, round_no, spec
@@ -287,6 +287,8 @@ class AveragingRound:
             self._finish(now)
 
     def _finish(self, now: float) -> None:
+        import numpy as np
+
         if self.done is not None:
             return
         kept = tuple(j for j in range(self.k) if self.result[j] is None)

@@ -10,9 +10,6 @@ float32 on arrival.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Iterator
-from typing import Any
-
-import numpy as np
 
 from p2pagent._proto import agent_pb2, peer_pb2
 from p2pagent.errors import InvalidArgument, quoted
@@ -23,10 +20,9 @@ from p2pagent.training.messages import Part, Phase, Vector
 CHUNK_BYTES = 1024 * 1024
 #: Room for a chunk's header fields around its data.
 HEADER_BYTES = 4096
-WIRE_DTYPES: dict[str, np.dtype[np.floating[Any]]] = {
-    "float32": np.dtype("<f4"),
-    "float16": np.dtype("<f2"),
-}
+#: numpy spellings (strings, so that importing this module does not load numpy).
+WIRE_DTYPES = {"float32": "<f4", "float16": "<f2"}
+WIRE_ITEMSIZE = {"float32": 4, "float16": 2}
 #: Block-wise 8-bit values with a float32 scale per block (``quantize.py``).
 INT8 = "int8"
 #: The wire dtype of each ``training.compression``.
@@ -37,7 +33,7 @@ def wire_bytes(length: int, dtype: str) -> int:
     """Bytes of data a part of ``length`` values takes on the wire as ``dtype``."""
     if dtype == INT8:
         return quantize.encoded_bytes(length)
-    return length * WIRE_DTYPES[dtype].itemsize
+    return length * WIRE_ITEMSIZE[dtype]
 
 
 def encode(data: Vector, dtype: str) -> bytes:
@@ -103,6 +99,8 @@ async def read_part(
     if header.dtype == INT8:
         values = quantize.decode(buf, header.length)
     else:
+        import numpy as np  # here, not at the top: only a node that averages needs numpy
+
         # Read in place (no copy of the bytes); astype makes the one copy the part keeps.
         values = np.frombuffer(buf, dtype=WIRE_DTYPES[header.dtype]).astype(np.float32)
     return Part(
@@ -119,6 +117,8 @@ async def read_part(
 
 
 def vector_chunks(vector: Vector) -> Iterator[bytes]:
+    import numpy as np
+
     raw = np.ascontiguousarray(vector, dtype="<f4").tobytes()
     for at in range(0, max(len(raw), 1), CHUNK_BYTES):
         yield raw[at : at + CHUNK_BYTES]
@@ -149,4 +149,6 @@ async def read_average_request(
         raise InvalidArgument(
             f"parameter data has {len(buf)} bytes, the header declared {expected}"
         )
+    import numpy as np
+
     return header, np.frombuffer(buf, dtype="<f4").astype(np.float32)

@@ -10,7 +10,7 @@ from p2pagent import errors
 from p2pagent._proto import common_pb2, peer_pb2
 from p2pagent.api.peer import request_limits
 from p2pagent.config import Config
-from p2pagent.inference import tensors
+from p2pagent.inference import tensor_checks
 from p2pagent.membership import codec as membership_codec
 from p2pagent.state import codec as state_codec
 from p2pagent.tasks import wire
@@ -114,13 +114,13 @@ def test_a_handed_over_task_with_a_huge_id_or_too_many_inputs_is_refused() -> No
 def test_check_wire_refuses_deep_and_negative_shapes() -> None:
     deep = common_pb2.Tensor(dtype=common_pb2.DTYPE_UINT8, shape=[1] * 1000, data=b"\x00")
     with pytest.raises(errors.InvalidArgument, match="1000 dimensions"):
-        tensors.check_wire(deep)
+        tensor_checks.check_wire(deep)
     negative = common_pb2.Tensor(dtype=common_pb2.DTYPE_UINT8, shape=[-1, -1], data=b"\x01")
     with pytest.raises(errors.InvalidArgument, match="negative"):
-        tensors.check_wire(negative)
+        tensor_checks.check_wire(negative)
     long_name = common_pb2.Tensor(name="n" * (1 << 20), dtype=99, shape=[1])  # type: ignore[arg-type]
     with pytest.raises(errors.InvalidArgument) as e:
-        tensors.check_wire(long_name)
+        tensor_checks.check_wire(long_name)
     assert len(str(e.value)) < 400
 
 

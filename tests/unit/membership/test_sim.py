@@ -64,3 +64,31 @@ def test_same_seed_same_output(capsys: pytest.CaptureFixture[str]) -> None:
         "messages_per_node_per_s",
         "bytes_per_node_per_s",
     } <= set(outputs[0])
+
+
+def _idle_bytes_per_member(n: int) -> float:
+    span = 2 * timing.push_pull_interval(15.0, n)  # two push-pull intervals at that N
+    r = simulate(MembershipScenario(nodes=n, duration=span, join_at=span + 1, crash_at=span + 1))
+    return r.bytes_per_node_per_s
+
+
+def test_idle_bytes_per_member_are_flat_from_eight_members() -> None:
+    # The target compares N = 64 with N = 8. Push-pull tables grow with N, so their
+    # interval must stretch from 8 on (from 16, N = 64 sent 1.3x the bytes of N = 8 here).
+    small, big = _idle_bytes_per_member(8), _idle_bytes_per_member(64)
+    assert big <= 1.1 * small, (small, big)
+
+
+def test_a_busy_cpu_slows_crash_detection_only_a_little() -> None:
+    # Members whose loops run late (a starved machine: every member waits for the CPU at
+    # once every ~2 s, for half a second) still detect a crash near memberlist's model time.
+    n = 32
+    model = 2.0 + timing.suspicion_min(4, n, 1.0)
+    r = simulate(
+        MembershipScenario(
+            nodes=n, duration=60, join_at=100, crash_at=30, seed=2,
+            cpu_delay=0.02, stall_every=2.0, stall_s=0.5,
+        )
+    )  # fmt: skip
+    assert r.false_positives == 0, r.dead_declared_wrongly
+    assert r.detection_seconds is not None and r.detection_seconds <= 1.5 * model

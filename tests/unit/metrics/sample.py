@@ -25,7 +25,9 @@ def sample_registry() -> RpcMetrics:
     reg = rpc.registry
     reg.register(
         SnapshotCollector(
-            lambda: membership.MembershipSnapshot({"alive": 2, "dead": 1}, 4, 100, 3, 2, 1, 1, 5),
+            lambda: membership.MembershipSnapshot(
+                {"alive": 2, "dead": 1}, 4, 100, 3, 2, 1, 1, 5, awareness=3, late_ticks=6
+            ),
             membership.render,
         )
     )

@@ -31,6 +31,8 @@ def test_node_families_render_their_snapshot_values() -> None:
     # A state nobody is in is still a series, at 0: an alert on it sees 0, not "no data".
     assert samples[("p2pagent_members", frozenset({("state", "suspect")}))] == 0
     assert samples[("p2pagent_membership_suspicions_total", frozenset())] == 2
+    assert samples[("p2pagent_membership_awareness", frozenset())] == 3
+    assert samples[("p2pagent_membership_late_ticks_total", frozenset())] == 6
     assert samples[("p2pagent_state_keys", frozenset())] == 7
     sent_delta = frozenset({("direction", "sent"), ("kind", "delta")})
     assert samples[("p2pagent_state_sync_bytes_total", sent_delta)] == 900
