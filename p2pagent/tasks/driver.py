@@ -236,7 +236,21 @@ class TasksDriver:
         owner: str = "",
     ) -> str:
         """Journals and queues a task for caller identity ``owner`` (counted against its
-        quotas until the result is delivered); returns the task's id."""
+        quotas until the result is delivered); returns the task's id once it is durable."""
+        task_id, journaled = self.accept(request, owner)
+        await self.journaled(task_id, journaled)
+        return task_id
+
+    def accept(
+        self,
+        request: agent_pb2.SubmitRequest
+        | agent_pb2.SubmitAndWaitRequest
+        | agent_pb2.SubmitStreamRequest,
+        owner: str = "",
+    ) -> tuple[str, asyncio.Future[None]]:
+        """The first half of :meth:`submit`: the task is admitted, its journal entry is being
+        written and it is queued. Returns its id and the journal write, which
+        :meth:`journaled` awaits before the id may be shown to anyone."""
         if not request.model:
             raise InvalidArgument("SubmitRequest.model is empty: name the model to run")
         if not math.isfinite(request.deadline_s) or request.deadline_s < 0:
@@ -263,6 +277,11 @@ class TasksDriver:
         self._submitted_at[task.task_id] = (now, task.model)
         self.counters.submitted += 1
         self.adapter.carry_out(self.core.submit(task, now))
+        return task.task_id, journaled
+
+    async def journaled(self, task_id: str, journaled: asyncio.Future[None]) -> None:
+        """Waits until the task :meth:`accept` took is durable; raises Unavailable (and fails
+        the task) when its journal entry could not be written."""
         try:
             await asyncio.shield(journaled)
         except asyncio.CancelledError:
@@ -271,9 +290,16 @@ class TasksDriver:
             # Not durable, so not accepted: the caller gets the error and never learns the id;
             # the task is failed here so that it does not linger or run.
             message = f"not journaled: {e}"
-            self.adapter.carry_out(self.core.fail(task.task_id, "UNAVAILABLE", message, now))
+            now = self.adapter.now()
+            self.adapter.carry_out(self.core.fail(task_id, "UNAVAILABLE", message, now))
             raise self._not_journaled(e) from e
-        return task.task_id
+
+    def cancel(self, task_id: str, message: str) -> None:
+        """Fails the task ``CANCELLED`` unless it has finished (a ``SubmitStream`` client
+        cancelled it before it learned its id): a queued copy is dropped, a running one's
+        result is ignored, and the failure is journaled like any result."""
+        now = self.adapter.now()
+        self.adapter.carry_out(self.core.fail(task_id, "CANCELLED", message, now))
 
     def _not_journaled(self, e: Exception) -> Unavailable:
         return Unavailable(
@@ -301,6 +327,8 @@ class TasksDriver:
         now = self.adapter.now()
         task = self._new_task(request, now, deadline_s)
         self.quotas.admit(owner, task.task_id, task.input_bytes, self.backlog_s())
+        if self.core.start_now(task, now):
+            return await self._run_now(task, decoded)
         future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
         self._inline[task.task_id] = future
         self.runs.keep_decoded(task.task_id, decoded)
@@ -309,6 +337,17 @@ class TasksDriver:
         # If the caller goes away, the task still finishes (or expires) and its result is
         # dropped on delivery; the entry stays until then so that it is not journaled.
         return await asyncio.shield(future)
+
+    async def _run_now(self, task: Task, decoded: Any) -> TaskResult:
+        """An Infer the core started at once (``TaskNode.start_now``): run in the caller's
+        coroutine, with no lease, queue entry, adapter task or future to hand the result
+        through. A caller that goes away cancels its engine request with it: nothing else
+        waits for the result."""
+        try:
+            return await self.runs.run(task, decoded)
+        finally:
+            self.quotas.release(task.task_id)
+            self.adapter.carry_out(self.core.on_now_finished(task.task_id, self.adapter.now()))
 
     # ---- the result store (the adapter's ResultSink) ----------------------------------------
 
