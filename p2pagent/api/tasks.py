@@ -123,10 +123,11 @@ class TasksAgentApi(_TasksAccess):
         | agent_pb2.SubmitAndWaitRequest
         | agent_pb2.SubmitStreamRequest,
         owner: str,
+        with_result: bool = False,
     ) -> str:
         # Validates the tensors here, so a bad one is refused before it is journaled.
         admit(self._tasks_node, request)
-        return await self._tasks().submit(request, owner)
+        return await self._tasks().submit(request, owner, with_result)
 
     async def Submit(
         self, request: agent_pb2.SubmitRequest, context: Ctx
@@ -145,7 +146,7 @@ class TasksAgentApi(_TasksAccess):
     async def SubmitAndWait(
         self, request: agent_pb2.SubmitAndWaitRequest, context: Ctx
     ) -> AsyncIterator[agent_pb2.SubmitAndWaitResponse]:
-        task_id = await self._submit(request, caller_identity(context).uri)
+        task_id = await self._submit(request, caller_identity(context).uri, with_result=True)
         async for event in self._tasks().wait(task_id):
             yield agent_pb2.SubmitAndWaitResponse(event=event)
 
@@ -163,7 +164,7 @@ class TasksAgentApi(_TasksAccess):
         ) -> agent_pb2.SubmitStreamResponse:
             tasks = self._tasks()
             admit(self._tasks_node, request)  # a bad tensor is refused before it is journaled
-            task_id, journaled = tasks.accept(request, owner)
+            task_id, journaled = tasks.accept(request, owner, with_result=True)
             unjournaled[request.request_id] = task_id
             try:
                 await tasks.journaled(task_id, journaled)

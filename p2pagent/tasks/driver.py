@@ -46,6 +46,7 @@ from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.core import TaskNode
 from p2pagent.tasks.hinting import HintChannel, from_hint
 from p2pagent.tasks.journal import Submitted, TaskJournal
+from p2pagent.tasks.journal_hold import HoldingJournal
 from p2pagent.tasks.leases import LeaseTable
 from p2pagent.tasks.lifecycle import TaskEvent
 from p2pagent.tasks.peers import GrpcPeerTransport, PeerTransport
@@ -110,6 +111,8 @@ class TasksDriver:
         #: At most this many Agent.Infer calls wait here at once (back-pressure).
         self.inline_bound = inline_bound
         self._journal = journal or TaskJournal(data_dir / "tasks.db", self.cfg)
+        #: Every write goes through this: it may hold a submission to commit with its result.
+        self._writes = HoldingJournal(self._journal)
         self._members = members
         self._channels = channels
         self._metrics = metrics
@@ -129,7 +132,7 @@ class TasksDriver:
                 raise ValueError("TasksDriver needs channels or a peer transport")
             peers = GrpcPeerTransport(members, channels)
         self.adapter = TaskAdapter(
-            self.core, peers=peers, runs=self.runs, journal=self._journal, sink=self,
+            self.core, peers=peers, runs=self.runs, journal=self._writes, sink=self,
             hints=hints, clock=clock,
         )  # fmt: skip
         self._hints = hints
@@ -201,7 +204,7 @@ class TasksDriver:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         await self.adapter.stop()
-        await self._journal.close()
+        await self._writes.close()
 
     # ---- origin: submit, wait ---------------------------------------------------------------
 
@@ -234,10 +237,12 @@ class TasksDriver:
         | agent_pb2.SubmitAndWaitRequest
         | agent_pb2.SubmitStreamRequest,
         owner: str = "",
+        with_result: bool = False,
     ) -> str:
         """Journals and queues a task for caller identity ``owner`` (counted against its
-        quotas until the result is delivered); returns the task's id once it is durable."""
-        task_id, journaled = self.accept(request, owner)
+        quotas until the result is delivered); returns the task's id once it is durable.
+        ``with_result``: as for :meth:`accept`."""
+        task_id, journaled = self.accept(request, owner, with_result)
         await self.journaled(task_id, journaled)
         return task_id
 
@@ -247,10 +252,13 @@ class TasksDriver:
         | agent_pb2.SubmitAndWaitRequest
         | agent_pb2.SubmitStreamRequest,
         owner: str = "",
+        with_result: bool = False,
     ) -> tuple[str, asyncio.Future[None]]:
         """The first half of :meth:`submit`: the task is admitted, its journal entry is being
         written and it is queued. Returns its id and the journal write, which
-        :meth:`journaled` awaits before the id may be shown to anyone."""
+        :meth:`journaled` awaits before the id may be shown to anyone. ``with_result``: the
+        caller waits for the result on the same call, so a short task's submission may be
+        held to commit with its result (``tasks/journal_hold.py``)."""
         if not request.model:
             raise InvalidArgument("SubmitRequest.model is empty: name the model to run")
         if not math.isfinite(request.deadline_s) or request.deadline_s < 0:
@@ -270,7 +278,10 @@ class TasksDriver:
         # waits for the sync, and its result cannot be shown before it, since results are
         # journaled after it in commit order. This hides the sync behind the execution.
         try:
-            journaled = self._journal.write(Submitted(task_to_spec(task), now))
+            hold_s = self.cfg.journal_hold_s
+            if not with_result or task.est_cost_s >= hold_s:
+                hold_s = 0.0
+            journaled = self._writes.hold(Submitted(task_to_spec(task), now), hold_s)
         except Unavailable as e:  # the journal is down: refused before anything happened
             self.quotas.release(task.task_id)
             raise self._not_journaled(e) from e
