@@ -164,11 +164,16 @@ async def serve(
                 raise failure
             if answer is None:
                 continue
-            yield answer
+            # Handed to grpc now: counted as written before the yield, not after it returns.
+            # grpc resumes this generator only once the write has completed, and the client
+            # may have read this answer and sent its next request by then: a slot it was
+            # right to think free would be refused. Held at most: ``limit`` answers here, one
+            # in grpc's hands.
             if kind == _FINAL:
                 window.written(request_id)
             elif kind == _REFUSAL:
                 window.written(None)
+            yield answer
     finally:
         tasks = [reader, *running.values()]
         for task in tasks:
