@@ -12,8 +12,9 @@ through grpc's blocking client, which adds less of its own per call (server stre
 the calling thread).
 ``--against TREE`` compares two builds under the same load: it also starts a daemon from
 another source tree (a ``git worktree`` of the commit before a change) and alternates
-sequential pairs between the two, printing each one's quartiles. On this shared machine,
-runs minutes apart differ by more than most changes do; pairs alternated call by call do not.
+sequential pairs, then SubmitAndWait calls, between the two, printing each one's quartiles.
+On this shared machine, runs minutes apart differ by more than most changes do; pairs
+alternated call by call do not.
 ``--breakdown`` prints instead the p50 and the daemon's CPU per call of a pair, a
 SubmitAndWait, an Infer, a Submit alone and a Wait on a finished task: where a pair's time
 goes.
@@ -259,30 +260,37 @@ def sync_client_p50_ms(d: Daemon, certs_dir: Path, n: int) -> dict[str, float]:
 
 
 def interleaved_pairs_ms(daemons: dict[str, Daemon], certs_dir: Path, n: int) -> None:
-    """Sequential Submit + Wait pairs through the blocking client, alternating between the
-    daemons call by call; prints each one's p25 / p50 / p75."""
+    """Sequential Submit + Wait pairs, then SubmitAndWait calls, through the blocking client,
+    alternating between the daemons call by call; prints each one's p25 / p50 / p75."""
     creds = _client_credentials(certs_dir)
     x = tensors.to_proto("input", demo_model.sample_input(1))
     submit = agent_pb2.SubmitRequest(model="noop", inputs=[x])
+    one_call = agent_pb2.SubmitAndWaitRequest(model="noop", inputs=[x])
     channels = {
         k: grpc.secure_channel(d.address, creds, options=_blocking_options())
         for k, d in daemons.items()
     }
-    samples: dict[str, list[float]] = {k: [] for k in daemons}
+    kinds: dict[str, Callable[[agent_pb2_grpc.AgentServiceStub], None]] = {
+        "Submit+Wait": lambda stub: _blocking_pair(stub, submit),
+        "SubmitAndWait": lambda stub: _blocking_stream(stub, one_call),
+    }
     try:
         stubs = {k: agent_pb2_grpc.AgentServiceStub(ch) for k, ch in channels.items()}
-        for i in range(n + 20):  # the first 20 warm up
-            for k, stub in stubs.items():
-                t0 = time.perf_counter()
-                _blocking_pair(stub, submit)
-                if i >= 20:
-                    samples[k].append(time.perf_counter() - t0)
+        for kind, call in kinds.items():
+            samples: dict[str, list[float]] = {k: [] for k in daemons}
+            for i in range(n + 20):  # the first 20 warm up
+                for k, stub in stubs.items():
+                    t0 = time.perf_counter()
+                    call(stub)
+                    if i >= 20:
+                        samples[k].append(time.perf_counter() - t0)
+            for k, xs in samples.items():
+                q1, q2, q3 = (1000 * q for q in statistics.quantiles(xs, n=4))
+                print(f"interleaved {kind}, {k}: p25 {q1:.3f} ms, p50 {q2:.3f} ms, "
+                      f"p75 {q3:.3f} ms")  # fmt: skip
     finally:
         for ch in channels.values():
             ch.close()
-    for k, xs in samples.items():
-        q1, q2, q3 = (1000 * q for q in statistics.quantiles(xs, n=4))
-        print(f"interleaved Submit+Wait, {k}: p25 {q1:.3f} ms, p50 {q2:.3f} ms, p75 {q3:.3f} ms")
 
 
 def breakdown(d: Daemon, certs_dir: Path, n: int) -> None:

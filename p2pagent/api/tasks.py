@@ -123,10 +123,11 @@ class TasksAgentApi(_TasksAccess):
         | agent_pb2.SubmitAndWaitRequest
         | agent_pb2.SubmitStreamRequest,
         owner: str,
+        with_result: bool = False,
     ) -> str:
         # Validates the tensors here, so a bad one is refused before it is journaled.
         admit(self._tasks_node, request)
-        return await self._tasks().submit(request, owner)
+        return await self._tasks().submit(request, owner, with_result)
 
     async def Submit(
         self, request: agent_pb2.SubmitRequest, context: Ctx
@@ -145,7 +146,7 @@ class TasksAgentApi(_TasksAccess):
     async def SubmitAndWait(
         self, request: agent_pb2.SubmitAndWaitRequest, context: Ctx
     ) -> AsyncIterator[agent_pb2.SubmitAndWaitResponse]:
-        task_id = await self._submit(request, caller_identity(context).uri)
+        task_id = await self._submit(request, caller_identity(context).uri, with_result=True)
         async for event in self._tasks().wait(task_id):
             yield agent_pb2.SubmitAndWaitResponse(event=event)
 
@@ -154,11 +155,21 @@ class TasksAgentApi(_TasksAccess):
     ) -> AsyncIterator[agent_pb2.SubmitStreamResponse]:
         owner = caller_identity(context).uri
         node_name = self._tasks_node.tasks.name
+        #: Requests whose task is accepted but not journaled yet (request id -> task id):
+        #: the client does not know the task's id, so a cancel must reach the task itself.
+        unjournaled: dict[int, str] = {}
 
         async def run(
             request: agent_pb2.SubmitStreamRequest, send: Send
         ) -> agent_pb2.SubmitStreamResponse:
-            task_id = await self._submit(request, owner)
+            tasks = self._tasks()
+            admit(self._tasks_node, request)  # a bad tensor is refused before it is journaled
+            task_id, journaled = tasks.accept(request, owner, with_result=True)
+            unjournaled[request.request_id] = task_id
+            try:
+                await tasks.journaled(task_id, journaled)
+            finally:
+                del unjournaled[request.request_id]
             # Journaled: the client learns the id now, so it can Wait after a lost stream.
             queued = agent_pb2.TaskEvent(
                 task_id=task_id, kind=agent_pb2.TaskEvent.KIND_QUEUED, node=node_name,
@@ -166,9 +177,22 @@ class TasksAgentApi(_TasksAccess):
             )  # fmt: skip
             send(agent_pb2.SubmitStreamResponse(request_id=request.request_id, event=queued))
             final = queued
-            async for event in self._tasks().wait(task_id):
+            async for event in tasks.wait(task_id):
                 final = event
+            # Cancelled before it was journaled: this final event says what the cancel did
+            # (FAILED with CANCELLED, or DONE when the task had finished first).
             return agent_pb2.SubmitStreamResponse(request_id=request.request_id, event=final)
+
+        def on_cancel(request_id: int) -> bool:
+            task_id = unjournaled.get(request_id)
+            if task_id is None:
+                return False  # the client knows the id: only the following stops
+            # Failed CANCELLED unless finished (again: a no-op); the request runs on to tell
+            # the client the id and what became of the task.
+            self._tasks().cancel(
+                task_id, f"request {request_id} was cancelled by the client on SubmitStream"
+            )
+            return True
 
         protocol = StreamProtocol(
             run=run,
@@ -178,6 +202,7 @@ class TasksAgentApi(_TasksAccess):
             error_answer=lambda i, code, message: agent_pb2.SubmitStreamResponse(
                 request_id=i, error_code=code, error_message=message
             ),
+            on_cancel=on_cancel,
         )
         limit = self._tasks_node.config.transport.stream_max_in_flight
         window = RequestWindow(limit, "transport.stream_max_in_flight")

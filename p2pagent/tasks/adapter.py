@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol
 
 from p2pagent.errors import P2PAgentError, Unavailable
@@ -99,6 +99,8 @@ class Journal(Protocol):
     async def open(self) -> list[JournalRow]: ...
 
     def write(self, write: Write) -> asyncio.Future[None]: ...
+
+    def write_many(self, writes: Sequence[Write]) -> list[asyncio.Future[None]]: ...
 
     async def purge(self, finished_before: float) -> None: ...
 

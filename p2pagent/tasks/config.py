@@ -147,6 +147,12 @@ class TasksConfig:
     #: How long starting waits for the writer's first answer before the node refuses to start
     #: (a stalled disk).
     journal_open_timeout_s: float = 30.0
+    #: The submission of a task whose caller waits for its result on the same call
+    #: (``SubmitAndWait``, ``SubmitStream``) and whose estimate is below this is held back up
+    #: to this long: if the task finishes meanwhile, its submission and result are committed
+    #: together, one fsync instead of two in a row. Nothing is shown before it is durable;
+    #: only the first event (the id) of such a call comes later. 0: never held.
+    journal_hold_s: float = 0.005
 
     def validate(self) -> TasksConfig:
         from p2pagent.tasks.placement import PLACEMENTS  # it imports this module
@@ -191,6 +197,11 @@ class TasksConfig:
             )
         if not 0 < self.ewma_alpha <= 1:
             raise ConfigError(f"tasks.ewma_alpha must be in (0, 1], got {self.ewma_alpha}")
+        if not 0 <= self.journal_hold_s <= 1:
+            raise ConfigError(
+                "tasks.journal_hold_s must be 0-1 seconds (0: never hold), "
+                f"got {self.journal_hold_s}"
+            )
         if self.steal_answer_margin_s < 0:
             raise ConfigError("tasks.steal_answer_margin_s must be >= 0 seconds")
         if self.journal_restart_max_s < self.journal_restart_delay_s:

@@ -210,8 +210,12 @@ class TaskNode:
         self._finished_at[task_id] = finished
 
     def fail(self, task_id: str, code: str, message: str, now: float) -> list[Effect]:
-        """Fails an unfinished task for a reason found by the driver (not journaled)."""
-        self._apply(self.leases.fail(task_id, code, message, now), now)
+        """Fails an unfinished task for a reason found by the driver (not journaled, or
+        cancelled by its client); a copy still queued here is dropped with it."""
+        actions = self.leases.fail(task_id, code, message, now)
+        if actions and self.queue.state(task_id) is EntryState.QUEUED:
+            self.queue.remove(task_id)
+        self._apply(actions, now)
         return self._flush()
 
     def on_complete(self, result: TaskResult, now: float) -> tuple[bool, list[Effect]]:
@@ -275,6 +279,31 @@ class TaskNode:
         if self.queue.state(task.task_id) is EntryState.RUNNING:
             self.queue.finish(task.task_id)  # not if it expired meanwhile
         self._hand_back(task, result, now)
+        self._changed(now)
+        return self._flush()
+
+    def start_now(self, task: Task, now: float) -> bool:
+        """An ``Agent.Infer`` of this origin that may run here at once, without a lease, a
+        queue entry or a placement: nothing is queued, so it passes no one, and the engine is
+        under its run-ahead (the scheduler itself would start it at once, here: work
+        stealing places every task at its origin first). Counted as running while it runs,
+        so our load, our hints and the run-ahead of other work see it. False: submit it."""
+        if (
+            not self.placement.always_local
+            or self.queue.head() is not None
+            or len(self._running) >= self.capacity
+            or not self._may_start_another(now)
+        ):
+            return False
+        self._running[task.task_id] = task
+        self._dirty = True  # our load changed: the periodic work looks within tick_s
+        return True
+
+    def on_now_finished(self, task_id: str, now: float) -> list[Effect]:
+        """The engine is done with a task :meth:`start_now` started (either way; its caller
+        has its answer): what waited behind it may start."""
+        if self._running.pop(task_id, None) is not None:
+            self.stats.completed += 1
         self._changed(now)
         return self._flush()
 

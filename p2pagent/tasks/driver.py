@@ -46,6 +46,7 @@ from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.core import TaskNode
 from p2pagent.tasks.hinting import HintChannel, from_hint
 from p2pagent.tasks.journal import Submitted, TaskJournal
+from p2pagent.tasks.journal_hold import HoldingJournal
 from p2pagent.tasks.leases import LeaseTable
 from p2pagent.tasks.lifecycle import TaskEvent
 from p2pagent.tasks.peers import GrpcPeerTransport, PeerTransport
@@ -110,6 +111,8 @@ class TasksDriver:
         #: At most this many Agent.Infer calls wait here at once (back-pressure).
         self.inline_bound = inline_bound
         self._journal = journal or TaskJournal(data_dir / "tasks.db", self.cfg)
+        #: Every write goes through this: it may hold a submission to commit with its result.
+        self._writes = HoldingJournal(self._journal)
         self._members = members
         self._channels = channels
         self._metrics = metrics
@@ -129,7 +132,7 @@ class TasksDriver:
                 raise ValueError("TasksDriver needs channels or a peer transport")
             peers = GrpcPeerTransport(members, channels)
         self.adapter = TaskAdapter(
-            self.core, peers=peers, runs=self.runs, journal=self._journal, sink=self,
+            self.core, peers=peers, runs=self.runs, journal=self._writes, sink=self,
             hints=hints, clock=clock,
         )  # fmt: skip
         self._hints = hints
@@ -201,7 +204,7 @@ class TasksDriver:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         await self.adapter.stop()
-        await self._journal.close()
+        await self._writes.close()
 
     # ---- origin: submit, wait ---------------------------------------------------------------
 
@@ -234,9 +237,28 @@ class TasksDriver:
         | agent_pb2.SubmitAndWaitRequest
         | agent_pb2.SubmitStreamRequest,
         owner: str = "",
+        with_result: bool = False,
     ) -> str:
         """Journals and queues a task for caller identity ``owner`` (counted against its
-        quotas until the result is delivered); returns the task's id."""
+        quotas until the result is delivered); returns the task's id once it is durable.
+        ``with_result``: as for :meth:`accept`."""
+        task_id, journaled = self.accept(request, owner, with_result)
+        await self.journaled(task_id, journaled)
+        return task_id
+
+    def accept(
+        self,
+        request: agent_pb2.SubmitRequest
+        | agent_pb2.SubmitAndWaitRequest
+        | agent_pb2.SubmitStreamRequest,
+        owner: str = "",
+        with_result: bool = False,
+    ) -> tuple[str, asyncio.Future[None]]:
+        """The first half of :meth:`submit`: the task is admitted, its journal entry is being
+        written and it is queued. Returns its id and the journal write, which
+        :meth:`journaled` awaits before the id may be shown to anyone. ``with_result``: the
+        caller waits for the result on the same call, so a short task's submission may be
+        held to commit with its result (``tasks/journal_hold.py``)."""
         if not request.model:
             raise InvalidArgument("SubmitRequest.model is empty: name the model to run")
         if not math.isfinite(request.deadline_s) or request.deadline_s < 0:
@@ -256,13 +278,21 @@ class TasksDriver:
         # waits for the sync, and its result cannot be shown before it, since results are
         # journaled after it in commit order. This hides the sync behind the execution.
         try:
-            journaled = self._journal.write(Submitted(task_to_spec(task), now))
+            hold_s = self.cfg.journal_hold_s
+            if not with_result or task.est_cost_s >= hold_s:
+                hold_s = 0.0
+            journaled = self._writes.hold(Submitted(task_to_spec(task), now), hold_s)
         except Unavailable as e:  # the journal is down: refused before anything happened
             self.quotas.release(task.task_id)
             raise self._not_journaled(e) from e
         self._submitted_at[task.task_id] = (now, task.model)
         self.counters.submitted += 1
         self.adapter.carry_out(self.core.submit(task, now))
+        return task.task_id, journaled
+
+    async def journaled(self, task_id: str, journaled: asyncio.Future[None]) -> None:
+        """Waits until the task :meth:`accept` took is durable; raises Unavailable (and fails
+        the task) when its journal entry could not be written."""
         try:
             await asyncio.shield(journaled)
         except asyncio.CancelledError:
@@ -271,9 +301,16 @@ class TasksDriver:
             # Not durable, so not accepted: the caller gets the error and never learns the id;
             # the task is failed here so that it does not linger or run.
             message = f"not journaled: {e}"
-            self.adapter.carry_out(self.core.fail(task.task_id, "UNAVAILABLE", message, now))
+            now = self.adapter.now()
+            self.adapter.carry_out(self.core.fail(task_id, "UNAVAILABLE", message, now))
             raise self._not_journaled(e) from e
-        return task.task_id
+
+    def cancel(self, task_id: str, message: str) -> None:
+        """Fails the task ``CANCELLED`` unless it has finished (a ``SubmitStream`` client
+        cancelled it before it learned its id): a queued copy is dropped, a running one's
+        result is ignored, and the failure is journaled like any result."""
+        now = self.adapter.now()
+        self.adapter.carry_out(self.core.fail(task_id, "CANCELLED", message, now))
 
     def _not_journaled(self, e: Exception) -> Unavailable:
         return Unavailable(
@@ -301,6 +338,8 @@ class TasksDriver:
         now = self.adapter.now()
         task = self._new_task(request, now, deadline_s)
         self.quotas.admit(owner, task.task_id, task.input_bytes, self.backlog_s())
+        if self.core.start_now(task, now):
+            return await self._run_now(task, decoded)
         future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
         self._inline[task.task_id] = future
         self.runs.keep_decoded(task.task_id, decoded)
@@ -309,6 +348,17 @@ class TasksDriver:
         # If the caller goes away, the task still finishes (or expires) and its result is
         # dropped on delivery; the entry stays until then so that it is not journaled.
         return await asyncio.shield(future)
+
+    async def _run_now(self, task: Task, decoded: Any) -> TaskResult:
+        """An Infer the core started at once (``TaskNode.start_now``): run in the caller's
+        coroutine, with no lease, queue entry, adapter task or future to hand the result
+        through. A caller that goes away cancels its engine request with it: nothing else
+        waits for the result."""
+        try:
+            return await self.runs.run(task, decoded)
+        finally:
+            self.quotas.release(task.task_id)
+            self.adapter.carry_out(self.core.on_now_finished(task.task_id, self.adapter.now()))
 
     # ---- the result store (the adapter's ResultSink) ----------------------------------------
 

@@ -30,6 +30,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,10 +139,12 @@ class _Writer:
         self.stdin = transport
         self.up = not self.ended
 
-    def send(self, frame: bytes, future: asyncio.Future[None], submitted: str | None) -> None:
+    def send(self, frames: list[tuple[bytes, asyncio.Future[None], str | None]]) -> None:
+        """Writes ``frames`` to the pipe in one piece: the writer reads them as one group."""
         assert self.stdin is not None
-        self.unacked.append((future, submitted))
-        self.stdin.write(frame)
+        for _, future, submitted in frames:
+            self.unacked.append((future, submitted))
+        self.stdin.write(b"".join(frame for frame, _, _ in frames))
 
     def replies_received(self, data: bytes) -> None:
         self.replies.feed(data)
@@ -265,8 +268,20 @@ class TaskJournal:
         """Sends ``write`` now (writes commit in the order they are made) and returns a future
         that resolves once it is durable, so that the caller can start work that does not need
         it durable yet before awaiting it. Raises Unavailable at once while the writer is down."""
-        submitted = write.spec.task_id if isinstance(write, Submitted) else None
-        return self._send(encode(write), submitted)
+        return self.write_many([write])[0]
+
+    def write_many(self, writes: Sequence[Write]) -> list[asyncio.Future[None]]:
+        """As :meth:`write`, for several writes sent in one piece, so that the writer commits
+        them in one group (one fsync) when it is not already busy with another."""
+        self._check_up()
+        loop = asyncio.get_running_loop()
+        frames = [
+            (encode(w), loop.create_future(), w.spec.task_id if isinstance(w, Submitted) else None)
+            for w in writes
+        ]
+        assert self._writer is not None
+        self._writer.send(frames)
+        return [future for _, future, _ in frames]
 
     async def purge(self, finished_before: float) -> None:
         """Forgets results delivered before ``finished_before``."""
@@ -293,7 +308,14 @@ class TaskJournal:
                 w.process.kill()
         await asyncio.get_running_loop().run_in_executor(None, w.process.wait)
 
-    def _send(self, frame: bytes, submitted: str | None = None) -> asyncio.Future[None]:
+    def _send(self, frame: bytes) -> asyncio.Future[None]:
+        self._check_up()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        assert self._writer is not None
+        self._writer.send([(frame, future, None)])
+        return future
+
+    def _check_up(self) -> None:
         w = self._writer
         if self._closed:
             raise Unavailable("the node is stopping; the task journal is closed")
@@ -304,9 +326,6 @@ class TaskJournal:
                 "the task journal's writer process stopped and is being restarted: retry in a "
                 "moment, or submit to another node"
             )
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        w.send(frame, future, submitted)
-        return future
 
     async def _start_writer(self) -> None:
         argv = [sys.executable, "-P", journal_writer.__file__, str(self.path)]

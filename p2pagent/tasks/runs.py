@@ -87,13 +87,14 @@ class EngineRuns:
     def drop_decoded(self, task_id: str) -> None:
         self._decoded.pop(task_id, None)
 
-    async def run(self, task: Task) -> TaskResult:
-        """Runs ``task``; a failure is a failed result, never an exception (but cancellation)."""
+    async def run(self, task: Task, decoded: Any = None) -> TaskResult:
+        """Runs ``task`` (``decoded``: its inputs, already decoded by an Infer caller); a
+        failure is a failed result, never an exception (but cancellation)."""
         from p2pagent.inference import tensors
 
         start = time.perf_counter()
         try:
-            inputs = self._decoded.pop(task.task_id, None)
+            inputs = decoded if decoded is not None else self._decoded.pop(task.task_id, None)
             if inputs is None:
                 # Host views of the wire bytes, as Infer decodes: no torch on the event loop.
                 inputs = tensors.many_decode(task.inputs or [], 1 << 28)  # type: ignore[arg-type]

@@ -1,14 +1,16 @@
 """An in-memory task journal with the interface of ``tasks/journal.py``'s ``TaskJournal``.
 
-Writes are durable at once (or held while :attr:`MemoryJournal.down` is set, as a journal
-whose writer process is being restarted refuses them); its rows survive a driver restart when
-the same object is given to the next driver. For deterministic tests of the task driver: no
-child process, no disk.
+Writes are durable at once (or refused while :attr:`MemoryJournal.down` is set, as a journal
+whose writer process is being restarted refuses them; or pending while
+:attr:`MemoryJournal.holding` is set, as during a slow fsync); its rows survive a driver
+restart when the same object is given to the next driver. For deterministic tests of the
+task driver: no child process, no disk.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from p2pagent.errors import Unavailable
 from p2pagent.tasks.journal import JournalRow, Submitted, Write
@@ -19,6 +21,11 @@ class MemoryJournal:
         self.rows: dict[str, JournalRow] = {}
         #: Refuse writes (Unavailable), as a journal whose writer is down does.
         self.down = False
+        #: Writes are taken but not durable until :meth:`release` (a slow fsync).
+        self.holding = False
+        self._held: list[asyncio.Future[None]] = []
+        #: Groups written (what would be one fsync each).
+        self.groups = 0
         self._closed = False
 
     @property
@@ -29,7 +36,9 @@ class MemoryJournal:
         self._closed = False
         return sorted(self.rows.values(), key=lambda r: r.submitted)
 
-    def write(self, write: Write) -> asyncio.Future[None]:
+    def write(self, write: Write, grouped: bool = False) -> asyncio.Future[None]:
+        if not grouped:
+            self.groups += 1
         if self.down or self._closed:
             raise Unavailable("the task journal is down")
         if isinstance(write, Submitted):
@@ -39,8 +48,24 @@ class MemoryJournal:
             self.rows[write.task_id] = JournalRow(row.spec, row.submitted, write.finished,
                                                   write.result)  # fmt: skip
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
+        if self.holding:
+            self._held.append(done)
+        else:
+            done.set_result(None)
         return done
+
+    def write_many(self, writes: Sequence[Write]) -> list[asyncio.Future[None]]:
+        """As ``TaskJournal.write_many``: one group; counted in :attr:`groups`."""
+        self.groups += 1
+        return [self.write(w, grouped=True) for w in writes]
+
+    def release(self) -> None:
+        """Every held write is durable now, in the order written; later ones at once."""
+        self.holding = False
+        held, self._held = self._held, []
+        for done in held:
+            if not done.done():
+                done.set_result(None)
 
     async def purge(self, finished_before: float) -> None:
         for task_id, row in list(self.rows.items()):

@@ -12,6 +12,7 @@ written), the call ending, or ``Overrun`` (the client sends without reading).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ class StreamProtocol(Generic[Req, Resp]):
     timeout_s: Callable[[Req], float | None]
     #: The answer carrying ``error`` (code name, message) for request ``request_id``.
     error_answer: Callable[[int, str, str], Resp]
+    #: Asked first when the client cancels a running request: True when the protocol took
+    #: the cancel itself (the request then runs on to an answer that tells the client what
+    #: the cancel did), False to stop the request and answer CANCELLED.
+    on_cancel: Callable[[int], bool] = lambda request_id: False
 
 
 #: Kinds of queued answers: the final answer of a request (frees its slot once written), a
@@ -68,35 +73,42 @@ async def serve(
             out.put_nowait((_EARLY, request_id, early, None))
 
         try:
-            try:
-                async with asyncio.timeout(protocol.timeout_s(request)):
-                    answer = await protocol.run(request, send)
-            except TimeoutError:
-                answer = answer_error(
-                    request_id,
-                    errors.DeadlineExceeded(
-                        f"request {request_id} ran past its timeout_s "
-                        f"({protocol.timeout_s(request)} s); give it more time or retry"
-                    ),
-                )
-            except errors.P2PAgentError as e:
-                answer = answer_error(request_id, e)
-        except asyncio.CancelledError:
-            if request_id not in cancelled:
-                raise  # the stream is ending
-            answer = protocol.error_answer(
-                request_id, "CANCELLED", f"request {request_id} was cancelled by the client"
+            async with asyncio.timeout(protocol.timeout_s(request)):
+                answer = await protocol.run(request, send)
+        except TimeoutError:
+            answer = answer_error(
+                request_id,
+                errors.DeadlineExceeded(
+                    f"request {request_id} ran past its timeout_s "
+                    f"({protocol.timeout_s(request)} s); give it more time or retry"
+                ),
             )
+        except errors.P2PAgentError as e:
+            answer = answer_error(request_id, e)
         except Exception as e:  # a bug: logged once, answered as INTERNAL, the stream goes on
             log.exception("unexpected error in a multiplexed request")
             answer = protocol.error_answer(
                 request_id, "INTERNAL", f"internal error: {type(e).__name__}: {e}"
             )
-        finally:
-            running.pop(request_id, None)
-            cancelled.discard(request_id)
+        # (Cancelled: ``ended`` answers it.)
+        running.pop(request_id, None)
+        cancelled.discard(request_id)
         window.answered(request_id)
         out.put_nowait((_FINAL, request_id, answer, None))
+
+    def ended(request_id: int, task: asyncio.Task[None]) -> None:
+        """A request's task is done; one cancelled by the client is answered CANCELLED here
+        (a task cancelled before it first ran never enters ``one``'s body)."""
+        if not task.cancelled():
+            return
+        running.pop(request_id, None)
+        if request_id in cancelled:  # else the stream is ending: nobody reads the answer
+            cancelled.discard(request_id)
+            window.answered(request_id)
+            answer = protocol.error_answer(
+                request_id, "CANCELLED", f"request {request_id} was cancelled by the client"
+            )
+            out.put_nowait((_FINAL, request_id, answer, None))
 
     def refuse(request_id: int, e: errors.P2PAgentError) -> None:
         out.put_nowait((_REFUSAL, request_id, answer_error(request_id, e), None))
@@ -122,10 +134,13 @@ async def serve(
                         continue
                 verdict = window.arrive(request_id, cancel)
                 if verdict.action is Action.RUN:
-                    running[request_id] = asyncio.create_task(one(request_id, item))
+                    task = asyncio.create_task(one(request_id, item))
+                    task.add_done_callback(functools.partial(ended, request_id))
+                    running[request_id] = task
                 elif verdict.action is Action.CANCEL:
-                    cancelled.add(request_id)
-                    running[request_id].cancel()
+                    if not protocol.on_cancel(request_id):
+                        cancelled.add(request_id)
+                        running[request_id].cancel()
                 elif verdict.action is Action.REFUSE:
                     assert verdict.error is not None
                     refuse(request_id, verdict.error)
@@ -149,11 +164,16 @@ async def serve(
                 raise failure
             if answer is None:
                 continue
-            yield answer
+            # Handed to grpc now: counted as written before the yield, not after it returns.
+            # grpc resumes this generator only once the write has completed, and the client
+            # may have read this answer and sent its next request by then: a slot it was
+            # right to think free would be refused. Held at most: ``limit`` answers here, one
+            # in grpc's hands.
             if kind == _FINAL:
                 window.written(request_id)
             elif kind == _REFUSAL:
                 window.written(None)
+            yield answer
     finally:
         tasks = [reader, *running.values()]
         for task in tasks:

@@ -5,6 +5,8 @@ every bad input of the issue answered alone while the stream goes on."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -239,5 +241,64 @@ def test_submit_stream_acknowledges_then_answers(node: Daemon, certs_dir: Path) 
                 )
             ]
             assert events[-1].kind == agent_pb2.TaskEvent.KIND_DONE
+
+    asyncio.run(go())
+
+
+def _journal_writer(node: Daemon) -> int:
+    """The pid of the daemon's task journal writer (a child process)."""
+    assert node.proc is not None
+    pid = node.proc.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for child in children:
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"journal_writer" in cmdline:
+            return int(child)
+    raise AssertionError(f"no journal writer among the children {children} of {pid}")
+
+
+def test_submit_stream_cancel_before_journaled_reaches_the_task(
+    node: Daemon, certs_dir: Path
+) -> None:
+    """The writer is stopped, so the submission cannot be journaled when the cancel comes:
+    the client does not know the id yet. The cancel fails the task (it was running on the
+    busy model) and, once the submission is durable, the client gets the id and the failure,
+    which Wait also finds."""
+
+    async def go() -> None:
+        writer = _journal_writer(node)
+        async with _channel(node, certs_dir) as ch:
+            stub = agent_pb2_grpc.AgentServiceStub(ch)
+            call = stub.SubmitStream()
+            x = np.ones((1, 4), dtype=np.float32)
+            os.kill(writer, signal.SIGSTOP)
+            try:
+                request = agent_pb2.SubmitStreamRequest(
+                    request_id=1, model="busy", inputs=[_tensor(x)]
+                )
+                await call.write(request)
+                await asyncio.sleep(0.2)  # admitted and queued (running), not journaled
+                await call.write(agent_pb2.SubmitStreamRequest(request_id=1, cancel=True))
+                await asyncio.sleep(0.2)
+            finally:
+                os.kill(writer, signal.SIGCONT)
+            await call.done_writing()
+            answers = [a async for a in call]
+            assert await call.code() is grpc.StatusCode.OK
+            assert [a.request_id for a in answers] == [1, 1], answers
+            queued, final = (a.event for a in answers)
+            assert queued.kind == agent_pb2.TaskEvent.KIND_QUEUED and queued.task_id
+            assert final.task_id == queued.task_id
+            assert (final.kind, final.error_code) == (
+                agent_pb2.TaskEvent.KIND_FAILED,
+                "CANCELLED",
+            ), final
+            waited = [
+                a.event async for a in stub.Wait(agent_pb2.WaitRequest(task_id=final.task_id))
+            ]
+            assert (waited[-1].kind, waited[-1].error_code) == (
+                agent_pb2.TaskEvent.KIND_FAILED,
+                "CANCELLED",
+            )
 
     asyncio.run(go())

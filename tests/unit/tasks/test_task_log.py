@@ -95,3 +95,21 @@ def test_a_changed_input_or_view_diverges(tmp_path: Path, monkeypatch: pytest.Mo
     log.write_text("\n".join([*lines[:-1], json.dumps(last)]) + "\n")
     _, differ = replay_file(log)
     assert [d.method for d in differ] == ["on_steal_response"]
+
+
+def test_infers_started_at_once_are_recorded_and_replay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``start_now`` / ``on_now_finished`` change the core (its running work): a replay
+    without them would diverge at the next input."""
+    o = _recording(tmp_path, monkeypatch, "o")
+    o.tick(0.0)
+    assert o.start_now(Task("i1", "o", MODEL, 0.05), 0.01)
+    assert o.start_now(Task("i2", "o", MODEL, 0.05), 0.01)
+    o.submit(Task("t1", "o", MODEL, 0.05), 0.02)  # waits behind them: run-ahead
+    o.on_now_finished("i1", 0.03)  # t1 starts
+    lines = (tmp_path / "o.jsonl").read_text().splitlines()
+    methods = [json.loads(line).get("method") for line in lines]
+    assert methods.count("start_now") == 2 and "on_now_finished" in methods
+    replayed, differ = replay_file(tmp_path / "o.jsonl")
+    assert replayed == 5 and differ == []

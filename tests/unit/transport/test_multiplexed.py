@@ -4,6 +4,7 @@ request's own error, deadline and cancellation, the half-close end, and an overr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -104,6 +105,33 @@ async def test_early_answers_come_before_the_final_one() -> None:
     r.done.set()
     inbox.close()
     assert await anext(answers) == Answer(9)
+    with pytest.raises(StopAsyncIteration):
+        await anext(answers)
+
+
+async def test_a_cancel_the_protocol_takes_lets_the_request_answer_what_it_did() -> None:
+    """SubmitStream's case: a cancel before the client knows the task id reaches the task,
+    and the request answers with the outcome rather than a bare CANCELLED."""
+    taken: list[int] = []
+
+    def on_cancel(request_id: int) -> bool:
+        taken.append(request_id)
+        return request_id == 7
+
+    protocol = dataclasses.replace(PROTOCOL, on_cancel=on_cancel)
+    inbox = Inbox()
+    answers = aiter(serve(inbox.__aiter__(), protocol, window()))
+    kept, stopped = Req(7), Req(8)
+    inbox.put(kept)
+    inbox.put(stopped)
+    inbox.put(Req(7, cancel=True))
+    inbox.put(Req(8, cancel=True))
+    got = await anext(answers)
+    assert (got.request_id, got.code) == (8, "CANCELLED")  # the protocol left it: stopped
+    assert taken == [7, 8]
+    kept.done.set()
+    assert await anext(answers) == Answer(7)  # ran on to its own answer
+    inbox.close()
     with pytest.raises(StopAsyncIteration):
         await anext(answers)
 

@@ -1,0 +1,151 @@
+"""A submission whose caller waits for the result on the same call is held up to
+``tasks.journal_hold_s`` and committed with its result in one group (one fsync) when the task
+finishes meanwhile; nothing is shown before it is durable. In-memory journal counting its
+groups; no child process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from p2pagent._proto import agent_pb2
+from p2pagent.errors import Unavailable
+from p2pagent.inference import tensors
+from p2pagent.membership.view import StaticDirectory
+from p2pagent.tasks.config import TasksConfig
+from p2pagent.tasks.driver import TasksDriver
+from p2pagent.testing.journal import MemoryJournal
+from p2pagent.testing.peer_link import MemoryPeers
+from p2pagent.transport.metrics import RpcMetrics
+
+MODEL = "double"
+DONE = agent_pb2.TaskEvent.KIND_DONE
+
+
+class Engine:
+    """``x * 2``, at once unless ``gate`` is cleared; estimated at ``cost_s`` a row."""
+
+    def __init__(self, cost_s: float) -> None:
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.cost_s = cost_s
+
+    def marginal_seconds_per_row(self, model: str) -> float | None:
+        return self.cost_s
+
+    def marginal_seconds_per_token(self, model: str) -> float | None:
+        return None
+
+    def batching_measured(self, model: str) -> bool:
+        return True
+
+    async def infer(self, model: str, inputs: Any, deadline: float | None = None) -> Any:
+        await self.gate.wait()
+        return {"y": inputs["x"].to_torch() * 2}
+
+
+Made = tuple[TasksDriver, Engine, MemoryJournal]
+
+
+def _driver(data_dir: Path, cost_s: float, hold_s: float) -> Made:
+    journal, engine = MemoryJournal(), Engine(cost_s)
+    d = TasksDriver(
+        "n1", TasksConfig(journal_hold_s=hold_s), capacity=4, engine=engine,
+        models=lambda: [MODEL], data_dir=data_dir, channels=None,
+        members=StaticDirectory("n1"), metrics=RpcMetrics(), peers=MemoryPeers().link("n1"),
+        journal=journal,
+    )  # fmt: skip
+    return d, engine, journal
+
+
+@pytest.fixture
+async def make(tmp_path: Path) -> AsyncIterator[Any]:
+    made: list[TasksDriver] = []
+
+    async def build(cost_s: float = 0.0001, hold_s: float = 0.5) -> Made:
+        d, engine, journal = _driver(tmp_path, cost_s, hold_s)
+        await d.start()
+        made.append(d)
+        return d, engine, journal
+
+    yield build
+    for d in made:
+        await d.stop()
+
+
+def _request() -> agent_pb2.SubmitAndWaitRequest:
+    x = tensors.to_proto("x", torch.ones(1, 2))
+    return agent_pb2.SubmitAndWaitRequest(model=MODEL, inputs=[x])
+
+
+async def _final(d: TasksDriver, task_id: str) -> agent_pb2.TaskEvent:
+    return [e async for e in d.wait(task_id)][-1]
+
+
+async def test_a_short_task_commits_its_submission_and_result_in_one_group(make: Any) -> None:
+    d, _, journal = await make()
+    before = journal.groups
+    task_id = await asyncio.wait_for(d.submit(_request(), with_result=True), 10)
+    assert (await asyncio.wait_for(_final(d, task_id), 10)).kind == DONE
+    assert journal.groups - before == 1
+    assert journal.rows[task_id].result is not None
+    # A plain Submit (its answer is the id alone) is never held: two groups.
+    before = journal.groups
+    task_id = await asyncio.wait_for(d.submit(_request()), 10)
+    assert (await asyncio.wait_for(_final(d, task_id), 10)).kind == DONE
+    assert journal.groups - before == 2
+
+
+async def test_a_held_submission_is_sent_alone_when_the_task_takes_longer(make: Any) -> None:
+    d, engine, journal = await make(hold_s=0.02)
+    engine.gate.clear()
+    submitting = asyncio.ensure_future(d.submit(_request(), with_result=True))
+    await asyncio.sleep(0)
+    assert journal.rows == {}  # held: not sent yet, and the caller has no id
+    task_id = await asyncio.wait_for(submitting, 10)  # sent after hold_s, durable alone
+    assert task_id in journal.rows and journal.rows[task_id].result is None
+    engine.gate.set()
+    assert (await asyncio.wait_for(_final(d, task_id), 10)).kind == DONE
+
+
+async def test_a_task_estimated_above_the_hold_is_never_held(make: Any) -> None:
+    d, engine, journal = await make(cost_s=1.0, hold_s=0.5)
+    engine.gate.clear()
+    submitting = asyncio.ensure_future(d.submit(_request(), with_result=True))
+    task_id = await asyncio.wait_for(submitting, 10)  # durable while the task still runs
+    assert journal.rows[task_id].result is None
+    engine.gate.set()
+    assert (await asyncio.wait_for(_final(d, task_id), 10)).kind == DONE
+
+
+async def test_a_held_submission_the_journal_refuses_fails_its_task(make: Any) -> None:
+    d, engine, journal = await make(hold_s=0.02)
+    engine.gate.clear()
+    submitting = asyncio.ensure_future(d.submit(_request(), with_result=True))
+    await asyncio.sleep(0)
+    journal.down = True  # when the hold ends
+    with pytest.raises(Unavailable, match="could not journal the task"):
+        await asyncio.wait_for(submitting, 10)
+    journal.down = False
+    engine.gate.set()
+    await asyncio.sleep(0.05)
+    assert len(d.leases) == 0 and d.queue.n_queued == 0 and d.running == 0
+    assert journal.rows == {}
+
+
+async def test_a_held_submission_is_committed_when_the_node_stops(tmp_path: Path) -> None:
+    d, engine, journal = _driver(tmp_path, 0.0001, 0.9)
+    await d.start()
+    engine.gate.clear()
+    submitting = asyncio.ensure_future(d.submit(_request(), with_result=True))
+    await asyncio.sleep(0)
+    assert journal.rows == {}
+    engine.gate.set()
+    await d.stop()  # stopping: the held submission is sent before the journal closes
+    task_id = await asyncio.wait_for(submitting, 10)
+    assert task_id in journal.rows
