@@ -10,6 +10,11 @@ from dataclasses import dataclass
 
 from p2pagent.errors import ConfigError
 
+#: Smallest ``worker_memory_bytes`` accepted: torch and transformers alone take ~450 MiB.
+MIN_WORKER_MEMORY = 768 << 20
+#: What ``worker_memory_bytes`` auto adds to the cache budget on a CPU device.
+WORKER_MEMORY_HEADROOM = 2 << 30
+
 
 @dataclass
 class InferenceConfig:
@@ -83,6 +88,14 @@ class InferenceConfig:
     #: Longest the model worker may take to load a model or run one batch; past it the
     #: worker is stopped, the batch fails with UNAVAILABLE and a new worker starts.
     worker_timeout_s: float = 300.0
+    #: Memory the model worker may use, bytes: its data segment (heap and private memory,
+    #: where tensors live; RLIMIT_DATA), not shared regions or mapped libraries. A model
+    #: folder that would not fit is refused with RESOURCE_EXHAUSTED naming this knob, and a
+    #: batch that runs out fails alone; the worker goes on serving its other models.
+    #: 0 = auto: ``cache_budget_bytes`` plus 2 GiB (torch, transformers and a batch's
+    #: activations beside the weights) on a CPU device, no limit on CUDA (the driver's own
+    #: host allocations count against it). -1 = no limit.
+    worker_memory_bytes: int = 0
 
     def validate(self) -> InferenceConfig:
         positive = {
@@ -115,6 +128,16 @@ class InferenceConfig:
         if self.worker_uid < -1:
             raise ConfigError(
                 f"inference.worker_uid must be a uid or -1 (auto), got {self.worker_uid}"
+            )
+        if self.worker_memory_bytes < -1:
+            raise ConfigError(
+                "inference.worker_memory_bytes must be bytes, 0 (auto) or -1 (no limit), got "
+                f"{self.worker_memory_bytes}"
+            )
+        if 0 < self.worker_memory_bytes < MIN_WORKER_MEMORY:
+            raise ConfigError(
+                f"inference.worker_memory_bytes is {self.worker_memory_bytes}: the worker "
+                f"needs at least {MIN_WORKER_MEMORY >> 20} MiB to import torch"
             )
         if self.worker_timeout_s <= 0:
             raise ConfigError(

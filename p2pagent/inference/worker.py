@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from p2pagent.errors import Internal, InvalidArgument, P2PAgentError, ResourceExhausted, Unavailable
 from p2pagent.inference import isolation, worker_tensors, worker_wire
 from p2pagent.inference.formats import LoadedModel, ModelFormat
+from p2pagent.inference.hf.worker_load import FileRange
 from p2pagent.inference.spec import ModelSpec
 from p2pagent.inference.worker_wire import ChannelClosed, Region
 
@@ -107,12 +108,22 @@ class _Process:
     lost: bool = False
 
 
+@dataclass(frozen=True)
+class FolderLoad:
+    """What the worker needs to build a Hugging Face folder's model from its pack: the
+    architecture, the head over its hidden states and where its files lie in the pack."""
+
+    architecture: str
+    head: dict[str, Any]
+    files: tuple[FileRange, ...]
+
+
 class RemoteModel:
     """A model loaded in the worker: the ``fn`` of its ``LoadedModel``."""
 
     def __init__(
         self, worker: ModelWorker, key: int, name: str, path: Path, fmt: ModelFormat,
-        device: str, output_names: list[str],
+        device: str, output_names: list[str], folder: FolderLoad | None = None,
     ) -> None:  # fmt: skip
         self.worker = worker
         self.key = key
@@ -121,6 +132,7 @@ class RemoteModel:
         self.format = fmt
         self.device = device
         self.output_names = output_names
+        self.folder = folder
 
     async def run(
         self, model: LoadedModel, parts: Sequence[Sequence[InputTensor]]
@@ -143,11 +155,16 @@ class RemoteModel:
 class ModelWorker:
     """The worker process, started on first use and replaced when lost; loop-owned state."""
 
-    def __init__(self, plan: isolation.Plan, scratch: Path, threads: int, timeout_s: float) -> None:
+    def __init__(
+        self, plan: isolation.Plan, scratch: Path, threads: int, timeout_s: float,
+        memory_bytes: int = 0,
+    ) -> None:  # fmt: skip
         self.plan = plan
         self.scratch = scratch
         self.threads = threads
         self.timeout_s = timeout_s
+        #: The worker's data segment limit (RLIMIT_DATA); 0: none.
+        self.memory_bytes = memory_bytes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._keys = itertools.count(1)
         self._current: _Process | None = None
@@ -163,13 +180,14 @@ class ModelWorker:
 
     @staticmethod
     def create(
-        worker_uid: int, protected: list[Path], threads: int, timeout_s: float
-    ) -> ModelWorker:
+        worker_uid: int, protected: list[Path], threads: int, timeout_s: float,
+        memory_bytes: int = 0,
+    ) -> ModelWorker:  # fmt: skip
         scratch = Path(tempfile.mkdtemp(prefix="p2pagent-worker-"))
         p = isolation.plan(worker_uid, protected, scratch)
         if p.uid is not None and p.gid is not None:
             os.chown(scratch, p.uid, p.gid)
-        worker = ModelWorker(p, scratch, threads, timeout_s)
+        worker = ModelWorker(p, scratch, threads, timeout_s, memory_bytes)
         try:
             worker._loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -185,14 +203,17 @@ class ModelWorker:
 
     def load(
         self, name: str, path: Path, spec: ModelSpec, device: torch.device | str,
-        fmt: ModelFormat,
+        fmt: ModelFormat, folder: FolderLoad | None = None,
     ) -> LoadedModel:  # fmt: skip
-        """Loads a code-bearing model in the worker; blocking (the cache's loader thread)."""
+        """Loads a model in the worker (a code-bearing archive, or a Hugging Face folder's
+        pack with ``folder``); blocking (the cache's loader thread). The caller adds a
+        folder's tokenizer and ragged padding to the answer."""
         import torch
 
         remote = RemoteModel(
-            self, next(self._keys), name, Path(path), fmt, str(device), list(spec.output_names)
-        )
+            self, next(self._keys), name, Path(path), fmt, str(device),
+            list(spec.output_names), folder,
+        )  # fmt: skip
         nbytes = self.wait_from_thread(self._retrying(f"loading model {name!r}", remote, None))
         weakref.finalize(remote, self._forgotten.append, remote.key)
         return LoadedModel(name, spec, fmt, remote, torch.device(device), nbytes)
@@ -278,10 +299,15 @@ class ModelWorker:
             fd = os.open(remote.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             raise InvalidArgument(f"cannot read model file {remote.path}: {e}") from None
-        message = {
+        message: dict[str, Any] = {
             "op": "load", "key": remote.key, "format": remote.format.value,
             "device": remote.device, "outputs": remote.output_names,
         }  # fmt: skip
+        if remote.folder is not None:
+            message.update(
+                architecture=remote.folder.architecture, head=remote.folder.head,
+                files=[f.pack() for f in remote.folder.files],
+            )  # fmt: skip
         try:
             cur = self._process()
             reply = await self._ask(
@@ -431,7 +457,7 @@ class ModelWorker:
         init = {
             "op": "init", "rules": [[r.path, r.access.value] for r in self.plan.rules],
             "uid": self.plan.uid, "gid": self.plan.gid, "threads": self.threads,
-            "parent": os.getpid(),
+            "parent": os.getpid(), "memory_bytes": self.memory_bytes,
         }  # fmt: skip
         # Sent now, before anything else can be: the worker reads it first. Starting imports
         # torch, which can be slow on a busy host.
@@ -582,7 +608,9 @@ def _exit_text(code: int | None) -> str:
 
 def _load_error(remote: RemoteModel, kind: str, message: str) -> P2PAgentError:
     if kind == "resource_exhausted":
-        return ResourceExhausted(f"model {remote.name!r} does not fit this device: {message}")
+        return ResourceExhausted(f"model {remote.name!r} does not fit this node: {message}")
+    if kind == "invalid_argument" and remote.folder is not None:
+        return InvalidArgument(f"model folder {remote.name!r} does not load: {message}")
     if kind == "invalid_argument":
         joint = " is " if message.startswith("not ") else ": "
         return InvalidArgument(f"model file {remote.path}{joint}{message}")
@@ -592,7 +620,7 @@ def _load_error(remote: RemoteModel, kind: str, message: str) -> P2PAgentError:
 def _batch_error(name: str, kind: str, message: str, rows: int, requests: int) -> P2PAgentError:
     if kind == "resource_exhausted":
         return ResourceExhausted(
-            f"model {name!r} ran out of device memory on a batch of {rows} row(s): {message}"
+            f"model {name!r} ran out of memory on a batch of {rows} row(s): {message}"
         )
     # The same words as a model failing in the daemon (engine._model_error).
     return Internal(
