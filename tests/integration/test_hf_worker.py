@@ -191,7 +191,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterator[
         "P2PAGENT_INFERENCE__WORKER_MEMORY_BYTES": str(3 << 30),
         "P2PAGENT_INFERENCE__WORKER_TIMEOUT_S": "120",
     }
-    d = Daemon("n9", certs_dir, tmp_path_factory.mktemp("hfw") / "n9", env=env).start()
+    d = Daemon("n5", certs_dir, tmp_path_factory.mktemp("hfw") / "n5", env=env).start()
     try:
         yield d
     finally:
