@@ -76,9 +76,11 @@ class InferenceConfig:
     #: Load and run TorchScript and torch.export models (which carry code) in a separate
     #: worker process that cannot read the node's key, certificates or data folder
     #: (Landlock where the kernel has it, another uid where the daemon runs as root, no
-    #: capabilities, no new privileges; tensors pass through shared memory). safetensors
-    #: weights run in the daemon either way: their architecture is ours, not the file's.
-    #: Off runs every model in the daemon (only for models you wrote yourself).
+    #: capabilities, no new privileges; tensors pass through shared memory). Hugging Face
+    #: folders run there too, under ``worker_memory_bytes`` (their tokenizer stays in the
+    #: daemon). safetensors weights of the in-repo architectures run in the daemon either
+    #: way: their architecture is ours, not the file's. Off runs every model in the daemon
+    #: (only for models you wrote yourself).
     isolate_code_models: bool = True
     #: uid the model worker switches to when the daemon runs as root. -1 = auto: 65534
     #: (nobody) where that uid can reach the Python installation, else uid 0 with every
