@@ -1,7 +1,9 @@
-"""The daemon's side of the model worker: a confined process that runs code-bearing models.
+"""The daemon's side of the model worker: a confined process that runs code-bearing models
+and Hugging Face folders, under a memory limit (``inference.worker_memory_bytes``).
 
 TorchScript and torch.export archives are code; with ``inference.isolate_code_models`` on (the
-default) the node never loads one itself. ``worker_loader.isolating_loader`` is the model
+default) the node never loads one itself, nor a folder's model (``FolderLoad``: the worker
+builds it from the verified pack; the tokenizer stays here). ``worker_loader.isolating_loader`` is the model
 cache's loader: for those formats it hands the verified file to the worker as an open
 descriptor and returns a ``LoadedModel`` whose ``fn`` is a ``RemoteModel``; the engine sends
 such a model's batches to ``RemoteModel.run``, a coroutine on the event loop: it writes the
@@ -48,11 +50,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from p2pagent.errors import Internal, InvalidArgument, P2PAgentError, ResourceExhausted, Unavailable
+from p2pagent.errors import Internal, InvalidArgument, P2PAgentError, Unavailable
 from p2pagent.inference import isolation, worker_tensors, worker_wire
 from p2pagent.inference.formats import LoadedModel, ModelFormat
-from p2pagent.inference.hf.worker_load import FileRange
+from p2pagent.inference.hf.worker_load import FolderLoad
 from p2pagent.inference.spec import ModelSpec
+from p2pagent.inference.worker_failures import (
+    WorkerLost,
+    batch_error,
+    exit_text,
+    load_error,
+)
 from p2pagent.inference.worker_wire import ChannelClosed, Region
 
 if TYPE_CHECKING:
@@ -71,14 +79,6 @@ _KEEP_ENV = (
 #: Batches with more input bytes than this are written into shared memory from a thread,
 #: not on the event loop.
 _LOOP_COPY_BYTES = 1 << 20
-
-
-class _WorkerLost(Exception):
-    """The worker exited, broke the protocol or stopped answering (it has been stopped)."""
-
-    def __init__(self, why: str, *, hung: bool = False) -> None:
-        super().__init__(why)
-        self.hung = hung
 
 
 @dataclass
@@ -106,16 +106,6 @@ class _Process:
     stderr: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=20))
     timer: asyncio.TimerHandle | None = None
     lost: bool = False
-
-
-@dataclass(frozen=True)
-class FolderLoad:
-    """What the worker needs to build a Hugging Face folder's model from its pack: the
-    architecture, the head over its hidden states and where its files lie in the pack."""
-
-    architecture: str
-    head: dict[str, Any]
-    files: tuple[FileRange, ...]
 
 
 class RemoteModel:
@@ -280,7 +270,7 @@ class ModelWorker:
                 if batch is None:
                     return await self._load(remote)
                 return await self._run_once(remote, *batch)
-            except _WorkerLost as e:
+            except WorkerLost as e:
                 if e.hung:
                     raise Internal(
                         f"the model worker {e} while {doing}; a new worker starts on the next "
@@ -308,11 +298,12 @@ class ModelWorker:
                 architecture=remote.folder.architecture, head=remote.folder.head,
                 files=[f.pack() for f in remote.folder.files],
             )  # fmt: skip
+        folder = remote.folder is not None
         try:
             cur = self._process()
             reply = await self._ask(
-                message, [fd], f"loading model {remote.name!r}",
-                failed=lambda kind, msg: _load_error(remote, kind, msg), process=cur,
+                message, [fd], f"loading model {remote.name!r}", process=cur,
+                failed=lambda kind, msg: load_error(remote.name, remote.path, folder, kind, msg),
             )  # fmt: skip
         finally:
             os.close(fd)
@@ -365,7 +356,7 @@ class ModelWorker:
         reply = await self._ask(
             {"op": "run", "key": remote.key, "slot": slot, "inputs": [r.pack() for r in refs]},
             [], f"running a batch of model {remote.name!r}",
-            failed=lambda kind, msg: _batch_error(remote.name, kind, msg, rows, len(parts)),
+            failed=lambda kind, msg: batch_error(remote.name, kind, msg, rows, len(parts)),
             process=cur, slot=slot,
         )  # fmt: skip
         try:
@@ -377,10 +368,10 @@ class ModelWorker:
         self, message: dict[str, Any], fds: list[int], doing: str, *, failed: Any = None,
         process: _Process | None = None, slot: int = -1,
     ) -> dict[str, Any]:  # fmt: skip
-        """Sends a request and awaits the worker's answer (_WorkerLost if the worker is)."""
+        """Sends a request and awaits the worker's answer (WorkerLost if the worker is)."""
         cur = process or self._process()
         if cur.lost:
-            raise _WorkerLost("was replaced before it got to this")
+            raise WorkerLost("was replaced before it got to this")
         loop = self._bind_loop()
         pending = _Pending(doing, loop.create_future(), self.timeout_s, slot)
         cur.pending.append(pending)
@@ -415,7 +406,7 @@ class ModelWorker:
             raise Unavailable("the inference engine is shut down")
         cur = self._current
         if cur is not None and cur.proc.poll() is not None:
-            self._lose(cur, f"exited with {_exit_text(cur.proc.returncode)} while idle")
+            self._lose(cur, f"exited with {exit_text(cur.proc.returncode)} while idle")
             cur = None
         if cur is None:
             cur = self._spawn()
@@ -546,15 +537,15 @@ class ModelWorker:
             return f"broke the protocol ({e})"
         tail = [line for line in cur.stderr if line][-3:]
         words = f"; its last words: {' | '.join(tail)}" if tail else ""
-        return f"exited with {_exit_text(code)}{words}"
+        return f"exited with {exit_text(code)}{words}"
 
     def _lose(
         self, cur: _Process, why: str, *, hung: bool = False, log_it: bool = True
-    ) -> _WorkerLost:
+    ) -> WorkerLost:
         """Stops ``cur`` for good and fails what it had: its first request (the one it was
         on) with ``why``; the ones queued behind it never started, so they may go again."""
         if cur.lost:
-            return _WorkerLost(why, hung=hung)
+            return WorkerLost(why, hung=hung)
         cur.lost = True
         if log_it:
             log.warning("the model worker (pid %d) %s", cur.proc.pid, why)
@@ -574,13 +565,13 @@ class ModelWorker:
                 region.close()
         cur.inputs = [None] * worker_wire.SLOTS
         cur.outputs = [None] * worker_wire.SLOTS
-        error = _WorkerLost(why, hung=hung)
+        error = WorkerLost(why, hung=hung)
         first = True
         while cur.pending:
             p = cur.pending.popleft()
             if not p.future.done():
                 p.future.set_exception(
-                    error if first else _WorkerLost(f"{why} (before it got to this request)")
+                    error if first else WorkerLost(f"{why} (before it got to this request)")
                 )
             first = False
         return error
@@ -598,31 +589,3 @@ def _log_probe(task: asyncio.Future[dict[str, str]]) -> None:
         return
     for path, outcome in task.result().items():
         log.info("model worker probe: open %s from the worker: %s", path, outcome)
-
-
-def _exit_text(code: int | None) -> str:
-    if code is None:
-        return "no exit status"
-    return f"signal {-code}" if code < 0 else f"status {code}"
-
-
-def _load_error(remote: RemoteModel, kind: str, message: str) -> P2PAgentError:
-    if kind == "resource_exhausted":
-        return ResourceExhausted(f"model {remote.name!r} does not fit this node: {message}")
-    if kind == "invalid_argument" and remote.folder is not None:
-        return InvalidArgument(f"model folder {remote.name!r} does not load: {message}")
-    if kind == "invalid_argument":
-        joint = " is " if message.startswith("not ") else ": "
-        return InvalidArgument(f"model file {remote.path}{joint}{message}")
-    return Internal(f"model {remote.name!r} failed to load in the model worker: {message}")
-
-
-def _batch_error(name: str, kind: str, message: str, rows: int, requests: int) -> P2PAgentError:
-    if kind == "resource_exhausted":
-        return ResourceExhausted(
-            f"model {name!r} ran out of memory on a batch of {rows} row(s): {message}"
-        )
-    # The same words as a model failing in the daemon (engine._model_error).
-    return Internal(
-        f"model {name!r} failed on a batch of {rows} row(s) ({requests} request(s)): {message}"
-    )

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 from p2pagent.errors import InvalidArgument
 from p2pagent.inference.archive_check import check_archive
 from p2pagent.inference.formats import LoadedModel, ModelFormat, detect_format, load_model
-from p2pagent.inference.hf.worker_load import HEAD_KEYS, FileRange, model_files
+from p2pagent.inference.hf.worker_load import HEAD_KEYS, FileRange, FolderLoad, model_files
 from p2pagent.inference.spec import ModelSpec
-from p2pagent.inference.worker import FolderLoad, ModelWorker
+from p2pagent.inference.worker import ModelWorker
 
 if TYPE_CHECKING:
     import torch

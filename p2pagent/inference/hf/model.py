@@ -1,8 +1,10 @@
-"""Loading a materialised model folder with ``transformers`` (offline, safetensors only,
-``trust_remote_code=False``) and the heads that turn its hidden states into a task's
-outputs: sentence-transformers pooling and normalisation, or a classifier's logits.
+"""Building a model folder's model with ``transformers`` (offline, safetensors only,
+``trust_remote_code=False``) from its parsed config and weights, and the heads that turn its
+hidden states into a task's outputs: sentence-transformers pooling and normalisation, or a
+classifier's logits. ``build`` is the one way: the model worker calls it with what it read
+from the pack (``worker_load``), the daemon (isolation off) with a folder's files.
 
-Imported only on a node that loads a folder (it imports torch and transformers).
+Imported only in a process that loads a folder (it imports torch and transformers).
 """
 
 from __future__ import annotations

@@ -73,6 +73,16 @@ class FileRange:
         return FileRange(name, offset, size)
 
 
+@dataclass(frozen=True)
+class FolderLoad:
+    """What the worker needs to build a Hugging Face folder's model from its pack: the
+    architecture, the head over its hidden states and where its files lie in the pack."""
+
+    architecture: str
+    head: dict[str, Any]
+    files: tuple[FileRange, ...]
+
+
 def model_files(ranges: Sequence[FileRange]) -> list[FileRange]:
     """The files the worker reads: config.json and the safetensors at the folder's top."""
     return [
