@@ -3,9 +3,9 @@ and Hugging Face folders, under a memory limit (``inference.worker_memory_bytes`
 
 TorchScript and torch.export archives are code; with ``inference.isolate_code_models`` on (the
 default) the node never loads one itself, nor a folder's model (``FolderLoad``: the worker
-builds it from the verified pack; the tokenizer stays here). ``worker_loader.isolating_loader`` is the model
-cache's loader: for those formats it hands the verified file to the worker as an open
-descriptor and returns a ``LoadedModel`` whose ``fn`` is a ``RemoteModel``; the engine sends
+builds it from the verified pack; the tokenizer stays here). ``worker_loader.isolating_loader``
+is the model cache's loader: for those formats it hands the verified file to the worker as an
+open descriptor and returns a ``LoadedModel`` whose ``fn`` is a ``RemoteModel``; the engine sends
 such a model's batches to ``RemoteModel.run``, a coroutine on the event loop: it writes the
 inputs straight into shared memory (the batch's concatenation is that write; large batches
 are written from a thread), sends a small msgpack request, and the answer comes back through
