@@ -102,6 +102,7 @@ async def run_text_tasks(
 ) -> TextRun:
     """Tokenizes ``texts`` for ``model`` and runs each text as a task (``owner``: the
     caller's identity, for its quotas)."""
+    from p2pagent.inference.tensors import from_proto
 
     if not model:
         raise InvalidArgument("the request names no model: give the model folder's name")
@@ -125,8 +126,6 @@ async def run_text_tasks(
     encoded = side.tokenizer.encode(model, texts, truncate=truncate)
     names = [p.name for p in loaded.spec.inputs]
     max_elements = node.config.inference.max_tensor_elements
-
-    from p2pagent.inference.tensors import from_proto
 
     async def one(enc: Encoded) -> tuple[torch.Tensor, str]:
         request, inputs = token_task(model, version, names, enc.ids)
