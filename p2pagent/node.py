@@ -451,10 +451,11 @@ def model_worker(config: Config, data_dir: Path, device: DeviceInfo) -> ModelWor
     if not inference.isolate_code_models:
         return None
     protected = protected_paths(config, data_dir)
-    threads = resolve_config(inference, device).intra_op_threads
+    resolved = resolve_config(inference, device)
     worker = ModelWorker.create(
-        inference.worker_uid, protected, threads, inference.worker_timeout_s
-    )
+        inference.worker_uid, protected, resolved.intra_op_threads, inference.worker_timeout_s,
+        max(0, resolved.worker_memory_bytes),
+    )  # fmt: skip
     return worker
 
 

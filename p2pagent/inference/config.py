@@ -10,6 +10,11 @@ from dataclasses import dataclass
 
 from p2pagent.errors import ConfigError
 
+#: Smallest ``worker_memory_bytes`` accepted: torch and transformers alone take ~450 MiB.
+MIN_WORKER_MEMORY = 768 << 20
+#: What ``worker_memory_bytes`` auto adds to the cache budget on a CPU device.
+WORKER_MEMORY_HEADROOM = 2 << 30
+
 
 @dataclass
 class InferenceConfig:
@@ -71,9 +76,11 @@ class InferenceConfig:
     #: Load and run TorchScript and torch.export models (which carry code) in a separate
     #: worker process that cannot read the node's key, certificates or data folder
     #: (Landlock where the kernel has it, another uid where the daemon runs as root, no
-    #: capabilities, no new privileges; tensors pass through shared memory). safetensors
-    #: weights run in the daemon either way: their architecture is ours, not the file's.
-    #: Off runs every model in the daemon (only for models you wrote yourself).
+    #: capabilities, no new privileges; tensors pass through shared memory). Hugging Face
+    #: folders run there too, under ``worker_memory_bytes`` (their tokenizer stays in the
+    #: daemon). safetensors weights of the in-repo architectures run in the daemon either
+    #: way: their architecture is ours, not the file's. Off runs every model in the daemon
+    #: (only for models you wrote yourself).
     isolate_code_models: bool = True
     #: uid the model worker switches to when the daemon runs as root. -1 = auto: 65534
     #: (nobody) where that uid can reach the Python installation, else uid 0 with every
@@ -83,6 +90,14 @@ class InferenceConfig:
     #: Longest the model worker may take to load a model or run one batch; past it the
     #: worker is stopped, the batch fails with UNAVAILABLE and a new worker starts.
     worker_timeout_s: float = 300.0
+    #: Memory the model worker may use, bytes: its data segment (heap and private memory,
+    #: where tensors live; RLIMIT_DATA), not shared regions or mapped libraries. A model
+    #: folder that would not fit is refused with RESOURCE_EXHAUSTED naming this knob, and a
+    #: batch that runs out fails alone; the worker goes on serving its other models.
+    #: 0 = auto: ``cache_budget_bytes`` plus 2 GiB (torch, transformers and a batch's
+    #: activations beside the weights) on a CPU device, no limit on CUDA (the driver's own
+    #: host allocations count against it). -1 = no limit.
+    worker_memory_bytes: int = 0
 
     def validate(self) -> InferenceConfig:
         positive = {
@@ -115,6 +130,16 @@ class InferenceConfig:
         if self.worker_uid < -1:
             raise ConfigError(
                 f"inference.worker_uid must be a uid or -1 (auto), got {self.worker_uid}"
+            )
+        if self.worker_memory_bytes < -1:
+            raise ConfigError(
+                "inference.worker_memory_bytes must be bytes, 0 (auto) or -1 (no limit), got "
+                f"{self.worker_memory_bytes}"
+            )
+        if 0 < self.worker_memory_bytes < MIN_WORKER_MEMORY:
+            raise ConfigError(
+                f"inference.worker_memory_bytes is {self.worker_memory_bytes}: the worker "
+                f"needs at least {MIN_WORKER_MEMORY >> 20} MiB to import torch"
             )
         if self.worker_timeout_s <= 0:
             raise ConfigError(

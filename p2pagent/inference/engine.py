@@ -30,7 +30,7 @@ from p2pagent.errors import DeadlineExceeded, Internal, P2PAgentError, Unavailab
 from p2pagent.inference import device as devices
 from p2pagent.inference.batching import Batch, BatchPolicy
 from p2pagent.inference.cache import ModelCache
-from p2pagent.inference.config import InferenceConfig
+from p2pagent.inference.config import WORKER_MEMORY_HEADROOM, InferenceConfig
 from p2pagent.inference.device import DeviceInfo
 from p2pagent.inference.formats import LoadedModel
 from p2pagent.inference.ragged_tensors import (
@@ -66,7 +66,12 @@ def resolve_config(config: InferenceConfig, device: DeviceInfo) -> InferenceConf
     """Fills the "auto" (0) fields for this device."""
     depth = config.pipeline_depth or (2 if device.is_cuda else 1)
     threads = devices.intra_op_threads(config.intra_op_threads, device)
-    return dataclasses.replace(config, pipeline_depth=depth, intra_op_threads=threads)
+    memory = config.worker_memory_bytes
+    if memory == 0:
+        memory = -1 if device.is_cuda else config.cache_budget_bytes + WORKER_MEMORY_HEADROOM
+    return dataclasses.replace(
+        config, pipeline_depth=depth, intra_op_threads=threads, worker_memory_bytes=memory
+    )
 
 
 class InferenceEngine:
@@ -294,7 +299,7 @@ class InferenceEngine:
                 pass
 
         if isinstance(model.fn, RemoteModel):
-            self._submit_remote(loop, model.fn, batch, reqs)
+            self._submit_remote(loop, model.fn, batch, reqs, parts)
             return
         if self._stage is None:
 
@@ -342,12 +347,15 @@ class InferenceEngine:
         remote: RemoteModel,
         batch: Batch,
         reqs: list[_Request],
+        parts: list[list[InputTensor]],
     ) -> None:
         """A batch of a model in the isolated worker (worker.py): driven from the loop, which
-        writes its inputs into shared memory and reads the answer, so no thread is woken."""
+        writes its inputs into shared memory and reads the answer, so no thread is woken.
+        ``parts``: the requests' inputs as the device takes them (token ids padded to the
+        batch's length, so ragged requests concatenate in the shared region)."""
         model = reqs[0].model
         start = time.perf_counter()
-        task = loop.create_task(remote.run(model, [r.inputs for r in reqs]))
+        task = loop.create_task(remote.run(model, parts))
 
         def done(t: asyncio.Task[tuple[list[list[torch.Tensor]], float]]) -> None:
             if t.cancelled():

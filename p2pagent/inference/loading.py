@@ -92,23 +92,17 @@ def load_model(
 
 
 def load_folder_pack(name: str, path: Path, spec: ModelSpec, device: torch.device) -> LoadedModel:
-    """A published Hugging Face folder: unpacked beside its pack (every file checked against
-    the manifest's list), loaded with transformers, with its tokenizer."""
+    """A published Hugging Face folder, loaded here with transformers, with its tokenizer
+    (only where ``inference.isolate_code_models`` is off: else in the model worker)."""
     from p2pagent.inference.hf import model as hf_model
-    from p2pagent.inference.hf import pack
-    from p2pagent.inference.hf.folder import listed_files
-    from p2pagent.inference.hf.text import TextSide
-    from p2pagent.inference.ragged import RaggedInputs
+    from p2pagent.inference.hf.text import ServedFolder
 
-    folder = pack.materialise(path, pack.folder_of(path), listed_files(spec.arch_config))
-    module = hf_model.load_folder(folder, spec.architecture, spec.arch_config).to(device)
-    pad = int(spec.arch_config.get("pad_token_id", 0))
-    per_token = frozenset(p.name for p in spec.outputs if len(p.shape) == 3)
-    ragged = RaggedInputs((pad, 0), per_token)
-    text = TextSide.of_folder(folder, spec.arch_config)
+    served = ServedFolder.of_pack(path, spec)
+    module = hf_model.load_folder(served.folder, spec.architecture, spec.arch_config).to(device)
     return LoadedModel(
-        name, spec, ModelFormat.HF_FOLDER, module, device, module_nbytes(module), ragged, text
-    )
+        name, spec, ModelFormat.HF_FOLDER, module, device, module_nbytes(module),
+        served.ragged, served.text,
+    )  # fmt: skip
 
 
 def module_nbytes(module: nn.Module) -> int:

@@ -85,6 +85,14 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         data = bytearray(Path(path).read_bytes())
     except OSError as e:
         raise InvalidArgument(f"cannot read {what}: {e}") from None
+    return load_bytes(data, what)
+
+
+def load_bytes(
+    data: bytearray, what: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``load`` of a file's bytes already read (the model worker reads its files from
+    descriptors); ``what`` names the file in errors."""
     header, start = read_header(data, what)
     size = len(data) - start
     meta = header.pop("__metadata__", {})

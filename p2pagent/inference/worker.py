@@ -1,9 +1,11 @@
-"""The daemon's side of the model worker: a confined process that runs code-bearing models.
+"""The daemon's side of the model worker: a confined process that runs code-bearing models
+and Hugging Face folders, under a memory limit (``inference.worker_memory_bytes``).
 
 TorchScript and torch.export archives are code; with ``inference.isolate_code_models`` on (the
-default) the node never loads one itself. ``worker_loader.isolating_loader`` is the model
-cache's loader: for those formats it hands the verified file to the worker as an open
-descriptor and returns a ``LoadedModel`` whose ``fn`` is a ``RemoteModel``; the engine sends
+default) the node never loads one itself, nor a folder's model (``FolderLoad``: the worker
+builds it from the verified pack; the tokenizer stays here). ``worker_loader.isolating_loader``
+is the model cache's loader: for those formats it hands the verified file to the worker as an
+open descriptor and returns a ``LoadedModel`` whose ``fn`` is a ``RemoteModel``; the engine sends
 such a model's batches to ``RemoteModel.run``, a coroutine on the event loop: it writes the
 inputs straight into shared memory (the batch's concatenation is that write; large batches
 are written from a thread), sends a small msgpack request, and the answer comes back through
@@ -49,10 +51,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import p2pagent
-from p2pagent.errors import Internal, InvalidArgument, P2PAgentError, ResourceExhausted, Unavailable
+from p2pagent.errors import Internal, InvalidArgument, P2PAgentError, Unavailable
 from p2pagent.inference import isolation, worker_tensors, worker_wire
 from p2pagent.inference.formats import LoadedModel, ModelFormat
+from p2pagent.inference.hf.worker_load import FolderLoad
 from p2pagent.inference.spec import ModelSpec
+from p2pagent.inference.worker_failures import (
+    WorkerLost,
+    batch_error,
+    exit_text,
+    load_error,
+)
 from p2pagent.inference.worker_wire import ChannelClosed, Region
 
 if TYPE_CHECKING:
@@ -71,14 +80,6 @@ _KEEP_ENV = (
 #: Batches with more input bytes than this are written into shared memory from a thread,
 #: not on the event loop.
 _LOOP_COPY_BYTES = 1 << 20
-
-
-class _WorkerLost(Exception):
-    """The worker exited, broke the protocol or stopped answering (it has been stopped)."""
-
-    def __init__(self, why: str, *, hung: bool = False) -> None:
-        super().__init__(why)
-        self.hung = hung
 
 
 @dataclass
@@ -113,7 +114,7 @@ class RemoteModel:
 
     def __init__(
         self, worker: ModelWorker, key: int, name: str, path: Path, fmt: ModelFormat,
-        device: str, output_names: list[str],
+        device: str, output_names: list[str], folder: FolderLoad | None = None,
     ) -> None:  # fmt: skip
         self.worker = worker
         self.key = key
@@ -122,6 +123,7 @@ class RemoteModel:
         self.format = fmt
         self.device = device
         self.output_names = output_names
+        self.folder = folder
 
     async def run(
         self, model: LoadedModel, parts: Sequence[Sequence[InputTensor]]
@@ -144,11 +146,16 @@ class RemoteModel:
 class ModelWorker:
     """The worker process, started on first use and replaced when lost; loop-owned state."""
 
-    def __init__(self, plan: isolation.Plan, scratch: Path, threads: int, timeout_s: float) -> None:
+    def __init__(
+        self, plan: isolation.Plan, scratch: Path, threads: int, timeout_s: float,
+        memory_bytes: int = 0,
+    ) -> None:  # fmt: skip
         self.plan = plan
         self.scratch = scratch
         self.threads = threads
         self.timeout_s = timeout_s
+        #: The worker's data segment limit (RLIMIT_DATA); 0: none.
+        self.memory_bytes = memory_bytes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._keys = itertools.count(1)
         self._current: _Process | None = None
@@ -164,13 +171,14 @@ class ModelWorker:
 
     @staticmethod
     def create(
-        worker_uid: int, protected: list[Path], threads: int, timeout_s: float
-    ) -> ModelWorker:
+        worker_uid: int, protected: list[Path], threads: int, timeout_s: float,
+        memory_bytes: int = 0,
+    ) -> ModelWorker:  # fmt: skip
         scratch = Path(tempfile.mkdtemp(prefix="p2pagent-worker-"))
         p = isolation.plan(worker_uid, protected, scratch)
         if p.uid is not None and p.gid is not None:
             os.chown(scratch, p.uid, p.gid)
-        worker = ModelWorker(p, scratch, threads, timeout_s)
+        worker = ModelWorker(p, scratch, threads, timeout_s, memory_bytes)
         try:
             worker._loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -186,14 +194,17 @@ class ModelWorker:
 
     def load(
         self, name: str, path: Path, spec: ModelSpec, device: torch.device | str,
-        fmt: ModelFormat,
+        fmt: ModelFormat, folder: FolderLoad | None = None,
     ) -> LoadedModel:  # fmt: skip
-        """Loads a code-bearing model in the worker; blocking (the cache's loader thread)."""
+        """Loads a model in the worker (a code-bearing archive, or a Hugging Face folder's
+        pack with ``folder``); blocking (the cache's loader thread). The caller adds a
+        folder's tokenizer and ragged padding to the answer."""
         import torch
 
         remote = RemoteModel(
-            self, next(self._keys), name, Path(path), fmt, str(device), list(spec.output_names)
-        )
+            self, next(self._keys), name, Path(path), fmt, str(device),
+            list(spec.output_names), folder,
+        )  # fmt: skip
         nbytes = self.wait_from_thread(self._retrying(f"loading model {name!r}", remote, None))
         weakref.finalize(remote, self._forgotten.append, remote.key)
         return LoadedModel(name, spec, fmt, remote, torch.device(device), nbytes)
@@ -260,7 +271,7 @@ class ModelWorker:
                 if batch is None:
                     return await self._load(remote)
                 return await self._run_once(remote, *batch)
-            except _WorkerLost as e:
+            except WorkerLost as e:
                 if e.hung:
                     raise Internal(
                         f"the model worker {e} while {doing}; a new worker starts on the next "
@@ -279,15 +290,21 @@ class ModelWorker:
             fd = os.open(remote.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             raise InvalidArgument(f"cannot read model file {remote.path}: {e}") from None
-        message = {
+        message: dict[str, Any] = {
             "op": "load", "key": remote.key, "format": remote.format.value,
             "device": remote.device, "outputs": remote.output_names,
         }  # fmt: skip
+        if remote.folder is not None:
+            message.update(
+                architecture=remote.folder.architecture, head=remote.folder.head,
+                files=[f.pack() for f in remote.folder.files],
+            )  # fmt: skip
+        folder = remote.folder is not None
         try:
             cur = self._process()
             reply = await self._ask(
-                message, [fd], f"loading model {remote.name!r}",
-                failed=lambda kind, msg: _load_error(remote, kind, msg), process=cur,
+                message, [fd], f"loading model {remote.name!r}", process=cur,
+                failed=lambda kind, msg: load_error(remote.name, remote.path, folder, kind, msg),
             )  # fmt: skip
         finally:
             os.close(fd)
@@ -340,7 +357,7 @@ class ModelWorker:
         reply = await self._ask(
             {"op": "run", "key": remote.key, "slot": slot, "inputs": [r.pack() for r in refs]},
             [], f"running a batch of model {remote.name!r}",
-            failed=lambda kind, msg: _batch_error(remote.name, kind, msg, rows, len(parts)),
+            failed=lambda kind, msg: batch_error(remote.name, kind, msg, rows, len(parts)),
             process=cur, slot=slot,
         )  # fmt: skip
         try:
@@ -352,10 +369,10 @@ class ModelWorker:
         self, message: dict[str, Any], fds: list[int], doing: str, *, failed: Any = None,
         process: _Process | None = None, slot: int = -1,
     ) -> dict[str, Any]:  # fmt: skip
-        """Sends a request and awaits the worker's answer (_WorkerLost if the worker is)."""
+        """Sends a request and awaits the worker's answer (WorkerLost if the worker is)."""
         cur = process or self._process()
         if cur.lost:
-            raise _WorkerLost("was replaced before it got to this")
+            raise WorkerLost("was replaced before it got to this")
         loop = self._bind_loop()
         pending = _Pending(doing, loop.create_future(), self.timeout_s, slot)
         cur.pending.append(pending)
@@ -390,7 +407,7 @@ class ModelWorker:
             raise Unavailable("the inference engine is shut down")
         cur = self._current
         if cur is not None and cur.proc.poll() is not None:
-            self._lose(cur, f"exited with {_exit_text(cur.proc.returncode)} while idle")
+            self._lose(cur, f"exited with {exit_text(cur.proc.returncode)} while idle")
             cur = None
         if cur is None:
             cur = self._spawn()
@@ -430,7 +447,7 @@ class ModelWorker:
         init = {
             "op": "init", "rules": [[r.path, r.access.value] for r in self.plan.rules],
             "uid": self.plan.uid, "gid": self.plan.gid, "threads": self.threads,
-            "parent": os.getpid(),
+            "parent": os.getpid(), "memory_bytes": self.memory_bytes,
         }  # fmt: skip
         # Sent now, before anything else can be: the worker reads it first. Starting imports
         # torch, which can be slow on a busy host.
@@ -519,15 +536,15 @@ class ModelWorker:
             return f"broke the protocol ({e})"
         tail = [line for line in cur.stderr if line][-3:]
         words = f"; its last words: {' | '.join(tail)}" if tail else ""
-        return f"exited with {_exit_text(code)}{words}"
+        return f"exited with {exit_text(code)}{words}"
 
     def _lose(
         self, cur: _Process, why: str, *, hung: bool = False, log_it: bool = True
-    ) -> _WorkerLost:
+    ) -> WorkerLost:
         """Stops ``cur`` for good and fails what it had: its first request (the one it was
         on) with ``why``; the ones queued behind it never started, so they may go again."""
         if cur.lost:
-            return _WorkerLost(why, hung=hung)
+            return WorkerLost(why, hung=hung)
         cur.lost = True
         if log_it:
             log.warning("the model worker (pid %d) %s", cur.proc.pid, why)
@@ -547,13 +564,13 @@ class ModelWorker:
                 region.close()
         cur.inputs = [None] * worker_wire.SLOTS
         cur.outputs = [None] * worker_wire.SLOTS
-        error = _WorkerLost(why, hung=hung)
+        error = WorkerLost(why, hung=hung)
         first = True
         while cur.pending:
             p = cur.pending.popleft()
             if not p.future.done():
                 p.future.set_exception(
-                    error if first else _WorkerLost(f"{why} (before it got to this request)")
+                    error if first else WorkerLost(f"{why} (before it got to this request)")
                 )
             first = False
         return error
@@ -585,29 +602,3 @@ def _log_probe(task: asyncio.Future[dict[str, str]]) -> None:
         return
     for path, outcome in task.result().items():
         log.info("model worker probe: open %s from the worker: %s", path, outcome)
-
-
-def _exit_text(code: int | None) -> str:
-    if code is None:
-        return "no exit status"
-    return f"signal {-code}" if code < 0 else f"status {code}"
-
-
-def _load_error(remote: RemoteModel, kind: str, message: str) -> P2PAgentError:
-    if kind == "resource_exhausted":
-        return ResourceExhausted(f"model {remote.name!r} does not fit this device: {message}")
-    if kind == "invalid_argument":
-        joint = " is " if message.startswith("not ") else ": "
-        return InvalidArgument(f"model file {remote.path}{joint}{message}")
-    return Internal(f"model {remote.name!r} failed to load in the model worker: {message}")
-
-
-def _batch_error(name: str, kind: str, message: str, rows: int, requests: int) -> P2PAgentError:
-    if kind == "resource_exhausted":
-        return ResourceExhausted(
-            f"model {name!r} ran out of device memory on a batch of {rows} row(s): {message}"
-        )
-    # The same words as a model failing in the daemon (engine._model_error).
-    return Internal(
-        f"model {name!r} failed on a batch of {rows} row(s) ({requests} request(s)): {message}"
-    )

@@ -1,18 +1,24 @@
 """The model cache's loader when models are isolated: which formats load in the model worker.
 
 TorchScript and torch.export archives carry code: they are checked without running anything
-(``archive_check``) and handed to the worker (``worker.ModelWorker``). safetensors weights run
-through the in-repo architectures here, in the daemon: no code comes from the file.
+(``archive_check``) and handed to the worker (``worker.ModelWorker``). Hugging Face folders
+run in the worker too, under its memory limit (``inference.worker_memory_bytes``): the daemon
+unpacks and verifies the folder, keeps its tokenizer (token ids cross to the worker, padded
+per batch) and hands the worker the pack with where its config and weights lie in it
+(``hf.worker_load``). safetensors weights of the in-repo architectures run here, in the
+daemon: neither code nor a publisher's model description comes from the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from p2pagent.errors import InvalidArgument
 from p2pagent.inference.archive_check import check_archive
 from p2pagent.inference.formats import LoadedModel, ModelFormat, detect_format, load_model
+from p2pagent.inference.hf.worker_load import HEAD_KEYS, FileRange, FolderLoad, model_files
 from p2pagent.inference.spec import ModelSpec
 from p2pagent.inference.worker import ModelWorker
 
@@ -39,6 +45,8 @@ def isolating_loader(worker: ModelWorker) -> Loader:
                 f"model file {path} is not a valid {fmt.value} file "
                 f"(it looks like {detected.value})"
             )
+        if detected is ModelFormat.HF_FOLDER:
+            return _load_folder(worker, name, Path(path), spec, device)
         if detected in CODE_FORMATS:
             # Read without running it (no pickle, only tensors and TorchScript types) before
             # the worker is handed the file: the same check as every in-process load.
@@ -47,3 +55,23 @@ def isolating_loader(worker: ModelWorker) -> Loader:
         return load_model(name, Path(path), spec, device, detected)
 
     return load
+
+
+def _load_folder(
+    worker: ModelWorker, name: str, path: Path, spec: ModelSpec, device: torch.device | str
+) -> LoadedModel:
+    """A published folder: tokenizer and padding here, the model in the worker."""
+    from p2pagent.inference.hf import pack
+    from p2pagent.inference.hf.text import ServedFolder
+
+    served = ServedFolder.of_pack(path, spec)  # unpacked and every file verified
+    with path.open("rb") as f:
+        files, offset = pack.read_index(f)
+    ranges = []
+    for entry in files:  # the pack holds the files one after another, in index order
+        ranges.append(FileRange(entry.path, offset, entry.size))
+        offset += entry.size
+    head = {k: spec.arch_config[k] for k in HEAD_KEYS if k in spec.arch_config}
+    folder = FolderLoad(spec.architecture, head, tuple(model_files(ranges)))
+    loaded = worker.load(name, path, spec, device, ModelFormat.HF_FOLDER, folder)
+    return dataclasses.replace(loaded, ragged=served.ragged, text=served.text)

@@ -30,8 +30,10 @@ The worker exits when the channel closes, and with the daemon (``PR_SET_PDEATHSI
 from __future__ import annotations
 
 import ctypes
+import gc
 import io
 import os
+import resource
 import signal
 import socket
 import sys
@@ -58,11 +60,13 @@ class _Failure(Exception):
 
 
 class Worker:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, memory_limit: int = 0) -> None:
         import torch
 
         self.torch = torch
         self.sock = sock
+        #: Bytes of the data segment this process may use (RLIMIT_DATA); 0: no limit.
+        self.memory_limit = memory_limit
         #: key -> (module, output names, device)
         self.models: dict[int, tuple[Any, list[str], Any]] = {}
         self.inputs: list[Region | None] = [None] * worker_wire.SLOTS
@@ -120,10 +124,18 @@ class Worker:
     def load(self, message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         torch = self.torch
         if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
             raise _Failure("internal", "a load request without its model file")
+        fmt, device = str(message["format"]), torch.device(str(message["device"]))
+        if fmt == ModelFormat.HF_FOLDER.value:
+            try:
+                module = self.load_folder(fds[0], message, device)
+            finally:
+                os.close(fds[0])
+            return self.keep(message, module, device)
         with os.fdopen(fds[0], "rb") as f:
             data = io.BytesIO(f.read())
-        fmt, device = str(message["format"]), torch.device(str(message["device"]))
         try:
             if fmt == ModelFormat.TORCHSCRIPT.value:
                 module = torch.jit.load(data, map_location=device)
@@ -140,11 +152,47 @@ class Worker:
             torchscript = fmt == ModelFormat.TORCHSCRIPT.value
             kind = "torchscript archive" if torchscript else "torch.export program"
             raise _Failure("invalid_argument", f"not a valid {kind}: {e}") from None
+        return self.keep(message, module, device)
+
+    def keep(self, message: dict[str, Any], module: Any, device: Any) -> dict[str, Any]:
         from p2pagent.inference.loading import module_nbytes
 
         names = [str(n) for n in message["outputs"]]
         self.models[int(message["key"])] = (module, names, device)
         return {"ok": True, "nbytes": module_nbytes(module)}
+
+    def load_folder(self, fd: int, message: dict[str, Any], device: Any) -> Any:
+        """A Hugging Face folder from its pack (hf.worker_load): the model's outputs by
+        port name, like any model's."""
+        from p2pagent.errors import InvalidArgument, ResourceExhausted
+        from p2pagent.inference.hf import worker_load
+
+        try:
+            module = worker_load.load_from_pack(
+                fd, message.get("files"), message.get("architecture"), message.get("head"),
+                self.memory_limit,
+            )  # fmt: skip
+            return module.to(device)
+        except InvalidArgument as e:
+            raise _Failure("invalid_argument", str(e)) from None
+        except ResourceExhausted as e:
+            raise _Failure("resource_exhausted", str(e)) from None
+        except Exception as e:
+            if not _out_of_memory(self.torch, e):
+                raise _Failure("invalid_argument", f"it does not load: {e}") from None
+        # Outside the except block: the failed allocation's frames (and what they hold) go.
+        gc.collect()
+        raise _Failure("resource_exhausted", self.over_limit("loading it"))
+
+    def over_limit(self, doing: str) -> str:
+        from p2pagent.inference.hf.worker_load import KNOB
+
+        if self.memory_limit <= 0:
+            return f"the model worker ran out of memory {doing}"
+        return (
+            f"the model worker ran out of memory {doing} ({KNOB} = "
+            f"{self.memory_limit / 2**20:.0f} MiB): raise {KNOB} or serve it on a larger node"
+        )
 
     def run(self, message: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         torch = self.torch
@@ -161,10 +209,17 @@ class Worker:
             outs = [o if o.device.type == "cpu" else o.cpu() for o in outs]
         except _Failure:
             raise
-        except torch.OutOfMemoryError as e:
+        except torch.OutOfMemoryError as e:  # the device's memory
             raise _Failure("resource_exhausted", str(e)) from None
         except Exception as e:
-            raise _Failure("internal", f"{type(e).__name__}: {e}") from None
+            if not _out_of_memory(torch, e):
+                raise _Failure("internal", f"{type(e).__name__}: {e}") from None
+            failed = True
+        else:
+            failed = False
+        if failed:  # outside the except block: the failed allocation's frames go first
+            gc.collect()
+            raise _Failure("resource_exhausted", self.over_limit("on this batch"))
         return self.write_outputs(slot, outs)
 
     def input_tensors(self, slot: int, raw: Any) -> list[Any]:
@@ -263,6 +318,13 @@ def _as_list(torch: Any, result: Any, names: list[str]) -> list[Any]:
     return values
 
 
+def _out_of_memory(torch: Any, e: BaseException) -> bool:
+    """A failed allocation (the memory limit, or the device's memory), not a model error."""
+    if isinstance(e, MemoryError | torch.OutOfMemoryError):
+        return True
+    return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+
+
 def _try_open(path: Any) -> str:
     """Returns "opened" or the error's name (EACCES...), trying a folder listing for folders."""
     import errno
@@ -277,13 +339,18 @@ def _try_open(path: Any) -> str:
     return "opened"
 
 
-def _init(sock: socket.socket) -> tuple[sandbox.SandboxReport, int]:
+def _init(sock: socket.socket) -> tuple[sandbox.SandboxReport, int, int]:
     message, _ = worker_wire.receive(sock)
     rules = [sandbox.Rule(str(p), sandbox.Access(str(a))) for p, a in message["rules"]]
     uid, gid = message.get("uid"), message.get("gid")
     report = sandbox.confine(
         rules, int(uid) if uid is not None else None, int(gid) if gid is not None else None
     )
+    # The data segment (heap and private anonymous memory: tensors), not the address space:
+    # shared regions, mapped libraries and CUDA's reservations do not count against it.
+    limit = int(message.get("memory_bytes", 0))
+    if limit > 0:
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     # torch only now: Landlock binds the calling thread and the threads it starts later, so a
     # thread torch started before the fence (it starts some at import) would stay outside it.
     import torch
@@ -291,7 +358,7 @@ def _init(sock: socket.socket) -> tuple[sandbox.SandboxReport, int]:
     threads = int(message.get("threads", 0))
     if threads > 0:
         torch.set_num_threads(threads)
-    return report, int(message.get("parent", 0))
+    return report, int(message.get("parent", 0)), limit
 
 
 def main(argv: list[str]) -> int:
@@ -299,7 +366,7 @@ def main(argv: list[str]) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     try:
-        report, parent = _init(sock)
+        report, parent, limit = _init(sock)
     except (OSError, worker_wire.ChannelClosed, KeyError, ValueError) as e:
         worker_wire.send(sock, {"ok": False, "kind": "internal", "message": f"sandbox: {e}"})
         return 1
@@ -318,7 +385,7 @@ def main(argv: list[str]) -> int:
             "landlock_error": report.landlock_error,
         },
     )
-    Worker(sock).serve()
+    Worker(sock, limit).serve()
     return 0
 
 

@@ -41,17 +41,24 @@ def _alive(c: Cluster, node: str) -> set[str]:
     return {n for n, (state, _) in c.members(node).items() if state == "alive"}
 
 
-async def test_minilm_embeds_through_a_node_that_did_not_receive_the_push(
-    three: Cluster,
-) -> None:
-    from sentence_transformers import SentenceTransformer
-
+@pytest.fixture(scope="module")
+async def published(three: Cluster) -> Path:
+    """MiniLM pushed to n1 only."""
     folder = Path(minilm.get_model_path())
     async with Client.from_certs(
         [three.nodes["n1"].address], three.certs, identity="publisher", timeout_s=300
     ) as pub:
         version = await pub.publish(folder, "minilm")
         assert version.holders == ["n1"]
+    return folder
+
+
+async def test_minilm_embeds_through_a_node_that_did_not_receive_the_push(
+    three: Cluster, published: Path
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    folder = published
     async with Client.from_certs([three.nodes["n3"].address], three.certs, timeout_s=300) as client:
         got = np.array(await client.embed("minilm", TEXTS), dtype=np.float32)
         listed = await client.models("minilm")
@@ -61,3 +68,41 @@ async def test_minilm_embeds_through_a_node_that_did_not_receive_the_push(
     cosine = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
     assert cosine.min() >= 0.99999
     assert np.abs(got - want).max() <= 1e-5
+
+
+def test_a_busy_nodes_texts_are_embedded_by_idle_peers(three: Cluster, published: Path) -> None:
+    """Each text of an Embed call is a task (costed by its tokens): n1 flooded with calls
+    while n2 and n3, which serve the same folder, are idle; some texts run on them (the
+    answer's executor names them), and every embedding equals n1's own for that text."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from p2pagent._proto import agent_pb2
+
+    sentence = "agents embed every sentence of the mesh while peers steal queued texts"
+    words = sentence.split(" ")
+    texts = [" ".join(words[(i + j) % len(words)] for j in range(60)) for i in range(24)]
+    # Every node serves the folder (pulled and loaded): only a peer serving it steals.
+    alone = {}
+    for n in NODES:
+        reply = three.agent(n).Embed(
+            agent_pb2.EmbedRequest(model="minilm", texts=texts, truncate=True), timeout=300
+        )
+        alone[n] = np.array([list(v.values) for v in reply.embeddings], dtype=np.float32)
+    np.testing.assert_allclose(alone["n2"], alone["n1"], atol=1e-5)
+
+    def embed(_: int) -> tuple[str, np.ndarray]:
+        reply = three.agent("n1").Embed(
+            agent_pb2.EmbedRequest(model="minilm", texts=texts, truncate=True), timeout=300
+        )
+        return reply.executor, np.array([list(v.values) for v in reply.embeddings], "f4")
+
+    executors: set[str] = set()
+    for _ in range(3):  # whether a steal lands in a round depends on timing
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(embed, range(12)))
+        for executor, got in answers:
+            executors.update(executor.split(","))
+            np.testing.assert_allclose(got, alone["n1"], atol=1e-5)
+        if executors - {"n1"}:
+            break
+    assert executors - {"n1"}, executors

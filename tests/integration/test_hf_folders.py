@@ -81,7 +81,9 @@ def _reference(folder: Path, cls_name: str, texts: list[str]) -> list[torch.Tens
 async def test_an_embedding_folder_is_published_and_embeds_as_transformers_does(
     node: Daemon, certs_dir: Path, folders: Path
 ) -> None:
-    async with Client.from_certs([node.address], certs_dir, identity="publisher") as c:
+    async with Client.from_certs(
+        [node.address], certs_dir, identity="publisher", timeout_s=120
+    ) as c:
         version = await c.publish(folders / "emb", "tiny-emb")
         assert version.format == "hf_folder"
         files = json.loads(version.metadata.arch_config)["files"]
@@ -104,7 +106,9 @@ async def test_an_embedding_folder_is_published_and_embeds_as_transformers_does(
 async def test_a_classifier_folder_scores_every_label_as_transformers_does(
     node: Daemon, certs_dir: Path, folders: Path
 ) -> None:
-    async with Client.from_certs([node.address], certs_dir, identity="publisher") as c:
+    async with Client.from_certs(
+        [node.address], certs_dir, identity="publisher", timeout_s=120
+    ) as c:
         await c.publish(folders / "cls", "tiny-cls")
         got = await c.classify("tiny-cls", TEXTS)
     want = _reference(folders / "cls", "BertForSequenceClassification", TEXTS)
@@ -125,7 +129,9 @@ async def test_a_token_classifier_folder_tags_spans_with_their_offsets(
     from p2pagent.inference.hf.text import entities
     from p2pagent.inference.hf.tokenize import Encoded
 
-    async with Client.from_certs([node.address], certs_dir, identity="publisher") as c:
+    async with Client.from_certs(
+        [node.address], certs_dir, identity="publisher", timeout_s=120
+    ) as c:
         await c.publish(folders / "ner", "tiny-ner")
         got = await c.classify_tokens("tiny-ner", TEXTS)
     want = _reference(folders / "ner", "BertForTokenClassification", TEXTS)
@@ -145,7 +151,9 @@ async def test_a_token_classifier_folder_tags_spans_with_their_offsets(
 async def test_bad_texts_are_refused_naming_the_problem(
     node: Daemon, certs_dir: Path, folders: Path
 ) -> None:
-    async with Client.from_certs([node.address], certs_dir, identity="publisher") as c:
+    async with Client.from_certs(
+        [node.address], certs_dir, identity="publisher", timeout_s=120
+    ) as c:
         await c.publish(folders / "emb", "tiny-emb-2")
         stub = c._stub(node.address)  # the raw RPC: the client refuses these before sending
         cases = {
@@ -200,7 +208,9 @@ async def test_bad_folders_are_refused_at_push_and_nothing_is_published(
         remote: "auto_map",
         no_pool: "no sentence-transformers config",
     }
-    async with Client.from_certs([node.address], certs_dir, identity="publisher") as c:
+    async with Client.from_certs(
+        [node.address], certs_dir, identity="publisher", timeout_s=120
+    ) as c:
         for folder, words in cases.items():
             with pytest.raises(InvalidArgument, match=words):
                 await c.publish(folder, f"bad-{folder.name}")

@@ -183,7 +183,8 @@ async def test_stop_string_ends_the_completion_before_it(api: openai.AsyncOpenAI
 async def test_embeddings_equal_embed(
     api: openai.AsyncOpenAI, node: Daemon, certs_dir: Path, published: str
 ) -> None:
-    async with Client.from_certs([node.address], certs_dir) as c:
+    # Generous: the first Embed starts the model worker and loads the folder there.
+    async with Client.from_certs([node.address], certs_dir, timeout_s=120) as c:
         want = await c.embed(published, TEXTS)
     floats = await api.embeddings.create(model=published, input=TEXTS, encoding_format="float")
     for got, w in zip(floats.data, want, strict=True):

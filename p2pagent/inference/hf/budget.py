@@ -14,10 +14,10 @@ costs gigabytes from a few bytes of JSON. So, before ``from_pretrained``, on eve
    hold (as float32, the dtype it loads in) plus a margin, for a head a base checkpoint lacks
    (a classifier's) and for buffers (position ids).
 
-Why not load the folder in the model worker instead: the worker has the key fence but no
-memory limit (CUDA reserves address space, so ``RLIMIT_AS`` does not fit it), and the
-node's tokenizer and ragged batching sit in the daemon; this check bounds the memory, which
-is what a hostile config.json reaches, without moving any of that.
+Where model isolation is on, folders load in the model worker (worker_main), which runs
+these checks on the files the daemon hands it, under the worker's own memory limit
+(``inference.worker_memory_bytes``): a model larger than what that limit leaves is refused
+there by ``check_fits`` before anything is allocated.
 """
 
 from __future__ import annotations
@@ -70,28 +70,37 @@ def weight_elements(folder: Path) -> int:
     for path in sorted(folder.glob("*.safetensors")):
         with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             header, _ = read_header(memoryview(m), f"the folder's {path.name}")
-        for key, entry in header.items():
-            if key == "__metadata__" or not isinstance(entry, dict):
-                continue
-            shape = entry.get("shape")
-            if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
-                raise InvalidArgument(f"the folder's {path.name}: tensor {key[:64]!r} has no shape")
-            n = 1
-            for d in shape:
-                n *= d
-            total += n
+        total += header_elements(header, path.name)
     return total
 
 
-def skeleton_bytes(cls: Any, folder: Path) -> int:
+def header_elements(header: Mapping[str, Any], name: str) -> int:
+    """Elements in the tensors one safetensors header declares."""
+    total = 0
+    for key, entry in header.items():
+        if key == "__metadata__" or not isinstance(entry, dict):
+            continue
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
+            raise InvalidArgument(f"the folder's {name}: tensor {key[:64]!r} has no shape")
+        n = 1
+        for d in shape:
+            n *= d
+        total += n
+    return total
+
+
+def skeleton_bytes(cls: Any, config: Mapping[str, Any]) -> int:
     """Step 2's count: bytes of the parameters and buffers ``cls`` builds from the folder's
-    config, as float32, built on the meta device (nothing allocated)."""
+    config (its config.json, parsed), as float32, built on the meta device (nothing
+    allocated)."""
     import torch
 
     try:
-        config = cls.config_class.from_pretrained(str(folder), local_files_only=True)
+        # What from_pretrained does with a local folder's config.json.
+        built = cls.config_class.from_dict(dict(config))
         with torch.device("meta"):
-            model = cls._from_config(config, dtype=torch.float32)
+            model = cls._from_config(built, dtype=torch.float32)
     except InvalidArgument:
         raise
     except Exception as e:  # transformers raises many kinds for a config it cannot build
@@ -107,10 +116,24 @@ def skeleton_bytes(cls: Any, folder: Path) -> int:
 
 
 def check_allocation(cls: Any, folder: Path, config: Mapping[str, Any]) -> None:
-    """Both steps; InvalidArgument saying what the folder asks for against what it holds."""
+    """Both steps on a folder on disk; InvalidArgument saying what the folder asks for
+    against what it holds."""
+    check_held(cls, config, weight_elements(folder))
+
+
+def check_held(cls: Any, config: Mapping[str, Any], held_elements: int) -> int:
+    """Both steps, given the elements the folder's safetensors files hold; returns the
+    model's size in bytes (as float32)."""
     check_config_numbers(config)
-    held = weight_elements(folder) * 4
-    wanted = skeleton_bytes(cls, folder)
+    wanted = skeleton_bytes(cls, config)
+    check_wanted(wanted, held_elements)
+    return wanted
+
+
+def check_wanted(wanted: int, held_elements: int) -> None:
+    """Step 2's comparison: ``wanted`` bytes (``skeleton_bytes``) against the elements the
+    folder's weights hold."""
+    held = held_elements * 4
     allowed = held + max(MARGIN_BYTES, int(held * MARGIN_FRACTION))
     if wanted > allowed:
         raise InvalidArgument(

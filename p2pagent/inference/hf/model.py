@@ -1,8 +1,10 @@
-"""Loading a materialised model folder with ``transformers`` (offline, safetensors only,
-``trust_remote_code=False``) and the heads that turn its hidden states into a task's
-outputs: sentence-transformers pooling and normalisation, or a classifier's logits.
+"""Building a model folder's model with ``transformers`` (offline, safetensors only,
+``trust_remote_code=False``) from its parsed config and weights, and the heads that turn its
+hidden states into a task's outputs: sentence-transformers pooling and normalisation, or a
+classifier's logits. ``build`` is the one way: the model worker calls it with what it read
+from the pack (``worker_load``), the daemon (isolation off) with a folder's files.
 
-Imported only on a node that loads a folder (it imports torch and transformers).
+Imported only in a process that loads a folder (it imports torch and transformers).
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ class FolderModel(nn.Module):
         return {"logits": out.logits.float()}
 
 
-def load_folder(folder: Path, architecture: str, arch_config: Mapping[str, Any]) -> FolderModel:
-    """The folder's model on the CPU, in eval mode; InvalidArgument when it does not load."""
+def architecture_class(architecture: str) -> Any:
+    """The ``transformers`` class of a folder's architecture; InvalidArgument if unknown."""
     if architecture not in known_architectures():
         raise InvalidArgument(f"architecture {architecture!r} is not known to transformers")
     import transformers
@@ -69,20 +71,55 @@ def load_folder(folder: Path, architecture: str, arch_config: Mapping[str, Any])
     cls = getattr(transformers, architecture, None)
     if cls is None:
         raise InvalidArgument(f"transformers has no class {architecture!r}")
-    # On every node, not only where it was pushed: the config must not make this process
-    # allocate more than the weights the folder holds (see budget.py).
-    budget.check_allocation(cls, folder, _config(folder))
+    return cls
+
+
+def build(
+    cls: Any,
+    config: Mapping[str, Any],
+    weights: dict[str, torch.Tensor],
+    arch_config: Mapping[str, Any],
+) -> FolderModel:
+    """The model from its parsed config.json and its safetensors tensors, on the CPU, in eval
+    mode: what ``from_pretrained`` does with a folder, but from what was already read (the
+    model worker reads the files from descriptors; it cannot open the node's data folder).
+    The caller has run ``budget.check_held`` on the config."""
     try:
         model = cls.from_pretrained(
-            str(folder),
-            local_files_only=True,
+            None,
+            config=cls.config_class.from_dict(dict(config)),
+            state_dict=weights,
             trust_remote_code=False,
-            use_safetensors=True,
             dtype=torch.float32,
         )
-    except Exception as e:  # transformers raises many kinds for a folder it cannot load
+    except Exception as e:  # transformers raises many kinds for weights it cannot load
+        if _out_of_memory(e):
+            raise
         raise InvalidArgument(f"the folder does not load with transformers: {e}") from None
     return FolderModel(model, arch_config).eval()
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """An allocation that failed (the model worker's memory limit), not a bad folder."""
+    return isinstance(e, MemoryError | torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+    )
+
+
+def load_folder(folder: Path, architecture: str, arch_config: Mapping[str, Any]) -> FolderModel:
+    """The folder's model on the CPU, in eval mode; InvalidArgument when it does not load.
+    In the daemon: only where ``inference.isolate_code_models`` is off."""
+    from p2pagent.inference import safetensors_io
+
+    cls = architecture_class(architecture)
+    config = _config(folder)
+    # On every node, not only where it was pushed: the config must not make this process
+    # allocate more than the weights the folder holds (see budget.py).
+    budget.check_allocation(cls, folder, config)
+    weights: dict[str, torch.Tensor] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        weights.update(safetensors_io.load(path)[0])
+    return build(cls, config, weights, arch_config)
 
 
 def _config(folder: Path) -> dict[str, Any]:

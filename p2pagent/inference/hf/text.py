@@ -7,10 +7,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from p2pagent.inference.hf.folder import TOKEN_CLASSIFICATION
+from p2pagent.inference.hf.folder import TOKEN_CLASSIFICATION, listed_files
 from p2pagent.inference.hf.tokenize import Encoded, TextTokenizer
+
+if TYPE_CHECKING:
+    from p2pagent.inference.ragged import RaggedInputs
+    from p2pagent.inference.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,31 @@ class TextSide:
             str(arch_config["task"]),
             tuple(str(x) for x in arch_config.get("labels", ())),
             TextTokenizer(folder / "tokenizer.json", int(arch_config["max_length"])),
+        )
+
+
+@dataclass(frozen=True)
+class ServedFolder:
+    """A published folder on the node that serves it: the folder unpacked beside its pack
+    (every file checked against the manifest's list), how its token ids are padded, and its
+    text side. Made in the daemon whether the model itself runs there or in the worker."""
+
+    folder: Path
+    ragged: RaggedInputs
+    text: TextSide
+
+    @staticmethod
+    def of_pack(pack_path: Path, spec: ModelSpec) -> ServedFolder:
+        from p2pagent.inference.hf import pack
+        from p2pagent.inference.ragged import RaggedInputs
+
+        folder = pack.materialise(
+            pack_path, pack.folder_of(pack_path), listed_files(spec.arch_config)
+        )
+        pad = int(spec.arch_config.get("pad_token_id", 0))
+        per_token = frozenset(p.name for p in spec.outputs if len(p.shape) == 3)
+        return ServedFolder(
+            folder, RaggedInputs((pad, 0), per_token), TextSide.of_folder(folder, spec.arch_config)
         )
 
 

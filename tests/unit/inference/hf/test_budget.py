@@ -45,7 +45,7 @@ def test_a_folder_whose_config_matches_its_weights_passes(built: Path, name: str
     budget.check_allocation(cls, folder, _config(folder))
     held = budget.weight_elements(folder) * 4
     assert held > 0
-    assert held <= budget.skeleton_bytes(cls, folder) <= held + budget.MARGIN_BYTES
+    assert held <= budget.skeleton_bytes(cls, _config(folder)) <= held + budget.MARGIN_BYTES
 
 
 def test_a_position_table_past_the_weights_is_refused_before_anything_is_built(

@@ -1,0 +1,47 @@
+"""How the model worker's failures read to the daemon's callers: a lost worker (exited,
+broke the protocol, stopped answering), and a load or batch the worker answered with an
+error kind (``invalid_argument``, ``resource_exhausted``, ``internal``) turned into the
+node's own errors with messages that say what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from p2pagent.errors import Internal, InvalidArgument, P2PAgentError, ResourceExhausted
+
+
+class WorkerLost(Exception):
+    """The worker exited, broke the protocol or stopped answering (it has been stopped)."""
+
+    def __init__(self, why: str, *, hung: bool = False) -> None:
+        super().__init__(why)
+        self.hung = hung
+
+
+def exit_text(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
+    return f"signal {-code}" if code < 0 else f"status {code}"
+
+
+def load_error(name: str, path: Path, folder: bool, kind: str, message: str) -> P2PAgentError:
+    """A load the worker refused; ``folder``: a Hugging Face folder (else a model file)."""
+    if kind == "resource_exhausted":
+        return ResourceExhausted(f"model {name!r} does not fit this node: {message}")
+    if kind == "invalid_argument" and folder:
+        return InvalidArgument(f"model folder {name!r} does not load: {message}")
+    if kind == "invalid_argument":
+        joint = " is " if message.startswith("not ") else ": "
+        return InvalidArgument(f"model file {path}{joint}{message}")
+    return Internal(f"model {name!r} failed to load in the model worker: {message}")
+
+
+def batch_error(name: str, kind: str, message: str, rows: int, requests: int) -> P2PAgentError:
+    if kind == "resource_exhausted":
+        return ResourceExhausted(
+            f"model {name!r} ran out of memory on a batch of {rows} row(s): {message}"
+        )
+    # The same words as a model failing in the daemon (engine._model_error).
+    return Internal(
+        f"model {name!r} failed on a batch of {rows} row(s) ({requests} request(s)): {message}"
+    )
