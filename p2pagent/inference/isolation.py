@@ -153,3 +153,24 @@ def describe(p: Plan) -> str:
 def protects_key(p: Plan) -> bool:
     """Whether the worker is kept from the key by something (Landlock or another uid)."""
     return bool(p.landlock_abi) or p.uid is not None
+
+
+#: Environment the worker keeps from the daemon's (nothing else: no tokens, no paths).
+_KEEP_ENV = (
+    "PATH", "LANG", "LC_ALL", "PYTHONPATH", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES",
+    "CUDA_DEVICE_ORDER", "NVIDIA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+)  # fmt: skip
+
+
+def worker_environment(scratch: Path) -> dict[str, str]:
+    """The worker's environment: what it needs from the daemon's, and the daemon's own
+    p2pagent first on its import path. The worker runs with ``-P`` from its scratch folder, so
+    without that a daemon started from a source tree (found through its working directory)
+    would get a worker importing another installed copy, one its Landlock rules do not cover."""
+    env = {k: os.environ[k] for k in _KEEP_ENV if k in os.environ}
+    env.update(HOME=str(scratch), TMPDIR=str(scratch), USER="p2pagent-worker")
+    env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1")
+    ours = str(Path(p2pagent.__file__).resolve().parent.parent)
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != ours]
+    env["PYTHONPATH"] = os.pathsep.join([ours, *rest])
+    return env

@@ -50,7 +50,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import p2pagent
 from p2pagent.errors import Internal, InvalidArgument, P2PAgentError, Unavailable
 from p2pagent.inference import isolation, worker_tensors, worker_wire
 from p2pagent.inference.formats import LoadedModel, ModelFormat
@@ -72,11 +71,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROBE_ENV = "P2PAGENT_WORKER_PROBE"
-#: Environment the worker keeps from the daemon's (nothing else: no tokens, no paths).
-_KEEP_ENV = (
-    "PATH", "LANG", "LC_ALL", "PYTHONPATH", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES",
-    "CUDA_DEVICE_ORDER", "NVIDIA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-)  # fmt: skip
 #: Batches with more input bytes than this are written into shared memory from a thread,
 #: not on the event loop.
 _LOOP_COPY_BYTES = 1 << 20
@@ -421,7 +415,7 @@ class ModelWorker:
     def _spawn(self) -> _Process:
         loop = self._bind_loop()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = worker_environment(self.scratch)
+        env = isolation.worker_environment(self.scratch)
         cmd = [sys.executable, "-P", "-m", "p2pagent.inference.worker_main", str(child.fileno())]
         try:
             # close_fds (the default) plus pass_fds: the worker inherits its end of the control
@@ -574,20 +568,6 @@ class ModelWorker:
                 )
             first = False
         return error
-
-
-def worker_environment(scratch: Path) -> dict[str, str]:
-    """The worker's environment: what it needs from the daemon's, and the daemon's own
-    p2pagent first on its import path. The worker runs with ``-P`` from its scratch folder, so
-    without that a daemon started from a source tree (found through its working directory)
-    would get a worker importing another installed copy, one its Landlock rules do not cover."""
-    env = {k: os.environ[k] for k in _KEEP_ENV if k in os.environ}
-    env.update(HOME=str(scratch), TMPDIR=str(scratch), USER="p2pagent-worker")
-    env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1")
-    ours = str(Path(p2pagent.__file__).resolve().parent.parent)
-    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != ours]
-    env["PYTHONPATH"] = os.pathsep.join([ours, *rest])
-    return env
 
 
 def _drain_stderr(proc: subprocess.Popen[bytes], keep: collections.deque[str]) -> None:

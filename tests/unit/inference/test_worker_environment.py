@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import p2pagent
-from p2pagent.inference.worker import worker_environment
+from p2pagent.inference.isolation import worker_environment
 
 
 def test_the_daemons_own_package_comes_first_on_the_workers_import_path(
