@@ -168,6 +168,7 @@ async def test_a_full_node_places_it_on_a_peer_with_the_same_tokens(tmp_path: Pa
         alone = await mesh.p1.generate("lm", PROMPT, SamplingParams(max_new_tokens=NEW))
         assert _ids(events) == _ids(await _collect(alone))  # greedy: the same ids anywhere
         assert mesh.peers.closed == ["p2"]
+        assert mesh.placed.counts.relayed_out == 1 and mesh.placed.counts.placed_locally == 1
     finally:
         await mesh.close()
 
@@ -186,6 +187,7 @@ async def test_refusals_and_a_death_before_the_first_token_try_the_next(tmp_path
         last = events[-1]
         assert isinstance(last, FinishEvent) and last.node == "here"  # run here at last
         assert len(_ids(events)) == NEW
+        assert mesh.placed.counts.failed_over == 2 and mesh.placed.counts.placed_locally == 1
     finally:
         await mesh.close()
 
