@@ -109,7 +109,11 @@ class WaitingMover:
                 except TimeoutError:
                     pass
                 continue
-            moved = await self._try(entry)
+            try:
+                moved = await self._try(entry)
+            except Exception:  # a bug of ours: the sequence stays here, the mover goes on
+                log.exception("offering a waiting generation of %s to peers failed", self.key)
+                moved = False
             if moved is None:  # admitted here meanwhile: no attempt to pace
                 continue
             self._pacer.record(self._clock(), moved=moved)
@@ -123,18 +127,24 @@ class WaitingMover:
             if entry not in self._waiting:  # ended or admitted while we asked
                 return None
             events = self._peers.relay(node, entry.request)
+            handed_over = False
             try:
-                first = await anext(events)
-            except (StopAsyncIteration, P2PAgentError) as e:
-                log.info("waiting generation of %s: %s could not take it (%s)", self.key, node, e)
-                self._counts.failed_over += 1
-                await events.aclose()
-                continue
-            if not await entry.seq.withdraw():
-                await events.aclose()  # started here first: the peer's copy is cancelled
-                self.forget(entry)
-                return None
-            entry.moved = Moved(node, first, events)
+                try:
+                    first = await anext(events)
+                except (StopAsyncIteration, P2PAgentError) as e:
+                    log.info(
+                        "waiting generation of %s: %s could not take it (%s)", self.key, node, e
+                    )
+                    self._counts.failed_over += 1
+                    continue
+                if not await entry.seq.withdraw():
+                    self.forget(entry)  # started here first: the peer's copy is cancelled
+                    return None
+                entry.moved = Moved(node, first, events)
+                handed_over = True
+            finally:
+                if not handed_over:  # refused, failed, started here, or this task cancelled
+                    await events.aclose()
             self.forget(entry)
             self._counts.moved += 1
             log.info(
