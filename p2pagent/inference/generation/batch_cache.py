@@ -15,7 +15,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from p2pagent.inference.generation.growing_cache import cap_columns, growing
+from p2pagent.inference.generation.growing_cache import (
+    HEADROOM,
+    GrowingLayer,
+    cap_columns,
+    growing,
+    stacked,
+)
 
 
 def _layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -55,9 +61,16 @@ class BatchCache:
             return
         width = max(self.width, length)
         grow, pad = width - self.width, width - length
+        columns = max(width, min(width + HEADROOM, max(*self.limits, limit)))
         for layer, (nk, nv) in zip(self._cache.layers, layers, strict=True):
             # One layer at a time, the old tensors freed before the next layer is copied:
             # a join costs one layer's cache more memory, not the batch's whole cache.
+            if isinstance(layer, GrowingLayer):
+                old_k, old_v = layer.keys, layer.values
+                assert old_k is not None and old_v is not None
+                keys = stacked(old_k, nk, width, columns)
+                layer.set_storage(keys, stacked(old_v, nv, width, columns), width)
+                continue
             layer.keys = torch.cat([F.pad(layer.keys, (0, 0, grow, 0)), F.pad(nk, (0, 0, pad, 0))])
             layer.values = torch.cat(
                 [F.pad(layer.values, (0, 0, grow, 0)), F.pad(nv, (0, 0, pad, 0))]

@@ -73,6 +73,24 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # untyped ba
     def get_seq_length(self) -> int:
         return self._len
 
+    def set_storage(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+        """Tensors with room past ``length`` columns, of which the first ``length`` are the
+        cache (a join builds them with the headroom at once: one copy, not two)."""
+        self._k, self._v = keys, values
+        self._len = self._vlen = length
+
+
+def stacked(old: torch.Tensor, new: torch.Tensor, width: int, columns: int) -> torch.Tensor:
+    """``old``'s rows, then ``new``'s, each left-padded with zeros to ``width`` columns, in
+    storage of ``columns >= width`` columns: each input copied once."""
+    rows, old_w, new_w = old.shape[0], old.shape[-2], new.shape[-2]
+    out = old.new_empty((rows + new.shape[0], old.shape[1], columns, old.shape[3]))
+    out[:rows, :, : width - old_w].zero_()  # padding must be finite: masked, not ignored
+    out[:rows, :, width - old_w : width] = old
+    out[rows:, :, : width - new_w].zero_()
+    out[rows:, :, width - new_w : width] = new
+    return out
+
 
 def _regrown(tensor: torch.Tensor, used: int, columns: int) -> torch.Tensor:
     shape = list(tensor.shape)

@@ -63,3 +63,16 @@ def test_the_headroom_stops_at_the_longest_limit() -> None:
     for step in range(3):
         grow.update(*_kv(2, 1, step))
         assert grow._k is not None and grow._k.shape[-2] == 8
+
+
+def test_a_join_stacks_left_padded_rows_into_storage_with_headroom() -> None:
+    import torch.nn.functional as F
+
+    from p2pagent.inference.generation.growing_cache import stacked
+
+    old, _ = _kv(3, 5, 1)
+    new, _ = _kv(1, 7, 2)
+    out = stacked(old, new, 7, 12)
+    assert out.shape == (4, 2, 12, 4)
+    want = torch.cat([F.pad(old, (0, 0, 2, 0)), new])
+    assert torch.equal(out[:, :, :7], want)  # the padding is zeros, not stale memory
