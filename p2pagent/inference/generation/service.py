@@ -230,7 +230,6 @@ class QueuedSequence:
 
     runner: _ModelRunner
     seq_id: int
-    prompt_tokens: int
 
     def events(self) -> AsyncGenerator[Event, None]:
         return self.runner.events(self.seq_id)
@@ -417,7 +416,7 @@ class GenerationService:
             runner.arriving -= 1
             runner.last_used = runner.chosen_at = self._clock()
             self._sweep()
-        return QueuedSequence(runner, seq_id, len(ids))
+        return QueuedSequence(runner, seq_id)
 
     # ---- unloading (rules in residency.py) ------------------------------------------------
 
