@@ -34,6 +34,7 @@ from p2pagent.inference.engine import InferenceEngine, resolve_config
 from p2pagent.inference.formats import load_model
 from p2pagent.inference.generation.placement import TAG as GENERATION_TAG
 from p2pagent.inference.generation.placement import TAG_OFF as GENERATION_TAG_OFF
+from p2pagent.inference.generation.relay_stats import RelayCounts
 from p2pagent.inference.stats import ModelStats
 from p2pagent.inference.worker import ModelWorker
 from p2pagent.inference.worker_loader import isolating_loader
@@ -166,6 +167,8 @@ class Node:
         self.components.append(self.models)
         self._generation: GenerationService | None = None
         self._placed: PlacedGeneration | None = None
+        #: Where generations were placed (metrics); kept before torch loads.
+        self.generation_relays = RelayCounts()
         if config.generation.folders:  # checked now: a bad folder stops the start
             self._generation = generation_service(config, self.device.name, self.models)
         self.tasks: TasksDriver = TasksDriver(
@@ -232,6 +235,7 @@ class Node:
                 self.generation,
                 GrpcGenerationPeers(self.name, self.members, self.channels),
                 self.members.peers,
+                counts=self.generation_relays,
             )
         return self._placed
 

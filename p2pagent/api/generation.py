@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 
 from p2pagent._proto import agent_pb2, peer_pb2
-from p2pagent.errors import FailedPrecondition, Internal, InvalidArgument
+from p2pagent.errors import FailedPrecondition, Internal, InvalidArgument, P2PAgentError
 
 if TYPE_CHECKING:
     from p2pagent.inference.generation.config import GenerationConfig
     from p2pagent.inference.generation.engine import Event
     from p2pagent.inference.generation.placed import PlacedGeneration
+    from p2pagent.inference.generation.relay_stats import RelayCounts
     from p2pagent.inference.generation.service import GenerationService
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -53,6 +54,11 @@ class GenerationNode(Protocol):
 
     @property
     def placed_generation(self) -> PlacedGeneration | None: ...
+
+    @property
+    def generation_relays(self) -> RelayCounts:
+        """Where generations were placed: this node counts the peers' placements here."""
+        ...
 
 
 async def _import_generation() -> None:
@@ -137,6 +143,40 @@ class GenerationPeerApi:
         self, request: peer_pb2.GenerateRelayRequest, context: Ctx
     ) -> AsyncIterator[peer_pb2.GenerateRelayResponse]:
         node = self._generation_node
+        try:
+            target, events = await self._take_relayed(request)
+        except P2PAgentError:
+            node.generation_relays.refused += 1
+            raise
+        node.generation_relays.relayed_in += 1
+        from p2pagent.inference.generation.placed import named
+
+        inner = request.request
+        sent = 0
+        try:
+            # aclosing: however gRPC ends this handler (cancelling it while it awaits a
+            # token, or closing it at a yield), the sequence is cancelled now.
+            async with contextlib.aclosing(
+                _responses(named(events, node.name), inner.model)
+            ) as responses:
+                async for response in responses:
+                    yield peer_pb2.GenerateRelayResponse(response=response)
+                    sent += 1
+        except (asyncio.CancelledError, GeneratorExit):
+            log.info(
+                "generation of %s placed here by %s cancelled by its origin after %d messages",
+                target,
+                request.origin or "a peer",
+                sent,
+            )
+            raise
+
+    async def _take_relayed(
+        self, request: peer_pb2.GenerateRelayRequest
+    ) -> tuple[str, AsyncGenerator[Event, None]]:
+        """Starts a sequence a peer placed here: its engine key and events; raises when this
+        node does not take it (relays off, not that version, no room to start at once)."""
+        node = self._generation_node
         if not node.generation_config.accept_relayed:
             raise FailedPrecondition(
                 f"{node.name} takes no generations from peers (generation.accept_relayed)"
@@ -158,23 +198,4 @@ class GenerationPeerApi:
         events = await service.generate_on(
             target, prompt_of(inner), sampling_of(inner), require_room=True
         )
-        from p2pagent.inference.generation.placed import named
-
-        sent = 0
-        try:
-            # aclosing: however gRPC ends this handler (cancelling it while it awaits a
-            # token, or closing it at a yield), the sequence is cancelled now.
-            async with contextlib.aclosing(
-                _responses(named(events, node.name), inner.model)
-            ) as responses:
-                async for response in responses:
-                    yield peer_pb2.GenerateRelayResponse(response=response)
-                    sent += 1
-        except (asyncio.CancelledError, GeneratorExit):
-            log.info(
-                "generation of %s placed here by %s cancelled by its origin after %d messages",
-                target.key,
-                request.origin or "a peer",
-                sent,
-            )
-            raise
+        return target.key, events

@@ -78,8 +78,11 @@ async def _generate(args: argparse.Namespace) -> int:
                 "finish_reason": last.finish_reason,
                 "prompt_tokens": last.prompt_tokens,
                 "generated_tokens": last.generated_tokens,
+                "node": last.node,
             }
         )
     else:
-        sys.stdout.write(f"\n[{last.finish_reason}: {last.generated_tokens} tokens]\n")
+        # Which node ran it: a full node hands a sequence to a peer with room.
+        where = f" on {last.node}" if last.node else ""
+        sys.stdout.write(f"\n[{last.finish_reason}: {last.generated_tokens} tokens{where}]\n")
     return 0

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from p2pagent._proto import agent_pb2
 from p2pagent.inference.stats import ModelStats
-from p2pagent.metrics import inference, membership, models, state, tasks, training
+from p2pagent.metrics import generation, inference, membership, models, state, tasks, training
 from p2pagent.metrics.build import register_build_info
 from p2pagent.metrics.families import SnapshotCollector
 
@@ -30,6 +30,7 @@ def register_node_metrics(registry: CollectorRegistry, node: Node) -> None:
     registry.register(SnapshotCollector(lambda: tasks_snapshot(node), tasks.render))
     registry.register(SnapshotCollector(lambda: inference_snapshot(node), inference.render))
     registry.register(SnapshotCollector(lambda: training_snapshot(node), training.render))
+    registry.register(SnapshotCollector(lambda: node.generation_relays, generation.render))
 
 
 def membership_snapshot(node: Node) -> membership.MembershipSnapshot | None:

@@ -10,10 +10,11 @@ error shape (``openai.errors``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import FastAPI, Request
@@ -26,6 +27,7 @@ from p2pagent.identity.spiffe import Identity
 from p2pagent.inference.hf.folder import EMBEDDING, GENERATION
 from p2pagent.openai import requests as rq
 from p2pagent.openai.errors import HttpError, ParamError, PayloadTooLarge, http_error
+from p2pagent.openai.gate import DoorGate
 from p2pagent.openai.responses import DONE, Completion, embedding_list, model_list, sse
 from p2pagent.openai.tls import caller_identity, certificate_expiry
 from p2pagent.transport.authorization import AGENT
@@ -80,11 +82,9 @@ def build_app(node: DoorNode) -> FastAPI:
             f"{request.method} is not allowed on {quoted(request.url.path)}"))  # fmt: skip
         return JSONResponse(e.body, 405)
 
-    @app.exception_handler(Exception)
-    async def _bug(_: Request, exc: Exception) -> JSONResponse:
-        log.error("OpenAI door: unexpected %s: %s", type(exc).__name__, exc, exc_info=exc)
-        return respond(http_error(errors.Internal(
-            "internal error in the OpenAI door; the node's log has the details")))  # fmt: skip
+    # Bugs and the connection limit: our own layer, so each bug's traceback is logged once
+    # and every answer is OpenAI's error shape (see gate.py).
+    app.add_middleware(DoorGate, limit=node.config.openai.max_connections)
 
     def admit(request: Request, method: str) -> Identity:
         ident = caller_identity(request.scope.get("state") or {})
@@ -264,33 +264,54 @@ async def streamed(
     """The SSE body: a first chunk with the assistant role (chat), a chunk per text delta,
     the last chunk with the finish reason, the usage chunk when asked, then ``[DONE]``. An
     error after the first byte (the model raised, the caller's identity was revoked) is an
-    ``error`` event, then ``[DONE]``."""
-    from p2pagent.inference.generation.engine import FinishEvent
-
+    ``error`` event, then ``[DONE]``; so is a bug of ours, logged once."""
     try:
         yield sse(completion.chunk("", first=True, include_usage=include_usage))
-        async for event in events:
-            stopped = ended()
-            if stopped is not None:
-                yield sse(http_error(stopped).body)
-                break
-            if isinstance(event, FinishEvent):
-                if event.error:
-                    failed = errors.Internal(f"model {quoted(completion.model)}: {event.error}")
-                    yield sse(http_error(failed).body)
-                    break
-                yield sse(completion.chunk(event.text, event.reason.value, (), False,
-                                           include_usage))  # fmt: skip
-                if include_usage:
-                    yield sse(completion.usage_chunk(event.prompt_tokens, event.generated_tokens))
-                break
-            if event.text or completion.with_ids:
-                yield sse(completion.chunk(event.text, None, (event.token_id,), False,
-                                           include_usage))  # fmt: skip
+        chunks = _event_chunks(completion, events, include_usage, ended)
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
+        yield DONE
+    except errors.P2PAgentError as e:  # after the first byte: an error event, then the end
+        yield sse(http_error(e).body)
+        yield DONE
+    except Exception as e:  # a bug of ours: logged once here, the caller told so
+        log.error("OpenAI door: unexpected %s in a stream: %s", type(e).__name__, e, exc_info=e)
+        yield sse(http_error(errors.Internal(
+            "internal error in the OpenAI door; the node's log has the details")).body)  # fmt: skip
         yield DONE
     finally:
         closed()
         await _close(events)
+
+
+async def _event_chunks(
+    completion: Completion,
+    events: AsyncIterator[Event],
+    include_usage: bool,
+    ended: Callable[[], errors.P2PAgentError | None],
+) -> AsyncGenerator[bytes, None]:
+    """The chunks of ``streamed`` for the sequence's events, up to its last."""
+    from p2pagent.inference.generation.engine import FinishEvent
+
+    async for event in events:
+        stopped = ended()
+        if stopped is not None:
+            yield sse(http_error(stopped).body)
+            break
+        if isinstance(event, FinishEvent):
+            if event.error:
+                failed = errors.Internal(f"model {quoted(completion.model)}: {event.error}")
+                yield sse(http_error(failed).body)
+                break
+            yield sse(completion.chunk(event.text, event.reason.value, (), False,
+                                       include_usage))  # fmt: skip
+            if include_usage:
+                yield sse(completion.usage_chunk(event.prompt_tokens, event.generated_tokens))
+            break
+        if event.text or completion.with_ids:
+            yield sse(completion.chunk(event.text, None, (event.token_id,), False,
+                                       include_usage))  # fmt: skip
 
 
 async def _then(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -19,7 +19,8 @@ class OpenAIConfig:
     max_request_bytes: int = 4 * 1024 * 1024
     #: Texts one ``/v1/embeddings`` call may carry.
     max_embedding_inputs: int = 2048
-    #: Open connections and requests the door serves at once; more get 503 at once.
+    #: Open connections and requests the door serves at once; a request beyond it gets 503
+    #: at once (OpenAI's error shape, ``retry-after: 1``) and its connection is closed.
     max_connections: int = 1024
 
     def validate(self) -> OpenAIConfig:

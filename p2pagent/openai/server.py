@@ -65,7 +65,8 @@ class OpenAIDoor:
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=max(1, round(self._grace_s)),
-            limit_concurrency=self._node.config.openai.max_connections,
+            # No limit_concurrency: beyond it uvicorn answers a plain-text 503; the app's
+            # own gate (gate.py) enforces openai.max_connections in OpenAI's error shape.
         )
         # Bound here, not by uvicorn: it answers a bind failure with sys.exit.
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -24,6 +24,7 @@ from p2pagent.identity.certs import identity_of
 from p2pagent.identity.material import TLSPaths
 from p2pagent.identity.spiffe import Identity
 from p2pagent.openai.errors import Unauthenticated
+from p2pagent.openai.gate import SERVER_LOAD
 
 #: Key of the peer certificate (DER bytes) in a connection's ASGI ``state``.
 PEER_CERT = "p2pagent.peer_cert"
@@ -65,7 +66,9 @@ class PeerCertProtocol(H11Protocol):
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         # Per connection: the state dict copied into each request's scope.
-        self.app_state = {**self.app_state, PEER_CERT: der}
+        # And uvicorn's live counts of connections and requests, for the door's own limit
+        # (gate.py), which answers in OpenAI's error shape where uvicorn's would not.
+        self.app_state = {**self.app_state, PEER_CERT: der, SERVER_LOAD: self.server_state}
         super().connection_made(transport)
 
 

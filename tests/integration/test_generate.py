@@ -192,11 +192,12 @@ def test_ctl_generate_streams_and_prints_json(node: Daemon, certs_dir: Path) -> 
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["finish_reason"] == "length" and len(doc["token_ids"]) == 8
+    assert doc["node"] == "n6"  # the node that ran it
     plain = subprocess.run(
         [*base, "--max-new-tokens", "8", PROMPT], capture_output=True, text=True, timeout=300
     )
     assert plain.returncode == 0 and plain.stdout.startswith(doc["text"])
-    assert "[length: 8 tokens]" in plain.stdout
+    assert "[length: 8 tokens on n6]" in plain.stdout
     bad = subprocess.run(
         [*base, "--temperature", "-1", PROMPT], capture_output=True, text=True, timeout=300
     )

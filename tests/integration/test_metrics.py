@@ -51,6 +51,7 @@ EXPECTED = {
     "p2pagent_rpc_handling_seconds",
     "p2pagent_rpc_stream_seconds",
     "p2pagent_dropped_payloads",
+    "p2pagent_generation_placements",
 }
 
 

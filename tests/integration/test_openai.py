@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import ssl
 import subprocess
 import sys
@@ -377,3 +378,45 @@ def test_a_door_port_in_use_stops_the_start_with_one_line(
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("p2pagentd: error: cannot serve the OpenAI door on 127.0.0.1:")
     assert "(openai.listen)" in last and "Traceback" not in r.stderr
+
+
+async def test_requests_over_the_connection_limit_get_openais_503(
+    tmp_path: Path, certs_dir: Path
+) -> None:
+    door = free_port()
+    env = {"P2PAGENT_OPENAI__LISTEN": f"127.0.0.1:{door}", "P2PAGENT_OPENAI__MAX_CONNECTIONS": "2"}
+    d = Daemon("n6", certs_dir, tmp_path / "n6", env=env)  # a node certificate of its own
+    d.start(timeout=120)
+    ctx = client_context(TLSPaths.in_dir(certs_dir, "client"))
+    url = f"https://127.0.0.1:{door}/v1"
+    held: list[ssl.SSLSocket] = []
+    try:
+        for _ in range(2):  # two open connections (handshake done, no request): the limit
+            held.append(ctx.wrap_socket(socket.create_connection(("127.0.0.1", door), 30)))
+        async with openai.AsyncOpenAI(
+            base_url=url, api_key="x", max_retries=0, http_client=_http(ctx)
+        ) as client:
+            with pytest.raises(openai.InternalServerError) as refused:
+                for _ in range(100):  # until the node has counted both connections
+                    await client.models.list()
+                    await asyncio.sleep(0.05)
+            assert refused.value.status_code == 503
+            assert refused.value.response.headers["retry-after"] == "1"
+            assert refused.value.type == "overloaded_error"  # OpenAI's shape, not plain text
+            assert "openai.max_connections" in refused.value.message
+            for s in held:
+                s.close()
+            held.clear()
+            for _ in range(100):  # the node notices the closed connections
+                try:
+                    await client.models.list()
+                    break
+                except openai.InternalServerError:
+                    await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the door still refused after the connections closed")
+        assert "Traceback" not in d.log_tail(200)
+    finally:
+        for s in held:
+            s.close()
+        d.kill()

@@ -15,6 +15,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from p2pagent.inference.generation.growing_cache import (
+    HEADROOM,
+    GrowingLayer,
+    cap_columns,
+    growing,
+    stacked,
+)
+
 
 def _layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(k, v) for k, v, *_ in cache]
@@ -23,6 +31,9 @@ def _layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
 class BatchCache:
     def __init__(self) -> None:
         self.seq_ids: list[int] = []
+        #: Most tokens each row's sequence may reach (prompt + max_new_tokens): the cache
+        #: never reserves columns past the longest (growing_cache's headroom stops there).
+        self.limits: list[int] = []
         self._cache: Any = None
         self.mask = torch.zeros((0, 0), dtype=torch.long)
         self.positions = torch.zeros((0,), dtype=torch.long)
@@ -35,23 +46,31 @@ class BatchCache:
     def width(self) -> int:
         return int(self.mask.shape[1])
 
-    def join(self, seq_id: int, cache: Any, length: int, next_token: int) -> None:
+    def join(self, seq_id: int, cache: Any, length: int, next_token: int, limit: int) -> None:
         """Adds a prefilled sequence (its own batch-1 cache of ``length`` tokens) whose next
-        input is ``next_token``."""
+        input is ``next_token`` and whose cache may reach ``limit`` tokens."""
         layers = _layers(cache)
         device = layers[0][0].device
         if not self.seq_ids:
-            self._cache = cache
+            self._cache = growing(cache)
             self.mask = torch.ones((1, length), dtype=torch.long, device=device)
             self.positions = torch.tensor([length], device=device)
             self.next_tokens = torch.tensor([next_token], device=device)
             self.seq_ids = [seq_id]
+            self.limits = [limit]
             return
         width = max(self.width, length)
         grow, pad = width - self.width, width - length
+        columns = max(width, min(width + HEADROOM, max(*self.limits, limit)))
         for layer, (nk, nv) in zip(self._cache.layers, layers, strict=True):
             # One layer at a time, the old tensors freed before the next layer is copied:
             # a join costs one layer's cache more memory, not the batch's whole cache.
+            if isinstance(layer, GrowingLayer):
+                old_k, old_v = layer.keys, layer.values
+                assert old_k is not None and old_v is not None
+                keys = stacked(old_k, nk, width, columns)
+                layer.set_storage(keys, stacked(old_v, nv, width, columns), width)
+                continue
             layer.keys = torch.cat([F.pad(layer.keys, (0, 0, grow, 0)), F.pad(nk, (0, 0, pad, 0))])
             layer.values = torch.cat(
                 [F.pad(layer.values, (0, 0, grow, 0)), F.pad(nv, (0, 0, pad, 0))]
@@ -61,6 +80,7 @@ class BatchCache:
         self.positions = torch.cat([self.positions, torch.tensor([length], device=device)])
         self.next_tokens = torch.cat([self.next_tokens, torch.tensor([next_token], device=device)])
         self.seq_ids.append(seq_id)
+        self.limits.append(limit)
 
     def keep(self, seq_ids: set[int]) -> None:
         """Drops every row not in ``seq_ids``, then the columns that are padding in all."""
@@ -68,6 +88,7 @@ class BatchCache:
         if len(rows) == len(self.seq_ids):
             return
         self.seq_ids = [self.seq_ids[i] for i in rows]
+        self.limits = [self.limits[i] for i in rows]
         if not rows:
             self.__init__()  # type: ignore[misc]
             return
@@ -83,6 +104,7 @@ class BatchCache:
 
     def step_inputs(self) -> dict[str, Any]:
         """Keyword arguments of the model's forward for one decode step of every row."""
+        cap_columns(self._cache, max(self.limits))
         ones = torch.ones((len(self), 1), dtype=torch.long, device=self.mask.device)
         return {
             "input_ids": self.next_tokens[:, None],

@@ -41,6 +41,15 @@ class GenerationConfig:
     #: Seconds a node waits for a peer's answer about its load; a peer slower than this is
     #: left out of the choice.
     probe_timeout_s: float = 2.0
+    #: Seconds a sequence of a published model waits in this node's queue before the node
+    #: asks peers again whether one has room to start it now (placement happens on arrival;
+    #: a peer that became idle since takes it then). Never after the sequence was admitted,
+    #: so never after its first token. 0: a waiting sequence stays here.
+    move_waiting_after_s: float = 1.0
+    #: Longest pause between two such attempts of one model while no peer has room (the
+    #: pause starts at ``move_waiting_after_s`` and doubles after each attempt that moved
+    #: nothing).
+    move_max_gap_s: float = 8.0
     #: Seconds an engine may stay loaded without a sequence before it is unloaded (its
     #: weights freed; the next request loads it again); 0: never for idleness. An engine of
     #: an older version is unloaded as soon as a newer one is loaded and its last sequence
@@ -55,13 +64,18 @@ class GenerationConfig:
             value = getattr(self, name)
             if value < 1:
                 raise ConfigError(f"generation.{name} must be at least 1, got {value}")
-        for name in ("placement_probes", "unload_idle_s", "loaded_bytes"):
+        for name in ("placement_probes", "unload_idle_s", "loaded_bytes", "move_waiting_after_s"):
             value = getattr(self, name)
             if value < 0:
                 raise ConfigError(f"generation.{name} must be 0 or more, got {value}")
         if self.probe_timeout_s <= 0:
             raise ConfigError(
                 f"generation.probe_timeout_s must be more than 0, got {self.probe_timeout_s}"
+            )
+        if self.move_max_gap_s < self.move_waiting_after_s:
+            raise ConfigError(
+                f"generation.move_max_gap_s ({self.move_max_gap_s}) must be at least "
+                f"generation.move_waiting_after_s ({self.move_waiting_after_s})"
             )
         self.folder_paths()
         return self

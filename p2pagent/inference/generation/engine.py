@@ -199,7 +199,8 @@ class DecodeEngine:
         if chunk.last:
             token = self._emit(chunk.seq_id, out.logits[0, -1, :], events)
             if not live.stopped and live.sampler.params.max_new_tokens > 1:
-                self._batch.join(chunk.seq_id, live.cache, chunk.end, token)
+                limit = len(live.prompt) + live.sampler.params.max_new_tokens
+                self._batch.join(chunk.seq_id, live.cache, chunk.end, token, limit)
             live.cache = None
 
     def _emit(

@@ -7,6 +7,9 @@ The asyncio side of ``placement``: it gathers the loads the rules need, tries th
 their order and passes a peer's stream on. A peer's sequence is cancelled when the caller
 stops iterating (closing the relay cancels the ``GenerateRelay`` call, whose handler on the
 peer cancels the sequence).
+
+A sequence of a published version queued here is watched by the version's ``WaitingMover``
+while it waits: if it waits too long, a peer that has room now takes it (``moving``).
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ import asyncio
 import dataclasses
 import logging
 import random
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
+from p2pagent._proto import agent_pb2
 from p2pagent.errors import BY_CODE, Internal, P2PAgentError, RemoteProtocolError, Unavailable
 from p2pagent.inference.generation.engine import Event, FinishEvent
+from p2pagent.inference.generation.mover import Waiting, WaitingMover
 from p2pagent.inference.generation.peers import GenerationPeers
 from p2pagent.inference.generation.placement import (
     HERE,
@@ -29,6 +35,7 @@ from p2pagent.inference.generation.placement import (
     runs_here_at_once,
     sample,
 )
+from p2pagent.inference.generation.relay_stats import RelayCounts
 from p2pagent.inference.generation.sampling import SamplingParams
 from p2pagent.inference.generation.service import GenerationService, Prompt, Target
 from p2pagent.inference.generation.wire import request_of
@@ -45,12 +52,18 @@ class PlacedGeneration:
         peers: GenerationPeers,
         members: Callable[[], list[MemberView]],
         rng: random.Random | None = None,
+        counts: RelayCounts | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self.service = service
+        self.counts = counts or RelayCounts()
         self._peers = peers
         self._members = members
         self._rng = rng or random.Random()
+        self._clock = clock
+        #: One per published version with sequences of this node's clients queued here.
+        self._movers: dict[str, WaitingMover] = {}
 
     async def generate(
         self, model: str, prompt: Prompt, params: SamplingParams, version: str = ""
@@ -62,9 +75,9 @@ class PlacedGeneration:
         if not target.relayable or probes == 0:
             return await self._here(target, prompt, params)
         tokens, here = await self._local_load(target, prompt, params)
-        if runs_here_at_once(here):
-            return await self._here(target, tokens or prompt, params)
         request = request_of(model, prompt, params, target.manifest_id)
+        if runs_here_at_once(here):
+            return await self._queued_here(target, tokens or prompt, params, request)
         asked = sample(candidates(self._members()), probes, self._rng)
         answers = [a for a in await asyncio.gather(*(self._ask(p, target) for p in asked)) if a]
         order = attempt_order(here, answers)
@@ -76,7 +89,7 @@ class PlacedGeneration:
             order = attempt_order(here, answers)
         for node in order:
             if node == HERE:
-                return await self._here(target, tokens or prompt, params)
+                return await self._queued_here(target, tokens or prompt, params, request)
             events = self._peers.relay(node, request)
             try:
                 first = await anext(events)
@@ -89,8 +102,10 @@ class PlacedGeneration:
                     raise
             else:
                 log.debug("generation of %s placed on %s", target.key, node)
+                self.counts.relayed_out += 1
                 return _relayed(node, first, events)
             log.info("generation of %s: %s could not take it, trying the next", target.key, node)
+            self.counts.failed_over += 1
             await events.aclose()
         raise AssertionError("attempt_order always ends with this node")  # pragma: no cover
 
@@ -107,6 +122,67 @@ class PlacedGeneration:
         params.validate(len(tokens), folder.context)
         return tokens, await runner.load(HERE, tokens, params)
 
+    async def _queued_here(
+        self,
+        target: Target,
+        prompt: Prompt | list[int],
+        params: SamplingParams,
+        request: agent_pb2.GenerateRequest,
+    ) -> AsyncIterator[Event]:
+        """Queues the sequence here, watched by its version's mover while it waits."""
+        if self.service.config.move_waiting_after_s == 0:
+            return await self._here(target, prompt, params)
+        seq = await self.service.queue_on(target, prompt, params)
+        for key in [k for k, m in self._movers.items() if m.idle and k != target.key]:
+            del self._movers[key]
+        mover = self._movers.get(target.key)
+        if mover is None:
+
+            async def ask(peer: str) -> Load | None:
+                return await self._ask(peer, target)
+
+            mover = WaitingMover(
+                target.key,
+                self.service.config,
+                self._peers,
+                self._members,
+                ask,
+                self._rng,
+                self._clock,
+                self.counts,
+            )
+            self._movers[target.key] = mover
+        return self._follow(mover, mover.add(seq, request))
+
+    async def _follow(self, mover: WaitingMover, entry: Waiting) -> AsyncGenerator[Event, None]:
+        """The sequence's events from here, or from the peer it moved to while it waited."""
+        local = entry.seq.events()
+        started = False
+        try:
+            async for event in local:
+                if not started:  # admitted here: no longer offered to peers
+                    started = True
+                    mover.forget(entry)
+                    self.counts.placed_locally += 1
+                yield (
+                    dataclasses.replace(event, node=self.name)
+                    if isinstance(event, FinishEvent)
+                    else event
+                )
+                if isinstance(event, FinishEvent):
+                    return
+            if entry.moved is None:  # pragma: no cover - withdrawn only to move
+                raise Internal(f"generation of {mover.key} ended here without its last message")
+            self.counts.relayed_out += 1
+            moved = entry.moved
+            async for event in _relayed(moved.node, moved.first, moved.rest):
+                yield event
+        finally:
+            mover.forget(entry)
+            await local.aclose()  # cancels it here unless it ended or moved
+            if entry.moved is not None:
+                await entry.moved.rest.aclose()
+
     async def _ask(self, peer: str, target: Target) -> Load | None:
         try:
             return await self._peers.load(
@@ -120,6 +196,7 @@ class PlacedGeneration:
         self, target: Target, prompt: Prompt | list[int], params: SamplingParams
     ) -> AsyncIterator[Event]:
         events = await self.service.generate_on(target, prompt, params)
+        self.counts.placed_locally += 1
         return named(events, self.name)
 
 

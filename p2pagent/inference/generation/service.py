@@ -37,7 +37,7 @@ from p2pagent.inference.generation.residency import (
     to_unload,
 )
 from p2pagent.inference.generation.sampling import SamplingParams
-from p2pagent.inference.generation.scheduler import FinishReason
+from p2pagent.inference.generation.scheduler import FinishReason, Phase
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,13 @@ class Prompt:
         return folder.encode(self.text)
 
 
+class _Withdrawn:
+    """Put in a sequence's queue when it moved to a peer: its local events end."""
+
+
+_WITHDRAWN = _Withdrawn()
+
+
 class _ModelRunner:
     def __init__(
         self,
@@ -76,7 +83,7 @@ class _ModelRunner:
         self.clock = clock
         self.engine = DecodeEngine(folder, config, random.Random())
         self.lock = asyncio.Lock()
-        self.queues: dict[int, asyncio.Queue[Event]] = {}
+        self.queues: dict[int, asyncio.Queue[Event | _Withdrawn]] = {}
         self.cancels: list[int] = []
         self.wake = asyncio.Event()
         self.weight_bytes = sum(p.numel() * p.element_size() for p in folder.model.parameters())
@@ -143,36 +150,98 @@ class _ModelRunner:
             if self.engine.idle and not self.cancels:
                 await self.wake.wait()
 
+    async def submit(
+        self, prompt: list[int], params: SamplingParams, *, require_room: bool = False
+    ) -> int:
+        """Queues a sequence (refusals raise now, nothing queued); its events arrive through
+        ``events``, which the caller reads (or ends with ``close_sequence``)."""
+        async with self.lock:
+            seq_id = self.engine.submit(prompt, params, require_room=require_room)
+            self.queues[seq_id] = asyncio.Queue()
+        self.wake.set()
+        return seq_id
+
+    async def events(self, seq_id: int) -> AsyncGenerator[Event, None]:
+        """The sequence's events up to its FinishEvent, or none more once it was withdrawn.
+        Leaving early cancels the sequence."""
+        queue = self.queues.get(seq_id)
+        ended = False
+        try:
+            while queue is not None:
+                event = await queue.get()
+                if isinstance(event, _Withdrawn):
+                    ended = True
+                    return
+                yield event
+                if isinstance(event, FinishEvent):
+                    ended = True
+                    return
+        finally:
+            self.close_sequence(seq_id, cancel=not ended)
+
+    def close_sequence(self, seq_id: int, *, cancel: bool = True) -> None:
+        """The caller is done with the sequence; ``cancel``: it has not ended, so it leaves
+        at the next step. Safe to call more than once."""
+        if self.queues.pop(seq_id, None) is None:
+            return
+        self.last_used = self.clock()
+        if cancel:
+            self.cancels.append(seq_id)
+            self.wake.set()
+        if not self.queues:
+            self.on_idle()
+
+    def waiting(self, seq_id: int) -> bool:
+        """Whether the sequence still waits for admission (a peek: ``withdraw`` decides)."""
+        return self.engine.scheduler.phase(seq_id) is Phase.WAITING
+
+    async def withdraw(self, seq_id: int) -> bool:
+        """Takes a sequence that still waits for admission out of the queue, between two
+        steps (so it cannot be admitted meanwhile): it moves to a peer. Its ``events`` end
+        without a FinishEvent. False once it was admitted, ended or cancelled."""
+        async with self.lock:
+            queue = self.queues.get(seq_id)
+            if queue is None or self.engine.scheduler.phase(seq_id) is not Phase.WAITING:
+                return False
+            self.engine.cancel(seq_id)
+            queue.put_nowait(_WITHDRAWN)
+            return True
+
     async def generate(
         self, prompt: list[int], params: SamplingParams, *, require_room: bool = False
     ) -> AsyncGenerator[Event, None]:
-        async with self.lock:
-            seq_id = self.engine.submit(prompt, params, require_room=require_room)
-            queue: asyncio.Queue[Event] = asyncio.Queue()
-            self.queues[seq_id] = queue
-        self.wake.set()
-        finished = False
+        seq_id = await self.submit(prompt, params, require_room=require_room)
         try:
-            while True:
-                event = await queue.get()
+            async for event in self.events(seq_id):
                 yield event
-                if isinstance(event, FinishEvent):
-                    finished = True
-                    return
         finally:
-            self.queues.pop(seq_id, None)
-            self.last_used = self.clock()
-            if not finished:
-                self.cancels.append(seq_id)
-                self.wake.set()
-            if not self.queues:
-                self.on_idle()
+            self.close_sequence(seq_id)
 
     async def close(self) -> None:
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
         self.executor.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class QueuedSequence:
+    """A sequence submitted to this node's engine, not yet necessarily admitted."""
+
+    runner: _ModelRunner
+    seq_id: int
+
+    def events(self) -> AsyncGenerator[Event, None]:
+        return self.runner.events(self.seq_id)
+
+    def waiting(self) -> bool:
+        return self.runner.waiting(self.seq_id)
+
+    async def withdraw(self) -> bool:
+        return await self.runner.withdraw(self.seq_id)
+
+    def close(self) -> None:
+        self.runner.close_sequence(self.seq_id)
 
 
 @dataclass(frozen=True)
@@ -331,6 +400,23 @@ class GenerationService:
             runner.last_used = runner.chosen_at = self._clock()
             self._sweep()  # a new engine may put others over the budget or supersede one
         return _chain(first, events)
+
+    async def queue_on(
+        self, target: Target, prompt: Prompt | list[int], params: SamplingParams
+    ) -> QueuedSequence:
+        """Queues a sequence for ``target`` and returns at once (refusals raise before
+        anything is queued): the caller reads its events, or withdraws it while it waits
+        (``placed`` moves it to a peer then)."""
+        runner = await self.load(target)
+        runner.arriving += 1  # not unloaded between its choice and its submit
+        try:
+            ids = prompt if isinstance(prompt, list) else prompt.tokens(runner.engine.folder)
+            seq_id = await runner.submit(ids, params)
+        finally:
+            runner.arriving -= 1
+            runner.last_used = runner.chosen_at = self._clock()
+            self._sweep()
+        return QueuedSequence(runner, seq_id)
 
     # ---- unloading (rules in residency.py) ------------------------------------------------
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,8 @@ class FakePeers:
         self.asked: list[str] = []
         self.relayed: list[str] = []
         self.closed: list[str] = []
+        #: Peers with behaviour "hold" take the sequence once this is set.
+        self.hold = asyncio.Event()
 
     async def load(self, peer: str, model: str, manifest_id: str, within_s: float) -> Load:
         self.asked.append(peer)
@@ -67,6 +70,8 @@ class FakePeers:
                 raise ResourceExhausted("no room to start this sequence now")
             if how == "die":
                 raise Unavailable("cannot connect: connection refused")
+            if how == "hold":
+                await self.hold.wait()
             service = self.services[peer]
             target = service.resolve(request.model, request.model_version)
             events = await service.generate_on(
@@ -163,6 +168,7 @@ async def test_a_full_node_places_it_on_a_peer_with_the_same_tokens(tmp_path: Pa
         alone = await mesh.p1.generate("lm", PROMPT, SamplingParams(max_new_tokens=NEW))
         assert _ids(events) == _ids(await _collect(alone))  # greedy: the same ids anywhere
         assert mesh.peers.closed == ["p2"]
+        assert mesh.placed.counts.relayed_out == 1 and mesh.placed.counts.placed_locally == 1
     finally:
         await mesh.close()
 
@@ -181,6 +187,7 @@ async def test_refusals_and_a_death_before_the_first_token_try_the_next(tmp_path
         last = events[-1]
         assert isinstance(last, FinishEvent) and last.node == "here"  # run here at last
         assert len(_ids(events)) == NEW
+        assert mesh.placed.counts.failed_over == 2 and mesh.placed.counts.placed_locally == 1
     finally:
         await mesh.close()
 
@@ -336,5 +343,93 @@ async def test_a_cold_node_loads_first_then_places_what_it_cannot_hold(tmp_path:
         assert isinstance(last, FinishEvent) and last.node == "p1"  # first among equals
         assert mesh.here.loaded() == [f"lm@{mesh.manifest.manifest_id}"]
         assert len(_ids(events)) == NEW
+    finally:
+        await mesh.close()
+
+
+async def _until(check: Callable[[], object]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def _queueing() -> GenerationConfig:
+    """One running sequence here; a waiting one is offered to peers after 50 ms."""
+    return GenerationConfig(max_running=1, move_waiting_after_s=0.05, move_max_gap_s=0.1)
+
+
+async def _start(mesh: Mesh, new: int) -> tuple[AsyncGenerator[Event, None], Event]:
+    events = await mesh.placed.generate("lm", PROMPT, SamplingParams(max_new_tokens=new))
+    assert isinstance(events, AsyncGenerator)
+    return events, await anext(events)
+
+
+async def test_a_waiting_sequence_moves_to_a_peer_that_has_room_later(tmp_path: Path) -> None:
+    mesh = Mesh(tmp_path, _queueing())
+    try:
+        long, first = await _start(mesh, 400)  # holds this node's only running slot
+        assert isinstance(first, TokenEvent)
+        busy = Load("p1", loaded=True, room=False, running=1, max_running=1)
+        mesh.peers.loads = {"p1": busy, "p2": busy}
+        waiting = asyncio.create_task(mesh.generate())  # queued here: nobody has room
+        # Asked at placement, then twice more by offers that found no room.
+        await _until(lambda: len(mesh.peers.asked) >= 6)
+        assert mesh.peers.relayed == [] and not waiting.done()
+        mesh.peers.loads = {"p1": Load("p1", loaded=False, room=True), "p2": busy}
+        async with asyncio.timeout(WAIT_S):
+            events = await waiting
+        last = events[-1]
+        assert isinstance(last, FinishEvent) and last.node == "p1"
+        assert last.generated_tokens == NEW and mesh.peers.relayed == ["p1"]
+        alone = await mesh.p2.generate("lm", PROMPT, SamplingParams(max_new_tokens=NEW))
+        assert _ids(events) == _ids(await _collect(alone))
+        assert mesh.placed.counts.moved == 1 and mesh.placed.counts.relayed_out == 1
+        runner = mesh.here.runner_if_loaded(mesh.here.resolve("lm"))
+        assert runner is not None and runner.engine.scheduler.waiting == 0  # withdrawn here
+        assert isinstance(await anext(long), TokenEvent)  # the running one goes on
+        await long.aclose()
+    finally:
+        await mesh.close()
+
+
+async def test_a_sequence_admitted_here_first_stays_and_the_peers_copy_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    mesh = Mesh(tmp_path, _queueing())
+    try:
+        long, _ = await _start(mesh, 400)
+        busy = Load("p1", loaded=True, room=False, running=1, max_running=1)
+        mesh.peers.loads = {"p1": busy, "p2": Unavailable("down")}
+        waiting = asyncio.create_task(mesh.generate())
+        runner = mesh.here.runner_if_loaded(mesh.here.resolve("lm"))
+        assert runner is not None
+        await _until(lambda: runner.engine.scheduler.waiting)  # queued here: nobody had room
+        mesh.peers.loads["p1"] = Load("p1", loaded=True, room=True)
+        mesh.peers.behaviour = {"p1": "hold"}  # takes it only once released
+        await _until(lambda: "p1" in mesh.peers.relayed)  # offered to p1, which holds it
+        await long.aclose()  # the slot here frees: the waiting one is admitted here
+        await _until(lambda: not runner.engine.scheduler.waiting)
+        mesh.peers.hold.set()  # the peer's first token comes too late: it is cancelled
+        async with asyncio.timeout(WAIT_S):
+            events = await waiting
+        last = events[-1]
+        assert isinstance(last, FinishEvent) and last.node == "here"
+        assert len(_ids(events)) == NEW  # one stream only, never tokens from both
+        assert mesh.placed.counts.moved == 0 and mesh.placed.counts.placed_locally == 2
+        await _until(lambda: "p1" in mesh.peers.closed)
+    finally:
+        await mesh.close()
+
+
+async def test_a_sequence_that_runs_at_once_is_never_offered(tmp_path: Path) -> None:
+    mesh = Mesh(tmp_path, _queueing())
+    try:
+        await mesh.generate(new=2)  # loads here
+        mesh.peers.asked.clear()
+        events, _ = await _start(mesh, 60)
+        await asyncio.sleep(0.3)  # six bounds: a waiting one would have been offered
+        assert mesh.peers.asked == [] and mesh.peers.relayed == []
+        await events.aclose()
     finally:
         await mesh.close()

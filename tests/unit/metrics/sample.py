@@ -3,8 +3,9 @@ that check names and rendering without starting a node)."""
 
 from __future__ import annotations
 
+from p2pagent.inference.generation.relay_stats import RelayCounts
 from p2pagent.inference.stats import ModelStats
-from p2pagent.metrics import inference, membership, models, state, tasks, training
+from p2pagent.metrics import generation, inference, membership, models, state, tasks, training
 from p2pagent.metrics.build import register_build_info
 from p2pagent.metrics.families import SnapshotCollector
 from p2pagent.transport.metrics import RpcMetrics
@@ -58,6 +59,8 @@ def sample_registry() -> RpcMetrics:
             training.render,
         )
     )
+    relays = RelayCounts(placed_locally=9, relayed_out=4, moved=3, relayed_in=2, refused=1)
+    reg.register(SnapshotCollector(lambda: relays, generation.render))
     handle = rpc.rpc("/p2pagent.v1.AgentService/Watch", "server_stream")
     handle.started()
     handle.handled("OK", 7200.0)

@@ -56,6 +56,19 @@ def test_node_families_render_their_snapshot_values() -> None:
     assert samples[("p2pagent_training_phase_timeout_seconds", run)] == 2.5
     assert samples[("p2pagent_inference_tokens_total", model | {("kind", "real")})] == 300
     assert samples[("p2pagent_inference_tokens_total", model | {("kind", "padding")})] == 60
+    placements = {
+        dict(labels)["event"]: value
+        for (name, labels), value in samples.items()
+        if name == "p2pagent_generation_placements_total"
+    }
+    assert placements == {
+        "placed_locally": 9,
+        "relayed_out": 4,
+        "moved": 3,
+        "relayed_in": 2,
+        "refused": 1,
+        "failed_over": 0,
+    }
     builds = [k for k in samples if k[0] == "p2pagent_build_info"]
     assert len(builds) == 1 and dict(builds[0][1])["version"]
 

@@ -5,8 +5,11 @@ identity was revoked), and that the sequence and the stream's registration are c
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
+
+import pytest
 
 from p2pagent import errors
 from p2pagent.inference.generation.engine import Event, FinishEvent, TokenEvent
@@ -122,3 +125,34 @@ async def test_whole_completion_and_its_failure() -> None:
     else:
         raise AssertionError("a model that raised must fail the completion")
     assert failing.closed
+
+
+class RaisingEvents(FakeEvents):
+    """Two tokens, then ``error`` raised (a relaying peer died, or a bug of ours)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(EVENTS[:2])
+        self.error = error
+
+    async def _gen(self) -> AsyncIterator[Event]:
+        for e in self.events:
+            yield e
+        raise self.error
+
+
+async def test_an_error_mid_stream_is_an_error_event_then_done(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    died = RaisingEvents(errors.Unavailable("node n2, which was running this generation, failed"))
+    with caplog.at_level(logging.ERROR):
+        chunks = _decode(await _collect(streamed(
+            Completion("m", False, 1), died, False, lambda: None, lambda: None)))  # fmt: skip
+        assert chunks[-1]["error"]["type"] == "overloaded_error"
+        assert "node n2" in chunks[-1]["error"]["message"] and died.closed
+        assert not caplog.records  # the node's own error, not a bug: nothing to log
+        bug = RaisingEvents(RuntimeError("a bug of ours"))
+        chunks = _decode(await _collect(streamed(
+            Completion("m", False, 1), bug, False, lambda: None, lambda: None)))  # fmt: skip
+    assert chunks[-1]["error"]["code"] == "internal" and "a bug" not in str(chunks[-1])
+    assert [r.exc_info[1] for r in caplog.records if r.exc_info] == [bug.error]  # logged once
+    assert bug.closed
