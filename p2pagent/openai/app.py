@@ -121,7 +121,7 @@ def build_app(node: DoorNode) -> FastAPI:
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> JSONResponse:
-        admit(request, EMBED)
+        ident = admit(request, EMBED)
         body = rq.parse(rq.EmbeddingRequest, await read_body(request, limit))
         texts = rq.embedding_texts(body, node.config.openai.max_embedding_inputs)
         if body.model in node.config.generation.folder_paths():
@@ -130,7 +130,7 @@ def build_app(node: DoorNode) -> FastAPI:
                 "serves embedding models (GET /v1/models lists each model's task)"
             )
         _, encoded, rows = await run_texts(
-            node, body.model, body.model_version, texts, False, EMBEDDING, None
+            node, body.model, body.model_version, texts, False, EMBEDDING, None, owner=ident.uri
         )
         vectors = [r.tolist() for r in rows]
         if body.dimensions is not None and vectors and body.dimensions != len(vectors[0]):
