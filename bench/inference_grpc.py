@@ -200,6 +200,15 @@ async def stream_load(
     return total / wall, latencies, cpu
 
 
+async def batch_counts(stub: agent_pb2_grpc.AgentServiceStub, model: str) -> tuple[int, int]:
+    """(batches, rows) the daemon has run of ``model`` so far (Status)."""
+    status = await stub.Status(agent_pb2.StatusRequest(), timeout=30)
+    for b in status.batching:
+        if b.model == model:
+            return b.batches, b.rows
+    return 0, 0
+
+
 async def load(
     stub: agent_pb2_grpc.AgentServiceStub,
     model: str,
@@ -343,6 +352,8 @@ async def run(
             d.start()
         echo = start_echo(prefix, root / "certs", echo_address)
         results: dict[str, tuple[float, list[float], float]] = {}
+        #: Rows per batch on the daemon during each stream row (Status, issue 26).
+        stream_rows: dict[str, float] = {}
         targets = [("bare gRPC echo", echo_address, echo.pid)]
         targets += [(label, d.address, d.proc.pid) for label, d in  # type: ignore[union-attr]
                     (("unbatched", unbatched), ("batched", batched))]  # fmt: skip
@@ -365,11 +376,15 @@ async def run(
                     runs = [await load(stub, "noop", noop_x, 1, total, pid) for _ in range(repeats)]
                     results["noop c=1"] = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
                     for row, use in (("noop", ("noop", noop_x)), ("batched", (model, x))):
+                        before = await batch_counts(stub, use[0])
                         runs = [
                             await stream_load(stub, *use, 32, stream_total, pid)
                             for _ in range(repeats)
                         ]
                         results[f"{row} stream c=32"] = median_run(runs)
+                        after = await batch_counts(stub, use[0])
+                        batches = max(1, after[0] - before[0])
+                        stream_rows[f"{row} stream c=32"] = (after[1] - before[1]) / batches
             ceilings.append(ceiling_now())
         ceiling = statistics.median(ceilings)
         rows.append({"row": "offline torch, batch 32 (ceiling)", "rps": ceiling, "all": ceilings})
@@ -382,6 +397,7 @@ async def run(
                     "p95_ms": pct(lat, 0.95) * 1e3,
                     "p99_ms": pct(lat, 0.99) * 1e3,
                     "daemon_cpu_us": cpu * 1e6,
+                    **({"rows_per_batch": stream_rows[key]} if key in stream_rows else {}),
                 }
             )
     finally:
@@ -482,13 +498,16 @@ def main() -> int:
         f"pinned {out['pinned']} (daemon cores {out['daemon_cores']}), intra-op threads "
         f"{out['intra_op_threads']}, median of {repeats}"
     )
-    print(f"{'row':38} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'cpu us':>8}")
+    print(
+        f"{'row':38} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'cpu us':>8} "
+        f"{'rows/batch':>10}"
+    )
     nan = float("nan")
     for row in out["rows"]:  # type: ignore[attr-defined]
         print(
             f"{row['row']:38} {row['rps']:9.0f} {row.get('p50_ms', nan):8.2f} "
             f"{row.get('p95_ms', nan):8.2f} {row.get('p99_ms', nan):8.2f} "
-            f"{row.get('daemon_cpu_us', nan):8.0f}"
+            f"{row.get('daemon_cpu_us', nan):8.0f} {row.get('rows_per_batch', nan):10.2f}"
         )
     print()
     for name, value in out["checks"].items():  # type: ignore[attr-defined]

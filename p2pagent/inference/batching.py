@@ -16,7 +16,11 @@ them:
    answer). Where they have been seen to come back quickly compared with the model's fixed
    cost per batch, a partial batch is held until N rows are queued or a short time has
    passed (at most ``max_queue_delay_s``), so the returning rows share one batch instead of
-   paying the fixed cost twice. Light traffic (batches of one) never waits.
+   paying the fixed cost twice. Light traffic (batches of one) never waits. The fixed cost
+   weighed is what a batch costs from dispatch to result as the engine sees it (the hand-off
+   to the model worker included, ``stats.batch_cost_s``), and where more callers than a batch
+   keep sending, the window holds while rows keep coming, so batches grow with concurrency
+   (``refill``'s "growing").
 3. Busy device, free pipeline slot (``pipeline_depth`` > 1) => stage the next batch early
    only when it is full: it then runs the moment the device frees up, with its copy to the
    device already done. A partial batch waits for the device (it could not run sooner) and
@@ -116,6 +120,8 @@ class _ModelQueue:
     refill: RefillWindow = field(default_factory=RefillWindow)
     #: The model runs in the model worker (rule 3's own pipeline).
     worker: bool = False
+    #: Batches of this model in flight.
+    flight: int = 0
 
 
 class BatchPolicy:
@@ -177,7 +183,7 @@ class BatchPolicy:
         q.queued_rows += rows
         q.queued_tokens += pending.tokens
         q.counters.admitted += 1
-        q.refill.on_submit(rows, now)
+        q.refill.on_submit(rows, now, busy=q.flight > 0)
         self._live[rid] = pending
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, rid))
@@ -212,6 +218,7 @@ class BatchPolicy:
         else:
             self._local_flight -= 1
         q = self._models[batch.model]
+        q.flight -= 1
         q.used_s += service_s - charged
         if not ok:
             q.counters.failed_batches += 1
@@ -219,10 +226,13 @@ class BatchPolicy:
         tokens = sum(p.tokens for p in batch.requests)
         q.counters.observe(batch.rows, service_s, self._cfg.ewma_alpha, tokens)
         if now is not None:
+            q.counters.observe_dispatch(batch.rows, now - batch.formed_at, self._cfg.ewma_alpha)
             # A batch of one request (a lone caller, or a model that cannot batch) has no
             # callers to wait for: its window measures and holds nothing.
             rows = batch.rows if len(batch.requests) > 1 else 1
-            fixed = q.counters.fixed_s
+            # What a batch costs as the engine sees it (hand-off and loop included), not its
+            # forward pass alone: for a fast model in the worker, the hand-off is most of it.
+            fixed = q.counters.batch_cost_s
             q.refill.on_batch_done(rows, now, fixed, self._cfg.max_queue_delay_s)
 
     # ---- queries -------------------------------------------------------------------------
@@ -411,6 +421,7 @@ class BatchPolicy:
             q.counters.tokens += rows
             q.counters.padded_tokens += rows
         self._in_flight[batch.batch_id] = (batch, charge, q.worker)
+        q.flight += 1
         if q.worker:
             self._worker_flight += 1
         else:
@@ -424,6 +435,6 @@ class BatchPolicy:
         if not self._in_flight:  # a refill window ends: what is queued goes then
             for q in self._models.values():
                 if q.queued and q.refill.holds(now):
-                    t = q.refill.until
+                    t = q.refill.ends_at()
                     wake = t if wake is None else min(wake, t)
         return wake

@@ -20,6 +20,15 @@ several requests, until the N are back, only when:
 Light traffic (batches of one request) never waits. On a host whose event loop returns the rows
 slowly (a CPU shared by the loop and the forward passes: the first row back runs while the
 others arrive), the window does not hold either.
+
+Growing (more callers than a batch holds): where requests arrived in the last window while a
+batch was running (callers besides the last batch's: 32 in flight on a stream whose batches
+the daemon's event loop hands over 3 at a time), holding for "the N" would keep batches at N
+forever. The window then holds while rows keep coming: until the batch is full,
+no row came for twice the measured gap between arrivals, or the fixed cost (and
+``max_queue_delay_s``) has passed; only where that gap is under half the fixed cost (each row
+waited for is expected well before another batch's fixed cost). A closed loop of exactly N
+callers sends nothing while its batch runs, so it never grows and pays no extra wait.
 """
 
 from __future__ import annotations
@@ -43,16 +52,35 @@ class RefillWindow:
     return_s: float | None = None
     #: Hold partial batches until this time (while fewer than ``rows`` have come back).
     until: float = 0.0
+    #: When the last request arrived, and the gap between requests arriving in a window
+    #: (EWMA; None until measured).
+    last_at: float = 0.0
+    gap_s: float | None = None
+    #: A request arrived in the open window while a batch of the model was in flight: more
+    #: callers than the one batch (a closed loop of exactly the batch's callers sends
+    #: nothing while its batch runs).
+    others: bool = False
+    #: The window holds while rows keep coming (see the module docstring), not for ``rows``.
+    growing: bool = False
 
     @property
     def measuring(self) -> bool:
         return self.arrived < self.rows
 
-    def on_submit(self, rows: int, now: float) -> None:
+    def on_submit(self, rows: int, now: float, busy: bool = False) -> None:
+        """``rows`` arrived; ``busy``: while a batch of the model was in flight."""
+        # Gaps between rows coming back (two arrivals in one window, while awaited), not the
+        # idle time between bursts.
+        if self.rows and self.last_at >= self.opened_at and (self.measuring or self.growing):
+            gap = now - self.last_at
+            self.gap_s = gap if self.gap_s is None else self.gap_s + self.alpha * (gap - self.gap_s)
+        self.last_at = now
         if self.measuring:
             self.arrived += rows
             if not self.measuring:
                 self._observe(now - self.opened_at)
+        if busy and self.rows:
+            self.others = True
 
     def on_batch_done(self, rows: int, now: float, fixed_s: float | None, cap_s: float) -> None:
         """A batch of ``rows`` finished (pass 1 for a batch of one request)."""
@@ -60,16 +88,29 @@ class RefillWindow:
             # The last batch's rows were not all back when this one finished: at least this
             # slow, which is enough to see that holding them would not have paid.
             self._observe(now - self.opened_at)
+        others = self.others
         self.opened_at, self.rows, self.arrived = now, rows if rows > 1 else 0, 0
-        self.until = now
-        back = self.return_s
-        if self.measuring and fixed_s and back is not None and back < min(fixed_s / 2, cap_s):
+        self.until, self.others, self.growing = now, False, False
+        if not self.measuring or not fixed_s:
+            return
+        back, gap = self.return_s, self.gap_s
+        if others and gap is not None and gap < fixed_s / 2:
+            self.growing = True
+            self.until = now + min(cap_s, fixed_s)
+        elif back is not None and back < min(fixed_s / 2, cap_s):
             self.until = now + min(cap_s, fixed_s, 1.5 * back)
 
     def holds(self, now: float) -> bool:
         """A partial batch should wait: rows of the last batch are still on their way back
-        (counted by arrivals, not by queue length: rows left behind earlier are queued too)."""
-        return now < self.until and self.measuring
+        (counted by arrivals, not by queue length: rows left behind earlier are queued too),
+        or, growing, rows keep coming."""
+        return now < self.ends_at() if self.growing else now < self.until and self.measuring
+
+    def ends_at(self) -> float:
+        """When the hold ends unless a batch fills first (growing: no row for 2 gaps)."""
+        if self.growing and self.gap_s is not None:
+            return min(self.until, max(self.last_at, self.opened_at) + 2 * self.gap_s)
+        return self.until
 
     def _observe(self, seconds: float) -> None:
         if self.return_s is None:

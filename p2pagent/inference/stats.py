@@ -12,7 +12,12 @@ Two estimates, both over completed batches with the same exponential weighting:
   would start few tasks, so batches would stay small and the mean high.
 
 The line's intercept, ``fixed_s``, bounds how long the batching policy holds a refilling
-batch: waiting longer than a batch's fixed cost to merge two batches cannot pay.
+batch: waiting longer than a batch's fixed cost to merge two batches cannot pay. What a batch
+costs the node is more than its forward pass, though: the hand-off to the model worker (shared
+memory, a message, a wake-up) and the event loop's turn to take the result back. So a second
+line goes through (rows, seconds from dispatch to result, as the engine sees them), and its
+intercept, ``batch_cost_s``, is the fixed cost the policy weighs (at least ``fixed_s``): for a
+no-op model in the worker it is nearly all of what a batch costs.
 
 A model with sequences (ragged token ids) also gets the same line through (real tokens,
 service time): ``marginal_s_per_token``, what one more token adds to a batch, so a task of
@@ -59,6 +64,8 @@ class ModelCounters:
     _fit: _Fit = (0.0, 0.0, 0.0, 0.0, 0.0)
     #: The same for the (real tokens, seconds) line.
     _fit_t: _Fit = (0.0, 0.0, 0.0, 0.0, 0.0)
+    #: The same for (rows, seconds from dispatch to result).
+    _fit_d: _Fit = (0.0, 0.0, 0.0, 0.0, 0.0)
 
     def observe(self, rows: int, service_s: float, alpha: float, tokens: int = 0) -> None:
         """A successful batch of ``rows`` (``tokens`` real tokens; 0: one per row)."""
@@ -75,6 +82,22 @@ class ModelCounters:
             self.s_per_row += alpha * (sample - self.s_per_row)
         self._fit = _weigh(self._fit, 1.0 - alpha, rows, service_s)
         self._fit_t = _weigh(self._fit_t, 1.0 - alpha, max(tokens or rows, 1), service_s)
+
+    def observe_dispatch(self, rows: int, seconds: float, alpha: float) -> None:
+        """A successful batch of ``rows`` took ``seconds`` from dispatch to its result."""
+        self._fit_d = _weigh(self._fit_d, 1.0 - alpha, max(rows, 1), max(0.0, seconds))
+
+    @property
+    def batch_cost_s(self) -> float | None:
+        """Seconds a batch costs from dispatch to result whatever its size (the intercept of
+        that line, at least ``fixed_s``); None until batches of two sizes have been seen."""
+        fixed = self.fixed_s
+        slope = _slope(self._fit_d)
+        if slope is None:
+            return fixed
+        w, x, y, _, _ = self._fit_d
+        overhead = max(0.0, (y - max(0.0, slope) * x) / w)
+        return overhead if fixed is None else max(fixed, overhead)
 
     @property
     def slope_known(self) -> bool:

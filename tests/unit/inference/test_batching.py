@@ -246,10 +246,18 @@ def test_no_hold_without_a_fixed_cost_or_after_a_lone_request() -> None:
 
 
 def closed_loop(
-    p: BatchPolicy, clients: int, batches: int, fixed_s: float, per_row_s: float, gap_s: float
+    p: BatchPolicy,
+    clients: int,
+    batches: int,
+    fixed_s: float,
+    per_row_s: float,
+    gap_s: float,
+    handoff_s: float = 0.0,
 ) -> list[int]:
     """Event-driven closed loop on one device: a batch of r rows takes fixed + r * per_row;
     the k-th answer of a batch is back as a new request k * gap_s after the batch ends.
+    ``handoff_s``: what a batch costs besides its forward pass (the hand-off to the model
+    worker), in the time from dispatch to result but not in the service time reported.
     Returns the sizes of the first ``batches`` batches."""
     events: list[tuple[float, int, str, int]] = []  # (time, seq, kind, batch id or 0)
     seq = 0
@@ -267,7 +275,7 @@ def closed_loop(
         for b in d.batches:
             sizes.append(b.rows)
             running[b.batch_id] = b.rows
-            at(now + fixed_s + b.rows * per_row_s, "done", b.batch_id)
+            at(now + handoff_s + fixed_s + b.rows * per_row_s, "done", b.batch_id)
         if d.wake_at is not None:
             at(d.wake_at, "wake")
 
@@ -459,3 +467,78 @@ def test_stats_count_batch_sizes_and_time_in_the_queue() -> None:
     s = p.stats()["m"]
     assert s.batch_sizes == ((1, 1), (3, 1))  # for the metrics' batch-size histogram
     assert s.queue_s == pytest.approx(0.7)
+
+
+def test_the_hand_off_counts_as_the_fixed_cost_of_a_batch() -> None:
+    """A no-op model in the worker: its forward pass costs nothing, but each batch takes 2 ms
+    from dispatch to result (the hand-off). Callers back 0.1 ms apart are waited for, so the
+    batches stay whole; without the hand-off there is nothing to save and nothing waits."""
+    p = policy(max_batch_size=8, max_queue_delay_s=0.010)
+    sizes = closed_loop(p, 8, 30, fixed_s=0.0, per_row_s=1e-6, gap_s=0.0001, handoff_s=0.002)
+    assert sizes[-10:] == [8] * 10
+    q = policy(max_batch_size=8, max_queue_delay_s=0.010)
+    sizes = closed_loop(q, 8, 30, fixed_s=0.0, per_row_s=1e-6, gap_s=0.0001)
+    assert 1 in sizes[-10:]
+
+
+def test_a_lone_caller_never_waits_whatever_a_batch_costs() -> None:
+    p = policy(max_batch_size=8, max_queue_delay_s=0.010)
+    sizes = closed_loop(p, 1, 30, fixed_s=0.0, per_row_s=1e-6, gap_s=0.0001, handoff_s=0.002)
+    assert sizes == [1] * 30
+    assert p.stats()["m"].queue_s == 0.0  # each request dispatched the moment it came
+
+
+def learn_handoff(p: BatchPolicy) -> float:
+    """Batches of 1 and 4 requests of a model whose forward pass is free and whose batches
+    take 1 ms from dispatch to result; the callers of the batches of 4 back 0.1 ms apart."""
+    t = 0.0
+    for rows in (1, 4, 1, 4):
+        t += 1.0
+        for _ in range(rows):
+            p.submit("m", 1, now=t)
+        (b,) = p.poll(t).batches
+        p.on_batch_done(b.batch_id, 1e-6 * rows, now=t + 0.001)
+        for i in range(rows):
+            p.cancel(p.submit("m", 1, now=t + 0.001 + (i + 1) * 0.0001))
+    return t + 1.0
+
+
+def test_batches_grow_while_more_callers_than_a_batch_keep_sending() -> None:
+    """Requests arrived while the last batch ran (more callers than it held): after it, the
+    partial batch is held while rows keep coming 0.1 ms apart, past the 3 it had, and goes
+    0.2 ms (two gaps) after the last one."""
+    p = policy(max_batch_size=16, max_queue_delay_s=0.010)
+    t = learn_handoff(p)
+    ids = [p.submit("m", 1, now=t) for _ in range(3)]
+    (b,) = p.poll(t).batches
+    assert b.request_ids == tuple(ids)
+    waiting = [p.submit("m", 1, now=t + 0.0005 + i * 0.0001) for i in range(2)]  # it runs
+    t += 0.001
+    p.on_batch_done(b.batch_id, 3e-6, now=t)
+    d = p.poll(t)
+    assert d.batches == () and d.wake_at == pytest.approx(t + 0.0002)
+    for i in range(1, 5):  # 4 more back, 0.1 ms apart: each extends the hold
+        waiting.append(p.submit("m", 1, now=t + i * 0.0001))
+        assert p.poll(t + i * 0.0001).batches == ()
+    last = t + 0.0004
+    d = p.poll(last + 0.00019)
+    assert d.batches == () and d.wake_at == pytest.approx(last + 0.0002)
+    (b,) = p.poll(last + 0.0002).batches
+    assert b.request_ids == tuple(waiting)  # 6 rows, where the last batch had 3
+
+
+def test_a_closed_loop_of_exactly_the_batch_does_not_grow() -> None:
+    """Nobody sent while the batch of 3 ran: its 3 callers are all there are, so the batch
+    leaves the moment the third is back (no wait for rows that will not come)."""
+    p = policy(max_batch_size=16, max_queue_delay_s=0.010)
+    t = learn_handoff(p)
+    for _ in range(3):
+        p.submit("m", 1, now=t)
+    (b,) = p.poll(t).batches
+    t += 0.001
+    p.on_batch_done(b.batch_id, 3e-6, now=t)
+    back = [p.submit("m", 1, now=t + i * 0.0001) for i in (1, 2)]
+    assert p.poll(t + 0.0002).batches == ()  # 2 of 3 back: held (the refill window)
+    back.append(p.submit("m", 1, now=t + 0.0003))
+    (b,) = p.poll(t + 0.0003).batches
+    assert b.request_ids == tuple(back)

@@ -52,3 +52,23 @@ def test_recent_batches_weigh_more() -> None:
     _observe(c, [(rows, 0.004 * rows) for rows in (1, 4, 1, 4)])  # 4 ms a row
     _observe(c, [(rows, 0.002 + 0.001 * rows) for rows in (1, 4) * 20])  # the model got faster
     assert c.marginal_s_per_row == pytest.approx(0.001, rel=0.05)
+
+
+def test_batch_cost_counts_what_a_batch_takes_besides_its_forward_pass() -> None:
+    """A forward pass of 0.1 ms a row and no fixed cost, but 1 ms more from dispatch to
+    result per batch (the hand-off to the model worker): the batch costs that 1 ms."""
+    c = ModelCounters()
+    assert c.batch_cost_s is None
+    for rows in (1, 4, 2, 8):
+        c.observe(rows, 0.0001 * rows, 0.3)
+        c.observe_dispatch(rows, 0.001 + 0.0001 * rows, 0.3)
+    assert c.fixed_s == pytest.approx(0.0, abs=1e-9)
+    assert c.batch_cost_s == pytest.approx(0.001)
+
+
+def test_batch_cost_is_at_least_the_forward_pass_fixed_cost() -> None:
+    c = ModelCounters()
+    for rows in (1, 4, 2, 8):
+        c.observe(rows, 0.002 + 0.0001 * rows, 0.3)
+        c.observe_dispatch(rows, 0.0001 * rows, 0.3)  # a clock that under-reports
+    assert c.batch_cost_s == pytest.approx(0.002)
