@@ -550,7 +550,7 @@ class Swim:
             # The same suspicion: a confirmation shortens the timeout and is passed on.
             if s.confirm(u.origin):
                 if not s.checking:
-                    self._schedule(m, s.deadline())
+                    self._schedule(m, s.wake_at())
                 self._queue.put(u)
             return
         before = m.state
@@ -558,7 +558,7 @@ class Swim:
         m.incarnation = u.incarnation
         m.suspicion = Suspicion.begin(u.incarnation, u.origin, now, self.config, self.alive_count())
         self.counters.suspicions += 1
-        self._schedule(m, m.suspicion.deadline())
+        self._schedule(m, m.suspicion.wake_at())
         self._changed(m, before, now)
         self._queue.put(Update(m.name, m.incarnation, State.SUSPECT, u.origin))
 
@@ -606,6 +606,12 @@ class Swim:
         """No refutation reached us within the suspicion timeout: declare the suspect dead,
         or first take a last look at it (see `suspicion`)."""
         s = m.suspicion
+        if s is not None and not s.checking and now < s.deadline():
+            s.looked_early = True  # an early look (`Suspicion.wake_at`), then the real deadline
+            if not s.probed_silent:
+                self._probe_order.look_again(m.name)
+            self._schedule(m, s.deadline())
+            return
         if s is None or not s.wants_last_look() or self.leaving:
             self._declare_dead(m, now)
             return

@@ -464,3 +464,39 @@ def test_only_outdated_claims_are_answered() -> None:
         Message(Kind.GOSSIP, "z", "z", updates=(Update("b", 1, State.DEAD, "z"),)), 0.4
     )
     assert [s.message.kind for s in sends] == [Kind.PUSH_PULL]
+
+
+def test_a_rumour_of_a_refuted_suspicion_ends_with_an_early_look() -> None:
+    # ``b`` refuted (it is at 2); the refutation missed ``a``, which holds the rumour of
+    # incarnation 1 and nothing confirms it, so its deadline is the longest timeout. Once the
+    # minimum has passed, ``a`` probes ``b`` next itself (buddy included) rather than waiting
+    # for its round-robin turn or the deadline, and b's answer ends the suspicion.
+    cfg = MembershipConfig(dead_reap_s=100.0, awareness_max=0).validate()
+    others = ["b"] + [f"m{i:02}" for i in range(28)]
+    a = core("a", *others, cfg=cfg, seed=3)
+    b = Swim("b", "b", cfg, random.Random(2), incarnation=2, now=0.0)
+    b.restore([Update(o, 1, State.ALIVE, o, o) for o in ["a", *others[1:]]], 0.0)
+    a.handle(
+        Message(Kind.GOSSIP, "m00", "m00", updates=(Update("b", 1, State.SUSPECT, "m00"),)), 0.0
+    )
+    lo = timing.suspicion_min(cfg.suspicion_mult, 30, cfg.probe_interval)
+    assert lo < 0.5 * lo * cfg.suspicion_max_mult  # the deadline is well past the minimum
+    buddy = Update("b", 1, State.SUSPECT, "a")
+    now, alive_at = 0.0, None
+    while now < lo + 3 * cfg.probe_interval and alive_at is None:
+        now = a.next_deadline()
+        for send in a.tick(now):
+            if send.message.kind is not Kind.PING:
+                continue
+            if send.address != "b":
+                a.handle(Message(Kind.ACK, send.name, send.address, seq=send.message.seq), now)
+            elif now < lo:  # acked by way of another member: no refutation comes with it
+                a.handle(Message(Kind.ACK, "m01", "m01", seq=send.message.seq), now)
+            elif send.message.updates[:1] == (buddy,):
+                for reply in b.handle(send.message, now):
+                    a.handle(reply.message, now + 0.01)
+        if a.state_of("b") is State.ALIVE:
+            alive_at = now
+    assert alive_at is not None and lo <= alive_at <= lo + 2 * cfg.probe_interval
+    assert a.member("b") == b.member("b")
+    assert a.counters.deaths_declared == 0
