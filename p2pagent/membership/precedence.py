@@ -13,6 +13,7 @@ one member that knows, and the only one allowed to raise its incarnation.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Iterable
 
 from p2pagent.membership.members import Member
 from p2pagent.membership.messages import State, Update
@@ -38,6 +39,32 @@ def gone_wins(known: Member, claim: Update) -> bool:
     if claim.incarnation < known.incarnation:
         return False
     return not known.state.gone or (known.state is State.DEAD and claim.state is State.LEFT)
+
+
+def outdated(known: Member, claim: Update) -> bool:
+    """A Suspect or Dead claim about a member we know alive at a higher incarnation: the
+    sender missed its refutation, and it is told directly (`Swim.handle`). Without that, a
+    member that adopted the stale suspicion after the refutation's epidemic had died out kept
+    it for the longest suspicion timeout (``suspicion_max_mult`` times the minimum, 43 s at
+    N = 64: nothing confirms a stale rumour) before its last look: the 40.8 s joins of 64
+    daemons started at once (issue 28, bench/RESULTS.md)."""
+    return (
+        claim.state in (State.SUSPECT, State.DEAD)
+        and known.state is State.ALIVE
+        and claim.incarnation < known.incarnation
+    )
+
+
+def corrections(claims: Iterable[Update], known: Callable[[str], Member | None]) -> list[Update]:
+    """What to tell the sender of ``claims`` at once: the Alive update of every member (this
+    one included) it called suspect or dead at an older incarnation than ``known`` gives. One
+    message to the sender only; push-pull tables need none (they go both ways)."""
+    news: list[Update] = []
+    for claim in claims:
+        m = known(claim.name)
+        if m is not None and outdated(m, claim):
+            news.append(m.update(m.name))
+    return news
 
 
 def as_relayed(claim: Update) -> Update:

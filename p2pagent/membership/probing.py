@@ -133,13 +133,14 @@ class ProbeOrder:
         self._last_looks: list[str] = []
 
     def look_again(self, name: str) -> None:
-        """Puts an expired suspect before the round-robin (its last look)."""
+        """Puts a suspect before the round-robin (its early or last look, `suspicion`)."""
         self._last_looks.append(name)
 
     def next(self, table: MemberTable, rng: random.Random) -> Member | None:
         while self._last_looks:
             m = table.get(self._last_looks.pop(0))
-            if m is not None and m.suspicion is not None and m.suspicion.checking:
+            s = None if m is None else m.suspicion
+            if m is not None and s is not None and (s.checking or s.looked_early):
                 return m
         for _ in range(2):
             while self._pos < len(self._order):

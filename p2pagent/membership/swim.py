@@ -15,7 +15,8 @@ order a newcomer will look for them:
 * Incarnations (`precedence`): only a member raises its own incarnation. Alive(i) beats any
   claim with a lower incarnation; Suspect(i) beats Alive(i); Dead/Left(i) beat both, and
   Left(i) beats Dead(i). A member that hears it is suspected or dead refutes with
-  Alive(i + 1). The incarnation is persisted by the driver, so a restarted member starts above
+  Alive(i + 1); a member passing on such a claim after the refutation is told it directly.
+  The incarnation is persisted by the driver, so a restarted member starts above
   anything the cluster said about it.
 * Dissemination (here, and `broadcasts`): every update is queued and piggybacked on protocol
   messages, and gossiped to ``gossip_fanout`` random members every gossip interval, at most
@@ -45,7 +46,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from p2pagent.membership import timing
 from p2pagent.membership.catch_up import CatchUp, UnknownSenders, catch_up_delay
@@ -59,6 +60,7 @@ from p2pagent.membership.precedence import (
     alive_wins,
     answer_about_me,
     as_relayed,
+    corrections,
     gone_wins,
     suspect_applies,
 )
@@ -83,6 +85,8 @@ class Counters:
     rejoins: int = 0
     #: Probes extended because this member's own tick came late (its loop was starved).
     late_ticks: int = 0
+    #: Senders told the newer incarnation of a member they called suspect or dead.
+    corrections: int = 0
 
 
 class Swim:
@@ -292,11 +296,29 @@ class Swim:
         for h in msg.hints:
             m = self._members.get(h.node)
             self._hints.offer(h, is_member=m is not None and m.state.reachable)
+        self._correct(msg, out)
         unknown = msg.src not in self._members and msg.src != self.name and not self.leaving
         if unknown and msg.src_address and self._unknown.should_ask(msg.src_address, now):
             # It knows us and we do not know it (gossip missed us): ask for its table.
             out.append(self._push_pull_to(msg.src_address, msg.src))
         return out
+
+    def _correct(self, msg: Message, out: list[Send]) -> None:
+        """Tells the sender of claims older than what we know (`precedence.corrections`)."""
+        sender = self._members.get(msg.src)
+        if self.leaving or msg.src == self.name or sender is None or not sender.state.reachable:
+            return  # an unknown sender is asked for its table instead (below)
+        news = corrections(msg.updates, self._members.get)
+        if not news:
+            return
+        self.counters.corrections += 1
+        for i, send in enumerate(out):
+            if send.address == msg.src_address:  # the reply (an ack) carries them first
+                about = {u.name for u in news}
+                rest = [u for u in send.message.updates if u.name not in about]
+                out[i] = replace(send, message=replace(send.message, updates=(*news, *rest)))
+                return
+        out.append(self._out.to_member(Kind.GOSSIP, sender, first=news))
 
     # ---- probing ----------------------------------------------------------------------------
 
@@ -528,7 +550,7 @@ class Swim:
             # The same suspicion: a confirmation shortens the timeout and is passed on.
             if s.confirm(u.origin):
                 if not s.checking:
-                    self._schedule(m, s.deadline())
+                    self._schedule(m, s.wake_at())
                 self._queue.put(u)
             return
         before = m.state
@@ -536,7 +558,7 @@ class Swim:
         m.incarnation = u.incarnation
         m.suspicion = Suspicion.begin(u.incarnation, u.origin, now, self.config, self.alive_count())
         self.counters.suspicions += 1
-        self._schedule(m, m.suspicion.deadline())
+        self._schedule(m, m.suspicion.wake_at())
         self._changed(m, before, now)
         self._queue.put(Update(m.name, m.incarnation, State.SUSPECT, u.origin))
 
@@ -584,6 +606,12 @@ class Swim:
         """No refutation reached us within the suspicion timeout: declare the suspect dead,
         or first take a last look at it (see `suspicion`)."""
         s = m.suspicion
+        if s is not None and not s.checking and now < s.deadline():
+            s.looked_early = True  # an early look (`Suspicion.wake_at`), then the real deadline
+            if not s.probed_silent:
+                self._probe_order.look_again(m.name)
+            self._schedule(m, s.deadline())
+            return
         if s is None or not s.wants_last_look() or self.leaving:
             self._declare_dead(m, now)
             return

@@ -38,9 +38,7 @@ def render(stats: Iterable[ModelStats]) -> Iterator[Metric]:
         "Inference requests by outcome at admission and in the queue",
         labels=["model", "outcome"],
     )
-    batches = CounterMetricFamily(
-        "p2pagent_inference_batches", "Batches run", labels=["model"]
-    )
+    batches = CounterMetricFamily("p2pagent_inference_batches", "Batches run", labels=["model"])
     failed = CounterMetricFamily(
         "p2pagent_inference_failed_batches", "Batches that failed", labels=["model"]
     )
@@ -59,8 +57,7 @@ def render(stats: Iterable[ModelStats]) -> Iterator[Metric]:
     )
     waited = SummaryMetricFamily(
         "p2pagent_inference_queue_seconds",
-        "Time requests waited for their batch (sum and count: rate(sum) / rate(count) is the"
-        " mean)",
+        "Time requests waited for their batch (sum and count: rate(sum) / rate(count) is the mean)",
         labels=["model"],
     )
     for s in stats:

@@ -24,6 +24,7 @@ class MembershipSnapshot:
     push_pulls: int
     awareness: int = 0
     late_ticks: int = 0
+    corrections: int = 0
 
 
 def render(s: MembershipSnapshot) -> Iterator[Metric]:
@@ -66,4 +67,9 @@ def render(s: MembershipSnapshot) -> Iterator[Metric]:
         "p2pagent_membership_late_ticks",
         "Probes extended because this node's own loop ran late (a starved CPU)",
         s.late_ticks,
+    )
+    yield counter(
+        "p2pagent_membership_corrections",
+        "Peers told a newer incarnation of a member they called suspect or dead (stale news)",
+        s.corrections,
     )

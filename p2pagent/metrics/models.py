@@ -29,9 +29,7 @@ def render(s: ModelsSnapshot) -> Iterator[Metric]:
     )
     yield gauge("p2pagent_models_pulls_in_progress", "Pulls running now", s.pulls_in_progress)
     yield counter("p2pagent_models_pulls", "Pulls that completed", s.pulls_completed)
-    yield counter(
-        "p2pagent_models_pull_failures", "Pulls that ended in an error", s.pulls_failed
-    )
+    yield counter("p2pagent_models_pull_failures", "Pulls that ended in an error", s.pulls_failed)
     yield counter(
         "p2pagent_models_pulled_bytes", "Chunk bytes fetched from other nodes", s.bytes_pulled
     )

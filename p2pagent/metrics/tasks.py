@@ -31,9 +31,7 @@ def render(s: TasksSnapshot) -> Iterator[Metric]:
         s.backlog_s,
     )
     yield counter("p2pagent_tasks_completed", "Tasks this node ran to completion", s.completed)
-    yield counter(
-        "p2pagent_tasks_stolen_in", "Tasks this node took from busier peers", s.stolen_in
-    )
+    yield counter("p2pagent_tasks_stolen_in", "Tasks this node took from busier peers", s.stolen_in)
     yield counter("p2pagent_tasks_stolen_out", "Tasks peers took from this node", s.stolen_out)
     yield counter(
         "p2pagent_tasks_steal_requests", "Steal requests this node sent", s.steal_requests

@@ -412,3 +412,91 @@ def test_local_health_stretches_the_probe_interval(awareness: int) -> None:
         if any(s.message.kind is Kind.PING for s in a.tick(now)):
             break
     assert now - t == pytest.approx(timing.scaled(CFG.probe_interval, awareness))
+
+
+def test_a_stale_suspicion_is_corrected_by_the_next_member_it_reaches() -> None:
+    # ``b`` was suspected at incarnation 1 and refuted (it is at 2); ``c`` heard the refutation,
+    # ``a`` adopted the old rumour after the refutation's epidemic had died out. Before, nothing
+    # told ``a`` until its suspicion timed out (6x the minimum with no confirmations: 43 s at
+    # N = 64, the 40.8 s joins of issue 28). Now the first member ``a`` passes the rumour to
+    # answers it with b's newer life, and ``a`` is corrected within its first gossip round.
+    a = core("a", "b", "c")
+    c = core("c", "a", "b")
+    c.handle(Message(Kind.GOSSIP, "b", "b", updates=(Update("b", 2, State.ALIVE, "b", "b"),)), 0.0)
+    a.handle(Message(Kind.GOSSIP, "x", "x", updates=(Update("b", 1, State.SUSPECT, "x"),)), 0.0)
+    assert a.state_of("b") is State.SUSPECT
+    to_c = [s for s in run_until(a, 1.0) if s.address == "c"]
+    assert to_c
+    answers = c.handle(to_c[0].message, 0.5)
+    assert kinds(answers)[:1] == [(Kind.GOSSIP, "a")]
+    assert Update("b", 2, State.ALIVE, "b", "b") == answers[0].message.updates[0]
+    assert c.counters.corrections == 1
+    assert c.state_of("b") is State.ALIVE  # the stale claim changed nothing at ``c``
+    a.handle(answers[0].message, 0.6)
+    assert a.member("b") == c.member("b")  # alive at incarnation 2, 0.6 s in
+    assert a.state_of("b") is State.ALIVE
+
+
+def test_only_outdated_claims_are_answered() -> None:
+    # A suspicion of the incarnation we know is news, not a mistake; an alive claim of an old
+    # incarnation harms nobody: neither is answered. A suspicion of this member itself is
+    # refuted back to its sender directly.
+    c = core("c", "a", "b")
+    assert (
+        c.handle(Message(Kind.GOSSIP, "a", "a", updates=(Update("b", 1, State.SUSPECT, "a"),)), 0.0)
+        == []
+    )
+    c.handle(Message(Kind.GOSSIP, "b", "b", updates=(Update("b", 3, State.ALIVE, "b", "b"),)), 0.1)
+    assert (
+        c.handle(
+            Message(Kind.GOSSIP, "a", "a", updates=(Update("b", 2, State.ALIVE, "b", "b"),)), 0.2
+        )
+        == []
+    )
+    assert c.counters.corrections == 0
+    sends = c.handle(
+        Message(Kind.GOSSIP, "a", "a", updates=(Update("c", 1, State.SUSPECT, "a"),)), 0.3
+    )
+    assert kinds(sends) == [(Kind.GOSSIP, "a")]
+    assert sends[0].message.updates[0] == Update("c", 2, State.ALIVE, "c", "c")
+    # From a sender we do not count as a member: no correction (it gets a push-pull instead).
+    sends = c.handle(
+        Message(Kind.GOSSIP, "z", "z", updates=(Update("b", 1, State.DEAD, "z"),)), 0.4
+    )
+    assert [s.message.kind for s in sends] == [Kind.PUSH_PULL]
+
+
+def test_a_rumour_of_a_refuted_suspicion_ends_with_an_early_look() -> None:
+    # ``b`` refuted (it is at 2); the refutation missed ``a``, which holds the rumour of
+    # incarnation 1 and nothing confirms it, so its deadline is the longest timeout. Once the
+    # minimum has passed, ``a`` probes ``b`` next itself (buddy included) rather than waiting
+    # for its round-robin turn or the deadline, and b's answer ends the suspicion.
+    cfg = MembershipConfig(dead_reap_s=100.0, awareness_max=0).validate()
+    others = ["b"] + [f"m{i:02}" for i in range(28)]
+    a = core("a", *others, cfg=cfg, seed=3)
+    b = Swim("b", "b", cfg, random.Random(2), incarnation=2, now=0.0)
+    b.restore([Update(o, 1, State.ALIVE, o, o) for o in ["a", *others[1:]]], 0.0)
+    a.handle(
+        Message(Kind.GOSSIP, "m00", "m00", updates=(Update("b", 1, State.SUSPECT, "m00"),)), 0.0
+    )
+    lo = timing.suspicion_min(cfg.suspicion_mult, 30, cfg.probe_interval)
+    assert lo < 0.5 * lo * cfg.suspicion_max_mult  # the deadline is well past the minimum
+    buddy = Update("b", 1, State.SUSPECT, "a")
+    now, alive_at = 0.0, None
+    while now < lo + 3 * cfg.probe_interval and alive_at is None:
+        now = a.next_deadline()
+        for send in a.tick(now):
+            if send.message.kind is not Kind.PING:
+                continue
+            if send.address != "b":
+                a.handle(Message(Kind.ACK, send.name, send.address, seq=send.message.seq), now)
+            elif now < lo:  # acked by way of another member: no refutation comes with it
+                a.handle(Message(Kind.ACK, "m01", "m01", seq=send.message.seq), now)
+            elif send.message.updates[:1] == (buddy,):
+                for reply in b.handle(send.message, now):
+                    a.handle(reply.message, now + 0.01)
+        if a.state_of("b") is State.ALIVE:
+            alive_at = now
+    assert alive_at is not None and lo <= alive_at <= lo + 2 * cfg.probe_interval
+    assert a.member("b") == b.member("b")
+    assert a.counters.deaths_declared == 0

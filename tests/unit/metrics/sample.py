@@ -15,8 +15,21 @@ def _stats(model: str, sizes: tuple[tuple[int, int], ...]) -> ModelStats:
     rows = sum(r * n for r, n in sizes)
     batches = sum(n for _r, n in sizes)
     return ModelStats(
-        model, 3, 10, 1, 2, 0, batches, batches, rows, 1, 0.01, batch_sizes=sizes, queue_s=0.25,
-        tokens=300, padded_tokens=360,
+        model,
+        3,
+        10,
+        1,
+        2,
+        0,
+        batches,
+        batches,
+        rows,
+        1,
+        0.01,
+        batch_sizes=sizes,
+        queue_s=0.25,
+        tokens=300,
+        padded_tokens=360,
     )
 
 
@@ -27,7 +40,17 @@ def sample_registry() -> RpcMetrics:
     reg.register(
         SnapshotCollector(
             lambda: membership.MembershipSnapshot(
-                {"alive": 2, "dead": 1}, 4, 100, 3, 2, 1, 1, 5, awareness=3, late_ticks=6
+                {"alive": 2, "dead": 1},
+                4,
+                100,
+                3,
+                2,
+                1,
+                1,
+                5,
+                awareness=3,
+                late_ticks=6,
+                corrections=7,
             ),
             membership.render,
         )
@@ -44,15 +67,9 @@ def sample_registry() -> RpcMetrics:
         SnapshotCollector(lambda: models.ModelsSnapshot(2, 0, 3, 1, 4096, 1), models.render)
     )
     reg.register(
-        SnapshotCollector(
-            lambda: tasks.TasksSnapshot(5, 2, 12.5, 40, 3, 4, 6, 1), tasks.render
-        )
+        SnapshotCollector(lambda: tasks.TasksSnapshot(5, 2, 12.5, 40, 3, 4, 6, 1), tasks.render)
     )
-    reg.register(
-        SnapshotCollector(
-            lambda: [_stats("m", ((1, 2), (8, 3)))], inference.render
-        )
-    )
+    reg.register(SnapshotCollector(lambda: [_stats("m", ((1, 2), (8, 3)))], inference.render))
     reg.register(
         SnapshotCollector(
             lambda: [training.RunSnapshot("digits", 4, 12, 11, 0.8, 2.5, 4096, 4000, 1, 2)],

@@ -33,6 +33,7 @@ def test_node_families_render_their_snapshot_values() -> None:
     assert samples[("p2pagent_membership_suspicions_total", frozenset())] == 2
     assert samples[("p2pagent_membership_awareness", frozenset())] == 3
     assert samples[("p2pagent_membership_late_ticks_total", frozenset())] == 6
+    assert samples[("p2pagent_membership_corrections_total", frozenset())] == 7
     assert samples[("p2pagent_state_keys", frozenset())] == 7
     sent_delta = frozenset({("direction", "sent"), ("kind", "delta")})
     assert samples[("p2pagent_state_sync_bytes_total", sent_delta)] == 900
@@ -93,8 +94,9 @@ def test_rpc_metrics_split_the_method_and_keep_streams_out_of_unary_buckets() ->
     assert samples[("p2pagent_rpc_stream_seconds_bucket", watch | {("le", "14400.0")})] == 1
     assert samples[("p2pagent_rpc_stream_seconds_bucket", watch | {("le", "3600.0")})] == 0
     # ...and unary calls have their own histogram.
-    assert not any(k[0].startswith("p2pagent_rpc_handling_seconds") and k[1] >= watch
-                   for k in samples)
+    assert not any(
+        k[0].startswith("p2pagent_rpc_handling_seconds") and k[1] >= watch for k in samples
+    )
     status = frozenset(
         {
             ("grpc_service", "p2pagent.v1.AgentService"),
