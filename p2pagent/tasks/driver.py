@@ -73,6 +73,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The requests that submit a task (with or without waiting for its result).
+SubmitLike = (
+    agent_pb2.SubmitRequest | agent_pb2.SubmitAndWaitRequest | agent_pb2.SubmitStreamRequest
+)
+
 #: Test-only: the folder a node writes its scheduler core's inputs to (see the docstring).
 RECORD_ENV = "P2PAGENT_TEST_RECORD_TASKS"
 
@@ -233,9 +238,7 @@ class TasksDriver:
 
     async def submit(
         self,
-        request: agent_pb2.SubmitRequest
-        | agent_pb2.SubmitAndWaitRequest
-        | agent_pb2.SubmitStreamRequest,
+        request: SubmitLike,
         owner: str = "",
         with_result: bool = False,
     ) -> str:
@@ -248,9 +251,7 @@ class TasksDriver:
 
     def accept(
         self,
-        request: agent_pb2.SubmitRequest
-        | agent_pb2.SubmitAndWaitRequest
-        | agent_pb2.SubmitStreamRequest,
+        request: SubmitLike,
         owner: str = "",
         with_result: bool = False,
     ) -> tuple[str, asyncio.Future[None]]:
