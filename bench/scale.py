@@ -47,14 +47,12 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 
 from bench._proc import cpu_seconds
 from p2pagent.membership.config import MembershipConfig
@@ -431,10 +429,6 @@ def _ratio(a: float, b: float) -> float | None:
 # ---- main -----------------------------------------------------------------------------------
 
 
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # unwinds through every ``with`` and ``finally``: daemons die
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", default="8,32,64", help="mesh sizes of real daemons, comma-separated")
@@ -446,7 +440,6 @@ def main() -> None:
     p.add_argument("--no-iptables", action="store_true", help="count bytes with wchar instead")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    signal.signal(signal.SIGTERM, _sigterm)
     sizes = [int(x) for x in args.sizes.split(",") if x]
     sim_sizes = [int(x) for x in args.sim_sizes.split(",") if x]
     join_sizes = [int(x) for x in args.join_sim_sizes.split(",") if x]
