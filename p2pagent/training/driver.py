@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 120.0
 #: Seconds ``average`` polls membership while waiting for ``min_members``.
 MEMBER_POLL_S = 0.1
+#: Seconds a channel replaced by a fresh one keeps serving the calls already on it.
+RETIRED_CHANNEL_GRACE_S = 30.0
 
 
 @dataclass
@@ -87,8 +89,12 @@ class TrainingDriver:
         self._set_tag = set_tag
         self.runs: dict[str, Run] = {}
         self._sends: set[asyncio.Task[None]] = set()
+        #: Closing channels replaced by ``_redial``.
+        self._closing: set[asyncio.Task[None]] = set()
         self._unsubscribe: Callable[[], None] | None = None
         self._bad = RateLimitedLog(log, 10.0)
+        #: Member -> the incarnation a fresh channel was last dialled for (see ``_send``).
+        self._redialled: dict[str, int] = {}
 
     async def start(self) -> None:
         self._unsubscribe = self._members.subscribe(self._member_changed)
@@ -104,6 +110,8 @@ class TrainingDriver:
         for task in list(self._sends):
             task.cancel()
         await asyncio.gather(*self._sends, return_exceptions=True)
+        # The node closes the pool's channels itself; the retired ones are only ours.
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     # ---- the user's side --------------------------------------------------------------------
 
@@ -273,11 +281,17 @@ class TrainingDriver:
         member = self._members.member(send.to)
         if member is None or not member.reachable:
             return
-        stub = peer_pb2_grpc.PeerServiceStub(self._channels.get(member.address))
         try:
-            await stub.AverageParts(
-                part_messages(send.part, self.config.compression), timeout=SEND_TIMEOUT_S
-            )
+            try:
+                await self._call(member.address, send)
+            except grpc.aio.AioRpcError as e:
+                if e.code() is not grpc.StatusCode.UNAVAILABLE or not self._redial(member):
+                    raise
+                # A member that restarted at the same address: the old channel would reach
+                # it only after its reconnect backoff (seconds: rounds are shorter), and the
+                # parts lost meanwhile cost the member its first rounds back. Once per
+                # incarnation, so a dead member is not dialled again for every part.
+                await self._call(member.address, send)
             dtype = DTYPE_OF_COMPRESSION[self.config.compression]
             entry.stats.bytes_sent += wire_bytes(int(send.part.data.shape[0]), dtype)
         except grpc.aio.AioRpcError as e:
@@ -290,3 +304,22 @@ class TrainingDriver:
                 e.code().name,
                 e.details(),
             )
+
+    async def _call(self, address: str, send: Send) -> None:
+        stub = peer_pb2_grpc.PeerServiceStub(self._channels.get(address))
+        await stub.AverageParts(
+            part_messages(send.part, self.config.compression), timeout=SEND_TIMEOUT_S
+        )
+
+    def _redial(self, member: MemberView) -> bool:
+        """Replaces the channel to ``member`` by a fresh one, once per incarnation of it;
+        False when that was done already."""
+        if self._redialled.get(member.name) == member.incarnation:
+            return False
+        self._redialled[member.name] = member.incarnation
+        old = self._channels.retire(member.address)
+        if old is not None:
+            task = asyncio.create_task(old.close(RETIRED_CHANNEL_GRACE_S))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return True
