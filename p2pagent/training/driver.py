@@ -89,8 +89,8 @@ class TrainingDriver:
         self._set_tag = set_tag
         self.runs: dict[str, Run] = {}
         self._sends: set[asyncio.Task[None]] = set()
-        #: Closing channels replaced by ``_redial``.
-        self._closing: set[asyncio.Task[None]] = set()
+        #: Channels replaced by ``_redial``, closing after their grace period.
+        self._closing: dict[asyncio.Task[None], grpc.aio.Channel] = {}
         self._unsubscribe: Callable[[], None] | None = None
         self._bad = RateLimitedLog(log, 10.0)
         #: Member -> the incarnation a fresh channel was last dialled for (see ``_send``).
@@ -110,8 +110,13 @@ class TrainingDriver:
         for task in list(self._sends):
             task.cancel()
         await asyncio.gather(*self._sends, return_exceptions=True)
-        # The node closes the pool's channels itself; the retired ones are only ours.
-        await asyncio.gather(*self._closing, return_exceptions=True)
+        # The node closes the pool's channels itself; the retired ones are ours: closed now,
+        # without waiting out their grace.
+        closing = dict(self._closing)
+        for task in closing:
+            task.cancel()
+        await asyncio.gather(*closing, return_exceptions=True)
+        await asyncio.gather(*(ch.close() for ch in closing.values()), return_exceptions=True)
 
     # ---- the user's side --------------------------------------------------------------------
 
@@ -320,6 +325,6 @@ class TrainingDriver:
         old = self._channels.retire(member.address)
         if old is not None:
             task = asyncio.create_task(old.close(RETIRED_CHANNEL_GRACE_S))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._closing[task] = old
+            task.add_done_callback(lambda t: self._closing.pop(t, None))
         return True

@@ -14,10 +14,12 @@ from p2pagent.training.driver import TrainingDriver
 
 class Channel:
     def __init__(self) -> None:
-        self.closed_with: float | None = None
+        self.closes: list[float | None] = []
 
     async def close(self, grace: float | None = None) -> None:
-        self.closed_with = grace
+        self.closes.append(grace)
+        if grace is not None:
+            await asyncio.sleep(grace)  # calls still on it: closes when the grace is over
 
 
 class Pool:
@@ -61,8 +63,11 @@ def test_a_failed_send_redials_once_per_incarnation_and_closes_the_old_channel()
         # Restarted again: a new incarnation is dialled afresh.
         assert d._redial(MemberView("n4", "127.0.0.9:7000", ALIVE, 4))
         assert len(pool.retired) == 2
-        await d.stop()
-        # The old channel got its grace period to finish the calls on it.
-        assert old.closed_with is not None and old.closed_with > 0
+        await asyncio.sleep(0)
+        # The old channel got its grace period to finish the calls on it...
+        assert old.closes and old.closes[0] is not None and old.closes[0] > 0
+        # ... and a node stopping does not wait it out: closed at once.
+        await asyncio.wait_for(d.stop(), 5)
+        assert old.closes[-1] is None
 
     asyncio.run(run())
