@@ -121,7 +121,7 @@ class Averager:
                 # long): nobody will answer this round any more. End it now with what it
                 # has; the next round starts at the run's, where late parts are answered
                 # with the averages made, so this member first fetches the run's values.
-                cur.abandon(now)
+                cur.abandon(now, behind=True)
         else:
             self._events.append(
                 Refused(

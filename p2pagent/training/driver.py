@@ -201,7 +201,17 @@ class TrainingDriver:
         try:
             sends = entry.averager.begin(self.participants(run), vector, weight, loop.time())
             self._after(entry, sends)
-            return await waiter
+            done = await waiter
+            if done.behind and not entry.averager.busy:
+                # This node was rounds behind the run (it restarted): the round it began is
+                # over everywhere else. Average in the run's round now, with the same
+                # parameters, rather than return a round nothing was averaged in.
+                waiter = loop.create_future()
+                entry.waiter = waiter
+                sends = entry.averager.begin(self.participants(run), vector, weight, loop.time())
+                self._after(entry, sends)
+                done = await waiter
+            return done
         finally:
             entry.waiter = None
 

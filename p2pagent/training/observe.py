@@ -62,6 +62,7 @@ class ObservedRound:
         self.events: list[Event] = []
         self.bytes_sent = bytes_sent
         self.done: RoundDone | None = None
+        self._behind = False
 
     def start(self) -> list[Send]:
         """Asks the owners that have no part from this member yet for their averages: a
@@ -102,7 +103,8 @@ class ObservedRound:
             self._finish(now)
         return []
 
-    def abandon(self, now: float) -> None:
+    def abandon(self, now: float, behind: bool = False) -> None:
+        self._behind = behind
         self._finish(now)
 
     def _finish(self, now: float) -> None:
@@ -129,6 +131,7 @@ class ObservedRound:
             bytes_sent=self.bytes_sent,
             # Complete: it holds the group's average of every slice (none of its own).
             complete=not kept,
+            behind=self._behind,
         )
         self.events.append(self.done)
 

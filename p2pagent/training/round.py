@@ -98,6 +98,7 @@ class AveragingRound:
         self.listeners: set[str] = set()
         self._last_tick = -float("inf")
         self._heard_from_peer = False
+        self._behind = False
 
     # ---- inputs -----------------------------------------------------------------------------
 
@@ -243,8 +244,10 @@ class AveragingRound:
             self._maybe_finish(now)
         return out
 
-    def abandon(self, now: float) -> None:
-        """Ends the round now: slices without an average keep the local values."""
+    def abandon(self, now: float, behind: bool = False) -> None:
+        """Ends the round now: slices without an average keep the local values; ``behind``:
+        because the run is past it."""
+        self._behind = behind
         self._finish(now)
 
     # ---- the steps --------------------------------------------------------------------------
@@ -346,6 +349,7 @@ class AveragingRound:
             bytes_sent=self.bytes_sent,
             # Complete: every slice averaged, and with someone (alone is not averaging).
             complete=not kept and (self.k == 1 or len(self.own) > 1 or self._heard_from_peer),
+            behind=self._behind,
         )
         self.events.append(self.done)
 
