@@ -20,7 +20,10 @@
   of the others over the adaptive deadline (target <= 1);
 * the accuracy run again with one daemon SIGKILLed halfway and restarted 2 s later (its loop
   trains on alone meanwhile): accuracy over the centralized baseline (target >= 0.97), and
-  rounds from its daemon's return until its rounds are complete again (target <= 2);
+  rounds from its daemon's return until its rounds are complete again, that is until it ends
+  a round holding the run's average (target <= 2); beside it (no target), rounds until it
+  averages its own parameters in again (it may first observe rounds, taking the group's
+  averages, while some members' views do not count it yet);
 * scale (simulator, same core): 256 members in groups of 16, 5% crashing per round, how much
   the spread of parameters shrinks in 3 rounds (target >= 100x).
 """
@@ -141,8 +144,10 @@ def accuracy_with_kill(c: Cluster, plan: DigitsPlan, victim: str = "n4") -> dict
     v = runs[victim]
     first_back = v.outage_rounds[-1] + 1 if v.outage_rounds else kill_at
     back_rounds = [r for r in v.results if r.round_no >= first_back]
-    rejoin = next(
-        (i + 1 for i, r in enumerate(back_rounds) if r.complete), float(len(back_rounds) + 99)
+    never = float(len(back_rounds) + 99)
+    rejoin = next((i + 1 for i, r in enumerate(back_rounds) if r.complete), never)
+    contributes = next(
+        (i + 1 for i, r in enumerate(back_rounds) if r.complete and victim in r.group), never
     )
     survivor = runs[names[0]]
     return {
@@ -150,6 +155,7 @@ def accuracy_with_kill(c: Cluster, plan: DigitsPlan, victim: str = "n4") -> dict
         / centralized(plan, len(names)),
         "kill_run_outage_rounds": float(len(v.outage_rounds)),
         "kill_run_rejoin_rounds": float(rejoin),
+        "kill_run_averages_in_rounds": float(contributes),
     }
 
 

@@ -1,7 +1,8 @@
 """``python -m p2pagent.sim <scenario> ...``: runs one simulated scenario.
 
 Scenarios: ``membership`` (SWIM + Lifeguard), ``tasks`` (placement and work stealing),
-``state`` (CRDT replicas), ``training`` (parameter averaging), each with its own ``--help``.
+``state`` (CRDT replicas), ``training`` (parameter averaging), ``training-rejoin`` (a member
+restarted mid-run), each with its own ``--help``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ SCENARIOS = {
     "tasks": "p2pagent.sim.tasks",
     "state": "p2pagent.sim.state",
     "training": "p2pagent.sim.training",
+    "training-rejoin": "p2pagent.sim.training_rejoin",
 }
 
 

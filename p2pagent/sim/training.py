@@ -145,8 +145,7 @@ class _Sim:
         if round_no not in self.crash_planned:
             self.crash_planned.add(round_no)
             self._plan_crashes()
-        view = sorted(self.alive | self._not_yet_detected())
-        sends = av.begin(view, self.vectors[name], self.weights[name], self.clock.now)
+        sends = av.begin(self._view(name), self.vectors[name], self.weights[name], self.clock.now)
         self._after(name, sends)
 
     def _plan_crashes(self) -> None:
@@ -155,8 +154,10 @@ class _Sim:
             at = self.clock.now + self.rng.uniform(0, self.sc.crash_window_s)
             self.clock.call_at(at, functools.partial(self._crash, victim))
 
-    def _not_yet_detected(self) -> set[str]:
-        return self._undetected
+    def _view(self, name: str) -> list[str]:
+        """The participants ``name`` believes in: the live ones and the crashed ones nobody
+        has heard of yet (every member has the same view here)."""
+        return sorted(self.alive | self._undetected)
 
     def _crash(self, name: str) -> None:
         if name not in self.alive:
@@ -190,14 +191,17 @@ class _Sim:
             if isinstance(ev, Refused):
                 self.refused[ev.round_no] = self.refused.get(ev.round_no, 0) + 1
             elif isinstance(ev, RoundDone):
-                self.vectors[name] = ev.vector
-                self.done.setdefault(ev.round_no, {})[name] = ev
-                slot = (ev.round_no + 1) * self.sc.round_interval_s + self.rng.uniform(0, 0.01)
-                at = max(self.clock.now + self.sc.step_s * self._factor(name), slot)
-                self.clock.call_at(at, functools.partial(self._begin, name))
+                self._round_done(name, ev)
         deadline = av.next_deadline()
         if deadline != float("inf"):
             self.clock.call_at(deadline, functools.partial(self._tick, name, deadline))
+
+    def _round_done(self, name: str, ev: RoundDone) -> None:
+        self.vectors[name] = ev.vector
+        self.done.setdefault(ev.round_no, {})[name] = ev
+        slot = (ev.round_no + 1) * self.sc.round_interval_s + self.rng.uniform(0, 0.01)
+        at = max(self.clock.now + self.sc.step_s * self._factor(name), slot)
+        self.clock.call_at(at, functools.partial(self._begin, name))
 
     def _tick(self, name: str, at: float) -> None:
         av = self.averagers[name]

@@ -8,6 +8,10 @@ rounds and the refusals. Pure, like ``membership.swim``: time comes in as ``now`
 Round numbers need no leader either: a member starts its next round at one past the highest
 round it finished or has seen a part for, so a member that restarted (its counter back at 0)
 catches up with the run from the first part it receives.
+
+Nor does a round need every member's view to agree on who takes part: a part whose group
+differs from this member's by one participant settles the round on the smaller group, or
+makes this member an observer of it when the one left out is itself (``reconcile.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,11 @@ from p2pagent.training.config import TrainingConfig
 from p2pagent.training.deadlines import DeadlineEstimator
 from p2pagent.training.groups import group_of
 from p2pagent.training.messages import Event, Part, Phase, Refused, RoundDone, Send, Vector
+from p2pagent.training.observe import ObservedRound
+from p2pagent.training.reconcile import Resolution, resolve
 from p2pagent.training.round import AveragingRound
+
+Round = AveragingRound | ObservedRound
 
 #: Early parts kept per future round, per member of the largest group.
 EARLY_PARTS_PER_MEMBER = 4
@@ -35,9 +43,15 @@ class Averager:
         self.length = length
         self._early_bytes = 0
         self.deadlines = DeadlineEstimator(config)
-        self.current: AveragingRound | None = None
+        self.current: Round | None = None
         #: The last finished round: answers late parts so stragglers end with the average.
-        self.previous: AveragingRound | None = None
+        self.previous: Round | None = None
+        #: The participants the current round's group was derived from (less those a
+        #: peer's group left out since).
+        self._participants: list[str] = []
+        #: Group fingerprints of the current round that ``resolve`` found nothing for: not
+        #: derived again for every part that names them.
+        self._unresolved: set[str] = set()
         self.highest_seen = -1
         self.finished_round = -1
         self._early: dict[int, list[Part]] = {}
@@ -73,13 +87,15 @@ class Averager:
             config=self.config,
         )
         self.current = rnd
+        self._participants = sorted(set(participants) | {self.me})
+        self._unresolved.clear()
         out = rnd.start()
         # Averages first: a late owner whose slice a backup already averaged must serve that
         # average rather than make its own from the early SCATTER parts.
         early = sorted(self._early.pop(round_no, []), key=lambda p: p.phase is Phase.SCATTER)
         self._early_bytes -= sum(p.nbytes for p in early)
         for part in early:
-            out.extend(rnd.handle(part, now))
+            out.extend(self._handle_current(part, now))
         for r in [r for r in self._early if r < round_no]:
             self._early_bytes -= sum(p.nbytes for p in self._early.pop(r))
         self._collect()
@@ -94,7 +110,7 @@ class Averager:
         out: list[Send] = []
         cur = self.current
         if cur is not None and part.round_no == cur.round_no:
-            out = cur.handle(part, now)
+            out = self._handle_current(part, now)
         elif self.previous is not None and part.round_no == self.previous.round_no:
             out = self.previous.handle(part, now)
         elif part.round_no > (cur.round_no if cur is not None else self.finished_round):
@@ -105,7 +121,7 @@ class Averager:
                 # long): nobody will answer this round any more. End it now with what it
                 # has; the next round starts at the run's, where late parts are answered
                 # with the averages made, so this member first fetches the run's values.
-                cur.abandon(now)
+                cur.abandon(now, behind=True)
         else:
             self._events.append(
                 Refused(
@@ -117,6 +133,68 @@ class Averager:
                 )
             )
         self._collect()
+        return out
+
+    def _handle_current(self, part: Part, now: float) -> list[Send]:
+        cur = self.current
+        assert cur is not None
+        if (
+            isinstance(cur, AveragingRound)
+            and part.group != cur.group_key
+            and part.spec == self.spec
+            and cur.done is None
+            and not cur.reduced
+            and part.group not in self._unresolved
+        ):
+            found = resolve(
+                me=self.me,
+                participants=self._participants,
+                group=cur.group,
+                run=self.run,
+                round_no=cur.round_no,
+                group_size=self.config.group_size,
+                sender=part.sender,
+                sender_group=part.group,
+            )
+            if found is not None:
+                out = self._settle(cur, found, now)
+                return out + self._handle_current(part, now)
+            self._unresolved.add(part.group)
+        return cur.handle(part, now)
+
+    def _settle(self, cur: AveragingRound, found: Resolution, now: float) -> list[Send]:
+        """Replaces the current round by the same round in the sender's (smaller) group, or
+        by an observation of it; the parts already sent under the old group are refused by
+        the members that settled, who get the new ones."""
+        self._events.extend(cur.events)
+        cur.events.clear()
+        self._participants = [n for n in self._participants if n != found.left_out]
+        self._unresolved.clear()
+        new: Round
+        if found.observe:
+            new = ObservedRound(
+                me=self.me, run=self.run, round_no=cur.round_no, group=found.group,
+                spec=self.spec, vector=cur.vector, weight=cur.weight, started=cur.started,
+                timeout=cur.timeout, config=self.config,
+                asked=[n for n in cur.group if n != self.me], bytes_sent=cur.bytes_sent,
+            )  # fmt: skip
+            self.current = new
+            return new.start()
+        new = AveragingRound(
+            me=self.me, run=self.run, round_no=cur.round_no, group=found.group, spec=self.spec,
+            vector=cur.vector, weight=cur.weight, now=now, timeout=cur.timeout,
+            config=self.config,
+        )  # fmt: skip
+        new.bytes_sent = cur.bytes_sent
+        self.current = new
+        out = new.start()
+        # Members that sent this member a part but are not in the new group still want the
+        # round's averages (they are observers now, or will be).
+        heard = set(cur.own) | {s for parts in cur.backup_in.values() for s in parts}
+        out.extend(new.adopt_listeners(sorted(heard - set(new.group) - {self.me})))
+        out.extend(new.adopt_listeners(sorted(cur.listeners)))
+        for name in sorted(cur.gone & set(new.group)):
+            out.extend(new.member_gone(name, now))
         return out
 
     def member_gone(self, name: str, now: float) -> list[Send]:

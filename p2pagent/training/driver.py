@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 120.0
 #: Seconds ``average`` polls membership while waiting for ``min_members``.
 MEMBER_POLL_S = 0.1
+#: Seconds a channel replaced by a fresh one keeps serving the calls already on it.
+RETIRED_CHANNEL_GRACE_S = 30.0
 
 
 @dataclass
@@ -87,8 +89,12 @@ class TrainingDriver:
         self._set_tag = set_tag
         self.runs: dict[str, Run] = {}
         self._sends: set[asyncio.Task[None]] = set()
+        #: Channels replaced by ``_redial``, closing after their grace period.
+        self._closing: dict[asyncio.Task[None], grpc.aio.Channel] = {}
         self._unsubscribe: Callable[[], None] | None = None
         self._bad = RateLimitedLog(log, 10.0)
+        #: Member -> the incarnation a fresh channel was last dialled for (see ``_send``).
+        self._redialled: dict[str, int] = {}
 
     async def start(self) -> None:
         self._unsubscribe = self._members.subscribe(self._member_changed)
@@ -104,6 +110,13 @@ class TrainingDriver:
         for task in list(self._sends):
             task.cancel()
         await asyncio.gather(*self._sends, return_exceptions=True)
+        # The node closes the pool's channels itself; the retired ones are ours: closed now,
+        # without waiting out their grace.
+        closing = dict(self._closing)
+        for task in closing:
+            task.cancel()
+        await asyncio.gather(*closing, return_exceptions=True)
+        await asyncio.gather(*(ch.close() for ch in closing.values()), return_exceptions=True)
 
     # ---- the user's side --------------------------------------------------------------------
 
@@ -188,7 +201,17 @@ class TrainingDriver:
         try:
             sends = entry.averager.begin(self.participants(run), vector, weight, loop.time())
             self._after(entry, sends)
-            return await waiter
+            done = await waiter
+            if done.behind and not entry.averager.busy:
+                # This node was rounds behind the run (it restarted): the round it began is
+                # over everywhere else. Average in the run's round now, with the same
+                # parameters, rather than return a round nothing was averaged in.
+                waiter = loop.create_future()
+                entry.waiter = waiter
+                sends = entry.averager.begin(self.participants(run), vector, weight, loop.time())
+                self._after(entry, sends)
+                done = await waiter
+            return done
         finally:
             entry.waiter = None
 
@@ -273,11 +296,17 @@ class TrainingDriver:
         member = self._members.member(send.to)
         if member is None or not member.reachable:
             return
-        stub = peer_pb2_grpc.PeerServiceStub(self._channels.get(member.address))
         try:
-            await stub.AverageParts(
-                part_messages(send.part, self.config.compression), timeout=SEND_TIMEOUT_S
-            )
+            try:
+                await self._call(member.address, send)
+            except grpc.aio.AioRpcError as e:
+                if e.code() is not grpc.StatusCode.UNAVAILABLE or not self._redial(member):
+                    raise
+                # A member that restarted at the same address: the old channel would reach
+                # it only after its reconnect backoff (seconds: rounds are shorter), and the
+                # parts lost meanwhile cost the member its first rounds back. Once per
+                # incarnation, so a dead member is not dialled again for every part.
+                await self._call(member.address, send)
             dtype = DTYPE_OF_COMPRESSION[self.config.compression]
             entry.stats.bytes_sent += wire_bytes(int(send.part.data.shape[0]), dtype)
         except grpc.aio.AioRpcError as e:
@@ -290,3 +319,22 @@ class TrainingDriver:
                 e.code().name,
                 e.details(),
             )
+
+    async def _call(self, address: str, send: Send) -> None:
+        stub = peer_pb2_grpc.PeerServiceStub(self._channels.get(address))
+        await stub.AverageParts(
+            part_messages(send.part, self.config.compression), timeout=SEND_TIMEOUT_S
+        )
+
+    def _redial(self, member: MemberView) -> bool:
+        """Replaces the channel to ``member`` by a fresh one, once per incarnation of it;
+        False when that was done already."""
+        if self._redialled.get(member.name) == member.incarnation:
+            return False
+        self._redialled[member.name] = member.incarnation
+        old = self._channels.retire(member.address)
+        if old is not None:
+            task = asyncio.create_task(old.close(RETIRED_CHANNEL_GRACE_S))
+            self._closing[task] = old
+            task.add_done_callback(lambda t: self._closing.pop(t, None))
+        return True

@@ -89,6 +89,9 @@ class RoundDone:
     #: True when every slice was averaged (by its owner or a backup) with at least one other
     #: member; False when a slice kept local values or no other member was heard from.
     complete: bool = field(default=True)
+    #: Ended at once because the run was two rounds past it (this member restarted, or was
+    #: stopped for long): nothing was averaged in it, and the next round starts at the run's.
+    behind: bool = field(default=False)
 
 
 Event = Refused | RoundDone

@@ -14,6 +14,10 @@ Member ``i`` of a group of ``k`` owns slice ``i`` of the flattened parameters. T
   slice included) when all expected arrived or at D3;
 - at D4 whatever is still missing keeps the local values (the round is then not complete).
 
+A member outside the group that sends a part for the round (its view of the run differs:
+``reconcile.py``, ``observe.py``) is kept as a listener and sent the averages this member
+makes, so it ends the round holding what the group holds without having averaged in.
+
 Each member sends ``2 (k - 1) / k`` of the parameters in a fault-free round: the bandwidth
 bound of all-reduce. Deadlines are ``start + n x timeout`` with the timeout fixed at the start
 from measured arrival times (``deadlines.py``). Pure: time is passed in, nothing is awaited.
@@ -90,8 +94,11 @@ class AveragingRound:
         self.events: list[Event] = []
         self.bytes_sent = 0
         self.done: RoundDone | None = None
+        #: Members outside the group that asked for its averages (by sending a part).
+        self.listeners: set[str] = set()
         self._last_tick = -float("inf")
         self._heard_from_peer = False
+        self._behind = False
 
     # ---- inputs -----------------------------------------------------------------------------
 
@@ -109,6 +116,13 @@ class AveragingRound:
 
     def handle(self, part: Part, now: float) -> list[Send]:
         out: list[Send] = []
+        if (
+            part.sender not in self.group
+            and part.phase is Phase.SCATTER
+            and part.spec == self.spec
+            and part.run == self.run
+        ):
+            return self.adopt_listeners([part.sender])
         problem = self._problem(part)
         if problem is not None:
             self._refuse(part.sender, problem)
@@ -145,8 +159,32 @@ class AveragingRound:
             if j == self.index and not self.reduced:
                 # This member was late and a backup averaged its slice: serve that average.
                 self.reduced = True
-                out.extend(self._gather_to(n) for n in sorted(self.own) if n != self.me)
+                out.extend(
+                    self._gather_to(n)
+                    for n in sorted(self.own.keys() | self.listeners)
+                    if n != self.me
+                )
         self._maybe_finish(now)
+        return out
+
+    def adopt_listeners(self, names: list[str]) -> list[Send]:
+        """Members outside the group that want its averages: sent every average this member
+        made so far, and the later ones as they are made. At most ``group_size`` of them."""
+        out: list[Send] = []
+        for name in names:
+            if name in self.group or name in self.listeners:
+                continue
+            if len(self.listeners) >= self.config.group_size:
+                self._refuse(name, f"round {self.round_no} already has {len(self.listeners)} "
+                                   "members outside its group listening")  # fmt: skip
+                continue
+            self.listeners.add(name)
+            if self.reduced and self.result[self.index] is not None:
+                out.append(self._gather_to(name))
+            for j in sorted(self.backup_done):
+                held = self.result[j]
+                if held is not None:
+                    out.append(self._send(name, Phase.RECOVERED, j, 0.0, held))
         return out
 
     def member_gone(self, name: str, now: float) -> list[Send]:
@@ -206,8 +244,10 @@ class AveragingRound:
             self._maybe_finish(now)
         return out
 
-    def abandon(self, now: float) -> None:
-        """Ends the round now: slices without an average keep the local values."""
+    def abandon(self, now: float, behind: bool = False) -> None:
+        """Ends the round now: slices without an average keep the local values; ``behind``:
+        because the run is past it."""
+        self._behind = behind
         self._finish(now)
 
     # ---- the steps --------------------------------------------------------------------------
@@ -223,7 +263,8 @@ class AveragingRound:
             self._refuse(sender, reason)
         avg, _ = weighted_average(self.own)
         self.result[self.index] = compress(avg, self.config.compression)
-        return [self._gather_to(n) for n in self.group if n != self.me and n not in self.gone]
+        to = [n for n in self.group if n != self.me and n not in self.gone]
+        return [self._gather_to(n) for n in to + sorted(self.listeners)]
 
     def _gather_to(self, name: str) -> Send:
         data = self.result[self.index]
@@ -272,7 +313,7 @@ class AveragingRound:
         owner_too = {owner} - self.gone
         return [
             self._send(s, Phase.RECOVERED, j, total, avg)
-            for s in sorted(parts.keys() | owner_too)
+            for s in sorted(parts.keys() | owner_too | self.listeners)
             if s != self.me
         ]
 
@@ -308,6 +349,7 @@ class AveragingRound:
             bytes_sent=self.bytes_sent,
             # Complete: every slice averaged, and with someone (alone is not averaging).
             complete=not kept and (self.k == 1 or len(self.own) > 1 or self._heard_from_peer),
+            behind=self._behind,
         )
         self.events.append(self.done)
 

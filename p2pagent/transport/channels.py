@@ -78,6 +78,13 @@ class ChannelPool:
         old, self._channels = list(self._channels.values()), {}
         return old
 
+    def retire(self, address: str) -> grpc.aio.Channel | None:
+        """Forgets the channel to ``address``, so the next call dials at once: a peer that
+        restarted at the same address is otherwise reached only after the old channel's
+        reconnect backoff (up to ``grpc.max_reconnect_backoff_ms``). Returns the old channel
+        for the caller to close once its calls have had time to finish."""
+        return self._channels.pop(address, None)
+
     async def drop(self, address: str) -> None:
         """Closes the channel to ``address`` (for example after certificates were rotated)."""
         ch = self._channels.pop(address, None)

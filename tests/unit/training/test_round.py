@@ -236,7 +236,8 @@ def one_owner() -> tuple[Averager, int, str, int]:
         ({"weight": -1.0}, "positive"),
         ({"weight": float("nan")}, "positive"),
         ({"spec": "other"}, "fingerprint"),
-        ({"sender": "mallory"}, "not in this member's group"),
+        # (A SCATTER from outside the group asks for the averages: test_reconcile.py.)
+        ({"sender": "mallory", "phase": Phase.GATHER}, "not in this member's group"),
         ({"group": "bogus"}, "another group"),
     ],
 )
@@ -302,6 +303,8 @@ def test_a_member_far_behind_the_run_ends_its_stale_round_at_once_and_catches_up
     mesh.begin("a", vs[0])
     assert mesh.done["c"].round_no == 0 and not mesh.done["c"].complete
     assert mesh.done["c"].finished == 0.0  # ended at once, not at its deadlines
+    # Marked as behind the run: the driver averages again at once, at the run's round.
+    assert mesh.done["c"].behind
     mesh.begin("b", vs[1])
     mesh.advance(10.0)
     assert mesh.done["a"].round_no == mesh.done["b"].round_no == 9
@@ -311,6 +314,7 @@ def test_a_member_far_behind_the_run_ends_its_stale_round_at_once_and_catches_up
     mesh.advance(20.0)
     assert mesh.done["c"].round_no == 9
     assert mesh.done["c"].vector.tobytes() == mesh.done["a"].vector.tobytes()
+    assert not any(d.behind for d in mesh.done.values())
 
 
 def test_int8_compression_keeps_members_bit_identical_and_close_to_the_mean() -> None:
