@@ -35,18 +35,18 @@ class Target:
 
 def at_most(name: str, measured: float | None, bound: float) -> Target:
     ok = measured is not None and not math.isnan(measured) and measured <= bound
-    return Target(name, measured, f"<= {bound:g}", ok)
+    return Target(name, measured, f"<= {_number(bound)}", ok)
 
 
 def at_least(name: str, measured: float | None, bound: float) -> Target:
     ok = measured is not None and not math.isnan(measured) and measured >= bound
-    return Target(name, measured, f">= {bound:g}", ok)
+    return Target(name, measured, f">= {_number(bound)}", ok)
 
 
 def exactly(name: str, measured: float | None, value: float) -> Target:
     """A correctness check (lost == 0, duplicates == 0): met only at exactly ``value``."""
     ok = measured is not None and measured == value
-    return Target(name, measured, f"== {value:g}", ok)
+    return Target(name, measured, f"== {_number(value)}", ok)
 
 
 def holds(name: str, ok: bool) -> Target:
@@ -95,7 +95,7 @@ def print_table(targets: list[Target]) -> None:
     print("| target | measured | bound | met |")
     print("|---|---:|---:|---|")
     for t in targets:
-        measured = "-" if t.measured is None else f"{t.measured:.4g}"
+        measured = "-" if t.measured is None else _number(t.measured)
         print(f"| {t.name} | {measured} | {t.target} | {'yes' if t.met else 'no'} |")
 
 
@@ -111,6 +111,13 @@ def report(targets: list[Target], as_json: bool | str | None, **details: Any) ->
     print_table(targets)
     if isinstance(as_json, str) and as_json:
         emit(as_json, targets, **details)
+
+
+def _number(x: float) -> str:
+    """4 significant digits, whole numbers in full (50000, not 5e+04)."""
+    if math.isfinite(x) and abs(x) >= 1000:
+        return f"{x:.0f}"
+    return f"{x:.4g}"
 
 
 def _plain(o: Any) -> Any:
