@@ -33,6 +33,7 @@ stderr); ``--json FILE`` writes it to FILE.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -166,8 +167,20 @@ def table_d(n_tasks: int, seeds: int, out: dict[str, Any], targets: list[Target]
     return ok
 
 
-def _shared_run(scenario: str, policy: str, submit_over_s: float, overhead_s: float) -> SimResult:
-    p = plan(scenario, seed=1)
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """What ``plan`` makes the scenarios from: the cluster run's ``--tasks``, ``--ms`` and
+    ``--seed`` (its JSON's ``plan``; these defaults are the cluster benchmark's)."""
+
+    tasks: int = 400
+    ms: float = 20.0
+    seed: int = 1
+
+
+def _shared_run(
+    scenario: str, policy: str, submit_over_s: float, overhead_s: float, sizes: Sizes
+) -> SimResult:
+    p = plan(scenario, sizes.tasks, sizes.ms, sizes.seed)
     return simulate(
         Scenario(
             nodes=4, speeds=p.speeds, costs_s=p.costs_s, placement=policy, capacity=MAX_BATCH,
@@ -176,28 +189,43 @@ def _shared_run(scenario: str, policy: str, submit_over_s: float, overhead_s: fl
     )  # fmt: skip
 
 
-def batch_overhead(scenario: str, local: dict[str, Any]) -> float:
+def batch_overhead(scenario: str, local: dict[str, Any], sizes: Sizes) -> float:
     """The engine's per-batch overhead that makes the simulated local-only run as slow as the
     cluster's (the one number the simulator takes from the cluster; bisection)."""
     lo, hi = 0.0, 0.05
     for _ in range(20):
         mid = (lo + hi) / 2
-        r = _shared_run(scenario, "local", local["submitted_s"], mid)
+        r = _shared_run(scenario, "local", local["submitted_s"], mid, sizes)
         lo, hi = (mid, hi) if r.ratio < local["ratio"] else (lo, mid)
     return (lo + hi) / 2
+
+
+def read_cluster(path: str) -> tuple[list[dict[str, Any]], Sizes]:
+    """The rows of ``bench.tasks_cluster --json`` and the sizes it ran them at."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        rows: list[dict[str, Any]] = doc["policies"]
+        sizes = Sizes(**doc.get("plan", {}))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(
+            f"--compare {path}: not the output of `python -m bench.tasks_cluster --json` "
+            f"({type(e).__name__}: {e}); run that and pass its output file"
+        ) from None
+    return rows, sizes
 
 
 def shared(compare: str, out: dict[str, Any], targets: list[Target]) -> bool:
     """The shared scenarios; side by side with the cluster's rows when given them."""
     cluster: list[dict[str, Any]] = []
+    sizes = Sizes()
     if compare:
-        with open(compare) as f:
-            cluster = json.load(f)["policies"]
+        cluster, sizes = read_cluster(compare)
     rows = cluster or [
         {"scenario": s, "policy": p, "submitted_s": 0.0} for s in SHARED for p in POLICIES
     ]
     local = {r["scenario"]: r for r in cluster if r["policy"] == "local"}
-    overhead = {s: batch_overhead(s, r) for s, r in local.items()}
+    overhead = {s: batch_overhead(s, r, sizes) for s, r in local.items()}
     print("\n(shared) scenarios of bench/_tasks_scenarios.py: makespan / ideal")
     if overhead:
         cells = ", ".join(f"{s} {o * 1000:.1f} ms" for s, o in overhead.items())
@@ -210,7 +238,7 @@ def shared(compare: str, out: dict[str, Any], targets: list[Target]) -> bool:
     lost = dups = 0
     for row in rows:
         name, policy = row["scenario"], row["policy"]
-        r = _shared_run(name, policy, row["submitted_s"], overhead.get(name, 0.0))
+        r = _shared_run(name, policy, row["submitted_s"], overhead.get(name, 0.0), sizes)
         lost, dups = lost + r.lost, dups + r.duplicates_delivered
         key = f"shared/{name}/{policy}"
         out[key] = {"sim_x_ideal": r.ratio, "lost": r.lost, "dups": r.duplicates_delivered}

@@ -48,18 +48,29 @@ def test_tasks_sim_compare_reads_the_cluster_benchmarks_json(
     """What ``tasks_cluster --json`` writes, ``tasks_sim --compare`` reads; a cluster row far
     from the simulation is reported as a missed agreement target (and exit status 1)."""
     rows = [
+        tasks_cluster.Row("uniform", "local", 100, 2.1, 0.3, 0.5, 4.2, {"n1": 100}),
         tasks_cluster.Row("source", "local", 8, 1.7, 0.01, 0.4, 4.25, {"n1": 8}),
         tasks_cluster.Row("source", "work_stealing", 8, 40.0, 0.01, 0.4, 100.0,
                           {"n1": 2, "n2": 2, "n3": 2, "n4": 2}),
     ]  # fmt: skip
     cluster = tmp_path / "cluster.json"
-    emit(str(cluster), tasks_cluster.targets(rows, []), policies=rows, kill=[])
+    made_with = {"tasks": 100, "ms": 20.0, "seed": 1}
+    emit(str(cluster), tasks_cluster.targets(rows, []), plan=made_with, policies=rows, kill=[])
     assert tasks_sim.main(["--compare", str(cluster), "--json"]) == 1
     doc = only_object(capsys.readouterr().out)
     agreement = [t for t in doc["targets"] if "simulated / cluster" in t["name"]]
     assert len(agreement) == 1 and "work_stealing" in agreement[0]["name"]
     assert not agreement[0]["met"]
     assert doc["shared/source/work_stealing"]["cluster_x_ideal"] == 100.0
+    # Simulated at the cluster run's size (--tasks 100), not the default 400.
+    assert sum(doc["shared/uniform/local"]["per_node"].values()) == 100
+
+
+def test_tasks_sim_compare_refuses_a_file_that_is_not_the_cluster_output(tmp_path: Path) -> None:
+    wrong = tmp_path / "scale.json"
+    wrong.write_text('{"targets": []}')
+    with pytest.raises(SystemExit, match=r"bench\.tasks_cluster --json"):
+        tasks_sim.main(["--compare", str(wrong)])
 
 
 def row(policy: str, makespan: float, ratio: float, **kw: Any) -> tasks_cluster.Row:
@@ -80,6 +91,9 @@ def test_tasks_cluster_targets_for_the_rows_that_ran() -> None:
     kill = tasks_cluster.KillRow(400, 30, 2.1, 3.4, 0, 0)
     missed = [t.name for t in tasks_cluster.targets([], [kill]) if not t.met]
     assert missed == ["kill: its tasks run elsewhere after it is declared dead (s)"]
+    # The origin saw none of its tasks on the victim: no rerun was timed.
+    unseen = tasks_cluster.targets([], [dataclasses.replace(kill, held_by_victim=0)])
+    assert [t.measured for t in unseen if "run elsewhere" in t.name] == [None]
 
 
 def test_state_core_prints_one_object(
