@@ -1,6 +1,6 @@
 """A Jepsen-style chaos run: a workload, a fault schedule, then a checker over the history.
 
-``python -m bench.chaos [--nodes 5] [--duration 60] [--seed 1] [--json]``
+``python -m bench.chaos [--nodes 5] [--duration 60] [--seed 1] [--json [FILE]]``
 
 Workload: one client per node (each fails over to another node when its own does not
 answer) doing durable puts of unique keys, durable counter increments, durable set adds, task
@@ -23,13 +23,19 @@ is delivered exactly once (``Wait`` at its origin); every acknowledged model is 
 every node with the checksum it was published with, and held complete by two nodes; all
 replicas have the same digest; every node lists every other as alive. It prints the table of
 issue "Reliability" and exits non-zero when anything acknowledged was lost.
+
+Targets (issue "Reliability", bench/RESULTS.md "Chaos run"): each check above (lost and
+duplicated == 0, counter exact, replicas identical, membership agreed); identical replicas
+within two anti-entropy intervals of the last restart; RSS growth of every daemon that was
+never restarted <= 20 %. Only the checks decide the exit status. ``--json`` prints one object
+on stdout, ``{"targets": [...], ...the report}`` (the report's lines go to stderr); ``--json
+FILE`` writes it to FILE.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import random
 import signal
@@ -44,8 +50,10 @@ from pathlib import Path
 import grpc
 
 from bench._proc import NO_RATE_LIMIT
+from bench._targets import Target, add_json_flag, at_most, emit, exactly, holds, human, print_table
 from p2pagent._proto import agent_pb2
 from p2pagent.inference import demo_model, tensors
+from p2pagent.state.config import StateConfig
 from p2pagent.testing import netns, uploads
 from p2pagent.testing.cluster import Cluster
 
@@ -485,20 +493,52 @@ def _check_models(c: Cluster, acked: dict[str, tuple[str, str]]) -> tuple[int, i
         time.sleep(0.5)
 
 
+#: RSS growth over the run of a daemon never restarted (bench/RESULTS.md, "Chaos run").
+RSS_GROWTH_TARGET_PCT = 20.0
+
+
+def targets(r: Report) -> list[Target]:
+    """The checker's verdicts and the run's two measured bounds, as targets."""
+    converge_bound = 2 * StateConfig().anti_entropy_interval
+    growth = max(r.rss_growth_pct.values()) if r.rss_growth_pct else None
+    return [
+        exactly("acknowledged puts lost", r.lost_puts, 0),
+        exactly("acknowledged set elements lost", r.lost_set_elements, 0),
+        holds("counter on every replica = acknowledged (+ unknown) increments", r.counter_exact),
+        exactly("replicas counting more than every increment sent", r.duplicated, 0),
+        exactly("acknowledged tasks lost", r.lost_tasks, 0),
+        exactly("task results delivered twice", r.duplicated_task_results, 0),
+        exactly("acknowledged models lost", r.lost_models, 0),
+        exactly("acknowledged models under-replicated", r.under_replicated_models, 0),
+        holds("replicas identical at the end", r.replicas_identical),
+        holds("every node lists every other alive at the end", r.membership_agreed),
+        at_most("identical replicas after the last restart (s)",
+                r.converge_after_last_fault_s, converge_bound),
+        at_most("RSS growth of daemons never restarted, largest (%)", growth,
+                RSS_GROWTH_TARGET_PCT),
+    ]  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--nodes", type=int, default=5)
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load and faults")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--json", action="store_true")
+    add_json_flag(p)
     args = p.parse_args()
-    report = run(args.nodes, args.duration, args.seed)
-    if args.json:
-        print(json.dumps(asdict(report), indent=2))
-    else:
+    if args.nodes < 3:
+        p.error("--nodes must be at least 3 (the partition cuts two nodes from the rest)")
+    if args.duration <= 0:
+        p.error("--duration must be positive (seconds of load and faults)")
+    with human(args.json):
+        report = run(args.nodes, args.duration, args.seed)
         for k, v in asdict(report).items():
             print(f"{k:28} {v}")
+        result = targets(report)
+        print()
+        print_table(result)
         print("RESULT", "ok" if report.ok else "FAILED")
+    emit(args.json, result, **asdict(report), ok=report.ok)
     sys.exit(0 if report.ok else 1)
 
 

@@ -2,7 +2,7 @@
 
     python -m bench.inference_isolation [--rounds R] [--noop-requests N] [--requests M]
                                         [--model demo|large] [--small] [--no-pin]
-                                        [--json FILE]
+                                        [--json [FILE]]
 
 Three daemons serve the same TorchScript files: one with ``inference.isolate_code_models`` on
 (the default: the models run in the confined worker process, tensors through shared memory,
@@ -24,6 +24,8 @@ forward pass dominates a request, so batches form and the worker's cost per batc
 by their rows; with ``demo`` the RPC around a request dominates and most batches are one row.
 
 Targets (issue 21): isolated no-op p50 at most +10%; batched c=32 throughput at most -5%.
+``--json`` prints one object on stdout, ``{"targets": [...], "samples": ..., ...}`` (the
+tables go to stderr); ``--json FILE`` writes it to FILE and prints the tables as before.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from pathlib import Path
 import grpc
 
 from bench._proc import cpu_seconds
+from bench._targets import Target, add_json_flag, at_least, at_most, emit, human, print_table
 from bench.inference_grpc import load, pct, placement
 from p2pagent._proto import agent_pb2_grpc
 from p2pagent.identity import certs
@@ -68,7 +71,8 @@ def worker_pids(daemon_pid: int) -> list[int]:
 
 async def run(
     rounds: int, noop_requests: int, requests: int, pin: bool, kind: str
-) -> dict[str, object]:
+) -> tuple[dict[str, object], list[Target]]:
+    """The run's numbers and its targets."""
     root = Path(tempfile.mkdtemp(prefix="p2p-bench-iso-"))
     certs.init_ca(root / "certs", "bench")
     for name in ("i1", "i2", "i3"):
@@ -164,7 +168,7 @@ async def run(
     ]
     noop_ratio, rps_ratio = statistics.median(noop_ratios), statistics.median(rps_ratios)
     started = [line for line in iso_log.splitlines() if "model worker started" in line]
-    return {
+    details: dict[str, object] = {
         "model": "demo-large" if large else "demo",
         "rounds": rounds,
         "noop_requests": noop_requests,
@@ -179,40 +183,41 @@ async def run(
             "c32_rps": rps_ratios,
             "c32_rps_pipelined_vs_depth1": depth1_ratios,
         },
-        "targets": [
-            {
-                "name": "isolated / in-process no-op Infer p50 (median of rounds)",
-                "measured": noop_ratio,
-                "target": "<= 1.10",
-                "met": noop_ratio <= 1.10,
-            },
-            {
-                "name": "isolated / in-process batched c=32 throughput (median of rounds)",
-                "measured": rps_ratio,
-                "target": ">= 0.95",
-                "met": rps_ratio >= 0.95,
-            },
-        ],
     }
+    return details, [
+        at_most("isolated / in-process no-op Infer p50 (median of rounds)", noop_ratio, 1.10),
+        at_least(
+            "isolated / in-process batched c=32 throughput (median of rounds)", rps_ratio, 0.95
+        ),
+    ]
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rounds", type=int, default=10, help="alternating rounds (median kept)")
     p.add_argument("--noop-requests", type=int, default=1000, help="no-op requests per round")
     p.add_argument("--requests", type=int, default=3000, help="c=32 requests per round")
     p.add_argument("--model", choices=("demo", "large"), default="demo", help="c=32 model")
     p.add_argument("--small", action="store_true", help="CI size: two short rounds")
     p.add_argument("--no-pin", action="store_true", help="let client and daemons share cores")
-    p.add_argument("--json", type=Path)
+    add_json_flag(p)
     args = p.parse_args()
+    if min(args.rounds, args.noop_requests, args.requests) <= 0:
+        p.error("--rounds, --noop-requests and --requests must be positive")
     if args.small:
         args.rounds, args.noop_requests, args.requests = 2, 100, 320
     if args.model == "large" and not args.small:
         args.requests = min(args.requests, 600)
-    out = asyncio.run(
-        run(args.rounds, args.noop_requests, args.requests, not args.no_pin, args.model)
-    )
+    with human(args.json):
+        out, targets = asyncio.run(
+            run(args.rounds, args.noop_requests, args.requests, not args.no_pin, args.model)
+        )
+        print_tables(out, targets)
+    emit(args.json, targets, **out)
+    return 0
+
+
+def print_tables(out: dict[str, object], targets: list[Target]) -> None:
     print(
         f"c=32 model {out['model']}, {out['rounds']} rounds, pinned {out['pinned']} "
         f"(daemon cores {out['daemon_cores']}); "
@@ -226,12 +231,7 @@ def main() -> int:
             f"{m['c32_p50_ms']:11.2f} {m['c32_cpu_us']:11.0f}"
         )
     print("per-round ratios:", json.dumps(out["ratios"]))
-    for t in out["targets"]:  # type: ignore[attr-defined]
-        verdict = "met" if t["met"] else "MISSED"
-        print(f"{t['name']:66} {t['measured']:6.3f} {t['target']:>8} {verdict}")
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
-    return 0
+    print_table(targets)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The inference engine in-process against the offline torch ceiling.
 
-    python -m bench.inference_offline [--small] [--requests N] [--repeats R] [--json FILE]
+    python -m bench.inference_offline [--small] [--requests N] [--repeats R] [--json [FILE]]
                                       [--device cpu|cuda:N] [--model demo|gpu] [--gpu-depth N]
 
 Rows, all measured in this run on the demo model (MLP 256 -> 1024 -> 1024 -> 10, TorchScript),
@@ -18,13 +18,15 @@ load on the machine moves the ceiling as much as the engine, so the ceiling is m
 again right before every engine run and each run is divided by its own: the "x ceil" column
 and the ceiling target are medians of those paired ratios. On a GPU the offline rows copy
 each batch in from pinned host memory and the outputs back, as the engine must.
+
+``--json`` prints one object on stdout, ``{"targets": [...], "rows": ..., ...}`` (the table
+goes to stderr); ``--json FILE`` writes it to FILE and prints the table as before.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -35,6 +37,7 @@ from typing import Any
 import torch
 
 from bench._infer_load import LoadResult, fmt_ms, median_by_throughput, run_load
+from bench._targets import Target, add_json_flag, at_least, at_most, emit, human, print_table
 from p2pagent.inference import demo_model
 from p2pagent.inference.cache import ModelCache
 from p2pagent.inference.config import InferenceConfig
@@ -116,13 +119,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--gpu-depth", type=int, default=demo_model.GPU_DEPTH, help="demo-gpu's layer repeats"
     )
-    p.add_argument("--json", help="write the results here")
+    add_json_flag(p)
     args = p.parse_args(argv)
+    if min(args.requests, args.repeats, args.max_batch) <= 0:
+        p.error("--requests, --repeats and --max-batch must be positive")
     if args.small:
         args.requests, args.repeats = 200, 1
     if args.switch_interval > 0:
         sys.setswitchinterval(args.switch_interval)
 
+    with human(args.json):
+        details, targets = measure(args)
+    emit(args.json, targets, **details)
+    return 0
+
+
+def measure(args: argparse.Namespace) -> tuple[dict[str, Any], list[Target]]:
+    """Every row of the table (printed as it goes), then the issue's targets."""
     base = InferenceConfig(max_batch_size=args.max_batch, intra_op_threads=args.threads)
     device = select_device(args.device)
     threads = resolve_config(base, device).intra_op_threads
@@ -191,35 +204,31 @@ def main(argv: list[str] | None = None) -> int:
     b32, u32 = rows[("batched", 32)], rows[("unbatched", 32)]
     b1, u1 = rows[("batched", 1)], rows[("unbatched", 1)]
     targets = [
-        ("batched c=32 >= 3x unbatched c=32", b32.throughput / u32.throughput, ">=", 3.0, "x"),
-        ("batched c=32 >= 0.8x offline ceiling", paired[("batched", 32)], ">=", 0.8, "x"),
-        ("p95 batched c=32 <= unbatched c=32", b32.p95 / u32.p95, "<=", 1.0, "x"),
-        ("p50 batched c=1 - unbatched c=1 <= 1 ms", (b1.p50 - u1.p50) * 1e3, "<=", 1.0, " ms"),
-    ]
+        at_least("batched c=32 / unbatched c=32 throughput", b32.throughput / u32.throughput, 3),
+        at_least("batched c=32 / offline ceiling (median of paired runs)",
+                 paired[("batched", 32)], 0.8),
+        at_most("p95 batched c=32 / unbatched c=32", b32.p95 / u32.p95, 1),
+        at_most("p50 batched c=1 - unbatched c=1 (ms)", (b1.p50 - u1.p50) * 1e3, 1),
+    ]  # fmt: skip
     print()
-    for name, value, op, bound, unit in targets:
-        met = value >= bound if op == ">=" else value <= bound
-        print(f"{name:<44}{value:8.2f}{unit:<4}{'met' if met else 'NOT met'}")
-    if args.json:
-        doc = {
-            "model": args.model,
-            "device": device.description,
-            "threads": threads,
-            "max_batch_size": args.max_batch,
-            "offline_batch1_rps": off1,
-            "ceiling_rps": ceiling,
-            "rows": {
-                f"{m} c={c}": {
-                    **r.to_dict(),
-                    "x_ceiling": paired[(m, c)],
-                    "loop_cpu_us": loop_cpu[(m, c)] * 1e6,
-                }
-                for (m, c), r in rows.items()
-            },
-            "targets": {n: v for n, v, *_ in targets},
-        }
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
-    return 0
+    print_table(targets)
+    details = {
+        "model": args.model,
+        "device": device.description,
+        "threads": threads,
+        "max_batch_size": args.max_batch,
+        "offline_batch1_rps": off1,
+        "ceiling_rps": ceiling,
+        "rows": {
+            f"{m} c={c}": {
+                **r.to_dict(),
+                "x_ceiling": paired[(m, c)],
+                "loop_cpu_us": loop_cpu[(m, c)] * 1e6,
+            }
+            for (m, c), r in rows.items()
+        },
+    }
+    return details, targets
 
 
 if __name__ == "__main__":

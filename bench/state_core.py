@@ -9,20 +9,24 @@
 - catch-up: a joiner syncing N keys from scratch through digests, with the message count,
   largest message (must stay under max_message_bytes) and wall time.
 
-``python bench/state_core.py [--keys 100000] [--deltas 50000] [--json out.json]``
-Targets: merge >= 50,000 deltas/s; delta <= 1/10 of full state; replica well under 100 MB.
+``python -m bench.state_core [--keys 100000] [--deltas 50000] [--json [FILE]]``
+
+Targets: ``DotMap.merge`` >= 50,000 deltas/s; one key's delta <= 1/10 of the full state; a
+synced replica of ``--keys`` keys under 100 MB of traced memory (well under the daemon's 200 MB
+RSS bound); every catch-up message <= ``state.max_message_bytes``. ``--json`` prints one object
+on stdout, ``{"targets": [...], "merge": ..., ...}``; ``--json FILE`` writes it to FILE.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import random
 import time
 import tracemalloc
 from typing import Any
 
+from bench._targets import Target, add_json_flag, at_least, at_most, emit, human, print_table
 from p2pagent.state.codec import decode_message, encode_message
 from p2pagent.state.config import StateConfig
 from p2pagent.state.crdt import DotMap
@@ -198,23 +202,40 @@ def bench_catch_up(keys: int) -> dict[str, Any]:
     }
 
 
+def targets(results: dict[str, dict[str, Any]]) -> list[Target]:
+    merge, delta = results["merge"], results["delta_size"]
+    memory, catch_up = results["memory"], results["catch_up"]
+    return [
+        at_least("DotMap.merge of LWW deltas (per s)", merge["dotmap_merge_per_s"], 50_000),
+        at_most(f"one key's delta / full state, {delta['keys']:,} keys",
+                delta["delta_over_full"], 0.1),
+        at_most(f"synced replica of {memory['keys']:,} keys (MB traced)",
+                memory["replica_mb_synced"], 100),
+        at_most(f"catch-up of {catch_up['keys']:,} keys: largest message (bytes)",
+                catch_up["largest_message"], catch_up["limit"]),
+    ]  # fmt: skip
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--keys", type=int, default=100_000)
     p.add_argument("--deltas", type=int, default=50_000)
-    p.add_argument("--json", default="")
+    add_json_flag(p)
     args = p.parse_args()
-    results = {
-        "merge": bench_merge(args.deltas),
-        "delta_size": bench_delta_size(min(10_000, args.keys)),
-        "memory": bench_memory(args.keys),
-        "catch_up": bench_catch_up(args.keys),
-    }
-    for name, row in results.items():
-        print(f"{name:11s} " + "  ".join(f"{k}={v}" for k, v in row.items()))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    if args.keys <= 0 or args.deltas <= 0:
+        p.error("--keys and --deltas must be positive")
+    with human(args.json):
+        results = {
+            "merge": bench_merge(args.deltas),
+            "delta_size": bench_delta_size(min(10_000, args.keys)),
+            "memory": bench_memory(args.keys),
+            "catch_up": bench_catch_up(args.keys),
+        }
+        for name, row in results.items():
+            print(f"{name:11s} " + "  ".join(f"{k}={v}" for k, v in row.items()))
+        result = targets(results)
+        print_table(result)
+    emit(args.json, result, **results)
 
 
 if __name__ == "__main__":
