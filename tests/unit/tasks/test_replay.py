@@ -84,10 +84,18 @@ async def test_a_recorded_run_replays_to_the_same_effects(tmp_path: Path) -> Non
     try:
         n1 = drivers["n1"]
         x = tensors.to_proto("x", torch.ones(1, 2))
-        ids = [await n1.submit(agent_pb2.SubmitRequest(model=MODEL, inputs=[x])) for _ in range(40)]
-        for task_id in ids:
-            events = [e async for e in n1.wait(task_id)]
-            assert events[-1].kind == agent_pb2.TaskEvent.KIND_DONE, events[-1]
+        # On a loaded machine n1 may finish a round before n2 hears of its queue: more
+        # rounds, a bounded number, until something was stolen.
+        for _ in range(5):
+            ids = [
+                await n1.submit(agent_pb2.SubmitRequest(model=MODEL, inputs=[x]))
+                for _ in range(40)
+            ]
+            for task_id in ids:
+                events = [e async for e in n1.wait(task_id)]
+                assert events[-1].kind == agent_pb2.TaskEvent.KIND_DONE, events[-1]
+            if engines["n2"].runs > 0:
+                break
     finally:
         for d in drivers.values():
             await d.stop()
