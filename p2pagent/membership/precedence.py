@@ -43,8 +43,11 @@ def gone_wins(known: Member, claim: Update) -> bool:
 
 def outdated(known: Member, claim: Update) -> bool:
     """A Suspect or Dead claim about a member we know alive at a higher incarnation: the
-    sender missed its refutation. Nothing is done about it here (see `Swim._count_stale`);
-    a member that holds such a rumour ends it by its early look (`suspicion`)."""
+    sender missed its refutation, and it is told directly (`Swim.handle`). Without that, a
+    member that adopted the stale suspicion after the refutation's epidemic had died out kept
+    it for the longest suspicion timeout (``suspicion_max_mult`` times the minimum, 43 s at
+    N = 64: nothing confirms a stale rumour) before its last look: the 40.8 s joins of 64
+    daemons started at once (issue 28, bench/RESULTS.md)."""
     return (
         claim.state in (State.SUSPECT, State.DEAD)
         and known.state is State.ALIVE
@@ -52,14 +55,16 @@ def outdated(known: Member, claim: Update) -> bool:
     )
 
 
-def stale(claims: Iterable[Update], known: Callable[[str], Member | None]) -> bool:
-    """Whether any of ``claims`` calls a member suspect or dead at an older incarnation than
-    ``known`` gives it alive (this member included)."""
+def corrections(claims: Iterable[Update], known: Callable[[str], Member | None]) -> list[Update]:
+    """What to tell the sender of ``claims`` at once: the Alive update of every member (this
+    one included) it called suspect or dead at an older incarnation than ``known`` gives. One
+    message to the sender only; push-pull tables need none (they go both ways)."""
+    news: list[Update] = []
     for claim in claims:
         m = known(claim.name)
         if m is not None and outdated(m, claim):
-            return True
-    return False
+            news.append(m.update(m.name))
+    return news
 
 
 def as_relayed(claim: Update) -> Update:

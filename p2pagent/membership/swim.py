@@ -15,7 +15,7 @@ order a newcomer will look for them:
 * Incarnations (`precedence`): only a member raises its own incarnation. Alive(i) beats any
   claim with a lower incarnation; Suspect(i) beats Alive(i); Dead/Left(i) beat both, and
   Left(i) beats Dead(i). A member that hears it is suspected or dead refutes with
-  Alive(i + 1); claims older than what a member knows are ignored (and counted).
+  Alive(i + 1); a member passing on such a claim after the refutation is told it directly.
   The incarnation is persisted by the driver, so a restarted member starts above
   anything the cluster said about it.
 * Dissemination (here, and `broadcasts`): every update is queued and piggybacked on protocol
@@ -46,7 +46,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from p2pagent.membership import timing
 from p2pagent.membership.catch_up import CatchUp, UnknownSenders, catch_up_delay
@@ -60,8 +60,8 @@ from p2pagent.membership.precedence import (
     alive_wins,
     answer_about_me,
     as_relayed,
+    corrections,
     gone_wins,
-    stale,
     suspect_applies,
 )
 from p2pagent.membership.prober import ProbeEnd, Prober
@@ -85,9 +85,8 @@ class Counters:
     rejoins: int = 0
     #: Probes extended because this member's own tick came late (its loop was starved).
     late_ticks: int = 0
-    #: Messages that called a member suspect or dead at an incarnation older than one we know
-    #: alive (ignored; see `Swim._count_stale`).
-    stale_claims: int = 0
+    #: Senders told the newer incarnation of a member they called suspect or dead.
+    corrections: int = 0
 
 
 class Swim:
@@ -298,28 +297,29 @@ class Swim:
         for h in msg.hints:
             m = self._members.get(h.node)
             self._hints.offer(h, is_member=m is not None and m.state.reachable)
-        self._count_stale(msg)
+        self._correct(msg, out)
         unknown = msg.src not in self._members and msg.src != self.name and not self.leaving
         if unknown and msg.src_address and self._unknown.should_ask(msg.src_address, now):
             # It knows us and we do not know it (gossip missed us): ask for its table.
             out.append(self._push_pull_to(msg.src_address, msg.src))
         return out
 
-    def _count_stale(self, msg: Message) -> None:
-        """Counts a message passing on claims older than what we know (`precedence.stale`).
-
-        They are ignored, as memberlist ignores them: the sender learns the newer incarnation
-        from the refutation's own epidemic, or from its early look at the suspect. Answering
-        each such message with the newer news (tried for issue 28's 40 s joins, which the
-        early look is what fixed) cost more than it saved: after a start with suspicions,
-        many members hold some incarnation one behind, and the next traffic (a SIGKILL's
-        suspicion) set off 1,650-1,740 corrections and a storm of 2,250-2,430 suspicions of
-        live members (awareness 5-8 mesh-wide, the dead member's death logged by the last
-        member 12.9-21.1 s after the kill), where without them the same runs had none
-        (death logged everywhere within 9.7-10.0 s).
-        """
-        if stale(msg.updates, self._members.get):
-            self.counters.stale_claims += 1
+    def _correct(self, msg: Message, out: list[Send]) -> None:
+        """Tells the sender of claims older than what we know (`precedence.corrections`)."""
+        sender = self._members.get(msg.src)
+        if self.leaving or msg.src == self.name or sender is None or not sender.state.reachable:
+            return  # an unknown sender is asked for its table instead (below)
+        news = corrections(msg.updates, self._members.get)
+        if not news:
+            return
+        self.counters.corrections += 1
+        for i, send in enumerate(out):
+            if send.address == msg.src_address:  # the reply (an ack) carries them first
+                about = {u.name for u in news}
+                rest = [u for u in send.message.updates if u.name not in about]
+                out[i] = replace(send, message=replace(send.message, updates=(*news, *rest)))
+                return
+        out.append(self._out.to_member(Kind.GOSSIP, sender, first=news))
 
     # ---- probing (the `Prober` runs the probes; what a failed one means is decided here) ----
 

@@ -24,7 +24,7 @@ class MembershipSnapshot:
     push_pulls: int
     awareness: int = 0
     late_ticks: int = 0
-    stale_claims: int = 0
+    corrections: int = 0
 
 
 def render(s: MembershipSnapshot) -> Iterator[Metric]:
@@ -69,8 +69,7 @@ def render(s: MembershipSnapshot) -> Iterator[Metric]:
         s.late_ticks,
     )
     yield counter(
-        "p2pagent_membership_stale_claims",
-        "Messages calling a member suspect or dead at an incarnation older than one known alive"
-        " (ignored)",
-        s.stale_claims,
+        "p2pagent_membership_corrections",
+        "Peers told a newer incarnation of a member they called suspect or dead (stale news)",
+        s.corrections,
     )

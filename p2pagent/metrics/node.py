@@ -52,7 +52,7 @@ def membership_snapshot(node: Node) -> membership.MembershipSnapshot | None:
         push_pulls=counters.push_pulls,
         awareness=driver.awareness,
         late_ticks=counters.late_ticks,
-        stale_claims=counters.stale_claims,
+        corrections=counters.corrections,
     )
 
 

@@ -96,11 +96,10 @@ def test_a_busy_cpu_slows_crash_detection_only_a_little() -> None:
 
 
 def test_after_a_stormy_join_an_idle_mesh_sends_only_its_probes() -> None:
-    # Issue 28: idle CPU and bytes at N = 64 rose after the join fixes (early looks, stale
-    # claims). Those rules act only on suspicions: once a join that had suspicions,
-    # refutations and stale claims is over, an idle mesh must see no stale claim, suspect no
-    # one, and send what probing alone costs (a ping and its ack per member per second,
-    # push-pulls).
+    # Issue 28: idle CPU and bytes at N = 64 rose after the join fixes (corrections, early
+    # looks). Those rules act only on suspicions: once a join that had suspicions, refutations
+    # and corrections is over, an idle mesh must send no correction and suspect no one, and
+    # send what probing alone costs (a ping and its ack per member per second, push-pulls).
     n = 32
     # Starved members for the first 20 s only (stalls end with ``duration``).
     s = MembershipScenario(
@@ -121,7 +120,7 @@ def test_after_a_stormy_join_an_idle_mesh_sends_only_its_probes() -> None:
         return (
             sum(c.counters.suspicions for c in cores),
             sum(c.counters.refutations for c in cores),
-            sum(c.counters.stale_claims for c in cores),
+            sum(c.counters.corrections for c in cores),
             sum(x.messages_sent for x in sim.net.stats.values()),
         )
 

@@ -50,7 +50,7 @@ def sample_registry() -> RpcMetrics:
                 5,
                 awareness=3,
                 late_ticks=6,
-                stale_claims=7,
+                corrections=7,
             ),
             membership.render,
         )

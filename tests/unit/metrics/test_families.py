@@ -33,7 +33,7 @@ def test_node_families_render_their_snapshot_values() -> None:
     assert samples[("p2pagent_membership_suspicions_total", frozenset())] == 2
     assert samples[("p2pagent_membership_awareness", frozenset())] == 3
     assert samples[("p2pagent_membership_late_ticks_total", frozenset())] == 6
-    assert samples[("p2pagent_membership_stale_claims_total", frozenset())] == 7
+    assert samples[("p2pagent_membership_corrections_total", frozenset())] == 7
     assert samples[("p2pagent_state_keys", frozenset())] == 7
     sent_delta = frozenset({("direction", "sent"), ("kind", "delta")})
     assert samples[("p2pagent_state_sync_bytes_total", sent_delta)] == 900
