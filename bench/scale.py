@@ -6,7 +6,10 @@ For each size N, N state-only daemons (no model served) start at once on this ma
 loopback addresses, join through one seed and idle. Reported per node:
 
 * join: seconds from the last daemon answering its health check until every member lists
-  every other alive (target at N = 64: <= 5 s);
+  every other alive (target at N = 64: <= 5 s); with it ``join_storm``, read from the
+  daemons' logs from the first start to the end of the settle time: suspicions logged, members
+  suspected, false deaths, how long an observer held a suspicion (p50 / p90 / max) and when
+  the last one began after the last daemon answered (``bench/_suspicion_log.py``);
 * idle CPU: % of one core over the idle window, from /proc/<pid>/stat of each daemon's
   process group (its journal writer included); target <= 0.6 % at N = 64, and N = 64 no more
   than 1.2x N = 8;
@@ -54,6 +57,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench import _suspicion_log
 from bench._proc import cpu_seconds
 from p2pagent.membership.config import MembershipConfig
 from p2pagent.membership.timing import push_pull_interval, suspicion_min
@@ -193,6 +197,8 @@ class ClusterRow:
     #: When the join missed its target: each observer that did not list everyone alive at
     #: that moment -> {member: its state there, or "absent"} (what to read the logs for).
     join_stragglers: dict[str, dict[str, str]] | None = None
+    #: Suspicions from the first start to the end of the settle time (the join's storm).
+    join_storm: _suspicion_log.SuspicionStorm | None = None
 
 
 def model_detection_s(n: int, cfg: MembershipConfig) -> float:
@@ -279,10 +285,12 @@ def run_cluster(n: int, idle_s: float, settle_s: float, root: Path, port_bytes: 
     cfg = MembershipConfig()
     with Cluster(root / f"n{n}", n, use_netns=False) as c:
         names = list(c.nodes)
+        started_at = time.time()
         c.start(wait=False)
         for name in names:
             c.nodes[name].wait_ready(timeout=JOIN_LIMIT_S)
         ready = time.monotonic()
+        ready_at = time.time()
         join_s: float | None = None
         stragglers: dict[str, dict[str, str]] | None = None
         while time.monotonic() - ready < JOIN_LIMIT_S:
@@ -293,6 +301,8 @@ def run_cluster(n: int, idle_s: float, settle_s: float, root: Path, port_bytes: 
                 stragglers = _stragglers(c, names)
             time.sleep(POLL_S)
         time.sleep(settle_s)
+        logs = [d.log_path for d in c.nodes.values()]
+        storm = _suspicion_log.read(logs, started_at, time.time(), ready_at)
         pgids = {name: c.nodes[name].proc.pid for name in names}  # type: ignore[union-attr]
         counters = PortCounters([c.nodes[name].port for name in names]) if port_bytes else None
         try:
@@ -340,6 +350,7 @@ def run_cluster(n: int, idle_s: float, settle_s: float, root: Path, port_bytes: 
         first_suspect_s=first_suspect,
         model_detection_s=round(model_detection_s(n, cfg), 2),
         join_stragglers=stragglers,
+        join_storm=storm,
     )
 
 

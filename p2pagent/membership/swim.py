@@ -8,7 +8,7 @@ Inputs are `handle(message, now)`, `tick(now)` at `next_deadline()`, `join(now)`
 This module wires the rules together; each rule has a module of its own, listed here in the
 order a newcomer will look for them:
 
-* Probing (SWIM, `probing`): every probe interval, ping the next member of a shuffled
+* Probing (SWIM, `prober`, `probing`): every probe interval, ping the next member of a shuffled
   round-robin order. No ack within the probe timeout: ping it once more and ask
   ``indirect_checks`` others to ping it (PING_REQ); they forward its ack, or answer NACK when
   it stays silent. No ack by the end of the interval: the member becomes SUSPECT.
@@ -64,9 +64,9 @@ from p2pagent.membership.precedence import (
     gone_wins,
     suspect_applies,
 )
-from p2pagent.membership.probing import NACK_FRACTION, Forward, Forwards, Probe, ProbeOrder
+from p2pagent.membership.prober import ProbeEnd, Prober
 from p2pagent.membership.rejoin import JoinRetry, rejoin_targets
-from p2pagent.membership.suspicion import Suspicion, buddy, last_look_deadline
+from p2pagent.membership.suspicion import Suspicion, last_look_deadline
 from p2pagent.membership.view import MemberView
 
 #: Seconds after a member's death during which gossip is still sent to it (memberlist's
@@ -118,14 +118,9 @@ class Swim:
         self._events: list[MemberView] = []
         self._timers: list[tuple[float, int, str]] = []  # (when, member generation, name)
         self._generation: dict[str, int] = {}
-        self._probe_order = ProbeOrder()
-        self._probe: Probe | None = None
-        self._forwards = Forwards()
-        self._seq = 0
-        self.awareness = 0
         self.leaving = False
         jitter = rng.random()
-        self._next_probe = now + config.probe_interval * jitter
+        self._prober = Prober(self._members, self._out, config, rng, self.counters, now, jitter)
         self._next_gossip = now + config.gossip_interval * jitter
         self._next_push_pull = now + config.push_pull_interval * (0.5 + jitter)
         self._next_rejoin = now + config.rejoin_interval * (0.5 + jitter)
@@ -138,6 +133,15 @@ class Swim:
     @property
     def incarnation(self) -> int:
         return self._self.incarnation
+
+    @property
+    def awareness(self) -> int:
+        """Lifeguard's local health awareness (kept by the prober, whose probes it stretches)."""
+        return self._prober.awareness
+
+    @awareness.setter
+    def awareness(self, value: int) -> None:
+        self._prober.awareness = value
 
     def members(self) -> list[MemberView]:
         return [m.view() for m in self._members]
@@ -236,20 +240,18 @@ class Swim:
             # Gossip rounds only while something waits to be said: an idle member does not wake
             # five times a second to find nothing (a round overdue when news comes runs at once).
             t = min(t, self._next_gossip)
-        if not self.leaving:
-            t = min(t, self._next_probe)
-            if self._probe is not None:
-                t = min(t, self._probe.next_deadline())
         if self._timers:
             t = min(t, self._timers[0][0])
-        return min(t, self._forwards.next_deadline())
+        return min(t, self._prober.next_deadline(probing=not self.leaving))
 
     def tick(self, now: float) -> list[Send]:
         out: list[Send] = []
         self._run_timers(now)
-        self._run_forwards(now, out)
+        self._prober.run_forwards(now, out)
         if not self.leaving:
-            self._run_probe(now, out)
+            ended = self._prober.run(now, out)
+            if ended is not None:
+                self._probe_ended(ended, now)
         if now >= self._next_gossip:
             # Stretched by local health like the probe interval: a member that finds itself
             # slow (its probes unanswered, itself suspected) is most likely short of CPU, and
@@ -278,12 +280,11 @@ class Swim:
             if not msg.target or msg.target == self.name:
                 out.append(self._out.reply(Kind.ACK, msg, seq=msg.seq))
         elif kind is Kind.ACK:
-            self._on_ack(msg.seq, out)
+            self._prober.on_ack(msg.seq, out)
         elif kind is Kind.NACK:
-            if self._probe is not None and msg.seq == self._probe.seq:
-                self._probe.nacks += 1
+            self._prober.on_nack(msg.seq)
         elif kind is Kind.PING_REQ:
-            self._forward_probe(msg, now, out)
+            self._prober.forward(msg, now, out)
         elif kind is Kind.PUSH_PULL:
             self._merge(msg.members, now)
             out.append(self._out.reply(Kind.PUSH_PULL_REPLY, msg, full_state=True))
@@ -320,76 +321,18 @@ class Swim:
                 return
         out.append(self._out.to_member(Kind.GOSSIP, sender, first=news))
 
-    # ---- probing ----------------------------------------------------------------------------
+    # ---- probing (the `Prober` runs the probes; what a failed one means is decided here) ----
 
-    def _run_probe(self, now: float, out: list[Send]) -> None:
-        p = self._probe
-        late = 0.0 if p is None else p.starved_for(now, self.config.probe_timeout)
-        if p is not None and late:
-            # We were starved, not (yet) the target: see Probe.starved_for. The extension is
-            # the whole answer; awareness is left to the probe's outcome (see probing.py).
-            p.extend(late)
-            self.counters.late_ticks += 1
-        if p is not None and not p.acked and not p.indirect_sent and now >= p.indirect_at:
-            self._send_indirect(p, out)
-        if p is not None and now >= p.end_at:
-            self._finish_probe(p, now)
-            self._probe = p = None
-        if now >= self._next_probe:
-            interval = timing.scaled(self.config.probe_interval, self.awareness)
-            self._next_probe = now + interval
-            if p is None:
-                self._start_probe(now, interval, out)
-
-    def _start_probe(self, now: float, interval: float, out: list[Send]) -> None:
-        target = self._probe_order.next(self._members, self.rng)
-        if target is None:
-            return
-        self.counters.probes += 1
-        self._seq += 1
-        timeout = timing.scaled(self.config.probe_timeout, self.awareness)
-        self._probe = Probe(self._seq, target.name, now + timeout, now + interval)
-        out.append(self._out.to_member(Kind.PING, target, seq=self._seq, first=self._buddy(target)))
-
-    def _buddy(self, target: Member) -> list[Update]:
-        return buddy(target.name, target.incarnation, target.state, self.name)
-
-    def _send_indirect(self, p: Probe, out: list[Send]) -> None:
-        p.indirect_sent = True
-        target = self._members.get(p.target)
-        if target is None or not target.state.reachable:
-            return
-        helpers = self._members.sample_peers(
-            self.rng, self.config.indirect_checks, exclude=p.target
-        )
-        p.expected_nacks = len(helpers)
-        # A second direct ping alongside the indirect ones (memberlist's TCP fallback ping):
-        # one lost datagram should not be enough to start a suspicion. It carries the buddy
-        # suspicion too: the first ping, and with it the news, may be the one that was lost.
-        out.append(self._out.to_member(Kind.PING, target, seq=p.seq, first=self._buddy(target)))
-        for h in helpers:
-            out.append(
-                self._out.to_member(
-                    Kind.PING_REQ,
-                    self._members[h],
-                    seq=p.seq,
-                    target=target.name,
-                    target_address=target.address,
-                )
-            )
-
-    def _finish_probe(self, p: Probe, now: float) -> None:
-        target = self._members.get(p.target)
+    def _probe_ended(self, end: ProbeEnd, now: float) -> None:
+        target = self._members.get(end.target)
         s = None if target is None else target.suspicion
-        if p.acked:
+        if end.acked:
             if target is not None and s is not None and s.checking:
                 # It answered, but no refutation came with the answer (it went the indirect
                 # way): still alive, so look again a probe interval from now.
                 s.checking = False
                 self._schedule(target, now + self.config.probe_interval)
             return
-        self.counters.probe_failures += 1
-        self._adjust_awareness(p.awareness_penalty())
         if target is None or not target.state.reachable:
             return
         if s is not None and s.checking:
@@ -398,40 +341,6 @@ class Swim:
         self._apply(Update(target.name, target.incarnation, State.SUSPECT, self.name), now)
         if target.suspicion is not None:
             target.suspicion.probed_silent = True
-
-    def _on_ack(self, seq: int, out: list[Send]) -> None:
-        p = self._probe
-        if p is not None and seq == p.seq:
-            if not p.acked:
-                p.acked = True
-                self._adjust_awareness(-1)
-            return
-        f = self._forwards.pop(seq)
-        if f is not None:
-            out.append(self._out.to_requester(Kind.ACK, f.requester_address, f.requester_seq))
-
-    def _forward_probe(self, msg: Message, now: float, out: list[Send]) -> None:
-        if not msg.target_address or msg.target == self.name:
-            return
-        self._seq += 1
-        timeout = timing.scaled(self.config.probe_timeout, self.awareness)
-        self._forwards.add(
-            self._seq,
-            Forward(
-                msg.src_address,
-                msg.seq,
-                now + NACK_FRACTION * timeout,
-                now + self.config.probe_interval,
-            ),
-        )
-        out.append(self._out.ping_for(self._seq, msg.target, msg.target_address))
-
-    def _run_forwards(self, now: float, out: list[Send]) -> None:
-        for f in self._forwards.due_nacks(now):
-            out.append(self._out.to_requester(Kind.NACK, f.requester_address, f.requester_seq))
-
-    def _adjust_awareness(self, delta: int) -> None:
-        self.awareness = min(self.config.awareness_max, max(0, self.awareness + delta))
 
     # ---- dissemination ----------------------------------------------------------------------
 
@@ -508,7 +417,7 @@ class Swim:
             self._refute(u.incarnation)
         elif answer is Answer.REFUTE:
             self._refute(u.incarnation)
-            self._adjust_awareness(1)
+            self._prober.adjust_awareness(1)
         elif answer is Answer.REMIND:
             self._queue.put(self._self.update(self.name))
 
@@ -609,14 +518,14 @@ class Swim:
         if s is not None and not s.checking and now < s.deadline():
             s.looked_early = True  # an early look (`Suspicion.wake_at`), then the real deadline
             if not s.probed_silent:
-                self._probe_order.look_again(m.name)
+                self._prober.look_again(m.name)
             self._schedule(m, s.deadline())
             return
         if s is None or not s.wants_last_look() or self.leaving:
             self._declare_dead(m, now)
             return
         s.checking = True
-        self._probe_order.look_again(m.name)
+        self._prober.look_again(m.name)
         self._schedule(m, last_look_deadline(now, self.config.probe_interval, self.awareness))
 
     def _declare_dead(self, m: Member, now: float) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
 
 from p2pagent.membership import timing
 from p2pagent.sim import __main__ as sim_main
-from p2pagent.sim.membership import MembershipScenario, simulate, simulate_spread
+from p2pagent.sim.membership import MembershipScenario, SimCluster, simulate, simulate_spread
 
 # Serf's convergence model, 99.99% of nodes, fanout 3, 200 ms gossip (the issue's targets).
 SERF_ROUNDS = {10: 7.7, 100: 9.2, 1000: 10.8}
@@ -92,3 +93,42 @@ def test_a_busy_cpu_slows_crash_detection_only_a_little() -> None:
     )  # fmt: skip
     assert r.false_positives == 0, r.dead_declared_wrongly
     assert r.detection_seconds is not None and r.detection_seconds <= 1.5 * model
+
+
+def test_after_a_stormy_join_an_idle_mesh_sends_only_its_probes() -> None:
+    # Issue 28: idle CPU and bytes at N = 64 rose after the join fixes (corrections, early
+    # looks). Those rules act only on suspicions: once a join that had suspicions, refutations
+    # and corrections is over, an idle mesh must send no correction and suspect no one, and
+    # send what probing alone costs (a ping and its ack per member per second, push-pulls).
+    n = 32
+    # Starved members for the first 20 s only (stalls end with ``duration``).
+    s = MembershipScenario(
+        nodes=n, seed=3, cpu_delay=0.1, stall_every=1.5, stall_s=1.2, duration=20
+    )
+    sim = SimCluster(s)
+    names = [f"m{i:03}" for i in range(n)]
+
+    def start(i: int) -> None:
+        core = sim.add(names[i], [names[0]] if i else [])
+        sim.start(names[i], core.join(sim.clock.now))
+
+    for i in range(n):
+        sim.clock.call_at(0.0 if i == 0 else sim.rng.uniform(0, 3), functools.partial(start, i))
+
+    def totals() -> tuple[int, int, int, int]:
+        cores = sim.cores.values()
+        return (
+            sum(c.counters.suspicions for c in cores),
+            sum(c.counters.refutations for c in cores),
+            sum(c.counters.corrections for c in cores),
+            sum(x.messages_sent for x in sim.net.stats.values()),
+        )
+
+    sim.clock.run_until(60.0)
+    assert len(sim.cores) == n and sim.all_see_alive()
+    joined = totals()
+    assert joined[0] > 0 and joined[1] > 0 and joined[2] > 0, joined  # a stormy join
+    sim.clock.run_until(180.0)
+    idle = [b - a for a, b in zip(joined, totals(), strict=True)]
+    assert idle[:3] == [0, 0, 0], idle
+    assert idle[3] / n / 120.0 <= 2.3, idle
