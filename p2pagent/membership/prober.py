@@ -130,13 +130,17 @@ class Prober:
         if not msg.target_address or msg.target == self._members.me.name:
             return
         self._seq += 1
-        timeout = timing.scaled(self._config.probe_timeout, self.awareness)
+        # The NACK's time is the configured timeout, not one scaled by our own awareness (as
+        # memberlist's helpers do): the requester sent this at its own timeout and counts
+        # NACKs at the end of its interval, so a helper whose awareness is 1 or more would
+        # answer too late, and every requester that asked it would raise its awareness for
+        # NACKs that were on their way; a busy mesh would spread its slowness that way.
         self._forwards.add(
             self._seq,
             Forward(
                 msg.src_address,
                 msg.seq,
-                now + NACK_FRACTION * timeout,
+                now + NACK_FRACTION * self._config.probe_timeout,
                 now + self._config.probe_interval,
             ),
         )

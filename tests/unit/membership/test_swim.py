@@ -151,6 +151,17 @@ def test_indirect_prober_nacks_when_the_target_stays_silent() -> None:
     assert [(s.address, s.message.seq) for s in nacks] == [("a", 5)]
 
 
+def test_a_helper_with_high_awareness_still_nacks_in_the_requesters_window() -> None:
+    """The requester asks at its probe timeout and counts NACKs at its interval's end, the
+    probe timeout later: a helper's own awareness must not push its NACK past that."""
+    helper = core("h", "a", "b")
+    helper.awareness = 3
+    helper.handle(Message(Kind.PING_REQ, "a", "a", seq=5, target="b", target_address="b"), 0.0)
+    sends = run_until(helper, CFG.probe_interval - CFG.probe_timeout - 0.01)
+    nacks = [s for s in sends if s.message.kind is Kind.NACK]
+    assert [(s.address, s.message.seq) for s in nacks] == [("a", 5)]
+
+
 def test_suspicion_expires_into_death() -> None:
     a = core("a", "b", "c", "d", "e")
     a.handle(Message(Kind.GOSSIP, "c", "c", updates=(Update("b", 1, State.SUSPECT, "c"),)), 0.0)
