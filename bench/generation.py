@@ -14,7 +14,11 @@ weights, ``medium`` by default: 6 layers, width 768), in this process, same thre
   is suppressed in both, so every request gets exactly its tokens.
 - concurrency 1: time to first token and inter-token latency of the engine, one request at a
   time, against the offline floor measured in the same run: the model's own forward on the
-  prompt (prefill) and on one token with the cache (per-token), called directly.
+  prompt (prefill, with the language-model head on the last position only, as transformers'
+  ``generate`` runs it; the head over every position is reported beside it) and on one token
+  with the cache (per-token), called directly. Each request runs the floor and the engine
+  one after the other, the floor first for even requests and the engine first for odd ones,
+  so neither side always runs in the other's wake.
 - memory: 64 requests queued at once under ``generation.kv_cache_bytes``; the peak RSS
   growth over the process before the model was loaded, against the budget plus the model's
   bytes plus 15%.
@@ -38,7 +42,7 @@ import torch
 
 from p2pagent.cli import malloc_tuning
 from p2pagent.inference.generation.config import GenerationConfig
-from p2pagent.inference.generation.engine import DecodeEngine, TokenEvent
+from p2pagent.inference.generation.engine import DecodeEngine, TokenEvent, last_logits_only
 from p2pagent.inference.generation.folder import DecoderFolder, load_decoder_folder
 from p2pagent.inference.generation.sampling import SamplingParams
 from p2pagent.testing.decoder_folders import BUILDERS
@@ -117,14 +121,17 @@ def run_static(folder: DecoderFolder, reqs: list[Request]) -> tuple[int, float]:
 
 @torch.inference_mode()
 def offline_latency(folder: DecoderFolder, prompt: list[int], new: int) -> tuple[float, float]:
-    """The model called directly: prefill time, and median time of one cached decode step."""
+    """The model called directly: prefill time (logits of the last position only, what the
+    first token needs), and median time of one cached decode step."""
     from transformers import DynamicCache
 
     device = next(folder.model.parameters()).device
     ids = torch.tensor([prompt], device=device)
     cache = DynamicCache()
     start = time.perf_counter()
-    out = folder.model(input_ids=ids, cache=cache, use_cache=True)
+    out = folder.model(
+        input_ids=ids, cache=cache, use_cache=True, **last_logits_only(folder.model)
+    )
     token = int(out.logits[0, -1].argmax())
     prefill = time.perf_counter() - start
     steps = []
@@ -148,6 +155,19 @@ def exact(folder: DecoderFolder, prompt: list[int], new: int) -> bool:
         do_sample=False, pad_token_id=0,
     )  # fmt: skip
     return bool(ours == out[0, len(prompt) :].tolist())
+
+
+@torch.inference_mode()
+def full_head_prefill(folder: DecoderFolder, prompt: list[int]) -> float:
+    """Prefill time with the language-model head on every prompt position (the model's
+    default forward; the floor before it asked for the last position only)."""
+    from transformers import DynamicCache
+
+    ids = torch.tensor([prompt], device=next(folder.model.parameters()).device)
+    start = time.perf_counter()
+    out = folder.model(input_ids=ids, cache=DynamicCache(), use_cache=True)
+    int(out.logits[0, -1].argmax())
+    return time.perf_counter() - start
 
 
 def engine_latency(engine: DecodeEngine, prompt: list[int], new: int) -> tuple[float, float]:
@@ -225,15 +245,20 @@ def main(argv: list[str] | None = None) -> int:
     assert e_tokens == s_tokens, (e_tokens, s_tokens)
     engine_tps, static_tps = e_tokens / e_time, s_tokens / s_time
 
-    ttft, itl, pre, tok = [], [], [], []
+    ttft, itl, pre, tok, full = [], [], [], [], []
     lat_reqs = requests(folder, args.latency_runs, args.seed + 2, 16, hi // 2)
-    for prompt, new in lat_reqs:
-        a, b = offline_latency(folder, prompt, new)
-        c, d = engine_latency(DecodeEngine(folder), prompt, new)
+    for i, (prompt, new) in enumerate(lat_reqs):
+        if i % 2:
+            c, d = engine_latency(DecodeEngine(folder), prompt, new)
+            a, b = offline_latency(folder, prompt, new)
+        else:
+            a, b = offline_latency(folder, prompt, new)
+            c, d = engine_latency(DecodeEngine(folder), prompt, new)
         pre.append(a)
         tok.append(b)
         ttft.append(c)
         itl.append(d)
+        full.append(full_head_prefill(folder, prompt))
     same = exact(folder, reqs[0][0], 64)
     ms = 1e3
     ttft_p50, pre_p50 = statistics.median(ttft) * ms, statistics.median(pre) * ms
@@ -279,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         "static_tokens_per_s": round(static_tps, 1),
         "tokens": e_tokens,
         "offline_prefill_ms_p50": round(pre_p50, 2),
+        "offline_prefill_all_positions_head_ms_p50": round(statistics.median(full) * ms, 2),
         "offline_per_token_ms_p50": round(tok_p50, 3),
         "memory": mem,
     }
