@@ -18,7 +18,9 @@ weights, ``medium`` by default: 6 layers, width 768), in this process, same thre
   ``generate`` runs it; the head over every position is reported beside it) and on one token
   with the cache (per-token), called directly. Each request runs the floor and the engine
   one after the other, the floor first for even requests and the engine first for odd ones,
-  so neither side always runs in the other's wake.
+  so neither side always runs in the other's wake; each request also runs
+  ``--ttft-repeats`` more such pairs up to the first token only (prefills are short: more
+  samples of the time to first token for little time).
 - memory: 64 requests queued at once under ``generation.kv_cache_bytes``; the peak RSS
   growth over the process before the model was loaded, against the budget plus the model's
   bytes plus 15%.
@@ -158,16 +160,32 @@ def exact(folder: DecoderFolder, prompt: list[int], new: int) -> bool:
 
 
 @torch.inference_mode()
-def full_head_prefill(folder: DecoderFolder, prompt: list[int]) -> float:
-    """Prefill time with the language-model head on every prompt position (the model's
-    default forward; the floor before it asked for the last position only)."""
+def offline_prefill(folder: DecoderFolder, prompt: list[int], *, last_only: bool = True) -> float:
+    """Prefill time of the model called directly and its first token: the head on the last
+    position only, or (``last_only=False``) on every position, the model's default."""
     from transformers import DynamicCache
 
     ids = torch.tensor([prompt], device=next(folder.model.parameters()).device)
+    head = last_logits_only(folder.model) if last_only else {}
     start = time.perf_counter()
-    out = folder.model(input_ids=ids, cache=DynamicCache(), use_cache=True)
+    out = folder.model(input_ids=ids, cache=DynamicCache(), use_cache=True, **head)
     int(out.logits[0, -1].argmax())
     return time.perf_counter() - start
+
+
+def engine_first_token(folder: DecoderFolder, prompt: list[int]) -> float:
+    """Time from submit to the engine's first token. The sequence asks for two, so it joins
+    the running batch after its prefill as a real one does (its second token is not timed)."""
+    engine = DecodeEngine(folder)
+    start = time.perf_counter()
+    engine.submit(prompt, SamplingParams(max_new_tokens=2))
+    first = None
+    while not engine.idle:
+        events = engine.step()
+        if first is None and any(isinstance(e, TokenEvent) for e in events):
+            first = time.perf_counter() - start
+    assert first is not None
+    return first
 
 
 def engine_latency(engine: DecodeEngine, prompt: list[int], new: int) -> tuple[float, float]:
@@ -217,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--streams", type=int, default=32)
     p.add_argument("--latency-runs", type=int, default=11)
+    p.add_argument(
+        "--ttft-repeats",
+        type=int,
+        default=2,
+        help="first-token-only pairs (floor, engine) per latency request, beside the full one",
+    )
     p.add_argument("--kv-mib", type=int, default=64, help="KV budget of the memory run")
     p.add_argument("--queued", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -258,7 +282,14 @@ def main(argv: list[str] | None = None) -> int:
         tok.append(b)
         ttft.append(c)
         itl.append(d)
-        full.append(full_head_prefill(folder, prompt))
+        for r in range(1, args.ttft_repeats + 1):  # more first tokens: prefills are short
+            if (i + r) % 2:
+                ttft.append(engine_first_token(folder, prompt))
+                pre.append(offline_prefill(folder, prompt))
+            else:
+                pre.append(offline_prefill(folder, prompt))
+                ttft.append(engine_first_token(folder, prompt))
+        full.append(offline_prefill(folder, prompt, last_only=False))
     same = exact(folder, reqs[0][0], 64)
     ms = 1e3
     ttft_p50, pre_p50 = statistics.median(ttft) * ms, statistics.median(pre) * ms
@@ -303,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         "engine_tokens_per_s": round(engine_tps, 1),
         "static_tokens_per_s": round(static_tps, 1),
         "tokens": e_tokens,
+        "first_token_samples": len(ttft),
         "offline_prefill_ms_p50": round(pre_p50, 2),
         "offline_prefill_all_positions_head_ms_p50": round(statistics.median(full) * ms, 2),
         "offline_per_token_ms_p50": round(tok_p50, 3),
