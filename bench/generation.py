@@ -20,7 +20,8 @@ weights, ``medium`` by default: 6 layers, width 768), in this process, same thre
   one after the other, the floor first for even requests and the engine first for odd ones,
   so neither side always runs in the other's wake; each request also runs
   ``--ttft-repeats`` more such pairs up to the first token only (prefills are short: more
-  samples of the time to first token for little time).
+  samples of the time to first token for little time). Those also report the engine's own
+  time before the first token, outside the model's forward, which the load does not blur.
 - memory: 64 requests queued at once under ``generation.kv_cache_bytes``; the peak RSS
   growth over the process before the model was loaded, against the budget plus the model's
   bytes plus 15%.
@@ -173,19 +174,31 @@ def offline_prefill(folder: DecoderFolder, prompt: list[int], *, last_only: bool
     return time.perf_counter() - start
 
 
-def engine_first_token(folder: DecoderFolder, prompt: list[int]) -> float:
-    """Time from submit to the engine's first token. The sequence asks for two, so it joins
-    the running batch after its prefill as a real one does (its second token is not timed)."""
+def engine_first_token(folder: DecoderFolder, prompt: list[int]) -> tuple[float, float]:
+    """Time from submit to the engine's first token, and the part of it spent outside the
+    model's forward (the engine's own work: checks, scheduling, sampling, detokenizing,
+    joining the batch; the forward's time varies with the machine's load, this does not).
+    The sequence asks for two tokens, so it joins the running batch after its prefill as a
+    real one does (its second token is not timed)."""
     engine = DecodeEngine(folder)
-    start = time.perf_counter()
-    engine.submit(prompt, SamplingParams(max_new_tokens=2))
-    first = None
+    forward: list[float] = []
+    model = folder.model
+    pre = model.register_forward_pre_hook(lambda *_: forward.append(-time.perf_counter()))
+    post = model.register_forward_hook(lambda *_: forward.append(time.perf_counter()))
+    try:
+        start = time.perf_counter()
+        engine.submit(prompt, SamplingParams(max_new_tokens=2))
+        first = None
+        while first is None:
+            events = engine.step()
+            if any(isinstance(e, TokenEvent) for e in events):
+                first = time.perf_counter() - start
+    finally:
+        pre.remove()
+        post.remove()
     while not engine.idle:
-        events = engine.step()
-        if first is None and any(isinstance(e, TokenEvent) for e in events):
-            first = time.perf_counter() - start
-    assert first is not None
-    return first
+        engine.step()
+    return first, first - sum(forward)
 
 
 def engine_latency(engine: DecodeEngine, prompt: list[int], new: int) -> tuple[float, float]:
@@ -269,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     assert e_tokens == s_tokens, (e_tokens, s_tokens)
     engine_tps, static_tps = e_tokens / e_time, s_tokens / s_time
 
-    ttft, itl, pre, tok, full = [], [], [], [], []
+    ttft, itl, pre, tok, full, overhead = [], [], [], [], [], []
     lat_reqs = requests(folder, args.latency_runs, args.seed + 2, 16, hi // 2)
     for i, (prompt, new) in enumerate(lat_reqs):
         if i % 2:
@@ -284,11 +297,13 @@ def main(argv: list[str] | None = None) -> int:
         itl.append(d)
         for r in range(1, args.ttft_repeats + 1):  # more first tokens: prefills are short
             if (i + r) % 2:
-                ttft.append(engine_first_token(folder, prompt))
+                first, own = engine_first_token(folder, prompt)
                 pre.append(offline_prefill(folder, prompt))
             else:
                 pre.append(offline_prefill(folder, prompt))
-                ttft.append(engine_first_token(folder, prompt))
+                first, own = engine_first_token(folder, prompt)
+            ttft.append(first)
+            overhead.append(own)
         full.append(offline_prefill(folder, prompt, last_only=False))
     same = exact(folder, reqs[0][0], 64)
     ms = 1e3
@@ -336,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         "tokens": e_tokens,
         "first_token_samples": len(ttft),
         "offline_prefill_ms_p50": round(pre_p50, 2),
+        "engine_ms_outside_the_forward_before_first_token_p50": (
+            round(statistics.median(overhead) * ms, 3) if overhead else None
+        ),
         "offline_prefill_all_positions_head_ms_p50": round(statistics.median(full) * ms, 2),
         "offline_per_token_ms_p50": round(tok_p50, 3),
         "memory": mem,
