@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
@@ -17,6 +16,7 @@ import grpc
 
 from p2pagent._proto import agent_pb2, peer_pb2
 from p2pagent.errors import FailedPrecondition, Internal, InvalidArgument, P2PAgentError
+from p2pagent.inference.generation.lazy import imported
 
 if TYPE_CHECKING:
     from p2pagent.inference.generation.config import GenerationConfig
@@ -63,7 +63,7 @@ class GenerationNode(Protocol):
 
 async def _import_generation() -> None:
     # torch and transformers load on a node's first generation: off the event loop.
-    await asyncio.to_thread(importlib.import_module, "p2pagent.inference.generation.placed")
+    await imported("p2pagent.inference.generation.placed")
 
 
 async def _responses(

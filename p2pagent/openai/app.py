@@ -9,9 +9,7 @@ error shape (``openai.errors``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import importlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -24,6 +22,7 @@ from p2pagent import errors
 from p2pagent.api.text import TextNode, run_texts
 from p2pagent.errors import quoted
 from p2pagent.identity.spiffe import Identity
+from p2pagent.inference.generation.lazy import imported
 from p2pagent.inference.hf.folder import EMBEDDING, GENERATION
 from p2pagent.openai import requests as rq
 from p2pagent.openai.errors import HttpError, ParamError, PayloadTooLarge, http_error
@@ -198,7 +197,7 @@ async def generate(
     answered whole. Everything refused is refused before the first byte is sent."""
     rq.unsupported(body)
     # torch and transformers load on the first generation of a node: off the event loop.
-    await asyncio.to_thread(importlib.import_module, "p2pagent.inference.generation.service")
+    await imported("p2pagent.inference.generation.service")
     from p2pagent.inference.generation.folder import ChatMessage
     from p2pagent.inference.generation.service import Prompt
 

@@ -82,8 +82,29 @@ def test_every_dashboard_query_names_an_exported_metric() -> None:
 
 def test_the_dashboard_covers_every_concern() -> None:
     read = set().union(*(metric_names(e) for e in dashboard_exprs()))
-    for prefix in ("members", "membership", "rpc", "tasks", "state", "models", "inference"):
+    concerns = ("members", "membership", "rpc", "tasks", "state", "models", "inference")
+    for prefix in (*concerns, "training", "generation"):
         assert any(n.startswith(f"p2pagent_{prefix}") for n in read), prefix
+
+
+def test_label_values_the_dashboard_matches_are_exported() -> None:
+    """A panel filtering on ``event="..."`` (or a regexp of such values) must name values a
+    node exports: a renamed event would leave the panel silently empty."""
+    text = generate_latest(sample_registry().registry).decode()
+    values: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            for label, value in s.labels.items():
+                values.setdefault(label, set()).add(value)
+    checked = 0
+    for expr in dashboard_exprs():
+        for label, op, pattern in re.findall(r'(\w+)\s*(=~|=)\s*"([^"]*)"', expr):
+            if label == "job" or "$" in pattern:
+                continue
+            wanted = pattern.split("|") if op == "=~" else [pattern]
+            assert set(wanted) <= values.get(label, set()), f"{label}={pattern!r} in {expr!r}"
+            checked += 1
+    assert checked >= 1
 
 
 def test_a_misspelt_metric_is_caught() -> None:

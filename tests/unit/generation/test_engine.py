@@ -219,3 +219,29 @@ def test_end_of_sequence_token_stops(folders: dict[str, DecoderFolder]) -> None:
         handle.remove()
     assert tokens[seq] == [eos] and text[seq] == ""
     assert done[seq].reason is FinishReason.STOP and done[seq].generated_tokens == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefill_computes_logits_for_the_last_position_only(
+    folders: dict[str, DecoderFolder], family: str
+) -> None:
+    """The language-model head runs on one position per prefill chunk, not the whole prompt
+    (a chunked prompt included), and the tokens stay transformers' own."""
+    folder = folders[family]
+    rows: list[int] = []
+
+    def hook(_module: Any, _args: Any, output: Any) -> None:
+        rows.append(int(output.logits.shape[1]))
+
+    prompt = folder.encode(PROMPTS[2])
+    assert len(prompt) > 16
+    handle = folder.model.register_forward_hook(hook)
+    try:
+        engine = DecodeEngine(folder, GenerationConfig(prefill_tokens_per_step=16))
+        seq = engine.submit(prompt, SamplingParams(max_new_tokens=8))
+        tokens, _, _ = run(engine)
+    finally:
+        handle.remove()
+    chunks = -(-len(prompt) // 16)
+    assert len(rows) == chunks + 7 and set(rows) == {1}
+    assert tokens[seq] == reference(folder, prompt, 8)
