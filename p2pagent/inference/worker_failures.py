@@ -11,11 +11,26 @@ from p2pagent.errors import Internal, InvalidArgument, P2PAgentError, ResourceEx
 
 
 class WorkerLost(Exception):
-    """The worker exited, broke the protocol or stopped answering (it has been stopped)."""
+    """The worker exited, broke the protocol or stopped answering (it has been stopped).
+    ``queued``: before it got to the request (it was starting, or on another one);
+    ``loading``: while it was on the request, a model's load."""
 
-    def __init__(self, why: str, *, hung: bool = False) -> None:
+    def __init__(self, why: str, *, hung: bool = False, queued: bool = False) -> None:
         super().__init__(why)
         self.hung = hung
+        self.queued = queued
+        self.loading = False
+
+
+def load_death(name: str, why: str) -> P2PAgentError:
+    """A model whose load the worker died under twice in a row: the model's doing (or a
+    worker that cannot start here), not a worker killed from outside, which the retry in a
+    new worker would have survived. Not retried: each try costs two worker starts."""
+    return Internal(
+        f"model {name!r} cannot be loaded on this node: the model worker {why}, twice in a "
+        "row while loading it (the node's log has the worker's last words); check the model "
+        "or serve it from another node"
+    )
 
 
 def exit_text(code: int | None) -> str:

@@ -42,6 +42,7 @@ from typing import Any
 
 from p2pagent.inference import sandbox, worker_wire
 from p2pagent.inference.formats import ModelFormat
+from p2pagent.inference.isolation import EXIT_ON_LOAD_ENV
 from p2pagent.inference.worker_wire import Region, TensorRef
 
 # Before torch is imported: every torch.load in this process is weights_only, even torch's own
@@ -122,6 +123,8 @@ class Worker:
         raise _Failure("internal", f"unknown request {str(op)[:32]!r}")
 
     def load(self, message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        if os.environ.get(EXIT_ON_LOAD_ENV):
+            os._exit(3)  # tests: a model that kills its worker at every load
         torch = self.torch
         if len(fds) != 1:
             for fd in fds:
