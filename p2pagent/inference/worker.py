@@ -59,6 +59,7 @@ from p2pagent.inference.spec import ModelSpec
 from p2pagent.inference.worker_failures import (
     WorkerLost,
     batch_error,
+    drain_stderr,
     exit_text,
     load_death,
     load_error,
@@ -250,6 +251,17 @@ class ModelWorker:
         if not isinstance(results, dict):
             raise Internal("the model worker answered a probe with no results")
         return {str(k)[:4096]: str(v)[:64] for k, v in results.items()}
+
+    def warm(self, architecture: str = "") -> asyncio.Future[dict[str, Any]] | None:
+        """Starts the worker now if none runs (one process, whatever the models), and with an
+        ``architecture`` has it import that folder model's code: the first request of a model
+        just published then does not pay torch's and transformers' imports. On the loop; the
+        future (None: nothing asked) fails as a request would."""
+        self._process()
+        if not architecture:
+            return None
+        message = {"op": "warm", "architecture": architecture}
+        return asyncio.ensure_future(self._ask(message, [], f"importing {architecture}"))
 
     async def aclose(self) -> None:
         self._closed = True
@@ -445,7 +457,7 @@ class ModelWorker:
         self._current = cur
         self.starts += 1
         threading.Thread(
-            target=_drain_stderr, args=(proc, cur.stderr), name="model-worker-stderr", daemon=True
+            target=drain_stderr, args=(proc, cur.stderr), name="model-worker-stderr", daemon=True
         ).start()
         loop.add_reader(parent.fileno(), self._on_readable, cur)
         init = {
@@ -580,13 +592,6 @@ class ModelWorker:
                 )
             first = False
         return error
-
-
-def _drain_stderr(proc: subprocess.Popen[bytes], keep: collections.deque[str]) -> None:
-    assert proc.stderr is not None
-    for line in proc.stderr:  # kept, bounded, for the message when it dies
-        keep.append(line[:300].decode("utf-8", "replace").rstrip())
-    proc.stderr.close()
 
 
 def _log_probe(task: asyncio.Future[dict[str, str]]) -> None:

@@ -5,6 +5,8 @@ node's own errors with messages that say what to do."""
 
 from __future__ import annotations
 
+import collections
+import subprocess
 from pathlib import Path
 
 from p2pagent.errors import Internal, InvalidArgument, P2PAgentError, ResourceExhausted
@@ -31,6 +33,15 @@ def load_death(name: str, why: str) -> P2PAgentError:
         "row while loading it (the node's log has the worker's last words); check the model "
         "or serve it from another node"
     )
+
+
+def drain_stderr(proc: subprocess.Popen[bytes], keep: collections.deque[str]) -> None:
+    """Keeps the worker's last lines of stderr, bounded, for the message when it dies (a
+    thread of its own)."""
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        keep.append(line[:300].decode("utf-8", "replace").rstrip())
+    proc.stderr.close()
 
 
 def exit_text(code: int | None) -> str:
