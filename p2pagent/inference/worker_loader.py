@@ -57,7 +57,8 @@ def warming(worker: ModelWorker) -> Callable[[ModelFormat, ModelSpec], None]:
         except P2PAgentError as e:  # the first request starts it again and says why
             log.info("model worker not started ahead of the first request: %s", e)
             return
-        done.add((worker.pid, arch))
+        if worker.pid is not None:  # else it died at once: the next version tries again
+            done.add((worker.pid, arch))
         if future is not None:
             future.add_done_callback(lambda f: _warmed(f, arch, started))
 
