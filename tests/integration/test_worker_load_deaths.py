@@ -80,7 +80,7 @@ async def test_a_model_that_kills_its_worker_at_every_load_fails_at_once(
 ) -> None:
     # The default tasks.max_attempts (8): the failure must not be retried.
     env = {EXIT_ON_LOAD_ENV: "1"}
-    node = Daemon("n9", certs_dir, tmp_path / "n9", args=_serve(models), env=env).start()
+    node = Daemon("n1", certs_dir, tmp_path / "n1", args=_serve(models), env=env).start()
     try:
         ch, stub = _stub(node, certs_dir)
         async with ch:
@@ -104,7 +104,7 @@ async def test_a_model_that_kills_its_worker_at_every_load_fails_at_once(
 async def test_a_worker_killed_while_it_loads_costs_no_request(
     tmp_path: Path, certs_dir: Path, models: Path
 ) -> None:
-    node = Daemon("n10", certs_dir, tmp_path / "n10", args=_serve(models)).start()
+    node = Daemon("n2", certs_dir, tmp_path / "n2", args=_serve(models)).start()
     try:
         ch, stub = _stub(node, certs_dir)
         async with ch:
