@@ -443,15 +443,15 @@ class TaskNode:
 
     def _may_start_another(self, now: float, model: str) -> bool:
         """Whether a task of ``model`` may start (``tasks/run_ahead.py``): under
-        ``run_ahead_s`` of estimated work (one always runs); or, where no peer can steal
-        ``model``'s work, under a running batch and a full one behind it; or fewer than
+        ``run_ahead_s`` of estimated work (one always runs); or, where ``model``'s work can
+        only run here, under a running batch and a full one behind it; or fewer than
         EXPLORE_STARTED running while a running task's model has not shown what batching
         saves and the work started is below this node's share of what it holds."""
         started = self._running.values()
         started_s = sum(t.est_cost_s for t in started)
         if not started or started_s < self.cfg.run_ahead_s:
             return True
-        if not self._stealable(model) and batch_room(started, model, self._full_batch_s(model)):
+        if self._only_here(model) and batch_room(started, model, self._full_batch_s(model)):
             return True
         if len(started) >= EXPLORE_STARTED or all(
             self._batching_measured(t.model) for t in started
@@ -469,10 +469,15 @@ class TaskNode:
         peers = self._peers_speed((head.model,))
         return own_share_s(fixed, movable, self.speed, peers)
 
-    def _stealable(self, model: str) -> bool:
-        """Whether a peer could steal queued work of ``model`` from here: the mesh steals
-        (placement is one setting for the whole mesh) and a live peer serves the model."""
-        return self.stealing and self._peers_speed((model,)) > 0
+    def _only_here(self, model: str) -> bool:
+        """Whether queued work of ``model`` will run here whatever happens: placement keeps
+        tasks at their origin (local, work stealing) and no peer could steal them (the mesh
+        does not steal: placement is one setting for the whole mesh; or no live peer serves
+        the model). Under least-loaded placement, starting it would hide it from the load
+        that placement weighs (running work counts per slot: measured 1.02 -> 1.13x ideal)."""
+        if not self.placement.always_local:
+            return False
+        return not self.stealing or self._peers_speed((model,)) == 0
 
     def _peers_speed(self, models: Sequence[str], besides: str = "") -> float:
         """Summed speed of the peers (but ``besides``) serving any of ``models`` (``models``

@@ -86,6 +86,11 @@ def test_a_peer_serving_other_models_only_cannot_steal_these() -> None:
     assert submit_all(n, 60) == 40
 
 
+def test_placement_that_weighs_load_keeps_the_run_ahead() -> None:
+    # Under least-loaded placement, started work would hide from the load placement weighs.
+    assert submit_all(node(placement="least_loaded"), 60) == 4
+
+
 def test_each_model_has_its_own_batches_ahead() -> None:
     n = node(models=(TEXTS, OTHER))
     assert submit_all(n, 45) == 40
