@@ -37,7 +37,7 @@ from p2pagent.inference.generation.placement import TAG_OFF as GENERATION_TAG_OF
 from p2pagent.inference.generation.relay_stats import RelayCounts
 from p2pagent.inference.stats import ModelStats
 from p2pagent.inference.worker import ModelWorker
-from p2pagent.inference.worker_loader import isolating_loader
+from p2pagent.inference.worker_loader import isolating_loader, warming
 from p2pagent.membership.driver import MembershipDriver, check_user_tags
 from p2pagent.membership.view import PeerDirectory
 from p2pagent.metrics.http import MetricsServer
@@ -163,6 +163,7 @@ class Node:
             cache=self.models_cache,
             reserved_names=lambda: {m.name for m in self.local_models},
             check_confinement=publish_check_confinement(config, self.data_dir),
+            warm=warming(self.model_worker) if self.model_worker else None,
         )
         self.components.append(self.models)
         self._generation: GenerationService | None = None

@@ -273,6 +273,22 @@ class BatchPolicy:
             return None
         return q.counters.marginal_s_per_token
 
+    def full_batch_s(self, model: str) -> float | None:
+        """What a full batch of ``model`` sums to in the scheduler's estimates (which price a
+        task at what its rows, or its real tokens, add to a batch): ``max_batch_size`` rows,
+        of the mean length seen for a model with sequences, within ``max_batch_tokens``.
+        None before its first batch."""
+        q = self._models.get(model)
+        if q is None or not q.counters.rows:
+            return None
+        c, rows = q.counters, self._cfg.max_batch_size
+        if c.has_sequences:
+            per_token = c.marginal_s_per_token
+            tokens = min(rows * c.tokens / c.rows, self._cfg.max_batch_tokens)
+            return None if per_token is None else per_token * tokens
+        per_row = c.marginal_s_per_row
+        return None if per_row is None else per_row * rows
+
     def stats(self) -> dict[str, ModelStats]:
         return {m: ModelStats.of(m, q.queued, q.counters) for m, q in self._models.items()}
 

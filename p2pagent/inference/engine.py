@@ -183,6 +183,14 @@ class InferenceEngine:
         """Batches of ``model`` of different sizes have run, so what a row adds is known."""
         return self._policy.batching_measured(model)
 
+    def full_batch_s(self, model: str) -> float | None:
+        """What a full batch of ``model`` sums to in the scheduler's estimates (None before
+        its first batch, or for a model that runs one request at a time)."""
+        loaded = self.cache.resident_model(model)
+        if loaded is not None and not loaded.spec.batchable:
+            return None
+        return self._policy.full_batch_s(model)
+
     def marginal_seconds_per_row(self, model: str) -> float | None:
         """What one more row adds to a batch of ``model`` (None before its first batch)."""
         return self._policy.marginal_seconds_per_row(model)

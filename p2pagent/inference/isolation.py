@@ -155,10 +155,14 @@ def protects_key(p: Plan) -> bool:
     return bool(p.landlock_abi) or p.uid is not None
 
 
+#: Set (tests only), every model worker exits when asked to load a model.
+EXIT_ON_LOAD_ENV = "P2PAGENT_WORKER_EXIT_ON_LOAD"
+
 #: Environment the worker keeps from the daemon's (nothing else: no tokens, no paths).
 _KEEP_ENV = (
     "PATH", "LANG", "LC_ALL", "PYTHONPATH", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES",
     "CUDA_DEVICE_ORDER", "NVIDIA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+    EXIT_ON_LOAD_ENV,
 )  # fmt: skip
 
 

@@ -21,7 +21,8 @@ without sleeping, and the daemon copies one batch's outputs while the next is co
 Failures. The worker is untrusted: every answer is checked (worker_wire, worker_tensors). A
 worker that exits or breaks the protocol fails what it had; a batch or load it dies under is
 tried once more in a new worker (so a worker killed from outside, even between requests,
-costs no request), and a second death is Unavailable. A worker that does not answer within
+costs no request), and a second death is Unavailable (Internal naming the model where both
+came while loading it: the model's doing, not to retry). A worker that does not answer within
 ``inference.worker_timeout_s`` is killed and the request fails with Internal (most likely the
 model's doing: not retried here). The daemon never waits forever and never dies with it.
 Diagnostics: ``P2PAGENT_WORKER_PROBE`` (paths joined by ``os.pathsep``) makes each new worker
@@ -58,7 +59,9 @@ from p2pagent.inference.spec import ModelSpec
 from p2pagent.inference.worker_failures import (
     WorkerLost,
     batch_error,
+    drain_stderr,
     exit_text,
+    load_death,
     load_error,
 )
 from p2pagent.inference.worker_wire import ChannelClosed, Region
@@ -249,6 +252,17 @@ class ModelWorker:
             raise Internal("the model worker answered a probe with no results")
         return {str(k)[:4096]: str(v)[:64] for k, v in results.items()}
 
+    def warm(self, architecture: str = "") -> asyncio.Future[dict[str, Any]] | None:
+        """Starts the worker now if none runs (one process, whatever the models), and with an
+        ``architecture`` has it import that folder model's code: the first request of a model
+        just published then does not pay torch's and transformers' imports. On the loop; the
+        future (None: nothing asked) fails as a request would."""
+        self._process()
+        if not architecture:
+            return None
+        message = {"op": "warm", "architecture": architecture}
+        return asyncio.ensure_future(self._ask(message, [], f"importing {architecture}"))
+
     async def aclose(self) -> None:
         self._closed = True
         if self._current is not None:
@@ -259,7 +273,9 @@ class ModelWorker:
 
     async def _retrying(self, doing: str, remote: RemoteModel, batch: Any) -> Any:
         """A load (``batch`` None) or a batch, tried once more in a new worker if the worker
-        dies under it; Internal if it hung, Unavailable after a second death."""
+        dies under it; Internal if it hung or died loading the model both times (the model's
+        doing: not to retry), else Unavailable after a second death."""
+        loading = True
         for tries in (1, 2):
             try:
                 if batch is None:
@@ -271,6 +287,9 @@ class ModelWorker:
                         f"the model worker {e} while {doing}; a new worker starts on the next "
                         "request"
                     ) from None
+                loading = loading and e.loading
+                if tries == 2 and loading:
+                    raise load_death(remote.name, str(e)) from None
                 if tries == 2:
                     raise Unavailable(
                         f"the model worker {e} while {doing}, twice in a row; a new worker "
@@ -300,6 +319,9 @@ class ModelWorker:
                 message, [fd], f"loading model {remote.name!r}", process=cur,
                 failed=lambda kind, msg: load_error(remote.name, remote.path, folder, kind, msg),
             )  # fmt: skip
+        except WorkerLost as e:
+            e.loading = not e.queued  # a worker killed as it starts is no load's doing
+            raise
         finally:
             os.close(fd)
         nbytes = reply.get("nbytes")
@@ -366,7 +388,7 @@ class ModelWorker:
         """Sends a request and awaits the worker's answer (WorkerLost if the worker is)."""
         cur = process or self._process()
         if cur.lost:
-            raise WorkerLost("was replaced before it got to this")
+            raise WorkerLost("was replaced before it got to this", queued=True)
         loop = self._bind_loop()
         pending = _Pending(doing, loop.create_future(), self.timeout_s, slot)
         cur.pending.append(pending)
@@ -435,7 +457,7 @@ class ModelWorker:
         self._current = cur
         self.starts += 1
         threading.Thread(
-            target=_drain_stderr, args=(proc, cur.stderr), name="model-worker-stderr", daemon=True
+            target=drain_stderr, args=(proc, cur.stderr), name="model-worker-stderr", daemon=True
         ).start()
         loop.add_reader(parent.fileno(), self._on_readable, cur)
         init = {
@@ -564,17 +586,12 @@ class ModelWorker:
             p = cur.pending.popleft()
             if not p.future.done():
                 p.future.set_exception(
-                    error if first else WorkerLost(f"{why} (before it got to this request)")
+                    error
+                    if first
+                    else WorkerLost(f"{why} (before it got to this request)", queued=True)
                 )
             first = False
         return error
-
-
-def _drain_stderr(proc: subprocess.Popen[bytes], keep: collections.deque[str]) -> None:
-    assert proc.stderr is not None
-    for line in proc.stderr:  # kept, bounded, for the message when it dies
-        keep.append(line[:300].decode("utf-8", "replace").rstrip())
-    proc.stderr.close()
 
 
 def _log_probe(task: asyncio.Future[dict[str, str]]) -> None:

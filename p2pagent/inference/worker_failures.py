@@ -5,17 +5,43 @@ node's own errors with messages that say what to do."""
 
 from __future__ import annotations
 
+import collections
+import subprocess
 from pathlib import Path
 
 from p2pagent.errors import Internal, InvalidArgument, P2PAgentError, ResourceExhausted
 
 
 class WorkerLost(Exception):
-    """The worker exited, broke the protocol or stopped answering (it has been stopped)."""
+    """The worker exited, broke the protocol or stopped answering (it has been stopped).
+    ``queued``: before it got to the request (it was starting, or on another one);
+    ``loading``: while it was on the request, a model's load."""
 
-    def __init__(self, why: str, *, hung: bool = False) -> None:
+    def __init__(self, why: str, *, hung: bool = False, queued: bool = False) -> None:
         super().__init__(why)
         self.hung = hung
+        self.queued = queued
+        self.loading = False
+
+
+def load_death(name: str, why: str) -> P2PAgentError:
+    """A model whose load the worker died under twice in a row: the model's doing (or a
+    worker that cannot start here), not a worker killed from outside, which the retry in a
+    new worker would have survived. Not retried: each try costs two worker starts."""
+    return Internal(
+        f"model {name!r} cannot be loaded on this node: the model worker {why}, twice in a "
+        "row while loading it (the node's log has the worker's last words); check the model "
+        "or serve it from another node"
+    )
+
+
+def drain_stderr(proc: subprocess.Popen[bytes], keep: collections.deque[str]) -> None:
+    """Keeps the worker's last lines of stderr, bounded, for the message when it dies (a
+    thread of its own)."""
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        keep.append(line[:300].decode("utf-8", "replace").rstrip())
+    proc.stderr.close()
 
 
 def exit_text(code: int | None) -> str:

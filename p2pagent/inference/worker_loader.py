@@ -11,11 +11,15 @@ daemon: neither code nor a publisher's model description comes from the file.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from p2pagent.errors import InvalidArgument
+from p2pagent.errors import InvalidArgument, P2PAgentError
 from p2pagent.inference.archive_check import check_archive
 from p2pagent.inference.formats import LoadedModel, ModelFormat, detect_format, load_model
 from p2pagent.inference.hf.worker_load import HEAD_KEYS, FileRange, FolderLoad, model_files
@@ -27,8 +31,48 @@ if TYPE_CHECKING:
 
     from p2pagent.inference.cache import Loader
 
+log = logging.getLogger(__name__)
+
 #: Formats that carry code: loaded and run only in the worker.
 CODE_FORMATS = frozenset({ModelFormat.TORCHSCRIPT, ModelFormat.TORCH_EXPORT})
+
+
+def warming(worker: ModelWorker) -> Callable[[ModelFormat, ModelSpec], None]:
+    """The models driver's hook for a version that became loadable here (published or
+    pulled): a format the worker runs starts the worker now rather than at the first request,
+    and a folder has it import its architecture's code, once per worker process and
+    architecture. Bounded: one worker for every model, and no model is loaded before it is
+    asked for (that would take memory from the models in use)."""
+    done: set[tuple[int | None, str]] = set()
+
+    def warm(fmt: ModelFormat, spec: ModelSpec) -> None:
+        if fmt is not ModelFormat.HF_FOLDER and fmt not in CODE_FORMATS:
+            return  # runs in the daemon
+        arch = spec.architecture if fmt is ModelFormat.HF_FOLDER else ""
+        try:
+            if (worker.pid, arch) in done:
+                return
+            started = time.monotonic()
+            future = worker.warm(arch)
+        except P2PAgentError as e:  # the first request starts it again and says why
+            log.info("model worker not started ahead of the first request: %s", e)
+            return
+        if worker.pid is not None:  # else it died at once: the next version tries again
+            done.add((worker.pid, arch))
+        if future is not None:
+            future.add_done_callback(lambda f: _warmed(f, arch, started))
+
+    return warm
+
+
+def _warmed(future: asyncio.Future[dict[str, Any]], arch: str, started: float) -> None:
+    if future.cancelled():
+        return
+    if (e := future.exception()) is not None:  # the load of such a model would say the same
+        log.info("model worker could not prepare for %s models: %s", arch, e)
+        return
+    took = time.monotonic() - started
+    log.info("model worker ready for %s models (%.1f s after it was asked)", arch, took)
 
 
 def isolating_loader(worker: ModelWorker) -> Loader:

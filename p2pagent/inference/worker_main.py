@@ -21,6 +21,7 @@ hand over the next batch while one runs (it waits in the socket; the worker goes
 without sleeping) and read one batch's outputs while the next one's are being written.
 - ``probe`` {paths}: tries to open each path here, inside the sandbox -> {results} (the
   isolation tests use it: the strongest evidence is the worker's own failed open)
+- ``warm`` {architecture}: imports that folder architecture's code ahead of its load -> {ok}
 
 An error answer is {ok: false, kind, message}; ``kind`` is ``invalid_argument`` (the model
 does not load), ``resource_exhausted`` (out of memory) or ``internal`` (the model raised).
@@ -42,6 +43,7 @@ from typing import Any
 
 from p2pagent.inference import sandbox, worker_wire
 from p2pagent.inference.formats import ModelFormat
+from p2pagent.inference.isolation import EXIT_ON_LOAD_ENV
 from p2pagent.inference.worker_wire import Region, TensorRef
 
 # Before torch is imported: every torch.load in this process is weights_only, even torch's own
@@ -117,11 +119,27 @@ class Worker:
             return None, []
         if op == "probe":
             return {"ok": True, "results": {p: _try_open(p) for p in message["paths"]}}, []
+        if op == "warm":
+            return self.warm(message), []
         for fd in fds:
             os.close(fd)
         raise _Failure("internal", f"unknown request {str(op)[:32]!r}")
 
+    def warm(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Imports what loading a folder of this architecture needs (transformers and its
+        modeling code) before any such load comes: the daemon asks when one is published."""
+        from p2pagent.errors import InvalidArgument
+        from p2pagent.inference.hf import model as hf_model
+
+        try:
+            hf_model.architecture_class(str(message.get("architecture"))[:200])
+        except InvalidArgument as e:
+            raise _Failure("invalid_argument", str(e)) from None
+        return {"ok": True}
+
     def load(self, message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        if os.environ.get(EXIT_ON_LOAD_ENV):
+            os._exit(3)  # tests: a model that kills its worker at every load
         torch = self.torch
         if len(fds) != 1:
             for fd in fds:

@@ -73,6 +73,7 @@ from p2pagent.models.swarm import PartialHoldings
 if TYPE_CHECKING:
     from p2pagent.identity.spiffe import Identity
     from p2pagent.inference.cache import ModelCache
+    from p2pagent.inference.spec import ModelSpec
     from p2pagent.membership.view import MemberView, PeerDirectory
     from p2pagent.state.driver import StateDriver
     from p2pagent.state.values import Change
@@ -102,6 +103,7 @@ class ModelsDriver:
         reserved_names: Callable[[], set[str]] = set,
         rng: random.Random | None = None,
         check_confinement: Confinement | None = None,
+        warm: Callable[[ModelFormat, ModelSpec], None] | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -149,6 +151,7 @@ class ModelsDriver:
             versions=self.entries,
             resolve=self.resolve,
             pull=self.pull,
+            warm=warm,
         )
         self.last_pull: PullReport | None = None
         self.pull_counts = PullCounts()

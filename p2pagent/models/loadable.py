@@ -107,11 +107,14 @@ class LoadableModels:
         versions: Callable[[str], list[Entry]],
         resolve: Callable[[str, str], Entry],
         pull: Callable[[Entry], Awaitable[Manifest]],
+        warm: Callable[[ModelFormat, ModelSpec], None] | None = None,
     ) -> None:
         """``assemble(m)`` materialises a complete version's verified file; ``is_complete``
         says whether this node still holds a version complete; ``versions(name)`` lists the
         registry's versions of a model, ``resolve(name, id)`` finds one (the newest without
-        an id), and ``pull(entry)`` makes this node hold it."""
+        an id), and ``pull(entry)`` makes this node hold it. ``warm(format, spec)`` hears of
+        each newest version registered (the node starts its model worker ahead of the first
+        request)."""
         self._node = node
         self._cache = cache
         self._reserved = reserved_names
@@ -120,6 +123,7 @@ class LoadableModels:
         self._versions = versions
         self._resolve = resolve
         self._pull = pull
+        self._warm = warm
         #: cache name -> version registered under it.
         self._loaded: dict[str, Manifest] = {}
         self._lock = asyncio.Lock()
@@ -149,6 +153,8 @@ class LoadableModels:
             self._cache.register(m.name, path, spec, m.format)
             self._loaded[m.name] = m
             log.info("models: %s (%s) is loadable here", m.name, m.manifest_id[:12])
+            if self._warm is not None:
+                self._warm(m.format, spec)
 
     async def ensure_loadable(self, name: str, version: str = "") -> str:
         """For Infer and tasks: the name the inference cache runs ``name`` under, pulling the

@@ -175,23 +175,32 @@ class _Engine:
     of them (up to ``MAX_BATCH``) as one batch that takes ``batch_overhead_s`` plus the sum of
     their costs at the node's speed (rows cost the same batched or not, as the cluster bench's
     ``busy`` model). ``measured`` once batches of two sizes have run (the daemon's
-    ``batching_measured``); a node that ``batches`` has run one batch of one (a warm-up)."""
+    ``batching_measured``); a node that ``batches`` has run one batch of one (a warm-up).
+    ``full_batch_s``: ``MAX_BATCH`` tasks of the mean estimate run so far (rows cost the same
+    batched or not, so a row adds its own cost), as the daemon's engine measures it."""
 
     def __init__(self, node: _Node, batches: bool) -> None:
         self.node = node
         self.waiting: list[Task] = []
         self.busy = False
         self._sizes: set[int] = {1} if batches else {1, 2}
+        self._run_s = 0.0
+        self._runs = 0
 
     @property
     def measured(self) -> bool:
         return len(self._sizes) >= 2
+
+    def full_batch_s(self, model: str) -> float | None:
+        return MAX_BATCH * self._run_s / self._runs if self._runs else None
 
     def run_next(self) -> None:
         if self.busy or not self.waiting or not self.node.alive:
             return
         batch, self.waiting = self.waiting[:MAX_BATCH], self.waiting[MAX_BATCH:]
         self._sizes.add(len(batch))
+        self._run_s += sum(t.est_cost_s for t in batch)
+        self._runs += len(batch)
         sim = self.node.sim
         work = sum(sim.true_cost[t.task_id] for t in batch) / self.node.speed
         took = sim.scenario.batch_overhead_s + work
@@ -222,7 +231,8 @@ class _Node:
         self.core = TaskNode(
             name, sc.cfg, placement=make_placement(sc.placement),
             rng=random.Random(sim.rng.random()), capacity=sc.capacity, models=lambda: [MODEL],
-            batching_measured=lambda model: self.engine.measured, speed=speed,
+            batching_measured=lambda model: self.engine.measured,
+            full_batch_s=lambda model: self.engine.full_batch_s(model), speed=speed,
         )  # fmt: skip
         self.engine = _Engine(self, sc.capacity > 1)
         self.alive = True

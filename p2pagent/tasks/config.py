@@ -30,8 +30,10 @@ class TasksConfig:
     #: Work handed to the inference engine cannot be stolen any more. A node starts another
     #: of its queued tasks only while the estimated work of those already started is below
     #: this many seconds (one always runs; three while the engine is still measuring what
-    #: batching saves, see tasks/core.py): enough for the engine to form full batches of
-    #: cheap models, while the queue of expensive ones stays stealable.
+    #: batching saves; where only this node can run the model's work, as under local
+    #: placement, a running batch and a full one behind it: see tasks/run_ahead.py): enough
+    #: for the engine to form full batches of cheap models, while the queue of expensive ones
+    #: stays stealable.
     run_ahead_s: float = 0.1
 
     # ---- the door: what one task and one caller may bring ---------------------------------

@@ -8,7 +8,8 @@ One node plays three roles, all here:
   call waits for it in place);
 - **executor**: starts queued tasks while fewer than ``capacity`` run and less than
   ``tasks.run_ahead_s`` of estimated work is started (work handed to the engine cannot be
-  stolen any more), and hands each result to its origin, again until acknowledged;
+  stolen any more; where no peer could steal it, up to a full batch behind the running one:
+  ``tasks/run_ahead.py``), and hands each result to its origin, again until acknowledged;
 - **thief / victim**: publishes a load hint when its load changed materially
   (``tasks/hinting.py``), hears its peers' the same way, reports to the origins of the tasks
   it holds every ``tasks.report_interval_s``, asks a loaded peer for work below the low
@@ -20,9 +21,10 @@ travel between nodes); each returns the :mod:`~p2pagent.tasks.effects` to carry 
 driver calls :meth:`TaskNode.tick` at :meth:`TaskNode.next_deadline`. An idle node has no
 deadline at all. A change to the queue brings the periodic work (hint, steal decision) within
 ``tasks.tick_s``; a chance to steal brings it at once. Randomness comes from the ``rng``
-passed in; what the node serves and whether the engine has measured batching are read through
-the two callables passed in (views, not I/O). The asyncio adapter (``tasks/adapter.py``) and
-the simulator (``sim/tasks.py``) drive this same class.
+passed in; what the node serves, whether the engine has measured batching and what a full
+batch of a model costs are read through the callables passed in (views, not I/O). The
+asyncio adapter (``tasks/adapter.py``) and the simulator (``sim/tasks.py``) drive this same
+class.
 """
 
 from __future__ import annotations
@@ -55,26 +57,9 @@ from p2pagent.tasks.load import LoadBoard, LoadReport, make_report
 from p2pagent.tasks.placement import Placement
 from p2pagent.tasks.queue import EntryState, TaskQueue
 from p2pagent.tasks.results import TaskResult, failure
+from p2pagent.tasks.run_ahead import EXPLORE_STARTED, batch_room, own_share_s
 from p2pagent.tasks.spec import Task
 from p2pagent.tasks.steal import StealPolicy
-
-#: Tasks started whatever their estimates while a running task's model has only run batches
-#: of one size: one running and two queued behind it, so the engine runs a batch of two and
-#: measures what a row adds to a batch. With one (the rule otherwise) such a model whose
-#: batches cost more than ``run_ahead_s`` / 2 only ever ran batches of one: its estimate
-#: stayed the whole batch's cost, which kept the next tasks back (measured: 16 req/s at any
-#: concurrency for a 60 ms-per-batch model that batches 32 rows in 80 ms). Only within this
-#: node's share of the work it holds (``own_share_s``): started work cannot be stolen, and
-#: three 200 ms tasks started at the origin of eight made the burst last three rounds.
-EXPLORE_STARTED = 3
-
-
-def own_share_s(fixed_s: float, movable_s: float, speed: float, peers_speed: float) -> float:
-    """Seconds of speed-1.0 work a node ends up running of what it holds when its peers take
-    their part of it: ``fixed_s`` (started, or stolen here: it cannot move) stays, and the
-    whole is shared in proportion to speed among this node and peers of ``peers_speed``."""
-    total = fixed_s + movable_s
-    return max(fixed_s, total * speed / max(speed + peers_speed, 1e-9))
 
 
 @dataclass
@@ -101,6 +86,7 @@ class TaskNode:
         capacity: int,
         models: Callable[[], Collection[str]],
         batching_measured: Callable[[str], bool] = lambda model: True,
+        full_batch_s: Callable[[str], float | None] = lambda model: None,
         speed: float = 1.0,
         stealing: bool | None = None,
     ) -> None:
@@ -117,6 +103,7 @@ class TaskNode:
         self._rng = rng
         self._models = models
         self._batching_measured = batching_measured
+        self._full_batch_s = full_batch_s
         self.queue = TaskQueue(name, cfg, speed)
         self.leases = LeaseTable(name, cfg)
         self.board = LoadBoard(cfg)
@@ -292,7 +279,7 @@ class TaskNode:
             not self.placement.always_local
             or self.queue.head() is not None
             or len(self._running) >= self.capacity
-            or not self._may_start_another(now)
+            or not self._may_start_another(now, task.model)
         ):
             return False
         self._running[task.task_id] = task
@@ -440,7 +427,10 @@ class TaskNode:
             self._dirty = True
 
     def _fill(self, now: float) -> None:
-        while len(self._running) < self.capacity and self._may_start_another(now):
+        while len(self._running) < self.capacity:
+            head = self.queue.head()
+            if head is None or not self._may_start_another(now, head.model):
+                break
             task = self.queue.pop_for_execution()
             if task is None:
                 break
@@ -451,13 +441,17 @@ class TaskNode:
             if task.origin == self.name:
                 self._apply(self.leases.on_started(task.task_id, task.attempt, self.name, now), now)
 
-    def _may_start_another(self, now: float) -> bool:
-        """Under ``run_ahead_s`` of estimated work, or fewer than EXPLORE_STARTED running
-        while a running task's model has not shown what batching saves and the work started
-        is below this node's share of what it holds (one always runs)."""
+    def _may_start_another(self, now: float, model: str) -> bool:
+        """Whether a task of ``model`` may start (``tasks/run_ahead.py``): under
+        ``run_ahead_s`` of estimated work (one always runs); or, where ``model``'s work can
+        only run here, under a running batch and a full one behind it; or fewer than
+        EXPLORE_STARTED running while a running task's model has not shown what batching
+        saves and the work started is below this node's share of what it holds."""
         started = self._running.values()
         started_s = sum(t.est_cost_s for t in started)
         if not started or started_s < self.cfg.run_ahead_s:
+            return True
+        if self._only_here(model) and batch_room(started, model, self._full_batch_s(model)):
             return True
         if len(started) >= EXPLORE_STARTED or all(
             self._batching_measured(t.model) for t in started
@@ -474,6 +468,16 @@ class TaskNode:
         fixed = started_s + self.queue.queued_cost_s() - movable
         peers = self._peers_speed((head.model,))
         return own_share_s(fixed, movable, self.speed, peers)
+
+    def _only_here(self, model: str) -> bool:
+        """Whether queued work of ``model`` will run here whatever happens: placement keeps
+        tasks at their origin (local, work stealing) and no peer could steal them (the mesh
+        does not steal: placement is one setting for the whole mesh; or no live peer serves
+        the model). Under least-loaded placement, starting it would hide it from the load
+        that placement weighs (running work counts per slot: measured 1.02 -> 1.13x ideal)."""
+        if not self.placement.always_local:
+            return False
+        return not self.stealing or self._peers_speed((model,)) == 0
 
     def _peers_speed(self, models: Sequence[str], besides: str = "") -> float:
         """Summed speed of the peers (but ``besides``) serving any of ``models`` (``models``

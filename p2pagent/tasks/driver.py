@@ -131,6 +131,7 @@ class TasksDriver:
         self.core = core_type(
             name, self.cfg, placement=make_placement(self.cfg.placement), rng=rng,
             capacity=capacity, models=models, batching_measured=engine.batching_measured,
+            full_batch_s=engine.full_batch_s,
         )  # fmt: skip
         if peers is None:
             if channels is None:

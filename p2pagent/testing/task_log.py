@@ -111,6 +111,7 @@ class FileRecordingTaskNode(TaskNode):
         capacity: int,
         models: Callable[[], Collection[str]],
         batching_measured: Callable[[str], bool] = lambda model: True,
+        full_batch_s: Callable[[str], float | None] = lambda model: None,
         speed: float = 1.0,
         stealing: bool | None = None,
     ) -> None:
@@ -128,7 +129,7 @@ class FileRecordingTaskNode(TaskNode):
             name, cfg, placement=placement, rng=random.Random(seed), capacity=capacity,
             models=self._view("models", lambda: list(models())),
             batching_measured=self._view("batching_measured", batching_measured),
-            speed=speed, stealing=stealing,
+            full_batch_s=self._view("full_batch_s", full_batch_s), speed=speed, stealing=stealing,
         )  # fmt: skip
 
     def _write(self, line: dict[str, Any]) -> None:
@@ -206,7 +207,7 @@ def replay_file(path: Path) -> tuple[int, list[Divergence]]:
         header["name"], cfg, placement=make_placement(cfg.placement),
         rng=random.Random(header["seed"]), capacity=header["capacity"],
         models=view("models"), batching_measured=view("batching_measured"),
-        speed=header["speed"], stealing=header["stealing"],
+        full_batch_s=view("full_batch_s"), speed=header["speed"], stealing=header["stealing"],
     )  # fmt: skip
     differ: list[Divergence] = []
     for number, text in enumerate(lines[1:], start=2):

@@ -37,6 +37,9 @@ class QuickEngine:
     def batching_measured(self, model: str) -> bool:
         return True
 
+    def full_batch_s(self, model: str) -> float | None:
+        return None
+
     async def infer(self, model: str, inputs: Any, deadline: float | None = None) -> Any:
         return {"y": inputs["x"].to_torch() * 2}
 

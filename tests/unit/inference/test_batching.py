@@ -542,3 +542,24 @@ def test_a_closed_loop_of_exactly_the_batch_does_not_grow() -> None:
     back.append(p.submit("m", 1, now=t + 0.0003))
     (b,) = p.poll(t + 0.0003).batches
     assert b.request_ids == tuple(back)
+
+
+def test_a_full_batch_in_the_schedulers_seconds() -> None:
+    """What ``max_batch_size`` rows add up to at the measured marginal cost: per row, or per
+    real token at the mean length seen (within ``max_batch_tokens``) for sequences."""
+    p = policy(max_batch_size=8, max_batch_tokens=1000)
+    assert p.full_batch_s("m") is None  # never run: nothing measured
+    p.submit("m", 2, now=0.0)
+    (b,) = p.poll(0.0).batches
+    p.on_batch_done(b.batch_id, 0.02)  # 10 ms a row
+    assert p.full_batch_s("m") == pytest.approx(8 * 0.01)
+    for length in (10, 30):  # one row each: 20 real tokens a row on average
+        p.submit("t", 1, now=1.0, length=length)
+        (b,) = p.poll(1.0).batches
+        p.on_batch_done(b.batch_id, 0.001 * length)  # 1 ms a token
+    assert p.full_batch_s("t") == pytest.approx(8 * 20 * 0.001)
+    small = policy(max_batch_size=8, max_batch_tokens=100)
+    small.submit("t", 1, now=0.0, length=50)
+    (b,) = small.poll(0.0).batches
+    small.on_batch_done(b.batch_id, 0.05)
+    assert small.full_batch_s("t") == pytest.approx(100 * 0.001)  # the token budget binds

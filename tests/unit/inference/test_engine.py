@@ -168,6 +168,21 @@ async def test_unbatchable_model_runs_requests_one_by_one(
     assert zoo.rows_seen["fixed:calls"] == [3, 3, 3]  # never concatenated
 
 
+async def test_a_full_batch_is_priced_only_for_models_that_batch(
+    zoo_engine: tuple[Zoo, InferenceEngine],
+) -> None:
+    """What the task scheduler may hand the engine ahead (``full_batch_s``): max_batch_size
+    rows at the measured cost for a model that batches; None for one that runs alone."""
+    _, engine = zoo_engine
+    assert engine.full_batch_s("double") is None  # nothing measured yet
+    await engine.infer("double", {"x": torch.ones(2, 4)})
+    per_row = engine.marginal_seconds_per_row("double")
+    assert per_row is not None
+    assert engine.full_batch_s("double") == pytest.approx(8 * per_row)
+    await engine.infer("fixed", [torch.zeros(3)])
+    assert engine.full_batch_s("fixed") is None
+
+
 async def test_raising_model_fails_only_its_batch(zoo_engine: tuple[Zoo, InferenceEngine]) -> None:
     zoo, engine = zoo_engine
     gate = await hold_device(zoo, engine)

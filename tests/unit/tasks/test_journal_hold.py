@@ -44,6 +44,9 @@ class Engine:
     def batching_measured(self, model: str) -> bool:
         return True
 
+    def full_batch_s(self, model: str) -> float | None:
+        return None
+
     async def infer(self, model: str, inputs: Any, deadline: float | None = None) -> Any:
         await self.gate.wait()
         return {"y": inputs["x"].to_torch() * 2}

@@ -46,6 +46,9 @@ class SleepyEngine:
     def batching_measured(self, model: str) -> bool:
         return True
 
+    def full_batch_s(self, model: str) -> float | None:
+        return None
+
     async def infer(self, model: str, inputs: Any, deadline: float | None = None) -> Any:
         await asyncio.sleep(0.01)
         self.runs += 1

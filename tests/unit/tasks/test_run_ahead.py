@@ -35,6 +35,9 @@ class SlowEngine:
     def batching_measured(self, model: str) -> bool:
         return self.measured
 
+    def full_batch_s(self, model: str) -> float | None:
+        return None
+
     async def infer(self, model: str, inputs: Any, deadline: float | None = None) -> Any:
         self.started += 1
         await self.gate.wait()

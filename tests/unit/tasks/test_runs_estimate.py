@@ -25,6 +25,9 @@ class _Engine:
     def batching_measured(self, model: str) -> bool:
         return True
 
+    def full_batch_s(self, model: str) -> float | None:
+        return None
+
     async def infer(self, model: str, inputs: Any, deadline: float | None = None) -> Any:
         raise AssertionError("not run")
 

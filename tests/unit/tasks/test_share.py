@@ -15,11 +15,12 @@ import random
 import pytest
 
 from p2pagent.tasks.config import TasksConfig
-from p2pagent.tasks.core import TaskNode, own_share_s
+from p2pagent.tasks.core import TaskNode
 from p2pagent.tasks.effects import Effect, PublishHint, SendSteal, StartRun
 from p2pagent.tasks.hinting import from_hint
 from p2pagent.tasks.placement import make_placement
 from p2pagent.tasks.queue import steal_share
+from p2pagent.tasks.run_ahead import own_share_s
 from p2pagent.tasks.spec import Task
 
 MODEL = "m"
