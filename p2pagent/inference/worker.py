@@ -474,40 +474,44 @@ class ModelWorker:
             probe.add_done_callback(_log_probe)
 
     def _on_readable(self, cur: _Process) -> None:
-        while cur is self._current:
+        # One message per call: the reader is level-triggered, so a second message waiting
+        # calls again on the loop's next turn, and the common case (one answer) does not pay
+        # a failed read and its exception.
+        if cur is not self._current:
+            return
+        try:
+            reply, fds = worker_wire.receive(cur.sock)
+        except BlockingIOError:
+            return
+        except (OSError, ChannelClosed) as e:
+            self._lose(cur, self._exit_reason(cur, e))
+            return
+        if not cur.pending:
+            for fd in fds:
+                os.close(fd)
+            self._lose(cur, "broke the protocol (an answer nobody asked for)")
+            return
+        slot = cur.pending[0].slot  # the daemon's record, not the worker's word
+        if "outbuf" in reply:
+            if len(fds) != 1 or not isinstance(reply["outbuf"], int) or slot < 0:
+                self._lose(cur, "broke the protocol (an output region without its fd)")
+                return
             try:
-                reply, fds = worker_wire.receive(cur.sock)
-            except BlockingIOError:
+                region = Region.adopt(fds[0], reply["outbuf"])
+            except (ChannelClosed, OSError) as e:
+                self._lose(cur, f"broke the protocol ({e})")
                 return
-            except (OSError, ChannelClosed) as e:
-                self._lose(cur, self._exit_reason(cur, e))
-                return
-            if not cur.pending:
-                for fd in fds:
-                    os.close(fd)
-                self._lose(cur, "broke the protocol (an answer nobody asked for)")
-                return
-            slot = cur.pending[0].slot  # the daemon's record, not the worker's word
-            if "outbuf" in reply:
-                if len(fds) != 1 or not isinstance(reply["outbuf"], int) or slot < 0:
-                    self._lose(cur, "broke the protocol (an output region without its fd)")
-                    return
-                try:
-                    region = Region.adopt(fds[0], reply["outbuf"])
-                except (ChannelClosed, OSError) as e:
-                    self._lose(cur, f"broke the protocol ({e})")
-                    return
-                old = cur.outputs[slot]
-                if old is not None:
-                    old.close()
-                cur.outputs[slot] = region
-            else:
-                for fd in fds:
-                    os.close(fd)
-            done = cur.pending.popleft()
-            self._arm(cur)
-            if not done.future.done():
-                done.future.set_result(reply)
+            old = cur.outputs[slot]
+            if old is not None:
+                old.close()
+            cur.outputs[slot] = region
+        else:
+            for fd in fds:
+                os.close(fd)
+        done = cur.pending.popleft()
+        self._arm(cur)
+        if not done.future.done():
+            done.future.set_result(reply)
 
     def _arm(self, cur: _Process) -> None:
         """The timer of the request the worker is on now (the head of the queue)."""

@@ -96,6 +96,17 @@ def test_garbage_from_the_worker_closes_the_channel(payload: bytes, why: str) ->
             receive(b)
 
 
+def test_more_descriptors_than_a_message_may_carry_close_the_channel() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    regions = [Region.create(1, "test") for _ in range(6)]
+    with a, b:
+        socket.send_fds(a, [msgpack.packb({"op": "x"})], [r.fd for r in regions])
+        with pytest.raises(ChannelClosed, match="too many fds"):
+            receive(b)
+    for r in regions:
+        r.close()
+
+
 def test_a_region_announced_larger_than_it_is_is_refused() -> None:
     region = Region.create(1, "test")
     import os
