@@ -61,11 +61,13 @@ def admit(node: TasksNode, request: TaskRequest) -> Any:
     """The door of Submit, SubmitAndWait and Infer: refuses at once what could never run
     (an unknown or malformed model name, a pinned version the registry does not list, too
     many or too big inputs, inputs that contradict the model's metadata), before anything
-    is queued or journaled. Returns the decoded inputs."""
+    is queued or journaled. Returns the decoded inputs (bound, in port order, for a model served
+    here)."""
     from p2pagent.inference import tensors  # numpy: only nodes that run models load it
 
     admission.check_inputs(len(request.inputs), input_bytes(request.inputs), node.config.tasks)
-    if not request.model_version and node.models_cache.serves(request.model):
+    served = not request.model_version and node.models_cache.serves(request.model)
+    if served:
         # The common case, on every request: a model served here (so a valid name) at its
         # newest version. Skips building the sets of every source's names.
         spec: ModelSpec | None = node.models_cache.spec(request.model)
@@ -74,7 +76,9 @@ def admit(node: TasksNode, request: TaskRequest) -> Any:
         spec = expected_spec(node, request.model, request.model_version)
     inputs = tensors.many_decode(request.inputs, node.config.inference.max_tensor_elements)
     if spec is not None:
-        spec.bind_inputs(request.model, inputs)
+        bound = spec.bind_inputs(request.model, inputs)
+        if served:  # the engine runs this very spec: it takes them without binding again
+            return bound
     return inputs
 
 

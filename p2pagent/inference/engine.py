@@ -247,6 +247,14 @@ class InferenceEngine:
         self._pump_scheduled = False
         if self._closed:
             return
+        if not self._policy.queued:
+            # Nothing waits: the policy has no batch, expiry or wake-up to give (its
+            # decisions are all about queued requests). A finished batch pumps twice and a
+            # lone caller's batch finds the queue empty both times: skip the poll.
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            return
         loop = self._loop or asyncio.get_running_loop()
         now = self._clock()
         decision = self._policy.poll(now)

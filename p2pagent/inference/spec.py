@@ -200,7 +200,11 @@ class ModelSpec:
 
         Inputs are either a mapping by port name or a sequence in port order. For a
         batchable model every input must have the same (non-zero) size in dimension 0.
+        What this returns is marked as bound to this spec: binding it again (the door binds
+        a request, then the engine does) returns it as it is.
         """
+        if type(inputs) is BoundInputs and inputs.spec is self:
+            return inputs
         if isinstance(inputs, Mapping):
             unknown = [n for n in inputs if n not in self.input_names]
             if unknown:
@@ -230,7 +234,17 @@ class ModelSpec:
                 )
             if 0 in rows:
                 raise InvalidArgument(f"model {model!r}: batch size (dimension 0) must be >= 1")
-        return ordered
+        return BoundInputs(self, ordered)
+
+
+class BoundInputs(list["InputTensor"]):
+    """A request's inputs in port order, already checked against ``spec``."""
+
+    __slots__ = ("spec",)
+
+    def __init__(self, spec: ModelSpec, ordered: list[InputTensor]) -> None:
+        super().__init__(ordered)
+        self.spec = spec
 
 
 def _check_port(model: str, port: PortSpec, t: object) -> None:

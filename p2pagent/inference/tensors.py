@@ -129,6 +129,17 @@ def many_from_proto(
 def to_proto(name: str, tensor: torch.Tensor) -> common_pb2.Tensor:
     """Encodes one tensor (any device, any layout) as little-endian row-major bytes."""
     info = dtypes.of_torch(tensor.dtype) or dtypes.by_torch(tensor.dtype, f"output {name!r}")
+    if info.numpy_is_exact:
+        # The common case, once per output of every request: a CPU tensor outside autograd
+        # is a numpy view as it is (``tobytes`` writes row-major whatever its strides), so
+        # the checks below are spared. torch refuses the others (on a device, requiring
+        # grad) with an error, and they take the steps below.
+        try:
+            array = tensor.numpy()
+        except (RuntimeError, TypeError):
+            pass
+        else:
+            return _tensor_proto(name, info, array)
     t = tensor
     # Each step only where needed: this runs once per output of every request.
     if t.requires_grad:
@@ -142,13 +153,20 @@ def to_proto(name: str, tensor: torch.Tensor) -> common_pb2.Tensor:
         import torch
 
         t = t.view(torch.int16)
-    array = t.numpy()
+    return _tensor_proto(name, info, t.numpy(), shape)
+
+
+def _tensor_proto(
+    name: str, info: DTypeInfo, array: np.ndarray[Any, Any], shape: list[int] | None = None
+) -> common_pb2.Tensor:
+    """The wire tensor of a host array (``shape``: the tensor's, where the array is a view
+    of it under another dtype)."""
     if not _LITTLE and info.itemsize > 1:
         array = array.astype(array.dtype.newbyteorder("<"))
     return common_pb2.Tensor(
         name=name,
         dtype=info.wire,  # type: ignore[arg-type]  # an enum value held as int
-        shape=shape,
+        shape=list(array.shape) if shape is None else shape,
         data=array.tobytes(),
     )
 

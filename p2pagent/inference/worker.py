@@ -88,6 +88,8 @@ class _Pending:
     timeout: float
     #: The batch's slot (its regions); -1 for requests that are not batches.
     slot: int = -1
+    #: When it must have been answered (the loop's clock): set when the worker starts on it.
+    due: float = 0.0
 
 
 @dataclass(eq=False)
@@ -102,7 +104,8 @@ class _Process:
     inputs: list[Region | None] = field(default_factory=lambda: [None] * worker_wire.SLOTS)
     outputs: list[Region | None] = field(default_factory=lambda: [None] * worker_wire.SLOTS)
     stderr: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=20))
-    timer: asyncio.TimerHandle | None = None
+    timer: asyncio.TimerHandle | None = None  # the watchdog (``_arm``), due at ``timer_at``
+    timer_at: float = 0.0
     lost: bool = False
 
 
@@ -421,10 +424,9 @@ class ModelWorker:
         """The live worker, started if there is none; models the cache let go of unloaded."""
         if self._closed:
             raise Unavailable("the inference engine is shut down")
+        # A worker that exited while idle is lost by the reader, or by the next send (the
+        # request then goes again in a new worker, ``_retrying``): no wait(2) per batch.
         cur = self._current
-        if cur is not None and cur.proc.poll() is not None:
-            self._lose(cur, f"exited with {exit_text(cur.proc.returncode)} while idle")
-            cur = None
         if cur is None:
             cur = self._spawn()
         while self._forgotten:
@@ -496,54 +498,68 @@ class ModelWorker:
             probe.add_done_callback(_log_probe)
 
     def _on_readable(self, cur: _Process) -> None:
-        while cur is self._current:
+        # One message per call (the reader is level-triggered: another one waiting calls again
+        # on the loop's next turn): one answer, the common case, costs no failed read.
+        if cur is not self._current:
+            return
+        try:
+            reply, fds = worker_wire.receive(cur.sock)
+        except BlockingIOError:
+            return
+        except (OSError, ChannelClosed) as e:
+            self._lose(cur, self._exit_reason(cur, e))
+            return
+        if not cur.pending:
+            for fd in fds:
+                os.close(fd)
+            self._lose(cur, "broke the protocol (an answer nobody asked for)")
+            return
+        slot = cur.pending[0].slot  # the daemon's record, not the worker's word
+        if "outbuf" in reply:
+            if len(fds) != 1 or not isinstance(reply["outbuf"], int) or slot < 0:
+                self._lose(cur, "broke the protocol (an output region without its fd)")
+                return
             try:
-                reply, fds = worker_wire.receive(cur.sock)
-            except BlockingIOError:
+                region = Region.adopt(fds[0], reply["outbuf"])
+            except (ChannelClosed, OSError) as e:
+                self._lose(cur, f"broke the protocol ({e})")
                 return
-            except (OSError, ChannelClosed) as e:
-                self._lose(cur, self._exit_reason(cur, e))
-                return
-            if not cur.pending:
-                for fd in fds:
-                    os.close(fd)
-                self._lose(cur, "broke the protocol (an answer nobody asked for)")
-                return
-            slot = cur.pending[0].slot  # the daemon's record, not the worker's word
-            if "outbuf" in reply:
-                if len(fds) != 1 or not isinstance(reply["outbuf"], int) or slot < 0:
-                    self._lose(cur, "broke the protocol (an output region without its fd)")
-                    return
-                try:
-                    region = Region.adopt(fds[0], reply["outbuf"])
-                except (ChannelClosed, OSError) as e:
-                    self._lose(cur, f"broke the protocol ({e})")
-                    return
-                old = cur.outputs[slot]
-                if old is not None:
-                    old.close()
-                cur.outputs[slot] = region
-            else:
-                for fd in fds:
-                    os.close(fd)
-            done = cur.pending.popleft()
-            self._arm(cur)
-            if not done.future.done():
-                done.future.set_result(reply)
+            old = cur.outputs[slot]
+            if old is not None:
+                old.close()
+            cur.outputs[slot] = region
+        else:
+            for fd in fds:
+                os.close(fd)
+        done = cur.pending.popleft()
+        self._arm(cur)
+        if not done.future.done():
+            done.future.set_result(reply)
 
     def _arm(self, cur: _Process) -> None:
-        """The timer of the request the worker is on now (the head of the queue)."""
-        if cur.timer is not None:
-            cur.timer.cancel()
+        """Starts the clock of the request the worker is on now (the queue's head). One
+        watchdog per worker, not a timer made and cancelled per batch (issue 26)."""
+        loop = self._loop
+        if not cur.pending or loop is None:
+            return
+        head = cur.pending[0]
+        head.due = loop.time() + head.timeout
+        if cur.timer is not None and cur.timer_at > head.due:
+            cur.timer.cancel()  # set for a longer timeout (the start's): too late for this one
             cur.timer = None
-        if cur.pending and self._loop is not None:
-            head = cur.pending[0]
-            cur.timer = self._loop.call_later(head.timeout, self._hung, cur, head)
+        if cur.timer is None:
+            cur.timer, cur.timer_at = loop.call_at(head.due, self._watch, cur), head.due
 
-    def _hung(self, cur: _Process, head: _Pending) -> None:
-        if cur.pending and cur.pending[0] is head:
-            why = f"did not answer in {head.timeout:.0f}s (inference.worker_timeout_s)"
-            self._lose(cur, f"{why} and was stopped", hung=True)
+    def _watch(self, cur: _Process) -> None:
+        cur.timer = None  # idle (nothing pending): the next request sets it again
+        if not cur.pending or self._loop is None:
+            return
+        head = cur.pending[0]
+        if self._loop.time() < head.due:
+            cur.timer, cur.timer_at = self._loop.call_at(head.due, self._watch, cur), head.due
+            return
+        why = f"did not answer in {head.timeout:.0f}s (inference.worker_timeout_s)"
+        self._lose(cur, f"{why} and was stopped", hung=True)
 
     def _exit_reason(self, cur: _Process, e: BaseException) -> str:
         try:

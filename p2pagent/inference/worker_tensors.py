@@ -68,9 +68,22 @@ def _concatenate_into(region: Region, ref: TensorRef, column: Sequence[InputTens
     import numpy as np  # here, not at the top: a node serving no model never loads numpy
 
     if all(isinstance(t, HostTensor) for t in column):
-        dst = np.ndarray(ref.shape, dtype=ref.dtype.numpy, buffer=region.map, offset=ref.offset)
-        np.concatenate([t.array for t in column], out=dst)  # type: ignore[union-attr]
-        del dst
+        # Row-major tensors of one dtype and the same trailing shape (the batch's group)
+        # joined along dimension 0 are their bytes one after the other: copied as bytes,
+        # without building arrays over the region for each batch.
+        arrays = [np.ascontiguousarray(t.array) for t in column]  # type: ignore[union-attr]
+        same = all(a.dtype == ref.dtype.numpy for a in arrays)
+        if same and sum(a.nbytes for a in arrays) == ref.nbytes:
+            with memoryview(region.map) as dst:
+                at = ref.offset
+                for a in (a for a in arrays if a.nbytes):  # (memoryview casts no empty one)
+                    with a.data.cast("B") as raw:
+                        dst[at : at + raw.nbytes] = raw
+                        at += raw.nbytes
+            return
+        joined = np.ndarray(ref.shape, dtype=ref.dtype.numpy, buffer=region.map, offset=ref.offset)
+        np.concatenate(arrays, out=joined)
+        del joined
         return
     import torch
 

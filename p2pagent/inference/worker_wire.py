@@ -13,6 +13,7 @@ first uses it. A tensor in a message is a ``TensorRef``: dtype name, shape and b
 
 from __future__ import annotations
 
+import array
 import mmap
 import os
 import socket
@@ -47,10 +48,25 @@ def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = N
         sock.sendall(data)
 
 
+#: Room for the descriptors one message may carry (``socket.recv_fds``' reckoning), and the
+#: flags that say a message or its descriptors were cut, as plain ints: the socket module's
+#: flag enums cost a Python call per operation, and this runs twice per batch.
+_MAX_FDS = 4
+_ANCILLARY_BYTES = socket.CMSG_LEN(_MAX_FDS * array.array("i").itemsize)
+_TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
+
+
 def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
     """One message and the descriptors sent with it; ChannelClosed at EOF or on garbage."""
-    data, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE + 1, 4)
-    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_MESSAGE:
+    # ``socket.recv_fds`` without its wrapper: most messages carry no descriptor.
+    data, ancillary, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, _ANCILLARY_BYTES)
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            received = array.array("i")
+            received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
+            fds.extend(received)
+    if flags & _TRUNCATED or len(data) > MAX_MESSAGE:
         for fd in fds:
             os.close(fd)
         raise ChannelClosed(f"a control message over {MAX_MESSAGE} bytes (or too many fds)")
@@ -68,7 +84,7 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
         for fd in fds:
             os.close(fd)
         raise ChannelClosed("a control message that is not a map")
-    return message, list(fds)
+    return message, fds
 
 
 def aligned(n: int) -> int:

@@ -1,10 +1,20 @@
 """The node's gRPC server: mutual TLS, the guard interceptor, health and reflection (v1 and
-v1alpha, see transport/reflection.py)."""
+v1alpha, see transport/reflection.py).
+
+Every service is served through its generic handler only. The generated
+``add_*Servicer_to_server`` functions also register each method with grpc ("registered
+methods"), and grpc.aio's server then keeps one pending call request per registered method and
+waits on all of them with ``asyncio.wait`` for every call that arrives: with the ~45 methods of
+our services that wait (a done-callback added to and removed from each pending request) cost
+more per call than the guard (issue 26). With none registered there is one pending request,
+and the generic handlers answer the same methods with the same handlers.
+"""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -45,6 +55,11 @@ def _check_bindable(listen: str) -> None:
             raise ConfigError(f"cannot listen on {listen}: {e.strerror}") from None
 
 
+def _generic_only(service_name: str, method_handlers: dict[str, Any]) -> None:
+    """Stands in for ``grpc.aio.Server.add_registered_method_handlers``: registers nothing,
+    since the generic handler added with the same methods already serves them."""
+
+
 class Server:
     """Owns the grpc.aio server and its health servicer."""
 
@@ -59,6 +74,9 @@ class Server:
             ("grpc.so_reuseport", 0),
         ]
         self.grpc = grpc.aio.server(interceptors=[guard], options=options)
+        # Generic handlers only (see the module's docstring): every add_*_to_server call made
+        # with this server, ours and grpc's own (health, reflection), goes through here.
+        self.grpc.add_registered_method_handlers = _generic_only  # type: ignore[method-assign,assignment]
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self._services: list[str] = [health.SERVICE_NAME]

@@ -63,6 +63,18 @@ def test_a_submit_of_many_tiny_tensors_is_refused_before_decoding() -> None:
     assert decode(fine.SerializeToString()) == fine.SerializeToString()
 
 
+def test_the_shortest_message_over_the_bound_is_still_scanned() -> None:
+    # A short message skips the scan (no room for more tensors than the bound): the
+    # shortest one that holds bound + 1 of them, two bytes each, must not.
+    scan = request_scans()["/p2pagent.v1.AgentService/Infer"]
+    empty = [common_pb2.Tensor() for _ in range(admission.MAX_INPUT_TENSORS + 1)]
+    tight = agent_pb2.InferRequest(inputs=empty)
+    assert len(tight.SerializeToString()) == 2 * (admission.MAX_INPUT_TENSORS + 1)
+    assert "input tensors" in (scan(tight.SerializeToString()) or "")
+    small = agent_pb2.InferRequest(model="m", inputs=_tiny(3))
+    assert scan(small.SerializeToString()) is None
+
+
 def test_a_complete_of_too_many_outputs_is_refused_before_decoding() -> None:
     scan = request_scans()["/p2pagent.v1.PeerService/Complete"]
     many = peer_pb2.CompleteRequest(ok=True, outputs=_tiny(admission.MAX_OUTPUT_TENSORS + 1))

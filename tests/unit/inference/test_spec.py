@@ -68,6 +68,14 @@ def test_bind_inputs_by_name_and_by_position() -> None:
     assert SPEC.bind_inputs("m", [inputs["image"], inputs["ids"]])[1] is inputs["ids"]
 
 
+def test_bound_inputs_are_taken_as_they_are_by_their_spec_only() -> None:
+    bound = SPEC.bind_inputs("m", good())
+    assert SPEC.bind_inputs("m", bound) is bound  # the door bound them; the engine takes them
+    other = ModelSpec((PortSpec("image", "float32", (-1, 3, 4)),), SPEC.outputs)
+    with pytest.raises(InvalidArgument, match="takes 1 input"):
+        other.bind_inputs("m", bound)  # another spec checks them again
+
+
 @pytest.mark.parametrize(
     ("inputs", "match"),
     [

@@ -45,6 +45,11 @@ def test_non_contiguous_input_is_encoded_in_logical_order() -> None:
     assert torch.equal(tensors.from_proto(tensors.to_proto("x", t), MAX), t)
 
 
+def test_a_tensor_that_requires_grad_is_encoded_like_its_data() -> None:
+    t = torch.arange(6, dtype=torch.float32).reshape(2, 3).requires_grad_()
+    assert tensors.to_proto("x", t) == tensors.to_proto("x", t.detach())
+
+
 def test_decoded_tensor_is_writable_and_owns_a_copy() -> None:
     wire = tensors.to_proto("x", torch.zeros(4))
     t = tensors.from_proto(wire, MAX)

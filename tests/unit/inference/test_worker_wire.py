@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import msgpack  # type: ignore[import-untyped]
+import numpy as np
 import pytest
 
 from p2pagent.errors import ConfigError
-from p2pagent.inference import dtypes, isolation, sandbox
+from p2pagent.inference import dtypes, isolation, sandbox, worker_tensors
 from p2pagent.inference.config import InferenceConfig
+from p2pagent.inference.tensors import HostTensor
 from p2pagent.inference.worker_wire import (
     ALIGN,
     MAX_MESSAGE,
@@ -94,6 +96,34 @@ def test_garbage_from_the_worker_closes_the_channel(payload: bytes, why: str) ->
             a.shutdown(socket.SHUT_WR)
         with pytest.raises(ChannelClosed, match=why):
             receive(b)
+
+
+def test_more_descriptors_than_a_message_may_carry_close_the_channel() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    regions = [Region.create(1, "test") for _ in range(6)]
+    with a, b:
+        socket.send_fds(a, [msgpack.packb({"op": "x"})], [r.fd for r in regions])
+        with pytest.raises(ChannelClosed, match="too many fds"):
+            receive(b)
+    for r in regions:
+        r.close()
+
+
+def test_a_batch_is_written_into_the_region_as_its_parts_joined() -> None:
+    f32 = dtypes.BY_NAME["float32"]
+    parts = [
+        np.arange(6, dtype=np.float32).reshape(2, 3),
+        np.arange(6, 12, dtype=np.float32).reshape(3, 2).T[:1],  # a strided view
+        np.arange(20, 23, dtype=np.float32).reshape(1, 3),
+    ]
+    batch = [[HostTensor(f32, a)] for a in parts]
+    refs, needed = worker_tensors.input_layout(batch, True, 4)
+    region = Region.create(needed, "test")
+    worker_tensors.write_inputs(region, refs, batch)
+    written = np.frombuffer(region.map, np.float32, 12, refs[0].offset).reshape(4, 3)
+    assert np.array_equal(written, np.concatenate(parts))
+    del written
+    region.close()
 
 
 def test_a_region_announced_larger_than_it_is_is_refused() -> None:
