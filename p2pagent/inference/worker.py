@@ -47,7 +47,6 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +63,7 @@ from p2pagent.inference.worker_failures import (
     load_death,
     load_error,
 )
+from p2pagent.inference.worker_process import Pending, WorkerProcess
 from p2pagent.inference.worker_wire import ChannelClosed, Region
 
 if TYPE_CHECKING:
@@ -77,36 +77,6 @@ PROBE_ENV = "P2PAGENT_WORKER_PROBE"
 #: Batches with more input bytes than this are written into shared memory from a thread,
 #: not on the event loop.
 _LOOP_COPY_BYTES = 1 << 20
-
-
-@dataclass
-class _Pending:
-    """A request sent to the worker, waiting for its answer."""
-
-    doing: str
-    future: asyncio.Future[dict[str, Any]]
-    timeout: float
-    #: The batch's slot (its regions); -1 for requests that are not batches.
-    slot: int = -1
-    #: When it must have been answered (the loop's clock): set when the worker starts on it.
-    due: float = 0.0
-
-
-@dataclass(eq=False)
-class _Process:
-    """One worker process and what lives and dies with it."""
-
-    proc: subprocess.Popen[bytes]
-    sock: socket.socket
-    pending: collections.deque[_Pending] = field(default_factory=collections.deque)
-    loaded: set[int] = field(default_factory=set)
-    #: Input and output regions by slot.
-    inputs: list[Region | None] = field(default_factory=lambda: [None] * worker_wire.SLOTS)
-    outputs: list[Region | None] = field(default_factory=lambda: [None] * worker_wire.SLOTS)
-    stderr: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=20))
-    timer: asyncio.TimerHandle | None = None  # the watchdog (``_arm``), due at ``timer_at``
-    timer_at: float = 0.0
-    lost: bool = False
 
 
 class RemoteModel:
@@ -158,7 +128,7 @@ class ModelWorker:
         self.memory_bytes = memory_bytes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._keys = itertools.count(1)
-        self._current: _Process | None = None
+        self._current: WorkerProcess | None = None
         #: Slots no batch holds, and the lock that loads a model once for concurrent batches.
         self._free_slots: list[int] = list(range(worker_wire.SLOTS))
         self._slot_free: asyncio.Semaphore | None = None
@@ -386,14 +356,14 @@ class ModelWorker:
 
     async def _ask(
         self, message: dict[str, Any], fds: list[int], doing: str, *, failed: Any = None,
-        process: _Process | None = None, slot: int = -1,
+        process: WorkerProcess | None = None, slot: int = -1,
     ) -> dict[str, Any]:  # fmt: skip
         """Sends a request and awaits the worker's answer (WorkerLost if the worker is)."""
         cur = process or self._process()
         if cur.lost:
             raise WorkerLost("was replaced before it got to this", queued=True)
         loop = self._bind_loop()
-        pending = _Pending(doing, loop.create_future(), self.timeout_s, slot)
+        pending = Pending(doing, loop.create_future(), self.timeout_s, slot)
         cur.pending.append(pending)
         if len(cur.pending) == 1:
             self._arm(cur)
@@ -407,7 +377,7 @@ class ModelWorker:
             raise error
         raise Internal(f"the model worker failed {doing}: {text}")
 
-    def _send(self, cur: _Process, message: dict[str, Any], fds: list[int]) -> None:
+    def _send(self, cur: WorkerProcess, message: dict[str, Any], fds: list[int]) -> None:
         try:
             worker_wire.send(cur.sock, message, fds)
         except OSError as e:
@@ -420,7 +390,7 @@ class ModelWorker:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
-    def _process(self) -> _Process:
+    def _process(self) -> WorkerProcess:
         """The live worker, started if there is none; models the cache let go of unloaded."""
         if self._closed:
             raise Unavailable("the inference engine is shut down")
@@ -436,7 +406,7 @@ class ModelWorker:
                 self._send(cur, {"op": "unload", "key": key}, [])
         return cur
 
-    def _spawn(self) -> _Process:
+    def _spawn(self) -> WorkerProcess:
         loop = self._bind_loop()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = isolation.worker_environment(self.scratch)
@@ -455,7 +425,7 @@ class ModelWorker:
         finally:
             child.close()
         parent.setblocking(False)
-        cur = _Process(proc, parent)
+        cur = WorkerProcess(proc, parent)
         self._current = cur
         self.starts += 1
         threading.Thread(
@@ -469,14 +439,14 @@ class ModelWorker:
         }  # fmt: skip
         # Sent now, before anything else can be: the worker reads it first. Starting imports
         # torch, which can be slow on a busy host.
-        hello = _Pending("starting", loop.create_future(), max(self.timeout_s, 120.0))
+        hello = Pending("starting", loop.create_future(), max(self.timeout_s, 120.0))
         cur.pending.append(hello)
         self._arm(cur)
         self._send(cur, init, [])
         hello.future.add_done_callback(lambda f: self._started(cur, f))
         return cur
 
-    def _started(self, cur: _Process, future: asyncio.Future[dict[str, Any]]) -> None:
+    def _started(self, cur: WorkerProcess, future: asyncio.Future[dict[str, Any]]) -> None:
         if future.cancelled() or future.exception() is not None:
             return  # the requests queued behind it failed with it
         hello = future.result()
@@ -497,7 +467,7 @@ class ModelWorker:
             probe = asyncio.ensure_future(self.probe(paths))
             probe.add_done_callback(_log_probe)
 
-    def _on_readable(self, cur: _Process) -> None:
+    def _on_readable(self, cur: WorkerProcess) -> None:
         # One message per call (the reader is level-triggered: another one waiting calls again
         # on the loop's next turn): one answer, the common case, costs no failed read.
         if cur is not self._current:
@@ -536,7 +506,7 @@ class ModelWorker:
         if not done.future.done():
             done.future.set_result(reply)
 
-    def _arm(self, cur: _Process) -> None:
+    def _arm(self, cur: WorkerProcess) -> None:
         """Starts the clock of the request the worker is on now (the queue's head). One
         watchdog per worker, not a timer made and cancelled per batch (issue 26)."""
         loop = self._loop
@@ -550,7 +520,7 @@ class ModelWorker:
         if cur.timer is None:
             cur.timer, cur.timer_at = loop.call_at(head.due, self._watch, cur), head.due
 
-    def _watch(self, cur: _Process) -> None:
+    def _watch(self, cur: WorkerProcess) -> None:
         cur.timer = None  # idle (nothing pending): the next request sets it again
         if not cur.pending or self._loop is None:
             return
@@ -561,7 +531,7 @@ class ModelWorker:
         why = f"did not answer in {head.timeout:.0f}s (inference.worker_timeout_s)"
         self._lose(cur, f"{why} and was stopped", hung=True)
 
-    def _exit_reason(self, cur: _Process, e: BaseException) -> str:
+    def _exit_reason(self, cur: WorkerProcess, e: BaseException) -> str:
         try:
             code = cur.proc.wait(1.0)  # it closed the channel: it is exiting
         except subprocess.TimeoutExpired:
@@ -571,7 +541,7 @@ class ModelWorker:
         return f"exited with {exit_text(code)}{words}"
 
     def _lose(
-        self, cur: _Process, why: str, *, hung: bool = False, log_it: bool = True
+        self, cur: WorkerProcess, why: str, *, hung: bool = False, log_it: bool = True
     ) -> WorkerLost:
         """Stops ``cur`` for good and fails what it had: its first request (the one it was
         on) with ``why``; the ones queued behind it never started, so they may go again."""

@@ -53,7 +53,6 @@ from p2pagent.models.alloc import ChunkBuffers
 from p2pagent.models.config import ModelsConfig
 from p2pagent.models.loadable import LoadableModels, serving_spec, spec_of
 from p2pagent.models.manifest import (
-    ALL,
     Manifest,
     check_model_name,
     check_sha256,
@@ -65,7 +64,7 @@ from p2pagent.models.publish_check import CheckSlots, Confinement, WarmChild, ch
 from p2pagent.models.puller import Holding, PullCounts, Puller, PullReport
 from p2pagent.models.ratelimit import TokenBucket
 from p2pagent.models.registry import NS, Entry
-from p2pagent.models.replication import VersionInfo, plan_replication
+from p2pagent.models.replication import VersionInfo, plan_replication, under_replicated
 from p2pagent.models.serve import ChunkServer
 from p2pagent.models.store import ChunkStore
 from p2pagent.models.swarm import PartialHoldings
@@ -588,15 +587,3 @@ class ModelsDriver:
     def versions_held(self) -> int:
         """Versions held complete on this node."""
         return len(self._complete)
-
-
-def under_replicated(entry: Entry, live: list[str]) -> bool:
-    """Fewer live holders than the version asks for (``all`` always wants more).
-
-    The policy names the nodes meant to hold a version (rendezvous ranking); a target pulls
-    only while the version is short of copies, so a publish with ``replicas: 1`` is not
-    copied to a target other than the publisher until the publisher is gone.
-    """
-    if entry.manifest.replicas == ALL:
-        return True
-    return len(entry.holders & set(live)) < entry.manifest.replicas

@@ -26,6 +26,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from p2pagent.models.manifest import ALL, Manifest, Replicas
+from p2pagent.models.registry import Entry
 
 
 @dataclass(frozen=True)
@@ -139,3 +140,15 @@ def plan_replication(
         unknown=tuple(unknown),
         targets=targets,
     )
+
+
+def under_replicated(entry: Entry, live: list[str]) -> bool:
+    """Fewer live holders than the version asks for (``all`` always wants more).
+
+    The policy names the nodes meant to hold a version (rendezvous ranking); a target pulls
+    only while the version is short of copies, so a publish with ``replicas: 1`` is not
+    copied to a target other than the publisher until the publisher is gone.
+    """
+    if entry.manifest.replicas == ALL:
+        return True
+    return len(entry.holders & set(live)) < entry.manifest.replicas
