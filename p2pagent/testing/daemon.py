@@ -24,6 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from p2pagent.identity import material as tls
 from p2pagent.transport.channels import channel_options
 
+_WORKER_MODULE = b"p2pagent.inference.worker_main"
+
 #: ``p2pagent.cli.grpc_quiet.QUIETED`` (not imported: importing it quiets this process).
 QUIETED = "P2PAGENT_GRPC_QUIETED"
 _LIVE: set[Daemon] = set()
@@ -134,6 +136,24 @@ class Daemon:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+    def worker_pids(self) -> list[int]:
+        """Pids of this daemon's model worker processes (its children running worker_main)."""
+        if self.proc is None:
+            return []
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == self.proc.pid and _WORKER_MODULE in cmdline:
+                found.append(int(entry))
+        return found
 
     @property
     def running(self) -> bool:

@@ -51,7 +51,6 @@ from p2pagent.testing import hf_folders
 from p2pagent.testing.daemon import Daemon
 from p2pagent.transport.channels import channel_options
 
-WORKER_MODULE = "p2pagent.inference.worker_main"
 SENTENCES = [
     "Alice walked to Paris.",
     "bob ran",
@@ -214,24 +213,6 @@ async def published(node: Daemon, certs_dir: Path, minilm_folder: Path) -> str:
     return "minilm"
 
 
-def _workers(daemon: Daemon) -> list[int]:
-    """Pids of the daemon's model worker processes (its children running worker_main)."""
-    assert daemon.proc is not None
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == daemon.proc.pid and WORKER_MODULE.encode() in cmdline:
-            found.append(int(entry))
-    return found
-
-
 def _cpu_ticks(pid: int) -> int:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -285,7 +266,7 @@ async def test_minilm_embeds_through_the_worker_as_sentence_transformers_does(
         # Concurrent calls of different lengths: ragged batches through the worker.
         parts = await asyncio.gather(*(_embed(stub, published, [t]) for t in TEXTS))
     got = np.concatenate(parts)
-    assert len(_workers(node)) == 1  # the model ran in the worker
+    assert len(node.worker_pids()) == 1  # the model ran in the worker
     want = SentenceTransformer(str(minilm_folder), device="cpu").encode(
         TEXTS, convert_to_numpy=True
     )
@@ -304,19 +285,19 @@ async def test_a_worker_killed_mid_embedding_is_retried_then_refused_then_works(
     async with ch:
         want = await _embed(stub, published, texts)
         # Once, while it computes: the batch is tried again in a new worker; same answer.
-        (old,) = _workers(node)
+        (old,) = node.worker_pids()
         call = asyncio.ensure_future(_embed(stub, published, texts))
         await _until_busy(old)
         assert not call.done()
         os.kill(old, signal.SIGKILL)
         np.testing.assert_allclose(await call, want, rtol=0, atol=1e-6)
-        assert old not in _workers(node)
+        assert old not in node.worker_pids()
         # Every worker killed as it appears: the request fails with UNAVAILABLE, naming why.
         stop = asyncio.Event()
 
         async def killer() -> None:
             while not stop.is_set():
-                for pid in _workers(node):
+                for pid in node.worker_pids():
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:

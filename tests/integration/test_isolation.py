@@ -23,8 +23,6 @@ from p2pagent.inference import demo_model, sandbox
 from p2pagent.testing.daemon import Daemon
 from p2pagent.transport.channels import channel_options
 
-WORKER_MODULE = "p2pagent.inference.worker_main"
-
 
 class Spin(torch.nn.Module):
     """Never finishes in practice: a TorchScript loop of a hundred million additions."""
@@ -119,29 +117,11 @@ def _out(resp: agent_pb2.InferResponse) -> np.ndarray:
     return np.frombuffer(t.data, dtype="<f4").reshape(tuple(t.shape))
 
 
-def _workers(daemon: Daemon) -> list[int]:
-    """Pids of the daemon's model worker processes (its children running worker_main)."""
-    assert daemon.proc is not None
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == daemon.proc.pid and WORKER_MODULE.encode() in cmdline:
-            found.append(int(entry))
-    return found
-
-
 async def _next_worker(daemon: Daemon, old: int) -> int:
     """The worker that replaces ``old`` (waits for it to start)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        pids = [p for p in _workers(daemon) if p != old]
+        pids = [p for p in daemon.worker_pids() if p != old]
         if pids:
             return pids[0]
         await asyncio.sleep(0.1)
@@ -163,7 +143,7 @@ async def test_the_worker_cannot_open_the_key_the_certificates_or_the_data(
     ch, stub = _stub(node, certs_dir)
     async with ch:
         await _infer(stub, "demo", demo_model.sample_input(1).numpy())
-    workers = _workers(node)
+    workers = node.worker_pids()
     assert len(workers) == 1, node.log_tail()
     pid = workers[0]
     if not sandbox.landlock_abi() and int(_status(pid)["Uid"].split()[0]) == 0:
@@ -209,7 +189,7 @@ async def test_answers_through_the_worker_equal_the_daemons_own_engine(
             want = await _infer(plain, model, x)
             assert got.shape == want.shape == (x.shape[0], 10)
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-    assert _workers(in_process) == []  # isolation off: no worker at all
+    assert in_process.worker_pids() == []  # isolation off: no worker at all
 
 
 async def test_concurrent_batches_in_the_worker_each_get_their_own_answers(
@@ -246,11 +226,11 @@ async def test_a_killed_worker_is_replaced_and_the_next_infer_succeeds(
     ch, stub = _stub(node, certs_dir)
     async with ch:
         before = await _infer(stub, "demo", x)
-        (old,) = _workers(node)
+        (old,) = node.worker_pids()
         os.kill(old, signal.SIGKILL)
         after = await _infer(stub, "demo", x)
         np.testing.assert_array_equal(before, after)
-        (new,) = _workers(node)
+        (new,) = node.worker_pids()
         assert new != old
         # While it runs a batch: the batch is tried once more in a new worker (a worker
         # killed from outside costs no request); a second death fails it with UNAVAILABLE.

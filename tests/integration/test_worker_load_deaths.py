@@ -20,7 +20,6 @@ from p2pagent.inference.isolation import EXIT_ON_LOAD_ENV
 from p2pagent.testing.daemon import Daemon
 from p2pagent.transport.channels import channel_options
 
-WORKER_MODULE = b"p2pagent.inference.worker_main"
 #: What the daemon logs when it loses a worker that exited.
 LOST = "the model worker (pid"
 
@@ -58,23 +57,6 @@ def _request(model: str) -> agent_pb2.InferRequest:
     return agent_pb2.InferRequest(model=model, inputs=[t])
 
 
-def _workers(daemon: Daemon) -> list[int]:
-    """Pids of the daemon's model worker processes."""
-    assert daemon.proc is not None
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == daemon.proc.pid and WORKER_MODULE in cmdline:
-            found.append(int(entry))
-    return found
-
-
 async def test_a_model_that_kills_its_worker_at_every_load_fails_at_once(
     tmp_path: Path, certs_dir: Path, models: Path
 ) -> None:
@@ -110,7 +92,7 @@ async def test_a_worker_killed_while_it_loads_costs_no_request(
         async with ch:
             call = asyncio.ensure_future(stub.Infer(_request("demo"), timeout=120))
             deadline = time.monotonic() + 60
-            while not (first := _workers(node)):  # the first Infer starts the worker
+            while not (first := node.worker_pids()):  # the first Infer starts the worker
                 assert time.monotonic() < deadline, node.log_tail()
                 await asyncio.sleep(0.005)
             # Killed while it starts (importing torch): the model's load waits behind that.
@@ -119,7 +101,7 @@ async def test_a_worker_killed_while_it_loads_costs_no_request(
             out = np.frombuffer(reply.outputs[0].data, dtype="<f4")
             assert out.size and np.isfinite(out).all()
             assert node.log_path.read_text().count(LOST) == 1, node.log_tail()
-            assert _workers(node) and _workers(node)[0] != first[0]
+            assert node.worker_pids() and node.worker_pids()[0] != first[0]
         assert node.running
     finally:
         node.kill()

@@ -6,7 +6,6 @@ a loaded machine). One worker, however many folders and versions."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 
@@ -14,25 +13,7 @@ from p2pagent.client import Client
 from p2pagent.testing import hf_folders
 from p2pagent.testing.daemon import Daemon
 
-WORKER_MODULE = b"p2pagent.inference.worker_main"
 READY = "model worker ready for BertModel models"
-
-
-def _workers(daemon: Daemon) -> list[int]:
-    """Pids of the daemon's model worker processes."""
-    assert daemon.proc is not None
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == daemon.proc.pid and WORKER_MODULE in cmdline:
-            found.append(int(entry))
-    return found
 
 
 async def _until_logged(node: Daemon, text: str, count: int = 1) -> None:
@@ -49,20 +30,20 @@ async def test_a_published_folder_starts_the_worker_before_its_first_request(
     other = hf_folders.embedding_folder(tmp_path / "other", seed=5, pooling="cls")
     node = Daemon("n3", certs_dir, tmp_path / "n3").start()
     try:
-        assert not _workers(node)  # nothing it could run yet
+        assert not node.worker_pids()  # nothing it could run yet
         async with Client.from_certs(
             [node.address], certs_dir, identity="publisher", timeout_s=300
         ) as client:
             await client.publish(emb, "emb")
             # No request yet: the worker runs and has imported the folder's model code.
             await _until_logged(node, READY)
-            (pid,) = _workers(node)
+            (pid,) = node.worker_pids()
             # Another version of the same architecture: the same worker, nothing asked again.
             await client.publish(other, "emb")
             await _until_logged(node, "is loadable here", 2)
             vectors = await client.embed("emb", ["the agents share one folder", "hello"])
             assert len(vectors) == 2 and all(len(v) == 32 for v in vectors)
-            assert _workers(node) == [pid]  # the warm worker ran it: none was started for it
+            assert node.worker_pids() == [pid]  # the warm worker ran it: none was started for it
             log = node.log_path.read_text()
             assert log.count("model worker started") == 1 and log.count(READY) == 1, log
         assert node.running
