@@ -9,10 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from p2pagent.identity import certs
 from p2pagent.identity.spiffe import Role
 from p2pagent.testing.daemon import Daemon
+
+# Property tests share this 2-core machine with daemons and other suites: an example that is
+# slow to generate or run says something about the machine's load, not about the property.
+# Tests still choose their own example counts; these two settings are the defaults for all.
+settings.register_profile("p2pagent", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("p2pagent")
 
 CLUSTER = "test"
 NODE_NAMES = [f"n{i}" for i in range(1, 9)]
