@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import tempfile
@@ -44,6 +43,7 @@ import grpc
 import grpc.experimental
 
 from bench._proc import NO_RATE_LIMIT, cpu_seconds
+from bench._targets import add_json_flag, at_most, emit, human, print_table
 from p2pagent._proto import agent_pb2, agent_pb2_grpc
 from p2pagent.identity import certs
 from p2pagent.identity.spiffe import Role
@@ -374,7 +374,7 @@ def main() -> None:
         help="p50 and daemon CPU per call of a pair, a SubmitAndWait, an Infer, a Submit alone, a "
         "Wait alone",
     )
-    p.add_argument("--json", action="store_true", help="print the targets as JSON last")
+    add_json_flag(p)
     args = p.parse_args()
     if args.against is not None and not (args.against / "p2pagent" / "__init__.py").is_file():
         p.error(f"--against {args.against}: not a p2pagent source tree (no p2pagent/__init__.py)")
@@ -407,26 +407,22 @@ def main() -> None:
             if args.breakdown:
                 breakdown(d, root / "certs", args.tasks)
                 return
-            row = asyncio.run(_run(d, root / "certs", args.tasks, args.concurrency))
-            row.update(sync_client_p50_ms(d, root / "certs", args.tasks))
-            row["fsync_p50_ms"] = fsync_p50_ms(root)
-            row["bare_echo_p50_ms"] = asyncio.run(echo_p50_ms(root / "certs", args.tasks))
-            print(row)
-            bound = row["bare_echo_p50_ms"] + row["fsync_p50_ms"] + 0.5
-            measured = row["submit_and_wait_p50_ms"]
-            targets = [
-                {
-                    "name": "SubmitAndWait p50 (ms) <= bare echo p50 + fsync p50 + 0.5 ms",
-                    "measured": measured,
-                    "target": round(bound, 3),
-                    "met": measured <= bound,
-                }
-            ]
-            for t in targets:
-                print(f"{t['name']}: {t['measured']} vs {t['target']}: "
-                      f"{'met' if t['met'] else 'NOT met'}")  # fmt: skip
-            if args.json:
-                print(json.dumps({"targets": targets}))
+            with human(args.json):
+                row = asyncio.run(_run(d, root / "certs", args.tasks, args.concurrency))
+                row.update(sync_client_p50_ms(d, root / "certs", args.tasks))
+                row["fsync_p50_ms"] = fsync_p50_ms(root)
+                row["bare_echo_p50_ms"] = asyncio.run(echo_p50_ms(root / "certs", args.tasks))
+                print(row)
+                bound = row["bare_echo_p50_ms"] + row["fsync_p50_ms"] + 0.5
+                targets = [
+                    at_most(
+                        "SubmitAndWait p50 (ms) <= bare echo p50 + fsync p50 + 0.5 ms",
+                        row["submit_and_wait_p50_ms"],
+                        round(bound, 3),
+                    )
+                ]
+                print_table(targets)
+            emit(args.json, targets, **row)
         finally:
             d.kill()
 
