@@ -64,6 +64,7 @@ import numpy as np
 import torch
 
 from bench._proc import NO_RATE_LIMIT, cpu_seconds
+from bench._targets import human
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
 from p2pagent.identity import certs
 from p2pagent.identity.spiffe import Role
@@ -493,33 +494,37 @@ def main() -> int:
             args.requests,
         )
     )
-    print(
-        f"model {out['model']} on {out['device']}, "
-        f"pinned {out['pinned']} (daemon cores {out['daemon_cores']}), intra-op threads "
-        f"{out['intra_op_threads']}, median of {repeats}"
-    )
-    print(
-        f"{'row':38} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'cpu us':>8} "
-        f"{'rows/batch':>10}"
-    )
-    nan = float("nan")
-    for row in out["rows"]:  # type: ignore[attr-defined]
+    with human(args.json):
         print(
-            f"{row['row']:38} {row['rps']:9.0f} {row.get('p50_ms', nan):8.2f} "
-            f"{row.get('p95_ms', nan):8.2f} {row.get('p99_ms', nan):8.2f} "
-            f"{row.get('daemon_cpu_us', nan):8.0f} {row.get('rows_per_batch', nan):10.2f}"
+            f"model {out['model']} on {out['device']}, "
+            f"pinned {out['pinned']} (daemon cores {out['daemon_cores']}), intra-op threads "
+            f"{out['intra_op_threads']}, median of {repeats}"
         )
-    print()
-    for name, value in out["checks"].items():  # type: ignore[attr-defined]
-        print(f"{name:52} {value:8.2f}")
-    print()
-    for t in out["targets"]:  # type: ignore[attr-defined]
-        limit = f"{'<=' if 'CPU' in t['name'] else '>='} {t['target']}"
-        print(f"{t['name']:64} {t['measured']:6.2f}x  {limit:8} {'met' if t['met'] else 'NOT met'}")
+        print(
+            f"{'row':38} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'cpu us':>8} "
+            f"{'rows/batch':>10}"
+        )
+        nan = float("nan")
+        for row in out["rows"]:  # type: ignore[attr-defined]
+            print(
+                f"{row['row']:38} {row['rps']:9.0f} {row.get('p50_ms', nan):8.2f} "
+                f"{row.get('p95_ms', nan):8.2f} {row.get('p99_ms', nan):8.2f} "
+                f"{row.get('daemon_cpu_us', nan):8.0f} {row.get('rows_per_batch', nan):10.2f}"
+            )
+        print()
+        for name, value in out["checks"].items():  # type: ignore[attr-defined]
+            print(f"{name:52} {value:8.2f}")
+        print()
+        for t in out["targets"]:  # type: ignore[attr-defined]
+            limit = f"{'<=' if 'CPU' in t['name'] else '>='} {t['target']}"
+            verdict = "met" if t["met"] else "NOT met"
+            print(f"{t['name']:64} {t['measured']:6.2f}x  {limit:8} {verdict}")
     if args.json:
         if args.json != "-":
             Path(args.json).write_text(json.dumps(out, indent=2))
-        print(json.dumps({"targets": out["targets"]}))
+        # On stdout, alone (``-``): the whole run with its targets; after the tables (FILE):
+        # the targets line.
+        print(json.dumps(out if args.json == "-" else {"targets": out["targets"]}))
     return 0
 
 
