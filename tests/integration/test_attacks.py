@@ -22,18 +22,10 @@ from hypothesis import strategies as st
 from p2pagent._proto import agent_pb2, agent_pb2_grpc
 from p2pagent.identity import certs
 from p2pagent.identity.spiffe import Role
+from p2pagent.testing.channels import aio_channel, channel
 from p2pagent.testing.daemon import Daemon
-from p2pagent.transport.channels import channel_options
 
 MAX_MESSAGE = 1 << 20
-
-
-def _creds(d: Path, name: str) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(
-        (d / "ca.crt").read_bytes(),
-        (d / f"{name}.key").read_bytes(),
-        (d / f"{name}.crt").read_bytes(),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +48,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterator[
 def _alive(node: Daemon, certs_dir: Path, *, rate_limited_ok: bool = False) -> None:
     """The node answers ``Status`` to client2. ``rate_limited_ok``: client2 has itself been
     calling fast, so a rate-limit refusal is waited out as its message asks (a few tries)."""
-    with grpc.secure_channel(node.address, _creds(certs_dir, "client2"),
-                             options=channel_options("test", 4 << 20)) as ch:  # fmt: skip
+    with channel(node.address, certs_dir, "client2", max_mib=4) as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         for attempt in range(5):
             try:
@@ -73,9 +64,7 @@ def _alive(node: Daemon, certs_dir: Path, *, rate_limited_ok: bool = False) -> N
 async def test_a_flood_from_one_identity_is_rate_limited_and_others_still_served(
     node: Daemon, certs_dir: Path
 ) -> None:
-    async with grpc.aio.secure_channel(
-        node.address, _creds(certs_dir, "client"), options=channel_options("test", 4 << 20)
-    ) as ch:
+    async with aio_channel(node.address, certs_dir, "client", max_mib=4) as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
 
         async def one() -> grpc.StatusCode:
@@ -92,8 +81,7 @@ async def test_a_flood_from_one_identity_is_rate_limited_and_others_still_served
 
 
 def test_an_oversized_message_is_refused_and_survived(node: Daemon, certs_dir: Path) -> None:
-    with grpc.secure_channel(node.address, _creds(certs_dir, "client2"),
-                             options=channel_options("test", 8 << 20)) as ch:  # fmt: skip
+    with channel(node.address, certs_dir, "client2", max_mib=8) as ch:
         big = agent_pb2.PutRequest(namespace="ns", key="k", value=b"x" * (2 * MAX_MESSAGE))
         with pytest.raises(grpc.RpcError) as e:
             agent_pb2_grpc.AgentServiceStub(ch).Put(big, timeout=10)
@@ -203,8 +191,7 @@ def test_fuzzed_public_calls_get_a_status_never_a_crash(
     else:
         cls = getattr(agent_pb2, method.input_type.name)
         payload = _fill(cls(), rng).SerializeToString()
-    with grpc.secure_channel(node.address, _creds(certs_dir, "client2"),
-                             options=channel_options("test", 4 << 20)) as ch:  # fmt: skip
+    with channel(node.address, certs_dir, "client2", max_mib=4) as ch:
         code = _call(ch, method, payload)
     assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (method.name, seed)
     if method.name not in WAITING:

@@ -16,17 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2, peer_pb2_grpc
+from p2pagent.testing.channels import identity_credentials
 from p2pagent.testing.daemon import Daemon, free_port
 from p2pagent.transport import reflection
 from p2pagent.transport.channels import channel_options
-
-
-def _creds(d: Path, name: str) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(
-        (d / "ca.crt").read_bytes(),
-        (d / f"{name}.key").read_bytes(),
-        (d / f"{name}.crt").read_bytes(),
-    )
 
 
 def _channel(address: str, creds: grpc.ChannelCredentials) -> grpc.aio.Channel:
@@ -43,7 +36,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterator[
 
 
 async def test_client_certificate_reaches_agent_status(node: Daemon, certs_dir: Path) -> None:
-    async with _channel(node.address, _creds(certs_dir, "client")) as ch:
+    async with _channel(node.address, identity_credentials(certs_dir, "client")) as ch:
         resp = await agent_pb2_grpc.AgentServiceStub(ch).Status(
             agent_pb2.StatusRequest(), timeout=5
         )
@@ -78,7 +71,7 @@ async def test_certificate_from_another_ca_fails_the_handshake(
 async def test_expired_client_certificate_fails_the_handshake(
     node: Daemon, expired_certs_dir: Path
 ) -> None:
-    async with _channel(node.address, _creds(expired_certs_dir, "client")) as ch:
+    async with _channel(node.address, identity_credentials(expired_certs_dir, "client")) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await agent_pb2_grpc.AgentServiceStub(ch).Status(agent_pb2.StatusRequest(), timeout=5)
     assert e.value.code() is grpc.StatusCode.UNAVAILABLE
@@ -87,7 +80,7 @@ async def test_expired_client_certificate_fails_the_handshake(
 async def test_client_identity_calling_peer_is_permission_denied(
     node: Daemon, certs_dir: Path
 ) -> None:
-    async with _channel(node.address, _creds(certs_dir, "client")) as ch:
+    async with _channel(node.address, identity_credentials(certs_dir, "client")) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await peer_pb2_grpc.PeerServiceStub(ch).Gossip(common_pb2.Envelope(), timeout=5)
     assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED
@@ -98,7 +91,7 @@ async def test_client_identity_calling_peer_is_permission_denied(
 async def test_health_and_reflection_answer_a_plain_grpc_client(
     node: Daemon, certs_dir: Path
 ) -> None:
-    async with _channel(node.address, _creds(certs_dir, "client")) as ch:
+    async with _channel(node.address, identity_credentials(certs_dir, "client")) as ch:
         health = await health_pb2_grpc.HealthStub(ch).Check(
             health_pb2.HealthCheckRequest(service="p2pagent.v1.AgentService"), timeout=5
         )
@@ -128,7 +121,7 @@ async def test_reflection_v1_answers_a_client_that_speaks_only_v1(
     response_cls = message_factory.GetMessageClass(
         pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionResponse")
     )
-    async with _channel(node.address, _creds(certs_dir, "client")) as ch:
+    async with _channel(node.address, identity_credentials(certs_dir, "client")) as ch:
         call = ch.stream_stream(
             "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
             request_serializer=lambda m: m.SerializeToString(),

@@ -20,8 +20,8 @@ from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2, peer_pb2, pee
 from p2pagent.client import Client
 from p2pagent.errors import ResourceExhausted
 from p2pagent.inference import demo_model
+from p2pagent.testing.channels import channel
 from p2pagent.testing.daemon import Daemon
-from p2pagent.transport.channels import channel_options
 from p2pagent.transport.errors import RETRY_AFTER
 
 #: Small bounds, so that the tests send little: 64 KiB of inputs a task, 2 unfinished tasks
@@ -62,15 +62,6 @@ def node(
         yield d
     finally:
         d.kill()
-
-
-def _channel(node: Daemon, certs_dir: Path, identity: str = "client") -> grpc.Channel:
-    creds = grpc.ssl_channel_credentials(
-        (certs_dir / "ca.crt").read_bytes(),
-        (certs_dir / f"{identity}.key").read_bytes(),
-        (certs_dir / f"{identity}.crt").read_bytes(),
-    )
-    return grpc.secure_channel(node.address, creds, options=channel_options("test", 32 << 20))
 
 
 def _x(rows: int = 1) -> common_pb2.Tensor:
@@ -115,7 +106,7 @@ def _rss_mb(node: Daemon) -> float:
 def test_unknown_or_malformed_models_are_refused_at_once_and_never_journaled(
     node: Daemon, certs_dir: Path
 ) -> None:
-    with _channel(node, certs_dir) as ch:
+    with channel(node.address, certs_dir) as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         before = _journaled(node)
         for call in (stub.Submit, _submit_and_wait(stub)):
@@ -149,7 +140,7 @@ def test_inputs_that_contradict_the_model_or_a_missing_version_are_refused_at_on
         (unnamed, "", grpc.StatusCode.INVALID_ARGUMENT, "takes 1 input(s)"),
         ([_x()], "0123456789ab", grpc.StatusCode.INVALID_ARGUMENT, "no versions to pin"),
     ]
-    with _channel(node, certs_dir) as ch:
+    with channel(node.address, certs_dir) as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         before = _journaled(node)
         for inputs, version, code, words in cases:
@@ -173,7 +164,7 @@ def test_a_submit_of_many_tiny_tensors_is_refused_by_count_before_decoding(
 ) -> None:
     tiny = common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=[1], data=bytes(4))
     many = agent_pb2.SubmitRequest(model="busy", inputs=[tiny] * 5000)  # ~60 KiB: under the bound
-    with _channel(node, certs_dir) as ch:
+    with channel(node.address, certs_dir) as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         before = _journaled(node)
         for call in (stub.Submit, _submit_and_wait(stub)):
@@ -187,7 +178,7 @@ def test_a_payload_over_the_bound_is_refused_naming_the_knob(node: Daemon, certs
     rows = MAX_PAYLOAD // 16 + 1  # 4 float32 a row: just over the bound
     just_over = agent_pb2.SubmitRequest(model="busy", inputs=[_x(rows)])
     far_over = agent_pb2.SubmitRequest(model="busy", inputs=[_x(rows * 4)])  # refused undecoded
-    with _channel(node, certs_dir) as ch:
+    with channel(node.address, certs_dir) as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         before = _journaled(node)
         for request in (just_over, far_over):
@@ -202,7 +193,7 @@ def test_a_payload_over_the_bound_is_refused_naming_the_knob(node: Daemon, certs
 
 def test_unfinished_tasks_per_identity_have_a_quota(node: Daemon, certs_dir: Path) -> None:
     request = agent_pb2.SubmitRequest(model="busy", inputs=[_x()])
-    with _channel(node, certs_dir) as ch:
+    with channel(node.address, certs_dir) as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         # Each task holds the engine 3 s, so two are unfinished when the third comes.
         ids = [stub.Submit(request, timeout=20).task_id for _ in range(2)]
@@ -212,7 +203,7 @@ def test_unfinished_tasks_per_identity_have_a_quota(node: Daemon, certs_dir: Pat
         hint = dict(e.trailing_metadata())[RETRY_AFTER]  # type: ignore[attr-defined]
         assert int(hint) > 0
         # Another identity is not held to this one's quota.
-        with _channel(node, certs_dir, "admin") as other:
+        with channel(node.address, certs_dir, "admin") as other:
             agent_pb2_grpc.AgentServiceStub(other).Submit(request, timeout=20)
         # Once the results are delivered, the identity may submit again.
         for task_id in ids:
@@ -242,7 +233,7 @@ def test_submissions_per_identity_are_rate_limited_with_a_retry_after_hint(
     node: Daemon, certs_dir: Path
 ) -> None:
     request = agent_pb2.SubmitRequest(model="busy", inputs=[_x()])
-    with _channel(node, certs_dir, "admin") as ch:
+    with channel(node.address, certs_dir, "admin") as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         refusals = []
         for _ in range(4 * SUBMIT_RATE):  # the burst is 2 * SUBMIT_RATE
@@ -260,7 +251,7 @@ def test_submissions_per_identity_are_rate_limited_with_a_retry_after_hint(
 
 
 def _peer(node: Daemon, certs_dir: Path) -> grpc.Channel:
-    return _channel(node, certs_dir, "n1")  # a node certificate: a compromised node
+    return channel(node.address, certs_dir, "n1")  # a node certificate: a compromised node
 
 
 def _delta_message(sender: str, n: int) -> bytes:
@@ -324,7 +315,7 @@ def test_an_assigned_tensor_declaring_more_than_its_bytes_is_invalid(
 
 def test_a_huge_task_id_is_not_found_quoting_a_short_prefix(node: Daemon, certs_dir: Path) -> None:
     for task_id in ("x" * (1 << 20), "n5-" + "y" * (1 << 20)):
-        with _channel(node, certs_dir) as ch:
+        with channel(node.address, certs_dir) as ch:
             e = _refused(
                 agent_pb2_grpc.AgentServiceStub(ch).Wait, agent_pb2.WaitRequest(task_id=task_id)
             )
@@ -335,7 +326,7 @@ def test_a_huge_task_id_is_not_found_quoting_a_short_prefix(node: Daemon, certs_
 
 def _alive(node: Daemon, certs_dir: Path) -> None:
     deadline = time.monotonic() + 30
-    with _channel(node, certs_dir, "admin") as ch:
+    with channel(node.address, certs_dir, "admin") as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         while True:
             try:

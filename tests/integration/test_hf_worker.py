@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import torch
 
-from p2pagent._proto import agent_pb2, agent_pb2_grpc
+from p2pagent._proto import agent_pb2
 from p2pagent.client import Client
 from p2pagent.errors import ResourceExhausted
 from p2pagent.inference import dtypes
@@ -48,8 +48,8 @@ from p2pagent.inference.tensors import HostTensor
 from p2pagent.inference.worker import ModelWorker, RemoteModel
 from p2pagent.inference.worker_loader import isolating_loader
 from p2pagent.testing import hf_folders
+from p2pagent.testing.channels import agent_stub
 from p2pagent.testing.daemon import Daemon
-from p2pagent.transport.channels import channel_options
 
 SENTENCES = [
     "Alice walked to Paris.",
@@ -221,16 +221,6 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def _stub(node: Daemon, certs_dir: Path) -> tuple[grpc.aio.Channel, Any]:
-    creds = grpc.ssl_channel_credentials(
-        (certs_dir / "ca.crt").read_bytes(),
-        (certs_dir / "client.key").read_bytes(),
-        (certs_dir / "client.crt").read_bytes(),
-    )
-    ch = grpc.aio.secure_channel(node.address, creds, options=channel_options("test", 64 << 20))
-    return ch, agent_pb2_grpc.AgentServiceStub(ch)
-
-
 async def _until_busy(pid: int) -> None:
     """Returns once the worker has used some CPU since the call (it is computing)."""
     ticks = _cpu_ticks(pid)
@@ -261,7 +251,7 @@ async def test_minilm_embeds_through_the_worker_as_sentence_transformers_does(
 ) -> None:
     from sentence_transformers import SentenceTransformer
 
-    ch, stub = _stub(node, certs_dir)
+    ch, stub = agent_stub(node.address, certs_dir)
     async with ch:
         # Concurrent calls of different lengths: ragged batches through the worker.
         parts = await asyncio.gather(*(_embed(stub, published, [t]) for t in TEXTS))
@@ -281,7 +271,7 @@ async def test_a_worker_killed_mid_embedding_is_retried_then_refused_then_works(
     node: Daemon, certs_dir: Path, published: str
 ) -> None:
     texts = _long_texts(48)
-    ch, stub = _stub(node, certs_dir)
+    ch, stub = agent_stub(node.address, certs_dir)
     async with ch:
         want = await _embed(stub, published, texts)
         # Once, while it computes: the batch is tried again in a new worker; same answer.

@@ -14,8 +14,8 @@ import torch
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
 from p2pagent.inference import demo_model
+from p2pagent.testing.channels import agent_stub
 from p2pagent.testing.daemon import Daemon
-from p2pagent.transport.channels import channel_options
 
 
 class Flaky(torch.nn.Module):
@@ -63,18 +63,6 @@ def node(
         d.kill()
 
 
-def _stub(
-    node: Daemon, certs_dir: Path
-) -> tuple[grpc.aio.Channel, agent_pb2_grpc.AgentServiceStub]:
-    creds = grpc.ssl_channel_credentials(
-        (certs_dir / "ca.crt").read_bytes(),
-        (certs_dir / "client.key").read_bytes(),
-        (certs_dir / "client.crt").read_bytes(),
-    )
-    ch = grpc.aio.secure_channel(node.address, creds, options=channel_options("test", 64 << 20))
-    return ch, agent_pb2_grpc.AgentServiceStub(ch)
-
-
 def _tensor(arr: np.ndarray, name: str = "input") -> common_pb2.Tensor:
     return common_pb2.Tensor(
         name=name,
@@ -95,7 +83,7 @@ async def test_each_format_gives_the_offline_answer(
 ) -> None:
     x = np.load(models / "sample_input.npy")
     expected = np.array(json.loads((models / "sample_output.json").read_text())["output"])
-    ch, stub = _stub(node, certs_dir)
+    ch, stub = agent_stub(node.address, certs_dir)
     async with ch:
         resp = await stub.Infer(
             agent_pb2.InferRequest(model=model, inputs=[_tensor(x)]), timeout=60
@@ -109,7 +97,7 @@ async def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(
 ) -> None:
     rng = np.random.default_rng(7)
     xs = [rng.standard_normal((1, 256), dtype=np.float32) for _ in range(24)]
-    ch, stub = _stub(node, certs_dir)
+    ch, stub = agent_stub(node.address, certs_dir)
     async with ch:
         solo = [
             _out(
@@ -140,7 +128,7 @@ async def _code(
 
 async def test_bad_inputs_get_specific_errors(node: Daemon, certs_dir: Path) -> None:
     ok = np.zeros((1, 256), dtype=np.float32)
-    ch, stub = _stub(node, certs_dir)
+    ch, stub = agent_stub(node.address, certs_dir)
     async with ch:
         code, msg = await _code(stub, agent_pb2.InferRequest(model="nope", inputs=[_tensor(ok)]))
         assert code is grpc.StatusCode.NOT_FOUND and "nope" in msg
@@ -187,7 +175,7 @@ async def test_bad_inputs_get_specific_errors(node: Daemon, certs_dir: Path) -> 
 
 
 async def test_a_raising_model_fails_only_its_batch(node: Daemon, certs_dir: Path) -> None:
-    ch, stub = _stub(node, certs_dir)
+    ch, stub = agent_stub(node.address, certs_dir)
     async with ch:
         code, msg = await _code(
             stub,
@@ -206,7 +194,7 @@ async def test_a_raising_model_fails_only_its_batch(node: Daemon, certs_dir: Pat
 async def test_expired_deadline_is_deadline_exceeded(node: Daemon, certs_dir: Path) -> None:
     # The engine is held by a slow batch, so the second request waits behind it past its
     # deadline (a request alone with a sub-millisecond deadline sometimes beat the clock).
-    ch, stub = _stub(node, certs_dir)
+    ch, stub = agent_stub(node.address, certs_dir)
     x = _tensor(np.zeros((1, 4), np.float32))
     async with ch:
         first = asyncio.ensure_future(
@@ -226,7 +214,7 @@ async def test_full_queue_is_resource_exhausted(
     args = ["--serve", f"demo={models / 'demo.torchscript.pt'}"]
     d = Daemon("n7", certs_dir, tmp_path / "n7", args=args, env=env).start()
     try:
-        ch, stub = _stub(d, certs_dir)
+        ch, stub = agent_stub(d.address, certs_dir)
         x = _tensor(np.zeros((64, 256), np.float32))
         async with ch:
             results = await asyncio.gather(

@@ -16,8 +16,8 @@ import pytest
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
 from p2pagent.inference import demo_model
+from p2pagent.testing.channels import aio_channel
 from p2pagent.testing.daemon import Daemon
-from p2pagent.transport.channels import channel_options
 
 LIMIT = 4  # transport.stream_max_in_flight of the daemon under test
 
@@ -41,15 +41,6 @@ def node(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterator[
         yield d
     finally:
         d.kill()
-
-
-def _channel(node: Daemon, certs_dir: Path) -> grpc.aio.Channel:
-    creds = grpc.ssl_channel_credentials(
-        (certs_dir / "ca.crt").read_bytes(),
-        (certs_dir / "client.key").read_bytes(),
-        (certs_dir / "client.crt").read_bytes(),
-    )
-    return grpc.aio.secure_channel(node.address, creds, options=channel_options("test", 64 << 20))
 
 
 def _tensor(arr: np.ndarray) -> common_pb2.Tensor:
@@ -89,7 +80,7 @@ def test_answers_in_order_of_completion_with_per_request_errors(
     node: Daemon, certs_dir: Path
 ) -> None:
     async def go() -> None:
-        async with _channel(node, certs_dir) as ch:
+        async with aio_channel(node.address, certs_dir) as ch:
             call = agent_pb2_grpc.AgentServiceStub(ch).InferStream()
             await call.write(infer(1, "busy"))
             # A malformed one among good ones: data that does not fit its shape.
@@ -124,7 +115,7 @@ def test_answers_in_order_of_completion_with_per_request_errors(
 
 def test_cancel_reused_id_and_in_flight_bound(node: Daemon, certs_dir: Path) -> None:
     async def go() -> None:
-        async with _channel(node, certs_dir) as ch:
+        async with aio_channel(node.address, certs_dir) as ch:
             call = agent_pb2_grpc.AgentServiceStub(ch).InferStream()
             for i in range(1, LIMIT + 1):
                 await call.write(infer(i, "busy"))
@@ -154,7 +145,7 @@ def test_cancel_reused_id_and_in_flight_bound(node: Daemon, certs_dir: Path) -> 
 
 def test_undecodable_message_is_answered_under_its_id(node: Daemon, certs_dir: Path) -> None:
     async def go() -> None:
-        async with _channel(node, certs_dir) as ch:
+        async with aio_channel(node.address, certs_dir) as ch:
             raw = ch.stream_stream(
                 "/p2pagent.v1.AgentService/InferStream",
                 request_serializer=lambda b: b,
@@ -176,7 +167,7 @@ def test_undecodable_message_is_answered_under_its_id(node: Daemon, certs_dir: P
 
 def test_client_that_stops_reading_is_ended(node: Daemon, certs_dir: Path) -> None:
     async def go() -> None:
-        async with _channel(node, certs_dir) as ch:
+        async with aio_channel(node.address, certs_dir) as ch:
             call = agent_pb2_grpc.AgentServiceStub(ch).InferStream()
             # 1 MiB answers, never read while sending: the node holds LIMIT answers and LIMIT
             # refusals, then ends the stream rather than hold more.
@@ -210,7 +201,7 @@ def test_client_that_stops_reading_is_ended(node: Daemon, certs_dir: Path) -> No
 
 def test_submit_stream_acknowledges_then_answers(node: Daemon, certs_dir: Path) -> None:
     async def go() -> None:
-        async with _channel(node, certs_dir) as ch:
+        async with aio_channel(node.address, certs_dir) as ch:
             call = agent_pb2_grpc.AgentServiceStub(ch).SubmitStream()
             x = np.ones((1, demo_model.DEMO_IN), dtype=np.float32)
             for i in (1, 2):
@@ -267,7 +258,7 @@ def test_submit_stream_cancel_before_journaled_reaches_the_task(
 
     async def go() -> None:
         writer = _journal_writer(node)
-        async with _channel(node, certs_dir) as ch:
+        async with aio_channel(node.address, certs_dir) as ch:
             stub = agent_pb2_grpc.AgentServiceStub(ch)
             call = stub.SubmitStream()
             x = np.ones((1, 4), dtype=np.float32)

@@ -20,8 +20,8 @@ import torch
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
 from p2pagent.inference import demo_model, sandbox
+from p2pagent.testing.channels import agent_stub
 from p2pagent.testing.daemon import Daemon
-from p2pagent.transport.channels import channel_options
 
 
 class Spin(torch.nn.Module):
@@ -90,18 +90,6 @@ def in_process(
         d.kill()
 
 
-def _stub(
-    node: Daemon, certs_dir: Path
-) -> tuple[grpc.aio.Channel, agent_pb2_grpc.AgentServiceStub]:
-    creds = grpc.ssl_channel_credentials(
-        (certs_dir / "ca.crt").read_bytes(),
-        (certs_dir / "client.key").read_bytes(),
-        (certs_dir / "client.crt").read_bytes(),
-    )
-    ch = grpc.aio.secure_channel(node.address, creds, options=channel_options("test", 64 << 20))
-    return ch, agent_pb2_grpc.AgentServiceStub(ch)
-
-
 def _request(model: str, x: np.ndarray) -> agent_pb2.InferRequest:
     t = common_pb2.Tensor(
         name="input",
@@ -140,7 +128,7 @@ async def _infer(stub: agent_pb2_grpc.AgentServiceStub, model: str, x: np.ndarra
 async def test_the_worker_cannot_open_the_key_the_certificates_or_the_data(
     node: Daemon, certs_dir: Path
 ) -> None:
-    ch, stub = _stub(node, certs_dir)
+    ch, stub = agent_stub(node.address, certs_dir)
     async with ch:
         await _infer(stub, "demo", demo_model.sample_input(1).numpy())
     workers = node.worker_pids()
@@ -181,8 +169,8 @@ async def test_answers_through_the_worker_equal_the_daemons_own_engine(
 ) -> None:
     rng = np.random.default_rng(11)
     xs = [rng.standard_normal((rows, demo_model.DEMO_IN), dtype=np.float32) for rows in (1, 5)]
-    isolated_ch, isolated = _stub(node, certs_dir)
-    plain_ch, plain = _stub(in_process, certs_dir)
+    isolated_ch, isolated = agent_stub(node.address, certs_dir)
+    plain_ch, plain = agent_stub(in_process.address, certs_dir)
     async with isolated_ch, plain_ch:
         for x in xs:
             got = await _infer(isolated, model, x)
@@ -200,10 +188,8 @@ async def test_concurrent_batches_in_the_worker_each_get_their_own_answers(
     every input different, each answered with its own rows."""
     reference = torch.jit.load(str(models / "demo.torchscript.pt"))
     rng = np.random.default_rng(5)
-    xs = [
-        rng.standard_normal((1 + i % 5, demo_model.DEMO_IN), dtype=np.float32) for i in range(96)
-    ]
-    ch, stub = _stub(node, certs_dir)
+    xs = [rng.standard_normal((1 + i % 5, demo_model.DEMO_IN), dtype=np.float32) for i in range(96)]
+    ch, stub = agent_stub(node.address, certs_dir)
     async with ch:
         gate = asyncio.Semaphore(24)
 
@@ -223,7 +209,7 @@ async def test_a_killed_worker_is_replaced_and_the_next_infer_succeeds(
     node: Daemon, certs_dir: Path
 ) -> None:
     x = demo_model.sample_input(2).numpy()
-    ch, stub = _stub(node, certs_dir)
+    ch, stub = agent_stub(node.address, certs_dir)
     async with ch:
         before = await _infer(stub, "demo", x)
         (old,) = node.worker_pids()
@@ -258,7 +244,7 @@ async def test_a_killed_worker_is_replaced_and_the_next_infer_succeeds(
 
 async def test_a_hung_worker_is_stopped_at_its_timeout(node: Daemon, certs_dir: Path) -> None:
     x = demo_model.sample_input(1).numpy()
-    ch, stub = _stub(node, certs_dir)
+    ch, stub = agent_stub(node.address, certs_dir)
     async with ch:
         started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as err:

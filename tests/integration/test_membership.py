@@ -17,17 +17,8 @@ import pytest
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2, peer_pb2_grpc
 from p2pagent.membership import codec
 from p2pagent.membership.messages import Kind, Message
+from p2pagent.testing.channels import aio_channel
 from p2pagent.testing.daemon import Daemon, free_port
-from p2pagent.transport.channels import channel_options
-
-
-def _channel(certs: Path, name: str, address: str) -> grpc.aio.Channel:
-    creds = grpc.ssl_channel_credentials(
-        (certs / "ca.crt").read_bytes(),
-        (certs / f"{name}.key").read_bytes(),
-        (certs / f"{name}.crt").read_bytes(),
-    )
-    return grpc.aio.secure_channel(address, creds, options=channel_options("test", 4 << 20))
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +64,13 @@ async def test_bad_gossip_is_refused_counted_and_survived(
     node: Daemon, certs_dir: Path, envelope: common_pb2.Envelope, code: str, kind: str
 ) -> None:
     before = _dropped(node, kind)
-    async with _channel(certs_dir, "n7", node.address) as ch:
+    async with aio_channel(node.address, certs_dir, "n7", max_mib=4) as ch:
         for _ in range(3):
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await peer_pb2_grpc.PeerServiceStub(ch).Gossip(envelope, timeout=5)
             assert e.value.code().name == code
     assert _dropped(node, kind) == before + 3
-    async with _channel(certs_dir, "client", node.address) as ch:
+    async with aio_channel(node.address, certs_dir, "client", max_mib=4) as ch:
         status = await agent_pb2_grpc.AgentServiceStub(ch).Status(
             agent_pb2.StatusRequest(), timeout=5
         )
@@ -91,7 +82,7 @@ async def test_bad_gossip_is_refused_counted_and_survived(
 async def test_a_valid_ping_from_a_peer_is_acked(node: Daemon, certs_dir: Path) -> None:
     ping = Message(Kind.PING, "n7", "127.0.0.1:1", seq=42, target="n6")
     env = common_pb2.Envelope(version=codec.VERSION, payload=codec.encode(ping))
-    async with _channel(certs_dir, "n7", node.address) as ch:
+    async with aio_channel(node.address, certs_dir, "n7", max_mib=4) as ch:
         reply = await peer_pb2_grpc.PeerServiceStub(ch).Gossip(env, timeout=5)
     ack = codec.decode(reply.payload)
     assert (ack.kind, ack.seq, ack.src) == (Kind.ACK, 42, "n6")
@@ -99,7 +90,7 @@ async def test_a_valid_ping_from_a_peer_is_acked(node: Daemon, certs_dir: Path) 
 
 async def test_a_client_identity_cannot_gossip(node: Daemon, certs_dir: Path) -> None:
     env = common_pb2.Envelope(version=codec.VERSION, payload=b"")
-    async with _channel(certs_dir, "client", node.address) as ch:
+    async with aio_channel(node.address, certs_dir, "client", max_mib=4) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await peer_pb2_grpc.PeerServiceStub(ch).Gossip(env, timeout=5)
     assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED
@@ -141,12 +132,12 @@ def _state_payload(sender: str) -> bytes:
 async def test_bad_state_sync_is_refused_counted_and_leaves_the_replica_intact(
     node: Daemon, certs_dir: Path, envelope: common_pb2.Envelope, code: str, kind: str
 ) -> None:
-    async with _channel(certs_dir, "client", node.address) as ch:
+    async with aio_channel(node.address, certs_dir, "client", max_mib=4) as ch:
         agent = agent_pb2_grpc.AgentServiceStub(ch)
         await agent.Put(agent_pb2.PutRequest(namespace="keep", key="k", value=b"v"), timeout=5)
         digest = (await agent.Status(agent_pb2.StatusRequest(), timeout=5)).state_digest
     before = _dropped(node, kind)
-    async with _channel(certs_dir, "n7", node.address) as ch:
+    async with aio_channel(node.address, certs_dir, "n7", max_mib=4) as ch:
         for _ in range(3):
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 async for _answer in peer_pb2_grpc.PeerServiceStub(ch).Replicate(
@@ -155,7 +146,7 @@ async def test_bad_state_sync_is_refused_counted_and_leaves_the_replica_intact(
                     pass
             assert e.value.code().name == code
     assert _dropped(node, kind) == before + 3
-    async with _channel(certs_dir, "client", node.address) as ch:
+    async with aio_channel(node.address, certs_dir, "client", max_mib=4) as ch:
         status = await agent_pb2_grpc.AgentServiceStub(ch).Status(
             agent_pb2.StatusRequest(), timeout=5
         )

@@ -16,8 +16,8 @@ import pytest
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
 from p2pagent.testing import planted
+from p2pagent.testing.channels import channel
 from p2pagent.testing.daemon import Daemon
-from p2pagent.transport.channels import channel_options
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +43,11 @@ def test_no_planted_pickle_runs_when_a_node_loads_it_from_disk(
     served: tuple[Daemon, dict[str, planted.Planted], Path], certs_dir: Path
 ) -> None:
     d, files, marker = served
-    creds = grpc.ssl_channel_credentials(
-        (certs_dir / "ca.crt").read_bytes(),
-        (certs_dir / "client.key").read_bytes(),
-        (certs_dir / "client.crt").read_bytes(),
-    )
     x = np.zeros((2, planted.IN), dtype="<f4")
     tensor = common_pb2.Tensor(
         name="input", dtype=common_pb2.DTYPE_FLOAT32, shape=[2, planted.IN], data=x.tobytes()
     )
-    with grpc.secure_channel(d.address, creds, options=channel_options("test", 1 << 24)) as ch:
+    with channel(d.address, certs_dir, max_mib=16) as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         for i, (label, p) in enumerate(files.items()):
             req = agent_pb2.InferRequest(model=f"m{i}", inputs=[tensor])

@@ -19,20 +19,11 @@ import numpy as np
 import pytest
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2, peer_pb2, peer_pb2_grpc
+from p2pagent.testing.channels import channel
 from p2pagent.testing.daemon import Daemon
 from p2pagent.testing.uploads import header_with, noop_metadata, publish_requests
-from p2pagent.transport.channels import channel_options
 
 CHUNK = 16 * 1024
-
-
-def _channel(node: Daemon, certs_dir: Path, who: str = "client") -> grpc.Channel:
-    creds = grpc.ssl_channel_credentials(
-        (certs_dir / "ca.crt").read_bytes(),
-        (certs_dir / f"{who}.key").read_bytes(),
-        (certs_dir / f"{who}.crt").read_bytes(),
-    )
-    return grpc.secure_channel(node.address, creds, options=channel_options("test", 64 << 20))
 
 
 def fake_safetensors(size: int, seed: int) -> bytes:
@@ -74,7 +65,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterator[
 
 @pytest.fixture()
 def stub(node: Daemon, certs_dir: Path) -> Iterator[agent_pb2_grpc.AgentServiceStub]:
-    with _channel(node, certs_dir, "publisher") as ch:  # publishing needs the publisher role
+    with channel(node.address, certs_dir, "publisher") as ch:  # publishing needs the publisher role
         yield agent_pb2_grpc.AgentServiceStub(ch)
 
 
@@ -109,7 +100,7 @@ def test_publish_lists_and_serves_every_chunk(
     assert list(listed[0].holders) == ["n6"]
 
     # A peer (node identity) fetches chunks in the order asked, byte for byte.
-    with _channel(node, certs_dir, who="n1") as ch:
+    with channel(node.address, certs_dir, who="n1") as ch:
         peer = peer_pb2_grpc.PeerServiceStub(ch)
         req = peer_pb2.FetchChunksRequest(manifest_id=v.manifest_id, indices=[5, 0, 3])
         chunks = list(peer.FetchChunks(req, timeout=10))
@@ -120,7 +111,7 @@ def test_publish_lists_and_serves_every_chunk(
         err = _error(lambda: list(peer.FetchChunks(unknown, timeout=10)))
         assert err.code() == grpc.StatusCode.NOT_FOUND
     # A client identity may not fetch chunks (Peer is for nodes only).
-    with _channel(node, certs_dir) as ch:
+    with channel(node.address, certs_dir) as ch:
         req = peer_pb2.FetchChunksRequest(manifest_id=v.manifest_id, indices=[0])
         err = _error(lambda: list(peer_pb2_grpc.PeerServiceStub(ch).FetchChunks(req, timeout=10)))
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx2
 import openai
 import pytest
@@ -28,9 +27,9 @@ from p2pagent.identity.material import TLSPaths
 from p2pagent.identity.spiffe import Role
 from p2pagent.openai.tls import client_context
 from p2pagent.testing import hf_folders
+from p2pagent.testing.channels import aio_channel
 from p2pagent.testing.daemon import Daemon, free_port
 from p2pagent.testing.decoder_folders import BUILDERS
-from p2pagent.transport.channels import channel_options
 
 PROMPT = "Return the path of the file."
 CHAT = [("system", "Be short."), ("user", "Open the file.")]
@@ -352,13 +351,7 @@ async def test_a_stream_open_when_its_identity_is_revoked_ends_with_an_error(
 
 
 async def _revoke(node: Daemon, certs_dir: Path, uri: str) -> None:
-    creds = grpc.ssl_channel_credentials(
-        (certs_dir / "ca.crt").read_bytes(),
-        (certs_dir / "admin.key").read_bytes(),
-        (certs_dir / "admin.crt").read_bytes(),
-    )
-    opts = channel_options("test", 64 * 1024 * 1024)
-    async with grpc.aio.secure_channel(node.address, creds, options=opts) as ch:
+    async with aio_channel(node.address, certs_dir, "admin") as ch:
         await agent_pb2_grpc.AgentServiceStub(ch).Revoke(
             agent_pb2.RevokeRequest(identity=uri), timeout=30
         )

@@ -17,8 +17,8 @@ import pytest
 from p2pagent._proto import agent_pb2, agent_pb2_grpc
 from p2pagent.identity import certs
 from p2pagent.identity.spiffe import Role
+from p2pagent.testing.channels import aio_channel
 from p2pagent.testing.daemon import Daemon
-from p2pagent.transport.channels import channel_options
 
 MIB = 1 << 20
 
@@ -36,24 +36,14 @@ def node(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterator[
     assert "Traceback" not in d.log_path.read_text(), d.log_tail(60)
 
 
-def _aio_channel(node: Daemon, certs_dir: Path, who: str) -> grpc.aio.Channel:
-    creds = grpc.ssl_channel_credentials(
-        (certs_dir / "ca.crt").read_bytes(),
-        (certs_dir / f"{who}.key").read_bytes(),
-        (certs_dir / f"{who}.crt").read_bytes(),
-    )
-    opts = [*channel_options("test", 64 * MIB), ("grpc.use_local_subchannel_pool", 1)]
-    return grpc.aio.secure_channel(node.address, creds, options=opts)
-
-
 async def test_a_revoked_stream_parked_in_a_write_is_ended(node: Daemon, certs_dir: Path) -> None:
     if not (certs_dir / "parker.crt").exists():
         certs.issue(certs_dir, "parker", Role.CLIENT)
     value = os.urandom(1_000_000)
     async with (
-        _aio_channel(node, certs_dir, "parker") as parker,
-        _aio_channel(node, certs_dir, "client") as writer,
-        _aio_channel(node, certs_dir, "admin") as admin,
+        aio_channel(node.address, certs_dir, "parker", own_subchannel=True) as parker,
+        aio_channel(node.address, certs_dir, "client", own_subchannel=True) as writer,
+        aio_channel(node.address, certs_dir, "admin", own_subchannel=True) as admin,
     ):
         watch = agent_pb2_grpc.AgentServiceStub(parker).Watch(
             agent_pb2.WatchRequest(namespace="parked"), timeout=120

@@ -25,8 +25,8 @@ import pytest
 from p2pagent._proto import agent_pb2, agent_pb2_grpc
 from p2pagent.identity import certs
 from p2pagent.identity.spiffe import Role
+from p2pagent.testing.channels import aio_channel, channel
 from p2pagent.testing.daemon import Daemon
-from p2pagent.transport.channels import channel_options
 
 MIB = 1 << 20
 WATCH_BUDGET = 4 * MIB
@@ -34,30 +34,6 @@ STREAM_CAP = 4
 PER_CONNECTION = 3
 HANDSHAKE_S = 1.0
 IDLE_S = 2.0
-
-
-def _channel(node: Daemon, certs_dir: Path, who: str, **extra: Any) -> grpc.Channel:
-    creds = grpc.ssl_channel_credentials(
-        (certs_dir / "ca.crt").read_bytes(),
-        (certs_dir / f"{who}.key").read_bytes(),
-        (certs_dir / f"{who}.crt").read_bytes(),
-    )
-    # A channel of its own (not a subchannel shared with other channels to the same node), so
-    # connection limits are seen per test.
-    opts = [*channel_options("test", 64 * MIB), ("grpc.use_local_subchannel_pool", 1)]
-    return grpc.secure_channel(node.address, creds, options=opts + list(extra.items()))
-
-
-def _aio_channel(node: Daemon, certs_dir: Path, who: str) -> grpc.aio.Channel:
-    """An asyncio channel: the blocking client delays new calls while several of its streams
-    sit unread, which would hide what the node does."""
-    creds = grpc.ssl_channel_credentials(
-        (certs_dir / "ca.crt").read_bytes(),
-        (certs_dir / f"{who}.key").read_bytes(),
-        (certs_dir / f"{who}.crt").read_bytes(),
-    )
-    opts = [*channel_options("test", 64 * MIB), ("grpc.use_local_subchannel_pool", 1)]
-    return grpc.aio.secure_channel(node.address, creds, options=opts)
 
 
 def _issue(certs_dir: Path, name: str, role: Role, **kw: Any) -> None:
@@ -136,7 +112,7 @@ def test_a_client_cannot_publish_delete_or_revoke_and_is_told_the_role_it_needs(
     r = _ctl(node, certs_dir, "models", "push", model, "--name", "mine", "--identity",
              "publisher", "--json")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    with _channel(node, certs_dir, "client") as ch:
+    with channel(node.address, certs_dir, "client", own_subchannel=True) as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         listed = stub.ListModels(agent_pb2.ListModelsRequest(name="mine"), timeout=10).versions
         assert len(listed) == 1  # a client lists what a publisher published
@@ -149,7 +125,7 @@ def test_a_client_cannot_publish_delete_or_revoke_and_is_told_the_role_it_needs(
         err = _error(lambda: stub.Revoke(revoke, timeout=10))
         assert err.code() is grpc.StatusCode.PERMISSION_DENIED
         assert "needs role admin" in err.details() and "has role client" in err.details()
-    with _channel(node, certs_dir, "publisher") as ch:
+    with channel(node.address, certs_dir, "publisher", own_subchannel=True) as ch:
         err = _error(lambda: agent_pb2_grpc.AgentServiceStub(ch).Revoke(revoke, timeout=10))
         assert "needs role admin" in err.details() and "has role publisher" in err.details()
     r = _ctl(node, certs_dir, "models", "rm", "mine", "--identity", "publisher")
@@ -163,7 +139,7 @@ def test_a_certificate_with_an_unknown_role_is_refused_at_the_door(
     # could: a certificate from our CA whose SPIFFE URI names a role we do not know.
     root = cast(Role, SimpleNamespace(value="root"))
     _issue(certs_dir, "intruder", root)
-    with _channel(node, certs_dir, "intruder") as ch:
+    with channel(node.address, certs_dir, "intruder", own_subchannel=True) as ch:
         err = _error(lambda: agent_pb2_grpc.AgentServiceStub(ch).Status(agent_pb2.StatusRequest(),
                                                                  timeout=10))  # fmt: skip
     assert err.code() is grpc.StatusCode.PERMISSION_DENIED
@@ -177,7 +153,7 @@ def test_a_watch_that_stops_reading_is_ended_with_the_seq_to_resume_from_and_cos
     node: Daemon, certs_dir: Path
 ) -> None:
     value = os.urandom(1_000_000)
-    with _channel(node, certs_dir, "client") as ch:
+    with channel(node.address, certs_dir, "client", own_subchannel=True) as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
 
         def write(n: int, key: str) -> None:
@@ -207,7 +183,7 @@ def test_a_watch_that_stops_reading_is_ended_with_the_seq_to_resume_from_and_cos
     # Generous (a loaded machine, allocator slack): without the budget it grew by ~100 MB.
     assert grown < WATCH_BUDGET + 40 * MIB, f"RSS grew {grown / MIB:.0f} MiB"
     # Resuming from the seq it was given delivers the changes it missed.
-    with _channel(node, certs_dir, "client") as ch:
+    with channel(node.address, certs_dir, "client", own_subchannel=True) as ch:
         again = agent_pb2_grpc.AgentServiceStub(ch).Watch(
             agent_pb2.WatchRequest(namespace="big", prefix="k", from_seq=int(resume)), timeout=30
         )
@@ -220,9 +196,11 @@ async def test_streams_per_identity_are_capped_with_a_refusal_naming_the_knob(
     node: Daemon, certs_dir: Path
 ) -> None:
     _issue(certs_dir, "streamer", Role.CLIENT)
+    # Asyncio channels: the blocking client delays new calls while several of its streams sit
+    # unread, which would hide what the node does.
     async with (
-        _aio_channel(node, certs_dir, "streamer") as a,
-        _aio_channel(node, certs_dir, "streamer") as b,
+        aio_channel(node.address, certs_dir, "streamer", own_subchannel=True) as a,
+        aio_channel(node.address, certs_dir, "streamer", own_subchannel=True) as b,
     ):
         req = agent_pb2.WatchRequest(namespace="cap")
         # Per connection at most PER_CONNECTION calls: spread over two connections.
@@ -234,7 +212,8 @@ async def test_streams_per_identity_are_capped_with_a_refusal_naming_the_knob(
             await over.read()
         assert e.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert f"max_streams_per_identity = {STREAM_CAP}" in (e.value.details() or "")
-        async with _aio_channel(node, certs_dir, "client") as other:  # others are not affected
+        # Others are not affected.
+        async with aio_channel(node.address, certs_dir, "client", own_subchannel=True) as other:
             w = agent_pb2_grpc.AgentServiceStub(other).Watch(req, timeout=30)
             await asyncio.sleep(1.0)
             await agent_pb2_grpc.AgentServiceStub(other).Put(
@@ -260,7 +239,7 @@ def test_a_stream_ends_when_the_certificate_that_opened_it_expires(
     # Valid for one day, starting one day minus 8 seconds ago: it expires in 8 s.
     start = dt.datetime.now(dt.UTC) - dt.timedelta(days=1) + dt.timedelta(seconds=8)
     certs.issue(certs_dir, "shortlived", Role.CLIENT, days=1, not_before=start, force=True)
-    with _channel(node, certs_dir, "shortlived") as ch:
+    with channel(node.address, certs_dir, "shortlived", own_subchannel=True) as ch:
         watch = agent_pb2_grpc.AgentServiceStub(ch).Watch(
             agent_pb2.WatchRequest(namespace="exp"), timeout=60
         )
@@ -295,7 +274,7 @@ def test_a_connection_that_never_starts_tls_is_closed_after_the_handshake_timeou
 def test_an_idle_connection_is_closed_and_the_client_reconnects(
     node: Daemon, certs_dir: Path
 ) -> None:
-    with _channel(node, certs_dir, "client") as ch:
+    with channel(node.address, certs_dir, "client", own_subchannel=True) as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         stub.Status(agent_pb2.StatusRequest(), timeout=10)
         assert ch._channel.check_connectivity_state(False) == 2  # type: ignore[attr-defined]  # READY
@@ -310,7 +289,7 @@ async def test_calls_past_the_per_connection_stream_cap_wait_for_a_slot(
     node: Daemon, certs_dir: Path
 ) -> None:
     _issue(certs_dir, "multiplexer", Role.CLIENT)
-    async with _aio_channel(node, certs_dir, "multiplexer") as ch:
+    async with aio_channel(node.address, certs_dir, "multiplexer", own_subchannel=True) as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         await stub.Status(agent_pb2.StatusRequest(), timeout=10)
         req = agent_pb2.WatchRequest(namespace="conn")

@@ -13,17 +13,8 @@ import grpc
 import pytest
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc
+from p2pagent.testing.channels import channel
 from p2pagent.testing.daemon import Daemon
-from p2pagent.transport.channels import channel_options
-
-
-def _channel(node: Daemon, certs_dir: Path, who: str = "client") -> grpc.Channel:
-    creds = grpc.ssl_channel_credentials(
-        (certs_dir / "ca.crt").read_bytes(),
-        (certs_dir / f"{who}.key").read_bytes(),
-        (certs_dir / f"{who}.crt").read_bytes(),
-    )
-    return grpc.secure_channel(node.address, creds, options=channel_options("test", 4 << 20))
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +28,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterator[
 
 @pytest.fixture()
 def stub(node: Daemon, certs_dir: Path) -> Iterator[agent_pb2_grpc.AgentServiceStub]:
-    with _channel(node, certs_dir) as ch:
+    with channel(node.address, certs_dir) as ch:
         yield agent_pb2_grpc.AgentServiceStub(ch)
 
 
@@ -203,7 +194,7 @@ def test_cli_state_commands(node: Daemon, certs_dir: Path) -> None:
 def test_durable_writes_survive_sigkill(tmp_path: Path, certs_dir: Path) -> None:
     d = Daemon("n6", certs_dir, tmp_path / "n6").start()
     try:
-        with _channel(d, certs_dir) as ch:
+        with channel(d.address, certs_dir) as ch:
             stub = agent_pb2_grpc.AgentServiceStub(ch)
             durable = agent_pb2.WriteOptions(durable=True)
             for i in range(50):
@@ -218,7 +209,7 @@ def test_durable_writes_survive_sigkill(tmp_path: Path, certs_dir: Path) -> None
                 )
         d.kill()  # SIGKILL: no clean shutdown, no final flush
         d.start()
-        with _channel(d, certs_dir) as ch:
+        with channel(d.address, certs_dir) as ch:
             stub = agent_pb2_grpc.AgentServiceStub(ch)
             for i in range(50):
                 got = stub.Get(agent_pb2.GetRequest(namespace="d", key=f"k{i}"), timeout=10)
@@ -239,7 +230,7 @@ def test_revocation_is_enforced_and_survives_restart(tmp_path: Path, certs_dir: 
         certs.issue(certs_dir, "client3", Role.CLIENT)
     d = Daemon("n7", certs_dir, tmp_path / "n7").start()
     try:
-        with _channel(d, certs_dir, "client3") as ch:
+        with channel(d.address, certs_dir, "client3") as ch:
             victim = agent_pb2_grpc.AgentServiceStub(ch)
             me = victim.Status(agent_pb2.StatusRequest(), timeout=10)
             cluster = me.identity.split("/")[2]
@@ -249,23 +240,23 @@ def test_revocation_is_enforced_and_survives_restart(tmp_path: Path, certs_dir: 
             assert (
                 _code(lambda: victim.Revoke(req, timeout=10)) is grpc.StatusCode.PERMISSION_DENIED
             )
-        with _channel(d, certs_dir, "admin") as ch:  # an operator with an admin identity
+        with channel(d.address, certs_dir, "admin") as ch:  # an operator with an admin identity
             admin = agent_pb2_grpc.AgentServiceStub(ch)
             bad = agent_pb2.RevokeRequest(identity="not-a-uri")
             assert _code(lambda: admin.Revoke(bad, timeout=10)) is grpc.StatusCode.INVALID_ARGUMENT
         r = _ctl(d, certs_dir, "revoke", target, "--reason", "stolen laptop", "--identity", "admin")
         assert r.returncode == 0, r.stderr
-        with _channel(d, certs_dir, "client3") as ch:
+        with channel(d.address, certs_dir, "client3") as ch:
             code = _code(lambda: agent_pb2_grpc.AgentServiceStub(ch).Status(
                 agent_pb2.StatusRequest(), timeout=10))  # fmt: skip
             assert code is grpc.StatusCode.PERMISSION_DENIED
         d.kill()
         d.start()
-        with _channel(d, certs_dir, "client3") as ch:
+        with channel(d.address, certs_dir, "client3") as ch:
             code = _code(lambda: agent_pb2_grpc.AgentServiceStub(ch).Status(
                 agent_pb2.StatusRequest(), timeout=10))  # fmt: skip
             assert code is grpc.StatusCode.PERMISSION_DENIED
-        with _channel(d, certs_dir) as ch:  # everyone else is still served
+        with channel(d.address, certs_dir) as ch:  # everyone else is still served
             assert (
                 agent_pb2_grpc.AgentServiceStub(ch)
                 .Status(agent_pb2.StatusRequest(), timeout=10)

@@ -15,8 +15,8 @@ import torch
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
 from p2pagent.inference import demo_model, tensors
+from p2pagent.testing.channels import channel
 from p2pagent.testing.daemon import Daemon
-from p2pagent.transport.channels import channel_options
 from p2pagent.transport.errors import NODE_ANSWER
 from tests.integration.demo_node import expected, running, serve_args
 
@@ -26,15 +26,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("task-models")
     demo_model.write_all(d)
     return d
-
-
-def _channel(node: Daemon, certs_dir: Path) -> grpc.Channel:
-    creds = grpc.ssl_channel_credentials(
-        (certs_dir / "ca.crt").read_bytes(),
-        (certs_dir / "client.key").read_bytes(),
-        (certs_dir / "client.crt").read_bytes(),
-    )
-    return grpc.secure_channel(node.address, creds, options=channel_options("test", 16 << 20))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +54,7 @@ def _events(stub: agent_pb2_grpc.AgentServiceStub, task_id: str) -> list[agent_p
 def test_submit_then_wait_streams_events_and_the_result(
     node: Daemon, certs_dir: Path, models: Path
 ) -> None:
-    with _channel(node, certs_dir) as ch:
+    with channel(node.address, certs_dir) as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         req, x = _request(3)
         task_id = stub.Submit(req, timeout=10).task_id
@@ -91,7 +82,7 @@ def test_submit_then_wait_streams_events_and_the_result(
 
 
 def test_bad_submissions_are_refused(node: Daemon, certs_dir: Path) -> None:
-    with _channel(node, certs_dir) as ch:
+    with channel(node.address, certs_dir) as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         bad = common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=[2, 256], data=b"\x00" * 12)
         for req in (
@@ -122,7 +113,7 @@ def test_acknowledged_tasks_survive_sigkill_and_are_delivered_once(
 ) -> None:
     d = Daemon("n8", certs_dir, tmp_path / "n8", args=serve_args(models)).start()
     try:
-        with _channel(d, certs_dir) as ch:
+        with channel(d.address, certs_dir) as ch:
             stub = agent_pb2_grpc.AgentServiceStub(ch)
             inputs = {}
             for i in range(150):
@@ -130,7 +121,7 @@ def test_acknowledged_tasks_survive_sigkill_and_are_delivered_once(
                 inputs[stub.Submit(req, timeout=10).task_id] = x
         d.kill()  # with most of them still queued
         d.start()
-        with _channel(d, certs_dir) as ch:
+        with channel(d.address, certs_dir) as ch:
             stub = agent_pb2_grpc.AgentServiceStub(ch)
             deadline = time.monotonic() + 120
             for task_id, x in inputs.items():
@@ -151,7 +142,7 @@ def test_results_are_forgotten_after_the_retention_period(
     env = {"P2PAGENT_TASKS__DONE_RETENTION_S": "1"}
     d = Daemon("n8", certs_dir, tmp_path / "n8", args=serve_args(models), env=env).start()
     try:
-        with _channel(d, certs_dir) as ch:
+        with channel(d.address, certs_dir) as ch:
             stub = agent_pb2_grpc.AgentServiceStub(ch)
             task_id = stub.Submit(_request(7)[0], timeout=10).task_id
             assert _events(stub, task_id)[-1].kind == agent_pb2.TaskEvent.KIND_DONE
@@ -166,7 +157,7 @@ def test_results_are_forgotten_after_the_retention_period(
                 time.sleep(0.2)
         d.kill()
         d.start()  # and gone from the journal too: a restart does not bring it back
-        with _channel(d, certs_dir) as ch, pytest.raises(grpc.RpcError) as e:
+        with channel(d.address, certs_dir) as ch, pytest.raises(grpc.RpcError) as e:
             _events(agent_pb2_grpc.AgentServiceStub(ch), task_id)
         assert e.value.code() is grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
     finally:
@@ -205,7 +196,7 @@ def test_cli_submit_wait_and_ls(node: Daemon, certs_dir: Path, models: Path) -> 
 def test_submit_and_wait_follows_the_task_on_one_stream(
     node: Daemon, certs_dir: Path, models: Path
 ) -> None:
-    with _channel(node, certs_dir) as ch:
+    with channel(node.address, certs_dir) as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         req, x = _request(11)
         # SubmitAndWaitRequest has SubmitRequest's fields, numbered alike.
@@ -247,7 +238,7 @@ def test_cli_wait_keeps_asking_while_the_node_that_took_the_task_restarts(
     d = Daemon("n8", certs_dir, tmp_path / "n8", args=serve_args(models)).start()
     waiter: subprocess.Popen[str] | None = None
     try:
-        with _channel(d, certs_dir) as ch:
+        with channel(d.address, certs_dir) as ch:
             task_id = (
                 agent_pb2_grpc.AgentServiceStub(ch).Submit(_request(21)[0], timeout=10).task_id
             )

@@ -14,11 +14,11 @@ import grpc
 import numpy as np
 import pytest
 
-from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
+from p2pagent._proto import agent_pb2, common_pb2
 from p2pagent.inference import demo_model
 from p2pagent.inference.isolation import EXIT_ON_LOAD_ENV
+from p2pagent.testing.channels import agent_stub
 from p2pagent.testing.daemon import Daemon
-from p2pagent.transport.channels import channel_options
 
 #: What the daemon logs when it loses a worker that exited.
 LOST = "the model worker (pid"
@@ -37,18 +37,6 @@ def _serve(models: Path) -> list[str]:
     return [a for s in serve for a in ("--serve", s)]
 
 
-def _stub(
-    node: Daemon, certs_dir: Path
-) -> tuple[grpc.aio.Channel, agent_pb2_grpc.AgentServiceStub]:
-    creds = grpc.ssl_channel_credentials(
-        (certs_dir / "ca.crt").read_bytes(),
-        (certs_dir / "client.key").read_bytes(),
-        (certs_dir / "client.crt").read_bytes(),
-    )
-    ch = grpc.aio.secure_channel(node.address, creds, options=channel_options("test", 64 << 20))
-    return ch, agent_pb2_grpc.AgentServiceStub(ch)
-
-
 def _request(model: str) -> agent_pb2.InferRequest:
     x = demo_model.sample_input(2).numpy().astype("<f4")
     t = common_pb2.Tensor(
@@ -64,7 +52,7 @@ async def test_a_model_that_kills_its_worker_at_every_load_fails_at_once(
     env = {EXIT_ON_LOAD_ENV: "1"}
     node = Daemon("n1", certs_dir, tmp_path / "n1", args=_serve(models), env=env).start()
     try:
-        ch, stub = _stub(node, certs_dir)
+        ch, stub = agent_stub(node.address, certs_dir)
         async with ch:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.Infer(_request("demo"), timeout=120)
@@ -88,7 +76,7 @@ async def test_a_worker_killed_while_it_loads_costs_no_request(
 ) -> None:
     node = Daemon("n2", certs_dir, tmp_path / "n2", args=_serve(models)).start()
     try:
-        ch, stub = _stub(node, certs_dir)
+        ch, stub = agent_stub(node.address, certs_dir)
         async with ch:
             call = asyncio.ensure_future(stub.Infer(_request("demo"), timeout=120))
             deadline = time.monotonic() + 60
