@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pagent._proto import peer_pb2
-from p2pagent.models.chunk_wire import MalformedChunk, decode_chunk
+from p2pagent.models.chunk_wire import MalformedChunk, decode_chunk, encode_chunk
 
 
 def _varint(n: int) -> bytes:
@@ -29,6 +29,13 @@ def test_decodes_what_protobuf_encodes(index: int, data: bytes) -> None:
     raw = peer_pb2.FetchChunksResponse(index=index, data=data).SerializeToString()
     chunk = decode_chunk(raw)
     assert (chunk.index, bytes(chunk.data)) == (index, data)
+
+
+@given(index=st.integers(0, 2**32 - 1), data=st.binary(max_size=5000))
+def test_encodes_what_protobuf_encodes(index: int, data: bytes) -> None:
+    ours = encode_chunk(index, memoryview(data))
+    assert ours == peer_pb2.FetchChunksResponse(index=index, data=data).SerializeToString()
+    assert (decode_chunk(ours).index, bytes(decode_chunk(ours).data)) == (index, data)
 
 
 def test_data_is_a_view_of_the_received_message_not_a_copy() -> None:
