@@ -40,8 +40,9 @@ receiver + SHA-256), sender <= 1.25x (plain sender + read).
 Mbit/s each way (``tc tbf``; ``testing.netns.Network.shape``), the baseline's server in n1's
 namespace and its client in n2's, so both cross the same shaped links. Targets there: pull
 >= 0.9x the plain stream, publish (client in the root namespace -> n1, over n1's shaped link)
->= 0.8x the pull. ``--json`` prints ``{"targets": [{"name", "measured", "target", "met"}]}``
-last.
+>= 0.8x the pull. ``--json`` prints one object, ``{"targets": [{"name", "measured", "target",
+"met"}], ...the medians}``, as the only output on stdout (the tables go to stderr);
+``--json FILE`` writes it to FILE instead.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from pathlib import Path
 import grpc
 
 from bench._proc import cpu_seconds
+from bench._targets import Target, add_json_flag, at_least, at_most, emit, human
 from p2pagent._proto import agent_pb2
 from p2pagent.identity import material as tls
 from p2pagent.models.alloc import keep_chunk_buffers_on_heap
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the baseline's message size (default: the chunk size)")  # fmt: skip
     p.add_argument("--link-mbit", type=float, default=0,
                    help="shape each node's link to N Mbit/s (network namespaces)")  # fmt: skip
-    p.add_argument("--json", action="store_true", help="print the targets as JSON last")
+    add_json_flag(p)
     p.add_argument("--serve-raw", nargs=4, metavar=("FILE", "CERTS", "ADDRESS", "BYTES"),
                    help=argparse.SUPPRESS)  # fmt: skip
     p.add_argument("--fetch-raw", nargs=3, metavar=("CERTS", "ADDRESS", "BYTES"),
@@ -286,7 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.link_mbit and not netns.available():
         print("--link-mbit needs root, ip and tc (network namespaces)", file=sys.stderr)
         return 2
+    with human(args.json):
+        targets, details = _run(args)
+    emit(args.json, targets, **details)
+    return 0
 
+
+def _run(args: argparse.Namespace) -> tuple[list[Target], dict[str, object]]:
+    """The rounds and the tables; returns the targets and the medians."""
     base_rates: list[float] = []
     pull_rates: list[float] = []
     ratios: list[float] = []
@@ -445,32 +454,36 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| reading the same bytes from the file | {med(read_cpu):.2f} | |")
     send_floor = med(b[0] for b in base_sides) + med(read_cpu)
     recv_floor = med(b[1] for b in base_sides) + med(sha_cpu)
+    sender, receiver = med(p[0] for p in pull_sides), med(p[1] for p in pull_sides)
     targets = [
-        _target("receiver CPU/GiB vs (plain receiver + SHA-256)",
-                med(p[1] for p in pull_sides) / recv_floor, 1.25, at_most=True),
-        _target("sender CPU/GiB vs (plain sender + read)",
-                med(p[0] for p in pull_sides) / send_floor, 1.25, at_most=True),
+        at_most("receiver CPU/GiB vs (plain receiver + SHA-256)",
+                round(receiver / recv_floor, 3), 1.25),
+        at_most("sender CPU/GiB vs (plain sender + read)", round(sender / send_floor, 3), 1.25),
     ]  # fmt: skip
     if args.link_mbit:
         targets += [
-            _target(f"pull / plain stream over {args.link_mbit:g} Mbit/s", ratio, 0.9),
-            _target("publish / pull", med(publish_rates) / med(pull_rates), 0.8),
+            at_least(f"pull / plain stream over {args.link_mbit:g} Mbit/s", round(ratio, 3), 0.9),
+            at_least("publish / pull", round(med(publish_rates) / med(pull_rates), 3), 0.8),
         ]
     print()
     print("| target | measured | limit | met |")
     print("|---|---:|---:|---|")
     for t in targets:
-        print(f"| {t['name']} | {t['measured']:.2f}x | {t['target']} | "
-              f"{'yes' if t['met'] else 'no'} |")  # fmt: skip
-    if args.json:
-        print(json.dumps({"targets": targets}))
-    return 0
-
-
-def _target(name: str, measured: float, target: float, at_most: bool = False) -> dict[str, object]:
-    met = measured <= target if at_most else measured >= target
-    return {"name": name, "measured": round(measured, 3),
-            "target": f"<= {target}" if at_most else f">= {target}", "met": met}  # fmt: skip
+        print(f"| {t.name} | {t.measured:.2f}x | {t.target} | {'yes' if t.met else 'no'} |")
+    details: dict[str, object] = {
+        "mib": args.mib,
+        "rounds": args.rounds,
+        "link_mbit": args.link_mbit,
+        "stream_mb_s": round(med(base_rates), 1),
+        "pull_mb_s": round(med(pull_rates), 1),
+        "publish_mb_s": round(med(publish_rates), 1),
+        "sender_cpu_s_per_gib": {"plain": round(med(b[0] for b in base_sides), 3),
+                                 "pull": round(sender, 3), "read": round(med(read_cpu), 3)},
+        "receiver_cpu_s_per_gib": {"plain": round(med(b[1] for b in base_sides), 3),
+                                   "pull": round(receiver, 3), "sha256": round(med(sha_cpu), 3)},
+        "n2_peak_rss_growth_mb": round(max(rss_growth), 1),
+    }  # fmt: skip
+    return targets, details
 
 
 if __name__ == "__main__":

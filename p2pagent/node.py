@@ -22,6 +22,7 @@ from p2pagent import __version__
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, peer_pb2, peer_pb2_grpc
 from p2pagent.api.agent import AgentService
 from p2pagent.api.local_models import parse_serve
+from p2pagent.api.models import fetch_chunks_handler
 from p2pagent.api.peer import MULTIPLEXED_ID_FIELDS, PeerService, request_limits, request_scans
 from p2pagent.config import Config, parse_address
 from p2pagent.errors import ConfigError, P2PAgentError, ResourceExhausted
@@ -317,6 +318,8 @@ class Node:
     async def start(self) -> None:
         self._lock_data_dir()
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(self), self.server.grpc)
+        # Before PeerService: it answers FetchChunks in that service's place.
+        self.server.grpc.add_generic_rpc_handlers([fetch_chunks_handler(self)])
         peer_pb2_grpc.add_PeerServiceServicer_to_server(PeerService(self), self.server.grpc)
         self.server.add_service(agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name)
         self.server.add_service(peer_pb2.DESCRIPTOR.services_by_name["PeerService"].full_name)

@@ -35,11 +35,14 @@ def load_model(
     device: torch.device | str,
     fmt: ModelFormat | None = None,
     source: IO[bytes] | None = None,
+    mapped: bool = False,
 ) -> LoadedModel:
     """Loads and validates a model file; blocking, so call it off the event loop.
 
     ``source``: the file's bytes, already read (with ``fmt`` given), for a process confined
-    before it loads a code-bearing model and so unable to open ``path`` itself."""
+    before it loads a code-bearing model and so unable to open ``path`` itself. ``mapped``:
+    safetensors weights read through a memory map (``safetensors_io.load``; the publish
+    check's child only)."""
     device = torch.device(device)
     path = Path(path)
     if (fmt or detect_format(path)) is ModelFormat.HF_FOLDER:
@@ -85,7 +88,7 @@ def load_model(
                 f"model {name!r}: safetensors weights need an architecture in the metadata "
                 f"(one of {', '.join(sorted(architectures.REGISTRY))})"
             )
-        weights, _ = safetensors_io.load(path)
+        weights, _ = safetensors_io.load(path, mapped=mapped)
         module = architectures.build_with_weights(spec.architecture, spec.arch_config, weights)
         module = module.to(device).eval()
     return LoadedModel(name, spec, detected, module, device, module_nbytes(module))

@@ -1,4 +1,5 @@
-"""``Peer.FetchChunks`` answers decoded without copying the chunk's bytes.
+"""``Peer.FetchChunks`` answers encoded and decoded by hand, with one copy of the chunk's
+bytes on the holder and none on the puller.
 
 The generated stub decodes each ``Chunk`` message with protobuf, which copies the chunk's
 data into the message and again into a ``bytes`` object when ``chunk.data`` is read: two
@@ -11,6 +12,11 @@ unchanged: holders still send ``peer_pb2.FetchChunksResponse``.
 Protobuf's rules are kept: fields may come in any order, a repeated scalar field's last value
 wins, and fields this version does not know are skipped (a newer holder may add some).
 Malformed input raises ``MalformedChunk``.
+
+The holder's side is the same in reverse: building a ``FetchChunksResponse`` copies the
+chunk into the message and serializing it copies it again. ``encode_chunk`` writes the same
+bytes protobuf would (field 1, then field 2) with one copy, and the holder serves FetchChunks
+with a handler whose response serializer passes those bytes on (``api/models.py``).
 """
 
 from __future__ import annotations
@@ -72,6 +78,26 @@ def decode_chunk(raw: bytes) -> ChunkView:
     if pos > end:
         raise MalformedChunk("the last field runs past the end of the message")
     return ChunkView(index, data)
+
+
+def encode_chunk(index: int, data: bytes | memoryview) -> bytes:
+    """The serialized ``FetchChunksResponse(index=index, data=data)``, byte for byte what
+    protobuf writes (an index of 0 is left out, as protobuf leaves out default values)."""
+    head = bytearray()
+    if index:
+        head.append(_INDEX_FIELD << 3 | _VARINT)
+        _put_varint(head, index)
+    if len(data):
+        head.append(_DATA_FIELD << 3 | _LENGTH)
+        _put_varint(head, len(data))
+    return b"".join((head, data))
+
+
+def _put_varint(out: bytearray, value: int) -> None:
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
 
 
 def _varint(raw: bytes, pos: int) -> tuple[int, int]:

@@ -21,9 +21,12 @@ it: the child loads the unpacked folder with the generation loader and decodes
 ``EXAMPLE_NEW_TOKENS`` greedy tokens after a short prompt of the folder's own tokenizer, through
 the decode engine, in place of the forward pass on example inputs.
 
-Cost, per publish: one interpreter start with torch (about 1-2 s of CPU), reading the file
-(the safetensors loader reads it whole: about 2x the file size of memory, in the child), and
-one forward pass on a batch of ``EXAMPLE_DYNAMIC`` rows.
+Cost, per publish: one interpreter start with torch (about 1-2 s of CPU; a warm child makes
+it while the upload streams), reading the weights (safetensors through a memory map: the
+header and the tensors' bytes, each copied out once; a 256 MiB file read whole and copied
+took 0.7 s of a check), and one forward pass on a batch of ``EXAMPLE_DYNAMIC`` rows. The
+child ends with ``os._exit`` once its answer is written (an orderly exit with torch loaded
+took 0.5 s more).
 """
 
 from __future__ import annotations
@@ -339,7 +342,9 @@ def _run_check(request: dict[str, Any]) -> str:
     fmt = ModelFormat.parse(request["format"])
     if fmt is ModelFormat.HF_FOLDER and spec.arch_config.get("task") == "generation":
         return _run_generation_check(path, spec)
-    model = loading.load_model("check", path, spec, "cpu", fmt, source=source)
+    # Weights through a memory map: only the tensors' bytes are read, not the whole file
+    # twice over (read, then copied) as a serving node reads it.
+    model = loading.load_model("check", path, spec, "cpu", fmt, source=source, mapped=True)
     inputs = [
         torch.zeros(
             [EXAMPLE_DYNAMIC if d == DYNAMIC else d for d in port.shape], dtype=port.torch_dtype
@@ -412,6 +417,14 @@ def _child(request_path: str) -> int:
     return 0
 
 
+def _exit_now(code: int) -> None:
+    """Ends the child at once: its answer is written, and an interpreter's orderly exit
+    with torch loaded took about 0.5 s of every publish (the node waits for the exit)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _warm_child(request_path: str) -> int:
     """Imports what the check needs, then waits for ``go`` (EOF: not needed after all)."""
     import torch  # noqa: F401  # the point: loaded while the upload streams
@@ -427,5 +440,5 @@ def _warm_child(request_path: str) -> int:
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if sys.argv[1] == "--warm":
-        sys.exit(_warm_child(sys.argv[2]))
-    sys.exit(_child(sys.argv[1]))
+        _exit_now(_warm_child(sys.argv[2]))
+    _exit_now(_child(sys.argv[1]))

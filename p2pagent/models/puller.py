@@ -40,7 +40,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from functools import partial
 
 import grpc
 
@@ -48,6 +47,7 @@ from p2pagent._proto import peer_pb2
 from p2pagent.errors import P2PAgentError, Unavailable
 from p2pagent.models.chunk_wire import fetch_chunks
 from p2pagent.models.config import ModelsConfig
+from p2pagent.models.landing import Landed, Landing
 from p2pagent.models.manifest import Manifest
 from p2pagent.models.store import ChunkStore
 from p2pagent.models.transfer import ChunkResult, PullPlan, Request
@@ -145,9 +145,8 @@ class Puller:
         #: Chunks written but not yet handed to a sync batch.
         self._to_sync: list[int] = []
         self._syncs: set[asyncio.Future[int]] = set()
-        #: Chunk writes running in the I/O pool; run() returns only once they are done, so
-        #: nothing is half-written behind a failed or cancelled pull.
-        self._writes: set[asyncio.Future[bool]] = set()
+        #: Holders that sent a chunk failing its hash: their calls stop reading.
+        self._corrupt_from: set[str] = set()
 
     async def run(self) -> PullReport:
         loop = asyncio.get_running_loop()
@@ -163,6 +162,11 @@ class Puller:
                 m.name, mid[:12], len(have), m.chunk_count,
             )  # fmt: skip
         plan = PullPlan(m, have, self._rng, self._cfg, name=self._name)
+        # Chunk writes in the I/O pool: run() returns only once they are done, so nothing is
+        # half-written behind a failed or cancelled pull.
+        landing = Landing(
+            self._store, mid, self._io, lambda batch: self._landed(plan, batch)
+        )
         calls: set[asyncio.Task[None]] = set()
         refreshed = -HOLDER_REFRESH_S
         advertised_at, advertised_count = -ADVERTISE_S, -1  # at once: fellows share from now
@@ -176,7 +180,7 @@ class Puller:
                 if now - refreshed >= HOLDER_REFRESH_S:
                     self._refresh(plan)
                     refreshed = now
-                have_count = plan.progress().have_chunks
+                have_count = plan.have_count
                 if (
                     self._advertise is not None
                     and have_count > advertised_count
@@ -185,7 +189,7 @@ class Puller:
                     self._advertise(plan.have)
                     advertised_at, advertised_count = now, have_count
                 for req in plan.next_requests(now):
-                    task = asyncio.create_task(self._fetch(plan, req))
+                    task = asyncio.create_task(self._fetch(plan, landing, req))
                     calls.add(task)
                     task.add_done_callback(calls.discard)
                 if plan.is_complete:
@@ -200,17 +204,23 @@ class Puller:
                 deadline = plan.next_deadline()
                 if deadline is not None:
                     timeout = min(timeout, max(0.0, deadline - now))
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                except TimeoutError:
-                    pass
+                # A timer, not wait_for's task per wake-up: this loop turns once per batch
+                # of landed chunks.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+            await landing.idle()
+            if self._error is not None:
+                raise self._error
             self._sync_batch(force=True)
             await asyncio.gather(*self._syncs)
             await loop.run_in_executor(self._io, self._store.seal, mid)
         finally:
             for task in calls:
                 task.cancel()
-            await asyncio.gather(*calls, *self._syncs, *self._writes, return_exceptions=True)
+            await asyncio.gather(*calls, return_exceptions=True)
+            await landing.idle()
+            await asyncio.gather(*self._syncs, return_exceptions=True)
             # A failed or cancelled pull keeps what landed: durable and in the index, so the
             # next pull (or the restarted node) resumes from it.
             with contextlib.suppress(P2PAgentError, OSError):
@@ -247,12 +257,12 @@ class Puller:
                 self._advertised[node] = holding.chunks
             self._addresses[node] = holding.address
 
-    async def _fetch(self, plan: PullPlan, req: Request) -> None:
-        """One FetchChunks call. Chunks are verified and written concurrently with receiving
-        the next ones (the writes run in the I/O pool; hashing and fsync release the GIL)."""
+    async def _fetch(self, plan: PullPlan, landing: Landing, req: Request) -> None:
+        """One FetchChunks call. Each chunk goes to the I/O threads to be verified and
+        written (``landing``) while the next ones are received; their outcomes reach the plan
+        in ``_landed``."""
         owed = list(req.indices)
         node = req.node
-        writes: list[asyncio.Task[bool]] = []
         try:
             call = fetch_chunks(
                 self._channels.get(self._addresses[node]),
@@ -260,17 +270,16 @@ class Puller:
             )
             async for chunk in call:
                 index = chunk.index
-                self._bytes_from[node] = self._bytes_from.get(node, 0) + len(chunk.data)
-                if index not in owed:  # never asked for: as bad as a corrupt chunk
-                    plan.on_chunk(node, index, False, time.monotonic())
-                    self._corrupt(node, index)
+                data = chunk.data
+                self._bytes_from[node] = self._bytes_from.get(node, 0) + len(data)
+                if index not in owed or node in self._corrupt_from:
+                    if index not in owed:  # never asked for: as bad as a corrupt chunk
+                        plan.on_chunk(node, index, False, time.monotonic())
+                        self._corrupt(node, index)
                     call.cancel()
                     break
                 owed.remove(index)
-                writes.append(asyncio.create_task(self._accept(plan, node, index, chunk.data)))
-                if writes[-1].done() and not writes[-1].result():
-                    call.cancel()
-                    break
+                landing.submit(node, index, data)
             else:
                 if owed:
                     plan.on_missing(node, owed, time.monotonic())
@@ -281,41 +290,32 @@ class Puller:
                 log.info("models: fetching chunks from %s failed: %s", node, e.code().name)
                 plan.on_holder_failed(node, time.monotonic())
         except asyncio.CancelledError:
-            for w in writes:
-                w.cancel()
             raise
         except Exception as e:
             log.exception("models: fetch from %s failed", node)
             self._error = e
         finally:
-            await asyncio.gather(*writes, return_exceptions=True)
             self._wake.set()
 
-    async def _accept(self, plan: PullPlan, node: str, index: int, data: memoryview) -> bool:
-        """Verifies and stores one chunk, then tells the plan; False if it was corrupt."""
-        loop = asyncio.get_running_loop()
-        mid = self.manifest.manifest_id
-        write = loop.run_in_executor(
-            self._io, partial(self._store.write_chunk, mid, index, data, sync=False, direct=True)
-        )
-        self._writes.add(write)
-        write.add_done_callback(self._writes.discard)
-        try:
-            ok = await asyncio.shield(write)  # a cancelled pull still waits for it in run()
-        except P2PAgentError as e:  # our own store: disk full, version deleted meanwhile
-            self._error = e
-            self._wake.set()
-            return True
-        result = plan.on_chunk(node, index, ok, time.monotonic())
+    def _landed(self, plan: PullPlan, batch: list[Landed]) -> None:
+        """Chunks verified and written (or found corrupt) since the last batch: tells the
+        plan, counts them, hands the written ones to a sync batch."""
+        now = time.monotonic()
+        for landed in batch:
+            if landed.error is not None:
+                # Our own store: disk full, version deleted meanwhile, the pool shut down.
+                if self._error is None:
+                    self._error = landed.error
+                continue
+            result = plan.on_chunk(landed.node, landed.index, landed.ok, now)
+            if result is ChunkResult.ACCEPTED:
+                self._fetched += landed.size
+                self._to_sync.append(landed.index)
+            elif result is ChunkResult.CORRUPT:
+                self._corrupt_from.add(landed.node)
+                self._corrupt(landed.node, landed.index)
+        self._sync_batch()
         self._wake.set()
-        if result is ChunkResult.ACCEPTED:
-            self._fetched += len(data)
-            self._to_sync.append(index)
-            self._sync_batch()
-        elif result is ChunkResult.CORRUPT:
-            self._corrupt(node, index)
-            return False
-        return True
 
     def _sync_batch(self, force: bool = False) -> None:
         """Hands the written chunks to a background fsync once a batch is full."""

@@ -558,6 +558,11 @@ class PullPlan:
         return not any(h.banned is None and (h.chunks - self._have) for h in self._holders.values())
 
     @property
+    def have_count(self) -> int:
+        """How many chunks are held now (``len(have)`` without building the set)."""
+        return len(self._have)
+
+    @property
     def have(self) -> frozenset[int]:
         """Chunks held now: what this node advertises as its partial holdings."""
         return frozenset(self._have)

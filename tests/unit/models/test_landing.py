@@ -1,0 +1,81 @@
+"""A pull's chunk writes (``landing``): every outcome delivered once, on the loop, several per
+hand-off while the loop is busy; corrupt chunks written nowhere; a cancelled write reported
+as an error rather than lost, so ``idle`` never hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from p2pagent.errors import Unavailable
+from p2pagent.models.config import ModelsConfig
+from p2pagent.models.landing import Landed, Landing
+from p2pagent.models.manifest import build_manifest
+from p2pagent.models.store import ChunkStore
+
+from .conftest import CHUNK, blob
+
+N = 24
+DATA = blob(CHUNK * N, seed=5)
+M = build_manifest("m", "safetensors", io.BytesIO(DATA), version=1, created_unix=0.0,
+                   chunk_size=CHUNK)  # fmt: skip
+
+
+def piece(i: int) -> bytes:
+    return DATA[i * CHUNK : (i + 1) * CHUNK]
+
+
+def store_at(tmp_path: Path) -> ChunkStore:
+    store = ChunkStore(tmp_path, ModelsConfig(chunk_size=CHUNK, fsync=False))
+    store.begin_pull(M)
+    return store
+
+
+async def test_every_chunk_is_delivered_once_on_the_loop_in_batches(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    batches: list[list[Landed]] = []
+    threads: set[int] = set()
+
+    def deliver(batch: list[Landed]) -> None:
+        threads.add(threading.get_ident())
+        batches.append(batch)
+
+    with ThreadPoolExecutor(4) as pool:
+        landing = Landing(store, M.manifest_id, pool, deliver)
+        for i in range(N):
+            bad = i % 5 == 0
+            landing.submit("n1", i, b"x" + piece(i)[1:] if bad else memoryview(piece(i)))
+        assert landing.outstanding == N
+        time.sleep(0.2)  # noqa: ASYNC251  # the loop is busy: the writes finish, one hand-off waits
+        await landing.idle()
+    landed = [x for b in batches for x in b]
+    assert sorted(x.index for x in landed) == list(range(N))
+    assert threads == {threading.get_ident()}
+    assert len(batches) < N  # several outcomes per hand-off
+    assert {x.index for x in landed if not x.ok} == set(range(0, N, 5))
+    assert all(x.error is None and x.size == CHUNK and x.node == "n1" for x in landed)
+    # Only what verified was written.
+    assert store.present(M.manifest_id) == {i for i in range(N) if i % 5}
+
+
+async def test_a_cancelled_write_is_an_error_and_idle_still_returns(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    landed: list[Landed] = []
+    gate = threading.Event()
+    pool = ThreadPoolExecutor(1)
+    pool.submit(gate.wait)  # holds the only thread: the writes queue behind it
+    landing = Landing(store, M.manifest_id, pool, landed.extend)
+    landing.submit("n1", 0, piece(0))
+    landing.submit("n1", 1, piece(1))
+    pool.shutdown(wait=False, cancel_futures=True)
+    gate.set()
+    await asyncio.wait_for(landing.idle(), 10)
+    landing.submit("n1", 2, piece(2))  # after shutdown: refused at once, reported the same way
+    await asyncio.wait_for(landing.idle(), 10)
+    assert sorted(x.index for x in landed) == [0, 1, 2]
+    assert all(isinstance(x.error, Unavailable) for x in landed)
+    assert store.present(M.manifest_id) == set()
