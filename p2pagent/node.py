@@ -138,6 +138,9 @@ class Node:
             address=lambda: self.address,
         )
         self.members: PeerDirectory = self.membership
+        # A peer back at a new incarnation is redialled at once, not after the old channel's
+        # reconnect backoff.
+        self.membership.subscribe(self.channels.member_changed)
         self.components.append(self.membership)
         self.state: StateDriver = StateDriver(
             self.name,

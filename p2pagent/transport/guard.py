@@ -1,10 +1,13 @@
-"""The server interceptor every RPC passes through: identity, role, revocation, rate limit,
-open streams, metrics and error mapping, in one place.
+"""The guard every RPC passes through: identity, role, revocation, rate limit, open streams,
+metrics and error mapping, in one place.
 
-grpc.aio interceptors do not see the TLS peer, so instead of deciding in
-``intercept_service`` we wrap the method handler: the wrapper reads the caller's SPIFFE
-identity from the verified certificate (``caller_identity``) before running the real
-behaviour. The handshake itself already refused callers without a certificate from our CA.
+The server finds every method through generic handlers, and wraps each in
+``GuardedHandlers``, which hands grpc the method's handler wrapped by the guard (made once per
+method); ``Guard`` also works as a grpc.aio interceptor, which does the same per call but costs
+a chain of coroutines each time. The checks cannot run before the handler is chosen
+(interceptors do not see the TLS peer), so the wrapper reads the caller's SPIFFE identity from
+the verified certificate (``caller_identity``) before running the real behaviour. The
+handshake itself already refused callers without a certificate from our CA.
 
 Who may call what is the authorization table (``transport.authorization``): one row per
 method, naming the roles allowed. Identities of another cluster and revoked identities may call
@@ -205,7 +208,12 @@ class Guard(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method
+        return self.guarded(handler_call_details.method, handler)
+
+    def guarded(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """``handler`` of ``method`` behind the guard's checks (made once per method)."""
         known = self._wrapped.get(method)
         if known is not None and known[0] is handler:
             return known[1]
@@ -213,6 +221,28 @@ class Guard(grpc.aio.ServerInterceptor):
         if len(self._wrapped) < MAX_WRAPPED_METHODS:  # the services' methods: a fixed set
             self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+
+class GuardedHandlers(grpc.GenericRpcHandler):
+    """A service's generic handler with every method it serves behind the guard.
+
+    The server wraps each generic handler added to it in one of these instead of running the
+    guard as an interceptor: grpc.aio runs interceptors as a chain of coroutines on every call
+    (``intercept_service`` and its continuation), while a generic handler is asked with a
+    plain call (issue 26: the per-call cost of the unary path). What the guard checks is the
+    same: every method any service serves is found through here."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, guard: Guard) -> None:
+        self._inner = inner
+        self._guard = guard
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        return self._guard.guarded(handler_call_details.method, handler)
 
 
 def _wrap(
@@ -273,7 +303,9 @@ def _wrap(
                     # our code or a read, so always safe to cancel.
                     stream = guard.open_stream(ident, context)
                     stream.busy = True
-                response = await behavior(_checked_stream(request), context)
+                response = await behavior(
+                    _checked_stream(request) if streaming else request, context
+                )
             except grpc.aio.AbortError:
                 finish(start, _code_name(context))
                 raise

@@ -2,18 +2,26 @@
 it completes, under its own id.
 
 The glue around ``request_window.RequestWindow`` (which holds the rules). One reader task
-takes messages off the stream as they come and starts a task per request; answers go to one
-queue that the handler's generator hands to grpc, one at a time (grpc writes one message at
-once). A request's errors, deadline and cancellation are its own: they become its answer and
-the stream goes on. What ends the stream: the client half-closing (once every answer owed is
-written), the call ending, or ``Overrun`` (the client sends without reading).
+takes messages off the stream as they come and starts each request: ``StreamProtocol.run``
+either answers at once (it raised), hands back a future already under way (no task at all),
+or a coroutine, which becomes a task. Each request's completion is a callback that puts its
+answer on one deque; the handler's generator, the stream's only writer, hands them to grpc
+one at a time (grpc writes one message at once). Deadlines come from one heap per stream
+with one timer for the earliest, not an asyncio timeout per request (issue 26: the per-request
+glue was a task, a timeout and a queue entry). A request's errors, deadline and cancellation
+are its own: they become its answer and the stream goes on. What ends the stream: the client
+half-closing (once every answer owed is written), the call ending, or ``Overrun`` (the client
+sends without reading).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import heapq
+import inspect
+import itertools
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -36,7 +44,9 @@ class StreamProtocol(Generic[Req, Resp]):
     """What one multiplexed RPC is: how to run a request, how to read its id, deadline and
     cancel flag, and how to write an error as an answer."""
 
-    #: Runs one request to its final answer; may ``send`` earlier answers first.
+    #: Starts one request towards its final answer; may ``send`` earlier answers first.
+    #: Returns a future already under way (cancelling it stops the request) or a coroutine
+    #: (run as a task); raising answers the request with the error at once.
     run: Callable[[Req, Send], Awaitable[Resp]]
     request_id: Callable[[Req], int]
     cancel: Callable[[Req], bool]
@@ -51,77 +61,206 @@ class StreamProtocol(Generic[Req, Resp]):
 
 
 #: Kinds of queued answers: the final answer of a request (frees its slot once written), a
-#: refusal (frees a refusal slot), an earlier answer (nothing to free).
-_FINAL, _REFUSAL, _EARLY = 0, 1, 2
+#: refusal (frees a refusal slot), an earlier answer (nothing to free), the stream's end
+#: (its error is raised to the caller once the answers before it are written).
+_FINAL, _REFUSAL, _EARLY, _END = 0, 1, 2, 3
+
+#: The heap of deadlines is rebuilt without the requests already answered once it holds more
+#: than this many entries per running request (plus a constant): at most a few times the
+#: in-flight bound, however long the deadlines.
+_HEAP_SLACK = 2
 
 
-async def serve(
-    requests: AsyncIterator[Any],
-    protocol: StreamProtocol[Any, Resp],
-    window: RequestWindow,
-) -> AsyncIterator[Resp]:
-    """The answers of a multiplexed stream, in order of completion."""
-    out: asyncio.Queue[tuple[int, int, Resp | None, BaseException | None]] = asyncio.Queue()
-    running: dict[int, asyncio.Task[None]] = {}
-    cancelled: set[int] = set()
+class _Stream(Generic[Resp]):
+    """The running requests of one stream, their deadlines and the answers to write."""
 
-    def answer_error(request_id: int, e: errors.P2PAgentError) -> Resp:
-        return protocol.error_answer(request_id, e.code, str(e))
+    def __init__(self, protocol: StreamProtocol[Any, Resp], window: RequestWindow) -> None:
+        self.protocol = protocol
+        self.window = window
+        self.loop = asyncio.get_running_loop()
+        #: (kind, request id, answer or None, the stream's end error or None), in write order.
+        self.out: deque[tuple[int, int, Resp | None, BaseException | None]] = deque()
+        self._wake: asyncio.Future[None] | None = None
+        #: request id -> the future (or task) that gives its answer.
+        self.running: dict[int, asyncio.Future[Resp]] = {}
+        #: request id -> its answer when it was stopped (client cancel, deadline): written
+        #: when its future reports cancelled. A request stopped while the stream ends has
+        #: none and is answered to nobody.
+        self._stopped: dict[int, Resp] = {}
+        #: (when, arrival order, request id, its future, its timeout_s), earliest first.
+        self._deadlines: list[tuple[float, int, int, asyncio.Future[Resp], float]] = []
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
-    async def one(request_id: int, request: Any) -> None:
+    # ---- answers, to the one writer ----------------------------------------------------
+
+    def push(
+        self, kind: int, request_id: int, answer: Resp | None, end: BaseException | None
+    ) -> None:
+        self.out.append((kind, request_id, answer, end))
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            if not wake.done():
+                wake.set_result(None)
+
+    async def wait(self) -> None:
+        """Until something is pushed (returns at once if something is queued)."""
+        if self.out:
+            return
+        self._wake = self.loop.create_future()
+        await self._wake
+
+    def answer_error(self, request_id: int, e: errors.P2PAgentError) -> Resp:
+        return self.protocol.error_answer(request_id, e.code, str(e))
+
+    def final(self, request_id: int, answer: Resp) -> None:
+        self.window.answered(request_id)
+        self.push(_FINAL, request_id, answer, None)
+
+    def refuse(self, request_id: int, e: errors.P2PAgentError) -> None:
+        self.push(_REFUSAL, request_id, self.answer_error(request_id, e), None)
+
+    # ---- starting and finishing requests -----------------------------------------------
+
+    def start(self, request_id: int, request: Any) -> None:
+        protocol = self.protocol
+
         def send(early: Any) -> None:
-            out.put_nowait((_EARLY, request_id, early, None))
+            self.push(_EARLY, request_id, early, None)
 
         try:
-            async with asyncio.timeout(protocol.timeout_s(request)):
-                answer = await protocol.run(request, send)
-        except TimeoutError:
-            answer = answer_error(
-                request_id,
-                errors.DeadlineExceeded(
-                    f"request {request_id} ran past its timeout_s "
-                    f"({protocol.timeout_s(request)} s); give it more time or retry"
-                ),
-            )
-        except errors.P2PAgentError as e:
-            answer = answer_error(request_id, e)
-        except Exception as e:  # a bug: logged once, answered as INTERNAL, the stream goes on
-            log.exception("unexpected error in a multiplexed request")
-            answer = protocol.error_answer(
-                request_id, "INTERNAL", f"internal error: {type(e).__name__}: {e}"
-            )
-        # (Cancelled: ``ended`` answers it.)
-        running.pop(request_id, None)
-        cancelled.discard(request_id)
-        window.answered(request_id)
-        out.put_nowait((_FINAL, request_id, answer, None))
-
-    def ended(request_id: int, task: asyncio.Task[None]) -> None:
-        """A request's task is done; one cancelled by the client is answered CANCELLED here
-        (a task cancelled before it first ran never enters ``one``'s body)."""
-        if not task.cancelled():
+            timeout = protocol.timeout_s(request)
+            started = protocol.run(request, send)
+        except errors.P2PAgentError as e:  # refused before it started: answered now
+            self.final(request_id, self.answer_error(request_id, e))
             return
-        running.pop(request_id, None)
-        if request_id in cancelled:  # else the stream is ending: nobody reads the answer
-            cancelled.discard(request_id)
-            window.answered(request_id)
-            answer = protocol.error_answer(
+        except Exception as e:
+            self.final(request_id, self._internal(request_id, e))
+            return
+        future: asyncio.Future[Resp] = (
+            self.loop.create_task(started)
+            if inspect.iscoroutine(started)
+            else asyncio.ensure_future(started)
+        )
+        self.running[request_id] = future
+        future.add_done_callback(lambda f: self._finished(request_id, f))
+        if timeout is not None:
+            self._add_deadline(request_id, future, timeout)
+
+    def _finished(self, request_id: int, future: asyncio.Future[Resp]) -> None:
+        if self.running.get(request_id) is not future:
+            return  # the stream ended: nobody reads the answer
+        del self.running[request_id]
+        stopped = self._stopped.pop(request_id, None)
+        if future.cancelled():
+            if stopped is not None:  # else the stream is ending
+                self.final(request_id, stopped)
+            else:
+                # Cancelled from elsewhere (the protocol's own work gave up): an answer is
+                # still owed, or the client's slot would never free.
+                self.final(
+                    request_id,
+                    self.protocol.error_answer(
+                        request_id, "CANCELLED", f"request {request_id} was cancelled"
+                    ),
+                )
+            return
+        error = future.exception()
+        if error is None:
+            self.final(request_id, future.result())
+        elif isinstance(error, errors.P2PAgentError):
+            self.final(request_id, self.answer_error(request_id, error))
+        else:
+            self.final(request_id, self._internal(request_id, error))
+
+    def _internal(self, request_id: int, e: BaseException) -> Resp:
+        # A bug: logged once, answered as INTERNAL, the stream goes on.
+        log.error("unexpected error in a multiplexed request", exc_info=e)
+        return self.protocol.error_answer(
+            request_id, "INTERNAL", f"internal error: {type(e).__name__}: {e}"
+        )
+
+    def stop(self, request_id: int, answer: Resp) -> None:
+        """Stops a running request; ``answer`` is written once it has stopped."""
+        future = self.running.get(request_id)
+        if future is None:
+            return
+        self._stopped[request_id] = answer
+        future.cancel()
+
+    def cancel(self, request_id: int) -> None:
+        """The client cancelled a running request."""
+        if self.protocol.on_cancel(request_id):
+            return  # the protocol took it: the request answers what the cancel did
+        self.stop(
+            request_id,
+            self.protocol.error_answer(
                 request_id, "CANCELLED", f"request {request_id} was cancelled by the client"
+            ),
+        )
+
+    # ---- deadlines: one heap, one timer --------------------------------------------------
+
+    def _add_deadline(self, request_id: int, future: asyncio.Future[Resp], timeout: float) -> None:
+        at = self.loop.time() + timeout
+        heap = self._deadlines
+        if len(heap) > _HEAP_SLACK * len(self.running) + 64:
+            # Drop the entries of requests already answered (they stay until their deadline
+            # otherwise, and a 60 s deadline at thousands of requests a second adds up).
+            heap[:] = [e for e in heap if self.running.get(e[2]) is e[3]]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (at, next(self._seq), request_id, future, timeout))
+        if self._timer is None or at < self._timer_at:
+            self._arm(at)
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self.loop.call_at(at, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, _, request_id, future, timeout = heapq.heappop(heap)
+            if self.running.get(request_id) is not future or request_id in self._stopped:
+                continue  # answered (or being stopped) already
+            late = errors.DeadlineExceeded(
+                f"request {request_id} ran past its timeout_s ({timeout} s); give it more "
+                "time or retry"
             )
-            out.put_nowait((_FINAL, request_id, answer, None))
+            self.stop(request_id, self.answer_error(request_id, late))
+        if heap:
+            self._arm(heap[0][0])
 
-    def refuse(request_id: int, e: errors.P2PAgentError) -> None:
-        out.put_nowait((_REFUSAL, request_id, answer_error(request_id, e), None))
+    def close(self) -> list[asyncio.Future[Resp]]:
+        """The stream ends: stops every running request (answered to nobody)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        running = list(self.running.values())
+        self.running.clear()
+        self._stopped.clear()
+        self._deadlines.clear()
+        for future in running:
+            future.cancel()
+        return running
 
-    rate_check = request_rate_check()
+    # ---- reading ---------------------------------------------------------------------
 
-    async def read() -> None:
+    async def read(self, requests: AsyncIterator[Any]) -> None:
+        protocol, window = self.protocol, self.window
+        rate_check = request_rate_check()
         try:
             async for item in requests:
                 bad = refusal_of(item)
                 if bad is not None:
                     window.refuse(bad[1])
-                    refuse(*bad)
+                    self.refuse(*bad)
                     continue
                 request_id = protocol.request_id(item)
                 cancel = protocol.cancel(item)
@@ -130,38 +269,46 @@ async def serve(
                         rate_check()  # each request counts against the rate limit
                     except errors.ResourceExhausted as e:
                         window.refuse(e)
-                        refuse(request_id, e)
+                        self.refuse(request_id, e)
                         continue
                 verdict = window.arrive(request_id, cancel)
                 if verdict.action is Action.RUN:
-                    task = asyncio.create_task(one(request_id, item))
-                    task.add_done_callback(functools.partial(ended, request_id))
-                    running[request_id] = task
+                    self.start(request_id, item)
                 elif verdict.action is Action.CANCEL:
-                    if not protocol.on_cancel(request_id):
-                        cancelled.add(request_id)
-                        running[request_id].cancel()
+                    self.cancel(request_id)
                 elif verdict.action is Action.REFUSE:
                     assert verdict.error is not None
-                    refuse(request_id, verdict.error)
+                    self.refuse(request_id, verdict.error)
             window.half_close()
-            out.put_nowait((_EARLY, 0, None, None))  # wakes the writer to check the end
+            self.push(_EARLY, 0, None, None)  # wakes the writer to check the end
         except Overrun as e:
             # Stop reading (the client's sends now wait on flow control) and end the call;
             # the answers queued are dropped with it, so nothing of this client stays held.
             end = stream_ender()
             if end is not None:
                 end(e)
-            out.put_nowait((_EARLY, 0, None, e))
+            self.push(_END, 0, None, e)
         except errors.P2PAgentError as e:  # a refused item the guard raised on (defensive)
-            out.put_nowait((_EARLY, 0, None, e))
+            self.push(_END, 0, None, e)
 
-    reader = asyncio.create_task(read())
+
+async def serve(
+    requests: AsyncIterator[Any],
+    protocol: StreamProtocol[Any, Resp],
+    window: RequestWindow,
+) -> AsyncIterator[Resp]:
+    """The answers of a multiplexed stream, in order of completion."""
+    stream: _Stream[Resp] = _Stream(protocol, window)
+    reader = asyncio.create_task(stream.read(requests))
+    out = stream.out
     try:
         while not window.finished:
-            kind, request_id, answer, failure = await out.get()
-            if failure is not None:
-                raise failure
+            if not out:
+                await stream.wait()
+                continue
+            kind, request_id, answer, end = out.popleft()
+            if end is not None:
+                raise end
             if answer is None:
                 continue
             # Handed to grpc now: counted as written before the yield, not after it returns.
@@ -175,8 +322,7 @@ async def serve(
                 window.written(None)
             yield answer
     finally:
-        tasks = [reader, *running.values()]
-        for task in tasks:
-            task.cancel()
+        reader.cancel()
+        pending = [reader, *(f for f in stream.close() if isinstance(f, asyncio.Task))]
         # Let them see the cancel before the call's objects go away.
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)

@@ -1,5 +1,5 @@
-"""The node's gRPC server: mutual TLS, the guard interceptor, health and reflection (v1 and
-v1alpha, see transport/reflection.py).
+"""The node's gRPC server: mutual TLS, the guard, health and reflection (v1 and v1alpha, see
+transport/reflection.py).
 
 Every service is served through its generic handler only. The generated
 ``add_*Servicer_to_server`` functions also register each method with grpc ("registered
@@ -7,13 +7,15 @@ methods"), and grpc.aio's server then keeps one pending call request per registe
 waits on all of them with ``asyncio.wait`` for every call that arrives: with the ~45 methods of
 our services that wait (a done-callback added to and removed from each pending request) cost
 more per call than the guard (issue 26). With none registered there is one pending request,
-and the generic handlers answer the same methods with the same handlers.
+and the generic handlers answer the same methods with the same handlers. The guard wraps
+each generic handler (``guard.GuardedHandlers``) rather than running as an interceptor, which
+grpc.aio drives as a chain of coroutines on every call.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -24,7 +26,7 @@ from p2pagent.errors import ConfigError
 from p2pagent.identity.material import TLSMaterial
 from p2pagent.transport.config import TransportConfig
 from p2pagent.transport.credentials import server_credentials
-from p2pagent.transport.guard import Guard
+from p2pagent.transport.guard import Guard, GuardedHandlers
 from p2pagent.transport.reflection import enable as enable_reflection
 
 KEEPALIVE_SERVER_OPTIONS: list[tuple[str, int]] = [
@@ -73,10 +75,17 @@ class Server:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self.grpc = grpc.aio.server(interceptors=[guard], options=options)
-        # Generic handlers only (see the module's docstring): every add_*_to_server call made
-        # with this server, ours and grpc's own (health, reflection), goes through here.
+        self.grpc = grpc.aio.server(options=options)
+        # Generic handlers only (see the module's docstring), each behind the guard: every
+        # add_*_to_server call made with this server, ours and grpc's own (health,
+        # reflection), goes through here.
         self.grpc.add_registered_method_handlers = _generic_only  # type: ignore[method-assign,assignment]
+        add = self.grpc.add_generic_rpc_handlers
+
+        def add_guarded(handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+            add(tuple(GuardedHandlers(h, guard) for h in handlers))
+
+        self.grpc.add_generic_rpc_handlers = add_guarded  # type: ignore[method-assign,assignment]
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self._services: list[str] = [health.SERVICE_NAME]

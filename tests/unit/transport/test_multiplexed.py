@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from p2pagent.errors import NotFound, ResourceExhausted
+from p2pagent.errors import InvalidArgument, NotFound, ResourceExhausted
 from p2pagent.transport.multiplexed import Send, StreamProtocol, serve
 from p2pagent.transport.request_window import RequestWindow
 
@@ -170,3 +170,101 @@ async def test_each_request_counts_against_the_callers_rate_limit() -> None:
     inbox.close()
     got = {a.request_id: a.code for a in [await anext(answers) for _ in range(3)]}
     assert got == {1: "", 2: "", 3: "RESOURCE_EXHAUSTED"}
+
+
+async def test_a_request_refused_by_run_is_answered_at_once_and_frees_its_slot() -> None:
+    def run_or_refuse(request: Req, send: Send) -> asyncio.Future[Answer]:
+        if request.fail:
+            raise NotFound(f"no model for {request.request_id}")
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        future.set_result(Answer(request.request_id))  # already under way: no task made
+        return future
+
+    protocol = dataclasses.replace(PROTOCOL, run=run_or_refuse)
+    inbox = Inbox()
+    answers = aiter(serve(inbox.__aiter__(), protocol, window(1)))
+    inbox.put(Req(1, fail=True))
+    got = await anext(answers)
+    assert (got.request_id, got.code) == (1, "NOT_FOUND")
+    inbox.put(Req(1))  # its id and its slot are free again
+    assert await anext(answers) == Answer(1)
+    inbox.close()
+    with pytest.raises(StopAsyncIteration):
+        await anext(answers)
+
+
+async def test_deadlines_from_one_heap_answer_only_the_late_requests() -> None:
+    inbox = Inbox()
+    answers = aiter(serve(inbox.__aiter__(), PROTOCOL, window(64)))
+    quick = [Req(i, timeout_s=0.05) for i in range(1, 41)]
+    slow = Req(50, timeout_s=30)
+    for r in quick:
+        r.done.set()  # answered long before their deadline
+        inbox.put(r)
+    late = [Req(60, timeout_s=0.02), Req(61, timeout_s=0.01)]
+    for r in (slow, *late):
+        inbox.put(r)
+    got = [await anext(answers) for _ in range(42)]
+    by_id = {a.request_id: a.code for a in got}
+    assert all(by_id[r.request_id] == "" for r in quick)
+    assert by_id[60] == by_id[61] == "DEADLINE_EXCEEDED"
+    assert [a.request_id for a in got[-2:]] == [61, 60]  # the earlier deadline first
+    assert "timeout_s (0.01 s)" in got[-2].message
+    slow.done.set()
+    assert await anext(answers) == Answer(50)
+    inbox.close()
+    with pytest.raises(StopAsyncIteration):
+        await anext(answers)
+
+
+async def test_the_deadline_heap_stays_bounded_by_the_requests_in_flight() -> None:
+    from p2pagent.transport import multiplexed
+
+    stream = multiplexed._Stream(PROTOCOL, window(4))
+    for i in range(1, 2001):
+        r = Req(i, timeout_s=60)
+        r.done.set()
+        stream.window.arrive(i, False)
+        stream.start(i, r)
+        await asyncio.sleep(0)  # it runs and answers
+        await asyncio.sleep(0)
+        stream.window.written(i)
+        stream.out.clear()
+    assert not stream.running
+    assert len(stream._deadlines) <= 64 + 1
+    stream.close()
+
+
+async def test_a_bad_timeout_is_answered_alone() -> None:
+    def timeout_s(request: Req) -> float | None:
+        if request.timeout_s is not None and request.timeout_s < 0:
+            raise InvalidArgument(f"request {request.request_id}: timeout_s must be >= 0")
+        return request.timeout_s
+
+    protocol = dataclasses.replace(PROTOCOL, timeout_s=timeout_s)
+    inbox = Inbox()
+    answers = aiter(serve(inbox.__aiter__(), protocol, window()))
+    good = Req(2)
+    good.done.set()
+    inbox.put(Req(1, timeout_s=-1))
+    inbox.put(good)
+    got = {a.request_id: a.code for a in [await anext(answers), await anext(answers)]}
+    assert got == {1: "INVALID_ARGUMENT", 2: ""}
+    inbox.close()
+    with pytest.raises(StopAsyncIteration):
+        await anext(answers)
+
+
+async def test_a_stream_that_ends_stops_its_running_requests() -> None:
+    inbox = Inbox()
+    gen = serve(inbox.__aiter__(), PROTOCOL, window())
+    answers = aiter(gen)
+    held = Req(1, timeout_s=30)
+    quick = Req(2)
+    quick.done.set()
+    inbox.put(held)
+    inbox.put(quick)
+    assert await anext(answers) == Answer(2)
+    await gen.aclose()  # the call ended (the client went away)
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert tasks == []  # the request's task and the reader are gone
