@@ -14,6 +14,8 @@ model's Infer latency at concurrency 1 and the demo model's batched throughput a
 concurrency 32; the daemons take turns going first from round to round, so load from
 elsewhere on a shared machine falls on all alike. Reported: the median over rounds of each
 variant, and the median of the per-round ratios (the targets: isolated against in-process).
+The c=32 row also gives the rows per batch the daemon formed (Status, around the timed
+requests): where the worker's cost is per batch, fewer rows per batch pay it more often.
 
 Placement as in bench/inference_grpc.py: the client is pinned to the first core and both
 daemons to the others (the worker inherits its daemon's cores); each row also gives the
@@ -42,7 +44,7 @@ import grpc
 
 from bench._proc import cpu_seconds
 from bench._targets import Target, add_json_flag, at_least, at_most, emit, human, print_table
-from bench.inference_grpc import load, pct, placement
+from bench.inference_grpc import batch_counts, load, pct, placement
 from p2pagent._proto import agent_pb2_grpc
 from p2pagent.identity import certs
 from p2pagent.identity.spiffe import Role
@@ -51,6 +53,9 @@ from p2pagent.testing.daemon import Daemon
 from p2pagent.transport.channels import channel_options
 
 VARIANTS = ("in-process", "isolated", "isolated-depth1")
+COLUMNS = (
+    "noop_p50_ms", "noop_cpu_us", "c32_rps", "c32_p50_ms", "c32_cpu_us", "c32_rows_per_batch",
+)  # fmt: skip
 
 
 def worker_pids(daemon_pid: int) -> list[int]:
@@ -117,8 +122,7 @@ async def run(
     x = demo_model.sample_input(1).numpy()
     x_batched = (demo_model.large_input(1) if large else demo_model.sample_input(1)).numpy()
     samples: dict[str, dict[str, list[float]]] = {
-        v: {"noop_p50_ms": [], "noop_cpu_us": [], "c32_rps": [], "c32_p50_ms": [], "c32_cpu_us": []}
-        for v in VARIANTS
+        v: {k: [] for k in COLUMNS} for v in VARIANTS
     }
     try:
         for d in daemons.values():
@@ -145,9 +149,12 @@ async def run(
                 samples[v]["noop_cpu_us"].append((cpu() - c0) / (noop_requests + 20) * 1e6)
                 samples[v]["noop_p50_ms"].append(pct(lat, 0.5) * 1e3)
                 workers = worker_pids(pid) if v != "in-process" else []
+                b0 = await batch_counts(stubs[v], "demo")
                 c0 = cpu(pid, workers)
                 rps, lat, _ = await load(stubs[v], "demo", x_batched, 32, requests, pid)
                 samples[v]["c32_cpu_us"].append((cpu(pid, workers) - c0) / (requests + 20) * 1e6)
+                b1 = await batch_counts(stubs[v], "demo")
+                samples[v]["c32_rows_per_batch"].append((b1[1] - b0[1]) / max(1, b1[0] - b0[0]))
                 samples[v]["c32_rps"].append(rps)
                 samples[v]["c32_p50_ms"].append(pct(lat, 0.5) * 1e3)
         for ch in channels.values():
@@ -224,11 +231,11 @@ def print_tables(out: dict[str, object], targets: list[Target]) -> None:
         f"worker: {out['worker']}"
     )
     print(f"{'variant':16} {'noop p50 ms':>12} {'noop cpu us':>12} {'c32 req/s':>10} "
-          f"{'c32 p50 ms':>11} {'c32 cpu us':>11}")  # fmt: skip
+          f"{'c32 p50 ms':>11} {'c32 cpu us':>11} {'c32 rows/batch':>15}")  # fmt: skip
     for v, m in out["medians"].items():  # type: ignore[attr-defined]
         print(
             f"{v:16} {m['noop_p50_ms']:12.3f} {m['noop_cpu_us']:12.0f} {m['c32_rps']:10.0f} "
-            f"{m['c32_p50_ms']:11.2f} {m['c32_cpu_us']:11.0f}"
+            f"{m['c32_p50_ms']:11.2f} {m['c32_cpu_us']:11.0f} {m['c32_rows_per_batch']:15.2f}"
         )
     print("per-round ratios:", json.dumps(out["ratios"]))
     print_table(targets)
