@@ -83,6 +83,10 @@ PROBE_ENV = "P2PAGENT_WORKER_PROBE"
 _LOOP_COPY_BYTES = 1 << 20
 
 
+_outputs: Any = None  # runner's, imported with torch on the first batch
+split: Any = None
+
+
 class RemoteModel:
     """A model loaded in the worker: the ``fn`` of its ``LoadedModel``."""
 
@@ -117,7 +121,9 @@ class RemoteModel:
     ) -> None:
         """Hands one batch to the worker (``ModelWorker.submit``); ``done`` gets each
         request's outputs or the error, later, on the loop."""
-        from p2pagent.inference.runner import _outputs, split
+        global _outputs, split
+        if split is None:  # torch's side of the engine, imported on the first batch
+            from p2pagent.inference.runner import _outputs, split
 
         batchable = model.spec.batchable
         rows = sum(int(p[0].shape[0]) for p in parts) if batchable else 1
