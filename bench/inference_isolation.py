@@ -5,11 +5,11 @@
                                         [--json [FILE]]
 
 Three daemons serve the same TorchScript files: one with ``inference.isolate_code_models`` on
-(the default: the models run in the confined worker process, tensors through shared memory,
-the next batch handed over while one runs), one the same with
-``inference.worker_pipeline_depth`` 1 (one batch in the worker at a time, as before the
-pipeline: what the pipeline buys, in the same run), and one with isolation off (the models
-run in the daemon's engine, as before issue 21). Each round measures, on each, a no-op
+(the default: the models run in the confined worker process, tensors through shared memory;
+on a CPU one batch in the worker at a time, ``inference.worker_pipeline_depth`` auto), one the
+same with ``worker_pipeline_depth`` 2 (a next batch at least half full handed over while one
+runs: what the second slot does here, in the same run), and one with isolation off (the
+models run in the daemon's engine, as before issue 21). Each round measures, on each, a no-op
 model's Infer latency at concurrency 1 and the demo model's batched throughput at
 concurrency 32; the daemons take turns going first from round to round, so load from
 elsewhere on a shared machine falls on all alike. Reported: the median over rounds of each
@@ -52,7 +52,7 @@ from p2pagent.inference import demo_model
 from p2pagent.testing.daemon import Daemon
 from p2pagent.transport.channels import channel_options
 
-VARIANTS = ("in-process", "isolated", "isolated-depth1")
+VARIANTS = ("in-process", "isolated", "isolated-depth2")
 COLUMNS = (
     "noop_p50_ms", "noop_cpu_us", "c32_rps", "c32_p50_ms", "c32_cpu_us", "c32_rows_per_batch",
 )  # fmt: skip
@@ -105,12 +105,12 @@ async def run(
             prefix=prefix,
         ),
         "isolated": Daemon("i2", root / "certs", root / "i2", args=serve, env=env, prefix=prefix),
-        "isolated-depth1": Daemon(
+        "isolated-depth2": Daemon(
             "i3",
             root / "certs",
             root / "i3",
             args=serve,
-            env={**env, "P2PAGENT_INFERENCE__WORKER_PIPELINE_DEPTH": "1"},
+            env={**env, "P2PAGENT_INFERENCE__WORKER_PIPELINE_DEPTH": "2"},
             prefix=prefix,
         ),
     }
@@ -170,8 +170,8 @@ async def run(
     rps_ratios = [
         i / p for i, p in zip(samples["isolated"]["c32_rps"], samples["in-process"]["c32_rps"])
     ]
-    depth1_ratios = [
-        i / p for i, p in zip(samples["isolated"]["c32_rps"], samples["isolated-depth1"]["c32_rps"])
+    depth2_ratios = [
+        d / i for d, i in zip(samples["isolated-depth2"]["c32_rps"], samples["isolated"]["c32_rps"])
     ]
     noop_ratio, rps_ratio = statistics.median(noop_ratios), statistics.median(rps_ratios)
     started = [line for line in iso_log.splitlines() if "model worker started" in line]
@@ -188,7 +188,7 @@ async def run(
         "ratios": {
             "noop_p50": noop_ratios,
             "c32_rps": rps_ratios,
-            "c32_rps_pipelined_vs_depth1": depth1_ratios,
+            "c32_rps_depth2_vs_default": depth2_ratios,
         },
     }
     return details, [

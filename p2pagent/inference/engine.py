@@ -65,13 +65,15 @@ class _Request:
 def resolve_config(config: InferenceConfig, device: DeviceInfo) -> InferenceConfig:
     """Fills the "auto" (0) fields for this device."""
     depth = config.pipeline_depth or (2 if device.is_cuda else 1)
+    worker_depth = config.worker_pipeline_depth or (2 if device.is_cuda else 1)
     threads = devices.intra_op_threads(config.intra_op_threads, device)
     memory = config.worker_memory_bytes
     if memory == 0:
         memory = -1 if device.is_cuda else config.cache_budget_bytes + WORKER_MEMORY_HEADROOM
     return dataclasses.replace(
-        config, pipeline_depth=depth, intra_op_threads=threads, worker_memory_bytes=memory
-    )
+        config, pipeline_depth=depth, worker_pipeline_depth=worker_depth,
+        intra_op_threads=threads, worker_memory_bytes=memory,
+    )  # fmt: skip
 
 
 class InferenceEngine:
