@@ -5,15 +5,17 @@
                                         [--json [FILE]]
 
 Three daemons serve the same TorchScript files: one with ``inference.isolate_code_models`` on
-(the default: the models run in the confined worker process, tensors through shared memory,
-the next batch handed over while one runs), one the same with
-``inference.worker_pipeline_depth`` 1 (one batch in the worker at a time, as before the
-pipeline: what the pipeline buys, in the same run), and one with isolation off (the models
-run in the daemon's engine, as before issue 21). Each round measures, on each, a no-op
+(the default: the models run in the confined worker process, tensors through shared memory;
+on a CPU one batch in the worker at a time, ``inference.worker_pipeline_depth`` auto), one the
+same with ``worker_pipeline_depth`` 2 (a next batch at least half full handed over while one
+runs: what the second slot does here, in the same run), and one with isolation off (the
+models run in the daemon's engine, as before issue 21). Each round measures, on each, a no-op
 model's Infer latency at concurrency 1 and the demo model's batched throughput at
 concurrency 32; the daemons take turns going first from round to round, so load from
 elsewhere on a shared machine falls on all alike. Reported: the median over rounds of each
 variant, and the median of the per-round ratios (the targets: isolated against in-process).
+The c=32 row also gives the rows per batch the daemon formed (Status, around the timed
+requests): where the worker's cost is per batch, fewer rows per batch pay it more often.
 
 Placement as in bench/inference_grpc.py: the client is pinned to the first core and both
 daemons to the others (the worker inherits its daemon's cores); each row also gives the
@@ -42,7 +44,7 @@ import grpc
 
 from bench._proc import cpu_seconds
 from bench._targets import Target, add_json_flag, at_least, at_most, emit, human, print_table
-from bench.inference_grpc import load, pct, placement
+from bench.inference_grpc import batch_counts, load, pct, placement
 from p2pagent._proto import agent_pb2_grpc
 from p2pagent.identity import certs
 from p2pagent.identity.spiffe import Role
@@ -50,7 +52,10 @@ from p2pagent.inference import demo_model
 from p2pagent.testing.daemon import Daemon
 from p2pagent.transport.channels import channel_options
 
-VARIANTS = ("in-process", "isolated", "isolated-depth1")
+VARIANTS = ("in-process", "isolated", "isolated-depth2")
+COLUMNS = (
+    "noop_p50_ms", "noop_cpu_us", "c32_rps", "c32_p50_ms", "c32_cpu_us", "c32_rows_per_batch",
+)  # fmt: skip
 
 
 def worker_pids(daemon_pid: int) -> list[int]:
@@ -100,12 +105,12 @@ async def run(
             prefix=prefix,
         ),
         "isolated": Daemon("i2", root / "certs", root / "i2", args=serve, env=env, prefix=prefix),
-        "isolated-depth1": Daemon(
+        "isolated-depth2": Daemon(
             "i3",
             root / "certs",
             root / "i3",
             args=serve,
-            env={**env, "P2PAGENT_INFERENCE__WORKER_PIPELINE_DEPTH": "1"},
+            env={**env, "P2PAGENT_INFERENCE__WORKER_PIPELINE_DEPTH": "2"},
             prefix=prefix,
         ),
     }
@@ -117,8 +122,7 @@ async def run(
     x = demo_model.sample_input(1).numpy()
     x_batched = (demo_model.large_input(1) if large else demo_model.sample_input(1)).numpy()
     samples: dict[str, dict[str, list[float]]] = {
-        v: {"noop_p50_ms": [], "noop_cpu_us": [], "c32_rps": [], "c32_p50_ms": [], "c32_cpu_us": []}
-        for v in VARIANTS
+        v: {k: [] for k in COLUMNS} for v in VARIANTS
     }
     try:
         for d in daemons.values():
@@ -145,9 +149,12 @@ async def run(
                 samples[v]["noop_cpu_us"].append((cpu() - c0) / (noop_requests + 20) * 1e6)
                 samples[v]["noop_p50_ms"].append(pct(lat, 0.5) * 1e3)
                 workers = worker_pids(pid) if v != "in-process" else []
+                b0 = await batch_counts(stubs[v], "demo")
                 c0 = cpu(pid, workers)
                 rps, lat, _ = await load(stubs[v], "demo", x_batched, 32, requests, pid)
                 samples[v]["c32_cpu_us"].append((cpu(pid, workers) - c0) / (requests + 20) * 1e6)
+                b1 = await batch_counts(stubs[v], "demo")
+                samples[v]["c32_rows_per_batch"].append((b1[1] - b0[1]) / max(1, b1[0] - b0[0]))
                 samples[v]["c32_rps"].append(rps)
                 samples[v]["c32_p50_ms"].append(pct(lat, 0.5) * 1e3)
         for ch in channels.values():
@@ -163,8 +170,8 @@ async def run(
     rps_ratios = [
         i / p for i, p in zip(samples["isolated"]["c32_rps"], samples["in-process"]["c32_rps"])
     ]
-    depth1_ratios = [
-        i / p for i, p in zip(samples["isolated"]["c32_rps"], samples["isolated-depth1"]["c32_rps"])
+    depth2_ratios = [
+        d / i for d, i in zip(samples["isolated-depth2"]["c32_rps"], samples["isolated"]["c32_rps"])
     ]
     noop_ratio, rps_ratio = statistics.median(noop_ratios), statistics.median(rps_ratios)
     started = [line for line in iso_log.splitlines() if "model worker started" in line]
@@ -181,7 +188,7 @@ async def run(
         "ratios": {
             "noop_p50": noop_ratios,
             "c32_rps": rps_ratios,
-            "c32_rps_pipelined_vs_depth1": depth1_ratios,
+            "c32_rps_depth2_vs_default": depth2_ratios,
         },
     }
     return details, [
@@ -224,11 +231,11 @@ def print_tables(out: dict[str, object], targets: list[Target]) -> None:
         f"worker: {out['worker']}"
     )
     print(f"{'variant':16} {'noop p50 ms':>12} {'noop cpu us':>12} {'c32 req/s':>10} "
-          f"{'c32 p50 ms':>11} {'c32 cpu us':>11}")  # fmt: skip
+          f"{'c32 p50 ms':>11} {'c32 cpu us':>11} {'c32 rows/batch':>15}")  # fmt: skip
     for v, m in out["medians"].items():  # type: ignore[attr-defined]
         print(
             f"{v:16} {m['noop_p50_ms']:12.3f} {m['noop_cpu_us']:12.0f} {m['c32_rps']:10.0f} "
-            f"{m['c32_p50_ms']:11.2f} {m['c32_cpu_us']:11.0f}"
+            f"{m['c32_p50_ms']:11.2f} {m['c32_cpu_us']:11.0f} {m['c32_rows_per_batch']:15.2f}"
         )
     print("per-round ratios:", json.dumps(out["ratios"]))
     print_table(targets)

@@ -35,8 +35,10 @@ class InferenceConfig:
     pipeline_depth: int = 0
     #: Batches handed to the model worker (isolated models) at once: 2 = a next batch at
     #: least half full waits in the worker's socket while one runs, so the worker goes on to
-    #: it without sleeping; 1 = one at a time (the behaviour before; for comparisons).
-    worker_pipeline_depth: int = 2
+    #: it without sleeping; 1 = one at a time. 0 = auto, as ``pipeline_depth``: 2 on CUDA,
+    #: else 1 (on a CPU the worker computes on the cores the daemon's loop needs, and the
+    #: second slot cost throughput there: bench/inference_isolation.py, RESULTS.md).
+    worker_pipeline_depth: int = 0
     #: Requests queued (not yet running) across all models; more is ResourceExhausted.
     max_queued: int = 1024
     #: EWMA weight of the newest service-time-per-row sample.
@@ -118,10 +120,10 @@ class InferenceConfig:
             raise ConfigError(
                 f"inference.pipeline_depth must be 0 (auto) to 4, got {self.pipeline_depth}"
             )
-        if self.worker_pipeline_depth not in (1, 2):
+        if self.worker_pipeline_depth not in (0, 1, 2):
             raise ConfigError(
-                "inference.worker_pipeline_depth must be 1 or 2 (the worker's input slots), "
-                f"got {self.worker_pipeline_depth}"
+                "inference.worker_pipeline_depth must be 0 (auto), 1 or 2 (the worker's input "
+                f"slots), got {self.worker_pipeline_depth}"
             )
         if self.intra_op_threads < 0:
             raise ConfigError(

@@ -65,13 +65,15 @@ class _Request:
 def resolve_config(config: InferenceConfig, device: DeviceInfo) -> InferenceConfig:
     """Fills the "auto" (0) fields for this device."""
     depth = config.pipeline_depth or (2 if device.is_cuda else 1)
+    worker_depth = config.worker_pipeline_depth or (2 if device.is_cuda else 1)
     threads = devices.intra_op_threads(config.intra_op_threads, device)
     memory = config.worker_memory_bytes
     if memory == 0:
         memory = -1 if device.is_cuda else config.cache_budget_bytes + WORKER_MEMORY_HEADROOM
     return dataclasses.replace(
-        config, pipeline_depth=depth, intra_op_threads=threads, worker_memory_bytes=memory
-    )
+        config, pipeline_depth=depth, worker_pipeline_depth=worker_depth,
+        intra_op_threads=threads, worker_memory_bytes=memory,
+    )  # fmt: skip
 
 
 class InferenceEngine:
@@ -305,6 +307,9 @@ class InferenceEngine:
         if model.ragged is not None and self.config.ragged_batching:
             parts = pad_ragged(model.ragged, parts, self.config.length_bucket)
         self._in_flight += 1
+        if isinstance(model.fn, RemoteModel):
+            self._submit_remote(model.fn, batch, reqs, parts)
+            return
 
         def deliver(
             outs: list[list[torch.Tensor]] | None, seconds: float, error: BaseException | None
@@ -314,9 +319,6 @@ class InferenceEngine:
             except RuntimeError:  # the loop is closed: nobody is left to answer
                 pass
 
-        if isinstance(model.fn, RemoteModel):
-            self._submit_remote(loop, model.fn, batch, reqs, parts)
-            return
         if self._stage is None:
 
             def run() -> None:
@@ -359,30 +361,22 @@ class InferenceEngine:
 
     def _submit_remote(
         self,
-        loop: asyncio.AbstractEventLoop,
         remote: RemoteModel,
         batch: Batch,
         reqs: list[_Request],
         parts: list[list[InputTensor]],
     ) -> None:
         """A batch of a model in the isolated worker (worker.py): driven from the loop, which
-        writes its inputs into shared memory and reads the answer, so no thread is woken.
+        writes its inputs into shared memory and sends the request; the worker's answer comes
+        back through the loop's reader, which completes the batch (no thread, no task).
         ``parts``: the requests' inputs as the device takes them (token ids padded to the
         batch's length, so ragged requests concatenate in the shared region)."""
-        model = reqs[0].model
         start = time.perf_counter()
-        task = loop.create_task(remote.run(model, parts))
 
-        def done(t: asyncio.Task[tuple[list[list[torch.Tensor]], float]]) -> None:
-            if t.cancelled():
-                self._complete(batch, reqs, None, 0.0, Unavailable("the batch was cancelled"))
-            elif (e := t.exception()) is not None:
-                self._complete(batch, reqs, None, time.perf_counter() - start, e)
-            else:
-                outs, seconds = t.result()
-                self._complete(batch, reqs, outs, seconds, None)
+        def done(outs: list[list[torch.Tensor]] | None, error: BaseException | None) -> None:
+            self._complete(batch, reqs, outs, time.perf_counter() - start, error)
 
-        task.add_done_callback(done)
+        remote.submit(reqs[0].model, parts, done)
 
     def _complete(
         self,

@@ -6,10 +6,12 @@ default) the node never loads one itself, nor a folder's model (``FolderLoad``: 
 builds it from the verified pack; the tokenizer stays here). ``worker_loader.isolating_loader``
 is the model cache's loader: for those formats it hands the verified file to the worker as an
 open descriptor and returns a ``LoadedModel`` whose ``fn`` is a ``RemoteModel``; the engine sends
-such a model's batches to ``RemoteModel.run``, a coroutine on the event loop: it writes the
-inputs straight into shared memory (the batch's concatenation is that write; large batches
-are written from a thread), sends a small msgpack request, and the answer comes back through
-a reader on the loop. So a batch costs the same two wake-ups as an in-process one (loop ->
+such a model's batches to ``RemoteModel.submit``, on the event loop: it writes the inputs
+straight into shared memory (the batch's concatenation is that write), sends a small msgpack
+request, and the answer comes back through a reader on the loop, which completes the batch
+there and then: no task, no future, no thread per batch (``ModelWorker.submit``; a load, a
+worker to start, a large batch copied from a thread and a retry take the coroutine path,
+``ModelWorker.run``). So a batch costs the same two wake-ups as an in-process one (loop ->
 worker -> loop), not four.
 Batching policy, queues and deadlines stay in the engine; the worker only executes.
 
@@ -46,7 +48,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,13 +59,12 @@ from p2pagent.inference.hf.worker_load import FolderLoad
 from p2pagent.inference.spec import ModelSpec
 from p2pagent.inference.worker_failures import (
     WorkerLost,
+    after_loss,
     batch_error,
     drain_stderr,
-    exit_text,
-    load_death,
     load_error,
 )
-from p2pagent.inference.worker_process import Pending, WorkerProcess
+from p2pagent.inference.worker_process import Pending, Slots, WorkerProcess, future_answer
 from p2pagent.inference.worker_wire import ChannelClosed, Region
 
 if TYPE_CHECKING:
@@ -71,12 +72,19 @@ if TYPE_CHECKING:
 
     from p2pagent.inference.spec import InputTensor
 
+    #: A batch's outcome: its outputs (host tensors in port order), or why there are none.
+    Done = Callable[[list[torch.Tensor] | None, BaseException | None], None]
+
 log = logging.getLogger(__name__)
 
 PROBE_ENV = "P2PAGENT_WORKER_PROBE"
 #: Batches with more input bytes than this are written into shared memory from a thread,
 #: not on the event loop.
 _LOOP_COPY_BYTES = 1 << 20
+
+
+_outputs: Any = None  # runner's, imported with torch on the first batch
+split: Any = None
 
 
 class RemoteModel:
@@ -105,6 +113,34 @@ class RemoteModel:
         outputs, seconds = await self.worker.run(self, parts, rows, model.spec.batchable)
         return split(model, _outputs(model, outputs, rows), parts), seconds
 
+    def submit(
+        self,
+        model: LoadedModel,
+        parts: Sequence[Sequence[InputTensor]],
+        done: Callable[[list[list[torch.Tensor]] | None, BaseException | None], None],
+    ) -> None:
+        """Hands one batch to the worker (``ModelWorker.submit``); ``done`` gets each
+        request's outputs or the error, later, on the loop."""
+        global _outputs, split
+        if split is None:  # torch's side of the engine, imported on the first batch
+            from p2pagent.inference.runner import _outputs, split
+
+        batchable = model.spec.batchable
+        rows = sum(int(p[0].shape[0]) for p in parts) if batchable else 1
+
+        def finished(outputs: list[torch.Tensor] | None, error: BaseException | None) -> None:
+            if outputs is None:
+                done(None, error or Internal("the model worker gave no outputs"))
+                return
+            try:
+                outs = split(model, _outputs(model, outputs, rows), parts)
+            except Exception as e:
+                done(None, e)
+                return
+            done(outs, None)
+
+        self.worker.submit(self, parts, rows, batchable, finished)
+
     def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         """A direct call with whole tensors, from a thread other than the event loop's."""
         rows = int(inputs[0].shape[0]) if inputs and inputs[0].dim() else 1
@@ -130,14 +166,15 @@ class ModelWorker:
         self._keys = itertools.count(1)
         self._current: WorkerProcess | None = None
         #: Slots no batch holds, and the lock that loads a model once for concurrent batches.
-        self._free_slots: list[int] = list(range(worker_wire.SLOTS))
-        self._slot_free: asyncio.Semaphore | None = None
+        self._slots = Slots(worker_wire.SLOTS)
         self._load_lock: asyncio.Lock | None = None
         self._forgotten: collections.deque[int] = collections.deque()  # thread-safe appends
         self._closed = False
-        #: Workers started (the first one included) and lost, for stats and tests.
+        #: Workers started (the first one included) and lost, and batches ``submit`` handed
+        #: over at once (no task), for stats and tests.
         self.starts = 0
         self.losses = 0
+        self.handed_over = 0
 
     @staticmethod
     def create(
@@ -217,6 +254,77 @@ class ModelWorker:
         )
         return outputs, time.perf_counter() - start
 
+    def submit(
+        self, remote: RemoteModel, parts: Sequence[Sequence[InputTensor]], rows: int,
+        batchable: bool, done: Done,
+    ) -> None:  # fmt: skip
+        """Hands a batch to the worker; ``done`` gets its outputs (host tensors, in port
+        order) or the error, later on the loop, never from inside this call.
+
+        The steady state (the worker running with the model loaded, a slot free, inputs
+        small enough to copy on the loop) is handed over right here: the inputs written into
+        the slot's region and the request sent, and the reader calls ``done`` with the
+        answer; no task, no future, no extra turn of the loop per batch. Anything else
+        (a load, a worker to start, a big copy) takes the coroutine path, ``run``; so does
+        the second try after a worker lost under a batch (``_retrying``)."""
+        cur = self._current
+        slot = None
+        if cur is not None and not cur.lost and remote.key in cur.loaded and not self._forgotten:
+            slot = self._slots.try_take()
+        if cur is None or slot is None:
+            self._later(remote, (parts, rows, batchable), done, 1)
+            return
+        try:
+            refs, needed = worker_tensors.input_layout(parts, batchable, rows)
+            small = needed <= _LOOP_COPY_BYTES  # else copied from a thread: the coroutine's
+            if small:
+                region = self._input_region(cur, slot, needed)
+                worker_tensors.write_inputs(region, refs, parts)
+        except Exception:  # the coroutine path does it again, raising what there is to raise
+            small = False
+        if not small:
+            self._slots.give(slot)
+            self._later(remote, (parts, rows, batchable), done, 1)
+            return
+
+        def answered(reply: dict[str, Any] | None, error: BaseException | None) -> None:
+            outputs = None
+            if reply is not None:
+                outputs, error = self._outputs(cur, slot, reply, remote.name, rows, len(parts))
+            self._slots.give(slot)  # after the outputs were copied out of its region
+            if isinstance(error, WorkerLost):
+                doing = f"running a batch of model {remote.name!r}"
+                error = after_loss(error, doing, 1, False)
+                if error is None:  # once more, in a new worker
+                    self._later(remote, (parts, rows, batchable), done, 2)
+                    return
+            done(outputs, error)
+
+        self.handed_over += 1
+        cur.pending.append(Pending(answered, self.timeout_s, slot))
+        if len(cur.pending) == 1:
+            cur.arm()
+        message = {"op": "run", "key": remote.key, "slot": slot, "inputs": [r.pack() for r in refs]}
+        try:
+            self._send(cur, message, [])
+        except WorkerLost:
+            pass  # ``answered`` has it (``lose`` answers every pending request)
+
+    def _later(self, remote: RemoteModel, batch: Any, done: Done, first_try: int) -> None:
+        """A batch on the coroutine path, its outcome handed to ``done``."""
+        doing = f"running a batch of model {remote.name!r}"
+        task = asyncio.ensure_future(self._retrying(doing, remote, batch, first_try))
+
+        def finished(t: asyncio.Future[list[torch.Tensor]]) -> None:
+            if t.cancelled():
+                done(None, Unavailable("the batch was cancelled"))
+            elif (e := t.exception()) is not None:
+                done(None, e)
+            else:
+                done(t.result(), None)
+
+        task.add_done_callback(finished)
+
     async def probe(self, paths: list[str]) -> dict[str, str]:
         """Tries to open each path from inside the worker: "opened" or the errno's name."""
         reply = await self._ask({"op": "probe", "paths": paths}, [], "probing paths")
@@ -239,36 +347,29 @@ class ModelWorker:
     async def aclose(self) -> None:
         self._closed = True
         if self._current is not None:
-            self._lose(self._current, "was stopped: the node is shutting down", log_it=False)
+            self._current.lose("was stopped: the node is shutting down", log_it=False)
         await asyncio.to_thread(shutil.rmtree, self.scratch, True)
 
     # ---- requests --------------------------------------------------------------------------
 
-    async def _retrying(self, doing: str, remote: RemoteModel, batch: Any) -> Any:
+    async def _retrying(
+        self, doing: str, remote: RemoteModel, batch: Any, first_try: int = 1
+    ) -> Any:
         """A load (``batch`` None) or a batch, tried once more in a new worker if the worker
         dies under it; Internal if it hung or died loading the model both times (the model's
-        doing: not to retry), else Unavailable after a second death."""
-        loading = True
-        for tries in (1, 2):
+        doing: not to retry), else Unavailable after a second death. ``first_try`` 2: the
+        first try was ``submit``'s (a batch of a loaded model)."""
+        loading = first_try == 1
+        for tries in range(first_try, 3):
             try:
                 if batch is None:
                     return await self._load(remote)
                 return await self._run_once(remote, *batch)
             except WorkerLost as e:
-                if e.hung:
-                    raise Internal(
-                        f"the model worker {e} while {doing}; a new worker starts on the next "
-                        "request"
-                    ) from None
                 loading = loading and e.loading
-                if tries == 2 and loading:
-                    raise load_death(remote.name, str(e)) from None
-                if tries == 2:
-                    raise Unavailable(
-                        f"the model worker {e} while {doing}, twice in a row; a new worker "
-                        "starts on the next request: retry"
-                    ) from None
-                log.info("%s again in a new model worker", doing)
+                error = after_loss(e, doing, tries, loading, remote.name)
+                if error is not None:
+                    raise error from None
         raise AssertionError("unreachable")
 
     async def _load(self, remote: RemoteModel) -> int:
@@ -299,7 +400,7 @@ class ModelWorker:
             os.close(fd)
         nbytes = reply.get("nbytes")
         if not isinstance(nbytes, int) or nbytes < 0:
-            raise self._lose(cur, "broke the protocol (a load answer without a size)")
+            raise cur.lose("broke the protocol (a load answer without a size)")
         cur.loaded.add(remote.key)
         return nbytes
 
@@ -310,15 +411,13 @@ class ModelWorker:
         rows: int,
         batchable: bool,
     ) -> list[torch.Tensor]:
-        if self._slot_free is None or self._load_lock is None:
-            self._slot_free = asyncio.Semaphore(worker_wire.SLOTS)
+        if self._load_lock is None:
             self._load_lock = asyncio.Lock()
-        async with self._slot_free:  # a batch per slot: its inputs and outputs are its own
-            slot = self._free_slots.pop()
-            try:
-                return await self._run_in(slot, remote, parts, rows, batchable)
-            finally:
-                self._free_slots.append(slot)
+        slot = await self._slots.take()  # a batch per slot: its inputs and outputs are its own
+        try:
+            return await self._run_in(slot, remote, parts, rows, batchable)
+        finally:
+            self._slots.give(slot)
 
     async def _run_in(
         self, slot: int, remote: RemoteModel, parts: Sequence[Sequence[InputTensor]],
@@ -333,12 +432,7 @@ class ModelWorker:
                     await self._load(remote)
                     cur = self._process()
         refs, needed = worker_tensors.input_layout(parts, batchable, rows)
-        region = cur.inputs[slot]
-        if region is None or region.size < needed:
-            if region is not None:
-                region.close()
-            region = cur.inputs[slot] = Region.create(needed, "p2pagent-worker-in")
-            self._send(cur, {"op": "inbuf", "size": region.size, "slot": slot}, [region.fd])
+        region = self._input_region(cur, slot, needed)
         if needed <= _LOOP_COPY_BYTES:
             worker_tensors.write_inputs(region, refs, parts)
         else:
@@ -349,10 +443,36 @@ class ModelWorker:
             failed=lambda kind, msg: batch_error(remote.name, kind, msg, rows, len(parts)),
             process=cur, slot=slot,
         )  # fmt: skip
+        outputs, error = self._outputs(cur, slot, reply, remote.name, rows, len(parts))
+        if error is not None:
+            raise error
+        assert outputs is not None
+        return outputs
+
+    def _input_region(self, cur: WorkerProcess, slot: int, needed: int) -> Region:
+        """The slot's input region, replaced by a larger one (announced to the worker) where
+        the batch does not fit."""
+        region = cur.inputs[slot]
+        if region is None or region.size < needed:
+            if region is not None:
+                region.close()
+            region = cur.inputs[slot] = Region.create(needed, "p2pagent-worker-in")
+            self._send(cur, {"op": "inbuf", "size": region.size, "slot": slot}, [region.fd])
+        return region
+
+    def _outputs(
+        self, cur: WorkerProcess, slot: int, reply: dict[str, Any], name: str, rows: int,
+        requests: int,
+    ) -> tuple[list[torch.Tensor] | None, BaseException | None]:  # fmt: skip
+        """A batch's answer: its outputs, copied out of the slot's region and checked, or
+        the error it says (WorkerLost: it broke the protocol)."""
+        if reply.get("ok") is not True:
+            kind, text = str(reply.get("kind"))[:32], str(reply.get("message"))[:2000]
+            return None, batch_error(name, kind, text, rows, requests)
         try:
-            return worker_tensors.read_outputs(cur.outputs[slot], reply.get("outputs"))
+            return worker_tensors.read_outputs(cur.outputs[slot], reply.get("outputs")), None
         except ChannelClosed as e:
-            raise self._lose(cur, f"broke the protocol ({e})") from None
+            return None, cur.lose(f"broke the protocol ({e})")
 
     async def _ask(
         self, message: dict[str, Any], fds: list[int], doing: str, *, failed: Any = None,
@@ -362,13 +482,12 @@ class ModelWorker:
         cur = process or self._process()
         if cur.lost:
             raise WorkerLost("was replaced before it got to this", queued=True)
-        loop = self._bind_loop()
-        pending = Pending(doing, loop.create_future(), self.timeout_s, slot)
-        cur.pending.append(pending)
+        future: asyncio.Future[dict[str, Any]] = self._bind_loop().create_future()
+        cur.pending.append(Pending(future_answer(future), self.timeout_s, slot))
         if len(cur.pending) == 1:
-            self._arm(cur)
+            cur.arm()
         self._send(cur, message, fds)
-        reply = await pending.future
+        reply = await future
         if reply.get("ok") is True:
             return reply
         kind, text = str(reply.get("kind"))[:32], str(reply.get("message"))[:2000]
@@ -381,7 +500,7 @@ class ModelWorker:
         try:
             worker_wire.send(cur.sock, message, fds)
         except OSError as e:
-            raise self._lose(cur, f"could not be reached ({e})") from None
+            raise cur.lose(f"could not be reached ({e})") from None
 
     # ---- the process -----------------------------------------------------------------------
 
@@ -424,14 +543,10 @@ class ModelWorker:
             raise Unavailable(f"cannot start the model worker: {e}") from None
         finally:
             child.close()
-        parent.setblocking(False)
-        cur = WorkerProcess(proc, parent)
-        self._current = cur
-        self.starts += 1
+        cur = self._adopt(proc, parent)
         threading.Thread(
             target=drain_stderr, args=(proc, cur.stderr), name="model-worker-stderr", daemon=True
         ).start()
-        loop.add_reader(parent.fileno(), self._on_readable, cur)
         init = {
             "op": "init", "rules": [[r.path, r.access.value] for r in self.plan.rules],
             "uid": self.plan.uid, "gid": self.plan.gid, "threads": self.threads,
@@ -439,12 +554,28 @@ class ModelWorker:
         }  # fmt: skip
         # Sent now, before anything else can be: the worker reads it first. Starting imports
         # torch, which can be slow on a busy host.
-        hello = Pending("starting", loop.create_future(), max(self.timeout_s, 120.0))
-        cur.pending.append(hello)
-        self._arm(cur)
+        hello: asyncio.Future[dict[str, Any]] = loop.create_future()
+        cur.pending.append(Pending(future_answer(hello), max(self.timeout_s, 120.0)))
+        cur.arm()
         self._send(cur, init, [])
-        hello.future.add_done_callback(lambda f: self._started(cur, f))
+        hello.add_done_callback(lambda f: self._started(cur, f))
         return cur
+
+    def _adopt(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> WorkerProcess:
+        """Makes the process at the other end of ``sock`` the current worker: its answers
+        read on the loop from now on (tests adopt a worker serving from a thread)."""
+        loop = self._bind_loop()
+        sock.setblocking(False)
+        cur = WorkerProcess(proc, sock, loop, self._lost)
+        self._current = cur
+        self.starts += 1
+        loop.add_reader(sock.fileno(), cur.on_readable)
+        return cur
+
+    def _lost(self, cur: WorkerProcess) -> None:
+        if cur is self._current:
+            self._current = None
+            self.losses += 1
 
     def _started(self, cur: WorkerProcess, future: asyncio.Future[dict[str, Any]]) -> None:
         if future.cancelled() or future.exception() is not None:
@@ -452,7 +583,7 @@ class ModelWorker:
         hello = future.result()
         if hello.get("ok") is not True:
             why = str(hello.get("message"))[:500]
-            self._lose(cur, f"could not confine itself ({why})")
+            cur.lose(f"could not confine itself ({why})")
             return
         log.info(
             "model worker started: pid %d, uid %s, gid %s, no_new_privs %s, capabilities "
@@ -466,118 +597,6 @@ class ModelWorker:
         if paths and cur is self._current:
             probe = asyncio.ensure_future(self.probe(paths))
             probe.add_done_callback(_log_probe)
-
-    def _on_readable(self, cur: WorkerProcess) -> None:
-        # One message per call (the reader is level-triggered: another one waiting calls again
-        # on the loop's next turn): one answer, the common case, costs no failed read.
-        if cur is not self._current:
-            return
-        try:
-            reply, fds = worker_wire.receive(cur.sock)
-        except BlockingIOError:
-            return
-        except (OSError, ChannelClosed) as e:
-            self._lose(cur, self._exit_reason(cur, e))
-            return
-        if not cur.pending:
-            for fd in fds:
-                os.close(fd)
-            self._lose(cur, "broke the protocol (an answer nobody asked for)")
-            return
-        slot = cur.pending[0].slot  # the daemon's record, not the worker's word
-        if "outbuf" in reply:
-            if len(fds) != 1 or not isinstance(reply["outbuf"], int) or slot < 0:
-                self._lose(cur, "broke the protocol (an output region without its fd)")
-                return
-            try:
-                region = Region.adopt(fds[0], reply["outbuf"])
-            except (ChannelClosed, OSError) as e:
-                self._lose(cur, f"broke the protocol ({e})")
-                return
-            old = cur.outputs[slot]
-            if old is not None:
-                old.close()
-            cur.outputs[slot] = region
-        else:
-            for fd in fds:
-                os.close(fd)
-        done = cur.pending.popleft()
-        self._arm(cur)
-        if not done.future.done():
-            done.future.set_result(reply)
-
-    def _arm(self, cur: WorkerProcess) -> None:
-        """Starts the clock of the request the worker is on now (the queue's head). One
-        watchdog per worker, not a timer made and cancelled per batch (issue 26)."""
-        loop = self._loop
-        if not cur.pending or loop is None:
-            return
-        head = cur.pending[0]
-        head.due = loop.time() + head.timeout
-        if cur.timer is not None and cur.timer_at > head.due:
-            cur.timer.cancel()  # set for a longer timeout (the start's): too late for this one
-            cur.timer = None
-        if cur.timer is None:
-            cur.timer, cur.timer_at = loop.call_at(head.due, self._watch, cur), head.due
-
-    def _watch(self, cur: WorkerProcess) -> None:
-        cur.timer = None  # idle (nothing pending): the next request sets it again
-        if not cur.pending or self._loop is None:
-            return
-        head = cur.pending[0]
-        if self._loop.time() < head.due:
-            cur.timer, cur.timer_at = self._loop.call_at(head.due, self._watch, cur), head.due
-            return
-        why = f"did not answer in {head.timeout:.0f}s (inference.worker_timeout_s)"
-        self._lose(cur, f"{why} and was stopped", hung=True)
-
-    def _exit_reason(self, cur: WorkerProcess, e: BaseException) -> str:
-        try:
-            code = cur.proc.wait(1.0)  # it closed the channel: it is exiting
-        except subprocess.TimeoutExpired:
-            return f"broke the protocol ({e})"
-        tail = [line for line in cur.stderr if line][-3:]
-        words = f"; its last words: {' | '.join(tail)}" if tail else ""
-        return f"exited with {exit_text(code)}{words}"
-
-    def _lose(
-        self, cur: WorkerProcess, why: str, *, hung: bool = False, log_it: bool = True
-    ) -> WorkerLost:
-        """Stops ``cur`` for good and fails what it had: its first request (the one it was
-        on) with ``why``; the ones queued behind it never started, so they may go again."""
-        if cur.lost:
-            return WorkerLost(why, hung=hung)
-        cur.lost = True
-        if log_it:
-            log.warning("the model worker (pid %d) %s", cur.proc.pid, why)
-        if cur is self._current:
-            self._current = None
-            self.losses += 1
-        if cur.timer is not None:
-            cur.timer.cancel()
-        if self._loop is not None:
-            self._loop.remove_reader(cur.sock.fileno())
-        cur.sock.close()
-        if cur.proc.poll() is None:
-            cur.proc.kill()
-            threading.Thread(target=cur.proc.wait, name="model-worker-reap", daemon=True).start()
-        for region in (*cur.inputs, *cur.outputs):
-            if region is not None:
-                region.close()
-        cur.inputs = [None] * worker_wire.SLOTS
-        cur.outputs = [None] * worker_wire.SLOTS
-        error = WorkerLost(why, hung=hung)
-        first = True
-        while cur.pending:
-            p = cur.pending.popleft()
-            if not p.future.done():
-                p.future.set_exception(
-                    error
-                    if first
-                    else WorkerLost(f"{why} (before it got to this request)", queued=True)
-                )
-            first = False
-        return error
 
 
 def _log_probe(task: asyncio.Future[dict[str, str]]) -> None:

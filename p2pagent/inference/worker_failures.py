@@ -6,10 +6,14 @@ node's own errors with messages that say what to do."""
 from __future__ import annotations
 
 import collections
+import logging
 import subprocess
 from pathlib import Path
 
-from p2pagent.errors import Internal, InvalidArgument, P2PAgentError, ResourceExhausted
+from p2pagent.errors import Internal, InvalidArgument, P2PAgentError, ResourceExhausted, Unavailable
+
+#: worker.py's log: a retry in a new worker is logged there.
+log = logging.getLogger("p2pagent.inference.worker")
 
 
 class WorkerLost(Exception):
@@ -22,6 +26,28 @@ class WorkerLost(Exception):
         self.hung = hung
         self.queued = queued
         self.loading = False
+
+
+def after_loss(
+    e: WorkerLost, doing: str, tries: int, loading: bool, name: str = ""
+) -> P2PAgentError | None:
+    """What a worker lost under a request (its ``tries``-th, 1 or 2) makes of it: None to
+    try once more in a new worker, else the error for the callers: Internal where it hung or
+    died loading the model both times (the model's doing: not to retry), else Unavailable
+    after a second death."""
+    if e.hung:
+        return Internal(
+            f"the model worker {e} while {doing}; a new worker starts on the next request"
+        )
+    if tries == 2 and loading:
+        return load_death(name, str(e))
+    if tries == 2:
+        return Unavailable(
+            f"the model worker {e} while {doing}, twice in a row; a new worker starts on "
+            "the next request: retry"
+        )
+    log.info("%s again in a new model worker", doing)
+    return None
 
 
 def load_death(name: str, why: str) -> P2PAgentError:

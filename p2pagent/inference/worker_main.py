@@ -41,6 +41,8 @@ import sys
 import warnings
 from typing import Any
 
+import msgpack  # type: ignore[import-untyped]
+
 from p2pagent.inference import sandbox, worker_wire
 from p2pagent.inference.formats import ModelFormat
 from p2pagent.inference.isolation import EXIT_ON_LOAD_ENV
@@ -69,7 +71,7 @@ class Worker:
         self.sock = sock
         #: Bytes of the data segment this process may use (RLIMIT_DATA); 0: no limit.
         self.memory_limit = memory_limit
-        #: key -> (module, output names, device)
+        #: key -> (what to call: the module or its forward, output names, device)
         self.models: dict[int, tuple[Any, list[str], Any]] = {}
         self.inputs: list[Region | None] = [None] * worker_wire.SLOTS
         self.outputs: list[Region | None] = [None] * worker_wire.SLOTS
@@ -77,7 +79,7 @@ class Worker:
         # one (the common case) reuses them instead of wrapping the memory again. Dropped
         # with their region.
         self.input_views: dict[tuple[Any, ...], list[Any]] = {}
-        self.output_plans: dict[tuple[Any, ...], tuple[list[Any], list[Any]]] = {}
+        self.output_plans: dict[tuple[Any, ...], tuple[bytes, list[Any]]] = {}
 
     # ---- requests ------------------------------------------------------------------------
 
@@ -96,12 +98,14 @@ class Worker:
                 reply, reply_fds = self.handle(op, message, fds)
             except _Failure as f:
                 reply, reply_fds = {"ok": False, "kind": f.kind, "message": str(f)[:4000]}, []
-            if reply is not None:
+            if isinstance(reply, bytes):  # a batch's answer, packed once per output layout
+                self.sock.sendall(reply)
+            elif reply is not None:
                 worker_wire.send(self.sock, reply, reply_fds)
 
     def handle(
         self, op: Any, message: dict[str, Any], fds: list[int]
-    ) -> tuple[dict[str, Any] | None, list[int]]:
+    ) -> tuple[dict[str, Any] | bytes | None, list[int]]:
         if op == "run":
             return self.run(message)
         if op == "load":
@@ -176,7 +180,7 @@ class Worker:
         from p2pagent.inference.loading import module_nbytes
 
         names = [str(n) for n in message["outputs"]]
-        self.models[int(message["key"])] = (module, names, device)
+        self.models[int(message["key"])] = (_entry_point(module), names, device)
         return {"ok": True, "nbytes": module_nbytes(module)}
 
     def load_folder(self, fd: int, message: dict[str, Any], device: Any) -> Any:
@@ -212,7 +216,7 @@ class Worker:
             f"{self.memory_limit / 2**20:.0f} MiB): raise {KNOB} or serve it on a larger node"
         )
 
-    def run(self, message: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    def run(self, message: dict[str, Any]) -> tuple[dict[str, Any] | bytes, list[int]]:
         torch = self.torch
         entry = self.models.get(int(message["key"]))
         slot = _slot(message)
@@ -224,7 +228,7 @@ class Worker:
             if device.type != "cpu":
                 inputs = [t.to(device) for t in inputs]
             outs = _as_list(torch, module(*inputs), names)
-            outs = [o if o.device.type == "cpu" else o.cpu() for o in outs]
+            outs = [o if o.is_cpu else o.cpu() for o in outs]
         except _Failure:
             raise
         except torch.OutOfMemoryError as e:  # the device's memory
@@ -257,15 +261,17 @@ class Worker:
             self.input_views[layout] = views
         return views
 
-    def write_outputs(self, slot: int, outs: list[Any]) -> tuple[dict[str, Any], list[int]]:
-        signature = (slot, *((o.dtype, tuple(o.shape)) for o in outs))
+    def write_outputs(
+        self, slot: int, outs: list[Any]
+    ) -> tuple[dict[str, Any] | bytes, list[int]]:
+        signature = (slot, *((o.dtype, o.shape) for o in outs))
         plan = self.output_plans.get(signature)
-        if plan is not None:
+        if plan is not None:  # outputs shaped as before: the same views, the same answer
             packed, views = plan
             for dst, o in zip(views, outs):
                 if dst is not None:
                     dst.copy_(o)
-            return {"ok": True, "outputs": packed}, []
+            return packed, []
         from p2pagent.inference import dtypes
 
         specs = []
@@ -291,7 +297,8 @@ class Worker:
                 dst.copy_(o)
         if len(self.output_plans) > 64:
             self.output_plans.clear()
-        self.output_plans[signature] = (reply["outputs"], views)
+        answer = msgpack.packb({"ok": True, "outputs": reply["outputs"]}, use_bin_type=True)
+        self.output_plans[signature] = (answer, views)
         return reply, fds
 
 
@@ -300,6 +307,28 @@ def _slot(message: dict[str, Any]) -> int:
     if not isinstance(slot, int) or not 0 <= slot < worker_wire.SLOTS:
         raise _Failure("internal", f"a request for slot {str(slot)[:16]!r}")
     return slot
+
+
+def _entry_point(module: Any) -> Any:
+    """What a batch calls: the module's ``forward`` where no hook is registered on it (so
+    ``nn.Module.__call__``'s hook checks are not paid per batch), else the module (a
+    torch.export module checks its inputs in a forward pre-hook)."""
+    import torch
+
+    hooks = (
+        "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+    )  # fmt: skip
+    if not isinstance(module, torch.nn.Module) or any(getattr(module, h, None) for h in hooks):
+        return module
+    from torch.nn.modules import module as nn_module
+
+    global_hooks = (
+        "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    )  # fmt: skip
+    if any(getattr(nn_module, h, None) for h in global_hooks):
+        return module
+    return module.forward
 
 
 def _view(torch: Any, region: Region, ref: TensorRef) -> Any:

@@ -27,20 +27,37 @@ def input_layout(
     parts: Sequence[Sequence[InputTensor]], batchable: bool, rows: int
 ) -> tuple[list[TensorRef], int]:
     """Where each input of the batch goes in the region, and the bytes it needs."""
+    joined = batchable and len(parts) > 1
     specs = []
-    for col in zip(*parts):
-        first = col[0]
-        shape = (rows, *first.shape[1:]) if batchable and len(col) > 1 else tuple(first.shape)
-        specs.append((_dtype_of(first), tuple(int(d) for d in shape)))
+    for first in parts[0]:  # the group's requests share dtypes and trailing dimensions
+        shape = first.shape  # ints (a numpy shape, a torch.Size)
+        specs.append((_dtype_of(first), (rows, *shape[1:]) if joined else tuple(shape)))
     return worker_wire.layout(specs)
 
 
 def write_inputs(
     region: Region, refs: list[TensorRef], parts: Sequence[Sequence[InputTensor]]
 ) -> None:
+    if len(parts) == 1:  # a batch of one request (most, where requests come one by one)
+        for ref, t in zip(refs, parts[0]):
+            if ref.nbytes and not _copy_whole(region, ref, t):
+                _concatenate_into(region, ref, [t])
+        return
     for ref, col in zip(refs, zip(*parts)):
         if ref.nbytes:
             _concatenate_into(region, ref, col)
+
+
+def _copy_whole(region: Region, ref: TensorRef, t: InputTensor) -> bool:
+    """One wire tensor's bytes into the region as they are, where they already are the
+    input's (row-major, its dtype): one copy, no arrays built. False: the general way."""
+    if not isinstance(t, HostTensor):
+        return False
+    array = t.array
+    if not array.flags.c_contiguous or array.dtype != _numpy_dtype(ref.dtype):
+        return False
+    region.map[ref.offset : ref.offset + ref.nbytes] = array  # type: ignore[call-overload]  # its buffer
+    return True
 
 
 def read_outputs(region: Region | None, raw: Any) -> list[torch.Tensor]:
@@ -49,8 +66,25 @@ def read_outputs(region: Region | None, raw: Any) -> list[torch.Tensor]:
         raise ChannelClosed("an answer without a list of outputs")
     if raw and region is None:
         raise ChannelClosed("outputs without an output region")
-    refs = [TensorRef.checked(r, region.size if region else 0, "output") for r in raw]
-    return [_copy_out(region, ref) for ref in refs]
+    size = region.size if region else 0
+    return [_copy_out(region, TensorRef.checked(r, size, "output")) for r in raw]
+
+
+_np: Any = None  # numpy, once a batch has come back (a node serving no model never loads it)
+_from_numpy: Any = None
+
+
+#: numpy dtypes by name, made once: numpy parses a dtype given as a string on every call.
+_NUMPY: dict[str, Any] = {}
+
+
+def _numpy_dtype(info: dtypes.DTypeInfo) -> Any:
+    dtype = _NUMPY.get(info.name)
+    if dtype is None:
+        import numpy as np
+
+        dtype = _NUMPY[info.name] = np.dtype(info.numpy)
+    return dtype
 
 
 def _dtype_of(t: InputTensor) -> dtypes.DTypeInfo:
@@ -72,7 +106,8 @@ def _concatenate_into(region: Region, ref: TensorRef, column: Sequence[InputTens
         # joined along dimension 0 are their bytes one after the other: copied as bytes,
         # without building arrays over the region for each batch.
         arrays = [np.ascontiguousarray(t.array) for t in column]  # type: ignore[union-attr]
-        same = all(a.dtype == ref.dtype.numpy for a in arrays)
+        dtype = _numpy_dtype(ref.dtype)
+        same = all(a.dtype == dtype for a in arrays)
         if same and sum(a.nbytes for a in arrays) == ref.nbytes:
             with memoryview(region.map) as dst:
                 at = ref.offset
@@ -81,7 +116,7 @@ def _concatenate_into(region: Region, ref: TensorRef, column: Sequence[InputTens
                         dst[at : at + raw.nbytes] = raw
                         at += raw.nbytes
             return
-        joined = np.ndarray(ref.shape, dtype=ref.dtype.numpy, buffer=region.map, offset=ref.offset)
+        joined = np.ndarray(ref.shape, dtype=dtype, buffer=region.map, offset=ref.offset)
         np.concatenate(arrays, out=joined)
         del joined
         return
@@ -99,13 +134,22 @@ def _concatenate_into(region: Region, ref: TensorRef, column: Sequence[InputTens
 
 def _copy_out(region: Region | None, ref: TensorRef) -> torch.Tensor:
     """An output copied out of the worker's region (which the next batch overwrites)."""
-    import numpy as np
+    global _np, _from_numpy
+    if _np is None:
+        import numpy
+        import torch
 
+        _np, _from_numpy = numpy, torch.from_numpy
     info = ref.dtype
-    if region is None or ref.nbytes == 0:
-        array = np.empty(ref.shape, dtype=info.numpy)
+    dtype = _numpy_dtype(info)
+    nbytes = ref.nbytes
+    if region is None or nbytes == 0:
+        array = _np.empty(ref.shape, dtype=dtype)
     else:
-        count = ref.nbytes // info.itemsize
-        array = np.frombuffer(region.map, dtype=info.numpy, count=count, offset=ref.offset)
+        count = nbytes // info.itemsize
+        array = _np.frombuffer(region.map, dtype=dtype, count=count, offset=ref.offset)
         array = array.reshape(ref.shape).copy()
+    if info.numpy_is_exact:
+        out: torch.Tensor = _from_numpy(array)
+        return out
     return host_to_torch(info, array)

@@ -147,7 +147,7 @@ def test_a_batch_in_the_worker_does_not_hold_up_a_model_of_this_process() -> Non
 def test_worker_pipeline_depth_is_checked() -> None:
     from p2pagent.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="worker_pipeline_depth must be 1 or 2"):
+    with pytest.raises(ConfigError, match="worker_pipeline_depth must be 0 \\(auto\\), 1 or 2"):
         InferenceConfig(worker_pipeline_depth=3).validate()
 
 
@@ -563,3 +563,13 @@ def test_a_full_batch_in_the_schedulers_seconds() -> None:
     (b,) = small.poll(0.0).batches
     small.on_batch_done(b.batch_id, 0.05)
     assert small.full_batch_s("t") == pytest.approx(100 * 0.001)  # the token budget binds
+
+
+def test_the_worker_pipeline_is_one_batch_on_a_cpu_and_two_on_cuda_unless_set() -> None:
+    from p2pagent.inference.device import DeviceInfo
+    from p2pagent.inference.engine import resolve_config
+
+    cpu, cuda = DeviceInfo("cpu", "cpu"), DeviceInfo("cuda:0", "cuda:0 (test)")
+    assert resolve_config(InferenceConfig(), cpu).worker_pipeline_depth == 1
+    assert resolve_config(InferenceConfig(), cuda).worker_pipeline_depth == 2
+    assert resolve_config(InferenceConfig(worker_pipeline_depth=2), cpu).worker_pipeline_depth == 2
