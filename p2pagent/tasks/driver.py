@@ -44,7 +44,7 @@ from p2pagent.tasks.admission import IdentityQuotas, check_inputs
 from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.core import TaskNode
 from p2pagent.tasks.hinting import HintChannel, from_hint
-from p2pagent.tasks.journal import Finished, Submitted, TaskJournal, Write
+from p2pagent.tasks.journal import Submitted, TaskJournal, Whole
 from p2pagent.tasks.journal_hold import HoldingJournal
 from p2pagent.tasks.leases import LeaseTable
 from p2pagent.tasks.lifecycle import TaskEvent
@@ -367,12 +367,10 @@ class TasksDriver:
         if not result.ok and result.error_code in self.cfg.retryable_codes:
             return None
         finished = self.adapter.now()
-        writes: list[Write] = [
-            Submitted(task_to_spec(task), submitted),
-            Finished(task.task_id, result_to_proto(result), finished),
-        ]
+        # One row, without the inputs: nothing reads a finished task's inputs.
+        whole = Whole(task_to_spec(task, False), submitted, result_to_proto(result), finished)
         try:
-            durable = self._writes.write_many(writes)[-1]  # one piece: committed together
+            durable = self._writes.write(whole)
         except Unavailable as e:
             self.quotas.release(task.task_id)
             raise self._not_journaled(e) from e

@@ -13,6 +13,8 @@ Protocol, both directions a stream of msgpack arrays:
   ``["S", task_id, model, spec, submitted]`` (a task accepted: ``TaskSpec`` bytes),
   ``["F", task_id, result, finished]`` (its result: ``CompleteRequest`` bytes; right after
   its task's ``S`` in one group, the two are written as one row: :func:`whole_tasks`),
+  ``["W", task_id, model, spec, submitted, result, finished]`` (a task journaled once it
+  has finished, one row),
   ``["P", finished_before]`` (forget results delivered before that time),
   ``["D", [task_id, ...]]`` (forget unfinished tasks whose submission was refused because a
   previous writer died before confirming it: it may or may not have reached the table);

@@ -42,13 +42,14 @@ def input_bytes(inputs: Sequence[common_pb2.Tensor]) -> int:
     return sum(len(t.data) for t in inputs)
 
 
-def task_to_spec(task: Task) -> peer_pb2.TaskSpec:
+def task_to_spec(task: Task, with_inputs: bool = True) -> peer_pb2.TaskSpec:
+    """``with_inputs=False``: without its input tensors (a finished task's journal row)."""
     inputs: Sequence[common_pb2.Tensor] = task.inputs or []  # type: ignore[assignment]
     return peer_pb2.TaskSpec(
         task_id=task.task_id,
         origin=task.origin,
         model=task.model,
-        inputs=list(inputs),
+        inputs=list(inputs) if with_inputs else [],
         priority=task.priority,
         deadline_unix=task.deadline,
         est_cost_s=task.est_cost_s,

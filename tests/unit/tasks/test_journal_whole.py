@@ -6,8 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgpack  # type: ignore[import-untyped]
 import pytest
 
+from p2pagent._proto import peer_pb2
+from p2pagent.tasks.journal import Whole, encode
 from p2pagent.tasks.journal_writer import JournalTable, whole_tasks
 
 
@@ -52,3 +55,16 @@ def test_the_table_reads_back_the_same_either_way(tmp_path: Path, alone: bool) -
     finally:
         folded.close()
         apart.close()
+
+
+def test_a_task_journaled_whole_reads_back_finished(tmp_path: Path) -> None:
+    spec = peer_pb2.TaskSpec(task_id="n1-a", origin="n1", model="m")
+    result = peer_pb2.CompleteRequest(task_id="n1-a", executor="n1", ok=True)
+    table = JournalTable(tmp_path / "tasks.db")
+    try:
+        table.commit([msgpack.unpackb(encode(Whole(spec, 1.0, result, 2.0)), raw=False)])
+        ((raw_spec, submitted, finished, raw_result),) = table.load()
+    finally:
+        table.close()
+    assert peer_pb2.TaskSpec.FromString(raw_spec) == spec and (submitted, finished) == (1.0, 2.0)
+    assert raw_result is not None and peer_pb2.CompleteRequest.FromString(raw_result) == result

@@ -123,6 +123,7 @@ async def test_a_short_task_runs_at_once_and_is_journaled_whole_in_one_group(mak
     assert journal.groups - before == 1
     row = journal.rows[task_id]
     assert row.result is not None and row.result.ok and row.finished is not None
+    assert row.spec.model == MODEL and not row.spec.inputs  # nothing reads them any more
     # It never went through the lease table, and nothing of it is left running or counted.
     assert task_id not in d.leases.lifecycle and d.running == 0 and d.queue.n_queued == 0
     assert d.quotas.usage(OWNER) == (0, 0)
