@@ -4,7 +4,8 @@
 
 Same stack as the daemon (grpc.aio on uvloop, the node's certificate, client certificates
 required) and nothing of p2pagent behind it: ``Infer`` answers with its inputs, and
-``InferStream`` answers each request of the stream with its inputs under its id. What a real
+``InferStream`` answers each request of the stream with its inputs under its id, and
+``SubmitAndWait`` answers its one done event with its inputs (a server stream). What a real
 daemon does per request beyond this is our cost; this much is the RPC layer's, and no
 batching can make a daemon faster than it. Prints "ready" once serving.
 """
@@ -38,6 +39,16 @@ class Echo(agent_pb2_grpc.AgentServiceServicer):
             yield agent_pb2.InferStreamResponse(
                 request_id=request.request_id, outputs=list(request.inputs)
             )
+
+
+    async def SubmitAndWait(
+        self, request: agent_pb2.SubmitAndWaitRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[agent_pb2.SubmitAndWaitResponse]:
+        # The floor of a one-message server stream: a done event carrying the inputs.
+        event = agent_pb2.TaskEvent(
+            task_id="echo", kind=agent_pb2.TaskEvent.KIND_DONE, outputs=list(request.inputs)
+        )
+        yield agent_pb2.SubmitAndWaitResponse(event=event)
 
 
 async def serve(certs: Path, name: str, address: str) -> None:

@@ -150,8 +150,11 @@ class TasksAgentApi(_TasksAccess):
     async def SubmitAndWait(
         self, request: agent_pb2.SubmitAndWaitRequest, context: Ctx
     ) -> AsyncIterator[agent_pb2.SubmitAndWaitResponse]:
-        task_id = await self._submit(request, caller_identity(context).uri, with_result=True)
-        async for event in self._tasks().wait(task_id):
+        owner = caller_identity(context).uri
+        inputs = admit(self._tasks_node, request)  # a bad tensor is refused before anything
+        if request.model_version or not self._tasks_node.models_cache.serves(request.model):
+            inputs = None  # not run here at once: the scheduler decides where it runs
+        async for event in self._tasks().submit_and_wait(request, inputs, owner):
             yield agent_pb2.SubmitAndWaitResponse(event=event)
 
     async def SubmitStream(

@@ -153,7 +153,9 @@ class TasksConfig:
     #: (``SubmitAndWait``, ``SubmitStream``) and whose estimate is below this is held back up
     #: to this long: if the task finishes meanwhile, its submission and result are committed
     #: together, one fsync instead of two in a row. Nothing is shown before it is durable;
-    #: only the first event (the id) of such a call comes later. 0: never held.
+    #: only the first event (the id) of such a call comes later. Such a SubmitAndWait that
+    #: can start here at once runs in the call and is journaled whole once finished (its
+    #: result is its one event). 0: never held, never run in the call.
     journal_hold_s: float = 0.005
 
     def validate(self) -> TasksConfig:

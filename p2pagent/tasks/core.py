@@ -152,7 +152,6 @@ class TaskNode:
 
     def backlog_s(self) -> float:
         return self.queue.queued_cost_s()
-
     def report(self, now: float) -> LoadReport:
         """Our load now, as ``Peer.Load`` and hints carry it (an input: it is numbered)."""
         return self._report(now)
@@ -292,6 +291,14 @@ class TaskNode:
         if self._running.pop(task_id, None) is not None:
             self.stats.completed += 1
         self._changed(now)
+        return self._flush()
+
+    def on_now_journaled(self, task_id: str, now: float) -> list[Effect]:
+        """The result of a task :meth:`start_now` started was journaled with its submission
+        (``SubmitAndWait``): kept, and forgotten after ``done_retention_s``, like any other."""
+        if not self._finished_at:
+            self._dirty = True  # the tick schedules the forgetting
+        self._finished_at[task_id] = now
         return self._flush()
 
     def on_complete_ack(self, task_id: str, attempt: int) -> None:

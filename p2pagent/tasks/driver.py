@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import random
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ from p2pagent.tasks.admission import IdentityQuotas, check_inputs
 from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.core import TaskNode
 from p2pagent.tasks.hinting import HintChannel, from_hint
-from p2pagent.tasks.journal import Submitted, TaskJournal
+from p2pagent.tasks.journal import Submitted, TaskJournal, Whole
 from p2pagent.tasks.journal_hold import HoldingJournal
 from p2pagent.tasks.leases import LeaseTable
 from p2pagent.tasks.lifecycle import TaskEvent
@@ -63,7 +62,9 @@ from p2pagent.tasks.wire import (
     input_bytes,
     result_event,
     result_from_proto,
+    result_to_proto,
     task_from_spec,
+    task_list,
     task_to_spec,
 )
 
@@ -122,6 +123,11 @@ class TasksDriver:
         self._channels = channels
         self._metrics = metrics
         rng = rng or random.Random()
+        #: Task ids: 64 random bits each, from a generator seeded by the OS (uuid4 made an
+        #: object and a syscall per task; ids need to be unique, not unguessable: a caller
+        #: may see only its own tasks' events through the ids it was given, and Wait is
+        #: authorized by role, so guessing one reveals no more than ListTasks does).
+        self._ids = random.Random()
         if os.environ.get(RECORD_ENV) and core_type is TaskNode:
             from p2pagent.testing.task_log import FileRecordingTaskNode  # a test asked for it
 
@@ -226,7 +232,7 @@ class TasksDriver:
     ) -> Task:
         """A task of this origin for ``request``, due ``deadline_s`` from now (None: never)."""
         return Task(
-            task_id=f"{self.name}-{uuid.uuid4().hex[:16]}",
+            task_id=f"{self.name}-{self._ids.getrandbits(64):016x}",
             origin=self.name,
             model=request.model,
             est_cost_s=self.runs.estimate(request.model, request.inputs),
@@ -261,6 +267,11 @@ class TasksDriver:
         :meth:`journaled` awaits before the id may be shown to anyone. ``with_result``: the
         caller waits for the result on the same call, so a short task's submission may be
         held to commit with its result (``tasks/journal_hold.py``)."""
+        task, now = self._admitted(request, owner)
+        return task.task_id, self._queued(task, now, with_result)
+
+    def _admitted(self, request: SubmitLike, owner: str) -> tuple[Task, float]:
+        """A new task for ``request``, checked and counted against ``owner``'s quotas."""
         if not request.model:
             raise InvalidArgument("SubmitRequest.model is empty: name the model to run")
         if not math.isfinite(request.deadline_s) or request.deadline_s < 0:
@@ -276,6 +287,10 @@ class TasksDriver:
         now = self.adapter.now()
         task = self._new_task(request, now, request.deadline_s or None)
         self.quotas.admit(owner, task.task_id, task.input_bytes, self.backlog_s(), now)
+        return task, now
+
+    def _queued(self, task: Task, now: float, with_result: bool) -> asyncio.Future[None]:
+        """Journals an admitted task and queues it; returns its journal write."""
         # The task is queued (and may run) while its journal entry is being synced: the reply
         # waits for the sync, and its result cannot be shown before it, since results are
         # journaled after it in commit order. This hides the sync behind the execution.
@@ -290,7 +305,7 @@ class TasksDriver:
         self._submitted_at[task.task_id] = (now, task.model)
         self.counters.submitted += 1
         self.adapter.carry_out(self.core.submit(task, now))
-        return task.task_id, journaled
+        return journaled
 
     async def journaled(self, task_id: str, journaled: asyncio.Future[None]) -> None:
         """Waits until the task :meth:`accept` took is durable; raises Unavailable (and fails
@@ -307,6 +322,80 @@ class TasksDriver:
             self.adapter.carry_out(self.core.fail(task_id, "UNAVAILABLE", message, now))
             raise self._not_journaled(e) from e
 
+    async def submit_and_wait(
+        self, request: agent_pb2.SubmitAndWaitRequest, decoded: Any | None, owner: str = ""
+    ) -> AsyncIterator[agent_pb2.TaskEvent]:
+        """``Agent.SubmitAndWait``: submits a task for ``owner`` and follows it to its result
+        (``decoded``: the request's inputs, already checked by the caller against the model
+        this node serves under that name; None for a model it does not serve or a pinned
+        version: such a task is always queued).
+
+        A task that the core would start here at once (``TaskNode.start_now``, as for an
+        Infer) and that is estimated under ``tasks.journal_hold_s`` runs in the caller's
+        coroutine, with no lease, queue entry or adapter task, and is journaled once it has
+        finished: its submission and its result in one write, one group commit. Its one
+        event is its result, shown once both are durable; nothing about it is written or
+        shown before, so a node that dies meanwhile acknowledged nothing (the call fails, as
+        when a node dies before the fsync). Any other task is journaled, queued and followed
+        by :meth:`wait`, as ``Submit`` then ``Wait`` would."""
+        task, now = self._admitted(request, owner)
+        short = task.est_cost_s < self.cfg.journal_hold_s
+        if decoded is not None and short and self.core.start_now(task, now):
+            event = await self._run_at_once(task, decoded, now)
+            if event is not None:
+                yield event
+                return
+            now = self.adapter.now()  # failed retryably: the scheduler tries it again
+        journaled = self._queued(task, now, with_result=True)
+        await self.journaled(task.task_id, journaled)
+        async for event in self.wait(task.task_id):
+            yield event
+
+    async def _run_at_once(
+        self, task: Task, decoded: Any, submitted: float
+    ) -> agent_pb2.TaskEvent | None:
+        """Runs a task :meth:`submit_and_wait` started at once and journals it, submission
+        and result together; returns its result event once durable, or None when it failed
+        with a retryable code (the caller queues it, as the lease table would re-queue it)."""
+        try:
+            result = await self.runs.run(task, decoded)
+        except BaseException:  # the caller hung up: nothing was written or shown
+            self.quotas.release(task.task_id)
+            raise
+        finally:
+            self.adapter.carry_out(self.core.on_now_finished(task.task_id, self.adapter.now()))
+        if not result.ok and result.error_code in self.cfg.retryable_codes:
+            return None
+        finished = self.adapter.now()
+        # One row, without the inputs: nothing reads a finished task's inputs.
+        whole = Whole(task_to_spec(task, False), submitted, result_to_proto(result), finished)
+        try:
+            durable = self._writes.write(whole)
+        except Unavailable as e:
+            self.quotas.release(task.task_id)
+            raise self._not_journaled(e) from e
+        recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def record(done: asyncio.Future[None]) -> None:
+            # In a callback, not after the await: a caller that hangs up now must not keep a
+            # durable result from being served to Wait.
+            self.quotas.release(task.task_id)
+            error = Unavailable("the write was cancelled") if done.cancelled() else done.exception()
+            if error is not None:
+                if not recorded.done():
+                    recorded.set_exception(self._not_journaled(error))
+                return
+            self._submitted_at[task.task_id] = (submitted, task.model)
+            self._results[task.task_id] = result
+            self.counters.submitted += 1
+            self.adapter.carry_out(self.core.on_now_journaled(task.task_id, finished))
+            if not recorded.done():
+                recorded.set_result(None)
+
+        durable.add_done_callback(record)
+        await recorded
+        return result_event(task.task_id, result)
+
     def cancel(self, task_id: str, message: str) -> None:
         """Fails the task ``CANCELLED`` unless it has finished (a ``SubmitStream`` client
         cancelled it before it learned its id): a queued copy is dropped, a running one's
@@ -314,7 +403,7 @@ class TasksDriver:
         now = self.adapter.now()
         self.adapter.carry_out(self.core.fail(task_id, "CANCELLED", message, now))
 
-    def _not_journaled(self, e: Exception) -> Unavailable:
+    def _not_journaled(self, e: BaseException) -> Unavailable:
         return Unavailable(
             f"{self.name} could not journal the task ({e}); nothing was accepted, "
             "retry here later or submit to another node"
@@ -435,34 +524,7 @@ class TasksDriver:
             raise error_from_code(e.code().name, f"via {origin}: {e.details()}") from None
 
     def list_tasks(self, limit: int) -> agent_pb2.ListTasksResponse:
-        infos: list[agent_pb2.TaskInfo] = []
-        newest = sorted(self._submitted_at.items(), key=lambda kv: kv[1][0], reverse=True)
-        for task_id, (submitted, model) in newest[:limit]:
-            result = self._results.get(task_id)
-            where = self.core.leases.where(task_id)
-            if result is not None:
-                state, node = ("done" if result.ok else "failed"), result.executor
-            elif where is not None:
-                state, node = ("running" if where.running else "queued"), where.holder
-            else:
-                state, node = "unknown", ""
-            infos.append(
-                agent_pb2.TaskInfo(
-                    task_id=task_id,
-                    model=model,
-                    state=state,
-                    node=node,
-                    submitted_unix=submitted,
-                )
-            )
-        return agent_pb2.ListTasksResponse(
-            tasks=infos,
-            queue_length=self.core.queue.n_queued,
-            running=self.core.running,
-            completed=self.core.stats.completed,
-            stolen_in=self.core.stats.stolen_in,
-            stolen_out=self.core.stats.stolen_out,
-        )
+        return task_list(self.core, self._submitted_at, self._results, limit)
 
     # ---- membership -------------------------------------------------------------------------
 

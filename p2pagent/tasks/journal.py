@@ -62,7 +62,19 @@ class Finished:
     finished: float
 
 
-Write = Submitted | Finished
+@dataclass(frozen=True)
+class Whole:
+    """A task journaled once it has finished (a ``SubmitAndWait`` run at once): submission
+    and result in one row, one statement. Its ``spec`` may leave the inputs out: nothing
+    reads a finished task's inputs."""
+
+    spec: peer_pb2.TaskSpec
+    submitted: float
+    result: peer_pb2.CompleteRequest
+    finished: float
+
+
+Write = Submitted | Finished | Whole
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,12 @@ def encode(write: Write) -> bytes:
     if isinstance(write, Submitted):
         s = write.spec
         frame: list[Any] = ["S", s.task_id, s.model, s.SerializeToString(), write.submitted]
+    elif isinstance(write, Whole):
+        s = write.spec
+        frame = [
+            "W", s.task_id, s.model, s.SerializeToString(), write.submitted,
+            write.result.SerializeToString(), write.finished,
+        ]  # fmt: skip
     else:
         frame = ["F", write.task_id, write.result.SerializeToString(), write.finished]
     out: bytes = msgpack.packb(frame)

@@ -11,7 +11,10 @@ Protocol, both directions a stream of msgpack arrays:
 
 - daemon -> writer, one frame per write, committed in the order sent:
   ``["S", task_id, model, spec, submitted]`` (a task accepted: ``TaskSpec`` bytes),
-  ``["F", task_id, result, finished]`` (its result: ``CompleteRequest`` bytes),
+  ``["F", task_id, result, finished]`` (its result: ``CompleteRequest`` bytes; right after
+  its task's ``S`` in one group, the two are written as one row: :func:`whole_tasks`),
+  ``["W", task_id, model, spec, submitted, result, finished]`` (a task journaled once it
+  has finished, one row),
   ``["P", finished_before]`` (forget results delivered before that time),
   ``["D", [task_id, ...]]`` (forget unfinished tasks whose submission was refused because a
   previous writer died before confirming it: it may or may not have reached the table);
@@ -74,6 +77,7 @@ class JournalTable:
 
     def commit(self, frames: Sequence[list[Any]]) -> None:
         """Applies ``frames`` in one transaction; durable (fsynced) when it returns."""
+        frames = whole_tasks(frames)
         if not frames:
             return
         if len(frames) == 1:
@@ -91,7 +95,14 @@ class JournalTable:
 
     def _apply(self, frame: list[Any]) -> None:
         kind = frame[0]
-        if kind == "S":
+        if kind == "W":
+            _, task_id, model, spec, submitted, result, finished = frame
+            self._db.execute(
+                "INSERT OR REPLACE INTO tasks (task_id, model, spec, submitted, finished, result)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (task_id, model, spec, submitted, finished, result),
+            )
+        elif kind == "S":
             _, task_id, model, spec, submitted = frame
             self._db.execute(
                 "INSERT OR REPLACE INTO tasks (task_id, model, spec, submitted)"
@@ -127,6 +138,27 @@ class JournalTable:
 
     def close(self) -> None:
         self._db.close()
+
+
+def whole_tasks(frames: Sequence[list[Any]]) -> Sequence[list[Any]]:
+    """``frames`` with each submission directly followed by its own task's result folded into
+    one ``["W", task_id, model, spec, submitted, result, finished]`` (one INSERT instead of an
+    INSERT and an UPDATE: a task run at once is journaled that way). Only adjacent pairs: the
+    frames keep their order, so the table ends as it would have."""
+    if len(frames) < 2:
+        return frames
+    out: list[list[Any]] = []
+    i = 0
+    while i < len(frames):
+        frame = frames[i]
+        after = frames[i + 1] if i + 1 < len(frames) else None
+        if frame[0] == "S" and after is not None and after[0] == "F" and after[1] == frame[1]:
+            out.append(["W", *frame[1:], after[2], after[3]])
+            i += 2
+        else:
+            out.append(frame)
+            i += 1
+    return out
 
 
 def serve(table: JournalTable, frames_in: int, replies_out: int) -> None:

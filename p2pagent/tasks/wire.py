@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack  # type: ignore[import-untyped]
 
@@ -24,6 +24,9 @@ from p2pagent.tasks.lifecycle import TaskEvent, TaskState
 from p2pagent.tasks.load import LoadReport, ModelBacklog
 from p2pagent.tasks.results import TaskResult
 from p2pagent.tasks.spec import Task
+
+if TYPE_CHECKING:
+    from p2pagent.tasks.core import TaskNode
 
 #: Version of the LoadReport payload; a node refuses versions it cannot read.
 LOAD_VERSION = 1
@@ -39,13 +42,14 @@ def input_bytes(inputs: Sequence[common_pb2.Tensor]) -> int:
     return sum(len(t.data) for t in inputs)
 
 
-def task_to_spec(task: Task) -> peer_pb2.TaskSpec:
+def task_to_spec(task: Task, with_inputs: bool = True) -> peer_pb2.TaskSpec:
+    """``with_inputs=False``: without its input tensors (a finished task's journal row)."""
     inputs: Sequence[common_pb2.Tensor] = task.inputs or []  # type: ignore[assignment]
     return peer_pb2.TaskSpec(
         task_id=task.task_id,
         origin=task.origin,
         model=task.model,
-        inputs=list(inputs),
+        inputs=list(inputs) if with_inputs else [],
         priority=task.priority,
         deadline_unix=task.deadline,
         est_cost_s=task.est_cost_s,
@@ -260,4 +264,38 @@ def result_event(task_id: str, r: TaskResult) -> agent_pb2.TaskEvent:
         outputs=list(r.outputs) if r.ok else [],
         error_code=r.error_code,
         error_message=r.error_message,
+    )
+
+
+def task_list(
+    core: TaskNode,
+    submitted_at: dict[str, tuple[float, str]],
+    results: dict[str, TaskResult],
+    limit: int,
+) -> agent_pb2.ListTasksResponse:
+    """``ListTasks``: the ``limit`` newest tasks of this origin (``submitted_at``: each one's
+    submission time and model) with where each is, and the node's queue counters."""
+    infos: list[agent_pb2.TaskInfo] = []
+    newest = sorted(submitted_at.items(), key=lambda kv: kv[1][0], reverse=True)
+    for task_id, (submitted, model) in newest[:limit]:
+        result = results.get(task_id)
+        where = core.leases.where(task_id)
+        if result is not None:
+            state, node = ("done" if result.ok else "failed"), result.executor
+        elif where is not None:
+            state, node = ("running" if where.running else "queued"), where.holder
+        else:
+            state, node = "unknown", ""
+        infos.append(
+            agent_pb2.TaskInfo(
+                task_id=task_id, model=model, state=state, node=node, submitted_unix=submitted
+            )
+        )
+    return agent_pb2.ListTasksResponse(
+        tasks=infos,
+        queue_length=core.queue.n_queued,
+        running=core.running,
+        completed=core.stats.completed,
+        stolen_in=core.stats.stolen_in,
+        stolen_out=core.stats.stolen_out,
     )

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Sequence
 
 from p2pagent.errors import Unavailable
-from p2pagent.tasks.journal import JournalRow, Submitted, Write
+from p2pagent.tasks.journal import JournalRow, Submitted, Whole, Write
 
 
 class MemoryJournal:
@@ -43,6 +43,10 @@ class MemoryJournal:
             raise Unavailable("the task journal is down")
         if isinstance(write, Submitted):
             self.rows[write.spec.task_id] = JournalRow(write.spec, write.submitted, None, None)
+        elif isinstance(write, Whole):
+            self.rows[write.spec.task_id] = JournalRow(
+                write.spec, write.submitted, write.finished, write.result
+            )
         elif write.task_id in self.rows:  # a result (of a task it holds, as the table does)
             row = self.rows[write.task_id]
             self.rows[write.task_id] = JournalRow(row.spec, row.submitted, write.finished,

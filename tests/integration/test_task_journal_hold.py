@@ -76,3 +76,28 @@ async def test_submission_and_result_commit_in_one_group(
         task_id = await asyncio.wait_for(d.submit(request, with_result=True), 30)
         await asyncio.wait_for(_done(d, task_id), 30)
         assert journal.groups_committed - before == 1
+
+
+async def test_a_task_run_at_once_is_one_group_and_one_row_read_back_finished(
+    node: tuple[TasksDriver, TaskJournal],
+) -> None:
+    from p2pagent.tasks.journal import read_rows
+
+    d, journal = node
+    x = tensors.to_proto("x", torch.ones(1, 2))
+    request = agent_pb2.SubmitAndWaitRequest(model=MODEL, inputs=[x])
+    decoded = tensors.many_decode(request.inputs, 1 << 20)
+    before = journal.groups_committed
+    calls = d.submit_and_wait(request, decoded, "spiffe://t/client/c")
+    (event,) = await asyncio.wait_for(_collect(calls), 30)
+    assert event.kind == agent_pb2.TaskEvent.KIND_DONE
+    assert journal.groups_committed - before == 1
+    # On disk (a reader beside the writer, as the next start reads it): finished, with its
+    # result, and without its inputs.
+    (row,) = [r for r in read_rows(journal.path) if r.spec.task_id == event.task_id]
+    assert row.result is not None and list(row.result.outputs) == list(event.outputs)
+    assert row.finished is not None and not row.spec.inputs
+
+
+async def _collect(events: AsyncIterator[agent_pb2.TaskEvent]) -> list[agent_pb2.TaskEvent]:
+    return [e async for e in events]

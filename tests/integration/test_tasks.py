@@ -228,6 +228,35 @@ def test_submit_and_wait_follows_the_task_on_one_stream(
         assert e.value.code() is grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
 
 
+def test_a_submit_and_wait_run_at_once_survives_sigkill(
+    tmp_path: Path, certs_dir: Path, models: Path
+) -> None:
+    """A short SubmitAndWait (run in the call once the engine has measured the model: its
+    one event is its result) was journaled, submission and result, before that event was
+    sent: SIGKILL and a restart keep it for Wait."""
+    d = Daemon("n7", certs_dir, tmp_path / "n7", args=serve_args(models)).start()
+    try:
+        with _channel(d, certs_dir) as ch:
+            stub = agent_pb2_grpc.AgentServiceStub(ch)
+            req, x = _request(31)
+            stream = agent_pb2.SubmitAndWaitRequest.FromString(req.SerializeToString())
+            for _ in range(50):  # until the engine has measured the model: then it is short
+                events = [a.event for a in stub.SubmitAndWait(stream, timeout=60)]
+                if len(events) == 1:
+                    break
+            assert [e.kind for e in events] == [agent_pb2.TaskEvent.KIND_DONE]
+        d.kill()
+        d.start(timeout=120)
+        with _channel(d, certs_dir) as ch:
+            waited = _events(agent_pb2_grpc.AgentServiceStub(ch), events[0].task_id)
+        assert [e.kind for e in waited] == [agent_pb2.TaskEvent.KIND_DONE]
+        assert waited[0].outputs == events[0].outputs
+        (out,) = _outputs(waited[0])
+        assert torch.allclose(out, expected(models, x), atol=1e-5)
+    finally:
+        d.kill()
+
+
 def test_cli_wait_keeps_asking_while_the_node_that_took_the_task_restarts(
     tmp_path: Path, certs_dir: Path, models: Path
 ) -> None:
