@@ -236,7 +236,7 @@ def test_a_submit_and_wait_run_at_once_survives_sigkill(
     sent: SIGKILL and a restart keep it for Wait."""
     d = Daemon("n7", certs_dir, tmp_path / "n7", args=serve_args(models)).start()
     try:
-        with _channel(d, certs_dir) as ch:
+        with channel(d.address, certs_dir) as ch:
             stub = agent_pb2_grpc.AgentServiceStub(ch)
             req, x = _request(31)
             stream = agent_pb2.SubmitAndWaitRequest.FromString(req.SerializeToString())
@@ -247,7 +247,7 @@ def test_a_submit_and_wait_run_at_once_survives_sigkill(
             assert [e.kind for e in events] == [agent_pb2.TaskEvent.KIND_DONE]
         d.kill()
         d.start(timeout=120)
-        with _channel(d, certs_dir) as ch:
+        with channel(d.address, certs_dir) as ch:
             waited = _events(agent_pb2_grpc.AgentServiceStub(ch), events[0].task_id)
         assert [e.kind for e in waited] == [agent_pb2.TaskEvent.KIND_DONE]
         assert waited[0].outputs == events[0].outputs
