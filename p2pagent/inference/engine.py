@@ -39,9 +39,9 @@ from p2pagent.inference.ragged_tensors import (
     ragged_length,
     trim_ragged,
 )
+from p2pagent.inference.remote_model import RemoteModel
 from p2pagent.inference.stats import ModelStats
 from p2pagent.inference.tensors import HostTensor
-from p2pagent.inference.worker import RemoteModel
 
 if TYPE_CHECKING:
     from typing import TypeAlias

@@ -43,9 +43,10 @@ from p2pagent.inference.formats import ModelFormat
 from p2pagent.inference.hf import pack
 from p2pagent.inference.hf.folder import folder_metadata
 from p2pagent.inference.hf.model import pool
+from p2pagent.inference.remote_model import RemoteModel
 from p2pagent.inference.spec import ModelSpec
 from p2pagent.inference.tensors import HostTensor
-from p2pagent.inference.worker import ModelWorker, RemoteModel
+from p2pagent.inference.worker import ModelWorker
 from p2pagent.inference.worker_loader import isolating_loader
 from p2pagent.testing import hf_folders
 from p2pagent.testing.channels import agent_stub
