@@ -15,9 +15,19 @@ loopback addresses, join through one seed and idle. Reported per node:
   than 1.2x N = 8;
 * bytes sent per second: iptables counters (as root) on every daemon port, both directions,
   over the idle window, divided by N (every packet has one daemon's listen port at one end).
-  Without iptables, bytes written by the processes (``wchar`` of /proc/<pid>/io: sockets
-  and files, an upper bound), and the table says so; target <= 1,500 at N = 64 and <= 1.2x
-  N = 8;
+  The idle window starts once the mesh has stopped opening connections (no new TCP
+  connection to any daemon port for ``CONNECTED_QUIET_S``, waiting at most one probe round,
+  N probe intervals, after the settle time): each member opens one mutual-TLS connection
+  per peer the first time it sends to it (about 7 KB on the wire with TCP, TLS and HTTP/2
+  set-up), and at N = 64 its probe round-robin reaches its last peers a minute or more
+  after the join. A window right after a 30 s settle counted those one-off handshakes as
+  idle cost: 1,505-1,563 bytes per node per s at N = 64 against 1,154 after the wait
+  (N = 8: 1,016 either way; issue 28, RESULTS). New connections left in the window are
+  reported (``new_connections_per_node_per_s``), as is the wait (``connect_wait_s``;
+  ``--no-connected-wait`` starts the window right after the settle time, as before).
+  Without iptables (no wait, no count), bytes written by the processes (``wchar`` of
+  /proc/<pid>/io: sockets and files, an upper bound), and the table says so; target <= 1,500
+  at N = 64 and <= 1.2x N = 8;
 * RSS: MB per node (process group) at the end of the idle window; N = 64 <= 1.15x N = 8;
 * false suspicions: members that went ``suspect`` or ``dead`` in any daemon's log during the
   idle window (target 0);
@@ -65,6 +75,9 @@ from p2pagent.sim.membership import MembershipScenario, simulate, simulate_mass_
 from p2pagent.testing.cluster import Cluster
 
 POLL_S = 0.5
+#: The mesh counts as connected (the idle window may start) after this long without a new
+#: TCP connection to any daemon (see the module doc, "bytes sent per second").
+CONNECTED_QUIET_S = 10.0
 JOIN_LIMIT_S = 300.0
 #: The join target (issue 28); a slower join records who lacked whom at this point.
 JOIN_TARGET_S = 5.0
@@ -141,6 +154,8 @@ class PortCounters:
         self._ipt("-N", self.chain)
         try:
             for port in ports:
+                # No target: counts connection openings (SYN) to the port and falls through.
+                self._ipt("-A", self.chain, "-p", "tcp", "--dport", str(port), "--syn")
                 self._ipt("-A", self.chain, "-p", "tcp", "--sport", str(port), "-j", "RETURN")
                 self._ipt("-A", self.chain, "-p", "tcp", "--dport", str(port), "-j", "RETURN")
             self._ipt("-I", "OUTPUT", "-j", self.chain)
@@ -159,6 +174,26 @@ class PortCounters:
         out = subprocess.run(["iptables", "-w", *args], capture_output=True, text=True,
                              check=True)  # fmt: skip
         return out.stdout
+
+    def new_connections(self) -> int:
+        """TCP connections opened to a daemon port so far (SYN packets counted)."""
+        listing = self._ipt("-L", self.chain, "-v", "-x", "-n")
+        return sum(int(line.split()[0]) for line in listing.splitlines()[2:]
+                   if "flags:" in line)  # fmt: skip
+
+    def wait_connected(self, limit_s: float) -> float:
+        """Waits until no new connection was opened for ``CONNECTED_QUIET_S`` (at most
+        ``limit_s``); returns the seconds waited."""
+        t0 = last_change = time.monotonic()
+        seen = self.new_connections()
+        while time.monotonic() - last_change < CONNECTED_QUIET_S:
+            if time.monotonic() - t0 >= limit_s:
+                break
+            time.sleep(1.0)
+            now_seen = self.new_connections()
+            if now_seen != seen:
+                seen, last_change = now_seen, time.monotonic()
+        return time.monotonic() - t0
 
     def total_bytes(self) -> int:
         listing = self._ipt("-L", self.chain, "-v", "-x", "-n")
@@ -197,6 +232,10 @@ class ClusterRow:
     #: When the join missed its target: each observer that did not list everyone alive at
     #: that moment -> {member: its state there, or "absent"} (what to read the logs for).
     join_stragglers: dict[str, dict[str, str]] | None = None
+    #: Seconds waited after the settle time for the mesh to stop opening connections.
+    connect_wait_s: float | None = None
+    #: TCP connections opened to daemon ports during the idle window, per node per second.
+    new_connections_per_node_per_s: float | None = None
     #: Suspicions from the first start to the end of the settle time (the join's storm).
     join_storm: _suspicion_log.SuspicionStorm | None = None
 
@@ -281,7 +320,8 @@ def _log_sizes(c: Cluster) -> dict[str, int]:
     return {n: d.log_path.stat().st_size if d.log_path.exists() else 0 for n, d in c.nodes.items()}
 
 
-def run_cluster(n: int, idle_s: float, settle_s: float, root: Path, port_bytes: bool) -> ClusterRow:
+def run_cluster(n: int, idle_s: float, settle_s: float, root: Path, port_bytes: bool,
+                connected_wait: bool = True) -> ClusterRow:  # fmt: skip
     cfg = MembershipConfig()
     with Cluster(root / f"n{n}", n, use_netns=False) as c:
         names = list(c.nodes)
@@ -300,16 +340,21 @@ def run_cluster(n: int, idle_s: float, settle_s: float, root: Path, port_bytes: 
             if stragglers is None and time.monotonic() - ready > JOIN_TARGET_S:
                 stragglers = _stragglers(c, names)
             time.sleep(POLL_S)
-        time.sleep(settle_s)
-        logs = [d.log_path for d in c.nodes.values()]
-        storm = _suspicion_log.read(logs, started_at, time.time(), ready_at)
-        pgids = {name: c.nodes[name].proc.pid for name in names}  # type: ignore[union-attr]
         counters = PortCounters([c.nodes[name].port for name in names]) if port_bytes else None
+        connect_wait: float | None = None
+        new_conns = 0
         try:
+            time.sleep(settle_s)
+            logs = [d.log_path for d in c.nodes.values()]
+            storm = _suspicion_log.read(logs, started_at, time.time(), ready_at)
+            pgids = {name: c.nodes[name].proc.pid for name in names}  # type: ignore[union-attr]
+            if counters is not None and connected_wait:
+                connect_wait = counters.wait_connected(n * cfg.probe_interval)
             offsets = _log_sizes(c)
             cpu0 = {name: group_cpu(p) for name, p in pgids.items()}
             wchar0 = sum(group_wchar(p) for p in pgids.values())
             bytes0 = counters.total_bytes() if counters else 0
+            conns0 = counters.new_connections() if counters else 0
             t0 = time.monotonic()
             time.sleep(idle_s)
             span = time.monotonic() - t0
@@ -317,6 +362,7 @@ def run_cluster(n: int, idle_s: float, settle_s: float, root: Path, port_bytes: 
             sent = (counters.total_bytes() - bytes0) if counters else (
                 sum(group_wchar(p) for p in pgids.values()) - wchar0
             )  # fmt: skip
+            new_conns = (counters.new_connections() - conns0) if counters else 0
         finally:
             if counters is not None:
                 counters.close()
@@ -351,6 +397,10 @@ def run_cluster(n: int, idle_s: float, settle_s: float, root: Path, port_bytes: 
         model_detection_s=round(model_detection_s(n, cfg), 2),
         join_stragglers=stragglers,
         join_storm=storm,
+        connect_wait_s=None if connect_wait is None else round(connect_wait, 1),
+        new_connections_per_node_per_s=(
+            round(new_conns / span / n, 4) if counters is not None else None
+        ),
     )
 
 
@@ -449,6 +499,9 @@ def main() -> None:
     p.add_argument("--sim-min-s", type=float, default=30.0, help="shortest simulated run, s")
     p.add_argument("--join-sim-sizes", default="64,256", help="simulated mass joins ('' for none)")
     p.add_argument("--no-iptables", action="store_true", help="count bytes with wchar instead")
+    p.add_argument("--no-connected-wait", action="store_true",
+                   help="start the idle window right after --settle, before the mesh stopped "
+                   "opening connections")  # fmt: skip
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     sizes = [int(x) for x in args.sizes.split(",") if x]
@@ -458,7 +511,8 @@ def main() -> None:
     rows: list[ClusterRow] = []
     with tempfile.TemporaryDirectory(prefix="p2pscale-") as tmp:
         for n in sizes:
-            rows.append(run_cluster(n, args.idle, args.settle, Path(tmp), port_bytes))
+            rows.append(run_cluster(n, args.idle, args.settle, Path(tmp), port_bytes,
+                                    not args.no_connected_wait))  # fmt: skip
             # Progress (stderr with --json, whose stdout is one document).
             print(json.dumps(asdict(rows[-1])), flush=True, file=sys.stderr if args.json else None)
     sims = [run_sim(n, sim_duration(n, args.sim_min_s)) for n in sim_sizes]
@@ -470,12 +524,13 @@ def main() -> None:
         print(json.dumps(doc, indent=2))
         return
     print("\n| N | join s | idle CPU % | bytes/s | RSS MB | false susp. | detect s: logged / "
-          "polled (model) | first suspect s |")  # fmt: skip
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "polled (model) | first suspect s | new conns/node/s (wait s) |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r.nodes} | {r.join_s} | {r.cpu_pct} | {r.bytes_per_s:.0f} | {r.rss_mb} | "
               f"{r.false_suspicions} | {r.detection_logged_s} / {r.detection_s} "
-              f"({r.model_detection_s}) | {r.first_suspect_s} |")  # fmt: skip
+              f"({r.model_detection_s}) | {r.first_suspect_s} | "
+              f"{r.new_connections_per_node_per_s} ({r.connect_wait_s}) |")  # fmt: skip
     if rows:
         print(f"\nbytes counted by: {rows[0].bytes_source}")
     print("\n| simulated N | virtual s | messages/node/s | bytes/node/s | false deaths |")
