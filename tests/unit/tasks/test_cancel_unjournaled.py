@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import torch
@@ -19,37 +18,13 @@ from p2pagent.membership.view import StaticDirectory
 from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.driver import TasksDriver
 from p2pagent.testing.clock import FakeClock, settle
+from p2pagent.testing.engines import GatedEngine
 from p2pagent.testing.journal import MemoryJournal
 from p2pagent.testing.peer_link import MemoryPeers
 from p2pagent.transport.metrics import RpcMetrics
 
 MODEL = "double"
 Kind = agent_pb2.TaskEvent
-
-
-class GatedEngine:
-    """``x * 2`` once ``gate`` is set; counts what it started."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.started = 0
-
-    def marginal_seconds_per_row(self, model: str) -> float | None:
-        return 0.02
-
-    def marginal_seconds_per_token(self, model: str) -> float | None:
-        return None
-
-    def batching_measured(self, model: str) -> bool:
-        return True
-
-    def full_batch_s(self, model: str) -> float | None:
-        return None
-
-    async def infer(self, model: str, inputs: Any, deadline: float | None = None) -> Any:
-        self.started += 1
-        await self.gate.wait()
-        return {"y": inputs["x"].to_torch() * 2}
 
 
 @pytest.fixture

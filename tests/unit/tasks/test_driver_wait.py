@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from p2pagent.errors import InvalidArgument, NotFound, Unavailable
 from p2pagent.inference import tensors
 from p2pagent.tasks.driver import TasksDriver
 from p2pagent.tasks.spec import Task
+from p2pagent.testing.engines import GatedEngine
 from tests.unit.tasks.solo import solo_driver
 
 DONE = agent_pb2.TaskEvent.KIND_DONE
@@ -25,35 +25,9 @@ FAILED = agent_pb2.TaskEvent.KIND_FAILED
 RUNNING = agent_pb2.TaskEvent.KIND_RUNNING
 
 
-class GatedEngine:
-    """Runs every request as ``x * 2`` once ``gate`` is set; counts runs."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.runs = 0
-
-    def marginal_seconds_per_row(self, model: str) -> float | None:
-        return 0.01
-
-    def marginal_seconds_per_token(self, model: str) -> float | None:
-        return None  # a model without sequences: costed per row
-
-    def batching_measured(self, model: str) -> bool:
-        return True
-
-    def full_batch_s(self, model: str) -> float | None:
-        return None
-
-    async def infer(self, model: str, inputs: Any, deadline: float | None = None) -> Any:
-        await self.gate.wait()
-        self.runs += 1
-        x = inputs["x"].to_torch()
-        return {"y": x * 2}
-
-
 @pytest.fixture
 async def driver(tmp_path: Path) -> AsyncIterator[tuple[TasksDriver, GatedEngine]]:
-    engine = GatedEngine()
+    engine = GatedEngine(0.01)
     d = solo_driver(engine, tmp_path, "double", capacity=1)
     await d.start()
     try:
@@ -95,7 +69,7 @@ async def test_wait_sends_the_current_state_then_each_change_then_the_result(
         assert [e.kind for e in again] == [DONE]
         (y,) = tensors.many_from_proto(again[0].outputs, 100).values()  # type: ignore[union-attr]
         assert torch.equal(y, torch.full((1, 2), expected))
-    assert engine.runs == 2
+    assert engine.finished == 2
 
 
 async def test_a_waiter_that_comes_while_the_task_runs_sees_running_then_the_result(
@@ -156,7 +130,7 @@ async def test_the_tasks_api_refuses_calls_until_the_journal_is_read_back(tmp_pa
     from p2pagent.api.tasks import TasksAgentApi
 
     api = TasksAgentApi()
-    api._tasks_node = SimpleNamespace(tasks=solo_driver(GatedEngine(), tmp_path, "double", 1))  # type: ignore[assignment]
+    api._tasks_node = SimpleNamespace(tasks=solo_driver(GatedEngine(0.01), tmp_path, "double", 1))  # type: ignore[assignment]
     with pytest.raises(Unavailable, match="task journal is still loading"):
         api._tasks()
     await api._tasks_node.tasks.start()

@@ -19,6 +19,7 @@ from p2pagent.inference import tensors
 from p2pagent.membership.view import StaticDirectory
 from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.driver import TasksDriver
+from p2pagent.testing.engines import GatedEngine
 from p2pagent.testing.journal import MemoryJournal
 from p2pagent.testing.peer_link import MemoryPeers
 from p2pagent.transport.metrics import RpcMetrics
@@ -27,36 +28,11 @@ MODEL = "double"
 DONE = agent_pb2.TaskEvent.KIND_DONE
 
 
-class Engine:
-    """``x * 2``, at once unless ``gate`` is cleared; estimated at ``cost_s`` a row."""
-
-    def __init__(self, cost_s: float) -> None:
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.cost_s = cost_s
-
-    def marginal_seconds_per_row(self, model: str) -> float | None:
-        return self.cost_s
-
-    def marginal_seconds_per_token(self, model: str) -> float | None:
-        return None
-
-    def batching_measured(self, model: str) -> bool:
-        return True
-
-    def full_batch_s(self, model: str) -> float | None:
-        return None
-
-    async def infer(self, model: str, inputs: Any, deadline: float | None = None) -> Any:
-        await self.gate.wait()
-        return {"y": inputs["x"].to_torch() * 2}
-
-
-Made = tuple[TasksDriver, Engine, MemoryJournal]
+Made = tuple[TasksDriver, GatedEngine, MemoryJournal]
 
 
 def _driver(data_dir: Path, cost_s: float, hold_s: float) -> Made:
-    journal, engine = MemoryJournal(), Engine(cost_s)
+    journal, engine = MemoryJournal(), GatedEngine(cost_s, opened=True)
     d = TasksDriver(
         "n1", TasksConfig(journal_hold_s=hold_s), capacity=4, engine=engine,
         models=lambda: [MODEL], data_dir=data_dir, channels=None,

@@ -22,6 +22,7 @@ from p2pagent.tasks.driver import TasksDriver
 from p2pagent.tasks.effects import StartRun
 from p2pagent.tasks.placement import make_placement
 from p2pagent.tasks.spec import Task
+from p2pagent.testing.engines import GatedEngine
 from tests.unit.tasks.solo import solo_driver
 
 MODEL = "m"
@@ -79,39 +80,9 @@ def test_placement_that_may_send_work_away_never_starts_at_once() -> None:
 # ---- through the driver ------------------------------------------------------------------
 
 
-class GatedEngine:
-    """Runs each request when ``gate`` opens; counts what it saw."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.started = 0
-        self.cancelled = 0
-
-    def marginal_seconds_per_row(self, model: str) -> float | None:
-        return 0.03
-
-    def marginal_seconds_per_token(self, model: str) -> float | None:
-        return None
-
-    def batching_measured(self, model: str) -> bool:
-        return True
-
-    def full_batch_s(self, model: str) -> float | None:
-        return None
-
-    async def infer(self, model: str, inputs: Any, deadline: float | None = None) -> Any:
-        self.started += 1
-        try:
-            await self.gate.wait()
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        return {"y": inputs["x"].to_torch() + 1}
-
-
 @pytest.fixture
 async def driver(tmp_path: Path) -> AsyncIterator[tuple[TasksDriver, GatedEngine]]:
-    engine = GatedEngine()
+    engine = GatedEngine(0.03)
     d = solo_driver(engine, tmp_path, MODEL, capacity=32)
     await d.start()
     yield d, engine
@@ -140,7 +111,7 @@ async def test_infers_run_at_once_until_run_ahead_then_through_the_queue(
     for i, result in enumerate(results):
         assert result.ok, result.error_message
         (y,) = result.outputs
-        assert tensors.from_proto(y, 1 << 20).tolist() == [[i + 1.0, i + 1.0]]
+        assert tensors.from_proto(y, 1 << 20).tolist() == [[2.0 * i, 2.0 * i]]
     assert d.core.running == 0 and engine.started == 6
 
 

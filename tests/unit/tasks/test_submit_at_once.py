@@ -18,6 +18,7 @@ from p2pagent.inference import tensors
 from p2pagent.membership.view import StaticDirectory
 from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.driver import TasksDriver
+from p2pagent.testing.engines import GatedEngine
 from p2pagent.testing.journal import MemoryJournal
 from p2pagent.testing.peer_link import MemoryPeers
 from p2pagent.transport.metrics import RpcMetrics
@@ -28,42 +29,11 @@ DONE = agent_pb2.TaskEvent.KIND_DONE
 FAILED = agent_pb2.TaskEvent.KIND_FAILED
 
 
-class Engine:
-    """``x * 2``; waits while ``gate`` is clear; fails with ``fail`` (then clears it)."""
-
-    def __init__(self, cost_s: float) -> None:
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.cost_s = cost_s
-        self.fail: Exception | None = None
-        self.runs = 0
-
-    def marginal_seconds_per_row(self, model: str) -> float | None:
-        return self.cost_s
-
-    def marginal_seconds_per_token(self, model: str) -> float | None:
-        return None
-
-    def batching_measured(self, model: str) -> bool:
-        return True
-
-    def full_batch_s(self, model: str) -> float | None:
-        return None
-
-    async def infer(self, model: str, inputs: Any, deadline: float | None = None) -> Any:
-        self.runs += 1
-        await self.gate.wait()
-        if self.fail is not None:
-            error, self.fail = self.fail, None
-            raise error
-        return {"y": inputs["x"].to_torch() * 2}
-
-
-Made = tuple[TasksDriver, Engine, MemoryJournal]
+Made = tuple[TasksDriver, GatedEngine, MemoryJournal]
 
 
 def _driver(data_dir: Path, cost_s: float, hold_s: float, journal: MemoryJournal) -> Made:
-    engine = Engine(cost_s)
+    engine = GatedEngine(cost_s, opened=True)
     d = TasksDriver(
         "n1", TasksConfig(journal_hold_s=hold_s), capacity=1, engine=engine,
         models=lambda: [MODEL], data_dir=data_dir, channels=None,
@@ -197,7 +167,7 @@ async def test_a_retryable_failure_is_tried_again_through_the_scheduler(make: An
     engine.fail = Unavailable("the worker restarted")
     events = await asyncio.wait_for(_events(d), 10)
     assert events[-1].kind == DONE and _values(events[-1]) == [2.0, 2.0]
-    assert engine.runs == 2 and events[-1].task_id in d.leases.lifecycle
+    assert engine.started == 2 and events[-1].task_id in d.leases.lifecycle
     assert journal.rows[events[-1].task_id].result is not None
 
 
@@ -205,7 +175,7 @@ async def test_a_task_failing_for_good_is_journaled_failed(make: Any) -> None:
     d, engine, journal = await make()
     engine.fail = ValueError("bad model")
     (event,) = await asyncio.wait_for(_events(d), 10)
-    assert event.kind == FAILED and event.error_code == "INTERNAL" and engine.runs == 1
+    assert event.kind == FAILED and event.error_code == "INTERNAL" and engine.started == 1
     row = journal.rows[event.task_id].result
     assert row is not None and not row.ok
 
