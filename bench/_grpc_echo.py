@@ -40,7 +40,6 @@ class Echo(agent_pb2_grpc.AgentServiceServicer):
                 request_id=request.request_id, outputs=list(request.inputs)
             )
 
-
     async def SubmitAndWait(
         self, request: agent_pb2.SubmitAndWaitRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[agent_pb2.SubmitAndWaitResponse]:

@@ -132,9 +132,7 @@ def offline_latency(folder: DecoderFolder, prompt: list[int], new: int) -> tuple
     ids = torch.tensor([prompt], device=device)
     cache = DynamicCache()
     start = time.perf_counter()
-    out = folder.model(
-        input_ids=ids, cache=cache, use_cache=True, **last_logits_only(folder.model)
-    )
+    out = folder.model(input_ids=ids, cache=cache, use_cache=True, **last_logits_only(folder.model))
     token = int(out.logits[0, -1].argmax())
     prefill = time.perf_counter() - start
     steps = []

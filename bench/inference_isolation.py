@@ -121,9 +121,7 @@ async def run(
     )
     x = demo_model.sample_input(1).numpy()
     x_batched = (demo_model.large_input(1) if large else demo_model.sample_input(1)).numpy()
-    samples: dict[str, dict[str, list[float]]] = {
-        v: {k: [] for k in COLUMNS} for v in VARIANTS
-    }
+    samples: dict[str, dict[str, list[float]]] = {v: {k: [] for k in COLUMNS} for v in VARIANTS}
     try:
         for d in daemons.values():
             d.start()

@@ -59,9 +59,11 @@ def publish(c: Cluster, tmp: Path, name: str, mib: int, seed: int, pullers: list
     make_model(model, mib, seed)
     try:
         header_chunk = 1 << 20
-        v = c.agent("n1", "publisher").PublishModel(
-            upload(model, name, header_chunk), timeout=900
-        ).version
+        v = (
+            c.agent("n1", "publisher")
+            .PublishModel(upload(model, name, header_chunk), timeout=900)
+            .version
+        )
     finally:
         model.unlink()
     for node in pullers:

@@ -336,9 +336,11 @@ def _run(args: argparse.Namespace) -> tuple[list[Target], dict[str, object]]:
             read_cpu.append(read_cpu_per_gib(model))
             name = f"bench{r}"
             t0 = time.perf_counter()
-            v = c.agent("n1", "publisher").PublishModel(
-                upload(model, name, args.chunk_kib * 1024), timeout=900
-            ).version
+            v = (
+                c.agent("n1", "publisher")
+                .PublishModel(upload(model, name, args.chunk_kib * 1024), timeout=900)
+                .version
+            )
             publish_rates.append(v.size / (time.perf_counter() - t0) / 1e6)
             c.wait_for(
                 lambda name=name: (
@@ -378,9 +380,11 @@ def _run(args: argparse.Namespace) -> tuple[list[Target], dict[str, object]]:
                     rss = _status_kib(n2_pid, "VmRSS")
                     cpu = [cpu_seconds(n1_pid), cpu_seconds(n2_pid)]
                     t = time.perf_counter()
-                    got = c.agent("n2").PullModel(
-                        agent_pb2.PullModelRequest(name=name), timeout=900
-                    ).version
+                    got = (
+                        c.agent("n2")
+                        .PullModel(agent_pb2.PullModelRequest(name=name), timeout=900)
+                        .version
+                    )
                     secs = time.perf_counter() - t
                     rate = got.size / secs / 1e6
                     sent, received = (

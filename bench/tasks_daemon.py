@@ -439,9 +439,7 @@ def main() -> None:
             with human(args.json):
                 probe = FsyncProbe(root)
                 try:
-                    row = asyncio.run(
-                        _run(d, root / "certs", args.tasks, args.concurrency, probe)
-                    )
+                    row = asyncio.run(_run(d, root / "certs", args.tasks, args.concurrency, probe))
                 finally:
                     probe.close()
                 row.update(sync_client_p50_ms(d, root / "certs", args.tasks))

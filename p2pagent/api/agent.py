@@ -27,7 +27,13 @@ from p2pagent.transport.request_window import RequestWindow
 
 
 class AgentNode(
-    MembershipNode, StateNode, ModelsNode, TextNode, TasksNode, TrainingNode, GenerationNode,
+    MembershipNode,
+    StateNode,
+    ModelsNode,
+    TextNode,
+    TasksNode,
+    TrainingNode,
+    GenerationNode,
     Protocol,
 ):
     """What the Agent service needs of the node: each capability's part, and its status."""

@@ -121,7 +121,6 @@ class TrainingAgentApi(_TrainingAccess):
             raise NotFound(f"this node takes no part in training run {quoted(request.run)}")
         return out
 
-
     def _latest_version(self, model: str) -> str:
         models = self._training_node.models
         if not model:

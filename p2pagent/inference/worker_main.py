@@ -261,9 +261,7 @@ class Worker:
             self.input_views[layout] = views
         return views
 
-    def write_outputs(
-        self, slot: int, outs: list[Any]
-    ) -> tuple[dict[str, Any] | bytes, list[int]]:
+    def write_outputs(self, slot: int, outs: list[Any]) -> tuple[dict[str, Any] | bytes, list[int]]:
         signature = (slot, *((o.dtype, o.shape) for o in outs))
         plan = self.output_plans.get(signature)
         if plan is not None:  # outputs shaped as before: the same views, the same answer

@@ -164,9 +164,7 @@ class Puller:
         plan = PullPlan(m, have, self._rng, self._cfg, name=self._name)
         # Chunk writes in the I/O pool: run() returns only once they are done, so nothing is
         # half-written behind a failed or cancelled pull.
-        landing = Landing(
-            self._store, mid, self._io, lambda batch: self._landed(plan, batch)
-        )
+        landing = Landing(self._store, mid, self._io, lambda batch: self._landed(plan, batch))
         calls: set[asyncio.Task[None]] = set()
         refreshed = -HOLDER_REFRESH_S
         advertised_at, advertised_count = -ADVERTISE_S, -1  # at once: fellows share from now

@@ -230,9 +230,7 @@ class _Sim:
         by_group: dict[tuple[str, ...], list[RoundDone]] = {}
         for d in live.values():
             by_group.setdefault(d.group, []).append(d)
-        agreeing = sum(
-            1 for ds in by_group.values() if len({d.vector.tobytes() for d in ds}) == 1
-        )
+        agreeing = sum(1 for ds in by_group.values() if len({d.vector.tobytes() for d in ds}) == 1)
         ratio = 0.0
         param_bytes = self.sc.params * 4
         for d in done.values():

@@ -8,7 +8,7 @@ from p2pagent.state.messages import DeltaMessage, Message
 
 
 def traffic_kind(message: Message) -> str:
-    """"delta" for a pushed change, "anti_entropy" for digests and the repairs they ask for."""
+    """ "delta" for a pushed change, "anti_entropy" for digests and the repairs they ask for."""
     return "delta" if isinstance(message, DeltaMessage) else "anti_entropy"
 
 

@@ -61,8 +61,7 @@ class TrainingConfig:
             raise ConfigError("training.initial_phase_timeout must be > 0 seconds")
         if self.deadline_spread_mult < 0 or self.deadline_margin_mult < 1:
             raise ConfigError(
-                "training.deadline_spread_mult must be >= 0 and training.deadline_margin_mult "
-                ">= 1"
+                "training.deadline_spread_mult must be >= 0 and training.deadline_margin_mult >= 1"
             )
         if self.deadline_window < 1:
             raise ConfigError("training.deadline_window must be at least 1")

@@ -101,9 +101,7 @@ def train_epochs(
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     loss_fn = torch.nn.CrossEntropyLoss()
     steps = max(1, round(epochs * len(shard.y) / batch))
-    order = np.concatenate(
-        [rng.permutation(len(shard.y)) for _ in range(int(np.ceil(epochs)) + 1)]
-    )
+    order = np.concatenate([rng.permutation(len(shard.y)) for _ in range(int(np.ceil(epochs)) + 1)])
     x, y = torch.from_numpy(shard.x), torch.from_numpy(shard.y)
     model.train()
     for s in range(steps):

@@ -57,9 +57,9 @@ def dimensions(n: int, group_size: int) -> int:
     return math.ceil(math.log(n) / math.log(group_size) - 1e-9)
 
 
-def derive_groups(names: Sequence[str], run: str, round_no: int, group_size: int) -> list[
-    tuple[str, ...]
-]:
+def derive_groups(
+    names: Sequence[str], run: str, round_no: int, group_size: int
+) -> list[tuple[str, ...]]:
     """Every group of round ``round_no``, each a tuple of names in hash order; every name is
     in exactly one group."""
     order = sorted(set(names), key=lambda n: _order_key(run, n))
@@ -85,9 +85,9 @@ def derive_groups(names: Sequence[str], run: str, round_no: int, group_size: int
     return [tuple(g) for _, g in sorted(groups.items())]
 
 
-def group_of(name: str, names: Sequence[str], run: str, round_no: int, group_size: int) -> tuple[
-    str, ...
-]:
+def group_of(
+    name: str, names: Sequence[str], run: str, round_no: int, group_size: int
+) -> tuple[str, ...]:
     """The group ``name`` belongs to in round ``round_no`` (``name`` is added to ``names``
     when missing: a member always counts itself)."""
     everyone = set(names) | {name}

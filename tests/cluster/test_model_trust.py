@@ -206,9 +206,11 @@ def test_a_publisher_deletes_and_updates_only_its_own_models_and_an_admin_delete
     c = three
     clean = planted.torchscript(tmp_path / "m.pt").read_bytes()
     header = _header("owned", "torchscript", clean, planted.spec(), replicas="all")
-    v = _agent(c, "n1", "publisher").PublishModel(
-        publish_requests(header, clean), timeout=120
-    ).version
+    v = (
+        _agent(c, "n1", "publisher")
+        .PublishModel(publish_requests(header, clean), timeout=120)
+        .version
+    )
     owner = "spiffe://test/publisher/publisher"
     assert v.owner == owner
     _everywhere(c, "owned")

@@ -136,15 +136,17 @@ def test_publish_pull_on_two_nodes_then_infer_by_name_where_pulled(
     from p2pagent.inference.spec import ModelSpec
 
     metadata = ModelSpec.from_dict(meta).to_proto()
-    v = c.agent("n1", "publisher").PublishModel(
-        _upload(demo / "demo.torchscript.pt", "mlp", metadata), timeout=60
-    ).version
+    v = (
+        c.agent("n1", "publisher")
+        .PublishModel(_upload(demo / "demo.torchscript.pt", "mlp", metadata), timeout=60)
+        .version
+    )
     assert v.chunks > 16 and list(v.holders) == ["n1"]
     for node in ("n2", "n3"):
         c.wait_for(lambda node=node: _versions(c, node, "mlp"), SETTLE_S, f"registry on {node}")
-        pulled = c.agent(node).PullModel(
-            agent_pb2.PullModelRequest(name="mlp"), timeout=120
-        ).version
+        pulled = (
+            c.agent(node).PullModel(agent_pb2.PullModelRequest(name="mlp"), timeout=120).version
+        )
         assert pulled.manifest_id == v.manifest_id and node in pulled.holders
     for node in ("n1", "n2", "n3"):
         c.wait_for(
@@ -209,9 +211,13 @@ def test_replicas_all_replicates_without_being_asked(four: Cluster, demo: Path) 
     c = four
     live = ["n2", "n3", "n4"]
     metadata = _noop_metadata(demo)
-    v = c.agent("n2", "publisher").PublishModel(
-        _upload(demo / "noop.torchscript.pt", "noop-all", metadata, replicas="all"), timeout=60
-    ).version
+    v = (
+        c.agent("n2", "publisher")
+        .PublishModel(
+            _upload(demo / "noop.torchscript.pt", "noop-all", metadata, replicas="all"), timeout=60
+        )
+        .version
+    )
     assert v.replicas == "all"
     for node in live:
         c.wait_for(
@@ -251,9 +257,11 @@ def test_replicas_k_rereplicates_after_holders_die(
         c.start()
         c.wait_for(lambda: _all_alive(c, names), SETTLE_S, "n1..n4 alive")
         model = demo / "noop.torchscript.pt"
-        v = c.agent("n1", "publisher").PublishModel(
-            _upload(model, "noop-k", _noop_metadata(demo), replicas="2"), timeout=60
-        ).version
+        v = (
+            c.agent("n1", "publisher")
+            .PublishModel(_upload(model, "noop-k", _noop_metadata(demo), replicas="2"), timeout=60)
+            .version
+        )
         assert v.replicas == "2" and list(v.holders) == ["n1"]
         c.wait_for(lambda: len(_holders(c, "n1", "noop-k")) >= 2, SETTLE_S, "two holders")
         victims = sorted(_holders(c, "n1", "noop-k") - {"n1"})

@@ -52,9 +52,11 @@ def test_pull_over_links_shaped_with_tbf(tmp_path: Path) -> None:
             name="shaped", format="safetensors", size=len(data), chunk_size=CHUNK,
             metadata=noop_metadata(),
         )  # fmt: skip
-        v = c.agent("n1", "publisher").PublishModel(
-            publish_requests(header, data), timeout=120
-        ).version
+        v = (
+            c.agent("n1", "publisher")
+            .PublishModel(publish_requests(header, data), timeout=120)
+            .version
+        )
         c.wait_for(
             lambda: (
                 c.agent("n2")
@@ -64,9 +66,9 @@ def test_pull_over_links_shaped_with_tbf(tmp_path: Path) -> None:
             SETTLE_S,
             "the version in n2's registry",
         )
-        got = c.agent("n2").PullModel(
-            agent_pb2.PullModelRequest(name="shaped"), timeout=120
-        ).version
+        got = (
+            c.agent("n2").PullModel(agent_pb2.PullModelRequest(name="shaped"), timeout=120).version
+        )
         assert got.manifest_id == v.manifest_id and "n2" in got.holders
         files = list((c.nodes["n2"].data / "models" / "versions").glob(f"{v.manifest_id}.*"))
         assert len(files) == 1 and files[0].read_bytes() == data

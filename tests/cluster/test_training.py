@@ -237,10 +237,16 @@ def test_a_member_killed_mid_round_does_not_stop_the_survivors_and_rejoins(
         t.start()
     three.wait_for(
         lambda: all(
-            three.agent(n).TrainStatus(agent_pb2.TrainStatusRequest(run="faults"), timeout=5)
-            .runs[0].bytes_sent > 0
-            and three.agent(n).TrainStatus(agent_pb2.TrainStatusRequest(run="faults"), timeout=5)
-            .runs[0].rounds == 1
+            three.agent(n)
+            .TrainStatus(agent_pb2.TrainStatusRequest(run="faults"), timeout=5)
+            .runs[0]
+            .bytes_sent
+            > 0
+            and three.agent(n)
+            .TrainStatus(agent_pb2.TrainStatusRequest(run="faults"), timeout=5)
+            .runs[0]
+            .rounds
+            == 1
             for n in ("n1", "n2")
         ),
         30,

@@ -55,13 +55,15 @@ def test_the_published_version_answers_infer_on_a_node_that_never_trained(three:
     latest = published[-1]
     x, _ = held_out_inputs(plan.seed, 16)
     three.wait_for(
-        lambda: latest
-        in {
-            v.manifest_id
-            for v in three.agent("n3")
-            .ListModels(agent_pb2.ListModelsRequest(name="digits"), timeout=10)
-            .versions
-        },
+        lambda: (
+            latest
+            in {
+                v.manifest_id
+                for v in three.agent("n3")
+                .ListModels(agent_pb2.ListModelsRequest(name="digits"), timeout=10)
+                .versions
+            }
+        ),
         60,
         "n3 knows the latest version",
     )

@@ -114,7 +114,7 @@ def test_zsh_completes_subcommands() -> None:
     text = script("zsh", _tree())
     # compadd and compdef exist only inside the completion system: stand-ins print the words.
     program = (
-        "compdef() { :; }; compadd() { shift; print -l -- \"$@\"; }\n"
+        'compdef() { :; }; compadd() { shift; print -l -- "$@"; }\n'
         f"{text}\nwords=(p2pagentctl state g); CURRENT=3; _p2pagentctl"
     )
     out = subprocess.run([zsh, "-f", "-c", program], capture_output=True, text=True, timeout=30)

@@ -159,8 +159,10 @@ def test_replicas_are_kept_apart() -> None:
 
 def test_probes_are_separate_and_startup_covers_a_slow_start() -> None:
     c = pod_template()["spec"]["containers"][0]
-    commands = {p: tuple(c[p]["exec"]["command"]) for p in ("startupProbe", "readinessProbe",
-                                                              "livenessProbe")}
+    commands = {
+        p: tuple(c[p]["exec"]["command"])
+        for p in ("startupProbe", "readinessProbe", "livenessProbe")
+    }
     assert commands["readinessProbe"] != commands["livenessProbe"]
     assert commands["livenessProbe"][-1] == "--live"  # alive while loading or draining
     startup = c["startupProbe"]
@@ -172,9 +174,7 @@ def test_the_network_policy_admits_peers_clients_and_monitoring_only() -> None:
     labels = pod_template()["metadata"]["labels"]
     assert policy["podSelector"]["matchLabels"].items() <= labels.items()
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
-    ports = {
-        rule["ports"][0]["port"]: rule["from"] for rule in policy["ingress"]
-    }
+    ports = {rule["ports"][0]["port"]: rule["from"] for rule in policy["ingress"]}
     assert set(ports) == {7400, 9400}
     assert ports[9400] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}

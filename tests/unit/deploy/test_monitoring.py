@@ -59,7 +59,7 @@ def rule_exprs() -> list[str]:
 
 def test_metric_names_are_read_from_promql() -> None:
     expr = (
-        'histogram_quantile(0.99, sum by (le, grpc_method) '
+        "histogram_quantile(0.99, sum by (le, grpc_method) "
         '(rate(p2pagent_rpc_handling_seconds_bucket{job=~"$job",x="a b"}[5m]))) '
         "/ on (instance) group_left(version) p2pagent_build_info > 0 and up"
     )
@@ -124,7 +124,11 @@ def test_promtool_checks_and_tests_the_rules() -> None:
         pytest.skip("promtool is not installed (apt-get install prometheus; CI installs it)")
     for args in (["check", "rules", RULES.name], ["test", "rules", "alerts_test.yaml"]):
         done = subprocess.run(
-            [promtool, *args], cwd=RULES.parent, capture_output=True, text=True, timeout=120,
+            [promtool, *args],
+            cwd=RULES.parent,
+            capture_output=True,
+            text=True,
+            timeout=120,
             check=False,
         )
         assert done.returncode == 0, done.stdout + done.stderr

@@ -117,4 +117,3 @@ def test_batch_room_counts_only_the_models_started_work() -> None:
     assert batch_room(running, TEXTS, FULL_BATCH_S)
     assert not batch_room([*running, text(99)], TEXTS, FULL_BATCH_S)
     assert not batch_room([], TEXTS, None) and not batch_room([], TEXTS, 0.0)
-

@@ -91,8 +91,7 @@ async def test_a_recorded_run_replays_to_the_same_effects(tmp_path: Path) -> Non
         # rounds, a bounded number, until something was stolen.
         for _ in range(5):
             ids = [
-                await n1.submit(agent_pb2.SubmitRequest(model=MODEL, inputs=[x]))
-                for _ in range(40)
+                await n1.submit(agent_pb2.SubmitRequest(model=MODEL, inputs=[x])) for _ in range(40)
             ]
             for task_id in ids:
                 events = [e async for e in n1.wait(task_id)]
