@@ -24,6 +24,7 @@ test: $(STAMP) lint typecheck
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check p2pagent tests bench
+	$(VENV)/bin/ruff format --check p2pagent tests bench
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

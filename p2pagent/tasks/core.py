@@ -152,6 +152,7 @@ class TaskNode:
 
     def backlog_s(self) -> float:
         return self.queue.queued_cost_s()
+
     def report(self, now: float) -> LoadReport:
         """Our load now, as ``Peer.Load`` and hints carry it (an input: it is numbered)."""
         return self._report(now)
