@@ -46,12 +46,12 @@ How load is spread (BitTorrent's lessons, Kraken's and Dragonfly's goals):
 from __future__ import annotations
 
 import random
-import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
 from p2pagent.errors import InvalidArgument
+from p2pagent.models.chunk_owner import owned_by
 from p2pagent.models.config import ModelsConfig
 from p2pagent.models.manifest import Manifest
 
@@ -477,11 +477,7 @@ class PullPlan:
         if not fellows:
             self._mine = [True] * self._n
             return
-        seeds = [(_seed(n), n) for n in [*fellows, self._name]]
-        mine = [False] * self._n
-        for i in missing:
-            mine[i] = max(seeds, key=lambda s: (_rank(s[0], i), s[1]))[1] == self._name
-        self._mine = mine
+        self._mine = owned_by(self._name, fellows, missing, self._n)
 
     # ---- timers ----------------------------------------------------------------------------
 
@@ -579,21 +575,6 @@ class PullPlan:
             holder_failures=self._failures,
             received_from={n: h.received for n, h in self._holders.items() if h.received},
         )
-
-
-_MASK64 = (1 << 64) - 1
-
-
-def _seed(node: str) -> int:
-    return zlib.crc32(node.encode())
-
-
-def _rank(seed: int, index: int) -> int:
-    """A well-mixed 64-bit value of (node, chunk), the same on every node (splitmix64)."""
-    x = (seed * 0x9E3779B97F4A7C15 + (index + 1) * 0xBF58476D1CE4E5B9) & _MASK64
-    x ^= x >> 31
-    x = (x * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 29)
 
 
 def backoff_delay(failures: int, config: ModelsConfig) -> float:

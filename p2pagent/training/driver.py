@@ -89,8 +89,6 @@ class TrainingDriver:
         self._set_tag = set_tag
         self.runs: dict[str, Run] = {}
         self._sends: set[asyncio.Task[None]] = set()
-        #: Channels replaced by ``_redial``, closing after their grace period.
-        self._closing: dict[asyncio.Task[None], grpc.aio.Channel] = {}
         self._unsubscribe: Callable[[], None] | None = None
         self._bad = RateLimitedLog(log, 10.0)
         #: Member -> the incarnation a fresh channel was last dialled for (see ``_send``).
@@ -110,13 +108,6 @@ class TrainingDriver:
         for task in list(self._sends):
             task.cancel()
         await asyncio.gather(*self._sends, return_exceptions=True)
-        # The node closes the pool's channels itself; the retired ones are ours: closed now,
-        # without waiting out their grace.
-        closing = dict(self._closing)
-        for task in closing:
-            task.cancel()
-        await asyncio.gather(*closing, return_exceptions=True)
-        await asyncio.gather(*(ch.close() for ch in closing.values()), return_exceptions=True)
 
     # ---- the user's side --------------------------------------------------------------------
 
@@ -332,9 +323,5 @@ class TrainingDriver:
         if self._redialled.get(member.name) == member.incarnation:
             return False
         self._redialled[member.name] = member.incarnation
-        old = self._channels.retire(member.address)
-        if old is not None:
-            task = asyncio.create_task(old.close(RETIRED_CHANNEL_GRACE_S))
-            self._closing[task] = old
-            task.add_done_callback(lambda t: self._closing.pop(t, None))
+        self._channels.redial(member.address)
         return True

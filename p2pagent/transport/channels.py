@@ -111,7 +111,7 @@ class ChannelPool:
         if ch is None:
             return self._dial(address)
         if in_backoff(ch) and self._clock() - self._dialled_at[address] >= REDIAL_AFTER_S:
-            return self._redial(address)
+            return self.redial(address)
         return ch
 
     def member_changed(self, view: MemberView) -> None:
@@ -128,7 +128,7 @@ class ChannelPool:
             return
         ch = self._channels.get(view.address)
         if ch is not None and in_backoff(ch):
-            self._redial(view.address)
+            self.redial(view.address)
 
     def _dial(self, address: str) -> grpc.aio.Channel:
         ch = secure_channel(address, self._material(), self._max, self._extra_options)
@@ -136,7 +136,10 @@ class ChannelPool:
         self._dialled_at[address] = self._clock()
         return ch
 
-    def _redial(self, address: str) -> grpc.aio.Channel:
+    def redial(self, address: str) -> grpc.aio.Channel:
+        """A fresh channel to ``address`` in place of the old one, which dials at once (a
+        caller that saw its peer come back); calls still on the old one get
+        ``RETIRED_CHANNEL_GRACE_S`` before it is closed."""
         old = self._channels.pop(address, None)
         if old is not None:
             self.redials += 1
@@ -157,13 +160,6 @@ class ChannelPool:
         """
         old, self._channels = list(self._channels.values()), {}
         return old
-
-    def retire(self, address: str) -> grpc.aio.Channel | None:
-        """Forgets the channel to ``address``, so the next call dials at once: a peer that
-        restarted at the same address is otherwise reached only after the old channel's
-        reconnect backoff (up to ``grpc.max_reconnect_backoff_ms``). Returns the old channel
-        for the caller to close once its calls have had time to finish."""
-        return self._channels.pop(address, None)
 
     async def drop(self, address: str) -> None:
         """Closes the channel to ``address`` (for example after certificates were rotated)."""

@@ -26,10 +26,10 @@ from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
 from p2pagent.identity import certs
 from p2pagent.identity.spiffe import Role
 from p2pagent.inference.spec import ModelSpec
-from p2pagent.testing import planted
 from p2pagent.testing.cluster import Cluster
 from p2pagent.testing.uploads import header_with, publish_requests
 from p2pagent.transport.channels import channel_options
+from tests import planted
 
 pytestmark = pytest.mark.cluster
 SETTLE_S = 60.0

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc, common_pb2
-from p2pagent.testing import planted
 from p2pagent.testing.channels import channel
 from p2pagent.testing.daemon import Daemon
+from tests import planted
 
 
 @pytest.fixture(scope="module")

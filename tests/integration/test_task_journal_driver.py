@@ -13,7 +13,8 @@ import pytest
 
 from p2pagent.errors import Unavailable
 from p2pagent.tasks.driver import TasksDriver
-from tests.unit.tasks.test_driver_wait import DONE, GatedEngine, _submit, driver
+from p2pagent.testing.engines import GatedEngine
+from tests.unit.tasks.test_driver_wait import DONE, _submit, driver
 
 __all__ = ["driver"]  # the fixture, shared with the unit tests of the driver
 

@@ -16,7 +16,7 @@ from p2pagent.errors import InvalidArgument
 from p2pagent.inference.archive_check import check_archive, pickle_globals
 from p2pagent.inference.formats import ModelFormat
 from p2pagent.inference.spec import ModelSpec
-from p2pagent.testing import planted
+from tests import planted
 
 
 @pytest.fixture(scope="module")

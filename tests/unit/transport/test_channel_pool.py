@@ -5,6 +5,7 @@ server, stopped and started again on the same port)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from p2pagent.identity import material as tls
 from p2pagent.membership.view import ALIVE, SUSPECT, MemberView
 from p2pagent.testing.daemon import free_port
+from p2pagent.transport import channels
 from p2pagent.transport.channels import REDIAL_AFTER_S, ChannelPool, in_backoff
 from p2pagent.transport.credentials import server_credentials
 
@@ -118,3 +120,41 @@ async def test_a_peer_that_stays_down_is_not_redialled_on_every_call(
         with pytest.raises(grpc.aio.AioRpcError):
             await _check(pool, address)
     assert pool.redials == 1  # then the fresh channel's own backoff, inside REDIAL_AFTER_S
+
+
+class RecordingChannel:
+    """Records how it was closed; a close with a grace lasts that grace (calls still on it)."""
+
+    def __init__(self) -> None:
+        self.closes: list[float | None] = []
+
+    async def close(self, grace: float | None = None) -> None:
+        self.closes.append(grace)
+        if grace is not None:
+            await asyncio.sleep(grace)
+
+
+async def test_a_replaced_channel_gets_its_grace_and_a_closing_pool_does_not_wait_it_out(
+    monkeypatch: pytest.MonkeyPatch, certs_dir: Path
+) -> None:
+    made: list[RecordingChannel] = []
+
+    def fake_channel(*args: object, **kwargs: object) -> RecordingChannel:
+        made.append(RecordingChannel())
+        return made[-1]
+
+    monkeypatch.setattr(channels, "secure_channel", fake_channel)
+    material = tls.load(tls.TLSPaths.in_dir(certs_dir, "n1"))
+    pool = ChannelPool(lambda: material)
+    pool.redial("127.0.0.9:7000")  # nothing to replace yet: a first dial
+    assert len(made) == 1 and pool.redials == 0
+    pool.redial("127.0.0.9:7000")
+    assert len(made) == 2 and pool.redials == 1
+    await asyncio.sleep(0)
+    old = made[0]
+    # The old channel got its grace period to finish the calls on it...
+    assert old.closes and old.closes[0] is not None and old.closes[0] > 0
+    # ... and a pool closing (the node stopping) does not wait it out: closed at once.
+    await asyncio.wait_for(pool.close(), 5)
+    assert old.closes[-1] is None
+    assert made[1].closes == [None]
