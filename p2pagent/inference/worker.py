@@ -491,9 +491,11 @@ class ModelWorker:
         # torch, which can be slow on a busy host.
         hello: asyncio.Future[dict[str, Any]] = loop.create_future()
         cur.pending.append(Pending(future_answer(hello), max(self.timeout_s, 120.0)))
+        # Before the send: a worker already gone fails ``hello`` inside it, and its outcome
+        # must have a reader (else asyncio logs "exception never retrieved").
+        hello.add_done_callback(lambda f: self._started(cur, f))
         cur.arm()
         self._send(cur, init, [])
-        hello.add_done_callback(lambda f: self._started(cur, f))
         return cur
 
     def _adopt(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> WorkerProcess:
