@@ -99,7 +99,7 @@ async def test_a_forgotten_task_wakes_its_callers_with_not_found() -> None:
     await _settle()
     life.forget("t")
     store.forget(("t",))
-    with pytest.raises(NotFound, match="forgotten after tasks.done_retention_s"):
+    with pytest.raises(NotFound, match=r"forgotten after tasks\.done_retention_s"):
         await asyncio.wait_for(pending, 5)
     assert "t" not in store.submitted_at and store.waited_for == 0
 
