@@ -57,7 +57,6 @@ from p2pagent.tasks.wire import (
     decode_report,
     encode_report,
     input_bytes,
-    result_event,
     result_from_proto,
     result_to_proto,
     task_from_spec,
@@ -320,7 +319,7 @@ class TasksDriver:
 
     async def submit_and_wait(
         self, request: agent_pb2.SubmitAndWaitRequest, decoded: Any | None, owner: str = ""
-    ) -> AsyncIterator[agent_pb2.TaskEvent]:
+    ) -> TaskResult | AsyncIterator[agent_pb2.TaskEvent]:
         """``Agent.SubmitAndWait``: submits a task for ``owner`` and follows it to its result
         (``decoded``: the request's inputs, already checked by the caller against the model
         this node serves under that name; None for a model it does not serve or a pinned
@@ -329,29 +328,26 @@ class TasksDriver:
         A task that the core would start here at once (``TaskNode.start_now``, as for an
         Infer) and that is estimated under ``tasks.journal_hold_s`` runs in the caller's
         coroutine, with no lease, queue entry or adapter task, and is journaled once it has
-        finished: its submission and its result in one write, one group commit. Its one
-        event is its result, shown once both are durable; nothing about it is written or
-        shown before, so a node that dies meanwhile acknowledged nothing (the call fails, as
-        when a node dies before the fsync). Any other task is journaled, queued and followed
-        by :meth:`wait`, as ``Submit`` then ``Wait`` would."""
+        finished: its submission and its result in one write, one group commit. Its result
+        is returned once both are durable (the call's one event); nothing about it is
+        written or shown before, so a node that dies meanwhile acknowledged nothing (the call
+        fails, as when a node dies before the fsync). Any other task is journaled and queued,
+        and once its submission is durable its events are returned to follow (:meth:`wait`),
+        as ``Submit`` then ``Wait`` would give them."""
         task, now = self._admitted(request, owner)
         short = task.est_cost_s < self.cfg.journal_hold_s
         if decoded is not None and short and self.core.start_now(task, now):
-            event = await self._run_at_once(task, decoded, now)
-            if event is not None:
-                yield event
-                return
+            result = await self._run_at_once(task, decoded, now)
+            if result is not None:
+                return result
             now = self.adapter.now()  # failed retryably: the scheduler tries it again
         journaled = self._queued(task, now, with_result=True)
         await self.journaled(task.task_id, journaled)
-        async for event in self.wait(task.task_id):
-            yield event
+        return self.wait(task.task_id)
 
-    async def _run_at_once(
-        self, task: Task, decoded: Any, submitted: float
-    ) -> agent_pb2.TaskEvent | None:
+    async def _run_at_once(self, task: Task, decoded: Any, submitted: float) -> TaskResult | None:
         """Runs a task :meth:`submit_and_wait` started at once and journals it, submission
-        and result together; returns its result event once durable, or None when it failed
+        and result together; returns its result once durable, or None when it failed
         with a retryable code (the caller queues it, as the lease table would re-queue it)."""
         try:
             result = await self.runs.run(task, decoded)
@@ -390,7 +386,7 @@ class TasksDriver:
 
         durable.add_done_callback(record)
         await recorded
-        return result_event(task.task_id, result)
+        return result
 
     def cancel(self, task_id: str, message: str) -> None:
         """Fails the task ``CANCELLED`` unless it has finished (a ``SubmitStream`` client

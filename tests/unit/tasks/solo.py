@@ -4,12 +4,16 @@ engine and an in-memory journal, built and stopped by :class:`JournaledDrivers`.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from p2pagent._proto import agent_pb2
 from p2pagent.membership.view import StaticDirectory
 from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.driver import TasksDriver
+from p2pagent.tasks.results import TaskResult
+from p2pagent.tasks.wire import result_event
 from p2pagent.testing.engines import GatedEngine
 from p2pagent.testing.journal import MemoryJournal
 from p2pagent.testing.peer_link import MemoryPeers
@@ -82,3 +86,13 @@ class JournaledDrivers:
     async def stop(self) -> None:
         for d in self._made:
             await d.stop()
+
+
+async def events_of(
+    outcome: TaskResult | AsyncIterator[agent_pb2.TaskEvent],
+) -> list[agent_pb2.TaskEvent]:
+    """What a ``SubmitAndWait`` caller receives for ``TasksDriver.submit_and_wait``'s outcome:
+    the one result event of a task run at once, or every event of one that was queued."""
+    if isinstance(outcome, TaskResult):
+        return [result_event(outcome.task_id, outcome)]
+    return [e async for e in outcome]

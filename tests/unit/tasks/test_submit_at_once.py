@@ -16,7 +16,7 @@ from p2pagent._proto import agent_pb2
 from p2pagent.errors import Unavailable
 from p2pagent.inference import tensors
 from p2pagent.tasks.driver import TasksDriver
-from tests.unit.tasks.solo import JournaledDrivers
+from tests.unit.tasks.solo import JournaledDrivers, events_of
 
 MODEL = "double"
 OWNER = "spiffe://t/client/c"
@@ -39,8 +39,7 @@ def _request() -> tuple[agent_pb2.SubmitAndWaitRequest, dict[str, Any]]:
 
 async def _events(d: TasksDriver, decoded: bool = True) -> list[agent_pb2.TaskEvent]:
     request, inputs = _request()
-    calls = d.submit_and_wait(request, inputs if decoded else None, OWNER)
-    return [e async for e in calls]
+    return await events_of(await d.submit_and_wait(request, inputs if decoded else None, OWNER))
 
 
 async def _until(check: Callable[[], object]) -> None:
