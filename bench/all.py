@@ -28,6 +28,7 @@ FULL: list[list[str]] = [
     ["bench.inference_isolation"],
     ["bench.tasks_sim"],
     ["bench.tasks_daemon"],
+    ["bench.tasks_waiters"],
     ["bench.tasks_cluster"],
     ["bench.models_transfer", "--mib", "512", "--rounds", "3", "--disk"],
     ["bench.models_swarm", "--mib", "256", "--rounds", "2"],
@@ -56,6 +57,7 @@ SMALL: list[list[str]] = [
     ["bench.tasks_sim", "--small"],
     ["bench.tasks_daemon", "--tasks", "50", "--concurrency", "8"],
     ["bench.tasks_daemon", "--tasks", "20", "--against", "."],  # the A/B harness, A/A
+    ["bench.tasks_waiters", "--tasks", "200"],
     ["bench.tasks_cluster", "--tasks", "100", "--policies", "work_stealing", "local"],
     ["bench.models_transfer", "--mib", "32", "--rounds", "1"],
     ["bench.models_swarm", "--mib", "32", "--rounds", "1"],

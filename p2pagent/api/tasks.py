@@ -15,7 +15,8 @@ from p2pagent.models.loadable import spec_of
 from p2pagent.tasks import admission
 from p2pagent.tasks.config import MAX_LIST_TASKS
 from p2pagent.tasks.driver import TasksDriver
-from p2pagent.tasks.wire import input_bytes
+from p2pagent.tasks.results import TaskResult
+from p2pagent.tasks.wire import fill_result_event, input_bytes
 from p2pagent.transport.guard import caller_identity
 from p2pagent.transport.multiplexed import Send, StreamProtocol, serve
 from p2pagent.transport.request_window import RequestWindow
@@ -154,7 +155,13 @@ class TasksAgentApi(_TasksAccess):
         inputs = admit(self._tasks_node, request)  # a bad tensor is refused before anything
         if request.model_version or not self._tasks_node.models_cache.serves(request.model):
             inputs = None  # not run here at once: the scheduler decides where it runs
-        async for event in self._tasks().submit_and_wait(request, inputs, owner):
+        outcome = await self._tasks().submit_and_wait(request, inputs, owner)
+        if isinstance(outcome, TaskResult):  # run at once: its result is the one event
+            response = agent_pb2.SubmitAndWaitResponse()
+            fill_result_event(response.event, outcome.task_id, outcome)
+            yield response
+            return
+        async for event in outcome:
             yield agent_pb2.SubmitAndWaitResponse(event=event)
 
     async def SubmitStream(

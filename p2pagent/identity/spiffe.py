@@ -6,6 +6,7 @@ use: nodes may call ``Peer`` and ``Agent``; clients may call ``Agent`` only.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -31,8 +32,10 @@ class Identity:
     role: Role
     name: str
 
-    @property
+    @functools.cached_property
     def uri(self) -> str:
+        # Cached: the guard keeps one Identity per certificate, and every call reads its uri
+        # several times (authorization, open streams, quotas).
         return f"spiffe://{self.cluster}/{self.role.value}/{self.name}"
 
     def __str__(self) -> str:

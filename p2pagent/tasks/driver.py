@@ -25,12 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import grpc
-
 from p2pagent._proto import agent_pb2, common_pb2, peer_pb2
 from p2pagent.errors import (
     InvalidArgument,
-    NotFound,
     RemoteProtocolError,
     ResourceExhausted,
     Unavailable,
@@ -51,6 +48,7 @@ from p2pagent.tasks.lifecycle import TaskEvent
 from p2pagent.tasks.peers import GrpcPeerTransport, PeerTransport
 from p2pagent.tasks.placement import make_placement
 from p2pagent.tasks.queue import TaskQueue
+from p2pagent.tasks.result_store import ResultStore, wait_remote
 from p2pagent.tasks.results import TaskResult
 from p2pagent.tasks.runs import Engine, EngineRuns
 from p2pagent.tasks.spec import MAX_TASK_ID, Task
@@ -58,9 +56,7 @@ from p2pagent.tasks.wire import (
     checked_result,
     decode_report,
     encode_report,
-    event_proto,
     input_bytes,
-    result_event,
     result_from_proto,
     result_to_proto,
     task_from_spec,
@@ -150,13 +146,12 @@ class TasksDriver:
         self._hints = hints
         self.counters = Counters()
         self.quotas = IdentityQuotas.from_config(config)
-        self._results: dict[str, TaskResult] = {}
-        self._submitted_at: dict[str, tuple[float, str]] = {}
+        #: Results delivered here (journaled first) and each waiting task's wake-up.
+        self._results = ResultStore()
+        self._submitted_at = self._results.submitted_at
         #: Agent.Infer calls waiting for their task: not journaled (nothing was acknowledged
         #: before the answer), delivered straight to the caller.
         self._inline: dict[str, asyncio.Future[TaskResult]] = {}
-        #: Set (and replaced) on every change a Wait caller may be waiting for.
-        self._changed = asyncio.Event()
         #: The journal has been read back: until then a task of this origin may exist without
         #: this driver knowing it (the server takes calls before its components start).
         self.loaded = False
@@ -324,7 +319,7 @@ class TasksDriver:
 
     async def submit_and_wait(
         self, request: agent_pb2.SubmitAndWaitRequest, decoded: Any | None, owner: str = ""
-    ) -> AsyncIterator[agent_pb2.TaskEvent]:
+    ) -> TaskResult | AsyncIterator[agent_pb2.TaskEvent]:
         """``Agent.SubmitAndWait``: submits a task for ``owner`` and follows it to its result
         (``decoded``: the request's inputs, already checked by the caller against the model
         this node serves under that name; None for a model it does not serve or a pinned
@@ -333,29 +328,26 @@ class TasksDriver:
         A task that the core would start here at once (``TaskNode.start_now``, as for an
         Infer) and that is estimated under ``tasks.journal_hold_s`` runs in the caller's
         coroutine, with no lease, queue entry or adapter task, and is journaled once it has
-        finished: its submission and its result in one write, one group commit. Its one
-        event is its result, shown once both are durable; nothing about it is written or
-        shown before, so a node that dies meanwhile acknowledged nothing (the call fails, as
-        when a node dies before the fsync). Any other task is journaled, queued and followed
-        by :meth:`wait`, as ``Submit`` then ``Wait`` would."""
+        finished: its submission and its result in one write, one group commit. Its result
+        is returned once both are durable (the call's one event); nothing about it is
+        written or shown before, so a node that dies meanwhile acknowledged nothing (the call
+        fails, as when a node dies before the fsync). Any other task is journaled and queued,
+        and once its submission is durable its events are returned to follow (:meth:`wait`),
+        as ``Submit`` then ``Wait`` would give them."""
         task, now = self._admitted(request, owner)
         short = task.est_cost_s < self.cfg.journal_hold_s
         if decoded is not None and short and self.core.start_now(task, now):
-            event = await self._run_at_once(task, decoded, now)
-            if event is not None:
-                yield event
-                return
+            result = await self._run_at_once(task, decoded, now)
+            if result is not None:
+                return result
             now = self.adapter.now()  # failed retryably: the scheduler tries it again
         journaled = self._queued(task, now, with_result=True)
         await self.journaled(task.task_id, journaled)
-        async for event in self.wait(task.task_id):
-            yield event
+        return self.wait(task.task_id)
 
-    async def _run_at_once(
-        self, task: Task, decoded: Any, submitted: float
-    ) -> agent_pb2.TaskEvent | None:
+    async def _run_at_once(self, task: Task, decoded: Any, submitted: float) -> TaskResult | None:
         """Runs a task :meth:`submit_and_wait` started at once and journals it, submission
-        and result together; returns its result event once durable, or None when it failed
+        and result together; returns its result once durable, or None when it failed
         with a retryable code (the caller queues it, as the lease table would re-queue it)."""
         try:
             result = await self.runs.run(task, decoded)
@@ -394,7 +386,7 @@ class TasksDriver:
 
         durable.add_done_callback(record)
         await recorded
-        return result_event(task.task_id, result)
+        return result
 
     def cancel(self, task_id: str, message: str) -> None:
         """Fails the task ``CANCELLED`` unless it has finished (a ``SubmitStream`` client
@@ -464,67 +456,25 @@ class TasksDriver:
         self._notify()
 
     def changed(self, event: TaskEvent) -> None:
-        self._notify()
+        self._results.wake(event.task_id)
 
     def forget(self, task_ids: tuple[str, ...], horizon: float) -> None:
-        for task_id in task_ids:
-            self._results.pop(task_id, None)
-            self._submitted_at.pop(task_id, None)
+        self._results.forget(task_ids)
 
     def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        """Nothing left to do: storing a result in ``_results`` wakes that task's waiters
+        (``deliver`` still calls this)."""
 
-    async def wait(self, task_id: str) -> AsyncIterator[agent_pb2.TaskEvent]:
+    def wait(self, task_id: str) -> AsyncIterator[agent_pb2.TaskEvent]:
         """The task's current state, then each change, ending with its result (a finished
-        task's stream is its result alone). Current state rather than the whole history: a
-        caller wants to know where its task is, and each message costs a send."""
+        task's stream is its result alone); a task of another origin is followed there."""
         origin = task_id.rsplit("-", 1)[0]
         if len(task_id) > MAX_TASK_ID or origin != self.name:
-            async for event in self._wait_remote(origin, task_id):
-                yield event
-            return
-        after = -1  # nothing sent yet: send the latest event only
-        while True:
-            changed = self._changed
-            result = self._results.get(task_id)
-            if result is not None:
-                yield result_event(task_id, result)
-                return
-            if task_id not in self.core.leases.lifecycle:
-                raise NotFound(
-                    f"no task {quoted(task_id)} on {self.name} (unknown, or forgotten after "
-                    "tasks.done_retention_s); check the id"
-                )
-            events = self.core.leases.lifecycle.events(task_id, max(after, 0))
-            for e in events[-1:] if after < 0 else events:
-                after = e.seq
-                if not e.state.terminal:  # the terminal one is sent with the result
-                    yield event_proto(e)
-            await changed.wait()
-
-    async def _wait_remote(self, origin: str, task_id: str) -> AsyncIterator[agent_pb2.TaskEvent]:
-        member = None if len(task_id) > MAX_TASK_ID else self._members.member(origin)
-        if member is None or not member.address:
-            raise NotFound(
-                f"no task {quoted(task_id)}: {quoted(origin)}, the node its id names, is not "
-                "a known member; check the id"
-            )
-        from p2pagent._proto import agent_pb2_grpc
-
-        if self._channels is None:
-            raise Unavailable(f"{self.name} has no channels to reach {origin}")
-        stub = agent_pb2_grpc.AgentServiceStub(self._channels.get(member.address))
-        try:
-            async for answer in stub.Wait(agent_pb2.WaitRequest(task_id=task_id)):
-                yield answer.event
-        except grpc.aio.AioRpcError as e:
-            from p2pagent.tasks.wire import error_from_code
-
-            raise error_from_code(e.code().name, f"via {origin}: {e.details()}") from None
+            return wait_remote(self._members, self._channels, self.name, task_id)
+        return self._results.follow(task_id, self.core.leases.lifecycle, self.name)
 
     def list_tasks(self, limit: int) -> agent_pb2.ListTasksResponse:
-        return task_list(self.core, self._submitted_at, self._results, limit)
+        return task_list(self.core, self._submitted_at, self._results.results, limit)
 
     # ---- membership -------------------------------------------------------------------------
 

@@ -164,6 +164,12 @@ class _Writer:
             self.unacked.append((future, submitted))
         self.stdin.write(b"".join(frame for frame, _, _ in frames))
 
+    def send_one(self, frame: bytes, future: asyncio.Future[None], submitted: str | None) -> None:
+        """:meth:`send` of one frame (most writes are one)."""
+        assert self.stdin is not None
+        self.unacked.append((future, submitted))
+        self.stdin.write(frame)
+
     def replies_received(self, data: bytes) -> None:
         self.replies.feed(data)
         for count, error in self.replies:
@@ -286,7 +292,12 @@ class TaskJournal:
         """Sends ``write`` now (writes commit in the order they are made) and returns a future
         that resolves once it is durable, so that the caller can start work that does not need
         it durable yet before awaiting it. Raises Unavailable at once while the writer is down."""
-        return self.write_many([write])[0]
+        self._check_up()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        submitted = write.spec.task_id if isinstance(write, Submitted) else None
+        assert self._writer is not None
+        self._writer.send_one(encode(write), future, submitted)
+        return future
 
     def write_many(self, writes: Sequence[Write]) -> list[asyncio.Future[None]]:
         """As :meth:`write`, for several writes sent in one piece, so that the writer commits
@@ -330,7 +341,7 @@ class TaskJournal:
         self._check_up()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         assert self._writer is not None
-        self._writer.send([(frame, future, None)])
+        self._writer.send_one(frame, future, None)
         return future
 
     def _check_up(self) -> None:

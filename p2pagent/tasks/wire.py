@@ -256,15 +256,23 @@ def event_proto(e: TaskEvent) -> agent_pb2.TaskEvent:
 
 
 def result_event(task_id: str, r: TaskResult) -> agent_pb2.TaskEvent:
-    return agent_pb2.TaskEvent(
-        task_id=task_id,
-        kind=agent_pb2.TaskEvent.KIND_DONE if r.ok else agent_pb2.TaskEvent.KIND_FAILED,
-        node=r.executor,
-        at_unix=time.time(),
-        outputs=list(r.outputs) if r.ok else [],
-        error_code=r.error_code,
-        error_message=r.error_message,
-    )
+    event = agent_pb2.TaskEvent()
+    fill_result_event(event, task_id, r)
+    return event
+
+
+def fill_result_event(event: agent_pb2.TaskEvent, task_id: str, r: TaskResult) -> None:
+    """Writes the result event of ``r`` into ``event``, an empty one (a response's own field:
+    a message assigned to another one's field is copied, outputs and all)."""
+    event.task_id = task_id
+    event.kind = agent_pb2.TaskEvent.KIND_DONE if r.ok else agent_pb2.TaskEvent.KIND_FAILED
+    event.node = r.executor
+    event.at_unix = time.time()
+    if r.ok:
+        event.outputs.extend(r.outputs)
+    if r.error_code or r.error_message:
+        event.error_code = r.error_code
+        event.error_message = r.error_message
 
 
 def task_list(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import hashlib
 import inspect
 import logging
 import time
@@ -127,7 +126,9 @@ def certificate_expiry(context: grpc.aio.ServicerContext[Any, Any]) -> float | N
     if not pems:
         return None
     pem = pems[0] if isinstance(pems[0], bytes) else str(pems[0]).encode()
-    key = hashlib.sha256(pem).digest()
+    # Keyed by the certificate itself: the same bytes have the same expiry (hashing them
+    # with SHA-256 first cost more than the dict's own hash of a ~1 KB key).
+    key = pem
     known = _expiry.get(key)
     if known is None:
         try:

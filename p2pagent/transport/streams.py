@@ -91,15 +91,18 @@ class OpenStreams:
         if not_after is not None:
             loop = asyncio.get_running_loop()
             delay = max(0.0, not_after - time.time())
-            stream.expiry = loop.call_later(
-                delay,
-                self.end,
-                stream,
-                errors.PermissionDenied(
-                    f"the certificate of {ident} expired; reconnect with a renewed certificate"
-                ),
-            )
+            stream.expiry = loop.call_later(delay, self._expired, stream)
         return stream
+
+    def _expired(self, stream: OpenStream) -> None:
+        # The error is made here, not when the stream opens: most streams end long before.
+        self.end(
+            stream,
+            errors.PermissionDenied(
+                f"the certificate of {stream.identity} expired; reconnect with a renewed "
+                "certificate"
+            ),
+        )
 
     def close(self, stream: OpenStream) -> None:
         if stream.expiry is not None:

@@ -6,7 +6,7 @@ journal writer is a real child process writing SQLite with fsync."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,10 @@ from p2pagent.membership.view import StaticDirectory
 from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.driver import TasksDriver
 from p2pagent.tasks.journal import TaskJournal
+from p2pagent.tasks.results import TaskResult
 from p2pagent.testing.peer_link import MemoryPeers
 from p2pagent.transport.metrics import RpcMetrics
+from tests.unit.tasks.solo import events_of
 
 MODEL = "double"
 
@@ -99,5 +101,7 @@ async def test_a_task_run_at_once_is_one_group_and_one_row_read_back_finished(
     assert row.finished is not None and not row.spec.inputs
 
 
-async def _collect(events: AsyncIterator[agent_pb2.TaskEvent]) -> list[agent_pb2.TaskEvent]:
-    return [e async for e in events]
+async def _collect(
+    calls: Awaitable[TaskResult | AsyncIterator[agent_pb2.TaskEvent]],
+) -> list[agent_pb2.TaskEvent]:
+    return await events_of(await calls)

@@ -6,7 +6,7 @@ groups; no child process."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -16,45 +16,22 @@ import torch
 from p2pagent._proto import agent_pb2
 from p2pagent.errors import Unavailable
 from p2pagent.inference import tensors
-from p2pagent.membership.view import StaticDirectory
-from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.driver import TasksDriver
-from p2pagent.testing.engines import GatedEngine
-from p2pagent.testing.journal import MemoryJournal
-from p2pagent.testing.peer_link import MemoryPeers
-from p2pagent.transport.metrics import RpcMetrics
+from tests.unit.tasks.solo import Journaled, JournaledDrivers
 
 MODEL = "double"
 DONE = agent_pb2.TaskEvent.KIND_DONE
 
 
-Made = tuple[TasksDriver, GatedEngine, MemoryJournal]
-
-
-def _driver(data_dir: Path, cost_s: float, hold_s: float) -> Made:
-    journal, engine = MemoryJournal(), GatedEngine(cost_s, opened=True)
-    d = TasksDriver(
-        "n1", TasksConfig(journal_hold_s=hold_s), capacity=4, engine=engine,
-        models=lambda: [MODEL], data_dir=data_dir, channels=None,
-        members=StaticDirectory("n1"), metrics=RpcMetrics(), peers=MemoryPeers().link("n1"),
-        journal=journal,
-    )  # fmt: skip
-    return d, engine, journal
-
-
 @pytest.fixture
 async def make(tmp_path: Path) -> AsyncIterator[Any]:
-    made: list[TasksDriver] = []
+    drivers = JournaledDrivers(tmp_path, MODEL)
 
-    async def build(cost_s: float = 0.0001, hold_s: float = 0.5) -> Made:
-        d, engine, journal = _driver(tmp_path, cost_s, hold_s)
-        await d.start()
-        made.append(d)
-        return d, engine, journal
+    def build(cost_s: float = 0.0001, hold_s: float = 0.5) -> Awaitable[Journaled]:
+        return drivers(cost_s, hold_s, capacity=4)
 
     yield build
-    for d in made:
-        await d.stop()
+    await drivers.stop()
 
 
 def _request() -> agent_pb2.SubmitAndWaitRequest:
@@ -118,7 +95,7 @@ async def test_a_held_submission_the_journal_refuses_fails_its_task(make: Any) -
 
 
 async def test_a_held_submission_is_committed_when_the_node_stops(tmp_path: Path) -> None:
-    d, engine, journal = _driver(tmp_path, 0.0001, 0.9)
+    d, engine, journal = JournaledDrivers(tmp_path, MODEL).build(hold_s=0.9, capacity=4)
     await d.start()
     engine.gate.clear()
     submitting = asyncio.ensure_future(d.submit(_request(), with_result=True))

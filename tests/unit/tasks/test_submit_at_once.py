@@ -15,13 +15,8 @@ import torch
 from p2pagent._proto import agent_pb2
 from p2pagent.errors import Unavailable
 from p2pagent.inference import tensors
-from p2pagent.membership.view import StaticDirectory
-from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.driver import TasksDriver
-from p2pagent.testing.engines import GatedEngine
-from p2pagent.testing.journal import MemoryJournal
-from p2pagent.testing.peer_link import MemoryPeers
-from p2pagent.transport.metrics import RpcMetrics
+from tests.unit.tasks.solo import JournaledDrivers, events_of
 
 MODEL = "double"
 OWNER = "spiffe://t/client/c"
@@ -29,33 +24,11 @@ DONE = agent_pb2.TaskEvent.KIND_DONE
 FAILED = agent_pb2.TaskEvent.KIND_FAILED
 
 
-Made = tuple[TasksDriver, GatedEngine, MemoryJournal]
-
-
-def _driver(data_dir: Path, cost_s: float, hold_s: float, journal: MemoryJournal) -> Made:
-    engine = GatedEngine(cost_s, opened=True)
-    d = TasksDriver(
-        "n1", TasksConfig(journal_hold_s=hold_s), capacity=1, engine=engine,
-        models=lambda: [MODEL], data_dir=data_dir, channels=None,
-        members=StaticDirectory("n1"), metrics=RpcMetrics(),
-        peers=MemoryPeers().link("n1"), journal=journal,
-    )  # fmt: skip
-    return d, engine, journal
-
-
 @pytest.fixture
-async def make(tmp_path: Path) -> AsyncIterator[Any]:
-    made: list[TasksDriver] = []
-
-    async def build(cost_s: float = 0.0001, hold_s: float = 0.5) -> Made:
-        d, engine, journal = _driver(tmp_path, cost_s, hold_s, MemoryJournal())
-        await d.start()
-        made.append(d)
-        return d, engine, journal
-
-    yield build
-    for d in made:
-        await d.stop()
+async def make(tmp_path: Path) -> AsyncIterator[JournaledDrivers]:
+    drivers = JournaledDrivers(tmp_path, MODEL)
+    yield drivers
+    await drivers.stop()
 
 
 def _request() -> tuple[agent_pb2.SubmitAndWaitRequest, dict[str, Any]]:
@@ -66,8 +39,7 @@ def _request() -> tuple[agent_pb2.SubmitAndWaitRequest, dict[str, Any]]:
 
 async def _events(d: TasksDriver, decoded: bool = True) -> list[agent_pb2.TaskEvent]:
     request, inputs = _request()
-    calls = d.submit_and_wait(request, inputs if decoded else None, OWNER)
-    return [e async for e in calls]
+    return await events_of(await d.submit_and_wait(request, inputs if decoded else None, OWNER))
 
 
 async def _until(check: Callable[[], object]) -> None:
@@ -83,7 +55,9 @@ def _values(event: agent_pb2.TaskEvent) -> list[float]:
     return [float(v) for v in tensors.from_proto(out, 1 << 20).flatten()]
 
 
-async def test_a_short_task_runs_at_once_and_is_journaled_whole_in_one_group(make: Any) -> None:
+async def test_a_short_task_runs_at_once_and_is_journaled_whole_in_one_group(
+    make: JournaledDrivers,
+) -> None:
     d, _, journal = await make()
     before = journal.groups
     events = await asyncio.wait_for(_events(d), 10)
@@ -105,14 +79,14 @@ async def test_a_short_task_runs_at_once_and_is_journaled_whole_in_one_group(mak
 
 
 async def test_its_result_survives_a_restart(tmp_path: Path) -> None:
-    journal = MemoryJournal()
-    d, _, _ = _driver(tmp_path, 0.0001, 0.5, journal)
+    drivers = JournaledDrivers(tmp_path, MODEL)
+    d, _, journal = drivers.build()
     await d.start()
     try:
         (event,) = await asyncio.wait_for(_events(d), 10)
     finally:
         await d.stop()
-    again, _, _ = _driver(tmp_path, 0.0001, 0.5, journal)
+    again, _, _ = drivers.build(journal=journal)
     await again.start()
     try:
         waited = [e async for e in again.wait(event.task_id)]
@@ -121,7 +95,7 @@ async def test_its_result_survives_a_restart(tmp_path: Path) -> None:
     assert [e.kind for e in waited] == [DONE] and waited[0].outputs == event.outputs
 
 
-async def test_a_caller_that_hangs_up_mid_run_leaves_nothing_behind(make: Any) -> None:
+async def test_a_caller_that_hangs_up_mid_run_leaves_nothing_behind(make: JournaledDrivers) -> None:
     d, engine, journal = await make()
     engine.gate.clear()
     call = asyncio.ensure_future(_events(d))
@@ -136,7 +110,7 @@ async def test_a_caller_that_hangs_up_mid_run_leaves_nothing_behind(make: Any) -
 
 
 async def test_a_caller_that_hangs_up_during_the_fsync_still_leaves_the_result(
-    make: Any,
+    make: JournaledDrivers,
 ) -> None:
     d, _, journal = await make()
     journal.holding = True  # a slow fsync
@@ -153,7 +127,7 @@ async def test_a_caller_that_hangs_up_during_the_fsync_still_leaves_the_result(
 
 
 async def test_a_journal_that_refuses_the_write_fails_the_call_and_keeps_nothing(
-    make: Any,
+    make: JournaledDrivers,
 ) -> None:
     d, _, journal = await make()
     journal.down = True
@@ -162,7 +136,9 @@ async def test_a_journal_that_refuses_the_write_fails_the_call_and_keeps_nothing
     assert d.list_tasks(10).tasks == [] and d.quotas.usage(OWNER) == (0, 0)
 
 
-async def test_a_retryable_failure_is_tried_again_through_the_scheduler(make: Any) -> None:
+async def test_a_retryable_failure_is_tried_again_through_the_scheduler(
+    make: JournaledDrivers,
+) -> None:
     d, engine, journal = await make()
     engine.fail = Unavailable("the worker restarted")
     events = await asyncio.wait_for(_events(d), 10)
@@ -171,7 +147,7 @@ async def test_a_retryable_failure_is_tried_again_through_the_scheduler(make: An
     assert journal.rows[events[-1].task_id].result is not None
 
 
-async def test_a_task_failing_for_good_is_journaled_failed(make: Any) -> None:
+async def test_a_task_failing_for_good_is_journaled_failed(make: JournaledDrivers) -> None:
     d, engine, journal = await make()
     engine.fail = ValueError("bad model")
     (event,) = await asyncio.wait_for(_events(d), 10)
@@ -181,7 +157,7 @@ async def test_a_task_failing_for_good_is_journaled_failed(make: Any) -> None:
 
 
 @pytest.mark.parametrize("why", ["busy", "long", "not served here"])
-async def test_other_tasks_take_the_scheduler_path(make: Any, why: str) -> None:
+async def test_other_tasks_take_the_scheduler_path(make: JournaledDrivers, why: str) -> None:
     d, engine, journal = await make(cost_s=1.0 if why == "long" else 0.0001)
     busy = None
     if why == "busy":  # capacity 1, and a task already runs
