@@ -115,6 +115,17 @@ async def hold_device(zoo: Zoo, engine: InferenceEngine) -> asyncio.Task[Any]:
     return task
 
 
+async def until_queued(engine: InferenceEngine, n: int) -> None:
+    """Waits until ``n`` requests wait in the engine's queue (their model loaded, admitted):
+    a fixed sleep is too short on a loaded machine, where the first load of a model (in a
+    thread) can take longer, and the batch under test would then form without them."""
+    for _ in range(2000):
+        if engine.queued >= n:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"only {engine.queued} of {n} requests reached the queue in 10 s")
+
+
 async def test_single_request_round_trip(zoo_engine: tuple[Zoo, InferenceEngine]) -> None:
     _, engine = zoo_engine
     out = await engine.infer("double", {"x": torch.ones(2, 4)})
@@ -131,7 +142,7 @@ async def test_batched_outputs_equal_unbatched(zoo_engine: tuple[Zoo, InferenceE
         expected = [zoo.mlp(x) for x in xs]
     gate = await hold_device(zoo, engine)
     pending = [asyncio.ensure_future(engine.infer("mlp", [x])) for x in xs]
-    await asyncio.sleep(0.01)
+    await until_queued(engine, len(xs))
     zoo.gate.set()
     await gate
     results = await asyncio.gather(*pending)
@@ -150,7 +161,7 @@ async def test_multi_input_multi_output_model(zoo_engine: tuple[Zoo, InferenceEn
         engine.infer("pair", {"a": torch.ones(1, 2) * i, "b": torch.tensor([i])}) for i in range(3)
     ]
     pending = [asyncio.ensure_future(c) for c in calls]
-    await asyncio.sleep(0.01)
+    await until_queued(engine, 3)
     zoo.gate.set()
     await gate
     for i, out in enumerate(await asyncio.gather(*pending)):
@@ -188,7 +199,7 @@ async def test_raising_model_fails_only_its_batch(zoo_engine: tuple[Zoo, Inferen
     gate = await hold_device(zoo, engine)
     bad = asyncio.ensure_future(engine.infer("boom", [-torch.ones(1, 4)]))
     other = asyncio.ensure_future(engine.infer("double", [torch.ones(1, 4)]))
-    await asyncio.sleep(0.01)
+    await until_queued(engine, 2)
     zoo.gate.set()
     await gate
     with pytest.raises(Internal, match=r"model 'boom' failed.*ValueError: negative input"):
@@ -204,7 +215,7 @@ async def test_out_of_memory_splits_the_batch(zoo_engine: tuple[Zoo, InferenceEn
     gate = await hold_device(zoo, engine)
     xs = [torch.full((1, 4), float(i)) for i in range(7)]
     pending = [asyncio.ensure_future(engine.infer("oom", [x])) for x in xs]
-    await asyncio.sleep(0.01)
+    await until_queued(engine, len(xs))
     zoo.gate.set()
     await gate
     for x, out in zip(xs, await asyncio.gather(*pending)):
@@ -231,7 +242,7 @@ async def test_queue_full_is_resource_exhausted(zoo_engine: tuple[Zoo, Inference
     zoo, engine = zoo_engine
     gate = await hold_device(zoo, engine)
     pending = [asyncio.ensure_future(engine.infer("double", [torch.ones(1, 4)])) for _ in range(16)]
-    await asyncio.sleep(0.01)
+    await until_queued(engine, 16)
     with pytest.raises(ResourceExhausted, match="queue is full"):
         await engine.infer("double", [torch.ones(1, 4)])
     zoo.gate.set()
@@ -243,7 +254,7 @@ async def test_cancelled_caller_leaves_the_queue(zoo_engine: tuple[Zoo, Inferenc
     zoo, engine = zoo_engine
     gate = await hold_device(zoo, engine)
     waiter = asyncio.ensure_future(engine.infer("double", [torch.ones(1, 4)]))
-    await asyncio.sleep(0.01)
+    await until_queued(engine, 1)
     assert engine.queued == 1
     waiter.cancel()
     await asyncio.sleep(0)
@@ -271,7 +282,7 @@ async def test_close_fails_queued_requests() -> None:
     engine = InferenceEngine(cache, InferenceConfig(), device, set_threads=False)
     gate = await hold_device(zoo, engine)
     queued = asyncio.ensure_future(engine.infer("double", [torch.ones(1, 4)]))
-    await asyncio.sleep(0.01)
+    await until_queued(engine, 1)
     closing = asyncio.ensure_future(engine.close())
     await asyncio.sleep(0.01)
     zoo.gate.set()
