@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,13 @@ from p2pagent.errors import (
     Unavailable,
 )
 from p2pagent.inference import architectures, tensors
+from p2pagent.inference.batching import Decision
 from p2pagent.inference.cache import ModelCache
 from p2pagent.inference.config import InferenceConfig
 from p2pagent.inference.device import select_device
 from p2pagent.inference.engine import InferenceEngine
 from p2pagent.inference.formats import LoadedModel, ModelFormat
+from p2pagent.inference.remote_model import RemoteModel
 from p2pagent.inference.spec import ModelSpec, PortSpec
 
 VEC = ModelSpec((PortSpec("x", "float32", (-1, 4)),), (PortSpec("y", "float32", (-1, 4)),))
@@ -345,3 +347,60 @@ async def test_wire_inputs_batch_with_torch_inputs(
         assert torch.equal(got["y"], x * 2)
     assert max(zoo.rows_seen["double:calls"]) > 1  # host and torch inputs shared a batch
     assert all(w.data == tensors.to_proto("x", x).data for w, x in zip(wires, xs))
+
+
+class SlowWorker(RemoteModel):
+    """A model "in the model worker" without a process: the engine's hand-over path
+    (``RemoteModel.submit``), each batch answered 5 ms later on the loop."""
+
+    def __init__(self) -> None:  # nothing behind it: no worker, no files
+        self.rows: list[int] = []
+
+    def submit(
+        self,
+        model: LoadedModel,
+        parts: Sequence[Sequence[Any]],
+        done: Callable[[list[list[torch.Tensor]] | None, BaseException | None], None],
+    ) -> None:
+        self.rows.append(sum(int(p[0].shape[0]) for p in parts))
+        outs = [[p[0] * 2] for p in parts]
+        asyncio.get_running_loop().call_later(0.005, done, outs, None)
+
+
+async def test_a_batch_settling_for_the_worker_is_polled_again_until_it_goes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Callers that overlap teach the policy to let a worker batch settle (batching rule 3):
+    lone requests are then held, for a while and later for one loop turn, with nothing else
+    to wake the engine: it polls again on its own (``Decision.repoll``, ``wake_at``), or a
+    request would never run."""
+    remote = SlowWorker()
+    device = select_device("cpu")
+
+    def load(name: str, path: Path, spec: ModelSpec, dev: torch.device, fmt: object) -> LoadedModel:
+        return LoadedModel(name, VEC, ModelFormat.TORCHSCRIPT, remote, dev, 1000)
+
+    cache = ModelCache(device.device, 1 << 30, loader=load)
+    cache.register("w", Path("w.pt"), VEC)
+    config = InferenceConfig(max_batch_size=16, intra_op_threads=1, max_queue_delay_s=0.01)
+    engine = InferenceEngine(cache, config, device, set_threads=False)
+    decisions: list[Decision] = []
+    poll = engine._policy.poll
+
+    def spy(now: float) -> Decision:
+        decisions.append(poll(now))
+        return decisions[-1]
+
+    monkeypatch.setattr(engine._policy, "poll", spy)
+    try:
+        for callers in (1, 4, 1, 4, *[1] * 80):
+            xs = [torch.full((1, 4), float(i)) for i in range(callers)]
+            calls = asyncio.gather(*(engine.infer("w", [x]) for x in xs))
+            for x, out in zip(xs, await asyncio.wait_for(calls, 10)):
+                assert torch.equal(out["y"], x * 2)
+        assert remote.rows[:4] == [1, 4, 1, 4]  # callers of one turn share a batch
+        held = [d for d in decisions if not d.batches]
+        assert any(d.repoll for d in held) and any(d.wake_at for d in held)
+    finally:
+        await engine.close()
+        cache.close()
