@@ -659,3 +659,13 @@ def test_a_batch_in_this_process_never_settles() -> None:
     rid = p.submit("m", 1, now=t)
     d = p.poll(t)
     assert d.batches[0].request_ids == (rid,) and not d.repoll
+
+
+def test_a_settling_request_still_expires_at_its_deadline() -> None:
+    p = policy(max_batch_size=16, max_queue_delay_s=0.010)
+    t = learn_worker_cost(p)
+    rid = p.submit("w", 1, now=t, worker=True, deadline=t + 0.0005)
+    d = p.poll(t)
+    assert d.batches == () and d.wake_at == pytest.approx(t + 0.0005)  # before the 1 ms
+    d = p.poll(t + 0.0005)
+    assert [e.request_id for e in d.expired] == [rid] and d.batches == ()
