@@ -23,7 +23,9 @@ CPU time per request of the daemon and its worker together.
 
 ``--model large`` measures the c=32 row on ``demo-large`` (bench/inference_grpc.py), whose
 forward pass dominates a request, so batches form and the worker's cost per batch is shared
-by their rows; with ``demo`` the RPC around a request dominates and most batches are one row.
+by their rows; with ``demo`` the RPC around a request dominates: the in-process engine forms
+about 1.2 rows per batch there, and the isolated one lets a batch for its idle worker settle
+while requests overlap (batching rule 3), 2-3 rows per batch (1.0 before it did).
 
 Targets (issue 21): isolated no-op p50 at most +10%; batched c=32 throughput at most -5%.
 ``--json`` prints one object on stdout, ``{"targets": [...], "samples": ..., ...}`` (the

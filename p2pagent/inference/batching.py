@@ -32,6 +32,18 @@ them:
    the handover (shared memory, a message, a wake-up) and its forward pass's fixed cost, and
    where the daemon and the worker share a core, splitting the queue into more batches cost
    more CPU per request than the overlap saved (bench/inference_isolation.py, RESULTS.md).
+   An idle worker gets a partial batch once it settles. Where the model's requests overlap
+   (of late, some arrived while another of the model was queued or in flight: several
+   callers), the batch waits until its oldest request has waited what a batch costs
+   (``stats.batch_cost_s``, at most ``max_queue_delay_s``) or it is half full; else, only
+   for one turn of the event loop while new requests keep arriving (``Decision.repoll``:
+   the engine polls again on its next turn). Why: an in-process batch gathers the
+   requests the loop takes while the compute thread waits for the interpreter; the worker,
+   another process, answers before the loop has read the next ones, so every batch was one
+   row and paid the hand-off alone (1.01 rows per batch at 32 callers, in-process 1.22).
+   The wait is for rows that are coming, at most what their sharing a batch saves; a lone
+   caller (never overlapping) waits at most one loop turn, microseconds, and not even that
+   while the cost is unknown (before batches of two sizes, or once only lone ones ran).
 4. Only requests of the same model and the same *group* share a batch. The engine's group
    key is the dtypes and non-batch dimensions of the inputs: tensors that cannot be
    concatenated never meet. Within a model the group with the oldest request goes first.
@@ -59,6 +71,12 @@ from p2pagent.inference import ragged
 from p2pagent.inference.config import InferenceConfig
 from p2pagent.inference.refill import RefillWindow
 from p2pagent.inference.stats import ModelCounters, ModelStats
+
+#: Rule 3's settling: the weight of each request in the overlap share (about the last 20
+#: requests count), and the share from which a worker batch waits what a batch costs. A lone
+#: caller (one request at a time) never overlaps: its share is 0 and it never waits so.
+OVERLAP_ALPHA = 0.05
+OVERLAP_TO_SETTLE = 0.01
 
 
 @dataclass(frozen=True)
@@ -103,6 +121,8 @@ class Decision:
     expired: tuple[Pending, ...] = ()
     #: Poll again at this time even if nothing else happens (None: only on events).
     wake_at: float | None = None
+    #: Poll again on the event loop's next turn: a worker batch settles for a turn (rule 3).
+    repoll: bool = False
 
 
 @dataclass
@@ -122,6 +142,12 @@ class _ModelQueue:
     worker: bool = False
     #: Batches of this model in flight.
     flight: int = 0
+    #: The newest request's id, and what it was at the last poll (rule 3's settling).
+    newest: int = 0
+    newest_polled: int = 0
+    #: Share of recent requests that arrived while another of the model was queued or in
+    #: flight (EWMA): more callers than one at a time, so a batch that waits gains rows.
+    overlap: float = 0.0
 
 
 class BatchPolicy:
@@ -139,6 +165,10 @@ class BatchPolicy:
         self._in_flight: dict[int, tuple[Batch, float, bool]] = {}
         self._next_request = 1
         self._next_batch = 1
+        # Worker batches held by this poll to settle (rule 3): for a turn (poll again on the
+        # next one), or until a time (the earliest, if any).
+        self._settling = False
+        self._settled_at: float | None = None
 
     # ---- inputs --------------------------------------------------------------------------
 
@@ -183,6 +213,9 @@ class BatchPolicy:
         q.queued_rows += rows
         q.queued_tokens += pending.tokens
         q.counters.admitted += 1
+        q.newest = rid
+        overlapped = 1.0 if q.queued > 1 or q.flight else 0.0  # another one of the model waits
+        q.overlap += OVERLAP_ALPHA * (overlapped - q.overlap)
         q.refill.on_submit(rows, now, busy=q.flight > 0)
         self._live[rid] = pending
         if deadline is not None:
@@ -200,9 +233,15 @@ class BatchPolicy:
     def poll(self, now: float) -> Decision:
         expired = self._expire(now)
         batches: list[Batch] = []
+        self._settling, self._settled_at = False, None
         while (batch := self._form(now)) is not None:
             batches.append(batch)
-        return Decision(tuple(batches), tuple(expired), self._wake_at(now))
+        for q in self._models.values():
+            q.newest_polled = q.newest
+        wake = self._wake_at(now)
+        if self._settled_at is not None:
+            wake = self._settled_at if wake is None else min(wake, self._settled_at)
+        return Decision(tuple(batches), tuple(expired), wake, self._settling)
 
     def on_batch_done(
         self, batch_id: int, service_s: float, ok: bool = True, now: float | None = None
@@ -358,6 +397,8 @@ class BatchPolicy:
                     continue
                 if self._worker_flight and not self._full(q.groups[key], 0.5):
                     continue
+                if not self._worker_flight and self._settles(q, key, now):
+                    continue
             elif self._local_flight >= self._depth:
                 continue
             elif self._local_flight and not self._full(q.groups[key]):
@@ -366,6 +407,26 @@ class BatchPolicy:
                 continue  # rule 2's refill window
             return self._take(name, q, key, now)
         return None
+
+    def _settles(self, q: _ModelQueue, key: Hashable, now: float) -> bool:
+        """Rule 3: a partial batch for the idle worker waits for more requests: where they
+        overlap, until its oldest has waited what a batch costs (a wake-up then, unless a
+        request fills it first); else one loop turn while new ones arrive."""
+        cost = q.counters.batch_cost_s
+        if not cost or self._full(q.groups[key], 0.5):
+            return False
+        head = q.groups[key][0]
+        if q.overlap >= OVERLAP_TO_SETTLE:
+            until = head.enqueued_at + min(cost, self._cfg.max_queue_delay_s)
+            if now >= until:
+                return False
+            if self._settled_at is None or until < self._settled_at:
+                self._settled_at = until
+            return True
+        if q.newest != q.newest_polled and head.request_id > q.newest_polled:
+            self._settling = True
+            return True
+        return False
 
     def _full(self, line: deque[Pending], share: float = 1.0) -> bool:
         """The group's live rows (or, ragged, its tokens) fill ``share`` of a batch."""

@@ -280,6 +280,8 @@ class InferenceEngine:
         if decision.wake_at is not None:
             delay = max(0.0, decision.wake_at - now)
             self._timer = loop.call_at(loop.time() + delay, self._schedule_pump)
+        if decision.repoll:  # a batch for the model worker settles: look again next turn
+            self._schedule_pump()
 
     def _runner_now(self) -> BatchRunner:
         """The batch runner, made on first use (from a worker thread: imports torch)."""

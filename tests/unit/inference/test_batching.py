@@ -573,3 +573,99 @@ def test_the_worker_pipeline_is_one_batch_on_a_cpu_and_two_on_cuda_unless_set() 
     assert resolve_config(InferenceConfig(), cpu).worker_pipeline_depth == 1
     assert resolve_config(InferenceConfig(), cuda).worker_pipeline_depth == 2
     assert resolve_config(InferenceConfig(worker_pipeline_depth=2), cpu).worker_pipeline_depth == 2
+
+
+def learn_worker_cost(p: BatchPolicy) -> float:
+    """Batches of 1 and 4 requests of a model in the model worker, each 1 ms from dispatch
+    to result (the hand-off: its forward pass is free); each polled once it can go."""
+    t = 0.0
+    for rows in (1, 4, 1, 4):
+        t += 1.0
+        for _ in range(rows):
+            p.submit("w", 1, now=t, worker=True)
+        (b,) = p.poll(t + 0.01).batches
+        p.on_batch_done(b.batch_id, 1e-6 * rows, now=t + 0.011)
+    return t + 1.0
+
+
+def test_an_idle_worker_waits_for_overlapping_requests_what_a_batch_costs() -> None:
+    """Rule 3, settling: requests of the model came while others waited (several callers),
+    so a partial batch for the idle worker waits up to what a batch costs (1 ms here), with
+    a wake-up then, and takes what arrived meanwhile."""
+    p = policy(max_batch_size=16, max_queue_delay_s=0.010)
+    t = learn_worker_cost(p)
+    a = p.submit("w", 1, now=t, worker=True)
+    d = p.poll(t)
+    assert d.batches == () and d.wake_at == pytest.approx(t + 0.001) and not d.repoll
+    b = p.submit("w", 1, now=t + 0.0004, worker=True)
+    d = p.poll(t + 0.0004)
+    assert d.batches == () and d.wake_at == pytest.approx(t + 0.001)
+    assert p.poll(t + 0.00099).batches == ()
+    d = p.poll(t + 0.001)
+    (batch,) = d.batches
+    assert batch.request_ids == (a, b) and not d.repoll
+
+
+def test_a_half_full_batch_goes_to_the_idle_worker_at_once() -> None:
+    p = policy(max_batch_size=16, max_queue_delay_s=0.010)
+    t = learn_worker_cost(p)
+    ids = [p.submit("w", 1, now=t, worker=True) for _ in range(8)]
+    (batch,) = p.poll(t).batches
+    assert batch.request_ids == tuple(ids)
+
+
+def test_a_lone_caller_of_a_worker_model_waits_one_loop_turn_at_most() -> None:
+    """One request at a time never overlaps: once the overlap of the learning batches has
+    faded, a lone request waits at most for one more poll at the same instant (the loop's
+    next turn, microseconds), never for time; and where the cost is unknown, not at all."""
+    p = policy(max_batch_size=16, max_queue_delay_s=0.010)
+    t = learn_worker_cost(p)
+    polls: list[int | None] = []  # polls at the instant it came; None: it waited 1 ms
+    for _ in range(100):
+        t += 0.01
+        rid = p.submit("w", 1, now=t, worker=True)
+        for n in range(1, 4):
+            d = p.poll(t)  # the clock does not move: only a loop turn passes
+            if d.batches:
+                polls.append(n)
+                break
+            # held: for a turn (poll again on the next) or until the cost has passed
+            assert d.repoll or (d.wake_at is not None and t < d.wake_at <= t + 0.0011)
+        else:
+            d = p.poll(t + 0.001)  # the overlap of the learning batches, fading
+            polls.append(None)
+        assert d.batches[0].request_ids == (rid,)
+        p.on_batch_done(d.batches[0].batch_id, 1e-6, now=t + 0.001)
+    # Overlapping at first (the batches of 4): waited; lone requests from then on at most
+    # one turn, and none once the batches were all one row (their cost unknown again).
+    assert polls[0] is None and set(polls[70:]) <= {1, 2} and polls[-1] == 1
+    fresh = policy(max_batch_size=16, max_queue_delay_s=0.010)
+    fresh.submit("w", 1, now=0.0, worker=True)
+    d = fresh.poll(0.0)
+    assert len(d.batches) == 1 and not d.repoll
+
+
+def test_a_batch_in_this_process_never_settles() -> None:
+    """Settling is for the worker's hand-off: a model run in this process goes at once."""
+    p = policy(max_batch_size=16, max_queue_delay_s=0.010)
+    t = 0.0
+    for rows in (1, 4, 1, 4):
+        t += 1.0
+        for _ in range(rows):
+            p.submit("m", 1, now=t)
+        (b,) = p.poll(t).batches
+        p.on_batch_done(b.batch_id, 1e-6 * rows, now=t + 0.001)
+    t += 1.0
+    rid = p.submit("m", 1, now=t)
+    d = p.poll(t)
+    assert d.batches[0].request_ids == (rid,) and not d.repoll
+
+
+def test_a_settling_request_still_expires_at_its_deadline() -> None:
+    p = policy(max_batch_size=16, max_queue_delay_s=0.010)
+    t = learn_worker_cost(p)
+    rid = p.submit("w", 1, now=t, worker=True, deadline=t + 0.0005)
+    d = p.poll(t)
+    assert d.batches == () and d.wake_at == pytest.approx(t + 0.0005)  # before the 1 ms
+    d = p.poll(t + 0.0005)
+    assert [e.request_id for e in d.expired] == [rid] and d.batches == ()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,13 @@ from p2pagent.errors import (
     Unavailable,
 )
 from p2pagent.inference import architectures, tensors
+from p2pagent.inference.batching import Decision
 from p2pagent.inference.cache import ModelCache
 from p2pagent.inference.config import InferenceConfig
 from p2pagent.inference.device import select_device
 from p2pagent.inference.engine import InferenceEngine
 from p2pagent.inference.formats import LoadedModel, ModelFormat
+from p2pagent.inference.remote_model import RemoteModel
 from p2pagent.inference.spec import ModelSpec, PortSpec
 
 VEC = ModelSpec((PortSpec("x", "float32", (-1, 4)),), (PortSpec("y", "float32", (-1, 4)),))
@@ -115,6 +117,17 @@ async def hold_device(zoo: Zoo, engine: InferenceEngine) -> asyncio.Task[Any]:
     return task
 
 
+async def until_queued(engine: InferenceEngine, n: int) -> None:
+    """Waits until ``n`` requests wait in the engine's queue (their model loaded, admitted):
+    a fixed sleep is too short on a loaded machine, where the first load of a model (in a
+    thread) can take longer, and the batch under test would then form without them."""
+    for _ in range(2000):
+        if engine.queued >= n:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"only {engine.queued} of {n} requests reached the queue in 10 s")
+
+
 async def test_single_request_round_trip(zoo_engine: tuple[Zoo, InferenceEngine]) -> None:
     _, engine = zoo_engine
     out = await engine.infer("double", {"x": torch.ones(2, 4)})
@@ -131,7 +144,7 @@ async def test_batched_outputs_equal_unbatched(zoo_engine: tuple[Zoo, InferenceE
         expected = [zoo.mlp(x) for x in xs]
     gate = await hold_device(zoo, engine)
     pending = [asyncio.ensure_future(engine.infer("mlp", [x])) for x in xs]
-    await asyncio.sleep(0.01)
+    await until_queued(engine, len(xs))
     zoo.gate.set()
     await gate
     results = await asyncio.gather(*pending)
@@ -150,7 +163,7 @@ async def test_multi_input_multi_output_model(zoo_engine: tuple[Zoo, InferenceEn
         engine.infer("pair", {"a": torch.ones(1, 2) * i, "b": torch.tensor([i])}) for i in range(3)
     ]
     pending = [asyncio.ensure_future(c) for c in calls]
-    await asyncio.sleep(0.01)
+    await until_queued(engine, 3)
     zoo.gate.set()
     await gate
     for i, out in enumerate(await asyncio.gather(*pending)):
@@ -188,7 +201,7 @@ async def test_raising_model_fails_only_its_batch(zoo_engine: tuple[Zoo, Inferen
     gate = await hold_device(zoo, engine)
     bad = asyncio.ensure_future(engine.infer("boom", [-torch.ones(1, 4)]))
     other = asyncio.ensure_future(engine.infer("double", [torch.ones(1, 4)]))
-    await asyncio.sleep(0.01)
+    await until_queued(engine, 2)
     zoo.gate.set()
     await gate
     with pytest.raises(Internal, match=r"model 'boom' failed.*ValueError: negative input"):
@@ -204,7 +217,7 @@ async def test_out_of_memory_splits_the_batch(zoo_engine: tuple[Zoo, InferenceEn
     gate = await hold_device(zoo, engine)
     xs = [torch.full((1, 4), float(i)) for i in range(7)]
     pending = [asyncio.ensure_future(engine.infer("oom", [x])) for x in xs]
-    await asyncio.sleep(0.01)
+    await until_queued(engine, len(xs))
     zoo.gate.set()
     await gate
     for x, out in zip(xs, await asyncio.gather(*pending)):
@@ -231,7 +244,7 @@ async def test_queue_full_is_resource_exhausted(zoo_engine: tuple[Zoo, Inference
     zoo, engine = zoo_engine
     gate = await hold_device(zoo, engine)
     pending = [asyncio.ensure_future(engine.infer("double", [torch.ones(1, 4)])) for _ in range(16)]
-    await asyncio.sleep(0.01)
+    await until_queued(engine, 16)
     with pytest.raises(ResourceExhausted, match="queue is full"):
         await engine.infer("double", [torch.ones(1, 4)])
     zoo.gate.set()
@@ -243,7 +256,7 @@ async def test_cancelled_caller_leaves_the_queue(zoo_engine: tuple[Zoo, Inferenc
     zoo, engine = zoo_engine
     gate = await hold_device(zoo, engine)
     waiter = asyncio.ensure_future(engine.infer("double", [torch.ones(1, 4)]))
-    await asyncio.sleep(0.01)
+    await until_queued(engine, 1)
     assert engine.queued == 1
     waiter.cancel()
     await asyncio.sleep(0)
@@ -271,7 +284,7 @@ async def test_close_fails_queued_requests() -> None:
     engine = InferenceEngine(cache, InferenceConfig(), device, set_threads=False)
     gate = await hold_device(zoo, engine)
     queued = asyncio.ensure_future(engine.infer("double", [torch.ones(1, 4)]))
-    await asyncio.sleep(0.01)
+    await until_queued(engine, 1)
     closing = asyncio.ensure_future(engine.close())
     await asyncio.sleep(0.01)
     zoo.gate.set()
@@ -334,3 +347,60 @@ async def test_wire_inputs_batch_with_torch_inputs(
         assert torch.equal(got["y"], x * 2)
     assert max(zoo.rows_seen["double:calls"]) > 1  # host and torch inputs shared a batch
     assert all(w.data == tensors.to_proto("x", x).data for w, x in zip(wires, xs))
+
+
+class SlowWorker(RemoteModel):
+    """A model "in the model worker" without a process: the engine's hand-over path
+    (``RemoteModel.submit``), each batch answered 5 ms later on the loop."""
+
+    def __init__(self) -> None:  # nothing behind it: no worker, no files
+        self.rows: list[int] = []
+
+    def submit(
+        self,
+        model: LoadedModel,
+        parts: Sequence[Sequence[Any]],
+        done: Callable[[list[list[torch.Tensor]] | None, BaseException | None], None],
+    ) -> None:
+        self.rows.append(sum(int(p[0].shape[0]) for p in parts))
+        outs = [[p[0] * 2] for p in parts]
+        asyncio.get_running_loop().call_later(0.005, done, outs, None)
+
+
+async def test_a_batch_settling_for_the_worker_is_polled_again_until_it_goes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Callers that overlap teach the policy to let a worker batch settle (batching rule 3):
+    lone requests are then held, for a while and later for one loop turn, with nothing else
+    to wake the engine: it polls again on its own (``Decision.repoll``, ``wake_at``), or a
+    request would never run."""
+    remote = SlowWorker()
+    device = select_device("cpu")
+
+    def load(name: str, path: Path, spec: ModelSpec, dev: torch.device, fmt: object) -> LoadedModel:
+        return LoadedModel(name, VEC, ModelFormat.TORCHSCRIPT, remote, dev, 1000)
+
+    cache = ModelCache(device.device, 1 << 30, loader=load)
+    cache.register("w", Path("w.pt"), VEC)
+    config = InferenceConfig(max_batch_size=16, intra_op_threads=1, max_queue_delay_s=0.01)
+    engine = InferenceEngine(cache, config, device, set_threads=False)
+    decisions: list[Decision] = []
+    poll = engine._policy.poll
+
+    def spy(now: float) -> Decision:
+        decisions.append(poll(now))
+        return decisions[-1]
+
+    monkeypatch.setattr(engine._policy, "poll", spy)
+    try:
+        for callers in (1, 4, 1, 4, *[1] * 80):
+            xs = [torch.full((1, 4), float(i)) for i in range(callers)]
+            calls = asyncio.gather(*(engine.infer("w", [x]) for x in xs))
+            for x, out in zip(xs, await asyncio.wait_for(calls, 10)):
+                assert torch.equal(out["y"], x * 2)
+        assert remote.rows[:4] == [1, 4, 1, 4]  # callers of one turn share a batch
+        held = [d for d in decisions if not d.batches]
+        assert any(d.repoll for d in held) and any(d.wake_at for d in held)
+    finally:
+        await engine.close()
+        cache.close()
