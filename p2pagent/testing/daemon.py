@@ -71,6 +71,10 @@ class Daemon:
         cmd = [
             *self.prefix,
             sys.executable,
+            # -P: the daemon imports p2pagent from the install or PYTHONPATH, never from the
+            # caller's working directory (which `python -m` would put first on sys.path: a
+            # benchmark comparing two trees ran the tree it was started from in both).
+            "-P",
             "-m",
             self.module,
             "--name",
