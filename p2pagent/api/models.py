@@ -140,7 +140,8 @@ class ModelsPeerApi:
         """The same answers through protobuf. A node answers with ``fetch_chunks_handler``
         (added to the server first); this one serves where that handler is not added."""
         driver = _driver(self._models_node)
-        async for index, data in driver.serve_chunks(request.manifest_id, list(request.indices)):
+        chunks = driver.serve_chunks(request.manifest_id, list(request.indices), _copied)
+        async for index, data in chunks:
             yield peer_pb2.FetchChunksResponse(index=index, data=data)
 
 
@@ -154,8 +155,10 @@ def fetch_chunks_handler(node: ModelsNode) -> grpc.GenericRpcHandler:
         request: peer_pb2.FetchChunksRequest, context: Ctx
     ) -> AsyncIterator[bytes]:
         driver = _driver(node)
-        async for index, data in driver.serve_chunks(request.manifest_id, list(request.indices)):
-            yield encode_chunk(index, data)
+        # Encoded in the I/O thread that read each chunk, from the buffer it was read into.
+        chunks = driver.serve_chunks(request.manifest_id, list(request.indices), encode_chunk)
+        async for _index, answer in chunks:
+            yield answer
 
     service, method = FETCH_CHUNKS.strip("/").split("/")
     return grpc.method_handlers_generic_handler(
@@ -172,3 +175,7 @@ def fetch_chunks_handler(node: ModelsNode) -> grpc.GenericRpcHandler:
 
 def _encoded(answer: bytes) -> bytes:
     return answer
+
+
+def _copied(_index: int, data: memoryview) -> bytes:
+    return bytes(data)

@@ -38,7 +38,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from p2pagent.errors import (
     FailedPrecondition,
@@ -79,6 +79,7 @@ if TYPE_CHECKING:
     from p2pagent.transport.channels import ChannelPool
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Seconds between reconciliations when nothing wakes the loop earlier.
 RECONCILE_S = 2.0
@@ -370,13 +371,14 @@ class ModelsDriver:
     # ---- serving ------------------------------------------------------------------------------
 
     def serve_chunks(
-        self, manifest_id: str, indices: list[int]
-    ) -> AsyncIterator[tuple[int, bytes]]:
-        """Chunks of a version held here, in the order asked, paced by the upload cap.
+        self, manifest_id: str, indices: list[int], encode: Callable[[int, memoryview], T]
+    ) -> AsyncIterator[tuple[int, T]]:
+        """``(index, encode(index, chunk))`` of a version held here, in the order asked,
+        paced by the upload cap (``serve.ChunkServer.serve``).
 
         The allocator already fits its chunk size: a version gets into the store only by
         ``publish``, ``_pull`` or ``start``, which fit it."""
-        return self._server.serve(self.store, manifest_id, indices)
+        return self._server.serve(self.store, manifest_id, indices, encode)
 
     # ---- pulling ------------------------------------------------------------------------------
 

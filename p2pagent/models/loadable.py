@@ -165,7 +165,7 @@ class LoadableModels:
         runs as ``name@<manifest id>`` beside the newest.
         """
         if not version:
-            if self._cache is None or name in self._cache.names():
+            if self._cache is None or self._cache.serves(name):
                 return name
             try:
                 entry = self._resolve(name, "")
@@ -175,7 +175,7 @@ class LoadableModels:
             return name
         entry, spec = self.pinned(name, version)
         key = f"{name}@{entry.manifest_id}"
-        if self._cache is None or key in self._cache.names():
+        if self._cache is None or self._cache.serves(key):
             return key
         m = await self._pull(entry)
         path = await self._assemble(m)

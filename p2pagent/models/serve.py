@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from typing import TypeVar
 
 from p2pagent.errors import InvalidArgument, NotFound
 from p2pagent.models.manifest import Manifest
 from p2pagent.models.ratelimit import TokenBucket
 from p2pagent.models.registry import check_manifest_id
 from p2pagent.models.store import ChunkStore
+
+T = TypeVar("T")
 
 #: Most chunks one FetchChunks call may ask for.
 MAX_FETCH_INDICES = 4096
@@ -59,9 +62,16 @@ class ChunkServer:
         self._corrupt_every = corrupt_every
 
     async def serve(
-        self, store: ChunkStore, manifest_id: str, indices: list[int]
-    ) -> AsyncIterator[tuple[int, bytes]]:
-        """``(index, data)`` of the version's chunks, in the order asked, as they may go out."""
+        self,
+        store: ChunkStore,
+        manifest_id: str,
+        indices: list[int],
+        encode: Callable[[int, memoryview], T],
+    ) -> AsyncIterator[tuple[int, T]]:
+        """``(index, encode(index, data))`` of the version's chunks, in the order asked, as
+        they may go out. ``encode`` runs in the I/O thread that read the chunk, on a view of
+        the bytes where they were read (valid only during the call): the answer is built
+        there with one copy of the chunk, off the event loop."""
         check_manifest_id(manifest_id)
         if len(indices) > MAX_FETCH_INDICES:
             raise InvalidArgument(
@@ -69,11 +79,14 @@ class ChunkServer:
             )
         if not store.has_manifest(manifest_id):
             raise NotFound(f"model version {manifest_id[:12]} is not on {self.name}")
-        groups = read_groups(store.get_manifest(manifest_id), indices)
+        m = store.get_manifest(manifest_id)
+        groups = read_groups(m, indices)
         loop = asyncio.get_running_loop()
+        if self._corrupt_every:
+            encode = _corrupting(encode, self._corrupt_every)
 
-        def read(group: list[int]) -> asyncio.Future[list[tuple[int, bytes]]]:
-            return loop.run_in_executor(self._io, store.read_chunks, manifest_id, group)
+        def read(group: list[int]) -> asyncio.Future[list[tuple[int, T]]]:
+            return loop.run_in_executor(self._io, store.read_chunks_as, manifest_id, group, encode)
 
         reading = read(groups[0]) if groups else None
         try:
@@ -81,15 +94,27 @@ class ChunkServer:
                 assert reading is not None
                 chunks = await reading
                 reading = read(groups[k + 1]) if k + 1 < len(groups) else None
-                for index, data in chunks:
-                    delay = self._bucket.reserve(len(data), time.monotonic())
+                for index, answer in chunks:
+                    delay = self._bucket.reserve(m.chunk_length(index), time.monotonic())
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    if self._corrupt_every and index % self._corrupt_every == 0:
-                        data = bytes([data[0] ^ 0xFF]) + data[1:]
-                    yield index, data
+                    yield index, answer
                 if len(chunks) < len(group):
                     return  # a chunk this node lacks: ends short, fetched elsewhere
         finally:
             if reading is not None:
                 reading.cancel()
+
+
+def _corrupting(
+    encode: Callable[[int, memoryview], T], every: int
+) -> Callable[[int, memoryview], T]:
+    """The fault hook: ``encode`` of a chunk whose first byte is flipped when its index is a
+    multiple of ``every``."""
+
+    def corrupt(index: int, view: memoryview) -> T:
+        if index % every == 0:
+            view = memoryview(bytes([view[0] ^ 0xFF]) + view[1:])
+        return encode(index, view)
+
+    return corrupt

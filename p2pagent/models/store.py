@@ -48,6 +48,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from p2pagent.errors import FailedPrecondition, InvalidArgument, NotFound
 from p2pagent.models.atomic import atomic_write, fsync_dir, is_temp, remove_stale_temps
@@ -59,6 +60,8 @@ from p2pagent.models.verified import FileIdentity, VerifiedChunks
 from p2pagent.models.version_file import VersionFile
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,7 @@ class ChunkStore:
         copied = 0
         for index, (other, at) in wanted.values():
             try:
-                data = self._read_verified(other, at, trust_recent=True)
+                data = self._read_verified(other, at, bytes, trust_recent=True)
             except (NotFound, FailedPrecondition):
                 continue  # gone or bad there: fetched like any other chunk
             if self.write_chunk(mid, index, data, sync=False):
@@ -392,19 +395,36 @@ class ChunkStore:
         NotFound, so the peer fetches it elsewhere and we do not get banned for serving bad
         data.
         """
+        return self.read_chunk_as(manifest_id, index, lambda _i, view: bytes(view))
+
+    def read_chunk_as(self, manifest_id: str, index: int, use: Callable[[int, memoryview], T]) -> T:
+        """``read_chunk``, handing ``use(index, view of the bytes)`` the chunk where it was
+        read (the view is valid only during the call): a server encodes its answer from
+        there, with no copy of the chunk on the way."""
         try:
-            return self._read_verified(manifest_id, index, trust_recent=True,
-                                       check=self.config.verify_on_read)  # fmt: skip
+            return self._read_verified(
+                manifest_id,
+                index,
+                lambda view: use(index, view),
+                trust_recent=True,
+                check=self.config.verify_on_read,
+            )
         except FailedPrecondition as e:
             raise NotFound(str(e).replace("pull the model again", "fetch it elsewhere")) from None
 
     def read_chunks(self, manifest_id: str, indices: Iterable[int]) -> list[tuple[int, bytes]]:
         """``read_chunk`` of each index in order, stopping at the first chunk this node lacks
         (the list is then short): one worker-thread hop for several chunks."""
-        out: list[tuple[int, bytes]] = []
+        return self.read_chunks_as(manifest_id, indices, lambda _i, view: bytes(view))
+
+    def read_chunks_as(
+        self, manifest_id: str, indices: Iterable[int], use: Callable[[int, memoryview], T]
+    ) -> list[tuple[int, T]]:
+        """``read_chunks`` through ``read_chunk_as``."""
+        out: list[tuple[int, T]] = []
         for index in indices:
             try:
-                out.append((index, self.read_chunk(manifest_id, index)))
+                out.append((index, self.read_chunk_as(manifest_id, index, use)))
             except NotFound:
                 break
         return out
@@ -415,11 +435,17 @@ class ChunkStore:
             yield index, self.read_chunk(manifest_id, index)
 
     def _read_verified(
-        self, manifest_id: str, index: int, *, trust_recent: bool = False, check: bool = True
-    ) -> bytes:
-        """Chunk ``index``'s bytes once they match its hash; with ``trust_recent``, unhashed
-        when this process wrote or checked it lately in an unchanged file. FailedPrecondition
-        when it is not here, or was corrupt on disk (it is then dropped)."""
+        self,
+        manifest_id: str,
+        index: int,
+        use: Callable[[memoryview], T],
+        *,
+        trust_recent: bool = False,
+        check: bool = True,
+    ) -> T:
+        """``use(chunk index's bytes)`` once they match its hash; with ``trust_recent``,
+        unhashed when this process wrote or checked it lately in an unchanged file.
+        FailedPrecondition when it is not here, or was corrupt on disk (it is then dropped)."""
         m = self.get_manifest(manifest_id)
         m.chunk_length(index)  # raises InvalidArgument when out of range
         with self._lock:
@@ -429,30 +455,35 @@ class ChunkStore:
             raise FailedPrecondition(
                 f"chunk {index} of model {m.name!r} ({manifest_id[:12]}) is not on this node"
             )
+
+        def checked(view: memoryview, st: os.stat_result) -> T:
+            if not check:
+                return use(view)
+            key, identity, now = f"{manifest_id}/{index}", _identity(st), self._clock()
+            if trust_recent:
+                with self._lock:
+                    if self._verified.trusted(key, identity, now):
+                        return use(view)
+            if not m.verify_chunk(index, view):
+                raise _CorruptOnDisk
+            with self._lock:
+                self._verified.note(key, identity, now)
+            return use(view)
+
         try:
-            data, st = vf.read(index)
+            return vf.read_as(index, checked)
         except FileNotFoundError:
             self._drop_chunks(m, {index})
             raise FailedPrecondition(
                 f"the file of model {m.name!r} ({manifest_id[:12]}) is missing; "
                 "pull the model again"
             ) from None
-        if not check:
-            return data
-        key, identity, now = f"{manifest_id}/{index}", _identity(st), self._clock()
-        if trust_recent:
-            with self._lock:
-                if self._verified.trusted(key, identity, now):
-                    return data
-        if not m.verify_chunk(index, data):
+        except _CorruptOnDisk:
             self._drop_chunks(m, set(self._positions(m, m.chunk_hashes[index])))
             raise FailedPrecondition(
                 f"chunk {index} of model {m.name!r} ({manifest_id[:12]}) was corrupt on disk "
                 "and has been dropped; pull the model again"
-            )
-        with self._lock:
-            self._verified.note(key, identity, now)
-        return data
+            ) from None
 
     def _drop_chunks(self, m: Manifest, indices: set[int]) -> None:
         """Chunks found bad or gone on disk stop counting: the version is partial again and
@@ -550,6 +581,10 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+class _CorruptOnDisk(Exception):
+    """A chunk read for serving no longer matches its hash (``_read_verified``)."""
 
 
 def _identity(st: os.stat_result) -> FileIdentity:

@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from p2pagent.models import unbuffered
 from p2pagent.models.atomic import DISK_FULL, atomic_write, disk_full_error, fsync_dir
 from p2pagent.models.bitmap import bitmap_length, encode_bitmap
 from p2pagent.models.manifest import Manifest
+
+T = TypeVar("T")
 
 PARTIAL = ".partial"
 INDEX = ".index"
@@ -161,16 +165,28 @@ class VersionFile:
     def read(self, index: int) -> tuple[bytes, os.stat_result]:
         """Chunk ``index`` as it is on disk, and the stat of the file it was read from.
         FileNotFoundError when neither file is there."""
+        return self.read_as(index, lambda view, st: (bytes(view), st))
+
+    def read_as(self, index: int, use: Callable[[memoryview, os.stat_result], T]) -> T:
+        """``use(chunk index's bytes as on disk, the stat of the file they come from)``; the
+        view is valid only during the call (``unbuffered.pread_with``: cached bytes from the
+        page cache, the rest past it). FileNotFoundError when neither file is there."""
         length = self.m.chunk_length(index)
+        fd = self._open_for_reading()
+        try:
+            st = os.fstat(fd)
+            return unbuffered.pread_with(
+                fd, length, index * self.m.chunk_size, lambda view: use(view, st)
+            )
+        finally:
+            os.close(fd)
+
+    def _open_for_reading(self) -> int:
         for path in (self.final, self.partial):
             try:
-                fd = os.open(path, os.O_RDONLY)
+                return os.open(path, os.O_RDONLY)
             except FileNotFoundError:
                 continue
-            try:
-                return os.pread(fd, length, index * self.m.chunk_size), os.fstat(fd)
-            finally:
-                os.close(fd)
         raise FileNotFoundError(self.final)
 
     def end_write(self) -> None:

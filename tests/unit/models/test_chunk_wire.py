@@ -84,7 +84,7 @@ async def test_the_node_s_fetch_chunks_handler_answers_in_place_of_the_generated
     """Added before ``PeerService`` (as the node adds it) to a server that, like the node's
     (``transport.server``), serves through generic handlers only, the hand-encoded handler
     answers FetchChunks; a protobuf client reads its answers as the generated messages."""
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
     from types import SimpleNamespace
 
     import grpc
@@ -97,10 +97,12 @@ async def test_the_node_s_fetch_chunks_handler_answers_in_place_of_the_generated
     chunks = {0: b"zero" * 100, 7: b"", 9: bytes(range(256)) * 4}
     asked: list[tuple[str, list[int]]] = []
 
-    async def serve_chunks(mid: str, indices: list[int]) -> AsyncIterator[tuple[int, bytes]]:
+    async def serve_chunks(
+        mid: str, indices: list[int], encode: Callable[[int, memoryview], bytes]
+    ) -> AsyncIterator[tuple[int, bytes]]:
         asked.append((mid, indices))
         for i in indices:
-            yield i, chunks[i]
+            yield i, encode(i, memoryview(chunks[i]))
 
     node = SimpleNamespace(name="n1", models=SimpleNamespace(serve_chunks=serve_chunks))
     server = grpc.aio.server()

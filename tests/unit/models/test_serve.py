@@ -37,8 +37,14 @@ def test_read_groups_keep_order_and_bounds() -> None:
         read_groups(M, [0, N])
 
 
+def copied(_index: int, view: memoryview) -> bytes:
+    return bytes(view)
+
+
 async def collect(server: ChunkServer, store: ChunkStore, indices: list[int]) -> list[int]:
-    return [i async for i, data in server.serve(store, M.manifest_id, indices) if data]
+    got = [(i, data) async for i, data in server.serve(store, M.manifest_id, indices, copied)]
+    assert all(data == piece(i) for i, data in got)
+    return [i for i, _ in got]
 
 
 async def test_serves_in_order_and_ends_short_at_a_missing_chunk(tmp_path: Path) -> None:
@@ -53,7 +59,7 @@ async def test_serves_in_order_and_ends_short_at_a_missing_chunk(tmp_path: Path)
         assert await collect(server, store, order) == order[: order.index(30)]
         assert await collect(server, store, [2, 1]) == [2, 1]
         with pytest.raises(NotFound, match="not on n1"):
-            [i async for i, _ in server.serve(store, "ab" * 32, [0])]
+            [i async for i, _ in server.serve(store, "ab" * 32, [0], copied)]
 
 
 async def test_fault_hook_corrupts_every_nth_chunk(tmp_path: Path) -> None:
@@ -63,5 +69,6 @@ async def test_fault_hook_corrupts_every_nth_chunk(tmp_path: Path) -> None:
         store.write_chunk(M.manifest_id, i, piece(i))
     with ThreadPoolExecutor(2) as pool:
         server = ChunkServer("n1", pool, TokenBucket(0, CHUNK), corrupt_every=3)
-        got = {i: d async for i, d in server.serve(store, M.manifest_id, list(range(N)))}
+        chunks = server.serve(store, M.manifest_id, list(range(N)), copied)
+        got = {i: d async for i, d in chunks}
     assert {i for i, d in got.items() if not M.verify_chunk(i, d)} == set(range(0, N, 3))
