@@ -120,7 +120,7 @@ async def check_model(
             # which forks: with gRPC's threads busy, a forked child crashed (SIGSEGV, SIGABRT)
             # before its exec, and gRPC's fork handlers corrupted the node's TLS streams.
             proc = subprocess.Popen(  # noqa: ASYNC220  # a vfork and exec: no wait here
-                [sys.executable, "-m", "p2pagent.models.publish_check", str(work / REQUEST)],
+                [sys.executable, "-P", "-m", "p2pagent.models.publish_check", str(work / REQUEST)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 cwd=work,
             )  # fmt: skip
@@ -196,7 +196,7 @@ class WarmChild:
         self._release: Callable[[], None] | None = release
         self.work = Path(tempfile.mkdtemp(prefix="p2pagent-check-"))
         self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            [sys.executable, "-m", "p2pagent.models.publish_check", "--warm",
+            [sys.executable, "-P", "-m", "p2pagent.models.publish_check", "--warm",
              str(self.work / REQUEST)],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             cwd=self.work,
