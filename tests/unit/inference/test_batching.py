@@ -606,6 +606,50 @@ def test_an_idle_worker_waits_for_overlapping_requests_what_a_batch_costs() -> N
     assert batch.request_ids == (a, b) and not d.repoll
 
 
+def many_callers(p: BatchPolicy, t: float, gap: float = 0.002) -> float:
+    """Rounds of three requests ``gap`` apart, the later two arriving while the first
+    waits: most requests overlap (many callers), arriving ``gap`` apart."""
+    for _ in range(40):
+        for i in range(3):
+            p.submit("w", 1, now=t + i * gap, worker=True)
+        (b,) = p.poll(t + 0.05).batches  # past any hold: this is the learning
+        p.on_batch_done(b.batch_id, 3e-6, now=t + 0.051)
+        t += 1.0
+    return t
+
+
+def test_many_callers_grow_a_worker_batch_while_requests_keep_coming() -> None:
+    """Rule 3, growing: where most requests overlap, a partial batch for the idle worker
+    waits past what a batch costs (1 ms here) while the next request is expected within two
+    measured gaps (2 ms each), and goes once none came for that long."""
+    p = policy(max_batch_size=16, max_queue_delay_s=0.010)
+    t = many_callers(p, learn_worker_cost(p))
+    a = p.submit("w", 1, now=t, worker=True)
+    d = p.poll(t)
+    assert d.batches == () and d.wake_at == pytest.approx(t + 0.004)
+    b = p.submit("w", 1, now=t + 0.003, worker=True)
+    d = p.poll(t + 0.003)
+    # b's own gap (3 ms) joined the average: two of them from b on
+    assert d.batches == () and d.wake_at is not None and t + 0.007 < d.wake_at < t + 0.0075
+    assert p.poll(t + 0.0069).batches == ()
+    (batch,) = p.poll(d.wake_at).batches
+    assert batch.request_ids == (a, b)
+
+
+def test_a_growing_worker_batch_goes_at_max_queue_delay() -> None:
+    """Requests that never stop coming hold a batch at most ``max_queue_delay_s``."""
+    p = policy(max_batch_size=64, max_queue_delay_s=0.010)
+    t = many_callers(p, learn_worker_cost(p))
+    ids = []
+    for i in range(5):
+        ids.append(p.submit("w", 1, now=t + i * 0.002, worker=True))
+        d = p.poll(t + i * 0.002)
+        assert d.batches == () and d.wake_at is not None and d.wake_at <= t + 0.010 + 1e-9
+    ids.append(p.submit("w", 1, now=t + 0.010, worker=True))
+    (batch,) = p.poll(t + 0.010).batches
+    assert batch.request_ids == tuple(ids)
+
+
 def test_a_half_full_batch_goes_to_the_idle_worker_at_once() -> None:
     p = policy(max_batch_size=16, max_queue_delay_s=0.010)
     t = learn_worker_cost(p)
