@@ -147,6 +147,8 @@ class _ModelQueue:
     queued_rows: int = 0
     #: Real tokens queued (rows x length; one per row without sequences).
     queued_tokens: int = 0
+    #: Ragged requests queued (rule 7's bounds then need a walk of the line).
+    queued_ragged: int = 0
     #: Device seconds charged to this model (fairness), see rule 5.
     used_s: float = 0.0
     counters: ModelCounters = field(default_factory=ModelCounters)
@@ -230,6 +232,8 @@ class BatchPolicy:
         q.queued += 1
         q.queued_rows += rows
         q.queued_tokens += pending.tokens
+        if length:
+            q.queued_ragged += 1
         q.counters.admitted += 1
         q.newest = rid
         overlapped = q.queued > 1 or q.flight > 0  # another one of the model waits
@@ -373,6 +377,8 @@ class BatchPolicy:
             q.queued -= 1
             q.queued_rows -= pending.rows
             q.queued_tokens -= pending.tokens
+            if pending.length:
+                q.queued_ragged -= 1
         return pending
 
     def _expire(self, now: float) -> list[Pending]:
@@ -417,15 +423,15 @@ class BatchPolicy:
             if q.worker:  # rule 3: the model worker's own pipeline takes half-full batches
                 if self._worker_flight >= self._worker_depth:
                     continue
-                if self._worker_flight and not self._full(q.groups[key], 0.5):
+                if self._worker_flight and not self._full(q, key, 0.5):
                     continue
                 if not self._worker_flight and self._settles(q, key, now):
                     continue
             elif self._local_flight >= self._depth:
                 continue
-            elif self._local_flight and not self._full(q.groups[key]):
+            elif self._local_flight and not self._full(q, key):
                 continue  # rule 3
-            if q.refill.holds(now) and not self._full(q.groups[key]):
+            if q.refill.holds(now) and not self._full(q, key):
                 continue  # rule 2's refill window
             return self._take(name, q, key, now)
         return None
@@ -435,7 +441,7 @@ class BatchPolicy:
         overlap, until its oldest has waited what a batch costs (a wake-up then, unless a
         request fills it first); else one loop turn while new ones arrive."""
         cost = q.counters.batch_cost_s
-        if not cost or self._full(q.groups[key], 0.5):
+        if not cost or self._full(q, key, 0.5):
             return False
         head = q.groups[key][0]
         if q.overlap >= OVERLAP_TO_SETTLE:
@@ -457,8 +463,11 @@ class BatchPolicy:
             return True
         return False
 
-    def _full(self, line: deque[Pending], share: float = 1.0) -> bool:
+    def _full(self, q: _ModelQueue, key: Hashable, share: float = 1.0) -> bool:
         """The group's live rows (or, ragged, its tokens) fill ``share`` of a batch."""
+        if not q.queued_ragged and q.queued_rows < share * self._cfg.max_batch_size:
+            return False  # the model's rows, all groups together, do not: no walk needed
+        line = q.groups[key]
         rows = tokens = 0
         lengths: list[int] = []
         for p in line:
