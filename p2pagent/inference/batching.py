@@ -168,6 +168,8 @@ class _ModelQueue:
     #: None until two did): how soon the next row of a busy model is expected.
     last_at: float | None = None
     gap: float | None = None
+    #: (poll number, group) of a batch that poll held to a time (rule 3), see ``quiet``.
+    held: tuple[int, Hashable] | None = None
 
 
 class BatchPolicy:
@@ -189,6 +191,9 @@ class BatchPolicy:
         # next one), or until a time (the earliest, if any).
         self._settling = False
         self._settled_at: float | None = None
+        # Polls so far, and the last one's wake-up time (``quiet``).
+        self._polls = 0
+        self._wake: float | None = None
 
     # ---- inputs --------------------------------------------------------------------------
 
@@ -260,6 +265,7 @@ class BatchPolicy:
         expired = self._expire(now)
         batches: list[Batch] = []
         self._settling, self._settled_at = False, None
+        self._polls += 1
         while (batch := self._form(now)) is not None:
             batches.append(batch)
         for q in self._models.values():
@@ -267,7 +273,26 @@ class BatchPolicy:
         wake = self._wake_at(now)
         if self._settled_at is not None:
             wake = self._settled_at if wake is None else min(wake, self._settled_at)
+        self._wake = wake
         return Decision(tuple(batches), tuple(expired), wake, self._settling)
+
+    def quiet(self, request_id: int) -> bool:
+        """The request just submitted cannot change what the last poll decided, so a poll
+        may wait for that poll's ``wake_at``: its model's batch was held to a time (rule 3)
+        and this request joins that very batch, neither filling it to half nor bringing a
+        deadline before the wake-up. Requests arriving while a batch grows (many callers, a
+        poll each) then cost no poll. Anything else (other models, batches done, cancels,
+        expiries) changes the queue through its own path and polls as before."""
+        p = self._live.get(request_id)
+        if p is None:
+            return False
+        q = self._models[p.model]
+        wake = self._wake
+        if q.held != (self._polls, p.group) or wake is None:
+            return False
+        if p.deadline is not None and p.deadline < wake:
+            return False
+        return not self._full(q, p.group, 0.5)
 
     def on_batch_done(
         self, batch_id: int, service_s: float, ok: bool = True, now: float | None = None
@@ -457,6 +482,7 @@ class BatchPolicy:
                 return False
             if self._settled_at is None or until < self._settled_at:
                 self._settled_at = until
+            q.held = (self._polls, key)
             return True
         if q.newest != q.newest_polled and head.request_id > q.newest_polled:
             self._settling = True

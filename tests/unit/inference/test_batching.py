@@ -713,3 +713,33 @@ def test_a_settling_request_still_expires_at_its_deadline() -> None:
     assert d.batches == () and d.wake_at == pytest.approx(t + 0.0005)  # before the 1 ms
     d = p.poll(t + 0.0005)
     assert [e.request_id for e in d.expired] == [rid] and d.batches == ()
+
+
+def test_a_request_joining_a_held_worker_batch_needs_no_poll_until_the_wake_up() -> None:
+    """``quiet``: while many callers' batch grows, an arrival that joins it (same model and
+    group, under half full, no earlier deadline) changes nothing before the last poll's
+    wake-up; one that fills it to half, brings an earlier deadline or comes after the batch
+    went needs a poll."""
+    p = policy(max_batch_size=8, max_queue_delay_s=0.010)
+    t = many_callers(p, learn_worker_cost(p))
+    p.submit("w", 1, now=t, worker=True)
+    d = p.poll(t)
+    assert d.batches == () and d.wake_at is not None
+    b = p.submit("w", 1, now=t + 0.001, worker=True)
+    assert p.quiet(b)
+    early = p.submit("w", 1, now=t + 0.001, worker=True, deadline=d.wake_at - 0.0005)
+    assert not p.quiet(early)
+    fourth = p.submit("w", 1, now=t + 0.001, worker=True)
+    assert not p.quiet(fourth)  # four rows: half of a batch of 8, it goes now
+    (batch,) = p.poll(t + 0.001).batches
+    assert len(batch.request_ids) == 4
+    late = p.submit("w", 1, now=t + 0.002, worker=True)
+    assert not p.quiet(late)  # the last poll held nothing: the worker is busy
+
+
+def test_a_lone_request_is_never_quiet() -> None:
+    p = policy(max_batch_size=8, max_queue_delay_s=0.010)
+    rid = p.submit("w", 1, now=0.0, worker=True)
+    assert not p.quiet(rid)
+    other = p.submit("m", 1, now=0.0)
+    assert not p.quiet(other)
