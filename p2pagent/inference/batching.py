@@ -39,7 +39,10 @@ them:
    requests overlap (many callers: 32 in flight on a stream, read by the loop one message
    at a time, far apart compared with a no-op batch's cost), it also waits while the next
    request is expected within two measured gaps between overlapping arrivals (at most
-   ``max_queue_delay_s`` in all): every row that joins saves a batch's fixed cost (the
+   ``max_queue_delay_s`` in all) and fewer rows are queued than its callers keep in the
+   engine (a closed loop of 8 sends nothing more once its 8 are queued; the peak of a
+   finished batch's rows plus those queued then, decaying per batch): every row that
+   joins saves a batch's fixed cost (the
    hand-off and the daemon's own per-batch work, ~120 us), and where the loop bounds the
    callers the wait costs them no throughput (it reads their next requests meanwhile);
    the settling cost alone gave 1.8 rows per batch on that stream, this ~10. Else, only
@@ -91,6 +94,9 @@ OVERLAP_TO_GROW = 0.5
 GROW_GAPS = 2.0
 #: Weight of the newest gap between overlapping arrivals in its average.
 GAP_ALPHA = 0.1
+#: How fast the rows a model's callers keep in the engine (a decaying peak) forget a higher
+#: count, per finished batch.
+CALLERS_DECAY = 0.9
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,11 @@ class _ModelQueue:
     #: None until two did): how soon the next row of a busy model is expected.
     last_at: float | None = None
     gap: float | None = None
+    #: Rows the model's callers keep in the engine: a finished batch's rows and those
+    #: queued when it finished, a peak that decays per batch (0: unknown). A growing batch
+    #: with that many has every caller the engine sees: a closed loop of 8 sends nothing
+    #: more until answered, so waiting on would idle them.
+    callers: float = 0.0
     #: (poll number, group) of a batch that poll held to a time (rule 3), see ``quiet``.
     held: tuple[int, Hashable] | None = None
 
@@ -292,7 +303,7 @@ class BatchPolicy:
             return False
         if p.deadline is not None and p.deadline < wake:
             return False
-        return not self._full(q, p.group, 0.5)
+        return self._grows(q) and not self._full(q, p.group, 0.5)
 
     def on_batch_done(
         self, batch_id: int, service_s: float, ok: bool = True, now: float | None = None
@@ -313,6 +324,8 @@ class BatchPolicy:
         if not ok:
             q.counters.failed_batches += 1
             return
+        seen = batch.rows + q.queued_rows
+        q.callers = max(float(seen), q.callers * CALLERS_DECAY)
         tokens = sum(p.tokens for p in batch.requests)
         q.counters.observe(batch.rows, service_s, self._cfg.ewma_alpha, tokens)
         if now is not None:
@@ -472,7 +485,7 @@ class BatchPolicy:
         if q.overlap >= OVERLAP_TO_SETTLE:
             cap = head.enqueued_at + self._cfg.max_queue_delay_s
             until = min(head.enqueued_at + cost, cap)
-            if q.overlap >= OVERLAP_TO_GROW and q.gap is not None and q.last_at is not None:
+            if self._grows(q) and q.gap is not None and q.last_at is not None:
                 # Many callers: rows keep coming while the next is expected within a few
                 # gaps. Each one that joins saves a batch's fixed cost (the hand-off, the
                 # daemon's own per-batch work), and where the loop is what bounds the
@@ -488,6 +501,12 @@ class BatchPolicy:
             self._settling = True
             return True
         return False
+
+    @staticmethod
+    def _grows(q: _ModelQueue) -> bool:
+        """Rule 3's growing hold applies: most requests overlap (many callers) and fewer
+        rows are queued than the callers keep in the engine."""
+        return q.overlap >= OVERLAP_TO_GROW and q.queued_rows < q.callers
 
     def _full(self, q: _ModelQueue, key: Hashable, share: float = 1.0) -> bool:
         """The group's live rows (or, ragged, its tokens) fill ``share`` of a batch."""

@@ -606,11 +606,11 @@ def test_an_idle_worker_waits_for_overlapping_requests_what_a_batch_costs() -> N
     assert batch.request_ids == (a, b) and not d.repoll
 
 
-def many_callers(p: BatchPolicy, t: float, gap: float = 0.002) -> float:
-    """Rounds of three requests ``gap`` apart, the later two arriving while the first
-    waits: most requests overlap (many callers), arriving ``gap`` apart."""
+def many_callers(p: BatchPolicy, t: float, gap: float = 0.002, n: int = 3) -> float:
+    """Rounds of ``n`` requests ``gap`` apart, the later ones arriving while the first
+    waits: most requests overlap (``n`` callers), arriving ``gap`` apart."""
     for _ in range(40):
-        for i in range(3):
+        for i in range(n):
             p.submit("w", 1, now=t + i * gap, worker=True)
         (b,) = p.poll(t + 0.05).batches  # past any hold: this is the learning
         p.on_batch_done(b.batch_id, 3e-6, now=t + 0.051)
@@ -639,7 +639,7 @@ def test_many_callers_grow_a_worker_batch_while_requests_keep_coming() -> None:
 def test_a_growing_worker_batch_goes_at_max_queue_delay() -> None:
     """Requests that never stop coming hold a batch at most ``max_queue_delay_s``."""
     p = policy(max_batch_size=64, max_queue_delay_s=0.010)
-    t = many_callers(p, learn_worker_cost(p))
+    t = many_callers(p, learn_worker_cost(p), n=8)
     ids = []
     for i in range(5):
         ids.append(p.submit("w", 1, now=t + i * 0.002, worker=True))
@@ -743,3 +743,16 @@ def test_a_lone_request_is_never_quiet() -> None:
     assert not p.quiet(rid)
     other = p.submit("m", 1, now=0.0)
     assert not p.quiet(other)
+
+
+def test_a_growing_batch_stops_growing_once_it_holds_every_caller() -> None:
+    """A closed loop of 3 callers sends nothing more once its 3 rows are queued: the batch
+    then waits only what a batch costs (1 ms), not two more gaps for rows that never come."""
+    p = policy(max_batch_size=16, max_queue_delay_s=0.010)
+    t = many_callers(p, learn_worker_cost(p), n=3)
+    ids = [p.submit("w", 1, now=t + i * 0.0002, worker=True) for i in range(3)]
+    d = p.poll(t + 0.0004)
+    assert d.batches == () and d.wake_at is not None and abs(d.wake_at - (t + 0.001)) < 1e-4
+    assert not p.quiet(ids[-1])
+    (batch,) = p.poll(d.wake_at).batches
+    assert batch.request_ids == tuple(ids)
