@@ -164,7 +164,10 @@ class InferenceEngine:
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
         self._waiting[rid] = _Request(model, ordered, future)
-        self._schedule_pump()
+        # A request joining a batch the policy holds to a time changes nothing before then
+        # (many callers: one poll per arrival was most of the policy's work per request).
+        if self._timer is None or not self._policy.quiet(rid):
+            self._schedule_pump()
         try:
             return await future
         except asyncio.CancelledError:

@@ -66,6 +66,14 @@ class ModelCounters:
     _fit_t: _Fit = (0.0, 0.0, 0.0, 0.0, 0.0)
     #: The same for (rows, seconds from dispatch to result).
     _fit_d: _Fit = (0.0, 0.0, 0.0, 0.0, 0.0)
+    #: What the lines say, worked out once per batch (the policy reads them on every poll
+    #: and the scheduler on every request): the row slope, the fixed cost, the cost of a
+    #: batch from dispatch to result, the marginal costs of a row and of a token.
+    _slope_row: float | None = None
+    _fixed: float | None = None
+    _cost: float | None = None
+    _marginal_row: float | None = None
+    _marginal_token: float | None = None
 
     def observe(self, rows: int, service_s: float, alpha: float, tokens: int = 0) -> None:
         """A successful batch of ``rows`` (``tokens`` real tokens; 0: one per row)."""
@@ -82,63 +90,68 @@ class ModelCounters:
             self.s_per_row += alpha * (sample - self.s_per_row)
         self._fit = _weigh(self._fit, 1.0 - alpha, rows, service_s)
         self._fit_t = _weigh(self._fit_t, 1.0 - alpha, max(tokens or rows, 1), service_s)
+        self._derive()
 
     def observe_dispatch(self, rows: int, seconds: float, alpha: float) -> None:
         """A successful batch of ``rows`` took ``seconds`` from dispatch to its result."""
         self._fit_d = _weigh(self._fit_d, 1.0 - alpha, max(rows, 1), max(0.0, seconds))
+        self._derive()
+
+    def _derive(self) -> None:
+        mean = self.s_per_row
+        # The weighted least-squares slope of batch time against rows; None without a
+        # spread of batch sizes (one batch size only: no slope to see).
+        slope = None if mean is None else _slope(self._fit)
+        self._slope_row = slope
+        fixed = None
+        if slope is not None:
+            w, x, y, _, _ = self._fit
+            fixed = max(0.0, (y - max(0.0, slope) * x) / w)
+        self._fixed = fixed
+        self._marginal_row = mean if mean is None or slope is None else min(mean, max(0.0, slope))
+        mean_t = self.s_per_token
+        slope_t = None if mean_t is None else _slope(self._fit_t)
+        self._marginal_token = (
+            mean_t if mean_t is None or slope_t is None else min(mean_t, max(0.0, slope_t))
+        )
+        slope_d = _slope(self._fit_d)
+        if slope_d is None:
+            self._cost = fixed
+        else:
+            w, x, y, _, _ = self._fit_d
+            overhead = max(0.0, (y - max(0.0, slope_d) * x) / w)
+            self._cost = overhead if fixed is None else max(fixed, overhead)
 
     @property
     def batch_cost_s(self) -> float | None:
         """Seconds a batch costs from dispatch to result whatever its size (the intercept of
         that line, at least ``fixed_s``); None until batches of two sizes have been seen."""
-        fixed = self.fixed_s
-        slope = _slope(self._fit_d)
-        if slope is None:
-            return fixed
-        w, x, y, _, _ = self._fit_d
-        overhead = max(0.0, (y - max(0.0, slope) * x) / w)
-        return overhead if fixed is None else max(fixed, overhead)
+        return self._cost
 
     @property
     def slope_known(self) -> bool:
         """Batches of different sizes have been seen (recently enough to weigh): the line
         through them says what batching saves."""
-        return self._slope() is not None
+        return self._slope_row is not None
 
     @property
     def marginal_s_per_row(self) -> float | None:
         """Seconds one more row adds to a batch; the mean per row until batches of different
         sizes have been seen (a line needs two), never above the mean nor below zero."""
-        mean, slope = self.s_per_row, self._slope()
-        if mean is None or slope is None:  # one batch size only: no slope to see
-            return mean
-        return min(mean, max(0.0, slope))
+        return self._marginal_row
 
     @property
     def marginal_s_per_token(self) -> float | None:
         """Seconds one more real token adds to a batch (padding's cost included): the slope
         of the (tokens, seconds) line, the mean per token until tokens of different counts
         have been seen, kept between zero and the mean."""
-        mean = self.s_per_token
-        if mean is None:
-            return None
-        slope = _slope(self._fit_t)
-        return mean if slope is None else min(mean, max(0.0, slope))
+        return self._marginal_token
 
     @property
     def fixed_s(self) -> float | None:
         """Seconds a batch costs whatever its size (the line's intercept, at least zero);
         None until batches of two sizes have been seen."""
-        slope = self._slope()
-        if slope is None:
-            return None
-        w, x, y, _, _ = self._fit
-        return max(0.0, (y - max(0.0, slope) * x) / w)
-
-    def _slope(self) -> float | None:
-        """The weighted least-squares slope of batch time against rows; None without a
-        spread of batch sizes."""
-        return None if self.s_per_row is None else _slope(self._fit)
+        return self._fixed
 
 
 def _weigh(fit: _Fit, keep: float, x_new: float, y_new: float) -> _Fit:

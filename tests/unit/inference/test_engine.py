@@ -404,3 +404,44 @@ async def test_a_batch_settling_for_the_worker_is_polled_again_until_it_goes(
     finally:
         await engine.close()
         cache.close()
+
+
+async def test_requests_joining_a_held_worker_batch_are_answered_without_polls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Many callers: arrivals that join a batch the policy holds to a time skip the poll
+    (``BatchPolicy.quiet``); the engine's timer then sends the batch, and every request is
+    answered."""
+    remote = SlowWorker()
+    device = select_device("cpu")
+
+    def load(name: str, path: Path, spec: ModelSpec, dev: torch.device, fmt: object) -> LoadedModel:
+        return LoadedModel(name, VEC, ModelFormat.TORCHSCRIPT, remote, dev, 1000)
+
+    cache = ModelCache(device.device, 1 << 30, loader=load)
+    cache.register("w", Path("w.pt"), VEC)
+    config = InferenceConfig(max_batch_size=64, intra_op_threads=1, max_queue_delay_s=0.02)
+    engine = InferenceEngine(cache, config, device, set_threads=False)
+    quiet_answers: list[bool] = []
+    quiet = engine._policy.quiet
+
+    def spy(request_id: int) -> bool:
+        quiet_answers.append(quiet(request_id))
+        return quiet_answers[-1]
+
+    monkeypatch.setattr(engine._policy, "quiet", spy)
+
+    async def caller(k: int) -> None:
+        for i in range(20):
+            await asyncio.sleep(0.001 * (k % 4))  # arrivals spread out, not in one turn
+            x = torch.full((1, 4), float(k * 100 + i))
+            out = await engine.infer("w", [x])
+            assert torch.equal(out["y"], x * 2)
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(caller(k) for k in range(12))), 30)
+        assert any(quiet_answers)  # some arrivals joined a held batch without a poll
+        assert max(remote.rows) > 1
+    finally:
+        await engine.close()
+        cache.close()
