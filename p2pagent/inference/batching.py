@@ -32,28 +32,9 @@ them:
    the handover (shared memory, a message, a wake-up) and its forward pass's fixed cost, and
    where the daemon and the worker share a core, splitting the queue into more batches cost
    more CPU per request than the overlap saved (bench/inference_isolation.py, RESULTS.md).
-   An idle worker gets a partial batch once it settles. Where the model's requests overlap
-   (of late, some arrived while another of the model was queued or in flight: several
-   callers), the batch waits until its oldest request has waited what a batch costs
-   (``stats.batch_cost_s``, at most ``max_queue_delay_s``) or it is half full. Where most
-   requests overlap (many callers: 32 in flight on a stream, read by the loop one message
-   at a time, far apart compared with a no-op batch's cost), it also waits while the next
-   request is expected within two measured gaps between overlapping arrivals (at most
-   ``max_queue_delay_s`` in all) and fewer rows are queued than its callers keep in the
-   engine (a closed loop of 8 sends nothing more once its 8 are queued; the peak of a
-   finished batch's rows plus those queued then, decaying per batch): every row that
-   joins saves a batch's fixed cost (the
-   hand-off and the daemon's own per-batch work, ~120 us), and where the loop bounds the
-   callers the wait costs them no throughput (it reads their next requests meanwhile);
-   the settling cost alone gave 1.8 rows per batch on that stream, this ~10. Else, only
-   for one turn of the event loop while new requests keep arriving (``Decision.repoll``:
-   the engine polls again on its next turn). Why: an in-process batch gathers the
-   requests the loop takes while the compute thread waits for the interpreter; the worker,
-   another process, answers before the loop has read the next ones, so every batch was one
-   row and paid the hand-off alone (1.01 rows per batch at 32 callers, in-process 1.22).
-   The wait is for rows that are coming, at most what their sharing a batch saves; a lone
-   caller (never overlapping) waits at most one loop turn, microseconds, and not even that
-   while the cost is unknown (before batches of two sizes, or once only lone ones ran).
+   An idle worker gets a partial batch once it settles (``settling``): where the model's
+   requests overlap (several callers) it waits what a batch costs, and where most do (many
+   callers) while more keep coming; a lone caller waits at most one turn of the event loop.
 4. Only requests of the same model and the same *group* share a batch. The engine's group
    key is the dtypes and non-batch dimensions of the inputs: tensors that cannot be
    concatenated never meet. Within a model the group with the oldest request goes first.
@@ -80,23 +61,8 @@ from p2pagent.errors import InvalidArgument, ResourceExhausted
 from p2pagent.inference import ragged
 from p2pagent.inference.config import InferenceConfig
 from p2pagent.inference.refill import RefillWindow
+from p2pagent.inference.settling import Settling
 from p2pagent.inference.stats import ModelCounters, ModelStats
-
-#: Rule 3's settling: the weight of each request in the overlap share (about the last 20
-#: requests count), and the share from which a worker batch waits what a batch costs. A lone
-#: caller (one request at a time) never overlaps: its share is 0 and it never waits so.
-OVERLAP_ALPHA = 0.05
-OVERLAP_TO_SETTLE = 0.01
-#: Rule 3's growing hold: from this overlap share on (most requests find another of the model
-#: queued or in flight: many callers, a loop that reads them one at a time), a worker batch
-#: also waits while requests keep coming, up to ``GROW_GAPS`` measured gaps after the newest.
-OVERLAP_TO_GROW = 0.5
-GROW_GAPS = 2.0
-#: Weight of the newest gap between overlapping arrivals in its average.
-GAP_ALPHA = 0.1
-#: How fast the rows a model's callers keep in the engine (a decaying peak) forget a higher
-#: count, per finished batch.
-CALLERS_DECAY = 0.9
 
 
 @dataclass(frozen=True)
@@ -164,23 +130,8 @@ class _ModelQueue:
     worker: bool = False
     #: Batches of this model in flight.
     flight: int = 0
-    #: The newest request's id, and what it was at the last poll (rule 3's settling).
-    newest: int = 0
-    newest_polled: int = 0
-    #: Share of recent requests that arrived while another of the model was queued or in
-    #: flight (EWMA): more callers than one at a time, so a batch that waits gains rows.
-    overlap: float = 0.0
-    #: When the newest request arrived, and the gap between arrivals that overlapped (EWMA;
-    #: None until two did): how soon the next row of a busy model is expected.
-    last_at: float | None = None
-    gap: float | None = None
-    #: Rows the model's callers keep in the engine: a finished batch's rows and those
-    #: queued when it finished, a peak that decays per batch (0: unknown). A growing batch
-    #: with that many has every caller the engine sees: a closed loop of 8 sends nothing
-    #: more until answered, so waiting on would idle them.
-    callers: float = 0.0
-    #: (poll number, group) of a batch that poll held to a time (rule 3), see ``quiet``.
-    held: tuple[int, Hashable] | None = None
+    #: Rule 3's settling of a worker batch.
+    settling: Settling = field(default_factory=Settling)
 
 
 class BatchPolicy:
@@ -251,13 +202,7 @@ class BatchPolicy:
         if length:
             q.queued_ragged += 1
         q.counters.admitted += 1
-        q.newest = rid
-        overlapped = q.queued > 1 or q.flight > 0  # another one of the model waits
-        q.overlap += OVERLAP_ALPHA * ((1.0 if overlapped else 0.0) - q.overlap)
-        if overlapped and q.last_at is not None:
-            sample = now - q.last_at
-            q.gap = sample if q.gap is None else q.gap + GAP_ALPHA * (sample - q.gap)
-        q.last_at = now
+        q.settling.on_submit(rid, now, overlapped=q.queued > 1 or q.flight > 0)
         q.refill.on_submit(rows, now, busy=q.flight > 0)
         self._live[rid] = pending
         if deadline is not None:
@@ -280,7 +225,7 @@ class BatchPolicy:
         while (batch := self._form(now)) is not None:
             batches.append(batch)
         for q in self._models.values():
-            q.newest_polled = q.newest
+            q.settling.on_polled()
         wake = self._wake_at(now)
         if self._settled_at is not None:
             wake = self._settled_at if wake is None else min(wake, self._settled_at)
@@ -299,11 +244,11 @@ class BatchPolicy:
             return False
         q = self._models[p.model]
         wake = self._wake
-        if q.held != (self._polls, p.group) or wake is None:
+        if q.settling.held != (self._polls, p.group) or wake is None:
             return False
         if p.deadline is not None and p.deadline < wake:
             return False
-        return self._grows(q) and not self._full(q, p.group, 0.5)
+        return q.settling.grows(q.queued_rows) and not self._full(q, p.group, 0.5)
 
     def on_batch_done(
         self, batch_id: int, service_s: float, ok: bool = True, now: float | None = None
@@ -324,8 +269,7 @@ class BatchPolicy:
         if not ok:
             q.counters.failed_batches += 1
             return
-        seen = batch.rows + q.queued_rows
-        q.callers = max(float(seen), q.callers * CALLERS_DECAY)
+        q.settling.on_batch_done(batch.rows + q.queued_rows)
         tokens = sum(p.tokens for p in batch.requests)
         q.counters.observe(batch.rows, service_s, self._cfg.ewma_alpha, tokens)
         if now is not None:
@@ -475,38 +419,28 @@ class BatchPolicy:
         return None
 
     def _settles(self, q: _ModelQueue, key: Hashable, now: float) -> bool:
-        """Rule 3: a partial batch for the idle worker waits for more requests: where they
-        overlap, until its oldest has waited what a batch costs (a wake-up then, unless a
-        request fills it first); else one loop turn while new ones arrive."""
+        """Rule 3: a partial batch for the idle worker waits for more requests (see
+        ``settling``): to a time (a wake-up then, unless a request fills it first), or one
+        loop turn while new ones arrive."""
         cost = q.counters.batch_cost_s
         if not cost or self._full(q, key, 0.5):
             return False
         head = q.groups[key][0]
-        if q.overlap >= OVERLAP_TO_SETTLE:
-            cap = head.enqueued_at + self._cfg.max_queue_delay_s
-            until = min(head.enqueued_at + cost, cap)
-            if self._grows(q) and q.gap is not None and q.last_at is not None:
-                # Many callers: rows keep coming while the next is expected within a few
-                # gaps. Each one that joins saves a batch's fixed cost (the hand-off, the
-                # daemon's own per-batch work), and where the loop is what bounds the
-                # callers, the wait costs them nothing: it reads their next requests.
-                until = min(cap, max(until, q.last_at + GROW_GAPS * q.gap))
+        settling = q.settling
+        if settling.overlapping:
+            until = settling.hold_until(
+                head.enqueued_at, cost, self._cfg.max_queue_delay_s, q.queued_rows
+            )
             if now >= until:
                 return False
             if self._settled_at is None or until < self._settled_at:
                 self._settled_at = until
-            q.held = (self._polls, key)
+            settling.held = (self._polls, key)
             return True
-        if q.newest != q.newest_polled and head.request_id > q.newest_polled:
+        if settling.arrived_since_poll(head.request_id):
             self._settling = True
             return True
         return False
-
-    @staticmethod
-    def _grows(q: _ModelQueue) -> bool:
-        """Rule 3's growing hold applies: most requests overlap (many callers) and fewer
-        rows are queued than the callers keep in the engine."""
-        return q.overlap >= OVERLAP_TO_GROW and q.queued_rows < q.callers
 
     def _full(self, q: _ModelQueue, key: Hashable, share: float = 1.0) -> bool:
         """The group's live rows (or, ragged, its tokens) fill ``share`` of a batch."""
