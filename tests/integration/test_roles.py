@@ -180,8 +180,11 @@ def test_a_watch_that_stops_reading_is_ended_with_the_seq_to_resume_from_and_cos
     assert got and resume == str(got[-1].seq), (resume, [c.seq for c in got])
     assert f"from_seq={resume}" in err.details()
     assert len(got) < 100  # it was cut off, not fed all 100 MB
-    # Generous (a loaded machine, allocator slack): without the budget it grew by ~100 MB.
-    assert grown < WATCH_BUDGET + 40 * MIB, f"RSS grew {grown / MIB:.0f} MiB"
+    # Without the budget it grew by ~100 MB. With it, runs of this file grew -4 to +12 MiB,
+    # and one in eight (CI, quiet) 45 MiB: the allocator keeps some of the 100 MB of puts
+    # (1 MB values) resident. The bound sits between those; the issue's own target (budget
+    # + 10 %) is measured by bench/streams.py, not here.
+    assert grown < WATCH_BUDGET + 64 * MIB, f"RSS grew {grown / MIB:.0f} MiB"
     # Resuming from the seq it was given delivers the changes it missed.
     with channel(node.address, certs_dir, "client", own_subchannel=True) as ch:
         again = agent_pb2_grpc.AgentServiceStub(ch).Watch(
