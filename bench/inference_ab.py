@@ -1,15 +1,18 @@
 """Alternated A/B of the request path: daemon CPU per request of each source tree, same run.
 
     python -m bench.inference_ab TREE[,TREE...] [--rounds 4] [--stream 2000] [--unary 500]
+                                 [--json [FILE]]
 
-One daemon per tree (each started with ``PYTHONPATH=TREE`` and, so that the tree and not
-the current directory is imported, from a neutral working directory) and the bare grpc.aio
-echo, placed as ``bench.inference_grpc`` places them (client on the first core, daemons on
-the others). Each round measures, for each, ``--stream`` no-op requests on one InferStream
+One daemon per tree (each started with ``PYTHONPATH=TREE``; ``Daemon`` runs ``python -P``,
+so the tree and not the current directory is imported) and the bare grpc.aio echo,
+placed as ``bench.inference_grpc`` places them (client on the first core, daemons on the
+others). Each round measures, for each, ``--stream`` no-op requests on one InferStream
 with 32 in flight and ``--unary`` unary no-op calls at concurrency 1; rounds alternate the
-trees' order. Prints per round and then the medians as one JSON object: daemon CPU us per
-request (from /proc; steadier than latency on a shared machine), stream requests/s and rows
-per batch. Compare the trees with each other and with the echo of the same run only.
+trees' order. Prints per round, then the medians: daemon CPU us per request (from /proc;
+steadier than latency on a shared machine), stream requests/s and rows per batch. Compare the
+trees with each other and with the echo of the same run only. Targets, per tree (issue 26,
+as ``bench.inference_grpc`` judges them): streamed no-op CPU per request <= 1.5x the echo
+stream's, unary no-op CPU <= 2.0x the unary echo's.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 import grpc
 
 from bench._proc import NO_RATE_LIMIT
+from bench._targets import Target, add_json_flag, at_most, emit, human, print_table
 from bench.inference_grpc import batch_counts, load, placement, start_echo, stream_load
 from p2pagent._proto import agent_pb2_grpc
 from p2pagent.identity import certs
@@ -48,9 +52,6 @@ async def run(trees: list[str], rounds: int, n_stream: int, n_unary: int) -> dic
         os.sched_setaffinity(0, client)
     env = {"P2PAGENT_INFERENCE__INTRA_OP_THREADS": str(max(1, threads)), **NO_RATE_LIMIT}
     serve = ["--device", "cpu", "--serve", f"noop={files['noop_torchscript']}"]
-    # `python -m` puts the working directory first on sys.path: started from inside a
-    # worktree, every daemon would run that worktree's code whatever PYTHONPATH says.
-    os.chdir(root)
     daemons = [
         Daemon(n, root / "certs", root / n, args=serve, env={**env, "PYTHONPATH": t}, prefix=prefix)
         for n, t in zip(names, trees)
@@ -116,10 +117,34 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--stream", type=int, default=2000, help="streamed requests per row")
     p.add_argument("--unary", type=int, default=500, help="unary requests per row (0: none)")
+    add_json_flag(p)
     a = p.parse_args()
+    if min(a.rounds, a.stream) <= 0 or a.unary < 0:
+        p.error("--rounds and --stream must be positive, --unary at least 0")
     trees = [str(Path(t).resolve()) for t in a.trees.split(",")]
-    print(json.dumps(asyncio.run(run(trees, a.rounds, a.stream, a.unary)), indent=1))
+    with human(a.json):
+        medians = asyncio.run(run(trees, a.rounds, a.stream, a.unary))
+        targets = ratio_targets(medians, trees)
+        print(json.dumps(medians, indent=1))
+        print_table(targets)
+    emit(a.json, targets, medians=medians)
     return 0
+
+
+def ratio_targets(medians: dict[str, dict[str, float | None]], trees: list[str]) -> list[Target]:
+    """Each tree's CPU per request against the echo's of the same run."""
+    echo = medians["echo"]
+    out: list[Target] = []
+    for tree in trees:
+        row = medians[tree]
+        for key, bound, what in (
+            ("stream_cpu_us", 1.5, "streamed no-op CPU / echo stream's"),
+            ("unary_cpu_us", 2.0, "unary no-op CPU / unary echo's"),
+        ):
+            mine, floor = row[key], echo[key]
+            ratio = mine / floor if mine is not None and floor else None
+            out.append(at_most(f"{tree}: {what}", ratio, bound))
+    return out
 
 
 if __name__ == "__main__":

@@ -452,18 +452,13 @@ class TasksDriver:
             if future is not None and not future.done():
                 future.set_result(result)
             return
-        self._results[result.task_id] = result
-        self._notify()
+        self._results[result.task_id] = result  # wakes that task's waiters
 
     def changed(self, event: TaskEvent) -> None:
         self._results.wake(event.task_id)
 
     def forget(self, task_ids: tuple[str, ...], horizon: float) -> None:
         self._results.forget(task_ids)
-
-    def _notify(self) -> None:
-        """Nothing left to do: storing a result in ``_results`` wakes that task's waiters
-        (``deliver`` still calls this)."""
 
     def wait(self, task_id: str) -> AsyncIterator[agent_pb2.TaskEvent]:
         """The task's current state, then each change, ending with its result (a finished

@@ -367,6 +367,20 @@ class SlowWorker(RemoteModel):
         asyncio.get_running_loop().call_later(0.005, done, outs, None)
 
 
+def worker_engine(
+    remote: RemoteModel, config: InferenceConfig
+) -> tuple[InferenceEngine, ModelCache]:
+    """An engine serving ``remote`` as model "w" (its batches through the hand-over path)."""
+    device = select_device("cpu")
+
+    def load(name: str, path: Path, spec: ModelSpec, dev: torch.device, fmt: object) -> LoadedModel:
+        return LoadedModel(name, VEC, ModelFormat.TORCHSCRIPT, remote, dev, 1000)
+
+    cache = ModelCache(device.device, 1 << 30, loader=load)
+    cache.register("w", Path("w.pt"), VEC)
+    return InferenceEngine(cache, config, device, set_threads=False), cache
+
+
 async def test_a_batch_settling_for_the_worker_is_polled_again_until_it_goes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -375,15 +389,9 @@ async def test_a_batch_settling_for_the_worker_is_polled_again_until_it_goes(
     to wake the engine: it polls again on its own (``Decision.repoll``, ``wake_at``), or a
     request would never run."""
     remote = SlowWorker()
-    device = select_device("cpu")
-
-    def load(name: str, path: Path, spec: ModelSpec, dev: torch.device, fmt: object) -> LoadedModel:
-        return LoadedModel(name, VEC, ModelFormat.TORCHSCRIPT, remote, dev, 1000)
-
-    cache = ModelCache(device.device, 1 << 30, loader=load)
-    cache.register("w", Path("w.pt"), VEC)
-    config = InferenceConfig(max_batch_size=16, intra_op_threads=1, max_queue_delay_s=0.01)
-    engine = InferenceEngine(cache, config, device, set_threads=False)
+    engine, cache = worker_engine(
+        remote, InferenceConfig(max_batch_size=16, intra_op_threads=1, max_queue_delay_s=0.01)
+    )
     decisions: list[Decision] = []
     poll = engine._policy.poll
 
@@ -413,15 +421,9 @@ async def test_requests_joining_a_held_worker_batch_are_answered_without_polls(
     (``BatchPolicy.quiet``); the engine's timer then sends the batch, and every request is
     answered."""
     remote = SlowWorker()
-    device = select_device("cpu")
-
-    def load(name: str, path: Path, spec: ModelSpec, dev: torch.device, fmt: object) -> LoadedModel:
-        return LoadedModel(name, VEC, ModelFormat.TORCHSCRIPT, remote, dev, 1000)
-
-    cache = ModelCache(device.device, 1 << 30, loader=load)
-    cache.register("w", Path("w.pt"), VEC)
-    config = InferenceConfig(max_batch_size=64, intra_op_threads=1, max_queue_delay_s=0.02)
-    engine = InferenceEngine(cache, config, device, set_threads=False)
+    engine, cache = worker_engine(
+        remote, InferenceConfig(max_batch_size=64, intra_op_threads=1, max_queue_delay_s=0.02)
+    )
     quiet_answers: list[bool] = []
     quiet = engine._policy.quiet
 

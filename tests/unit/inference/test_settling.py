@@ -9,14 +9,15 @@ from p2pagent.inference.batching import BatchPolicy
 from tests.unit.inference.test_batching import policy
 
 
-def learn_worker_cost(p: BatchPolicy) -> float:
-    """Batches of 1 and 4 requests of a model in the model worker, each 1 ms from dispatch
-    to result (the hand-off: its forward pass is free); each polled once it can go."""
+def learn_worker_cost(p: BatchPolicy, model: str = "w", worker: bool = True) -> float:
+    """Batches of 1 and 4 requests of a model in the model worker (``worker``; else in this
+    process), each 1 ms from dispatch to result (the hand-off: its forward pass is free);
+    each polled once it can go."""
     t = 0.0
     for rows in (1, 4, 1, 4):
         t += 1.0
         for _ in range(rows):
-            p.submit("w", 1, now=t, worker=True)
+            p.submit(model, 1, now=t, worker=worker)
         (b,) = p.poll(t + 0.01).batches
         p.on_batch_done(b.batch_id, 1e-6 * rows, now=t + 0.011)
     return t + 1.0
@@ -126,14 +127,7 @@ def test_a_lone_caller_of_a_worker_model_waits_one_loop_turn_at_most() -> None:
 def test_a_batch_in_this_process_never_settles() -> None:
     """Settling is for the worker's hand-off: a model run in this process goes at once."""
     p = policy(max_batch_size=16, max_queue_delay_s=0.010)
-    t = 0.0
-    for rows in (1, 4, 1, 4):
-        t += 1.0
-        for _ in range(rows):
-            p.submit("m", 1, now=t)
-        (b,) = p.poll(t).batches
-        p.on_batch_done(b.batch_id, 1e-6 * rows, now=t + 0.001)
-    t += 1.0
+    t = learn_worker_cost(p, "m", worker=False)
     rid = p.submit("m", 1, now=t)
     d = p.poll(t)
     assert d.batches[0].request_ids == (rid,) and not d.repoll
