@@ -456,11 +456,10 @@ class Client:
         from p2pagent.models import upload
 
         async def send(stub: agent_pb2_grpc.AgentServiceAsyncStub) -> agent_pb2.ModelVersion:
-            with upload.reason_lost_by_grpc():
-                answer = await stub.PublishModel(
-                    upload.upload_requests(path, header, sent), timeout=max(self._timeout, 600)
-                )
-                return answer.version
+            answer = await upload.send_upload(
+                stub, path, header, sent, call_timeout_s=max(self._timeout, 600)
+            )
+            return answer.version
 
         # Not repeated after it reached a node: a second publish would make a second version.
         return await self._call(send, repeatable=False)

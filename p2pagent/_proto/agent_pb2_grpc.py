@@ -311,7 +311,10 @@ class AgentServiceServicer:
         DATA_LOSS), holds no pickle, and loads and runs on its metadata's example shapes in a
         checking child process (else INVALID_ARGUMENT naming what is wrong). The caller is
         recorded as the version's owner; a new version of a model another identity owns is
-        PERMISSION_DENIED (an admin may publish any).
+        PERMISSION_DENIED (an admin may publish any). Once the header is accepted the node
+        sends initial metadata `p2pagent-upload: accepted`; a client that waits for it before
+        sending bytes always gets a refusal's reason (grpc.aio loses it when a write meets an
+        ended call).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

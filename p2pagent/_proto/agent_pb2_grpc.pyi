@@ -82,7 +82,10 @@ class AgentServiceStub:
     DATA_LOSS), holds no pickle, and loads and runs on its metadata's example shapes in a
     checking child process (else INVALID_ARGUMENT naming what is wrong). The caller is
     recorded as the version's owner; a new version of a model another identity owns is
-    PERMISSION_DENIED (an admin may publish any).
+    PERMISSION_DENIED (an admin may publish any). Once the header is accepted the node
+    sends initial metadata `p2pagent-upload: accepted`; a client that waits for it before
+    sending bytes always gets a refusal's reason (grpc.aio loses it when a write meets an
+    ended call).
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListModelsRequest, _agent_pb2.ListModelsResponse]
     PullModel: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PullModelRequest, _agent_pb2.PullModelResponse]
@@ -172,7 +175,10 @@ class AgentServiceAsyncStub(AgentServiceStub):
     DATA_LOSS), holds no pickle, and loads and runs on its metadata's example shapes in a
     checking child process (else INVALID_ARGUMENT naming what is wrong). The caller is
     recorded as the version's owner; a new version of a model another identity owns is
-    PERMISSION_DENIED (an admin may publish any).
+    PERMISSION_DENIED (an admin may publish any). Once the header is accepted the node
+    sends initial metadata `p2pagent-upload: accepted`; a client that waits for it before
+    sending bytes always gets a refusal's reason (grpc.aio loses it when a write meets an
+    ended call).
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListModelsRequest, _agent_pb2.ListModelsResponse]  # type: ignore[assignment]
     PullModel: _aio.UnaryUnaryMultiCallable[_agent_pb2.PullModelRequest, _agent_pb2.PullModelResponse]  # type: ignore[assignment]
@@ -367,7 +373,10 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         DATA_LOSS), holds no pickle, and loads and runs on its metadata's example shapes in a
         checking child process (else INVALID_ARGUMENT naming what is wrong). The caller is
         recorded as the version's owner; a new version of a model another identity owns is
-        PERMISSION_DENIED (an admin may publish any).
+        PERMISSION_DENIED (an admin may publish any). Once the header is accepted the node
+        sends initial metadata `p2pagent-upload: accepted`; a client that waits for it before
+        sending bytes always gets a refusal's reason (grpc.aio loses it when a write meets an
+        ended call).
         """
 
     @_abc_1.abstractmethod

@@ -16,6 +16,7 @@ from p2pagent.models.driver import ModelsDriver
 from p2pagent.models.loadable import spec_of
 from p2pagent.models.manifest import Manifest, check_model_name
 from p2pagent.models.registry import Entry
+from p2pagent.models.upload import UPLOAD_ACCEPTED
 from p2pagent.transport.guard import caller_identity
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -76,6 +77,9 @@ class ModelsAgentApi:
         h = first.header
 
         async def pieces() -> AsyncIterator[bytes]:
+            # Asked for only after the header passed publish's checks: the client sends the
+            # bytes on this cue, so a refusal never meets its writes (models.upload).
+            await context.send_initial_metadata((UPLOAD_ACCEPTED,))
             async for msg in request_iterator:
                 if msg.WhichOneof("part") != "data":
                     raise InvalidArgument(

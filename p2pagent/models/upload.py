@@ -3,16 +3,19 @@ node would check it, then the file's bytes.
 
 The header carries the SHA-256 of the whole file (read once before the upload): a node
 publishes only what hashes to it, so bytes altered in transit publish nothing (DATA_LOSS).
-Everything a node would refuse in the header or the first bytes (name, replicas, chunk size,
-metadata it could not serve with, the format's magic) is refused before a byte is sent: a
-node that ends an upload early has its reason replaced by "Internal error from Core" on a
-grpc.aio client about once in ten (grpc/grpc#36066). ``reason_lost_by_grpc`` says so when it
-happens anyway (a full disk).
+Everything a node would refuse in the header (name, replicas, chunk size, metadata it could
+not serve with, the format's magic) is refused before a byte is sent. The bytes follow only
+once the node has accepted the header (``UPLOAD_ACCEPTED`` in its initial metadata): a
+grpc.aio client whose write meets a call the node already ended loses the node's reason to
+"Internal error from Core" (grpc/grpc#36066), so a refusal (the caller's role, the name's
+owner) must arrive while the client is not writing. ``reason_lost_by_grpc`` says so when a
+node ends an upload midway anyway (a full disk).
 Used by ``p2pagentctl models push`` and ``p2pagent.client.Client.publish``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -22,7 +25,7 @@ from pathlib import Path
 import grpc
 from google.protobuf.json_format import ParseDict
 
-from p2pagent._proto import agent_pb2
+from p2pagent._proto import agent_pb2, agent_pb2_grpc
 from p2pagent.errors import Internal, InvalidArgument
 from p2pagent.inference.formats import FORMAT_HEAD_BYTES, FORMAT_NAMES, ModelFormat, check_header
 from p2pagent.inference.spec import ModelSpec
@@ -31,6 +34,9 @@ from p2pagent.models.manifest import check_chunk_size, check_model_name, check_s
 
 #: Bytes of the file per upload message.
 UPLOAD_PIECE = 1 << 20
+#: The initial metadata a node sends once it has accepted an upload's header: the client's
+#: cue to send the bytes.
+UPLOAD_ACCEPTED = ("p2pagent-upload", "accepted")
 
 
 def guess_format(path: Path) -> str:
@@ -144,13 +150,37 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-async def upload_requests(
+async def send_upload(
+    stub: agent_pb2_grpc.AgentServiceAsyncStub,
     path: Path,
     header: agent_pb2.PublishModelRequest.Header,
     sent: Callable[[int], object] | None = None,
-) -> AsyncIterator[agent_pb2.PublishModelRequest]:
-    """The header, then the file in pieces (each one's size to ``sent``)."""
-    yield agent_pb2.PublishModelRequest(header=header)
+    *,
+    call_timeout_s: float,
+) -> agent_pb2.PublishModelResponse:
+    """Uploads ``path`` with ``header``: the header, then (once the node accepted it) the
+    bytes. A refusal raises the node's own error (AioRpcError)."""
+    call = stub.PublishModel(timeout=call_timeout_s)
+    await call.write(agent_pb2.PublishModelRequest(header=header))
+    key, accepted = UPLOAD_ACCEPTED
+    if (await call.initial_metadata()).get(key) != accepted:
+        return await call  # refused (or answered) before any byte: the reason is intact
+    with reason_lost_by_grpc():
+        try:
+            async for piece in upload_pieces(path, header, sent):
+                await call.write(agent_pb2.PublishModelRequest(data=piece))
+            await call.done_writing()
+        except asyncio.InvalidStateError:
+            pass  # the node ended the upload midway: awaiting the call raises its answer
+        return await call
+
+
+async def upload_pieces(
+    path: Path,
+    header: agent_pb2.PublishModelRequest.Header,
+    sent: Callable[[int], object] | None = None,
+) -> AsyncIterator[bytes]:
+    """The file's bytes in pieces (each one's size to ``sent``)."""
     if header.format == ModelFormat.HF_FOLDER.value:
         from p2pagent.inference.hf import folder, pack
 
@@ -158,13 +188,13 @@ async def upload_requests(
         for piece in pack.pack_pieces(path, folder.listed_files(spec.arch_config)):
             if sent is not None:
                 sent(len(piece))
-            yield agent_pb2.PublishModelRequest(data=piece)
+            yield piece
         return
     with path.open("rb") as f:
         while piece := f.read(UPLOAD_PIECE):
             if sent is not None:
                 sent(len(piece))
-            yield agent_pb2.PublishModelRequest(data=piece)
+            yield piece
 
 
 @contextlib.contextmanager

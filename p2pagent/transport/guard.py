@@ -297,7 +297,12 @@ def _wrap(
             start = begin()
             stream: OpenStream | None = None
             try:
-                ident = guard.authorize(method, context)
+                try:
+                    ident = guard.authorize(method, context)
+                except errors.P2PAgentError:
+                    if streaming:
+                        await _first_item(request)
+                    raise
                 _check_decoded(request)
                 if streaming:
                     # Client streaming (uploads) or a coroutine that writes: always inside
@@ -499,6 +504,22 @@ def _check_decoded(request: Any) -> None:
             f"request is not a valid {request.type_name} ({request.reason}); "
             "send a message built from the published proto"
         )
+
+
+#: How long a refused client stream is given to deliver its first message.
+FIRST_ITEM_WAIT_S = 2.0
+
+
+async def _first_item(request: Any) -> None:
+    """Waits, briefly, for a refused client stream's first message. A grpc.aio client whose
+    write meets a call already ended loses the status to "Internal error from Core"
+    (grpc/grpc#36066); an uploader sends its header, then waits for the node's cue
+    (models.upload), so refusing after the header has arrived reaches it with the reason."""
+    if hasattr(request, "__aiter__"):
+        try:
+            await asyncio.wait_for(anext(aiter(request), None), FIRST_ITEM_WAIT_S)
+        except Exception:
+            pass  # refused either way; the reason is what matters
 
 
 def _checked_stream(request: Any) -> Any:

@@ -23,6 +23,8 @@ import grpc
 import pytest
 
 from p2pagent._proto import agent_pb2, agent_pb2_grpc
+from p2pagent.client import Client
+from p2pagent.errors import PermissionDenied
 from p2pagent.identity import certs
 from p2pagent.identity.spiffe import Role
 from p2pagent.testing.channels import aio_channel, channel
@@ -99,6 +101,19 @@ def _ctl(node: Daemon, certs_dir: Path, *args: str) -> subprocess.CompletedProce
         timeout=120,
         env={**os.environ, "COLUMNS": "200"},
     )
+
+
+async def test_every_refused_upload_reaches_the_client_with_its_reason(
+    node: Daemon, certs_dir: Path, demo: Path
+) -> None:
+    # A client that writes into a call the node already ended loses the reason to grpc.aio's
+    # "Internal error from Core" (grpc/grpc#36066), once in ten or so: the uploader sends its
+    # bytes only on the node's cue, so a refusal at the door keeps its reason. The demo model
+    # is six upload pieces: the window the old race had.
+    async with Client.from_certs([node.address], certs_dir) as mesh:
+        for _ in range(12):
+            with pytest.raises(PermissionDenied, match="needs role publisher"):
+                await mesh.publish(demo / "demo.torchscript.pt", "refused")
 
 
 def test_a_client_cannot_publish_delete_or_revoke_and_is_told_the_role_it_needs(
