@@ -21,6 +21,7 @@ from p2pagent.tasks.config import TasksConfig
 from p2pagent.tasks.load import ServiceTimes
 from p2pagent.tasks.results import TaskResult
 from p2pagent.tasks.spec import Task
+from p2pagent.tasks.wire import input_bytes
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class EngineRuns:
             out = tuple(tensors.many_to_proto(outputs))
             # Bounded where it ran, in the same words on every node: the origin refuses a
             # Peer.Complete over the bound before decoding it.
-            check_result(len(out), sum(len(t.data) for t in out), self.cfg)
+            check_result(len(out), input_bytes(out), self.cfg)
             return TaskResult(task.task_id, task.attempt, self.name, True, out, compute_s=compute_s)
         except P2PAgentError as e:
             code, message = e.code, str(e)
