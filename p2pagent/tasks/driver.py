@@ -152,6 +152,8 @@ class TasksDriver:
         #: Agent.Infer calls waiting for their task: not journaled (nothing was acknowledged
         #: before the answer), delivered straight to the caller.
         self._inline: dict[str, asyncio.Future[TaskResult]] = {}
+        #: Streamed Infers started at once that finished in this turn of the loop.
+        self._finishing: list[str] = []
         #: The journal has been read back: until then a task of this origin may exist without
         #: this driver knowing it (the server takes calls before its components start).
         self.loaded = False
@@ -444,9 +446,10 @@ class TasksDriver:
         task, now = self._inline_task(request, deadline_s, owner)
         if not self.core.start_now(task, now):
             return asyncio.shield(self._queue_inline(task, decoded, now))
-        run = asyncio.get_running_loop().create_task(self.runs.run(task, decoded, prepared))
+        loop = asyncio.get_running_loop()
+        run = loop.create_task(self.runs.run(task, decoded, prepared))
         task_id = task.task_id
-        run.add_done_callback(lambda _: self._now_finished(task_id))
+        run.add_done_callback(lambda _: self._now_finishing(loop, task_id))
         return run
 
     def _inline_task(
@@ -483,6 +486,20 @@ class TasksDriver:
         """An Infer started at once is done (either way): its quota and its running slot."""
         self.quotas.release(task_id)
         self.adapter.carry_out(self.core.on_now_finished(task_id, self.adapter.now()))
+
+    def _now_finishing(self, loop: asyncio.AbstractEventLoop, task_id: str) -> None:
+        """:meth:`_now_finished` for a streamed Infer: its quota now, its running slot with
+        the others that finish in this turn of the loop (a batch's rows all do), so that the
+        core looks at what may start once per batch, not once per row. The slots are free
+        before the stream writes these answers (its writer wakes after this callback)."""
+        self.quotas.release(task_id)
+        if not self._finishing:
+            loop.call_soon(self._finished_now)
+        self._finishing.append(task_id)
+
+    def _finished_now(self) -> None:
+        task_ids, self._finishing = tuple(self._finishing), []
+        self.adapter.carry_out(self.core.on_now_finished_many(task_ids, self.adapter.now()))
 
     # ---- the result store (the adapter's ResultSink) ----------------------------------------
 

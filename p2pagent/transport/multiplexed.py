@@ -144,8 +144,11 @@ class _Stream(Generic[Resp]):
         except Exception as e:
             self.final(request_id, self._internal(request_id, e))
             return
+        # A future first: asyncio.ensure_future is Python code, on every request.
         future: asyncio.Future[Resp] = (
-            self.loop.create_task(started)
+            started
+            if isinstance(started, asyncio.Future)
+            else self.loop.create_task(started)
             if inspect.iscoroutine(started)
             else asyncio.ensure_future(started)
         )

@@ -62,6 +62,17 @@ def test_work_started_at_once_holds_back_queued_work_by_run_ahead() -> None:
     assert [e.task.task_id for e in effects if isinstance(e, StartRun)] == ["o-t4"]
 
 
+def test_a_batch_of_infers_finishing_together_starts_what_waited_in_one_look() -> None:
+    n = node()
+    assert all(n.start_now(task(i), 0.0) for i in range(4))
+    n.submit(task(4), 0.0)
+    n.submit(task(5), 0.0)  # 0.12 s started (run_ahead_s 0.1) and at capacity: both wait
+    assert n.queue.n_queued == 2
+    effects = n.on_now_finished_many(("o-t0", "o-t1", "o-t2", "o-unknown"), 0.01)
+    assert [e.task.task_id for e in effects if isinstance(e, StartRun)] == ["o-t4", "o-t5"]
+    assert n.running == 3 and n.stats.completed == 3  # the unknown id counts for nothing
+
+
 def test_nothing_passes_queued_work() -> None:
     n = node(capacity=1)
     assert n.start_now(task(0), 0.0)
