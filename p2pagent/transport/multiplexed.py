@@ -24,6 +24,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 from p2pagent import errors
@@ -153,7 +154,7 @@ class _Stream(Generic[Resp]):
             else asyncio.ensure_future(started)
         )
         self.running[request_id] = future
-        future.add_done_callback(lambda f: self._finished(request_id, f))
+        future.add_done_callback(partial(self._finished, request_id))  # C: no lambda frame
         if timeout is not None:
             self._add_deadline(request_id, future, timeout)
 
