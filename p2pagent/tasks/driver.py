@@ -437,12 +437,10 @@ class TasksDriver:
         owner: str = "",
         prepared: bool = False,
     ) -> asyncio.Future[TaskResult]:
-        """:meth:`run_inline` for a caller that takes a future (``InferStream``): admitted
-        and started here, without a coroutine of the caller's around it. An Infer the core
-        starts at once is one task of the engine request itself (its bookkeeping is a done
-        callback; cancelling the task stops the request); any other is queued, and its
-        future (shielded: cancelling it drops the answer, not the task) is its result.
-        Raises what the door refuses."""
+        """:meth:`run_inline` for a caller that takes a future (``InferStream``), with no
+        coroutine around it: one started at once is the engine request's own task (its
+        bookkeeping a done callback; cancelling it stops the request); one queued is its
+        result's future, shielded (a cancel drops the answer, not the task)."""
         task, now = self._inline_task(request, deadline_s, owner)
         if not self.core.start_now(task, now):
             return asyncio.shield(self._queue_inline(task, decoded, now))
@@ -472,9 +470,8 @@ class TasksDriver:
 
     def _queue_inline(self, task: Task, decoded: Any, now: float) -> asyncio.Future[TaskResult]:
         """Submits an Infer the core did not start at once as an inline task; the future is
-        its result, delivered here or by the peer that ran it. Await it shielded: if the
-        caller goes away, the task still finishes (or expires) and its result is dropped on
-        delivery; the entry stays until then so that it is not journaled."""
+        its result, delivered here or by the peer that ran it. Await it shielded: a task
+        whose caller went away still finishes (or expires), its result dropped on delivery."""
         future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
         self._inline[task.task_id] = future
         self.runs.keep_decoded(task.task_id, decoded)
