@@ -12,7 +12,9 @@ trees' order. Prints per round, then the medians: daemon CPU us per request (fro
 steadier than latency on a shared machine), stream requests/s and rows per batch. Compare the
 trees with each other and with the echo of the same run only. Targets, per tree (issue 26,
 as ``bench.inference_grpc`` judges them): streamed no-op CPU per request <= 1.5x the echo
-stream's, unary no-op CPU <= 2.0x the unary echo's.
+stream's, unary no-op CPU <= 2.0x the unary echo's. With two trees or more it also prints
+each later tree against the first as the median of the rounds' own ratios (``paired``):
+steadier than the ratio of the medians while other work loads the machine.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ from p2pagent.testing.daemon import Daemon, free_port
 from p2pagent.transport.channels import channel_options
 
 
-async def run(trees: list[str], rounds: int, n_stream: int, n_unary: int) -> dict[str, object]:
+async def run(
+    trees: list[str], rounds: int, n_stream: int, n_unary: int
+) -> tuple[dict[str, dict[str, float | None]], dict[str, dict[str, float | None]]]:
     root = Path(tempfile.mkdtemp(prefix="p2p-ab-"))
     certs.init_ca(root / "certs", "bench")
     names = [f"b{i + 1}" for i in range(len(trees))]
@@ -105,10 +109,33 @@ async def run(trees: list[str], rounds: int, n_stream: int, n_unary: int) -> dic
             d.kill()
         echo.kill()
         echo.wait(10)
-    return {
+    medians = {
         k: {name: statistics.median(v) if v else None for name, v in rows.items()}
         for k, rows in seen.items()
     }
+    return medians, paired_ratios(seen, trees)
+
+
+#: What ``paired_ratios`` compares between trees.
+PAIRED = ("stream_cpu_us", "stream_rps", "unary_cpu_us")
+
+
+def paired_ratios(
+    seen: dict[str, dict[str, list[float]]], trees: list[str]
+) -> dict[str, dict[str, float | None]]:
+    """Each later tree against the first, round by round: the median over rounds of (its
+    value / the first tree's in the same round). On a shared machine the load moves each
+    round's numbers together; the ratio of the same round's pair moves less than the ratio
+    of the medians."""
+    base = seen[trees[0]]
+    out: dict[str, dict[str, float | None]] = {}
+    for tree in trees[1:]:
+        row: dict[str, float | None] = {}
+        for key in PAIRED:
+            pairs = [m / b for m, b in zip(seen[tree][key], base[key]) if b]
+            row[key] = round(statistics.median(pairs), 3) if pairs else None
+        out[tree] = row
+    return out
 
 
 def main() -> int:
@@ -123,11 +150,14 @@ def main() -> int:
         p.error("--rounds and --stream must be positive, --unary at least 0")
     trees = [str(Path(t).resolve()) for t in a.trees.split(",")]
     with human(a.json):
-        medians = asyncio.run(run(trees, a.rounds, a.stream, a.unary))
+        medians, paired = asyncio.run(run(trees, a.rounds, a.stream, a.unary))
         targets = ratio_targets(medians, trees)
         print(json.dumps(medians, indent=1))
+        if paired:
+            print(f"against {trees[0]}, median of each round's ratio:")
+            print(json.dumps(paired, indent=1))
         print_table(targets)
-    emit(a.json, targets, medians=medians)
+    emit(a.json, targets, medians=medians, paired=paired)
     return 0
 
 

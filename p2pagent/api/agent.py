@@ -5,7 +5,8 @@ Handlers raise `p2pagent.errors`; the guard interceptor maps them to gRPC status
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from operator import attrgetter
 from typing import Any, Protocol
 
 import grpc
@@ -68,7 +69,17 @@ class AgentService(
 
     async def Infer(self, request: agent_pb2.InferRequest, context: Ctx) -> agent_pb2.InferResponse:
         owner = caller_identity(context).uri
-        result = await self._infer(request, context.time_remaining(), owner)
+        node = self._node
+        inputs, served = self._admit(request)
+        deadline_s = context.time_remaining()
+        if not served:
+            # Pulls it first if need be; a bad or unknown pinned version fails here, at once.
+            await node.models.ensure_loadable(request.model, request.model_version)
+        # Through the scheduler, like a submitted task: queued with them, stolen by an idle
+        # peer when this node is the busy one.
+        result = await node.tasks.run_inline(request, inputs, deadline_s, owner, served)
+        if not result.ok:
+            raise error_from_code(result.error_code, result.error_message)
         return agent_pb2.InferResponse(
             outputs=result.outputs, executor=result.executor, compute_s=result.compute_s
         )
@@ -77,52 +88,68 @@ class AgentService(
         self, request_iterator: AsyncIterator[agent_pb2.InferStreamRequest], context: Ctx
     ) -> AsyncIterator[agent_pb2.InferStreamResponse]:
         owner = caller_identity(context).uri
+        node = self._node
 
-        async def run(
-            request: agent_pb2.InferStreamRequest, send: Send
-        ) -> agent_pb2.InferStreamResponse:
-            result = await self._infer(request, request.timeout_s or None, owner)
-            return agent_pb2.InferStreamResponse(
-                request_id=request.request_id,
-                outputs=result.outputs,
-                executor=result.executor,
-                compute_s=result.compute_s,
-            )
+        def run(request: agent_pb2.InferStreamRequest, send: Send) -> Awaitable[TaskResult]:
+            # No coroutine per request where the model is served here: admitted and started
+            # now, and the engine request's own task is the future the stream waits on.
+            inputs, served = self._admit(request)
+            deadline_s = request.timeout_s or None
+            if served:
+                return node.tasks.start_inline(request, inputs, deadline_s, owner, True)
+            return self._infer_pulled(request, inputs, deadline_s, owner)
 
         protocol = StreamProtocol(
             run=run,
-            request_id=lambda r: r.request_id,
-            cancel=lambda r: r.cancel,
+            # attrgetter: read in C, not a Python call, on every message.
+            request_id=attrgetter("request_id"),
+            cancel=attrgetter("cancel"),
             timeout_s=_timeout_s,
             error_answer=lambda i, code, message: agent_pb2.InferStreamResponse(
                 request_id=i, error_code=code, error_message=message
             ),
+            answer=_stream_answer,
         )
-        limit = self._node.config.transport.stream_max_in_flight
+        limit = node.config.transport.stream_max_in_flight
         window = RequestWindow(limit, "transport.stream_max_in_flight")
         async for answer in serve(request_iterator, protocol, window):
             yield answer
 
-    async def _infer(
-        self,
-        request: agent_pb2.InferRequest | agent_pb2.InferStreamRequest,
-        deadline_s: float | None,
-        owner: str,
-    ) -> TaskResult:
-        """One Infer, unary or on a stream: its result, or its error raised."""
+    def _admit(
+        self, request: agent_pb2.InferRequest | agent_pb2.InferStreamRequest
+    ) -> tuple[Any, bool]:
+        """An Infer's inputs, decoded and checked (``admit``), and whether its model is
+        served here at its newest version (nothing to pull or resolve before it runs)."""
         node = self._node
         if not request.model:
             raise InvalidArgument("InferRequest.model is empty: name the model to run")
         inputs = admit(node, request)
-        if request.model_version or not node.models_cache.serves(request.model):
-            # Pulls it first if need be; a bad or unknown pinned version fails here, at once.
-            await node.models.ensure_loadable(request.model, request.model_version)
-        # Through the scheduler, like a submitted task: queued with them, stolen by an idle
-        # peer when this node is the busy one.
-        result = await node.tasks.run_inline(request, inputs, deadline_s, owner)
-        if not result.ok:
-            raise error_from_code(result.error_code, result.error_message)
-        return result
+        return inputs, not request.model_version and node.models_cache.serves(request.model)
+
+    async def _infer_pulled(
+        self,
+        request: agent_pb2.InferStreamRequest,
+        inputs: Any,
+        deadline_s: float | None,
+        owner: str,
+    ) -> TaskResult:
+        """A streamed Infer of a model not served here at its newest version: made loadable
+        (pulled if need be; a bad or unknown pinned version fails here), then run."""
+        node = self._node
+        await node.models.ensure_loadable(request.model, request.model_version)
+        return await node.tasks.run_inline(request, inputs, deadline_s, owner)
+
+
+def _stream_answer(request_id: int, result: TaskResult) -> agent_pb2.InferStreamResponse:
+    """A streamed Infer's answer from its task's result (a failed one raises its error)."""
+    if not result.ok:
+        raise error_from_code(result.error_code, result.error_message)
+    return agent_pb2.InferStreamResponse(
+        request_id=request_id,
+        outputs=result.outputs,
+        executor=result.executor,
+        compute_s=result.compute_s,
+    )
 
 
 def _timeout_s(request: agent_pb2.InferStreamRequest) -> float | None:

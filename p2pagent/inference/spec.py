@@ -205,6 +205,19 @@ class ModelSpec:
         """
         if type(inputs) is BoundInputs and inputs.spec is self:
             return inputs
+        if len(self.inputs) == 1 and len(inputs) == 1:
+            # The common case, once per request: one input port and one tensor for it (by
+            # name or by position). Anything else takes the general path and its errors.
+            port = self.inputs[0]
+            t: InputTensor | None = None
+            if isinstance(inputs, dict):  # builtin types: no abc check, unlike Mapping
+                t = inputs.get(port.name)
+            elif isinstance(inputs, list):
+                t = inputs[0]
+            if t is not None:
+                _check_port(model, port, t)
+                if not self.batchable or t.shape[0] != 0:
+                    return BoundInputs(self, [t])
         if isinstance(inputs, Mapping):
             unknown = [n for n in inputs if n not in self.input_names]
             if unknown:

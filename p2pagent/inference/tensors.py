@@ -73,20 +73,41 @@ def decode(t: common_pb2.Tensor, max_elements: int) -> HostTensor:
     # passes tensors on undecoded) never loads numpy. Once loaded this is a dict lookup.
     import numpy as np
 
-    what = described(t)
-    info = dtype_of(t, what)
     data = t.data
-    shape, count = check_shape(
-        t.shape, max_elements, what, data_bytes=len(data), itemsize=info.itemsize
-    )
-    check_bytes(info, shape, count, len(data), what)
+    key = (t.dtype, tuple(t.shape), len(data), max_elements)
+    layout = _CHECKED.get(key)
+    if layout is None:
+        layout = _checked_layout(t, len(data), max_elements)
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.clear()  # many different layouts: start over rather than grow
+        _CHECKED[key] = layout
+    info, shape, count = layout
     if info.name == "bool" and count and np.frombuffer(data, np.uint8).max() > 1:
         # Any byte but 0/1 in a bool tensor is undefined behaviour in torch kernels.
-        raise InvalidArgument(f"{what}: bool data must be bytes 0 or 1")
+        raise InvalidArgument(f"{described(t)}: bool data must be bytes 0 or 1")
     array = np.frombuffer(data, info.numpy).reshape(shape)
     if not _LITTLE and info.itemsize > 1:
         array = array.astype(array.dtype.newbyteorder("="))
     return HostTensor(info, array)
+
+
+#: Layouts (wire dtype, shape, byte length, element bound) already checked, with what the
+#: checks found: a server's requests share a few layouts, and checking one was most of a
+#: decode (the message's name, dtype, each dimension, the product, the byte count). The
+#: checks depend on nothing else but a bool tensor's bytes, which are checked every time.
+_CHECKED: dict[tuple[int, tuple[int, ...], int, int], tuple[DTypeInfo, tuple[int, ...], int]] = {}
+_CHECKED_MAX = 256
+
+
+def _checked_layout(
+    t: common_pb2.Tensor, size: int, max_elements: int
+) -> tuple[DTypeInfo, tuple[int, ...], int]:
+    """(dtype, shape, element count) of ``t``; raises InvalidArgument naming what is wrong."""
+    what = described(t)
+    info = dtype_of(t, what)
+    shape, count = check_shape(t.shape, max_elements, what, data_bytes=size, itemsize=info.itemsize)
+    check_bytes(info, shape, count, size, what)
+    return info, shape, count
 
 
 def many_decode(

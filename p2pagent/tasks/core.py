@@ -294,6 +294,15 @@ class TaskNode:
         self._changed(now)
         return self._flush()
 
+    def on_now_finished_many(self, task_ids: tuple[str, ...], now: float) -> list[Effect]:
+        """:meth:`on_now_finished` for several tasks at once (the rows of one engine batch
+        finish together): one look at what may start, not one per task."""
+        for task_id in task_ids:
+            if self._running.pop(task_id, None) is not None:
+                self.stats.completed += 1
+        self._changed(now)
+        return self._flush()
+
     def on_now_journaled(self, task_id: str, now: float) -> list[Effect]:
         """The result of a task :meth:`start_now` started was journaled with its submission
         (``SubmitAndWait``): kept, and forgotten after ``done_retention_s``, like any other."""

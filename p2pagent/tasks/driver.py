@@ -152,6 +152,8 @@ class TasksDriver:
         #: Agent.Infer calls waiting for their task: not journaled (nothing was acknowledged
         #: before the answer), delivered straight to the caller.
         self._inline: dict[str, asyncio.Future[TaskResult]] = {}
+        #: Streamed Infers started at once that finished in this turn of the loop.
+        self._finishing: list[str] = []
         #: The journal has been read back: until then a task of this origin may exist without
         #: this driver knowing it (the server takes calls before its components start).
         self.loaded = False
@@ -407,11 +409,54 @@ class TasksDriver:
         decoded: Any,
         deadline_s: float | None,
         owner: str = "",
+        prepared: bool = False,
     ) -> TaskResult:
         """``Agent.Infer``: one task through the same queue, placement and stealing as a
         submitted one, but answered in the call: it is not journaled, since nothing was
         acknowledged before the answer (if this node dies the caller sees the call fail).
-        ``decoded`` are the request's inputs, already checked by the caller."""
+        ``decoded`` are the request's inputs, already checked by the caller; ``prepared``:
+        the caller found the model served here at its newest version (``EngineRuns.run``).
+
+        An Infer the core starts at once (``TaskNode.start_now``) runs in the caller's
+        coroutine, with no lease, queue entry, adapter task or future to hand the result
+        through. A caller that goes away cancels its engine request with it: nothing else
+        waits for the result."""
+        task, now = self._inline_task(request, deadline_s, owner)
+        if not self.core.start_now(task, now):
+            return await asyncio.shield(self._queue_inline(task, decoded, now))
+        try:
+            return await self.runs.run(task, decoded, prepared)
+        finally:
+            self._now_finished(task.task_id)
+
+    def start_inline(
+        self,
+        request: agent_pb2.InferRequest | agent_pb2.InferStreamRequest,
+        decoded: Any,
+        deadline_s: float | None,
+        owner: str = "",
+        prepared: bool = False,
+    ) -> asyncio.Future[TaskResult]:
+        """:meth:`run_inline` for a caller that takes a future (``InferStream``), with no
+        coroutine around it: one started at once is the engine request's own task (its
+        bookkeeping a done callback; cancelling it stops the request); one queued is its
+        result's future, shielded (a cancel drops the answer, not the task)."""
+        task, now = self._inline_task(request, deadline_s, owner)
+        if not self.core.start_now(task, now):
+            return asyncio.shield(self._queue_inline(task, decoded, now))
+        loop = asyncio.get_running_loop()
+        run = loop.create_task(self.runs.run(task, decoded, prepared))
+        task_id = task.task_id
+        run.add_done_callback(lambda _: self._now_finishing(loop, task_id))
+        return run
+
+    def _inline_task(
+        self,
+        request: agent_pb2.InferRequest | agent_pb2.InferStreamRequest,
+        deadline_s: float | None,
+        owner: str,
+    ) -> tuple[Task, float]:
+        """An Infer's task, within the node's bounds and counted against ``owner``'s quotas."""
         if len(self._inline) >= self.inline_bound or len(self.core.leases) >= self.cfg.max_queued:
             raise ResourceExhausted(
                 f"{self.name} is full: {len(self._inline)} Infer calls and "
@@ -421,27 +466,37 @@ class TasksDriver:
         now = self.adapter.now()
         task = self._new_task(request, now, deadline_s)
         self.quotas.admit(owner, task.task_id, task.input_bytes, self.backlog_s())
-        if self.core.start_now(task, now):
-            return await self._run_now(task, decoded)
+        return task, now
+
+    def _queue_inline(self, task: Task, decoded: Any, now: float) -> asyncio.Future[TaskResult]:
+        """Submits an Infer the core did not start at once as an inline task; the future is
+        its result, delivered here or by the peer that ran it. Await it shielded: a task
+        whose caller went away still finishes (or expires), its result dropped on delivery."""
         future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
         self._inline[task.task_id] = future
         self.runs.keep_decoded(task.task_id, decoded)
         retain = self.cfg.inline_retain_s
         self.adapter.carry_out(self.core.submit(task, now, inline=True, retain_s=retain))
-        # If the caller goes away, the task still finishes (or expires) and its result is
-        # dropped on delivery; the entry stays until then so that it is not journaled.
-        return await asyncio.shield(future)
+        return future
 
-    async def _run_now(self, task: Task, decoded: Any) -> TaskResult:
-        """An Infer the core started at once (``TaskNode.start_now``): run in the caller's
-        coroutine, with no lease, queue entry, adapter task or future to hand the result
-        through. A caller that goes away cancels its engine request with it: nothing else
-        waits for the result."""
-        try:
-            return await self.runs.run(task, decoded)
-        finally:
-            self.quotas.release(task.task_id)
-            self.adapter.carry_out(self.core.on_now_finished(task.task_id, self.adapter.now()))
+    def _now_finished(self, task_id: str) -> None:
+        """An Infer started at once is done (either way): its quota and its running slot."""
+        self.quotas.release(task_id)
+        self.adapter.carry_out(self.core.on_now_finished(task_id, self.adapter.now()))
+
+    def _now_finishing(self, loop: asyncio.AbstractEventLoop, task_id: str) -> None:
+        """:meth:`_now_finished` for a streamed Infer: its quota now, its running slot with
+        the others that finish in this turn of the loop (a batch's rows all do), so that the
+        core looks at what may start once per batch, not once per row. The slots are free
+        before the stream writes these answers (its writer wakes after this callback)."""
+        self.quotas.release(task_id)
+        if not self._finishing:
+            loop.call_soon(self._finished_now)
+        self._finishing.append(task_id)
+
+    def _finished_now(self) -> None:
+        task_ids, self._finishing = tuple(self._finishing), []
+        self.adapter.carry_out(self.core.on_now_finished_many(task_ids, self.adapter.now()))
 
     # ---- the result store (the adapter's ResultSink) ----------------------------------------
 

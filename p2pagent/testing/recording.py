@@ -18,7 +18,7 @@ from p2pagent.tasks.core import TaskNode
 INPUTS = (
     "submit", "restore_result", "fail", "on_complete", "on_journaled", "on_assign_result",
     "on_load_report", "on_member", "on_assign", "on_run_finished", "start_now",
-    "on_now_finished", "on_now_journaled", "on_complete_ack",
+    "on_now_finished", "on_now_finished_many", "on_now_journaled", "on_complete_ack",
     "on_hint", "on_steal_request", "on_steal_response", "tick", "report",
 )  # fmt: skip
 

@@ -24,6 +24,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 from p2pagent import errors
@@ -44,10 +45,11 @@ class StreamProtocol(Generic[Req, Resp]):
     """What one multiplexed RPC is: how to run a request, how to read its id, deadline and
     cancel flag, and how to write an error as an answer."""
 
-    #: Starts one request towards its final answer; may ``send`` earlier answers first.
-    #: Returns a future already under way (cancelling it stops the request) or a coroutine
-    #: (run as a task); raising answers the request with the error at once.
-    run: Callable[[Req, Send], Awaitable[Resp]]
+    #: Starts one request towards its final answer (or what ``answer`` makes it from); may
+    #: ``send`` earlier answers first. Returns a future already under way (cancelling it
+    #: stops the request) or a coroutine (run as a task); raising answers the request with
+    #: the error at once.
+    run: Callable[[Req, Send], Awaitable[Any]]
     request_id: Callable[[Req], int]
     cancel: Callable[[Req], bool]
     #: Seconds this request may take from its arrival (None: no deadline of its own).
@@ -58,6 +60,10 @@ class StreamProtocol(Generic[Req, Resp]):
     #: the cancel itself (the request then runs on to an answer that tells the client what
     #: the cancel did), False to stop the request and answer CANCELLED.
     on_cancel: Callable[[int], bool] = lambda request_id: False
+    #: The final answer from what ``run``'s future gave (None: that is the answer itself).
+    #: Lets ``run`` hand back a future of the work's own result (an Infer's task result),
+    #: with no coroutine around it just to build the answer; raising answers the error.
+    answer: Callable[[int, Any], Resp] | None = None
 
 
 #: Kinds of queued answers: the final answer of a request (frees its slot once written), a
@@ -139,13 +145,16 @@ class _Stream(Generic[Resp]):
         except Exception as e:
             self.final(request_id, self._internal(request_id, e))
             return
+        # A future first: asyncio.ensure_future is Python code, on every request.
         future: asyncio.Future[Resp] = (
-            self.loop.create_task(started)
+            started
+            if isinstance(started, asyncio.Future)
+            else self.loop.create_task(started)
             if inspect.iscoroutine(started)
             else asyncio.ensure_future(started)
         )
         self.running[request_id] = future
-        future.add_done_callback(lambda f: self._finished(request_id, f))
+        future.add_done_callback(partial(self._finished, request_id))  # C: no lambda frame
         if timeout is not None:
             self._add_deadline(request_id, future, timeout)
 
@@ -169,7 +178,16 @@ class _Stream(Generic[Resp]):
             return
         error = future.exception()
         if error is None:
-            self.final(request_id, future.result())
+            answer = self.protocol.answer
+            if answer is None:
+                self.final(request_id, future.result())
+                return
+            try:
+                self.final(request_id, answer(request_id, future.result()))
+            except errors.P2PAgentError as e:
+                self.final(request_id, self.answer_error(request_id, e))
+            except Exception as e:
+                self.final(request_id, self._internal(request_id, e))
         elif isinstance(error, errors.P2PAgentError):
             self.final(request_id, self.answer_error(request_id, error))
         else:

@@ -98,6 +98,33 @@ def test_bind_inputs_names_what_is_wrong(inputs: object, match: str) -> None:
     assert "'m'" in str(e.value)
 
 
+ONE = ModelSpec((PortSpec("x", "float32", (-1, 4)),), (PortSpec("y", "float32", (-1, 2)),))
+
+
+@pytest.mark.parametrize(
+    ("inputs", "match"),
+    [
+        ({"z": torch.zeros(2, 4)}, "no input named 'z'"),
+        ([torch.zeros(2, 4, dtype=torch.float64)], "'x' expects dtype float32, received float64"),
+        ({"x": torch.zeros(2, 5)}, r"expects shape \[-1, 4\].*received \[2, 5\]"),
+        ([torch.zeros(0, 4)], "must be >= 1"),
+        ([np.zeros((2, 4), np.float32)], "'x' is not a tensor"),
+        ((torch.zeros(2, 4), torch.zeros(2, 4)), "takes 1 input"),
+    ],
+)
+def test_a_one_input_model_binds_its_one_tensor_and_names_what_is_wrong(
+    inputs: object, match: str
+) -> None:
+    """A model with one input port takes a short way for one tensor; its refusals are the
+    general path's."""
+    x = torch.zeros(2, 4)
+    assert ONE.bind_inputs("m", {"x": x})[0] is x
+    assert ONE.bind_inputs("m", [x])[0] is x
+    assert ONE.bind_inputs("m", (x,))[0] is x
+    with pytest.raises(InvalidArgument, match=match):
+        ONE.bind_inputs("m", inputs)  # type: ignore[arg-type]
+
+
 def test_device_selection() -> None:
     cpu = select_device("cpu")
     assert cpu.description == "cpu" and not cpu.is_cuda

@@ -104,3 +104,29 @@ def test_unsupported_output_dtype_is_named() -> None:
 def test_many_to_proto_keeps_names_and_order() -> None:
     out = tensors.many_to_proto({"p": torch.zeros(1), "q": torch.ones(2)})
     assert [t.name for t in out] == ["p", "q"]
+
+
+def test_a_checked_layout_is_reused_only_for_the_same_layout_and_bound() -> None:
+    """decode remembers layouts it has checked; what the checks depend on is all in the key:
+    the same shape with fewer bytes, or under a lower element bound, is still refused, and a
+    bool tensor's bytes are checked on every decode."""
+    good = common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=[2, 3], data=bytes(24))
+    assert tensors.decode(good, 100).shape == (2, 3)
+    assert tensors.decode(good, 100).shape == (2, 3)  # from the checked layouts
+    short = common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=[2, 3], data=bytes(20))
+    with pytest.raises(InvalidArgument, match="needs 24 bytes"):
+        tensors.decode(short, 100)
+    with pytest.raises(InvalidArgument, match="max_tensor_elements"):
+        tensors.decode(good, 5)
+    ok = common_pb2.Tensor(name="m", dtype=common_pb2.DTYPE_BOOL, shape=[2], data=b"\x00\x01")
+    assert tensors.decode(ok, 100).array.tolist() == [False, True]
+    bad = common_pb2.Tensor(name="m", dtype=common_pb2.DTYPE_BOOL, shape=[2], data=b"\x00\x07")
+    with pytest.raises(InvalidArgument, match="tensor 'm': bool data must be bytes 0 or 1"):
+        tensors.decode(bad, 100)
+
+
+def test_the_checked_layouts_stay_bounded() -> None:
+    for n in range(1, tensors._CHECKED_MAX * 2):
+        t = common_pb2.Tensor(dtype=common_pb2.DTYPE_UINT8, shape=[n], data=bytes(n))
+        assert tensors.decode(t, 1 << 20).shape == (n,)
+    assert len(tensors._CHECKED) <= tensors._CHECKED_MAX

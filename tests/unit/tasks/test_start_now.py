@@ -62,6 +62,17 @@ def test_work_started_at_once_holds_back_queued_work_by_run_ahead() -> None:
     assert [e.task.task_id for e in effects if isinstance(e, StartRun)] == ["o-t4"]
 
 
+def test_a_batch_of_infers_finishing_together_starts_what_waited_in_one_look() -> None:
+    n = node()
+    assert all(n.start_now(task(i), 0.0) for i in range(4))
+    n.submit(task(4), 0.0)
+    n.submit(task(5), 0.0)  # 0.12 s started (run_ahead_s 0.1) and at capacity: both wait
+    assert n.queue.n_queued == 2
+    effects = n.on_now_finished_many(("o-t0", "o-t1", "o-t2", "o-unknown"), 0.01)
+    assert [e.task.task_id for e in effects if isinstance(e, StartRun)] == ["o-t4", "o-t5"]
+    assert n.running == 3 and n.stats.completed == 3  # the unknown id counts for nothing
+
+
 def test_nothing_passes_queued_work() -> None:
     n = node(capacity=1)
     assert n.start_now(task(0), 0.0)
@@ -130,3 +141,47 @@ async def test_a_caller_gone_cancels_its_engine_request_and_frees_its_slot(
     engine.gate.set()
     result = await asyncio.wait_for(d.run_inline(*_infer(2), None, owner="alice"), 30)
     assert result.ok
+
+
+async def test_streamed_infers_are_futures_at_once_or_queued_and_free_their_slots_together(
+    driver: tuple[TasksDriver, GatedEngine],
+) -> None:
+    """``start_inline`` (InferStream) hands back the engine request's own task for an Infer
+    the core starts at once, and a future of the queued task's result otherwise; the slots of
+    those that ran at once are freed together once they finish, and their quotas too."""
+    d, engine = driver
+    calls = [d.start_inline(*_infer(i), None, owner="alice") for i in range(6)]
+    assert [isinstance(c, asyncio.Task) for c in calls] == [True] * 4 + [False] * 2
+    assert d.core.running == 4 and d.queue.n_queued == 2
+    assert d.quotas.usage("alice")[0] == 6
+    engine.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*calls), 30)
+    for i, result in enumerate(results):
+        assert result.ok, result.error_message
+        (y,) = result.outputs
+        assert tensors.from_proto(y, 1 << 20).tolist() == [[2.0 * i, 2.0 * i]]
+    await asyncio.sleep(0.05)
+    assert d.core.running == 0 and d.core.stats.completed == 6
+    assert d.quotas.usage("alice") == (0, 0)
+
+
+async def test_a_streamed_infer_cancelled_stops_at_once_or_drops_its_answer_when_queued(
+    driver: tuple[TasksDriver, GatedEngine],
+) -> None:
+    d, engine = driver
+    calls = [d.start_inline(*_infer(i), None, owner="alice") for i in range(5)]
+    await asyncio.sleep(0.05)
+    calls[0].cancel()  # ran at once: its engine request is cancelled, its slot freed
+    calls[4].cancel()  # queued: the task keeps its course, its answer is dropped
+    await asyncio.sleep(0.05)
+    # The freed slot started the queued one, whose caller has gone: it runs on.
+    assert engine.cancelled == 1 and engine.started == 5 and d.core.running == 4
+    engine.gate.set()
+    done = await asyncio.wait_for(asyncio.gather(*calls[1:4]), 30)
+    assert all(r.ok for r in done)
+    for _ in range(100):  # the queued one still runs to its end
+        if engine.started == 5 and d.core.running == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert engine.started == 5 and d.core.running == 0
+    assert d.quotas.usage("alice") == (0, 0)

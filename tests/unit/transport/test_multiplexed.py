@@ -193,6 +193,37 @@ async def test_a_request_refused_by_run_is_answered_at_once_and_frees_its_slot()
         await anext(answers)
 
 
+async def test_answer_builds_each_answer_from_what_run_gave_and_its_errors_are_the_requests(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``StreamProtocol.answer``: run hands back a future of the work's own result (here a
+    number), and the answer is made from it; raising there answers that request alone."""
+
+    def run_number(request: Req, send: Send) -> asyncio.Future[int]:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future.set_result(request.request_id * 10)
+        return future
+
+    def answer(request_id: int, result: int) -> Answer:
+        if result == 20:
+            raise NotFound(f"result {result} is refused")
+        if result == 30:
+            raise RuntimeError("a bug")
+        return Answer(request_id, message=str(result))
+
+    protocol = dataclasses.replace(PROTOCOL, run=run_number, answer=answer)
+    inbox = Inbox()
+    answers = aiter(serve(inbox.__aiter__(), protocol, window()))
+    for i in (1, 2, 3, 4):
+        inbox.put(Req(i))
+    inbox.close()
+    got = {a.request_id: a async for a in answers}
+    assert got[1] == Answer(1, message="10") and got[4] == Answer(4, message="40")
+    assert (got[2].code, got[2].message) == ("NOT_FOUND", "result 20 is refused")
+    assert got[3].code == "INTERNAL" and "RuntimeError: a bug" in got[3].message
+    assert "unexpected error in a multiplexed request" in caplog.text  # the bug is logged
+
+
 async def test_deadlines_from_one_heap_answer_only_the_late_requests() -> None:
     inbox = Inbox()
     answers = aiter(serve(inbox.__aiter__(), PROTOCOL, window(64)))
