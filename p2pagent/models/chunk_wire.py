@@ -22,7 +22,7 @@ with a handler whose response serializer passes those bytes on (``api/models.py`
 The answer is a ``bytes`` object made uninitialized (``PyBytes_FromStringAndSize(NULL, n)``,
 which the C API lets its maker fill before anyone else sees it), laid out so the chunk's
 bytes start at an ``ALIGN``-aligned address, as an ``O_DIRECT`` read wants: before them the
-index field, a padding field (``PAD_FIELD``, unknown to ``Chunk``, so every protobuf reader
+index field, a padding field (``PAD_FIELD``, reserved in peer.proto, so every protobuf reader
 skips it) and the data field's key and length; after them a second padding field fills the
 rest. About 4 KiB of padding a chunk, 0.4 % more bytes on the wire for 1 MiB chunks.
 """
@@ -44,7 +44,7 @@ FETCH_CHUNKS = "/p2pagent.v1.PeerService/FetchChunks"
 
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 _INDEX_FIELD, _DATA_FIELD = 1, 2
-#: The padding fields' number: not a field of ``Chunk`` (reserved in peer.proto's comment),
+#: The padding fields' number: reserved in ``FetchChunksResponse`` (peer.proto),
 #: so readers skip it as an unknown field.
 PAD_FIELD = 15
 
