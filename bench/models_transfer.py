@@ -244,6 +244,30 @@ def disk_rate(directory: Path, mib: int, direct: bool = False) -> tuple[float, f
     return rate, used
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far of each kind of thread in ``pid``: ``loop`` (the main thread, which
+    runs the event loop), ``python`` (the other Python threads: the I/O pool, hashers) and
+    gRPC's own threads by name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            raw = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw.rsplit(")", 1)[1].split()
+        kind = "loop" if int(task.name) == pid else comm
+        out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _thread_delta(
+    after: dict[str, float], before: dict[str, float], gib: float
+) -> dict[str, float]:
+    return {k: (v - before.get(k, 0.0)) / gib for k, v in after.items()}
+
+
 def _status_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -268,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="daemon environment, e.g. P2PAGENT_MODELS__FSYNC=false")  # fmt: skip
     p.add_argument("--message-kib", type=int, default=0,
                    help="the baseline's message size (default: the chunk size)")  # fmt: skip
+    p.add_argument("--threads", action="store_true",
+                   help="print the pull's CPU s/GiB by thread kind")  # fmt: skip
     p.add_argument("--link-mbit", type=float, default=0,
                    help="shape each node's link to N Mbit/s (network namespaces)")  # fmt: skip
     add_json_flag(p)
@@ -312,6 +338,8 @@ def _run(args: argparse.Namespace) -> tuple[list[Target], dict[str, object]]:
     direct_cpu: list[float] = []
     sha_cpu: list[float] = []
     read_cpu: list[float] = []
+    #: Per round, n1's and n2's CPU s/GiB during the pull by thread kind (``--threads``).
+    pull_threads: list[tuple[dict[str, float], dict[str, float]]] = []
     env = dict(kv.split("=", 1) for kv in args.env)
     message = (args.message_kib or args.chunk_kib) * 1024
     keep_chunk_buffers_on_heap(message)  # the baseline client's, as the daemons'
@@ -378,6 +406,7 @@ def _run(args: argparse.Namespace) -> tuple[list[Target], dict[str, object]]:
                 def pull(name: str = name) -> float:
                     idle = [idle_cpu_rate([n1_pid]), idle_cpu_rate([n2_pid])]
                     rss = _status_kib(n2_pid, "VmRSS")
+                    threads = [thread_cpu(n1_pid), thread_cpu(n2_pid)]
                     cpu = [cpu_seconds(n1_pid), cpu_seconds(n2_pid)]
                     t = time.perf_counter()
                     got = (
@@ -390,6 +419,12 @@ def _run(args: argparse.Namespace) -> tuple[list[Target], dict[str, object]]:
                     sent, received = (
                         (cpu_seconds(p) - before - rate_idle * secs) / gib
                         for p, before, rate_idle in zip((n1_pid, n2_pid), cpu, idle, strict=True)
+                    )
+                    pull_threads.append(
+                        (
+                            _thread_delta(thread_cpu(n1_pid), threads[0], gib),
+                            _thread_delta(thread_cpu(n2_pid), threads[1], gib),
+                        )
                     )
                     pull_cpu.append(sent + received)
                     pull_sides.append((sent, received))
@@ -456,6 +491,15 @@ def _run(args: argparse.Namespace) -> tuple[list[Target], dict[str, object]]:
               f"| {med(p[k] for p in pull_sides):.2f} |")  # fmt: skip
     print(f"| SHA-256 of the same bytes | {med(sha_cpu):.2f} | |")
     print(f"| reading the same bytes from the file | {med(read_cpu):.2f} | |")
+    if args.threads:
+        print()
+        print("| pull CPU s/GiB by thread kind (medians, idle not subtracted) | n1 | n2 |")
+        print("|---|---:|---:|")
+        kinds = sorted({k for pair in pull_threads for side in pair for k in side})
+        for kind in kinds:
+            cells = [med(pair[s].get(kind, 0.0) for pair in pull_threads) for s in (0, 1)]
+            if max(cells) >= 0.005:
+                print(f"| {kind} | {cells[0]:.2f} | {cells[1]:.2f} |")
     send_floor = med(b[0] for b in base_sides) + med(read_cpu)
     recv_floor = med(b[1] for b in base_sides) + med(sha_cpu)
     sender, receiver = med(p[0] for p in pull_sides), med(p[1] for p in pull_sides)

@@ -26,7 +26,7 @@ from p2pagent._proto import agent_pb2 as p2pagent_dot_v1_dot_agent__pb2
 from p2pagent._proto import common_pb2 as p2pagent_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16p2pagent/v1/peer.proto\x12\x0bp2pagent.v1\x1a\x17p2pagent/v1/agent.proto\x1a\x18p2pagent/v1/common.proto\":\n\x12\x46\x65tchChunksRequest\x12\x13\n\x0bmanifest_id\x18\x01 \x01(\t\x12\x0f\n\x07indices\x18\x02 \x03(\r\"2\n\x13\x46\x65tchChunksResponse\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xc4\x01\n\x08TaskSpec\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12#\n\x06inputs\x18\x04 \x03(\x0b\x32\x13.p2pagent.v1.Tensor\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x15\n\rdeadline_unix\x18\x06 \x01(\x01\x12\x12\n\nest_cost_s\x18\x07 \x01(\x01\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\x12\x15\n\rmodel_version\x18\t \x01(\t\"U\n\x0cStealRequest\x12\r\n\x05thief\x18\x01 \x01(\t\x12\x11\n\tmax_tasks\x18\x02 \x01(\r\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x13\n\x0bthief_speed\x18\x04 \x01(\x01\"5\n\rStealResponse\x12$\n\x05tasks\x18\x01 \x03(\x0b\x32\x15.p2pagent.v1.TaskSpec\"4\n\rAssignRequest\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x15.p2pagent.v1.TaskSpec\"2\n\x0e\x41ssignResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb5\x01\n\x0f\x43ompleteRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\n\n\x02ok\x18\x04 \x01(\x08\x12$\n\x07outputs\x18\x05 \x03(\x0b\x32\x13.p2pagent.v1.Tensor\x12\x12\n\nerror_code\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12\x11\n\tcompute_s\x18\x08 \x01(\x01\"$\n\x10\x43ompleteResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"\xaf\x01\n\x13\x41veragePartsRequest\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\r\n\x05group\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\r\x12\x13\n\x0bslice_index\x18\x05 \x01(\r\x12\x0e\n\x06weight\x18\x06 \x01(\x01\x12\x0c\n\x04spec\x18\x07 \x01(\t\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x0e\n\x06length\x18\t \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\n \x01(\x0c\"\x16\n\x14\x41veragePartsResponse\"=\n\x15GenerationLoadRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x8a\x01\n\x16GenerationLoadResponse\x12\x0e\n\x06serves\x18\x01 \x01(\x08\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\x0f\n\x07waiting\x18\x04 \x01(\r\x12\x13\n\x0bmax_running\x18\x05 \x01(\r\x12\x19\n\x11reserved_fraction\x18\x06 \x01(\x01\"U\n\x14GenerateRelayRequest\x12-\n\x07request\x18\x01 \x01(\x0b\x32\x1c.p2pagent.v1.GenerateRequest\x12\x0e\n\x06origin\x18\x02 \x01(\t\"H\n\x15GenerateRelayResponse\x12/\n\x08response\x18\x01 \x01(\x0b\x32\x1d.p2pagent.v1.GenerateResponse2\x9e\x06\n\x0bPeerService\x12\x36\n\x06Gossip\x12\x15.p2pagent.v1.Envelope\x1a\x15.p2pagent.v1.Envelope\x12\x38\n\x08PushPull\x12\x15.p2pagent.v1.Envelope\x1a\x15.p2pagent.v1.Envelope\x12;\n\tReplicate\x12\x15.p2pagent.v1.Envelope\x1a\x15.p2pagent.v1.Envelope0\x01\x12R\n\x0b\x46\x65tchChunks\x12\x1f.p2pagent.v1.FetchChunksRequest\x1a .p2pagent.v1.FetchChunksResponse0\x01\x12>\n\x05Steal\x12\x19.p2pagent.v1.StealRequest\x1a\x1a.p2pagent.v1.StealResponse\x12\x41\n\x06\x41ssign\x12\x1a.p2pagent.v1.AssignRequest\x1a\x1b.p2pagent.v1.AssignResponse\x12G\n\x08\x43omplete\x12\x1c.p2pagent.v1.CompleteRequest\x1a\x1d.p2pagent.v1.CompleteResponse\x12\x34\n\x04Load\x12\x15.p2pagent.v1.Envelope\x1a\x15.p2pagent.v1.Envelope\x12U\n\x0c\x41verageParts\x12 .p2pagent.v1.AveragePartsRequest\x1a!.p2pagent.v1.AveragePartsResponse(\x01\x12Y\n\x0eGenerationLoad\x12\".p2pagent.v1.GenerationLoadRequest\x1a#.p2pagent.v1.GenerationLoadResponse\x12X\n\rGenerateRelay\x12!.p2pagent.v1.GenerateRelayRequest\x1a\".p2pagent.v1.GenerateRelayResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16p2pagent/v1/peer.proto\x12\x0bp2pagent.v1\x1a\x17p2pagent/v1/agent.proto\x1a\x18p2pagent/v1/common.proto\":\n\x12\x46\x65tchChunksRequest\x12\x13\n\x0bmanifest_id\x18\x01 \x01(\t\x12\x0f\n\x07indices\x18\x02 \x03(\r\"8\n\x13\x46\x65tchChunksResponse\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0cJ\x04\x08\x0f\x10\x10\"\xc4\x01\n\x08TaskSpec\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12#\n\x06inputs\x18\x04 \x03(\x0b\x32\x13.p2pagent.v1.Tensor\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x15\n\rdeadline_unix\x18\x06 \x01(\x01\x12\x12\n\nest_cost_s\x18\x07 \x01(\x01\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\x12\x15\n\rmodel_version\x18\t \x01(\t\"U\n\x0cStealRequest\x12\r\n\x05thief\x18\x01 \x01(\t\x12\x11\n\tmax_tasks\x18\x02 \x01(\r\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x13\n\x0bthief_speed\x18\x04 \x01(\x01\"5\n\rStealResponse\x12$\n\x05tasks\x18\x01 \x03(\x0b\x32\x15.p2pagent.v1.TaskSpec\"4\n\rAssignRequest\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x15.p2pagent.v1.TaskSpec\"2\n\x0e\x41ssignResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb5\x01\n\x0f\x43ompleteRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\n\n\x02ok\x18\x04 \x01(\x08\x12$\n\x07outputs\x18\x05 \x03(\x0b\x32\x13.p2pagent.v1.Tensor\x12\x12\n\nerror_code\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12\x11\n\tcompute_s\x18\x08 \x01(\x01\"$\n\x10\x43ompleteResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"\xaf\x01\n\x13\x41veragePartsRequest\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\r\n\x05group\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\r\x12\x13\n\x0bslice_index\x18\x05 \x01(\r\x12\x0e\n\x06weight\x18\x06 \x01(\x01\x12\x0c\n\x04spec\x18\x07 \x01(\t\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x0e\n\x06length\x18\t \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\n \x01(\x0c\"\x16\n\x14\x41veragePartsResponse\"=\n\x15GenerationLoadRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x8a\x01\n\x16GenerationLoadResponse\x12\x0e\n\x06serves\x18\x01 \x01(\x08\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\x0f\n\x07waiting\x18\x04 \x01(\r\x12\x13\n\x0bmax_running\x18\x05 \x01(\r\x12\x19\n\x11reserved_fraction\x18\x06 \x01(\x01\"U\n\x14GenerateRelayRequest\x12-\n\x07request\x18\x01 \x01(\x0b\x32\x1c.p2pagent.v1.GenerateRequest\x12\x0e\n\x06origin\x18\x02 \x01(\t\"H\n\x15GenerateRelayResponse\x12/\n\x08response\x18\x01 \x01(\x0b\x32\x1d.p2pagent.v1.GenerateResponse2\x9e\x06\n\x0bPeerService\x12\x36\n\x06Gossip\x12\x15.p2pagent.v1.Envelope\x1a\x15.p2pagent.v1.Envelope\x12\x38\n\x08PushPull\x12\x15.p2pagent.v1.Envelope\x1a\x15.p2pagent.v1.Envelope\x12;\n\tReplicate\x12\x15.p2pagent.v1.Envelope\x1a\x15.p2pagent.v1.Envelope0\x01\x12R\n\x0b\x46\x65tchChunks\x12\x1f.p2pagent.v1.FetchChunksRequest\x1a .p2pagent.v1.FetchChunksResponse0\x01\x12>\n\x05Steal\x12\x19.p2pagent.v1.StealRequest\x1a\x1a.p2pagent.v1.StealResponse\x12\x41\n\x06\x41ssign\x12\x1a.p2pagent.v1.AssignRequest\x1a\x1b.p2pagent.v1.AssignResponse\x12G\n\x08\x43omplete\x12\x1c.p2pagent.v1.CompleteRequest\x1a\x1d.p2pagent.v1.CompleteResponse\x12\x34\n\x04Load\x12\x15.p2pagent.v1.Envelope\x1a\x15.p2pagent.v1.Envelope\x12U\n\x0c\x41verageParts\x12 .p2pagent.v1.AveragePartsRequest\x1a!.p2pagent.v1.AveragePartsResponse(\x01\x12Y\n\x0eGenerationLoad\x12\".p2pagent.v1.GenerationLoadRequest\x1a#.p2pagent.v1.GenerationLoadResponse\x12X\n\rGenerateRelay\x12!.p2pagent.v1.GenerateRelayRequest\x1a\".p2pagent.v1.GenerateRelayResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,33 +36,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FETCHCHUNKSREQUEST']._serialized_start=90
   _globals['_FETCHCHUNKSREQUEST']._serialized_end=148
   _globals['_FETCHCHUNKSRESPONSE']._serialized_start=150
-  _globals['_FETCHCHUNKSRESPONSE']._serialized_end=200
-  _globals['_TASKSPEC']._serialized_start=203
-  _globals['_TASKSPEC']._serialized_end=399
-  _globals['_STEALREQUEST']._serialized_start=401
-  _globals['_STEALREQUEST']._serialized_end=486
-  _globals['_STEALRESPONSE']._serialized_start=488
-  _globals['_STEALRESPONSE']._serialized_end=541
-  _globals['_ASSIGNREQUEST']._serialized_start=543
-  _globals['_ASSIGNREQUEST']._serialized_end=595
-  _globals['_ASSIGNRESPONSE']._serialized_start=597
-  _globals['_ASSIGNRESPONSE']._serialized_end=647
-  _globals['_COMPLETEREQUEST']._serialized_start=650
-  _globals['_COMPLETEREQUEST']._serialized_end=831
-  _globals['_COMPLETERESPONSE']._serialized_start=833
-  _globals['_COMPLETERESPONSE']._serialized_end=869
-  _globals['_AVERAGEPARTSREQUEST']._serialized_start=872
-  _globals['_AVERAGEPARTSREQUEST']._serialized_end=1047
-  _globals['_AVERAGEPARTSRESPONSE']._serialized_start=1049
-  _globals['_AVERAGEPARTSRESPONSE']._serialized_end=1071
-  _globals['_GENERATIONLOADREQUEST']._serialized_start=1073
-  _globals['_GENERATIONLOADREQUEST']._serialized_end=1134
-  _globals['_GENERATIONLOADRESPONSE']._serialized_start=1137
-  _globals['_GENERATIONLOADRESPONSE']._serialized_end=1275
-  _globals['_GENERATERELAYREQUEST']._serialized_start=1277
-  _globals['_GENERATERELAYREQUEST']._serialized_end=1362
-  _globals['_GENERATERELAYRESPONSE']._serialized_start=1364
-  _globals['_GENERATERELAYRESPONSE']._serialized_end=1436
-  _globals['_PEERSERVICE']._serialized_start=1439
-  _globals['_PEERSERVICE']._serialized_end=2237
+  _globals['_FETCHCHUNKSRESPONSE']._serialized_end=206
+  _globals['_TASKSPEC']._serialized_start=209
+  _globals['_TASKSPEC']._serialized_end=405
+  _globals['_STEALREQUEST']._serialized_start=407
+  _globals['_STEALREQUEST']._serialized_end=492
+  _globals['_STEALRESPONSE']._serialized_start=494
+  _globals['_STEALRESPONSE']._serialized_end=547
+  _globals['_ASSIGNREQUEST']._serialized_start=549
+  _globals['_ASSIGNREQUEST']._serialized_end=601
+  _globals['_ASSIGNRESPONSE']._serialized_start=603
+  _globals['_ASSIGNRESPONSE']._serialized_end=653
+  _globals['_COMPLETEREQUEST']._serialized_start=656
+  _globals['_COMPLETEREQUEST']._serialized_end=837
+  _globals['_COMPLETERESPONSE']._serialized_start=839
+  _globals['_COMPLETERESPONSE']._serialized_end=875
+  _globals['_AVERAGEPARTSREQUEST']._serialized_start=878
+  _globals['_AVERAGEPARTSREQUEST']._serialized_end=1053
+  _globals['_AVERAGEPARTSRESPONSE']._serialized_start=1055
+  _globals['_AVERAGEPARTSRESPONSE']._serialized_end=1077
+  _globals['_GENERATIONLOADREQUEST']._serialized_start=1079
+  _globals['_GENERATIONLOADREQUEST']._serialized_end=1140
+  _globals['_GENERATIONLOADRESPONSE']._serialized_start=1143
+  _globals['_GENERATIONLOADRESPONSE']._serialized_end=1281
+  _globals['_GENERATERELAYREQUEST']._serialized_start=1283
+  _globals['_GENERATERELAYREQUEST']._serialized_end=1368
+  _globals['_GENERATERELAYRESPONSE']._serialized_start=1370
+  _globals['_GENERATERELAYRESPONSE']._serialized_end=1442
+  _globals['_PEERSERVICE']._serialized_start=1445
+  _globals['_PEERSERVICE']._serialized_end=2243
 # @@protoc_insertion_point(module_scope)

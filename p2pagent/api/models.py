@@ -11,7 +11,7 @@ import grpc
 from p2pagent._proto import agent_pb2, peer_pb2
 from p2pagent.errors import InvalidArgument
 from p2pagent.inference.spec import ModelSpec
-from p2pagent.models.chunk_wire import FETCH_CHUNKS, encode_chunk
+from p2pagent.models.chunk_wire import FETCH_CHUNKS, ChunkAnswers
 from p2pagent.models.driver import ModelsDriver
 from p2pagent.models.loadable import spec_of
 from p2pagent.models.manifest import Manifest, check_model_name
@@ -150,8 +150,9 @@ class ModelsPeerApi:
 
 
 def fetch_chunks_handler(node: ModelsNode) -> grpc.GenericRpcHandler:
-    """Serves ``Peer.FetchChunks`` with each answer encoded by ``chunk_wire.encode_chunk``
-    (one copy of the chunk instead of protobuf's two) and passed to gRPC as it is. Added to
+    """Serves ``Peer.FetchChunks`` with each answer built by ``chunk_wire.ChunkAnswers`` (the
+    chunk read from disk into the answer: no copy of it, where protobuf makes two) and passed
+    to gRPC as it is. Added to
     the server before ``PeerService``, whose generated table names the same method: gRPC
     asks the generic handlers in the order they were added, so this one answers."""
 
@@ -159,8 +160,11 @@ def fetch_chunks_handler(node: ModelsNode) -> grpc.GenericRpcHandler:
         request: peer_pb2.FetchChunksRequest, context: Ctx
     ) -> AsyncIterator[bytes]:
         driver = _driver(node)
-        # Encoded in the I/O thread that read each chunk, from the buffer it was read into.
-        chunks = driver.serve_chunks(request.manifest_id, list(request.indices), encode_chunk)
+        # Each chunk is read from disk into its answer, in an I/O thread (no copy of it here).
+        answers = ChunkAnswers()
+        chunks = driver.serve_chunks(
+            request.manifest_id, list(request.indices), answers.encode, answers.buffer
+        )
         async for _index, answer in chunks:
             yield answer
 

@@ -66,7 +66,7 @@ from p2pagent.models.ratelimit import TokenBucket
 from p2pagent.models.registry import NS, Entry
 from p2pagent.models.replication import VersionInfo, plan_replication, under_replicated
 from p2pagent.models.serve import ChunkServer
-from p2pagent.models.store import ChunkStore
+from p2pagent.models.store import ChunkStore, ReadInto
 from p2pagent.models.swarm import PartialHoldings
 
 if TYPE_CHECKING:
@@ -371,14 +371,18 @@ class ModelsDriver:
     # ---- serving ------------------------------------------------------------------------------
 
     def serve_chunks(
-        self, manifest_id: str, indices: list[int], encode: Callable[[int, memoryview], T]
+        self,
+        manifest_id: str,
+        indices: list[int],
+        encode: Callable[[int, memoryview], T],
+        into: ReadInto | None = None,
     ) -> AsyncIterator[tuple[int, T]]:
         """``(index, encode(index, chunk))`` of a version held here, in the order asked,
         paced by the upload cap (``serve.ChunkServer.serve``).
 
         The allocator already fits its chunk size: a version gets into the store only by
         ``publish``, ``_pull`` or ``start``, which fit it."""
-        return self._server.serve(self.store, manifest_id, indices, encode)
+        return self._server.serve(self.store, manifest_id, indices, encode, into)
 
     # ---- pulling ------------------------------------------------------------------------------
 

@@ -5,10 +5,12 @@ A pull receives a chunk about every millisecond. Verifying and writing it (SHA-2
 into an aligned buffer, the ``O_DIRECT`` write) runs in an I/O thread, where hashing releases
 the GIL and so uses the other core. What this module saves is the glue around each chunk:
 the pull used to make an asyncio task, an executor future wrapped in an asyncio future and
-one event-loop wake-up per chunk. Here a chunk is one ``Executor.submit``; the thread that
-finishes it appends the outcome to a list and schedules one hand-off to the loop unless one
-is already pending, so while the loop is busy receiving, the outcomes of several chunks
-reach it in one callback (``deliver``).
+one event-loop wake-up per chunk. Here a few chunks received one after the other are one
+``Executor.submit`` (the puller hands them over in groups of ``LAND_CHUNKS``: one thread
+wake-up, one executor future and one hand-off back per group); the thread that finishes them
+appends their outcomes to a list and schedules one hand-off to the loop unless one is already
+pending, so while the loop is busy receiving, the outcomes of several groups reach it in one
+callback (``deliver``).
 
 Every outcome is delivered exactly once, including a write the executor cancelled (it shuts
 down with the node): ``idle`` then returns, so a cancelled pull still waits for every write
@@ -26,6 +28,14 @@ from dataclasses import dataclass
 
 from p2pagent.errors import Unavailable
 from p2pagent.models.store import ChunkStore
+
+#: Chunks a pull hands to one I/O job: fewer thread wake-ups and hand-offs per chunk, while
+#: the thread still hashes each group on the other core as the next one is received (a group
+#: waits for at most this many chunks' arrival; a call's last chunks go at its end).
+LAND_CHUNKS = 4
+
+#: One chunk to land: its index and its bytes (a view of the received message).
+Piece = tuple[int, memoryview | bytes]
 
 
 @dataclass(frozen=True)
@@ -69,34 +79,45 @@ class Landing:
     def outstanding(self) -> int:
         return self._outstanding
 
-    def submit(self, node: str, index: int, data: memoryview | bytes) -> None:
-        """Verifies chunk ``index`` from ``node`` and writes it if it matches, in the pool."""
-        self._outstanding += 1
+    def submit(self, node: str, pieces: list[Piece]) -> None:
+        """Verifies each of ``pieces`` from ``node`` and writes it if it matches, one after the
+        other in one I/O job."""
+        if not pieces:
+            return
+        self._outstanding += len(pieces)
         self._idle.clear()
         try:
-            future = self._io.submit(self._write, index, data)
+            future = self._io.submit(self._write, node, pieces)
         except RuntimeError:  # the pool is shut down: the node is stopping
-            self._outstanding -= 1
+            self._outstanding -= len(pieces)
             if not self._outstanding:
                 self._idle.set()
-            self._deliver([Landed(node, index, len(data), True, _stopping())])
+            self._deliver(_stopped(node, pieces))
             return
-        size = len(data)
-        future.add_done_callback(lambda f: self._finish(f, node, index, size))
+        future.add_done_callback(lambda f: self._finish(f, node, pieces))
 
-    def _write(self, index: int, data: memoryview | bytes) -> bool:
-        return self._store.write_chunk(self._mid, index, data, sync=False, direct=True)
+    def _write(self, node: str, pieces: list[Piece]) -> list[Landed]:
+        """In an I/O thread. Never raises: a failed write is that chunk's outcome."""
+        out = []
+        for index, data in pieces:
+            try:
+                ok = self._store.write_chunk(self._mid, index, data, sync=False, direct=True)
+                out.append(Landed(node, index, len(data), ok))
+            except BaseException as e:
+                out.append(Landed(node, index, len(data), True, e))
+        return out
 
-    def _finish(self, future: Future[bool], node: str, index: int, size: int) -> None:
-        """In the thread that ran (or cancelled) the write: queue its outcome for the loop."""
+    def _finish(self, future: Future[list[Landed]], node: str, pieces: list[Piece]) -> None:
+        """In the thread that ran (or cancelled) the writes: queue their outcomes for the
+        loop."""
         try:
-            landed = Landed(node, index, size, future.result())
+            landed = future.result()
         except CancelledError:
-            landed = Landed(node, index, size, True, _stopping())
-        except BaseException as e:
-            landed = Landed(node, index, size, True, e)
+            landed = _stopped(node, pieces)
+        except BaseException as e:  # not raised by _write; kept so no outcome is ever lost
+            landed = [Landed(node, i, len(data), True, e) for i, data in pieces]
         with self._lock:
-            self._finished.append(landed)
+            self._finished.extend(landed)
             if self._handoff_pending:
                 return
             self._handoff_pending = True
@@ -118,5 +139,7 @@ class Landing:
         await self._idle.wait()
 
 
-def _stopping() -> Unavailable:
-    return Unavailable("the node is stopping: its chunk writes were cancelled; pull again")
+def _stopped(node: str, pieces: list[Piece]) -> list[Landed]:
+    """The outcomes of writes cancelled (or refused) because the node is stopping."""
+    error = Unavailable("the node is stopping: its chunk writes were cancelled; pull again")
+    return [Landed(node, index, len(data), True, error) for index, data in pieces]

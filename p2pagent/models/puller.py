@@ -47,7 +47,7 @@ from p2pagent._proto import peer_pb2
 from p2pagent.errors import P2PAgentError, Unavailable
 from p2pagent.models.chunk_wire import fetch_chunks
 from p2pagent.models.config import ModelsConfig
-from p2pagent.models.landing import Landed, Landing
+from p2pagent.models.landing import LAND_CHUNKS, Landed, Landing, Piece
 from p2pagent.models.manifest import Manifest
 from p2pagent.models.store import ChunkStore
 from p2pagent.models.transfer import ChunkResult, PullPlan, Request
@@ -256,11 +256,12 @@ class Puller:
             self._addresses[node] = holding.address
 
     async def _fetch(self, plan: PullPlan, landing: Landing, req: Request) -> None:
-        """One FetchChunks call. Each chunk goes to the I/O threads to be verified and
-        written (``landing``) while the next ones are received; their outcomes reach the plan
-        in ``_landed``."""
+        """One FetchChunks call. The chunks go to the I/O threads to be verified and written
+        (``landing``, ``LAND_CHUNKS`` at a time) while the next ones are received; their
+        outcomes reach the plan in ``_landed``."""
         owed = list(req.indices)
         node = req.node
+        group: list[Piece] = []
         try:
             call = fetch_chunks(
                 self._channels.get(self._addresses[node]),
@@ -277,7 +278,10 @@ class Puller:
                     call.cancel()
                     break
                 owed.remove(index)
-                landing.submit(node, index, data)
+                group.append((index, data))
+                if len(group) >= LAND_CHUNKS:
+                    landing.submit(node, group)
+                    group = []
             else:
                 if owed:
                     plan.on_missing(node, owed, time.monotonic())
@@ -288,32 +292,44 @@ class Puller:
                 log.info("models: fetching chunks from %s failed: %s", node, e.code().name)
                 plan.on_holder_failed(node, time.monotonic())
         except asyncio.CancelledError:
+            group = []  # the pull is cancelled: what was received but not handed over is lost
             raise
         except Exception as e:
             log.exception("models: fetch from %s failed", node)
             self._error = e
         finally:
+            # Received whole, whatever became of the call: verified and written like the rest
+            # (after a failed call the plan re-queued them too; whichever lands first counts).
+            landing.submit(node, group)
             self._wake.set()
 
     def _landed(self, plan: PullPlan, batch: list[Landed]) -> None:
         """Chunks verified and written (or found corrupt) since the last batch: tells the
         plan, counts them, hands the written ones to a sync batch."""
         now = time.monotonic()
+        # The planning loop turns only when this batch lets it send a call (or changes more
+        # than the holders' free slots): a turn per landed chunk was most of the pull's Python.
+        wake = False
         for landed in batch:
             if landed.error is not None:
                 # Our own store: disk full, version deleted meanwhile, the pool shut down.
                 if self._error is None:
                     self._error = landed.error
+                wake = True
                 continue
             result = plan.on_chunk(landed.node, landed.index, landed.ok, now)
             if result is ChunkResult.ACCEPTED:
                 self._fetched += landed.size
                 self._to_sync.append(landed.index)
-            elif result is ChunkResult.CORRUPT:
-                self._corrupt_from.add(landed.node)
-                self._corrupt(landed.node, landed.index)
+                wake = wake or plan.may_ask(landed.node)
+            else:
+                wake = True
+                if result is ChunkResult.CORRUPT:
+                    self._corrupt_from.add(landed.node)
+                    self._corrupt(landed.node, landed.index)
         self._sync_batch()
-        self._wake.set()
+        if wake or plan.is_complete:
+            self._wake.set()
 
     def _sync_batch(self, force: bool = False) -> None:
         """Hands the written chunks to a background fsync once a batch is full."""

@@ -22,7 +22,7 @@ from p2pagent.errors import InvalidArgument, NotFound
 from p2pagent.models.manifest import Manifest
 from p2pagent.models.ratelimit import TokenBucket
 from p2pagent.models.registry import check_manifest_id
-from p2pagent.models.store import ChunkStore
+from p2pagent.models.store import ChunkStore, ReadInto
 
 T = TypeVar("T")
 
@@ -67,11 +67,14 @@ class ChunkServer:
         manifest_id: str,
         indices: list[int],
         encode: Callable[[int, memoryview], T],
+        into: ReadInto | None = None,
     ) -> AsyncIterator[tuple[int, T]]:
         """``(index, encode(index, data))`` of the version's chunks, in the order asked, as
         they may go out. ``encode`` runs in the I/O thread that read the chunk, on a view of
         the bytes where they were read (valid only during the call): the answer is built
-        there with one copy of the chunk, off the event loop."""
+        there with one copy of the chunk, off the event loop; none where ``into`` gives the
+        place to read each chunk into (``ChunkStore.read_chunk_as``). The chunks are read
+        one at a time, never two at once."""
         check_manifest_id(manifest_id)
         if len(indices) > MAX_FETCH_INDICES:
             raise InvalidArgument(
@@ -86,7 +89,9 @@ class ChunkServer:
             encode = _corrupting(encode, self._corrupt_every)
 
         def read(group: list[int]) -> asyncio.Future[list[tuple[int, T]]]:
-            return loop.run_in_executor(self._io, store.read_chunks_as, manifest_id, group, encode)
+            return loop.run_in_executor(
+                self._io, store.read_chunks_as, manifest_id, group, encode, into
+            )
 
         reading = read(groups[0]) if groups else None
         try:

@@ -62,6 +62,8 @@ from p2pagent.models.version_file import VersionFile
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: ``into(index, length)``: an aligned buffer to read chunk ``index`` into (None: the thread's).
+ReadInto = Callable[[int, int], memoryview | None]
 
 
 @dataclass(frozen=True)
@@ -397,10 +399,17 @@ class ChunkStore:
         """
         return self.read_chunk_as(manifest_id, index, lambda _i, view: bytes(view))
 
-    def read_chunk_as(self, manifest_id: str, index: int, use: Callable[[int, memoryview], T]) -> T:
+    def read_chunk_as(
+        self,
+        manifest_id: str,
+        index: int,
+        use: Callable[[int, memoryview], T],
+        into: ReadInto | None = None,
+    ) -> T:
         """``read_chunk``, handing ``use(index, view of the bytes)`` the chunk where it was
         read (the view is valid only during the call): a server encodes its answer from
-        there, with no copy of the chunk on the way."""
+        there, with no copy of the chunk on the way. ``into(index, length)``: an aligned
+        buffer to read the chunk into (``chunk_wire.ChunkAnswers``: inside the answer)."""
         try:
             return self._read_verified(
                 manifest_id,
@@ -408,6 +417,7 @@ class ChunkStore:
                 lambda view: use(index, view),
                 trust_recent=True,
                 check=self.config.verify_on_read,
+                into=None if into is None else lambda length: into(index, length),
             )
         except FailedPrecondition as e:
             raise NotFound(str(e).replace("pull the model again", "fetch it elsewhere")) from None
@@ -418,13 +428,17 @@ class ChunkStore:
         return self.read_chunks_as(manifest_id, indices, lambda _i, view: bytes(view))
 
     def read_chunks_as(
-        self, manifest_id: str, indices: Iterable[int], use: Callable[[int, memoryview], T]
+        self,
+        manifest_id: str,
+        indices: Iterable[int],
+        use: Callable[[int, memoryview], T],
+        into: ReadInto | None = None,
     ) -> list[tuple[int, T]]:
         """``read_chunks`` through ``read_chunk_as``."""
         out: list[tuple[int, T]] = []
         for index in indices:
             try:
-                out.append((index, self.read_chunk_as(manifest_id, index, use)))
+                out.append((index, self.read_chunk_as(manifest_id, index, use, into)))
             except NotFound:
                 break
         return out
@@ -442,6 +456,7 @@ class ChunkStore:
         *,
         trust_recent: bool = False,
         check: bool = True,
+        into: Callable[[int], memoryview | None] | None = None,
     ) -> T:
         """``use(chunk index's bytes)`` once they match its hash; with ``trust_recent``,
         unhashed when this process wrote or checked it lately in an unchanged file.
@@ -471,7 +486,7 @@ class ChunkStore:
             return use(view)
 
         try:
-            return vf.read_as(index, checked)
+            return vf.read_as(index, checked, into)
         except FileNotFoundError:
             self._drop_chunks(m, {index})
             raise FailedPrecondition(

@@ -162,6 +162,9 @@ class PullPlan:
         self._corrupt = 0
         self._duplicates = 0
         self._failures = 0
+        #: The last planning turn used up ``max_inflight_chunks`` or was in the endgame: any
+        #: freed slot may be used (see ``may_ask``).
+        self._every_slot = False
 
     def _checked(self, indices: Iterable[int], what: str) -> set[int]:
         out = set(indices)
@@ -345,7 +348,9 @@ class PullPlan:
                     taken.update(picks)
                     budget -= len(picks)
                     break
-        if len(taken) == pending and cfg.endgame_copies > 1:
+        endgame = len(taken) == pending and cfg.endgame_copies > 1
+        self._every_slot = endgame or budget <= 0
+        if endgame:
             self._endgame(usable, assigned, batches, budget)
         requests = []
         for node, indices in batches:
@@ -552,6 +557,18 @@ class PullPlan:
         if self.is_complete or self._inflight:
             return False
         return not any(h.banned is None and (h.chunks - self._have) for h in self._holders.values())
+
+    def may_ask(self, node: str) -> bool:
+        """Whether a planning turn could send a call now that a chunk from ``node`` landed:
+        ``node`` has room for a whole batch (or nothing in flight: ``next_requests`` waits for
+        one or the other), or the last turn used up the pull's in-flight budget or was in the
+        endgame (a freed slot may then be used at once, by any holder). The driver skips the
+        other turns, which would send nothing."""
+        h = self._holders.get(node)
+        if h is None or self._every_slot or not h.inflight:
+            return True
+        depth = self._cfg.pipeline_depth
+        return depth - len(h.inflight) >= min(self._cfg.batch_chunks, depth)
 
     @property
     def have_count(self) -> int:

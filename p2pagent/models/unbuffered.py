@@ -130,10 +130,18 @@ def pwrite_direct(fd: int, data: bytes | memoryview, offset: int) -> bool:
     return True
 
 
-def pread_with(fd: int, length: int, offset: int, use: Callable[[memoryview], T]) -> T:
+def pread_with(
+    fd: int,
+    length: int,
+    offset: int,
+    use: Callable[[memoryview], T],
+    into: memoryview | None = None,
+) -> T:
     """Reads ``length`` bytes at ``offset`` of ``fd`` (shorter at the end of the file) into
     this thread's aligned buffer and returns ``use(view of them)``; the view is valid only
-    during the call (the buffer is this thread's next read's or write's).
+    during the call (the buffer is this thread's next read's or write's). ``into``: the
+    caller's own aligned buffer to read into instead (with room for the padding of a last
+    block), which stays the caller's (``chunk_wire.ChunkAnswers``: the answer itself).
 
     Why: a holder serves chunks it wrote past the page cache (``O_DIRECT``), so a buffered
     read of them fills the page cache first, and on this kind of virtual machine that is the
@@ -146,7 +154,8 @@ def pread_with(fd: int, length: int, offset: int, use: Callable[[memoryview], T]
     tell cached bytes first: where they are not cached it starts the readahead that fills
     the cache before it answers EAGAIN.)
     """
-    view = memoryview(aligned_buffer(_round_up(length)))
+    own = into is None or len(into) < _round_up(length)
+    view = memoryview(aligned_buffer(_round_up(length))) if own or into is None else into
     try:
         got = 0
         if O_DIRECT and not offset % ALIGN:
@@ -159,7 +168,8 @@ def pread_with(fd: int, length: int, offset: int, use: Callable[[memoryview], T]
         with view[:got] as part:  # released after use, even if ``use`` kept it
             return use(part)
     finally:
-        view.release()
+        if own:
+            view.release()
 
 
 def _read_direct(fd: int, view: memoryview, offset: int, length: int) -> int:

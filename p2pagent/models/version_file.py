@@ -167,16 +167,23 @@ class VersionFile:
         FileNotFoundError when neither file is there."""
         return self.read_as(index, lambda view, st: (bytes(view), st))
 
-    def read_as(self, index: int, use: Callable[[memoryview, os.stat_result], T]) -> T:
+    def read_as(
+        self,
+        index: int,
+        use: Callable[[memoryview, os.stat_result], T],
+        into: Callable[[int], memoryview | None] | None = None,
+    ) -> T:
         """``use(chunk index's bytes as on disk, the stat of the file they come from)``; the
         view is valid only during the call (``unbuffered.pread_with``: cached bytes from the
-        page cache, the rest past it). FileNotFoundError when neither file is there."""
+        page cache, the rest past it). ``into(length)``: where to read them, if not into the
+        thread's buffer. FileNotFoundError when neither file is there."""
         length = self.m.chunk_length(index)
         fd = self._open_for_reading()
         try:
             st = os.fstat(fd)
+            buffer = into(length) if into is not None else None
             return unbuffered.pread_with(
-                fd, length, index * self.m.chunk_size, lambda view: use(view, st)
+                fd, length, index * self.m.chunk_size, lambda view: use(view, st), buffer
             )
         finally:
             os.close(fd)

@@ -8,7 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pagent._proto import peer_pb2
-from p2pagent.models.chunk_wire import MalformedChunk, decode_chunk, encode_chunk
+from p2pagent.models.chunk_wire import (
+    PAD_FIELD,
+    ChunkAnswers,
+    MalformedChunk,
+    _padding,
+    decode_chunk,
+    encode_chunk,
+)
+from p2pagent.models.unbuffered import ALIGN
 
 
 def _varint(n: int) -> bytes:
@@ -80,6 +88,56 @@ def test_malformed_answers_are_refused(raw: bytes, problem: str) -> None:
         decode_chunk(raw)
 
 
+def _address(view: memoryview) -> int:
+    import ctypes
+
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
+@given(
+    index=st.integers(0, 2**32 - 1),
+    length=st.sampled_from([1, 100, ALIGN - 1, ALIGN, ALIGN + 1, 3 * ALIGN, 70_001]),
+    seed=st.integers(0, 255),
+)
+def test_an_answer_read_in_place_is_what_protobuf_reads(index: int, length: int, seed: int) -> None:
+    data = bytes((seed + k) % 251 for k in range(length))
+    answers = ChunkAnswers()
+    buffer = answers.buffer(index, length)
+    assert buffer is not None
+    assert _address(buffer) % ALIGN == 0  # where an O_DIRECT read may land
+    assert len(buffer) >= -(-length // ALIGN) * ALIGN  # room for a last block's padding
+    buffer[:length] = data
+    buffer[length:] = b"\xee" * (len(buffer) - length)  # what a read past the end leaves
+    answer = answers.encode(index, buffer[:length])
+    message = peer_pb2.FetchChunksResponse.FromString(answer)
+    assert (message.index, message.data) == (index, data)
+    assert (decode_chunk(answer).index, bytes(decode_chunk(answer).data)) == (index, data)
+    assert len(answer) - length <= 2 * ALIGN + 32
+
+
+def test_a_view_read_elsewhere_is_copied_into_the_answer() -> None:
+    answers = ChunkAnswers()
+    answers.buffer(3, 10)
+    assert answers.encode(3, memoryview(b"0123456789")) == encode_chunk(3, b"0123456789")
+    assert answers.encode(4, memoryview(b"x")) == encode_chunk(4, b"x")  # never opened
+    buffer = answers.buffer(5, 10)
+    assert buffer is not None
+    buffer[:9] = b"012345678"  # a short read: the file ended early
+    assert answers.encode(5, buffer[:9]) == encode_chunk(5, b"012345678")
+    assert answers.buffer(6, 0) is None  # nothing to read: encode_chunk's empty answer
+
+
+def test_padding_fields_of_every_size() -> None:
+    for size in [0, *range(2, 5000), 16_386, 16_387, 16_388]:
+        pad = _padding(size)
+        assert len(pad) == size
+        if size:
+            assert decode_chunk(pad).index == 0  # skipped: unknown fields only
+            assert pad[0] == PAD_FIELD << 3 | 2
+    with pytest.raises(ValueError, match="1 byte"):
+        _padding(1)
+
+
 async def test_the_node_s_fetch_chunks_handler_answers_in_place_of_the_generated_one() -> None:
     """Added before ``PeerService`` (as the node adds it) to a server that, like the node's
     (``transport.server``), serves through generic handlers only, the hand-encoded handler
@@ -98,11 +156,19 @@ async def test_the_node_s_fetch_chunks_handler_answers_in_place_of_the_generated
     asked: list[tuple[str, list[int]]] = []
 
     async def serve_chunks(
-        mid: str, indices: list[int], encode: Callable[[int, memoryview], bytes]
+        mid: str,
+        indices: list[int],
+        encode: Callable[[int, memoryview], bytes],
+        into: Callable[[int, int], memoryview | None],
     ) -> AsyncIterator[tuple[int, bytes]]:
         asked.append((mid, indices))
         for i in indices:
-            yield i, encode(i, memoryview(chunks[i]))
+            buffer = into(i, len(chunks[i]))  # read in place, as the store does
+            if buffer is None:
+                yield i, encode(i, memoryview(chunks[i]))
+                continue
+            buffer[: len(chunks[i])] = chunks[i]
+            yield i, encode(i, buffer[: len(chunks[i])])
 
     node = SimpleNamespace(name="n1", models=SimpleNamespace(serve_chunks=serve_chunks))
     server = grpc.aio.server()

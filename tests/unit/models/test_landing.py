@@ -48,7 +48,7 @@ async def test_every_chunk_is_delivered_once_on_the_loop_in_batches(tmp_path: Pa
         landing = Landing(store, M.manifest_id, pool, deliver)
         for i in range(N):
             bad = i % 5 == 0
-            landing.submit("n1", i, b"x" + piece(i)[1:] if bad else memoryview(piece(i)))
+            landing.submit("n1", [(i, b"x" + piece(i)[1:] if bad else memoryview(piece(i)))])
         assert landing.outstanding == N
         time.sleep(0.2)  # noqa: ASYNC251  # the loop is busy: the writes finish, one hand-off waits
         await landing.idle()
@@ -69,13 +69,49 @@ async def test_a_cancelled_write_is_an_error_and_idle_still_returns(tmp_path: Pa
     pool = ThreadPoolExecutor(1)
     pool.submit(gate.wait)  # holds the only thread: the writes queue behind it
     landing = Landing(store, M.manifest_id, pool, landed.extend)
-    landing.submit("n1", 0, piece(0))
-    landing.submit("n1", 1, piece(1))
+    landing.submit("n1", [(0, piece(0)), (1, piece(1))])
+    landing.submit("n1", [(2, piece(2))])
     pool.shutdown(wait=False, cancel_futures=True)
     gate.set()
     await asyncio.wait_for(landing.idle(), 10)
-    landing.submit("n1", 2, piece(2))  # after shutdown: refused at once, reported the same way
+    landing.submit("n1", [(3, piece(3))])  # after shutdown: refused at once, reported the same way
     await asyncio.wait_for(landing.idle(), 10)
-    assert sorted(x.index for x in landed) == [0, 1, 2]
+    assert sorted(x.index for x in landed) == [0, 1, 2, 3]
     assert all(isinstance(x.error, Unavailable) for x in landed)
     assert store.present(M.manifest_id) == set()
+
+
+async def test_a_group_is_one_job_and_one_failed_write_spoils_only_its_chunk(
+    tmp_path: Path,
+) -> None:
+    store = store_at(tmp_path)
+    landed: list[Landed] = []
+    jobs = 0
+    real_submit = ThreadPoolExecutor.submit
+
+    class Counting(ThreadPoolExecutor):
+        def submit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal jobs
+            jobs += 1
+            return real_submit(self, *args, **kwargs)
+
+    real_write = store.write_chunk
+
+    def write_chunk(mid: str, index: int, data: memoryview | bytes, **kw: bool) -> bool:
+        if index == 2:
+            raise OSError(28, "No space left on device")
+        return real_write(mid, index, data, **kw)
+
+    store.write_chunk = write_chunk  # type: ignore[method-assign]
+    with Counting(2) as pool:
+        landing = Landing(store, M.manifest_id, pool, landed.extend)
+        landing.submit("n1", [(i, memoryview(piece(i))) for i in range(4)])
+        landing.submit("n2", [(i, piece(i)) for i in range(4, 8)])
+        await asyncio.wait_for(landing.idle(), 10)
+    assert jobs == 2
+    assert sorted(x.index for x in landed) == list(range(8))
+    by_index = {x.index: x for x in landed}
+    assert isinstance(by_index[2].error, OSError)
+    assert all(x.error is None and x.ok for i, x in by_index.items() if i != 2)
+    assert {x.node for x in landed if x.index >= 4} == {"n2"}
+    assert store.present(M.manifest_id) == set(range(8)) - {2}

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from p2pagent.errors import InvalidArgument, NotFound
+from p2pagent.models.chunk_wire import ChunkAnswers, decode_chunk
 from p2pagent.models.config import ModelsConfig
 from p2pagent.models.manifest import build_manifest
 from p2pagent.models.ratelimit import TokenBucket
@@ -72,3 +73,24 @@ async def test_fault_hook_corrupts_every_nth_chunk(tmp_path: Path) -> None:
         chunks = server.serve(store, M.manifest_id, list(range(N)), copied)
         got = {i: d async for i, d in chunks}
     assert {i for i, d in got.items() if not M.verify_chunk(i, d)} == set(range(0, N, 3))
+
+
+@pytest.mark.parametrize("corrupt_every", [0, 3])
+async def test_chunks_read_into_their_answers(tmp_path: Path, corrupt_every: int) -> None:
+    """Served through ``ChunkAnswers`` (as the node serves), every answer carries the chunk
+    as on disk, the short last one too; the fault hook's altered chunks still go out as
+    altered (encoded by copying them)."""
+    store = ChunkStore(tmp_path, ModelsConfig(chunk_size=CHUNK, fsync=False))
+    store.put_manifest(M)
+    for i in range(N):
+        store.write_chunk(M.manifest_id, i, piece(i))
+    answers = ChunkAnswers()
+    with ThreadPoolExecutor(2) as pool:
+        server = ChunkServer("n1", pool, TokenBucket(0, CHUNK), corrupt_every=corrupt_every)
+        chunks = server.serve(store, M.manifest_id, list(range(N)), answers.encode, answers.buffer)
+        got = {i: decode_chunk(answer) async for i, answer in chunks}
+    assert sorted(got) == list(range(N))
+    assert all(chunk.index == i for i, chunk in got.items())
+    bad = {i for i, chunk in got.items() if bytes(chunk.data) != piece(i)}
+    assert bad == (set(range(0, N, corrupt_every)) if corrupt_every else set())
+    assert all(len(chunk.data) == len(piece(i)) for i, chunk in got.items())

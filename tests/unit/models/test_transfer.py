@@ -3,6 +3,7 @@ timeouts, resume, rarest-first swarming and the endgame."""
 
 from __future__ import annotations
 
+import copy
 import io
 import random
 from collections import Counter
@@ -139,6 +140,45 @@ def test_batches_wait_for_whole_slots() -> None:
     p.on_chunk("a", r1.indices[1], True, 1.0)
     (r3,) = p.next_requests(1.0)
     assert r3.node == "a" and len(r3.indices) == 2
+
+
+@pytest.mark.parametrize(
+    ("seed", "cfg"),
+    [
+        (seed, ModelsConfig(pipeline_depth=4, batch_chunks=2, max_inflight_chunks=max_inflight))
+        for seed in range(4)
+        for max_inflight in (6, 64)  # the pull's budget binding, and not
+    ],
+)
+def test_may_ask_is_false_only_where_a_turn_would_send_nothing(
+    seed: int, cfg: ModelsConfig
+) -> None:
+    """The driver skips the planning turn after a landed chunk when ``may_ask`` says no: such
+    a turn must never have sent a call (checked on a copy of the plan after every chunk)."""
+    p = plan(seed=seed, cfg=cfg)
+    for node in "abc":
+        p.add_holder(node)
+    rng = random.Random(seed)
+    outstanding: list[tuple[str, int]] = []
+    now, skipped, asked = 0.0, 0, 0
+    turn = True
+    while not p.is_complete:
+        if turn:
+            for r in p.next_requests(now):
+                outstanding.extend((r.node, i) for i in r.indices)
+        rng.shuffle(outstanding)
+        node, i = outstanding.pop()
+        p.on_chunk(node, i, True, now)
+        turn = p.may_ask(node)
+        if turn:
+            asked += 1
+        else:
+            skipped += 1
+            assert copy.deepcopy(p).next_requests(now) == []
+        now += 0.01
+        assert now < 200, p.progress()
+    if cfg.max_inflight_chunks >= 3 * cfg.pipeline_depth:
+        assert skipped > asked / 4  # a turn per chunk no more
 
 
 def test_corrupt_holder_is_banned_and_pull_completes() -> None:
