@@ -44,17 +44,17 @@ class ThreadWorker:
         self.fault = fault
         self.released = threading.Event()
         self.worker = Worker(self._end)
-        handle = self.worker.handle
+        forward = self.worker.forward
 
-        def faulty(op: Any, message: dict[str, Any], fds: list[int]) -> Any:
-            if op == "run" and self.fault == "exit":
+        def faulty(batch: Any) -> Any:  # every batch, a request seen before or not
+            if self.fault == "exit":
                 self._end.shutdown(socket.SHUT_RDWR)
                 return None, []
-            if op == "run" and self.fault == "hang":
+            if self.fault == "hang":
                 self.released.wait(60)
-            return handle(op, message, fds)
+            return forward(batch)
 
-        self.worker.handle = faulty  # type: ignore[method-assign]
+        self.worker.forward = faulty  # type: ignore[method-assign]
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
