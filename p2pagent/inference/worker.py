@@ -66,7 +66,7 @@ from p2pagent.inference.worker_failures import (
     load_error,
 )
 from p2pagent.inference.worker_process import Pending, Slots, WorkerProcess, future_answer
-from p2pagent.inference.worker_wire import ChannelClosed, Region
+from p2pagent.inference.worker_wire import ChannelClosed, Region, TensorRef
 
 if TYPE_CHECKING:
     import torch
@@ -104,6 +104,8 @@ class ModelWorker:
         self._slots = Slots(worker_wire.SLOTS)
         self._load_lock: asyncio.Lock | None = None
         self._forgotten: collections.deque[int] = collections.deque()  # thread-safe appends
+        #: Batch requests made before, packed (``_request``).
+        self._requests: dict[tuple[Any, ...], tuple[list[TensorRef], int, bytes]] = {}
         self._closed = False
         #: Workers started (the first one included) and lost, and batches ``submit`` handed
         #: over at once (no task), for stats and tests.
@@ -210,7 +212,7 @@ class ModelWorker:
             self._later(remote, (parts, rows, batchable), done, 1)
             return
         try:
-            refs, needed = worker_tensors.input_layout(parts, batchable, rows)
+            refs, needed, request = self._request(remote.key, slot, parts, batchable, rows)
             small = needed <= _LOOP_COPY_BYTES  # else copied from a thread: the coroutine's
             if small:
                 region = self._input_region(cur, slot, needed)
@@ -239,11 +241,29 @@ class ModelWorker:
         cur.pending.append(Pending(answered, self.timeout_s, slot))
         if len(cur.pending) == 1:
             cur.arm()
-        message = {"op": "run", "key": remote.key, "slot": slot, "inputs": [r.pack() for r in refs]}
         try:
-            self._send(cur, message, [])
-        except WorkerLost:
-            pass  # ``answered`` has it (``lose`` answers every pending request)
+            cur.sock.sendall(request)
+        except OSError as e:
+            cur.lose(f"could not be reached ({e})")  # ``answered`` has it, as every pending
+
+    def _request(
+        self, key: int, slot: int, parts: Sequence[Sequence[InputTensor]], batchable: bool,
+        rows: int,
+    ) -> tuple[list[TensorRef], int, bytes]:  # fmt: skip
+        """A batch's input layout, the bytes it needs and its run request, packed: made
+        once per model, slot and input shapes (a lone caller's batches are all alike) and
+        kept, so the worker too sees the same bytes and runs them as it did before."""
+        shapes = tuple((t.dtype, t.shape) for t in parts[0])
+        made = self._requests.get((key, slot, batchable, rows, len(parts) > 1, shapes))
+        if made is not None:
+            return made
+        refs, needed = worker_tensors.input_layout(parts, batchable, rows)
+        message = {"op": "run", "key": key, "slot": slot, "inputs": [r.pack() for r in refs]}
+        made = refs, needed, worker_wire.pack(message)
+        if len(self._requests) >= 64:
+            self._requests.clear()
+        self._requests[(key, slot, batchable, rows, len(parts) > 1, shapes)] = made
+        return made
 
     def _later(self, remote: RemoteModel, batch: Any, done: Done, first_try: int) -> None:
         """A batch on the coroutine path, its outcome handed to ``done``."""

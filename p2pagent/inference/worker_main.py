@@ -39,6 +39,7 @@ import signal
 import socket
 import sys
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
@@ -75,10 +76,11 @@ class Worker:
         self.models: dict[int, tuple[Any, list[str], Any]] = {}
         self.inputs: list[Region | None] = [None] * worker_wire.SLOTS
         self.outputs: list[Region | None] = [None] * worker_wire.SLOTS
-        # Tensor views over the regions, by slot and layout: a batch shaped like an earlier
-        # one (the common case) reuses them instead of wrapping the memory again. Dropped
-        # with their region.
-        self.input_views: dict[tuple[Any, ...], list[Any]] = {}
+        # Batches by their request's bytes: a request the daemon sent before (the same
+        # model, slot and input layout: the common case) skips decoding and finding its
+        # model and input views again; it runs straight away. Dropped with their model or
+        # region. And the output views and answer, by slot and output layout.
+        self.prepared: dict[bytes, _Batch] = {}
         self.output_plans: dict[tuple[Any, ...], tuple[bytes, list[Any]]] = {}
 
     # ---- requests ------------------------------------------------------------------------
@@ -88,14 +90,21 @@ class Worker:
             self._serve()
 
     def _serve(self) -> None:
+        sock, prepared = self.sock, self.prepared
         while True:
             try:
-                message, fds = worker_wire.receive(self.sock)
+                data, fds = worker_wire.receive_bytes(sock)
+                batch = None if fds else prepared.get(data)
+                message = worker_wire.decode(data, fds) if batch is None else None
             except (worker_wire.ChannelClosed, OSError):
                 return
-            op = message.get("op")
+            reply: dict[str, Any] | bytes | None
             try:
-                reply, reply_fds = self.handle(op, message, fds)
+                if batch is not None:
+                    reply, reply_fds = self.forward(batch)
+                else:
+                    assert message is not None
+                    reply, reply_fds = self.handle(message.get("op"), message, fds, data)
             except _Failure as f:
                 reply, reply_fds = {"ok": False, "kind": f.kind, "message": str(f)[:4000]}, []
             if isinstance(reply, bytes):  # a batch's answer, packed once per output layout
@@ -104,18 +113,20 @@ class Worker:
                 worker_wire.send(self.sock, reply, reply_fds)
 
     def handle(
-        self, op: Any, message: dict[str, Any], fds: list[int]
+        self, op: Any, message: dict[str, Any], fds: list[int], data: bytes = b""
     ) -> tuple[dict[str, Any] | bytes | None, list[int]]:
+        """One request; ``data``: its bytes (a batch is kept under them, ``prepared``)."""
         if op == "run":
-            return self.run(message)
+            return self.run(message, data)
         if op == "load":
             return self.load(message, fds), []
         if op == "unload":
             self.models.pop(int(message["key"]), None)
+            self.prepared.clear()
             return None, []
         if op == "inbuf":
             slot = _slot(message)
-            self.input_views = {k: v for k, v in self.input_views.items() if k[0] != slot}
+            self.prepared.clear()
             old = self.inputs[slot]
             if old is not None:
                 old.close()
@@ -216,14 +227,25 @@ class Worker:
             f"{self.memory_limit / 2**20:.0f} MiB): raise {KNOB} or serve it on a larger node"
         )
 
-    def run(self, message: dict[str, Any]) -> tuple[dict[str, Any] | bytes, list[int]]:
-        torch = self.torch
+    def run(
+        self, message: dict[str, Any], data: bytes = b""
+    ) -> tuple[dict[str, Any] | bytes, list[int]]:
         entry = self.models.get(int(message["key"]))
         slot = _slot(message)
         if entry is None or self.inputs[slot] is None:
             raise _Failure("internal", "a batch for a model this worker has not loaded")
         module, names, device = entry
-        inputs = self.input_tensors(slot, message["inputs"])
+        batch = _Batch(module, names, device, slot, self.input_tensors(slot, message["inputs"]))
+        if data:
+            if len(self.prepared) >= 64:
+                self.prepared.clear()
+            self.prepared[data] = batch
+        return self.forward(batch)
+
+    def forward(self, batch: _Batch) -> tuple[dict[str, Any] | bytes, list[int]]:
+        """Runs a batch whose inputs are in its slot's region; its answer."""
+        torch = self.torch
+        module, names, device, inputs = batch.module, batch.names, batch.device, batch.inputs
         try:
             if device.type != "cpu":
                 inputs = [t.to(device) for t in inputs]
@@ -242,24 +264,20 @@ class Worker:
         if failed:  # outside the except block: the failed allocation's frames go first
             gc.collect()
             raise _Failure("resource_exhausted", self.over_limit("on this batch"))
-        return self.write_outputs(slot, outs)
+        return self.write_outputs(batch.slot, outs)
 
     def input_tensors(self, slot: int, raw: Any) -> list[Any]:
+        """Tensor views over the slot's input region (no copy)."""
         region = self.inputs[slot]
         assert region is not None
+        if not isinstance(raw, list):
+            raise _Failure("internal", "a batch with malformed input references")
         try:
-            layout = (slot, *((r[0], tuple(r[1]), r[2]) for r in raw))
-        except (TypeError, IndexError, KeyError):
-            raise _Failure("internal", "a batch with malformed input references") from None
-        views = self.input_views.get(layout)
-        if views is None:
-            views = [
+            return [
                 _view(self.torch, region, TensorRef.checked(r, region.size, "input")) for r in raw
             ]
-            if len(self.input_views) > 64:
-                self.input_views.clear()
-            self.input_views[layout] = views
-        return views
+        except worker_wire.ChannelClosed as e:
+            raise _Failure("internal", f"a batch with malformed input references ({e})") from None
 
     def write_outputs(self, slot: int, outs: list[Any]) -> tuple[dict[str, Any] | bytes, list[int]]:
         signature = (slot, *((o.dtype, o.shape) for o in outs))
@@ -298,6 +316,18 @@ class Worker:
         answer = msgpack.packb({"ok": True, "outputs": reply["outputs"]}, use_bin_type=True)
         self.output_plans[signature] = (answer, views)
         return reply, fds
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """A batch request as the worker runs it: the model's entry point, its output names and
+    device, the slot and the views over the slot's input region."""
+
+    module: Any
+    names: list[str]
+    device: Any
+    slot: int
+    inputs: list[Any]
 
 
 def _slot(message: dict[str, Any]) -> int:

@@ -71,6 +71,10 @@ class WorkerProcess:
     timer: asyncio.TimerHandle | None = None  # the watchdog (``_arm``), due at ``timer_at``
     timer_at: float = 0.0
     lost: bool = False
+    #: Batch answers by their bytes, decoded once: the worker sends the same bytes for every
+    #: batch of one output layout, and the same decoded answer lets ``read_outputs`` reuse
+    #: its checked views. Never changed once decoded (answers are only read).
+    answers: dict[bytes, dict[str, Any]] = field(default_factory=dict)
 
     def on_readable(self) -> None:
         # One message per call (the reader is level-triggered: another one waiting calls again
@@ -78,7 +82,14 @@ class WorkerProcess:
         if self.lost:
             return
         try:
-            reply, fds = worker_wire.receive(self.sock)
+            data, fds = worker_wire.receive_bytes(self.sock)
+            reply = None if fds else self.answers.get(data)
+            if reply is None:
+                reply = worker_wire.decode(data, fds)
+                if not fds and "outputs" in reply:  # a batch's answer: its layout's bytes
+                    if len(self.answers) >= 64:
+                        self.answers.clear()
+                    self.answers[data] = reply
         except BlockingIOError:
             return
         except (OSError, ChannelClosed) as e:

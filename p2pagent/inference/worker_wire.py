@@ -40,8 +40,14 @@ class ChannelClosed(Exception):
     """The other side closed the channel (exited) or broke the protocol."""
 
 
+def pack(message: dict[str, Any]) -> bytes:
+    """A message as it travels (``send`` sends it; a side may keep and resend the bytes)."""
+    data: bytes = msgpack.packb(message, use_bin_type=True)
+    return data
+
+
 def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    data = msgpack.packb(message, use_bin_type=True)
+    data = pack(message)
     if fds:
         socket.send_fds(sock, [data], fds)
     else:
@@ -58,6 +64,14 @@ _TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
 
 def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
     """One message and the descriptors sent with it; ChannelClosed at EOF or on garbage."""
+    data, fds = receive_bytes(sock)
+    return decode(data, fds), fds
+
+
+def receive_bytes(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One message's bytes, not decoded (a side that has seen the same bytes before may
+    skip decoding them), and the descriptors sent with it; ChannelClosed at EOF or if it
+    was cut. ``decode`` makes the message of them."""
     # ``socket.recv_fds`` without its wrapper: most messages carry no descriptor.
     data, ancillary, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, _ANCILLARY_BYTES)
     fds: list[int] = []
@@ -74,6 +88,11 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
         for fd in fds:
             os.close(fd)
         raise ChannelClosed("the channel was closed")
+    return data, fds
+
+
+def decode(data: bytes, fds: list[int]) -> dict[str, Any]:
+    """The message ``data`` holds; ChannelClosed (its descriptors closed) on garbage."""
     try:
         message = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=0)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
@@ -84,7 +103,7 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
         for fd in fds:
             os.close(fd)
         raise ChannelClosed("a control message that is not a map")
-    return message, fds
+    return message
 
 
 def aligned(n: int) -> int:
@@ -98,6 +117,9 @@ class Region:
         self.fd = fd
         self.size = size
         self.map = mmap.mmap(fd, size)
+        #: The output views an answer's references make, by that list (its identity and
+        #: the list): see ``worker_tensors.read_outputs``. They go with the region.
+        self.reads: dict[int, tuple[Any, list[Any]]] = {}
 
     @staticmethod
     def create(size: int, name: str) -> Region:
@@ -121,6 +143,7 @@ class Region:
         return Region(fd, size)
 
     def close(self) -> None:
+        self.reads.clear()  # the views first: a mapping still viewed cannot be closed
         try:
             self.map.close()
         except BufferError:  # a tensor still views it: the mapping goes with the last view

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from p2pagent.errors import Internal
-from p2pagent.inference import dtypes
+from p2pagent.inference import dtypes, worker_wire
 from p2pagent.inference.cache import ModelCache
 from p2pagent.inference.config import InferenceConfig
 from p2pagent.inference.device import select_device
@@ -44,17 +44,17 @@ class ThreadWorker:
         self.fault = fault
         self.released = threading.Event()
         self.worker = Worker(self._end)
-        handle = self.worker.handle
+        forward = self.worker.forward
 
-        def faulty(op: Any, message: dict[str, Any], fds: list[int]) -> Any:
-            if op == "run" and self.fault == "exit":
+        def faulty(batch: Any) -> Any:  # every batch, a request seen before or not
+            if self.fault == "exit":
                 self._end.shutdown(socket.SHUT_RDWR)
                 return None, []
-            if op == "run" and self.fault == "hang":
+            if self.fault == "hang":
                 self.released.wait(60)
-            return handle(op, message, fds)
+            return forward(batch)
 
-        self.worker.handle = faulty  # type: ignore[method-assign]
+        self.worker.forward = faulty  # type: ignore[method-assign]
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -175,3 +175,33 @@ async def test_a_slot_given_to_a_waiter_that_is_cancelled_goes_to_the_next() -> 
     assert slots.try_take() is None  # someone waits: a hand-over does not jump the line
     first.cancel()  # woken, then cancelled before it ran
     assert await asyncio.wait_for(second, 10) == 0
+
+
+async def test_a_batch_request_seen_before_is_neither_packed_nor_decoded_again(
+    rig: tuple[InferenceEngine, ModelWorker, list[ThreadWorker]],
+    demo_files: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lone caller's batches are all alike: the daemon sends the same request bytes, the
+    worker runs them as it did before, and the daemon reads the same answer through the
+    views it kept; every answer still carries its own batch's outputs (copies, not views
+    of the region the next batch overwrites)."""
+    engine, worker, started = rig
+    await engine.infer("demo", _inputs(0))  # loads the model (the coroutine path)
+    await engine.infer("demo", _inputs(3))  # the first handed-over batch of this shape
+    decoded: list[bytes] = []
+    decode = worker_wire.decode
+
+    def counting(data: bytes, fds: list[int]) -> dict[str, Any]:
+        decoded.append(data)
+        return decode(data, fds)
+
+    monkeypatch.setattr(worker_wire, "decode", counting)
+    seeds = [3 * k for k in range(2, 14)]  # one row each: one input and output layout
+    got = [await engine.infer("demo", _inputs(s)) for s in seeds]
+    for seed, out in zip(seeds, got):
+        assert torch.allclose(next(iter(out.values())), _expected(demo_files, seed), atol=1e-5)
+    # Both sides decode at most a slot's first request and answer (two slots), not two
+    # messages a batch.
+    assert len(decoded) <= 4 < 2 * len(seeds)
+    assert len(started) == 1 and worker.losses == 0

@@ -188,3 +188,26 @@ def test_isolation_settings_are_checked(field: str, value: object, why: str) -> 
     config = InferenceConfig(**{field: value})  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=why):
         config.validate()
+
+
+def test_outputs_are_read_out_as_copies_through_views_kept_per_answer() -> None:
+    """The daemon keeps the checked views an answer's references make (the worker sends
+    the same answer for every batch of one layout) and copies the outputs out of them: the
+    next batch's bytes in the region never show through an earlier answer's outputs."""
+    region = Region.create(1 << 20, "test-out")
+    try:
+        raw = [["float32", [2, 3], 0], ["int64", [0], 64]]
+        view = np.ndarray((2, 3), dtype=np.float32, buffer=region.map)
+        view[:] = 1.0
+        first = worker_tensors.read_outputs(region, raw)
+        assert id(raw) in region.reads
+        view[:] = 2.0
+        second = worker_tensors.read_outputs(region, raw)
+        assert first[0].tolist() == [[1.0] * 3] * 2 and second[0].tolist() == [[2.0] * 3] * 2
+        assert first[1].shape == (0,) and str(first[1].dtype) == "torch.int64"
+        del view
+        with pytest.raises(ChannelClosed, match="past the end"):
+            worker_tensors.read_outputs(region, [["float32", [1 << 20], 0]])
+    finally:
+        region.close()
+    assert not region.reads
