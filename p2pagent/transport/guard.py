@@ -24,6 +24,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import grpc
@@ -191,7 +192,11 @@ class Guard(grpc.aio.ServerInterceptor):
     def open_stream(
         self, ident: Identity, context: grpc.aio.ServicerContext[Any, Any]
     ) -> OpenStream:
-        return self.streams.open(ident, certificate_expiry(context), _peer(context))
+        # Both read only if needed: the expiry if the stream outlives the registry's first
+        # expiry check, the peer to cut its connection.
+        return self.streams.open(
+            ident, partial(certificate_expiry, context), partial(_peer, context)
+        )
 
     def revoke_streams(self, uri: str, reason: str) -> int:
         """Ends every open stream of ``uri`` (it has just been revoked)."""
@@ -331,9 +336,13 @@ def _wrap(
     def stream_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.isasyncgenfunction(behavior):
 
-            async def gen(request: Any, context: Any) -> AsyncIterator[Any]:
+            async def writes(request: Any, context: Any) -> None:
+                # A coroutine that writes each item the behaviour yields, not an async
+                # generator around it: grpc drives a generator with a loop of its own, one
+                # more generator and four more resumes a call (issue 26: SubmitAndWait's cost).
                 start = begin()
                 stream: OpenStream | None = None
+                writing = False
                 try:
                     ident = guard.authorize(method, context)
                     _check_decoded(request)
@@ -344,6 +353,7 @@ def _wrap(
                     if id_field is not None and guard._allow_rate is not None:
                         _rate_check.set(lambda: guard.check_rate(ident))
                     items = aiter(behavior(checked, context))
+                    write = context.write
                     while True:
                         stream.busy = True  # waiting in our code: the registry may cancel
                         try:
@@ -352,26 +362,37 @@ def _wrap(
                             break
                         finally:
                             stream.busy = False
-                        yield item
+                        writing = True
+                        await write(item)  # never cancelled by the registry (module doc)
+                        writing = False
                         if stream.ended is not None:
                             raise stream.ended  # ended while grpc was writing
                 except grpc.aio.AbortError:
                     finish(start, _code_name(context))
                     raise
-                except asyncio.CancelledError:
+                except asyncio.CancelledError as e:
                     ended = ended_by_us(stream)
                     if ended is None:
                         finish(start, "CANCELLED")
                         raise
                     await fail(context, ended, start)
+                    raise AssertionError("unreachable") from e
                 except Exception as e:
+                    if writing:
+                        # grpc's write fails once the call is gone (the client left, or its
+                        # connection was cut): nobody is left to answer, and grpc ends such a
+                        # call quietly, as it does when its own loop over a generator's
+                        # items fails the same way.
+                        finish(start, "CANCELLED")
+                        raise
                     await fail(context, e, start)
+                    raise AssertionError("unreachable") from e
                 finally:
                     if stream is not None:
                         guard.streams.close(stream)
                 finish(start, _code_name(context))
 
-            return gen
+            return writes
         # A coroutine that writes with context.write (e.g. the health service's Watch).
         return unary_response(behavior, streaming=True)
 
