@@ -19,7 +19,6 @@ bounded number of them.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import inspect
 import logging
 import time
@@ -35,10 +34,33 @@ from p2pagent.identity.spiffe import Identity, parse
 from p2pagent.transport import authorization
 from p2pagent.transport.errors import NODE_ANSWER, RETRY_AFTER, status_of
 from p2pagent.transport.metrics import RpcMetrics
+from p2pagent.transport.stream_calls import (
+    _ANSWERS_LAST,
+    _end_stream,
+    _rate_check,
+    _stream_write,
+    _StreamWrites,
+    answers_last,
+    request_rate_check,
+    stream_ender,
+    stream_writer,
+)
 from p2pagent.transport.streams import OpenStream, OpenStreams
 from p2pagent.transport.wirescan import varint_field
 
 log = logging.getLogger(__name__)
+
+#: Named here too: the handlers and the stream glue import them from the guard.
+__all__ = [
+    "Guard",
+    "GuardedHandlers",
+    "answers_last",
+    "caller_identity",
+    "refusal_of",
+    "request_rate_check",
+    "stream_ender",
+    "stream_writer",
+]
 
 #: Returns a reason when the identity is revoked, else None.
 RevocationCheck = Callable[[str], str | None]
@@ -55,94 +77,6 @@ RequestScan = Callable[[str], Callable[[bytes], str | None] | None]
 #: SubmitStream), or None for other methods. Such a stream's items are checked one by one by
 #: its handler (``refusal_of``), so one bad message is answered alone instead of ending it.
 MultiplexedId = Callable[[str], int | None]
-
-#: Ends the stream the current handler serves with an error (``OpenStreams.end``: at once
-#: while the handler waits in our code, else when grpc's write returns). Set by the guard
-#: for every streaming call it registers; a handler's child tasks inherit it.
-_end_stream: contextvars.ContextVar[Callable[[errors.P2PAgentError], None] | None] = (
-    contextvars.ContextVar("p2pagent_end_stream", default=None)
-)
-
-
-def stream_ender() -> Callable[[errors.P2PAgentError], None] | None:
-    """How to end the streaming call being served (None outside the guard: a unit test)."""
-    return _end_stream.get()
-
-
-#: Checks one request of a multiplexed stream against its caller's rate limit (raises
-#: ResourceExhausted over it): each request on such a stream counts as a call would.
-_rate_check: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
-    "p2pagent_rate_check", default=None
-)
-
-
-def request_rate_check() -> Callable[[], None] | None:
-    """The per-request rate check of the multiplexed stream being served (None: no limit)."""
-    return _rate_check.get()
-
-
-#: Marks a server-streaming behaviour (a coroutine) that returns its stream's last message
-#: (``answers_last``), the attribute the guard looks for.
-_ANSWERS_LAST = "_p2pagent_answers_last"
-
-
-def answers_last(behavior: Callable[..., Awaitable[Any]]) -> Any:
-    """Marks the coroutine serving a server-streaming method as one that writes its earlier
-    messages with :func:`stream_writer` and returns the last, which grpc then sends with the
-    call's status in one batch, as it answers a unary call. Written one at a time, a stream's
-    last message and its status are two sends, each awaited (grpc's write returns once its
-    send completes), and the client reads them apart: a one-message stream (a SubmitAndWait
-    run at once, a Wait on a finished task) cost 0.1-0.2 ms more than a unary call (issue 26).
-    On the wire the two are the same: a server stream's client cannot tell them apart.
-    (Typed ``Any``: the generated servicer declares these methods as returning iterators.)"""
-    setattr(behavior, _ANSWERS_LAST, True)
-    return behavior
-
-
-#: Writes one message of the stream the current handler serves (``answers_last``).
-_stream_write: contextvars.ContextVar[Callable[[Any], Awaitable[None]] | None] = (
-    contextvars.ContextVar("p2pagent_stream_write", default=None)
-)
-
-
-def stream_writer() -> Callable[[Any], Awaitable[None]]:
-    """How an ``answers_last`` behaviour writes a message before its last: a write the stream
-    registry never cancels (``transport.streams``) and that ends the call with the stream's
-    error if it was ended meanwhile."""
-    write = _stream_write.get()
-    if write is None:
-        raise RuntimeError("stream_writer() outside a streaming call the guard serves")
-    return write
-
-
-class _StreamWrites:
-    """``stream_writer`` of one call: writes outside the registry's reach."""
-
-    __slots__ = ("context", "failed", "serialize", "stream")
-
-    def __init__(
-        self, stream: OpenStream, context: Any, serialize: Callable[[Any], bytes] | None
-    ) -> None:
-        self.stream = stream
-        self.context = context
-        # grpc gives a unary call's context no serializer: its writes take bytes.
-        self.serialize = serialize
-        #: grpc's write failed with this (the call is gone): grpc ends the call itself.
-        self.failed: BaseException | None = None
-
-    async def __call__(self, message: Any) -> None:
-        stream = self.stream
-        stream.busy = False
-        try:
-            await self.context.write(message if self.serialize is None else self.serialize(message))
-        except Exception as e:
-            self.failed = e
-            raise
-        finally:
-            stream.busy = True
-        if stream.ended is not None:
-            raise stream.ended  # ended while grpc was writing
-
 
 #: Most distinct certificate identities whose parse is remembered (a cluster has a few
 #: hundred nodes and clients; the cache is cleared, not grown, past this).
