@@ -464,7 +464,12 @@ def main() -> None:
                 other = Daemon(
                     "b1", root / "certs", root / "other", args=["--serve", f"noop={noop}"],
                     prefix=["env", "-C", str(args.against.resolve())],
-                    env=known_settings(args.against, NO_RATE_LIMIT),
+                    # Its own tree's code: the daemon runs with python -P, which imports from
+                    # PYTHONPATH (this tree's, when set), not from its working directory.
+                    env={
+                        **known_settings(args.against, NO_RATE_LIMIT),
+                        "PYTHONPATH": str(args.against.resolve()),
+                    },
                 )  # fmt: skip
                 try:
                     other.start()
