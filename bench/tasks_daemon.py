@@ -12,7 +12,8 @@ through grpc's blocking client, which adds less of its own per call (server stre
 the calling thread).
 ``--against TREE`` compares two builds under the same load: it also starts a daemon from
 another source tree (a ``git worktree`` of the commit before a change) and alternates
-sequential pairs, then SubmitAndWait calls, between the two, printing each one's quartiles.
+sequential pairs, then SubmitAndWait calls, between the two (through the blocking client;
+then SubmitAndWait and Infer through grpc.aio), printing each one's quartiles.
 On this shared machine, runs minutes apart differ by more than most changes do; pairs
 alternated call by call do not.
 ``--breakdown`` prints instead the p50 and the daemon's CPU per call of a pair, a
@@ -315,6 +316,46 @@ def interleaved_pairs_ms(daemons: dict[str, Daemon], certs_dir: Path, n: int) ->
             ch.close()
 
 
+async def interleaved_aio_ms(daemons: dict[str, Daemon], certs_dir: Path, n: int) -> None:
+    """SubmitAndWait calls, then Infer calls, through grpc.aio (the client of the issue's
+    target), alternating between the daemons call by call; prints each one's p25 / p50 /
+    p75."""
+    creds = _client_credentials(certs_dir)
+    x = tensors.to_proto("input", demo_model.sample_input(1))
+    one_call = agent_pb2.SubmitAndWaitRequest(model="noop", inputs=[x])
+    infer = agent_pb2.InferRequest(model="noop", inputs=[x])
+    channels = {
+        k: grpc.aio.secure_channel(d.address, creds, options=channel_options("bench", 16 << 20))
+        for k, d in daemons.items()
+    }
+
+    async def submit_and_wait(stub: agent_pb2_grpc.AgentServiceStub) -> None:
+        async for answer in stub.SubmitAndWait(one_call, timeout=30):
+            _check(answer.event)
+
+    async def inference(stub: agent_pb2_grpc.AgentServiceStub) -> None:
+        await stub.Infer(infer, timeout=30)
+
+    kinds = {"SubmitAndWait (aio)": submit_and_wait, "Infer (aio)": inference}
+    try:
+        stubs = {k: agent_pb2_grpc.AgentServiceStub(ch) for k, ch in channels.items()}
+        for kind, call in kinds.items():
+            samples: dict[str, list[float]] = {k: [] for k in daemons}
+            for i in range(n + 20):  # the first 20 warm up
+                for k, stub in stubs.items():
+                    t0 = time.perf_counter()
+                    await call(stub)
+                    if i >= 20:
+                        samples[k].append(time.perf_counter() - t0)
+            for k, xs in samples.items():
+                q1, q2, q3 = (1000 * q for q in statistics.quantiles(xs, n=4))
+                print(f"interleaved {kind}, {k}: p25 {q1:.3f} ms, p50 {q2:.3f} ms, "
+                      f"p75 {q3:.3f} ms")  # fmt: skip
+    finally:
+        for ch in channels.values():
+            await ch.close()
+
+
 def breakdown(d: Daemon, certs_dir: Path, n: int) -> None:
     """Where a pair's time goes: p50 and the daemon's CPU per call (all its threads, less its
     idle rate) of a Submit+Wait pair, an Infer, a Submit alone (its task still runs and is
@@ -423,13 +464,18 @@ def main() -> None:
                 other = Daemon(
                     "b1", root / "certs", root / "other", args=["--serve", f"noop={noop}"],
                     prefix=["env", "-C", str(args.against.resolve())],
-                    env=known_settings(args.against, NO_RATE_LIMIT),
+                    # Its own tree's code: the daemon runs with python -P, which imports from
+                    # PYTHONPATH (this tree's, when set), not from its working directory.
+                    env={
+                        **known_settings(args.against, NO_RATE_LIMIT),
+                        "PYTHONPATH": str(args.against.resolve()),
+                    },
                 )  # fmt: skip
                 try:
                     other.start()
-                    interleaved_pairs_ms(
-                        {"this tree": d, str(args.against): other}, root / "certs", args.tasks
-                    )
+                    both = {"this tree": d, str(args.against): other}
+                    interleaved_pairs_ms(both, root / "certs", args.tasks)
+                    asyncio.run(interleaved_aio_ms(both, root / "certs", args.tasks))
                 finally:
                     other.kill()
                 return

@@ -4,8 +4,8 @@ the tasks capability. Thin: decode, call the driver, encode; errors are `p2pagen
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 
@@ -17,7 +17,7 @@ from p2pagent.tasks.config import MAX_LIST_TASKS
 from p2pagent.tasks.driver import TasksDriver
 from p2pagent.tasks.results import TaskResult
 from p2pagent.tasks.wire import fill_result_event, input_bytes
-from p2pagent.transport.guard import caller_identity
+from p2pagent.transport.guard import answers_last, caller_identity, stream_writer
 from p2pagent.transport.multiplexed import Send, StreamProtocol, serve
 from p2pagent.transport.request_window import RequestWindow
 
@@ -109,6 +109,27 @@ def model_sources(node: TasksNode) -> admission.ModelSources:
     )
 
 
+#: The kinds of a task's last event (its result).
+_FINAL = (agent_pb2.TaskEvent.KIND_DONE, agent_pb2.TaskEvent.KIND_FAILED)
+
+
+#: A response carrying one event.
+R = TypeVar("R", agent_pb2.WaitResponse, agent_pb2.SubmitAndWaitResponse)
+
+
+async def _last_event(events: AsyncIterator[agent_pb2.TaskEvent], response: Callable[..., R]) -> R:
+    """Writes a task's events until its result, which it returns: the stream's last message,
+    sent with the call's status (``answers_last``)."""
+    write = stream_writer()
+    async for event in events:
+        answer = response(event=event)
+        if event.kind in _FINAL:
+            return answer
+        await write(answer)
+    # A task's events end with its result (or an error): a relayed stream cut short.
+    raise Unavailable("the task's events ended before its result; Wait for it again")
+
+
 class _TasksAccess:
     _tasks_node: TasksNode
 
@@ -140,17 +161,16 @@ class TasksAgentApi(_TasksAccess):
         owner = caller_identity(context).uri
         return agent_pb2.SubmitResponse(task_id=await self._submit(request, owner))
 
-    async def Wait(
-        self, request: agent_pb2.WaitRequest, context: Ctx
-    ) -> AsyncIterator[agent_pb2.WaitResponse]:
+    @answers_last
+    async def Wait(self, request: agent_pb2.WaitRequest, context: Ctx) -> agent_pb2.WaitResponse:
         if not request.task_id:
             raise InvalidArgument("WaitRequest.task_id is empty: pass the id Submit returned")
-        async for event in self._tasks().wait(request.task_id):
-            yield agent_pb2.WaitResponse(event=event)
+        return await _last_event(self._tasks().wait(request.task_id), agent_pb2.WaitResponse)
 
+    @answers_last
     async def SubmitAndWait(
         self, request: agent_pb2.SubmitAndWaitRequest, context: Ctx
-    ) -> AsyncIterator[agent_pb2.SubmitAndWaitResponse]:
+    ) -> agent_pb2.SubmitAndWaitResponse:
         owner = caller_identity(context).uri
         inputs = admit(self._tasks_node, request)  # a bad tensor is refused before anything
         if request.model_version or not self._tasks_node.models_cache.serves(request.model):
@@ -159,10 +179,8 @@ class TasksAgentApi(_TasksAccess):
         if isinstance(outcome, TaskResult):  # run at once: its result is the one event
             response = agent_pb2.SubmitAndWaitResponse()
             fill_result_event(response.event, outcome.task_id, outcome)
-            yield response
-            return
-        async for event in outcome:
-            yield agent_pb2.SubmitAndWaitResponse(event=event)
+            return response
+        return await _last_event(outcome, agent_pb2.SubmitAndWaitResponse)
 
     async def SubmitStream(
         self, request_iterator: AsyncIterator[agent_pb2.SubmitStreamRequest], context: Ctx

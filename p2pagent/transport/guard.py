@@ -19,11 +19,11 @@ bounded number of them.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import grpc
@@ -34,10 +34,33 @@ from p2pagent.identity.spiffe import Identity, parse
 from p2pagent.transport import authorization
 from p2pagent.transport.errors import NODE_ANSWER, RETRY_AFTER, status_of
 from p2pagent.transport.metrics import RpcMetrics
+from p2pagent.transport.stream_calls import (
+    _ANSWERS_LAST,
+    _end_stream,
+    _rate_check,
+    _stream_write,
+    _StreamWrites,
+    answers_last,
+    request_rate_check,
+    stream_ender,
+    stream_writer,
+)
 from p2pagent.transport.streams import OpenStream, OpenStreams
 from p2pagent.transport.wirescan import varint_field
 
 log = logging.getLogger(__name__)
+
+#: Named here too: the handlers and the stream glue import them from the guard.
+__all__ = [
+    "Guard",
+    "GuardedHandlers",
+    "answers_last",
+    "caller_identity",
+    "refusal_of",
+    "request_rate_check",
+    "stream_ender",
+    "stream_writer",
+]
 
 #: Returns a reason when the identity is revoked, else None.
 RevocationCheck = Callable[[str], str | None]
@@ -54,31 +77,6 @@ RequestScan = Callable[[str], Callable[[bytes], str | None] | None]
 #: SubmitStream), or None for other methods. Such a stream's items are checked one by one by
 #: its handler (``refusal_of``), so one bad message is answered alone instead of ending it.
 MultiplexedId = Callable[[str], int | None]
-
-#: Ends the stream the current handler serves with an error (``OpenStreams.end``: at once
-#: while the handler waits in our code, else when grpc's write returns). Set by the guard
-#: for every streaming call it registers; a handler's child tasks inherit it.
-_end_stream: contextvars.ContextVar[Callable[[errors.P2PAgentError], None] | None] = (
-    contextvars.ContextVar("p2pagent_end_stream", default=None)
-)
-
-
-def stream_ender() -> Callable[[errors.P2PAgentError], None] | None:
-    """How to end the streaming call being served (None outside the guard: a unit test)."""
-    return _end_stream.get()
-
-
-#: Checks one request of a multiplexed stream against its caller's rate limit (raises
-#: ResourceExhausted over it): each request on such a stream counts as a call would.
-_rate_check: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
-    "p2pagent_rate_check", default=None
-)
-
-
-def request_rate_check() -> Callable[[], None] | None:
-    """The per-request rate check of the multiplexed stream being served (None: no limit)."""
-    return _rate_check.get()
-
 
 #: Most distinct certificate identities whose parse is remembered (a cluster has a few
 #: hundred nodes and clients; the cache is cleared, not grown, past this).
@@ -191,7 +189,11 @@ class Guard(grpc.aio.ServerInterceptor):
     def open_stream(
         self, ident: Identity, context: grpc.aio.ServicerContext[Any, Any]
     ) -> OpenStream:
-        return self.streams.open(ident, certificate_expiry(context), _peer(context))
+        # Both read only if needed: the expiry if the stream outlives the registry's first
+        # expiry check, the peer to cut its connection.
+        return self.streams.open(
+            ident, partial(certificate_expiry, context), partial(_peer, context)
+        )
 
     def revoke_streams(self, uri: str, reason: str) -> int:
         """Ends every open stream of ``uri`` (it has just been revoked)."""
@@ -333,12 +335,58 @@ def _wrap(
 
         return run
 
+    def last_with_status(behavior: Callable[..., Any]) -> Callable[..., Any]:
+        # Served to grpc as a unary call (its last message sent with the status), registered
+        # as a stream while it runs (revocation and expiry end it).
+        async def run(request: Any, context: Any) -> Any:
+            start = begin()
+            stream: OpenStream | None = None
+            writes: _StreamWrites | None = None
+            try:
+                ident = guard.authorize(method, context)
+                _check_decoded(request)
+                stream = guard.open_stream(ident, context)
+                opened = stream
+                _end_stream.set(lambda e: guard.streams.end(opened, e))
+                writes = _StreamWrites(stream, context, handler.response_serializer)
+                _stream_write.set(writes)
+                stream.busy = True  # in our code but for its writes: the registry may cancel
+                response = await behavior(request, context)
+                stream.busy = False
+            except grpc.aio.AbortError:
+                finish(start, _code_name(context))
+                raise
+            except asyncio.CancelledError as e:
+                ended = ended_by_us(stream)
+                if ended is None:
+                    finish(start, "CANCELLED")
+                    raise
+                await fail(context, ended, start)
+                raise AssertionError("unreachable") from e
+            except Exception as e:
+                if writes is not None and e is writes.failed:
+                    finish(start, "CANCELLED")  # the call is gone: grpc ends it quietly
+                    raise
+                await fail(context, e, start)
+                raise AssertionError("unreachable") from e
+            finally:
+                if stream is not None:
+                    guard.streams.close(stream)
+            finish(start, _code_name(context))
+            return response
+
+        return run
+
     def stream_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.isasyncgenfunction(behavior):
 
-            async def gen(request: Any, context: Any) -> AsyncIterator[Any]:
+            async def writes(request: Any, context: Any) -> None:
+                # A coroutine that writes each item the behaviour yields, not an async
+                # generator around it: grpc drives a generator with a loop of its own, one
+                # more generator and four more resumes a call (issue 26: SubmitAndWait's cost).
                 start = begin()
                 stream: OpenStream | None = None
+                writing = False
                 try:
                     ident = guard.authorize(method, context)
                     _check_decoded(request)
@@ -349,6 +397,7 @@ def _wrap(
                     if id_field is not None and guard._allow_rate is not None:
                         _rate_check.set(lambda: guard.check_rate(ident))
                     items = aiter(behavior(checked, context))
+                    write = context.write
                     while True:
                         stream.busy = True  # waiting in our code: the registry may cancel
                         try:
@@ -357,26 +406,37 @@ def _wrap(
                             break
                         finally:
                             stream.busy = False
-                        yield item
+                        writing = True
+                        await write(item)  # never cancelled by the registry (module doc)
+                        writing = False
                         if stream.ended is not None:
                             raise stream.ended  # ended while grpc was writing
                 except grpc.aio.AbortError:
                     finish(start, _code_name(context))
                     raise
-                except asyncio.CancelledError:
+                except asyncio.CancelledError as e:
                     ended = ended_by_us(stream)
                     if ended is None:
                         finish(start, "CANCELLED")
                         raise
                     await fail(context, ended, start)
+                    raise AssertionError("unreachable") from e
                 except Exception as e:
+                    if writing:
+                        # grpc's write fails once the call is gone (the client left, or its
+                        # connection was cut): nobody is left to answer, and grpc ends such a
+                        # call quietly, as it does when its own loop over a generator's
+                        # items fails the same way.
+                        finish(start, "CANCELLED")
+                        raise
                     await fail(context, e, start)
+                    raise AssertionError("unreachable") from e
                 finally:
                     if stream is not None:
                         guard.streams.close(stream)
                 finish(start, _code_name(context))
 
-            return gen
+            return writes
         # A coroutine that writes with context.write (e.g. the health service's Watch).
         return unary_response(behavior, streaming=True)
 
@@ -397,6 +457,10 @@ def _wrap(
             unary_response(handler.stream_unary, streaming=True), **kind_args
         )
     if handler.unary_stream:
+        if getattr(handler.unary_stream, _ANSWERS_LAST, False):
+            return grpc.unary_unary_rpc_method_handler(
+                last_with_status(handler.unary_stream), **kind_args
+            )
         return grpc.unary_stream_rpc_method_handler(
             stream_response(handler.unary_stream), **kind_args
         )

@@ -11,6 +11,14 @@ marked, and the guard ends it with the error as soon as the write returns. Eithe
 more is produced for it. A marked stream still parked ``CUT_GRACE_S`` later has its
 connection shut down (``transport.connections.cut``; the connection is the same caller's,
 authenticated by its certificate), which makes grpc fail the parked write and end the call.
+
+The certificate's expiry is not looked at when a stream opens: most streams (a SubmitAndWait,
+a Wait on a finished task) end within milliseconds, and reading the expiry (grpc's auth
+context) and arming and cancelling a timer was most of what registering one cost (issue 26).
+One shared check, armed while streams open, runs ``expiry_check_s`` after the first of them:
+each stream it finds still open then has its expiry read and its own timer armed, which ends
+it when the certificate expires. So a stream is ended at its certificate's expiry, or, when
+the certificate expires within its first ``expiry_check_s``, at most that much later.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from p2pagent.transport import connections
 
 log = logging.getLogger(__name__)
 
+#: How long a stream may be open before its certificate's expiry is read and timed (above).
+EXPIRY_CHECK_S = 1.0
 #: How long a stream ended while parked in grpc's write may stay parked (its client may be
 #: about to read, and then it gets the error) before its connection is shut down.
 CUT_GRACE_S = 1.0
@@ -45,9 +55,19 @@ class OpenStream:
     #: Set once the stream must end: the error the caller gets.
     ended: errors.P2PAgentError | None = None
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
-    #: The gRPC peer (``ipv4:host:port``) the stream's connection comes from.
-    peer: str = ""
+    #: When the caller's certificate expires (unix time, None: unknown), or how to read it
+    #: (read only if the stream is still open at the next expiry check).
+    not_after: float | Callable[[], float | None] | None = field(default=None, repr=False)
+    #: The gRPC peer (``ipv4:host:port``) the stream's connection comes from, or how to read
+    #: it (read only to cut the connection).
+    peer_of: str | Callable[[], str] = field(default="", repr=False)
     cut_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    @property
+    def peer(self) -> str:
+        if callable(self.peer_of):
+            self.peer_of = self.peer_of()
+        return self.peer_of
 
 
 class OpenStreams:
@@ -56,12 +76,19 @@ class OpenStreams:
         max_per_identity: int,
         cut: Callable[[str], bool] = connections.cut,
         cut_grace_s: float = CUT_GRACE_S,
+        expiry_check_s: float = EXPIRY_CHECK_S,
     ) -> None:
         #: Most streams one non-node identity may hold open on this node (0 = no cap).
         self.max_per_identity = max_per_identity
         self._by_uri: dict[str, set[OpenStream]] = {}
         self._cut = cut
         self._cut_grace_s = cut_grace_s
+        self._expiry_check_s = expiry_check_s
+        #: Streams opened since the last expiry check (their expiry not read yet).
+        self._unchecked: set[OpenStream] = set()
+        self._check: asyncio.TimerHandle | None = None
+        #: Expiries read and timed (streams that outlived ``expiry_check_s``; for tests).
+        self.expiries_timed = 0
         #: Connections shut down to end parked streams (for stats and tests).
         self.cuts = 0
 
@@ -71,11 +98,18 @@ class OpenStreams:
     def total(self) -> int:
         return sum(len(s) for s in self._by_uri.values())
 
-    def open(self, ident: Identity, not_after: float | None, peer: str = "") -> OpenStream:
+    def open(
+        self,
+        ident: Identity,
+        not_after: float | Callable[[], float | None] | None,
+        peer: str | Callable[[], str] = "",
+    ) -> OpenStream:
         """Registers a stream of ``ident`` run by the current task, from ``peer`` (its gRPC
-        peer string); ``not_after`` (unix time) is when the caller's certificate expires.
-        Raises ResourceExhausted over the cap."""
-        held = self._by_uri.setdefault(ident.uri, set())
+        peer string, or how to read it); ``not_after`` (unix time, or how to read it) is when
+        the caller's certificate expires. Raises ResourceExhausted over the cap."""
+        held = self._by_uri.get(ident.uri)
+        if held is None:
+            held = self._by_uri[ident.uri] = set()
         cap = self.max_per_identity
         if cap and ident.role is not Role.NODE and len(held) >= cap:
             raise errors.ResourceExhausted(
@@ -86,13 +120,32 @@ class OpenStreams:
             task: asyncio.Task[Any] | None = asyncio.current_task()
         except RuntimeError:
             task = None
-        stream = OpenStream(ident, task, peer=peer)
+        stream = OpenStream(ident, task, not_after=not_after, peer_of=peer)
         held.add(stream)
         if not_after is not None:
-            loop = asyncio.get_running_loop()
-            delay = max(0.0, not_after - time.time())
-            stream.expiry = loop.call_later(delay, self._expired, stream)
+            self._unchecked.add(stream)
+            if self._check is None:
+                loop = asyncio.get_running_loop()
+                self._check = loop.call_later(self._expiry_check_s, self._check_expiries)
         return stream
+
+    def _check_expiries(self) -> None:
+        """Times the certificate expiry of every stream opened since the last check that is
+        still open (the others never needed it)."""
+        self._check = None
+        unchecked, self._unchecked = self._unchecked, set()
+        if not unchecked:
+            return
+        loop = asyncio.get_running_loop()
+        now = time.time()
+        for stream in unchecked:
+            not_after = stream.not_after
+            if callable(not_after):
+                not_after = stream.not_after = not_after()
+            if not_after is None:
+                continue
+            self.expiries_timed += 1
+            stream.expiry = loop.call_later(max(0.0, not_after - now), self._expired, stream)
 
     def _expired(self, stream: OpenStream) -> None:
         # The error is made here, not when the stream opens: most streams end long before.
@@ -105,6 +158,7 @@ class OpenStreams:
         )
 
     def close(self, stream: OpenStream) -> None:
+        self._unchecked.discard(stream)
         if stream.expiry is not None:
             stream.expiry.cancel()
         if stream.cut_timer is not None:
