@@ -41,6 +41,7 @@ from p2pagent.transport.stream_calls import (
     _stream_write,
     _StreamWrites,
     answers_last,
+    refused_stream_read,
     request_rate_check,
     stream_ender,
     stream_writer,
@@ -303,7 +304,7 @@ def _wrap(
                     ident = guard.authorize(method, context)
                 except errors.P2PAgentError:
                     if streaming:
-                        await _first_item(request)
+                        await refused_stream_read(request)
                     raise
                 _check_decoded(request)
                 if streaming:
@@ -568,22 +569,6 @@ def _check_decoded(request: Any) -> None:
             f"request is not a valid {request.type_name} ({request.reason}); "
             "send a message built from the published proto"
         )
-
-
-#: How long a refused client stream is given to deliver its first message.
-FIRST_ITEM_WAIT_S = 2.0
-
-
-async def _first_item(request: Any) -> None:
-    """Waits, briefly, for a refused client stream's first message. A grpc.aio client whose
-    write meets a call already ended loses the status to "Internal error from Core"
-    (grpc/grpc#36066); an uploader sends its header, then waits for the node's cue
-    (models.upload), so refusing after the header has arrived reaches it with the reason."""
-    if hasattr(request, "__aiter__"):
-        try:
-            await asyncio.wait_for(anext(aiter(request), None), FIRST_ITEM_WAIT_S)
-        except Exception:
-            pass  # refused either way; the reason is what matters
 
 
 def _checked_stream(request: Any) -> Any:

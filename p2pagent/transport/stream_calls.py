@@ -2,10 +2,12 @@
 (``stream_ender``), the per-request rate check of a multiplexed stream
 (``request_rate_check``), and, for a server-streaming method whose behaviour returns its last
 message (``answers_last``), how to write the messages before it (``stream_writer``). The guard
-(``transport.guard``) sets them for each call it registers in ``transport.streams``."""
+(``transport.guard``) sets them for each call it registers in ``transport.streams``; it
+reads a refused client stream's first message before refusing (``refused_stream_read``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -99,3 +101,19 @@ class _StreamWrites:
             stream.busy = True
         if stream.ended is not None:
             raise stream.ended  # ended while grpc was writing
+
+
+#: How long a refused client stream is given to deliver its first message.
+FIRST_ITEM_WAIT_S = 2.0
+
+
+async def refused_stream_read(request: Any) -> None:
+    """Waits, briefly, for a refused client stream's first message. A grpc.aio client whose
+    write meets a call already ended loses the status to "Internal error from Core"
+    (grpc/grpc#36066); an uploader sends its header, then waits for the node's cue
+    (models.upload), so refusing after the header has arrived reaches it with the reason."""
+    if hasattr(request, "__aiter__"):
+        try:
+            await asyncio.wait_for(anext(aiter(request), None), FIRST_ITEM_WAIT_S)
+        except Exception:
+            pass  # refused either way; the reason is what matters
