@@ -6,9 +6,9 @@
 
 Three daemons serve the same TorchScript files: one with ``inference.isolate_code_models`` on
 (the default: the models run in the confined worker process, tensors through shared memory;
-on a CPU one batch in the worker at a time, ``inference.worker_pipeline_depth`` auto), one the
-same with ``worker_pipeline_depth`` 2 (a next batch at least half full handed over while one
-runs: what the second slot does here, in the same run), and one with isolation off (the
+two batches in the worker at a time, ``inference.worker_pipeline_depth`` auto), one the same
+with ``worker_pipeline_depth`` 1 (one batch at a time: what the second slot does here, in the
+same run; it was the CPU's default until session 18), and one with isolation off (the
 models run in the daemon's engine, as before issue 21). Each round measures, on each, a no-op
 model's Infer latency at concurrency 1 and the demo model's batched throughput at
 concurrency 32; the daemons take turns going first from round to round, so load from
@@ -54,7 +54,7 @@ from p2pagent.inference import demo_model
 from p2pagent.testing.daemon import Daemon
 from p2pagent.transport.channels import channel_options
 
-VARIANTS = ("in-process", "isolated", "isolated-depth2")
+VARIANTS = ("in-process", "isolated", "isolated-depth1")
 COLUMNS = (
     "noop_p50_ms", "noop_cpu_us", "c32_rps", "c32_p50_ms", "c32_cpu_us", "c32_rows_per_batch",
 )  # fmt: skip
@@ -107,12 +107,12 @@ async def run(
             prefix=prefix,
         ),
         "isolated": Daemon("i2", root / "certs", root / "i2", args=serve, env=env, prefix=prefix),
-        "isolated-depth2": Daemon(
+        "isolated-depth1": Daemon(
             "i3",
             root / "certs",
             root / "i3",
             args=serve,
-            env={**env, "P2PAGENT_INFERENCE__WORKER_PIPELINE_DEPTH": "2"},
+            env={**env, "P2PAGENT_INFERENCE__WORKER_PIPELINE_DEPTH": "1"},
             prefix=prefix,
         ),
     }
@@ -170,9 +170,11 @@ async def run(
     rps_ratios = [
         i / p for i, p in zip(samples["isolated"]["c32_rps"], samples["in-process"]["c32_rps"])
     ]
-    depth2_ratios = [
-        d / i for d, i in zip(samples["isolated-depth2"]["c32_rps"], samples["isolated"]["c32_rps"])
-    ]
+    depth1 = samples["isolated-depth1"]
+    depth1_ratios = {
+        key: [d / i for d, i in zip(depth1[key], samples["isolated"][key])]
+        for key in ("noop_p50_ms", "c32_rps")
+    }
     noop_ratio, rps_ratio = statistics.median(noop_ratios), statistics.median(rps_ratios)
     started = [line for line in iso_log.splitlines() if "model worker started" in line]
     details: dict[str, object] = {
@@ -188,7 +190,8 @@ async def run(
         "ratios": {
             "noop_p50": noop_ratios,
             "c32_rps": rps_ratios,
-            "c32_rps_depth2_vs_default": depth2_ratios,
+            "noop_p50_depth1_vs_default": depth1_ratios["noop_p50_ms"],
+            "c32_rps_depth1_vs_default": depth1_ratios["c32_rps"],
         },
     }
     return details, [

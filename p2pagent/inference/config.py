@@ -35,9 +35,9 @@ class InferenceConfig:
     pipeline_depth: int = 0
     #: Batches handed to the model worker (isolated models) at once: 2 = a next batch at
     #: least half full waits in the worker's socket while one runs, so the worker goes on to
-    #: it without sleeping; 1 = one at a time. 0 = auto, as ``pipeline_depth``: 2 on CUDA,
-    #: else 1 (on a CPU the worker computes on the cores the daemon's loop needs, and the
-    #: second slot cost throughput there: bench/inference_isolation.py, RESULTS.md).
+    #: it without sleeping; 1 = one at a time. 0 = auto: 2 (on a CPU too: with batches that
+    #: settle, the second slot costs no throughput there and a lone caller's p50 is 1-7 %
+    #: lower: bench/inference_isolation.py, RESULTS.md "Session 18").
     worker_pipeline_depth: int = 0
     #: Requests queued (not yet running) across all models; more is ResourceExhausted.
     max_queued: int = 1024

@@ -65,7 +65,7 @@ class _Request:
 def resolve_config(config: InferenceConfig, device: DeviceInfo) -> InferenceConfig:
     """Fills the "auto" (0) fields for this device."""
     depth = config.pipeline_depth or (2 if device.is_cuda else 1)
-    worker_depth = config.worker_pipeline_depth or (2 if device.is_cuda else 1)
+    worker_depth = config.worker_pipeline_depth or 2
     threads = devices.intra_op_threads(config.intra_op_threads, device)
     memory = config.worker_memory_bytes
     if memory == 0:

@@ -565,11 +565,12 @@ def test_a_full_batch_in_the_schedulers_seconds() -> None:
     assert small.full_batch_s("t") == pytest.approx(100 * 0.001)  # the token budget binds
 
 
-def test_the_worker_pipeline_is_one_batch_on_a_cpu_and_two_on_cuda_unless_set() -> None:
+def test_the_worker_pipeline_is_two_batches_on_every_device_unless_set() -> None:
     from p2pagent.inference.device import DeviceInfo
     from p2pagent.inference.engine import resolve_config
 
     cpu, cuda = DeviceInfo("cpu", "cpu"), DeviceInfo("cuda:0", "cuda:0 (test)")
-    assert resolve_config(InferenceConfig(), cpu).worker_pipeline_depth == 1
+    assert resolve_config(InferenceConfig(), cpu).worker_pipeline_depth == 2
     assert resolve_config(InferenceConfig(), cuda).worker_pipeline_depth == 2
-    assert resolve_config(InferenceConfig(worker_pipeline_depth=2), cpu).worker_pipeline_depth == 2
+    assert resolve_config(InferenceConfig(worker_pipeline_depth=1), cpu).worker_pipeline_depth == 1
+    assert resolve_config(InferenceConfig(pipeline_depth=1), cpu).worker_pipeline_depth == 2
