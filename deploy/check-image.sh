@@ -152,8 +152,11 @@ for n in 1 2 3; do
 done
 alive=0
 for _ in $(seq 60); do
-  alive=$(in1 members --target node3 --json | python3 -c \
-    "import json,sys; print(sum(m['state'] == 'alive' for m in json.load(sys.stdin)))")
+  # A failed try (node3's name not yet in the network's DNS) counts as none alive and is
+  # tried again: under set -e an unguarded failing assignment would end the check at once.
+  alive=$(in1 members --target node3 --json 2>/dev/null | python3 -c \
+    "import json,sys; print(sum(m['state'] == 'alive' for m in json.load(sys.stdin)))" \
+    2>/dev/null) || alive=0
   [ "$alive" = 3 ] && break
   sleep 1
 done
