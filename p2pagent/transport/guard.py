@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from cryptography import x509
@@ -285,6 +285,28 @@ def _wrap(
         _drop_frames(exc)
         await context.abort(status, message, trailing_metadata=answer)
 
+    async def answer_raised(
+        context: Any, e: BaseException, start: float, stream: OpenStream | None, gone: bool
+    ) -> NoReturn:
+        """The status of a call whose handler raised ``e``: grpc's own for an abort, a cancel
+        from elsewhere or a call already ``gone`` (nobody is left to answer; grpc ends such
+        a call quietly); else ``fail``'s, with the registry's error for a stream it ended."""
+        if isinstance(e, grpc.aio.AbortError):
+            finish(start, _code_name(context))
+            raise e
+        if isinstance(e, asyncio.CancelledError):
+            ended = ended_by_us(stream)
+            if ended is None:
+                finish(start, "CANCELLED")
+                raise e
+            await fail(context, ended, start)
+        elif isinstance(e, Exception):
+            if gone:
+                finish(start, "CANCELLED")
+                raise e
+            await fail(context, e, start)
+        raise e  # unreachable after fail (it aborts); any other BaseException passes
+
     def ended_by_us(stream: OpenStream | None) -> errors.P2PAgentError | None:
         """The error a cancelled stream was ended with by the stream registry (revoked,
         certificate expired), or None when the cancel came from elsewhere (the client)."""
@@ -315,19 +337,8 @@ def _wrap(
                 response = await behavior(
                     _checked_stream(request) if streaming else request, context
                 )
-            except grpc.aio.AbortError:
-                finish(start, _code_name(context))
-                raise
-            except asyncio.CancelledError as e:
-                ended = ended_by_us(stream)
-                if ended is None:
-                    finish(start, "CANCELLED")
-                    raise
-                await fail(context, ended, start)
-                raise AssertionError("unreachable") from e
-            except Exception as e:
-                await fail(context, e, start)
-                raise AssertionError("unreachable") from e
+            except BaseException as e:
+                await answer_raised(context, e, start, stream, gone=False)
             finally:
                 if stream is not None:
                     guard.streams.close(stream)
@@ -354,22 +365,9 @@ def _wrap(
                 stream.busy = True  # in our code but for its writes: the registry may cancel
                 response = await behavior(request, context)
                 stream.busy = False
-            except grpc.aio.AbortError:
-                finish(start, _code_name(context))
-                raise
-            except asyncio.CancelledError as e:
-                ended = ended_by_us(stream)
-                if ended is None:
-                    finish(start, "CANCELLED")
-                    raise
-                await fail(context, ended, start)
-                raise AssertionError("unreachable") from e
-            except Exception as e:
-                if writes is not None and e is writes.failed:
-                    finish(start, "CANCELLED")  # the call is gone: grpc ends it quietly
-                    raise
-                await fail(context, e, start)
-                raise AssertionError("unreachable") from e
+            except BaseException as e:
+                gone = writes is not None and e is writes.failed  # an earlier write failed
+                await answer_raised(context, e, start, stream, gone)
             finally:
                 if stream is not None:
                     guard.streams.close(stream)
@@ -412,26 +410,10 @@ def _wrap(
                         writing = False
                         if stream.ended is not None:
                             raise stream.ended  # ended while grpc was writing
-                except grpc.aio.AbortError:
-                    finish(start, _code_name(context))
-                    raise
-                except asyncio.CancelledError as e:
-                    ended = ended_by_us(stream)
-                    if ended is None:
-                        finish(start, "CANCELLED")
-                        raise
-                    await fail(context, ended, start)
-                    raise AssertionError("unreachable") from e
-                except Exception as e:
-                    if writing:
-                        # grpc's write fails once the call is gone (the client left, or its
-                        # connection was cut): nobody is left to answer, and grpc ends such a
-                        # call quietly, as it does when its own loop over a generator's
-                        # items fails the same way.
-                        finish(start, "CANCELLED")
-                        raise
-                    await fail(context, e, start)
-                    raise AssertionError("unreachable") from e
+                except BaseException as e:
+                    # grpc's write fails once the call is gone (the client left, or its
+                    # connection was cut), as its own loop over a generator's items would.
+                    await answer_raised(context, e, start, stream, gone=writing)
                 finally:
                     if stream is not None:
                         guard.streams.close(stream)
