@@ -307,13 +307,17 @@ def interleaved_pairs_ms(daemons: dict[str, Daemon], certs_dir: Path, n: int) ->
                     call(stub)
                     if i >= 20:
                         samples[k].append(time.perf_counter() - t0)
-            for k, xs in samples.items():
-                q1, q2, q3 = (1000 * q for q in statistics.quantiles(xs, n=4))
-                print(f"interleaved {kind}, {k}: p25 {q1:.3f} ms, p50 {q2:.3f} ms, "
-                      f"p75 {q3:.3f} ms")  # fmt: skip
+            _print_quartiles(kind, samples)
     finally:
         for ch in channels.values():
             ch.close()
+
+
+def _print_quartiles(kind: str, samples: dict[str, list[float]]) -> None:
+    """Each tree's p25 / p50 / p75 of ``kind``'s interleaved calls (seconds -> ms)."""
+    for k, xs in samples.items():
+        q1, q2, q3 = (1000 * q for q in statistics.quantiles(xs, n=4))
+        print(f"interleaved {kind}, {k}: p25 {q1:.3f} ms, p50 {q2:.3f} ms, p75 {q3:.3f} ms")
 
 
 async def interleaved_aio_ms(daemons: dict[str, Daemon], certs_dir: Path, n: int) -> None:
@@ -347,10 +351,7 @@ async def interleaved_aio_ms(daemons: dict[str, Daemon], certs_dir: Path, n: int
                     await call(stub)
                     if i >= 20:
                         samples[k].append(time.perf_counter() - t0)
-            for k, xs in samples.items():
-                q1, q2, q3 = (1000 * q for q in statistics.quantiles(xs, n=4))
-                print(f"interleaved {kind}, {k}: p25 {q1:.3f} ms, p50 {q2:.3f} ms, "
-                      f"p75 {q3:.3f} ms")  # fmt: skip
+            _print_quartiles(kind, samples)
     finally:
         for ch in channels.values():
             await ch.close()
